@@ -1,0 +1,121 @@
+//! Element types of tensors.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The element type of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    F32,
+    Bf16,
+    F16,
+    F8E4M3,
+    F8E5M2,
+    I32,
+    I64,
+    Bool,
+}
+
+impl DType {
+    /// Every dtype, in the order the IR documents them.
+    pub const ALL: [DType; 8] = [
+        DType::F32,
+        DType::Bf16,
+        DType::F16,
+        DType::F8E4M3,
+        DType::F8E5M2,
+        DType::I32,
+        DType::I64,
+        DType::Bool,
+    ];
+
+    /// The spelling used in the text format, model.toml and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::Bf16 => "bf16",
+            DType::F16 => "f16",
+            DType::F8E4M3 => "f8e4m3",
+            DType::F8E5M2 => "f8e5m2",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+            DType::Bool => "bool",
+        }
+    }
+
+    /// Storage size of one element in bytes.
+    pub fn size_bytes(self) -> u64 {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::I64 => 8,
+            DType::Bf16 | DType::F16 => 2,
+            DType::F8E4M3 | DType::F8E5M2 | DType::Bool => 1,
+        }
+    }
+
+    /// True for floating-point types, FP8 included.
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            DType::F32 | DType::Bf16 | DType::F16 | DType::F8E4M3 | DType::F8E5M2
+        )
+    }
+
+    /// True for the two 8-bit float formats.
+    pub fn is_fp8(self) -> bool {
+        matches!(self, DType::F8E4M3 | DType::F8E5M2)
+    }
+
+    /// True for float types wide enough to be a `high` precision (bf16, f16, f32).
+    pub fn is_high_float(self) -> bool {
+        self.is_float() && !self.is_fp8()
+    }
+
+    /// True for integer types (usable as indices).
+    pub fn is_int(self) -> bool {
+        matches!(self, DType::I32 | DType::I64)
+    }
+
+    /// Largest finite value of an FP8 format (448 for E4M3, 57344 for E5M2).
+    pub fn fp8_max(self) -> Option<f32> {
+        match self {
+            DType::F8E4M3 => Some(448.0),
+            DType::F8E5M2 => Some(57344.0),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The error for a string that names no dtype.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown dtype `{0}` (expected one of f32, bf16, f16, f8e4m3, f8e5m2, i32, i64, bool)")]
+pub struct UnknownDType(pub String);
+
+impl FromStr for DType {
+    type Err = UnknownDType;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DType::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| UnknownDType(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for d in DType::ALL {
+            assert_eq!(d.name().parse::<DType>(), Ok(d));
+        }
+        assert!("float8".parse::<DType>().is_err());
+    }
+}

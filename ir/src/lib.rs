@@ -1,0 +1,24 @@
+//! dsc's graph IR: dtypes, shapes, ops, the `Graph`, its builder, text format, verifier, and
+//! the `model.toml` schema with preset expansion.
+
+pub mod attr;
+pub mod builder;
+pub mod dtype;
+pub mod graph;
+pub mod infer;
+pub mod op;
+pub mod policy;
+pub mod role;
+pub mod shape;
+pub mod text;
+pub mod verify;
+
+pub use attr::{Attr, AttrType, Attrs};
+pub use builder::{BuildError, GraphBuilder};
+pub use dtype::DType;
+pub use graph::{Graph, ValueData, ValueDef, ValueId};
+pub use op::{Op, OpKind, Precision};
+pub use policy::{PrecisionOverride, PrecisionPolicy, ScaleFormat};
+pub use role::Role;
+pub use shape::{Shape, TensorType};
+pub use verify::{VerifyError, VerifyErrors, verify};

@@ -1,0 +1,292 @@
+//! Op kinds, their signatures (arity and attributes), and op data.
+
+use crate::attr::{AttrType, Attrs};
+use crate::{DType, Role, ValueId};
+use std::fmt;
+use std::str::FromStr;
+
+/// What an op computes. Shape rules live in `infer.rs`, semantics in DESIGN.md §2–§3b.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OpKind {
+    /// `table[ids]`: ids `[*]` (integer), table `[V, D]` → `[*, D]`.
+    Embedding,
+    /// `x · wᵀ (+ bias)`: x `[*, K]`, w `[N, K]`, optional bias `[N]` → `[*, N]`.
+    Linear,
+    /// Batched `a · b` (or `a · bᵀ` with `transpose_b`): `[*b, M, K]` × `[*b, K, N]` → `[*b, M, N]`.
+    Matmul,
+    /// `x · rsqrt(mean(x²) + eps) · w` over the last axis, statistics in FP32.
+    RmsNorm,
+    /// Rotary embedding of `[batch, seq, heads, head_dim]`, positions along axis 1;
+    /// `style` is `interleaved` (pairs `2i, 2i+1`) or `half` (pairs `i, i + d/2`).
+    Rope,
+    /// Softmax along `axis`, computed in FP32.
+    Softmax,
+    /// `x · sigmoid(x)`.
+    Silu,
+    /// Elementwise product of two same-shaped tensors.
+    Mul,
+    /// Elementwise sum of two same-shaped tensors.
+    Add,
+    /// `silu(gate) ⊙ up`.
+    Swiglu,
+    /// Attention scores `q·kᵀ (+ q_pe·k_peᵀ) · scale` with optional causal mask:
+    /// q `[B, S, H, D]`, k `[B, T, Hk, D]` (Hk divides H) → `[B, H, S, T]`.
+    AttnScores,
+    /// Weighted sum `p · v`: p `[B, H, S, T]`, v `[B, T, Hv, Dv]` (Hv divides H) → `[B, S, H, Dv]`.
+    AttnValues,
+    /// MoE routing: scores (sigmoid/softmax) of logits `[T, E]`, optional selection bias `[E]`,
+    /// group-limited top-k, normalization, route scale → weights f32 `[T, k]`, indices i32 `[T, k]`.
+    MoeTopk,
+    /// Per-token expert GEMM: x `[T, K]` or `[T, k, K]`, w `[E, N, K]`, indices `[T, k]` → `[T, k, N]`.
+    GroupedLinear,
+    /// `Σ_k weights[t, k] · y[t, k, :] (+ shared[t, :])`: y `[T, k, D]`, weights `[T, k]` → `[T, D]`.
+    MoeCombine,
+    /// Converts to `dtype` (round to nearest even, saturating for FP8).
+    Cast,
+    /// Block quantization to FP8: `block = [rows, cols]` over the last two axes
+    /// (`[1, 128]` for activations, `[128, 128]` for weights) → codes and f32 scales.
+    Quantize,
+    /// Inverse of `quantize`: codes and scales → `dtype`.
+    Dequantize,
+    /// Same elements, new `shape`.
+    Reshape,
+    /// Permutes axes by `perm`.
+    Transpose,
+    /// Elements `start..end` along `axis`.
+    Slice,
+    /// Joins operands along `axis`.
+    Concat,
+}
+
+/// Operand count bounds of an op kind: `min..=max` (`max = None` for variadic).
+#[derive(Debug, Clone, Copy)]
+pub struct Arity {
+    pub min: usize,
+    pub max: Option<usize>,
+}
+
+/// One attribute an op kind takes.
+#[derive(Debug, Clone, Copy)]
+pub struct AttrSpec {
+    pub name: &'static str,
+    pub ty: AttrType,
+    pub required: bool,
+}
+
+const fn req(name: &'static str, ty: AttrType) -> AttrSpec {
+    AttrSpec {
+        name,
+        ty,
+        required: true,
+    }
+}
+
+const fn opt(name: &'static str, ty: AttrType) -> AttrSpec {
+    AttrSpec {
+        name,
+        ty,
+        required: false,
+    }
+}
+
+const fn arity(min: usize, max: usize) -> Arity {
+    Arity {
+        min,
+        max: Some(max),
+    }
+}
+
+impl OpKind {
+    /// Every op kind.
+    pub const ALL: [OpKind; 22] = [
+        OpKind::Embedding,
+        OpKind::Linear,
+        OpKind::Matmul,
+        OpKind::RmsNorm,
+        OpKind::Rope,
+        OpKind::Softmax,
+        OpKind::Silu,
+        OpKind::Mul,
+        OpKind::Add,
+        OpKind::Swiglu,
+        OpKind::AttnScores,
+        OpKind::AttnValues,
+        OpKind::MoeTopk,
+        OpKind::GroupedLinear,
+        OpKind::MoeCombine,
+        OpKind::Cast,
+        OpKind::Quantize,
+        OpKind::Dequantize,
+        OpKind::Reshape,
+        OpKind::Transpose,
+        OpKind::Slice,
+        OpKind::Concat,
+    ];
+
+    /// The spelling used in the text format and model.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Embedding => "embedding",
+            OpKind::Linear => "linear",
+            OpKind::Matmul => "matmul",
+            OpKind::RmsNorm => "rms_norm",
+            OpKind::Rope => "rope",
+            OpKind::Softmax => "softmax",
+            OpKind::Silu => "silu",
+            OpKind::Mul => "mul",
+            OpKind::Add => "add",
+            OpKind::Swiglu => "swiglu",
+            OpKind::AttnScores => "attn_scores",
+            OpKind::AttnValues => "attn_values",
+            OpKind::MoeTopk => "moe_topk",
+            OpKind::GroupedLinear => "grouped_linear",
+            OpKind::MoeCombine => "moe_combine",
+            OpKind::Cast => "cast",
+            OpKind::Quantize => "quantize",
+            OpKind::Dequantize => "dequantize",
+            OpKind::Reshape => "reshape",
+            OpKind::Transpose => "transpose",
+            OpKind::Slice => "slice",
+            OpKind::Concat => "concat",
+        }
+    }
+
+    /// How many operands the kind takes.
+    pub fn arity(self) -> Arity {
+        use OpKind::*;
+        match self {
+            Embedding | Mul | Add | Swiglu | AttnValues | RmsNorm | Dequantize => arity(2, 2),
+            Linear | GroupedLinear => arity(2, 3),
+            Matmul => arity(2, 2),
+            Rope | Softmax | Silu | Cast | Quantize | Reshape | Transpose | Slice => arity(1, 1),
+            AttnScores => arity(2, 4),
+            MoeTopk => arity(1, 2),
+            MoeCombine => arity(2, 3),
+            Concat => Arity { min: 1, max: None },
+        }
+    }
+
+    /// Number of results the kind produces.
+    pub fn num_results(self) -> usize {
+        match self {
+            OpKind::MoeTopk | OpKind::Quantize => 2,
+            _ => 1,
+        }
+    }
+
+    /// The attributes the kind takes; any other attribute is an error.
+    pub fn attr_specs(self) -> &'static [AttrSpec] {
+        use AttrType as T;
+        use OpKind::*;
+        match self {
+            Matmul => const { &[opt("transpose_b", T::Bool)] },
+            RmsNorm => const { &[req("eps", T::Float)] },
+            Rope => const { &[
+                req("style", T::Str),
+                req("theta", T::Float),
+                opt("scaling", T::Str),
+                opt("factor", T::Float),
+                opt("original_max_position", T::Int),
+                opt("beta_fast", T::Float),
+                opt("beta_slow", T::Float),
+                opt("mscale", T::Float),
+                opt("mscale_all_dim", T::Float),
+                opt("low_freq_factor", T::Float),
+                opt("high_freq_factor", T::Float),
+            ] },
+            Softmax => const { &[req("axis", T::Int)] },
+            AttnScores => const { &[req("scale", T::Float), req("causal", T::Bool)] },
+            MoeTopk => const { &[
+                req("score_func", T::Str),
+                req("top_k", T::Int),
+                req("n_groups", T::Int),
+                req("topk_groups", T::Int),
+                req("norm_topk_prob", T::Bool),
+                req("route_scale", T::Float),
+            ] },
+            Cast => const { &[req("dtype", T::DType)] },
+            Quantize => const { &[
+                req("dtype", T::DType),
+                req("block", T::Ints),
+                req("scale_format", T::Str),
+            ] },
+            Dequantize => const { &[req("dtype", T::DType), req("block", T::Ints)] },
+            Reshape => const { &[req("shape", T::Ints)] },
+            Transpose => const { &[req("perm", T::Ints)] },
+            Slice => const { &[req("axis", T::Int), req("start", T::Int), req("end", T::Int)] },
+            Concat => const { &[req("axis", T::Int)] },
+            Embedding | Linear | Silu | Mul | Add | Swiglu | AttnValues | GroupedLinear
+            | MoeCombine => const { &[] },
+        }
+    }
+
+    /// True for kinds that are matrix products of activations with weights (FP8 candidates).
+    pub fn is_weight_gemm(self) -> bool {
+        matches!(self, OpKind::Linear | OpKind::GroupedLinear | OpKind::Matmul)
+    }
+
+    /// True for kinds that only move or view data (their result dtype is their operand's).
+    pub fn is_data_movement(self) -> bool {
+        matches!(
+            self,
+            OpKind::Reshape | OpKind::Transpose | OpKind::Slice | OpKind::Concat
+        )
+    }
+
+    /// The role an op of this kind gets when model.toml names none.
+    pub fn default_role(self) -> Role {
+        match self {
+            OpKind::Embedding => Role::Embedding,
+            OpKind::RmsNorm => Role::Norm,
+            OpKind::Rope | OpKind::Softmax | OpKind::AttnScores | OpKind::AttnValues => {
+                Role::Attention
+            }
+            OpKind::MoeTopk => Role::Gating,
+            OpKind::GroupedLinear | OpKind::MoeCombine => Role::Expert,
+            OpKind::Add => Role::Residual,
+            _ => Role::Other,
+        }
+    }
+}
+
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The error for a string that names no op kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown op kind `{0}`")]
+pub struct UnknownOpKind(pub String);
+
+impl FromStr for OpKind {
+    type Err = UnknownOpKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OpKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| UnknownOpKind(s.to_string()))
+    }
+}
+
+/// The precision assign-precision chose for an op. Its storage dtype is its results' dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Precision {
+    /// The dtype the op's arithmetic consumes (`f8e4m3` for an FP8 GEMM, `f32` for a norm).
+    pub compute: DType,
+    /// The dtype sums are kept in; `None` for ops without reductions.
+    pub accumulate: Option<DType>,
+}
+
+/// One op: a kind applied to operand values, defining result values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Op {
+    pub kind: OpKind,
+    pub operands: Vec<ValueId>,
+    /// The op's name is the name of its first result.
+    pub results: Vec<ValueId>,
+    pub attrs: Attrs,
+    pub role: Role,
+    pub precision: Option<Precision>,
+}

@@ -1,0 +1,105 @@
+//! Prints a graph in the text format: a header, then one line per input, parameter, op and
+//! output, in graph order. The grammar is documented in `text/mod.rs`.
+
+use crate::{Graph, Op, ValueId};
+use std::fmt::Write;
+
+/// True when `name` can be printed without quotes.
+pub fn is_bare_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '{' | '}' | '/'))
+}
+
+fn push_name(out: &mut String, sigil: char, name: &str) {
+    out.push(sigil);
+    if is_bare_name(name) {
+        out.push_str(name);
+    } else {
+        let _ = write!(out, "{name:?}");
+    }
+}
+
+fn push_ref(out: &mut String, g: &Graph, v: ValueId) {
+    let sigil = if g.is_param(v) { '@' } else { '%' };
+    push_name(out, sigil, g.name(v));
+}
+
+/// Prints `g` as text; `parse(&print(g))` gives back an equal graph.
+pub fn print(g: &Graph) -> String {
+    let mut out = String::with_capacity(64 * (g.ops.len() + g.params.len() + 8));
+    let _ = writeln!(out, "graph {:?}", g.name);
+    let p = &g.policy;
+    let keep: Vec<_> = p.keep_high.iter().map(|r| r.name()).collect();
+    let _ = writeln!(
+        out,
+        "policy keep_high=[{}] high={} fp8_format={} act_tile={} weight_block={} promote_interval={} scale_format={}",
+        keep.join(", "),
+        p.high,
+        p.fp8_format,
+        p.act_tile,
+        p.weight_block,
+        p.promote_interval,
+        p.scale_format
+    );
+    for o in &p.overrides {
+        let _ = writeln!(out, "override {:?} {}", o.pattern, o.dtype);
+    }
+    for &v in &g.inputs {
+        out.push_str("input ");
+        push_name(&mut out, '%', g.name(v));
+        let _ = writeln!(out, ": {}", g.ty(v));
+    }
+    for &v in &g.params {
+        out.push_str("param ");
+        push_name(&mut out, '@', g.name(v));
+        let _ = writeln!(out, ": {}", g.ty(v));
+    }
+    for op in &g.ops {
+        print_op(&mut out, g, op);
+        out.push('\n');
+    }
+    for &v in &g.outputs {
+        out.push_str("output ");
+        push_ref(&mut out, g, v);
+        out.push('\n');
+    }
+    out
+}
+
+/// Prints one op line (without the newline).
+pub fn print_op(out: &mut String, g: &Graph, op: &Op) {
+    for (i, &r) in op.results.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        push_name(out, '%', g.name(r));
+        let _ = write!(out, ": {}", g.ty(r));
+    }
+    let _ = write!(out, " = {}(", op.kind);
+    for (i, &v) in op.operands.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        push_ref(out, g, v);
+    }
+    out.push(')');
+    if !op.attrs.is_empty() {
+        out.push_str(" {");
+        for (i, (name, value)) in op.attrs.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "{name} = {value}");
+        }
+        out.push('}');
+    }
+    let _ = write!(out, " role={}", op.role);
+    if let Some(p) = op.precision {
+        let _ = write!(out, " compute={}", p.compute);
+        if let Some(acc) = p.accumulate {
+            let _ = write!(out, " accumulate={acc}");
+        }
+    }
+}
