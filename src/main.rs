@@ -1,1 +1,28 @@
-fn main() {}
+//! The `dsc` binary: exit 0 on success, 1 on bad input or a failed run (`error: …` on
+//! stderr), 2 on usage errors (clap's own).
+
+mod artifact_dir;
+mod cli;
+mod compile;
+mod diagnostic;
+mod opt;
+mod pipeline;
+mod report;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match &cli.command {
+        cli::Command::Compile(args) => compile::run(args),
+        cli::Command::Opt(args) => opt::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(diagnostic) => {
+            eprintln!("{diagnostic}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,9 @@
+//! dsc's integration tests, in one binary (DESIGN.md §7): CLI behaviour, bad inputs, `dsc opt`
+//! file tests, IR snapshots after each pass, and precision-policy properties of the examples.
 
+mod bad_inputs;
+mod cli;
+mod filetests;
+mod precision;
+mod snapshots;
+mod support;

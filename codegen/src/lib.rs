@@ -1,1 +1,24 @@
-//! placeholder
+//! dsc's code generator: selects a GPU kernel for each op of the final graph, builds it as MLIR
+//! with melior (`gpu.module`/`gpu.func` over the `arith`, `scf`, `memref`, `gpu`, `nvgpu` and
+//! `nvvm` dialects), lowers the module to PTX with MLIR's own passes, and checks the PTX with
+//! ptxas.
+//!
+//! The chain, end to end:
+//!
+//! ```text
+//! mlir::create_context ─► mlir::KernelModule + kernel builders (mlir::add, …)
+//!                      ─► compile_to_ptx(module, Target) ─► PTX text ─► ptxas::assemble
+//! ```
+//!
+//! Targets are `sm_90a` (Hopper, the default) and `sm_89` (Ada), each its own PTX module
+//! ([`Target`]). See DESIGN.md §4.
+
+pub mod error;
+pub mod mlir;
+pub mod ptx;
+pub mod ptxas;
+pub mod target;
+
+pub use error::CodegenError;
+pub use ptx::{compile_to_ptx, pipeline};
+pub use target::Target;

@@ -94,7 +94,7 @@ impl fmt::Display for Attr {
             Attr::Int(v) => write!(f, "{v}"),
             Attr::Float(v) => write!(f, "{v:?}"),
             Attr::Bool(v) => write!(f, "{v}"),
-            Attr::Str(v) => write!(f, "\"{v}\""),
+            Attr::Str(v) => write!(f, "{v:?}"),
             Attr::DType(v) => write!(f, "{v}"),
             Attr::Ints(v) => {
                 f.write_str("[")?;

@@ -13,6 +13,13 @@ pub struct BuildError {
     pub message: String,
 }
 
+/// How an op's results are named and typed: `dtype` replaces the first result's natural
+/// dtype where the kind leaves it free; `extra` labels the further results.
+struct ResultNames<'a> {
+    dtype: Option<DType>,
+    extra: &'a [&'a str],
+}
+
 /// Appends ops to a graph, checking each one as it goes.
 pub struct GraphBuilder {
     graph: Graph,
@@ -103,9 +110,21 @@ impl GraphBuilder {
         role: Role,
         operands: &[ValueId],
         attrs: Attrs,
-        dtype: Option<DType>,
         extra: &[&str],
     ) -> Result<Vec<ValueId>, BuildError> {
+        self.append(kind, name, role, operands, attrs, ResultNames { dtype: None, extra })
+    }
+
+    fn append(
+        &mut self,
+        kind: OpKind,
+        name: &str,
+        role: Role,
+        operands: &[ValueId],
+        attrs: Attrs,
+        results: ResultNames<'_>,
+    ) -> Result<Vec<ValueId>, BuildError> {
+        let ResultNames { dtype, extra } = results;
         let err = |message: String| BuildError {
             name: name.to_string(),
             kind: kind.name(),
@@ -157,7 +176,8 @@ impl GraphBuilder {
         attrs: Attrs,
         dtype: Option<DType>,
     ) -> Result<ValueId, BuildError> {
-        Ok(self.op_multi(kind, name, role, operands, attrs, dtype, &[])?[0])
+        let results = ResultNames { dtype, extra: &[] };
+        Ok(self.append(kind, name, role, operands, attrs, results)?[0])
     }
 
     /// Marks a value as a graph output.

@@ -122,7 +122,7 @@ fn dims_eq(what: &str, a: &TensorType, b: &TensorType) -> Result<()> {
 }
 
 fn heads_divide(what: &str, heads: u64, kv_heads: u64) -> Result<()> {
-    if kv_heads != 0 && heads % kv_heads == 0 {
+    if kv_heads != 0 && heads.is_multiple_of(kv_heads) {
         Ok(())
     } else {
         Err(format!(
@@ -258,7 +258,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
             let x = ins[0];
             need_float("input", x)?;
             need_rank("input", x, 4)?;
-            if x.shape.last() % 2 != 0 {
+            if !x.shape.last().is_multiple_of(2) {
                 return Err(format!("rope needs an even head_dim, got {x}"));
             }
             match attrs.str("style") {
@@ -374,7 +374,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
             if top_k <= 0 || top_k as u64 > e {
                 return Err(format!("top_k {top_k} must be in 1..={e}"));
             }
-            if groups <= 0 || e % groups as u64 != 0 {
+            if groups <= 0 || !e.is_multiple_of(groups as u64) {
                 return Err(format!("n_groups {groups} must divide the {e} experts"));
             }
             if topk_groups <= 0 || topk_groups > groups {

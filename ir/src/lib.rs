@@ -6,6 +6,7 @@ pub mod builder;
 pub mod dtype;
 pub mod graph;
 pub mod infer;
+pub mod model;
 pub mod op;
 pub mod policy;
 pub mod role;

@@ -118,7 +118,7 @@ impl PrecisionPolicy {
                 ),
             );
         }
-        if self.act_tile == 0 || self.act_tile % MMA_K != 0 {
+        if self.act_tile == 0 || !self.act_tile.is_multiple_of(MMA_K) {
             return err(
                 "act_tile",
                 format!(
@@ -127,7 +127,7 @@ impl PrecisionPolicy {
                 ),
             );
         }
-        if self.weight_block == 0 || self.weight_block % self.act_tile != 0 {
+        if self.weight_block == 0 || !self.weight_block.is_multiple_of(self.act_tile) {
             return err(
                 "weight_block",
                 format!(
@@ -138,7 +138,7 @@ impl PrecisionPolicy {
             );
         }
         let p = self.promote_interval;
-        if p == 0 || p % MMA_K != 0 || self.act_tile % p != 0 {
+        if p == 0 || !p.is_multiple_of(MMA_K) || !self.act_tile.is_multiple_of(p) {
             return err(
                 "promote_interval",
                 format!(

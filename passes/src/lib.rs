@@ -1,1 +1,16 @@
-//! placeholder
+//! dsc's passes: the pass manager and every graph-to-graph transformation.
+//!
+//! A pass is `fn(&mut Graph, &PassOptions) -> Result<(), PassError>` with a name usable in a
+//! pipeline string (`verify,assign-precision,cse,dce`); the manager runs the verifier after
+//! each pass in tests and debug builds.
+
+pub mod assign_precision;
+pub mod cse;
+pub mod dce;
+mod error;
+pub mod infer_shapes;
+pub mod manager;
+pub mod verify_pass;
+
+pub use error::PassError;
+pub use manager::{DEFAULT_PIPELINE, PASSES, Pass, PassOptions, PassTiming, Pipeline, find_pass};

@@ -18,6 +18,7 @@
 //! printed in name order; floats always carry a `.` or an exponent. The header lines come
 //! first (`graph`, `policy`, then `override`s), then inputs, params, ops, outputs.
 
+mod lex;
 mod parse;
 mod print;
 

@@ -21,8 +21,21 @@ fn push_name(out: &mut String, sigil: char, name: &str) {
     }
 }
 
-fn push_ref(out: &mut String, g: &Graph, v: ValueId) {
-    let sigil = if g.is_param(v) { '@' } else { '%' };
+/// Which values are parameters, indexed by value: references print `@` for them.
+struct ParamSet(Vec<bool>);
+
+impl ParamSet {
+    fn of(g: &Graph) -> Self {
+        let mut is_param = vec![false; g.values.len()];
+        for &p in &g.params {
+            is_param[p.index()] = true;
+        }
+        ParamSet(is_param)
+    }
+}
+
+fn push_ref(out: &mut String, g: &Graph, params: &ParamSet, v: ValueId) {
+    let sigil = if params.0[v.index()] { '@' } else { '%' };
     push_name(out, sigil, g.name(v));
 }
 
@@ -56,13 +69,14 @@ pub fn print(g: &Graph) -> String {
         push_name(&mut out, '@', g.name(v));
         let _ = writeln!(out, ": {}", g.ty(v));
     }
+    let params = ParamSet::of(g);
     for op in &g.ops {
-        print_op(&mut out, g, op);
+        write_op(&mut out, g, &params, op);
         out.push('\n');
     }
     for &v in &g.outputs {
         out.push_str("output ");
-        push_ref(&mut out, g, v);
+        push_ref(&mut out, g, &params, v);
         out.push('\n');
     }
     out
@@ -70,6 +84,10 @@ pub fn print(g: &Graph) -> String {
 
 /// Prints one op line (without the newline).
 pub fn print_op(out: &mut String, g: &Graph, op: &Op) {
+    write_op(out, g, &ParamSet::of(g), op);
+}
+
+fn write_op(out: &mut String, g: &Graph, params: &ParamSet, op: &Op) {
     for (i, &r) in op.results.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
@@ -82,7 +100,7 @@ pub fn print_op(out: &mut String, g: &Graph, op: &Op) {
         if i > 0 {
             out.push_str(", ");
         }
-        push_ref(out, g, v);
+        push_ref(out, g, params, v);
     }
     out.push(')');
     if !op.attrs.is_empty() {

@@ -1,0 +1,233 @@
+//! The skeleton every kernel builder fills in: a `builtin.module` holding one `gpu.module`, to
+//! which each kernel is added as a `gpu.func … kernel`; plus the small helpers they share.
+//!
+//! ```text
+//! module attributes {gpu.container_module} {
+//!   gpu.module @dsc_kernels {
+//!     gpu.func @add_f32(%a: memref<1024xf32>, …) kernel { … gpu.return }
+//!   }
+//! }
+//! ```
+
+use melior::Context;
+use melior::dialect::{arith, ods::gpu};
+use melior::ir::attribute::{IntegerAttribute, StringAttribute, TypeAttribute};
+use melior::ir::operation::{OperationLike, OperationMutLike};
+use melior::ir::r#type::FunctionType;
+use melior::ir::{
+    Attribute, Block, BlockLike, BlockRef, Location, Module, Operation, Region, RegionLike, Type,
+    Value,
+};
+
+use crate::error::CodegenError;
+
+/// A module of GPU kernels: the unit [`crate::compile_to_ptx`] turns into one PTX module.
+pub struct KernelModule<'c> {
+    context: &'c Context,
+    module: Module<'c>,
+}
+
+impl<'c> KernelModule<'c> {
+    /// Creates an empty module whose `gpu.module` is named `name`.
+    pub fn new(context: &'c Context, name: &str) -> Self {
+        let location = Location::unknown(context);
+        let mut module = Module::new(location);
+        module
+            .as_operation_mut()
+            .set_attribute("gpu.container_module", Attribute::unit(context));
+
+        let body = Region::new();
+        body.append_block(Block::new(&[]));
+        let gpu_module = gpu::module(context, body, StringAttribute::new(context, name), location);
+        module.body().append_operation(gpu_module.into());
+        KernelModule { context, module }
+    }
+
+    /// The context the module lives in.
+    pub fn context(&self) -> &'c Context {
+        self.context
+    }
+
+    /// The body of the `gpu.module`, where kernels go.
+    pub fn gpu_module_body(&self) -> BlockRef<'c, '_> {
+        self.module
+            .body()
+            .first_operation()
+            .and_then(|gpu_module| gpu_module.region(0).ok())
+            .and_then(|region| region.first_block())
+            .expect("a KernelModule always holds a gpu.module with one block")
+    }
+
+    /// The entry names of the kernels added so far, in order.
+    pub fn kernel_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut next = self.gpu_module_body().first_operation();
+        while let Some(operation) = next {
+            if let Ok(name) = operation.attribute("sym_name")
+                && let Ok(name) = StringAttribute::try_from(name)
+            {
+                names.push(name.value().to_string());
+            }
+            next = operation.next_in_block();
+        }
+        names
+    }
+
+    /// Adds the kernel `name` taking `arguments`: a `gpu.func` with the `gpu.kernel` attribute.
+    /// `build` fills its entry block (whose arguments are the kernel's) and may create further
+    /// regions; the terminating `gpu.return` is appended after it.
+    pub fn add_kernel<F>(
+        &self,
+        name: &str,
+        arguments: &[Type<'c>],
+        build: F,
+    ) -> Result<(), CodegenError>
+    where
+        F: FnOnce(&Block<'c>, Location<'c>) -> Result<(), CodegenError>,
+    {
+        if self.kernel_names().iter().any(|existing| existing == name) {
+            return Err(CodegenError::InvalidKernel {
+                kernel: name.to_string(),
+                message: "a kernel with this entry name is already in the module".to_string(),
+            });
+        }
+        let context = self.context;
+        let location = Location::name(context, name, Location::unknown(context));
+
+        let entry = Block::new(
+            &arguments
+                .iter()
+                .map(|&argument| (argument, location))
+                .collect::<Vec<_>>(),
+        );
+        build(&entry, location)?;
+        entry.append_operation(gpu::r#return(context, &[], location).into());
+        let body = Region::new();
+        body.append_block(entry);
+
+        let function_type = FunctionType::new(context, arguments, &[]);
+        let mut function: Operation<'c> =
+            gpu::func(context, body, TypeAttribute::new(function_type.into()), location).into();
+        function.set_attribute("sym_name", StringAttribute::new(context, name).into());
+        function.set_attribute("gpu.kernel", Attribute::unit(context));
+        self.gpu_module_body().append_operation(function);
+        Ok(())
+    }
+
+    /// The whole module.
+    pub fn module(&self) -> &Module<'c> {
+        &self.module
+    }
+
+    /// The whole module, mutably (lowering rewrites it in place).
+    pub fn module_mut(&mut self) -> &mut Module<'c> {
+        &mut self.module
+    }
+
+    /// Gives up the wrapper.
+    pub fn into_module(self) -> Module<'c> {
+        self.module
+    }
+}
+
+/// Appends `operation` to `block` and returns its single result.
+pub fn append_value<'c, 'a>(
+    block: &'a Block<'c>,
+    operation: impl Into<Operation<'c>>,
+) -> Result<Value<'c, 'a>, CodegenError> {
+    Ok(block.append_operation(operation.into()).result(0)?.into())
+}
+
+/// Appends `arith.constant <value> : index`.
+pub fn index_constant<'c, 'a>(
+    context: &'c Context,
+    block: &'a Block<'c>,
+    value: i64,
+    location: Location<'c>,
+) -> Result<Value<'c, 'a>, CodegenError> {
+    let attribute = IntegerAttribute::new(Type::index(context), value);
+    append_value(block, arith::constant(context, attribute.into(), location))
+}
+
+/// A grid or block dimension, as `gpu.block_id x` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dimension {
+    /// `x`.
+    X,
+    /// `y`.
+    Y,
+    /// `z`.
+    Z,
+}
+
+impl Dimension {
+    fn attribute<'c>(self, context: &'c Context) -> Attribute<'c> {
+        let source = match self {
+            Dimension::X => "#gpu<dim x>",
+            Dimension::Y => "#gpu<dim y>",
+            Dimension::Z => "#gpu<dim z>",
+        };
+        Attribute::parse(context, source).expect("gpu dimension attributes parse")
+    }
+}
+
+/// Appends `gpu.block_id <dimension>` (an `index`).
+pub fn block_id<'c, 'a>(
+    context: &'c Context,
+    block: &'a Block<'c>,
+    dimension: Dimension,
+    location: Location<'c>,
+) -> Result<Value<'c, 'a>, CodegenError> {
+    let operation = gpu::block_id(
+        context,
+        Type::index(context),
+        dimension.attribute(context),
+        location,
+    );
+    append_value(block, operation)
+}
+
+/// Appends `gpu.block_dim <dimension>` (an `index`).
+pub fn block_dim<'c, 'a>(
+    context: &'c Context,
+    block: &'a Block<'c>,
+    dimension: Dimension,
+    location: Location<'c>,
+) -> Result<Value<'c, 'a>, CodegenError> {
+    let operation = gpu::block_dim(
+        context,
+        Type::index(context),
+        dimension.attribute(context),
+        location,
+    );
+    append_value(block, operation)
+}
+
+/// Appends `gpu.thread_id <dimension>` (an `index`).
+pub fn thread_id<'c, 'a>(
+    context: &'c Context,
+    block: &'a Block<'c>,
+    dimension: Dimension,
+    location: Location<'c>,
+) -> Result<Value<'c, 'a>, CodegenError> {
+    let operation = gpu::thread_id(
+        context,
+        Type::index(context),
+        dimension.attribute(context),
+        location,
+    );
+    append_value(block, operation)
+}
+
+/// Appends the global thread index along x: `block_id.x * block_dim.x + thread_id.x`.
+pub fn global_thread_index<'c, 'a>(
+    context: &'c Context,
+    block: &'a Block<'c>,
+    location: Location<'c>,
+) -> Result<Value<'c, 'a>, CodegenError> {
+    let block_index = block_id(context, block, Dimension::X, location)?;
+    let block_size = block_dim(context, block, Dimension::X, location)?;
+    let thread = thread_id(context, block, Dimension::X, location)?;
+    let first = append_value(block, arith::muli(block_index, block_size, location))?;
+    append_value(block, arith::addi(first, thread, location))
+}

@@ -1,0 +1,81 @@
+//! The `model.toml` front end (DESIGN.md §2a): a preset (`architecture = "deepseek"` or
+//! `"llama"`) expanded into its graph, or an explicit graph of `[[input]]`s and `[[op]]`s,
+//! plus the optional `[precision]` policy.
+//!
+//! Reading is strict: an unknown key, a wrong type or an impossible value is a [`ModelError`]
+//! at the line:col of the offending key or value, naming the key.
+
+mod deepseek;
+mod explicit;
+mod explicit_op;
+mod layers;
+mod llama;
+mod precision;
+mod preset;
+mod toml;
+
+#[cfg(test)]
+mod tests;
+
+use crate::Graph;
+use toml::{Source, Table};
+
+/// An error in a model.toml, at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{col}: {message}")]
+pub struct ModelError {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+/// The architectures a preset can name.
+const ARCHITECTURES: [&str; 2] = ["deepseek", "llama"];
+
+/// Reads a model.toml into a verified graph with its precision policy.
+pub fn load_model(source: &str) -> Result<Graph, ModelError> {
+    let src = Source::new(source);
+    let doc = toml::parse(source)?;
+    let root = Table::root(src, &doc);
+    let Some(model) = root.table("model", "[model]")? else {
+        return Err(src.error(
+            toml::At(0),
+            "missing table [model] (a preset's `architecture` or an explicit graph's `outputs`)",
+        ));
+    };
+    let policy = match root.table("precision", "[precision]")? {
+        Some(t) => precision::parse(&t)?,
+        None => crate::PrecisionPolicy::default(),
+    };
+    let mut graph = match model.str("architecture")? {
+        Some(arch) => {
+            if !ARCHITECTURES.contains(&arch.value) {
+                return Err(model.error(
+                    arch.at,
+                    format!(
+                        "`architecture` must be one of {}, not \"{}\"",
+                        ARCHITECTURES.map(|a| format!("\"{a}\"")).join(", "),
+                        arch.value
+                    ),
+                ));
+            }
+            preset::check_root_keys(&root, arch.value)?;
+            if arch.value == "deepseek" {
+                deepseek::build(&model, policy.high)?
+            } else {
+                llama::build(&model, policy.high)?
+            }
+        }
+        None => explicit::build(&root, &model, policy.high)?,
+    };
+    graph.policy = policy;
+    // The builders check every op as they go; this catches what they cannot see (outputs,
+    // the policy), so a graph handed out is always one the rest of dsc accepts.
+    crate::verify(&graph).map_err(|e| {
+        model.error(
+            model.at(),
+            format!("the model builds an invalid graph: {e}"),
+        )
+    })?;
+    Ok(graph)
+}

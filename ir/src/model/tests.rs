@@ -1,0 +1,833 @@
+//! Tests of the model.toml front end: the examples load and verify, and every class of bad
+//! input is an error at the right line:col that names the key.
+
+use super::{ModelError, load_model};
+use crate::{DType, Graph, OpKind, Role, verify};
+
+macro_rules! example {
+    ($file:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/", $file))
+    };
+}
+
+const TINY: &str = example!("tiny-moe.toml");
+const V2_LITE: &str = example!("deepseek-v2-lite.toml");
+const V3: &str = example!("deepseek-v3.toml");
+const LLAMA: &str = example!("llama-small.toml");
+const MLP: &str = example!("mlp.toml");
+
+fn load(src: &str) -> Graph {
+    let g = load_model(src).unwrap_or_else(|e| panic!("{e}\n{src}"));
+    verify(&g).unwrap_or_else(|e| panic!("{e}"));
+    g
+}
+
+fn err(src: &str) -> ModelError {
+    match load_model(src) {
+        Ok(_) => panic!("expected an error for\n{src}"),
+        Err(e) => e,
+    }
+}
+
+/// Replaces the line that sets `key` (the first one) with `line`; an empty `line` removes it.
+fn set(src: &str, key: &str, line: &str) -> String {
+    let prefix = format!("{key} =");
+    let mut done = false;
+    let mut out = String::new();
+    for l in src.lines() {
+        if !done && l.starts_with(&prefix) {
+            done = true;
+            if !line.is_empty() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        } else {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    assert!(done, "no `{key}` in the source");
+    out
+}
+
+/// The 1-based line:col where `needle` first occurs, plus `offset` columns.
+fn pos(src: &str, needle: &str, offset: usize) -> (usize, usize) {
+    let at = src
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not in source"));
+    let line = src[..at].matches('\n').count() + 1;
+    let col = at - src[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col + offset)
+}
+
+/// Asserts the error is at `needle` (+ `offset` columns) and names every one of `words`.
+fn assert_err(src: &str, needle: &str, offset: usize, words: &[&str]) {
+    let e = err(src);
+    assert_eq!(
+        (e.line, e.col),
+        pos(src, needle, offset),
+        "wrong position for: {e}"
+    );
+    for w in words {
+        assert!(e.message.contains(w), "`{w}` not in: {e}");
+    }
+}
+
+/// Asserts the error for `src` with `key`'s line replaced by `line` is at its value.
+fn assert_value_err(base: &str, key: &str, line: &str, words: &[&str]) {
+    let src = set(base, key, line);
+    let value_col = line.find('=').expect("a key line") + 2;
+    assert_err(&src, line, value_col, words);
+}
+
+fn op<'g>(g: &'g Graph, name: &str) -> &'g crate::Op {
+    g.ops
+        .iter()
+        .find(|o| g.op_name(o) == name)
+        .unwrap_or_else(|| panic!("no op `{name}`"))
+}
+
+fn param_type(g: &Graph, name: &str) -> Option<String> {
+    g.params
+        .iter()
+        .find(|&&p| g.name(p) == name)
+        .map(|&p| g.ty(p).to_string())
+}
+
+// --- the examples ---
+
+#[test]
+fn tiny_moe_builds_the_documented_graph() {
+    let g = load(TINY);
+    assert_eq!(g.name, "tiny-moe");
+    let [out] = g.outputs[..] else { panic!() };
+    assert_eq!(g.name(out), "logits");
+    assert_eq!(g.ty(out).to_string(), "bf16[1, 64, 512]");
+    assert_eq!(op(&g, "logits").role, Role::Head);
+    assert_eq!(g.ty(g.inputs[0]).to_string(), "i32[1, 64]");
+    let ty = |n| param_type(&g, n);
+    assert_eq!(ty("model.embed_tokens.weight").unwrap(), "bf16[512, 256]");
+    assert_eq!(ty("lm_head.weight").unwrap(), "bf16[512, 256]");
+    assert_eq!(
+        ty("model.layers.0.self_attn.q_proj.weight").unwrap(),
+        "bf16[192, 256]"
+    );
+    assert_eq!(
+        ty("model.layers.0.self_attn.kv_a_proj_with_mqa.weight").unwrap(),
+        "bf16[80, 256]"
+    );
+    assert_eq!(
+        ty("model.layers.0.self_attn.kv_b_proj.weight").unwrap(),
+        "bf16[256, 64]"
+    );
+    assert_eq!(
+        ty("model.layers.0.self_attn.o_proj.weight").unwrap(),
+        "bf16[256, 128]"
+    );
+    assert_eq!(
+        ty("model.layers.0.mlp.gate_proj.weight").unwrap(),
+        "bf16[512, 256]"
+    );
+    assert!(
+        ty("model.layers.0.mlp.gate.weight").is_none(),
+        "layer 0 is dense"
+    );
+    assert_eq!(
+        ty("model.layers.1.mlp.gate.weight").unwrap(),
+        "bf16[8, 256]"
+    );
+    assert_eq!(
+        ty("model.layers.1.mlp.gate.e_score_correction_bias").unwrap(),
+        "f32[8]"
+    );
+    assert_eq!(
+        ty("model.layers.3.mlp.experts.{e}.gate_proj.weight").unwrap(),
+        "bf16[8, 128, 256]"
+    );
+    assert_eq!(
+        ty("model.layers.3.mlp.experts.{e}.down_proj.weight").unwrap(),
+        "bf16[8, 256, 128]"
+    );
+    assert_eq!(
+        ty("model.layers.3.mlp.shared_experts.up_proj.weight").unwrap(),
+        "bf16[128, 256]"
+    );
+
+    let gate = op(&g, "model.layers.1.mlp.gate");
+    assert_eq!((gate.kind, gate.role), (OpKind::Linear, Role::Gating));
+    assert_eq!(g.ty(gate.results[0]).dtype, DType::F32);
+    let topk = op(&g, "model.layers.1.mlp.topk");
+    assert_eq!(topk.operands.len(), 2, "sigmoid routing has a bias");
+    assert_eq!(g.name(topk.results[1]), "model.layers.1.mlp.topk.indices");
+    assert_eq!(topk.attrs.bool("norm_topk_prob"), Some(true));
+    assert_eq!(topk.attrs.int("n_groups"), Some(2));
+    let scores = op(&g, "model.layers.2.self_attn.scores");
+    assert_eq!(scores.operands.len(), 4);
+    assert_eq!(scores.attrs.float("scale"), Some(48f64.powf(-0.5)));
+    assert_eq!(
+        op(&g, "model.layers.2.self_attn.q_rope").attrs.str("style"),
+        Some("interleaved")
+    );
+    let experts = op(&g, "model.layers.2.mlp.experts.up_proj");
+    assert_eq!(
+        (experts.kind, experts.role),
+        (OpKind::GroupedLinear, Role::Expert)
+    );
+    let shared = op(&g, "model.layers.2.mlp.shared_experts.down_proj");
+    assert_eq!(shared.role, Role::SharedExpert);
+    assert_eq!(op(&g, "model.layers.2.mlp.combine").operands.len(), 3);
+    assert_eq!(op(&g, "model.layers.0.mlp.act").role, Role::Ffn);
+    assert_eq!(g.policy, crate::PrecisionPolicy::default());
+}
+
+#[test]
+fn v2_lite_routes_with_softmax_and_no_bias() {
+    let g = load(V2_LITE);
+    let topk = op(&g, "model.layers.1.mlp.topk");
+    assert_eq!(topk.operands.len(), 1);
+    assert_eq!(topk.attrs.bool("norm_topk_prob"), Some(false));
+    assert_eq!(topk.attrs.int("top_k"), Some(6));
+    assert!(param_type(&g, "model.layers.0.self_attn.q_proj.weight").is_some());
+    assert_eq!(
+        param_type(&g, "model.layers.26.mlp.shared_experts.gate_proj.weight").unwrap(),
+        "bf16[2816, 2048]"
+    );
+    assert_eq!(g.ty(g.outputs[0]).to_string(), "bf16[1, 512, 102400]");
+}
+
+#[test]
+fn v3_uses_q_lora_and_stays_small() {
+    let g = load(V3);
+    assert!(g.ops.len() < 5000, "{} ops", g.ops.len());
+    assert_eq!(
+        param_type(&g, "model.layers.0.self_attn.q_a_proj.weight").unwrap(),
+        "bf16[1536, 7168]"
+    );
+    assert_eq!(
+        op(&g, "model.layers.0.self_attn.q_a_layernorm").role,
+        Role::Norm
+    );
+    assert_eq!(
+        param_type(&g, "model.layers.0.self_attn.q_b_proj.weight").unwrap(),
+        "bf16[24576, 1536]"
+    );
+    assert!(param_type(&g, "model.layers.2.mlp.gate.weight").is_none());
+    assert_eq!(
+        param_type(&g, "model.layers.60.mlp.experts.{e}.up_proj.weight").unwrap(),
+        "bf16[256, 2048, 7168]"
+    );
+    let topk = op(&g, "model.layers.3.mlp.topk");
+    assert_eq!(topk.attrs.int("topk_groups"), Some(4));
+    assert_eq!(topk.attrs.float("route_scale"), Some(2.5));
+}
+
+#[test]
+fn llama_builds_gqa_with_half_rope() {
+    let g = load(LLAMA);
+    assert_eq!(
+        param_type(&g, "model.layers.3.self_attn.k_proj.weight").unwrap(),
+        "bf16[128, 512]"
+    );
+    let scores = op(&g, "model.layers.0.self_attn.scores");
+    assert_eq!(scores.attrs.float("scale"), Some(64f64.powf(-0.5)));
+    let rope = op(&g, "model.layers.0.self_attn.k_rope");
+    assert_eq!(rope.attrs.str("style"), Some("half"));
+    assert_eq!(rope.attrs.float("theta"), Some(500000.0));
+    assert!(param_type(&g, "lm_head.weight").is_some());
+
+    let tied = load(&set(LLAMA, "tie_embeddings", "tie_embeddings = true"));
+    assert!(param_type(&tied, "lm_head.weight").is_none());
+    let head = op(&tied, "logits");
+    assert_eq!(tied.name(head.operands[1]), "model.embed_tokens.weight");
+}
+
+#[test]
+fn mlp_example_builds_named_weights() {
+    let g = load(MLP);
+    let kinds: Vec<_> = g.ops.iter().map(|o| o.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            OpKind::RmsNorm,
+            OpKind::Linear,
+            OpKind::Silu,
+            OpKind::Linear
+        ]
+    );
+    assert_eq!(param_type(&g, "up.weight").unwrap(), "bf16[1024, 512]");
+    assert_eq!(param_type(&g, "down.weight").unwrap(), "bf16[512, 1024]");
+    assert_eq!(param_type(&g, "norm.weight").unwrap(), "bf16[512]");
+    assert_eq!(op(&g, "up").role, Role::Ffn);
+    assert_eq!(op(&g, "act").role, Role::Other);
+    assert_eq!(g.ty(g.outputs[0]).to_string(), "bf16[64, 512]");
+}
+
+#[test]
+fn op_counts_are_linear_in_layers() {
+    for (base, dense) in [(TINY, 1), (LLAMA, 0)] {
+        let counts: Vec<usize> = (2..6)
+            .map(|n| {
+                load(&set(base, "n_layers", &format!("n_layers = {n}")))
+                    .ops
+                    .len()
+            })
+            .collect();
+        let steps: Vec<usize> = counts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            steps.iter().all(|&s| s == steps[0]),
+            "{counts:?} (dense {dense})"
+        );
+    }
+}
+
+#[test]
+fn all_dense_deepseek_needs_no_moe_keys() {
+    let mut src = set(TINY, "n_dense_layers", "n_dense_layers = 4");
+    for key in [
+        "moe_inter_dim",
+        "n_routed_experts",
+        "n_shared_experts",
+        "n_activated_experts",
+        "n_expert_groups",
+        "n_limited_groups",
+        "score_func",
+        "route_scale",
+    ] {
+        src = set(&src, key, "");
+    }
+    let g = load(&src);
+    assert!(g.ops.iter().all(|o| o.kind != OpKind::MoeTopk));
+}
+
+#[test]
+fn precision_is_stored_in_the_graph() {
+    let src = format!(
+        "{TINY}\n[precision]\nkeep_high = [\"head\"]\nhigh = \"f32\"\nfp8_format = \"e5m2\"\n\
+         promote_interval = 64\nscale_format = \"ue8m0\"\n\n\
+         [[precision.override]]\nmatch = \"model.layers.0.*\"\ndtype = \"bf16\"\n\n\
+         [[precision.override]]\nmatch = \"logits\"\ndtype = \"e4m3\"\n"
+    );
+    let g = load(&src);
+    let p = &g.policy;
+    assert_eq!(p.keep_high, [Role::Head]);
+    assert_eq!((p.high, p.fp8_format), (DType::F32, DType::F8E5M2));
+    assert_eq!(p.promote_interval, 64);
+    assert_eq!(p.scale_format, crate::ScaleFormat::Ue8m0);
+    assert_eq!(p.overrides.len(), 2);
+    assert_eq!(p.overrides[1].dtype, DType::F8E4M3);
+    assert_eq!(param_type(&g, "lm_head.weight").unwrap(), "f32[512, 256]");
+    assert_eq!(
+        param_type(&g, "model.layers.1.mlp.gate.e_score_correction_bias").unwrap(),
+        "f32[8]"
+    );
+}
+
+#[test]
+fn explicit_ops_may_come_in_any_order() {
+    let src = r#"
+[model]
+name = "moe"
+outputs = ["combine"]
+
+[[input]]
+name = "x"
+dtype = "bf16"
+shape = [16, 64]
+
+[[op]]
+name = "combine"
+kind = "moe_combine"
+inputs = ["down", "topk"]
+
+[[op]]
+name = "down"
+kind = "grouped_linear"
+inputs = ["up", "topk.indices"]
+n_experts = 4
+out_features = 64
+
+[[op]]
+name = "up"
+kind = "grouped_linear"
+inputs = ["x", "topk.indices"]
+n_experts = 4
+out_features = 32
+
+[[op]]
+name = "topk"
+kind = "moe_topk"
+inputs = ["gate"]
+bias = true
+score_func = "sigmoid"
+top_k = 2
+n_groups = 1
+topk_groups = 1
+norm_topk_prob = true
+route_scale = 1
+
+[[op]]
+name = "gate"
+kind = "linear"
+inputs = ["x"]
+out_features = 4
+bias = true
+role = "gating"
+"#;
+    let g = load(src);
+    let order: Vec<_> = g.ops.iter().map(|o| g.op_name(o)).collect();
+    assert_eq!(order, ["gate", "topk", "up", "down", "combine"]);
+    assert_eq!(param_type(&g, "up.{e}.weight").unwrap(), "bf16[4, 32, 64]");
+    assert_eq!(
+        param_type(&g, "down.{e}.weight").unwrap(),
+        "bf16[4, 64, 32]"
+    );
+    assert_eq!(param_type(&g, "gate.bias").unwrap(), "bf16[4]");
+    assert_eq!(
+        param_type(&g, "topk.e_score_correction_bias").unwrap(),
+        "f32[4]"
+    );
+    assert_eq!(op(&g, "topk").attrs.float("route_scale"), Some(1.0));
+    assert_eq!(op(&g, "up").role, Role::Expert);
+}
+
+// --- errors ---
+
+#[test]
+fn display_is_line_col_message() {
+    let e = ModelError {
+        line: 3,
+        col: 7,
+        message: "boom".into(),
+    };
+    assert_eq!(e.to_string(), "3:7: boom");
+}
+
+#[test]
+fn toml_syntax_errors_have_positions() {
+    let src = "[model]\nname = \"x\"\ndim = = 3\n";
+    let e = err(src);
+    assert_eq!((e.line, e.col), (3, 7), "{e}");
+    assert!(e.message.starts_with("invalid TOML"), "{e}");
+    let e = err("[model]\nname = \"x\"\nname = \"y\"\n");
+    assert_eq!(e.line, 3, "{e}");
+}
+
+#[test]
+fn missing_model_table() {
+    let e = err("[precision]\nhigh = \"bf16\"\n");
+    assert_eq!((e.line, e.col), (1, 1));
+    assert!(e.message.contains("[model]"), "{e}");
+}
+
+#[test]
+fn unknown_keys_list_the_allowed_ones() {
+    let src = TINY.replace("dim = 256\n", "dim = 256\nhidden = 3\n");
+    assert_err(
+        &src,
+        "hidden = 3",
+        0,
+        &["`hidden`", "allowed", "kv_lora_rank"],
+    );
+    let src = format!("{TINY}\n[precision]\nhigh = \"bf16\"\ntile = 3\n");
+    assert_err(&src, "tile = 3", 0, &["`tile`", "act_tile"]);
+    let src = format!("{TINY}\n[extra]\na = 1\n");
+    assert_err(&src, "[extra]", 1, &["`extra`", "precision"]);
+    let src = MLP.replace("eps = 1e-6", "eps = 1e-6\naxis = 1");
+    assert_err(&src, "axis = 1", 0, &["`axis`", "eps"]);
+}
+
+#[test]
+fn keys_of_another_architecture() {
+    let src = LLAMA.replace("dim = 512\n", "dim = 512\nkv_lora_rank = 64\n");
+    assert_err(
+        &src,
+        "kv_lora_rank",
+        0,
+        &["`kv_lora_rank` does not apply to architecture llama"],
+    );
+    let src = TINY.replace("dim = 256\n", "dim = 256\nn_kv_heads = 2\n");
+    assert_err(
+        &src,
+        "n_kv_heads",
+        0,
+        &["`n_kv_heads` does not apply to architecture deepseek"],
+    );
+    let src = TINY.replace("dim = 256\n", "dim = 256\noutputs = [\"x\"]\n");
+    assert_err(&src, "outputs", 0, &["`outputs`"]);
+    let src = MLP.replace("outputs = [\"down\"]", "outputs = [\"down\"]\ndim = 3");
+    assert_err(&src, "dim = 3", 0, &["`dim`", "architecture"]);
+    let src = format!("{TINY}\n[[op]]\nname = \"a\"\n");
+    assert_err(&src, "[[op]]", 2, &["`[[op]]`", "preset"]);
+    assert_value_err(
+        TINY,
+        "architecture",
+        "architecture = \"gpt\"",
+        &["`architecture`", "gpt"],
+    );
+}
+
+#[test]
+fn wrong_types() {
+    assert_value_err(
+        TINY,
+        "dim",
+        "dim = \"256\"",
+        &["`dim` must be an integer", "string"],
+    );
+    assert_value_err(
+        TINY,
+        "route_scale",
+        "route_scale = \"x\"",
+        &["`route_scale` must be a number"],
+    );
+    assert_value_err(
+        TINY,
+        "score_func",
+        "score_func = 1",
+        &["`score_func` must be a string"],
+    );
+    assert_value_err(
+        LLAMA,
+        "tie_embeddings",
+        "tie_embeddings = 1",
+        &["`tie_embeddings` must be a boolean"],
+    );
+    let src = MLP.replace("shape = [64, 512]", "shape = [64, \"512\"]");
+    assert_err(
+        &src,
+        "\"512\"",
+        0,
+        &["`shape` must be an array of integers", "element 2"],
+    );
+    let src = format!("{TINY}\n[precision]\nkeep_high = \"head\"\n");
+    assert_err(
+        &src,
+        "\"head\"",
+        0,
+        &["`keep_high` must be an array of strings"],
+    );
+    let src = format!("precision = 3\n{TINY}");
+    assert_err(&src, "3", 0, &["`precision` must be a table"]);
+}
+
+#[test]
+fn missing_keys_point_at_the_table() {
+    let src = set(TINY, "dim", "");
+    assert_err(&src, "[model]", 0, &["missing key `dim`", "[model]"]);
+    let src = set(LLAMA, "rope_theta", "");
+    assert_err(&src, "[model]", 0, &["missing key `rope_theta`"]);
+    let src = set(TINY, "n_routed_experts", "");
+    assert_err(&src, "[model]", 0, &["missing key `n_routed_experts`"]);
+    let src = MLP.replace("out_features = 1024\n", "");
+    assert_err(
+        &src,
+        "[[op]]\nname = \"up\"",
+        0,
+        &["missing key `out_features`", "`up`"],
+    );
+    let src = MLP.replace("dtype = \"bf16\"\n", "");
+    assert_err(&src, "[[input]]", 0, &["missing key `dtype`"]);
+}
+
+#[test]
+fn sizes_must_be_positive() {
+    assert_value_err(TINY, "dim", "dim = 0", &["`dim` must be positive"]);
+    assert_value_err(
+        TINY,
+        "n_heads",
+        "n_heads = -4",
+        &["`n_heads` must be positive", "-4"],
+    );
+    assert_value_err(TINY, "batch", "batch = 0", &["`batch`"]);
+    assert_value_err(
+        TINY,
+        "n_dense_layers",
+        "n_dense_layers = -1",
+        &["`n_dense_layers`"],
+    );
+    assert_value_err(
+        TINY,
+        "n_shared_experts",
+        "n_shared_experts = -1",
+        &["`n_shared_experts`"],
+    );
+    assert_value_err(LLAMA, "seq_len", "seq_len = 0", &["`seq_len`"]);
+    assert_value_err(
+        TINY,
+        "rms_norm_eps",
+        "rms_norm_eps = 0.0",
+        &["`rms_norm_eps` must be positive"],
+    );
+    assert_value_err(
+        TINY,
+        "route_scale",
+        "route_scale = nan",
+        &["`route_scale` must be finite"],
+    );
+    let src = MLP.replace("shape = [64, 512]", "shape = [64, 0]");
+    assert_err(&src, "0]", 0, &["`shape`"]);
+    let src = MLP.replace("out_features = 512", "out_features = 0");
+    assert_err(&src, "0\nrole", 0, &["`out_features` must be positive"]);
+}
+
+#[test]
+fn zero_counts_are_allowed_where_documented() {
+    let g = load(&set(TINY, "n_shared_experts", "n_shared_experts = 0"));
+    assert!(param_type(&g, "model.layers.1.mlp.shared_experts.up_proj.weight").is_none());
+    assert_eq!(op(&g, "model.layers.1.mlp.combine").operands.len(), 2);
+    let g = load(&set(TINY, "n_dense_layers", "n_dense_layers = 0"));
+    assert!(op(&g, "model.layers.0.mlp.topk").attrs.int("top_k") == Some(2));
+}
+
+#[test]
+fn impossible_moe_values() {
+    assert_value_err(
+        TINY,
+        "n_activated_experts",
+        "n_activated_experts = 9",
+        &["`n_activated_experts`", "`n_routed_experts`"],
+    );
+    assert_value_err(
+        TINY,
+        "n_expert_groups",
+        "n_expert_groups = 3",
+        &["`n_expert_groups`", "divisible"],
+    );
+    assert_value_err(
+        TINY,
+        "n_limited_groups",
+        "n_limited_groups = 3",
+        &["`n_limited_groups`", "exceed"],
+    );
+    let src = set(TINY, "n_activated_experts", "n_activated_experts = 6");
+    assert_value_err(
+        &src,
+        "n_limited_groups",
+        "n_limited_groups = 1",
+        &["`n_limited_groups`", "supply"],
+    );
+    assert_value_err(
+        TINY,
+        "n_dense_layers",
+        "n_dense_layers = 5",
+        &["`n_dense_layers`", "`n_layers`"],
+    );
+    assert_value_err(
+        TINY,
+        "score_func",
+        "score_func = \"relu\"",
+        &["`score_func`", "relu"],
+    );
+    assert_value_err(
+        TINY,
+        "qk_rope_head_dim",
+        "qk_rope_head_dim = 15",
+        &["`qk_rope_head_dim`", "even"],
+    );
+    assert_value_err(TINY, "n_layers", "n_layers = 1000000", &["`n_layers`"]);
+}
+
+#[test]
+fn impossible_llama_values() {
+    assert_value_err(
+        LLAMA,
+        "n_heads",
+        "n_heads = 7",
+        &["`n_heads`", "divide `dim`"],
+    );
+    assert_value_err(
+        LLAMA,
+        "n_heads",
+        "n_heads = 512",
+        &["`n_heads`", "odd head_dim"],
+    );
+    assert_value_err(
+        LLAMA,
+        "n_kv_heads",
+        "n_kv_heads = 3",
+        &["`n_kv_heads`", "`n_heads`"],
+    );
+}
+
+#[test]
+fn absurd_sizes_name_the_key_responsible() {
+    let e = err(&set(TINY, "seq_len", "seq_len = 100000000"));
+    assert!(
+        e.message.contains("`seq_len`") && e.message.contains("attention scores"),
+        "{e}"
+    );
+    assert_value_err(
+        TINY,
+        "seq_len",
+        "seq_len = 100000000",
+        &["`seq_len`", "2^48"],
+    );
+    assert_value_err(
+        TINY,
+        "vocab_size",
+        "vocab_size = 2000000000000",
+        &["`vocab_size`", "2^48"],
+    );
+    assert_value_err(
+        LLAMA,
+        "vocab_size",
+        "vocab_size = 9223372036854775807",
+        &["`vocab_size`"],
+    );
+    assert_value_err(
+        TINY,
+        "n_routed_experts",
+        "n_routed_experts = 80000000000",
+        &["`n_routed_experts`"],
+    );
+    assert_value_err(
+        LLAMA,
+        "inter_dim",
+        "inter_dim = 1000000000000",
+        &["`inter_dim`"],
+    );
+    let src = MLP.replace("shape = [64, 512]", "shape = [1000000000, 1000000000]");
+    assert_err(&src, "[1000000000", 0, &["`shape`", "2^48"]);
+    let src = MLP.replace("out_features = 1024", "out_features = 1000000000000");
+    assert_err(&src, "1000000000000", 0, &["`out_features`", "2^48"]);
+}
+
+#[test]
+fn bad_precision_values() {
+    let prec = |body: &str| format!("{TINY}\n[precision]\n{body}\n");
+    let src = prec("keep_high = [\"head\", \"lm\"]");
+    assert_err(&src, "\"lm\"", 0, &["`keep_high`", "unknown role `lm`"]);
+    let src = prec("fp8_format = \"bf16\"");
+    assert_err(&src, "\"bf16\"", 0, &["`fp8_format`", "e4m3"]);
+    let src = prec("high = \"e4m3\"");
+    assert_err(&src, "\"e4m3\"", 0, &["`high`", "bf16"]);
+    assert!(load_model(&prec("high = \"f16\"")).is_ok());
+    let src = prec("scale_format = \"f16\"");
+    assert_err(&src, "\"f16\"", 0, &["`scale_format`"]);
+    let src = prec("promote_interval = 96");
+    assert_err(&src, "promote_interval = 96", 19, &["`promote_interval`"]);
+    let src = prec("act_tile = 100");
+    assert_err(&src, "act_tile = 100", 11, &["`act_tile`"]);
+    let src = prec("weight_block = 64");
+    assert_err(&src, "weight_block = 64", 15, &["`weight_block`"]);
+    let src = prec("act_tile = 0");
+    assert_err(&src, "act_tile = 0", 11, &["`act_tile`"]);
+    // A default made invalid by another key points at the table.
+    let src = prec("act_tile = 256");
+    assert_err(&src, "[precision]", 0, &["`weight_block`"]);
+}
+
+#[test]
+fn bad_overrides() {
+    let src = format!("{TINY}\n[[precision.override]]\ndtype = \"bf16\"\n");
+    assert_err(&src, "[[precision.override]]", 0, &["missing key `match`"]);
+    let src = format!("{TINY}\n[[precision.override]]\nmatch = \"a*\"\n");
+    assert_err(&src, "[[precision.override]]", 0, &["missing key `dtype`"]);
+    let src = format!("{TINY}\n[[precision.override]]\nmatch = \"a*\"\ndtype = \"i32\"\n");
+    assert_err(&src, "\"i32\"", 0, &["`dtype`"]);
+    let src = format!("{TINY}\n[[precision.override]]\nmatch = \"a*\"\ndtype = \"fp9\"\n");
+    assert_err(&src, "\"fp9\"", 0, &["`dtype`", "fp9"]);
+    let src =
+        format!("{TINY}\n[[precision.override]]\nmatch = \"a*\"\ndtype = \"f8e5m2\"\nwhen = 1\n");
+    assert_err(&src, "when", 0, &["`when`", "match"]);
+}
+
+#[test]
+fn bad_dtypes_and_roles_in_the_explicit_form() {
+    let src = MLP.replace("dtype = \"bf16\"", "dtype = \"float8\"");
+    assert_err(&src, "\"float8\"", 0, &["`dtype`", "float8"]);
+    let src = MLP.replace("role = \"ffn\"", "role = \"feedforward\"");
+    assert_err(&src, "\"feedforward\"", 0, &["`role`", "feedforward"]);
+    let src = MLP.replace("kind = \"silu\"", "kind = \"gelu\"");
+    assert_err(&src, "\"gelu\"", 0, &["`kind`", "gelu"]);
+}
+
+#[test]
+fn unknown_names_in_inputs_and_outputs() {
+    let src = MLP.replace("inputs = [\"act\"]", "inputs = [\"actt\"]");
+    assert_err(&src, "\"actt\"", 0, &["`actt`", "`inputs`"]);
+    let src = MLP.replace("outputs = [\"down\"]", "outputs = [\"down\", \"nope\"]");
+    assert_err(&src, "\"nope\"", 0, &["`nope`", "`outputs`"]);
+    let src = MLP.replace("inputs = [\"act\"]", "inputs = [\"up.weight\"]");
+    assert_err(&src, "\"up.weight\"", 0, &["`up.weight`"]);
+}
+
+#[test]
+fn duplicate_names_error_at_the_second() {
+    let src = MLP.replace("name = \"act\"", "name = \"up\"");
+    let e = err(&src);
+    let second = src.match_indices("name = \"up\"").nth(1).unwrap().0;
+    let line = src[..second].matches('\n').count() + 1;
+    assert_eq!((e.line, e.col), (line, 8), "{e}");
+    assert!(e.message.contains("duplicate name `up`"), "{e}");
+    let src = MLP.replace("name = \"norm\"", "name = \"x\"");
+    assert_err(&src, "name = \"x\"\nkind", 7, &["duplicate name `x`"]);
+}
+
+#[test]
+fn cycles_name_their_ops() {
+    let src = MLP.replace("inputs = [\"norm\"]", "inputs = [\"down\"]");
+    assert_err(
+        &src,
+        "[[op]]\nname = \"up\"",
+        0,
+        &["cycle", "up -> act -> down -> up"],
+    );
+    let src = MLP.replace("inputs = [\"up\"]", "inputs = [\"act\"]");
+    assert_err(
+        &src,
+        "[[op]]\nname = \"act\"",
+        0,
+        &["`act` reads its own result"],
+    );
+}
+
+#[test]
+fn builder_errors_point_at_the_op() {
+    let src = MLP.replace(
+        "kind = \"silu\"\ninputs = [\"up\"]",
+        "kind = \"add\"\ninputs = [\"up\", \"x\"]",
+    );
+    assert_err(
+        &src,
+        "[[op]]\nname = \"act\"",
+        0,
+        &["op `act`", "shapes differ"],
+    );
+    let src = MLP.replace("kind = \"silu\"", "kind = \"softmax\"");
+    assert_err(&src, "[[op]]\nname = \"act\"", 0, &["missing key `axis`"]);
+    let src = MLP.replace("kind = \"silu\"", "kind = \"softmax\"\naxis = 5");
+    assert_err(&src, "[[op]]\nname = \"act\"", 0, &["op `act`", "axis 5"]);
+    let src = MLP.replace("inputs = [\"norm\"]", "inputs = [\"norm\", \"x\"]");
+    assert_err(&src, "[\"norm\", \"x\"]", 0, &["`inputs`", "1 value"]);
+}
+
+#[test]
+fn explicit_attributes_are_typed() {
+    let g = load(&MLP.replace("eps = 1e-6", "eps = 1"));
+    assert_eq!(op(&g, "norm").attrs.float("eps"), Some(1.0));
+    let g = load(&MLP.replace("eps = 1e-6\n", ""));
+    assert_eq!(op(&g, "norm").attrs.float("eps"), Some(1e-6));
+    let src = MLP.replace("kind = \"silu\"", "kind = \"softmax\"\naxis = 1.5");
+    assert_err(&src, "1.5", 0, &["`axis` must be an integer"]);
+    let src = MLP.replace("kind = \"silu\"", "kind = \"cast\"\ndtype = \"f9\"");
+    assert_err(&src, "\"f9\"", 0, &["`dtype`", "f9"]);
+    let src = MLP.replace("kind = \"silu\"", "kind = \"cast\"\ndtype = \"f32\"");
+    assert_eq!(
+        op(&load(&src), "act").attrs.dtype("dtype"),
+        Some(DType::F32)
+    );
+}
+
+#[test]
+fn columns_count_characters() {
+    let src = MLP.replace("name = \"mlp\"", "name = \"mlp\" # é\nbogus = 1");
+    let e = err(&src);
+    assert_eq!(e.col, 1, "{e}");
+    let src = "[model]\nname = \"é\"\nouputs = 1\n";
+    let e = err(src);
+    assert_eq!((e.line, e.col), (3, 1), "{e}");
+    let src = "[model]\nname = \"ééé\", outputs = 1\n";
+    let e = err(src);
+    assert_eq!((e.line, e.col), (2, 13), "{e}");
+}

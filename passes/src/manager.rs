@@ -1,0 +1,138 @@
+//! The pass manager: a registry of named passes, pipelines parsed from comma lists, the
+//! verifier after every pass (in tests and debug builds), timings, and print-after hooks.
+
+use crate::PassError;
+use dsc_ir::{Graph, verify};
+use std::time::{Duration, Instant};
+
+/// Options every pass receives.
+#[derive(Debug, Clone)]
+pub struct PassOptions {
+    /// Run the verifier after each pass.
+    pub verify_each: bool,
+}
+
+impl Default for PassOptions {
+    /// Verifies after each pass in debug builds (tests included), not in release builds.
+    fn default() -> Self {
+        PassOptions {
+            verify_each: cfg!(debug_assertions),
+        }
+    }
+}
+
+/// The signature every pass has.
+pub type PassFn = fn(&mut Graph, &PassOptions) -> Result<(), PassError>;
+
+/// A registered pass.
+#[derive(Debug)]
+pub struct Pass {
+    /// The name used in pipeline strings.
+    pub name: &'static str,
+    /// One line for `--help` and errors.
+    pub summary: &'static str,
+    pub run: PassFn,
+}
+
+/// Every pass, in the order of the default pipeline where they appear in it.
+pub static PASSES: &[Pass] = &[
+    Pass {
+        name: "verify",
+        summary: "check the graph is well formed",
+        run: crate::verify_pass::run,
+    },
+    Pass {
+        name: "infer-shapes",
+        summary: "recompute result shapes and fixed dtypes from operands",
+        run: crate::infer_shapes::run,
+    },
+    Pass {
+        name: "assign-precision",
+        summary: "choose compute/accumulate/storage dtypes per op (DESIGN.md §3) and insert casts",
+        run: crate::assign_precision::run,
+    },
+    Pass {
+        name: "cse",
+        summary: "merge ops that compute the same thing",
+        run: crate::cse::run,
+    },
+    Pass {
+        name: "dce",
+        summary: "remove ops and parameters no output depends on",
+        run: crate::dce::run,
+    },
+];
+
+/// The pipeline `dsc compile` runs by default.
+pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,cse,dce";
+
+/// Looks a pass up by name.
+pub fn find_pass(name: &str) -> Option<&'static Pass> {
+    PASSES.iter().find(|p| p.name == name)
+}
+
+/// An ordered list of passes.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub passes: Vec<&'static Pass>,
+}
+
+impl Pipeline {
+    /// Parses a comma-separated list of pass names (spaces around names are ignored).
+    pub fn parse(list: &str) -> Result<Pipeline, PassError> {
+        let mut passes = Vec::new();
+        for name in list.split(',').map(str::trim) {
+            if name.is_empty() {
+                return Err(PassError::EmptyPassName {
+                    pipeline: list.to_string(),
+                });
+            }
+            let pass = find_pass(name).ok_or_else(|| PassError::UnknownPass {
+                name: name.to_string(),
+                known: PASSES.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
+            })?;
+            passes.push(pass);
+        }
+        Ok(Pipeline { passes })
+    }
+
+    /// The default pipeline.
+    pub fn default_pipeline() -> Pipeline {
+        Pipeline::parse(DEFAULT_PIPELINE).expect("the default pipeline names registered passes")
+    }
+
+    /// Runs every pass in order, verifying after each when asked, and calls `after` with
+    /// each pass's name and the graph it left. Returns the time each pass took.
+    pub fn run(
+        &self,
+        graph: &mut Graph,
+        options: &PassOptions,
+        mut after: impl FnMut(&str, &Graph),
+    ) -> Result<Vec<PassTiming>, PassError> {
+        let mut timings = Vec::with_capacity(self.passes.len());
+        for pass in &self.passes {
+            let start = Instant::now();
+            (pass.run)(graph, options)?;
+            let elapsed = start.elapsed();
+            if options.verify_each && pass.name != "verify" {
+                verify(graph).map_err(|errors| PassError::Verify {
+                    pass: pass.name.to_string(),
+                    errors,
+                })?;
+            }
+            timings.push(PassTiming {
+                pass: pass.name,
+                elapsed,
+            });
+            after(pass.name, graph);
+        }
+        Ok(timings)
+    }
+}
+
+/// How long one pass took.
+#[derive(Debug, Clone, Copy)]
+pub struct PassTiming {
+    pub pass: &'static str,
+    pub elapsed: Duration,
+}

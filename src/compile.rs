@@ -1,0 +1,39 @@
+//! `dsc compile MODEL.toml`: model.toml → graph → passes → graph.dsc, report.txt, report.json.
+
+use crate::artifact_dir::write_atomically;
+use crate::cli::CompileArgs;
+use crate::diagnostic::{Diagnostic, read_text};
+use crate::{pipeline, report};
+use dsc_ir::model::load_model;
+use dsc_passes::DEFAULT_PIPELINE;
+use std::path::PathBuf;
+
+/// Compiles the model and writes the artifact directory.
+pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
+    let source = read_text(&args.model)?;
+    let mut graph = load_model(&source)
+        .map_err(|e| Diagnostic::at(&args.model, &source, e.line, e.col, e.message))?;
+    let timings = pipeline::run(&args.pipeline, DEFAULT_PIPELINE, &mut graph)?;
+    let report = report::build(&graph, &timings);
+    let dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("build").join(&graph.name));
+    let text = graph.to_string();
+    let report_txt = report.to_text();
+    let report_json = report.to_json();
+    write_atomically(
+        &dir,
+        &[
+            ("graph.dsc", text.as_bytes()),
+            ("report.txt", report_txt.as_bytes()),
+            ("report.json", report_json.as_bytes()),
+        ],
+    )?;
+    print!("{}", report.summary_text());
+    if args.pipeline.timings {
+        print!("{}", report.timings_text());
+    }
+    println!("wrote {}", dir.display());
+    Ok(())
+}

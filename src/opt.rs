@@ -1,0 +1,27 @@
+//! `dsc opt FILE.dsc --passes LIST`: textual IR in, textual IR out.
+
+use crate::cli::OptArgs;
+use crate::diagnostic::{Diagnostic, read_text};
+use crate::{pipeline, report};
+use dsc_ir::text::parse;
+use dsc_ir::verify;
+
+/// Parses, verifies, runs the pipeline and prints (or writes) the result.
+pub fn run(args: &OptArgs) -> Result<(), Diagnostic> {
+    let source = read_text(&args.input)?;
+    let mut graph =
+        parse(&source).map_err(|e| Diagnostic::at(&args.input, &source, e.line, e.col, e.message))?;
+    verify(&graph).map_err(|e| Diagnostic::new(format!("{}: {e}", args.input.display())))?;
+    // Without --passes, `opt` only verifies and reprints: a round trip.
+    let timings = pipeline::run(&args.pipeline, "verify", &mut graph)?;
+    let text = graph.to_string();
+    match &args.output {
+        Some(path) => std::fs::write(path, &text)
+            .map_err(|e| Diagnostic::new(format!("cannot write {}: {e}", path.display())))?,
+        None => print!("{text}"),
+    }
+    if args.pipeline.timings {
+        eprint!("{}", report::build(&graph, &timings).timings_text());
+    }
+    Ok(())
+}

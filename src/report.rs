@@ -1,0 +1,294 @@
+//! `report.txt` and `report.json` (DESIGN.md §5): precision per op, FP8 share of GEMM FLOPs,
+//! weight bytes as deployed (FP8 + scales) against all-BF16, and time per pass.
+
+use dsc_ir::{DType, Graph, Op, OpKind, Role};
+use dsc_passes::PassTiming;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write;
+
+/// The whole report, as written to report.json.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub ops: Vec<OpReport>,
+    pub summary: Summary,
+    pub passes: Vec<PassReport>,
+}
+
+/// One op's precision.
+#[derive(Debug, Serialize)]
+pub struct OpReport {
+    pub name: String,
+    pub kind: &'static str,
+    pub role: &'static str,
+    pub compute: Option<&'static str>,
+    pub accumulate: Option<&'static str>,
+    pub inputs: Vec<&'static str>,
+    pub outputs: Vec<&'static str>,
+    /// Multiply-add FLOPs (2 per MAC) for matrix products, absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemm_flops: Option<u64>,
+}
+
+/// How many ops of a role compute in a dtype.
+#[derive(Debug, Serialize)]
+pub struct RolePrecisionCount {
+    pub role: &'static str,
+    pub compute: &'static str,
+    pub count: usize,
+}
+
+/// Totals over the graph.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub op_count: usize,
+    pub ops_by_role_and_precision: Vec<RolePrecisionCount>,
+    pub gemm_flops: u64,
+    pub fp8_gemm_flops: u64,
+    /// `fp8_gemm_flops / gemm_flops` (0 when there are no GEMMs).
+    pub fp8_gemm_flop_share: f64,
+    pub param_count: usize,
+    pub param_elements: u64,
+    /// FP8 weight bytes of FP8 GEMMs.
+    pub weight_bytes_fp8: u64,
+    /// Their f32 block scales (`weight_scale_inv`).
+    pub weight_bytes_scales: u64,
+    /// Every other weight in its stored dtype.
+    pub weight_bytes_high: u64,
+    /// The sum of the three above: what a deployed FP8 checkpoint holds.
+    pub weight_bytes_deployed: u64,
+    /// The same weights all in BF16.
+    pub weight_bytes_bf16: u64,
+}
+
+/// How long one pass took.
+#[derive(Debug, Serialize)]
+pub struct PassReport {
+    pub name: &'static str,
+    pub ms: f64,
+}
+
+/// Multiply-add FLOPs of a matrix-product op (2 per MAC; causal masking not discounted).
+pub fn gemm_flops(g: &Graph, op: &Op) -> Option<u64> {
+    let ty = |i: usize| g.ty(op.operands[i]);
+    let out = g.ty(op.results[0]);
+    let flops = match op.kind {
+        // rows × N outputs, each K MACs.
+        OpKind::Linear | OpKind::GroupedLinear => {
+            let k = ty(1).shape.last();
+            out.shape.numel().saturating_mul(k)
+        }
+        OpKind::Matmul => {
+            let r = ty(0).shape.rank();
+            out.shape.numel().saturating_mul(ty(0).shape.dims()[r - 1])
+        }
+        // [B, H, S, T] scores, each over the head dim (plus the rope part for MLA).
+        OpKind::AttnScores => {
+            let d: u64 = op.operands.iter().step_by(2).map(|&v| g.ty(v).shape.last()).sum();
+            out.shape.numel().saturating_mul(d)
+        }
+        // [B, S, H, Dv] outputs, each over T keys.
+        OpKind::AttnValues => out.shape.numel().saturating_mul(ty(0).shape.last()),
+        _ => return None,
+    };
+    Some(flops.saturating_mul(2))
+}
+
+fn is_fp8(op: &Op) -> bool {
+    op.precision.is_some_and(|p| p.compute.is_fp8())
+}
+
+/// Builds the report of a compiled graph.
+pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
+    let ops: Vec<OpReport> = g
+        .ops
+        .iter()
+        .map(|op| OpReport {
+            name: g.op_name(op).to_string(),
+            kind: op.kind.name(),
+            role: op.role.name(),
+            compute: op.precision.map(|p| p.compute.name()),
+            accumulate: op.precision.and_then(|p| p.accumulate.map(DType::name)),
+            inputs: op.operands.iter().map(|&v| g.ty(v).dtype.name()).collect(),
+            outputs: op.results.iter().map(|&v| g.ty(v).dtype.name()).collect(),
+            gemm_flops: gemm_flops(g, op),
+        })
+        .collect();
+
+    let mut by_role: BTreeMap<(Role, &'static str), usize> = BTreeMap::new();
+    for op in &g.ops {
+        let compute = op.precision.map_or("unassigned", |p| p.compute.name());
+        *by_role.entry((op.role, compute)).or_default() += 1;
+    }
+    let (mut total, mut fp8) = (0u64, 0u64);
+    for op in &g.ops {
+        if let Some(f) = gemm_flops(g, op) {
+            total = total.saturating_add(f);
+            if is_fp8(op) {
+                fp8 = fp8.saturating_add(f);
+            }
+        }
+    }
+
+    // Weights read as the weight operand of an FP8 GEMM are stored as FP8 plus block scales.
+    let fp8_weights: HashSet<_> = g
+        .ops
+        .iter()
+        .filter(|op| is_fp8(op) && op.kind != OpKind::Matmul)
+        .filter_map(|op| op.operands.get(1).copied())
+        .collect();
+    let block = u64::from(g.policy.weight_block);
+    let (mut w_fp8, mut w_scales, mut w_high, mut w_bf16, mut elems) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for &p in &g.params {
+        let ty = g.ty(p);
+        let n = ty.shape.numel();
+        elems = elems.saturating_add(n);
+        w_bf16 = w_bf16.saturating_add(n.saturating_mul(2));
+        if fp8_weights.contains(&p) {
+            w_fp8 = w_fp8.saturating_add(n);
+            let dims = ty.shape.dims();
+            let r = dims.len();
+            let lead: u64 = dims[..r - 2].iter().product();
+            let scales = lead * dims[r - 2].div_ceil(block) * dims[r - 1].div_ceil(block);
+            w_scales = w_scales.saturating_add(scales * 4);
+        } else {
+            w_high = w_high.saturating_add(ty.size_bytes());
+        }
+    }
+
+    Report {
+        model: g.name.clone(),
+        ops,
+        summary: Summary {
+            op_count: g.ops.len(),
+            ops_by_role_and_precision: by_role
+                .into_iter()
+                .map(|((role, compute), count)| RolePrecisionCount {
+                    role: role.name(),
+                    compute,
+                    count,
+                })
+                .collect(),
+            gemm_flops: total,
+            fp8_gemm_flops: fp8,
+            fp8_gemm_flop_share: if total == 0 { 0.0 } else { fp8 as f64 / total as f64 },
+            param_count: g.params.len(),
+            param_elements: elems,
+            weight_bytes_fp8: w_fp8,
+            weight_bytes_scales: w_scales,
+            weight_bytes_high: w_high,
+            weight_bytes_deployed: w_fp8 + w_scales + w_high,
+            weight_bytes_bf16: w_bf16,
+        },
+        passes: timings
+            .iter()
+            .map(|t| PassReport {
+                name: t.pass,
+                ms: t.elapsed.as_secs_f64() * 1e3,
+            })
+            .collect(),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+fn human_flops(f: u64) -> String {
+    let f = f as f64;
+    if f >= 1e12 {
+        format!("{:.2} TFLOP", f / 1e12)
+    } else if f >= 1e9 {
+        format!("{:.2} GFLOP", f / 1e9)
+    } else {
+        format!("{:.2} MFLOP", f / 1e6)
+    }
+}
+
+impl Report {
+    /// The short summary `dsc compile` prints: ops by role and precision, FP8 share of GEMM
+    /// FLOPs, weight bytes.
+    pub fn summary_text(&self) -> String {
+        let s = &self.summary;
+        let mut out = String::new();
+        let _ = writeln!(out, "model {}: {} ops, {} weights", self.model, s.op_count, s.param_count);
+        let _ = writeln!(out, "ops by role and compute dtype:");
+        for c in &s.ops_by_role_and_precision {
+            let _ = writeln!(out, "  {:<14} {:<10} {:>6}", c.role, c.compute, c.count);
+        }
+        let _ = writeln!(
+            out,
+            "GEMM FLOPs per forward: {} total, {} in FP8 ({:.1}%)",
+            human_flops(s.gemm_flops),
+            human_flops(s.fp8_gemm_flops),
+            100.0 * s.fp8_gemm_flop_share
+        );
+        let ratio = if s.weight_bytes_bf16 == 0 {
+            0.0
+        } else {
+            s.weight_bytes_deployed as f64 / s.weight_bytes_bf16 as f64
+        };
+        let _ = writeln!(
+            out,
+            "weights: {} as FP8 + scales + high ({} FP8, {} scales, {} high) vs {} all-BF16 ({:.2}x)",
+            human_bytes(s.weight_bytes_deployed),
+            human_bytes(s.weight_bytes_fp8),
+            human_bytes(s.weight_bytes_scales),
+            human_bytes(s.weight_bytes_high),
+            human_bytes(s.weight_bytes_bf16),
+            ratio
+        );
+        out
+    }
+
+    /// Time per pass, one line each.
+    pub fn timings_text(&self) -> String {
+        let mut out = String::from("time per pass:\n");
+        let mut total = 0.0;
+        for p in &self.passes {
+            let _ = writeln!(out, "  {:<18} {:>9.3} ms", p.name, p.ms);
+            total += p.ms;
+        }
+        let _ = writeln!(out, "  {:<18} {:>9.3} ms", "total", total);
+        out
+    }
+
+    /// report.txt: the summary, time per pass, then precision per op.
+    pub fn to_text(&self) -> String {
+        let mut out = self.summary_text();
+        out.push('\n');
+        out.push_str(&self.timings_text());
+        out.push_str("\nprecision per op (name kind role compute accumulate: inputs -> outputs):\n");
+        for op in &self.ops {
+            let _ = writeln!(
+                out,
+                "  {} {} {} {} {}: {} -> {}",
+                op.name,
+                op.kind,
+                op.role,
+                op.compute.unwrap_or("-"),
+                op.accumulate.unwrap_or("-"),
+                op.inputs.join(","),
+                op.outputs.join(",")
+            );
+        }
+        out
+    }
+
+    /// report.json, pretty-printed.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the report serializes")
+    }
+}
