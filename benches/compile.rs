@@ -25,7 +25,9 @@ fn measure(source: &str) -> (Duration, Duration, usize) {
         let mut g = load_model(source).expect("the example loads");
         expand.push(t.elapsed());
         let t = Instant::now();
-        pipeline.run(&mut g, &options, |_, _| {}).expect("the pipeline runs");
+        pipeline
+            .run(&mut g, &options, |_, _| {})
+            .expect("the pipeline runs");
         passes.push(t.elapsed());
         ops = g.ops.len();
     }
@@ -38,7 +40,10 @@ fn main() {
     println!("deepseek-v3 front end, median of {ITERS} runs (parse+expand | passes | total)");
     for layers in [8, 16, 32, 61] {
         let text = source.replace("n_layers = 61", &format!("n_layers = {layers}"));
-        assert!(layers == 61 || text != source, "n_layers = 61 not found in the example");
+        assert!(
+            layers == 61 || text != source,
+            "n_layers = 61 not found in the example"
+        );
         let (e, p, ops) = measure(&text);
         let total = e + p;
         println!(

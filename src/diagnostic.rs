@@ -31,14 +31,23 @@ impl Diagnostic {
     }
 
     /// An error at `line:col` (1-based) of `source`, read from `path`.
-    pub fn at(path: &Path, source: &str, line: usize, col: usize, message: impl Into<String>) -> Self {
+    pub fn at(
+        path: &Path,
+        source: &str,
+        line: usize,
+        col: usize,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             message: message.into(),
             location: Some(SourceLocation {
                 path: path.to_path_buf(),
                 line,
                 col,
-                line_text: source.lines().nth(line.saturating_sub(1)).map(str::to_string),
+                line_text: source
+                    .lines()
+                    .nth(line.saturating_sub(1))
+                    .map(str::to_string),
             }),
         }
     }

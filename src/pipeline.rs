@@ -7,7 +7,11 @@ use dsc_ir::Graph;
 use dsc_passes::{PassOptions, PassTiming, Pipeline, find_pass};
 
 /// Runs the requested pipeline (or `default`) over `graph`.
-pub fn run(args: &PipelineArgs, default: &str, graph: &mut Graph) -> Result<Vec<PassTiming>, Diagnostic> {
+pub fn run(
+    args: &PipelineArgs,
+    default: &str,
+    graph: &mut Graph,
+) -> Result<Vec<PassTiming>, Diagnostic> {
     let list = args.passes.as_deref().unwrap_or(default);
     let pipeline = Pipeline::parse(list).map_err(|e| Diagnostic::new(e.to_string()))?;
     if let Some(p) = args.print_after.as_deref()

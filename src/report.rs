@@ -85,7 +85,12 @@ pub fn gemm_flops(g: &Graph, op: &Op) -> Option<u64> {
         }
         // [B, H, S, T] scores, each over the head dim (plus the rope part for MLA).
         OpKind::AttnScores => {
-            let d: u64 = op.operands.iter().step_by(2).map(|&v| g.ty(v).shape.last()).sum();
+            let d: u64 = op
+                .operands
+                .iter()
+                .step_by(2)
+                .map(|&v| g.ty(v).shape.last())
+                .sum();
             out.shape.numel().saturating_mul(d)
         }
         // [B, S, H, Dv] outputs, each over T keys.
@@ -139,7 +144,8 @@ pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
         .filter_map(|op| op.operands.get(1).copied())
         .collect();
     let block = u64::from(g.policy.weight_block);
-    let (mut w_fp8, mut w_scales, mut w_high, mut w_bf16, mut elems) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut w_fp8, mut w_scales, mut w_high, mut w_bf16, mut elems) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     for &p in &g.params {
         let ty = g.ty(p);
         let n = ty.shape.numel();
@@ -172,7 +178,11 @@ pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
                 .collect(),
             gemm_flops: total,
             fp8_gemm_flops: fp8,
-            fp8_gemm_flop_share: if total == 0 { 0.0 } else { fp8 as f64 / total as f64 },
+            fp8_gemm_flop_share: if total == 0 {
+                0.0
+            } else {
+                fp8 as f64 / total as f64
+            },
             param_count: g.params.len(),
             param_elements: elems,
             weight_bytes_fp8: w_fp8,
@@ -223,7 +233,11 @@ impl Report {
     pub fn summary_text(&self) -> String {
         let s = &self.summary;
         let mut out = String::new();
-        let _ = writeln!(out, "model {}: {} ops, {} weights", self.model, s.op_count, s.param_count);
+        let _ = writeln!(
+            out,
+            "model {}: {} ops, {} weights",
+            self.model, s.op_count, s.param_count
+        );
         let _ = writeln!(out, "ops by role and compute dtype:");
         for c in &s.ops_by_role_and_precision {
             let _ = writeln!(out, "  {:<14} {:<10} {:>6}", c.role, c.compute, c.count);
@@ -270,7 +284,9 @@ impl Report {
         let mut out = self.summary_text();
         out.push('\n');
         out.push_str(&self.timings_text());
-        out.push_str("\nprecision per op (name kind role compute accumulate: inputs -> outputs):\n");
+        out.push_str(
+            "\nprecision per op (name kind role compute accumulate: inputs -> outputs):\n",
+        );
         for op in &self.ops {
             let _ = writeln!(
                 out,

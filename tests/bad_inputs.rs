@@ -66,12 +66,20 @@ fn every_bad_input_fails_cleanly_with_its_location() {
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("toml" | "dsc")))
         .collect();
     files.sort();
-    assert!(files.len() >= 20, "expected a folder full of bad inputs, found {}", files.len());
+    assert!(
+        files.len() >= 20,
+        "expected a folder full of bad inputs, found {}",
+        files.len()
+    );
     let mut failures = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let expects = expectations(&text);
-        assert!(!expects.is_empty(), "{} has no `# expect:` line", f.display());
+        assert!(
+            !expects.is_empty(),
+            "{} has no `# expect:` line",
+            f.display()
+        );
         if let Err(e) = check(f, &expects) {
             failures.push(e);
         }
@@ -86,7 +94,11 @@ fn empty_binary_and_missing_files_fail_cleanly() {
     let cases: [(&str, &[u8], &str); 6] = [
         ("empty.toml", b"", "1:1"),
         ("blank.toml", b"\n  \n", "[model]"),
-        ("binary.toml", b"\x7fELF\x02\x01\x00\x00garbage", "binary file"),
+        (
+            "binary.toml",
+            b"\x7fELF\x02\x01\x00\x00garbage",
+            "binary file",
+        ),
         ("latin1.toml", b"[model]\nname = \"caf\xe9\"\n", "not UTF-8"),
         ("empty.dsc", b"", "1:1"),
         ("binary.dsc", b"\x00\x01\x02\x03", "binary file"),
@@ -103,11 +115,17 @@ fn empty_binary_and_missing_files_fail_cleanly() {
         let (_, stderr) = streams(&out);
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.starts_with("error: "), "{name}: {stderr}");
-        assert!(stderr.contains(expect), "{name}: wanted `{expect}` in {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{name}: wanted `{expect}` in {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
     let out = dsc(&["compile", "no/such/model.toml"]);
     let (_, stderr) = streams(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("cannot read no/such/model.toml"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read no/such/model.toml"),
+        "{stderr}"
+    );
 }

@@ -6,7 +6,12 @@ use crate::support::{TempDir, dsc, read, streams};
 fn compile_writes_graph_and_reports_and_prints_a_summary() {
     let tmp = TempDir::new("cli-compile");
     let out_dir = tmp.join("tiny");
-    let out = dsc(&["compile", "examples/tiny-moe.toml", "-o", &out_dir.to_string_lossy()]);
+    let out = dsc(&[
+        "compile",
+        "examples/tiny-moe.toml",
+        "-o",
+        &out_dir.to_string_lossy(),
+    ]);
     let (stdout, stderr) = streams(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("ops by role and compute dtype"), "{stdout}");
@@ -43,7 +48,10 @@ fn compile_writes_graph_and_reports_and_prints_a_summary() {
     assert!(share > 0.3 && share < 1.0, "FP8 share {share}");
     let deployed = s["weight_bytes_deployed"].as_u64().unwrap();
     let bf16 = s["weight_bytes_bf16"].as_u64().unwrap();
-    assert!(deployed < bf16, "FP8 weights must be smaller: {deployed} vs {bf16}");
+    assert!(
+        deployed < bf16,
+        "FP8 weights must be smaller: {deployed} vs {bf16}"
+    );
     assert_eq!(
         deployed,
         s["weight_bytes_fp8"].as_u64().unwrap()
@@ -52,7 +60,12 @@ fn compile_writes_graph_and_reports_and_prints_a_summary() {
     );
     let text = read(&out_dir.join("report.txt"));
     assert!(text.contains("time per pass:"));
-    assert!(text.contains("model.layers.0.self_attn.q_proj linear attn_proj f8e4m3 f32: bf16,bf16 -> bf16"), "{text}");
+    assert!(
+        text.contains(
+            "model.layers.0.self_attn.q_proj linear attn_proj f8e4m3 f32: bf16,bf16 -> bf16"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
@@ -60,7 +73,11 @@ fn a_failed_compile_leaves_the_previous_artifact_intact() {
     let tmp = TempDir::new("cli-atomic");
     let dir = tmp.join("out");
     let d = dir.to_string_lossy().into_owned();
-    assert!(dsc(&["compile", "examples/mlp.toml", "-o", &d]).status.success());
+    assert!(
+        dsc(&["compile", "examples/mlp.toml", "-o", &d])
+            .status
+            .success()
+    );
     let before = read(&dir.join("graph.dsc"));
     let bad = tmp.join("bad.toml");
     std::fs::write(&bad, "[model]\nname = \"x\"\narchitecture = \"llama\"\n").unwrap();
@@ -68,33 +85,74 @@ fn a_failed_compile_leaves_the_previous_artifact_intact() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(read(&dir.join("graph.dsc")), before);
     // A successful compile replaces it whole.
-    assert!(dsc(&["compile", "examples/llama-small.toml", "-o", &d]).status.success());
+    assert!(
+        dsc(&["compile", "examples/llama-small.toml", "-o", &d])
+            .status
+            .success()
+    );
     assert_ne!(read(&dir.join("graph.dsc")), before);
     let leftovers: Vec<_> = std::fs::read_dir(&tmp.0)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))
         .collect();
-    assert!(leftovers.is_empty(), "temporary directories left: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temporary directories left: {leftovers:?}"
+    );
 }
 
 #[test]
 fn usage_errors_exit_2_and_bad_pipelines_exit_1() {
     assert_eq!(dsc(&[]).status.code(), Some(2));
     assert_eq!(dsc(&["compile"]).status.code(), Some(2));
-    assert_eq!(dsc(&["compile", "examples/mlp.toml", "--no-such-flag"]).status.code(), Some(2));
+    assert_eq!(
+        dsc(&["compile", "examples/mlp.toml", "--no-such-flag"])
+            .status
+            .code(),
+        Some(2)
+    );
 
     let tmp = TempDir::new("cli-pipeline");
     let o = tmp.join("o").to_string_lossy().into_owned();
-    let out = dsc(&["compile", "examples/mlp.toml", "-o", &o, "--passes", "verify,frobnicate"]);
+    let out = dsc(&[
+        "compile",
+        "examples/mlp.toml",
+        "-o",
+        &o,
+        "--passes",
+        "verify,frobnicate",
+    ]);
     let (_, stderr) = streams(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("error: unknown pass `frobnicate`"), "{stderr}");
-    assert!(stderr.contains("assign-precision"), "known passes are listed: {stderr}");
+    assert!(
+        stderr.contains("error: unknown pass `frobnicate`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("assign-precision"),
+        "known passes are listed: {stderr}"
+    );
 
-    let out = dsc(&["compile", "examples/mlp.toml", "-o", &o, "--print-after", "nope"]);
+    let out = dsc(&[
+        "compile",
+        "examples/mlp.toml",
+        "-o",
+        &o,
+        "--print-after",
+        "nope",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    let out = dsc(&["compile", "examples/mlp.toml", "-o", &o, "--passes", "verify", "--print-after", "dce"]);
+    let out = dsc(&[
+        "compile",
+        "examples/mlp.toml",
+        "-o",
+        &o,
+        "--passes",
+        "verify",
+        "--print-after",
+        "dce",
+    ]);
     let (_, stderr) = streams(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("not in the pipeline"), "{stderr}");
@@ -104,7 +162,15 @@ fn usage_errors_exit_2_and_bad_pipelines_exit_1() {
 fn print_after_and_timings() {
     let tmp = TempDir::new("cli-print");
     let o = tmp.join("o").to_string_lossy().into_owned();
-    let out = dsc(&["compile", "examples/mlp.toml", "-o", &o, "--print-after", "all", "--timings"]);
+    let out = dsc(&[
+        "compile",
+        "examples/mlp.toml",
+        "-o",
+        &o,
+        "--print-after",
+        "all",
+        "--timings",
+    ]);
     let (stdout, stderr) = streams(&out);
     assert!(out.status.success(), "{stderr}");
     let order: Vec<_> = stderr
@@ -113,12 +179,25 @@ fn print_after_and_timings() {
         .collect();
     assert_eq!(
         order,
-        ["verify -----", "infer-shapes -----", "assign-precision -----", "cse -----", "dce -----"]
+        [
+            "verify -----",
+            "infer-shapes -----",
+            "assign-precision -----",
+            "cse -----",
+            "dce -----"
+        ]
     );
     assert!(stdout.contains("time per pass:"), "{stdout}");
     assert!(stdout.contains("assign-precision"), "{stdout}");
 
-    let out = dsc(&["compile", "examples/mlp.toml", "-o", &o, "--print-after", "assign-precision"]);
+    let out = dsc(&[
+        "compile",
+        "examples/mlp.toml",
+        "-o",
+        &o,
+        "--print-after",
+        "assign-precision",
+    ]);
     let (_, stderr) = streams(&out);
     assert_eq!(stderr.matches("# ----- IR after").count(), 1);
     assert!(stderr.contains("compute=f8e4m3"), "{stderr}");
@@ -128,12 +207,25 @@ fn print_after_and_timings() {
 fn opt_round_trips_and_runs_passes() {
     let tmp = TempDir::new("cli-opt");
     let dir = tmp.join("o");
-    assert!(dsc(&["compile", "examples/tiny-moe.toml", "-o", &dir.to_string_lossy()]).status.success());
+    assert!(
+        dsc(&[
+            "compile",
+            "examples/tiny-moe.toml",
+            "-o",
+            &dir.to_string_lossy()
+        ])
+        .status
+        .success()
+    );
     let graph_file = dir.join("graph.dsc").to_string_lossy().into_owned();
     let out = dsc(&["opt", &graph_file]);
     let (stdout, stderr) = streams(&out);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout, read(&dir.join("graph.dsc")), "opt without passes reprints the input");
+    assert_eq!(
+        stdout,
+        read(&dir.join("graph.dsc")),
+        "opt without passes reprints the input"
+    );
     // The compiled graph is a fixed point of the default pipeline.
     let out = dsc(&["opt", &graph_file, "--passes", dsc_passes::DEFAULT_PIPELINE]);
     assert_eq!(streams(&out).0, stdout);

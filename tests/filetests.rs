@@ -22,7 +22,11 @@ fn opt_file_tests() {
         .filter(|p| p.extension().is_some_and(|e| e == "dsc"))
         .collect();
     files.sort();
-    assert!(files.len() >= 4, "expected file tests in tests/opt, found {}", files.len());
+    assert!(
+        files.len() >= 4,
+        "expected file tests in tests/opt, found {}",
+        files.len()
+    );
     let bless = std::env::var_os("DSC_BLESS").is_some();
     let tmp = TempDir::new("filetests");
     let mut failures = Vec::new();

@@ -29,5 +29,9 @@ fn ir_after_each_pass() {
 fn assert_round_trip(model: &str, pass: &str, text: &str) {
     let parsed = parse(text).unwrap_or_else(|e| panic!("{model} after {pass}: {e}"));
     dsc_ir::verify(&parsed).unwrap_or_else(|e| panic!("{model} after {pass}: {e}"));
-    assert_eq!(parsed.to_string(), text, "{model} after {pass}: round trip differs");
+    assert_eq!(
+        parsed.to_string(),
+        text,
+        "{model} after {pass}: round trip differs"
+    );
 }

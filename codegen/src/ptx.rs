@@ -18,13 +18,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use melior::Context;
 use melior::diagnostic::{Diagnostic, DiagnosticSeverity};
-use melior::ir::attribute::ArrayAttribute;
+use melior::ir::attribute::{ArrayAttribute, AttributeLike};
 use melior::ir::operation::OperationLike;
 use melior::ir::{Attribute, BlockLike, Module};
 use melior::pass::PassManager;
 use melior::utility::parse_pass_pipeline;
-use melior::Context;
 
 use crate::error::CodegenError;
 use crate::target::Target;
@@ -65,12 +65,10 @@ pub fn compile_to_ptx(module: &mut Module<'_>, target: Target) -> Result<String,
             message: error.to_string(),
         }
     })?;
-    manager
-        .run(module)
-        .map_err(|_| CodegenError::Lowering {
-            target: target.to_string(),
-            diagnostics: diagnostics.take(),
-        })?;
+    manager.run(module).map_err(|_| CodegenError::Lowering {
+        target: target.to_string(),
+        diagnostics: diagnostics.take(),
+    })?;
     drop(diagnostics);
 
     extract_ptx(module)
@@ -159,7 +157,8 @@ impl<'c> DiagnosticCapture<'c> {
 
     /// Everything captured so far, one diagnostic (or note) per line.
     fn take(&self) -> String {
-        let messages = std::mem::take(&mut *self.messages.lock().unwrap_or_else(|e| e.into_inner()));
+        let messages =
+            std::mem::take(&mut *self.messages.lock().unwrap_or_else(|e| e.into_inner()));
         if messages.is_empty() {
             "(MLIR reported no diagnostic)".to_string()
         } else {
@@ -192,5 +191,55 @@ fn format_diagnostic(diagnostic: &Diagnostic<'_>, depth: usize, lines: &mut Vec<
         if let Ok(note) = diagnostic.note(index) {
             format_diagnostic(&note, depth + 1, lines);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use melior::dialect::{arith, memref};
+    use melior::ir::attribute::FloatAttribute;
+    use melior::ir::r#type::MemRefType;
+    use melior::ir::{BlockLike, Type};
+
+    use super::*;
+    use crate::mlir::kernel::{append_value, index_constant};
+    use crate::mlir::{KernelModule, create_context};
+
+    #[test]
+    fn pipeline_names_the_target() {
+        assert_eq!(
+            pipeline(Target::Sm89),
+            "builtin.module(nvvm-attach-target{chip=sm_89 features=+ptx84},\
+             gpu.module(convert-scf-to-cf,convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=true}),\
+             reconcile-unrealized-casts,gpu-module-to-binary{format=isa})"
+        );
+    }
+
+    #[test]
+    fn an_invalid_module_is_an_error_with_diagnostics() {
+        let context = create_context();
+        let mut module = KernelModule::new(&context, "dsc_kernels");
+        let buffer = MemRefType::new(Type::index(&context), &[4], None, None).into();
+        module
+            .add_kernel("bad_store", &[buffer], |entry, location| {
+                // Stores an f32 into a memref of index: rejected by memref.store's verifier.
+                let zero = index_constant(&context, entry, 0, location)?;
+                let value = FloatAttribute::new(&context, Type::float32(&context), 1.0);
+                let value = append_value(entry, arith::constant(&context, value.into(), location))?;
+                entry.append_operation(memref::store(
+                    value,
+                    entry.argument(0)?.into(),
+                    &[zero],
+                    location,
+                ));
+                Ok(())
+            })
+            .unwrap();
+        let error = compile_to_ptx(module.module_mut(), Target::Sm90a).unwrap_err();
+        let CodegenError::Verify { diagnostics } = &error else {
+            panic!("expected a verification error, got {error}");
+        };
+        assert!(diagnostics.contains("bad_store"), "{diagnostics}");
+        assert!(diagnostics.contains("error:"), "{diagnostics}");
     }
 }

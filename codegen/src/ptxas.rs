@@ -93,7 +93,8 @@ impl PtxasReport {
                     name: name.to_string(),
                     ..FunctionReport::default()
                 });
-            } else if let Some(rest) = line.strip_prefix("ptxas info    : Function properties for ") {
+            } else if let Some(rest) = line.strip_prefix("ptxas info    : Function properties for ")
+            {
                 // Device functions get properties without a "Compiling entry function" line.
                 let name = rest.trim();
                 if report.functions.last().is_none_or(|f| f.name != name) {

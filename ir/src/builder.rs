@@ -112,7 +112,14 @@ impl GraphBuilder {
         attrs: Attrs,
         extra: &[&str],
     ) -> Result<Vec<ValueId>, BuildError> {
-        self.append(kind, name, role, operands, attrs, ResultNames { dtype: None, extra })
+        self.append(
+            kind,
+            name,
+            role,
+            operands,
+            attrs,
+            ResultNames { dtype: None, extra },
+        )
     }
 
     fn append(
@@ -150,7 +157,13 @@ impl GraphBuilder {
                 (0, Some(d), crate::infer::ResultDType::Free(_)) => d,
                 (_, _, rule) => rule.default_dtype(),
             };
-            let id = self.graph.add_value(n.clone(), TensorType { dtype: d, shape: inf.shape });
+            let id = self.graph.add_value(
+                n.clone(),
+                TensorType {
+                    dtype: d,
+                    shape: inf.shape,
+                },
+            );
             self.names.insert(n.clone(), id);
             results.push(id);
         }

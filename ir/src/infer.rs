@@ -171,10 +171,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
             Some(m) => format!("{} to {m}", a.min),
             None => format!("at least {}", a.min),
         };
-        return Err(format!(
-            "{kind} takes {want} operands, got {}",
-            ins.len()
-        ));
+        return Err(format!("{kind} takes {want} operands, got {}", ins.len()));
     }
     check_attrs(kind, attrs)?;
     use OpKind::*;
@@ -429,7 +426,9 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
             need_float("weights", w)?;
             need_rank("expert outputs", y, 3)?;
             if w.shape.0[..] != y.shape.0[..2] {
-                return Err(format!("weights {w} must match expert outputs {y} in [T, k]"));
+                return Err(format!(
+                    "weights {w} must match expert outputs {y} in [T, k]"
+                ));
             }
             let (t, d) = (y.shape.0[0], y.shape.0[2]);
             if let Some(s) = ins.get(2) {
@@ -464,10 +463,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
             }
             let want = block_scale_shape(&q.shape, attrs.ints("block").expect("checked"))?;
             if s.dtype != DType::F32 || s.shape.0 != want {
-                return Err(format!(
-                    "scales {s} must be f32{}",
-                    Shape(want)
-                ));
+                return Err(format!("scales {s} must be f32{}", Shape(want)));
             }
             let d = attrs.dtype("dtype").expect("checked");
             vec![fixed(d, q.shape.0.clone())]
@@ -481,7 +477,9 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
             let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
             let target = Shape(dims.clone());
             if target.checked_numel() != x.shape.checked_numel() {
-                return Err(format!("cannot reshape {x} to {target}: element counts differ"));
+                return Err(format!(
+                    "cannot reshape {x} to {target}: element counts differ"
+                ));
             }
             vec![fixed(x.dtype, dims)]
         }
@@ -495,7 +493,9 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
                     (0..r as i64).contains(&p) && !std::mem::replace(&mut seen[p as usize], true)
                 });
             if !valid {
-                return Err(format!("perm {perm:?} is not a permutation of the axes of {x}"));
+                return Err(format!(
+                    "perm {perm:?} is not a permutation of the axes of {x}"
+                ));
             }
             let dims = perm.iter().map(|&p| x.shape.0[p as usize]).collect();
             vec![fixed(x.dtype, dims)]
@@ -503,7 +503,10 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         Slice => {
             let x = ins[0];
             let axis = axis_of(kind, attrs, x)?;
-            let (start, end) = (attrs.int("start").unwrap_or(0), attrs.int("end").unwrap_or(0));
+            let (start, end) = (
+                attrs.int("start").unwrap_or(0),
+                attrs.int("end").unwrap_or(0),
+            );
             let len = x.shape.0[axis] as i64;
             if start < 0 || end <= start || end > len {
                 return Err(format!(

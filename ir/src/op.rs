@@ -181,39 +181,59 @@ impl OpKind {
         match self {
             Matmul => const { &[opt("transpose_b", T::Bool)] },
             RmsNorm => const { &[req("eps", T::Float)] },
-            Rope => const { &[
-                req("style", T::Str),
-                req("theta", T::Float),
-                opt("scaling", T::Str),
-                opt("factor", T::Float),
-                opt("original_max_position", T::Int),
-                opt("beta_fast", T::Float),
-                opt("beta_slow", T::Float),
-                opt("mscale", T::Float),
-                opt("mscale_all_dim", T::Float),
-                opt("low_freq_factor", T::Float),
-                opt("high_freq_factor", T::Float),
-            ] },
+            Rope => {
+                const {
+                    &[
+                        req("style", T::Str),
+                        req("theta", T::Float),
+                        opt("scaling", T::Str),
+                        opt("factor", T::Float),
+                        opt("original_max_position", T::Int),
+                        opt("beta_fast", T::Float),
+                        opt("beta_slow", T::Float),
+                        opt("mscale", T::Float),
+                        opt("mscale_all_dim", T::Float),
+                        opt("low_freq_factor", T::Float),
+                        opt("high_freq_factor", T::Float),
+                    ]
+                }
+            }
             Softmax => const { &[req("axis", T::Int)] },
             AttnScores => const { &[req("scale", T::Float), req("causal", T::Bool)] },
-            MoeTopk => const { &[
-                req("score_func", T::Str),
-                req("top_k", T::Int),
-                req("n_groups", T::Int),
-                req("topk_groups", T::Int),
-                req("norm_topk_prob", T::Bool),
-                req("route_scale", T::Float),
-            ] },
+            MoeTopk => {
+                const {
+                    &[
+                        req("score_func", T::Str),
+                        req("top_k", T::Int),
+                        req("n_groups", T::Int),
+                        req("topk_groups", T::Int),
+                        req("norm_topk_prob", T::Bool),
+                        req("route_scale", T::Float),
+                    ]
+                }
+            }
             Cast => const { &[req("dtype", T::DType)] },
-            Quantize => const { &[
-                req("dtype", T::DType),
-                req("block", T::Ints),
-                req("scale_format", T::Str),
-            ] },
+            Quantize => {
+                const {
+                    &[
+                        req("dtype", T::DType),
+                        req("block", T::Ints),
+                        req("scale_format", T::Str),
+                    ]
+                }
+            }
             Dequantize => const { &[req("dtype", T::DType), req("block", T::Ints)] },
             Reshape => const { &[req("shape", T::Ints)] },
             Transpose => const { &[req("perm", T::Ints)] },
-            Slice => const { &[req("axis", T::Int), req("start", T::Int), req("end", T::Int)] },
+            Slice => {
+                const {
+                    &[
+                        req("axis", T::Int),
+                        req("start", T::Int),
+                        req("end", T::Int),
+                    ]
+                }
+            }
             Concat => const { &[req("axis", T::Int)] },
             Embedding | Linear | Silu | Mul | Add | Swiglu | AttnValues | GroupedLinear
             | MoeCombine => const { &[] },
@@ -222,7 +242,10 @@ impl OpKind {
 
     /// True for kinds that are matrix products of activations with weights (FP8 candidates).
     pub fn is_weight_gemm(self) -> bool {
-        matches!(self, OpKind::Linear | OpKind::GroupedLinear | OpKind::Matmul)
+        matches!(
+            self,
+            OpKind::Linear | OpKind::GroupedLinear | OpKind::Matmul
+        )
     }
 
     /// True for kinds that only move or view data (their result dtype is their operand's).

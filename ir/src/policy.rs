@@ -112,10 +112,7 @@ impl PrecisionPolicy {
         if !self.fp8_format.is_fp8() {
             return err(
                 "fp8_format",
-                format!(
-                    "`fp8_format` must be e4m3 or e5m2, not {}",
-                    self.fp8_format
-                ),
+                format!("`fp8_format` must be e4m3 or e5m2, not {}", self.fp8_format),
             );
         }
         if self.act_tile == 0 || !self.act_tile.is_multiple_of(MMA_K) {

@@ -93,13 +93,20 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     let mut out = Vec::with_capacity(ops.len() + ops.len() / 8);
     let mut casts: HashMap<(ValueId, DType), ValueId> = HashMap::new();
     let mut names: HashSet<String> = graph.values.iter().map(|v| v.name.clone()).collect();
+    let mut is_param = vec![false; graph.values.len()];
+    for &p in &graph.params {
+        is_param[p.index()] = true;
+    }
     for mut op in ops {
         let name = graph.op_name(&op).to_string();
-        let first_operand = op.operands.first().map_or(DType::F32, |&v| graph.ty(v).dtype);
+        let first_operand = op
+            .operands
+            .first()
+            .map_or(DType::F32, |&v| graph.ty(v).dtype);
         let d = decide(&op, &name, first_operand, &graph.policy);
         for i in 0..op.operands.len() {
             let v = op.operands[i];
-            if graph.is_param(v) {
+            if is_param[v.index()] {
                 // Weights are read in their stored dtype and widened inside the kernel;
                 // FP8 weights are the quantize-linears pass's business.
                 continue;
@@ -175,16 +182,40 @@ mod tests {
     fn graph(policy: PrecisionPolicy) -> Graph {
         let mut b = GraphBuilder::new("t");
         b.graph_mut().policy = policy;
-        let x = b.input("x", TensorType::new(DType::Bf16, [4, 256])).unwrap();
-        let nw = b.param("norm.weight", TensorType::new(DType::Bf16, [256])).unwrap();
-        let n = b
-            .op(OpKind::RmsNorm, "norm", Role::Norm, &[x, nw], Attrs::new().with("eps", Attr::Float(1e-6)), None)
+        let x = b
+            .input("x", TensorType::new(DType::Bf16, [4, 256]))
             .unwrap();
-        let w = b.param("up.weight", TensorType::new(DType::Bf16, [512, 256])).unwrap();
-        let up = b.op(OpKind::Linear, "up", Role::Ffn, &[n, w], Attrs::new(), None).unwrap();
-        let gw = b.param("gate.weight", TensorType::new(DType::Bf16, [8, 256])).unwrap();
+        let nw = b
+            .param("norm.weight", TensorType::new(DType::Bf16, [256]))
+            .unwrap();
+        let n = b
+            .op(
+                OpKind::RmsNorm,
+                "norm",
+                Role::Norm,
+                &[x, nw],
+                Attrs::new().with("eps", Attr::Float(1e-6)),
+                None,
+            )
+            .unwrap();
+        let w = b
+            .param("up.weight", TensorType::new(DType::Bf16, [512, 256]))
+            .unwrap();
+        let up = b
+            .op(OpKind::Linear, "up", Role::Ffn, &[n, w], Attrs::new(), None)
+            .unwrap();
+        let gw = b
+            .param("gate.weight", TensorType::new(DType::Bf16, [8, 256]))
+            .unwrap();
         let logits = b
-            .op(OpKind::Linear, "gate", Role::Gating, &[n, gw], Attrs::new(), Some(DType::F32))
+            .op(
+                OpKind::Linear,
+                "gate",
+                Role::Gating,
+                &[n, gw],
+                Attrs::new(),
+                Some(DType::F32),
+            )
             .unwrap();
         let attrs = Attrs::new()
             .with("score_func", Attr::Str("sigmoid".into()))
@@ -194,7 +225,14 @@ mod tests {
             .with("norm_topk_prob", Attr::Bool(true))
             .with("route_scale", Attr::Float(1.0));
         let topk = b
-            .op_multi(OpKind::MoeTopk, "topk", Role::Gating, &[logits], attrs, &["indices"])
+            .op_multi(
+                OpKind::MoeTopk,
+                "topk",
+                Role::Gating,
+                &[logits],
+                attrs,
+                &["indices"],
+            )
             .unwrap();
         b.output(up);
         b.output(topk[0]);

@@ -70,13 +70,39 @@ mod tests {
     fn merges_duplicates_transitively_but_never_an_output() {
         let mut b = GraphBuilder::new("t");
         let x = b.input("x", TensorType::new(DType::Bf16, [2, 8])).unwrap();
-        let a1 = b.op(OpKind::Silu, "a1", Role::Ffn, &[x], Attrs::new(), None).unwrap();
-        let a2 = b.op(OpKind::Silu, "a2", Role::Ffn, &[x], Attrs::new(), None).unwrap();
-        let s1 = b.op(OpKind::Add, "s1", Role::Residual, &[a1, x], Attrs::new(), None).unwrap();
-        let s2 = b.op(OpKind::Add, "s2", Role::Residual, &[a2, x], Attrs::new(), None).unwrap();
-        let m = b.op(OpKind::Mul, "m", Role::Other, &[s1, s2], Attrs::new(), None).unwrap();
+        let a1 = b
+            .op(OpKind::Silu, "a1", Role::Ffn, &[x], Attrs::new(), None)
+            .unwrap();
+        let a2 = b
+            .op(OpKind::Silu, "a2", Role::Ffn, &[x], Attrs::new(), None)
+            .unwrap();
+        let s1 = b
+            .op(
+                OpKind::Add,
+                "s1",
+                Role::Residual,
+                &[a1, x],
+                Attrs::new(),
+                None,
+            )
+            .unwrap();
+        let s2 = b
+            .op(
+                OpKind::Add,
+                "s2",
+                Role::Residual,
+                &[a2, x],
+                Attrs::new(),
+                None,
+            )
+            .unwrap();
+        let m = b
+            .op(OpKind::Mul, "m", Role::Other, &[s1, s2], Attrs::new(), None)
+            .unwrap();
         // Same computation as `a1` but a graph output: must survive under its own name.
-        let out2 = b.op(OpKind::Silu, "out2", Role::Ffn, &[x], Attrs::new(), None).unwrap();
+        let out2 = b
+            .op(OpKind::Silu, "out2", Role::Ffn, &[x], Attrs::new(), None)
+            .unwrap();
         b.output(m);
         b.output(out2);
         let mut g = b.finish();

@@ -35,9 +35,28 @@ mod tests {
         let mut b = GraphBuilder::new("t");
         let x = b.input("x", TensorType::new(DType::Bf16, [2, 8])).unwrap();
         let w = b.param("w", TensorType::new(DType::Bf16, [4, 8])).unwrap();
-        let dead = b.op(OpKind::Linear, "dead", Role::Ffn, &[x, w], Attrs::new(), None).unwrap();
-        b.op(OpKind::Silu, "dead2", Role::Ffn, &[dead], Attrs::new(), None).unwrap();
-        let live = b.op(OpKind::Silu, "live", Role::Ffn, &[x], Attrs::new(), None).unwrap();
+        let dead = b
+            .op(
+                OpKind::Linear,
+                "dead",
+                Role::Ffn,
+                &[x, w],
+                Attrs::new(),
+                None,
+            )
+            .unwrap();
+        b.op(
+            OpKind::Silu,
+            "dead2",
+            Role::Ffn,
+            &[dead],
+            Attrs::new(),
+            None,
+        )
+        .unwrap();
+        let live = b
+            .op(OpKind::Silu, "live", Role::Ffn, &[x], Attrs::new(), None)
+            .unwrap();
         b.output(live);
         let mut g = b.finish();
         run(&mut g, &PassOptions::default()).unwrap();

@@ -70,3 +70,132 @@ pub fn add_f32(module: &KernelModule<'_>, name: &str, len: i64) -> Result<(), Co
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mlir::create_context;
+    use crate::{Target, compile_to_ptx, ptxas};
+    use melior::ir::operation::OperationLike;
+
+    /// The add kernel over `len` elements, lowered to PTX for `target`.
+    fn add_ptx(target: Target, name: &str, len: i64) -> String {
+        let context = create_context();
+        let mut module = KernelModule::new(&context, "dsc_kernels");
+        add_f32(&module, name, len).unwrap();
+        compile_to_ptx(module.module_mut(), target).unwrap()
+    }
+
+    #[test]
+    fn builds_a_gpu_kernel_function() {
+        let context = create_context();
+        let module = KernelModule::new(&context, "dsc_kernels");
+        add_f32(&module, "add_f32", 1000).unwrap();
+        assert!(module.module().as_operation().verify());
+        assert_eq!(module.kernel_names(), ["add_f32"]);
+        let text = module.module().as_operation().to_string();
+        for expected in [
+            "gpu.container_module",
+            "gpu.module @dsc_kernels",
+            "gpu.func @add_f32(%arg0: memref<1000xf32>, %arg1: memref<1000xf32>, %arg2: memref<1000xf32>) kernel",
+            "gpu.block_id  x",
+            "gpu.thread_id  x",
+            "arith.cmpi ult",
+            "scf.if",
+            "memref.load",
+            "arith.addf",
+            "memref.store",
+            "gpu.return",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn emits_ptx_with_the_entry_for_each_target() {
+        for target in Target::ALL {
+            let ptx = add_ptx(target, "add_f32", 1000);
+            assert!(ptx.contains(".version 8.4"), "{target}:\n{ptx}");
+            assert!(
+                ptx.contains(&format!(".target {}", target.chip())),
+                "{target}:\n{ptx}"
+            );
+            assert!(ptx.contains(".visible .entry add_f32("), "{target}:\n{ptx}");
+            // Bare-pointer memrefs: one pointer parameter per buffer.
+            assert_eq!(
+                ptx.matches(".param .u64 .ptr").count(),
+                3,
+                "{target}:\n{ptx}"
+            );
+            // The static length is the bounds check's constant.
+            assert!(ptx.contains("999"), "{target}:\n{ptx}");
+        }
+    }
+
+    #[test]
+    fn ptx_assembles_with_ptxas_without_spills() {
+        let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
+        for target in Target::ALL {
+            let ptx = add_ptx(target, "add_f32", 4096);
+            let report = ptxas::assemble(&ptxas, &ptx, target)
+                .unwrap_or_else(|error| panic!("{target}: {error}\n{ptx}"));
+            assert_eq!(
+                report
+                    .functions
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>(),
+                ["add_f32"],
+                "{target}:\n{}",
+                report.output
+            );
+            assert!(
+                report.output.contains("0 bytes spill stores"),
+                "{target}: ptxas -v reported no spill line:\n{}",
+                report.output
+            );
+            assert_eq!(
+                report.spill_store_bytes(),
+                0,
+                "{target}:\n{}",
+                report.output
+            );
+            assert_eq!(report.spill_load_bytes(), 0, "{target}:\n{}", report.output);
+            assert!(report.notes.is_empty(), "{target}:\n{}", report.output);
+        }
+    }
+
+    #[test]
+    fn one_ptx_module_holds_every_kernel() {
+        let context = create_context();
+        let mut module = KernelModule::new(&context, "dsc_kernels");
+        add_f32(&module, "add_small", 100).unwrap();
+        add_f32(&module, "add_large", 1 << 20).unwrap();
+        let ptx = compile_to_ptx(module.module_mut(), Target::Sm90a).unwrap();
+        assert!(ptx.contains(".visible .entry add_small("), "{ptx}");
+        assert!(ptx.contains(".visible .entry add_large("), "{ptx}");
+    }
+
+    #[test]
+    fn rejects_bad_kernels() {
+        let context = create_context();
+        let module = KernelModule::new(&context, "dsc_kernels");
+        assert!(matches!(
+            add_f32(&module, "empty", 0),
+            Err(CodegenError::InvalidKernel { .. })
+        ));
+        add_f32(&module, "twice", 8).unwrap();
+        let error = add_f32(&module, "twice", 8).unwrap_err();
+        assert!(
+            error.to_string().contains("already in the module"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn grid_covers_every_element() {
+        assert_eq!(grid_size(1), 1);
+        assert_eq!(grid_size(256), 1);
+        assert_eq!(grid_size(257), 2);
+    }
+}

@@ -12,11 +12,11 @@
 use melior::Context;
 use melior::dialect::{arith, ods::gpu};
 use melior::ir::attribute::{IntegerAttribute, StringAttribute, TypeAttribute};
-use melior::ir::operation::{OperationLike, OperationMutLike};
+use melior::ir::operation::{OperationBuilder, OperationLike, OperationMutLike};
 use melior::ir::r#type::FunctionType;
 use melior::ir::{
-    Attribute, Block, BlockLike, BlockRef, Location, Module, Operation, Region, RegionLike, Type,
-    Value,
+    Attribute, Block, BlockLike, BlockRef, Identifier, Location, Module, Operation, Region,
+    RegionLike, Type, Value,
 };
 
 use crate::error::CodegenError;
@@ -106,8 +106,13 @@ impl<'c> KernelModule<'c> {
         body.append_block(entry);
 
         let function_type = FunctionType::new(context, arguments, &[]);
-        let mut function: Operation<'c> =
-            gpu::func(context, body, TypeAttribute::new(function_type.into()), location).into();
+        let mut function: Operation<'c> = gpu::func(
+            context,
+            body,
+            TypeAttribute::new(function_type.into()),
+            location,
+        )
+        .into();
         function.set_attribute("sym_name", StringAttribute::new(context, name).into());
         function.set_attribute("gpu.kernel", Attribute::unit(context));
         self.gpu_module_body().append_operation(function);
@@ -171,6 +176,28 @@ impl Dimension {
     }
 }
 
+/// Appends `<name> <dimension>` for one of the `gpu` index ops (`gpu.block_id`, …): an `index`.
+///
+/// Built with the generic [`OperationBuilder`]: these ops take their `index` result type from a
+/// custom C++ builder, not from `InferTypeOpInterface`, so melior's generated `gpu::block_id`
+/// builder creates them with no result at all.
+fn gpu_index_op<'c, 'a>(
+    context: &'c Context,
+    block: &'a Block<'c>,
+    name: &str,
+    dimension: Dimension,
+    location: Location<'c>,
+) -> Result<Value<'c, 'a>, CodegenError> {
+    let operation = OperationBuilder::new(name, location)
+        .add_attributes(&[(
+            Identifier::new(context, "dimension"),
+            dimension.attribute(context),
+        )])
+        .add_results(&[Type::index(context)])
+        .build()?;
+    append_value(block, operation)
+}
+
 /// Appends `gpu.block_id <dimension>` (an `index`).
 pub fn block_id<'c, 'a>(
     context: &'c Context,
@@ -178,13 +205,7 @@ pub fn block_id<'c, 'a>(
     dimension: Dimension,
     location: Location<'c>,
 ) -> Result<Value<'c, 'a>, CodegenError> {
-    let operation = gpu::block_id(
-        context,
-        Type::index(context),
-        dimension.attribute(context),
-        location,
-    );
-    append_value(block, operation)
+    gpu_index_op(context, block, "gpu.block_id", dimension, location)
 }
 
 /// Appends `gpu.block_dim <dimension>` (an `index`).
@@ -194,13 +215,7 @@ pub fn block_dim<'c, 'a>(
     dimension: Dimension,
     location: Location<'c>,
 ) -> Result<Value<'c, 'a>, CodegenError> {
-    let operation = gpu::block_dim(
-        context,
-        Type::index(context),
-        dimension.attribute(context),
-        location,
-    );
-    append_value(block, operation)
+    gpu_index_op(context, block, "gpu.block_dim", dimension, location)
 }
 
 /// Appends `gpu.thread_id <dimension>` (an `index`).
@@ -210,13 +225,7 @@ pub fn thread_id<'c, 'a>(
     dimension: Dimension,
     location: Location<'c>,
 ) -> Result<Value<'c, 'a>, CodegenError> {
-    let operation = gpu::thread_id(
-        context,
-        Type::index(context),
-        dimension.attribute(context),
-        location,
-    );
-    append_value(block, operation)
+    gpu_index_op(context, block, "gpu.thread_id", dimension, location)
 }
 
 /// Appends the global thread index along x: `block_id.x * block_dim.x + thread_id.x`.

@@ -228,7 +228,10 @@ fn check_sizes(m: &Table, c: &Config) -> Result<(), ModelError> {
             "the attention scores",
             vec![b.clone(), h.clone(), s.clone(), s.clone()],
         ),
-        ("q_proj's weight", vec![h.clone(), qk.clone(), q_in]),
+        (
+            "the q projection's weight",
+            vec![h.clone(), qk.clone(), q_in],
+        ),
         ("the queries", vec![b.clone(), s.clone(), h.clone(), qk]),
         (
             "kv_a_proj_with_mqa's weight",

@@ -81,8 +81,12 @@ pub fn build(root: &Table, model: &Table, high: DType) -> Result<Graph, ModelErr
         }
         deps.push(d);
     }
-    for n in &outputs.value {
+    for (i, n) in outputs.value.iter().enumerate() {
         resolve(model, n, "`outputs`")?;
+        // Outputs are written under their names, so one listed twice would collide.
+        if outputs.value[..i].iter().any(|m| m.value == n.value) {
+            return Err(model.error(n.at, format!("`{}` is listed twice in `outputs`", n.value)));
+        }
     }
     for i in order(&specs, &deps)? {
         let op = &specs[i];

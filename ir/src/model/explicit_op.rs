@@ -108,10 +108,11 @@ fn word(t: &Table, kind: OpKind, key: &str, s: Spanned<&str>) -> Result<String, 
     }
 }
 
-/// Adds parameter `name`, blaming the key at `at` when its shape is too large.
+/// Adds parameter `name` of op `op`, blaming the key at `at` when its shape is too large.
 fn param(
     b: &mut GraphBuilder,
     t: &Table,
+    op: &str,
     (key, at): (&str, At),
     name: &str,
     ty: TensorType,
@@ -119,11 +120,15 @@ fn param(
     if ty.shape.checked_numel().is_none() {
         return Err(t.error(
             at,
-            format!("`{key}` makes parameter `{name}` {ty} larger than 2^48 elements"),
+            format!("`{key}` makes parameter `{name}` {ty} of op `{op}` larger than 2^48 elements"),
         ));
     }
-    b.param(name, ty)
-        .map_err(|e| t.error(t.at(), e.to_string()))
+    b.param(name, ty).map_err(|e| {
+        t.error(
+            t.at(),
+            format!("op `{op}`: cannot create parameter `{name}`: {}", e.message),
+        )
+    })
 }
 
 fn req_size(t: &Table, key: &str) -> Result<Spanned<u64>, ModelError> {
@@ -145,52 +150,49 @@ pub fn with_params(
     high: DType,
     inputs: &[ValueId],
 ) -> Result<Vec<ValueId>, ModelError> {
-    let last = |b: &GraphBuilder, v: ValueId| b.graph().ty(v).shape.last();
     let mut ops = inputs.to_vec();
+    // Kinds with weights take a fixed count of inputs (checked when the op was read); the
+    // first is the activation whose last axis sizes the weight.
+    let Some(&x) = inputs.first() else {
+        return Ok(ops);
+    };
+    let k = b.graph().ty(x).shape.last();
+    let mut param = |blame, pname: String, ty| param(b, t, name, blame, &pname, ty);
     match kind {
         OpKind::Linear => {
             let out = req_size(t, "out_features")?;
             let blame = ("out_features", out.at);
-            let k = last(b, inputs[0]);
             let ty = TensorType::new(high, [out.value, k]);
-            ops.push(param(b, t, blame, &format!("{name}.weight"), ty)?);
+            ops.push(param(blame, format!("{name}.weight"), ty)?);
             if t.bool("bias")?.is_some_and(|v| v.value) {
                 let ty = TensorType::new(high, [out.value]);
-                ops.push(param(b, t, blame, &format!("{name}.bias"), ty)?);
+                ops.push(param(blame, format!("{name}.bias"), ty)?);
             }
         }
         OpKind::RmsNorm => {
-            let ty = TensorType::new(high, [last(b, inputs[0])]);
-            ops.push(param(
-                b,
-                t,
-                ("inputs", t.at()),
-                &format!("{name}.weight"),
-                ty,
-            )?);
+            let ty = TensorType::new(high, [k]);
+            ops.push(param(("inputs", t.at()), format!("{name}.weight"), ty)?);
         }
         OpKind::Embedding => {
             let (v, d) = (req_size(t, "vocab_size")?, req_size(t, "dim")?);
             let blame = larger(("vocab_size", v), ("dim", d));
             let ty = TensorType::new(high, [v.value, d.value]);
-            ops.push(param(b, t, blame, &format!("{name}.weight"), ty)?);
+            ops.push(param(blame, format!("{name}.weight"), ty)?);
         }
         OpKind::GroupedLinear => {
             let (e, out) = (req_size(t, "n_experts")?, req_size(t, "out_features")?);
             let blame = larger(("n_experts", e), ("out_features", out));
-            let k = last(b, inputs[0]);
             let ty = TensorType::new(high, [e.value, out.value, k]);
-            let w = param(b, t, blame, &format!("{name}.{{e}}.weight"), ty)?;
             // The IR's operand order is x, weight, indices.
-            ops.insert(1, w);
+            ops.insert(1, param(blame, format!("{name}.{{e}}.weight"), ty)?);
         }
         OpKind::MoeTopk => {
             if let Some(bias) = t.bool("bias")?
                 && bias.value
             {
-                let ty = TensorType::new(DType::F32, [last(b, inputs[0])]);
-                let name = format!("{name}.e_score_correction_bias");
-                ops.push(param(b, t, ("bias", bias.at), &name, ty)?);
+                let ty = TensorType::new(DType::F32, [k]);
+                let pname = format!("{name}.e_score_correction_bias");
+                ops.push(param(("bias", bias.at), pname, ty)?);
             }
         }
         _ => {}

@@ -750,6 +750,8 @@ fn unknown_names_in_inputs_and_outputs() {
     assert_err(&src, "\"nope\"", 0, &["`nope`", "`outputs`"]);
     let src = MLP.replace("inputs = [\"act\"]", "inputs = [\"up.weight\"]");
     assert_err(&src, "\"up.weight\"", 0, &["`up.weight`"]);
+    let src = MLP.replace("outputs = [\"down\"]", "outputs = [\"down\", \"down\"]");
+    assert_err(&src, "\"down\"]", 0, &["`down` is listed twice"]);
 }
 
 #[test]
@@ -762,6 +764,15 @@ fn duplicate_names_error_at_the_second() {
     assert!(e.message.contains("duplicate name `up`"), "{e}");
     let src = MLP.replace("name = \"norm\"", "name = \"x\"");
     assert_err(&src, "name = \"x\"\nkind", 7, &["duplicate name `x`"]);
+    // A weight's name is taken like any other.
+    let src = MLP.replace("name = \"act\"", "name = \"down.weight\"");
+    let src = src.replace("inputs = [\"act\"]", "inputs = [\"down.weight\"]");
+    assert_err(
+        &src,
+        "[[op]]\nname = \"down\"",
+        0,
+        &["op `down`", "`down.weight`"],
+    );
 }
 
 #[test]
