@@ -46,6 +46,85 @@ fn fixed(dtype: DType, dims: Vec<u64>) -> Inferred {
     }
 }
 
+/// The attributes of YaRN scaling (besides `factor` and `original_max_position`).
+const YARN_ATTRS: [&str; 4] = ["beta_fast", "beta_slow", "mscale", "mscale_all_dim"];
+/// The attributes of Llama 3 scaling (besides `factor` and `original_max_position`).
+const LLAMA3_ATTRS: [&str; 2] = ["low_freq_factor", "high_freq_factor"];
+
+/// Checks a rope's scaling attributes: a scaling takes exactly its own parameters, all present
+/// and possible (`factor` ≥ 1, positive sizes and frequencies, `beta_fast` > `beta_slow`,
+/// `high_freq_factor` > `low_freq_factor`); without `scaling` a rope takes none of them.
+fn rope_scaling(attrs: &Attrs) -> Result<()> {
+    let (scaling, other): (_, &[&str]) = match attrs.str("scaling") {
+        None => {
+            let common = ["factor", "original_max_position"];
+            let mut all = common.iter().chain(&YARN_ATTRS).chain(&LLAMA3_ATTRS);
+            return match all.find(|a| attrs.get(a).is_some()) {
+                Some(a) => Err(format!("rope attribute `{a}` needs a `scaling`")),
+                None => Ok(()),
+            };
+        }
+        Some(s @ "yarn") => (s, &LLAMA3_ATTRS),
+        Some(s @ "llama3") => (s, &YARN_ATTRS),
+        Some(other) => {
+            return Err(format!(
+                "rope scaling must be \"yarn\" or \"llama3\", got {other:?}"
+            ));
+        }
+    };
+    if let Some(a) = other.iter().find(|a| attrs.get(a).is_some()) {
+        return Err(format!(
+            "rope attribute `{a}` does not apply to {scaling} scaling"
+        ));
+    }
+    let float = |name: &str| {
+        attrs
+            .float(name)
+            .ok_or_else(|| format!("rope with {scaling} scaling needs attribute `{name}`"))
+    };
+    let factor = float("factor")?;
+    if factor < 1.0 {
+        return Err(format!(
+            "rope scaling factor must be at least 1, got {factor}"
+        ));
+    }
+    match attrs.int("original_max_position") {
+        Some(p) if p > 0 => {}
+        Some(p) => {
+            return Err(format!(
+                "rope original_max_position must be positive, got {p}"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "rope with {scaling} scaling needs attribute `original_max_position`"
+            ));
+        }
+    }
+    if scaling == "yarn" {
+        let (fast, slow) = (float("beta_fast")?, float("beta_slow")?);
+        if slow <= 0.0 || fast <= slow {
+            return Err(format!(
+                "rope yarn needs beta_fast > beta_slow > 0, got beta_fast {fast}, beta_slow {slow}"
+            ));
+        }
+        for name in ["mscale", "mscale_all_dim"] {
+            let m = float(name)?;
+            if m < 0.0 {
+                return Err(format!("rope {name} must not be negative, got {m}"));
+            }
+        }
+    } else {
+        let (low, high) = (float("low_freq_factor")?, float("high_freq_factor")?);
+        if low <= 0.0 || high <= low {
+            return Err(format!(
+                "rope llama3 needs high_freq_factor > low_freq_factor > 0, got low_freq_factor {low}, high_freq_factor {high}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks `attrs` against the kind's signature: required present, types right, none unknown.
 pub fn check_attrs(kind: OpKind, attrs: &Attrs) -> Result<()> {
     let specs = kind.attr_specs();
@@ -266,17 +345,10 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
                     ));
                 }
             }
-            match attrs.str("scaling") {
-                None | Some("yarn" | "llama3") => {}
-                Some(other) => {
-                    return Err(format!(
-                        "rope scaling must be \"yarn\" or \"llama3\", got {other:?}"
-                    ));
-                }
-            }
             if attrs.float("theta").is_some_and(|t| t <= 0.0) {
                 return Err("rope theta must be positive".into());
             }
+            rope_scaling(attrs)?;
             vec![free(x.dtype, x.shape.0.clone())]
         }
         Softmax => {

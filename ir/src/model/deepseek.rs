@@ -4,6 +4,7 @@
 use super::ModelError;
 use super::layers::Net;
 use super::preset::{self, Dim};
+use super::rope::{self, RopeScaling};
 use super::toml::{Spanned, Table};
 use crate::{Attr, Attrs, DType, Graph, OpKind, Role, ValueId};
 
@@ -39,6 +40,7 @@ struct Config {
     v: Spanned<u64>,
     eps: f64,
     theta: f64,
+    rope_scaling: Option<RopeScaling>,
     moe: Option<Moe>,
 }
 
@@ -88,6 +90,7 @@ fn parse(m: &Table) -> Result<Config, ModelError> {
             .required("rms_norm_eps", m.positive_float("rms_norm_eps")?)?
             .value,
         theta: m.positive_float("rope_theta")?.map_or(10000.0, |t| t.value),
+        rope_scaling: rope::parse(m, "deepseek")?,
         moe: parse_moe(m, dense.value < layers.value)?,
     };
     check_sizes(m, &cfg)?;
@@ -336,20 +339,25 @@ fn mla(net: &mut Net, c: &Config, p: &str, h: ValueId) -> Result<ValueId, ModelE
     let q = net.reshape(&format!("{a}.q_heads"), q, &[b, s, heads, nope + rope])?;
     let q_nope = net.slice(&format!("{a}.q_nope"), q, 3, 0, nope)?;
     let q_pe = net.slice(&format!("{a}.q_pe"), q, 3, nope, nope + rope)?;
-    let q_pe = net.rope(&format!("{a}.q_rope"), q_pe, "interleaved", theta)?;
+    let scaling = c.rope_scaling.as_ref();
+    let q_pe = net.rope(&format!("{a}.q_rope"), q_pe, "interleaved", theta, scaling)?;
 
     let kv = net.linear(&format!("{a}.kv_a_proj_with_mqa"), role, h, kv_lora + rope)?;
     let c_kv = net.slice(&format!("{a}.compressed_kv"), kv, 2, 0, kv_lora)?;
     let k_pe = net.slice(&format!("{a}.k_pe"), kv, 2, kv_lora, kv_lora + rope)?;
     let k_pe = net.reshape(&format!("{a}.k_pe_heads"), k_pe, &[b, s, 1, rope])?;
-    let k_pe = net.rope(&format!("{a}.k_rope"), k_pe, "interleaved", theta)?;
+    let k_pe = net.rope(&format!("{a}.k_rope"), k_pe, "interleaved", theta, scaling)?;
     let c_kv = net.rms_norm(&format!("{a}.kv_a_layernorm"), c_kv, c.eps)?;
     let kv = net.linear(&format!("{a}.kv_b_proj"), role, c_kv, heads * (nope + vd))?;
     let kv = net.reshape(&format!("{a}.kv_heads"), kv, &[b, s, heads, nope + vd])?;
     let k_nope = net.slice(&format!("{a}.k_nope"), kv, 3, 0, nope)?;
     let value = net.slice(&format!("{a}.value_states"), kv, 3, nope, nope + vd)?;
 
-    let scale = ((nope + rope) as f64).powf(-0.5);
+    // YaRN multiplies the softmax scale by m² (DESIGN.md §3b).
+    let mut scale = ((nope + rope) as f64).powf(-0.5);
+    if let Some(s) = scaling {
+        scale *= s.softmax_factor();
+    }
     let o = net.attention(&a, &[q_nope, k_nope, q_pe, k_pe], value, scale)?;
     let o = net.reshape(&format!("{a}.attn_output_flat"), o, &[b, s, heads * vd])?;
     net.linear(&format!("{a}.o_proj"), role, o, c.dim.value)

@@ -7,6 +7,7 @@
 //! roles describe computation, and moving data computes nothing.
 
 use super::ModelError;
+use super::rope::RopeScaling;
 use super::toml::Table;
 use crate::{Attr, Attrs, BuildError, DType, GraphBuilder, OpKind, Role, TensorType, ValueId};
 
@@ -143,17 +144,22 @@ impl<'t, 'a> Net<'t, 'a> {
         )
     }
 
-    /// Rotary embedding of `[B, S, H, d]` in `style` (`interleaved` or `half`).
+    /// Rotary embedding of `[B, S, H, d]` in `style` (`interleaved` or `half`), with the
+    /// model's `[model.rope_scaling]` if it has one.
     pub fn rope(
         &mut self,
         name: &str,
         x: ValueId,
         style: &str,
         theta: f64,
+        scaling: Option<&RopeScaling>,
     ) -> Result<ValueId, ModelError> {
-        let attrs = Attrs::new()
+        let mut attrs = Attrs::new()
             .with("style", Attr::Str(style.into()))
             .with("theta", Attr::Float(theta));
+        if let Some(s) = scaling {
+            attrs = s.add_attrs(attrs);
+        }
         self.op(OpKind::Rope, name, Role::Attention, &[x], attrs)
     }
 

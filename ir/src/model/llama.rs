@@ -4,6 +4,7 @@
 use super::ModelError;
 use super::layers::Net;
 use super::preset::{self, Dim};
+use super::rope::{self, RopeScaling};
 use super::toml::{Spanned, Table};
 use crate::{DType, Graph, Role, ValueId};
 
@@ -19,6 +20,7 @@ struct Config {
     kv_heads: Spanned<u64>,
     inter: Spanned<u64>,
     theta: f64,
+    rope_scaling: Option<RopeScaling>,
     eps: f64,
     tie_embeddings: bool,
 }
@@ -79,6 +81,7 @@ fn parse(m: &Table) -> Result<Config, ModelError> {
         theta: m
             .required("rope_theta", m.positive_float("rope_theta")?)?
             .value,
+        rope_scaling: rope::parse(m, "llama")?,
         eps: m
             .required("rms_norm_eps", m.positive_float("rms_norm_eps")?)?
             .value,
@@ -151,8 +154,9 @@ fn attention(net: &mut Net, c: &Config, p: &str, h: ValueId) -> Result<ValueId, 
     let q = net.reshape(&format!("{a}.q_heads"), q, &[b, s, heads, hd])?;
     let k = net.reshape(&format!("{a}.k_heads"), k, &[b, s, kv_heads, hd])?;
     let v = net.reshape(&format!("{a}.v_heads"), v, &[b, s, kv_heads, hd])?;
-    let q = net.rope(&format!("{a}.q_rope"), q, "half", c.theta)?;
-    let k = net.rope(&format!("{a}.k_rope"), k, "half", c.theta)?;
+    let scaling = c.rope_scaling.as_ref();
+    let q = net.rope(&format!("{a}.q_rope"), q, "half", c.theta, scaling)?;
+    let k = net.rope(&format!("{a}.k_rope"), k, "half", c.theta, scaling)?;
     let scale = (hd as f64).powf(-0.5);
     let o = net.attention(&a, &[q, k], v, scale)?;
     let o = net.reshape(&format!("{a}.attn_output_flat"), o, &[b, s, heads * hd])?;

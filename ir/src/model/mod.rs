@@ -12,6 +12,7 @@ mod layers;
 mod llama;
 mod precision;
 mod preset;
+mod rope;
 mod toml;
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub const DEEPSEEK_KEYS: &[&str] = &[
     "route_scale",
     "rms_norm_eps",
     "rope_theta",
+    "rope_scaling",
     "norm_topk_prob",
     "route_bias",
 ];
@@ -47,6 +48,7 @@ pub const LLAMA_KEYS: &[&str] = &[
     "inter_dim",
     "vocab_size",
     "rope_theta",
+    "rope_scaling",
     "rms_norm_eps",
     "batch",
     "seq_len",

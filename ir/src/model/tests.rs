@@ -842,3 +842,348 @@ fn columns_count_characters() {
     let e = err(src);
     assert_eq!((e.line, e.col), (2, 13), "{e}");
 }
+
+// --- rope scaling ---
+
+/// The `[model.rope_scaling]` of DeepSeek's configs, without the optional keys.
+const YARN: &str = "type = \"yarn\"\nfactor = 40\noriginal_max_position_embeddings = 4096\n";
+
+/// The `[model.rope_scaling]` of Llama 3.1's config.
+const LLAMA3: &str = "type = \"llama3\"\nfactor = 8.0\nlow_freq_factor = 1.0\n\
+                      high_freq_factor = 4.0\noriginal_max_position_embeddings = 8192\n";
+
+/// `base` with a `[model.rope_scaling]` table of `body` at the end.
+fn with_scaling(base: &str, body: &str) -> String {
+    format!("{base}\n[model.rope_scaling]\n{body}")
+}
+
+/// Asserts `a` and `b` agree to within a few ulps.
+fn assert_close(a: f64, b: f64) {
+    assert!((a - b).abs() <= 1e-15 * b.abs(), "{a} != {b}");
+}
+
+#[test]
+fn v3_rope_carries_yarn_and_scales_the_softmax() {
+    let g = load(V3);
+    for layer in [0, 60] {
+        for rope in ["q_rope", "k_rope"] {
+            let a = &op(&g, &format!("model.layers.{layer}.self_attn.{rope}")).attrs;
+            assert_eq!(a.str("style"), Some("interleaved"));
+            assert_eq!(a.str("scaling"), Some("yarn"));
+            assert_eq!(a.float("factor"), Some(40.0));
+            assert_eq!(a.int("original_max_position"), Some(4096));
+            assert_eq!(a.float("beta_fast"), Some(32.0));
+            assert_eq!(a.float("beta_slow"), Some(1.0));
+            assert_eq!(a.float("mscale"), Some(1.0));
+            assert_eq!(a.float("mscale_all_dim"), Some(1.0));
+        }
+    }
+    // (qk_nope + qk_rope)^-0.5 · m², m = 0.1 · mscale_all_dim · ln(factor) + 1.
+    let scale = op(&g, "model.layers.0.self_attn.scores")
+        .attrs
+        .float("scale")
+        .unwrap();
+    let m = 0.1 * 40f64.ln() + 1.0;
+    assert_close(scale, 192f64.powf(-0.5) * m * m);
+    assert!((scale - 0.135_234).abs() < 1e-6, "{scale}");
+}
+
+#[test]
+fn v2_lite_rope_carries_its_mscale() {
+    let g = load(V2_LITE);
+    let a = &op(&g, "model.layers.26.self_attn.k_rope").attrs;
+    assert_eq!(a.str("scaling"), Some("yarn"));
+    assert_eq!(a.float("mscale"), Some(0.707));
+    assert_eq!(a.float("mscale_all_dim"), Some(0.707));
+    let scale = op(&g, "model.layers.3.self_attn.scores")
+        .attrs
+        .float("scale")
+        .unwrap();
+    let m = 0.1 * 0.707 * 40f64.ln() + 1.0;
+    assert_close(scale, 192f64.powf(-0.5) * m * m);
+}
+
+#[test]
+fn rope_scaling_is_optional_and_has_hf_defaults() {
+    // Without the table: no scaling attributes, the plain softmax scale.
+    let g = load(TINY);
+    let rope = op(&g, "model.layers.0.self_attn.q_rope");
+    assert!(rope.attrs.get("scaling").is_none());
+    assert!(rope.attrs.get("factor").is_none());
+
+    // Only the required keys: HF's defaults, and mscale_all_dim = 0 leaves the softmax scale.
+    let g = load(&with_scaling(TINY, YARN));
+    let a = &op(&g, "model.layers.1.self_attn.q_rope").attrs;
+    assert_eq!(a.str("scaling"), Some("yarn"));
+    assert_eq!(a.float("beta_fast"), Some(32.0));
+    assert_eq!(a.float("beta_slow"), Some(1.0));
+    assert_eq!(a.float("mscale"), Some(1.0));
+    assert_eq!(a.float("mscale_all_dim"), Some(0.0));
+    let scores = op(&g, "model.layers.1.self_attn.scores");
+    assert_eq!(scores.attrs.float("scale"), Some(48f64.powf(-0.5)));
+
+    // An inline table works as well.
+    let src = TINY.replace(
+        "dim = 256\n",
+        "dim = 256\nrope_scaling = { type = \"yarn\", factor = 4, original_max_position_embeddings = 64, mscale_all_dim = 1 }\n",
+    );
+    let g = load(&src);
+    let scale = op(&g, "model.layers.0.self_attn.scores")
+        .attrs
+        .float("scale")
+        .unwrap();
+    let m = 0.1 * 4f64.ln() + 1.0;
+    assert_close(scale, 48f64.powf(-0.5) * m * m);
+    assert_eq!(
+        op(&g, "model.layers.0.self_attn.k_rope")
+            .attrs
+            .int("original_max_position"),
+        Some(64)
+    );
+
+    // factor = 1 is allowed (no scaling in effect): m = 1.
+    let src = with_scaling(
+        TINY,
+        &YARN.replace("factor = 40", "factor = 1\nmscale_all_dim = 1"),
+    );
+    let g = load(&src);
+    let scores = op(&g, "model.layers.0.self_attn.scores");
+    assert_eq!(scores.attrs.float("scale"), Some(48f64.powf(-0.5)));
+}
+
+#[test]
+fn llama3_scaling_sets_the_rope_attributes() {
+    let g = load(&with_scaling(LLAMA, LLAMA3));
+    for rope in ["q_rope", "k_rope"] {
+        let a = &op(&g, &format!("model.layers.3.self_attn.{rope}")).attrs;
+        assert_eq!(a.str("style"), Some("half"));
+        assert_eq!(a.float("theta"), Some(500000.0));
+        assert_eq!(a.str("scaling"), Some("llama3"));
+        assert_eq!(a.float("factor"), Some(8.0));
+        assert_eq!(a.float("low_freq_factor"), Some(1.0));
+        assert_eq!(a.float("high_freq_factor"), Some(4.0));
+        assert_eq!(a.int("original_max_position"), Some(8192));
+        assert!(a.get("beta_fast").is_none());
+    }
+    // Llama 3 scaling leaves the softmax scale alone.
+    let scores = op(&g, "model.layers.0.self_attn.scores");
+    assert_eq!(scores.attrs.float("scale"), Some(64f64.powf(-0.5)));
+}
+
+#[test]
+fn rope_scaling_unknown_keys() {
+    let src = with_scaling(TINY, &format!("{YARN}alpha = 1\n"));
+    assert_err(
+        &src,
+        "alpha = 1",
+        0,
+        &["unknown key `alpha`", "[model.rope_scaling]", "beta_fast"],
+    );
+    // A key of the other scaling type says so.
+    let src = with_scaling(TINY, &format!("{YARN}low_freq_factor = 1.0\n"));
+    assert_err(
+        &src,
+        "low_freq_factor",
+        0,
+        &["`low_freq_factor`", "\"llama3\"", "not \"yarn\""],
+    );
+    let src = with_scaling(LLAMA, &format!("{LLAMA3}mscale = 1.0\n"));
+    assert_err(&src, "mscale = 1.0", 0, &["`mscale`", "\"yarn\""]);
+    // HF's newer spelling is not taken: one name per key.
+    let src = with_scaling(TINY, &YARN.replace("type", "rope_type"));
+    assert_err(&src, "[model.rope_scaling]", 0, &["missing key `type`"]);
+}
+
+#[test]
+fn rope_scaling_wrong_types() {
+    let src = with_scaling(TINY, &YARN.replace("factor = 40", "factor = \"40\""));
+    assert_err(&src, "\"40\"", 0, &["`factor` must be a number", "string"]);
+    let src = with_scaling(TINY, &YARN.replace("= 4096", "= 4096.0"));
+    assert_err(
+        &src,
+        "4096.0",
+        0,
+        &["`original_max_position_embeddings` must be an integer"],
+    );
+    let src = with_scaling(TINY, &YARN.replace("type = \"yarn\"", "type = 3"));
+    assert_err(&src, "type = 3", 7, &["`type` must be a string"]);
+    let src = with_scaling(TINY, &format!("{YARN}beta_fast = true\n"));
+    assert_err(
+        &src,
+        "true",
+        0,
+        &["`beta_fast` must be a number", "boolean"],
+    );
+    let src = TINY.replace("dim = 256\n", "dim = 256\nrope_scaling = \"yarn\"\n");
+    assert_err(&src, "\"yarn\"", 0, &["`rope_scaling` must be a table"]);
+}
+
+#[test]
+fn rope_scaling_type_must_suit_the_architecture() {
+    let src = with_scaling(TINY, LLAMA3);
+    assert_err(
+        &src,
+        "\"llama3\"",
+        0,
+        &["`type`", "\"yarn\"", "deepseek", "not \"llama3\""],
+    );
+    let src = with_scaling(LLAMA, YARN);
+    assert_err(
+        &src,
+        "\"yarn\"",
+        0,
+        &["`type`", "\"llama3\"", "llama", "not \"yarn\""],
+    );
+    let src = with_scaling(TINY, &YARN.replace("\"yarn\"", "\"linear\""));
+    assert_err(&src, "\"linear\"", 0, &["`type`", "\"yarn\"", "\"linear\""]);
+}
+
+#[test]
+fn impossible_rope_scaling_values() {
+    let yarn = |from: &str, to: &str| with_scaling(TINY, &YARN.replace(from, to));
+    let src = yarn("factor = 40", "factor = 0.5");
+    assert_err(
+        &src,
+        "factor = 0.5",
+        9,
+        &["`factor` must be at least 1", "0.5"],
+    );
+    let src = yarn("= 4096", "= 0");
+    assert_err(
+        &src,
+        "original_max_position_embeddings = 0",
+        35,
+        &["`original_max_position_embeddings` must be positive"],
+    );
+    let src = yarn("factor = 40\n", "");
+    assert_err(&src, "[model.rope_scaling]", 0, &["missing key `factor`"]);
+    let src = yarn("type = \"yarn\"\n", "");
+    assert_err(&src, "[model.rope_scaling]", 0, &["missing key `type`"]);
+    // beta_fast must exceed beta_slow; the error is at the key that was written.
+    let src = with_scaling(TINY, &format!("{YARN}beta_slow = 64\n"));
+    assert_err(
+        &src,
+        "beta_slow = 64",
+        12,
+        &["`beta_fast` (32)", "`beta_slow` (64)"],
+    );
+    let src = with_scaling(TINY, &format!("{YARN}beta_fast = 2\nbeta_slow = 2\n"));
+    assert_err(
+        &src,
+        "beta_fast = 2",
+        12,
+        &["must be greater than `beta_slow`"],
+    );
+    let src = with_scaling(TINY, &format!("{YARN}beta_slow = 0\n"));
+    assert_err(&src, "beta_slow = 0", 12, &["`beta_slow` must be positive"]);
+    let src = with_scaling(TINY, &format!("{YARN}mscale_all_dim = -1\n"));
+    assert_err(
+        &src,
+        "mscale_all_dim = -1",
+        17,
+        &["`mscale_all_dim` must be zero or positive"],
+    );
+
+    let llama3 = |from: &str, to: &str| with_scaling(LLAMA, &LLAMA3.replace(from, to));
+    let src = llama3("high_freq_factor = 4.0", "high_freq_factor = 1.0");
+    assert_err(
+        &src,
+        "high_freq_factor = 1.0",
+        19,
+        &[
+            "`high_freq_factor` (1)",
+            "greater than `low_freq_factor` (1)",
+        ],
+    );
+    let src = llama3("low_freq_factor = 1.0", "low_freq_factor = 0");
+    assert_err(
+        &src,
+        "low_freq_factor = 0",
+        18,
+        &["`low_freq_factor` must be positive"],
+    );
+    let src = llama3("factor = 8.0", "factor = 0.9");
+    assert_err(&src, "factor = 0.9", 9, &["`factor` must be at least 1"]);
+    let src = llama3("high_freq_factor = 4.0\n", "");
+    assert_err(
+        &src,
+        "[model.rope_scaling]",
+        0,
+        &["missing key `high_freq_factor`"],
+    );
+}
+
+/// An explicit graph of one rope op with YaRN scaling.
+const EXPLICIT_YARN: &str = "[model]\nname = \"r\"\noutputs = [\"r\"]\n\n\
+    [[input]]\nname = \"x\"\ndtype = \"bf16\"\nshape = [1, 8, 2, 16]\n\n\
+    [[op]]\nname = \"r\"\nkind = \"rope\"\ninputs = [\"x\"]\nstyle = \"interleaved\"\n\
+    theta = 10000.0\nscaling = \"yarn\"\nfactor = 40.0\noriginal_max_position = 4096\n\
+    beta_fast = 32.0\nbeta_slow = 1.0\nmscale = 1.0\nmscale_all_dim = 1.0\n";
+
+#[test]
+fn rope_ops_check_their_scaling_attributes() {
+    let g = load(EXPLICIT_YARN);
+    assert_eq!(op(&g, "r").attrs.float("mscale_all_dim"), Some(1.0));
+    let bad = |src: &str, words: &[&str]| assert_err(src, "[[op]]", 0, words);
+    // Each YaRN parameter is required.
+    for key in [
+        "factor",
+        "original_max_position",
+        "beta_fast",
+        "beta_slow",
+        "mscale",
+        "mscale_all_dim",
+    ] {
+        let src = set(EXPLICIT_YARN, key, "");
+        bad(&src, &["op `r`", &format!("needs attribute `{key}`")]);
+    }
+    bad(
+        &set(EXPLICIT_YARN, "factor", "factor = 0.5"),
+        &["op `r`", "factor must be at least 1"],
+    );
+    bad(
+        &set(
+            EXPLICIT_YARN,
+            "original_max_position",
+            "original_max_position = 0",
+        ),
+        &["original_max_position must be positive"],
+    );
+    bad(
+        &set(EXPLICIT_YARN, "beta_slow", "beta_slow = 32.0"),
+        &["beta_fast > beta_slow"],
+    );
+    bad(
+        &set(EXPLICIT_YARN, "mscale", "mscale = -1.0"),
+        &["mscale must not be negative"],
+    );
+    bad(
+        &format!("{EXPLICIT_YARN}low_freq_factor = 1.0\n"),
+        &["`low_freq_factor` does not apply to yarn scaling"],
+    );
+    // Without `scaling`, a rope takes none of the parameters.
+    bad(
+        &set(EXPLICIT_YARN, "scaling", ""),
+        &["`factor` needs a `scaling`"],
+    );
+
+    // Llama 3: its four parameters, high_freq_factor above low_freq_factor.
+    let llama3 = EXPLICIT_YARN.replace("\"yarn\"", "\"llama3\"").replace(
+        "beta_fast = 32.0\nbeta_slow = 1.0\nmscale = 1.0\nmscale_all_dim = 1.0\n",
+        "low_freq_factor = 1.0\nhigh_freq_factor = 4.0\n",
+    );
+    let g = load(&llama3);
+    assert_eq!(op(&g, "r").attrs.str("scaling"), Some("llama3"));
+    bad(
+        &set(&llama3, "high_freq_factor", "high_freq_factor = 0.5"),
+        &["high_freq_factor > low_freq_factor > 0"],
+    );
+    bad(
+        &set(&llama3, "low_freq_factor", ""),
+        &["needs attribute `low_freq_factor`"],
+    );
+    bad(
+        &format!("{llama3}beta_fast = 32.0\n"),
+        &["`beta_fast` does not apply to llama3 scaling"],
+    );
+}
