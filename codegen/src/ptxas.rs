@@ -103,16 +103,17 @@ impl PtxasReport {
                         ..FunctionReport::default()
                     });
                 }
-            } else if line.contains("bytes spill stores") {
-                if let Some(function) = report.functions.last_mut() {
-                    function.stack_frame_bytes = number_before(line, "bytes stack frame");
-                    function.spill_store_bytes = number_before(line, "bytes spill stores");
-                    function.spill_load_bytes = number_before(line, "bytes spill loads");
-                }
-            } else if line.contains("Used ") && line.contains(" registers") {
-                if let Some(function) = report.functions.last_mut() {
-                    function.registers = number_before(line, "registers") as u32;
-                }
+            } else if line.contains("bytes spill stores")
+                && let Some(function) = report.functions.last_mut()
+            {
+                function.stack_frame_bytes = number_before(line, "bytes stack frame");
+                function.spill_store_bytes = number_before(line, "bytes spill stores");
+                function.spill_load_bytes = number_before(line, "bytes spill loads");
+            } else if line.contains("Used ")
+                && line.contains(" registers")
+                && let Some(function) = report.functions.last_mut()
+            {
+                function.registers = number_before(line, "registers") as u32;
             }
             if line.contains("(C7") {
                 report.notes.push(line.to_string());
