@@ -79,6 +79,12 @@ pub fn gemm_flops(g: &Graph, op: &Op) -> Option<u64> {
             let k = ty(1).shape.last();
             out.shape.numel().saturating_mul(k)
         }
+        // [*, N, G] partial sums over K; the fused GEMM writes [*, N]: each output K MACs.
+        OpKind::Fp8Partials => {
+            let groups = out.shape.last().max(1);
+            (out.shape.numel() / groups).saturating_mul(ty(0).shape.last())
+        }
+        OpKind::Fp8Gemm => out.shape.numel().saturating_mul(ty(0).shape.last()),
         OpKind::Matmul => {
             let r = ty(0).shape.rank();
             out.shape.numel().saturating_mul(ty(0).shape.dims()[r - 1])
@@ -136,33 +142,7 @@ pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
         }
     }
 
-    // Weights read as the weight operand of an FP8 GEMM are stored as FP8 plus block scales.
-    let fp8_weights: HashSet<_> = g
-        .ops
-        .iter()
-        .filter(|op| is_fp8(op) && op.kind != OpKind::Matmul)
-        .filter_map(|op| op.operands.get(1).copied())
-        .collect();
-    let block = u64::from(g.policy.weight_block);
-    let (mut w_fp8, mut w_scales, mut w_high, mut w_bf16, mut elems) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    for &p in &g.params {
-        let ty = g.ty(p);
-        let n = ty.shape.numel();
-        elems = elems.saturating_add(n);
-        w_bf16 = w_bf16.saturating_add(n.saturating_mul(2));
-        if fp8_weights.contains(&p) {
-            w_fp8 = w_fp8.saturating_add(n);
-            let dims = ty.shape.dims();
-            let r = dims.len();
-            let lead: u64 = dims[..r - 2].iter().product();
-            let scales = lead * dims[r - 2].div_ceil(block) * dims[r - 1].div_ceil(block);
-            w_scales = w_scales.saturating_add(scales * 4);
-        } else {
-            w_high = w_high.saturating_add(ty.size_bytes());
-        }
-    }
-
+    let w = weight_bytes(g);
     Report {
         model: g.name.clone(),
         ops,
@@ -184,12 +164,12 @@ pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
                 fp8 as f64 / total as f64
             },
             param_count: g.params.len(),
-            param_elements: elems,
-            weight_bytes_fp8: w_fp8,
-            weight_bytes_scales: w_scales,
-            weight_bytes_high: w_high,
-            weight_bytes_deployed: w_fp8 + w_scales + w_high,
-            weight_bytes_bf16: w_bf16,
+            param_elements: w.elements,
+            weight_bytes_fp8: w.fp8,
+            weight_bytes_scales: w.scales,
+            weight_bytes_high: w.high,
+            weight_bytes_deployed: w.fp8 + w.scales + w.high,
+            weight_bytes_bf16: w.bf16,
         },
         passes: timings
             .iter()
@@ -199,6 +179,60 @@ pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
             })
             .collect(),
     }
+}
+
+/// Weight bytes by storage class.
+#[derive(Default)]
+struct WeightBytes {
+    elements: u64,
+    fp8: u64,
+    scales: u64,
+    high: u64,
+    /// Every weight (scales aside) in BF16.
+    bf16: u64,
+}
+
+/// Weight bytes as deployed: FP8 parameters (after fold-weights) and weights that an FP8 GEMM
+/// reads (before it) count one byte per element plus their block scales; scale parameters
+/// count as scales; everything else in its stored dtype.
+fn weight_bytes(g: &Graph) -> WeightBytes {
+    let mut scale_params = HashSet::new();
+    let mut fp8_read = HashSet::new();
+    for op in &g.ops {
+        match op.kind {
+            OpKind::Promote => scale_params.extend(op.operands.get(2).copied()),
+            OpKind::Fp8Gemm => scale_params.extend(op.operands.get(3).copied()),
+            OpKind::Linear | OpKind::GroupedLinear if is_fp8(op) => {
+                fp8_read.extend(op.operands.get(1).copied())
+            }
+            _ => {}
+        }
+    }
+    let block = u64::from(g.policy.weight_block);
+    let mut w = WeightBytes::default();
+    for &p in &g.params {
+        let ty = g.ty(p);
+        let n = ty.shape.numel();
+        if scale_params.contains(&p) {
+            w.scales = w.scales.saturating_add(ty.size_bytes());
+            continue;
+        }
+        w.elements = w.elements.saturating_add(n);
+        w.bf16 = w.bf16.saturating_add(n.saturating_mul(2));
+        if ty.dtype.is_fp8() {
+            w.fp8 = w.fp8.saturating_add(n);
+        } else if fp8_read.contains(&p) {
+            w.fp8 = w.fp8.saturating_add(n);
+            let dims = ty.shape.dims();
+            let r = dims.len();
+            let lead: u64 = dims[..r - 2].iter().product();
+            let scales = lead * dims[r - 2].div_ceil(block) * dims[r - 1].div_ceil(block);
+            w.scales = w.scales.saturating_add(scales * 4);
+        } else {
+            w.high = w.high.saturating_add(ty.size_bytes());
+        }
+    }
+    w
 }
 
 fn human_bytes(b: u64) -> String {

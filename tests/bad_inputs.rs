@@ -1,12 +1,13 @@
 //! Every file in `tests/bad/` is a bad input. Its first lines say what the error must contain:
 //! `# expect: TEXT` (one or more; `{file}` stands for the file's path). The test asserts exit
 //! code 1, an `error:` line, each expected text, and no panic. `.toml` files go through
-//! `dsc compile`, `.dsc` files through `dsc opt --passes verify,assign-precision`.
+//! `dsc compile`, `.dsc` files through `dsc opt --passes verify,assign-precision` (or the
+//! list of a `# passes: LIST` line).
 
 use crate::support::{TempDir, dsc, path, streams};
 use std::path::Path;
 
-fn check(file: &Path, expects: &[String]) -> Result<(), String> {
+fn check(file: &Path, expects: &[String], passes: &str) -> Result<(), String> {
     let rel = file.strip_prefix(crate::support::root()).unwrap_or(file);
     let rel_str = rel.to_string_lossy().into_owned();
     let tmp = TempDir::new(&format!(
@@ -15,7 +16,7 @@ fn check(file: &Path, expects: &[String]) -> Result<(), String> {
     ));
     let out_dir = tmp.join("out");
     let out = match file.extension().and_then(|e| e.to_str()) {
-        Some("dsc") => dsc(&["opt", &rel_str, "--passes", "verify,assign-precision"]),
+        Some("dsc") => dsc(&["opt", &rel_str, "--passes", passes]),
         _ => dsc(&["compile", &rel_str, "-o", &out_dir.to_string_lossy()]),
     };
     let (_, stderr) = streams(&out);
@@ -80,7 +81,12 @@ fn every_bad_input_fails_cleanly_with_its_location() {
             "{} has no `# expect:` line",
             f.display()
         );
-        if let Err(e) = check(f, &expects) {
+        let passes = text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .find_map(|l| l.strip_prefix("# passes: "))
+            .unwrap_or("verify,assign-precision");
+        if let Err(e) = check(f, &expects, passes) {
             failures.push(e);
         }
     }

@@ -30,14 +30,21 @@ fn compile_writes_graph_and_reports_and_prints_a_summary() {
     assert_eq!(ops.len(), reparsed.ops.len());
     let q = ops
         .iter()
-        .find(|o| o["name"] == "model.layers.0.self_attn.q_proj")
-        .expect("the q projection is reported");
-    assert_eq!(q["kind"], "linear");
+        .find(|o| o["name"] == "model.layers.0.self_attn.q_proj.partials")
+        .expect("the q projection's FP8 products are reported");
+    assert_eq!(q["kind"], "fp8_partials");
     assert_eq!(q["role"], "attn_proj");
     assert_eq!(q["compute"], "f8e4m3");
     assert_eq!(q["accumulate"], "f32");
-    assert_eq!(q["inputs"], serde_json::json!(["bf16", "bf16"]));
-    assert_eq!(q["outputs"], serde_json::json!(["bf16"]));
+    assert_eq!(q["inputs"], serde_json::json!(["f8e4m3", "f8e4m3"]));
+    assert_eq!(q["outputs"], serde_json::json!(["f32"]));
+    let promote = ops
+        .iter()
+        .find(|o| o["name"] == "model.layers.0.self_attn.q_proj")
+        .expect("the q projection is reported");
+    assert_eq!(promote["kind"], "promote");
+    assert_eq!(promote["compute"], "f32");
+    assert_eq!(promote["outputs"], serde_json::json!(["bf16"]));
     let norm = ops
         .iter()
         .find(|o| o["name"] == "model.norm")
@@ -62,7 +69,7 @@ fn compile_writes_graph_and_reports_and_prints_a_summary() {
     assert!(text.contains("time per pass:"));
     assert!(
         text.contains(
-            "model.layers.0.self_attn.q_proj linear attn_proj f8e4m3 f32: bf16,bf16 -> bf16"
+            "model.layers.0.self_attn.q_proj.partials fp8_partials attn_proj f8e4m3 f32: f8e4m3,f8e4m3 -> f32"
         ),
         "{text}"
     );
@@ -183,6 +190,8 @@ fn print_after_and_timings() {
             "verify -----",
             "infer-shapes -----",
             "assign-precision -----",
+            "quantize-linears -----",
+            "fold-weights -----",
             "cse -----",
             "dce -----"
         ]

@@ -14,36 +14,53 @@ fn compiled(file: &std::path::Path) -> Graph {
     g
 }
 
+fn is_fp8_role(role: Role) -> bool {
+    matches!(
+        role,
+        Role::AttnProj | Role::Ffn | Role::Expert | Role::SharedExpert
+    )
+}
+
 #[test]
 fn gemms_of_fp8_roles_are_fp8_and_kept_roles_never_touch_fp8() {
     for (name, file) in small_examples() {
         let g = compiled(&file);
         let mut fp8_gemms = 0;
         for op in &g.ops {
+            let op_name = g.op_name(op);
             let p = op
                 .precision
-                .unwrap_or_else(|| panic!("{name}: {} unassigned", g.op_name(op)));
-            let fp8_role = matches!(
-                op.role,
-                Role::AttnProj | Role::Ffn | Role::Expert | Role::SharedExpert
+                .unwrap_or_else(|| panic!("{name}: {op_name} unassigned"));
+            assert!(
+                !matches!(op.kind, OpKind::Linear | OpKind::GroupedLinear) || !p.compute.is_fp8(),
+                "{name}: {op_name} is an FP8 GEMM that quantize-linears left unlowered"
             );
-            if op.kind.is_weight_gemm() && fp8_role {
-                assert_eq!(p.compute, DType::F8E4M3, "{name}: {}", g.op_name(op));
-                assert_eq!(p.accumulate, Some(DType::F32), "{name}: {}", g.op_name(op));
+            if op.kind == OpKind::Fp8Partials {
+                assert!(is_fp8_role(op.role), "{name}: {op_name}");
+                assert_eq!(p.compute, DType::F8E4M3, "{name}: {op_name}");
+                assert_eq!(p.accumulate, Some(DType::F32), "{name}: {op_name}");
                 fp8_gemms += 1;
-            } else {
-                assert!(!p.compute.is_fp8(), "{name}: {} is FP8", g.op_name(op));
             }
-            // No value anywhere is FP8 before quantize-linears: FP8 lives inside GEMMs.
-            for &v in op.operands.iter().chain(&op.results) {
-                assert!(
-                    !g.ty(v).dtype.is_fp8(),
-                    "{name}: {} reads or writes FP8",
-                    g.op_name(op)
-                );
+            if !is_fp8_role(op.role) {
+                assert!(!p.compute.is_fp8(), "{name}: {op_name} is FP8");
+                for &v in op.operands.iter().chain(&op.results) {
+                    assert!(
+                        !g.ty(v).dtype.is_fp8(),
+                        "{name}: {op_name} reads or writes FP8"
+                    );
+                }
             }
         }
         assert!(fp8_gemms > 0, "{name}: no FP8 GEMM");
+        // Every FP8 weight is a parameter with its block scales beside it: folded at load time.
+        for op in &g.ops {
+            if op.kind == OpKind::Quantize {
+                assert!(
+                    !g.is_param(op.operands[0]),
+                    "{name}: a weight is quantized per forward"
+                );
+            }
+        }
     }
 }
 
@@ -68,13 +85,20 @@ fn deepseek_norms_softmax_and_gate_compute_in_f32() {
     let experts = g
         .ops
         .iter()
-        .filter(|o| o.kind == OpKind::GroupedLinear)
+        .filter(|o| o.kind == OpKind::Fp8Partials && o.operands.len() == 3)
         .count();
     assert_eq!(
         experts,
         3 * 3,
         "three grouped GEMMs per MoE layer, three MoE layers"
     );
+    for &p in &g.params {
+        let name = g.name(p);
+        if name.contains(".experts.{e}.") && name.ends_with(".weight") {
+            assert_eq!(g.ty(p).dtype, DType::F8E4M3, "{name}");
+            assert_eq!(g.ty(p).shape.rank(), 3, "{name} stays one [E, N, K] tensor");
+        }
+    }
 }
 
 #[test]
@@ -91,7 +115,7 @@ fn overrides_and_high_f32_reach_every_op() {
         let name = g.op_name(op);
         let p = op.precision.unwrap();
         if op.kind.is_weight_gemm() && name.starts_with("model.layers.0.") {
-            assert_eq!(p.compute, DType::Bf16, "{name}");
+            assert_eq!(p.compute, DType::Bf16, "{name}: the override keeps it high");
         }
         if op.kind == OpKind::Linear && op.role == Role::Head {
             assert_eq!(p.compute, DType::F32, "{name}");

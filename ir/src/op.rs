@@ -56,6 +56,20 @@ pub enum OpKind {
     Slice,
     /// Joins operands along `axis`.
     Concat,
+    /// FP8 partial products per promotion interval: codes x `[*, K]` and w `[N, K]` (or, grouped,
+    /// w `[E, N, K]` with indices `[T, k]`) → f32 `[*, N, ceil(K/interval)]`, each entry the
+    /// tensor-core sum of `interval` decoded products (DESIGN.md §3, before scaling).
+    Fp8Partials,
+    /// Promotion: `Σ_j partials[.., n, j] · s_x[.., g(j)] · s_w[n / weight_block, g(j)]` in FP32,
+    /// stored in the result dtype — the dequantizing half of a block-scaled GEMM.
+    Promote,
+    /// The fused block-scaled FP8 GEMM: codes and scales of x and w → `[*, N]` in the high
+    /// dtype, promoting every `promote_interval` (quantize → partials → promote in one kernel).
+    Fp8Gemm,
+    /// `rms_norm` whose output is quantized in 1×`act_tile` tiles → codes and f32 scales.
+    RmsNormQuant,
+    /// `swiglu` whose output is quantized in 1×`act_tile` tiles → codes and f32 scales.
+    SwigluQuant,
 }
 
 /// Operand count bounds of an op kind: `min..=max` (`max = None` for variadic).
@@ -98,7 +112,7 @@ const fn arity(min: usize, max: usize) -> Arity {
 
 impl OpKind {
     /// Every op kind.
-    pub const ALL: [OpKind; 22] = [
+    pub const ALL: [OpKind; 27] = [
         OpKind::Embedding,
         OpKind::Linear,
         OpKind::Matmul,
@@ -121,6 +135,11 @@ impl OpKind {
         OpKind::Transpose,
         OpKind::Slice,
         OpKind::Concat,
+        OpKind::Fp8Partials,
+        OpKind::Promote,
+        OpKind::Fp8Gemm,
+        OpKind::RmsNormQuant,
+        OpKind::SwigluQuant,
     ];
 
     /// The spelling used in the text format and model.toml.
@@ -148,6 +167,11 @@ impl OpKind {
             OpKind::Transpose => "transpose",
             OpKind::Slice => "slice",
             OpKind::Concat => "concat",
+            OpKind::Fp8Partials => "fp8_partials",
+            OpKind::Promote => "promote",
+            OpKind::Fp8Gemm => "fp8_gemm",
+            OpKind::RmsNormQuant => "rms_norm_quant",
+            OpKind::SwigluQuant => "swiglu_quant",
         }
     }
 
@@ -163,13 +187,17 @@ impl OpKind {
             MoeTopk => arity(1, 2),
             MoeCombine => arity(2, 3),
             Concat => Arity { min: 1, max: None },
+            Fp8Partials => arity(2, 3),
+            Promote => arity(3, 4),
+            Fp8Gemm => arity(4, 5),
+            RmsNormQuant | SwigluQuant => arity(2, 2),
         }
     }
 
     /// Number of results the kind produces.
     pub fn num_results(self) -> usize {
         match self {
-            OpKind::MoeTopk | OpKind::Quantize => 2,
+            OpKind::MoeTopk | OpKind::Quantize | OpKind::RmsNormQuant | OpKind::SwigluQuant => 2,
             _ => 1,
         }
     }
@@ -235,6 +263,35 @@ impl OpKind {
                 }
             }
             Concat => const { &[req("axis", T::Int)] },
+            Fp8Partials => const { &[req("interval", T::Int)] },
+            Promote | Fp8Gemm => {
+                const {
+                    &[
+                        req("act_tile", T::Int),
+                        req("weight_block", T::Int),
+                        req("promote_interval", T::Int),
+                    ]
+                }
+            }
+            RmsNormQuant => {
+                const {
+                    &[
+                        req("eps", T::Float),
+                        req("dtype", T::DType),
+                        req("act_tile", T::Int),
+                        req("scale_format", T::Str),
+                    ]
+                }
+            }
+            SwigluQuant => {
+                const {
+                    &[
+                        req("dtype", T::DType),
+                        req("act_tile", T::Int),
+                        req("scale_format", T::Str),
+                    ]
+                }
+            }
             Embedding | Linear | Silu | Mul | Add | Swiglu | AttnValues | GroupedLinear
             | MoeCombine => const { &[] },
         }
@@ -244,7 +301,11 @@ impl OpKind {
     pub fn is_weight_gemm(self) -> bool {
         matches!(
             self,
-            OpKind::Linear | OpKind::GroupedLinear | OpKind::Matmul
+            OpKind::Linear
+                | OpKind::GroupedLinear
+                | OpKind::Matmul
+                | OpKind::Fp8Partials
+                | OpKind::Fp8Gemm
         )
     }
 
@@ -260,7 +321,7 @@ impl OpKind {
     pub fn default_role(self) -> Role {
         match self {
             OpKind::Embedding => Role::Embedding,
-            OpKind::RmsNorm => Role::Norm,
+            OpKind::RmsNorm | OpKind::RmsNormQuant => Role::Norm,
             OpKind::Rope | OpKind::Softmax | OpKind::AttnScores | OpKind::AttnValues => {
                 Role::Attention
             }

@@ -6,9 +6,10 @@
 //! else computes in FP32 or the high dtype. Overrides come last. Where an operand's dtype is
 //! not the one its consumer reads, a cast is inserted (one per value and dtype).
 
+use crate::names::NameSet;
 use crate::{PassError, PassOptions};
 use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Precision, PrecisionPolicy, Role, ValueId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// The decision for one op.
 struct Decision {
@@ -59,6 +60,15 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         Embedding => (p(high, None), Some(high)),
         Cast | Quantize | Dequantize => (p(f32, None), None),
         Reshape | Transpose | Slice | Concat => (p(operand_dtype, None), None),
+        // Already lowered to FP8 by quantize-linears: the codes' format is the compute dtype.
+        Fp8Partials => (p(operand_dtype, Some(f32)), None),
+        Fp8Gemm => {
+            fp8 = true;
+            (p(operand_dtype, Some(f32)), Some(high))
+        }
+        Promote => (p(f32, Some(f32)), Some(high)),
+        RmsNormQuant => (p(f32, Some(f32)), None),
+        SwigluQuant => (p(f32, None), None),
     };
     Decision {
         precision,
@@ -74,11 +84,15 @@ fn expected_operand(op: &Op, i: usize, d: &Decision) -> Option<DType> {
     match op.kind {
         Linear | GroupedLinear => (i == 0).then_some(activation_dtype(d)),
         Matmul => Some(activation_dtype(d)),
-        RmsNorm | Rope | Silu | Mul | Add | Swiglu | AttnScores | Concat => Some(d.high),
+        RmsNorm | Rope | Silu | Mul | Add | Swiglu | AttnScores | Concat | SwigluQuant => {
+            Some(d.high)
+        }
+        RmsNormQuant => (i == 0).then_some(d.high),
         AttnValues => (i == 1).then_some(d.high),
         MoeTopk => (i == 0).then_some(DType::F32),
         MoeCombine => Some(if i == 1 { DType::F32 } else { d.high }),
-        Embedding | Softmax | Cast | Quantize | Dequantize | Reshape | Transpose | Slice => None,
+        Embedding | Softmax | Cast | Quantize | Dequantize | Reshape | Transpose | Slice
+        | Fp8Partials | Promote | Fp8Gemm => None,
     }
 }
 
@@ -92,7 +106,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     let ops = std::mem::take(&mut graph.ops);
     let mut out = Vec::with_capacity(ops.len() + ops.len() / 8);
     let mut casts: HashMap<(ValueId, DType), ValueId> = HashMap::new();
-    let mut names: HashSet<String> = graph.values.iter().map(|v| v.name.clone()).collect();
+    let mut names = NameSet::of(graph);
     let mut is_param = vec![false; graph.values.len()];
     for &p in &graph.params {
         is_param[p.index()] = true;
@@ -119,7 +133,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
                 continue;
             }
             let cast = *casts.entry((v, want)).or_insert_with(|| {
-                let cast_name = unique_name(&mut names, &format!("{}.to_{want}", graph.name(v)));
+                let cast_name = names.fresh(&format!("{}.to_{want}", graph.name(v)));
                 let ty = dsc_ir::TensorType {
                     dtype: want,
                     shape: graph.ty(v).shape.clone(),
@@ -160,17 +174,6 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     }
     graph.ops = out;
     Ok(())
-}
-
-fn unique_name(names: &mut HashSet<String>, base: &str) -> String {
-    let mut name = base.to_string();
-    let mut n = 1;
-    while names.contains(&name) {
-        name = format!("{base}.{n}");
-        n += 1;
-    }
-    names.insert(name.clone());
-    name
 }
 
 #[cfg(test)]

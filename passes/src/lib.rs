@@ -8,8 +8,11 @@ pub mod assign_precision;
 pub mod cse;
 pub mod dce;
 mod error;
+pub mod fold_weights;
 pub mod infer_shapes;
 pub mod manager;
+mod names;
+pub mod quantize_linears;
 pub mod verify_pass;
 
 pub use error::PassError;

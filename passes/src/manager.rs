@@ -52,6 +52,16 @@ pub static PASSES: &[Pass] = &[
         run: crate::assign_precision::run,
     },
     Pass {
+        name: "quantize-linears",
+        summary: "rewrite FP8 GEMMs as quantize -> fp8_partials -> promote (DESIGN.md §3)",
+        run: crate::quantize_linears::run,
+    },
+    Pass {
+        name: "fold-weights",
+        summary: "quantize weights once: FP8 weight + weight_scale_inv parameters",
+        run: crate::fold_weights::run,
+    },
+    Pass {
         name: "cse",
         summary: "merge ops that compute the same thing",
         run: crate::cse::run,
@@ -64,7 +74,8 @@ pub static PASSES: &[Pass] = &[
 ];
 
 /// The pipeline `dsc compile` runs by default.
-pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,cse,dce";
+pub const DEFAULT_PIPELINE: &str =
+    "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,cse,dce";
 
 /// Looks a pass up by name.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

@@ -5,6 +5,8 @@
 use crate::attr::Attrs;
 use crate::{DType, OpKind, Shape, TensorType};
 
+mod fp8;
+
 /// The dtype rule of one result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultDType {
@@ -588,6 +590,9 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
             let mut dims = x.shape.0.clone();
             dims[axis] = (end - start) as u64;
             vec![fixed(x.dtype, dims)]
+        }
+        Fp8Partials | Promote | Fp8Gemm | RmsNormQuant | SwigluQuant => {
+            fp8::infer(kind, attrs, ins)?
         }
         Concat => {
             let first = ins[0];

@@ -1,0 +1,102 @@
+//! `fold-weights`: weight quantization happens once, at load or compile time, never per
+//! forward pass. Each `quantize` of a parameter becomes two parameters in the layout of
+//! DeepSeek-V3's Hugging Face checkpoints: the weight itself, now FP8 (`….weight`), and its
+//! block scales (`….weight_scale_inv`, f32, the multipliers). A BF16 checkpoint is quantized
+//! by the loader under the graph's policy; an FP8 one is read as it is.
+
+use crate::names::NameSet;
+use crate::{PassError, PassOptions};
+use dsc_ir::{Graph, OpKind, ValueId};
+use std::collections::{HashMap, HashSet};
+
+const PASS: &str = "fold-weights";
+
+/// The name of a weight's scale tensor, as Hugging Face FP8 checkpoints name it.
+pub fn scale_name(weight: &str) -> String {
+    match weight.strip_suffix(".weight") {
+        Some(base) => format!("{base}.weight_scale_inv"),
+        None => format!("{weight}_scale_inv"),
+    }
+}
+
+/// Replaces every quantize of a parameter by an FP8 parameter and its scale parameter.
+pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
+    let mut is_param = vec![false; graph.values.len()];
+    for &p in &graph.params {
+        is_param[p.index()] = true;
+    }
+    // How many ops read each parameter: a weight read in high precision elsewhere cannot
+    // become FP8 in place.
+    let mut readers: HashMap<ValueId, Vec<usize>> = HashMap::new();
+    for (i, op) in graph.ops.iter().enumerate() {
+        for &v in &op.operands {
+            if is_param[v.index()] {
+                readers.entry(v).or_default().push(i);
+            }
+        }
+    }
+    let mut names = NameSet::of(graph);
+    let mut replace: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut folded = HashSet::new();
+    for i in 0..graph.ops.len() {
+        let op = &graph.ops[i];
+        let w = match op.operands.first() {
+            Some(&w) if op.kind == OpKind::Quantize && is_param[w.index()] => w,
+            _ => continue,
+        };
+        let others: Vec<_> = readers[&w].iter().filter(|&&j| j != i).collect();
+        if let Some(&&j) = others.first() {
+            return Err(PassError::Op {
+                pass: PASS,
+                op: graph.op_name(op).to_string(),
+                message: format!(
+                    "weight `{}` is quantized here but also read by `{}`; a weight is stored \
+                     once, so give both uses the same precision",
+                    graph.name(w),
+                    graph.op_name(&graph.ops[j])
+                ),
+            });
+        }
+        let (q, s) = (op.results[0], op.results[1]);
+        let (q_ty, s_ty) = (graph.ty(q).clone(), graph.ty(s).clone());
+        let scale = graph.add_value(names.fresh(&scale_name(graph.name(w))), s_ty);
+        graph.values[w.index()].ty = q_ty;
+        let pos = graph
+            .params
+            .iter()
+            .position(|&p| p == w)
+            .expect("w is a param");
+        graph.params.insert(pos + 1, scale);
+        replace.insert(q, w);
+        replace.insert(s, scale);
+        folded.insert(i);
+    }
+    for op in &mut graph.ops {
+        for v in &mut op.operands {
+            if let Some(&r) = replace.get(v) {
+                *v = r;
+            }
+        }
+    }
+    let mut index = 0..;
+    graph.ops.retain(|_| !folded.contains(&index.next().unwrap_or(0)));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_names_follow_hugging_face() {
+        assert_eq!(
+            scale_name("model.layers.0.mlp.up_proj.weight"),
+            "model.layers.0.mlp.up_proj.weight_scale_inv"
+        );
+        assert_eq!(
+            scale_name("model.layers.1.mlp.experts.{e}.up_proj.weight"),
+            "model.layers.1.mlp.experts.{e}.up_proj.weight_scale_inv"
+        );
+        assert_eq!(scale_name("w"), "w_scale_inv");
+    }
+}

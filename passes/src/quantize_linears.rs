@@ -1,0 +1,243 @@
+//! `quantize-linears`: every GEMM that assign-precision made FP8 becomes the explicit
+//! DeepSeek-V3 block-scaled form (DESIGN.md §3):
+//!
+//! ```text
+//! x_q, x_s = quantize(x)  {block = [1, act_tile]}        activation, online, per forward
+//! w_q, w_s = quantize(@w) {block = [weight_block]²}      weight (fold-weights moves it to load time)
+//! partials = fp8_partials(x_q, w_q) {interval}           FP8 products, FP32 sums per interval
+//! y        = promote(partials, x_s, w_s)                 scaled into the FP32 accumulator, stored high
+//! ```
+//!
+//! `y` keeps its value (and so its name); routed experts stay one grouped op each, with the
+//! token → expert indices as an extra operand.
+
+use crate::names::NameSet;
+use crate::{PassError, PassOptions};
+use dsc_ir::infer::infer;
+use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Precision, TensorType, ValueId};
+
+const PASS: &str = "quantize-linears";
+
+/// Rewrites every FP8 linear and grouped linear into quantize → fp8_partials → promote.
+pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
+    let ops = std::mem::take(&mut graph.ops);
+    let mut out = Vec::with_capacity(ops.len() * 2);
+    let mut names = NameSet::of(graph);
+    for op in ops {
+        let fp8 = op.precision.filter(|p| p.compute.is_fp8());
+        match (op.kind, fp8) {
+            (OpKind::Linear | OpKind::GroupedLinear, Some(p)) => {
+                lower(graph, &mut names, &op, p.compute, &mut out)?;
+            }
+            (OpKind::Matmul, Some(_)) => {
+                return Err(PassError::Op {
+                    pass: PASS,
+                    op: graph.op_name(&op).to_string(),
+                    message: "an FP8 matmul of two activations has no block-scaled form; \
+                              keep it high (remove the FP8 override)"
+                        .into(),
+                });
+            }
+            _ => out.push(op),
+        }
+    }
+    graph.ops = out;
+    Ok(())
+}
+
+fn lower(
+    graph: &mut Graph,
+    names: &mut NameSet,
+    op: &Op,
+    fmt: DType,
+    out: &mut Vec<Op>,
+) -> Result<(), PassError> {
+    let name = graph.op_name(op).to_string();
+    let fail = |message: String| PassError::Op {
+        pass: PASS,
+        op: name.clone(),
+        message,
+    };
+    let grouped = op.kind == OpKind::GroupedLinear;
+    let (x, w) = (op.operands[0], op.operands[1]);
+    if !grouped && op.operands.len() > 2 {
+        return Err(fail(
+            "an FP8 linear with a bias is not supported yet; keep it high".into(),
+        ));
+    }
+    let indices = grouped.then(|| op.operands[2]);
+    let policy = graph.policy.clone();
+    let scale_format = Attr::Str(policy.scale_format.name().to_string());
+    let quantize = |block: [u32; 2]| {
+        Attrs::new()
+            .with("dtype", Attr::DType(fmt))
+            .with(
+                "block",
+                Attr::Ints(vec![i64::from(block[0]), i64::from(block[1])]),
+            )
+            .with("scale_format", scale_format.clone())
+    };
+    let f32_only = Precision {
+        compute: DType::F32,
+        accumulate: None,
+    };
+    let mut emit = |graph: &mut Graph,
+                    kind: OpKind,
+                    operands: Vec<ValueId>,
+                    attrs: Attrs,
+                    result_names: &[String],
+                    precision: Precision|
+     -> Result<Vec<ValueId>, PassError> {
+        let ins: Vec<&TensorType> = operands.iter().map(|&v| graph.ty(v)).collect();
+        let inferred = infer(kind, &attrs, &ins).map_err(&fail)?;
+        let results: Vec<ValueId> = result_names
+            .iter()
+            .zip(inferred)
+            .map(|(n, inf)| {
+                let ty = TensorType {
+                    dtype: inf.dtype.default_dtype(),
+                    shape: inf.shape,
+                };
+                graph.add_value(names.fresh(n), ty)
+            })
+            .collect();
+        out.push(Op {
+            kind,
+            operands,
+            results: results.clone(),
+            attrs,
+            role: op.role,
+            precision: Some(precision),
+        });
+        Ok(results)
+    };
+
+    let x_q = emit(
+        graph,
+        OpKind::Quantize,
+        vec![x],
+        quantize([1, policy.act_tile]),
+        &[format!("{name}.x_q"), format!("{name}.x_q.scale")],
+        f32_only,
+    )?;
+    let w_q = emit(
+        graph,
+        OpKind::Quantize,
+        vec![w],
+        quantize([policy.weight_block, policy.weight_block]),
+        &[format!("{name}.w_q"), format!("{name}.w_q.scale")],
+        f32_only,
+    )?;
+    let mut partial_operands = vec![x_q[0], w_q[0]];
+    partial_operands.extend(indices);
+    let partials = emit(
+        graph,
+        OpKind::Fp8Partials,
+        partial_operands,
+        Attrs::new().with("interval", Attr::Int(i64::from(policy.promote_interval))),
+        &[format!("{name}.partials")],
+        Precision {
+            compute: fmt,
+            accumulate: Some(DType::F32),
+        },
+    )?;
+    // The original result becomes promote's result: same value, same name, same storage.
+    let mut promote_operands = vec![partials[0], x_q[1], w_q[1]];
+    promote_operands.extend(indices);
+    let attrs = Attrs::new()
+        .with("act_tile", Attr::Int(i64::from(policy.act_tile)))
+        .with("weight_block", Attr::Int(i64::from(policy.weight_block)))
+        .with(
+            "promote_interval",
+            Attr::Int(i64::from(policy.promote_interval)),
+        );
+    let ins: Vec<&TensorType> = promote_operands.iter().map(|&v| graph.ty(v)).collect();
+    let inferred = infer(OpKind::Promote, &attrs, &ins).map_err(&fail)?;
+    if inferred[0].shape != graph.ty(op.results[0]).shape {
+        return Err(fail(format!(
+            "promote would produce {}, not the GEMM's {}",
+            inferred[0].shape,
+            graph.ty(op.results[0])
+        )));
+    }
+    out.push(Op {
+        kind: OpKind::Promote,
+        operands: promote_operands,
+        results: op.results.clone(),
+        attrs,
+        role: op.role,
+        precision: Some(Precision {
+            compute: DType::F32,
+            accumulate: Some(DType::F32),
+        }),
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dsc_ir::text::parse;
+
+    fn lower(text: &str) -> Result<Graph, PassError> {
+        let mut g = parse(text).unwrap();
+        dsc_ir::verify(&g).unwrap();
+        run(&mut g, &PassOptions::default())?;
+        dsc_ir::verify(&g).unwrap();
+        Ok(g)
+    }
+
+    #[test]
+    fn the_result_keeps_its_name_and_ragged_shapes_get_partial_groups() {
+        let g = lower(
+            "graph \"g\"\ninput %x: bf16[3, 300]\nparam @w: bf16[200, 300]\n\
+             %y: bf16[3, 200] = linear(%x, @w) role=ffn compute=f8e4m3 accumulate=f32\noutput %y\n",
+        )
+        .unwrap();
+        let kinds: Vec<_> = g.ops.iter().map(|o| o.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                OpKind::Quantize,
+                OpKind::Quantize,
+                OpKind::Fp8Partials,
+                OpKind::Promote
+            ]
+        );
+        let y = g.ops[3].results[0];
+        assert_eq!(g.outputs, [y]);
+        assert_eq!(g.name(y), "y");
+        // K = 300: three 1×128 activation tiles, three 128-wide partial groups, 2×3 weight blocks.
+        assert_eq!(g.ty(g.ops[0].results[1]).shape.dims(), [3, 3]);
+        assert_eq!(g.ty(g.ops[1].results[1]).shape.dims(), [2, 3]);
+        assert_eq!(g.ty(g.ops[2].results[0]).shape.dims(), [3, 200, 3]);
+    }
+
+    #[test]
+    fn high_gemms_are_left_alone_and_unsupported_fp8_forms_are_errors() {
+        let g = lower(
+            "graph \"g\"\ninput %x: bf16[3, 128]\nparam @w: bf16[64, 128]\n\
+             %y: bf16[3, 64] = linear(%x, @w) role=head compute=bf16 accumulate=f32\noutput %y\n",
+        )
+        .unwrap();
+        assert_eq!(g.ops.len(), 1);
+
+        let err = lower(
+            "graph \"g\"\ninput %x: bf16[3, 128]\nparam @w: bf16[64, 128]\nparam @b: bf16[64]\n\
+             %y: bf16[3, 64] = linear(%x, @w, @b) role=ffn compute=f8e4m3 accumulate=f32\noutput %y\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("op `y`: an FP8 linear with a bias"),
+            "{err}"
+        );
+
+        let err = lower(
+            "graph \"g\"\ninput %a: bf16[2, 4, 128]\ninput %b: bf16[2, 128, 4]\n\
+             %y: bf16[2, 4, 4] = matmul(%a, %b) role=ffn compute=f8e4m3 accumulate=f32\noutput %y\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("two activations"), "{err}");
+    }
+}
