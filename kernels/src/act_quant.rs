@@ -21,7 +21,9 @@ pub fn act_quant_1x128(
     scale_format: ScaleFormat,
 ) -> Result<Quantized, KernelError> {
     if tile == 0 {
-        return Err(KernelError::Params("activation tile must be positive".into()));
+        return Err(KernelError::Params(
+            "activation tile must be positive".into(),
+        ));
     }
     check_len("x", x.len(), rows * k)?;
     let groups = k.div_ceil(tile);

@@ -137,9 +137,9 @@ struct Decoded<'a> {
 }
 
 /// Output rows per task of the blocked path.
-const TILE_M: usize = 128;
+const TILE_M: usize = 256;
 /// Output columns per task of the blocked path.
-const TILE_N: usize = 256;
+const TILE_N: usize = 512;
 
 impl Decoded<'_> {
     /// `s_x` of row `i` for the promotion interval starting at `k0`.
@@ -290,8 +290,8 @@ mod tests {
         };
         let (f, sf) = (cfg.fmt, ScaleFormat::F32);
         let x = act_quant_1x128(&values(dims.m * dims.k, 1), dims.m, dims.k, 64, f, sf).unwrap();
-        let w = weight_quant_128x128(&values(dims.n * dims.k, 2), dims.n, dims.k, 128, f, sf)
-            .unwrap();
+        let w =
+            weight_quant_128x128(&values(dims.n * dims.k, 2), dims.n, dims.k, 128, f, sf).unwrap();
         let fast = fp8_block_gemm(x.operand(), w.operand(), dims, &cfg).unwrap();
         let reference = Decoded {
             x: decode(f, &x.codes),
@@ -333,7 +333,10 @@ mod tests {
         assert_eq!(fp8_block_gemm(op, op, dims, &cfg).unwrap(), vec![0.0]);
         assert!(matches!(
             fp8_block_gemm(short, op, dims, &cfg),
-            Err(KernelError::Length { operand: "x codes", .. })
+            Err(KernelError::Length {
+                operand: "x codes",
+                ..
+            })
         ));
     }
 }

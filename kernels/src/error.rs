@@ -17,7 +17,11 @@ pub enum KernelError {
 }
 
 /// Checks that `operand` holds exactly `expected` elements.
-pub(crate) fn check_len(operand: &'static str, got: usize, expected: usize) -> Result<(), KernelError> {
+pub(crate) fn check_len(
+    operand: &'static str,
+    got: usize,
+    expected: usize,
+) -> Result<(), KernelError> {
     if got == expected {
         Ok(())
     } else {

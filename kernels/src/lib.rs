@@ -4,6 +4,30 @@
 //! block-scaled GEMM with FP32 promotion of DESIGN.md §3).
 //!
 //! The GPU implementations in `dsc-codegen` and the CPU backend in `dsc-runtime` both follow
-//! these specs, and GPU results are always checked against the references here. The crate is
-//! filled by the FP8 numerics work (issue 3); it exists now so the workspace's dependency
-//! graph (`kernels` ← `codegen`, `runtime`) is fixed from the start.
+//! these specs, and GPU results are always checked against the references here.
+//!
+//! What is here:
+//! - [`numerics`]: bit-exact FP8 (E4M3, E5M2) and BF16 conversions, block scales (f32 and
+//!   UE8M0), and the accumulator models (exact FP32 and the Hopper tensor-core model).
+//! - [`act_quant`]: 1 × tile activation quantization; [`weight_quant`]: block × block weight
+//!   quantization (also for grouped expert weights); both produce a [`Quantized`].
+//! - [`block_gemm`]: the block-scaled FP8 GEMM with promotion into FP32.
+//! - [`mod@numerics_report`]: the accumulation-error table that motivates promotion.
+//!
+//! All of it is checked against independent vectors in `shared/testdata` (tests/numerics.rs).
+
+pub mod act_quant;
+pub mod block_gemm;
+pub mod error;
+pub mod numerics;
+pub mod numerics_report;
+pub mod quantized;
+pub mod weight_quant;
+
+pub use act_quant::act_quant_1x128;
+pub use block_gemm::{BlockGemmConfig, GemmDims, fp8_block_gemm};
+pub use error::KernelError;
+pub use numerics::{Accumulator, Fp8Format};
+pub use numerics_report::numerics_report;
+pub use quantized::{Fp8Operand, Quantized};
+pub use weight_quant::{weight_quant_128x128, weight_quant_experts};

@@ -30,14 +30,6 @@ impl Accumulator {
     /// Products folded per MMA step (the MMA depth K of FP8 tensor-core instructions).
     pub const MMA_DEPTH: usize = MMA_K as usize;
 
-    /// The name used in reports and options: `exact` or `hopper`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Accumulator::Exact => "exact",
-            Accumulator::Hopper => "hopper",
-        }
-    }
-
     /// Folds one MMA's `products` (at most 32 exact values) into the running `acc`.
     pub fn mma(self, acc: f32, products: &[f32]) -> f32 {
         match self {

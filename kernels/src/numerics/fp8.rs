@@ -207,7 +207,10 @@ mod tests {
     fn nearest_by_search(fmt: Fp8Format, x: f32) -> u8 {
         let x = x as f64;
         let max = fmt.max() as f64;
-        let (sign, a) = (if x.is_sign_negative() { 0x80 } else { 0 }, x.abs().min(max));
+        let (sign, a) = (
+            if x.is_sign_negative() { 0x80 } else { 0 },
+            x.abs().min(max),
+        );
         let mut best: Option<(f64, u8)> = None;
         for c in 0u8..0x80 {
             let v = decode(fmt, c) as f64;
@@ -240,7 +243,11 @@ mod tests {
             for c in 0u8..fmt.layout().max_code {
                 let (a, b) = (decode(fmt, c) as f64, decode(fmt, c + 1) as f64);
                 let mid = ((a + b) / 2.0) as f32;
-                assert_eq!(encode(fmt, mid), nearest_by_search(fmt, mid), "{fmt:?} tie {mid:e}");
+                assert_eq!(
+                    encode(fmt, mid),
+                    nearest_by_search(fmt, mid),
+                    "{fmt:?} tie {mid:e}"
+                );
             }
         }
     }

@@ -26,10 +26,10 @@ pub fn scale_for(amax: f32, fmt: Fp8Format, scale_format: ScaleFormat) -> f32 {
     }
 }
 
-/// The least power of two `>= s` for positive `s`, computed on the bits (no `log2`, which
-/// rounds); inf and NaN come back unchanged, and a result past f32's range is +inf.
+/// The least power of two `>= s` for positive finite `s`, computed on the bits (no `log2`, which
+/// rounds); other inputs come back unchanged, and a result past f32's range is +inf.
 pub fn ceil_pow2(s: f32) -> f32 {
-    if !(s > 0.0) || s.is_infinite() {
+    if !s.is_finite() || s <= 0.0 {
         return s;
     }
     let bits = s.to_bits();
