@@ -21,6 +21,7 @@ pub mod block_gemm;
 pub mod error;
 pub mod numerics;
 pub mod numerics_report;
+pub mod ops;
 pub mod quantized;
 pub mod weight_quant;
 

@@ -1,0 +1,200 @@
+//! Core attention in f32: scores `q·kᵀ (+ q_pe·k_peᵀ) · scale` with an optional causal mask,
+//! and the probability-weighted sum of values. Grouped-query heads: query head `h` reads
+//! key/value head `h / (H / Hk)`, as HF's `repeat_kv` lays them out.
+
+use super::error::{OpError, check_shape};
+use super::linear::{View, gemm_into};
+use rayon::prelude::*;
+
+/// Sizes of `attn_scores`: q `[batch, q_len, heads, head_dim]`, k `[batch, kv_len, kv_heads,
+/// head_dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScoreDims {
+    pub batch: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// The decoupled RoPE part of MLA scores: q_pe `[batch, q_len, heads, dim]`, k_pe `[batch,
+/// kv_len, kv_heads, dim]` (DeepSeek shares one k_pe head: `kv_heads = 1`).
+#[derive(Debug, Clone, Copy)]
+pub struct RopeOperands<'a> {
+    pub q_pe: &'a [f32],
+    pub k_pe: &'a [f32],
+    pub kv_heads: usize,
+    pub dim: usize,
+}
+
+/// Sizes of `attn_values`: p `[batch, heads, q_len, kv_len]`, v `[batch, kv_len, v_heads,
+/// v_dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ValueDims {
+    pub batch: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub heads: usize,
+    pub v_heads: usize,
+    pub v_dim: usize,
+}
+
+/// The number of query heads per key head, refusing kv head counts that do not divide.
+fn group(what: &str, heads: usize, kv_heads: usize) -> Result<usize, OpError> {
+    if heads == 0 {
+        return Ok(1);
+    }
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        return Err(OpError::Shape(format!(
+            "{what} has {kv_heads} heads, which does not divide the {heads} query heads"
+        )));
+    }
+    Ok(heads / kv_heads)
+}
+
+/// `scores[b, h, s, t] = (q[b,s,h]·k[b,t,h/g] (+ q_pe[b,s,h]·k_pe[b,t,h/g_pe])) · scale` →
+/// `[batch, heads, q_len, kv_len]`, f32; with `causal`, keys `t > s + (kv_len - q_len)` (later
+/// than the query's position when the queries are the last `q_len` of the keys) are -inf.
+pub fn attn_scores(
+    q: &[f32],
+    k: &[f32],
+    dims: ScoreDims,
+    pe: Option<RopeOperands<'_>>,
+    scale: f64,
+    causal: bool,
+) -> Result<Vec<f32>, OpError> {
+    let ScoreDims {
+        batch: nb,
+        q_len: s,
+        kv_len: t,
+        heads: h,
+        kv_heads: hk,
+        head_dim: d,
+    } = dims;
+    check_shape("q", q.len(), &[nb, s, h, d])?;
+    check_shape("k", k.len(), &[nb, t, hk, d])?;
+    let g = group("k", h, hk)?;
+    let g_pe = match &pe {
+        Some(p) => {
+            check_shape("q_pe", p.q_pe.len(), &[nb, s, h, p.dim])?;
+            check_shape("k_pe", p.k_pe.len(), &[nb, t, p.kv_heads, p.dim])?;
+            group("k_pe", h, p.kv_heads)?
+        }
+        None => 1,
+    };
+    if causal && t < s {
+        return Err(OpError::Shape(format!(
+            "causal attention needs at least as many keys ({t}) as queries ({s})"
+        )));
+    }
+    let mut out = vec![0.0f32; nb * h * s * t];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    // HF multiplies the f32 product by the Python float scale: scale rounded to f32.
+    let scale = scale as f32;
+    let offset = t - s.min(t);
+    out.par_chunks_mut(s * t).enumerate().for_each(|(i, o)| {
+        let (b, hh) = (i / h, i % h);
+        // q[b, s, hh, :] as the s × d lhs; k[b, t, kv, :] as the d × t rhs.
+        let qv = View {
+            offset: (b * s * h + hh) * d,
+            rs: h * d,
+            cs: 1,
+        };
+        let kv = View {
+            offset: (b * t * hk + hh / g) * d,
+            rs: 1,
+            cs: hk * d,
+        };
+        gemm_into(o, View::rows(0, t), false, q, qv, k, kv, (s, t, d), false);
+        if let Some(p) = &pe {
+            let (r, hp) = (p.dim, p.kv_heads);
+            let qpv = View {
+                offset: (b * s * h + hh) * r,
+                rs: h * r,
+                cs: 1,
+            };
+            let kpv = View {
+                offset: (b * t * hp + hh / g_pe) * r,
+                rs: 1,
+                cs: hp * r,
+            };
+            gemm_into(
+                o,
+                View::rows(0, t),
+                true,
+                p.q_pe,
+                qpv,
+                p.k_pe,
+                kpv,
+                (s, t, r),
+                false,
+            );
+        }
+        for (si, row) in o.chunks_mut(t).enumerate() {
+            for (ti, v) in row.iter_mut().enumerate() {
+                *v = if causal && ti > si + offset {
+                    f32::NEG_INFINITY
+                } else {
+                    *v * scale
+                };
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// `out[b, s, h, :] = Σ_t p[b, h, s, t] · v[b, t, h/g, :]` → `[batch, q_len, heads, v_dim]`,
+/// f32 accumulation.
+pub fn attn_values(p: &[f32], v: &[f32], dims: ValueDims) -> Result<Vec<f32>, OpError> {
+    let ValueDims {
+        batch: nb,
+        q_len: s,
+        kv_len: t,
+        heads: h,
+        v_heads: hv,
+        v_dim: dv,
+    } = dims;
+    check_shape("p", p.len(), &[nb, h, s, t])?;
+    check_shape("v", v.len(), &[nb, t, hv, dv])?;
+    let g = group("v", h, hv)?;
+    let mut out = vec![0.0f32; nb * s * h * dv];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    // One [s, dv] block per (batch, head) in parallel, then interleaved into [b, s, h, dv].
+    let blocks: Vec<Vec<f32>> = (0..nb * h)
+        .into_par_iter()
+        .map(|i| {
+            let (b, hh) = (i / h, i % h);
+            let mut o = vec![0.0f32; s * dv];
+            let vv = View {
+                offset: (b * t * hv + hh / g) * dv,
+                rs: hv * dv,
+                cs: 1,
+            };
+            let pv = View::rows(i * s * t, t);
+            gemm_into(
+                &mut o,
+                View::rows(0, dv),
+                false,
+                p,
+                pv,
+                v,
+                vv,
+                (s, dv, t),
+                false,
+            );
+            o
+        })
+        .collect();
+    for (i, block) in blocks.iter().enumerate() {
+        let (b, hh) = (i / h, i % h);
+        for (si, row) in block.chunks(dv).enumerate() {
+            out[((b * s + si) * h + hh) * dv..][..dv].copy_from_slice(row);
+        }
+    }
+    Ok(out)
+}
