@@ -30,21 +30,27 @@ fn compile_writes_graph_and_reports_and_prints_a_summary() {
     assert_eq!(ops.len(), reparsed.ops.len());
     let q = ops
         .iter()
-        .find(|o| o["name"] == "model.layers.0.self_attn.q_proj.partials")
-        .expect("the q projection's FP8 products are reported");
-    assert_eq!(q["kind"], "fp8_partials");
+        .find(|o| o["name"] == "model.layers.0.self_attn.q_proj")
+        .expect("the q projection is reported");
+    assert_eq!(q["kind"], "fp8_gemm");
     assert_eq!(q["role"], "attn_proj");
     assert_eq!(q["compute"], "f8e4m3");
     assert_eq!(q["accumulate"], "f32");
-    assert_eq!(q["inputs"], serde_json::json!(["f8e4m3", "f8e4m3"]));
-    assert_eq!(q["outputs"], serde_json::json!(["f32"]));
-    let promote = ops
+    // Codes and scales of the activation, then of the weight.
+    assert_eq!(
+        q["inputs"],
+        serde_json::json!(["f8e4m3", "f32", "f8e4m3", "f32"])
+    );
+    assert_eq!(q["outputs"], serde_json::json!(["bf16"]));
+    // The layer's input norm quantizes its own output for the q projection.
+    let norm_quant = ops
         .iter()
-        .find(|o| o["name"] == "model.layers.0.self_attn.q_proj")
-        .expect("the q projection is reported");
-    assert_eq!(promote["kind"], "promote");
-    assert_eq!(promote["compute"], "f32");
-    assert_eq!(promote["outputs"], serde_json::json!(["bf16"]));
+        .find(|o| o["name"] == "model.layers.0.self_attn.q_proj.x_q")
+        .expect("the fused norm is reported under the quantized activation's name");
+    assert_eq!(norm_quant["kind"], "rms_norm_quant");
+    assert_eq!(norm_quant["role"], "norm");
+    assert_eq!(norm_quant["compute"], "f32");
+    assert_eq!(norm_quant["outputs"], serde_json::json!(["f8e4m3", "f32"]));
     let norm = ops
         .iter()
         .find(|o| o["name"] == "model.norm")
@@ -69,7 +75,7 @@ fn compile_writes_graph_and_reports_and_prints_a_summary() {
     assert!(text.contains("time per pass:"));
     assert!(
         text.contains(
-            "model.layers.0.self_attn.q_proj.partials fp8_partials attn_proj f8e4m3 f32: f8e4m3,f8e4m3 -> f32"
+            "model.layers.0.self_attn.q_proj fp8_gemm attn_proj f8e4m3 f32: f8e4m3,f32,f8e4m3,f32 -> bf16"
         ),
         "{text}"
     );
@@ -192,6 +198,7 @@ fn print_after_and_timings() {
             "assign-precision -----",
             "quantize-linears -----",
             "fold-weights -----",
+            "fuse -----",
             "cse -----",
             "dce -----"
         ]

@@ -1,10 +1,11 @@
-//! The precision policy on whole example models: which GEMMs end up FP8, that kept roles never
-//! touch FP8, and what the report says.
+//! The precision policy on whole example models: which GEMMs end up FP8 (fused into one
+//! `fp8_gemm` each), that kept roles never touch FP8, and how activations are quantized.
 
 use crate::support::{path, read, small_examples};
 use dsc_ir::model::load_model;
-use dsc_ir::{DType, Graph, OpKind, Role};
+use dsc_ir::{DType, Graph, OpKind, Role, ValueDef};
 use dsc_passes::{PassOptions, Pipeline};
+use std::collections::HashSet;
 
 fn compiled(file: &std::path::Path) -> Graph {
     let mut g = load_model(&read(file)).unwrap();
@@ -35,7 +36,7 @@ fn gemms_of_fp8_roles_are_fp8_and_kept_roles_never_touch_fp8() {
                 !matches!(op.kind, OpKind::Linear | OpKind::GroupedLinear) || !p.compute.is_fp8(),
                 "{name}: {op_name} is an FP8 GEMM that quantize-linears left unlowered"
             );
-            if op.kind == OpKind::Fp8Partials {
+            if op.kind == OpKind::Fp8Gemm {
                 assert!(is_fp8_role(op.role), "{name}: {op_name}");
                 assert_eq!(p.compute, DType::F8E4M3, "{name}: {op_name}");
                 assert_eq!(p.accumulate, Some(DType::F32), "{name}: {op_name}");
@@ -43,7 +44,15 @@ fn gemms_of_fp8_roles_are_fp8_and_kept_roles_never_touch_fp8() {
             }
             if !is_fp8_role(op.role) {
                 assert!(!p.compute.is_fp8(), "{name}: {op_name} is FP8");
-                for &v in op.operands.iter().chain(&op.results) {
+                // A norm fused with the quantization of its output (rms_norm_quant) writes FP8
+                // codes by design: its arithmetic is f32 (checked above), and the codes are
+                // what the FP8 GEMMs after it read. Nothing else of a kept role touches FP8.
+                let reads_or_writes: Vec<_> = if op.kind == OpKind::RmsNormQuant {
+                    op.operands.clone()
+                } else {
+                    op.operands.iter().chain(&op.results).copied().collect()
+                };
+                for v in reads_or_writes {
                     assert!(
                         !g.ty(v).dtype.is_fp8(),
                         "{name}: {op_name} reads or writes FP8"
@@ -52,6 +61,14 @@ fn gemms_of_fp8_roles_are_fp8_and_kept_roles_never_touch_fp8() {
             }
         }
         assert!(fp8_gemms > 0, "{name}: no FP8 GEMM");
+        // The unfused form is gone: every block-scaled GEMM is one fused kernel.
+        for op in &g.ops {
+            assert!(
+                !matches!(op.kind, OpKind::Fp8Partials | OpKind::Promote),
+                "{name}: {} is left unfused",
+                g.op_name(op)
+            );
+        }
         // Every FP8 weight is a parameter with its block scales beside it: folded at load time.
         for op in &g.ops {
             if op.kind == OpKind::Quantize {
@@ -60,6 +77,98 @@ fn gemms_of_fp8_roles_are_fp8_and_kept_roles_never_touch_fp8() {
                     "{name}: a weight is quantized per forward"
                 );
             }
+        }
+    }
+}
+
+/// Every GEMM that assign-precision makes FP8 ends up one `fp8_gemm` under its own name (the
+/// fused GEMM keeps the value of the op it replaces).
+#[test]
+fn every_fp8_gemm_is_fused() {
+    for (name, file) in small_examples() {
+        let mut g = load_model(&read(&file)).unwrap();
+        let options = PassOptions { verify_each: true };
+        Pipeline::parse("verify,infer-shapes,assign-precision")
+            .unwrap()
+            .run(&mut g, &options, |_, _| {})
+            .unwrap();
+        let fp8: Vec<String> = g
+            .ops
+            .iter()
+            .filter(|o| o.kind.is_weight_gemm() && o.precision.unwrap().compute.is_fp8())
+            .map(|o| g.op_name(o).to_string())
+            .collect();
+        assert!(!fp8.is_empty(), "{name}: no FP8 GEMM");
+        let g = compiled(&file);
+        for gemm in &fp8 {
+            let op = g
+                .ops
+                .iter()
+                .find(|o| g.op_name(o) == gemm)
+                .unwrap_or_else(|| panic!("{name}: {gemm} is gone"));
+            assert_eq!(op.kind, OpKind::Fp8Gemm, "{name}: {gemm}");
+        }
+    }
+}
+
+/// In every MoE layer the routed and the shared experts read one quantization of `tokens`:
+/// one `quantize` of it (or the norm in front quantizes its own output, `rms_norm_quant`).
+#[test]
+fn moe_layers_quantize_tokens_once_for_routed_and_shared_experts() {
+    let g = compiled(&path("examples/tiny-moe.toml"));
+    let defs = g.defs();
+    let op_of = |v| match defs[&v] {
+        ValueDef::OpResult { op, .. } => Some(&g.ops[op]),
+        _ => None,
+    };
+    let named = |n: &str| g.ops.iter().find(|o| g.op_name(o) == n);
+    let moe_layers: Vec<String> = g
+        .ops
+        .iter()
+        .filter_map(|o| g.op_name(o).strip_suffix(".combine").map(str::to_string))
+        .collect();
+    assert_eq!(moe_layers.len(), 3, "tiny-moe has three MoE layers");
+    for prefix in &moe_layers {
+        let gemms = [
+            "experts.gate_proj",
+            "experts.up_proj",
+            "shared_experts.gate_proj",
+            "shared_experts.up_proj",
+        ];
+        let codes: HashSet<_> = gemms
+            .iter()
+            .map(|n| {
+                let op = named(&format!("{prefix}.{n}")).unwrap();
+                assert_eq!(op.kind, OpKind::Fp8Gemm, "{prefix}.{n}");
+                (op.operands[0], op.operands[1])
+            })
+            .collect();
+        assert_eq!(
+            codes.len(),
+            1,
+            "{prefix}: experts read different quantizations"
+        );
+        let (x_q, _) = codes.into_iter().next().unwrap();
+        let tokens = named(&format!("{prefix}.tokens")).unwrap().results[0];
+        let quantizes_of_tokens = g
+            .ops
+            .iter()
+            .filter(|o| o.kind == OpKind::Quantize && o.operands == [tokens])
+            .count();
+        // The codes come from the one quantize of tokens, or from the fused norm (through a
+        // reshape to the tokens' shape).
+        let producer = op_of(x_q).unwrap();
+        match producer.kind {
+            OpKind::Quantize => {
+                assert_eq!(producer.operands, [tokens], "{prefix}");
+                assert_eq!(quantizes_of_tokens, 1, "{prefix}");
+            }
+            OpKind::Reshape => {
+                let fused = op_of(producer.operands[0]).unwrap();
+                assert_eq!(fused.kind, OpKind::RmsNormQuant, "{prefix}");
+                assert_eq!(quantizes_of_tokens, 0, "{prefix}");
+            }
+            other => panic!("{prefix}: the experts' codes come from {other}"),
         }
     }
 }
@@ -85,7 +194,7 @@ fn deepseek_norms_softmax_and_gate_compute_in_f32() {
     let experts = g
         .ops
         .iter()
-        .filter(|o| o.kind == OpKind::Fp8Partials && o.operands.len() == 3)
+        .filter(|o| o.kind == OpKind::Fp8Gemm && o.operands.len() == 5)
         .count();
     assert_eq!(
         experts,

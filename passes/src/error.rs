@@ -21,4 +21,7 @@ pub enum PassError {
         op: String,
         message: String,
     },
+    /// A pass failed as a whole.
+    #[error("pass `{pass}`: {message}")]
+    Failed { pass: &'static str, message: String },
 }

@@ -79,7 +79,9 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         }
     }
     let mut index = 0..;
-    graph.ops.retain(|_| !folded.contains(&index.next().unwrap_or(0)));
+    graph
+        .ops
+        .retain(|_| !folded.contains(&index.next().unwrap_or(0)));
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod cse;
 pub mod dce;
 mod error;
 pub mod fold_weights;
+pub mod fuse;
 pub mod infer_shapes;
 pub mod manager;
 mod names;

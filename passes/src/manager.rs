@@ -62,6 +62,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::fold_weights::run,
     },
     Pass {
+        name: "fuse",
+        summary: "fuse kernels by equality saturation: fp8_gemm, rms_norm_quant, swiglu_quant, cast chains",
+        run: crate::fuse::run,
+    },
+    Pass {
         name: "cse",
         summary: "merge ops that compute the same thing",
         run: crate::cse::run,
@@ -75,7 +80,7 @@ pub static PASSES: &[Pass] = &[
 
 /// The pipeline `dsc compile` runs by default.
 pub const DEFAULT_PIPELINE: &str =
-    "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,cse,dce";
+    "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,cse,dce";
 
 /// Looks a pass up by name.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

@@ -1,5 +1,8 @@
 //! The error type of the runtime.
 
+use std::fmt;
+use std::path::PathBuf;
+
 /// Everything that can go wrong running an artifact.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -19,4 +22,109 @@ pub enum RuntimeError {
         /// The driver's description of the error.
         message: String,
     },
+
+    /// A weights or inputs file (or checkpoint directory) could not be opened or read: missing,
+    /// unreadable, truncated, or not valid safetensors.
+    #[error("cannot read `{}`: {message}", path.display())]
+    Checkpoint {
+        /// The file or directory at fault.
+        path: PathBuf,
+        message: String,
+    },
+
+    /// A checkpoint's tensors do not fit the graph's parameters: every problem, by category.
+    #[error("weights `{}` do not fit model `{model}`: {problems}", checkpoint.display())]
+    Weights {
+        /// The checkpoint file or directory.
+        checkpoint: PathBuf,
+        /// The graph's name.
+        model: String,
+        problems: Box<WeightProblems>,
+    },
+
+    /// An op failed on the CPU backend (bad index, a kernel rejecting its operands).
+    #[error("op `{op}` ({kind}): {message}")]
+    Op {
+        op: String,
+        kind: &'static str,
+        message: String,
+    },
+
+    /// The inputs of a run do not match the graph's: every problem, by name.
+    #[error("inputs do not match the model: {message}")]
+    Inputs { message: String },
+
+    /// A safetensors file could not be written.
+    #[error("cannot write `{}`: {message}", path.display())]
+    Write { path: PathBuf, message: String },
+
+    /// A host tensor used as something it is not (wrong element kind, wrong length).
+    #[error("tensor: {message}")]
+    Tensor { message: String },
+
+    /// The graph breaks an invariant the runtime relies on (e.g. an FP8 weight without its
+    /// `weight_scale_inv` parameter).
+    #[error("graph `{graph}`: {message}")]
+    Graph { graph: String, message: String },
+}
+
+/// Every way a checkpoint failed to match a graph, each entry naming its tensor. The message
+/// lists the first [`WeightProblems::SHOWN`] of each category and counts the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WeightProblems {
+    /// Tensors the graph needs that the checkpoint lacks.
+    pub missing: Vec<String>,
+    /// Checkpoint tensors no parameter uses.
+    pub unexpected: Vec<String>,
+    /// Tensors whose shape is not the parameter's.
+    pub wrong_shape: Vec<String>,
+    /// Tensors whose dtype cannot become the parameter's.
+    pub wrong_dtype: Vec<String>,
+    /// Tensors that contradict each other, e.g. a `weight_scale_inv` next to a BF16 weight.
+    pub inconsistent: Vec<String>,
+}
+
+impl WeightProblems {
+    /// How many entries of each category the message shows.
+    pub const SHOWN: usize = 5;
+
+    /// True when nothing is wrong.
+    pub fn is_empty(&self) -> bool {
+        self.categories().iter().all(|(_, v)| v.is_empty())
+    }
+
+    fn categories(&self) -> [(&'static str, &Vec<String>); 5] {
+        [
+            ("missing", &self.missing),
+            ("unexpected", &self.unexpected),
+            ("wrong shape", &self.wrong_shape),
+            ("wrong dtype", &self.wrong_dtype),
+            ("inconsistent", &self.inconsistent),
+        ]
+    }
+}
+
+impl fmt::Display for WeightProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let present: Vec<_> = self
+            .categories()
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        let counts: Vec<String> = present
+            .iter()
+            .map(|(what, v)| format!("{} {what}", v.len()))
+            .collect();
+        f.write_str(&counts.join(", "))?;
+        for (what, v) in present {
+            write!(f, "\n  {what} ({}):", v.len())?;
+            for entry in v.iter().take(Self::SHOWN) {
+                write!(f, "\n    {entry}")?;
+            }
+            if v.len() > Self::SHOWN {
+                write!(f, "\n    … and {} more", v.len() - Self::SHOWN)?;
+            }
+        }
+        Ok(())
+    }
 }

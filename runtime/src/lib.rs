@@ -5,8 +5,19 @@
 //! It never depends on `dsc-codegen` or MLIR: a machine that only runs artifacts needs neither.
 //! CUDA is loaded dynamically; [`cuda::probe`] tells whether a driver and devices are present.
 
+pub mod checkpoint;
+pub mod cpu;
 pub mod cuda;
 pub mod error;
+pub mod random_weights;
+pub mod tensor;
+#[cfg(test)]
+mod testutil;
+pub mod weights;
 
+pub use checkpoint::{Checkpoint, TensorView};
 pub use cuda::{DeviceInfo, probe};
-pub use error::RuntimeError;
+pub use error::{RuntimeError, WeightProblems};
+pub use random_weights::random_weights;
+pub use tensor::{HostData, HostTensor, write_safetensors};
+pub use weights::{Weights, hf_tensors, load_weights, save_safetensors};

@@ -1,0 +1,293 @@
+//! One op on the CPU: operands → the kernel's CPU reference → results in storage dtype.
+
+use super::{CpuOptions, fp8};
+use crate::tensor::{HostData, HostTensor};
+use dsc_ir::{DType, Graph, Op, OpKind, TensorType};
+use dsc_kernels::ops::{self, FloatFormat, GroupedDims, GroupedInput, RopeOperands, RopeParams};
+use dsc_kernels::ops::{ScoreDims, TopkParams, ValueDims};
+
+/// Applies a data-movement kernel (generic over the element) to whichever kind of data a
+/// tensor holds.
+macro_rules! map_data {
+    ($data:expr, |$x:ident| $kernel:expr) => {
+        match $data {
+            HostData::F32($x) => HostData::F32($kernel.map_err(err)?),
+            HostData::I32($x) => HostData::I32($kernel.map_err(err)?),
+            HostData::Codes($x) => HostData::Codes($kernel.map_err(err)?),
+        }
+    };
+}
+
+pub(super) type Result<T> = std::result::Result<T, String>;
+
+/// The f32 values of a float tensor.
+pub(super) fn floats(t: &HostTensor) -> Result<&[f32]> {
+    match &t.data {
+        HostData::F32(v) => Ok(v),
+        _ => Err(format!("expected a float tensor, got {}", t.dtype)),
+    }
+}
+
+/// The values of an integer tensor.
+pub(super) fn ints(t: &HostTensor) -> Result<&[i32]> {
+    match &t.data {
+        HostData::I32(v) => Ok(v),
+        _ => Err(format!("expected an integer tensor, got {}", t.dtype)),
+    }
+}
+
+/// The codes of an FP8 tensor.
+pub(super) fn codes(t: &HostTensor) -> Result<&[u8]> {
+    match &t.data {
+        HostData::Codes(v) => Ok(v),
+        _ => Err(format!("expected FP8 codes, got {}", t.dtype)),
+    }
+}
+
+/// Dimensions as `usize`.
+pub(super) fn dims(ty: &TensorType) -> Vec<usize> {
+    ty.shape.dims().iter().map(|&d| d as usize).collect()
+}
+
+/// A float result of type `ty`, rounded to its storage dtype.
+pub(super) fn float_result(ty: &TensorType, mut values: Vec<f32>) -> Result<HostTensor> {
+    ops::round_to(ty.dtype, &mut values).map_err(|e| e.to_string())?;
+    Ok(HostTensor {
+        dtype: ty.dtype,
+        shape: dims(ty),
+        data: HostData::F32(values),
+    })
+}
+
+/// A tensor of type `ty` with the same kind of data as `like` (data movement keeps it).
+fn same_data(ty: &TensorType, data: HostData) -> HostTensor {
+    HostTensor {
+        dtype: ty.dtype,
+        shape: dims(ty),
+        data,
+    }
+}
+
+fn rows_and_last(ty: &TensorType) -> (usize, usize) {
+    let last = ty.shape.last() as usize;
+    let n = ty.shape.numel() as usize;
+    (n.checked_div(last).unwrap_or(0), last)
+}
+
+/// The rounding an op applies to intermediates stored in `dtype` (none for f32).
+fn format_of(dtype: DType) -> FloatFormat {
+    FloatFormat::of(dtype).unwrap_or(FloatFormat::F32)
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Executes `op` on `ins`.
+pub(super) fn execute(
+    g: &Graph,
+    op: &Op,
+    ins: &[&HostTensor],
+    options: &CpuOptions,
+) -> Result<Vec<HostTensor>> {
+    use OpKind::*;
+    let in_ty = |i: usize| g.ty(op.operands[i]);
+    let out_ty = |i: usize| g.ty(op.results[i]);
+    let one = |values: Vec<f32>| float_result(out_ty(0), values).map(|t| vec![t]);
+    match op.kind {
+        Embedding => {
+            let table = in_ty(1).shape.dims();
+            let (v, d) = (table[0] as usize, table[1] as usize);
+            one(ops::embedding(ints(ins[0])?, floats(ins[1])?, v, d).map_err(err)?)
+        }
+        Linear => {
+            let (m, k) = rows_and_last(in_ty(0));
+            let n = in_ty(1).shape.dims()[0] as usize;
+            let bias = ins.get(2).map(|b| floats(b)).transpose()?;
+            one(ops::linear(floats(ins[0])?, floats(ins[1])?, bias, m, k, n).map_err(err)?)
+        }
+        Matmul => {
+            let a = in_ty(0).shape.dims();
+            let r = a.len();
+            let (m, k) = (a[r - 2] as usize, a[r - 1] as usize);
+            let batch = (in_ty(0).shape.numel() as usize) / (m * k).max(1);
+            let n = out_ty(0).shape.last() as usize;
+            let tb = op.attrs.bool("transpose_b").unwrap_or(false);
+            let y = ops::matmul(floats(ins[0])?, floats(ins[1])?, batch, m, k, n, tb);
+            one(y.map_err(err)?)
+        }
+        RmsNorm => {
+            let (rows, d) = rows_and_last(in_ty(0));
+            let eps = op.attrs.float("eps").unwrap_or(1e-6);
+            // HF rounds the normalized activation to the input dtype before the weight.
+            let fmt = format_of(in_ty(0).dtype);
+            let y = ops::rms_norm(floats(ins[0])?, floats(ins[1])?, rows, d, eps, fmt);
+            one(y.map_err(err)?)
+        }
+        Rope => {
+            let params = RopeParams::from_attrs(&op.attrs).map_err(err)?;
+            let d = dims(in_ty(0));
+            let shape = [d[0], d[1], d[2], d[3]];
+            let y = ops::rope(floats(ins[0])?, shape, &params, format_of(in_ty(0).dtype));
+            one(y.map_err(err)?)
+        }
+        Softmax => {
+            let axis = in_ty(0)
+                .shape
+                .axis(op.attrs.int("axis").unwrap_or(-1))
+                .ok_or("softmax axis out of range")?;
+            one(ops::softmax(floats(ins[0])?, &dims(in_ty(0)), axis).map_err(err)?)
+        }
+        Silu => one(ops::silu(floats(ins[0])?)),
+        Mul => one(ops::mul(floats(ins[0])?, floats(ins[1])?).map_err(err)?),
+        Add => one(ops::add(floats(ins[0])?, floats(ins[1])?).map_err(err)?),
+        Swiglu => {
+            let fmt = format_of(out_ty(0).dtype);
+            one(ops::swiglu(floats(ins[0])?, floats(ins[1])?, fmt).map_err(err)?)
+        }
+        AttnScores => {
+            let (q, k) = (dims(in_ty(0)), dims(in_ty(1)));
+            let score_dims = ScoreDims {
+                batch: q[0],
+                q_len: q[1],
+                kv_len: k[1],
+                heads: q[2],
+                kv_heads: k[2],
+                head_dim: q[3],
+            };
+            let pe = if ins.len() == 4 {
+                let kp = dims(in_ty(3));
+                Some(RopeOperands {
+                    q_pe: floats(ins[2])?,
+                    k_pe: floats(ins[3])?,
+                    kv_heads: kp[2],
+                    dim: kp[3],
+                })
+            } else {
+                None
+            };
+            let scale = op.attrs.float("scale").ok_or("missing scale")?;
+            let causal = op.attrs.bool("causal").unwrap_or(false);
+            let y = ops::attn_scores(
+                floats(ins[0])?,
+                floats(ins[1])?,
+                score_dims,
+                pe,
+                scale,
+                causal,
+            );
+            one(y.map_err(err)?)
+        }
+        AttnValues => {
+            let (p, v) = (dims(in_ty(0)), dims(in_ty(1)));
+            let value_dims = ValueDims {
+                batch: p[0],
+                q_len: p[2],
+                kv_len: p[3],
+                heads: p[1],
+                v_heads: v[2],
+                v_dim: v[3],
+            };
+            one(ops::attn_values(floats(ins[0])?, floats(ins[1])?, value_dims).map_err(err)?)
+        }
+        MoeTopk => {
+            let l = dims(in_ty(0));
+            let params = TopkParams::from_attrs(&op.attrs).map_err(err)?;
+            let bias = ins.get(1).map(|b| floats(b)).transpose()?;
+            let routing = ops::moe_topk(floats(ins[0])?, bias, l[0], l[1], &params).map_err(err)?;
+            Ok(vec![
+                float_result(out_ty(0), routing.weights)?,
+                same_data(out_ty(1), HostData::I32(routing.indices)),
+            ])
+        }
+        GroupedLinear => {
+            let (w, idx) = (dims(in_ty(1)), dims(in_ty(2)));
+            let input = if in_ty(0).shape.rank() == 2 {
+                GroupedInput::PerToken
+            } else {
+                GroupedInput::PerSlot
+            };
+            let gd = GroupedDims {
+                tokens: idx[0],
+                top_k: idx[1],
+                experts: w[0],
+                out_features: w[1],
+                in_features: w[2],
+            };
+            let y = ops::grouped_linear(floats(ins[0])?, input, floats(ins[1])?, ints(ins[2])?, gd);
+            one(y.map_err(err)?)
+        }
+        MoeCombine => {
+            let y = dims(in_ty(0));
+            let shared = ins.get(2).map(|s| floats(s)).transpose()?;
+            let fmt = format_of(out_ty(0).dtype);
+            let out = ops::moe_combine(
+                floats(ins[0])?,
+                floats(ins[1])?,
+                shared,
+                y[0],
+                y[1],
+                y[2],
+                fmt,
+            );
+            one(out.map_err(err)?)
+        }
+        Cast => fp8::cast(ins[0], out_ty(0)).map(|t| vec![t]),
+        Reshape => Ok(vec![same_data(out_ty(0), ins[0].data.clone())]),
+        Transpose => {
+            let perm: Vec<usize> = op
+                .attrs
+                .ints("perm")
+                .ok_or("missing perm")?
+                .iter()
+                .map(|&p| p as usize)
+                .collect();
+            let d = dims(in_ty(0));
+            let data = map_data!(&ins[0].data, |x| ops::transpose(x, &d, &perm));
+            Ok(vec![same_data(out_ty(0), data)])
+        }
+        Slice => {
+            let axis = in_ty(0)
+                .shape
+                .axis(op.attrs.int("axis").unwrap_or(0))
+                .ok_or("slice axis out of range")?;
+            let start = op.attrs.int("start").unwrap_or(0) as usize;
+            let end = op.attrs.int("end").unwrap_or(0) as usize;
+            let d = dims(in_ty(0));
+            let data = map_data!(&ins[0].data, |x| ops::slice(x, &d, axis, start, end));
+            Ok(vec![same_data(out_ty(0), data)])
+        }
+        Concat => {
+            let axis = in_ty(0)
+                .shape
+                .axis(op.attrs.int("axis").unwrap_or(0))
+                .ok_or("concat axis out of range")?;
+            let shapes: Vec<Vec<usize>> = (0..ins.len()).map(|i| dims(in_ty(i))).collect();
+            let data = concat_data(ins, &shapes, axis)?;
+            Ok(vec![same_data(out_ty(0), data)])
+        }
+        Quantize | Dequantize | Fp8Partials | Promote | Fp8Gemm | RmsNormQuant | SwigluQuant => {
+            fp8::execute(g, op, ins, options)
+        }
+    }
+}
+
+fn concat_data(ins: &[&HostTensor], shapes: &[Vec<usize>], axis: usize) -> Result<HostData> {
+    macro_rules! join {
+        ($variant:ident) => {{
+            let mut parts = Vec::with_capacity(ins.len());
+            for (t, s) in ins.iter().zip(shapes) {
+                match &t.data {
+                    HostData::$variant(v) => parts.push((v.as_slice(), s.as_slice())),
+                    _ => return Err("concat operands hold different kinds of data".into()),
+                }
+            }
+            HostData::$variant(ops::concat(&parts, axis).map_err(err)?)
+        }};
+    }
+    Ok(match &ins[0].data {
+        HostData::F32(_) => join!(F32),
+        HostData::I32(_) => join!(I32),
+        HostData::Codes(_) => join!(Codes),
+    })
+}

@@ -1,0 +1,380 @@
+//! The FP8 kinds on the CPU: casts, quantization, FP8 partial products, promotion, the fused
+//! block-scaled GEMM (dense and grouped), and norms/activations fused with quantization.
+
+use super::CpuOptions;
+use super::dispatch::{Result, codes, dims, float_result, floats, ints};
+use crate::tensor::{HostData, HostTensor};
+use dsc_ir::{DType, Graph, Op, OpKind, ScaleFormat, TensorType};
+use dsc_kernels::numerics::fp8;
+use dsc_kernels::ops::{self, FloatFormat};
+use dsc_kernels::{BlockGemmConfig, Fp8Format, Fp8Operand, GemmDims, Quantized};
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn format(dtype: DType) -> Result<Fp8Format> {
+    Fp8Format::from_dtype(dtype).ok_or_else(|| format!("{dtype} is not an FP8 format"))
+}
+
+fn size(op: &Op, name: &str) -> Result<usize> {
+    op.attrs
+        .int(name)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("missing attribute `{name}`"))
+}
+
+fn scale_format(op: &Op) -> Result<ScaleFormat> {
+    op.attrs
+        .str("scale_format")
+        .and_then(ScaleFormat::parse)
+        .ok_or_else(|| "missing or bad `scale_format`".to_string())
+}
+
+fn codes_result(ty: &TensorType, codes: Vec<u8>) -> HostTensor {
+    HostTensor {
+        dtype: ty.dtype,
+        shape: dims(ty),
+        data: HostData::Codes(codes),
+    }
+}
+
+fn quantized_results(op: &Op, g: &Graph, q: Quantized) -> Result<Vec<HostTensor>> {
+    Ok(vec![
+        codes_result(g.ty(op.results[0]), q.codes),
+        float_result(g.ty(op.results[1]), q.scales)?,
+    ])
+}
+
+/// `cast`: between float dtypes (rounding to nearest even), to and from FP8 codes
+/// (saturating), and between floats and integers (truncating toward zero).
+pub(super) fn cast(x: &HostTensor, to: &TensorType) -> Result<HostTensor> {
+    let values: Vec<f32> = match &x.data {
+        HostData::F32(v) => v.clone(),
+        HostData::I32(v) => v.iter().map(|&i| i as f32).collect(),
+        HostData::Codes(c) => {
+            let mut out = vec![0.0; c.len()];
+            fp8::decode_slice(format(x.dtype)?, c, &mut out);
+            out
+        }
+    };
+    if to.dtype.is_fp8() {
+        let mut out = vec![0u8; values.len()];
+        fp8::encode_slice(format(to.dtype)?, &values, &mut out);
+        return Ok(codes_result(to, out));
+    }
+    if to.dtype.is_float() {
+        return float_result(to, values);
+    }
+    let data = values.iter().map(|&v| v as i32).collect();
+    Ok(HostTensor {
+        dtype: to.dtype,
+        shape: dims(to),
+        data: HostData::I32(data),
+    })
+}
+
+/// Quantizes `x` (f32 values) of type `ty` in 1 × `tile` groups along its last axis.
+fn act_quant(
+    x: &[f32],
+    ty: &TensorType,
+    tile: usize,
+    fmt: Fp8Format,
+    sf: ScaleFormat,
+) -> Result<Quantized> {
+    let k = ty.shape.last() as usize;
+    let rows = (ty.shape.numel() as usize).checked_div(k).unwrap_or(0);
+    dsc_kernels::act_quant_1x128(x, rows, k, tile, fmt, sf).map_err(err)
+}
+
+pub(super) fn execute(
+    g: &Graph,
+    op: &Op,
+    ins: &[&HostTensor],
+    options: &CpuOptions,
+) -> Result<Vec<HostTensor>> {
+    let in_ty = |i: usize| g.ty(op.operands[i]);
+    let out_ty = |i: usize| g.ty(op.results[i]);
+    match op.kind {
+        OpKind::Quantize => {
+            let block = op.attrs.ints("block").ok_or("missing block")?;
+            let fmt = format(out_ty(0).dtype)?;
+            let sf = scale_format(op)?;
+            let x = floats(ins[0])?;
+            let q = match *block {
+                [1, tile] => act_quant(x, in_ty(0), tile as usize, fmt, sf)?,
+                [b, c] if b == c => {
+                    let d = dims(in_ty(0));
+                    let b = b as usize;
+                    match d[..] {
+                        [n, k] => dsc_kernels::weight_quant_128x128(x, n, k, b, fmt, sf),
+                        [e, n, k] => dsc_kernels::weight_quant_experts(x, e, n, k, b, fmt, sf),
+                        _ => return Err(format!("cannot block-quantize {}", in_ty(0))),
+                    }
+                    .map_err(err)?
+                }
+                _ => return Err(format!("unsupported quantization block {block:?}")),
+            };
+            quantized_results(op, g, q)
+        }
+        OpKind::Dequantize => {
+            let block = op.attrs.ints("block").ok_or("missing block")?;
+            let [br, bc] = *block else {
+                return Err(format!("bad block {block:?}"));
+            };
+            let (q, s) = (codes(ins[0])?, floats(ins[1])?);
+            let fmt = format(in_ty(0).dtype)?;
+            let d = dims(in_ty(0));
+            let r = d.len();
+            let (rows, cols) = if r >= 2 {
+                (d[r - 2], d[r - 1])
+            } else {
+                (1, d[0])
+            };
+            let (sr, sc) = (rows.div_ceil(br as usize), cols.div_ceil(bc as usize));
+            let out = q
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let (lead, row, col) = (i / (rows * cols), (i / cols) % rows, i % cols);
+                    let si = (lead * sr + row / br as usize) * sc + col / bc as usize;
+                    fp8::decode(fmt, c) * s[si]
+                })
+                .collect();
+            float_result(out_ty(0), out).map(|t| vec![t])
+        }
+        OpKind::Fp8Partials => partials(g, op, ins, options).map(|t| vec![t]),
+        OpKind::Promote => promote(g, op, ins).map(|t| vec![t]),
+        OpKind::Fp8Gemm => fp8_gemm(g, op, ins, options).map(|t| vec![t]),
+        OpKind::RmsNormQuant | OpKind::SwigluQuant => {
+            // Same numbers as the unfused pair: the activation is rounded to the dtype the
+            // unfused op would have stored (the input's) before it is quantized.
+            let (rows, d) = {
+                let d = in_ty(0).shape.last() as usize;
+                (
+                    (in_ty(0).shape.numel() as usize)
+                        .checked_div(d)
+                        .unwrap_or(0),
+                    d,
+                )
+            };
+            let high = FloatFormat::of(in_ty(0).dtype).unwrap_or(FloatFormat::F32);
+            let mut y = if op.kind == OpKind::RmsNormQuant {
+                let eps = op.attrs.float("eps").ok_or("missing eps")?;
+                ops::rms_norm(floats(ins[0])?, floats(ins[1])?, rows, d, eps, high)
+            } else {
+                ops::swiglu(floats(ins[0])?, floats(ins[1])?, high)
+            }
+            .map_err(err)?;
+            high.round_slice(&mut y);
+            let tile = size(op, "act_tile")?;
+            let q = act_quant(
+                &y,
+                in_ty(0),
+                tile,
+                format(out_ty(0).dtype)?,
+                scale_format(op)?,
+            )?;
+            quantized_results(op, g, q)
+        }
+        _ => unreachable!("{} is not an FP8 kind", op.kind),
+    }
+}
+
+/// The (rows, N, K) of an FP8 GEMM and, when grouped, the expert of each row.
+struct Layout {
+    rows: usize,
+    n: usize,
+    k: usize,
+    /// For grouped GEMMs, `(expert, x row)` of each output row `t · top_k + slot`.
+    grouped: Option<Vec<(usize, usize)>>,
+}
+
+fn layout(x: &TensorType, w: &TensorType, idx: Option<&HostTensor>) -> Result<Layout> {
+    let k = x.shape.last() as usize;
+    let wd = dims(w);
+    match idx {
+        None => Ok(Layout {
+            rows: (x.shape.numel() as usize).checked_div(k).unwrap_or(0),
+            n: wd[0],
+            k,
+            grouped: None,
+        }),
+        Some(idx) => {
+            let (experts, n) = (wd[0], wd[1]);
+            let id = dims_of(idx);
+            let top_k = id[1];
+            let per_slot = x.shape.rank() == 3;
+            let rows = ints(idx)?
+                .iter()
+                .enumerate()
+                .map(|(r, &e)| {
+                    let e = usize::try_from(e)
+                        .ok()
+                        .filter(|&e| e < experts)
+                        .ok_or_else(|| format!("expert index {e} out of range 0..{experts}"))?;
+                    Ok((e, if per_slot { r } else { r / top_k }))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Layout {
+                rows: rows.len(),
+                n,
+                k,
+                grouped: Some(rows),
+            })
+        }
+    }
+}
+
+fn dims_of(t: &HostTensor) -> &[usize] {
+    &t.shape
+}
+
+/// `fp8_partials`: FP8 products summed per promotion interval with the accumulator model,
+/// one tensor-core MMA (32 products) at a time.
+fn partials(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Result<HostTensor> {
+    let (xt, wt) = (g.ty(op.operands[0]), g.ty(op.operands[1]));
+    let l = layout(xt, wt, ins.get(2).copied())?;
+    let interval = size(op, "interval")?;
+    let groups = l.k.div_ceil(interval);
+    let (fx, fw) = (format(xt.dtype)?, format(wt.dtype)?);
+    let decode = |fmt: Fp8Format, c: &[u8]| {
+        let mut out = vec![0.0; c.len()];
+        fp8::decode_slice(fmt, c, &mut out);
+        out
+    };
+    let (x, w) = (decode(fx, codes(ins[0])?), decode(fw, codes(ins[1])?));
+    let mut out = vec![0.0f32; l.rows * l.n * groups];
+    let mut products = [0.0f32; 32];
+    for r in 0..l.rows {
+        let (expert, x_row) = l.grouped.as_ref().map_or((0, r), |rows| rows[r]);
+        let xr = &x[x_row * l.k..(x_row + 1) * l.k];
+        for n in 0..l.n {
+            let wr = &w[(expert * l.n + n) * l.k..(expert * l.n + n + 1) * l.k];
+            for j in 0..groups {
+                let (lo, hi) = (j * interval, ((j + 1) * interval).min(l.k));
+                let mut acc = 0.0f32;
+                for c in (lo..hi).step_by(32) {
+                    let end = (c + 32).min(hi);
+                    for (p, i) in products.iter_mut().zip(c..end) {
+                        *p = xr[i] * wr[i];
+                    }
+                    acc = options.accumulator.mma(acc, &products[..end - c]);
+                }
+                out[(r * l.n + n) * groups + j] = acc;
+            }
+        }
+    }
+    float_result(g.ty(op.results[0]), out)
+}
+
+/// `promote`: each partial sum scaled by its activation and weight scales and added into an
+/// FP32 accumulator, in K order — the dequantizing half of the block-scaled GEMM.
+fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
+    let (tile, block, interval) = (
+        size(op, "act_tile")?,
+        size(op, "weight_block")?,
+        size(op, "promote_interval")?,
+    );
+    let pd = dims(g.ty(op.operands[0]));
+    let r = pd.len();
+    let (n, groups) = (pd[r - 2], pd[r - 1]);
+    let rows: usize = pd[..r - 2].iter().product();
+    let (p, xs, ws) = (floats(ins[0])?, floats(ins[1])?, floats(ins[2])?);
+    let xs_dims = dims(g.ty(op.operands[1]));
+    let gx = *xs_dims.last().unwrap_or(&1);
+    let wsd = dims(g.ty(op.operands[2]));
+    let (wn, wk) = (wsd[wsd.len() - 2], wsd[wsd.len() - 1]);
+    let idx = ins.get(3).map(|t| ints(t)).transpose()?;
+    let top_k = ins.get(3).map_or(1, |t| t.shape[1]);
+    // Grouped activation scales are per token ([T, Gt]) or per slot ([T, k, Gt]).
+    let per_token_scales = idx.is_some() && xs_dims.len() == 2;
+    let mut out = vec![0.0f32; rows * n];
+    for row in 0..rows {
+        let x_row = if per_token_scales { row / top_k } else { row };
+        let expert = idx.map_or(0, |i| i[row] as usize);
+        for col in 0..n {
+            let mut acc = 0.0f32;
+            for j in 0..groups {
+                let kk = j * interval;
+                let s_x = xs[x_row * gx + kk / tile];
+                let s_w = ws[(expert * wn + col / block) * wk + kk / block];
+                acc += p[(row * n + col) * groups + j] * (s_x * s_w);
+            }
+            out[row * n + col] = acc;
+        }
+    }
+    float_result(g.ty(op.results[0]), out)
+}
+
+/// `fp8_gemm`: the fused block-scaled GEMM; grouped GEMMs run one dense GEMM per expert over
+/// the rows routed to it, as DeepGEMM's grouped layout does.
+fn fp8_gemm(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Result<HostTensor> {
+    let (xt, wt) = (g.ty(op.operands[0]), g.ty(op.operands[2]));
+    let l = layout(xt, wt, ins.get(4).copied())?;
+    let cfg = BlockGemmConfig {
+        fmt: format(xt.dtype)?,
+        tile: size(op, "act_tile")?,
+        block: size(op, "weight_block")?,
+        promote_interval: size(op, "promote_interval")?,
+        accumulator: options.accumulator,
+    };
+    let (xq, xs, wq, ws) = (
+        codes(ins[0])?,
+        floats(ins[1])?,
+        codes(ins[2])?,
+        floats(ins[3])?,
+    );
+    let gx = l.k.div_ceil(cfg.tile);
+    let Some(rows) = &l.grouped else {
+        let x = Fp8Operand {
+            codes: xq,
+            scales: xs,
+        };
+        let w = Fp8Operand {
+            codes: wq,
+            scales: ws,
+        };
+        let dims = GemmDims {
+            m: l.rows,
+            n: l.n,
+            k: l.k,
+        };
+        let y = dsc_kernels::fp8_block_gemm(x, w, dims, &cfg).map_err(err)?;
+        return float_result(g.ty(op.results[0]), y);
+    };
+    let experts = dims(wt)[0];
+    let w_scales_per_expert = l.n.div_ceil(cfg.block) * l.k.div_ceil(cfg.block);
+    let mut out = vec![0.0f32; l.rows * l.n];
+    for e in 0..experts {
+        let mine: Vec<usize> = (0..rows.len()).filter(|&r| rows[r].0 == e).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut x_codes = Vec::with_capacity(mine.len() * l.k);
+        let mut x_scales = Vec::with_capacity(mine.len() * gx);
+        for &r in &mine {
+            let x_row = rows[r].1;
+            x_codes.extend_from_slice(&xq[x_row * l.k..(x_row + 1) * l.k]);
+            x_scales.extend_from_slice(&xs[x_row * gx..(x_row + 1) * gx]);
+        }
+        let x = Fp8Operand {
+            codes: &x_codes,
+            scales: &x_scales,
+        };
+        let w = Fp8Operand {
+            codes: &wq[e * l.n * l.k..(e + 1) * l.n * l.k],
+            scales: &ws[e * w_scales_per_expert..(e + 1) * w_scales_per_expert],
+        };
+        let dims = GemmDims {
+            m: mine.len(),
+            n: l.n,
+            k: l.k,
+        };
+        let y = dsc_kernels::fp8_block_gemm(x, w, dims, &cfg).map_err(err)?;
+        for (i, &r) in mine.iter().enumerate() {
+            out[r * l.n..(r + 1) * l.n].copy_from_slice(&y[i * l.n..(i + 1) * l.n]);
+        }
+    }
+    float_result(g.ty(op.results[0]), out)
+}

@@ -1,0 +1,192 @@
+//! Deterministic random weights with realistic scales (`dsc run --random-weights SEED`).
+//!
+//! Each parameter draws from its own generator, seeded by the run's seed and the parameter's
+//! name, so a parameter's values do not depend on which other parameters the graph has: the
+//! FP8 graph and the unfolded BF16 graph of one model draw the same weights. What a parameter
+//! is follows from the op that reads it (through casts, quantizes and views):
+//! - linear / grouped / FP8 GEMM weights and anything else float: N(0, 0.02²);
+//! - embedding tables: N(0, 1) · 0.02;
+//! - rms_norm weights: 1 + N(0, 0.02²);
+//! - the MoE gate's `e_score_correction_bias` (moe_topk's bias): N(0, 0.01²);
+//! - linear biases and integer parameters: zeros.
+//!
+//! FP8 parameters draw the high-precision weight (rounded to the policy's `high` dtype) and
+//! quantize it exactly as loading that weight from a BF16 checkpoint does; the scale parameter
+//! holds that quantization's scales. So a random FP8 model equals the same random BF16 weights
+//! loaded into it.
+
+use std::collections::{HashMap, HashSet};
+
+use dsc_ir::{DType, Graph, OpKind, ValueId};
+
+use crate::error::RuntimeError;
+use crate::tensor::{HostData, HostTensor, round_slice};
+use crate::weights::{Weights, dims, fp8_weights, quantize_weight};
+
+/// How a parameter's values are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Init {
+    /// `mean + N(0, std²)`.
+    Normal {
+        mean: f32,
+        std: f32,
+    },
+    Zeros,
+}
+
+const WEIGHT_STD: f32 = 0.02;
+const NORM_NOISE_STD: f32 = 0.02;
+const BIAS_CORRECTION_STD: f32 = 0.01;
+
+/// SplitMix64: a small, fast, well-mixed 64-bit generator (Steele, Lea, Flood 2014).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1]: never 0, so its logarithm is finite.
+    fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// `n` standard normal samples by Box–Muller (both outputs of each pair used).
+    fn normals(&mut self, n: usize) -> Vec<f64> {
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let (u1, u2) = (self.unit(), self.unit());
+            let r = (-2.0 * u1.ln()).sqrt();
+            let t = std::f64::consts::TAU * u2;
+            out.push(r * t.cos());
+            out.push(r * t.sin());
+        }
+        out.truncate(n);
+        out
+    }
+}
+
+/// FNV-1a of a name: mixes the parameter's identity into its seed.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Ops that pass a parameter through to its real consumer.
+fn passes_through(kind: OpKind) -> bool {
+    matches!(
+        kind,
+        OpKind::Cast
+            | OpKind::Quantize
+            | OpKind::Dequantize
+            | OpKind::Reshape
+            | OpKind::Transpose
+            | OpKind::Slice
+            | OpKind::Concat
+    )
+}
+
+/// The first op (kind, operand index) that reads `v` for its value, looking through casts,
+/// quantizes and views.
+fn consumer(
+    graph: &Graph,
+    uses: &HashMap<ValueId, Vec<(usize, usize)>>,
+    v: ValueId,
+    depth: u32,
+) -> Option<(OpKind, usize)> {
+    for &(op, operand) in uses.get(&v)? {
+        let o = &graph.ops[op];
+        if passes_through(o.kind) && depth < 16 {
+            if let Some(found) = o
+                .results
+                .first()
+                .and_then(|&r| consumer(graph, uses, r, depth + 1))
+            {
+                return Some(found);
+            }
+        } else if !passes_through(o.kind) {
+            return Some((o.kind, operand));
+        }
+    }
+    None
+}
+
+/// How a parameter is initialized, from its dtype and the op that reads it.
+fn init_for(graph: &Graph, uses: &HashMap<ValueId, Vec<(usize, usize)>>, p: ValueId) -> Init {
+    if !graph.ty(p).dtype.is_float() {
+        return Init::Zeros;
+    }
+    let normal = |std| Init::Normal { mean: 0.0, std };
+    match consumer(graph, uses, p, 0) {
+        Some((OpKind::RmsNorm | OpKind::RmsNormQuant, 1)) => Init::Normal {
+            mean: 1.0,
+            std: NORM_NOISE_STD,
+        },
+        Some((OpKind::MoeTopk, 1)) => normal(BIAS_CORRECTION_STD),
+        Some((OpKind::Linear, 2) | (OpKind::Fp8Gemm, 4) | (OpKind::Promote, 3)) => Init::Zeros,
+        _ => normal(WEIGHT_STD),
+    }
+}
+
+/// Draws `n` values of `init` from the generator of (`seed`, `name`).
+fn draw(seed: u64, name: &str, init: Init, n: usize) -> Vec<f32> {
+    match init {
+        Init::Zeros => vec![0.0; n],
+        Init::Normal { mean, std } => {
+            let mut rng = SplitMix64(seed ^ fnv1a(name));
+            rng.normals(n)
+                .into_iter()
+                .map(|z| mean + (z * f64::from(std)) as f32)
+                .collect()
+        }
+    }
+}
+
+/// Deterministic random weights for every parameter of `graph` (see the module documentation).
+/// Fails only for a graph whose FP8 parameters lack a well-formed scale parameter.
+pub fn random_weights(graph: &Graph, seed: u64) -> Result<Weights, RuntimeError> {
+    let fp8 = fp8_weights(graph)?;
+    let mut uses: HashMap<ValueId, Vec<(usize, usize)>> = HashMap::new();
+    for (i, op) in graph.ops.iter().enumerate() {
+        for (j, &v) in op.operands.iter().enumerate() {
+            uses.entry(v).or_default().push((i, j));
+        }
+    }
+    let scales: HashSet<ValueId> = fp8.values().map(|f| f.scale).collect();
+    let mut weights = Weights::new();
+    for &p in &graph.params {
+        if scales.contains(&p) {
+            continue;
+        }
+        let name = graph.name(p);
+        let dtype = graph.ty(p).dtype;
+        let shape = dims(graph, p);
+        let n = shape.iter().product();
+        let mut values = draw(seed, name, init_for(graph, &uses, p), n);
+        if let Some(f) = fp8.get(&p) {
+            round_slice(graph.policy.high, &mut values);
+            let (codes, s) =
+                quantize_weight(&values, &shape, f.fmt, &graph.policy).map_err(|message| {
+                    RuntimeError::Graph {
+                        graph: graph.name.clone(),
+                        message: format!("`{name}`: {message}"),
+                    }
+                })?;
+            weights.insert(p, HostTensor::from_codes(dtype, shape, codes)?);
+            weights.insert(
+                f.scale,
+                HostTensor::new(DType::F32, dims(graph, f.scale), HostData::F32(s))?,
+            );
+        } else if dtype.is_float() {
+            weights.insert(p, HostTensor::from_f32(dtype, shape, values)?);
+        } else {
+            weights.insert(p, HostTensor::zeros(dtype, shape));
+        }
+    }
+    Ok(weights)
+}
