@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod cuda;
 pub mod error;
+pub mod inputs;
 pub mod random_weights;
 pub mod tensor;
 #[cfg(test)]

@@ -39,10 +39,10 @@ const NORM_NOISE_STD: f32 = 0.02;
 const BIAS_CORRECTION_STD: f32 = 0.01;
 
 /// SplitMix64: a small, fast, well-mixed 64-bit generator (Steele, Lea, Flood 2014).
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -56,7 +56,7 @@ impl SplitMix64 {
     }
 
     /// `n` standard normal samples by Box–Muller (both outputs of each pair used).
-    fn normals(&mut self, n: usize) -> Vec<f64> {
+    pub(crate) fn normals(&mut self, n: usize) -> Vec<f64> {
         let mut out = Vec::with_capacity(n + 1);
         while out.len() < n {
             let (u1, u2) = (self.unit(), self.unit());

@@ -131,3 +131,6 @@ fn check_inputs(graph: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<(
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,65 @@
+//! A run's inputs: read from a safetensors file by name, or drawn at random for a quick run.
+
+use crate::random_weights::SplitMix64;
+use crate::{Checkpoint, HostData, HostTensor, RuntimeError};
+use dsc_ir::{DType, Graph, OpKind};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Reads every tensor of a safetensors file as an input of `graph`, converted to the input's
+/// declared dtype; names, dtypes and shapes are checked when the run starts.
+pub fn read_inputs(
+    graph: &Graph,
+    path: &Path,
+) -> Result<HashMap<String, HostTensor>, RuntimeError> {
+    let file = Checkpoint::open(path)?;
+    let mut inputs = HashMap::new();
+    for name in file.names() {
+        let view = file.tensor(name).expect("listed names exist");
+        // Convert to the declared dtype when the graph has such an input; unknown names are
+        // kept as they are so the run reports them as unexpected.
+        let dtype = graph
+            .inputs
+            .iter()
+            .find(|&&v| graph.name(v) == name)
+            .map_or(DType::F32, |&v| graph.ty(v).dtype);
+        let t = HostTensor::from_safetensors(view.dtype, view.shape, view.data, dtype).map_err(
+            |e| RuntimeError::Inputs {
+                message: format!("`{name}` in {}: {e}", path.display()),
+            },
+        )?;
+        inputs.insert(name.to_string(), t);
+    }
+    Ok(inputs)
+}
+
+/// Deterministic random inputs: token ids uniform over the vocabulary of the embedding that
+/// reads them (zeros where no embedding does), floats standard normal.
+pub fn random_inputs(graph: &Graph, seed: u64) -> HashMap<String, HostTensor> {
+    let mut rng = SplitMix64(seed ^ 0x5eed_1257);
+    let mut inputs = HashMap::new();
+    for &v in &graph.inputs {
+        let ty = graph.ty(v);
+        let shape: Vec<usize> = ty.shape.dims().iter().map(|&d| d as usize).collect();
+        let n = ty.shape.numel() as usize;
+        let data = if ty.dtype.is_int() || ty.dtype == DType::Bool {
+            let bound = graph
+                .ops
+                .iter()
+                .find(|op| op.kind == OpKind::Embedding && op.operands[0] == v)
+                .map_or(1, |op| graph.ty(op.operands[1]).shape.dims()[0]);
+            HostData::I32((0..n).map(|_| (rng.next_u64() % bound) as i32).collect())
+        } else {
+            let mut values: Vec<f32> = rng.normals(n).into_iter().map(|x| x as f32).collect();
+            crate::tensor::round_slice(ty.dtype, &mut values);
+            HostData::F32(values)
+        };
+        let t = HostTensor {
+            dtype: ty.dtype,
+            shape,
+            data,
+        };
+        inputs.insert(graph.name(v).to_string(), t);
+    }
+    inputs
+}
