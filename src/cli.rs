@@ -18,6 +18,68 @@ pub enum Command {
     Compile(CompileArgs),
     /// Run passes over textual IR and print the result.
     Opt(OptArgs),
+    /// Run a compiled model on inputs and weights.
+    Run(RunArgs),
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// CUDA when a driver and a GPU are present, else the CPU.
+    Auto,
+    Cpu,
+    /// The n-th CUDA device.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceArg::Auto),
+            "cpu" => Ok(DeviceArg::Cpu),
+            "cuda" => Ok(DeviceArg::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceArg::Cuda)
+                .ok_or_else(|| format!("`{s}` is not auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+/// The accumulator model of the CPU reference (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccumulatorArg {
+    /// FP32 additions.
+    Exact,
+    /// The Hopper FP8 tensor-core accumulation model.
+    Hopper,
+}
+
+/// `dsc run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A directory written by `dsc compile`.
+    pub dir: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+    /// Inputs by name (safetensors) [default: random inputs, seed 0].
+    #[arg(long, value_name = "IN.safetensors")]
+    pub inputs: Option<PathBuf>,
+    /// Weights: a .safetensors file or a Hugging Face checkpoint directory.
+    #[arg(long, value_name = "PATH", conflicts_with = "random_weights")]
+    pub weights: Option<PathBuf>,
+    /// Random weights from this seed instead of a checkpoint.
+    #[arg(long, value_name = "SEED")]
+    pub random_weights: Option<u64>,
+    /// Write the outputs here (safetensors).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub output: Option<PathBuf>,
+    /// How the CPU reference sums FP8 products.
+    #[arg(long, value_enum, default_value = "exact")]
+    pub accumulator: AccumulatorArg,
 }
 
 /// Options shared by commands that run a pipeline.

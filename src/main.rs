@@ -8,6 +8,7 @@ mod diagnostic;
 mod opt;
 mod pipeline;
 mod report;
+mod run;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         cli::Command::Compile(args) => compile::run(args),
         cli::Command::Opt(args) => opt::run(args),
+        cli::Command::Run(args) => run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

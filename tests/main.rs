@@ -5,5 +5,6 @@ mod bad_inputs;
 mod cli;
 mod filetests;
 mod precision;
+mod run;
 mod snapshots;
 mod support;

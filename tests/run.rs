@@ -1,0 +1,163 @@
+//! `dsc run` on the CPU: outputs, weights from checkpoints (quantized on load), errors.
+
+use crate::support::{TempDir, dsc, read, streams};
+use dsc_ir::model::load_model;
+use dsc_runtime::{Checkpoint, random_weights, save_safetensors};
+
+fn compile(tmp: &TempDir, example: &str) -> String {
+    let dir = tmp.join(example).to_string_lossy().into_owned();
+    let out = dsc(&["compile", &format!("examples/{example}.toml"), "-o", &dir]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    dir
+}
+
+fn logits_of(path: &std::path::Path) -> Vec<f32> {
+    let file = Checkpoint::open(path).unwrap();
+    let view = file.tensor("logits").expect("logits written");
+    assert_eq!(view.shape, [1, 64, 512]);
+    dsc_runtime::HostTensor::from_safetensors(
+        view.dtype,
+        view.shape,
+        view.data,
+        dsc_ir::DType::Bf16,
+    )
+    .unwrap()
+    .to_f32_vec()
+}
+
+#[test]
+fn runs_the_tiny_model_and_writes_its_logits() {
+    let tmp = TempDir::new("run-tiny");
+    let dir = compile(&tmp, "tiny-moe");
+    let out_file = tmp.join("out.safetensors");
+    let out = dsc(&[
+        "run",
+        &dir,
+        "--device",
+        "cpu",
+        "--random-weights",
+        "3",
+        "--output",
+        &out_file.to_string_lossy(),
+    ]);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("logits: bf16[1, 64, 512]"), "{stdout}");
+    let logits = logits_of(&out_file);
+    assert!(logits.iter().all(|v| v.is_finite()));
+    // Same seed, same inputs: the same logits; the Hopper accumulator changes them a little.
+    let again = tmp.join("again.safetensors");
+    dsc(&[
+        "run",
+        &dir,
+        "--device",
+        "cpu",
+        "--random-weights",
+        "3",
+        "--output",
+        &again.to_string_lossy(),
+    ]);
+    assert_eq!(logits_of(&again), logits);
+}
+
+/// A BF16 checkpoint is quantized on load into the FP8 model exactly as random FP8 weights of
+/// the same seed are drawn, so the two runs agree bit for bit.
+#[test]
+fn a_bf16_checkpoint_is_quantized_on_load() {
+    let tmp = TempDir::new("run-ckpt");
+    let dir = compile(&tmp, "tiny-moe");
+    let expanded = load_model(&read(&crate::support::path("examples/tiny-moe.toml"))).unwrap();
+    let weights = random_weights(&expanded, 3).unwrap();
+    let ckpt = tmp.join("bf16.safetensors");
+    save_safetensors(&weights, &expanded, &ckpt).unwrap();
+
+    let (a, b) = (tmp.join("a.safetensors"), tmp.join("b.safetensors"));
+    let out = dsc(&[
+        "run",
+        &dir,
+        "--device",
+        "cpu",
+        "--weights",
+        &ckpt.to_string_lossy(),
+        "--output",
+        &a.to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    let out = dsc(&[
+        "run",
+        &dir,
+        "--device",
+        "cpu",
+        "--random-weights",
+        "3",
+        "--output",
+        &b.to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    assert_eq!(logits_of(&a), logits_of(&b));
+}
+
+#[test]
+fn bad_runs_fail_with_clear_errors() {
+    let tmp = TempDir::new("run-bad");
+    let dir = compile(&tmp, "mlp");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "run".into(),
+                "no/such/dir".into(),
+                "--random-weights".into(),
+                "1".into(),
+            ],
+            "has no graph.dsc",
+        ),
+        (vec!["run".into(), dir.clone()], "no weights"),
+        (
+            vec![
+                "run".into(),
+                dir.clone(),
+                "--weights".into(),
+                "no/such.safetensors".into(),
+            ],
+            "no/such.safetensors",
+        ),
+        (
+            vec![
+                "run".into(),
+                dir.clone(),
+                "--device".into(),
+                "cuda".into(),
+                "--random-weights".into(),
+                "1".into(),
+            ],
+            "CUDA backend",
+        ),
+    ];
+    for (args, expect) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = dsc(&args);
+        let (_, stderr) = streams(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(expect),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // A truncated checkpoint.
+    let file = tmp.join("cut.safetensors");
+    std::fs::write(&file, b"\x40\x00\x00\x00\x00\x00\x00\x00{\"x\":").unwrap();
+    let out = dsc(&["run", &dir, "--weights", &file.to_string_lossy()]);
+    let (_, stderr) = streams(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cut.safetensors"), "{stderr}");
+    // Usage errors exit 2.
+    assert_eq!(
+        dsc(&["run", &dir, "--device", "tpu"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        dsc(&["run", &dir, "--accumulator", "fast"]).status.code(),
+        Some(2)
+    );
+}
