@@ -20,6 +20,8 @@ pub enum Command {
     Opt(OptArgs),
     /// Run a compiled model on inputs and weights.
     Run(RunArgs),
+    /// Print the FP8 GEMM accumulation-error table (Hopper model unpromoted / promoted, exact).
+    Numerics,
 }
 
 /// Where a model runs.

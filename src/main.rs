@@ -19,6 +19,10 @@ fn main() -> ExitCode {
         cli::Command::Compile(args) => compile::run(args),
         cli::Command::Opt(args) => opt::run(args),
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Numerics => {
+            print!("{}", dsc_kernels::numerics_report());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
