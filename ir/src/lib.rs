@@ -8,6 +8,7 @@ pub mod graph;
 pub mod infer;
 pub mod model;
 pub mod op;
+pub mod param_names;
 pub mod policy;
 pub mod role;
 pub mod shape;

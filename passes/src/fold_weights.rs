@@ -6,18 +6,11 @@
 
 use crate::names::NameSet;
 use crate::{PassError, PassOptions};
+use dsc_ir::param_names::scale_name;
 use dsc_ir::{Graph, OpKind, ValueId};
 use std::collections::{HashMap, HashSet};
 
 const PASS: &str = "fold-weights";
-
-/// The name of a weight's scale tensor, as Hugging Face FP8 checkpoints name it.
-pub fn scale_name(weight: &str) -> String {
-    match weight.strip_suffix(".weight") {
-        Some(base) => format!("{base}.weight_scale_inv"),
-        None => format!("{weight}_scale_inv"),
-    }
-}
 
 /// Replaces every quantize of a parameter by an FP8 parameter and its scale parameter.
 pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
@@ -83,22 +76,4 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         .ops
         .retain(|_| !folded.contains(&index.next().unwrap_or(0)));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scale_names_follow_hugging_face() {
-        assert_eq!(
-            scale_name("model.layers.0.mlp.up_proj.weight"),
-            "model.layers.0.mlp.up_proj.weight_scale_inv"
-        );
-        assert_eq!(
-            scale_name("model.layers.1.mlp.experts.{e}.up_proj.weight"),
-            "model.layers.1.mlp.experts.{e}.up_proj.weight_scale_inv"
-        );
-        assert_eq!(scale_name("w"), "w_scale_inv");
-    }
 }

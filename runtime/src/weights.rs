@@ -35,8 +35,7 @@ use crate::tensor::{
     write_safetensors,
 };
 
-/// The placeholder of the expert index in grouped parameter names.
-pub const EXPERT: &str = "{e}";
+pub use dsc_ir::param_names::{EXPERT, scale_name};
 
 /// One host tensor per graph parameter.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -116,15 +115,6 @@ fn graph_err(graph: &Graph, message: String) -> RuntimeError {
     RuntimeError::Graph {
         graph: graph.name.clone(),
         message,
-    }
-}
-
-/// The name of a weight's scale tensor, as Hugging Face FP8 checkpoints (and `fold-weights`)
-/// name it: `X.weight` → `X.weight_scale_inv`.
-pub fn scale_name(weight: &str) -> String {
-    match weight.strip_suffix(".weight") {
-        Some(base) => format!("{base}.weight_scale_inv"),
-        None => format!("{weight}_scale_inv"),
     }
 }
 
