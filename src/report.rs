@@ -60,6 +60,39 @@ pub struct Summary {
     pub weight_bytes_deployed: u64,
     /// The same weights all in BF16.
     pub weight_bytes_bf16: u64,
+    /// How many fused kernels of each kind the graph holds (`fp8_gemm`, `rms_norm_quant`, …).
+    pub fusions: Vec<FusionCount>,
+}
+
+/// How many ops of one fused kind (and, for GEMMs, how many of them are grouped).
+#[derive(Debug, Serialize)]
+pub struct FusionCount {
+    pub kind: &'static str,
+    pub count: usize,
+    pub grouped: usize,
+}
+
+/// The fused kinds, in the order reports list them.
+const FUSED_KINDS: [OpKind; 3] = [OpKind::Fp8Gemm, OpKind::RmsNormQuant, OpKind::SwigluQuant];
+
+fn fusions(g: &Graph) -> Vec<FusionCount> {
+    FUSED_KINDS
+        .iter()
+        .map(|&kind| {
+            let ops = g.ops.iter().filter(|o| o.kind == kind);
+            let (count, grouped) = ops.fold((0, 0), |(c, gr), o| {
+                (
+                    c + 1,
+                    gr + usize::from(kind == OpKind::Fp8Gemm && o.operands.len() == 5),
+                )
+            });
+            FusionCount {
+                kind: kind.name(),
+                count,
+                grouped,
+            }
+        })
+        .collect()
 }
 
 /// How long one pass took.
@@ -170,6 +203,7 @@ pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
             weight_bytes_high: w.high,
             weight_bytes_deployed: w.fp8 + w.scales + w.high,
             weight_bytes_bf16: w.bf16,
+            fusions: fusions(g),
         },
         passes: timings
             .iter()
@@ -263,7 +297,7 @@ fn human_flops(f: u64) -> String {
 
 impl Report {
     /// The short summary `dsc compile` prints: ops by role and precision, FP8 share of GEMM
-    /// FLOPs, weight bytes.
+    /// FLOPs, weight bytes, fused kernels.
     pub fn summary_text(&self) -> String {
         let s = &self.summary;
         let mut out = String::new();
@@ -298,6 +332,15 @@ impl Report {
             human_bytes(s.weight_bytes_bf16),
             ratio
         );
+        let fused: Vec<String> = s
+            .fusions
+            .iter()
+            .map(|f| match f.grouped {
+                0 => format!("{} {}", f.count, f.kind),
+                g => format!("{} {} ({g} grouped)", f.count, f.kind),
+            })
+            .collect();
+        let _ = writeln!(out, "fused kernels: {}", fused.join(", "));
         out
     }
 

@@ -18,6 +18,11 @@ fn compile_writes_graph_and_reports_and_prints_a_summary() {
     assert!(stdout.contains("attn_proj      f8e4m3"), "{stdout}");
     assert!(stdout.contains("in FP8 ("), "{stdout}");
     assert!(stdout.contains("all-BF16"), "{stdout}");
+    // 4 layers × 4 attention projections, 1 dense MLP × 3, 3 MoE layers × (3 grouped + 3 shared).
+    assert!(
+        stdout.contains("fused kernels: 37 fp8_gemm (9 grouped), "),
+        "{stdout}"
+    );
 
     let graph = read(&out_dir.join("graph.dsc"));
     assert!(graph.starts_with("graph \"tiny-moe\"\n"));
