@@ -11,6 +11,7 @@ pub mod op;
 pub mod param_names;
 pub mod policy;
 pub mod role;
+pub mod rope_scaling;
 pub mod shape;
 pub mod text;
 pub mod verify;

@@ -255,7 +255,7 @@ fn plain(style: RopeStyle, theta: f64) -> RopeParams {
     RopeParams {
         style,
         theta,
-        scaling: RopeScaling::None,
+        scaling: None,
     }
 }
 
@@ -305,14 +305,14 @@ fn yarn_b() -> RopeParams {
     RopeParams {
         style: RopeStyle::Interleaved,
         theta: 10000.0,
-        scaling: RopeScaling::Yarn {
+        scaling: Some(RopeScaling::Yarn {
             factor: 4.0,
             original_max_position: 2048,
             beta_fast: 32.0,
             beta_slow: 1.0,
             mscale: 0.707,
             mscale_all_dim: 0.0,
-        },
+        }),
     }
 }
 
@@ -320,12 +320,12 @@ fn llama3() -> RopeParams {
     RopeParams {
         style: RopeStyle::Half,
         theta: 500000.0,
-        scaling: RopeScaling::Llama3 {
+        scaling: Some(RopeScaling::Llama3 {
             factor: 8.0,
             original_max_position: 8192,
             low_freq_factor: 1.0,
             high_freq_factor: 4.0,
-        },
+        }),
     }
 }
 
@@ -388,20 +388,20 @@ fn interleaved_rope_equals_hf_permute_then_rotate_half() {
         // Keep cos/sin unscaled so both ways see the same table.
         let p = RopeParams {
             scaling: match p.scaling {
-                RopeScaling::Yarn {
+                Some(RopeScaling::Yarn {
                     factor,
                     original_max_position,
                     beta_fast,
                     beta_slow,
                     ..
-                } => RopeScaling::Yarn {
+                }) => Some(RopeScaling::Yarn {
                     factor,
                     original_max_position,
                     beta_fast,
                     beta_slow,
                     mscale: 1.0,
                     mscale_all_dim: 1.0,
-                },
+                }),
                 s => s,
             },
             ..p
@@ -479,14 +479,14 @@ fn yarn_frequencies_match_an_independent_computation() {
     let v3 = RopeParams {
         style: RopeStyle::Interleaved,
         theta: 10000.0,
-        scaling: RopeScaling::Yarn {
+        scaling: Some(RopeScaling::Yarn {
             factor: 40.0,
             original_max_position: 4096,
             beta_fast: 32.0,
             beta_slow: 1.0,
             mscale: 1.0,
             mscale_all_dim: 1.0,
-        },
+        }),
     };
     let f = v3.inv_freq(64);
     let picks = [0, 9, 10, 11, 16, 22, 23, 31];

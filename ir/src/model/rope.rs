@@ -4,26 +4,7 @@
 
 use super::ModelError;
 use super::toml::{Spanned, Table};
-use crate::{Attr, Attrs};
-
-/// A validated `[model.rope_scaling]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RopeScaling {
-    Yarn {
-        factor: f64,
-        original_max_position: u64,
-        beta_fast: f64,
-        beta_slow: f64,
-        mscale: f64,
-        mscale_all_dim: f64,
-    },
-    Llama3 {
-        factor: f64,
-        original_max_position: u64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-    },
-}
+pub use crate::rope_scaling::RopeScaling;
 
 /// The keys of `type = "yarn"`.
 const YARN_KEYS: &[&str] = &[
@@ -61,16 +42,6 @@ fn keys(ty: &str) -> &'static [&'static str] {
         LLAMA3_KEYS
     } else {
         YARN_KEYS
-    }
-}
-
-/// YaRN's attention factor `g(m) = 0.1·m·ln(factor) + 1`, 1 when `factor` ≤ 1 (HF
-/// `yarn_get_mscale`).
-fn yarn_mscale(factor: f64, m: f64) -> f64 {
-    if factor <= 1.0 {
-        1.0
-    } else {
-        0.1 * m * factor.ln() + 1.0
     }
 }
 
@@ -179,56 +150,4 @@ pub fn parse(model: &Table, arch: &str) -> Result<Option<RopeScaling>, ModelErro
         mscale: mscale("mscale", DEFAULT_MSCALE)?,
         mscale_all_dim: mscale("mscale_all_dim", DEFAULT_MSCALE_ALL_DIM)?,
     }))
-}
-
-impl RopeScaling {
-    /// `attrs` of a rope op with this scaling's attributes added.
-    pub fn add_attrs(&self, attrs: Attrs) -> Attrs {
-        // Sizes come from positive i64s, so they fit back.
-        let pos = |p: u64| Attr::Int(p as i64);
-        match *self {
-            RopeScaling::Yarn {
-                factor,
-                original_max_position,
-                beta_fast,
-                beta_slow,
-                mscale,
-                mscale_all_dim,
-            } => attrs
-                .with("scaling", Attr::Str("yarn".into()))
-                .with("factor", Attr::Float(factor))
-                .with("original_max_position", pos(original_max_position))
-                .with("beta_fast", Attr::Float(beta_fast))
-                .with("beta_slow", Attr::Float(beta_slow))
-                .with("mscale", Attr::Float(mscale))
-                .with("mscale_all_dim", Attr::Float(mscale_all_dim)),
-            RopeScaling::Llama3 {
-                factor,
-                original_max_position,
-                low_freq_factor,
-                high_freq_factor,
-            } => attrs
-                .with("scaling", Attr::Str("llama3".into()))
-                .with("factor", Attr::Float(factor))
-                .with("original_max_position", pos(original_max_position))
-                .with("low_freq_factor", Attr::Float(low_freq_factor))
-                .with("high_freq_factor", Attr::Float(high_freq_factor)),
-        }
-    }
-
-    /// What the attention's softmax scale is multiplied by: YaRN's `m²` with
-    /// `m = g(mscale_all_dim)` when `mscale_all_dim` is not 0 (HF DeepseekV2/V3 attention), else 1.
-    pub fn softmax_factor(&self) -> f64 {
-        match *self {
-            RopeScaling::Yarn {
-                factor,
-                mscale_all_dim,
-                ..
-            } if mscale_all_dim != 0.0 => {
-                let m = yarn_mscale(factor, mscale_all_dim);
-                m * m
-            }
-            _ => 1.0,
-        }
-    }
 }

@@ -16,6 +16,8 @@
 use super::cast::FloatFormat;
 use super::error::{OpError, check_shape};
 use dsc_ir::Attrs;
+pub use dsc_ir::rope_scaling::RopeScaling;
+use dsc_ir::rope_scaling::yarn_mscale;
 use rayon::prelude::*;
 use std::f64::consts::PI;
 
@@ -28,36 +30,14 @@ pub enum RopeStyle {
     Half,
 }
 
-/// Frequency scaling for contexts beyond the pretrained length (the IR attribute `scaling`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RopeScaling {
-    /// Plain `inv_freq[i] = theta^(-2i/d)`.
-    None,
-    /// YaRN (HF `_compute_yarn_parameters`, DeepSeek-V2/V3).
-    Yarn {
-        factor: f64,
-        original_max_position: u64,
-        beta_fast: f64,
-        beta_slow: f64,
-        mscale: f64,
-        mscale_all_dim: f64,
-    },
-    /// Llama 3.1 (HF `_compute_llama3_parameters`).
-    Llama3 {
-        factor: f64,
-        original_max_position: u64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-    },
-}
-
 /// The attributes of one rope op.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RopeParams {
     pub style: RopeStyle,
     /// The base (`rope_theta`).
     pub theta: f64,
-    pub scaling: RopeScaling,
+    /// `None` for plain `inv_freq[i] = theta^(-2i/d)`.
+    pub scaling: Option<RopeScaling>,
 }
 
 impl RopeParams {
@@ -77,34 +57,7 @@ impl RopeParams {
             }
         };
         let theta = float("theta")?;
-        let original_max_position = || {
-            attrs
-                .int("original_max_position")
-                .and_then(|p| u64::try_from(p).ok())
-                .ok_or_else(|| missing("original_max_position"))
-        };
-        let scaling = match attrs.str("scaling") {
-            None => RopeScaling::None,
-            Some("yarn") => RopeScaling::Yarn {
-                factor: float("factor")?,
-                original_max_position: original_max_position()?,
-                beta_fast: float("beta_fast")?,
-                beta_slow: float("beta_slow")?,
-                mscale: float("mscale")?,
-                mscale_all_dim: float("mscale_all_dim")?,
-            },
-            Some("llama3") => RopeScaling::Llama3 {
-                factor: float("factor")?,
-                original_max_position: original_max_position()?,
-                low_freq_factor: float("low_freq_factor")?,
-                high_freq_factor: float("high_freq_factor")?,
-            },
-            Some(other) => {
-                return Err(OpError::Shape(format!(
-                    "rope scaling must be \"yarn\" or \"llama3\", got {other:?}"
-                )));
-            }
-        };
+        let scaling = RopeScaling::from_attrs(attrs).map_err(OpError::Shape)?;
         Ok(RopeParams {
             style,
             theta,
@@ -120,14 +73,14 @@ impl RopeParams {
             .map(|i| base.powf((2 * i) as f32 / d as f32))
             .collect();
         match self.scaling {
-            RopeScaling::None => pos_freqs.iter().map(|&p| 1.0 / p).collect(),
-            RopeScaling::Yarn {
+            None => pos_freqs.iter().map(|&p| 1.0 / p).collect(),
+            Some(RopeScaling::Yarn {
                 factor,
                 original_max_position,
                 beta_fast,
                 beta_slow,
                 ..
-            } => {
+            }) => {
                 let (low, high) = yarn_correction_range(
                     beta_fast,
                     beta_slow,
@@ -153,12 +106,12 @@ impl RopeParams {
                     })
                     .collect()
             }
-            RopeScaling::Llama3 {
+            Some(RopeScaling::Llama3 {
                 factor,
                 original_max_position,
                 low_freq_factor,
                 high_freq_factor,
-            } => {
+            }) => {
                 let old = original_max_position as f64;
                 // Python floats, compared with and applied to f32 tensors in f32.
                 let low_wavelen = (old / low_freq_factor) as f32;
@@ -198,12 +151,12 @@ impl RopeParams {
     /// `g(m) = 0.1·m·ln(factor) + 1` (1 when `factor` ≤ 1), else 1.
     pub fn attention_scaling(&self) -> f32 {
         match self.scaling {
-            RopeScaling::Yarn {
+            Some(RopeScaling::Yarn {
                 factor,
                 mscale,
                 mscale_all_dim,
                 ..
-            } => (yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)) as f32,
+            }) => (yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)) as f32,
             _ => 1.0,
         }
     }
@@ -223,15 +176,6 @@ impl RopeParams {
             }
         }
         (cos, sin)
-    }
-}
-
-/// YaRN's `g(m)` (HF `yarn_get_mscale`).
-fn yarn_mscale(factor: f64, m: f64) -> f64 {
-    if factor <= 1.0 {
-        1.0
-    } else {
-        0.1 * m * factor.ln() + 1.0
     }
 }
 
