@@ -161,3 +161,48 @@ fn bad_runs_fail_with_clear_errors() {
         Some(2)
     );
 }
+
+/// Inputs from a file are the inputs used: the default random inputs written out and read back
+/// give the same logits; an input of the wrong shape is refused by name.
+#[test]
+fn inputs_come_from_a_file_by_name() {
+    let tmp = TempDir::new("run-inputs");
+    let dir = compile(&tmp, "tiny-moe");
+    let graph = dsc_ir::text::parse(&read(&std::path::Path::new(&dir).join("graph.dsc"))).unwrap();
+    let inputs = dsc_runtime::inputs::random_inputs(&graph, 0);
+    let file = tmp.join("inputs.safetensors");
+    dsc_runtime::write_safetensors(&file, inputs.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+    let (a, b) = (tmp.join("a.safetensors"), tmp.join("b.safetensors"));
+    let f = file.to_string_lossy().into_owned();
+    let out = dsc(&[
+        "run",
+        &dir,
+        "--random-weights",
+        "5",
+        "--inputs",
+        &f,
+        "--output",
+        &a.to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    let out = dsc(&[
+        "run",
+        &dir,
+        "--random-weights",
+        "5",
+        "--output",
+        &b.to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    assert_eq!(logits_of(&a), logits_of(&b));
+
+    let wrong = dsc_runtime::HostTensor::zeros(dsc_ir::DType::I32, vec![1, 32]);
+    dsc_runtime::write_safetensors(&file, [("input_ids", &wrong)]).unwrap();
+    let out = dsc(&["run", &dir, "--random-weights", "5", "--inputs", &f]);
+    let (_, stderr) = streams(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("input `input_ids` is i32[1, 32], expected i32[1, 64]"),
+        "{stderr}"
+    );
+}
