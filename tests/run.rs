@@ -58,6 +58,34 @@ fn runs_the_tiny_model_and_writes_its_logits() {
         &again.to_string_lossy(),
     ]);
     assert_eq!(logits_of(&again), logits);
+    let hopper = tmp.join("hopper.safetensors");
+    let out = dsc(&[
+        "run",
+        &dir,
+        "--random-weights",
+        "3",
+        "--accumulator",
+        "hopper",
+        "--output",
+        &hopper.to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    let h = logits_of(&hopper);
+    // One promoted Hopper GEMM is ~5e-4 off (`dsc numerics`), but this model's random gate
+    // flips top-k choices on tiny changes (see runtime/src/cpu/tests.rs): measured 22%.
+    assert_ne!(
+        h, logits,
+        "the Hopper model truncates: some logit must move"
+    );
+    let (num, den) = h
+        .iter()
+        .zip(&logits)
+        .fold((0.0f64, 0.0f64), |(n, d), (a, b)| {
+            (n + f64::from(a - b).powi(2), d + f64::from(*b).powi(2))
+        });
+    let err = (num / den).sqrt();
+    eprintln!("hopper vs exact accumulator, relative error {err:.4}");
+    assert!(err < 0.5, "relative error {err}");
 }
 
 /// A BF16 checkpoint is quantized on load into the FP8 model exactly as random FP8 weights of
