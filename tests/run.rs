@@ -25,54 +25,34 @@ fn logits_of(path: &std::path::Path) -> Vec<f32> {
     .to_f32_vec()
 }
 
+/// Runs `dsc run DIR ARGS… --output <tmp>/<name>.safetensors`, asserts success, and returns
+/// the logits written and what was printed.
+fn run_logits(tmp: &TempDir, dir: &str, name: &str, args: &[&str]) -> (Vec<f32>, String) {
+    let file = tmp.join(&format!("{name}.safetensors"));
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut all = vec!["run", dir];
+    all.extend_from_slice(args);
+    all.extend(["--output", file_arg.as_str()]);
+    let out = dsc(&all);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{all:?}: {stderr}");
+    (logits_of(&file), stdout)
+}
+
 #[test]
 fn runs_the_tiny_model_and_writes_its_logits() {
     let tmp = TempDir::new("run-tiny");
     let dir = compile(&tmp, "tiny-moe");
-    let out_file = tmp.join("out.safetensors");
-    let out = dsc(&[
-        "run",
-        &dir,
-        "--device",
-        "cpu",
-        "--random-weights",
-        "3",
-        "--output",
-        &out_file.to_string_lossy(),
-    ]);
-    let (stdout, stderr) = streams(&out);
-    assert!(out.status.success(), "{stderr}");
+    let args = ["--device", "cpu", "--random-weights", "3"];
+    let (logits, stdout) = run_logits(&tmp, &dir, "first", &args);
     assert!(stdout.contains("logits: bf16[1, 64, 512]"), "{stdout}");
-    let logits = logits_of(&out_file);
     assert!(logits.iter().all(|v| v.is_finite()));
-    // Same seed, same inputs: the same logits; the Hopper accumulator changes them a little.
-    let again = tmp.join("again.safetensors");
-    dsc(&[
-        "run",
-        &dir,
-        "--device",
-        "cpu",
-        "--random-weights",
-        "3",
-        "--output",
-        &again.to_string_lossy(),
-    ]);
-    assert_eq!(logits_of(&again), logits);
-    let hopper = tmp.join("hopper.safetensors");
-    let out = dsc(&[
-        "run",
-        &dir,
-        "--random-weights",
-        "3",
-        "--accumulator",
-        "hopper",
-        "--output",
-        &hopper.to_string_lossy(),
-    ]);
-    assert!(out.status.success(), "{}", streams(&out).1);
-    let h = logits_of(&hopper);
+    // Same seed, same inputs: the same logits.
+    assert_eq!(run_logits(&tmp, &dir, "again", &args).0, logits);
     // One promoted Hopper GEMM is ~5e-4 off (`dsc numerics`), but this model's random gate
     // flips top-k choices on tiny changes (see runtime/src/cpu/tests.rs): measured 22%.
+    let hopper = ["--random-weights", "3", "--accumulator", "hopper"];
+    let (h, _) = run_logits(&tmp, &dir, "hopper", &hopper);
     assert_ne!(
         h, logits,
         "the Hopper model truncates: some logit must move"
@@ -98,31 +78,15 @@ fn a_bf16_checkpoint_is_quantized_on_load() {
     let weights = random_weights(&expanded, 3).unwrap();
     let ckpt = tmp.join("bf16.safetensors");
     save_safetensors(&weights, &expanded, &ckpt).unwrap();
-
-    let (a, b) = (tmp.join("a.safetensors"), tmp.join("b.safetensors"));
-    let out = dsc(&[
-        "run",
+    let ckpt = ckpt.to_string_lossy().into_owned();
+    let (loaded, _) = run_logits(&tmp, &dir, "a", &["--device", "cpu", "--weights", &ckpt]);
+    let (random, _) = run_logits(
+        &tmp,
         &dir,
-        "--device",
-        "cpu",
-        "--weights",
-        &ckpt.to_string_lossy(),
-        "--output",
-        &a.to_string_lossy(),
-    ]);
-    assert!(out.status.success(), "{}", streams(&out).1);
-    let out = dsc(&[
-        "run",
-        &dir,
-        "--device",
-        "cpu",
-        "--random-weights",
-        "3",
-        "--output",
-        &b.to_string_lossy(),
-    ]);
-    assert!(out.status.success(), "{}", streams(&out).1);
-    assert_eq!(logits_of(&a), logits_of(&b));
+        "b",
+        &["--device", "cpu", "--random-weights", "3"],
+    );
+    assert_eq!(loaded, random);
 }
 
 #[test]
@@ -200,29 +164,10 @@ fn inputs_come_from_a_file_by_name() {
     let inputs = dsc_runtime::inputs::random_inputs(&graph, 0);
     let file = tmp.join("inputs.safetensors");
     dsc_runtime::write_safetensors(&file, inputs.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
-    let (a, b) = (tmp.join("a.safetensors"), tmp.join("b.safetensors"));
     let f = file.to_string_lossy().into_owned();
-    let out = dsc(&[
-        "run",
-        &dir,
-        "--random-weights",
-        "5",
-        "--inputs",
-        &f,
-        "--output",
-        &a.to_string_lossy(),
-    ]);
-    assert!(out.status.success(), "{}", streams(&out).1);
-    let out = dsc(&[
-        "run",
-        &dir,
-        "--random-weights",
-        "5",
-        "--output",
-        &b.to_string_lossy(),
-    ]);
-    assert!(out.status.success(), "{}", streams(&out).1);
-    assert_eq!(logits_of(&a), logits_of(&b));
+    let from_file = run_logits(&tmp, &dir, "a", &["--random-weights", "5", "--inputs", &f]).0;
+    let default = run_logits(&tmp, &dir, "b", &["--random-weights", "5"]).0;
+    assert_eq!(from_file, default);
 
     let wrong = dsc_runtime::HostTensor::zeros(dsc_ir::DType::I32, vec![1, 32]);
     dsc_runtime::write_safetensors(&file, [("input_ids", &wrong)]).unwrap();
