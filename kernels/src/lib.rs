@@ -12,6 +12,8 @@
 //! - [`act_quant`]: 1 × tile activation quantization; [`weight_quant`]: block × block weight
 //!   quantization (also for grouped expert weights); both produce a [`Quantized`].
 //! - [`block_gemm`]: the block-scaled FP8 GEMM with promotion into FP32.
+//! - [`manifest`]: the artifact's `manifest.json` schema, written by codegen and read by the
+//!   runtime.
 //! - [`mod@numerics_report`]: the accumulation-error table that motivates promotion.
 //!
 //! All of it is checked against independent vectors in `shared/testdata` (tests/numerics.rs).
@@ -19,6 +21,7 @@
 pub mod act_quant;
 pub mod block_gemm;
 pub mod error;
+pub mod manifest;
 pub mod numerics;
 pub mod numerics_report;
 pub mod ops;
