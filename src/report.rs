@@ -102,43 +102,6 @@ pub struct PassReport {
     pub ms: f64,
 }
 
-/// Multiply-add FLOPs of a matrix-product op (2 per MAC; causal masking not discounted).
-pub fn gemm_flops(g: &Graph, op: &Op) -> Option<u64> {
-    let ty = |i: usize| g.ty(op.operands[i]);
-    let out = g.ty(op.results[0]);
-    let flops = match op.kind {
-        // rows × N outputs, each K MACs.
-        OpKind::Linear | OpKind::GroupedLinear => {
-            let k = ty(1).shape.last();
-            out.shape.numel().saturating_mul(k)
-        }
-        // [*, N, G] partial sums over K; the fused GEMM writes [*, N]: each output K MACs.
-        OpKind::Fp8Partials => {
-            let groups = out.shape.last().max(1);
-            (out.shape.numel() / groups).saturating_mul(ty(0).shape.last())
-        }
-        OpKind::Fp8Gemm => out.shape.numel().saturating_mul(ty(0).shape.last()),
-        OpKind::Matmul => {
-            let r = ty(0).shape.rank();
-            out.shape.numel().saturating_mul(ty(0).shape.dims()[r - 1])
-        }
-        // [B, H, S, T] scores, each over the head dim (plus the rope part for MLA).
-        OpKind::AttnScores => {
-            let d: u64 = op
-                .operands
-                .iter()
-                .step_by(2)
-                .map(|&v| g.ty(v).shape.last())
-                .sum();
-            out.shape.numel().saturating_mul(d)
-        }
-        // [B, S, H, Dv] outputs, each over T keys.
-        OpKind::AttnValues => out.shape.numel().saturating_mul(ty(0).shape.last()),
-        _ => return None,
-    };
-    Some(flops.saturating_mul(2))
-}
-
 fn is_fp8(op: &Op) -> bool {
     op.precision.is_some_and(|p| p.compute.is_fp8())
 }
@@ -156,7 +119,7 @@ pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
             accumulate: op.precision.and_then(|p| p.accumulate.map(DType::name)),
             inputs: op.operands.iter().map(|&v| g.ty(v).dtype.name()).collect(),
             outputs: op.results.iter().map(|&v| g.ty(v).dtype.name()).collect(),
-            gemm_flops: gemm_flops(g, op),
+            gemm_flops: dsc_kernels::cost::gemm_flops(g, op),
         })
         .collect();
 
@@ -167,7 +130,7 @@ pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
     }
     let (mut total, mut fp8) = (0u64, 0u64);
     for op in &g.ops {
-        if let Some(f) = gemm_flops(g, op) {
+        if let Some(f) = dsc_kernels::cost::gemm_flops(g, op) {
             total = total.saturating_add(f);
             if is_fp8(op) {
                 fp8 = fp8.saturating_add(f);

@@ -12,6 +12,7 @@
 //! - [`act_quant`]: 1 × tile activation quantization; [`weight_quant`]: block × block weight
 //!   quantization (also for grouped expert weights); both produce a [`Quantized`].
 //! - [`block_gemm`]: the block-scaled FP8 GEMM with promotion into FP32.
+//! - [`cost`]: FLOPs and bytes of an op (report, launch plan, bench).
 //! - [`manifest`]: the artifact's `manifest.json` schema, written by codegen and read by the
 //!   runtime.
 //! - [`mod@numerics_report`]: the accumulation-error table that motivates promotion.
@@ -20,6 +21,7 @@
 
 pub mod act_quant;
 pub mod block_gemm;
+pub mod cost;
 pub mod error;
 pub mod manifest;
 pub mod numerics;
