@@ -62,6 +62,98 @@ pub enum RuntimeError {
     #[error("tensor: {message}")]
     Tensor { message: String },
 
+    /// An artifact directory lacks one of its files.
+    #[error("{} is not a compiled model: it has no {file} (run `dsc compile` first)", dir.display())]
+    ArtifactFile {
+        /// The directory.
+        dir: PathBuf,
+        /// The missing file's name.
+        file: &'static str,
+    },
+
+    /// A file of an artifact could not be read or parsed.
+    #[error("{}: {message}", path.display())]
+    ArtifactRead {
+        /// The file (with `:line:col` in `message` where known).
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// `manifest.json` is malformed or of another schema version.
+    #[error(transparent)]
+    Manifest(#[from] dsc_kernels::manifest::ManifestError),
+
+    /// The manifest contradicts `graph.dsc` or itself: every problem found.
+    #[error("{}: does not match the compiled graph: {}", path.display(), problems.join("; "))]
+    ManifestMismatch {
+        /// The manifest file.
+        path: PathBuf,
+        /// One sentence per problem.
+        problems: Vec<String>,
+    },
+
+    /// `run` was called before any weights were loaded.
+    #[error("no weights loaded: call load_weights or load_random_weights before run")]
+    NoWeights,
+
+    /// The artifact cannot run on the CUDA backend (it has no launch plan).
+    #[error("{message}")]
+    NoLaunchPlan {
+        /// Why.
+        message: String,
+    },
+
+    /// `cuda:N` names a device the driver does not have.
+    #[error("no CUDA device {ordinal}: the driver reports {count} device(s)")]
+    NoSuchDevice {
+        /// The requested ordinal.
+        ordinal: usize,
+        /// How many devices there are.
+        count: usize,
+    },
+
+    /// The GPU cannot run PTX built for the artifact's target.
+    #[error("{device} cannot run kernels built for {target}: {need}")]
+    TargetMismatch {
+        /// The device, as [`crate::cuda::DeviceInfo`] displays it.
+        device: String,
+        /// The manifest's target.
+        target: String,
+        /// What the target needs.
+        need: String,
+    },
+
+    /// The driver refused the PTX module or one of its kernels.
+    #[error("the CUDA driver refused {} ({what}): {message}", module.display())]
+    PtxRejected {
+        /// The PTX file.
+        module: PathBuf,
+        /// The module as a whole, or `kernel `entry``.
+        what: String,
+        /// The driver's words (and the JIT log where it gave one).
+        message: String,
+    },
+
+    /// The device has too little free memory for the artifact.
+    #[error(
+        "out of device memory on {device}: {what} needs {asked} bytes ({:.1} MiB), {free} bytes ({:.1} MiB) are free of {total}",
+        *asked as f64 / 1048576.0,
+        *free as f64 / 1048576.0
+    )]
+    OutOfDeviceMemory {
+        /// The device.
+        device: String,
+        /// What the memory is for.
+        what: String,
+        /// Bytes asked for.
+        asked: u64,
+        /// Free bytes (cuMemGetInfo).
+        free: u64,
+        /// Total bytes.
+        total: u64,
+    },
+
     /// The graph breaks an invariant the runtime relies on (e.g. an FP8 weight without its
     /// `weight_scale_inv` parameter).
     #[error("graph `{graph}`: {message}")]

@@ -63,3 +63,40 @@ pub fn random_inputs(graph: &Graph, seed: u64) -> HashMap<String, HostTensor> {
     }
     inputs
 }
+
+/// Checks `inputs` against the graph's: every input present with its declared dtype and shape,
+/// nothing unexpected. The error lists every problem, sorted.
+pub fn check_inputs(
+    graph: &Graph,
+    inputs: &HashMap<String, HostTensor>,
+) -> Result<(), RuntimeError> {
+    let mut problems = Vec::new();
+    for &v in &graph.inputs {
+        let (name, ty) = (graph.name(v), graph.ty(v));
+        match inputs.get(name) {
+            None => problems.push(format!("missing input `{name}` ({ty})")),
+            Some(t) => {
+                let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+                if t.dtype != ty.dtype || shape != ty.shape.dims() {
+                    problems.push(format!(
+                        "input `{name}` is {}{:?}, expected {ty}",
+                        t.dtype, t.shape
+                    ));
+                }
+            }
+        }
+    }
+    for name in inputs.keys() {
+        if !graph.inputs.iter().any(|&v| graph.name(v) == name) {
+            problems.push(format!("unexpected input `{name}`"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        problems.sort();
+        Err(RuntimeError::Inputs {
+            message: problems.join("; "),
+        })
+    }
+}

@@ -1,24 +1,32 @@
-//! dsc's embedded runtime: loads an artifact (`manifest.json` + `kernels.ptx`), its weights
-//! (safetensors) and inputs, and runs the launch steps on a CUDA device (through cudarc) or on
-//! the CPU backend (the kernels' reference implementations).
+//! dsc's embedded runtime: loads an artifact ([`Artifact`]: `manifest.json`, `graph.dsc`,
+//! `kernels.ptx`), its weights (safetensors) and inputs, and runs it in a [`Session`] on a CUDA
+//! device (through cudarc) or on the CPU backend (the kernels' reference implementations).
 //!
 //! It never depends on `dsc-codegen` or MLIR: a machine that only runs artifacts needs neither.
 //! CUDA is loaded dynamically; [`cuda::probe`] tells whether a driver and devices are present.
 
+pub mod artifact;
+pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod inputs;
 pub mod random_weights;
+pub mod session;
 pub mod tensor;
 #[cfg(test)]
 mod testutil;
 pub mod weights;
 
+pub use artifact::Artifact;
+pub use backend::{Backend, StepTiming};
 pub use checkpoint::{Checkpoint, TensorView};
 pub use cuda::{DeviceInfo, probe};
+pub use device::{Device, DeviceChoice, ResolvedDevice};
 pub use error::{RuntimeError, WeightProblems};
 pub use random_weights::random_weights;
+pub use session::{Session, SessionOptions};
 pub use tensor::{HostData, HostTensor, write_safetensors};
 pub use weights::{Weights, hf_tensors, load_weights, save_safetensors};

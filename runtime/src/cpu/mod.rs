@@ -3,15 +3,20 @@
 //! checked against it step by step. Results are rounded to their storage dtype at every op
 //! boundary, as a GPU kernel writing BF16 would.
 
+mod backend;
 mod dispatch;
 mod fp8;
 
+pub use backend::CpuBackend;
+
 use crate::RuntimeError;
+use crate::inputs::check_inputs;
 use crate::tensor::HostTensor;
 use crate::weights::Weights;
-use dsc_ir::{Graph, ValueId};
+use dsc_ir::{Graph, Op, ValueId};
 use dsc_kernels::Accumulator;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// Options of a CPU run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,6 +49,20 @@ pub fn run(
     inputs: &HashMap<String, HostTensor>,
     options: &CpuOptions,
 ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+    run_observed(graph, weights, inputs, options, &mut |_, _, _| {})
+}
+
+/// Sees each op after it ran: the op, its results and how long it took.
+pub type OpObserver<'o> = dyn FnMut(&Op, &[HostTensor], Duration) + 'o;
+
+/// [`run`], calling `observer` after every op (for timings and step-by-step comparisons).
+pub fn run_observed(
+    graph: &Graph,
+    weights: &Weights,
+    inputs: &HashMap<String, HostTensor>,
+    options: &CpuOptions,
+    observer: &mut OpObserver<'_>,
+) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
     check_inputs(graph, inputs)?;
     let mut slots: Vec<Slot<'_>> = (0..graph.values.len()).map(|_| Slot::Empty).collect();
     for &v in &graph.inputs {
@@ -68,12 +87,9 @@ pub fn run(
                     .expect("the verifier orders definitions first")
             })
             .collect();
-        let results =
-            dispatch::execute(graph, op, &ins, options).map_err(|message| RuntimeError::Op {
-                op: graph.op_name(op).to_string(),
-                kind: op.kind.name(),
-                message,
-            })?;
+        let start = Instant::now();
+        let results = execute_op(graph, op, &ins, options)?;
+        observer(op, &results, start.elapsed());
         for (&r, t) in op.results.iter().zip(results) {
             slots[r.index()] = Slot::Owned(t);
         }
@@ -99,37 +115,19 @@ fn release(slots: &mut [Slot<'_>], remaining: &mut [u32], v: ValueId) {
     }
 }
 
-/// Every input present with its declared dtype and shape; nothing unexpected.
-fn check_inputs(graph: &Graph, inputs: &HashMap<String, HostTensor>) -> Result<(), RuntimeError> {
-    let mut problems = Vec::new();
-    for &v in &graph.inputs {
-        let (name, ty) = (graph.name(v), graph.ty(v));
-        match inputs.get(name) {
-            None => problems.push(format!("missing input `{name}` ({ty})")),
-            Some(t) => {
-                let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-                if t.dtype != ty.dtype || shape != ty.shape.dims() {
-                    problems.push(format!(
-                        "input `{name}` is {}{:?}, expected {ty}",
-                        t.dtype, t.shape
-                    ));
-                }
-            }
-        }
-    }
-    for name in inputs.keys() {
-        if !graph.inputs.iter().any(|&v| graph.name(v) == name) {
-            problems.push(format!("unexpected input `{name}`"));
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        problems.sort();
-        Err(RuntimeError::Inputs {
-            message: problems.join("; "),
-        })
-    }
+/// Runs one op of `graph` on `operands` through its kernel's CPU reference; the results are
+/// rounded to their storage dtypes. The GPU tests feed it a step's own GPU operands.
+pub fn execute_op(
+    graph: &Graph,
+    op: &Op,
+    operands: &[&HostTensor],
+    options: &CpuOptions,
+) -> Result<Vec<HostTensor>, RuntimeError> {
+    dispatch::execute(graph, op, operands, options).map_err(|message| RuntimeError::Op {
+        op: graph.op_name(op).to_string(),
+        kind: op.kind.name(),
+        message,
+    })
 }
 
 #[cfg(test)]

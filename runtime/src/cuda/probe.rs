@@ -1,4 +1,4 @@
-//! The CUDA backend's entry point: finding the driver and the devices.
+//! Finding the CUDA driver and the devices.
 //!
 //! cudarc loads `libcuda` lazily and panics when it is absent, so every path into the driver
 //! goes through [`probe`] (or at least [`driver_present`]) first: a machine without a GPU gets
@@ -103,7 +103,8 @@ fn device_info(ordinal: i32) -> Result<DeviceInfo, RuntimeError> {
     })
 }
 
-fn driver_error(call: &'static str, error: result::DriverError) -> RuntimeError {
+/// A driver call's failure as a [`RuntimeError::Driver`].
+pub(crate) fn driver_error(call: &'static str, error: result::DriverError) -> RuntimeError {
     RuntimeError::Driver {
         call,
         message: error.to_string(),

@@ -1,0 +1,227 @@
+//! The CUDA backend behind the [`Backend`] trait. Creating it loads `kernels.ptx`, allocates
+//! every buffer and resolves every launch; [`Backend::set_weights`] uploads the weights once;
+//! each run copies the inputs in, launches the steps on one stream with a CUDA event between
+//! steps (the per-step timings), and copies the outputs out. Runs allocate no device memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream, sys};
+use dsc_ir::DType;
+
+use super::launch::{PreparedStep, launch, prepare};
+use super::memory::{DeviceMemory, MemoryPlan};
+use super::module::KernelModule;
+use super::probe::{DeviceInfo, driver_error, driver_present};
+use crate::artifact::Artifact;
+use crate::backend::{Backend, StepTiming};
+use crate::error::RuntimeError;
+use crate::tensor::{HostTensor, safetensors_dtype};
+use crate::weights::Weights;
+
+/// An artifact loaded on one GPU.
+pub struct CudaBackend<'a> {
+    artifact: &'a Artifact,
+    device: DeviceInfo,
+    stream: Arc<CudaStream>,
+    module: KernelModule,
+    memory: DeviceMemory,
+    steps: Vec<PreparedStep>,
+    /// `steps.len() + 1` timing events: before the first step and after each.
+    events: Vec<CudaEvent>,
+    /// Host bytes of the tensor being copied, reused across copies.
+    staging: Vec<u8>,
+    has_weights: bool,
+    /// The context last: it must outlive every buffer, event and module above.
+    _ctx: Arc<CudaContext>,
+}
+
+impl<'a> CudaBackend<'a> {
+    /// Loads `artifact` on `device` (which [`crate::device::choose_device`] found able to run
+    /// it): PTX, buffers, launches and events, all once.
+    pub fn new(artifact: &'a Artifact, device: &DeviceInfo) -> Result<Self, RuntimeError> {
+        if !driver_present() {
+            return Err(RuntimeError::NoDriver);
+        }
+        let ctx = CudaContext::new(device.ordinal).map_err(|e| driver_error("cuCtxCreate", e))?;
+        // SAFETY: every buffer of the session is allocated after this call and used only on
+        // the one stream created below, in order, so cudarc's cross-stream events are not
+        // needed; the backend synchronizes before reading results and before dropping buffers.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver_error("cuStreamCreate", e))?;
+        let module = KernelModule::load(&ctx, artifact)?;
+        let plan = MemoryPlan::new(&artifact.manifest).map_err(|problem| {
+            RuntimeError::ManifestMismatch {
+                path: artifact.dir.join(dsc_kernels::manifest::files::MANIFEST),
+                problems: vec![problem],
+            }
+        })?;
+        let memory = DeviceMemory::allocate(&ctx, &stream, plan, &device.to_string())?;
+        let steps = prepare(&artifact.manifest, &memory, &stream)?;
+        let events = (0..=steps.len())
+            .map(|_| ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| driver_error("cuEventCreate", e))?;
+        Ok(CudaBackend {
+            artifact,
+            device: device.clone(),
+            stream,
+            module,
+            memory,
+            steps,
+            events,
+            staging: Vec::new(),
+            has_weights: false,
+            _ctx: ctx,
+        })
+    }
+
+    /// The GPU.
+    pub fn device(&self) -> &DeviceInfo {
+        &self.device
+    }
+
+    /// Copies the inputs into their device buffers.
+    fn upload_inputs(&mut self, inputs: &HashMap<String, HostTensor>) -> Result<(), RuntimeError> {
+        for i in 0..self.memory.plan().inputs.len() {
+            let name = self.memory.plan().inputs[i].name.clone();
+            let tensor = inputs.get(&name).ok_or_else(|| RuntimeError::Inputs {
+                message: format!("missing input `{name}`"),
+            })?;
+            let bytes = tensor.to_safetensors_bytes();
+            self.memory.upload(&self.stream, &name, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Launches step `index` and records the event after it.
+    fn launch_step(&self, index: usize) -> Result<(), RuntimeError> {
+        launch(&self.stream, &self.module, index, &self.steps[index])?;
+        self.events[index + 1]
+            .record(&self.stream)
+            .map_err(|e| driver_error("cuEventRecord", e))
+    }
+
+    fn synchronize(&self) -> Result<(), RuntimeError> {
+        // Kernel faults surface here, after the launches that caused them.
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_error("cuStreamSynchronize (a kernel failed)", e))
+    }
+
+    /// Reads tensor `name` (any manifest tensor) back from the device.
+    pub fn read_tensor(&mut self, name: &str) -> Result<HostTensor, RuntimeError> {
+        let info = self
+            .artifact
+            .manifest
+            .tensor(name)
+            .ok_or_else(|| RuntimeError::Tensor {
+                message: format!("no tensor `{name}` in the manifest"),
+            })?;
+        let dtype: DType = info.dtype.parse().map_err(|_| RuntimeError::Tensor {
+            message: format!("tensor `{name}` has unknown dtype `{}`", info.dtype),
+        })?;
+        let mut staging = std::mem::take(&mut self.staging);
+        let result = self
+            .memory
+            .download(&self.stream, name, &mut staging)
+            .and_then(|()| {
+                HostTensor::from_safetensors(safetensors_dtype(dtype), &info.shape, &staging, dtype)
+            });
+        self.staging = staging;
+        result
+    }
+
+    /// Runs the plan one step at a time, waiting for each step and then calling
+    /// `after_step(index, self)` so a caller can read any tensor (the GPU tests compare each
+    /// step against the CPU reference this way).
+    pub fn run_step_by_step(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        after_step: &mut dyn FnMut(usize, &mut Self) -> Result<(), RuntimeError>,
+    ) -> Result<(), RuntimeError> {
+        if !self.has_weights {
+            return Err(RuntimeError::NoWeights);
+        }
+        self.upload_inputs(inputs)?;
+        for index in 0..self.steps.len() {
+            self.launch_step(index)?;
+            self.synchronize()?;
+            after_step(index, self)?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend<'_> {
+    fn set_weights(&mut self, weights: Weights) -> Result<(), RuntimeError> {
+        let graph = &self.artifact.graph;
+        let ids: HashMap<&str, dsc_ir::ValueId> =
+            graph.params.iter().map(|&p| (graph.name(p), p)).collect();
+        for i in 0..self.memory.plan().weights.len() {
+            let name = self.memory.plan().weights[i].name.clone();
+            let tensor = ids
+                .get(name.as_str())
+                .and_then(|&id| weights.get(id))
+                .ok_or_else(|| RuntimeError::Graph {
+                    graph: graph.name.clone(),
+                    message: format!("weight `{name}` was not loaded"),
+                })?;
+            let bytes = tensor.to_safetensors_bytes();
+            self.memory.upload(&self.stream, &name, &bytes)?;
+        }
+        self.synchronize()?;
+        self.has_weights = true;
+        Ok(())
+    }
+
+    fn has_weights(&self) -> bool {
+        self.has_weights
+    }
+
+    fn run(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        timings: &mut Vec<StepTiming>,
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        if !self.has_weights {
+            return Err(RuntimeError::NoWeights);
+        }
+        self.upload_inputs(inputs)?;
+        self.events[0]
+            .record(&self.stream)
+            .map_err(|e| driver_error("cuEventRecord", e))?;
+        for index in 0..self.steps.len() {
+            self.launch_step(index)?;
+        }
+        self.synchronize()?;
+        timings.clear();
+        for (index, step) in self.artifact.manifest.steps.iter().enumerate() {
+            let ms = self.events[index]
+                .elapsed_ms(&self.events[index + 1])
+                .map_err(|e| driver_error("cuEventElapsedTime", e))?;
+            timings.push(StepTiming {
+                op: step.op.clone(),
+                kernel: step.kernel.clone(),
+                seconds: f64::from(ms) * 1e-3,
+                flops: step.flops,
+                bytes: step.bytes,
+            });
+        }
+        let graph = &self.artifact.graph;
+        let names: Vec<String> = graph
+            .outputs
+            .iter()
+            .map(|&v| graph.name(v).to_string())
+            .collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let tensor = self.read_tensor(&name)?;
+                Ok((name, tensor))
+            })
+            .collect()
+    }
+}
