@@ -22,6 +22,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the FP8 GEMM accumulation-error table (Hopper model unpromoted / promoted, exact).
     Numerics,
+    /// Time a compiled model: per-step time and TFLOP/s or GB/s, whole-forward median.
+    Bench(BenchArgs),
 }
 
 /// Where a model runs.
@@ -120,4 +122,26 @@ pub struct OptArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+/// `dsc bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A directory written by `dsc compile`.
+    pub dir: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+    /// Timed forward passes (the table shows medians).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Untimed forward passes first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Weights: a .safetensors file or a Hugging Face checkpoint directory.
+    #[arg(long, value_name = "PATH", conflicts_with = "random_weights")]
+    pub weights: Option<PathBuf>,
+    /// Random weights from this seed [default: 0].
+    #[arg(long, value_name = "SEED")]
+    pub random_weights: Option<u64>,
 }

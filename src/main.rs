@@ -2,6 +2,7 @@
 //! stderr), 2 on usage errors (clap's own).
 
 mod artifact_dir;
+mod bench;
 mod cli;
 mod compile;
 mod diagnostic;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
             print!("{}", dsc_kernels::numerics_report());
             Ok(())
         }
+        cli::Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

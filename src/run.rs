@@ -1,50 +1,69 @@
-//! `dsc run DIR`: loads a compiled model, its weights and inputs, runs it, and prints (or
-//! writes) the outputs.
+//! `dsc run DIR`: loads a compiled model into a session on the chosen device, loads weights and
+//! inputs, runs it, and prints (or writes) the outputs.
 
 use crate::cli::{AccumulatorArg, DeviceArg, RunArgs};
-use crate::diagnostic::{Diagnostic, read_text};
-use dsc_ir::text::parse;
-use dsc_ir::verify;
+use crate::diagnostic::Diagnostic;
 use dsc_kernels::Accumulator;
-use dsc_runtime::cpu::{self, CpuOptions};
+use dsc_runtime::cpu::CpuOptions;
 use dsc_runtime::inputs::{random_inputs, read_inputs};
-use dsc_runtime::{Checkpoint, HostTensor, load_weights, random_weights, write_safetensors};
+use dsc_runtime::{Artifact, Device, HostTensor, Session, SessionOptions, write_safetensors};
+use std::path::Path;
 use std::time::Instant;
 
-fn runtime_error(e: dsc_runtime::RuntimeError) -> Diagnostic {
+/// A runtime error as the binary reports it.
+pub fn runtime_error(e: dsc_runtime::RuntimeError) -> Diagnostic {
     Diagnostic::new(e.to_string())
+}
+
+/// The runtime's device for a `--device` argument.
+pub fn device_of(arg: DeviceArg) -> Device {
+    match arg {
+        DeviceArg::Auto => Device::Auto,
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda(n) => Device::Cuda(n),
+    }
+}
+
+/// Where a session's weights come from.
+pub enum WeightsSource<'p> {
+    /// A `.safetensors` file or a Hugging Face checkpoint directory.
+    Checkpoint(&'p Path),
+    /// Deterministic random weights from a seed.
+    Random(u64),
+}
+
+/// Opens a session for `artifact` on `device`, prints the device (and why), and loads weights.
+pub fn open_session<'a>(
+    artifact: &'a Artifact,
+    device: DeviceArg,
+    accumulator: AccumulatorArg,
+    weights: WeightsSource<'_>,
+) -> Result<Session<'a>, Diagnostic> {
+    let options = SessionOptions {
+        cpu: CpuOptions {
+            accumulator: match accumulator {
+                AccumulatorArg::Exact => Accumulator::Exact,
+                AccumulatorArg::Hopper => Accumulator::Hopper,
+            },
+        },
+    };
+    let mut session =
+        Session::with_options(artifact, device_of(device), options).map_err(runtime_error)?;
+    println!("device: {}", session.device());
+    match weights {
+        WeightsSource::Checkpoint(path) => session.load_weights(path),
+        WeightsSource::Random(seed) => session.load_random_weights(seed),
+    }
+    .map_err(runtime_error)?;
+    Ok(session)
 }
 
 /// Runs the model in `args.dir`.
 pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
-    let graph_file = args.dir.join("graph.dsc");
-    if !graph_file.is_file() {
-        return Err(Diagnostic::new(format!(
-            "{} is not a compiled model: it has no graph.dsc (run `dsc compile` first)",
-            args.dir.display()
-        )));
-    }
-    let source = read_text(&graph_file)?;
-    let graph = parse(&source)
-        .map_err(|e| Diagnostic::at(&graph_file, &source, e.line, e.col, e.message))?;
-    verify(&graph).map_err(|e| Diagnostic::new(format!("{}: {e}", graph_file.display())))?;
-
-    match args.device {
-        DeviceArg::Cpu => {}
-        DeviceArg::Auto => println!("device: cpu (auto: the CUDA backend is not built yet)"),
-        DeviceArg::Cuda(n) => {
-            return Err(Diagnostic::new(format!(
-                "device cuda:{n}: the CUDA backend is not built yet; use --device cpu"
-            )));
-        }
-    }
-
+    let artifact = Artifact::load(&args.dir).map_err(runtime_error)?;
     let weights = match (&args.weights, args.random_weights) {
-        (Some(path), _) => {
-            let ckpt = Checkpoint::open(path).map_err(runtime_error)?;
-            load_weights(&graph, &ckpt).map_err(runtime_error)?
-        }
-        (None, Some(seed)) => random_weights(&graph, seed).map_err(runtime_error)?,
+        (Some(path), _) => WeightsSource::Checkpoint(path),
+        (None, Some(seed)) => WeightsSource::Random(seed),
         (None, None) => {
             return Err(Diagnostic::new(
                 "no weights: give --weights PATH or --random-weights SEED",
@@ -52,22 +71,19 @@ pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
         }
     };
     let inputs = match &args.inputs {
-        Some(path) => read_inputs(&graph, path).map_err(runtime_error)?,
-        None => random_inputs(&graph, 0),
+        Some(path) => read_inputs(&artifact.graph, path).map_err(runtime_error)?,
+        None => random_inputs(&artifact.graph, 0),
     };
-    let options = CpuOptions {
-        accumulator: match args.accumulator {
-            AccumulatorArg::Exact => Accumulator::Exact,
-            AccumulatorArg::Hopper => Accumulator::Hopper,
-        },
-    };
+    let mut session = open_session(&artifact, args.device, args.accumulator, weights)?;
     let start = Instant::now();
-    let outputs = cpu::run(&graph, &weights, &inputs, &options).map_err(runtime_error)?;
+    let outputs = session.run(&inputs).map_err(runtime_error)?;
     let elapsed = start.elapsed();
     println!(
-        "ran {} ({} ops) on cpu in {:.1} ms",
-        graph.name,
-        graph.ops.len(),
+        "ran {} ({} ops, {} steps) on {} in {:.1} ms",
+        artifact.graph.name,
+        artifact.graph.ops.len(),
+        session.timings().len(),
+        session.device().short_name(),
         elapsed.as_secs_f64() * 1e3
     );
     for (name, t) in &outputs {

@@ -6,5 +6,6 @@ mod cli;
 mod filetests;
 mod precision;
 mod run;
+mod session;
 mod snapshots;
 mod support;
