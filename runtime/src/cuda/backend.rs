@@ -19,6 +19,15 @@ use crate::error::RuntimeError;
 use crate::tensor::{HostTensor, safetensors_dtype};
 use crate::weights::Weights;
 
+/// When [`CudaBackend::run_step_by_step`] calls its observer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepPhase {
+    /// Before the step is launched (its operands are ready).
+    Before,
+    /// After the step finished.
+    After,
+}
+
 /// An artifact loaded on one GPU.
 pub struct CudaBackend<'a> {
     artifact: &'a Artifact,
@@ -134,22 +143,25 @@ impl<'a> CudaBackend<'a> {
         result
     }
 
-    /// Runs the plan one step at a time, waiting for each step and then calling
-    /// `after_step(index, self)` so a caller can read any tensor (the GPU tests compare each
-    /// step against the CPU reference this way).
+    /// Runs the plan one step at a time, calling `observe(index, phase, self)` before each
+    /// step is launched and after it finished, so a caller can read any tensor: the GPU tests
+    /// read a step's operands before it and its results after it, and compare them with the
+    /// CPU reference of the same op.
     pub fn run_step_by_step(
         &mut self,
         inputs: &HashMap<String, HostTensor>,
-        after_step: &mut dyn FnMut(usize, &mut Self) -> Result<(), RuntimeError>,
+        observe: &mut dyn FnMut(usize, StepPhase, &mut Self) -> Result<(), RuntimeError>,
     ) -> Result<(), RuntimeError> {
         if !self.has_weights {
             return Err(RuntimeError::NoWeights);
         }
         self.upload_inputs(inputs)?;
+        self.synchronize()?;
         for index in 0..self.steps.len() {
+            observe(index, StepPhase::Before, self)?;
             self.launch_step(index)?;
             self.synchronize()?;
-            after_step(index, self)?;
+            observe(index, StepPhase::After, self)?;
         }
         Ok(())
     }

@@ -11,6 +11,6 @@ mod module;
 mod probe;
 mod target;
 
-pub use backend::CudaBackend;
+pub use backend::{CudaBackend, StepPhase};
 pub use probe::{DeviceInfo, driver_present, probe};
 pub use target::check_target;

@@ -1,0 +1,287 @@
+//! How closely a GPU step must match the CPU reference of the same op on the same operands,
+//! per op kind and output dtype:
+//! - data movement (embedding, reshape, transpose, slice, concat), casts and `quantize`: bit
+//!   exact (the math is identical: copies, one rounding of the same f32, amax and a true division);
+//! - elementwise ops (silu, mul, add, swiglu, rope, dequantize): ≤ 1 ulp of the output dtype
+//!   (bf16 ulp for bf16 outputs; `expf`/`sinf` implementations differ);
+//! - rms_norm and softmax: ≤ 2 ulps (an FP32 reduction in another order, then one rounding);
+//! - fused norm/swiglu + quantize: FP8 codes within one code of each other, scales within 1e-5
+//!   relative (the amax of a reduced value may differ in its last bit);
+//! - matrix products (linear, matmul, grouped, fp8 partials/promote/gemm, attention scores and
+//!   values, moe_combine): relative Frobenius error ≤ 1e-2 for bf16 outputs, ≤ 1e-4 for f32;
+//! - moe_topk: indices equal for ≥ 99% of entries (near-ties of sigmoid scores may swap),
+//!   weights within 1e-2 relative Frobenius.
+//!
+//! NaN must appear where the reference has NaN, and only there.
+
+use dsc_ir::{DType, OpKind};
+use dsc_kernels::numerics::bf16::to_bf16;
+use dsc_runtime::{HostData, HostTensor};
+
+/// One comparison rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// Equal bit for bit.
+    Exact,
+    /// At most this many ulps of the output dtype apart.
+    Ulps(u32),
+    /// FP8 codes at most one code apart.
+    CodesWithinOne,
+    /// Each element within this relative error (for scales).
+    MaxRelative(f64),
+    /// ‖gpu − cpu‖ / ‖cpu‖ at most this.
+    RelativeFrobenius(f64),
+    /// At least this fraction of integer entries equal.
+    MostlyEqual(f64),
+}
+
+/// The rule for result `result` (of dtype `dtype`) of an op of kind `kind`.
+pub fn rule_for(kind: OpKind, result: usize, dtype: DType) -> Rule {
+    use OpKind as K;
+    let gemm = |dtype: DType| {
+        if dtype == DType::F32 {
+            Rule::RelativeFrobenius(1e-4)
+        } else {
+            Rule::RelativeFrobenius(1e-2)
+        }
+    };
+    match kind {
+        K::Embedding | K::Reshape | K::Transpose | K::Slice | K::Concat | K::Cast | K::Quantize => {
+            Rule::Exact
+        }
+        K::Silu | K::Mul | K::Add | K::Swiglu | K::Rope | K::Dequantize => Rule::Ulps(1),
+        K::RmsNorm | K::Softmax => Rule::Ulps(2),
+        K::RmsNormQuant | K::SwigluQuant if result == 0 => Rule::CodesWithinOne,
+        K::RmsNormQuant | K::SwigluQuant => Rule::MaxRelative(1e-5),
+        K::MoeTopk if dtype.is_int() => Rule::MostlyEqual(0.99),
+        K::MoeTopk => Rule::RelativeFrobenius(1e-2),
+        K::Linear
+        | K::Matmul
+        | K::GroupedLinear
+        | K::Fp8Partials
+        | K::Promote
+        | K::Fp8Gemm
+        | K::AttnScores
+        | K::AttnValues
+        | K::MoeCombine => gemm(dtype),
+    }
+}
+
+/// The position of `x` on the number line of `dtype`, in ulps (monotone, ±0 equal).
+fn ordinal(dtype: DType, x: f32) -> i64 {
+    let (bits, sign_bit) = if dtype == DType::Bf16 {
+        (i64::from(to_bf16(x).to_bits()), 1i64 << 15)
+    } else {
+        (i64::from(x.to_bits()), 1i64 << 31)
+    };
+    if bits & sign_bit != 0 {
+        -(bits & (sign_bit - 1))
+    } else {
+        bits
+    }
+}
+
+/// Ok when `gpu` matches `cpu` under `rule`; else a sentence with the worst element.
+pub fn compare(rule: Rule, gpu: &HostTensor, cpu: &HostTensor) -> Result<(), String> {
+    if gpu.dtype != cpu.dtype || gpu.shape != cpu.shape {
+        return Err(format!(
+            "GPU result is {}{:?}, the reference {}{:?}",
+            gpu.dtype, gpu.shape, cpu.dtype, cpu.shape
+        ));
+    }
+    match (&gpu.data, &cpu.data) {
+        (HostData::Codes(g), HostData::Codes(c)) => compare_codes(rule, g, c),
+        (HostData::I32(g), HostData::I32(c)) => {
+            let equal = g.iter().zip(c).filter(|(a, b)| a == b).count();
+            let fraction = equal as f64 / c.len().max(1) as f64;
+            let need = match rule {
+                Rule::MostlyEqual(need) => need,
+                _ => 1.0,
+            };
+            if fraction >= need {
+                Ok(())
+            } else {
+                let first = g.iter().zip(c).position(|(a, b)| a != b).unwrap_or(0);
+                Err(format!(
+                    "{:.2}% of integers equal (need {:.2}%); first difference at {first}: {} vs {}",
+                    fraction * 100.0,
+                    need * 100.0,
+                    g[first],
+                    c[first]
+                ))
+            }
+        }
+        (HostData::F32(g), HostData::F32(c)) => compare_floats(rule, gpu.dtype, g, c),
+        _ => Err("GPU result and reference hold different kinds of data".to_string()),
+    }
+}
+
+fn compare_codes(rule: Rule, gpu: &[u8], cpu: &[u8]) -> Result<(), String> {
+    let limit = if rule == Rule::CodesWithinOne { 1 } else { 0 };
+    // E4M3 codes are sign-magnitude: the magnitude bits order the values.
+    let value = |c: u8| {
+        let magnitude = i32::from(c & 0x7f);
+        if c & 0x80 != 0 { -magnitude } else { magnitude }
+    };
+    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+        let nan = |code: u8| code & 0x7f == 0x7f;
+        let bad = if nan(g) || nan(c) {
+            nan(g) != nan(c)
+        } else {
+            (value(g) - value(c)).abs() > limit
+        };
+        if bad {
+            return Err(format!(
+                "FP8 code {i}: {g:#04x} vs reference {c:#04x} (allowed {limit} apart)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn compare_floats(rule: Rule, dtype: DType, gpu: &[f32], cpu: &[f32]) -> Result<(), String> {
+    if let Some(i) = (0..cpu.len()).find(|&i| gpu[i].is_nan() != cpu[i].is_nan()) {
+        return Err(format!(
+            "element {i}: {} vs reference {} (NaN must match NaN)",
+            gpu[i], cpu[i]
+        ));
+    }
+    let pairs = || {
+        gpu.iter()
+            .zip(cpu)
+            .enumerate()
+            .filter(|(_, (g, c))| !c.is_nan() && !g.is_nan())
+    };
+    match rule {
+        Rule::Exact | Rule::Ulps(_) => {
+            let limit = if let Rule::Ulps(n) = rule {
+                i64::from(n)
+            } else {
+                0
+            };
+            for (i, (&g, &c)) in pairs() {
+                let apart = (ordinal(dtype, g) - ordinal(dtype, c)).abs();
+                if apart > limit {
+                    return Err(format!(
+                        "element {i}: {g} vs reference {c}: {apart} ulps of {dtype} apart (allowed {limit})"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Rule::MaxRelative(limit) => {
+            for (i, (&g, &c)) in pairs() {
+                let error = f64::from((g - c).abs()) / f64::from(c.abs()).max(f64::MIN_POSITIVE);
+                if error > limit && g != c {
+                    return Err(format!(
+                        "element {i}: {g} vs reference {c}: relative error {error:.2e} (allowed {limit:.0e})"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Rule::RelativeFrobenius(limit) => {
+            let (num, den) = pairs().fold((0.0f64, 0.0f64), |(n, d), (_, (&g, &c))| {
+                (n + f64::from(g - c).powi(2), d + f64::from(c).powi(2))
+            });
+            let error = if den == 0.0 {
+                num.sqrt()
+            } else {
+                (num / den).sqrt()
+            };
+            if error <= limit {
+                Ok(())
+            } else {
+                Err(format!(
+                    "relative Frobenius error {error:.3e} (allowed {limit:.0e})"
+                ))
+            }
+        }
+        Rule::CodesWithinOne | Rule::MostlyEqual(_) => {
+            Err(format!("rule {rule:?} does not apply to float data"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bf16s(values: &[f32]) -> HostTensor {
+        HostTensor::from_f32(DType::Bf16, vec![values.len()], values.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn bf16_ulps_are_counted_across_zero() {
+        let one_ulp = 1.0 + 2f32.powi(-7);
+        assert!(compare(Rule::Ulps(1), &bf16s(&[one_ulp]), &bf16s(&[1.0])).is_ok());
+        let two = 1.0 + 2.0 * 2f32.powi(-7);
+        let e = compare(Rule::Ulps(1), &bf16s(&[two]), &bf16s(&[1.0])).unwrap_err();
+        assert!(e.contains("2 ulps of bf16 apart"), "{e}");
+        assert!(compare(Rule::Exact, &bf16s(&[-0.0]), &bf16s(&[0.0])).is_ok());
+        assert!(compare(Rule::Exact, &bf16s(&[f32::NAN]), &bf16s(&[1.0])).is_err());
+        assert!(compare(Rule::Exact, &bf16s(&[f32::NAN]), &bf16s(&[f32::NAN])).is_ok());
+    }
+
+    #[test]
+    fn codes_within_one_allow_a_neighbour_only() {
+        let codes =
+            |c: &[u8]| HostTensor::from_codes(DType::F8E4M3, vec![c.len()], c.to_vec()).unwrap();
+        assert!(
+            compare(
+                Rule::CodesWithinOne,
+                &codes(&[0x39, 0xb8]),
+                &codes(&[0x38, 0xb9])
+            )
+            .is_ok()
+        );
+        assert!(compare(Rule::CodesWithinOne, &codes(&[0x3a]), &codes(&[0x38])).is_err());
+        assert!(compare(Rule::Exact, &codes(&[0x39]), &codes(&[0x38])).is_err());
+        // +0 and -0 are one code apart in magnitude order: both zero.
+        assert!(compare(Rule::Exact, &codes(&[0x80]), &codes(&[0x00])).is_ok());
+        assert!(compare(Rule::CodesWithinOne, &codes(&[0x7f]), &codes(&[0x7e])).is_err());
+    }
+
+    #[test]
+    fn frobenius_and_integer_rules() {
+        let f32s = |v: &[f32]| HostTensor::from_f32(DType::F32, vec![v.len()], v.to_vec()).unwrap();
+        assert!(
+            compare(
+                Rule::RelativeFrobenius(1e-2),
+                &f32s(&[1.0, 2.001]),
+                &f32s(&[1.0, 2.0])
+            )
+            .is_ok()
+        );
+        assert!(
+            compare(
+                Rule::RelativeFrobenius(1e-4),
+                &f32s(&[1.0, 2.01]),
+                &f32s(&[1.0, 2.0])
+            )
+            .is_err()
+        );
+        let ints = |v: &[i32]| HostTensor::from_i32(DType::I32, vec![v.len()], v.to_vec()).unwrap();
+        assert!(compare(Rule::Exact, &ints(&[1, 2]), &ints(&[1, 3])).is_err());
+        assert!(compare(Rule::MostlyEqual(0.5), &ints(&[1, 2]), &ints(&[1, 3])).is_ok());
+        let e = compare(Rule::Exact, &f32s(&[1.0]), &ints(&[1])).unwrap_err();
+        assert!(e.contains("f32[1], the reference i32[1]"), "{e}");
+    }
+
+    #[test]
+    fn every_op_kind_has_a_rule() {
+        assert_eq!(rule_for(OpKind::Quantize, 1, DType::F32), Rule::Exact);
+        assert_eq!(
+            rule_for(OpKind::RmsNormQuant, 0, DType::F8E4M3),
+            Rule::CodesWithinOne
+        );
+        assert_eq!(
+            rule_for(OpKind::Fp8Gemm, 0, DType::Bf16),
+            Rule::RelativeFrobenius(1e-2)
+        );
+        assert_eq!(
+            rule_for(OpKind::MoeTopk, 1, DType::I32),
+            Rule::MostlyEqual(0.99)
+        );
+    }
+}
