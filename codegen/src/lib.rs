@@ -14,6 +14,7 @@
 //! ([`Target`]). See DESIGN.md §4.
 
 pub mod error;
+pub mod kernels;
 pub mod mlir;
 pub mod ptx;
 pub mod ptxas;
@@ -22,3 +23,4 @@ pub mod target;
 pub use error::CodegenError;
 pub use ptx::{compile_to_ptx, pipeline};
 pub use target::Target;
+
