@@ -6,10 +6,16 @@
 //! [`GpuKernel::params`]); shapes are compile-time constants, so a kernel used by many layers
 //! with the same shapes is built once (the planner dedups by [`GpuKernel::entry`]).
 
+pub mod attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod fp8_gemm;
+pub mod linear;
+pub mod moe;
 pub mod norm;
 pub mod quantize;
+pub mod rope;
+pub mod softmax;
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -82,6 +88,22 @@ pub enum GpuKernel {
     RmsNorm(norm::RmsNorm),
     /// `quantize` (1 × tile), `swiglu_quant`.
     ActQuant(quantize::ActQuant),
+    /// `rope`.
+    Rope(rope::Rope),
+    /// `softmax` over the last axis.
+    Softmax(softmax::Softmax),
+    /// `attn_scores`.
+    AttnScores(attention::AttnScores),
+    /// `attn_values`.
+    AttnValues(attention::AttnValues),
+    /// `linear` in BF16/F32 (head, gate).
+    Linear(linear::Linear),
+    /// `fp8_gemm`, dense or grouped over routed experts.
+    Fp8Gemm(fp8_gemm::Fp8Gemm),
+    /// `moe_topk`.
+    MoeTopk(moe::MoeTopk),
+    /// `moe_combine`.
+    MoeCombine(moe::MoeCombine),
 }
 
 macro_rules! each_kernel {
@@ -92,6 +114,14 @@ macro_rules! each_kernel {
             GpuKernel::Embedding($k) => $body,
             GpuKernel::RmsNorm($k) => $body,
             GpuKernel::ActQuant($k) => $body,
+            GpuKernel::Rope($k) => $body,
+            GpuKernel::Softmax($k) => $body,
+            GpuKernel::AttnScores($k) => $body,
+            GpuKernel::AttnValues($k) => $body,
+            GpuKernel::Linear($k) => $body,
+            GpuKernel::Fp8Gemm($k) => $body,
+            GpuKernel::MoeTopk($k) => $body,
+            GpuKernel::MoeCombine($k) => $body,
         }
     };
 }

@@ -297,6 +297,18 @@ impl<'c, 'a> Emit<'c, 'a> {
         self.push(memref::load(memref, &[index], self.location))
     }
 
+    /// `memref[base + offset]` widened to f32 (bf16 and f32 buffers).
+    pub fn load_f32(
+        &self,
+        memref: Value<'c, '_>,
+        base: Value<'c, '_>,
+        offset: Value<'c, '_>,
+    ) -> Emitted<'c, 'a> {
+        let at = self.addi(base, offset)?;
+        let value = self.load(memref, at)?;
+        self.to_f32(value)
+    }
+
     /// `memref[index] = value`.
     pub fn store(&self, value: Value<'c, '_>, memref: Value<'c, '_>, index: Value<'c, '_>) {
         self.push_void(memref::store(value, memref, &[index], self.location));
