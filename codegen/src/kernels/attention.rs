@@ -61,8 +61,8 @@ impl AttnScores {
     /// `(q, k, [q_pe, k_pe,] scores)`.
     pub fn params(&self) -> Vec<Param> {
         let mut params = Vec::new();
-        let pairs = std::iter::once(("q", "k", self.main))
-            .chain(self.rope.map(|r| ("q_pe", "k_pe", r)));
+        let pairs =
+            std::iter::once(("q", "k", self.main)).chain(self.rope.map(|r| ("q_pe", "k_pe", r)));
         for (q, k, operand) in pairs {
             params.push(Param::new(
                 q,
@@ -98,7 +98,8 @@ impl AttnScores {
             let n = e.index(self.out_len() as i64)?;
             let in_bounds = e.lt(i, n)?;
             e.if_then(in_bounds, |e| {
-                let [b, h, s, t] = unflatten(&e, i, [self.batch, self.heads, self.q_len, self.kv_len])?;
+                let [b, h, s, t] =
+                    unflatten(&e, i, [self.batch, self.heads, self.q_len, self.kv_len])?;
                 let offset = e.index(self.kv_len.saturating_sub(self.q_len) as i64)?;
                 let last_key = e.addi(s, offset)?;
                 let visible = if self.causal {
@@ -133,7 +134,11 @@ impl AttnScores {
                         })?;
                         let part = e.get(part_cell)?;
                         let total = e.get(acc)?;
-                        let total = if pair == 0 { part } else { e.addf(total, part)? };
+                        let total = if pair == 0 {
+                            part
+                        } else {
+                            e.addf(total, part)?
+                        };
                         e.set(acc, total)?;
                     }
                     let total = e.get(acc)?;
@@ -217,7 +222,8 @@ impl AttnValues {
             let n = e.index(self.out_len() as i64)?;
             let in_bounds = e.lt(i, n)?;
             e.if_then(in_bounds, |e| {
-                let [b, s, h, d] = unflatten(&e, i, [self.batch, self.q_len, self.heads, self.v_dim])?;
+                let [b, s, h, d] =
+                    unflatten(&e, i, [self.batch, self.q_len, self.heads, self.v_dim])?;
                 let heads = e.index(self.heads as i64)?;
                 let q_len = e.index(self.q_len as i64)?;
                 let kv_len = e.index(self.kv_len as i64)?;

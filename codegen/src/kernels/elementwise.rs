@@ -1,4 +1,5 @@
-//! One-output-element-per-thread kernels: `add`, `cast` and the strided copy of `slice`.
+//! One-output-element-per-thread kernels: `add`, `mul`, `silu`, `swiglu`, `cast` and the strided
+//! copy of `slice`.
 //!
 //! Arithmetic is in f32 on values widened exactly from their storage dtype, and the result is
 //! rounded to nearest even into the output dtype, as the CPU reference does at every op boundary.
@@ -18,6 +19,12 @@ use crate::mlir::emit::Emit;
 pub enum ElementwiseOp {
     /// `out = a + b`.
     Add,
+    /// `out = a · b`.
+    Mul,
+    /// `out = x / (1 + e^-x)`.
+    Silu,
+    /// `out = round(silu(gate)) · up` (the activation rounded to the output dtype first).
+    Swiglu,
     /// `out = x` converted.
     Cast,
 }
@@ -40,6 +47,9 @@ impl Elementwise {
     pub fn spec(&self) -> &'static str {
         match self.op {
             ElementwiseOp::Add => "add",
+            ElementwiseOp::Mul => "mul",
+            ElementwiseOp::Silu => "silu",
+            ElementwiseOp::Swiglu => "swiglu",
             ElementwiseOp::Cast => "cast",
         }
     }
@@ -47,8 +57,9 @@ impl Elementwise {
     /// `(a, b, out)` or `(x, out)`.
     pub fn params(&self) -> Vec<Param> {
         let names: &[&'static str] = match self.op {
-            ElementwiseOp::Add => &["a", "b"],
-            ElementwiseOp::Cast => &["x"],
+            ElementwiseOp::Add | ElementwiseOp::Mul => &["a", "b"],
+            ElementwiseOp::Swiglu => &["gate", "up"],
+            ElementwiseOp::Silu | ElementwiseOp::Cast => &["x"],
         };
         let mut params: Vec<Param> = names
             .iter()
@@ -79,12 +90,24 @@ impl Elementwise {
             e.if_then(in_bounds, |e| {
                 let out = *args.last().expect("an output");
                 let value = match self.op {
-                    ElementwiseOp::Add => {
-                        let a = e.load(args[0], i)?;
-                        let a = e.to_f32(a)?;
-                        let b = e.load(args[1], i)?;
-                        let b = e.to_f32(b)?;
-                        e.addf(a, b)?
+                    ElementwiseOp::Add | ElementwiseOp::Mul | ElementwiseOp::Swiglu => {
+                        let zero = e.index(0)?;
+                        let a = e.load_f32(args[0], zero, i)?;
+                        let b = e.load_f32(args[1], zero, i)?;
+                        match self.op {
+                            ElementwiseOp::Add => e.addf(a, b)?,
+                            ElementwiseOp::Mul => e.mulf(a, b)?,
+                            _ => {
+                                let act = e.silu(a)?;
+                                let act = e.round_through(act, self.output)?;
+                                e.mulf(act, b)?
+                            }
+                        }
+                    }
+                    ElementwiseOp::Silu => {
+                        let zero = e.index(0)?;
+                        let x = e.load_f32(args[0], zero, i)?;
+                        e.silu(x)?
                     }
                     ElementwiseOp::Cast => {
                         let x = e.load(args[0], i)?;

@@ -62,7 +62,10 @@ pub struct Launch {
 impl Launch {
     /// One thread per element of `len`, in [`ELEMENTWISE_BLOCK`]-thread blocks.
     pub fn per_element(len: u64) -> Launch {
-        Launch::blocks(len.div_ceil(u64::from(ELEMENTWISE_BLOCK)), ELEMENTWISE_BLOCK)
+        Launch::blocks(
+            len.div_ceil(u64::from(ELEMENTWISE_BLOCK)),
+            ELEMENTWISE_BLOCK,
+        )
     }
 
     /// `blocks` blocks of `threads` threads, on x.
@@ -160,7 +163,11 @@ impl GpuKernel {
     pub fn entry(&self) -> String {
         let mut hasher = Fnv1a::default();
         format!("{self:?}").hash(&mut hasher);
-        format!("{}_{:012x}", self.spec(), hasher.finish() & 0xffff_ffff_ffff)
+        format!(
+            "{}_{:012x}",
+            self.spec(),
+            hasher.finish() & 0xffff_ffff_ffff
+        )
     }
 }
 
@@ -210,12 +217,4 @@ pub fn param_types<'c>(context: &'c Context, params: &[Param]) -> Vec<Type<'c>> 
             .into()
         })
         .collect()
-}
-
-/// Validation shared by the kernel constructors.
-pub(crate) fn invalid(kernel: &str, message: impl Into<String>) -> CodegenError {
-    CodegenError::InvalidKernel {
-        kernel: kernel.to_string(),
-        message: message.into(),
-    }
 }

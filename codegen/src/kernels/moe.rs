@@ -65,11 +65,19 @@ impl MoeTopk {
 
     /// `(logits, [bias,] weights, indices)`.
     pub fn params(&self) -> Vec<Param> {
-        let mut params = vec![Param::new("logits", self.logits, self.tokens * self.experts)];
+        let mut params = vec![Param::new(
+            "logits",
+            self.logits,
+            self.tokens * self.experts,
+        )];
         if self.bias {
             params.push(Param::new("bias", DType::F32, self.experts));
         }
-        params.push(Param::new("weights", self.weights, self.tokens * self.top_k));
+        params.push(Param::new(
+            "weights",
+            self.weights,
+            self.tokens * self.top_k,
+        ));
         params.push(Param::new("indices", DType::I32, self.tokens * self.top_k));
         params
     }
@@ -94,7 +102,9 @@ impl MoeTopk {
             let t = global_index(&e)?;
             let tokens = e.index(self.tokens as i64)?;
             let in_bounds = e.lt(t, tokens)?;
-            e.if_then(in_bounds, |e| self.route_token(&e, t, logits, bias, weights, indices))
+            e.if_then(in_bounds, |e| {
+                self.route_token(&e, t, logits, bias, weights, indices)
+            })
         })
     }
 
@@ -110,11 +120,25 @@ impl MoeTopk {
         let n = self.experts as i64;
         let f32_array = |len: i64| -> Emitted<'c, 'a> {
             let ty = MemRefType::new(e.f32_type(), &[len], None, None);
-            e.push(melior::dialect::memref::alloca(e.context, ty, &[], &[], None, e.location))
+            e.push(melior::dialect::memref::alloca(
+                e.context,
+                ty,
+                &[],
+                &[],
+                None,
+                e.location,
+            ))
         };
         let i32_array = |len: i64| -> Emitted<'c, 'a> {
             let ty = MemRefType::new(e.int_type(32), &[len], None, None);
-            e.push(melior::dialect::memref::alloca(e.context, ty, &[], &[], None, e.location))
+            e.push(melior::dialect::memref::alloca(
+                e.context,
+                ty,
+                &[],
+                &[],
+                None,
+                e.location,
+            ))
         };
         let scores = f32_array(n)?;
         let select = f32_array(n)?;
@@ -197,7 +221,14 @@ impl MoeTopk {
                 e.store(zero_i, group_ok, at);
             }
             for _ in 0..self.topk_groups {
-                let best = argbest(e, group_scores, 0, self.groups as i64, None, Some(group_taken))?;
+                let best = argbest(
+                    e,
+                    group_scores,
+                    0,
+                    self.groups as i64,
+                    None,
+                    Some(group_taken),
+                )?;
                 e.store(one_i, group_taken, best);
                 e.store(one_i, group_ok, best);
             }

@@ -5,7 +5,7 @@
 //! The fused form keeps the row in shared memory and quantizes it in 1 × tile groups, one warp
 //! per group, exactly as `quantize` would quantize the stored `rms_norm` output.
 
-use dsc_ir::{DType, ScaleFormat};
+use dsc_ir::DType;
 use melior::ir::r#type::MemRefType;
 use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
@@ -185,6 +185,3 @@ pub(crate) fn block_sum<'c, 'a>(
     e.barrier();
     Ok(total)
 }
-
-/// Keeps `ScaleFormat` in this module's public signature set (used by callers building specs).
-pub type NormScaleFormat = ScaleFormat;

@@ -10,9 +10,9 @@
 use melior::Context;
 use melior::dialect::arith::{self, CmpfPredicate, CmpiPredicate};
 use melior::dialect::{memref, scf};
+use melior::ir::ValueLike;
 use melior::ir::attribute::{FloatAttribute, IntegerAttribute, StringAttribute};
 use melior::ir::operation::OperationBuilder;
-use melior::ir::ValueLike;
 use melior::ir::r#type::{IntegerType, MemRefType};
 use melior::ir::{
     Attribute, Block, BlockLike, Identifier, Location, Operation, Region, RegionLike, Type, Value,
@@ -47,7 +47,11 @@ impl<'c, 'a> Emit<'c, 'a> {
 
     /// Appends `operation` and returns its first result.
     pub fn push(&self, operation: impl Into<Operation<'c>>) -> Emitted<'c, 'a> {
-        Ok(self.block.append_operation(operation.into()).result(0)?.into())
+        Ok(self
+            .block
+            .append_operation(operation.into())
+            .result(0)?
+            .into())
     }
 
     /// Appends `operation`, which has no result.

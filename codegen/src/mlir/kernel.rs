@@ -135,8 +135,11 @@ impl<'c> KernelModule<'c> {
         if !shared.is_empty() {
             function.set_attribute(
                 "workgroup_attributions",
-                IntegerAttribute::new(Type::parse(context, "i64").expect("i64 parses"), shared.len() as i64)
-                    .into(),
+                IntegerAttribute::new(
+                    Type::parse(context, "i64").expect("i64 parses"),
+                    shared.len() as i64,
+                )
+                .into(),
             );
         }
         self.gpu_module_body().append_operation(function);

@@ -85,7 +85,12 @@ impl<'c, 'a> Emit<'c, 'a> {
 
         let two = self.f32(2.0)?;
         let half_n = self.divf(n, two)?;
-        let half_n = self.inline_asm("cvt.rmi.f32.f32 $0, $1;", "=f,f", &[half_n], self.f32_type())?;
+        let half_n = self.inline_asm(
+            "cvt.rmi.f32.f32 $0, $1;",
+            "=f,f",
+            &[half_n],
+            self.f32_type(),
+        )?;
         let rest = self.subf(n, half_n)?;
         let a = self.pow2(half_n)?;
         let b = self.pow2(rest)?;
