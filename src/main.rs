@@ -5,8 +5,10 @@ mod artifact_dir;
 mod cli;
 mod compile;
 mod diagnostic;
+mod import;
 mod opt;
 mod pipeline;
+mod quantize_weights;
 mod report;
 mod run;
 
@@ -19,6 +21,8 @@ fn main() -> ExitCode {
         cli::Command::Compile(args) => compile::run(args),
         cli::Command::Opt(args) => opt::run(args),
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Import(args) => import::run(args),
+        cli::Command::QuantizeWeights(args) => quantize_weights::run(args),
         cli::Command::Numerics => {
             print!("{}", dsc_kernels::numerics_report());
             Ok(())

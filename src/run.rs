@@ -8,7 +8,9 @@ use dsc_ir::verify;
 use dsc_kernels::Accumulator;
 use dsc_runtime::cpu::{self, CpuOptions};
 use dsc_runtime::inputs::{random_inputs, read_inputs};
-use dsc_runtime::{Checkpoint, HostTensor, load_weights, random_weights, write_safetensors};
+use dsc_runtime::{
+    Checkpoint, HostTensor, beyond_last_layer, load_weights, random_weights, write_safetensors,
+};
 use std::time::Instant;
 
 fn runtime_error(e: dsc_runtime::RuntimeError) -> Diagnostic {
@@ -42,6 +44,15 @@ pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => {
             let ckpt = Checkpoint::open(path).map_err(runtime_error)?;
+            let beyond = beyond_last_layer(&graph, &ckpt);
+            if let Some(first) = beyond.first() {
+                eprintln!(
+                    "note: ignored {} tensors of layers beyond the model's {} (e.g. \
+                     multi-token-prediction layers), first `{first}`",
+                    beyond.len(),
+                    dsc_runtime::weights::layer_count(&graph)
+                );
+            }
             load_weights(&graph, &ckpt).map_err(runtime_error)?
         }
         (None, Some(seed)) => random_weights(&graph, seed).map_err(runtime_error)?,

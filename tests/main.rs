@@ -4,6 +4,7 @@
 mod bad_inputs;
 mod cli;
 mod filetests;
+mod import;
 mod precision;
 mod run;
 mod snapshots;

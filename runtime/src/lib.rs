@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod inputs;
+pub mod quantize_checkpoint;
 pub mod random_weights;
 pub mod tensor;
 #[cfg(test)]
@@ -21,4 +22,4 @@ pub use cuda::{DeviceInfo, probe};
 pub use error::{RuntimeError, WeightProblems};
 pub use random_weights::random_weights;
 pub use tensor::{HostData, HostTensor, write_safetensors};
-pub use weights::{Weights, hf_tensors, load_weights, save_safetensors};
+pub use weights::{Weights, beyond_last_layer, hf_tensors, load_weights, save_safetensors};
