@@ -22,6 +22,10 @@ pub enum Command {
     Run(RunArgs),
     /// Print the FP8 GEMM accumulation-error table (Hopper model unpromoted / promoted, exact).
     Numerics,
+    /// Convert a Hugging Face config.json into a model.toml.
+    Import(ImportArgs),
+    /// Turn a BF16 Hugging Face checkpoint into an FP8 one (DeepSeek-V3 layout).
+    QuantizeWeights(QuantizeWeightsArgs),
     /// Time a compiled model: per-step time and TFLOP/s or GB/s, whole-forward median.
     Bench(BenchArgs),
 }
@@ -103,8 +107,11 @@ pub struct PipelineArgs {
 /// `dsc compile`.
 #[derive(Debug, clap::Args)]
 pub struct CompileArgs {
-    /// The model description (model.toml).
+    /// The model: a model.toml, a Hugging Face config.json, or a checkpoint directory.
     pub model: PathBuf,
+    /// With a Hugging Face config: the compiled graph's batch and sequence length.
+    #[command(flatten)]
+    pub hf_shape: HfShapeArgs,
     /// Output directory [default: build/<model name>].
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
@@ -122,6 +129,39 @@ pub struct OptArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+/// `dsc import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// A Hugging Face config.json (or the checkpoint directory holding it).
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub shape: HfShapeArgs,
+    /// Write the model.toml here instead of stdout.
+    #[arg(short, long, value_name = "MODEL.toml")]
+    pub output: Option<PathBuf>,
+}
+
+/// The input shape of a model imported from a Hugging Face config (which does not say it).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct HfShapeArgs {
+    /// Batch size of the compiled graph [default: 1].
+    #[arg(long, value_name = "B")]
+    pub batch: Option<u64>,
+    /// Sequence length of the compiled graph [default: 128].
+    #[arg(long, value_name = "S")]
+    pub seq_len: Option<u64>,
+}
+
+/// `dsc quantize-weights`.
+#[derive(Debug, clap::Args)]
+pub struct QuantizeWeightsArgs {
+    /// A Hugging Face checkpoint directory (config.json, index and shards) in BF16/F16/F32.
+    pub input: PathBuf,
+    /// The FP8 checkpoint directory to write (replaced whole, atomically).
+    #[arg(short, long, value_name = "OUT_DIR")]
+    pub output: PathBuf,
 }
 
 /// `dsc bench`.

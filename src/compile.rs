@@ -1,4 +1,5 @@
-//! `dsc compile MODEL.toml`: model.toml → graph → passes → graph.dsc, report.txt, report.json.
+//! `dsc compile MODEL.toml` (or a Hugging Face config.json / checkpoint directory, imported
+//! first): model → graph → passes → graph.dsc, report.txt, report.json.
 
 use crate::artifact_dir::write_atomically;
 use crate::cli::CompileArgs;
@@ -10,9 +11,27 @@ use std::path::PathBuf;
 
 /// Compiles the model and writes the artifact directory.
 pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
-    let source = read_text(&args.model)?;
-    let mut graph = load_model(&source)
-        .map_err(|e| Diagnostic::at(&args.model, &source, e.line, e.col, e.message))?;
+    let mut graph = match crate::import::hf_config(&args.model) {
+        Some(config) => {
+            let imported = crate::import::import_config(&config, &args.hf_shape)?;
+            // `import` has read its model.toml back already; this cannot fail on input.
+            load_model(&imported.toml).map_err(|e| {
+                Diagnostic::new(format!("{}: imported model: {e}", config.display()))
+            })?
+        }
+        None => {
+            if args.hf_shape.batch.is_some() || args.hf_shape.seq_len.is_some() {
+                return Err(Diagnostic::new(format!(
+                    "--batch and --seq-len apply to a Hugging Face config.json or checkpoint \
+                     directory; {} sets them in [model]",
+                    args.model.display()
+                )));
+            }
+            let source = read_text(&args.model)?;
+            load_model(&source)
+                .map_err(|e| Diagnostic::at(&args.model, &source, e.line, e.col, e.message))?
+        }
+    };
     let timings = pipeline::run(&args.pipeline, DEFAULT_PIPELINE, &mut graph)?;
     let report = report::build(&graph, &timings);
     let dir = args

@@ -6,8 +6,10 @@ mod bench;
 mod cli;
 mod compile;
 mod diagnostic;
+mod import;
 mod opt;
 mod pipeline;
+mod quantize_weights;
 mod report;
 mod run;
 
@@ -20,6 +22,8 @@ fn main() -> ExitCode {
         cli::Command::Compile(args) => compile::run(args),
         cli::Command::Opt(args) => opt::run(args),
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Import(args) => import::run(args),
+        cli::Command::QuantizeWeights(args) => quantize_weights::run(args),
         cli::Command::Numerics => {
             print!("{}", dsc_kernels::numerics_report());
             Ok(())

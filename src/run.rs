@@ -6,7 +6,10 @@ use crate::diagnostic::Diagnostic;
 use dsc_kernels::Accumulator;
 use dsc_runtime::cpu::CpuOptions;
 use dsc_runtime::inputs::{random_inputs, read_inputs};
-use dsc_runtime::{Artifact, Device, HostTensor, Session, SessionOptions, write_safetensors};
+use dsc_runtime::{
+    Artifact, Checkpoint, Device, HostTensor, Session, SessionOptions, beyond_last_layer,
+    write_safetensors,
+};
 use std::path::Path;
 use std::time::Instant;
 
@@ -51,7 +54,19 @@ pub fn open_session<'a>(
         Session::with_options(artifact, device_of(device), options).map_err(runtime_error)?;
     println!("device: {}", session.device());
     match weights {
-        WeightsSource::Checkpoint(path) => session.load_weights(path),
+        WeightsSource::Checkpoint(path) => {
+            let checkpoint = Checkpoint::open(path).map_err(runtime_error)?;
+            let beyond = beyond_last_layer(&artifact.graph, &checkpoint);
+            if let Some(first) = beyond.first() {
+                eprintln!(
+                    "note: ignored {} tensors of layers beyond the model's {} (e.g. \
+                     multi-token-prediction layers), first `{first}`",
+                    beyond.len(),
+                    dsc_runtime::weights::layer_count(&artifact.graph)
+                );
+            }
+            session.load_checkpoint(&checkpoint)
+        }
         WeightsSource::Random(seed) => session.load_random_weights(seed),
     }
     .map_err(runtime_error)?;

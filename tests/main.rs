@@ -5,6 +5,7 @@ mod bad_inputs;
 mod cli;
 mod filetests;
 mod gpu;
+mod import;
 mod precision;
 mod run;
 mod session;

@@ -9,6 +9,17 @@ pub enum CodegenError {
     #[error("unknown target `{0}` (expected one of: sm_90a, sm_89)")]
     UnknownTarget(String),
 
+    /// An op of the graph has no GPU kernel, or attributes its kernel cannot take.
+    #[error("op `{op}` ({kind}): {message}")]
+    Selection {
+        /// The op's name.
+        op: String,
+        /// Its kind.
+        kind: &'static str,
+        /// What is missing.
+        message: String,
+    },
+
     /// A kernel builder was asked for something it cannot build.
     #[error("invalid kernel `{kernel}`: {message}")]
     InvalidKernel {

@@ -13,12 +13,18 @@
 //! Targets are `sm_90a` (Hopper, the default) and `sm_89` (Ada), each its own PTX module
 //! ([`Target`]). See DESIGN.md §4.
 
+pub mod artifact;
 pub mod error;
+pub mod kernels;
 pub mod mlir;
+pub mod plan;
 pub mod ptx;
 pub mod ptxas;
 pub mod target;
+#[cfg(test)]
+mod tests;
 
+pub use artifact::{CodegenTimings, Generated, generate};
 pub use error::CodegenError;
 pub use ptx::{compile_to_ptx, pipeline};
 pub use target::Target;

@@ -119,3 +119,10 @@ mod tests {
         assert!("float8".parse::<DType>().is_err());
     }
 }
+
+/// Serialized as the IR spells it (`bf16`, `f8e4m3`, …): the manifest and reports use it.
+impl serde::Serialize for DType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}

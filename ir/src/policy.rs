@@ -224,3 +224,10 @@ mod tests {
         }
     }
 }
+
+/// Serialized as model.toml and the IR spell it (`f32`, `ue8m0`).
+impl serde::Serialize for ScaleFormat {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}

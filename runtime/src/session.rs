@@ -89,8 +89,12 @@ impl<'a> Session<'a> {
     /// Loads weights from a `.safetensors` file or a Hugging Face checkpoint directory;
     /// BF16/F32 weights are quantized on load where the graph wants FP8.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), RuntimeError> {
-        let checkpoint = Checkpoint::open(path)?;
-        let weights = load_weights(&self.artifact.graph, &checkpoint)?;
+        self.load_checkpoint(&Checkpoint::open(path)?)
+    }
+
+    /// Loads weights from an opened checkpoint, as [`Session::load_weights`] does.
+    pub fn load_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), RuntimeError> {
+        let weights = load_weights(&self.artifact.graph, checkpoint)?;
         self.backend.set_weights(weights)
     }
 

@@ -19,6 +19,11 @@
 //!
 //! Every mismatch is collected (missing, unexpected, wrong shape, wrong dtype, contradictory)
 //! into one [`RuntimeError::Weights`].
+//!
+//! Tensors of layers the model does not have (`model.layers.{i}.…` with `i` at or beyond the
+//! graph's layer count) are not errors: real checkpoints carry such layers beside the model
+//! proper (DeepSeek-V3's multi-token-prediction layer, `model.layers.61.*`, after 61 layers).
+//! They are skipped and listed by [`beyond_last_layer`], so the user sees what was left out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -449,8 +454,9 @@ pub fn load_weights(graph: &Graph, ckpt: &Checkpoint) -> Result<Weights, Runtime
             sources,
         });
     }
+    let layers = layer_count(graph);
     for name in ckpt.names() {
-        if !m.claimed.contains(name) {
+        if !m.claimed.contains(name) && !is_beyond(name, layers) {
             let v = ckpt.tensor(name).expect("listed names exist");
             m.problems.unexpected.push(format!(
                 "`{name}`: {} {:?}, used by no parameter",
@@ -478,6 +484,35 @@ pub fn load_weights(graph: &Graph, ckpt: &Checkpoint) -> Result<Weights, Runtime
     } else {
         Err(fail(problems))
     }
+}
+
+/// The layer index of a Hugging Face tensor name `model.layers.{i}.…`.
+fn layer_of(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("model.layers.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// How many decoder layers the graph has: one more than the largest `model.layers.{i}` among
+/// its parameters (0 without any).
+pub fn layer_count(graph: &Graph) -> usize {
+    graph
+        .params
+        .iter()
+        .filter_map(|&p| layer_of(graph.name(p)))
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+fn is_beyond(name: &str, layers: usize) -> bool {
+    layers > 0 && layer_of(name).is_some_and(|i| i >= layers)
+}
+
+/// The checkpoint tensors of layers beyond the graph's last (see the module documentation),
+/// which [`load_weights`] skips.
+pub fn beyond_last_layer<'c>(graph: &Graph, ckpt: &'c Checkpoint) -> Vec<&'c str> {
+    let layers = layer_count(graph);
+    ckpt.names().filter(|n| is_beyond(n, layers)).collect()
 }
 
 /// Appends `src` to `dst` (both the same variant).

@@ -85,6 +85,22 @@ impl<'c> KernelModule<'c> {
     where
         F: FnOnce(&Block<'c>, Location<'c>) -> Result<(), CodegenError>,
     {
+        self.add_kernel_with_shared(name, arguments, &[], build)
+    }
+
+    /// [`KernelModule::add_kernel`] with workgroup (shared-memory) buffers of static `shared`
+    /// memref types in address space 3: the entry block gets them as extra arguments after the
+    /// kernel's own.
+    pub fn add_kernel_with_shared<F>(
+        &self,
+        name: &str,
+        arguments: &[Type<'c>],
+        shared: &[Type<'c>],
+        build: F,
+    ) -> Result<(), CodegenError>
+    where
+        F: FnOnce(&Block<'c>, Location<'c>) -> Result<(), CodegenError>,
+    {
         if self.kernel_names().iter().any(|existing| existing == name) {
             return Err(CodegenError::InvalidKernel {
                 kernel: name.to_string(),
@@ -97,6 +113,7 @@ impl<'c> KernelModule<'c> {
         let entry = Block::new(
             &arguments
                 .iter()
+                .chain(shared)
                 .map(|&argument| (argument, location))
                 .collect::<Vec<_>>(),
         );
@@ -115,6 +132,16 @@ impl<'c> KernelModule<'c> {
         .into();
         function.set_attribute("sym_name", StringAttribute::new(context, name).into());
         function.set_attribute("gpu.kernel", Attribute::unit(context));
+        if !shared.is_empty() {
+            function.set_attribute(
+                "workgroup_attributions",
+                IntegerAttribute::new(
+                    Type::parse(context, "i64").expect("i64 parses"),
+                    shared.len() as i64,
+                )
+                .into(),
+            );
+        }
         self.gpu_module_body().append_operation(function);
         Ok(())
     }

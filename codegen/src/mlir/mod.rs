@@ -8,7 +8,9 @@
 //! then lowers that module to one PTX module.
 
 pub mod add;
+pub mod emit;
 pub mod kernel;
+pub mod math;
 
 use melior::Context;
 use melior::dialect::DialectRegistry;

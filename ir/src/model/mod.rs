@@ -8,6 +8,7 @@
 mod deepseek;
 mod explicit;
 mod explicit_op;
+pub mod hf;
 mod layers;
 mod llama;
 mod precision;

@@ -1,0 +1,291 @@
+//! Core attention, as two kernels around `softmax`: `attn_scores` (`q·kᵀ` over the head dims,
+//! plus the RoPE part for MLA, times the softmax scale, causal mask to -inf) and `attn_values`
+//! (`p·v`). One output element per thread, f32 accumulation of exact products.
+//!
+//! Heads share keys and values in groups (GQA, and MLA's single `k_pe` head): query head `h`
+//! reads key head `h / (heads / kv_heads)`.
+
+use dsc_ir::DType;
+use melior::dialect::arith::CmpiPredicate;
+use melior::ir::{BlockLike, Value};
+use serde::Serialize;
+
+use super::elementwise::global_index;
+use super::{Launch, Param, param_types};
+use crate::error::CodegenError;
+use crate::mlir::KernelModule;
+use crate::mlir::emit::{Emit, Emitted};
+
+/// One `[batch, len, heads, dim]` operand of a score dot product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HeadOperand {
+    /// Heads of the key side (the query side has `AttnScores::heads`).
+    pub kv_heads: u64,
+    /// Dims per head.
+    pub dim: u64,
+    /// Dtype of both sides.
+    pub dtype: DType,
+}
+
+/// `scores[b, h, s, t]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttnScores {
+    /// Batch.
+    pub batch: u64,
+    /// Queries.
+    pub q_len: u64,
+    /// Keys.
+    pub kv_len: u64,
+    /// Query heads.
+    pub heads: u64,
+    /// The main q/k pair.
+    pub main: HeadOperand,
+    /// The RoPE pair (MLA), when present.
+    pub rope: Option<HeadOperand>,
+    /// Softmax scale.
+    pub scale: f32,
+    /// Causal mask (keys after the query's position are -inf).
+    pub causal: bool,
+}
+
+impl AttnScores {
+    /// Spec name.
+    pub fn spec(&self) -> &'static str {
+        "attn_scores"
+    }
+
+    fn out_len(&self) -> u64 {
+        self.batch * self.heads * self.q_len * self.kv_len
+    }
+
+    /// `(q, k, [q_pe, k_pe,] scores)`.
+    pub fn params(&self) -> Vec<Param> {
+        let mut params = Vec::new();
+        let pairs =
+            std::iter::once(("q", "k", self.main)).chain(self.rope.map(|r| ("q_pe", "k_pe", r)));
+        for (q, k, operand) in pairs {
+            params.push(Param::new(
+                q,
+                operand.dtype,
+                self.batch * self.q_len * self.heads * operand.dim,
+            ));
+            params.push(Param::new(
+                k,
+                operand.dtype,
+                self.batch * self.kv_len * operand.kv_heads * operand.dim,
+            ));
+        }
+        params.push(Param::new("scores", DType::F32, self.out_len()));
+        params
+    }
+
+    /// One thread per score.
+    pub fn launch(&self) -> Launch {
+        Launch::per_element(self.out_len())
+    }
+
+    /// Builds the kernel.
+    pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        module.add_kernel(entry, &types, |block, location| {
+            let e = Emit::new(context, block, location);
+            let args: Vec<Value> = (0..types.len())
+                .map(|i| block.argument(i).map(Into::into))
+                .collect::<Result<_, _>>()?;
+            let out = *args.last().expect("scores");
+            let i = global_index(&e)?;
+            let n = e.index(self.out_len() as i64)?;
+            let in_bounds = e.lt(i, n)?;
+            e.if_then(in_bounds, |e| {
+                let [b, h, s, t] =
+                    unflatten(&e, i, [self.batch, self.heads, self.q_len, self.kv_len])?;
+                let offset = e.index(self.kv_len.saturating_sub(self.q_len) as i64)?;
+                let last_key = e.addi(s, offset)?;
+                let visible = if self.causal {
+                    e.cmpi(CmpiPredicate::Ule, t, last_key)?
+                } else {
+                    e.cmpi(CmpiPredicate::Eq, t, t)?
+                };
+                let neg_inf = e.f32(f32::NEG_INFINITY)?;
+                let result = e.cell(neg_inf)?;
+                e.if_then(visible, |e| {
+                    let zero = e.f32(0.0)?;
+                    let acc = e.cell(zero)?;
+                    let pairs = std::iter::once(self.main).chain(self.rope);
+                    for (pair, operand) in pairs.enumerate() {
+                        let (q, k) = (args[2 * pair], args[2 * pair + 1]);
+                        let group = self.heads / operand.kv_heads.max(1);
+                        let dim = e.index(operand.dim as i64)?;
+                        let q_row = row_index(&e, b, s, h, self.q_len, self.heads)?;
+                        let q_base = e.muli(q_row, dim)?;
+                        let group_v = e.index(group as i64)?;
+                        let kh = e.divui(h, group_v)?;
+                        let k_row = row_index(&e, b, t, kh, self.kv_len, operand.kv_heads)?;
+                        let k_base = e.muli(k_row, dim)?;
+                        let part_cell = e.cell(zero)?;
+                        e.for_const(0, operand.dim as i64, 1, |e, d| {
+                            let qv = e.load_f32(q, q_base, d)?;
+                            let kv = e.load_f32(k, k_base, d)?;
+                            let product = e.mulf(qv, kv)?;
+                            let sum = e.get(part_cell)?;
+                            let sum = e.addf(sum, product)?;
+                            e.set(part_cell, sum)
+                        })?;
+                        let part = e.get(part_cell)?;
+                        let total = e.get(acc)?;
+                        let total = if pair == 0 {
+                            part
+                        } else {
+                            e.addf(total, part)?
+                        };
+                        e.set(acc, total)?;
+                    }
+                    let total = e.get(acc)?;
+                    let scale = e.f32(self.scale)?;
+                    let scaled = e.mulf(total, scale)?;
+                    e.set(result, scaled)
+                })?;
+                let value = e.get(result)?;
+                e.store(value, out, i);
+                Ok(())
+            })
+        })
+    }
+}
+
+/// `out[b, s, h, d] = Σ_t p[b, h, s, t] · v[b, t, h / group, d]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttnValues {
+    /// Batch.
+    pub batch: u64,
+    /// Queries.
+    pub q_len: u64,
+    /// Keys.
+    pub kv_len: u64,
+    /// Query heads.
+    pub heads: u64,
+    /// Value heads.
+    pub v_heads: u64,
+    /// Dims per value head.
+    pub v_dim: u64,
+    /// Probabilities' dtype.
+    pub probs: DType,
+    /// Values' dtype.
+    pub values: DType,
+    /// Output dtype.
+    pub output: DType,
+}
+
+impl AttnValues {
+    /// Spec name.
+    pub fn spec(&self) -> &'static str {
+        "attn_values"
+    }
+
+    fn out_len(&self) -> u64 {
+        self.batch * self.q_len * self.heads * self.v_dim
+    }
+
+    /// `(p, v, out)`.
+    pub fn params(&self) -> Vec<Param> {
+        vec![
+            Param::new(
+                "p",
+                self.probs,
+                self.batch * self.heads * self.q_len * self.kv_len,
+            ),
+            Param::new(
+                "v",
+                self.values,
+                self.batch * self.kv_len * self.v_heads * self.v_dim,
+            ),
+            Param::new("out", self.output, self.out_len()),
+        ]
+    }
+
+    /// One thread per output element.
+    pub fn launch(&self) -> Launch {
+        Launch::per_element(self.out_len())
+    }
+
+    /// Builds the kernel.
+    pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        module.add_kernel(entry, &types, |block, location| {
+            let e = Emit::new(context, block, location);
+            let p: Value = block.argument(0)?.into();
+            let v: Value = block.argument(1)?.into();
+            let out: Value = block.argument(2)?.into();
+            let i = global_index(&e)?;
+            let n = e.index(self.out_len() as i64)?;
+            let in_bounds = e.lt(i, n)?;
+            e.if_then(in_bounds, |e| {
+                let [b, s, h, d] =
+                    unflatten(&e, i, [self.batch, self.q_len, self.heads, self.v_dim])?;
+                let heads = e.index(self.heads as i64)?;
+                let q_len = e.index(self.q_len as i64)?;
+                let kv_len = e.index(self.kv_len as i64)?;
+                let p_row = e.muli(b, heads)?;
+                let p_row = e.addi(p_row, h)?;
+                let p_row = e.muli(p_row, q_len)?;
+                let p_row = e.addi(p_row, s)?;
+                let p_base = e.muli(p_row, kv_len)?;
+                let group = e.index((self.heads / self.v_heads.max(1)) as i64)?;
+                let vh = e.divui(h, group)?;
+                let zero = e.f32(0.0)?;
+                let acc = e.cell(zero)?;
+                let v_dim = e.index(self.v_dim as i64)?;
+                e.for_const(0, self.kv_len as i64, 1, |e, t| {
+                    let pv = e.load_f32(p, p_base, t)?;
+                    let v_row = row_index(&e, b, t, vh, self.kv_len, self.v_heads)?;
+                    let v_base = e.muli(v_row, v_dim)?;
+                    let vv = e.load_f32(v, v_base, d)?;
+                    let product = e.mulf(pv, vv)?;
+                    let sum = e.get(acc)?;
+                    let sum = e.addf(sum, product)?;
+                    e.set(acc, sum)
+                })?;
+                let value = e.get(acc)?;
+                let value = e.round_to(value, self.output)?;
+                e.store(value, out, i);
+                Ok(())
+            })
+        })
+    }
+}
+
+/// `((b · len) + pos) · heads + head`: the row of a `[batch, len, heads, dim]` tensor.
+fn row_index<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    b: Value<'c, '_>,
+    pos: Value<'c, '_>,
+    head: Value<'c, '_>,
+    len: u64,
+    heads: u64,
+) -> Emitted<'c, 'a> {
+    let len = e.index(len as i64)?;
+    let heads = e.index(heads as i64)?;
+    let row = e.muli(b, len)?;
+    let row = e.addi(row, pos)?;
+    let row = e.muli(row, heads)?;
+    e.addi(row, head)
+}
+
+/// The 4-D index of flat row-major `i` in `dims`.
+pub(crate) fn unflatten<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    i: Value<'c, 'a>,
+    dims: [u64; 4],
+) -> Result<[Value<'c, 'a>; 4], CodegenError> {
+    let mut rest = i;
+    let mut out = [i; 4];
+    for axis in (1..4).rev() {
+        let size = e.index(dims[axis] as i64)?;
+        out[axis] = e.remui(rest, size)?;
+        rest = e.divui(rest, size)?;
+    }
+    out[0] = rest;
+    Ok(out)
+}

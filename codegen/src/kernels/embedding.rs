@@ -1,0 +1,89 @@
+//! `embedding`: `out[t, :] = table[ids[t], :]`, one output element per thread.
+//!
+//! Ids are checked against the vocabulary by the runtime before upload (the CPU reference
+//! rejects an out-of-range id with an error); the kernel still never reads outside the table:
+//! an out-of-range id yields zeros.
+
+use dsc_ir::DType;
+use melior::dialect::arith::CmpiPredicate;
+use melior::ir::{BlockLike, Value};
+use serde::Serialize;
+
+use super::elementwise::global_index;
+use super::{Launch, Param, param_types};
+use crate::error::CodegenError;
+use crate::mlir::KernelModule;
+use crate::mlir::emit::Emit;
+
+/// A row gather of `tokens` rows of width `dim` from a `[vocab, dim]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Embedding {
+    /// Ids (rows gathered).
+    pub tokens: u64,
+    /// Table rows.
+    pub vocab: u64,
+    /// Row width.
+    pub dim: u64,
+    /// Table dtype.
+    pub table: DType,
+    /// Output dtype.
+    pub output: DType,
+}
+
+impl Embedding {
+    /// Spec name.
+    pub fn spec(&self) -> &'static str {
+        "embedding"
+    }
+
+    /// `(ids, table, out)`.
+    pub fn params(&self) -> Vec<Param> {
+        vec![
+            Param::new("ids", DType::I32, self.tokens),
+            Param::new("table", self.table, self.vocab * self.dim),
+            Param::new("out", self.output, self.tokens * self.dim),
+        ]
+    }
+
+    /// One thread per output element.
+    pub fn launch(&self) -> Launch {
+        Launch::per_element(self.tokens * self.dim)
+    }
+
+    /// Builds the kernel.
+    pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        module.add_kernel(entry, &types, |block, location| {
+            let e = Emit::new(context, block, location);
+            let ids: Value = block.argument(0)?.into();
+            let table: Value = block.argument(1)?.into();
+            let out: Value = block.argument(2)?.into();
+            let i = global_index(&e)?;
+            let n = e.index((self.tokens * self.dim) as i64)?;
+            let in_bounds = e.lt(i, n)?;
+            e.if_then(in_bounds, |e| {
+                let dim = e.index(self.dim as i64)?;
+                let t = e.divui(i, dim)?;
+                let d = e.remui(i, dim)?;
+                let id = e.load(ids, t)?;
+                let zero_i = e.int(32, 0)?;
+                let vocab = e.int(32, self.vocab as i64)?;
+                let not_negative = e.cmpi(CmpiPredicate::Sge, id, zero_i)?;
+                let below = e.cmpi(CmpiPredicate::Slt, id, vocab)?;
+                let valid = e.andi(not_negative, below)?;
+                let safe = e.select(valid, id, zero_i)?;
+                let row = e.index_cast(safe, e.index_type())?;
+                let source = e.muli(row, dim)?;
+                let source = e.addi(source, d)?;
+                let value = e.load(table, source)?;
+                let value = e.to_f32(value)?;
+                let zero = e.f32(0.0)?;
+                let value = e.select(valid, value, zero)?;
+                let value = e.round_to(value, self.output)?;
+                e.store(value, out, i);
+                Ok(())
+            })
+        })
+    }
+}

@@ -1,0 +1,206 @@
+//! `fp8_gemm`: the block-scaled FP8 GEMM with FP32 promotion (DESIGN.md §3), dense or grouped
+//! over routed experts.
+//!
+//! `y[r, n] = Σ_g (Σ_{k in interval g} x_q[r, k] · w_q[n, k]) · (s_x[r, k/tile] · s_w[n/block,
+//! k/block])`: FP8 products (exact in f32) are summed per promotion interval, and each partial
+//! sum is scaled and added into the f32 accumulator, in the order the CPU reference adds them.
+//! The grouped form computes row `r = t·top_k + slot` with the weights of expert
+//! `indices[t, slot]`, reading x row `t` (shared activation) or `r` (per-slot activation).
+//!
+//! This is the correctness-first SIMT form, one output per thread with the exact accumulator's
+//! numerics; the tensor-core form (`mma.sync m16n8k32 e4m3`, one warp per 16 × 8 tile) has the
+//! same parameters, so the plan and the manifest do not change when it replaces this one.
+
+use dsc_ir::DType;
+use melior::ir::{BlockLike, Value};
+use serde::Serialize;
+
+use super::elementwise::global_index;
+use super::{Launch, Param, param_types};
+use crate::error::CodegenError;
+use crate::mlir::KernelModule;
+use crate::mlir::emit::{Emit, Emitted};
+
+/// Routed experts of a grouped GEMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Grouped {
+    /// Experts (the leading dim of the weights).
+    pub experts: u64,
+    /// Tokens.
+    pub tokens: u64,
+    /// Experts per token.
+    pub top_k: u64,
+    /// Whether x has one row per (token, slot) (`[T, k, K]`) rather than per token.
+    pub x_per_slot: bool,
+}
+
+/// One block-scaled FP8 GEMM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fp8Gemm {
+    /// Output rows (tokens × top_k when grouped).
+    pub rows: u64,
+    /// Output columns.
+    pub n: u64,
+    /// Reduction length.
+    pub k: u64,
+    /// Activation scale groups along K.
+    pub act_tile: u64,
+    /// Weight scale block edge.
+    pub weight_block: u64,
+    /// Elements of K per partial sum.
+    pub promote_interval: u64,
+    /// FP8 format of both operands.
+    pub format: DType,
+    /// Output dtype.
+    pub output: DType,
+    /// Present for routed experts.
+    pub grouped: Option<Grouped>,
+}
+
+impl Fp8Gemm {
+    /// Spec name.
+    pub fn spec(&self) -> &'static str {
+        "fp8_gemm"
+    }
+
+    fn x_rows(&self) -> u64 {
+        match self.grouped {
+            Some(g) if !g.x_per_slot => g.tokens,
+            _ => self.rows,
+        }
+    }
+
+    fn experts(&self) -> u64 {
+        self.grouped.map_or(1, |g| g.experts)
+    }
+
+    /// `(x, x_scale, w, w_scale, [indices,] out)`.
+    pub fn params(&self) -> Vec<Param> {
+        let k_tiles = self.k.div_ceil(self.act_tile);
+        let w_blocks = self.n.div_ceil(self.weight_block) * self.k.div_ceil(self.weight_block);
+        let mut params = vec![
+            Param::new("x", self.format, self.x_rows() * self.k),
+            Param::new("x_scale", DType::F32, self.x_rows() * k_tiles),
+            Param::new("w", self.format, self.experts() * self.n * self.k),
+            Param::new("w_scale", DType::F32, self.experts() * w_blocks),
+        ];
+        if let Some(g) = self.grouped {
+            params.push(Param::new("indices", DType::I32, g.tokens * g.top_k));
+        }
+        params.push(Param::new("out", self.output, self.rows * self.n));
+        params
+    }
+
+    /// One thread per output.
+    pub fn launch(&self) -> Launch {
+        Launch::per_element(self.rows * self.n)
+    }
+
+    /// Builds the kernel.
+    pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        module.add_kernel(entry, &types, |block, location| {
+            let e = Emit::new(context, block, location);
+            let args: Vec<Value> = (0..types.len())
+                .map(|i| block.argument(i).map(Into::into))
+                .collect::<Result<_, _>>()?;
+            let (x, x_scale, w, w_scale) = (args[0], args[1], args[2], args[3]);
+            let out = *args.last().expect("out");
+            let i = global_index(&e)?;
+            let total = e.index((self.rows * self.n) as i64)?;
+            let in_bounds = e.lt(i, total)?;
+            e.if_then(in_bounds, |e| {
+                let n = e.index(self.n as i64)?;
+                let k = e.index(self.k as i64)?;
+                let row = e.divui(i, n)?;
+                let col = e.remui(i, n)?;
+                let (x_row, expert) = match self.grouped {
+                    None => (row, e.index(0)?),
+                    Some(g) => {
+                        let index = e.load(args[4], row)?;
+                        let expert = e.index_cast(index, e.index_type())?;
+                        let x_row = if g.x_per_slot {
+                            row
+                        } else {
+                            let top_k = e.index(g.top_k as i64)?;
+                            e.divui(row, top_k)?
+                        };
+                        (x_row, expert)
+                    }
+                };
+                let x_base = e.muli(x_row, k)?;
+                let w_row = e.muli(expert, n)?;
+                let w_row = e.addi(w_row, col)?;
+                let w_base = e.muli(w_row, k)?;
+                let k_tiles = e.index(self.k.div_ceil(self.act_tile) as i64)?;
+                let x_scale_base = e.muli(x_row, k_tiles)?;
+                let block = e.index(self.weight_block as i64)?;
+                let k_blocks = self.k.div_ceil(self.weight_block);
+                let n_blocks = self.n.div_ceil(self.weight_block);
+                let w_scale_row = e.index((n_blocks * k_blocks) as i64)?;
+                let w_scale_base = e.muli(expert, w_scale_row)?;
+                let n_block = e.divui(col, block)?;
+                let k_blocks_v = e.index(k_blocks as i64)?;
+                let n_block_base = e.muli(n_block, k_blocks_v)?;
+                let w_scale_base = e.addi(w_scale_base, n_block_base)?;
+                let tile = e.index(self.act_tile as i64)?;
+                let interval = e.index(self.promote_interval as i64)?;
+
+                let zero = e.f32(0.0)?;
+                let acc = e.cell(zero)?;
+                e.for_const(0, self.k as i64, self.promote_interval as i64, |e, k0| {
+                    let partial = e.cell(zero)?;
+                    let end = e.addi(k0, interval)?;
+                    let end = e.minui(end, k)?;
+                    let one = e.index(1)?;
+                    e.for_range(k0, end, one, |e, kk| {
+                        let xa = e.addi(x_base, kk)?;
+                        let xq = e.load(x, xa)?;
+                        let xv = decode_fp8(&e, xq, self.format)?;
+                        let wa = e.addi(w_base, kk)?;
+                        let wq = e.load(w, wa)?;
+                        let wv = decode_fp8(&e, wq, self.format)?;
+                        let product = e.mulf(xv, wv)?;
+                        let sum = e.get(partial)?;
+                        let sum = e.addf(sum, product)?;
+                        e.set(partial, sum)
+                    })?;
+                    let g = e.divui(k0, tile)?;
+                    let sx = e.load_f32(x_scale, x_scale_base, g)?;
+                    let kb = e.divui(k0, block)?;
+                    let sw = e.load_f32(w_scale, w_scale_base, kb)?;
+                    let s = e.mulf(sx, sw)?;
+                    let p = e.get(partial)?;
+                    let scaled = e.mulf(p, s)?;
+                    let total = e.get(acc)?;
+                    let total = e.addf(total, scaled)?;
+                    e.set(acc, total)
+                })?;
+                let value = e.get(acc)?;
+                let value = e.round_to(value, self.output)?;
+                e.store(value, out, i);
+                Ok(())
+            })
+        })
+    }
+}
+
+/// The f32 value of FP8 code `code` (an `i8`): PTX `cvt.rn.f16x2.{e4m3,e5m2}x2` (exact) then
+/// f16 → f32 (exact).
+pub(crate) fn decode_fp8<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    code: Value<'c, '_>,
+    format: DType,
+) -> Emitted<'c, 'a> {
+    let wide = e.extui(code, e.int_type(16))?;
+    let instruction = match format {
+        DType::F8E5M2 => {
+            "{ .reg .b32 pair; .reg .b16 lo, hi; cvt.rn.f16x2.e5m2x2 pair, $1; mov.b32 {lo, hi}, pair; cvt.f32.f16 $0, lo; }"
+        }
+        _ => {
+            "{ .reg .b32 pair; .reg .b16 lo, hi; cvt.rn.f16x2.e4m3x2 pair, $1; mov.b32 {lo, hi}, pair; cvt.f32.f16 $0, lo; }"
+        }
+    };
+    e.inline_asm(instruction, "=f,h", &[wide], e.f32_type())
+}

@@ -1,0 +1,220 @@
+//! The GPU implementation of every kernel spec of `dsc-kernels`: one file per kernel, each a
+//! struct holding the static shapes and attributes it is specialized to, that says its buffer
+//! parameters, its launch shape, and builds its `gpu.func` with melior.
+//!
+//! Every kernel takes flat buffers only (one bare pointer each, in the order of
+//! [`GpuKernel::params`]); shapes are compile-time constants, so a kernel used by many layers
+//! with the same shapes is built once (the planner dedups by [`GpuKernel::entry`]).
+
+pub mod attention;
+pub mod elementwise;
+pub mod embedding;
+pub mod fp8_gemm;
+pub mod linear;
+pub mod moe;
+pub mod norm;
+pub mod quantize;
+pub mod rope;
+pub mod softmax;
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use dsc_ir::DType;
+use melior::Context;
+use melior::ir::Type;
+use melior::ir::r#type::{IntegerType, MemRefType};
+use serde::Serialize;
+
+use crate::error::CodegenError;
+use crate::mlir::KernelModule;
+
+/// Threads per block of the one-thread-per-element kernels.
+pub const ELEMENTWISE_BLOCK: u32 = 256;
+
+/// One buffer parameter of a kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    /// What the buffer is (`x`, `scale`, `out`, …).
+    pub name: &'static str,
+    /// Element dtype.
+    pub dtype: DType,
+    /// Elements.
+    pub len: u64,
+}
+
+impl Param {
+    /// A parameter.
+    pub fn new(name: &'static str, dtype: DType, len: u64) -> Self {
+        Param { name, dtype, len }
+    }
+}
+
+/// Grid and block of a launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    /// Blocks.
+    pub grid: [u32; 3],
+    /// Threads per block.
+    pub block: [u32; 3],
+}
+
+impl Launch {
+    /// One thread per element of `len`, in [`ELEMENTWISE_BLOCK`]-thread blocks.
+    pub fn per_element(len: u64) -> Launch {
+        Launch::blocks(
+            len.div_ceil(u64::from(ELEMENTWISE_BLOCK)),
+            ELEMENTWISE_BLOCK,
+        )
+    }
+
+    /// `blocks` blocks of `threads` threads, on x.
+    pub fn blocks(blocks: u64, threads: u32) -> Launch {
+        Launch {
+            grid: [u32::try_from(blocks.max(1)).unwrap_or(u32::MAX), 1, 1],
+            block: [threads, 1, 1],
+        }
+    }
+}
+
+/// Every GPU kernel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum GpuKernel {
+    /// `add`, `cast`: one output element per thread.
+    Elementwise(elementwise::Elementwise),
+    /// `slice`: a strided copy.
+    Slice(elementwise::SliceCopy),
+    /// `embedding`: a row gather.
+    Embedding(embedding::Embedding),
+    /// `rms_norm`, `rms_norm_quant`.
+    RmsNorm(norm::RmsNorm),
+    /// `quantize` (1 × tile), `swiglu_quant`.
+    ActQuant(quantize::ActQuant),
+    /// `rope`.
+    Rope(rope::Rope),
+    /// `softmax` over the last axis.
+    Softmax(softmax::Softmax),
+    /// `attn_scores`.
+    AttnScores(attention::AttnScores),
+    /// `attn_values`.
+    AttnValues(attention::AttnValues),
+    /// `linear` in BF16/F32 (head, gate).
+    Linear(linear::Linear),
+    /// `fp8_gemm`, dense or grouped over routed experts.
+    Fp8Gemm(fp8_gemm::Fp8Gemm),
+    /// `moe_topk`.
+    MoeTopk(moe::MoeTopk),
+    /// `moe_combine`.
+    MoeCombine(moe::MoeCombine),
+}
+
+macro_rules! each_kernel {
+    ($self:ident, $k:ident => $body:expr) => {
+        match $self {
+            GpuKernel::Elementwise($k) => $body,
+            GpuKernel::Slice($k) => $body,
+            GpuKernel::Embedding($k) => $body,
+            GpuKernel::RmsNorm($k) => $body,
+            GpuKernel::ActQuant($k) => $body,
+            GpuKernel::Rope($k) => $body,
+            GpuKernel::Softmax($k) => $body,
+            GpuKernel::AttnScores($k) => $body,
+            GpuKernel::AttnValues($k) => $body,
+            GpuKernel::Linear($k) => $body,
+            GpuKernel::Fp8Gemm($k) => $body,
+            GpuKernel::MoeTopk($k) => $body,
+            GpuKernel::MoeCombine($k) => $body,
+        }
+    };
+}
+
+impl GpuKernel {
+    /// The kernel spec it implements (the op kind of the final graph).
+    pub fn spec(&self) -> &'static str {
+        each_kernel!(self, k => k.spec())
+    }
+
+    /// Buffer parameters, in order.
+    pub fn params(&self) -> Vec<Param> {
+        each_kernel!(self, k => k.params())
+    }
+
+    /// Grid and block.
+    pub fn launch(&self) -> Launch {
+        each_kernel!(self, k => k.launch())
+    }
+
+    /// Adds the kernel as `entry` to `module`.
+    pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        each_kernel!(self, k => k.build(module, entry))
+    }
+
+    /// Attributes and static shapes, for the manifest.
+    pub fn attrs(&self) -> BTreeMap<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// The entry name: the spec and a hash of everything the kernel is specialized to, so equal
+    /// kernels share one entry and different ones never collide in practice.
+    pub fn entry(&self) -> String {
+        let mut hasher = Fnv1a::default();
+        format!("{self:?}").hash(&mut hasher);
+        format!(
+            "{}_{:012x}",
+            self.spec(),
+            hasher.finish() & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// FNV-1a: a hash that is the same in every build and on every machine (entry names are part
+/// of the artifact).
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        if self.0 == 0 {
+            self.0 = 0xcbf2_9ce4_8422_2325;
+        }
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The element type a buffer of `dtype` holds in MLIR: FP8 codes are `i8`.
+pub fn element_type(context: &Context, dtype: DType) -> Type<'_> {
+    match dtype {
+        DType::F32 => Type::float32(context),
+        DType::Bf16 => Type::bfloat16(context),
+        DType::F16 => Type::float16(context),
+        DType::F8E4M3 | DType::F8E5M2 | DType::Bool => IntegerType::new(context, 8).into(),
+        DType::I32 => IntegerType::new(context, 32).into(),
+        DType::I64 => IntegerType::new(context, 64).into(),
+    }
+}
+
+/// The memref types of `params`: flat, static, one per buffer.
+pub fn param_types<'c>(context: &'c Context, params: &[Param]) -> Vec<Type<'c>> {
+    params
+        .iter()
+        .map(|p| {
+            MemRefType::new(
+                element_type(context, p.dtype),
+                &[p.len.max(1) as i64],
+                None,
+                None,
+            )
+            .into()
+        })
+        .collect()
+}

@@ -1,0 +1,187 @@
+//! `rms_norm` and `rms_norm_quant`: one block per row.
+//!
+//! `y = w · round(x · 1/sqrt(mean(x²) + eps))` with the statistics in f32 (DESIGN.md §3b), the
+//! normalized activation rounded to the input dtype before the weight (as Hugging Face does).
+//! The fused form keeps the row in shared memory and quantizes it in 1 × tile groups, one warp
+//! per group, exactly as `quantize` would quantize the stored `rms_norm` output.
+
+use dsc_ir::DType;
+use melior::ir::r#type::MemRefType;
+use melior::ir::{Attribute, BlockLike, Type, Value};
+use serde::Serialize;
+
+use super::quantize::{QuantSpec, quantize_row_groups};
+use super::{Launch, Param, param_types};
+use crate::error::CodegenError;
+use crate::mlir::KernelModule;
+use crate::mlir::emit::{Emit, Emitted};
+use crate::mlir::kernel::Dimension;
+
+/// Threads per block.
+pub const THREADS: u32 = 256;
+const WARPS: i64 = THREADS as i64 / 32;
+
+/// RMS normalization of `rows` rows of `dim`, optionally quantized.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RmsNorm {
+    /// Rows.
+    pub rows: u64,
+    /// Row width.
+    pub dim: u64,
+    /// Epsilon, as the f32 torch adds.
+    pub eps: f32,
+    /// Input dtype (also what the normalized activation is rounded to).
+    pub input: DType,
+    /// Weight dtype.
+    pub weight: DType,
+    /// Output dtype of the plain form (the fused form rounds to `input` before quantizing).
+    pub output: DType,
+    /// Present for `rms_norm_quant`.
+    pub quant: Option<QuantSpec>,
+}
+
+impl RmsNorm {
+    /// Spec name.
+    pub fn spec(&self) -> &'static str {
+        if self.quant.is_some() {
+            "rms_norm_quant"
+        } else {
+            "rms_norm"
+        }
+    }
+
+    /// `(x, w, out)` or `(x, w, codes, scales)`.
+    pub fn params(&self) -> Vec<Param> {
+        let mut params = vec![
+            Param::new("x", self.input, self.rows * self.dim),
+            Param::new("w", self.weight, self.dim),
+        ];
+        match &self.quant {
+            None => params.push(Param::new("out", self.output, self.rows * self.dim)),
+            Some(q) => params.extend(q.output_params(self.rows, self.dim)),
+        }
+        params
+    }
+
+    /// One block of [`THREADS`] per row.
+    pub fn launch(&self) -> Launch {
+        Launch::blocks(self.rows, THREADS)
+    }
+
+    /// Builds the kernel.
+    pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
+        let shared_type = |len: i64| -> Type<'_> {
+            MemRefType::new(Type::float32(context), &[len], None, workgroup).into()
+        };
+        let mut shared = vec![shared_type(WARPS)];
+        if self.quant.is_some() {
+            shared.push(shared_type(self.dim as i64));
+        }
+        let n_args = types.len();
+        module.add_kernel_with_shared(entry, &types, &shared, |block, location| {
+            let e = Emit::new(context, block, location);
+            let arg = |i: usize| -> Result<Value, CodegenError> { Ok(block.argument(i)?.into()) };
+            let (x, w) = (arg(0)?, arg(1)?);
+            let partials = arg(n_args)?;
+
+            let tid = e.thread_x()?;
+            let row = e.block_index(Dimension::X)?;
+            let dim = e.index(self.dim as i64)?;
+            let base = e.muli(row, dim)?;
+            let step = e.index(i64::from(THREADS))?;
+
+            let zero = e.f32(0.0)?;
+            let squares = e.cell(zero)?;
+            e.for_range(tid, dim, step, |e, j| {
+                let at = e.addi(base, j)?;
+                let v = e.load(x, at)?;
+                let v = e.to_f32(v)?;
+                let vv = e.mulf(v, v)?;
+                let acc = e.get(squares)?;
+                let acc = e.addf(acc, vv)?;
+                e.set(squares, acc)
+            })?;
+            let own = e.get(squares)?;
+            let total = block_sum(&e, own, tid, partials)?;
+            let n = e.f32(self.dim as f32)?;
+            let mean = e.divf(total, n)?;
+            let eps = e.f32(self.eps)?;
+            let shifted = e.addf(mean, eps)?;
+            let root = e.sqrt_rn(shifted)?;
+            let one = e.f32(1.0)?;
+            let inv = e.divf(one, root)?;
+
+            let normalized = if self.quant.is_some() {
+                self.input
+            } else {
+                self.output
+            };
+            let row_buffer = if self.quant.is_some() {
+                Some(arg(n_args + 1)?)
+            } else {
+                None
+            };
+            e.for_range(tid, dim, step, |e, j| {
+                let at = e.addi(base, j)?;
+                let v = e.load(x, at)?;
+                let v = e.to_f32(v)?;
+                let scaled = e.mulf(v, inv)?;
+                let scaled = e.round_through(scaled, normalized)?;
+                let wv = e.load(w, j)?;
+                let wv = e.to_f32(wv)?;
+                let y = e.mulf(wv, scaled)?;
+                match row_buffer {
+                    None => {
+                        let y = e.round_to(y, self.output)?;
+                        e.store(y, arg(2)?, at);
+                    }
+                    Some(buffer) => {
+                        let y = e.round_through(y, self.input)?;
+                        e.store(y, buffer, j);
+                    }
+                }
+                Ok(())
+            })?;
+
+            if let (Some(q), Some(buffer)) = (&self.quant, row_buffer) {
+                e.barrier();
+                quantize_row_groups(&e, q, buffer, row, self.dim, tid, arg(2)?, arg(3)?)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The sum of `own` over the block's [`THREADS`] threads, the same in every thread: warp
+/// butterflies, one partial per warp in shared memory, then every thread adds the partials in
+/// warp order.
+pub(crate) fn block_sum<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    own: Value<'c, 'a>,
+    tid: Value<'c, 'a>,
+    partials: Value<'c, '_>,
+) -> Emitted<'c, 'a> {
+    let warp_total = e.warp_sum(own)?;
+    let thirty_two = e.index(32)?;
+    let lane = e.remui(tid, thirty_two)?;
+    let warp = e.divui(tid, thirty_two)?;
+    let zero_index = e.index(0)?;
+    let first_lane = e.cmpi(melior::dialect::arith::CmpiPredicate::Eq, lane, zero_index)?;
+    e.if_then(first_lane, |e| {
+        e.store(warp_total, partials, warp);
+        Ok(())
+    })?;
+    e.barrier();
+    let mut total = e.load(partials, zero_index)?;
+    for w in 1..WARPS {
+        let at = e.index(w)?;
+        let part = e.load(partials, at)?;
+        total = e.addf(total, part)?;
+    }
+    // The partials are read by every thread before any later write to them.
+    e.barrier();
+    Ok(total)
+}

@@ -1,0 +1,281 @@
+//! `quantize` (1 × tile activation groups) and `swiglu_quant`: one warp per group.
+//!
+//! For row r and group g: `amax` over the group's elements (NaN skipped), `s = max(amax, 1e-4) /
+//! fp8_max` (UE8M0: rounded up to a power of two), codes `fp8(x / s)` with a true division,
+//! round to nearest even, saturating (DESIGN.md §3) — bit-identical to the CPU reference.
+//! `swiglu_quant` first forms `round(round(silu(gate)) · up)` in the dtype the unfused `swiglu`
+//! would have stored.
+
+use dsc_ir::{DType, ScaleFormat};
+use melior::dialect::arith::CmpiPredicate;
+use melior::ir::{BlockLike, Value};
+use serde::Serialize;
+
+use super::elementwise::global_index;
+use super::{Launch, Param, param_types};
+use crate::error::CodegenError;
+use crate::mlir::KernelModule;
+use crate::mlir::emit::{Emit, Emitted};
+
+/// Threads per block of [`ActQuant`] (8 warps: 8 groups per block).
+pub const THREADS: u32 = 256;
+
+/// How a quantizing kernel writes its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QuantSpec {
+    /// Elements per group along the last axis.
+    pub tile: u64,
+    /// FP8 format of the codes.
+    pub format: DType,
+    /// Scale representation.
+    pub scale_format: ScaleFormat,
+}
+
+impl QuantSpec {
+    /// Groups per row of `dim`.
+    pub fn groups(&self, dim: u64) -> u64 {
+        dim.div_ceil(self.tile)
+    }
+
+    /// `(codes, scales)` for `rows` rows of `dim`.
+    pub fn output_params(&self, rows: u64, dim: u64) -> [Param; 2] {
+        [
+            Param::new("codes", self.format, rows * dim),
+            Param::new("scales", DType::F32, rows * self.groups(dim)),
+        ]
+    }
+}
+
+/// Where the quantized values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantSource {
+    /// A stored activation of this dtype.
+    Plain(DType),
+    /// `swiglu(gate, up)` of these dtypes, rounded to `activation` as the unfused op stores it.
+    Swiglu {
+        /// Dtype of both inputs.
+        input: DType,
+        /// Dtype the unfused swiglu stores.
+        activation: DType,
+    },
+}
+
+/// Quantization of `rows` rows of `dim`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActQuant {
+    /// Rows.
+    pub rows: u64,
+    /// Row width (K).
+    pub dim: u64,
+    /// The input.
+    pub source: QuantSource,
+    /// The output.
+    pub quant: QuantSpec,
+}
+
+impl ActQuant {
+    /// Spec name.
+    pub fn spec(&self) -> &'static str {
+        match self.source {
+            QuantSource::Plain(_) => "quantize",
+            QuantSource::Swiglu { .. } => "swiglu_quant",
+        }
+    }
+
+    /// `(x, codes, scales)` or `(gate, up, codes, scales)`.
+    pub fn params(&self) -> Vec<Param> {
+        let len = self.rows * self.dim;
+        let mut params = match self.source {
+            QuantSource::Plain(dtype) => vec![Param::new("x", dtype, len)],
+            QuantSource::Swiglu { input, .. } => {
+                vec![Param::new("gate", input, len), Param::new("up", input, len)]
+            }
+        };
+        params.extend(self.quant.output_params(self.rows, self.dim));
+        params
+    }
+
+    /// One warp per group.
+    pub fn launch(&self) -> Launch {
+        let groups = self.rows * self.quant.groups(self.dim);
+        Launch::blocks(groups.div_ceil(u64::from(THREADS / 32)), THREADS)
+    }
+
+    /// Builds the kernel.
+    pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        module.add_kernel(entry, &types, |block, location| {
+            let e = Emit::new(context, block, location);
+            let args: Vec<Value> = (0..types.len())
+                .map(|i| block.argument(i).map(Into::into))
+                .collect::<Result<_, _>>()?;
+            let (codes, scales) = (args[args.len() - 2], args[args.len() - 1]);
+            let thread = global_index(&e)?;
+            let thirty_two = e.index(32)?;
+            let group = e.divui(thread, thirty_two)?;
+            let lane = e.remui(thread, thirty_two)?;
+            let groups_per_row = self.quant.groups(self.dim);
+            let total = e.index((self.rows * groups_per_row) as i64)?;
+            let in_bounds = e.lt(group, total)?;
+            e.if_then(in_bounds, |e| {
+                let per_row = e.index(groups_per_row as i64)?;
+                let row = e.divui(group, per_row)?;
+                let g = e.remui(group, per_row)?;
+                let dim = e.index(self.dim as i64)?;
+                let base = e.muli(row, dim)?;
+                let load = ActRow {
+                    source: self.source,
+                    args: &args,
+                    base,
+                };
+                quantize_group(
+                    &e,
+                    &self.quant,
+                    self.dim,
+                    row,
+                    g,
+                    lane,
+                    &load,
+                    codes,
+                    scales,
+                )
+            })
+        })
+    }
+}
+
+/// Quantizes group `g` of `row` with one warp (`lane` in 0..32): `load(j)` gives element `j`
+/// of the row (read twice per element: once for amax, once for the code).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantize_group<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    quant: &QuantSpec,
+    dim: u64,
+    row: Value<'c, '_>,
+    g: Value<'c, '_>,
+    lane: Value<'c, '_>,
+    load: &dyn RowSource<'c>,
+    codes: Value<'c, '_>,
+    scales: Value<'c, '_>,
+) -> Result<(), CodegenError> {
+    let tile = e.index(quant.tile as i64)?;
+    let dim_v = e.index(dim as i64)?;
+    let start = e.muli(g, tile)?;
+    let end = e.addi(start, tile)?;
+    let end = e.minui(end, dim_v)?;
+    let first = e.addi(start, lane)?;
+    let thirty_two = e.index(32)?;
+
+    let zero = e.f32(0.0)?;
+    let amax_cell = e.cell(zero)?;
+    e.for_range(first, end, thirty_two, |e, j| {
+        let v = load.element(e, j)?;
+        let magnitude = e.absf(v)?;
+        let amax = e.get(amax_cell)?;
+        let amax = e.max_skip_nan(amax, magnitude)?;
+        e.set(amax_cell, amax)
+    })?;
+    let own = e.get(amax_cell)?;
+    let amax = e.warp_max(own)?;
+    let s = e.scale_for(amax, quant.format, quant.scale_format)?;
+
+    let zero_index = e.index(0)?;
+    let first_lane = e.cmpi(CmpiPredicate::Eq, lane, zero_index)?;
+    let groups = e.index(quant.groups(dim) as i64)?;
+    let scale_at = e.muli(row, groups)?;
+    let scale_at = e.addi(scale_at, g)?;
+    e.if_then(first_lane, |e| {
+        e.store(s, scales, scale_at);
+        Ok(())
+    })?;
+    let base = e.muli(row, dim_v)?;
+    e.for_range(first, end, thirty_two, |e, j| {
+        let v = load.element(e, j)?;
+        let q = e.divf(v, s)?;
+        let code = e.encode_fp8(q, quant.format)?;
+        let at = e.addi(base, j)?;
+        e.store(code, codes, at);
+        Ok(())
+    })
+}
+
+/// Quantizes one row held in shared memory (`buffer`, f32) with the whole block: warp `w`
+/// takes groups `w, w + 8, …` (used by `rms_norm_quant`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantize_row_groups<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    quant: &QuantSpec,
+    buffer: Value<'c, '_>,
+    row: Value<'c, '_>,
+    dim: u64,
+    tid: Value<'c, '_>,
+    codes: Value<'c, '_>,
+    scales: Value<'c, '_>,
+) -> Result<(), CodegenError> {
+    let thirty_two = e.index(32)?;
+    let lane = e.remui(tid, thirty_two)?;
+    let warp = e.divui(tid, thirty_two)?;
+    let groups = e.index(quant.groups(dim) as i64)?;
+    let warps = e.index(i64::from(super::norm::THREADS / 32))?;
+    e.for_range(warp, groups, warps, |e, g| {
+        quantize_group(
+            &e,
+            quant,
+            dim,
+            row,
+            g,
+            lane,
+            &SharedRow { buffer },
+            codes,
+            scales,
+        )
+    })
+}
+
+/// Element `j` of the row being quantized.
+pub(crate) trait RowSource<'c> {
+    /// Emits the load (and any arithmetic) of element `j`, as an f32.
+    fn element<'b>(&self, e: Emit<'c, 'b>, j: Value<'c, 'b>) -> Emitted<'c, 'b>;
+}
+
+/// A row held in an f32 shared-memory buffer.
+struct SharedRow<'c, 'x> {
+    buffer: Value<'c, 'x>,
+}
+
+impl<'c> RowSource<'c> for SharedRow<'c, '_> {
+    fn element<'b>(&self, e: Emit<'c, 'b>, j: Value<'c, 'b>) -> Emitted<'c, 'b> {
+        e.load(self.buffer, j)
+    }
+}
+
+/// A row of an activation in global memory, or of `swiglu(gate, up)` formed on the fly.
+struct ActRow<'c, 'x, 's> {
+    source: QuantSource,
+    args: &'s [Value<'c, 'x>],
+    base: Value<'c, 'x>,
+}
+
+impl<'c> RowSource<'c> for ActRow<'c, '_, '_> {
+    fn element<'b>(&self, e: Emit<'c, 'b>, j: Value<'c, 'b>) -> Emitted<'c, 'b> {
+        let at = e.addi(self.base, j)?;
+        match self.source {
+            QuantSource::Plain(_) => {
+                let v = e.load(self.args[0], at)?;
+                e.to_f32(v)
+            }
+            QuantSource::Swiglu { activation, .. } => {
+                let gate = e.load(self.args[0], at)?;
+                let gate = e.to_f32(gate)?;
+                let up = e.load(self.args[1], at)?;
+                let up = e.to_f32(up)?;
+                let act = e.silu(gate)?;
+                let act = e.round_through(act, activation)?;
+                let h = e.mulf(act, up)?;
+                e.round_through(h, activation)
+            }
+        }
+    }
+}

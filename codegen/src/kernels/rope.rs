@@ -1,0 +1,148 @@
+//! `rope`: rotary position embedding of `x[batch, seq, heads, d]` at positions `0..seq`, one
+//! rotated pair per thread.
+//!
+//! The inverse frequencies are computed on the host exactly as the CPU reference computes them
+//! (`RopeParams::inv_freq`, f32 as torch does) and baked into the kernel; the angle is
+//! `position · inv_freq` in f32 and cos/sin come from [`Emit::sincos`]; every product is rounded
+//! to the activation dtype as the reference (and Hugging Face) rounds it.
+
+use dsc_ir::DType;
+use dsc_kernels::ops::rope::RopeStyle;
+use melior::dialect::arith::CmpiPredicate;
+use melior::ir::{BlockLike, Value};
+use serde::Serialize;
+
+use super::elementwise::global_index;
+use super::{Launch, Param, param_types};
+use crate::error::CodegenError;
+use crate::mlir::KernelModule;
+use crate::mlir::emit::{Emit, Emitted};
+
+/// Rotation of `[batch, seq, heads, dim]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rope {
+    /// Batch.
+    pub batch: u64,
+    /// Positions.
+    pub seq: u64,
+    /// Heads.
+    pub heads: u64,
+    /// Rotated dims per head (even).
+    pub dim: u64,
+    /// Which elements pair up.
+    #[serde(serialize_with = "style_name")]
+    pub style: RopeStyle,
+    /// `dim / 2` inverse frequencies.
+    pub inv_freq: Vec<f32>,
+    /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
+    pub scaling: f32,
+    /// Input, intermediate and output dtype.
+    pub dtype: DType,
+}
+
+fn style_name<S: serde::Serializer>(style: &RopeStyle, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(match style {
+        RopeStyle::Interleaved => "interleaved",
+        RopeStyle::Half => "half",
+    })
+}
+
+impl Rope {
+    /// Spec name.
+    pub fn spec(&self) -> &'static str {
+        "rope"
+    }
+
+    fn len(&self) -> u64 {
+        self.batch * self.seq * self.heads * self.dim
+    }
+
+    /// `(x, out)`.
+    pub fn params(&self) -> Vec<Param> {
+        vec![
+            Param::new("x", self.dtype, self.len()),
+            Param::new("out", self.dtype, self.len()),
+        ]
+    }
+
+    /// One thread per rotated pair.
+    pub fn launch(&self) -> Launch {
+        Launch::per_element(self.len() / 2)
+    }
+
+    /// `inv_freq[j]` for a dynamic `j`: a chain of selects over the baked constants.
+    fn inv_freq_at<'c, 'a>(&self, e: &Emit<'c, 'a>, j: Value<'c, 'a>) -> Emitted<'c, 'a> {
+        let mut value = e.f32(self.inv_freq[0])?;
+        for (i, &f) in self.inv_freq.iter().enumerate().skip(1) {
+            let at = e.index(i as i64)?;
+            let hit = e.cmpi(CmpiPredicate::Eq, j, at)?;
+            let f = e.f32(f)?;
+            value = e.select(hit, f, value)?;
+        }
+        Ok(value)
+    }
+
+    /// Builds the kernel.
+    pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        let half = self.dim / 2;
+        module.add_kernel(entry, &types, |block, location| {
+            let e = Emit::new(context, block, location);
+            let x: Value = block.argument(0)?.into();
+            let out: Value = block.argument(1)?.into();
+            let i = global_index(&e)?;
+            let n = e.index((self.len() / 2) as i64)?;
+            let in_bounds = e.lt(i, n)?;
+            e.if_then(in_bounds, |e| {
+                let half_v = e.index(half as i64)?;
+                let j = e.remui(i, half_v)?;
+                let row = e.divui(i, half_v)?;
+                let heads = e.index(self.heads as i64)?;
+                let seq = e.index(self.seq as i64)?;
+                let token = e.divui(row, heads)?;
+                let position = e.remui(token, seq)?;
+                let position = e.index_cast(position, e.int_type(32))?;
+                let position = e.sitofp(position, e.f32_type())?;
+                let frequency = self.inv_freq_at(&e, j)?;
+                let angle = e.mulf(position, frequency)?;
+                let (cos, sin) = e.sincos(angle)?;
+                let scaling = e.f32(self.scaling)?;
+                let cos = e.mulf(cos, scaling)?;
+                let cos = e.round_through(cos, self.dtype)?;
+                let sin = e.mulf(sin, scaling)?;
+                let sin = e.round_through(sin, self.dtype)?;
+
+                let dim = e.index(self.dim as i64)?;
+                let base = e.muli(row, dim)?;
+                let (a, b) = match self.style {
+                    RopeStyle::Interleaved => {
+                        let two = e.index(2)?;
+                        let a = e.muli(j, two)?;
+                        let one = e.index(1)?;
+                        (a, e.addi(a, one)?)
+                    }
+                    RopeStyle::Half => (j, e.addi(j, half_v)?),
+                };
+                let a = e.addi(base, a)?;
+                let b = e.addi(base, b)?;
+                let x1 = e.load(x, a)?;
+                let x1 = e.to_f32(x1)?;
+                let x2 = e.load(x, b)?;
+                let x2 = e.to_f32(x2)?;
+                let round = |v| e.round_through(v, self.dtype);
+                let x1c = round(e.mulf(x1, cos)?)?;
+                let x2s = round(e.mulf(x2, sin)?)?;
+                let x2c = round(e.mulf(x2, cos)?)?;
+                let x1s = round(e.mulf(x1, sin)?)?;
+                let first = e.subf(x1c, x2s)?;
+                let second = e.addf(x2c, x1s)?;
+                let first = e.round_to(first, self.dtype)?;
+                let second = e.round_to(second, self.dtype)?;
+                e.store(first, out, a);
+                e.store(second, out, b);
+                Ok(())
+            })
+        })
+    }
+}

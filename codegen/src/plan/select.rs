@@ -1,0 +1,371 @@
+//! Kernel selection: the [`GpuKernel`] that computes one op of the final graph, specialized to
+//! the op's static shapes and attributes, and the values bound to its parameters in order.
+//!
+//! A `reshape` of a contiguous tensor selects nothing: its result aliases its operand's bytes.
+
+use dsc_ir::{DType, Graph, Op, OpKind, ScaleFormat, ValueId};
+use dsc_kernels::ops::rope::RopeParams;
+
+use crate::error::CodegenError;
+use crate::kernels::GpuKernel;
+use crate::kernels::attention::{AttnScores, AttnValues, HeadOperand};
+use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
+use crate::kernels::embedding::Embedding;
+use crate::kernels::fp8_gemm::{Fp8Gemm, Grouped};
+use crate::kernels::linear::Linear;
+use crate::kernels::moe::{MoeCombine, MoeTopk, Scoring};
+use crate::kernels::norm::RmsNorm;
+use crate::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
+use crate::kernels::rope::Rope;
+use crate::kernels::softmax::Softmax;
+
+/// What an op becomes on the GPU.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// A launch of `kernel` with `args` bound to its parameters, in order.
+    Launch {
+        /// The kernel.
+        kernel: GpuKernel,
+        /// Operands and results, in the kernel's parameter order.
+        args: Vec<ValueId>,
+    },
+    /// No launch: the result is the operand's bytes (a reshape).
+    Alias,
+}
+
+/// Selects the kernel of `op`.
+pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
+    let name = g.op_name(op).to_string();
+    let fail = |message: String| CodegenError::Selection {
+        op: name.clone(),
+        kind: op.kind.name(),
+        message,
+    };
+    let ty = |v: ValueId| g.ty(v);
+    let dims = |v: ValueId| -> Vec<u64> { ty(v).shape.dims().to_vec() };
+    let numel = |v: ValueId| ty(v).shape.numel();
+    let last = |v: ValueId| ty(v).shape.last();
+    let operand = |i: usize| op.operands[i];
+    let result = |i: usize| op.results[i];
+    let all_args = || op.operands.iter().chain(&op.results).copied().collect();
+    let int_attr = |key: &str| -> Result<u64, CodegenError> {
+        op.attrs
+            .int(key)
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| fail(format!("missing or negative attribute `{key}`")))
+    };
+    let scale_format = || -> Result<ScaleFormat, CodegenError> {
+        match op.attrs.str("scale_format") {
+            None => Ok(ScaleFormat::F32),
+            Some(s) => ScaleFormat::parse(s).ok_or_else(|| fail(format!("scale_format `{s}`"))),
+        }
+    };
+    let elementwise = |kind: ElementwiseOp| -> Result<Selection, CodegenError> {
+        let out = result(0);
+        for &v in &op.operands {
+            if numel(v) != numel(out) {
+                return Err(fail(format!(
+                    "operand shape {} differs from the result's {} (broadcasting has no GPU kernel)",
+                    ty(v).shape,
+                    ty(out).shape
+                )));
+            }
+        }
+        Ok(Selection::Launch {
+            kernel: GpuKernel::Elementwise(Elementwise {
+                op: kind,
+                len: numel(out),
+                inputs: op.operands.iter().map(|&v| ty(v).dtype).collect(),
+                output: ty(out).dtype,
+            }),
+            args: all_args(),
+        })
+    };
+    let launch = |kernel: GpuKernel| Selection::Launch {
+        kernel,
+        args: all_args(),
+    };
+    let rows_of = |v: ValueId| numel(v).checked_div(last(v)).unwrap_or(0);
+
+    let kernel = match op.kind {
+        OpKind::Reshape => return Ok(Selection::Alias),
+        OpKind::Add => return elementwise(ElementwiseOp::Add),
+        OpKind::Mul => return elementwise(ElementwiseOp::Mul),
+        OpKind::Silu => return elementwise(ElementwiseOp::Silu),
+        OpKind::Swiglu => return elementwise(ElementwiseOp::Swiglu),
+        OpKind::Cast => {
+            let (from, to) = (ty(operand(0)).dtype, ty(result(0)).dtype);
+            if !is_plain_float(from) || !is_plain_float(to) {
+                return Err(fail(format!(
+                    "cast {from} -> {to} has no GPU kernel (f32 and bf16 only)"
+                )));
+            }
+            return elementwise(ElementwiseOp::Cast);
+        }
+        OpKind::Slice => {
+            let x = dims(operand(0));
+            let axis = op
+                .attrs
+                .int("axis")
+                .and_then(|a| ty(operand(0)).shape.axis(a))
+                .ok_or_else(|| fail("bad `axis`".into()))?;
+            let start = int_attr("start")?;
+            GpuKernel::Slice(SliceCopy {
+                dtype: ty(operand(0)).dtype,
+                outer: x[..axis].iter().product(),
+                axis_in: x[axis],
+                axis_out: dims(result(0))[axis],
+                start,
+                inner: x[axis + 1..].iter().product(),
+            })
+        }
+        OpKind::Embedding => {
+            let table = dims(operand(1));
+            GpuKernel::Embedding(Embedding {
+                tokens: numel(operand(0)),
+                vocab: table[0],
+                dim: table[1],
+                table: ty(operand(1)).dtype,
+                output: ty(result(0)).dtype,
+            })
+        }
+        OpKind::RmsNorm | OpKind::RmsNormQuant => {
+            let eps = op
+                .attrs
+                .float("eps")
+                .ok_or_else(|| fail("missing `eps`".into()))?;
+            let quant = if op.kind == OpKind::RmsNormQuant {
+                Some(QuantSpec {
+                    tile: int_attr("act_tile")?,
+                    format: ty(result(0)).dtype,
+                    scale_format: scale_format()?,
+                })
+            } else {
+                None
+            };
+            GpuKernel::RmsNorm(RmsNorm {
+                rows: rows_of(operand(0)),
+                dim: last(operand(0)),
+                eps: eps as f32,
+                input: ty(operand(0)).dtype,
+                weight: ty(operand(1)).dtype,
+                output: ty(result(0)).dtype,
+                quant,
+            })
+        }
+        OpKind::Quantize | OpKind::SwigluQuant => {
+            let tile = if op.kind == OpKind::Quantize {
+                match op.attrs.ints("block") {
+                    Some([1, tile]) if *tile > 0 => *tile as u64,
+                    other => {
+                        return Err(fail(format!(
+                            "only 1 x tile activation blocks have a GPU kernel, got {other:?}"
+                        )));
+                    }
+                }
+            } else {
+                int_attr("act_tile")?
+            };
+            let input = ty(operand(0)).dtype;
+            let source = if op.kind == OpKind::Quantize {
+                QuantSource::Plain(input)
+            } else {
+                QuantSource::Swiglu {
+                    input,
+                    activation: input,
+                }
+            };
+            GpuKernel::ActQuant(ActQuant {
+                rows: rows_of(operand(0)),
+                dim: last(operand(0)),
+                source,
+                quant: QuantSpec {
+                    tile,
+                    format: ty(result(0)).dtype,
+                    scale_format: scale_format()?,
+                },
+            })
+        }
+        OpKind::Rope => {
+            let x =
+                four(&dims(operand(0))).ok_or_else(|| fail("rope needs a rank-4 input".into()))?;
+            let params = RopeParams::from_attrs(&op.attrs).map_err(|e| fail(e.to_string()))?;
+            if ty(operand(0)).dtype != ty(result(0)).dtype {
+                return Err(fail("rope must keep its dtype".into()));
+            }
+            GpuKernel::Rope(Rope {
+                batch: x[0],
+                seq: x[1],
+                heads: x[2],
+                dim: x[3],
+                style: params.style,
+                inv_freq: params.inv_freq(x[3] as usize),
+                scaling: params.attention_scaling(),
+                dtype: ty(operand(0)).dtype,
+            })
+        }
+        OpKind::Softmax => {
+            let x = ty(operand(0));
+            let axis = op.attrs.int("axis").and_then(|a| x.shape.axis(a));
+            if axis != Some(x.shape.rank() - 1) {
+                return Err(fail(
+                    "only a softmax over the last axis has a GPU kernel".into(),
+                ));
+            }
+            GpuKernel::Softmax(Softmax {
+                rows: rows_of(operand(0)),
+                len: last(operand(0)),
+                input: x.dtype,
+                output: ty(result(0)).dtype,
+            })
+        }
+        OpKind::AttnScores => {
+            let q = four(&dims(operand(0))).ok_or_else(|| fail("q must be rank 4".into()))?;
+            let k = four(&dims(operand(1))).ok_or_else(|| fail("k must be rank 4".into()))?;
+            let rope = if op.operands.len() == 4 {
+                let k_pe =
+                    four(&dims(operand(3))).ok_or_else(|| fail("k_pe must be rank 4".into()))?;
+                Some(HeadOperand {
+                    kv_heads: k_pe[2],
+                    dim: k_pe[3],
+                    dtype: ty(operand(2)).dtype,
+                })
+            } else {
+                None
+            };
+            if rope.is_some_and(|r| r.dtype != ty(operand(3)).dtype)
+                || ty(operand(0)).dtype != ty(operand(1)).dtype
+            {
+                return Err(fail("q and k must share a dtype".into()));
+            }
+            GpuKernel::AttnScores(AttnScores {
+                batch: q[0],
+                q_len: q[1],
+                kv_len: k[1],
+                heads: q[2],
+                main: HeadOperand {
+                    kv_heads: k[2],
+                    dim: q[3],
+                    dtype: ty(operand(0)).dtype,
+                },
+                rope,
+                scale: op
+                    .attrs
+                    .float("scale")
+                    .ok_or_else(|| fail("missing `scale`".into()))? as f32,
+                causal: op.attrs.bool("causal").unwrap_or(false),
+            })
+        }
+        OpKind::AttnValues => {
+            let p = four(&dims(operand(0))).ok_or_else(|| fail("p must be rank 4".into()))?;
+            let v = four(&dims(operand(1))).ok_or_else(|| fail("v must be rank 4".into()))?;
+            GpuKernel::AttnValues(AttnValues {
+                batch: p[0],
+                q_len: p[2],
+                kv_len: p[3],
+                heads: p[1],
+                v_heads: v[2],
+                v_dim: v[3],
+                probs: ty(operand(0)).dtype,
+                values: ty(operand(1)).dtype,
+                output: ty(result(0)).dtype,
+            })
+        }
+        OpKind::Linear => {
+            let w = dims(operand(1));
+            if w.len() != 2 {
+                return Err(fail("the weight of a linear must be rank 2".into()));
+            }
+            GpuKernel::Linear(Linear {
+                m: rows_of(operand(0)),
+                n: w[0],
+                k: w[1],
+                x: ty(operand(0)).dtype,
+                w: ty(operand(1)).dtype,
+                bias: op.operands.get(2).map(|&b| ty(b).dtype),
+                output: ty(result(0)).dtype,
+            })
+        }
+        OpKind::Fp8Gemm => {
+            let x = ty(operand(0));
+            let w = dims(operand(2));
+            let k = x.shape.last();
+            let grouped = if op.operands.len() == 5 {
+                let idx = dims(operand(4));
+                if w.len() != 3 || idx.len() != 2 {
+                    return Err(fail(
+                        "grouped weights must be [E, N, K] and indices [T, k]".into(),
+                    ));
+                }
+                Some(Grouped {
+                    experts: w[0],
+                    tokens: idx[0],
+                    top_k: idx[1],
+                    x_per_slot: x.shape.rank() == 3,
+                })
+            } else {
+                None
+            };
+            let n = w[w.len() - 2];
+            GpuKernel::Fp8Gemm(Fp8Gemm {
+                rows: numel(result(0)) / n.max(1),
+                n,
+                k,
+                act_tile: int_attr("act_tile")?,
+                weight_block: int_attr("weight_block")?,
+                promote_interval: int_attr("promote_interval")?,
+                format: x.dtype,
+                output: ty(result(0)).dtype,
+                grouped,
+            })
+        }
+        OpKind::MoeTopk => {
+            let logits = dims(operand(0));
+            let params = dsc_kernels::ops::moe_topk::TopkParams::from_attrs(&op.attrs)
+                .map_err(|e| fail(e.to_string()))?;
+            GpuKernel::MoeTopk(MoeTopk {
+                tokens: logits[0],
+                experts: logits[1],
+                top_k: params.top_k as u64,
+                groups: params.n_groups as u64,
+                topk_groups: params.topk_groups as u64,
+                scoring: match params.score_func {
+                    dsc_kernels::ops::moe_topk::ScoreFunc::Sigmoid => Scoring::Sigmoid,
+                    dsc_kernels::ops::moe_topk::ScoreFunc::Softmax => Scoring::Softmax,
+                },
+                norm_topk_prob: params.norm_topk_prob,
+                route_scale: params.route_scale as f32,
+                bias: op.operands.len() == 2,
+                logits: ty(operand(0)).dtype,
+                weights: ty(result(0)).dtype,
+            })
+        }
+        OpKind::MoeCombine => {
+            let y = dims(operand(0));
+            GpuKernel::MoeCombine(MoeCombine {
+                tokens: y[0],
+                top_k: y[1],
+                dim: y[2],
+                routed: ty(operand(0)).dtype,
+                weights: ty(operand(1)).dtype,
+                shared: op.operands.get(2).map(|&s| ty(s).dtype),
+                output: ty(result(0)).dtype,
+            })
+        }
+        other => {
+            return Err(fail(format!(
+                "no GPU kernel for `{}`; the default pipeline's fuse pass rewrites it into kernels that have one",
+                other.name()
+            )));
+        }
+    };
+    Ok(launch(kernel))
+}
+
+fn is_plain_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::Bf16)
+}
+
+fn four(dims: &[u64]) -> Option<[u64; 4]> {
+    dims.try_into().ok()
+}

@@ -1,0 +1,132 @@
+//! End-to-end codegen tests over the example models: every kernel they need is built, lowered
+//! for both targets and accepted by ptxas without spills; the plan is consistent with the graph.
+
+use std::path::PathBuf;
+
+use dsc_ir::Graph;
+use dsc_kernels::manifest::{Manifest, Storage};
+use dsc_passes::{PassOptions, Pipeline};
+
+use crate::{Target, generate, ptxas};
+
+/// An example model after the default pipeline.
+fn compiled(name: &str) -> Graph {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(format!("{name}.toml"));
+    let source = std::fs::read_to_string(&path).expect("example model exists");
+    let mut graph = dsc_ir::model::load_model(&source).expect("example model loads");
+    Pipeline::default_pipeline()
+        .run(&mut graph, &PassOptions::default(), |_, _| {})
+        .expect("default pipeline runs");
+    graph
+}
+
+#[test]
+fn every_example_kernel_assembles_for_both_targets_without_spills() {
+    let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
+    for name in ["tiny-moe", "llama-small", "mlp"] {
+        let graph = compiled(name);
+        for target in Target::ALL {
+            let generated = generate(&graph, target, false)
+                .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
+            let report = ptxas::assemble(&ptxas, &generated.ptx, target)
+                .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
+            let mut entries: Vec<&str> = report.functions.iter().map(|f| f.name.as_str()).collect();
+            entries.sort_unstable();
+            let mut expected: Vec<&str> = generated
+                .manifest
+                .kernels
+                .iter()
+                .map(|k| k.entry.as_str())
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(entries, expected, "{name} {target}:\n{}", report.output);
+            assert_eq!(
+                report.spill_store_bytes(),
+                0,
+                "{name} {target}:\n{}",
+                report.output
+            );
+            assert_eq!(
+                report.spill_load_bytes(),
+                0,
+                "{name} {target}:\n{}",
+                report.output
+            );
+            assert!(
+                report.notes.is_empty(),
+                "{name} {target}:\n{}",
+                report.output
+            );
+        }
+    }
+}
+
+#[test]
+fn the_plan_binds_every_step_to_known_tensors_and_keeps_live_tensors_apart() {
+    let graph = compiled("tiny-moe");
+    let manifest = generate(&graph, Target::Sm90a, false).unwrap().manifest;
+    check_manifest(&manifest);
+    // Identical layers share kernels: far fewer entries than steps.
+    assert!(
+        manifest.kernels.len() * 3 < manifest.steps.len(),
+        "{} kernels for {} steps",
+        manifest.kernels.len(),
+        manifest.steps.len()
+    );
+    assert!(manifest.arena.bytes < manifest.arena.no_reuse_bytes);
+    let text = manifest.to_json();
+    assert_eq!(
+        Manifest::from_json(&text, "manifest.json").unwrap(),
+        manifest
+    );
+}
+
+/// Every step's arguments exist with the kernel's arity, and no two arena tensors that are live
+/// at the same step share bytes.
+fn check_manifest(manifest: &Manifest) {
+    let mut live_range = std::collections::HashMap::new();
+    for (i, step) in manifest.steps.iter().enumerate() {
+        let kernel = manifest
+            .kernel(&step.kernel)
+            .expect("step kernel is listed");
+        assert_eq!(kernel.params.len(), step.args.len(), "{}", step.op);
+        for arg in &step.args {
+            let mut tensor = manifest
+                .tensor(arg)
+                .unwrap_or_else(|| panic!("{arg} is listed"));
+            while let Storage::Alias { of, .. } = &tensor.storage {
+                tensor = manifest.tensor(of).expect("alias target is listed");
+            }
+            let range = live_range.entry(tensor.name.clone()).or_insert((i, i));
+            range.1 = i;
+        }
+    }
+    let arena: Vec<_> = manifest
+        .tensors
+        .iter()
+        .filter_map(|t| match t.storage {
+            Storage::Arena { offset } => Some((t, offset)),
+            _ => None,
+        })
+        .collect();
+    for (a, oa) in &arena {
+        assert!(
+            oa + a.bytes <= manifest.arena.bytes,
+            "{} past the arena",
+            a.name
+        );
+        for (b, ob) in &arena {
+            if a.name >= b.name {
+                continue;
+            }
+            let (Some(ra), Some(rb)) = (live_range.get(&a.name), live_range.get(&b.name)) else {
+                continue;
+            };
+            let in_time = ra.0 <= rb.1 && rb.0 <= ra.1;
+            let in_space = *oa < ob + b.bytes && *ob < oa + a.bytes;
+            assert!(!(in_time && in_space), "{} and {} overlap", a.name, b.name);
+        }
+    }
+}

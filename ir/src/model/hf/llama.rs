@@ -1,0 +1,149 @@
+//! `llama`, `mistral` and `qwen2` configs → `architecture = "llama"`: GQA attention with
+//! half-split RoPE, a SwiGLU MLP, an optionally tied head.
+//!
+//! Qwen2's q/k/v projections always carry biases, which the llama preset cannot express (its
+//! linears have none), so a qwen2 config is an error naming that; its other fields are read
+//! first so that every other problem is reported the same way as for llama.
+
+use super::config::Object;
+use super::emit::{Toml, TomlValue};
+use super::{ImportError, ImportOptions, quantization};
+use serde_json::json;
+
+/// Fields of these configs that do not change what inference computes.
+const HARMLESS: &[(&str, &str)] = &[
+    ("max_window_layers", "applies only with use_sliding_window"),
+    ("rope_scaling_type", "unused by transformers"),
+];
+
+/// Converts a llama-family config into `[model]` keys (and tables).
+pub fn convert(
+    root: &Object,
+    model_type: &str,
+    opts: &ImportOptions,
+    toml: &mut Toml,
+) -> Result<Vec<String>, ImportError> {
+    toml.str("architecture", "llama");
+    root.require_value("hidden_act", &json!("silu"), "dsc's MLPs are SwiGLU (silu)")?;
+    root.require_value(
+        "attention_bias",
+        &json!(false),
+        "dsc's linears have no bias",
+    )?;
+    root.require_value("mlp_bias", &json!(false), "dsc's linears have no bias")?;
+
+    let dim = root.req_uint("hidden_size")?;
+    let heads = root.req_uint("num_attention_heads")?;
+    toml.int("dim", dim);
+    toml.int("n_layers", root.req_uint("num_hidden_layers")?);
+    toml.int("n_heads", heads);
+    toml.int(
+        "n_kv_heads",
+        root.uint("num_key_value_heads")?.unwrap_or(heads),
+    );
+    toml.int("inter_dim", root.req_uint("intermediate_size")?);
+    toml.int("vocab_size", root.req_uint("vocab_size")?);
+    toml.float("rope_theta", root.float("rope_theta")?.unwrap_or(10000.0));
+    toml.float(
+        "rms_norm_eps",
+        root.float("rms_norm_eps")?
+            .ok_or_else(|| root.missing("rms_norm_eps"))?,
+    );
+    toml.bool(
+        "tie_embeddings",
+        root.bool("tie_word_embeddings")?.unwrap_or(false),
+    );
+    if let Some(head_dim) = root.uint("head_dim")?
+        && heads > 0
+        && head_dim * heads != dim
+    {
+        return Err(root.unsupported(
+            "head_dim",
+            &format!(
+                "dsc's llama preset uses head_dim = hidden_size / num_attention_heads = {}",
+                dim / heads
+            ),
+        ));
+    }
+    let mut ignored = sliding_window(root, model_type, opts)?;
+    rope_scaling(root, toml)?;
+    ignored.extend(quantization::convert(root, toml)?);
+    ignored.extend(root.ignore(HARMLESS));
+    if model_type == "qwen2" {
+        return Err(root.error(
+            "model_type",
+            "unsupported `model_type` = \"qwen2\": Qwen2's q_proj/k_proj/v_proj carry biases \
+             (always, whatever `attention_bias` says), and dsc's linears have no bias yet",
+        ));
+    }
+    Ok(ignored)
+}
+
+/// Sliding-window attention changes nothing when the window covers the whole sequence.
+fn sliding_window(
+    root: &Object,
+    model_type: &str,
+    opts: &ImportOptions,
+) -> Result<Vec<String>, ImportError> {
+    // Qwen2 applies its window only with `use_sliding_window`; Mistral whenever it is set.
+    let applies = if model_type == "qwen2" {
+        root.bool("use_sliding_window")?.unwrap_or(false)
+    } else {
+        true
+    };
+    let window = root.uint("sliding_window")?;
+    match window {
+        Some(w) if applies && w < opts.seq_len => Err(root.unsupported(
+            "sliding_window",
+            &format!(
+                "dsc's attention is fully causal; a window narrower than seq_len ({}) changes \
+                 the result",
+                opts.seq_len
+            ),
+        )),
+        Some(w) => Ok(vec![format!(
+            "`sliding_window` = {w} (it covers the whole sequence of {})",
+            opts.seq_len
+        )]),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// `rope_scaling` of type llama3 (`rope_type` or `type`) → `[model.rope_scaling]`.
+fn rope_scaling(root: &Object, toml: &mut Toml) -> Result<(), ImportError> {
+    let Some(r) = root.object("rope_scaling")? else {
+        return Ok(());
+    };
+    let key = if r.has("rope_type") {
+        "rope_type"
+    } else {
+        "type"
+    };
+    match r.str(key)? {
+        Some("llama3") => {}
+        Some("default") => {
+            r.ignore(&[("factor", "rope_type \"default\" does not scale")]);
+            return r.finish();
+        }
+        _ => {
+            return Err(r.unsupported(key, "llama models scale RoPE with \"llama3\" only"));
+        }
+    }
+    // Read both spellings so that `finish` sees neither as unknown.
+    let _ = r.str("type")?;
+    let _ = r.str("rope_type")?;
+    let mut entries = vec![("type", TomlValue::Str("llama3".into()))];
+    let factor = r.float("factor")?.ok_or_else(|| r.missing("factor"))?;
+    entries.push(("factor", TomlValue::Float(factor)));
+    let orig = r
+        .uint("original_max_position_embeddings")?
+        .ok_or_else(|| r.missing("original_max_position_embeddings"))?;
+    entries.push(("original_max_position_embeddings", TomlValue::Int(orig)));
+    for key in ["low_freq_factor", "high_freq_factor"] {
+        let v = r.float(key)?.ok_or_else(|| r.missing(key))?;
+        entries.push((key, TomlValue::Float(v)));
+    }
+    r.finish()?;
+    toml.table("model.rope_scaling", &entries);
+    Ok(())
+}

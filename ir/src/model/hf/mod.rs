@@ -1,0 +1,156 @@
+//! Hugging Face `config.json` → model.toml (`dsc import`, DESIGN.md §6).
+//!
+//! One file per family: [`deepseek`] (`deepseek_v2`, `deepseek_v3`) and [`llama`] (`llama`,
+//! `mistral`, `qwen2`). Every field is either mapped onto a preset key, checked to have the one
+//! value dsc computes, listed as ignored because it does not change the math (training knobs,
+//! token ids, …), or an error naming it. The model.toml written is read back with
+//! [`crate::model::load_model`] before it is returned, so an import always compiles.
+
+mod config;
+mod deepseek;
+mod emit;
+mod llama;
+mod quantization;
+
+use config::Object;
+pub use emit::Toml;
+
+/// An error in a config.json, at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{col}: {message}")]
+pub struct ImportError {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+/// What the config does not say: the shapes of the compiled graph's input and its name.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// The model's name in model.toml (the default output directory of `dsc compile`).
+    pub name: String,
+    pub batch: u64,
+    pub seq_len: u64,
+}
+
+/// The batch and sequence length when none is given.
+pub const DEFAULT_BATCH: u64 = 1;
+/// See [`DEFAULT_BATCH`].
+pub const DEFAULT_SEQ_LEN: u64 = 128;
+
+/// A converted config.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The config's `model_type`.
+    pub model_type: String,
+    /// The model.toml text (accepted by [`crate::model::load_model`]).
+    pub toml: String,
+    /// One line per field that was read and does not change the math, with why.
+    pub ignored: Vec<String>,
+}
+
+/// The model types dsc imports, and the family that reads each.
+pub const MODEL_TYPES: [&str; 5] = ["deepseek_v3", "deepseek_v2", "llama", "mistral", "qwen2"];
+
+/// Fields of every `PretrainedConfig` that do not change what the model computes.
+const COMMON_HARMLESS: &[(&str, &str)] = &[
+    ("architectures", "the Python class name"),
+    ("auto_map", "remote-code class paths"),
+    ("_name_or_path", "provenance"),
+    ("transformers_version", "provenance"),
+    (
+        "torch_dtype",
+        "the checkpoint's storage dtype; dsc follows [precision]",
+    ),
+    (
+        "dtype",
+        "the checkpoint's storage dtype; dsc follows [precision]",
+    ),
+    ("bos_token_id", "a token id, used by generation only"),
+    ("eos_token_id", "a token id, used by generation only"),
+    ("pad_token_id", "a token id, used by generation only"),
+    ("use_cache", "KV cache for decoding; dsc runs prefill"),
+    ("initializer_range", "initialization, training only"),
+    ("attention_dropout", "dropout, training only"),
+    (
+        "max_position_embeddings",
+        "the trained context; RoPE is computed for any position",
+    ),
+    ("output_attentions", "what the Python model returns"),
+    ("output_hidden_states", "what the Python model returns"),
+    ("return_dict", "what the Python model returns"),
+    ("id2label", "labels for classification heads"),
+    ("label2id", "labels for classification heads"),
+    ("tokenizer_class", "the tokenizer"),
+    ("_attn_implementation", "the Python attention kernel"),
+    (
+        "pretraining_tp",
+        "tensor-parallel slicing of the same product",
+    ),
+];
+
+/// Converts the text of a config.json into a model.toml.
+pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ImportError {
+        line: e.line().max(1),
+        col: e.column().max(1),
+        message: format!("invalid JSON: {e}"),
+    })?;
+    let Some(map) = value.as_object() else {
+        return Err(ImportError {
+            line: 1,
+            col: 1,
+            message: "config.json must be a JSON object".into(),
+        });
+    };
+    if opts.batch == 0 || opts.seq_len == 0 {
+        return Err(ImportError {
+            line: 1,
+            col: 1,
+            message: format!(
+                "batch ({}) and seq_len ({}) must be positive",
+                opts.batch, opts.seq_len
+            ),
+        });
+    }
+    let root = Object::root(text, map);
+    let model_type = root
+        .str("model_type")?
+        .ok_or_else(|| root.missing("model_type"))?;
+    let mut toml = Toml::new(opts, model_type);
+    let mut ignored = match model_type {
+        "deepseek_v3" | "deepseek_v2" => deepseek::convert(&root, model_type, &mut toml)?,
+        "llama" | "mistral" | "qwen2" => llama::convert(&root, model_type, opts, &mut toml)?,
+        other => {
+            return Err(root.error(
+                "model_type",
+                format!(
+                    "unsupported `model_type` \"{other}\": dsc imports {}",
+                    MODEL_TYPES.map(|m| format!("\"{m}\"")).join(", ")
+                ),
+            ));
+        }
+    };
+    ignored.extend(root.ignore(COMMON_HARMLESS));
+    root.finish()?;
+    let toml = toml.finish();
+    // The import's promise: what it writes, dsc reads. A failure here is a gap in the checks
+    // above, reported as an error rather than a bad file.
+    if let Err(e) = crate::model::load_model(&toml) {
+        return Err(ImportError {
+            line: 1,
+            col: 1,
+            message: format!(
+                "the config converts to a model.toml that dsc rejects ({e}); model.toml:\n{toml}"
+            ),
+        });
+    }
+    Ok(Imported {
+        model_type: model_type.to_string(),
+        toml,
+        ignored,
+    })
+}
+
+#[cfg(test)]
+mod tests;
