@@ -220,3 +220,33 @@ impl fmt::Display for WeightProblems {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_failures_say_what_and_how_much() {
+        let oom = RuntimeError::OutOfDeviceMemory {
+            device: "cuda:0 H100".into(),
+            what: "the weights, inputs and arena".into(),
+            asked: 3 << 30,
+            free: 1 << 30,
+            total: 80 << 30,
+        };
+        assert_eq!(
+            oom.to_string(),
+            "out of device memory on cuda:0 H100: the weights, inputs and arena needs 3221225472 \
+             bytes (3072.0 MiB), 1073741824 bytes (1024.0 MiB) are free of 85899345920"
+        );
+        let ptx = RuntimeError::PtxRejected {
+            module: "build/m/kernels.ptx".into(),
+            what: "kernel `fp8_gemm_64x128`".into(),
+            message: "CUDA_ERROR_NOT_FOUND".into(),
+        };
+        assert_eq!(
+            ptx.to_string(),
+            "the CUDA driver refused build/m/kernels.ptx (kernel `fp8_gemm_64x128`): CUDA_ERROR_NOT_FOUND"
+        );
+    }
+}

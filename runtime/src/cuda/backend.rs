@@ -13,7 +13,7 @@ use super::launch::{PreparedStep, launch, prepare};
 use super::memory::{DeviceMemory, MemoryPlan};
 use super::module::KernelModule;
 use super::probe::{DeviceInfo, driver_error, driver_present};
-use crate::artifact::Artifact;
+use crate::artifact::{Artifact, check_manifest};
 use crate::backend::{Backend, StepTiming};
 use crate::error::RuntimeError;
 use crate::tensor::{HostTensor, safetensors_dtype};
@@ -51,6 +51,15 @@ impl<'a> CudaBackend<'a> {
     pub fn new(artifact: &'a Artifact, device: &DeviceInfo) -> Result<Self, RuntimeError> {
         if !driver_present() {
             return Err(RuntimeError::NoDriver);
+        }
+        // The launches below trust the manifest's offsets and sizes: check them again, since
+        // an `Artifact`'s fields are public and may have changed since it was loaded.
+        let problems = check_manifest(&artifact.manifest, &artifact.graph);
+        if !problems.is_empty() {
+            return Err(RuntimeError::ManifestMismatch {
+                path: artifact.dir.join(dsc_kernels::manifest::files::MANIFEST),
+                problems,
+            });
         }
         let ctx = CudaContext::new(device.ordinal).map_err(|e| driver_error("cuCtxCreate", e))?;
         // SAFETY: every buffer of the session is allocated after this call and used only on
