@@ -130,7 +130,9 @@ pub struct TargetArg(pub dsc_codegen::Target);
 impl std::str::FromStr for TargetArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.parse().map(TargetArg).map_err(|e: dsc_codegen::CodegenError| e.to_string())
+        s.parse()
+            .map(TargetArg)
+            .map_err(|e: dsc_codegen::CodegenError| e.to_string())
     }
 }
 

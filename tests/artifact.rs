@@ -26,7 +26,13 @@ fn compile_writes_the_whole_artifact_with_a_consistent_manifest() {
     let dir = TempDir::new("artifact-tiny");
     let stdout = compile("examples/tiny-moe.toml", &dir, &[]);
     assert!(stdout.contains("GPU plan (sm_90a):"), "{stdout}");
-    for file in ["manifest.json", "kernels.ptx", "graph.dsc", "report.txt", "report.json"] {
+    for file in [
+        "manifest.json",
+        "kernels.ptx",
+        "graph.dsc",
+        "report.txt",
+        "report.json",
+    ] {
         assert!(dir.join("out").join(file).is_file(), "{file} missing");
     }
     assert!(!dir.join("out/kernels.mlir").exists());
@@ -58,16 +64,26 @@ fn compile_writes_the_whole_artifact_with_a_consistent_manifest() {
     // Inputs, every weight, and the logits in the arena.
     assert_eq!(m.tensor("input_ids").unwrap().storage, Storage::Input);
     assert_eq!(
-        m.tensors.iter().filter(|t| matches!(t.storage, Storage::Weight { .. })).count(),
+        m.tensors
+            .iter()
+            .filter(|t| matches!(t.storage, Storage::Weight { .. }))
+            .count(),
         graph.params.len()
     );
-    assert!(matches!(m.tensor("logits").unwrap().storage, Storage::Arena { .. }));
+    assert!(matches!(
+        m.tensor("logits").unwrap().storage,
+        Storage::Arena { .. }
+    ));
     let grouped = m
         .tensor("model.layers.1.mlp.experts.{e}.up_proj.weight")
         .expect("grouped expert weight");
     assert_eq!(grouped.storage, Storage::Weight { experts: Some(8) });
     // One launch per op that is not a reshape, in program order.
-    let reshapes = graph.ops.iter().filter(|op| op.kind == dsc_ir::OpKind::Reshape).count();
+    let reshapes = graph
+        .ops
+        .iter()
+        .filter(|op| op.kind == dsc_ir::OpKind::Reshape)
+        .count();
     assert_eq!(m.steps.len(), graph.ops.len() - reshapes);
     assert_eq!(m.steps.last().unwrap().op, "logits");
     assert!(m.arena.bytes < m.arena.no_reuse_bytes);
@@ -76,13 +92,20 @@ fn compile_writes_the_whole_artifact_with_a_consistent_manifest() {
 #[test]
 fn targets_and_emitted_mlir() {
     let dir = TempDir::new("artifact-sm89");
-    compile("examples/llama-small.toml", &dir, &["--target", "sm_89", "--emit", "mlir"]);
+    compile(
+        "examples/llama-small.toml",
+        &dir,
+        &["--target", "sm_89", "--emit", "mlir"],
+    );
     assert_eq!(manifest(&dir).target, "sm_89");
     let ptx = std::fs::read_to_string(dir.join("out/kernels.ptx")).unwrap();
     assert!(ptx.contains(".target sm_89"), "PTX is not for sm_89");
     let mlir = std::fs::read_to_string(dir.join("out/kernels.mlir")).expect("kernels.mlir");
     assert!(mlir.contains("gpu.module @dsc_kernels"), "{mlir}");
-    assert!(mlir.contains("gpu.func @fp8_gemm_"), "no fp8_gemm kernel in the MLIR");
+    assert!(
+        mlir.contains("gpu.func @fp8_gemm_"),
+        "no fp8_gemm kernel in the MLIR"
+    );
 
     let out = dsc(&["compile", "examples/llama-small.toml", "--target", "sm_80"]);
     let (_, stderr) = streams(&out);
@@ -93,12 +116,19 @@ fn targets_and_emitted_mlir() {
 #[test]
 fn the_deepseek_v3_shaped_example_compiles_end_to_end() {
     let dir = TempDir::new("artifact-v3");
-    let stdout = compile(&path("examples/deepseek-v3.toml").display().to_string(), &dir, &[]);
+    let stdout = compile(
+        &path("examples/deepseek-v3.toml").display().to_string(),
+        &dir,
+        &[],
+    );
     assert!(stdout.contains("GPU plan (sm_90a):"), "{stdout}");
     let m = manifest(&dir);
     // 61 layers, far fewer distinct kernels: identical layers share them.
     assert!(m.steps.len() > 61 * 20, "{} steps", m.steps.len());
     assert!(m.kernels.len() < 60, "{} kernels", m.kernels.len());
-    assert!(m.kernels.iter().any(|k| k.spec == "fp8_gemm"
-        && k.attrs.get("grouped").is_some_and(|g| !g.is_null())));
+    assert!(
+        m.kernels
+            .iter()
+            .any(|k| k.spec == "fp8_gemm" && k.attrs.get("grouped").is_some_and(|g| !g.is_null()))
+    );
 }

@@ -30,6 +30,13 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
         for target in Target::ALL {
             let generated = generate(&graph, target, false)
                 .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
+            // Dense FP8 GEMMs run on the tensor cores.
+            assert!(
+                generated
+                    .ptx
+                    .contains("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32"),
+                "{name} {target}: no FP8 tensor-core MMA in the PTX"
+            );
             let report = ptxas::assemble(&ptxas, &generated.ptx, target)
                 .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
             let mut entries: Vec<&str> = report.functions.iter().map(|f| f.name.as_str()).collect();
@@ -135,7 +142,9 @@ fn check_manifest(manifest: &Manifest) {
 fn kernel_mlir(kernel: &crate::kernels::GpuKernel) -> String {
     let context = crate::mlir::create_context();
     let module = crate::mlir::KernelModule::new(&context, "dsc_kernels");
-    kernel.build(&module, &kernel.entry()).expect("kernel builds");
+    kernel
+        .build(&module, &kernel.entry())
+        .expect("kernel builds");
     use melior::ir::operation::OperationLike;
     assert!(module.module().as_operation().verify());
     module.module().as_operation().to_string()
