@@ -117,6 +117,32 @@ pub struct CompileArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// The GPU the PTX is built for.
+    #[arg(long, default_value = "sm_90a", value_name = "sm_90a|sm_89")]
+    pub target: TargetArg,
+    /// Also write each kernel's MLIR (before lowering) as kernels.mlir.
+    #[arg(long, value_name = "mlir")]
+    pub emit: Option<EmitArg>,
+}
+
+/// `--target`: a GPU architecture dsc generates PTX for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetArg(pub dsc_codegen::Target);
+
+impl std::str::FromStr for TargetArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(TargetArg)
+            .map_err(|e: dsc_codegen::CodegenError| e.to_string())
+    }
+}
+
+/// `--emit`: extra outputs of `dsc compile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmitArg {
+    /// The MLIR of every kernel, before lowering (`kernels.mlir`).
+    Mlir,
 }
 
 /// `dsc opt`.

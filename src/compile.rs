@@ -1,11 +1,14 @@
 //! `dsc compile MODEL.toml` (or a Hugging Face config.json / checkpoint directory, imported
-//! first): model → graph → passes → graph.dsc, report.txt, report.json.
+//! first): model → graph → passes → codegen → manifest.json, kernels.ptx, graph.dsc,
+//! report.txt, report.json (and kernels.mlir with `--emit mlir`), written atomically.
 
 use crate::artifact_dir::write_atomically;
-use crate::cli::CompileArgs;
+use crate::cli::{CompileArgs, EmitArg};
 use crate::diagnostic::{Diagnostic, read_text};
 use crate::{pipeline, report};
+use dsc_codegen::generate;
 use dsc_ir::model::load_model;
+use dsc_kernels::manifest::files;
 use dsc_passes::DEFAULT_PIPELINE;
 use std::path::PathBuf;
 
@@ -33,7 +36,10 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
         }
     };
     let timings = pipeline::run(&args.pipeline, DEFAULT_PIPELINE, &mut graph)?;
-    let report = report::build(&graph, &timings);
+    let target = args.target.0;
+    let generated = generate(&graph, target, args.emit == Some(EmitArg::Mlir))
+        .map_err(|e| Diagnostic::new(format!("codegen for {target}: {e}")))?;
+    let report = report::build(&graph, &timings).with_codegen(&generated);
     let dir = args
         .output
         .clone()
@@ -41,14 +47,18 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
     let text = graph.to_string();
     let report_txt = report.to_text();
     let report_json = report.to_json();
-    write_atomically(
-        &dir,
-        &[
-            ("graph.dsc", text.as_bytes()),
-            ("report.txt", report_txt.as_bytes()),
-            ("report.json", report_json.as_bytes()),
-        ],
-    )?;
+    let manifest = generated.manifest.to_json();
+    let mut outputs: Vec<(&str, &[u8])> = vec![
+        (files::MANIFEST, manifest.as_bytes()),
+        (files::KERNELS, generated.ptx.as_bytes()),
+        (files::GRAPH, text.as_bytes()),
+        ("report.txt", report_txt.as_bytes()),
+        ("report.json", report_json.as_bytes()),
+    ];
+    if let Some(mlir) = &generated.mlir {
+        outputs.push(("kernels.mlir", mlir.as_bytes()));
+    }
+    write_atomically(&dir, &outputs)?;
     print!("{}", report.summary_text());
     if args.pipeline.timings {
         print!("{}", report.timings_text());

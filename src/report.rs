@@ -14,6 +14,29 @@ pub struct Report {
     pub ops: Vec<OpReport>,
     pub summary: Summary,
     pub passes: Vec<PassReport>,
+    /// The launch plan and where codegen's time went (absent until codegen ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codegen: Option<CodegenReport>,
+}
+
+/// The launch plan's figures and codegen's time.
+#[derive(Debug, Serialize)]
+pub struct CodegenReport {
+    pub target: String,
+    /// Distinct kernel entries in kernels.ptx.
+    pub kernels: usize,
+    /// Launches per forward pass.
+    pub launches: usize,
+    /// Arena bytes with liveness-based reuse.
+    pub arena_bytes: u64,
+    /// Arena bytes if every intermediate had its own region.
+    pub arena_bytes_no_reuse: u64,
+    /// Kernel selection and arena planning.
+    pub plan_ms: f64,
+    /// Building the kernels' MLIR with melior.
+    pub build_mlir_ms: f64,
+    /// MLIR's passes down to PTX.
+    pub lower_ms: f64,
 }
 
 /// One op's precision.
@@ -168,6 +191,7 @@ pub fn build(g: &Graph, timings: &[PassTiming]) -> Report {
             weight_bytes_bf16: w.bf16,
             fusions: fusions(g),
         },
+        codegen: None,
         passes: timings
             .iter()
             .map(|t| PassReport {
@@ -304,7 +328,35 @@ impl Report {
             })
             .collect();
         let _ = writeln!(out, "fused kernels: {}", fused.join(", "));
+        if let Some(c) = &self.codegen {
+            let _ = writeln!(
+                out,
+                "GPU plan ({}): {} launches of {} distinct kernels; arena {} (no reuse: {})",
+                c.target,
+                c.launches,
+                c.kernels,
+                human_bytes(c.arena_bytes),
+                human_bytes(c.arena_bytes_no_reuse)
+            );
+        }
         out
+    }
+
+    /// Adds the launch plan and codegen's timings.
+    pub fn with_codegen(mut self, generated: &dsc_codegen::Generated) -> Self {
+        let m = &generated.manifest;
+        let t = generated.timings;
+        self.codegen = Some(CodegenReport {
+            target: m.target.clone(),
+            kernels: m.kernels.len(),
+            launches: m.steps.len(),
+            arena_bytes: m.arena.bytes,
+            arena_bytes_no_reuse: m.arena.no_reuse_bytes,
+            plan_ms: t.plan_ms,
+            build_mlir_ms: t.build_mlir_ms,
+            lower_ms: t.lower_ms,
+        });
+        self
     }
 
     /// Time per pass, one line each.
@@ -316,6 +368,16 @@ impl Report {
             total += p.ms;
         }
         let _ = writeln!(out, "  {:<18} {:>9.3} ms", "total", total);
+        if let Some(c) = &self.codegen {
+            let _ = writeln!(out, "codegen:");
+            for (name, ms) in [
+                ("plan", c.plan_ms),
+                ("build MLIR", c.build_mlir_ms),
+                ("MLIR to PTX", c.lower_ms),
+            ] {
+                let _ = writeln!(out, "  {name:<18} {ms:>9.3} ms");
+            }
+        }
         out
     }
 

@@ -1,6 +1,7 @@
 //! dsc's integration tests, in one binary (DESIGN.md §7): CLI behaviour, bad inputs, `dsc opt`
 //! file tests, IR snapshots after each pass, and precision-policy properties of the examples.
 
+mod artifact;
 mod bad_inputs;
 mod cli;
 mod filetests;

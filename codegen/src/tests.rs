@@ -30,6 +30,13 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
         for target in Target::ALL {
             let generated = generate(&graph, target, false)
                 .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
+            // Dense FP8 GEMMs run on the tensor cores.
+            assert!(
+                generated
+                    .ptx
+                    .contains("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32"),
+                "{name} {target}: no FP8 tensor-core MMA in the PTX"
+            );
             let report = ptxas::assemble(&ptxas, &generated.ptx, target)
                 .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
             let mut entries: Vec<&str> = report.functions.iter().map(|f| f.name.as_str()).collect();
@@ -129,4 +136,66 @@ fn check_manifest(manifest: &Manifest) {
             assert!(!(in_time && in_space), "{} and {} overlap", a.name, b.name);
         }
     }
+}
+
+/// The MLIR of one kernel, as built (before lowering).
+fn kernel_mlir(kernel: &crate::kernels::GpuKernel) -> String {
+    let context = crate::mlir::create_context();
+    let module = crate::mlir::KernelModule::new(&context, "dsc_kernels");
+    kernel
+        .build(&module, &kernel.entry())
+        .expect("kernel builds");
+    use melior::ir::operation::OperationLike;
+    assert!(module.module().as_operation().verify());
+    module.module().as_operation().to_string()
+}
+
+#[test]
+fn mlir_of_the_add_kernel() {
+    use crate::kernels::GpuKernel;
+    use crate::kernels::elementwise::{Elementwise, ElementwiseOp};
+    use dsc_ir::DType;
+    let kernel = GpuKernel::Elementwise(Elementwise {
+        op: ElementwiseOp::Add,
+        len: 1000,
+        inputs: vec![DType::Bf16, DType::Bf16],
+        output: DType::Bf16,
+    });
+    insta::assert_snapshot!(kernel_mlir(&kernel));
+}
+
+#[test]
+fn mlir_of_the_activation_quantization_kernel() {
+    use crate::kernels::GpuKernel;
+    use crate::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
+    use dsc_ir::{DType, ScaleFormat};
+    let kernel = GpuKernel::ActQuant(ActQuant {
+        rows: 4,
+        dim: 256,
+        source: QuantSource::Plain(DType::Bf16),
+        quant: QuantSpec {
+            tile: 128,
+            format: DType::F8E4M3,
+            scale_format: ScaleFormat::F32,
+        },
+    });
+    insta::assert_snapshot!(kernel_mlir(&kernel));
+}
+
+#[test]
+fn entry_names_are_stable_and_distinguish_shapes() {
+    use crate::kernels::GpuKernel;
+    use crate::kernels::elementwise::{Elementwise, ElementwiseOp};
+    use dsc_ir::DType;
+    let add = |len| {
+        GpuKernel::Elementwise(Elementwise {
+            op: ElementwiseOp::Add,
+            len,
+            inputs: vec![DType::Bf16, DType::Bf16],
+            output: DType::Bf16,
+        })
+    };
+    assert_eq!(add(1000).entry(), add(1000).entry());
+    assert_ne!(add(1000).entry(), add(1001).entry());
+    assert!(add(1000).entry().starts_with("add_"));
 }

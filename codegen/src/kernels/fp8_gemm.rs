@@ -7,9 +7,9 @@
 //! The grouped form computes row `r = t·top_k + slot` with the weights of expert
 //! `indices[t, slot]`, reading x row `t` (shared activation) or `r` (per-slot activation).
 //!
-//! This is the correctness-first SIMT form, one output per thread with the exact accumulator's
-//! numerics; the tensor-core form (`mma.sync m16n8k32 e4m3`, one warp per 16 × 8 tile) has the
-//! same parameters, so the plan and the manifest do not change when it replaces this one.
+//! Two forms with the same parameters: [`GemmForm::MmaSync`], the tensor-core kernel of
+//! [`super::fp8_gemm_mma`] (dense GEMMs), and [`GemmForm::Simt`], one output per thread with
+//! the exact accumulator's numerics (grouped GEMMs, whose rows each pick their own expert).
 
 use dsc_ir::DType;
 use melior::ir::{BlockLike, Value};
@@ -34,6 +34,16 @@ pub struct Grouped {
     pub x_per_slot: bool,
 }
 
+/// How the products are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GemmForm {
+    /// One output per thread on the CUDA cores.
+    Simt,
+    /// One 16 × 8 tile per warp on the tensor cores (`mma.sync m16n8k32`).
+    MmaSync,
+}
+
 /// One block-scaled FP8 GEMM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fp8Gemm {
@@ -55,6 +65,8 @@ pub struct Fp8Gemm {
     pub output: DType,
     /// Present for routed experts.
     pub grouped: Option<Grouped>,
+    /// The kernel form.
+    pub form: GemmForm,
 }
 
 impl Fp8Gemm {
@@ -91,13 +103,23 @@ impl Fp8Gemm {
         params
     }
 
-    /// One thread per output.
+    /// One thread per output (SIMT) or one warp per tile (MMA).
     pub fn launch(&self) -> Launch {
-        Launch::per_element(self.rows * self.n)
+        match self.form {
+            GemmForm::Simt => Launch::per_element(self.rows * self.n),
+            GemmForm::MmaSync => super::fp8_gemm_mma::launch(self),
+        }
     }
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        match self.form {
+            GemmForm::Simt => self.build_simt(module, entry),
+            GemmForm::MmaSync => super::fp8_gemm_mma::build(self, module, entry),
+        }
+    }
+
+    fn build_simt(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
         let context = module.context();
         let types = param_types(context, &self.params());
         module.add_kernel(entry, &types, |block, location| {

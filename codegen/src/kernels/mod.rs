@@ -10,6 +10,7 @@ pub mod attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod fp8_gemm;
+pub mod fp8_gemm_mma;
 pub mod linear;
 pub mod moe;
 pub mod norm;

@@ -11,7 +11,7 @@ use crate::kernels::GpuKernel;
 use crate::kernels::attention::{AttnScores, AttnValues, HeadOperand};
 use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
 use crate::kernels::embedding::Embedding;
-use crate::kernels::fp8_gemm::{Fp8Gemm, Grouped};
+use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
 use crate::kernels::linear::Linear;
 use crate::kernels::moe::{MoeCombine, MoeTopk, Scoring};
 use crate::kernels::norm::RmsNorm;
@@ -307,16 +307,24 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 None
             };
             let n = w[w.len() - 2];
+            let promote_interval = int_attr("promote_interval")?;
+            // Tensor cores for dense GEMMs; a grouped GEMM's rows each read their own expert.
+            let form = if grouped.is_none() && promote_interval % 32 == 0 {
+                GemmForm::MmaSync
+            } else {
+                GemmForm::Simt
+            };
             GpuKernel::Fp8Gemm(Fp8Gemm {
                 rows: numel(result(0)) / n.max(1),
                 n,
                 k,
                 act_tile: int_attr("act_tile")?,
                 weight_block: int_attr("weight_block")?,
-                promote_interval: int_attr("promote_interval")?,
+                promote_interval,
                 format: x.dtype,
                 output: ty(result(0)).dtype,
                 grouped,
+                form,
             })
         }
         OpKind::MoeTopk => {
