@@ -68,7 +68,7 @@ fn rate(step: &StepTiming, seconds: f64) -> String {
     if step.flops > 0 {
         format!("{:.3} TFLOP/s", step.flops as f64 / seconds / 1e12)
     } else {
-        format!("{:.1} GB/s", step.bytes as f64 / seconds / 1e9)
+        format!("{:.3} GB/s", step.bytes as f64 / seconds / 1e9)
     }
 }
 
@@ -155,7 +155,7 @@ mod tests {
             bytes,
         };
         assert_eq!(rate(&step(2_000_000_000_000, 1), 0.5), "4.000 TFLOP/s");
-        assert_eq!(rate(&step(0, 3_000_000_000), 2.0), "1.5 GB/s");
+        assert_eq!(rate(&step(0, 3_000_000_000), 2.0), "1.500 GB/s");
         assert_eq!(rate(&step(0, 1), 0.0), "-");
     }
 }

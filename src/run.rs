@@ -94,7 +94,7 @@ pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
     let outputs = session.run(&inputs).map_err(runtime_error)?;
     let elapsed = start.elapsed();
     println!(
-        "ran {} ({} ops, {} steps) on {} in {:.1} ms",
+        "ran {} ({} ops, {} timed steps) on {} in {:.1} ms",
         artifact.graph.name,
         artifact.graph.ops.len(),
         session.timings().len(),

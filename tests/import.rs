@@ -207,11 +207,9 @@ fn end_to_end(name: &str, config: &str, extra_layer: bool) {
     assert!(notes.contains("wrote"), "{notes}");
     let art = tmp.join("art");
     ok(&["compile", &s(&toml), "-o", &s(&art)]);
-    crate::support::add_interim_manifest(&art);
     // compile takes the checkpoint directory as well, and builds the same graph.
     let art_dir = tmp.join("art-dir");
     ok(&["compile", &s(&ckpt), "--seq-len", "8", "-o", &s(&art_dir)]);
-    crate::support::add_interim_manifest(&art_dir);
     assert_eq!(
         std::fs::read_to_string(art.join("graph.dsc")).unwrap(),
         std::fs::read_to_string(art_dir.join("graph.dsc")).unwrap()
@@ -267,7 +265,6 @@ fn end_to_end(name: &str, config: &str, extra_layer: bool) {
     );
     let art_fp8 = tmp.join("art-fp8");
     ok(&["compile", &s(&fp8), "--seq-len", "8", "-o", &s(&art_fp8)]);
-    crate::support::add_interim_manifest(&art_fp8);
     let (again, _) = run_with(&art_fp8, &fp8, &tmp.join("fp8-again.safetensors"));
     assert_eq!(again, bf16);
     // The output directory is never overwritten.
@@ -295,7 +292,6 @@ fn compiled(tmp: &TempDir) -> PathBuf {
     let cfg = tmp.join("config.json");
     std::fs::write(&cfg, LLAMA).unwrap();
     ok(&["compile", &s(&cfg), "--seq-len", "8", "-o", &s(&art)]);
-    crate::support::add_interim_manifest(&art);
     art
 }
 

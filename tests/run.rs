@@ -8,7 +8,6 @@ fn compile(tmp: &TempDir, example: &str) -> String {
     let dir = tmp.join(example).to_string_lossy().into_owned();
     let out = dsc(&["compile", &format!("examples/{example}.toml"), "-o", &dir]);
     assert!(out.status.success(), "{}", streams(&out).1);
-    crate::support::add_interim_manifest(std::path::Path::new(&dir));
     dir
 }
 

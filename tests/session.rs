@@ -1,14 +1,13 @@
 //! `dsc run` / `dsc bench` through the runtime's Session: device choice, artifact files, the
 //! manifest's schema version, and the bench table.
 
-use crate::support::{TempDir, add_interim_manifest, dsc, streams};
+use crate::support::{TempDir, dsc, streams};
 use std::path::Path;
 
 fn compile(tmp: &TempDir, example: &str) -> String {
     let dir = tmp.join(example).to_string_lossy().into_owned();
     let out = dsc(&["compile", &format!("examples/{example}.toml"), "-o", &dir]);
     assert!(out.status.success(), "{}", streams(&out).1);
-    add_interim_manifest(Path::new(&dir));
     dir
 }
 

@@ -77,7 +77,6 @@ fn gpu_test_models_compile_and_run_on_the_cpu() {
         &dir.to_string_lossy(),
     ]);
     assert!(out.status.success(), "{}", streams(&out).1);
-    crate::support::add_interim_manifest(&dir);
     let artifact = dsc_runtime::Artifact::load(&dir).unwrap();
     let mut session = Session::new(&artifact, Device::Cpu).unwrap();
     session.load_random_weights(11).unwrap();
