@@ -131,3 +131,36 @@ pub fn extreme_inputs(graph: &Graph) -> HashMap<String, HostTensor> {
     dsc_runtime::tensor::round_slice(DType::Bf16, values);
     inputs
 }
+
+/// Runs on any machine: what the step-by-step comparison relies on holds for every compiled
+/// example — each step's op is in the graph, and every operand and result of that op is a
+/// manifest tensor the GPU test can read back.
+#[test]
+fn every_stepped_op_reads_and_writes_manifest_tensors() {
+    let tmp = TempDir::new("gpu-plan-shape");
+    for model in [
+        "examples/mlp.toml",
+        "examples/tiny-moe.toml",
+        "examples/llama-small.toml",
+        "tests/gpu/models/ragged-mlp.toml",
+    ] {
+        let dir = tmp.join(model.replace('/', "_").as_str());
+        let out = crate::support::dsc(&["compile", model, "-o", &dir.to_string_lossy()]);
+        assert!(out.status.success(), "{}", crate::support::streams(&out).1);
+        let artifact = dsc_runtime::Artifact::load(&dir).unwrap();
+        let graph = &artifact.graph;
+        let ops: HashMap<&str, &Op> = graph.ops.iter().map(|op| (graph.op_name(op), op)).collect();
+        assert!(!artifact.manifest.steps.is_empty(), "{model}");
+        for step in &artifact.manifest.steps {
+            let op = ops[step.op.as_str()];
+            for &v in op.operands.iter().chain(&op.results) {
+                assert!(
+                    artifact.manifest.tensor(graph.name(v)).is_some(),
+                    "{model}: `{}` of step `{}` is not in the manifest",
+                    graph.name(v),
+                    step.op
+                );
+            }
+        }
+    }
+}
