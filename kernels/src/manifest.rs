@@ -179,7 +179,10 @@ impl Manifest {
             message: error.to_string(),
         };
         let value: serde_json::Value = serde_json::from_str(text).map_err(malformed)?;
-        match value.get("schema_version").and_then(serde_json::Value::as_u64) {
+        match value
+            .get("schema_version")
+            .and_then(serde_json::Value::as_u64)
+        {
             Some(found) if found == u64::from(SCHEMA_VERSION) => {}
             Some(found) => {
                 return Err(ManifestError::SchemaVersion {
@@ -296,7 +299,10 @@ mod tests {
         // A field this version does not know must not hide the version error.
         let text = text.replacen("\"model\"", "\"future_field\": 1, \"model\"", 1);
         let error = Manifest::from_json(&text, "dir/manifest.json").unwrap_err();
-        assert!(matches!(error, ManifestError::SchemaVersion { found: 99, .. }));
+        assert!(matches!(
+            error,
+            ManifestError::SchemaVersion { found: 99, .. }
+        ));
         let message = error.to_string();
         assert!(message.starts_with("dir/manifest.json: "), "{message}");
         assert!(message.contains("version 99"), "{message}");
