@@ -11,8 +11,8 @@
 //!
 //! Ties (equal scores, of groups or experts) go to the lower index, and NaN ranks above every
 //! number as in `torch.topk`. Experts of dropped groups are excluded outright (DeepSeek's
-//! `-inf` mask; HF fills them with 0.0, which differs only when an eligible selection score is
-//! negative). Results are ordered by descending selection score; HF's `topk(sorted=False)`
+//! `-inf` mask, and HF DeepseekV3's in transformers 5; HF DeepseekV2 fills them with 0.0, which
+//! differs only when an eligible selection score is negative, never with softmax). Results are ordered by descending selection score; HF's `topk(sorted=False)`
 //! leaves its order unspecified, which only changes the order `moe_combine` sums in.
 
 use super::error::{OpError, check_len, check_shape};

@@ -198,3 +198,35 @@ fn short(v: &Value) -> String {
         s
     }
 }
+
+/// The RoPE fields of a config: `rope_theta` plus an optional `rope_scaling` object
+/// (transformers 4), or one `rope_parameters` object that holds `rope_theta`, `rope_type` and
+/// the scaling fields (transformers 5 writes this). Returns the base and the object to read the
+/// scaling from (`rope_parameters` always, when present: its `rope_theta` is already read).
+pub fn rope_fields<'a>(root: &Object<'a>) -> Result<(f64, Option<Object<'a>>), ImportError> {
+    let top_theta = root.float("rope_theta")?;
+    let Some(params) = root.object("rope_parameters")? else {
+        return Ok((top_theta.unwrap_or(10000.0), root.object("rope_scaling")?));
+    };
+    // `get` marks the key read: a `null` beside `rope_parameters` is harmless.
+    if root.get("rope_scaling").is_some() {
+        return Err(root.error(
+            "rope_scaling",
+            "`rope_scaling` and `rope_parameters` are both given: transformers 5 reads only \
+             `rope_parameters`; keep one",
+        ));
+    }
+    let theta = match (params.float("rope_theta")?, top_theta) {
+        (Some(inner), Some(top)) if inner != top => {
+            return Err(root.error(
+                "rope_theta",
+                format!(
+                    "`rope_theta` = {top} disagrees with `rope_parameters.rope_theta` = {inner}"
+                ),
+            ));
+        }
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => 10000.0,
+    };
+    Ok((theta, Some(params)))
+}

@@ -7,7 +7,7 @@
 //! - the top-k weights are normalized when `norm_topk_prob` and `num_experts_per_tok > 1`;
 //!   V3 then multiplies by `routed_scaling_factor`, V2 only when it did not normalize.
 
-use super::config::Object;
+use super::config::{Object, rope_fields};
 use super::emit::{Toml, TomlValue};
 use super::{ImportError, quantization};
 use serde_json::json;
@@ -23,6 +23,10 @@ const HARMLESS: &[(&str, &str)] = &[
     (
         "num_nextn_predict_layers",
         "multi-token-prediction layers; their checkpoint tensors are ignored on load",
+    ),
+    (
+        "output_router_logits",
+        "whether the Python model returns router logits (auxiliary loss)",
     ),
     (
         "num_key_value_heads",
@@ -69,13 +73,16 @@ pub fn convert(
     ] {
         toml.int(dsc, root.req_uint(key)?);
     }
+    derived_head_dims(root)?;
+    root.require_value("mlp_bias", &json!(false), "dsc's MLPs have no bias")?;
     toml.int("q_lora_rank", root.uint("q_lora_rank")?.unwrap_or(0));
     toml.float(
         "rms_norm_eps",
         root.float("rms_norm_eps")?
             .ok_or_else(|| root.missing("rms_norm_eps"))?,
     );
-    toml.float("rope_theta", root.float("rope_theta")?.unwrap_or(10000.0));
+    let (theta, scaling) = rope_fields(root)?;
+    toml.float("rope_theta", theta);
 
     let mut ignored = Vec::new();
     match root.uint("n_routed_experts")? {
@@ -86,10 +93,41 @@ pub fn convert(
         }
         Some(routed) => moe(root, v3, layers, routed, toml, &mut ignored)?,
     }
-    rope_scaling(root, toml)?;
+    rope_scaling(scaling, toml)?;
     ignored.extend(quantization::convert(root, toml)?);
     ignored.extend(root.ignore(HARMLESS));
     Ok(ignored)
+}
+
+/// The sizes transformers 5 derives and writes into the config: `head_dim`, which its DeepSeek
+/// rotary embedding reads as the RoPE dimension (set to `qk_rope_head_dim`), and `qk_head_dim`
+/// (`qk_nope_head_dim + qk_rope_head_dim`). Any other value changes the math.
+fn derived_head_dims(root: &Object) -> Result<(), ImportError> {
+    let rope = root.req_uint("qk_rope_head_dim")?;
+    let nope = root.req_uint("qk_nope_head_dim")?;
+    if let Some(h) = root.uint("head_dim")?
+        && h != rope
+    {
+        return Err(root.unsupported(
+            "head_dim",
+            &format!(
+                "transformers computes DeepSeek's RoPE frequencies over `head_dim`; dsc rotates \
+                 `qk_rope_head_dim` = {rope} dimensions"
+            ),
+        ));
+    }
+    if let Some(q) = root.uint("qk_head_dim")?
+        && q != nope + rope
+    {
+        return Err(root.unsupported(
+            "qk_head_dim",
+            &format!(
+                "it must be `qk_nope_head_dim + qk_rope_head_dim` = {}",
+                nope + rope
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The MoE fields, meaningless when `n_routed_experts` is null.
@@ -190,9 +228,10 @@ fn moe(
     Ok(())
 }
 
-/// `rope_scaling` of type yarn (`type` or `rope_type`) → `[model.rope_scaling]`.
-fn rope_scaling(root: &Object, toml: &mut Toml) -> Result<(), ImportError> {
-    let Some(r) = root.object("rope_scaling")? else {
+/// `rope_scaling` (or `rope_parameters`) of type yarn (`type` or `rope_type`) →
+/// `[model.rope_scaling]`.
+fn rope_scaling(r: Option<Object>, toml: &mut Toml) -> Result<(), ImportError> {
+    let Some(r) = r else {
         return Ok(());
     };
     let ty = r.str("type")?.or(r.str("rope_type")?);

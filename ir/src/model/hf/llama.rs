@@ -5,7 +5,7 @@
 //! linears have none), so a qwen2 config is an error naming that; its other fields are read
 //! first so that every other problem is reported the same way as for llama.
 
-use super::config::Object;
+use super::config::{Object, rope_fields};
 use super::emit::{Toml, TomlValue};
 use super::{ImportError, ImportOptions, quantization};
 use serde_json::json;
@@ -43,7 +43,8 @@ pub fn convert(
     );
     toml.int("inter_dim", root.req_uint("intermediate_size")?);
     toml.int("vocab_size", root.req_uint("vocab_size")?);
-    toml.float("rope_theta", root.float("rope_theta")?.unwrap_or(10000.0));
+    let (theta, scaling) = rope_fields(root)?;
+    toml.float("rope_theta", theta);
     toml.float(
         "rms_norm_eps",
         root.float("rms_norm_eps")?
@@ -66,7 +67,7 @@ pub fn convert(
         ));
     }
     let mut ignored = sliding_window(root, model_type, opts)?;
-    rope_scaling(root, toml)?;
+    rope_scaling(scaling, toml)?;
     ignored.extend(quantization::convert(root, toml)?);
     ignored.extend(root.ignore(HARMLESS));
     if model_type == "qwen2" {
@@ -109,9 +110,10 @@ fn sliding_window(
     }
 }
 
-/// `rope_scaling` of type llama3 (`rope_type` or `type`) → `[model.rope_scaling]`.
-fn rope_scaling(root: &Object, toml: &mut Toml) -> Result<(), ImportError> {
-    let Some(r) = root.object("rope_scaling")? else {
+/// `rope_scaling` (or `rope_parameters`) of type llama3 (`rope_type` or `type`) →
+/// `[model.rope_scaling]`.
+fn rope_scaling(r: Option<Object>, toml: &mut Toml) -> Result<(), ImportError> {
+    let Some(r) = r else {
         return Ok(());
     };
     let key = if r.has("rope_type") {

@@ -275,3 +275,68 @@ fn errors_point_at_the_key() {
     assert_eq!(bad.line, 2, "{bad}");
     assert!(bad.message.starts_with("invalid JSON"), "{bad}");
 }
+
+/// transformers 5 moves `rope_theta` and `rope_scaling` into one `rope_parameters` object and
+/// writes the derived `head_dim` / `qk_head_dim`: a config saved by it imports to the same
+/// model.toml as the transformers 4 spelling (found by scripts/fidelity.py).
+#[test]
+fn transformers_5_configs_import_as_transformers_4_ones() {
+    let mut v: serde_json::Value = serde_json::from_str(V3).unwrap();
+    let map = v.as_object_mut().unwrap();
+    let mut rope = map.remove("rope_scaling").unwrap();
+    rope["rope_type"] = "yarn".into();
+    rope["rope_theta"] = map.remove("rope_theta").unwrap();
+    map.insert("rope_parameters".into(), rope);
+    map.insert("head_dim".into(), 8.into());
+    map.insert("qk_head_dim".into(), 24.into());
+    map.insert("output_router_logits".into(), false.into());
+    map.insert("mlp_bias".into(), false.into());
+    let v5 = serde_json::to_string_pretty(&v).unwrap();
+    assert_eq!(
+        import(&v5, &opts()).unwrap().toml,
+        import(V3, &opts()).unwrap().toml
+    );
+
+    // Llama: `rope_parameters` of type llama3, and of type default (no [model.rope_scaling]).
+    let mut v: serde_json::Value = serde_json::from_str(LLAMA).unwrap();
+    let map = v.as_object_mut().unwrap();
+    let mut rope = map.remove("rope_scaling").unwrap();
+    rope["rope_theta"] = map.remove("rope_theta").unwrap();
+    map.insert("rope_parameters".into(), rope);
+    let v5 = serde_json::to_string_pretty(&v).unwrap();
+    assert_eq!(
+        import(&v5, &opts()).unwrap().toml,
+        import(LLAMA, &opts()).unwrap().toml
+    );
+    let plain = with(
+        &with(&with(LLAMA, "rope_scaling", "null"), "rope_theta", "null"),
+        "rope_parameters",
+        r#"{"rope_theta": 1000.0, "rope_type": "default"}"#,
+    );
+    let out = import(&plain, &opts()).unwrap().toml;
+    assert!(
+        out.contains("rope_theta = 1000.0") && !out.contains("rope_scaling"),
+        "{out}"
+    );
+
+    // What would change the math is refused, naming the field.
+    for (key, value, needle) in [
+        ("head_dim", "16", "`head_dim` = 16"),
+        ("qk_head_dim", "32", "`qk_head_dim` = 32"),
+        ("mlp_bias", "true", "`mlp_bias` = true"),
+        (
+            "rope_parameters",
+            r#"{"rope_theta": 5.0}"#,
+            "`rope_scaling` and `rope_parameters`",
+        ),
+    ] {
+        let e = err(&with(V3, key, value));
+        assert!(e.message.contains(needle), "{key}: {}", e.message);
+    }
+    let e = err(&with(
+        &with(V3, "rope_scaling", "null"),
+        "rope_parameters",
+        r#"{"rope_theta": 5.0}"#,
+    ));
+    assert!(e.message.contains("disagrees"), "{}", e.message);
+}
