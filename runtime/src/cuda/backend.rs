@@ -12,7 +12,7 @@ use dsc_ir::DType;
 use super::launch::{PreparedStep, launch, prepare};
 use super::memory::{DeviceMemory, MemoryPlan};
 use super::module::KernelModule;
-use super::probe::{DeviceInfo, driver_error, driver_present};
+use super::probe::{DeviceInfo, driver_error, driver_present, without_driver_panics};
 use crate::artifact::{Artifact, check_manifest};
 use crate::backend::{Backend, StepTiming};
 use crate::error::RuntimeError;
@@ -49,6 +49,12 @@ impl<'a> CudaBackend<'a> {
     /// Loads `artifact` on `device` (which [`crate::device::choose_device`] found able to run
     /// it): PTX, buffers, launches and events, all once.
     pub fn new(artifact: &'a Artifact, device: &DeviceInfo) -> Result<Self, RuntimeError> {
+        without_driver_panics("loading the artifact on the GPU", || {
+            Self::load(artifact, device)
+        })
+    }
+
+    fn load(artifact: &'a Artifact, device: &DeviceInfo) -> Result<Self, RuntimeError> {
         if !driver_present() {
             return Err(RuntimeError::NoDriver);
         }
@@ -178,6 +184,27 @@ impl<'a> CudaBackend<'a> {
 
 impl Backend for CudaBackend<'_> {
     fn set_weights(&mut self, weights: Weights) -> Result<(), RuntimeError> {
+        without_driver_panics("uploading the weights", || self.upload_weights(weights))
+    }
+
+    fn has_weights(&self) -> bool {
+        self.has_weights
+    }
+
+    fn run(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        timings: &mut Vec<StepTiming>,
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        without_driver_panics("running the launch plan", || self.run_plan(inputs, timings))
+    }
+}
+
+impl CudaBackend<'_> {
+    /// Uploads every weight into its buffer.
+    fn upload_weights(&mut self, weights: Weights) -> Result<(), RuntimeError> {
+        // A failed upload leaves a mix of old and new weights: unusable until one succeeds.
+        self.has_weights = false;
         let graph = &self.artifact.graph;
         let ids: HashMap<&str, dsc_ir::ValueId> =
             graph.params.iter().map(|&p| (graph.name(p), p)).collect();
@@ -198,11 +225,8 @@ impl Backend for CudaBackend<'_> {
         Ok(())
     }
 
-    fn has_weights(&self) -> bool {
-        self.has_weights
-    }
-
-    fn run(
+    /// One forward pass: inputs in, every step launched between timing events, outputs out.
+    fn run_plan(
         &mut self,
         inputs: &HashMap<String, HostTensor>,
         timings: &mut Vec<StepTiming>,

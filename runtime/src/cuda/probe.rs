@@ -48,18 +48,23 @@ pub fn probe() -> Result<Vec<DeviceInfo>, RuntimeError> {
     if !driver_present() {
         return Err(RuntimeError::NoDriver);
     }
-    // cudarc panics when a driver entry point is missing from the loaded library (an old or
-    // broken driver); report that as an error instead of taking the process down.
-    std::panic::catch_unwind(list_devices).unwrap_or_else(|panic| {
+    without_driver_panics("loading the driver", list_devices)
+}
+
+/// Runs `f`, turning a panic into [`RuntimeError::Driver`] for `call`: cudarc panics when a
+/// driver entry point is missing from the loaded library (an old or broken driver), and that
+/// must be an error, not the end of the process.
+pub(crate) fn without_driver_panics<T>(
+    call: &'static str,
+    f: impl FnOnce() -> Result<T, RuntimeError>,
+) -> Result<T, RuntimeError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "the CUDA driver library is unusable".to_string());
-        Err(RuntimeError::Driver {
-            call: "loading the driver",
-            message,
-        })
+        Err(RuntimeError::Driver { call, message })
     })
 }
 
