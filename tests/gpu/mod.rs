@@ -36,8 +36,8 @@ pub fn gpu_or_skip(test: &str) -> Option<DeviceInfo> {
     }
 }
 
-/// Compiles `model` (a path under the workspace root) into `tmp` and loads it, or `None` after
-/// saying why it cannot run on `device` (a target the GPU cannot run).
+/// Compiles `model` (a path under the workspace root) for `device`'s target into `tmp` and
+/// loads it, or `None` after saying why it cannot run there (a GPU older than sm_89).
 pub fn compiled_for(
     test: &str,
     tmp: &TempDir,
@@ -45,7 +45,20 @@ pub fn compiled_for(
     device: &DeviceInfo,
 ) -> Option<Artifact> {
     let dir = tmp.join("artifact");
-    let out = dsc(&["compile", model, "-o", &dir.to_string_lossy()]);
+    // Hopper gets its own target; Ada and anything newer the portable sm_89 module.
+    let target = if device.compute_capability == (9, 0) {
+        "sm_90a"
+    } else {
+        "sm_89"
+    };
+    let out = dsc(&[
+        "compile",
+        model,
+        "--target",
+        target,
+        "-o",
+        &dir.to_string_lossy(),
+    ]);
     assert!(out.status.success(), "{model}: {}", streams(&out).1);
     let artifact = Artifact::load(&dir).unwrap_or_else(|e| panic!("{model}: {e}"));
     assert!(
