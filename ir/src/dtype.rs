@@ -107,6 +107,13 @@ impl FromStr for DType {
     }
 }
 
+/// Serialized as the IR spells it (`bf16`, `f8e4m3`, …): the manifest and reports use it.
+impl serde::Serialize for DType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,12 +124,5 @@ mod tests {
             assert_eq!(d.name().parse::<DType>(), Ok(d));
         }
         assert!("float8".parse::<DType>().is_err());
-    }
-}
-
-/// Serialized as the IR spells it (`bf16`, `f8e4m3`, …): the manifest and reports use it.
-impl serde::Serialize for DType {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.name())
     }
 }

@@ -194,6 +194,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// Serialized as model.toml and the IR spell it (`f32`, `ue8m0`).
+impl serde::Serialize for ScaleFormat {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,12 +229,5 @@ mod tests {
             p.promote_interval = bad;
             assert_eq!(p.validate().unwrap_err().field, "promote_interval", "{bad}");
         }
-    }
-}
-
-/// Serialized as model.toml and the IR spell it (`f32`, `ue8m0`).
-impl serde::Serialize for ScaleFormat {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.name())
     }
 }
