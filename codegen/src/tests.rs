@@ -37,6 +37,15 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
                     .contains("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32"),
                 "{name} {target}: no FP8 tensor-core MMA in the PTX"
             );
+            if name != "mlp" {
+                // The BF16 head runs on the tensor cores too.
+                assert!(
+                    generated
+                        .ptx
+                        .contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+                    "{name} {target}: no BF16 tensor-core MMA in the PTX"
+                );
+            }
             let report = ptxas::assemble(&ptxas, &generated.ptx, target)
                 .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
             let mut entries: Vec<&str> = report.functions.iter().map(|f| f.name.as_str()).collect();

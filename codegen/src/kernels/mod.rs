@@ -12,6 +12,7 @@ pub mod embedding;
 pub mod fp8_gemm;
 pub mod fp8_gemm_mma;
 pub mod linear;
+pub mod linear_mma;
 pub mod moe;
 pub mod norm;
 pub mod quantize;
