@@ -171,8 +171,8 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             last.insert(t, step);
         }
         for &t in writes {
-            if !first.contains_key(&t) {
-                first.insert(t, step);
+            if let std::collections::hash_map::Entry::Vacant(slot) = first.entry(t) {
+                slot.insert(step);
                 order.push(t);
             }
             last.entry(t).or_insert(step);
