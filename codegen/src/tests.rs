@@ -1,5 +1,6 @@
-//! End-to-end codegen tests over the example models: every kernel they need is built, lowered
-//! for both targets and accepted by ptxas without spills; the plan is consistent with the graph.
+//! End-to-end codegen tests over the example models (the DeepSeek-V3 and V2-Lite shapes
+//! included): every kernel they need is built, lowered for both targets and accepted by ptxas
+//! without spills; the plan is consistent with the graph.
 
 use std::path::PathBuf;
 
@@ -25,7 +26,13 @@ fn compiled(name: &str) -> Graph {
 #[test]
 fn every_example_kernel_assembles_for_both_targets_without_spills() {
     let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
-    for name in ["tiny-moe", "llama-small", "mlp"] {
+    for name in [
+        "tiny-moe",
+        "llama-small",
+        "mlp",
+        "deepseek-v2-lite",
+        "deepseek-v3",
+    ] {
         let graph = compiled(name);
         for target in Target::ALL {
             let generated = generate(&graph, target, false)
