@@ -12,10 +12,15 @@ use crate::{Target, generate, ptxas};
 
 /// An example model after the default pipeline.
 fn compiled(name: &str) -> Graph {
+    compiled_with(name, "")
+}
+
+/// An example model with `extra` appended to its model.toml, after the default pipeline.
+fn compiled_with(name: &str, extra: &str) -> Graph {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(format!("{name}.toml"));
-    let source = std::fs::read_to_string(&path).expect("example model exists");
+    let source = std::fs::read_to_string(&path).expect("example model exists") + extra;
     let mut graph = dsc_ir::model::load_model(&source).expect("example model loads");
     Pipeline::default_pipeline()
         .run(&mut graph, &PassOptions::default(), |_, _| {})
@@ -84,6 +89,34 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
             );
         }
     }
+}
+
+#[test]
+fn a_model_kept_entirely_in_f32_compiles_and_assembles() {
+    // No FP8 at all: the GEMMs stay `linear` and the routed experts `grouped_linear`.
+    let graph = compiled_with(
+        "tiny-moe",
+        "\n[precision]\nhigh = \"f32\"\n\n[[precision.override]]\nmatch = \"*\"\ndtype = \"f32\"\n",
+    );
+    assert!(
+        graph
+            .ops
+            .iter()
+            .any(|op| op.kind == dsc_ir::OpKind::GroupedLinear),
+        "the experts should stay grouped_linear"
+    );
+    let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
+    let generated = generate(&graph, Target::Sm90a, false).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        generated
+            .manifest
+            .kernels
+            .iter()
+            .any(|k| k.spec == "grouped_linear")
+    );
+    let report = ptxas::assemble(&ptxas, &generated.ptx, Target::Sm90a)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(report.spill_store_bytes(), 0, "{}", report.output);
 }
 
 #[test]

@@ -3,12 +3,15 @@
 //!
 //! BF16 operands (the head) run on the tensor cores ([`super::linear_mma`]); others (the MoE
 //! gate, whose logits the recipe computes in f32) take the SIMT form, one output per thread.
+//! The same kernel computes `grouped_linear` (routed experts kept in high precision by the
+//! policy): row `r = t·top_k + slot` uses expert `indices[r]`'s weights and x row `r` or `t`.
 
 use dsc_ir::DType;
 use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
 use super::elementwise::global_index;
+use super::fp8_gemm::Grouped;
 use super::{Launch, Param, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -31,22 +34,39 @@ pub struct Linear {
     pub bias: Option<DType>,
     /// Output dtype.
     pub output: DType,
+    /// Present for `grouped_linear`: `m` is then tokens × top_k, w is `[E, n, k]`.
+    pub grouped: Option<Grouped>,
 }
 
 impl Linear {
     /// Spec name.
     pub fn spec(&self) -> &'static str {
-        "linear"
+        if self.grouped.is_some() {
+            "grouped_linear"
+        } else {
+            "linear"
+        }
     }
 
-    /// `(x, w, [bias,] out)`.
+    fn x_rows(&self) -> u64 {
+        match self.grouped {
+            Some(g) if !g.x_per_slot => g.tokens,
+            _ => self.m,
+        }
+    }
+
+    /// `(x, w, [bias,] [indices,] out)`.
     pub fn params(&self) -> Vec<Param> {
+        let experts = self.grouped.map_or(1, |g| g.experts);
         let mut params = vec![
-            Param::new("x", self.x, self.m * self.k),
-            Param::new("w", self.w, self.n * self.k),
+            Param::new("x", self.x, self.x_rows() * self.k),
+            Param::new("w", self.w, experts * self.n * self.k),
         ];
         if let Some(bias) = self.bias {
             params.push(Param::new("bias", bias, self.n));
+        }
+        if let Some(g) = self.grouped {
+            params.push(Param::new("indices", DType::I32, g.tokens * g.top_k));
         }
         params.push(Param::new("out", self.output, self.m * self.n));
         params
@@ -82,8 +102,33 @@ impl Linear {
                 let k = e.index(self.k as i64)?;
                 let row = e.divui(i, n)?;
                 let col = e.remui(i, n)?;
-                let x_base = e.muli(row, k)?;
-                let w_base = e.muli(col, k)?;
+                let (x_row, w_row) = match self.grouped {
+                    None => (row, col),
+                    Some(g) => {
+                        let indices = args[args.len() - 2];
+                        let expert = e.load(indices, row)?;
+                        // An index outside 0..experts (the CPU reference's error) reads expert 0.
+                        let zero_i = e.int(32, 0)?;
+                        let limit = e.int(32, g.experts as i64)?;
+                        let low =
+                            e.cmpi(melior::dialect::arith::CmpiPredicate::Sge, expert, zero_i)?;
+                        let high =
+                            e.cmpi(melior::dialect::arith::CmpiPredicate::Slt, expert, limit)?;
+                        let valid = e.andi(low, high)?;
+                        let expert = e.select(valid, expert, zero_i)?;
+                        let expert = e.index_cast(expert, e.index_type())?;
+                        let x_row = if g.x_per_slot {
+                            row
+                        } else {
+                            let top_k = e.index(g.top_k as i64)?;
+                            e.divui(row, top_k)?
+                        };
+                        let w_row = e.muli(expert, n)?;
+                        (x_row, e.addi(w_row, col)?)
+                    }
+                };
+                let x_base = e.muli(x_row, k)?;
+                let w_base = e.muli(w_row, k)?;
                 let zero = e.f32(0.0)?;
                 let acc = e.cell(zero)?;
                 e.for_const(0, self.k as i64, 1, |e, kk| {

@@ -25,9 +25,9 @@ const TILE_M: u64 = 16;
 const TILE_N: u64 = 8;
 const MMA_K: i64 = 16;
 
-/// Whether `linear` can take the tensor-core form: BF16 operands.
+/// Whether `linear` can take the tensor-core form: BF16 operands, not grouped.
 pub fn applies(linear: &Linear) -> bool {
-    linear.x == DType::Bf16 && linear.w == DType::Bf16
+    linear.x == DType::Bf16 && linear.w == DType::Bf16 && linear.grouped.is_none()
 }
 
 /// One warp per tile.

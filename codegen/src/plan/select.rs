@@ -284,6 +284,31 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 w: ty(operand(1)).dtype,
                 bias: op.operands.get(2).map(|&b| ty(b).dtype),
                 output: ty(result(0)).dtype,
+                grouped: None,
+            })
+        }
+        OpKind::GroupedLinear => {
+            let w = dims(operand(1));
+            let idx = dims(operand(2));
+            if w.len() != 3 || idx.len() != 2 {
+                return Err(fail(
+                    "grouped weights must be [E, N, K] and indices [T, k]".into(),
+                ));
+            }
+            GpuKernel::Linear(Linear {
+                m: idx[0] * idx[1],
+                n: w[1],
+                k: w[2],
+                x: ty(operand(0)).dtype,
+                w: ty(operand(1)).dtype,
+                bias: None,
+                output: ty(result(0)).dtype,
+                grouped: Some(Grouped {
+                    experts: w[0],
+                    tokens: idx[0],
+                    top_k: idx[1],
+                    x_per_slot: ty(operand(0)).shape.rank() == 3,
+                }),
             })
         }
         OpKind::Fp8Gemm => {
