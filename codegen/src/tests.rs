@@ -248,3 +248,32 @@ fn entry_names_are_stable_and_distinguish_shapes() {
     assert_ne!(add(1000).entry(), add(1001).entry());
     assert!(add(1000).entry().starts_with("add_"));
 }
+
+#[test]
+fn data_movement_and_batched_matmul_kernels_assemble() {
+    // What explicit model graphs may use besides the presets' ops.
+    let text = "graph \"moves\"\n\
+        input %x: bf16[2, 8, 16]\n\
+        input %y: bf16[2, 16, 8]\n\
+        %t: bf16[2, 16, 8] = transpose(%x) {perm = [0, 2, 1]} role=other\n\
+        %c: bf16[2, 32, 8] = concat(%t, %y) {axis = 1} role=other\n\
+        %m: bf16[2, 8, 8] = matmul(%x, %y) role=other\n\
+        %mt: bf16[2, 8, 8] = matmul(%x, %x) {transpose_b = true} role=other\n\
+        output %c\n\
+        output %m\n\
+        output %mt\n";
+    let graph = dsc_ir::text::parse(text).unwrap_or_else(|e| panic!("{}", e.message));
+    dsc_ir::verify(&graph).unwrap_or_else(|e| panic!("{e}"));
+    let generated = generate(&graph, Target::Sm89, false).unwrap_or_else(|e| panic!("{e}"));
+    let specs: Vec<&str> = generated
+        .manifest
+        .kernels
+        .iter()
+        .map(|k| k.spec.as_str())
+        .collect();
+    assert_eq!(specs, ["transpose", "concat", "matmul", "matmul"]);
+    let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
+    let report = ptxas::assemble(&ptxas, &generated.ptx, Target::Sm89)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(report.functions.len(), 4, "{}", report.output);
+}

@@ -7,12 +7,14 @@
 //! with the same shapes is built once (the planner dedups by [`GpuKernel::entry`]).
 
 pub mod attention;
+pub mod data_movement;
 pub mod elementwise;
 pub mod embedding;
 pub mod fp8_gemm;
 pub mod fp8_gemm_mma;
 pub mod linear;
 pub mod linear_mma;
+pub mod matmul;
 pub mod moe;
 pub mod moe_dispatch;
 pub mod norm;
@@ -112,6 +114,12 @@ pub enum GpuKernel {
     MoeCombine(moe::MoeCombine),
     /// The expert-contiguous layout of a grouped GEMM's rows (a planning step, no graph op).
     MoeDispatch(moe_dispatch::MoeDispatch),
+    /// `transpose`.
+    Transpose(data_movement::Transpose),
+    /// `concat`.
+    Concat(data_movement::Concat),
+    /// `matmul` (batched).
+    Matmul(matmul::Matmul),
 }
 
 macro_rules! each_kernel {
@@ -131,6 +139,9 @@ macro_rules! each_kernel {
             GpuKernel::MoeTopk($k) => $body,
             GpuKernel::MoeCombine($k) => $body,
             GpuKernel::MoeDispatch($k) => $body,
+            GpuKernel::Transpose($k) => $body,
+            GpuKernel::Concat($k) => $body,
+            GpuKernel::Matmul($k) => $body,
         }
     };
 }

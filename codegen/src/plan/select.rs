@@ -9,10 +9,12 @@ use dsc_kernels::ops::rope::RopeParams;
 use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
 use crate::kernels::attention::{AttnScores, AttnValues, HeadOperand};
+use crate::kernels::data_movement::{Concat, Transpose};
 use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
 use crate::kernels::embedding::Embedding;
 use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
 use crate::kernels::linear::Linear;
+use crate::kernels::matmul::Matmul;
 use crate::kernels::moe::{MoeCombine, MoeTopk, Scoring};
 use crate::kernels::norm::RmsNorm;
 use crate::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
@@ -117,6 +119,51 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 axis_out: dims(result(0))[axis],
                 start,
                 inner: x[axis + 1..].iter().product(),
+            })
+        }
+        OpKind::Transpose => {
+            let perm = op
+                .attrs
+                .ints("perm")
+                .ok_or_else(|| fail("missing `perm`".into()))?
+                .iter()
+                .map(|&p| usize::try_from(p).map_err(|_| fail(format!("bad perm entry {p}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            GpuKernel::Transpose(Transpose {
+                dtype: ty(operand(0)).dtype,
+                dims: dims(operand(0)),
+                perm,
+            })
+        }
+        OpKind::Concat => {
+            let out = ty(result(0));
+            let axis = op
+                .attrs
+                .int("axis")
+                .and_then(|a| out.shape.axis(a))
+                .ok_or_else(|| fail("bad `axis`".into()))?;
+            let d = out.shape.dims();
+            GpuKernel::Concat(Concat {
+                dtype: out.dtype,
+                outer: d[..axis].iter().product(),
+                lens: op.operands.iter().map(|&v| dims(v)[axis]).collect(),
+                inner: d[axis + 1..].iter().product(),
+            })
+        }
+        OpKind::Matmul => {
+            let x = dims(operand(0));
+            let r = x.len();
+            let transpose_b = op.attrs.bool("transpose_b").unwrap_or(false);
+            let out = dims(result(0));
+            GpuKernel::Matmul(Matmul {
+                batch: x[..r - 2].iter().product(),
+                m: x[r - 2],
+                k: x[r - 1],
+                n: out[r - 1],
+                transpose_b,
+                x: ty(operand(0)).dtype,
+                y: ty(operand(1)).dtype,
+                output: ty(result(0)).dtype,
             })
         }
         OpKind::Embedding => {
