@@ -25,7 +25,7 @@ fn compiled(name: &str) -> Graph {
 #[test]
 fn every_example_kernel_assembles_for_both_targets_without_spills() {
     let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
-    for name in ["tiny-moe", "llama-small", "mlp"] {
+    for name in ["tiny-moe", "llama-small", "qwen2-small", "mlp"] {
         let graph = compiled(name);
         for target in Target::ALL {
             let generated = generate(&graph, target, false)
@@ -160,6 +160,23 @@ fn mlir_of_the_add_kernel() {
         len: 1000,
         inputs: vec![DType::Bf16, DType::Bf16],
         output: DType::Bf16,
+        rhs_len: None,
+    });
+    insta::assert_snapshot!(kernel_mlir(&kernel));
+}
+
+#[test]
+fn mlir_of_the_bias_add_kernel() {
+    use crate::kernels::GpuKernel;
+    use crate::kernels::elementwise::{Elementwise, ElementwiseOp};
+    use dsc_ir::DType;
+    // `[10, 100] + [100]`: the rhs is read at `i % 100`.
+    let kernel = GpuKernel::Elementwise(Elementwise {
+        op: ElementwiseOp::Add,
+        len: 1000,
+        inputs: vec![DType::Bf16, DType::Bf16],
+        output: DType::Bf16,
+        rhs_len: Some(100),
     });
     insta::assert_snapshot!(kernel_mlir(&kernel));
 }
@@ -193,6 +210,7 @@ fn entry_names_are_stable_and_distinguish_shapes() {
             len,
             inputs: vec![DType::Bf16, DType::Bf16],
             output: DType::Bf16,
+            rhs_len: None,
         })
     };
     assert_eq!(add(1000).entry(), add(1000).entry());
