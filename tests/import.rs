@@ -274,10 +274,7 @@ fn end_to_end(name: &str, config: &str, extra_layer: bool) {
         for proj in ["q_proj", "k_proj", "v_proj"] {
             let p = format!("model.layers.1.self_attn.{proj}");
             assert_eq!(dtype(&format!("{p}.bias")).as_deref(), Some("BF16"));
-            assert_eq!(
-                dtype(&format!("{p}.weight")).as_deref(),
-                Some("F8_E4M3")
-            );
+            assert_eq!(dtype(&format!("{p}.weight")).as_deref(), Some("F8_E4M3"));
         }
         assert_eq!(dtype(&format!("{o}.bias")), None);
     }
