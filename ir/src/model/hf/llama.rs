@@ -104,8 +104,7 @@ fn sliding_window(
     if let Some(types) = root.get("layer_types") {
         let kinds: Option<Vec<&str>> = types
             .as_array()
-            .map(|a| a.iter().map(serde_json::Value::as_str).collect())
-            .and_then(|k: Option<Vec<&str>>| k);
+            .and_then(|a| a.iter().map(serde_json::Value::as_str).collect());
         let Some(kinds) = kinds.filter(|k| {
             k.iter()
                 .all(|&t| t == "full_attention" || t == "sliding_attention")
@@ -127,31 +126,30 @@ fn sliding_window(
         ));
     }
     let window = root.uint("sliding_window")?;
-    let mut notes_then = |mut v: Vec<String>| {
-        v.append(&mut notes);
-        v
-    };
-    match window {
-        Some(w) if applies && w < opts.seq_len => Err(root.unsupported(
-            "sliding_window",
-            &format!(
-                "dsc's attention is fully causal; a window narrower than seq_len ({}) changes \
+    let note =
+        match window {
+            Some(w) if applies && w < opts.seq_len => return Err(root.unsupported(
+                "sliding_window",
+                &format!(
+                    "dsc's attention is fully causal; a window narrower than seq_len ({}) changes \
                  the result",
+                    opts.seq_len
+                ),
+            )),
+            Some(w) if applies => Some(format!(
+                "`sliding_window` = {w} (it covers the whole sequence of {})",
                 opts.seq_len
-            ),
-        )),
-        Some(w) if applies => Ok(notes_then(vec![format!(
-            "`sliding_window` = {w} (it covers the whole sequence of {})",
-            opts.seq_len
-        )])),
-        Some(w) => Ok(notes_then(vec![format!(
-            "`sliding_window` = {w} (no layer uses it)"
-        )])),
-        None if applies && root.has("layer_types") => {
-            Err(root.unsupported("layer_types", "sliding layers without a `sliding_window`"))
-        }
-        None => Ok(notes_then(Vec::new())),
-    }
+            )),
+            Some(w) => Some(format!("`sliding_window` = {w} (no layer uses it)")),
+            None if applies && root.has("layer_types") => {
+                return Err(
+                    root.unsupported("layer_types", "sliding layers without a `sliding_window`")
+                );
+            }
+            None => None,
+        };
+    notes.extend(note);
+    Ok(notes)
 }
 
 /// `rope_scaling` (or `rope_parameters`) of type llama3 (`rope_type` or `type`) →
