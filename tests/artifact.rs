@@ -48,15 +48,20 @@ fn compile_writes_the_whole_artifact_with_a_consistent_manifest() {
         assert_eq!(ptx.matches(&entry).count(), 1, "{}", kernel.entry);
     }
 
-    // The manifest's tensors are graph.dsc's values, with the same dtypes and shapes.
+    // The manifest's tensors are graph.dsc's values, with the same dtypes and shapes, plus the
+    // expert dispatch layouts the plan adds (in the arena).
     let graph_text = std::fs::read_to_string(dir.join("out/graph.dsc")).unwrap();
     let graph = dsc_ir::text::parse(&graph_text).expect("graph.dsc parses");
     for t in &m.tensors {
-        let v = graph
-            .values
-            .iter()
-            .find(|v| v.name == t.name)
-            .unwrap_or_else(|| panic!("{} is not a graph value", t.name));
+        let Some(v) = graph.values.iter().find(|v| v.name == t.name) else {
+            assert!(
+                t.name.ends_with(".dispatch_rows") || t.name.ends_with(".dispatch_tiles"),
+                "{} is not a graph value",
+                t.name
+            );
+            assert!(matches!(t.storage, Storage::Arena { .. }), "{}", t.name);
+            continue;
+        };
         assert_eq!(t.dtype, v.ty.dtype.name(), "{}", t.name);
         let dims: Vec<usize> = v.ty.shape.dims().iter().map(|&d| d as usize).collect();
         assert_eq!(t.shape, dims, "{}", t.name);
@@ -78,13 +83,23 @@ fn compile_writes_the_whole_artifact_with_a_consistent_manifest() {
         .tensor("model.layers.1.mlp.experts.{e}.up_proj.weight")
         .expect("grouped expert weight");
     assert_eq!(grouped.storage, Storage::Weight { experts: Some(8) });
-    // One launch per op that is not a reshape, in program order.
-    let reshapes = graph
-        .ops
+    // One launch per op that is not a reshape, in program order, plus one expert dispatch per
+    // MoE layer (before its first grouped GEMM, as part of that op).
+    let count = |kind| graph.ops.iter().filter(|op| op.kind == kind).count();
+    let reshapes = count(dsc_ir::OpKind::Reshape);
+    let moe_layers = count(dsc_ir::OpKind::MoeTopk);
+    let dispatches: Vec<_> = m
+        .steps
         .iter()
-        .filter(|op| op.kind == dsc_ir::OpKind::Reshape)
-        .count();
-    assert_eq!(m.steps.len(), graph.ops.len() - reshapes);
+        .enumerate()
+        .filter(|(_, s)| m.kernel(&s.kernel).unwrap().spec == "moe_dispatch")
+        .collect();
+    assert_eq!(dispatches.len(), moe_layers);
+    for (i, step) in &dispatches {
+        assert_eq!(m.steps[i + 1].op, step.op, "the dispatch precedes its GEMM");
+        assert!(step.op.ends_with("experts.gate_proj"), "{}", step.op);
+    }
+    assert_eq!(m.steps.len(), graph.ops.len() - reshapes + moe_layers);
     assert_eq!(m.steps.last().unwrap().op, "logits");
     assert!(m.arena.bytes < m.arena.no_reuse_bytes);
 }

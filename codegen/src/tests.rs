@@ -1,5 +1,6 @@
-//! End-to-end codegen tests over the example models: every kernel they need is built, lowered
-//! for both targets and accepted by ptxas without spills; the plan is consistent with the graph.
+//! End-to-end codegen tests over the example models (the DeepSeek-V3 and V2-Lite shapes
+//! included): every kernel they need is built, lowered for both targets and accepted by ptxas
+//! without spills; the plan is consistent with the graph.
 
 use std::path::PathBuf;
 
@@ -25,7 +26,14 @@ fn compiled(name: &str) -> Graph {
 #[test]
 fn every_example_kernel_assembles_for_both_targets_without_spills() {
     let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
-    for name in ["tiny-moe", "llama-small", "qwen2-small", "mlp"] {
+    for name in [
+        "tiny-moe",
+        "llama-small",
+        "qwen2-small",
+        "mlp",
+        "deepseek-v2-lite",
+        "deepseek-v3",
+    ] {
         let graph = compiled(name);
         for target in Target::ALL {
             let generated = generate(&graph, target, false)
@@ -37,6 +45,15 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
                     .contains("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32"),
                 "{name} {target}: no FP8 tensor-core MMA in the PTX"
             );
+            if name != "mlp" {
+                // The BF16 head runs on the tensor cores too.
+                assert!(
+                    generated
+                        .ptx
+                        .contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+                    "{name} {target}: no BF16 tensor-core MMA in the PTX"
+                );
+            }
             let report = ptxas::assemble(&ptxas, &generated.ptx, target)
                 .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
             let mut entries: Vec<&str> = report.functions.iter().map(|f| f.name.as_str()).collect();

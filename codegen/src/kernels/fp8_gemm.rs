@@ -7,9 +7,10 @@
 //! The grouped form computes row `r = t·top_k + slot` with the weights of expert
 //! `indices[t, slot]`, reading x row `t` (shared activation) or `r` (per-slot activation).
 //!
-//! Two forms with the same parameters: [`GemmForm::MmaSync`], the tensor-core kernel of
-//! [`super::fp8_gemm_mma`] (dense GEMMs), and [`GemmForm::Simt`], one output per thread with
-//! the exact accumulator's numerics (grouped GEMMs, whose rows each pick their own expert).
+//! Two forms: [`GemmForm::MmaSync`], the tensor-core kernel of [`super::fp8_gemm_mma`] (grouped
+//! GEMMs read the expert-contiguous layout of [`super::moe_dispatch`] instead of the indices),
+//! and [`GemmForm::Simt`], one output per thread with the exact accumulator's numerics (any
+//! promotion interval; grouped rows gathered through the indices).
 
 use dsc_ir::DType;
 use melior::ir::{BlockLike, Value};
@@ -86,7 +87,7 @@ impl Fp8Gemm {
         self.grouped.map_or(1, |g| g.experts)
     }
 
-    /// `(x, x_scale, w, w_scale, [indices,] out)`.
+    /// `(x, x_scale, w, w_scale, [indices | rows, tiles,] out)`.
     pub fn params(&self) -> Vec<Param> {
         let k_tiles = self.k.div_ceil(self.act_tile);
         let w_blocks = self.n.div_ceil(self.weight_block) * self.k.div_ceil(self.weight_block);
@@ -96,8 +97,22 @@ impl Fp8Gemm {
             Param::new("w", self.format, self.experts() * self.n * self.k),
             Param::new("w_scale", DType::F32, self.experts() * w_blocks),
         ];
-        if let Some(g) = self.grouped {
-            params.push(Param::new("indices", DType::I32, g.tokens * g.top_k));
+        match (self.grouped, self.form) {
+            (None, _) => {}
+            (Some(g), GemmForm::Simt) => {
+                params.push(Param::new("indices", DType::I32, g.tokens * g.top_k));
+            }
+            (Some(g), GemmForm::MmaSync) => {
+                let dispatch = super::moe_dispatch::MoeDispatch {
+                    tokens: g.tokens,
+                    top_k: g.top_k,
+                    experts: g.experts,
+                };
+                let [_, rows, tiles] = <[Param; 3]>::try_from(dispatch.params())
+                    .expect("the dispatch has three parameters");
+                params.push(rows);
+                params.push(tiles);
+            }
         }
         params.push(Param::new("out", self.output, self.rows * self.n));
         params

@@ -1,4 +1,4 @@
-//! The tensor-core form of the dense `fp8_gemm`: one warp per 16 × 8 output tile, FP8 products
+//! The tensor-core form of `fp8_gemm`: one warp per 16 × 8 output tile, FP8 products
 //! summed by `mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32` (PTX ≥ 8.4, sm_89 and
 //! sm_90a; emitted as inline PTX because MLIR 22's `nvvm.mma.sync` rejects dense e4m3 k32), and
 //! every promotion interval the tile's partial sums scaled by `s_x · s_w` and added into f32
@@ -9,6 +9,11 @@
 //! (lowest byte first); B register `r` holds column `g`, rows `16·r + 4q .. + 3`; D element `i`
 //! is row `g + 8·(i / 2)`, column `2q + i % 2`. Rows past M, columns past N and K past its end
 //! read as the code of +0.
+//!
+//! Grouped (routed experts), the M dimension is the padded, expert-contiguous layout built by
+//! [`super::moe_dispatch`]: tile `tm` belongs to expert `tiles[tm]` (a warp with −1 exits), its
+//! row `p` computes routed row `r = rows[p]` (padding, −1, reads zeros and stores nothing) from
+//! x row `r` or `r / top_k`, and writes output row `r`, so results land in (token, slot) order.
 
 use melior::dialect::llvm;
 use melior::ir::attribute::DenseI64ArrayAttribute;
@@ -32,23 +37,45 @@ pub const MMA_K: u64 = 32;
 
 /// The launch: one warp per tile.
 pub fn launch(gemm: &Fp8Gemm) -> Launch {
-    let tiles = gemm.rows.div_ceil(TILE_M) * gemm.n.div_ceil(TILE_N);
+    let tiles = m_tiles(gemm) * gemm.n.div_ceil(TILE_N);
     Launch::blocks(tiles.div_ceil(u64::from(WARPS)), 32 * WARPS)
 }
 
-/// Builds the dense tensor-core kernel.
+/// Tiles along M: of the output rows (dense) or of the dispatch's padded layout (grouped).
+fn m_tiles(gemm: &Fp8Gemm) -> u64 {
+    match gemm.grouped {
+        None => gemm.rows.div_ceil(TILE_M),
+        Some(g) => {
+            super::moe_dispatch::MoeDispatch {
+                tokens: g.tokens,
+                top_k: g.top_k,
+                experts: g.experts,
+            }
+            .capacity()
+                / TILE_M
+        }
+    }
+}
+
+/// Builds the tensor-core kernel.
 pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
     let context = module.context();
     let types = param_types(context, &gemm.params());
     module.add_kernel(entry, &types, |block, location| {
         let e = Emit::new(context, block, location);
         let arg = |i: usize| -> Result<Value, CodegenError> { Ok(block.argument(i)?.into()) };
+        let grouped = gemm.grouped.is_some();
         let operands = Operands {
             x: arg(0)?,
             x_scale: arg(1)?,
             w: arg(2)?,
             w_scale: arg(3)?,
-            out: arg(4)?,
+            dispatch: if grouped {
+                Some((arg(4)?, arg(5)?))
+            } else {
+                None
+            },
+            out: arg(if grouped { 6 } else { 4 })?,
         };
 
         let thread = e.thread_x()?;
@@ -60,38 +87,100 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
         let tile = e.muli(block_index, warps)?;
         let tile = e.addi(tile, warp)?;
         let tiles_n = gemm.n.div_ceil(TILE_N);
-        let tiles = e.index((gemm.rows.div_ceil(TILE_M) * tiles_n) as i64)?;
+        let tiles = e.index((m_tiles(gemm) * tiles_n) as i64)?;
         let active = e.lt(tile, tiles)?;
         // Whole warps exit together, so every lane of a running warp reaches the MMA.
         e.if_then(active, |e| {
             let tiles_n = e.index(tiles_n as i64)?;
             let tm = e.divui(tile, tiles_n)?;
             let tn = e.remui(tile, tiles_n)?;
-            let four = e.index(4)?;
-            let g = e.divui(lane, four)?;
-            let q = e.remui(lane, four)?;
-            let tile_m = e.index(TILE_M as i64)?;
-            let tile_n = e.index(TILE_N as i64)?;
-            let row0 = e.muli(tm, tile_m)?;
-            let row0 = e.addi(row0, g)?;
-            let eight = e.index(8)?;
-            let row1 = e.addi(row0, eight)?;
-            let col = e.muli(tn, tile_n)?;
-            let col_b = e.addi(col, g)?;
-            let two = e.index(2)?;
-            let qc = e.muli(q, two)?;
-            let col_d = e.addi(col, qc)?;
-            let one = e.index(1)?;
-            let col_d1 = e.addi(col_d, one)?;
-            let lanes = Lanes {
-                q,
-                rows: [row0, row1],
-                col_b,
-                cols_d: [col_d, col_d1],
+            let expert = match operands.dispatch {
+                None => e.int(32, 0)?,
+                Some((_, tile_experts)) => e.load(tile_experts, tm)?,
             };
-            tile_body(gemm, &e, &operands, &lanes)
+            let zero_i = e.int(32, 0)?;
+            let has_expert = e.cmpi(melior::dialect::arith::CmpiPredicate::Sge, expert, zero_i)?;
+            // Whole warps skip an unused tile together.
+            e.if_then(has_expert, |e| {
+                let expert = e.index_cast(expert, e.index_type())?;
+                let four = e.index(4)?;
+                let g = e.divui(lane, four)?;
+                let q = e.remui(lane, four)?;
+                let tile_m = e.index(TILE_M as i64)?;
+                let tile_n = e.index(TILE_N as i64)?;
+                let p0 = e.muli(tm, tile_m)?;
+                let p0 = e.addi(p0, g)?;
+                let eight = e.index(8)?;
+                let p1 = e.addi(p0, eight)?;
+                let rows = [
+                    tile_row(gemm, &e, &operands, p0)?,
+                    tile_row(gemm, &e, &operands, p1)?,
+                ];
+                let col = e.muli(tn, tile_n)?;
+                let col_b = e.addi(col, g)?;
+                let two = e.index(2)?;
+                let qc = e.muli(q, two)?;
+                let col_d = e.addi(col, qc)?;
+                let one = e.index(1)?;
+                let col_d1 = e.addi(col_d, one)?;
+                let lanes = Lanes {
+                    q,
+                    rows,
+                    expert,
+                    col_b,
+                    cols_d: [col_d, col_d1],
+                };
+                tile_body(gemm, &e, &operands, &lanes)
+            })
         })
     })
+}
+
+/// Where tile row `p` reads and writes: the x row, the output row, and whether it is real.
+fn tile_row<'c, 'a>(
+    gemm: &Fp8Gemm,
+    e: &Emit<'c, 'a>,
+    ops: &Operands<'c, '_>,
+    p: Value<'c, 'a>,
+) -> Result<TileRow<'c, 'a>, CodegenError> {
+    match (ops.dispatch, gemm.grouped) {
+        (Some((rows, _)), Some(grouped)) => {
+            let r = e.load(rows, p)?;
+            let zero = e.int(32, 0)?;
+            let real = e.cmpi(melior::dialect::arith::CmpiPredicate::Sge, r, zero)?;
+            let r = e.select(real, r, zero)?;
+            let out = e.index_cast(r, e.index_type())?;
+            let x = if grouped.x_per_slot {
+                out
+            } else {
+                let top_k = e.index(grouped.top_k as i64)?;
+                e.divui(out, top_k)?
+            };
+            Ok(TileRow { x, out, real })
+        }
+        _ => {
+            let rows = e.index(gemm.rows as i64)?;
+            let real = e.lt(p, rows)?;
+            let zero = e.index(0)?;
+            let safe = e.select(real, p, zero)?;
+            Ok(TileRow {
+                x: safe,
+                out: safe,
+                real,
+            })
+        }
+    }
+}
+
+/// One row of a warp's tile.
+#[derive(Clone, Copy)]
+struct TileRow<'c, 'x> {
+    /// Row of x (and of its scales) it reads; 0 when not real.
+    x: Value<'c, 'x>,
+    /// Row of the output it writes.
+    out: Value<'c, 'x>,
+    /// Whether it is a real row (not padding, not past M).
+    real: Value<'c, 'x>,
 }
 
 /// The kernel's buffers.
@@ -100,6 +189,8 @@ struct Operands<'c, 'x> {
     x_scale: Value<'c, 'x>,
     w: Value<'c, 'x>,
     w_scale: Value<'c, 'x>,
+    /// Grouped: the dispatch's `rows` and `tiles`.
+    dispatch: Option<(Value<'c, 'x>, Value<'c, 'x>)>,
     out: Value<'c, 'x>,
 }
 
@@ -107,7 +198,9 @@ struct Operands<'c, 'x> {
 struct Lanes<'c, 'x> {
     q: Value<'c, 'x>,
     /// Rows of A and D: `g` and `g + 8` of the tile.
-    rows: [Value<'c, 'x>; 2],
+    rows: [TileRow<'c, 'x>; 2],
+    /// The expert whose weights the tile reads (0 when dense).
+    expert: Value<'c, 'x>,
     /// Column of B.
     col_b: Value<'c, 'x>,
     /// Columns of D: `2q`, `2q + 1`.
@@ -140,11 +233,10 @@ fn tile_body<'c, 'a>(
     for (i, cell) in acc.iter().enumerate() {
         let row = lanes.rows[i / 2];
         let col = lanes.cols_d[i % 2];
-        let rows = e.index(gemm.rows as i64)?;
         let n = e.index(gemm.n as i64)?;
-        let row_ok = e.lt(row, rows)?;
         let col_ok = e.lt(col, n)?;
-        let ok = e.andi(row_ok, col_ok)?;
+        let ok = e.andi(row.real, col_ok)?;
+        let row = row.out;
         let value = e.get(*cell)?;
         let value = e.round_to(value, gemm.output)?;
         e.if_then(ok, |e| {
@@ -171,15 +263,25 @@ fn mma_step<'c, 'a>(
     let base_k = e.addi(kc, q4)?;
     let sixteen = e.index(16)?;
     let high_k = e.addi(base_k, sixteen)?;
+    let kk = e.index(gemm.k as i64)?;
     let mut a = Vec::with_capacity(4);
     for r in 0..4 {
         let row = lanes.rows[r % 2];
         let k = if r / 2 == 0 { base_k } else { high_k };
-        a.push(pack4(gemm, e, ops.x, row, gemm.rows, k)?);
+        let row_base = e.muli(row.x, kk)?;
+        a.push(pack4(gemm, e, ops.x, row_base, row.real, k)?);
     }
+    // Expert `expert`'s row `col_b` of w: (expert · N + col_b) · K.
+    let n = e.index(gemm.n as i64)?;
+    let col_ok = e.lt(lanes.col_b, n)?;
+    let zero_index = e.index(0)?;
+    let col = e.select(col_ok, lanes.col_b, zero_index)?;
+    let w_row = e.muli(lanes.expert, n)?;
+    let w_row = e.addi(w_row, col)?;
+    let w_base = e.muli(w_row, kk)?;
     let b = [
-        pack4(gemm, e, ops.w, lanes.col_b, gemm.n, base_k)?,
-        pack4(gemm, e, ops.w, lanes.col_b, gemm.n, high_k)?,
+        pack4(gemm, e, ops.w, w_base, col_ok, base_k)?,
+        pack4(gemm, e, ops.w, w_base, col_ok, high_k)?,
     ];
     let c: Vec<Value> = partial
         .iter()
@@ -213,31 +315,27 @@ fn mma_step<'c, 'a>(
     Ok(())
 }
 
-/// Four consecutive FP8 codes `m[row, k .. k + 4]` of a `[rows, K]` operand as one `i32`
-/// (lowest K in the lowest byte), zero outside the matrix.
+/// Four consecutive FP8 codes `m[row_base + k .. + 4]` of a `[rows, K]` operand as one `i32`
+/// (lowest K in the lowest byte); +0 when the row is not `real` or K is past its end.
 fn pack4<'c, 'a>(
     gemm: &Fp8Gemm,
     e: &Emit<'c, 'a>,
     matrix: Value<'c, '_>,
-    row: Value<'c, '_>,
-    rows: u64,
+    row_base: Value<'c, 'a>,
+    real: Value<'c, '_>,
     k: Value<'c, 'a>,
 ) -> Emitted<'c, 'a> {
     let i32_type = e.int_type(32);
-    let rows = e.index(rows as i64)?;
     let kk = e.index(gemm.k as i64)?;
-    let row_ok = e.lt(row, rows)?;
     let zero_index = e.index(0)?;
-    let safe_row = e.select(row_ok, row, zero_index)?;
-    let base = e.muli(safe_row, kk)?;
     let mut packed = e.int(32, 0)?;
     for j in 0..4 {
         let offset = e.index(j)?;
         let kj = e.addi(k, offset)?;
         let k_ok = e.lt(kj, kk)?;
-        let ok = e.andi(row_ok, k_ok)?;
+        let ok = e.andi(real, k_ok)?;
         let safe_k = e.select(ok, kj, zero_index)?;
-        let at = e.addi(base, safe_k)?;
+        let at = e.addi(row_base, safe_k)?;
         let code = e.load(matrix, at)?;
         let code = e.extui(code, i32_type)?;
         let zero = e.int(32, 0)?;
@@ -265,16 +363,15 @@ fn promote<'c, 'a>(
     let k_block = e.divui(k0, block)?;
     let k_tiles = e.index(gemm.k.div_ceil(gemm.act_tile) as i64)?;
     let k_blocks = e.index(gemm.k.div_ceil(gemm.weight_block) as i64)?;
-    let rows = e.index(gemm.rows as i64)?;
     let n = e.index(gemm.n as i64)?;
     let n_max = e.index(gemm.n as i64 - 1)?;
-    let row_max = e.index(gemm.rows as i64 - 1)?;
+    let n_blocks = e.index(gemm.n.div_ceil(gemm.weight_block) as i64)?;
+    let expert_blocks = e.muli(n_blocks, k_blocks)?;
+    let expert_base = e.muli(lanes.expert, expert_blocks)?;
     for i in 0..4 {
-        let row = lanes.rows[i / 2];
+        // Rows that are not real read row 0's scale (`x` is 0 for them); nothing is stored.
+        let row = lanes.rows[i / 2].x;
         let col = lanes.cols_d[i % 2];
-        // Clamp the scale reads of out-of-range lanes (their results are never stored).
-        let row_ok = e.lt(row, rows)?;
-        let row = e.select(row_ok, row, row_max)?;
         let col_ok = e.lt(col, n)?;
         let col = e.select(col_ok, col, n_max)?;
         let sx_at = e.muli(row, k_tiles)?;
@@ -283,6 +380,7 @@ fn promote<'c, 'a>(
         let n_block = e.divui(col, block)?;
         let sw_at = e.muli(n_block, k_blocks)?;
         let sw_at = e.addi(sw_at, k_block)?;
+        let sw_at = e.addi(expert_base, sw_at)?;
         let sw = e.load(ops.w_scale, sw_at)?;
         let s = e.mulf(sx, sw)?;
         let p = e.get(partial[i])?;

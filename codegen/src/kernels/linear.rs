@@ -1,8 +1,8 @@
 //! `linear` kept in high precision (the output head, the MoE gate): `y[m, n] = Σ_k x[m, k] ·
 //! w[n, k] (+ bias[n])`, one output per thread, f32 accumulation of exact products.
 //!
-//! This is the correctness-first form; a tensor-core BF16 GEMM replaces it in the performance
-//! issue without changing its parameters.
+//! BF16 operands (the head) run on the tensor cores ([`super::linear_mma`]); others (the MoE
+//! gate, whose logits the recipe computes in f32) take the SIMT form, one output per thread.
 
 use dsc_ir::DType;
 use melior::ir::{BlockLike, Value};
@@ -52,13 +52,20 @@ impl Linear {
         params
     }
 
-    /// One thread per output.
+    /// One warp per 16 × 8 tile (BF16) or one thread per output.
     pub fn launch(&self) -> Launch {
-        Launch::per_element(self.m * self.n)
+        if super::linear_mma::applies(self) {
+            super::linear_mma::launch(self)
+        } else {
+            Launch::per_element(self.m * self.n)
+        }
     }
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        if super::linear_mma::applies(self) {
+            return super::linear_mma::build(self, module, entry);
+        }
         let context = module.context();
         let types = param_types(context, &self.params());
         module.add_kernel(entry, &types, |block, location| {

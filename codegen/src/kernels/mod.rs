@@ -12,7 +12,9 @@ pub mod embedding;
 pub mod fp8_gemm;
 pub mod fp8_gemm_mma;
 pub mod linear;
+pub mod linear_mma;
 pub mod moe;
+pub mod moe_dispatch;
 pub mod norm;
 pub mod quantize;
 pub mod rope;
@@ -108,6 +110,8 @@ pub enum GpuKernel {
     MoeTopk(moe::MoeTopk),
     /// `moe_combine`.
     MoeCombine(moe::MoeCombine),
+    /// The expert-contiguous layout of a grouped GEMM's rows (a planning step, no graph op).
+    MoeDispatch(moe_dispatch::MoeDispatch),
 }
 
 macro_rules! each_kernel {
@@ -126,6 +130,7 @@ macro_rules! each_kernel {
             GpuKernel::Fp8Gemm($k) => $body,
             GpuKernel::MoeTopk($k) => $body,
             GpuKernel::MoeCombine($k) => $body,
+            GpuKernel::MoeDispatch($k) => $body,
         }
     };
 }

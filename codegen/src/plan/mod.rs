@@ -1,13 +1,14 @@
 //! Planning: from the final graph to the launch plan of the manifest — a kernel per op
 //! ([`select`]), kernels identical across layers listed once, launch shapes from the static
-//! shapes, and every intermediate placed in one arena ([`arena`]).
+//! shapes, every intermediate placed in one arena ([`arena`]), and the expert-contiguous
+//! dispatch layout inserted before a layer's first grouped GEMM.
 
 pub mod arena;
 pub mod select;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use dsc_ir::{Graph, ValueDef, ValueId};
+use dsc_ir::{DType, Graph, ValueDef, ValueId};
 use dsc_kernels::cost::op_cost;
 use dsc_kernels::manifest::{
     ArenaInfo, KernelInfo, LaunchStep, Manifest, SCHEMA_VERSION, Storage, TensorInfo,
@@ -16,6 +17,8 @@ use dsc_kernels::manifest::{
 use crate::Target;
 use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
+use crate::kernels::fp8_gemm::GemmForm;
+use crate::kernels::moe_dispatch::{MoeDispatch, TILE_ROWS};
 use arena::{Lifetime, plan_arena};
 use select::{Selection, select};
 
@@ -31,80 +34,166 @@ pub struct Program {
     pub kernels: Vec<(String, GpuKernel)>,
 }
 
+/// A tensor of the plan: a graph value, or one the plan adds (a dispatch layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Tensor {
+    Value(ValueId),
+    Internal(usize),
+}
+
+/// A tensor the plan adds, with no graph value behind it.
+struct Internal {
+    name: String,
+    dtype: DType,
+    len: u64,
+}
+
+/// One launch being planned.
+struct PlannedStep {
+    op: String,
+    entry: String,
+    kernel: GpuKernel,
+    args: Vec<Tensor>,
+    /// Arguments the kernel writes (the rest it reads).
+    writes: usize,
+    flops: u64,
+    bytes: u64,
+}
+
 /// Plans `g` for `target`.
 pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
     let defs = g.defs();
     // The value whose bytes each value uses (itself, or what a reshape chain aliases).
     let mut root: Vec<ValueId> = (0..g.values.len() as u32).map(ValueId).collect();
-    let mut steps = Vec::new();
-    let mut kernels: Vec<(String, GpuKernel)> = Vec::new();
-    let mut kernel_index: HashMap<String, usize> = HashMap::new();
-    // Per step, the values it reads and writes (for liveness).
-    let mut step_values: Vec<(Vec<ValueId>, Vec<ValueId>)> = Vec::new();
+    let mut planned: Vec<PlannedStep> = Vec::new();
+    let mut internals: Vec<Internal> = Vec::new();
+    // The dispatch layout (rows, tiles) built for each expert-index tensor.
+    let mut dispatched: HashMap<ValueId, (usize, usize)> = HashMap::new();
 
     for op in &g.ops {
-        match select(g, op)? {
+        let (kernel, args) = match select(g, op)? {
             Selection::Alias => {
                 root[op.results[0].index()] = root[op.operands[0].index()];
+                continue;
             }
-            Selection::Launch { kernel, args } => {
-                let entry = kernel.entry();
-                let launch = kernel.launch();
-                if !kernel_index.contains_key(&entry) {
-                    kernel_index.insert(entry.clone(), kernels.len());
-                    kernels.push((entry.clone(), kernel));
+            Selection::Launch { kernel, args } => (kernel, args),
+        };
+        let name = g.op_name(op).to_string();
+        let cost = op_cost(g, op);
+        let mut tensors: Vec<Tensor> = args
+            .iter()
+            .map(|&v| Tensor::Value(root[v.index()]))
+            .collect();
+        if let GpuKernel::Fp8Gemm(gemm) = &kernel
+            && gemm.form == GemmForm::MmaSync
+            && let Some(grouped) = gemm.grouped
+        {
+            // The indices operand is replaced by the expert-contiguous layout, built once per
+            // indices tensor, right before its first GEMM (as part of that op).
+            let indices = root[op.operands[4].index()];
+            let (rows, tiles) = match dispatched.get(&indices) {
+                Some(&layout) => layout,
+                None => {
+                    let dispatch = MoeDispatch {
+                        tokens: grouped.tokens,
+                        top_k: grouped.top_k,
+                        experts: grouped.experts,
+                    };
+                    let base = g.name(indices);
+                    let rows = internals.len();
+                    internals.push(Internal {
+                        name: format!("{base}.dispatch_rows"),
+                        dtype: DType::I32,
+                        len: dispatch.capacity(),
+                    });
+                    internals.push(Internal {
+                        name: format!("{base}.dispatch_tiles"),
+                        dtype: DType::I32,
+                        len: dispatch.capacity() / TILE_ROWS,
+                    });
+                    let kernel = GpuKernel::MoeDispatch(dispatch);
+                    planned.push(PlannedStep {
+                        op: name.clone(),
+                        entry: kernel.entry(),
+                        kernel,
+                        args: vec![
+                            Tensor::Value(indices),
+                            Tensor::Internal(rows),
+                            Tensor::Internal(rows + 1),
+                        ],
+                        writes: 2,
+                        flops: 0,
+                        bytes: g.ty(indices).size_bytes() + 4 * dispatch.capacity() * 17 / 16,
+                    });
+                    dispatched.insert(indices, (rows, rows + 1));
+                    (rows, rows + 1)
                 }
-                let cost = op_cost(g, op);
-                steps.push(LaunchStep {
-                    op: g.op_name(op).to_string(),
-                    kernel: entry,
-                    grid: launch.grid,
-                    block: launch.block,
-                    shared_bytes: 0,
-                    args: args.iter().map(|&v| g.name(v).to_string()).collect(),
-                    flops: cost.flops,
-                    bytes: cost.bytes,
-                });
-                step_values.push((
-                    op.operands.iter().map(|&v| root[v.index()]).collect(),
-                    op.results.clone(),
-                ));
-            }
+            };
+            tensors.splice(4..5, [Tensor::Internal(rows), Tensor::Internal(tiles)]);
         }
+        planned.push(PlannedStep {
+            op: name,
+            entry: kernel.entry(),
+            kernel,
+            writes: op.results.len(),
+            args: tensors,
+            flops: cost.flops,
+            bytes: cost.bytes,
+        });
     }
 
-    // Lifetimes of the values that own arena bytes: results of launched steps.
-    let outputs: Vec<ValueId> = g.outputs.iter().map(|&v| root[v.index()]).collect();
-    let mut first: BTreeMap<ValueId, usize> = BTreeMap::new();
-    let mut last: HashMap<ValueId, usize> = HashMap::new();
-    let mut order: Vec<ValueId> = Vec::new();
-    for (step, (reads, writes)) in step_values.iter().enumerate() {
-        for &v in reads {
-            last.insert(v, step);
+    let tensor_name = |t: Tensor| -> String {
+        match t {
+            Tensor::Value(v) => g.name(v).to_string(),
+            Tensor::Internal(i) => internals[i].name.clone(),
         }
-        for &v in writes {
-            if first.insert(v, step).is_none() {
-                order.push(v);
+    };
+    let tensor_bytes = |t: Tensor| -> u64 {
+        match t {
+            Tensor::Value(v) => g.ty(v).size_bytes(),
+            Tensor::Internal(i) => internals[i].len * internals[i].dtype.size_bytes(),
+        }
+    };
+
+    // Lifetimes of the tensors that own arena bytes: what the steps write.
+    let outputs: Vec<Tensor> = g
+        .outputs
+        .iter()
+        .map(|&v| Tensor::Value(root[v.index()]))
+        .collect();
+    let mut first: HashMap<Tensor, usize> = HashMap::new();
+    let mut last: HashMap<Tensor, usize> = HashMap::new();
+    let mut order: Vec<Tensor> = Vec::new();
+    for (step, planned_step) in planned.iter().enumerate() {
+        let split = planned_step.args.len() - planned_step.writes;
+        let (reads, writes) = planned_step.args.split_at(split);
+        for &t in reads {
+            last.insert(t, step);
+        }
+        for &t in writes {
+            if let std::collections::hash_map::Entry::Vacant(slot) = first.entry(t) {
+                slot.insert(step);
+                order.push(t);
             }
-            last.entry(v).or_insert(step);
+            last.entry(t).or_insert(step);
         }
     }
     let lifetimes: Vec<Lifetime> = order
         .iter()
-        .map(|&v| Lifetime {
-            bytes: g.ty(v).size_bytes(),
-            first: first[&v],
-            last: if outputs.contains(&v) {
+        .map(|t| Lifetime {
+            bytes: tensor_bytes(*t),
+            first: first[t],
+            last: if outputs.contains(t) {
                 usize::MAX
             } else {
-                last[&v]
+                last[t]
             },
         })
         .collect();
     let arena = plan_arena(&lifetimes, ARENA_ALIGNMENT);
-    let offsets: HashMap<ValueId, u64> = order.iter().copied().zip(arena.offsets.clone()).collect();
+    let offsets: HashMap<Tensor, u64> = order.iter().copied().zip(arena.offsets.clone()).collect();
 
-    let mut tensors = Vec::with_capacity(g.values.len());
+    let mut tensors = Vec::with_capacity(g.values.len() + internals.len());
     for (i, value) in g.values.iter().enumerate() {
         let id = ValueId(i as u32);
         let storage = match defs.get(&id) {
@@ -119,10 +208,8 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                 of: g.name(root[i]).to_string(),
                 offset: 0,
             },
-            Some(ValueDef::OpResult { .. }) => match offsets.get(&id) {
+            Some(ValueDef::OpResult { .. }) => match offsets.get(&Tensor::Value(id)) {
                 Some(&offset) => Storage::Arena { offset },
-                // A result no step writes (its op selected nothing): cannot happen for ops
-                // with kernels, and aliases are handled above.
                 None => continue,
             },
             None => continue,
@@ -133,6 +220,39 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             shape: value.ty.shape.dims().iter().map(|&d| d as usize).collect(),
             bytes: value.ty.size_bytes(),
             storage,
+        });
+    }
+    for (i, internal) in internals.iter().enumerate() {
+        tensors.push(TensorInfo {
+            name: internal.name.clone(),
+            dtype: internal.dtype.name().to_string(),
+            shape: vec![internal.len as usize],
+            bytes: tensor_bytes(Tensor::Internal(i)),
+            storage: Storage::Arena {
+                offset: offsets[&Tensor::Internal(i)],
+            },
+        });
+    }
+
+    let mut kernels: Vec<(String, GpuKernel)> = Vec::new();
+    let mut steps = Vec::with_capacity(planned.len());
+    for planned_step in planned {
+        if !kernels
+            .iter()
+            .any(|(entry, _)| *entry == planned_step.entry)
+        {
+            kernels.push((planned_step.entry.clone(), planned_step.kernel.clone()));
+        }
+        let launch = planned_step.kernel.launch();
+        steps.push(LaunchStep {
+            op: planned_step.op,
+            kernel: planned_step.entry,
+            grid: launch.grid,
+            block: launch.block,
+            shared_bytes: 0,
+            args: planned_step.args.iter().map(|&t| tensor_name(t)).collect(),
+            flops: planned_step.flops,
+            bytes: planned_step.bytes,
         });
     }
 

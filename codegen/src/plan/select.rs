@@ -315,8 +315,8 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             };
             let n = w[w.len() - 2];
             let promote_interval = int_attr("promote_interval")?;
-            // Tensor cores for dense GEMMs; a grouped GEMM's rows each read their own expert.
-            let form = if grouped.is_none() && promote_interval % 32 == 0 {
+            // Tensor cores whenever the interval is whole MMAs (DESIGN.md §3 requires it).
+            let form = if promote_interval % 32 == 0 {
                 GemmForm::MmaSync
             } else {
                 GemmForm::Simt

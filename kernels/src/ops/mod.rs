@@ -25,6 +25,7 @@ pub mod error;
 pub mod grouped_linear;
 pub mod linear;
 pub mod moe_combine;
+pub mod moe_dispatch;
 pub mod moe_topk;
 pub mod rms_norm;
 pub mod rope;
