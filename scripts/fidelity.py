@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fidelity of dsc to Hugging Face `transformers` (issue 6, item 5).
 
-For each of deepseek_v3, deepseek_v2 and llama: a tiny config with random weights (torch,
+For each of deepseek_v3, deepseek_v2, llama and qwen2: a tiny config with random weights (torch,
 seeded) saved with `save_pretrained` (safetensors, sharded), random input ids, then
   (a) exact: dsc with every op overridden to f32 (`high = "f32"` plus an override `*` -> f32)
       against transformers in float32 on the CPU; target: relative Frobenius difference < 1e-3;
@@ -142,6 +142,24 @@ CONFIGS = {
         attention_bias=False,
         mlp_bias=False,
     ),
+    # Qwen2: the llama preset with a bias on q/k/v (always; o_proj has none), tied head.
+    "qwen2": dict(
+        model_type="qwen2",
+        vocab_size=320,
+        hidden_size=256,
+        intermediate_size=416,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        sliding_window=4096,
+        max_window_layers=28,
+        hidden_act="silu",
+    ),
 }
 
 # Variants: other MLA / routing / head options, expected to agree like the cases above.
@@ -169,6 +187,7 @@ CLASSES = {
     "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM"),
     "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM"),
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
 }
 
 
@@ -235,7 +254,9 @@ def fake_quant_weight(w):
 
 def hf_module_name(dsc_op):
     """The HF module a dsc FP8 GEMM op corresponds to (dsc names ops as HF names modules);
-    a grouped expert GEMM `...experts.gate_proj` stands for every `...experts.<e>.gate_proj`."""
+    a grouped expert GEMM `...experts.gate_proj` stands for every `...experts.<e>.gate_proj`;
+    the FP8 GEMM of a linear with a bias is `<linear>.gemm` (its bias is a separate add)."""
+    dsc_op = re.sub(r"\.gemm$", "", dsc_op)
     m = re.fullmatch(r"(.*\.experts)\.(gate_proj|up_proj|down_proj)", dsc_op)
     if m:
         return re.compile(re.escape(m.group(1)) + r"\.\d+\." + m.group(2))

@@ -1,5 +1,5 @@
 //! Hugging Face checkpoints end to end, on checkpoints the tests generate (tiny deepseek_v3,
-//! deepseek_v2 and llama configs, random BF16 weights, two shards with an index):
+//! deepseek_v2, llama and qwen2 configs, random BF16 weights, two shards with an index):
 //! `dsc import` → `dsc compile` → `dsc run --weights DIR`, `dsc quantize-weights`, and the
 //! errors of broken checkpoints.
 
@@ -92,6 +92,28 @@ const LLAMA: &str = r#"{
                    "original_max_position_embeddings": 8192, "rope_type": "llama3"},
   "tie_word_embeddings": false,
   "hidden_act": "silu"
+}"#;
+
+/// As transformers 5 saves a `Qwen2Config`: q/k/v with a bias, tied head, no sliding window.
+const QWEN2: &str = r#"{
+  "architectures": ["Qwen2ForCausalLM"],
+  "model_type": "qwen2",
+  "hidden_size": 64,
+  "intermediate_size": 160,
+  "num_attention_heads": 4,
+  "num_key_value_heads": 2,
+  "num_hidden_layers": 2,
+  "vocab_size": 96,
+  "rms_norm_eps": 1e-06,
+  "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+  "tie_word_embeddings": true,
+  "use_sliding_window": false,
+  "sliding_window": 4,
+  "max_window_layers": 28,
+  "layer_types": ["full_attention", "full_attention"],
+  "attention_dropout": 0.0,
+  "hidden_act": "silu",
+  "dtype": "bfloat16"
 }"#;
 
 /// What to break when writing a checkpoint.
@@ -237,13 +259,24 @@ fn end_to_end(name: &str, config: &str, extra_layer: bool) {
         dtype(&format!("{o}.weight_scale_inv")).as_deref(),
         Some("F32")
     );
+    let tied = config.contains("\"tie_word_embeddings\": true");
     for kept in [
         "model.embed_tokens.weight",
         "lm_head.weight",
         "model.norm.weight",
         "model.layers.0.input_layernorm.weight",
     ] {
-        assert_eq!(dtype(kept).as_deref(), Some("BF16"), "{kept}");
+        let want = (!(tied && kept == "lm_head.weight")).then_some("BF16");
+        assert_eq!(dtype(kept).as_deref(), want, "{kept}");
+    }
+    if config.contains("qwen2") {
+        // The biases stay BF16 next to their FP8 weights.
+        for proj in ["q_proj", "k_proj", "v_proj"] {
+            let p = format!("model.layers.1.self_attn.{proj}");
+            assert_eq!(dtype(&format!("{p}.bias")).as_deref(), Some("BF16"));
+            assert_eq!(dtype(&format!("{p}.weight")).as_deref(), Some("F8_E4M3"));
+        }
+        assert_eq!(dtype(&format!("{o}.bias")), None);
     }
     if config.contains("deepseek") {
         assert_eq!(
@@ -285,6 +318,11 @@ fn deepseek_v2_checkpoint_end_to_end() {
 #[test]
 fn llama_checkpoint_end_to_end() {
     end_to_end("llama", LLAMA, false);
+}
+
+#[test]
+fn qwen2_checkpoint_end_to_end() {
+    end_to_end("qwen2", QWEN2, false);
 }
 
 fn compiled(tmp: &TempDir) -> PathBuf {

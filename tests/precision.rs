@@ -82,7 +82,8 @@ fn gemms_of_fp8_roles_are_fp8_and_kept_roles_never_touch_fp8() {
 }
 
 /// Every GEMM that assign-precision makes FP8 ends up one `fp8_gemm` under its own name (the
-/// fused GEMM keeps the value of the op it replaces).
+/// fused GEMM keeps the value of the op it replaces); one with a bias (qwen2-small's q/k/v)
+/// ends up the bias `add` under its name, reading an `fp8_gemm` and the high bias parameter.
 #[test]
 fn every_fp8_gemm_is_fused() {
     for (name, file) in small_examples() {
@@ -100,14 +101,29 @@ fn every_fp8_gemm_is_fused() {
             .collect();
         assert!(!fp8.is_empty(), "{name}: no FP8 GEMM");
         let g = compiled(&file);
+        let mut biased = 0;
         for gemm in &fp8 {
             let op = g
                 .ops
                 .iter()
                 .find(|o| g.op_name(o) == gemm)
                 .unwrap_or_else(|| panic!("{name}: {gemm} is gone"));
+            if op.kind == OpKind::Add {
+                let defs = g.defs();
+                let dsc_ir::ValueDef::OpResult { op: i, .. } = defs[&op.operands[0]] else {
+                    panic!("{name}: {gemm} adds to no op's result");
+                };
+                assert_eq!(g.ops[i].kind, OpKind::Fp8Gemm, "{name}: {gemm}");
+                let bias = op.operands[1];
+                assert!(g.params.contains(&bias), "{name}: {gemm}");
+                assert_eq!(g.name(bias), format!("{gemm}.bias"));
+                assert_eq!(g.ty(bias).dtype, g.ty(op.results[0]).dtype);
+                biased += 1;
+                continue;
+            }
             assert_eq!(op.kind, OpKind::Fp8Gemm, "{name}: {gemm}");
         }
+        assert_eq!(biased, if name == "qwen2-small" { 6 } else { 0 }, "{name}");
     }
 }
 

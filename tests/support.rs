@@ -59,7 +59,7 @@ impl Drop for TempDir {
 
 /// The examples every snapshot and policy test covers: (file stem, path).
 pub fn small_examples() -> Vec<(&'static str, PathBuf)> {
-    ["tiny-moe", "llama-small", "mlp"]
+    ["tiny-moe", "llama-small", "qwen2-small", "mlp"]
         .into_iter()
         .map(|n| (n, path(&format!("examples/{n}.toml"))))
         .collect()

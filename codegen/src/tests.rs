@@ -34,6 +34,7 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
     for name in [
         "tiny-moe",
         "llama-small",
+        "qwen2-small",
         "mlp",
         "deepseek-v2-lite",
         "deepseek-v3",
@@ -209,6 +210,23 @@ fn mlir_of_the_add_kernel() {
         len: 1000,
         inputs: vec![DType::Bf16, DType::Bf16],
         output: DType::Bf16,
+        rhs_len: None,
+    });
+    insta::assert_snapshot!(kernel_mlir(&kernel));
+}
+
+#[test]
+fn mlir_of_the_bias_add_kernel() {
+    use crate::kernels::GpuKernel;
+    use crate::kernels::elementwise::{Elementwise, ElementwiseOp};
+    use dsc_ir::DType;
+    // `[10, 100] + [100]`: the rhs is read at `i % 100`.
+    let kernel = GpuKernel::Elementwise(Elementwise {
+        op: ElementwiseOp::Add,
+        len: 1000,
+        inputs: vec![DType::Bf16, DType::Bf16],
+        output: DType::Bf16,
+        rhs_len: Some(100),
     });
     insta::assert_snapshot!(kernel_mlir(&kernel));
 }
@@ -242,6 +260,7 @@ fn entry_names_are_stable_and_distinguish_shapes() {
             len,
             inputs: vec![DType::Bf16, DType::Bf16],
             output: DType::Bf16,
+            rhs_len: None,
         })
     };
     assert_eq!(add(1000).entry(), add(1000).entry());

@@ -247,6 +247,13 @@ fn elementwise_by_hand() {
         [2.0 * 0.730_468_75]
     );
     assert!(add(&[1.0], &[1.0, 2.0]).is_err());
+    // A bias `[N]` repeats over the rows of `[M, N]`; a length that does not divide is refused.
+    assert_eq!(
+        add(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[10.0, 20.0, 30.0]).unwrap(),
+        [11.0, 22.0, 33.0, 14.0, 25.0, 36.0]
+    );
+    assert!(add(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 3.0]).is_err());
+    assert!(add(&[1.0, 2.0], &[]).is_err());
 }
 
 // ---------------------------------------------------------------- rope

@@ -10,6 +10,23 @@
 //!
 //! `y` keeps its value (and so its name); routed experts stay one grouped op each, with the
 //! token → expert indices as an extra operand.
+//!
+//! A linear with a bias (`linear(x, @w, @b)`, Qwen2's q/k/v projections) keeps the bias out of
+//! the FP8 GEMM: promote's result is the GEMM's output in the high dtype, and an `add` whose rhs
+//! is the bias `[N]`, broadcast over the rows (`[.., N] + [N]`), produces `y`:
+//!
+//! ```text
+//! y.gemm = promote(partials, x_s, w_s)                  x·wᵀ, rounded to the high dtype
+//! y      = add(y.gemm, @b)                              in f32, rounded to the high dtype
+//! ```
+//!
+//! The bias is therefore added after the GEMM's rounding, not to its f32 accumulator. That keeps
+//! `promote` / `fp8_gemm` (their optional operand is the grouped GEMM's expert indices) and the
+//! GPU's FP8 GEMM unchanged, and fusion cannot change the result: `fuse` rewrites the promote
+//! into `fp8_gemm` and leaves the `add` as it is, so the fused and unfused graphs are the same
+//! arithmetic. With `high = "f32"` the order is exact (promote's output is the f32 accumulator);
+//! with `bf16` it costs one extra bf16 rounding of `x·wᵀ` against an epilogue that adds the bias
+//! before rounding. The bias stays a parameter in the high dtype (never quantized).
 
 use crate::names::NameSet;
 use crate::{PassError, PassOptions};
@@ -60,12 +77,8 @@ fn lower(
     };
     let grouped = op.kind == OpKind::GroupedLinear;
     let (x, w) = (op.operands[0], op.operands[1]);
-    if !grouped && op.operands.len() > 2 {
-        return Err(fail(
-            "an FP8 linear with a bias is not supported yet; keep it high".into(),
-        ));
-    }
     let indices = grouped.then(|| op.operands[2]);
+    let bias = (!grouped).then(|| op.operands.get(2).copied()).flatten();
     let policy = graph.policy.clone();
     let scale_format = Attr::Str(policy.scale_format.name().to_string());
     let quantize = |block: [u32; 2]| {
@@ -160,15 +173,44 @@ fn lower(
             graph.ty(op.results[0])
         )));
     }
+    let promote_precision = Precision {
+        compute: DType::F32,
+        accumulate: Some(DType::F32),
+    };
+    let Some(bias) = bias else {
+        out.push(Op {
+            kind: OpKind::Promote,
+            operands: promote_operands,
+            results: op.results.clone(),
+            attrs,
+            role: op.role,
+            precision: Some(promote_precision),
+        });
+        return Ok(());
+    };
+    // With a bias, promote's result is a new value of the GEMM's type and `add` produces the
+    // original one.
+    let ty = graph.ty(op.results[0]).clone();
+    let gemm = graph.add_value(names.fresh(&format!("{name}.gemm")), ty);
     out.push(Op {
         kind: OpKind::Promote,
         operands: promote_operands,
-        results: op.results.clone(),
+        results: vec![gemm],
         attrs,
+        role: op.role,
+        precision: Some(promote_precision),
+    });
+    let ins = [graph.ty(gemm), graph.ty(bias)];
+    infer(OpKind::Add, &Attrs::new(), &ins).map_err(&fail)?;
+    out.push(Op {
+        kind: OpKind::Add,
+        operands: vec![gemm, bias],
+        results: op.results.clone(),
+        attrs: Attrs::new(),
         role: op.role,
         precision: Some(Precision {
             compute: DType::F32,
-            accumulate: Some(DType::F32),
+            accumulate: None,
         }),
     });
     Ok(())
@@ -177,6 +219,7 @@ fn lower(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dsc_ir::Role;
     use dsc_ir::text::parse;
 
     fn lower(text: &str) -> Result<Graph, PassError> {
@@ -214,6 +257,39 @@ mod tests {
     }
 
     #[test]
+    fn a_bias_is_added_after_the_promote_in_the_high_dtype() {
+        let g = lower(
+            "graph \"g\"\ninput %x: bf16[2, 3, 128]\nparam @w: bf16[64, 128]\nparam @b: bf16[64]\n\
+             %y: bf16[2, 3, 64] = linear(%x, @w, @b) role=attn_proj compute=f8e4m3 accumulate=f32\n\
+             output %y\n",
+        )
+        .unwrap();
+        let kinds: Vec<_> = g.ops.iter().map(|o| o.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                OpKind::Quantize,
+                OpKind::Quantize,
+                OpKind::Fp8Partials,
+                OpKind::Promote,
+                OpKind::Add
+            ]
+        );
+        let (promote, add) = (&g.ops[3], &g.ops[4]);
+        assert_eq!(promote.operands.len(), 3, "the bias is no promote operand");
+        let gemm = promote.results[0];
+        assert_eq!(g.name(gemm), "y.gemm");
+        assert_eq!(g.ty(gemm).to_string(), "bf16[2, 3, 64]");
+        assert_eq!(g.name(add.operands[1]), "b");
+        assert_eq!(add.operands[0], gemm);
+        assert_eq!(g.outputs, add.results);
+        assert_eq!(g.name(add.results[0]), "y");
+        assert_eq!(add.role, Role::AttnProj);
+        let p = add.precision.unwrap();
+        assert_eq!((p.compute, p.accumulate), (DType::F32, None));
+    }
+
+    #[test]
     fn high_gemms_are_left_alone_and_unsupported_fp8_forms_are_errors() {
         let g = lower(
             "graph \"g\"\ninput %x: bf16[3, 128]\nparam @w: bf16[64, 128]\n\
@@ -221,17 +297,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(g.ops.len(), 1);
-
-        let err = lower(
-            "graph \"g\"\ninput %x: bf16[3, 128]\nparam @w: bf16[64, 128]\nparam @b: bf16[64]\n\
-             %y: bf16[3, 64] = linear(%x, @w, @b) role=ffn compute=f8e4m3 accumulate=f32\noutput %y\n",
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("op `y`: an FP8 linear with a bias"),
-            "{err}"
-        );
 
         let err = lower(
             "graph \"g\"\ninput %a: bf16[2, 4, 128]\ninput %b: bf16[2, 128, 4]\n\

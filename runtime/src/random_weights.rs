@@ -8,7 +8,9 @@
 //! - embedding tables: N(0, 1) · 0.02;
 //! - rms_norm weights: 1 + N(0, 0.02²);
 //! - the MoE gate's `e_score_correction_bias` (moe_topk's bias): N(0, 0.01²);
-//! - linear biases and integer parameters: zeros.
+//! - linear biases (read by a high `linear`, or by the `add` after an FP8 GEMM): N(0, 0.02²),
+//!   like weights, so that a bias is exercised and both forms draw the same one;
+//! - integer parameters: zeros.
 //!
 //! FP8 parameters draw the high-precision weight (rounded to the policy's `high` dtype) and
 //! quantize it exactly as loading that weight from a BF16 checkpoint does; the scale parameter
@@ -128,7 +130,6 @@ fn init_for(graph: &Graph, uses: &HashMap<ValueId, Vec<(usize, usize)>>, p: Valu
             std: NORM_NOISE_STD,
         },
         Some((OpKind::MoeTopk, 1)) => normal(BIAS_CORRECTION_STD),
-        Some((OpKind::Linear, 2) | (OpKind::Fp8Gemm, 4) | (OpKind::Promote, 3)) => Init::Zeros,
         _ => normal(WEIGHT_STD),
     }
 }

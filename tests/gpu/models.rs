@@ -1,6 +1,6 @@
 //! Whole models on the GPU against the CPU backend, through the Session API.
 //!
-//! Tolerances (relative Frobenius error of the logits): llama-small 2e-2 (BF16 storage between
+//! Tolerances (relative Frobenius error of the logits): llama-small and qwen2-small 2e-2 (BF16 storage between
 //! kernels, FP32 accumulation in another order); tiny-moe 0.5, because its random gate flips
 //! top-k expert choices on changes in the last bit (the Hopper accumulator model moves its
 //! logits by 22% on the CPU alone, see tests/run.rs); the step-by-step tests are the tight ones.
@@ -61,6 +61,11 @@ fn tiny_moe_matches_the_cpu_backend() {
 #[test]
 fn llama_small_matches_the_cpu_backend() {
     end_to_end("gpu-e2e-llama", "examples/llama-small.toml", 2e-2);
+}
+
+#[test]
+fn qwen2_small_matches_the_cpu_backend() {
+    end_to_end("gpu-e2e-qwen2", "examples/qwen2-small.toml", 2e-2);
 }
 
 /// Runs on any machine: the GPU test models compile, and the CPU reference keeps a NaN in its

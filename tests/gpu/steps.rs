@@ -99,6 +99,12 @@ fn llama_small_steps_match_the_cpu_reference() {
     check_every_step("gpu-steps-llama", "examples/llama-small.toml", None);
 }
 
+/// q/k/v with a bias: the bias `add` (`[.., N] + [N]`) after each FP8 GEMM.
+#[test]
+fn qwen2_small_steps_match_the_cpu_reference() {
+    check_every_step("gpu-steps-qwen2", "examples/qwen2-small.toml", None);
+}
+
 /// M, N, K off the tiles (37 × 200 → 300 → 200).
 #[test]
 fn ragged_shapes_match_the_cpu_reference() {
@@ -142,6 +148,7 @@ fn every_stepped_op_reads_and_writes_manifest_tensors() {
         "examples/mlp.toml",
         "examples/tiny-moe.toml",
         "examples/llama-small.toml",
+        "examples/qwen2-small.toml",
         "tests/gpu/models/ragged-mlp.toml",
     ] {
         let dir = tmp.join(model.replace('/', "_").as_str());

@@ -17,7 +17,7 @@ use crate::mlir::emit::Emit;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ElementwiseOp {
-    /// `out = a + b`.
+    /// `out = a + b`; `b` may be the trailing dims of `a`, repeated (see [`Elementwise::rhs_len`]).
     Add,
     /// `out = a · b`.
     Mul,
@@ -40,6 +40,10 @@ pub struct Elementwise {
     pub inputs: Vec<DType>,
     /// Output dtype.
     pub output: DType,
+    /// Elements of the rhs `b` when it is the output's trailing dims, repeated over the rows
+    /// (`add` of a bias `[N]` to `[.., N]`: `b[i % N]`); `None` when it has `len` elements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rhs_len: Option<u64>,
 }
 
 impl Elementwise {
@@ -64,7 +68,11 @@ impl Elementwise {
         let mut params: Vec<Param> = names
             .iter()
             .zip(&self.inputs)
-            .map(|(&name, &dtype)| Param::new(name, dtype, self.len))
+            .enumerate()
+            .map(|(i, (&name, &dtype))| {
+                let len = if i == 1 { self.rhs_len } else { None };
+                Param::new(name, dtype, len.unwrap_or(self.len))
+            })
             .collect();
         params.push(Param::new("out", self.output, self.len));
         params
@@ -93,7 +101,14 @@ impl Elementwise {
                     ElementwiseOp::Add | ElementwiseOp::Mul | ElementwiseOp::Swiglu => {
                         let zero = e.index(0)?;
                         let a = e.load_f32(args[0], zero, i)?;
-                        let b = e.load_f32(args[1], zero, i)?;
+                        let b = match self.rhs_len {
+                            Some(p) => {
+                                let p = e.index(p as i64)?;
+                                let j = e.remui(i, p)?;
+                                e.load_f32(args[1], zero, j)?
+                            }
+                            None => e.load_f32(args[1], zero, i)?,
+                        };
                         match self.op {
                             ElementwiseOp::Add => e.addf(a, b)?,
                             ElementwiseOp::Mul => e.mulf(a, b)?,

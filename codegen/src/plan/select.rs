@@ -64,8 +64,14 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
     };
     let elementwise = |kind: ElementwiseOp| -> Result<Selection, CodegenError> {
         let out = result(0);
-        for &v in &op.operands {
-            if numel(v) != numel(out) {
+        // `add`'s rhs may be the result's trailing dims (a bias), repeated over the rows.
+        let out_dims = dims(out);
+        let rhs_len = (kind == ElementwiseOp::Add && numel(operand(1)) != numel(out))
+            .then(|| dims(operand(1)))
+            .filter(|b| out_dims.ends_with(b))
+            .map(|_| numel(operand(1)));
+        for (i, &v) in op.operands.iter().enumerate() {
+            if numel(v) != numel(out) && !(i == 1 && rhs_len.is_some()) {
                 return Err(fail(format!(
                     "operand shape {} differs from the result's {} (broadcasting has no GPU kernel)",
                     ty(v).shape,
@@ -79,6 +85,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 len: numel(out),
                 inputs: op.operands.iter().map(|&v| ty(v).dtype).collect(),
                 output: ty(out).dtype,
+                rhs_len,
             }),
             args: all_args(),
         })

@@ -363,7 +363,21 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
             need_float("input", ins[0])?;
             vec![free(ins[0].dtype, ins[0].shape.0.clone())]
         }
-        Mul | Add | Swiglu => {
+        Add => {
+            // `add` also takes an rhs that is a trailing slice of the lhs's shape (`[.., N] +
+            // [N]`): a linear's bias after its FP8 GEMM (quantize-linears), repeated per row.
+            need_float("lhs", ins[0])?;
+            need_float("rhs", ins[1])?;
+            let (a, b) = (ins[0].shape.dims(), ins[1].shape.dims());
+            if a.len() < b.len() || a[a.len() - b.len()..] != *b {
+                return Err(format!(
+                    "add: shapes differ, {} vs {} (the rhs may only be the lhs's trailing dims)",
+                    ins[0], ins[1]
+                ));
+            }
+            vec![free(ins[0].dtype, ins[0].shape.0.clone())]
+        }
+        Mul | Swiglu => {
             need_float("lhs", ins[0])?;
             need_float("rhs", ins[1])?;
             dims_eq(kind.name(), ins[0], ins[1])?;
@@ -620,4 +634,43 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(a: &[u64], b: &[u64]) -> Result<Vec<Inferred>> {
+        let (a, b) = (
+            TensorType::new(DType::Bf16, a.to_vec()),
+            TensorType::new(DType::Bf16, b.to_vec()),
+        );
+        infer(OpKind::Add, &Attrs::new(), &[&a, &b])
+    }
+
+    #[test]
+    fn add_broadcasts_a_trailing_rhs_only() {
+        for (a, b) in [
+            (&[2, 3, 8][..], &[2, 3, 8][..]),
+            (&[2, 3, 8], &[8]),
+            (&[2, 3, 8], &[3, 8]),
+        ] {
+            let r = add(a, b).unwrap();
+            assert_eq!(r[0].shape.dims(), a, "{a:?} + {b:?}");
+        }
+        for (a, b) in [
+            (&[2, 3, 8][..], &[3][..]),
+            (&[8], &[2, 8]),
+            (&[2, 8], &[2, 1]),
+        ] {
+            let e = add(a, b).unwrap_err();
+            assert!(e.contains("trailing dims"), "{a:?} + {b:?}: {e}");
+        }
+        // `mul` stays strict.
+        let (x, y) = (
+            TensorType::new(DType::Bf16, vec![2, 8]),
+            TensorType::new(DType::Bf16, vec![8]),
+        );
+        assert!(infer(OpKind::Mul, &Attrs::new(), &[&x, &y]).is_err());
+    }
 }

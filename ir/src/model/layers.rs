@@ -100,6 +100,21 @@ impl<'t, 'a> Net<'t, 'a> {
         self.linear_with(name, &format!("{name}.weight"), role, x, out, None)
     }
 
+    /// `x · wᵀ + b` with weight `{name}.weight` `[out, in]` and bias `{name}.bias` `[out]`, both
+    /// in the high dtype (an FP8 GEMM quantizes the weight only; the bias stays high).
+    pub fn linear_biased(
+        &mut self,
+        name: &str,
+        role: Role,
+        x: ValueId,
+        out: u64,
+    ) -> Result<ValueId, ModelError> {
+        let k = self.b.graph().ty(x).shape.last();
+        let w = self.param(&format!("{name}.weight"), &[out, k])?;
+        let bias = self.param(&format!("{name}.bias"), &[out])?;
+        self.op(OpKind::Linear, name, role, &[x, w, bias], Attrs::new())
+    }
+
     /// RMS norm over the last axis with weight `{name}.weight`.
     pub fn rms_norm(&mut self, name: &str, x: ValueId, eps: f64) -> Result<ValueId, ModelError> {
         let d = self.b.graph().ty(x).shape.last();

@@ -1,5 +1,6 @@
 //! The `llama` preset: GQA attention with half-split RoPE and a SwiGLU MLP (DESIGN.md §3b),
-//! named as the Hugging Face checkpoints name their modules.
+//! named as the Hugging Face checkpoints name their modules. `attention_bias = true` gives the
+//! q/k/v projections a bias `{proj}.bias`, as Qwen2 has (o_proj has none).
 
 use super::ModelError;
 use super::layers::Net;
@@ -23,6 +24,8 @@ struct Config {
     rope_scaling: Option<RopeScaling>,
     eps: f64,
     tie_embeddings: bool,
+    /// q/k/v projections with a bias (Qwen2); o_proj never has one.
+    attention_bias: bool,
 }
 
 impl Config {
@@ -86,6 +89,7 @@ fn parse(m: &Table) -> Result<Config, ModelError> {
             .required("rms_norm_eps", m.positive_float("rms_norm_eps")?)?
             .value,
         tie_embeddings: m.bool("tie_embeddings")?.is_some_and(|b| b.value),
+        attention_bias: m.bool("attention_bias")?.is_some_and(|b| b.value),
     };
     check_sizes(m, &cfg)?;
     Ok(cfg)
@@ -148,9 +152,18 @@ fn attention(net: &mut Net, c: &Config, p: &str, h: ValueId) -> Result<ValueId, 
     let (b, s, hd) = (c.batch.value, c.seq.value, c.head_dim());
     let (heads, kv_heads) = (c.heads.value, c.kv_heads.value);
     let role = Role::AttnProj;
-    let q = net.linear(&format!("{a}.q_proj"), role, h, heads * hd)?;
-    let k = net.linear(&format!("{a}.k_proj"), role, h, kv_heads * hd)?;
-    let v = net.linear(&format!("{a}.v_proj"), role, h, kv_heads * hd)?;
+    // With `attention_bias` (Qwen2), q/k/v are `x·Wᵀ + b` (HF's `nn.Linear(bias=True)`).
+    let mut proj = |name: &str, out: u64| {
+        let name = format!("{a}.{name}");
+        if c.attention_bias {
+            net.linear_biased(&name, role, h, out)
+        } else {
+            net.linear(&name, role, h, out)
+        }
+    };
+    let q = proj("q_proj", heads * hd)?;
+    let k = proj("k_proj", kv_heads * hd)?;
+    let v = proj("v_proj", kv_heads * hd)?;
     let q = net.reshape(&format!("{a}.q_heads"), q, &[b, s, heads, hd])?;
     let k = net.reshape(&format!("{a}.k_heads"), k, &[b, s, kv_heads, hd])?;
     let v = net.reshape(&format!("{a}.v_heads"), v, &[b, s, kv_heads, hd])?;

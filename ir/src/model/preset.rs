@@ -53,6 +53,7 @@ pub const LLAMA_KEYS: &[&str] = &[
     "batch",
     "seq_len",
     "tie_embeddings",
+    "attention_bias",
 ];
 
 /// `[model]` keys of the explicit form.

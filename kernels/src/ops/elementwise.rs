@@ -25,9 +25,18 @@ pub fn mul(a: &[f32], b: &[f32]) -> Result<Vec<f32>, OpError> {
     zip_with(a, b, |x, y| x * y)
 }
 
-/// `a + b`: two `[n]` operands → `[n]`.
+/// `a + b`: `a` `[n]` and `b` `[n]`, or `b` `[p]` with `p` dividing `n` repeated over `a`
+/// (`a[i] + b[i % p]`: the IR's `[.., N] + [N]`, a bias added to every row) → `[n]`.
 pub fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>, OpError> {
-    zip_with(a, b, |x, y| x + y)
+    if b.len() == a.len() {
+        return zip_with(a, b, |x, y| x + y);
+    }
+    if b.is_empty() || !a.len().is_multiple_of(b.len()) {
+        check_len("rhs", b.len(), a.len())?;
+    }
+    Ok(a.chunks(b.len())
+        .flat_map(|row| row.iter().zip(b).map(|(&x, &y)| x + y))
+        .collect())
 }
 
 /// `round(silu(gate)) ⊙ up`: two `[n]` operands → `[n]`; `act` is the dtype HF rounds the

@@ -68,6 +68,53 @@ fn fusion_does_not_change_the_numbers() {
     assert_eq!(a, b);
 }
 
+/// The same with a bias on q/k/v (qwen2-small, shrunk to one layer of 32 tokens): the bias `add` after the FP8 GEMM
+/// stays an `add` when promote fuses into `fp8_gemm`, so the logits are bit-identical; and
+/// the bias matters (zeroing it changes them).
+#[test]
+fn fusion_does_not_change_the_numbers_with_a_bias() {
+    let source = example("qwen2-small")
+        .replace("n_layers = 2", "n_layers = 1")
+        .replace("seq_len = 128", "seq_len = 32")
+        .replace("vocab_size = 1024", "vocab_size = 256")
+        .replace("inter_dim = 1408", "inter_dim = 384");
+    assert!(source.contains("seq_len = 32") && source.contains("inter_dim = 384"));
+    let fused = compile(&source, dsc_passes::DEFAULT_PIPELINE);
+    let unfused = compile(&source, WITHOUT_FUSE);
+    let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
+    assert_eq!(count(&fused, dsc_ir::OpKind::Fp8Gemm), 7);
+    assert_eq!(count(&unfused, dsc_ir::OpKind::Promote), 7);
+    // Two residual adds and three bias adds in both.
+    assert_eq!(count(&fused, dsc_ir::OpKind::Add), 5);
+    assert_eq!(count(&unfused, dsc_ir::OpKind::Add), 5);
+    let (a, b) = (
+        logits(&fused, Accumulator::Hopper),
+        logits(&unfused, Accumulator::Hopper),
+    );
+    assert_eq!(a, b);
+
+    let mut weights = random_weights(&fused, 7).unwrap();
+    let inputs = random_inputs(&fused, 11);
+    let options = CpuOptions {
+        accumulator: Accumulator::Hopper,
+    };
+    let biases: Vec<_> = fused
+        .params
+        .iter()
+        .copied()
+        .filter(|&p| fused.name(p).ends_with("_proj.bias"))
+        .collect();
+    assert_eq!(biases.len(), 3);
+    for p in biases {
+        let t = weights.get(p).unwrap();
+        assert!(t.to_f32_vec().iter().any(|&v| v != 0.0), "a random bias");
+        let zeros = HostTensor::zeros(t.dtype, t.shape.clone());
+        weights.insert(p, zeros);
+    }
+    let without = run(&fused, &weights, &inputs, &options).unwrap();
+    assert_ne!(without[0].1.to_f32_vec(), a);
+}
+
 /// The tiny DeepSeek example with every op kept in BF16 (an override matching every op).
 fn fp8_and_bf16(source: &str) -> (Graph, Graph) {
     let fp8 = compile(source, dsc_passes::DEFAULT_PIPELINE);

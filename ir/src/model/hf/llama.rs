@@ -1,9 +1,10 @@
 //! `llama`, `mistral` and `qwen2` configs → `architecture = "llama"`: GQA attention with
 //! half-split RoPE, a SwiGLU MLP, an optionally tied head.
 //!
-//! Qwen2's q/k/v projections always carry biases, which the llama preset cannot express (its
-//! linears have none), so a qwen2 config is an error naming that; its other fields are read
-//! first so that every other problem is reported the same way as for llama.
+//! Qwen2's q/k/v projections always carry biases (`model.layers.{i}.self_attn.{q,k,v}_proj.bias`,
+//! whatever `attention_bias` says; o_proj has none): a qwen2 config sets the preset's
+//! `attention_bias = true`. Llama's and Mistral's `attention_bias` would put one on o_proj as
+//! well, which the preset does not express, so for them it must be false.
 
 use super::config::{Object, rope_fields};
 use super::emit::{Toml, TomlValue};
@@ -25,12 +26,21 @@ pub fn convert(
 ) -> Result<Vec<String>, ImportError> {
     toml.str("architecture", "llama");
     root.require_value("hidden_act", &json!("silu"), "dsc's MLPs are SwiGLU (silu)")?;
-    root.require_value(
-        "attention_bias",
-        &json!(false),
-        "dsc's linears have no bias",
-    )?;
-    root.require_value("mlp_bias", &json!(false), "dsc's linears have no bias")?;
+    let qwen2 = model_type == "qwen2";
+    let mut ignored = Vec::new();
+    if qwen2 {
+        ignored.extend(root.ignore(&[(
+            "attention_bias",
+            "Qwen2's q/k/v projections always have a bias, its o_proj never",
+        )]));
+    } else {
+        root.require_value(
+            "attention_bias",
+            &json!(false),
+            "dsc's llama preset has a bias on q/k/v only (Qwen2's), not on o_proj",
+        )?;
+    }
+    root.require_value("mlp_bias", &json!(false), "dsc's MLPs have no bias")?;
 
     let dim = root.req_uint("hidden_size")?;
     let heads = root.req_uint("num_attention_heads")?;
@@ -66,17 +76,13 @@ pub fn convert(
             ),
         ));
     }
-    let mut ignored = sliding_window(root, model_type, opts)?;
+    if qwen2 {
+        toml.bool("attention_bias", true);
+    }
+    ignored.extend(sliding_window(root, model_type, opts)?);
     rope_scaling(scaling, toml)?;
     ignored.extend(quantization::convert(root, toml)?);
     ignored.extend(root.ignore(HARMLESS));
-    if model_type == "qwen2" {
-        return Err(root.error(
-            "model_type",
-            "unsupported `model_type` = \"qwen2\": Qwen2's q_proj/k_proj/v_proj carry biases \
-             (always, whatever `attention_bias` says), and dsc's linears have no bias yet",
-        ));
-    }
     Ok(ignored)
 }
 
@@ -87,27 +93,63 @@ fn sliding_window(
     opts: &ImportOptions,
 ) -> Result<Vec<String>, ImportError> {
     // Qwen2 applies its window only with `use_sliding_window`; Mistral whenever it is set.
-    let applies = if model_type == "qwen2" {
+    let mut applies = if model_type == "qwen2" {
         root.bool("use_sliding_window")?.unwrap_or(false)
     } else {
         true
     };
-    let window = root.uint("sliding_window")?;
-    match window {
-        Some(w) if applies && w < opts.seq_len => Err(root.unsupported(
-            "sliding_window",
-            &format!(
-                "dsc's attention is fully causal; a window narrower than seq_len ({}) changes \
-                 the result",
-                opts.seq_len
-            ),
-        )),
-        Some(w) => Ok(vec![format!(
-            "`sliding_window` = {w} (it covers the whole sequence of {})",
-            opts.seq_len
-        )]),
-        None => Ok(Vec::new()),
+    let mut notes = Vec::new();
+    // transformers 5 also writes the per-layer `layer_types` (Qwen2: sliding from layer
+    // `max_window_layers` on, when `use_sliding_window`).
+    if let Some(types) = root.get("layer_types") {
+        let kinds: Option<Vec<&str>> = types
+            .as_array()
+            .and_then(|a| a.iter().map(serde_json::Value::as_str).collect());
+        let Some(kinds) = kinds.filter(|k| {
+            k.iter()
+                .all(|&t| t == "full_attention" || t == "sliding_attention")
+        }) else {
+            return Err(root.unsupported(
+                "layer_types",
+                "dsc knows \"full_attention\" and \"sliding_attention\" layers only",
+            ));
+        };
+        let sliding = kinds.contains(&"sliding_attention");
+        applies &= sliding;
+        notes.push(format!(
+            "`layer_types` ({})",
+            if sliding {
+                "sliding layers attend like full ones: the window covers the sequence"
+            } else {
+                "every layer is full attention"
+            }
+        ));
     }
+    let window = root.uint("sliding_window")?;
+    let note =
+        match window {
+            Some(w) if applies && w < opts.seq_len => return Err(root.unsupported(
+                "sliding_window",
+                &format!(
+                    "dsc's attention is fully causal; a window narrower than seq_len ({}) changes \
+                 the result",
+                    opts.seq_len
+                ),
+            )),
+            Some(w) if applies => Some(format!(
+                "`sliding_window` = {w} (it covers the whole sequence of {})",
+                opts.seq_len
+            )),
+            Some(w) => Some(format!("`sliding_window` = {w} (no layer uses it)")),
+            None if applies && root.has("layer_types") => {
+                return Err(
+                    root.unsupported("layer_types", "sliding layers without a `sliding_window`")
+                );
+            }
+            None => None,
+        };
+    notes.extend(note);
+    Ok(notes)
 }
 
 /// `rope_scaling` (or `rope_parameters`) of type llama3 (`rope_type` or `type`) →

@@ -189,6 +189,58 @@ fn llama_gqa_llama3_and_tied_head() {
     assert!(out.ignored.join("\n").contains("sliding_window"));
 }
 
+/// Qwen2 (as transformers 5 saves it): the llama preset with a bias on q/k/v, in the high dtype.
+#[test]
+fn qwen2_is_llama_with_a_bias_on_q_k_v() {
+    let mut v: serde_json::Value = serde_json::from_str(LLAMA).unwrap();
+    let map = v.as_object_mut().unwrap();
+    map.insert("model_type".into(), "qwen2".into());
+    map.remove("rope_scaling");
+    map.remove("attention_bias");
+    map.insert("rope_theta".into(), 1_000_000.0.into());
+    map.insert("use_sliding_window".into(), false.into());
+    map.insert("sliding_window".into(), 4.into());
+    map.insert("max_window_layers".into(), 28.into());
+    map.insert(
+        "layer_types".into(),
+        serde_json::json!(["full_attention", "full_attention"]),
+    );
+    let qwen2 = serde_json::to_string_pretty(&v).unwrap();
+    let out = import(&qwen2, &opts()).unwrap();
+    for line in [
+        "architecture = \"llama\"",
+        "attention_bias = true",
+        "tie_embeddings = true",
+        "rope_theta = 1000000.0",
+    ] {
+        assert!(out.toml.contains(line), "{line}:\n{}", out.toml);
+    }
+    let ignored = out.ignored.join("\n");
+    for key in ["sliding_window", "max_window_layers", "layer_types"] {
+        assert!(ignored.contains(key), "{key}: {ignored}");
+    }
+    let g = load_model(&out.toml).unwrap();
+    let dtype = |name: &str| {
+        let p = g.params.iter().find(|&&p| g.name(p) == name);
+        p.map(|&p| g.ty(p).to_string())
+    };
+    for (proj, n) in [("q_proj", 32), ("k_proj", 16), ("v_proj", 16)] {
+        let name = format!("model.layers.1.self_attn.{proj}.bias");
+        assert_eq!(dtype(&name), Some(format!("bf16[{n}]")), "{name}");
+    }
+    assert_eq!(dtype("model.layers.1.self_attn.o_proj.bias"), None);
+    let q = g
+        .ops
+        .iter()
+        .find(|op| g.op_name(op) == "model.layers.0.self_attn.q_proj")
+        .unwrap();
+    assert_eq!(q.operands.len(), 3);
+
+    // `attention_bias` is Qwen2's always; a Llama with one would have it on o_proj too.
+    let out = import(&with(&qwen2, "attention_bias", "false"), &opts()).unwrap();
+    assert!(out.toml.contains("attention_bias = true"), "{}", out.toml);
+}
+
 #[test]
 fn fields_that_change_the_math_are_errors_naming_them() {
     let cases = [
@@ -215,8 +267,24 @@ fn fields_that_change_the_math_are_errors_naming_them() {
         ),
         (with(LLAMA, "head_dim", "16"), "`head_dim` = 16"),
         (
-            with(LLAMA, "model_type", "\"qwen2\""),
-            "\"qwen2\": Qwen2's q_proj/k_proj/v_proj carry biases",
+            with(
+                &with(
+                    &with(LLAMA, "model_type", "\"qwen2\""),
+                    "use_sliding_window",
+                    "true",
+                ),
+                "sliding_window",
+                "4",
+            ),
+            "`sliding_window` = 4",
+        ),
+        (
+            with(
+                LLAMA,
+                "layer_types",
+                r#"["full_attention", "chunked_attention"]"#,
+            ),
+            "`layer_types`",
         ),
         (
             with(LLAMA, "model_type", "\"gpt2\""),
