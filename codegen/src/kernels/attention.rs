@@ -7,11 +7,10 @@
 
 use dsc_ir::DType;
 use melior::dialect::arith::CmpiPredicate;
-use melior::ir::{BlockLike, Value};
+use melior::ir::Value;
 use serde::Serialize;
 
-use super::elementwise::global_index;
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -86,18 +85,13 @@ impl AttnScores {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let args: Vec<Value> = (0..types.len())
-                .map(|i| block.argument(i).map(Into::into))
-                .collect::<Result<_, _>>()?;
-            let out = *args.last().expect("scores");
-            let i = global_index(&e)?;
-            let n = e.index(self.out_len() as i64)?;
-            let in_bounds = e.lt(i, n)?;
-            e.if_then(in_bounds, |e| {
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.out_len(),
+            |e, args, i| {
+                let out = *args.last().expect("scores");
                 let [b, h, s, t] =
                     unflatten(&e, i, [self.batch, self.heads, self.q_len, self.kv_len])?;
                 let offset = e.index(self.kv_len.saturating_sub(self.q_len) as i64)?;
@@ -149,8 +143,8 @@ impl AttnScores {
                 let value = e.get(result)?;
                 e.store(value, out, i);
                 Ok(())
-            })
-        })
+            },
+        )
     }
 }
 
@@ -211,17 +205,15 @@ impl AttnValues {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let p: Value = block.argument(0)?.into();
-            let v: Value = block.argument(1)?.into();
-            let out: Value = block.argument(2)?.into();
-            let i = global_index(&e)?;
-            let n = e.index(self.out_len() as i64)?;
-            let in_bounds = e.lt(i, n)?;
-            e.if_then(in_bounds, |e| {
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.out_len(),
+            |e, args, i| {
+                let p = args[0];
+                let v = args[1];
+                let out = args[2];
                 let [b, s, h, d] =
                     unflatten(&e, i, [self.batch, self.q_len, self.heads, self.v_dim])?;
                 let heads = e.index(self.heads as i64)?;
@@ -251,8 +243,8 @@ impl AttnValues {
                 let value = e.round_to(value, self.output)?;
                 e.store(value, out, i);
                 Ok(())
-            })
-        })
+            },
+        )
     }
 }
 

@@ -6,11 +6,10 @@
 
 use dsc_ir::DType;
 use melior::dialect::arith::CmpiPredicate;
-use melior::ir::{BlockLike, Value};
+use melior::ir::Value;
 use serde::Serialize;
 
-use super::elementwise::global_index;
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -51,34 +50,25 @@ impl Transpose {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
         let strides: Vec<u64> = (0..self.dims.len())
             .map(|a| self.dims[a + 1..].iter().product())
             .collect();
         let out_dims: Vec<u64> = self.perm.iter().map(|&p| self.dims[p]).collect();
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let x: Value = block.argument(0)?.into();
-            let out: Value = block.argument(1)?.into();
-            let i = global_index(&e)?;
-            let n = e.index(self.len() as i64)?;
-            let in_bounds = e.lt(i, n)?;
-            e.if_then(in_bounds, |e| {
-                let mut rest = i;
-                let mut source = e.index(0)?;
-                for axis in (0..out_dims.len()).rev() {
-                    let size = e.index(out_dims[axis] as i64)?;
-                    let coordinate = e.remui(rest, size)?;
-                    rest = e.divui(rest, size)?;
-                    let stride = e.index(strides[self.perm[axis]] as i64)?;
-                    let term = e.muli(coordinate, stride)?;
-                    source = e.addi(source, term)?;
-                }
-                let value = e.load(x, source)?;
-                e.store(value, out, i);
-                Ok(())
-            })
+        add_per_element_kernel(module, entry, &self.params(), self.len(), |e, args, i| {
+            let (x, out) = (args[0], args[1]);
+            let mut rest = i;
+            let mut source = e.index(0)?;
+            for axis in (0..out_dims.len()).rev() {
+                let size = e.index(out_dims[axis] as i64)?;
+                let coordinate = e.remui(rest, size)?;
+                rest = e.divui(rest, size)?;
+                let stride = e.index(strides[self.perm[axis]] as i64)?;
+                let term = e.muli(coordinate, stride)?;
+                source = e.addi(source, term)?;
+            }
+            let value = e.load(x, source)?;
+            e.store(value, out, i);
+            Ok(())
         })
     }
 }
@@ -128,18 +118,13 @@ impl Concat {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let args: Vec<Value> = (0..types.len())
-                .map(|i| block.argument(i).map(Into::into))
-                .collect::<Result<_, _>>()?;
-            let out = *args.last().expect("out");
-            let i = global_index(&e)?;
-            let n = e.index((self.outer * self.total() * self.inner) as i64)?;
-            let in_bounds = e.lt(i, n)?;
-            e.if_then(in_bounds, |e| {
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.outer * self.total() * self.inner,
+            |e, args, i| {
+                let out = *args.last().expect("out");
                 let inner = e.index(self.inner as i64)?;
                 let total = e.index(self.total() as i64)?;
                 let r = e.remui(i, inner)?;
@@ -164,8 +149,8 @@ impl Concat {
                     start += len;
                 }
                 Ok(())
-            })
-        })
+            },
+        )
     }
 }
 

@@ -5,13 +5,11 @@
 //! rounded to nearest even into the output dtype, as the CPU reference does at every op boundary.
 
 use dsc_ir::DType;
-use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
-use crate::mlir::emit::Emit;
 
 /// What an [`Elementwise`] kernel computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,65 +83,45 @@ impl Elementwise {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let args: Vec<Value> = (0..types.len())
-                .map(|i| block.argument(i).map(Into::into))
-                .collect::<Result<_, _>>()?;
-            let i = global_index(&e)?;
-            let n = e.index(self.len as i64)?;
-            let in_bounds = e.lt(i, n)?;
-            e.if_then(in_bounds, |e| {
-                let out = *args.last().expect("an output");
-                let value = match self.op {
-                    ElementwiseOp::Add | ElementwiseOp::Mul | ElementwiseOp::Swiglu => {
-                        let zero = e.index(0)?;
-                        let a = e.load_f32(args[0], zero, i)?;
-                        let b = match self.rhs_len {
-                            Some(p) => {
-                                let p = e.index(p as i64)?;
-                                let j = e.remui(i, p)?;
-                                e.load_f32(args[1], zero, j)?
-                            }
-                            None => e.load_f32(args[1], zero, i)?,
-                        };
-                        match self.op {
-                            ElementwiseOp::Add => e.addf(a, b)?,
-                            ElementwiseOp::Mul => e.mulf(a, b)?,
-                            _ => {
-                                let act = e.silu(a)?;
-                                let act = e.round_through(act, self.output)?;
-                                e.mulf(act, b)?
-                            }
+        add_per_element_kernel(module, entry, &self.params(), self.len, |e, args, i| {
+            let out = *args.last().expect("an output");
+            let value = match self.op {
+                ElementwiseOp::Add | ElementwiseOp::Mul | ElementwiseOp::Swiglu => {
+                    let zero = e.index(0)?;
+                    let a = e.load_f32(args[0], zero, i)?;
+                    let b = match self.rhs_len {
+                        Some(p) => {
+                            let p = e.index(p as i64)?;
+                            let j = e.remui(i, p)?;
+                            e.load_f32(args[1], zero, j)?
+                        }
+                        None => e.load_f32(args[1], zero, i)?,
+                    };
+                    match self.op {
+                        ElementwiseOp::Add => e.addf(a, b)?,
+                        ElementwiseOp::Mul => e.mulf(a, b)?,
+                        _ => {
+                            let act = e.silu(a)?;
+                            let act = e.round_through(act, self.output)?;
+                            e.mulf(act, b)?
                         }
                     }
-                    ElementwiseOp::Silu => {
-                        let zero = e.index(0)?;
-                        let x = e.load_f32(args[0], zero, i)?;
-                        e.silu(x)?
-                    }
-                    ElementwiseOp::Cast => {
-                        let x = e.load(args[0], i)?;
-                        e.to_f32(x)?
-                    }
-                };
-                let value = e.round_to(value, self.output)?;
-                e.store(value, out, i);
-                Ok(())
-            })
+                }
+                ElementwiseOp::Silu => {
+                    let zero = e.index(0)?;
+                    let x = e.load_f32(args[0], zero, i)?;
+                    e.silu(x)?
+                }
+                ElementwiseOp::Cast => {
+                    let x = e.load(args[0], i)?;
+                    e.to_f32(x)?
+                }
+            };
+            let value = e.round_to(value, self.output)?;
+            e.store(value, out, i);
+            Ok(())
         })
     }
-}
-
-/// `block_id.x * block_dim.x + thread_id.x`.
-pub(crate) fn global_index<'c, 'a>(e: &Emit<'c, 'a>) -> crate::mlir::emit::Emitted<'c, 'a> {
-    let block = e.block_index(crate::mlir::kernel::Dimension::X)?;
-    let size = e.block_size_x()?;
-    let thread = e.thread_x()?;
-    let first = e.muli(block, size)?;
-    e.addi(first, thread)
 }
 
 /// `out = x[..., start:start+len, ...]` along one axis: `x` is `[outer, axis_in, inner]`,
@@ -189,33 +167,25 @@ impl SliceCopy {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let x: Value = block.argument(0)?.into();
-            let out: Value = block.argument(1)?.into();
-            let i = global_index(&e)?;
-            let n = e.index(self.len() as i64)?;
-            let in_bounds = e.lt(i, n)?;
-            e.if_then(in_bounds, |e| {
-                let inner = e.index(self.inner as i64)?;
-                let axis_out = e.index(self.axis_out as i64)?;
-                let r = e.remui(i, inner)?;
-                let rest = e.divui(i, inner)?;
-                let a = e.remui(rest, axis_out)?;
-                let o = e.divui(rest, axis_out)?;
-                let axis_in = e.index(self.axis_in as i64)?;
-                let start = e.index(self.start as i64)?;
-                let a_in = e.addi(a, start)?;
-                let row = e.muli(o, axis_in)?;
-                let row = e.addi(row, a_in)?;
-                let source = e.muli(row, inner)?;
-                let source = e.addi(source, r)?;
-                let value = e.load(x, source)?;
-                e.store(value, out, i);
-                Ok(())
-            })
+        add_per_element_kernel(module, entry, &self.params(), self.len(), |e, args, i| {
+            let x = args[0];
+            let out = args[1];
+            let inner = e.index(self.inner as i64)?;
+            let axis_out = e.index(self.axis_out as i64)?;
+            let r = e.remui(i, inner)?;
+            let rest = e.divui(i, inner)?;
+            let a = e.remui(rest, axis_out)?;
+            let o = e.divui(rest, axis_out)?;
+            let axis_in = e.index(self.axis_in as i64)?;
+            let start = e.index(self.start as i64)?;
+            let a_in = e.addi(a, start)?;
+            let row = e.muli(o, axis_in)?;
+            let row = e.addi(row, a_in)?;
+            let source = e.muli(row, inner)?;
+            let source = e.addi(source, r)?;
+            let value = e.load(x, source)?;
+            e.store(value, out, i);
+            Ok(())
         })
     }
 }

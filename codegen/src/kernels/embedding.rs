@@ -6,14 +6,11 @@
 
 use dsc_ir::DType;
 use melior::dialect::arith::CmpiPredicate;
-use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
-use super::elementwise::global_index;
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
-use crate::mlir::emit::Emit;
 
 /// A row gather of `tokens` rows of width `dim` from a `[vocab, dim]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,17 +49,15 @@ impl Embedding {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let ids: Value = block.argument(0)?.into();
-            let table: Value = block.argument(1)?.into();
-            let out: Value = block.argument(2)?.into();
-            let i = global_index(&e)?;
-            let n = e.index((self.tokens * self.dim) as i64)?;
-            let in_bounds = e.lt(i, n)?;
-            e.if_then(in_bounds, |e| {
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.tokens * self.dim,
+            |e, args, i| {
+                let ids = args[0];
+                let table = args[1];
+                let out = args[2];
                 let dim = e.index(self.dim as i64)?;
                 let t = e.divui(i, dim)?;
                 let d = e.remui(i, dim)?;
@@ -83,7 +78,7 @@ impl Embedding {
                 let value = e.round_to(value, self.output)?;
                 e.store(value, out, i);
                 Ok(())
-            })
-        })
+            },
+        )
     }
 }

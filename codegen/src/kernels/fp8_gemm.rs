@@ -13,11 +13,10 @@
 //! promotion interval; grouped rows gathered through the indices).
 
 use dsc_ir::DType;
-use melior::ir::{BlockLike, Value};
+use melior::ir::Value;
 use serde::Serialize;
 
-use super::elementwise::global_index;
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -135,19 +134,14 @@ impl Fp8Gemm {
     }
 
     fn build_simt(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let args: Vec<Value> = (0..types.len())
-                .map(|i| block.argument(i).map(Into::into))
-                .collect::<Result<_, _>>()?;
-            let (x, x_scale, w, w_scale) = (args[0], args[1], args[2], args[3]);
-            let out = *args.last().expect("out");
-            let i = global_index(&e)?;
-            let total = e.index((self.rows * self.n) as i64)?;
-            let in_bounds = e.lt(i, total)?;
-            e.if_then(in_bounds, |e| {
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.rows * self.n,
+            |e, args, i| {
+                let (x, x_scale, w, w_scale) = (args[0], args[1], args[2], args[3]);
+                let out = *args.last().expect("out");
                 let n = e.index(self.n as i64)?;
                 let k = e.index(self.k as i64)?;
                 let row = e.divui(i, n)?;
@@ -218,8 +212,8 @@ impl Fp8Gemm {
                 let value = e.round_to(value, self.output)?;
                 e.store(value, out, i);
                 Ok(())
-            })
-        })
+            },
+        )
     }
 }
 

@@ -20,7 +20,7 @@ use melior::ir::attribute::DenseI64ArrayAttribute;
 use melior::ir::{BlockLike, Value};
 
 use super::fp8_gemm::Fp8Gemm;
-use super::{Launch, param_types};
+use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -63,19 +63,19 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
     let types = param_types(context, &gemm.params());
     module.add_kernel(entry, &types, |block, location| {
         let e = Emit::new(context, block, location);
-        let arg = |i: usize| -> Result<Value, CodegenError> { Ok(block.argument(i)?.into()) };
+        let args = kernel_args(block, block.argument_count())?;
         let grouped = gemm.grouped.is_some();
         let operands = Operands {
-            x: arg(0)?,
-            x_scale: arg(1)?,
-            w: arg(2)?,
-            w_scale: arg(3)?,
+            x: args[0],
+            x_scale: args[1],
+            w: args[2],
+            w_scale: args[3],
             dispatch: if grouped {
-                Some((arg(4)?, arg(5)?))
+                Some((args[4], args[5]))
             } else {
                 None
             },
-            out: arg(if grouped { 6 } else { 4 })?,
+            out: args[if grouped { 6 } else { 4 }],
         };
 
         let thread = e.thread_x()?;

@@ -7,15 +7,12 @@
 //! policy): row `r = t·top_k + slot` uses expert `indices[r]`'s weights and x row `r` or `t`.
 
 use dsc_ir::DType;
-use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
-use super::elementwise::global_index;
 use super::fp8_gemm::Grouped;
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
-use crate::mlir::emit::Emit;
 
 /// `[m, k] · [n, k]ᵀ`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,18 +83,13 @@ impl Linear {
         if super::linear_mma::applies(self) {
             return super::linear_mma::build(self, module, entry);
         }
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let args: Vec<Value> = (0..types.len())
-                .map(|i| block.argument(i).map(Into::into))
-                .collect::<Result<_, _>>()?;
-            let (x, w, out) = (args[0], args[1], *args.last().expect("out"));
-            let i = global_index(&e)?;
-            let total = e.index((self.m * self.n) as i64)?;
-            let in_bounds = e.lt(i, total)?;
-            e.if_then(in_bounds, |e| {
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.m * self.n,
+            |e, args, i| {
+                let (x, w, out) = (args[0], args[1], *args.last().expect("out"));
                 let n = e.index(self.n as i64)?;
                 let k = e.index(self.k as i64)?;
                 let row = e.divui(i, n)?;
@@ -148,7 +140,7 @@ impl Linear {
                 let value = e.round_to(value, self.output)?;
                 e.store(value, out, i);
                 Ok(())
-            })
-        })
+            },
+        )
     }
 }

@@ -13,7 +13,7 @@ use melior::ir::attribute::DenseI64ArrayAttribute;
 use melior::ir::{BlockLike, Value};
 
 use super::linear::Linear;
-use super::{Launch, param_types};
+use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -43,10 +43,10 @@ pub fn build(linear: &Linear, module: &KernelModule<'_>, entry: &str) -> Result<
     let types = param_types(context, &params);
     module.add_kernel(entry, &types, |block, location| {
         let e = Emit::new(context, block, location);
-        let arg = |i: usize| -> Result<Value, CodegenError> { Ok(block.argument(i)?.into()) };
-        let (x, w) = (arg(0)?, arg(1)?);
-        let bias = if linear.bias.is_some() { Some(arg(2)?) } else { None };
-        let out = arg(params.len() - 1)?;
+        let args = kernel_args(block, block.argument_count())?;
+        let (x, w) = (args[0], args[1]);
+        let bias = if linear.bias.is_some() { Some(args[2]) } else { None };
+        let out = args[params.len() - 1];
 
         let thread = e.thread_x()?;
         let block_index = e.block_index(Dimension::X)?;

@@ -3,14 +3,11 @@
 //! the output dtype.
 
 use dsc_ir::DType;
-use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
-use super::elementwise::global_index;
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
-use crate::mlir::emit::Emit;
 
 /// A batched matrix product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,17 +56,15 @@ impl Matmul {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let x: Value = block.argument(0)?.into();
-            let y: Value = block.argument(1)?.into();
-            let out: Value = block.argument(2)?.into();
-            let i = global_index(&e)?;
-            let total = e.index(self.out_len() as i64)?;
-            let in_bounds = e.lt(i, total)?;
-            e.if_then(in_bounds, |e| {
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.out_len(),
+            |e, args, i| {
+                let x = args[0];
+                let y = args[1];
+                let out = args[2];
                 let n = e.index(self.n as i64)?;
                 let m = e.index(self.m as i64)?;
                 let col = e.remui(i, n)?;
@@ -105,7 +100,7 @@ impl Matmul {
                 let value = e.round_to(value, self.output)?;
                 e.store(value, out, i);
                 Ok(())
-            })
-        })
+            },
+        )
     }
 }

@@ -27,12 +27,13 @@ use std::hash::{Hash, Hasher};
 
 use dsc_ir::DType;
 use melior::Context;
-use melior::ir::Type;
 use melior::ir::r#type::{IntegerType, MemRefType};
+use melior::ir::{Block, BlockLike, Type, Value};
 use serde::Serialize;
 
 use crate::error::CodegenError;
-use crate::mlir::KernelModule;
+use crate::mlir::emit::Emit;
+use crate::mlir::{KernelModule, global_thread_index};
 
 /// Threads per block of the one-thread-per-element kernels.
 pub const ELEMENTWISE_BLOCK: u32 = 256;
@@ -234,4 +235,41 @@ pub fn param_types<'c>(context: &'c Context, params: &[Param]) -> Vec<Type<'c>> 
             .into()
         })
         .collect()
+}
+
+/// The entry block's first `count` arguments: the kernel's buffers, in parameter order.
+pub(crate) fn kernel_args<'c, 'a>(
+    block: &'a Block<'c>,
+    count: usize,
+) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+    (0..count).map(|i| Ok(block.argument(i)?.into())).collect()
+}
+
+/// Adds `entry` over `params`, one thread per element of `len`: `body(e, args, i)` emits the
+/// work of element `i` (the global thread index) for every `i < len`, with `args` the buffers in
+/// parameter order.
+pub(crate) fn add_per_element_kernel<'c, F>(
+    module: &KernelModule<'c>,
+    entry: &str,
+    params: &[Param],
+    len: u64,
+    body: F,
+) -> Result<(), CodegenError>
+where
+    F: for<'a, 'b> FnOnce(
+        Emit<'c, 'b>,
+        &[Value<'c, 'a>],
+        Value<'c, 'a>,
+    ) -> Result<(), CodegenError>,
+{
+    let context = module.context();
+    let types = param_types(context, params);
+    module.add_kernel(entry, &types, |block, location| {
+        let e = Emit::new(context, block, location);
+        let args = kernel_args(block, types.len())?;
+        let i = global_thread_index(context, block, location)?;
+        let n = e.index(len as i64)?;
+        let in_bounds = e.lt(i, n)?;
+        e.if_then(in_bounds, |inner| body(inner, &args, i))
+    })
 }

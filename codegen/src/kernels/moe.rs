@@ -10,12 +10,11 @@
 
 use dsc_ir::DType;
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
+use melior::ir::Value;
 use melior::ir::r#type::MemRefType;
-use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
-use super::elementwise::global_index;
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -89,22 +88,11 @@ impl MoeTopk {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let args: Vec<Value> = (0..types.len())
-                .map(|i| block.argument(i).map(Into::into))
-                .collect::<Result<_, _>>()?;
+        add_per_element_kernel(module, entry, &self.params(), self.tokens, |e, args, t| {
             let logits = args[0];
             let bias = self.bias.then(|| args[1]);
             let (weights, indices) = (args[args.len() - 2], args[args.len() - 1]);
-            let t = global_index(&e)?;
-            let tokens = e.index(self.tokens as i64)?;
-            let in_bounds = e.lt(t, tokens)?;
-            e.if_then(in_bounds, |e| {
-                self.route_token(&e, t, logits, bias, weights, indices)
-            })
+            self.route_token(&e, t, logits, bias, weights, indices)
         })
     }
 
@@ -400,18 +388,13 @@ impl MoeCombine {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let args: Vec<Value> = (0..types.len())
-                .map(|i| block.argument(i).map(Into::into))
-                .collect::<Result<_, _>>()?;
-            let (y, w, out) = (args[0], args[1], *args.last().expect("out"));
-            let i = global_index(&e)?;
-            let total = e.index((self.tokens * self.dim) as i64)?;
-            let in_bounds = e.lt(i, total)?;
-            e.if_then(in_bounds, |e| {
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.tokens * self.dim,
+            |e, args, i| {
+                let (y, w, out) = (args[0], args[1], *args.last().expect("out"));
                 let dim = e.index(self.dim as i64)?;
                 let t = e.divui(i, dim)?;
                 let d = e.remui(i, dim)?;
@@ -439,7 +422,7 @@ impl MoeCombine {
                 let value = e.round_to(value, self.output)?;
                 e.store(value, out, i);
                 Ok(())
-            })
-        })
+            },
+        )
     }
 }

@@ -11,7 +11,7 @@ use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
 
 use super::quantize::{QuantSpec, quantize_row_groups};
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -83,9 +83,9 @@ impl RmsNorm {
         let n_args = types.len();
         module.add_kernel_with_shared(entry, &types, &shared, |block, location| {
             let e = Emit::new(context, block, location);
-            let arg = |i: usize| -> Result<Value, CodegenError> { Ok(block.argument(i)?.into()) };
-            let (x, w) = (arg(0)?, arg(1)?);
-            let partials = arg(n_args)?;
+            let args = kernel_args(block, block.argument_count())?;
+            let (x, w) = (args[0], args[1]);
+            let partials = args[n_args];
 
             let tid = e.thread_x()?;
             let row = e.block_index(Dimension::X)?;
@@ -120,7 +120,7 @@ impl RmsNorm {
                 self.output
             };
             let row_buffer = if self.quant.is_some() {
-                Some(arg(n_args + 1)?)
+                Some(args[n_args + 1])
             } else {
                 None
             };
@@ -136,7 +136,7 @@ impl RmsNorm {
                 match row_buffer {
                     None => {
                         let y = e.round_to(y, self.output)?;
-                        e.store(y, arg(2)?, at);
+                        e.store(y, args[2], at);
                     }
                     Some(buffer) => {
                         let y = e.round_through(y, self.input)?;
@@ -148,7 +148,7 @@ impl RmsNorm {
 
             if let (Some(q), Some(buffer)) = (&self.quant, row_buffer) {
                 e.barrier();
-                quantize_row_groups(&e, q, buffer, row, self.dim, tid, arg(2)?, arg(3)?)?;
+                quantize_row_groups(&e, q, buffer, row, self.dim, tid, args[2], args[3])?;
             }
             Ok(())
         })

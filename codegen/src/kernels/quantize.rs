@@ -8,14 +8,13 @@
 
 use dsc_ir::{DType, ScaleFormat};
 use melior::dialect::arith::CmpiPredicate;
-use melior::ir::{BlockLike, Value};
+use melior::ir::Value;
 use serde::Serialize;
 
-use super::elementwise::global_index;
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
-use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
+use crate::mlir::{KernelModule, global_thread_index};
 
 /// Threads per block of [`ActQuant`] (8 warps: 8 groups per block).
 pub const THREADS: u32 = 256;
@@ -108,11 +107,9 @@ impl ActQuant {
         let types = param_types(context, &self.params());
         module.add_kernel(entry, &types, |block, location| {
             let e = Emit::new(context, block, location);
-            let args: Vec<Value> = (0..types.len())
-                .map(|i| block.argument(i).map(Into::into))
-                .collect::<Result<_, _>>()?;
+            let args = kernel_args(block, types.len())?;
             let (codes, scales) = (args[args.len() - 2], args[args.len() - 1]);
-            let thread = global_index(&e)?;
+            let thread = global_thread_index(context, block, location)?;
             let thirty_two = e.index(32)?;
             let group = e.divui(thread, thirty_two)?;
             let lane = e.remui(thread, thirty_two)?;

@@ -9,11 +9,10 @@
 use dsc_ir::DType;
 use dsc_kernels::ops::rope::RopeStyle;
 use melior::dialect::arith::CmpiPredicate;
-use melior::ir::{BlockLike, Value};
+use melior::ir::Value;
 use serde::Serialize;
 
-use super::elementwise::global_index;
-use super::{Launch, Param, param_types};
+use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -84,17 +83,15 @@ impl Rope {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let context = module.context();
-        let types = param_types(context, &self.params());
         let half = self.dim / 2;
-        module.add_kernel(entry, &types, |block, location| {
-            let e = Emit::new(context, block, location);
-            let x: Value = block.argument(0)?.into();
-            let out: Value = block.argument(1)?.into();
-            let i = global_index(&e)?;
-            let n = e.index((self.len() / 2) as i64)?;
-            let in_bounds = e.lt(i, n)?;
-            e.if_then(in_bounds, |e| {
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.len() / 2,
+            |e, args, i| {
+                let x = args[0];
+                let out = args[1];
                 let half_v = e.index(half as i64)?;
                 let j = e.remui(i, half_v)?;
                 let row = e.divui(i, half_v)?;
@@ -142,7 +139,7 @@ impl Rope {
                 e.store(first, out, a);
                 e.store(second, out, b);
                 Ok(())
-            })
-        })
+            },
+        )
     }
 }
