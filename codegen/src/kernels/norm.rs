@@ -14,7 +14,7 @@ use super::quantize::{QuantSpec, quantize_row_groups};
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
-use crate::mlir::emit::{Emit, Emitted};
+use crate::mlir::emit::{Emit, Emitted, Reduction};
 use crate::mlir::kernel::Dimension;
 
 /// Threads per block.
@@ -105,7 +105,7 @@ impl RmsNorm {
                 e.set(squares, acc)
             })?;
             let own = e.get(squares)?;
-            let total = block_sum(&e, own, tid, partials)?;
+            let total = block_reduce(&e, own, Reduction::Sum, tid, partials)?;
             let n = e.f32(self.dim as f32)?;
             let mean = e.divf(total, n)?;
             let eps = e.f32(self.eps)?;
@@ -155,16 +155,17 @@ impl RmsNorm {
     }
 }
 
-/// The sum of `own` over the block's [`THREADS`] threads, the same in every thread: warp
-/// butterflies, one partial per warp in shared memory, then every thread adds the partials in
-/// warp order.
-pub(crate) fn block_sum<'c, 'a>(
+/// `own` reduced by `op` over the block's [`THREADS`] threads, the same in every thread: warp
+/// butterflies, one partial per warp in shared memory, then every thread combines the partials
+/// in warp order.
+pub(crate) fn block_reduce<'c, 'a>(
     e: &Emit<'c, 'a>,
     own: Value<'c, 'a>,
+    op: Reduction,
     tid: Value<'c, 'a>,
     partials: Value<'c, '_>,
 ) -> Emitted<'c, 'a> {
-    let warp_total = e.warp_sum(own)?;
+    let warp_total = e.warp_reduce(own, op)?;
     let thirty_two = e.index(32)?;
     let lane = e.remui(tid, thirty_two)?;
     let warp = e.divui(tid, thirty_two)?;
@@ -179,7 +180,7 @@ pub(crate) fn block_sum<'c, 'a>(
     for w in 1..WARPS {
         let at = e.index(w)?;
         let part = e.load(partials, at)?;
-        total = e.addf(total, part)?;
+        total = e.combine(op, total, part)?;
     }
     // The partials are read by every thread before any later write to them.
     e.barrier();

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
-use crate::mlir::emit::{Emit, Emitted};
+use crate::mlir::emit::{Emit, Emitted, Reduction};
 use crate::mlir::{KernelModule, global_thread_index};
 
 /// Threads per block of [`ActQuant`] (8 warps: 8 groups per block).
@@ -175,7 +175,7 @@ pub(crate) fn quantize_group<'c, 'a>(
         e.set(amax_cell, amax)
     })?;
     let own = e.get(amax_cell)?;
-    let amax = e.warp_max(own)?;
+    let amax = e.warp_reduce(own, Reduction::Max)?;
     let s = e.scale_for(amax, quant.format, quant.scale_format)?;
 
     let zero_index = e.index(0)?;

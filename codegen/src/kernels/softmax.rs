@@ -7,11 +7,11 @@ use melior::ir::r#type::MemRefType;
 use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
 
-use super::norm::block_sum;
+use super::norm::block_reduce;
 use super::{Launch, Param, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
-use crate::mlir::emit::{Emit, Emitted};
+use crate::mlir::emit::{Emit, Reduction};
 use crate::mlir::kernel::Dimension;
 
 /// Threads per block.
@@ -82,7 +82,7 @@ impl Softmax {
                 e.set(max_cell, m)
             })?;
             let own = e.get(max_cell)?;
-            let max = block_max(&e, own, tid, partials)?;
+            let max = block_reduce(&e, own, Reduction::Max, tid, partials)?;
 
             let zero = e.f32(0.0)?;
             let sum_cell = e.cell(zero)?;
@@ -95,7 +95,7 @@ impl Softmax {
                 e.set(sum_cell, s)
             })?;
             let own = e.get(sum_cell)?;
-            let sum = block_sum(&e, own, tid, partials)?;
+            let sum = block_reduce(&e, own, Reduction::Sum, tid, partials)?;
             let masked = e.cmpf(CmpfPredicate::Oeq, max, neg_inf)?;
 
             e.for_range(tid, len, step, |e, j| {
@@ -112,32 +112,4 @@ impl Softmax {
             })
         })
     }
-}
-
-/// The maximum of `own` over the block (NaN-propagating), the same in every thread.
-fn block_max<'c, 'a>(
-    e: &Emit<'c, 'a>,
-    own: Value<'c, 'a>,
-    tid: Value<'c, 'a>,
-    partials: Value<'c, '_>,
-) -> Emitted<'c, 'a> {
-    let warp_max = e.warp_max(own)?;
-    let thirty_two = e.index(32)?;
-    let lane = e.remui(tid, thirty_two)?;
-    let warp = e.divui(tid, thirty_two)?;
-    let zero_index = e.index(0)?;
-    let first_lane = e.cmpi(melior::dialect::arith::CmpiPredicate::Eq, lane, zero_index)?;
-    e.if_then(first_lane, |e| {
-        e.store(warp_max, partials, warp);
-        Ok(())
-    })?;
-    e.barrier();
-    let mut total = e.load(partials, zero_index)?;
-    for w in 1..i64::from(THREADS / 32) {
-        let at = e.index(w)?;
-        let part = e.load(partials, at)?;
-        total = e.maxf(total, part)?;
-    }
-    e.barrier();
-    Ok(total)
 }

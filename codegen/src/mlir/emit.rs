@@ -21,6 +21,15 @@ use melior::ir::{
 use super::kernel::{Dimension, block_dim, block_id, thread_id};
 use crate::error::CodegenError;
 
+/// A reduction across threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// f32 sum.
+    Sum,
+    /// Maximum, NaN-propagating (`arith.maximumf`).
+    Max,
+}
+
 /// Result of every emitting call.
 pub type Emitted<'c, 'a> = Result<Value<'c, 'a>, CodegenError>;
 
@@ -439,23 +448,21 @@ impl<'c, 'a> Emit<'c, 'a> {
         )
     }
 
-    /// Sum of `value` over the 32 lanes of a warp, the same in every lane (a butterfly: every lane
-    /// adds in the same order, so all lanes hold bit-identical sums).
-    pub fn warp_sum(&self, value: Value<'c, 'a>) -> Emitted<'c, 'a> {
-        let mut acc = value;
-        for offset in [16, 8, 4, 2, 1] {
-            let other = self.shuffle_xor(acc, offset)?;
-            acc = self.addf(acc, other)?;
+    /// `a ∘ b` for the reduction `op`.
+    pub fn combine(&self, op: Reduction, a: Value<'c, '_>, b: Value<'c, '_>) -> Emitted<'c, 'a> {
+        match op {
+            Reduction::Sum => self.addf(a, b),
+            Reduction::Max => self.maxf(a, b),
         }
-        Ok(acc)
     }
 
-    /// Maximum of `value` over the 32 lanes of a warp (NaN-propagating), in every lane.
-    pub fn warp_max(&self, value: Value<'c, 'a>) -> Emitted<'c, 'a> {
+    /// `value` reduced by `op` over the 32 lanes of a warp, the same in every lane (a butterfly:
+    /// every lane combines in the same order, so all lanes hold bit-identical results).
+    pub fn warp_reduce(&self, value: Value<'c, 'a>, op: Reduction) -> Emitted<'c, 'a> {
         let mut acc = value;
         for offset in [16, 8, 4, 2, 1] {
             let other = self.shuffle_xor(acc, offset)?;
-            acc = self.maxf(acc, other)?;
+            acc = self.combine(op, acc, other)?;
         }
         Ok(acc)
     }
