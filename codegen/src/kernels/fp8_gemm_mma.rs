@@ -15,30 +15,21 @@
 //! row `p` computes routed row `r = rows[p]` (padding, −1, reads zeros and stores nothing) from
 //! x row `r` or `r / top_k`, and writes output row `r`, so results land in (token, slot) order.
 
-use melior::dialect::llvm;
-use melior::ir::attribute::DenseI64ArrayAttribute;
 use melior::ir::{BlockLike, Value};
 
 use super::fp8_gemm::Fp8Gemm;
+use super::mma::{TILE_M, mma_into, pack_k, tile_lane};
 use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
-use crate::mlir::emit::{Emit, Emitted};
-use crate::mlir::kernel::Dimension;
+use crate::mlir::emit::Emit;
 
-/// Warps (16 × 8 tiles) per block.
-pub const WARPS: u32 = 4;
-/// Rows and columns of a warp's tile.
-pub const TILE_M: u64 = 16;
-/// Columns of a warp's tile.
-pub const TILE_N: u64 = 8;
 /// K consumed by one MMA.
 pub const MMA_K: u64 = 32;
 
 /// The launch: one warp per tile.
 pub fn launch(gemm: &Fp8Gemm) -> Launch {
-    let tiles = m_tiles(gemm) * gemm.n.div_ceil(TILE_N);
-    Launch::blocks(tiles.div_ceil(u64::from(WARPS)), 32 * WARPS)
+    super::mma::launch(m_tiles(gemm), gemm.n)
 }
 
 /// Tiles along M: of the output rows (dense) or of the dispatch's padded layout (grouped).
@@ -78,57 +69,27 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
             out: args[if grouped { 6 } else { 4 }],
         };
 
-        let thread = e.thread_x()?;
-        let block_index = e.block_index(Dimension::X)?;
-        let thirty_two = e.index(32)?;
-        let warp = e.divui(thread, thirty_two)?;
-        let lane = e.remui(thread, thirty_two)?;
-        let warps = e.index(i64::from(WARPS))?;
-        let tile = e.muli(block_index, warps)?;
-        let tile = e.addi(tile, warp)?;
-        let tiles_n = gemm.n.div_ceil(TILE_N);
-        let tiles = e.index((m_tiles(gemm) * tiles_n) as i64)?;
-        let active = e.lt(tile, tiles)?;
-        // Whole warps exit together, so every lane of a running warp reaches the MMA.
-        e.if_then(active, |e| {
-            let tiles_n = e.index(tiles_n as i64)?;
-            let tm = e.divui(tile, tiles_n)?;
-            let tn = e.remui(tile, tiles_n)?;
+        let lane = tile_lane(&e, m_tiles(gemm), gemm.n)?;
+        e.if_then(lane.active, |e| {
             let expert = match operands.dispatch {
                 None => e.int(32, 0)?,
-                Some((_, tile_experts)) => e.load(tile_experts, tm)?,
+                Some((_, tile_experts)) => e.load(tile_experts, lane.tm)?,
             };
             let zero_i = e.int(32, 0)?;
             let has_expert = e.cmpi(melior::dialect::arith::CmpiPredicate::Sge, expert, zero_i)?;
             // Whole warps skip an unused tile together.
             e.if_then(has_expert, |e| {
                 let expert = e.index_cast(expert, e.index_type())?;
-                let four = e.index(4)?;
-                let g = e.divui(lane, four)?;
-                let q = e.remui(lane, four)?;
-                let tile_m = e.index(TILE_M as i64)?;
-                let tile_n = e.index(TILE_N as i64)?;
-                let p0 = e.muli(tm, tile_m)?;
-                let p0 = e.addi(p0, g)?;
-                let eight = e.index(8)?;
-                let p1 = e.addi(p0, eight)?;
                 let rows = [
-                    tile_row(gemm, &e, &operands, p0)?,
-                    tile_row(gemm, &e, &operands, p1)?,
+                    tile_row(gemm, &e, &operands, lane.rows[0])?,
+                    tile_row(gemm, &e, &operands, lane.rows[1])?,
                 ];
-                let col = e.muli(tn, tile_n)?;
-                let col_b = e.addi(col, g)?;
-                let two = e.index(2)?;
-                let qc = e.muli(q, two)?;
-                let col_d = e.addi(col, qc)?;
-                let one = e.index(1)?;
-                let col_d1 = e.addi(col_d, one)?;
                 let lanes = Lanes {
-                    q,
+                    q: lane.q,
                     rows,
                     expert,
-                    col_b,
-                    cols_d: [col_d, col_d1],
+                    col_b: lane.col_b,
+                    cols_d: lane.cols_d,
                 };
                 tile_body(gemm, &e, &operands, &lanes)
             })
@@ -269,7 +230,7 @@ fn mma_step<'c, 'a>(
         let row = lanes.rows[r % 2];
         let k = if r / 2 == 0 { base_k } else { high_k };
         let row_base = e.muli(row.x, kk)?;
-        a.push(pack4(gemm, e, ops.x, row_base, row.real, k)?);
+        a.push(pack_k(e, ops.x, row_base, row.real, k, gemm.k, 8)?);
     }
     // Expert `expert`'s row `col_b` of w: (expert · N + col_b) · K.
     let n = e.index(gemm.n as i64)?;
@@ -280,71 +241,21 @@ fn mma_step<'c, 'a>(
     let w_row = e.addi(w_row, col)?;
     let w_base = e.muli(w_row, kk)?;
     let b = [
-        pack4(gemm, e, ops.w, w_base, col_ok, base_k)?,
-        pack4(gemm, e, ops.w, w_base, col_ok, high_k)?,
+        pack_k(e, ops.w, w_base, col_ok, base_k, gemm.k, 8)?,
+        pack_k(e, ops.w, w_base, col_ok, high_k, gemm.k, 8)?,
     ];
-    let c: Vec<Value> = partial
-        .iter()
-        .map(|&cell| e.get(cell))
-        .collect::<Result<_, _>>()?;
-    let mut operands = a.clone();
-    operands.extend(b);
-    operands.extend(c);
-    let f32_type = e.f32_type();
-    let result_type = llvm::r#type::r#struct(e.context, &[f32_type; 4], false);
     let kind = match gemm.format {
         dsc_ir::DType::F8E5M2 => "e5m2",
         _ => "e4m3",
     };
-    let op = e.inline_asm_op(
-        &format!(
-            "mma.sync.aligned.m16n8k32.row.col.f32.{kind}.{kind}.f32 {{$0,$1,$2,$3}}, {{$4,$5,$6,$7}}, {{$8,$9}}, {{$10,$11,$12,$13}};"
-        ),
-        "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f",
-        &operands,
-        &[result_type],
-    )?;
-    let d = e.push(op)?;
-    for (i, &cell) in partial.iter().enumerate() {
-        let position = DenseI64ArrayAttribute::new(e.context, &[i as i64]);
-        let value = e.push(llvm::extract_value(
-            e.context, d, position, f32_type, e.location,
-        ))?;
-        e.set(cell, value)?;
-    }
-    Ok(())
-}
-
-/// Four consecutive FP8 codes `m[row_base + k .. + 4]` of a `[rows, K]` operand as one `i32`
-/// (lowest K in the lowest byte); +0 when the row is not `real` or K is past its end.
-fn pack4<'c, 'a>(
-    gemm: &Fp8Gemm,
-    e: &Emit<'c, 'a>,
-    matrix: Value<'c, '_>,
-    row_base: Value<'c, 'a>,
-    real: Value<'c, '_>,
-    k: Value<'c, 'a>,
-) -> Emitted<'c, 'a> {
-    let i32_type = e.int_type(32);
-    let kk = e.index(gemm.k as i64)?;
-    let zero_index = e.index(0)?;
-    let mut packed = e.int(32, 0)?;
-    for j in 0..4 {
-        let offset = e.index(j)?;
-        let kj = e.addi(k, offset)?;
-        let k_ok = e.lt(kj, kk)?;
-        let ok = e.andi(real, k_ok)?;
-        let safe_k = e.select(ok, kj, zero_index)?;
-        let at = e.addi(row_base, safe_k)?;
-        let code = e.load(matrix, at)?;
-        let code = e.extui(code, i32_type)?;
-        let zero = e.int(32, 0)?;
-        let code = e.select(ok, code, zero)?;
-        let shift = e.int(32, 8 * j)?;
-        let code = e.shli(code, shift)?;
-        packed = e.ori(packed, code)?;
-    }
-    Ok(packed)
+    let a: [Value; 4] = a.try_into().expect("four A registers");
+    mma_into(
+        e,
+        &format!("mma.sync.aligned.m16n8k32.row.col.f32.{kind}.{kind}.f32"),
+        a,
+        b,
+        partial,
+    )
 }
 
 /// `acc[i] += partial[i] · (s_x[row_i, k0 / tile] · s_w[col_i / block, k0 / block])`.

@@ -15,6 +15,7 @@ pub mod fp8_gemm_mma;
 pub mod linear;
 pub mod linear_mma;
 pub mod matmul;
+pub mod mma;
 pub mod moe;
 pub mod moe_dispatch;
 pub mod norm;
