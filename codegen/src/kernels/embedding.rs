@@ -5,7 +5,6 @@
 //! an out-of-range id yields zeros.
 
 use dsc_ir::DType;
-use melior::dialect::arith::CmpiPredicate;
 use serde::Serialize;
 
 use super::{Launch, Param, add_per_element_kernel};
@@ -62,13 +61,7 @@ impl Embedding {
                 let t = e.divui(i, dim)?;
                 let d = e.remui(i, dim)?;
                 let id = e.load(ids, t)?;
-                let zero_i = e.int(32, 0)?;
-                let vocab = e.int(32, self.vocab as i64)?;
-                let not_negative = e.cmpi(CmpiPredicate::Sge, id, zero_i)?;
-                let below = e.cmpi(CmpiPredicate::Slt, id, vocab)?;
-                let valid = e.andi(not_negative, below)?;
-                let safe = e.select(valid, id, zero_i)?;
-                let row = e.index_cast(safe, e.index_type())?;
+                let (row, valid) = e.checked_index(id, self.vocab as i64)?;
                 let source = e.muli(row, dim)?;
                 let source = e.addi(source, d)?;
                 let value = e.load(table, source)?;

@@ -100,15 +100,7 @@ impl Linear {
                         let indices = args[args.len() - 2];
                         let expert = e.load(indices, row)?;
                         // An index outside 0..experts (the CPU reference's error) reads expert 0.
-                        let zero_i = e.int(32, 0)?;
-                        let limit = e.int(32, g.experts as i64)?;
-                        let low =
-                            e.cmpi(melior::dialect::arith::CmpiPredicate::Sge, expert, zero_i)?;
-                        let high =
-                            e.cmpi(melior::dialect::arith::CmpiPredicate::Slt, expert, limit)?;
-                        let valid = e.andi(low, high)?;
-                        let expert = e.select(valid, expert, zero_i)?;
-                        let expert = e.index_cast(expert, e.index_type())?;
+                        let (expert, _) = e.checked_index(expert, g.experts as i64)?;
                         let x_row = if g.x_per_slot {
                             row
                         } else {

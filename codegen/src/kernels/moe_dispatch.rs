@@ -8,7 +8,6 @@
 //! runs once per layer and its result is shared by the layer's gate, up and down GEMMs.
 
 use dsc_ir::DType;
-use melior::dialect::arith::CmpiPredicate;
 use melior::dialect::memref;
 use melior::ir::r#type::MemRefType;
 use melior::ir::{BlockLike, Value};
@@ -161,11 +160,5 @@ fn expert_of<'c, 'a>(
     r: Value<'c, 'a>,
 ) -> Result<(Value<'c, 'a>, Value<'c, 'a>), CodegenError> {
     let index = e.load(indices, r)?;
-    let zero = e.int(32, 0)?;
-    let limit = e.int(32, experts)?;
-    let low = e.cmpi(CmpiPredicate::Sge, index, zero)?;
-    let high = e.cmpi(CmpiPredicate::Slt, index, limit)?;
-    let valid = e.andi(low, high)?;
-    let safe = e.select(valid, index, zero)?;
-    Ok((e.index_cast(safe, e.index_type())?, valid))
+    e.checked_index(index, experts)
 }

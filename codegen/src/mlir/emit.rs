@@ -18,7 +18,7 @@ use melior::ir::{
     Attribute, Block, BlockLike, Identifier, Location, Operation, Region, RegionLike, Type, Value,
 };
 
-use super::kernel::{Dimension, block_dim, block_id, thread_id};
+use super::kernel::{Dimension, append_value, block_dim, block_id, index_constant, thread_id};
 use crate::error::CodegenError;
 
 /// A reduction across threads.
@@ -56,11 +56,7 @@ impl<'c, 'a> Emit<'c, 'a> {
 
     /// Appends `operation` and returns its first result.
     pub fn push(&self, operation: impl Into<Operation<'c>>) -> Emitted<'c, 'a> {
-        Ok(self
-            .block
-            .append_operation(operation.into())
-            .result(0)?
-            .into())
+        append_value(self.block, operation)
     }
 
     /// Appends `operation`, which has no result.
@@ -94,12 +90,7 @@ impl<'c, 'a> Emit<'c, 'a> {
 
     /// `arith.constant value : index`.
     pub fn index(&self, value: i64) -> Emitted<'c, 'a> {
-        let attribute = IntegerAttribute::new(self.index_type(), value);
-        self.push(arith::constant(
-            self.context,
-            attribute.into(),
-            self.location,
-        ))
+        index_constant(self.context, self.block, value, self.location)
     }
 
     /// `arith.constant value : iN`.
@@ -202,6 +193,22 @@ impl<'c, 'a> Emit<'c, 'a> {
     /// `index` → `iN` (or back), as `arith.index_cast`.
     pub fn index_cast(&self, value: Value<'c, '_>, to: Type<'c>) -> Emitted<'c, 'a> {
         self.push(arith::index_cast(value, to, self.location))
+    }
+
+    /// An `i32` index checked against `0..limit`: the index as an `index` (0 when out of range,
+    /// so that no load leaves its buffer) and whether it was in range.
+    pub fn checked_index(
+        &self,
+        value: Value<'c, '_>,
+        limit: i64,
+    ) -> Result<(Value<'c, 'a>, Value<'c, 'a>), CodegenError> {
+        let zero = self.int(32, 0)?;
+        let limit = self.int(32, limit)?;
+        let low = self.cmpi(CmpiPredicate::Sge, value, zero)?;
+        let high = self.cmpi(CmpiPredicate::Slt, value, limit)?;
+        let valid = self.andi(low, high)?;
+        let safe = self.select(valid, value, zero)?;
+        Ok((self.index_cast(safe, self.index_type())?, valid))
     }
 
     /// `iN` → `iM`, zero-extended.
