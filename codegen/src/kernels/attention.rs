@@ -122,9 +122,7 @@ impl AttnScores {
                             let qv = e.load_f32(q, q_base, d)?;
                             let kv = e.load_f32(k, k_base, d)?;
                             let product = e.mulf(qv, kv)?;
-                            let sum = e.get(part_cell)?;
-                            let sum = e.addf(sum, product)?;
-                            e.set(part_cell, sum)
+                            e.accumulate(part_cell, product)
                         })?;
                         let part = e.get(part_cell)?;
                         let total = e.get(acc)?;
@@ -235,9 +233,7 @@ impl AttnValues {
                     let v_base = e.muli(v_row, v_dim)?;
                     let vv = e.load_f32(v, v_base, d)?;
                     let product = e.mulf(pv, vv)?;
-                    let sum = e.get(acc)?;
-                    let sum = e.addf(sum, product)?;
-                    e.set(acc, sum)
+                    e.accumulate(acc, product)
                 })?;
                 let value = e.get(acc)?;
                 let value = e.round_to(value, self.output)?;

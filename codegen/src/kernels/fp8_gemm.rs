@@ -193,9 +193,7 @@ impl Fp8Gemm {
                         let wq = e.load(w, wa)?;
                         let wv = decode_fp8(&e, wq, self.format)?;
                         let product = e.mulf(xv, wv)?;
-                        let sum = e.get(partial)?;
-                        let sum = e.addf(sum, product)?;
-                        e.set(partial, sum)
+                        e.accumulate(partial, product)
                     })?;
                     let g = e.divui(k0, tile)?;
                     let sx = e.load_f32(x_scale, x_scale_base, g)?;
@@ -204,9 +202,7 @@ impl Fp8Gemm {
                     let s = e.mulf(sx, sw)?;
                     let p = e.get(partial)?;
                     let scaled = e.mulf(p, s)?;
-                    let total = e.get(acc)?;
-                    let total = e.addf(total, scaled)?;
-                    e.set(acc, total)
+                    e.accumulate(acc, scaled)
                 })?;
                 let value = e.get(acc)?;
                 let value = e.round_to(value, self.output)?;

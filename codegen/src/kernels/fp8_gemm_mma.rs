@@ -296,9 +296,7 @@ fn promote<'c, 'a>(
         let s = e.mulf(sx, sw)?;
         let p = e.get(partial[i])?;
         let scaled = e.mulf(p, s)?;
-        let total = e.get(acc[i])?;
-        let total = e.addf(total, scaled)?;
-        e.set(acc[i], total)?;
+        e.accumulate(acc[i], scaled)?;
     }
     Ok(())
 }

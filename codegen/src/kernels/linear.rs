@@ -119,9 +119,7 @@ impl Linear {
                     let xv = e.load_f32(x, x_base, kk)?;
                     let wv = e.load_f32(w, w_base, kk)?;
                     let product = e.mulf(xv, wv)?;
-                    let sum = e.get(acc)?;
-                    let sum = e.addf(sum, product)?;
-                    e.set(acc, sum)
+                    e.accumulate(acc, product)
                 })?;
                 let mut value = e.get(acc)?;
                 if self.bias.is_some() {

@@ -92,9 +92,7 @@ impl Matmul {
                     };
                     let yv = e.load_f32(y, y_base, offset)?;
                     let product = e.mulf(xv, yv)?;
-                    let sum = e.get(acc)?;
-                    let sum = e.addf(sum, product)?;
-                    e.set(acc, sum)
+                    e.accumulate(acc, product)
                 })?;
                 let value = e.get(acc)?;
                 let value = e.round_to(value, self.output)?;

@@ -245,9 +245,7 @@ impl MoeTopk {
             let index = e.index_cast(best, e.int_type(32))?;
             e.store(index, indices, at);
             let s = e.load(scores, best)?;
-            let d = e.get(denominator)?;
-            let d = e.addf(d, s)?;
-            e.set(denominator, d)?;
+            e.accumulate(denominator, s)?;
         }
         let tiny = e.f32(1e-20)?;
         let d = e.get(denominator)?;
@@ -408,9 +406,7 @@ impl MoeCombine {
                     let y_base = e.muli(slot, dim)?;
                     let yv = e.load_f32(y, y_base, d)?;
                     let product = e.mulf(wv, yv)?;
-                    let sum = e.get(acc)?;
-                    let sum = e.addf(sum, product)?;
-                    e.set(acc, sum)
+                    e.accumulate(acc, product)
                 })?;
                 let value = e.get(acc)?;
                 let mut value = e.round_through(value, self.output)?;

@@ -100,9 +100,7 @@ impl RmsNorm {
                 let v = e.load(x, at)?;
                 let v = e.to_f32(v)?;
                 let vv = e.mulf(v, v)?;
-                let acc = e.get(squares)?;
-                let acc = e.addf(acc, vv)?;
-                e.set(squares, acc)
+                e.accumulate(squares, vv)
             })?;
             let own = e.get(squares)?;
             let total = block_reduce(&e, own, Reduction::Sum, tid, partials)?;

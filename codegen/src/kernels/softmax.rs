@@ -90,9 +90,7 @@ impl Softmax {
                 let v = e.load_f32(x, base, j)?;
                 let shifted = e.subf(v, max)?;
                 let p = e.exp(shifted)?;
-                let s = e.get(sum_cell)?;
-                let s = e.addf(s, p)?;
-                e.set(sum_cell, s)
+                e.accumulate(sum_cell, p)
             })?;
             let own = e.get(sum_cell)?;
             let sum = block_reduce(&e, own, Reduction::Sum, tid, partials)?;

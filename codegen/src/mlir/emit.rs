@@ -363,6 +363,17 @@ impl<'c, 'a> Emit<'c, 'a> {
         Ok(())
     }
 
+    /// `cell += value` (f32).
+    pub fn accumulate(
+        &self,
+        cell: Value<'c, '_>,
+        value: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let current = self.get(cell)?;
+        let sum = self.addf(current, value)?;
+        self.set(cell, sum)
+    }
+
     // ---- control flow --------------------------------------------------------------------------
 
     /// `scf.for %i = start to end step step { body(%i) }`.
