@@ -333,6 +333,20 @@ fn compiled(tmp: &TempDir) -> PathBuf {
     art
 }
 
+/// `dsc run --device cpu` of `art` with the weights in `ckpt`, which must fail: its stderr.
+fn run_fails(art: &Path, ckpt: &Path, out: &Path) -> String {
+    fails(&[
+        "run",
+        &s(art),
+        "--device",
+        "cpu",
+        "--weights",
+        &s(ckpt),
+        "--output",
+        &s(out),
+    ])
+}
+
 #[test]
 fn a_truncated_shard_is_a_clear_error() {
     let tmp = TempDir::new("hf-truncated");
@@ -346,17 +360,7 @@ fn a_truncated_shard_is_a_clear_error() {
         .open(&shard)
         .unwrap();
     f.set_len(len - 100).unwrap();
-    let out = tmp.join("o.safetensors");
-    let e = fails(&[
-        "run",
-        &s(&art),
-        "--device",
-        "cpu",
-        "--weights",
-        &s(&ckpt),
-        "--output",
-        &s(&out),
-    ]);
+    let e = run_fails(&art, &ckpt, &tmp.join("o.safetensors"));
     assert!(
         e.contains("model-00002-of-00002.safetensors") && e.contains("truncated"),
         "{e}"
@@ -372,17 +376,7 @@ fn a_missing_tensor_is_named() {
     let art = compiled(&tmp);
     let ckpt = tmp.join("ckpt");
     write_checkpoint(&ckpt, LLAMA, false, Damage::MissingTensor);
-    let out = tmp.join("o.safetensors");
-    let e = fails(&[
-        "run",
-        &s(&art),
-        "--device",
-        "cpu",
-        "--weights",
-        &s(&ckpt),
-        "--output",
-        &s(&out),
-    ]);
+    let e = run_fails(&art, &ckpt, &tmp.join("o.safetensors"));
     assert!(e.contains("1 missing"), "{e}");
     assert!(
         e.contains("`model.layers.0.self_attn.q_proj.weight`"),
@@ -398,17 +392,7 @@ fn a_wrong_dtype_is_named() {
     let art = compiled(&tmp);
     let ckpt = tmp.join("ckpt");
     write_checkpoint(&ckpt, LLAMA, false, Damage::WrongDtype);
-    let out = tmp.join("o.safetensors");
-    let e = fails(&[
-        "run",
-        &s(&art),
-        "--device",
-        "cpu",
-        "--weights",
-        &s(&ckpt),
-        "--output",
-        &s(&out),
-    ]);
+    let e = run_fails(&art, &ckpt, &tmp.join("o.safetensors"));
     assert!(e.contains("1 wrong dtype"), "{e}");
     assert!(e.contains("input_layernorm.weight`: expected BF16"), "{e}");
 }
