@@ -268,7 +268,31 @@ def fx_gemm():
                  "over the whole 128x128 f16 matrices; the kernel gets .u64 pointers to 128-byte maps in global memory."}
 
 
-FIXTURES = [fx_shuffle, fx_all_reduce, fx_wmma, fx_mma_sync, fx_tma_noswizzle, fx_tma_swizzle, fx_gemm]
+def fx_mma_sync_tf32():
+    n = "mma_sync_tf32"
+    lhs = np.arange(64, dtype=np.float32).reshape(16, 4)
+    rhs = np.arange(32, dtype=np.float32).reshape(4, 8)
+    res = np.arange(128, dtype=np.float32).reshape(16, 8)
+    exp = (lhs.astype(np.float64) @ rhs.astype(np.float64) + res).astype(np.float32)
+    assert exp[0].tolist() == [112, 119, 126, 133, 140, 147, 154, 161]
+    assert exp[15].tolist() == [3112, 3359, 3606, 3853, 4100, 4347, 4594, 4841]
+    return n, "sm_80", "+ptx76", ("-transform-interpreter", "-test-transform-dialect-erase-schedule"), {
+        "source": UP + "TensorCore/sm80/transform-mma-sync-matmul-f32.mlir", "entry": "main_kernel",
+        "grid": [1, 1, 1], "block": [32, 1, 1], "cluster": [1, 1, 1], "dynamic_shared_bytes": 0,
+        "buffers": {
+            "lhs": {"dtype": "f32", "shape": [16, 4], "init": save(n, "lhs", lhs), "formula": "r*4+c"},
+            "rhs": {"dtype": "f32", "shape": [4, 8], "init": save(n, "rhs", rhs), "formula": "r*8+c"},
+            "res": {"dtype": "f32", "shape": [16, 8], "init": save(n, "res", res), "formula": "r*8+c"}},
+        "params": memref("lhs", [16, 4]) + memref("rhs", [4, 8]) + memref("res", [16, 8]),
+        "expect": {"buffer": "res", "kind": "exact", "file": save(n, "res.expect", exp)["path"],
+                   "formula": "res += lhs @ rhs; integers (< 2^11 per operand, sums < 2^24) so exact in tf32/f32; "
+                              "CHECK rows 0 and 15 asserted by the generator"},
+        "notes": "res(16x8,f32) += lhs(16x4) @ rhs(4x8) by one mma.sync.m16n8k4.row.col.f32.tf32.tf32.f32 "
+                 "(transform.nvgpu.rewrite_matmul_as_mma_sync, tf32Enabled). Operands loaded per thread from global. "
+                 "CHECK: [112, 119, ..., 161] ... [3112, ..., 4841]."}
+
+
+FIXTURES = [fx_shuffle, fx_all_reduce, fx_wmma, fx_mma_sync, fx_mma_sync_tf32, fx_tma_noswizzle, fx_tma_swizzle, fx_gemm]
 
 
 def main():
