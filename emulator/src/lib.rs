@@ -18,6 +18,7 @@ pub mod memory;
 pub mod profile;
 pub mod ptx;
 pub mod roofline;
+pub mod tensor_map;
 
 pub use error::{EmuError, ThreadId};
 pub use launch::{LaunchConfig, LaunchOptions, ParamValue, TargetLimits, launch};
