@@ -33,9 +33,11 @@ pub enum Command {
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {
-    /// CUDA when a driver and a GPU are present, else the CPU.
+    /// CUDA when a driver and a GPU are present, else the CPU (never the emulator).
     Auto,
     Cpu,
+    /// The PTX emulator: the artifact's PTX and launch plan on the CPU, times modeled.
+    Emu,
     /// The n-th CUDA device.
     Cuda(usize),
 }
@@ -46,17 +48,18 @@ impl std::str::FromStr for DeviceArg {
         match s {
             "auto" => Ok(DeviceArg::Auto),
             "cpu" => Ok(DeviceArg::Cpu),
+            "emu" => Ok(DeviceArg::Emu),
             "cuda" => Ok(DeviceArg::Cuda(0)),
             _ => s
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceArg::Cuda)
-                .ok_or_else(|| format!("`{s}` is not auto, cpu, cuda or cuda:N")),
+                .ok_or_else(|| format!("`{s}` is not auto, cpu, emu, cuda or cuda:N")),
         }
     }
 }
 
-/// The accumulator model of the CPU reference (DESIGN.md §3).
+/// The accumulator model of the CPU reference and of the emulator's tensor cores (DESIGN.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AccumulatorArg {
     /// FP32 additions.
@@ -70,7 +73,7 @@ pub enum AccumulatorArg {
 pub struct RunArgs {
     /// A directory written by `dsc compile`.
     pub dir: PathBuf,
-    /// auto, cpu, cuda or cuda:N.
+    /// auto, cpu, emu (the PTX emulator) or cuda[:N].
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
     /// Inputs by name (safetensors) [default: random inputs, seed 0].
@@ -85,7 +88,7 @@ pub struct RunArgs {
     /// Write the outputs here (safetensors).
     #[arg(long, value_name = "OUT.safetensors")]
     pub output: Option<PathBuf>,
-    /// How the CPU reference sums FP8 products.
+    /// How the CPU reference and the emulator's tensor cores sum FP8 products.
     #[arg(long, value_enum, default_value = "exact")]
     pub accumulator: AccumulatorArg,
 }
@@ -195,15 +198,25 @@ pub struct QuantizeWeightsArgs {
 pub struct BenchArgs {
     /// A directory written by `dsc compile`.
     pub dir: PathBuf,
-    /// auto, cpu, cuda or cuda:N.
+    /// auto, cpu, emu (the PTX emulator: times modeled) or cuda[:N].
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
-    /// Timed forward passes (the table shows medians).
-    #[arg(long, default_value_t = 10)]
-    pub iters: usize,
-    /// Untimed forward passes first.
-    #[arg(long, default_value_t = 1)]
-    pub warmup: usize,
+    /// Timed forward passes (the table shows medians) [default: 10; 1 on emu].
+    #[arg(long, value_name = "N")]
+    pub iters: Option<usize>,
+    /// Untimed forward passes first [default: 1; 0 on emu].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<usize>,
+    /// Also write the per-step results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// On emu: emulate at most N CTAs of each launch and scale its profile to the grid
+    /// (modeled times only; the outputs are then partial).
+    #[arg(long, value_name = "N")]
+    pub sample_ctas: Option<std::num::NonZeroU64>,
+    /// How the CPU reference and the emulator's tensor cores sum FP8 products.
+    #[arg(long, value_enum, default_value = "exact")]
+    pub accumulator: AccumulatorArg,
     /// Weights: a .safetensors file or a Hugging Face checkpoint directory.
     #[arg(long, value_name = "PATH", conflicts_with = "random_weights")]
     pub weights: Option<PathBuf>,

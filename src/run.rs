@@ -4,11 +4,10 @@
 use crate::cli::{AccumulatorArg, DeviceArg, RunArgs};
 use crate::diagnostic::Diagnostic;
 use dsc_kernels::Accumulator;
-use dsc_runtime::cpu::CpuOptions;
 use dsc_runtime::inputs::{random_inputs, read_inputs};
 use dsc_runtime::{
-    Artifact, Checkpoint, Device, HostTensor, Session, SessionOptions, beyond_last_layer,
-    write_safetensors,
+    Artifact, Checkpoint, Device, HostTensor, Session, SessionOptions, StepTiming,
+    beyond_last_layer, write_safetensors,
 };
 use std::path::Path;
 use std::time::Instant;
@@ -23,6 +22,7 @@ pub fn device_of(arg: DeviceArg) -> Device {
     match arg {
         DeviceArg::Auto => Device::Auto,
         DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Emu => Device::Emulator,
         DeviceArg::Cuda(n) => Device::Cuda(n),
     }
 }
@@ -35,21 +35,21 @@ pub enum WeightsSource<'p> {
     Random(u64),
 }
 
+/// Session options with `accumulator` for the CPU reference and the emulator's tensor cores.
+pub fn session_options(accumulator: AccumulatorArg) -> SessionOptions {
+    SessionOptions::default().with_accumulator(match accumulator {
+        AccumulatorArg::Exact => Accumulator::Exact,
+        AccumulatorArg::Hopper => Accumulator::Hopper,
+    })
+}
+
 /// Opens a session for `artifact` on `device`, prints the device (and why), and loads weights.
 pub fn open_session<'a>(
     artifact: &'a Artifact,
     device: DeviceArg,
-    accumulator: AccumulatorArg,
+    options: SessionOptions,
     weights: WeightsSource<'_>,
 ) -> Result<Session<'a>, Diagnostic> {
-    let options = SessionOptions {
-        cpu: CpuOptions {
-            accumulator: match accumulator {
-                AccumulatorArg::Exact => Accumulator::Exact,
-                AccumulatorArg::Hopper => Accumulator::Hopper,
-            },
-        },
-    };
     let mut session =
         Session::with_options(artifact, device_of(device), options).map_err(runtime_error)?;
     println!("device: {}", session.device());
@@ -89,7 +89,8 @@ pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
         Some(path) => read_inputs(&artifact.graph, path).map_err(runtime_error)?,
         None => random_inputs(&artifact.graph, 0),
     };
-    let mut session = open_session(&artifact, args.device, args.accumulator, weights)?;
+    let options = session_options(args.accumulator);
+    let mut session = open_session(&artifact, args.device, options, weights)?;
     let start = Instant::now();
     let outputs = session.run(&inputs).map_err(runtime_error)?;
     let elapsed = start.elapsed();
@@ -101,6 +102,9 @@ pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
         session.device().short_name(),
         elapsed.as_secs_f64() * 1e3
     );
+    if let Some(model) = modeled_total(session.timings()) {
+        println!("{model}");
+    }
     for (name, t) in &outputs {
         println!("  {}", describe(name, t));
     }
@@ -110,6 +114,22 @@ pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// On the emulator, the modeled time of the run's steps together (the wall time above is the
+/// emulation's); `None` when the steps were measured, not modeled.
+pub fn modeled_total(timings: &[StepTiming]) -> Option<String> {
+    let device = &timings.first()?.modeled.as_ref()?.device;
+    let seconds: f64 = timings
+        .iter()
+        .filter_map(|t| t.modeled.as_ref())
+        .map(|m| m.seconds)
+        .sum();
+    Some(format!(
+        "modeled: {:.4} ms for the {} steps on {device} (roofline model, not measured)",
+        seconds * 1e3,
+        timings.len()
+    ))
 }
 
 /// One line per output: dtype, shape, summary statistics and the first values.

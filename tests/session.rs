@@ -130,3 +130,83 @@ fn bench_prints_a_row_per_step_and_the_forward_median() {
         "--iters",
     );
 }
+
+/// `--json` writes one object per step; `--sample-ctas` is for the emulator only.
+#[test]
+fn bench_writes_json_and_refuses_sampling_off_the_emulator() {
+    let tmp = TempDir::new("session-bench-json");
+    let dir = compile(&tmp, "mlp");
+    let json = tmp.join("bench.json");
+    let json_arg = json.to_string_lossy().into_owned();
+    let out = dsc(&[
+        "bench", &dir, "--device", "cpu", "--iters", "1", "--json", &json_arg,
+    ]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
+        .expect("bench --json writes JSON");
+    assert_eq!(doc["device"], "cpu");
+    assert_eq!(doc["modeled"], false);
+    let steps = doc["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 5, "{doc}");
+    for step in steps {
+        for key in ["op", "kernel", "seconds", "flops", "bytes"] {
+            assert!(step.get(key).is_some(), "`{key}` missing in {step}");
+        }
+        assert!(step.get("modeled_seconds").is_none(), "{step}");
+    }
+    fails_with(
+        &["bench", &dir, "--device", "cpu", "--sample-ctas", "4"],
+        "--sample-ctas applies to --device emu only",
+    );
+    assert_eq!(
+        dsc(&["bench", &dir, "--device", "emu", "--sample-ctas", "0"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+/// `--device emu`: the artifact's PTX on the emulator, times labelled modeled; one iteration
+/// and no warm-up by default; `--sample-ctas` and `--json` with the modeled fields.
+#[test]
+fn emu_runs_and_benches_with_modeled_times() {
+    let tmp = TempDir::new("session-emu");
+    let dir = compile(&tmp, "mlp");
+    let out = dsc(&["run", &dir, "--device", "emu", "--random-weights", "1"]);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(
+            "device: emu: PTX emulator for sm_90a, times modeled on H100 SXM (requested)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("modeled: "), "{stdout}");
+    for sample in [None, Some("2")] {
+        let json = tmp.join("emu.json");
+        let json_arg = json.to_string_lossy().into_owned();
+        let mut args = vec!["bench", &dir, "--device", "emu", "--json", &json_arg];
+        if let Some(n) = sample {
+            args.extend(["--sample-ctas", n]);
+        }
+        let out = dsc(&args);
+        let (stdout, stderr) = streams(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stdout.contains("mlp on emu: 1 iterations after 0 warm-up")
+                && stdout.contains("times are MODELED")
+                && stdout.contains("modeled ms"),
+            "{stdout}"
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(doc["modeled"], true);
+        let steps = doc["steps"].as_array().expect("steps");
+        assert_eq!(steps.len(), 5, "{doc}");
+        for step in steps {
+            for key in ["modeled_seconds", "modeled_peak_fraction", "bound"] {
+                assert!(step.get(key).is_some(), "`{key}` missing in {step}");
+            }
+        }
+    }
+}

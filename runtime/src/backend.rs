@@ -1,6 +1,7 @@
 //! What a session needs of a backend: take the weights once, run the plan on named inputs, and
-//! time each step. The CPU backend ([`crate::cpu::CpuBackend`]) and the CUDA backend
-//! ([`crate::cuda::CudaBackend`]) implement it.
+//! time each step. The CPU backend ([`crate::cpu::CpuBackend`]), the CUDA backend
+//! ([`crate::cuda::CudaBackend`]) and the emulator backend ([`crate::emu::EmuBackend`])
+//! implement it.
 
 use std::collections::HashMap;
 
@@ -15,12 +16,38 @@ pub struct StepTiming {
     pub op: String,
     /// The kernel it ran: the PTX entry on CUDA, the op kind's CPU reference on the CPU.
     pub kernel: String,
-    /// Seconds (CUDA events on the GPU, wall clock on the CPU).
+    /// Seconds (CUDA events on the GPU, wall clock on the CPU; on the emulator the modeled
+    /// time, as in [`StepTiming::modeled`]).
     pub seconds: f64,
     /// Matrix-product FLOPs (0 for other ops).
     pub flops: u64,
     /// Bytes the step reads and writes at least once.
     pub bytes: u64,
+    /// On the emulator: the roofline model's view of the step (always labelled modeled: no
+    /// GPU ran it). `None` on the CPU and on CUDA, which measure.
+    pub modeled: Option<ModeledTiming>,
+}
+
+/// A step's time as the emulator's roofline model predicts it from the launch's profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModeledTiming {
+    /// Modeled seconds on the device model.
+    pub seconds: f64,
+    /// Fraction of the binding resource's peak the step achieves in the model.
+    pub peak_fraction: f64,
+    /// The binding resource, as the emulator names it (`tensor_core`, `issue`, `dram`, …).
+    pub bound: String,
+    /// The device model (`H100 SXM`, …).
+    pub device: String,
+}
+
+/// When a step-by-step run calls its observer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepPhase {
+    /// Before the step is launched (its operands are ready).
+    Before,
+    /// After the step finished.
+    After,
 }
 
 /// A backend executing an artifact's plan.

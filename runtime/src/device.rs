@@ -1,10 +1,11 @@
-//! Which device a session runs on, and why: the request (`auto`, `cpu`, `cuda:N`) and the
-//! resolved choice with its reason, so `dsc run --device auto` can say what it picked.
+//! Which device a session runs on, and why: the request (`auto`, `cpu`, `emu`, `cuda:N`) and
+//! the resolved choice with its reason, so `dsc run --device auto` can say what it picked.
 
 use std::fmt;
 
 use crate::artifact::Artifact;
 use crate::cuda::{DeviceInfo, check_target, probe};
+use crate::emu::EmulatorInfo;
 use crate::error::RuntimeError;
 
 /// The device a session is asked to run on.
@@ -17,6 +18,9 @@ pub enum Device {
     Cpu,
     /// The CUDA device with this ordinal.
     Cuda(usize),
+    /// The PTX emulator (the artifact's own PTX and launch plan on the CPU, times modeled).
+    /// [`Device::Auto`] never picks it: it is for checking and modeling, not for speed.
+    Emulator,
 }
 
 /// The device a session resolved to.
@@ -26,6 +30,8 @@ pub enum ResolvedDevice {
     Cpu,
     /// A CUDA device.
     Cuda(DeviceInfo),
+    /// The PTX emulator.
+    Emulator(EmulatorInfo),
 }
 
 /// The resolved device and why it was chosen.
@@ -42,15 +48,17 @@ impl fmt::Display for DeviceChoice {
         match &self.device {
             ResolvedDevice::Cpu => write!(f, "cpu ({})", self.reason),
             ResolvedDevice::Cuda(info) => write!(f, "{info} ({})", self.reason),
+            ResolvedDevice::Emulator(info) => write!(f, "{info} ({})", self.reason),
         }
     }
 }
 
 impl DeviceChoice {
-    /// A short name: `cpu` or `cuda:N`.
+    /// A short name: `cpu`, `emu` or `cuda:N`.
     pub fn short_name(&self) -> String {
         match &self.device {
             ResolvedDevice::Cpu => "cpu".to_string(),
+            ResolvedDevice::Emulator(_) => "emu".to_string(),
             ResolvedDevice::Cuda(info) => format!("cuda:{}", info.ordinal),
         }
     }
@@ -58,13 +66,22 @@ impl DeviceChoice {
 
 /// Resolves `request` for `artifact`. `Cuda(n)` fails with the reason it cannot run (no driver,
 /// no such device, a GPU older than the target, no launch plan); `Auto` falls back to the CPU
-/// with that reason.
+/// with that reason (never to the emulator). `Emulator` needs a launch plan.
 pub fn choose_device(artifact: &Artifact, request: Device) -> Result<DeviceChoice, RuntimeError> {
     match request {
         Device::Cpu => Ok(DeviceChoice {
             device: ResolvedDevice::Cpu,
             reason: "requested".to_string(),
         }),
+        Device::Emulator => {
+            require_launch_plan(artifact)?;
+            Ok(DeviceChoice {
+                device: ResolvedDevice::Emulator(EmulatorInfo::for_target(
+                    &artifact.manifest.target,
+                )),
+                reason: "requested".to_string(),
+            })
+        }
         Device::Cuda(ordinal) => cuda_device(artifact, ordinal).map(|info| DeviceChoice {
             device: ResolvedDevice::Cuda(info),
             reason: "requested".to_string(),
@@ -93,13 +110,20 @@ fn cuda_device(artifact: &Artifact, ordinal: usize) -> Result<DeviceInfo, Runtim
             count: devices.len(),
         })?;
     check_target(&artifact.manifest.target, &info)?;
-    if !artifact.has_launch_plan() {
-        return Err(RuntimeError::NoLaunchPlan {
+    require_launch_plan(artifact)?;
+    Ok(info)
+}
+
+/// Ok when the artifact's manifest has launch steps (the CUDA and emulator backends run them).
+fn require_launch_plan(artifact: &Artifact) -> Result<(), RuntimeError> {
+    if artifact.has_launch_plan() {
+        Ok(())
+    } else {
+        Err(RuntimeError::NoLaunchPlan {
             message: format!(
                 "{} has no GPU launch plan (its manifest lists no steps)",
                 artifact.dir.display()
             ),
-        });
+        })
     }
-    Ok(info)
 }

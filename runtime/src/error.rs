@@ -154,6 +154,28 @@ pub enum RuntimeError {
         total: u64,
     },
 
+    /// The PTX emulator cannot load the artifact's module (a parse error, a missing entry).
+    #[error("the emulator cannot load {}: {message}", module.display())]
+    EmulatorLoad {
+        /// The PTX file.
+        module: PathBuf,
+        /// The emulator's words (with the PTX line where it gave one).
+        message: String,
+    },
+
+    /// A launch step failed on the PTX emulator (a fault, an unimplemented instruction, a hang).
+    #[error("emulator: step {step} (op `{op}`, kernel `{kernel}`): {message}")]
+    Emulator {
+        /// The step's index in the manifest's launch plan.
+        step: usize,
+        /// The op the step computes.
+        op: String,
+        /// The kernel entry.
+        kernel: String,
+        /// The emulator's words (kernel, PTX line, thread, address where it knows them).
+        message: String,
+    },
+
     /// The graph breaks an invariant the runtime relies on (e.g. an FP8 weight without its
     /// `weight_scale_inv` parameter).
     #[error("graph `{graph}`: {message}")]
@@ -247,6 +269,17 @@ mod tests {
         assert_eq!(
             ptx.to_string(),
             "the CUDA driver refused build/m/kernels.ptx (kernel `fp8_gemm_64x128`): CUDA_ERROR_NOT_FOUND"
+        );
+        let step = RuntimeError::Emulator {
+            step: 3,
+            op: "model.layers.0.mlp".into(),
+            kernel: "fp8_gemm_64x128".into(),
+            message: "kernel `fp8_gemm_64x128`, PTX line 12: `foo` is not implemented".into(),
+        };
+        assert_eq!(
+            step.to_string(),
+            "emulator: step 3 (op `model.layers.0.mlp`, kernel `fp8_gemm_64x128`): kernel \
+             `fp8_gemm_64x128`, PTX line 12: `foo` is not implemented"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! dsc's embedded runtime: loads an artifact ([`Artifact`]: `manifest.json`, `graph.dsc`,
 //! `kernels.ptx`), its weights (safetensors) and inputs, and runs it in a [`Session`] on a CUDA
-//! device (through cudarc) or on the CPU backend (the kernels' reference implementations).
+//! device (through cudarc), on the PTX emulator (`dsc-emulator`: the same PTX and launch plan
+//! on the CPU, times modeled) or on the CPU backend (the kernels' reference implementations).
 //!
 //! It never depends on `dsc-codegen` or MLIR: a machine that only runs artifacts needs neither.
 //! CUDA is loaded dynamically; [`cuda::probe`] tells whether a driver and devices are present.
@@ -11,8 +12,10 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod emu;
 pub mod error;
 pub mod inputs;
+mod memory_plan;
 pub mod quantize_checkpoint;
 pub mod random_weights;
 pub mod session;
@@ -22,10 +25,11 @@ mod testutil;
 pub mod weights;
 
 pub use artifact::Artifact;
-pub use backend::{Backend, StepTiming};
+pub use backend::{Backend, ModeledTiming, StepPhase, StepTiming};
 pub use checkpoint::{Checkpoint, TensorView};
 pub use cuda::{DeviceInfo, probe};
 pub use device::{Device, DeviceChoice, ResolvedDevice};
+pub use emu::{EmuBackend, EmuOptions, EmulatorInfo};
 pub use error::{RuntimeError, WeightProblems};
 pub use random_weights::random_weights;
 pub use session::{Session, SessionOptions};

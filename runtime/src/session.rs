@@ -27,6 +27,7 @@ use crate::checkpoint::Checkpoint;
 use crate::cpu::{CpuBackend, CpuOptions};
 use crate::cuda::CudaBackend;
 use crate::device::{Device, DeviceChoice, ResolvedDevice, choose_device};
+use crate::emu::{EmuBackend, EmuOptions};
 use crate::error::RuntimeError;
 use crate::inputs::check_inputs;
 use crate::random_weights::random_weights;
@@ -36,8 +37,21 @@ use crate::weights::{Weights, load_weights};
 /// Options of a session.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SessionOptions {
-    /// Options of the CPU backend (its accumulator model); unused on CUDA.
+    /// Options of the CPU backend (its accumulator model); unused elsewhere.
     pub cpu: CpuOptions,
+    /// Options of the emulator backend (its tensor cores' accumulator model, CTA sampling);
+    /// unused elsewhere. [`SessionOptions::with_accumulator`] sets both accumulators.
+    pub emulator: EmuOptions,
+}
+
+impl SessionOptions {
+    /// The same options with `accumulator` as the accumulator model of the CPU reference and
+    /// of the emulator's tensor cores (CUDA's tensor cores have their own).
+    pub fn with_accumulator(mut self, accumulator: dsc_kernels::Accumulator) -> Self {
+        self.cpu.accumulator = accumulator;
+        self.emulator.accumulator = accumulator;
+        self
+    }
 }
 
 /// One artifact on one device, with its weights: run it as often as needed. On CUDA the module,
@@ -56,8 +70,8 @@ impl<'a> Session<'a> {
         Self::with_options(artifact, device, SessionOptions::default())
     }
 
-    /// A session for `artifact` on `device`. On CUDA this loads the PTX and allocates every
-    /// device buffer; errors say why the device cannot run the artifact.
+    /// A session for `artifact` on `device`. On CUDA and on the emulator this loads the PTX
+    /// and allocates every device buffer; errors say why the device cannot run the artifact.
     pub fn with_options(
         artifact: &'a Artifact,
         device: Device,
@@ -67,6 +81,7 @@ impl<'a> Session<'a> {
         let backend: Box<dyn Backend + 'a> = match &device.device {
             ResolvedDevice::Cpu => Box::new(CpuBackend::new(&artifact.graph, options.cpu)),
             ResolvedDevice::Cuda(info) => Box::new(CudaBackend::new(artifact, info)?),
+            ResolvedDevice::Emulator(_) => Box::new(EmuBackend::new(artifact, options.emulator)?),
         };
         Ok(Session {
             artifact,

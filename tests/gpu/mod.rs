@@ -1,56 +1,118 @@
 //! GPU tests: every launch step of compiled models against the CPU reference of its op, and
-//! whole models against the CPU backend (DESIGN.md §7).
+//! whole models against the CPU backend (DESIGN.md §7), for both targets (`sm_90a`, `sm_89`).
 //!
-//! They run where a CUDA driver and a GPU able to run the artifact are present. Elsewhere each
-//! prints `SKIPPED: <test>: <why>` to stderr and returns (shown with
+//! Every test runs on the PTX emulator (`--device emu`: the artifact's own PTX and launch plan
+//! on the CPU) in every test run, no GPU needed; and also on CUDA device 0 where a driver and a
+//! GPU able to run the target are present. Where CUDA cannot run a target the test prints
+//! `SKIPPED: <test> on cuda (<target>): <why>` to stderr (shown with
 //! `cargo nextest run -p dsc gpu --success-output immediate` or `cargo test gpu -- --nocapture`).
-//! With `DSC_GPU_TESTS=1` a missing GPU is a failure instead, so a GPU CI job cannot pass by
-//! skipping.
+//! With `DSC_GPU_TESTS=1` a test that ran on no GPU at all fails instead, so a GPU CI job cannot
+//! pass by skipping.
 
 mod models;
 mod steps;
 pub mod tolerance;
 
+use std::fmt;
+
 use crate::support::{TempDir, dsc, streams};
 use dsc_runtime::cuda::{DeviceInfo, check_target, probe};
-use dsc_runtime::{Artifact, RuntimeError};
+use dsc_runtime::{Artifact, Device, RuntimeError};
 
-/// True when `DSC_GPU_TESTS=1`: GPU tests must run.
+/// The targets every GPU test compiles for.
+pub const TARGETS: [&str; 2] = ["sm_90a", "sm_89"];
+
+/// True when `DSC_GPU_TESTS=1`: GPU tests must run on a GPU.
 fn required() -> bool {
     std::env::var("DSC_GPU_TESTS").is_ok_and(|v| v == "1")
 }
 
-/// Skips (prints why and returns `None`) or, under `DSC_GPU_TESTS=1`, fails.
-fn skip<T>(test: &str, why: &str) -> Option<T> {
-    assert!(!required(), "DSC_GPU_TESTS=1 but {test} cannot run: {why}");
-    eprintln!("SKIPPED: {test}: {why} (set DSC_GPU_TESTS=1 to make this a failure)");
-    None
+/// Where one comparison runs.
+#[derive(Debug, Clone)]
+pub enum On {
+    /// The PTX emulator.
+    Emulator,
+    /// A CUDA device.
+    Cuda(DeviceInfo),
 }
 
-/// CUDA device 0, or `None` after saying why there is none.
-pub fn gpu_or_skip(test: &str) -> Option<DeviceInfo> {
-    match probe() {
-        Ok(devices) => devices.into_iter().next(),
-        Err(RuntimeError::NoDriver) => skip(test, "no CUDA driver"),
-        Err(error) => skip(test, &error.to_string()),
+impl On {
+    /// The session device.
+    pub fn device(&self) -> Device {
+        match self {
+            On::Emulator => Device::Emulator,
+            On::Cuda(info) => Device::Cuda(info.ordinal),
+        }
     }
 }
 
-/// Compiles `model` (a path under the workspace root) for `device`'s target into `tmp` and
-/// loads it, or `None` after saying why it cannot run there (a GPU older than sm_89).
-pub fn compiled_for(
-    test: &str,
-    tmp: &TempDir,
-    model: &str,
-    device: &DeviceInfo,
-) -> Option<Artifact> {
-    let dir = tmp.join("artifact");
-    // Hopper gets its own target; Ada and anything newer the portable sm_89 module.
-    let target = if device.compute_capability == (9, 0) {
-        "sm_90a"
-    } else {
-        "sm_89"
-    };
+impl fmt::Display for On {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            On::Emulator => f.write_str("emu"),
+            On::Cuda(info) => write!(f, "{info}"),
+        }
+    }
+}
+
+/// CUDA device 0 as found once per test, and whether any comparison ran on it.
+pub struct Gpu {
+    device: Result<DeviceInfo, String>,
+    ran: bool,
+}
+
+impl Gpu {
+    /// Probes for CUDA device 0.
+    pub fn probe() -> Gpu {
+        let device = match probe() {
+            Ok(devices) => devices
+                .into_iter()
+                .next()
+                .ok_or_else(|| "the driver reports no device".to_string()),
+            Err(RuntimeError::NoDriver) => Err("no CUDA driver".to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        Gpu { device, ran: false }
+    }
+
+    /// Where `artifact` runs in `test`: the emulator always, then the GPU when it can run the
+    /// artifact's target (else a `SKIPPED` line says why).
+    pub fn backends(&mut self, test: &str, artifact: &Artifact) -> Vec<On> {
+        let target = &artifact.manifest.target;
+        let mut on = vec![On::Emulator];
+        let why = match &self.device {
+            Ok(info) => match check_target(target, info) {
+                Ok(()) => {
+                    self.ran = true;
+                    on.push(On::Cuda(info.clone()));
+                    return on;
+                }
+                Err(error) => error.to_string(),
+            },
+            Err(why) => why.clone(),
+        };
+        eprintln!(
+            "SKIPPED: {test} on cuda ({target}): {why} (it ran on the emulator; set \
+             DSC_GPU_TESTS=1 to require a GPU)"
+        );
+        on
+    }
+
+    /// Fails under `DSC_GPU_TESTS=1` when no comparison of `test` ran on a GPU.
+    pub fn finish(&self, test: &str) {
+        if required() && !self.ran {
+            let why = match &self.device {
+                Ok(info) => format!("{info} runs none of the targets {TARGETS:?}"),
+                Err(why) => why.clone(),
+            };
+            panic!("DSC_GPU_TESTS=1 but {test} ran on no GPU: {why}");
+        }
+    }
+}
+
+/// Compiles `model` (a path under the workspace root) for `target` into `tmp` and loads it.
+pub fn compiled(tmp: &TempDir, model: &str, target: &str) -> Artifact {
+    let dir = tmp.join(target);
     let out = dsc(&[
         "compile",
         model,
@@ -59,14 +121,15 @@ pub fn compiled_for(
         "-o",
         &dir.to_string_lossy(),
     ]);
-    assert!(out.status.success(), "{model}: {}", streams(&out).1);
-    let artifact = Artifact::load(&dir).unwrap_or_else(|e| panic!("{model}: {e}"));
+    assert!(
+        out.status.success(),
+        "{model} ({target}): {}",
+        streams(&out).1
+    );
+    let artifact = Artifact::load(&dir).unwrap_or_else(|e| panic!("{model} ({target}): {e}"));
     assert!(
         artifact.has_launch_plan(),
-        "{model}: the manifest has no launch steps"
+        "{model} ({target}): the manifest has no launch steps"
     );
-    if let Err(error) = check_target(&artifact.manifest.target, device) {
-        return skip(test, &error.to_string());
-    }
-    Some(artifact)
+    artifact
 }

@@ -1,86 +1,160 @@
-//! Every launch step of each compiled model on the GPU against the CPU reference of its op,
-//! fed the very operands the GPU step read (so errors do not accumulate across steps).
+//! Every launch step of each compiled model, on the emulator and on the GPU, against the CPU
+//! reference of its op fed the very operands the step read (so errors do not accumulate across
+//! steps), for both targets.
 
 use super::tolerance::{compare, rule_for};
-use super::{compiled_for, gpu_or_skip};
+use super::{Gpu, On, TARGETS, compiled};
 use crate::support::TempDir;
 use dsc_ir::{DType, Graph, Op};
+use dsc_kernels::manifest::LaunchStep;
 use dsc_runtime::cpu::{CpuOptions, execute_op};
-use dsc_runtime::cuda::{CudaBackend, StepPhase};
+use dsc_runtime::cuda::CudaBackend;
 use dsc_runtime::inputs::random_inputs;
-use dsc_runtime::{Backend, HostTensor, random_weights};
+use dsc_runtime::{
+    Artifact, Backend, EmuBackend, EmuOptions, HostTensor, RuntimeError, StepPhase, random_weights,
+};
 use std::collections::HashMap;
 
 /// Makes a run's inputs for a graph.
 type MakeInputs = dyn Fn(&Graph) -> HashMap<String, HostTensor>;
 
-/// Runs `model` step by step on the GPU with `inputs` (random when `None`) and compares every
-/// op's results with the CPU reference on the GPU's operands; fails listing every mismatch.
-fn check_every_step(test: &str, model: &str, inputs: Option<&MakeInputs>) {
-    let Some(device) = gpu_or_skip(test) else {
-        return;
-    };
-    let tmp = TempDir::new(test);
-    let Some(artifact) = compiled_for(test, &tmp, model, &device) else {
-        return;
-    };
-    let graph = &artifact.graph;
-    let inputs = inputs.map_or_else(|| random_inputs(graph, 7), |make| make(graph));
-    let mut backend = CudaBackend::new(&artifact, &device).expect("the backend loads");
-    backend
-        .set_weights(random_weights(graph, 11).unwrap())
-        .expect("weights upload");
-    let ops: HashMap<&str, &Op> = graph.ops.iter().map(|op| (graph.op_name(op), op)).collect();
-    let steps = &artifact.manifest.steps;
-    // An op may take several launches: read operands before its first, compare after its last.
-    let first = |i: usize| i == 0 || steps[i - 1].op != steps[i].op;
-    let last = |i: usize| i + 1 == steps.len() || steps[i + 1].op != steps[i].op;
-    let mut operands: Vec<HostTensor> = Vec::new();
-    let mut failures: Vec<String> = Vec::new();
-    let mut compared = 0;
-    backend
-        .run_step_by_step(&inputs, &mut |i, phase, backend| {
-            let op = ops[steps[i].op.as_str()];
-            match phase {
-                StepPhase::Before if first(i) => {
-                    operands = op
-                        .operands
-                        .iter()
-                        .map(|&v| backend.read_tensor(graph.name(v)))
-                        .collect::<Result<_, _>>()?;
-                }
-                StepPhase::After if last(i) => {
-                    let refs: Vec<&HostTensor> = operands.iter().collect();
-                    let expected = execute_op(graph, op, &refs, &CpuOptions::default())?;
-                    for (k, (&r, want)) in op.results.iter().zip(&expected).enumerate() {
-                        let got = backend.read_tensor(graph.name(r))?;
-                        let rule = rule_for(op.kind, k, want.dtype);
-                        if let Err(why) = compare(rule, &got, want) {
-                            failures.push(format!(
-                                "step {i} op `{}` ({}, kernel `{}`) result `{}` [{rule:?}]: {why}",
-                                steps[i].op,
-                                op.kind.name(),
-                                steps[i].kernel,
-                                graph.name(r)
-                            ));
-                        }
-                    }
-                    compared += 1;
-                }
-                _ => {}
+/// Reads a tensor of the backend under test by name.
+type Read<'r> = dyn FnMut(&str) -> Result<HostTensor, RuntimeError> + 'r;
+
+/// Compares each op's results after its last step with the CPU reference run on the operands
+/// read before its first step, collecting every mismatch.
+struct StepChecker<'a> {
+    graph: &'a Graph,
+    ops: HashMap<&'a str, &'a Op>,
+    steps: &'a [LaunchStep],
+    operands: Vec<HostTensor>,
+    failures: Vec<String>,
+    compared: usize,
+}
+
+impl<'a> StepChecker<'a> {
+    fn new(artifact: &'a Artifact) -> Self {
+        let graph = &artifact.graph;
+        StepChecker {
+            graph,
+            ops: graph.ops.iter().map(|op| (graph.op_name(op), op)).collect(),
+            steps: &artifact.manifest.steps,
+            operands: Vec::new(),
+            failures: Vec::new(),
+            compared: 0,
+        }
+    }
+
+    /// The step-by-step observer: `read` reads the backend's tensors.
+    fn observe(
+        &mut self,
+        i: usize,
+        phase: StepPhase,
+        read: &mut Read<'_>,
+    ) -> Result<(), RuntimeError> {
+        let steps = self.steps;
+        let graph = self.graph;
+        let op = self.ops[steps[i].op.as_str()];
+        // An op may take several launches: read operands before its first, compare after its last.
+        let first = i == 0 || steps[i - 1].op != steps[i].op;
+        let last = i + 1 == steps.len() || steps[i + 1].op != steps[i].op;
+        match phase {
+            StepPhase::Before if first => {
+                self.operands = op
+                    .operands
+                    .iter()
+                    .map(|&v| read(graph.name(v)))
+                    .collect::<Result<_, _>>()?;
             }
-            Ok(())
-        })
-        .expect("the plan runs");
+            StepPhase::After if last => {
+                let refs: Vec<&HostTensor> = self.operands.iter().collect();
+                let expected = execute_op(graph, op, &refs, &CpuOptions::default())?;
+                for (k, (&r, want)) in op.results.iter().zip(&expected).enumerate() {
+                    let got = read(graph.name(r))?;
+                    let rule = rule_for(op.kind, k, want.dtype);
+                    if let Err(why) = compare(rule, &got, want) {
+                        self.failures.push(format!(
+                            "step {i} op `{}` ({}, kernel `{}`) result `{}` [{rule:?}]: {why}",
+                            steps[i].op,
+                            op.kind.name(),
+                            steps[i].kernel,
+                            graph.name(r)
+                        ));
+                    }
+                }
+                self.compared += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Runs `artifact` step by step `on` a backend and checks every op; returns the mismatches
+/// (or the failed run) as sentences naming the step, op and kernel.
+fn check_on(
+    on: &On,
+    artifact: &Artifact,
+    inputs: &HashMap<String, HostTensor>,
+) -> Result<usize, Vec<String>> {
+    let graph = &artifact.graph;
+    let weights = random_weights(graph, 11).expect("random weights");
+    let mut checker = StepChecker::new(artifact);
+    let ran = match on {
+        On::Emulator => EmuBackend::new(artifact, EmuOptions::default()).and_then(|mut b| {
+            b.set_weights(weights)?;
+            b.run_step_by_step(inputs, &mut |i, phase, b| {
+                checker.observe(i, phase, &mut |name| b.read_tensor(name))
+            })
+        }),
+        On::Cuda(device) => CudaBackend::new(artifact, device).and_then(|mut b| {
+            b.set_weights(weights)?;
+            b.run_step_by_step(inputs, &mut |i, phase, b| {
+                checker.observe(i, phase, &mut |name| b.read_tensor(name))
+            })
+        }),
+    };
+    let mut failures = checker.failures;
+    if let Err(error) = ran {
+        failures.push(format!("the plan failed: {error}"));
+    }
+    if failures.is_empty() {
+        Ok(checker.compared)
+    } else {
+        Err(failures)
+    }
+}
+
+/// Runs `model`, compiled for each target, step by step on the emulator and the GPU (where
+/// present) with `inputs` (random when `None`), comparing every op's results with the CPU
+/// reference on the backend's own operands; fails listing every mismatch of every run.
+fn check_every_step(test: &str, model: &str, inputs: Option<&MakeInputs>) {
+    let tmp = TempDir::new(test);
+    let mut gpu = Gpu::probe();
+    let mut failures: Vec<String> = Vec::new();
+    for target in TARGETS {
+        let artifact = compiled(&tmp, model, target);
+        let graph = &artifact.graph;
+        let inputs = inputs.map_or_else(|| random_inputs(graph, 7), |make| make(graph));
+        let steps = artifact.manifest.steps.len();
+        for on in gpu.backends(test, &artifact) {
+            match check_on(&on, &artifact, &inputs) {
+                Ok(compared) => {
+                    eprintln!("{model} ({target}) on {on}: {compared} ops ({steps} steps) match")
+                }
+                Err(errors) => failures.push(format!(
+                    "{model} ({target}) on {on}: {} problem(s):\n  {}",
+                    errors.len(),
+                    errors.join("\n  ")
+                )),
+            }
+        }
+    }
+    gpu.finish(test);
     assert!(
         failures.is_empty(),
-        "{model} on {device}: {} of {compared} ops differ from the CPU reference:\n{}",
-        failures.len(),
+        "ops differ from the CPU reference:\n{}",
         failures.join("\n")
-    );
-    eprintln!(
-        "{model} on {device}: {compared} ops ({} steps) match",
-        steps.len()
     );
 }
 

@@ -61,6 +61,7 @@ impl Backend for CpuBackend<'_> {
                     seconds: elapsed.as_secs_f64(),
                     flops: cost.flops,
                     bytes: cost.bytes,
+                    modeled: None,
                 });
             },
         )

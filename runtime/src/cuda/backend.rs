@@ -10,23 +10,15 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaStream, sys};
 use dsc_ir::DType;
 
 use super::launch::{PreparedStep, launch, prepare};
-use super::memory::{DeviceMemory, MemoryPlan};
+use super::memory::DeviceMemory;
 use super::module::KernelModule;
 use super::probe::{DeviceInfo, driver_error, driver_present, without_driver_panics};
-use crate::artifact::{Artifact, check_manifest};
-use crate::backend::{Backend, StepTiming};
+use crate::artifact::Artifact;
+use crate::backend::{Backend, StepPhase, StepTiming};
 use crate::error::RuntimeError;
+use crate::memory_plan::MemoryPlan;
 use crate::tensor::{HostTensor, safetensors_dtype};
 use crate::weights::Weights;
-
-/// When [`CudaBackend::run_step_by_step`] calls its observer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepPhase {
-    /// Before the step is launched (its operands are ready).
-    Before,
-    /// After the step finished.
-    After,
-}
 
 /// An artifact loaded on one GPU.
 pub struct CudaBackend<'a> {
@@ -58,15 +50,7 @@ impl<'a> CudaBackend<'a> {
         if !driver_present() {
             return Err(RuntimeError::NoDriver);
         }
-        // The launches below trust the manifest's offsets and sizes: check them again, since
-        // an `Artifact`'s fields are public and may have changed since it was loaded.
-        let problems = check_manifest(&artifact.manifest, &artifact.graph);
-        if !problems.is_empty() {
-            return Err(RuntimeError::ManifestMismatch {
-                path: artifact.dir.join(dsc_kernels::manifest::files::MANIFEST),
-                problems,
-            });
-        }
+        let plan = MemoryPlan::of_artifact(artifact)?;
         let ctx = CudaContext::new(device.ordinal).map_err(|e| driver_error("cuCtxCreate", e))?;
         // SAFETY: every buffer of the session is allocated after this call and used only on
         // the one stream created below, in order, so cudarc's cross-stream events are not
@@ -76,12 +60,6 @@ impl<'a> CudaBackend<'a> {
             .new_stream()
             .map_err(|e| driver_error("cuStreamCreate", e))?;
         let module = KernelModule::load(&ctx, artifact)?;
-        let plan = MemoryPlan::new(&artifact.manifest).map_err(|problem| {
-            RuntimeError::ManifestMismatch {
-                path: artifact.dir.join(dsc_kernels::manifest::files::MANIFEST),
-                problems: vec![problem],
-            }
-        })?;
         let memory = DeviceMemory::allocate(&ctx, &stream, plan, &device.to_string())?;
         let steps = prepare(&artifact.manifest, &memory, &stream)?;
         let events = (0..=steps.len())
@@ -253,6 +231,7 @@ impl CudaBackend<'_> {
                 seconds: f64::from(ms) * 1e-3,
                 flops: step.flops,
                 bytes: step.bytes,
+                modeled: None,
             });
         }
         let graph = &self.artifact.graph;

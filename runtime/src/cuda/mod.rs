@@ -11,6 +11,8 @@ mod module;
 mod probe;
 mod target;
 
-pub use backend::{CudaBackend, StepPhase};
+/// Re-exported where it was first defined; it is backend-neutral ([`crate::backend`]).
+pub use crate::backend::StepPhase;
+pub use backend::CudaBackend;
 pub use probe::{DeviceInfo, driver_present, probe};
 pub use target::check_target;

@@ -1,0 +1,213 @@
+//! The emulator backend behind the [`Backend`] trait, the CUDA backend's twin: creating it
+//! parses `kernels.ptx` and allocates every buffer of the memory plan once;
+//! [`Backend::set_weights`] uploads the weights once; each run copies the inputs in, launches
+//! the steps in order on the emulator, and copies the outputs out. Step times are modeled
+//! (the roofline over each launch's profile), never measured.
+
+use std::collections::HashMap;
+
+use dsc_emulator::roofline::DeviceModel;
+use dsc_emulator::{LaunchProfile, Module};
+use dsc_ir::DType;
+
+use super::launch::{PreparedStep, launch, prepare};
+use super::memory::EmuMemory;
+use super::model::{device_model, modeled};
+use super::options::EmuOptions;
+use crate::artifact::Artifact;
+use crate::backend::{Backend, StepPhase, StepTiming};
+use crate::error::RuntimeError;
+use crate::memory_plan::MemoryPlan;
+use crate::tensor::{HostTensor, safetensors_dtype};
+use crate::weights::Weights;
+
+/// An artifact loaded on the PTX emulator.
+pub struct EmuBackend<'a> {
+    artifact: &'a Artifact,
+    module: Module,
+    memory: EmuMemory,
+    steps: Vec<PreparedStep>,
+    device: DeviceModel,
+    /// The profile of each step of the last run, in launch order.
+    profiles: Vec<LaunchProfile>,
+    /// Host bytes of the tensor being copied, reused across copies.
+    staging: Vec<u8>,
+    has_weights: bool,
+}
+
+impl<'a> EmuBackend<'a> {
+    /// Loads `artifact` on the emulator: parses its PTX, allocates its buffers and resolves
+    /// its launches, all once. Fails when the artifact has no launch plan, when the emulator
+    /// cannot parse the PTX or lacks a kernel, or when the host lacks the memory.
+    pub fn new(artifact: &'a Artifact, options: EmuOptions) -> Result<Self, RuntimeError> {
+        if !artifact.has_launch_plan() {
+            return Err(RuntimeError::NoLaunchPlan {
+                message: format!(
+                    "{} has no GPU launch plan for the emulator (its manifest lists no steps)",
+                    artifact.dir.display()
+                ),
+            });
+        }
+        let plan = MemoryPlan::of_artifact(artifact)?;
+        let load_error = |message: String| RuntimeError::EmulatorLoad {
+            module: artifact.ptx_path(),
+            message,
+        };
+        let module = Module::parse(&artifact.ptx).map_err(|e| load_error(e.to_string()))?;
+        for kernel in &artifact.manifest.kernels {
+            if module.kernel(&kernel.entry).is_none() {
+                return Err(load_error(format!(
+                    "the manifest's kernel `{}` is not an entry of the module",
+                    kernel.entry
+                )));
+            }
+        }
+        let memory = EmuMemory::allocate(plan)?;
+        let steps = prepare(&artifact.manifest, &memory, &options)?;
+        Ok(EmuBackend {
+            artifact,
+            module,
+            memory,
+            steps,
+            device: device_model(&artifact.manifest.target),
+            profiles: Vec::new(),
+            staging: Vec::new(),
+            has_weights: false,
+        })
+    }
+
+    /// The GPU the step times are modeled on.
+    pub fn device_model(&self) -> &DeviceModel {
+        &self.device
+    }
+
+    /// The emulator's profile of each step of the last successful run, in launch order.
+    pub fn profiles(&self) -> &[LaunchProfile] {
+        &self.profiles
+    }
+
+    /// Copies the inputs into their buffers.
+    fn upload_inputs(&self, inputs: &HashMap<String, HostTensor>) -> Result<(), RuntimeError> {
+        for t in &self.memory.plan().inputs {
+            let tensor = inputs.get(&t.name).ok_or_else(|| RuntimeError::Inputs {
+                message: format!("missing input `{}`", t.name),
+            })?;
+            self.memory
+                .upload(&t.name, &tensor.to_safetensors_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Reads tensor `name` (any manifest tensor) back from emulated memory.
+    pub fn read_tensor(&mut self, name: &str) -> Result<HostTensor, RuntimeError> {
+        let info = self
+            .artifact
+            .manifest
+            .tensor(name)
+            .ok_or_else(|| RuntimeError::Tensor {
+                message: format!("no tensor `{name}` in the manifest"),
+            })?;
+        let dtype: DType = info.dtype.parse().map_err(|_| RuntimeError::Tensor {
+            message: format!("tensor `{name}` has unknown dtype `{}`", info.dtype),
+        })?;
+        let mut staging = std::mem::take(&mut self.staging);
+        let result = self.memory.download(name, &mut staging).and_then(|()| {
+            HostTensor::from_safetensors(safetensors_dtype(dtype), &info.shape, &staging, dtype)
+        });
+        self.staging = staging;
+        result
+    }
+
+    /// Runs the plan one step at a time, calling `observe(index, phase, self)` before each
+    /// step is launched and after it finished, so a caller can read any tensor: the GPU tests
+    /// read a step's operands before it and its results after it, and compare them with the
+    /// CPU reference of the same op.
+    pub fn run_step_by_step(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        observe: &mut dyn FnMut(usize, StepPhase, &mut Self) -> Result<(), RuntimeError>,
+    ) -> Result<(), RuntimeError> {
+        if !self.has_weights {
+            return Err(RuntimeError::NoWeights);
+        }
+        self.upload_inputs(inputs)?;
+        for index in 0..self.steps.len() {
+            observe(index, StepPhase::Before, self)?;
+            launch(&self.module, &self.memory, index, &self.steps[index])?;
+            observe(index, StepPhase::After, self)?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for EmuBackend<'_> {
+    fn set_weights(&mut self, weights: Weights) -> Result<(), RuntimeError> {
+        // A failed upload leaves a mix of old and new weights: unusable until one succeeds.
+        self.has_weights = false;
+        let graph = &self.artifact.graph;
+        let ids: HashMap<&str, dsc_ir::ValueId> =
+            graph.params.iter().map(|&p| (graph.name(p), p)).collect();
+        for t in &self.memory.plan().weights {
+            let tensor = ids
+                .get(t.name.as_str())
+                .and_then(|&id| weights.get(id))
+                .ok_or_else(|| RuntimeError::Graph {
+                    graph: graph.name.clone(),
+                    message: format!("weight `{}` was not loaded", t.name),
+                })?;
+            self.memory
+                .upload(&t.name, &tensor.to_safetensors_bytes())?;
+        }
+        self.has_weights = true;
+        Ok(())
+    }
+
+    fn has_weights(&self) -> bool {
+        self.has_weights
+    }
+
+    fn run(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        timings: &mut Vec<StepTiming>,
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        if !self.has_weights {
+            return Err(RuntimeError::NoWeights);
+        }
+        self.upload_inputs(inputs)?;
+        let mut profiles = Vec::with_capacity(self.steps.len());
+        for (index, step) in self.steps.iter().enumerate() {
+            profiles.push(launch(&self.module, &self.memory, index, step)?);
+        }
+        timings.clear();
+        for (step, profile) in self.artifact.manifest.steps.iter().zip(&profiles) {
+            let modeled = modeled(profile, &self.device);
+            timings.push(StepTiming {
+                op: step.op.clone(),
+                kernel: step.kernel.clone(),
+                seconds: modeled.seconds,
+                flops: step.flops,
+                bytes: step.bytes,
+                modeled: Some(modeled),
+            });
+        }
+        self.profiles = profiles;
+        let graph = &self.artifact.graph;
+        let names: Vec<String> = graph
+            .outputs
+            .iter()
+            .map(|&v| graph.name(v).to_string())
+            .collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let tensor = self.read_tensor(&name)?;
+                Ok((name, tensor))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,266 @@
+//! Where each tensor of a manifest lives on a device, whatever the device: one buffer per input
+//! and per weight, one arena for everything else. Tensors are places in those buffers
+//! ([`Placement`]): an arena tensor at its offset, an alias at its target's place plus its
+//! offset. The CUDA and emulator backends allocate the same plan.
+
+use std::collections::HashMap;
+
+use dsc_kernels::manifest::{Manifest, Storage, TensorInfo};
+
+use crate::artifact::{Artifact, alias_root, check_manifest};
+use crate::error::RuntimeError;
+
+/// Which device buffer holds a tensor's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BufferId {
+    /// The arena.
+    Arena,
+    /// The n-th input buffer.
+    Input(usize),
+    /// The n-th weight buffer.
+    Weight(usize),
+}
+
+/// Where a tensor lives: a buffer, a byte offset in it, and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub buffer: BufferId,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// The buffers a manifest needs and where each tensor lives in them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MemoryPlan {
+    /// Input tensors, one buffer each, in manifest order.
+    pub inputs: Vec<TensorInfo>,
+    /// Weight tensors, one buffer each, in manifest order.
+    pub weights: Vec<TensorInfo>,
+    /// Arena bytes.
+    pub arena_bytes: u64,
+    /// Every tensor's place.
+    pub placements: HashMap<String, Placement>,
+}
+
+impl MemoryPlan {
+    /// The plan of `artifact`'s manifest, checked again against its graph: backends trust the
+    /// manifest's offsets and sizes, and an `Artifact`'s fields are public and may have changed
+    /// since it was loaded.
+    pub(crate) fn of_artifact(artifact: &Artifact) -> Result<MemoryPlan, RuntimeError> {
+        let mismatch = |problems| RuntimeError::ManifestMismatch {
+            path: artifact.dir.join(dsc_kernels::manifest::files::MANIFEST),
+            problems,
+        };
+        let problems = check_manifest(&artifact.manifest, &artifact.graph);
+        if !problems.is_empty() {
+            return Err(mismatch(problems));
+        }
+        MemoryPlan::new(&artifact.manifest).map_err(|problem| mismatch(vec![problem]))
+    }
+
+    /// The plan of a manifest already checked by [`crate::artifact::check_manifest`].
+    pub(crate) fn new(manifest: &Manifest) -> Result<MemoryPlan, String> {
+        let by_name: HashMap<&str, &TensorInfo> = manifest
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        let mut plan = MemoryPlan {
+            inputs: Vec::new(),
+            weights: Vec::new(),
+            arena_bytes: manifest.arena.bytes,
+            placements: HashMap::new(),
+        };
+        for t in &manifest.tensors {
+            let buffer = match t.storage {
+                Storage::Input => {
+                    plan.inputs.push(t.clone());
+                    BufferId::Input(plan.inputs.len() - 1)
+                }
+                Storage::Weight { .. } => {
+                    plan.weights.push(t.clone());
+                    BufferId::Weight(plan.weights.len() - 1)
+                }
+                Storage::Arena { offset } => {
+                    plan.placements.insert(
+                        t.name.clone(),
+                        Placement {
+                            buffer: BufferId::Arena,
+                            offset,
+                            bytes: t.bytes,
+                        },
+                    );
+                    continue;
+                }
+                Storage::Alias { .. } => continue,
+            };
+            plan.placements.insert(
+                t.name.clone(),
+                Placement {
+                    buffer,
+                    offset: 0,
+                    bytes: t.bytes,
+                },
+            );
+        }
+        // Aliases: the root's place plus the offsets along the chain.
+        for t in &manifest.tensors {
+            if !matches!(t.storage, Storage::Alias { .. }) {
+                continue;
+            }
+            let root = alias_root(&by_name, t)?;
+            let mut offset = 0u64;
+            let mut current = t;
+            while let Storage::Alias { of, offset: step } = &current.storage {
+                offset += step;
+                current = by_name[of.as_str()];
+            }
+            let base = plan.placements[root.name.as_str()];
+            if offset + t.bytes > base.bytes {
+                return Err(format!(
+                    "alias `{}` ends at byte {} of `{}`, which has {}",
+                    t.name,
+                    offset + t.bytes,
+                    root.name,
+                    base.bytes
+                ));
+            }
+            plan.placements.insert(
+                t.name.clone(),
+                Placement {
+                    buffer: base.buffer,
+                    offset: base.offset + offset,
+                    bytes: t.bytes,
+                },
+            );
+        }
+        Ok(plan)
+    }
+
+    /// Bytes of every buffer together.
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.inputs
+            .iter()
+            .chain(&self.weights)
+            .map(|t| t.bytes)
+            .sum::<u64>()
+            + self.arena_bytes
+    }
+
+    /// The place of tensor `name`.
+    pub(crate) fn placement(&self, name: &str) -> Result<Placement, RuntimeError> {
+        self.placements
+            .get(name)
+            .copied()
+            .ok_or_else(|| RuntimeError::Tensor {
+                message: format!("no device tensor `{name}`"),
+            })
+    }
+
+    /// The place of tensor `name` for an upload of `len` bytes, which must be the whole tensor.
+    pub(crate) fn upload_placement(
+        &self,
+        name: &str,
+        len: usize,
+    ) -> Result<Placement, RuntimeError> {
+        let place = self.placement(name)?;
+        if len as u64 != place.bytes {
+            return Err(RuntimeError::Tensor {
+                message: format!(
+                    "`{name}` is {} bytes on the device, {len} given",
+                    place.bytes
+                ),
+            });
+        }
+        Ok(place)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dsc_kernels::manifest::{ArenaInfo, SCHEMA_VERSION};
+
+    fn tensor(name: &str, bytes: u64, storage: Storage) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            dtype: "f32".into(),
+            shape: vec![(bytes / 4) as usize],
+            bytes,
+            storage,
+        }
+    }
+
+    fn manifest(tensors: Vec<TensorInfo>) -> Manifest {
+        Manifest {
+            schema_version: SCHEMA_VERSION,
+            model: "m".into(),
+            target: "sm_90a".into(),
+            tensors,
+            arena: ArenaInfo {
+                bytes: 1024,
+                no_reuse_bytes: 1024,
+                alignment: 256,
+            },
+            kernels: vec![],
+            steps: vec![],
+        }
+    }
+
+    #[test]
+    fn places_inputs_weights_arena_tensors_and_alias_chains() {
+        let alias = |of: &str, offset| Storage::Alias {
+            of: of.into(),
+            offset,
+        };
+        let plan = MemoryPlan::new(&manifest(vec![
+            tensor("x", 64, Storage::Input),
+            tensor("w", 128, Storage::Weight { experts: None }),
+            tensor("y", 512, Storage::Arena { offset: 256 }),
+            tensor("y_half", 256, alias("y", 256)),
+            tensor("y_quarter", 128, alias("y_half", 128)),
+            tensor("w_view", 128, alias("w", 0)),
+        ]))
+        .unwrap();
+        assert_eq!(plan.inputs.len(), 1);
+        assert_eq!(plan.weights.len(), 1);
+        assert_eq!(plan.total_bytes(), 64 + 128 + 1024);
+        let at = |name: &str| plan.placements[name];
+        assert_eq!(at("x").buffer, BufferId::Input(0));
+        assert_eq!(at("y").offset, 256);
+        assert_eq!(
+            at("y_quarter"),
+            Placement {
+                buffer: BufferId::Arena,
+                offset: 256 + 256 + 128,
+                bytes: 128
+            }
+        );
+        assert_eq!(at("w_view").buffer, BufferId::Weight(0));
+        let e = plan.placement("z").unwrap_err().to_string();
+        assert!(e.contains("no device tensor `z`"), "{e}");
+        let e = plan.upload_placement("x", 63).unwrap_err().to_string();
+        assert!(e.contains("`x` is 64 bytes on the device, 63 given"), "{e}");
+        assert_eq!(plan.upload_placement("x", 64).unwrap(), at("x"));
+    }
+
+    #[test]
+    fn refuses_an_alias_past_its_root() {
+        let error = MemoryPlan::new(&manifest(vec![
+            tensor("y", 256, Storage::Arena { offset: 0 }),
+            tensor(
+                "a",
+                128,
+                Storage::Alias {
+                    of: "y".into(),
+                    offset: 192,
+                },
+            ),
+        ]))
+        .unwrap_err();
+        assert!(
+            error.contains("alias `a` ends at byte 320 of `y`"),
+            "{error}"
+        );
+    }
+}
