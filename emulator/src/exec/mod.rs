@@ -1,10 +1,113 @@
-//! The interpreter. (Stub; being written.)
+//! The interpreter: a launch's CTAs run in parallel on the rayon pool; in each CTA the warps
+//! are scheduled by [`cta`], and [`step`] executes one instruction for the lanes of a warp
+//! that are ready at the same program counter.
 
+pub mod access;
+pub mod alu;
+pub mod context;
+pub mod convert;
+pub mod cta;
+pub mod float;
+pub mod float_ops;
+pub mod mma;
+pub mod operand;
+pub mod step;
+pub mod warp;
+
+use rayon::prelude::*;
+
+use self::context::{Counters, Launch};
 use crate::error::EmuError;
-use crate::launch::{LaunchConfig, LaunchOptions, ParamValue};
+use crate::launch::{LaunchConfig, LaunchOptions, ParamValue, TargetLimits};
 use crate::memory::GlobalMemory;
 use crate::profile::LaunchProfile;
+use crate::ptx::decode::Op;
 use crate::ptx::{Kernel, Module};
+
+/// Checks the launch against the target's limits and the kernel's declarations.
+fn check_launch(module: &Module, kernel: &Kernel, config: &LaunchConfig, params: &[ParamValue]) -> Result<(), EmuError> {
+    let fail = |message: String| EmuError::Launch {
+        kernel: kernel.name.clone(),
+        message,
+    };
+    let limits = TargetLimits::for_target(&module.target);
+    let threads: u64 = config.block.iter().map(|&d| u64::from(d)).product();
+    if config.grid.contains(&0) || config.block.contains(&0) || config.cluster.contains(&0) {
+        return Err(fail(format!("empty grid {:?}, block {:?} or cluster {:?}", config.grid, config.block, config.cluster)));
+    }
+    if threads > u64::from(limits.max_threads_per_block) {
+        return Err(fail(format!("block {:?} has {threads} threads; {} allows {}", config.block, module.target, limits.max_threads_per_block)));
+    }
+    for i in 0..3 {
+        if config.block[i] > limits.max_block[i] || config.grid[i] > limits.max_grid[i] {
+            return Err(fail(format!("grid {:?} or block {:?} exceeds {}'s limits (grid {:?}, block {:?})", config.grid, config.block, module.target, limits.max_grid, limits.max_block)));
+        }
+        if config.grid[i] % config.cluster[i] != 0 {
+            return Err(fail(format!("grid {:?} is not a multiple of the cluster {:?}", config.grid, config.cluster)));
+        }
+    }
+    if let Some(max) = kernel.max_threads {
+        let declared: u64 = max.iter().map(|&d| u64::from(d)).product();
+        if threads > declared {
+            return Err(fail(format!("block {:?} exceeds the kernel's .maxntid/.reqntid {max:?}", config.block)));
+        }
+    }
+    let cluster: u32 = config.cluster.iter().product();
+    if cluster > limits.max_cluster_size {
+        return Err(fail(format!("cluster {:?} has {cluster} CTAs; {} allows {}", config.cluster, module.target, limits.max_cluster_size)));
+    }
+    if cluster > 1 {
+        return Err(fail("clusters of more than one CTA are not implemented by the emulator".into()));
+    }
+    let shared = kernel.dynamic_shared_offset + u64::from(config.dynamic_shared_bytes);
+    if shared > u64::from(limits.max_shared_bytes) {
+        return Err(fail(format!("{shared} bytes of shared memory ({} static + {} dynamic); {} allows {}", kernel.shared_static_bytes, config.dynamic_shared_bytes, module.target, limits.max_shared_bytes)));
+    }
+    if params.len() != kernel.params.len() {
+        return Err(fail(format!("{} parameters given, the kernel takes {}", params.len(), kernel.params.len())));
+    }
+    for (i, (p, v)) in kernel.params.iter().zip(params).enumerate() {
+        let given = match v {
+            ParamValue::U32(_) | ParamValue::F32(_) => 4,
+            ParamValue::U64(_) => 8,
+            ParamValue::Bytes(b) => b.len() as u64,
+        };
+        if given != p.bytes {
+            return Err(fail(format!("parameter {i} (`{}`) is {} bytes, {given} given", p.name, p.bytes)));
+        }
+    }
+    Ok(())
+}
+
+/// The parameter buffer: each value at its parameter's offset.
+fn param_buffer(kernel: &Kernel, params: &[ParamValue]) -> Vec<u8> {
+    let mut buf = vec![0u8; kernel.param_bytes as usize];
+    for (p, v) in kernel.params.iter().zip(params) {
+        let bytes: Vec<u8> = match v {
+            ParamValue::U32(x) => x.to_le_bytes().to_vec(),
+            ParamValue::F32(x) => x.to_le_bytes().to_vec(),
+            ParamValue::U64(x) => x.to_le_bytes().to_vec(),
+            ParamValue::Bytes(b) => b.clone(),
+        };
+        buf[p.offset as usize..p.offset as usize + bytes.len()].copy_from_slice(&bytes);
+    }
+    buf
+}
+
+/// The CTAs to run: all, or `n` spread evenly over the grid.
+fn ctas(grid: [u32; 3], sample: Option<u64>) -> Vec<[u32; 3]> {
+    let total = grid.iter().map(|&d| u64::from(d)).product::<u64>();
+    let pick = |i: u64| {
+        let x = (i % u64::from(grid[0])) as u32;
+        let y = ((i / u64::from(grid[0])) % u64::from(grid[1])) as u32;
+        let z = (i / (u64::from(grid[0]) * u64::from(grid[1]))) as u32;
+        [x, y, z]
+    };
+    match sample {
+        Some(n) if n < total => (0..n.max(1)).map(|k| pick(k * total / n.max(1))).collect(),
+        _ => (0..total).map(pick).collect(),
+    }
+}
 
 /// Runs every CTA of a launch.
 pub(crate) fn run_grid(
@@ -15,6 +118,59 @@ pub(crate) fn run_grid(
     params: &[ParamValue],
     options: &LaunchOptions,
 ) -> Result<LaunchProfile, EmuError> {
-    let _ = (module, memory, config, params, options);
-    Err(EmuError::NoSuchKernel(kernel.name.clone()))
+    check_launch(module, kernel, config, params)?;
+    let buffer = param_buffer(kernel, params);
+    let launch = Launch {
+        module,
+        kernel,
+        memory,
+        params: &buffer,
+        config,
+        options,
+        globals: Vec::new(),
+    };
+    let list = ctas(config.grid, options.sample_ctas);
+    let results: Vec<Result<Counters, EmuError>> = if options.parallel && list.len() > 1 {
+        list.par_iter().map(|&c| cta::run_cta(&launch, c)).collect()
+    } else {
+        list.iter().map(|&c| cta::run_cta(&launch, c)).collect()
+    };
+    let mut profile = LaunchProfile {
+        kernel: kernel.name.clone(),
+        ctas_total: config.grid.iter().map(|&d| u64::from(d)).product(),
+        threads_per_cta: config.block.iter().map(|&d| u64::from(d)).product(),
+        ..LaunchProfile::default()
+    };
+    let mut per_inst = vec![0u64; kernel.insts.len()];
+    for r in results {
+        let c = r?;
+        for (t, v) in per_inst.iter_mut().zip(&c.per_inst) {
+            *t += v;
+        }
+        profile.ctas_run += 1;
+        profile.thread_instructions += c.threads;
+        profile.global_load_sectors += c.load_sectors;
+        profile.global_load_bytes += c.load_bytes;
+        profile.global_store_sectors += c.store_sectors;
+        profile.global_store_bytes += c.store_bytes;
+        profile.async_copy_bytes += c.async_bytes;
+        profile.shared_requests += c.shared_requests;
+        profile.shared_wavefronts += c.shared_wavefronts;
+        profile.barrier_waits += c.barrier_waits;
+        profile.mbarrier_polls += c.mbarrier_polls;
+    }
+    for (inst, &n) in kernel.insts.iter().zip(&per_inst) {
+        if n == 0 {
+            continue;
+        }
+        profile.warp_instructions += n;
+        *profile.instruction_mix.entry(inst.opcode.clone()).or_default() += n;
+        if let Op::Mma { shape: (m, nn, k), a, .. } = &inst.op {
+            let kind = format!("mma.m{m}n{nn}k{k}.{}", format!("{a:?}").to_lowercase());
+            *profile.tensor_ops.entry(kind.clone()).or_default() += n;
+            *profile.tensor_flops.entry(kind).or_default() += n * 2 * u64::from(m * nn * k);
+        }
+    }
+    profile.scale_to_grid();
+    Ok(profile)
 }

@@ -1,0 +1,188 @@
+//! Memory accesses of one lane: the address of an operand, generic addresses resolved through
+//! their windows, bounds and alignment checked in every state space, and the sector and
+//! bank-conflict counts of a warp's access.
+
+use super::context::CtaContext;
+use super::warp::Warp;
+use crate::memory::{LOCAL_WINDOW, SHARED_WINDOW, SHARED_WINDOW_STRIDE};
+use crate::ptx::{Addr, AddrBase, Space};
+
+/// Where a resolved access goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Global memory at this device address.
+    Global(u64),
+    /// The CTA's shared memory at this offset.
+    Shared(u64),
+    /// The lane's local memory at this offset.
+    Local(u64),
+    /// The parameter buffer at this offset.
+    Param(u64),
+}
+
+impl CtaContext<'_> {
+    /// The address `[base + offset]` of `lane`, in the state space the base implies.
+    pub fn address(&self, warp: &Warp, a: &Addr, lane: usize) -> u64 {
+        self.base_address(a.base, warp, lane)
+            .wrapping_add(a.offset as u64)
+    }
+
+    /// Resolves an address used with state space `space` into a place.
+    pub fn place(&self, space: Space, address: u64, base: AddrBase) -> Result<Place, String> {
+        Ok(match space {
+            Space::Global => Place::Global(address),
+            Space::Shared => Place::Shared(address),
+            Space::SharedCluster => {
+                // This CTA's own window only: clusters of one CTA.
+                if address >= SHARED_WINDOW_STRIDE {
+                    return Err("shared::cluster access to another CTA (clusters of more than one CTA are not implemented)".into());
+                }
+                Place::Shared(address)
+            }
+            Space::Local => Place::Local(address),
+            Space::Param => Place::Param(address),
+            Space::Const => return Err("constant memory is not implemented".into()),
+            Space::Generic => {
+                // A variable named directly keeps its own space.
+                if let AddrBase::Var(s, _) = base {
+                    return self.place(s, address, AddrBase::Abs);
+                }
+                if matches!(base, AddrBase::DynamicShared) {
+                    return Ok(Place::Shared(address));
+                }
+                if (SHARED_WINDOW..SHARED_WINDOW + SHARED_WINDOW_STRIDE).contains(&address) {
+                    Place::Shared(address - SHARED_WINDOW)
+                } else if (LOCAL_WINDOW..LOCAL_WINDOW + (1 << 32)).contains(&address) {
+                    Place::Local(address - LOCAL_WINDOW)
+                } else {
+                    Place::Global(address)
+                }
+            }
+        })
+    }
+
+    /// Loads `width` bytes at `place` for `lane` (zero-extended).
+    pub fn load(&self, warp: &Warp, lane: usize, place: Place, width: u32) -> Result<u64, String> {
+        let aligned = |a: u64| {
+            if a % u64::from(width) != 0 {
+                Err(format!("misaligned {width}-byte access"))
+            } else {
+                Ok(())
+            }
+        };
+        let from = |bytes: &[u8], offset: u64, what: &str| -> Result<u64, String> {
+            aligned(offset)?;
+            let end = offset
+                .checked_add(u64::from(width))
+                .filter(|&e| e <= bytes.len() as u64)
+                .ok_or_else(|| format!("{width}-byte {what} access outside its {} bytes", bytes.len()))?;
+            let mut v = [0u8; 8];
+            v[..width as usize].copy_from_slice(&bytes[offset as usize..end as usize]);
+            Ok(u64::from_le_bytes(v))
+        };
+        match place {
+            Place::Global(a) => self.launch.memory.load(a, width),
+            Place::Shared(o) => from(&self.shared, o, "shared"),
+            Place::Param(o) => from(self.launch.params, o, "param"),
+            Place::Local(o) => {
+                let base = lane * warp.local_bytes;
+                from(&warp.local[base..base + warp.local_bytes], o, "local")
+            }
+        }
+    }
+
+    /// Stores the low `width` bytes of `v` at `place` for `lane`.
+    pub fn store(
+        &mut self,
+        warp: &mut Warp,
+        lane: usize,
+        place: Place,
+        width: u32,
+        v: u64,
+    ) -> Result<(), String> {
+        let into = |bytes: &mut [u8], offset: u64, what: &str| -> Result<(), String> {
+            if offset % u64::from(width) != 0 {
+                return Err(format!("misaligned {width}-byte access"));
+            }
+            let len = bytes.len();
+            let end = offset
+                .checked_add(u64::from(width))
+                .filter(|&e| e <= len as u64)
+                .ok_or_else(|| format!("{width}-byte {what} access outside its {len} bytes"))?;
+            bytes[offset as usize..end as usize].copy_from_slice(&v.to_le_bytes()[..width as usize]);
+            Ok(())
+        };
+        match place {
+            Place::Global(a) => self.launch.memory.store(a, width, v),
+            Place::Shared(o) => into(&mut self.shared, o, "shared"),
+            Place::Param(_) => Err("stores to kernel parameters are not allowed".into()),
+            Place::Local(o) => {
+                let base = lane * warp.local_bytes;
+                let n = warp.local_bytes;
+                into(&mut warp.local[base..base + n], o, "local")
+            }
+        }
+    }
+}
+
+/// Distinct 32-byte sectors among `addresses` (each with `width` bytes).
+pub fn sectors(addresses: &mut Vec<u64>, width: u32) -> u64 {
+    let mut s: Vec<u64> = Vec::with_capacity(addresses.len() * 2);
+    for &a in addresses.iter() {
+        s.push(a >> 5);
+        s.push((a + u64::from(width) - 1) >> 5);
+    }
+    s.sort_unstable();
+    s.dedup();
+    addresses.clear();
+    s.len() as u64
+}
+
+/// Shared-memory wavefronts of one warp access: the most distinct 4-byte words any of the 32
+/// banks must serve (the same word is broadcast), and at least one per 128 bytes moved.
+pub fn wavefronts(addresses: &mut Vec<u64>, width: u32) -> u64 {
+    let mut words: Vec<u64> = Vec::with_capacity(addresses.len());
+    for &a in addresses.iter() {
+        let mut w = a >> 2;
+        while w << 2 < a + u64::from(width) {
+            words.push(w);
+            w += 1;
+        }
+    }
+    let bytes = (addresses.len() as u64) * u64::from(width);
+    addresses.clear();
+    words.sort_unstable();
+    words.dedup();
+    let mut per_bank = [0u64; 32];
+    for w in &words {
+        per_bank[(*w % 32) as usize] += 1;
+    }
+    per_bank
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(bytes.div_ceil(128))
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sector_and_bank_counts() {
+        let mut a: Vec<u64> = (0..32).map(|l| 0x1000 + 4 * l).collect();
+        assert_eq!(sectors(&mut a, 4), 4);
+        let mut a: Vec<u64> = (0..32).map(|l| 0x1000 + 128 * l).collect();
+        assert_eq!(sectors(&mut a, 4), 32);
+        let mut a: Vec<u64> = (0..32).map(|l| 4 * l).collect();
+        assert_eq!(wavefronts(&mut a, 4), 1);
+        let mut a: Vec<u64> = (0..32).map(|l| 128 * l).collect();
+        assert_eq!(wavefronts(&mut a, 4), 32, "every lane in bank 0");
+        let mut a: Vec<u64> = (0..32).map(|_| 64).collect();
+        assert_eq!(wavefronts(&mut a, 4), 1, "broadcast");
+        let mut a: Vec<u64> = (0..32).map(|l| 16 * l).collect();
+        assert_eq!(wavefronts(&mut a, 16), 4, "128-bit accesses: 512 bytes in 4 wavefronts");
+    }
+}

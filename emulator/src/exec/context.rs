@@ -1,0 +1,114 @@
+//! What every instruction of a CTA can see: the launch (module, kernel, parameters, global
+//! memory, options), the CTA's coordinates, its shared memory and its counters.
+
+use crate::error::{EmuError, ThreadId};
+use crate::launch::{LaunchConfig, LaunchOptions};
+use crate::memory::GlobalMemory;
+use crate::ptx::{Inst, Kernel, Module};
+
+/// The launch, shared by every CTA.
+pub struct Launch<'a> {
+    /// The module.
+    pub module: &'a Module,
+    /// The kernel.
+    pub kernel: &'a Kernel,
+    /// Global memory.
+    pub memory: &'a GlobalMemory,
+    /// The parameter buffer.
+    pub params: &'a [u8],
+    /// Grid and block.
+    pub config: &'a LaunchConfig,
+    /// Options.
+    pub options: &'a LaunchOptions,
+    /// Device addresses of the module's `.global` variables (none are allocated yet: an
+    /// access to one faults).
+    pub globals: Vec<u64>,
+}
+
+/// Counters of one CTA, turned into a [`crate::LaunchProfile`] at the end.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Warp-instructions issued per instruction index.
+    pub per_inst: Vec<u64>,
+    /// Thread-instructions.
+    pub threads: u64,
+    /// Global load sectors.
+    pub load_sectors: u64,
+    /// Global load bytes.
+    pub load_bytes: u64,
+    /// Global store sectors.
+    pub store_sectors: u64,
+    /// Global store bytes.
+    pub store_bytes: u64,
+    /// Async copy bytes.
+    pub async_bytes: u64,
+    /// Shared-memory requests.
+    pub shared_requests: u64,
+    /// Shared-memory wavefronts.
+    pub shared_wavefronts: u64,
+    /// Barrier waits.
+    pub barrier_waits: u64,
+    /// Failed mbarrier polls.
+    pub mbarrier_polls: u64,
+}
+
+/// One CTA's view.
+pub struct CtaContext<'a> {
+    /// The launch.
+    pub launch: &'a Launch<'a>,
+    /// `%ctaid`.
+    pub cta: [u32; 3],
+    /// Shared memory (static then dynamic).
+    pub shared: Vec<u8>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl CtaContext<'_> {
+    /// The thread of `lane` in warp `warp`.
+    pub fn thread(&self, warp_first_thread: u32, lane: usize) -> ThreadId {
+        let [bx, by, _] = self.launch.config.block;
+        let linear = warp_first_thread + lane as u32;
+        ThreadId {
+            cta: self.cta,
+            tid: [linear % bx, (linear / bx) % by, linear / (bx * by)],
+        }
+    }
+
+    /// A fault of `lane` at `inst`.
+    pub fn fault(&self, inst: &Inst, first_thread: u32, lane: usize, message: String) -> EmuError {
+        EmuError::Fault {
+            kernel: self.launch.kernel.name.clone(),
+            line: inst.line as usize,
+            thread: self.thread(first_thread, lane),
+            message,
+        }
+    }
+
+    /// A memory fault of `lane` at `inst`.
+    pub fn memory_fault(
+        &self,
+        inst: &Inst,
+        first_thread: u32,
+        lane: usize,
+        address: u64,
+        message: String,
+    ) -> EmuError {
+        EmuError::Memory {
+            kernel: self.launch.kernel.name.clone(),
+            line: inst.line as usize,
+            thread: self.thread(first_thread, lane),
+            address,
+            message,
+        }
+    }
+
+    /// `inst` is not implemented.
+    pub fn unsupported(&self, inst: &Inst) -> EmuError {
+        EmuError::Unsupported {
+            kernel: self.launch.kernel.name.clone(),
+            line: inst.line as usize,
+            instruction: inst.opcode.clone(),
+        }
+    }
+}

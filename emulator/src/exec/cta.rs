@@ -1,0 +1,161 @@
+//! One CTA: its warps scheduled round-robin (each runs until it blocks, yields or uses its
+//! time slice), CTA barriers, and deadlock and step-budget detection.
+
+use super::context::{Counters, CtaContext, Launch};
+use super::step::{Outcome, step};
+use super::warp::{LaneState, WARP, Warp, lanes};
+use crate::error::EmuError;
+
+/// Warp-instructions a warp runs before the next warp gets a turn.
+const TIME_SLICE: u32 = 4096;
+
+/// A CTA barrier's state.
+#[derive(Debug, Clone, Copy, Default)]
+struct Barrier {
+    /// Threads arrived in the current phase.
+    arrived: u32,
+    /// Threads expected (`None`: every thread of the CTA that has not exited).
+    expected: Option<u32>,
+}
+
+/// Runs CTA `cta` to completion; returns its counters.
+pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
+    let kernel = launch.kernel;
+    let config = launch.config;
+    let threads: u32 = config.block.iter().product();
+    let shared_bytes = kernel.dynamic_shared_offset + u64::from(config.dynamic_shared_bytes);
+    let mut ctx = CtaContext {
+        launch,
+        cta,
+        shared: vec![0; shared_bytes as usize],
+        counters: Counters {
+            per_inst: vec![0; kernel.insts.len()],
+            ..Counters::default()
+        },
+    };
+    let mut warps: Vec<Warp> = (0..threads.div_ceil(WARP as u32))
+        .map(|w| {
+            let first = w * WARP as u32;
+            Warp::new(kernel, w, first, (threads - first).min(WARP as u32))
+        })
+        .collect();
+    let mut barriers = [Barrier::default(); 16];
+    let mut executed: u64 = 0;
+    let budget = launch.options.step_budget;
+    loop {
+        let mut progressed = false;
+        for w in 0..warps.len() {
+            for _ in 0..TIME_SLICE {
+                let Some((pc, mask)) = warps[w].next_group() else {
+                    break;
+                };
+                if pc as usize >= kernel.insts.len() {
+                    // Falling off the end of the body is a return.
+                    for l in lanes(mask) {
+                        warps[w].state[l] = LaneState::Exited;
+                    }
+                    release_ready(&mut warps, &mut barriers, &mut ctx);
+                    progressed = true;
+                    continue;
+                }
+                executed += 1;
+                if executed > budget {
+                    return Err(EmuError::StepBudget {
+                        kernel: kernel.name.clone(),
+                        cta,
+                        budget,
+                        line: kernel.insts[pc as usize].line as usize,
+                    });
+                }
+                progressed = true;
+                match step(&mut ctx, &mut warps[w], pc, mask)? {
+                    Outcome::Continue => {
+                        if kernel.insts[pc as usize].op == crate::ptx::decode::Op::Exit {
+                            release_ready(&mut warps, &mut barriers, &mut ctx);
+                        }
+                    }
+                    Outcome::Yield => break,
+                    Outcome::Barrier {
+                        id,
+                        count,
+                        mask,
+                        wait,
+                    } => {
+                        let b = &mut barriers[id as usize];
+                        if let (Some(old), Some(new)) = (b.expected, count) {
+                            if b.arrived > 0 && old != new {
+                                let inst = &kernel.insts[pc as usize];
+                                let lane = mask.trailing_zeros() as usize;
+                                return Err(ctx.fault(inst, warps[w].first_thread, lane, format!("barrier {id} expects {new} threads here but {old} where other threads arrived")));
+                            }
+                        }
+                        b.arrived += mask.count_ones();
+                        b.expected = count;
+                        if wait {
+                            for l in lanes(mask) {
+                                warps[w].state[l] = LaneState::AtBarrier(id);
+                            }
+                            ctx.counters.barrier_waits += 1;
+                        }
+                        release_ready(&mut warps, &mut barriers, &mut ctx);
+                        if wait {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let live = warps.iter().any(|w| w.live_mask() != 0);
+        if !live {
+            return Ok(ctx.counters);
+        }
+        if !progressed {
+            return Err(deadlock(&ctx, &warps));
+        }
+    }
+}
+
+/// Completes every barrier whose expected arrivals are in, releasing its waiters.
+fn release_ready(warps: &mut [Warp], barriers: &mut [Barrier; 16], _ctx: &mut CtaContext) {
+    let live: u32 = warps.iter().map(|w| w.live_mask().count_ones()).sum();
+    for (id, b) in barriers.iter_mut().enumerate() {
+        if b.arrived == 0 {
+            continue;
+        }
+        let expected = b.expected.unwrap_or(live);
+        if b.arrived >= expected {
+            *b = Barrier::default();
+            for w in warps.iter_mut() {
+                for l in 0..WARP {
+                    if w.state[l] == LaneState::AtBarrier(id as u8) {
+                        w.state[l] = LaneState::Ready;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deadlock(ctx: &CtaContext, warps: &[Warp]) -> EmuError {
+    let kernel = ctx.launch.kernel;
+    let mut waits: Vec<String> = Vec::new();
+    for w in warps {
+        for l in 0..WARP {
+            if let LaneState::AtBarrier(id) = w.state[l] {
+                let line = kernel.insts[w.pc[l] as usize - 1].line;
+                waits.push(format!("warp {} lane {l} at barrier {id} (PTX line {line})", w.index));
+                break;
+            }
+        }
+    }
+    let exited: u32 = warps.iter().map(|w| WARP as u32 - w.live_mask().count_ones()).sum();
+    EmuError::Deadlock {
+        kernel: kernel.name.clone(),
+        cta: ctx.cta,
+        message: format!(
+            "every live thread waits and none can release it: {}{}",
+            waits.join("; "),
+            if exited > 0 { format!(" ({exited} lanes exited)") } else { String::new() }
+        ),
+    }
+}
