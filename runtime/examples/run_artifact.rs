@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! dsc compile examples/tiny-moe.toml -o build/tiny-moe
-//! cargo run -p dsc-runtime --example run_artifact -- build/tiny-moe [auto|cpu|cuda|cuda:N]
+//! cargo run -p dsc-runtime --example run_artifact -- build/tiny-moe [auto|cpu|emu|cuda|cuda:N]
 //! ```
 
 use std::process::ExitCode;
@@ -15,12 +15,13 @@ fn device(arg: Option<&str>) -> Result<Device, String> {
     match arg.unwrap_or("auto") {
         "auto" => Ok(Device::Auto),
         "cpu" => Ok(Device::Cpu),
+        "emu" => Ok(Device::Emulator),
         "cuda" => Ok(Device::Cuda(0)),
         other => other
             .strip_prefix("cuda:")
             .and_then(|n| n.parse().ok())
             .map(Device::Cuda)
-            .ok_or_else(|| format!("`{other}` is not auto, cpu, cuda or cuda:N")),
+            .ok_or_else(|| format!("`{other}` is not auto, cpu, emu, cuda or cuda:N")),
     }
 }
 
@@ -43,8 +44,16 @@ fn run(dir: &str, device: Device) -> Result<(), RuntimeError> {
     let mut total = 0.0;
     for step in session.timings() {
         total += step.seconds;
+        // Emulator times come from the roofline model, not a clock: say so.
+        let modeled = step.modeled.as_ref().map_or(String::new(), |m| {
+            format!(
+                " (modeled, {:.0}% of peak, {})",
+                m.peak_fraction * 100.0,
+                m.bound
+            )
+        });
         println!(
-            "  {:<48} {:<32} {:>9.3} ms {:>14} FLOP {:>12} B",
+            "  {:<48} {:<32} {:>9.3} ms {:>14} FLOP {:>12} B{modeled}",
             step.op,
             step.kernel,
             step.seconds * 1e3,
@@ -52,7 +61,13 @@ fn run(dir: &str, device: Device) -> Result<(), RuntimeError> {
             step.bytes
         );
     }
-    println!("{} steps, {:.3} ms", session.timings().len(), total * 1e3);
+    let modeled = session.timings().iter().any(|t| t.modeled.is_some());
+    println!(
+        "{} steps, {:.3} ms{}",
+        session.timings().len(),
+        total * 1e3,
+        if modeled { " (modeled)" } else { "" }
+    );
     Ok(())
 }
 
