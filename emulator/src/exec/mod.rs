@@ -13,6 +13,7 @@ pub mod mma;
 pub mod operand;
 pub mod step;
 pub mod warp;
+pub mod wmma;
 
 use rayon::prelude::*;
 

@@ -442,6 +442,7 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
         Op::Ldmatrix { num, trans } | Op::Stmatrix { num, trans } => {
             matrix_8x8(ctx, warp, inst, exec, *num as usize, *trans, matches!(inst.op, Op::Ldmatrix { .. }))?;
         }
+        Op::Wmma(w) => super::wmma::wmma(ctx, warp, inst, exec, w)?,
         Op::Bra | Op::Exit | Op::Bar(_) => unreachable!("handled by step"),
     }
     Ok(())

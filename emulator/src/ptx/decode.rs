@@ -412,6 +412,51 @@ pub enum Op {
         /// `.trans`.
         trans: bool,
     },
+    /// `wmma.load` / `wmma.mma` / `wmma.store` (m16n16k16, f16 operands): see `exec/wmma.rs`.
+    Wmma(Wmma),
+}
+
+/// A `wmma` fragment: the A (M×K), B (K×N) or accumulator (C or D, M×N) matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WmmaFrag {
+    /// `.a`.
+    A,
+    /// `.b`.
+    B,
+    /// `.c` (loads) or `.d` (stores).
+    Acc,
+}
+
+/// A decoded `wmma.*.sync.aligned.m16n16k16` instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wmma {
+    /// `wmma.load.{a,b,c}.sync.aligned.{row,col}.m16n16k16[.space].{f16,f32}`.
+    Load {
+        /// Which fragment.
+        frag: WmmaFrag,
+        /// `.row` (true) or `.col` layout in memory.
+        row: bool,
+        /// State space (generic when absent).
+        space: Space,
+        /// Element type.
+        ty: Ty,
+    },
+    /// `wmma.store.d.sync.aligned.{row,col}.m16n16k16[.space].{f16,f32}`.
+    Store {
+        /// `.row` (true) or `.col`.
+        row: bool,
+        /// State space.
+        space: Space,
+        /// Element type.
+        ty: Ty,
+    },
+    /// `wmma.mma.sync.aligned.{row,col}.{row,col}.m16n16k16.dtype.ctype` on f16 A and B.
+    Mma {
+        /// D's type (f16 or f32).
+        d: Ty,
+        /// C's type (f16 or f32).
+        c: Ty,
+    },
 }
 
 fn rnd(s: &str) -> Option<Rnd> {
@@ -826,8 +871,66 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
                 Op::Stmatrix { num, trans }
             }
         }
+        "wmma" => decode_wmma(m)?,
         _ => return None,
     })
+}
+
+fn decode_wmma(m: &Mods) -> Option<Op> {
+    let layouts: Vec<bool> = m
+        .parts
+        .iter()
+        .filter_map(|p| match *p {
+            "row" => Some(true),
+            "col" => Some(false),
+            _ => None,
+        })
+        .collect();
+    let types = m.types();
+    let acc = |t: Ty| matches!(t, Ty::F16 | Ty::F32);
+    let verb = *m.parts.first()?;
+    let frag = m.parts.get(1).copied().unwrap_or_default();
+    let rest = Mods {
+        parts: m.parts[1..].to_vec(),
+    };
+    let common = ["sync", "aligned", "row", "col", "m16n16k16"];
+    if !(m.has("sync") && m.has("aligned") && m.has("m16n16k16")) {
+        return None;
+    }
+    Some(Op::Wmma(match (verb, frag, &layouts[..], &types[..]) {
+        ("load", "a" | "b", [row], [Ty::F16]) | ("load", "c", [row], [Ty::F16 | Ty::F32]) => {
+            if !rest.only(&[&common[..], &["a", "b", "c"]].concat()) {
+                return None;
+            }
+            Wmma::Load {
+                frag: match frag {
+                    "a" => WmmaFrag::A,
+                    "b" => WmmaFrag::B,
+                    _ => WmmaFrag::Acc,
+                },
+                row: *row,
+                space: m.space(),
+                ty: types[0],
+            }
+        }
+        ("store", "d", [row], [ty]) if acc(*ty) => {
+            if !rest.only(&[&common[..], &["d"]].concat()) {
+                return None;
+            }
+            Wmma::Store {
+                row: *row,
+                space: m.space(),
+                ty: *ty,
+            }
+        }
+        ("mma", _, [_, _], [d, c]) if acc(*d) && acc(*c) && m.space() == Space::Generic => {
+            if !rest.only(&common) {
+                return None;
+            }
+            Wmma::Mma { d: *d, c: *c }
+        }
+        _ => return None,
+    }))
 }
 
 /// `m16n8k32` → (16, 8, 32).
