@@ -7,7 +7,7 @@
 //! moves, and a racy kernel cannot make the emulator itself undefined. Accesses must be
 //! naturally aligned (PTX requires it); the emulator faults otherwise.
 
-use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::EmuError;
 
@@ -52,6 +52,8 @@ pub struct GlobalMemory {
     /// Sorted by base address.
     allocations: Vec<Allocation>,
     next: u64,
+    /// The allocation the last access found: kernels stream through one buffer at a time.
+    hint: AtomicUsize,
 }
 
 impl std::fmt::Debug for GlobalMemory {
@@ -69,6 +71,7 @@ impl GlobalMemory {
         GlobalMemory {
             allocations: Vec::new(),
             next: GLOBAL_BASE,
+            hint: AtomicUsize::new(0),
         }
     }
 
@@ -93,6 +96,7 @@ impl GlobalMemory {
     fn find(&self, address: u64, len: u64) -> Option<(&Allocation, u64)> {
         let i = self.allocations.partition_point(|a| a.base <= address);
         let a = self.allocations.get(i.checked_sub(1)?)?;
+        self.hint.store(i - 1, Ordering::Relaxed);
         let offset = address - a.base;
         (offset.checked_add(len)? <= a.bytes).then_some((a, offset))
     }
