@@ -54,6 +54,8 @@ impl CtaContext<'_> {
                     Place::Shared(address - SHARED_WINDOW)
                 } else if (LOCAL_WINDOW..LOCAL_WINDOW + (1 << 32)).contains(&address) {
                     Place::Local(address - LOCAL_WINDOW)
+                } else if (super::hopper::PARAM_WINDOW..super::hopper::PARAM_WINDOW + super::hopper::PARAM_WINDOW_BYTES).contains(&address) {
+                    Place::Param(address - super::hopper::PARAM_WINDOW)
                 } else {
                     Place::Global(address)
                 }

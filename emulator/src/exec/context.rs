@@ -62,6 +62,8 @@ pub struct CtaContext<'a> {
     pub shared: Vec<u8>,
     /// Counters.
     pub counters: Counters,
+    /// Hopper's asynchronous state (mbarrier-tracked copies, async-groups, wgmma).
+    pub hopper: super::hopper::HopperState,
 }
 
 impl CtaContext<'_> {

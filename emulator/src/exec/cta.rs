@@ -5,9 +5,21 @@ use super::context::{Counters, CtaContext, Launch};
 use super::step::{Outcome, step};
 use super::warp::{LaneState, WARP, Warp, lanes};
 use crate::error::EmuError;
+use crate::ptx::decode::Op;
 
 /// Warp-instructions a warp runs before the next warp gets a turn.
 const TIME_SLICE: u32 = 4096;
+
+/// Scheduler rounds in a row in which every warp that ran ended its turn with a failed poll
+/// (`Outcome::Yield`), wrote no memory, arrived at no barrier and changed no asynchronous state,
+/// after which the CTA is reported as deadlocked (a few rounds, not one, so that a spin loop
+/// with a short retry count is not misreported).
+const IDLE_ROUNDS: u32 = 64;
+
+/// Instructions whose execution is progress even inside a polling loop.
+fn writes_memory(op: &Op) -> bool {
+    matches!(op, Op::St { .. } | Op::Atom { .. } | Op::Red { .. } | Op::Stmatrix { .. } | Op::Exit)
+}
 
 /// A CTA barrier's state.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,6 +44,7 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
             per_inst: vec![0; kernel.insts.len()],
             ..Counters::default()
         },
+        hopper: Default::default(),
     };
     let mut warps: Vec<Warp> = (0..threads.div_ceil(WARP as u32))
         .map(|w| {
@@ -42,9 +55,16 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
     let mut barriers = [Barrier::default(); 16];
     let mut executed: u64 = 0;
     let budget = launch.options.step_budget;
+    // Rounds in a row in which every warp that ran only polled (see `super::hopper`).
+    let mut idle_rounds = 0u32;
+    let mut polling: Vec<Option<u32>> = vec![None; warps.len()];
     loop {
         let mut progressed = false;
+        let mut busy = false;
+        let version = ctx.hopper.version;
         for w in 0..warps.len() {
+            let mut ran = false;
+            polling[w] = None;
             for _ in 0..TIME_SLICE {
                 let Some((pc, mask)) = warps[w].next_group() else {
                     break;
@@ -68,13 +88,18 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
                     });
                 }
                 progressed = true;
+                ran = true;
+                busy |= writes_memory(&kernel.insts[pc as usize].op);
                 match step(&mut ctx, &mut warps[w], pc, mask)? {
                     Outcome::Continue => {
                         if kernel.insts[pc as usize].op == crate::ptx::decode::Op::Exit {
                             release_ready(&mut warps, &mut barriers, &mut ctx);
                         }
                     }
-                    Outcome::Yield => break,
+                    Outcome::Yield => {
+                        polling[w] = Some(pc);
+                        break;
+                    }
                     Outcome::Barrier {
                         id,
                         count,
@@ -89,6 +114,7 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
                                 return Err(ctx.fault(inst, warps[w].first_thread, lane, format!("barrier {id} expects {new} threads here but {old} where other threads arrived")));
                             }
                         }
+                        busy = true;
                         b.arrived += mask.count_ones();
                         b.expected = count;
                         if wait {
@@ -104,13 +130,23 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
                     }
                 }
             }
+            busy |= ran && polling[w].is_none();
         }
         let live = warps.iter().any(|w| w.live_mask() != 0);
         if !live {
+            super::hopper::finish(&mut ctx)?;
             return Ok(ctx.counters);
         }
         if !progressed {
             return Err(deadlock(&ctx, &warps));
+        }
+        if busy || ctx.hopper.version != version {
+            idle_rounds = 0;
+        } else {
+            idle_rounds += 1;
+            if idle_rounds >= IDLE_ROUNDS {
+                return Err(poll_deadlock(&ctx, &warps, &polling));
+            }
         }
     }
 }
@@ -133,6 +169,23 @@ fn release_ready(warps: &mut [Warp], barriers: &mut [Barrier; 16], _ctx: &mut Ct
                 }
             }
         }
+    }
+}
+
+/// Every live warp only polls mbarriers (or waits for wgmmas or the cluster barrier) that
+/// nothing can complete.
+fn poll_deadlock(ctx: &CtaContext, warps: &[Warp], polling: &[Option<u32>]) -> EmuError {
+    let kernel = ctx.launch.kernel;
+    let mut waits: Vec<String> = Vec::new();
+    for (w, p) in warps.iter().zip(polling) {
+        if let Some(pc) = p {
+            waits.push(format!("warp {} polls at PTX line {} (`{}`)", w.index, kernel.insts[*pc as usize].line, kernel.insts[*pc as usize].opcode));
+        }
+    }
+    EmuError::Deadlock {
+        kernel: kernel.name.clone(),
+        cta: ctx.cta,
+        message: format!("every live warp only polls for something no thread or copy in flight can complete: {}", waits.join("; ")),
     }
 }
 

@@ -4,15 +4,19 @@
 
 pub mod access;
 pub mod alu;
+pub mod async_copy;
 pub mod context;
 pub mod convert;
 pub mod cta;
 pub mod float;
 pub mod float_ops;
+pub mod hopper;
+pub mod mbarrier;
 pub mod mma;
 pub mod operand;
 pub mod step;
 pub mod warp;
+pub mod wgmma;
 pub mod wmma;
 
 use rayon::prelude::*;
@@ -170,6 +174,12 @@ pub(crate) fn run_grid(
             let kind = format!("mma.m{m}n{nn}k{k}.{}", format!("{a:?}").to_lowercase());
             *profile.tensor_ops.entry(kind.clone()).or_default() += n;
             *profile.tensor_flops.entry(kind).or_default() += n * 2 * u64::from(m * nn * k);
+        }
+        if let Op::Hopper(crate::ptx::decode_hopper::HopperOp::Wgmma { n: nn, k, a, .. }) = &inst.op {
+            // Each of the warpgroup's 4 warps issues it: one MMA per 4 warp-instructions.
+            let kind = format!("wgmma.m64n{nn}k{k}.{}", format!("{a:?}").to_lowercase());
+            *profile.tensor_ops.entry(kind.clone()).or_default() += n / 4;
+            *profile.tensor_flops.entry(kind).or_default() += n / 4 * 2 * 64 * u64::from(nn * k);
         }
     }
     profile.scale_to_grid();

@@ -106,6 +106,7 @@ pub fn step(
                 wait: *kind == BarKind::Sync,
             });
         }
+        Op::Hopper(h) => return super::hopper::step(ctx, warp, pc, mask, exec, h),
         _ => {}
     }
     advance(warp);
@@ -316,6 +317,8 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                 Space::Global => 0,
                 Space::Shared => SHARED_WINDOW,
                 Space::Local => LOCAL_WINDOW,
+                Space::SharedCluster => SHARED_WINDOW,
+                Space::Param => super::hopper::PARAM_WINDOW,
                 _ => return unsupported(ctx),
             };
             for l in lanes(exec) {
@@ -443,7 +446,7 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
             matrix_8x8(ctx, warp, inst, exec, *num as usize, *trans, matches!(inst.op, Op::Ldmatrix { .. }))?;
         }
         Op::Wmma(w) => super::wmma::wmma(ctx, warp, inst, exec, w)?,
-        Op::Bra | Op::Exit | Op::Bar(_) => unreachable!("handled by step"),
+        Op::Bra | Op::Exit | Op::Bar(_) | Op::Hopper(_) => unreachable!("handled by step"),
     }
     Ok(())
 }

@@ -398,6 +398,9 @@ pub enum Op {
         /// D's type.
         d: Ty,
     },
+    /// Hopper's asynchronous machinery (`mbarrier`, `cp.async*`, `wgmma`, …): see
+    /// [`super::decode_hopper`].
+    Hopper(super::decode_hopper::HopperOp),
     /// `ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16`.
     Ldmatrix {
         /// Matrices.
@@ -565,6 +568,9 @@ pub fn decode(opcode: &str) -> Op {
     let m = Mods {
         parts: parts.collect(),
     };
+    if let Some(h) = super::decode_hopper::decode(base, &m.parts) {
+        return Op::Hopper(h);
+    }
     decode_parts(base, &m).unwrap_or(Op::Unsupported)
 }
 

@@ -2,6 +2,7 @@
 //! declarations, and decoded instructions.
 
 pub mod decode;
+pub mod decode_hopper;
 pub mod lex;
 pub mod module;
 pub mod parse;

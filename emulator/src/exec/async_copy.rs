@@ -1,0 +1,708 @@
+//! Asynchronous copies: `cp.async` (4/8/16 bytes per thread, async-groups), `cp.async.bulk`
+//! and `cp.async.bulk.tensor` (TMA) loads signalling an mbarrier's `complete_tx`, and bulk /
+//! TMA stores tracked by bulk async-groups. Copies run late (see [`super::hopper`]): loads land
+//! when their mbarrier is polled, `cp.async` groups and bulk groups run when a wait retires them,
+//! everything left runs when the CTA ends.
+//!
+//! Tensor maps are the emulator's 128-byte encoding ([`crate::tensor_map`]), read at issue from
+//! the parameter space (a `__grid_constant__` parameter, through `cvta.param` or named directly)
+//! or from global memory. Clusters are of one CTA: `.shared::cluster` addresses are this CTA's,
+//! and a `.multicast::cluster` ctaMask may only name CTA 0.
+
+use super::access::Place;
+use super::context::CtaContext;
+use super::hopper::{Done, PARAM_WINDOW, PARAM_WINDOW_BYTES, operand, shared_operand};
+use super::mbarrier;
+use super::warp::{Warp, lanes};
+use crate::error::{EmuError, ThreadId};
+use crate::ptx::{AddrBase, Inst, Operand, Space, Ty};
+use crate::tensor_map::{TENSOR_MAP_BYTES, TensorMap, load_box, store_box};
+
+/// Where an error of a late copy is reported: the issuing instruction and thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    /// PTX line of the issuing instruction.
+    pub line: u32,
+    /// The issuing thread.
+    pub thread: ThreadId,
+}
+
+impl Origin {
+    fn new(ctx: &CtaContext, warp: &Warp, inst: &Inst, lane: usize) -> Origin {
+        Origin {
+            line: inst.line,
+            thread: ctx.thread(warp.first_thread, lane),
+        }
+    }
+
+    fn fault(&self, ctx: &CtaContext, address: u64, message: String) -> EmuError {
+        EmuError::Memory {
+            kernel: ctx.launch.kernel.name.clone(),
+            line: self.line as usize,
+            thread: self.thread,
+            address,
+            message,
+        }
+    }
+}
+
+/// One `cp.async` copy.
+#[derive(Debug, Clone)]
+pub struct Copy {
+    /// Destination shared offset.
+    pub dst: u64,
+    /// Source global address.
+    pub src: u64,
+    /// Bytes written (cp-size).
+    pub size: u32,
+    /// Bytes read from the source (the rest is zero-filled).
+    pub src_size: u32,
+    /// The issuer.
+    pub origin: Origin,
+}
+
+/// A load that lands in shared memory and signals an mbarrier.
+#[derive(Debug, Clone)]
+pub struct PendingLoad {
+    /// What to copy.
+    pub kind: LoadKind,
+    /// Destination shared offset.
+    pub dst: u64,
+    /// The mbarrier's shared offset.
+    pub mbar: u64,
+    /// The issuer.
+    pub origin: Origin,
+}
+
+/// The source of a [`PendingLoad`].
+#[derive(Debug, Clone)]
+pub enum LoadKind {
+    /// A TMA box.
+    Tensor(Box<TensorMap>, Vec<i32>),
+    /// `size` contiguous bytes from global `src`.
+    Bulk {
+        /// Source global address.
+        src: u64,
+        /// Bytes.
+        size: u64,
+    },
+}
+
+/// A bulk store tracked by a bulk async-group.
+#[derive(Debug, Clone)]
+pub enum BulkOp {
+    /// A TMA box store from shared offset `src`.
+    TensorStore {
+        /// The map.
+        map: Box<TensorMap>,
+        /// Box coordinates.
+        coords: Vec<i32>,
+        /// Source shared offset.
+        src: u64,
+        /// The issuer.
+        origin: Origin,
+    },
+    /// `size` bytes from shared offset `src` to global `dst`.
+    Store {
+        /// Destination global address.
+        dst: u64,
+        /// Source shared offset.
+        src: u64,
+        /// Bytes.
+        size: u64,
+        /// The issuer.
+        origin: Origin,
+    },
+}
+
+fn global_read(ctx: &CtaContext, address: u64, buf: &mut [u8]) -> Result<(), String> {
+    ctx.launch.memory.read(address, buf).map_err(|e| match e {
+        EmuError::Host(m) => m.replace("reading", "async copy reading"),
+        e => e.to_string(),
+    })
+}
+
+/// Runs `cp.async` copies.
+pub fn run_copies(ctx: &mut CtaContext, copies: Vec<Copy>) -> Result<(), EmuError> {
+    for c in copies {
+        let mut buf = vec![0u8; c.size as usize];
+        if c.src_size > 0 {
+            global_read(ctx, c.src, &mut buf[..c.src_size as usize])
+                .map_err(|m| c.origin.fault(ctx, c.src, format!("cp.async source: {m}")))?;
+        }
+        let d = c.dst as usize;
+        if d + buf.len() > ctx.shared.len() {
+            return Err(c.origin.fault(
+                ctx,
+                c.dst,
+                format!(
+                    "cp.async destination outside the {} bytes of shared memory",
+                    ctx.shared.len()
+                ),
+            ));
+        }
+        ctx.shared[d..d + buf.len()].copy_from_slice(&buf);
+        ctx.counters.async_bytes += u64::from(c.size);
+        ctx.hopper.version += 1;
+    }
+    Ok(())
+}
+
+fn land(ctx: &mut CtaContext, p: PendingLoad) -> Result<(), EmuError> {
+    let dst = p.dst as usize;
+    if dst > ctx.shared.len() {
+        return Err(p.origin.fault(
+            ctx,
+            p.dst,
+            "asynchronous load destination outside shared memory".into(),
+        ));
+    }
+    let bytes = match &p.kind {
+        LoadKind::Tensor(map, coords) => {
+            let mut shared = std::mem::take(&mut ctx.shared);
+            let memory = ctx.launch.memory;
+            let mut read = |a: u64, buf: &mut [u8]| -> Result<(), String> {
+                memory.read(a, buf).map_err(|e| e.to_string())
+            };
+            let r = load_box(map, coords, &mut read, &mut shared[dst..], p.dst);
+            ctx.shared = shared;
+            r.map_err(|m| p.origin.fault(ctx, p.dst, m))?
+        }
+        LoadKind::Bulk { src, size } => {
+            let mut buf = vec![0u8; *size as usize];
+            global_read(ctx, *src, &mut buf).map_err(|m| {
+                p.origin
+                    .fault(ctx, *src, format!("cp.async.bulk source: {m}"))
+            })?;
+            if dst + buf.len() > ctx.shared.len() {
+                return Err(p.origin.fault(
+                    ctx,
+                    p.dst,
+                    format!(
+                        "cp.async.bulk destination outside the {} bytes of shared memory",
+                        ctx.shared.len()
+                    ),
+                ));
+            }
+            ctx.shared[dst..dst + buf.len()].copy_from_slice(&buf);
+            *size
+        }
+    };
+    ctx.counters.async_bytes += bytes;
+    mbarrier::complete_tx(ctx, p.mbar, bytes).map_err(|m| p.origin.fault(ctx, p.mbar, m))?;
+    Ok(())
+}
+
+/// Lands every pending load that signals the mbarrier at shared offset `mbar`.
+pub fn land_for(ctx: &mut CtaContext, mbar: u64) -> Result<(), EmuError> {
+    if ctx.hopper.pending_loads.iter().all(|p| p.mbar != mbar) {
+        return Ok(());
+    }
+    let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut ctx.hopper.pending_loads)
+        .into_iter()
+        .partition(|p| p.mbar == mbar);
+    ctx.hopper.pending_loads = later;
+    for p in now {
+        land(ctx, p)?;
+    }
+    Ok(())
+}
+
+/// Lands every pending load.
+pub fn land_all(ctx: &mut CtaContext) -> Result<(), EmuError> {
+    for p in std::mem::take(&mut ctx.hopper.pending_loads) {
+        land(ctx, p)?;
+    }
+    Ok(())
+}
+
+/// Runs one bulk store.
+pub fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> {
+    let memory = ctx.launch.memory;
+    let (bytes, origin, at) = match &b {
+        BulkOp::TensorStore {
+            map,
+            coords,
+            src,
+            origin,
+        } => {
+            let s = *src as usize;
+            if s > ctx.shared.len() {
+                return Err(origin.fault(
+                    ctx,
+                    *src,
+                    "TMA store source outside shared memory".into(),
+                ));
+            }
+            let mut w = |a: u64, bytes: &[u8]| -> Result<(), String> {
+                memory.write(a, bytes).map_err(|e| e.to_string())
+            };
+            (
+                store_box(map, coords, &ctx.shared[s..], *src, &mut w)
+                    .map_err(|m| origin.fault(ctx, *src, m))?,
+                origin,
+                *src,
+            )
+        }
+        BulkOp::Store {
+            dst,
+            src,
+            size,
+            origin,
+        } => {
+            let s = *src as usize;
+            if s + *size as usize > ctx.shared.len() {
+                return Err(origin.fault(
+                    ctx,
+                    *src,
+                    "cp.async.bulk store source outside shared memory".into(),
+                ));
+            }
+            memory
+                .write(*dst, &ctx.shared[s..s + *size as usize])
+                .map_err(|e| origin.fault(ctx, *dst, format!("cp.async.bulk store: {e}")))?;
+            (*size, origin, *dst)
+        }
+    };
+    let _ = (origin, at);
+    ctx.counters.async_bytes += bytes;
+    ctx.hopper.version += 1;
+    Ok(())
+}
+
+/// `cp.async.{ca,cg}.shared.global [dst], [src], cp-size{, src-size}{, cache-policy}`.
+pub fn cp_async(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+) -> Result<Done, EmuError> {
+    let size = match operand(inst, 2) {
+        Operand::Imm(s @ (4 | 8 | 16)) => *s as u32,
+        _ => return Err(ctx.unsupported(inst)),
+    };
+    if inst.opcode.contains(".cg") && size != 16 {
+        return Err(ctx.unsupported(inst));
+    }
+    let hint = inst.opcode.contains("L2::cache_hint");
+    // Operand 3: src-size (u32) unless it is the cache policy; an `ignore-src` predicate is not
+    // implemented (it cannot be told from a src-size register here).
+    let src_size_op = match inst.operands.len() - usize::from(hint) {
+        3 => None,
+        4 => Some(&inst.operands[3]),
+        _ => return Err(ctx.unsupported(inst)),
+    };
+    if let Some(Operand::Reg(r)) = src_size_op {
+        if ctx
+            .launch
+            .kernel
+            .reg_names
+            .get(*r as usize)
+            .is_some_and(|n| n.starts_with("%p"))
+        {
+            return Err(ctx.unsupported(inst));
+        }
+    }
+    let Operand::Addr(src_addr) = operand(inst, 1) else {
+        return Err(ctx.unsupported(inst));
+    };
+    for l in lanes(exec) {
+        let dst = shared_operand(ctx, warp, inst, l, 0, Space::Shared, u64::from(size))?;
+        let src = ctx.address(warp, src_addr, l);
+        if src % u64::from(size) != 0 {
+            return Err(ctx.memory_fault(
+                inst,
+                warp.first_thread,
+                l,
+                src,
+                format!("cp.async source not {size}-byte aligned"),
+            ));
+        }
+        let src_size = match src_size_op {
+            None => size,
+            Some(o) => ctx.read(warp, o, l, Ty::U32) as u32,
+        };
+        if src_size > size {
+            return Err(ctx.fault(
+                inst,
+                warp.first_thread,
+                l,
+                format!("cp.async src-size {src_size} exceeds cp-size {size}"),
+            ));
+        }
+        if dst + u64::from(size) > ctx.shared.len() as u64 {
+            return Err(ctx.memory_fault(
+                inst,
+                warp.first_thread,
+                l,
+                dst,
+                "cp.async destination outside shared memory".into(),
+            ));
+        }
+        let origin = Origin::new(ctx, warp, inst, l);
+        ctx.hopper
+            .thread(warp.first_thread + l as u32)
+            .cp_uncommitted
+            .push(Copy {
+                dst,
+                src,
+                size,
+                src_size,
+                origin,
+            });
+    }
+    ctx.hopper.version += 1;
+    Ok(Done::Next)
+}
+
+/// `cp.async.commit_group`.
+pub fn cp_commit(ctx: &mut CtaContext, warp: &mut Warp, exec: u32) -> Result<Done, EmuError> {
+    for l in lanes(exec) {
+        let t = ctx.hopper.thread(warp.first_thread + l as u32);
+        let g = std::mem::take(&mut t.cp_uncommitted);
+        t.cp_groups.push_back(g);
+    }
+    Ok(Done::Next)
+}
+
+/// `cp.async.wait_group N` / `cp.async.wait_all` (= commit + wait 0).
+pub fn cp_wait(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+    all: bool,
+) -> Result<Done, EmuError> {
+    if all {
+        cp_commit(ctx, warp, exec)?;
+    }
+    let n = if all {
+        0
+    } else {
+        match operand(inst, 0) {
+            Operand::Imm(n) if *n >= 0 => *n as usize,
+            _ => return Err(ctx.unsupported(inst)),
+        }
+    };
+    for l in lanes(exec) {
+        loop {
+            let t = ctx.hopper.thread(warp.first_thread + l as u32);
+            if t.cp_groups.len() <= n {
+                break;
+            }
+            let g = t.cp_groups.pop_front().expect("non-empty");
+            run_copies(ctx, g)?;
+        }
+    }
+    Ok(Done::Next)
+}
+
+/// `cp.async.mbarrier.arrive[.noinc] [addr]`: the thread's copies run now, then the arrive-on
+/// (without `.noinc` the pending count is first incremented: no net change).
+pub fn cp_mbarrier_arrive(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+    space: Space,
+    noinc: bool,
+) -> Result<Done, EmuError> {
+    for l in lanes(exec) {
+        let off = shared_operand(ctx, warp, inst, l, 0, space, 8)?;
+        let t = ctx.hopper.thread(warp.first_thread + l as u32);
+        let mut copies: Vec<Copy> = t.cp_groups.iter_mut().flat_map(std::mem::take).collect();
+        copies.append(&mut t.cp_uncommitted);
+        run_copies(ctx, copies)?;
+        mbarrier::load(ctx, off).map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
+        if noinc {
+            mbarrier::arrive_on(ctx, off, 1, false)
+                .map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
+        }
+    }
+    Ok(Done::Next)
+}
+
+/// Reads the 128-byte tensor map at the generic address of `a` for `lane`.
+fn tensor_map(
+    ctx: &CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    lane: usize,
+    a: &crate::ptx::Addr,
+) -> Result<TensorMap, EmuError> {
+    let address = ctx.address(warp, a, lane);
+    let fault = |m: String| ctx.memory_fault(inst, warp.first_thread, lane, address, m);
+    if address % 64 != 0 {
+        return Err(fault("tensor map not 64-byte aligned".into()));
+    }
+    let mut bytes = vec![0u8; TENSOR_MAP_BYTES];
+    let param = match a.base {
+        AddrBase::Var(Space::Param, _) => Some(address),
+        _ if (PARAM_WINDOW..PARAM_WINDOW + PARAM_WINDOW_BYTES).contains(&address) => {
+            Some(address - PARAM_WINDOW)
+        }
+        _ => None,
+    };
+    if let Some(o) = param {
+        let params = ctx.launch.params;
+        let o = o as usize;
+        if o + TENSOR_MAP_BYTES > params.len() {
+            return Err(fault(format!(
+                "tensor map outside the {} bytes of parameters",
+                params.len()
+            )));
+        }
+        bytes.copy_from_slice(&params[o..o + TENSOR_MAP_BYTES]);
+    } else {
+        match ctx.place(Space::Generic, address, a.base).map_err(&fault)? {
+            Place::Global(g) => {
+                global_read(ctx, g, &mut bytes).map_err(|m| fault(format!("tensor map: {m}")))?
+            }
+            _ => {
+                return Err(fault(
+                    "tensor map must be in parameter or global memory".into(),
+                ));
+            }
+        }
+    }
+    TensorMap::from_bytes(&bytes).map_err(|m| fault(format!("tensor map: {m}")))
+}
+
+fn coords(ctx: &CtaContext, warp: &Warp, items: &[Operand], lane: usize) -> Vec<i32> {
+    items
+        .iter()
+        .map(|o| ctx.read(warp, o, lane, Ty::S32) as u32 as i32)
+        .collect()
+}
+
+/// Checks a multicast ctaMask for a cluster of one CTA: whether CTA 0 receives the data.
+fn multicast_to_self(
+    ctx: &CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    lane: usize,
+    i: usize,
+) -> Result<bool, EmuError> {
+    let mask = ctx.read(warp, operand(inst, i), lane, Ty::U16) & 0xffff;
+    let cluster: u32 = ctx.launch.config.cluster.iter().product();
+    if mask >> cluster != 0 {
+        return Err(ctx.fault(
+            inst,
+            warp.first_thread,
+            lane,
+            format!("multicast ctaMask {mask:#x} names CTAs outside the cluster of {cluster}"),
+        ));
+    }
+    Ok(mask & 1 == 1)
+}
+
+/// `cp.async.bulk.tensor.Nd.shared::cluster.global…mbarrier::complete_tx::bytes [dst],
+/// [tensorMap, {coords}], [mbar]{, ctaMask}{, cache-policy}`.
+#[allow(clippy::too_many_arguments)]
+pub fn tensor_load(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+    dims: u8,
+    multicast: bool,
+    cache_hint: bool,
+) -> Result<Done, EmuError> {
+    let expected = 3 + usize::from(multicast) + usize::from(cache_hint);
+    let Operand::TensorCoords(tm, items) = operand(inst, 1) else {
+        return Err(ctx.unsupported(inst));
+    };
+    if inst.operands.len() != expected || items.len() != dims as usize {
+        return Err(ctx.unsupported(inst));
+    }
+    let space = if inst.opcode.contains("shared::cta") {
+        Space::Shared
+    } else {
+        Space::SharedCluster
+    };
+    for l in lanes(exec) {
+        let map = tensor_map(ctx, warp, inst, l, tm)?;
+        if map.rank != u32::from(dims) {
+            return Err(ctx.fault(
+                inst,
+                warp.first_thread,
+                l,
+                format!("{}d copy with a rank-{} tensor map", dims, map.rank),
+            ));
+        }
+        let dst = shared_operand(ctx, warp, inst, l, 0, space, 128)?;
+        let mbar = shared_operand(ctx, warp, inst, l, 2, space, 8)?;
+        mbarrier::load(ctx, mbar).map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
+        if multicast && !multicast_to_self(ctx, warp, inst, l, 3)? {
+            continue;
+        }
+        let c = coords(ctx, warp, items, l);
+        let origin = Origin::new(ctx, warp, inst, l);
+        ctx.hopper.pending_loads.push(PendingLoad {
+            kind: LoadKind::Tensor(Box::new(map), c),
+            dst,
+            mbar,
+            origin,
+        });
+    }
+    ctx.hopper.version += 1;
+    Ok(Done::Next)
+}
+
+/// `cp.async.bulk.tensor.Nd.global.shared::cta.bulk_group [tensorMap, {coords}], [src]{, policy}`.
+pub fn tensor_store(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+    dims: u8,
+) -> Result<Done, EmuError> {
+    let hint = inst.opcode.contains("L2::cache_hint");
+    let Operand::TensorCoords(tm, items) = operand(inst, 0) else {
+        return Err(ctx.unsupported(inst));
+    };
+    if inst.operands.len() != 2 + usize::from(hint) || items.len() != dims as usize {
+        return Err(ctx.unsupported(inst));
+    }
+    for l in lanes(exec) {
+        let map = tensor_map(ctx, warp, inst, l, tm)?;
+        if map.rank != u32::from(dims) {
+            return Err(ctx.fault(
+                inst,
+                warp.first_thread,
+                l,
+                format!("{}d copy with a rank-{} tensor map", dims, map.rank),
+            ));
+        }
+        let src = shared_operand(ctx, warp, inst, l, 1, Space::Shared, 128)?;
+        let c = coords(ctx, warp, items, l);
+        let origin = Origin::new(ctx, warp, inst, l);
+        ctx.hopper
+            .thread(warp.first_thread + l as u32)
+            .bulk_uncommitted
+            .push(BulkOp::TensorStore {
+                map: Box::new(map),
+                coords: c,
+                src,
+                origin,
+            });
+    }
+    ctx.hopper.version += 1;
+    Ok(Done::Next)
+}
+
+/// `cp.async.bulk.shared::{cta,cluster}.global.mbarrier::complete_tx::bytes [dst], [src], size,
+/// [mbar]{, ctaMask}{, cache-policy}`.
+pub fn bulk_load(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+    multicast: bool,
+) -> Result<Done, EmuError> {
+    let hint = inst.opcode.contains("L2::cache_hint");
+    if inst.operands.len() != 4 + usize::from(multicast) + usize::from(hint) {
+        return Err(ctx.unsupported(inst));
+    }
+    let Operand::Addr(src_addr) = operand(inst, 1) else {
+        return Err(ctx.unsupported(inst));
+    };
+    let space = if inst.opcode.contains("shared::cta") {
+        Space::Shared
+    } else {
+        Space::SharedCluster
+    };
+    for l in lanes(exec) {
+        let dst = shared_operand(ctx, warp, inst, l, 0, space, 16)?;
+        let mbar = shared_operand(ctx, warp, inst, l, 3, space, 8)?;
+        let src = ctx.address(warp, src_addr, l);
+        let size = ctx.read(warp, operand(inst, 2), l, Ty::U32) & 0xffff_ffff;
+        if src % 16 != 0 || size % 16 != 0 {
+            return Err(ctx.memory_fault(inst, warp.first_thread, l, src, format!("cp.async.bulk needs a 16-byte aligned source and a multiple of 16 bytes (size {size})")));
+        }
+        mbarrier::load(ctx, mbar).map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
+        if multicast && !multicast_to_self(ctx, warp, inst, l, 4)? {
+            continue;
+        }
+        let origin = Origin::new(ctx, warp, inst, l);
+        ctx.hopper.pending_loads.push(PendingLoad {
+            kind: LoadKind::Bulk { src, size },
+            dst,
+            mbar,
+            origin,
+        });
+    }
+    ctx.hopper.version += 1;
+    Ok(Done::Next)
+}
+
+/// `cp.async.bulk.global.shared::cta.bulk_group [dst], [src], size`.
+pub fn bulk_store(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+) -> Result<Done, EmuError> {
+    if inst.operands.len() != 3 {
+        return Err(ctx.unsupported(inst));
+    }
+    let Operand::Addr(dst_addr) = operand(inst, 0) else {
+        return Err(ctx.unsupported(inst));
+    };
+    for l in lanes(exec) {
+        let src = shared_operand(ctx, warp, inst, l, 1, Space::Shared, 16)?;
+        let dst = ctx.address(warp, dst_addr, l);
+        let size = ctx.read(warp, operand(inst, 2), l, Ty::U32) & 0xffff_ffff;
+        if dst % 16 != 0 || size % 16 != 0 {
+            return Err(ctx.memory_fault(inst, warp.first_thread, l, dst, format!("cp.async.bulk needs a 16-byte aligned destination and a multiple of 16 bytes (size {size})")));
+        }
+        let origin = Origin::new(ctx, warp, inst, l);
+        ctx.hopper
+            .thread(warp.first_thread + l as u32)
+            .bulk_uncommitted
+            .push(BulkOp::Store {
+                dst,
+                src,
+                size,
+                origin,
+            });
+    }
+    ctx.hopper.version += 1;
+    Ok(Done::Next)
+}
+
+/// `cp.async.bulk.commit_group`.
+pub fn bulk_commit(ctx: &mut CtaContext, warp: &mut Warp, exec: u32) -> Result<Done, EmuError> {
+    for l in lanes(exec) {
+        let t = ctx.hopper.thread(warp.first_thread + l as u32);
+        let g = std::mem::take(&mut t.bulk_uncommitted);
+        t.bulk_groups.push_back(g);
+    }
+    Ok(Done::Next)
+}
+
+/// `cp.async.bulk.wait_group[.read] N`: the oldest groups beyond N run now (reading shared
+/// memory and writing global memory).
+pub fn bulk_wait(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+) -> Result<Done, EmuError> {
+    let n = match operand(inst, 0) {
+        Operand::Imm(n) if *n >= 0 => *n as usize,
+        _ => return Err(ctx.unsupported(inst)),
+    };
+    for l in lanes(exec) {
+        loop {
+            let t = ctx.hopper.thread(warp.first_thread + l as u32);
+            if t.bulk_groups.len() <= n {
+                break;
+            }
+            for b in t.bulk_groups.pop_front().expect("non-empty") {
+                run_bulk(ctx, b)?;
+            }
+        }
+    }
+    Ok(Done::Next)
+}

@@ -1,0 +1,403 @@
+//! Hopper's asynchronous machinery in one CTA: the per-CTA state of mbarrier-tracked copies,
+//! per-thread `cp.async` and bulk async-groups, warpgroup MMAs and the cluster barrier, and the
+//! dispatch of every [`HopperOp`]. The instructions themselves live in [`super::mbarrier`],
+//! [`super::async_copy`] and [`super::wgmma`]; the small ones (`elect.sync`, `setmaxnreg`,
+//! `bar.warp.sync`, `mapa`, `barrier.cluster`) are here.
+//!
+//! **When asynchronous work happens** (chosen to expose kernels that read too early):
+//! - `cp.async` copies run when a `cp.async.wait_group`/`wait_all` retires their group, when
+//!   the thread's `cp.async.mbarrier.arrive` executes, or when the CTA ends.
+//! - TMA / bulk loads (`cp.async.bulk[.tensor]` into shared memory) land, and signal their
+//!   mbarrier's `complete_tx`, when a thread polls that mbarrier (`test_wait`/`try_wait`), or
+//!   when the CTA ends. Shared memory is untouched until then.
+//! - TMA / bulk stores run when `cp.async.bulk.wait_group[.read]` retires their bulk group, or
+//!   when the CTA ends (global memory is not written before).
+//! - `wgmma.mma_async` is computed when a warp of the warpgroup waits for it
+//!   (`wgmma.wait_group`) and all four warps have issued it, reading shared memory then; its
+//!   accumulator registers are written at that wait, never before.
+//!
+//! A failed poll (`mbarrier.try_wait`/`test_wait` false for every lane, a `wgmma.wait_group`
+//! whose MMAs are not issued by the whole warpgroup yet, a `barrier.cluster.wait` not yet
+//! complete) returns [`Outcome::Yield`], so other warps run; [`HopperState::version`] counts
+//! every change of asynchronous state, which the scheduler uses to report a CTA whose live warps
+//! only poll as a deadlock.
+
+use std::collections::VecDeque;
+
+use super::access::Place;
+use super::async_copy::{BulkOp, Copy, PendingLoad};
+use super::context::CtaContext;
+use super::operand::write;
+use super::step::Outcome;
+use super::warp::{WARP, Warp, lanes};
+use super::wgmma::{WarpWgmma, WarpgroupWgmma};
+use crate::error::EmuError;
+use crate::ptx::decode_hopper::HopperOp;
+use crate::ptx::{Inst, Operand, Space, Ty};
+
+/// Generic-address window of the kernel parameters (`cvta.param`): a `__grid_constant__`
+/// parameter such as a tensor map is read through it.
+pub const PARAM_WINDOW: u64 = 0x3000_0000_0000;
+
+/// Bytes of the parameter window.
+pub const PARAM_WINDOW_BYTES: u64 = 1 << 32;
+
+/// Asynchronous state of one thread.
+#[derive(Debug, Default)]
+pub struct ThreadAsync {
+    /// `cp.async` copies not yet committed.
+    pub cp_uncommitted: Vec<Copy>,
+    /// Committed `cp.async` groups, oldest first.
+    pub cp_groups: VecDeque<Vec<Copy>>,
+    /// Bulk stores not yet committed.
+    pub bulk_uncommitted: Vec<BulkOp>,
+    /// Committed bulk async-groups, oldest first.
+    pub bulk_groups: VecDeque<Vec<BulkOp>>,
+}
+
+/// The cluster barrier of a cluster of one CTA.
+#[derive(Debug, Default)]
+pub struct ClusterBarrier {
+    /// Completed phases.
+    pub phase: u64,
+    /// Arrivals in the current phase.
+    pub arrived: u32,
+    /// Per thread: the phase it arrived in (`None`: has not arrived since its last wait).
+    pub arrival: Vec<Option<u64>>,
+}
+
+/// The asynchronous state of one CTA.
+#[derive(Debug, Default)]
+pub struct HopperState {
+    /// Bumped by every change of asynchronous state (mbarrier words, copies, MMAs, cluster
+    /// barrier): a scheduler round in which it does not move and every warp only polled made
+    /// no progress.
+    pub version: u64,
+    /// Per thread (linear thread index).
+    pub threads: Vec<ThreadAsync>,
+    /// Bulk and tensor loads issued but not landed.
+    pub pending_loads: Vec<PendingLoad>,
+    /// Per warp: its wgmma groups.
+    pub warps: Vec<WarpWgmma>,
+    /// Per warpgroup: its MMAs.
+    pub warpgroups: Vec<WarpgroupWgmma>,
+    /// `barrier.cluster`.
+    pub cluster: ClusterBarrier,
+}
+
+impl HopperState {
+    /// The state of thread `t`.
+    pub fn thread(&mut self, t: u32) -> &mut ThreadAsync {
+        let t = t as usize;
+        if self.threads.len() <= t {
+            self.threads.resize_with(t + 1, ThreadAsync::default);
+        }
+        &mut self.threads[t]
+    }
+}
+
+/// What a Hopper instruction did for the lanes that executed it.
+pub enum Done {
+    /// Finished: the lanes move on.
+    Next,
+    /// Finished, but nothing changed for any lane (a failed poll): move on, then yield.
+    NextAndYield,
+    /// Not finished: the lanes stay at the instruction and the warp yields.
+    Stay,
+}
+
+/// Executes Hopper instruction `op` at `pc` for lanes `mask` of `warp` (`exec`: those whose
+/// guard holds).
+pub fn step(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    pc: u32,
+    mask: u32,
+    exec: u32,
+    op: &HopperOp,
+) -> Result<Outcome, EmuError> {
+    let inst = &ctx.launch.kernel.insts[pc as usize];
+    let done = if exec == 0 {
+        Done::Next
+    } else {
+        execute(ctx, warp, inst, pc, exec, op)?
+    };
+    let stay = matches!(done, Done::Stay);
+    for l in lanes(mask) {
+        if !(stay && exec & (1 << l) != 0) {
+            warp.pc[l] = pc + 1;
+        }
+    }
+    Ok(match done {
+        Done::Next => Outcome::Continue,
+        Done::NextAndYield | Done::Stay => Outcome::Yield,
+    })
+}
+
+fn execute(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    pc: u32,
+    exec: u32,
+    op: &HopperOp,
+) -> Result<Done, EmuError> {
+    use super::{async_copy as ac, mbarrier as mb, wgmma as wg};
+    match op {
+        HopperOp::Nop | HopperOp::WgmmaFence => Ok(Done::Next),
+        HopperOp::MbarInit(s) => mb::init(ctx, warp, inst, exec, *s),
+        HopperOp::MbarInval(s) => mb::inval(ctx, warp, inst, exec, *s),
+        HopperOp::MbarArrive {
+            space,
+            expect_tx,
+            drop,
+            no_complete,
+        } => mb::arrive(
+            ctx,
+            warp,
+            inst,
+            exec,
+            *space,
+            *expect_tx,
+            *drop,
+            *no_complete,
+        ),
+        HopperOp::MbarExpectTx(s) => mb::tx(ctx, warp, inst, exec, *s, true),
+        HopperOp::MbarCompleteTx(s) => mb::tx(ctx, warp, inst, exec, *s, false),
+        HopperOp::MbarWait { space, parity } => mb::wait(ctx, warp, inst, exec, *space, *parity),
+        HopperOp::CpAsync => ac::cp_async(ctx, warp, inst, exec),
+        HopperOp::CpAsyncCommit => ac::cp_commit(ctx, warp, exec),
+        HopperOp::CpAsyncWait { all } => ac::cp_wait(ctx, warp, inst, exec, *all),
+        HopperOp::CpAsyncMbarArrive { space, noinc } => {
+            ac::cp_mbarrier_arrive(ctx, warp, inst, exec, *space, *noinc)
+        }
+        HopperOp::TensorLoad {
+            dims,
+            multicast,
+            cache_hint,
+        } => ac::tensor_load(ctx, warp, inst, exec, *dims, *multicast, *cache_hint),
+        HopperOp::TensorStore { dims } => ac::tensor_store(ctx, warp, inst, exec, *dims),
+        HopperOp::BulkLoad { multicast } => ac::bulk_load(ctx, warp, inst, exec, *multicast),
+        HopperOp::BulkStore => ac::bulk_store(ctx, warp, inst, exec),
+        HopperOp::BulkCommit => ac::bulk_commit(ctx, warp, exec),
+        HopperOp::BulkWait => ac::bulk_wait(ctx, warp, inst, exec),
+        HopperOp::Wgmma { .. } => wg::issue(ctx, warp, inst, pc, exec, op),
+        HopperOp::WgmmaCommit => wg::commit(ctx, warp, inst, exec),
+        HopperOp::WgmmaWait => wg::wait(ctx, warp, inst, exec),
+        HopperOp::Elect => elect(ctx, warp, inst, exec),
+        HopperOp::SetMaxNReg => {
+            let first = exec.trailing_zeros() as usize;
+            let v = ctx.read(warp, operand(inst, 0), first, Ty::U32);
+            if !matches!(operand(inst, 0), Operand::Imm(_))
+                || !(24..=256).contains(&v)
+                || v % 8 != 0
+            {
+                return Err(ctx.fault(inst, warp.first_thread, first, format!("setmaxnreg needs an immediate register count in 24..=256, a multiple of 8 (got {v})")));
+            }
+            Ok(Done::Next)
+        }
+        HopperOp::BarWarpSync => {
+            let first = exec.trailing_zeros() as usize;
+            let member = ctx.read(warp, operand(inst, 0), first, Ty::U32) as u32;
+            check_members(ctx, warp, inst, exec, member, "bar.warp.sync")?;
+            Ok(Done::Next)
+        }
+        HopperOp::Mapa => {
+            let cluster: u32 = ctx.launch.config.cluster.iter().product();
+            for l in lanes(exec) {
+                let a = ctx.read(warp, operand(inst, 1), l, Ty::U64);
+                let rank = ctx.read(warp, operand(inst, 2), l, Ty::U32);
+                if rank >= u64::from(cluster) {
+                    return Err(ctx.fault(
+                        inst,
+                        warp.first_thread,
+                        l,
+                        format!("mapa to CTA rank {rank} of a cluster of {cluster}"),
+                    ));
+                }
+                let a = if inst.opcode.ends_with("u32") {
+                    a & 0xffff_ffff
+                } else {
+                    a
+                };
+                write(warp, operand(inst, 0), l, a);
+            }
+            Ok(Done::Next)
+        }
+        HopperOp::ClusterArrive => {
+            let threads: u32 = ctx.launch.config.block.iter().product();
+            let c = &mut ctx.hopper.cluster;
+            if c.arrival.len() < threads as usize {
+                c.arrival.resize(threads as usize, None);
+            }
+            for l in lanes(exec) {
+                let t = (warp.first_thread + l as u32) as usize;
+                if ctx.hopper.cluster.arrival[t].is_some() {
+                    return Err(ctx.fault(
+                        inst,
+                        warp.first_thread,
+                        l,
+                        "barrier.cluster.arrive twice without a barrier.cluster.wait in between"
+                            .into(),
+                    ));
+                }
+                let c = &mut ctx.hopper.cluster;
+                c.arrival[t] = Some(c.phase);
+                c.arrived += 1;
+                if c.arrived == threads {
+                    c.arrived = 0;
+                    c.phase += 1;
+                }
+            }
+            ctx.hopper.version += 1;
+            Ok(Done::Next)
+        }
+        HopperOp::ClusterWait => {
+            let mut ready = true;
+            for l in lanes(exec) {
+                let t = (warp.first_thread + l as u32) as usize;
+                match ctx.hopper.cluster.arrival.get(t).copied().flatten() {
+                    None => {
+                        return Err(ctx.fault(
+                            inst,
+                            warp.first_thread,
+                            l,
+                            "barrier.cluster.wait without a prior barrier.cluster.arrive".into(),
+                        ));
+                    }
+                    Some(p) if p >= ctx.hopper.cluster.phase => ready = false,
+                    Some(_) => {}
+                }
+            }
+            if !ready {
+                return Ok(Done::Stay);
+            }
+            for l in lanes(exec) {
+                ctx.hopper.cluster.arrival[(warp.first_thread + l as u32) as usize] = None;
+            }
+            Ok(Done::Next)
+        }
+    }
+}
+
+/// Operand `i` (a sink when absent).
+pub fn operand(inst: &Inst, i: usize) -> &Operand {
+    inst.operands.get(i).unwrap_or(&Operand::Sink)
+}
+
+/// Every lane of `member` must execute with this group, and every executing lane must be in it.
+fn check_members(
+    ctx: &CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    exec: u32,
+    member: u32,
+    what: &str,
+) -> Result<(), EmuError> {
+    if exec & !member != 0 {
+        let l = (exec & !member).trailing_zeros() as usize;
+        return Err(ctx.fault(
+            inst,
+            warp.first_thread,
+            l,
+            format!("{what}: the executing lane is not in membermask {member:#x}"),
+        ));
+    }
+    if member & !exec != 0 {
+        let missing = (member & !exec).trailing_zeros();
+        let l = exec.trailing_zeros() as usize;
+        return Err(ctx.fault(inst, warp.first_thread, l, format!("{what}: membermask {member:#x} names lane {missing}, which did not execute it with this lane")));
+    }
+    Ok(())
+}
+
+/// `elect.sync d|p, membermask`: the lowest lane of the membermask is the leader.
+fn elect(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Result<Done, EmuError> {
+    let first = exec.trailing_zeros() as usize;
+    let member = ctx.read(warp, operand(inst, 1), first, Ty::U32) as u32;
+    check_members(ctx, warp, inst, exec, member, "elect.sync")?;
+    let leader = member.trailing_zeros() as u64;
+    for l in lanes(exec) {
+        match operand(inst, 0) {
+            Operand::PredPair(d, p) => {
+                warp.set_reg(*d, l, leader);
+                warp.set_reg(*p, l, u64::from(l as u64 == leader));
+            }
+            Operand::Reg(p) => warp.set_reg(*p, l, u64::from(l as u64 == leader)),
+            _ => return Err(ctx.unsupported(inst)),
+        }
+    }
+    Ok(Done::Next)
+}
+
+/// The shared-memory offset of address operand `i` of `lane`, used with state space `space`.
+pub fn shared_operand(
+    ctx: &CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    lane: usize,
+    i: usize,
+    space: Space,
+    align: u64,
+) -> Result<u64, EmuError> {
+    let Operand::Addr(a) = operand(inst, i) else {
+        return Err(ctx.unsupported(inst));
+    };
+    let address = ctx.address(warp, a, lane);
+    let fault = |m: String| ctx.memory_fault(inst, warp.first_thread, lane, address, m);
+    match ctx.place(space, address, a.base).map_err(fault)? {
+        Place::Shared(o) => {
+            if o % align != 0 {
+                return Err(fault(format!(
+                    "{}: shared address not {align}-byte aligned",
+                    inst.opcode
+                )));
+            }
+            Ok(o)
+        }
+        _ => Err(fault(format!(
+            "{}: the address is not in shared memory",
+            inst.opcode
+        ))),
+    }
+}
+
+/// Runs everything still in flight when the CTA ends: pending loads land, cp.async copies and
+/// bulk stores complete (a kernel may exit with stores in flight; they still reach memory).
+pub fn finish(ctx: &mut CtaContext) -> Result<(), EmuError> {
+    super::async_copy::land_all(ctx)?;
+    for t in 0..ctx.hopper.threads.len() {
+        let th = &mut ctx.hopper.threads[t];
+        let mut copies = std::mem::take(&mut th.cp_uncommitted);
+        let groups: Vec<Vec<Copy>> = th.cp_groups.drain(..).collect();
+        let mut bulk: Vec<BulkOp> = th.bulk_groups.drain(..).flatten().collect();
+        bulk.append(&mut th.bulk_uncommitted);
+        for g in groups {
+            super::async_copy::run_copies(ctx, g)?;
+        }
+        copies.shrink_to_fit();
+        super::async_copy::run_copies(ctx, copies)?;
+        for b in bulk {
+            super::async_copy::run_bulk(ctx, b)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `lane` may run a warp-wide (`.sync.aligned`) instruction: all 32 lanes present.
+pub fn full_warp(ctx: &CtaContext, warp: &Warp, inst: &Inst, exec: u32) -> Result<(), EmuError> {
+    if exec != u32::MAX {
+        let lane = (!exec).trailing_zeros() as usize;
+        let lane = lane.min(WARP - 1);
+        return Err(ctx.fault(
+            inst,
+            warp.first_thread,
+            lane,
+            format!(
+                "{} needs all 32 lanes of the warp converged; this lane did not take part",
+                inst.opcode
+            ),
+        ));
+    }
+    Ok(())
+}
