@@ -25,7 +25,7 @@ pub fn dump(name: &str, ptx: &str) {
 /// instructions `body`; `regs` declares its registers.
 pub fn kernel(params: &str, regs: &str, body: &str) -> String {
     format!(
-        ".version 8.0\n.target sm_90a\n.address_size 64\n\n.visible .entry k({params})\n{{\n{regs}\n{body}\n}}\n"
+        ".version 8.4\n.target sm_90a\n.address_size 64\n\n.visible .entry k({params})\n{{\n{regs}\n{body}\n}}\n"
     )
 }
 
