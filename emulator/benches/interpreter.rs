@@ -24,7 +24,9 @@ fn main() {
         // Small finite bf16/f32/fp8 bit patterns: keep exponents low so nothing overflows.
         let data: Vec<u8> = (0..bytes)
             .map(|i| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 if i % 2 == 1 { 0x3c } else { (seed >> 56) as u8 }
             })
             .collect();
@@ -36,7 +38,12 @@ fn main() {
     let start = Instant::now();
     for step in plan["steps"].as_array().expect("steps") {
         let dims = |k: &str| -> [u32; 3] {
-            let v: Vec<u32> = step[k].as_array().expect("dims").iter().map(|d| d.as_u64().unwrap() as u32).collect();
+            let v: Vec<u32> = step[k]
+                .as_array()
+                .expect("dims")
+                .iter()
+                .map(|d| d.as_u64().unwrap() as u32)
+                .collect();
             [v[0], v[1], v[2]]
         };
         let mut config = LaunchConfig::new(dims("grid"), dims("block"));
@@ -48,7 +55,8 @@ fn main() {
             .map(|a| ParamValue::U64(address[a.as_str().expect("name")]))
             .collect();
         let kernel = step["kernel"].as_str().expect("kernel");
-        let profile = launch(&module, kernel, &memory, &config, &params, &options).expect("the launch runs");
+        let profile =
+            launch(&module, kernel, &memory, &config, &params, &options).expect("the launch runs");
         warp_instructions += profile.warp_instructions;
         thread_instructions += profile.thread_instructions;
     }

@@ -32,7 +32,9 @@ pub enum EmuError {
         message: String,
     },
     /// An instruction (or a form of one) the emulator does not implement: never guessed.
-    #[error("kernel `{kernel}`, PTX line {line}: `{instruction}` is not implemented by the emulator")]
+    #[error(
+        "kernel `{kernel}`, PTX line {line}: `{instruction}` is not implemented by the emulator"
+    )]
     Unsupported {
         /// The kernel entry.
         kernel: String,

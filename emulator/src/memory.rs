@@ -136,7 +136,7 @@ impl GlobalMemory {
 
     /// Checks a device access of `width` bytes (1, 2, 4, 8) and returns its host pointer.
     fn checked(&self, address: u64, width: u32) -> Result<*mut u8, String> {
-        if address % u64::from(width) != 0 {
+        if !address.is_multiple_of(u64::from(width)) {
             return Err(format!("misaligned {width}-byte global access"));
         }
         let (a, offset) = self
@@ -197,8 +197,10 @@ impl GlobalMemory {
                 }
                 8 => {
                     let a = AtomicU64::from_ptr(p.cast());
-                    Ok(a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(f(v)))
-                        .unwrap_or_else(|v| v))
+                    Ok(
+                        a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(f(v)))
+                            .unwrap_or_else(|v| v),
+                    )
                 }
                 _ => Err(format!("{width}-byte atomics are not implemented")),
             }

@@ -54,7 +54,10 @@ impl CtaContext<'_> {
                     Place::Shared(address - SHARED_WINDOW)
                 } else if (LOCAL_WINDOW..LOCAL_WINDOW + (1 << 32)).contains(&address) {
                     Place::Local(address - LOCAL_WINDOW)
-                } else if (super::hopper::PARAM_WINDOW..super::hopper::PARAM_WINDOW + super::hopper::PARAM_WINDOW_BYTES).contains(&address) {
+                } else if (super::hopper::PARAM_WINDOW
+                    ..super::hopper::PARAM_WINDOW + super::hopper::PARAM_WINDOW_BYTES)
+                    .contains(&address)
+                {
                     Place::Param(address - super::hopper::PARAM_WINDOW)
                 } else {
                     Place::Global(address)
@@ -66,7 +69,7 @@ impl CtaContext<'_> {
     /// Loads `width` bytes at `place` for `lane` (zero-extended).
     pub fn load(&self, warp: &Warp, lane: usize, place: Place, width: u32) -> Result<u64, String> {
         let aligned = |a: u64| {
-            if a % u64::from(width) != 0 {
+            if !a.is_multiple_of(u64::from(width)) {
                 Err(format!("misaligned {width}-byte access"))
             } else {
                 Ok(())
@@ -77,7 +80,12 @@ impl CtaContext<'_> {
             let end = offset
                 .checked_add(u64::from(width))
                 .filter(|&e| e <= bytes.len() as u64)
-                .ok_or_else(|| format!("{width}-byte {what} access outside its {} bytes", bytes.len()))?;
+                .ok_or_else(|| {
+                    format!(
+                        "{width}-byte {what} access outside its {} bytes",
+                        bytes.len()
+                    )
+                })?;
             let mut v = [0u8; 8];
             v[..width as usize].copy_from_slice(&bytes[offset as usize..end as usize]);
             Ok(u64::from_le_bytes(v))
@@ -103,7 +111,7 @@ impl CtaContext<'_> {
         v: u64,
     ) -> Result<(), String> {
         let into = |bytes: &mut [u8], offset: u64, what: &str| -> Result<(), String> {
-            if offset % u64::from(width) != 0 {
+            if !offset.is_multiple_of(u64::from(width)) {
                 return Err(format!("misaligned {width}-byte access"));
             }
             let len = bytes.len();
@@ -111,7 +119,8 @@ impl CtaContext<'_> {
                 .checked_add(u64::from(width))
                 .filter(|&e| e <= len as u64)
                 .ok_or_else(|| format!("{width}-byte {what} access outside its {len} bytes"))?;
-            bytes[offset as usize..end as usize].copy_from_slice(&v.to_le_bytes()[..width as usize]);
+            bytes[offset as usize..end as usize]
+                .copy_from_slice(&v.to_le_bytes()[..width as usize]);
             Ok(())
         };
         match place {
@@ -185,6 +194,10 @@ mod tests {
         let mut a: Vec<u64> = (0..32).map(|_| 64).collect();
         assert_eq!(wavefronts(&mut a, 4), 1, "broadcast");
         let mut a: Vec<u64> = (0..32).map(|l| 16 * l).collect();
-        assert_eq!(wavefronts(&mut a, 16), 4, "128-bit accesses: 512 bytes in 4 wavefronts");
+        assert_eq!(
+            wavefronts(&mut a, 16),
+            4,
+            "128-bit accesses: 512 bytes in 4 wavefronts"
+        );
     }
 }

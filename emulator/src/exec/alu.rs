@@ -183,10 +183,19 @@ mod tests {
     #[test]
     fn widths_and_signedness() {
         assert_eq!(int_binary(IntOp::Add, Ty::U32, 0xffff_ffff, 1), 0);
-        assert_eq!(int_binary(IntOp::MulWide, Ty::S32, (-3i32) as u32 as u64, 5), (-15i64) as u64);
-        assert_eq!(int_binary(IntOp::MulWide, Ty::U32, 0xffff_ffff, 2), 0x1_ffff_fffe);
+        assert_eq!(
+            int_binary(IntOp::MulWide, Ty::S32, (-3i32) as u32 as u64, 5),
+            (-15i64) as u64
+        );
+        assert_eq!(
+            int_binary(IntOp::MulWide, Ty::U32, 0xffff_ffff, 2),
+            0x1_ffff_fffe
+        );
         assert_eq!(int_binary(IntOp::MulHi, Ty::U32, 0x8000_0000, 4), 2);
-        assert_eq!(int_binary(IntOp::Shr, Ty::S32, 0x8000_0000, 31), 0xffff_ffff);
+        assert_eq!(
+            int_binary(IntOp::Shr, Ty::S32, 0x8000_0000, 31),
+            0xffff_ffff
+        );
         assert_eq!(int_binary(IntOp::Shr, Ty::U32, 0x8000_0000, 40), 0);
         assert_eq!(int_binary(IntOp::Shl, Ty::B32, 1, 32), 0);
         assert_eq!(int_binary(IntOp::Min, Ty::S32, 0xffff_ffff, 0), 0xffff_ffff);

@@ -80,7 +80,11 @@ fn to_half(x: f64, bf: bool, m: &CvtMods) -> Option<u16> {
     if rnd != Rnd::Rn && rnd != Rnd::Rz {
         return None;
     }
-    let x = if m.relu && !x.is_nan() && x < 0.0 { 0.0 } else { x };
+    let x = if m.relu && !x.is_nan() && x < 0.0 {
+        0.0
+    } else {
+        x
+    };
     let mut bits = if bf { to_bf16_bits(x) } else { to_f16_bits(x) };
     let value = |b: u16| {
         if bf {
@@ -98,9 +102,7 @@ fn to_half(x: f64, bf: bool, m: &CvtMods) -> Option<u16> {
     }
     if m.sat {
         let v = value(bits);
-        if v.is_nan() {
-            bits = 0;
-        } else if v < 0.0 {
+        if v.is_nan() || v < 0.0 {
             bits = 0;
         } else if v > 1.0 {
             bits = if bf { 0x3f80 } else { 0x3c00 };
@@ -114,7 +116,11 @@ fn to_fp8(x: f32, fmt: Fp8Format, m: &CvtMods) -> Option<u8> {
     if m.rnd != Some(Rnd::Rn) || !m.satfinite {
         return None;
     }
-    let x = if m.relu && !x.is_nan() && x < 0.0 { 0.0 } else { x };
+    let x = if m.relu && !x.is_nan() && x < 0.0 {
+        0.0
+    } else {
+        x
+    };
     Some(fp8::encode(fmt, x))
 }
 
@@ -189,12 +195,13 @@ pub fn cvt(dst: Ty, src: Ty, m: &CvtMods, a: u64, b: Option<u64>) -> Option<u64>
                 };
                 Some(u64::from(r.to_bits()))
             }
-            Ty::F64 if rnd == Rnd::Rn || v.unsigned_abs() < (1 << 53) => {
-                Some((v as f64).to_bits())
-            }
+            Ty::F64 if rnd == Rnd::Rn || v.unsigned_abs() < (1 << 53) => Some((v as f64).to_bits()),
             Ty::Bf16 | Ty::F16 => {
                 let exact = v.unsigned_abs() < (1 << 53);
-                let mods = CvtMods { rnd: Some(rnd), ..*m };
+                let mods = CvtMods {
+                    rnd: Some(rnd),
+                    ..*m
+                };
                 exact
                     .then(|| to_half(v as f64, dst == Ty::Bf16, &mods))
                     .flatten()
@@ -231,11 +238,7 @@ pub fn cvt(dst: Ty, src: Ty, m: &CvtMods, a: u64, b: Option<u64>) -> Option<u64>
                 canon(x as f32)
             };
             let r = if m.ftz { ftz(r) } else { r };
-            let r = if m.sat {
-                super::float::saturate(r)
-            } else {
-                r
-            };
+            let r = if m.sat { super::float::saturate(r) } else { r };
             Some(u64::from(r.to_bits()))
         }
         Ty::F64 => {
@@ -248,7 +251,10 @@ pub fn cvt(dst: Ty, src: Ty, m: &CvtMods, a: u64, b: Option<u64>) -> Option<u64>
         Ty::Bf16 | Ty::F16 => {
             if let Some(irnd) = m.irnd {
                 let r = round_integral(x, irnd);
-                let mods = CvtMods { rnd: Some(Rnd::Rn), ..*m };
+                let mods = CvtMods {
+                    rnd: Some(Rnd::Rn),
+                    ..*m
+                };
                 return to_half(r, dst == Ty::Bf16, &mods).map(u64::from);
             }
             to_half(x, dst == Ty::Bf16, m).map(u64::from)
@@ -272,47 +278,107 @@ mod tests {
 
     #[test]
     fn integer_widths() {
-        assert_eq!(cvt(Ty::U64, Ty::U32, &NONE, 0xffff_ffff, None), Some(0xffff_ffff));
-        assert_eq!(cvt(Ty::S64, Ty::S32, &NONE, 0xffff_ffff, None), Some(u64::MAX));
+        assert_eq!(
+            cvt(Ty::U64, Ty::U32, &NONE, 0xffff_ffff, None),
+            Some(0xffff_ffff)
+        );
+        assert_eq!(
+            cvt(Ty::S64, Ty::S32, &NONE, 0xffff_ffff, None),
+            Some(u64::MAX)
+        );
         assert_eq!(cvt(Ty::U32, Ty::U64, &NONE, 0x1_0000_0005, None), Some(5));
         let sat = CvtMods { sat: true, ..NONE };
-        assert_eq!(cvt(Ty::U8, Ty::S32, &sat, (-5i32) as u32 as u64, None), Some(0));
+        assert_eq!(
+            cvt(Ty::U8, Ty::S32, &sat, (-5i32) as u32 as u64, None),
+            Some(0)
+        );
     }
 
     #[test]
     fn float_to_int_saturates_and_rounds() {
-        let rni = CvtMods { irnd: Some(Rnd::Rn), ..NONE };
+        let rni = CvtMods {
+            irnd: Some(Rnd::Rn),
+            ..NONE
+        };
         let f = |x: f32| u64::from(x.to_bits());
         assert_eq!(cvt(Ty::S32, Ty::F32, &rni, f(2.5), None), Some(2));
-        assert_eq!(cvt(Ty::S32, Ty::F32, &rni, f(-3.5), None), Some((-4i32) as u32 as u64));
-        assert_eq!(cvt(Ty::S32, Ty::F32, &rni, f(1e20), None), Some(0x7fff_ffff));
+        assert_eq!(
+            cvt(Ty::S32, Ty::F32, &rni, f(-3.5), None),
+            Some((-4i32) as u32 as u64)
+        );
+        assert_eq!(
+            cvt(Ty::S32, Ty::F32, &rni, f(1e20), None),
+            Some(0x7fff_ffff)
+        );
         assert_eq!(cvt(Ty::S32, Ty::F32, &rni, f(f32::NAN), None), Some(0));
         assert_eq!(cvt(Ty::S32, Ty::F32, &NONE, f(1.0), None), None);
-        assert_eq!(cvt(Ty::F32, Ty::F32, &CvtMods { irnd: Some(Rnd::Rm), ..NONE }, f(-1.5), None), Some(f(-2.0)));
+        assert_eq!(
+            cvt(
+                Ty::F32,
+                Ty::F32,
+                &CvtMods {
+                    irnd: Some(Rnd::Rm),
+                    ..NONE
+                },
+                f(-1.5),
+                None
+            ),
+            Some(f(-2.0))
+        );
     }
 
     #[test]
     fn packed_pairs_put_the_first_source_high() {
         let f = |x: f32| u64::from(x.to_bits());
-        let rn = CvtMods { rnd: Some(Rnd::Rn), ..NONE };
-        assert_eq!(cvt(Ty::Bf16x2, Ty::F32, &rn, f(1.0), Some(f(2.0))), Some(0x3f80_4000));
-        let sf = CvtMods { rnd: Some(Rnd::Rn), satfinite: true, ..NONE };
+        let rn = CvtMods {
+            rnd: Some(Rnd::Rn),
+            ..NONE
+        };
+        assert_eq!(
+            cvt(Ty::Bf16x2, Ty::F32, &rn, f(1.0), Some(f(2.0))),
+            Some(0x3f80_4000)
+        );
+        let sf = CvtMods {
+            rnd: Some(Rnd::Rn),
+            satfinite: true,
+            ..NONE
+        };
         // 448 → 0x7e, -1000 saturates to -448 → 0xfe.
-        assert_eq!(cvt(Ty::E4m3x2, Ty::F32, &sf, f(448.0), Some(f(-1000.0))), Some(0x7efe));
-        assert_eq!(cvt(Ty::F16x2, Ty::E4m3x2, &rn, 0x7e38, None), Some((0x5f00 << 16) | 0x3c00));
-        assert_eq!(cvt(Ty::E4m3x2, Ty::F32, &rn, 0, Some(0)), None, "needs .satfinite");
+        assert_eq!(
+            cvt(Ty::E4m3x2, Ty::F32, &sf, f(448.0), Some(f(-1000.0))),
+            Some(0x7efe)
+        );
+        assert_eq!(
+            cvt(Ty::F16x2, Ty::E4m3x2, &rn, 0x7e38, None),
+            Some((0x5f00 << 16) | 0x3c00)
+        );
+        assert_eq!(
+            cvt(Ty::E4m3x2, Ty::F32, &rn, 0, Some(0)),
+            None,
+            "needs .satfinite"
+        );
     }
 
     #[test]
     fn narrowing_floats() {
         let f = |x: f32| u64::from(x.to_bits());
-        let rz = CvtMods { rnd: Some(Rnd::Rz), ..NONE };
+        let rz = CvtMods {
+            rnd: Some(Rnd::Rz),
+            ..NONE
+        };
         // 1 + 2^-8 + 2^-10 rounds to nearest 1 + 2^-7 but toward zero to 1.
         let x = 1.0 + 2f32.powi(-8) + 2f32.powi(-10);
         assert_eq!(cvt(Ty::Bf16, Ty::F32, &rz, f(x), None), Some(0x3f80));
-        let rn = CvtMods { rnd: Some(Rnd::Rn), ..NONE };
+        let rn = CvtMods {
+            rnd: Some(Rnd::Rn),
+            ..NONE
+        };
         assert_eq!(cvt(Ty::Bf16, Ty::F32, &rn, f(x), None), Some(0x3f81));
-        let sf = CvtMods { rnd: Some(Rnd::Rn), satfinite: true, ..NONE };
+        let sf = CvtMods {
+            rnd: Some(Rnd::Rn),
+            satfinite: true,
+            ..NONE
+        };
         assert_eq!(cvt(Ty::F16, Ty::F32, &sf, f(1e6), None), Some(0x7bff));
         assert_eq!(cvt(Ty::F32, Ty::Bf16, &NONE, 0x3f80, None), Some(f(1.0)));
     }

@@ -18,7 +18,10 @@ const IDLE_ROUNDS: u32 = 64;
 
 /// Instructions whose execution is progress even inside a polling loop.
 fn writes_memory(op: &Op) -> bool {
-    matches!(op, Op::St { .. } | Op::Atom { .. } | Op::Red { .. } | Op::Stmatrix { .. } | Op::Exit)
+    matches!(
+        op,
+        Op::St { .. } | Op::Atom { .. } | Op::Red { .. } | Op::Stmatrix { .. } | Op::Exit
+    )
 }
 
 /// A CTA barrier's state.
@@ -107,8 +110,11 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
                         wait,
                     } => {
                         let b = &mut barriers[id as usize];
-                        if let (Some(old), Some(new)) = (b.expected, count) {
-                            if b.arrived > 0 && old != new {
+                        if let (Some(old), Some(new)) = (b.expected, count)
+                            && b.arrived > 0
+                            && old != new
+                        {
+                            {
                                 let inst = &kernel.insts[pc as usize];
                                 let lane = mask.trailing_zeros() as usize;
                                 return Err(ctx.fault(inst, warps[w].first_thread, lane, format!("barrier {id} expects {new} threads here but {old} where other threads arrived")));
@@ -179,13 +185,19 @@ fn poll_deadlock(ctx: &CtaContext, warps: &[Warp], polling: &[Option<u32>]) -> E
     let mut waits: Vec<String> = Vec::new();
     for (w, p) in warps.iter().zip(polling) {
         if let Some(pc) = p {
-            waits.push(format!("warp {} polls at PTX line {} (`{}`)", w.index, kernel.insts[*pc as usize].line, kernel.insts[*pc as usize].opcode));
+            waits.push(format!(
+                "warp {} polls at PTX line {} (`{}`)",
+                w.index, kernel.insts[*pc as usize].line, kernel.insts[*pc as usize].opcode
+            ));
         }
     }
     EmuError::Deadlock {
         kernel: kernel.name.clone(),
         cta: ctx.cta,
-        message: format!("every live warp only polls for something no thread or copy in flight can complete: {}", waits.join("; ")),
+        message: format!(
+            "every live warp only polls for something no thread or copy in flight can complete: {}",
+            waits.join("; ")
+        ),
     }
 }
 
@@ -196,19 +208,29 @@ fn deadlock(ctx: &CtaContext, warps: &[Warp]) -> EmuError {
         for l in 0..WARP {
             if let LaneState::AtBarrier(id) = w.state[l] {
                 let line = kernel.insts[w.pc[l] as usize - 1].line;
-                waits.push(format!("warp {} lane {l} at barrier {id} (PTX line {line})", w.index));
+                waits.push(format!(
+                    "warp {} lane {l} at barrier {id} (PTX line {line})",
+                    w.index
+                ));
                 break;
             }
         }
     }
-    let exited: u32 = warps.iter().map(|w| WARP as u32 - w.live_mask().count_ones()).sum();
+    let exited: u32 = warps
+        .iter()
+        .map(|w| WARP as u32 - w.live_mask().count_ones())
+        .sum();
     EmuError::Deadlock {
         kernel: kernel.name.clone(),
         cta: ctx.cta,
         message: format!(
             "every live thread waits and none can release it: {}{}",
             waits.join("; "),
-            if exited > 0 { format!(" ({exited} lanes exited)") } else { String::new() }
+            if exited > 0 {
+                format!(" ({exited} lanes exited)")
+            } else {
+                String::new()
+            }
         ),
     }
 }

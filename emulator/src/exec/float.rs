@@ -91,7 +91,11 @@ pub fn round_f32(hi: f64, lo: f64, rnd: Rnd) -> f32 {
 
 /// Flushes an f32 subnormal to zero (sign kept).
 pub fn ftz(x: f32) -> f32 {
-    if x.is_subnormal() { 0f32.copysign(x) } else { x }
+    if x.is_subnormal() {
+        0f32.copysign(x)
+    } else {
+        x
+    }
 }
 
 /// Canonicalizes an f32 result's NaN.
@@ -235,7 +239,10 @@ mod tests {
         assert_eq!(div_f32(1.0, 3.0, Rnd::Rn), 1.0 / 3.0);
         assert_eq!(div_f32(1.0, 4.0, Rnd::Rz), 0.25);
         assert_eq!(sqrt_f32(4.0, Rnd::Rm), 2.0);
-        assert_eq!(step_f32(sqrt_f32(2.0, Rnd::Rm), true), sqrt_f32(2.0, Rnd::Rp));
+        assert_eq!(
+            step_f32(sqrt_f32(2.0, Rnd::Rm), true),
+            sqrt_f32(2.0, Rnd::Rp)
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! 16-bit bf16/f16 types and their packed x2 forms (computed exactly, rounded once).
 
 use super::float::{
-    add_f32, bf16_value, canon, canon64, div_f32, f16_value, fma_f32, ftz, min_max_f32,
-    mul_f32, rcp_f32, saturate, sqrt_f32, to_bf16_bits, to_f16_bits,
+    add_f32, bf16_value, canon, canon64, div_f32, f16_value, fma_f32, ftz, min_max_f32, mul_f32,
+    rcp_f32, saturate, sqrt_f32, to_bf16_bits, to_f16_bits,
 };
 use crate::ptx::Ty;
 use crate::ptx::decode::{Cmp, FOp, FUnOp, Rnd};
@@ -168,9 +168,9 @@ pub fn float_fma(ty: Ty, m: &FMods, a: u64, b: u64, c: u64) -> Option<u64> {
             let r = fma_f32(f32_of(a, m), f32_of(b, m), f32_of(c, m), m.rnd);
             Some(f32_out(r, m))
         }
-        Ty::F64 if m.rnd == Rnd::Rn => Some(
-            canon64(f64::from_bits(a).mul_add(f64::from_bits(b), f64::from_bits(c))).to_bits(),
-        ),
+        Ty::F64 if m.rnd == Rnd::Rn => {
+            Some(canon64(f64::from_bits(a).mul_add(f64::from_bits(b), f64::from_bits(c))).to_bits())
+        }
         Ty::Bf16 | Ty::Bf16x2 | Ty::F16 | Ty::F16x2 if !m.ftz => {
             // The product of two 16-bit floats is exact in f64 and so is the sum, unless the
             // exponents are over 40 apart, where rounding once from f64 is still correct.
@@ -317,9 +317,15 @@ mod tests {
         let one = 0x3f80u64; // 1.0
         let eps = 0x3b80u64; // 2^-8, half an ulp of 1.0 in bf16 (ulp 2^-7)
         // 1 + 2^-8 is a tie: to even (1.0).
-        assert_eq!(float_binary(FOp::Add, Ty::Bf16, &RN, false, one, eps), Some(one));
+        assert_eq!(
+            float_binary(FOp::Add, Ty::Bf16, &RN, false, one, eps),
+            Some(one)
+        );
         let three_eps = 0x3c40; // 3·2^-8 → 1.0117 → rounds up to 1 + 2^-6 (0x3f82)
-        assert_eq!(float_binary(FOp::Add, Ty::Bf16, &RN, false, one, three_eps), Some(0x3f82));
+        assert_eq!(
+            float_binary(FOp::Add, Ty::Bf16, &RN, false, one, three_eps),
+            Some(0x3f82)
+        );
         // fma: 1·1 + 2^-8 with the tie again.
         assert_eq!(float_fma(Ty::Bf16, &RN, one, one, eps), Some(one));
         // packed halves are independent.
@@ -328,14 +334,20 @@ mod tests {
             float_binary(FOp::Mul, Ty::Bf16x2, &RN, false, packed, packed),
             Some((one << 16) | 0x4080)
         );
-        assert_eq!(float_unary(FUnOp::Abs, Ty::Bf16, None, false, 0xbf80), Some(0x3f80));
+        assert_eq!(
+            float_unary(FUnOp::Abs, Ty::Bf16, None, false, 0xbf80),
+            Some(0x3f80)
+        );
     }
 
     #[test]
     fn saturation_and_flush() {
         let m = FMods { sat: true, ..RN };
         let two = u64::from(2f32.to_bits());
-        assert_eq!(float_binary(FOp::Add, Ty::F32, &m, false, two, two), Some(u64::from(1f32.to_bits())));
+        assert_eq!(
+            float_binary(FOp::Add, Ty::F32, &m, false, two, two),
+            Some(u64::from(1f32.to_bits()))
+        );
         let sub = u64::from(f32::from_bits(1).to_bits());
         let f = FMods { ftz: true, ..RN };
         assert_eq!(float_binary(FOp::Add, Ty::F32, &f, false, sub, 0), Some(0));

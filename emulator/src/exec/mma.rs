@@ -36,7 +36,11 @@ fn element(regs: &[u64], i: usize, bytes: usize) -> u32 {
     let per_reg = 4 / bytes;
     let r = regs[i / per_reg];
     let shift = (i % per_reg) * bytes * 8;
-    let mask = if bytes == 4 { u64::MAX } else { (1u64 << (bytes * 8)) - 1 };
+    let mask = if bytes == 4 {
+        u64::MAX
+    } else {
+        (1u64 << (bytes * 8)) - 1
+    };
     ((r >> shift) & mask) as u32
 }
 
@@ -67,14 +71,16 @@ impl MmaSpec {
         let fp8 = matches!(a, Ty::E4m3 | Ty::E5m2);
         let same_family = fp8 == matches!(b, Ty::E4m3 | Ty::E5m2) && (fp8 || a == b);
         let acc_ok = matches!((c, d), (Ty::F32, Ty::F32) | (Ty::F16, Ty::F16));
-        (ok && same_family && acc_ok && (c == Ty::F32 || matches!(a, Ty::F16 | Ty::E4m3 | Ty::E5m2)))
-            .then_some(MmaSpec {
-                k: k as usize,
-                a,
-                b,
-                c,
-                d,
-            })
+        (ok && same_family
+            && acc_ok
+            && (c == Ty::F32 || matches!(a, Ty::F16 | Ty::E4m3 | Ty::E5m2)))
+        .then_some(MmaSpec {
+            k: k as usize,
+            a,
+            b,
+            c,
+            d,
+        })
     }
 
     /// Registers per lane of A, B, C and D.
@@ -189,11 +195,11 @@ mod tests {
             }
         }
         let d = spec.run(&a, &b, &c, Accumulator::Exact);
-        for lane in 0..32 {
+        for (lane, regs) in d.iter().enumerate() {
             let group = lane / 4;
-            for i in 0..4 {
+            for (i, &v) in regs.iter().enumerate() {
                 let row = group + 8 * (i >> 1);
-                assert_eq!(f32::from_bits(d[lane][i] as u32), 2.0 * (row as f32 + 1.0) + 0.5);
+                assert_eq!(f32::from_bits(v as u32), 2.0 * (row as f32 + 1.0) + 0.5);
             }
         }
     }
@@ -208,7 +214,11 @@ mod tests {
         let b = vec![vec![ones4; 2]; 32];
         let c = vec![vec![0u64; 4]; 32];
         let d = spec.run(&a, &b, &c, Accumulator::Exact);
-        assert!(d.iter().flatten().all(|&v| f32::from_bits(v as u32) == 32.0));
+        assert!(
+            d.iter()
+                .flatten()
+                .all(|&v| f32::from_bits(v as u32) == 32.0)
+        );
         assert!(MmaSpec::new((16, 8, 32), Ty::E4m3, Ty::Bf16, Ty::F32, Ty::F32).is_none());
     }
 }

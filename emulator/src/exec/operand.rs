@@ -9,7 +9,11 @@ use crate::ptx::{AddrBase, Operand, Special, Ty};
 /// Masks `v` to `bits` (64 and above unchanged).
 #[inline(always)]
 pub fn mask_bits(v: u64, bits: u32) -> u64 {
-    if bits >= 64 { v } else { v & ((1u64 << bits) - 1) }
+    if bits >= 64 {
+        v
+    } else {
+        v & ((1u64 << bits) - 1)
+    }
 }
 
 /// Sign-extends the low `bits` of `v`.
@@ -54,9 +58,7 @@ impl CtaContext<'_> {
             Special::Nctaid(i) => d(config.grid, i),
             Special::Laneid => lane as u64,
             Special::Warpid => u64::from(warp.index),
-            Special::Nwarpid => {
-                u64::from((config.block.iter().product::<u32>()).div_ceil(32))
-            }
+            Special::Nwarpid => u64::from((config.block.iter().product::<u32>()).div_ceil(32)),
             Special::Smid => 0,
             Special::Nsmid => 132,
             Special::Lanemask(k) => {

@@ -4,7 +4,9 @@ use super::access::{Place, sectors, wavefronts};
 use super::alu::{bfe, bfi, int_binary, int_mad, int_unary, lop3, prmt};
 use super::context::CtaContext;
 use super::convert::{CvtMods, cvt};
-use super::float_ops::{FMods, float_binary, float_compare, float_fma, float_unary, float_value, int_compare};
+use super::float_ops::{
+    FMods, float_binary, float_compare, float_fma, float_unary, float_value, int_compare,
+};
 use super::mma::MmaSpec;
 use super::operand::{mask_bits, write};
 use super::warp::{LaneState, WARP, Warp, lanes};
@@ -68,7 +70,11 @@ pub fn step(
                 return Err(ctx.unsupported(inst));
             };
             for l in lanes(mask) {
-                warp.pc[l] = if exec & (1 << l) != 0 { *target } else { pc + 1 };
+                warp.pc[l] = if exec & (1 << l) != 0 {
+                    *target
+                } else {
+                    pc + 1
+                };
             }
             return Ok(Outcome::Continue);
         }
@@ -97,7 +103,12 @@ pub fn step(
                 .get(1)
                 .map(|o| ctx.read(warp, o, first, Ty::U32) as u32);
             if id > 15 {
-                return Err(ctx.fault(inst, warp.first_thread, first, format!("barrier {id} > 15")));
+                return Err(ctx.fault(
+                    inst,
+                    warp.first_thread,
+                    first,
+                    format!("barrier {id} > 15"),
+                ));
             }
             return Ok(Outcome::Barrier {
                 id: id as u8,
@@ -158,7 +169,12 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
         Op::Int { op, ty } => {
             let (d, a, b) = (operand(0), operand(1), operand(2));
             for l in lanes(exec) {
-                let r = int_binary(*op, *ty, ctx.read(warp, a, l, *ty), ctx.read(warp, b, l, *ty));
+                let r = int_binary(
+                    *op,
+                    *ty,
+                    ctx.read(warp, a, l, *ty),
+                    ctx.read(warp, b, l, *ty),
+                );
                 write(warp, d, l, r);
             }
         }
@@ -328,7 +344,11 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                 } else {
                     a.wrapping_add(window)
                 };
-                let r = if inst.opcode.ends_with("u32") { mask_bits(r, 32) } else { r };
+                let r = if inst.opcode.ends_with("u32") {
+                    mask_bits(r, 32)
+                } else {
+                    r
+                };
                 write(warp, operand(0), l, r);
             }
         }
@@ -349,8 +369,12 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                 };
                 let width = ty.bytes();
                 let first_thread = warp.first_thread;
-                let fault = |ctx: &CtaContext, m: String| ctx.memory_fault(inst, first_thread, l, address, m);
-                let place = ctx.place(*space, address, a.base).map_err(|m| fault(ctx, m))?;
+                let fault = |ctx: &CtaContext, m: String| {
+                    ctx.memory_fault(inst, first_thread, l, address, m)
+                };
+                let place = ctx
+                    .place(*space, address, a.base)
+                    .map_err(|m| fault(ctx, m))?;
                 let old = match place {
                     Place::Global(g) => ctx
                         .launch
@@ -359,7 +383,8 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                         .map_err(|m| fault(ctx, m))?,
                     p => {
                         let old = ctx.load(warp, l, p, width).map_err(|m| fault(ctx, m))?;
-                        ctx.store(warp, l, p, width, f(old)).map_err(|m| fault(ctx, m))?;
+                        ctx.store(warp, l, p, width, f(old))
+                            .map_err(|m| fault(ctx, m))?;
                         old
                     }
                 };
@@ -387,7 +412,9 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
             }
         }
         Op::Redux { op, ty } => {
-            let vals: Vec<u64> = lanes(exec).map(|l| ctx.read(warp, operand(1), l, *ty)).collect();
+            let vals: Vec<u64> = lanes(exec)
+                .map(|l| ctx.read(warp, operand(1), l, *ty))
+                .collect();
             let signed = ty.is_signed();
             let r = vals.iter().copied().reduce(|x, y| match op {
                 ReduceOp::Add => (x + y) & 0xffff_ffff,
@@ -400,7 +427,15 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                 ReduceOp::Max => x.max(y),
                 _ => x,
             });
-            if !matches!(op, ReduceOp::Add | ReduceOp::And | ReduceOp::Or | ReduceOp::Xor | ReduceOp::Min | ReduceOp::Max) {
+            if !matches!(
+                op,
+                ReduceOp::Add
+                    | ReduceOp::And
+                    | ReduceOp::Or
+                    | ReduceOp::Xor
+                    | ReduceOp::Min
+                    | ReduceOp::Max
+            ) {
                 return unsupported(ctx);
             }
             for l in lanes(exec) {
@@ -421,7 +456,12 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                     o => std::slice::from_ref(o),
                 };
                 (0..WARP)
-                    .map(|l| items.iter().map(|o| ctx.read(warp, o, l, Ty::B32)).collect())
+                    .map(|l| {
+                        items
+                            .iter()
+                            .map(|o| ctx.read(warp, o, l, Ty::B32))
+                            .collect()
+                    })
                     .collect()
             };
             let (na, nb, nc, nd) = spec.reg_counts();
@@ -443,7 +483,15 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
             }
         }
         Op::Ldmatrix { num, trans } | Op::Stmatrix { num, trans } => {
-            matrix_8x8(ctx, warp, inst, exec, *num as usize, *trans, matches!(inst.op, Op::Ldmatrix { .. }))?;
+            matrix_8x8(
+                ctx,
+                warp,
+                inst,
+                exec,
+                *num as usize,
+                *trans,
+                matches!(inst.op, Op::Ldmatrix { .. }),
+            )?;
         }
         Op::Wmma(w) => super::wmma::wmma(ctx, warp, inst, exec, w)?,
         Op::Bra | Op::Exit | Op::Bar(_) | Op::Hopper(_) => unreachable!("handled by step"),
@@ -465,11 +513,17 @@ fn atomic_fn(op: ReduceOp, ty: Ty, v: u64, new: u64) -> Option<impl Fn(u64) -> u
     Some(move |old: u64| -> u64 {
         let signed = ty.is_signed();
         let r = match op {
-            ReduceOp::Add if f32op => u64::from((f32::from_bits(old as u32) + f32::from_bits(v as u32)).to_bits()),
+            ReduceOp::Add if f32op => {
+                u64::from((f32::from_bits(old as u32) + f32::from_bits(v as u32)).to_bits())
+            }
             ReduceOp::Add if f64op => (f64::from_bits(old) + f64::from_bits(v)).to_bits(),
             ReduceOp::Add => old.wrapping_add(v),
-            ReduceOp::Min if signed => super::operand::sext(old, bits).min(super::operand::sext(v, bits)) as u64,
-            ReduceOp::Max if signed => super::operand::sext(old, bits).max(super::operand::sext(v, bits)) as u64,
+            ReduceOp::Min if signed => {
+                super::operand::sext(old, bits).min(super::operand::sext(v, bits)) as u64
+            }
+            ReduceOp::Max if signed => {
+                super::operand::sext(old, bits).max(super::operand::sext(v, bits)) as u64
+            }
             ReduceOp::Min => mask_bits(old, bits).min(mask_bits(v, bits)),
             ReduceOp::Max => mask_bits(old, bits).max(mask_bits(v, bits)),
             ReduceOp::And => old & v,
@@ -477,14 +531,26 @@ fn atomic_fn(op: ReduceOp, ty: Ty, v: u64, new: u64) -> Option<impl Fn(u64) -> u
             ReduceOp::Xor => old ^ v,
             ReduceOp::Exch => v,
             ReduceOp::Cas => {
-                if mask_bits(old, bits) == mask_bits(v, bits) { new } else { old }
+                if mask_bits(old, bits) == mask_bits(v, bits) {
+                    new
+                } else {
+                    old
+                }
             }
             ReduceOp::Inc => {
-                if mask_bits(old, bits) >= mask_bits(v, bits) { 0 } else { old + 1 }
+                if mask_bits(old, bits) >= mask_bits(v, bits) {
+                    0
+                } else {
+                    old + 1
+                }
             }
             ReduceOp::Dec => {
                 let o = mask_bits(old, bits);
-                if o == 0 || o > mask_bits(v, bits) { v } else { o - 1 }
+                if o == 0 || o > mask_bits(v, bits) {
+                    v
+                } else {
+                    o - 1
+                }
             }
         };
         mask_bits(r, bits)
@@ -525,11 +591,17 @@ fn load_store(
     for l in lanes(exec) {
         let address = ctx.address(warp, a, l);
         let first_thread = warp.first_thread;
-                let fault = |ctx: &CtaContext, m: String| ctx.memory_fault(inst, first_thread, l, address, m);
-        if address % u64::from(width * vec) != 0 {
-            return Err(fault(ctx, format!("misaligned {}-byte access", width * vec)));
+        let fault =
+            |ctx: &CtaContext, m: String| ctx.memory_fault(inst, first_thread, l, address, m);
+        if !address.is_multiple_of(u64::from(width * vec)) {
+            return Err(fault(
+                ctx,
+                format!("misaligned {}-byte access", width * vec),
+            ));
         }
-        let place = ctx.place(space, address, a.base).map_err(|m| fault(ctx, m))?;
+        let place = ctx
+            .place(space, address, a.base)
+            .map_err(|m| fault(ctx, m))?;
         match place {
             Place::Global(g) => global_addrs.push(g),
             Place::Shared(s) => shared_addrs.push(s),
@@ -577,12 +649,20 @@ fn load_store(
     Ok(())
 }
 
-fn shuffle(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32, mode: ShflMode) -> Result<(), EmuError> {
+fn shuffle(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+    mode: ShflMode,
+) -> Result<(), EmuError> {
     let ops = &inst.operands;
     if ops.len() != 5 {
         return Err(ctx.unsupported(inst));
     }
-    let values: Vec<u64> = (0..WARP).map(|l| ctx.read(warp, &ops[1], l, Ty::B32)).collect();
+    let values: Vec<u64> = (0..WARP)
+        .map(|l| ctx.read(warp, &ops[1], l, Ty::B32))
+        .collect();
     let mut results = Vec::with_capacity(WARP);
     for l in lanes(exec) {
         let b = ctx.read(warp, &ops[2], l, Ty::U32) as u32;
@@ -618,7 +698,12 @@ fn shuffle(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32, mode: 
         };
         let j = if pval { j as usize } else { l };
         if exec & (1 << j) == 0 {
-            return Err(ctx.fault(inst, warp.first_thread, l, format!("shfl.sync reads lane {j}, which is not executing it (undefined in PTX)")));
+            return Err(ctx.fault(
+                inst,
+                warp.first_thread,
+                l,
+                format!("shfl.sync reads lane {j}, which is not executing it (undefined in PTX)"),
+            ));
         }
         results.push((l, values[j], pval));
     }
@@ -637,31 +722,66 @@ fn shuffle(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32, mode: 
 /// `ldmatrix` / `stmatrix` `.m8n8.x{1,2,4}[.trans].shared.b16`: lanes 8i..8i+7 give the row
 /// addresses of matrix i; lane t holds row t/4, columns 2(t%4) and 2(t%4)+1 of each matrix
 /// (transposed: column t/4, rows 2(t%4) and 2(t%4)+1).
-fn matrix_8x8(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32, num: usize, trans: bool, load: bool) -> Result<(), EmuError> {
+fn matrix_8x8(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    inst: &Inst,
+    exec: u32,
+    num: usize,
+    trans: bool,
+    load: bool,
+) -> Result<(), EmuError> {
     if exec != u32::MAX {
         let lane = (!exec).trailing_zeros() as usize;
-        return Err(ctx.fault(inst, warp.first_thread, lane, format!("{} needs all 32 lanes converged", inst.opcode)));
+        return Err(ctx.fault(
+            inst,
+            warp.first_thread,
+            lane,
+            format!("{} needs all 32 lanes converged", inst.opcode),
+        ));
     }
-    let (data, addr) = if load { (&inst.operands[0], &inst.operands[1]) } else { (&inst.operands[1], &inst.operands[0]) };
+    let (data, addr) = if load {
+        (&inst.operands[0], &inst.operands[1])
+    } else {
+        (&inst.operands[1], &inst.operands[0])
+    };
     let (Operand::Vector(regs), Operand::Addr(a)) = (data, addr) else {
         return Err(ctx.unsupported(inst));
     };
     if regs.len() != num {
         return Err(ctx.unsupported(inst));
     }
-    let space = if inst.opcode.contains(".shared") { Space::Shared } else { Space::Generic };
+    let space = if inst.opcode.contains(".shared") {
+        Space::Shared
+    } else {
+        Space::Generic
+    };
     // Row addresses: matrix i, row r from lane 8i + r.
     let mut rows = vec![[0u64; 8]; num];
     for (i, m) in rows.iter_mut().enumerate() {
         for (r, row) in m.iter_mut().enumerate() {
             let lane = 8 * i + r;
             let address = ctx.address(warp, a, lane);
-            if address % 16 != 0 {
-                return Err(ctx.memory_fault(inst, warp.first_thread, lane, address, "ldmatrix/stmatrix row address not 16-byte aligned".into()));
+            if !address.is_multiple_of(16) {
+                return Err(ctx.memory_fault(
+                    inst,
+                    warp.first_thread,
+                    lane,
+                    address,
+                    "ldmatrix/stmatrix row address not 16-byte aligned".into(),
+                ));
             }
             *row = match ctx.place(space, address, a.base) {
                 Ok(Place::Shared(s)) => s,
-                _ => return Err(ctx.memory_fault(inst, warp.first_thread, lane, address, "ldmatrix/stmatrix needs a shared-memory address".into())),
+                _ => {
+                    return Err(ctx.memory_fault(
+                        inst,
+                        warp.first_thread,
+                        lane,
+                        address,
+                        "ldmatrix/stmatrix needs a shared-memory address".into(),
+                    ));
+                }
             };
         }
     }
@@ -672,15 +792,22 @@ fn matrix_8x8(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32, num
             let (r0, c0) = (lane / 4, 2 * (lane % 4));
             let at = |k: usize| -> (u64, u64) {
                 // (row address, byte offset) of element k (0 or 1) held by this lane.
-                if trans { (rows[i][c0 + k], 2 * r0 as u64) } else { (rows[i][r0], 2 * (c0 + k) as u64) }
+                if trans {
+                    (rows[i][c0 + k], 2 * r0 as u64)
+                } else {
+                    (rows[i][r0], 2 * (c0 + k) as u64)
+                }
             };
             let first_thread = warp.first_thread;
-            let fault = |ctx: &CtaContext, m: String| ctx.memory_fault(inst, first_thread, lane, 0, m);
+            let fault =
+                |ctx: &CtaContext, m: String| ctx.memory_fault(inst, first_thread, lane, 0, m);
             if load {
                 let mut v = 0u64;
                 for k in 0..2 {
                     let (row, off) = at(k);
-                    let e = ctx.load(warp, lane, Place::Shared(row + off), 2).map_err(|m| fault(ctx, m))?;
+                    let e = ctx
+                        .load(warp, lane, Place::Shared(row + off), 2)
+                        .map_err(|m| fault(ctx, m))?;
                     v |= e << (16 * k);
                 }
                 write(warp, reg, lane, v);
@@ -688,7 +815,14 @@ fn matrix_8x8(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32, num
                 let v = ctx.read(warp, reg, lane, Ty::B32);
                 for k in 0..2 {
                     let (row, off) = at(k);
-                    ctx.store(warp, lane, Place::Shared(row + off), 2, (v >> (16 * k)) & 0xffff).map_err(|m| fault(ctx, m))?;
+                    ctx.store(
+                        warp,
+                        lane,
+                        Place::Shared(row + off),
+                        2,
+                        (v >> (16 * k)) & 0xffff,
+                    )
+                    .map_err(|m| fault(ctx, m))?;
                 }
             }
         }

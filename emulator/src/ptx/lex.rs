@@ -149,19 +149,19 @@ fn number(s: &str) -> Option<Tok> {
         None => (s, false),
     };
     let _ = unsigned;
-    if let Some(h) = body.strip_prefix("0f").or_else(|| body.strip_prefix("0F")) {
-        if h.len() == 8 {
-            return u32::from_str_radix(h, 16)
-                .ok()
-                .map(|b| Tok::Float(FloatLit::F32Bits(b)));
-        }
+    if let Some(h) = body.strip_prefix("0f").or_else(|| body.strip_prefix("0F"))
+        && h.len() == 8
+    {
+        return u32::from_str_radix(h, 16)
+            .ok()
+            .map(|b| Tok::Float(FloatLit::F32Bits(b)));
     }
-    if let Some(h) = body.strip_prefix("0d").or_else(|| body.strip_prefix("0D")) {
-        if h.len() == 16 {
-            return u64::from_str_radix(h, 16)
-                .ok()
-                .map(|b| Tok::Float(FloatLit::F64Bits(b)));
-        }
+    if let Some(h) = body.strip_prefix("0d").or_else(|| body.strip_prefix("0D"))
+        && h.len() == 16
+    {
+        return u64::from_str_radix(h, 16)
+            .ok()
+            .map(|b| Tok::Float(FloatLit::F64Bits(b)));
     }
     if let Some(h) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
         return i128::from_str_radix(h, 16).ok().map(Tok::Int);

@@ -128,7 +128,10 @@ impl Parser {
             Tok::Int(i) => Ok(if neg { -i } else { i }),
             _ => {
                 self.pos -= 1;
-                err(line, format!("expected an integer, found {}", self.describe()))
+                err(
+                    line,
+                    format!("expected an integer, found {}", self.describe()),
+                )
             }
         }
     }
@@ -185,7 +188,12 @@ impl Parser {
             let line = self.line();
             let w = match self.peek() {
                 Some(Tok::Word(w)) => w.clone(),
-                _ => return err(line, format!("unexpected {} at module scope", self.describe())),
+                _ => {
+                    return err(
+                        line,
+                        format!("unexpected {} at module scope", self.describe()),
+                    );
+                }
             };
             match w.as_str() {
                 ".version" => {
@@ -317,18 +325,15 @@ impl Parser {
     fn var_decl(&mut self) -> Result<VarDecl, EmuError> {
         let line = self.line();
         let space_word = self.word()?;
-        let space = Space::parse(space_word.trim_start_matches('.'))
-            .ok_or_else(|| EmuError::Parse {
+        let space =
+            Space::parse(space_word.trim_start_matches('.')).ok_or_else(|| EmuError::Parse {
                 line,
                 message: format!("unknown state space `{space_word}`"),
             })?;
         let mut align = None;
         let mut ty = None;
         let mut vec = 1u64;
-        loop {
-            let Some(w) = self.peek_word().map(str::to_string) else {
-                break;
-            };
+        while let Some(w) = self.peek_word().map(str::to_string) {
             if !w.starts_with('.') {
                 break;
             }
@@ -499,7 +504,12 @@ impl Parser {
                 }
                 ".explicitcluster" | ".noreturn" => {}
                 ".pragma" => self.skip_statement()?,
-                _ => return err(self.line(), format!("unexpected `{w}` before a kernel body")),
+                _ => {
+                    return err(
+                        self.line(),
+                        format!("unexpected `{w}` before a kernel body"),
+                    );
+                }
             }
         }
         let mut body = Body {
@@ -543,7 +553,10 @@ impl Parser {
         let dynamic_offset = body.shared_bytes.next_multiple_of(dynamic_align);
         for (inst, operand, label, line) in std::mem::take(&mut body.fixups) {
             let Some(&target) = body.labels.get(&label) else {
-                return err(line, format!("`{label}` is not a label, register or variable"));
+                return err(
+                    line,
+                    format!("`{label}` is not a label, register or variable"),
+                );
             };
             set_label(&mut body.insts[inst].operands[operand], target);
         }
@@ -778,7 +791,10 @@ impl Parser {
             }
             _ => {
                 self.pos -= 1;
-                err(line, format!("unexpected {} in an operand", self.describe()))
+                err(
+                    line,
+                    format!("unexpected {} in an operand", self.describe()),
+                )
             }
         }
     }
@@ -806,9 +822,8 @@ impl Parser {
         };
         let mut offset = 0i64;
         loop {
-            if self.eat_punct('+') {
-                offset += self.int()? as i64;
-            } else if self.is_punct('-') {
+            // `+ 8`, `+ -8` and `- 8` (the sign is read by `int`).
+            if self.eat_punct('+') || self.is_punct('-') {
                 offset += self.int()? as i64;
             } else {
                 break;
