@@ -292,8 +292,8 @@ pub fn cp_async(
         4 => Some(&inst.operands[3]),
         _ => return Err(ctx.unsupported(inst)),
     };
-    if let Some(Operand::Reg(r)) = src_size_op {
-        if ctx
+    if let Some(Operand::Reg(r)) = src_size_op
+        && ctx
             .launch
             .kernel
             .reg_names
@@ -302,14 +302,13 @@ pub fn cp_async(
         {
             return Err(ctx.unsupported(inst));
         }
-    }
     let Operand::Addr(src_addr) = operand(inst, 1) else {
         return Err(ctx.unsupported(inst));
     };
     for l in lanes(exec) {
         let dst = shared_operand(ctx, warp, inst, l, 0, Space::Shared, u64::from(size))?;
         let src = ctx.address(warp, src_addr, l);
-        if src % u64::from(size) != 0 {
+        if !src.is_multiple_of(u64::from(size)) {
             return Err(ctx.memory_fault(
                 inst,
                 warp.first_thread,
@@ -432,7 +431,7 @@ fn tensor_map(
 ) -> Result<TensorMap, EmuError> {
     let address = ctx.address(warp, a, lane);
     let fault = |m: String| ctx.memory_fault(inst, warp.first_thread, lane, address, m);
-    if address % 64 != 0 {
+    if !address.is_multiple_of(64) {
         return Err(fault("tensor map not 64-byte aligned".into()));
     }
     let mut bytes = vec![0u8; TENSOR_MAP_BYTES];
@@ -617,7 +616,7 @@ pub fn bulk_load(
         let mbar = shared_operand(ctx, warp, inst, l, 3, space, 8)?;
         let src = ctx.address(warp, src_addr, l);
         let size = ctx.read(warp, operand(inst, 2), l, Ty::U32) & 0xffff_ffff;
-        if src % 16 != 0 || size % 16 != 0 {
+        if !src.is_multiple_of(16) || !size.is_multiple_of(16) {
             return Err(ctx.memory_fault(inst, warp.first_thread, l, src, format!("cp.async.bulk needs a 16-byte aligned source and a multiple of 16 bytes (size {size})")));
         }
         mbarrier::load(ctx, mbar).map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
@@ -653,7 +652,7 @@ pub fn bulk_store(
         let src = shared_operand(ctx, warp, inst, l, 1, Space::Shared, 16)?;
         let dst = ctx.address(warp, dst_addr, l);
         let size = ctx.read(warp, operand(inst, 2), l, Ty::U32) & 0xffff_ffff;
-        if dst % 16 != 0 || size % 16 != 0 {
+        if !dst.is_multiple_of(16) || !size.is_multiple_of(16) {
             return Err(ctx.memory_fault(inst, warp.first_thread, l, dst, format!("cp.async.bulk needs a 16-byte aligned destination and a multiple of 16 bytes (size {size})")));
         }
         let origin = Origin::new(ctx, warp, inst, l);

@@ -190,7 +190,7 @@ fn execute(
             let v = ctx.read(warp, operand(inst, 0), first, Ty::U32);
             if !matches!(operand(inst, 0), Operand::Imm(_))
                 || !(24..=256).contains(&v)
-                || v % 8 != 0
+                || !v.is_multiple_of(8)
             {
                 return Err(ctx.fault(inst, warp.first_thread, first, format!("setmaxnreg needs an immediate register count in 24..=256, a multiple of 8 (got {v})")));
             }

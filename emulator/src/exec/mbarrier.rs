@@ -80,7 +80,7 @@ impl Mbar {
 /// The raw word at shared offset `off` (8-byte aligned, in bounds).
 pub fn load_word(ctx: &CtaContext, off: u64) -> Result<u64, String> {
     let o = off as usize;
-    if off % 8 != 0 || o + 8 > ctx.shared.len() {
+    if !off.is_multiple_of(8) || o + 8 > ctx.shared.len() {
         return Err(format!(
             "mbarrier object at shared offset {off:#x} is misaligned or outside the {} bytes of shared memory",
             ctx.shared.len()
@@ -183,7 +183,11 @@ pub fn init(
         };
         store_word(ctx, off, m.encode());
     }
-    Ok(Done::Next)
+    // The warp yields after an init, so that every warp's init runs before any warp's first
+    // arrival: kernels (MLIR's among them) let all threads init the same mbarrier, which the
+    // hardware tolerates because warps start together, while running warp 0 up to its first
+    // poll before warp 1 re-inits would discard warp 0's arrivals.
+    Ok(Done::NextAndYield)
 }
 
 /// `mbarrier.inval [addr]`.

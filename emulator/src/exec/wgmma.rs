@@ -583,7 +583,7 @@ fn compute(ctx: &CtaContext, _warp: &Warp, g: usize, idx: usize) -> Result<Vec<f
     let eb = elem_bytes(s.b);
     let read = |addr: u64, bytes: usize| -> Result<u32, String> {
         let a = addr as usize;
-        if a + bytes > ctx.shared.len() || a % bytes != 0 {
+        if a + bytes > ctx.shared.len() || !a.is_multiple_of(bytes) {
             return Err(format!(
                 "wgmma reads shared offset {addr:#x}, outside the {} bytes of shared memory (or misaligned)",
                 ctx.shared.len()
