@@ -30,7 +30,12 @@ use crate::ptx::decode::Op;
 use crate::ptx::{Kernel, Module};
 
 /// Checks the launch against the target's limits and the kernel's declarations.
-fn check_launch(module: &Module, kernel: &Kernel, config: &LaunchConfig, params: &[ParamValue]) -> Result<(), EmuError> {
+fn check_launch(
+    module: &Module,
+    kernel: &Kernel,
+    config: &LaunchConfig,
+    params: &[ParamValue],
+) -> Result<(), EmuError> {
     let fail = |message: String| EmuError::Launch {
         kernel: kernel.name.clone(),
         message,
@@ -38,38 +43,68 @@ fn check_launch(module: &Module, kernel: &Kernel, config: &LaunchConfig, params:
     let limits = TargetLimits::for_target(&module.target);
     let threads: u64 = config.block.iter().map(|&d| u64::from(d)).product();
     if config.grid.contains(&0) || config.block.contains(&0) || config.cluster.contains(&0) {
-        return Err(fail(format!("empty grid {:?}, block {:?} or cluster {:?}", config.grid, config.block, config.cluster)));
+        return Err(fail(format!(
+            "empty grid {:?}, block {:?} or cluster {:?}",
+            config.grid, config.block, config.cluster
+        )));
     }
     if threads > u64::from(limits.max_threads_per_block) {
-        return Err(fail(format!("block {:?} has {threads} threads; {} allows {}", config.block, module.target, limits.max_threads_per_block)));
+        return Err(fail(format!(
+            "block {:?} has {threads} threads; {} allows {}",
+            config.block, module.target, limits.max_threads_per_block
+        )));
     }
     for i in 0..3 {
         if config.block[i] > limits.max_block[i] || config.grid[i] > limits.max_grid[i] {
-            return Err(fail(format!("grid {:?} or block {:?} exceeds {}'s limits (grid {:?}, block {:?})", config.grid, config.block, module.target, limits.max_grid, limits.max_block)));
+            return Err(fail(format!(
+                "grid {:?} or block {:?} exceeds {}'s limits (grid {:?}, block {:?})",
+                config.grid, config.block, module.target, limits.max_grid, limits.max_block
+            )));
         }
-        if config.grid[i] % config.cluster[i] != 0 {
-            return Err(fail(format!("grid {:?} is not a multiple of the cluster {:?}", config.grid, config.cluster)));
+        if !config.grid[i].is_multiple_of(config.cluster[i]) {
+            return Err(fail(format!(
+                "grid {:?} is not a multiple of the cluster {:?}",
+                config.grid, config.cluster
+            )));
         }
     }
     if let Some(max) = kernel.max_threads {
         let declared: u64 = max.iter().map(|&d| u64::from(d)).product();
         if threads > declared {
-            return Err(fail(format!("block {:?} exceeds the kernel's .maxntid/.reqntid {max:?}", config.block)));
+            return Err(fail(format!(
+                "block {:?} exceeds the kernel's .maxntid/.reqntid {max:?}",
+                config.block
+            )));
         }
     }
     let cluster: u32 = config.cluster.iter().product();
     if cluster > limits.max_cluster_size {
-        return Err(fail(format!("cluster {:?} has {cluster} CTAs; {} allows {}", config.cluster, module.target, limits.max_cluster_size)));
+        return Err(fail(format!(
+            "cluster {:?} has {cluster} CTAs; {} allows {}",
+            config.cluster, module.target, limits.max_cluster_size
+        )));
     }
     if cluster > 1 {
-        return Err(fail("clusters of more than one CTA are not implemented by the emulator".into()));
+        return Err(fail(
+            "clusters of more than one CTA are not implemented by the emulator".into(),
+        ));
     }
     let shared = kernel.dynamic_shared_offset + u64::from(config.dynamic_shared_bytes);
     if shared > u64::from(limits.max_shared_bytes) {
-        return Err(fail(format!("{shared} bytes of shared memory ({} static + {} dynamic); {} allows {}", kernel.shared_static_bytes, config.dynamic_shared_bytes, module.target, limits.max_shared_bytes)));
+        return Err(fail(format!(
+            "{shared} bytes of shared memory ({} static + {} dynamic); {} allows {}",
+            kernel.shared_static_bytes,
+            config.dynamic_shared_bytes,
+            module.target,
+            limits.max_shared_bytes
+        )));
     }
     if params.len() != kernel.params.len() {
-        return Err(fail(format!("{} parameters given, the kernel takes {}", params.len(), kernel.params.len())));
+        return Err(fail(format!(
+            "{} parameters given, the kernel takes {}",
+            params.len(),
+            kernel.params.len()
+        )));
     }
     for (i, (p, v)) in kernel.params.iter().zip(params).enumerate() {
         let given = match v {
@@ -78,7 +113,10 @@ fn check_launch(module: &Module, kernel: &Kernel, config: &LaunchConfig, params:
             ParamValue::Bytes(b) => b.len() as u64,
         };
         if given != p.bytes {
-            return Err(fail(format!("parameter {i} (`{}`) is {} bytes, {given} given", p.name, p.bytes)));
+            return Err(fail(format!(
+                "parameter {i} (`{}`) is {} bytes, {given} given",
+                p.name, p.bytes
+            )));
         }
     }
     Ok(())
@@ -169,13 +207,22 @@ pub(crate) fn run_grid(
             continue;
         }
         profile.warp_instructions += n;
-        *profile.instruction_mix.entry(inst.opcode.clone()).or_default() += n;
-        if let Op::Mma { shape: (m, nn, k), a, .. } = &inst.op {
+        *profile
+            .instruction_mix
+            .entry(inst.opcode.clone())
+            .or_default() += n;
+        if let Op::Mma {
+            shape: (m, nn, k),
+            a,
+            ..
+        } = &inst.op
+        {
             let kind = format!("mma.m{m}n{nn}k{k}.{}", format!("{a:?}").to_lowercase());
             *profile.tensor_ops.entry(kind.clone()).or_default() += n;
             *profile.tensor_flops.entry(kind).or_default() += n * 2 * u64::from(m * nn * k);
         }
-        if let Op::Hopper(crate::ptx::decode_hopper::HopperOp::Wgmma { n: nn, k, a, .. }) = &inst.op {
+        if let Op::Hopper(crate::ptx::decode_hopper::HopperOp::Wgmma { n: nn, k, a, .. }) = &inst.op
+        {
             // Each of the warpgroup's 4 warps issues it: one MMA per 4 warp-instructions.
             let kind = format!("wgmma.m64n{nn}k{k}.{}", format!("{a:?}").to_lowercase());
             *profile.tensor_ops.entry(kind.clone()).or_default() += n / 4;

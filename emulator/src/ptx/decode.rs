@@ -581,10 +581,31 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
         "ld" | "ldu" => {
             // Cache and eviction hints change nothing observable.
             if !m.only(&[
-                "v2", "v4", "v8", "ca", "cg", "cs", "lu", "cv", "nc", "weak", "relaxed",
-                "acquire", "volatile", "cta", "gpu", "sys", "L1::no_allocate",
-                "L1::evict_last", "L1::evict_first", "L1::evict_normal", "L1::evict_unchanged",
-                "L2::64B", "L2::128B", "L2::256B", "L2::cache_hint",
+                "v2",
+                "v4",
+                "v8",
+                "ca",
+                "cg",
+                "cs",
+                "lu",
+                "cv",
+                "nc",
+                "weak",
+                "relaxed",
+                "acquire",
+                "volatile",
+                "cta",
+                "gpu",
+                "sys",
+                "L1::no_allocate",
+                "L1::evict_last",
+                "L1::evict_first",
+                "L1::evict_normal",
+                "L1::evict_unchanged",
+                "L2::64B",
+                "L2::128B",
+                "L2::256B",
+                "L2::cache_hint",
             ]) {
                 return None;
             }
@@ -596,9 +617,26 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
         }
         "st" => {
             if !m.only(&[
-                "v2", "v4", "v8", "wb", "cg", "cs", "wt", "weak", "relaxed", "release",
-                "volatile", "cta", "gpu", "sys", "L1::no_allocate", "L1::evict_last",
-                "L1::evict_first", "L1::evict_normal", "L1::evict_unchanged", "L2::cache_hint",
+                "v2",
+                "v4",
+                "v8",
+                "wb",
+                "cg",
+                "cs",
+                "wt",
+                "weak",
+                "relaxed",
+                "release",
+                "volatile",
+                "cta",
+                "gpu",
+                "sys",
+                "L1::no_allocate",
+                "L1::evict_last",
+                "L1::evict_first",
+                "L1::evict_normal",
+                "L1::evict_unchanged",
+                "L2::cache_hint",
             ]) {
                 return None;
             }
@@ -626,7 +664,9 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
                     "copysign" => FOp::Copysign,
                     _ => return None,
                 };
-                if !m.only(&["rn", "rz", "rm", "rp", "ftz", "sat", "approx", "full", "NaN"]) {
+                if !m.only(&[
+                    "rn", "rz", "rm", "rp", "ftz", "sat", "approx", "full", "NaN",
+                ]) {
                     return None;
                 }
                 Op::Float {
@@ -715,10 +755,7 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
                 if rnd.is_some() && !matches!(op, FUnOp::Sqrt | FUnOp::Rcp) {
                     return None;
                 }
-                if rnd.is_none()
-                    && matches!(op, FUnOp::Sqrt | FUnOp::Rcp)
-                    && !m.has("approx")
-                {
+                if rnd.is_none() && matches!(op, FUnOp::Sqrt | FUnOp::Rcp) && !m.has("approx") {
                     return None;
                 }
                 Op::FloatUn {
@@ -773,8 +810,19 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
                 return None;
             };
             if !m.only(&[
-                "rn", "rz", "rm", "rp", "rni", "rzi", "rmi", "rpi", "sat", "satfinite", "ftz",
-                "relu", "rna",
+                "rn",
+                "rz",
+                "rm",
+                "rp",
+                "rni",
+                "rzi",
+                "rmi",
+                "rpi",
+                "sat",
+                "satfinite",
+                "ftz",
+                "relu",
+                "rna",
             ]) || m.has("rna")
             {
                 return None;
