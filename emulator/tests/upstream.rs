@@ -151,14 +151,25 @@ fn run_fixture(name: &str) {
         dynamic_shared_bytes: json["dynamic_shared_bytes"].as_u64().unwrap_or(0) as u32,
     };
     let entry = json["entry"].as_str().expect("entry");
-    if let Err(e) = launch(
+    let result = launch(
         &module,
         entry,
         &memory,
         &config,
         &params,
         &LaunchOptions::default(),
-    ) {
+    );
+    // A fixture whose kernel is wrong by PTX's rules states the error the emulator must give.
+    if let Some(error) = json["expect_error"].as_object() {
+        let e = result.expect_err(&format!("{name}: the emulator must refuse this kernel"));
+        let text = e.to_string();
+        for needle in error["contains"].as_array().expect("contains") {
+            let needle = needle.as_str().expect("a string");
+            assert!(text.contains(needle), "{name}: `{text}` lacks `{needle}`");
+        }
+        return;
+    }
+    if let Err(e) = result {
         panic!("{name}: the emulator fails: {e}");
     }
 
