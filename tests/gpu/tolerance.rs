@@ -15,7 +15,9 @@
 //! - moe_topk: indices equal for ≥ 99% of entries (near-ties of sigmoid scores may swap),
 //!   weights within 1e-2 relative Frobenius.
 //!
-//! NaN must appear where the reference has NaN, and only there.
+//! NaN must appear where the reference has NaN, and only there; an infinity (the causal mask of
+//! attention scores is −∞) must be the reference's infinity, and infinities are left out of the
+//! ulp and Frobenius measures (−∞ − −∞ is NaN).
 
 use dsc_ir::{DType, OpKind};
 use dsc_kernels::numerics::bf16::to_bf16;
@@ -158,11 +160,19 @@ fn compare_floats(rule: Rule, dtype: DType, gpu: &[f32], cpu: &[f32]) -> Result<
             gpu[i], cpu[i]
         ));
     }
+    if let Some(i) =
+        (0..cpu.len()).find(|&i| (gpu[i].is_infinite() || cpu[i].is_infinite()) && gpu[i] != cpu[i])
+    {
+        return Err(format!(
+            "element {i}: {} vs reference {} (an infinity must match the same infinity)",
+            gpu[i], cpu[i]
+        ));
+    }
     let pairs = || {
         gpu.iter()
             .zip(cpu)
             .enumerate()
-            .filter(|(_, (g, c))| !c.is_nan() && !g.is_nan())
+            .filter(|(_, (g, c))| g.is_finite() && c.is_finite())
     };
     match rule {
         Rule::Exact | Rule::Ulps(_) => {
@@ -233,6 +243,29 @@ mod tests {
         assert!(compare(Rule::Exact, &bf16s(&[-0.0]), &bf16s(&[0.0])).is_ok());
         assert!(compare(Rule::Exact, &bf16s(&[f32::NAN]), &bf16s(&[1.0])).is_err());
         assert!(compare(Rule::Exact, &bf16s(&[f32::NAN]), &bf16s(&[f32::NAN])).is_ok());
+    }
+
+    /// Regression: causally masked attention scores are −∞ in both results, and −∞ − −∞ made
+    /// the Frobenius error NaN, failing every attention-scores step.
+    #[test]
+    fn matching_infinities_are_equal_and_others_are_not() {
+        let f32s = |v: &[f32]| HostTensor::from_f32(DType::F32, vec![v.len()], v.to_vec()).unwrap();
+        let masked = f32s(&[1.0, f32::NEG_INFINITY]);
+        assert!(compare(Rule::RelativeFrobenius(1e-4), &masked, &masked).is_ok());
+        assert!(compare(Rule::Ulps(0), &masked, &masked).is_ok());
+        let e = compare(Rule::RelativeFrobenius(1e-4), &f32s(&[1.0, -1e30]), &masked).unwrap_err();
+        assert!(
+            e.contains("element 1") && e.contains("same infinity"),
+            "{e}"
+        );
+        assert!(
+            compare(
+                Rule::RelativeFrobenius(1e-4),
+                &f32s(&[1.0, f32::INFINITY]),
+                &masked
+            )
+            .is_err()
+        );
     }
 
     #[test]
