@@ -186,8 +186,8 @@ impl Bench {
             }
             let _ = writeln!(
                 out,
-                "{:>4}  {:<width$}  {:<kernel_width$}  {:>10}  {:>16}  {:>12}  {:<13}",
-                "step", "op", "kernel", "modeled ms", "modeled rate", "modeled peak", "bound"
+                "{:>4}  {:<width$}  {:<kernel_width$}  {:>10}  {:>16}  {:>12}  bound",
+                "step", "op", "kernel", "modeled ms", "modeled rate", "modeled peak"
             );
         } else {
             let _ = writeln!(
@@ -206,9 +206,8 @@ impl Bench {
                 rate(step.flops, step.bytes, step.seconds)
             );
             if let Some(m) = &step.modeled {
-                let _ = write!(out, "  {:>11.1}%  {:<13}", m.peak_fraction * 100.0, m.bound);
+                let _ = write!(out, "  {:>11.1}%  {}", m.peak_fraction * 100.0, m.bound);
             }
-            out = out.trim_end().to_string();
             out.push('\n');
         }
         let flops: u64 = self.steps.iter().map(|s| s.flops).sum();
