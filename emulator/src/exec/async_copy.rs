@@ -299,9 +299,9 @@ pub fn cp_async(
             .reg_names
             .get(*r as usize)
             .is_some_and(|n| n.starts_with("%p"))
-        {
-            return Err(ctx.unsupported(inst));
-        }
+    {
+        return Err(ctx.unsupported(inst));
+    }
     let Operand::Addr(src_addr) = operand(inst, 1) else {
         return Err(ctx.unsupported(inst));
     };
