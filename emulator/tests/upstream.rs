@@ -219,10 +219,9 @@ fn show(dtype: &str, b: &[u8]) -> String {
 }
 
 macro_rules! fixtures {
-    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+    ($($name:ident),* $(,)?) => {
         $(
             #[test]
-            $(#[$attr])*
             fn $name() {
                 run_fixture(stringify!($name));
             }
@@ -251,9 +250,5 @@ fixtures!(
     mma_sync_tf32,
     tma_load_64x8_8x128_noswizzle,
     tma_load_128x64_swizzle128b,
-    // Open emulator bug: the wgmma shared-memory descriptors this kernel builds address 16x too
-    // far into shared memory (start field 0x400 where the tile is at 0x400 bytes = field 0x40),
-    // so 15,552 of 16,384 results are wrong. Run it with `--ignored`.
-    #[ignore = "open emulator bug: wgmma descriptor start addresses (see the comment)"]
     gemm_f32_f16_f16_128x128x128,
 );

@@ -524,6 +524,8 @@ impl Parser {
             local_bytes: 0,
             insts: Vec::new(),
             labels: HashMap::new(),
+            blocks: vec![0],
+            next_block: 0,
             fixups: Vec::new(),
             module_shared: HashMap::new(),
             dynamic_names: Vec::new(),
@@ -551,8 +553,14 @@ impl Parser {
         self.expect_punct('{')?;
         self.block(&mut body)?;
         let dynamic_offset = body.shared_bytes.next_multiple_of(dynamic_align);
-        for (inst, operand, label, line) in std::mem::take(&mut body.fixups) {
-            let Some(&target) = body.labels.get(&label) else {
+        for (inst, operand, label, blocks, line) in std::mem::take(&mut body.fixups) {
+            // Labels are scoped like registers: the innermost enclosing block's wins (inline
+            // asm repeats `LAB_WAIT:`/`DONE:` in every `{ … }` it leaves).
+            let target = blocks
+                .iter()
+                .rev()
+                .find_map(|&b| body.labels.get(&(b, label.clone())).copied());
+            let Some(target) = target else {
                 return err(
                     line,
                     format!("`{label}` is not a label, register or variable"),
@@ -596,10 +604,13 @@ impl Parser {
                 Some(Tok::Punct('{')) => {
                     self.pos += 1;
                     body.scopes.push(HashMap::new());
+                    body.next_block += 1;
+                    body.blocks.push(body.next_block);
                     // A closed scope's registers can never be named again: reuse them.
                     let mark = body.next_reg;
                     self.block(body)?;
                     body.scopes.pop();
+                    body.blocks.pop();
                     body.next_reg = mark;
                 }
                 Some(Tok::Punct('@')) => self.instruction(body)?,
@@ -607,7 +618,11 @@ impl Parser {
                     let w = w.clone();
                     if self.peek_at(1) == Some(&Tok::Punct(':')) && !w.starts_with('.') {
                         self.pos += 2;
-                        body.labels.insert(w, body.insts.len() as u32);
+                        let block = *body.blocks.last().expect("the body's block");
+                        let at = body.insts.len() as u32;
+                        if body.labels.insert((block, w.clone()), at).is_some() {
+                            return err(line, format!("label `{w}` is defined twice in one block"));
+                        }
                         continue;
                     }
                     match w.as_str() {
@@ -786,7 +801,8 @@ impl Parser {
                 if let Some(base) = body.var(&w) {
                     return Ok(Operand::VarAddr(base));
                 }
-                body.fixups.push((inst, index, w, line));
+                body.fixups
+                    .push((inst, index, w, body.blocks.clone(), line));
                 Ok(Operand::Label(u32::MAX))
             }
             _ => {
@@ -846,9 +862,13 @@ struct Body<'a> {
     local: Vec<Var>,
     local_bytes: u64,
     insts: Vec<Inst>,
-    labels: HashMap<String, u32>,
-    /// (instruction, operand, label, line) of branch targets to resolve.
-    fixups: Vec<(usize, usize, String, usize)>,
+    /// Labels by (block, name): blocks are numbered as they open, the body is 0.
+    labels: HashMap<(u32, String), u32>,
+    /// The blocks enclosing the statement being parsed, outermost first.
+    blocks: Vec<u32>,
+    next_block: u32,
+    /// (instruction, operand, label, enclosing blocks, line) of branch targets to resolve.
+    fixups: Vec<(usize, usize, String, Vec<u32>, usize)>,
     /// Module-scope static shared variables' offsets.
     module_shared: HashMap<String, u64>,
     /// Module-scope `.extern .shared` arrays: dynamic shared memory.
@@ -942,4 +962,39 @@ fn special(name: &str) -> Option<Special> {
         "%gridid" => Special::Gridid,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inline asm leaves the same labels in every `{ … }` block; a branch must reach the label
+    /// of its own block, not a later block's (the upstream wgmma GEMM jumped over its whole
+    /// main loop when labels were function-wide).
+    #[test]
+    fn labels_are_scoped_by_block() {
+        let m = parse_module(
+            ".version 8.4\n.target sm_90a\n.address_size 64\n\
+             .visible .entry k()\n{\n.reg .pred %p<2>;\n\
+             { @%p1 bra DONE; DONE: }\n\
+             { @%p1 bra DONE; bra.uni OUT; DONE: }\n\
+             OUT: ret;\n}\n",
+        )
+        .unwrap();
+        let target = |i: usize| match &m.kernels[0].insts[i].operands[0] {
+            Operand::Label(t) => *t,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(target(0), 1, "the first block's DONE");
+        assert_eq!(target(1), 3, "the second block's DONE");
+        assert_eq!(target(2), 3, "OUT, in the body");
+        let twice = parse_module(
+            ".version 8.4\n.target sm_90a\n.address_size 64\n\
+             .visible .entry k()\n{\nL: ret;\nL: ret;\n}\n",
+        );
+        assert!(
+            matches!(twice, Err(EmuError::Parse { line: 7, .. })),
+            "{twice:?}"
+        );
+    }
 }
