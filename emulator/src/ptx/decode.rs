@@ -555,11 +555,46 @@ impl<'a> Mods<'a> {
     }
     /// Every modifier is one of `allowed`, a type, or a space.
     fn only(&self, allowed: &[&str]) -> bool {
-        self.parts
-            .iter()
-            .all(|p| allowed.contains(p) || Ty::parse(p).is_some() || Space::parse(p).is_some())
+        self.only_in(&[allowed])
+    }
+    /// Every modifier is in one of `lists`, a type, or a space.
+    fn only_in(&self, lists: &[&[&str]]) -> bool {
+        self.parts.iter().all(|p| {
+            lists.iter().any(|l| l.contains(p))
+                || Ty::parse(p).is_some()
+                || Space::parse(p).is_some()
+        })
     }
 }
+
+/// Qualifiers both `ld` and `st` take: vectors, memory order and scope, cache eviction.
+const ACCESS_HINTS: &[&str] = &[
+    "v2",
+    "v4",
+    "v8",
+    "cg",
+    "cs",
+    "weak",
+    "relaxed",
+    "volatile",
+    "cta",
+    "gpu",
+    "sys",
+    "L1::no_allocate",
+    "L1::evict_last",
+    "L1::evict_first",
+    "L1::evict_normal",
+    "L1::evict_unchanged",
+    "L2::cache_hint",
+];
+
+/// Qualifiers only loads take.
+const LOAD_HINTS: &[&str] = &[
+    "ca", "lu", "cv", "nc", "acquire", "L2::64B", "L2::128B", "L2::256B",
+];
+
+/// Qualifiers only stores take.
+const STORE_HINTS: &[&str] = &["wb", "wt", "release"];
 
 /// Decodes one opcode with its modifiers.
 pub fn decode(opcode: &str) -> Op {
@@ -578,72 +613,22 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
     let ty = m.last_type();
     Some(match base {
         "mov" => Op::Mov(ty?),
-        "ld" | "ldu" => {
-            // Cache and eviction hints change nothing observable.
-            if !m.only(&[
-                "v2",
-                "v4",
-                "v8",
-                "ca",
-                "cg",
-                "cs",
-                "lu",
-                "cv",
-                "nc",
-                "weak",
-                "relaxed",
-                "acquire",
-                "volatile",
-                "cta",
-                "gpu",
-                "sys",
-                "L1::no_allocate",
-                "L1::evict_last",
-                "L1::evict_first",
-                "L1::evict_normal",
-                "L1::evict_unchanged",
-                "L2::64B",
-                "L2::128B",
-                "L2::256B",
-                "L2::cache_hint",
-            ]) {
+        "ld" | "ldu" | "st" => {
+            // Cache, eviction and memory-order qualifiers change nothing a single emulated
+            // access can observe; anything else is not implemented.
+            let own = if base == "st" {
+                STORE_HINTS
+            } else {
+                LOAD_HINTS
+            };
+            if !m.only_in(&[ACCESS_HINTS, own]) {
                 return None;
             }
-            Op::Ld {
-                space: m.space(),
-                ty: ty?,
-                vec: m.vec(),
-            }
-        }
-        "st" => {
-            if !m.only(&[
-                "v2",
-                "v4",
-                "v8",
-                "wb",
-                "cg",
-                "cs",
-                "wt",
-                "weak",
-                "relaxed",
-                "release",
-                "volatile",
-                "cta",
-                "gpu",
-                "sys",
-                "L1::no_allocate",
-                "L1::evict_last",
-                "L1::evict_first",
-                "L1::evict_normal",
-                "L1::evict_unchanged",
-                "L2::cache_hint",
-            ]) {
-                return None;
-            }
-            Op::St {
-                space: m.space(),
-                ty: ty?,
-                vec: m.vec(),
+            let (space, ty, vec) = (m.space(), ty?, m.vec());
+            if base == "st" {
+                Op::St { space, ty, vec }
+            } else {
+                Op::Ld { space, ty, vec }
             }
         }
         "cvta" => Op::Cvta {
