@@ -7,7 +7,8 @@
 //! moves, and a racy kernel cannot make the emulator itself undefined. Accesses must be
 //! naturally aligned (PTX requires it); the emulator faults otherwise.
 
-use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use crate::error::EmuError;
 
@@ -31,6 +32,11 @@ pub const SHARED_WINDOW_STRIDE: u64 = 1 << 24;
 /// Generic-address window of a thread's local memory (`cvta.local`).
 pub const LOCAL_WINDOW: u64 = 0x2000_0000_0000;
 
+thread_local! {
+    /// (memory, allocation index) of this host thread's last lookup.
+    static LAST_HIT: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
 struct Allocation {
     base: u64,
     bytes: u64,
@@ -52,8 +58,6 @@ pub struct GlobalMemory {
     /// Sorted by base address.
     allocations: Vec<Allocation>,
     next: u64,
-    /// The allocation the last access found: kernels stream through one buffer at a time.
-    hint: AtomicUsize,
 }
 
 impl std::fmt::Debug for GlobalMemory {
@@ -71,7 +75,6 @@ impl GlobalMemory {
         GlobalMemory {
             allocations: Vec::new(),
             next: GLOBAL_BASE,
-            hint: AtomicUsize::new(0),
         }
     }
 
@@ -94,9 +97,22 @@ impl GlobalMemory {
 
     /// The allocation holding `[address, address + len)` and the offset of `address` in it.
     fn find(&self, address: u64, len: u64) -> Option<(&Allocation, u64)> {
+        let fits = |a: &Allocation| {
+            let offset = address.checked_sub(a.base)?;
+            (offset.checked_add(len)? <= a.bytes).then_some(offset)
+        };
+        // Consecutive accesses of one host thread mostly hit the allocation it hit last.
+        let me = self as *const GlobalMemory as usize;
+        let (owner, hinted) = LAST_HIT.get();
+        if owner == me
+            && let Some(a) = self.allocations.get(hinted)
+            && let Some(offset) = fits(a)
+        {
+            return Some((a, offset));
+        }
         let i = self.allocations.partition_point(|a| a.base <= address);
         let a = self.allocations.get(i.checked_sub(1)?)?;
-        self.hint.store(i - 1, Ordering::Relaxed);
+        LAST_HIT.set((me, i - 1));
         let offset = address - a.base;
         (offset.checked_add(len)? <= a.bytes).then_some((a, offset))
     }
