@@ -264,8 +264,13 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                 write(warp, operand(0), l, r);
             }
         }
-        Op::Setp { cmp, ty, combine } => {
-            let ftz = inst.opcode.contains(".ftz");
+        Op::Setp {
+            cmp,
+            ty,
+            combine,
+            ftz,
+        } => {
+            let ftz = *ftz;
             for l in lanes(exec) {
                 let a = ctx.read(warp, operand(1), l, *ty);
                 let b = ctx.read(warp, operand(2), l, *ty);
@@ -328,7 +333,11 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                 write(warp, operand(0), l, r);
             }
         }
-        Op::Cvta { to_space, space } => {
+        Op::Cvta {
+            to_space,
+            space,
+            bits,
+        } => {
             let window = match space {
                 Space::Global => 0,
                 Space::Shared => SHARED_WINDOW,
@@ -344,11 +353,7 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                 } else {
                     a.wrapping_add(window)
                 };
-                let r = if inst.opcode.ends_with("u32") {
-                    mask_bits(r, 32)
-                } else {
-                    r
-                };
+                let r = mask_bits(r, *bits);
                 write(warp, operand(0), l, r);
             }
         }
@@ -482,16 +487,14 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                 }
             }
         }
-        Op::Ldmatrix { num, trans } | Op::Stmatrix { num, trans } => {
-            matrix_8x8(
-                ctx,
-                warp,
-                inst,
-                exec,
-                *num as usize,
-                *trans,
-                matches!(inst.op, Op::Ldmatrix { .. }),
-            )?;
+        Op::Ldmatrix { num, trans, space } | Op::Stmatrix { num, trans, space } => {
+            let shape = Matrices {
+                num: *num as usize,
+                trans: *trans,
+                space: *space,
+                load: matches!(inst.op, Op::Ldmatrix { .. }),
+            };
+            matrix_8x8(ctx, warp, inst, exec, shape)?;
         }
         Op::Wmma(w) => super::wmma::wmma(ctx, warp, inst, exec, w)?,
         Op::Bra | Op::Exit | Op::Bar(_) | Op::Hopper(_) => unreachable!("handled by step"),
@@ -722,15 +725,27 @@ fn shuffle(
 /// `ldmatrix` / `stmatrix` `.m8n8.x{1,2,4}[.trans].shared.b16`: lanes 8i..8i+7 give the row
 /// addresses of matrix i; lane t holds row t/4, columns 2(t%4) and 2(t%4)+1 of each matrix
 /// (transposed: column t/4, rows 2(t%4) and 2(t%4)+1).
+/// What an `ldmatrix`/`stmatrix` moves.
+struct Matrices {
+    num: usize,
+    trans: bool,
+    space: Space,
+    load: bool,
+}
+
 fn matrix_8x8(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
     exec: u32,
-    num: usize,
-    trans: bool,
-    load: bool,
+    shape: Matrices,
 ) -> Result<(), EmuError> {
+    let Matrices {
+        num,
+        trans,
+        space,
+        load,
+    } = shape;
     if exec != u32::MAX {
         let lane = (!exec).trailing_zeros() as usize;
         return Err(ctx.fault(
@@ -751,11 +766,6 @@ fn matrix_8x8(
     if regs.len() != num {
         return Err(ctx.unsupported(inst));
     }
-    let space = if inst.opcode.contains(".shared") {
-        Space::Shared
-    } else {
-        Space::Generic
-    };
     // Row addresses: matrix i, row r from lane 8i + r.
     let mut rows = vec![[0u64; 8]; num];
     for (i, m) in rows.iter_mut().enumerate() {

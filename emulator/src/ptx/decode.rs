@@ -249,6 +249,8 @@ pub enum Op {
         to_space: bool,
         /// The non-generic space.
         space: Space,
+        /// Address width in bits (`.u32` or `.u64`).
+        bits: u32,
     },
     /// Integer binary operations.
     Int {
@@ -318,6 +320,8 @@ pub enum Op {
         ty: Ty,
         /// Combination with a third predicate operand.
         combine: Option<BoolOp>,
+        /// `.ftz`.
+        ftz: bool,
     },
     /// `selp`.
     Selp(Ty),
@@ -407,6 +411,8 @@ pub enum Op {
         num: u8,
         /// `.trans`.
         trans: bool,
+        /// `.shared` or generic addresses.
+        space: Space,
     },
     /// `stmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16`.
     Stmatrix {
@@ -414,6 +420,8 @@ pub enum Op {
         num: u8,
         /// `.trans`.
         trans: bool,
+        /// `.shared` or generic addresses.
+        space: Space,
     },
     /// `wmma.load` / `wmma.mma` / `wmma.store` (m16n16k16, f16 operands): see `exec/wmma.rs`.
     Wmma(Wmma),
@@ -634,6 +642,7 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
         "cvta" => Op::Cvta {
             to_space: m.has("to"),
             space: m.space(),
+            bits: ty?.bits(),
         },
         "add" | "sub" | "mul" | "min" | "max" | "div" | "rem" | "and" | "or" | "xor" | "shl"
         | "shr" | "copysign" => {
@@ -786,6 +795,7 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
                 cmp: c,
                 ty: ty?,
                 combine,
+                ftz: m.has("ftz"),
             }
         }
         "selp" => Op::Selp(ty?),
@@ -903,11 +913,11 @@ fn decode_parts(base: &str, m: &Mods) -> Option<Op> {
             if !m.has("b16") {
                 return None;
             }
-            let trans = m.has("trans");
+            let (trans, space) = (m.has("trans"), m.space());
             if base == "ldmatrix" {
-                Op::Ldmatrix { num, trans }
+                Op::Ldmatrix { num, trans, space }
             } else {
-                Op::Stmatrix { num, trans }
+                Op::Stmatrix { num, trans, space }
             }
         }
         "wmma" => decode_wmma(m)?,
