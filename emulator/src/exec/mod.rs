@@ -217,14 +217,14 @@ pub(crate) fn run_grid(
             ..
         } = &inst.op
         {
-            let kind = format!("mma.m{m}n{nn}k{k}.{}", format!("{a:?}").to_lowercase());
+            let kind = format!("mma.m{m}n{nn}k{k}.{}", a.suffix());
             *profile.tensor_ops.entry(kind.clone()).or_default() += n;
             *profile.tensor_flops.entry(kind).or_default() += n * 2 * u64::from(m * nn * k);
         }
         if let Op::Hopper(crate::ptx::decode_hopper::HopperOp::Wgmma { n: nn, k, a, .. }) = &inst.op
         {
             // Each of the warpgroup's 4 warps issues it: one MMA per 4 warp-instructions.
-            let kind = format!("wgmma.m64n{nn}k{k}.{}", format!("{a:?}").to_lowercase());
+            let kind = format!("wgmma.m64n{nn}k{k}.{}", a.suffix());
             *profile.tensor_ops.entry(kind.clone()).or_default() += n / 4;
             *profile.tensor_flops.entry(kind).or_default() += n / 4 * 2 * 64 * u64::from(nn * k);
         }

@@ -57,36 +57,49 @@ pub enum Ty {
 }
 
 impl Ty {
+    /// Every type with its PTX suffix (without the dot).
+    const SUFFIXES: [(Ty, &'static str); 25] = [
+        (Ty::Pred, "pred"),
+        (Ty::B8, "b8"),
+        (Ty::B16, "b16"),
+        (Ty::B32, "b32"),
+        (Ty::B64, "b64"),
+        (Ty::B128, "b128"),
+        (Ty::U8, "u8"),
+        (Ty::U16, "u16"),
+        (Ty::U32, "u32"),
+        (Ty::U64, "u64"),
+        (Ty::S8, "s8"),
+        (Ty::S16, "s16"),
+        (Ty::S32, "s32"),
+        (Ty::S64, "s64"),
+        (Ty::F16, "f16"),
+        (Ty::F16x2, "f16x2"),
+        (Ty::Bf16, "bf16"),
+        (Ty::Bf16x2, "bf16x2"),
+        (Ty::F32, "f32"),
+        (Ty::F64, "f64"),
+        (Ty::Tf32, "tf32"),
+        (Ty::E4m3, "e4m3"),
+        (Ty::E5m2, "e5m2"),
+        (Ty::E4m3x2, "e4m3x2"),
+        (Ty::E5m2x2, "e5m2x2"),
+    ];
+
     /// The type of a suffix without its dot (`b32`), if it is one.
     pub fn parse(s: &str) -> Option<Ty> {
-        Some(match s {
-            "pred" => Ty::Pred,
-            "b8" => Ty::B8,
-            "b16" => Ty::B16,
-            "b32" => Ty::B32,
-            "b64" => Ty::B64,
-            "b128" => Ty::B128,
-            "u8" => Ty::U8,
-            "u16" => Ty::U16,
-            "u32" => Ty::U32,
-            "u64" => Ty::U64,
-            "s8" => Ty::S8,
-            "s16" => Ty::S16,
-            "s32" => Ty::S32,
-            "s64" => Ty::S64,
-            "f16" => Ty::F16,
-            "f16x2" => Ty::F16x2,
-            "bf16" => Ty::Bf16,
-            "bf16x2" => Ty::Bf16x2,
-            "f32" => Ty::F32,
-            "f64" => Ty::F64,
-            "tf32" => Ty::Tf32,
-            "e4m3" => Ty::E4m3,
-            "e5m2" => Ty::E5m2,
-            "e4m3x2" => Ty::E4m3x2,
-            "e5m2x2" => Ty::E5m2x2,
-            _ => return None,
-        })
+        Self::SUFFIXES
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(t, _)| *t)
+    }
+
+    /// The suffix PTX writes for this type, without the dot (`b32`).
+    pub fn suffix(self) -> &'static str {
+        Self::SUFFIXES
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map_or("?", |(_, name)| name)
     }
 
     /// Width in bits (1 for `.pred`).
@@ -161,5 +174,20 @@ impl Space {
             "const" => Space::Const,
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_round_trip() {
+        for (t, name) in Ty::SUFFIXES {
+            assert_eq!(Ty::parse(name), Some(t));
+            assert_eq!(t.suffix(), name);
+        }
+        assert_eq!(Ty::parse("e4m3"), Some(Ty::E4m3));
+        assert_eq!(Ty::parse("f8"), None);
     }
 }
