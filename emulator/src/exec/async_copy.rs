@@ -11,7 +11,7 @@
 
 use super::access::Place;
 use super::context::CtaContext;
-use super::hopper::{Done, PARAM_WINDOW, PARAM_WINDOW_BYTES, operand, shared_operand};
+use super::hopper::{Done, PARAM_WINDOW, PARAM_WINDOW_BYTES, group_count, operand, shared_operand};
 use super::mbarrier;
 use super::warp::{Warp, lanes};
 use crate::error::{EmuError, ThreadId};
@@ -122,6 +122,30 @@ fn global_read(ctx: &CtaContext, address: u64, buf: &mut [u8]) -> Result<(), Str
     })
 }
 
+/// The range of shared memory `[off, off + len)`, or a fault of the copy's issuer naming `what`.
+fn shared_range(
+    ctx: &CtaContext,
+    origin: &Origin,
+    off: u64,
+    len: u64,
+    what: &str,
+) -> Result<std::ops::Range<usize>, EmuError> {
+    let end = off
+        .checked_add(len)
+        .filter(|&e| e <= ctx.shared.len() as u64);
+    match end {
+        Some(end) => Ok(off as usize..end as usize),
+        None => Err(origin.fault(
+            ctx,
+            off,
+            format!(
+                "{what} outside the {} bytes of shared memory",
+                ctx.shared.len()
+            ),
+        )),
+    }
+}
+
 /// Runs `cp.async` copies.
 pub fn run_copies(ctx: &mut CtaContext, copies: Vec<Copy>) -> Result<(), EmuError> {
     for c in copies {
@@ -130,18 +154,14 @@ pub fn run_copies(ctx: &mut CtaContext, copies: Vec<Copy>) -> Result<(), EmuErro
             global_read(ctx, c.src, &mut buf[..c.src_size as usize])
                 .map_err(|m| c.origin.fault(ctx, c.src, format!("cp.async source: {m}")))?;
         }
-        let d = c.dst as usize;
-        if d + buf.len() > ctx.shared.len() {
-            return Err(c.origin.fault(
-                ctx,
-                c.dst,
-                format!(
-                    "cp.async destination outside the {} bytes of shared memory",
-                    ctx.shared.len()
-                ),
-            ));
-        }
-        ctx.shared[d..d + buf.len()].copy_from_slice(&buf);
+        let range = shared_range(
+            ctx,
+            &c.origin,
+            c.dst,
+            u64::from(c.size),
+            "cp.async destination",
+        )?;
+        ctx.shared[range].copy_from_slice(&buf);
         ctx.counters.async_bytes += u64::from(c.size);
         ctx.hopper.version += 1;
     }
@@ -149,14 +169,7 @@ pub fn run_copies(ctx: &mut CtaContext, copies: Vec<Copy>) -> Result<(), EmuErro
 }
 
 fn land(ctx: &mut CtaContext, p: PendingLoad) -> Result<(), EmuError> {
-    let dst = p.dst as usize;
-    if dst > ctx.shared.len() {
-        return Err(p.origin.fault(
-            ctx,
-            p.dst,
-            "asynchronous load destination outside shared memory".into(),
-        ));
-    }
+    let dst = shared_range(ctx, &p.origin, p.dst, 0, "asynchronous load destination")?.start;
     let bytes = match &p.kind {
         LoadKind::Tensor(map, coords) => {
             let mut shared = std::mem::take(&mut ctx.shared);
@@ -174,17 +187,8 @@ fn land(ctx: &mut CtaContext, p: PendingLoad) -> Result<(), EmuError> {
                 p.origin
                     .fault(ctx, *src, format!("cp.async.bulk source: {m}"))
             })?;
-            if dst + buf.len() > ctx.shared.len() {
-                return Err(p.origin.fault(
-                    ctx,
-                    p.dst,
-                    format!(
-                        "cp.async.bulk destination outside the {} bytes of shared memory",
-                        ctx.shared.len()
-                    ),
-                ));
-            }
-            ctx.shared[dst..dst + buf.len()].copy_from_slice(&buf);
+            let range = shared_range(ctx, &p.origin, p.dst, *size, "cp.async.bulk destination")?;
+            ctx.shared[range].copy_from_slice(&buf);
             *size
         }
     };
@@ -226,14 +230,7 @@ pub fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> {
             src,
             origin,
         } => {
-            let s = *src as usize;
-            if s > ctx.shared.len() {
-                return Err(origin.fault(
-                    ctx,
-                    *src,
-                    "TMA store source outside shared memory".into(),
-                ));
-            }
+            let s = shared_range(ctx, origin, *src, 0, "TMA store source")?.start;
             let mut w = |a: u64, bytes: &[u8]| -> Result<(), String> {
                 memory.write(a, bytes).map_err(|e| e.to_string())
             };
@@ -250,16 +247,9 @@ pub fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> {
             size,
             origin,
         } => {
-            let s = *src as usize;
-            if s + *size as usize > ctx.shared.len() {
-                return Err(origin.fault(
-                    ctx,
-                    *src,
-                    "cp.async.bulk store source outside shared memory".into(),
-                ));
-            }
+            let range = shared_range(ctx, origin, *src, *size, "cp.async.bulk store source")?;
             memory
-                .write(*dst, &ctx.shared[s..s + *size as usize])
+                .write(*dst, &ctx.shared[range])
                 .map_err(|e| origin.fault(ctx, *dst, format!("cp.async.bulk store: {e}")))?;
             (*size, origin, *dst)
         }
@@ -341,7 +331,7 @@ pub fn cp_async(
         let origin = Origin::new(ctx, warp, inst, l);
         ctx.hopper
             .thread(warp.first_thread + l as u32)
-            .cp_uncommitted
+            .cp
             .push(Copy {
                 dst,
                 src,
@@ -357,9 +347,7 @@ pub fn cp_async(
 /// `cp.async.commit_group`.
 pub fn cp_commit(ctx: &mut CtaContext, warp: &mut Warp, exec: u32) -> Result<Done, EmuError> {
     for l in lanes(exec) {
-        let t = ctx.hopper.thread(warp.first_thread + l as u32);
-        let g = std::mem::take(&mut t.cp_uncommitted);
-        t.cp_groups.push_back(g);
+        ctx.hopper.thread(warp.first_thread + l as u32).cp.commit();
     }
     Ok(Done::Next)
 }
@@ -375,21 +363,10 @@ pub fn cp_wait(
     if all {
         cp_commit(ctx, warp, exec)?;
     }
-    let n = if all {
-        0
-    } else {
-        match operand(inst, 0) {
-            Operand::Imm(n) if *n >= 0 => *n as usize,
-            _ => return Err(ctx.unsupported(inst)),
-        }
-    };
+    let n = if all { 0 } else { group_count(ctx, inst)? };
     for l in lanes(exec) {
-        loop {
-            let t = ctx.hopper.thread(warp.first_thread + l as u32);
-            if t.cp_groups.len() <= n {
-                break;
-            }
-            let g = t.cp_groups.pop_front().expect("non-empty");
+        let t = warp.first_thread + l as u32;
+        while let Some(g) = ctx.hopper.thread(t).cp.retire_beyond(n) {
             run_copies(ctx, g)?;
         }
     }
@@ -407,12 +384,14 @@ pub fn cp_mbarrier_arrive(
     noinc: bool,
 ) -> Result<Done, EmuError> {
     for l in lanes(exec) {
-        let off = shared_operand(ctx, warp, inst, l, 0, space, 8)?;
-        let t = ctx.hopper.thread(warp.first_thread + l as u32);
-        let mut copies: Vec<Copy> = t.cp_groups.iter_mut().flat_map(std::mem::take).collect();
-        copies.append(&mut t.cp_uncommitted);
+        let off = mbarrier::operand_offset(ctx, warp, inst, l, 0, space)?;
+        let copies = ctx
+            .hopper
+            .thread(warp.first_thread + l as u32)
+            .cp
+            .take_all();
         run_copies(ctx, copies)?;
-        mbarrier::load(ctx, off).map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
+        mbarrier::initialized(ctx, warp, inst, l, off)?;
         if noinc {
             mbarrier::arrive_on(ctx, off, 1, false)
                 .map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
@@ -421,13 +400,15 @@ pub fn cp_mbarrier_arrive(
     Ok(Done::Next)
 }
 
-/// Reads the 128-byte tensor map at the generic address of `a` for `lane`.
+/// Reads the 128-byte tensor map at the generic address of `a` for `lane`; its rank must be
+/// `dims`.
 fn tensor_map(
     ctx: &CtaContext,
     warp: &Warp,
     inst: &Inst,
     lane: usize,
     a: &crate::ptx::Addr,
+    dims: u8,
 ) -> Result<TensorMap, EmuError> {
     let address = ctx.address(warp, a, lane);
     let fault = |m: String| ctx.memory_fault(inst, warp.first_thread, lane, address, m);
@@ -464,7 +445,16 @@ fn tensor_map(
             }
         }
     }
-    TensorMap::from_bytes(&bytes).map_err(|m| fault(format!("tensor map: {m}")))
+    let map = TensorMap::from_bytes(&bytes).map_err(|m| fault(format!("tensor map: {m}")))?;
+    if map.rank != u32::from(dims) {
+        return Err(ctx.fault(
+            inst,
+            warp.first_thread,
+            lane,
+            format!("{}d copy with a rank-{} tensor map", dims, map.rank),
+        ));
+    }
+    Ok(map)
 }
 
 fn coords(ctx: &CtaContext, warp: &Warp, items: &[Operand], lane: usize) -> Vec<i32> {
@@ -495,6 +485,33 @@ fn multicast_to_self(
     Ok(mask & 1 == 1)
 }
 
+/// The destination (and mbarrier) space of a bulk or TMA load: `.shared::cta` or
+/// `.shared::cluster`.
+fn load_space(inst: &Inst) -> Space {
+    if inst.opcode.contains("shared::cta") {
+        Space::Shared
+    } else {
+        Space::SharedCluster
+    }
+}
+
+/// The size operand (2) of a non-tensor bulk copy of `lane`: the `global` address and the size
+/// must be multiples of 16 (`what`: which end `global` is).
+fn bulk_size(
+    ctx: &CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    lane: usize,
+    global: u64,
+    what: &str,
+) -> Result<u64, EmuError> {
+    let size = ctx.read(warp, operand(inst, 2), lane, Ty::U32) & 0xffff_ffff;
+    if !global.is_multiple_of(16) || !size.is_multiple_of(16) {
+        return Err(ctx.memory_fault(inst, warp.first_thread, lane, global, format!("cp.async.bulk needs a 16-byte aligned {what} and a multiple of 16 bytes (size {size})")));
+    }
+    Ok(size)
+}
+
 /// `cp.async.bulk.tensor.Nd.shared::cluster.global…mbarrier::complete_tx::bytes [dst],
 /// [tensorMap, {coords}], [mbar]{, ctaMask}{, cache-policy}`.
 #[allow(clippy::too_many_arguments)]
@@ -514,24 +531,12 @@ pub fn tensor_load(
     if inst.operands.len() != expected || items.len() != dims as usize {
         return Err(ctx.unsupported(inst));
     }
-    let space = if inst.opcode.contains("shared::cta") {
-        Space::Shared
-    } else {
-        Space::SharedCluster
-    };
+    let space = load_space(inst);
     for l in lanes(exec) {
-        let map = tensor_map(ctx, warp, inst, l, tm)?;
-        if map.rank != u32::from(dims) {
-            return Err(ctx.fault(
-                inst,
-                warp.first_thread,
-                l,
-                format!("{}d copy with a rank-{} tensor map", dims, map.rank),
-            ));
-        }
+        let map = tensor_map(ctx, warp, inst, l, tm, dims)?;
         let dst = shared_operand(ctx, warp, inst, l, 0, space, 128)?;
-        let mbar = shared_operand(ctx, warp, inst, l, 2, space, 8)?;
-        mbarrier::load(ctx, mbar).map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
+        let mbar = mbarrier::operand_offset(ctx, warp, inst, l, 2, space)?;
+        mbarrier::initialized(ctx, warp, inst, l, mbar)?;
         if multicast && !multicast_to_self(ctx, warp, inst, l, 3)? {
             continue;
         }
@@ -564,21 +569,13 @@ pub fn tensor_store(
         return Err(ctx.unsupported(inst));
     }
     for l in lanes(exec) {
-        let map = tensor_map(ctx, warp, inst, l, tm)?;
-        if map.rank != u32::from(dims) {
-            return Err(ctx.fault(
-                inst,
-                warp.first_thread,
-                l,
-                format!("{}d copy with a rank-{} tensor map", dims, map.rank),
-            ));
-        }
+        let map = tensor_map(ctx, warp, inst, l, tm, dims)?;
         let src = shared_operand(ctx, warp, inst, l, 1, Space::Shared, 128)?;
         let c = coords(ctx, warp, items, l);
         let origin = Origin::new(ctx, warp, inst, l);
         ctx.hopper
             .thread(warp.first_thread + l as u32)
-            .bulk_uncommitted
+            .bulk
             .push(BulkOp::TensorStore {
                 map: Box::new(map),
                 coords: c,
@@ -606,20 +603,13 @@ pub fn bulk_load(
     let Operand::Addr(src_addr) = operand(inst, 1) else {
         return Err(ctx.unsupported(inst));
     };
-    let space = if inst.opcode.contains("shared::cta") {
-        Space::Shared
-    } else {
-        Space::SharedCluster
-    };
+    let space = load_space(inst);
     for l in lanes(exec) {
         let dst = shared_operand(ctx, warp, inst, l, 0, space, 16)?;
-        let mbar = shared_operand(ctx, warp, inst, l, 3, space, 8)?;
+        let mbar = mbarrier::operand_offset(ctx, warp, inst, l, 3, space)?;
         let src = ctx.address(warp, src_addr, l);
-        let size = ctx.read(warp, operand(inst, 2), l, Ty::U32) & 0xffff_ffff;
-        if !src.is_multiple_of(16) || !size.is_multiple_of(16) {
-            return Err(ctx.memory_fault(inst, warp.first_thread, l, src, format!("cp.async.bulk needs a 16-byte aligned source and a multiple of 16 bytes (size {size})")));
-        }
-        mbarrier::load(ctx, mbar).map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
+        let size = bulk_size(ctx, warp, inst, l, src, "source")?;
+        mbarrier::initialized(ctx, warp, inst, l, mbar)?;
         if multicast && !multicast_to_self(ctx, warp, inst, l, 4)? {
             continue;
         }
@@ -651,14 +641,11 @@ pub fn bulk_store(
     for l in lanes(exec) {
         let src = shared_operand(ctx, warp, inst, l, 1, Space::Shared, 16)?;
         let dst = ctx.address(warp, dst_addr, l);
-        let size = ctx.read(warp, operand(inst, 2), l, Ty::U32) & 0xffff_ffff;
-        if !dst.is_multiple_of(16) || !size.is_multiple_of(16) {
-            return Err(ctx.memory_fault(inst, warp.first_thread, l, dst, format!("cp.async.bulk needs a 16-byte aligned destination and a multiple of 16 bytes (size {size})")));
-        }
+        let size = bulk_size(ctx, warp, inst, l, dst, "destination")?;
         let origin = Origin::new(ctx, warp, inst, l);
         ctx.hopper
             .thread(warp.first_thread + l as u32)
-            .bulk_uncommitted
+            .bulk
             .push(BulkOp::Store {
                 dst,
                 src,
@@ -673,9 +660,10 @@ pub fn bulk_store(
 /// `cp.async.bulk.commit_group`.
 pub fn bulk_commit(ctx: &mut CtaContext, warp: &mut Warp, exec: u32) -> Result<Done, EmuError> {
     for l in lanes(exec) {
-        let t = ctx.hopper.thread(warp.first_thread + l as u32);
-        let g = std::mem::take(&mut t.bulk_uncommitted);
-        t.bulk_groups.push_back(g);
+        ctx.hopper
+            .thread(warp.first_thread + l as u32)
+            .bulk
+            .commit();
     }
     Ok(Done::Next)
 }
@@ -688,17 +676,11 @@ pub fn bulk_wait(
     inst: &Inst,
     exec: u32,
 ) -> Result<Done, EmuError> {
-    let n = match operand(inst, 0) {
-        Operand::Imm(n) if *n >= 0 => *n as usize,
-        _ => return Err(ctx.unsupported(inst)),
-    };
+    let n = group_count(ctx, inst)?;
     for l in lanes(exec) {
-        loop {
-            let t = ctx.hopper.thread(warp.first_thread + l as u32);
-            if t.bulk_groups.len() <= n {
-                break;
-            }
-            for b in t.bulk_groups.pop_front().expect("non-empty") {
+        let t = warp.first_thread + l as u32;
+        while let Some(g) = ctx.hopper.thread(t).bulk.retire_beyond(n) {
+            for b in g {
                 run_bulk(ctx, b)?;
             }
         }

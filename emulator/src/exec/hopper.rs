@@ -29,7 +29,7 @@ use super::async_copy::{BulkOp, Copy, PendingLoad};
 use super::context::CtaContext;
 use super::operand::write;
 use super::step::Outcome;
-use super::warp::{WARP, Warp, lanes};
+use super::warp::{Warp, lanes};
 use super::wgmma::{WarpWgmma, WarpgroupWgmma};
 use crate::error::EmuError;
 use crate::ptx::decode_hopper::HopperOp;
@@ -42,17 +42,65 @@ pub const PARAM_WINDOW: u64 = 0x3000_0000_0000;
 /// Bytes of the parameter window.
 pub const PARAM_WINDOW_BYTES: u64 = 1 << 32;
 
+/// Operations tracked by async-groups (`cp.async`, bulk copies, wgmma): those not yet
+/// committed, and the committed groups, oldest first.
+#[derive(Debug)]
+pub struct AsyncGroups<T> {
+    uncommitted: Vec<T>,
+    committed: VecDeque<Vec<T>>,
+}
+
+impl<T> Default for AsyncGroups<T> {
+    fn default() -> Self {
+        AsyncGroups {
+            uncommitted: Vec::new(),
+            committed: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> AsyncGroups<T> {
+    /// Adds an operation to the uncommitted ones.
+    pub fn push(&mut self, op: T) {
+        self.uncommitted.push(op);
+    }
+
+    /// `commit_group`: the uncommitted operations become the newest group (possibly empty).
+    pub fn commit(&mut self) {
+        let g = std::mem::take(&mut self.uncommitted);
+        self.committed.push_back(g);
+    }
+
+    /// The oldest group, if more than `n` are committed (`wait_group n` must retire it).
+    pub fn oldest_beyond(&self, n: usize) -> Option<&[T]> {
+        (self.committed.len() > n).then(|| self.committed[0].as_slice())
+    }
+
+    /// Removes and returns the oldest group, if more than `n` are committed.
+    pub fn retire_beyond(&mut self, n: usize) -> Option<Vec<T>> {
+        if self.committed.len() > n {
+            self.committed.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Takes every operation, committed ones first (oldest group first), then the uncommitted
+    /// ones; the committed groups stay, empty, so later waits count them as before.
+    pub fn take_all(&mut self) -> Vec<T> {
+        let mut all: Vec<T> = self.committed.iter_mut().flat_map(std::mem::take).collect();
+        all.append(&mut self.uncommitted);
+        all
+    }
+}
+
 /// Asynchronous state of one thread.
 #[derive(Debug, Default)]
 pub struct ThreadAsync {
-    /// `cp.async` copies not yet committed.
-    pub cp_uncommitted: Vec<Copy>,
-    /// Committed `cp.async` groups, oldest first.
-    pub cp_groups: VecDeque<Vec<Copy>>,
-    /// Bulk stores not yet committed.
-    pub bulk_uncommitted: Vec<BulkOp>,
-    /// Committed bulk async-groups, oldest first.
-    pub bulk_groups: VecDeque<Vec<BulkOp>>,
+    /// `cp.async` copies.
+    pub cp: AsyncGroups<Copy>,
+    /// Bulk and TMA stores.
+    pub bulk: AsyncGroups<BulkOp>,
 }
 
 /// The cluster barrier of a cluster of one CTA.
@@ -197,9 +245,7 @@ fn execute(
             Ok(Done::Next)
         }
         HopperOp::BarWarpSync => {
-            let first = exec.trailing_zeros() as usize;
-            let member = ctx.read(warp, operand(inst, 0), first, Ty::U32) as u32;
-            check_members(ctx, warp, inst, exec, member, "bar.warp.sync")?;
+            membermask(ctx, warp, inst, exec, 0, "bar.warp.sync")?;
             Ok(Done::Next)
         }
         HopperOp::Mapa => {
@@ -285,15 +331,30 @@ pub fn operand(inst: &Inst, i: usize) -> &Operand {
     inst.operands.get(i).unwrap_or(&Operand::Sink)
 }
 
-/// Every lane of `member` must execute with this group, and every executing lane must be in it.
-fn check_members(
+/// The `N` of a `wait_group N` (operand 0, an immediate ≥ 0).
+pub fn group_count(ctx: &CtaContext, inst: &Inst) -> Result<usize, EmuError> {
+    match operand(inst, 0) {
+        Operand::Imm(n) if *n >= 0 => Ok(*n as usize),
+        _ => Err(ctx.unsupported(inst)),
+    }
+}
+
+/// The membermask operand `i` (read from the first executing lane): every lane of it must
+/// execute with this group, and every executing lane must be in it.
+fn membermask(
     ctx: &CtaContext,
     warp: &Warp,
     inst: &Inst,
     exec: u32,
-    member: u32,
+    i: usize,
     what: &str,
-) -> Result<(), EmuError> {
+) -> Result<u32, EmuError> {
+    let member = ctx.read(
+        warp,
+        operand(inst, i),
+        exec.trailing_zeros() as usize,
+        Ty::U32,
+    ) as u32;
     if exec & !member != 0 {
         let l = (exec & !member).trailing_zeros() as usize;
         return Err(ctx.fault(
@@ -308,14 +369,12 @@ fn check_members(
         let l = exec.trailing_zeros() as usize;
         return Err(ctx.fault(inst, warp.first_thread, l, format!("{what}: membermask {member:#x} names lane {missing}, which did not execute it with this lane")));
     }
-    Ok(())
+    Ok(member)
 }
 
 /// `elect.sync d|p, membermask`: the lowest lane of the membermask is the leader.
 fn elect(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Result<Done, EmuError> {
-    let first = exec.trailing_zeros() as usize;
-    let member = ctx.read(warp, operand(inst, 1), first, Ty::U32) as u32;
-    check_members(ctx, warp, inst, exec, member, "elect.sync")?;
+    let member = membermask(ctx, warp, inst, exec, 1, "elect.sync")?;
     let leader = member.trailing_zeros() as u64;
     for l in lanes(exec) {
         match operand(inst, 0) {
@@ -368,14 +427,8 @@ pub fn finish(ctx: &mut CtaContext) -> Result<(), EmuError> {
     super::async_copy::land_all(ctx)?;
     for t in 0..ctx.hopper.threads.len() {
         let th = &mut ctx.hopper.threads[t];
-        let mut copies = std::mem::take(&mut th.cp_uncommitted);
-        let groups: Vec<Vec<Copy>> = th.cp_groups.drain(..).collect();
-        let mut bulk: Vec<BulkOp> = th.bulk_groups.drain(..).flatten().collect();
-        bulk.append(&mut th.bulk_uncommitted);
-        for g in groups {
-            super::async_copy::run_copies(ctx, g)?;
-        }
-        copies.shrink_to_fit();
+        let copies = th.cp.take_all();
+        let bulk = th.bulk.take_all();
         super::async_copy::run_copies(ctx, copies)?;
         for b in bulk {
             super::async_copy::run_bulk(ctx, b)?;
@@ -384,11 +437,11 @@ pub fn finish(ctx: &mut CtaContext) -> Result<(), EmuError> {
     Ok(())
 }
 
-/// Whether `lane` may run a warp-wide (`.sync.aligned`) instruction: all 32 lanes present.
+/// A warp-wide (`.sync.aligned`) instruction needs all 32 lanes: the error names the first
+/// lane that did not take part.
 pub fn full_warp(ctx: &CtaContext, warp: &Warp, inst: &Inst, exec: u32) -> Result<(), EmuError> {
     if exec != u32::MAX {
         let lane = (!exec).trailing_zeros() as usize;
-        let lane = lane.min(WARP - 1);
         return Err(ctx.fault(
             inst,
             warp.first_thread,

@@ -111,8 +111,14 @@ pub fn load(ctx: &CtaContext, off: u64) -> Result<Mbar, String> {
 /// Signals `bytes` completed transactions on the mbarrier at `off` (the `complete_tx` of an
 /// asynchronous copy).
 pub fn complete_tx(ctx: &mut CtaContext, off: u64, bytes: u64) -> Result<(), String> {
+    add_tx(ctx, off, -(bytes as i64))
+}
+
+/// Adds `delta` to the tx-count of the mbarrier at `off` (`expect_tx`: positive,
+/// `complete_tx`: negative), completing the phase if nothing is left pending.
+fn add_tx(ctx: &mut CtaContext, off: u64, delta: i64) -> Result<(), String> {
     let mut m = load(ctx, off)?;
-    let tx = i64::from(m.tx) - bytes as i64;
+    let tx = i64::from(m.tx) + delta;
     if tx.abs() > i64::from(MAX_COUNT) {
         return Err(format!("mbarrier tx-count {tx} out of range ±(2^20-1)"));
     }
@@ -145,7 +151,8 @@ pub fn arrive_on(
     Ok(before)
 }
 
-fn mbar_of(
+/// The shared offset of the mbarrier named by address operand `i` of `lane` (8-byte aligned).
+pub fn operand_offset(
     ctx: &CtaContext,
     warp: &Warp,
     inst: &Inst,
@@ -154,6 +161,17 @@ fn mbar_of(
     space: Space,
 ) -> Result<u64, EmuError> {
     shared_operand(ctx, warp, inst, lane, i, space, 8)
+}
+
+/// The initialized mbarrier at `off`, or a fault of `lane` at `inst`.
+pub fn initialized(
+    ctx: &CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    lane: usize,
+    off: u64,
+) -> Result<Mbar, EmuError> {
+    load(ctx, off).map_err(|m| ctx.fault(inst, warp.first_thread, lane, m))
 }
 
 /// `mbarrier.init [addr], count`.
@@ -165,7 +183,7 @@ pub fn init(
     space: Space,
 ) -> Result<Done, EmuError> {
     for l in lanes(exec) {
-        let off = mbar_of(ctx, warp, inst, l, 0, space)?;
+        let off = operand_offset(ctx, warp, inst, l, 0, space)?;
         let count = ctx.read(warp, operand(inst, 1), l, Ty::U32) as u32;
         if count == 0 || count > MAX_COUNT {
             return Err(ctx.fault(
@@ -199,7 +217,7 @@ pub fn inval(
     space: Space,
 ) -> Result<Done, EmuError> {
     for l in lanes(exec) {
-        let off = mbar_of(ctx, warp, inst, l, 0, space)?;
+        let off = operand_offset(ctx, warp, inst, l, 0, space)?;
         store_word(ctx, off, 0);
     }
     Ok(Done::Next)
@@ -218,7 +236,7 @@ pub fn arrive(
     no_complete: bool,
 ) -> Result<Done, EmuError> {
     for l in lanes(exec) {
-        let off = mbar_of(ctx, warp, inst, l, 1, space)?;
+        let off = operand_offset(ctx, warp, inst, l, 1, space)?;
         let fault = |ctx: &CtaContext, m: String| ctx.fault(inst, warp.first_thread, l, m);
         let third = inst
             .operands
@@ -235,7 +253,7 @@ pub fn arrive(
             add_tx(ctx, off, i64::from(third.unwrap_or(0))).map_err(|m| fault(ctx, m))?;
         }
         if drop {
-            let mut m = load(ctx, off).map_err(|m| fault(ctx, m))?;
+            let mut m = initialized(ctx, warp, inst, l, off)?;
             if count > m.expected {
                 return Err(fault(
                     ctx,
@@ -254,18 +272,6 @@ pub fn arrive(
     Ok(Done::Next)
 }
 
-fn add_tx(ctx: &mut CtaContext, off: u64, bytes: i64) -> Result<(), String> {
-    let mut m = load(ctx, off)?;
-    let tx = i64::from(m.tx) + bytes;
-    if tx.abs() > i64::from(MAX_COUNT) {
-        return Err(format!("mbarrier tx-count {tx} out of range ±(2^20-1)"));
-    }
-    m.tx = tx as i32;
-    m.maybe_complete();
-    store_word(ctx, off, m.encode());
-    Ok(())
-}
-
 /// `mbarrier.expect_tx [addr], txCount` (`expect`) / `mbarrier.complete_tx [addr], txCount`.
 pub fn tx(
     ctx: &mut CtaContext,
@@ -276,14 +282,10 @@ pub fn tx(
     expect: bool,
 ) -> Result<Done, EmuError> {
     for l in lanes(exec) {
-        let off = mbar_of(ctx, warp, inst, l, 0, space)?;
+        let off = operand_offset(ctx, warp, inst, l, 0, space)?;
         let n = ctx.read(warp, operand(inst, 1), l, Ty::U32) as u32;
-        let r = if expect {
-            add_tx(ctx, off, i64::from(n))
-        } else {
-            complete_tx(ctx, off, u64::from(n))
-        };
-        r.map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
+        let delta = if expect { i64::from(n) } else { -i64::from(n) };
+        add_tx(ctx, off, delta).map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
     }
     Ok(Done::Next)
 }
@@ -300,9 +302,9 @@ pub fn wait(
 ) -> Result<Done, EmuError> {
     let mut any = false;
     for l in lanes(exec) {
-        let off = mbar_of(ctx, warp, inst, l, 1, space)?;
+        let off = operand_offset(ctx, warp, inst, l, 1, space)?;
         super::async_copy::land_for(ctx, off)?;
-        let m = load(ctx, off).map_err(|m| ctx.fault(inst, warp.first_thread, l, m))?;
+        let m = initialized(ctx, warp, inst, l, off)?;
         let v = ctx.read(warp, operand(inst, 2), l, Ty::U64);
         let waited = if parity {
             if v > 1 {

@@ -31,13 +31,11 @@
 //!   D is rounded to f16. `imm-scale-a/b = -1` negates A/B; `scale-d` false ignores the input
 //!   D; `imm-trans-a/b = 1` (16-bit types, descriptor operands) reads MN-major.
 
-use std::collections::VecDeque;
-
 use dsc_kernels::numerics::fp8::{self, Fp8Format};
 
 use super::context::CtaContext;
 use super::float::{bf16_value, f16_value, to_f16_bits};
-use super::hopper::{Done, full_warp, operand};
+use super::hopper::{AsyncGroups, Done, full_warp, group_count, operand};
 use super::operand::write;
 use super::warp::{WARP, Warp};
 use crate::error::EmuError;
@@ -107,8 +105,8 @@ pub struct WarpgroupWgmma {
 #[derive(Debug, Default)]
 pub struct WarpWgmma {
     issued: usize,
-    uncommitted: Vec<usize>,
-    groups: VecDeque<Vec<usize>>,
+    /// Its MMAs (indices into the warpgroup's) in commit groups.
+    groups: AsyncGroups<usize>,
     /// MMAs not yet written back, with their D registers.
     pending: Vec<(usize, Vec<u32>)>,
 }
@@ -372,7 +370,7 @@ pub fn issue(
     let ws = &mut h.warps[warp.index as usize];
     let idx = ws.issued;
     ws.issued += 1;
-    ws.uncommitted.push(idx);
+    ws.groups.push(idx);
     ws.pending.push((idx, d_regs.clone()));
     let wg = &mut h.warpgroups[g];
     if wg.mmas.len() <= idx {
@@ -414,9 +412,7 @@ pub fn commit(
 ) -> Result<Done, EmuError> {
     full_warp(ctx, warp, inst, exec)?;
     warpgroup_of(ctx, warp, inst)?;
-    let ws = &mut ctx.hopper.warps[warp.index as usize];
-    let g = std::mem::take(&mut ws.uncommitted);
-    ws.groups.push_back(g);
+    ctx.hopper.warps[warp.index as usize].groups.commit();
     Ok(Done::Next)
 }
 
@@ -429,34 +425,27 @@ pub fn wait(
 ) -> Result<Done, EmuError> {
     full_warp(ctx, warp, inst, exec)?;
     let (g, wi) = warpgroup_of(ctx, warp, inst)?;
-    let n = match operand(inst, 0) {
-        Operand::Imm(n) if *n >= 0 => *n as usize,
-        _ => return Err(ctx.unsupported(inst)),
-    };
-    loop {
-        let ws = &ctx.hopper.warps[warp.index as usize];
-        if ws.groups.len() <= n {
-            return Ok(Done::Next);
+    let n = group_count(ctx, inst)?;
+    let w = warp.index as usize;
+    while let Some(group) = ctx.hopper.warps[w].groups.oldest_beyond(n) {
+        if let Some(&last) = group.iter().max() {
+            if ctx.hopper.warpgroups[g].mmas[last]
+                .parts
+                .iter()
+                .any(Option::is_none)
+            {
+                return Ok(Done::Stay);
+            }
+            let group = group.to_vec();
+            compute_through(ctx, warp, inst, g, last)?;
+            for idx in group {
+                write_back(ctx, warp, g, wi, idx);
+            }
+            ctx.hopper.version += 1;
         }
-        let group = ws.groups.front().expect("non-empty").clone();
-        let Some(&last) = group.iter().max() else {
-            ctx.hopper.warps[warp.index as usize].groups.pop_front();
-            continue;
-        };
-        if ctx.hopper.warpgroups[g].mmas[last]
-            .parts
-            .iter()
-            .any(Option::is_none)
-        {
-            return Ok(Done::Stay);
-        }
-        compute_through(ctx, warp, inst, g, last)?;
-        for idx in group {
-            write_back(ctx, warp, g, wi, idx);
-        }
-        ctx.hopper.warps[warp.index as usize].groups.pop_front();
-        ctx.hopper.version += 1;
+        ctx.hopper.warps[w].groups.retire_beyond(n);
     }
+    Ok(Done::Next)
 }
 
 fn write_back(ctx: &mut CtaContext, warp: &mut Warp, g: usize, wi: usize, idx: usize) {

@@ -33,6 +33,7 @@
 use super::access::Place;
 use super::context::CtaContext;
 use super::float::{f16_value, to_f16_bits};
+use super::hopper::{full_warp, operand};
 use super::operand::write;
 use super::warp::{WARP, Warp};
 use crate::error::EmuError;
@@ -99,14 +100,14 @@ fn round_to(ty: Ty, x: f64) -> u64 {
     }
 }
 
-/// The register operands of a vector operand.
+/// The `len` register operands of vector operand `i`.
 fn vector<'a>(
     ctx: &CtaContext,
     inst: &'a Inst,
-    o: &'a Operand,
+    i: usize,
     len: usize,
 ) -> Result<&'a [Operand], EmuError> {
-    match o {
+    match operand(inst, i) {
         Operand::Vector(items) if items.len() == len => Ok(items),
         _ => Err(ctx.unsupported(inst)),
     }
@@ -120,20 +121,7 @@ pub fn wmma(
     exec: u32,
     op: &Wmma,
 ) -> Result<(), EmuError> {
-    if exec != u32::MAX {
-        let lane = (!exec).trailing_zeros() as usize;
-        return Err(ctx.fault(
-            inst,
-            warp.first_thread,
-            lane,
-            format!(
-                "{} needs all 32 lanes of the warp converged; this lane did not take part",
-                inst.opcode
-            ),
-        ));
-    }
-    let ops = &inst.operands;
-    let operand = |i: usize| ops.get(i).unwrap_or(&Operand::Sink);
+    full_warp(ctx, warp, inst, exec)?;
     match *op {
         Wmma::Load {
             frag,
@@ -141,7 +129,7 @@ pub fn wmma(
             space,
             ty,
         } => {
-            let regs = vector(ctx, inst, operand(0), registers(frag, ty))?;
+            let regs = vector(ctx, inst, 0, registers(frag, ty))?;
             let values = access(ctx, warp, inst, frag, row, space, ty, 1, None)?;
             for (lane, vals) in values.iter().enumerate() {
                 for (r, v) in regs.iter().zip(vals) {
@@ -150,7 +138,7 @@ pub fn wmma(
             }
         }
         Wmma::Store { row, space, ty } => {
-            let regs = vector(ctx, inst, operand(1), registers(WmmaFrag::Acc, ty))?;
+            let regs = vector(ctx, inst, 1, registers(WmmaFrag::Acc, ty))?;
             let values: Vec<Vec<u64>> = (0..WARP)
                 .map(|l| regs.iter().map(|r| ctx.read(warp, r, l, Ty::B32)).collect())
                 .collect();
@@ -168,7 +156,7 @@ pub fn wmma(
         }
         Wmma::Mma { d, c } => {
             let fetch = |i: usize, n: usize| -> Result<Vec<Vec<u64>>, EmuError> {
-                let regs = vector(ctx, inst, operand(i), n)?;
+                let regs = vector(ctx, inst, i, n)?;
                 Ok((0..WARP)
                     .map(|l| regs.iter().map(|r| ctx.read(warp, r, l, Ty::B32)).collect())
                     .collect())
@@ -176,7 +164,7 @@ pub fn wmma(
             let fa = fetch(1, registers(WmmaFrag::A, Ty::F16))?;
             let fb = fetch(2, registers(WmmaFrag::B, Ty::F16))?;
             let fc = fetch(3, registers(WmmaFrag::Acc, c))?;
-            let dst = vector(ctx, inst, operand(0), registers(WmmaFrag::Acc, d))?;
+            let dst = vector(ctx, inst, 0, registers(WmmaFrag::Acc, d))?;
             let mut a = [[0f64; N]; N];
             let mut b = [[0f64; N]; N];
             let mut acc = [[0f64; N]; N];
