@@ -33,6 +33,24 @@ struct Barrier {
     expected: Option<u32>,
 }
 
+impl Barrier {
+    /// `mask`'s lanes arrive expecting `count` threads; fails when other threads arrived in
+    /// this phase expecting another count.
+    fn arrive(&mut self, count: Option<u32>, mask: u32) -> Result<(), String> {
+        if let (Some(old), Some(new)) = (self.expected, count)
+            && self.arrived > 0
+            && old != new
+        {
+            return Err(format!(
+                "expects {new} threads here but {old} where other threads arrived"
+            ));
+        }
+        self.arrived += mask.count_ones();
+        self.expected = count;
+        Ok(())
+    }
+}
+
 /// Runs CTA `cta` to completion; returns its counters.
 pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
     let kernel = launch.kernel;
@@ -77,7 +95,7 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
                     for l in lanes(mask) {
                         warps[w].state[l] = LaneState::Exited;
                     }
-                    release_ready(&mut warps, &mut barriers, &mut ctx);
+                    release_ready(&mut warps, &mut barriers);
                     progressed = true;
                     continue;
                 }
@@ -95,8 +113,8 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
                 busy |= writes_memory(&kernel.insts[pc as usize].op);
                 match step(&mut ctx, &mut warps[w], pc, mask)? {
                     Outcome::Continue => {
-                        if kernel.insts[pc as usize].op == crate::ptx::decode::Op::Exit {
-                            release_ready(&mut warps, &mut barriers, &mut ctx);
+                        if matches!(kernel.insts[pc as usize].op, Op::Exit) {
+                            release_ready(&mut warps, &mut barriers);
                         }
                     }
                     Outcome::Yield => {
@@ -109,27 +127,20 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
                         mask,
                         wait,
                     } => {
-                        let b = &mut barriers[id as usize];
-                        if let (Some(old), Some(new)) = (b.expected, count)
-                            && b.arrived > 0
-                            && old != new
-                        {
-                            {
-                                let inst = &kernel.insts[pc as usize];
-                                let lane = mask.trailing_zeros() as usize;
-                                return Err(ctx.fault(inst, warps[w].first_thread, lane, format!("barrier {id} expects {new} threads here but {old} where other threads arrived")));
-                            }
+                        if let Err(why) = barriers[id as usize].arrive(count, mask) {
+                            let inst = &kernel.insts[pc as usize];
+                            let lane = mask.trailing_zeros() as usize;
+                            let why = format!("barrier {id} {why}");
+                            return Err(ctx.fault(inst, warps[w].first_thread, lane, why));
                         }
                         busy = true;
-                        b.arrived += mask.count_ones();
-                        b.expected = count;
                         if wait {
                             for l in lanes(mask) {
                                 warps[w].state[l] = LaneState::AtBarrier(id);
                             }
                             ctx.counters.barrier_waits += 1;
                         }
-                        release_ready(&mut warps, &mut barriers, &mut ctx);
+                        release_ready(&mut warps, &mut barriers);
                         if wait {
                             break;
                         }
@@ -158,7 +169,7 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
 }
 
 /// Completes every barrier whose expected arrivals are in, releasing its waiters.
-fn release_ready(warps: &mut [Warp], barriers: &mut [Barrier; 16], _ctx: &mut CtaContext) {
+fn release_ready(warps: &mut [Warp], barriers: &mut [Barrier; 16]) {
     let live: u32 = warps.iter().map(|w| w.live_mask().count_ones()).sum();
     for (id, b) in barriers.iter_mut().enumerate() {
         if b.arrived == 0 {
