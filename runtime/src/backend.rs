@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use dsc_kernels::manifest::LaunchStep;
+
 use crate::error::RuntimeError;
 use crate::tensor::HostTensor;
 use crate::weights::Weights;
@@ -26,6 +28,25 @@ pub struct StepTiming {
     /// On the emulator: the roofline model's view of the step (always labelled modeled: no
     /// GPU ran it). `None` on the CPU and on CUDA, which measure.
     pub modeled: Option<ModeledTiming>,
+}
+
+impl StepTiming {
+    /// The timing of a manifest launch step that took `seconds` (its op, kernel, FLOPs and
+    /// bytes from the step).
+    pub(crate) fn launched(
+        step: &LaunchStep,
+        seconds: f64,
+        modeled: Option<ModeledTiming>,
+    ) -> StepTiming {
+        StepTiming {
+            op: step.op.clone(),
+            kernel: step.kernel.clone(),
+            seconds,
+            flops: step.flops,
+            bytes: step.bytes,
+            modeled,
+        }
+    }
 }
 
 /// A step's time as the emulator's roofline model predicts it from the launch's profile.

@@ -115,7 +115,7 @@ fn cuda_device(artifact: &Artifact, ordinal: usize) -> Result<DeviceInfo, Runtim
 }
 
 /// Ok when the artifact's manifest has launch steps (the CUDA and emulator backends run them).
-fn require_launch_plan(artifact: &Artifact) -> Result<(), RuntimeError> {
+pub(crate) fn require_launch_plan(artifact: &Artifact) -> Result<(), RuntimeError> {
     if artifact.has_launch_plan() {
         Ok(())
     } else {

@@ -1,14 +1,18 @@
 //! Where each tensor of a manifest lives on a device, whatever the device: one buffer per input
 //! and per weight, one arena for everything else. Tensors are places in those buffers
 //! ([`Placement`]): an arena tensor at its offset, an alias at its target's place plus its
-//! offset. The CUDA and emulator backends allocate the same plan.
+//! offset. The CUDA and emulator backends allocate the same plan, and copy tensors in and out
+//! of it the same way ([`PlanBuffers`]).
 
 use std::collections::HashMap;
 
+use dsc_ir::{DType, Graph, ValueId};
 use dsc_kernels::manifest::{Manifest, Storage, TensorInfo};
 
 use crate::artifact::{Artifact, alias_root, check_manifest};
 use crate::error::RuntimeError;
+use crate::tensor::{HostTensor, safetensors_dtype};
+use crate::weights::Weights;
 
 /// Which device buffer holds a tensor's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +33,14 @@ pub(crate) struct Placement {
     pub bytes: u64,
 }
 
+/// What a tensor's bytes hold, to read them back as a [`HostTensor`]: the dtype (parsed once,
+/// when the plan is made) and the shape.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HostLayout {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
 /// The buffers a manifest needs and where each tensor lives in them.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct MemoryPlan {
@@ -40,6 +52,8 @@ pub(crate) struct MemoryPlan {
     pub arena_bytes: u64,
     /// Every tensor's place.
     pub placements: HashMap<String, Placement>,
+    /// Every tensor's dtype and shape.
+    pub layouts: HashMap<String, HostLayout>,
 }
 
 impl MemoryPlan {
@@ -70,8 +84,20 @@ impl MemoryPlan {
             weights: Vec::new(),
             arena_bytes: manifest.arena.bytes,
             placements: HashMap::new(),
+            layouts: HashMap::new(),
         };
         for t in &manifest.tensors {
+            let dtype = t
+                .dtype
+                .parse()
+                .map_err(|_| format!("tensor `{}` has unknown dtype `{}`", t.name, t.dtype))?;
+            plan.layouts.insert(
+                t.name.clone(),
+                HostLayout {
+                    dtype,
+                    shape: t.shape.clone(),
+                },
+            );
             let buffer = match t.storage {
                 Storage::Input => {
                     plan.inputs.push(t.clone());
@@ -173,6 +199,87 @@ impl MemoryPlan {
             });
         }
         Ok(place)
+    }
+
+    /// The dtype and shape of manifest tensor `name`.
+    pub(crate) fn layout(&self, name: &str) -> Result<&HostLayout, RuntimeError> {
+        self.layouts.get(name).ok_or_else(|| RuntimeError::Tensor {
+            message: format!("no tensor `{name}` in the manifest"),
+        })
+    }
+}
+
+/// The allocated buffers of a [`MemoryPlan`] on some device (CUDA, the emulator): whole-tensor
+/// copies in and out by name, and, built on them, what every run does the same way on every
+/// such device — inputs and weights in by the plan, tensors and outputs back.
+pub(crate) trait PlanBuffers {
+    /// The plan the buffers follow.
+    fn plan(&self) -> &MemoryPlan;
+
+    /// Copies `bytes` into tensor `name` (the whole tensor).
+    fn upload(&mut self, name: &str, bytes: &[u8]) -> Result<(), RuntimeError>;
+
+    /// Copies tensor `name` into `host` (resized to its bytes); the copy is finished on return.
+    fn download(&self, name: &str, host: &mut Vec<u8>) -> Result<(), RuntimeError>;
+
+    /// Copies each input of the plan from `inputs` into its buffer.
+    fn upload_inputs(&mut self, inputs: &HashMap<String, HostTensor>) -> Result<(), RuntimeError> {
+        for i in 0..self.plan().inputs.len() {
+            let name = self.plan().inputs[i].name.clone();
+            let tensor = inputs.get(&name).ok_or_else(|| RuntimeError::Inputs {
+                message: format!("missing input `{name}`"),
+            })?;
+            self.upload(&name, &tensor.to_safetensors_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Copies each weight of the plan, the tensor of `graph`'s parameter of that name, into its
+    /// buffer.
+    fn upload_weights(&mut self, graph: &Graph, weights: &Weights) -> Result<(), RuntimeError> {
+        let ids: HashMap<&str, ValueId> =
+            graph.params.iter().map(|&p| (graph.name(p), p)).collect();
+        for i in 0..self.plan().weights.len() {
+            let name = self.plan().weights[i].name.clone();
+            let tensor = ids
+                .get(name.as_str())
+                .and_then(|&id| weights.get(id))
+                .ok_or_else(|| RuntimeError::Graph {
+                    graph: graph.name.clone(),
+                    message: format!("weight `{name}` was not loaded"),
+                })?;
+            self.upload(&name, &tensor.to_safetensors_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Reads tensor `name` (any manifest tensor) back, through `staging` (host bytes reused
+    /// across reads).
+    fn read_tensor(&self, name: &str, staging: &mut Vec<u8>) -> Result<HostTensor, RuntimeError> {
+        let layout = self.plan().layout(name)?;
+        self.download(name, staging)?;
+        HostTensor::from_safetensors(
+            safetensors_dtype(layout.dtype),
+            &layout.shape,
+            staging,
+            layout.dtype,
+        )
+    }
+
+    /// Reads `graph`'s outputs back, by name, in output order.
+    fn read_outputs(
+        &self,
+        graph: &Graph,
+        staging: &mut Vec<u8>,
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        graph
+            .outputs
+            .iter()
+            .map(|&v| {
+                let name = graph.name(v);
+                Ok((name.to_string(), self.read_tensor(name, staging)?))
+            })
+            .collect()
     }
 }
 

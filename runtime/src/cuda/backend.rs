@@ -7,17 +7,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream, sys};
-use dsc_ir::DType;
 
 use super::launch::{PreparedStep, launch, prepare};
-use super::memory::DeviceMemory;
+use super::memory::{DeviceMemory, OnStream};
 use super::module::KernelModule;
 use super::probe::{DeviceInfo, driver_error, driver_present, without_driver_panics};
 use crate::artifact::Artifact;
 use crate::backend::{Backend, StepPhase, StepTiming};
 use crate::error::RuntimeError;
-use crate::memory_plan::MemoryPlan;
-use crate::tensor::{HostTensor, safetensors_dtype};
+use crate::memory_plan::{MemoryPlan, PlanBuffers};
+use crate::tensor::HostTensor;
 use crate::weights::Weights;
 
 /// An artifact loaded on one GPU.
@@ -85,17 +84,12 @@ impl<'a> CudaBackend<'a> {
         &self.device
     }
 
-    /// Copies the inputs into their device buffers.
-    fn upload_inputs(&mut self, inputs: &HashMap<String, HostTensor>) -> Result<(), RuntimeError> {
-        for i in 0..self.memory.plan().inputs.len() {
-            let name = self.memory.plan().inputs[i].name.clone();
-            let tensor = inputs.get(&name).ok_or_else(|| RuntimeError::Inputs {
-                message: format!("missing input `{name}`"),
-            })?;
-            let bytes = tensor.to_safetensors_bytes();
-            self.memory.upload(&self.stream, &name, &bytes)?;
+    /// The buffers with the stream their copies go on.
+    fn buffers(&mut self) -> OnStream<'_> {
+        OnStream {
+            memory: &mut self.memory,
+            stream: &self.stream,
         }
-        Ok(())
     }
 
     /// Launches step `index` and records the event after it.
@@ -115,25 +109,11 @@ impl<'a> CudaBackend<'a> {
 
     /// Reads tensor `name` (any manifest tensor) back from the device.
     pub fn read_tensor(&mut self, name: &str) -> Result<HostTensor, RuntimeError> {
-        let info = self
-            .artifact
-            .manifest
-            .tensor(name)
-            .ok_or_else(|| RuntimeError::Tensor {
-                message: format!("no tensor `{name}` in the manifest"),
-            })?;
-        let dtype: DType = info.dtype.parse().map_err(|_| RuntimeError::Tensor {
-            message: format!("tensor `{name}` has unknown dtype `{}`", info.dtype),
-        })?;
-        let mut staging = std::mem::take(&mut self.staging);
-        let result = self
-            .memory
-            .download(&self.stream, name, &mut staging)
-            .and_then(|()| {
-                HostTensor::from_safetensors(safetensors_dtype(dtype), &info.shape, &staging, dtype)
-            });
-        self.staging = staging;
-        result
+        let buffers = OnStream {
+            memory: &mut self.memory,
+            stream: &self.stream,
+        };
+        buffers.read_tensor(name, &mut self.staging)
     }
 
     /// Runs the plan one step at a time, calling `observe(index, phase, self)` before each
@@ -148,7 +128,7 @@ impl<'a> CudaBackend<'a> {
         if !self.has_weights {
             return Err(RuntimeError::NoWeights);
         }
-        self.upload_inputs(inputs)?;
+        self.buffers().upload_inputs(inputs)?;
         self.synchronize()?;
         for index in 0..self.steps.len() {
             observe(index, StepPhase::Before, self)?;
@@ -184,20 +164,7 @@ impl CudaBackend<'_> {
         // A failed upload leaves a mix of old and new weights: unusable until one succeeds.
         self.has_weights = false;
         let graph = &self.artifact.graph;
-        let ids: HashMap<&str, dsc_ir::ValueId> =
-            graph.params.iter().map(|&p| (graph.name(p), p)).collect();
-        for i in 0..self.memory.plan().weights.len() {
-            let name = self.memory.plan().weights[i].name.clone();
-            let tensor = ids
-                .get(name.as_str())
-                .and_then(|&id| weights.get(id))
-                .ok_or_else(|| RuntimeError::Graph {
-                    graph: graph.name.clone(),
-                    message: format!("weight `{name}` was not loaded"),
-                })?;
-            let bytes = tensor.to_safetensors_bytes();
-            self.memory.upload(&self.stream, &name, &bytes)?;
-        }
+        self.buffers().upload_weights(graph, &weights)?;
         self.synchronize()?;
         self.has_weights = true;
         Ok(())
@@ -212,7 +179,7 @@ impl CudaBackend<'_> {
         if !self.has_weights {
             return Err(RuntimeError::NoWeights);
         }
-        self.upload_inputs(inputs)?;
+        self.buffers().upload_inputs(inputs)?;
         self.events[0]
             .record(&self.stream)
             .map_err(|e| driver_error("cuEventRecord", e))?;
@@ -225,27 +192,12 @@ impl CudaBackend<'_> {
             let ms = self.events[index]
                 .elapsed_ms(&self.events[index + 1])
                 .map_err(|e| driver_error("cuEventElapsedTime", e))?;
-            timings.push(StepTiming {
-                op: step.op.clone(),
-                kernel: step.kernel.clone(),
-                seconds: f64::from(ms) * 1e-3,
-                flops: step.flops,
-                bytes: step.bytes,
-                modeled: None,
-            });
+            timings.push(StepTiming::launched(step, f64::from(ms) * 1e-3, None));
         }
-        let graph = &self.artifact.graph;
-        let names: Vec<String> = graph
-            .outputs
-            .iter()
-            .map(|&v| graph.name(v).to_string())
-            .collect();
-        names
-            .into_iter()
-            .map(|name| {
-                let tensor = self.read_tensor(&name)?;
-                Ok((name, tensor))
-            })
-            .collect()
+        let buffers = OnStream {
+            memory: &mut self.memory,
+            stream: &self.stream,
+        };
+        buffers.read_outputs(&self.artifact.graph, &mut self.staging)
     }
 }

@@ -7,7 +7,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DriverError,
 
 use super::probe::driver_error;
 use crate::error::RuntimeError;
-use crate::memory_plan::{BufferId, MemoryPlan};
+use crate::memory_plan::{BufferId, MemoryPlan, PlanBuffers};
 
 /// The allocated buffers of a [`MemoryPlan`].
 pub(crate) struct DeviceMemory {
@@ -136,5 +136,25 @@ impl DeviceMemory {
         stream
             .synchronize()
             .map_err(|e| driver_error("cuStreamSynchronize", e))
+    }
+}
+
+/// The buffers with the stream their copies go on, as the backend-neutral [`PlanBuffers`].
+pub(crate) struct OnStream<'m> {
+    pub memory: &'m mut DeviceMemory,
+    pub stream: &'m Arc<CudaStream>,
+}
+
+impl PlanBuffers for OnStream<'_> {
+    fn plan(&self) -> &MemoryPlan {
+        self.memory.plan()
+    }
+
+    fn upload(&mut self, name: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
+        self.memory.upload(self.stream, name, bytes)
+    }
+
+    fn download(&self, name: &str, host: &mut Vec<u8>) -> Result<(), RuntimeError> {
+        self.memory.download(self.stream, name, host)
     }
 }

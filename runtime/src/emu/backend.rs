@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use dsc_emulator::roofline::DeviceModel;
 use dsc_emulator::{LaunchProfile, Module};
-use dsc_ir::DType;
 
 use super::launch::{PreparedStep, launch, prepare};
 use super::memory::EmuMemory;
@@ -16,9 +15,10 @@ use super::model::{device_model, modeled};
 use super::options::EmuOptions;
 use crate::artifact::Artifact;
 use crate::backend::{Backend, StepPhase, StepTiming};
+use crate::device::require_launch_plan;
 use crate::error::RuntimeError;
-use crate::memory_plan::MemoryPlan;
-use crate::tensor::{HostTensor, safetensors_dtype};
+use crate::memory_plan::{MemoryPlan, PlanBuffers};
+use crate::tensor::HostTensor;
 use crate::weights::Weights;
 
 /// An artifact loaded on the PTX emulator.
@@ -40,14 +40,7 @@ impl<'a> EmuBackend<'a> {
     /// its launches, all once. Fails when the artifact has no launch plan, when the emulator
     /// cannot parse the PTX or lacks a kernel, or when the host lacks the memory.
     pub fn new(artifact: &'a Artifact, options: EmuOptions) -> Result<Self, RuntimeError> {
-        if !artifact.has_launch_plan() {
-            return Err(RuntimeError::NoLaunchPlan {
-                message: format!(
-                    "{} has no GPU launch plan for the emulator (its manifest lists no steps)",
-                    artifact.dir.display()
-                ),
-            });
-        }
+        require_launch_plan(artifact)?;
         let plan = MemoryPlan::of_artifact(artifact)?;
         let load_error = |message: String| RuntimeError::EmulatorLoad {
             module: artifact.ptx_path(),
@@ -86,36 +79,9 @@ impl<'a> EmuBackend<'a> {
         &self.profiles
     }
 
-    /// Copies the inputs into their buffers.
-    fn upload_inputs(&self, inputs: &HashMap<String, HostTensor>) -> Result<(), RuntimeError> {
-        for t in &self.memory.plan().inputs {
-            let tensor = inputs.get(&t.name).ok_or_else(|| RuntimeError::Inputs {
-                message: format!("missing input `{}`", t.name),
-            })?;
-            self.memory
-                .upload(&t.name, &tensor.to_safetensors_bytes())?;
-        }
-        Ok(())
-    }
-
     /// Reads tensor `name` (any manifest tensor) back from emulated memory.
     pub fn read_tensor(&mut self, name: &str) -> Result<HostTensor, RuntimeError> {
-        let info = self
-            .artifact
-            .manifest
-            .tensor(name)
-            .ok_or_else(|| RuntimeError::Tensor {
-                message: format!("no tensor `{name}` in the manifest"),
-            })?;
-        let dtype: DType = info.dtype.parse().map_err(|_| RuntimeError::Tensor {
-            message: format!("tensor `{name}` has unknown dtype `{}`", info.dtype),
-        })?;
-        let mut staging = std::mem::take(&mut self.staging);
-        let result = self.memory.download(name, &mut staging).and_then(|()| {
-            HostTensor::from_safetensors(safetensors_dtype(dtype), &info.shape, &staging, dtype)
-        });
-        self.staging = staging;
-        result
+        self.memory.read_tensor(name, &mut self.staging)
     }
 
     /// Runs the plan one step at a time, calling `observe(index, phase, self)` before each
@@ -130,7 +96,7 @@ impl<'a> EmuBackend<'a> {
         if !self.has_weights {
             return Err(RuntimeError::NoWeights);
         }
-        self.upload_inputs(inputs)?;
+        self.memory.upload_inputs(inputs)?;
         for index in 0..self.steps.len() {
             observe(index, StepPhase::Before, self)?;
             launch(&self.module, &self.memory, index, &self.steps[index])?;
@@ -144,20 +110,7 @@ impl Backend for EmuBackend<'_> {
     fn set_weights(&mut self, weights: Weights) -> Result<(), RuntimeError> {
         // A failed upload leaves a mix of old and new weights: unusable until one succeeds.
         self.has_weights = false;
-        let graph = &self.artifact.graph;
-        let ids: HashMap<&str, dsc_ir::ValueId> =
-            graph.params.iter().map(|&p| (graph.name(p), p)).collect();
-        for t in &self.memory.plan().weights {
-            let tensor = ids
-                .get(t.name.as_str())
-                .and_then(|&id| weights.get(id))
-                .ok_or_else(|| RuntimeError::Graph {
-                    graph: graph.name.clone(),
-                    message: format!("weight `{}` was not loaded", t.name),
-                })?;
-            self.memory
-                .upload(&t.name, &tensor.to_safetensors_bytes())?;
-        }
+        self.memory.upload_weights(&self.artifact.graph, &weights)?;
         self.has_weights = true;
         Ok(())
     }
@@ -174,7 +127,7 @@ impl Backend for EmuBackend<'_> {
         if !self.has_weights {
             return Err(RuntimeError::NoWeights);
         }
-        self.upload_inputs(inputs)?;
+        self.memory.upload_inputs(inputs)?;
         let mut profiles = Vec::with_capacity(self.steps.len());
         for (index, step) in self.steps.iter().enumerate() {
             profiles.push(launch(&self.module, &self.memory, index, step)?);
@@ -182,29 +135,11 @@ impl Backend for EmuBackend<'_> {
         timings.clear();
         for (step, profile) in self.artifact.manifest.steps.iter().zip(&profiles) {
             let modeled = modeled(profile, &self.device);
-            timings.push(StepTiming {
-                op: step.op.clone(),
-                kernel: step.kernel.clone(),
-                seconds: modeled.seconds,
-                flops: step.flops,
-                bytes: step.bytes,
-                modeled: Some(modeled),
-            });
+            timings.push(StepTiming::launched(step, modeled.seconds, Some(modeled)));
         }
         self.profiles = profiles;
-        let graph = &self.artifact.graph;
-        let names: Vec<String> = graph
-            .outputs
-            .iter()
-            .map(|&v| graph.name(v).to_string())
-            .collect();
-        names
-            .into_iter()
-            .map(|name| {
-                let tensor = self.read_tensor(&name)?;
-                Ok((name, tensor))
-            })
-            .collect()
+        self.memory
+            .read_outputs(&self.artifact.graph, &mut self.staging)
     }
 }
 

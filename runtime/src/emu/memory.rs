@@ -5,7 +5,7 @@
 use dsc_emulator::GlobalMemory;
 
 use crate::error::RuntimeError;
-use crate::memory_plan::{BufferId, MemoryPlan};
+use crate::memory_plan::{BufferId, MemoryPlan, PlanBuffers};
 
 /// What the emulator's device is called in memory errors.
 const DEVICE: &str = "emu (host memory)";
@@ -56,11 +56,6 @@ impl EmuMemory {
         })
     }
 
-    /// The plan the buffers follow.
-    pub(crate) fn plan(&self) -> &MemoryPlan {
-        &self.plan
-    }
-
     /// The emulated global memory, for launches.
     pub(crate) fn global(&self) -> &GlobalMemory {
         &self.global
@@ -79,9 +74,14 @@ impl EmuMemory {
         let place = self.plan.placement(name)?;
         Ok(self.base(place.buffer) + place.offset)
     }
+}
 
-    /// Copies `bytes` into tensor `name` (the whole tensor).
-    pub(crate) fn upload(&self, name: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
+impl PlanBuffers for EmuMemory {
+    fn plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    fn upload(&mut self, name: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
         let place = self.plan.upload_placement(name, bytes.len())?;
         self.global
             .write(self.base(place.buffer) + place.offset, bytes)
@@ -90,8 +90,7 @@ impl EmuMemory {
             })
     }
 
-    /// Copies tensor `name` into `host` (resized to its bytes).
-    pub(crate) fn download(&self, name: &str, host: &mut Vec<u8>) -> Result<(), RuntimeError> {
+    fn download(&self, name: &str, host: &mut Vec<u8>) -> Result<(), RuntimeError> {
         let place = self.plan.placement(name)?;
         host.resize(place.bytes as usize, 0);
         self.global
@@ -153,7 +152,7 @@ mod tests {
 
     #[test]
     fn tensors_round_trip_at_their_places() {
-        let memory = EmuMemory::allocate(plan(512, 8)).unwrap();
+        let mut memory = EmuMemory::allocate(plan(512, 8)).unwrap();
         memory.upload("y", &[7; 32]).unwrap();
         memory.upload("x", &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
         let mut host = Vec::new();
