@@ -154,6 +154,15 @@ fn inputs() -> HashMap<String, HostTensor> {
     ])
 }
 
+/// An emulator backend for `artifact` with random weights set.
+fn backend_with_weights(artifact: &Artifact, options: EmuOptions) -> EmuBackend<'_> {
+    let mut backend = EmuBackend::new(artifact, options).unwrap();
+    backend
+        .set_weights(crate::random_weights(&artifact.graph, 0).unwrap())
+        .unwrap();
+    backend
+}
+
 fn expected() -> Vec<f32> {
     (0..64).map(|i| i as f32 * 1.25).collect()
 }
@@ -195,10 +204,7 @@ fn a_session_on_the_emulator_runs_the_plan_with_modeled_timings() {
 #[test]
 fn step_by_step_runs_show_operands_before_and_results_after() {
     let artifact = artifact("emu-steps", "add_f32", 2, PTX);
-    let mut backend = EmuBackend::new(&artifact, EmuOptions::default()).unwrap();
-    backend
-        .set_weights(crate::random_weights(&artifact.graph, 0).unwrap())
-        .unwrap();
+    let mut backend = backend_with_weights(&artifact, EmuOptions::default());
     let mut seen = Vec::new();
     backend
         .run_step_by_step(&inputs(), &mut |i, phase, backend| {
@@ -266,10 +272,7 @@ fn sampling_runs_fewer_ctas_and_scales_the_profile() {
         sample_ctas: NonZeroU64::new(1),
         ..EmuOptions::default()
     };
-    let mut backend = EmuBackend::new(&artifact, options).unwrap();
-    backend
-        .set_weights(crate::random_weights(&artifact.graph, 0).unwrap())
-        .unwrap();
+    let mut backend = backend_with_weights(&artifact, options);
     let mut timings = Vec::new();
     backend.run(&inputs(), &mut timings).unwrap();
     let profile = &backend.profiles()[0];
