@@ -7,6 +7,7 @@ use super::convert::{CvtMods, cvt};
 use super::float_ops::{
     FMods, float_binary, float_compare, float_fma, float_unary, float_value, int_compare,
 };
+use super::hopper::full_warp;
 use super::mma::MmaSpec;
 use super::operand::{mask_bits, write};
 use super::warp::{LaneState, WARP, Warp, lanes};
@@ -451,10 +452,7 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
             let Some(spec) = MmaSpec::new(*shape, *a, *b, *c, *d) else {
                 return unsupported(ctx);
             };
-            if exec != u32::MAX {
-                let lane = (!exec).trailing_zeros() as usize;
-                return Err(ctx.fault(inst, warp.first_thread, lane, "mma.sync needs all 32 lanes of the warp converged; this lane did not take part".into()));
-            }
+            full_warp(ctx, warp, inst, exec)?;
             let regs = |i: usize| -> Vec<Vec<u64>> {
                 let items: &[Operand] = match operand(i) {
                     Operand::Vector(items) => items,
@@ -746,15 +744,7 @@ fn matrix_8x8(
         space,
         load,
     } = shape;
-    if exec != u32::MAX {
-        let lane = (!exec).trailing_zeros() as usize;
-        return Err(ctx.fault(
-            inst,
-            warp.first_thread,
-            lane,
-            format!("{} needs all 32 lanes converged", inst.opcode),
-        ));
-    }
+    full_warp(ctx, warp, inst, exec)?;
     let (data, addr) = if load {
         (&inst.operands[0], &inst.operands[1])
     } else {
