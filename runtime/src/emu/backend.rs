@@ -69,11 +69,6 @@ impl<'a> EmuBackend<'a> {
         })
     }
 
-    /// The GPU the step times are modeled on.
-    pub fn device_model(&self) -> &DeviceModel {
-        &self.device
-    }
-
     /// The emulator's profile of each step of the last successful run, in launch order.
     pub fn profiles(&self) -> &[LaunchProfile] {
         &self.profiles

@@ -10,7 +10,7 @@ use crate::backend::ModeledTiming;
 
 /// The GPU whose peaks model the steps of an artifact built for `target`: Hopper (H100 SXM)
 /// for `sm_90a`, Ada (L40S) otherwise.
-pub fn device_model(target: &str) -> DeviceModel {
+pub(crate) fn device_model(target: &str) -> DeviceModel {
     if target.starts_with("sm_90") {
         DeviceModel::h100_sxm()
     } else {
