@@ -60,6 +60,8 @@
 //!   (f16 `0x7E00`, bf16 `0x7FC0`, f32/tf32 `0x7FC00000`, f64 `0x7FF8000000000000`); the driver
 //!   documents only "a special NaN constant".
 
+use std::ops::Range;
+
 /// Size of an encoded tensor map, as of a `CUtensorMap`.
 pub const TENSOR_MAP_BYTES: usize = 128;
 
@@ -72,64 +74,90 @@ pub const TENSOR_MAP_VERSION: u8 = 1;
 /// The maximum tensor rank (`CU_TENSOR_MAP_MAX_RANK`-like: the driver documents ≤ 5).
 pub const MAX_RANK: usize = 5;
 
-/// Element types, in the order (and with the codes) of `CUtensorMapDataType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DataType {
-    /// `CU_TENSOR_MAP_DATA_TYPE_UINT8`, 1 byte.
-    Uint8 = 0,
-    /// `UINT16`, 2 bytes.
-    Uint16 = 1,
-    /// `UINT32`, 4 bytes.
-    Uint32 = 2,
-    /// `INT32`, 4 bytes.
-    Int32 = 3,
-    /// `UINT64`, 8 bytes.
-    Uint64 = 4,
-    /// `INT64`, 8 bytes.
-    Int64 = 5,
-    /// `FLOAT16`, 2 bytes.
-    Float16 = 6,
-    /// `FLOAT32`, 4 bytes.
-    Float32 = 7,
-    /// `FLOAT64`, 8 bytes.
-    Float64 = 8,
-    /// `BFLOAT16`, 2 bytes.
-    Bfloat16 = 9,
-    /// `FLOAT32_FTZ`, 4 bytes.
-    Float32Ftz = 10,
-    /// `TFLOAT32`, 4 bytes.
-    Tfloat32 = 11,
-    /// `TFLOAT32_FTZ`, 4 bytes.
-    Tfloat32Ftz = 12,
+/// Declares a fieldless enum that mirrors a driver enum, with `ALL` (every value, indexed by
+/// code) and `from_code` made from its one list of variants. The codes must be 0, 1, 2, … in
+/// declaration order (checked at compile time), so that `ALL[code]` has that code.
+macro_rules! code_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $code:literal,)+
+        }
+        $(#[$all_meta:meta])*
+        $all_vis:vis const ALL;
+        $(#[$from_meta:meta])*
+        fn from_code;
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant = $code,)+
+        }
+
+        impl $name {
+            $(#[$all_meta])*
+            $all_vis const ALL: [$name; [$($code),+].len()] = [$($name::$variant),+];
+
+            $(#[$from_meta])*
+            pub fn from_code(code: u8) -> Option<$name> {
+                Self::ALL.get(code as usize).copied()
+            }
+        }
+
+        const _: () = {
+            let mut i = 0;
+            while i < $name::ALL.len() {
+                assert!(
+                    $name::ALL[i] as usize == i,
+                    concat!(stringify!($name), ": codes must be 0, 1, 2, … in order")
+                );
+                i += 1;
+            }
+        };
+    };
+}
+
+code_enum! {
+    /// Element types, in the order (and with the codes) of `CUtensorMapDataType`.
+    pub enum DataType {
+        /// `CU_TENSOR_MAP_DATA_TYPE_UINT8`, 1 byte.
+        Uint8 = 0,
+        /// `UINT16`, 2 bytes.
+        Uint16 = 1,
+        /// `UINT32`, 4 bytes.
+        Uint32 = 2,
+        /// `INT32`, 4 bytes.
+        Int32 = 3,
+        /// `UINT64`, 8 bytes.
+        Uint64 = 4,
+        /// `INT64`, 8 bytes.
+        Int64 = 5,
+        /// `FLOAT16`, 2 bytes.
+        Float16 = 6,
+        /// `FLOAT32`, 4 bytes.
+        Float32 = 7,
+        /// `FLOAT64`, 8 bytes.
+        Float64 = 8,
+        /// `BFLOAT16`, 2 bytes.
+        Bfloat16 = 9,
+        /// `FLOAT32_FTZ`, 4 bytes.
+        Float32Ftz = 10,
+        /// `TFLOAT32`, 4 bytes.
+        Tfloat32 = 11,
+        /// `TFLOAT32_FTZ`, 4 bytes.
+        Tfloat32Ftz = 12,
+    }
+    /// All types, by code.
+    pub const ALL;
+    /// The type of a `CUtensorMapDataType` code (the packed sub-byte types 13..=15 are not
+    /// supported).
+    fn from_code;
 }
 
 impl DataType {
-    /// All types, by code.
-    pub const ALL: [DataType; 13] = [
-        DataType::Uint8,
-        DataType::Uint16,
-        DataType::Uint32,
-        DataType::Int32,
-        DataType::Uint64,
-        DataType::Int64,
-        DataType::Float16,
-        DataType::Float32,
-        DataType::Float64,
-        DataType::Bfloat16,
-        DataType::Float32Ftz,
-        DataType::Tfloat32,
-        DataType::Tfloat32Ftz,
-    ];
-
     /// The `CUtensorMapDataType` code.
     pub fn code(self) -> u8 {
         self as u8
-    }
-
-    /// The type of a `CUtensorMapDataType` code (the packed sub-byte types 13..=15 are not
-    /// supported).
-    pub fn from_code(code: u8) -> Option<DataType> {
-        Self::ALL.get(code as usize).copied()
     }
 
     /// Element size in bytes.
@@ -177,48 +205,40 @@ impl DataType {
     }
 }
 
-/// `CUtensorMapInterleave`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Interleave {
-    /// `CU_TENSOR_MAP_INTERLEAVE_NONE`.
-    None = 0,
-    /// `CU_TENSOR_MAP_INTERLEAVE_16B`.
-    B16 = 1,
-    /// `CU_TENSOR_MAP_INTERLEAVE_32B`.
-    B32 = 2,
-}
-
-impl Interleave {
-    /// The mode of a `CUtensorMapInterleave` code.
-    pub fn from_code(code: u8) -> Option<Interleave> {
-        [Interleave::None, Interleave::B16, Interleave::B32]
-            .get(code as usize)
-            .copied()
+code_enum! {
+    /// `CUtensorMapInterleave`.
+    pub enum Interleave {
+        /// `CU_TENSOR_MAP_INTERLEAVE_NONE`.
+        None = 0,
+        /// `CU_TENSOR_MAP_INTERLEAVE_16B`.
+        B16 = 1,
+        /// `CU_TENSOR_MAP_INTERLEAVE_32B`.
+        B32 = 2,
     }
+    const ALL;
+    /// The mode of a `CUtensorMapInterleave` code.
+    fn from_code;
 }
 
-/// `CUtensorMapSwizzle` (the sm_90 modes): 16-byte chunks XOR-permuted within a 32/64/128-byte
-/// span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Swizzle {
-    /// `CU_TENSOR_MAP_SWIZZLE_NONE`.
-    None = 0,
-    /// `CU_TENSOR_MAP_SWIZZLE_32B`: address bit 4 ^= bit 7.
-    B32 = 1,
-    /// `CU_TENSOR_MAP_SWIZZLE_64B`: bits [4:5] ^= bits [7:8].
-    B64 = 2,
-    /// `CU_TENSOR_MAP_SWIZZLE_128B`: bits [4:6] ^= bits [7:9].
-    B128 = 3,
+code_enum! {
+    /// `CUtensorMapSwizzle` (the sm_90 modes): 16-byte chunks XOR-permuted within a
+    /// 32/64/128-byte span.
+    pub enum Swizzle {
+        /// `CU_TENSOR_MAP_SWIZZLE_NONE`.
+        None = 0,
+        /// `CU_TENSOR_MAP_SWIZZLE_32B`: address bit 4 ^= bit 7.
+        B32 = 1,
+        /// `CU_TENSOR_MAP_SWIZZLE_64B`: bits [4:5] ^= bits [7:8].
+        B64 = 2,
+        /// `CU_TENSOR_MAP_SWIZZLE_128B`: bits [4:6] ^= bits [7:9].
+        B128 = 3,
+    }
+    const ALL;
+    /// The mode of a `CUtensorMapSwizzle` code (`128B_ATOM_*`, codes 4..=6, are not supported).
+    fn from_code;
 }
 
 impl Swizzle {
-    /// The mode of a `CUtensorMapSwizzle` code (`128B_ATOM_*`, codes 4..=6, are not supported).
-    pub fn from_code(code: u8) -> Option<Swizzle> {
-        [Swizzle::None, Swizzle::B32, Swizzle::B64, Swizzle::B128]
-            .get(code as usize)
-            .copied()
-    }
-
     /// The span whose 16-byte chunks are permuted (32, 64, 128 bytes; 0 for none): the most
     /// bytes the box's inner dimension may have.
     pub fn span_bytes(self) -> u32 {
@@ -261,49 +281,34 @@ pub fn swizzle_offset(address: u64, mode: Swizzle) -> u64 {
     address ^ ((address >> 3) & mask)
 }
 
-/// `CUtensorMapL2promotion`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum L2Promotion {
-    /// `CU_TENSOR_MAP_L2_PROMOTION_NONE`.
-    None = 0,
-    /// `L2_64B`.
-    B64 = 1,
-    /// `L2_128B`.
-    B128 = 2,
-    /// `L2_256B`.
-    B256 = 3,
-}
-
-impl L2Promotion {
+code_enum! {
+    /// `CUtensorMapL2promotion`.
+    pub enum L2Promotion {
+        /// `CU_TENSOR_MAP_L2_PROMOTION_NONE`.
+        None = 0,
+        /// `L2_64B`.
+        B64 = 1,
+        /// `L2_128B`.
+        B128 = 2,
+        /// `L2_256B`.
+        B256 = 3,
+    }
+    const ALL;
     /// The mode of a `CUtensorMapL2promotion` code.
-    pub fn from_code(code: u8) -> Option<L2Promotion> {
-        [
-            L2Promotion::None,
-            L2Promotion::B64,
-            L2Promotion::B128,
-            L2Promotion::B256,
-        ]
-        .get(code as usize)
-        .copied()
+    fn from_code;
+}
+
+code_enum! {
+    /// `CUtensorMapFloatOOBfill`.
+    pub enum OobFill {
+        /// `CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE`: zeros.
+        None = 0,
+        /// `CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA`: a NaN (floating-point types only).
+        NanRequestZeroFma = 1,
     }
-}
-
-/// `CUtensorMapFloatOOBfill`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OobFill {
-    /// `CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE`: zeros.
-    None = 0,
-    /// `CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA`: a NaN (floating-point types only).
-    NanRequestZeroFma = 1,
-}
-
-impl OobFill {
+    const ALL;
     /// The mode of a `CUtensorMapFloatOOBfill` code.
-    pub fn from_code(code: u8) -> Option<OobFill> {
-        [OobFill::None, OobFill::NanRequestZeroFma]
-            .get(code as usize)
-            .copied()
-    }
+    fn from_code;
 }
 
 /// A tiled tensor map: what `cuTensorMapEncodeTiled` takes. Arrays are innermost dimension
@@ -378,44 +383,55 @@ impl TensorMap {
         count("boxDim", box_dims.len(), r)?;
         count("elementStrides", element_strides.len(), r)?;
 
+        // Every entry of an array must pass `ok`; the error names the first that does not.
+        fn each<T: Copy + std::fmt::Display>(
+            name: &str,
+            values: &[T],
+            ok: impl Fn(T) -> bool,
+            rule: &str,
+        ) -> Result<(), String> {
+            match values.iter().position(|&v| !ok(v)) {
+                Some(i) => Err(format!("{name}[{i}] = {}: {rule}", values[i])),
+                None => Ok(()),
+            }
+        }
+
         let esize = data_type.size_bytes();
-        let addr_align = if interleave == Interleave::B32 {
+        // The global address's alignment and the strides' multiple: 32 bytes with 32B
+        // interleave, else 16.
+        let align: u64 = if interleave == Interleave::B32 {
             32
         } else {
             16
         };
-        if !global_address.is_multiple_of(addr_align) {
+        if !global_address.is_multiple_of(align) {
             return Err(format!(
-                "globalAddress = {global_address:#x}: must be {addr_align}-byte aligned{}",
-                if addr_align == 32 {
+                "globalAddress = {global_address:#x}: must be {align}-byte aligned{}",
+                if align == 32 {
                     " with 32B interleave"
                 } else {
                     ""
                 }
             ));
         }
-        for (i, &d) in global_dims.iter().enumerate() {
-            if d == 0 || d > 1u64 << 32 {
-                return Err(format!("globalDim[{i}] = {d}: must be non-zero and ≤ 2^32"));
-            }
-        }
-        let stride_mult = if interleave == Interleave::B32 {
-            32
-        } else {
-            16
-        };
-        for (i, &s) in global_strides.iter().enumerate() {
-            if !s.is_multiple_of(stride_mult) || s >= 1u64 << 40 {
-                return Err(format!(
-                    "globalStrides[{i}] = {s}: must be a multiple of {stride_mult} and < 2^40"
-                ));
-            }
-        }
-        for (i, &b) in box_dims.iter().enumerate() {
-            if b == 0 || b > 256 {
-                return Err(format!("boxDim[{i}] = {b}: must be non-zero and ≤ 256"));
-            }
-        }
+        each(
+            "globalDim",
+            global_dims,
+            |d| d != 0 && d <= 1 << 32,
+            "must be non-zero and ≤ 2^32",
+        )?;
+        each(
+            "globalStrides",
+            global_strides,
+            |s| s.is_multiple_of(align) && s < 1 << 40,
+            &format!("must be a multiple of {align} and < 2^40"),
+        )?;
+        each(
+            "boxDim",
+            box_dims,
+            |b| b != 0 && b <= 256,
+            "must be non-zero and ≤ 256",
+        )?;
         let inner_bytes = box_dims[0] as u64 * esize as u64;
         if interleave == Interleave::None && !inner_bytes.is_multiple_of(16) {
             return Err(format!(
@@ -424,13 +440,12 @@ impl TensorMap {
                 box_dims[0]
             ));
         }
-        for (i, &e) in element_strides.iter().enumerate() {
-            if e == 0 || e > 8 {
-                return Err(format!(
-                    "elementStrides[{i}] = {e}: must be non-zero and ≤ 8"
-                ));
-            }
-        }
+        each(
+            "elementStrides",
+            element_strides,
+            |e| e != 0 && e <= 8,
+            "must be non-zero and ≤ 8",
+        )?;
         if interleave == Interleave::None
             && swizzle != Swizzle::None
             && inner_bytes > swizzle.span_bytes() as u64
@@ -627,115 +642,157 @@ fn fnv1a32(bytes: &[u8]) -> u32 {
     h
 }
 
-/// One contiguous run of the box: `len` elements of dimension 0 starting at box row `row`
-/// (the linear index of the box's outer coordinates).
-struct Row {
+/// One copy's box, checked for what both directions need ([`load_box`], [`store_box`]): the
+/// traversal they share, from the box's rows to global addresses and swizzled shared-memory
+/// offsets.
+struct BoxCopy<'a> {
+    map: &'a TensorMap,
+    /// The box's starting coordinates, innermost first.
+    coords: &'a [i32],
+    /// Elements along each dimension ([`TensorMap::box_elements`]).
+    counts: Vec<u64>,
+    /// Bytes of one row (the run of dimension 0) in the dense box.
+    row_bytes: usize,
+    /// Shared-memory address of the slice the box is copied to or from.
+    shared_address: u64,
+    /// Length of that slice.
+    shared_len: usize,
+    /// The instruction, for errors.
+    what: &'static str,
+}
+
+/// One row of the box.
+struct BoxRow {
     /// Byte offset of the row's first element in the dense box.
     box_offset: u64,
-    /// Tensor coordinates of the row's outer dimensions (index 0 unused).
-    coords: [i64; 5],
+    /// The row's in-bounds elements: their byte range within the row, and the global address
+    /// of the first; `None` when none is in bounds.
+    global: Option<(Range<usize>, u64)>,
 }
 
-/// Checks what both directions share and lists the box's rows.
-fn plan(
-    map: &TensorMap,
-    coords: &[i32],
-    shared_len: usize,
-    shared_address: u64,
-    what: &str,
-) -> Result<(Vec<Row>, u64), String> {
-    let r = map.rank as usize;
-    if coords.len() != r {
-        return Err(format!(
-            "{what}: {} coordinates for a rank-{r} tensor map",
-            coords.len()
-        ));
-    }
-    if map.interleave != Interleave::None {
-        return Err(format!(
-            "{what}: interleaved tensor maps ({:?}) are not implemented",
-            map.interleave
-        ));
-    }
-    let align = 128u64.max(map.swizzle.repeat_bytes());
-    if !shared_address.is_multiple_of(align) {
-        return Err(format!(
-            "{what}: shared-memory address {shared_address:#x} must be {align}-byte aligned{}",
-            if map.swizzle == Swizzle::None {
-                String::new()
-            } else {
-                format!(" (the repeat of swizzle {:?})", map.swizzle)
-            }
-        ));
-    }
-    let counts = map.box_elements();
-    let esize = map.data_type.size_bytes() as u64;
-    let row_bytes = counts[0] * esize;
-    let total = map.box_bytes();
-    if (shared_len as u64) < total {
-        return Err(format!(
-            "{what}: the box is {total} bytes, only {shared_len} bytes of shared memory given"
-        ));
-    }
-    let rows: u64 = counts[1..].iter().product();
-    let mut out = Vec::with_capacity(rows as usize);
-    for row in 0..rows {
-        let mut c = [0i64; 5];
-        let mut rest = row;
-        for d in 1..r {
-            let k = rest % counts[d];
-            rest /= counts[d];
-            c[d] = coords[d] as i64 + (k * map.element_strides[d] as u64) as i64;
+impl<'a> BoxCopy<'a> {
+    /// Checks the coordinates, the layout and the shared memory given.
+    fn new(
+        map: &'a TensorMap,
+        coords: &'a [i32],
+        shared_len: usize,
+        shared_address: u64,
+        what: &'static str,
+    ) -> Result<BoxCopy<'a>, String> {
+        let r = map.rank as usize;
+        if coords.len() != r {
+            return Err(format!(
+                "{what}: {} coordinates for a rank-{r} tensor map",
+                coords.len()
+            ));
         }
-        out.push(Row {
-            box_offset: row * row_bytes,
-            coords: c,
-        });
+        if map.interleave != Interleave::None {
+            return Err(format!(
+                "{what}: interleaved tensor maps ({:?}) are not implemented",
+                map.interleave
+            ));
+        }
+        let align = 128u64.max(map.swizzle.repeat_bytes());
+        if !shared_address.is_multiple_of(align) {
+            return Err(format!(
+                "{what}: shared-memory address {shared_address:#x} must be {align}-byte aligned{}",
+                if map.swizzle == Swizzle::None {
+                    String::new()
+                } else {
+                    format!(" (the repeat of swizzle {:?})", map.swizzle)
+                }
+            ));
+        }
+        let total = map.box_bytes();
+        if (shared_len as u64) < total {
+            return Err(format!(
+                "{what}: the box is {total} bytes, only {shared_len} bytes of shared memory given"
+            ));
+        }
+        let counts = map.box_elements();
+        let row_bytes = counts[0] as usize * map.data_type.size_bytes() as usize;
+        Ok(BoxCopy {
+            map,
+            coords,
+            counts,
+            row_bytes,
+            shared_address,
+            shared_len,
+            what,
+        })
     }
-    Ok((out, total))
-}
 
-/// Where a row lies in global memory: `None` if an outer coordinate is out of bounds, else the
-/// in-bounds element range `[lo, hi)` of dimension 0 (box-relative) and the global address of
-/// box element `lo`.
-fn row_span(map: &TensorMap, coords: &[i32], row: &Row, count0: u64) -> Option<(u64, u64, u64)> {
-    let esize = map.data_type.size_bytes() as u64;
-    let mut base = map.global_address;
-    for d in 1..map.rank as usize {
-        let c = row.coords[d];
-        if c < 0 || c as u64 >= map.global_dims[d] {
+    /// The box's rows in shared-memory order (outer coordinates, dimension 1 fastest).
+    fn rows(&self) -> impl Iterator<Item = BoxRow> + '_ {
+        let rows: u64 = self.counts[1..].iter().product();
+        (0..rows).map(move |row| BoxRow {
+            box_offset: row * self.row_bytes as u64,
+            global: self.global_span(row),
+        })
+    }
+
+    /// Where box row `row` (the linear index of its outer coordinates) lies in global memory:
+    /// `None` if an outer coordinate is out of bounds or no element of dimension 0 is in
+    /// bounds, else the in-bounds bytes of the row and the global address of the first.
+    fn global_span(&self, row: u64) -> Option<(Range<usize>, u64)> {
+        let map = self.map;
+        let mut address = map.global_address;
+        let mut rest = row;
+        for d in 1..map.rank as usize {
+            let k = rest % self.counts[d];
+            rest /= self.counts[d];
+            let c = self.coords[d] as i64 + (k * map.element_strides[d] as u64) as i64;
+            if c < 0 || c as u64 >= map.global_dims[d] {
+                return None;
+            }
+            address = address.wrapping_add(c as u64 * map.global_strides_bytes[d - 1]);
+        }
+        let esize = map.data_type.size_bytes() as u64;
+        let count0 = self.counts[0] as i64;
+        let c0 = self.coords[0] as i64;
+        let lo = (-c0).clamp(0, count0);
+        let hi = (map.global_dims[0] as i64 - c0).clamp(lo, count0);
+        if lo == hi {
             return None;
         }
-        base = base.wrapping_add(c as u64 * map.global_strides_bytes[d - 1]);
+        let address = address.wrapping_add(((c0 + lo) as u64).wrapping_mul(esize));
+        Some((
+            lo as usize * esize as usize..hi as usize * esize as usize,
+            address,
+        ))
     }
-    let c0 = coords[0] as i64;
-    let dim0 = map.global_dims[0] as i64;
-    let lo = (-c0).clamp(0, count0 as i64);
-    let hi = (dim0 - c0).clamp(lo, count0 as i64);
-    if lo == hi {
-        return None;
-    }
-    let addr = base.wrapping_add(((c0 + lo) as u64).wrapping_mul(esize));
-    Some((lo as u64, hi as u64, addr))
-}
 
-/// The index into a shared-memory slice starting at `shared_address` of logical box byte
-/// `offset`, with the swizzle applied on the address.
-fn shared_index(
-    map: &TensorMap,
-    shared_address: u64,
-    offset: u64,
-    len: usize,
-    what: &str,
-) -> Result<usize, String> {
-    let phys = swizzle_offset(shared_address + offset, map.swizzle) - shared_address;
-    if phys >= len as u64 {
-        return Err(format!(
-            "{what}: swizzled byte {offset} of the box falls at shared offset {phys}, beyond the \
-             {len} bytes given"
-        ));
+    /// Calls `copy(in_row, in_shared)` for each 16-byte chunk of the row at box byte
+    /// `box_offset`: bytes `in_row` of the row lie at `in_shared` of the shared-memory slice,
+    /// the swizzle applied on the address. Swizzling permutes 16-byte chunks and rows are
+    /// multiples of 16 bytes, so a chunk moves whole.
+    fn for_each_chunk(
+        &self,
+        box_offset: u64,
+        mut copy: impl FnMut(Range<usize>, Range<usize>),
+    ) -> Result<(), String> {
+        let (what, len) = (self.what, self.shared_len);
+        for start in (0..self.row_bytes).step_by(16) {
+            let n = 16.min(self.row_bytes - start);
+            let offset = box_offset + start as u64;
+            let phys = swizzle_offset(self.shared_address + offset, self.map.swizzle)
+                - self.shared_address;
+            if phys >= len as u64 {
+                return Err(format!(
+                    "{what}: swizzled byte {offset} of the box falls at shared offset {phys}, \
+                     beyond the {len} bytes given"
+                ));
+            }
+            let at = phys as usize;
+            if at + n > len {
+                return Err(format!(
+                    "{what}: the box overruns the {len} bytes of shared memory given"
+                ));
+            }
+            copy(start..start + n, at..at + n);
+        }
+        Ok(())
     }
-    Ok(phys as usize)
 }
 
 /// Copies the box at `coords` (innermost first, may be negative or beyond the tensor) from
@@ -751,43 +808,30 @@ pub fn load_box(
     dst: &mut [u8],
     dst_shared_address: u64,
 ) -> Result<u64, String> {
-    const WHAT: &str = "cp.async.bulk.tensor (load)";
-    let (rows, total) = plan(map, coords, dst.len(), dst_shared_address, WHAT)?;
-    let esize = map.data_type.size_bytes() as usize;
-    let count0 = map.box_elements()[0];
+    let plan = BoxCopy::new(
+        map,
+        coords,
+        dst.len(),
+        dst_shared_address,
+        "cp.async.bulk.tensor (load)",
+    )?;
     let fill: Vec<u8> = match (map.oob_fill, map.data_type.nan_bytes()) {
         (OobFill::NanRequestZeroFma, Some(nan)) => nan,
-        _ => vec![0; esize],
+        _ => vec![0; map.data_type.size_bytes() as usize],
     };
-    let row_bytes = count0 as usize * esize;
-    let mut buf = vec![0u8; row_bytes];
-    for row in &rows {
-        for e in 0..count0 as usize {
-            buf[e * esize..(e + 1) * esize].copy_from_slice(&fill);
+    let mut row = vec![0u8; plan.row_bytes];
+    for BoxRow { box_offset, global } in plan.rows() {
+        for element in row.chunks_exact_mut(fill.len()) {
+            element.copy_from_slice(&fill);
         }
-        if let Some((lo, hi, addr)) = row_span(map, coords, row, count0) {
-            let (lo, hi) = (lo as usize * esize, hi as usize * esize);
-            read_global(addr, &mut buf[lo..hi])?;
+        if let Some((bytes, address)) = global {
+            read_global(address, &mut row[bytes])?;
         }
-        // Swizzling permutes 16-byte chunks and rows are multiples of 16 bytes, so copy by chunk.
-        for (k, chunk) in buf.chunks(16).enumerate() {
-            let at = shared_index(
-                map,
-                dst_shared_address,
-                row.box_offset + 16 * k as u64,
-                dst.len(),
-                WHAT,
-            )?;
-            if at + chunk.len() > dst.len() {
-                return Err(format!(
-                    "{WHAT}: the box overruns the {} bytes of shared memory given",
-                    dst.len()
-                ));
-            }
-            dst[at..at + chunk.len()].copy_from_slice(chunk);
-        }
+        plan.for_each_chunk(box_offset, |in_row, in_shared| {
+            dst[in_shared].copy_from_slice(&row[in_row])
+        })?;
     }
-    Ok(total)
+    Ok(map.box_bytes())
 }
 
 /// Copies the box at `coords` from shared memory (`src`, starting at shared-memory address
@@ -802,36 +846,24 @@ pub fn store_box(
     src_shared_address: u64,
     write_global: &mut WriteGlobal<'_>,
 ) -> Result<u64, String> {
-    const WHAT: &str = "cp.async.bulk.tensor (store)";
-    let (rows, total) = plan(map, coords, src.len(), src_shared_address, WHAT)?;
-    let esize = map.data_type.size_bytes() as usize;
-    let count0 = map.box_elements()[0];
-    let row_bytes = count0 as usize * esize;
-    let mut buf = vec![0u8; row_bytes];
-    for row in &rows {
-        let Some((lo, hi, addr)) = row_span(map, coords, row, count0) else {
+    let plan = BoxCopy::new(
+        map,
+        coords,
+        src.len(),
+        src_shared_address,
+        "cp.async.bulk.tensor (store)",
+    )?;
+    let mut row = vec![0u8; plan.row_bytes];
+    for BoxRow { box_offset, global } in plan.rows() {
+        let Some((bytes, address)) = global else {
             continue;
         };
-        for k in 0..row_bytes.div_ceil(16) {
-            let n = 16.min(row_bytes - 16 * k);
-            let at = shared_index(
-                map,
-                src_shared_address,
-                row.box_offset + 16 * k as u64,
-                src.len(),
-                WHAT,
-            )?;
-            if at + n > src.len() {
-                return Err(format!(
-                    "{WHAT}: the box overruns the {} bytes of shared memory given",
-                    src.len()
-                ));
-            }
-            buf[16 * k..16 * k + n].copy_from_slice(&src[at..at + n]);
-        }
-        write_global(addr, &buf[lo as usize * esize..hi as usize * esize])?;
+        plan.for_each_chunk(box_offset, |in_row, in_shared| {
+            row[in_row].copy_from_slice(&src[in_shared])
+        })?;
+        write_global(address, &row[bytes])?;
     }
-    Ok(total)
+    Ok(map.box_bytes())
 }
 
 #[cfg(test)]
