@@ -11,11 +11,11 @@
 
 use super::access::Place;
 use super::context::CtaContext;
-use super::hopper::{Done, PARAM_WINDOW, PARAM_WINDOW_BYTES, group_count, operand, shared_operand};
+use super::hopper::{Done, group_count, operand, shared_operand};
 use super::mbarrier;
 use super::warp::{Warp, lanes};
 use crate::error::{EmuError, ThreadId};
-use crate::ptx::{AddrBase, Inst, Operand, Space, Ty};
+use crate::ptx::{Inst, Operand, Space, Ty};
 use crate::tensor_map::{TENSOR_MAP_BYTES, TensorMap, load_box, store_box};
 
 /// Where an error of a late copy is reported: the issuing instruction and thread.
@@ -416,33 +416,25 @@ fn tensor_map(
         return Err(fault("tensor map not 64-byte aligned".into()));
     }
     let mut bytes = vec![0u8; TENSOR_MAP_BYTES];
-    let param = match a.base {
-        AddrBase::Var(Space::Param, _) => Some(address),
-        _ if (PARAM_WINDOW..PARAM_WINDOW + PARAM_WINDOW_BYTES).contains(&address) => {
-            Some(address - PARAM_WINDOW)
-        }
-        _ => None,
-    };
-    if let Some(o) = param {
-        let params = ctx.launch.params;
-        let o = o as usize;
-        if o + TENSOR_MAP_BYTES > params.len() {
-            return Err(fault(format!(
-                "tensor map outside the {} bytes of parameters",
-                params.len()
-            )));
-        }
-        bytes.copy_from_slice(&params[o..o + TENSOR_MAP_BYTES]);
-    } else {
-        match ctx.place(Space::Generic, address, a.base).map_err(&fault)? {
-            Place::Global(g) => {
-                global_read(ctx, g, &mut bytes).map_err(|m| fault(format!("tensor map: {m}")))?
+    match ctx.place(Space::Generic, address, a.base).map_err(&fault)? {
+        Place::Param(o) => {
+            let params = ctx.launch.params;
+            let o = o as usize;
+            if o + TENSOR_MAP_BYTES > params.len() {
+                return Err(fault(format!(
+                    "tensor map outside the {} bytes of parameters",
+                    params.len()
+                )));
             }
-            _ => {
-                return Err(fault(
-                    "tensor map must be in parameter or global memory".into(),
-                ));
-            }
+            bytes.copy_from_slice(&params[o..o + TENSOR_MAP_BYTES]);
+        }
+        Place::Global(g) => {
+            global_read(ctx, g, &mut bytes).map_err(|m| fault(format!("tensor map: {m}")))?
+        }
+        _ => {
+            return Err(fault(
+                "tensor map must be in parameter or global memory".into(),
+            ));
         }
     }
     let map = TensorMap::from_bytes(&bytes).map_err(|m| fault(format!("tensor map: {m}")))?;

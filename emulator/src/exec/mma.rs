@@ -10,7 +10,7 @@ use super::warp::WARP;
 use crate::ptx::Ty;
 
 /// Bytes of one element of an MMA operand type (tf32 occupies a whole register).
-fn elem_bytes(t: Ty) -> Option<usize> {
+pub(crate) fn elem_bytes(t: Ty) -> Option<usize> {
     Some(match t {
         Ty::E4m3 | Ty::E5m2 => 1,
         Ty::Bf16 | Ty::F16 => 2,
@@ -20,7 +20,7 @@ fn elem_bytes(t: Ty) -> Option<usize> {
 }
 
 /// The exact value of one operand element.
-fn elem_value(t: Ty, bits: u32) -> f64 {
+pub(crate) fn elem_value(t: Ty, bits: u32) -> f64 {
     match t {
         Ty::E4m3 => f64::from(fp8::decode(Fp8Format::E4M3, bits as u8)),
         Ty::E5m2 => f64::from(fp8::decode(Fp8Format::E5M2, bits as u8)),
@@ -32,7 +32,7 @@ fn elem_value(t: Ty, bits: u32) -> f64 {
 }
 
 /// Element `i` of a lane's fragment registers.
-fn element(regs: &[u64], i: usize, bytes: usize) -> u32 {
+pub(crate) fn element(regs: &[u64], i: usize, bytes: usize) -> u32 {
     let per_reg = 4 / bytes;
     let r = regs[i / per_reg];
     let shift = (i % per_reg) * bytes * 8;

@@ -31,11 +31,11 @@
 //!   D is rounded to f16. `imm-scale-a/b = -1` negates A/B; `scale-d` false ignores the input
 //!   D; `imm-trans-a/b = 1` (16-bit types, descriptor operands) reads MN-major.
 
-use dsc_kernels::numerics::fp8::{self, Fp8Format};
-
+use super::access::Place;
 use super::context::CtaContext;
-use super::float::{bf16_value, f16_value, to_f16_bits};
+use super::float::{f16_value, to_f16_bits};
 use super::hopper::{AsyncGroups, Done, full_warp, group_count, operand};
+use super::mma::{elem_bytes, elem_value, element};
 use super::operand::write;
 use super::warp::{WARP, Warp};
 use crate::error::EmuError;
@@ -109,25 +109,6 @@ pub struct WarpWgmma {
     groups: AsyncGroups<usize>,
     /// MMAs not yet written back, with their D registers.
     pending: Vec<(usize, Vec<u32>)>,
-}
-
-fn elem_bytes(t: Ty) -> usize {
-    match t {
-        Ty::E4m3 | Ty::E5m2 => 1,
-        Ty::Bf16 | Ty::F16 => 2,
-        _ => 4,
-    }
-}
-
-fn value(t: Ty, bits: u32) -> f64 {
-    match t {
-        Ty::E4m3 => f64::from(fp8::decode(Fp8Format::E4M3, bits as u8)),
-        Ty::E5m2 => f64::from(fp8::decode(Fp8Format::E5M2, bits as u8)),
-        Ty::Bf16 => bf16_value(u64::from(bits)),
-        Ty::F16 => f16_value(u64::from(bits)),
-        // tf32: the upper 19 bits of an f32 (the low 13 bits are ignored).
-        _ => f64::from(f32::from_bits(bits & 0xffff_e000)),
-    }
 }
 
 /// (row, column) of accumulator element `i` of `lane` in warp `w` of the warpgroup.
@@ -517,7 +498,7 @@ fn compute_through(
     Ok(())
 }
 
-fn compute(ctx: &CtaContext, _warp: &Warp, g: usize, idx: usize) -> Result<Vec<f32>, String> {
+fn compute(ctx: &CtaContext, warp: &Warp, g: usize, idx: usize) -> Result<Vec<f32>, String> {
     let wg = &ctx.hopper.warpgroups[g];
     let m = &wg.mmas[idx];
     let s = m.spec;
@@ -568,19 +549,12 @@ fn compute(ctx: &CtaContext, _warp: &Warp, g: usize, idx: usize) -> Result<Vec<f
             }
         }
     }
-    let ea = elem_bytes(s.a);
-    let eb = elem_bytes(s.b);
+    let ea = elem_bytes(s.a).expect("validated by spec_of");
+    let eb = elem_bytes(s.b).expect("validated by spec_of");
     let read = |addr: u64, bytes: usize| -> Result<u32, String> {
-        let a = addr as usize;
-        if a + bytes > ctx.shared.len() || !a.is_multiple_of(bytes) {
-            return Err(format!(
-                "wgmma reads shared offset {addr:#x}, outside the {} bytes of shared memory (or misaligned)",
-                ctx.shared.len()
-            ));
-        }
-        let mut v = [0u8; 4];
-        v[..bytes].copy_from_slice(&ctx.shared[a..a + bytes]);
-        Ok(u32::from_le_bytes(v))
+        ctx.load(warp, 0, Place::Shared(addr), bytes as u32)
+            .map(|v| v as u32)
+            .map_err(|m| format!("wgmma reads shared offset {addr:#x}: {m}"))
     };
     let sign = |neg: bool| if neg { -1.0 } else { 1.0 };
     let mut a = vec![0f64; 64 * k];
@@ -589,15 +563,9 @@ fn compute(ctx: &CtaContext, _warp: &Warp, g: usize, idx: usize) -> Result<Vec<f
             let regs = p.a_regs.as_ref().ok_or("wgmma: register A missing")?;
             for l in 0..WARP {
                 for i in 0..(16 * k / WARP) {
-                    let per = 4 / ea;
-                    let r = regs[l * 4 + i / per];
-                    let bits = if ea == 4 {
-                        r as u32
-                    } else {
-                        ((r >> ((i % per) * ea * 8)) & ((1 << (ea * 8)) - 1)) as u32
-                    };
+                    let bits = element(&regs[l * 4..l * 4 + 4], i, ea);
                     let (row, col) = a_position(wi, l, i, k, ea);
-                    a[row * k + col] = value(s.a, bits) * sign(s.neg_a);
+                    a[row * k + col] = elem_value(s.a, bits) * sign(s.neg_a);
                 }
             }
         }
@@ -605,7 +573,7 @@ fn compute(ctx: &CtaContext, _warp: &Warp, g: usize, idx: usize) -> Result<Vec<f
         for row in 0..64 {
             for kk in 0..k {
                 let addr = desc_address(p0.a_desc, row, kk, ea, s.trans_a)?;
-                a[row * k + kk] = value(s.a, read(addr, ea)?) * sign(s.neg_a);
+                a[row * k + kk] = elem_value(s.a, read(addr, ea)?) * sign(s.neg_a);
             }
         }
     }
@@ -613,7 +581,7 @@ fn compute(ctx: &CtaContext, _warp: &Warp, g: usize, idx: usize) -> Result<Vec<f
     for col in 0..n {
         for kk in 0..k {
             let addr = desc_address(p0.b_desc, col, kk, eb, s.trans_b)?;
-            b[col * k + kk] = value(s.b, read(addr, eb)?) * sign(s.neg_b);
+            b[col * k + kk] = elem_value(s.b, read(addr, eb)?) * sign(s.neg_b);
         }
     }
     let fp8 = matches!(s.a, Ty::E4m3 | Ty::E5m2);
