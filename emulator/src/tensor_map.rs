@@ -932,6 +932,12 @@ mod tests {
         )
     }
 
+    /// An 8 × 4 box over a 20 × 10 tensor of 2-byte elements at 0x1000 with a 64-byte pitch
+    /// (as [`Global::new_u16`]`(0x1000, 10, 20, 32)` lays out).
+    fn map_20x10(dt: DataType, oob: OobFill) -> TensorMap {
+        map2d(dt, 0x1000, [20, 10], 64, [8, 4], Swizzle::None, oob).unwrap()
+    }
+
     #[test]
     fn swizzle_offset_matches_the_documented_bit_formula() {
         // Derived by hand from CuTe's Swizzle<B,4,3>: chunk bits [4, 4+B) ^= bits [7, 7+B).
@@ -961,16 +967,7 @@ mod tests {
     fn loads_a_box_without_swizzle() {
         // 10 × 20 u16 array, rows padded to 32 elements (64-byte pitch).
         let g = Global::new_u16(0x1000, 10, 20, 32);
-        let map = map2d(
-            DataType::Uint16,
-            0x1000,
-            [20, 10],
-            64,
-            [8, 4],
-            Swizzle::None,
-            OobFill::None,
-        )
-        .unwrap();
+        let map = map_20x10(DataType::Uint16, OobFill::None);
         let mut smem = vec![0xAAu8; 64];
         let n = load_box(&map, &[4, 3], &mut g.reader(), &mut smem, 0x400).unwrap();
         assert_eq!(n, 64);
@@ -985,16 +982,7 @@ mod tests {
     #[test]
     fn out_of_bounds_elements_are_zero_or_nan() {
         let g = Global::new_u16(0x1000, 10, 20, 32);
-        let map = map2d(
-            DataType::Uint16,
-            0x1000,
-            [20, 10],
-            64,
-            [8, 4],
-            Swizzle::None,
-            OobFill::None,
-        )
-        .unwrap();
+        let map = map_20x10(DataType::Uint16, OobFill::None);
         let mut smem = vec![0xAAu8; 64];
         // Columns -3..5, rows 8..12: rows 10, 11 and columns -3..0 are outside.
         load_box(&map, &[-3, 8], &mut g.reader(), &mut smem, 0).unwrap();
@@ -1018,16 +1006,7 @@ mod tests {
         assert_eq!(u16_at(&smem, 3 * 2), 19);
         assert_eq!(u16_at(&smem, 4 * 2), 0);
         // NaN fill for a float type.
-        let fmap = map2d(
-            DataType::Float16,
-            0x1000,
-            [20, 10],
-            64,
-            [8, 4],
-            Swizzle::None,
-            OobFill::NanRequestZeroFma,
-        )
-        .unwrap();
+        let fmap = map_20x10(DataType::Float16, OobFill::NanRequestZeroFma);
         load_box(&fmap, &[16, 9], &mut g.reader(), &mut smem, 0).unwrap();
         assert_eq!(u16_at(&smem, 0), 9016);
         assert_eq!(u16_at(&smem, 4 * 2), 0x7E00);
@@ -1229,7 +1208,8 @@ mod tests {
             OobFill::None,
         )
         .unwrap();
-        let mut smem = vec![0u8; 32];
+        // Shared memory starts non-zero, so the zeros below are the out-of-bounds fill.
+        let mut smem = vec![0xAAu8; 32];
         load_box(&m1, &[56], &mut g.reader(), &mut smem, 0).unwrap();
         assert_eq!(u16_at(&smem, 0), 56);
         assert_eq!(u16_at(&smem, 14), 63);
@@ -1260,245 +1240,244 @@ mod tests {
             OobFill::None,
         )
         .unwrap();
-        let mut smem = vec![0u8; 64];
+        let mut smem = vec![0xAAu8; 64];
         load_box(&m3, &[0, 3, 0], &mut g.reader(), &mut smem, 0).unwrap();
         assert_eq!(u16_at(&smem, 0), 30); // plane 0, row 3
         assert_eq!(u16_at(&smem, 16), 0); // plane 0, row 4: outside
         assert_eq!(u16_at(&smem, 32 + 2), 131); // plane 1, row 3, col 1
     }
 
+    /// `cuTensorMapEncodeTiled`'s arguments, for tests that vary one or two of them.
+    #[derive(Clone)]
+    struct Args {
+        data_type: DataType,
+        rank: Option<u32>, // `dims.len()` unless given
+        address: u64,
+        dims: Vec<u64>,
+        strides: Vec<u64>,
+        box_dims: Vec<u32>,
+        element_strides: Vec<u32>,
+        interleave: Interleave,
+        swizzle: Swizzle,
+        oob_fill: OobFill,
+    }
+
+    impl Args {
+        fn encode(&self) -> Result<TensorMap, String> {
+            TensorMap::encode_tiled(
+                self.data_type,
+                self.rank.unwrap_or(self.dims.len() as u32),
+                self.address,
+                &self.dims,
+                &self.strides,
+                &self.box_dims,
+                &self.element_strides,
+                self.interleave,
+                self.swizzle,
+                L2Promotion::None,
+                self.oob_fill,
+            )
+        }
+    }
+
     #[test]
     fn encode_tiled_checks_the_documented_requirements() {
-        let ok = |dt, addr, dims: &[u64], strides: &[u64], bx: &[u32], es: &[u32], il, sw, oob| {
-            TensorMap::encode_tiled(
-                dt,
-                dims.len() as u32,
-                addr,
-                dims,
-                strides,
-                bx,
-                es,
-                il,
-                sw,
-                L2Promotion::None,
-                oob,
-            )
-        };
         use DataType::*;
-        let n = Interleave::None;
-        let s = Swizzle::None;
-        let o = OobFill::None;
-        assert!(
-            ok(
-                Uint8,
-                0x100,
-                &[128, 64],
-                &[128],
-                &[128, 64],
-                &[1, 1],
-                n,
-                Swizzle::B128,
-                o
-            )
-            .is_ok()
-        );
-        let err = |r: Result<TensorMap, String>, needle: &str| {
-            let e = r.expect_err("should fail");
+        let err = |args: Args, needle: &str| {
+            let e = args.encode().expect_err("should fail");
             assert!(e.contains(needle), "{e:?} does not name {needle}");
         };
+        // A valid 2-D map; each case below breaks one requirement.
+        let d2 = Args {
+            data_type: Uint8,
+            rank: None,
+            address: 0,
+            dims: vec![16, 64],
+            strides: vec![128],
+            box_dims: vec![16, 1],
+            element_strides: vec![1, 1],
+            interleave: Interleave::None,
+            swizzle: Swizzle::None,
+            oob_fill: OobFill::None,
+        };
+        assert!(d2.encode().is_ok());
+        let wide = Args {
+            dims: vec![128, 64],
+            ..d2.clone()
+        };
+        assert!(
+            Args {
+                address: 0x100,
+                box_dims: vec![128, 64],
+                swizzle: Swizzle::B128,
+                ..wide.clone()
+            }
+            .encode()
+            .is_ok()
+        );
         err(
-            ok(Uint8, 0x108, &[128, 64], &[128], &[16, 1], &[1, 1], n, s, o),
+            Args {
+                address: 0x108,
+                ..wide.clone()
+            },
             "globalAddress",
         );
         err(
-            ok(Uint8, 0, &[0, 64], &[128], &[16, 1], &[1, 1], n, s, o),
+            Args {
+                dims: vec![0, 64],
+                ..d2.clone()
+            },
             "globalDim[0]",
         );
         err(
-            ok(
-                Uint8,
-                0,
-                &[16, (1 << 32) + 1],
-                &[128],
-                &[16, 1],
-                &[1, 1],
-                n,
-                s,
-                o,
-            ),
+            Args {
+                dims: vec![16, (1 << 32) + 1],
+                ..d2.clone()
+            },
             "globalDim[1]",
         );
-        assert!(ok(Uint8, 0, &[16, 1 << 32], &[128], &[16, 1], &[1, 1], n, s, o).is_ok());
-        err(
-            ok(Uint8, 0, &[16, 64], &[120], &[16, 1], &[1, 1], n, s, o),
-            "globalStrides[0]",
+        assert!(
+            Args {
+                dims: vec![16, 1 << 32],
+                ..d2.clone()
+            }
+            .encode()
+            .is_ok()
         );
+        for stride in [120, 1 << 40] {
+            err(
+                Args {
+                    strides: vec![stride],
+                    ..d2.clone()
+                },
+                "globalStrides[0]",
+            );
+        }
+        for box1 in [257, 0] {
+            err(
+                Args {
+                    box_dims: vec![16, box1],
+                    ..d2.clone()
+                },
+                "boxDim[1]",
+            );
+        }
         err(
-            ok(Uint8, 0, &[16, 64], &[1 << 40], &[16, 1], &[1, 1], n, s, o),
-            "globalStrides[0]",
-        );
-        err(
-            ok(Uint8, 0, &[16, 64], &[128], &[16, 257], &[1, 1], n, s, o),
-            "boxDim[1]",
-        );
-        err(
-            ok(Uint8, 0, &[16, 64], &[128], &[16, 0], &[1, 1], n, s, o),
-            "boxDim[1]",
-        );
-        err(
-            ok(Uint16, 0, &[16, 64], &[128], &[4, 1], &[1, 1], n, s, o),
+            Args {
+                data_type: Uint16,
+                box_dims: vec![4, 1], // 8 bytes
+                ..d2.clone()
+            },
             "boxDim[0]",
-        ); // 8 bytes
+        );
         err(
-            ok(Uint8, 0, &[16, 64], &[128], &[16, 1], &[1, 9], n, s, o),
+            Args {
+                element_strides: vec![1, 9],
+                ..d2.clone()
+            },
             "elementStrides[1]",
         );
         err(
-            ok(Uint8, 0, &[16, 64], &[128], &[16, 1], &[0, 1], n, s, o),
+            Args {
+                element_strides: vec![0, 1],
+                ..d2.clone()
+            },
             "elementStrides[0]",
         );
         err(
-            ok(
-                Uint16,
-                0,
-                &[128, 64],
-                &[256],
-                &[128, 8],
-                &[1, 1],
-                n,
-                Swizzle::B128,
-                o,
-            ),
+            Args {
+                data_type: Uint16,
+                strides: vec![256],
+                box_dims: vec![128, 8],
+                swizzle: Swizzle::B128,
+                ..wide.clone()
+            },
             "boxDim[0]",
         );
+        let box_64x8 = Args {
+            box_dims: vec![64, 8],
+            ..wide.clone()
+        };
         err(
-            ok(
-                Uint8,
-                0,
-                &[128, 64],
-                &[128],
-                &[64, 8],
-                &[1, 1],
-                n,
-                Swizzle::B32,
-                o,
-            ),
+            Args {
+                swizzle: Swizzle::B32,
+                ..box_64x8.clone()
+            },
             "32-byte span",
         );
         assert!(
-            ok(
-                Uint8,
-                0,
-                &[128, 64],
-                &[128],
-                &[64, 8],
-                &[1, 1],
-                n,
-                Swizzle::B64,
-                o
-            )
+            Args {
+                swizzle: Swizzle::B64,
+                ..box_64x8
+            }
+            .encode()
             .is_ok()
         );
         err(
-            ok(
-                Uint32,
-                0,
-                &[16, 64],
-                &[128],
-                &[16, 1],
-                &[1, 1],
-                n,
-                s,
-                OobFill::NanRequestZeroFma,
-            ),
+            Args {
+                data_type: Uint32,
+                oob_fill: OobFill::NanRequestZeroFma,
+                ..d2.clone()
+            },
             "oobFill",
         );
         err(
-            ok(
-                Uint8,
-                0,
-                &[16, 64],
-                &[128],
-                &[16, 1],
-                &[1, 1],
-                Interleave::B16,
-                s,
-                o,
-            ),
+            Args {
+                interleave: Interleave::B16,
+                ..d2.clone()
+            },
             "tensorRank",
         );
+        // A valid 3-D map with 32B interleave; each case below breaks one requirement.
+        let d3 = Args {
+            dims: vec![16, 4, 4],
+            strides: vec![32, 128],
+            box_dims: vec![16, 1, 1],
+            element_strides: vec![1, 1, 1],
+            interleave: Interleave::B32,
+            swizzle: Swizzle::B32,
+            ..d2.clone()
+        };
+        assert!(d3.encode().is_ok());
         err(
-            ok(
-                Uint8,
-                0x10,
-                &[16, 4, 4],
-                &[32, 128],
-                &[16, 1, 1],
-                &[1, 1, 1],
-                Interleave::B32,
-                Swizzle::B32,
-                o,
-            ),
+            Args {
+                address: 0x10,
+                ..d3.clone()
+            },
             "globalAddress",
         );
         err(
-            ok(
-                Uint8,
-                0,
-                &[16, 4, 4],
-                &[32, 128],
-                &[16, 1, 1],
-                &[1, 1, 1],
-                Interleave::B32,
-                s,
-                o,
-            ),
+            Args {
+                swizzle: Swizzle::None,
+                ..d3.clone()
+            },
             "swizzle",
         );
         err(
-            ok(
-                Uint8,
-                0,
-                &[16, 4, 4],
-                &[48, 128],
-                &[16, 1, 1],
-                &[1, 1, 1],
-                Interleave::B32,
-                Swizzle::B32,
-                o,
-            ),
+            Args {
+                strides: vec![48, 128],
+                ..d3
+            },
             "globalStrides[0]",
         );
         err(
-            TensorMap::encode_tiled(
-                Uint8,
-                6,
-                0,
-                &[1; 6],
-                &[16; 5],
-                &[16; 6],
-                &[1; 6],
-                n,
-                s,
-                L2Promotion::None,
-                o,
-            ),
+            Args {
+                rank: Some(6),
+                dims: vec![1; 6],
+                strides: vec![16; 5],
+                box_dims: vec![16; 6],
+                element_strides: vec![1; 6],
+                ..d2.clone()
+            },
             "tensorRank",
         );
         err(
-            TensorMap::encode_tiled(
-                Uint8,
-                2,
-                0,
-                &[16],
-                &[16],
-                &[16, 1],
-                &[1, 1],
-                n,
-                s,
-                L2Promotion::None,
-                o,
-            ),
+            Args {
+                rank: Some(2),
+                dims: vec![16],
+                strides: vec![16],
+                ..d2
+            },
             "globalDim",
         );
     }
@@ -1524,6 +1503,22 @@ mod tests {
         for dt in DataType::ALL {
             assert_eq!(DataType::from_code(dt.code()), Some(dt));
         }
+        // The first codes the emulator does not support: the packed sub-byte types, the
+        // sm_100 `128B_ATOM_*` swizzles.
+        assert_eq!(DataType::from_code(13), None);
+        assert_eq!(Interleave::from_code(3), None);
+        assert_eq!(Swizzle::from_code(4), None);
+        assert_eq!(L2Promotion::from_code(4), None);
+        assert_eq!(OobFill::from_code(2), None);
+        let mut bad = b;
+        bad[8] = 4;
+        let sum = fnv1a32(&bad[..124]);
+        bad[124..128].copy_from_slice(&sum.to_le_bytes());
+        assert!(
+            TensorMap::from_bytes(&bad)
+                .unwrap_err()
+                .contains("unsupported swizzle code 4")
+        );
         let mut bad = b;
         bad[30] ^= 1;
         assert!(
@@ -1562,16 +1557,7 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let g = Global::new_u16(0x1000, 10, 20, 32);
-        let map = map2d(
-            DataType::Uint16,
-            0x1000,
-            [20, 10],
-            64,
-            [8, 4],
-            Swizzle::None,
-            OobFill::None,
-        )
-        .unwrap();
+        let map = map_20x10(DataType::Uint16, OobFill::None);
         let mut small = vec![0u8; 32];
         assert!(
             load_box(&map, &[0, 0], &mut g.reader(), &mut small, 0)
@@ -1584,6 +1570,28 @@ mod tests {
                 .unwrap_err()
                 .contains("1 coordinates")
         );
+        // A 64B-swizzled box of 9 rows of 32 bytes: its last row (box bytes 256..288) swizzles
+        // to shared bytes 288..320, beyond the 288 bytes the box needs.
+        let g8 = Global {
+            base: 0,
+            bytes: vec![1; 9 * 32],
+        };
+        let swizzled = map2d(
+            DataType::Uint8,
+            0,
+            [32, 9],
+            32,
+            [32, 9],
+            Swizzle::B64,
+            OobFill::None,
+        )
+        .unwrap();
+        let mut exact = vec![0u8; 288];
+        let e = load_box(&swizzled, &[0, 0], &mut g8.reader(), &mut exact, 0).unwrap_err();
+        assert!(e.contains("swizzled byte 256"), "{e}");
+        let mut ignore = |_: u64, _: &[u8]| -> Result<(), String> { Ok(()) };
+        let e = store_box(&swizzled, &[0, 0], &exact, 0, &mut ignore).unwrap_err();
+        assert!(e.contains("swizzled byte 256"), "{e}");
         let mut failing =
             |_: u64, _: &mut [u8]| -> Result<(), String> { Err("fault at 0x1000".into()) };
         assert_eq!(
