@@ -171,48 +171,37 @@ impl DeviceModel {
     pub fn tensor_rate(&self, kind: &str) -> (f64, Option<String>) {
         let wgmma = kind.starts_with("wgmma");
         let dtype = kind.rsplit('.').next().unwrap_or("");
-        // TF32 runs at half the 16-bit rate and INT8 at the FP8 rate on both families
-        // (H100: 494.7 / 1979; L40S: 183 / 733 dense TFLOP/s, datasheets).
-        let (class, scale) = match dtype {
-            "e4m3" | "e5m2" => ("fp8", 1.0),
-            "bf16" | "f16" => ("16bit", 1.0),
-            "tf32" => ("16bit", 0.5),
-            "s8" | "u8" => ("fp8", 1.0),
-            _ => ("unknown", 1.0),
+        let no_wgmma = || {
+            format!(
+                "tensor kind {kind}: the {} has no wgmma; counted at its mma.sync rate",
+                self.name
+            )
         };
-        let mut note = None;
-        if class == "unknown" {
-            note = Some(format!(
-                "tensor kind {kind}: input type {dtype:?} has no modeled rate; counted at the \
-                 16-bit mma.sync rate"
-            ));
-        }
-        let sync = if class == "fp8" {
-            self.mma_sync_fp8_flops
-        } else {
-            self.mma_sync_16bit_flops
-        };
-        let rate = if wgmma {
-            let w = if class == "fp8" {
-                self.wgmma_fp8_flops
-            } else {
-                self.wgmma_16bit_flops
-            };
-            match w {
-                Some(w) if class != "unknown" => w,
-                Some(_) => sync,
-                None => {
-                    note = Some(format!(
-                        "tensor kind {kind}: the {} has no wgmma; counted at its mma.sync rate",
-                        self.name
-                    ));
-                    sync
-                }
+        // The wgmma peak, the mma.sync rate and the scale of the input type. TF32 at half the
+        // 16-bit rate and INT8 at the FP8 rate are **assumptions** (see `docs/emulator-model.md`).
+        let (wgmma_peak, mma_sync, scale) = match dtype {
+            "e4m3" | "e5m2" | "s8" | "u8" => (self.wgmma_fp8_flops, self.mma_sync_fp8_flops, 1.0),
+            "bf16" | "f16" => (self.wgmma_16bit_flops, self.mma_sync_16bit_flops, 1.0),
+            "tf32" => (self.wgmma_16bit_flops, self.mma_sync_16bit_flops, 0.5),
+            _ => {
+                // No modeled rate: the 16-bit mma.sync rate, noted (the missing wgmma, if
+                // that is also the case, is the note).
+                let note = if wgmma && self.wgmma_16bit_flops.is_none() {
+                    no_wgmma()
+                } else {
+                    format!(
+                        "tensor kind {kind}: input type {dtype:?} has no modeled rate; counted \
+                         at the 16-bit mma.sync rate"
+                    )
+                };
+                return (self.mma_sync_16bit_flops, Some(note));
             }
-        } else {
-            sync
         };
-        (rate * scale, note)
+        match (wgmma, wgmma_peak) {
+            (true, Some(peak)) => (peak * scale, None),
+            (true, None) => (mma_sync * scale, Some(no_wgmma())),
+            (false, _) => (mma_sync * scale, None),
+        }
     }
 }
 
@@ -330,18 +319,19 @@ pub fn model_with(profile: &LaunchProfile, device: &DeviceModel, options: ModelO
     };
 
     let mut tensor = 0.0;
-    let mut fp8_sync_ops = 0u64;
     for (kind, &flops) in &profile.tensor_flops {
         let (rate, note) = device.tensor_rate(kind);
         notes.extend(note);
         tensor += flops as f64 / rate;
     }
-    for (kind, &ops) in &profile.tensor_ops {
-        if is_fp8_mma_sync(kind) {
-            fp8_sync_ops += ops;
-        }
-    }
     push(Bound::TensorCore, tensor, true);
+
+    let fp8_sync_ops: u64 = profile
+        .tensor_ops
+        .iter()
+        .filter(|(kind, _)| is_fp8_mma_sync(kind))
+        .map(|(_, &ops)| ops)
+        .sum();
 
     let issue_rate = sms * device.warp_schedulers_per_sm as f64 * device.clock_hz;
     let instructions =
@@ -355,9 +345,8 @@ pub fn model_with(profile: &LaunchProfile, device: &DeviceModel, options: ModelO
         .sum();
     push(Bound::CudaCoreFp32, fp32 as f64 / device.fp32_flops, true);
 
-    let shared_bytes_per_clock = device.shared_bytes_per_clock_per_sm.max(1) as u64;
     let wavefronts = profile.shared_wavefronts as f64
-        + profile.async_copy_bytes as f64 / shared_bytes_per_clock as f64;
+        + profile.async_copy_bytes as f64 / device.shared_bytes_per_clock_per_sm.max(1) as f64;
     push(
         Bound::SharedMemory,
         wavefronts / (sms * device.clock_hz),
@@ -400,6 +389,14 @@ mod tests {
 
     fn close(a: f64, b: f64, rel: f64) -> bool {
         (a - b).abs() <= rel * b.abs().max(1e-30)
+    }
+
+    /// The modeled time of `resource` (which the launch must use).
+    fn time(m: &Modeled, resource: Bound) -> &ResourceTime {
+        m.resources
+            .iter()
+            .find(|r| r.resource == resource)
+            .unwrap_or_else(|| panic!("no {resource:?} in {m:?}"))
     }
 
     fn gemm_profile(kind: &str, flops: u64, ops: u64, ctas: u64) -> LaunchProfile {
@@ -522,32 +519,16 @@ mod tests {
         let flops = 2 * 16 * 8 * 32 * 1_000_000u64;
         let p = gemm_profile("mma.m16n8k32.e4m3", flops, 1_000_000, 1320);
         let h = model(&p, &DeviceModel::h100_sxm());
-        let tensor = h
-            .resources
-            .iter()
-            .find(|r| r.resource == Bound::TensorCore)
-            .unwrap();
+        let tensor = time(&h, Bound::TensorCore);
         assert!(close(tensor.seconds, flops as f64 / 494.7e12, 1e-12));
-        let issue = h
-            .resources
-            .iter()
-            .find(|r| r.resource == Bound::Issue)
-            .unwrap();
+        let issue = time(&h, Bound::Issue);
         let instrs = (1000 + 12 * 1_000_000) as f64;
         assert!(close(issue.seconds, instrs / (132.0 * 4.0 * 1.83e9), 1e-12));
         // Native on the L40S: the FP8 peak and no unpacks.
         let l = model(&p, &DeviceModel::l40s());
-        let tensor = l
-            .resources
-            .iter()
-            .find(|r| r.resource == Bound::TensorCore)
-            .unwrap();
+        let tensor = time(&l, Bound::TensorCore);
         assert!(close(tensor.ideal_seconds, flops as f64 / 733e12, 1e-12));
-        let issue = l
-            .resources
-            .iter()
-            .find(|r| r.resource == Bound::Issue)
-            .unwrap();
+        let issue = time(&l, Bound::Issue);
         assert!(close(
             issue.ideal_seconds,
             1000.0 / (142.0 * 4.0 * 2.52e9),
@@ -620,11 +601,7 @@ mod tests {
         };
         f.instruction_mix.insert("fma.rn.f32".into(), 10_000_000);
         let r = model(&f, &DeviceModel::h100_sxm());
-        let fp32 = r
-            .resources
-            .iter()
-            .find(|x| x.resource == Bound::CudaCoreFp32)
-            .unwrap();
+        let fp32 = time(&r, Bound::CudaCoreFp32);
         assert!(close(fp32.seconds, 10e6 * 32.0 * 2.0 / 66.9e12, 1e-12));
         assert_eq!(fp32_flops_per_lane("ld.global.f32"), None);
         assert_eq!(fp32_flops_per_lane("add.rn.f32"), Some(1));
