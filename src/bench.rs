@@ -93,7 +93,7 @@ struct Bench {
 }
 
 /// The median of `values` (mean of the middle two for an even count); 0 when empty.
-pub fn median(values: &mut [f64]) -> f64 {
+fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
@@ -129,6 +129,11 @@ fn summarize(per_step: &[Vec<StepTiming>]) -> Vec<StepSummary> {
         .collect()
 }
 
+/// The width of a table column: its widest cell, at least its header's.
+fn column_width<'s>(header: &str, cells: impl Iterator<Item = &'s str>) -> usize {
+    cells.map(str::len).max().unwrap_or(0).max(header.len())
+}
+
 /// The rate of a step: TFLOP/s when it multiplies matrices, else GB/s.
 fn rate(flops: u64, bytes: u64, seconds: f64) -> String {
     if seconds <= 0.0 {
@@ -154,20 +159,8 @@ impl Bench {
     fn table(&self) -> String {
         let mut out = String::new();
         let modeled_on = self.modeled_on();
-        let width = self
-            .steps
-            .iter()
-            .map(|s| s.op.len())
-            .max()
-            .unwrap_or(2)
-            .max(2);
-        let kernel_width = self
-            .steps
-            .iter()
-            .map(|s| s.kernel.len())
-            .max()
-            .unwrap_or(6)
-            .max(6);
+        let width = column_width("op", self.steps.iter().map(|s| s.op.as_str()));
+        let kernel_width = column_width("kernel", self.steps.iter().map(|s| s.kernel.as_str()));
         let _ = writeln!(
             out,
             "{} on {}: {} iterations after {} warm-up",

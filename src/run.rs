@@ -18,7 +18,7 @@ pub fn runtime_error(e: dsc_runtime::RuntimeError) -> Diagnostic {
 }
 
 /// The runtime's device for a `--device` argument.
-pub fn device_of(arg: DeviceArg) -> Device {
+fn device_of(arg: DeviceArg) -> Device {
     match arg {
         DeviceArg::Auto => Device::Auto,
         DeviceArg::Cpu => Device::Cpu,
@@ -118,7 +118,7 @@ pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
 
 /// On the emulator, the modeled time of the run's steps together (the wall time above is the
 /// emulation's); `None` when the steps were measured, not modeled.
-pub fn modeled_total(timings: &[StepTiming]) -> Option<String> {
+fn modeled_total(timings: &[StepTiming]) -> Option<String> {
     let device = &timings.first()?.modeled.as_ref()?.device;
     let seconds: f64 = timings
         .iter()
