@@ -6,9 +6,16 @@ use std::path::Path;
 
 fn compile(tmp: &TempDir, example: &str) -> String {
     let dir = tmp.join(example).to_string_lossy().into_owned();
-    let out = dsc(&["compile", &format!("examples/{example}.toml"), "-o", &dir]);
-    assert!(out.status.success(), "{}", streams(&out).1);
+    succeeds(&["compile", &format!("examples/{example}.toml"), "-o", &dir]);
     dir
+}
+
+/// Runs dsc, expects success, and returns its stdout.
+fn succeeds(args: &[&str]) -> String {
+    let out = dsc(args);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    stdout
 }
 
 /// Runs dsc, expects exit 1 with `error: …` containing `expect`, and no panic.
@@ -27,9 +34,7 @@ fn fails_with(args: &[&str], expect: &str) {
 fn auto_says_which_device_it_chose() {
     let tmp = TempDir::new("session-auto");
     let dir = compile(&tmp, "mlp");
-    let out = dsc(&["run", &dir, "--random-weights", "1"]);
-    let (stdout, stderr) = streams(&out);
-    assert!(out.status.success(), "{stderr}");
+    let stdout = succeeds(&["run", &dir, "--random-weights", "1"]);
     let line = stdout
         .lines()
         .find(|l| l.starts_with("device: "))
@@ -101,9 +106,7 @@ fn artifact_files_and_schema_version_are_checked() {
 fn bench_prints_a_row_per_step_and_the_forward_median() {
     let tmp = TempDir::new("session-bench");
     let dir = compile(&tmp, "mlp");
-    let out = dsc(&["bench", &dir, "--device", "cpu", "--iters", "3"]);
-    let (stdout, stderr) = streams(&out);
-    assert!(out.status.success(), "{stderr}");
+    let stdout = succeeds(&["bench", &dir, "--device", "cpu", "--iters", "3"]);
     assert!(
         stdout.contains("mlp on cpu: 3 iterations after 1 warm-up"),
         "{stdout}"
@@ -138,10 +141,9 @@ fn bench_writes_json_and_refuses_sampling_off_the_emulator() {
     let dir = compile(&tmp, "mlp");
     let json = tmp.join("bench.json");
     let json_arg = json.to_string_lossy().into_owned();
-    let out = dsc(&[
+    succeeds(&[
         "bench", &dir, "--device", "cpu", "--iters", "1", "--json", &json_arg,
     ]);
-    assert!(out.status.success(), "{}", streams(&out).1);
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
         .expect("bench --json writes JSON");
     assert_eq!(doc["device"], "cpu");
@@ -172,9 +174,7 @@ fn bench_writes_json_and_refuses_sampling_off_the_emulator() {
 fn emu_runs_and_benches_with_modeled_times() {
     let tmp = TempDir::new("session-emu");
     let dir = compile(&tmp, "mlp");
-    let out = dsc(&["run", &dir, "--device", "emu", "--random-weights", "1"]);
-    let (stdout, stderr) = streams(&out);
-    assert!(out.status.success(), "{stderr}");
+    let stdout = succeeds(&["run", &dir, "--device", "emu", "--random-weights", "1"]);
     assert!(
         stdout.contains(
             "device: emu: PTX emulator for sm_90a, times modeled on H100 SXM (requested)"
@@ -189,9 +189,7 @@ fn emu_runs_and_benches_with_modeled_times() {
         if let Some(n) = sample {
             args.extend(["--sample-ctas", n]);
         }
-        let out = dsc(&args);
-        let (stdout, stderr) = streams(&out);
-        assert!(out.status.success(), "{stderr}");
+        let stdout = succeeds(&args);
         assert!(
             stdout.contains("mlp on emu: 1 iterations after 0 warm-up")
                 && stdout.contains("times are MODELED")
