@@ -74,7 +74,7 @@ fn run(dir: &str, device: Device) -> Result<(), RuntimeError> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(dir) = args.first() else {
-        eprintln!("usage: run_artifact DIR [auto|cpu|cuda|cuda:N]");
+        eprintln!("usage: run_artifact DIR [auto|cpu|emu|cuda|cuda:N]");
         return ExitCode::from(2);
     };
     let outcome = device(args.get(1).map(String::as_str))
