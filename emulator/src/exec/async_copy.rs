@@ -20,7 +20,7 @@ use crate::tensor_map::{TENSOR_MAP_BYTES, TensorMap, load_box, store_box};
 
 /// Where an error of a late copy is reported: the issuing instruction and thread.
 #[derive(Debug, Clone, Copy)]
-pub struct Origin {
+pub(crate) struct Origin {
     /// PTX line of the issuing instruction.
     pub line: u32,
     /// The issuing thread.
@@ -48,7 +48,7 @@ impl Origin {
 
 /// One `cp.async` copy.
 #[derive(Debug, Clone)]
-pub struct Copy {
+pub(crate) struct Copy {
     /// Destination shared offset.
     pub dst: u64,
     /// Source global address.
@@ -63,7 +63,7 @@ pub struct Copy {
 
 /// A load that lands in shared memory and signals an mbarrier.
 #[derive(Debug, Clone)]
-pub struct PendingLoad {
+pub(crate) struct PendingLoad {
     /// What to copy.
     pub kind: LoadKind,
     /// Destination shared offset.
@@ -76,7 +76,7 @@ pub struct PendingLoad {
 
 /// The source of a [`PendingLoad`].
 #[derive(Debug, Clone)]
-pub enum LoadKind {
+pub(crate) enum LoadKind {
     /// A TMA box.
     Tensor(Box<TensorMap>, Vec<i32>),
     /// `size` contiguous bytes from global `src`.
@@ -90,7 +90,7 @@ pub enum LoadKind {
 
 /// A bulk store tracked by a bulk async-group.
 #[derive(Debug, Clone)]
-pub enum BulkOp {
+pub(crate) enum BulkOp {
     /// A TMA box store from shared offset `src`.
     TensorStore {
         /// The map.
@@ -147,7 +147,7 @@ fn shared_range(
 }
 
 /// Runs `cp.async` copies.
-pub fn run_copies(ctx: &mut CtaContext, copies: Vec<Copy>) -> Result<(), EmuError> {
+pub(crate) fn run_copies(ctx: &mut CtaContext, copies: Vec<Copy>) -> Result<(), EmuError> {
     for c in copies {
         let mut buf = vec![0u8; c.size as usize];
         if c.src_size > 0 {
@@ -198,7 +198,7 @@ fn land(ctx: &mut CtaContext, p: PendingLoad) -> Result<(), EmuError> {
 }
 
 /// Lands every pending load that signals the mbarrier at shared offset `mbar`.
-pub fn land_for(ctx: &mut CtaContext, mbar: u64) -> Result<(), EmuError> {
+pub(crate) fn land_for(ctx: &mut CtaContext, mbar: u64) -> Result<(), EmuError> {
     if ctx.hopper.pending_loads.iter().all(|p| p.mbar != mbar) {
         return Ok(());
     }
@@ -213,7 +213,7 @@ pub fn land_for(ctx: &mut CtaContext, mbar: u64) -> Result<(), EmuError> {
 }
 
 /// Lands every pending load.
-pub fn land_all(ctx: &mut CtaContext) -> Result<(), EmuError> {
+pub(crate) fn land_all(ctx: &mut CtaContext) -> Result<(), EmuError> {
     for p in std::mem::take(&mut ctx.hopper.pending_loads) {
         land(ctx, p)?;
     }
@@ -221,9 +221,9 @@ pub fn land_all(ctx: &mut CtaContext) -> Result<(), EmuError> {
 }
 
 /// Runs one bulk store.
-pub fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> {
+pub(crate) fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> {
     let memory = ctx.launch.memory;
-    let (bytes, origin, at) = match &b {
+    let bytes = match &b {
         BulkOp::TensorStore {
             map,
             coords,
@@ -234,12 +234,8 @@ pub fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> {
             let mut w = |a: u64, bytes: &[u8]| -> Result<(), String> {
                 memory.write(a, bytes).map_err(|e| e.to_string())
             };
-            (
-                store_box(map, coords, &ctx.shared[s..], *src, &mut w)
-                    .map_err(|m| origin.fault(ctx, *src, m))?,
-                origin,
-                *src,
-            )
+            store_box(map, coords, &ctx.shared[s..], *src, &mut w)
+                .map_err(|m| origin.fault(ctx, *src, m))?
         }
         BulkOp::Store {
             dst,
@@ -251,17 +247,16 @@ pub fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> {
             memory
                 .write(*dst, &ctx.shared[range])
                 .map_err(|e| origin.fault(ctx, *dst, format!("cp.async.bulk store: {e}")))?;
-            (*size, origin, *dst)
+            *size
         }
     };
-    let _ = (origin, at);
     ctx.counters.async_bytes += bytes;
     ctx.hopper.version += 1;
     Ok(())
 }
 
 /// `cp.async.{ca,cg}.shared.global [dst], [src], cp-size{, src-size}{, cache-policy}`.
-pub fn cp_async(
+pub(crate) fn cp_async(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -345,7 +340,11 @@ pub fn cp_async(
 }
 
 /// `cp.async.commit_group`.
-pub fn cp_commit(ctx: &mut CtaContext, warp: &mut Warp, exec: u32) -> Result<Done, EmuError> {
+pub(crate) fn cp_commit(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    exec: u32,
+) -> Result<Done, EmuError> {
     for l in lanes(exec) {
         ctx.hopper.thread(warp.first_thread + l as u32).cp.commit();
     }
@@ -353,7 +352,7 @@ pub fn cp_commit(ctx: &mut CtaContext, warp: &mut Warp, exec: u32) -> Result<Don
 }
 
 /// `cp.async.wait_group N` / `cp.async.wait_all` (= commit + wait 0).
-pub fn cp_wait(
+pub(crate) fn cp_wait(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -375,7 +374,7 @@ pub fn cp_wait(
 
 /// `cp.async.mbarrier.arrive[.noinc] [addr]`: the thread's copies run now, then the arrive-on
 /// (without `.noinc` the pending count is first incremented: no net change).
-pub fn cp_mbarrier_arrive(
+pub(crate) fn cp_mbarrier_arrive(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -507,7 +506,7 @@ fn bulk_size(
 /// `cp.async.bulk.tensor.Nd.shared::cluster.global…mbarrier::complete_tx::bytes [dst],
 /// [tensorMap, {coords}], [mbar]{, ctaMask}{, cache-policy}`.
 #[allow(clippy::too_many_arguments)]
-pub fn tensor_load(
+pub(crate) fn tensor_load(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -546,7 +545,7 @@ pub fn tensor_load(
 }
 
 /// `cp.async.bulk.tensor.Nd.global.shared::cta.bulk_group [tensorMap, {coords}], [src]{, policy}`.
-pub fn tensor_store(
+pub(crate) fn tensor_store(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -581,7 +580,7 @@ pub fn tensor_store(
 
 /// `cp.async.bulk.shared::{cta,cluster}.global.mbarrier::complete_tx::bytes [dst], [src], size,
 /// [mbar]{, ctaMask}{, cache-policy}`.
-pub fn bulk_load(
+pub(crate) fn bulk_load(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -618,7 +617,7 @@ pub fn bulk_load(
 }
 
 /// `cp.async.bulk.global.shared::cta.bulk_group [dst], [src], size`.
-pub fn bulk_store(
+pub(crate) fn bulk_store(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -650,7 +649,11 @@ pub fn bulk_store(
 }
 
 /// `cp.async.bulk.commit_group`.
-pub fn bulk_commit(ctx: &mut CtaContext, warp: &mut Warp, exec: u32) -> Result<Done, EmuError> {
+pub(crate) fn bulk_commit(
+    ctx: &mut CtaContext,
+    warp: &mut Warp,
+    exec: u32,
+) -> Result<Done, EmuError> {
     for l in lanes(exec) {
         ctx.hopper
             .thread(warp.first_thread + l as u32)
@@ -662,7 +665,7 @@ pub fn bulk_commit(ctx: &mut CtaContext, warp: &mut Warp, exec: u32) -> Result<D
 
 /// `cp.async.bulk.wait_group[.read] N`: the oldest groups beyond N run now (reading shared
 /// memory and writing global memory).
-pub fn bulk_wait(
+pub(crate) fn bulk_wait(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,

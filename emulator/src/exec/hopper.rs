@@ -45,7 +45,7 @@ pub const PARAM_WINDOW_BYTES: u64 = 1 << 32;
 /// Operations tracked by async-groups (`cp.async`, bulk copies, wgmma): those not yet
 /// committed, and the committed groups, oldest first.
 #[derive(Debug)]
-pub struct AsyncGroups<T> {
+pub(crate) struct AsyncGroups<T> {
     uncommitted: Vec<T>,
     committed: VecDeque<Vec<T>>,
 }
@@ -61,23 +61,23 @@ impl<T> Default for AsyncGroups<T> {
 
 impl<T> AsyncGroups<T> {
     /// Adds an operation to the uncommitted ones.
-    pub fn push(&mut self, op: T) {
+    pub(crate) fn push(&mut self, op: T) {
         self.uncommitted.push(op);
     }
 
     /// `commit_group`: the uncommitted operations become the newest group (possibly empty).
-    pub fn commit(&mut self) {
+    pub(crate) fn commit(&mut self) {
         let g = std::mem::take(&mut self.uncommitted);
         self.committed.push_back(g);
     }
 
     /// The oldest group, if more than `n` are committed (`wait_group n` must retire it).
-    pub fn oldest_beyond(&self, n: usize) -> Option<&[T]> {
+    pub(crate) fn oldest_beyond(&self, n: usize) -> Option<&[T]> {
         (self.committed.len() > n).then(|| self.committed[0].as_slice())
     }
 
     /// Removes and returns the oldest group, if more than `n` are committed.
-    pub fn retire_beyond(&mut self, n: usize) -> Option<Vec<T>> {
+    pub(crate) fn retire_beyond(&mut self, n: usize) -> Option<Vec<T>> {
         if self.committed.len() > n {
             self.committed.pop_front()
         } else {
@@ -87,7 +87,7 @@ impl<T> AsyncGroups<T> {
 
     /// Takes every operation, committed ones first (oldest group first), then the uncommitted
     /// ones; the committed groups stay, empty, so later waits count them as before.
-    pub fn take_all(&mut self) -> Vec<T> {
+    pub(crate) fn take_all(&mut self) -> Vec<T> {
         let mut all: Vec<T> = self.committed.iter_mut().flat_map(std::mem::take).collect();
         all.append(&mut self.uncommitted);
         all
@@ -96,7 +96,7 @@ impl<T> AsyncGroups<T> {
 
 /// Asynchronous state of one thread.
 #[derive(Debug, Default)]
-pub struct ThreadAsync {
+pub(crate) struct ThreadAsync {
     /// `cp.async` copies.
     pub cp: AsyncGroups<Copy>,
     /// Bulk and TMA stores.
@@ -105,7 +105,7 @@ pub struct ThreadAsync {
 
 /// The cluster barrier of a cluster of one CTA.
 #[derive(Debug, Default)]
-pub struct ClusterBarrier {
+pub(crate) struct ClusterBarrier {
     /// Completed phases.
     pub phase: u64,
     /// Arrivals in the current phase.
@@ -120,22 +120,22 @@ pub struct HopperState {
     /// Bumped by every change of asynchronous state (mbarrier words, copies, MMAs, cluster
     /// barrier): a scheduler round in which it does not move and every warp only polled made
     /// no progress.
-    pub version: u64,
+    pub(crate) version: u64,
     /// Per thread (linear thread index).
-    pub threads: Vec<ThreadAsync>,
+    pub(crate) threads: Vec<ThreadAsync>,
     /// Bulk and tensor loads issued but not landed.
-    pub pending_loads: Vec<PendingLoad>,
+    pub(crate) pending_loads: Vec<PendingLoad>,
     /// Per warp: its wgmma groups.
-    pub warps: Vec<WarpWgmma>,
+    pub(crate) warps: Vec<WarpWgmma>,
     /// Per warpgroup: its MMAs.
-    pub warpgroups: Vec<WarpgroupWgmma>,
+    pub(crate) warpgroups: Vec<WarpgroupWgmma>,
     /// `barrier.cluster`.
-    pub cluster: ClusterBarrier,
+    pub(crate) cluster: ClusterBarrier,
 }
 
 impl HopperState {
     /// The state of thread `t`.
-    pub fn thread(&mut self, t: u32) -> &mut ThreadAsync {
+    pub(crate) fn thread(&mut self, t: u32) -> &mut ThreadAsync {
         let t = t as usize;
         if self.threads.len() <= t {
             self.threads.resize_with(t + 1, ThreadAsync::default);
@@ -145,7 +145,7 @@ impl HopperState {
 }
 
 /// What a Hopper instruction did for the lanes that executed it.
-pub enum Done {
+pub(crate) enum Done {
     /// Finished: the lanes move on.
     Next,
     /// Finished, but nothing changed for any lane (a failed poll): move on, then yield.
@@ -156,7 +156,7 @@ pub enum Done {
 
 /// Executes Hopper instruction `op` at `pc` for lanes `mask` of `warp` (`exec`: those whose
 /// guard holds).
-pub fn step(
+pub(crate) fn step(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     pc: u32,
@@ -327,12 +327,12 @@ fn execute(
 }
 
 /// Operand `i` (a sink when absent).
-pub fn operand(inst: &Inst, i: usize) -> &Operand {
+pub(crate) fn operand(inst: &Inst, i: usize) -> &Operand {
     inst.operands.get(i).unwrap_or(&Operand::Sink)
 }
 
 /// The `N` of a `wait_group N` (operand 0, an immediate ≥ 0).
-pub fn group_count(ctx: &CtaContext, inst: &Inst) -> Result<usize, EmuError> {
+pub(crate) fn group_count(ctx: &CtaContext, inst: &Inst) -> Result<usize, EmuError> {
     match operand(inst, 0) {
         Operand::Imm(n) if *n >= 0 => Ok(*n as usize),
         _ => Err(ctx.unsupported(inst)),
@@ -390,7 +390,7 @@ fn elect(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Resul
 }
 
 /// The shared-memory offset of address operand `i` of `lane`, used with state space `space`.
-pub fn shared_operand(
+pub(crate) fn shared_operand(
     ctx: &CtaContext,
     warp: &Warp,
     inst: &Inst,
@@ -423,7 +423,7 @@ pub fn shared_operand(
 
 /// Runs everything still in flight when the CTA ends: pending loads land, cp.async copies and
 /// bulk stores complete (a kernel may exit with stores in flight; they still reach memory).
-pub fn finish(ctx: &mut CtaContext) -> Result<(), EmuError> {
+pub(crate) fn finish(ctx: &mut CtaContext) -> Result<(), EmuError> {
     super::async_copy::land_all(ctx)?;
     for t in 0..ctx.hopper.threads.len() {
         let th = &mut ctx.hopper.threads[t];
@@ -439,7 +439,12 @@ pub fn finish(ctx: &mut CtaContext) -> Result<(), EmuError> {
 
 /// A warp-wide (`.sync.aligned`) instruction needs all 32 lanes: the error names the first
 /// lane that did not take part.
-pub fn full_warp(ctx: &CtaContext, warp: &Warp, inst: &Inst, exec: u32) -> Result<(), EmuError> {
+pub(crate) fn full_warp(
+    ctx: &CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    exec: u32,
+) -> Result<(), EmuError> {
     if exec != u32::MAX {
         let lane = (!exec).trailing_zeros() as usize;
         return Err(ctx.fault(

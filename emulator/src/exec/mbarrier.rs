@@ -34,7 +34,7 @@ const MAX_COUNT: u32 = (1 << 20) - 1;
 
 /// The decoded state of an mbarrier object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mbar {
+pub(crate) struct Mbar {
     /// Pending arrivals of the current phase.
     pub pending: u32,
     /// Expected arrivals per phase.
@@ -78,7 +78,7 @@ impl Mbar {
 }
 
 /// The raw word at shared offset `off` (8-byte aligned, in bounds).
-pub fn load_word(ctx: &CtaContext, off: u64) -> Result<u64, String> {
+fn load_word(ctx: &CtaContext, off: u64) -> Result<u64, String> {
     let o = off as usize;
     if !off.is_multiple_of(8) || o + 8 > ctx.shared.len() {
         return Err(format!(
@@ -98,7 +98,7 @@ fn store_word(ctx: &mut CtaContext, off: u64, w: u64) {
 }
 
 /// The initialized mbarrier at `off`.
-pub fn load(ctx: &CtaContext, off: u64) -> Result<Mbar, String> {
+fn load(ctx: &CtaContext, off: u64) -> Result<Mbar, String> {
     let m = Mbar::decode(load_word(ctx, off)?);
     if m.expected == 0 {
         return Err(format!(
@@ -110,7 +110,7 @@ pub fn load(ctx: &CtaContext, off: u64) -> Result<Mbar, String> {
 
 /// Signals `bytes` completed transactions on the mbarrier at `off` (the `complete_tx` of an
 /// asynchronous copy).
-pub fn complete_tx(ctx: &mut CtaContext, off: u64, bytes: u64) -> Result<(), String> {
+pub(crate) fn complete_tx(ctx: &mut CtaContext, off: u64, bytes: u64) -> Result<(), String> {
     add_tx(ctx, off, -(bytes as i64))
 }
 
@@ -129,7 +129,7 @@ fn add_tx(ctx: &mut CtaContext, off: u64, delta: i64) -> Result<(), String> {
 }
 
 /// One arrive-on of `count` on the mbarrier at `off`; returns the word before it.
-pub fn arrive_on(
+pub(crate) fn arrive_on(
     ctx: &mut CtaContext,
     off: u64,
     count: u32,
@@ -152,7 +152,7 @@ pub fn arrive_on(
 }
 
 /// The shared offset of the mbarrier named by address operand `i` of `lane` (8-byte aligned).
-pub fn operand_offset(
+pub(crate) fn operand_offset(
     ctx: &CtaContext,
     warp: &Warp,
     inst: &Inst,
@@ -164,7 +164,7 @@ pub fn operand_offset(
 }
 
 /// The initialized mbarrier at `off`, or a fault of `lane` at `inst`.
-pub fn initialized(
+pub(crate) fn initialized(
     ctx: &CtaContext,
     warp: &Warp,
     inst: &Inst,
@@ -175,7 +175,7 @@ pub fn initialized(
 }
 
 /// `mbarrier.init [addr], count`.
-pub fn init(
+pub(crate) fn init(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -209,7 +209,7 @@ pub fn init(
 }
 
 /// `mbarrier.inval [addr]`.
-pub fn inval(
+pub(crate) fn inval(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -225,7 +225,7 @@ pub fn inval(
 
 /// `mbarrier.arrive[_drop][.expect_tx][.noComplete] state, [addr]{, count}`.
 #[allow(clippy::too_many_arguments)]
-pub fn arrive(
+pub(crate) fn arrive(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -273,7 +273,7 @@ pub fn arrive(
 }
 
 /// `mbarrier.expect_tx [addr], txCount` (`expect`) / `mbarrier.complete_tx [addr], txCount`.
-pub fn tx(
+pub(crate) fn tx(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -292,7 +292,7 @@ pub fn tx(
 
 /// `mbarrier.test_wait` / `mbarrier.try_wait` (`.parity` or token): asynchronous loads that
 /// signal this mbarrier land first. All lanes false is a failed poll: the warp yields.
-pub fn wait(
+pub(crate) fn wait(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,

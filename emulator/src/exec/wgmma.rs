@@ -95,7 +95,7 @@ struct Mma {
 
 /// A warpgroup's MMAs in issue order.
 #[derive(Debug, Default)]
-pub struct WarpgroupWgmma {
+pub(crate) struct WarpgroupWgmma {
     mmas: Vec<Mma>,
     /// MMAs computed so far (all earlier ones are computed).
     computed: usize,
@@ -103,16 +103,16 @@ pub struct WarpgroupWgmma {
 
 /// One warp's view: its issued MMAs, commit groups and pending accumulators.
 #[derive(Debug, Default)]
-pub struct WarpWgmma {
+pub(crate) struct WarpWgmma {
     issued: usize,
     /// Its MMAs (indices into the warpgroup's) in commit groups.
     groups: AsyncGroups<usize>,
-    /// MMAs not yet written back, with their D registers.
-    pending: Vec<(usize, Vec<u32>)>,
+    /// MMAs not yet written back (their D registers are in their deposits).
+    pending: Vec<usize>,
 }
 
 /// (row, column) of accumulator element `i` of `lane` in warp `w` of the warpgroup.
-pub fn d_position(w: usize, lane: usize, i: usize) -> (usize, usize) {
+fn d_position(w: usize, lane: usize, i: usize) -> (usize, usize) {
     (
         16 * w + lane / 4 + 8 * ((i / 2) % 2),
         8 * (i / 4) + 2 * (lane % 4) + (i % 2),
@@ -121,7 +121,7 @@ pub fn d_position(w: usize, lane: usize, i: usize) -> (usize, usize) {
 
 /// (row, column) of register-A element `i` of `lane` in warp `w` for K = `k` and `esize`-byte
 /// elements.
-pub fn a_position(w: usize, lane: usize, i: usize, k: usize, esize: usize) -> (usize, usize) {
+fn a_position(w: usize, lane: usize, i: usize, k: usize, esize: usize) -> (usize, usize) {
     let e = 4 / esize;
     let (g, tig) = (lane / 4, lane % 4);
     (
@@ -130,40 +130,54 @@ pub fn a_position(w: usize, lane: usize, i: usize, k: usize, esize: usize) -> (u
     )
 }
 
-/// The shared-memory byte address of element (`mn`, `kk`) of an operand described by `desc`
-/// (`mn_major`: transposed), or why it cannot be read.
-pub fn desc_address(
-    desc: u64,
-    mn: usize,
-    kk: usize,
-    esize: usize,
-    mn_major: bool,
-) -> Result<u64, String> {
-    let field = |shift: u32| ((desc >> shift) & 0x3fff) << 4;
-    let (start, lbo, sbo) = (field(0), field(16) as usize, field(32) as usize);
-    let base_offset = (desc >> 49) & 7;
-    let swizzle = match desc >> 62 {
-        0 => Swizzle::None,
-        1 => Swizzle::B128,
-        2 => Swizzle::B64,
-        _ => Swizzle::B32,
-    };
-    if base_offset != 0 {
-        return Err(format!(
-            "matrix descriptor {desc:#x}: a non-zero base offset ({base_offset}) is not implemented"
-        ));
-    }
-    let t = 16 / esize;
-    let w = swizzle.span_bytes() as usize / 16;
-    let off = match (mn_major, w) {
-        (false, 0) => (mn % 8) * 16 + (mn / 8) * sbo + (kk / t) * lbo + (kk % t) * esize,
-        (false, w) => (mn % 8) * 16 * w + (mn / 8) * sbo + kk * esize,
-        (true, 0) => (mn % t) * esize + (mn / t) * sbo + (kk % 8) * 16 + (kk / 8) * lbo,
-        (true, w) => {
-            (mn % (w * t)) * esize + (mn / (w * t)) * lbo + (kk % 8) * 16 * w + (kk / 8) * sbo
+/// A shared-memory matrix descriptor, decoded (once per MMA operand).
+#[derive(Debug, Clone, Copy)]
+struct Descriptor {
+    start: u64,
+    lbo: usize,
+    sbo: usize,
+    swizzle: Swizzle,
+}
+
+impl Descriptor {
+    /// Decodes `desc`, or says why it cannot be used.
+    fn decode(desc: u64) -> Result<Descriptor, String> {
+        let field = |shift: u32| ((desc >> shift) & 0x3fff) << 4;
+        let base_offset = (desc >> 49) & 7;
+        if base_offset != 0 {
+            return Err(format!(
+                "matrix descriptor {desc:#x}: a non-zero base offset ({base_offset}) is not implemented"
+            ));
         }
-    };
-    Ok(swizzle_offset(start + off as u64, swizzle))
+        Ok(Descriptor {
+            start: field(0),
+            lbo: field(16) as usize,
+            sbo: field(32) as usize,
+            swizzle: match desc >> 62 {
+                0 => Swizzle::None,
+                1 => Swizzle::B128,
+                2 => Swizzle::B64,
+                _ => Swizzle::B32,
+            },
+        })
+    }
+
+    /// The shared-memory byte address of element (`mn`, `kk`) of `esize`-byte elements
+    /// (`mn_major`: transposed).
+    fn address(&self, mn: usize, kk: usize, esize: usize, mn_major: bool) -> u64 {
+        let (lbo, sbo) = (self.lbo, self.sbo);
+        let t = 16 / esize;
+        let w = self.swizzle.span_bytes() as usize / 16;
+        let off = match (mn_major, w) {
+            (false, 0) => (mn % 8) * 16 + (mn / 8) * sbo + (kk / t) * lbo + (kk % t) * esize,
+            (false, w) => (mn % 8) * 16 * w + (mn / 8) * sbo + kk * esize,
+            (true, 0) => (mn % t) * esize + (mn / t) * sbo + (kk % 8) * 16 + (kk / 8) * lbo,
+            (true, w) => {
+                (mn % (w * t)) * esize + (mn / (w * t)) * lbo + (kk % 8) * 16 * w + (kk / 8) * sbo
+            }
+        };
+        swizzle_offset(self.start + off as u64, self.swizzle)
+    }
 }
 
 fn spec_of(ctx: &CtaContext, inst: &Inst, op: &HopperOp) -> Result<Spec, EmuError> {
@@ -265,7 +279,7 @@ fn warpgroup_of(
 }
 
 /// `wgmma.mma_async`: deposits this warp's part.
-pub fn issue(
+pub(crate) fn issue(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -286,38 +300,26 @@ pub fn issue(
     };
     let d_regs: Vec<u32> = ds
         .iter()
-        .map(|o| {
-            if let Operand::Reg(r) = o {
-                Some(*r)
-            } else {
-                None
-            }
+        .map(|o| match o {
+            Operand::Reg(r) => Some(*r),
+            _ => None,
         })
         .collect::<Option<_>>()
         .ok_or_else(|| ctx.unsupported(inst))?;
     if d_regs.len() != nd {
         return Err(ctx.unsupported(inst));
     }
-    let a_regs = if spec.a_in_regs {
-        let Operand::Vector(items) = operand(inst, 1) else {
-            unreachable!()
-        };
-        if items.len() != 4 {
-            return Err(ctx.unsupported(inst));
-        }
-        Some(
-            (0..WARP)
+    // A: registers (`spec.a_in_regs`) or a descriptor.
+    let (a_regs, a_desc) = match operand(inst, 1) {
+        Operand::Vector(items) if items.len() == 4 => {
+            let regs = (0..WARP)
                 .flat_map(|l| items.iter().map(move |o| (l, o)))
                 .map(|(l, o)| ctx.read(warp, o, l, Ty::B32))
-                .collect::<Vec<u64>>(),
-        )
-    } else {
-        None
-    };
-    let a_desc = if spec.a_in_regs {
-        0
-    } else {
-        uniform(ctx, warp, inst, operand(inst, 1), "the A descriptor")?
+                .collect();
+            (Some(regs), 0)
+        }
+        Operand::Vector(_) => return Err(ctx.unsupported(inst)),
+        o => (None, uniform(ctx, warp, inst, o, "the A descriptor")?),
     };
     let b_desc = uniform(ctx, warp, inst, operand(inst, 2), "the B descriptor")?;
     let scale_d = match operand(inst, 3) {
@@ -329,9 +331,13 @@ pub fn issue(
     };
     let ws = &ctx.hopper.warps[warp.index as usize];
     let mut d_in = None;
-    for (idx, regs) in ws.pending.iter().rev() {
+    for &idx in ws.pending.iter().rev() {
+        let regs = &ctx.hopper.warpgroups[g].mmas[idx].parts[wi]
+            .as_ref()
+            .expect("a pending MMA keeps this warp's deposit")
+            .d_regs;
         if *regs == d_regs {
-            d_in = Some(DIn::Chain(*idx));
+            d_in = Some(DIn::Chain(idx));
             break;
         }
         if regs.iter().any(|r| d_regs.contains(r)) {
@@ -352,7 +358,7 @@ pub fn issue(
     let idx = ws.issued;
     ws.issued += 1;
     ws.groups.push(idx);
-    ws.pending.push((idx, d_regs.clone()));
+    ws.pending.push(idx);
     let wg = &mut h.warpgroups[g];
     if wg.mmas.len() <= idx {
         wg.mmas.push(Mma {
@@ -385,7 +391,7 @@ pub fn issue(
 }
 
 /// `wgmma.commit_group`.
-pub fn commit(
+pub(crate) fn commit(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -398,7 +404,7 @@ pub fn commit(
 }
 
 /// `wgmma.wait_group N`.
-pub fn wait(
+pub(crate) fn wait(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -418,7 +424,7 @@ pub fn wait(
                 return Ok(Done::Stay);
             }
             let group = group.to_vec();
-            compute_through(ctx, warp, inst, g, last)?;
+            compute_through(ctx, warp, g, last)?;
             for idx in group {
                 write_back(ctx, warp, g, wi, idx);
             }
@@ -433,10 +439,7 @@ fn write_back(ctx: &mut CtaContext, warp: &mut Warp, g: usize, wi: usize, idx: u
     let h = &mut ctx.hopper;
     let m = &mut h.warpgroups[g].mmas[idx];
     let spec = m.spec;
-    let d_regs = m.parts[wi]
-        .as_ref()
-        .map(|p| p.d_regs.clone())
-        .unwrap_or_default();
+    let d_regs = &m.parts[wi].as_ref().expect("issued by this warp").d_regs;
     let res = m.result.as_ref().expect("computed");
     let at = |l: usize, i: usize| {
         let (r, c) = d_position(wi, l, i);
@@ -460,16 +463,13 @@ fn write_back(ctx: &mut CtaContext, warp: &mut Warp, g: usize, wi: usize, idx: u
             m.result = None;
         }
     }
-    h.warps[warp.index as usize]
-        .pending
-        .retain(|(i, _)| *i != idx);
+    h.warps[warp.index as usize].pending.retain(|&i| i != idx);
 }
 
 /// Computes every not yet computed MMA of warpgroup `g` up to `last`, in issue order.
 fn compute_through(
     ctx: &mut CtaContext,
     warp: &Warp,
-    inst: &Inst,
     g: usize,
     last: usize,
 ) -> Result<(), EmuError> {
@@ -477,13 +477,23 @@ fn compute_through(
         let idx = ctx.hopper.warpgroups[g].computed;
         let result = compute(ctx, warp, g, idx).map_err(|m| {
             let pc = ctx.hopper.warpgroups[g].mmas[idx].pc;
-            let at = &ctx.launch.kernel.insts[pc as usize];
-            let _ = inst;
-            ctx.fault(at, warp.first_thread, 0, m)
+            ctx.fault(
+                &ctx.launch.kernel.insts[pc as usize],
+                warp.first_thread,
+                0,
+                m,
+            )
         })?;
         let wg = &mut ctx.hopper.warpgroups[g];
         for wi in 0..4 {
-            if let Some(DIn::Chain(j)) = wg.mmas[idx].parts[wi].as_ref().map(|p| p.d_in.clone()) {
+            let chained = match &wg.mmas[idx].parts[wi] {
+                Some(Deposit {
+                    d_in: DIn::Chain(j),
+                    ..
+                }) => Some(*j),
+                _ => None,
+            };
+            if let Some(j) = chained {
                 let mj = &mut wg.mmas[j];
                 mj.refs -= 1;
                 if mj.refs == 0 && mj.written == 4 {
@@ -557,6 +567,7 @@ fn compute(ctx: &CtaContext, warp: &Warp, g: usize, idx: usize) -> Result<Vec<f3
             .map_err(|m| format!("wgmma reads shared offset {addr:#x}: {m}"))
     };
     let sign = |neg: bool| if neg { -1.0 } else { 1.0 };
+    let (sign_a, sign_b) = (sign(s.neg_a), sign(s.neg_b));
     let mut a = vec![0f64; 64 * k];
     if s.a_in_regs {
         for (wi, p) in parts.iter().enumerate() {
@@ -565,23 +576,25 @@ fn compute(ctx: &CtaContext, warp: &Warp, g: usize, idx: usize) -> Result<Vec<f3
                 for i in 0..(16 * k / WARP) {
                     let bits = element(&regs[l * 4..l * 4 + 4], i, ea);
                     let (row, col) = a_position(wi, l, i, k, ea);
-                    a[row * k + col] = elem_value(s.a, bits) * sign(s.neg_a);
+                    a[row * k + col] = elem_value(s.a, bits) * sign_a;
                 }
             }
         }
     } else {
+        let desc = Descriptor::decode(p0.a_desc)?;
         for row in 0..64 {
             for kk in 0..k {
-                let addr = desc_address(p0.a_desc, row, kk, ea, s.trans_a)?;
-                a[row * k + kk] = elem_value(s.a, read(addr, ea)?) * sign(s.neg_a);
+                let addr = desc.address(row, kk, ea, s.trans_a);
+                a[row * k + kk] = elem_value(s.a, read(addr, ea)?) * sign_a;
             }
         }
     }
+    let desc = Descriptor::decode(p0.b_desc)?;
     let mut b = vec![0f64; n * k];
     for col in 0..n {
         for kk in 0..k {
-            let addr = desc_address(p0.b_desc, col, kk, eb, s.trans_b)?;
-            b[col * k + kk] = elem_value(s.b, read(addr, eb)?) * sign(s.neg_b);
+            let addr = desc.address(col, kk, eb, s.trans_b);
+            b[col * k + kk] = elem_value(s.b, read(addr, eb)?) * sign_b;
         }
     }
     let fp8 = matches!(s.a, Ty::E4m3 | Ty::E5m2);
@@ -613,6 +626,16 @@ fn compute(ctx: &CtaContext, warp: &Warp, g: usize, idx: usize) -> Result<Vec<f3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn desc_address(
+        desc: u64,
+        mn: usize,
+        kk: usize,
+        esize: usize,
+        mn_major: bool,
+    ) -> Result<u64, String> {
+        Descriptor::decode(desc).map(|d| d.address(mn, kk, esize, mn_major))
+    }
 
     #[test]
     fn descriptor_addresses_follow_the_canonical_layouts() {

@@ -44,7 +44,7 @@ use crate::ptx::{Inst, Operand, Space, Ty};
 const N: usize = 16;
 
 /// The (row, column) of element `i` of lane `lane`'s fragment (see the module table).
-pub fn element_position(frag: WmmaFrag, lane: usize, i: usize) -> (usize, usize) {
+fn element_position(frag: WmmaFrag, lane: usize, i: usize) -> (usize, usize) {
     match frag {
         WmmaFrag::A => (lane % N, i),
         WmmaFrag::B => (i, lane % N),
@@ -113,8 +113,22 @@ fn vector<'a>(
     }
 }
 
+/// Every lane's values of the `len` registers of vector operand `i`.
+fn fragment(
+    ctx: &CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    i: usize,
+    len: usize,
+) -> Result<Vec<Vec<u64>>, EmuError> {
+    let regs = vector(ctx, inst, i, len)?;
+    Ok((0..WARP)
+        .map(|l| regs.iter().map(|r| ctx.read(warp, r, l, Ty::B32)).collect())
+        .collect())
+}
+
 /// Executes a `wmma` instruction for lanes `exec` of `warp` (all 32 must take part).
-pub fn wmma(
+pub(crate) fn wmma(
     ctx: &mut CtaContext,
     warp: &mut Warp,
     inst: &Inst,
@@ -138,10 +152,7 @@ pub fn wmma(
             }
         }
         Wmma::Store { row, space, ty } => {
-            let regs = vector(ctx, inst, 1, registers(WmmaFrag::Acc, ty))?;
-            let values: Vec<Vec<u64>> = (0..WARP)
-                .map(|l| regs.iter().map(|r| ctx.read(warp, r, l, Ty::B32)).collect())
-                .collect();
+            let values = fragment(ctx, warp, inst, 1, registers(WmmaFrag::Acc, ty))?;
             access(
                 ctx,
                 warp,
@@ -155,31 +166,26 @@ pub fn wmma(
             )?;
         }
         Wmma::Mma { d, c } => {
-            let fetch = |i: usize, n: usize| -> Result<Vec<Vec<u64>>, EmuError> {
-                let regs = vector(ctx, inst, i, n)?;
-                Ok((0..WARP)
-                    .map(|l| regs.iter().map(|r| ctx.read(warp, r, l, Ty::B32)).collect())
-                    .collect())
-            };
-            let fa = fetch(1, registers(WmmaFrag::A, Ty::F16))?;
-            let fb = fetch(2, registers(WmmaFrag::B, Ty::F16))?;
-            let fc = fetch(3, registers(WmmaFrag::Acc, c))?;
+            let fa = fragment(ctx, warp, inst, 1, registers(WmmaFrag::A, Ty::F16))?;
+            let fb = fragment(ctx, warp, inst, 2, registers(WmmaFrag::B, Ty::F16))?;
+            let fc = fragment(ctx, warp, inst, 3, registers(WmmaFrag::Acc, c))?;
             let dst = vector(ctx, inst, 0, registers(WmmaFrag::Acc, d))?;
             let mut a = [[0f64; N]; N];
             let mut b = [[0f64; N]; N];
             let mut acc = [[0f64; N]; N];
-            for lane in 0..WARP {
+            // Lanes 16..31 hold copies of A and B: lanes 0..15 give them whole.
+            for lane in 0..N {
                 for i in 0..elements(WmmaFrag::A) {
-                    if lane < N {
-                        let (r, k) = element_position(WmmaFrag::A, lane, i);
-                        a[r][k] = f16_value(get(&fa[lane], Ty::F16, i));
-                        let (k, n) = element_position(WmmaFrag::B, lane, i);
-                        b[k][n] = f16_value(get(&fb[lane], Ty::F16, i));
-                    }
+                    let (r, k) = element_position(WmmaFrag::A, lane, i);
+                    a[r][k] = f16_value(get(&fa[lane], Ty::F16, i));
+                    let (k, n) = element_position(WmmaFrag::B, lane, i);
+                    b[k][n] = f16_value(get(&fb[lane], Ty::F16, i));
                 }
+            }
+            for (lane, regs) in fc.iter().enumerate() {
                 for i in 0..elements(WmmaFrag::Acc) {
                     let (r, n) = element_position(WmmaFrag::Acc, lane, i);
-                    acc[r][n] = value(c, get(&fc[lane], c, i));
+                    acc[r][n] = value(c, get(regs, c, i));
                 }
             }
             for lane in 0..WARP {

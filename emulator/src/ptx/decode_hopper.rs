@@ -139,7 +139,7 @@ const MBAR_COMMON: &[&str] = &[
 ];
 
 /// Decodes `base.parts…` if it is one of the Hopper instructions above.
-pub fn decode(base: &str, parts: &[&str]) -> Option<HopperOp> {
+pub(crate) fn decode(base: &str, parts: &[&str]) -> Option<HopperOp> {
     let has = |m: &str| parts.contains(&m);
     let first = parts.first().copied().unwrap_or("");
     Some(match base {
@@ -317,21 +317,19 @@ fn decode_bulk(parts: &[&str]) -> Option<HopperOp> {
         Some("wait_group") if only(&parts[1..], &["read"]) => return Some(HopperOp::BulkWait),
         _ => {}
     }
-    let (tensor, rest) = if parts.first() == Some(&"tensor") {
-        (true, &parts[1..])
-    } else {
-        (false, parts)
-    };
-    let (dims, rest) = if tensor {
-        let d = rest.first()?;
-        let n: u8 = d.strip_suffix('d')?.parse().ok()?;
-        if !(1..=5).contains(&n) {
-            return None;
+    // `tensor.Nd` (rank 1..=5), or a non-tensor copy (rank 0).
+    let (dims, rest) = match parts.split_first() {
+        Some((&"tensor", rest)) => {
+            let (d, rest) = rest.split_first()?;
+            let n: u8 = d.strip_suffix('d')?.parse().ok()?;
+            if !(1..=5).contains(&n) {
+                return None;
+            }
+            (n, rest)
         }
-        (n, &rest[1..])
-    } else {
-        (0, rest)
+        _ => (0, parts),
     };
+    let tensor = dims > 0;
     // Destination then source space.
     let (dst, src) = (rest.first().copied()?, rest.get(1).copied()?);
     let mods = &rest[2..];
