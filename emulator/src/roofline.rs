@@ -23,8 +23,9 @@ use serde::Serialize;
 
 use crate::profile::LaunchProfile;
 
-/// Peak rates of one GPU: published figures, each with its source; the few that are
-/// assumptions say so.
+/// Peak rates of one GPU: published (datasheet / whitepaper) figures or figures derived from
+/// them, each with its source; those without a source are **assumptions** and say so. None was
+/// measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceModel {
     /// Name (`H100 SXM`, …).
@@ -54,18 +55,20 @@ pub struct DeviceModel {
     pub dram_bytes_per_s: f64,
     /// L2 bandwidth, bytes/s, where a figure is published (none is, for these parts: `None`).
     pub l2_bytes_per_s: Option<f64>,
-    /// Shared-memory bandwidth per SM per clock: 32 banks × 4 bytes.
+    /// Shared-memory bandwidth per SM per clock: 32 banks × 4 bytes (one wavefront per clock:
+    /// a model assumption).
     pub shared_bytes_per_clock_per_sm: u32,
-    /// Kernel launch latency, seconds (an estimate: no datasheet gives it).
+    /// Kernel launch latency, seconds (an **assumption**: no datasheet gives it, and it was not
+    /// measured; [`LAUNCH_LATENCY_S`]).
     pub launch_latency_s: f64,
-    /// Most resident threads per SM (occupancy estimate).
+    /// Most resident threads per SM (occupancy estimate; an **assumption**, see each device).
     pub max_threads_per_sm: u32,
-    /// Most resident CTAs per SM (occupancy estimate).
+    /// Most resident CTAs per SM (occupancy estimate; an **assumption**, see each device).
     pub max_ctas_per_sm: u32,
 }
 
-/// Kernel launch latency the model adds to every launch: 4 µs, the middle of the 3–5 µs usually
-/// observed for a launch on an idle stream. An estimate, not a published figure.
+/// Kernel launch latency the model adds to every launch: 4 µs, an **assumption**: no datasheet
+/// gives a launch latency and none was measured for this model.
 pub const LAUNCH_LATENCY_S: f64 = 4e-6;
 
 impl DeviceModel {
@@ -81,9 +84,12 @@ impl DeviceModel {
     /// - `mma.sync` BF16/FP16: **assumed** half the wgmma peak (494.7 TFLOP/s); NVIDIA publishes
     ///   no separate figure, and wgmma is the instruction that reaches the published peak.
     /// - FP8 `mma.sync`: on sm_90a ptxas lowers it to FP16 HMMA with operand unpacks (DESIGN.md
-    ///   §4), so it is modeled at the FP16 `mma.sync` rate per FLOP, plus 12 unpack
-    ///   warp-instructions per `mma.sync` on the issue resource.
-    /// - 2048 threads and 32 CTAs per SM: CUDA C++ Programming Guide, compute capability 9.0.
+    ///   §4), so it is modeled at the FP16 `mma.sync` rate per FLOP (the **assumed** 494.7
+    ///   TFLOP/s above), plus 12 unpack warp-instructions per `mma.sync` on the issue resource.
+    /// - TF32 at half the 16-bit rate, INT8 at the FP8 rate ([`DeviceModel::tensor_rate`]):
+    ///   **assumptions** (no source checked).
+    /// - 2048 threads and 32 CTAs per SM: **assumption** (the CUDA C++ Programming Guide's
+    ///   compute capability 9.0 limits as recalled, not checked against the guide).
     pub fn h100_sxm() -> DeviceModel {
         DeviceModel {
             name: "H100 SXM",
@@ -118,13 +124,16 @@ impl DeviceModel {
 
     /// NVIDIA L40S (Ada, sm_89).
     ///
-    /// - 142 SMs (568 fourth-generation tensor cores), boost clock 2520 MHz: L40S datasheet /
-    ///   Ada whitepaper.
+    /// - 142 SMs (568 fourth-generation tensor cores): L40S datasheet / Ada whitepaper.
+    /// - Clock 2520 MHz (boost): **assumption**, no source found; it sets the modeled issue and
+    ///   shared-memory rates.
     /// - FP8 dense 733 TFLOP/s (1466 with sparsity), BF16/FP16 dense 362.05 TFLOP/s (733 with
     ///   sparsity), FP32 91.6 TFLOP/s, GDDR6 864 GB/s: L40S datasheet.
     /// - No wgmma; FP8 `mma.sync` is native on sm_89 (PTX ≥ 8.4), so `mma.sync` runs at the
     ///   tensor peaks and needs no unpacks.
-    /// - 1536 threads and 24 CTAs per SM: CUDA C++ Programming Guide, compute capability 8.9.
+    /// - TF32 at half the 16-bit rate, INT8 at the FP8 rate: **assumptions**, as on the H100.
+    /// - 1536 threads and 24 CTAs per SM: **assumption** (the CUDA C++ Programming Guide's
+    ///   compute capability 8.9 limits as recalled, not checked against the guide).
     pub fn l40s() -> DeviceModel {
         DeviceModel {
             name: "L40S",
@@ -232,7 +241,7 @@ pub struct ResourceTime {
     pub resource: Bound,
     /// Modeled seconds, wave quantization included.
     pub seconds: f64,
-    /// The work at the resource's peak, without wave quantization.
+    /// Modeled seconds of the work at the resource's peak, without wave quantization.
     pub ideal_seconds: f64,
 }
 
@@ -245,8 +254,8 @@ pub struct Modeled {
     pub device: &'static str,
     /// Modeled seconds.
     pub seconds: f64,
-    /// Fraction of the relevant peak (of the bound's resource) achieved: the bound resource's
-    /// ideal time over `seconds` (for [`Bound::Latency`], of the busiest resource).
+    /// Modeled fraction of the relevant peak (of the bound's resource) achieved: the bound
+    /// resource's ideal time over `seconds` (for [`Bound::Latency`], of the busiest resource).
     pub peak_fraction: f64,
     /// The binding resource.
     pub bound: Bound,

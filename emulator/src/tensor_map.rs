@@ -228,9 +228,9 @@ code_enum! {
         None = 0,
         /// `CU_TENSOR_MAP_SWIZZLE_32B`: address bit 4 ^= bit 7.
         B32 = 1,
-        /// `CU_TENSOR_MAP_SWIZZLE_64B`: bits [4:5] ^= bits [7:8].
+        /// `CU_TENSOR_MAP_SWIZZLE_64B`: bits 4..=5 ^= bits 7..=8.
         B64 = 2,
-        /// `CU_TENSOR_MAP_SWIZZLE_128B`: bits [4:6] ^= bits [7:9].
+        /// `CU_TENSOR_MAP_SWIZZLE_128B`: bits 4..=6 ^= bits 7..=9.
         B128 = 3,
     }
     const ALL;
@@ -632,7 +632,10 @@ pub type ReadGlobal<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), String> + 'a;
 /// Writes global memory: `(address, bytes)` stores `bytes` at `address`, or says why not.
 pub type WriteGlobal<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
 
-/// FNV-1a, 32-bit.
+/// FNV-1a, 32-bit: the encoding's checksum, part of the 128-byte format. The workspace's other
+/// FNV-1a hashes (dsc-codegen's `Fnv1a`, dsc-runtime's `fnv1a`) are 64-bit and private, in crates
+/// the emulator does not depend on (dsc-runtime depends on the emulator; dsc-codegen would be a
+/// new dependency), so this one stays.
 fn fnv1a32(bytes: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for &b in bytes {
