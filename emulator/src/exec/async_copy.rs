@@ -1,13 +1,19 @@
 //! Asynchronous copies: `cp.async` (4/8/16 bytes per thread, async-groups), `cp.async.bulk`
 //! and `cp.async.bulk.tensor` (TMA) loads signalling an mbarrier's `complete_tx`, and bulk /
-//! TMA stores tracked by bulk async-groups. Copies run late (see [`super::hopper`]): loads land
-//! when their mbarrier is polled, `cp.async` groups and bulk groups run when a wait retires them,
-//! everything left runs when the CTA ends.
+//! TMA stores tracked by bulk async-groups.
+//!
+//! Copies are checked at issue and run late (see [`super::hopper`]): a load is kept as a
+//! `PendingLoad` and lands when its mbarrier is polled; `cp.async` copies and bulk stores wait
+//! in the thread's `AsyncGroups` until a `wait_group` retires their group (or
+//! `cp.async.mbarrier.arrive` runs the thread's copies); everything left runs when the CTA ends.
+//! An error of a late copy names the issuing instruction and thread (`Origin`).
+//! `cp.async.mbarrier.arrive` without `.noinc` increments the pending count and arrives once
+//! the copies are done: no net change, so it does nothing more than run them.
 //!
 //! Tensor maps are the emulator's 128-byte encoding ([`crate::tensor_map`]), read at issue from
 //! the parameter space (a `__grid_constant__` parameter, through `cvta.param` or named directly)
 //! or from global memory. Clusters are of one CTA: `.shared::cluster` addresses are this CTA's,
-//! and a `.multicast::cluster` ctaMask may only name CTA 0.
+//! and a `.multicast::cluster` ctaMask may only name CTA 0 (a mask without it copies nothing).
 
 use super::access::Place;
 use super::context::CtaContext;
@@ -74,7 +80,7 @@ pub(crate) struct PendingLoad {
     pub origin: Origin,
 }
 
-/// The source of a [`PendingLoad`].
+/// The source of a `PendingLoad`.
 #[derive(Debug, Clone)]
 pub(crate) enum LoadKind {
     /// A TMA box.

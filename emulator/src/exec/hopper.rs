@@ -1,10 +1,29 @@
 //! Hopper's asynchronous machinery in one CTA: the per-CTA state of mbarrier-tracked copies,
-//! per-thread `cp.async` and bulk async-groups, warpgroup MMAs and the cluster barrier, and the
-//! dispatch of every [`HopperOp`]. The instructions themselves live in [`super::mbarrier`],
-//! [`super::async_copy`] and [`super::wgmma`]; the small ones (`elect.sync`, `setmaxnreg`,
-//! `bar.warp.sync`, `mapa`, `barrier.cluster`) are here.
+//! per-thread `cp.async` and bulk async-groups (`AsyncGroups`, also used for wgmma's commit
+//! groups), warpgroup MMAs and the cluster barrier, and the dispatch of every [`HopperOp`].
 //!
-//! **When asynchronous work happens** (chosen to expose kernels that read too early):
+//! **Implemented** (decoded by [`crate::ptx::decode_hopper`]):
+//! - In [`super::mbarrier`]: `mbarrier.init/inval/arrive[_drop][.expect_tx][.noComplete]/
+//!   expect_tx/complete_tx/test_wait/try_wait[.parity]`.
+//! - In [`super::async_copy`]: `cp.async` with its `commit_group`/`wait_group`/`wait_all` and
+//!   `cp.async.mbarrier.arrive[.noinc]`; `cp.async.bulk[.tensor]` loads (1–5-d tile TMA,
+//!   `.multicast::cluster`, `.L2::cache_hint`) and stores with `cp.async.bulk.commit_group` /
+//!   `wait_group[.read]`.
+//! - In [`super::wgmma`]: `wgmma.mma_async`, `fence`, `commit_group`, `wait_group`.
+//! - Here: `elect.sync` (the lowest lane of the membermask leads), `bar.warp.sync` (membermask
+//!   checked), `setmaxnreg` (operand checked; register budgets are not modeled), `mapa`
+//!   (address unchanged), `barrier.cluster.arrive/wait` (every thread of the CTA).
+//! - No-ops: `griddepcontrol`, `prefetch`, `fence.proxy.tensormap`, `wgmma.fence`.
+//!
+//! Clusters are of one CTA (a launch with a larger cluster is refused): `.shared::cluster`
+//! addresses are this CTA's, a multicast ctaMask may only name CTA 0, `mapa` only rank 0.
+//! Not implemented, an error rather than a guess: im2col TMA, `cp.async`'s `ignore-src`
+//! predicate, the non-tensor bulk store's cache hint, a matrix descriptor's base offset.
+//!
+//! **When asynchronous work happens** (deferred as late as PTX allows, to expose kernels that
+//! read too early). Everything an instruction can check at issue (addresses, alignment, sizes,
+//! an initialized mbarrier, the tensor map) is checked at issue; an error of the deferred work
+//! itself names the issuing instruction and thread.
 //! - `cp.async` copies run when a `cp.async.wait_group`/`wait_all` retires their group, when
 //!   the thread's `cp.async.mbarrier.arrive` executes, or when the CTA ends.
 //! - TMA / bulk loads (`cp.async.bulk[.tensor]` into shared memory) land, and signal their
@@ -15,10 +34,12 @@
 //! - `wgmma.mma_async` is computed when a warp of the warpgroup waits for it
 //!   (`wgmma.wait_group`) and all four warps have issued it, reading shared memory then; its
 //!   accumulator registers are written at that wait, never before.
+//! - `mbarrier.init` ends the warp's turn, so every warp's init runs before any warp's first
+//!   arrival (see `mbarrier::init`).
 //!
 //! A failed poll (`mbarrier.try_wait`/`test_wait` false for every lane, a `wgmma.wait_group`
 //! whose MMAs are not issued by the whole warpgroup yet, a `barrier.cluster.wait` not yet
-//! complete) returns [`Outcome::Yield`], so other warps run; [`HopperState::version`] counts
+//! complete) returns [`Outcome::Yield`], so other warps run; `HopperState::version` counts
 //! every change of asynchronous state, which the scheduler uses to report a CTA whose live warps
 //! only poll as a deadlock.
 

@@ -19,6 +19,12 @@
 //!
 //! A phase completes when the pending count and the tx-count are both zero; the pending count is
 //! then reloaded with the expected count and the parity flips (PTX ISA 9.7.13.15.6).
+//!
+//! Asynchronous loads signal their `complete_tx` late: a `test_wait`/`try_wait` first lands every
+//! pending load that signals the polled mbarrier (`async_copy::land_for`), so the bytes
+//! of a load count from the first poll after its issue on. A poll false for every lane is a
+//! failed poll (the warp yields). `mbarrier.init` ends the warp's turn.
+//!
 //! Errors, not guesses: an uninitialized object, more arrivals than pending, counts out of
 //! range, `.noComplete` arrivals that complete the phase, and `mbarrier.init` of a
 //! 0 or ≥ 2^20 count.

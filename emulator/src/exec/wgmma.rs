@@ -10,7 +10,11 @@
 //!   that waits for an MMA the rest of its warpgroup has not issued yet stays at the wait and
 //!   yields (a failed poll). Back-to-back wgmmas on the same accumulator registers before a wait
 //!   chain: the later one's input is the earlier one's result (what the hardware does); a
-//!   wgmma whose D registers partly overlap a pending one's is an error.
+//!   wgmma whose D registers partly overlap a pending one's is an error. Checked at issue: the
+//!   full warp, a whole warpgroup in the CTA, the operand shapes, descriptors and scale-d uniform
+//!   over the warp and the same instruction from every warp; an error of the deferred
+//!   computation (descriptors differing between the warps, an address outside shared memory)
+//!   names the wgmma's line.
 //! - Layouts (PTX ISA 9.7.15.5.1): D (and C): register i of lane l of warp w holds row
 //!   `16w + l/4 + 8·((i/2) mod 2)`, column `8·(i/4) + 2·(l mod 4) + (i mod 2)` (mma.sync's
 //!   m16n8 C fragment repeated over N/8; f16 D packs elements 2j, 2j+1 in register j). Register
