@@ -457,26 +457,3 @@ pub(crate) fn finish(ctx: &mut CtaContext) -> Result<(), EmuError> {
     }
     Ok(())
 }
-
-/// A warp-wide (`.sync.aligned`) instruction needs all 32 lanes: the error names the first
-/// lane that did not take part.
-pub(crate) fn full_warp(
-    ctx: &CtaContext,
-    warp: &Warp,
-    inst: &Inst,
-    exec: u32,
-) -> Result<(), EmuError> {
-    if exec != u32::MAX {
-        let lane = (!exec).trailing_zeros() as usize;
-        return Err(ctx.fault(
-            inst,
-            warp.first_thread,
-            lane,
-            format!(
-                "{} needs all 32 lanes of the warp converged; this lane did not take part",
-                inst.opcode
-            ),
-        ));
-    }
-    Ok(())
-}

@@ -7,10 +7,9 @@ use super::convert::{CvtMods, cvt};
 use super::float_ops::{
     FMods, float_binary, float_compare, float_fma, float_unary, float_value, int_compare,
 };
-use super::hopper::full_warp;
 use super::mma::MmaSpec;
 use super::operand::{mask_bits, write};
-use super::warp::{LaneState, WARP, Warp, lanes};
+use super::warp::{LaneState, WARP, Warp, full_warp, lanes};
 use crate::error::EmuError;
 use crate::memory::{LOCAL_WINDOW, SHARED_WINDOW};
 use crate::ptx::decode::{BarKind, BoolOp, Op, ReduceOp, Rnd, ShflMode, VoteMode};

@@ -2,7 +2,9 @@
 //! (lane-minor, so one instruction touches one contiguous row per register), and each lane's
 //! local memory.
 
-use crate::ptx::Kernel;
+use super::context::CtaContext;
+use crate::error::EmuError;
+use crate::ptx::{Inst, Kernel};
 
 /// Lanes per warp.
 pub const WARP: usize = 32;
@@ -114,4 +116,22 @@ pub fn lanes(mask: u32) -> impl Iterator<Item = usize> {
             Some(l)
         }
     })
+}
+
+/// A warp-wide (`.sync.aligned`) instruction needs all 32 lanes: the error names the first
+/// lane that did not take part.
+pub fn full_warp(ctx: &CtaContext, warp: &Warp, inst: &Inst, exec: u32) -> Result<(), EmuError> {
+    if exec != u32::MAX {
+        let lane = (!exec).trailing_zeros() as usize;
+        return Err(ctx.fault(
+            inst,
+            warp.first_thread,
+            lane,
+            format!(
+                "{} needs all 32 lanes of the warp converged; this lane did not take part",
+                inst.opcode
+            ),
+        ));
+    }
+    Ok(())
 }

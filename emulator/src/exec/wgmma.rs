@@ -38,9 +38,10 @@
 use super::access::Place;
 use super::context::CtaContext;
 use super::float::{f16_value, to_f16_bits};
-use super::hopper::{AsyncGroups, Done, full_warp, group_count, operand};
+use super::hopper::{AsyncGroups, Done, group_count, operand};
 use super::mma::{elem_bytes, elem_value, element};
 use super::operand::write;
+use super::warp::full_warp;
 use super::warp::{WARP, Warp};
 use crate::error::EmuError;
 use crate::ptx::decode_hopper::HopperOp;

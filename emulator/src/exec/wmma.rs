@@ -33,8 +33,9 @@
 use super::access::Place;
 use super::context::CtaContext;
 use super::float::{f16_value, to_f16_bits};
-use super::hopper::{full_warp, operand};
+use super::hopper::operand;
 use super::operand::write;
+use super::warp::full_warp;
 use super::warp::{WARP, Warp};
 use crate::error::EmuError;
 use crate::ptx::decode::{Wmma, WmmaFrag};
