@@ -121,6 +121,19 @@ pub fn run_block(
     extra: &[ParamValue],
     options: &LaunchOptions,
 ) -> Result<(Vec<Vec<u8>>, LaunchProfile), EmuError> {
+    run_block_with(name, ptx, block, buffers, |_| extra.to_vec(), options)
+}
+
+/// [`run_block`] whose extra parameters depend on the buffers' global addresses (`extra`
+/// gets them in order): e.g. a tensor map over one of the buffers.
+pub fn run_block_with(
+    name: &str,
+    ptx: &str,
+    block: [u32; 3],
+    buffers: &[Vec<u8>],
+    extra: impl FnOnce(&[u64]) -> Vec<ParamValue>,
+    options: &LaunchOptions,
+) -> Result<(Vec<Vec<u8>>, LaunchProfile), EmuError> {
     dump(name, ptx);
     let module = Module::parse(ptx).unwrap_or_else(|e| panic!("{name}: {e}\n{ptx}"));
     let mut memory = GlobalMemory::new();
@@ -132,7 +145,7 @@ pub fn run_block(
         params.push(ParamValue::U64(a));
         addrs.push(a);
     }
-    params.extend_from_slice(extra);
+    params.extend(extra(&addrs));
     let config = LaunchConfig::new([1, 1, 1], block);
     let profile = launch(&module, "k", &memory, &config, &params, options)?;
     let out = addrs
