@@ -2,9 +2,10 @@
 //! their windows, bounds and alignment checked in every state space, and the sector and
 //! bank-conflict counts of a warp's access.
 
+use super::cluster::decode_cluster_address;
 use super::context::CtaContext;
 use super::warp::Warp;
-use crate::memory::{LOCAL_WINDOW, SHARED_WINDOW, SHARED_WINDOW_STRIDE};
+use crate::memory::{LOCAL_WINDOW, SHARED_WINDOW};
 use crate::ptx::{Addr, AddrBase, Space};
 
 /// Where a resolved access goes.
@@ -32,13 +33,7 @@ impl CtaContext<'_> {
         Ok(match space {
             Space::Global => Place::Global(address),
             Space::Shared => Place::Shared(address),
-            Space::SharedCluster => {
-                // This CTA's own window only: clusters of one CTA.
-                if address >= SHARED_WINDOW_STRIDE {
-                    return Err("shared::cluster access to another CTA (clusters of more than one CTA are not implemented)".into());
-                }
-                Place::Shared(address)
-            }
+            Space::SharedCluster => Place::Shared(self.own_shared(address)?),
             Space::Local => Place::Local(address),
             Space::Param => Place::Param(address),
             Space::Const => return Err("constant memory is not implemented".into()),
@@ -50,8 +45,8 @@ impl CtaContext<'_> {
                 if matches!(base, AddrBase::DynamicShared) {
                     return Ok(Place::Shared(address));
                 }
-                if (SHARED_WINDOW..SHARED_WINDOW + SHARED_WINDOW_STRIDE).contains(&address) {
-                    Place::Shared(address - SHARED_WINDOW)
+                if (SHARED_WINDOW..LOCAL_WINDOW).contains(&address) {
+                    Place::Shared(self.own_shared(address - SHARED_WINDOW)?)
                 } else if (LOCAL_WINDOW..LOCAL_WINDOW + (1 << 32)).contains(&address) {
                     Place::Local(address - LOCAL_WINDOW)
                 } else if (super::hopper::PARAM_WINDOW
@@ -64,6 +59,31 @@ impl CtaContext<'_> {
                 }
             }
         })
+    }
+
+    /// The CTA rank and shared offset a `.shared::cluster` address names (see
+    /// [`super::cluster`]); an error if the rank is outside the cluster.
+    pub fn cluster_shared(&self, address: u64) -> Result<(u32, u64), String> {
+        match decode_cluster_address(address) {
+            (None, offset) => Ok((self.rank, offset)),
+            (Some(r), offset) if r < self.cluster.size => Ok((r, offset)),
+            (Some(r), _) => Err(format!(
+                "shared::cluster address names CTA rank {r} of a cluster of {}",
+                self.cluster.size
+            )),
+        }
+    }
+
+    /// The offset in this CTA's shared memory a `.shared::cluster` address names: plain loads,
+    /// stores and atomics on another CTA's shared memory are not implemented.
+    fn own_shared(&self, address: u64) -> Result<u64, String> {
+        match self.cluster_shared(address)? {
+            (r, offset) if r == self.rank => Ok(offset),
+            (r, _) => Err(format!(
+                "access to the shared memory of CTA rank {r} of the cluster (the emulator \
+                 implements only remote mbarrier arrivals and TMA/bulk loads into another CTA)"
+            )),
+        }
     }
 
     /// Loads `width` bytes at `place` for `lane` (zero-extended).

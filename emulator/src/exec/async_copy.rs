@@ -12,12 +12,13 @@
 //!
 //! Tensor maps are the emulator's 128-byte encoding ([`crate::tensor_map`]), read at issue from
 //! the parameter space (a `__grid_constant__` parameter, through `cvta.param` or named directly)
-//! or from global memory. Clusters are of one CTA: `.shared::cluster` addresses are this CTA's,
-//! and a `.multicast::cluster` ctaMask may only name CTA 0 (a mask without it copies nothing).
+//! or from global memory. A load into another CTA of the cluster, and each other destination of
+//! a `.multicast::cluster` load, is delivered to that CTA ([`super::cluster`]) and lands there.
 
 use super::access::Place;
+use super::cluster::Delivery;
 use super::context::CtaContext;
-use super::hopper::{Done, group_count, operand, shared_operand};
+use super::hopper::{Done, cluster_operand, group_count, operand, shared_operand};
 use super::mbarrier;
 use super::warp::{Warp, lanes};
 use crate::error::{EmuError, ThreadId};
@@ -34,14 +35,14 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
-    fn new(ctx: &CtaContext, warp: &Warp, inst: &Inst, lane: usize) -> Origin {
+    pub(crate) fn new(ctx: &CtaContext, warp: &Warp, inst: &Inst, lane: usize) -> Origin {
         Origin {
             line: inst.line,
             thread: ctx.thread(warp.first_thread, lane),
         }
     }
 
-    fn fault(&self, ctx: &CtaContext, address: u64, message: String) -> EmuError {
+    pub(crate) fn fault(&self, ctx: &CtaContext, address: u64, message: String) -> EmuError {
         EmuError::Memory {
             kernel: ctx.launch.kernel.name.clone(),
             line: self.line as usize,
@@ -78,6 +79,9 @@ pub(crate) struct PendingLoad {
     pub mbar: u64,
     /// The issuer.
     pub origin: Origin,
+    /// Whether its bytes count as traffic from global memory (a multicast load reads global
+    /// memory once for all its destinations).
+    pub counted: bool,
 }
 
 /// The source of a `PendingLoad`.
@@ -198,7 +202,9 @@ fn land(ctx: &mut CtaContext, p: PendingLoad) -> Result<(), EmuError> {
             *size
         }
     };
-    ctx.counters.async_bytes += bytes;
+    if p.counted {
+        ctx.counters.async_bytes += bytes;
+    }
     mbarrier::complete_tx(ctx, p.mbar, bytes).map_err(|m| p.origin.fault(ctx, p.mbar, m))?;
     Ok(())
 }
@@ -461,25 +467,61 @@ fn coords(ctx: &CtaContext, warp: &Warp, items: &[Operand], lane: usize) -> Vec<
         .collect()
 }
 
-/// Checks a multicast ctaMask for a cluster of one CTA: whether CTA 0 receives the data.
-fn multicast_to_self(
+/// The CTA ranks a load goes to: those of the multicast ctaMask (operand `mask_operand`), or
+/// the one CTA that holds both the destination and the mbarrier.
+#[allow(clippy::too_many_arguments)]
+fn destinations(
     ctx: &CtaContext,
     warp: &Warp,
     inst: &Inst,
     lane: usize,
-    i: usize,
-) -> Result<bool, EmuError> {
+    mask_operand: Option<usize>,
+    dst_rank: u32,
+    mbar_rank: u32,
+) -> Result<Vec<u32>, EmuError> {
+    let fault = |m: String| ctx.fault(inst, warp.first_thread, lane, m);
+    let Some(i) = mask_operand else {
+        if dst_rank != mbar_rank {
+            return Err(fault(format!(
+                "the destination is in CTA rank {dst_rank} and the mbarrier in CTA rank \
+                 {mbar_rank}: they must be in the same CTA"
+            )));
+        }
+        return Ok(vec![dst_rank]);
+    };
     let mask = ctx.read(warp, operand(inst, i), lane, Ty::U16) & 0xffff;
-    let cluster: u32 = ctx.launch.config.cluster.iter().product();
-    if mask >> cluster != 0 {
-        return Err(ctx.fault(
-            inst,
-            warp.first_thread,
-            lane,
-            format!("multicast ctaMask {mask:#x} names CTAs outside the cluster of {cluster}"),
-        ));
+    let size = ctx.cluster.size;
+    if mask >> size != 0 {
+        return Err(fault(format!(
+            "multicast ctaMask {mask:#x} names CTAs outside the cluster of {size}"
+        )));
     }
-    Ok(mask & 1 == 1)
+    Ok((0..size).filter(|r| mask >> r & 1 == 1).collect())
+}
+
+/// Queues a load for each destination CTA: this CTA's own copy in its pending loads (the
+/// mbarrier checked now), the others' delivered to them (checked when they apply it).
+fn issue_load(
+    ctx: &mut CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    lane: usize,
+    ranks: &[u32],
+    load: PendingLoad,
+) -> Result<(), EmuError> {
+    for (i, &rank) in ranks.iter().enumerate() {
+        let p = PendingLoad {
+            counted: i == 0,
+            ..load.clone()
+        };
+        if rank == ctx.rank {
+            mbarrier::initialized(ctx, warp, inst, lane, p.mbar)?;
+            ctx.hopper.pending_loads.push(p);
+        } else {
+            ctx.cluster.deliver(rank, Delivery::Load(p));
+        }
+    }
+    Ok(())
 }
 
 /// The destination (and mbarrier) space of a bulk or TMA load: `.shared::cta` or
@@ -531,20 +573,27 @@ pub(crate) fn tensor_load(
     let space = load_space(inst);
     for l in lanes(exec) {
         let map = tensor_map(ctx, warp, inst, l, tm, dims)?;
-        let dst = shared_operand(ctx, warp, inst, l, 0, space, 128)?;
-        let mbar = mbarrier::operand_offset(ctx, warp, inst, l, 2, space)?;
-        mbarrier::initialized(ctx, warp, inst, l, mbar)?;
-        if multicast && !multicast_to_self(ctx, warp, inst, l, 3)? {
-            continue;
-        }
+        let (dst_rank, dst) = cluster_operand(ctx, warp, inst, l, 0, space, 128)?;
+        let (mbar_rank, mbar) = cluster_operand(ctx, warp, inst, l, 2, space, 8)?;
+        let ranks = destinations(
+            ctx,
+            warp,
+            inst,
+            l,
+            multicast.then_some(3),
+            dst_rank,
+            mbar_rank,
+        )?;
         let c = coords(ctx, warp, items, l);
         let origin = Origin::new(ctx, warp, inst, l);
-        ctx.hopper.pending_loads.push(PendingLoad {
+        let load = PendingLoad {
             kind: LoadKind::Tensor(Box::new(map), c),
             dst,
             mbar,
             origin,
-        });
+            counted: true,
+        };
+        issue_load(ctx, warp, inst, l, &ranks, load)?;
     }
     ctx.hopper.version += 1;
     Ok(Done::Next)
@@ -602,21 +651,28 @@ pub(crate) fn bulk_load(
     };
     let space = load_space(inst);
     for l in lanes(exec) {
-        let dst = shared_operand(ctx, warp, inst, l, 0, space, 16)?;
-        let mbar = mbarrier::operand_offset(ctx, warp, inst, l, 3, space)?;
+        let (dst_rank, dst) = cluster_operand(ctx, warp, inst, l, 0, space, 16)?;
+        let (mbar_rank, mbar) = cluster_operand(ctx, warp, inst, l, 3, space, 8)?;
         let src = ctx.address(warp, src_addr, l);
         let size = bulk_size(ctx, warp, inst, l, src, "source")?;
-        mbarrier::initialized(ctx, warp, inst, l, mbar)?;
-        if multicast && !multicast_to_self(ctx, warp, inst, l, 4)? {
-            continue;
-        }
+        let ranks = destinations(
+            ctx,
+            warp,
+            inst,
+            l,
+            multicast.then_some(4),
+            dst_rank,
+            mbar_rank,
+        )?;
         let origin = Origin::new(ctx, warp, inst, l);
-        ctx.hopper.pending_loads.push(PendingLoad {
+        let load = PendingLoad {
             kind: LoadKind::Bulk { src, size },
             dst,
             mbar,
             origin,
-        });
+            counted: true,
+        };
+        issue_load(ctx, warp, inst, l, &ranks, load)?;
     }
     ctx.hopper.version += 1;
     Ok(Done::Next)

@@ -58,6 +58,10 @@ pub struct CtaContext<'a> {
     pub launch: &'a Launch<'a>,
     /// `%ctaid`.
     pub cta: [u32; 3],
+    /// `%cluster_ctarank`.
+    pub rank: u32,
+    /// The cluster the CTA belongs to.
+    pub cluster: &'a super::cluster::Cluster,
     /// Shared memory (static then dynamic).
     pub shared: Vec<u8>,
     /// Counters.

@@ -1,6 +1,8 @@
 //! One CTA: its warps scheduled round-robin (each runs until it blocks, yields or uses its
-//! time slice), CTA barriers, and deadlock and step-budget detection.
+//! time slice), CTA barriers, and deadlock and step-budget detection. The rounds are driven by
+//! [`super::cluster::run_cluster`], which interleaves the CTAs of a cluster.
 
+use super::cluster::{Cluster, Delivery};
 use super::context::{Counters, CtaContext, Launch};
 use super::step::{Outcome, step};
 use super::warp::{LaneState, WARP, Warp, lanes};
@@ -14,7 +16,7 @@ const TIME_SLICE: u32 = 4096;
 /// (`Outcome::Yield`), wrote no memory, arrived at no barrier and changed no asynchronous state,
 /// after which the CTA is reported as deadlocked (a few rounds, not one, so that a spin loop
 /// with a short retry count is not misreported).
-const IDLE_ROUNDS: u32 = 64;
+pub(super) const IDLE_ROUNDS: u32 = 64;
 
 /// Instructions whose execution is progress even inside a polling loop.
 fn writes_memory(op: &Op) -> bool {
@@ -51,41 +53,96 @@ impl Barrier {
     }
 }
 
-/// Runs CTA `cta` to completion; returns its counters.
-pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
-    let kernel = launch.kernel;
-    let config = launch.config;
-    let threads: u32 = config.block.iter().product();
-    let shared_bytes = kernel.dynamic_shared_offset + u64::from(config.dynamic_shared_bytes);
-    let mut ctx = CtaContext {
-        launch,
-        cta,
-        shared: vec![0; shared_bytes as usize],
-        counters: Counters {
-            per_inst: vec![0; kernel.insts.len()],
-            ..Counters::default()
-        },
-        hopper: Default::default(),
-    };
-    let mut warps: Vec<Warp> = (0..threads.div_ceil(WARP as u32))
-        .map(|w| {
-            let first = w * WARP as u32;
-            Warp::new(kernel, w, first, (threads - first).min(WARP as u32))
-        })
-        .collect();
-    let mut barriers = [Barrier::default(); 16];
-    let mut executed: u64 = 0;
-    let budget = launch.options.step_budget;
-    // Rounds in a row in which every warp that ran only polled (see `super::hopper`).
-    let mut idle_rounds = 0u32;
-    let mut polling: Vec<Option<u32>> = vec![None; warps.len()];
-    loop {
-        let mut progressed = false;
-        let mut busy = false;
-        let version = ctx.hopper.version;
+/// One CTA being run: its context, warps and barriers.
+pub struct CtaRun<'a> {
+    /// The CTA's view.
+    pub ctx: CtaContext<'a>,
+    warps: Vec<Warp>,
+    barriers: [Barrier; 16],
+    /// Per warp: the pc of its failed poll in the last round.
+    polling: Vec<Option<u32>>,
+    /// Warp-instructions executed.
+    executed: u64,
+}
+
+/// What one scheduler round of a CTA did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Round {
+    /// Some warp executed an instruction (a failed poll included) or a lane exited.
+    pub progressed: bool,
+    /// Some warp did more than poll: wrote memory, arrived at a barrier, or ran without polling.
+    pub busy: bool,
+}
+
+impl<'a> CtaRun<'a> {
+    /// CTA `cta`, rank `rank` of `cluster`, ready to start.
+    pub fn new(launch: &'a Launch<'a>, cluster: &'a Cluster, rank: u32, cta: [u32; 3]) -> Self {
+        let kernel = launch.kernel;
+        let config = launch.config;
+        let threads: u32 = config.block.iter().product();
+        let shared_bytes = kernel.dynamic_shared_offset + u64::from(config.dynamic_shared_bytes);
+        let warps: Vec<Warp> = (0..threads.div_ceil(WARP as u32))
+            .map(|w| {
+                let first = w * WARP as u32;
+                Warp::new(kernel, w, first, (threads - first).min(WARP as u32))
+            })
+            .collect();
+        CtaRun {
+            ctx: CtaContext {
+                launch,
+                cta,
+                rank,
+                cluster,
+                shared: vec![0; shared_bytes as usize],
+                counters: Counters {
+                    per_inst: vec![0; kernel.insts.len()],
+                    ..Counters::default()
+                },
+                hopper: Default::default(),
+            },
+            polling: vec![None; warps.len()],
+            warps,
+            barriers: [Barrier::default(); 16],
+            executed: 0,
+        }
+    }
+
+    /// Whether some thread has not exited.
+    pub fn live(&self) -> bool {
+        self.warps.iter().any(|w| w.live_mask() != 0)
+    }
+
+    /// Applies what other CTAs of the cluster delivered since the last turn.
+    pub fn apply_deliveries(&mut self) -> Result<(), EmuError> {
+        let ctx = &mut self.ctx;
+        for d in ctx.cluster.take_inbox(ctx.rank) {
+            match d {
+                Delivery::Arrive {
+                    mbar,
+                    count,
+                    origin,
+                } => super::mbarrier::remote_arrive(ctx, mbar, count, &origin)?,
+                Delivery::Load(p) => {
+                    super::mbarrier::remote_initialized(ctx, p.mbar, &p.origin)?;
+                    ctx.hopper.pending_loads.push(p);
+                    ctx.hopper.version += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One scheduler round: each warp runs until it blocks, yields or uses its time slice.
+    pub fn round(&mut self) -> Result<Round, EmuError> {
+        let kernel = self.ctx.launch.kernel;
+        let budget = self.ctx.launch.options.step_budget;
+        let warps = &mut self.warps;
+        let barriers = &mut self.barriers;
+        let ctx = &mut self.ctx;
+        let mut round = Round::default();
         for w in 0..warps.len() {
             let mut ran = false;
-            polling[w] = None;
+            self.polling[w] = None;
             for _ in 0..TIME_SLICE {
                 let Some((pc, mask)) = warps[w].next_group() else {
                     break;
@@ -95,30 +152,34 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
                     for l in lanes(mask) {
                         warps[w].state[l] = LaneState::Exited;
                     }
-                    release_ready(&mut warps, &mut barriers);
-                    progressed = true;
+                    ctx.cluster.exited(mask.count_ones());
+                    release_ready(warps, barriers);
+                    round.progressed = true;
                     continue;
                 }
-                executed += 1;
-                if executed > budget {
+                self.executed += 1;
+                if self.executed > budget {
                     return Err(EmuError::StepBudget {
                         kernel: kernel.name.clone(),
-                        cta,
+                        cta: ctx.cta,
                         budget,
                         line: kernel.insts[pc as usize].line as usize,
                     });
                 }
-                progressed = true;
+                round.progressed = true;
                 ran = true;
-                busy |= writes_memory(&kernel.insts[pc as usize].op);
-                match step(&mut ctx, &mut warps[w], pc, mask)? {
+                round.busy |= writes_memory(&kernel.insts[pc as usize].op);
+                let live_before = warps[w].live_mask();
+                match step(ctx, &mut warps[w], pc, mask)? {
                     Outcome::Continue => {
                         if matches!(kernel.insts[pc as usize].op, Op::Exit) {
-                            release_ready(&mut warps, &mut barriers);
+                            let gone = live_before & !warps[w].live_mask();
+                            ctx.cluster.exited(gone.count_ones());
+                            release_ready(warps, barriers);
                         }
                     }
                     Outcome::Yield => {
-                        polling[w] = Some(pc);
+                        self.polling[w] = Some(pc);
                         break;
                     }
                     Outcome::Barrier {
@@ -133,37 +194,38 @@ pub fn run_cta(launch: &Launch, cta: [u32; 3]) -> Result<Counters, EmuError> {
                             let why = format!("barrier {id} {why}");
                             return Err(ctx.fault(inst, warps[w].first_thread, lane, why));
                         }
-                        busy = true;
+                        round.busy = true;
                         if wait {
                             for l in lanes(mask) {
                                 warps[w].state[l] = LaneState::AtBarrier(id);
                             }
                             ctx.counters.barrier_waits += 1;
                         }
-                        release_ready(&mut warps, &mut barriers);
+                        release_ready(warps, barriers);
                         if wait {
                             break;
                         }
                     }
                 }
             }
-            busy |= ran && polling[w].is_none();
+            round.busy |= ran && self.polling[w].is_none();
         }
-        let live = warps.iter().any(|w| w.live_mask() != 0);
-        if !live {
-            super::hopper::finish(&mut ctx)?;
-            return Ok(ctx.counters);
-        }
-        if !progressed {
-            return Err(deadlock(&ctx, &warps));
-        }
-        if busy || ctx.hopper.version != version {
-            idle_rounds = 0;
+        Ok(round)
+    }
+
+    /// Runs what is still in flight and returns the counters (every thread has exited).
+    pub fn finish(mut self) -> Result<Counters, EmuError> {
+        super::hopper::finish(&mut self.ctx)?;
+        Ok(self.ctx.counters)
+    }
+
+    /// The error for a CTA that can make no progress: its barrier waiters, or (`polls_only`)
+    /// its warps that only poll.
+    pub fn deadlock(&self, polls_only: bool) -> EmuError {
+        if polls_only {
+            poll_deadlock(&self.ctx, &self.warps, &self.polling)
         } else {
-            idle_rounds += 1;
-            if idle_rounds >= IDLE_ROUNDS {
-                return Err(poll_deadlock(&ctx, &warps, &polling));
-            }
+            deadlock(&self.ctx, &self.warps)
         }
     }
 }

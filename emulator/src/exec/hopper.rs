@@ -12,11 +12,11 @@
 //! - In [`super::wgmma`]: `wgmma.mma_async`, `fence`, `commit_group`, `wait_group`.
 //! - Here: `elect.sync` (the lowest lane of the membermask leads), `bar.warp.sync` (membermask
 //!   checked), `setmaxnreg` (operand checked; register budgets are not modeled), `mapa`
-//!   (address unchanged), `barrier.cluster.arrive/wait` (every thread of the CTA).
+//!   (see [`super::cluster`]), `barrier.cluster.arrive/wait` (every live thread of the cluster).
 //! - No-ops: `griddepcontrol`, `prefetch`, `fence.proxy.tensormap`, `wgmma.fence`.
 //!
-//! Clusters are of one CTA (a launch with a larger cluster is refused): `.shared::cluster`
-//! addresses are this CTA's, a multicast ctaMask may only name CTA 0, `mapa` only rank 0.
+//! Clusters of several CTAs run together ([`super::cluster`]): remote mbarrier arrivals and
+//! TMA / bulk loads into another CTA (multicast included) are delivered to it.
 //! Not implemented, an error rather than a guess: im2col TMA, `cp.async`'s `ignore-src`
 //! predicate, the non-tensor bulk store's cache hint, a matrix descriptor's base offset.
 //!
@@ -124,17 +124,6 @@ pub(crate) struct ThreadAsync {
     pub bulk: AsyncGroups<BulkOp>,
 }
 
-/// The cluster barrier of a cluster of one CTA.
-#[derive(Debug, Default)]
-pub(crate) struct ClusterBarrier {
-    /// Completed phases.
-    pub phase: u64,
-    /// Arrivals in the current phase.
-    pub arrived: u32,
-    /// Per thread: the phase it arrived in (`None`: has not arrived since its last wait).
-    pub arrival: Vec<Option<u64>>,
-}
-
 /// The asynchronous state of one CTA.
 #[derive(Debug, Default)]
 pub struct HopperState {
@@ -150,8 +139,6 @@ pub struct HopperState {
     pub(crate) warps: Vec<WarpWgmma>,
     /// Per warpgroup: its MMAs.
     pub(crate) warpgroups: Vec<WarpgroupWgmma>,
-    /// `barrier.cluster`.
-    pub(crate) cluster: ClusterBarrier,
 }
 
 impl HopperState {
@@ -269,61 +256,20 @@ fn execute(
             membermask(ctx, warp, inst, exec, 0, "bar.warp.sync")?;
             Ok(Done::Next)
         }
-        HopperOp::Mapa => {
-            let cluster: u32 = ctx.launch.config.cluster.iter().product();
-            for l in lanes(exec) {
-                let a = ctx.read(warp, operand(inst, 1), l, Ty::U64);
-                let rank = ctx.read(warp, operand(inst, 2), l, Ty::U32);
-                if rank >= u64::from(cluster) {
-                    return Err(ctx.fault(
-                        inst,
-                        warp.first_thread,
-                        l,
-                        format!("mapa to CTA rank {rank} of a cluster of {cluster}"),
-                    ));
-                }
-                let a = if inst.opcode.ends_with("u32") {
-                    a & 0xffff_ffff
-                } else {
-                    a
-                };
-                write(warp, operand(inst, 0), l, a);
-            }
-            Ok(Done::Next)
-        }
+        HopperOp::Mapa => mapa(ctx, warp, inst, exec),
         HopperOp::ClusterArrive => {
-            let threads: u32 = ctx.launch.config.block.iter().product();
-            let c = &mut ctx.hopper.cluster;
-            if c.arrival.len() < threads as usize {
-                c.arrival.resize(threads as usize, None);
-            }
             for l in lanes(exec) {
-                let t = (warp.first_thread + l as u32) as usize;
-                if ctx.hopper.cluster.arrival[t].is_some() {
-                    return Err(ctx.fault(
-                        inst,
-                        warp.first_thread,
-                        l,
-                        "barrier.cluster.arrive twice without a barrier.cluster.wait in between"
-                            .into(),
-                    ));
-                }
-                let c = &mut ctx.hopper.cluster;
-                c.arrival[t] = Some(c.phase);
-                c.arrived += 1;
-                if c.arrived == threads {
-                    c.arrived = 0;
-                    c.phase += 1;
-                }
+                let t = warp.first_thread + l as u32;
+                ctx.cluster
+                    .arrive(ctx.rank, t)
+                    .map_err(|m| ctx.fault(inst, warp.first_thread, l, m.into()))?;
             }
-            ctx.hopper.version += 1;
             Ok(Done::Next)
         }
         HopperOp::ClusterWait => {
             let mut ready = true;
             for l in lanes(exec) {
-                let t = (warp.first_thread + l as u32) as usize;
-                match ctx.hopper.cluster.arrival.get(t).copied().flatten() {
+                match ctx.cluster.try_wait(ctx.rank, warp.first_thread + l as u32) {
                     None => {
                         return Err(ctx.fault(
                             inst,
@@ -332,19 +278,65 @@ fn execute(
                             "barrier.cluster.wait without a prior barrier.cluster.arrive".into(),
                         ));
                     }
-                    Some(p) if p >= ctx.hopper.cluster.phase => ready = false,
-                    Some(_) => {}
+                    Some(done) => ready &= done,
                 }
             }
             if !ready {
                 return Ok(Done::Stay);
             }
             for l in lanes(exec) {
-                ctx.hopper.cluster.arrival[(warp.first_thread + l as u32) as usize] = None;
+                ctx.cluster.leave(ctx.rank, warp.first_thread + l as u32);
             }
             Ok(Done::Next)
         }
     }
+}
+
+/// `mapa{.shared::cluster}.u32|u64 d, a, rank`: `a`'s shared offset in CTA `rank` of the cluster
+/// (see [`super::cluster`] for the address encoding).
+fn mapa(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Result<Done, EmuError> {
+    use super::cluster::{cluster_address, decode_cluster_address};
+    use crate::memory::SHARED_WINDOW;
+    let generic = !inst.opcode.contains("shared::cluster");
+    for l in lanes(exec) {
+        let a = ctx.read(warp, operand(inst, 1), l, Ty::U64);
+        let rank = ctx.read(warp, operand(inst, 2), l, Ty::U32) as u32;
+        if rank >= ctx.cluster.size {
+            return Err(ctx.fault(
+                inst,
+                warp.first_thread,
+                l,
+                format!(
+                    "mapa to CTA rank {rank} of a cluster of {}",
+                    ctx.cluster.size
+                ),
+            ));
+        }
+        let shared = if generic {
+            a.checked_sub(SHARED_WINDOW)
+        } else {
+            Some(a)
+        };
+        let Some(shared) = shared.filter(|&s| s < cluster_address(ctx.cluster.size, 0)) else {
+            return Err(ctx.memory_fault(
+                inst,
+                warp.first_thread,
+                l,
+                a,
+                "mapa of an address that is not in shared memory".into(),
+            ));
+        };
+        let (_, offset) = decode_cluster_address(shared);
+        let mut d = cluster_address(rank, offset);
+        if generic {
+            d += SHARED_WINDOW;
+        }
+        if inst.opcode.ends_with("u32") {
+            d &= 0xffff_ffff;
+        }
+        write(warp, operand(inst, 0), l, d);
+    }
+    Ok(Done::Next)
 }
 
 /// Operand `i` (a sink when absent).
@@ -440,6 +432,36 @@ pub(crate) fn shared_operand(
             inst.opcode
         ))),
     }
+}
+
+/// The CTA rank and shared offset of address operand `i` of `lane` (a `.shared::cluster`
+/// address, possibly of another CTA), `align`-aligned.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cluster_operand(
+    ctx: &CtaContext,
+    warp: &Warp,
+    inst: &Inst,
+    lane: usize,
+    i: usize,
+    space: Space,
+    align: u64,
+) -> Result<(u32, u64), EmuError> {
+    if space != Space::SharedCluster {
+        return shared_operand(ctx, warp, inst, lane, i, space, align).map(|o| (ctx.rank, o));
+    }
+    let Operand::Addr(a) = operand(inst, i) else {
+        return Err(ctx.unsupported(inst));
+    };
+    let address = ctx.address(warp, a, lane);
+    let fault = |m: String| ctx.memory_fault(inst, warp.first_thread, lane, address, m);
+    let (rank, o) = ctx.cluster_shared(address).map_err(fault)?;
+    if o % align != 0 {
+        return Err(fault(format!(
+            "{}: shared address not {align}-byte aligned",
+            inst.opcode
+        )));
+    }
+    Ok((rank, o))
 }
 
 /// Runs everything still in flight when the CTA ends: pending loads land, cp.async copies and

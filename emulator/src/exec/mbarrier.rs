@@ -29,8 +29,10 @@
 //! range, `.noComplete` arrivals that complete the phase, and `mbarrier.init` of a
 //! 0 or ≥ 2^20 count.
 
+use super::async_copy::Origin;
+use super::cluster::Delivery;
 use super::context::CtaContext;
-use super::hopper::{Done, operand, shared_operand};
+use super::hopper::{Done, cluster_operand, operand, shared_operand};
 use super::operand::write;
 use super::warp::{Warp, lanes};
 use crate::error::EmuError;
@@ -169,6 +171,30 @@ pub(crate) fn operand_offset(
     shared_operand(ctx, warp, inst, lane, i, space, 8)
 }
 
+/// Applies `count` arrivals delivered from another CTA of the cluster (see
+/// [`super::cluster`]); an error names the arriving instruction and thread.
+pub(crate) fn remote_arrive(
+    ctx: &mut CtaContext,
+    off: u64,
+    count: u32,
+    origin: &Origin,
+) -> Result<(), EmuError> {
+    arrive_on(ctx, off, count, false)
+        .map(|_| ())
+        .map_err(|m| origin.fault(ctx, off, format!("remote mbarrier.arrive: {m}")))
+}
+
+/// Checks that a load delivered from another CTA signals an initialized mbarrier at `off`.
+pub(crate) fn remote_initialized(
+    ctx: &CtaContext,
+    off: u64,
+    origin: &Origin,
+) -> Result<(), EmuError> {
+    load(ctx, off)
+        .map(|_| ())
+        .map_err(|m| origin.fault(ctx, off, format!("load into another CTA: {m}")))
+}
+
 /// The initialized mbarrier at `off`, or a fault of `lane` at `inst`.
 pub(crate) fn initialized(
     ctx: &CtaContext,
@@ -242,7 +268,7 @@ pub(crate) fn arrive(
     no_complete: bool,
 ) -> Result<Done, EmuError> {
     for l in lanes(exec) {
-        let off = operand_offset(ctx, warp, inst, l, 1, space)?;
+        let (rank, off) = cluster_operand(ctx, warp, inst, l, 1, space, 8)?;
         let fault = |ctx: &CtaContext, m: String| ctx.fault(inst, warp.first_thread, l, m);
         let third = inst
             .operands
@@ -254,6 +280,26 @@ pub(crate) fn arrive(
                 ctx,
                 format!("mbarrier arrive count {count} outside 1..=2^20-1"),
             ));
+        }
+        if rank != ctx.rank {
+            if expect_tx || drop || no_complete {
+                return Err(fault(
+                    ctx,
+                    "mbarrier.arrive on another CTA's mbarrier with .expect_tx, _drop or \
+                     .noComplete is not implemented"
+                        .into(),
+                ));
+            }
+            let origin = Origin::new(ctx, warp, inst, l);
+            ctx.cluster.deliver(
+                rank,
+                Delivery::Arrive {
+                    mbar: off,
+                    count,
+                    origin,
+                },
+            );
+            continue;
         }
         if expect_tx {
             add_tx(ctx, off, i64::from(third.unwrap_or(0))).map_err(|m| fault(ctx, m))?;

@@ -1,10 +1,11 @@
-//! The interpreter: a launch's CTAs run in parallel on the rayon pool; in each CTA the warps
-//! are scheduled by [`cta`], and [`step`] executes one instruction for the lanes of a warp
+//! The interpreter: a launch's clusters run in parallel on the rayon pool, the CTAs of a
+//! cluster together ([`cluster`]); in each CTA the warps are scheduled by [`cta`], and [`step`] executes one instruction for the lanes of a warp
 //! that are ready at the same program counter.
 
 pub mod access;
 pub mod alu;
 pub mod async_copy;
+pub mod cluster;
 pub mod context;
 pub mod convert;
 pub mod cta;
@@ -84,11 +85,6 @@ fn check_launch(
             config.cluster, module.target, limits.max_cluster_size
         )));
     }
-    if cluster > 1 {
-        return Err(fail(
-            "clusters of more than one CTA are not implemented by the emulator".into(),
-        ));
-    }
     let shared = kernel.dynamic_shared_offset + u64::from(config.dynamic_shared_bytes);
     if shared > u64::from(limits.max_shared_bytes) {
         return Err(fail(format!(
@@ -137,18 +133,36 @@ fn param_buffer(kernel: &Kernel, params: &[ParamValue]) -> Vec<u8> {
     buf
 }
 
-/// The CTAs to run: all, or `n` spread evenly over the grid.
-fn ctas(grid: [u32; 3], sample: Option<u64>) -> Vec<[u32; 3]> {
-    let total = grid.iter().map(|&d| u64::from(d)).product::<u64>();
-    let pick = |i: u64| {
-        let x = (i % u64::from(grid[0])) as u32;
-        let y = ((i / u64::from(grid[0])) % u64::from(grid[1])) as u32;
-        let z = (i / (u64::from(grid[0]) * u64::from(grid[1]))) as u32;
-        [x, y, z]
+/// The clusters to run, each as its CTAs in rank order: all, or `n` CTAs' worth of whole
+/// clusters spread evenly over the grid.
+fn clusters(grid: [u32; 3], cluster: [u32; 3], sample: Option<u64>) -> Vec<Vec<[u32; 3]>> {
+    let per: [u32; 3] = std::array::from_fn(|i| grid[i] / cluster[i]);
+    let size: u64 = cluster.iter().map(|&d| u64::from(d)).product();
+    let total = per.iter().map(|&d| u64::from(d)).product::<u64>();
+    let ctas_of = |i: u64| -> Vec<[u32; 3]> {
+        let c = [
+            (i % u64::from(per[0])) as u32,
+            ((i / u64::from(per[0])) % u64::from(per[1])) as u32,
+            (i / (u64::from(per[0]) * u64::from(per[1]))) as u32,
+        ];
+        let mut out = Vec::with_capacity(size as usize);
+        for z in 0..cluster[2] {
+            for y in 0..cluster[1] {
+                for x in 0..cluster[0] {
+                    out.push([
+                        c[0] * cluster[0] + x,
+                        c[1] * cluster[1] + y,
+                        c[2] * cluster[2] + z,
+                    ]);
+                }
+            }
+        }
+        out
     };
-    match sample {
-        Some(n) if n < total => (0..n.max(1)).map(|k| pick(k * total / n.max(1))).collect(),
-        _ => (0..total).map(pick).collect(),
+    let n = sample.map(|n| n.div_ceil(size).max(1));
+    match n {
+        Some(n) if n < total => (0..n).map(|k| ctas_of(k * total / n)).collect(),
+        _ => (0..total).map(ctas_of).collect(),
     }
 }
 
@@ -172,11 +186,12 @@ pub(crate) fn run_grid(
         options,
         globals: Vec::new(),
     };
-    let list = ctas(config.grid, options.sample_ctas);
-    let results: Vec<Result<Counters, EmuError>> = if options.parallel && list.len() > 1 {
-        list.par_iter().map(|&c| cta::run_cta(&launch, c)).collect()
+    let list = clusters(config.grid, config.cluster, options.sample_ctas);
+    let run = |c: &Vec<[u32; 3]>| cluster::run_cluster(&launch, c);
+    let results: Vec<Result<Vec<Counters>, EmuError>> = if options.parallel && list.len() > 1 {
+        list.par_iter().map(run).collect()
     } else {
-        list.iter().map(|&c| cta::run_cta(&launch, c)).collect()
+        list.iter().map(run).collect()
     };
     let mut profile = LaunchProfile {
         kernel: kernel.name.clone(),
@@ -185,8 +200,12 @@ pub(crate) fn run_grid(
         ..LaunchProfile::default()
     };
     let mut per_inst = vec![0u64; kernel.insts.len()];
-    for r in results {
-        let c = r?;
+    for c in results
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+    {
         for (t, v) in per_inst.iter_mut().zip(&c.per_inst) {
             *t += v;
         }
