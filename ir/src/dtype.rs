@@ -71,6 +71,15 @@ impl DType {
         self.is_float() && !self.is_fp8()
     }
 
+    /// True for the float types dsc's GPU kernels read and write as values: f32 and bf16.
+    /// f16 and FP8 are IR types too (the CPU reference computes in them), but FP8 only ever
+    /// appears as the codes the FP8 passes make, and no kernel takes f16. The model.toml
+    /// checker refuses other float dtypes where a value would need them (`high`, overrides,
+    /// graph inputs, casts), and codegen's selection relies on it.
+    pub fn is_kernel_float(self) -> bool {
+        matches!(self, DType::F32 | DType::Bf16)
+    }
+
     /// True for integer types (usable as indices).
     pub fn is_int(self) -> bool {
         matches!(self, DType::I32 | DType::I64)

@@ -450,7 +450,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
 }
 
 fn is_plain_float(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::Bf16)
+    dtype.is_kernel_float()
 }
 
 fn four(dims: &[u64]) -> Option<[u64; 4]> {

@@ -174,13 +174,25 @@ fn nonempty_name<'a>(t: &Table<'a>) -> Result<Spanned<&'a str>, ModelError> {
 fn read_input<'a>(t: &Table<'a>) -> Result<(Spanned<&'a str>, TensorType), ModelError> {
     t.check_keys(&INPUT_KEYS)?;
     let name = nonempty_name(t)?;
-    let dtype = t.required("dtype", t.str("dtype")?)?;
-    let dtype = dtype_from_str(dtype.value).ok_or_else(|| {
+    let dtype_at = t.required("dtype", t.str("dtype")?)?;
+    let dtype = dtype_from_str(dtype_at.value).ok_or_else(|| {
         t.error(
-            dtype.at,
-            format!("`dtype`: unknown dtype \"{}\"", dtype.value),
+            dtype_at.at,
+            format!("`dtype`: unknown dtype \"{}\"", dtype_at.value),
         )
     })?;
+    // The compiled model reads each input as it is given: FP8 codes come only from the FP8
+    // passes (with their scales), and no GPU kernel takes f16.
+    if dtype.is_float() && !dtype.is_kernel_float() {
+        return Err(t.error(
+            dtype_at.at,
+            format!(
+                "`dtype` of input `{}` must be bf16 or f32 (or an integer dtype for ids), not \
+                 \"{}\": the GPU kernels take no {dtype} input",
+                name.value, dtype_at.value
+            ),
+        ));
+    }
     let shape = t.required("shape", t.ints("shape")?)?;
     let mut dims = Vec::with_capacity(shape.value.len());
     for d in &shape.value {

@@ -73,9 +73,24 @@ pub fn read_attrs(t: &Table, kind: OpKind) -> Result<Attrs, ModelError> {
                 None => None,
             },
             AttrType::DType => match t.str(key)? {
-                Some(s) => Some(Attr::DType(dtype_from_str(s.value).ok_or_else(|| {
-                    t.error(s.at, format!("`{key}`: unknown dtype \"{}\"", s.value))
-                })?)),
+                Some(s) => {
+                    let dtype = dtype_from_str(s.value).ok_or_else(|| {
+                        t.error(s.at, format!("`{key}`: unknown dtype \"{}\"", s.value))
+                    })?;
+                    // A cast's result is a value the next kernel reads: f32 or bf16 (FP8
+                    // codes are `quantize`'s, with their scales).
+                    if kind == OpKind::Cast && !dtype.is_kernel_float() {
+                        return Err(t.error(
+                            s.at,
+                            format!(
+                                "`{key}` of a cast must be bf16 or f32, not \"{}\": no GPU \
+                                 kernel casts to {dtype}",
+                                s.value
+                            ),
+                        ));
+                    }
+                    Some(Attr::DType(dtype))
+                }
                 None => None,
             },
             AttrType::Ints => t

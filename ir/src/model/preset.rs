@@ -205,11 +205,35 @@ pub fn n_layers(model: &Table) -> Result<Spanned<u64>, ModelError> {
     Ok(n)
 }
 
-/// Reads the required, non-empty `name`.
+/// Reads the required `name`: a plain file name, since `dsc compile` writes the artifact to
+/// `build/<name>` (a `/`, `..` or absolute path would write somewhere else).
 pub fn name(model: &Table) -> Result<String, ModelError> {
     let name = model.required("name", model.str("name")?)?;
     if name.value.is_empty() {
         return Err(model.error(name.at, "`name` must not be empty"));
     }
+    if let Some(why) = not_a_file_name(name.value) {
+        return Err(model.error(
+            name.at,
+            format!(
+                "`name` = {:?} is not a plain file name ({why}): it names the output \
+                 directory build/<name>",
+                name.value
+            ),
+        ));
+    }
     Ok(name.value.to_string())
+}
+
+/// Why `name` cannot be a directory's file name, or `None` when it can.
+fn not_a_file_name(name: &str) -> Option<&'static str> {
+    if name.contains(['/', '\\']) {
+        Some("it has a path separator")
+    } else if name == "." || name == ".." {
+        Some("it names a directory itself")
+    } else if name.chars().any(char::is_control) {
+        Some("it has a control character")
+    } else {
+        None
+    }
 }

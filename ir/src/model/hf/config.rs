@@ -6,6 +6,7 @@
 //! error, because dsc cannot know what an unknown field does to the numbers.
 
 use super::ImportError;
+use super::emit::Origin;
 use crate::model::toml::line_col;
 use serde_json::{Map, Value};
 use std::cell::RefCell;
@@ -132,6 +133,14 @@ impl<'a> Object<'a> {
             what: format!("`{key}`"),
             used: RefCell::new(BTreeSet::new()),
         }))
+    }
+
+    /// Where `key` is in the config, for a model.toml key read from it (`None` when absent).
+    pub fn origin(&self, key: &str) -> Option<Origin> {
+        Some(Origin {
+            key: key.to_string(),
+            at: self.find(key)?,
+        })
     }
 
     /// The error for a required key that is absent.

@@ -71,18 +71,20 @@ pub fn convert(
         ("qk_rope_head_dim", "qk_rope_head_dim"),
         ("v_head_dim", "v_head_dim"),
     ] {
-        toml.int(dsc, root.req_uint(key)?);
+        toml.from(root.origin(key)).int(dsc, root.req_uint(key)?);
     }
     derived_head_dims(root)?;
     root.require_value("mlp_bias", &json!(false), "dsc's MLPs have no bias")?;
-    toml.int("q_lora_rank", root.uint("q_lora_rank")?.unwrap_or(0));
-    toml.float(
+    toml.from(root.origin("q_lora_rank"))
+        .int("q_lora_rank", root.uint("q_lora_rank")?.unwrap_or(0));
+    toml.from(root.origin("rms_norm_eps")).float(
         "rms_norm_eps",
         root.float("rms_norm_eps")?
             .ok_or_else(|| root.missing("rms_norm_eps"))?,
     );
     let (theta, scaling) = rope_fields(root)?;
-    toml.float("rope_theta", theta);
+    toml.from(root.origin("rope_theta"))
+        .float("rope_theta", theta);
 
     let mut ignored = Vec::new();
     match root.uint("n_routed_experts")? {
@@ -174,15 +176,19 @@ fn moe(
         "dsc makes every layer after `first_k_dense_replace` a MoE layer",
     )?;
     let dense = root.uint("first_k_dense_replace")?.unwrap_or(0).min(layers);
-    toml.int("n_dense_layers", dense);
-    toml.int("moe_inter_dim", root.req_uint("moe_intermediate_size")?);
-    toml.int("n_routed_experts", routed);
-    toml.int(
+    toml.from(root.origin("first_k_dense_replace"))
+        .int("n_dense_layers", dense);
+    toml.from(root.origin("moe_intermediate_size"))
+        .int("moe_inter_dim", root.req_uint("moe_intermediate_size")?);
+    toml.from(root.origin("n_routed_experts"))
+        .int("n_routed_experts", routed);
+    toml.from(root.origin("n_shared_experts")).int(
         "n_shared_experts",
         root.uint("n_shared_experts")?.unwrap_or(0),
     );
     let top_k = root.req_uint("num_experts_per_tok")?;
-    toml.int("n_activated_experts", top_k);
+    toml.from(root.origin("num_experts_per_tok"))
+        .int("n_activated_experts", top_k);
 
     let default_method = if v3 { "noaux_tc" } else { "greedy" };
     let method = root.str("topk_method")?.unwrap_or(default_method);
@@ -208,8 +214,10 @@ fn moe(
             ));
         }
     };
-    toml.int("n_expert_groups", groups);
-    toml.int("n_limited_groups", limited);
+    toml.from(root.origin("n_group"))
+        .int("n_expert_groups", groups);
+    toml.from(root.origin("topk_group"))
+        .int("n_limited_groups", limited);
     let score = root.str("scoring_func")?.unwrap_or("softmax");
     if !matches!(score, "softmax" | "sigmoid") {
         return Err(root.unsupported("scoring_func", "dsc scores with \"softmax\" or \"sigmoid\""));
@@ -222,7 +230,8 @@ fn moe(
     }
     // V2's code scales only the weights it did not normalize (DeepSeek-V2 modeling code).
     let scale = if !v3 && norm { 1.0 } else { factor };
-    toml.float("route_scale", scale);
+    toml.from(root.origin("routed_scaling_factor"))
+        .float("route_scale", scale);
     toml.bool("norm_topk_prob", norm);
     toml.bool("route_bias", bias);
     Ok(())

@@ -9,6 +9,25 @@ pub struct Toml {
     text: String,
     /// Tables after `[model]`'s own keys (`[model.rope_scaling]`, `[precision]`).
     tables: String,
+    /// The config field the next `[model]` key is read from, set by [`Toml::from`].
+    pending: Option<Origin>,
+    /// The config field of each `[model]` key that has one.
+    origins: Vec<KeyOrigin>,
+}
+
+/// A config.json field: its key and the byte offset of `"key"` in the config's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub key: String,
+    pub at: usize,
+}
+
+/// A `[model]` key of the model.toml, its 1-based line, and the config field it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOrigin {
+    pub line: usize,
+    pub key: String,
+    pub origin: Origin,
 }
 
 /// A TOML float that reads back as the same f64 (`2.5`, `1e-6`, `10000.0`).
@@ -47,6 +66,8 @@ impl Toml {
                  [model]\n"
             ),
             tables: String::new(),
+            pending: None,
+            origins: Vec::new(),
         };
         t.str("name", &opts.name);
         t.int("batch", opts.batch);
@@ -54,24 +75,48 @@ impl Toml {
         t
     }
 
+    /// Says which config field the next key is read from, so that an error model.toml's
+    /// checks find in it points at that field of config.json.
+    pub fn from(&mut self, origin: Option<Origin>) -> &mut Self {
+        self.pending = origin;
+        self
+    }
+
+    /// `key = value` (already TOML) in `[model]`, with the pending origin.
+    fn line(&mut self, key: &str, value: &str) {
+        if let Some(origin) = self.pending.take() {
+            self.origins.push(KeyOrigin {
+                line: self.text.lines().count() + 1,
+                key: key.to_string(),
+                origin,
+            });
+        }
+        let _ = writeln!(self.text, "{key} = {value}");
+    }
+
     /// `key = "value"` in the current table.
     pub fn str(&mut self, key: &str, value: &str) {
-        let _ = writeln!(self.text, "{key} = {}", string(value));
+        self.line(key, &string(value));
     }
 
     /// `key = value` for an integer.
     pub fn int(&mut self, key: &str, value: u64) {
-        let _ = writeln!(self.text, "{key} = {value}");
+        self.line(key, &value.to_string());
     }
 
     /// `key = value` for a float.
     pub fn float(&mut self, key: &str, value: f64) {
-        let _ = writeln!(self.text, "{key} = {}", float(value));
+        self.line(key, &float(value));
     }
 
     /// `key = true|false`.
     pub fn bool(&mut self, key: &str, value: bool) {
-        let _ = writeln!(self.text, "{key} = {value}");
+        self.line(key, &value.to_string());
+    }
+
+    /// The config field of each `[model]` key that has one.
+    pub fn origins(&self) -> &[KeyOrigin] {
+        &self.origins
     }
 
     /// Appends a table `[name]` of `(key, value)` pairs already written as TOML values.

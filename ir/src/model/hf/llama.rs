@@ -44,18 +44,26 @@ pub fn convert(
 
     let dim = root.req_uint("hidden_size")?;
     let heads = root.req_uint("num_attention_heads")?;
-    toml.int("dim", dim);
-    toml.int("n_layers", root.req_uint("num_hidden_layers")?);
-    toml.int("n_heads", heads);
-    toml.int(
-        "n_kv_heads",
-        root.uint("num_key_value_heads")?.unwrap_or(heads),
-    );
-    toml.int("inter_dim", root.req_uint("intermediate_size")?);
-    toml.int("vocab_size", root.req_uint("vocab_size")?);
+    toml.from(root.origin("hidden_size")).int("dim", dim);
+    toml.from(root.origin("num_hidden_layers"))
+        .int("n_layers", root.req_uint("num_hidden_layers")?);
+    toml.from(root.origin("num_attention_heads"))
+        .int("n_heads", heads);
+    let kv_heads = root.uint("num_key_value_heads")?;
+    toml.from(root.origin(if kv_heads.is_some() {
+        "num_key_value_heads"
+    } else {
+        "num_attention_heads"
+    }))
+    .int("n_kv_heads", kv_heads.unwrap_or(heads));
+    toml.from(root.origin("intermediate_size"))
+        .int("inter_dim", root.req_uint("intermediate_size")?);
+    toml.from(root.origin("vocab_size"))
+        .int("vocab_size", root.req_uint("vocab_size")?);
     let (theta, scaling) = rope_fields(root)?;
-    toml.float("rope_theta", theta);
-    toml.float(
+    toml.from(root.origin("rope_theta"))
+        .float("rope_theta", theta);
+    toml.from(root.origin("rms_norm_eps")).float(
         "rms_norm_eps",
         root.float("rms_norm_eps")?
             .ok_or_else(|| root.missing("rms_norm_eps"))?,

@@ -91,6 +91,9 @@ const COMMON_HARMLESS: &[(&str, &str)] = &[
 
 /// Converts the text of a config.json into a model.toml.
 pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    // A UTF-8 byte order mark, as some Windows editors write, is not JSON but says nothing:
+    // it is skipped (columns on the first line then count from after it).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ImportError {
         line: e.line().max(1),
         col: e.column().max(1),
@@ -133,23 +136,59 @@ pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ImportError>
     };
     ignored.extend(root.ignore(COMMON_HARMLESS));
     root.finish()?;
+    let origins = toml.origins().to_vec();
     let toml = toml.finish();
-    // The import's promise: what it writes, dsc reads. A failure here is a gap in the checks
-    // above, reported as an error rather than a bad file.
+    // The import's promise: what it writes, dsc reads. model.toml's checks (divisibility,
+    // sizes, limits) apply to what a config says too: their error points at the config field
+    // the offending key was read from, with dsc's names for the fields translated.
     if let Err(e) = crate::model::load_model(&toml) {
-        return Err(ImportError {
-            line: 1,
-            col: 1,
-            message: format!(
-                "the config converts to a model.toml that dsc rejects ({e}); model.toml:\n{toml}"
-            ),
-        });
+        return Err(rejected(text, &toml, &origins, &e));
     }
     Ok(Imported {
         model_type: model_type.to_string(),
         toml,
         ignored,
     })
+}
+
+/// The error for a config whose model.toml `load_model` rejects with `e`: at the config field
+/// the failing key was read from, or (for a key no field gave, a gap in the checks) at the
+/// config's start with the whole model.toml.
+fn rejected(
+    text: &str,
+    toml: &str,
+    origins: &[emit::KeyOrigin],
+    e: &crate::model::ModelError,
+) -> ImportError {
+    let Some(failing) = origins.iter().find(|o| o.line == e.line) else {
+        return ImportError {
+            line: 1,
+            col: 1,
+            message: format!(
+                "the config converts to a model.toml that dsc rejects ({e}); model.toml:\n{toml}"
+            ),
+        };
+    };
+    // dsc's key names in the message, each with the config field it comes from.
+    let names: Vec<String> = origins
+        .iter()
+        .filter(|o| o.key != o.origin.key && e.message.contains(&format!("`{}`", o.key)))
+        .map(|o| format!("`{}` is `{}`", o.key, o.origin.key))
+        .collect();
+    let names = if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (where {})", names.join(", "))
+    };
+    let (line, col) = crate::model::toml::line_col(text, failing.origin.at);
+    ImportError {
+        line,
+        col,
+        message: format!(
+            "`{}`: dsc cannot build this model: {}{names}",
+            failing.origin.key, e.message
+        ),
+    }
 }
 
 #[cfg(test)]

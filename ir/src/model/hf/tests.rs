@@ -344,6 +344,52 @@ fn errors_point_at_the_key() {
     assert!(bad.message.starts_with("invalid JSON"), "{bad}");
 }
 
+/// The line (1-based) of `"key"` in `text`.
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(&format!("\"{key}\"")))
+        .expect("the key is in the text")
+        + 1
+}
+
+/// model.toml's own checks (divisibility, limits) reject what the config says: the error is at
+/// the config field the failing key came from, in the config's names, not at 1:1.
+#[test]
+fn errors_of_the_model_toml_checks_point_at_the_config_field() {
+    let text = with(LLAMA, "num_attention_heads", "5");
+    let e = err(&text);
+    assert_eq!(
+        (e.line, e.col),
+        (line_of(&text, "num_attention_heads"), 3),
+        "{e}"
+    );
+    assert!(
+        e.message.starts_with("`num_attention_heads`: ")
+            && e.message.contains("`n_heads` (5) must divide `dim` (32)")
+            && e.message.contains("`dim` is `hidden_size`")
+            && !e.message.contains("[model]"),
+        "{e}"
+    );
+    let text = with(V3, "num_hidden_layers", "20000");
+    let e = err(&text);
+    assert_eq!(e.line, line_of(&text, "num_hidden_layers"), "{e}");
+    assert!(e.message.contains("more than the 10000 layers"), "{e}");
+    let text = with(V3, "n_group", "3");
+    let e = err(&text);
+    assert_eq!(e.line, line_of(&text, "n_group"), "{e}");
+    assert!(e.message.starts_with("`n_group`: "), "{e}");
+}
+
+/// A UTF-8 byte order mark (Windows editors write one) is skipped, not `invalid JSON` at 1:1.
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let with_bom = format!("\u{feff}{LLAMA}");
+    assert_eq!(
+        import(&with_bom, &opts()).unwrap().toml,
+        import(LLAMA, &opts()).unwrap().toml
+    );
+}
+
 /// transformers 5 moves `rope_theta` and `rope_scaling` into one `rope_parameters` object and
 /// writes the derived `head_dim` / `qk_head_dim`: a config saved by it imports to the same
 /// model.toml as the transformers 4 spelling (found by scripts/fidelity.py).
