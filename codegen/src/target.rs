@@ -77,6 +77,15 @@ mod tests {
     }
 
     #[test]
+    fn the_manifest_schema_lists_the_same_targets() {
+        // The runtime refuses a manifest whose target is not in this list.
+        assert_eq!(
+            Target::ALL.map(Target::chip),
+            dsc_kernels::manifest::TARGETS
+        );
+    }
+
+    #[test]
     fn rejects_unknown_targets() {
         let error = "sm_80".parse::<Target>().unwrap_err();
         assert!(matches!(error, CodegenError::UnknownTarget(ref name) if name == "sm_80"));

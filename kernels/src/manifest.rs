@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 /// The schema version this build writes and accepts; any change to these types bumps it.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The GPU targets dsc writes PTX for (`codegen::Target::ALL`, whose test checks the two agree);
+/// a manifest naming another was not written by dsc.
+pub const TARGETS: [&str; 2] = ["sm_90a", "sm_89"];
+
 /// File names inside an artifact directory.
 pub mod files {
     /// The manifest.

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use dsc_ir::{DType, Graph, ValueId};
-use dsc_kernels::manifest::{Manifest, Storage, TensorInfo, files};
+use dsc_kernels::manifest::{Manifest, Storage, TARGETS, TensorInfo, files};
 
 use crate::error::RuntimeError;
 
@@ -31,6 +31,18 @@ impl Artifact {
     /// with the graph (see [`check_manifest`]).
     pub fn load(dir: impl AsRef<Path>) -> Result<Artifact, RuntimeError> {
         let dir = dir.as_ref().to_path_buf();
+        let not_dir = match std::fs::metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist"),
+            Err(_) => None,
+            Ok(meta) if !meta.is_dir() => Some("is not a directory"),
+            Ok(_) => None,
+        };
+        if let Some(what) = not_dir {
+            return Err(RuntimeError::ArtifactRead {
+                path: dir,
+                message: format!("{what}: give the directory dsc compile wrote"),
+            });
+        }
         let read = |file: &'static str| -> Result<(PathBuf, String), RuntimeError> {
             let path = dir.join(file);
             if !path.is_file() {
@@ -92,6 +104,23 @@ impl Artifact {
     /// True when the artifact has a GPU launch plan (an op-free graph needs none).
     pub fn has_launch_plan(&self) -> bool {
         !self.manifest.steps.is_empty() || self.graph.ops.is_empty()
+    }
+
+    /// Ok when the artifact has a launch plan, as every artifact `dsc compile` writes has
+    /// (the CUDA and emulator backends run it; a manifest without steps was cut or edited).
+    pub fn require_launch_plan(&self) -> Result<(), RuntimeError> {
+        if self.has_launch_plan() {
+            Ok(())
+        } else {
+            Err(RuntimeError::NoLaunchPlan {
+                message: format!(
+                    "{}: `steps` is empty: the manifest has no launch plan for the graph's {} \
+                     ops (recompile the model with dsc compile)",
+                    self.dir.join(files::MANIFEST).display(),
+                    self.graph.ops.len()
+                ),
+            })
+        }
     }
 }
 
@@ -226,6 +255,16 @@ pub fn check_manifest(manifest: &Manifest, graph: &Graph) -> Vec<String> {
         }
     }
 
+    problems.extend(check_target_and_arena(manifest));
+    problems.extend(check_live_overlaps(manifest, graph, &tensors));
+    if manifest.steps.is_empty() && !manifest.kernels.is_empty() && !graph.ops.is_empty() {
+        problems.push(format!(
+            "`steps` is empty, but the manifest lists {} kernels for the graph's {} ops",
+            manifest.kernels.len(),
+            graph.ops.len()
+        ));
+    }
+
     let mut entries = HashSet::new();
     for kernel in &manifest.kernels {
         if !entries.insert(kernel.entry.as_str()) {
@@ -262,6 +301,119 @@ pub fn check_manifest(manifest: &Manifest, graph: &Graph) -> Vec<String> {
     }
     problems
 }
+
+/// The manifest's `target` and `arena` fields: a target dsc writes, an alignment that is a power
+/// of two, every arena offset a multiple of it, and an arena exactly as large as the peak of its
+/// tensors (each region rounded up to the alignment, as the planner places them).
+fn check_target_and_arena(manifest: &Manifest) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !TARGETS.contains(&manifest.target.as_str()) {
+        problems.push(format!(
+            "`target` is \"{}\": dsc writes PTX for {} only",
+            manifest.target,
+            TARGETS.join(" or ")
+        ));
+    }
+    let align = manifest.arena.alignment;
+    if !align.is_power_of_two() {
+        problems.push(format!(
+            "`arena.alignment` is {align}: it must be a power of two (dsc aligns to 256)"
+        ));
+        return problems;
+    }
+    let mut end = 0u64;
+    for t in &manifest.tensors {
+        if let Storage::Arena { offset } = t.storage {
+            if offset % align != 0 {
+                problems.push(format!(
+                    "tensor `{}`: arena `offset` {offset} is not a multiple of `arena.alignment` \
+                     {align}",
+                    t.name
+                ));
+            }
+            let region = t.bytes.max(1).div_ceil(align).saturating_mul(align);
+            end = end.max(offset.saturating_add(region));
+        }
+    }
+    if manifest.arena.bytes > end {
+        problems.push(format!(
+            "`arena.bytes` is {}, but its tensors end at byte {end} (the arena is the peak of \
+             its plan)",
+            manifest.arena.bytes
+        ));
+    }
+    problems
+}
+
+/// Arena tensors alive at the same step whose bytes overlap. A tensor (or the arena tensor its
+/// alias chain ends at) is alive from the first step that names it to the last; graph outputs
+/// to the end. Reported up to [`SHOWN_OVERLAPS`], then counted.
+fn check_live_overlaps(
+    manifest: &Manifest,
+    graph: &Graph,
+    tensors: &HashMap<&str, &TensorInfo>,
+) -> Vec<String> {
+    use std::collections::BTreeMap;
+    // Root arena tensor of a name (itself, or where its alias chain ends), with its offset.
+    let arena_root = |name: &str| -> Option<(&str, u64, u64)> {
+        let t = tensors.get(name)?;
+        let root = alias_root(tensors, t).ok()?;
+        match root.storage {
+            Storage::Arena { offset } => Some((root.name.as_str(), offset, root.bytes.max(1))),
+            _ => None,
+        }
+    };
+    // name -> (offset, bytes, first step, last step)
+    let mut live: HashMap<&str, (u64, u64, usize, usize)> = HashMap::new();
+    for (i, step) in manifest.steps.iter().enumerate() {
+        for arg in &step.args {
+            if let Some((name, offset, bytes)) = arena_root(arg) {
+                let span = live.entry(name).or_insert((offset, bytes, i, i));
+                span.3 = i;
+            }
+        }
+    }
+    for &v in &graph.outputs {
+        if let Some((name, ..)) = arena_root(graph.name(v))
+            && let Some(span) = live.get_mut(name)
+        {
+            span.3 = usize::MAX;
+        }
+    }
+    let mut order: Vec<(&str, (u64, u64, usize, usize))> = live.into_iter().collect();
+    order.sort_by_key(|&(name, (offset, _, first, _))| (first, offset, name));
+    // The regions alive at the current step, by offset: (end, last step, name).
+    let mut alive: BTreeMap<u64, (u64, usize, &str)> = BTreeMap::new();
+    let mut overlaps = Vec::new();
+    for (name, (offset, bytes, first, last)) in order {
+        alive.retain(|_, &mut (_, until, _)| until >= first);
+        let end = offset.saturating_add(bytes);
+        let below = alive.range(..=offset).next_back();
+        let above = alive.range(offset..).next();
+        let clash = [below, above]
+            .into_iter()
+            .flatten()
+            .find(|&(&start, &(stop, _, _))| start < end && offset < stop);
+        match clash {
+            Some((&start, &(stop, _, other))) => overlaps.push(format!(
+                "tensors `{other}` (arena bytes {start}..{stop}) and `{name}` ({offset}..{end}) \
+                 overlap while both are live (at step {first})"
+            )),
+            None => {
+                alive.insert(offset, (end, last, name));
+            }
+        }
+    }
+    let more = overlaps.len().saturating_sub(SHOWN_OVERLAPS);
+    overlaps.truncate(SHOWN_OVERLAPS);
+    if more > 0 {
+        overlaps.push(format!("{more} more overlapping tensors"));
+    }
+    overlaps
+}
+
+/// How many overlapping pairs a mismatch error names.
+const SHOWN_OVERLAPS: usize = 3;
 
 /// The tensor an alias chain ends at (a tensor that is not an alias), or why there is none.
 pub(crate) fn alias_root<'m>(

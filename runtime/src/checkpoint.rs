@@ -124,14 +124,53 @@ fn describe(e: &SafeTensorError, buffer: &[u8]) -> String {
     }
 }
 
+/// The first key the safetensors header of `buffer` has twice, when its header is JSON: the
+/// format's parser keeps the last and then finds the data offsets inconsistent, which would
+/// hide the cause.
+fn duplicate_header_key(buffer: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstDuplicate;
+    impl<'de> Visitor<'de> for FirstDuplicate {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = BTreeSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    let n = usize::try_from(u64::from_le_bytes(buffer.get(..8)?.try_into().ok()?)).ok()?;
+    let header = buffer.get(8..8usize.checked_add(n)?)?;
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(FirstDuplicate)
+        .ok()?
+}
+
 impl Shard {
     /// Maps `path` and lists its tensors.
     fn open(path: &Path) -> Result<(Shard, Vec<(String, Entry)>), RuntimeError> {
+        // A directory opens (and then fails to map with ENODEV, "No such device").
+        if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            return Err(err(path, "is a directory, not a safetensors file"));
+        }
         let file = File::open(path).map_err(|e| err(path, e.to_string()))?;
         // SAFETY: the mapping is read-only; like every safetensors reader we assume the file is
         // not modified while it is mapped (a concurrent writer could change bytes under us, which
         // only ever yields wrong values: all offsets are validated against the length below).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| err(path, e.to_string()))?;
+        if let Some(key) = duplicate_header_key(&mmap) {
+            return Err(err(
+                path,
+                format!("corrupt: the safetensors header lists tensor `{key}` twice"),
+            ));
+        }
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| err(path, describe(&e, &mmap)))?;
         let start = 8 + header_len;
@@ -170,7 +209,7 @@ impl Checkpoint {
             let single = path.join(SINGLE_FILE);
             if index.is_file() {
                 return Self::open_index(path, &index);
-            } else if single.is_file() {
+            } else if single.exists() {
                 vec![single]
             } else {
                 return Err(err(
@@ -397,6 +436,51 @@ mod tests {
         let empty = scratch_dir("ckpt-empty-dir");
         let e = message(Checkpoint::open(&empty));
         assert!(e.contains(INDEX_FILE) && e.contains(SINGLE_FILE), "{e}");
+    }
+
+    #[test]
+    fn a_key_twice_in_a_header_is_named_as_such() {
+        let dir = scratch_dir("ckpt-duplicate-key");
+        let path = dir.join("w.safetensors");
+        write(&path, &[("a", &t(&[1.0])), ("b", &t(&[2.0]))]);
+        let bytes = std::fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        // The same length, `b` renamed `a`: the JSON stays valid, the key is there twice.
+        let renamed = header.replace("\"b\"", "\"a\"");
+        assert_ne!(renamed, header);
+        let mut damaged = bytes[..8].to_vec();
+        damaged.extend_from_slice(renamed.as_bytes());
+        damaged.extend_from_slice(&bytes[8 + n..]);
+        std::fs::write(&path, damaged).unwrap();
+        let e = message(Checkpoint::open(&path));
+        assert!(
+            e.contains("w.safetensors") && e.contains("lists tensor `a` twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_shard_that_is_a_directory_is_named() {
+        let dir = scratch_dir("ckpt-shard-dir");
+        std::fs::create_dir(dir.join(SINGLE_FILE)).unwrap();
+        let e = message(Checkpoint::open(&dir));
+        assert!(
+            e.contains(SINGLE_FILE) && e.contains("is a directory, not a safetensors file"),
+            "{e}"
+        );
+        write(&dir.join("s1.safetensors"), &[("a", &t(&[1.0]))]);
+        std::fs::create_dir(dir.join("s2.safetensors")).unwrap();
+        std::fs::write(
+            dir.join(INDEX_FILE),
+            r#"{"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}"#,
+        )
+        .unwrap();
+        let e = message(Checkpoint::open(&dir));
+        assert!(
+            e.contains("s2.safetensors") && e.contains("is a directory"),
+            "{e}"
+        );
     }
 
     #[test]

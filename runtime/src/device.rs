@@ -116,14 +116,5 @@ fn cuda_device(artifact: &Artifact, ordinal: usize) -> Result<DeviceInfo, Runtim
 
 /// Ok when the artifact's manifest has launch steps (the CUDA and emulator backends run them).
 pub(crate) fn require_launch_plan(artifact: &Artifact) -> Result<(), RuntimeError> {
-    if artifact.has_launch_plan() {
-        Ok(())
-    } else {
-        Err(RuntimeError::NoLaunchPlan {
-            message: format!(
-                "{} has no GPU launch plan (its manifest lists no steps)",
-                artifact.dir.display()
-            ),
-        })
-    }
+    artifact.require_launch_plan()
 }

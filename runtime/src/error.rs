@@ -154,6 +154,24 @@ pub enum RuntimeError {
         total: u64,
     },
 
+    /// The machine has too little memory for a CPU or emulator session (checked before
+    /// anything is allocated, see [`crate::host_memory`]).
+    #[error(
+        "the model needs {} of memory on {device} ({need}) but {} are available",
+        crate::host_memory::human(*needed),
+        crate::host_memory::human(*available)
+    )]
+    OutOfHostMemory {
+        /// `cpu` or `emu`.
+        device: String,
+        /// The need by purpose, in words.
+        need: String,
+        /// Bytes needed in all.
+        needed: u64,
+        /// Bytes the system can still give.
+        available: u64,
+    },
+
     /// The PTX emulator cannot load the artifact's module (a parse error, a missing entry).
     #[error("the emulator cannot load {}: {message}", module.display())]
     EmulatorLoad {

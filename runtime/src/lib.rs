@@ -14,6 +14,7 @@ pub mod cuda;
 pub mod device;
 pub mod emu;
 pub mod error;
+pub mod host_memory;
 pub mod inputs;
 mod memory_plan;
 pub mod quantize_checkpoint;

@@ -32,6 +32,9 @@ use crate::weights::{checkpoint_names, dims, fp8_weights, scale_name};
 pub struct QuantizePlan {
     /// Checkpoint tensor name → the FP8 format its parameter takes.
     pub fp8: BTreeMap<String, Fp8Format>,
+    /// Every checkpoint tensor the model reads (FP8 weights and the rest) → the shape it must
+    /// have; a tensor of another shape is refused before anything is written.
+    pub shapes: BTreeMap<String, Vec<usize>>,
     pub block: usize,
     pub scale_format: ScaleFormat,
     /// The dtype weights are rounded to before quantizing (as on load).
@@ -42,13 +45,22 @@ impl QuantizePlan {
     /// The FP8 weights of a compiled graph (after `fold-weights`), by checkpoint name.
     pub fn from_graph(compiled: &Graph) -> Result<QuantizePlan, RuntimeError> {
         let mut fp8 = BTreeMap::new();
-        for (param, w) in fp8_weights(compiled)? {
+        let weights = fp8_weights(compiled)?;
+        for (&param, w) in &weights {
             let (names, _) = checkpoint_names(compiled.name(param), &dims(compiled, param));
             fp8.extend(names.into_iter().map(|n| (n, w.fmt)));
+        }
+        // The scales are written here, not read: they are not in the input checkpoint.
+        let scales: BTreeSet<_> = weights.values().map(|w| w.scale).collect();
+        let mut shapes = BTreeMap::new();
+        for &param in compiled.params.iter().filter(|p| !scales.contains(p)) {
+            let (names, shape) = checkpoint_names(compiled.name(param), &dims(compiled, param));
+            shapes.extend(names.into_iter().map(|n| (n, shape.clone())));
         }
         let policy = &compiled.policy;
         Ok(QuantizePlan {
             fp8,
+            shapes,
             block: policy.weight_block as usize,
             scale_format: policy.scale_format,
             high: policy.high,
@@ -179,6 +191,25 @@ fn shard_files(dir: &Path, plan: &QuantizePlan) -> Result<Vec<(String, PathBuf)>
             ),
         ));
     }
+    let wrong: Vec<String> = plan
+        .shapes
+        .iter()
+        .filter_map(|(name, want)| {
+            let v = ckpt.tensor(name)?;
+            (v.shape != want.as_slice())
+                .then(|| format!("`{name}` is {:?}, the model needs {want:?}", v.shape))
+        })
+        .collect();
+    if let Some(first) = wrong.first() {
+        return Err(read_err(
+            dir,
+            format!(
+                "{} tensors do not have the shape the model of config.json gives them, \
+                 first {first}",
+                wrong.len()
+            ),
+        ));
+    }
     let files: BTreeSet<PathBuf> = ckpt.files().map(Path::to_path_buf).collect();
     Ok(files
         .into_iter()
@@ -195,8 +226,10 @@ fn shard_files(dir: &Path, plan: &QuantizePlan) -> Result<Vec<(String, PathBuf)>
 fn fp8_config(input: &Path, plan: &QuantizePlan) -> Result<String, RuntimeError> {
     let path = input.join("config.json");
     let text = fs::read_to_string(&path).map_err(|e| read_err(&path, e.to_string()))?;
+    // A byte order mark is skipped, as `dsc import` skips it.
+    let json = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut config: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| read_err(&path, format!("invalid JSON: {e}")))?;
+        serde_json::from_str(json).map_err(|e| read_err(&path, format!("invalid JSON: {e}")))?;
     let Some(map) = config.as_object_mut() else {
         return Err(read_err(&path, "config.json must be a JSON object"));
     };
@@ -239,6 +272,18 @@ pub fn quantize_checkpoint(
             "exists already; quantize-weights writes a new directory and replaces nothing",
         ));
     }
+    if let (Ok(input_dir), Some(out)) = (input.canonicalize(), resolved(output))
+        && out.starts_with(&input_dir)
+    {
+        return Err(write_err(
+            output,
+            format!(
+                "is inside the input checkpoint {}: quantize-weights never writes into its \
+                 input; choose a directory outside it",
+                input.display()
+            ),
+        ));
+    }
     let config = fp8_config(input, plan)?;
     let shards = shard_files(input, plan)?;
     let parent = match output.parent() {
@@ -267,6 +312,32 @@ pub fn quantize_checkpoint(
             Err(e)
         }
     }
+}
+
+/// `path` made absolute with symbolic links resolved, for a path that may not exist yet: `.`
+/// and `..` removed as written, then its nearest existing ancestor canonicalized and the rest
+/// appended.
+fn resolved(given: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut path = PathBuf::new();
+    for part in std::path::absolute(given).ok()?.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                path.pop();
+            }
+            other => path.push(other),
+        }
+    }
+    let mut rest = Vec::new();
+    let mut existing = path.as_path();
+    while !existing.exists() {
+        rest.push(existing.file_name()?);
+        existing = existing.parent()?;
+    }
+    let mut out = existing.canonicalize().ok()?;
+    out.extend(rest.into_iter().rev());
+    Some(out)
 }
 
 /// Writes every shard, the index, config.json and the other files of `input` into `tmp`.

@@ -29,6 +29,7 @@ use crate::cuda::CudaBackend;
 use crate::device::{Device, DeviceChoice, ResolvedDevice, choose_device};
 use crate::emu::{EmuBackend, EmuOptions};
 use crate::error::RuntimeError;
+use crate::host_memory::{MemoryNeed, available_bytes};
 use crate::inputs::check_inputs;
 use crate::random_weights::random_weights;
 use crate::tensor::HostTensor;
@@ -78,6 +79,17 @@ impl<'a> Session<'a> {
         options: SessionOptions,
     ) -> Result<Self, RuntimeError> {
         let device = choose_device(artifact, device)?;
+        // Host memory is checked before the backend allocates any (CUDA checks its own).
+        let host_need = match &device.device {
+            ResolvedDevice::Cpu => Some(MemoryNeed::cpu(&artifact.graph)),
+            ResolvedDevice::Emulator(_) => {
+                Some(MemoryNeed::emulator(&artifact.graph, &artifact.manifest))
+            }
+            ResolvedDevice::Cuda(_) => None,
+        };
+        if let Some(need) = host_need {
+            need.check(&device.short_name(), available_bytes())?;
+        }
         let backend: Box<dyn Backend + 'a> = match &device.device {
             ResolvedDevice::Cpu => Box::new(CpuBackend::new(&artifact.graph, options.cpu)),
             ResolvedDevice::Cuda(info) => Box::new(CudaBackend::new(artifact, info)?),

@@ -320,13 +320,27 @@ fn cycle_error(specs: &[OpSpec], deps: &[Vec<usize>], waiting: &[usize]) -> Mode
             format!("op `{}` reads its own result: a cycle", op.name.value),
         );
     }
-    let mut chain: Vec<&str> = cycle.iter().map(|&i| specs[i].name.value).collect();
-    chain.push(op.name.value);
+    // A long cycle (thousands of ops) is named by its first and last few ops and its length.
+    let names: Vec<&str> = cycle.iter().map(|&i| specs[i].name.value).collect();
+    let chain = if names.len() <= 2 * CYCLE_SHOWN {
+        names.join(" -> ")
+    } else {
+        format!(
+            "{} -> … ({} more ops) … -> {}",
+            names[..CYCLE_SHOWN].join(" -> "),
+            names.len() - 2 * CYCLE_SHOWN,
+            names[names.len() - CYCLE_SHOWN..].join(" -> ")
+        )
+    };
     op.table.error(
         op.table.at(),
         format!(
-            "ops form a cycle through their `inputs`: {}",
-            chain.join(" -> ")
+            "{} ops form a cycle through their `inputs`: {chain} -> {}",
+            names.len(),
+            op.name.value
         ),
     )
 }
+
+/// How many ops a cycle error names at each end of a long cycle.
+const CYCLE_SHOWN: usize = 4;

@@ -796,6 +796,33 @@ fn cycles_name_their_ops() {
     );
 }
 
+/// A cycle of 20,000 ops is named by its first and last ops and its length, not all of them
+/// (the whole chain was a 189 KB line).
+#[test]
+fn a_long_cycle_is_named_in_a_readable_line() {
+    let n = 20_000;
+    let mut src = String::from(
+        "[model]\nname = \"ring\"\noutputs = [\"op0\"]\n\n\
+         [[input]]\nname = \"x\"\ndtype = \"f32\"\nshape = [4]\n",
+    );
+    for i in 0..n {
+        let prev = (i + n - 1) % n;
+        src.push_str(&format!(
+            "\n[[op]]\nname = \"op{i}\"\nkind = \"silu\"\ninputs = [\"op{prev}\"]\n"
+        ));
+    }
+    let e = err(&src);
+    assert!(e.message.len() < 300, "{} bytes: {e}", e.message.len());
+    assert!(
+        e.message
+            .starts_with("20000 ops form a cycle through their `inputs`: ")
+            && e.message
+                .contains("op0 -> op1 -> op2 -> op3 -> … (19992 more ops) … -> ")
+            && e.message.ends_with("-> op19999 -> op0"),
+        "{e}"
+    );
+}
+
 #[test]
 fn builder_errors_point_at_the_op() {
     let src = MLP.replace(
