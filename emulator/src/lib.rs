@@ -11,9 +11,11 @@
 //! An instruction the emulator does not implement is an error naming it and its PTX line,
 //! never a guess; faults name the kernel, the line, the thread and the address.
 
+pub mod deepgemm;
 pub mod error;
 pub mod exec;
 pub mod launch;
+pub mod launch_file;
 pub mod memory;
 pub mod profile;
 pub mod ptx;
