@@ -28,6 +28,9 @@ pub enum Command {
     QuantizeWeights(QuantizeWeightsArgs),
     /// Time a compiled model: per-step time and TFLOP/s or GB/s, whole-forward median.
     Bench(BenchArgs),
+    /// Run any PTX kernel on the emulator as a launch file describes (README: "Running any PTX
+    /// kernel"); modeled time on request.
+    Emulate(EmulateArgs),
 }
 
 /// Where a model runs.
@@ -223,4 +226,33 @@ pub struct BenchArgs {
     /// Random weights from this seed [default: 0].
     #[arg(long, value_name = "SEED")]
     pub random_weights: Option<u64>,
+}
+
+/// `dsc emulate`.
+#[derive(Debug, clap::Args)]
+pub struct EmulateArgs {
+    /// The PTX module.
+    pub ptx: PathBuf,
+    /// The launch file (JSON): entry, grid, block, cluster, shared memory, buffers, parameters.
+    #[arg(long, value_name = "LAUNCH.json")]
+    pub launch: PathBuf,
+    /// The input buffers: each tensor's raw bytes, by name.
+    #[arg(long, value_name = "IN.safetensors")]
+    pub buffers: Option<PathBuf>,
+    /// Write every buffer after the launch here (allocated ones as U8).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub output: Option<PathBuf>,
+    /// Print the modeled time, fraction of peak and bound.
+    #[arg(long)]
+    pub profile: bool,
+    /// Write the modeled figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Emulate only this many CTAs (whole clusters, spread over the grid) and scale the profile
+    /// to the grid (modeled times only; the outputs are then partial).
+    #[arg(long, value_name = "N")]
+    pub sample_ctas: Option<std::num::NonZeroU64>,
+    /// The GPU the time model uses: h100-sxm, h200 or l40s.
+    #[arg(long, value_name = "NAME", default_value = "h100-sxm")]
+    pub device_model: String,
 }

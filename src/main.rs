@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod compile;
 mod diagnostic;
+mod emulate;
 mod import;
 mod opt;
 mod pipeline;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         cli::Command::Bench(args) => bench::run(args),
+        cli::Command::Emulate(args) => emulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

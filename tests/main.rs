@@ -4,6 +4,7 @@
 mod artifact;
 mod bad_inputs;
 mod cli;
+mod emulate;
 mod filetests;
 mod gpu;
 mod import;

@@ -46,6 +46,8 @@ pub struct DeepGemmKernel {
     pub block_n: u32,
     /// Tile depth (128).
     pub block_k: u32,
+    /// Shared-memory swizzle of A, B and D tiles, bytes (0: none).
+    pub swizzle: [u32; 3],
     /// Pipeline stages.
     pub stages: u32,
     /// Threads per CTA (TMA + math).
@@ -94,6 +96,7 @@ impl DeepGemmKernel {
             block_m: args[5] as u32,
             block_n: args[6] as u32,
             block_k: args[7] as u32,
+            swizzle: [args[8] as u32, args[9] as u32, args[10] as u32],
             stages: args[11] as u32,
             threads: (args[12] + args[13]) as u32,
             multicast: args[14] as u32,
@@ -163,6 +166,13 @@ impl DeepGemmKernel {
             })
         };
         let b_rows = n * u64::from(self.groups);
+        let [sw_a, sw_b, sw_d] = self.swizzle.map(swizzle_mode);
+        // With a swizzle, a box row spans the swizzle's bytes (DeepGEMM's `make_tma_2d_desc`):
+        // D is stored in BLOCK_N / (swizzle / 2) boxes.
+        let d_box_inner = match self.swizzle[2] {
+            0 => self.block_n,
+            bytes => bytes / 2,
+        };
         let grouped = self.gemm_type == GemmType::MGroupedContiguous;
         LaunchFile {
             entry: self.entry.clone(),
@@ -185,7 +195,7 @@ impl DeepGemmKernel {
                     [k, m64],
                     k,
                     [self.block_k, self.block_m],
-                    Swizzle::B128,
+                    sw_a,
                 ),
                 tma(
                     "b",
@@ -193,15 +203,15 @@ impl DeepGemmKernel {
                     [k, b_rows],
                     k,
                     [self.block_k, self.block_n],
-                    Swizzle::B128,
+                    sw_b,
                 ),
                 tma(
                     "d",
                     DataType::Bfloat16,
                     [n, m64],
                     2 * n,
-                    [64, self.block_m],
-                    Swizzle::B128,
+                    [d_box_inner, self.block_m],
+                    sw_d,
                 ),
                 tma(
                     "sfa",
@@ -213,6 +223,16 @@ impl DeepGemmKernel {
                 ),
             ],
         }
+    }
+}
+
+/// The tensor-map swizzle of a DeepGEMM swizzle mode in bytes.
+fn swizzle_mode(bytes: u32) -> Swizzle {
+    match bytes {
+        32 => Swizzle::B32,
+        64 => Swizzle::B64,
+        128 => Swizzle::B128,
+        _ => Swizzle::None,
     }
 }
 

@@ -363,6 +363,50 @@ impl LaunchFile {
         })
     }
 
+    /// The launch file's JSON text (what [`LaunchFile::parse`] reads back).
+    pub fn to_json(&self) -> String {
+        fn name<T: PartialEq + Copy>(names: &[(&str, T)], v: T) -> String {
+            names
+                .iter()
+                .find(|(_, t)| *t == v)
+                .map(|(n, _)| n.to_string())
+                .expect("every value has a name")
+        }
+        let params: Vec<Value> = self
+            .params
+            .iter()
+            .map(|p| match p {
+                ParamSpec::Ptr(b) => serde_json::json!({ "ptr": b }),
+                ParamSpec::U32(v) => serde_json::json!({ "u32": v }),
+                ParamSpec::U64(v) => serde_json::json!({ "u64": v }),
+                ParamSpec::F32(v) => serde_json::json!({ "f32": v }),
+                ParamSpec::TensorMap(t) => serde_json::json!({ "tensor_map": {
+                    "buffer": t.buffer,
+                    "dtype": name(DTYPES, t.dtype),
+                    "dims": t.dims,
+                    "strides_bytes": t.strides_bytes,
+                    "box": t.box_dims,
+                    "element_strides": t.element_strides,
+                    "swizzle": name(SWIZZLES, t.swizzle),
+                    "interleave": name(INTERLEAVES, t.interleave),
+                    "l2_promotion": name(PROMOTIONS, t.l2_promotion),
+                    "oob_fill": name(FILLS, t.oob_fill),
+                }}),
+            })
+            .collect();
+        let c = &self.config;
+        let doc = serde_json::json!({
+            "entry": self.entry,
+            "grid": c.grid,
+            "block": c.block,
+            "cluster": c.cluster,
+            "dynamic_shared_bytes": c.dynamic_shared_bytes,
+            "allocate": self.allocate,
+            "params": params,
+        });
+        serde_json::to_string_pretty(&doc).expect("serializable") + "\n"
+    }
+
     /// The parameter values over buffers at `addresses` (by name): pointers resolved, tensor
     /// maps encoded with `cuTensorMapEncodeTiled`'s checks. An error names the parameter.
     pub fn param_values(
@@ -566,6 +610,12 @@ mod tests {
              f32, tensor_map)"
         );
         assert!(bad("\"entry\"", "entry").contains("line 1 column"));
+    }
+
+    #[test]
+    fn the_json_text_round_trips() {
+        let f = LaunchFile::parse(MINIMAL).unwrap();
+        assert_eq!(LaunchFile::parse(&f.to_json()).unwrap(), f);
     }
 
     #[test]
