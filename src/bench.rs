@@ -12,6 +12,9 @@ use dsc_runtime::{Artifact, ModeledTiming, StepTiming};
 use std::fmt::Write as _;
 use std::time::Instant;
 
+/// The most `--iters` (and `--warmup`) `dsc bench` takes.
+const MAX_ITERATIONS: usize = 10_000;
+
 /// Benchmarks the model in `args.dir`.
 pub fn run(args: &BenchArgs) -> Result<(), Diagnostic> {
     let emulated = args.device == DeviceArg::Emu;
@@ -26,7 +29,17 @@ pub fn run(args: &BenchArgs) -> Result<(), Diagnostic> {
     if iters == 0 {
         return Err(Diagnostic::new("--iters must be at least 1"));
     }
+    for (flag, n) in [("--iters", iters), ("--warmup", warmup)] {
+        if n > MAX_ITERATIONS {
+            return Err(Diagnostic::new(format!(
+                "{flag} {n} is more than {MAX_ITERATIONS}, the most forward passes dsc bench runs \
+                 (a median over {MAX_ITERATIONS} is as steady as it gets)"
+            )));
+        }
+    }
     let artifact = Artifact::load(&args.dir).map_err(runtime_error)?;
+    // Every artifact dsc compile writes has one, whatever device runs it.
+    artifact.require_launch_plan().map_err(runtime_error)?;
     let weights = match &args.weights {
         Some(path) => WeightsSource::Checkpoint(path),
         None => WeightsSource::Random(args.random_weights.unwrap_or(0)),
@@ -38,18 +51,28 @@ pub fn run(args: &BenchArgs) -> Result<(), Diagnostic> {
     for _ in 0..warmup {
         session.run(&inputs).map_err(runtime_error)?;
     }
-    let mut forward = Vec::with_capacity(iters);
-    let mut per_step: Vec<Vec<StepTiming>> = Vec::with_capacity(iters);
+    let mut forward = Vec::new();
+    // The first run's steps, and each step's seconds over the runs (not every run's
+    // `StepTiming`s: op and kernel names repeated `iters` times).
+    let mut first: Vec<StepTiming> = Vec::new();
+    let mut seconds: Vec<Vec<f64>> = Vec::new();
     for _ in 0..iters {
         let start = Instant::now();
         session.run(&inputs).map_err(runtime_error)?;
         forward.push(start.elapsed().as_secs_f64());
-        per_step.push(session.timings().to_vec());
+        let timings = session.timings();
+        if first.is_empty() {
+            first = timings.to_vec();
+            seconds = vec![Vec::new(); first.len()];
+        }
+        for (times, t) in seconds.iter_mut().zip(timings) {
+            times.push(t.seconds);
+        }
     }
     let bench = Bench {
         model: artifact.graph.name.clone(),
         device: session.device().short_name(),
-        steps: summarize(&per_step),
+        steps: summarize(&first, &mut seconds),
         forward: median(&mut forward),
         iters,
         warmup,
@@ -106,25 +129,19 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// Each step's median over the iterations.
-fn summarize(per_step: &[Vec<StepTiming>]) -> Vec<StepSummary> {
-    let steps = per_step.first().map_or(&[][..], Vec::as_slice);
+/// Each step of the first run (`steps`) with its median over the runs (`seconds[i]`: step
+/// `i`'s seconds in each run).
+fn summarize(steps: &[StepTiming], seconds: &mut [Vec<f64>]) -> Vec<StepSummary> {
     steps
         .iter()
-        .enumerate()
-        .map(|(i, step)| {
-            let mut times: Vec<f64> = per_step
-                .iter()
-                .filter_map(|run| run.get(i).map(|s| s.seconds))
-                .collect();
-            StepSummary {
-                op: step.op.clone(),
-                kernel: step.kernel.clone(),
-                seconds: median(&mut times),
-                flops: step.flops,
-                bytes: step.bytes,
-                modeled: step.modeled.clone(),
-            }
+        .zip(seconds)
+        .map(|(step, times)| StepSummary {
+            op: step.op.clone(),
+            kernel: step.kernel.clone(),
+            seconds: median(times),
+            flops: step.flops,
+            bytes: step.bytes,
+            modeled: step.modeled.clone(),
         })
         .collect()
 }
@@ -294,11 +311,19 @@ mod tests {
         }
     }
 
+    /// Each run's steps, as `dsc bench` collects them.
+    fn summarize_runs(per_step: &[Vec<StepTiming>]) -> Vec<StepSummary> {
+        let mut seconds: Vec<Vec<f64>> = (0..per_step[0].len())
+            .map(|i| per_step.iter().map(|run| run[i].seconds).collect())
+            .collect();
+        summarize(&per_step[0], &mut seconds)
+    }
+
     fn bench(per_step: &[Vec<StepTiming>], sample_ctas: Option<u64>) -> Bench {
         Bench {
             model: "m".into(),
             device: "emu".into(),
-            steps: summarize(per_step),
+            steps: summarize_runs(per_step),
             forward: 2.5,
             iters: per_step.len(),
             warmup: 0,
@@ -327,7 +352,7 @@ mod tests {
             vec![step(2, 3, 5.0, false)],
             vec![step(2, 3, 2.0, false)],
         ];
-        let summary = summarize(&runs);
+        let summary = summarize_runs(&runs);
         assert_eq!(summary.len(), 1);
         assert_eq!((summary[0].seconds, summary[0].flops), (2.0, 2));
     }

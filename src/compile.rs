@@ -2,7 +2,7 @@
 //! first): model → graph → passes → codegen → manifest.json, kernels.ptx, graph.dsc,
 //! report.txt, report.json (and kernels.mlir with `--emit mlir`), written atomically.
 
-use crate::artifact_dir::write_atomically;
+use crate::artifact_dir::{check_replaceable, write_atomically};
 use crate::cli::{CompileArgs, EmitArg};
 use crate::diagnostic::{Diagnostic, read_text};
 use crate::{pipeline, report};
@@ -35,15 +35,18 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
                 .map_err(|e| Diagnostic::at(&args.model, &source, e.line, e.col, e.message))?
         }
     };
+    let dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("build").join(&graph.name));
+    // Refused before the compile, not after it: the checks are cheap, the compile is not.
+    let inputs = [args.model.as_path()];
+    check_replaceable(&dir, &inputs)?;
     let timings = pipeline::run(&args.pipeline, DEFAULT_PIPELINE, &mut graph)?;
     let target = args.target.0;
     let generated = generate(&graph, target, args.emit == Some(EmitArg::Mlir))
         .map_err(|e| Diagnostic::new(format!("codegen for {target}: {e}")))?;
     let report = report::build(&graph, &timings).with_codegen(&generated);
-    let dir = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("build").join(&graph.name));
     let text = graph.to_string();
     let report_txt = report.to_text();
     let report_json = report.to_json();
@@ -58,7 +61,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
     if let Some(mlir) = &generated.mlir {
         outputs.push(("kernels.mlir", mlir.as_bytes()));
     }
-    write_atomically(&dir, &outputs)?;
+    write_atomically(&dir, &outputs, &inputs)?;
     print!("{}", report.summary_text());
     if args.pipeline.timings {
         print!("{}", report.timings_text());

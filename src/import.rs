@@ -43,7 +43,7 @@ pub fn import_config(config: &Path, shape: &HfShapeArgs) -> Result<Imported, Dia
     let text = read_text(config)?;
     // The name needs the model type before the import proper; a config without one fails
     // in `import` with its location.
-    let model_type = serde_json::from_str::<serde_json::Value>(&text)
+    let model_type = serde_json::from_str::<serde_json::Value>(text.trim_start_matches('\u{feff}'))
         .ok()
         .and_then(|v| v.get("model_type")?.as_str().map(str::to_string))
         .unwrap_or_else(|| "model".into());

@@ -76,6 +76,8 @@ pub fn open_session<'a>(
 /// Runs the model in `args.dir`.
 pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
     let artifact = Artifact::load(&args.dir).map_err(runtime_error)?;
+    // Every artifact dsc compile writes has one, whatever device runs it.
+    artifact.require_launch_plan().map_err(runtime_error)?;
     let weights = match (&args.weights, args.random_weights) {
         (Some(path), _) => WeightsSource::Checkpoint(path),
         (None, Some(seed)) => WeightsSource::Random(seed),
@@ -85,12 +87,13 @@ pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
             ));
         }
     };
+    let options = session_options(args.accumulator);
+    // The session first: it checks that the model fits in memory before anything is drawn.
+    let mut session = open_session(&artifact, args.device, options, weights)?;
     let inputs = match &args.inputs {
         Some(path) => read_inputs(&artifact.graph, path).map_err(runtime_error)?,
         None => random_inputs(&artifact.graph, 0),
     };
-    let options = session_options(args.accumulator);
-    let mut session = open_session(&artifact, args.device, options, weights)?;
     let start = Instant::now();
     let outputs = session.run(&inputs).map_err(runtime_error)?;
     let elapsed = start.elapsed();

@@ -78,7 +78,7 @@ const V2: &str = r#"{
   "rms_norm_eps": 1e-06
 }"#;
 
-const LLAMA: &str = r#"{
+pub(crate) const LLAMA: &str = r#"{
   "model_type": "llama",
   "hidden_size": 64,
   "intermediate_size": 160,
@@ -118,17 +118,19 @@ const QWEN2: &str = r#"{
 
 /// What to break when writing a checkpoint.
 #[derive(Clone, Copy, PartialEq)]
-enum Damage {
+pub(crate) enum Damage {
     None,
     /// Leave out the first q/kv projection weight.
     MissingTensor,
     /// Write the first norm weight as I32.
     WrongDtype,
+    /// Write the first k projection weight transposed ([K, N] for [N, K]).
+    WrongShape,
 }
 
 /// Writes `config` and its random BF16 weights as a checkpoint of two shards with an index
 /// (plus, with `extra_layer`, one tensor of a layer beyond the model's, as MTP layers are).
-fn write_checkpoint(dir: &Path, config: &str, extra_layer: bool, damage: Damage) {
+pub(crate) fn write_checkpoint(dir: &Path, config: &str, extra_layer: bool, damage: Damage) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.json"), config).unwrap();
     let opts = ImportOptions {
@@ -157,6 +159,14 @@ fn write_checkpoint(dir: &Path, config: &str, extra_layer: bool, damage: Damage)
             .unwrap();
         let shape = tensors[i].1.shape.clone();
         tensors[i].1 = HostTensor::zeros(dsc_ir::DType::I32, shape);
+    }
+    if damage == Damage::WrongShape {
+        let i = tensors
+            .iter()
+            .position(|(n, _)| n.contains("k_proj.weight"))
+            .unwrap();
+        let t = &mut tensors[i].1;
+        t.shape.reverse();
     }
     let half = tensors.len() / 2;
     let mut weight_map = BTreeMap::new();

@@ -3,6 +3,7 @@
 
 mod artifact;
 mod bad_inputs;
+mod bad_runs;
 mod cli;
 mod emulate;
 mod filetests;

@@ -101,7 +101,7 @@ fn bad_runs_fail_with_clear_errors() {
                 "--random-weights".into(),
                 "1".into(),
             ],
-            "has no graph.dsc",
+            "no/such/dir: does not exist",
         ),
         (vec!["run".into(), dir.clone()], "no weights"),
         (

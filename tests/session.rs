@@ -81,6 +81,8 @@ fn artifact_files_and_schema_version_are_checked() {
             &["run", &dir, "--device", "cpu", "--random-weights", "1"],
             &format!("is not a compiled model: it has no {file}"),
         );
+        // Without its manifest the directory is no longer an artifact `-o` may replace.
+        std::fs::remove_dir_all(&dir).unwrap();
     }
     let dir = compile(&tmp, "mlp");
     let path = Path::new(&dir).join("manifest.json");

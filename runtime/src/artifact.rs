@@ -345,6 +345,16 @@ fn check_target_and_arena(manifest: &Manifest) -> Vec<String> {
     problems
 }
 
+/// Where an arena tensor lies and the steps it is alive over.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    offset: u64,
+    bytes: u64,
+    first: usize,
+    /// `usize::MAX` for a graph output (kept to the end).
+    last: usize,
+}
+
 /// Arena tensors alive at the same step whose bytes overlap. A tensor (or the arena tensor its
 /// alias chain ends at) is alive from the first step that names it to the last; graph outputs
 /// to the end. Reported up to [`SHOWN_OVERLAPS`], then counted.
@@ -363,13 +373,17 @@ fn check_live_overlaps(
             _ => None,
         }
     };
-    // name -> (offset, bytes, first step, last step)
-    let mut live: HashMap<&str, (u64, u64, usize, usize)> = HashMap::new();
+    let mut live: HashMap<&str, Span> = HashMap::new();
     for (i, step) in manifest.steps.iter().enumerate() {
         for arg in &step.args {
             if let Some((name, offset, bytes)) = arena_root(arg) {
-                let span = live.entry(name).or_insert((offset, bytes, i, i));
-                span.3 = i;
+                let span = live.entry(name).or_insert(Span {
+                    offset,
+                    bytes,
+                    first: i,
+                    last: i,
+                });
+                span.last = i;
             }
         }
     }
@@ -377,15 +391,24 @@ fn check_live_overlaps(
         if let Some((name, ..)) = arena_root(graph.name(v))
             && let Some(span) = live.get_mut(name)
         {
-            span.3 = usize::MAX;
+            span.last = usize::MAX;
         }
     }
-    let mut order: Vec<(&str, (u64, u64, usize, usize))> = live.into_iter().collect();
-    order.sort_by_key(|&(name, (offset, _, first, _))| (first, offset, name));
+    let mut order: Vec<(&str, Span)> = live.into_iter().collect();
+    order.sort_by_key(|&(name, span)| (span.first, span.offset, name));
     // The regions alive at the current step, by offset: (end, last step, name).
     let mut alive: BTreeMap<u64, (u64, usize, &str)> = BTreeMap::new();
     let mut overlaps = Vec::new();
-    for (name, (offset, bytes, first, last)) in order {
+    for (
+        name,
+        Span {
+            offset,
+            bytes,
+            first,
+            last,
+        },
+    ) in order
+    {
         alive.retain(|_, &mut (_, until, _)| until >= first);
         let end = offset.saturating_add(bytes);
         let below = alive.range(..=offset).next_back();

@@ -136,14 +136,15 @@ fn duplicate_header_key(buffer: &[u8]) -> Option<String> {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut seen = BTreeSet::new();
+            // The whole map is read: serde_json checks that it ends where it should.
+            let (mut seen, mut first) = (BTreeSet::new(), None);
             while let Some(key) = map.next_key::<String>()? {
                 map.next_value::<IgnoredAny>()?;
-                if !seen.insert(key.clone()) {
-                    return Ok(Some(key));
+                if !seen.insert(key.clone()) && first.is_none() {
+                    first = Some(key);
                 }
             }
-            Ok(None)
+            Ok(first)
         }
     }
     let n = usize::try_from(u64::from_le_bytes(buffer.get(..8)?.try_into().ok()?)).ok()?;
@@ -442,7 +443,11 @@ mod tests {
     fn a_key_twice_in_a_header_is_named_as_such() {
         let dir = scratch_dir("ckpt-duplicate-key");
         let path = dir.join("w.safetensors");
-        write(&path, &[("a", &t(&[1.0])), ("b", &t(&[2.0]))]);
+        // `b` renamed `a` below; `c` after them (the duplicate is not the header's last key).
+        write(
+            &path,
+            &[("a", &t(&[1.0])), ("b", &t(&[2.0])), ("c", &t(&[3.0]))],
+        );
         let bytes = std::fs::read(&path).unwrap();
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();

@@ -1,0 +1,426 @@
+//! Bad inputs that need a setup the `tests/bad/` files cannot carry: output directories that
+//! are not dsc's, inputs inside outputs, damaged artifacts, checkpoints and configs, models too
+//! large for memory, absurd flags (issue 14). Each must fail with exit code 1, an `error:` line
+//! naming the place, no panic or abort, and nothing lost.
+
+use crate::import::{Damage, LLAMA, write_checkpoint};
+use crate::support::{TempDir, dsc, root, streams};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Asserts a clean failure of `out` (exit 1, `error:` first, no panic); returns stderr.
+fn failed(out: &Output, what: &str) -> String {
+    let (_, stderr) = streams(out);
+    assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{what}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    stderr
+}
+
+/// `dsc ARGS`, which must fail cleanly; its stderr.
+fn fails(args: &[&str]) -> String {
+    failed(&dsc(args), &args.join(" "))
+}
+
+/// `dsc ARGS`, which must succeed.
+fn ok(args: &[&str]) {
+    let out = dsc(args);
+    let (_, stderr) = streams(&out);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+}
+
+/// The mlp example compiled into `tmp/name`.
+fn mlp(tmp: &TempDir, name: &str) -> std::path::PathBuf {
+    let art = tmp.join(name);
+    ok(&["compile", "examples/mlp.toml", "-o", &s(&art)]);
+    art
+}
+
+#[test]
+fn compile_replaces_only_a_dsc_artifact() {
+    let tmp = TempDir::new("bad-output-dir");
+    // A directory of someone's files: refused, the files kept.
+    let data = tmp.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("precious.txt"), "keep").unwrap();
+    let e = fails(&["compile", "examples/mlp.toml", "-o", &s(&data)]);
+    assert!(
+        e.contains(&format!(
+            "{} exists and is not a dsc artifact (it has no manifest.json)",
+            data.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("precious.txt")).unwrap(),
+        "keep"
+    );
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1);
+
+    // `-o .` in that directory: the same.
+    let out = Command::new(env!("CARGO_BIN_EXE_dsc"))
+        .args(["compile", &s(&root().join("examples/mlp.toml")), "-o", "."])
+        .current_dir(&data)
+        .output()
+        .unwrap();
+    let e = failed(&out, "compile -o .");
+    assert!(e.contains(". exists and is not a dsc artifact"), "{e}");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1);
+
+    // A file: refused.
+    let file = tmp.join("file");
+    std::fs::write(&file, "x").unwrap();
+    let e = fails(&["compile", "examples/mlp.toml", "-o", &s(&file)]);
+    assert!(e.contains("exists and is not a directory"), "{e}");
+
+    // An empty directory or a previous artifact is replaced.
+    let empty = tmp.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    ok(&["compile", "examples/mlp.toml", "-o", &s(&empty)]);
+    ok(&["compile", "examples/mlp.toml", "-o", &s(&empty)]);
+    assert!(empty.join("manifest.json").is_file());
+}
+
+#[test]
+fn compile_never_replaces_its_input() {
+    let tmp = TempDir::new("bad-output-input");
+    let ckpt = tmp.join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    std::fs::write(ckpt.join("config.json"), LLAMA).unwrap();
+    let e = fails(&["compile", &s(&ckpt), "--seq-len", "8", "-o", &s(&ckpt)]);
+    assert!(
+        e.contains(&format!(
+            "the output directory {} holds the input {}",
+            ckpt.display(),
+            ckpt.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ckpt.join("config.json")).unwrap(),
+        LLAMA
+    );
+    // Even when the directory holds an artifact: a model.toml inside the output.
+    let art = mlp(&tmp, "art");
+    let toml = art.join("model.toml");
+    std::fs::copy(root().join("examples/mlp.toml"), &toml).unwrap();
+    let e = fails(&["compile", &s(&toml), "-o", &s(&art)]);
+    assert!(e.contains("holds the input"), "{e}");
+    assert!(toml.is_file());
+}
+
+#[test]
+fn quantize_weights_never_writes_into_its_input() {
+    let tmp = TempDir::new("bad-quantize-inside");
+    let ckpt = tmp.join("ckpt");
+    write_checkpoint(&ckpt, LLAMA, false, Damage::None);
+    let before = std::fs::read_dir(&ckpt).unwrap().count();
+    for out in [ckpt.join("fp8"), ckpt.join("a/../fp8")] {
+        let e = fails(&["quantize-weights", &s(&ckpt), "-o", &s(&out)]);
+        assert!(
+            e.contains(&format!(
+                "is inside the input checkpoint {}: quantize-weights never writes into its input",
+                ckpt.display()
+            )),
+            "{e}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&ckpt).unwrap().count(), before);
+}
+
+#[test]
+fn quantize_weights_refuses_a_tensor_of_the_wrong_shape() {
+    let tmp = TempDir::new("bad-quantize-shape");
+    let ckpt = tmp.join("ckpt");
+    write_checkpoint(&ckpt, LLAMA, false, Damage::WrongShape);
+    let out = tmp.join("fp8");
+    let e = fails(&["quantize-weights", &s(&ckpt), "-o", &s(&out)]);
+    assert!(
+        e.contains(
+            "1 tensors do not have the shape the model of config.json gives them, first \
+             `model.layers.0.self_attn.k_proj.weight` is [64, 32], the model needs [32, 64]"
+        ),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
+/// A model whose weights (two 2^24 × 8192 tables, 1 TiB as host f32) fit no machine.
+const HUGE: &str = r#"[model]
+name = "huge"
+architecture = "llama"
+dim = 8192
+n_layers = 1
+n_heads = 64
+n_kv_heads = 8
+inter_dim = 256
+vocab_size = 16777216
+rope_theta = 10000.0
+rms_norm_eps = 1e-5
+batch = 1
+seq_len = 1
+"#;
+
+#[test]
+fn a_model_larger_than_memory_is_an_error_not_an_abort() {
+    let tmp = TempDir::new("bad-huge");
+    let toml = tmp.join("huge.toml");
+    std::fs::write(&toml, HUGE).unwrap();
+    let art = tmp.join("art");
+    ok(&["compile", &s(&toml), "-o", &s(&art)]);
+    for (command, device, words) in [
+        (
+            "run",
+            "cpu",
+            "of memory on cpu (weights 1024.1 GiB, inputs 0.0 MiB, intermediates",
+        ),
+        ("bench", "cpu", "of memory on cpu (weights 1024.1 GiB"),
+        (
+            "run",
+            "emu",
+            "of memory on emu (weights 1024.1 GiB, inputs 0.0 MiB, emulated device",
+        ),
+    ] {
+        let e = fails(&[
+            command,
+            &s(&art),
+            "--device",
+            device,
+            "--random-weights",
+            "0",
+        ]);
+        assert!(
+            e.starts_with("error: the model needs ")
+                && e.contains(words)
+                && e.contains("are available"),
+            "{command} {device}: {e}"
+        );
+    }
+}
+
+#[test]
+fn bench_bounds_its_iterations() {
+    let tmp = TempDir::new("bad-bench-iters");
+    let art = mlp(&tmp, "art");
+    for (flag, n) in [
+        ("--iters", "18446744073709551615"),
+        ("--iters", "1000000000"),
+        ("--warmup", "10001"),
+    ] {
+        let e = fails(&["bench", &s(&art), "--device", "cpu", flag, n]);
+        assert!(
+            e.contains(&format!(
+                "{flag} {n} is more than 10000, the most forward passes"
+            )),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn run_on_a_missing_directory_says_so() {
+    let e = fails(&["run", "no/such/dir", "--random-weights", "0"]);
+    assert_eq!(
+        e.trim_end(),
+        "error: no/such/dir: does not exist: give the directory dsc compile wrote"
+    );
+}
+
+/// `edit` applied to the compiled mlp's manifest.json must make `dsc run --device cpu` fail
+/// with `want` (the CPU path does not use the launch plan, but a manifest dsc never wrote is
+/// not run as if valid).
+fn manifest_refused(tmp: &TempDir, name: &str, edit: impl Fn(&mut serde_json::Value), want: &str) {
+    let art = mlp(tmp, name);
+    let path = art.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    let e = fails(&["run", &s(&art), "--device", "cpu", "--random-weights", "0"]);
+    assert!(
+        e.contains("manifest.json") && e.contains(want),
+        "{name}: {e}"
+    );
+}
+
+#[test]
+fn manifests_dsc_never_writes_are_refused_on_load() {
+    let tmp = TempDir::new("bad-manifests");
+    manifest_refused(
+        &tmp,
+        "arena",
+        |m| m["arena"]["bytes"] = serde_json::json!(1u64 << 62),
+        "`arena.bytes` is 4611686018427387904, but its tensors end at byte",
+    );
+    manifest_refused(
+        &tmp,
+        "overlap",
+        |m| {
+            for t in m["tensors"].as_array_mut().unwrap() {
+                if t["storage"]["kind"] == "arena" {
+                    t["storage"]["offset"] = serde_json::json!(0);
+                }
+            }
+        },
+        "overlap while both are live",
+    );
+    manifest_refused(
+        &tmp,
+        "steps",
+        |m| m["steps"] = serde_json::json!([]),
+        "`steps` is empty",
+    );
+    manifest_refused(
+        &tmp,
+        "no-plan",
+        |m| {
+            m["steps"] = serde_json::json!([]);
+            m["kernels"] = serde_json::json!([]);
+        },
+        "`steps` is empty: the manifest has no launch plan",
+    );
+    manifest_refused(
+        &tmp,
+        "target",
+        |m| m["target"] = serde_json::json!("sm_70"),
+        "`target` is \"sm_70\": dsc writes PTX for sm_90a or sm_89 only",
+    );
+    manifest_refused(
+        &tmp,
+        "alignment",
+        |m| m["arena"]["alignment"] = serde_json::json!(0),
+        "`arena.alignment` is 0: it must be a power of two",
+    );
+    manifest_refused(
+        &tmp,
+        "misaligned",
+        |m| {
+            let t = m["tensors"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|t| t["storage"]["kind"] == "arena")
+                .unwrap();
+            t["storage"]["offset"] = serde_json::json!(8);
+        },
+        "arena `offset` 8 is not a multiple of `arena.alignment` 256",
+    );
+}
+
+#[test]
+fn a_byte_order_mark_in_config_json_is_skipped() {
+    let tmp = TempDir::new("bad-bom");
+    let cfg = tmp.join("config.json");
+    std::fs::write(&cfg, format!("\u{feff}{LLAMA}")).unwrap();
+    ok(&[
+        "compile",
+        &s(&cfg),
+        "--seq-len",
+        "8",
+        "-o",
+        &s(&tmp.join("art")),
+    ]);
+    ok(&["import", &s(&cfg)]);
+}
+
+#[test]
+fn config_derived_errors_point_at_the_config_field() {
+    let tmp = TempDir::new("bad-config-field");
+    let cfg = tmp.join("config.json");
+    let text = LLAMA.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
+    std::fs::write(&cfg, &text).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("num_attention_heads"))
+        .unwrap()
+        + 1;
+    let art = tmp.join("art");
+    for args in [
+        vec!["import".to_string(), s(&cfg)],
+        vec!["compile".to_string(), s(&cfg), "-o".to_string(), s(&art)],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = fails(&args);
+        assert!(
+            e.starts_with(&format!(
+                "error: {}:{line}:3: `num_attention_heads`: dsc cannot build this model: \
+                 `n_heads` (5) must divide `dim` (64)",
+                cfg.display()
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("[model]"), "the model.toml is not dumped: {e}");
+    }
+}
+
+#[test]
+fn broken_checkpoints_are_named_for_what_they_are() {
+    let tmp = TempDir::new("bad-checkpoints");
+    let cfg = tmp.join("config.json");
+    std::fs::write(&cfg, LLAMA).unwrap();
+    let art = tmp.join("art");
+    ok(&["compile", &s(&cfg), "--seq-len", "8", "-o", &s(&art)]);
+    let run =
+        |weights: &Path| fails(&["run", &s(&art), "--device", "cpu", "--weights", &s(weights)]);
+
+    // A shard that is a directory.
+    let ckpt = tmp.join("ckpt");
+    write_checkpoint(&ckpt, LLAMA, false, Damage::None);
+    let shard = ckpt.join("model-00002-of-00002.safetensors");
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::create_dir(&shard).unwrap();
+    let e = run(&ckpt);
+    assert!(
+        e.contains("model-00002-of-00002.safetensors")
+            && e.contains("is a directory, not a safetensors file"),
+        "{e}"
+    );
+
+    // A header that names one tensor twice: the second tensor's name replaced by the first's
+    // (the header's length prefix updated; the data offsets are relative to its end).
+    let ckpt = tmp.join("ckpt2");
+    write_checkpoint(&ckpt, LLAMA, false, Damage::None);
+    let shard = ckpt.join("model-00001-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_str(header).unwrap();
+    let mut names = parsed.keys().filter(|k| *k != "__metadata__");
+    let (first, second) = (names.next().unwrap().clone(), names.next().unwrap().clone());
+    let renamed = header.replacen(&format!("\"{second}\""), &format!("\"{first}\""), 1);
+    let mut damaged = (renamed.len() as u64).to_le_bytes().to_vec();
+    damaged.extend_from_slice(renamed.as_bytes());
+    damaged.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&shard, damaged).unwrap();
+    let e = run(&ckpt);
+    assert!(e.contains(&format!("lists tensor `{first}` twice")), "{e}");
+}
+
+#[test]
+fn a_long_cycle_is_reported_in_a_readable_line() {
+    let tmp = TempDir::new("bad-long-cycle");
+    let n = 20_000;
+    let mut toml = String::from(
+        "[model]\nname = \"ring\"\noutputs = [\"op0\"]\n\n[[input]]\nname = \"x\"\n\
+         dtype = \"f32\"\nshape = [4]\n",
+    );
+    for i in 0..n {
+        let prev = (i + n - 1) % n;
+        toml.push_str(&format!(
+            "\n[[op]]\nname = \"op{i}\"\nkind = \"silu\"\ninputs = [\"op{prev}\"]\n"
+        ));
+    }
+    let file = tmp.join("ring.toml");
+    std::fs::write(&file, toml).unwrap();
+    let e = fails(&["compile", &s(&file), "-o", &s(&tmp.join("out"))]);
+    let first = e.lines().next().unwrap();
+    assert!(first.len() < 400, "{} bytes: {first}", first.len());
+    assert!(
+        first.contains(":10:1: 20000 ops form a cycle through their `inputs`: op0 -> op1 -> op2 -> op3 -> … (19992 more ops) … -> op19996 -> op19997 -> op19998 -> op19999 -> op0"),
+        "{first}"
+    );
+}
