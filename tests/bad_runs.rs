@@ -176,13 +176,13 @@ fn a_model_larger_than_memory_is_an_error_not_an_abort() {
         (
             "run",
             "cpu",
-            "of memory on cpu (weights 1024.1 GiB, inputs 0.0 MiB, intermediates",
+            "of memory on cpu (weights 1024.1 GiB, inputs 4 B, intermediates",
         ),
         ("bench", "cpu", "of memory on cpu (weights 1024.1 GiB"),
         (
             "run",
             "emu",
-            "of memory on emu (weights 1024.1 GiB, inputs 0.0 MiB, emulated device",
+            "of memory on emu (weights 1024.1 GiB, inputs 4 B, emulated device",
         ),
     ] {
         let e = fails(&[

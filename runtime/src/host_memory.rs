@@ -96,14 +96,18 @@ impl MemoryNeed {
     }
 }
 
-/// Bytes as GiB or MiB, whichever reads better.
+/// Bytes in GiB, MiB or KiB (one decimal), or plain bytes under 1 KiB.
 pub(crate) fn human(bytes: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
+    const KIB: f64 = 1024.0;
     let b = bytes as f64;
-    if b >= 1024.0 * MIB {
-        format!("{:.1} GiB", b / (1024.0 * MIB))
+    if b >= KIB * KIB * KIB {
+        format!("{:.1} GiB", b / (KIB * KIB * KIB))
+    } else if b >= KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else if b >= KIB {
+        format!("{:.1} KiB", b / KIB)
     } else {
-        format!("{:.1} MiB", b / MIB)
+        format!("{bytes} B")
     }
 }
 
@@ -202,7 +206,7 @@ mod tests {
     fn a_need_above_what_is_available_is_an_error_that_says_both() {
         let need = MemoryNeed {
             weights: 3 << 30,
-            inputs: 1 << 20,
+            inputs: 1 << 10,
             intermediates: 2 << 20,
             device: 0,
         };
@@ -212,11 +216,19 @@ mod tests {
         assert!(
             message.contains("needs 3.0 GiB of memory on cpu")
                 && message.contains(
-                    "weights 3.0 GiB, inputs 1.0 MiB, intermediates at their peak 2.0 MiB"
+                    "weights 3.0 GiB, inputs 1.0 KiB, intermediates at their peak 2.0 MiB"
                 )
                 && message.contains("1.0 GiB are available"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn sizes_read_in_their_unit() {
+        assert_eq!(human(4), "4 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 20), "5.0 MiB");
+        assert_eq!(human(1 << 40), "1024.0 GiB");
     }
 
     #[test]
