@@ -6,15 +6,18 @@
 //!
 //! ```text
 //! q        = ceil(C / S) · S / C                       (C CTAs over S SMs: the busiest SM's share)
-//! tensor   = q · Σ_kind flops[kind] / peak[kind]
+//! tensor   = q · Σ_kind flops[kind] / (peak[kind] · tensor_efficiency)
 //! issue    = q · (warp_instructions + unpack · fp8_mma_sync_ops) / (S · 4 · clock)
 //! fp32     = q · fp32_flops / fp32_peak
 //! shared   = q · (shared_wavefronts + async_copy_bytes / 128) / (S · clock)
-//! dram     = ((load_sectors + store_sectors) · 32 + async_copy_bytes) / dram_bandwidth
+//! dram     = dram_bytes / (dram_bandwidth · dram_efficiency)
+//!            (dram_bytes: given, e.g. the buffers' unique bytes, else
+//!             (load_sectors + store_sectors) · 32 + async_copy_bytes)
 //! l2       = same bytes / l2_bandwidth                   (only where a figure is published)
 //! seconds  = max(tensor, issue, fp32, shared, dram, l2) + launch_latency
 //! ```
 //!
+//! The two efficiencies are calibrated constants ([`TENSOR_EFFICIENCY`], [`DRAM_EFFICIENCY`]).
 //! The bound is the resource with the largest time ([`Bound::Latency`] when the launch latency
 //! exceeds them all); `peak_fraction` is that resource's time at peak without wave quantization
 //! (the useful work over its peak rate) divided by `seconds`.
@@ -61,6 +64,12 @@ pub struct DeviceModel {
     /// Kernel launch latency, seconds (an **assumption**: no datasheet gives it, and it was not
     /// measured; [`LAUNCH_LATENCY_S`]).
     pub launch_latency_s: f64,
+    /// Fraction of the tensor-core peaks a well-pipelined kernel sustains
+    /// ([`TENSOR_EFFICIENCY`], **calibrated** on DeepGEMM's published H800 figures).
+    pub tensor_efficiency: f64,
+    /// Fraction of the DRAM bandwidth a streaming kernel sustains ([`DRAM_EFFICIENCY`],
+    /// **calibrated** on DeepGEMM's published H800 figures).
+    pub dram_efficiency: f64,
     /// Most resident threads per SM (occupancy estimate; an **assumption**, see each device).
     pub max_threads_per_sm: u32,
     /// Most resident CTAs per SM (occupancy estimate; an **assumption**, see each device).
@@ -70,6 +79,18 @@ pub struct DeviceModel {
 /// Kernel launch latency the model adds to every launch: 4 µs, an **assumption**: no datasheet
 /// gives a launch latency and none was measured for this model.
 pub const LAUNCH_LATENCY_S: f64 = 4e-6;
+
+/// The fraction of the tensor-core peaks the model lets a kernel sustain: 0.695. **Calibrated**
+/// (least squares over the log error, jointly with [`DRAM_EFFICIENCY`]) on DeepGEMM's own FP8
+/// GEMM PTX run on the emulator at the nine shapes of its published H800 table
+/// (`docs/emulator-model.md`, `bench/results/deepgemm-calibration.md`): the datasheet peak
+/// assumes the boost clock throughout and no pipeline bubbles, which a GEMM with an
+/// unoverlapped epilogue per tile and power-limited clocks does not reach.
+pub const TENSOR_EFFICIENCY: f64 = 0.695;
+
+/// The fraction of the DRAM bandwidth the model lets a kernel sustain: 0.86. **Calibrated** with
+/// [`TENSOR_EFFICIENCY`] (its memory-bound shapes: M = 64 and 128).
+pub const DRAM_EFFICIENCY: f64 = 0.86;
 
 impl DeviceModel {
     /// NVIDIA H100 SXM5 (80 GB).
@@ -106,6 +127,8 @@ impl DeviceModel {
             l2_bytes_per_s: None,
             shared_bytes_per_clock_per_sm: 128,
             launch_latency_s: LAUNCH_LATENCY_S,
+            tensor_efficiency: TENSOR_EFFICIENCY,
+            dram_efficiency: DRAM_EFFICIENCY,
             max_threads_per_sm: 2048,
             max_ctas_per_sm: 32,
         }
@@ -150,6 +173,8 @@ impl DeviceModel {
             l2_bytes_per_s: None,
             shared_bytes_per_clock_per_sm: 128,
             launch_latency_s: LAUNCH_LATENCY_S,
+            tensor_efficiency: TENSOR_EFFICIENCY,
+            dram_efficiency: DRAM_EFFICIENCY,
             max_threads_per_sm: 1536,
             max_ctas_per_sm: 24,
         }
@@ -317,11 +342,14 @@ pub fn model_with(profile: &LaunchProfile, device: &DeviceModel, options: ModelO
 
     let mut notes = Vec::new();
     let mut resources = Vec::new();
-    let mut push = |resource: Bound, ideal: f64, quantized: bool| {
+    // A resource's time: its work at the datasheet peak (`ideal`, what `peak_fraction` is
+    // measured against), wave-quantized or not, over the fraction of the peak it sustains.
+    let mut push = |resource: Bound, ideal: f64, quantized: bool, efficiency: f64| {
         if ideal > 0.0 {
+            let q = if quantized { q } else { 1.0 };
             resources.push(ResourceTime {
                 resource,
-                seconds: if quantized { ideal * q } else { ideal },
+                seconds: ideal * q / efficiency,
                 ideal_seconds: ideal,
             });
         }
@@ -333,7 +361,7 @@ pub fn model_with(profile: &LaunchProfile, device: &DeviceModel, options: ModelO
         notes.extend(note);
         tensor += flops as f64 / rate;
     }
-    push(Bound::TensorCore, tensor, true);
+    push(Bound::TensorCore, tensor, true, device.tensor_efficiency);
 
     let fp8_sync_ops: u64 = profile
         .tensor_ops
@@ -345,14 +373,19 @@ pub fn model_with(profile: &LaunchProfile, device: &DeviceModel, options: ModelO
     let issue_rate = sms * device.warp_schedulers_per_sm as f64 * device.clock_hz;
     let instructions =
         profile.warp_instructions + fp8_sync_ops * device.fp8_mma_sync_unpack_instructions;
-    push(Bound::Issue, instructions as f64 / issue_rate, true);
+    push(Bound::Issue, instructions as f64 / issue_rate, true, 1.0);
 
     let fp32: u64 = profile
         .instruction_mix
         .iter()
         .filter_map(|(op, &n)| fp32_flops_per_lane(op).map(|f| f * 32 * n))
         .sum();
-    push(Bound::CudaCoreFp32, fp32 as f64 / device.fp32_flops, true);
+    push(
+        Bound::CudaCoreFp32,
+        fp32 as f64 / device.fp32_flops,
+        true,
+        1.0,
+    );
 
     let wavefronts = profile.shared_wavefronts as f64
         + profile.async_copy_bytes as f64 / device.shared_bytes_per_clock_per_sm.max(1) as f64;
@@ -360,14 +393,20 @@ pub fn model_with(profile: &LaunchProfile, device: &DeviceModel, options: ModelO
         Bound::SharedMemory,
         wavefronts / (sms * device.clock_hz),
         true,
+        1.0,
     );
 
     let traffic = (profile.global_load_sectors + profile.global_store_sectors) * 32
         + profile.async_copy_bytes;
     let dram = options.dram_bytes.unwrap_or(traffic);
-    push(Bound::Dram, dram as f64 / device.dram_bytes_per_s, false);
+    push(
+        Bound::Dram,
+        dram as f64 / device.dram_bytes_per_s,
+        false,
+        device.dram_efficiency,
+    );
     if let Some(l2) = device.l2_bytes_per_s {
-        push(Bound::L2, traffic as f64 / l2, false);
+        push(Bound::L2, traffic as f64 / l2, false, 1.0);
     }
 
     resources.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
@@ -433,9 +472,16 @@ mod tests {
         let ideal = flops as f64 / 1979e12;
         assert_eq!(r.bound, Bound::TensorCore);
         assert_eq!(r.label, "modeled");
-        assert!(close(r.seconds, ideal + LAUNCH_LATENCY_S, 1e-12), "{r:?}");
+        assert!(
+            close(
+                r.seconds,
+                ideal / TENSOR_EFFICIENCY + LAUNCH_LATENCY_S,
+                1e-12
+            ),
+            "{r:?}"
+        );
         assert!(close(r.peak_fraction, ideal / r.seconds, 1e-12));
-        assert!(r.peak_fraction > 0.99);
+        assert!(r.peak_fraction > 0.99 * TENSOR_EFFICIENCY);
         // The H200 has the same compute.
         assert!(close(
             model(&p, &DeviceModel::h200()).seconds,
@@ -446,7 +492,7 @@ mod tests {
         let b = gemm_profile("wgmma.m64n64k16.bf16", flops, 0, 4224);
         assert!(close(
             model(&b, &h100).seconds,
-            flops as f64 / 989.4e12 + LAUNCH_LATENCY_S,
+            flops as f64 / 989.4e12 / TENSOR_EFFICIENCY + LAUNCH_LATENCY_S,
             1e-12
         ));
     }
@@ -467,19 +513,19 @@ mod tests {
         assert_eq!(r.bound, Bound::Dram);
         assert!(close(
             r.seconds,
-            bytes as f64 / 3.35e12 + LAUNCH_LATENCY_S,
+            bytes as f64 / (3.35e12 * DRAM_EFFICIENCY) + LAUNCH_LATENCY_S,
             1e-12
         ));
         let r200 = model(&p, &DeviceModel::h200());
         assert!(close(
             r200.seconds,
-            bytes as f64 / 4.8e12 + LAUNCH_LATENCY_S,
+            bytes as f64 / (4.8e12 * DRAM_EFFICIENCY) + LAUNCH_LATENCY_S,
             1e-12
         ));
         let l40s = model(&p, &DeviceModel::l40s());
         assert!(close(
             l40s.seconds,
-            bytes as f64 / 864e9 + LAUNCH_LATENCY_S,
+            bytes as f64 / (864e9 * DRAM_EFFICIENCY) + LAUNCH_LATENCY_S,
             1e-12
         ));
         // Known unique bytes replace the sector traffic.
@@ -493,7 +539,7 @@ mod tests {
         );
         assert!(close(
             half.seconds,
-            bytes as f64 / 2.0 / 3.35e12 + LAUNCH_LATENCY_S,
+            bytes as f64 / 2.0 / (3.35e12 * DRAM_EFFICIENCY) + LAUNCH_LATENCY_S,
             1e-12
         ));
     }
@@ -529,7 +575,11 @@ mod tests {
         let p = gemm_profile("mma.m16n8k32.e4m3", flops, 1_000_000, 1320);
         let h = model(&p, &DeviceModel::h100_sxm());
         let tensor = time(&h, Bound::TensorCore);
-        assert!(close(tensor.seconds, flops as f64 / 494.7e12, 1e-12));
+        assert!(close(
+            tensor.seconds,
+            flops as f64 / 494.7e12 / TENSOR_EFFICIENCY,
+            1e-12
+        ));
         let issue = time(&h, Bound::Issue);
         let instrs = (1000 + 12 * 1_000_000) as f64;
         assert!(close(issue.seconds, instrs / (132.0 * 4.0 * 1.83e9), 1e-12));

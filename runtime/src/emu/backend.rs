@@ -129,7 +129,7 @@ impl Backend for EmuBackend<'_> {
         }
         timings.clear();
         for (step, profile) in self.artifact.manifest.steps.iter().zip(&profiles) {
-            let modeled = modeled(profile, &self.device);
+            let modeled = modeled(profile, &self.device, Some(step.bytes));
             timings.push(StepTiming::launched(step, modeled.seconds, Some(modeled)));
         }
         self.profiles = profiles;

@@ -18,9 +18,19 @@ pub(crate) fn device_model(target: &str) -> DeviceModel {
     }
 }
 
-/// The modeled time of one launch on `device`.
-pub(crate) fn modeled(profile: &LaunchProfile, device: &DeviceModel) -> ModeledTiming {
-    let m = roofline::model(profile, device);
+/// The modeled time of one launch on `device`; `unique_bytes` (the step's operands, each read or
+/// written once: the manifest's `bytes`) is its DRAM traffic when known, as with perfect L2
+/// reuse: the same assumption `dsc emulate` and the DeepGEMM calibration make.
+pub(crate) fn modeled(
+    profile: &LaunchProfile,
+    device: &DeviceModel,
+    unique_bytes: Option<u64>,
+) -> ModeledTiming {
+    let options = roofline::ModelOptions {
+        dram_bytes: unique_bytes.filter(|&b| b > 0),
+        ..roofline::ModelOptions::default()
+    };
+    let m = roofline::model_with(profile, device, options);
     // The bound's name as the emulator serializes it (`tensor_core`, `dram`, …), so that new
     // bounds need no change here.
     let bound = serde_json::to_value(m.bound)
@@ -80,7 +90,7 @@ mod tests {
 
     #[test]
     fn a_profile_becomes_a_modeled_timing_with_a_named_bound() {
-        let t = modeled(&LaunchProfile::default(), &device_model("sm_90a"));
+        let t = modeled(&LaunchProfile::default(), &device_model("sm_90a"), None);
         assert_eq!(t.device, "H100 SXM");
         assert!(t.seconds >= 0.0 && t.peak_fraction >= 0.0);
         assert!(

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# dsc's FP8 GEMM next to DeepGEMM's on the emulator, on the shapes of DeepGEMM's published H800
+# table: each dense shape compiled by dsc as one FP8 linear (bench/side-by-side/*.toml) and timed
+# with `dsc bench --device emu`, DeepGEMM's own PTX (bench/peers/deepgemm) modeled with the same
+# roofline and DRAM assumption (the buffers' unique bytes). Prints one markdown table; the ratio
+# is dsc's FP8 GEMM step over DeepGEMM's kernel (≤ 1.0: dsc as fast or faster). Every figure is
+# modeled on the H100 SXM model, none measured.
+#
+#   scripts/side-by-side.sh [SAMPLE_CTAS]     (default 8; DeepGEMM: one cluster of its persistent grid)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sample=${1:-8}
+cargo build --quiet --release --bin dsc
+cargo build --quiet --release -p dsc-emulator --example deepgemm
+dsc=target/release/dsc
+work=target/side-by-side
+mkdir -p "$work"
+shapes=(
+  "4096 7168 16384 normal_m4096_n7168_k16384"
+  "4096 4096 7168 normal_m4096_n4096_k7168"
+  "4096 2112 7168 normal_m4096_n2112_k7168"
+  "128 7168 16384 normal_m128_n7168_k16384"
+  "64 2112 7168 normal_m64_n2112_k7168"
+)
+printf '| M×N×K | dsc act quant µs | dsc FP8 GEMM µs (bound) | DeepGEMM µs (bound) | DeepGEMM TFLOP/s | dsc GEMM / DeepGEMM |\n'
+printf '|---|---|---|---|---|---|\n'
+for s in "${shapes[@]}"; do
+  read -r m n k stem <<< "$s"
+  name=gemm_m${m}_n${n}_k${k}
+  "$dsc" compile "bench/side-by-side/$name.toml" -o "$work/$name" > /dev/null
+  "$dsc" bench "$work/$name" --device emu --sample-ctas "$sample" --json "$work/$name.json" > /dev/null
+  peer=$(target/release/examples/deepgemm model bench/peers/deepgemm "$stem" "$m")
+  SHAPE="${m}×${n}×${k}" PEER="$peer" DSC="$work/$name.json" python3 - <<'PY'
+import json, os
+peer = json.loads(os.environ["PEER"])
+steps = json.load(open(os.environ["DSC"]))["steps"]
+gemm = next(s for s in steps if s["kernel"].startswith("fp8_gemm"))
+quant = sum(s["modeled_seconds"] for s in steps if s is not gemm)
+ratio = gemm["modeled_seconds"] / peer["modeled_seconds"]
+print(f"| {os.environ['SHAPE']} | {quant * 1e6:.1f} | {gemm['modeled_seconds'] * 1e6:.1f} "
+      f"({gemm['bound']}) | {peer['modeled_seconds'] * 1e6:.1f} ({peer['bound']}) | "
+      f"{peer['modeled_tflops']:.0f} | {ratio:.2f} |")
+PY
+done
