@@ -42,3 +42,31 @@ print(f"| {os.environ['SHAPE']} | {quant * 1e6:.1f} | {gemm['modeled_seconds'] *
       f"{peer['modeled_tflops']:.0f} | {ratio:.2f} |")
 PY
 done
+
+# Grouped: the routed-expert GEMMs of one DeepSeek-V3 MoE layer (32768 rows = 4096 tokens × 8
+# experts; bench/side-by-side/v3-moe-layer.toml) against DeepGEMM's m-grouped kernel on the same
+# total rows (4 groups × 8192). dsc's gate and up projections are two N=2048 GEMMs; DeepGEMM's
+# N=4096 row is them fused.
+"$dsc" compile bench/side-by-side/v3-moe-layer.toml -o "$work/v3-moe-layer" > /dev/null
+"$dsc" bench "$work/v3-moe-layer" --device emu --sample-ctas "$sample" --json "$work/v3-moe-layer.json" > /dev/null
+rows=8192,8192,8192,8192
+up=$(target/release/examples/deepgemm model bench/peers/deepgemm mgrouped_contig_m32768_n4096_k7168_g4 $rows)
+down=$(target/release/examples/deepgemm model bench/peers/deepgemm mgrouped_contig_m32768_n7168_k2048_g4 $rows)
+printf '\n| M×N×K (grouped) | dsc grouped FP8 GEMM µs (bound) | DeepGEMM µs (bound) | DeepGEMM TFLOP/s | dsc GEMM / DeepGEMM |\n'
+printf '|---|---|---|---|---|\n'
+UP="$up" DOWN="$down" DSC="$work/v3-moe-layer.json" python3 - <<'PY'
+import json, os
+steps = json.load(open(os.environ["DSC"]))["steps"]
+def gemm(op):
+    return next(s for s in steps if s["op"] == op and s["kernel"].startswith("fp8_gemm"))
+experts = "model.layers.0.mlp.experts."
+gate, up, down = (gemm(experts + p) for p in ("gate_proj", "up_proj", "down_proj"))
+for label, ours, peer in [
+    ("32768×4096×7168 (V3 gate+up)", [gate, up], json.loads(os.environ["UP"])),
+    ("32768×7168×2048 (V3 down)", [down], json.loads(os.environ["DOWN"])),
+]:
+    seconds = sum(s["modeled_seconds"] for s in ours)
+    print(f"| {label} | {seconds * 1e6:.1f} ({ours[0]['bound']}) | "
+          f"{peer['modeled_seconds'] * 1e6:.1f} ({peer['bound']}) | {peer['modeled_tflops']:.0f} | "
+          f"{seconds / peer['modeled_seconds']:.2f} |")
+PY
