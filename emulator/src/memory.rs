@@ -16,6 +16,10 @@ use crate::error::EmuError;
 /// end of one buffer faults instead of landing in the next.
 pub const GLOBAL_BASE: u64 = 0x7000_0000_0000;
 
+/// Where a launch places the module's `.global` and `.const` variables: below the allocations
+/// of [`GLOBAL_BASE`], so that an address says which memory holds it.
+pub const MODULE_VARIABLES_BASE: u64 = 0x6000_0000_0000;
+
 /// Alignment of every allocation (cudaMalloc's).
 pub const ALLOCATION_ALIGN: u64 = 256;
 
@@ -58,6 +62,8 @@ pub struct GlobalMemory {
     /// Sorted by base address.
     allocations: Vec<Allocation>,
     next: u64,
+    /// The lowest address it allocates at.
+    floor: u64,
 }
 
 impl std::fmt::Debug for GlobalMemory {
@@ -72,17 +78,32 @@ impl std::fmt::Debug for GlobalMemory {
 impl GlobalMemory {
     /// Empty memory.
     pub fn new() -> Self {
+        GlobalMemory::from(GLOBAL_BASE)
+    }
+
+    /// Empty memory whose allocations start at `floor`.
+    pub(crate) fn from(floor: u64) -> Self {
         GlobalMemory {
             allocations: Vec::new(),
-            next: GLOBAL_BASE,
+            next: floor,
+            floor,
         }
     }
 
     /// Allocates `bytes` zeroed bytes (at least one) and returns their device address,
     /// aligned to [`ALLOCATION_ALIGN`].
     pub fn allocate(&mut self, bytes: u64) -> u64 {
+        self.allocate_aligned(bytes, ALLOCATION_ALIGN)
+    }
+
+    /// [`GlobalMemory::allocate`] at a multiple of `align` (a power of two; at least
+    /// [`ALLOCATION_ALIGN`] is used).
+    pub(crate) fn allocate_aligned(&mut self, bytes: u64, align: u64) -> u64 {
         let bytes = bytes.max(1);
-        let base = self.next.max(GLOBAL_BASE);
+        let base = self
+            .next
+            .max(self.floor)
+            .next_multiple_of(align.max(ALLOCATION_ALIGN));
         let words = bytes.div_ceil(8) as usize;
         let words: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
         self.allocations.push(Allocation { base, bytes, words });

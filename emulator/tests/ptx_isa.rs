@@ -1215,3 +1215,65 @@ LOOP:
         "line {line}"
     );
 }
+
+#[test]
+fn module_variables_are_allocated_and_initialized() {
+    // A `.global` table with an initializer, a `.const` one, an uninitialized `.global` counter
+    // every thread adds to (atomically), and a 1024-aligned `.global`: thread t stores
+    // {table[t % 4], const[t % 2] as bits, counter's old value, address % 1024}.
+    let ptx = ".version 8.4\n.target sm_90a\n.address_size 64\n\n\
+        .global .align 4 .u32 table[4] = {11, 22, 33, 44};\n\
+        .const .align 4 .f32 halves[2] = {0f3F000000, 0f3FC00000};\n\
+        .global .align 4 .u32 counter;\n\
+        .global .align 1024 .b8 aligned[16];\n\n\
+        .visible .entry k(.param .u64 out)\n{\n\
+        \t.reg .b32 %r<10>;\n\t.reg .b64 %rd<10>;\n\t.reg .f32 %f<2>;\n\
+        \tmov.u32 %r1, %tid.x;\n\
+        \tand.b32 %r2, %r1, 3;\n\
+        \tmov.u64 %rd1, table;\n\
+        \tmul.wide.u32 %rd2, %r2, 4;\n\
+        \tadd.s64 %rd3, %rd1, %rd2;\n\
+        \tld.global.u32 %r3, [%rd3];\n\
+        \tand.b32 %r4, %r1, 1;\n\
+        \tmul.wide.u32 %rd4, %r4, 4;\n\
+        \tmov.u64 %rd5, halves;\n\
+        \tadd.s64 %rd5, %rd5, %rd4;\n\
+        \tld.const.f32 %f1, [%rd5];\n\
+        \tmov.b32 %r5, %f1;\n\
+        \tatom.global.add.u32 %r6, [counter], 1;\n\
+        \tmov.u64 %rd6, aligned;\n\
+        \tcvt.u32.u64 %r7, %rd6;\n\
+        \tand.b32 %r7, %r7, 1023;\n\
+        \tld.param.u64 %rd7, [out];\n\
+        \tcvta.to.global.u64 %rd7, %rd7;\n\
+        \tmul.wide.u32 %rd8, %r1, 16;\n\
+        \tadd.s64 %rd7, %rd7, %rd8;\n\
+        \tst.global.v4.u32 [%rd7], {%r3, %r5, %r6, %r7};\n\
+        \tret;\n}\n";
+    let (out, _) = run_block(
+        "module_variables",
+        ptx,
+        [8, 1, 1],
+        &[vec![0u8; 8 * 16]],
+        &[],
+        &LaunchOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let got = u32s(&out[0]);
+    let mut olds: Vec<u32> = (0..8).map(|t| got[4 * t + 2]).collect();
+    olds.sort_unstable();
+    assert_eq!(
+        olds,
+        (0..8).collect::<Vec<u32>>(),
+        "the counter starts at 0 and takes 8 adds"
+    );
+    for t in 0..8 {
+        assert_eq!(got[4 * t], [11, 22, 33, 44][t % 4], "table[{t} % 4]");
+        assert_eq!(
+            f32::from_bits(got[4 * t + 1]),
+            [0.5, 1.5][t % 2],
+            "halves[{t} % 2]"
+        );
+        assert_eq!(got[4 * t + 3], 0, "`aligned` is 1024-byte aligned");
+    }
+}

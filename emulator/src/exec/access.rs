@@ -36,7 +36,8 @@ impl CtaContext<'_> {
             Space::SharedCluster => Place::Shared(self.own_shared(address)?),
             Space::Local => Place::Local(address),
             Space::Param => Place::Param(address),
-            Space::Const => return Err("constant memory is not implemented".into()),
+            // The module's `.const` variables live with its `.global` ones.
+            Space::Const => Place::Global(address),
             Space::Generic => {
                 // A variable named directly keeps its own space.
                 if let AddrBase::Var(s, _) = base {
@@ -111,7 +112,7 @@ impl CtaContext<'_> {
             Ok(u64::from_le_bytes(v))
         };
         match place {
-            Place::Global(a) => self.launch.memory.load(a, width),
+            Place::Global(a) => self.launch.memory_for(a).load(a, width),
             Place::Shared(o) => from(&self.shared, o, "shared"),
             Place::Param(o) => from(self.launch.params, o, "param"),
             Place::Local(o) => {
@@ -144,7 +145,7 @@ impl CtaContext<'_> {
             Ok(())
         };
         match place {
-            Place::Global(a) => self.launch.memory.store(a, width, v),
+            Place::Global(a) => self.launch.memory_for(a).store(a, width, v),
             Place::Shared(o) => into(&mut self.shared, o, "shared"),
             Place::Param(_) => Err("stores to kernel parameters are not allowed".into()),
             Place::Local(o) => {

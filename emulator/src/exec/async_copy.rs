@@ -126,10 +126,13 @@ pub(crate) enum BulkOp {
 }
 
 fn global_read(ctx: &CtaContext, address: u64, buf: &mut [u8]) -> Result<(), String> {
-    ctx.launch.memory.read(address, buf).map_err(|e| match e {
-        EmuError::Host(m) => m.replace("reading", "async copy reading"),
-        e => e.to_string(),
-    })
+    ctx.launch
+        .memory_for(address)
+        .read(address, buf)
+        .map_err(|e| match e {
+            EmuError::Host(m) => m.replace("reading", "async copy reading"),
+            e => e.to_string(),
+        })
 }
 
 /// The range of shared memory `[off, off + len)`, or a fault of the copy's issuer naming `what`.
@@ -183,9 +186,9 @@ fn land(ctx: &mut CtaContext, p: PendingLoad) -> Result<(), EmuError> {
     let bytes = match &p.kind {
         LoadKind::Tensor(map, coords) => {
             let mut shared = std::mem::take(&mut ctx.shared);
-            let memory = ctx.launch.memory;
+            let launch = ctx.launch;
             let mut read = |a: u64, buf: &mut [u8]| -> Result<(), String> {
-                memory.read(a, buf).map_err(|e| e.to_string())
+                launch.memory_for(a).read(a, buf).map_err(|e| e.to_string())
             };
             let r = load_box(map, coords, &mut read, &mut shared[dst..], p.dst);
             ctx.shared = shared;
@@ -234,7 +237,7 @@ pub(crate) fn land_all(ctx: &mut CtaContext) -> Result<(), EmuError> {
 
 /// Runs one bulk store.
 pub(crate) fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> {
-    let memory = ctx.launch.memory;
+    let launch = ctx.launch;
     let bytes = match &b {
         BulkOp::TensorStore {
             map,
@@ -244,7 +247,10 @@ pub(crate) fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> 
         } => {
             let s = shared_range(ctx, origin, *src, 0, "TMA store source")?.start;
             let mut w = |a: u64, bytes: &[u8]| -> Result<(), String> {
-                memory.write(a, bytes).map_err(|e| e.to_string())
+                launch
+                    .memory_for(a)
+                    .write(a, bytes)
+                    .map_err(|e| e.to_string())
             };
             store_box(map, coords, &ctx.shared[s..], *src, &mut w)
                 .map_err(|m| origin.fault(ctx, *src, m))?
@@ -256,7 +262,8 @@ pub(crate) fn run_bulk(ctx: &mut CtaContext, b: BulkOp) -> Result<(), EmuError> 
             origin,
         } => {
             let range = shared_range(ctx, origin, *src, *size, "cp.async.bulk store source")?;
-            memory
+            launch
+                .memory_for(*dst)
                 .write(*dst, &ctx.shared[range])
                 .map_err(|e| origin.fault(ctx, *dst, format!("cp.async.bulk store: {e}")))?;
             *size

@@ -3,7 +3,7 @@
 
 use crate::error::{EmuError, ThreadId};
 use crate::launch::{LaunchConfig, LaunchOptions};
-use crate::memory::GlobalMemory;
+use crate::memory::{GLOBAL_BASE, GlobalMemory, MODULE_VARIABLES_BASE};
 use crate::ptx::{Inst, Kernel, Module};
 
 /// The launch, shared by every CTA.
@@ -20,9 +20,21 @@ pub struct Launch<'a> {
     pub config: &'a LaunchConfig,
     /// Options.
     pub options: &'a LaunchOptions,
-    /// Device addresses of the module's `.global` variables (none are allocated yet: an
-    /// access to one faults).
+    /// Device addresses of the module's `.global`/`.const` variables, in `module_memory`.
     pub globals: Vec<u64>,
+    /// The module's variables, allocated and initialized for this launch.
+    pub module_memory: GlobalMemory,
+}
+
+impl Launch<'_> {
+    /// The memory that holds global address `address`: the module's variables or the device's.
+    pub fn memory_for(&self, address: u64) -> &GlobalMemory {
+        if (MODULE_VARIABLES_BASE..GLOBAL_BASE).contains(&address) {
+            &self.module_memory
+        } else {
+            self.memory
+        }
+    }
 }
 
 /// Counters of one CTA, turned into a [`crate::LaunchProfile`] at the end.

@@ -177,6 +177,20 @@ pub(crate) fn run_grid(
 ) -> Result<LaunchProfile, EmuError> {
     check_launch(module, kernel, config, params)?;
     let buffer = param_buffer(kernel, params);
+    // Module-scope variables, fresh for each launch (their values do not persist between
+    // launches, unlike a CUDA module's).
+    let mut module_memory = GlobalMemory::from(crate::memory::MODULE_VARIABLES_BASE);
+    let globals: Vec<u64> = module
+        .globals
+        .iter()
+        .map(|g| {
+            let a = module_memory.allocate_aligned(g.bytes, g.align.max(1).next_power_of_two());
+            module_memory
+                .write(a, &g.init)
+                .expect("a fresh allocation of the variable's size");
+            a
+        })
+        .collect();
     let launch = Launch {
         module,
         kernel,
@@ -184,7 +198,8 @@ pub(crate) fn run_grid(
         params: &buffer,
         config,
         options,
-        globals: Vec::new(),
+        globals,
+        module_memory,
     };
     let list = clusters(config.grid, config.cluster, options.sample_ctas);
     let run = |c: &Vec<[u32; 3]>| cluster::run_cluster(&launch, c);

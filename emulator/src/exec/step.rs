@@ -383,7 +383,7 @@ fn execute(ctx: &mut CtaContext, warp: &mut Warp, inst: &Inst, exec: u32) -> Res
                 let old = match place {
                     Place::Global(g) => ctx
                         .launch
-                        .memory
+                        .memory_for(g)
                         .atomic_update(g, width, f)
                         .map_err(|m| fault(ctx, m))?,
                     p => {
