@@ -129,6 +129,10 @@ pub struct CompileArgs {
     /// Also write each kernel's MLIR (before lowering) as kernels.mlir.
     #[arg(long, value_name = "mlir")]
     pub emit: Option<EmitArg>,
+    /// Lower every kernel afresh: neither read nor write the PTX cache ($DSC_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/dsc or ~/.cache/dsc).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// `--target`: a GPU architecture dsc generates PTX for.

@@ -6,7 +6,7 @@ use crate::artifact_dir::{check_replaceable, write_atomically};
 use crate::cli::{CompileArgs, EmitArg};
 use crate::diagnostic::{Diagnostic, read_text};
 use crate::{pipeline, report};
-use dsc_codegen::generate;
+use dsc_codegen::{Options, PtxCache, generate_with};
 use dsc_ir::model::load_model;
 use dsc_kernels::manifest::files;
 use dsc_passes::DEFAULT_PIPELINE;
@@ -44,7 +44,15 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
     check_replaceable(&dir, &inputs)?;
     let timings = pipeline::run(&args.pipeline, DEFAULT_PIPELINE, &mut graph)?;
     let target = args.target.0;
-    let generated = generate(&graph, target, args.emit == Some(EmitArg::Mlir))
+    let options = Options {
+        emit_mlir: args.emit == Some(EmitArg::Mlir),
+        jobs: None,
+        cache: (!args.no_cache)
+            .then(PtxCache::default_dir)
+            .flatten()
+            .map(PtxCache::new),
+    };
+    let generated = generate_with(&graph, target, &options)
         .map_err(|e| Diagnostic::new(format!("codegen for {target}: {e}")))?;
     let report = report::build(&graph, &timings).with_codegen(&generated);
     let text = graph.to_string();

@@ -33,10 +33,16 @@ pub struct CodegenReport {
     pub arena_bytes_no_reuse: u64,
     /// Kernel selection and arena planning.
     pub plan_ms: f64,
-    /// Building the kernels' MLIR with melior.
+    /// Building the kernels' MLIR with melior, summed over the kernels lowered.
     pub build_mlir_ms: f64,
-    /// MLIR's passes down to PTX.
+    /// MLIR's passes down to PTX, summed over the kernels lowered.
     pub lower_ms: f64,
+    /// Wall time of building, lowering (on `threads` threads) and joining every kernel.
+    pub kernels_ms: f64,
+    /// Threads that lowered kernels.
+    pub threads: usize,
+    /// Kernels whose PTX came from the cache.
+    pub cache_hits: usize,
 }
 
 /// One op's precision.
@@ -355,6 +361,9 @@ impl Report {
             plan_ms: t.plan_ms,
             build_mlir_ms: t.build_mlir_ms,
             lower_ms: t.lower_ms,
+            kernels_ms: t.kernels_ms,
+            threads: t.threads,
+            cache_hits: t.cache_hits,
         });
         self
     }
@@ -370,12 +379,22 @@ impl Report {
         let _ = writeln!(out, "  {:<18} {:>9.3} ms", "total", total);
         if let Some(c) = &self.codegen {
             let _ = writeln!(out, "codegen:");
+            let _ = writeln!(out, "  {:<18} {:>9.3} ms", "plan", c.plan_ms);
+            let _ = writeln!(
+                out,
+                "  {:<18} {:>9.3} ms  ({} kernels: {} from the PTX cache, {} lowered on {} threads)",
+                "kernels",
+                c.kernels_ms,
+                c.kernels,
+                c.cache_hits,
+                c.kernels - c.cache_hits,
+                c.threads
+            );
             for (name, ms) in [
-                ("plan", c.plan_ms),
-                ("build MLIR", c.build_mlir_ms),
-                ("MLIR to PTX", c.lower_ms),
+                ("  build MLIR", c.build_mlir_ms),
+                ("  MLIR to PTX", c.lower_ms),
             ] {
-                let _ = writeln!(out, "  {name:<18} {ms:>9.3} ms");
+                let _ = writeln!(out, "  {name:<18} {ms:>9.3} ms  (summed over the threads)");
             }
         }
         out

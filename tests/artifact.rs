@@ -2,7 +2,7 @@
 //! consistent with graph.dsc, one PTX module per target, `--emit mlir`, and the
 //! DeepSeek-V3-shaped example compiled end to end.
 
-use crate::support::{TempDir, dsc, path, streams};
+use crate::support::{TempDir, dsc, dsc_with_cache, path, streams};
 use dsc_kernels::manifest::{Manifest, Storage};
 
 fn compile(model: &str, dir: &TempDir, extra: &[&str]) -> String {
@@ -126,6 +126,51 @@ fn targets_and_emitted_mlir() {
     let (_, stderr) = streams(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("sm_80"), "{stderr}");
+}
+
+#[test]
+fn the_ptx_cache_is_reused_across_compiles_and_changes_no_byte() {
+    let dir = TempDir::new("artifact-cache");
+    let cache = dir.join("cache");
+    let out = dir.join("out");
+    let mut ptx = Vec::new();
+    for (extra, from_cache) in [
+        (None, "0 from the PTX cache"),
+        (None, "from the PTX cache, 0 lowered"),
+        (Some("--no-cache"), "0 from the PTX cache"),
+    ] {
+        let mut args = vec![
+            "compile",
+            "examples/mlp.toml",
+            "-o",
+            out.to_str().unwrap(),
+            "--target",
+            "sm_89",
+            "--timings",
+        ];
+        args.extend(extra);
+        let run = dsc_with_cache(&args, &cache);
+        let (stdout, stderr) = streams(&run);
+        assert!(run.status.success(), "{stderr}");
+        assert!(stdout.contains(from_cache), "{stdout}");
+        ptx.push(std::fs::read(out.join("kernels.ptx")).unwrap());
+    }
+    assert!(ptx[0] == ptx[1] && ptx[1] == ptx[2], "the PTX differs");
+
+    // A cache directory that cannot be created costs time, not the compile.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let args = [
+        "compile",
+        "examples/mlp.toml",
+        "-o",
+        out.to_str().unwrap(),
+        "--target",
+        "sm_89",
+    ];
+    let run = dsc_with_cache(&args, &file.join("cache"));
+    assert!(run.status.success(), "{}", streams(&run).1);
+    assert_eq!(std::fs::read(out.join("kernels.ptx")).unwrap(), ptx[0]);
 }
 
 #[test]

@@ -13,11 +13,18 @@ pub fn path(rel: &str) -> PathBuf {
     root().join(rel)
 }
 
-/// Runs the `dsc` binary from the workspace root.
+/// Runs the `dsc` binary from the workspace root, with its PTX cache in `target/test-tmp`
+/// rather than the user's cache directory.
 pub fn dsc(args: &[&str]) -> Output {
+    dsc_with_cache(args, &root().join("target/test-tmp/dsc-cache"))
+}
+
+/// Runs the `dsc` binary from the workspace root with its PTX cache in `cache`.
+pub fn dsc_with_cache(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dsc"))
         .args(args)
         .current_dir(root())
+        .env("DSC_CACHE_DIR", cache)
         .output()
         .expect("the dsc binary runs")
 }

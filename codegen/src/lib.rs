@@ -10,12 +10,18 @@
 //!                      ─► compile_to_ptx(module, Target) ─► PTX text ─► ptxas::assemble
 //! ```
 //!
+//! [`generate`] does this for a whole graph: one module per kernel, lowered on several threads
+//! ([`lower`]) or read from a [`PtxCache`], then joined into one PTX module ([`link`]).
+//!
 //! Targets are `sm_90a` (Hopper, the default) and `sm_89` (Ada), each its own PTX module
 //! ([`Target`]). See DESIGN.md §4.
 
 pub mod artifact;
+pub mod cache;
 pub mod error;
 pub mod kernels;
+pub mod link;
+pub mod lower;
 pub mod mlir;
 pub mod plan;
 pub mod ptx;
@@ -24,7 +30,8 @@ pub mod target;
 #[cfg(test)]
 mod tests;
 
-pub use artifact::{CodegenTimings, Generated, generate};
+pub use artifact::{CodegenTimings, Generated, Options, generate, generate_with};
+pub use cache::PtxCache;
 pub use error::CodegenError;
 pub use ptx::{compile_to_ptx, pipeline};
 pub use target::Target;

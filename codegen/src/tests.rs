@@ -8,7 +8,7 @@ use dsc_ir::Graph;
 use dsc_kernels::manifest::{Manifest, Storage};
 use dsc_passes::{PassOptions, Pipeline};
 
-use crate::{Target, generate, ptxas};
+use crate::{Options, PtxCache, Target, generate, generate_with, ptxas};
 
 /// An example model after the default pipeline.
 fn compiled(name: &str) -> Graph {
@@ -295,4 +295,137 @@ fn data_movement_and_batched_matmul_kernels_assemble() {
     let report = ptxas::assemble(&ptxas, &generated.ptx, Target::Sm89)
         .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(report.functions.len(), 4, "{}", report.output);
+}
+
+#[test]
+fn kernels_lowered_apart_and_joined_are_the_module_lowered_whole() {
+    // tiny-moe has shared-memory globals and local depots, which the join must number as the
+    // NVPTX back end does for a whole module.
+    use crate::mlir::{KernelModule, create_context};
+    let graph = compiled("tiny-moe");
+    for target in Target::ALL {
+        let program = crate::plan::plan(&graph, target).unwrap();
+        let context = create_context();
+        let mut module = KernelModule::new(&context, crate::artifact::GPU_MODULE);
+        for (entry, kernel) in &program.kernels {
+            kernel.build(&module, entry).unwrap();
+        }
+        let whole = crate::compile_to_ptx(module.module_mut(), target).unwrap();
+        assert!(whole.contains("has been demoted") && whole.contains("__local_depot"));
+        for jobs in [1, 3] {
+            let options = Options {
+                jobs: Some(jobs),
+                ..Options::default()
+            };
+            let generated = generate_with(&graph, target, &options).unwrap();
+            assert_eq!(generated.timings.threads, jobs);
+            assert!(
+                generated.ptx == whole,
+                "{target}, {jobs} threads: the joined PTX differs from the whole module's"
+            );
+        }
+    }
+}
+
+/// A fresh directory under the system's temporary directory, deleted when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("dsc-codegen-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn the_ptx_cache_changes_nothing_but_time() {
+    let graph = compiled("mlp");
+    let target = Target::Sm89;
+    let fresh = generate(&graph, target, false).unwrap();
+    let kernels = fresh.timings.kernels;
+    let temp = TempDir::new("cache");
+    let with_cache = |dir: PathBuf| {
+        let options = Options {
+            cache: Some(PtxCache::new(dir)),
+            ..Options::default()
+        };
+        let generated = generate_with(&graph, target, &options).unwrap_or_else(|e| panic!("{e}"));
+        assert!(generated.ptx == fresh.ptx, "the PTX differs with the cache");
+        assert_eq!(generated.manifest, fresh.manifest);
+        generated.timings.cache_hits
+    };
+
+    // Cold, then warm.
+    let dir = temp.0.join("cache");
+    assert_eq!(with_cache(dir.clone()), 0);
+    let entries = files_under(&dir);
+    assert_eq!(entries.len(), kernels, "{entries:?}");
+    assert_eq!(with_cache(dir.clone()), kernels);
+
+    // Corrupt entries are misses, and are replaced.
+    let damage: [fn(&mut Vec<u8>); 5] = [
+        |bytes| bytes.truncate(bytes.len() / 2),
+        |bytes| *bytes.last_mut().unwrap() ^= 1,
+        |bytes| bytes.clear(),
+        |bytes| *bytes = b"dsc ptx cache 1\n0 5 0000000000000000\nhello".to_vec(),
+        // An entry stored under another key.
+        |bytes| {
+            let text = String::from_utf8(bytes.clone()).unwrap();
+            *bytes = text.replacen("kernel ", "kernel  ", 1).into_bytes();
+        },
+    ];
+    for (entry, damage) in entries.iter().zip(damage.iter().cycle()) {
+        let mut bytes = std::fs::read(entry).unwrap();
+        damage(&mut bytes);
+        std::fs::write(entry, bytes).unwrap();
+    }
+    assert_eq!(with_cache(dir.clone()), 0);
+    assert_eq!(with_cache(dir.clone()), kernels);
+
+    // Another version's entries are neither read nor kept beyond a few versions.
+    let versions = dir.join("ptx");
+    for old in 0..crate::cache::KEEP_VERSIONS + 2 {
+        std::fs::create_dir_all(versions.join(format!("old{old}"))).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let current = versions.join(crate::cache::CODEGEN_VERSION);
+    std::fs::remove_dir_all(&current).unwrap();
+    assert_eq!(with_cache(dir.clone()), 0);
+    let mut kept: Vec<String> = std::fs::read_dir(&versions)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), crate::cache::KEEP_VERSIONS + 1, "{kept:?}");
+    assert!(!kept.contains(&"old0".to_string()) && !kept.contains(&"old1".to_string()));
+
+    // A cache that cannot be written, or whose directory is a file, costs time only.
+    let file = temp.0.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    assert_eq!(with_cache(file.clone()), 0);
+    assert_eq!(with_cache(file.join("below")), 0);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
 }

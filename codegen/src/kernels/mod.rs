@@ -193,7 +193,7 @@ impl GpuKernel {
 /// FNV-1a: a hash that is the same in every build and on every machine (entry names are part
 /// of the artifact).
 #[derive(Default)]
-struct Fnv1a(u64);
+pub(crate) struct Fnv1a(u64);
 
 impl Hasher for Fnv1a {
     fn finish(&self) -> u64 {

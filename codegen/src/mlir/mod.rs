@@ -12,6 +12,8 @@ pub mod emit;
 pub mod kernel;
 pub mod math;
 
+use std::sync::Once;
+
 use melior::Context;
 use melior::dialect::DialectRegistry;
 use melior::utility::{register_all_dialects, register_all_llvm_translations, register_all_passes};
@@ -21,12 +23,20 @@ pub use kernel::{KernelModule, global_thread_index, index_constant};
 /// Creates an MLIR context with every dialect loaded and every pass and LLVM translation
 /// registered: what building kernels and running the MLIR-to-PTX pipeline needs.
 pub fn create_context() -> Context {
+    create_context_with_threading(true)
+}
+
+/// [`create_context`] without MLIR's own thread pool: for a context that lowers one kernel at a
+/// time on a thread of its own ([`crate::lower`] runs one such context per thread).
+pub fn create_context_with_threading(threading: bool) -> Context {
+    // The pass registry is process-wide and not safe to fill from two threads at once.
+    static PASSES: Once = Once::new();
+    PASSES.call_once(register_all_passes);
     let registry = DialectRegistry::new();
     register_all_dialects(&registry);
-    let context = Context::new();
+    let context = Context::new_with_threading(threading);
     context.append_dialect_registry(&registry);
     context.load_all_available_dialects();
     register_all_llvm_translations(&context);
-    register_all_passes();
     context
 }
