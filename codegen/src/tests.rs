@@ -43,12 +43,14 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
         for target in Target::ALL {
             let generated = generate(&graph, target, false)
                 .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
-            // Dense FP8 GEMMs run on the tensor cores.
+            // Dense FP8 GEMMs run on the tensor cores: wgmma on Hopper, mma.sync on Ada.
+            let fp8_mma = match target {
+                Target::Sm90a => "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3",
+                Target::Sm89 => "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32",
+            };
             assert!(
-                generated
-                    .ptx
-                    .contains("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32"),
-                "{name} {target}: no FP8 tensor-core MMA in the PTX"
+                generated.ptx.contains(fp8_mma),
+                "{name} {target}: no FP8 tensor-core MMA ({fp8_mma}) in the PTX"
             );
             if name != "mlp" {
                 // The BF16 head runs on the tensor cores too.

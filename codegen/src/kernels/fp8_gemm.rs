@@ -7,9 +7,10 @@
 //! The grouped form computes row `r = t·top_k + slot` with the weights of expert
 //! `indices[t, slot]`, reading x row `t` (shared activation) or `r` (per-slot activation).
 //!
-//! Two forms: [`GemmForm::MmaSync`], the tensor-core kernel of [`super::fp8_gemm_mma`] (grouped
-//! GEMMs read the expert-contiguous layout of [`super::moe_dispatch`] instead of the indices),
-//! and [`GemmForm::Simt`], one output per thread with the exact accumulator's numerics (any
+//! Three forms: [`GemmForm::Wgmma`], Hopper's warpgroup kernel of [`super::fp8_gemm_wgmma`]
+//! (sm_90a, dense); [`GemmForm::MmaSync`], the tensor-core kernel of [`super::fp8_gemm_mma`]
+//! (grouped GEMMs read the expert-contiguous layout of [`super::moe_dispatch`] instead of the
+//! indices); and [`GemmForm::Simt`], one output per thread with the exact accumulator's numerics (any
 //! promotion interval; grouped rows gathered through the indices).
 
 use dsc_ir::DType;
@@ -42,6 +43,9 @@ pub enum GemmForm {
     Simt,
     /// One 16 × 8 tile per warp on the tensor cores (`mma.sync m16n8k32`).
     MmaSync,
+    /// One 64 × 128 tile per warpgroup on Hopper's tensor cores (`wgmma m64n128k32`, sm_90a,
+    /// dense only).
+    Wgmma,
 }
 
 /// One block-scaled FP8 GEMM.
@@ -101,7 +105,7 @@ impl Fp8Gemm {
             (Some(g), GemmForm::Simt) => {
                 params.push(Param::new("indices", DType::I32, g.tokens * g.top_k));
             }
-            (Some(g), GemmForm::MmaSync) => {
+            (Some(g), GemmForm::MmaSync | GemmForm::Wgmma) => {
                 let dispatch = super::moe_dispatch::MoeDispatch {
                     tokens: g.tokens,
                     top_k: g.top_k,
@@ -122,6 +126,7 @@ impl Fp8Gemm {
         match self.form {
             GemmForm::Simt => Launch::per_element(self.rows * self.n),
             GemmForm::MmaSync => super::fp8_gemm_mma::launch(self),
+            GemmForm::Wgmma => super::fp8_gemm_wgmma::launch(self),
         }
     }
 
@@ -130,6 +135,7 @@ impl Fp8Gemm {
         match self.form {
             GemmForm::Simt => self.build_simt(module, entry),
             GemmForm::MmaSync => super::fp8_gemm_mma::build(self, module, entry),
+            GemmForm::Wgmma => super::fp8_gemm_wgmma::build(self, module, entry),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod fp8_gemm;
 pub mod fp8_gemm_mma;
+pub mod fp8_gemm_wgmma;
 pub mod linear;
 pub mod linear_mma;
 pub mod matmul;

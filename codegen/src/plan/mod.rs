@@ -60,6 +60,21 @@ struct PlannedStep {
     bytes: u64,
 }
 
+/// The form of `kernel` for `target`: on sm_90a a dense tensor-core FP8 GEMM runs on wgmma.
+fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
+    match kernel {
+        GpuKernel::Fp8Gemm(mut gemm)
+            if target == Target::Sm90a
+                && gemm.form == GemmForm::MmaSync
+                && crate::kernels::fp8_gemm_wgmma::eligible(&gemm) =>
+        {
+            gemm.form = GemmForm::Wgmma;
+            GpuKernel::Fp8Gemm(gemm)
+        }
+        kernel => kernel,
+    }
+}
+
 /// Plans `g` for `target`.
 pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
     let defs = g.defs();
@@ -78,6 +93,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             }
             Selection::Launch { kernel, args } => (kernel, args),
         };
+        let kernel = for_target(kernel, target);
         let name = g.op_name(op).to_string();
         let cost = op_cost(g, op);
         let mut tensors: Vec<Tensor> = args

@@ -1,0 +1,402 @@
+//! The Hopper form of the dense `fp8_gemm` (sm_90a): one warpgroup per 64 × 128 output tile,
+//! FP8 products summed by `wgmma.mma_async.sync.aligned.m64n128k32.f32.<fp8>.<fp8>` (the only
+//! instruction that runs FP8 at full rate on Hopper: `mma.sync` e4m3 becomes FP16 HMMA there)
+//! from shared memory, and every promotion interval the partial sums scaled by `s_x · s_w` and
+//! added into f32 accumulators on the CUDA cores (DESIGN.md §3), in the CPU reference's order.
+//!
+//! Per 128-deep K block the 128 threads stage A (64 × 128 bytes) and B (128 × 128 bytes) in
+//! shared memory with 16-byte loads and stores, in the 128-byte-swizzled K-major layout wgmma
+//! reads (row `r` at `128·r`, its 16-byte chunk `c` at chunk `c ^ (r mod 8)`, 1024-byte aligned
+//! atoms of 8 rows), rows past M or N and K past its end as zeros. Each promotion interval is
+//! `interval / 32` wgmmas into a fresh accumulator (scale-d 0 on the first), then the promotion.
+//! The matrix descriptors (PTX ISA, "Matrix Descriptor Format"): start address >> 4, leading
+//! byte offset 0, stride byte offset 1024 >> 4 (between 8-row atoms), swizzle mode 1 (128 B);
+//! each k-step of 32 advances the start address by 32 bytes.
+//!
+//! This first form is not pipelined (one stage, loads then MMAs) and has no TMA: issue 11
+//! continues it (multi-stage TMA ring, warp specialization, persistent tiles).
+
+use melior::dialect::llvm;
+use melior::ir::attribute::{Attribute, DenseI64ArrayAttribute};
+use melior::ir::operation::OperationBuilder;
+use melior::ir::r#type::MemRefType;
+use melior::ir::{BlockLike, Type, Value};
+
+use super::fp8_gemm::Fp8Gemm;
+use super::{Launch, kernel_args, param_types};
+use crate::error::CodegenError;
+use crate::mlir::KernelModule;
+use crate::mlir::emit::{Emit, Emitted};
+use crate::mlir::kernel::Dimension;
+
+/// Rows of a block's tile.
+pub const BLOCK_M: u64 = 64;
+/// Columns of a block's tile (one weight-scale block).
+pub const BLOCK_N: u64 = 128;
+/// K staged per step (one activation tile, one weight-scale block).
+pub const BLOCK_K: u64 = 128;
+/// One warpgroup.
+pub const THREADS: u32 = 128;
+/// K of one wgmma.
+const MMA_K: u64 = 32;
+/// Accumulator registers per thread: 64 × 128 f32 over 128 threads.
+const REGS: usize = (BLOCK_M * BLOCK_N / THREADS as u64) as usize;
+/// The swizzle atom (8 rows of 128 bytes) and the alignment it needs.
+const ATOM: u64 = 1024;
+const A_BYTES: u64 = BLOCK_M * BLOCK_K;
+const B_BYTES: u64 = BLOCK_N * BLOCK_K;
+/// Static shared memory: the tiles plus room to align them.
+const SHARED_BYTES: u64 = ATOM + A_BYTES + B_BYTES;
+
+/// Whether `gemm` can take this form: dense, K in whole 16-byte chunks, 128-wide activation
+/// tiles and weight blocks, and an interval of whole wgmmas that divides the K block.
+pub fn eligible(gemm: &Fp8Gemm) -> bool {
+    gemm.grouped.is_none()
+        && gemm.k.is_multiple_of(16)
+        && gemm.act_tile == BLOCK_K
+        && gemm.weight_block == BLOCK_N
+        && matches!(gemm.promote_interval, 32 | 64 | 128)
+}
+
+fn tiles_n(gemm: &Fp8Gemm) -> u64 {
+    gemm.n.div_ceil(BLOCK_N)
+}
+
+/// One warpgroup per 64 × 128 tile.
+pub fn launch(gemm: &Fp8Gemm) -> Launch {
+    Launch::blocks(gemm.rows.div_ceil(BLOCK_M) * tiles_n(gemm), THREADS)
+}
+
+/// Builds the kernel.
+pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+    let context = module.context();
+    let types = param_types(context, &gemm.params());
+    let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
+    let shared: Type = MemRefType::new(
+        Type::parse(context, "i8").expect("i8 parses"),
+        &[SHARED_BYTES as i64],
+        None,
+        workgroup,
+    )
+    .into();
+    let n_args = types.len();
+    module.add_kernel_with_shared(entry, &types, &[shared], |block, location| {
+        let e = Emit::new(context, block, location);
+        let args = kernel_args(block, block.argument_count())?;
+        let ops = Operands {
+            x: args[0],
+            x_scale: args[1],
+            w: args[2],
+            w_scale: args[3],
+            out: args[4],
+        };
+        let smem = args[n_args];
+        body(gemm, &e, &ops, smem)
+    })
+}
+
+/// The kernel's buffers.
+struct Operands<'c, 'x> {
+    x: Value<'c, 'x>,
+    x_scale: Value<'c, 'x>,
+    w: Value<'c, 'x>,
+    w_scale: Value<'c, 'x>,
+    out: Value<'c, 'x>,
+}
+
+/// The address of a memref's first element as an `i64` (a generic address for global buffers,
+/// a shared-window offset for workgroup ones).
+fn address<'c, 'a>(e: &Emit<'c, 'a>, memref: Value<'c, '_>) -> Emitted<'c, 'a> {
+    let index = e.push(
+        OperationBuilder::new("memref.extract_aligned_pointer_as_index", e.location)
+            .add_operands(&[memref])
+            .add_results(&[e.index_type()])
+            .build()?,
+    )?;
+    e.index_cast(index, e.int_type(64))
+}
+
+fn body<'c, 'a>(
+    gemm: &Fp8Gemm,
+    e: &Emit<'c, 'a>,
+    ops: &Operands<'c, '_>,
+    smem: Value<'c, '_>,
+) -> Result<(), CodegenError> {
+    let i32_type = e.int_type(32);
+    let tid = e.thread_x()?;
+    let tile = e.block_index(Dimension::X)?;
+    let tiles_n_v = e.index(tiles_n(gemm) as i64)?;
+    let tm = e.divui(tile, tiles_n_v)?;
+    let tn = e.remui(tile, tiles_n_v)?;
+    let block_m = e.index(BLOCK_M as i64)?;
+    let block_n = e.index(BLOCK_N as i64)?;
+    let m0 = e.muli(tm, block_m)?;
+    let n0 = e.muli(tn, block_n)?;
+    let rows = e.index(gemm.rows as i64)?;
+    let n = e.index(gemm.n as i64)?;
+    let k = e.index(gemm.k as i64)?;
+
+    // 1024-byte aligned tiles in shared memory (32-bit shared addresses).
+    let raw = address(e, smem)?;
+    let atom_minus_one = e.int(64, ATOM as i64 - 1)?;
+    let aligned = e.addi(raw, atom_minus_one)?;
+    let mask = e.int(64, !(ATOM as i64 - 1))?;
+    let aligned = e.andi(aligned, mask)?;
+    let a_base = e.trunci(aligned, i32_type)?;
+    let a_bytes = e.int(32, A_BYTES as i64)?;
+    let b_base = e.addi(a_base, a_bytes)?;
+    let x_global = address(e, ops.x)?;
+    let w_global = address(e, ops.w)?;
+
+    // This thread's accumulator rows (two) and the column of its register 0.
+    let thirty_two = e.index(32)?;
+    let warp = e.divui(tid, thirty_two)?;
+    let lane = e.remui(tid, thirty_two)?;
+    let four = e.index(4)?;
+    let sixteen = e.index(16)?;
+    let row0 = e.muli(warp, sixteen)?;
+    let g = e.divui(lane, four)?;
+    let row0 = e.addi(row0, g)?;
+    let row0 = e.addi(m0, row0)?;
+    let eight = e.index(8)?;
+    let row1 = e.addi(row0, eight)?;
+    let q = e.remui(lane, four)?;
+    let two = e.index(2)?;
+    let col0 = e.muli(q, two)?;
+    let col0 = e.addi(n0, col0)?;
+
+    let zero = e.f32(0.0)?;
+    let acc: Vec<Value> = (0..REGS).map(|_| e.cell(zero)).collect::<Result<_, _>>()?;
+    let k_tiles = e.index(gemm.k.div_ceil(BLOCK_K) as i64)?;
+    e.for_const(0, gemm.k as i64, BLOCK_K as i64, |e, k0| {
+        let stage = Stage {
+            tid,
+            k0,
+            k,
+            a_base,
+            b_base,
+        };
+        stage.load(&e, x_global, m0, rows, BLOCK_M)?;
+        stage.load(&e, w_global, n0, n, BLOCK_N)?;
+        e.push_void(e.inline_asm_op("fence.proxy.async.shared::cta;", "", &[], &[])?);
+        e.barrier();
+        let kb = e.divui(k0, e.index(BLOCK_K as i64)?)?;
+        // One weight-scale block covers the whole tile: s_w[tn, kb]; s_x per row.
+        let sw_at = e.muli(tn, k_tiles)?;
+        let sw_at = e.addi(sw_at, kb)?;
+        let sw = e.load(ops.w_scale, sw_at)?;
+        let last_row = e.index(gemm.rows as i64 - 1)?;
+        let mut sx = Vec::with_capacity(2);
+        for row in [row0, row1] {
+            let ok = e.lt(row, rows)?;
+            let row = e.select(ok, row, last_row)?;
+            let at = e.muli(row, k_tiles)?;
+            let at = e.addi(at, kb)?;
+            sx.push(e.load(ops.x_scale, at)?);
+        }
+        let interval = gemm.promote_interval;
+        for group in 0..BLOCK_K / interval {
+            let mut partial: Vec<Value> = Vec::new();
+            for step in 0..interval / MMA_K {
+                let offset = (group * interval + step * MMA_K) as i64;
+                let offset = e.int(32, offset)?;
+                let a = e.addi(a_base, offset)?;
+                let b = e.addi(b_base, offset)?;
+                let descriptors = [descriptor(&e, a)?, descriptor(&e, b)?];
+                let d = (step > 0).then_some(partial.as_slice());
+                partial = wgmma(&e, gemm, d, descriptors)?;
+            }
+            e.push_void(e.inline_asm_op(
+                "wgmma.commit_group.sync.aligned;\n\twgmma.wait_group.sync.aligned 0;",
+                "",
+                &[],
+                &[],
+            )?);
+            // Intervals past K hold only zeros and are not added (as in the CPU reference).
+            let start = e.index((group * interval) as i64)?;
+            let start = e.addi(k0, start)?;
+            let inside = e.lt(start, k)?;
+            let scale = [e.mulf(sx[0], sw)?, e.mulf(sx[1], sw)?];
+            e.if_then(inside, |e| {
+                for (i, &p) in partial.iter().enumerate() {
+                    let s = scale[(i / 2) % 2];
+                    let scaled = e.mulf(p, s)?;
+                    e.accumulate(acc[i], scaled)?;
+                }
+                Ok(())
+            })?;
+        }
+        // The next K block overwrites the tiles.
+        e.barrier();
+        Ok(())
+    })?;
+    // Store D: register i is row `row0 + 8·((i / 2) mod 2)`, column `col0 + 8·(i / 4) + i mod 2`.
+    for (i, &cell) in acc.iter().enumerate() {
+        let row = if (i / 2) % 2 == 0 { row0 } else { row1 };
+        let offset = e.index((8 * (i / 4) + i % 2) as i64)?;
+        let col = e.addi(col0, offset)?;
+        let row_ok = e.lt(row, rows)?;
+        let col_ok = e.lt(col, n)?;
+        let ok = e.andi(row_ok, col_ok)?;
+        let value = e.get(cell)?;
+        let value = e.round_to(value, gemm.output)?;
+        e.if_then(ok, |e| {
+            let at = e.muli(row, n)?;
+            let at = e.addi(at, col)?;
+            e.store(value, ops.out, at);
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// One K block's staging into shared memory.
+struct Stage<'c, 'x> {
+    tid: Value<'c, 'x>,
+    k0: Value<'c, 'x>,
+    k: Value<'c, 'x>,
+    a_base: Value<'c, 'x>,
+    b_base: Value<'c, 'x>,
+}
+
+impl<'c, 'x> Stage<'c, 'x> {
+    /// Copies rows `first .. first + tile_rows` (those below `limit`; the rest as zeros) of
+    /// the K-major matrix at global address `matrix`, K columns `k0 .. k0 + 128`, into its
+    /// swizzled tile: A (`tile_rows` = 64) or B (128), 16 bytes per thread and step.
+    fn load<'a>(
+        &self,
+        e: &Emit<'c, 'a>,
+        matrix: Value<'c, '_>,
+        first: Value<'c, '_>,
+        limit: Value<'c, '_>,
+        tile_rows: u64,
+    ) -> Result<(), CodegenError>
+    where
+        'x: 'a,
+    {
+        let i32_type = e.int_type(32);
+        let i64_type = e.int_type(64);
+        let chunks_per_row = BLOCK_K / 16;
+        let base = if tile_rows == BLOCK_M {
+            self.a_base
+        } else {
+            self.b_base
+        };
+        for j in 0..tile_rows * chunks_per_row / u64::from(THREADS) {
+            let offset = e.index((j * u64::from(THREADS)) as i64)?;
+            let chunk = e.addi(self.tid, offset)?;
+            let per_row = e.index(chunks_per_row as i64)?;
+            let row = e.divui(chunk, per_row)?;
+            let c = e.remui(chunk, per_row)?;
+            let global_row = e.addi(first, row)?;
+            let sixteen = e.index(16)?;
+            let kc = e.muli(c, sixteen)?;
+            let kc = e.addi(self.k0, kc)?;
+            let row_ok = e.lt(global_row, limit)?;
+            let k_ok = e.lt(kc, self.k)?;
+            let ok = e.andi(row_ok, k_ok)?;
+            let at = e.muli(global_row, self.k)?;
+            let at = e.addi(at, kc)?;
+            let at = e.index_cast(at, i64_type)?;
+            let at = e.addi(matrix, at)?;
+            let ok = e.extui(ok, i32_type)?;
+            let words = e.push(e.inline_asm_op(
+                "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $5, 0;\n\tmov.b32 $0, 0;\n\tmov.b32 $1, 0;\n\t\
+                 mov.b32 $2, 0;\n\tmov.b32 $3, 0;\n\t@p ld.global.v4.u32 {$0, $1, $2, $3}, [$4];\n\t}",
+                "=r,=r,=r,=r,l,r",
+                &[at, ok],
+                &[llvm::r#type::r#struct(e.context, &[i32_type; 4], false)],
+            )?)?;
+            let word = |i: i64| -> Emitted<'c, 'a> {
+                let position = DenseI64ArrayAttribute::new(e.context, &[i]);
+                e.push(llvm::extract_value(
+                    e.context, words, position, i32_type, e.location,
+                ))
+            };
+            let words = [word(0)?, word(1)?, word(2)?, word(3)?];
+            // Swizzled place: row · 128 + ((c ^ (row mod 8)) · 16).
+            let row32 = e.index_cast(row, i32_type)?;
+            let c32 = e.index_cast(c, i32_type)?;
+            let seven = e.int(32, 7)?;
+            let phase = e.andi(row32, seven)?;
+            let swizzled = e.push(
+                OperationBuilder::new("arith.xori", e.location)
+                    .add_operands(&[c32, phase])
+                    .add_results(&[i32_type])
+                    .build()?,
+            )?;
+            let four = e.int(32, 4)?;
+            let chunk_offset = e.shli(swizzled, four)?;
+            let seven_bits = e.int(32, 7)?;
+            let row_offset = e.shli(row32, seven_bits)?;
+            let place = e.addi(base, row_offset)?;
+            let place = e.addi(place, chunk_offset)?;
+            e.push_void(e.inline_asm_op(
+                "st.shared.v4.u32 [$0], {$1, $2, $3, $4};",
+                "r,r,r,r,r",
+                &[place, words[0], words[1], words[2], words[3]],
+                &[],
+            )?);
+        }
+        Ok(())
+    }
+}
+
+/// The matrix descriptor of a K-major, 128-byte-swizzled tile starting at shared address
+/// `start`: `(start >> 4) & 0x3FFF | (1024 >> 4) << 32 | 1 << 62`.
+fn descriptor<'c, 'a>(e: &Emit<'c, 'a>, start: Value<'c, '_>) -> Emitted<'c, 'a> {
+    let i64_type = e.int_type(64);
+    let start = e.extui(start, i64_type)?;
+    let four = e.int(64, 4)?;
+    let start = e.shrui(start, four)?;
+    let field = e.int(64, 0x3FFF)?;
+    let start = e.andi(start, field)?;
+    let fixed = e.int(64, ((ATOM >> 4) << 32 | 1 << 62) as i64)?;
+    e.ori(start, fixed)
+}
+
+/// One `wgmma.mma_async m64n128k32`: into a fresh accumulator (`d` is `None`: scale-d 0, no
+/// register inputs, preceded by `wgmma.fence` in the same asm block so that nothing touches the
+/// accumulator registers in between, which would make ptxas serialize the group), or adding to
+/// `d` (its 64 registers in and out).
+fn wgmma<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    gemm: &Fp8Gemm,
+    d: Option<&[Value<'c, 'a>]>,
+    descriptors: [Value<'c, 'a>; 2],
+) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+    let kind = match gemm.format {
+        dsc_ir::DType::F8E5M2 => "e5m2",
+        _ => "e4m3",
+    };
+    let regs: Vec<String> = (0..REGS).map(|i| format!("${i}")).collect();
+    let inputs = if d.is_some() { REGS } else { 0 };
+    let (fence, scale_d) = if d.is_some() {
+        ("", "1")
+    } else {
+        ("wgmma.fence.sync.aligned;\n\t", "0")
+    };
+    let asm = format!(
+        "{{\n\t.reg .pred p;\n\tsetp.ne.b32 p, {scale_d}, 0;\n\t{fence}\
+         wgmma.mma_async.sync.aligned.m64n128k32.f32.{kind}.{kind} {{{regs}}}, ${a}, ${b}, p, 1, 1;\n\t}}",
+        regs = regs.join(", "),
+        a = REGS + inputs,
+        b = REGS + inputs + 1,
+    );
+    let mut constraints: Vec<String> = (0..REGS).map(|_| "=f".to_string()).collect();
+    constraints.extend((0..inputs).map(|i| i.to_string()));
+    constraints.extend(["l".to_string(), "l".to_string()]);
+    let mut operands: Vec<Value> = d.map(<[_]>::to_vec).unwrap_or_default();
+    operands.extend(descriptors);
+    let f32_type = e.f32_type();
+    let result = llvm::r#type::r#struct(e.context, &[f32_type; REGS], false);
+    let out = e.push(e.inline_asm_op(&asm, &constraints.join(","), &operands, &[result])?)?;
+    (0..REGS)
+        .map(|i| {
+            let position = DenseI64ArrayAttribute::new(e.context, &[i as i64]);
+            e.push(llvm::extract_value(
+                e.context, out, position, f32_type, e.location,
+            ))
+        })
+        .collect()
+}
