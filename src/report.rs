@@ -43,6 +43,8 @@ pub struct CodegenReport {
     pub threads: usize,
     /// Kernels whose PTX came from the cache.
     pub cache_hits: usize,
+    /// Whether the kernels' PTX could not be joined and was lowered again as one module.
+    pub lowered_whole: bool,
 }
 
 /// One op's precision.
@@ -364,6 +366,7 @@ impl Report {
             kernels_ms: t.kernels_ms,
             threads: t.threads,
             cache_hits: t.cache_hits,
+            lowered_whole: t.lowered_whole,
         });
         self
     }
@@ -390,6 +393,12 @@ impl Report {
                 c.kernels - c.cache_hits,
                 c.threads
             );
+            if c.lowered_whole {
+                let _ = writeln!(
+                    out,
+                    "  (their PTX could not be joined: lowered again as one module)"
+                );
+            }
             for (name, ms) in [
                 ("  build MLIR", c.build_mlir_ms),
                 ("  MLIR to PTX", c.lower_ms),

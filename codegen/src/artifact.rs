@@ -53,6 +53,9 @@ pub struct CodegenTimings {
     pub cache_hits: usize,
     /// Threads that lowered kernels.
     pub threads: usize,
+    /// Whether the kernels' PTX could not be joined and all of them were lowered again in one
+    /// module (see [`crate::link`]): correct, but the parallel work was lost.
+    pub lowered_whole: bool,
 }
 
 /// How to generate.
@@ -107,6 +110,7 @@ pub fn generate_with(
         .zip(&lowered.ptx)
         .map(|((entry, _), ptx)| (entry.as_str(), ptx.as_str()))
         .collect();
+    let mut lowered_whole = false;
     let ptx = match link(&kernels) {
         Ok(ptx) => ptx,
         // PTX the join does not know the shape of (a new LLVM, a kernel with a `.func`): lower
@@ -117,6 +121,7 @@ pub fn generate_with(
             let mut module = whole_module(&context, &program.kernels)?;
             let ptx = compile_to_ptx(module.module_mut(), target)?;
             lowered.lower_ms += ms(start);
+            lowered_whole = true;
             ptx
         }
     };
@@ -134,6 +139,7 @@ pub fn generate_with(
             kernels: program.kernels.len(),
             cache_hits: lowered.cache_hits,
             threads: lowered.threads,
+            lowered_whole,
         },
     })
 }

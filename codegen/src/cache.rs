@@ -34,6 +34,9 @@ pub const CODEGEN_VERSION: &str = env!("DSC_CODEGEN_VERSION");
 /// Versions kept besides the current one (for builds of other sources used side by side).
 pub const KEEP_VERSIONS: usize = 4;
 
+/// The largest entry read or written (a kernel's PTX is tens of KiB).
+const MAX_ENTRY_BYTES: usize = 64 << 20;
+
 /// First line of every entry.
 const MAGIC: &str = "dsc ptx cache 1\n";
 
@@ -69,7 +72,11 @@ impl PtxCache {
     /// The cached PTX of `kernel` as `entry` for `target`, if there is a sound entry.
     pub fn load(&self, target: Target, entry: &str, kernel: &GpuKernel) -> Option<String> {
         let key = Key::new(target, entry, kernel)?;
-        let bytes = std::fs::read(self.path(&key)).ok()?;
+        let path = self.path(&key);
+        if std::fs::metadata(&path).ok()?.len() > MAX_ENTRY_BYTES as u64 {
+            return None;
+        }
+        let bytes = std::fs::read(path).ok()?;
         let ptx = decode(&bytes, &key.text)?;
         crate::link::check(target, entry, ptx).ok()?;
         Some(ptx.to_string())
@@ -95,6 +102,9 @@ impl PtxCache {
     }
 
     fn write(&self, key: &Key, ptx: &str) -> std::io::Result<()> {
+        if ptx.len() > MAX_ENTRY_BYTES / 2 {
+            return Ok(());
+        }
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = self.path(key);
         let dir = path.parent().expect("an entry's path has a parent");
@@ -118,9 +128,7 @@ impl PtxCache {
         }
         result
     }
-}
 
-impl PtxCache {
     /// Deletes the directories of other versions but the [`KEEP_VERSIONS`] newest.
     fn prune(&self) {
         let Ok(entries) = std::fs::read_dir(self.dir.join("ptx")) else {

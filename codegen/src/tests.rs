@@ -43,6 +43,10 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
         for target in Target::ALL {
             let generated = generate(&graph, target, false)
                 .unwrap_or_else(|error| panic!("{name} {target}: {error}"));
+            assert!(
+                !generated.timings.lowered_whole,
+                "{name} {target}: the kernels' PTX could not be joined"
+            );
             // Dense FP8 GEMMs run on the tensor cores: wgmma on Hopper, mma.sync on Ada.
             let fp8_mma = match target {
                 Target::Sm90a => "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3",
@@ -321,6 +325,10 @@ fn kernels_lowered_apart_and_joined_are_the_module_lowered_whole() {
             };
             let generated = generate_with(&graph, target, &options).unwrap();
             assert_eq!(generated.timings.threads, jobs);
+            assert!(
+                !generated.timings.lowered_whole,
+                "{target}: the join failed"
+            );
             assert!(
                 generated.ptx == whole,
                 "{target}, {jobs} threads: the joined PTX differs from the whole module's"
