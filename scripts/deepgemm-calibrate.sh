@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/dev/null}
 cargo build --quiet --release -p dsc-emulator --example deepgemm
-bin=target/release/examples/deepgemm
+bin=${CARGO_TARGET_DIR:-target}/release/examples/deepgemm
 peers=bench/peers/deepgemm
 # stem, rows (M, or rows per group), published H800 TFLOP/s (DeepGEMM README, last table).
 shapes=(

@@ -247,7 +247,7 @@ impl Bench {
     }
 
     /// The `--json` document: the run, then one object per step (`op`, `kernel`, `seconds`,
-    /// `flops`, `bytes`, and on the emulator `modeled_seconds`, `modeled_peak_fraction`,
+    /// `flops`, `bytes`, and on the emulator `modeled_seconds`, `modeled_serial_seconds`, `modeled_peak_fraction`,
     /// `bound`).
     fn json(&self) -> serde_json::Value {
         use serde_json::{Value, json};
@@ -264,6 +264,7 @@ impl Bench {
                 });
                 if let (Some(m), Some(map)) = (&s.modeled, step.as_object_mut()) {
                     map.insert("modeled_seconds".into(), json!(m.seconds));
+                    map.insert("modeled_serial_seconds".into(), json!(m.serial_seconds));
                     map.insert("modeled_peak_fraction".into(), json!(m.peak_fraction));
                     map.insert("bound".into(), json!(m.bound));
                 }
@@ -304,6 +305,7 @@ mod tests {
             bytes,
             modeled: modeled.then(|| ModeledTiming {
                 seconds,
+                serial_seconds: 2.0 * seconds,
                 peak_fraction: 0.25,
                 bound: "dram".into(),
                 device: "H100 SXM".into(),
@@ -398,6 +400,7 @@ mod tests {
         assert_eq!(s["seconds"], 1e-3);
         assert_eq!(s["flops"], 2_000_000_000u64);
         assert_eq!(s["modeled_seconds"], 1e-3);
+        assert_eq!(s["modeled_serial_seconds"], 2e-3);
         assert_eq!(s["modeled_peak_fraction"], 0.25);
         assert_eq!(s["bound"], "dram");
     }

@@ -117,6 +117,7 @@ fn main() {
                 "groups": rows.len(),
                 "device": device.name,
                 "modeled_seconds": m.seconds,
+                "modeled_serial_seconds": m.serial_seconds,
                 "modeled_tflops": flops as f64 / m.seconds / 1e12,
                 "bound": m.bound,
                 "resources": m.resources,

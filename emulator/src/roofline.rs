@@ -277,8 +277,13 @@ pub struct Modeled {
     pub label: &'static str,
     /// The device modeled.
     pub device: &'static str,
-    /// Modeled seconds.
+    /// Modeled seconds: every resource overlapping every other (the max), plus the launch
+    /// latency. The model's lower bound.
     pub seconds: f64,
+    /// Modeled seconds if no resource overlapped another (their sum), plus the launch latency:
+    /// the model's upper bound, closer to a kernel that does not pipeline (loads, then MMAs, then
+    /// the epilogue, in turn). The model cannot tell how well a kernel overlaps.
+    pub serial_seconds: f64,
     /// Modeled fraction of the relevant peak (of the bound's resource) achieved: the bound
     /// resource's ideal time over `seconds` (for [`Bound::Latency`], of the busiest resource).
     pub peak_fraction: f64,
@@ -418,10 +423,12 @@ pub fn model_with(profile: &LaunchProfile, device: &DeviceModel, options: ModelO
         _ => Bound::Latency,
     };
     let peak_fraction = busiest.map_or(0.0, |r| r.ideal_seconds / seconds);
+    let serial_seconds = resources.iter().map(|r| r.seconds).sum::<f64>() + device.launch_latency_s;
     Modeled {
         label: "modeled",
         device: device.name,
         seconds,
+        serial_seconds,
         peak_fraction,
         bound,
         resources,
@@ -481,6 +488,10 @@ mod tests {
             "{r:?}"
         );
         assert!(close(r.peak_fraction, ideal / r.seconds, 1e-12));
+        // Without overlap every resource's time adds up.
+        let sum: f64 = r.resources.iter().map(|x| x.seconds).sum();
+        assert!(close(r.serial_seconds, sum + LAUNCH_LATENCY_S, 1e-12));
+        assert!(r.serial_seconds > r.seconds);
         assert!(r.peak_fraction > 0.99 * TENSOR_EFFICIENCY);
         // The H200 has the same compute.
         assert!(close(

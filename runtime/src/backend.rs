@@ -52,8 +52,10 @@ impl StepTiming {
 /// A step's time as the emulator's roofline model predicts it from the launch's profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModeledTiming {
-    /// Modeled seconds on the device model.
+    /// Modeled seconds on the device model (resources overlapping perfectly).
     pub seconds: f64,
+    /// Modeled seconds if no resource overlapped another (the model's upper bound).
+    pub serial_seconds: f64,
     /// Fraction of the binding resource's peak the step achieves in the model.
     pub peak_fraction: f64,
     /// The binding resource, as the emulator names it (`tensor_core`, `issue`, `dram`, …).

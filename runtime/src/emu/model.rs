@@ -39,6 +39,7 @@ pub(crate) fn modeled(
         .unwrap_or_else(|| format!("{:?}", m.bound));
     ModeledTiming {
         seconds: m.seconds,
+        serial_seconds: m.serial_seconds,
         peak_fraction: m.peak_fraction,
         bound,
         device: device.name.to_string(),
