@@ -90,6 +90,19 @@ impl Fp8Gemm {
         self.grouped.map_or(1, |g| g.experts)
     }
 
+    /// The expert-contiguous layout a tensor-core form reads, padded to its tile rows.
+    pub fn dispatch(&self, g: Grouped) -> super::moe_dispatch::MoeDispatch {
+        super::moe_dispatch::MoeDispatch {
+            tokens: g.tokens,
+            top_k: g.top_k,
+            experts: g.experts,
+            tile_rows: match self.form {
+                GemmForm::Wgmma => super::fp8_gemm_wgmma::BLOCK_M,
+                _ => super::mma::TILE_M,
+            },
+        }
+    }
+
     /// `(x, x_scale, w, w_scale, [indices | rows, tiles,] out)`.
     pub fn params(&self) -> Vec<Param> {
         let k_tiles = self.k.div_ceil(self.act_tile);
@@ -106,11 +119,7 @@ impl Fp8Gemm {
                 params.push(Param::new("indices", DType::I32, g.tokens * g.top_k));
             }
             (Some(g), GemmForm::MmaSync | GemmForm::Wgmma) => {
-                let dispatch = super::moe_dispatch::MoeDispatch {
-                    tokens: g.tokens,
-                    top_k: g.top_k,
-                    experts: g.experts,
-                };
+                let dispatch = self.dispatch(g);
                 let [_, rows, tiles] = <[Param; 3]>::try_from(dispatch.params())
                     .expect("the dispatch has three parameters");
                 params.push(rows);
@@ -217,6 +226,54 @@ impl Fp8Gemm {
             },
         )
     }
+}
+
+/// Where row `p` of a tensor-core tile reads and writes: in the M extent (dense), or position
+/// `p` of the expert-contiguous layout whose `rows` the dispatch wrote (grouped).
+pub(super) fn tile_row<'c, 'a>(
+    gemm: &Fp8Gemm,
+    e: &Emit<'c, 'a>,
+    dispatch_rows: Option<Value<'c, '_>>,
+    p: Value<'c, 'a>,
+) -> Result<TileRow<'c, 'a>, CodegenError> {
+    match (dispatch_rows, gemm.grouped) {
+        (Some(rows), Some(grouped)) => {
+            let r = e.load(rows, p)?;
+            let zero = e.int(32, 0)?;
+            let real = e.cmpi(melior::dialect::arith::CmpiPredicate::Sge, r, zero)?;
+            let r = e.select(real, r, zero)?;
+            let out = e.index_cast(r, e.index_type())?;
+            let x = if grouped.x_per_slot {
+                out
+            } else {
+                let top_k = e.index(grouped.top_k as i64)?;
+                e.divui(out, top_k)?
+            };
+            Ok(TileRow { x, out, real })
+        }
+        _ => {
+            let rows = e.index(gemm.rows as i64)?;
+            let real = e.lt(p, rows)?;
+            let zero = e.index(0)?;
+            let safe = e.select(real, p, zero)?;
+            Ok(TileRow {
+                x: safe,
+                out: safe,
+                real,
+            })
+        }
+    }
+}
+
+/// One row of a tensor-core tile.
+#[derive(Clone, Copy)]
+pub(super) struct TileRow<'c, 'x> {
+    /// Row of x (and of its scales) it reads; 0 when not real.
+    pub x: Value<'c, 'x>,
+    /// Row of the output it writes.
+    pub out: Value<'c, 'x>,
+    /// Whether it is a real row (not padding, not past M).
+    pub real: Value<'c, 'x>,
 }
 
 /// The f32 value of FP8 code `code` (an `i8`): PTX `cvt.rn.f16x2.{e4m3,e5m2}x2` (exact) then

@@ -17,7 +17,7 @@
 
 use melior::ir::{BlockLike, Value};
 
-use super::fp8_gemm::Fp8Gemm;
+use super::fp8_gemm::{Fp8Gemm, TileRow, tile_row};
 use super::mma::{TILE_M, mma_into, pack_k, tile_lane};
 use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
@@ -36,15 +36,7 @@ pub fn launch(gemm: &Fp8Gemm) -> Launch {
 fn m_tiles(gemm: &Fp8Gemm) -> u64 {
     match gemm.grouped {
         None => gemm.rows.div_ceil(TILE_M),
-        Some(g) => {
-            super::moe_dispatch::MoeDispatch {
-                tokens: g.tokens,
-                top_k: g.top_k,
-                experts: g.experts,
-            }
-            .capacity()
-                / TILE_M
-        }
+        Some(g) => gemm.dispatch(g).capacity() / TILE_M,
     }
 }
 
@@ -81,8 +73,8 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
             e.if_then(has_expert, |e| {
                 let expert = e.index_cast(expert, e.index_type())?;
                 let rows = [
-                    tile_row(gemm, &e, &operands, lane.rows[0])?,
-                    tile_row(gemm, &e, &operands, lane.rows[1])?,
+                    tile_row(gemm, &e, operands.dispatch.map(|d| d.0), lane.rows[0])?,
+                    tile_row(gemm, &e, operands.dispatch.map(|d| d.0), lane.rows[1])?,
                 ];
                 let lanes = Lanes {
                     q: lane.q,
@@ -95,53 +87,6 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
             })
         })
     })
-}
-
-/// Where tile row `p` reads and writes: the x row, the output row, and whether it is real.
-fn tile_row<'c, 'a>(
-    gemm: &Fp8Gemm,
-    e: &Emit<'c, 'a>,
-    ops: &Operands<'c, '_>,
-    p: Value<'c, 'a>,
-) -> Result<TileRow<'c, 'a>, CodegenError> {
-    match (ops.dispatch, gemm.grouped) {
-        (Some((rows, _)), Some(grouped)) => {
-            let r = e.load(rows, p)?;
-            let zero = e.int(32, 0)?;
-            let real = e.cmpi(melior::dialect::arith::CmpiPredicate::Sge, r, zero)?;
-            let r = e.select(real, r, zero)?;
-            let out = e.index_cast(r, e.index_type())?;
-            let x = if grouped.x_per_slot {
-                out
-            } else {
-                let top_k = e.index(grouped.top_k as i64)?;
-                e.divui(out, top_k)?
-            };
-            Ok(TileRow { x, out, real })
-        }
-        _ => {
-            let rows = e.index(gemm.rows as i64)?;
-            let real = e.lt(p, rows)?;
-            let zero = e.index(0)?;
-            let safe = e.select(real, p, zero)?;
-            Ok(TileRow {
-                x: safe,
-                out: safe,
-                real,
-            })
-        }
-    }
-}
-
-/// One row of a warp's tile.
-#[derive(Clone, Copy)]
-struct TileRow<'c, 'x> {
-    /// Row of x (and of its scales) it reads; 0 when not real.
-    x: Value<'c, 'x>,
-    /// Row of the output it writes.
-    out: Value<'c, 'x>,
-    /// Whether it is a real row (not padding, not past M).
-    real: Value<'c, 'x>,
 }
 
 /// The kernel's buffers.

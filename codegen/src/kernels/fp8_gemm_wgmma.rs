@@ -13,6 +13,11 @@
 //! byte offset 0, stride byte offset 1024 >> 4 (between 8-row atoms), swizzle mode 1 (128 B);
 //! each k-step of 32 advances the start address by 32 bytes.
 //!
+//! Grouped (routed experts), M is the expert-contiguous layout of [`super::moe_dispatch`]
+//! padded to 64-row tiles: a tile of expert −1 is skipped, tile row `p` reads x row `rows[p]`
+//! (or `rows[p] / top_k`) and writes output row `rows[p]` (padding, −1, reads zeros and stores
+//! nothing), B is the expert's `[N, K]` slice, and `s_w` its scales.
+//!
 //! This first form is not pipelined (one stage, loads then MMAs) and has no TMA: issue 11
 //! continues it (multi-stage TMA ring, warp specialization, persistent tiles).
 
@@ -22,7 +27,7 @@ use melior::ir::operation::OperationBuilder;
 use melior::ir::r#type::MemRefType;
 use melior::ir::{BlockLike, Type, Value};
 
-use super::fp8_gemm::Fp8Gemm;
+use super::fp8_gemm::{Fp8Gemm, tile_row};
 use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -48,11 +53,10 @@ const B_BYTES: u64 = BLOCK_N * BLOCK_K;
 /// Static shared memory: the tiles plus room to align them.
 const SHARED_BYTES: u64 = ATOM + A_BYTES + B_BYTES;
 
-/// Whether `gemm` can take this form: dense, K in whole 16-byte chunks, 128-wide activation
-/// tiles and weight blocks, and an interval of whole wgmmas that divides the K block.
+/// Whether `gemm` can take this form: K in whole 16-byte chunks, 128-wide activation tiles and
+/// weight blocks, and an interval of whole wgmmas that divides the K block.
 pub fn eligible(gemm: &Fp8Gemm) -> bool {
-    gemm.grouped.is_none()
-        && gemm.k.is_multiple_of(16)
+    gemm.k.is_multiple_of(16)
         && gemm.act_tile == BLOCK_K
         && gemm.weight_block == BLOCK_N
         && matches!(gemm.promote_interval, 32 | 64 | 128)
@@ -62,9 +66,17 @@ fn tiles_n(gemm: &Fp8Gemm) -> u64 {
     gemm.n.div_ceil(BLOCK_N)
 }
 
+/// Tiles along M: of the output rows (dense) or of the dispatch's padded layout (grouped).
+fn tiles_m(gemm: &Fp8Gemm) -> u64 {
+    match gemm.grouped {
+        None => gemm.rows.div_ceil(BLOCK_M),
+        Some(g) => gemm.dispatch(g).capacity() / BLOCK_M,
+    }
+}
+
 /// One warpgroup per 64 × 128 tile.
 pub fn launch(gemm: &Fp8Gemm) -> Launch {
-    Launch::blocks(gemm.rows.div_ceil(BLOCK_M) * tiles_n(gemm), THREADS)
+    Launch::blocks(tiles_m(gemm) * tiles_n(gemm), THREADS)
 }
 
 /// Builds the kernel.
@@ -83,15 +95,36 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
     module.add_kernel_with_shared(entry, &types, &[shared], |block, location| {
         let e = Emit::new(context, block, location);
         let args = kernel_args(block, block.argument_count())?;
+        let grouped = gemm.grouped.is_some();
         let ops = Operands {
             x: args[0],
             x_scale: args[1],
             w: args[2],
             w_scale: args[3],
-            out: args[4],
+            dispatch: grouped.then(|| (args[4], args[5])),
+            out: args[if grouped { 6 } else { 4 }],
         };
         let smem = args[n_args];
-        body(gemm, &e, &ops, smem)
+        let tile = e.block_index(Dimension::X)?;
+        let tiles_n_v = e.index(tiles_n(gemm) as i64)?;
+        let tm = e.divui(tile, tiles_n_v)?;
+        let tn = e.remui(tile, tiles_n_v)?;
+        match ops.dispatch {
+            None => {
+                let expert = e.index(0)?;
+                body(gemm, &e, &ops, smem, [tm, tn], expert)
+            }
+            Some((_, tile_experts)) => {
+                // A tile no expert uses is skipped by the whole warpgroup.
+                let expert = e.load(tile_experts, tm)?;
+                let zero = e.int(32, 0)?;
+                let used = e.cmpi(melior::dialect::arith::CmpiPredicate::Sge, expert, zero)?;
+                e.if_then(used, |e| {
+                    let expert = e.index_cast(expert, e.index_type())?;
+                    body(gemm, &e, &ops, smem, [tm, tn], expert)
+                })
+            }
+        }
     })
 }
 
@@ -101,6 +134,8 @@ struct Operands<'c, 'x> {
     x_scale: Value<'c, 'x>,
     w: Value<'c, 'x>,
     w_scale: Value<'c, 'x>,
+    /// Grouped: the dispatch's `rows` and `tiles`.
+    dispatch: Option<(Value<'c, 'x>, Value<'c, 'x>)>,
     out: Value<'c, 'x>,
 }
 
@@ -116,25 +151,27 @@ fn address<'c, 'a>(e: &Emit<'c, 'a>, memref: Value<'c, '_>) -> Emitted<'c, 'a> {
     e.index_cast(index, e.int_type(64))
 }
 
+/// The tile `(tm, tn)` with the weights of `expert` (0 when dense).
 fn body<'c, 'a>(
     gemm: &Fp8Gemm,
     e: &Emit<'c, 'a>,
     ops: &Operands<'c, '_>,
     smem: Value<'c, '_>,
+    [tm, tn]: [Value<'c, 'a>; 2],
+    expert: Value<'c, 'a>,
 ) -> Result<(), CodegenError> {
     let i32_type = e.int_type(32);
     let tid = e.thread_x()?;
-    let tile = e.block_index(Dimension::X)?;
-    let tiles_n_v = e.index(tiles_n(gemm) as i64)?;
-    let tm = e.divui(tile, tiles_n_v)?;
-    let tn = e.remui(tile, tiles_n_v)?;
     let block_m = e.index(BLOCK_M as i64)?;
     let block_n = e.index(BLOCK_N as i64)?;
     let m0 = e.muli(tm, block_m)?;
     let n0 = e.muli(tn, block_n)?;
-    let rows = e.index(gemm.rows as i64)?;
     let n = e.index(gemm.n as i64)?;
     let k = e.index(gemm.k as i64)?;
+    let dispatch_rows = ops.dispatch.map(|d| d.0);
+    // B rows of this expert: `expert · N + n`.
+    let b_first = e.muli(expert, n)?;
+    let b_first = e.addi(b_first, n0)?;
 
     // 1024-byte aligned tiles in shared memory (32-bit shared addresses).
     let raw = address(e, smem)?;
@@ -157,9 +194,13 @@ fn body<'c, 'a>(
     let row0 = e.muli(warp, sixteen)?;
     let g = e.divui(lane, four)?;
     let row0 = e.addi(row0, g)?;
-    let row0 = e.addi(m0, row0)?;
+    let p0 = e.addi(m0, row0)?;
     let eight = e.index(8)?;
-    let row1 = e.addi(row0, eight)?;
+    let p1 = e.addi(p0, eight)?;
+    let thread_rows = [
+        tile_row(gemm, e, dispatch_rows, p0)?,
+        tile_row(gemm, e, dispatch_rows, p1)?,
+    ];
     let q = e.remui(lane, four)?;
     let two = e.index(2)?;
     let col0 = e.muli(q, two)?;
@@ -176,21 +217,38 @@ fn body<'c, 'a>(
             a_base,
             b_base,
         };
-        stage.load(&e, x_global, m0, rows, BLOCK_M)?;
-        stage.load(&e, w_global, n0, n, BLOCK_N)?;
+        stage.load(
+            &e,
+            x_global,
+            Rows::A {
+                gemm,
+                m0,
+                dispatch_rows,
+            },
+        )?;
+        stage.load(
+            &e,
+            w_global,
+            Rows::B {
+                first: b_first,
+                n0,
+                n,
+            },
+        )?;
         e.push_void(e.inline_asm_op("fence.proxy.async.shared::cta;", "", &[], &[])?);
         e.barrier();
         let kb = e.divui(k0, e.index(BLOCK_K as i64)?)?;
-        // One weight-scale block covers the whole tile: s_w[tn, kb]; s_x per row.
-        let sw_at = e.muli(tn, k_tiles)?;
+        // One weight-scale block covers the whole tile: s_w[expert, tn, kb]; s_x per row.
+        let blocks = e.index((tiles_n(gemm) * gemm.k.div_ceil(BLOCK_K)) as i64)?;
+        let sw_at = e.muli(expert, blocks)?;
+        let tn_at = e.muli(tn, k_tiles)?;
+        let sw_at = e.addi(sw_at, tn_at)?;
         let sw_at = e.addi(sw_at, kb)?;
         let sw = e.load(ops.w_scale, sw_at)?;
-        let last_row = e.index(gemm.rows as i64 - 1)?;
         let mut sx = Vec::with_capacity(2);
-        for row in [row0, row1] {
-            let ok = e.lt(row, rows)?;
-            let row = e.select(ok, row, last_row)?;
-            let at = e.muli(row, k_tiles)?;
+        for row in thread_rows {
+            // Rows that are not real read row 0's scale; nothing is stored for them.
+            let at = e.muli(row.x, k_tiles)?;
             let at = e.addi(at, kb)?;
             sx.push(e.load(ops.x_scale, at)?);
         }
@@ -232,22 +290,36 @@ fn body<'c, 'a>(
     })?;
     // Store D: register i is row `row0 + 8·((i / 2) mod 2)`, column `col0 + 8·(i / 4) + i mod 2`.
     for (i, &cell) in acc.iter().enumerate() {
-        let row = if (i / 2) % 2 == 0 { row0 } else { row1 };
+        let row = thread_rows[(i / 2) % 2];
         let offset = e.index((8 * (i / 4) + i % 2) as i64)?;
         let col = e.addi(col0, offset)?;
-        let row_ok = e.lt(row, rows)?;
         let col_ok = e.lt(col, n)?;
-        let ok = e.andi(row_ok, col_ok)?;
+        let ok = e.andi(row.real, col_ok)?;
         let value = e.get(cell)?;
         let value = e.round_to(value, gemm.output)?;
         e.if_then(ok, |e| {
-            let at = e.muli(row, n)?;
+            let at = e.muli(row.out, n)?;
             let at = e.addi(at, col)?;
             e.store(value, ops.out, at);
             Ok(())
         })?;
     }
     Ok(())
+}
+
+/// Which rows a stage copies: A's (through the tile's rows: the M extent or the dispatch's
+/// layout) or B's (this expert's `N` rows from `first`; `n0` is the tile's first column).
+enum Rows<'g, 'c, 'x> {
+    A {
+        gemm: &'g Fp8Gemm,
+        m0: Value<'c, 'x>,
+        dispatch_rows: Option<Value<'c, 'x>>,
+    },
+    B {
+        first: Value<'c, 'x>,
+        n0: Value<'c, 'x>,
+        n: Value<'c, 'x>,
+    },
 }
 
 /// One K block's staging into shared memory.
@@ -260,16 +332,14 @@ struct Stage<'c, 'x> {
 }
 
 impl<'c, 'x> Stage<'c, 'x> {
-    /// Copies rows `first .. first + tile_rows` (those below `limit`; the rest as zeros) of
-    /// the K-major matrix at global address `matrix`, K columns `k0 .. k0 + 128`, into its
-    /// swizzled tile: A (`tile_rows` = 64) or B (128), 16 bytes per thread and step.
+    /// Copies the tile's rows of the K-major matrix at global address `matrix`, K columns
+    /// `k0 .. k0 + 128`, into its swizzled tile (A: 64 rows, B: 128), rows that are not real
+    /// and K past its end as zeros; 16 bytes per thread and step.
     fn load<'a>(
         &self,
         e: &Emit<'c, 'a>,
         matrix: Value<'c, '_>,
-        first: Value<'c, '_>,
-        limit: Value<'c, '_>,
-        tile_rows: u64,
+        rows: Rows<'_, 'c, '_>,
     ) -> Result<(), CodegenError>
     where
         'x: 'a,
@@ -277,10 +347,9 @@ impl<'c, 'x> Stage<'c, 'x> {
         let i32_type = e.int_type(32);
         let i64_type = e.int_type(64);
         let chunks_per_row = BLOCK_K / 16;
-        let base = if tile_rows == BLOCK_M {
-            self.a_base
-        } else {
-            self.b_base
+        let (base, tile_rows) = match rows {
+            Rows::A { .. } => (self.a_base, BLOCK_M),
+            Rows::B { .. } => (self.b_base, BLOCK_N),
         };
         for j in 0..tile_rows * chunks_per_row / u64::from(THREADS) {
             let offset = e.index((j * u64::from(THREADS)) as i64)?;
@@ -288,11 +357,25 @@ impl<'c, 'x> Stage<'c, 'x> {
             let per_row = e.index(chunks_per_row as i64)?;
             let row = e.divui(chunk, per_row)?;
             let c = e.remui(chunk, per_row)?;
-            let global_row = e.addi(first, row)?;
+            let (global_row, row_ok) = match &rows {
+                Rows::A {
+                    gemm,
+                    m0,
+                    dispatch_rows,
+                } => {
+                    let p = e.addi(*m0, row)?;
+                    let r = tile_row(gemm, e, *dispatch_rows, p)?;
+                    (r.x, r.real)
+                }
+                Rows::B { first, n0, n } => {
+                    let col = e.addi(*n0, row)?;
+                    let ok = e.lt(col, *n)?;
+                    (e.addi(*first, row)?, ok)
+                }
+            };
             let sixteen = e.index(16)?;
             let kc = e.muli(c, sixteen)?;
             let kc = e.addi(self.k0, kc)?;
-            let row_ok = e.lt(global_row, limit)?;
             let k_ok = e.lt(kc, self.k)?;
             let ok = e.andi(row_ok, k_ok)?;
             let at = e.muli(global_row, self.k)?;

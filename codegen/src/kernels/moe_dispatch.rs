@@ -1,7 +1,8 @@
 //! `moe_dispatch`: the permutation that groups the rows of a routed-expert GEMM by expert, in
 //! DeepGEMM's contiguous layout — each expert's rows `r = t·top_k + slot` in increasing order,
-//! its segment padded to a multiple of 16 rows (one MMA tile), `rows[p] = r` (−1 for padding),
-//! and `tiles[p / 16]` = the expert of each 16-row tile (−1 for unused tiles).
+//! its segment padded to a multiple of the GEMM's tile rows (16 for `mma.sync`, 64 for wgmma),
+//! `rows[p] = r` (−1 for padding), and `tiles[p / tile_rows]` = the expert of each tile (−1 for
+//! unused tiles).
 //!
 //! The spec and CPU reference are `dsc_kernels::ops::moe_dispatch`. One thread builds it (a
 //! counting sort over `tokens · top_k` entries, the reference's algorithm step for step); it
@@ -18,7 +19,7 @@ use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::Emit;
 
-/// Rows of one MMA tile; every expert's segment is padded to a multiple of it.
+/// Rows of one `mma.sync` tile.
 pub const TILE_ROWS: u64 = 16;
 
 /// The dispatch of `tokens · top_k` routed rows over `experts` experts.
@@ -30,6 +31,9 @@ pub struct MoeDispatch {
     pub top_k: u64,
     /// Experts.
     pub experts: u64,
+    /// Rows of the GEMMs' tiles (a power of two): every expert's segment is padded to a
+    /// multiple of it.
+    pub tile_rows: u64,
 }
 
 impl MoeDispatch {
@@ -38,12 +42,12 @@ impl MoeDispatch {
         "moe_dispatch"
     }
 
-    /// Padded rows: enough for every expert's segment rounded up to [`TILE_ROWS`].
+    /// Padded rows: enough for every expert's segment rounded up to `tile_rows`.
     pub fn capacity(&self) -> u64 {
         dsc_kernels::ops::moe_dispatch::dispatch_capacity(
             self.tokens * self.top_k,
             self.experts,
-            TILE_ROWS,
+            self.tile_rows,
         )
     }
 
@@ -52,7 +56,7 @@ impl MoeDispatch {
         vec![
             Param::new("indices", DType::I32, self.tokens * self.top_k),
             Param::new("rows", DType::I32, self.capacity()),
-            Param::new("tiles", DType::I32, self.capacity() / TILE_ROWS),
+            Param::new("tiles", DType::I32, self.capacity() / self.tile_rows),
         ]
     }
 
@@ -76,7 +80,7 @@ impl MoeDispatch {
             let cursor = e.push(memref::alloca(context, array, &[], &[], None, location))?;
             let routed = (self.tokens * self.top_k) as i64;
             let capacity = self.capacity() as i64;
-            let tile = TILE_ROWS as i64;
+            let tile = self.tile_rows as i64;
 
             let minus_one = e.int(32, -1)?;
             e.for_const(0, capacity, 1, |e, p| {

@@ -18,7 +18,7 @@ use crate::Target;
 use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
 use crate::kernels::fp8_gemm::GemmForm;
-use crate::kernels::moe_dispatch::{MoeDispatch, TILE_ROWS};
+use crate::kernels::moe_dispatch::TILE_ROWS;
 use arena::{Lifetime, plan_arena};
 use select::{Selection, select};
 
@@ -83,7 +83,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
     let mut planned: Vec<PlannedStep> = Vec::new();
     let mut internals: Vec<Internal> = Vec::new();
     // The dispatch layout (rows, tiles) built for each expert-index tensor.
-    let mut dispatched: HashMap<ValueId, (usize, usize)> = HashMap::new();
+    let mut dispatched: HashMap<(ValueId, u64), (usize, usize)> = HashMap::new();
 
     for op in &g.ops {
         let (kernel, args) = match select(g, op)? {
@@ -101,21 +101,20 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             .map(|&v| Tensor::Value(root[v.index()]))
             .collect();
         if let GpuKernel::Fp8Gemm(gemm) = &kernel
-            && gemm.form == GemmForm::MmaSync
+            && matches!(gemm.form, GemmForm::MmaSync | GemmForm::Wgmma)
             && let Some(grouped) = gemm.grouped
         {
             // The indices operand is replaced by the expert-contiguous layout, built once per
             // indices tensor, right before its first GEMM (as part of that op).
             let indices = root[op.operands[4].index()];
-            let (rows, tiles) = match dispatched.get(&indices) {
+            let dispatch = gemm.dispatch(grouped);
+            let (rows, tiles) = match dispatched.get(&(indices, dispatch.tile_rows)) {
                 Some(&layout) => layout,
                 None => {
-                    let dispatch = MoeDispatch {
-                        tokens: grouped.tokens,
-                        top_k: grouped.top_k,
-                        experts: grouped.experts,
+                    let base = match dispatch.tile_rows {
+                        TILE_ROWS => g.name(indices).to_string(),
+                        tile => format!("{}.tile{tile}", g.name(indices)),
                     };
-                    let base = g.name(indices);
                     let rows = internals.len();
                     internals.push(Internal {
                         name: format!("{base}.dispatch_rows"),
@@ -125,7 +124,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                     internals.push(Internal {
                         name: format!("{base}.dispatch_tiles"),
                         dtype: DType::I32,
-                        len: dispatch.capacity() / TILE_ROWS,
+                        len: dispatch.capacity() / dispatch.tile_rows,
                     });
                     let kernel = GpuKernel::MoeDispatch(dispatch);
                     planned.push(PlannedStep {
@@ -139,9 +138,11 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                         ],
                         writes: 2,
                         flops: 0,
-                        bytes: g.ty(indices).size_bytes() + 4 * dispatch.capacity() * 17 / 16,
+                        bytes: g.ty(indices).size_bytes()
+                            + 4 * dispatch.capacity() * (dispatch.tile_rows + 1)
+                                / dispatch.tile_rows,
                     });
-                    dispatched.insert(indices, (rows, rows + 1));
+                    dispatched.insert((indices, dispatch.tile_rows), (rows, rows + 1));
                     (rows, rows + 1)
                 }
             };
