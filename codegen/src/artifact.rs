@@ -126,6 +126,7 @@ pub fn generate_with(
         }
     };
     let kernels_ms = ms(start);
+    crate::limits::check(&program.manifest, &ptx, target)?;
 
     Ok(Generated {
         manifest: program.manifest,

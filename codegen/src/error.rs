@@ -20,6 +20,17 @@ pub enum CodegenError {
         message: String,
     },
 
+    /// A kernel needs more than the target allows at launch (shared memory, threads, grid).
+    #[error("op `{op}` (kernel `{kernel}`): {message}")]
+    Resources {
+        /// The op's name.
+        op: String,
+        /// The kernel's entry name.
+        kernel: String,
+        /// The limit and what the kernel needs.
+        message: String,
+    },
+
     /// A kernel builder was asked for something it cannot build.
     #[error("invalid kernel `{kernel}`: {message}")]
     InvalidKernel {

@@ -20,6 +20,7 @@ pub mod artifact;
 pub mod cache;
 pub mod error;
 pub mod kernels;
+pub mod limits;
 pub mod link;
 pub mod lower;
 pub mod mlir;

@@ -439,3 +439,30 @@ fn the_ptx_cache_changes_nothing_but_time() {
     assert_eq!(with_cache(file.join("below")), 0);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
 }
+
+#[test]
+fn a_kernel_over_the_static_shared_memory_limit_is_an_error_naming_the_op() {
+    // The fused RMS norm + quantization keeps a row of 16384 f32 in shared memory: 64 KiB,
+    // more than a block may declare.
+    let source = "[model]\nname = \"wide\"\noutputs = [\"up\"]\n\n\
+                  [[input]]\nname = \"x\"\ndtype = \"bf16\"\nshape = [2, 16384]\n\n\
+                  [[op]]\nname = \"norm\"\nkind = \"rms_norm\"\ninputs = [\"x\"]\neps = 1e-6\n\n\
+                  [[op]]\nname = \"up\"\nkind = \"linear\"\ninputs = [\"norm\"]\n\
+                  out_features = 128\nrole = \"ffn\"\n";
+    let mut graph = dsc_ir::model::load_model(source).expect("the model loads");
+    Pipeline::default_pipeline()
+        .run(&mut graph, &PassOptions::default(), |_, _| {})
+        .expect("default pipeline runs");
+    for target in Target::ALL {
+        let error = generate(&graph, target, false)
+            .err()
+            .unwrap_or_else(|| panic!("{target}: a 64 KiB static shared row must be refused"))
+            .to_string();
+        assert!(
+            error.starts_with("op `up.x_q` (kernel `rms_norm_quant_")
+                && error.contains("needs 65568 bytes of static shared memory per block")
+                && error.contains(&format!("{target} allows 49152 (48 KiB)")),
+            "{error}"
+        );
+    }
+}
