@@ -185,6 +185,13 @@ fn ragged_shapes_match_the_cpu_reference() {
     check_every_step("gpu-steps-ragged", "tests/gpu/models/ragged-mlp.toml", None);
 }
 
+/// GEMMs wide enough for the sm_90a FP8 GEMM's 64 × 128 and 64 × 64 tiles (the small models
+/// get 64 × 16 and 64 × 32), off the tiles in M and N.
+#[test]
+fn wide_tiles_match_the_cpu_reference() {
+    check_every_step("gpu-steps-wide", "tests/gpu/models/wide-mlp.toml", None);
+}
+
 /// Rows of zeros, of values under the 1e-4 scale floor, of large values (amax far above 448,
 /// so codes saturate at ±448·scale), and one NaN, in the ragged model.
 #[test]

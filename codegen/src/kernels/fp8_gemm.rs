@@ -43,9 +43,12 @@ pub enum GemmForm {
     Simt,
     /// One 16 × 8 tile per warp on the tensor cores (`mma.sync m16n8k32`).
     MmaSync,
-    /// One 64 × 128 tile per warpgroup on Hopper's tensor cores (`wgmma m64n128k32`, sm_90a,
-    /// dense only).
-    Wgmma,
+    /// One 64 × `block_n` tile per warpgroup on Hopper's tensor cores (`wgmma m64nNk32`,
+    /// sm_90a).
+    Wgmma {
+        /// Columns of a tile: 128, 64, 32 or 16.
+        block_n: u64,
+    },
 }
 
 /// One block-scaled FP8 GEMM.
@@ -97,7 +100,7 @@ impl Fp8Gemm {
             top_k: g.top_k,
             experts: g.experts,
             tile_rows: match self.form {
-                GemmForm::Wgmma => super::fp8_gemm_wgmma::BLOCK_M,
+                GemmForm::Wgmma { .. } => super::fp8_gemm_wgmma::BLOCK_M,
                 _ => super::mma::TILE_M,
             },
         }
@@ -118,7 +121,7 @@ impl Fp8Gemm {
             (Some(g), GemmForm::Simt) => {
                 params.push(Param::new("indices", DType::I32, g.tokens * g.top_k));
             }
-            (Some(g), GemmForm::MmaSync | GemmForm::Wgmma) => {
+            (Some(g), GemmForm::MmaSync | GemmForm::Wgmma { .. }) => {
                 let dispatch = self.dispatch(g);
                 let [_, rows, tiles] = <[Param; 3]>::try_from(dispatch.params())
                     .expect("the dispatch has three parameters");
@@ -135,7 +138,7 @@ impl Fp8Gemm {
         match self.form {
             GemmForm::Simt => Launch::per_element(self.rows * self.n),
             GemmForm::MmaSync => super::fp8_gemm_mma::launch(self),
-            GemmForm::Wgmma => super::fp8_gemm_wgmma::launch(self),
+            GemmForm::Wgmma { .. } => super::fp8_gemm_wgmma::launch(self),
         }
     }
 
@@ -144,7 +147,7 @@ impl Fp8Gemm {
         match self.form {
             GemmForm::Simt => self.build_simt(module, entry),
             GemmForm::MmaSync => super::fp8_gemm_mma::build(self, module, entry),
-            GemmForm::Wgmma => super::fp8_gemm_wgmma::build(self, module, entry),
+            GemmForm::Wgmma { .. } => super::fp8_gemm_wgmma::build(self, module, entry),
         }
     }
 

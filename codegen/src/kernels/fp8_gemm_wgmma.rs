@@ -1,10 +1,11 @@
-//! The Hopper form of the dense `fp8_gemm` (sm_90a): one warpgroup per 64 × 128 output tile,
-//! FP8 products summed by `wgmma.mma_async.sync.aligned.m64n128k32.f32.<fp8>.<fp8>` (the only
+//! The Hopper form of `fp8_gemm` (sm_90a): one warpgroup per 64 × N output tile (N = 128, 64,
+//! 32 or 16, [`block_n_for`]), FP8 products summed by
+//! `wgmma.mma_async.sync.aligned.m64nNk32.f32.<fp8>.<fp8>` (the only
 //! instruction that runs FP8 at full rate on Hopper: `mma.sync` e4m3 becomes FP16 HMMA there)
 //! from shared memory, and every promotion interval the partial sums scaled by `s_x · s_w` and
 //! added into f32 accumulators on the CUDA cores (DESIGN.md §3), in the CPU reference's order.
 //!
-//! Per 128-deep K block the 128 threads stage A (64 × 128 bytes) and B (128 × 128 bytes) in
+//! Per 128-deep K block the 128 threads stage A (64 × 128 bytes) and B (N × 128 bytes) in
 //! shared memory with 16-byte loads and stores, in the 128-byte-swizzled K-major layout wgmma
 //! reads (row `r` at `128·r`, its 16-byte chunk `c` at chunk `c ^ (r mod 8)`, 1024-byte aligned
 //! atoms of 8 rows), rows past M or N and K past its end as zeros. Each promotion interval is
@@ -27,7 +28,7 @@ use melior::ir::operation::OperationBuilder;
 use melior::ir::r#type::MemRefType;
 use melior::ir::{BlockLike, Type, Value};
 
-use super::fp8_gemm::{Fp8Gemm, tile_row};
+use super::fp8_gemm::{Fp8Gemm, GemmForm, tile_row};
 use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -36,34 +37,66 @@ use crate::mlir::kernel::Dimension;
 
 /// Rows of a block's tile.
 pub const BLOCK_M: u64 = 64;
-/// Columns of a block's tile (one weight-scale block).
-pub const BLOCK_N: u64 = 128;
+/// The widest tile: one weight-scale block, so that every tile lies in one.
+pub const MAX_BLOCK_N: u64 = 128;
+/// The SMs of the Hopper parts dsc targets (H100 SXM, H200), which [`block_n_for`] fills.
+pub const SMS: u64 = 132;
 /// K staged per step (one activation tile, one weight-scale block).
 pub const BLOCK_K: u64 = 128;
 /// One warpgroup.
 pub const THREADS: u32 = 128;
 /// K of one wgmma.
 const MMA_K: u64 = 32;
-/// Accumulator registers per thread: 64 × 128 f32 over 128 threads.
-const REGS: usize = (BLOCK_M * BLOCK_N / THREADS as u64) as usize;
 /// The swizzle atom (8 rows of 128 bytes) and the alignment it needs.
 const ATOM: u64 = 1024;
 const A_BYTES: u64 = BLOCK_M * BLOCK_K;
-const B_BYTES: u64 = BLOCK_N * BLOCK_K;
-/// Static shared memory: the tiles plus room to align them.
-const SHARED_BYTES: u64 = ATOM + A_BYTES + B_BYTES;
+
+/// Columns of `gemm`'s tiles.
+fn block_n(gemm: &Fp8Gemm) -> u64 {
+    match gemm.form {
+        GemmForm::Wgmma { block_n } => block_n,
+        _ => MAX_BLOCK_N,
+    }
+}
+
+/// Accumulator registers per thread: 64 × `block_n` f32 over 128 threads.
+fn regs(gemm: &Fp8Gemm) -> usize {
+    (BLOCK_M * block_n(gemm) / u64::from(THREADS)) as usize
+}
+
+/// The tile width for `gemm` (DeepGEMM's concern, simplified): the widest of 128, 64, 32, 16
+/// whose grid keeps at least 80% of the SMs busy over its waves (`tiles / (waves · SMS)`),
+/// else the one that keeps the most busy. Narrow tiles fill the GPU when M is small (64 rows
+/// and N = 2112 give 17 tiles of 128 columns but 132 of 16).
+pub fn block_n_for(gemm: &Fp8Gemm) -> u64 {
+    let busy = |bn: u64| {
+        let tiles = tiles_m(gemm) * gemm.n.div_ceil(bn);
+        tiles as f64 / (tiles.div_ceil(SMS) * SMS) as f64
+    };
+    let widths = [128, 64, 32, 16];
+    widths
+        .iter()
+        .copied()
+        .find(|&bn| busy(bn) >= 0.8)
+        .unwrap_or_else(|| {
+            widths.iter().copied().fold(
+                128,
+                |best, bn| if busy(bn) > busy(best) { bn } else { best },
+            )
+        })
+}
 
 /// Whether `gemm` can take this form: K in whole 16-byte chunks, 128-wide activation tiles and
 /// weight blocks, and an interval of whole wgmmas that divides the K block.
 pub fn eligible(gemm: &Fp8Gemm) -> bool {
     gemm.k.is_multiple_of(16)
         && gemm.act_tile == BLOCK_K
-        && gemm.weight_block == BLOCK_N
+        && gemm.weight_block == MAX_BLOCK_N
         && matches!(gemm.promote_interval, 32 | 64 | 128)
 }
 
 fn tiles_n(gemm: &Fp8Gemm) -> u64 {
-    gemm.n.div_ceil(BLOCK_N)
+    gemm.n.div_ceil(block_n(gemm))
 }
 
 /// Tiles along M: of the output rows (dense) or of the dispatch's padded layout (grouped).
@@ -84,9 +117,11 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
     let context = module.context();
     let types = param_types(context, &gemm.params());
     let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
+    // The tiles plus room to align them.
+    let shared_bytes = ATOM + A_BYTES + block_n(gemm) * BLOCK_K;
     let shared: Type = MemRefType::new(
         Type::parse(context, "i8").expect("i8 parses"),
-        &[SHARED_BYTES as i64],
+        &[shared_bytes as i64],
         None,
         workgroup,
     )
@@ -163,7 +198,7 @@ fn body<'c, 'a>(
     let i32_type = e.int_type(32);
     let tid = e.thread_x()?;
     let block_m = e.index(BLOCK_M as i64)?;
-    let block_n = e.index(BLOCK_N as i64)?;
+    let block_n = e.index(self::block_n(gemm) as i64)?;
     let m0 = e.muli(tm, block_m)?;
     let n0 = e.muli(tn, block_n)?;
     let n = e.index(gemm.n as i64)?;
@@ -207,7 +242,9 @@ fn body<'c, 'a>(
     let col0 = e.addi(n0, col0)?;
 
     let zero = e.f32(0.0)?;
-    let acc: Vec<Value> = (0..REGS).map(|_| e.cell(zero)).collect::<Result<_, _>>()?;
+    let acc: Vec<Value> = (0..regs(gemm))
+        .map(|_| e.cell(zero))
+        .collect::<Result<_, _>>()?;
     let k_tiles = e.index(gemm.k.div_ceil(BLOCK_K) as i64)?;
     e.for_const(0, gemm.k as i64, BLOCK_K as i64, |e, k0| {
         let stage = Stage {
@@ -233,15 +270,19 @@ fn body<'c, 'a>(
                 first: b_first,
                 n0,
                 n,
+                rows: self::block_n(gemm),
             },
         )?;
         e.push_void(e.inline_asm_op("fence.proxy.async.shared::cta;", "", &[], &[])?);
         e.barrier();
         let kb = e.divui(k0, e.index(BLOCK_K as i64)?)?;
-        // One weight-scale block covers the whole tile: s_w[expert, tn, kb]; s_x per row.
-        let blocks = e.index((tiles_n(gemm) * gemm.k.div_ceil(BLOCK_K)) as i64)?;
+        // One weight-scale block covers the whole tile: s_w[expert, n0 / 128, kb]; s_x per row.
+        let n_blocks = gemm.n.div_ceil(MAX_BLOCK_N);
+        let blocks = e.index((n_blocks * gemm.k.div_ceil(BLOCK_K)) as i64)?;
         let sw_at = e.muli(expert, blocks)?;
-        let tn_at = e.muli(tn, k_tiles)?;
+        let max_block_n = e.index(MAX_BLOCK_N as i64)?;
+        let n_block = e.divui(n0, max_block_n)?;
+        let tn_at = e.muli(n_block, k_tiles)?;
         let sw_at = e.addi(sw_at, tn_at)?;
         let sw_at = e.addi(sw_at, kb)?;
         let sw = e.load(ops.w_scale, sw_at)?;
@@ -319,6 +360,7 @@ enum Rows<'g, 'c, 'x> {
         first: Value<'c, 'x>,
         n0: Value<'c, 'x>,
         n: Value<'c, 'x>,
+        rows: u64,
     },
 }
 
@@ -349,7 +391,7 @@ impl<'c, 'x> Stage<'c, 'x> {
         let chunks_per_row = BLOCK_K / 16;
         let (base, tile_rows) = match rows {
             Rows::A { .. } => (self.a_base, BLOCK_M),
-            Rows::B { .. } => (self.b_base, BLOCK_N),
+            Rows::B { rows, .. } => (self.b_base, rows),
         };
         for j in 0..tile_rows * chunks_per_row / u64::from(THREADS) {
             let offset = e.index((j * u64::from(THREADS)) as i64)?;
@@ -367,7 +409,7 @@ impl<'c, 'x> Stage<'c, 'x> {
                     let r = tile_row(gemm, e, *dispatch_rows, p)?;
                     (r.x, r.real)
                 }
-                Rows::B { first, n0, n } => {
+                Rows::B { first, n0, n, .. } => {
                     let col = e.addi(*n0, row)?;
                     let ok = e.lt(col, *n)?;
                     (e.addi(*first, row)?, ok)
@@ -438,7 +480,7 @@ fn descriptor<'c, 'a>(e: &Emit<'c, 'a>, start: Value<'c, '_>) -> Emitted<'c, 'a>
     e.ori(start, fixed)
 }
 
-/// One `wgmma.mma_async m64n128k32`: into a fresh accumulator (`d` is `None`: scale-d 0, no
+/// One `wgmma.mma_async m64nNk32` (N = the tile's columns): into a fresh accumulator (`d` is `None`: scale-d 0, no
 /// register inputs, preceded by `wgmma.fence` in the same asm block so that nothing touches the
 /// accumulator registers in between, which would make ptxas serialize the group), or adding to
 /// `d` (its 64 registers in and out).
@@ -452,8 +494,9 @@ fn wgmma<'c, 'a>(
         dsc_ir::DType::F8E5M2 => "e5m2",
         _ => "e4m3",
     };
-    let regs: Vec<String> = (0..REGS).map(|i| format!("${i}")).collect();
-    let inputs = if d.is_some() { REGS } else { 0 };
+    let n_regs = regs(gemm);
+    let regs: Vec<String> = (0..n_regs).map(|i| format!("${i}")).collect();
+    let inputs = if d.is_some() { n_regs } else { 0 };
     let (fence, scale_d) = if d.is_some() {
         ("", "1")
     } else {
@@ -461,20 +504,21 @@ fn wgmma<'c, 'a>(
     };
     let asm = format!(
         "{{\n\t.reg .pred p;\n\tsetp.ne.b32 p, {scale_d}, 0;\n\t{fence}\
-         wgmma.mma_async.sync.aligned.m64n128k32.f32.{kind}.{kind} {{{regs}}}, ${a}, ${b}, p, 1, 1;\n\t}}",
+         wgmma.mma_async.sync.aligned.m64n{n}k32.f32.{kind}.{kind} {{{regs}}}, ${a}, ${b}, p, 1, 1;\n\t}}",
         regs = regs.join(", "),
-        a = REGS + inputs,
-        b = REGS + inputs + 1,
+        n = block_n(gemm),
+        a = n_regs + inputs,
+        b = n_regs + inputs + 1,
     );
-    let mut constraints: Vec<String> = (0..REGS).map(|_| "=f".to_string()).collect();
+    let mut constraints: Vec<String> = (0..n_regs).map(|_| "=f".to_string()).collect();
     constraints.extend((0..inputs).map(|i| i.to_string()));
     constraints.extend(["l".to_string(), "l".to_string()]);
     let mut operands: Vec<Value> = d.map(<[_]>::to_vec).unwrap_or_default();
     operands.extend(descriptors);
     let f32_type = e.f32_type();
-    let result = llvm::r#type::r#struct(e.context, &[f32_type; REGS], false);
+    let result = llvm::r#type::r#struct(e.context, &vec![f32_type; n_regs], false);
     let out = e.push(e.inline_asm_op(&asm, &constraints.join(","), &operands, &[result])?)?;
-    (0..REGS)
+    (0..n_regs)
         .map(|i| {
             let position = DenseI64ArrayAttribute::new(e.context, &[i as i64]);
             e.push(llvm::extract_value(

@@ -68,7 +68,9 @@ fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
                 && gemm.form == GemmForm::MmaSync
                 && crate::kernels::fp8_gemm_wgmma::eligible(&gemm) =>
         {
-            gemm.form = GemmForm::Wgmma;
+            gemm.form = GemmForm::Wgmma {
+                block_n: crate::kernels::fp8_gemm_wgmma::block_n_for(&gemm),
+            };
             GpuKernel::Fp8Gemm(gemm)
         }
         kernel => kernel,
@@ -101,7 +103,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             .map(|&v| Tensor::Value(root[v.index()]))
             .collect();
         if let GpuKernel::Fp8Gemm(gemm) = &kernel
-            && matches!(gemm.form, GemmForm::MmaSync | GemmForm::Wgmma)
+            && matches!(gemm.form, GemmForm::MmaSync | GemmForm::Wgmma { .. })
             && let Some(grouped) = gemm.grouped
         {
             // The indices operand is replaced by the expert-contiguous layout, built once per
