@@ -268,6 +268,32 @@ pub(super) fn tile_row<'c, 'a>(
     }
 }
 
+/// The buffers of a tensor-core form, named (`params()`'s order).
+pub(super) struct Operands<'c, 'x> {
+    pub x: Value<'c, 'x>,
+    pub x_scale: Value<'c, 'x>,
+    pub w: Value<'c, 'x>,
+    pub w_scale: Value<'c, 'x>,
+    /// Grouped: the dispatch's `rows` and `tiles`.
+    pub dispatch: Option<(Value<'c, 'x>, Value<'c, 'x>)>,
+    pub out: Value<'c, 'x>,
+}
+
+impl<'c, 'x> Operands<'c, 'x> {
+    /// The kernel arguments `args` of a tensor-core form of `gemm`.
+    pub fn of(gemm: &Fp8Gemm, args: &[Value<'c, 'x>]) -> Self {
+        let grouped = gemm.grouped.is_some();
+        Operands {
+            x: args[0],
+            x_scale: args[1],
+            w: args[2],
+            w_scale: args[3],
+            dispatch: grouped.then(|| (args[4], args[5])),
+            out: args[if grouped { 6 } else { 4 }],
+        }
+    }
+}
+
 /// One row of a tensor-core tile.
 #[derive(Clone, Copy)]
 pub(super) struct TileRow<'c, 'x> {

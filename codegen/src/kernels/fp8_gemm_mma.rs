@@ -17,7 +17,7 @@
 
 use melior::ir::{BlockLike, Value};
 
-use super::fp8_gemm::{Fp8Gemm, TileRow, tile_row};
+use super::fp8_gemm::{Fp8Gemm, Operands, TileRow, tile_row};
 use super::mma::{TILE_M, mma_into, pack_k, tile_lane};
 use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
@@ -47,19 +47,7 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
     module.add_kernel(entry, &types, |block, location| {
         let e = Emit::new(context, block, location);
         let args = kernel_args(block, block.argument_count())?;
-        let grouped = gemm.grouped.is_some();
-        let operands = Operands {
-            x: args[0],
-            x_scale: args[1],
-            w: args[2],
-            w_scale: args[3],
-            dispatch: if grouped {
-                Some((args[4], args[5]))
-            } else {
-                None
-            },
-            out: args[if grouped { 6 } else { 4 }],
-        };
+        let operands = Operands::of(gemm, &args);
 
         let lane = tile_lane(&e, m_tiles(gemm), gemm.n)?;
         e.if_then(lane.active, |e| {
@@ -87,17 +75,6 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
             })
         })
     })
-}
-
-/// The kernel's buffers.
-struct Operands<'c, 'x> {
-    x: Value<'c, 'x>,
-    x_scale: Value<'c, 'x>,
-    w: Value<'c, 'x>,
-    w_scale: Value<'c, 'x>,
-    /// Grouped: the dispatch's `rows` and `tiles`.
-    dispatch: Option<(Value<'c, 'x>, Value<'c, 'x>)>,
-    out: Value<'c, 'x>,
 }
 
 /// This lane's coordinates in its warp's tile.

@@ -28,7 +28,7 @@ use melior::ir::operation::OperationBuilder;
 use melior::ir::r#type::MemRefType;
 use melior::ir::{BlockLike, Type, Value};
 
-use super::fp8_gemm::{Fp8Gemm, GemmForm, tile_row};
+use super::fp8_gemm::{Fp8Gemm, GemmForm, Operands, tile_row};
 use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -130,15 +130,7 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
     module.add_kernel_with_shared(entry, &types, &[shared], |block, location| {
         let e = Emit::new(context, block, location);
         let args = kernel_args(block, block.argument_count())?;
-        let grouped = gemm.grouped.is_some();
-        let ops = Operands {
-            x: args[0],
-            x_scale: args[1],
-            w: args[2],
-            w_scale: args[3],
-            dispatch: grouped.then(|| (args[4], args[5])),
-            out: args[if grouped { 6 } else { 4 }],
-        };
+        let ops = Operands::of(gemm, &args);
         let smem = args[n_args];
         let tile = e.block_index(Dimension::X)?;
         let tiles_n_v = e.index(tiles_n(gemm) as i64)?;
@@ -161,17 +153,6 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
             }
         }
     })
-}
-
-/// The kernel's buffers.
-struct Operands<'c, 'x> {
-    x: Value<'c, 'x>,
-    x_scale: Value<'c, 'x>,
-    w: Value<'c, 'x>,
-    w_scale: Value<'c, 'x>,
-    /// Grouped: the dispatch's `rows` and `tiles`.
-    dispatch: Option<(Value<'c, 'x>, Value<'c, 'x>)>,
-    out: Value<'c, 'x>,
 }
 
 /// The address of a memref's first element as an `i64` (a generic address for global buffers,

@@ -418,15 +418,7 @@ pub(crate) fn shared_operand(
     let address = ctx.address(warp, a, lane);
     let fault = |m: String| ctx.memory_fault(inst, warp.first_thread, lane, address, m);
     match ctx.place(space, address, a.base).map_err(fault)? {
-        Place::Shared(o) => {
-            if o % align != 0 {
-                return Err(fault(format!(
-                    "{}: shared address not {align}-byte aligned",
-                    inst.opcode
-                )));
-            }
-            Ok(o)
-        }
+        Place::Shared(o) => aligned(inst, o, align).map_err(fault),
         _ => Err(fault(format!(
             "{}: the address is not in shared memory",
             inst.opcode
@@ -455,13 +447,19 @@ pub(crate) fn cluster_operand(
     let address = ctx.address(warp, a, lane);
     let fault = |m: String| ctx.memory_fault(inst, warp.first_thread, lane, address, m);
     let (rank, o) = ctx.cluster_shared(address).map_err(fault)?;
-    if o % align != 0 {
-        return Err(fault(format!(
+    Ok((rank, aligned(inst, o, align).map_err(fault)?))
+}
+
+/// Shared offset `o`, if it is `align`-byte aligned as `inst` needs.
+fn aligned(inst: &Inst, o: u64, align: u64) -> Result<u64, String> {
+    if o.is_multiple_of(align) {
+        Ok(o)
+    } else {
+        Err(format!(
             "{}: shared address not {align}-byte aligned",
             inst.opcode
-        )));
+        ))
     }
-    Ok((rank, o))
 }
 
 /// Runs everything still in flight when the CTA ends: pending loads land, cp.async copies and
