@@ -107,7 +107,7 @@ fn tiles_m(gemm: &Fp8Gemm) -> u64 {
     }
 }
 
-/// One warpgroup per 64 × 128 tile.
+/// One warpgroup per 64 × N tile.
 pub fn launch(gemm: &Fp8Gemm) -> Launch {
     Launch::blocks(tiles_m(gemm) * tiles_n(gemm), THREADS)
 }

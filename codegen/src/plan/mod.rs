@@ -68,6 +68,10 @@ fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
                 && gemm.form == GemmForm::MmaSync
                 && crate::kernels::fp8_gemm_wgmma::eligible(&gemm) =>
         {
+            // The width is chosen over the wgmma form's own M tiles (its dispatch's padding).
+            gemm.form = GemmForm::Wgmma {
+                block_n: crate::kernels::fp8_gemm_wgmma::MAX_BLOCK_N,
+            };
             gemm.form = GemmForm::Wgmma {
                 block_n: crate::kernels::fp8_gemm_wgmma::block_n_for(&gemm),
             };
