@@ -192,6 +192,16 @@ fn wide_tiles_match_the_cpu_reference() {
     check_every_step("gpu-steps-wide", "tests/gpu/models/wide-mlp.toml", None);
 }
 
+/// The same in E5M2 with a promotion interval of 64.
+#[test]
+fn wide_tiles_in_e5m2_with_interval_64_match_the_cpu_reference() {
+    check_every_step(
+        "gpu-steps-wide-e5m2",
+        "tests/gpu/models/wide-mlp-e5m2.toml",
+        None,
+    );
+}
+
 /// Rows of zeros, of values under the 1e-4 scale floor, of large values (amax far above 448,
 /// so codes saturate at ±448·scale), and one NaN, in the ragged model.
 #[test]
