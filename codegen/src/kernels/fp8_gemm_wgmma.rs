@@ -155,18 +155,6 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
     })
 }
 
-/// The address of a memref's first element as an `i64` (a generic address for global buffers,
-/// a shared-window offset for workgroup ones).
-fn address<'c, 'a>(e: &Emit<'c, 'a>, memref: Value<'c, '_>) -> Emitted<'c, 'a> {
-    let index = e.push(
-        OperationBuilder::new("memref.extract_aligned_pointer_as_index", e.location)
-            .add_operands(&[memref])
-            .add_results(&[e.index_type()])
-            .build()?,
-    )?;
-    e.index_cast(index, e.int_type(64))
-}
-
 /// The tile `(tm, tn)` with the weights of `expert` (0 when dense).
 fn body<'c, 'a>(
     gemm: &Fp8Gemm,
@@ -190,7 +178,7 @@ fn body<'c, 'a>(
     let b_first = e.addi(b_first, n0)?;
 
     // 1024-byte aligned tiles in shared memory (32-bit shared addresses).
-    let raw = address(e, smem)?;
+    let raw = e.address_of(smem)?;
     let atom_minus_one = e.int(64, ATOM as i64 - 1)?;
     let aligned = e.addi(raw, atom_minus_one)?;
     let mask = e.int(64, !(ATOM as i64 - 1))?;
@@ -198,8 +186,8 @@ fn body<'c, 'a>(
     let a_base = e.trunci(aligned, i32_type)?;
     let a_bytes = e.int(32, A_BYTES as i64)?;
     let b_base = e.addi(a_base, a_bytes)?;
-    let x_global = address(e, ops.x)?;
-    let w_global = address(e, ops.w)?;
+    let x_global = e.address_of(ops.x)?;
+    let w_global = e.address_of(ops.w)?;
 
     // This thread's accumulator rows (two) and the column of its register 0.
     let thirty_two = e.index(32)?;

@@ -94,7 +94,9 @@ pub fn tile_lane<'c, 'a>(
 
 /// `32 / bits` consecutive elements `m[row_base + k ..]` of a matrix with `k_len` columns,
 /// packed into one `i32` (lowest K in the lowest bits); an element reads as +0 when the row is
-/// not `real` or its K is past `k_len`. FP8 codes are 8 bits, bf16 16.
+/// not `real` or its K is past `k_len`. FP8 codes are 8 bits, bf16 16. When `k_len` is a whole
+/// number of registers (so `k`, a multiple of `32 / bits`, is all in or all out, and the word is
+/// 4-byte aligned) it is one predicated 32-bit load, else one load per element.
 pub fn pack_k<'c, 'a>(
     e: &Emit<'c, 'a>,
     matrix: Value<'c, '_>,
@@ -105,13 +107,31 @@ pub fn pack_k<'c, 'a>(
     bits: u32,
 ) -> Emitted<'c, 'a> {
     let i32_type = e.int_type(32);
-    let k_len = e.index(k_len as i64)?;
+    let per_register = u64::from(32 / bits);
+    let k_len_v = e.index(k_len as i64)?;
+    if k_len.is_multiple_of(per_register) {
+        let k_ok = e.lt(k, k_len_v)?;
+        let ok = e.andi(real, k_ok)?;
+        let at = e.addi(row_base, k)?;
+        let bytes = e.index(i64::from(bits / 8))?;
+        let at = e.muli(at, bytes)?;
+        let at = e.index_cast(at, e.int_type(64))?;
+        let base = e.address_of(matrix)?;
+        let at = e.addi(base, at)?;
+        let ok = e.extui(ok, i32_type)?;
+        return e.inline_asm(
+            "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $2, 0;\n\tmov.b32 $0, 0;\n\t@p ld.global.u32 $0, [$1];\n\t}",
+            "=r,l,r",
+            &[at, ok],
+            i32_type,
+        );
+    }
     let zero_index = e.index(0)?;
     let mut packed = e.int(32, 0)?;
     for j in 0..i64::from(32 / bits) {
         let offset = e.index(j)?;
         let kj = e.addi(k, offset)?;
-        let k_ok = e.lt(kj, k_len)?;
+        let k_ok = e.lt(kj, k_len_v)?;
         let ok = e.andi(real, k_ok)?;
         let safe_k = e.select(ok, kj, zero_index)?;
         let at = e.addi(row_base, safe_k)?;

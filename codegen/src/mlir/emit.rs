@@ -527,6 +527,18 @@ impl<'c, 'a> Emit<'c, 'a> {
             .build()?)
     }
 
+    /// The address of a memref's first element as an `i64` (a generic address for a global
+    /// buffer, a shared-window offset for a workgroup one): for inline PTX that addresses it.
+    pub fn address_of(&self, memref: Value<'c, '_>) -> Emitted<'c, 'a> {
+        let index = self.push(
+            OperationBuilder::new("memref.extract_aligned_pointer_as_index", self.location)
+                .add_operands(&[memref])
+                .add_results(&[self.index_type()])
+                .build()?,
+        )?;
+        self.index_cast(index, self.int_type(64))
+    }
+
     /// `sqrt(x)` correctly rounded (PTX `sqrt.rn.f32`), as the CPU reference's `f32::sqrt`.
     pub fn sqrt_rn(&self, x: Value<'c, '_>) -> Emitted<'c, 'a> {
         self.inline_asm("sqrt.rn.f32 $0, $1;", "=f,f", &[x], self.f32_type())
