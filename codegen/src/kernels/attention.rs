@@ -146,7 +146,8 @@ impl AttnScores {
     }
 }
 
-/// `out[b, s, h, d] = Σ_t p[b, h, s, t] · v[b, t, h / group, d]`.
+/// `out[b, s, h, d] = Σ_t p[b, h, s, t] · v[b, t, h / group, d]` (over the visible keys only
+/// when `p` is a causal softmax).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttnValues {
     /// Batch.
@@ -167,6 +168,9 @@ pub struct AttnValues {
     pub values: DType,
     /// Output dtype.
     pub output: DType,
+    /// `p` is a causal softmax: key `t` of query `s` is 0 beyond `s + kv_len − q_len`, so the
+    /// sum stops there (the masked half is never read).
+    pub causal: bool,
 }
 
 impl AttnValues {
@@ -227,7 +231,18 @@ impl AttnValues {
                 let zero = e.f32(0.0)?;
                 let acc = e.cell(zero)?;
                 let v_dim = e.index(self.v_dim as i64)?;
-                e.for_const(0, self.kv_len as i64, 1, |e, t| {
+                // Keys past the causal limit hold probability 0: adding their products would
+                // change nothing but the sign of a zero sum.
+                let end = if self.causal {
+                    let offset = e.index((self.kv_len.saturating_sub(self.q_len) + 1) as i64)?;
+                    let last = e.addi(s, offset)?;
+                    e.minui(last, kv_len)?
+                } else {
+                    kv_len
+                };
+                let start = e.index(0)?;
+                let one = e.index(1)?;
+                e.for_range(start, end, one, |e, t| {
                     let pv = e.load_f32(p, p_base, t)?;
                     let v_row = row_index(&e, b, t, vh, self.kv_len, self.v_heads)?;
                     let v_base = e.muli(v_row, v_dim)?;

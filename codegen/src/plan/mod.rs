@@ -8,7 +8,7 @@ pub mod select;
 
 use std::collections::HashMap;
 
-use dsc_ir::{DType, Graph, ValueDef, ValueId};
+use dsc_ir::{DType, Graph, OpKind, ValueDef, ValueId};
 use dsc_kernels::cost::op_cost;
 use dsc_kernels::manifest::{
     ArenaInfo, KernelInfo, LaunchStep, Manifest, SCHEMA_VERSION, Storage, TensorInfo,
@@ -81,6 +81,37 @@ fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
     }
 }
 
+/// `attn_values` whose probabilities are the softmax (through casts) of causal `attn_scores`
+/// of the same shape: masked keys are exact zeros, so the kernel sums the visible ones only.
+fn with_causal_values(
+    kernel: GpuKernel,
+    g: &Graph,
+    op: &dsc_ir::Op,
+    defs: &HashMap<ValueId, ValueDef>,
+) -> GpuKernel {
+    let GpuKernel::AttnValues(mut values) = kernel else {
+        return kernel;
+    };
+    let producer = |v: ValueId| match defs.get(&v) {
+        Some(&ValueDef::OpResult { op, .. }) => Some(&g.ops[op]),
+        _ => None,
+    };
+    let mut p = producer(op.operands[0]);
+    while let Some(cast) = p.filter(|o| o.kind == OpKind::Cast) {
+        p = producer(cast.operands[0]);
+    }
+    let scores = p
+        .filter(|o| o.kind == OpKind::Softmax)
+        .and_then(|softmax| producer(softmax.operands[0]));
+    if let Some(scores) = scores.filter(|o| o.kind == OpKind::AttnScores)
+        && scores.attrs.bool("causal") == Some(true)
+        && g.ty(scores.results[0]).shape.dims() == g.ty(op.operands[0]).shape.dims()
+    {
+        values.causal = true;
+    }
+    GpuKernel::AttnValues(values)
+}
+
 /// Plans `g` for `target`.
 pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
     let defs = g.defs();
@@ -100,6 +131,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             Selection::Launch { kernel, args } => (kernel, args),
         };
         let kernel = for_target(kernel, target);
+        let kernel = with_causal_values(kernel, g, op, &defs);
         let name = g.op_name(op).to_string();
         let cost = op_cost(g, op);
         let mut tensors: Vec<Tensor> = args

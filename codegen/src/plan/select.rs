@@ -323,6 +323,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 probs: ty(operand(0)).dtype,
                 values: ty(operand(1)).dtype,
                 output: ty(result(0)).dtype,
+                causal: false,
             })
         }
         OpKind::Linear => {
