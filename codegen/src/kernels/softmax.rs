@@ -1,5 +1,6 @@
 //! `softmax` over the last axis in f32: one block per row (max, `exp(x - max)`, sum, divide),
-//! a fully masked row (all -inf) gives zeros, as the CPU reference.
+//! a fully masked row (all -inf) gives zeros, as the CPU reference. Rows of causal attention
+//! scores read only their visible keys (the rest are −inf, their outputs exact zeros).
 
 use dsc_ir::DType;
 use melior::dialect::arith::CmpfPredicate;
@@ -28,6 +29,9 @@ pub struct Softmax {
     pub input: DType,
     /// Output dtype.
     pub output: DType,
+    /// The rows are causal attention scores `[…, q_len, len]`: in row `r`, entries past
+    /// `r mod q_len + len − q_len` are −inf, so they are not read and their outputs are 0.
+    pub causal_q_len: Option<u64>,
 }
 
 impl Softmax {
@@ -73,9 +77,20 @@ impl Softmax {
             let len = e.index(self.len as i64)?;
             let base = e.muli(row, len)?;
             let step = e.index(i64::from(THREADS))?;
+            // The entries that can be finite: all, or a causal row's visible keys.
+            let end = match self.causal_q_len {
+                None => len,
+                Some(q_len) => {
+                    let q_len_v = e.index(q_len as i64)?;
+                    let s = e.remui(row, q_len_v)?;
+                    let offset = e.index((self.len.saturating_sub(q_len) + 1) as i64)?;
+                    let last = e.addi(s, offset)?;
+                    e.minui(last, len)?
+                }
+            };
             let neg_inf = e.f32(f32::NEG_INFINITY)?;
             let max_cell = e.cell(neg_inf)?;
-            e.for_range(tid, len, step, |e, j| {
+            e.for_range(tid, end, step, |e, j| {
                 let v = e.load_f32(x, base, j)?;
                 let m = e.get(max_cell)?;
                 let m = e.maxf(m, v)?;
@@ -86,7 +101,7 @@ impl Softmax {
 
             let zero = e.f32(0.0)?;
             let sum_cell = e.cell(zero)?;
-            e.for_range(tid, len, step, |e, j| {
+            e.for_range(tid, end, step, |e, j| {
                 let v = e.load_f32(x, base, j)?;
                 let shifted = e.subf(v, max)?;
                 let p = e.exp(shifted)?;
@@ -97,16 +112,26 @@ impl Softmax {
             let masked = e.cmpf(CmpfPredicate::Oeq, max, neg_inf)?;
 
             e.for_range(tid, len, step, |e, j| {
-                let v = e.load_f32(x, base, j)?;
-                let shifted = e.subf(v, max)?;
-                let p = e.exp(shifted)?;
-                let p = e.divf(p, sum)?;
-                let zero = e.f32(0.0)?;
-                let p = e.select(masked, zero, p)?;
-                let p = e.round_to(p, self.output)?;
                 let at = e.addi(base, j)?;
-                e.store(p, out, at);
-                Ok(())
+                let visible = e.lt(j, end)?;
+                e.if_then(visible, |e| {
+                    let v = e.load_f32(x, base, j)?;
+                    let shifted = e.subf(v, max)?;
+                    let p = e.exp(shifted)?;
+                    let p = e.divf(p, sum)?;
+                    let zero = e.f32(0.0)?;
+                    let p = e.select(masked, zero, p)?;
+                    let p = e.round_to(p, self.output)?;
+                    e.store(p, out, at);
+                    Ok(())
+                })?;
+                let hidden = e.cmpi(melior::dialect::arith::CmpiPredicate::Uge, j, end)?;
+                e.if_then(hidden, |e| {
+                    let zero = e.f32(0.0)?;
+                    let zero = e.round_to(zero, self.output)?;
+                    e.store(zero, out, at);
+                    Ok(())
+                })
             })
         })
     }

@@ -81,35 +81,65 @@ fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
     }
 }
 
-/// `attn_values` whose probabilities are the softmax (through casts) of causal `attn_scores`
-/// of the same shape: masked keys are exact zeros, so the kernel sums the visible ones only.
-fn with_causal_values(
+/// The op that produces `v`, looking through casts.
+fn producer_through_casts<'g>(
+    g: &'g Graph,
+    defs: &HashMap<ValueId, ValueDef>,
+    v: ValueId,
+) -> Option<&'g dsc_ir::Op> {
+    let producer = |v: ValueId| match defs.get(&v) {
+        Some(&ValueDef::OpResult { op, .. }) => Some(&g.ops[op]),
+        _ => None,
+    };
+    let mut p = producer(v);
+    while let Some(cast) = p.filter(|o| o.kind == OpKind::Cast) {
+        p = producer(cast.operands[0]);
+    }
+    p
+}
+
+/// The causal `attn_scores` op that `v` is (through casts), when its shape is `v`'s.
+fn causal_scores<'g>(
+    g: &'g Graph,
+    defs: &HashMap<ValueId, ValueDef>,
+    v: ValueId,
+) -> Option<&'g dsc_ir::Op> {
+    producer_through_casts(g, defs, v).filter(|o| {
+        o.kind == OpKind::AttnScores
+            && o.attrs.bool("causal") == Some(true)
+            && g.ty(o.results[0]).shape.dims() == g.ty(v).shape.dims()
+    })
+}
+
+/// Kernels over causal attention scores skip the masked keys: a softmax of them reads only the
+/// visible ones, and `attn_values` of that softmax (through casts) sums only those, the masked
+/// probabilities being exact zeros.
+fn with_causal_attention(
     kernel: GpuKernel,
     g: &Graph,
     op: &dsc_ir::Op,
     defs: &HashMap<ValueId, ValueDef>,
 ) -> GpuKernel {
-    let GpuKernel::AttnValues(mut values) = kernel else {
-        return kernel;
-    };
-    let producer = |v: ValueId| match defs.get(&v) {
-        Some(&ValueDef::OpResult { op, .. }) => Some(&g.ops[op]),
-        _ => None,
-    };
-    let mut p = producer(op.operands[0]);
-    while let Some(cast) = p.filter(|o| o.kind == OpKind::Cast) {
-        p = producer(cast.operands[0]);
+    match kernel {
+        GpuKernel::Softmax(mut softmax) => {
+            if let Some(scores) = causal_scores(g, defs, op.operands[0]) {
+                let dims = g.ty(scores.results[0]).shape.dims().to_vec();
+                softmax.causal_q_len = dims.get(2).copied();
+            }
+            GpuKernel::Softmax(softmax)
+        }
+        GpuKernel::AttnValues(mut values) => {
+            let p = producer_through_casts(g, defs, op.operands[0]);
+            values.causal = p
+                .filter(|o| o.kind == OpKind::Softmax)
+                .and_then(|softmax| causal_scores(g, defs, softmax.operands[0]))
+                .is_some_and(|scores| {
+                    g.ty(scores.results[0]).shape.dims() == g.ty(op.operands[0]).shape.dims()
+                });
+            GpuKernel::AttnValues(values)
+        }
+        kernel => kernel,
     }
-    let scores = p
-        .filter(|o| o.kind == OpKind::Softmax)
-        .and_then(|softmax| producer(softmax.operands[0]));
-    if let Some(scores) = scores.filter(|o| o.kind == OpKind::AttnScores)
-        && scores.attrs.bool("causal") == Some(true)
-        && g.ty(scores.results[0]).shape.dims() == g.ty(op.operands[0]).shape.dims()
-    {
-        values.causal = true;
-    }
-    GpuKernel::AttnValues(values)
 }
 
 /// Plans `g` for `target`.
@@ -131,7 +161,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             Selection::Launch { kernel, args } => (kernel, args),
         };
         let kernel = for_target(kernel, target);
-        let kernel = with_causal_values(kernel, g, op, &defs);
+        let kernel = with_causal_attention(kernel, g, op, &defs);
         let name = g.op_name(op).to_string();
         let cost = op_cost(g, op);
         let mut tensors: Vec<Tensor> = args

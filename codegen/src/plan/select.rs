@@ -271,6 +271,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 len: last(operand(0)),
                 input: x.dtype,
                 output: ty(result(0)).dtype,
+                causal_q_len: None,
             })
         }
         OpKind::AttnScores => {
