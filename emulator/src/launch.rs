@@ -55,8 +55,8 @@ pub struct LaunchOptions {
     pub step_budget: u64,
     /// How tensor-core MMAs sum their products (the CPU reference's models).
     pub accumulator: Accumulator,
-    /// Run only this many CTAs (spread evenly over the grid) and scale the profile; `None`
-    /// runs them all. Results in memory are then partial: for profiling only.
+    /// Run only this many CTAs (whole clusters, spread evenly over the grid) and scale the
+    /// profile; `None` runs them all. Results in memory are then partial: for profiling only.
     pub sample_ctas: Option<u64>,
     /// Run CTAs in parallel on the rayon pool.
     pub parallel: bool,

@@ -26,8 +26,8 @@ pub const ALLOCATION_ALIGN: u64 = 256;
 /// Unmapped bytes between allocations.
 const GUARD_BYTES: u64 = 4096;
 
-/// Generic-address window of the CTA's shared memory (`cvta.shared`); a cluster's CTAs follow
-/// each other in it, [`SHARED_WINDOW_STRIDE`] apart.
+/// Generic-address window of the CTA's shared memory (`cvta.shared`): the window plus a
+/// `.shared::cluster` address (see `exec::cluster`, whose CTAs are [`SHARED_WINDOW_STRIDE`] apart).
 pub const SHARED_WINDOW: u64 = 0x1000_0000_0000;
 
 /// Distance between the shared windows of two CTAs of a cluster.

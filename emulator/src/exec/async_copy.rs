@@ -506,20 +506,29 @@ fn destinations(
     Ok((0..size).filter(|r| mask >> r & 1 == 1).collect())
 }
 
-/// Queues a load for each destination CTA: this CTA's own copy in its pending loads (the
-/// mbarrier checked now), the others' delivered to them (checked when they apply it).
+/// Queues load `kind` of `lane` into shared offset `dst` signalling the mbarrier at `mbar` (each
+/// with its CTA rank) for each destination CTA: those of the multicast ctaMask (operand `mask`)
+/// or the one holding both. This CTA's own copy joins its pending loads (the mbarrier checked
+/// now); the others are delivered to their CTAs (checked when they apply them).
 fn issue_load(
     ctx: &mut CtaContext,
     warp: &Warp,
     inst: &Inst,
     lane: usize,
-    ranks: &[u32],
-    load: PendingLoad,
+    kind: LoadKind,
+    [(dst_rank, dst), (mbar_rank, mbar)]: [(u32, u64); 2],
+    mask: Option<usize>,
 ) -> Result<(), EmuError> {
+    let ranks = destinations(ctx, warp, inst, lane, mask, dst_rank, mbar_rank)?;
+    let origin = Origin::new(ctx, warp, inst, lane);
     for (i, &rank) in ranks.iter().enumerate() {
         let p = PendingLoad {
+            kind: kind.clone(),
+            dst,
+            mbar,
+            origin,
+            // A multicast load reads global memory once for all its destinations.
             counted: i == 0,
-            ..load.clone()
         };
         if rank == ctx.rank {
             mbarrier::initialized(ctx, warp, inst, lane, p.mbar)?;
@@ -582,25 +591,18 @@ pub(crate) fn tensor_load(
         let map = tensor_map(ctx, warp, inst, l, tm, dims)?;
         let (dst_rank, dst) = cluster_operand(ctx, warp, inst, l, 0, space, 128)?;
         let (mbar_rank, mbar) = cluster_operand(ctx, warp, inst, l, 2, space, 8)?;
-        let ranks = destinations(
+        let c = coords(ctx, warp, items, l);
+        let kind = LoadKind::Tensor(Box::new(map), c);
+        let mask = multicast.then_some(3);
+        issue_load(
             ctx,
             warp,
             inst,
             l,
-            multicast.then_some(3),
-            dst_rank,
-            mbar_rank,
+            kind,
+            [(dst_rank, dst), (mbar_rank, mbar)],
+            mask,
         )?;
-        let c = coords(ctx, warp, items, l);
-        let origin = Origin::new(ctx, warp, inst, l);
-        let load = PendingLoad {
-            kind: LoadKind::Tensor(Box::new(map), c),
-            dst,
-            mbar,
-            origin,
-            counted: true,
-        };
-        issue_load(ctx, warp, inst, l, &ranks, load)?;
     }
     ctx.hopper.version += 1;
     Ok(Done::Next)
@@ -662,24 +664,17 @@ pub(crate) fn bulk_load(
         let (mbar_rank, mbar) = cluster_operand(ctx, warp, inst, l, 3, space, 8)?;
         let src = ctx.address(warp, src_addr, l);
         let size = bulk_size(ctx, warp, inst, l, src, "source")?;
-        let ranks = destinations(
+        let kind = LoadKind::Bulk { src, size };
+        let mask = multicast.then_some(4);
+        issue_load(
             ctx,
             warp,
             inst,
             l,
-            multicast.then_some(4),
-            dst_rank,
-            mbar_rank,
+            kind,
+            [(dst_rank, dst), (mbar_rank, mbar)],
+            mask,
         )?;
-        let origin = Origin::new(ctx, warp, inst, l);
-        let load = PendingLoad {
-            kind: LoadKind::Bulk { src, size },
-            dst,
-            mbar,
-            origin,
-            counted: true,
-        };
-        issue_load(ctx, warp, inst, l, &ranks, load)?;
     }
     ctx.hopper.version += 1;
     Ok(Done::Next)
