@@ -9,6 +9,7 @@
 //! With `DSC_GPU_TESTS=1` a test that ran on no GPU at all fails instead, so a GPU CI job cannot
 //! pass by skipping.
 
+mod flash_attention;
 mod models;
 mod steps;
 pub mod tolerance;

@@ -260,7 +260,7 @@ impl AttnValues {
 }
 
 /// `((b · len) + pos) · heads + head`: the row of a `[batch, len, heads, dim]` tensor.
-fn row_index<'c, 'a>(
+pub(crate) fn row_index<'c, 'a>(
     e: &Emit<'c, 'a>,
     b: Value<'c, '_>,
     pos: Value<'c, '_>,

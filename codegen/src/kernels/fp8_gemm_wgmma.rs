@@ -29,6 +29,7 @@ use melior::ir::r#type::MemRefType;
 use melior::ir::{BlockLike, Type, Value};
 
 use super::fp8_gemm::{Fp8Gemm, GemmForm, Operands, tile_row};
+use super::vector_access::{global_load_v4, shared_store_v4};
 use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -393,21 +394,7 @@ impl<'c, 'x> Stage<'c, 'x> {
             let at = e.addi(at, kc)?;
             let at = e.index_cast(at, i64_type)?;
             let at = e.addi(matrix, at)?;
-            let ok = e.extui(ok, i32_type)?;
-            let words = e.push(e.inline_asm_op(
-                "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $5, 0;\n\tmov.b32 $0, 0;\n\tmov.b32 $1, 0;\n\t\
-                 mov.b32 $2, 0;\n\tmov.b32 $3, 0;\n\t@p ld.global.v4.u32 {$0, $1, $2, $3}, [$4];\n\t}",
-                "=r,=r,=r,=r,l,r",
-                &[at, ok],
-                &[llvm::r#type::r#struct(e.context, &[i32_type; 4], false)],
-            )?)?;
-            let word = |i: i64| -> Emitted<'c, 'a> {
-                let position = DenseI64ArrayAttribute::new(e.context, &[i]);
-                e.push(llvm::extract_value(
-                    e.context, words, position, i32_type, e.location,
-                ))
-            };
-            let words = [word(0)?, word(1)?, word(2)?, word(3)?];
+            let words = global_load_v4(e, at, ok)?;
             // Swizzled place: row · 128 + ((c ^ (row mod 8)) · 16).
             let row32 = e.index_cast(row, i32_type)?;
             let c32 = e.index_cast(c, i32_type)?;
@@ -425,12 +412,7 @@ impl<'c, 'x> Stage<'c, 'x> {
             let row_offset = e.shli(row32, seven_bits)?;
             let place = e.addi(base, row_offset)?;
             let place = e.addi(place, chunk_offset)?;
-            e.push_void(e.inline_asm_op(
-                "st.shared.v4.u32 [$0], {$1, $2, $3, $4};",
-                "r,r,r,r,r",
-                &[place, words[0], words[1], words[2], words[3]],
-                &[],
-            )?);
+            shared_store_v4(e, place, words)?;
         }
         Ok(())
     }

@@ -151,20 +151,18 @@ pub fn pack_k<'c, 'a>(
     Ok(packed)
 }
 
-/// `cells += a · b` by one `mma.sync.aligned.<shape>.row.col.f32.<ab>.<ab>.f32` (`instruction`
-/// names it whole): four A registers, two B registers, the four f32 cells as C and D.
-pub fn mma_into<'c, 'a>(
+/// `a · b + c` by one `mma.sync.aligned.<shape>.row.col.f32.<ab>.<ab>.f32` (`instruction`
+/// names it whole): four A registers, two B registers, four f32 C values; the four D values.
+pub fn mma<'c, 'a>(
     e: &Emit<'c, 'a>,
     instruction: &str,
     a: [Value<'c, 'a>; 4],
     b: [Value<'c, 'a>; 2],
-    cells: &[Value<'c, '_>; 4],
-) -> Result<(), CodegenError> {
+    c: [Value<'c, 'a>; 4],
+) -> Result<[Value<'c, 'a>; 4], CodegenError> {
     let mut operands: Vec<Value> = a.to_vec();
     operands.extend(b);
-    for &cell in cells {
-        operands.push(e.get(cell)?);
-    }
+    operands.extend(c);
     let f32_type = e.f32_type();
     let result_type = llvm::r#type::r#struct(e.context, &[f32_type; 4], false);
     let op = e.inline_asm_op(
@@ -174,11 +172,31 @@ pub fn mma_into<'c, 'a>(
         &[result_type],
     )?;
     let d = e.push(op)?;
-    for (i, &cell) in cells.iter().enumerate() {
-        let position = DenseI64ArrayAttribute::new(e.context, &[i as i64]);
-        let value = e.push(llvm::extract_value(
+    let element = |i: i64| {
+        let position = DenseI64ArrayAttribute::new(e.context, &[i]);
+        e.push(llvm::extract_value(
             e.context, d, position, f32_type, e.location,
-        ))?;
+        ))
+    };
+    Ok([element(0)?, element(1)?, element(2)?, element(3)?])
+}
+
+/// `cells += a · b` by one [`mma`] accumulating into four f32 cells.
+pub fn mma_into<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    instruction: &str,
+    a: [Value<'c, 'a>; 4],
+    b: [Value<'c, 'a>; 2],
+    cells: &[Value<'c, '_>; 4],
+) -> Result<(), CodegenError> {
+    let c = [
+        e.get(cells[0])?,
+        e.get(cells[1])?,
+        e.get(cells[2])?,
+        e.get(cells[3])?,
+    ];
+    let d = mma(e, instruction, a, b, c)?;
+    for (&cell, value) in cells.iter().zip(d) {
         e.set(cell, value)?;
     }
     Ok(())

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod data_movement;
 pub mod elementwise;
 pub mod embedding;
+pub mod flash_attention;
 pub mod fp8_gemm;
 pub mod fp8_gemm_mma;
 pub mod fp8_gemm_wgmma;
@@ -23,6 +24,7 @@ pub mod norm;
 pub mod quantize;
 pub mod rope;
 pub mod softmax;
+pub mod vector_access;
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -107,6 +109,8 @@ pub enum GpuKernel {
     AttnScores(attention::AttnScores),
     /// `attn_values`.
     AttnValues(attention::AttnValues),
+    /// `attention`: scores, softmax and values fused.
+    FlashAttention(flash_attention::FlashAttention),
     /// `linear` in BF16/F32 (head, gate).
     Linear(linear::Linear),
     /// `fp8_gemm`, dense or grouped over routed experts.
@@ -137,6 +141,7 @@ macro_rules! each_kernel {
             GpuKernel::Softmax($k) => $body,
             GpuKernel::AttnScores($k) => $body,
             GpuKernel::AttnValues($k) => $body,
+            GpuKernel::FlashAttention($k) => $body,
             GpuKernel::Linear($k) => $body,
             GpuKernel::Fp8Gemm($k) => $body,
             GpuKernel::MoeTopk($k) => $body,

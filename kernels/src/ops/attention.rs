@@ -198,3 +198,102 @@ pub fn attn_values(p: &[f32], v: &[f32], dims: ValueDims) -> Result<Vec<f32>, Op
     }
     Ok(out)
 }
+
+/// Keys per tile of fused [`attention`]'s online softmax: the running max and sum are rescaled
+/// once per tile, so the tile is part of the op's rounding (the GPU kernel streams K/V in tiles
+/// of exactly this many keys).
+pub const ATTENTION_KV_TILE: usize = 64;
+
+/// Sizes of fused [`attention`]: the score side as in [`ScoreDims`], and v `[batch, kv_len,
+/// v_heads, v_dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionDims {
+    pub scores: ScoreDims,
+    pub v_heads: usize,
+    pub v_dim: usize,
+}
+
+/// Fused attention `softmax(scores) · v` → `[batch, q_len, heads, v_dim]` (f32, before the
+/// output's rounding), computed as FlashAttention does and with its rounding points: scores as
+/// [`attn_scores`] (f32 dot products times the f32 scale, causal keys −inf); then per row,
+/// over key tiles of [`ATTENTION_KV_TILE`] (tiles with no visible key are skipped):
+/// `m' = max(m, max_tile s)`, `α = exp(m − m')`, `p_t = exp(s_t − m')`, `l = l·α + Σ p_t`,
+/// `o = o·α + Σ probs(p_t)·v_t` (the probabilities rounded to `probs`, the dtype the PV
+/// product reads, BF16 on tensor cores); finally `o / l`. A row with no visible key is zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: AttentionDims,
+    pe: Option<RopeOperands<'_>>,
+    scale: f64,
+    causal: bool,
+    probs: super::FloatFormat,
+) -> Result<Vec<f32>, OpError> {
+    let ScoreDims {
+        batch: nb,
+        q_len: s,
+        kv_len: t,
+        heads: h,
+        ..
+    } = dims.scores;
+    let (hv, dv) = (dims.v_heads, dims.v_dim);
+    check_shape("v", v.len(), &[nb, t, hv, dv])?;
+    let g = group("v", h, hv)?;
+    let scores = attn_scores(q, k, dims.scores, pe, scale, causal)?;
+    let mut out = vec![0.0f32; nb * s * h * dv];
+    if out.is_empty() || t == 0 {
+        return Ok(out);
+    }
+    let blocks: Vec<Vec<f32>> = (0..nb * h)
+        .into_par_iter()
+        .map(|i| {
+            let (b, hh) = (i / h, i % h);
+            let mut o = vec![0.0f32; s * dv];
+            for (si, row) in scores[i * s * t..][..s * t].chunks(t).enumerate() {
+                let o = &mut o[si * dv..][..dv];
+                let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
+                for (tile, start) in row
+                    .chunks(ATTENTION_KV_TILE)
+                    .zip((0..).step_by(ATTENTION_KV_TILE))
+                {
+                    let tile_max = tile.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    if tile_max == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let m_new = m.max(tile_max);
+                    let alpha = (m - m_new).exp();
+                    let mut sum = 0.0f32;
+                    for x in o.iter_mut() {
+                        *x *= alpha;
+                    }
+                    for (j, &x) in tile.iter().enumerate() {
+                        let p = (x - m_new).exp();
+                        sum += p;
+                        let p = probs.round(p);
+                        let row = ((b * t + start + j) * hv + hh / g) * dv;
+                        for (x, &vv) in o.iter_mut().zip(&v[row..row + dv]) {
+                            *x += p * vv;
+                        }
+                    }
+                    l = l * alpha + sum;
+                    m = m_new;
+                }
+                if l > 0.0 {
+                    for x in o.iter_mut() {
+                        *x /= l;
+                    }
+                }
+            }
+            o
+        })
+        .collect();
+    for (i, block) in blocks.iter().enumerate() {
+        let (b, hh) = (i / h, i % h);
+        for (si, row) in block.chunks(dv).enumerate() {
+            out[((b * s + si) * h + hh) * dv..][..dv].copy_from_slice(row);
+        }
+    }
+    Ok(out)
+}

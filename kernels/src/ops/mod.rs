@@ -31,7 +31,10 @@ pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 
-pub use attention::{RopeOperands, ScoreDims, ValueDims, attn_scores, attn_values};
+pub use attention::{
+    ATTENTION_KV_TILE, AttentionDims, RopeOperands, ScoreDims, ValueDims, attention, attn_scores,
+    attn_values,
+};
 pub use cast::{FloatFormat, round_to};
 pub use data_movement::{concat, reshape, slice, transpose};
 pub use elementwise::{add, mul, silu, swiglu};

@@ -1,0 +1,81 @@
+//! The 16-byte and 32-bit memory accesses the tiled kernels stage shared memory with, as inline
+//! PTX (MLIR 22 emits vector loads only for aligned vector memrefs, and the kernels take flat
+//! scalar buffers): a predicated `ld.global.v4.u32` that reads zeros when off, `st.shared.v4`,
+//! and 32/16-bit shared loads and stores at 32-bit shared addresses.
+
+use melior::dialect::llvm;
+use melior::ir::Value;
+use melior::ir::attribute::DenseI64ArrayAttribute;
+
+use crate::error::CodegenError;
+use crate::mlir::emit::{Emit, Emitted};
+
+/// The four words at global address `address` (an `i64`) when `ok` (an `i1`), else zeros.
+pub fn global_load_v4<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    address: Value<'c, '_>,
+    ok: Value<'c, '_>,
+) -> Result<[Value<'c, 'a>; 4], CodegenError> {
+    let i32_type = e.int_type(32);
+    let ok = e.extui(ok, i32_type)?;
+    let words = e.push(e.inline_asm_op(
+        "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $5, 0;\n\tmov.b32 $0, 0;\n\tmov.b32 $1, 0;\n\t\
+         mov.b32 $2, 0;\n\tmov.b32 $3, 0;\n\t@p ld.global.v4.u32 {$0, $1, $2, $3}, [$4];\n\t}",
+        "=r,=r,=r,=r,l,r",
+        &[address, ok],
+        &[llvm::r#type::r#struct(e.context, &[i32_type; 4], false)],
+    )?)?;
+    let word = |i: i64| -> Emitted<'c, 'a> {
+        let position = DenseI64ArrayAttribute::new(e.context, &[i]);
+        e.push(llvm::extract_value(
+            e.context, words, position, i32_type, e.location,
+        ))
+    };
+    Ok([word(0)?, word(1)?, word(2)?, word(3)?])
+}
+
+/// Stores four words at the 16-byte aligned shared address `place` (an `i32`).
+pub fn shared_store_v4<'c>(
+    e: &Emit<'c, '_>,
+    place: Value<'c, '_>,
+    words: [Value<'c, '_>; 4],
+) -> Result<(), CodegenError> {
+    e.push_void(e.inline_asm_op(
+        "st.shared.v4.u32 [$0], {$1, $2, $3, $4};",
+        "r,r,r,r,r",
+        &[place, words[0], words[1], words[2], words[3]],
+        &[],
+    )?);
+    Ok(())
+}
+
+/// The word at the 4-byte aligned shared address `place` (an `i32`).
+pub fn shared_load_u32<'c, 'a>(e: &Emit<'c, 'a>, place: Value<'c, '_>) -> Emitted<'c, 'a> {
+    e.inline_asm("ld.shared.u32 $0, [$1];", "=r,r", &[place], e.int_type(32))
+}
+
+/// Stores the low 16 bits of the `i32` `value` at the shared address `place` (an `i32`).
+pub fn shared_store_u16<'c>(
+    e: &Emit<'c, '_>,
+    place: Value<'c, '_>,
+    value: Value<'c, '_>,
+) -> Result<(), CodegenError> {
+    let half = e.trunci(value, e.int_type(16))?;
+    e.push_void(e.inline_asm_op("st.shared.u16 [$0], $1;", "r,h", &[place, half], &[])?);
+    Ok(())
+}
+
+/// Two f32 rounded to bf16 (nearest even) and packed into one word, `low` in the low half: the
+/// register form of a bf16 A fragment.
+pub fn pack_bf16x2<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    low: Value<'c, '_>,
+    high: Value<'c, '_>,
+) -> Emitted<'c, 'a> {
+    e.inline_asm(
+        "cvt.rn.bf16x2.f32 $0, $1, $2;",
+        "=r,f,f",
+        &[high, low],
+        e.int_type(32),
+    )
+}

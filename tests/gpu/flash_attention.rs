@@ -1,0 +1,193 @@
+//! The fused attention kernel alone on the emulator, for both targets, against the CPU
+//! reference `dsc_kernels::ops::attention` on the same BF16 operands: ragged query and key
+//! lengths (not multiples of the 64-query block or the 64-key tile), causal and not, grouped
+//! heads, MLA's RoPE part with one shared key head, and extreme scores.
+
+use super::tolerance::{Rule, compare};
+use dsc_codegen::kernels::GpuKernel;
+use dsc_codegen::kernels::attention::HeadOperand;
+use dsc_codegen::kernels::flash_attention::FlashAttention;
+use dsc_codegen::mlir::{KernelModule, create_context};
+use dsc_codegen::{Target, compile_to_ptx};
+use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
+use dsc_ir::DType;
+use dsc_kernels::numerics::bf16::{from_bf16, from_bf16_bits, to_bf16};
+use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention};
+use dsc_runtime::{HostData, HostTensor};
+
+/// BF16 values in [-amplitude, amplitude) from a 64-bit LCG.
+fn bf16_values(n: u64, seed: u64, amplitude: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let unit = (s >> 40) as f32 / (1u64 << 24) as f32;
+            from_bf16(to_bf16((2.0 * unit - 1.0) * amplitude))
+        })
+        .collect()
+}
+
+fn bf16_bytes(values: &[f32]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|&v| to_bf16(v).to_bits().to_le_bytes())
+        .collect()
+}
+
+/// Runs `spec` on the emulator with operands of amplitude `amplitude` and compares with the
+/// CPU reference.
+fn check(spec: &FlashAttention, amplitude: f32) {
+    let kernel = GpuKernel::FlashAttention(spec.clone());
+    let params = kernel.params();
+    let inputs: Vec<Vec<f32>> = params[..params.len() - 1]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| bf16_values(p.len, i as u64 + 1, amplitude))
+        .collect();
+    let dims = AttentionDims {
+        scores: ScoreDims {
+            batch: spec.batch as usize,
+            q_len: spec.q_len as usize,
+            kv_len: spec.kv_len as usize,
+            heads: spec.heads as usize,
+            kv_heads: spec.main.kv_heads as usize,
+            head_dim: spec.main.dim as usize,
+        },
+        v_heads: spec.v_heads as usize,
+        v_dim: spec.v_dim as usize,
+    };
+    let pe = spec.rope.map(|r| RopeOperands {
+        q_pe: &inputs[3],
+        k_pe: &inputs[4],
+        kv_heads: r.kv_heads as usize,
+        dim: r.dim as usize,
+    });
+    let mut want = attention(
+        &inputs[0],
+        &inputs[1],
+        &inputs[2],
+        dims,
+        pe,
+        f64::from(spec.scale),
+        spec.causal,
+        FloatFormat::Bf16,
+    )
+    .expect("reference runs");
+    for x in &mut want {
+        *x = from_bf16(to_bf16(*x));
+    }
+    let shape = vec![
+        spec.batch as usize,
+        spec.q_len as usize,
+        spec.heads as usize,
+        spec.v_dim as usize,
+    ];
+    let want = HostTensor {
+        dtype: DType::Bf16,
+        shape: shape.clone(),
+        data: HostData::F32(want),
+    };
+
+    for target in Target::ALL {
+        let context = create_context();
+        let mut module = KernelModule::new(&context, "dsc_kernels");
+        let entry = kernel.entry();
+        kernel.build(&module, &entry).expect("kernel builds");
+        let ptx = compile_to_ptx(module.module_mut(), target).expect("kernel lowers");
+        let ptx = Module::parse(&ptx).expect("emulator parses the PTX");
+
+        let mut memory = GlobalMemory::new();
+        let mut values = Vec::new();
+        for input in &inputs {
+            let bytes = bf16_bytes(input);
+            let at = memory.allocate(bytes.len() as u64);
+            memory.write(at, &bytes).expect("write");
+            values.push(ParamValue::U64(at));
+        }
+        let out_bytes = want.shape.iter().product::<usize>() * 2;
+        let out = memory.allocate(out_bytes as u64);
+        values.push(ParamValue::U64(out));
+        let l = kernel.launch();
+        launch(
+            &ptx,
+            &entry,
+            &memory,
+            &LaunchConfig::new(l.grid, l.block),
+            &values,
+            &LaunchOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{target}: {e}"));
+        let mut bytes = vec![0u8; out_bytes];
+        memory.read(out, &mut bytes).expect("read");
+        let got: Vec<f32> = bytes
+            .chunks(2)
+            .map(|b| from_bf16_bits(u16::from_le_bytes([b[0], b[1]])))
+            .collect();
+        let got = HostTensor {
+            dtype: DType::Bf16,
+            shape: shape.clone(),
+            data: HostData::F32(got),
+        };
+        if let Err(why) = compare(Rule::RelativeFrobenius(4e-3), &got, &want) {
+            panic!("{target}: {spec:?}: {why}");
+        }
+    }
+}
+
+fn operand(kv_heads: u64, dim: u64) -> HeadOperand {
+    HeadOperand {
+        kv_heads,
+        dim,
+        dtype: DType::Bf16,
+    }
+}
+
+fn gqa(q_len: u64, kv_len: u64, causal: bool) -> FlashAttention {
+    FlashAttention {
+        batch: 2,
+        q_len,
+        kv_len,
+        heads: 4,
+        main: operand(2, 32),
+        rope: None,
+        v_heads: 2,
+        v_dim: 24,
+        values: DType::Bf16,
+        output: DType::Bf16,
+        scale: 0.2,
+        causal,
+    }
+}
+
+#[test]
+fn fused_attention_with_grouped_heads_and_ragged_lengths() {
+    check(&gqa(70, 70, true), 1.0);
+    check(&gqa(50, 131, false), 1.0);
+}
+
+#[test]
+fn fused_attention_with_mla_shapes() {
+    let mla = FlashAttention {
+        batch: 1,
+        q_len: 96,
+        kv_len: 150,
+        heads: 2,
+        main: operand(2, 32),
+        rope: Some(operand(1, 16)),
+        v_heads: 2,
+        v_dim: 32,
+        values: DType::Bf16,
+        output: DType::Bf16,
+        scale: 0.144,
+        causal: true,
+    };
+    check(&mla, 1.0);
+}
+
+#[test]
+fn fused_attention_with_extreme_scores() {
+    // Scores up to ±(8·8·32·0.2) = ±409: exp underflows to 0 for all but the row maxima.
+    check(&gqa(65, 65, true), 8.0);
+}
