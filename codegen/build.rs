@@ -5,17 +5,16 @@
 
 use std::path::{Path, PathBuf};
 
-/// FNV-1a, 64 bits.
-struct Fnv(u64);
-
-impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+/// FNV-1a: dsc-kernels' own definition, included as source because a build script cannot use
+/// the crates its package depends on (only build-dependencies, and making dsc-kernels one would
+/// compile it a second time for every build of codegen).
+#[allow(dead_code)]
+mod fnv {
+    include!("../kernels/src/fnv.rs");
 }
+
+use fnv::Fnv1a;
+use std::hash::Hasher;
 
 /// Every Rust file under `dir`, sorted, recursively.
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -36,7 +35,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest.join("..");
-    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    let mut hash = Fnv1a::default();
     let mut inputs = Vec::new();
     for dir in ["codegen/src", "kernels/src", "ir/src"] {
         // A new file is always named by an edit to an existing one (its `mod`), so watching
@@ -44,6 +43,7 @@ fn main() {
         // pending snapshot.
         rust_files(&root.join(dir), &mut inputs);
     }
+    // (kernels/src/fnv.rs, included above, is among them.)
     inputs.push(root.join("codegen/Cargo.toml"));
     inputs.push(root.join("Cargo.lock"));
     for path in inputs {
@@ -88,6 +88,6 @@ fn main() {
     let version = llvm.lines().next().unwrap_or("unknown").trim().to_string();
     println!(
         "cargo:rustc-env=DSC_CODEGEN_VERSION={:016x}-llvm{version}",
-        hash.0
+        hash.finish()
     );
 }

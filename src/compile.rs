@@ -31,8 +31,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
                 )));
             }
             let source = read_text(&args.model)?;
-            load_model(&source)
-                .map_err(|e| Diagnostic::at(&args.model, &source, e.line, e.col, e.message))?
+            load_model(&source).map_err(|e| Diagnostic::located(&args.model, &source, e))?
         }
     };
     let dir = args

@@ -30,23 +30,18 @@ impl Diagnostic {
         }
     }
 
-    /// An error at `line:col` (1-based) of `source`, read from `path`.
-    pub fn at(
-        path: &Path,
-        source: &str,
-        line: usize,
-        col: usize,
-        message: impl Into<String>,
-    ) -> Self {
+    /// A front end's error (textual IR, model.toml, config.json: a [`dsc_ir::LocatedError`]
+    /// at a 1-based `line:col`) in `source`, read from `path`.
+    pub fn located(path: &Path, source: &str, e: dsc_ir::LocatedError) -> Self {
         Diagnostic {
-            message: message.into(),
+            message: e.message,
             location: Some(SourceLocation {
                 path: path.to_path_buf(),
-                line,
-                col,
+                line: e.line,
+                col: e.col,
                 line_text: source
                     .lines()
-                    .nth(line.saturating_sub(1))
+                    .nth(e.line.saturating_sub(1))
                     .map(str::to_string),
             }),
         }

@@ -8,6 +8,7 @@ use std::path::Path;
 use dsc_emulator::launch_file::LaunchFile;
 use dsc_emulator::roofline::{self, DeviceModel, ModelOptions};
 use dsc_emulator::{LaunchOptions, Module};
+use dsc_ir::atomic_write::write_file_atomically;
 use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 
@@ -184,11 +185,8 @@ fn write_buffers(
             (name.as_str(), raw)
         })
         .collect();
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(raws.iter().map(|(n, r)| (*n, r)), None, &tmp)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(Into::into))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Diagnostic::new(format!("cannot write {}: {e}", path.display()))
-        })
+    write_file_atomically(path, |tmp| {
+        safetensors::serialize_to_file(raws.iter().map(|(n, r)| (*n, r)), None, tmp)
+            .map_err(|e| Diagnostic::new(format!("cannot write {}: {e}", path.display())))
+    })
 }

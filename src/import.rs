@@ -52,8 +52,7 @@ pub fn import_config(config: &Path, shape: &HfShapeArgs) -> Result<Imported, Dia
         batch: shape.batch.unwrap_or(DEFAULT_BATCH),
         seq_len: shape.seq_len.unwrap_or(DEFAULT_SEQ_LEN),
     };
-    let imported = hf::import(&text, &opts)
-        .map_err(|e| Diagnostic::at(config, &text, e.line, e.col, e.message))?;
+    let imported = hf::import(&text, &opts).map_err(|e| Diagnostic::located(config, &text, e))?;
     for note in &imported.ignored {
         eprintln!("note: ignored {note}");
     }

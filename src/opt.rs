@@ -9,8 +9,7 @@ use dsc_ir::verify;
 /// Parses, verifies, runs the pipeline and prints (or writes) the result.
 pub fn run(args: &OptArgs) -> Result<(), Diagnostic> {
     let source = read_text(&args.input)?;
-    let mut graph = parse(&source)
-        .map_err(|e| Diagnostic::at(&args.input, &source, e.line, e.col, e.message))?;
+    let mut graph = parse(&source).map_err(|e| Diagnostic::located(&args.input, &source, e))?;
     verify(&graph).map_err(|e| Diagnostic::new(format!("{}: {e}", args.input.display())))?;
     // Without --passes, `opt` only verifies and reprints: a round trip.
     let timings = pipeline::run(&args.pipeline, "verify", &mut graph)?;

@@ -23,10 +23,11 @@ use std::fmt::Write as _;
 use std::hash::Hasher;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::kernels::{Fnv1a, GpuKernel};
+use crate::kernels::GpuKernel;
 use crate::target::Target;
+use dsc_ir::atomic_write::write_file_atomically;
+use dsc_kernels::fnv::Fnv1a;
 
 /// The version of the code generator the cache keys every entry with (see the module docs).
 pub const CODEGEN_VERSION: &str = env!("DSC_CODEGEN_VERSION");
@@ -105,7 +106,6 @@ impl PtxCache {
         if ptx.len() > MAX_ENTRY_BYTES / 2 {
             return Ok(());
         }
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = self.path(key);
         let dir = path.parent().expect("an entry's path has a parent");
         if !self.version_dir().is_dir() {
@@ -113,20 +113,9 @@ impl PtxCache {
             self.prune();
         }
         std::fs::create_dir_all(dir)?;
-        let temp = dir.join(format!(
-            ".{}-{:016x}.{}.{}.tmp",
-            key.entry,
-            key.hash,
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = std::fs::File::create(&temp)
-            .and_then(|mut file| file.write_all(&encode(&key.text, ptx)))
-            .and_then(|()| std::fs::rename(&temp, &path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        result
+        write_file_atomically(&path, |temp| {
+            std::fs::File::create(temp)?.write_all(&encode(&key.text, ptx))
+        })
     }
 
     /// Deletes the directories of other versions but the [`KEEP_VERSIONS`] newest.

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use dsc_kernels::numerics::fp8::Fp8Format;
+use dsc_kernels::rng::SplitMix64;
 
 use crate::launch::LaunchConfig;
 use crate::launch_file::{LaunchFile, ParamSpec, TensorMapSpec};
@@ -281,38 +282,25 @@ pub struct Problem {
     pub row_group: Vec<i32>,
 }
 
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
+/// A finite e4m3 code of magnitude between 2^-3 and 2^4 (no NaN, no overflow risk).
+fn random_e4m3(rng: &mut SplitMix64) -> u8 {
+    let r = rng.next_u64();
+    let exponent = 4 + (r % 8) as u8; // biased 4..=11: 2^-3 ..= 2^4
+    let mantissa = ((r >> 8) & 7) as u8;
+    let sign = ((r >> 16) & 1) as u8;
+    sign << 7 | exponent << 3 | mantissa
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A finite e4m3 code of magnitude between 2^-3 and 2^4 (no NaN, no overflow risk).
-    fn e4m3(&mut self) -> u8 {
-        let r = self.next();
-        let exponent = 4 + (r % 8) as u8; // biased 4..=11: 2^-3 ..= 2^4
-        let mantissa = ((r >> 8) & 7) as u8;
-        let sign = ((r >> 16) & 1) as u8;
-        sign << 7 | exponent << 3 | mantissa
-    }
-
-    /// A positive scale in [2^-8, 2^-6).
-    fn scale(&mut self) -> f32 {
-        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        (1.0 + u) * 2f32.powi(-8 + (self.next() % 2) as i32)
-    }
+/// A positive scale in [2^-8, 2^-6).
+fn random_scale(rng: &mut SplitMix64) -> f32 {
+    let u = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+    (1.0 + u) * 2f32.powi(-8 + (rng.next_u64() % 2) as i32)
 }
 
 /// Random inputs for `kernel` with the groups' row counts `group_rows` (one entry, the whole M,
 /// for a normal GEMM); each group is padded to [`GROUP_ALIGNMENT`] rows for the m-grouped form.
 pub fn problem(kernel: &DeepGemmKernel, group_rows: &[u32], seed: u64) -> Problem {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut row_group = Vec::new();
     match kernel.gemm_type {
         GemmType::Normal => row_group.resize(group_rows.iter().sum::<u32>() as usize, 0),
@@ -327,18 +315,18 @@ pub fn problem(kernel: &DeepGemmKernel, group_rows: &[u32], seed: u64) -> Proble
     let (n, k) = (kernel.n as usize, kernel.k as usize);
     let kb = kernel.kb() as usize;
     let m_aligned = m.next_multiple_of(4) as usize;
-    let a: Vec<u8> = (0..m as usize * k).map(|_| rng.e4m3()).collect();
+    let a: Vec<u8> = (0..m as usize * k).map(|_| random_e4m3(&mut rng)).collect();
     let b: Vec<u8> = (0..kernel.groups as usize * n * k)
-        .map(|_| rng.e4m3())
+        .map(|_| random_e4m3(&mut rng))
         .collect();
     let mut sfa = vec![0f32; m_aligned * kb];
     for row in 0..m as usize {
         for blk in 0..kb {
-            sfa[row + blk * m_aligned] = rng.scale();
+            sfa[row + blk * m_aligned] = random_scale(&mut rng);
         }
     }
     let sfb: Vec<f32> = (0..kernel.groups as usize * kernel.n_blocks() as usize * kb)
-        .map(|_| rng.scale())
+        .map(|_| random_scale(&mut rng))
         .collect();
     let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let mut buffers = BTreeMap::from([

@@ -62,6 +62,9 @@
 
 use std::ops::Range;
 
+// FNV-1a, 32-bit: the encoding's checksum, part of the 128-byte format.
+use dsc_kernels::fnv::fnv1a32;
+
 /// Size of an encoded tensor map, as of a `CUtensorMap`.
 pub const TENSOR_MAP_BYTES: usize = 128;
 
@@ -631,19 +634,6 @@ pub type ReadGlobal<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), String> + 'a;
 
 /// Writes global memory: `(address, bytes)` stores `bytes` at `address`, or says why not.
 pub type WriteGlobal<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
-
-/// FNV-1a, 32-bit: the encoding's checksum, part of the 128-byte format. The workspace's other
-/// FNV-1a hashes (dsc-codegen's `Fnv1a`, dsc-runtime's `fnv1a`) are 64-bit and private, in crates
-/// the emulator does not depend on (dsc-runtime depends on the emulator; dsc-codegen would be a
-/// new dependency), so this one stays.
-fn fnv1a32(bytes: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for &b in bytes {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
-}
 
 /// One copy's box, checked for what both directions need ([`load_box`], [`store_box`]): the
 /// traversal they share, from the box's rows to global addresses and swizzled shared-memory

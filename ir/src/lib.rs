@@ -1,11 +1,13 @@
 //! dsc's graph IR: dtypes, shapes, ops, the `Graph`, its builder, text format, verifier, and
 //! the `model.toml` schema with preset expansion.
 
+pub mod atomic_write;
 pub mod attr;
 pub mod builder;
 pub mod dtype;
 pub mod graph;
 pub mod infer;
+pub mod located;
 pub mod model;
 pub mod op;
 pub mod param_names;
@@ -20,6 +22,7 @@ pub use attr::{Attr, AttrType, Attrs};
 pub use builder::{BuildError, GraphBuilder};
 pub use dtype::DType;
 pub use graph::{Graph, ValueData, ValueDef, ValueId};
+pub use located::LocatedError;
 pub use op::{Op, OpKind, Precision};
 pub use policy::{PrecisionOverride, PrecisionPolicy, ScaleFormat};
 pub use role::Role;

@@ -46,6 +46,44 @@ pub struct PrecisionOverride {
     pub dtype: DType,
 }
 
+/// The names of the policy's fields, as model.toml's `[precision]` and the IR's `policy` line
+/// spell them; FP8 ops (`promote`, `fp8_gemm`) carry the recipe's sizes as attributes of the
+/// same names.
+pub mod keys {
+    /// Roles kept in the high dtype.
+    pub const KEEP_HIGH: &str = "keep_high";
+    /// The high dtype.
+    pub const HIGH: &str = "high";
+    /// The FP8 format of GEMM operands.
+    pub const FP8_FORMAT: &str = "fp8_format";
+    /// Activation tile width along K.
+    pub const ACT_TILE: &str = "act_tile";
+    /// Weight block size.
+    pub const WEIGHT_BLOCK: &str = "weight_block";
+    /// Elements of K between promotions into FP32.
+    pub const PROMOTE_INTERVAL: &str = "promote_interval";
+    /// How block scales are represented.
+    pub const SCALE_FORMAT: &str = "scale_format";
+    /// Every key, in the order the IR's `policy` line prints them.
+    pub const ALL: [&str; 7] = [
+        KEEP_HIGH,
+        HIGH,
+        FP8_FORMAT,
+        ACT_TILE,
+        WEIGHT_BLOCK,
+        PROMOTE_INTERVAL,
+        SCALE_FORMAT,
+    ];
+}
+
+/// The DeepSeek-V3 recipe's activation tile: activations are scaled per 1 × 128 tile along K.
+pub const DEFAULT_ACT_TILE: u32 = 128;
+/// The DeepSeek-V3 recipe's weight block: weights are scaled per 128 × 128 block.
+pub const DEFAULT_WEIGHT_BLOCK: u32 = 128;
+/// The DeepSeek-V3 recipe's promotion interval: partial sums move into FP32 every 128
+/// elements of K.
+pub const DEFAULT_PROMOTE_INTERVAL: u32 = 128;
+
 /// The FP8 recipe of DESIGN.md §3 with its defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PrecisionPolicy {
@@ -78,9 +116,9 @@ impl Default for PrecisionPolicy {
             ],
             high: DType::Bf16,
             fp8_format: DType::F8E4M3,
-            act_tile: 128,
-            weight_block: 128,
-            promote_interval: 128,
+            act_tile: DEFAULT_ACT_TILE,
+            weight_block: DEFAULT_WEIGHT_BLOCK,
+            promote_interval: DEFAULT_PROMOTE_INTERVAL,
             scale_format: ScaleFormat::F32,
             overrides: Vec::new(),
         }
@@ -105,19 +143,19 @@ impl PrecisionPolicy {
         let err = |field, message: String| Err(PolicyError { field, message });
         if !self.high.is_high_float() {
             return err(
-                "high",
+                keys::HIGH,
                 format!("`high` must be bf16, f16 or f32, not {}", self.high),
             );
         }
         if !self.fp8_format.is_fp8() {
             return err(
-                "fp8_format",
+                keys::FP8_FORMAT,
                 format!("`fp8_format` must be e4m3 or e5m2, not {}", self.fp8_format),
             );
         }
         if self.act_tile == 0 || !self.act_tile.is_multiple_of(MMA_K) {
             return err(
-                "act_tile",
+                keys::ACT_TILE,
                 format!(
                     "`act_tile` must be a positive multiple of {MMA_K}, not {}",
                     self.act_tile
@@ -126,7 +164,7 @@ impl PrecisionPolicy {
         }
         if self.weight_block == 0 || !self.weight_block.is_multiple_of(self.act_tile) {
             return err(
-                "weight_block",
+                keys::WEIGHT_BLOCK,
                 format!(
                     "`weight_block` must be a positive multiple of act_tile ({}), not {}: \
                      a K block of the weight must cover whole activation tiles",
@@ -137,7 +175,7 @@ impl PrecisionPolicy {
         let p = self.promote_interval;
         if p == 0 || !p.is_multiple_of(MMA_K) || !self.act_tile.is_multiple_of(p) {
             return err(
-                "promote_interval",
+                keys::PROMOTE_INTERVAL,
                 format!(
                     "`promote_interval` must be a multiple of {MMA_K} (the MMA depth) that divides \
                      act_tile ({}), so a partial sum never spans two scale groups; got {p}",

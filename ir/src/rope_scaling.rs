@@ -1,8 +1,70 @@
-//! RoPE frequency scaling as the IR carries it: the `scaling` attribute of a rope op and the
-//! parameters beside it. model.toml produces it, the kernels read it; the attribute names live
-//! here once.
+//! RoPE as the IR carries it: the rope op's attributes ([`attr`]: `style`, `theta`, and the
+//! `scaling` with the parameters beside it), the [`RopeStyle`] and [`RopeScaling`] they
+//! spell. model.toml produces them, the kernels read them; the attribute names and their
+//! values live here once.
 
 use crate::{Attr, Attrs};
+
+/// The rope op's attribute names.
+pub mod attr {
+    /// Which elements pair up: a [`super::RopeStyle`] name.
+    pub const STYLE: &str = "style";
+    /// The frequency base (`rope_theta`).
+    pub const THETA: &str = "theta";
+    /// The frequency scaling, if any: `yarn` or `llama3` ([`super::RopeScaling`]).
+    pub const SCALING: &str = "scaling";
+    /// Both scalings: the context extension factor.
+    pub const FACTOR: &str = "factor";
+    /// Both scalings: the pretrained context length.
+    pub const ORIGINAL_MAX_POSITION: &str = "original_max_position";
+    /// YaRN's correction range and attention factors.
+    pub const BETA_FAST: &str = "beta_fast";
+    /// See [`BETA_FAST`].
+    pub const BETA_SLOW: &str = "beta_slow";
+    /// See [`BETA_FAST`].
+    pub const MSCALE: &str = "mscale";
+    /// See [`BETA_FAST`].
+    pub const MSCALE_ALL_DIM: &str = "mscale_all_dim";
+    /// Llama 3's wavelength bounds.
+    pub const LOW_FREQ_FACTOR: &str = "low_freq_factor";
+    /// See [`LOW_FREQ_FACTOR`].
+    pub const HIGH_FREQ_FACTOR: &str = "high_freq_factor";
+    /// The values of [`SCALING`].
+    pub const SCALINGS: [&str; 2] = [YARN, LLAMA3];
+    /// YaRN ([`super::RopeScaling::Yarn`]).
+    pub const YARN: &str = "yarn";
+    /// Llama 3.1 ([`super::RopeScaling::Llama3`]).
+    pub const LLAMA3: &str = "llama3";
+}
+
+/// Which elements of a head form a rotated pair (the `style` attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RopeStyle {
+    /// Pairs `(2i, 2i + 1)` (DeepSeek).
+    Interleaved,
+    /// Pairs `(i, i + d/2)` (Llama, GPT-NeoX).
+    Half,
+}
+
+impl RopeStyle {
+    /// Every style.
+    pub const ALL: [RopeStyle; 2] = [RopeStyle::Interleaved, RopeStyle::Half];
+    /// Every style's name, as the attribute spells it.
+    pub const NAMES: [&str; 2] = ["interleaved", "half"];
+
+    /// The attribute's spelling: `interleaved` or `half`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RopeStyle::Interleaved => Self::NAMES[0],
+            RopeStyle::Half => Self::NAMES[1],
+        }
+    }
+
+    /// The style the attribute `name` spells.
+    pub fn from_name(name: &str) -> Option<RopeStyle> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
 
 /// Frequency scaling for contexts beyond the pretrained length.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,24 +111,24 @@ impl RopeScaling {
                 mscale,
                 mscale_all_dim,
             } => attrs
-                .with("scaling", Attr::Str("yarn".into()))
-                .with("factor", Attr::Float(factor))
-                .with("original_max_position", pos(original_max_position))
-                .with("beta_fast", Attr::Float(beta_fast))
-                .with("beta_slow", Attr::Float(beta_slow))
-                .with("mscale", Attr::Float(mscale))
-                .with("mscale_all_dim", Attr::Float(mscale_all_dim)),
+                .with(attr::SCALING, Attr::Str(attr::YARN.into()))
+                .with(attr::FACTOR, Attr::Float(factor))
+                .with(attr::ORIGINAL_MAX_POSITION, pos(original_max_position))
+                .with(attr::BETA_FAST, Attr::Float(beta_fast))
+                .with(attr::BETA_SLOW, Attr::Float(beta_slow))
+                .with(attr::MSCALE, Attr::Float(mscale))
+                .with(attr::MSCALE_ALL_DIM, Attr::Float(mscale_all_dim)),
             RopeScaling::Llama3 {
                 factor,
                 original_max_position,
                 low_freq_factor,
                 high_freq_factor,
             } => attrs
-                .with("scaling", Attr::Str("llama3".into()))
-                .with("factor", Attr::Float(factor))
-                .with("original_max_position", pos(original_max_position))
-                .with("low_freq_factor", Attr::Float(low_freq_factor))
-                .with("high_freq_factor", Attr::Float(high_freq_factor)),
+                .with(attr::SCALING, Attr::Str(attr::LLAMA3.into()))
+                .with(attr::FACTOR, Attr::Float(factor))
+                .with(attr::ORIGINAL_MAX_POSITION, pos(original_max_position))
+                .with(attr::LOW_FREQ_FACTOR, Attr::Float(low_freq_factor))
+                .with(attr::HIGH_FREQ_FACTOR, Attr::Float(high_freq_factor)),
         }
     }
 
@@ -92,29 +154,31 @@ impl RopeScaling {
         let float = |name: &str| attrs.float(name).ok_or_else(|| missing(name));
         let original_max_position = || {
             attrs
-                .int("original_max_position")
+                .int(attr::ORIGINAL_MAX_POSITION)
                 .and_then(|p| u64::try_from(p).ok())
-                .ok_or_else(|| missing("original_max_position"))
+                .ok_or_else(|| missing(attr::ORIGINAL_MAX_POSITION))
         };
-        Ok(match attrs.str("scaling") {
+        Ok(match attrs.str(attr::SCALING) {
             None => None,
-            Some("yarn") => Some(RopeScaling::Yarn {
-                factor: float("factor")?,
+            Some(attr::YARN) => Some(RopeScaling::Yarn {
+                factor: float(attr::FACTOR)?,
                 original_max_position: original_max_position()?,
-                beta_fast: float("beta_fast")?,
-                beta_slow: float("beta_slow")?,
-                mscale: float("mscale")?,
-                mscale_all_dim: float("mscale_all_dim")?,
+                beta_fast: float(attr::BETA_FAST)?,
+                beta_slow: float(attr::BETA_SLOW)?,
+                mscale: float(attr::MSCALE)?,
+                mscale_all_dim: float(attr::MSCALE_ALL_DIM)?,
             }),
-            Some("llama3") => Some(RopeScaling::Llama3 {
-                factor: float("factor")?,
+            Some(attr::LLAMA3) => Some(RopeScaling::Llama3 {
+                factor: float(attr::FACTOR)?,
                 original_max_position: original_max_position()?,
-                low_freq_factor: float("low_freq_factor")?,
-                high_freq_factor: float("high_freq_factor")?,
+                low_freq_factor: float(attr::LOW_FREQ_FACTOR)?,
+                high_freq_factor: float(attr::HIGH_FREQ_FACTOR)?,
             }),
             Some(other) => {
                 return Err(format!(
-                    "rope scaling must be \"yarn\" or \"llama3\", got {other:?}"
+                    "rope scaling must be \"{}\" or \"{}\", got {other:?}",
+                    attr::YARN,
+                    attr::LLAMA3
                 ));
             }
         })

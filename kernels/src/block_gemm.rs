@@ -18,6 +18,7 @@ use crate::numerics::accumulate::Accumulator;
 use crate::numerics::fp8::{self, Fp8Format};
 use crate::quantized::Fp8Operand;
 use dsc_ir::PrecisionPolicy;
+use dsc_ir::policy::{DEFAULT_ACT_TILE, DEFAULT_PROMOTE_INTERVAL, DEFAULT_WEIGHT_BLOCK};
 use rayon::prelude::*;
 
 /// The shape of `y[m, n] = x[m, k] · w[n, k]ᵀ`.
@@ -47,9 +48,9 @@ impl Default for BlockGemmConfig {
     fn default() -> Self {
         BlockGemmConfig {
             fmt: Fp8Format::E4M3,
-            tile: 128,
-            block: 128,
-            promote_interval: 128,
+            tile: DEFAULT_ACT_TILE as usize,
+            block: DEFAULT_WEIGHT_BLOCK as usize,
+            promote_interval: DEFAULT_PROMOTE_INTERVAL as usize,
             accumulator: Accumulator::Exact,
         }
     }
@@ -316,9 +317,23 @@ mod tests {
             block: b,
             ..Default::default()
         };
-        assert!(bad(48, 128, 128).validate().is_err());
-        assert!(bad(256, 128, 128).validate().is_err());
-        assert!(bad(128, 128, 192).validate().is_err());
+        for (config, expected) in [
+            (
+                bad(48, 128, 128),
+                "promote_interval (48) must be a multiple of",
+            ),
+            (
+                bad(256, 128, 128),
+                "promote_interval (256) must be a multiple of",
+            ),
+            (
+                bad(128, 128, 192),
+                "weight block (192) must be a positive multiple",
+            ),
+        ] {
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
         assert!(bad(64, 64, 128).validate().is_ok());
         let dims = GemmDims { m: 1, n: 1, k: 4 };
         let op = Fp8Operand {

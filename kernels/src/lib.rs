@@ -16,6 +16,8 @@
 //! - [`manifest`]: the artifact's `manifest.json` schema, written by codegen and read by the
 //!   runtime.
 //! - [`mod@numerics_report`]: the accumulation-error table that motivates promotion.
+//! - [`rng`]: the seeded generator (SplitMix64) of random weights, inputs and test data;
+//!   [`fnv`]: the stable hash (FNV-1a) of entry names, cache keys and seeds.
 //!
 //! All of it is checked against independent vectors in `shared/testdata` (tests/numerics.rs).
 
@@ -23,11 +25,13 @@ pub mod act_quant;
 pub mod block_gemm;
 pub mod cost;
 pub mod error;
+pub mod fnv;
 pub mod manifest;
 pub mod numerics;
 pub mod numerics_report;
 pub mod ops;
 pub mod quantized;
+pub mod rng;
 pub mod weight_quant;
 
 pub use act_quant::act_quant_1x128;

@@ -16,6 +16,7 @@ use crate::block_gemm::{BlockGemmConfig, GemmDims, fp8_block_gemm};
 use crate::error::KernelError;
 use crate::numerics::accumulate::Accumulator;
 use crate::numerics::fp8::{self, Fp8Format};
+use crate::rng::SplitMix64;
 use crate::weight_quant::weight_quant_128x128;
 use dsc_ir::ScaleFormat;
 use std::fmt::Write;
@@ -51,8 +52,8 @@ pub struct ReportRow {
     pub exact: Errors,
 }
 
-/// The promotion interval of the promoted settings.
-const PROMOTE: usize = 128;
+/// The promotion interval of the promoted settings: the recipe's.
+const PROMOTE: usize = dsc_ir::policy::DEFAULT_PROMOTE_INTERVAL as usize;
 
 /// Measures one row for `x[m, k] · w[n, k]ᵀ`; `k` must be a positive multiple of 128.
 pub fn report_row(
@@ -63,8 +64,8 @@ pub fn report_row(
     seed: u64,
 ) -> Result<ReportRow, KernelError> {
     let mut rng = SplitMix64(seed);
-    let x = rng.fill(m * k, inputs);
-    let w = rng.fill(n * k, inputs);
+    let x = fill(&mut rng, m * k, inputs);
+    let w = fill(&mut rng, n * k, inputs);
     let (fmt, sf) = (Fp8Format::E4M3, ScaleFormat::F32);
     let xq = act_quant_1x128(&x, m, k, k, fmt, sf)?;
     let wq = weight_quant_128x128(&w, n, k, k, fmt, sf)?;
@@ -181,34 +182,16 @@ fn relative_error(y: &[f32], r: &[f64]) -> f64 {
     (diff / norm).sqrt()
 }
 
-/// SplitMix64 (Steele, Lea and Flood): a tiny seeded generator, enough for test inputs.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform on [0, 1) with 53 random bits (for Box–Muller).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// `len` samples of `inputs` (normal ones by Box–Muller).
-    fn fill(&mut self, len: usize, inputs: Inputs) -> Vec<f32> {
-        (0..len)
-            .map(|_| match inputs {
-                // 24 random bits: exactly representable, never rounds up to 1.
-                Inputs::Positive => (self.next_u64() >> 40) as f32 / (1u32 << 24) as f32,
-                Inputs::Normal => {
-                    let (u1, u2) = (1.0 - self.uniform(), self.uniform());
-                    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-                }
-            })
-            .collect()
-    }
+/// `len` samples of `inputs` from `rng` (normal ones by Box–Muller, the cosine only).
+fn fill(rng: &mut SplitMix64, len: usize, inputs: Inputs) -> Vec<f32> {
+    (0..len)
+        .map(|_| match inputs {
+            // 24 random bits: exactly representable, never rounds up to 1.
+            Inputs::Positive => (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32,
+            Inputs::Normal => {
+                let (u1, u2) = (1.0 - rng.uniform(), rng.uniform());
+                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            }
+        })
+        .collect()
 }

@@ -31,6 +31,7 @@
 use crate::names::NameSet;
 use crate::{PassError, PassOptions};
 use dsc_ir::infer::infer;
+use dsc_ir::policy::keys;
 use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Precision, TensorType, ValueId};
 
 const PASS: &str = "quantize-linears";
@@ -158,10 +159,13 @@ fn lower(
     let mut promote_operands = vec![partials[0], x_q[1], w_q[1]];
     promote_operands.extend(indices);
     let attrs = Attrs::new()
-        .with("act_tile", Attr::Int(i64::from(policy.act_tile)))
-        .with("weight_block", Attr::Int(i64::from(policy.weight_block)))
+        .with(keys::ACT_TILE, Attr::Int(i64::from(policy.act_tile)))
         .with(
-            "promote_interval",
+            keys::WEIGHT_BLOCK,
+            Attr::Int(i64::from(policy.weight_block)),
+        )
+        .with(
+            keys::PROMOTE_INTERVAL,
             Attr::Int(i64::from(policy.promote_interval)),
         );
     let ins: Vec<&TensorType> = promote_operands.iter().map(|&v| graph.ty(v)).collect();

@@ -1,8 +1,8 @@
 //! A run's inputs: read from a safetensors file by name, or drawn at random for a quick run.
 
-use crate::random_weights::SplitMix64;
 use crate::{Checkpoint, HostData, HostTensor, RuntimeError};
 use dsc_ir::{DType, Graph, OpKind};
+use dsc_kernels::rng::SplitMix64;
 use std::collections::HashMap;
 use std::path::Path;
 

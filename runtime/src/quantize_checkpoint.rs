@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use dsc_ir::atomic_write::write_dir_atomically;
 use dsc_ir::{DType, Graph, ScaleFormat};
 use dsc_kernels::{Fp8Format, weight_quant_128x128};
 use safetensors::Dtype as StDtype;
@@ -286,32 +287,9 @@ pub fn quantize_checkpoint(
     }
     let config = fp8_config(input, plan)?;
     let shards = shard_files(input, plan)?;
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let base = output
-        .file_name()
-        .ok_or_else(|| write_err(output, "not a directory name"))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| write_err(&tmp, e.to_string()))?;
-    let result = write_all(input, &tmp, &config, &shards, plan, progress);
-    match result {
-        Ok(summary) => {
-            fs::rename(&tmp, output).map_err(|e| {
-                let _ = fs::remove_dir_all(&tmp);
-                write_err(output, e.to_string())
-            })?;
-            Ok(summary)
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    write_dir_atomically(output, |tmp| {
+        write_all(input, tmp, &config, &shards, plan, progress)
+    })
 }
 
 /// `path` made absolute with symbolic links resolved, for a path that may not exist yet: `.`

@@ -20,6 +20,8 @@
 use std::collections::{HashMap, HashSet};
 
 use dsc_ir::{DType, Graph, OpKind, ValueId};
+use dsc_kernels::fnv::fnv1a64;
+use dsc_kernels::rng::SplitMix64;
 
 use crate::error::RuntimeError;
 use crate::tensor::{HostData, HostTensor, round_slice};
@@ -39,45 +41,6 @@ enum Init {
 const WEIGHT_STD: f32 = 0.02;
 const NORM_NOISE_STD: f32 = 0.02;
 const BIAS_CORRECTION_STD: f32 = 0.01;
-
-/// SplitMix64: a small, fast, well-mixed 64-bit generator (Steele, Lea, Flood 2014).
-pub(crate) struct SplitMix64(pub(crate) u64);
-
-impl SplitMix64 {
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1]: never 0, so its logarithm is finite.
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// `n` standard normal samples by Box–Muller (both outputs of each pair used).
-    pub(crate) fn normals(&mut self, n: usize) -> Vec<f64> {
-        let mut out = Vec::with_capacity(n + 1);
-        while out.len() < n {
-            let (u1, u2) = (self.unit(), self.unit());
-            let r = (-2.0 * u1.ln()).sqrt();
-            let t = std::f64::consts::TAU * u2;
-            out.push(r * t.cos());
-            out.push(r * t.sin());
-        }
-        out.truncate(n);
-        out
-    }
-}
-
-/// FNV-1a of a name: mixes the parameter's identity into its seed.
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
 
 /// Ops that pass a parameter through to its real consumer.
 fn passes_through(kind: OpKind) -> bool {
@@ -139,7 +102,7 @@ fn draw(seed: u64, name: &str, init: Init, n: usize) -> Vec<f32> {
     match init {
         Init::Zeros => vec![0.0; n],
         Init::Normal { mean, std } => {
-            let mut rng = SplitMix64(seed ^ fnv1a(name));
+            let mut rng = SplitMix64(seed ^ fnv1a64(name.as_bytes()));
             rng.normals(n)
                 .into_iter()
                 .map(|z| mean + (z * f64::from(std)) as f32)

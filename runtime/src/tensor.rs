@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use dsc_ir::DType;
+use dsc_ir::atomic_write::{WriteFailure, write_file_atomically};
 use dsc_kernels::numerics::bf16::{from_bf16_bits, to_bf16};
 use half::f16;
 use safetensors::Dtype as StDtype;
@@ -452,22 +453,20 @@ pub fn write_safetensors<'a>(
         };
         raws.push((name.to_string(), raw));
     }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| write_err("not a file path".into()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
     let views = raws.iter().map(|(n, r)| (n.as_str(), r));
-    if let Err(e) = safetensors::serialize_to_file(views, None, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(write_err(e.to_string()));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        write_err(e.to_string())
+    write_file_atomically(path, |tmp| {
+        safetensors::serialize_to_file(views, None, tmp).map_err(|e| write_err(e.to_string()))
     })
+}
+
+/// A failed atomic write, as the runtime reports it: the path and why.
+impl From<WriteFailure> for RuntimeError {
+    fn from(failure: WriteFailure) -> Self {
+        RuntimeError::Write {
+            path: failure.path,
+            message: failure.error.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -480,14 +479,21 @@ mod tests {
         assert_eq!(t.numel(), 4);
         // 1.001 rounds to the nearest bf16 (1.0).
         assert_eq!(t.as_f32().unwrap(), &[1.0, 1.0, -3.0, 0.5]);
-        assert!(t.as_codes().is_err());
+        let e = t.as_codes().unwrap_err().to_string();
+        assert!(e.contains("expected FP8 codes"), "{e}");
         let e = t.as_i32().unwrap_err().to_string();
         assert!(
             e.contains("expected i32 values") && e.contains("bf16"),
             "{e}"
         );
-        assert!(HostTensor::new(DType::F32, vec![3], HostData::F32(vec![0.0; 2])).is_err());
-        assert!(HostTensor::new(DType::F8E4M3, vec![2], HostData::F32(vec![0.0; 2])).is_err());
+        let e = HostTensor::new(DType::F32, vec![3], HostData::F32(vec![0.0; 2]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has 3 elements but 2 were given"), "{e}");
+        let e = HostTensor::new(DType::F8E4M3, vec![2], HostData::F32(vec![0.0; 2]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a f8e4m3 tensor holds"), "{e}");
         assert!(HostTensor::from_i32(DType::I64, vec![2], vec![1, 2]).is_ok());
         assert_eq!(
             HostTensor::zeros(DType::F8E5M2, vec![3])

@@ -40,10 +40,7 @@ pub struct Rope {
 }
 
 fn style_name<S: serde::Serializer>(style: &RopeStyle, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(match style {
-        RopeStyle::Interleaved => "interleaved",
-        RopeStyle::Half => "half",
-    })
+    serializer.serialize_str(style.name())
 }
 
 impl Rope {

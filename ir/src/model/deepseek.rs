@@ -6,6 +6,7 @@ use super::layers::Net;
 use super::preset::{self, Dim};
 use super::rope::{self, RopeScaling};
 use super::toml::{Spanned, Table};
+use crate::rope_scaling::RopeStyle;
 use crate::{Attr, Attrs, DType, Graph, OpKind, Role, ValueId};
 
 /// The MoE half of the configuration (absent when every layer is dense).
@@ -340,13 +341,25 @@ fn mla(net: &mut Net, c: &Config, p: &str, h: ValueId) -> Result<ValueId, ModelE
     let q_nope = net.slice(&format!("{a}.q_nope"), q, 3, 0, nope)?;
     let q_pe = net.slice(&format!("{a}.q_pe"), q, 3, nope, nope + rope)?;
     let scaling = c.rope_scaling.as_ref();
-    let q_pe = net.rope(&format!("{a}.q_rope"), q_pe, "interleaved", theta, scaling)?;
+    let q_pe = net.rope(
+        &format!("{a}.q_rope"),
+        q_pe,
+        RopeStyle::Interleaved,
+        theta,
+        scaling,
+    )?;
 
     let kv = net.linear(&format!("{a}.kv_a_proj_with_mqa"), role, h, kv_lora + rope)?;
     let c_kv = net.slice(&format!("{a}.compressed_kv"), kv, 2, 0, kv_lora)?;
     let k_pe = net.slice(&format!("{a}.k_pe"), kv, 2, kv_lora, kv_lora + rope)?;
     let k_pe = net.reshape(&format!("{a}.k_pe_heads"), k_pe, &[b, s, 1, rope])?;
-    let k_pe = net.rope(&format!("{a}.k_rope"), k_pe, "interleaved", theta, scaling)?;
+    let k_pe = net.rope(
+        &format!("{a}.k_rope"),
+        k_pe,
+        RopeStyle::Interleaved,
+        theta,
+        scaling,
+    )?;
     let c_kv = net.rms_norm(&format!("{a}.kv_a_layernorm"), c_kv, c.eps)?;
     let kv = net.linear(&format!("{a}.kv_b_proj"), role, c_kv, heads * (nope + vd))?;
     let kv = net.reshape(&format!("{a}.kv_heads"), kv, &[b, s, heads, nope + vd])?;

@@ -4,6 +4,7 @@
 use super::ModelError;
 use super::precision::dtype_from_str;
 use super::toml::{At, Spanned, Table};
+use crate::rope_scaling::{RopeStyle, attr};
 use crate::{Attr, AttrType, Attrs, DType, GraphBuilder, OpKind, Role, TensorType, ValueId};
 
 /// The keys every op takes.
@@ -48,8 +49,8 @@ pub fn fixed_inputs(kind: OpKind) -> Option<(usize, &'static str)> {
 /// The allowed words of string attributes, checked here so the error points at the value.
 fn vocabulary(kind: OpKind, attr: &str) -> Option<&'static [&'static str]> {
     match (kind, attr) {
-        (OpKind::Rope, "style") => Some(&["interleaved", "half"]),
-        (OpKind::Rope, "scaling") => Some(&["yarn", "llama3"]),
+        (OpKind::Rope, attr::STYLE) => Some(&RopeStyle::NAMES),
+        (OpKind::Rope, attr::SCALING) => Some(&attr::SCALINGS),
         (OpKind::MoeTopk, "score_func") => Some(&["sigmoid", "softmax"]),
         (OpKind::Quantize, "scale_format") => Some(&["f32", "ue8m0"]),
         _ => None,

@@ -9,6 +9,7 @@
 use super::ModelError;
 use super::rope::RopeScaling;
 use super::toml::Table;
+use crate::rope_scaling::{RopeStyle, attr};
 use crate::{Attr, Attrs, BuildError, DType, GraphBuilder, OpKind, Role, TensorType, ValueId};
 
 /// A graph under construction for a preset, reporting failures at the `[model]` table.
@@ -165,13 +166,13 @@ impl<'t, 'a> Net<'t, 'a> {
         &mut self,
         name: &str,
         x: ValueId,
-        style: &str,
+        style: RopeStyle,
         theta: f64,
         scaling: Option<&RopeScaling>,
     ) -> Result<ValueId, ModelError> {
         let mut attrs = Attrs::new()
-            .with("style", Attr::Str(style.into()))
-            .with("theta", Attr::Float(theta));
+            .with(attr::STYLE, Attr::Str(style.name().into()))
+            .with(attr::THETA, Attr::Float(theta));
         if let Some(s) = scaling {
             attrs = s.add_attrs(attrs);
         }

@@ -7,6 +7,7 @@ use super::layers::Net;
 use super::preset::{self, Dim};
 use super::rope::{self, RopeScaling};
 use super::toml::{Spanned, Table};
+use crate::rope_scaling::RopeStyle;
 use crate::{DType, Graph, Role, ValueId};
 
 /// A validated `[model]` of architecture llama.
@@ -168,8 +169,8 @@ fn attention(net: &mut Net, c: &Config, p: &str, h: ValueId) -> Result<ValueId, 
     let k = net.reshape(&format!("{a}.k_heads"), k, &[b, s, kv_heads, hd])?;
     let v = net.reshape(&format!("{a}.v_heads"), v, &[b, s, kv_heads, hd])?;
     let scaling = c.rope_scaling.as_ref();
-    let q = net.rope(&format!("{a}.q_rope"), q, "half", c.theta, scaling)?;
-    let k = net.rope(&format!("{a}.k_rope"), k, "half", c.theta, scaling)?;
+    let q = net.rope(&format!("{a}.q_rope"), q, RopeStyle::Half, c.theta, scaling)?;
+    let k = net.rope(&format!("{a}.k_rope"), k, RopeStyle::Half, c.theta, scaling)?;
     let scale = (hd as f64).powf(-0.5);
     let o = net.attention(&a, &[q, k], v, scale)?;
     let o = net.reshape(&format!("{a}.attn_output_flat"), o, &[b, s, heads * hd])?;

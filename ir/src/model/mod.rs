@@ -23,13 +23,7 @@ use crate::Graph;
 use toml::{Source, Table};
 
 /// An error in a model.toml, at a 1-based line and column.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{line}:{col}: {message}")]
-pub struct ModelError {
-    pub line: usize,
-    pub col: usize,
-    pub message: String,
-}
+pub type ModelError = crate::LocatedError;
 
 /// The architectures a preset can name.
 const ARCHITECTURES: [&str; 2] = ["deepseek", "llama"];

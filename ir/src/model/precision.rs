@@ -2,16 +2,18 @@
 
 use super::ModelError;
 use super::toml::{Spanned, Table};
+use crate::policy::keys;
 use crate::{DType, PrecisionOverride, PrecisionPolicy, Role, ScaleFormat};
 
+/// `[precision]`'s keys: the policy's, then the overrides' table.
 const KEYS: [&str; 8] = [
-    "keep_high",
-    "high",
-    "fp8_format",
-    "act_tile",
-    "weight_block",
-    "promote_interval",
-    "scale_format",
+    keys::KEEP_HIGH,
+    keys::HIGH,
+    keys::FP8_FORMAT,
+    keys::ACT_TILE,
+    keys::WEIGHT_BLOCK,
+    keys::PROMOTE_INTERVAL,
+    keys::SCALE_FORMAT,
     "override",
 ];
 
@@ -30,7 +32,7 @@ pub fn dtype_from_str(s: &str) -> Option<DType> {
 pub fn parse(t: &Table) -> Result<PrecisionPolicy, ModelError> {
     t.check_keys(&KEYS)?;
     let mut p = PrecisionPolicy::default();
-    if let Some(list) = t.strs("keep_high")? {
+    if let Some(list) = t.strs(keys::KEEP_HIGH)? {
         p.keep_high = list
             .value
             .iter()
@@ -41,23 +43,23 @@ pub fn parse(t: &Table) -> Result<PrecisionPolicy, ModelError> {
             })
             .collect::<Result<_, _>>()?;
     }
-    if let Some(s) = t.str("high")? {
+    if let Some(s) = t.str(keys::HIGH)? {
         // f16 is a high dtype of the IR (and of the CPU reference), but no GPU kernel takes it.
-        p.high = dtype_in(t, "high", s, "bf16 or f32", DType::is_kernel_float)?;
+        p.high = dtype_in(t, keys::HIGH, s, "bf16 or f32", DType::is_kernel_float)?;
     }
-    if let Some(s) = t.str("fp8_format")? {
-        p.fp8_format = dtype_in(t, "fp8_format", s, "e4m3 or e5m2", DType::is_fp8)?;
+    if let Some(s) = t.str(keys::FP8_FORMAT)? {
+        p.fp8_format = dtype_in(t, keys::FP8_FORMAT, s, "e4m3 or e5m2", DType::is_fp8)?;
     }
-    if let Some(v) = u32_key(t, "act_tile")? {
+    if let Some(v) = u32_key(t, keys::ACT_TILE)? {
         p.act_tile = v;
     }
-    if let Some(v) = u32_key(t, "weight_block")? {
+    if let Some(v) = u32_key(t, keys::WEIGHT_BLOCK)? {
         p.weight_block = v;
     }
-    if let Some(v) = u32_key(t, "promote_interval")? {
+    if let Some(v) = u32_key(t, keys::PROMOTE_INTERVAL)? {
         p.promote_interval = v;
     }
-    if let Some(s) = t.str("scale_format")? {
+    if let Some(s) = t.str(keys::SCALE_FORMAT)? {
         p.scale_format = ScaleFormat::parse(s.value).ok_or_else(|| {
             t.error(
                 s.at,

@@ -5,6 +5,7 @@
 use super::ModelError;
 use super::toml::{Spanned, Table};
 pub use crate::rope_scaling::RopeScaling;
+use crate::rope_scaling::attr;
 
 /// The keys of `type = "yarn"`.
 const YARN_KEYS: &[&str] = &[
@@ -27,7 +28,7 @@ const LLAMA3_KEYS: &[&str] = &[
 ];
 
 /// The scaling types, and the architecture each applies to.
-const TYPES: [(&str, &str); 2] = [("yarn", "deepseek"), ("llama3", "llama")];
+const TYPES: [(&str, &str); 2] = [(attr::YARN, "deepseek"), (attr::LLAMA3, "llama")];
 
 /// Hugging Face's defaults (`DeepseekV2YarnRotaryEmbedding`; the attention reads
 /// `rope_scaling.get("mscale_all_dim", 0)`, so an absent `mscale_all_dim` leaves the softmax
@@ -38,7 +39,7 @@ const DEFAULT_MSCALE: f64 = 1.0;
 const DEFAULT_MSCALE_ALL_DIM: f64 = 0.0;
 
 fn keys(ty: &str) -> &'static [&'static str] {
-    if ty == "llama3" {
+    if ty == attr::LLAMA3 {
         LLAMA3_KEYS
     } else {
         YARN_KEYS
@@ -101,7 +102,7 @@ pub fn parse(model: &Table, arch: &str) -> Result<Option<RopeScaling>, ModelErro
             t.size("original_max_position_embeddings")?,
         )?
         .value;
-    if ty.value == "llama3" {
+    if ty.value == attr::LLAMA3 {
         let low = t.required("low_freq_factor", t.positive_float("low_freq_factor")?)?;
         let high = t.required("high_freq_factor", t.positive_float("high_freq_factor")?)?;
         if high.value <= low.value {

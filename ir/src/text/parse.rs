@@ -11,6 +11,7 @@
 
 use super::lex::{Sigil, Tok, Token, lex_line};
 use super::print::is_bare_name;
+use crate::policy::keys;
 use crate::{
     Attr, Attrs, DType, Graph, Op, OpKind, Precision, PrecisionOverride, PrecisionPolicy, Role,
     ScaleFormat, TensorType, ValueId,
@@ -18,16 +19,7 @@ use crate::{
 use std::collections::HashMap;
 
 /// A parse error at a 1-based line and column.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{line}:{col}: {message}")]
-pub struct ParseError {
-    /// 1-based line number.
-    pub line: usize,
-    /// 1-based column, counted in characters (a tab is one).
-    pub col: usize,
-    /// What is wrong, without the position.
-    pub message: String,
-}
+pub type ParseError = crate::LocatedError;
 
 type Result<T> = std::result::Result<T, ParseError>;
 
@@ -121,16 +113,6 @@ struct Parser {
     /// Every defined name, where, and on which line.
     defs: HashMap<String, (Def, usize)>,
 }
-
-const POLICY_KEYS: [&str; 7] = [
-    "keep_high",
-    "high",
-    "fp8_format",
-    "act_tile",
-    "weight_block",
-    "promote_interval",
-    "scale_format",
-];
 
 impl Parser {
     /// Parses one non-empty line.
@@ -232,12 +214,12 @@ impl Parser {
         let mut seen: Vec<&str> = Vec::new();
         while !l.at_end() {
             let (key, kc) = l.word("a policy key (`key=value`)")?;
-            let Some(&key) = POLICY_KEYS.iter().find(|&&k| k == key) else {
+            let Some(&key) = keys::ALL.iter().find(|&&k| k == key) else {
                 return Err(l.err_at(
                     kc,
                     format!(
                         "unknown policy key `{key}` (expected one of {})",
-                        POLICY_KEYS.join(", ")
+                        keys::ALL.join(", ")
                     ),
                 ));
             };
@@ -248,12 +230,12 @@ impl Parser {
             l.punct('=')?;
             let p = &mut self.policy;
             match key {
-                "keep_high" => p.keep_high = l.list('[', ']', |l| l.role())?,
-                "high" => p.high = l.dtype()?,
-                "fp8_format" => p.fp8_format = l.dtype()?,
-                "act_tile" => p.act_tile = l.positive(key)?,
-                "weight_block" => p.weight_block = l.positive(key)?,
-                "promote_interval" => p.promote_interval = l.positive(key)?,
+                keys::KEEP_HIGH => p.keep_high = l.list('[', ']', |l| l.role())?,
+                keys::HIGH => p.high = l.dtype()?,
+                keys::FP8_FORMAT => p.fp8_format = l.dtype()?,
+                keys::ACT_TILE => p.act_tile = l.positive(key)?,
+                keys::WEIGHT_BLOCK => p.weight_block = l.positive(key)?,
+                keys::PROMOTE_INTERVAL => p.promote_interval = l.positive(key)?,
                 _ => {
                     let (w, c) = l.word("a scale format (f32 or ue8m0)")?;
                     p.scale_format = ScaleFormat::parse(w).ok_or_else(|| {
@@ -1406,30 +1388,77 @@ output %"a \"quoted\" result"
                 })
                 .collect();
             let text = String::from_utf8_lossy(&bytes);
-            assert!(parse(&text).is_err());
+            // Without a `graph` line nothing parses: either a character the lexer refuses or
+            // the missing header.
+            let e = parse(&text).unwrap_err();
+            assert!(
+                e.message.starts_with("unexpected character")
+                    || e.message.contains("expected `graph \"name\"`"),
+                "{e}"
+            );
             let _ = parse(&format!("graph \"g\"\n{text}"));
         }
-        for g in [
-            "\0",
-            "graph",
-            "graph \"",
-            "graph \"\\u{",
-            "graph \"\\u{ffffffffffffffff}\"",
-            "graph \"g\"\ninput %x: f32[99999999999999999999999999]",
-            "graph \"g\"\n%y: f32[] = silu() {a = -} role=other",
-            "graph \"g\"\n%y: f32[] = silu() {a = .} role=other",
-            "graph \"g\"\n%y: f32[] = silu() {a = -.e} role=other",
-            "graph \"g\"\n%y: f32[] = silu() {a = [} role=other",
-            "graph \"g\"\n%y: f32[] = silu() {a = \"} role=other",
-            "graph \"g\"\n%y: f32[] = silu() {= 1} role=other",
-            "graph \"g\"\n%: f32[] = silu() role=other",
-            "graph \"g\"\n%y",
-            "graph \"g\"\n%y:",
-            "graph \"g\"\noutput",
-            "graph \"g\"\npolicy keep_high",
-            "graph \"g\"\npolicy keep_high=[",
+        for (g, expected) in [
+            ("\0", "1:1: unexpected character `\\0`"),
+            ("graph", "1:6: expected the graph name, quoted"),
+            ("graph \"", "1:7: unterminated string"),
+            ("graph \"\\u{", "1:8: invalid escape in string"),
+            (
+                "graph \"\\u{ffffffffffffffff}\"",
+                "1:8: invalid escape in string",
+            ),
+            (
+                "graph \"g\"\ninput %x: f32[99999999999999999999999999]",
+                "2:15: dimension `99999999999999999999999999` does not fit in 64 bits",
+            ),
+            (
+                "graph \"g\"\n%y: f32[] = silu() {a = -} role=other",
+                "2:25: expected an attribute value",
+            ),
+            (
+                "graph \"g\"\n%y: f32[] = silu() {a = .} role=other",
+                "2:25: expected an attribute value",
+            ),
+            (
+                "graph \"g\"\n%y: f32[] = silu() {a = -.e} role=other",
+                "2:25: expected an attribute value",
+            ),
+            (
+                "graph \"g\"\n%y: f32[] = silu() {a = [} role=other",
+                "2:26: expected an integer, found `}`",
+            ),
+            (
+                "graph \"g\"\n%y: f32[] = silu() {a = \"} role=other",
+                "2:25: unterminated string",
+            ),
+            (
+                "graph \"g\"\n%y: f32[] = silu() {= 1} role=other",
+                "2:21: expected an attribute name, found `=`",
+            ),
+            (
+                "graph \"g\"\n%: f32[] = silu() role=other",
+                "2:2: expected a name after `%`",
+            ),
+            ("graph \"g\"\n%y", "2:3: expected `:`, found end of line"),
+            (
+                "graph \"g\"\n%y:",
+                "2:4: expected a dtype, found end of line",
+            ),
+            (
+                "graph \"g\"\noutput",
+                "2:7: expected the output's %name or @name",
+            ),
+            (
+                "graph \"g\"\npolicy keep_high",
+                "2:17: expected `=`, found end of line",
+            ),
+            (
+                "graph \"g\"\npolicy keep_high=[",
+                "2:19: expected a role, found end of line",
+            ),
         ] {
-            assert!(parse(g).is_err(), "{g:?}");
+            let e = parse(g).unwrap_err().to_string();
+            assert!(e.contains(expected), "{g:?}: {e}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Prints a graph in the text format: a header, then one line per input, parameter, op and
 //! output, in graph order. The grammar is documented in `text/mod.rs`.
 
+use crate::policy::keys;
 use crate::{Graph, Op, ValueId};
 use std::fmt::Write;
 
@@ -45,17 +46,20 @@ pub fn print(g: &Graph) -> String {
     let _ = writeln!(out, "graph {:?}", g.name);
     let p = &g.policy;
     let keep: Vec<_> = p.keep_high.iter().map(|r| r.name()).collect();
-    let _ = writeln!(
-        out,
-        "policy keep_high=[{}] high={} fp8_format={} act_tile={} weight_block={} promote_interval={} scale_format={}",
-        keep.join(", "),
-        p.high,
-        p.fp8_format,
-        p.act_tile,
-        p.weight_block,
-        p.promote_interval,
-        p.scale_format
-    );
+    let fields = [
+        (keys::KEEP_HIGH, format!("[{}]", keep.join(", "))),
+        (keys::HIGH, p.high.to_string()),
+        (keys::FP8_FORMAT, p.fp8_format.to_string()),
+        (keys::ACT_TILE, p.act_tile.to_string()),
+        (keys::WEIGHT_BLOCK, p.weight_block.to_string()),
+        (keys::PROMOTE_INTERVAL, p.promote_interval.to_string()),
+        (keys::SCALE_FORMAT, p.scale_format.to_string()),
+    ];
+    out.push_str("policy");
+    for (key, value) in fields {
+        let _ = write!(out, " {key}={value}");
+    }
+    out.push('\n');
     for o in &p.overrides {
         let _ = writeln!(out, "override {:?} {}", o.pattern, o.dtype);
     }

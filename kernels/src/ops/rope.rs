@@ -16,19 +16,10 @@
 use super::cast::FloatFormat;
 use super::error::{OpError, check_shape};
 use dsc_ir::Attrs;
-pub use dsc_ir::rope_scaling::RopeScaling;
-use dsc_ir::rope_scaling::yarn_mscale;
+pub use dsc_ir::rope_scaling::{RopeScaling, RopeStyle};
+use dsc_ir::rope_scaling::{attr, yarn_mscale};
 use rayon::prelude::*;
 use std::f64::consts::PI;
-
-/// Which elements form a rotated pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RopeStyle {
-    /// Pairs `(2i, 2i + 1)` (DeepSeek).
-    Interleaved,
-    /// Pairs `(i, i + d/2)` (Llama, GPT-NeoX).
-    Half,
-}
 
 /// The attributes of one rope op.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,16 +38,15 @@ impl RopeParams {
     pub fn from_attrs(attrs: &Attrs) -> Result<Self, OpError> {
         let missing = |name: &str| OpError::Shape(format!("rope needs attribute `{name}`"));
         let float = |name: &str| attrs.float(name).ok_or_else(|| missing(name));
-        let style = match attrs.str("style") {
-            Some("interleaved") => RopeStyle::Interleaved,
-            Some("half") => RopeStyle::Half,
-            other => {
-                return Err(OpError::Shape(format!(
-                    "rope style must be \"interleaved\" or \"half\", got {other:?}"
-                )));
-            }
+        let style = attrs.str(attr::STYLE);
+        let Some(style) = style.and_then(RopeStyle::from_name) else {
+            return Err(OpError::Shape(format!(
+                "rope style must be \"{}\" or \"{}\", got {style:?}",
+                RopeStyle::NAMES[0],
+                RopeStyle::NAMES[1]
+            )));
         };
-        let theta = float("theta")?;
+        let theta = float(attr::THETA)?;
         let scaling = RopeScaling::from_attrs(attrs).map_err(OpError::Shape)?;
         Ok(RopeParams {
             style,

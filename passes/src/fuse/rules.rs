@@ -25,6 +25,7 @@
 use super::lang::{
     FuseAnalysis, FuseGraph, NameHint, Node, OpSpec, Sig, add_get, add_op, sig, tensor,
 };
+use dsc_ir::policy::keys;
 use dsc_ir::{Attr, Attrs, DType, OpKind, Precision};
 use egg::{Applier, Id, Pattern, PatternAst, Rewrite, SearchMatches, Subst, Symbol, Var};
 use rustc_hash::FxHashSet;
@@ -165,8 +166,11 @@ fn quant_attrs(quantize: &Attrs) -> Option<Attrs> {
     Some(
         Attrs::new()
             .with("dtype", quantize.get("dtype")?.clone())
-            .with("act_tile", Attr::Int(tile))
-            .with("scale_format", quantize.get("scale_format")?.clone()),
+            .with(keys::ACT_TILE, Attr::Int(tile))
+            .with(
+                keys::SCALE_FORMAT,
+                quantize.get(keys::SCALE_FORMAT)?.clone(),
+            ),
     )
 }
 
@@ -216,7 +220,7 @@ impl Apply for FuseGemm {
         // Promotion must be at the partial sums' interval, or the fused kernel would group K
         // differently (the verifier's shape rules already imply it).
         let promote = sig(egraph, subst[self.promote]);
-        if interval != promote.attrs.int("promote_interval") {
+        if interval != promote.attrs.int(keys::PROMOTE_INTERVAL) {
             return vec![];
         }
         let spec = OpSpec {

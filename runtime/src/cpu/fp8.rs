@@ -4,6 +4,7 @@
 use super::CpuOptions;
 use super::dispatch::{Result, codes, dims, float_result, floats, ints};
 use crate::tensor::{HostData, HostTensor};
+use dsc_ir::policy::keys;
 use dsc_ir::{DType, Graph, Op, OpKind, ScaleFormat, TensorType};
 use dsc_kernels::numerics::fp8;
 use dsc_kernels::ops::{self, FloatFormat};
@@ -26,7 +27,7 @@ fn size(op: &Op, name: &str) -> Result<usize> {
 
 fn scale_format(op: &Op) -> Result<ScaleFormat> {
     op.attrs
-        .str("scale_format")
+        .str(keys::SCALE_FORMAT)
         .and_then(ScaleFormat::parse)
         .ok_or_else(|| "missing or bad `scale_format`".to_string())
 }
@@ -167,7 +168,7 @@ pub(super) fn execute(
             }
             .map_err(err)?;
             high.round_slice(&mut y);
-            let tile = size(op, "act_tile")?;
+            let tile = size(op, keys::ACT_TILE)?;
             let q = act_quant(
                 &y,
                 in_ty(0),
@@ -272,9 +273,9 @@ fn partials(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Re
 /// FP32 accumulator, in K order — the dequantizing half of the block-scaled GEMM.
 fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
     let (tile, block, interval) = (
-        size(op, "act_tile")?,
-        size(op, "weight_block")?,
-        size(op, "promote_interval")?,
+        size(op, keys::ACT_TILE)?,
+        size(op, keys::WEIGHT_BLOCK)?,
+        size(op, keys::PROMOTE_INTERVAL)?,
     );
     let pd = dims(g.ty(op.operands[0]));
     let r = pd.len();
@@ -314,9 +315,9 @@ fn fp8_gemm(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Re
     let l = layout(xt, wt, ins.get(4).copied())?;
     let cfg = BlockGemmConfig {
         fmt: format(xt.dtype)?,
-        tile: size(op, "act_tile")?,
-        block: size(op, "weight_block")?,
-        promote_interval: size(op, "promote_interval")?,
+        tile: size(op, keys::ACT_TILE)?,
+        block: size(op, keys::WEIGHT_BLOCK)?,
+        promote_interval: size(op, keys::PROMOTE_INTERVAL)?,
         accumulator: options.accumulator,
     };
     let (xq, xs, wq, ws) = (

@@ -10,6 +10,7 @@
 use super::config::{Object, rope_fields};
 use super::emit::{Toml, TomlValue};
 use super::{ImportError, quantization};
+use crate::rope_scaling::attr;
 use serde_json::json;
 
 /// Fields of DeepSeek configs that do not change what inference computes.
@@ -252,7 +253,7 @@ fn rope_scaling(r: Option<Object>, toml: &mut Toml) -> Result<(), ImportError> {
             return Err(r.unsupported(key, "DeepSeek models scale RoPE with \"yarn\" only"));
         }
     }
-    let mut entries = vec![("type", TomlValue::Str("yarn".into()))];
+    let mut entries = vec![("type", TomlValue::Str(attr::YARN.into()))];
     let factor = r.float("factor")?.ok_or_else(|| r.missing("factor"))?;
     entries.push(("factor", TomlValue::Float(factor)));
     let orig = r

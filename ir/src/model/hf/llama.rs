@@ -9,6 +9,7 @@
 use super::config::{Object, rope_fields};
 use super::emit::{Toml, TomlValue};
 use super::{ImportError, ImportOptions, quantization};
+use crate::rope_scaling::attr;
 use serde_json::json;
 
 /// Fields of these configs that do not change what inference computes.
@@ -184,7 +185,7 @@ fn rope_scaling(r: Option<Object>, toml: &mut Toml) -> Result<(), ImportError> {
     // Read both spellings so that `finish` sees neither as unknown.
     let _ = r.str("type")?;
     let _ = r.str("rope_type")?;
-    let mut entries = vec![("type", TomlValue::Str("llama3".into()))];
+    let mut entries = vec![("type", TomlValue::Str(attr::LLAMA3.into()))];
     let factor = r.float("factor")?.ok_or_else(|| r.missing("factor"))?;
     entries.push(("factor", TomlValue::Float(factor)));
     let orig = r

@@ -16,13 +16,7 @@ use config::Object;
 pub use emit::Toml;
 
 /// An error in a config.json, at a 1-based line and column.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{line}:{col}: {message}")]
-pub struct ImportError {
-    pub line: usize,
-    pub col: usize,
-    pub message: String,
-}
+pub type ImportError = crate::LocatedError;
 
 /// What the config does not say: the shapes of the compiled graph's input and its name.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@
 use super::ImportError;
 use super::config::Object;
 use super::emit::{Toml, TomlValue};
+use crate::policy::{DEFAULT_ACT_TILE, keys};
 
 /// Reads `quantization_config`, if present, into a `[precision]` table.
 pub fn convert(root: &Object, toml: &mut Toml) -> Result<Vec<String>, ImportError> {
@@ -32,14 +33,16 @@ pub fn convert(root: &Object, toml: &mut Toml) -> Result<Vec<String>, ImportErro
         &serde_json::json!("dynamic"),
         "dsc quantizes activations per 1x128 tile at run time (\"dynamic\")",
     )?;
-    let mut entries = vec![("fp8_format", TomlValue::Str(fmt.into()))];
+    let mut entries = vec![(keys::FP8_FORMAT, TomlValue::Str(fmt.into()))];
     if let Some(v) = q.get("weight_block_size") {
         let block = v
             .as_array()
             .filter(|a| a.len() == 2 && a[0] == a[1])
             .and_then(|a| a[0].as_u64());
         match block {
-            Some(b) if b > 0 && b % 128 == 0 => entries.push(("weight_block", TomlValue::Int(b))),
+            Some(b) if b > 0 && b.is_multiple_of(u64::from(DEFAULT_ACT_TILE)) => {
+                entries.push((keys::WEIGHT_BLOCK, TomlValue::Int(b)))
+            }
             _ => {
                 return Err(q.unsupported(
                     "weight_block_size",
@@ -51,7 +54,7 @@ pub fn convert(root: &Object, toml: &mut Toml) -> Result<Vec<String>, ImportErro
     }
     match q.str("scale_fmt")? {
         None => {}
-        Some("ue8m0") => entries.push(("scale_format", TomlValue::Str("ue8m0".into()))),
+        Some("ue8m0") => entries.push((keys::SCALE_FORMAT, TomlValue::Str("ue8m0".into()))),
         Some(_) => {
             return Err(q.unsupported("scale_fmt", "the scale formats are f32 and \"ue8m0\""));
         }
