@@ -62,20 +62,80 @@ fn opt_file_tests() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// A line diff: lines only in `expected` with `-`, only in `actual` with `+`.
+/// Lines of context kept around each change in [`diff`].
+const CONTEXT: usize = 2;
+
+/// A line diff in order (a longest common subsequence of lines): lines only in `expected` with
+/// `-`, only in `actual` with `+`, and [`CONTEXT`] unchanged lines around each change with ` `;
+/// `@@ line N` starts each run, numbered as in `expected`. A moved line shows as removed at
+/// its old place and added at its new one.
 fn diff(expected: &str, actual: &str) -> String {
-    let e: Vec<_> = expected.lines().collect();
-    let a: Vec<_> = actual.lines().collect();
-    let mut out = String::new();
-    for l in &e {
-        if !a.contains(l) {
-            out.push_str(&format!("-{l}\n"));
+    let e: Vec<&str> = expected.lines().collect();
+    let a: Vec<&str> = actual.lines().collect();
+    // lcs[i][j]: the longest common subsequence of e[i..] and a[j..].
+    let mut lcs = vec![vec![0usize; a.len() + 1]; e.len() + 1];
+    for i in (0..e.len()).rev() {
+        for j in (0..a.len()).rev() {
+            lcs[i][j] = if e[i] == a[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
-    for l in &a {
-        if !e.contains(l) {
-            out.push_str(&format!("+{l}\n"));
+    // (tag, line number in expected, text), in order.
+    let mut lines: Vec<(char, usize, &str)> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < e.len() || j < a.len() {
+        if i < e.len() && j < a.len() && e[i] == a[j] {
+            lines.push((' ', i + 1, e[i]));
+            (i, j) = (i + 1, j + 1);
+        } else if i < e.len() && (j == a.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            lines.push(('-', i + 1, e[i]));
+            i += 1;
+        } else {
+            lines.push(('+', i + 1, a[j]));
+            j += 1;
         }
+    }
+    let changed: Vec<usize> = (0..lines.len()).filter(|&k| lines[k].0 != ' ').collect();
+    let shown = |k: usize| changed.iter().any(|&c| c.abs_diff(k) <= CONTEXT);
+    let mut out = String::new();
+    let mut previous: Option<usize> = None;
+    for (k, &(tag, line, text)) in lines.iter().enumerate() {
+        if !shown(k) {
+            continue;
+        }
+        if previous.is_none_or(|p| p + 1 != k) {
+            out.push_str(&format!("@@ line {line}\n"));
+        }
+        out.push_str(&format!("{tag}{text}\n"));
+        previous = Some(k);
     }
     out
+}
+
+#[test]
+fn the_diff_shows_order() {
+    // Swapped lines are the same set: a set difference would show nothing.
+    let d = diff("a\nb\nc\nd\n", "a\nc\nb\nd\n");
+    assert_eq!(d, "@@ line 1\n a\n-b\n c\n+b\n d\n");
+    // A repeated line, added once more.
+    let d = diff("x\ny\n", "x\nx\ny\n");
+    assert_eq!(d, "@@ line 1\n x\n+x\n y\n");
+    // Far-apart changes are separate runs, with context only around each.
+    let expected: String = (1..=12).map(|n| format!("{n}\n")).collect();
+    let actual: String = (1..=12)
+        .map(|n| match n {
+            2 => "two\n".to_string(),
+            11 => "eleven\n".to_string(),
+            n => format!("{n}\n"),
+        })
+        .collect();
+    let d = diff(&expected, &actual);
+    assert_eq!(
+        d,
+        "@@ line 1\n 1\n-2\n+two\n 3\n 4\n@@ line 9\n 9\n 10\n-11\n+eleven\n 12\n"
+    );
+    assert_eq!(diff("same\n", "same\n"), "");
 }

@@ -10,6 +10,7 @@ mod filetests;
 mod gpu;
 mod import;
 mod precision;
+mod rendered_errors;
 mod run;
 mod session;
 mod snapshots;

@@ -5,6 +5,7 @@
 
 use dsc_ir::{Attr, Attrs, DType};
 use dsc_kernels::ops::*;
+use dsc_kernels::rng::SplitMix64;
 
 /// Asserts `|a - b| <= tol · max(1, |b|)` elementwise.
 #[track_caller]
@@ -33,18 +34,23 @@ fn rel_close(a: &[f32], b: &[f64], tol: f64) {
     }
 }
 
+/// Asserts that `result` is an error whose message contains `expected`.
+#[track_caller]
+fn assert_err<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>, expected: &str) {
+    match result {
+        Ok(value) => panic!("expected an error containing {expected:?}, got Ok({value:?})"),
+        Err(e) => assert!(
+            e.to_string().contains(expected),
+            "the error `{e}` does not contain {expected:?}"
+        ),
+    }
+}
+
 /// Deterministic pseudo-random values in [-1, 1) (SplitMix64), so tests need no RNG crate.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
+    let mut rng = SplitMix64(seed);
     (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            ((z >> 40) as f64 / (1u64 << 23) as f64 - 1.0) as f32
-        })
+        .map(|_| ((rng.next_u64() >> 40) as f64 / (1u64 << 23) as f64 - 1.0) as f32)
         .collect()
 }
 
@@ -96,7 +102,10 @@ fn linear_by_hand() {
         linear(&[], &[], Some(&b), 2, 0, 2).unwrap(),
         [0.25, -1.0, 0.25, -1.0]
     );
-    assert!(linear(&x, &w, Some(&[0.0]), 2, 3, 2).is_err());
+    assert_err(
+        linear(&x, &w, Some(&[0.0]), 2, 3, 2),
+        "bias: expected 2 elements, got 1",
+    );
 }
 
 #[test]
@@ -174,8 +183,14 @@ fn rms_norm_rounds_the_normalized_row_before_the_weight() {
 
 #[test]
 fn rms_norm_refuses_bad_sizes() {
-    assert!(rms_norm(&[1.0; 4], &[1.0; 3], 1, 4, 1e-6, FloatFormat::F32).is_err());
-    assert!(rms_norm(&[1.0; 4], &[1.0; 4], 1, 4, 0.0, FloatFormat::F32).is_err());
+    assert_err(
+        rms_norm(&[1.0; 4], &[1.0; 3], 1, 4, 1e-6, FloatFormat::F32),
+        "weight: expected 4 elements, got 3",
+    );
+    assert_err(
+        rms_norm(&[1.0; 4], &[1.0; 4], 1, 4, 0.0, FloatFormat::F32),
+        "eps must be positive",
+    );
     assert!(
         rms_norm(&[], &[], 3, 0, 1e-6, FloatFormat::F32)
             .unwrap()
@@ -224,7 +239,7 @@ fn softmax_rows_sum_to_one_along_any_axis() {
             assert!((s - 1.0).abs() < 1e-6, "axis {axis}: row sums to {s}");
         }
     }
-    assert!(softmax(&x, &dims, 3).is_err());
+    assert_err(softmax(&x, &dims, 3), "softmax axis 3 is out of range");
 }
 
 // ---------------------------------------------------------------- elementwise
@@ -246,14 +261,17 @@ fn elementwise_by_hand() {
         swiglu(&[1.0], &[2.0], FloatFormat::Bf16).unwrap(),
         [2.0 * 0.730_468_75]
     );
-    assert!(add(&[1.0], &[1.0, 2.0]).is_err());
+    assert_err(add(&[1.0], &[1.0, 2.0]), "rhs: expected 1 elements, got 2");
     // A bias `[N]` repeats over the rows of `[M, N]`; a length that does not divide is refused.
     assert_eq!(
         add(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[10.0, 20.0, 30.0]).unwrap(),
         [11.0, 22.0, 33.0, 14.0, 25.0, 36.0]
     );
-    assert!(add(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 3.0]).is_err());
-    assert!(add(&[1.0, 2.0], &[]).is_err());
+    assert_err(
+        add(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 3.0]),
+        "rhs: expected 4 elements, got 3",
+    );
+    assert_err(add(&[1.0, 2.0], &[]), "rhs: expected 2 elements, got 0");
 }
 
 // ---------------------------------------------------------------- rope
@@ -557,7 +575,10 @@ fn rope_params_read_the_ir_attributes() {
         .with("high_freq_factor", Attr::Float(4.0));
     assert_eq!(RopeParams::from_attrs(&attrs).unwrap(), llama3());
     let attrs = Attrs::new().with("style", Attr::Str("half".into()));
-    assert!(RopeParams::from_attrs(&attrs).is_err());
+    assert_err(
+        RopeParams::from_attrs(&attrs),
+        "rope needs attribute `theta`",
+    );
 }
 
 #[test]
@@ -582,7 +603,10 @@ fn rope_bf16_intermediates_round_cos_sin_and_products() {
         .collect();
     assert_eq!(f64s(&y[8..]), want);
     assert!(cos.iter().all(|&c| r(c) == c));
-    assert!(rope(&[0.0; 6], [1, 1, 2, 3], &p, FloatFormat::F32).is_err());
+    assert_err(
+        rope(&[0.0; 6], [1, 1, 2, 3], &p, FloatFormat::F32),
+        "rope needs an even head_dim, got 3",
+    );
 }
 
 // ---------------------------------------------------------------- attention
@@ -612,7 +636,10 @@ fn attn_scores_map_query_heads_to_kv_heads() {
         kv_heads: 3,
         ..dims
     };
-    assert!(attn_scores(&q, &[0.0; 12], bad, None, 1.0, false).is_err());
+    assert_err(
+        attn_scores(&q, &[0.0; 12], bad, None, 1.0, false),
+        "does not divide the 4 query heads",
+    );
 }
 
 #[test]
@@ -671,7 +698,10 @@ fn attn_scores_causal_mask_and_rope_part() {
         kv_len: 2,
         ..dims
     };
-    assert!(attn_scores(&[1.0; 3], &[1.0; 2], dims, None, 1.0, true).is_err());
+    assert_err(
+        attn_scores(&[1.0; 3], &[1.0; 2], dims, None, 1.0, true),
+        "needs at least as many keys (2) as queries (3)",
+    );
 }
 
 #[test]
@@ -917,14 +947,23 @@ fn moe_topk_reads_attributes_and_refuses_impossible_sizes() {
     );
     let logits = [0.0; 8];
     // 1 group of 2 experts cannot supply 3; 3 groups do not divide 8; top_k 0.
-    for bad in [
-        topk(ScoreFunc::Sigmoid, 3, 4, 1),
-        topk(ScoreFunc::Sigmoid, 2, 3, 1),
-        topk(ScoreFunc::Sigmoid, 0, 1, 1),
+    for (bad, expected) in [
+        (topk(ScoreFunc::Sigmoid, 3, 4, 1), "cannot supply top_k = 3"),
+        (
+            topk(ScoreFunc::Sigmoid, 2, 3, 1),
+            "n_groups 3 must divide the 8 experts",
+        ),
+        (
+            topk(ScoreFunc::Sigmoid, 0, 1, 1),
+            "top_k 0 must be in 1..=8",
+        ),
     ] {
-        assert!(moe_topk(&logits, None, 1, 8, &bad).is_err(), "{bad:?}");
+        assert_err(moe_topk(&logits, None, 1, 8, &bad), expected);
     }
-    assert!(moe_topk(&logits, Some(&[0.0; 7]), 1, 8, &p).is_err());
+    assert_err(
+        moe_topk(&logits, Some(&[0.0; 7]), 1, 8, &p),
+        "bias: expected 8 elements, got 7",
+    );
 }
 
 #[test]
@@ -949,7 +988,10 @@ fn moe_combine_by_hand() {
     )
     .unwrap();
     assert_eq!(out, [2.0]);
-    assert!(moe_combine(&y, &w[..3], None, 2, 2, 2, FloatFormat::F32).is_err());
+    assert_err(
+        moe_combine(&y, &w[..3], None, 2, 2, 2, FloatFormat::F32),
+        "weights: expected 4 elements, got 3",
+    );
 }
 
 // ---------------------------------------------------------------- grouped_linear
@@ -981,7 +1023,10 @@ fn grouped_linear_by_hand_and_bad_index() {
         msg.contains("index 3") && msg.contains("3 experts") && msg.contains("token 0"),
         "{msg}"
     );
-    assert!(grouped_linear(&x, GroupedInput::PerToken, &w, &[-1i32, 0, 1, 1], dims).is_err());
+    assert_err(
+        grouped_linear(&x, GroupedInput::PerToken, &w, &[-1i32, 0, 1, 1], dims),
+        "expert index -1 (token 0, slot 0) is out of range",
+    );
 }
 
 #[test]
@@ -1032,7 +1077,10 @@ fn transpose_by_hand_and_round_trip() {
     let inverse = [1, 3, 0, 2];
     let out_dims = [4, 2, 5, 3];
     assert_eq!(transpose(&y, &out_dims, &inverse).unwrap(), x);
-    assert!(transpose(&x, &dims, &[0, 0, 1, 2]).is_err());
+    assert_err(
+        transpose(&x, &dims, &[0, 0, 1, 2]),
+        "is not a permutation of the axes",
+    );
 }
 
 #[test]
@@ -1051,16 +1099,22 @@ fn slice_and_concat_round_trip() {
     assert_eq!(left, [1, 3]);
     let c = concat(&[(&left[..], &[2, 1][..]), (&[7, 8][..], &[2, 1][..])], 1).unwrap();
     assert_eq!(c, [1, 7, 3, 8]);
-    assert!(slice(&x, &dims, 1, 3, 6).is_err());
-    assert!(concat(&[(&a[..], &[2, 2, 3][..]), (&b[..], &[3, 3, 2][..])], 1).is_err());
+    assert_err(
+        slice(&x, &dims, 1, 3, 6),
+        "slice 3..6 along axis 1 is out of range",
+    );
+    assert_err(
+        concat(&[(&a[..], &[2, 2, 3][..]), (&b[..], &[3, 3, 2][..])], 1),
+        "must agree in every axis but 1",
+    );
 }
 
 #[test]
 fn reshape_keeps_elements_and_checks_counts() {
     let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
     assert_eq!(reshape(&x, &[2, 3], &[3, 2]).unwrap(), x);
-    assert!(reshape(&x, &[2, 3], &[4, 2]).is_err());
-    assert!(reshape(&x, &[2, 2], &[4]).is_err());
+    assert_err(reshape(&x, &[2, 3], &[4, 2]), "element counts differ");
+    assert_err(reshape(&x, &[2, 2], &[4]), "x: expected 4 elements, got 6");
 }
 
 // ---------------------------------------------------------------- cast
@@ -1083,7 +1137,13 @@ fn round_to_uses_round_to_nearest_even() {
     let mut fs = [0.1f32];
     round_to(DType::F32, &mut fs).unwrap();
     assert_eq!(fs, [0.1]);
-    assert!(round_to(DType::F8E4M3, &mut fs).is_err());
-    assert!(round_to(DType::I32, &mut fs).is_err());
+    assert_err(
+        round_to(DType::F8E4M3, &mut fs),
+        "rounding to f8e4m3 is not a high-precision cast",
+    );
+    assert_err(
+        round_to(DType::I32, &mut fs),
+        "rounding to i32 is not a high-precision cast",
+    );
     assert_eq!(FloatFormat::of(DType::Bf16), Some(FloatFormat::Bf16));
 }

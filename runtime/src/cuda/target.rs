@@ -91,7 +91,11 @@ mod tests {
             "{e}"
         );
         // wgmma PTX for sm_90a does not run on Blackwell either.
-        assert!(check_target("sm_90a", &gpu(10, 0)).is_err());
+        let e = check_target("sm_90a", &gpu(10, 0)).unwrap_err().to_string();
+        assert!(
+            e.contains("exactly 9.0") && e.contains("compute capability 10.0"),
+            "{e}"
+        );
     }
 
     #[test]
