@@ -279,6 +279,21 @@ fn entry_names_are_stable_and_distinguish_shapes() {
     assert!(add(1000).entry().starts_with("add_"));
 }
 
+/// The entry names of every kernel of an example, with the canonical text each hashes: a change
+/// to a name (a new field, a changed value, a new canonical form) shows up in review instead of
+/// silently invalidating artifacts and caches. Renaming a Rust field or type changes nothing.
+#[test]
+fn entry_names_of_tiny_moe_are_pinned() {
+    let graph = compiled("tiny-moe");
+    let program = crate::plan::plan(&graph, Target::Sm90a).unwrap();
+    let mut lines = String::new();
+    for (entry, kernel) in &program.kernels {
+        assert_eq!(*entry, kernel.entry());
+        lines.push_str(&format!("{entry}  {}\n", kernel.canonical()));
+    }
+    insta::assert_snapshot!(lines);
+}
+
 #[test]
 fn data_movement_and_batched_matmul_kernels_assemble() {
     // What explicit model graphs may use besides the presets' ops.

@@ -7,6 +7,7 @@
 //! with the same shapes is built once (the planner dedups by [`GpuKernel::entry`]).
 
 pub mod attention;
+pub mod canonical;
 pub mod data_movement;
 pub mod elementwise;
 pub mod embedding;
@@ -27,7 +28,6 @@ pub mod softmax;
 pub mod vector_access;
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
 use dsc_ir::DType;
 use melior::Context;
@@ -183,36 +183,18 @@ impl GpuKernel {
         }
     }
 
-    /// The entry name: the spec and a hash of everything the kernel is specialized to, so equal
-    /// kernels share one entry and different ones never collide in practice.
+    /// The canonical text of the spec: the spec it implements (each names one kind of kernel),
+    /// then every field's value in order, without the fields' Rust names ([`canonical`]).
+    pub fn canonical(&self) -> String {
+        each_kernel!(self, k => canonical::canonical(k.spec(), k))
+    }
+
+    /// The entry name: the spec and a hash of its canonical text (everything the kernel is
+    /// specialized to), so equal kernels share one entry, different ones never collide in
+    /// practice, and renaming a Rust field or type changes no name.
     pub fn entry(&self) -> String {
-        let mut hasher = Fnv1a::default();
-        format!("{self:?}").hash(&mut hasher);
-        format!(
-            "{}_{:012x}",
-            self.spec(),
-            hasher.finish() & 0xffff_ffff_ffff
-        )
-    }
-}
-
-/// FNV-1a: a hash that is the same in every build and on every machine (entry names are part
-/// of the artifact).
-#[derive(Default)]
-pub(crate) struct Fnv1a(u64);
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        if self.0 == 0 {
-            self.0 = 0xcbf2_9ce4_8422_2325;
-        }
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
+        let hash = dsc_kernels::fnv::fnv1a64(self.canonical().as_bytes());
+        format!("{}_{:012x}", self.spec(), hash & 0xffff_ffff_ffff)
     }
 }
 
