@@ -64,7 +64,17 @@ struct Compound<'a> {
     close: char,
 }
 
-impl Compound<'_> {
+impl<'a> Compound<'a> {
+    /// Writes `open` and starts a compound that ends with `close`.
+    fn open(out: &'a mut Canonical, open: char, close: char) -> Self {
+        out.0.push(open);
+        Compound {
+            out,
+            first: true,
+            close,
+        }
+    }
+
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
         if !std::mem::take(&mut self.first) {
             self.out.0.push(',');
@@ -160,20 +170,10 @@ impl<'a> Serializer for &'a mut Canonical {
         self.put(')')
     }
     fn serialize_seq(self, _len: Option<usize>) -> std::result::Result<Compound<'a>, Never> {
-        self.0.push('[');
-        Ok(Compound {
-            out: self,
-            first: true,
-            close: ']',
-        })
+        Ok(Compound::open(self, '[', ']'))
     }
     fn serialize_tuple(self, _len: usize) -> std::result::Result<Compound<'a>, Never> {
-        self.0.push('(');
-        Ok(Compound {
-            out: self,
-            first: true,
-            close: ')',
-        })
+        Ok(Compound::open(self, '(', ')'))
     }
     fn serialize_tuple_struct(
         self,
@@ -193,12 +193,7 @@ impl<'a> Serializer for &'a mut Canonical {
         self.serialize_tuple(len)
     }
     fn serialize_map(self, _len: Option<usize>) -> std::result::Result<Compound<'a>, Never> {
-        self.0.push('{');
-        Ok(Compound {
-            out: self,
-            first: true,
-            close: '}',
-        })
+        Ok(Compound::open(self, '{', '}'))
     }
     fn serialize_struct(
         self,
@@ -209,13 +204,12 @@ impl<'a> Serializer for &'a mut Canonical {
     }
     fn serialize_struct_variant(
         self,
-        _name: &'static str,
-        _index: u32,
+        name: &'static str,
+        index: u32,
         variant: &'static str,
         len: usize,
     ) -> std::result::Result<Compound<'a>, Never> {
-        self.0.push_str(variant);
-        self.serialize_tuple(len)
+        self.serialize_tuple_variant(name, index, variant, len)
     }
 }
 
