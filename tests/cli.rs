@@ -204,6 +204,7 @@ fn print_after_and_timings() {
             "quantize-linears -----",
             "fold-weights -----",
             "fuse -----",
+            "fuse-attention -----",
             "cse -----",
             "dce -----"
         ]

@@ -34,6 +34,10 @@ pub enum OpKind {
     AttnScores,
     /// Weighted sum `p · v`: p `[B, H, S, T]`, v `[B, T, Hv, Dv]` (Hv divides H) → `[B, S, H, Dv]`.
     AttnValues,
+    /// Fused `attn_values(softmax(attn_scores(q, k[, q_pe, k_pe])), v)` with FlashAttention's
+    /// rounding points (online softmax over key tiles, BF16 probabilities, one division at the
+    /// end; `dsc_kernels::ops::attention`): operands q, k, v[, q_pe, k_pe] → `[B, S, H, Dv]`.
+    Attention,
     /// MoE routing: scores (sigmoid/softmax) of logits `[T, E]`, optional selection bias `[E]`,
     /// group-limited top-k, normalization, route scale → weights f32 `[T, k]`, indices i32 `[T, k]`.
     MoeTopk,
@@ -112,7 +116,7 @@ const fn arity(min: usize, max: usize) -> Arity {
 
 impl OpKind {
     /// Every op kind.
-    pub const ALL: [OpKind; 27] = [
+    pub const ALL: [OpKind; 28] = [
         OpKind::Embedding,
         OpKind::Linear,
         OpKind::Matmul,
@@ -125,6 +129,7 @@ impl OpKind {
         OpKind::Swiglu,
         OpKind::AttnScores,
         OpKind::AttnValues,
+        OpKind::Attention,
         OpKind::MoeTopk,
         OpKind::GroupedLinear,
         OpKind::MoeCombine,
@@ -157,6 +162,7 @@ impl OpKind {
             OpKind::Swiglu => "swiglu",
             OpKind::AttnScores => "attn_scores",
             OpKind::AttnValues => "attn_values",
+            OpKind::Attention => "attention",
             OpKind::MoeTopk => "moe_topk",
             OpKind::GroupedLinear => "grouped_linear",
             OpKind::MoeCombine => "moe_combine",
@@ -184,6 +190,7 @@ impl OpKind {
             Matmul => arity(2, 2),
             Rope | Softmax | Silu | Cast | Quantize | Reshape | Transpose | Slice => arity(1, 1),
             AttnScores => arity(2, 4),
+            Attention => arity(3, 5),
             MoeTopk => arity(1, 2),
             MoeCombine => arity(2, 3),
             Concat => Arity { min: 1, max: None },
@@ -227,7 +234,7 @@ impl OpKind {
                 }
             }
             Softmax => const { &[req("axis", T::Int)] },
-            AttnScores => const { &[req("scale", T::Float), req("causal", T::Bool)] },
+            AttnScores | Attention => const { &[req("scale", T::Float), req("causal", T::Bool)] },
             MoeTopk => {
                 const {
                     &[
@@ -322,9 +329,11 @@ impl OpKind {
         match self {
             OpKind::Embedding => Role::Embedding,
             OpKind::RmsNorm | OpKind::RmsNormQuant => Role::Norm,
-            OpKind::Rope | OpKind::Softmax | OpKind::AttnScores | OpKind::AttnValues => {
-                Role::Attention
-            }
+            OpKind::Rope
+            | OpKind::Softmax
+            | OpKind::AttnScores
+            | OpKind::AttnValues
+            | OpKind::Attention => Role::Attention,
             OpKind::MoeTopk => Role::Gating,
             OpKind::GroupedLinear | OpKind::MoeCombine => Role::Expert,
             OpKind::Add => Role::Residual,

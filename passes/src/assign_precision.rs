@@ -55,7 +55,7 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         RmsNorm | Softmax | MoeCombine => (p(f32, Some(f32)), Some(high)),
         Rope | Silu | Mul | Add | Swiglu => (p(f32, None), Some(high)),
         AttnScores => (p(high, Some(f32)), Some(f32)),
-        AttnValues => (p(high, Some(f32)), Some(high)),
+        AttnValues | Attention => (p(high, Some(f32)), Some(high)),
         MoeTopk => (p(f32, Some(f32)), None),
         Embedding => (p(high, None), Some(high)),
         Cast | Quantize | Dequantize => (p(f32, None), None),
@@ -84,9 +84,8 @@ fn expected_operand(op: &Op, i: usize, d: &Decision) -> Option<DType> {
     match op.kind {
         Linear | GroupedLinear => (i == 0).then_some(activation_dtype(d)),
         Matmul => Some(activation_dtype(d)),
-        RmsNorm | Rope | Silu | Mul | Add | Swiglu | AttnScores | Concat | SwigluQuant => {
-            Some(d.high)
-        }
+        RmsNorm | Rope | Silu | Mul | Add | Swiglu | AttnScores | Attention | Concat
+        | SwigluQuant => Some(d.high),
         RmsNormQuant => (i == 0).then_some(d.high),
         AttnValues => (i == 1).then_some(d.high),
         MoeTopk => (i == 0).then_some(DType::F32),

@@ -10,6 +10,7 @@ pub mod dce;
 mod error;
 pub mod fold_weights;
 pub mod fuse;
+pub mod fuse_attention;
 pub mod infer_shapes;
 pub mod manager;
 mod names;

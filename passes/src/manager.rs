@@ -67,6 +67,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::fuse::run,
     },
     Pass {
+        name: "fuse-attention",
+        summary: "fuse attn_scores -> softmax -> attn_values into one attention op (no [B, H, S, T] tensor)",
+        run: crate::fuse_attention::run,
+    },
+    Pass {
         name: "cse",
         summary: "merge ops that compute the same thing",
         run: crate::cse::run,
@@ -79,8 +84,7 @@ pub static PASSES: &[Pass] = &[
 ];
 
 /// The pipeline `dsc compile` runs by default.
-pub const DEFAULT_PIPELINE: &str =
-    "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,cse,dce";
+pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,fuse-attention,cse,dce";
 
 /// Looks a pass up by name.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

@@ -3,10 +3,10 @@
 //! lengths (not multiples of the 64-query block or the 64-key tile), causal and not, grouped
 //! heads, MLA's RoPE part with one shared key head, and extreme scores.
 
-use super::tolerance::{Rule, compare};
+use super::tolerance::{compare, rule_for};
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::attention::HeadOperand;
-use dsc_codegen::kernels::flash_attention::FlashAttention;
+use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention};
 use dsc_codegen::mlir::{KernelModule, create_context};
 use dsc_codegen::{Target, compile_to_ptx};
 use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
@@ -90,7 +90,16 @@ fn check(spec: &FlashAttention, amplitude: f32) {
         data: HostData::F32(want),
     };
 
-    for target in Target::ALL {
+    let forms = [
+        (Target::Sm90a, AttentionForm::Wgmma),
+        (Target::Sm90a, AttentionForm::MmaSync),
+        (Target::Sm89, AttentionForm::MmaSync),
+    ];
+    for (target, form) in forms {
+        let kernel = GpuKernel::FlashAttention(FlashAttention {
+            form,
+            ..spec.clone()
+        });
         let context = create_context();
         let mut module = KernelModule::new(&context, "dsc_kernels");
         let entry = kernel.entry();
@@ -118,7 +127,7 @@ fn check(spec: &FlashAttention, amplitude: f32) {
             &values,
             &LaunchOptions::default(),
         )
-        .unwrap_or_else(|e| panic!("{target}: {e}"));
+        .unwrap_or_else(|e| panic!("{target} {form:?}: {e}"));
         let mut bytes = vec![0u8; out_bytes];
         memory.read(out, &mut bytes).expect("read");
         let got: Vec<f32> = bytes
@@ -130,8 +139,12 @@ fn check(spec: &FlashAttention, amplitude: f32) {
             shape: shape.clone(),
             data: HostData::F32(got),
         };
-        if let Err(why) = compare(Rule::RelativeFrobenius(4e-3), &got, &want) {
-            panic!("{target}: {spec:?}: {why}");
+        if let Err(why) = compare(
+            rule_for(dsc_ir::OpKind::Attention, 0, DType::Bf16),
+            &got,
+            &want,
+        ) {
+            panic!("{target} {form:?}: {spec:?}: {why}");
         }
     }
 }
@@ -158,6 +171,7 @@ fn gqa(q_len: u64, kv_len: u64, causal: bool) -> FlashAttention {
         output: DType::Bf16,
         scale: 0.2,
         causal,
+        form: AttentionForm::MmaSync,
     }
 }
 
@@ -182,6 +196,7 @@ fn fused_attention_with_mla_shapes() {
         output: DType::Bf16,
         scale: 0.144,
         causal: true,
+        form: AttentionForm::MmaSync,
     };
     check(&mla, 1.0);
 }

@@ -6,9 +6,11 @@
 //!   keys −inf;
 //! - the online softmax of `dsc_kernels::ops::attention` in f32: the row max over the quad's
 //!   lanes, `α = exp(m − m')`, `p = exp(s − m')`, `l = l·α + Σ p` (per lane, summed over the
-//!   quad at the end), `O = O·α`;
+//!   quad at the end), `O = O·α`; each `exp` one `ex2.approx` of the score scaled by `log2 e`
+//!   (FlashAttention's way: the CPU reference's `exp` differs in the last f32 bits);
 //! - `O += P·V` with `P` rounded to BF16 straight from the S accumulators (the m16n8 D layout
-//!   of two adjacent key octets is the m16n8k16 A layout) and V read from a transposed tile.
+//!   of two adjacent key octets is the m16n8k16 A layout) and V's fragments gathered as 16-bit
+//!   pairs from its row-major tile (two keys of one dim per register).
 //!
 //! With causal masking a query block reads only the key tiles up to its last query's position,
 //! and the blocks of the latest queries (the most tiles) are launched first. Shared rows are
@@ -22,9 +24,10 @@ use melior::ir::{BlockLike, Type, Value};
 use serde::Serialize;
 
 use super::attention::{HeadOperand, row_index};
+use super::flash_attention_wgmma as wgmma;
 use super::mma::{mma, pack_k};
 use super::vector_access::{
-    global_load_v4, pack_bf16x2, shared_load_u32, shared_store_u16, shared_store_v4,
+    global_load_v4, pack_bf16x2, shared_load_u16_pair, shared_load_u32, shared_store_v4,
 };
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
@@ -38,11 +41,18 @@ pub const BLOCK_Q: u64 = 64;
 pub const KV_TILE: u64 = dsc_kernels::ops::ATTENTION_KV_TILE as u64;
 /// Four warps.
 pub const THREADS: u32 = 128;
-/// Static shared memory a block may use.
-const SHARED_LIMIT: u64 = 48 * 1024;
 /// Padding of every shared row, in elements.
-const PAD: u64 = 8;
+const PAD: u64 = dsc_kernels::ops::attention::ATTENTION_SHARED_PAD as u64;
 const INSTRUCTION: &str = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
+
+/// Which tensor-core instructions a block multiplies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AttentionForm {
+    /// `mma.sync m16n8k16` per warp (sm_89, and sm_90a when not upgraded).
+    MmaSync,
+    /// `wgmma.mma_async` per warpgroup ([`super::flash_attention_wgmma`], sm_90a).
+    Wgmma,
+}
 
 /// `out[b, s, h, :] = softmax_t(scores[b, h, s, t]) · v[b, t, h / group, :]`, fused.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,6 +81,8 @@ pub struct FlashAttention {
     pub scale: f32,
     /// Causal mask (keys after the query's position are −inf).
     pub causal: bool,
+    /// The instructions of the products.
+    pub form: AttentionForm,
 }
 
 impl FlashAttention {
@@ -79,9 +91,8 @@ impl FlashAttention {
         "attention"
     }
 
-    /// Whether these shapes have the tensor-core form: BF16 operands, the main head dim in
-    /// whole MMA steps (16), the RoPE and value dims in 16-byte chunks, and the tiles within
-    /// static shared memory.
+    /// Whether these shapes have the tensor-core form: BF16 operands and the head dims of
+    /// [`dsc_kernels::ops::attention_fusable`].
     pub fn supported(&self) -> Result<(), String> {
         let operands = std::iter::once(self.main).chain(self.rope);
         if operands
@@ -91,26 +102,11 @@ impl FlashAttention {
         {
             return Err("fused attention reads bf16 q, k and v".into());
         }
-        if !self.main.dim.is_multiple_of(16) {
-            return Err(format!(
-                "fused attention needs a head dim in multiples of 16, got {}",
-                self.main.dim
-            ));
-        }
-        let rope_dim = self.rope.map_or(0, |r| r.dim);
-        if !rope_dim.is_multiple_of(8) || !self.v_dim.is_multiple_of(8) || self.v_dim == 0 {
-            return Err(format!(
-                "fused attention needs rope and value dims in multiples of 8, got {rope_dim} and {}",
-                self.v_dim
-            ));
-        }
-        if self.shared_bytes() > SHARED_LIMIT {
-            return Err(format!(
-                "fused attention's K/V tiles take {} bytes of shared memory (limit {SHARED_LIMIT})",
-                self.shared_bytes()
-            ));
-        }
-        Ok(())
+        dsc_kernels::ops::attention_fusable(
+            self.main.dim as usize,
+            self.rope_dim() as usize,
+            self.v_dim as usize,
+        )
     }
 
     fn rope_dim(&self) -> u64 {
@@ -118,7 +114,7 @@ impl FlashAttention {
     }
 
     /// Score dims (main + RoPE) in whole MMA steps.
-    fn qk_padded(&self) -> u64 {
+    pub(crate) fn qk_padded(&self) -> u64 {
         (self.main.dim + self.rope_dim()).div_ceil(16) * 16
     }
 
@@ -127,18 +123,27 @@ impl FlashAttention {
         self.qk_padded() + PAD
     }
 
-    /// Elements per row (one value dim) of the transposed V tile.
+    /// Elements per row (one key) of the V tile.
     fn v_stride(&self) -> u64 {
-        KV_TILE + PAD
+        self.v_dim + PAD
     }
 
     fn k_tile_bytes(&self) -> u64 {
-        2 * KV_TILE * self.k_stride()
+        match self.form {
+            AttentionForm::MmaSync => 2 * KV_TILE * self.k_stride(),
+            AttentionForm::Wgmma => wgmma::k_tile_bytes(self),
+        }
     }
 
-    /// The K tile and the transposed V tile.
+    /// The K and V tiles (and, for wgmma, room to align them).
     pub fn shared_bytes(&self) -> u64 {
-        self.k_tile_bytes() + 2 * self.v_dim * self.v_stride()
+        match self.form {
+            AttentionForm::MmaSync => dsc_kernels::ops::attention_shared_bytes(
+                (self.main.dim + self.rope_dim()) as usize,
+                self.v_dim as usize,
+            ) as u64,
+            AttentionForm::Wgmma => wgmma::shared_bytes(self),
+        }
     }
 
     fn q_blocks(&self) -> u64 {
@@ -219,11 +224,37 @@ impl FlashAttention {
         let at = Place::new(self, e)?;
         let (b, h, qb) = (at.b, at.h, at.qb);
 
-        // Shared tiles (32-bit shared addresses).
+        // Shared tiles (32-bit shared addresses; swizzled tiles 1024-byte aligned).
         let k_smem = e.address_of(smem)?;
         let k_smem = e.trunci(k_smem, i32_type)?;
+        let k_smem = match self.form {
+            AttentionForm::MmaSync => k_smem,
+            AttentionForm::Wgmma => {
+                let k_smem = e.addi(k_smem, e.int(32, wgmma::ATOM as i64 - 1)?)?;
+                e.andi(k_smem, e.int(32, !(wgmma::ATOM as i64 - 1))?)?
+            }
+        };
         let k_bytes = e.int(32, self.k_tile_bytes() as i64)?;
         let v_smem = e.addi(k_smem, k_bytes)?;
+        // This lane's B fragment rows: row g of each tile, its words from column 2q.
+        let lane_base = |tile, stride: u64| -> Emitted<'c, 'a> {
+            let row = e.muli(at.group, e.index(stride as i64)?)?;
+            let q2 = e.muli(at.quad, e.index(2)?)?;
+            let element = e.addi(row, q2)?;
+            let bytes = e.muli(element, e.index(2)?)?;
+            let bytes = e.index_cast(bytes, i32_type)?;
+            e.addi(tile, bytes)
+        };
+        let k_lane = lane_base(k_smem, self.k_stride())?;
+        // V's B fragments gather two keys per register: this lane's keys from 2q, dim g.
+        let v_lane = {
+            let q2 = e.muli(at.quad, e.index(2)?)?;
+            let row = e.muli(q2, e.index(self.v_stride() as i64)?)?;
+            let element = e.addi(row, at.group)?;
+            let bytes = e.muli(element, e.index(2)?)?;
+            let bytes = e.index_cast(bytes, i32_type)?;
+            e.addi(v_smem, bytes)?
+        };
 
         // Q's A fragments, once: chunk c of 16 score dims, registers as in `linear_mma`.
         let q_len = e.index(self.q_len as i64)?;
@@ -255,6 +286,7 @@ impl FlashAttention {
         }
 
         let zero = e.f32(0.0)?;
+        let zero_i32 = e.int(32, 0)?;
         let neg_inf = e.f32(f32::NEG_INFINITY)?;
         let n_tiles_v = self.v_dim / 8;
         let o: Vec<[Value; 4]> = (0..n_tiles_v)
@@ -286,35 +318,47 @@ impl FlashAttention {
             e.barrier();
 
             // S = Q·Kᵀ: 8 key octets × the score dims.
-            let mut s: Vec<[Value; 4]> = vec![[zero; 4]; (KV_TILE / 8) as usize];
-            for (c, a) in q_frags.iter().enumerate() {
-                for (nt, acc) in s.iter_mut().enumerate() {
-                    let row = (nt as u64 * 8) as i64;
-                    let key = e.addi(at.group, e.index(row)?)?;
-                    let col = e.addi(e.index(16 * c as i64)?, q2)?;
-                    let b0 = self.shared_word(&e, k_smem, key, col, self.k_stride())?;
-                    let col = e.addi(col, e.index(8)?)?;
-                    let b1 = self.shared_word(&e, k_smem, key, col, self.k_stride())?;
-                    *acc = mma(&e, INSTRUCTION, *a, [b0, b1], *acc)?;
+            let mut s = match self.form {
+                AttentionForm::Wgmma => wgmma::scores(&e, &q_frags, k_smem)?,
+                AttentionForm::MmaSync => {
+                    let mut s: Vec<[Value; 4]> = vec![[zero; 4]; (KV_TILE / 8) as usize];
+                    for (c, a) in q_frags.iter().enumerate() {
+                        for (nt, acc) in s.iter_mut().enumerate() {
+                            // Key 8nt + g, score dims 16c + 2q (+ 8).
+                            let at = 2 * (8 * nt as u64 * self.k_stride() + 16 * c as u64);
+                            let b0 = shared_load_u32(&e, k_lane, at)?;
+                            let b1 = shared_load_u32(&e, k_lane, at + 16)?;
+                            *acc = mma(&e, INSTRUCTION, *a, [b0, b1], *acc)?;
+                        }
+                    }
+                    s
                 }
-            }
+            };
 
-            // Scale and mask: element i of octet nt is key t0 + 8nt + 2q + i % 2 of row i / 2.
+            // Scale (to log2 units, for ex2) and mask: element i of octet nt is key
+            // t0 + 8nt + 2q + i % 2 of row i / 2, visible when that is below the row's limit.
+            let i32_type = e.int_type(32);
+            let t_lane = e.addi(t0, q2)?;
             let kv_len = e.index(self.kv_len as i64)?;
-            let offset = e.index(self.kv_len.saturating_sub(self.q_len) as i64)?;
-            let last_key = [e.addi(rows[0], offset)?, e.addi(rows[1], offset)?];
-            let scale = e.f32(self.scale)?;
+            let offset = e.index((self.kv_len.saturating_sub(self.q_len) + 1) as i64)?;
+            let mut limit = [zero_i32; 2];
+            for (r, limit) in limit.iter_mut().enumerate() {
+                let end = if self.causal {
+                    let end = e.addi(rows[r], offset)?;
+                    e.minui(end, kv_len)?
+                } else {
+                    kv_len
+                };
+                let end = e.index_cast(end, i32_type)?;
+                let lane_start = e.index_cast(t_lane, i32_type)?;
+                *limit = e.subi(end, lane_start)?;
+            }
+            let log2_scale = e.f32(self.scale * std::f32::consts::LOG2_E)?;
             for (nt, acc) in s.iter_mut().enumerate() {
                 for (i, x) in acc.iter_mut().enumerate() {
-                    let col = e.index((8 * nt + i % 2) as i64)?;
-                    let t = e.addi(t0, col)?;
-                    let t = e.addi(t, q2)?;
-                    let mut visible = e.lt(t, kv_len)?;
-                    if self.causal {
-                        let seen = e.cmpi(CmpiPredicate::Ule, t, last_key[i / 2])?;
-                        visible = e.andi(visible, seen)?;
-                    }
-                    let scaled = e.mulf(*x, scale)?;
+                    let col = e.int(32, (8 * nt + i % 2) as i64)?;
+                    let visible = e.cmpi(CmpiPredicate::Slt, col, limit[i / 2])?;
+                    let scaled = e.mulf(*x, log2_scale)?;
                     *x = e.select(visible, scaled, neg_inf)?;
                 }
             }
@@ -339,13 +383,13 @@ impl FlashAttention {
                 let none = e.cmpf(CmpfPredicate::Oeq, m_new, neg_inf)?;
                 m_use[r] = e.select(none, zero, m_new)?;
                 let d = e.subf(m_old, m_use[r])?;
-                alpha[r] = e.exp(d)?;
+                alpha[r] = ex2(&e, d)?;
             }
             let mut sums = [zero; 2];
             for acc in s.iter_mut() {
                 for (i, x) in acc.iter_mut().enumerate() {
                     let d = e.subf(*x, m_use[i / 2])?;
-                    *x = e.exp(d)?;
+                    *x = ex2(&e, d)?;
                     sums[i / 2] = e.addf(sums[i / 2], *x)?;
                 }
             }
@@ -365,22 +409,34 @@ impl FlashAttention {
                 o_vals.push(vals);
             }
 
-            // O += P·V over the tile's 4 key chunks of 16.
-            for kc in 0..(KV_TILE / 16) as usize {
-                let (lo, hi) = (&s[2 * kc], &s[2 * kc + 1]);
-                let a = [
-                    pack_bf16x2(&e, lo[0], lo[1])?,
-                    pack_bf16x2(&e, lo[2], lo[3])?,
-                    pack_bf16x2(&e, hi[0], hi[1])?,
-                    pack_bf16x2(&e, hi[2], hi[3])?,
-                ];
-                for (nt, acc) in o_vals.iter_mut().enumerate() {
-                    let dim = e.addi(at.group, e.index((8 * nt) as i64)?)?;
-                    let col = e.addi(e.index(16 * kc as i64)?, q2)?;
-                    let b0 = self.shared_word(&e, v_smem, dim, col, self.v_stride())?;
-                    let col = e.addi(col, e.index(8)?)?;
-                    let b1 = self.shared_word(&e, v_smem, dim, col, self.v_stride())?;
-                    *acc = mma(&e, INSTRUCTION, a, [b0, b1], *acc)?;
+            // O += P·V over the tile's 4 key chunks of 16 (P rounded to BF16 from S).
+            let p: Vec<[Value; 4]> = (0..(KV_TILE / 16) as usize)
+                .map(|kc| {
+                    let (lo, hi) = (&s[2 * kc], &s[2 * kc + 1]);
+                    Ok([
+                        pack_bf16x2(&e, lo[0], lo[1])?,
+                        pack_bf16x2(&e, lo[2], lo[3])?,
+                        pack_bf16x2(&e, hi[0], hi[1])?,
+                        pack_bf16x2(&e, hi[2], hi[3])?,
+                    ])
+                })
+                .collect::<Result<_, CodegenError>>()?;
+            match self.form {
+                AttentionForm::Wgmma => {
+                    o_vals = wgmma::values(&e, self, &p, v_smem, &o_vals)?;
+                }
+                AttentionForm::MmaSync => {
+                    for (kc, a) in p.iter().enumerate() {
+                        for (nt, acc) in o_vals.iter_mut().enumerate() {
+                            // Value dim 8nt + g, keys 16kc + 2q, + 1 (b0) and + 8, + 9 (b1).
+                            let at = |key: u64| {
+                                2 * ((16 * kc as u64 + key) * self.v_stride() + 8 * nt as u64)
+                            };
+                            let b0 = shared_load_u16_pair(&e, v_lane, at(0), at(1))?;
+                            let b1 = shared_load_u16_pair(&e, v_lane, at(8), at(9))?;
+                            *acc = mma(&e, INSTRUCTION, *a, [b0, b1], *acc)?;
+                        }
+                    }
                 }
             }
             for (cells, vals) in o.iter().zip(&o_vals) {
@@ -424,26 +480,9 @@ impl FlashAttention {
         Ok(())
     }
 
-    /// The word of bf16 pair `(row, col..col + 2)` of a shared tile with `stride` elements per
-    /// row.
-    fn shared_word<'c, 'a>(
-        &self,
-        e: &Emit<'c, 'a>,
-        base: Value<'c, '_>,
-        row: Value<'c, '_>,
-        col: Value<'c, '_>,
-        stride: u64,
-    ) -> Emitted<'c, 'a> {
-        let at = e.muli(row, e.index(stride as i64)?)?;
-        let at = e.addi(at, col)?;
-        let at = e.muli(at, e.index(2)?)?;
-        let at = e.index_cast(at, e.int_type(32))?;
-        let at = e.addi(base, at)?;
-        shared_load_u32(e, at)
-    }
-
     /// Copies keys `t0 .. t0 + KV_TILE` into the K tile: row `t − t0` holds `k_nope | k_pe` and
-    /// zeros to the padded width; keys past the end are zeros. 16 bytes per thread and step.
+    /// zeros to the padded width; keys past the end are zeros. Each thread copies one 16-byte
+    /// chunk column of rows `r0`, `r0 + rows_per_step`, … (constant offsets from one address).
     fn stage_k<'c>(
         &self,
         e: &Emit<'c, '_>,
@@ -452,62 +491,68 @@ impl FlashAttention {
         t0: Value<'c, '_>,
         k_smem: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
-        let chunks_per_row = self.qk_padded() / 8;
+        let lane = StageLane::new(e, at.tid, self.qk_padded() / 8)?;
         let main_chunks = self.main.dim / 8;
-        let rope_chunks = self.rope_dim() / 8;
-        let kv_len = e.index(self.kv_len as i64)?;
-        let k_global = e.address_of(ops.k)?;
-        let pe_global = match ops.pe {
-            Some((_, k_pe)) => Some(e.address_of(k_pe)?),
-            None => None,
+        let main_chunks_v = e.index(main_chunks as i64)?;
+        let is_main = e.lt(lane.c, main_chunks_v)?;
+        let row = e.addi(t0, lane.r0)?;
+        let main_at = self.chunk_address(e, ops.k, at, row, at.kh, self.main, lane.c)?;
+        let main_row = self.main.kv_heads * self.main.dim * 2;
+        let (source, row_bytes, in_dims) = match (self.rope, ops.pe) {
+            (Some(r), Some((_, k_pe))) => {
+                let zero = e.index(0)?;
+                let c_pe = e.subi(lane.c, main_chunks_v)?;
+                let c_pe = e.select(is_main, zero, c_pe)?;
+                let pe_at = self.chunk_address(e, k_pe, at, row, at.kh_pe, r, c_pe)?;
+                let end = e.index((main_chunks + r.dim / 8) as i64)?;
+                let in_dims = e.lt(lane.c, end)?;
+                let pe_row = e.int(64, (r.kv_heads * r.dim * 2) as i64)?;
+                let main_row = e.int(64, main_row as i64)?;
+                (
+                    e.select(is_main, main_at, pe_at)?,
+                    e.select(is_main, main_row, pe_row)?,
+                    in_dims,
+                )
+            }
+            _ => (main_at, e.int(64, main_row as i64)?, is_main),
         };
-        let total = KV_TILE * chunks_per_row;
-        for step in 0..total.div_ceil(u64::from(THREADS)) {
-            let x = e.addi(at.tid, e.index((step * u64::from(THREADS)) as i64)?)?;
-            let in_tile = e.lt(x, e.index(total as i64)?)?;
-            let per_row = e.index(chunks_per_row as i64)?;
-            let row = e.divui(x, per_row)?;
-            let c = e.remui(x, per_row)?;
-            let t = e.addi(t0, row)?;
+        let eight_c = e.muli(lane.c, e.index(8)?)?;
+        let place = lane.place(e, k_smem, self.k_stride(), lane.r0, eight_c)?;
+        let kv_len = e.index(self.kv_len as i64)?;
+        for step in 0..KV_TILE.div_ceil(lane.rows_per_step) {
+            let rows = step * lane.rows_per_step;
+            let r = e.addi(lane.r0, e.index(rows as i64)?)?;
+            let t = e.addi(t0, r)?;
+            let in_tile = e.lt(r, e.index(KV_TILE as i64)?)?;
+            let in_tile = e.andi(lane.active, in_tile)?;
             let key_ok = e.lt(t, kv_len)?;
             let ok = e.andi(in_tile, key_ok)?;
-            let main_chunks_v = e.index(main_chunks as i64)?;
-            let is_main = e.lt(c, main_chunks_v)?;
-            let main_at = self.key_chunk(e, at, t, at.kh, self.main, c)?;
-            let main_at = e.addi(k_global, main_at)?;
-            let (address, ok) = match (self.rope, pe_global) {
-                (Some(r), Some(pe_global)) => {
-                    let zero = e.index(0)?;
-                    let c_pe = e.subi(c, main_chunks_v)?;
-                    let c_pe = e.select(is_main, zero, c_pe)?;
-                    let pe_at = self.key_chunk(e, at, t, at.kh_pe, r, c_pe)?;
-                    let pe_at = e.addi(pe_global, pe_at)?;
-                    let end = e.index((main_chunks + rope_chunks) as i64)?;
-                    let in_dims = e.lt(c, end)?;
-                    let ok = e.andi(ok, in_dims)?;
-                    (e.select(is_main, main_at, pe_at)?, ok)
-                }
-                _ => (main_at, e.andi(ok, is_main)?),
-            };
+            let ok = e.andi(ok, in_dims)?;
+            let step_bytes = e.int(64, rows as i64)?;
+            let step_bytes = e.muli(step_bytes, row_bytes)?;
+            let address = e.addi(source, step_bytes)?;
             let words = global_load_v4(e, address, ok)?;
             e.if_then(in_tile, |e| {
-                let place = e.muli(row, e.index(self.k_stride() as i64)?)?;
-                let c8 = e.muli(c, e.index(8)?)?;
-                let place = e.addi(place, c8)?;
-                let place = e.muli(place, e.index(2)?)?;
-                let place = e.index_cast(place, e.int_type(32))?;
-                let place = e.addi(k_smem, place)?;
+                let place = match self.form {
+                    AttentionForm::MmaSync => {
+                        let offset = e.int(32, (2 * rows * self.k_stride()) as i64)?;
+                        e.addi(place, offset)?
+                    }
+                    AttentionForm::Wgmma => wgmma::place(&e, k_smem, r, lane.c)?,
+                };
                 shared_store_v4(&e, place, words)
             })?;
         }
         Ok(())
     }
 
-    /// The byte offset of 16-byte chunk `c` of key `t`'s row of head `head` in a
-    /// `[batch, kv_len, heads, dim]` operand, as an `i64`.
-    fn key_chunk<'c, 'a>(
+    /// The global address of 16-byte chunk `c` of row `t`, head `head` of a `[batch, kv_len,
+    /// heads, dim]` BF16 operand `matrix`, as an `i64`.
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_address<'c, 'a>(
         &self,
         e: &Emit<'c, 'a>,
+        matrix: Value<'c, '_>,
         at: &Place<'c, '_>,
         t: Value<'c, '_>,
         head: Value<'c, '_>,
@@ -519,11 +564,13 @@ impl FlashAttention {
         let c8 = e.muli(c, e.index(8)?)?;
         let element = e.addi(element, c8)?;
         let bytes = e.muli(element, e.index(2)?)?;
-        e.index_cast(bytes, e.int_type(64))
+        let bytes = e.index_cast(bytes, e.int_type(64))?;
+        let base = e.address_of(matrix)?;
+        e.addi(base, bytes)
     }
 
-    /// Copies the values of keys `t0 .. t0 + KV_TILE` transposed into the V tile (row `d`,
-    /// column `t − t0`); keys past the end are zeros.
+    /// Copies the values of keys `t0 .. t0 + KV_TILE` into the V tile (row `t − t0`); keys
+    /// past the end are zeros.
     fn stage_v<'c>(
         &self,
         e: &Emit<'c, '_>,
@@ -532,49 +579,84 @@ impl FlashAttention {
         t0: Value<'c, '_>,
         v_smem: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
-        let chunks_per_row = self.v_dim / 8;
-        let kv_len = e.index(self.kv_len as i64)?;
-        let v_global = e.address_of(ops.v)?;
+        let lane = StageLane::new(e, at.tid, self.v_dim / 8)?;
         let values = HeadOperand {
             kv_heads: self.v_heads,
             dim: self.v_dim,
             dtype: self.values,
         };
-        let total = KV_TILE * chunks_per_row;
-        for step in 0..total.div_ceil(u64::from(THREADS)) {
-            let x = e.addi(at.tid, e.index((step * u64::from(THREADS)) as i64)?)?;
-            let in_tile = e.lt(x, e.index(total as i64)?)?;
-            let per_row = e.index(chunks_per_row as i64)?;
-            let row = e.divui(x, per_row)?;
-            let c = e.remui(x, per_row)?;
-            let t = e.addi(t0, row)?;
+        let row = e.addi(t0, lane.r0)?;
+        let source = self.chunk_address(e, ops.v, at, row, at.vh, values, lane.c)?;
+        let row_bytes = self.v_heads * self.v_dim * 2;
+        let eight_c = e.muli(lane.c, e.index(8)?)?;
+        let place = lane.place(e, v_smem, self.v_stride(), lane.r0, eight_c)?;
+        let kv_len = e.index(self.kv_len as i64)?;
+        for step in 0..KV_TILE.div_ceil(lane.rows_per_step) {
+            let rows = step * lane.rows_per_step;
+            let r = e.addi(lane.r0, e.index(rows as i64)?)?;
+            let t = e.addi(t0, r)?;
+            let in_tile = e.lt(r, e.index(KV_TILE as i64)?)?;
+            let in_tile = e.andi(lane.active, in_tile)?;
             let key_ok = e.lt(t, kv_len)?;
             let ok = e.andi(in_tile, key_ok)?;
-            let offset = self.key_chunk(e, at, t, at.vh, values, c)?;
-            let address = e.addi(v_global, offset)?;
+            let offset = e.int(64, (rows * row_bytes) as i64)?;
+            let address = e.addi(source, offset)?;
             let words = global_load_v4(e, address, ok)?;
             e.if_then(in_tile, |e| {
-                for (j, &word) in words.iter().enumerate() {
-                    for half in 0..2 {
-                        let value = if half == 0 {
-                            word
-                        } else {
-                            e.shrui(word, e.int(32, 16)?)?
-                        };
-                        let d = e.muli(c, e.index(8)?)?;
-                        let d = e.addi(d, e.index((2 * j + half) as i64)?)?;
-                        let place = e.muli(d, e.index(self.v_stride() as i64)?)?;
-                        let place = e.addi(place, row)?;
-                        let place = e.muli(place, e.index(2)?)?;
-                        let place = e.index_cast(place, e.int_type(32))?;
-                        let place = e.addi(v_smem, place)?;
-                        shared_store_u16(&e, place, value)?;
+                let place = match self.form {
+                    AttentionForm::MmaSync => {
+                        let offset = e.int(32, (2 * rows * self.v_stride()) as i64)?;
+                        e.addi(place, offset)?
                     }
-                }
-                Ok(())
+                    AttentionForm::Wgmma => wgmma::place(&e, v_smem, r, lane.c)?,
+                };
+                shared_store_v4(&e, place, words)
             })?;
         }
         Ok(())
+    }
+}
+
+/// A thread's part in staging a tile of `chunks_per_row` 16-byte chunks per row: chunk column
+/// `c` of rows `r0 + k · rows_per_step` (threads past `rows_per_step · chunks_per_row` idle).
+struct StageLane<'c, 'a> {
+    c: Value<'c, 'a>,
+    r0: Value<'c, 'a>,
+    active: Value<'c, 'a>,
+    rows_per_step: u64,
+}
+
+impl<'c, 'a> StageLane<'c, 'a> {
+    fn new(
+        e: &Emit<'c, 'a>,
+        tid: Value<'c, '_>,
+        chunks_per_row: u64,
+    ) -> Result<Self, CodegenError> {
+        let rows_per_step = (u64::from(THREADS) / chunks_per_row).max(1);
+        let per_row = e.index(chunks_per_row as i64)?;
+        let used = e.index((rows_per_step * chunks_per_row) as i64)?;
+        Ok(StageLane {
+            c: e.remui(tid, per_row)?,
+            r0: e.divui(tid, per_row)?,
+            active: e.lt(tid, used)?,
+            rows_per_step,
+        })
+    }
+
+    /// The shared address of element `(row, col)` of a tile with `stride` elements per row.
+    fn place(
+        &self,
+        e: &Emit<'c, 'a>,
+        tile: Value<'c, '_>,
+        stride: u64,
+        row: Value<'c, '_>,
+        col: Value<'c, '_>,
+    ) -> Emitted<'c, 'a> {
+        let at = e.muli(row, e.index(stride as i64)?)?;
+        let at = e.addi(at, col)?;
+        let at = e.muli(at, e.index(2)?)?;
+        let at = e.index_cast(at, e.int_type(32))?;
+        e.addi(tile, at)
     }
 }
 
@@ -649,4 +731,10 @@ impl<'c, 'a> Place<'c, 'a> {
             rows: [row0, row1],
         })
     }
+}
+
+/// `2^x` by `ex2.approx.ftz.f32` (one MUFU instruction; −inf gives +0), as FlashAttention
+/// takes `exp(s − m)` on log2e-scaled scores.
+fn ex2<'c, 'a>(e: &Emit<'c, 'a>, x: Value<'c, '_>) -> Emitted<'c, 'a> {
+    e.inline_asm("ex2.approx.ftz.f32 $0, $1;", "=f,f", &[x], e.f32_type())
 }

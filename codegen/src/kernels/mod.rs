@@ -12,6 +12,7 @@ pub mod data_movement;
 pub mod elementwise;
 pub mod embedding;
 pub mod flash_attention;
+pub mod flash_attention_wgmma;
 pub mod fp8_gemm;
 pub mod fp8_gemm_mma;
 pub mod fp8_gemm_wgmma;

@@ -49,20 +49,39 @@ pub fn shared_store_v4<'c>(
     Ok(())
 }
 
-/// The word at the 4-byte aligned shared address `place` (an `i32`).
-pub fn shared_load_u32<'c, 'a>(e: &Emit<'c, 'a>, place: Value<'c, '_>) -> Emitted<'c, 'a> {
-    e.inline_asm("ld.shared.u32 $0, [$1];", "=r,r", &[place], e.int_type(32))
+/// The word at the 4-byte aligned shared address `place + offset` (`place` an `i32`; the
+/// constant offset goes into the instruction, so a loop of loads needs one base register).
+pub fn shared_load_u32<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    place: Value<'c, '_>,
+    offset: u64,
+) -> Emitted<'c, 'a> {
+    e.inline_asm(
+        &format!("ld.shared.u32 $0, [$1+{offset}];"),
+        "=r,r",
+        &[place],
+        e.int_type(32),
+    )
 }
 
-/// Stores the low 16 bits of the `i32` `value` at the shared address `place` (an `i32`).
-pub fn shared_store_u16<'c>(
-    e: &Emit<'c, '_>,
+/// The 16-bit values at shared addresses `place + low` and `place + high` packed into one
+/// word (`low`'s in the low half): a B fragment register gathered across rows of a row-major
+/// tile.
+pub fn shared_load_u16_pair<'c, 'a>(
+    e: &Emit<'c, 'a>,
     place: Value<'c, '_>,
-    value: Value<'c, '_>,
-) -> Result<(), CodegenError> {
-    let half = e.trunci(value, e.int_type(16))?;
-    e.push_void(e.inline_asm_op("st.shared.u16 [$0], $1;", "r,h", &[place, half], &[])?);
-    Ok(())
+    low: u64,
+    high: u64,
+) -> Emitted<'c, 'a> {
+    e.inline_asm(
+        &format!(
+            "{{\n\t.reg .b32 lo, hi;\n\tld.shared.u16 lo, [$1+{low}];\n\t\
+             ld.shared.u16 hi, [$1+{high}];\n\tshl.b32 hi, hi, 16;\n\tor.b32 $0, lo, hi;\n\t}}"
+        ),
+        "=r,r",
+        &[place],
+        e.int_type(32),
+    )
 }
 
 /// Two f32 rounded to bf16 (nearest even) and packed into one word, `low` in the low half: the

@@ -17,6 +17,7 @@ use dsc_kernels::manifest::{
 use crate::Target;
 use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
+use crate::kernels::flash_attention::AttentionForm;
 use crate::kernels::fp8_gemm::GemmForm;
 use crate::kernels::moe_dispatch::TILE_ROWS;
 use arena::{Lifetime, plan_arena};
@@ -76,6 +77,10 @@ fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
                 block_n: crate::kernels::fp8_gemm_wgmma::block_n_for(&gemm),
             };
             GpuKernel::Fp8Gemm(gemm)
+        }
+        GpuKernel::FlashAttention(mut attention) if target == Target::Sm90a => {
+            attention.form = AttentionForm::Wgmma;
+            GpuKernel::FlashAttention(attention)
         }
         kernel => kernel,
     }

@@ -12,6 +12,7 @@ use crate::kernels::attention::{AttnScores, AttnValues, HeadOperand};
 use crate::kernels::data_movement::{Concat, Transpose};
 use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
 use crate::kernels::embedding::Embedding;
+use crate::kernels::flash_attention::{AttentionForm, FlashAttention};
 use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
 use crate::kernels::linear::Linear;
 use crate::kernels::matmul::Matmul;
@@ -274,42 +275,68 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 causal_q_len: None,
             })
         }
-        OpKind::AttnScores => {
+        OpKind::AttnScores | OpKind::Attention => {
+            // The score side: q, k and the optional q_pe, k_pe (after v in `attention`).
+            let pe_at = if op.kind == OpKind::Attention { 3 } else { 2 };
             let q = four(&dims(operand(0))).ok_or_else(|| fail("q must be rank 4".into()))?;
             let k = four(&dims(operand(1))).ok_or_else(|| fail("k must be rank 4".into()))?;
-            let rope = if op.operands.len() == 4 {
-                let k_pe =
-                    four(&dims(operand(3))).ok_or_else(|| fail("k_pe must be rank 4".into()))?;
+            let rope = if op.operands.len() == pe_at + 2 {
+                let k_pe = four(&dims(operand(pe_at + 1)))
+                    .ok_or_else(|| fail("k_pe must be rank 4".into()))?;
                 Some(HeadOperand {
                     kv_heads: k_pe[2],
                     dim: k_pe[3],
-                    dtype: ty(operand(2)).dtype,
+                    dtype: ty(operand(pe_at)).dtype,
                 })
             } else {
                 None
             };
-            if rope.is_some_and(|r| r.dtype != ty(operand(3)).dtype)
+            if rope.is_some_and(|r| r.dtype != ty(operand(pe_at + 1)).dtype)
                 || ty(operand(0)).dtype != ty(operand(1)).dtype
             {
                 return Err(fail("q and k must share a dtype".into()));
             }
-            GpuKernel::AttnScores(AttnScores {
-                batch: q[0],
-                q_len: q[1],
-                kv_len: k[1],
-                heads: q[2],
-                main: HeadOperand {
-                    kv_heads: k[2],
-                    dim: q[3],
-                    dtype: ty(operand(0)).dtype,
-                },
-                rope,
-                scale: op
-                    .attrs
-                    .float("scale")
-                    .ok_or_else(|| fail("missing `scale`".into()))? as f32,
-                causal: op.attrs.bool("causal").unwrap_or(false),
-            })
+            let main = HeadOperand {
+                kv_heads: k[2],
+                dim: q[3],
+                dtype: ty(operand(0)).dtype,
+            };
+            let scale = op
+                .attrs
+                .float("scale")
+                .ok_or_else(|| fail("missing `scale`".into()))? as f32;
+            let causal = op.attrs.bool("causal").unwrap_or(false);
+            if op.kind == OpKind::AttnScores {
+                GpuKernel::AttnScores(AttnScores {
+                    batch: q[0],
+                    q_len: q[1],
+                    kv_len: k[1],
+                    heads: q[2],
+                    main,
+                    rope,
+                    scale,
+                    causal,
+                })
+            } else {
+                let v = four(&dims(operand(2))).ok_or_else(|| fail("v must be rank 4".into()))?;
+                let fused = FlashAttention {
+                    batch: q[0],
+                    q_len: q[1],
+                    kv_len: k[1],
+                    heads: q[2],
+                    main,
+                    rope,
+                    v_heads: v[2],
+                    v_dim: v[3],
+                    values: ty(operand(2)).dtype,
+                    output: ty(result(0)).dtype,
+                    scale,
+                    causal,
+                    form: AttentionForm::MmaSync,
+                };
+                fused.supported().map_err(fail)?;
+                GpuKernel::FlashAttention(fused)
+            }
         }
         OpKind::AttnValues => {
             let p = four(&dims(operand(0))).ok_or_else(|| fail("p must be rank 4".into()))?;

@@ -204,6 +204,43 @@ pub fn attn_values(p: &[f32], v: &[f32], dims: ValueDims) -> Result<Vec<f32>, Op
 /// of exactly this many keys).
 pub const ATTENTION_KV_TILE: usize = 64;
 
+/// Elements each shared-memory row of the fused kernel's tiles is padded by (so that fragment
+/// reads of 8 rows hit distinct banks).
+pub const ATTENTION_SHARED_PAD: usize = 8;
+/// Shared memory a block of the fused kernel may use (static).
+pub const ATTENTION_SHARED_LIMIT: usize = 48 * 1024;
+
+/// Shared bytes of the fused kernel's tiles: [`ATTENTION_KV_TILE`] keys by the score dims
+/// (`head_dim + rope_dim`, padded to 16) and by the value dims, BF16, rows padded.
+pub fn attention_shared_bytes(qk_dim: usize, v_dim: usize) -> usize {
+    let k_stride = qk_dim.div_ceil(16) * 16 + ATTENTION_SHARED_PAD;
+    let v_stride = v_dim + ATTENTION_SHARED_PAD;
+    2 * ATTENTION_KV_TILE * (k_stride + v_stride)
+}
+
+/// Whether fused attention's tensor-core kernel takes these head dims: the head dim in whole
+/// MMA steps (16), the RoPE and value dims in 16-byte chunks (8), and the tiles within
+/// [`ATTENTION_SHARED_LIMIT`]. The `fuse-attention` pass fuses only such attention.
+pub fn attention_fusable(head_dim: usize, rope_dim: usize, v_dim: usize) -> Result<(), String> {
+    if head_dim == 0 || !head_dim.is_multiple_of(16) {
+        return Err(format!(
+            "fused attention needs a head dim in multiples of 16, got {head_dim}"
+        ));
+    }
+    if !rope_dim.is_multiple_of(8) || v_dim == 0 || !v_dim.is_multiple_of(8) {
+        return Err(format!(
+            "fused attention needs rope and value dims in multiples of 8, got {rope_dim} and {v_dim}"
+        ));
+    }
+    let bytes = attention_shared_bytes(head_dim + rope_dim, v_dim);
+    if bytes > ATTENTION_SHARED_LIMIT {
+        return Err(format!(
+            "fused attention's K/V tiles would take {bytes} bytes of shared memory (limit {ATTENTION_SHARED_LIMIT})"
+        ));
+    }
+    Ok(())
+}
+
 /// Sizes of fused [`attention`]: the score side as in [`ScoreDims`], and v `[batch, kv_len,
 /// v_heads, v_dim]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

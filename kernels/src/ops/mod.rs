@@ -32,8 +32,8 @@ pub mod rope;
 pub mod softmax;
 
 pub use attention::{
-    ATTENTION_KV_TILE, AttentionDims, RopeOperands, ScoreDims, ValueDims, attention, attn_scores,
-    attn_values,
+    ATTENTION_KV_TILE, AttentionDims, RopeOperands, ScoreDims, ValueDims, attention,
+    attention_fusable, attention_shared_bytes, attn_scores, attn_values,
 };
 pub use cast::{FloatFormat, round_to};
 pub use data_movement::{concat, reshape, slice, transpose};

@@ -4,7 +4,7 @@ use super::{CpuOptions, fp8};
 use crate::tensor::{HostData, HostTensor};
 use dsc_ir::{DType, Graph, Op, OpKind, TensorType};
 use dsc_kernels::ops::{self, FloatFormat, GroupedDims, GroupedInput, RopeOperands, RopeParams};
-use dsc_kernels::ops::{ScoreDims, TopkParams, ValueDims};
+use dsc_kernels::ops::{AttentionDims, ScoreDims, TopkParams, ValueDims};
 
 /// Applies a data-movement kernel (generic over the element) to whichever kind of data a
 /// tensor holds.
@@ -145,7 +145,9 @@ pub(super) fn execute(
             let fmt = format_of(out_ty(0).dtype);
             one(ops::swiglu(floats(ins[0])?, floats(ins[1])?, fmt).map_err(err)?)
         }
-        AttnScores => {
+        AttnScores | Attention => {
+            // The score side: q, k and the optional q_pe, k_pe (after v in `attention`).
+            let pe_at = if op.kind == Attention { 3 } else { 2 };
             let (q, k) = (dims(in_ty(0)), dims(in_ty(1)));
             let score_dims = ScoreDims {
                 batch: q[0],
@@ -155,11 +157,11 @@ pub(super) fn execute(
                 kv_heads: k[2],
                 head_dim: q[3],
             };
-            let pe = if ins.len() == 4 {
-                let kp = dims(in_ty(3));
+            let pe = if ins.len() == pe_at + 2 {
+                let kp = dims(in_ty(pe_at + 1));
                 Some(RopeOperands {
-                    q_pe: floats(ins[2])?,
-                    k_pe: floats(ins[3])?,
+                    q_pe: floats(ins[pe_at])?,
+                    k_pe: floats(ins[pe_at + 1])?,
                     kv_heads: kp[2],
                     dim: kp[3],
                 })
@@ -168,14 +170,21 @@ pub(super) fn execute(
             };
             let scale = op.attrs.float("scale").ok_or("missing scale")?;
             let causal = op.attrs.bool("causal").unwrap_or(false);
-            let y = ops::attn_scores(
-                floats(ins[0])?,
-                floats(ins[1])?,
-                score_dims,
-                pe,
-                scale,
-                causal,
-            );
+            let (q, k) = (floats(ins[0])?, floats(ins[1])?);
+            let y = if op.kind == AttnScores {
+                ops::attn_scores(q, k, score_dims, pe, scale, causal)
+            } else {
+                let v = dims(in_ty(2));
+                let attention_dims = AttentionDims {
+                    scores: score_dims,
+                    v_heads: v[2],
+                    v_dim: v[3],
+                };
+                // The probabilities are rounded to the dtype the PV product reads: v's.
+                let probs = format_of(in_ty(2).dtype);
+                let v = floats(ins[2])?;
+                ops::attention(q, k, v, attention_dims, pe, scale, causal, probs)
+            };
             one(y.map_err(err)?)
         }
         AttnValues => {

@@ -9,8 +9,9 @@ use dsc_kernels::Accumulator;
 use dsc_passes::{PassOptions, Pipeline};
 use std::collections::HashMap;
 
+/// The default pipeline without the FP8 `fuse` (attention is fused in both).
 const WITHOUT_FUSE: &str =
-    "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,cse,dce";
+    "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse-attention,cse,dce";
 
 fn example(name: &str) -> String {
     let path = format!("{}/../examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));

@@ -1,0 +1,31 @@
+//! Type rules of the normalizations: `rms_norm` and `softmax`.
+
+use super::{Inferred, Result, axis_of, free, need_float, need_min_rank};
+use crate::attr::Attrs;
+use crate::{OpKind, TensorType};
+
+/// `rms_norm`: `x [.., D]` scaled by `weight [D]`.
+pub(super) fn rms_norm(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let (x, w) = (ins[0], ins[1]);
+    need_float("input", x)?;
+    need_float("weight", w)?;
+    need_min_rank("input", x, 1)?;
+    if w.shape.0 != [x.shape.last()] {
+        return Err(format!(
+            "weight {w} must have shape [{}] to match input {x}",
+            x.shape.last()
+        ));
+    }
+    if attrs.float("eps").is_some_and(|e| e <= 0.0) {
+        return Err("eps must be positive".into());
+    }
+    Ok(vec![free(x.dtype, x.shape.0.clone())])
+}
+
+/// `softmax` along `axis`.
+pub(super) fn softmax(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let x = ins[0];
+    need_float("input", x)?;
+    axis_of(kind, attrs, x)?;
+    Ok(vec![free(x.dtype, x.shape.0.clone())])
+}
