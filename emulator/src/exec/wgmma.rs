@@ -661,6 +661,9 @@ mod tests {
             assert_eq!(desc_address(desc, mn, kk, 2, true).unwrap(), want);
         }
         let e = desc_address(1 << 49, 0, 0, 2, false).unwrap_err();
-        assert!(e.contains("a non-zero base offset (1) is not implemented"), "{e}");
+        assert!(
+            e.contains("a non-zero base offset (1) is not implemented"),
+            "{e}"
+        );
     }
 }
