@@ -245,7 +245,8 @@ mod tests {
         let e = compare(Rule::Ulps(1), &bf16s(&[two]), &bf16s(&[1.0])).unwrap_err();
         assert!(e.contains("2 ulps of bf16 apart"), "{e}");
         assert!(compare(Rule::Exact, &bf16s(&[-0.0]), &bf16s(&[0.0])).is_ok());
-        assert!(compare(Rule::Exact, &bf16s(&[f32::NAN]), &bf16s(&[1.0])).is_err());
+        let e = compare(Rule::Exact, &bf16s(&[f32::NAN]), &bf16s(&[1.0])).unwrap_err();
+        assert!(e.contains("NaN must match NaN"), "{e}");
         assert!(compare(Rule::Exact, &bf16s(&[f32::NAN]), &bf16s(&[f32::NAN])).is_ok());
     }
 
@@ -262,13 +263,15 @@ mod tests {
             e.contains("element 1") && e.contains("same infinity"),
             "{e}"
         );
+        let e = compare(
+            Rule::RelativeFrobenius(1e-4),
+            &f32s(&[1.0, f32::INFINITY]),
+            &masked,
+        )
+        .unwrap_err();
         assert!(
-            compare(
-                Rule::RelativeFrobenius(1e-4),
-                &f32s(&[1.0, f32::INFINITY]),
-                &masked
-            )
-            .is_err()
+            e.contains("element 1: inf vs reference -inf") && e.contains("same infinity"),
+            "{e}"
         );
     }
 
@@ -284,11 +287,21 @@ mod tests {
             )
             .is_ok()
         );
-        assert!(compare(Rule::CodesWithinOne, &codes(&[0x3a]), &codes(&[0x38])).is_err());
-        assert!(compare(Rule::Exact, &codes(&[0x39]), &codes(&[0x38])).is_err());
+        let e = compare(Rule::CodesWithinOne, &codes(&[0x3a]), &codes(&[0x38])).unwrap_err();
+        assert!(
+            e.contains("0x3a vs reference 0x38 (allowed 1 apart)"),
+            "{e}"
+        );
+        let e = compare(Rule::Exact, &codes(&[0x39]), &codes(&[0x38])).unwrap_err();
+        assert!(
+            e.contains("0x39 vs reference 0x38 (allowed 0 apart)"),
+            "{e}"
+        );
         // +0 and -0 are one code apart in magnitude order: both zero.
         assert!(compare(Rule::Exact, &codes(&[0x80]), &codes(&[0x00])).is_ok());
-        assert!(compare(Rule::CodesWithinOne, &codes(&[0x7f]), &codes(&[0x7e])).is_err());
+        // 0x7f is NaN: never within one of a number.
+        let e = compare(Rule::CodesWithinOne, &codes(&[0x7f]), &codes(&[0x7e])).unwrap_err();
+        assert!(e.contains("0x7f vs reference 0x7e"), "{e}");
     }
 
     #[test]
@@ -302,16 +315,22 @@ mod tests {
             )
             .is_ok()
         );
+        let e = compare(
+            Rule::RelativeFrobenius(1e-4),
+            &f32s(&[1.0, 2.01]),
+            &f32s(&[1.0, 2.0]),
+        )
+        .unwrap_err();
         assert!(
-            compare(
-                Rule::RelativeFrobenius(1e-4),
-                &f32s(&[1.0, 2.01]),
-                &f32s(&[1.0, 2.0])
-            )
-            .is_err()
+            e.contains("relative Frobenius error") && e.contains("(allowed 1e-4)"),
+            "{e}"
         );
         let ints = |v: &[i32]| HostTensor::from_i32(DType::I32, vec![v.len()], v.to_vec()).unwrap();
-        assert!(compare(Rule::Exact, &ints(&[1, 2]), &ints(&[1, 3])).is_err());
+        let e = compare(Rule::Exact, &ints(&[1, 2]), &ints(&[1, 3])).unwrap_err();
+        assert!(
+            e.contains("50.00% of integers equal (need 100.00%); first difference at 1: 2 vs 3"),
+            "{e}"
+        );
         assert!(compare(Rule::MostlyEqual(0.5), &ints(&[1, 2]), &ints(&[1, 3])).is_ok());
         let e = compare(Rule::Exact, &f32s(&[1.0]), &ints(&[1])).unwrap_err();
         assert!(e.contains("f32[1], the reference i32[1]"), "{e}");
