@@ -13,7 +13,6 @@ mod attention;
 mod data_movement;
 mod elementwise;
 mod fp8;
-mod fused_attention;
 mod linear;
 mod moe;
 mod norm;
@@ -177,7 +176,6 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         Mul | Swiglu => elementwise::binary(kind, ins)?,
         AttnScores => attention::attn_scores(attrs, ins)?,
         AttnValues => attention::attn_values(ins)?,
-        Attention => fused_attention::attention(attrs, ins)?,
         MoeTopk => moe::moe_topk(attrs, ins)?,
         GroupedLinear => moe::grouped_linear(ins)?,
         MoeCombine => moe::moe_combine(ins)?,
