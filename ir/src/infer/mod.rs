@@ -13,6 +13,7 @@ mod attention;
 mod data_movement;
 mod elementwise;
 mod fp8;
+mod fused_attention;
 mod linear;
 mod moe;
 mod norm;
@@ -176,6 +177,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         Mul | Swiglu => elementwise::binary(kind, ins)?,
         AttnScores => attention::attn_scores(attrs, ins)?,
         AttnValues => attention::attn_values(ins)?,
+        Attention => fused_attention::attention(attrs, ins)?,
         MoeTopk => moe::moe_topk(attrs, ins)?,
         GroupedLinear => moe::grouped_linear(ins)?,
         MoeCombine => moe::moe_combine(ins)?,
