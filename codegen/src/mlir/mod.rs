@@ -7,7 +7,6 @@
 //! to the `gpu.module` of a [`KernelModule`](kernel::KernelModule); [`crate::compile_to_ptx`]
 //! then lowers that module to one PTX module.
 
-pub mod add;
 pub mod emit;
 pub mod kernel;
 pub mod math;

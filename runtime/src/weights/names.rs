@@ -1,0 +1,51 @@
+//! Hugging Face names: a parameter's checkpoint names (one per expert for a grouped `{e}`
+//! parameter) and the decoder layers (`model.layers.{i}.…`) a graph has.
+
+use dsc_ir::Graph;
+
+use super::EXPERT;
+use crate::checkpoint::Checkpoint;
+
+/// The checkpoint names of a parameter and the shape of each: its own name and shape, or for a
+/// `{e}` name one per expert (`shape[0]` of them) of shape `shape[1..]`.
+pub fn checkpoint_names(name: &str, shape: &[usize]) -> (Vec<String>, Vec<usize>) {
+    match shape.split_first() {
+        Some((&experts, inner)) if name.contains(EXPERT) => (
+            (0..experts)
+                .map(|e| name.replace(EXPERT, &e.to_string()))
+                .collect(),
+            inner.to_vec(),
+        ),
+        _ => (vec![name.to_string()], shape.to_vec()),
+    }
+}
+
+/// The layer index of a Hugging Face tensor name `model.layers.{i}.…`.
+fn layer_of(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("model.layers.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// How many decoder layers the graph has: one more than the largest `model.layers.{i}` among
+/// its parameters (0 without any).
+pub fn layer_count(graph: &Graph) -> usize {
+    graph
+        .params
+        .iter()
+        .filter_map(|&p| layer_of(graph.name(p)))
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+/// True when `name` is a tensor of a layer at or beyond `layers` (a graph without layers has none).
+pub(super) fn is_beyond(name: &str, layers: usize) -> bool {
+    layers > 0 && layer_of(name).is_some_and(|i| i >= layers)
+}
+
+/// The checkpoint tensors of layers beyond the graph's last (see the module documentation),
+/// which [`super::load_weights`] skips.
+pub fn beyond_last_layer<'c>(graph: &Graph, ckpt: &'c Checkpoint) -> Vec<&'c str> {
+    let layers = layer_count(graph);
+    ckpt.names().filter(|n| is_beyond(n, layers)).collect()
+}
