@@ -20,7 +20,7 @@ pub fn run(args: &OptArgs) -> Result<(), Diagnostic> {
         None => print!("{text}"),
     }
     if args.pipeline.timings {
-        eprint!("{}", report::build(&graph, &timings).timings_text());
+        eprint!("{}", report::timings_text(&report::build(&graph, &timings)));
     }
     Ok(())
 }

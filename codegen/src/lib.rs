@@ -6,7 +6,7 @@
 //! The chain, end to end:
 //!
 //! ```text
-//! mlir::create_context ─► mlir::KernelModule + kernel builders (mlir::add, …)
+//! mlir::create_context ─► mlir::KernelModule + kernel builders (kernels::…)
 //!                      ─► compile_to_ptx(module, Target) ─► PTX text ─► ptxas::assemble
 //! ```
 //!
@@ -27,6 +27,7 @@ pub mod mlir;
 pub mod plan;
 pub mod ptx;
 pub mod ptxas;
+pub mod report;
 pub mod target;
 #[cfg(test)]
 mod tests;
@@ -35,4 +36,5 @@ pub use artifact::{CodegenTimings, Generated, Options, generate, generate_with};
 pub use cache::PtxCache;
 pub use error::CodegenError;
 pub use ptx::{compile_to_ptx, pipeline};
+pub use report::Report;
 pub use target::Target;
