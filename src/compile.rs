@@ -55,7 +55,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
         .map_err(|e| Diagnostic::new(format!("codegen for {target}: {e}")))?;
     let report = report::build(&graph, &timings).with_codegen(&generated);
     let text = graph.to_string();
-    let report_txt = report.to_text();
+    let report_txt = report::to_text(&report);
     let report_json = report.to_json();
     let manifest = generated.manifest.to_json();
     let mut outputs: Vec<(&str, &[u8])> = vec![
@@ -69,10 +69,21 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
         outputs.push(("kernels.mlir", mlir.as_bytes()));
     }
     write_atomically(&dir, &outputs, &inputs)?;
-    print!("{}", report.summary_text());
+    print!("{}", report::summary_text(&report));
     if args.pipeline.timings {
-        print!("{}", report.timings_text());
+        print!("{}", report::timings_text(&report));
     }
     println!("wrote {}", dir.display());
+    // The command ends here: freeing a large model's graph, artifact and report one allocation
+    // at a time would take a good part of a second; the process exit returns the memory at once.
+    std::mem::forget((
+        graph,
+        generated,
+        report,
+        text,
+        manifest,
+        report_txt,
+        report_json,
+    ));
     Ok(())
 }

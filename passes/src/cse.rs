@@ -3,57 +3,84 @@
 //! them).
 
 use crate::{PassError, PassOptions};
-use dsc_ir::{Attrs, Graph, OpKind, Precision, Role, TensorType, ValueId};
-use std::collections::HashMap;
+use dsc_ir::{Graph, Op, OpKind, Role, ValueData, ValueId};
+use rustc_hash::FxHashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 
-#[derive(PartialEq, Eq, Hash)]
-struct OpKey {
+/// What makes two ops the same computation, borrowed from the op and the graph's values.
+#[derive(PartialEq)]
+struct OpKey<'a> {
     kind: OpKind,
-    operands: Vec<ValueId>,
-    attrs: Attrs,
+    operands: &'a [ValueId],
+    attrs: &'a dsc_ir::Attrs,
     role: Role,
-    precision: Option<Precision>,
-    types: Vec<TensorType>,
+    precision: Option<dsc_ir::Precision>,
+    types: Vec<&'a dsc_ir::TensorType>,
+}
+
+impl<'a> OpKey<'a> {
+    fn of(op: &'a Op, values: &'a [ValueData]) -> Self {
+        OpKey {
+            kind: op.kind,
+            operands: &op.operands,
+            attrs: &op.attrs,
+            role: op.role,
+            precision: op.precision,
+            types: op.results.iter().map(|&r| &values[r.index()].ty).collect(),
+        }
+    }
+
+    fn hash(&self, state: &impl BuildHasher) -> u64 {
+        let mut h = state.build_hasher();
+        (
+            self.kind,
+            self.operands,
+            self.attrs,
+            self.role,
+            self.precision,
+        )
+            .hash(&mut h);
+        self.types.hash(&mut h);
+        h.finish()
+    }
 }
 
 /// Redirects uses of duplicate ops to the first occurrence and drops the duplicates.
 /// An op defining a graph output is never dropped: outputs keep their names.
 pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
-    let outputs: std::collections::HashSet<ValueId> = graph.outputs.iter().copied().collect();
-    let mut seen: HashMap<OpKey, Vec<ValueId>> = HashMap::new();
+    let mut is_output = vec![false; graph.values.len()];
+    for &v in &graph.outputs {
+        is_output[v.index()] = true;
+    }
+    // The first op of each key, found by the key's hash (the ops are compared, not cloned).
+    let hasher = rustc_hash::FxBuildHasher;
+    let mut seen: FxHashMap<u64, Vec<usize>> = FxHashMap::default();
     // Replacements apply to operands of later ops as we go, so chains of duplicates collapse
     // in one sweep.
-    let mut replace: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut replace: FxHashMap<ValueId, ValueId> = FxHashMap::default();
     let mut duplicate = vec![false; graph.ops.len()];
-    for (i, op) in graph.ops.iter_mut().enumerate() {
-        for v in &mut op.operands {
+    for i in 0..graph.ops.len() {
+        for v in &mut graph.ops[i].operands {
             if let Some(&r) = replace.get(v) {
                 *v = r;
             }
         }
-        let key = OpKey {
-            kind: op.kind,
-            operands: op.operands.clone(),
-            attrs: op.attrs.clone(),
-            role: op.role,
-            precision: op.precision,
-            types: op
-                .results
-                .iter()
-                .map(|&r| graph.values[r.index()].ty.clone())
-                .collect(),
-        };
-        match seen.get(&key) {
-            Some(first) if !op.results.iter().any(|r| outputs.contains(r)) => {
+        let op = &graph.ops[i];
+        let key = OpKey::of(op, &graph.values);
+        let hash = key.hash(&hasher);
+        let firsts = seen.entry(hash).or_default();
+        let first = firsts
+            .iter()
+            .find(|&&j| OpKey::of(&graph.ops[j], &graph.values) == key);
+        match first {
+            Some(&j) if !op.results.iter().any(|r| is_output[r.index()]) => {
                 duplicate[i] = true;
-                for (&dup, &orig) in op.results.iter().zip(first) {
+                for (&dup, &orig) in op.results.iter().zip(&graph.ops[j].results) {
                     replace.insert(dup, orig);
                 }
             }
             Some(_) => {}
-            None => {
-                seen.insert(key, op.results.clone());
-            }
+            None => firsts.push(i),
         }
     }
     let mut dup = duplicate.into_iter();
@@ -64,7 +91,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dsc_ir::{DType, GraphBuilder, TensorType};
+    use dsc_ir::{Attrs, DType, GraphBuilder, TensorType};
 
     #[test]
     fn merges_duplicates_transitively_but_never_an_output() {

@@ -31,6 +31,9 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     let mut names = NameSet::of(graph);
     let mut replace: HashMap<ValueId, ValueId> = HashMap::new();
     let mut folded = HashSet::new();
+    // Each weight's new scale parameter, placed right after it once every quantize is seen
+    // (inserting one at a time would move the rest of the list each time).
+    let mut scale_of: HashMap<ValueId, ValueId> = HashMap::new();
     for i in 0..graph.ops.len() {
         let op = &graph.ops[i];
         let w = match op.operands.first() {
@@ -54,15 +57,18 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         let (q_ty, s_ty) = (graph.ty(q).clone(), graph.ty(s).clone());
         let scale = graph.add_value(names.fresh(&scale_name(graph.name(w))), s_ty);
         graph.values[w.index()].ty = q_ty;
-        let pos = graph
-            .params
-            .iter()
-            .position(|&p| p == w)
-            .expect("w is a param");
-        graph.params.insert(pos + 1, scale);
+        scale_of.insert(w, scale);
         replace.insert(q, w);
         replace.insert(s, scale);
         folded.insert(i);
+    }
+    if !scale_of.is_empty() {
+        let mut params = Vec::with_capacity(graph.params.len() + scale_of.len());
+        for &p in &graph.params {
+            params.push(p);
+            params.extend(scale_of.get(&p));
+        }
+        graph.params = params;
     }
     for op in &mut graph.ops {
         for v in &mut op.operands {
