@@ -1,5 +1,6 @@
-//! `rope`: rotary position embedding of `x[batch, seq, heads, d]` at positions `0..seq`, one
-//! rotated pair per thread.
+//! `rope`: rotary position embedding of `x[batch, seq, heads, d]` at positions `0..seq`: one
+//! thread per (token, pair index), which computes its cos/sin once and rotates that pair in
+//! every head (adjacent threads take adjacent pairs, so each head's row is read contiguously).
 //!
 //! The inverse frequencies are computed on the host exactly as the CPU reference computes them
 //! (`RopeParams::inv_freq`, f32 as torch does) and baked into the kernel; the angle is
@@ -61,9 +62,14 @@ impl Rope {
         ]
     }
 
-    /// One thread per rotated pair.
+    /// Threads: one per (token, pair index).
+    fn threads(&self) -> u64 {
+        self.batch * self.seq * (self.dim / 2)
+    }
+
+    /// One thread per (token, pair index).
     pub fn launch(&self) -> Launch {
-        Launch::per_element(self.len() / 2)
+        Launch::per_element(self.threads())
     }
 
     /// `inv_freq[j]` for a dynamic `j`: a chain of selects over the baked constants.
@@ -85,16 +91,14 @@ impl Rope {
             module,
             entry,
             &self.params(),
-            self.len() / 2,
+            self.threads(),
             |e, args, i| {
                 let x = args[0];
                 let out = args[1];
                 let half_v = e.index(half as i64)?;
                 let j = e.remui(i, half_v)?;
-                let row = e.divui(i, half_v)?;
-                let heads = e.index(self.heads as i64)?;
+                let token = e.divui(i, half_v)?;
                 let seq = e.index(self.seq as i64)?;
-                let token = e.divui(row, heads)?;
                 let position = e.remui(token, seq)?;
                 let position = e.index_cast(position, e.int_type(32))?;
                 let position = e.sitofp(position, e.f32_type())?;
@@ -106,36 +110,38 @@ impl Rope {
                 let cos = e.round_through(cos, self.dtype)?;
                 let sin = e.mulf(sin, scaling)?;
                 let sin = e.round_through(sin, self.dtype)?;
-
-                let dim = e.index(self.dim as i64)?;
-                let base = e.muli(row, dim)?;
                 let (a, b) = match self.style {
                     RopeStyle::Interleaved => {
-                        let two = e.index(2)?;
-                        let a = e.muli(j, two)?;
-                        let one = e.index(1)?;
-                        (a, e.addi(a, one)?)
+                        let a = e.muli(j, e.index(2)?)?;
+                        (a, e.addi(a, e.index(1)?)?)
                     }
                     RopeStyle::Half => (j, e.addi(j, half_v)?),
                 };
-                let a = e.addi(base, a)?;
-                let b = e.addi(base, b)?;
-                let x1 = e.load(x, a)?;
-                let x1 = e.to_f32(x1)?;
-                let x2 = e.load(x, b)?;
-                let x2 = e.to_f32(x2)?;
-                let round = |v| e.round_through(v, self.dtype);
-                let x1c = round(e.mulf(x1, cos)?)?;
-                let x2s = round(e.mulf(x2, sin)?)?;
-                let x2c = round(e.mulf(x2, cos)?)?;
-                let x1s = round(e.mulf(x1, sin)?)?;
-                let first = e.subf(x1c, x2s)?;
-                let second = e.addf(x2c, x1s)?;
-                let first = e.round_to(first, self.dtype)?;
-                let second = e.round_to(second, self.dtype)?;
-                e.store(first, out, a);
-                e.store(second, out, b);
-                Ok(())
+                let heads = e.index(self.heads as i64)?;
+                let first_row = e.muli(token, heads)?;
+                let dim = e.index(self.dim as i64)?;
+                e.for_const(0, self.heads as i64, 1, |e, h| {
+                    let row = e.addi(first_row, h)?;
+                    let base = e.muli(row, dim)?;
+                    let a = e.addi(base, a)?;
+                    let b = e.addi(base, b)?;
+                    let x1 = e.load(x, a)?;
+                    let x1 = e.to_f32(x1)?;
+                    let x2 = e.load(x, b)?;
+                    let x2 = e.to_f32(x2)?;
+                    let round = |v| e.round_through(v, self.dtype);
+                    let x1c = round(e.mulf(x1, cos)?)?;
+                    let x2s = round(e.mulf(x2, sin)?)?;
+                    let x2c = round(e.mulf(x2, cos)?)?;
+                    let x1s = round(e.mulf(x1, sin)?)?;
+                    let first = e.subf(x1c, x2s)?;
+                    let second = e.addf(x2c, x1s)?;
+                    let first = e.round_to(first, self.dtype)?;
+                    let second = e.round_to(second, self.dtype)?;
+                    e.store(first, out, a);
+                    e.store(second, out, b);
+                    Ok(())
+                })
             },
         )
     }
