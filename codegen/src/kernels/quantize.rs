@@ -144,9 +144,9 @@ impl ActQuant {
 }
 
 /// Quantizes group `g` of `row` with one warp (`lane` in 0..32): `load(j)` gives element `j`
-/// of the row (read twice per element: once for amax, once for the code).
+/// of the row.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn quantize_group<'c, 'a>(
+fn quantize_group<'c, 'a>(
     e: &Emit<'c, 'a>,
     quant: &QuantSpec,
     dim: u64,
@@ -165,17 +165,37 @@ pub(crate) fn quantize_group<'c, 'a>(
     let first = e.addi(start, lane)?;
     let thirty_two = e.index(32)?;
 
+    // A group of up to 256 elements is held in registers (element `lane + 32k` in slot k):
+    // read (and, for swiglu, computed) once. Wider groups are read twice.
+    let slots = quant.tile.div_ceil(32);
+    let held = slots <= 8;
     let zero = e.f32(0.0)?;
-    let amax_cell = e.cell(zero)?;
-    e.for_range(first, end, thirty_two, |e, j| {
-        let v = load.element(e, j)?;
-        let magnitude = e.absf(v)?;
-        let amax = e.get(amax_cell)?;
-        let amax = e.max_skip_nan(amax, magnitude)?;
-        e.set(amax_cell, amax)
-    })?;
-    let own = e.get(amax_cell)?;
-    let amax = e.warp_reduce(own, Reduction::Max)?;
+    let mut values = Vec::new();
+    let amax = if held {
+        let mut amax = zero;
+        for k in 0..slots {
+            let j = e.addi(first, e.index((32 * k) as i64)?)?;
+            let ok = e.lt(j, end)?;
+            let safe = e.select(ok, j, start)?;
+            let v = load.element(*e, safe)?;
+            let v = e.select(ok, v, zero)?;
+            let magnitude = e.absf(v)?;
+            amax = e.max_skip_nan(amax, magnitude)?;
+            values.push((j, ok, v));
+        }
+        amax
+    } else {
+        let amax_cell = e.cell(zero)?;
+        e.for_range(first, end, thirty_two, |e, j| {
+            let v = load.element(e, j)?;
+            let magnitude = e.absf(v)?;
+            let amax = e.get(amax_cell)?;
+            let amax = e.max_skip_nan(amax, magnitude)?;
+            e.set(amax_cell, amax)
+        })?;
+        e.get(amax_cell)?
+    };
+    let amax = e.warp_reduce(amax, Reduction::Max)?;
     let s = e.scale_for(amax, quant.format, quant.scale_format)?;
 
     let zero_index = e.index(0)?;
@@ -188,6 +208,18 @@ pub(crate) fn quantize_group<'c, 'a>(
         Ok(())
     })?;
     let base = e.muli(row, dim_v)?;
+    if held {
+        for (j, ok, v) in values {
+            let q = e.divf(v, s)?;
+            let code = e.encode_fp8(q, quant.format)?;
+            e.if_then(ok, |e| {
+                let at = e.addi(base, j)?;
+                e.store(code, codes, at);
+                Ok(())
+            })?;
+        }
+        return Ok(());
+    }
     e.for_range(first, end, thirty_two, |e, j| {
         let v = load.element(e, j)?;
         let q = e.divf(v, s)?;
