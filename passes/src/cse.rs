@@ -59,7 +59,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     // in one sweep.
     let mut replace: FxHashMap<ValueId, ValueId> = FxHashMap::default();
     let mut duplicate = vec![false; graph.ops.len()];
-    for i in 0..graph.ops.len() {
+    for (i, is_duplicate) in duplicate.iter_mut().enumerate() {
         for v in &mut graph.ops[i].operands {
             if let Some(&r) = replace.get(v) {
                 *v = r;
@@ -74,7 +74,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
             .find(|&&j| OpKey::of(&graph.ops[j], &graph.values) == key);
         match first {
             Some(&j) if !op.results.iter().any(|r| is_output[r.index()]) => {
-                duplicate[i] = true;
+                *is_duplicate = true;
                 for (&dup, &orig) in op.results.iter().zip(&graph.ops[j].results) {
                     replace.insert(dup, orig);
                 }

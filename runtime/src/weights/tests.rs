@@ -1,9 +1,15 @@
 //! Tests of weight loading, saving and random weights on the tiny-moe example.
 
 use super::*;
+use crate::checkpoint::Checkpoint;
 use crate::random_weights::random_weights;
+use crate::tensor::write_safetensors;
 use crate::testutil::{compiled_graph, example_graph, scratch_dir};
+use dsc_ir::DType;
+use dsc_kernels::Fp8Format;
 use dsc_kernels::weight_quant_128x128;
+use safetensors::Dtype as StDtype;
+use std::path::Path;
 
 /// The parameter called `name`.
 fn param(graph: &Graph, name: &str) -> ValueId {
