@@ -13,17 +13,17 @@ use crate::error::CodegenError;
 
 /// Static (`.shared` declared in the kernel) shared memory per block: 48 KiB; more needs
 /// dynamic shared memory and an opt-in attribute.
-pub const STATIC_SHARED_BYTES: u64 = 48 * 1024;
+const STATIC_SHARED_BYTES: u64 = 48 * 1024;
 
 /// Threads per block.
-pub const MAX_THREADS_PER_BLOCK: u64 = 1024;
+const MAX_THREADS_PER_BLOCK: u64 = 1024;
 
 /// Blocks along each grid dimension.
-pub const MAX_GRID: [u64; 3] = [(1 << 31) - 1, 65535, 65535];
+const MAX_GRID: [u64; 3] = [(1 << 31) - 1, 65535, 65535];
 
 /// Bytes of static shared memory each entry of `ptx` declares (`.shared` variables in its
 /// body, each at its alignment).
-pub fn static_shared_bytes(ptx: &str) -> HashMap<String, u64> {
+fn static_shared_bytes(ptx: &str) -> HashMap<String, u64> {
     let mut bytes: HashMap<String, u64> = HashMap::new();
     let mut entry: Option<String> = None;
     for line in ptx.lines() {

@@ -13,13 +13,13 @@ use crate::error::CodegenError;
 use crate::target::Target;
 
 /// The environment variable naming the ptxas binary to use.
-pub const PTXAS_ENV: &str = "DSC_PTXAS";
+const PTXAS_ENV: &str = "DSC_PTXAS";
 
 /// Where `scripts/setup.sh` installs ptxas, relative to the workspace root.
-pub const LOCAL_PTXAS: &str = ".tools/cuda-nvcc/nvidia/cuda_nvcc/bin/ptxas";
+const LOCAL_PTXAS: &str = ".tools/cuda-nvcc/nvidia/cuda_nvcc/bin/ptxas";
 
 /// The workspace root this crate was built in (the parent of `codegen/`).
-pub fn workspace_root() -> PathBuf {
+fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }

@@ -33,11 +33,6 @@ impl Target {
         "+ptx84"
     }
 
-    /// The PTX ISA version emitted, as `(major, minor)`.
-    pub fn ptx_version(self) -> (u32, u32) {
-        (8, 4)
-    }
-
     /// The compute capability a device must report to run this target's code.
     pub fn compute_capability(self) -> (u32, u32) {
         match self {

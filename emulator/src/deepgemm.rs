@@ -67,7 +67,7 @@ pub struct DeepGemmKernel {
 
 /// The rows of the m-grouped layout are padded per group to this (DeepGEMM's
 /// `get_mk_alignment_for_contiguous_layout`).
-pub const GROUP_ALIGNMENT: u32 = 128;
+const GROUP_ALIGNMENT: u32 = 128;
 
 impl DeepGemmKernel {
     /// Reads the specialization from the mangled entry name and the shared memory size from

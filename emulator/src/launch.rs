@@ -63,7 +63,7 @@ pub struct LaunchOptions {
 }
 
 /// Default warp-instructions per CTA before a launch counts as hung.
-pub const DEFAULT_STEP_BUDGET: u64 = 2_000_000_000;
+const DEFAULT_STEP_BUDGET: u64 = 2_000_000_000;
 
 impl Default for LaunchOptions {
     fn default() -> Self {

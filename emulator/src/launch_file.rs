@@ -409,7 +409,7 @@ impl LaunchFile {
 
     /// The parameter values over buffers at `addresses` (by name): pointers resolved, tensor
     /// maps encoded with `cuTensorMapEncodeTiled`'s checks. An error names the parameter.
-    pub fn param_values(
+    fn param_values(
         &self,
         addresses: &BTreeMap<String, u64>,
     ) -> Result<Vec<ParamValue>, String> {
@@ -540,7 +540,7 @@ impl Buffers {
     }
 
     /// Reads every buffer back.
-    pub fn read_all(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    fn read_all(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
         self.layout
             .iter()
             .map(|(name, &(a, n))| {

@@ -21,7 +21,7 @@ pub const GLOBAL_BASE: u64 = 0x7000_0000_0000;
 pub const MODULE_VARIABLES_BASE: u64 = 0x6000_0000_0000;
 
 /// Alignment of every allocation (cudaMalloc's).
-pub const ALLOCATION_ALIGN: u64 = 256;
+const ALLOCATION_ALIGN: u64 = 256;
 
 /// Unmapped bytes between allocations.
 const GUARD_BYTES: u64 = 4096;

@@ -78,7 +78,7 @@ pub struct DeviceModel {
 
 /// Kernel launch latency the model adds to every launch: 4 µs, an **assumption**: no datasheet
 /// gives a launch latency and none was measured for this model.
-pub const LAUNCH_LATENCY_S: f64 = 4e-6;
+const LAUNCH_LATENCY_S: f64 = 4e-6;
 
 /// The fraction of the tensor-core peaks the model lets a kernel sustain: 0.695. **Calibrated**
 /// (least squares over the log error, jointly with [`DRAM_EFFICIENCY`]) on DeepGEMM's own FP8
@@ -86,11 +86,11 @@ pub const LAUNCH_LATENCY_S: f64 = 4e-6;
 /// (`docs/emulator-model.md`, `bench/results/deepgemm-calibration.md`): the datasheet peak
 /// assumes the boost clock throughout and no pipeline bubbles, which a GEMM with an
 /// unoverlapped epilogue per tile and power-limited clocks does not reach.
-pub const TENSOR_EFFICIENCY: f64 = 0.695;
+const TENSOR_EFFICIENCY: f64 = 0.695;
 
 /// The fraction of the DRAM bandwidth the model lets a kernel sustain: 0.86. **Calibrated** with
 /// [`TENSOR_EFFICIENCY`] (its memory-bound shapes: M = 64 and 128).
-pub const DRAM_EFFICIENCY: f64 = 0.86;
+const DRAM_EFFICIENCY: f64 = 0.86;
 
 impl DeviceModel {
     /// NVIDIA H100 SXM5 (80 GB).
@@ -202,7 +202,7 @@ impl DeviceModel {
     /// The rate at which the model counts tensor-core kind `kind` (`mma.m16n8k32.e4m3`,
     /// `wgmma.m64n128k32.e4m3`, …: instruction, shape, input type), FLOP/s, with a note when
     /// the kind had to be approximated.
-    pub fn tensor_rate(&self, kind: &str) -> (f64, Option<String>) {
+    fn tensor_rate(&self, kind: &str) -> (f64, Option<String>) {
         let wgmma = kind.starts_with("wgmma");
         let dtype = kind.rsplit('.').next().unwrap_or("");
         let no_wgmma = || {

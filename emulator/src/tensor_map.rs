@@ -69,13 +69,13 @@ use dsc_kernels::fnv::fnv1a32;
 pub const TENSOR_MAP_BYTES: usize = 128;
 
 /// The magic word at byte 0 of an emulator tensor map.
-pub const TENSOR_MAP_MAGIC: [u8; 4] = *b"dTMA";
+const TENSOR_MAP_MAGIC: [u8; 4] = *b"dTMA";
 
 /// The encoding's version (byte 4).
-pub const TENSOR_MAP_VERSION: u8 = 1;
+const TENSOR_MAP_VERSION: u8 = 1;
 
 /// The maximum tensor rank (`CU_TENSOR_MAP_MAX_RANK`-like: the driver documents ≤ 5).
-pub const MAX_RANK: usize = 5;
+const MAX_RANK: usize = 5;
 
 /// Declares a fieldless enum that mirrors a driver enum, with `ALL` (every value, indexed by
 /// code) and `from_code` made from its one list of variants. The codes must be 0, 1, 2, … in
@@ -102,7 +102,7 @@ macro_rules! code_enum {
             $all_vis const ALL: [$name; [$($code),+].len()] = [$($name::$variant),+];
 
             $(#[$from_meta])*
-            pub fn from_code(code: u8) -> Option<$name> {
+            fn from_code(code: u8) -> Option<$name> {
                 Self::ALL.get(code as usize).copied()
             }
         }
@@ -194,7 +194,7 @@ impl DataType {
 
     /// The little-endian bytes of the canonical quiet NaN of a floating-point type (see the
     /// module documentation), `None` for integer types.
-    pub fn nan_bytes(self) -> Option<Vec<u8>> {
+    fn nan_bytes(self) -> Option<Vec<u8>> {
         match self {
             DataType::Float16 => Some(0x7E00u16.to_le_bytes().to_vec()),
             DataType::Bfloat16 => Some(0x7FC0u16.to_le_bytes().to_vec()),
@@ -255,7 +255,7 @@ impl Swizzle {
 
     /// The period of the pattern (256, 512, 1024 bytes; 1 for none): the alignment a swizzled
     /// shared-memory tile needs.
-    pub fn repeat_bytes(self) -> u64 {
+    fn repeat_bytes(self) -> u64 {
         match self {
             Swizzle::None => 1,
             Swizzle::B32 => 256,
@@ -609,7 +609,7 @@ impl TensorMap {
     /// Elements the box holds along each dimension: `boxDim[0]` along dimension 0 (whose element
     /// stride is ignored without interleave), `ceil(boxDim[i] / elementStrides[i])` along the
     /// others.
-    pub fn box_elements(&self) -> Vec<u64> {
+    fn box_elements(&self) -> Vec<u64> {
         (0..self.rank as usize)
             .map(|i| {
                 if i == 0 && self.interleave == Interleave::None {

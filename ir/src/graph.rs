@@ -136,22 +136,6 @@ impl Graph {
         counts
     }
 
-    /// Replaces every read of `from` (operands and outputs) by `to`.
-    pub fn replace_uses(&mut self, from: ValueId, to: ValueId) {
-        for op in &mut self.ops {
-            for v in &mut op.operands {
-                if *v == from {
-                    *v = to;
-                }
-            }
-        }
-        for v in &mut self.outputs {
-            if *v == from {
-                *v = to;
-            }
-        }
-    }
-
     /// True when `v` is a parameter.
     pub fn is_param(&self, v: ValueId) -> bool {
         self.params.contains(&v)

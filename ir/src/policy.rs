@@ -208,7 +208,7 @@ impl PrecisionPolicy {
 }
 
 /// Matches `name` against a glob of `*` (any run, dots included) and `?` (one character).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
+fn glob_match(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     // Iterative matcher with one backtrack point for the last `*`: linear in practice.

@@ -17,7 +17,6 @@ use crate::error::{KernelError, check_len};
 use crate::numerics::accumulate::Accumulator;
 use crate::numerics::fp8::{self, Fp8Format};
 use crate::quantized::Fp8Operand;
-use dsc_ir::PrecisionPolicy;
 use dsc_ir::policy::{DEFAULT_ACT_TILE, DEFAULT_PROMOTE_INTERVAL, DEFAULT_WEIGHT_BLOCK};
 use rayon::prelude::*;
 
@@ -57,17 +56,6 @@ impl Default for BlockGemmConfig {
 }
 
 impl BlockGemmConfig {
-    /// The configuration a precision policy implies; `None` if its `fp8_format` is not FP8.
-    pub fn from_policy(policy: &PrecisionPolicy, accumulator: Accumulator) -> Option<Self> {
-        Some(BlockGemmConfig {
-            fmt: Fp8Format::from_dtype(policy.fp8_format)?,
-            tile: policy.act_tile as usize,
-            block: policy.weight_block as usize,
-            promote_interval: policy.promote_interval as usize,
-            accumulator,
-        })
-    }
-
     /// Checks the rules that keep every partial sum inside one scale group of both operands.
     pub fn validate(&self) -> Result<(), KernelError> {
         let depth = Accumulator::MMA_DEPTH;

@@ -41,7 +41,7 @@ pub const BLOCK_M: u64 = 64;
 /// The widest tile: one weight-scale block, so that every tile lies in one.
 pub const MAX_BLOCK_N: u64 = 128;
 /// The SMs of the Hopper parts dsc targets (H100 SXM, H200), which [`block_n_for`] fills.
-pub const SMS: u64 = 132;
+const SMS: u64 = 132;
 /// K staged per step (one activation tile, one weight-scale block).
 pub const BLOCK_K: u64 = 128;
 /// One warpgroup.

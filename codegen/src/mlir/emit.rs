@@ -18,7 +18,7 @@ use melior::ir::{
     Attribute, Block, BlockLike, Identifier, Location, Operation, Region, RegionLike, Type, Value,
 };
 
-use super::kernel::{Dimension, append_value, block_dim, block_id, index_constant, thread_id};
+use super::kernel::{Dimension, append_value, block_id, index_constant, thread_id};
 use crate::error::CodegenError;
 
 /// A reduction across threads.
@@ -435,11 +435,6 @@ impl<'c, 'a> Emit<'c, 'a> {
     /// `gpu.block_id <dimension>`.
     pub fn block_index(&self, dimension: Dimension) -> Emitted<'c, 'a> {
         block_id(self.context, self.block, dimension, self.location)
-    }
-
-    /// `gpu.block_dim x`.
-    pub fn block_size_x(&self) -> Emitted<'c, 'a> {
-        block_dim(self.context, self.block, Dimension::X, self.location)
     }
 
     /// `gpu.barrier`: every thread of the block waits, shared memory writes become visible.

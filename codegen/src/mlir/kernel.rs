@@ -49,7 +49,7 @@ impl<'c> KernelModule<'c> {
     }
 
     /// The body of the `gpu.module`, where kernels go.
-    pub fn gpu_module_body(&self) -> BlockRef<'c, '_> {
+    fn gpu_module_body(&self) -> BlockRef<'c, '_> {
         self.module
             .body()
             .first_operation()
@@ -59,7 +59,7 @@ impl<'c> KernelModule<'c> {
     }
 
     /// The entry names of the kernels added so far, in order.
-    pub fn kernel_names(&self) -> Vec<String> {
+    fn kernel_names(&self) -> Vec<String> {
         let mut names = Vec::new();
         let mut next = self.gpu_module_body().first_operation();
         while let Some(operation) = next {
@@ -155,11 +155,6 @@ impl<'c> KernelModule<'c> {
     pub fn module_mut(&mut self) -> &mut Module<'c> {
         &mut self.module
     }
-
-    /// Gives up the wrapper.
-    pub fn into_module(self) -> Module<'c> {
-        self.module
-    }
 }
 
 /// Appends `operation` to `block` and returns its single result.
@@ -236,7 +231,7 @@ pub fn block_id<'c, 'a>(
 }
 
 /// Appends `gpu.block_dim <dimension>` (an `index`).
-pub fn block_dim<'c, 'a>(
+fn block_dim<'c, 'a>(
     context: &'c Context,
     block: &'a Block<'c>,
     dimension: Dimension,

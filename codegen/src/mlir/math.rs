@@ -27,7 +27,7 @@ impl<'c, 'a> Emit<'c, 'a> {
     }
 
     /// `x` rounded to the nearest integer, ties to even, as an f32 (PTX `cvt.rni`).
-    pub fn round_even(&self, x: Value<'c, '_>) -> Emitted<'c, 'a> {
+    fn round_even(&self, x: Value<'c, '_>) -> Emitted<'c, 'a> {
         self.inline_asm("cvt.rni.f32.f32 $0, $1;", "=f,f", &[x], self.f32_type())
     }
 

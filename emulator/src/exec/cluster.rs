@@ -87,7 +87,7 @@ pub struct Cluster {
 }
 
 /// Why a thread cannot arrive at the cluster barrier.
-pub(crate) const ARRIVED_TWICE: &str =
+const ARRIVED_TWICE: &str =
     "barrier.cluster.arrive twice without a barrier.cluster.wait in between";
 
 impl Cluster {

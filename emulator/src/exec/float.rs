@@ -5,12 +5,12 @@
 use crate::ptx::decode::Rnd;
 
 /// The NaN every f32 arithmetic instruction returns.
-pub const CANONICAL_NAN_F32: u32 = 0x7fff_ffff;
+const CANONICAL_NAN_F32: u32 = 0x7fff_ffff;
 /// The NaN every f64 arithmetic instruction returns.
-pub const CANONICAL_NAN_F64: u64 = 0x7fff_ffff_ffff_ffff;
+const CANONICAL_NAN_F64: u64 = 0x7fff_ffff_ffff_ffff;
 
 /// `x + y` as an exact pair (Knuth's TwoSum).
-pub fn two_sum(x: f64, y: f64) -> (f64, f64) {
+fn two_sum(x: f64, y: f64) -> (f64, f64) {
     let s = x + y;
     let bb = s - x;
     let err = (x - (s - bb)) + (y - bb);

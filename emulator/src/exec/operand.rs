@@ -28,7 +28,7 @@ pub fn sext(v: u64, bits: u32) -> i64 {
 }
 
 /// The bits of a float literal as type `ty`.
-pub fn float_bits(f: FloatLit, ty: Ty) -> u64 {
+fn float_bits(f: FloatLit, ty: Ty) -> u64 {
     let value = match f {
         FloatLit::F32Bits(b) if ty != Ty::F64 => return u64::from(b),
         FloatLit::F64Bits(b) if ty == Ty::F64 => return b,

@@ -11,10 +11,10 @@
 use dsc_ir::policy::MMA_K;
 
 /// Fractional bits kept per term after alignment in the Hopper model (14 significant bits).
-pub const HOPPER_FRAC_BITS: i32 = 13;
+const HOPPER_FRAC_BITS: i32 = 13;
 
 /// Mantissa bits kept in the Hopper model's running accumulator (e8m13, "FP22").
-pub const HOPPER_MANT_BITS: u32 = 13;
+const HOPPER_MANT_BITS: u32 = 13;
 
 /// How products are summed inside a promotion interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

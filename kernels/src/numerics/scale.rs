@@ -8,7 +8,7 @@ use super::fp8::Fp8Format;
 use dsc_ir::ScaleFormat;
 
 /// The least amax a scale is computed from.
-pub const AMAX_FLOOR: f32 = 1e-4;
+const AMAX_FLOOR: f32 = 1e-4;
 
 /// The largest magnitude in `xs`; NaN elements are skipped (as CUDA's `fmaxf` skips them), so a
 /// NaN stays confined to its own element instead of poisoning its whole group.

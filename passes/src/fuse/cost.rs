@@ -89,7 +89,7 @@ impl<'a> KernelCost<'a> {
     }
 
     /// The cost of `enode` alone: its traffic and launch if it is a kernel.
-    pub fn own_cost(&self, enode: &Node) -> f64 {
+    fn own_cost(&self, enode: &Node) -> f64 {
         let Node::Op(kind, children) = enode else {
             return 0.0;
         };

@@ -344,7 +344,7 @@ pub fn tensor(egraph: &FuseGraph, class: Id) -> Option<&TensorType> {
 }
 
 /// Adds the signature leaf of `sig`.
-pub fn add_sig<'a, T>(egraph: &mut FuseGraph, sig: SigRef<'a, T>) -> Id
+fn add_sig<'a, T>(egraph: &mut FuseGraph, sig: SigRef<'a, T>) -> Id
 where
     T: Iterator<Item = &'a TensorType> + Clone,
 {

@@ -33,12 +33,12 @@ const PASS: &str = "fuse";
 
 /// Rounds of rewriting at most. The rules saturate in three (a cast chain of length n needs
 /// n − 1 more); the limit only stops a rule that keeps matching its own output.
-pub const ITERATION_LIMIT: usize = 16;
+const ITERATION_LIMIT: usize = 16;
 /// E-nodes at most, as a multiple of the initial e-graph (plus a constant for tiny graphs).
 /// Fusion adds at most a few nodes per op.
-pub const NODE_LIMIT_FACTOR: usize = 4;
+const NODE_LIMIT_FACTOR: usize = 4;
 /// Wall-clock limit of the rewriting (the DeepSeek-V3 graph saturates in milliseconds).
-pub const TIME_LIMIT: Duration = Duration::from_secs(2);
+const TIME_LIMIT: Duration = Duration::from_secs(2);
 
 /// Fuses kernels: see the module documentation.
 pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
