@@ -461,9 +461,9 @@ fn the_ptx_cache_changes_nothing_but_time() {
 }
 
 #[test]
-fn a_kernel_over_the_static_shared_memory_limit_is_an_error_naming_the_op() {
-    // The fused RMS norm + quantization keeps a row of 16384 f32 in shared memory: 64 KiB,
-    // more than a block may declare.
+fn a_row_too_wide_for_shared_memory_still_compiles_and_assembles() {
+    // The fused RMS norm + quantization of a row of 16384 would need 64 KiB of shared memory
+    // (more than a block may declare); it recomputes its groups instead.
     let source = "[model]\nname = \"wide\"\noutputs = [\"up\"]\n\n\
                   [[input]]\nname = \"x\"\ndtype = \"bf16\"\nshape = [2, 16384]\n\n\
                   [[op]]\nname = \"norm\"\nkind = \"rms_norm\"\ninputs = [\"x\"]\neps = 1e-6\n\n\
@@ -473,16 +473,13 @@ fn a_kernel_over_the_static_shared_memory_limit_is_an_error_naming_the_op() {
     Pipeline::default_pipeline()
         .run(&mut graph, &PassOptions::default(), |_, _| {})
         .expect("default pipeline runs");
+    let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
     for target in Target::ALL {
-        let error = generate(&graph, target, false)
-            .err()
-            .unwrap_or_else(|| panic!("{target}: a 64 KiB static shared row must be refused"))
-            .to_string();
-        assert!(
-            error.starts_with("op `up.x_q` (kernel `rms_norm_quant_")
-                && error.contains("needs 65568 bytes of static shared memory per block")
-                && error.contains(&format!("{target} allows 49152 (48 KiB)")),
-            "{error}"
-        );
+        let generated = generate(&graph, target, false)
+            .unwrap_or_else(|e| panic!("{target}: a 16384-wide row compiles: {e}"));
+        assert!(generated.ptx.contains(".entry rms_norm_quant_"), "{target}");
+        let report = ptxas::assemble(&ptxas, &generated.ptx, target)
+            .unwrap_or_else(|e| panic!("{target}: ptxas: {e}"));
+        assert_eq!(report.spill_store_bytes(), 0, "{target}");
     }
 }

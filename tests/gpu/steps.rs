@@ -192,6 +192,16 @@ fn wide_tiles_match_the_cpu_reference() {
     check_every_step("gpu-steps-wide", "tests/gpu/models/wide-mlp.toml", None);
 }
 
+/// A hidden size too wide for a row in shared memory: the fused norm recomputes its groups.
+#[test]
+fn a_row_wider_than_shared_memory_matches_the_cpu_reference() {
+    check_every_step(
+        "gpu-steps-wide-norm",
+        "tests/gpu/models/wide-norm.toml",
+        None,
+    );
+}
+
 /// The same in E5M2 with a promotion interval of 64.
 #[test]
 fn wide_tiles_in_e5m2_with_interval_64_match_the_cpu_reference() {

@@ -2,15 +2,17 @@
 //!
 //! `y = w · round(x · 1/sqrt(mean(x²) + eps))` with the statistics in f32 (DESIGN.md §3b), the
 //! normalized activation rounded to the input dtype before the weight (as Hugging Face does).
-//! The fused form keeps the row in shared memory and quantizes it in 1 × tile groups, one warp
-//! per group, exactly as `quantize` would quantize the stored `rms_norm` output.
+//! The fused form quantizes the normalized row in 1 × tile groups, one warp per group, exactly
+//! as `quantize` would quantize the stored `rms_norm` output: a row of up to
+//! [`ROW_IN_SHARED`] elements is kept in shared memory (f32), a wider one is recomputed from
+//! `x` and `w` per group (the same two roundings), so there is no limit on the hidden size.
 
 use dsc_ir::DType;
 use melior::ir::r#type::MemRefType;
 use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
 
-use super::quantize::{QuantSpec, quantize_row_groups};
+use super::quantize::{QuantSpec, RowSource, SharedRow, quantize_row_groups};
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -19,6 +21,8 @@ use crate::mlir::kernel::Dimension;
 
 /// Threads per block.
 pub const THREADS: u32 = 256;
+/// The widest row `rms_norm_quant` keeps in shared memory (32 KiB of f32).
+pub const ROW_IN_SHARED: u64 = 8192;
 const WARPS: i64 = THREADS as i64 / 32;
 
 /// RMS normalization of `rows` rows of `dim`, optionally quantized.
@@ -63,6 +67,11 @@ impl RmsNorm {
         params
     }
 
+    /// Whether the fused form keeps its row in shared memory.
+    fn row_in_shared(&self) -> bool {
+        self.quant.is_some() && self.dim <= ROW_IN_SHARED
+    }
+
     /// One block of [`THREADS`] per row.
     pub fn launch(&self) -> Launch {
         Launch::blocks(self.rows, THREADS)
@@ -77,7 +86,7 @@ impl RmsNorm {
             MemRefType::new(Type::float32(context), &[len], None, workgroup).into()
         };
         let mut shared = vec![shared_type(WARPS)];
-        if self.quant.is_some() {
+        if self.row_in_shared() {
             shared.push(shared_type(self.dim as i64));
         }
         let n_args = types.len();
@@ -117,11 +126,20 @@ impl RmsNorm {
             } else {
                 self.output
             };
-            let row_buffer = if self.quant.is_some() {
-                Some(args[n_args + 1])
-            } else {
-                None
-            };
+            let row_buffer = self.row_in_shared().then(|| args[n_args + 1]);
+            if let Some(q) = &self.quant
+                && row_buffer.is_none()
+            {
+                // Too wide for shared memory: each group recomputes its elements.
+                let load = NormalizedRow {
+                    x,
+                    w,
+                    base,
+                    inv,
+                    dtype: self.input,
+                };
+                return quantize_row_groups(&e, q, &load, row, self.dim, tid, args[2], args[3]);
+            }
             e.for_range(tid, dim, step, |e, j| {
                 let at = e.addi(base, j)?;
                 let v = e.load(x, at)?;
@@ -146,10 +164,35 @@ impl RmsNorm {
 
             if let (Some(q), Some(buffer)) = (&self.quant, row_buffer) {
                 e.barrier();
-                quantize_row_groups(&e, q, buffer, row, self.dim, tid, args[2], args[3])?;
+                let load = SharedRow { buffer };
+                quantize_row_groups(&e, q, &load, row, self.dim, tid, args[2], args[3])?;
             }
             Ok(())
         })
+    }
+}
+
+/// Element `j` of the normalized row recomputed from global memory: `round(w_j ·
+/// round(x_j · inv))` in `dtype`, as the shared-memory form stores it.
+struct NormalizedRow<'c, 'x> {
+    x: Value<'c, 'x>,
+    w: Value<'c, 'x>,
+    base: Value<'c, 'x>,
+    inv: Value<'c, 'x>,
+    dtype: DType,
+}
+
+impl<'c> RowSource<'c> for NormalizedRow<'c, '_> {
+    fn element<'b>(&self, e: Emit<'c, 'b>, j: Value<'c, 'b>) -> Emitted<'c, 'b> {
+        let at = e.addi(self.base, j)?;
+        let v = e.load(self.x, at)?;
+        let v = e.to_f32(v)?;
+        let scaled = e.mulf(v, self.inv)?;
+        let scaled = e.round_through(scaled, self.dtype)?;
+        let wv = e.load(self.w, j)?;
+        let wv = e.to_f32(wv)?;
+        let y = e.mulf(wv, scaled)?;
+        e.round_through(y, self.dtype)
     }
 }
 

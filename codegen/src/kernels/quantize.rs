@@ -230,13 +230,13 @@ fn quantize_group<'c, 'a>(
     })
 }
 
-/// Quantizes one row held in shared memory (`buffer`, f32) with the whole block: warp `w`
-/// takes groups `w, w + 8, …` (used by `rms_norm_quant`).
+/// Quantizes one row with the whole block: warp `w` takes groups `w, w + 8, …` (used by
+/// `rms_norm_quant`, whose row comes from shared memory or is recomputed).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn quantize_row_groups<'c, 'a>(
     e: &Emit<'c, 'a>,
     quant: &QuantSpec,
-    buffer: Value<'c, '_>,
+    load: &dyn RowSource<'c>,
     row: Value<'c, '_>,
     dim: u64,
     tid: Value<'c, '_>,
@@ -249,17 +249,7 @@ pub(crate) fn quantize_row_groups<'c, 'a>(
     let groups = e.index(quant.groups(dim) as i64)?;
     let warps = e.index(i64::from(super::norm::THREADS / 32))?;
     e.for_range(warp, groups, warps, |e, g| {
-        quantize_group(
-            &e,
-            quant,
-            dim,
-            row,
-            g,
-            lane,
-            &SharedRow { buffer },
-            codes,
-            scales,
-        )
+        quantize_group(&e, quant, dim, row, g, lane, load, codes, scales)
     })
 }
 
@@ -270,8 +260,8 @@ pub(crate) trait RowSource<'c> {
 }
 
 /// A row held in an f32 shared-memory buffer.
-struct SharedRow<'c, 'x> {
-    buffer: Value<'c, 'x>,
+pub(crate) struct SharedRow<'c, 'x> {
+    pub(crate) buffer: Value<'c, 'x>,
 }
 
 impl<'c> RowSource<'c> for SharedRow<'c, '_> {
