@@ -105,7 +105,12 @@ pub struct FusionCount {
 }
 
 /// The fused kinds, in the order reports list them.
-const FUSED_KINDS: [OpKind; 3] = [OpKind::Fp8Gemm, OpKind::RmsNormQuant, OpKind::SwigluQuant];
+const FUSED_KINDS: [OpKind; 4] = [
+    OpKind::Fp8Gemm,
+    OpKind::RmsNormQuant,
+    OpKind::SwigluQuant,
+    OpKind::Attention,
+];
 
 fn fusions(g: &Graph) -> Vec<FusionCount> {
     FUSED_KINDS
