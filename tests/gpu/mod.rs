@@ -11,6 +11,7 @@
 
 mod flash_attention;
 mod models;
+mod moe_routing;
 mod steps;
 pub mod tolerance;
 

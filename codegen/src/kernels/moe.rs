@@ -1,23 +1,32 @@
-//! MoE routing and combination: `moe_topk` (one thread per token) and `moe_combine` (one output
+//! MoE routing and combination: `moe_topk` (one warp per token) and `moe_combine` (one output
 //! element per thread).
 //!
-//! `moe_topk` follows the CPU reference step by step: scores (sigmoid, or softmax over the
-//! experts), selection scores `s + bias`, group scores (sum of the top two with a bias, else the
-//! top one), the best `topk_groups` groups, then the best `top_k` experts among them, ranked by
-//! selection score with NaN first and ties to the lower index; weights are the unbiased scores,
-//! normalized (`/ (Σ + 1e-20)`) when asked, times `route_scale`. The per-token arrays live in
-//! private memory (`memref.alloca`).
+//! `moe_topk` follows the CPU reference step by step, one warp per token with no per-token
+//! arrays in memory: lane `l` holds experts `l·P .. l·P + P` (`P = ⌈E / 32⌉`, 8 for 256
+//! experts) in registers. Scores (sigmoid, or softmax over the experts: a warp max, and the
+//! reference's pairwise sum over the experts in index order, gathered by shuffles), selection
+//! scores `s + bias`, group scores (sum of the top two with a bias, else the top one; one warp
+//! arg-max per group, or one segmented over each group's lanes when every group fills whole
+//! lanes), the best `topk_groups` groups, then the best `top_k` experts among them by repeated
+//! warp arg-max with shuffles, ranked by selection score with NaN first and ties to the lower
+//! index (a total order, so the butterfly gives every lane the same winner); weights are the
+//! unbiased scores, normalized (`/ (Σ + 1e-20)`, summed in the order chosen) when asked, times
+//! `route_scale`. Every value is the one the former one-thread-per-token kernel computed.
 
 use dsc_ir::DType;
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
-use melior::ir::Value;
-use melior::ir::r#type::MemRefType;
+use melior::ir::operation::OperationBuilder;
+use melior::ir::{Attribute, Identifier, Value, ValueLike};
 use serde::Serialize;
 
-use super::{Launch, Param, add_per_element_kernel};
+use super::{Launch, Param, add_per_element_kernel, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
+use crate::mlir::kernel::Dimension;
+
+/// Tokens (warps) per block of `moe_topk`.
+const TOPK_WARPS: u64 = 4;
 
 /// How router logits become scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,262 +90,436 @@ impl MoeTopk {
         params
     }
 
-    /// One thread per token.
+    /// One warp per token, [`TOPK_WARPS`] per block.
     pub fn launch(&self) -> Launch {
-        Launch::blocks(self.tokens.div_ceil(64), 64)
+        Launch::blocks(self.tokens.div_ceil(TOPK_WARPS), (32 * TOPK_WARPS) as u32)
     }
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        add_per_element_kernel(module, entry, &self.params(), self.tokens, |e, args, t| {
-            let logits = args[0];
-            let bias = self.bias.then(|| args[1]);
-            let (weights, indices) = (args[args.len() - 2], args[args.len() - 1]);
-            self.route_token(&e, t, logits, bias, weights, indices)
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        module.add_kernel(entry, &types, |block, location| {
+            let e = Emit::new(context, block, location);
+            let args = kernel_args(block, types.len())?;
+            let tid = e.thread_x()?;
+            let thirty_two = e.index(32)?;
+            let warp = e.divui(tid, thirty_two)?;
+            let lane = e.remui(tid, thirty_two)?;
+            let block_index = e.block_index(Dimension::X)?;
+            let warps = e.index(TOPK_WARPS as i64)?;
+            let first = e.muli(block_index, warps)?;
+            let t = e.addi(first, warp)?;
+            let tokens = e.index(self.tokens as i64)?;
+            let in_bounds = e.lt(t, tokens)?;
+            // The whole warp takes the branch together: its shuffles see all 32 lanes.
+            e.if_then(in_bounds, |e| {
+                let logits = args[0];
+                let bias = self.bias.then(|| args[1]);
+                let (weights, indices) = (args[args.len() - 2], args[args.len() - 1]);
+                self.route_token(&e, t, lane, logits, bias, weights, indices)
+            })
         })
     }
 
+    /// Experts per lane.
+    fn per_lane(&self) -> u64 {
+        self.experts.div_ceil(32)
+    }
+
+    /// Lanes per group when every group fills whole lanes (a power of two of them, every lane
+    /// full): the group stage is then one segmented arg-max for all groups.
+    fn lanes_per_group(&self) -> Option<u64> {
+        let p = self.per_lane();
+        let size = self.experts / self.groups.max(1);
+        (self.experts == 32 * p && size.is_multiple_of(p) && (size / p).is_power_of_two())
+            .then_some(size / p)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn route_token<'c, 'a>(
         &self,
         e: &Emit<'c, 'a>,
         t: Value<'c, '_>,
+        lane: Value<'c, '_>,
         logits: Value<'c, '_>,
         bias: Option<Value<'c, '_>>,
         weights: Value<'c, '_>,
         indices: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
+        let p = self.per_lane();
         let n = self.experts as i64;
-        let f32_array = |len: i64| -> Emitted<'c, 'a> {
-            let ty = MemRefType::new(e.f32_type(), &[len], None, None);
-            e.push(melior::dialect::memref::alloca(
-                e.context,
-                ty,
-                &[],
-                &[],
-                None,
-                e.location,
-            ))
-        };
-        let i32_array = |len: i64| -> Emitted<'c, 'a> {
-            let ty = MemRefType::new(e.int_type(32), &[len], None, None);
-            e.push(melior::dialect::memref::alloca(
-                e.context,
-                ty,
-                &[],
-                &[],
-                None,
-                e.location,
-            ))
-        };
-        let scores = f32_array(n)?;
-        let select = f32_array(n)?;
-        let taken = i32_array(n)?;
-        let group_ok = i32_array(self.groups.max(1) as i64)?;
         let experts = e.index(n)?;
         let row = e.muli(t, experts)?;
+        let i32_type = e.int_type(32);
+        let per_lane = e.index(p as i64)?;
+        let lane_first = e.muli(lane, per_lane)?;
+        let last = e.index(n - 1)?;
 
-        // Scores.
-        let neg_inf = e.f32(f32::NEG_INFINITY)?;
-        let max_cell = e.cell(neg_inf)?;
-        e.for_const(0, n, 1, |e, i| {
-            let x = e.load_f32(logits, row, i)?;
-            let s = match self.scoring {
-                Scoring::Sigmoid => e.sigmoid(x)?,
-                Scoring::Softmax => x,
+        // This lane's experts: index, whether real, logit.
+        let mut ids = Vec::new();
+        let mut real = Vec::new();
+        let mut scores = Vec::new();
+        for s in 0..p {
+            let offset = e.index(s as i64)?;
+            let x = e.addi(lane_first, offset)?;
+            let x_real = e.lt(x, experts)?;
+            let safe = e.minui(x, last)?;
+            let logit = e.load_f32(logits, row, safe)?;
+            let score = match self.scoring {
+                Scoring::Sigmoid => e.sigmoid(logit)?,
+                Scoring::Softmax => logit,
             };
-            e.store(s, scores, i);
-            let zero_i = e.int(32, 0)?;
-            e.store(zero_i, taken, i);
-            let m = e.get(max_cell)?;
-            let m = e.max_skip_nan(m, s)?;
-            e.set(max_cell, m)
-        })?;
-        if self.scoring == Scoring::Softmax {
-            let max = e.get(max_cell)?;
-            e.for_const(0, n, 1, |e, i| {
-                let x = e.load(scores, i)?;
-                let shifted = e.subf(x, max)?;
-                let p = e.exp(shifted)?;
-                e.store(p, scores, i);
-                Ok(())
-            })?;
-            let sum = pairwise_sum(e, scores, 0, self.experts)?;
-            let all_masked = e.cmpf(CmpfPredicate::Oeq, max, neg_inf)?;
-            e.for_const(0, n, 1, |e, i| {
-                let p = e.load(scores, i)?;
-                let p = e.divf(p, sum)?;
-                let zero = e.f32(0.0)?;
-                let p = e.select(all_masked, zero, p)?;
-                e.store(p, scores, i);
-                Ok(())
-            })?;
+            ids.push(e.index_cast(safe, i32_type)?);
+            real.push(x_real);
+            scores.push(score);
         }
-        e.for_const(0, n, 1, |e, i| {
-            let s = e.load(scores, i)?;
+        if self.scoring == Scoring::Softmax {
+            scores = self.softmax(e, &scores, &real)?;
+        }
+        let mut select = Vec::new();
+        for s in 0..p as usize {
             let b = match bias {
-                Some(bias) => e.load(bias, i)?,
+                Some(bias) => {
+                    let at = e.index_cast(ids[s], e.index_type())?;
+                    e.load(bias, at)?
+                }
                 None => e.f32(0.0)?,
             };
-            let v = e.addf(s, b)?;
-            e.store(v, select, i);
-            Ok(())
-        })?;
-
-        // Groups.
-        let group_size = self.experts / self.groups.max(1);
-        let one_i = e.int(32, 1)?;
-        if self.groups > 1 {
-            let group_scores = f32_array(self.groups as i64)?;
-            let group_taken = i32_array(self.groups as i64)?;
-            for g in 0..self.groups {
-                let start = (g * group_size) as i64;
-                let end = start + group_size as i64;
-                let first = argbest(e, select, start, end, None, None)?;
-                let top1 = e.load(select, first)?;
-                let zero = e.f32(0.0)?;
-                let score = if self.bias {
-                    let second = argbest(e, select, start, end, Some(first), None)?;
-                    let top2 = e.load(select, second)?;
-                    let s = e.addf(zero, top1)?;
-                    e.addf(s, top2)?
-                } else {
-                    top1
-                };
-                let at = e.index(g as i64)?;
-                e.store(score, group_scores, at);
-                let zero_i = e.int(32, 0)?;
-                e.store(zero_i, group_taken, at);
-                e.store(zero_i, group_ok, at);
-            }
-            for _ in 0..self.topk_groups {
-                let best = argbest(
-                    e,
-                    group_scores,
-                    0,
-                    self.groups as i64,
-                    None,
-                    Some(group_taken),
-                )?;
-                e.store(one_i, group_taken, best);
-                e.store(one_i, group_ok, best);
-            }
-            // Experts of dropped groups count as taken.
-            e.for_const(0, n, 1, |e, i| {
-                let size = e.index(group_size as i64)?;
-                let g = e.divui(i, size)?;
-                let ok = e.load(group_ok, g)?;
-                let one = e.int(32, 1)?;
-                let dropped = e.subi(one, ok)?;
-                e.store(dropped, taken, i);
-                Ok(())
-            })?;
+            select.push(e.addf(scores[s], b)?);
         }
 
-        // Experts.
-        let k = e.index(self.top_k as i64)?;
-        let out_row = e.muli(t, k)?;
-        let zero = e.f32(0.0)?;
-        let denominator = e.cell(zero)?;
-        for j in 0..self.top_k {
-            let best = argbest(e, select, 0, n, None, Some(taken))?;
-            e.store(one_i, taken, best);
-            let at = e.index(j as i64)?;
-            let at = e.addi(out_row, at)?;
-            let index = e.index_cast(best, e.int_type(32))?;
-            e.store(index, indices, at);
-            let s = e.load(scores, best)?;
-            e.accumulate(denominator, s)?;
+        // Groups: `taken` starts as "not eligible" (a lane's padding, or a dropped group).
+        let mut taken: Vec<Value<'c, 'a>> = Vec::new();
+        for &x_real in &real {
+            let one = e.int(1, 1)?;
+            taken.push(e.push(melior::dialect::arith::xori(x_real, one, e.location))?);
+        }
+        if self.groups > 1 {
+            let kept = self.kept_groups(e, &ids, &real, &select)?;
+            let size = e.int(32, (self.experts / self.groups) as i64)?;
+            for s in 0..p as usize {
+                let g = e.divui(ids[s], size)?;
+                let mut ok = e.int(1, 0)?;
+                for (gi, &kept) in kept.iter().enumerate() {
+                    let this = e.int(32, gi as i64)?;
+                    let is = e.cmpi(CmpiPredicate::Eq, g, this)?;
+                    let is_kept = e.andi(is, kept)?;
+                    ok = e.ori(ok, is_kept)?;
+                }
+                let one = e.int(1, 1)?;
+                let dropped = e.push(melior::dialect::arith::xori(ok, one, e.location))?;
+                taken[s] = e.ori(taken[s], dropped)?;
+            }
+        }
+
+        // Experts: `top_k` warp arg-maxes, each winner then taken.
+        let mut chosen = Vec::new();
+        for _ in 0..self.top_k {
+            let candidates = (0..p as usize)
+                .map(|s| candidate(e, select[s], ids[s], scores[s], taken[s]))
+                .collect::<Result<Vec<_>, _>>()?;
+            let best = warp_argbest(e, &candidates, 32)?;
+            for s in 0..p as usize {
+                let is = e.cmpi(CmpiPredicate::Eq, ids[s], best.index)?;
+                taken[s] = e.ori(taken[s], is)?;
+            }
+            chosen.push(best);
+        }
+        let mut denominator = e.f32(0.0)?;
+        for best in &chosen {
+            denominator = e.addf(denominator, best.payload)?;
         }
         let tiny = e.f32(1e-20)?;
-        let d = e.get(denominator)?;
-        let d = e.addf(d, tiny)?;
+        let d = e.addf(denominator, tiny)?;
         let route_scale = e.f32(self.route_scale)?;
-        for j in 0..self.top_k {
-            let at = e.index(j as i64)?;
-            let at = e.addi(out_row, at)?;
-            let index = e.load(indices, at)?;
-            let index = e.index_cast(index, e.index_type())?;
-            let mut w = e.load(scores, index)?;
+        let mut outputs = Vec::new();
+        for best in &chosen {
+            let mut w = best.payload;
             if self.norm_topk_prob {
                 w = e.divf(w, d)?;
             }
             let w = e.mulf(w, route_scale)?;
-            let w = e.round_to(w, self.weights)?;
-            e.store(w, weights, at);
+            outputs.push((best.index, e.round_to(w, self.weights)?));
         }
-        Ok(())
+        let zero = e.index(0)?;
+        let lane_zero = e.cmpi(CmpiPredicate::Eq, lane, zero)?;
+        e.if_then(lane_zero, |e| {
+            let k = e.index(self.top_k as i64)?;
+            let out_row = e.muli(t, k)?;
+            for (j, &(index, w)) in outputs.iter().enumerate() {
+                let at = e.index(j as i64)?;
+                let at = e.addi(out_row, at)?;
+                e.store(index, indices, at);
+                e.store(w, weights, at);
+            }
+            Ok(())
+        })
+    }
+
+    /// Softmax of the lane's logits over the warp's experts, as the former kernel: the maximum
+    /// skipping NaN, `e^(x − max)`, the reference's pairwise sum in expert order, one division;
+    /// all zero when every logit is −∞.
+    fn softmax<'c, 'a>(
+        &self,
+        e: &Emit<'c, 'a>,
+        logits: &[Value<'c, 'a>],
+        real: &[Value<'c, 'a>],
+    ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+        let p = self.per_lane();
+        let neg_inf = e.f32(f32::NEG_INFINITY)?;
+        let mut max = neg_inf;
+        for (&x, &x_real) in logits.iter().zip(real) {
+            let x = e.select(x_real, x, neg_inf)?;
+            max = e.max_skip_nan(max, x)?;
+        }
+        for offset in [16, 8, 4, 2, 1] {
+            let other = shuffle(e, max, offset, "xor")?;
+            max = e.max_skip_nan(max, other)?;
+        }
+        let mut exps = Vec::new();
+        for &x in logits {
+            let shifted = e.subf(x, max)?;
+            exps.push(e.exp(shifted)?);
+        }
+        // Every lane gathers every expert's term (expert j: lane j / P, slot j % P).
+        let mut terms = Vec::new();
+        for j in 0..self.experts {
+            terms.push(shuffle(e, exps[(j % p) as usize], (j / p) as u32, "idx")?);
+        }
+        let sum = pairwise_sum(e, &terms)?;
+        let all_masked = e.cmpf(CmpfPredicate::Oeq, max, neg_inf)?;
+        let zero = e.f32(0.0)?;
+        exps.iter()
+            .map(|&x| {
+                let q = e.divf(x, sum)?;
+                e.select(all_masked, zero, q)
+            })
+            .collect()
+    }
+
+    /// Whether each group is among the `topk_groups` best (the same in every lane).
+    fn kept_groups<'c, 'a>(
+        &self,
+        e: &Emit<'c, 'a>,
+        ids: &[Value<'c, 'a>],
+        real: &[Value<'c, 'a>],
+        select: &[Value<'c, 'a>],
+    ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+        let size = self.experts / self.groups;
+        let size_v = e.int(32, size as i64)?;
+        let no = e.int(1, 0)?;
+        // The score of a group from its top two: (0 + top1) + top2 with a bias, else top1.
+        let group_score =
+            |first: &Best<'c, 'a>, second: Option<&Best<'c, 'a>>| -> Emitted<'c, 'a> {
+                if !self.bias {
+                    return Ok(first.value);
+                }
+                let zero = e.f32(0.0)?;
+                let score = e.addf(zero, first.value)?;
+                match second {
+                    Some(second) if size > 1 => e.addf(score, second.value),
+                    _ => Ok(score),
+                }
+            };
+        let mut group_scores = Vec::new();
+        if let Some(lanes) = self.lanes_per_group() {
+            // Every lane's experts are in one group, whose lanes are aligned: reduce over them.
+            let all = (0..ids.len())
+                .map(|s| candidate(e, select[s], ids[s], select[s], no))
+                .collect::<Result<Vec<_>, _>>()?;
+            let first = warp_argbest(e, &all, lanes as u32)?;
+            let second = if self.bias && size > 1 {
+                let rest = (0..ids.len())
+                    .map(|s| {
+                        let is = e.cmpi(CmpiPredicate::Eq, ids[s], first.index)?;
+                        candidate(e, select[s], ids[s], select[s], is)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(warp_argbest(e, &rest, lanes as u32)?)
+            } else {
+                None
+            };
+            let own = group_score(&first, second.as_ref())?;
+            for g in 0..self.groups {
+                group_scores.push(shuffle(e, own, (g * lanes) as u32, "idx")?);
+            }
+        } else {
+            for g in 0..self.groups {
+                let this = e.int(32, g as i64)?;
+                let mut outside = Vec::new();
+                for s in 0..ids.len() {
+                    let group = e.divui(ids[s], size_v)?;
+                    let inside = e.cmpi(CmpiPredicate::Eq, group, this)?;
+                    let inside = e.andi(inside, real[s])?;
+                    let one = e.int(1, 1)?;
+                    outside.push(e.push(melior::dialect::arith::xori(inside, one, e.location))?);
+                }
+                let all = (0..ids.len())
+                    .map(|s| candidate(e, select[s], ids[s], select[s], outside[s]))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let first = warp_argbest(e, &all, 32)?;
+                let second = if self.bias && size > 1 {
+                    let rest = (0..ids.len())
+                        .map(|s| {
+                            let is = e.cmpi(CmpiPredicate::Eq, ids[s], first.index)?;
+                            let skip = e.ori(outside[s], is)?;
+                            candidate(e, select[s], ids[s], select[s], skip)
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Some(warp_argbest(e, &rest, 32)?)
+                } else {
+                    None
+                };
+                group_scores.push(group_score(&first, second.as_ref())?);
+            }
+        }
+        // The best `topk_groups` groups, by the same rank, one at a time.
+        let mut kept = vec![no; self.groups as usize];
+        for _ in 0..self.topk_groups {
+            let mut best = empty(e)?;
+            for (g, &score) in group_scores.iter().enumerate() {
+                let index = e.int(32, g as i64)?;
+                let entry = candidate(e, score, index, score, kept[g])?;
+                best = better_of(e, best, entry)?;
+            }
+            for (g, flag) in kept.iter_mut().enumerate() {
+                let index = e.int(32, g as i64)?;
+                let is = e.cmpi(CmpiPredicate::Eq, best.index, index)?;
+                *flag = e.ori(*flag, is)?;
+            }
+        }
+        Ok(kept)
     }
 }
 
-/// The index in `[start, end)` of the best value of `values` by the reference's rank (NaN
-/// first, then larger, ties to the lower index), skipping `excluded` and entries whose `taken`
-/// flag is set.
-fn argbest<'c, 'a>(
-    e: &Emit<'c, 'a>,
-    values: Value<'c, '_>,
-    start: i64,
-    end: i64,
-    excluded: Option<Value<'c, '_>>,
-    taken: Option<Value<'c, '_>>,
-) -> Emitted<'c, 'a> {
-    let none = e.index(-1)?;
-    let best_index = e.cell(none)?;
-    let neg_inf = e.f32(f32::NEG_INFINITY)?;
-    let best_value = e.cell(neg_inf)?;
-    e.for_const(start, end, 1, |e, i| {
-        let v = e.load(values, i)?;
-        let bi = e.get(best_index)?;
-        let bv = e.get(best_value)?;
-        let none = e.index(-1)?;
-        let empty = e.cmpi(CmpiPredicate::Eq, bi, none)?;
-        let v_nan = e.cmpf(CmpfPredicate::Uno, v, v)?;
-        let bv_number = e.cmpf(CmpfPredicate::Ord, bv, bv)?;
-        let nan_over_number = e.andi(v_nan, bv_number)?;
-        let larger = e.cmpf(CmpfPredicate::Ogt, v, bv)?;
-        let not_bv_nan = e.cmpf(CmpfPredicate::Ord, bv, bv)?;
-        let larger = e.andi(larger, not_bv_nan)?;
-        let better = e.ori(nan_over_number, larger)?;
-        let better = e.ori(better, empty)?;
-        let mut eligible = e.cmpi(CmpiPredicate::Eq, i, i)?;
-        if let Some(excluded) = excluded {
-            let different = e.cmpi(CmpiPredicate::Ne, i, excluded)?;
-            eligible = e.andi(eligible, different)?;
-        }
-        if let Some(taken) = taken {
-            let flag = e.load(taken, i)?;
-            let zero = e.int(32, 0)?;
-            let free = e.cmpi(CmpiPredicate::Eq, flag, zero)?;
-            eligible = e.andi(eligible, free)?;
-        }
-        let take = e.andi(better, eligible)?;
-        let bi = e.select(take, i, bi)?;
-        let bv = e.select(take, v, bv)?;
-        e.set(best_index, bi)?;
-        e.set(best_value, bv)
-    })?;
-    e.get(best_index)
+/// A ranked entry: selection value, expert (or group) index, and the value it carries.
+#[derive(Clone, Copy)]
+struct Best<'c, 'a> {
+    value: Value<'c, 'a>,
+    index: Value<'c, 'a>,
+    payload: Value<'c, 'a>,
 }
 
-/// The reference's pairwise sum of `values[start..start + len]`: sequential up to 32 elements,
-/// else the sum of the two halves (unrolled: the length is static).
-fn pairwise_sum<'c, 'a>(
+/// The entry that ranks below every other: −∞ at index `i32::MAX`.
+fn empty<'c, 'a>(e: &Emit<'c, 'a>) -> Result<Best<'c, 'a>, CodegenError> {
+    Ok(Best {
+        value: e.f32(f32::NEG_INFINITY)?,
+        index: e.int(32, i64::from(i32::MAX))?,
+        payload: e.f32(0.0)?,
+    })
+}
+
+/// `(value, index, payload)`, or [`empty`] where `skip` is set.
+fn candidate<'c, 'a>(
     e: &Emit<'c, 'a>,
-    values: Value<'c, '_>,
-    start: u64,
-    len: u64,
+    value: Value<'c, 'a>,
+    index: Value<'c, 'a>,
+    payload: Value<'c, 'a>,
+    skip: Value<'c, 'a>,
+) -> Result<Best<'c, 'a>, CodegenError> {
+    let none = empty(e)?;
+    Ok(Best {
+        value: e.select(skip, none.value, value)?,
+        index: e.select(skip, none.index, index)?,
+        payload,
+    })
+}
+
+/// The better of `a` and `b` by the reference's rank: NaN above every number, then the larger
+/// value, ties (and two NaN) to the lower index.
+fn better_of<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    a: Best<'c, 'a>,
+    b: Best<'c, 'a>,
+) -> Result<Best<'c, 'a>, CodegenError> {
+    let a_nan = e.cmpf(CmpfPredicate::Uno, a.value, a.value)?;
+    let b_nan = e.cmpf(CmpfPredicate::Uno, b.value, b.value)?;
+    let a_number = e.cmpf(CmpfPredicate::Ord, a.value, a.value)?;
+    let only_b_nan = e.andi(b_nan, a_number)?;
+    let same_kind = e.cmpi(CmpiPredicate::Eq, a_nan, b_nan)?;
+    let larger = e.cmpf(CmpfPredicate::Ogt, b.value, a.value)?;
+    let tie = e.cmpf(CmpfPredicate::Ueq, b.value, a.value)?;
+    let lower = e.cmpi(CmpiPredicate::Slt, b.index, a.index)?;
+    let tie_lower = e.andi(tie, lower)?;
+    let wins = e.ori(larger, tie_lower)?;
+    let wins = e.andi(same_kind, wins)?;
+    let take_b = e.ori(only_b_nan, wins)?;
+    Ok(Best {
+        value: e.select(take_b, b.value, a.value)?,
+        index: e.select(take_b, b.index, a.index)?,
+        payload: e.select(take_b, b.payload, a.payload)?,
+    })
+}
+
+/// The best of `entries` over each aligned group of `lanes` lanes (32: the whole warp), the
+/// same in every lane of the group: the lane's own best, then a butterfly of shuffles (the rank
+/// is a total order, so every lane ends with the same entry).
+fn warp_argbest<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    entries: &[Best<'c, 'a>],
+    lanes: u32,
+) -> Result<Best<'c, 'a>, CodegenError> {
+    let mut best = entries[0];
+    for &entry in &entries[1..] {
+        best = better_of(e, best, entry)?;
+    }
+    let mut offset = lanes / 2;
+    while offset > 0 {
+        let other = Best {
+            value: shuffle(e, best.value, offset, "xor")?,
+            index: shuffle(e, best.index, offset, "xor")?,
+            payload: shuffle(e, best.payload, offset, "xor")?,
+        };
+        best = better_of(e, best, other)?;
+        offset /= 2;
+    }
+    Ok(best)
+}
+
+/// `gpu.shuffle <mode> value, lane_or_offset, 32` over the full warp.
+pub(crate) fn shuffle<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    value: Value<'c, '_>,
+    lane_or_offset: u32,
+    mode: &str,
 ) -> Emitted<'c, 'a> {
-    if len <= 32 {
+    let offset = e.int(32, i64::from(lane_or_offset))?;
+    shuffle_by(e, value, offset, mode)
+}
+
+/// [`shuffle`] with a lane or offset computed at run time (an `i32`).
+pub(crate) fn shuffle_by<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    value: Value<'c, '_>,
+    lane_or_offset: Value<'c, '_>,
+    mode: &str,
+) -> Emitted<'c, 'a> {
+    let width = e.int(32, 32)?;
+    let mode = Attribute::parse(e.context, &format!("#gpu<shuffle_mode {mode}>"))
+        .expect("shuffle mode attribute parses");
+    e.push(
+        OperationBuilder::new("gpu.shuffle", e.location)
+            .add_operands(&[value, lane_or_offset, width])
+            .add_attributes(&[(Identifier::new(e.context, "mode"), mode)])
+            .add_results(&[value.r#type(), e.int_type(1)])
+            .build()?,
+    )
+}
+
+/// The reference's pairwise sum of `values`: sequential (from 0) up to 32 elements, else the sum
+/// of the two halves.
+fn pairwise_sum<'c, 'a>(e: &Emit<'c, 'a>, values: &[Value<'c, 'a>]) -> Emitted<'c, 'a> {
+    if values.len() <= 32 {
         let mut acc = e.f32(0.0)?;
-        for i in start..start + len {
-            let at = e.index(i as i64)?;
-            let v = e.load(values, at)?;
+        for &v in values {
             acc = e.addf(acc, v)?;
         }
         Ok(acc)
     } else {
-        let half = len / 2;
-        let low = pairwise_sum(e, values, start, half)?;
-        let high = pairwise_sum(e, values, start + half, len - half)?;
+        let half = values.len() / 2;
+        let low = pairwise_sum(e, &values[..half])?;
+        let high = pairwise_sum(e, &values[half..])?;
         e.addf(low, high)
     }
 }

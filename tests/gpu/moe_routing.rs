@@ -1,0 +1,313 @@
+//! MoE routing kernels alone on the emulator, for both targets, against their CPU references:
+//! `moe_topk` (one warp per token) at DeepSeek-V3's routing shape (256 experts, 8 groups, top-4
+//! groups, top-8 experts, sigmoid with a selection bias) and others (tiny-moe's, the 32-expert
+//! V3 layer's, V2's softmax without bias, experts that do not fill the lanes), and
+//! `moe_dispatch` (one block: histogram, scan, scatter), whose layout must be the reference's
+//! bit for bit.
+
+use dsc_codegen::kernels::GpuKernel;
+use dsc_codegen::kernels::moe::{MoeTopk, Scoring};
+use dsc_codegen::kernels::moe_dispatch::{MoeDispatch, PARALLEL_EXPERTS};
+use dsc_codegen::mlir::{KernelModule, create_context};
+use dsc_codegen::{Target, compile_to_ptx};
+use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
+use dsc_ir::DType;
+use dsc_kernels::ops::moe_dispatch::moe_dispatch;
+use dsc_kernels::ops::{ScoreFunc, TopkParams, moe_topk};
+
+/// Values in [-amplitude, amplitude) from a 64-bit LCG.
+fn values(n: usize, seed: u64, amplitude: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let unit = (s >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * unit - 1.0) * amplitude
+        })
+        .collect()
+}
+
+fn bytes_of<T: Copy, const N: usize>(items: &[T], to: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    items.iter().flat_map(|&v| to(v)).collect()
+}
+
+/// Runs `kernel` on the emulator for `target` with `inputs` (bytes) and `outputs` (byte sizes);
+/// returns the outputs' bytes.
+fn run(kernel: &GpuKernel, target: Target, inputs: &[Vec<u8>], outputs: &[usize]) -> Vec<Vec<u8>> {
+    let context = create_context();
+    let mut module = KernelModule::new(&context, "dsc_kernels");
+    let entry = kernel.entry();
+    kernel.build(&module, &entry).expect("kernel builds");
+    let ptx = compile_to_ptx(module.module_mut(), target).expect("kernel lowers");
+    // No per-thread arrays (the dispatch of more experts than one block takes is serial).
+    let serial = matches!(kernel, GpuKernel::MoeDispatch(d) if d.experts > PARALLEL_EXPERTS);
+    assert!(
+        serial || !ptx.contains(".local"),
+        "{target}: {} uses local memory",
+        kernel.spec()
+    );
+    let ptx = Module::parse(&ptx).expect("emulator parses the PTX");
+    let mut memory = GlobalMemory::new();
+    let mut params = Vec::new();
+    for bytes in inputs {
+        let at = memory.allocate(bytes.len().max(4) as u64);
+        memory.write(at, bytes).expect("write");
+        params.push(ParamValue::U64(at));
+    }
+    let mut out = Vec::new();
+    for &len in outputs {
+        let at = memory.allocate(len.max(4) as u64);
+        // Garbage, so that a position the kernel forgets shows.
+        memory.write(at, &vec![0x5a; len]).expect("write");
+        params.push(ParamValue::U64(at));
+        out.push((at, len));
+    }
+    let l = kernel.launch();
+    launch(
+        &ptx,
+        &entry,
+        &memory,
+        &LaunchConfig::new(l.grid, l.block),
+        &params,
+        &LaunchOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{target}: {e}"));
+    out.iter()
+        .map(|&(at, len)| {
+            let mut bytes = vec![0u8; len];
+            memory.read(at, &mut bytes).expect("read");
+            bytes
+        })
+        .collect()
+}
+
+fn i32s(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// `spec` on `logits` (rows after the first three random; row 0 all zero: every score ties;
+/// row 1 with a NaN; row 2 with −∞ and repeated values) against the reference: the same
+/// experts in the same order, weights within 1e-5 (the kernels' `exp` is within 2 ulp of the
+/// CPU's).
+fn check_topk(spec: &MoeTopk, seed: u64) {
+    let (t, e) = (spec.tokens as usize, spec.experts as usize);
+    let mut logits = values(t * e, seed, 4.0);
+    logits[..e].fill(0.0);
+    logits[e + 7] = f32::NAN;
+    for (j, v) in logits[2 * e..3 * e].iter_mut().enumerate() {
+        *v = if j % 5 == 0 {
+            f32::NEG_INFINITY
+        } else {
+            (j % 3) as f32
+        };
+    }
+    // Quantized biases: ties between experts of different groups.
+    let bias: Vec<f32> = values(e, seed + 1, 0.5)
+        .iter()
+        .map(|b| (b * 8.0).round() / 8.0)
+        .collect();
+    let params = TopkParams {
+        score_func: match spec.scoring {
+            Scoring::Sigmoid => ScoreFunc::Sigmoid,
+            Scoring::Softmax => ScoreFunc::Softmax,
+        },
+        top_k: spec.top_k as usize,
+        n_groups: spec.groups as usize,
+        topk_groups: spec.topk_groups as usize,
+        norm_topk_prob: spec.norm_topk_prob,
+        route_scale: f64::from(spec.route_scale),
+    };
+    let want =
+        moe_topk(&logits, spec.bias.then_some(&bias[..]), t, e, &params).expect("reference routes");
+    let mut inputs = vec![bytes_of(&logits, f32::to_le_bytes)];
+    if spec.bias {
+        inputs.push(bytes_of(&bias, f32::to_le_bytes));
+    }
+    let k = spec.top_k as usize;
+    for target in [Target::Sm90a, Target::Sm89] {
+        let kernel = GpuKernel::MoeTopk(spec.clone());
+        let out = run(&kernel, target, &inputs, &[t * k * 4, t * k * 4]);
+        let (weights, indices) = (f32s(&out[0]), i32s(&out[1]));
+        assert_eq!(indices, want.indices, "{target}: {spec:?}: indices");
+        for (i, (&got, &w)) in weights.iter().zip(&want.weights).enumerate() {
+            assert!(
+                (got - w).abs() <= 1e-5 * w.abs().max(1e-30) || (got.is_nan() && w.is_nan()),
+                "{target}: {spec:?}: weight {i}: {got} vs {w}"
+            );
+        }
+    }
+}
+
+fn topk(experts: u64, groups: u64, topk_groups: u64, top_k: u64, scoring: Scoring) -> MoeTopk {
+    MoeTopk {
+        tokens: 21,
+        experts,
+        top_k,
+        groups,
+        topk_groups,
+        scoring,
+        norm_topk_prob: scoring == Scoring::Sigmoid,
+        route_scale: 2.5,
+        bias: scoring == Scoring::Sigmoid,
+        logits: DType::F32,
+        weights: DType::F32,
+    }
+}
+
+#[test]
+fn moe_topk_at_deepseek_v3_routing_shape() {
+    check_topk(&topk(256, 8, 4, 8, Scoring::Sigmoid), 1);
+}
+
+#[test]
+fn moe_topk_at_other_shapes() {
+    // The V3 layer of bench/side-by-side (32 experts), tiny-moe's, no groups.
+    check_topk(&topk(32, 8, 4, 8, Scoring::Sigmoid), 2);
+    check_topk(&topk(8, 2, 1, 2, Scoring::Sigmoid), 3);
+    check_topk(&topk(64, 1, 1, 6, Scoring::Sigmoid), 4);
+    // DeepSeek-V2: softmax, no bias, groups of 20 (5 per lane, 4 lanes a group).
+    check_topk(&topk(160, 8, 3, 6, Scoring::Softmax), 5);
+    // Experts that do not fill the lanes, groups across lanes: the general group stage.
+    check_topk(&topk(40, 4, 2, 5, Scoring::Sigmoid), 6);
+    check_topk(&topk(40, 4, 2, 5, Scoring::Softmax), 7);
+    // Groups of one expert.
+    check_topk(&topk(16, 16, 4, 3, Scoring::Sigmoid), 8);
+}
+
+/// `spec` on `indices` against the reference, bit for bit, for both targets.
+fn check_dispatch(spec: MoeDispatch, indices: &[i32]) {
+    let want = moe_dispatch(indices, spec.experts as usize, spec.tile_rows as usize);
+    let capacity = spec.capacity() as usize;
+    for target in [Target::Sm90a, Target::Sm89] {
+        let kernel = GpuKernel::MoeDispatch(spec);
+        let out = run(
+            &kernel,
+            target,
+            &[bytes_of(indices, i32::to_le_bytes)],
+            &[capacity * 4, capacity / spec.tile_rows as usize * 4],
+        );
+        assert_eq!(i32s(&out[0]), want.rows, "{target}: {spec:?}: rows");
+        assert_eq!(i32s(&out[1]), want.tiles, "{target}: {spec:?}: tiles");
+    }
+}
+
+/// Routed experts: skewed (a quarter of the rows to expert 3), with some outside `0..experts`.
+fn routed(n: usize, experts: usize, seed: u64) -> Vec<i32> {
+    values(n, seed, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, &u)| {
+            let u = (u + 1.0) / 2.0;
+            match i % 97 {
+                0 => -1,
+                1 => experts as i32,
+                _ if u < 0.25 => 3.min(experts as i32 - 1),
+                _ => ((u * experts as f32) as i32).min(experts as i32 - 1),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn moe_dispatch_matches_the_reference_bit_for_bit() {
+    for (tokens, top_k, experts, tile_rows, seed) in [
+        (300, 8, 256, 64, 1),
+        (37, 2, 8, 16, 2),
+        (1000, 8, 32, 64, 3),
+        (5, 1, 4, 16, 4),
+        // More experts than the parallel kernel takes: one thread.
+        (20, 4, 300, 16, 5),
+    ] {
+        let spec = MoeDispatch {
+            tokens,
+            top_k,
+            experts,
+            tile_rows,
+        };
+        check_dispatch(
+            spec,
+            &routed((tokens * top_k) as usize, experts as usize, seed),
+        );
+    }
+}
+
+/// The f32 gate GEMM (tiled through shared memory) at ragged shapes: within the tolerance of
+/// the CPU reference, and bit for bit the one-output-per-thread kernel's sum (each output's
+/// products in increasing k from 0, one `fma` or one multiply and add per step).
+#[test]
+fn f32_gate_linear_sums_in_the_former_order() {
+    use dsc_codegen::kernels::linear::Linear;
+    for (m, n, k, with_bias) in [
+        (37, 256, 200, false),
+        (70, 33, 7, true),
+        (64, 64, 64, false),
+    ] {
+        let x = values(m * k, 11, 1.0);
+        let w = values(n * k, 12, 0.1);
+        let bias = values(n, 13, 0.5);
+        let spec = Linear {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            x: DType::F32,
+            w: DType::F32,
+            bias: with_bias.then_some(DType::F32),
+            output: DType::F32,
+            grouped: None,
+        };
+        let chain = |fused: bool| -> Vec<f32> {
+            let mut y = Vec::new();
+            for r in 0..m {
+                for c in 0..n {
+                    let mut acc = 0.0f32;
+                    for kk in 0..k {
+                        let (a, b) = (x[r * k + kk], w[c * k + kk]);
+                        acc = if fused {
+                            a.mul_add(b, acc)
+                        } else {
+                            acc + a * b
+                        };
+                    }
+                    y.push(if with_bias { acc + bias[c] } else { acc });
+                }
+            }
+            y
+        };
+        let (fused, unfused) = (chain(true), chain(false));
+        let reference = dsc_kernels::ops::linear(&x, &w, with_bias.then_some(&bias[..]), m, k, n)
+            .expect("reference runs");
+        let mut inputs = vec![
+            bytes_of(&x, f32::to_le_bytes),
+            bytes_of(&w, f32::to_le_bytes),
+        ];
+        if with_bias {
+            inputs.push(bytes_of(&bias, f32::to_le_bytes));
+        }
+        for target in [Target::Sm90a, Target::Sm89] {
+            let kernel = GpuKernel::Linear(spec.clone());
+            let got = f32s(&run(&kernel, target, &inputs, &[m * n * 4])[0]);
+            assert!(
+                got == fused || got == unfused,
+                "{target}: {spec:?}: not the sequential sum"
+            );
+            let (mut diff, mut norm) = (0.0f64, 0.0f64);
+            for (&g, &r) in got.iter().zip(&reference) {
+                diff += f64::from(g - r).powi(2);
+                norm += f64::from(r).powi(2);
+            }
+            assert!(diff.sqrt() <= 1e-4 * norm.sqrt(), "{target}: {spec:?}");
+        }
+    }
+}
