@@ -8,7 +8,6 @@ use crate::names::NameSet;
 use crate::{PassError, PassOptions};
 use dsc_ir::param_names::scale_name;
 use dsc_ir::{Graph, OpKind, ValueId};
-use std::collections::{HashMap, HashSet};
 
 const PASS: &str = "fold-weights";
 
@@ -18,30 +17,38 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     for &p in &graph.params {
         is_param[p.index()] = true;
     }
-    // How many ops read each parameter: a weight read in high precision elsewhere cannot
-    // become FP8 in place.
-    let mut readers: HashMap<ValueId, Vec<usize>> = HashMap::new();
+    // The first op reading each parameter, and the first other op reading it: a weight read
+    // in high precision elsewhere cannot become FP8 in place.
+    const NONE: usize = usize::MAX;
+    let mut readers = vec![[NONE; 2]; graph.values.len()];
     for (i, op) in graph.ops.iter().enumerate() {
         for &v in &op.operands {
-            if is_param[v.index()] {
-                readers.entry(v).or_default().push(i);
+            let r = &mut readers[v.index()];
+            if is_param[v.index()] && r[0] != i && r[1] == NONE {
+                if r[0] == NONE {
+                    r[0] = i;
+                } else {
+                    r[1] = i;
+                }
             }
         }
     }
     let mut names = NameSet::of(graph);
-    let mut replace: HashMap<ValueId, ValueId> = HashMap::new();
-    let mut folded = HashSet::new();
-    // Each weight's new scale parameter, placed right after it once every quantize is seen
-    // (inserting one at a time would move the rest of the list each time).
-    let mut scale_of: HashMap<ValueId, ValueId> = HashMap::new();
+    // Indexed by value: what a quantize's results become, and each weight's new scale
+    // parameter (placed right after it once every quantize is seen: inserting one at a time
+    // would move the rest of the list each time).
+    let mut replace: Vec<Option<ValueId>> = vec![None; graph.values.len()];
+    let mut scale_of: Vec<Option<ValueId>> = vec![None; graph.values.len()];
+    let mut folded = vec![false; graph.ops.len()];
     for i in 0..graph.ops.len() {
         let op = &graph.ops[i];
         let w = match op.operands.first() {
             Some(&w) if op.kind == OpKind::Quantize && is_param[w.index()] => w,
             _ => continue,
         };
-        let others: Vec<_> = readers[&w].iter().filter(|&&j| j != i).collect();
-        if let Some(&&j) = others.first() {
+        let [first, second] = readers[w.index()];
+        let other = if first != i { first } else { second };
+        if other != NONE {
             return Err(PassError::Op {
                 pass: PASS,
                 op: graph.op_name(op).to_string(),
@@ -49,7 +56,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
                     "weight `{}` is quantized here but also read by `{}`; a weight is stored \
                      once, so give both uses the same precision",
                     graph.name(w),
-                    graph.op_name(&graph.ops[j])
+                    graph.op_name(&graph.ops[other])
                 ),
             });
         }
@@ -57,29 +64,27 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         let (q_ty, s_ty) = (graph.ty(q).clone(), graph.ty(s).clone());
         let scale = graph.add_value(names.fresh(&scale_name(graph.name(w))), s_ty);
         graph.values[w.index()].ty = q_ty;
-        scale_of.insert(w, scale);
-        replace.insert(q, w);
-        replace.insert(s, scale);
-        folded.insert(i);
+        scale_of[w.index()] = Some(scale);
+        replace[q.index()] = Some(w);
+        replace[s.index()] = Some(scale);
+        folded[i] = true;
     }
-    if !scale_of.is_empty() {
-        let mut params = Vec::with_capacity(graph.params.len() + scale_of.len());
+    if folded.contains(&true) {
+        let mut params = Vec::with_capacity(graph.params.len() * 2);
         for &p in &graph.params {
             params.push(p);
-            params.extend(scale_of.get(&p));
+            params.extend(scale_of[p.index()]);
         }
         graph.params = params;
     }
     for op in &mut graph.ops {
         for v in &mut op.operands {
-            if let Some(&r) = replace.get(v) {
+            if let Some(r) = replace.get(v.index()).copied().flatten() {
                 *v = r;
             }
         }
     }
-    let mut index = 0..;
-    graph
-        .ops
-        .retain(|_| !folded.contains(&index.next().unwrap_or(0)));
+    let mut folded = folded.into_iter();
+    graph.ops.retain(|_| !folded.next().unwrap_or(false));
     Ok(())
 }
