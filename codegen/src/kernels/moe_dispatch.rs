@@ -176,17 +176,7 @@ impl MoeDispatch {
                 let end = e.load(cursor, x)?;
                 let pad = e.int(32, tile - 1)?;
                 let end = e.addi(end, pad)?;
-                let shift = e.int(32, tile.trailing_zeros() as i64)?;
-                let first = e.shrui(begin, shift)?;
-                let last = e.shrui(end, shift)?;
-                let first = e.index_cast(first, e.index_type())?;
-                let last = e.index_cast(last, e.index_type())?;
-                let one = e.index(1)?;
-                let expert = e.index_cast(x, e.int_type(32))?;
-                e.for_range(first, last, one, |e, t| {
-                    e.store(expert, tiles, t);
-                    Ok(())
-                })
+                write_tiles(&e, tiles, tile, x, begin, end)
             })
         })
     }
@@ -310,17 +300,7 @@ impl MoeDispatch {
                     e.store(position, counts, at);
                     Ok(())
                 })?;
-                let shift = e.int(32, tile.trailing_zeros() as i64)?;
-                let first = e.shrui(start, shift)?;
-                let last = e.shrui(end, shift)?;
-                let first = e.index_cast(first, e.index_type())?;
-                let last = e.index_cast(last, e.index_type())?;
-                let one = e.index(1)?;
-                let expert = e.index_cast(tid, e.int_type(32))?;
-                e.for_range(first, last, one, |e, t| {
-                    e.store(expert, tiles, t);
-                    Ok(())
-                })
+                write_tiles(&e, tiles, tile, tid, start, end)
             })?;
             e.barrier();
 
@@ -412,6 +392,30 @@ fn expert_of<'c, 'a>(
 ) -> Result<(Value<'c, 'a>, Value<'c, 'a>), CodegenError> {
     let index = e.load(indices, r)?;
     e.checked_index(index, experts)
+}
+
+/// `tiles[t] = expert` for the tiles from the one holding position `begin` up to (not
+/// including) the one holding `end` (`i32` positions; `end` a tile boundary or rounded up by the
+/// caller).
+fn write_tiles<'c>(
+    e: &Emit<'c, '_>,
+    tiles: Value<'c, '_>,
+    tile: i64,
+    expert: Value<'c, '_>,
+    begin: Value<'c, '_>,
+    end: Value<'c, '_>,
+) -> Result<(), CodegenError> {
+    let shift = e.int(32, tile.trailing_zeros() as i64)?;
+    let first = e.shrui(begin, shift)?;
+    let last = e.shrui(end, shift)?;
+    let first = e.index_cast(first, e.index_type())?;
+    let last = e.index_cast(last, e.index_type())?;
+    let one = e.index(1)?;
+    let expert = e.index_cast(expert, e.int_type(32))?;
+    e.for_range(first, last, one, |e, t| {
+        e.store(expert, tiles, t);
+        Ok(())
+    })
 }
 
 /// `memref[at] += value` (an `i32`), atomically (shared memory: `atom.shared.add`).
