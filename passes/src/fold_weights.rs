@@ -40,7 +40,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     let mut replace: Vec<Option<ValueId>> = vec![None; graph.values.len()];
     let mut scale_of: Vec<Option<ValueId>> = vec![None; graph.values.len()];
     let mut folded = vec![false; graph.ops.len()];
-    for i in 0..graph.ops.len() {
+    for (i, is_folded) in folded.iter_mut().enumerate() {
         let op = &graph.ops[i];
         let w = match op.operands.first() {
             Some(&w) if op.kind == OpKind::Quantize && is_param[w.index()] => w,
@@ -67,7 +67,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         scale_of[w.index()] = Some(scale);
         replace[q.index()] = Some(w);
         replace[s.index()] = Some(scale);
-        folded[i] = true;
+        *is_folded = true;
     }
     if folded.contains(&true) {
         let mut params = Vec::with_capacity(graph.params.len() * 2);
