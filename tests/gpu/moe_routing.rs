@@ -12,6 +12,7 @@ use dsc_codegen::mlir::{KernelModule, create_context};
 use dsc_codegen::{Target, compile_to_ptx};
 use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
 use dsc_ir::DType;
+use dsc_kernels::numerics::bf16::{from_bf16, to_bf16};
 use dsc_kernels::ops::moe_dispatch::moe_dispatch;
 use dsc_kernels::ops::{ScoreFunc, TopkParams, moe_topk};
 
@@ -243,71 +244,84 @@ fn moe_dispatch_matches_the_reference_bit_for_bit() {
     }
 }
 
-/// The f32 gate GEMM (tiled through shared memory) at ragged shapes: within the tolerance of
-/// the CPU reference, and bit for bit the one-output-per-thread kernel's sum (each output's
-/// products in increasing k from 0, one `fma` or one multiply and add per step).
+/// The gate GEMM (f32 x, f32 or BF16 w; tiled through shared memory) at ragged shapes and
+/// every tile width: within the tolerance of the CPU reference, and bit for bit the
+/// one-output-per-thread kernel's sum (each output's products in increasing k from 0, one `fma`
+/// or one multiply and add per step).
 #[test]
-fn f32_gate_linear_sums_in_the_former_order() {
-    use dsc_codegen::kernels::linear::Linear;
+fn gate_linear_sums_in_the_former_order() {
     for (m, n, k, with_bias) in [
         (37, 256, 200, false),
         (70, 33, 7, true),
         (64, 64, 64, false),
+        (100, 32, 96, false),
+        (20, 8, 40, true),
     ] {
-        let x = values(m * k, 11, 1.0);
-        let w = values(n * k, 12, 0.1);
-        let bias = values(n, 13, 0.5);
-        let spec = Linear {
-            m: m as u64,
-            n: n as u64,
-            k: k as u64,
-            x: DType::F32,
-            w: DType::F32,
-            bias: with_bias.then_some(DType::F32),
-            output: DType::F32,
-            grouped: None,
-        };
-        let chain = |fused: bool| -> Vec<f32> {
-            let mut y = Vec::new();
-            for r in 0..m {
-                for c in 0..n {
-                    let mut acc = 0.0f32;
-                    for kk in 0..k {
-                        let (a, b) = (x[r * k + kk], w[c * k + kk]);
-                        acc = if fused {
-                            a.mul_add(b, acc)
-                        } else {
-                            acc + a * b
-                        };
-                    }
-                    y.push(if with_bias { acc + bias[c] } else { acc });
+        for w_dtype in [DType::F32, DType::Bf16] {
+            check_gate(m, n, k, with_bias, w_dtype);
+        }
+    }
+}
+
+fn check_gate(m: usize, n: usize, k: usize, with_bias: bool, w_dtype: DType) {
+    use dsc_codegen::kernels::linear::Linear;
+    let x = values(m * k, 11, 1.0);
+    let mut w = values(n * k, 12, 0.1);
+    if w_dtype == DType::Bf16 {
+        w.iter_mut().for_each(|v| *v = from_bf16(to_bf16(*v)));
+    }
+    let bias = values(n, 13, 0.5);
+    let spec = Linear {
+        m: m as u64,
+        n: n as u64,
+        k: k as u64,
+        x: DType::F32,
+        w: w_dtype,
+        bias: with_bias.then_some(DType::F32),
+        output: DType::F32,
+        grouped: None,
+    };
+    let chain = |fused: bool| -> Vec<f32> {
+        let mut y = Vec::new();
+        for r in 0..m {
+            for c in 0..n {
+                let mut acc = 0.0f32;
+                for kk in 0..k {
+                    let (a, b) = (x[r * k + kk], w[c * k + kk]);
+                    acc = if fused {
+                        a.mul_add(b, acc)
+                    } else {
+                        acc + a * b
+                    };
                 }
+                y.push(if with_bias { acc + bias[c] } else { acc });
             }
-            y
-        };
-        let (fused, unfused) = (chain(true), chain(false));
-        let reference = dsc_kernels::ops::linear(&x, &w, with_bias.then_some(&bias[..]), m, k, n)
-            .expect("reference runs");
-        let mut inputs = vec![
-            bytes_of(&x, f32::to_le_bytes),
-            bytes_of(&w, f32::to_le_bytes),
-        ];
-        if with_bias {
-            inputs.push(bytes_of(&bias, f32::to_le_bytes));
         }
-        for target in [Target::Sm90a, Target::Sm89] {
-            let kernel = GpuKernel::Linear(spec.clone());
-            let got = f32s(&run(&kernel, target, &inputs, &[m * n * 4])[0]);
-            assert!(
-                got == fused || got == unfused,
-                "{target}: {spec:?}: not the sequential sum"
-            );
-            let (mut diff, mut norm) = (0.0f64, 0.0f64);
-            for (&g, &r) in got.iter().zip(&reference) {
-                diff += f64::from(g - r).powi(2);
-                norm += f64::from(r).powi(2);
-            }
-            assert!(diff.sqrt() <= 1e-4 * norm.sqrt(), "{target}: {spec:?}");
+        y
+    };
+    let (fused, unfused) = (chain(true), chain(false));
+    let reference = dsc_kernels::ops::linear(&x, &w, with_bias.then_some(&bias[..]), m, k, n)
+        .expect("reference runs");
+    let w_bytes = match w_dtype {
+        DType::Bf16 => bytes_of(&w, |v| to_bf16(v).to_bits().to_le_bytes()),
+        _ => bytes_of(&w, f32::to_le_bytes),
+    };
+    let mut inputs = vec![bytes_of(&x, f32::to_le_bytes), w_bytes];
+    if with_bias {
+        inputs.push(bytes_of(&bias, f32::to_le_bytes));
+    }
+    for target in [Target::Sm90a, Target::Sm89] {
+        let kernel = GpuKernel::Linear(spec.clone());
+        let got = f32s(&run(&kernel, target, &inputs, &[m * n * 4])[0]);
+        assert!(
+            got == fused || got == unfused,
+            "{target}: {spec:?}: not the sequential sum"
+        );
+        let (mut diff, mut norm) = (0.0f64, 0.0f64);
+        for (&g, &r) in got.iter().zip(&reference) {
+            diff += f64::from(g - r).powi(2);
+            norm += f64::from(r).powi(2);
         }
+        assert!(diff.sqrt() <= 1e-4 * norm.sqrt(), "{target}: {spec:?}");
     }
 }

@@ -1,12 +1,14 @@
 //! `linear` kept in high precision (the output head, the MoE gate): `y[m, n] = Σ_k x[m, k] ·
-//! w[n, k] (+ bias[n])`, one output per thread, f32 accumulation of exact products.
+//! w[n, k] (+ bias[n])`, f32 accumulation of exact products.
 //!
-//! BF16 operands (the head) run on the tensor cores ([`super::linear_mma`]); f32 operands (the
-//! MoE gate, whose logits the recipe computes in f32; no TF32) are tiled through shared memory
-//! ([`tiled`]): 64 × 64 outputs per block of 256 threads, each thread 4 × 4 of them, x and w
-//! staged in 32-wide slabs of K. Every output still sums its products in increasing k from 0,
-//! one rounding per step exactly as the one-thread-per-output form (the same `fma` chain), so
-//! the results are that form's bit for bit. Other operands take the one-thread-per-output form.
+//! BF16 operands (the head) run on the tensor cores ([`super::linear_mma`]); f32 activations
+//! (the MoE gate, whose logits the recipe computes in f32 from BF16 or f32 weights; no TF32) are
+//! tiled through shared memory
+//! ([`tiled`]): 64 × 64 outputs per block of 256 threads (64 × 32 or 64 × 16 for narrower
+//! outputs), each thread 4 × 4 of them (4 × 2, 4 × 1), x and w staged in 32-wide slabs of K.
+//! Every output still sums its products in increasing k from 0, one rounding per step exactly
+//! as the one-thread-per-output form (the same `fma` chain), so the results are that form's bit
+//! for bit. Other operands take the one-thread-per-output form.
 //! The same kernel computes `grouped_linear` (routed experts kept in high precision by the
 //! policy): row `r = t·top_k + slot` uses expert `indices[r]`'s weights and x row `r` or `t`.
 
@@ -157,30 +159,41 @@ mod tiled {
     use crate::mlir::emit::Emit;
     use crate::mlir::kernel::Dimension;
 
-    /// Output rows and columns of a block's tile.
-    const TILE: i64 = 64;
+    /// Output rows of a block's tile (4 per thread).
+    const TILE_M: i64 = 64;
+    /// Rows of output per thread.
+    const PER_M: i64 = TILE_M / 16;
     /// K per shared-memory slab.
     const SLAB: i64 = 32;
-    /// Threads: 16 × 16, each 4 × 4 outputs (rows `ty + 16i`, columns `tx + 16j`).
+    /// Threads: 16 × 16, each `PER_M × per_n` outputs (rows `ty + 16i`, columns `tx + 16j`).
     const THREADS: i64 = 256;
-    /// Outputs per thread along each axis.
-    const PER: i64 = TILE / 16;
     /// A slab row's stride in shared memory (one word of padding against bank conflicts).
     const STRIDE: i64 = SLAB + 1;
 
-    /// f32 x and w, one weight matrix.
+    /// One weight matrix, float operands not both BF16 (those take the tensor cores): the MoE
+    /// gate's f32 x with BF16 or f32 weights (a BF16 or F16 element widens to f32 exactly).
     pub fn applies(linear: &Linear) -> bool {
-        linear.x == DType::F32 && linear.w == DType::F32 && linear.grouped.is_none()
+        let float = |d: DType| matches!(d, DType::F32 | DType::Bf16 | DType::F16);
+        float(linear.x)
+            && float(linear.w)
+            && linear.grouped.is_none()
+            && !super::super::linear_mma::applies(linear)
+    }
+
+    /// Output columns per thread: 4 (a 64-column tile), fewer for narrow outputs (the gate of
+    /// 32 experts: 2) so that no thread computes only padding.
+    fn per_n(linear: &Linear) -> i64 {
+        (linear.n.div_ceil(16).next_power_of_two() as i64).min(4)
     }
 
     fn tiles(linear: &Linear) -> (u64, u64) {
         (
-            linear.m.div_ceil(TILE as u64),
-            linear.n.div_ceil(TILE as u64),
+            linear.m.div_ceil(TILE_M as u64),
+            linear.n.div_ceil(16 * per_n(linear) as u64),
         )
     }
 
-    /// One block per 64 × 64 output tile.
+    /// One block per 64 × 64 output tile (64 × 16·`per_n`).
     pub fn launch(linear: &Linear) -> Launch {
         let (rows, cols) = tiles(linear);
         Launch::blocks(rows * cols, THREADS as u32)
@@ -194,10 +207,14 @@ mod tiled {
     ) -> Result<(), CodegenError> {
         let context = module.context();
         let types = param_types(context, &linear.params());
+        let per_n = per_n(linear);
+        let tile_n = 16 * per_n;
         let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
-        let slab: Type =
-            MemRefType::new(Type::float32(context), &[TILE * STRIDE], None, workgroup).into();
-        module.add_kernel_with_shared(entry, &types, &[slab, slab], |block, location| {
+        let slab = |rows: i64| -> Type {
+            MemRefType::new(Type::float32(context), &[rows * STRIDE], None, workgroup).into()
+        };
+        let shared = [slab(TILE_M), slab(tile_n)];
+        module.add_kernel_with_shared(entry, &types, &shared, |block, location| {
             let e = Emit::new(context, block, location);
             let args = kernel_args(block, types.len())?;
             let (x, w, out) = (args[0], args[1], args[args.len() - 1]);
@@ -213,15 +230,16 @@ mod tiled {
             let ty = e.divui(tid, sixteen)?;
             let tile = e.block_index(Dimension::X)?;
             let col_tiles = e.index(col_tiles as i64)?;
-            let tile_size = e.index(TILE)?;
             let row0 = e.divui(tile, col_tiles)?;
-            let row0 = e.muli(row0, tile_size)?;
+            let tile_m = e.index(TILE_M)?;
+            let row0 = e.muli(row0, tile_m)?;
             let col0 = e.remui(tile, col_tiles)?;
-            let col0 = e.muli(col0, tile_size)?;
+            let tile_n_v = e.index(tile_n)?;
+            let col0 = e.muli(col0, tile_n_v)?;
 
             let zero = e.f32(0.0)?;
             let mut acc = Vec::new();
-            for _ in 0..PER * PER {
+            for _ in 0..PER_M * per_n {
                 acc.push(e.cell(zero)?);
             }
             let m_v = e.index(m)?;
@@ -229,22 +247,36 @@ mod tiled {
             let k_v = e.index(k)?;
             let stride = e.index(STRIDE)?;
             let slab_v = e.index(SLAB)?;
-            // Each slab: thread `tid` loads elements `tid + 256 i` of the 64 × 32 x and w
-            // slabs (row `/ 32`, column `% 32`: a warp reads one 128-byte row segment), 0
-            // outside the matrices (a zero product leaves a sum from +0 unchanged).
+            // Where this thread's rows of x and columns of w start in their slabs.
+            let mut a_rows = Vec::new();
+            for i in 0..PER_M {
+                let offset = e.index(16 * i)?;
+                let row = e.addi(ty, offset)?;
+                a_rows.push(e.muli(row, stride)?);
+            }
+            let mut b_rows = Vec::new();
+            for j in 0..per_n {
+                let offset = e.index(16 * j)?;
+                let col = e.addi(tx, offset)?;
+                b_rows.push(e.muli(col, stride)?);
+            }
+            // Each slab: thread `tid` loads elements `tid + 256 i` of the x and w slabs (row
+            // `/ 32`, column `% 32`: a warp reads one 128-byte row segment), 0 outside the
+            // matrices (a zero product leaves a sum from +0 unchanged).
             e.for_const(0, (k + SLAB - 1) / SLAB * SLAB, SLAB, |e, k0| {
-                for i in 0..TILE * SLAB / THREADS {
-                    let offset = e.index(i * THREADS)?;
-                    let element = e.addi(tid, offset)?;
-                    let r = e.divui(element, slab_v)?;
-                    let c = e.remui(element, slab_v)?;
-                    let kk = e.addi(k0, c)?;
-                    let k_in = e.lt(kk, k_v)?;
-                    let at = e.muli(r, stride)?;
-                    let at = e.addi(at, c)?;
-                    for (source, base, limit, slab) in
-                        [(x, row0, m_v, x_slab), (w, col0, n_v, w_slab)]
-                    {
+                for (source, base, limit, slab, rows) in [
+                    (x, row0, m_v, x_slab, TILE_M),
+                    (w, col0, n_v, w_slab, tile_n),
+                ] {
+                    for i in 0..rows * SLAB / THREADS {
+                        let offset = e.index(i * THREADS)?;
+                        let element = e.addi(tid, offset)?;
+                        let r = e.divui(element, slab_v)?;
+                        let c = e.remui(element, slab_v)?;
+                        let kk = e.addi(k0, c)?;
+                        let k_in = e.lt(kk, k_v)?;
+                        let at = e.muli(r, stride)?;
+                        let at = e.addi(at, c)?;
                         let row = e.addi(base, r)?;
                         let row_in = e.lt(row, limit)?;
                         let inside = e.andi(row_in, k_in)?;
@@ -259,33 +291,31 @@ mod tiled {
                     }
                 }
                 e.barrier();
-                e.for_const(0, SLAB, 1, |e, kk| {
+                // Unrolled over the slab: constant offsets from the rows' starts.
+                for kk in 0..SLAB {
+                    let kk = e.index(kk)?;
                     let mut a = Vec::new();
-                    let mut b = Vec::new();
-                    for i in 0..PER {
-                        let offset = e.index(16 * i)?;
-                        let row = e.addi(ty, offset)?;
-                        let at = e.muli(row, stride)?;
-                        let at = e.addi(at, kk)?;
+                    for &row in &a_rows {
+                        let at = e.addi(row, kk)?;
                         a.push(e.load(x_slab, at)?);
-                        let col = e.addi(tx, offset)?;
-                        let at = e.muli(col, stride)?;
-                        let at = e.addi(at, kk)?;
+                    }
+                    let mut b = Vec::new();
+                    for &row in &b_rows {
+                        let at = e.addi(row, kk)?;
                         b.push(e.load(w_slab, at)?);
                     }
-                    for i in 0..PER as usize {
-                        for j in 0..PER as usize {
-                            let product = e.mulf(a[i], b[j])?;
-                            e.accumulate(acc[i * PER as usize + j], product)?;
+                    for (i, &a) in a.iter().enumerate() {
+                        for (j, &b) in b.iter().enumerate() {
+                            let product = e.mulf(a, b)?;
+                            e.accumulate(acc[i * per_n as usize + j], product)?;
                         }
                     }
-                    Ok(())
-                })?;
+                }
                 e.barrier();
                 Ok(())
             })?;
-            for i in 0..PER {
-                for j in 0..PER {
+            for i in 0..PER_M {
+                for j in 0..per_n {
                     let offset = e.index(16 * i)?;
                     let row = e.addi(ty, offset)?;
                     let row = e.addi(row0, row)?;
@@ -295,7 +325,7 @@ mod tiled {
                     let row_in = e.lt(row, m_v)?;
                     let col_in = e.lt(col, n_v)?;
                     let inside = e.andi(row_in, col_in)?;
-                    let cell = acc[(i * PER + j) as usize];
+                    let cell = acc[(i * per_n + j) as usize];
                     e.if_then(inside, |e| {
                         let mut value = e.get(cell)?;
                         if let Some(bias) = bias {
