@@ -53,7 +53,10 @@ pub fn default_jobs() -> usize {
 fn weight(kernel: &GpuKernel) -> u32 {
     match kernel {
         GpuKernel::Fp8Gemm(_) => 3,
-        GpuKernel::Linear(_) | GpuKernel::Matmul(_) | GpuKernel::FlashAttention(_) => 2,
+        GpuKernel::Linear(_)
+        | GpuKernel::LinearWgmma(_)
+        | GpuKernel::Matmul(_)
+        | GpuKernel::FlashAttention(_) => 2,
         GpuKernel::AttnScores(_) | GpuKernel::AttnValues(_) => 1,
         _ => 0,
     }

@@ -192,6 +192,17 @@ fn wide_tiles_match_the_cpu_reference() {
     check_every_step("gpu-steps-wide", "tests/gpu/models/wide-mlp.toml", None);
 }
 
+/// A BF16 linear (head) with M, N and K off the tiles, and a bias: wgmma on sm_90a, mma.sync
+/// on sm_89.
+#[test]
+fn a_ragged_bf16_head_matches_the_cpu_reference() {
+    check_every_step(
+        "gpu-steps-ragged-head",
+        "tests/gpu/models/ragged-head.toml",
+        None,
+    );
+}
+
 /// A hidden size too wide for a row in shared memory: the fused norm recomputes its groups.
 #[test]
 fn a_row_wider_than_shared_memory_matches_the_cpu_reference() {

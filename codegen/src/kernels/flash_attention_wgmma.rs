@@ -109,6 +109,38 @@ pub fn values<'c, 'a>(
     Ok(d.chunks(4).map(|r| [r[0], r[1], r[2], r[3]]).collect())
 }
 
+/// The descriptor of a K-major 128-byte-swizzled tile at shared address `start` (8-row atoms
+/// [`ATOM`] bytes apart).
+pub fn k_major_descriptor<'c, 'a>(e: &Emit<'c, 'a>, start: Value<'c, '_>) -> Emitted<'c, 'a> {
+    descriptor(e, start, 0, ATOM)
+}
+
+/// One `wgmma.mma_async m64nNk16.f32.bf16.bf16` with both operands from shared memory
+/// (K-major descriptors), adding to `d` (its registers in and out), `wgmma.fence` first.
+pub fn wgmma_ss<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    n: u64,
+    a: Value<'c, 'a>,
+    b: Value<'c, 'a>,
+    d: &[Value<'c, 'a>],
+) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+    let n_regs = (n / 2) as usize;
+    let regs: Vec<String> = (0..n_regs).map(|i| format!("${i}")).collect();
+    let asm = format!(
+        "{{\n\t.reg .pred p;\n\tsetp.ne.b32 p, 1, 0;\n\twgmma.fence.sync.aligned;\n\t\
+         wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs}}}, ${a}, ${b}, p, 1, 1, 0, 0;\n\t}}",
+        regs = regs.join(", "),
+        a = 2 * n_regs,
+        b = 2 * n_regs + 1,
+    );
+    let mut constraints: Vec<String> = (0..n_regs).map(|_| "=f".to_string()).collect();
+    constraints.extend((0..n_regs).map(|i| i.to_string()));
+    constraints.extend(["l", "l"].map(String::from));
+    let mut operands = d.to_vec();
+    operands.extend([a, b]);
+    results(e, &asm, &constraints.join(","), &operands, n_regs)
+}
+
 /// The descriptor of a 128-byte-swizzled tile at shared address `start`:
 /// `(start >> 4) | (lbo >> 4) << 16 | (sbo >> 4) << 32 | 1 << 62`.
 fn descriptor<'c, 'a>(
@@ -164,7 +196,10 @@ fn wgmma<'c, 'a>(
 
 /// `commit_group` and `wait_group 0`, the accumulators passing through (so that every read of
 /// them comes after the wait).
-fn wait<'c, 'a>(e: &Emit<'c, 'a>, d: &[Value<'c, 'a>]) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+pub fn wait<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    d: &[Value<'c, 'a>],
+) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
     let n = d.len();
     let mut constraints: Vec<String> = (0..n).map(|_| "=f".to_string()).collect();
     constraints.extend((0..n).map(|i| i.to_string()));

@@ -18,6 +18,7 @@ pub mod fp8_gemm_mma;
 pub mod fp8_gemm_wgmma;
 pub mod linear;
 pub mod linear_mma;
+pub mod linear_wgmma;
 pub mod matmul;
 pub mod mma;
 pub mod moe;
@@ -114,6 +115,8 @@ pub enum GpuKernel {
     FlashAttention(flash_attention::FlashAttention),
     /// `linear` in BF16/F32 (head, gate).
     Linear(linear::Linear),
+    /// A BF16 `linear` on wgmma (sm_90a).
+    LinearWgmma(linear_wgmma::LinearWgmma),
     /// `fp8_gemm`, dense or grouped over routed experts.
     Fp8Gemm(fp8_gemm::Fp8Gemm),
     /// `moe_topk`.
@@ -144,6 +147,7 @@ macro_rules! each_kernel {
             GpuKernel::AttnValues($k) => $body,
             GpuKernel::FlashAttention($k) => $body,
             GpuKernel::Linear($k) => $body,
+            GpuKernel::LinearWgmma($k) => $body,
             GpuKernel::Fp8Gemm($k) => $body,
             GpuKernel::MoeTopk($k) => $body,
             GpuKernel::MoeCombine($k) => $body,

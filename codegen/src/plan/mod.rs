@@ -78,6 +78,11 @@ fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
             };
             GpuKernel::Fp8Gemm(gemm)
         }
+        GpuKernel::Linear(linear)
+            if target == Target::Sm90a && crate::kernels::linear_wgmma::eligible(&linear) =>
+        {
+            GpuKernel::LinearWgmma(crate::kernels::linear_wgmma::LinearWgmma::new(linear))
+        }
         GpuKernel::FlashAttention(mut attention) if target == Target::Sm90a => {
             attention.form = AttentionForm::Wgmma;
             GpuKernel::FlashAttention(attention)
