@@ -409,10 +409,7 @@ impl LaunchFile {
 
     /// The parameter values over buffers at `addresses` (by name): pointers resolved, tensor
     /// maps encoded with `cuTensorMapEncodeTiled`'s checks. An error names the parameter.
-    fn param_values(
-        &self,
-        addresses: &BTreeMap<String, u64>,
-    ) -> Result<Vec<ParamValue>, String> {
+    fn param_values(&self, addresses: &BTreeMap<String, u64>) -> Result<Vec<ParamValue>, String> {
         let address = |name: &str, path: &str| {
             addresses.get(name).copied().ok_or_else(|| {
                 let known: Vec<&str> = addresses.keys().map(String::as_str).collect();
