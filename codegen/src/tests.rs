@@ -331,36 +331,45 @@ fn data_movement_and_batched_matmul_kernels_assemble() {
 
 #[test]
 fn kernels_lowered_apart_and_joined_are_the_module_lowered_whole() {
-    // tiny-moe has shared-memory globals and local depots, which the join must number as the
-    // NVPTX back end does for a whole module.
+    // Shared-memory globals (every model) and local depots (deepseek-v2-lite's grouped FP8
+    // GEMMs on sm_90a), which the join must number as the NVPTX back end does for a whole
+    // module.
     use crate::mlir::{KernelModule, create_context};
-    let graph = compiled("tiny-moe");
-    for target in Target::ALL {
-        let program = crate::plan::plan(&graph, target).unwrap();
-        let context = create_context();
-        let mut module = KernelModule::new(&context, crate::artifact::GPU_MODULE);
-        for (entry, kernel) in &program.kernels {
-            kernel.build(&module, entry).unwrap();
-        }
-        let whole = crate::compile_to_ptx(module.module_mut(), target).unwrap();
-        assert!(whole.contains("has been demoted") && whole.contains("__local_depot"));
-        for jobs in [1, 3] {
-            let options = Options {
-                jobs: Some(jobs),
-                ..Options::default()
-            };
-            let generated = generate_with(&graph, target, &options).unwrap();
-            assert_eq!(generated.timings.threads, jobs);
-            assert!(
-                !generated.timings.lowered_whole,
-                "{target}: the join failed"
-            );
-            assert!(
-                generated.ptx == whole,
-                "{target}, {jobs} threads: the joined PTX differs from the whole module's"
-            );
+    let mut depots = 0;
+    for name in ["tiny-moe", "deepseek-v2-lite"] {
+        let graph = compiled(name);
+        for target in Target::ALL {
+            let program = crate::plan::plan(&graph, target).unwrap();
+            let context = create_context();
+            let mut module = KernelModule::new(&context, crate::artifact::GPU_MODULE);
+            for (entry, kernel) in &program.kernels {
+                kernel.build(&module, entry).unwrap();
+            }
+            let whole = crate::compile_to_ptx(module.module_mut(), target).unwrap();
+            assert!(whole.contains("has been demoted"), "{name} {target}");
+            depots += usize::from(whole.contains("__local_depot"));
+            for jobs in [1, 3] {
+                let options = Options {
+                    jobs: Some(jobs),
+                    ..Options::default()
+                };
+                let generated = generate_with(&graph, target, &options).unwrap();
+                assert_eq!(generated.timings.threads, jobs);
+                assert!(
+                    !generated.timings.lowered_whole,
+                    "{name} {target}: the join failed"
+                );
+                assert!(
+                    generated.ptx == whole,
+                    "{name} {target}, {jobs} threads: the joined PTX differs from the whole module's"
+                );
+            }
         }
     }
+    assert!(
+        depots > 0,
+        "no module with a local depot: the test no longer covers them"
+    );
 }
 
 /// A fresh directory under the system's temporary directory, deleted when dropped.
