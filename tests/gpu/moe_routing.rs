@@ -256,6 +256,8 @@ fn gate_linear_sums_in_the_former_order() {
         (64, 64, 64, false),
         (100, 32, 96, false),
         (20, 8, 40, true),
+        // Enough tiles for 64-row ones.
+        (2112, 256, 4, false),
     ] {
         for w_dtype in [DType::F32, DType::Bf16] {
             check_gate(m, n, k, with_bias, w_dtype);

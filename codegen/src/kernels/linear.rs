@@ -4,8 +4,9 @@
 //! BF16 operands (the head) run on the tensor cores ([`super::linear_mma`]); f32 activations
 //! (the MoE gate, whose logits the recipe computes in f32 from BF16 or f32 weights; no TF32) are
 //! tiled through shared memory
-//! ([`tiled`]): 64 × 64 outputs per block of 256 threads (64 × 32 or 64 × 16 for narrower
-//! outputs), each thread 4 × 4 of them (4 × 2, 4 × 1), x and w staged in 32-wide slabs of K.
+//! ([`tiled`]): up to 64 × 64 outputs per block of 256 threads, each thread up to 4 × 4 of
+//! them (fewer columns for narrow outputs, fewer rows where 64-row tiles would leave SMs idle),
+//! x and w staged in 32-wide slabs of K.
 //! Every output still sums its products in increasing k from 0, one rounding per step exactly
 //! as the one-thread-per-output form (the same `fma` chain), so the results are that form's bit
 //! for bit. Other operands take the one-thread-per-output form.
@@ -159,13 +160,11 @@ mod tiled {
     use crate::mlir::emit::Emit;
     use crate::mlir::kernel::Dimension;
 
-    /// Output rows of a block's tile (4 per thread).
-    const TILE_M: i64 = 64;
-    /// Rows of output per thread.
-    const PER_M: i64 = TILE_M / 16;
+    /// Streaming multiprocessors the tile choice fills (an H100 SXM's 132).
+    const SMS: u64 = 132;
     /// K per shared-memory slab.
     const SLAB: i64 = 32;
-    /// Threads: 16 × 16, each `PER_M × per_n` outputs (rows `ty + 16i`, columns `tx + 16j`).
+    /// Threads: 16 × 16, each `per_m × per_n` outputs (rows `ty + 16i`, columns `tx + 16j`).
     const THREADS: i64 = 256;
     /// A slab row's stride in shared memory (one word of padding against bank conflicts).
     const STRIDE: i64 = SLAB + 1;
@@ -186,14 +185,30 @@ mod tiled {
         (linear.n.div_ceil(16).next_power_of_two() as i64).min(4)
     }
 
+    /// Output rows per thread: 4, 2 or 1, whichever has the fewest shared-memory reads per
+    /// SM (`1/per_m + 1/per_n` per product, over the SMs the blocks fill): a narrow gate of
+    /// few row tiles takes smaller ones to fill the GPU.
+    fn per_m(linear: &Linear) -> i64 {
+        let per_n = per_n(linear) as f64;
+        let cost = |per_m: i64| {
+            let blocks =
+                linear.m.div_ceil(16 * per_m as u64) * linear.n.div_ceil(16 * per_n as u64);
+            (1.0 / per_m as f64 + 1.0 / per_n) / blocks.min(SMS) as f64
+        };
+        [4, 2, 1]
+            .into_iter()
+            .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+            .unwrap_or(4)
+    }
+
     fn tiles(linear: &Linear) -> (u64, u64) {
         (
-            linear.m.div_ceil(TILE_M as u64),
+            linear.m.div_ceil(16 * per_m(linear) as u64),
             linear.n.div_ceil(16 * per_n(linear) as u64),
         )
     }
 
-    /// One block per 64 × 64 output tile (64 × 16·`per_n`).
+    /// One block per 16·`per_m` × 16·`per_n` output tile (64 × 64 at most).
     pub fn launch(linear: &Linear) -> Launch {
         let (rows, cols) = tiles(linear);
         Launch::blocks(rows * cols, THREADS as u32)
@@ -207,13 +222,13 @@ mod tiled {
     ) -> Result<(), CodegenError> {
         let context = module.context();
         let types = param_types(context, &linear.params());
-        let per_n = per_n(linear);
-        let tile_n = 16 * per_n;
+        let (per_m, per_n) = (per_m(linear), per_n(linear));
+        let (tile_m, tile_n) = (16 * per_m, 16 * per_n);
         let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
         let slab = |rows: i64| -> Type {
             MemRefType::new(Type::float32(context), &[rows * STRIDE], None, workgroup).into()
         };
-        let shared = [slab(TILE_M), slab(tile_n)];
+        let shared = [slab(tile_m), slab(tile_n)];
         module.add_kernel_with_shared(entry, &types, &shared, |block, location| {
             let e = Emit::new(context, block, location);
             let args = kernel_args(block, types.len())?;
@@ -231,15 +246,15 @@ mod tiled {
             let tile = e.block_index(Dimension::X)?;
             let col_tiles = e.index(col_tiles as i64)?;
             let row0 = e.divui(tile, col_tiles)?;
-            let tile_m = e.index(TILE_M)?;
-            let row0 = e.muli(row0, tile_m)?;
+            let tile_m_v = e.index(tile_m)?;
+            let row0 = e.muli(row0, tile_m_v)?;
             let col0 = e.remui(tile, col_tiles)?;
             let tile_n_v = e.index(tile_n)?;
             let col0 = e.muli(col0, tile_n_v)?;
 
             let zero = e.f32(0.0)?;
             let mut acc = Vec::new();
-            for _ in 0..PER_M * per_n {
+            for _ in 0..per_m * per_n {
                 acc.push(e.cell(zero)?);
             }
             let m_v = e.index(m)?;
@@ -249,7 +264,7 @@ mod tiled {
             let slab_v = e.index(SLAB)?;
             // Where this thread's rows of x and columns of w start in their slabs.
             let mut a_rows = Vec::new();
-            for i in 0..PER_M {
+            for i in 0..per_m {
                 let offset = e.index(16 * i)?;
                 let row = e.addi(ty, offset)?;
                 a_rows.push(e.muli(row, stride)?);
@@ -265,7 +280,7 @@ mod tiled {
             // matrices (a zero product leaves a sum from +0 unchanged).
             e.for_const(0, (k + SLAB - 1) / SLAB * SLAB, SLAB, |e, k0| {
                 for (source, base, limit, slab, rows) in [
-                    (x, row0, m_v, x_slab, TILE_M),
+                    (x, row0, m_v, x_slab, tile_m),
                     (w, col0, n_v, w_slab, tile_n),
                 ] {
                     for i in 0..rows * SLAB / THREADS {
@@ -314,7 +329,7 @@ mod tiled {
                 e.barrier();
                 Ok(())
             })?;
-            for i in 0..PER_M {
+            for i in 0..per_m {
                 for j in 0..per_n {
                     let offset = e.index(16 * i)?;
                     let row = e.addi(ty, offset)?;
