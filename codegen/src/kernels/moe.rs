@@ -219,7 +219,7 @@ impl MoeTopk {
             let candidates = (0..p as usize)
                 .map(|s| candidate(e, select[s], ids[s], scores[s], taken[s]))
                 .collect::<Result<Vec<_>, _>>()?;
-            let best = warp_argbest(e, &candidates, 32)?;
+            let best = warp_argbest(e, &candidates, 32, Some(p))?;
             for s in 0..p as usize {
                 let is = e.cmpi(CmpiPredicate::Eq, ids[s], best.index)?;
                 taken[s] = e.ori(taken[s], is)?;
@@ -328,7 +328,7 @@ impl MoeTopk {
             let all = (0..ids.len())
                 .map(|s| candidate(e, select[s], ids[s], select[s], no))
                 .collect::<Result<Vec<_>, _>>()?;
-            let first = warp_argbest(e, &all, lanes as u32)?;
+            let first = warp_argbest(e, &all, lanes as u32, None)?;
             let second = if self.bias && size > 1 {
                 let rest = (0..ids.len())
                     .map(|s| {
@@ -336,7 +336,7 @@ impl MoeTopk {
                         candidate(e, select[s], ids[s], select[s], is)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                Some(warp_argbest(e, &rest, lanes as u32)?)
+                Some(warp_argbest(e, &rest, lanes as u32, None)?)
             } else {
                 None
             };
@@ -358,7 +358,7 @@ impl MoeTopk {
                 let all = (0..ids.len())
                     .map(|s| candidate(e, select[s], ids[s], select[s], outside[s]))
                     .collect::<Result<Vec<_>, _>>()?;
-                let first = warp_argbest(e, &all, 32)?;
+                let first = warp_argbest(e, &all, 32, None)?;
                 let second = if self.bias && size > 1 {
                     let rest = (0..ids.len())
                         .map(|s| {
@@ -367,7 +367,7 @@ impl MoeTopk {
                             candidate(e, select[s], ids[s], select[s], skip)
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    Some(warp_argbest(e, &rest, 32)?)
+                    Some(warp_argbest(e, &rest, 32, None)?)
                 } else {
                     None
                 };
@@ -453,28 +453,94 @@ fn better_of<'c, 'a>(
 }
 
 /// The best of `entries` over each aligned group of `lanes` lanes (32: the whole warp), the
-/// same in every lane of the group: the lane's own best, then a butterfly of shuffles (the rank
-/// is a total order, so every lane ends with the same entry).
+/// same in every lane of the group: the lane's own best, then a butterfly of shuffles over one
+/// 64-bit key per entry that orders as the rank does (the rank is a total order, so every lane
+/// ends with the same entry). With `per_lane`, the winner's payload is fetched from the lane
+/// holding it (expert `i` is in lane `i / per_lane`); without, the payload is left undefined.
 fn warp_argbest<'c, 'a>(
     e: &Emit<'c, 'a>,
     entries: &[Best<'c, 'a>],
     lanes: u32,
+    per_lane: Option<u64>,
 ) -> Result<Best<'c, 'a>, CodegenError> {
-    let mut best = entries[0];
+    let mut own = entries[0];
     for &entry in &entries[1..] {
-        best = better_of(e, best, entry)?;
+        own = better_of(e, own, entry)?;
     }
+    let mut key = rank_key(e, own.value, own.index)?;
+    let i64_type = e.int_type(64);
+    let i32_type = e.int_type(32);
+    let thirty_two = e.int(64, 32)?;
     let mut offset = lanes / 2;
     while offset > 0 {
-        let other = Best {
-            value: shuffle(e, best.value, offset, "xor")?,
-            index: shuffle(e, best.index, offset, "xor")?,
-            payload: shuffle(e, best.payload, offset, "xor")?,
-        };
-        best = better_of(e, best, other)?;
+        let high = e.shrui(key, thirty_two)?;
+        let high = e.trunci(high, i32_type)?;
+        let low = e.trunci(key, i32_type)?;
+        let high = shuffle(e, high, offset, "xor")?;
+        let low = shuffle(e, low, offset, "xor")?;
+        let high = e.extui(high, i64_type)?;
+        let high = e.shli(high, thirty_two)?;
+        let low = e.extui(low, i64_type)?;
+        let other = e.ori(high, low)?;
+        let greater = e.cmpi(CmpiPredicate::Ugt, other, key)?;
+        key = e.select(greater, other, key)?;
         offset /= 2;
     }
-    Ok(best)
+    // Decode: the index from the low word, the value (−0 as +0, NaN as one NaN) from the high.
+    let all = e.int(32, -1)?;
+    let low = e.trunci(key, i32_type)?;
+    let index = e.push(melior::dialect::arith::xori(low, all, e.location))?;
+    let high = e.shrui(key, thirty_two)?;
+    let high = e.trunci(high, i32_type)?;
+    let zero = e.int(32, 0)?;
+    let positive = e.cmpi(CmpiPredicate::Slt, high, zero)?;
+    let magnitude = e.int(32, i64::from(i32::MAX))?;
+    let positive_bits = e.andi(high, magnitude)?;
+    let negative_bits = e.push(melior::dialect::arith::xori(high, all, e.location))?;
+    let bits = e.select(positive, positive_bits, negative_bits)?;
+    let value = e.bitcast(bits, e.f32_type())?;
+    let payload = match per_lane {
+        Some(p) => {
+            let p = e.int(32, p as i64)?;
+            let owner = e.divui(index, p)?;
+            shuffle_by(e, own.payload, owner, "idx")?
+        }
+        None => own.payload,
+    };
+    Ok(Best {
+        value,
+        index,
+        payload,
+    })
+}
+
+/// A 64-bit key of `(value, index)` whose unsigned order is the rank's: the value's bits made
+/// monotone (−0 first made +0: the rank ties them) in the high word, NaN all ones; the index
+/// complemented in the low word (ties to the lower index). [`empty`] keys below every entry.
+fn rank_key<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    value: Value<'c, 'a>,
+    index: Value<'c, 'a>,
+) -> Emitted<'c, 'a> {
+    let plus_zero = e.f32(0.0)?;
+    let canonical = e.addf(value, plus_zero)?;
+    let bits = e.bitcast(canonical, e.int_type(32))?;
+    let zero = e.int(32, 0)?;
+    let negative = e.cmpi(CmpiPredicate::Slt, bits, zero)?;
+    let all = e.int(32, -1)?;
+    let flipped = e.push(melior::dialect::arith::xori(bits, all, e.location))?;
+    let sign = e.int(32, i64::from(i32::MIN))?;
+    let raised = e.ori(bits, sign)?;
+    let ordered = e.select(negative, flipped, raised)?;
+    let nan = e.cmpf(CmpfPredicate::Uno, value, value)?;
+    let high = e.select(nan, all, ordered)?;
+    let low = e.push(melior::dialect::arith::xori(index, all, e.location))?;
+    let i64_type = e.int_type(64);
+    let high = e.extui(high, i64_type)?;
+    let thirty_two = e.int(64, 32)?;
+    let high = e.shli(high, thirty_two)?;
+    let low = e.extui(low, i64_type)?;
+    e.ori(high, low)
 }
 
 /// `gpu.shuffle <mode> value, lane_or_offset, 32` over the full warp.
