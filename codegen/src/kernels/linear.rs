@@ -150,6 +150,8 @@ impl Linear {
 /// The f32 `linear` tiled through shared memory (module doc).
 mod tiled {
     use dsc_ir::DType;
+    use melior::dialect::llvm;
+    use melior::ir::attribute::DenseI64ArrayAttribute;
     use melior::ir::r#type::MemRefType;
     use melior::ir::{Attribute, BlockLike, Type, Value};
 
@@ -166,8 +168,9 @@ mod tiled {
     const SLAB: i64 = 32;
     /// Threads: 16 × 16, each `per_m × per_n` outputs (rows `ty + 16i`, columns `tx + 16j`).
     const THREADS: i64 = 256;
-    /// A slab row's stride in shared memory (one word of padding against bank conflicts).
-    const STRIDE: i64 = SLAB + 1;
+    /// A slab row's stride in shared memory: four words of padding keep rows 16-byte aligned
+    /// for `ld.shared.v4` and spread a warp's 16 columns of w over all banks.
+    const STRIDE: i64 = SLAB + 4;
 
     /// One weight matrix, float operands not both BF16 (those take the tensor cores): the MoE
     /// gate's f32 x with BF16 or f32 weights (a BF16 or F16 element widens to f32 exactly).
@@ -225,17 +228,21 @@ mod tiled {
         let (per_m, per_n) = (per_m(linear), per_n(linear));
         let (tile_m, tile_n) = (16 * per_m, 16 * per_n);
         let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
-        let slab = |rows: i64| -> Type {
-            MemRefType::new(Type::float32(context), &[rows * STRIDE], None, workgroup).into()
-        };
-        let shared = [slab(tile_m), slab(tile_n)];
+        // Both slabs in one buffer, with room to start them at a 16-byte boundary (a workgroup
+        // buffer is only 4-byte aligned).
+        let shared: [Type; 1] = [MemRefType::new(
+            Type::float32(context),
+            &[(tile_m + tile_n) * STRIDE + 3],
+            None,
+            workgroup,
+        )
+        .into()];
         module.add_kernel_with_shared(entry, &types, &shared, |block, location| {
             let e = Emit::new(context, block, location);
             let args = kernel_args(block, types.len())?;
             let (x, w, out) = (args[0], args[1], args[args.len() - 1]);
             let bias = linear.bias.map(|_| args[2]);
-            let x_slab: Value = block.argument(types.len())?.into();
-            let w_slab: Value = block.argument(types.len() + 1)?.into();
+            let slabs: Value = block.argument(types.len())?.into();
             let (m, n, k) = (linear.m as i64, linear.n as i64, linear.k as i64);
             let (_, col_tiles) = tiles(linear);
 
@@ -262,27 +269,46 @@ mod tiled {
             let k_v = e.index(k)?;
             let stride = e.index(STRIDE)?;
             let slab_v = e.index(SLAB)?;
-            // Where this thread's rows of x and columns of w start in their slabs.
-            let mut a_rows = Vec::new();
-            for i in 0..per_m {
-                let offset = e.index(16 * i)?;
-                let row = e.addi(ty, offset)?;
-                a_rows.push(e.muli(row, stride)?);
+            // The slabs' start: the buffer's first 16-byte boundary, `skip` elements in; w's
+            // slab follows x's.
+            let i32_type = e.int_type(32);
+            let raw = e.address_of(slabs)?;
+            let raw = e.trunci(raw, i32_type)?;
+            let fifteen = e.int(32, 15)?;
+            let aligned = e.addi(raw, fifteen)?;
+            let mask = e.int(32, !15)?;
+            let aligned = e.andi(aligned, mask)?;
+            let skip = e.subi(aligned, raw)?;
+            let two = e.int(32, 2)?;
+            let skip = e.shrui(skip, two)?;
+            let skip = e.index_cast(skip, e.index_type())?;
+            let w_skip = e.index(tile_m * STRIDE)?;
+            let w_skip = e.addi(skip, w_skip)?;
+            // The shared addresses where this thread's rows of x and columns of w start.
+            let mut places = [Vec::new(), Vec::new()];
+            for (list, (slab_start, first, count)) in places
+                .iter_mut()
+                .zip([(0, ty, per_m), (tile_m * STRIDE, tx, per_n)])
+            {
+                let start = e.int(32, 4 * slab_start)?;
+                let base = e.addi(aligned, start)?;
+                let first = e.index_cast(first, i32_type)?;
+                for i in 0..count {
+                    let offset = e.int(32, 16 * i)?;
+                    let row = e.addi(first, offset)?;
+                    let bytes = e.int(32, 4 * STRIDE)?;
+                    let at = e.muli(row, bytes)?;
+                    list.push(e.addi(base, at)?);
+                }
             }
-            let mut b_rows = Vec::new();
-            for j in 0..per_n {
-                let offset = e.index(16 * j)?;
-                let col = e.addi(tx, offset)?;
-                b_rows.push(e.muli(col, stride)?);
-            }
+            let [a_places, b_places] = places;
             // Each slab: thread `tid` loads elements `tid + 256 i` of the x and w slabs (row
             // `/ 32`, column `% 32`: a warp reads one 128-byte row segment), 0 outside the
             // matrices (a zero product leaves a sum from +0 unchanged).
             e.for_const(0, (k + SLAB - 1) / SLAB * SLAB, SLAB, |e, k0| {
-                for (source, base, limit, slab, rows) in [
-                    (x, row0, m_v, x_slab, tile_m),
-                    (w, col0, n_v, w_slab, tile_n),
-                ] {
+                for (source, base, limit, slab_start, rows) in
+                    [(x, row0, m_v, skip, tile_m), (w, col0, n_v, w_skip, tile_n)]
+                {
                     for i in 0..rows * SLAB / THREADS {
                         let offset = e.index(i * THREADS)?;
                         let element = e.addi(tid, offset)?;
@@ -292,6 +318,7 @@ mod tiled {
                         let k_in = e.lt(kk, k_v)?;
                         let at = e.muli(r, stride)?;
                         let at = e.addi(at, c)?;
+                        let at = e.addi(slab_start, at)?;
                         let row = e.addi(base, r)?;
                         let row_in = e.lt(row, limit)?;
                         let inside = e.andi(row_in, k_in)?;
@@ -302,27 +329,27 @@ mod tiled {
                         let v = e.load_f32(source, zero_index, flat)?;
                         let zero = e.f32(0.0)?;
                         let v = e.select(inside, v, zero)?;
-                        e.store(v, slab, at);
+                        e.store(v, slabs, at);
                     }
                 }
                 e.barrier();
-                // Unrolled over the slab: constant offsets from the rows' starts.
-                for kk in 0..SLAB {
-                    let kk = e.index(kk)?;
-                    let mut a = Vec::new();
-                    for &row in &a_rows {
-                        let at = e.addi(row, kk)?;
-                        a.push(e.load(x_slab, at)?);
-                    }
-                    let mut b = Vec::new();
-                    for &row in &b_rows {
-                        let at = e.addi(row, kk)?;
-                        b.push(e.load(w_slab, at)?);
-                    }
-                    for (i, &a) in a.iter().enumerate() {
-                        for (j, &b) in b.iter().enumerate() {
-                            let product = e.mulf(a, b)?;
-                            e.accumulate(acc[i * per_n as usize + j], product)?;
+                // Unrolled over the slab, four k at a time (16-byte loads at constant offsets
+                // from the rows' starts); each output still adds its products in k order.
+                for k4 in (0..SLAB).step_by(4) {
+                    let a = a_places
+                        .iter()
+                        .map(|&place| shared_load_v4_f32(&e, place, 4 * k4))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let b = b_places
+                        .iter()
+                        .map(|&place| shared_load_v4_f32(&e, place, 4 * k4))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    for q in 0..4 {
+                        for (i, a) in a.iter().enumerate() {
+                            for (j, b) in b.iter().enumerate() {
+                                let product = e.mulf(a[q], b[q])?;
+                                e.accumulate(acc[i * per_n as usize + j], product)?;
+                            }
                         }
                     }
                 }
@@ -358,5 +385,27 @@ mod tiled {
             }
             Ok(())
         })
+    }
+
+    /// The four f32 at the 16-byte aligned shared address `place + offset` (`place` an `i32`).
+    fn shared_load_v4_f32<'c, 'a>(
+        e: &Emit<'c, 'a>,
+        place: Value<'c, '_>,
+        offset: i64,
+    ) -> Result<[Value<'c, 'a>; 4], CodegenError> {
+        let f32_type = e.f32_type();
+        let words = e.push(e.inline_asm_op(
+            &format!("ld.shared.v4.f32 {{$0, $1, $2, $3}}, [$4+{offset}];"),
+            "=f,=f,=f,=f,r",
+            &[place],
+            &[llvm::r#type::r#struct(e.context, &[f32_type; 4], false)],
+        )?)?;
+        let word = |i: i64| -> Result<Value<'c, 'a>, CodegenError> {
+            let position = DenseI64ArrayAttribute::new(e.context, &[i]);
+            e.push(llvm::extract_value(
+                e.context, words, position, f32_type, e.location,
+            ))
+        };
+        Ok([word(0)?, word(1)?, word(2)?, word(3)?])
     }
 }
