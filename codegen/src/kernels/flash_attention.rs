@@ -518,6 +518,28 @@ impl FlashAttention {
         };
         let eight_c = e.muli(lane.c, e.index(8)?)?;
         let place = lane.place(e, k_smem, self.k_stride(), lane.r0, eight_c)?;
+        let tile = Tile {
+            base: k_smem,
+            first: place,
+            stride: self.k_stride(),
+        };
+        self.copy_rows(e, &lane, t0, source, row_bytes, Some(in_dims), tile)
+    }
+
+    /// Copies this lane's chunk column of keys `t0 + r0`, `t0 + r0 + rows_per_step`, … from
+    /// `source` (the chunk of key `t0 + r0`; keys `row_bytes` apart) into `tile`; keys past
+    /// the end, and the whole column when `in_dims` is false, as zeros.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        lane: &StageLane<'c, '_>,
+        t0: Value<'c, '_>,
+        source: Value<'c, '_>,
+        row_bytes: Value<'c, '_>,
+        in_dims: Option<Value<'c, '_>>,
+        tile: Tile<'c, '_>,
+    ) -> Result<(), CodegenError> {
         let kv_len = e.index(self.kv_len as i64)?;
         for step in 0..KV_TILE.div_ceil(lane.rows_per_step) {
             let rows = step * lane.rows_per_step;
@@ -526,19 +548,20 @@ impl FlashAttention {
             let in_tile = e.lt(r, e.index(KV_TILE as i64)?)?;
             let in_tile = e.andi(lane.active, in_tile)?;
             let key_ok = e.lt(t, kv_len)?;
-            let ok = e.andi(in_tile, key_ok)?;
-            let ok = e.andi(ok, in_dims)?;
-            let step_bytes = e.int(64, rows as i64)?;
-            let step_bytes = e.muli(step_bytes, row_bytes)?;
+            let mut ok = e.andi(in_tile, key_ok)?;
+            if let Some(in_dims) = in_dims {
+                ok = e.andi(ok, in_dims)?;
+            }
+            let step_bytes = e.muli(e.int(64, rows as i64)?, row_bytes)?;
             let address = e.addi(source, step_bytes)?;
             let words = global_load_v4(e, address, ok)?;
             e.if_then(in_tile, |e| {
                 let place = match self.form {
                     AttentionForm::MmaSync => {
-                        let offset = e.int(32, (2 * rows * self.k_stride()) as i64)?;
-                        e.addi(place, offset)?
+                        let offset = e.int(32, (2 * rows * tile.stride) as i64)?;
+                        e.addi(tile.first, offset)?
                     }
-                    AttentionForm::Wgmma => wgmma::place(&e, k_smem, r, lane.c)?,
+                    AttentionForm::Wgmma => wgmma::place(&e, tile.base, r, lane.c)?,
                 };
                 shared_store_v4(&e, place, words)
             })?;
@@ -587,34 +610,25 @@ impl FlashAttention {
         };
         let row = e.addi(t0, lane.r0)?;
         let source = self.chunk_address(e, ops.v, at, row, at.vh, values, lane.c)?;
-        let row_bytes = self.v_heads * self.v_dim * 2;
+        let row_bytes = e.int(64, (self.v_heads * self.v_dim * 2) as i64)?;
         let eight_c = e.muli(lane.c, e.index(8)?)?;
         let place = lane.place(e, v_smem, self.v_stride(), lane.r0, eight_c)?;
-        let kv_len = e.index(self.kv_len as i64)?;
-        for step in 0..KV_TILE.div_ceil(lane.rows_per_step) {
-            let rows = step * lane.rows_per_step;
-            let r = e.addi(lane.r0, e.index(rows as i64)?)?;
-            let t = e.addi(t0, r)?;
-            let in_tile = e.lt(r, e.index(KV_TILE as i64)?)?;
-            let in_tile = e.andi(lane.active, in_tile)?;
-            let key_ok = e.lt(t, kv_len)?;
-            let ok = e.andi(in_tile, key_ok)?;
-            let offset = e.int(64, (rows * row_bytes) as i64)?;
-            let address = e.addi(source, offset)?;
-            let words = global_load_v4(e, address, ok)?;
-            e.if_then(in_tile, |e| {
-                let place = match self.form {
-                    AttentionForm::MmaSync => {
-                        let offset = e.int(32, (2 * rows * self.v_stride()) as i64)?;
-                        e.addi(place, offset)?
-                    }
-                    AttentionForm::Wgmma => wgmma::place(&e, v_smem, r, lane.c)?,
-                };
-                shared_store_v4(&e, place, words)
-            })?;
-        }
-        Ok(())
+        let tile = Tile {
+            base: v_smem,
+            first: place,
+            stride: self.v_stride(),
+        };
+        self.copy_rows(e, &lane, t0, source, row_bytes, None, tile)
     }
+}
+
+/// A shared tile being staged: its base, this lane's first place in the padded layout, and
+/// the padded layout's elements per row.
+#[derive(Clone, Copy)]
+struct Tile<'c, 'a> {
+    base: Value<'c, 'a>,
+    first: Value<'c, 'a>,
+    stride: u64,
 }
 
 /// A thread's part in staging a tile of `chunks_per_row` 16-byte chunks per row: chunk column
