@@ -18,9 +18,7 @@
 
 use dsc_ir::DType;
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
-use melior::ir::attribute::Attribute;
-use melior::ir::r#type::MemRefType;
-use melior::ir::{BlockLike, Type, Value};
+use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
 use super::attention::{HeadOperand, row_index};
@@ -29,7 +27,7 @@ use super::mma::{mma, pack_k};
 use super::vector_access::{
     global_load_v4, pack_bf16x2, shared_load_u16_pair, shared_load_u32, shared_store_v4,
 };
-use super::{Launch, Param, kernel_args, param_types};
+use super::{Launch, Param, kernel_args, param_types, shared_bytes_type};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -191,14 +189,7 @@ impl FlashAttention {
         let context = module.context();
         let params = self.params();
         let types = param_types(context, &params);
-        let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
-        let shared: Type = MemRefType::new(
-            Type::parse(context, "i8").expect("i8 parses"),
-            &[self.shared_bytes() as i64],
-            None,
-            workgroup,
-        )
-        .into();
+        let shared = shared_bytes_type(context, self.shared_bytes());
         let n_params = params.len();
         module.add_kernel_with_shared(entry, &types, &[shared], |block, location| {
             let e = Emit::new(context, block, location);

@@ -23,14 +23,13 @@
 //! continues it (multi-stage TMA ring, warp specialization, persistent tiles).
 
 use melior::dialect::llvm;
-use melior::ir::attribute::{Attribute, DenseI64ArrayAttribute};
+use melior::ir::attribute::DenseI64ArrayAttribute;
 use melior::ir::operation::OperationBuilder;
-use melior::ir::r#type::MemRefType;
-use melior::ir::{BlockLike, Type, Value};
+use melior::ir::{BlockLike, Value};
 
 use super::fp8_gemm::{Fp8Gemm, GemmForm, Operands, tile_row};
 use super::vector_access::{global_load_v4, shared_store_v4};
-use super::{Launch, kernel_args, param_types};
+use super::{Launch, kernel_args, param_types, shared_bytes_type};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
@@ -117,16 +116,9 @@ pub fn launch(gemm: &Fp8Gemm) -> Launch {
 pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
     let context = module.context();
     let types = param_types(context, &gemm.params());
-    let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
     // The tiles plus room to align them.
     let shared_bytes = ATOM + A_BYTES + block_n(gemm) * BLOCK_K;
-    let shared: Type = MemRefType::new(
-        Type::parse(context, "i8").expect("i8 parses"),
-        &[shared_bytes as i64],
-        None,
-        workgroup,
-    )
-    .into();
+    let shared = shared_bytes_type(context, shared_bytes);
     let n_args = types.len();
     module.add_kernel_with_shared(entry, &types, &[shared], |block, location| {
         let e = Emit::new(context, block, location);

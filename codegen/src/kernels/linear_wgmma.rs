@@ -10,15 +10,13 @@
 //! end read as zeros. Four k-steps of 16 (32 bytes each) per block, then `wait_group 0` before
 //! the tiles are overwritten.
 
-use melior::ir::attribute::Attribute;
-use melior::ir::r#type::MemRefType;
-use melior::ir::{BlockLike, Type, Value};
+use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
 use super::flash_attention_wgmma::{self as tiles, ATOM};
 use super::linear::Linear;
 use super::vector_access::{global_load_v4, shared_store_v4};
-use super::{Launch, Param, kernel_args, param_types};
+use super::{Launch, Param, kernel_args, param_types, shared_bytes_type};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::Emit;
@@ -100,15 +98,8 @@ impl LinearWgmma {
         let context = module.context();
         let params = self.params();
         let types = param_types(context, &params);
-        let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
         let shared_bytes = ATOM + self.a_bytes() + self.block_n * 128;
-        let shared: Type = MemRefType::new(
-            Type::parse(context, "i8").expect("i8 parses"),
-            &[shared_bytes as i64],
-            None,
-            workgroup,
-        )
-        .into();
+        let shared = shared_bytes_type(context, shared_bytes);
         let n_params = params.len();
         module.add_kernel_with_shared(entry, &types, &[shared], |block, location| {
             let e = Emit::new(context, block, location);

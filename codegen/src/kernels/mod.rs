@@ -215,6 +215,19 @@ pub fn element_type(context: &Context, dtype: DType) -> Type<'_> {
     }
 }
 
+/// A workgroup (shared-memory) buffer of `bytes` bytes, for kernels that lay their tiles
+/// out by hand.
+pub(crate) fn shared_bytes_type(context: &Context, bytes: u64) -> Type<'_> {
+    let workgroup = melior::ir::Attribute::parse(context, "#gpu.address_space<workgroup>");
+    MemRefType::new(
+        IntegerType::new(context, 8).into(),
+        &[bytes as i64],
+        None,
+        workgroup,
+    )
+    .into()
+}
+
 /// The memref types of `params`: flat, static, one per buffer.
 pub fn param_types<'c>(context: &'c Context, params: &[Param]) -> Vec<Type<'c>> {
     params
