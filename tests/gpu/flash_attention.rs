@@ -3,13 +3,12 @@
 //! lengths (not multiples of the 64-query block or the 64-key tile), causal and not, grouped
 //! heads, MLA's RoPE part with one shared key head, and extreme scores.
 
+use super::kernel_run::{lower, run_ptx};
 use super::tolerance::{compare, rule_for};
+use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::attention::HeadOperand;
 use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention};
-use dsc_codegen::mlir::{KernelModule, create_context};
-use dsc_codegen::{Target, compile_to_ptx};
-use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
 use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, from_bf16_bits, to_bf16};
 use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention};
@@ -90,6 +89,8 @@ fn check(spec: &FlashAttention, amplitude: f32) {
         data: HostData::F32(want),
     };
 
+    let buffers: Vec<Vec<u8>> = inputs.iter().map(|x| bf16_bytes(x)).collect();
+    let out_bytes = want.shape.iter().product::<usize>() * 2;
     let forms = [
         (Target::Sm90a, AttentionForm::Wgmma),
         (Target::Sm90a, AttentionForm::MmaSync),
@@ -100,36 +101,8 @@ fn check(spec: &FlashAttention, amplitude: f32) {
             form,
             ..spec.clone()
         });
-        let context = create_context();
-        let mut module = KernelModule::new(&context, "dsc_kernels");
-        let entry = kernel.entry();
-        kernel.build(&module, &entry).expect("kernel builds");
-        let ptx = compile_to_ptx(module.module_mut(), target).expect("kernel lowers");
-        let ptx = Module::parse(&ptx).expect("emulator parses the PTX");
-
-        let mut memory = GlobalMemory::new();
-        let mut values = Vec::new();
-        for input in &inputs {
-            let bytes = bf16_bytes(input);
-            let at = memory.allocate(bytes.len() as u64);
-            memory.write(at, &bytes).expect("write");
-            values.push(ParamValue::U64(at));
-        }
-        let out_bytes = want.shape.iter().product::<usize>() * 2;
-        let out = memory.allocate(out_bytes as u64);
-        values.push(ParamValue::U64(out));
-        let l = kernel.launch();
-        launch(
-            &ptx,
-            &entry,
-            &memory,
-            &LaunchConfig::new(l.grid, l.block),
-            &values,
-            &LaunchOptions::default(),
-        )
-        .unwrap_or_else(|e| panic!("{target} {form:?}: {e}"));
-        let mut bytes = vec![0u8; out_bytes];
-        memory.read(out, &mut bytes).expect("read");
+        let ptx = lower(&kernel, target);
+        let bytes = run_ptx(&kernel, target, &ptx, &buffers, &[out_bytes]).remove(0);
         let got: Vec<f32> = bytes
             .chunks(2)
             .map(|b| from_bf16_bits(u16::from_le_bytes([b[0], b[1]])))

@@ -10,6 +10,7 @@
 //! pass by skipping.
 
 mod flash_attention;
+mod kernel_run;
 mod models;
 mod moe_routing;
 mod steps;

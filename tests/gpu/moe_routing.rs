@@ -5,12 +5,11 @@
 //! `moe_dispatch` (one block: histogram, scan, scatter), whose layout must be the reference's
 //! bit for bit.
 
+use super::kernel_run::{lower, run_ptx};
+use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::moe::{MoeTopk, Scoring};
 use dsc_codegen::kernels::moe_dispatch::{MoeDispatch, PARALLEL_EXPERTS};
-use dsc_codegen::mlir::{KernelModule, create_context};
-use dsc_codegen::{Target, compile_to_ptx};
-use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
 use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, to_bf16};
 use dsc_kernels::ops::moe_dispatch::moe_dispatch;
@@ -37,11 +36,7 @@ fn bytes_of<T: Copy, const N: usize>(items: &[T], to: impl Fn(T) -> [u8; N]) -> 
 /// Runs `kernel` on the emulator for `target` with `inputs` (bytes) and `outputs` (byte sizes);
 /// returns the outputs' bytes.
 fn run(kernel: &GpuKernel, target: Target, inputs: &[Vec<u8>], outputs: &[usize]) -> Vec<Vec<u8>> {
-    let context = create_context();
-    let mut module = KernelModule::new(&context, "dsc_kernels");
-    let entry = kernel.entry();
-    kernel.build(&module, &entry).expect("kernel builds");
-    let ptx = compile_to_ptx(module.module_mut(), target).expect("kernel lowers");
+    let ptx = lower(kernel, target);
     // No per-thread arrays (the dispatch of more experts than one block takes is serial).
     let serial = matches!(kernel, GpuKernel::MoeDispatch(d) if d.experts > PARALLEL_EXPERTS);
     assert!(
@@ -49,39 +44,7 @@ fn run(kernel: &GpuKernel, target: Target, inputs: &[Vec<u8>], outputs: &[usize]
         "{target}: {} uses local memory",
         kernel.spec()
     );
-    let ptx = Module::parse(&ptx).expect("emulator parses the PTX");
-    let mut memory = GlobalMemory::new();
-    let mut params = Vec::new();
-    for bytes in inputs {
-        let at = memory.allocate(bytes.len().max(4) as u64);
-        memory.write(at, bytes).expect("write");
-        params.push(ParamValue::U64(at));
-    }
-    let mut out = Vec::new();
-    for &len in outputs {
-        let at = memory.allocate(len.max(4) as u64);
-        // Garbage, so that a position the kernel forgets shows.
-        memory.write(at, &vec![0x5a; len]).expect("write");
-        params.push(ParamValue::U64(at));
-        out.push((at, len));
-    }
-    let l = kernel.launch();
-    launch(
-        &ptx,
-        &entry,
-        &memory,
-        &LaunchConfig::new(l.grid, l.block),
-        &params,
-        &LaunchOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{target}: {e}"));
-    out.iter()
-        .map(|&(at, len)| {
-            let mut bytes = vec![0u8; len];
-            memory.read(at, &mut bytes).expect("read");
-            bytes
-        })
-        .collect()
+    run_ptx(kernel, target, &ptx, inputs, outputs)
 }
 
 fn i32s(bytes: &[u8]) -> Vec<i32> {

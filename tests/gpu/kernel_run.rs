@@ -1,0 +1,61 @@
+//! One kernel alone on the emulator: its PTX for a target, and a launch over input buffers
+//! (bytes) and freshly allocated outputs, for the focused kernel tests.
+
+use dsc_codegen::kernels::GpuKernel;
+use dsc_codegen::mlir::{KernelModule, create_context};
+use dsc_codegen::{Target, compile_to_ptx};
+use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
+
+/// The PTX of `kernel` alone for `target`.
+pub fn lower(kernel: &GpuKernel, target: Target) -> String {
+    let context = create_context();
+    let mut module = KernelModule::new(&context, "dsc_kernels");
+    kernel
+        .build(&module, &kernel.entry())
+        .expect("kernel builds");
+    compile_to_ptx(module.module_mut(), target).expect("kernel lowers")
+}
+
+/// Runs `kernel` (its PTX `ptx`) on the emulator with `inputs` (bytes, in parameter order)
+/// and `outputs` (byte sizes, after the inputs; filled with garbage first, so that a position
+/// the kernel forgets shows); returns the outputs' bytes.
+pub fn run_ptx(
+    kernel: &GpuKernel,
+    target: Target,
+    ptx: &str,
+    inputs: &[Vec<u8>],
+    outputs: &[usize],
+) -> Vec<Vec<u8>> {
+    let ptx = Module::parse(ptx).expect("emulator parses the PTX");
+    let mut memory = GlobalMemory::new();
+    let mut params = Vec::new();
+    for bytes in inputs {
+        let at = memory.allocate(bytes.len().max(4) as u64);
+        memory.write(at, bytes).expect("write");
+        params.push(ParamValue::U64(at));
+    }
+    let mut out = Vec::new();
+    for &len in outputs {
+        let at = memory.allocate(len.max(4) as u64);
+        memory.write(at, &vec![0x5a; len]).expect("write");
+        params.push(ParamValue::U64(at));
+        out.push((at, len));
+    }
+    let l = kernel.launch();
+    launch(
+        &ptx,
+        &kernel.entry(),
+        &memory,
+        &LaunchConfig::new(l.grid, l.block),
+        &params,
+        &LaunchOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{target}: {e}"));
+    out.iter()
+        .map(|&(at, len)| {
+            let mut bytes = vec![0u8; len];
+            memory.read(at, &mut bytes).expect("read");
+            bytes
+        })
+        .collect()
+}
