@@ -152,6 +152,8 @@ fn gqa(q_len: u64, kv_len: u64, causal: bool) -> FlashAttention {
 fn fused_attention_with_grouped_heads_and_ragged_lengths() {
     check(&gqa(70, 70, true), 1.0);
     check(&gqa(50, 131, false), 1.0);
+    // Causal with more keys than queries: the queries are the last 40 of 100 positions.
+    check(&gqa(40, 100, true), 1.0);
 }
 
 #[test]
