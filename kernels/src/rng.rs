@@ -25,6 +25,13 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// `n` f32 values uniform on [−amplitude, amplitude), for test inputs.
+    pub fn symmetric_f32s(&mut self, n: usize, amplitude: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| (2.0 * self.uniform() - 1.0) as f32 * amplitude)
+            .collect()
+    }
+
     /// Uniform on (0, 1], with 53 random bits: never 0, so its logarithm is finite.
     pub fn unit(&mut self) -> f64 {
         ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)

@@ -12,19 +12,15 @@ use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention};
 use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, from_bf16_bits, to_bf16};
 use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention};
+use dsc_kernels::rng::SplitMix64;
 use dsc_runtime::{HostData, HostTensor};
 
-/// BF16 values in [-amplitude, amplitude) from a 64-bit LCG.
+/// BF16 values in [-amplitude, amplitude).
 fn bf16_values(n: u64, seed: u64, amplitude: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let unit = (s >> 40) as f32 / (1u64 << 24) as f32;
-            from_bf16(to_bf16((2.0 * unit - 1.0) * amplitude))
-        })
+    SplitMix64(seed)
+        .symmetric_f32s(n as usize, amplitude)
+        .into_iter()
+        .map(|x| from_bf16(to_bf16(x)))
         .collect()
 }
 

@@ -14,19 +14,11 @@ use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, to_bf16};
 use dsc_kernels::ops::moe_dispatch::moe_dispatch;
 use dsc_kernels::ops::{ScoreFunc, TopkParams, moe_topk};
+use dsc_kernels::rng::SplitMix64;
 
-/// Values in [-amplitude, amplitude) from a 64-bit LCG.
+/// Values in [-amplitude, amplitude).
 fn values(n: usize, seed: u64, amplitude: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let unit = (s >> 40) as f32 / (1u64 << 24) as f32;
-            (2.0 * unit - 1.0) * amplitude
-        })
-        .collect()
+    SplitMix64(seed).symmetric_f32s(n, amplitude)
 }
 
 fn bytes_of<T: Copy, const N: usize>(items: &[T], to: impl Fn(T) -> [u8; N]) -> Vec<u8> {

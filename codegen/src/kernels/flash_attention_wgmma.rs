@@ -83,7 +83,14 @@ pub fn scores<'c, 'a>(
         let offset = (step / 4) * PANEL_BYTES + (step % 4) * 32;
         let start = e.addi(k_tile, e.int(32, offset as i64)?)?;
         let b = descriptor(e, start, 0, ATOM)?;
-        d = Some(wgmma(e, KV_TILE, *a, b, d.as_deref(), false)?);
+        d = Some(wgmma(
+            e,
+            KV_TILE,
+            AOperand::Registers(*a),
+            b,
+            d.as_deref(),
+            false,
+        )?);
     }
     let d = wait(e, &d.expect("at least one score k-step"))?;
     Ok(d.chunks(4).map(|r| [r[0], r[1], r[2], r[3]]).collect())
@@ -103,7 +110,7 @@ pub fn values<'c, 'a>(
         let offset = step as u64 * 2 * ATOM;
         let start = e.addi(v_tile, e.int(32, offset as i64)?)?;
         let b = descriptor(e, start, PANEL_BYTES, ATOM)?;
-        d = wgmma(e, spec.v_dim, *a, b, Some(&d), true)?;
+        d = wgmma(e, spec.v_dim, AOperand::Registers(*a), b, Some(&d), true)?;
     }
     let d = wait(e, &d)?;
     Ok(d.chunks(4).map(|r| [r[0], r[1], r[2], r[3]]).collect())
@@ -124,21 +131,7 @@ pub fn wgmma_ss<'c, 'a>(
     b: Value<'c, 'a>,
     d: &[Value<'c, 'a>],
 ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
-    let n_regs = (n / 2) as usize;
-    let regs: Vec<String> = (0..n_regs).map(|i| format!("${i}")).collect();
-    let asm = format!(
-        "{{\n\t.reg .pred p;\n\tsetp.ne.b32 p, 1, 0;\n\twgmma.fence.sync.aligned;\n\t\
-         wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs}}}, ${a}, ${b}, p, 1, 1, 0, 0;\n\t}}",
-        regs = regs.join(", "),
-        a = 2 * n_regs,
-        b = 2 * n_regs + 1,
-    );
-    let mut constraints: Vec<String> = (0..n_regs).map(|_| "=f".to_string()).collect();
-    constraints.extend((0..n_regs).map(|i| i.to_string()));
-    constraints.extend(["l", "l"].map(String::from));
-    let mut operands = d.to_vec();
-    operands.extend([a, b]);
-    results(e, &asm, &constraints.join(","), &operands, n_regs)
+    wgmma(e, n, AOperand::Descriptor(a), b, Some(d), false)
 }
 
 /// The descriptor of a 128-byte-swizzled tile at shared address `start`:
@@ -157,14 +150,21 @@ fn descriptor<'c, 'a>(
     e.ori(start, e.int(64, fixed as i64)?)
 }
 
-/// One `wgmma.mma_async m64nNk16.f32.bf16.bf16` with A from the registers `a`: into a fresh
-/// accumulator (`d` is `None`: scale-d 0, no register inputs) or adding to `d`; the first of a
-/// chain (`d` is `None`, or the input came from other instructions) starts with
-/// `wgmma.fence`. `trans_b` reads B MN-major.
+/// Where a wgmma's A comes from.
+enum AOperand<'c, 'a> {
+    /// The four registers of the m16k16 A fragment of each warp's rows.
+    Registers([Value<'c, 'a>; 4]),
+    /// A K-major shared-memory tile's descriptor.
+    Descriptor(Value<'c, 'a>),
+}
+
+/// One `wgmma.mma_async m64nNk16.f32.bf16.bf16`: into a fresh accumulator (`d` is `None`:
+/// scale-d 0, no register inputs) or adding to `d`, `wgmma.fence` first (the accumulator or
+/// the A registers were just written by other instructions). `trans_b` reads B MN-major.
 fn wgmma<'c, 'a>(
     e: &Emit<'c, 'a>,
     n: u64,
-    a: [Value<'c, 'a>; 4],
+    a: AOperand<'c, 'a>,
     b: Value<'c, 'a>,
     d: Option<&[Value<'c, 'a>]>,
     trans_b: bool,
@@ -174,23 +174,35 @@ fn wgmma<'c, 'a>(
     let inputs = if d.is_some() { n_regs } else { 0 };
     let scale_d = if d.is_some() { "1" } else { "0" };
     let a_at = n_regs + inputs;
-    let asm = format!(
-        "{{\n\t.reg .pred p;\n\tsetp.ne.b32 p, {scale_d}, 0;\n\twgmma.fence.sync.aligned;\n\t\
-         wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs}}}, {{${a0}, ${a1}, ${a2}, ${a3}}}, ${b}, p, 1, 1, {trans};\n\t}}",
-        regs = regs.join(", "),
-        a0 = a_at,
-        a1 = a_at + 1,
-        a2 = a_at + 2,
-        a3 = a_at + 3,
-        b = a_at + 4,
-        trans = u8::from(trans_b),
-    );
+    let trans_b = u8::from(trans_b);
+    let mut operands: Vec<Value> = d.map(<[_]>::to_vec).unwrap_or_default();
     let mut constraints: Vec<String> = (0..n_regs).map(|_| "=f".to_string()).collect();
     constraints.extend((0..inputs).map(|i| i.to_string()));
-    constraints.extend(["r", "r", "r", "r", "l"].map(String::from));
-    let mut operands: Vec<Value> = d.map(<[_]>::to_vec).unwrap_or_default();
-    operands.extend(a);
+    // The A operand, B, and the immediates after scale-d (a descriptor A takes imm-trans-a).
+    let (a_text, b_at, immediates) = match a {
+        AOperand::Registers(regs) => {
+            operands.extend(regs);
+            constraints.extend(["r", "r", "r", "r"].map(String::from));
+            let text = (0..4).map(|i| format!("${}", a_at + i)).collect::<Vec<_>>();
+            (
+                format!("{{{}}}", text.join(", ")),
+                a_at + 4,
+                format!("1, 1, {trans_b}"),
+            )
+        }
+        AOperand::Descriptor(desc) => {
+            operands.push(desc);
+            constraints.push("l".into());
+            (format!("${a_at}"), a_at + 1, format!("1, 1, 0, {trans_b}"))
+        }
+    };
     operands.push(b);
+    constraints.push("l".into());
+    let asm = format!(
+        "{{\n\t.reg .pred p;\n\tsetp.ne.b32 p, {scale_d}, 0;\n\twgmma.fence.sync.aligned;\n\t\
+         wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs}}}, {a_text}, ${b_at}, p, {immediates};\n\t}}",
+        regs = regs.join(", "),
+    );
     results(e, &asm, &constraints.join(","), &operands, n_regs)
 }
 

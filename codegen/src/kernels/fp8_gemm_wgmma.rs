@@ -64,13 +64,19 @@ fn regs(gemm: &Fp8Gemm) -> usize {
     (BLOCK_M * block_n(gemm) / u64::from(THREADS)) as usize
 }
 
-/// The tile width for `gemm` (DeepGEMM's concern, simplified): the widest of 128, 64, 32, 16
-/// whose grid keeps at least 80% of the SMs busy over its waves (`tiles / (waves · SMS)`),
-/// else the one that keeps the most busy. Narrow tiles fill the GPU when M is small (64 rows
-/// and N = 2112 give 17 tiles of 128 columns but 132 of 16).
+/// The tile width for `gemm`: [`widest_busy_width`] over its M tiles and N.
 pub fn block_n_for(gemm: &Fp8Gemm) -> u64 {
+    widest_busy_width(tiles_m(gemm), gemm.n)
+}
+
+/// The width of a 64-row wgmma tile (DeepGEMM's concern, simplified): the widest of 128, 64,
+/// 32, 16 whose grid of `tiles_m` rows of tiles over `n` columns keeps at least 80% of the SMs
+/// busy over its waves (`tiles / (waves · SMS)`), else the one that keeps the most busy. Narrow
+/// tiles fill the GPU when M is small (64 rows and N = 2112 give 17 tiles of 128 columns but
+/// 132 of 16).
+pub fn widest_busy_width(tiles_m: u64, n: u64) -> u64 {
     let busy = |bn: u64| {
-        let tiles = tiles_m(gemm) * gemm.n.div_ceil(bn);
+        let tiles = tiles_m * n.div_ceil(bn);
         tiles as f64 / (tiles.div_ceil(SMS) * SMS) as f64
     };
     let widths = [128, 64, 32, 16];

@@ -1,6 +1,6 @@
 //! The Hopper form of a BF16 `linear` (the output head; sm_90a): one warpgroup per 64 × N
 //! output tile (N = 128, or narrower when that keeps more SMs busy: the FP8 GEMM's
-//! [`super::fp8_gemm_wgmma::block_n_for`] rule), `wgmma.mma_async m64nNk16.f32.bf16.bf16`
+//! [`super::fp8_gemm_wgmma::widest_busy_width`] rule), `wgmma.mma_async m64nNk16.f32.bf16.bf16`
 //! with both operands from shared memory, f32 sums kept in the accumulators over all of K,
 //! then the bias in f32 and one rounding to the output dtype.
 //!
@@ -28,8 +28,6 @@ pub const BLOCK_M: u64 = 64;
 const BLOCK_K: u64 = 64;
 /// One warpgroup.
 const THREADS: u32 = 128;
-/// The SMs the tile width is chosen for (H100 SXM, H200).
-const SMS: u64 = 132;
 
 /// A BF16 `linear` on wgmma, `block_n` columns per tile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,25 +45,11 @@ pub fn eligible(linear: &Linear) -> bool {
 }
 
 impl LinearWgmma {
-    /// The form for `linear`, its tile width the widest that keeps 80% of the SMs busy over
-    /// its waves (else the busiest).
+    /// The form for `linear`, its tile width by the FP8 GEMM's rule
+    /// ([`super::fp8_gemm_wgmma::widest_busy_width`]).
     pub fn new(linear: Linear) -> Self {
-        let tiles_m = linear.m.div_ceil(BLOCK_M);
-        let busy = |bn: u64| {
-            let tiles = tiles_m * linear.n.div_ceil(bn);
-            tiles as f64 / (tiles.div_ceil(SMS) * SMS) as f64
-        };
-        let widths = [128, 64, 32, 16];
-        let block_n = widths
-            .iter()
-            .copied()
-            .find(|&bn| busy(bn) >= 0.8)
-            .unwrap_or_else(|| {
-                widths.iter().copied().fold(
-                    128,
-                    |best, bn| if busy(bn) > busy(best) { bn } else { best },
-                )
-            });
+        let block_n =
+            super::fp8_gemm_wgmma::widest_busy_width(linear.m.div_ceil(BLOCK_M), linear.n);
         LinearWgmma { linear, block_n }
     }
 

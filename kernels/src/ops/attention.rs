@@ -190,12 +190,7 @@ pub fn attn_values(p: &[f32], v: &[f32], dims: ValueDims) -> Result<Vec<f32>, Op
             o
         })
         .collect();
-    for (i, block) in blocks.iter().enumerate() {
-        let (b, hh) = (i / h, i % h);
-        for (si, row) in block.chunks(dv).enumerate() {
-            out[((b * s + si) * h + hh) * dv..][..dv].copy_from_slice(row);
-        }
-    }
+    interleave_heads(&blocks, &mut out, s, h, dv);
     Ok(out)
 }
 
@@ -326,11 +321,17 @@ pub fn attention(
             o
         })
         .collect();
+    interleave_heads(&blocks, &mut out, s, h, dv);
+    Ok(out)
+}
+
+/// Writes one `[s, dv]` block per (batch, head) (`blocks[b · h + head]`) into `out`, laid out
+/// `[batch, s, h, dv]`.
+fn interleave_heads(blocks: &[Vec<f32>], out: &mut [f32], s: usize, h: usize, dv: usize) {
     for (i, block) in blocks.iter().enumerate() {
         let (b, hh) = (i / h, i % h);
         for (si, row) in block.chunks(dv).enumerate() {
             out[((b * s + si) * h + hh) * dv..][..dv].copy_from_slice(row);
         }
     }
-    Ok(out)
 }
