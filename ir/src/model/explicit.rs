@@ -11,7 +11,7 @@ use crate::shape::MAX_ELEMENTS;
 use crate::{DType, Graph, GraphBuilder, OpKind, Role, Shape, TensorType};
 use std::collections::{BTreeSet, HashMap};
 
-const ROOT_KEYS: [&str; 4] = ["model", "input", "op", "precision"];
+const ROOT_KEYS: [&str; 5] = ["model", "input", "op", "precision", "train"];
 const INPUT_KEYS: [&str; 3] = ["name", "dtype", "shape"];
 
 /// One `[[op]]`, read but not yet built.

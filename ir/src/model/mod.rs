@@ -1,6 +1,6 @@
 //! The `model.toml` front end (DESIGN.md §2a): a preset (`architecture = "deepseek"` or
 //! `"llama"`) expanded into its graph, or an explicit graph of `[[input]]`s and `[[op]]`s,
-//! plus the optional `[precision]` policy.
+//! plus the optional `[precision]` policy and the optional `[train]` config of `dsc train`.
 //!
 //! Reading is strict: an unknown key, a wrong type or an impossible value is a [`ModelError`]
 //! at the line:col of the offending key or value, naming the key.
@@ -15,12 +15,14 @@ mod precision;
 mod preset;
 mod rope;
 mod toml;
+mod train;
 
 #[cfg(test)]
 mod tests;
 
 use crate::Graph;
 use toml::{Source, Table};
+pub use train::{Recipe, Recompute, TrainConfig, UnknownRecipe, UnknownRecompute};
 
 /// An error in a model.toml, at a 1-based line and column.
 pub type ModelError = crate::LocatedError;
@@ -43,6 +45,10 @@ pub fn load_model(source: &str) -> Result<Graph, ModelError> {
         Some(t) => precision::parse(&t)?,
         None => crate::PrecisionPolicy::default(),
     };
+    // `[train]` does not change the graph, but a file with a bad one is a bad file.
+    if let Some(t) = root.table("train", "[train]")? {
+        train::parse(&t)?;
+    }
     let mut graph = match model.str("architecture")? {
         Some(arch) => {
             if !ARCHITECTURES.contains(&arch.value) {
@@ -74,4 +80,14 @@ pub fn load_model(source: &str) -> Result<Graph, ModelError> {
         )
     })?;
     Ok(graph)
+}
+
+/// Reads the optional `[train]` table of a model.toml (`None` when there is none); the rest of
+/// the file is not looked at — [`load_model`] checks it.
+pub fn load_train_config(source: &str) -> Result<Option<TrainConfig>, ModelError> {
+    let doc = toml::parse(source)?;
+    let root = Table::root(Source::new(source), &doc);
+    root.table("train", "[train]")?
+        .map(|t| train::parse(&t))
+        .transpose()
 }

@@ -98,7 +98,7 @@ pub fn check_model_keys(model: &Table, arch: &str) -> Result<(), ModelError> {
 pub fn check_root_keys(root: &Table, arch: &str) -> Result<(), ModelError> {
     for (key, at) in root.keys() {
         match key {
-            "model" | "precision" => {}
+            "model" | "precision" | "train" => {}
             "input" | "op" => {
                 return Err(root.error(
                     at,
@@ -107,7 +107,7 @@ pub fn check_root_keys(root: &Table, arch: &str) -> Result<(), ModelError> {
                     ),
                 ));
             }
-            _ => return Err(root.unknown_key(key, at, &["model", "precision"])),
+            _ => return Err(root.unknown_key(key, at, &["model", "precision", "train"])),
         }
     }
     Ok(())
