@@ -22,6 +22,7 @@ pub mod data_movement;
 pub mod elementwise;
 pub mod embedding;
 pub mod error;
+pub mod grad;
 pub mod grouped_linear;
 pub mod linear;
 pub mod moe_combine;
