@@ -31,6 +31,58 @@ pub enum Command {
     /// Run any PTX kernel on the emulator as a launch file describes (README: "Running any PTX
     /// kernel"); modeled time on request.
     Emulate(EmulateArgs),
+    /// Train a model (DESIGN.md §8): whole training steps — forward, cross-entropy,
+    /// backward, AdamW — with the FP8 recipe or the all-BF16 baseline.
+    Train(TrainArgs),
+}
+
+/// The precision recipe of a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecipeArg {
+    Fp8,
+    Bf16,
+}
+
+/// `dsc train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// The model: a model.toml (with an optional [train] table) or a Hugging Face config.json
+    /// or checkpoint directory.
+    pub model: PathBuf,
+    /// Training text: UTF-8 (byte-level tokens), or token ids (`.bin` uint16, `.u32` uint32).
+    #[arg(long, value_name = "FILE", required_unless_present = "inputs")]
+    pub data: Option<PathBuf>,
+    /// Train on exactly this batch instead of --data: `input_ids` and `labels`, both
+    /// [batch, seq] int32.
+    #[arg(long, value_name = "FILE.safetensors", conflicts_with = "data")]
+    pub inputs: Option<PathBuf>,
+    /// The precision recipe (overrides [train] recipe).
+    #[arg(long, value_enum)]
+    pub recipe: Option<RecipeArg>,
+    /// Optimizer steps to take.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub steps: u64,
+    /// Sequences per batch (overrides the model's batch).
+    #[arg(long, value_name = "B", value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub batch: Option<u64>,
+    /// Tokens per sequence (overrides the model's seq_len).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub seq_len: Option<u64>,
+    /// Seed of the initial weights and of the batch sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where the step runs (only the CPU runs training steps so far).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Write one CSV row per step: step, loss, lr, grad_norm, tokens_per_s.
+    #[arg(long, value_name = "FILE.csv")]
+    pub log: Option<PathBuf>,
+    /// Write every parameter's FP32 gradient of the first step, by checkpoint name.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub save_grads: Option<PathBuf>,
+    /// Print the training step's IR after its passes to stderr.
+    #[arg(long)]
+    pub print_ir: bool,
 }
 
 /// Where a model runs.

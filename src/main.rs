@@ -13,6 +13,8 @@ mod pipeline;
 mod quantize_weights;
 mod report;
 mod run;
+mod train;
+mod train_data;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         }
         cli::Command::Bench(args) => bench::run(args),
         cli::Command::Emulate(args) => emulate::run(args),
+        cli::Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

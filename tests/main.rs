@@ -2,6 +2,7 @@
 //! file tests, IR snapshots after each pass, and precision-policy properties of the examples.
 
 mod artifact;
+mod autodiff;
 mod bad_inputs;
 mod bad_runs;
 mod cli;
@@ -15,3 +16,4 @@ mod run;
 mod session;
 mod snapshots;
 mod support;
+mod train;

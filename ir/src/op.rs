@@ -74,6 +74,35 @@ pub enum OpKind {
     RmsNormQuant,
     /// `swiglu` whose output is quantized in 1×`act_tile` tiles → codes and f32 scales.
     SwigluQuant,
+    /// Mean next-token cross-entropy: logits `[*, V]`, labels `[*]` (integer) → f32 `[1]`.
+    CrossEntropy,
+    /// Gradient of `cross_entropy` w.r.t. the logits: logits, labels, dloss f32 `[1]` →
+    /// f32 `[*, V]`.
+    CrossEntropyGrad,
+    /// Gradient of `rms_norm` (its statistics recomputed from x): x, w, dy → dx (x's shape),
+    /// dw f32 `[D]`.
+    RmsNormGrad,
+    /// Gradient of `softmax` from its output: y, dy → dx.
+    SoftmaxGrad,
+    /// Gradient of `silu`: x, dy → dx.
+    SiluGrad,
+    /// Gradient of `swiglu` (silu recomputed): gate, up, dy → dgate, dup.
+    SwigluGrad,
+    /// Gradient of `rope`: the inverse rotation of dy, same attributes as the forward.
+    RopeGrad,
+    /// Gradient of `embedding` w.r.t. its table: ids, dy `[*, D]` → f32 `[vocab, D]`, rows
+    /// summed over the positions that read them.
+    EmbeddingGrad,
+    /// Sum over `axis`, which is dropped from the shape.
+    ReduceSum,
+    /// Elementwise product with the constant `factor`.
+    Scale,
+    /// `sqrt(Σ g²)` over every element of every operand → f32 `[1]` (gradient clipping).
+    GlobalNorm,
+    /// One AdamW step (decoupled weight decay, gradients clipped to `max_grad_norm` by the
+    /// global norm): param, grad, m, v, norm `[1]`, schedule f32 `[2]` = (lr, step) →
+    /// param', m', v'.
+    AdamW,
 }
 
 /// Operand count bounds of an op kind: `min..=max` (`max = None` for variadic).
@@ -116,7 +145,7 @@ const fn arity(min: usize, max: usize) -> Arity {
 
 impl OpKind {
     /// Every op kind.
-    pub const ALL: [OpKind; 28] = [
+    pub const ALL: [OpKind; 40] = [
         OpKind::Embedding,
         OpKind::Linear,
         OpKind::Matmul,
@@ -145,6 +174,18 @@ impl OpKind {
         OpKind::Fp8Gemm,
         OpKind::RmsNormQuant,
         OpKind::SwigluQuant,
+        OpKind::CrossEntropy,
+        OpKind::CrossEntropyGrad,
+        OpKind::RmsNormGrad,
+        OpKind::SoftmaxGrad,
+        OpKind::SiluGrad,
+        OpKind::SwigluGrad,
+        OpKind::RopeGrad,
+        OpKind::EmbeddingGrad,
+        OpKind::ReduceSum,
+        OpKind::Scale,
+        OpKind::GlobalNorm,
+        OpKind::AdamW,
     ];
 
     /// The spelling used in the text format and model.toml.
@@ -178,6 +219,18 @@ impl OpKind {
             OpKind::Fp8Gemm => "fp8_gemm",
             OpKind::RmsNormQuant => "rms_norm_quant",
             OpKind::SwigluQuant => "swiglu_quant",
+            OpKind::CrossEntropy => "cross_entropy",
+            OpKind::CrossEntropyGrad => "cross_entropy_grad",
+            OpKind::RmsNormGrad => "rms_norm_grad",
+            OpKind::SoftmaxGrad => "softmax_grad",
+            OpKind::SiluGrad => "silu_grad",
+            OpKind::SwigluGrad => "swiglu_grad",
+            OpKind::RopeGrad => "rope_grad",
+            OpKind::EmbeddingGrad => "embedding_grad",
+            OpKind::ReduceSum => "reduce_sum",
+            OpKind::Scale => "scale",
+            OpKind::GlobalNorm => "global_norm",
+            OpKind::AdamW => "adamw",
         }
     }
 
@@ -198,13 +251,24 @@ impl OpKind {
             Promote => arity(3, 4),
             Fp8Gemm => arity(4, 5),
             RmsNormQuant | SwigluQuant => arity(2, 2),
+            CrossEntropy | SoftmaxGrad | SiluGrad | EmbeddingGrad => arity(2, 2),
+            CrossEntropyGrad | RmsNormGrad | SwigluGrad => arity(3, 3),
+            RopeGrad | ReduceSum | Scale => arity(1, 1),
+            GlobalNorm => Arity { min: 1, max: None },
+            AdamW => arity(6, 6),
         }
     }
 
     /// Number of results the kind produces.
     pub fn num_results(self) -> usize {
         match self {
-            OpKind::MoeTopk | OpKind::Quantize | OpKind::RmsNormQuant | OpKind::SwigluQuant => 2,
+            OpKind::MoeTopk
+            | OpKind::Quantize
+            | OpKind::RmsNormQuant
+            | OpKind::SwigluQuant
+            | OpKind::RmsNormGrad
+            | OpKind::SwigluGrad => 2,
+            OpKind::AdamW => 3,
             _ => 1,
         }
     }
@@ -215,8 +279,8 @@ impl OpKind {
         use OpKind::*;
         match self {
             Matmul => const { &[opt("transpose_b", T::Bool)] },
-            RmsNorm => const { &[req("eps", T::Float)] },
-            Rope => {
+            RmsNorm | RmsNormGrad => const { &[req("eps", T::Float)] },
+            Rope | RopeGrad => {
                 const {
                     &[
                         req("style", T::Str),
@@ -233,7 +297,21 @@ impl OpKind {
                     ]
                 }
             }
-            Softmax => const { &[req("axis", T::Int)] },
+            Softmax | SoftmaxGrad => const { &[req("axis", T::Int)] },
+            EmbeddingGrad => const { &[req("vocab", T::Int)] },
+            ReduceSum => const { &[req("axis", T::Int)] },
+            Scale => const { &[req("factor", T::Float)] },
+            AdamW => {
+                const {
+                    &[
+                        req("beta1", T::Float),
+                        req("beta2", T::Float),
+                        req("eps", T::Float),
+                        req("weight_decay", T::Float),
+                        req("max_grad_norm", T::Float),
+                    ]
+                }
+            }
             AttnScores | Attention => const { &[req("scale", T::Float), req("causal", T::Bool)] },
             MoeTopk => {
                 const {
@@ -299,8 +377,9 @@ impl OpKind {
                     ]
                 }
             }
-            Embedding | Linear | Silu | Mul | Add | Swiglu | AttnValues | GroupedLinear
-            | MoeCombine => const { &[] },
+            Linear => const { &[opt("gemm", T::Str)] },
+            Embedding | Silu | Mul | Add | Swiglu | AttnValues | GroupedLinear | MoeCombine
+            | CrossEntropy | CrossEntropyGrad | SiluGrad | SwigluGrad | GlobalNorm => const { &[] },
         }
     }
 
@@ -327,9 +406,12 @@ impl OpKind {
     /// The role an op of this kind gets when model.toml names none.
     pub fn default_role(self) -> Role {
         match self {
-            OpKind::Embedding => Role::Embedding,
-            OpKind::RmsNorm | OpKind::RmsNormQuant => Role::Norm,
+            OpKind::Embedding | OpKind::EmbeddingGrad => Role::Embedding,
+            OpKind::RmsNorm | OpKind::RmsNormQuant | OpKind::RmsNormGrad => Role::Norm,
+            OpKind::CrossEntropy | OpKind::CrossEntropyGrad => Role::Head,
             OpKind::Rope
+            | OpKind::RopeGrad
+            | OpKind::SoftmaxGrad
             | OpKind::Softmax
             | OpKind::AttnScores
             | OpKind::AttnValues

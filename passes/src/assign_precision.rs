@@ -37,15 +37,24 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
     let mut fp8 = false;
     let (precision, storage) = match op.kind {
         Linear | GroupedLinear | Matmul => {
-            let policy_fp8 = op.role.is_fp8_gemm_role() && !policy.keep_high.contains(&op.role);
+            // Wgrad stays high for now: its second operand is an activation tiled 1×128 along
+            // tokens, which the square weight blocks of `promote`/`fp8_gemm` cannot describe.
+            let wgrad = op.attrs.str("gemm") == Some("wgrad");
+            let policy_fp8 =
+                op.role.is_fp8_gemm_role() && !policy.keep_high.contains(&op.role) && !wgrad;
             let format = match over {
                 Some(d) if d.is_fp8() => Some(d),
                 Some(_) => None,
                 None => policy_fp8.then_some(policy.fp8_format),
             };
             fp8 = format.is_some();
-            // The MoE gate's logits are FP32 whatever the policy (§3b), as in the reference.
-            let storage = if op.role == Role::Gating { f32 } else { high };
+            // The MoE gate's logits are FP32 whatever the policy (§3b), as in the reference;
+            // so are weight gradients (DESIGN.md §8).
+            let storage = if op.role == Role::Gating || wgrad {
+                f32
+            } else {
+                high
+            };
             match format {
                 Some(fmt) => (p(fmt, Some(f32)), Some(storage)),
                 None if op.role == Role::Gating => (p(f32, Some(f32)), Some(f32)),
@@ -69,6 +78,15 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         Promote => (p(f32, Some(f32)), Some(high)),
         RmsNormQuant => (p(f32, Some(f32)), None),
         SwigluQuant => (p(f32, None), None),
+        // Training (DESIGN.md §8): gradients of high-precision ops are computed in FP32 and
+        // stored like the forward's activations; the loss, the softmax's gradient (the scores
+        // are f32), weight gradients and optimizer state keep the dtypes autodiff gave them.
+        RmsNormGrad => (p(f32, Some(f32)), Some(high)),
+        SiluGrad | SwigluGrad | RopeGrad => (p(f32, None), Some(high)),
+        CrossEntropy | CrossEntropyGrad | SoftmaxGrad | EmbeddingGrad | ReduceSum | GlobalNorm => {
+            (p(f32, Some(f32)), None)
+        }
+        Scale | AdamW => (p(f32, None), None),
     };
     Decision {
         precision,
@@ -92,6 +110,8 @@ fn expected_operand(op: &Op, i: usize, d: &Decision) -> Option<DType> {
         MoeCombine => Some(if i == 1 { DType::F32 } else { d.high }),
         Embedding | Softmax | Cast | Quantize | Dequantize | Reshape | Transpose | Slice
         | Fp8Partials | Promote | Fp8Gemm => None,
+        CrossEntropy | CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad
+        | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW => None,
     }
 }
 

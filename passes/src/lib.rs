@@ -5,6 +5,7 @@
 //! each pass in tests and debug builds.
 
 pub mod assign_precision;
+pub mod autodiff;
 pub mod cse;
 pub mod dce;
 mod error;
@@ -15,6 +16,7 @@ pub mod infer_shapes;
 pub mod manager;
 mod names;
 pub mod quantize_linears;
+pub mod train_step;
 pub mod verify_pass;
 
 pub use error::PassError;

@@ -47,6 +47,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::infer_shapes::run,
     },
     Pass {
+        name: "autodiff",
+        summary: "append the backward of output 0 (a scalar loss) and every parameter's gradient as outputs",
+        run: crate::autodiff::run,
+    },
+    Pass {
         name: "assign-precision",
         summary: "choose compute/accumulate/storage dtypes per op (DESIGN.md §3) and insert casts",
         run: crate::assign_precision::run,

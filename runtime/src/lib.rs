@@ -23,6 +23,7 @@ pub mod session;
 pub mod tensor;
 #[cfg(test)]
 mod testutil;
+pub mod train;
 pub mod weights;
 
 pub use artifact::Artifact;

@@ -468,6 +468,24 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 output: ty(result(0)).dtype,
             })
         }
+        OpKind::CrossEntropy
+        | OpKind::CrossEntropyGrad
+        | OpKind::RmsNormGrad
+        | OpKind::SoftmaxGrad
+        | OpKind::SiluGrad
+        | OpKind::SwigluGrad
+        | OpKind::RopeGrad
+        | OpKind::EmbeddingGrad
+        | OpKind::ReduceSum
+        | OpKind::Scale
+        | OpKind::GlobalNorm
+        | OpKind::AdamW => {
+            return Err(fail(format!(
+                "no GPU kernel yet for the training op `{}`; training steps run on the CPU \
+                 (`dsc train --device cpu`)",
+                op.kind.name()
+            )));
+        }
         other => {
             return Err(fail(format!(
                 "no GPU kernel for `{}`; the default pipeline's fuse pass rewrites it into kernels that have one",

@@ -4,8 +4,21 @@ use super::{Inferred, Result, free, need_float, need_min_rank, need_rank};
 use crate::TensorType;
 use crate::attr::Attrs;
 
+/// Which GEMM of a training step a `linear` is (`gemm` attribute; DESIGN.md §8): the forward
+/// product, or the backward's input gradient (`dgrad`: dY · W) or weight gradient (`wgrad`:
+/// dYᵀ · X, whose second operand is an activation, tiled along tokens like the first).
+pub const LINEAR_GEMMS: [&str; 3] = ["fprop", "dgrad", "wgrad"];
+
 /// `linear`: `x [.., K]` · `w [N, K]`ᵀ (+ `bias [N]`) → `[.., N]`.
-pub(super) fn linear(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+pub(super) fn linear(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    if let Some(g) = attrs.str("gemm")
+        && !LINEAR_GEMMS.contains(&g)
+    {
+        return Err(format!(
+            "linear gemm must be one of {}, not \"{g}\"",
+            LINEAR_GEMMS.join(", ")
+        ));
+    }
     let (x, w) = (ins[0], ins[1]);
     need_float("input", x)?;
     need_float("weight", w)?;

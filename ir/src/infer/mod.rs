@@ -18,6 +18,9 @@ mod linear;
 mod moe;
 mod norm;
 mod quantize;
+mod training;
+
+pub use linear::LINEAR_GEMMS;
 
 /// The dtype rule of one result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +170,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
     use OpKind::*;
     let out = match kind {
         Embedding => data_movement::embedding(ins)?,
-        Linear => linear::linear(ins)?,
+        Linear => linear::linear(attrs, ins)?,
         Matmul => linear::matmul(attrs, ins)?,
         RmsNorm => norm::rms_norm(attrs, ins)?,
         Rope => attention::rope(attrs, ins)?,
@@ -191,6 +194,20 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
             fp8::infer(kind, attrs, ins)?
         }
         Concat => data_movement::concat(kind, attrs, ins)?,
+        CrossEntropy => training::cross_entropy(ins)?,
+        CrossEntropyGrad => training::cross_entropy_grad(ins)?,
+        RmsNormGrad => training::rms_norm_grad(attrs, ins)?,
+        SoftmaxGrad | SiluGrad => training::binary_grad(kind, attrs, ins)?,
+        SwigluGrad => training::swiglu_grad(ins)?,
+        RopeGrad => {
+            attention::rope(attrs, ins)?;
+            training::same_shape(ins)?
+        }
+        EmbeddingGrad => training::embedding_grad(attrs, ins)?,
+        ReduceSum => training::reduce_sum(attrs, ins)?,
+        Scale => training::same_shape(ins)?,
+        GlobalNorm => training::global_norm(ins)?,
+        AdamW => training::adamw(attrs, ins)?,
     };
     for r in &out {
         if r.shape.checked_numel().is_none() {

@@ -278,6 +278,10 @@ pub(super) fn execute(
         Quantize | Dequantize | Fp8Partials | Promote | Fp8Gemm | RmsNormQuant | SwigluQuant => {
             fp8::execute(g, op, ins, options)
         }
+        CrossEntropy | CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad
+        | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW => {
+            super::training::execute(g, op, ins)
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 mod backend;
 mod dispatch;
 mod fp8;
+mod training;
 
 pub use backend::CpuBackend;
 

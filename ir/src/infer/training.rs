@@ -1,0 +1,155 @@
+//! Type rules of the kinds a training step adds: the loss, the gradients the forward kinds'
+//! VJP rules emit (`passes/src/autodiff`), and the optimizer.
+
+use super::{Inferred, Result, axis_of, dims_eq, fixed, free, need_float, need_int, need_min_rank};
+use crate::attr::Attrs;
+use crate::{DType, OpKind, TensorType};
+
+/// Checks that `labels` has the shape of `logits` without its vocabulary axis.
+fn labels_match(logits: &TensorType, labels: &TensorType) -> Result<()> {
+    need_float("logits", logits)?;
+    need_int("labels", labels)?;
+    need_min_rank("logits", logits, 1)?;
+    let rows = &logits.shape.0[..logits.shape.rank() - 1];
+    if labels.shape.0 != rows {
+        return Err(format!(
+            "labels {labels} must have the shape of logits {logits} without its last axis"
+        ));
+    }
+    Ok(())
+}
+
+fn need_scalar(what: &str, t: &TensorType, len: u64) -> Result<()> {
+    if t.dtype == DType::F32 && t.shape.0 == [len] {
+        Ok(())
+    } else {
+        Err(format!("{what} must be f32[{len}], got {t}"))
+    }
+}
+
+/// `cross_entropy`: logits `[.., V]`, labels `[..]` → the mean loss, f32 `[1]`.
+pub(super) fn cross_entropy(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    labels_match(ins[0], ins[1])?;
+    Ok(vec![fixed(DType::F32, vec![1])])
+}
+
+/// `cross_entropy_grad`: logits, labels, dloss `[1]` → f32 logits-shaped.
+pub(super) fn cross_entropy_grad(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    labels_match(ins[0], ins[1])?;
+    need_scalar("dloss", ins[2], 1)?;
+    Ok(vec![fixed(DType::F32, ins[0].shape.0.clone())])
+}
+
+/// `rms_norm_grad`: x `[.., D]`, w `[D]`, dy (x's shape) → dx, dw f32 `[D]`.
+pub(super) fn rms_norm_grad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let (x, w, dy) = (ins[0], ins[1], ins[2]);
+    super::norm::rms_norm(attrs, &[x, w])?;
+    need_float("dy", dy)?;
+    dims_eq("rms_norm_grad dy", x, dy)?;
+    Ok(vec![
+        free(dy.dtype, x.shape.0.clone()),
+        fixed(DType::F32, w.shape.0.clone()),
+    ])
+}
+
+/// `softmax_grad`, `silu_grad`: two same-shaped float operands → their shape.
+pub(super) fn binary_grad(
+    kind: OpKind,
+    attrs: &Attrs,
+    ins: &[&TensorType],
+) -> Result<Vec<Inferred>> {
+    need_float("lhs", ins[0])?;
+    need_float("dy", ins[1])?;
+    dims_eq(kind.name(), ins[0], ins[1])?;
+    if kind == OpKind::SoftmaxGrad {
+        axis_of(kind, attrs, ins[0])?;
+    }
+    Ok(vec![free(ins[1].dtype, ins[0].shape.0.clone())])
+}
+
+/// `swiglu_grad`: gate, up, dy of one shape → dgate, dup.
+pub(super) fn swiglu_grad(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    for (what, t) in ["gate", "up", "dy"].into_iter().zip(ins) {
+        need_float(what, t)?;
+    }
+    dims_eq("swiglu_grad gate/up", ins[0], ins[1])?;
+    dims_eq("swiglu_grad gate/dy", ins[0], ins[2])?;
+    let dims = ins[0].shape.0.clone();
+    Ok(vec![
+        free(ins[2].dtype, dims.clone()),
+        free(ins[2].dtype, dims),
+    ])
+}
+
+/// `embedding_grad`: ids `[..]`, dy `[.., D]` → f32 `[vocab, D]`.
+pub(super) fn embedding_grad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let (ids, dy) = (ins[0], ins[1]);
+    need_int("ids", ids)?;
+    need_float("dy", dy)?;
+    need_min_rank("dy", dy, 1)?;
+    if dy.shape.0[..dy.shape.rank() - 1] != *ids.shape.dims() {
+        return Err(format!("dy {dy} must be ids {ids} with one more axis"));
+    }
+    let vocab = attrs.int("vocab").expect("checked");
+    if vocab <= 0 {
+        return Err(format!(
+            "embedding_grad vocab must be positive, got {vocab}"
+        ));
+    }
+    Ok(vec![fixed(DType::F32, vec![vocab as u64, dy.shape.last()])])
+}
+
+/// `reduce_sum` over `axis`, which is dropped.
+pub(super) fn reduce_sum(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let x = ins[0];
+    need_float("input", x)?;
+    let axis = axis_of(OpKind::ReduceSum, attrs, x)?;
+    let mut dims = x.shape.0.clone();
+    dims.remove(axis);
+    Ok(vec![free(x.dtype, dims)])
+}
+
+/// `scale` and `rope_grad`: one float operand, same shape.
+pub(super) fn same_shape(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    need_float("input", ins[0])?;
+    Ok(vec![free(ins[0].dtype, ins[0].shape.0.clone())])
+}
+
+/// `global_norm`: float tensors → f32 `[1]`.
+pub(super) fn global_norm(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    for t in ins {
+        need_float("gradient", t)?;
+    }
+    Ok(vec![fixed(DType::F32, vec![1])])
+}
+
+/// `adamw`: param, grad (its shape), m, v (its shape, any float storage), norm `[1]`,
+/// schedule `[2]` → param', m', v' of the operands' types.
+pub(super) fn adamw(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let (p, g, m, v) = (ins[0], ins[1], ins[2], ins[3]);
+    for (what, t) in [("param", p), ("grad", g), ("m", m), ("v", v)] {
+        need_float(what, t)?;
+        dims_eq(&format!("adamw {what}"), p, t)?;
+    }
+    need_scalar("norm", ins[4], 1)?;
+    need_scalar("schedule (lr, step)", ins[5], 2)?;
+    for key in ["beta1", "beta2"] {
+        let b = attrs.float(key).expect("checked");
+        if !(0.0..1.0).contains(&b) {
+            return Err(format!("adamw {key} must be in [0, 1), got {b}"));
+        }
+    }
+    if attrs.float("eps").expect("checked") <= 0.0 {
+        return Err("adamw eps must be positive".into());
+    }
+    for key in ["weight_decay", "max_grad_norm"] {
+        if attrs.float(key).expect("checked") < 0.0 {
+            return Err(format!("adamw {key} must not be negative"));
+        }
+    }
+    Ok(vec![
+        fixed(p.dtype, p.shape.0.clone()),
+        fixed(m.dtype, p.shape.0.clone()),
+        fixed(v.dtype, p.shape.0.clone()),
+    ])
+}

@@ -1,0 +1,295 @@
+//! The training-step builder (DESIGN.md §8): a forward graph whose output is next-token logits
+//! becomes one whole step —
+//!
+//! ```text
+//! w.bf16  = cast(@w)                      FP32 master weights, read through high-precision casts
+//! logits  = forward(input_ids, w.bf16…)
+//! loss    = cross_entropy(logits, labels) mean over every position
+//! grads   = autodiff(loss)                one VJP rule per op kind, seed `loss.grad`
+//! norm    = global_norm(grads…)
+//! w', m', v' = adamw(@w, grad, m, v, norm, schedule)   per parameter, moments BF16
+//! ```
+//!
+//! The step's inputs are `input_ids`, `labels`, `loss.grad` (1), `train.schedule` (lr, step)
+//! and each parameter's moments `{param}.adam_m` / `{param}.adam_v`; its outputs are the loss,
+//! the gradient norm, every gradient, then every parameter's new value and moments. The
+//! recipe's precision comes from the same passes as inference's (assign-precision,
+//! quantize-linears), run over the step by [`TRAIN_PIPELINE`].
+
+use crate::{PassError, PassOptions, autodiff};
+use dsc_ir::infer::infer;
+use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Role, TensorType, ValueId};
+
+const PASS: &str = "train-step";
+
+/// The passes run over a built training step: no weight folding (the weights change every
+/// step) and no fusion yet (the CPU runs the unfused ops).
+pub const TRAIN_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,cse,dce";
+
+/// The input holding `(lr, step)` of the current step (step counts from 1).
+pub const SCHEDULE_INPUT: &str = "train.schedule";
+/// The labels input: the token to predict at each position.
+pub const LABELS_INPUT: &str = "labels";
+/// The loss output.
+pub const LOSS_OUTPUT: &str = "loss";
+/// The global gradient norm output (before clipping).
+pub const GRAD_NORM_OUTPUT: &str = "grad_norm";
+
+/// The names of a parameter's moment inputs.
+pub fn moment_names(param: &str) -> [String; 2] {
+    [format!("{param}.adam_m"), format!("{param}.adam_v")]
+}
+
+/// The name of the output holding the updated value of `input` (a parameter or a moment).
+pub fn next_name(input: &str) -> String {
+    format!("{input}.next")
+}
+
+/// The optimizer and precision choices of a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainStepOptions {
+    /// FP8 recipe (true) or the all-BF16 baseline (false).
+    pub fp8: bool,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matrices only (norm weights are not decayed).
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub max_grad_norm: f64,
+    /// Storage of the AdamW moments (BF16 in the recipe).
+    pub moments: DType,
+}
+
+impl Default for TrainStepOptions {
+    fn default() -> Self {
+        TrainStepOptions {
+            fp8: true,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            max_grad_norm: 1.0,
+            moments: DType::Bf16,
+        }
+    }
+}
+
+/// Builds the training step of `forward` (inputs `input_ids [B, S]`, output 0 the logits
+/// `[B, S, V]`); the result still needs [`TRAIN_PIPELINE`].
+pub fn build(forward: &Graph, options: &TrainStepOptions) -> Result<Graph, PassError> {
+    let fail = |message: String| PassError::Failed {
+        pass: PASS,
+        message,
+    };
+    let mut g = forward.clone();
+    let &logits = g
+        .outputs
+        .first()
+        .ok_or_else(|| fail("the model has no output (its logits)".into()))?;
+    let &ids = g
+        .inputs
+        .first()
+        .ok_or_else(|| fail("the model has no input (its token ids)".into()))?;
+    let ids_ty = g.ty(ids).clone();
+    if !ids_ty.dtype.is_int() {
+        return Err(fail(format!(
+            "input 0 `{}` must be token ids, got {ids_ty}",
+            g.name(ids)
+        )));
+    }
+    let logits_dims = g.ty(logits).shape.dims().to_vec();
+    if logits_dims.len() != ids_ty.shape.rank() + 1
+        || logits_dims[..ids_ty.shape.rank()] != *ids_ty.shape.dims()
+    {
+        return Err(fail(format!(
+            "output 0 `{}` {} must be logits over the positions of `{}` {ids_ty}",
+            g.name(logits),
+            g.ty(logits),
+            g.name(ids)
+        )));
+    }
+    if !options.fp8 {
+        // The all-BF16 baseline: no role's GEMMs are FP8.
+        for role in [Role::AttnProj, Role::Ffn, Role::Expert, Role::SharedExpert] {
+            if !g.policy.keep_high.contains(&role) {
+                g.policy.keep_high.push(role);
+            }
+        }
+    }
+    let mut ops = Vec::with_capacity(g.ops.len() + g.params.len());
+    master_weights(&mut g, &mut ops).map_err(fail)?;
+    ops.append(&mut g.ops);
+    g.ops = ops;
+
+    let labels = g.add_input(
+        LABELS_INPUT,
+        TensorType::new(DType::I32, ids_ty.shape.dims().to_vec()),
+    );
+    let loss = push(
+        &mut g,
+        OpKind::CrossEntropy,
+        vec![logits, labels],
+        Attrs::new(),
+        &[LOSS_OUTPUT],
+        Role::Head,
+    )
+    .map_err(fail)?[0];
+    g.outputs = vec![loss];
+    autodiff::run(&mut g, &PassOptions::default())?;
+
+    let grads: Vec<(ValueId, ValueId)> = g
+        .params
+        .iter()
+        .filter_map(|&p| {
+            let name = autodiff::grad_name(g.name(p));
+            g.outputs
+                .iter()
+                .find(|&&o| g.name(o) == name)
+                .map(|&o| (p, o))
+        })
+        .collect();
+    if grads.is_empty() {
+        return Err(fail("no parameter influences the loss".into()));
+    }
+    let grad_values: Vec<ValueId> = grads.iter().map(|&(_, d)| d).collect();
+    let norm = push(
+        &mut g,
+        OpKind::GlobalNorm,
+        grad_values,
+        Attrs::new(),
+        &[GRAD_NORM_OUTPUT],
+        Role::Other,
+    )
+    .map_err(fail)?[0];
+    g.outputs.insert(1, norm);
+    let schedule = g.add_input(SCHEDULE_INPUT, TensorType::new(DType::F32, vec![2]));
+    let mut next = Vec::new();
+    for (p, grad) in grads {
+        let name = g.name(p).to_string();
+        let shape = g.ty(p).shape.dims().to_vec();
+        let [m_name, v_name] = moment_names(&name);
+        let m = g.add_input(
+            m_name.clone(),
+            TensorType::new(options.moments, shape.clone()),
+        );
+        let v = g.add_input(
+            v_name.clone(),
+            TensorType::new(options.moments, shape.clone()),
+        );
+        let decay = if shape.len() >= 2 {
+            options.weight_decay
+        } else {
+            0.0
+        };
+        let attrs = Attrs::new()
+            .with("beta1", Attr::Float(options.beta1))
+            .with("beta2", Attr::Float(options.beta2))
+            .with("eps", Attr::Float(options.eps))
+            .with("weight_decay", Attr::Float(decay))
+            .with("max_grad_norm", Attr::Float(options.max_grad_norm));
+        let names = [next_name(&name), next_name(&m_name), next_name(&v_name)];
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let r = push(
+            &mut g,
+            OpKind::AdamW,
+            vec![p, grad, m, v, norm, schedule],
+            attrs,
+            &names,
+            Role::Other,
+        )
+        .map_err(fail)?;
+        next.extend(r);
+    }
+    g.outputs.extend(next);
+    Ok(g)
+}
+
+/// Makes every non-f32 float parameter an FP32 master weight read through a cast to its old
+/// dtype (`{param}.{dtype}`), which every op that read the parameter now reads.
+fn master_weights(g: &mut Graph, ops: &mut Vec<Op>) -> Result<(), String> {
+    let params = g.params.clone();
+    let mut replace = std::collections::HashMap::new();
+    for p in params {
+        let dtype = g.ty(p).dtype;
+        if !dtype.is_float() || dtype == DType::F32 {
+            continue;
+        }
+        g.values[p.index()].ty.dtype = DType::F32;
+        let name = format!("{}.{dtype}", g.name(p));
+        let attrs = Attrs::new().with("dtype", Attr::DType(dtype));
+        let role = first_reader_role(g, p);
+        let cast = new_op(g, OpKind::Cast, vec![p], attrs, &[name.as_str()], role)?;
+        replace.insert(p, cast.results[0]);
+        ops.push(cast);
+    }
+    for op in &mut g.ops {
+        for v in &mut op.operands {
+            if let Some(&c) = replace.get(v) {
+                *v = c;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The role of the first op reading `v` (a master weight's cast belongs to its layer).
+fn first_reader_role(g: &Graph, v: ValueId) -> Role {
+    g.ops
+        .iter()
+        .find(|op| op.operands.contains(&v))
+        .map_or(Role::Other, |op| op.role)
+}
+
+/// An op of `kind` with fresh results named `names`, typed by inference.
+fn new_op(
+    g: &mut Graph,
+    kind: OpKind,
+    operands: Vec<ValueId>,
+    attrs: Attrs,
+    names: &[&str],
+    role: Role,
+) -> Result<Op, String> {
+    let ins: Vec<&TensorType> = operands.iter().map(|&v| g.ty(v)).collect();
+    let inferred = infer(kind, &attrs, &ins).map_err(|e| format!("{kind}: {e}"))?;
+    if let Some(taken) = names
+        .iter()
+        .find(|n| g.values.iter().any(|v| v.name == **n))
+    {
+        return Err(format!("the model already has a value named `{taken}`"));
+    }
+    let results = inferred
+        .into_iter()
+        .zip(names)
+        .map(|(inf, n)| {
+            let ty = TensorType {
+                dtype: inf.dtype.default_dtype(),
+                shape: inf.shape,
+            };
+            g.add_value(*n, ty)
+        })
+        .collect();
+    Ok(Op {
+        kind,
+        operands,
+        results,
+        attrs,
+        role,
+        precision: None,
+    })
+}
+
+/// [`new_op`], appended to the graph's ops; returns the results.
+fn push(
+    g: &mut Graph,
+    kind: OpKind,
+    operands: Vec<ValueId>,
+    attrs: Attrs,
+    names: &[&str],
+    role: Role,
+) -> Result<Vec<ValueId>, String> {
+    let op = new_op(g, kind, operands, attrs, names, role)?;
+    let results = op.results.clone();
+    g.ops.push(op);
+    Ok(results)
+}

@@ -1,0 +1,135 @@
+//! The training kinds on the CPU (DESIGN.md §8): the loss, the backward kinds the VJP rules
+//! emit, and the optimizer, each through its reference in `dsc_kernels::ops::grad`.
+
+use super::dispatch::{Result, dims, float_result, floats, ints};
+use crate::tensor::HostTensor;
+use dsc_ir::{Graph, Op, OpKind};
+use dsc_kernels::ops::grad;
+use dsc_kernels::ops::{FloatFormat, RopeParams};
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Executes a training-step `op` on `ins`.
+pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<HostTensor>> {
+    use OpKind::*;
+    let in_ty = |i: usize| g.ty(op.operands[i]);
+    let out_ty = |i: usize| g.ty(op.results[i]);
+    let one = |values: Vec<f32>| float_result(out_ty(0), values).map(|t| vec![t]);
+    let rows_vocab = || {
+        let d = dims(in_ty(0));
+        let vocab = *d.last().unwrap_or(&0);
+        (
+            d.iter().product::<usize>().checked_div(vocab).unwrap_or(0),
+            vocab,
+        )
+    };
+    let axis = |key: &str| {
+        in_ty(0)
+            .shape
+            .axis(op.attrs.int(key).unwrap_or(-1))
+            .ok_or_else(|| format!("{} {key} out of range", op.kind))
+    };
+    match op.kind {
+        CrossEntropy => {
+            let (rows, vocab) = rows_vocab();
+            let loss = grad::cross_entropy(floats(ins[0])?, ints(ins[1])?, rows, vocab);
+            one(vec![loss.map_err(err)?])
+        }
+        CrossEntropyGrad => {
+            let (rows, vocab) = rows_vocab();
+            let dloss = floats(ins[2])?[0];
+            let dx = grad::cross_entropy_grad(floats(ins[0])?, ints(ins[1])?, rows, vocab, dloss);
+            one(dx.map_err(err)?)
+        }
+        RmsNormGrad => {
+            let d = dims(in_ty(0));
+            let width = *d.last().unwrap_or(&0);
+            let rows = d.iter().product::<usize>().checked_div(width).unwrap_or(0);
+            let eps = op.attrs.float("eps").ok_or("missing eps")?;
+            let (x, w, dy) = (floats(ins[0])?, floats(ins[1])?, floats(ins[2])?);
+            let (dx, dw) = grad::rms_norm_grad(x, w, dy, rows, width, eps).map_err(err)?;
+            Ok(vec![
+                float_result(out_ty(0), dx)?,
+                float_result(out_ty(1), dw)?,
+            ])
+        }
+        SoftmaxGrad => {
+            let dx = grad::softmax_grad(
+                floats(ins[0])?,
+                floats(ins[1])?,
+                &dims(in_ty(0)),
+                axis("axis")?,
+            );
+            one(dx.map_err(err)?)
+        }
+        SiluGrad => one(grad::silu_grad(floats(ins[0])?, floats(ins[1])?).map_err(err)?),
+        SwigluGrad => {
+            let (dgate, dup) = grad::swiglu_grad(floats(ins[0])?, floats(ins[1])?, floats(ins[2])?)
+                .map_err(err)?;
+            Ok(vec![
+                float_result(out_ty(0), dgate)?,
+                float_result(out_ty(1), dup)?,
+            ])
+        }
+        RopeGrad => {
+            let params = RopeParams::from_attrs(&op.attrs).map_err(err)?;
+            let d = dims(in_ty(0));
+            let shape: [usize; 4] = d.try_into().map_err(|_| "rope_grad needs rank 4")?;
+            one(grad::rope_grad(floats(ins[0])?, shape, &params).map_err(err)?)
+        }
+        EmbeddingGrad => {
+            let out = dims(out_ty(0));
+            let dw = grad::embedding_grad(ints(ins[0])?, floats(ins[1])?, out[0], out[1]);
+            one(dw.map_err(err)?)
+        }
+        ReduceSum => {
+            let y = grad::sum_axis(floats(ins[0])?, &dims(in_ty(0)), axis("axis")?);
+            one(y.map_err(err)?)
+        }
+        Scale => {
+            let factor = op.attrs.float("factor").ok_or("missing factor")? as f32;
+            one(grad::scale(floats(ins[0])?, factor))
+        }
+        GlobalNorm => {
+            let parts = ins.iter().map(|t| floats(t)).collect::<Result<Vec<_>>>()?;
+            one(vec![grad::global_norm(&parts)])
+        }
+        AdamW => {
+            let f = |key: &str| {
+                op.attrs
+                    .float(key)
+                    .map(|v| v as f32)
+                    .ok_or_else(|| format!("adamw needs `{key}`"))
+            };
+            let norm = floats(ins[4])?[0];
+            let schedule = floats(ins[5])?;
+            let hp = grad::AdamW {
+                lr: schedule[0],
+                beta1: f("beta1")?,
+                beta2: f("beta2")?,
+                eps: f("eps")?,
+                weight_decay: f("weight_decay")?,
+                step: schedule[1] as u32,
+                grad_scale: grad::clip_scale(norm, f("max_grad_norm")?),
+            };
+            let moments = FloatFormat::of(in_ty(2).dtype).unwrap_or(FloatFormat::F32);
+            let (p, m, v) = grad::adamw(
+                floats(ins[0])?,
+                floats(ins[1])?,
+                floats(ins[2])?,
+                floats(ins[3])?,
+                &hp,
+                moments,
+            )
+            .map_err(err)?;
+            Ok(vec![
+                float_result(out_ty(0), p)?,
+                float_result(out_ty(1), m)?,
+                float_result(out_ty(2), v)?,
+            ])
+        }
+        other => Err(format!("{other} is not a training kind")),
+    }
+}

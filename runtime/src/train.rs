@@ -1,0 +1,197 @@
+//! Training steps on the CPU backend: a step graph (built by `dsc_passes::train_step` and
+//! lowered by its pipeline) run over and over, its updated parameters and moments fed back.
+//!
+//! The contract with the step graph is by name: inputs `input_ids`, `labels`, `loss.grad`,
+//! `train.schedule` (lr, step) and `{param}.adam_m` / `{param}.adam_v`; outputs `loss`,
+//! `grad_norm`, `{param}.grad`, and `{x}.next` for every parameter and moment `x`.
+
+use crate::RuntimeError;
+use crate::cpu::{self, CpuOptions};
+use crate::tensor::{HostData, HostTensor};
+use crate::weights::Weights;
+use dsc_ir::{Graph, ValueId};
+use std::collections::HashMap;
+
+/// What one step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// The step just taken, counting from 1.
+    pub step: u64,
+    pub loss: f32,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+/// A training run's state: the step graph, master weights, moments and the step count.
+pub struct Trainer {
+    graph: Graph,
+    weights: Weights,
+    /// Moment inputs by name (`{param}.adam_m`, `{param}.adam_v`).
+    moments: HashMap<String, HostTensor>,
+    /// Parameters the optimizer updates: (param, its `.next` output name).
+    updated: Vec<(ValueId, String)>,
+    step: u64,
+    options: CpuOptions,
+}
+
+fn tensor_err(message: String) -> RuntimeError {
+    RuntimeError::Inputs { message }
+}
+
+impl Trainer {
+    /// A trainer at step 0 with `weights` (FP32 masters) and zero moments.
+    pub fn new(graph: Graph, weights: Weights, options: CpuOptions) -> Result<Self, RuntimeError> {
+        weights.check(&graph)?;
+        let mut moments = HashMap::new();
+        let mut updated = Vec::new();
+        for &p in &graph.params {
+            let name = graph.name(p);
+            let next = format!("{name}.next");
+            if !graph.outputs.iter().any(|&o| graph.name(o) == next) {
+                continue;
+            }
+            for suffix in ["adam_m", "adam_v"] {
+                let m_name = format!("{name}.{suffix}");
+                let &m = graph
+                    .inputs
+                    .iter()
+                    .find(|&&i| graph.name(i) == m_name)
+                    .ok_or_else(|| tensor_err(format!("the step graph has no input `{m_name}`")))?;
+                let ty = graph.ty(m);
+                let shape = ty.shape.dims().iter().map(|&d| d as usize).collect();
+                moments.insert(m_name, HostTensor::zeros(ty.dtype, shape));
+            }
+            updated.push((p, next));
+        }
+        Ok(Trainer {
+            graph,
+            weights,
+            moments,
+            updated,
+            step: 0,
+            options,
+        })
+    }
+
+    /// The step graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The current master weights.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The current moments by input name.
+    pub fn moments(&self) -> &HashMap<String, HostTensor> {
+        &self.moments
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// Restores a saved state: weights, moments by name, and the step count.
+    pub fn restore(
+        &mut self,
+        weights: Weights,
+        moments: HashMap<String, HostTensor>,
+        step: u64,
+    ) -> Result<(), RuntimeError> {
+        weights.check(&self.graph)?;
+        for (name, t) in &self.moments {
+            let got = moments
+                .get(name)
+                .ok_or_else(|| tensor_err(format!("the saved state has no `{name}`")))?;
+            if got.shape != t.shape || got.dtype != t.dtype {
+                return Err(tensor_err(format!(
+                    "saved `{name}` is {} {:?}, the model needs {} {:?}",
+                    got.dtype, got.shape, t.dtype, t.shape
+                )));
+            }
+        }
+        self.weights = weights;
+        self.moments = moments;
+        self.step = step;
+        Ok(())
+    }
+
+    /// Runs one step on a batch (`input_ids`, `labels`, both `[batch, seq]`) at learning rate
+    /// `lr`, returning the step's outputs by name. A non-finite loss or gradient norm is an
+    /// error naming the step, and the state stays as it was before it.
+    pub fn step(
+        &mut self,
+        input_ids: Vec<i32>,
+        labels: Vec<i32>,
+        lr: f32,
+    ) -> Result<(StepStats, Vec<(String, HostTensor)>), RuntimeError> {
+        let step = self.step + 1;
+        let ids_ty = self.input_type("input_ids")?;
+        let mut inputs: HashMap<String, HostTensor> = self.moments.clone();
+        let shape: Vec<usize> = ids_ty.shape.dims().iter().map(|&d| d as usize).collect();
+        inputs.insert(
+            "input_ids".into(),
+            HostTensor::new(ids_ty.dtype, shape.clone(), HostData::I32(input_ids))?,
+        );
+        inputs.insert(
+            "labels".into(),
+            HostTensor::from_i32(dsc_ir::DType::I32, shape, labels)?,
+        );
+        inputs.insert(
+            "loss.grad".into(),
+            HostTensor::from_f32(dsc_ir::DType::F32, vec![1], vec![1.0])?,
+        );
+        // The step is an f32 in the graph: exact up to 2^24 steps.
+        inputs.insert(
+            "train.schedule".into(),
+            HostTensor::from_f32(dsc_ir::DType::F32, vec![2], vec![lr, step as f32])?,
+        );
+        let outputs = cpu::run(&self.graph, &self.weights, &inputs, &self.options)?;
+        let find = |name: &str| {
+            outputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| tensor_err(format!("the step graph has no output `{name}`")))
+        };
+        let loss = find("loss")?.to_f32_vec()[0];
+        let grad_norm = find("grad_norm")?.to_f32_vec()[0];
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(RuntimeError::Inputs {
+                message: format!(
+                    "step {step}: the loss is {loss} and the gradient norm {grad_norm}; \
+                     stopping with the state of step {}",
+                    self.step
+                ),
+            });
+        }
+        for (p, next) in &self.updated {
+            self.weights.insert(*p, find(next)?.clone());
+        }
+        let names: Vec<String> = self.moments.keys().cloned().collect();
+        for name in names {
+            let t = find(&format!("{name}.next"))?.clone();
+            self.moments.insert(name, t);
+        }
+        self.step = step;
+        Ok((
+            StepStats {
+                step,
+                loss,
+                grad_norm,
+            },
+            outputs,
+        ))
+    }
+
+    fn input_type(&self, name: &str) -> Result<dsc_ir::TensorType, RuntimeError> {
+        self.graph
+            .inputs
+            .iter()
+            .find(|&&i| self.graph.name(i) == name)
+            .map(|&i| self.graph.ty(i).clone())
+            .ok_or_else(|| tensor_err(format!("the step graph has no input `{name}`")))
+    }
+}
