@@ -355,6 +355,7 @@ impl OpKind {
                         req("act_tile", T::Int),
                         req("weight_block", T::Int),
                         req("promote_interval", T::Int),
+                        opt(crate::infer::W_ROW_TILES, T::Bool),
                     ]
                 }
             }

@@ -37,6 +37,9 @@ pub struct BlockGemmConfig {
     pub tile: usize,
     /// Weight block size (w is quantized in block × block tiles); a multiple of `tile`.
     pub block: usize,
+    /// True when w is itself an activation quantized in 1 × `block` tiles, one scale per row
+    /// and group (the training step's Wgrad, DESIGN.md §8), not in block × block tiles.
+    pub w_row_tiles: bool,
     /// Elements of K per partial sum; a multiple of 32 that divides `tile`.
     pub promote_interval: usize,
     /// How products are summed inside a promotion interval.
@@ -49,6 +52,7 @@ impl Default for BlockGemmConfig {
             fmt: Fp8Format::E4M3,
             tile: DEFAULT_ACT_TILE as usize,
             block: DEFAULT_WEIGHT_BLOCK as usize,
+            w_row_tiles: false,
             promote_interval: DEFAULT_PROMOTE_INTERVAL as usize,
             accumulator: Accumulator::Exact,
         }
@@ -56,6 +60,11 @@ impl Default for BlockGemmConfig {
 }
 
 impl BlockGemmConfig {
+    /// Rows of w one scale covers: `block`, or 1 with [`Self::w_row_tiles`].
+    pub fn block_rows(&self) -> usize {
+        if self.w_row_tiles { 1 } else { self.block }
+    }
+
     /// Checks the rules that keep every partial sum inside one scale group of both operands.
     pub fn validate(&self) -> Result<(), KernelError> {
         let depth = Accumulator::MMA_DEPTH;
@@ -86,7 +95,7 @@ pub fn fp8_block_gemm(
     check_len("x codes", x.codes.len(), m * k)?;
     check_len("x scales", x.scales.len(), m * k.div_ceil(cfg.tile))?;
     check_len("w codes", w.codes.len(), n * k)?;
-    let w_scales = n.div_ceil(cfg.block) * k.div_ceil(cfg.block);
+    let w_scales = n.div_ceil(cfg.block_rows()) * k.div_ceil(cfg.block);
     check_len("w scales", w.scales.len(), w_scales)?;
 
     let operands = Decoded {
@@ -139,7 +148,7 @@ impl Decoded<'_> {
     /// `s_w` of column `j` for the promotion interval starting at `k0`.
     fn w_scale(&self, j: usize, k0: usize) -> f32 {
         let k_blocks = self.dims.k.div_ceil(self.cfg.block);
-        self.w_scales[(j / self.cfg.block) * k_blocks + k0 / self.cfg.block]
+        self.w_scales[(j / self.cfg.block_rows()) * k_blocks + k0 / self.cfg.block]
     }
 
     /// The exact accumulator: per output tile (in parallel) and promotion interval, the FP32
@@ -295,6 +304,40 @@ mod tests {
         for (a, b) in fast.iter().zip(&reference) {
             assert!((a - b).abs() <= 1e-6 * max, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn row_tiled_weights_take_one_scale_per_row_and_group() {
+        // A Wgrad: both operands activations in 1 × 128 tiles along the contracted tokens.
+        let dims = GemmDims { m: 7, n: 9, k: 300 };
+        let cfg = BlockGemmConfig {
+            w_row_tiles: true,
+            ..Default::default()
+        };
+        let (f, sf) = (cfg.fmt, ScaleFormat::F32);
+        let x = act_quant_1x128(&values(dims.m * dims.k, 3), dims.m, dims.k, 128, f, sf).unwrap();
+        let w = act_quant_1x128(&values(dims.n * dims.k, 4), dims.n, dims.k, 128, f, sf).unwrap();
+        let y = fp8_block_gemm(x.operand(), w.operand(), dims, &cfg).unwrap();
+        let groups = dims.k.div_ceil(128);
+        let deq = |q: &crate::Quantized, i: usize| {
+            f64::from(fp8::decode(f, q.codes[i]))
+                * f64::from(q.scales[(i / dims.k) * groups + (i % dims.k) / 128])
+        };
+        for i in 0..dims.m {
+            for j in 0..dims.n {
+                let want: f64 = (0..dims.k)
+                    .map(|t| deq(&x, i * dims.k + t) * deq(&w, j * dims.k + t))
+                    .sum();
+                let got = f64::from(y[i * dims.n + j]);
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{got} vs {want}"
+                );
+            }
+        }
+        // Square-block scales are fewer: the lengths tell the two layouts apart.
+        let square = BlockGemmConfig::default();
+        assert!(fp8_block_gemm(x.operand(), w.operand(), dims, &square).is_err());
     }
 
     #[test]

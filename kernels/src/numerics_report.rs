@@ -93,6 +93,7 @@ pub fn report_row(
             block: k,
             promote_interval,
             accumulator,
+            w_row_tiles: false,
         };
         let y = fp8_block_gemm(xq.operand(), wq.operand(), dims, &cfg)?;
         Ok(Errors {

@@ -37,11 +37,8 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
     let mut fp8 = false;
     let (precision, storage) = match op.kind {
         Linear | GroupedLinear | Matmul => {
-            // Wgrad stays high for now: its second operand is an activation tiled 1×128 along
-            // tokens, which the square weight blocks of `promote`/`fp8_gemm` cannot describe.
             let wgrad = op.attrs.str("gemm") == Some("wgrad");
-            let policy_fp8 =
-                op.role.is_fp8_gemm_role() && !policy.keep_high.contains(&op.role) && !wgrad;
+            let policy_fp8 = op.role.is_fp8_gemm_role() && !policy.keep_high.contains(&op.role);
             let format = match over {
                 Some(d) if d.is_fp8() => Some(d),
                 Some(_) => None,

@@ -134,11 +134,20 @@ fn lower(
         &[format!("{name}.x_q"), format!("{name}.x_q.scale")],
         f32_only,
     )?;
+    // A training step's Wgrad (`linear(dyᵀ, xᵀ) {gemm = "wgrad"}`, DESIGN.md §8) contracts over
+    // the tokens and its "weight" is the activation xᵀ: both operands are tiled 1 × act_tile
+    // along the tokens, so w's scales are per row, in groups as wide as x's.
+    let wgrad = op.attrs.str("gemm") == Some("wgrad");
+    let w_block = if wgrad {
+        [1, policy.act_tile]
+    } else {
+        [policy.weight_block, policy.weight_block]
+    };
     let w_q = emit(
         graph,
         OpKind::Quantize,
         vec![w],
-        quantize([policy.weight_block, policy.weight_block]),
+        quantize(w_block),
         &[format!("{name}.w_q"), format!("{name}.w_q.scale")],
         f32_only,
     )?;
@@ -158,16 +167,16 @@ fn lower(
     // The original result becomes promote's result: same value, same name, same storage.
     let mut promote_operands = vec![partials[0], x_q[1], w_q[1]];
     promote_operands.extend(indices);
-    let attrs = Attrs::new()
+    let mut attrs = Attrs::new()
         .with(keys::ACT_TILE, Attr::Int(i64::from(policy.act_tile)))
-        .with(
-            keys::WEIGHT_BLOCK,
-            Attr::Int(i64::from(policy.weight_block)),
-        )
+        .with(keys::WEIGHT_BLOCK, Attr::Int(i64::from(w_block[1])))
         .with(
             keys::PROMOTE_INTERVAL,
             Attr::Int(i64::from(policy.promote_interval)),
         );
+    if wgrad {
+        attrs.set(dsc_ir::infer::W_ROW_TILES, Attr::Bool(true));
+    }
     let ins: Vec<&TensorType> = promote_operands.iter().map(|&v| graph.ty(v)).collect();
     let inferred = infer(OpKind::Promote, &attrs, &ins).map_err(&fail)?;
     if inferred[0].shape != graph.ty(op.results[0]).shape {

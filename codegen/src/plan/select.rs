@@ -395,6 +395,13 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             })
         }
         OpKind::Fp8Gemm => {
+            if op.attrs.bool(dsc_ir::infer::W_ROW_TILES) == Some(true) {
+                return Err(fail(
+                    "no GPU kernel yet for an FP8 GEMM whose weight is tiled in rows (a \
+                     training step's Wgrad); training steps run on the CPU"
+                        .into(),
+                ));
+            }
             let x = ty(operand(0));
             let w = dims(operand(2));
             let k = x.shape.last();

@@ -99,17 +99,31 @@ fn check_x_scale(x_rows: &[u64], s: &TensorType, k: u64, tile: u64) -> Result<()
     Ok(())
 }
 
-/// Checks the weight scales `[E?, ceil(N/b), ceil(K/b)]`.
-fn check_w_scale(w: &TensorType, s: &TensorType, block: u64) -> Result<()> {
+/// The optional `promote` / `fp8_gemm` attribute saying the weight operand is an activation
+/// quantized in 1 × `weight_block` tiles, one scale per row and group (a training step's Wgrad,
+/// whose operands are both tiled along the tokens), rather than in square blocks.
+pub const W_ROW_TILES: &str = "w_row_tiles";
+
+/// Rows of the weight one scale covers: `block`, or 1 with [`W_ROW_TILES`].
+fn block_rows(attrs: &Attrs, block: u64) -> u64 {
+    if attrs.bool(W_ROW_TILES).unwrap_or(false) {
+        1
+    } else {
+        block
+    }
+}
+
+/// Checks the weight scales `[E?, ceil(N/rows), ceil(K/b)]`.
+fn check_w_scale(w: &TensorType, s: &TensorType, block: u64, rows: u64) -> Result<()> {
     need_f32("weight scales", s)?;
     let dims = w.shape.dims();
     let r = dims.len();
     let mut want = dims[..r - 2].to_vec();
-    want.push(dims[r - 2].div_ceil(block));
+    want.push(dims[r - 2].div_ceil(rows));
     want.push(dims[r - 1].div_ceil(block));
     if s.shape.dims() != want {
         return Err(format!(
-            "weight scales {s} must be [{}] ({block}×{block} blocks of {w})",
+            "weight scales {s} must be [{}] ({rows}×{block} blocks of {w})",
             join(&want)
         ));
     }
@@ -177,11 +191,12 @@ pub(super) fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<
             }
             let wr = ws.shape.rank();
             need_f32("weight scales", ws)?;
-            if ws.shape.dims()[wr - 2] != n.div_ceil(block)
+            let rows = block_rows(attrs, block);
+            if ws.shape.dims()[wr - 2] != n.div_ceil(rows)
                 || ws.shape.dims()[wr - 1] != k_max.div_ceil(block)
             {
                 return Err(format!(
-                    "weight scales {ws} do not match {n} outputs and {groups} groups of {interval} in {block}×{block} blocks"
+                    "weight scales {ws} do not match {n} outputs and {groups} groups of {interval} in {rows}×{block} blocks"
                 ));
             }
             Ok(vec![free(DType::Bf16, p.shape.dims()[..r - 1].to_vec())])
@@ -193,7 +208,7 @@ pub(super) fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<
             need_fp8("weight", w)?;
             let g = gemm_layout(x, w, idx)?;
             check_x_scale(x_rows(x), xs, g.k, tile)?;
-            check_w_scale(w, ws, block)?;
+            check_w_scale(w, ws, block, block_rows(attrs, block))?;
             let mut dims = g.rows;
             dims.push(g.n);
             Ok(vec![free(DType::Bf16, dims)])

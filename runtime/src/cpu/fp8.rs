@@ -269,6 +269,11 @@ fn partials(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Re
     float_result(g.ty(op.results[0]), out)
 }
 
+/// True when the weight operand is quantized in 1 × block row tiles (a Wgrad).
+fn w_row_tiles(op: &Op) -> bool {
+    op.attrs.bool(dsc_ir::infer::W_ROW_TILES).unwrap_or(false)
+}
+
 /// `promote`: each partial sum scaled by its activation and weight scales and added into an
 /// FP32 accumulator, in K order — the dequantizing half of the block-scaled GEMM.
 fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
@@ -277,6 +282,7 @@ fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
         size(op, keys::WEIGHT_BLOCK)?,
         size(op, keys::PROMOTE_INTERVAL)?,
     );
+    let rows_per_scale = if w_row_tiles(op) { 1 } else { block };
     let pd = dims(g.ty(op.operands[0]));
     let r = pd.len();
     let (n, groups) = (pd[r - 2], pd[r - 1]);
@@ -299,7 +305,7 @@ fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
             for j in 0..groups {
                 let kk = j * interval;
                 let s_x = xs[x_row * gx + kk / tile];
-                let s_w = ws[(expert * wn + col / block) * wk + kk / block];
+                let s_w = ws[(expert * wn + col / rows_per_scale) * wk + kk / block];
                 acc += p[(row * n + col) * groups + j] * (s_x * s_w);
             }
             out[row * n + col] = acc;
@@ -317,6 +323,7 @@ fn fp8_gemm(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Re
         fmt: format(xt.dtype)?,
         tile: size(op, keys::ACT_TILE)?,
         block: size(op, keys::WEIGHT_BLOCK)?,
+        w_row_tiles: w_row_tiles(op),
         promote_interval: size(op, keys::PROMOTE_INTERVAL)?,
         accumulator: options.accumulator,
     };
@@ -345,7 +352,7 @@ fn fp8_gemm(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Re
         return float_result(g.ty(op.results[0]), y);
     };
     let experts = dims(wt)[0];
-    let w_scales_per_expert = l.n.div_ceil(cfg.block) * l.k.div_ceil(cfg.block);
+    let w_scales_per_expert = l.n.div_ceil(cfg.block_rows()) * l.k.div_ceil(cfg.block);
     let mut out = vec![0.0f32; l.rows * l.n];
     for e in 0..experts {
         let mine: Vec<usize> = (0..rows.len()).filter(|&r| rows[r].0 == e).collect();
