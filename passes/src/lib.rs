@@ -16,6 +16,7 @@ pub mod infer_shapes;
 pub mod manager;
 mod names;
 pub mod quantize_linears;
+pub mod requantize_transposed;
 pub mod train_step;
 pub mod verify_pass;
 

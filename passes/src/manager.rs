@@ -62,6 +62,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::quantize_linears::run,
     },
     Pass {
+        name: "requantize-transposed",
+        summary: "feed a training step's Wgrad from the FP8 copies of its operands (dequantize, transpose, requantize; DeepSeek-V3 §3.5.2)",
+        run: crate::requantize_transposed::run,
+    },
+    Pass {
         name: "fold-weights",
         summary: "quantize weights once: FP8 weight + weight_scale_inv parameters",
         run: crate::fold_weights::run,

@@ -23,8 +23,23 @@ use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Role, TensorType, ValueId};
 const PASS: &str = "train-step";
 
 /// The passes run over a built training step: no weight folding (the weights change every
-/// step) and no fusion yet (the CPU runs the unfused ops).
-pub const TRAIN_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,cse,dce";
+/// step) and no fusion yet (the CPU runs the unfused ops). The Wgrad GEMMs read the FP8 copies
+/// of their operands (`requantize-transposed`, DeepSeek-V3 §3.5.2).
+pub const TRAIN_PIPELINE: &str =
+    "verify,infer-shapes,assign-precision,quantize-linears,cse,requantize-transposed,cse,dce";
+
+/// [`TRAIN_PIPELINE`] with the Wgrad operands quantized from the BF16 tensors instead
+/// (Transformer Engine's way; `[train] wgrad_source = "high"`).
+pub const TRAIN_PIPELINE_WGRAD_FROM_HIGH: &str =
+    "verify,infer-shapes,assign-precision,quantize-linears,cse,dce";
+
+/// The pipeline for a step whose Wgrad operands come from `source`.
+pub fn pipeline(source: dsc_ir::WgradSource) -> &'static str {
+    match source {
+        dsc_ir::WgradSource::Fp8 => TRAIN_PIPELINE,
+        dsc_ir::WgradSource::High => TRAIN_PIPELINE_WGRAD_FROM_HIGH,
+    }
+}
 
 /// The input holding `(lr, step)` of the current step (step counts from 1).
 pub const SCHEDULE_INPUT: &str = "train.schedule";

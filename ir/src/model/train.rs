@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// `[train]`'s keys.
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "recipe",
     "optimizer",
     "lr",
@@ -29,6 +29,7 @@ const KEYS: [&str; 16] = [
     "mtp_depth",
     "mtp_lambda",
     "recompute",
+    "wgrad_source",
 ];
 
 /// The one optimizer `dsc train` implements.
@@ -161,6 +162,30 @@ pub struct TrainConfig {
     pub mtp_lambda: f64,
     /// `recompute`: what the backward pass recomputes.
     pub recompute: Recompute,
+    /// `wgrad_source`: where the Wgrad GEMM's 1×128-along-tokens FP8 operands come from.
+    pub wgrad_source: WgradSource,
+}
+
+/// Where a Wgrad's FP8 operands (tiled along the tokens) are quantized from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WgradSource {
+    /// `"fp8"`: the FP8 copies already made along the features (the Fprop input, the Dgrad's
+    /// dY), dequantized, transposed and requantized — DeepSeek-V3 §3.5.2; the backward keeps
+    /// only FP8 linear inputs.
+    #[default]
+    Fp8,
+    /// `"high"`: the BF16 tensors, transposed and quantized (Transformer Engine's way).
+    High,
+}
+
+impl WgradSource {
+    /// The spelling in model.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            WgradSource::Fp8 => "fp8",
+            WgradSource::High => "high",
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -182,6 +207,7 @@ impl Default for TrainConfig {
             mtp_depth: 0,
             mtp_lambda: 0.3,
             recompute: Recompute::Recipe,
+            wgrad_source: WgradSource::Fp8,
         }
     }
 }
@@ -287,6 +313,18 @@ pub fn parse(t: &Table) -> Result<TrainConfig, ModelError> {
             )
         })?;
     }
+    if let Some(s) = t.str("wgrad_source")? {
+        c.wgrad_source = match s.value {
+            "fp8" => WgradSource::Fp8,
+            "high" => WgradSource::High,
+            other => {
+                return Err(t.error(
+                    s.at,
+                    format!("`wgrad_source` must be \"fp8\" or \"high\", not \"{other}\""),
+                ));
+            }
+        };
+    }
     Ok(c)
 }
 
@@ -315,7 +353,7 @@ fn beta(t: &Table, key: &str) -> Result<Option<f64>, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::super::{ModelError, load_model, load_train_config};
-    use super::{Recipe, Recompute, TrainConfig};
+    use super::{Recipe, Recompute, TrainConfig, WgradSource};
     use std::path::Path;
 
     /// A full `[train]` table with no default value in it.
@@ -337,6 +375,7 @@ balance_loss_alpha = 0.0001
 mtp_depth = 1
 mtp_lambda = 0.1
 recompute = "full"
+wgrad_source = "high"
 "#;
 
     fn full() -> TrainConfig {
@@ -356,6 +395,7 @@ recompute = "full"
             mtp_depth: 1,
             mtp_lambda: 0.1,
             recompute: Recompute::Full,
+            wgrad_source: WgradSource::High,
         }
     }
 
@@ -584,6 +624,11 @@ recompute = "full"
             "optimizer = \"sgd\"",
             At::Value,
             &["`optimizer` must be \"adamw\"", "not \"sgd\""],
+        );
+        assert_err(
+            "wgrad_source = \"bf16\"",
+            At::Value,
+            &["`wgrad_source` must be \"fp8\" or \"high\", not \"bf16\""],
         );
     }
 

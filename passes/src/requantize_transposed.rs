@@ -1,0 +1,168 @@
+//! `requantize-transposed`: DeepSeek-V3's way of feeding the Wgrad GEMM (report §3.5.2). A
+//! training step's Wgrad contracts over the tokens, so quantize-linears quantizes the transposed
+//! activations `xᵀ` and gradients `dyᵀ` in 1×128 tiles along the tokens — from the
+//! high-precision tensors (Transformer Engine's way). When the same tensor already has an FP8
+//! copy in 1×128 tiles along its features (the forward Fprop's input, the Dgrad's `dy`), this
+//! pass makes the Wgrad read that copy instead:
+//!
+//! ```text
+//! q, s  = quantize(transpose(reshape(x)))          before: from the BF16 x, kept for backward
+//! q, s  = quantize(transpose(reshape(dequantize(x_q, x_s))))   after: from the cached FP8 x
+//! ```
+//!
+//! so the backward needs only the FP8 copy of each linear input (DESIGN.md §8: linear inputs
+//! cached in FP8), at the price of a second rounding. Leaving the pass out of the pipeline keeps
+//! the other way; `[train] wgrad_source` chooses (`dsc train`).
+
+use crate::names::NameSet;
+use crate::{PassError, PassOptions};
+use dsc_ir::infer::infer;
+use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Precision, TensorType, ValueDef, ValueId};
+use std::collections::HashMap;
+
+const PASS: &str = "requantize-transposed";
+
+/// Rewrites every row-tiled quantize of a transposed tensor that has an FP8 copy.
+pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
+    let defs = graph.defs();
+    let def_op = |v: ValueId| match defs.get(&v) {
+        Some(ValueDef::OpResult { op, .. }) => Some(*op),
+        _ => None,
+    };
+    // The FP8 copies: (source, attrs) → (quantize position, codes, scales).
+    let mut copies: HashMap<ValueId, Vec<(usize, ValueId, ValueId)>> = HashMap::new();
+    for (i, op) in graph.ops.iter().enumerate() {
+        if op.kind == OpKind::Quantize && row_tile(&op.attrs).is_some() {
+            copies
+                .entry(op.operands[0])
+                .or_default()
+                .push((i, op.results[0], op.results[1]));
+        }
+    }
+    let mut matches = Vec::new();
+    for (i, op) in graph.ops.iter().enumerate() {
+        if op.kind != OpKind::Quantize || row_tile(&op.attrs).is_none() {
+            continue;
+        }
+        let Some(t) = def_op(op.operands[0]).map(|t| &graph.ops[t]) else {
+            continue;
+        };
+        if t.kind != OpKind::Transpose || t.attrs.ints("perm") != Some(&[1, 0][..]) {
+            continue;
+        }
+        let rows = t.operands[0];
+        let (source, reshaped) = match def_op(rows).map(|r| &graph.ops[r]) {
+            Some(r) if r.kind == OpKind::Reshape => (r.operands[0], true),
+            _ => (rows, false),
+        };
+        // A copy quantized earlier with the same format, tile and scale format.
+        let copy = copies.get(&source).and_then(|c| {
+            c.iter().find(|&&(j, q, _)| {
+                j < i
+                    && graph.ops[j].attrs == op.attrs
+                    && graph.ty(q).shape == graph.ty(source).shape
+            })
+        });
+        if let Some(&(_, codes, scales)) = copy {
+            matches.push(Match {
+                at: i,
+                source,
+                rows: reshaped.then_some(rows),
+                codes,
+                scales,
+            });
+        }
+    }
+    let mut names = NameSet::of(graph);
+    let mut rewrites: HashMap<usize, Vec<Op>> = HashMap::new();
+    for m in matches {
+        let op = graph.ops[m.at].clone();
+        let name = graph.op_name(&op).to_string();
+        let mut emitted = Vec::new();
+        let mut emit =
+            |graph: &mut Graph, kind, operands: Vec<ValueId>, attrs: Attrs, suffix: &str| {
+                let ins: Vec<&TensorType> = operands.iter().map(|&v| graph.ty(v)).collect();
+                let inferred = infer(kind, &attrs, &ins).map_err(|message| PassError::Op {
+                    pass: PASS,
+                    op: name.clone(),
+                    message,
+                })?;
+                let ty = TensorType {
+                    dtype: inferred[0].dtype.default_dtype(),
+                    shape: inferred[0].shape.clone(),
+                };
+                let compute = if kind == OpKind::Dequantize {
+                    DType::F32
+                } else {
+                    ty.dtype
+                };
+                let v = graph.add_value(names.fresh(&format!("{name}.{suffix}")), ty);
+                emitted.push(Op {
+                    kind,
+                    operands,
+                    results: vec![v],
+                    attrs,
+                    role: op.role,
+                    precision: Some(Precision {
+                        compute,
+                        accumulate: None,
+                    }),
+                });
+                Ok::<ValueId, PassError>(v)
+            };
+        let high = graph.ty(m.source).dtype;
+        let deq_attrs = Attrs::new()
+            .with("dtype", Attr::DType(high))
+            .with("block", op.attrs.get("block").expect("row tile").clone());
+        let codes = vec![m.codes, m.scales];
+        let mut v = emit(graph, OpKind::Dequantize, codes, deq_attrs, "from_fp8")?;
+        if let Some(rows) = m.rows {
+            let shape = graph
+                .ty(rows)
+                .shape
+                .dims()
+                .iter()
+                .map(|&d| d as i64)
+                .collect();
+            let attrs = Attrs::new().with("shape", Attr::Ints(shape));
+            v = emit(graph, OpKind::Reshape, vec![v], attrs, "from_fp8.rows")?;
+        }
+        let attrs = Attrs::new().with("perm", Attr::Ints(vec![1, 0]));
+        v = emit(graph, OpKind::Transpose, vec![v], attrs, "from_fp8.t")?;
+        let mut requant = op;
+        requant.operands = vec![v];
+        emitted.push(requant);
+        rewrites.insert(m.at, emitted);
+    }
+    if rewrites.is_empty() {
+        return Ok(());
+    }
+    let ops = std::mem::take(&mut graph.ops);
+    for (i, op) in ops.into_iter().enumerate() {
+        match rewrites.remove(&i) {
+            Some(replacement) => graph.ops.extend(replacement),
+            None => graph.ops.push(op),
+        }
+    }
+    Ok(())
+}
+
+/// A Wgrad operand's quantize with an earlier FP8 copy of its source.
+struct Match {
+    /// The quantize's position.
+    at: usize,
+    /// The tensor that was transposed (through `rows`, a reshape to 2-D, when there is one).
+    source: ValueId,
+    rows: Option<ValueId>,
+    /// The earlier copy's codes and scales.
+    codes: ValueId,
+    scales: ValueId,
+}
+
+/// The tile width of a `[1, t]` quantize.
+fn row_tile(attrs: &Attrs) -> Option<i64> {
+    match attrs.ints("block") {
+        Some(&[1, t]) => Some(t),
+        _ => None,
+    }
+}
