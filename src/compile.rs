@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 /// Compiles the model and writes the artifact directory.
 pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
+    let mut train_config = None;
     let mut graph = match crate::import::hf_config(&args.model) {
         Some(config) => {
             let imported = crate::import::import_config(&config, &args.hf_shape)?;
@@ -31,7 +32,9 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
                 )));
             }
             let source = read_text(&args.model)?;
-            load_model(&source).map_err(|e| Diagnostic::located(&args.model, &source, e))?
+            let located = |e| Diagnostic::located(&args.model, &source, e);
+            train_config = dsc_ir::load_train_config(&source).map_err(located)?;
+            load_model(&source).map_err(located)?
         }
     };
     let dir = args
@@ -41,6 +44,12 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
     // Refused before the compile, not after it: the checks are cheap, the compile is not.
     let inputs = [args.model.as_path()];
     check_replaceable(&dir, &inputs)?;
+    // A model with `[train]` also gets its training steps' memory, measured before the
+    // inference pipeline changes the graph.
+    let train_table = match &train_config {
+        Some(config) => Some(crate::train_report::memory_table(&graph, config)?),
+        None => None,
+    };
     let timings = pipeline::run(&args.pipeline, DEFAULT_PIPELINE, &mut graph)?;
     let target = args.target.0;
     let options = Options {
@@ -70,6 +79,9 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
     }
     write_atomically(&dir, &outputs, &inputs)?;
     print!("{}", report::summary_text(&report));
+    if let Some(table) = &train_table {
+        print!("{table}");
+    }
     if args.pipeline.timings {
         print!("{}", report::timings_text(&report));
     }

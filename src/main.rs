@@ -15,6 +15,7 @@ mod report;
 mod run;
 mod train;
 mod train_data;
+mod train_report;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -17,6 +17,7 @@ pub mod manager;
 mod names;
 pub mod quantize_linears;
 pub mod requantize_transposed;
+pub mod train_memory;
 pub mod train_step;
 pub mod verify_pass;
 

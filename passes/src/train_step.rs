@@ -90,6 +90,32 @@ impl Default for TrainStepOptions {
     }
 }
 
+impl TrainStepOptions {
+    /// The options `[train]` gives.
+    pub fn from_config(config: &dsc_ir::TrainConfig) -> Self {
+        TrainStepOptions {
+            fp8: config.recipe == dsc_ir::Recipe::Fp8,
+            beta1: config.beta1,
+            beta2: config.beta2,
+            eps: config.eps,
+            weight_decay: config.weight_decay,
+            max_grad_norm: config.grad_clip,
+            ..TrainStepOptions::default()
+        }
+    }
+}
+
+/// The training step of `forward` as `config` asks for it, built and lowered by its pipeline.
+pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Graph, PassError> {
+    let mut step = build(forward, &TrainStepOptions::from_config(config))?;
+    crate::Pipeline::parse(pipeline(config.wgrad_source))?.run(
+        &mut step,
+        &PassOptions::default(),
+        |_, _| {},
+    )?;
+    Ok(step)
+}
+
 /// Builds the training step of `forward` (inputs `input_ids [B, S]`, output 0 the logits
 /// `[B, S, V]`); the result still needs [`TRAIN_PIPELINE`].
 pub fn build(forward: &Graph, options: &TrainStepOptions) -> Result<Graph, PassError> {
