@@ -80,6 +80,22 @@ pub struct TrainArgs {
     /// Write every parameter's FP32 gradient of the first step, by checkpoint name.
     #[arg(long, value_name = "FILE.safetensors")]
     pub save_grads: Option<PathBuf>,
+    /// Save a checkpoint to DIR at the end of the run (and every --save-every steps): the
+    /// weights in the Hugging Face layout, FP32 masters, moments and the run's state. DIR is
+    /// replaced whole; it must be missing, empty or a checkpoint dsc train wrote.
+    #[arg(long, value_name = "DIR")]
+    pub save: Option<PathBuf>,
+    /// Also save every K steps (to the same --save DIR).
+    #[arg(long, value_name = "K", requires = "save", value_parser = clap::value_parser!(u64).range(1..))]
+    pub save_every: Option<u64>,
+    /// The format of the checkpoint's model.safetensors: bf16 (default) or fp8 (E4M3 with
+    /// weight_scale_inv for the weights the precision policy runs in FP8, DeepSeek-V3's layout).
+    #[arg(long, value_enum, requires = "save")]
+    pub export: Option<crate::train_checkpoint::Export>,
+    /// Continue the checkpoint in DIR (written by --save) up to --steps, the total: master
+    /// weights, moments, step and the data sampler's state are restored.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
     /// Print the training step's IR after its passes to stderr.
     #[arg(long)]
     pub print_ir: bool,

@@ -14,6 +14,7 @@ mod quantize_weights;
 mod report;
 mod run;
 mod train;
+mod train_checkpoint;
 mod train_data;
 mod train_report;
 

@@ -1,19 +1,23 @@
 //! `dsc train MODEL --data FILE`: builds the model's training step (`dsc_passes::train_step`),
 //! lowers it with the training pipeline and runs it step after step on the CPU, printing
-//! progress and optionally logging every step to CSV (DESIGN.md §8, docs/training.md).
+//! progress and optionally logging every step to CSV (DESIGN.md §8, docs/training.md). With
+//! `--save DIR` it writes checkpoints (`crate::train_checkpoint`), with `--resume DIR` it
+//! continues one, bit for bit as if the run had not stopped.
 
 use crate::cli::{DeviceArg, RecipeArg, TrainArgs};
 use crate::diagnostic::{Diagnostic, read_text};
+use crate::train_checkpoint::{self, CheckpointWriter, RunInfo, TrainState};
 use crate::train_data::TokenData;
 use dsc_ir::model::load_model;
 use dsc_ir::{Graph, Recipe, TrainConfig, load_train_config};
 use dsc_kernels::rng::SplitMix64;
-use dsc_passes::train_step::{self, TRAIN_PIPELINE, TrainStepOptions};
+use dsc_passes::train_step::{self, TrainStepOptions};
 use dsc_passes::{PassOptions, Pipeline, autodiff};
 use dsc_runtime::cpu::CpuOptions;
 use dsc_runtime::train::Trainer;
 use dsc_runtime::{HostTensor, Weights, random_weights};
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Trains the model as the arguments say.
@@ -35,24 +39,83 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
     if args.print_ir {
         eprint!("{step_graph}");
     }
-    let weights = random_weights(&step_graph, args.seed).map_err(runtime)?;
-    let mut trainer = Trainer::new(step_graph, weights, CpuOptions::default()).map_err(runtime)?;
-    let ids = trainer
-        .graph()
+    let ids = step_graph
         .inputs
         .first()
-        .map(|&i| trainer.graph().ty(i).shape.dims().to_vec())
+        .map(|&i| step_graph.ty(i).shape.dims().to_vec())
         .unwrap_or_default();
     let (batch, seq) = (ids[0] as usize, ids[1..].iter().product::<u64>() as usize);
-    let vocab = vocab_of(&forward);
-    let mut source = match (&args.data, &args.inputs) {
-        (Some(path), _) => Batches::Data(
-            TokenData::load(path, vocab).map_err(|e| Diagnostic::new(e.to_string()))?,
-            SplitMix64(args.seed ^ 0x5eed_da7a),
-        ),
-        (None, Some(path)) => Batches::Fixed(fixed_batch(trainer.graph(), path, vocab)?),
-        (None, None) => return Err(Diagnostic::new("give --data FILE or --inputs FILE")),
+    let mut info = RunInfo {
+        model: forward.name.clone(),
+        recipe: config.recipe,
+        seed: args.seed,
+        batch: batch as u64,
+        seq_len: seq as u64,
+        total_steps: args.steps,
     };
+    // Checked before training: a run must not train for hours to find it cannot save.
+    let writer = args
+        .save
+        .as_ref()
+        .map(|dir| {
+            CheckpointWriter::new(
+                dir,
+                &forward,
+                args.export.unwrap_or_default(),
+                protected_inputs(args, dir),
+                crate::import::hf_config(&args.model)
+                    .and_then(|c| c.parent().map(Path::to_path_buf)),
+            )
+        })
+        .transpose()?;
+    let resumed = args
+        .resume
+        .as_ref()
+        .map(|dir| train_checkpoint::load(dir, &step_graph, &info))
+        .transpose()?;
+    let vocab = vocab_of(&forward);
+    let (mut trainer, mut source) = match resumed {
+        Some(r) => {
+            let mut trainer = Trainer::new(step_graph, r.weights.clone(), CpuOptions::default())
+                .map_err(runtime)?;
+            trainer
+                .restore(r.weights, r.moments, r.state.step)
+                .map_err(runtime)?;
+            // A checkpoint of a run on a fixed batch has no sampler state: --data starts the
+            // sampler from --seed, as a new run would. Otherwise --seed has no use: the run
+            // keeps the seed it started with.
+            let rng = r.state.sampler_rng.unwrap_or(args.seed ^ SAMPLER_SEED);
+            if r.state.sampler_rng.is_some() {
+                info.seed = r.state.seed;
+            }
+            // Without decay_steps the cosine decay spans the run's --steps: the saved run's
+            // steps after warmup decayed over its own total.
+            if r.state.total_steps != args.steps
+                && config.decay_steps.is_none()
+                && r.state.step > config.warmup_steps
+            {
+                println!(
+                    "note: the learning-rate schedule now decays over {} steps; steps {} to {} \
+                     of the checkpoint decayed over {} (set decay_steps in [train] for a \
+                     schedule that does not depend on --steps)",
+                    args.steps,
+                    config.warmup_steps + 1,
+                    r.state.step,
+                    r.state.total_steps
+                );
+            }
+            let source = batches(args, trainer.graph(), vocab, rng)?;
+            (trainer, source)
+        }
+        None => {
+            let weights = random_weights(&step_graph, args.seed).map_err(runtime)?;
+            let trainer =
+                Trainer::new(step_graph, weights, CpuOptions::default()).map_err(runtime)?;
+            let source = batches(args, trainer.graph(), vocab, args.seed ^ SAMPLER_SEED)?;
+            (trainer, source)
+        }
+    };
+    let first = trainer.steps_taken();
     let mut log = args
         .log
         .as_ref()
@@ -73,8 +136,30 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
         args.steps,
         parameter_count(trainer.graph()),
     );
+    if let Some(dir) = &args.resume {
+        println!(
+            "resuming from {} at step {first}: steps {} to {}",
+            dir.display(),
+            first + 1,
+            args.steps
+        );
+    }
+    let save = |trainer: &Trainer, rng: Option<u64>| -> Result<(), Diagnostic> {
+        let Some(w) = &writer else { return Ok(()) };
+        let state = TrainState::new(&info, trainer, rng, w.export());
+        w.save(trainer, &state)?;
+        println!(
+            "saved the state of step {} to {}",
+            trainer.steps_taken(),
+            w.dir().display()
+        );
+        Ok(())
+    };
     let started = Instant::now();
-    for i in 0..args.steps {
+    for i in first..args.steps {
+        // The sampler's state before this step's batch: the state saved with the previous
+        // step's, should this one fail.
+        let rng_before = source.rng_state();
         let (input_ids, labels) = match &mut source {
             Batches::Data(data, rng) => data
                 .batch(rng, batch, seq)
@@ -83,15 +168,39 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
         };
         let lr = config.lr_at(i, args.steps) as f32;
         let t0 = Instant::now();
-        let (stats, outputs) = trainer.step(input_ids, labels, lr).map_err(runtime)?;
+        let (stats, outputs) = match trainer.step(input_ids, labels, lr) {
+            Ok(done) => done,
+            // The trainer keeps the last good state: save it, so the run can be resumed
+            // (with another learning rate, say) from there.
+            Err(e) if let Some(w) = &writer => {
+                let saved = match save(&trainer, rng_before) {
+                    Ok(()) => "saved",
+                    Err(failed) => {
+                        return Err(Diagnostic::new(format!(
+                            "{e}; saving the last good state to {} failed too: {}",
+                            w.dir().display(),
+                            failed.message
+                        )));
+                    }
+                };
+                return Err(Diagnostic::new(format!(
+                    "{e}; {saved} the last good state (step {}) to {}: resume with --resume {}",
+                    trainer.steps_taken(),
+                    w.dir().display(),
+                    w.dir().display()
+                )));
+            }
+            Err(e) => return Err(runtime(e)),
+        };
         let tokens_per_s = (batch * seq) as f64 / t0.elapsed().as_secs_f64();
-        if i == 0
+        if i == first
             && let Some(path) = &args.save_grads
         {
             save_grads(trainer.graph(), &outputs, path)?;
         }
         let done = i + 1;
-        let eta = started.elapsed().as_secs_f64() / done as f64 * (args.steps - done) as f64;
+        let eta =
+            started.elapsed().as_secs_f64() / (done - first) as f64 * (args.steps - done) as f64;
         println!(
             "step {:>6}/{}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s  eta {:.0}s",
             stats.step, args.steps, stats.loss, lr, stats.grad_norm, tokens_per_s, eta
@@ -104,12 +213,48 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             )
             .map_err(|e| Diagnostic::new(format!("cannot write {}: {e}", path.display())))?;
         }
+        if done < args.steps && args.save_every.is_some_and(|k| done % k == 0) {
+            save(&trainer, source.rng_state())?;
+        }
     }
     if let Some((path, mut w)) = log {
         w.flush()
             .map_err(|e| Diagnostic::new(format!("cannot write {}: {e}", path.display())))?;
     }
-    Ok(())
+    save(&trainer, source.rng_state())
+}
+
+/// The sampler's seed is the run's seed mixed with this constant.
+const SAMPLER_SEED: u64 = 0x5eed_da7a;
+
+/// The batches of the run: random windows of --data drawn from a sampler at `rng`, or the
+/// fixed batch of --inputs.
+fn batches(args: &TrainArgs, g: &Graph, vocab: u64, rng: u64) -> Result<Batches, Diagnostic> {
+    match (&args.data, &args.inputs) {
+        (Some(path), _) => Ok(Batches::Data(
+            TokenData::load(path, vocab).map_err(|e| Diagnostic::new(e.to_string()))?,
+            SplitMix64(rng),
+        )),
+        (None, Some(path)) => Ok(Batches::Fixed(fixed_batch(g, path, vocab)?)),
+        (None, None) => Err(Diagnostic::new("give --data FILE or --inputs FILE")),
+    }
+}
+
+/// What --save DIR must not hold: every file the run reads or writes besides the checkpoint
+/// (the --resume checkpoint too, unless it is DIR itself, which a save may replace).
+fn protected_inputs(args: &TrainArgs, save: &Path) -> Vec<PathBuf> {
+    let mut inputs = vec![args.model.clone()];
+    inputs.extend(args.data.iter().cloned());
+    inputs.extend(args.inputs.iter().cloned());
+    inputs.extend(args.log.iter().cloned());
+    inputs.extend(args.save_grads.iter().cloned());
+    inputs.extend(
+        args.resume
+            .iter()
+            .filter(|r| !train_checkpoint::same_dir(r, save))
+            .cloned(),
+    );
+    inputs
 }
 
 /// Where batches come from.
@@ -118,6 +263,16 @@ enum Batches {
     Data(TokenData, SplitMix64),
     /// One batch, every step.
     Fixed((Vec<i32>, Vec<i32>)),
+}
+
+impl Batches {
+    /// The sampler's state (`None` for a fixed batch).
+    fn rng_state(&self) -> Option<u64> {
+        match self {
+            Batches::Data(_, rng) => Some(rng.0),
+            Batches::Fixed(_) => None,
+        }
+    }
 }
 
 fn runtime(e: dsc_runtime::RuntimeError) -> Diagnostic {
@@ -170,7 +325,7 @@ fn load(args: &TrainArgs) -> Result<(Graph, TrainConfig), Diagnostic> {
     Ok((graph, config))
 }
 
-/// The training step of `forward`, lowered by [`TRAIN_PIPELINE`].
+/// The training step of `forward`, lowered by its pipeline (`train_step::pipeline`).
 fn build_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, Diagnostic> {
     let options = TrainStepOptions {
         fp8: config.recipe == Recipe::Fp8,
@@ -183,7 +338,8 @@ fn build_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, Diagnostic
     };
     let mut step =
         train_step::build(forward, &options).map_err(|e| Diagnostic::new(e.to_string()))?;
-    let pipeline = Pipeline::parse(TRAIN_PIPELINE).map_err(|e| Diagnostic::new(e.to_string()))?;
+    let pipeline = Pipeline::parse(train_step::pipeline(config.wgrad_source))
+        .map_err(|e| Diagnostic::new(e.to_string()))?;
     pipeline
         .run(&mut step, &PassOptions::default(), |_, _| {})
         .map_err(|e| Diagnostic::new(e.to_string()))?;
@@ -205,11 +361,7 @@ fn parameter_count(g: &Graph) -> u64 {
 
 /// `input_ids` and `labels` from a safetensors file, checked against the step's shape and the
 /// vocabulary.
-fn fixed_batch(
-    g: &Graph,
-    path: &std::path::Path,
-    vocab: u64,
-) -> Result<(Vec<i32>, Vec<i32>), Diagnostic> {
+fn fixed_batch(g: &Graph, path: &Path, vocab: u64) -> Result<(Vec<i32>, Vec<i32>), Diagnostic> {
     let inputs = dsc_runtime::inputs::read_inputs(g, path).map_err(runtime)?;
     let want = g
         .ty(g.inputs[0])
@@ -246,11 +398,7 @@ fn fixed_batch(
 }
 
 /// Writes the first step's gradients by checkpoint name (FP32).
-fn save_grads(
-    g: &Graph,
-    outputs: &[(String, HostTensor)],
-    path: &std::path::Path,
-) -> Result<(), Diagnostic> {
+fn save_grads(g: &Graph, outputs: &[(String, HostTensor)], path: &Path) -> Result<(), Diagnostic> {
     let mut grads = Weights::new();
     for &p in &g.params {
         let name = autodiff::grad_name(g.name(p));

@@ -1,5 +1,6 @@
 //! `dsc train`: the loss falls, the FP8 recipe tracks the all-BF16 baseline, gradients are
-//! written by checkpoint name, and bad data or options are clear errors.
+//! written by checkpoint name, bad data or options are clear errors, and checkpoints (`--save`,
+//! `--resume`) continue a run bit for bit.
 
 use crate::support::{TempDir, dsc, streams};
 
@@ -151,4 +152,406 @@ fn bad_data_and_options_are_clear_errors() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints
+
+/// Runs `dsc train MODEL --data DATA` with `extra`, expecting success; returns stdout.
+fn train_ok(model: &str, data: &str, extra: &[&str]) -> String {
+    let mut args = vec!["train", model, "--data", data];
+    args.extend_from_slice(extra);
+    let out = dsc(&args);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    stdout
+}
+
+/// Runs `dsc train MODEL --data DATA` with `extra`, expecting exit 1 and `error: …`; returns
+/// stderr.
+fn train_err(model: &str, data: &str, extra: &[&str]) -> String {
+    let mut args = vec!["train", model, "--data", data];
+    args.extend_from_slice(extra);
+    let out = dsc(&args);
+    let (_, stderr) = streams(&out);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    stderr
+}
+
+fn s(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The step, loss, lr and grad_norm columns of a `--log` CSV (not the timing).
+fn log_rows(path: &std::path::Path) -> Vec<String> {
+    let csv = std::fs::read_to_string(path).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("step,loss,lr,grad_norm,tokens_per_s"));
+    lines
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect()
+}
+
+/// Every file of a directory with its bytes, sorted by name.
+fn dir_contents(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn train_state(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("train_state.json")).unwrap()).unwrap()
+}
+
+/// `tests/train/tiny-llama.toml` with `from` replaced by `to`, written into `tmp`.
+fn variant(tmp: &TempDir, file: &str, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(crate::support::path(MODEL)).unwrap();
+    assert!(text.contains(from), "{from}");
+    let path = tmp.join(file);
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    s(&path)
+}
+
+#[test]
+fn resume_continues_a_run_bit_for_bit() {
+    let tmp = TempDir::new("train-resume");
+    let data = corpus(&tmp);
+    let (full, half) = (tmp.join("full"), tmp.join("half"));
+    let (full_log, first_log, second_log) =
+        (tmp.join("full.csv"), tmp.join("a.csv"), tmp.join("b.csv"));
+    train_ok(
+        MODEL,
+        &data,
+        &["--steps", "6", "--save", &s(&full), "--log", &s(&full_log)],
+    );
+    train_ok(
+        MODEL,
+        &data,
+        &["--steps", "3", "--save", &s(&half), "--log", &s(&first_log)],
+    );
+    assert_eq!(train_state(&half)["step"], 3);
+    // A different --seed does not matter: the sampler's state comes from the checkpoint.
+    let stdout = train_ok(
+        MODEL,
+        &data,
+        &[
+            "--steps",
+            "6",
+            "--seed",
+            "99",
+            "--resume",
+            &s(&half),
+            "--save",
+            &s(&half),
+            "--log",
+            &s(&second_log),
+        ],
+    );
+    assert!(stdout.contains("at step 3: steps 4 to 6"), "{stdout}");
+    let mut resumed = log_rows(&first_log);
+    resumed.extend(log_rows(&second_log));
+    assert_eq!(resumed.len(), 6);
+    assert_eq!(log_rows(&full_log), resumed);
+    // Same masters, moments, exported weights and state (step, sampler) as the unbroken run.
+    let (a, b) = (dir_contents(&full), dir_contents(&half));
+    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "master.safetensors",
+            "model.safetensors",
+            "optimizer.safetensors",
+            "train_state.json"
+        ]
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs");
+    }
+    let state = train_state(&full);
+    assert_eq!(state["step"], 6);
+    assert_eq!(state["model"], "tiny-llama");
+    assert_eq!(state["recipe"], "fp8");
+    assert_eq!(
+        (state["batch"].clone(), state["seq_len"].clone()),
+        (2.into(), 32.into())
+    );
+    assert!(state["sampler_rng"].is_u64(), "{state}");
+    // The moments by input name, BF16.
+    let bytes = std::fs::read(full.join("optimizer.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.names().len(), 42);
+    for name in ["lm_head.weight.adam_m", "model.norm.weight.adam_v"] {
+        assert_eq!(file.tensor(name).unwrap().dtype(), safetensors::Dtype::BF16);
+    }
+}
+
+#[test]
+fn save_every_and_the_hugging_face_layout() {
+    let tmp = TempDir::new("train-save-every");
+    let data = corpus(&tmp);
+    let dir = tmp.join("ckpt");
+    let stdout = train_ok(
+        MODEL,
+        &data,
+        &["--steps", "5", "--save", &s(&dir), "--save-every", "2"],
+    );
+    let saves: Vec<&str> = stdout.lines().filter(|l| l.starts_with("saved")).collect();
+    assert_eq!(saves.len(), 3, "{stdout}");
+    for (line, step) in saves.iter().zip([2, 4, 5]) {
+        assert!(
+            line.starts_with(&format!("saved the state of step {step} to ")),
+            "{line}"
+        );
+    }
+    assert_eq!(train_state(&dir)["step"], 5);
+    let model = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let model = safetensors::SafeTensors::deserialize(&model).unwrap();
+    let master = std::fs::read(dir.join("master.safetensors")).unwrap();
+    let master = safetensors::SafeTensors::deserialize(&master).unwrap();
+    let mut names = model.names();
+    names.sort();
+    let mut master_names = master.names();
+    master_names.sort();
+    assert_eq!(names, master_names);
+    assert_eq!(names.len(), 21, "{names:?}");
+    for name in [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.layers.1.post_attention_layernorm.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ] {
+        let (w, m) = (model.tensor(name).unwrap(), master.tensor(name).unwrap());
+        assert_eq!(w.dtype(), safetensors::Dtype::BF16, "{name}");
+        assert_eq!(m.dtype(), safetensors::Dtype::F32, "{name}");
+        assert_eq!(w.shape(), m.shape(), "{name}");
+        // The BF16 weight is the master rounded (to nearest even).
+        let bf16: Vec<u16> = w
+            .data()
+            .chunks(2)
+            .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let rounded: Vec<u16> = m
+            .data()
+            .chunks(4)
+            .map(|b| {
+                let x = f32::from_le_bytes(b.try_into().unwrap());
+                dsc_kernels::numerics::bf16::to_bf16(x).to_bits()
+            })
+            .collect();
+        assert!(bf16 == rounded, "{name}");
+    }
+    assert_eq!(
+        model
+            .tensor("model.layers.0.self_attn.q_proj.weight")
+            .unwrap()
+            .shape(),
+        [128, 128]
+    );
+}
+
+#[test]
+fn export_fp8_writes_e4m3_weights_with_their_scales() {
+    let tmp = TempDir::new("train-export-fp8");
+    let data = corpus(&tmp);
+    let dir = tmp.join("ckpt");
+    train_ok(
+        MODEL,
+        &data,
+        &["--steps", "1", "--save", &s(&dir), "--export", "fp8"],
+    );
+    assert_eq!(train_state(&dir)["export"], "fp8");
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names = file.names();
+    // 2 layers × 7 projections get a scale each.
+    let scales: Vec<&&str> = names
+        .iter()
+        .filter(|n| n.ends_with("weight_scale_inv"))
+        .collect();
+    assert_eq!(scales.len(), 14, "{names:?}");
+    assert_eq!(names.len(), 21 + 14, "{names:?}");
+    for proj in ["self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"] {
+        let w = file
+            .tensor(&format!("model.layers.1.{proj}.weight"))
+            .unwrap();
+        assert_eq!(w.dtype(), safetensors::Dtype::F8_E4M3, "{proj}");
+        let s = file
+            .tensor(&format!("model.layers.1.{proj}.weight_scale_inv"))
+            .unwrap();
+        assert_eq!(s.dtype(), safetensors::Dtype::F32, "{proj}");
+        // One scale per 128×128 block.
+        let blocks: Vec<usize> = w.shape().iter().map(|d| d.div_ceil(128)).collect();
+        assert_eq!(s.shape(), blocks.as_slice(), "{proj}");
+    }
+    // The embedding, the norms and the head stay BF16.
+    for name in [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ] {
+        assert_eq!(
+            file.tensor(name).unwrap().dtype(),
+            safetensors::Dtype::BF16,
+            "{name}"
+        );
+    }
+    // The compiled model runs the FP8 export as it runs the BF16 one (quantizing on load):
+    // the same logits, bit for bit.
+    let bf16 = tmp.join("bf16");
+    train_ok(MODEL, &data, &["--steps", "1", "--save", &s(&bf16)]);
+    let artifact = tmp.join("artifact");
+    let out = dsc(&["compile", MODEL, "-o", &s(&artifact)]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    let mut logits = Vec::new();
+    for (weights, output) in [(&dir, "fp8.safetensors"), (&bf16, "bf16.safetensors")] {
+        let output = tmp.join(output);
+        let out = dsc(&[
+            "run",
+            &s(&artifact),
+            "--device",
+            "cpu",
+            "--weights",
+            &s(&weights.join("model.safetensors")),
+            "--output",
+            &s(&output),
+        ]);
+        assert!(out.status.success(), "{}", streams(&out).1);
+        logits.push(std::fs::read(output).unwrap());
+    }
+    assert!(logits[0] == logits[1], "the FP8 export runs differently");
+}
+
+#[test]
+fn a_bad_resume_is_a_clear_error_and_changes_nothing() {
+    let tmp = TempDir::new("train-bad-resume");
+    let data = corpus(&tmp);
+    let dir = tmp.join("ckpt");
+    let ckpt = s(&dir);
+    train_ok(MODEL, &data, &["--steps", "1", "--save", &ckpt]);
+    let before = dir_contents(&dir);
+    let other_name = variant(&tmp, "other.toml", "\"tiny-llama\"", "\"other-llama\"");
+    let other_shape = variant(&tmp, "narrow.toml", "inter_dim = 256", "inter_dim = 128");
+    let incomplete = tmp.join("incomplete");
+    std::fs::create_dir(&incomplete).unwrap();
+    for (name, bytes) in &before {
+        if name != "optimizer.safetensors" {
+            std::fs::write(incomplete.join(name), bytes).unwrap();
+        }
+    }
+    let incomplete = s(&incomplete);
+    let nothing = s(&tmp.join("nothing"));
+    let cases: [(&str, Vec<&str>, &str); 7] = [
+        (
+            &other_name,
+            vec!["--resume", &ckpt],
+            "is a checkpoint of model `tiny-llama`, this run trains `other-llama`",
+        ),
+        (
+            MODEL,
+            vec!["--resume", &ckpt, "--recipe", "bf16"],
+            "was trained with the fp8 recipe, this run uses bf16",
+        ),
+        (
+            MODEL,
+            vec!["--resume", &ckpt, "--batch", "1"],
+            "batches of 2×32 tokens (batch × seq_len), this run's are 1×32",
+        ),
+        (
+            &other_shape,
+            vec!["--resume", &ckpt],
+            "parameter `model.layers.0.mlp.gate_proj.weight` is [256, 128] in the checkpoint, \
+             [128, 128] in the model",
+        ),
+        (
+            MODEL,
+            vec!["--resume", &ckpt, "--steps", "1"],
+            "is at step 1 already",
+        ),
+        (
+            MODEL,
+            vec!["--resume", &incomplete],
+            "has no optimizer.safetensors",
+        ),
+        (MODEL, vec!["--resume", &nothing], "does not exist"),
+    ];
+    for (model, extra, want) in cases {
+        let mut extra = extra;
+        if !extra.contains(&"--steps") {
+            extra.extend(["--steps", "2"]);
+        }
+        // Saving to the checkpoint being resumed: a failed resume must not touch it.
+        extra.extend(["--save", &ckpt]);
+        let stderr = train_err(model, &data, &extra);
+        assert!(
+            stderr.contains(want) && stderr.contains("--resume"),
+            "{extra:?}: {stderr}"
+        );
+        assert!(
+            dir_contents(&dir) == before,
+            "{extra:?} changed the checkpoint"
+        );
+    }
+}
+
+#[test]
+fn save_refuses_a_directory_that_is_not_a_checkpoint() {
+    let tmp = TempDir::new("train-save-refused");
+    let data = corpus(&tmp);
+    let notes = tmp.join("notes");
+    std::fs::create_dir(&notes).unwrap();
+    std::fs::write(notes.join("todo.txt"), "keep me").unwrap();
+    let stderr = train_err(MODEL, &data, &["--steps", "1", "--save", &s(&notes)]);
+    assert!(
+        stderr.contains("is not a dsc training checkpoint"),
+        "{stderr}"
+    );
+    assert_eq!(
+        dir_contents(&notes),
+        [("todo.txt".into(), b"keep me".to_vec())]
+    );
+    // Nor one holding an input of the run (here the model).
+    let stderr = train_err(MODEL, &data, &["--steps", "1", "--save", "tests/train"]);
+    assert!(stderr.contains("holds the input"), "{stderr}");
+    assert!(crate::support::path(MODEL).is_file());
+    // A file is not a directory.
+    let stderr = train_err(
+        MODEL,
+        &data,
+        &["--steps", "1", "--save", &s(&notes.join("todo.txt"))],
+    );
+    assert!(stderr.contains("is not a directory"), "{stderr}");
+}
+
+#[test]
+fn a_diverging_run_saves_its_last_good_state() {
+    let tmp = TempDir::new("train-diverge");
+    let data = corpus(&tmp);
+    let model = variant(&tmp, "hot.toml", "lr = 3e-3", "lr = 1e30");
+    let dir = tmp.join("ckpt");
+    let stderr = train_err(&model, &data, &["--steps", "4", "--save", &s(&dir)]);
+    let state = train_state(&dir);
+    let step = state["step"].as_u64().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "the last good state (step {step}) to {}",
+            dir.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("step {}: the loss is", step + 1)),
+        "{stderr}"
+    );
 }
