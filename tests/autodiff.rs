@@ -72,12 +72,26 @@ fn loss(
 
 /// Checks every parameter's gradient of `text`'s loss (output 0) along a random direction.
 fn check(text: &str, label_bound: u64) {
+    check_with(text, label_bound, &[], &[], 1e-2);
+}
+
+/// [`check`] with some integer inputs given (`ints`, by name) instead of drawn, and the
+/// parameters `no_grad` expected to get no gradient output: the loss must be locally constant
+/// along a random direction of each (the selection bias of `moe_topk`). `eps` is the step of
+/// the differences.
+fn check_with(text: &str, label_bound: u64, ints: &[(&str, Vec<i32>)], no_grad: &[&str], eps: f32) {
     let forward = parse(text).unwrap();
     let mut backward = forward.clone();
     autodiff::run(&mut backward, &PassOptions::default()).unwrap();
     dsc_ir::verify(&backward).unwrap();
     let values = weights(&forward, 7);
     let mut inputs = int_inputs(&forward, label_bound, 11);
+    for (name, ids) in ints {
+        let t = inputs
+            .get_mut(*name)
+            .unwrap_or_else(|| panic!("no input `{name}`"));
+        *t = HostTensor::from_i32(DType::I32, t.shape.clone(), ids.clone()).unwrap();
+    }
     let mut with_seed = inputs.clone();
     with_seed.insert(
         autodiff::LOSS_GRAD_INPUT.into(),
@@ -86,16 +100,20 @@ fn check(text: &str, label_bound: u64) {
     let outputs = run(&backward, &values, &with_seed);
     inputs.retain(|k, _| forward.inputs.iter().any(|&i| forward.name(i) == k));
     let mut rng = SplitMix64(23);
-    let eps = 1e-2f32;
     for &p in &forward.params {
         let name = forward.name(p);
         let grad_name = autodiff::grad_name(name);
-        let grad = outputs
-            .iter()
-            .find(|(n, _)| *n == grad_name)
-            .unwrap_or_else(|| panic!("no gradient output for `{name}`"))
-            .1
-            .to_f32_vec();
+        let found = outputs.iter().find(|(n, _)| *n == grad_name);
+        assert_eq!(
+            found.is_none(),
+            no_grad.contains(&name),
+            "`{name}`: gradient output present: {}",
+            found.is_some()
+        );
+        let grad = match found {
+            Some((_, t)) => t.to_f32_vec(),
+            None => vec![0.0; dims(&forward, p).iter().product()],
+        };
         let d: Vec<f32> = rng
             .normals(grad.len())
             .into_iter()
@@ -203,13 +221,15 @@ fn causal_gqa_attention_with_rope_and_a_shared_rope_head() {
 }
 
 #[test]
-fn a_rule_missing_is_an_error_naming_the_op() {
+fn a_kind_without_a_rule_is_an_error_naming_the_op() {
     let mut g = parse(
         "graph \"t\"\n\
          input %labels: i32[2]\n\
          param @x: f32[2, 8]\n\
-         %s: f32[2, 4] = slice(@x) {axis = 1, start = 0, end = 4} role=other\n\
-         %loss: f32[1] = cross_entropy(%s, %labels) role=other\n\
+         %n: f32[2, 8] = silu(@x) role=other\n\
+         %q: f8e4m3[2, 8], %q.scale: f32[2, 1] = quantize(%n) {block = [1, 8], dtype = f8e4m3, scale_format = \"f32\"} role=other\n\
+         %d: f32[2, 8] = dequantize(%q, %q.scale) {block = [1, 8], dtype = f32} role=other\n\
+         %loss: f32[1] = cross_entropy(%d, %labels) role=other\n\
          output %loss\n",
     )
     .unwrap();
@@ -217,7 +237,7 @@ fn a_rule_missing_is_an_error_naming_the_op() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("op `s`") && e.contains("no VJP rule yet for `slice`"),
+        e.contains("op `d`") && e.contains("`dequantize` is an FP8 lowering"),
         "{e}"
     );
 }
@@ -324,4 +344,155 @@ fn fp8_wgrad_tiles_both_operands_along_the_tokens() {
         rel > 1e-4 && rel < 0.05,
         "relative error against the BF16 product: {rel}"
     );
+}
+
+#[test]
+fn mla_slices_of_q_into_nope_and_pe_and_of_the_compressed_kv() {
+    // MLA's views (ir/src/model/deepseek.rs): q split per head into nope and rope parts, the
+    // kv_a projection split into the compressed kv and the shared k_pe; every part is read,
+    // and q_pe is also read twice (the pads of its slices add up).
+    check(
+        "graph \"t\"\n\
+         input %labels: i32[1, 5]\n\
+         param @q: f32[1, 5, 2, 12]\n\
+         param @kv: f32[1, 5, 10]\n\
+         %q_nope: f32[1, 5, 2, 8] = slice(@q) {axis = 3, start = 0, end = 8} role=other\n\
+         %q_pe: f32[1, 5, 2, 4] = slice(@q) {axis = 3, start = 8, end = 12} role=other\n\
+         %q_rot: f32[1, 5, 2, 4] = rope(%q_pe) {style = \"interleaved\", theta = 10000.0} role=other\n\
+         %c_kv: f32[1, 5, 6] = slice(@kv) {axis = -1, start = 0, end = 6} role=other\n\
+         %k_pe: f32[1, 5, 4] = slice(@kv) {axis = 2, start = 6, end = 10} role=other\n\
+         %k_pe4: f32[1, 5, 1, 4] = reshape(%k_pe) {shape = [1, 5, 1, 4]} role=other\n\
+         %k_rot: f32[1, 5, 1, 4] = rope(%k_pe4) {style = \"interleaved\", theta = 10000.0} role=other\n\
+         %k_nope: f32[1, 5, 2, 8] = reshape(%q_nope) {shape = [1, 5, 2, 8]} role=other\n\
+         %scores: f32[1, 2, 5, 5] = attn_scores(%q_nope, %k_nope, %q_rot, %k_rot) {causal = true, scale = 0.3} role=other\n\
+         %probs: f32[1, 2, 5, 5] = softmax(%scores) {axis = -1} role=other\n\
+         %v: f32[1, 5, 2, 3] = reshape(%c_kv) {shape = [1, 5, 2, 3]} role=other\n\
+         %o: f32[1, 5, 2, 3] = attn_values(%probs, %v) role=other\n\
+         %flat: f32[1, 5, 6] = reshape(%o) {shape = [1, 5, 6]} role=other\n\
+         %pe2: f32[1, 5, 8] = reshape(%q_pe) {shape = [1, 5, 8]} role=other\n\
+         %pe6: f32[1, 5, 6] = slice(%pe2) {axis = 2, start = 1, end = 7} role=other\n\
+         %r: f32[1, 5, 6] = add(%flat, %pe6) role=other\n\
+         %loss: f32[1] = cross_entropy(%r, %labels) role=other\n\
+         output %loss\n",
+        6,
+    );
+}
+
+#[test]
+fn matmul_plain_and_with_transpose_b() {
+    check(
+        "graph \"t\"\n\
+         input %labels: i32[2, 3]\n\
+         param @a: f32[2, 3, 4]\n\
+         param @b: f32[2, 4, 5]\n\
+         param @c: f32[2, 6, 5]\n\
+         %ab: f32[2, 3, 5] = matmul(@a, @b) role=other\n\
+         %abc: f32[2, 3, 6] = matmul(%ab, @c) {transpose_b = true} role=other\n\
+         %loss: f32[1] = cross_entropy(%abc, %labels) role=other\n\
+         output %loss\n",
+        6,
+    );
+}
+
+#[test]
+fn grouped_linear_with_repeated_experts_both_input_forms() {
+    // 4 tokens × 2 slots over 3 experts: expert 1 serves five rows, expert 2 none (its
+    // gradient is zero); the up projection reads one row per token, the down one per slot.
+    check_with(
+        "graph \"t\"\n\
+         input %labels: i32[4]\n\
+         input %idx: i32[4, 2]\n\
+         param @x: f32[4, 6]\n\
+         param @up: f32[3, 5, 6]\n\
+         param @down: f32[3, 6, 5]\n\
+         %h: f32[4, 2, 5] = grouped_linear(@x, @up, %idx) role=expert\n\
+         %a: f32[4, 2, 5] = silu(%h) role=expert\n\
+         %y: f32[4, 2, 6] = grouped_linear(%a, @down, %idx) role=expert\n\
+         %f: f32[4, 12] = reshape(%y) {shape = [4, 12]} role=other\n\
+         %loss: f32[1] = cross_entropy(%f, %labels) role=other\n\
+         output %loss\n",
+        12,
+        &[("idx", vec![1, 0, 1, 1, 0, 1, 1, 1])],
+        &[],
+        1e-2,
+    );
+}
+
+/// The finite differences' step through `moe_topk`: small enough that no perturbation along
+/// the test's directions changes which experts are chosen (a jump the derivative does not
+/// see), still far above the f32 loss's rounding (the tolerance covers ~1e-4 of it).
+const MOE_EPS: f32 = 1e-3;
+
+/// A MoE block as the deepseek preset wires it (gate linear, moe_topk, grouped up/gate/down,
+/// swiglu, moe_combine with a shared expert) with `topk` the routing attributes.
+fn moe_block(topk: &str, bias: bool) -> String {
+    let (bias_param, bias_operand) = if bias {
+        ("param @bias: f32[6]\n", ", @bias")
+    } else {
+        ("", "")
+    };
+    format!(
+        "graph \"t\"\n\
+         input %labels: i32[5]\n\
+         param @x: f32[5, 8]\n\
+         param @gate: f32[6, 8]\n\
+         {bias_param}\
+         param @wg: f32[6, 4, 8]\n\
+         param @wu: f32[6, 4, 8]\n\
+         param @wd: f32[6, 8, 4]\n\
+         param @shared: f32[8, 8]\n\
+         %logits: f32[5, 6] = linear(@x, @gate) role=gating\n\
+         %w: f32[5, 2], %idx: i32[5, 2] = moe_topk(%logits{bias_operand}) {{{topk}}} role=gating\n\
+         %g: f32[5, 2, 4] = grouped_linear(@x, @wg, %idx) role=expert\n\
+         %u: f32[5, 2, 4] = grouped_linear(@x, @wu, %idx) role=expert\n\
+         %act: f32[5, 2, 4] = swiglu(%g, %u) role=expert\n\
+         %d: f32[5, 2, 8] = grouped_linear(%act, @wd, %idx) role=expert\n\
+         %s: f32[5, 8] = linear(@x, @shared) role=shared_expert\n\
+         %y: f32[5, 8] = moe_combine(%d, %w, %s) role=expert\n\
+         %loss: f32[1] = cross_entropy(%y, %labels) role=other\n\
+         output %loss\n"
+    )
+}
+
+#[test]
+fn moe_sigmoid_routing_with_bias_groups_norm_topk_prob_and_route_scale() {
+    // DeepSeek-V3's gate: the selection bias changes which experts are chosen but not their
+    // weights, so it gets no gradient and the loss is locally constant along it.
+    let text = moe_block(
+        "n_groups = 2, norm_topk_prob = true, route_scale = 2.5, score_func = \"sigmoid\", \
+         top_k = 2, topk_groups = 1",
+        true,
+    );
+    check_with(&text, 8, &[], &["bias"], MOE_EPS);
+}
+
+#[test]
+fn moe_softmax_routing_without_normalization() {
+    // DeepSeek-V2's gate.
+    let text = moe_block(
+        "n_groups = 1, norm_topk_prob = false, route_scale = 1.0, score_func = \"softmax\", \
+         top_k = 2, topk_groups = 1",
+        false,
+    );
+    check_with(&text, 8, &[], &[], MOE_EPS);
+}
+
+#[test]
+fn moe_softmax_routing_with_normalization_and_route_scale() {
+    let text = moe_block(
+        "n_groups = 3, norm_topk_prob = true, route_scale = 1.5, score_func = \"softmax\", \
+         top_k = 2, topk_groups = 2",
+        false,
+    );
+    check_with(&text, 8, &[], &[], MOE_EPS);
+}
+
+#[test]
+fn moe_sigmoid_routing_without_normalization() {
+    let text = moe_block(
+        "n_groups = 1, norm_topk_prob = false, route_scale = 2.0, score_func = \"sigmoid\", \
+         top_k = 2, topk_groups = 1",
+        false,
+    );
+    check_with(&text, 8, &[], &[], MOE_EPS);
 }

@@ -103,6 +103,21 @@ pub enum OpKind {
     /// global norm): param, grad, m, v, norm `[1]`, schedule f32 `[2]` = (lr, step) →
     /// param', m', v'.
     AdamW,
+    /// Zeros around the operand along `axis`: `before` of them, the operand, `after` of them
+    /// (the VJP of `slice`).
+    Pad,
+    /// The k-grouped Wgrad of `grouped_linear`: dy `[T, k, N]`, x `[T, K]` or `[T, k, K]`,
+    /// indices `[T, k]` → f32 `[experts, N, K]`, `dw[e] = Σ_{(t, j): indices[t, j] = e}
+    /// dy[t, j]ᵀ · x[t(, j)]` (each expert's rows are its contracted dim).
+    GroupedLinearWgrad,
+    /// Gradient of `moe_combine`: y `[T, k, D]`, weights `[T, k]`, dout `[T, D]` → dy
+    /// `[T, k, D]` (`weights · dout`), dweights f32 `[T, k]` (`y · dout`); the shared
+    /// operand's gradient is dout itself.
+    MoeCombineGrad,
+    /// Gradient of `moe_topk`'s weights w.r.t. its logits: logits `[T, E]`, indices `[T, k]`,
+    /// dweights `[T, k]` → f32 `[T, E]`, through the unbiased scores of the chosen experts,
+    /// their normalization and the route scale (the selection, and so its bias, is constant).
+    MoeTopkGrad,
 }
 
 /// Operand count bounds of an op kind: `min..=max` (`max = None` for variadic).
@@ -145,7 +160,7 @@ const fn arity(min: usize, max: usize) -> Arity {
 
 impl OpKind {
     /// Every op kind.
-    pub const ALL: [OpKind; 40] = [
+    pub const ALL: [OpKind; 44] = [
         OpKind::Embedding,
         OpKind::Linear,
         OpKind::Matmul,
@@ -186,6 +201,10 @@ impl OpKind {
         OpKind::Scale,
         OpKind::GlobalNorm,
         OpKind::AdamW,
+        OpKind::Pad,
+        OpKind::GroupedLinearWgrad,
+        OpKind::MoeCombineGrad,
+        OpKind::MoeTopkGrad,
     ];
 
     /// The spelling used in the text format and model.toml.
@@ -231,6 +250,10 @@ impl OpKind {
             OpKind::Scale => "scale",
             OpKind::GlobalNorm => "global_norm",
             OpKind::AdamW => "adamw",
+            OpKind::Pad => "pad",
+            OpKind::GroupedLinearWgrad => "grouped_linear_wgrad",
+            OpKind::MoeCombineGrad => "moe_combine_grad",
+            OpKind::MoeTopkGrad => "moe_topk_grad",
         }
     }
 
@@ -256,6 +279,8 @@ impl OpKind {
             RopeGrad | ReduceSum | Scale => arity(1, 1),
             GlobalNorm => Arity { min: 1, max: None },
             AdamW => arity(6, 6),
+            Pad => arity(1, 1),
+            GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad => arity(3, 3),
         }
     }
 
@@ -267,7 +292,8 @@ impl OpKind {
             | OpKind::RmsNormQuant
             | OpKind::SwigluQuant
             | OpKind::RmsNormGrad
-            | OpKind::SwigluGrad => 2,
+            | OpKind::SwigluGrad
+            | OpKind::MoeCombineGrad => 2,
             OpKind::AdamW => 3,
             _ => 1,
         }
@@ -322,6 +348,25 @@ impl OpKind {
                         req("topk_groups", T::Int),
                         req("norm_topk_prob", T::Bool),
                         req("route_scale", T::Float),
+                    ]
+                }
+            }
+            MoeTopkGrad => {
+                const {
+                    &[
+                        req("score_func", T::Str),
+                        req("norm_topk_prob", T::Bool),
+                        req("route_scale", T::Float),
+                    ]
+                }
+            }
+            GroupedLinearWgrad => const { &[req("experts", T::Int)] },
+            Pad => {
+                const {
+                    &[
+                        req("axis", T::Int),
+                        req("before", T::Int),
+                        req("after", T::Int),
                     ]
                 }
             }
@@ -380,7 +425,8 @@ impl OpKind {
             }
             Linear => const { &[opt("gemm", T::Str)] },
             Embedding | Silu | Mul | Add | Swiglu | AttnValues | GroupedLinear | MoeCombine
-            | CrossEntropy | CrossEntropyGrad | SiluGrad | SwigluGrad | GlobalNorm => const { &[] },
+            | CrossEntropy | CrossEntropyGrad | SiluGrad | SwigluGrad | GlobalNorm
+            | MoeCombineGrad => const { &[] },
         }
     }
 
@@ -400,7 +446,7 @@ impl OpKind {
     pub fn is_data_movement(self) -> bool {
         matches!(
             self,
-            OpKind::Reshape | OpKind::Transpose | OpKind::Slice | OpKind::Concat
+            OpKind::Reshape | OpKind::Transpose | OpKind::Slice | OpKind::Concat | OpKind::Pad
         )
     }
 
@@ -417,8 +463,11 @@ impl OpKind {
             | OpKind::AttnScores
             | OpKind::AttnValues
             | OpKind::Attention => Role::Attention,
-            OpKind::MoeTopk => Role::Gating,
-            OpKind::GroupedLinear | OpKind::MoeCombine => Role::Expert,
+            OpKind::MoeTopk | OpKind::MoeTopkGrad => Role::Gating,
+            OpKind::GroupedLinear
+            | OpKind::GroupedLinearWgrad
+            | OpKind::MoeCombine
+            | OpKind::MoeCombineGrad => Role::Expert,
             OpKind::Add => Role::Residual,
             _ => Role::Other,
         }

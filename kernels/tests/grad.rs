@@ -6,7 +6,10 @@
 //! differences of `x ↦ u · f(x)`, so every row and column of the Jacobian counts.
 
 use dsc_kernels::ops::grad::*;
-use dsc_kernels::ops::{FloatFormat, OpError, RopeParams, RopeScaling, RopeStyle, rope, softmax};
+use dsc_kernels::ops::{
+    FloatFormat, GroupedDims, GroupedInput, OpError, RopeParams, RopeScaling, RopeStyle, ScoreFunc,
+    TopkParams, moe_topk, rope, softmax,
+};
 use dsc_kernels::rng::SplitMix64;
 
 /// Relative tolerance of a VJP against finite differences. The differences are central, in
@@ -755,4 +758,254 @@ fn clip_scale_clips_only_above_the_maximum() {
     // max_norm 0 (or negative) turns clipping off.
     assert_eq!(clip_scale(1e9, 0.0), 1.0);
     assert_eq!(clip_scale(1e9, -1.0), 1.0);
+}
+
+// ---- pad (the VJP of slice) ---------------------------------------------------------------
+
+#[test]
+fn pad_is_the_vjp_of_slice_along_every_axis() {
+    let dims = [3, 5, 4];
+    let mut rng = SplitMix64(21);
+    let x = rng.symmetric_f32s(60, 1.0);
+    for (axis, start, end) in [(0, 1, 3), (1, 0, 2), (1, 2, 5), (2, 1, 2)] {
+        let mut sliced = dims;
+        sliced[axis] = end - start;
+        let u = rng.symmetric_f32s(sliced.iter().product(), 1.0);
+        let got = pad(&u, &sliced, axis, start, dims[axis] - end, 0.0).unwrap();
+        let want = fd_vjp(&x, &f64s(&u), |x| {
+            dsc_kernels::ops::slice(x, &dims, axis, start, end).unwrap()
+        });
+        assert_vjp(&format!("pad along axis {axis}"), &got, &want);
+    }
+}
+
+#[test]
+fn pad_puts_zeros_around_and_refuses_bad_axes() {
+    assert_eq!(
+        pad(&[1, 2, 3, 4], &[2, 2], 1, 1, 2, 0).unwrap(),
+        vec![0, 1, 2, 0, 0, 0, 3, 4, 0, 0]
+    );
+    assert_eq!(pad(&[7u8], &[1], 0, 0, 0, 0).unwrap(), vec![7]);
+    assert_eq!(
+        message(pad(&[0.0; 4], &[2, 2], 2, 1, 1, 0.0)),
+        "pad axis 2 is out of range for shape [2, 2]"
+    );
+    assert_eq!(
+        message(pad(&[0.0; 3], &[2, 2], 0, 1, 1, 0.0)),
+        "x: expected 4 elements, got 3"
+    );
+}
+
+// ---- MoE: grouped Wgrad, combine, routing weights -----------------------------------------
+
+/// `out[t, j] = x[t(, j)] · w[idx[t, j]]ᵀ` in f64: w `[e, n, kk]`, idx `[t, k]`, x `[t, kk]`
+/// (per token) or `[t, k, kk]` (per slot).
+fn grouped_linear64(
+    x: &[f64],
+    per_slot: bool,
+    w: &[f64],
+    idx: &[i32],
+    k: usize,
+    n: usize,
+    kk: usize,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(idx.len() * n);
+    for (row, &ex) in idx.iter().enumerate() {
+        let xr = &x[if per_slot { row } else { row / k } * kk..][..kk];
+        let wm = &w[ex as usize * n * kk..][..n * kk];
+        out.extend((0..n).map(|o| (0..kk).map(|c| xr[c] * wm[o * kk + c]).sum::<f64>()));
+    }
+    out
+}
+
+fn moe_dims(t: usize, k: usize, e: usize, n: usize, kk: usize) -> GroupedDims {
+    GroupedDims {
+        tokens: t,
+        top_k: k,
+        experts: e,
+        out_features: n,
+        in_features: kk,
+    }
+}
+
+#[test]
+fn grouped_linear_wgrad_is_the_vjp_for_both_input_forms() {
+    // 5 tokens × 2 slots over 4 experts: expert 1 serves six rows (one token twice), expert 3
+    // none, so its gradient must be zero.
+    let (t, k, e, n, kk) = (5, 2, 4, 3, 6);
+    let idx = [1, 0, 1, 1, 2, 1, 0, 1, 1, 2];
+    let mut rng = SplitMix64(22);
+    let w = rng.symmetric_f32s(e * n * kk, 1.0);
+    let dy = rng.symmetric_f32s(t * k * n, 1.0);
+    for (input, rows) in [(GroupedInput::PerToken, t), (GroupedInput::PerSlot, t * k)] {
+        let x = rng.symmetric_f32s(rows * kk, 1.0);
+        let got = grouped_linear_wgrad(&dy, &x, input, &idx, moe_dims(t, k, e, n, kk)).unwrap();
+        let per_slot = input == GroupedInput::PerSlot;
+        let want = fd_vjp(&w, &f64s(&dy), |w| {
+            grouped_linear64(&f64s(&x), per_slot, w, &idx, k, n, kk)
+        });
+        assert_vjp(&format!("dw {input:?}"), &got, &want);
+        assert!(got[3 * n * kk..].iter().all(|&v| v == 0.0));
+    }
+}
+
+#[test]
+fn grouped_linear_wgrad_refuses_bad_indices_and_sizes() {
+    let d = moe_dims(2, 1, 3, 2, 2);
+    assert_eq!(
+        message(grouped_linear_wgrad(
+            &[0.0; 4],
+            &[0.0; 4],
+            GroupedInput::PerToken,
+            &[0, 3],
+            d
+        )),
+        "grouped_linear_wgrad expert index 3 (token 1, slot 0) is out of range for 3 experts"
+    );
+    assert_eq!(
+        message(grouped_linear_wgrad(
+            &[0.0; 3],
+            &[0.0; 4],
+            GroupedInput::PerToken,
+            &[0, 1],
+            d
+        )),
+        "dy: expected 4 elements, got 3"
+    );
+}
+
+/// `out[t] = Σ_j w[t, j] · y[t, j] + shared[t]` in f64.
+fn moe_combine64(y: &[f64], w: &[f64], shared: &[f64], k: usize, d: usize) -> Vec<f64> {
+    shared
+        .chunks(d)
+        .enumerate()
+        .flat_map(|(tok, s)| {
+            (0..d).map(move |c| {
+                s[c] + (0..k)
+                    .map(|j| w[tok * k + j] * y[(tok * k + j) * d + c])
+                    .sum::<f64>()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn moe_combine_grad_is_the_vjp_of_both_operands() {
+    let (t, k, d) = (3, 2, 5);
+    let mut rng = SplitMix64(23);
+    let y = rng.symmetric_f32s(t * k * d, 1.0);
+    let w = rng.symmetric_f32s(t * k, 1.0);
+    let shared = rng.symmetric_f32s(t * d, 1.0);
+    let dout = rng.symmetric_f32s(t * d, 1.0);
+    let (dy, dw) = moe_combine_grad(&y, &w, &dout, t, k, d).unwrap();
+    let u = f64s(&dout);
+    let want_dy = fd_vjp(&y, &u, |y| {
+        moe_combine64(y, &f64s(&w), &f64s(&shared), k, d)
+    });
+    assert_vjp("dy", &dy, &want_dy);
+    let want_dw = fd_vjp(&w, &u, |w| {
+        moe_combine64(&f64s(&y), w, &f64s(&shared), k, d)
+    });
+    assert_vjp("dweights", &dw, &want_dw);
+    assert_eq!(
+        message(moe_combine_grad(&y, &w, &dout[1..], t, k, d)),
+        "dout: expected 15 elements, got 14"
+    );
+}
+
+/// The routing weights of the chosen `idx` as `moe_topk` computes them, in f64.
+fn route_weights64(logits: &[f64], idx: &[i32], e: usize, p: &RouteWeights) -> Vec<f64> {
+    let k = idx.len() / (logits.len() / e);
+    logits
+        .chunks(e)
+        .zip(idx.chunks(k))
+        .flat_map(|(row, chosen)| {
+            let s: Vec<f64> = match p.score_func {
+                ScoreFunc::Sigmoid => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+                ScoreFunc::Softmax => {
+                    let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = row.iter().map(|x| (x - max).exp()).sum();
+                    row.iter().map(|x| (x - max).exp() / sum).collect()
+                }
+            };
+            let r: Vec<f64> = chosen.iter().map(|&i| s[i as usize]).collect();
+            let denominator = if p.norm_topk_prob {
+                r.iter().sum::<f64>() + 1e-20
+            } else {
+                1.0
+            };
+            r.into_iter()
+                .map(move |v| v / denominator * p.route_scale)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn moe_topk_grad_is_the_vjp_of_the_routing_weights() {
+    let (t, e, k) = (4, 6, 3);
+    let idx = [0, 5, 2, 3, 1, 4, 5, 0, 1, 2, 4, 3];
+    let mut rng = SplitMix64(24);
+    let logits = rng.symmetric_f32s(t * e, 3.0);
+    let dw = rng.symmetric_f32s(t * k, 1.0);
+    for score_func in [ScoreFunc::Sigmoid, ScoreFunc::Softmax] {
+        for (norm_topk_prob, route_scale) in [(true, 2.5), (false, 1.0), (false, 2.5), (true, 1.0)]
+        {
+            let p = RouteWeights {
+                score_func,
+                norm_topk_prob,
+                route_scale,
+            };
+            let got = moe_topk_grad(&logits, &idx, &dw, t, e, &p).unwrap();
+            let want = fd_vjp(&logits, &f64s(&dw), |l| route_weights64(l, &idx, e, &p));
+            assert_vjp(&format!("{p:?}"), &got, &want);
+        }
+    }
+}
+
+#[test]
+fn moe_topk_grad_matches_the_weights_moe_topk_computes() {
+    // The f64 weights above are moe_topk's: same indices, same values (to f32 rounding).
+    let (t, e) = (5, 8);
+    let logits = SplitMix64(25).symmetric_f32s(t * e, 3.0);
+    for (score_func, norm) in [(ScoreFunc::Sigmoid, true), (ScoreFunc::Softmax, false)] {
+        let params = TopkParams {
+            score_func,
+            top_k: 2,
+            n_groups: 2,
+            topk_groups: 1,
+            norm_topk_prob: norm,
+            route_scale: 2.5,
+        };
+        let routing = moe_topk(&logits, None, t, e, &params).unwrap();
+        let p = RouteWeights {
+            score_func,
+            norm_topk_prob: norm,
+            route_scale: 2.5,
+        };
+        let want = route_weights64(&f64s(&logits), &routing.indices, e, &p);
+        for (&g, &w) in routing.weights.iter().zip(&want) {
+            assert!(
+                (g as f64 - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{g} vs {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn moe_topk_grad_refuses_bad_indices_and_sizes() {
+    let p = RouteWeights {
+        score_func: ScoreFunc::Sigmoid,
+        norm_topk_prob: true,
+        route_scale: 1.0,
+    };
+    assert_eq!(
+        message(moe_topk_grad(&[0.0; 6], &[0, 3], &[0.0; 2], 2, 3, &p)),
+        "moe_topk_grad expert index 3 (token 1, slot 0) is out of range for 3 experts"
+    );
+    assert_eq!(
+        message(moe_topk_grad(&[0.0; 6], &[0, 1], &[0.0; 3], 2, 3, &p)),
+        "dweights: expected 2 elements, got 3"
+    );
 }

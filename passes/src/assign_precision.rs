@@ -65,7 +65,7 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         MoeTopk => (p(f32, Some(f32)), None),
         Embedding => (p(high, None), Some(high)),
         Cast | Quantize | Dequantize => (p(f32, None), None),
-        Reshape | Transpose | Slice | Concat => (p(operand_dtype, None), None),
+        Reshape | Transpose | Slice | Concat | Pad => (p(operand_dtype, None), None),
         // Already lowered to FP8 by quantize-linears: the codes' format is the compute dtype.
         Fp8Partials => (p(operand_dtype, Some(f32)), None),
         Fp8Gemm => {
@@ -78,11 +78,13 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         // Training (DESIGN.md §8): gradients of high-precision ops are computed in FP32 and
         // stored like the forward's activations; the loss, the softmax's gradient (the scores
         // are f32), weight gradients and optimizer state keep the dtypes autodiff gave them.
-        RmsNormGrad => (p(f32, Some(f32)), Some(high)),
+        RmsNormGrad | MoeCombineGrad => (p(f32, Some(f32)), Some(high)),
         SiluGrad | SwigluGrad | RopeGrad => (p(f32, None), Some(high)),
-        CrossEntropy | CrossEntropyGrad | SoftmaxGrad | EmbeddingGrad | ReduceSum | GlobalNorm => {
-            (p(f32, Some(f32)), None)
-        }
+        CrossEntropy | CrossEntropyGrad | SoftmaxGrad | EmbeddingGrad | ReduceSum | GlobalNorm
+        | MoeTopkGrad => (p(f32, Some(f32)), None),
+        // The routed experts' k-grouped Wgrad (each expert's rows are its contracted dim) has
+        // no FP8 form yet: high operands, FP32 sums and result.
+        GroupedLinearWgrad => (p(high, Some(f32)), None),
         Scale | AdamW => (p(f32, None), None),
     };
     Decision {
@@ -105,10 +107,11 @@ fn expected_operand(op: &Op, i: usize, d: &Decision) -> Option<DType> {
         AttnValues => (i == 1).then_some(d.high),
         MoeTopk => (i == 0).then_some(DType::F32),
         MoeCombine => Some(if i == 1 { DType::F32 } else { d.high }),
-        Embedding | Softmax | Cast | Quantize | Dequantize | Reshape | Transpose | Slice
+        Embedding | Softmax | Cast | Quantize | Dequantize | Reshape | Transpose | Slice | Pad
         | Fp8Partials | Promote | Fp8Gemm => None,
         CrossEntropy | CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad
-        | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW => None,
+        | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW
+        | GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad => None,
     }
 }
 

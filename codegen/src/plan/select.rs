@@ -486,7 +486,11 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         | OpKind::ReduceSum
         | OpKind::Scale
         | OpKind::GlobalNorm
-        | OpKind::AdamW => {
+        | OpKind::AdamW
+        | OpKind::Pad
+        | OpKind::GroupedLinearWgrad
+        | OpKind::MoeCombineGrad
+        | OpKind::MoeTopkGrad => {
             return Err(fail(format!(
                 "no GPU kernel yet for the training op `{}`; training steps run on the CPU \
                  (`dsc train --device cpu`)",

@@ -209,6 +209,10 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         Scale => training::same_shape(ins)?,
         GlobalNorm => training::global_norm(ins)?,
         AdamW => training::adamw(attrs, ins)?,
+        Pad => training::pad(kind, attrs, ins)?,
+        GroupedLinearWgrad => training::grouped_linear_wgrad(attrs, ins)?,
+        MoeCombineGrad => training::moe_combine_grad(ins)?,
+        MoeTopkGrad => training::moe_topk_grad(attrs, ins)?,
     };
     for r in &out {
         if r.shape.checked_numel().is_none() {

@@ -1,7 +1,9 @@
 //! Type rules of the kinds a training step adds: the loss, the gradients the forward kinds'
 //! VJP rules emit (`passes/src/autodiff`), and the optimizer.
 
-use super::{Inferred, Result, axis_of, dims_eq, fixed, free, need_float, need_int, need_min_rank};
+use super::{
+    Inferred, Result, axis_of, dims_eq, fixed, free, need_float, need_int, need_min_rank, need_rank,
+};
 use crate::attr::Attrs;
 use crate::{DType, OpKind, TensorType};
 
@@ -152,4 +154,97 @@ pub(super) fn adamw(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>>
         fixed(m.dtype, p.shape.0.clone()),
         fixed(v.dtype, p.shape.0.clone()),
     ])
+}
+
+/// `pad`: zeros around x along `axis`, `before` and `after` of them (both ≥ 0) → x's dtype.
+pub(super) fn pad(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let x = ins[0];
+    let axis = axis_of(kind, attrs, x)?;
+    let (before, after) = (
+        attrs.int("before").expect("checked"),
+        attrs.int("after").expect("checked"),
+    );
+    if before < 0 || after < 0 {
+        return Err(format!(
+            "pad before ({before}) and after ({after}) must not be negative"
+        ));
+    }
+    let mut dims = x.shape.0.clone();
+    dims[axis] += (before + after) as u64;
+    Ok(vec![fixed(x.dtype, dims)])
+}
+
+/// `grouped_linear_wgrad`: dy `[T, k, N]`, x `[T, K]` or `[T, k, K]`, indices `[T, k]` → f32
+/// `[experts, N, K]`.
+pub(super) fn grouped_linear_wgrad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let (dy, x, idx) = (ins[0], ins[1], ins[2]);
+    need_float("dy", dy)?;
+    need_float("x", x)?;
+    need_int("indices", idx)?;
+    need_rank("indices", idx, 2)?;
+    need_rank("dy", dy, 3)?;
+    if dy.shape.0[..2] != idx.shape.0[..] {
+        return Err(format!("dy {dy} must be [T, k, N] for indices {idx}"));
+    }
+    let (t, k, n) = (dy.shape.0[0], dy.shape.0[1], dy.shape.0[2]);
+    let kk = match x.shape.0[..] {
+        [xt, xk] if xt == t => xk,
+        [xt, xs, xk] if xt == t && xs == k => xk,
+        _ => {
+            return Err(format!(
+                "x {x} must be [{t}, K] or [{t}, {k}, K] for indices {idx}"
+            ));
+        }
+    };
+    let experts = attrs.int("experts").expect("checked");
+    if experts <= 0 {
+        return Err(format!(
+            "grouped_linear_wgrad experts must be positive, got {experts}"
+        ));
+    }
+    Ok(vec![fixed(DType::F32, vec![experts as u64, n, kk])])
+}
+
+/// `moe_combine_grad`: y `[T, k, D]`, weights `[T, k]`, dout `[T, D]` → dy `[T, k, D]`,
+/// dweights f32 `[T, k]`.
+pub(super) fn moe_combine_grad(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let (y, w, dout) = (ins[0], ins[1], ins[2]);
+    super::moe::moe_combine(&[y, w])?;
+    need_float("dout", dout)?;
+    let (t, k, d) = (y.shape.0[0], y.shape.0[1], y.shape.0[2]);
+    if dout.shape.0 != [t, d] {
+        return Err(format!("dout {dout} must have shape [{t}, {d}]"));
+    }
+    Ok(vec![
+        free(dout.dtype, vec![t, k, d]),
+        fixed(DType::F32, vec![t, k]),
+    ])
+}
+
+/// `moe_topk_grad`: logits `[T, E]`, indices `[T, k]` (k ≤ E), dweights `[T, k]` → f32
+/// `[T, E]`.
+pub(super) fn moe_topk_grad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let (logits, idx, dw) = (ins[0], ins[1], ins[2]);
+    need_float("logits", logits)?;
+    need_rank("logits", logits, 2)?;
+    need_int("indices", idx)?;
+    need_rank("indices", idx, 2)?;
+    need_float("dweights", dw)?;
+    let (t, e) = (logits.shape.0[0], logits.shape.0[1]);
+    let k = idx.shape.0[1];
+    if idx.shape.0[0] != t || k == 0 || k > e {
+        return Err(format!(
+            "indices {idx} must be [{t}, k] with 1 ≤ k ≤ {e} for logits {logits}"
+        ));
+    }
+    dims_eq("moe_topk_grad indices/dweights", idx, dw)?;
+    match attrs.str("score_func") {
+        Some("sigmoid" | "softmax") => {}
+        other => {
+            return Err(format!(
+                "score_func must be \"sigmoid\" or \"softmax\", got {other:?}"
+            ));
+        }
+    }
+    Ok(vec![fixed(DType::F32, vec![t, e])])
 }

@@ -48,6 +48,8 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     }
     let needs = needs_grad(graph);
     let grad_dtype = grad_dtypes(graph);
+    // Values from here on are the backward's.
+    let first_backward = graph.values.len();
     let seed = graph.add_input(LOSS_GRAD_INPUT, loss_ty);
     let forward = graph.ops.clone();
     let mut grads: HashMap<ValueId, ValueId> = HashMap::from([(loss, seed)]);
@@ -106,7 +108,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     for p in params {
         if let Some(&g) = grads.get(&p) {
             let name = grad_name(graph.name(p));
-            rename(graph, g, name);
+            rename(graph, g, name, first_backward);
             graph.outputs.push(g);
         }
     }
@@ -114,15 +116,28 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
 }
 
 /// Names the gradient value of a parameter `{param}.grad` (the name it was built under may
-/// carry a uniquing suffix, or be an `add` of contributions).
-fn rename(graph: &mut Graph, v: ValueId, name: String) {
+/// carry a uniquing suffix, or be an `add` of contributions). A backward value holding the
+/// name (the first contribution of a parameter read by several ops) is renamed
+/// `{param}.grad.part…`; a forward value holding it keeps it.
+fn rename(graph: &mut Graph, v: ValueId, name: String, first_backward: usize) {
     if graph.name(v) == name {
         return;
     }
-    // Another value holding the name (there is none in a graph autodiff built) keeps it.
-    if graph.values.iter().any(|d| d.name == name) {
+    let Some(holder) = graph.values.iter().position(|d| d.name == name) else {
+        graph.values[v.index()].name = name;
+        return;
+    };
+    if holder < first_backward {
         return;
     }
+    let taken = |n: &str| graph.values.iter().any(|d| d.name == n);
+    let mut part = format!("{name}.part");
+    let mut i = 1;
+    while taken(&part) {
+        part = format!("{name}.part{i}");
+        i += 1;
+    }
+    graph.values[holder].name = part;
     graph.values[v.index()].name = name;
 }
 

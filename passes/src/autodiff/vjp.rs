@@ -170,11 +170,66 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
                 out[0] = Some(e.one(CrossEntropyGrad, operands, Attrs::new(), &name, d)?);
             }
         }
-        Slice | Matmul | MoeTopk | GroupedLinear | MoeCombine => {
-            return Err(format!(
-                "no VJP rule yet for `{}`: training supports dense models (llama preset) so far",
-                op.kind
-            ));
+        Slice => {
+            if req.want[0].is_some() {
+                let dims = ty(e, 0).shape.dims().to_vec();
+                let axis = axis_attr(e, op.operands[0], op)?;
+                let (start, end) = (int_attr(op, "start")?, int_attr(op, "end")?);
+                let attrs = Attrs::new()
+                    .with("axis", Attr::Int(axis as i64))
+                    .with("before", Attr::Int(start))
+                    .with("after", Attr::Int(dims[axis] as i64 - end));
+                let dy = req.dy0()?;
+                let dtype = e.ty(dy).dtype;
+                out[0] = Some(e.one(Pad, vec![dy], attrs, &req.grad_name(e, 0), dtype)?);
+            }
+        }
+        Pad => {
+            if req.want[0].is_some() {
+                let len = ty(e, 0).shape.dims().to_vec();
+                let axis = axis_attr(e, op.operands[0], op)?;
+                let before = int_attr(op, "before")?;
+                let attrs = Attrs::new()
+                    .with("axis", Attr::Int(axis as i64))
+                    .with("start", Attr::Int(before))
+                    .with("end", Attr::Int(before + len[axis] as i64));
+                let dy = req.dy0()?;
+                let dtype = e.ty(dy).dtype;
+                out[0] = Some(e.one(Slice, vec![dy], attrs, &req.grad_name(e, 0), dtype)?);
+            }
+        }
+        Matmul => matmul(e, req, &mut out)?,
+        MoeTopk => {
+            // Only the weights are differentiable: the indices are integers, and the selection
+            // (and so its bias, `e_score_correction_bias`) is piecewise constant.
+            if let (Some(d), Some(dw)) = (req.want[0], req.dy[0]) {
+                let mut attrs = Attrs::new();
+                for key in ["score_func", "norm_topk_prob", "route_scale"] {
+                    let v = op
+                        .attrs
+                        .get(key)
+                        .ok_or_else(|| format!("moe_topk without `{key}`"))?;
+                    attrs = attrs.with(key, v.clone());
+                }
+                let operands = vec![op.operands[0], op.results[1], dw];
+                let name = req.grad_name(e, 0);
+                out[0] = Some(e.one(MoeTopkGrad, operands, attrs, &name, d)?);
+            }
+        }
+        GroupedLinear => grouped_linear(e, req, &mut out)?,
+        MoeCombine => {
+            let (y, w, dout) = (op.operands[0], op.operands[1], req.dy0()?);
+            if req.want[0].is_some() || req.want[1].is_some() {
+                let names = [req.grad_name(e, 0), req.grad_name(e, 1)];
+                let d = req.want[0].unwrap_or(e.ty(y).dtype);
+                let r = e.op(MoeCombineGrad, vec![y, w, dout], Attrs::new(), &names, &[d])?;
+                out[0] = req.want[0].map(|_| r[0]);
+                out[1] = req.want[1].map(|_| r[1]);
+            }
+            // The shared experts' output is added as it is.
+            if out.len() > 2 && req.want[2].is_some() {
+                out[2] = Some(dout);
+            }
         }
         Attention => {
             return Err("`attention` is fused; differentiate before fuse-attention".into());
@@ -187,7 +242,8 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
             ));
         }
         CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad | RopeGrad
-        | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW => {
+        | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW | GroupedLinearWgrad
+        | MoeCombineGrad | MoeTopkGrad => {
             return Err(format!(
                 "`{}` is part of a backward or an optimizer step; higher-order gradients are not supported",
                 op.kind
@@ -195,6 +251,90 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
         }
     }
     Ok(out)
+}
+
+/// The `axis` attribute of `op`, resolved against the rank of `v`.
+fn axis_attr(e: &Emit, v: ValueId, op: &Op) -> Result<usize> {
+    e.ty(v)
+        .shape
+        .axis(op.attrs.int("axis").unwrap_or(0))
+        .ok_or_else(|| format!("{} axis out of range", op.kind))
+}
+
+fn int_attr(op: &Op, key: &str) -> Result<i64> {
+    op.attrs
+        .int(key)
+        .ok_or_else(|| format!("{} without `{key}`", op.kind))
+}
+
+/// `matmul(a, b)` (`[.., M, K] · [.., K, N]`, or `[.., N, K]` with `transpose_b`), its VJP as
+/// matmuls: `da = dc · bᵀ` (`dc · b` with `transpose_b`), `db = aᵀ · dc` (`dcᵀ · a`).
+fn matmul(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()> {
+    let op = req.op;
+    let (a, b, dc) = (op.operands[0], op.operands[1], req.dy0()?);
+    let tb = op.attrs.bool("transpose_b").unwrap_or(false);
+    let rank = e.ty(a).shape.rank();
+    let mut swap: Vec<i64> = (0..rank as i64).collect();
+    swap.swap(rank - 2, rank - 1);
+    let transposed = Attrs::new().with("transpose_b", Attr::Bool(true));
+    if let Some(d) = req.want[0] {
+        let attrs = if tb { Attrs::new() } else { transposed.clone() };
+        let name = req.grad_name(e, 0);
+        out[0] = Some(e.one(OpKind::Matmul, vec![dc, b], attrs, &name, d)?);
+    }
+    if let Some(d) = req.want[1] {
+        let operands = if tb {
+            vec![e.transpose(dc, &swap, &req.bwd("dc_t"))?, a]
+        } else {
+            vec![e.transpose(a, &swap, &req.bwd("a_t"))?, dc]
+        };
+        let name = req.grad_name(e, 1);
+        out[1] = Some(e.one(OpKind::Matmul, operands, Attrs::new(), &name, d)?);
+    }
+    Ok(())
+}
+
+/// `grouped_linear(x, w, indices)`: Dgrad `dx[t, j] = dy[t, j] · w[e]` as a grouped linear of
+/// dy through the transposed experts `wᵀ [E, K, N]` (so quantize-linears gives the FP8 roles'
+/// Dgrad the recipe's form), summed over the slots when x is one row per token; the k-grouped
+/// Wgrad `dw[e] = Σ dyᵀ · x` over each expert's rows (`grouped_linear_wgrad`, FP32).
+fn grouped_linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()> {
+    let op = req.op;
+    let (x, w, indices, dy) = (op.operands[0], op.operands[1], op.operands[2], req.dy0()?);
+    if let Some(d) = req.want[0] {
+        let wt = e.transpose(w, &[0, 2, 1], &req.bwd("w_t"))?;
+        let per_slot = e.ty(x).shape.rank() == 3;
+        let name = if per_slot {
+            req.grad_name(e, 0)
+        } else {
+            req.bwd("dx_slots")
+        };
+        let dx = e.one(
+            OpKind::GroupedLinear,
+            vec![dy, wt, indices],
+            Attrs::new(),
+            &name,
+            d,
+        )?;
+        out[0] = Some(if per_slot {
+            dx
+        } else {
+            e.reduce_sum(dx, 1, &req.grad_name(e, 0), d)?
+        });
+    }
+    if let Some(d) = req.want[1] {
+        let experts = e.ty(w).shape.dims()[0] as i64;
+        let attrs = Attrs::new().with("experts", Attr::Int(experts));
+        let name = req.grad_name(e, 1);
+        out[1] = Some(e.one(
+            OpKind::GroupedLinearWgrad,
+            vec![dy, x, indices],
+            attrs,
+            &name,
+            d,
+        )?);
+    }
+    Ok(())
 }
 
 /// `linear(x, w[, b])`: Dgrad `dx = dy · w` as `linear(dy, wᵀ)`, Wgrad `dw = dyᵀ · x` as

@@ -279,9 +279,8 @@ pub(super) fn execute(
             fp8::execute(g, op, ins, options)
         }
         CrossEntropy | CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad
-        | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW => {
-            super::training::execute(g, op, ins)
-        }
+        | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW | Pad
+        | GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad => super::training::execute(g, op, ins),
     }
 }
 

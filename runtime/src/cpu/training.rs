@@ -2,13 +2,22 @@
 //! emit, and the optimizer, each through its reference in `dsc_kernels::ops::grad`.
 
 use super::dispatch::{Result, dims, float_result, floats, ints};
-use crate::tensor::HostTensor;
+use crate::tensor::{HostData, HostTensor};
 use dsc_ir::{Graph, Op, OpKind};
 use dsc_kernels::ops::grad;
-use dsc_kernels::ops::{FloatFormat, RopeParams};
+use dsc_kernels::ops::{FloatFormat, GroupedDims, GroupedInput, RopeParams};
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
+}
+
+/// [`grad::pad`] of `x` with (dims, axis, before, after).
+fn pad<T: Copy>(
+    x: &[T],
+    (d, axis, before, after): (&[usize], usize, usize, usize),
+    zero: T,
+) -> Result<Vec<T>> {
+    grad::pad(x, d, axis, before, after, zero).map_err(err)
 }
 
 /// Executes a training-step `op` on `ins`.
@@ -129,6 +138,72 @@ pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<Hos
                 float_result(out_ty(1), m)?,
                 float_result(out_ty(2), v)?,
             ])
+        }
+        Pad => {
+            let count = |key: &str| {
+                op.attrs
+                    .int(key)
+                    .and_then(|v| usize::try_from(v).ok())
+                    .ok_or_else(|| format!("pad needs a non-negative `{key}`"))
+            };
+            let (axis, before, after) = (axis("axis")?, count("before")?, count("after")?);
+            let d = dims(in_ty(0));
+            let shape = (d.as_slice(), axis, before, after);
+            let data = match &ins[0].data {
+                HostData::F32(x) => HostData::F32(pad(x, shape, 0.0)?),
+                HostData::I32(x) => HostData::I32(pad(x, shape, 0)?),
+                // Code 0 is +0 in both FP8 formats.
+                HostData::Codes(x) => HostData::Codes(pad(x, shape, 0)?),
+            };
+            let ty = out_ty(0);
+            let shape = dims(ty);
+            Ok(vec![HostTensor::new(ty.dtype, shape, data).map_err(err)?])
+        }
+        GroupedLinearWgrad => {
+            let (dy, idx, out) = (dims(in_ty(0)), dims(in_ty(2)), dims(out_ty(0)));
+            let input = if in_ty(1).shape.rank() == 2 {
+                GroupedInput::PerToken
+            } else {
+                GroupedInput::PerSlot
+            };
+            let gd = GroupedDims {
+                tokens: idx[0],
+                top_k: idx[1],
+                experts: out[0],
+                out_features: dy[2],
+                in_features: out[2],
+            };
+            let (dy, x) = (floats(ins[0])?, floats(ins[1])?);
+            one(grad::grouped_linear_wgrad(dy, x, input, ints(ins[2])?, gd).map_err(err)?)
+        }
+        MoeCombineGrad => {
+            let y = dims(in_ty(0));
+            let (dy, dw) = grad::moe_combine_grad(
+                floats(ins[0])?,
+                floats(ins[1])?,
+                floats(ins[2])?,
+                y[0],
+                y[1],
+                y[2],
+            )
+            .map_err(err)?;
+            Ok(vec![
+                float_result(out_ty(0), dy)?,
+                float_result(out_ty(1), dw)?,
+            ])
+        }
+        MoeTopkGrad => {
+            let l = dims(in_ty(0));
+            let params = grad::RouteWeights::from_attrs(&op.attrs).map_err(err)?;
+            let dl = grad::moe_topk_grad(
+                floats(ins[0])?,
+                ints(ins[1])?,
+                floats(ins[2])?,
+                l[0],
+                l[1],
+                &params,
+            );
+            one(dl.map_err(err)?)
         }
         other => Err(format!("{other} is not a training kind")),
     }

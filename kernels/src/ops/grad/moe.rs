@@ -1,0 +1,253 @@
+//! The VJPs of the mixture-of-experts kinds (DESIGN.md §3b, §8): the k-grouped Wgrad of the
+//! per-token expert GEMM, the gradients of the weighted combination, and the gradient of the
+//! routing weights w.r.t. the gate's logits.
+//!
+//! The Dgrad of `grouped_linear` needs no kernel of its own: `dx[t, j] = dy[t, j] · w[e]` is
+//! a `grouped_linear` of dy through the transposed expert weights (summed over the slots when
+//! the forward's input was one row per token).
+
+use crate::ops::error::{OpError, check_len, check_shape};
+use crate::ops::grouped_linear::{GroupedDims, GroupedInput};
+use crate::ops::linear::{View, gemm_into};
+use crate::ops::moe_topk::ScoreFunc;
+use crate::ops::pairwise_sum;
+use crate::ops::softmax::softmax_row;
+use dsc_ir::Attrs;
+use rayon::prelude::*;
+
+/// The attributes of one `moe_topk_grad` op: how the forward turned scores into weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteWeights {
+    pub score_func: ScoreFunc,
+    pub norm_topk_prob: bool,
+    pub route_scale: f64,
+}
+
+impl RouteWeights {
+    /// Reads `score_func`, `norm_topk_prob` and `route_scale` (of a `moe_topk` or a
+    /// `moe_topk_grad`).
+    pub fn from_attrs(attrs: &Attrs) -> Result<Self, OpError> {
+        let missing =
+            |name: &str| OpError::Shape(format!("moe_topk_grad needs attribute `{name}`"));
+        let score_func = match attrs.str("score_func") {
+            Some("sigmoid") => ScoreFunc::Sigmoid,
+            Some("softmax") => ScoreFunc::Softmax,
+            other => {
+                return Err(OpError::Shape(format!(
+                    "score_func must be \"sigmoid\" or \"softmax\", got {other:?}"
+                )));
+            }
+        };
+        Ok(RouteWeights {
+            score_func,
+            norm_topk_prob: attrs
+                .bool("norm_topk_prob")
+                .ok_or_else(|| missing("norm_topk_prob"))?,
+            route_scale: attrs
+                .float("route_scale")
+                .ok_or_else(|| missing("route_scale"))?,
+        })
+    }
+}
+
+/// The (token · top_k + slot) rows routed to each of `experts` experts, in row order; an index
+/// outside `0..experts` is an error naming it, its token and its slot.
+fn rows_by_expert(
+    what: &str,
+    indices: &[i32],
+    top_k: usize,
+    experts: usize,
+) -> Result<Vec<Vec<usize>>, OpError> {
+    let mut rows_of: Vec<Vec<usize>> = vec![Vec::new(); experts];
+    for (row, &idx) in indices.iter().enumerate() {
+        let expert = usize::try_from(idx)
+            .ok()
+            .filter(|&ex| ex < experts)
+            .ok_or_else(|| {
+                OpError::OutOfRange(format!(
+                    "{what} expert index {idx} (token {}, slot {}) is out of range for {experts} \
+                     experts",
+                    row / top_k.max(1),
+                    row % top_k.max(1)
+                ))
+            })?;
+        rows_of[expert].push(row);
+    }
+    Ok(rows_of)
+}
+
+/// The k-grouped Wgrad of `grouped_linear`: `dw[e] = Σ dy[t, j]ᵀ · x[t(, j)]` over the (token,
+/// slot) rows routed to expert `e`, one f32 GEMM per expert whose contracted dim is its rows
+/// (in row order); dy `[tokens, top_k, out_features]`, x as the forward's input, indices
+/// `[tokens, top_k]` → `[experts, out_features, in_features]`, zeros for an expert no token chose.
+pub fn grouped_linear_wgrad(
+    dy: &[f32],
+    x: &[f32],
+    input: GroupedInput,
+    indices: &[i32],
+    dims: GroupedDims,
+) -> Result<Vec<f32>, OpError> {
+    let GroupedDims {
+        tokens,
+        top_k,
+        experts,
+        out_features: n,
+        in_features: kk,
+    } = dims;
+    check_shape("dy", dy.len(), &[tokens, top_k, n])?;
+    match input {
+        GroupedInput::PerToken => check_shape("x", x.len(), &[tokens, kk])?,
+        GroupedInput::PerSlot => check_shape("x", x.len(), &[tokens, top_k, kk])?,
+    }
+    check_shape("indices", indices.len(), &[tokens, top_k])?;
+    let rows_of = rows_by_expert("grouped_linear_wgrad", indices, top_k, experts)?;
+    let mut dw = vec![0.0f32; experts * n * kk];
+    if dw.is_empty() {
+        return Ok(dw);
+    }
+    let x_row = |row: usize| match input {
+        GroupedInput::PerToken => row / top_k,
+        GroupedInput::PerSlot => row,
+    };
+    dw.par_chunks_mut(n * kk)
+        .zip(rows_of.par_iter())
+        .filter(|(_, rows)| !rows.is_empty())
+        .for_each(|(out, rows)| {
+            let m = rows.len();
+            let mut dys = Vec::with_capacity(m * n);
+            let mut xs = Vec::with_capacity(m * kk);
+            for &row in rows {
+                dys.extend_from_slice(&dy[row * n..][..n]);
+                xs.extend_from_slice(&x[x_row(row) * kk..][..kk]);
+            }
+            // out [n, kk] = dysᵀ [n, m] · xs [m, kk].
+            let dys_t = View {
+                offset: 0,
+                rs: 1,
+                cs: n,
+            };
+            gemm_into(
+                out,
+                View::rows(0, kk),
+                false,
+                &dys,
+                dys_t,
+                &xs,
+                View::rows(0, kk),
+                (n, kk, m),
+                false,
+            );
+        });
+    Ok(dw)
+}
+
+/// The gradients of `moe_combine` (`out[t] = Σ_j w[t, j] · y[t, j] (+ shared[t])`): y `[t, k,
+/// d]`, weights `[t, k]`, dout `[t, d]` → (dy `[t, k, d]` = `w[t, j] · dout[t]`, dweights
+/// `[t, k]` = `y[t, j] · dout[t]`), in f32; the shared experts' gradient is dout itself.
+pub fn moe_combine_grad(
+    y: &[f32],
+    weights: &[f32],
+    dout: &[f32],
+    t: usize,
+    k: usize,
+    d: usize,
+) -> Result<(Vec<f32>, Vec<f32>), OpError> {
+    check_shape("expert outputs", y.len(), &[t, k, d])?;
+    check_shape("weights", weights.len(), &[t, k])?;
+    check_shape("dout", dout.len(), &[t, d])?;
+    let mut dy = vec![0.0f32; y.len()];
+    let mut dw = vec![0.0f32; weights.len()];
+    if d == 0 || k == 0 {
+        return Ok((dy, dw));
+    }
+    dy.par_chunks_mut(k * d)
+        .zip(dw.par_chunks_mut(k))
+        .enumerate()
+        .for_each(|(tok, (dy_t, dw_t))| {
+            let g = &dout[tok * d..][..d];
+            let mut products = vec![0.0f32; d];
+            for j in 0..k {
+                let w = weights[tok * k + j];
+                for (o, &gv) in dy_t[j * d..][..d].iter_mut().zip(g) {
+                    *o = w * gv;
+                }
+                let yr = &y[(tok * k + j) * d..][..d];
+                for ((p, &a), &b) in products.iter_mut().zip(yr).zip(g) {
+                    *p = a * b;
+                }
+                dw_t[j] = pairwise_sum(&products, |v| v);
+            }
+        });
+    Ok((dy, dw))
+}
+
+/// The gradient of `moe_topk`'s weights w.r.t. its logits `[t, e]`, given the chosen
+/// `indices` and the weights' cotangent `dweights` (both `[t, k]`), as `moe_topk` computes the
+/// weights (`crate::ops::moe_topk`): `s = sigmoid(l)` or `softmax(l)`, `r_j = s[idx_j]`,
+/// `w_j = route_scale · r_j / (Σ r + 1e-20)` with `norm_topk_prob`, else `route_scale · r_j`.
+/// The selection is piecewise constant, so neither it nor its bias gets a gradient; only the
+/// score function, the normalization and the route scale are differentiated. Result f32
+/// `[t, e]`; an index outside `0..e` is an error.
+pub fn moe_topk_grad(
+    logits: &[f32],
+    indices: &[i32],
+    dweights: &[f32],
+    t: usize,
+    e: usize,
+    params: &RouteWeights,
+) -> Result<Vec<f32>, OpError> {
+    check_shape("logits", logits.len(), &[t, e])?;
+    let k = if t == 0 { 0 } else { indices.len() / t };
+    check_shape("indices", indices.len(), &[t, k])?;
+    check_len("dweights", dweights.len(), indices.len())?;
+    // Validated up front, so the parallel loop below cannot fail.
+    rows_by_expert("moe_topk_grad", indices, k, e)?;
+    let route_scale = params.route_scale as f32;
+    let mut dlogits = vec![0.0f32; logits.len()];
+    if e == 0 {
+        return Ok(dlogits);
+    }
+    dlogits.par_chunks_mut(e).enumerate().for_each(|(tok, dl)| {
+        let mut s = logits[tok * e..][..e].to_vec();
+        match params.score_func {
+            ScoreFunc::Sigmoid => s.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+            ScoreFunc::Softmax => softmax_row(&mut s),
+        }
+        let idx = &indices[tok * k..][..k];
+        let dw = &dweights[tok * k..][..k];
+        // ds: the cotangent of the scores, nonzero at the chosen experts only.
+        let mut ds = vec![0.0f32; e];
+        if params.norm_topk_prob {
+            let denominator = idx.iter().fold(0.0f32, |acc, &i| acc + s[i as usize]) + 1e-20;
+            let dot = idx
+                .iter()
+                .zip(dw)
+                .fold(0.0f32, |acc, (&i, &g)| acc + g * s[i as usize]);
+            let correction = dot / (denominator * denominator);
+            for (&i, &g) in idx.iter().zip(dw) {
+                ds[i as usize] += route_scale * (g / denominator - correction);
+            }
+        } else {
+            for (&i, &g) in idx.iter().zip(dw) {
+                ds[i as usize] += route_scale * g;
+            }
+        }
+        match params.score_func {
+            ScoreFunc::Sigmoid => {
+                for ((o, &g), &sv) in dl.iter_mut().zip(&ds).zip(&s) {
+                    *o = g * sv * (1.0 - sv);
+                }
+            }
+            ScoreFunc::Softmax => {
+                let dot = ds
+                    .iter()
+                    .zip(&s)
+                    .fold(0.0f32, |acc, (&g, &sv)| acc + g * sv);
+                for ((o, &g), &sv) in dl.iter_mut().zip(&ds).zip(&s) {
+                    *o = sv * (g - dot);
+                }
+            }
+        }
+    });
+    Ok(dlogits)
+}
