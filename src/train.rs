@@ -11,8 +11,7 @@ use crate::train_data::TokenData;
 use dsc_ir::model::load_model;
 use dsc_ir::{Graph, Recipe, TrainConfig, load_train_config};
 use dsc_kernels::rng::SplitMix64;
-use dsc_passes::train_step::{self, TrainStepOptions};
-use dsc_passes::{PassOptions, Pipeline, autodiff};
+use dsc_passes::{autodiff, train_step};
 use dsc_runtime::cpu::CpuOptions;
 use dsc_runtime::train::Trainer;
 use dsc_runtime::{HostTensor, Weights, random_weights};
@@ -327,23 +326,7 @@ fn load(args: &TrainArgs) -> Result<(Graph, TrainConfig), Diagnostic> {
 
 /// The training step of `forward`, lowered by its pipeline (`train_step::pipeline`).
 fn build_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, Diagnostic> {
-    let options = TrainStepOptions {
-        fp8: config.recipe == Recipe::Fp8,
-        beta1: config.beta1,
-        beta2: config.beta2,
-        eps: config.eps,
-        weight_decay: config.weight_decay,
-        max_grad_norm: config.grad_clip,
-        ..TrainStepOptions::default()
-    };
-    let mut step =
-        train_step::build(forward, &options).map_err(|e| Diagnostic::new(e.to_string()))?;
-    let pipeline = Pipeline::parse(train_step::pipeline(config.wgrad_source))
-        .map_err(|e| Diagnostic::new(e.to_string()))?;
-    pipeline
-        .run(&mut step, &PassOptions::default(), |_, _| {})
-        .map_err(|e| Diagnostic::new(e.to_string()))?;
-    Ok(step)
+    train_step::build_lowered(forward, config).map_err(|e| Diagnostic::new(e.to_string()))
 }
 
 /// The vocabulary: the rows of the embedding table the token ids index.

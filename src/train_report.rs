@@ -34,7 +34,8 @@ pub fn memory_table(forward: &Graph, config: &TrainConfig) -> Result<String, Dia
         format!("{} recipe", config.recipe),
         "bf16 baseline"
     );
-    let rows: [(&str, fn(&TrainMemory) -> f64); 4] = [
+    type Row = (&'static str, fn(&TrainMemory) -> f64);
+    let rows: [Row; 4] = [
         ("bytes / parameter", TrainMemory::bytes_per_param),
         ("  FP32 master + grad, moments", |m| m.state_bytes_per_param),
         ("  per-step weight copies", |m| m.working_bytes_per_param),

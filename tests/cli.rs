@@ -252,3 +252,35 @@ fn opt_round_trips_and_runs_passes() {
     let out = dsc(&["opt", &graph_file, "--passes", dsc_passes::DEFAULT_PIPELINE]);
     assert_eq!(streams(&out).0, stdout);
 }
+
+#[test]
+fn compile_of_a_model_with_train_prints_the_training_memory() {
+    let tmp = TempDir::new("cli-train-memory");
+    let out = dsc(&[
+        "compile",
+        "tests/train/tiny-llama.toml",
+        "-o",
+        &tmp.join("art").to_string_lossy(),
+    ]);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("training memory (361088 parameters, 64 tokens per step):"),
+        "{stdout}"
+    );
+    let row = |label: &str| -> Vec<f64> {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap();
+        line[line.find(label).unwrap() + label.len()..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    // FP32 master and gradient, BF16 m and v: 12 bytes a parameter in both recipes.
+    assert_eq!(row("FP32 master + grad, moments"), [12.0, 12.0]);
+    // The FP8 recipe keeps FP8 copies of the FP8 GEMMs' inputs for the backward.
+    let saved = row("saved activation bytes / token");
+    assert!(saved[0] < saved[1], "{stdout}");
+}

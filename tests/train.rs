@@ -551,7 +551,10 @@ fn a_diverging_run_saves_its_last_good_state() {
         "{stderr}"
     );
     assert!(
-        stderr.contains(&format!("step {}: the loss is", step + 1)),
+        stderr.contains(&format!(
+            "training diverged at step {}: the loss is",
+            step + 1
+        )),
         "{stderr}"
     );
 }

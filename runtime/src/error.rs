@@ -23,6 +23,16 @@ pub enum RuntimeError {
         message: String,
     },
 
+    /// A training step's loss or gradient norm is not finite; the state is that of `step - 1`.
+    #[error(
+        "training diverged at step {step}: the loss is {loss} and the gradient norm {grad_norm}"
+    )]
+    Diverged {
+        step: u64,
+        loss: f32,
+        grad_norm: f32,
+    },
+
     /// A weights or inputs file (or checkpoint directory) could not be opened or read: missing,
     /// unreadable, truncated, or not valid safetensors.
     #[error("cannot read `{}`: {message}", path.display())]

@@ -159,12 +159,10 @@ impl Trainer {
         let loss = find("loss")?.to_f32_vec()[0];
         let grad_norm = find("grad_norm")?.to_f32_vec()[0];
         if !loss.is_finite() || !grad_norm.is_finite() {
-            return Err(RuntimeError::Inputs {
-                message: format!(
-                    "step {step}: the loss is {loss} and the gradient norm {grad_norm}; \
-                     stopping with the state of step {}",
-                    self.step
-                ),
+            return Err(RuntimeError::Diverged {
+                step,
+                loss,
+                grad_norm,
             });
         }
         for (p, next) in &self.updated {
