@@ -17,3 +17,4 @@ mod session;
 mod snapshots;
 mod support;
 mod train;
+mod train_moe;

@@ -197,7 +197,7 @@ pub fn moe_topk_grad(
     params: &RouteWeights,
 ) -> Result<Vec<f32>, OpError> {
     check_shape("logits", logits.len(), &[t, e])?;
-    let k = if t == 0 { 0 } else { indices.len() / t };
+    let k = indices.len().checked_div(t).unwrap_or(0);
     check_shape("indices", indices.len(), &[t, k])?;
     check_len("dweights", dweights.len(), indices.len())?;
     // Validated up front, so the parallel loop below cannot fail.

@@ -1,0 +1,158 @@
+//! `dsc train` of a DeepSeek-style model (MLA attention, a dense layer, then MoE layers of
+//! shared plus routed experts with sigmoid group-limited routing): the loss falls in both
+//! recipes and FP8 tracks BF16; in the step graph every parameter but the experts' selection
+//! bias (`e_score_correction_bias`) gets a gradient, and the bias stays out of AdamW.
+
+use crate::support::{TempDir, dsc, path, streams};
+use dsc_ir::{Graph, OpKind, load_train_config};
+use dsc_kernels::rng::SplitMix64;
+use dsc_runtime::cpu::CpuOptions;
+use dsc_runtime::random_weights;
+use dsc_runtime::train::Trainer;
+
+const MODEL: &str = "tests/train/tiny-moe.toml";
+const STEPS: usize = 24;
+
+/// A deterministic text of a dozen words (as tests/train.rs): learnable far below ln 256.
+fn corpus(tmp: &TempDir) -> String {
+    let words = [
+        "the", "cat", "sat", "on", "mat", "dog", "ran", "far", "a", "big", "red", "fox",
+    ];
+    let mut rng = SplitMix64(5);
+    let text: Vec<&str> = (0..3000)
+        .map(|_| words[(rng.next_u64() % words.len() as u64) as usize])
+        .collect();
+    let path = tmp.join("corpus.txt");
+    std::fs::write(&path, text.join(" ")).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// The losses of a `--log` CSV.
+fn losses(csv: &str) -> Vec<f64> {
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("step,loss,lr,grad_norm,tokens_per_s"));
+    lines
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+fn train(tmp: &TempDir, data: &str, recipe: &str) -> Vec<f64> {
+    let log = tmp.join(&format!("{recipe}.csv"));
+    let steps = STEPS.to_string();
+    let out = dsc(&[
+        "train",
+        MODEL,
+        "--data",
+        data,
+        "--steps",
+        &steps,
+        "--recipe",
+        recipe,
+        "--seed",
+        "3",
+        "--log",
+        &log.to_string_lossy(),
+    ]);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("({recipe} recipe): {STEPS} steps of 2×32 tokens")),
+        "{stdout}"
+    );
+    losses(&std::fs::read_to_string(log).unwrap())
+}
+
+#[test]
+fn the_moe_loss_falls_and_fp8_tracks_bf16() {
+    let tmp = TempDir::new("train-moe-curves");
+    let data = corpus(&tmp);
+    let bf16 = train(&tmp, &data, "bf16");
+    let fp8 = train(&tmp, &data, "fp8");
+    assert_eq!((bf16.len(), fp8.len()), (STEPS, STEPS));
+    // From about ln(256) ≈ 5.5 to about 2.4 after 24 steps on this corpus.
+    for curve in [&bf16, &fp8] {
+        assert!(curve[0] > 5.0, "{curve:?}");
+        assert!(mean(&curve[19..]) < 3.0, "{curve:?}");
+    }
+    // Same seed, same batches: the FP8 GEMMs (the grouped experts' Fprop and Dgrad among
+    // them) move the curve by well under 5%.
+    let gap = (mean(&fp8[19..]) - mean(&bf16[19..])).abs() / mean(&bf16[19..]);
+    assert!(gap < 0.05, "relative gap {gap}: fp8 {fp8:?} bf16 {bf16:?}");
+    assert_ne!(fp8, bf16);
+}
+
+fn is_selection_bias(name: &str) -> bool {
+    name.ends_with(".e_score_correction_bias")
+}
+
+/// The tiny model's lowered training step (FP8 recipe, as `dsc train` builds it).
+fn step_graph() -> Graph {
+    let text = std::fs::read_to_string(path(MODEL)).unwrap();
+    let forward = dsc_ir::model::load_model(&text).unwrap();
+    let config = load_train_config(&text).unwrap().unwrap_or_default();
+    dsc_passes::train_step::build_lowered(&forward, &config).unwrap()
+}
+
+#[test]
+fn every_parameter_but_the_selection_bias_gets_a_gradient_and_an_update() {
+    let g = step_graph();
+    let has_output = |name: &str| g.outputs.iter().any(|&o| g.name(o) == name);
+    let has_input = |name: &str| g.inputs.iter().any(|&i| g.name(i) == name);
+    let mut biases = 0;
+    for &p in &g.params {
+        let name = g.name(p);
+        let updated = has_output(&format!("{name}.grad"))
+            && has_output(&format!("{name}.next"))
+            && has_input(&format!("{name}.adam_m"));
+        if is_selection_bias(name) {
+            biases += 1;
+            assert!(!updated, "`{name}` has a gradient or an optimizer state");
+            for op in g.ops.iter().filter(|op| op.kind == OpKind::AdamW) {
+                assert!(!op.operands.contains(&p), "`{name}` is read by an adamw");
+            }
+        } else {
+            assert!(updated, "`{name}` has no gradient or update");
+        }
+    }
+    assert_eq!(biases, 2, "one selection bias per MoE layer");
+    // The backward kinds of MLA and MoE are all there.
+    for kind in [
+        OpKind::Pad,
+        OpKind::MoeTopkGrad,
+        OpKind::MoeCombineGrad,
+        OpKind::GroupedLinearWgrad,
+    ] {
+        assert!(g.ops.iter().any(|op| op.kind == kind), "no {kind} op");
+    }
+
+    // One step: every gradient finite and nonzero, the biases unchanged.
+    let weights = random_weights(&g, 1).unwrap();
+    let before: Vec<Vec<f32>> = g
+        .params
+        .iter()
+        .filter(|&&p| is_selection_bias(g.name(p)))
+        .map(|&p| weights.get(p).unwrap().to_f32_vec())
+        .collect();
+    let mut trainer = Trainer::new(g.clone(), weights, CpuOptions::default()).unwrap();
+    let mut rng = SplitMix64(9);
+    let ids: Vec<i32> = (0..64).map(|_| (rng.next_u64() % 256) as i32).collect();
+    let labels: Vec<i32> = (0..64).map(|_| (rng.next_u64() % 256) as i32).collect();
+    let (stats, outputs) = trainer.step(ids, labels, 1e-3).unwrap();
+    assert!(stats.loss.is_finite() && stats.grad_norm > 0.0, "{stats:?}");
+    for (name, t) in outputs.iter().filter(|(n, _)| n.ends_with(".grad")) {
+        let v = t.to_f32_vec();
+        assert!(v.iter().all(|x| x.is_finite()), "{name}");
+        assert!(v.iter().any(|&x| x != 0.0), "{name} is all zeros");
+    }
+    let after: Vec<Vec<f32>> = g
+        .params
+        .iter()
+        .filter(|&&p| is_selection_bias(g.name(p)))
+        .map(|&p| trainer.weights().get(p).unwrap().to_f32_vec())
+        .collect();
+    assert_eq!(before, after);
+}
