@@ -210,6 +210,8 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
                 "{},{},{},{},{:.1}",
                 stats.step, stats.loss, lr, stats.grad_norm, tokens_per_s
             )
+            // Flushed every step: a run stopped by a divergence or a signal keeps its log.
+            .and_then(|()| w.flush())
             .map_err(|e| Diagnostic::new(format!("cannot write {}: {e}", path.display())))?;
         }
         if done < args.steps && args.save_every.is_some_and(|k| done % k == 0) {
@@ -389,7 +391,11 @@ fn save_grads(g: &Graph, outputs: &[(String, HostTensor)], path: &Path) -> Resul
             grads.insert(p, t.clone());
         }
     }
-    dsc_runtime::save_safetensors(&grads, g, path).map_err(runtime)?;
+    // Parameters without a gradient (the MoE selection bias moves by the balance rule, not by
+    // its gradient) are left out of the file.
+    let mut with_grads = g.clone();
+    with_grads.params.retain(|&p| grads.get(p).is_some());
+    dsc_runtime::save_safetensors(&grads, &with_grads, path).map_err(runtime)?;
     println!("wrote the gradients of step 1 to {}", path.display());
     Ok(())
 }

@@ -1,14 +1,15 @@
 //! `dsc train` of a DeepSeek-style model (MLA attention, a dense layer, then MoE layers of
 //! shared plus routed experts with sigmoid group-limited routing): the loss falls in both
 //! recipes and FP8 tracks BF16; in the step graph every parameter but the experts' selection
-//! bias (`e_score_correction_bias`) gets a gradient, and the bias stays out of AdamW.
+//! bias (`e_score_correction_bias`) gets a gradient and AdamW, and the bias moves by the
+//! auxiliary-loss-free balancing step of its layer's routing instead.
 
 use crate::support::{TempDir, dsc, path, streams};
-use dsc_ir::{Graph, OpKind, load_train_config};
+use dsc_ir::{Graph, OpKind, ValueId, load_train_config};
 use dsc_kernels::rng::SplitMix64;
 use dsc_runtime::cpu::CpuOptions;
-use dsc_runtime::random_weights;
 use dsc_runtime::train::Trainer;
+use dsc_runtime::{HostData, random_weights};
 
 const MODEL: &str = "tests/train/tiny-moe.toml";
 const STEPS: usize = 24;
@@ -89,37 +90,51 @@ fn is_selection_bias(name: &str) -> bool {
     name.ends_with(".e_score_correction_bias")
 }
 
-/// The tiny model's lowered training step (FP8 recipe, as `dsc train` builds it).
-fn step_graph() -> Graph {
+/// The tiny model's training step (FP8 recipe, as `dsc train` builds it), lowered, with
+/// `bias_update_speed` replaced by `speed` where given.
+fn step_graph(speed: Option<f64>) -> Graph {
     let text = std::fs::read_to_string(path(MODEL)).unwrap();
     let forward = dsc_ir::model::load_model(&text).unwrap();
-    let config = load_train_config(&text).unwrap().unwrap_or_default();
+    let mut config = load_train_config(&text).unwrap().unwrap_or_default();
+    if let Some(s) = speed {
+        config.bias_update_speed = s;
+    }
     dsc_passes::train_step::build_lowered(&forward, &config).unwrap()
 }
 
 #[test]
-fn every_parameter_but_the_selection_bias_gets_a_gradient_and_an_update() {
-    let g = step_graph();
+fn every_parameter_but_the_selection_bias_gets_a_gradient_and_adamw() {
+    let g = step_graph(None);
     let has_output = |name: &str| g.outputs.iter().any(|&o| g.name(o) == name);
     let has_input = |name: &str| g.inputs.iter().any(|&i| g.name(i) == name);
     let mut biases = 0;
     for &p in &g.params {
         let name = g.name(p);
-        let updated = has_output(&format!("{name}.grad"))
-            && has_output(&format!("{name}.next"))
-            && has_input(&format!("{name}.adam_m"));
+        let adamw = g
+            .ops
+            .iter()
+            .any(|op| op.kind == OpKind::AdamW && op.operands.contains(&p));
+        let optimized = has_output(&format!("{name}.grad"))
+            && has_input(&format!("{name}.adam_m"))
+            && has_input(&format!("{name}.adam_v"))
+            && adamw;
         if is_selection_bias(name) {
             biases += 1;
-            assert!(!updated, "`{name}` has a gradient or an optimizer state");
-            for op in g.ops.iter().filter(|op| op.kind == OpKind::AdamW) {
-                assert!(!op.operands.contains(&p), "`{name}` is read by an adamw");
-            }
+            let gradient_or_state = has_output(&format!("{name}.grad"))
+                || has_input(&format!("{name}.adam_m"))
+                || has_input(&format!("{name}.adam_v"))
+                || adamw;
+            assert!(!gradient_or_state, "`{name}` has a gradient or AdamW state");
         } else {
-            assert!(updated, "`{name}` has no gradient or update");
+            assert!(optimized, "`{name}` has no gradient or AdamW update");
         }
+        assert!(
+            has_output(&format!("{name}.next")),
+            "`{name}` is not updated"
+        );
     }
     assert_eq!(biases, 2, "one selection bias per MoE layer");
-    // The backward kinds of MLA and MoE are all there.
+    // The backward kinds of MLA and MoE are all there, and one bias update per MoE layer.
     for kind in [
         OpKind::Pad,
         OpKind::MoeTopkGrad,
@@ -128,14 +143,28 @@ fn every_parameter_but_the_selection_bias_gets_a_gradient_and_an_update() {
     ] {
         assert!(g.ops.iter().any(|op| op.kind == kind), "no {kind} op");
     }
-
-    // One step: every gradient finite and nonzero, the biases unchanged.
-    let weights = random_weights(&g, 1).unwrap();
-    let before: Vec<Vec<f32>> = g
-        .params
+    let updates = g
+        .ops
         .iter()
-        .filter(|&&p| is_selection_bias(g.name(p)))
-        .map(|&p| weights.get(p).unwrap().to_f32_vec())
+        .filter(|op| op.kind == OpKind::ExpertBiasUpdate);
+    assert_eq!(updates.count(), 2);
+}
+
+#[test]
+fn one_step_updates_the_selection_bias_by_the_routed_load() {
+    // The step, with each bias update's indices (its layer's routing) as extra outputs.
+    let mut g = step_graph(None);
+    let routed: Vec<(ValueId, ValueId)> = g
+        .ops
+        .iter()
+        .filter(|op| op.kind == OpKind::ExpertBiasUpdate)
+        .map(|op| (op.operands[0], op.operands[1]))
+        .collect();
+    g.outputs.extend(routed.iter().map(|&(_, indices)| indices));
+    let weights = random_weights(&g, 1).unwrap();
+    let before: Vec<Vec<f32>> = routed
+        .iter()
+        .map(|&(b, _)| weights.get(b).unwrap().to_f32_vec())
         .collect();
     let mut trainer = Trainer::new(g.clone(), weights, CpuOptions::default()).unwrap();
     let mut rng = SplitMix64(9);
@@ -143,16 +172,50 @@ fn every_parameter_but_the_selection_bias_gets_a_gradient_and_an_update() {
     let labels: Vec<i32> = (0..64).map(|_| (rng.next_u64() % 256) as i32).collect();
     let (stats, outputs) = trainer.step(ids, labels, 1e-3).unwrap();
     assert!(stats.loss.is_finite() && stats.grad_norm > 0.0, "{stats:?}");
+    // Every gradient finite and not all zeros (the gate's comes through moe_topk_grad).
     for (name, t) in outputs.iter().filter(|(n, _)| n.ends_with(".grad")) {
         let v = t.to_f32_vec();
         assert!(v.iter().all(|x| x.is_finite()), "{name}");
         assert!(v.iter().any(|&x| x != 0.0), "{name} is all zeros");
     }
-    let after: Vec<Vec<f32>> = g
-        .params
-        .iter()
-        .filter(|&&p| is_selection_bias(g.name(p)))
-        .map(|&p| trainer.weights().get(p).unwrap().to_f32_vec())
-        .collect();
-    assert_eq!(before, after);
+    // b_i += γ · sign(mean_load − load_i), γ = bias_update_speed (0.001 by default).
+    let gamma = 0.001f32;
+    for (&(b, indices), old) in routed.iter().zip(&before) {
+        let name = g.name(indices);
+        let idx = &outputs.iter().find(|(n, _)| n == name).unwrap().1;
+        let idx = match &idx.data {
+            HostData::I32(v) => v.clone(),
+            other => panic!("{other:?}"),
+        };
+        let e = old.len();
+        let mut load = vec![0usize; e];
+        for &i in &idx {
+            load[i as usize] += 1;
+        }
+        let want: Vec<f32> = old
+            .iter()
+            .zip(&load)
+            .map(|(&v, &l)| match (l * e).cmp(&idx.len()) {
+                std::cmp::Ordering::Less => v + gamma,
+                std::cmp::Ordering::Greater => v - gamma,
+                std::cmp::Ordering::Equal => v,
+            })
+            .collect();
+        let got = trainer.weights().get(b).unwrap().to_f32_vec();
+        assert_eq!(got, want, "{}: loads {load:?}", g.name(b));
+        assert_ne!(got, *old, "{}: loads {load:?}", g.name(b));
+    }
+}
+
+#[test]
+fn a_zero_bias_update_speed_freezes_the_selection_bias() {
+    let g = step_graph(Some(0.0));
+    assert!(!g.ops.iter().any(|op| op.kind == OpKind::ExpertBiasUpdate));
+    let weights = random_weights(&g, 1).unwrap();
+    let trainer = Trainer::new(g.clone(), weights, CpuOptions::default()).unwrap();
+    for &p in g.params.iter().filter(|&&p| is_selection_bias(g.name(p))) {
+        let next = format!("{}.next", g.name(p));
+        assert!(!g.outputs.iter().any(|&o| g.name(o) == next), "{next}");
+    }
+    assert_eq!(trainer.steps_taken(), 0);
 }

@@ -118,6 +118,10 @@ pub enum OpKind {
     /// dweights `[T, k]` → f32 `[T, E]`, through the unbiased scores of the chosen experts,
     /// their normalization and the route scale (the selection, and so its bias, is constant).
     MoeTopkGrad,
+    /// The auxiliary-loss-free balancing step of a routed layer's selection bias (DESIGN.md §8):
+    /// bias `[E]`, indices `[T, k]` → bias', `b_i + speed · sign(mean_load − load_i)` where
+    /// `load_i` counts the (token, slot) pairs routed to expert `i` and `mean_load = T·k / E`.
+    ExpertBiasUpdate,
 }
 
 /// Operand count bounds of an op kind: `min..=max` (`max = None` for variadic).
@@ -160,7 +164,7 @@ const fn arity(min: usize, max: usize) -> Arity {
 
 impl OpKind {
     /// Every op kind.
-    pub const ALL: [OpKind; 44] = [
+    pub const ALL: [OpKind; 45] = [
         OpKind::Embedding,
         OpKind::Linear,
         OpKind::Matmul,
@@ -205,6 +209,7 @@ impl OpKind {
         OpKind::GroupedLinearWgrad,
         OpKind::MoeCombineGrad,
         OpKind::MoeTopkGrad,
+        OpKind::ExpertBiasUpdate,
     ];
 
     /// The spelling used in the text format and model.toml.
@@ -254,6 +259,7 @@ impl OpKind {
             OpKind::GroupedLinearWgrad => "grouped_linear_wgrad",
             OpKind::MoeCombineGrad => "moe_combine_grad",
             OpKind::MoeTopkGrad => "moe_topk_grad",
+            OpKind::ExpertBiasUpdate => "expert_bias_update",
         }
     }
 
@@ -281,6 +287,7 @@ impl OpKind {
             AdamW => arity(6, 6),
             Pad => arity(1, 1),
             GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad => arity(3, 3),
+            ExpertBiasUpdate => arity(2, 2),
         }
     }
 
@@ -361,6 +368,7 @@ impl OpKind {
                 }
             }
             GroupedLinearWgrad => const { &[req("experts", T::Int)] },
+            ExpertBiasUpdate => const { &[req("speed", T::Float)] },
             Pad => {
                 const {
                     &[
@@ -463,7 +471,7 @@ impl OpKind {
             | OpKind::AttnScores
             | OpKind::AttnValues
             | OpKind::Attention => Role::Attention,
-            OpKind::MoeTopk | OpKind::MoeTopkGrad => Role::Gating,
+            OpKind::MoeTopk | OpKind::MoeTopkGrad | OpKind::ExpertBiasUpdate => Role::Gating,
             OpKind::GroupedLinear
             | OpKind::GroupedLinearWgrad
             | OpKind::MoeCombine

@@ -1009,3 +1009,21 @@ fn moe_topk_grad_refuses_bad_indices_and_sizes() {
         "dweights: expected 2 elements, got 3"
     );
 }
+
+#[test]
+fn expert_bias_update_moves_each_bias_towards_the_mean_load() {
+    // 4 experts, 6 tokens × 2 slots: loads 5, 3, 3, 1 against a mean of 3.
+    let idx = [0, 1, 0, 2, 0, 3, 0, 1, 2, 0, 1, 2];
+    let bias = [0.5f32, -0.25, 0.0, 1.0];
+    let got = expert_bias_update(&bias, &idx, 0.001).unwrap();
+    assert_eq!(got, vec![0.5 - 0.001, -0.25, 0.0, 1.0 + 0.001]);
+    // A mean that is not a whole number: 3 slots over 2 experts, loads 2 and 1.
+    assert_eq!(
+        expert_bias_update(&[0.0, 0.0], &[1, 1, 0], 0.5).unwrap(),
+        vec![0.5, -0.5]
+    );
+    assert_eq!(
+        message(expert_bias_update(&bias, &[0, 4], 0.1)),
+        "expert_bias_update expert index 4 (slot 1) is out of range for 4 experts"
+    );
+}

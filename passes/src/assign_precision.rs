@@ -85,7 +85,7 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         // The routed experts' k-grouped Wgrad (each expert's rows are its contracted dim) has
         // no FP8 form yet: high operands, FP32 sums and result.
         GroupedLinearWgrad => (p(high, Some(f32)), None),
-        Scale | AdamW => (p(f32, None), None),
+        Scale | AdamW | ExpertBiasUpdate => (p(f32, None), None),
     };
     Decision {
         precision,
@@ -111,7 +111,7 @@ fn expected_operand(op: &Op, i: usize, d: &Decision) -> Option<DType> {
         | Fp8Partials | Promote | Fp8Gemm => None,
         CrossEntropy | CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad
         | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW
-        | GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad => None,
+        | GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate => None,
     }
 }
 

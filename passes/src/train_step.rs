@@ -8,11 +8,15 @@
 //! grads   = autodiff(loss)                one VJP rule per op kind, seed `loss.grad`
 //! norm    = global_norm(grads…)
 //! w', m', v' = adamw(@w, grad, m, v, norm, schedule)   per parameter, moments BF16
+//! b'      = expert_bias_update(@b, indices)  per routed layer's selection bias
 //! ```
 //!
 //! The step's inputs are `input_ids`, `labels`, `loss.grad` (1), `train.schedule` (lr, step)
 //! and each parameter's moments `{param}.adam_m` / `{param}.adam_v`; its outputs are the loss,
-//! the gradient norm, every gradient, then every parameter's new value and moments. The
+//! the gradient norm, every gradient, then every parameter's new value and moments, then the
+//! new selection biases. A MoE layer's `e_score_correction_bias` gets no gradient (it only
+//! changes which experts are chosen) and no moments: it moves by the auxiliary-loss-free
+//! balancing step (DESIGN.md §8) fed by that layer's routing, `{bias}.next`. The
 //! recipe's precision comes from the same passes as inference's (assign-precision,
 //! quantize-linears), run over the step by [`TRAIN_PIPELINE`].
 
@@ -76,6 +80,8 @@ pub struct TrainStepOptions {
     pub max_grad_norm: f64,
     /// Storage of the AdamW moments (BF16 in the recipe).
     pub moments: DType,
+    /// γ of the auxiliary-loss-free balancing (0: the selection biases stay as they are).
+    pub bias_update_speed: f64,
 }
 
 impl Default for TrainStepOptions {
@@ -88,6 +94,7 @@ impl Default for TrainStepOptions {
             weight_decay: 0.1,
             max_grad_norm: 1.0,
             moments: DType::Bf16,
+            bias_update_speed: 0.001,
         }
     }
 }
@@ -102,6 +109,7 @@ impl TrainStepOptions {
             eps: config.eps,
             weight_decay: config.weight_decay,
             max_grad_norm: config.grad_clip,
+            bias_update_speed: config.bias_update_speed,
             ..TrainStepOptions::default()
         }
     }
@@ -245,7 +253,46 @@ pub fn build(forward: &Graph, options: &TrainStepOptions) -> Result<Graph, PassE
         next.extend(r);
     }
     g.outputs.extend(next);
+    if options.bias_update_speed > 0.0 {
+        let updates = bias_updates(&mut g, options.bias_update_speed).map_err(fail)?;
+        g.outputs.extend(updates);
+    }
     Ok(g)
+}
+
+/// One `expert_bias_update` per `moe_topk` whose selection bias is a parameter (read as it is
+/// or through a cast), fed by that op's indices; returns the `{bias}.next` values.
+fn bias_updates(g: &mut Graph, speed: f64) -> Result<Vec<ValueId>, String> {
+    let param_of = |g: &Graph, v: ValueId| -> Option<ValueId> {
+        if g.params.contains(&v) {
+            return Some(v);
+        }
+        g.ops
+            .iter()
+            .find(|op| op.results.first() == Some(&v) && op.kind == OpKind::Cast)
+            .map(|op| op.operands[0])
+            .filter(|p| g.params.contains(p))
+    };
+    let routed: Vec<(ValueId, ValueId)> = g
+        .ops
+        .iter()
+        .filter(|op| op.kind == OpKind::MoeTopk && op.operands.len() == 2)
+        .filter_map(|op| param_of(g, op.operands[1]).map(|b| (b, op.results[1])))
+        .collect();
+    let mut next = Vec::new();
+    for (bias, indices) in routed {
+        let name = next_name(g.name(bias));
+        let attrs = Attrs::new().with("speed", Attr::Float(speed));
+        next.extend(push(
+            g,
+            OpKind::ExpertBiasUpdate,
+            vec![bias, indices],
+            attrs,
+            &[name.as_str()],
+            Role::Gating,
+        )?);
+    }
+    Ok(next)
 }
 
 /// Makes every non-f32 float parameter an FP32 master weight read through a cast to its old

@@ -3,7 +3,8 @@
 //!
 //! The contract with the step graph is by name: inputs `input_ids`, `labels`, `loss.grad`,
 //! `train.schedule` (lr, step) and `{param}.adam_m` / `{param}.adam_v`; outputs `loss`,
-//! `grad_norm`, `{param}.grad`, and `{x}.next` for every parameter and moment `x`.
+//! `grad_norm`, `{param}.grad`, and `{x}.next` for every parameter and moment `x` the step
+//! updates (a parameter may be updated without moments: a MoE layer's selection bias).
 
 use crate::RuntimeError;
 use crate::cpu::{self, CpuOptions};
@@ -50,16 +51,22 @@ impl Trainer {
             if !graph.outputs.iter().any(|&o| graph.name(o) == next) {
                 continue;
             }
-            for suffix in ["adam_m", "adam_v"] {
+            // A parameter updated without optimizer state (a MoE layer's selection bias, moved
+            // by the balancing step) has neither moment; one with AdamW's has both.
+            let found = ["adam_m", "adam_v"].map(|suffix| {
                 let m_name = format!("{name}.{suffix}");
-                let &m = graph
-                    .inputs
-                    .iter()
-                    .find(|&&i| graph.name(i) == m_name)
-                    .ok_or_else(|| tensor_err(format!("the step graph has no input `{m_name}`")))?;
-                let ty = graph.ty(m);
-                let shape = ty.shape.dims().iter().map(|&d| d as usize).collect();
-                moments.insert(m_name, HostTensor::zeros(ty.dtype, shape));
+                let m = graph.inputs.iter().find(|&&i| graph.name(i) == m_name);
+                (m_name, m.copied())
+            });
+            if found.iter().any(|(_, m)| m.is_some()) {
+                for (m_name, m) in found {
+                    let m = m.ok_or_else(|| {
+                        tensor_err(format!("the step graph has no input `{m_name}`"))
+                    })?;
+                    let ty = graph.ty(m);
+                    let shape = ty.shape.dims().iter().map(|&d| d as usize).collect();
+                    moments.insert(m_name, HostTensor::zeros(ty.dtype, shape));
+                }
             }
             updated.push((p, next));
         }

@@ -15,6 +15,7 @@ mod models;
 mod moe_routing;
 mod steps;
 pub mod tolerance;
+mod training_kernels;
 
 use std::fmt;
 

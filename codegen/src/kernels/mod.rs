@@ -6,16 +6,21 @@
 //! [`GpuKernel::params`]); shapes are compile-time constants, so a kernel used by many layers
 //! with the same shapes is built once (the planner dedups by [`GpuKernel::entry`]).
 
+pub mod adamw;
 pub mod attention;
 pub mod canonical;
+pub mod cross_entropy;
 pub mod data_movement;
 pub mod elementwise;
+pub mod elementwise_grad;
 pub mod embedding;
 pub mod flash_attention;
 pub mod flash_attention_wgmma;
 pub mod fp8_gemm;
 pub mod fp8_gemm_mma;
 pub mod fp8_gemm_wgmma;
+pub mod global_norm;
+pub mod grid_reduce;
 pub mod linear;
 pub mod linear_mma;
 pub mod linear_wgmma;
@@ -25,9 +30,11 @@ pub mod moe;
 pub mod moe_dispatch;
 pub mod norm;
 pub mod quantize;
+pub mod reduce_sum;
 pub mod rope;
 pub mod softmax;
 pub mod vector_access;
+pub mod wide_access;
 
 use std::collections::BTreeMap;
 
@@ -131,6 +138,16 @@ pub enum GpuKernel {
     Concat(data_movement::Concat),
     /// `matmul` (batched).
     Matmul(matmul::Matmul),
+    /// `scale`, `silu_grad`, `swiglu_grad`.
+    ElementwiseGrad(elementwise_grad::ElementwiseGrad),
+    /// `reduce_sum` over one axis.
+    ReduceSum(reduce_sum::ReduceSum),
+    /// `global_norm`: a deterministic grid-wide sum of squares.
+    GlobalNorm(global_norm::GlobalNorm),
+    /// `adamw`.
+    AdamW(adamw::AdamW),
+    /// `cross_entropy`, `cross_entropy_grad`.
+    CrossEntropy(cross_entropy::CrossEntropy),
 }
 
 macro_rules! each_kernel {
@@ -155,6 +172,11 @@ macro_rules! each_kernel {
             GpuKernel::Transpose($k) => $body,
             GpuKernel::Concat($k) => $body,
             GpuKernel::Matmul($k) => $body,
+            GpuKernel::ElementwiseGrad($k) => $body,
+            GpuKernel::ReduceSum($k) => $body,
+            GpuKernel::GlobalNorm($k) => $body,
+            GpuKernel::AdamW($k) => $body,
+            GpuKernel::CrossEntropy($k) => $body,
         }
     };
 }

@@ -8,17 +8,22 @@ use dsc_kernels::ops::rope::RopeParams;
 
 use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
+use crate::kernels::adamw::AdamW;
 use crate::kernels::attention::{AttnScores, AttnValues, HeadOperand};
+use crate::kernels::cross_entropy::CrossEntropy;
 use crate::kernels::data_movement::{Concat, Transpose};
 use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
+use crate::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
 use crate::kernels::embedding::Embedding;
 use crate::kernels::flash_attention::{AttentionForm, FlashAttention};
 use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
+use crate::kernels::global_norm::{GlobalNorm, NormInput};
 use crate::kernels::linear::Linear;
 use crate::kernels::matmul::Matmul;
 use crate::kernels::moe::{MoeCombine, MoeTopk, Scoring};
 use crate::kernels::norm::RmsNorm;
 use crate::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
+use crate::kernels::reduce_sum::ReduceSum;
 use crate::kernels::rope::Rope;
 use crate::kernels::softmax::Softmax;
 
@@ -475,22 +480,112 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 output: ty(result(0)).dtype,
             })
         }
-        OpKind::CrossEntropy
-        | OpKind::CrossEntropyGrad
-        | OpKind::RmsNormGrad
+        OpKind::Scale | OpKind::SiluGrad | OpKind::SwigluGrad => {
+            let floats = |values: &[ValueId]| -> Result<Vec<DType>, CodegenError> {
+                values
+                    .iter()
+                    .map(|&v| float_operand(ty(v).dtype).map_err(&fail))
+                    .collect()
+            };
+            let inputs = floats(&op.operands)?;
+            let outputs = floats(&op.results)?;
+            let len = numel(result(0));
+            if op.operands.iter().any(|&v| numel(v) != len) {
+                return Err(fail("operands must have the result's shape".into()));
+            }
+            let op = match op.kind {
+                OpKind::Scale => GradOp::Scale {
+                    factor: op
+                        .attrs
+                        .float("factor")
+                        .ok_or_else(|| fail("missing `factor`".into()))?
+                        as f32,
+                },
+                OpKind::SiluGrad => GradOp::SiluGrad,
+                _ => GradOp::SwigluGrad,
+            };
+            GpuKernel::ElementwiseGrad(ElementwiseGrad {
+                op,
+                len,
+                inputs,
+                outputs,
+            })
+        }
+        OpKind::ReduceSum => {
+            let x = dims(operand(0));
+            let axis = op
+                .attrs
+                .int("axis")
+                .and_then(|a| ty(operand(0)).shape.axis(a))
+                .ok_or_else(|| fail("bad `axis`".into()))?;
+            GpuKernel::ReduceSum(ReduceSum {
+                outer: x[..axis].iter().product(),
+                len: x[axis],
+                inner: x[axis + 1..].iter().product(),
+                input: float_operand(ty(operand(0)).dtype).map_err(&fail)?,
+                output: float_operand(ty(result(0)).dtype).map_err(&fail)?,
+            })
+        }
+        OpKind::GlobalNorm => GpuKernel::GlobalNorm(GlobalNorm {
+            inputs: op
+                .operands
+                .iter()
+                .map(|&v| {
+                    Ok(NormInput {
+                        dtype: float_operand(ty(v).dtype).map_err(&fail)?,
+                        len: numel(v),
+                    })
+                })
+                .collect::<Result<_, CodegenError>>()?,
+        }),
+        OpKind::AdamW => {
+            // The CPU backend takes the attributes as f32.
+            let attr = |key: &str| -> Result<f32, CodegenError> {
+                op.attrs
+                    .float(key)
+                    .map(|v| v as f32)
+                    .ok_or_else(|| fail(format!("missing `{key}`")))
+            };
+            let dtype = |i: usize| float_operand(ty(operand(i)).dtype).map_err(&fail);
+            GpuKernel::AdamW(AdamW {
+                len: numel(operand(0)),
+                param: dtype(0)?,
+                grad: dtype(1)?,
+                m: dtype(2)?,
+                v: dtype(3)?,
+                beta1: attr("beta1")?,
+                beta2: attr("beta2")?,
+                eps: attr("eps")?,
+                weight_decay: attr("weight_decay")?,
+                max_grad_norm: attr("max_grad_norm")?,
+            })
+        }
+        OpKind::CrossEntropy | OpKind::CrossEntropyGrad => {
+            if ty(operand(1)).dtype != DType::I32 {
+                return Err(fail(format!(
+                    "labels must be i32 on the GPU, got {}",
+                    ty(operand(1)).dtype
+                )));
+            }
+            if numel(operand(0)) == 0 {
+                return Err(fail("cross-entropy over no logits".into()));
+            }
+            GpuKernel::CrossEntropy(CrossEntropy {
+                rows: rows_of(operand(0)),
+                vocab: last(operand(0)),
+                logits: float_operand(ty(operand(0)).dtype).map_err(&fail)?,
+                grad: op.kind == OpKind::CrossEntropyGrad,
+            })
+        }
+        OpKind::RmsNormGrad
         | OpKind::SoftmaxGrad
-        | OpKind::SiluGrad
-        | OpKind::SwigluGrad
         | OpKind::RopeGrad
         | OpKind::EmbeddingGrad
-        | OpKind::ReduceSum
-        | OpKind::Scale
-        | OpKind::GlobalNorm
-        | OpKind::AdamW
         | OpKind::Pad
         | OpKind::GroupedLinearWgrad
         | OpKind::MoeCombineGrad
-        | OpKind::MoeTopkGrad => {
+        | OpKind::MoeTopkGrad
+        | OpKind::ExpertBiasUpdate => {
             return Err(fail(format!(
                 "no GPU kernel yet for the training op `{}`; training steps run on the CPU \
                  (`dsc train --device cpu`)",
@@ -509,6 +604,17 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
 
 fn is_plain_float(dtype: DType) -> bool {
     dtype.is_kernel_float()
+}
+
+/// `dtype` when the training kernels read and write it (f32 or bf16).
+fn float_operand(dtype: DType) -> Result<DType, String> {
+    if dtype.is_kernel_float() {
+        Ok(dtype)
+    } else {
+        Err(format!(
+            "{dtype} operands have no GPU kernel (f32 and bf16 only)"
+        ))
+    }
 }
 
 fn four(dims: &[u64]) -> Option<[u64; 4]> {

@@ -213,6 +213,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         GroupedLinearWgrad => training::grouped_linear_wgrad(attrs, ins)?,
         MoeCombineGrad => training::moe_combine_grad(ins)?,
         MoeTopkGrad => training::moe_topk_grad(attrs, ins)?,
+        ExpertBiasUpdate => training::expert_bias_update(attrs, ins)?,
     };
     for r in &out {
         if r.shape.checked_numel().is_none() {

@@ -248,3 +248,19 @@ pub(super) fn moe_topk_grad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<In
     }
     Ok(vec![fixed(DType::F32, vec![t, e])])
 }
+
+/// `expert_bias_update`: bias `[E]`, indices `[T, k]`, `speed` ≥ 0 → bias' (the bias's type).
+pub(super) fn expert_bias_update(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let (bias, idx) = (ins[0], ins[1]);
+    need_float("bias", bias)?;
+    need_rank("bias", bias, 1)?;
+    need_int("indices", idx)?;
+    need_rank("indices", idx, 2)?;
+    let speed = attrs.float("speed").expect("checked");
+    if speed < 0.0 {
+        return Err(format!(
+            "expert_bias_update speed must not be negative, got {speed}"
+        ));
+    }
+    Ok(vec![fixed(bias.dtype, bias.shape.0.clone())])
+}

@@ -243,7 +243,7 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
         }
         CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad | RopeGrad
         | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW | GroupedLinearWgrad
-        | MoeCombineGrad | MoeTopkGrad => {
+        | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate => {
             return Err(format!(
                 "`{}` is part of a backward or an optimizer step; higher-order gradients are not supported",
                 op.kind

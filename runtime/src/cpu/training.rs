@@ -205,6 +205,11 @@ pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<Hos
             );
             one(dl.map_err(err)?)
         }
+        ExpertBiasUpdate => {
+            let speed = op.attrs.float("speed").ok_or("missing speed")? as f32;
+            let b = grad::expert_bias_update(floats(ins[0])?, ints(ins[1])?, speed);
+            one(b.map_err(err)?)
+        }
         other => Err(format!("{other} is not a training kind")),
     }
 }

@@ -29,7 +29,9 @@ pub use adamw::{AdamW, adamw, clip_scale, global_norm};
 pub use cross_entropy::{cross_entropy, cross_entropy_grad};
 pub use elementwise_grad::{scale, silu_grad, swiglu_grad};
 pub use embedding_grad::embedding_grad;
-pub use moe::{RouteWeights, grouped_linear_wgrad, moe_combine_grad, moe_topk_grad};
+pub use moe::{
+    RouteWeights, expert_bias_update, grouped_linear_wgrad, moe_combine_grad, moe_topk_grad,
+};
 pub use pad::pad;
 pub use reduce::sum_axis;
 pub use rms_norm_grad::rms_norm_grad;

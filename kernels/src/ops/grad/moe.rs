@@ -251,3 +251,32 @@ pub fn moe_topk_grad(
     });
     Ok(dlogits)
 }
+
+/// The auxiliary-loss-free balancing step (DeepSeek-V3 §2.1.2, DESIGN.md §8) of one routed
+/// layer's selection bias `[e]`: `load_i` counts the (token, slot) pairs of `indices` routed to
+/// expert `i`, `mean_load = indices.len() / e`, and each bias moves by `speed` towards
+/// balance, `b_i + speed · sign(mean_load − load_i)` in f32 (an expert exactly at the mean
+/// stays). An index outside `0..e` is an error.
+pub fn expert_bias_update(bias: &[f32], indices: &[i32], speed: f32) -> Result<Vec<f32>, OpError> {
+    let e = bias.len();
+    let mut load = vec![0usize; e];
+    for (slot, &idx) in indices.iter().enumerate() {
+        let expert = usize::try_from(idx).ok().filter(|&i| i < e).ok_or_else(|| {
+            OpError::OutOfRange(format!(
+                "expert_bias_update expert index {idx} (slot {slot}) is out of range for {e} experts"
+            ))
+        })?;
+        load[expert] += 1;
+    }
+    // Compared as load_i · e against the total, exactly in integers.
+    let total = indices.len();
+    Ok(bias
+        .iter()
+        .zip(&load)
+        .map(|(&b, &l)| match (l * e).cmp(&total) {
+            std::cmp::Ordering::Less => b + speed,
+            std::cmp::Ordering::Greater => b - speed,
+            std::cmp::Ordering::Equal => b,
+        })
+        .collect())
+}

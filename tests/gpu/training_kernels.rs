@@ -1,0 +1,507 @@
+//! The training kernels alone on the emulator, for both targets, against the CPU references
+//! the CPU backend dispatches (`dsc_kernels::ops::grad`, with the backend's conversions: the
+//! attributes as f32, the clip multiplier from the global norm, results rounded to their
+//! dtypes), under the rules of [`super::tolerance`]: `adamw` (bit for bit), `global_norm`
+//! (one block and the grid-wide reduction), `cross_entropy` and its gradient (labels out of the
+//! vocabulary included), `scale`, `silu_grad`, `swiglu_grad` and `reduce_sum`, at ragged sizes.
+//!
+//! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
+//! registers and the result of each are printed, for `--nocapture`).
+
+use super::kernel_run::{lower, run_ptx};
+use super::tolerance::{compare, rule_for};
+use dsc_codegen::Target;
+use dsc_codegen::kernels::GpuKernel;
+use dsc_codegen::kernels::adamw::AdamW;
+use dsc_codegen::kernels::cross_entropy::CrossEntropy;
+use dsc_codegen::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
+use dsc_codegen::kernels::global_norm::{GlobalNorm, NormInput};
+use dsc_codegen::kernels::reduce_sum::ReduceSum;
+use dsc_codegen::ptxas;
+use dsc_ir::{DType, OpKind};
+use dsc_kernels::numerics::bf16::{from_bf16_bits, to_bf16};
+use dsc_kernels::ops::FloatFormat;
+use dsc_kernels::ops::grad;
+use dsc_kernels::rng::SplitMix64;
+use dsc_runtime::HostTensor;
+
+/// Values in [-amplitude, amplitude), rounded to `dtype`.
+fn values(n: usize, seed: u64, amplitude: f32, dtype: DType) -> Vec<f32> {
+    let mut v = SplitMix64(seed).symmetric_f32s(n, amplitude);
+    if dtype == DType::Bf16 {
+        FloatFormat::Bf16.round_slice(&mut v);
+    }
+    v
+}
+
+/// The bytes of `values` stored as `dtype` (f32 or bf16, the values already representable).
+fn bytes(values: &[f32], dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::Bf16 => values
+            .iter()
+            .flat_map(|&v| to_bf16(v).to_bits().to_le_bytes())
+            .collect(),
+        _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+fn floats(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::Bf16 => bytes
+            .chunks(2)
+            .map(|b| from_bf16_bits(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        _ => bytes
+            .chunks(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    }
+}
+
+fn i32_bytes(values: &[i32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A result of the reference: `values` rounded to `dtype`, of `shape`.
+fn tensor(dtype: DType, shape: &[usize], values: Vec<f32>) -> HostTensor {
+    HostTensor::from_f32(dtype, shape.to_vec(), values).expect("a float tensor")
+}
+
+/// `kernel`'s PTX for `target`, assembled by ptxas without spills or local memory.
+fn lowered(kernel: &GpuKernel, target: Target) -> String {
+    let ptx = lower(kernel, target);
+    assert!(
+        !ptx.contains(".local"),
+        "{target}: {} uses local memory",
+        kernel.entry()
+    );
+    let path = ptxas::locate().unwrap_or_else(|e| panic!("{e}"));
+    let report = ptxas::assemble(&path, &ptx, target)
+        .unwrap_or_else(|e| panic!("{target}: {}: {e}", kernel.entry()));
+    assert_eq!(
+        (report.spill_store_bytes(), report.spill_load_bytes()),
+        (0, 0),
+        "{target}: {}:\n{}",
+        kernel.entry(),
+        report.output
+    );
+    assert!(report.notes.is_empty(), "{target}:\n{}", report.output);
+    for f in &report.functions {
+        eprintln!(
+            "ptxas {target} {}: {} registers, {} bytes stack, {}/{} bytes spilled",
+            kernel.canonical(),
+            f.registers,
+            f.stack_frame_bytes,
+            f.spill_store_bytes,
+            f.spill_load_bytes
+        );
+    }
+    ptx
+}
+
+/// Runs `kernel` (an op of `kind`) for both targets on `inputs` and compares its outputs
+/// (`want`, whose dtypes and shapes say how to read them) under the op's tolerance rule.
+fn check(kind: OpKind, kernel: &GpuKernel, inputs: &[Vec<u8>], want: &[HostTensor]) {
+    let sizes: Vec<usize> = want
+        .iter()
+        .map(|t| t.numel() * t.dtype.size_bytes() as usize)
+        .collect();
+    for target in Target::ALL {
+        let ptx = lowered(kernel, target);
+        let out = run_ptx(kernel, target, &ptx, inputs, &sizes);
+        for (i, (bytes, want)) in out.iter().zip(want).enumerate() {
+            let got = tensor(want.dtype, &want.shape, floats(bytes, want.dtype));
+            let rule = rule_for(kind, i, want.dtype);
+            compare(rule, &got, want).unwrap_or_else(|e| {
+                panic!(
+                    "{target}: {}: result {i} ({rule:?}): {e}",
+                    kernel.canonical()
+                )
+            });
+        }
+    }
+}
+
+// ---- adamw ------------------------------------------------------------------------------------
+
+/// One AdamW case: the tensors' dtypes, the hyperparameters, the step and the norm.
+struct AdamCase {
+    len: usize,
+    dtypes: [DType; 4],
+    beta1: f32,
+    max_grad_norm: f32,
+    lr: f32,
+    step: f32,
+    norm: f32,
+}
+
+fn check_adamw(c: &AdamCase, seed: u64) {
+    let [pd, gd, md, vd] = c.dtypes;
+    let p = values(c.len, seed, 1.0, pd);
+    let g = values(c.len, seed + 1, 0.5, gd);
+    let m = values(c.len, seed + 2, 0.05, md);
+    let v: Vec<f32> = values(c.len, seed + 3, 0.01, vd)
+        .iter()
+        .map(|x| x.abs())
+        .collect();
+    let spec = AdamW {
+        len: c.len as u64,
+        param: pd,
+        grad: gd,
+        m: md,
+        v: vd,
+        beta1: c.beta1,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        max_grad_norm: c.max_grad_norm,
+    };
+    // As the CPU backend: step = schedule[1] as u32, the clip multiplier from the norm.
+    let hp = grad::AdamW {
+        lr: c.lr,
+        beta1: spec.beta1,
+        beta2: spec.beta2,
+        eps: spec.eps,
+        weight_decay: spec.weight_decay,
+        step: c.step as u32,
+        grad_scale: grad::clip_scale(c.norm, spec.max_grad_norm),
+    };
+    let moments = FloatFormat::of(md).expect("a float format");
+    let (p1, m1, v1) = grad::adamw(&p, &g, &m, &v, &hp, moments).expect("reference updates");
+    let want = [
+        tensor(pd, &[c.len], p1),
+        tensor(md, &[c.len], m1),
+        tensor(vd, &[c.len], v1),
+    ];
+    let inputs = [
+        bytes(&p, pd),
+        bytes(&g, gd),
+        bytes(&m, md),
+        bytes(&v, vd),
+        bytes(&[c.norm], DType::F32),
+        bytes(&[c.lr, c.step], DType::F32),
+    ];
+    check(OpKind::AdamW, &GpuKernel::AdamW(spec), &inputs, &want);
+}
+
+#[test]
+fn adamw_matches_the_reference_bit_for_bit() {
+    let (f, b) = (DType::F32, DType::Bf16);
+    let recipe = [f, f, b, b];
+    let cases = [
+        // The recipe (f32 master and gradient, bf16 moments): 8 elements a thread, ragged tail.
+        (4099, recipe, 0.9, 1.0, 3e-4, 1.0, 0.5),
+        (1000, recipe, 0.9, 1.0, 3e-4, 2.0, 3.7),
+        (7, recipe, 0.9, 1.0, 1e-3, 123_456.0, 1.5),
+        (1, recipe, 0.9, 1.0, 1e-3, 37.0, 0.0),
+        // All f32 (4 a thread); a β1 whose lerp takes its second form; no clipping.
+        (1029, [f; 4], 0.3, 0.0, 2e-2, 5.0, 9.0),
+        (16, [f; 4], 0.9, 0.5, 1e-4, 1000.0, 0.7),
+        // bf16 parameter and gradient, f32 second moment (rounded through m's format too).
+        (517, [b, b, b, f], 0.9, 1.0, 3e-4, 3.0, 2.0),
+    ];
+    for (i, &(len, dtypes, beta1, max_grad_norm, lr, step, norm)) in cases.iter().enumerate() {
+        let case = AdamCase {
+            len,
+            dtypes,
+            beta1,
+            max_grad_norm,
+            lr,
+            step,
+            norm,
+        };
+        check_adamw(&case, 100 + 10 * i as u64);
+    }
+}
+
+// ---- global_norm ------------------------------------------------------------------------------
+
+fn check_global_norm(parts: &[(DType, usize)], seed: u64) {
+    let data: Vec<Vec<f32>> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, &(dtype, len))| values(len, seed + i as u64, 2.0, dtype))
+        .collect();
+    let refs: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+    let want = [tensor(DType::F32, &[1], vec![grad::global_norm(&refs)])];
+    let spec = GlobalNorm {
+        inputs: parts
+            .iter()
+            .map(|&(dtype, len)| NormInput {
+                dtype,
+                len: len as u64,
+            })
+            .collect(),
+    };
+    let inputs: Vec<Vec<u8>> = parts
+        .iter()
+        .zip(&data)
+        .map(|(&(dtype, _), v)| bytes(v, dtype))
+        .collect();
+    check(
+        OpKind::GlobalNorm,
+        &GpuKernel::GlobalNorm(spec),
+        &inputs,
+        &want,
+    );
+}
+
+#[test]
+fn global_norm_in_one_block_and_over_the_grid() {
+    let (f, b) = (DType::F32, DType::Bf16);
+    // One block: tiny operands and ragged tails.
+    check_global_norm(&[(f, 1)], 1);
+    check_global_norm(&[(f, 1000), (b, 77), (f, 3), (b, 4099)], 2);
+    // Grids of 2 and 37 blocks, the last summing their totals.
+    let two = GlobalNorm {
+        inputs: vec![NormInput {
+            dtype: f,
+            len: 5000,
+        }],
+    };
+    assert_eq!(two.blocks(), 2);
+    check_global_norm(&[(f, 5000)], 3);
+    check_global_norm(&[(f, 150_001), (b, 100_003), (f, 5)], 4);
+}
+
+// ---- cross_entropy ----------------------------------------------------------------------------
+
+/// Which rows of the logits are special.
+#[derive(Clone, Copy)]
+struct Rows {
+    /// The row whose label is out of the vocabulary (the reference refuses it).
+    bad: Option<usize>,
+    /// Row 2 is all −∞ (its loss, and so the mean, is NaN in the reference too).
+    all_masked: bool,
+}
+
+/// Logits of `rows × vocab` (row 1 −∞ but at its label, when there are enough rows), labels in
+/// range except `special.bad`'s.
+fn check_cross_entropy(rows: usize, vocab: usize, dtype: DType, special: Rows, seed: u64) {
+    let bad_row = special.bad;
+    let mut logits = values(rows * vocab, seed, 8.0, dtype);
+    if rows >= 3 {
+        for j in 0..vocab {
+            logits[vocab + j] = if j == vocab / 2 {
+                1.0
+            } else {
+                f32::NEG_INFINITY
+            };
+            if special.all_masked {
+                logits[2 * vocab + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let mut labels: Vec<i32> = SplitMix64(seed + 1)
+        .symmetric_f32s(rows, 1.0)
+        .iter()
+        .map(|u| (((u + 1.0) / 2.0 * vocab as f32) as i32).min(vocab as i32 - 1))
+        .collect();
+    if rows >= 3 {
+        labels[1] = (vocab / 2) as i32;
+    }
+    // The reference refuses a label out of range; the kernel makes its row NaN.
+    let mut valid = labels.clone();
+    if let Some(r) = bad_row {
+        labels[r] = if r % 2 == 0 { vocab as i32 } else { -1 };
+        valid[r] = 0;
+    }
+    let loss = grad::cross_entropy(&logits, &valid, rows, vocab).expect("reference loss");
+    let loss = if bad_row.is_some() { f32::NAN } else { loss };
+    let dloss = 0.37f32;
+    let mut dlogits =
+        grad::cross_entropy_grad(&logits, &valid, rows, vocab, dloss).expect("reference grad");
+    if let Some(r) = bad_row {
+        dlogits[r * vocab..(r + 1) * vocab].fill(f32::NAN);
+    }
+    let spec = |grad: bool| {
+        GpuKernel::CrossEntropy(CrossEntropy {
+            rows: rows as u64,
+            vocab: vocab as u64,
+            logits: dtype,
+            grad,
+        })
+    };
+    let inputs = [bytes(&logits, dtype), i32_bytes(&labels)];
+    let want = [tensor(DType::F32, &[1], vec![loss])];
+    check(OpKind::CrossEntropy, &spec(false), &inputs, &want);
+    let mut inputs = inputs.to_vec();
+    inputs.push(bytes(&[dloss], DType::F32));
+    let want = [tensor(DType::F32, &[rows, vocab], dlogits)];
+    check(OpKind::CrossEntropyGrad, &spec(true), &inputs, &want);
+}
+
+#[test]
+fn cross_entropy_and_its_gradient() {
+    let plain = Rows {
+        bad: None,
+        all_masked: false,
+    };
+    check_cross_entropy(1, 10, DType::F32, plain, 1);
+    check_cross_entropy(37, 517, DType::F32, plain, 2);
+    check_cross_entropy(5, 4099, DType::Bf16, plain, 3);
+    check_cross_entropy(300, 64, DType::Bf16, plain, 4);
+    // A row of −∞ only: NaN loss, zero probabilities in the gradient (−dloss/rows at the label).
+    let masked = Rows {
+        bad: None,
+        all_masked: true,
+    };
+    check_cross_entropy(4, 70, DType::F32, masked, 5);
+}
+
+#[test]
+fn a_label_out_of_the_vocabulary_gives_nan_not_a_stray_read() {
+    let bad = |row| Rows {
+        bad: Some(row),
+        all_masked: false,
+    };
+    check_cross_entropy(6, 100, DType::F32, bad(4), 6);
+    check_cross_entropy(6, 100, DType::F32, bad(3), 7);
+    check_cross_entropy(1, 33, DType::Bf16, bad(0), 8);
+}
+
+// ---- scale, silu_grad, swiglu_grad -----------------------------------------------------------
+
+#[test]
+fn scale_silu_grad_and_swiglu_grad() {
+    for (len, dtype, seed) in [
+        (1037, DType::F32, 1),
+        (4099, DType::Bf16, 2),
+        (1, DType::F32, 3),
+    ] {
+        let x = values(len, seed, 8.0, dtype);
+        let dy = values(len, seed + 1, 1.0, dtype);
+        let up = values(len, seed + 2, 2.0, dtype);
+        let kernel = |op: GradOp, inputs: usize, outputs: usize| {
+            GpuKernel::ElementwiseGrad(ElementwiseGrad {
+                op,
+                len: len as u64,
+                inputs: vec![dtype; inputs],
+                outputs: vec![dtype; outputs],
+            })
+        };
+        for factor in [0.125f32, 1.0 / 3.0, -7.5] {
+            let want = [tensor(dtype, &[len], grad::scale(&x, factor))];
+            let k = kernel(GradOp::Scale { factor }, 1, 1);
+            check(OpKind::Scale, &k, &[bytes(&x, dtype)], &want);
+        }
+        let want = [tensor(dtype, &[len], grad::silu_grad(&x, &dy).unwrap())];
+        let inputs = [bytes(&x, dtype), bytes(&dy, dtype)];
+        check(
+            OpKind::SiluGrad,
+            &kernel(GradOp::SiluGrad, 2, 1),
+            &inputs,
+            &want,
+        );
+        let (dgate, dup) = grad::swiglu_grad(&x, &up, &dy).unwrap();
+        let want = [tensor(dtype, &[len], dgate), tensor(dtype, &[len], dup)];
+        let inputs = [bytes(&x, dtype), bytes(&up, dtype), bytes(&dy, dtype)];
+        check(
+            OpKind::SwigluGrad,
+            &kernel(GradOp::SwigluGrad, 3, 2),
+            &inputs,
+            &want,
+        );
+    }
+}
+
+// ---- reduce_sum -------------------------------------------------------------------------------
+
+#[test]
+fn reduce_sum_over_each_kind_of_axis() {
+    for (dims, axis, dtype, seed) in [
+        // A bias gradient: the tokens of [T, N].
+        (vec![37, 129], 0, DType::F32, 1),
+        (vec![1000, 3], 0, DType::F32, 2),
+        // A middle axis, and the last one (one column a row: the axis split among threads).
+        (vec![4, 33, 7], 1, DType::Bf16, 3),
+        (vec![5, 300], 1, DType::F32, 4),
+        (vec![2, 0, 3], 1, DType::F32, 5),
+    ] {
+        let n: usize = dims.iter().product();
+        let x = values(n, seed, 3.0, dtype);
+        let mut out_dims = dims.clone();
+        out_dims.remove(axis);
+        let want = [tensor(
+            dtype,
+            &out_dims,
+            grad::sum_axis(&x, &dims, axis).expect("reference sums"),
+        )];
+        let spec = ReduceSum {
+            outer: dims[..axis].iter().product::<usize>() as u64,
+            len: dims[axis] as u64,
+            inner: dims[axis + 1..].iter().product::<usize>() as u64,
+            input: dtype,
+            output: dtype,
+        };
+        check(
+            OpKind::ReduceSum,
+            &GpuKernel::ReduceSum(spec),
+            &[bytes(&x, dtype)],
+            &want,
+        );
+    }
+}
+
+// ---- selection --------------------------------------------------------------------------------
+
+/// A training step's optimizer and loss kinds as the planner sees them: each selects its
+/// kernel, with one argument per parameter; the kinds without a kernel are still refused.
+#[test]
+fn the_training_kinds_select_their_kernels() {
+    let text = r#"graph "step"
+input %logits: bf16[2, 3, 50]
+input %labels: i32[2, 3]
+input %loss.grad: f32[1]
+input %x: bf16[6, 16]
+input %dy: bf16[6, 16]
+input %schedule: f32[2]
+input %m: bf16[16, 8]
+input %v: bf16[16, 8]
+param @w: f32[16, 8]
+%loss: f32[1] = cross_entropy(%logits, %labels) role=head
+%dlogits: f32[2, 3, 50] = cross_entropy_grad(%logits, %labels, %loss.grad) role=head
+%dx: bf16[6, 16] = silu_grad(%x, %dy) role=ffn
+%dgate: bf16[6, 16], %dup: bf16[6, 16] = swiglu_grad(%x, %x, %dy) role=ffn
+%half: bf16[6, 16] = scale(%dx) {factor = 0.5} role=other
+%bias.grad: bf16[16] = reduce_sum(%dy) {axis = 0} role=other
+%w.grad: f32[16, 8] = cast(@w) {dtype = f32} role=other
+%norm: f32[1] = global_norm(%w.grad, %dlogits, %bias.grad) role=other
+%w.next: f32[16, 8], %m.next: bf16[16, 8], %v.next: bf16[16, 8] = adamw(@w, %w.grad, %m, %v, %norm, %schedule) {beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, max_grad_norm = 1.0} role=other
+%dn: bf16[6, 16], %dw: f32[16] = rms_norm_grad(%x, %bias.grad, %dy) {eps = 1e-6} role=norm
+output %loss
+"#;
+    let g = dsc_ir::text::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    let mut specs = Vec::new();
+    for op in &g.ops {
+        match dsc_codegen::plan::select::select(&g, op) {
+            Ok(dsc_codegen::plan::select::Selection::Launch { kernel, args }) => {
+                assert_eq!(kernel.params().len(), args.len(), "{}", kernel.canonical());
+                for (param, &arg) in kernel.params().iter().zip(&args) {
+                    assert_eq!(param.dtype, g.ty(arg).dtype, "{}", kernel.canonical());
+                    assert_eq!(param.len, g.ty(arg).shape.numel(), "{}", kernel.canonical());
+                }
+                specs.push(kernel.spec());
+            }
+            Ok(other) => panic!("{}: {other:?}", op.kind),
+            Err(e) => {
+                assert_eq!(op.kind, OpKind::RmsNormGrad, "{e}");
+                assert!(e.to_string().contains("no GPU kernel yet"), "{e}");
+            }
+        }
+    }
+    assert_eq!(
+        specs,
+        [
+            "cross_entropy",
+            "cross_entropy_grad",
+            "silu_grad",
+            "swiglu_grad",
+            "scale",
+            "reduce_sum",
+            "cast",
+            "global_norm",
+            "adamw",
+        ]
+    );
+}
