@@ -17,6 +17,7 @@ mod train;
 mod train_checkpoint;
 mod train_data;
 mod train_report;
+mod train_routing;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -8,6 +8,7 @@ use crate::cli::{DeviceArg, RecipeArg, TrainArgs};
 use crate::diagnostic::{Diagnostic, read_text};
 use crate::train_checkpoint::{self, CheckpointWriter, RunInfo, TrainState};
 use crate::train_data::TokenData;
+use crate::train_routing::RoutingProbe;
 use dsc_ir::model::load_model;
 use dsc_ir::{Graph, Recipe, TrainConfig, load_train_config};
 use dsc_kernels::rng::SplitMix64;
@@ -34,10 +35,11 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             RecipeArg::Bf16 => Recipe::Bf16,
         };
     }
-    let step_graph = build_step(&forward, &config)?;
+    let mut step_graph = build_step(&forward, &config)?;
     if args.print_ir {
         eprint!("{step_graph}");
     }
+    let routing = RoutingProbe::attach(&mut step_graph);
     let ids = step_graph
         .inputs
         .first()
@@ -125,7 +127,8 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
         })
         .transpose()?;
     if let Some((path, w)) = &mut log {
-        writeln!(w, "step,loss,lr,grad_norm,tokens_per_s")
+        let balance = if routing.is_empty() { "" } else { ",max_vio" };
+        writeln!(w, "step,loss,lr,grad_norm,tokens_per_s{balance}")
             .map_err(|e| Diagnostic::new(format!("cannot write {}: {e}", path.display())))?;
     }
     println!(
@@ -200,14 +203,23 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
         let done = i + 1;
         let eta =
             started.elapsed().as_secs_f64() / (done - first) as f64 * (args.steps - done) as f64;
+        // The routed layers' worst load imbalance (an empty field when it cannot be read).
+        let max_vio = (!routing.is_empty()).then(|| routing.max_violation(&outputs));
+        let (vio_text, vio_field) = match max_vio {
+            None => (String::new(), String::new()),
+            Some(v) => {
+                let field = v.map(|v| format!("{v:.4}")).unwrap_or_default();
+                (format!("  max_vio {field}"), format!(",{field}"))
+            }
+        };
         println!(
-            "step {:>6}/{}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s  eta {:.0}s",
+            "step {:>6}/{}  loss {:.4}  lr {:.3e}  grad_norm {:.3}{vio_text}  {:.0} tok/s  eta {:.0}s",
             stats.step, args.steps, stats.loss, lr, stats.grad_norm, tokens_per_s, eta
         );
         if let Some((path, w)) = &mut log {
             writeln!(
                 w,
-                "{},{},{},{},{:.1}",
+                "{},{},{},{},{:.1}{vio_field}",
                 stats.step, stats.loss, lr, stats.grad_norm, tokens_per_s
             )
             // Flushed every step: a run stopped by a divergence or a signal keeps its log.

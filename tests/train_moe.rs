@@ -28,14 +28,26 @@ fn corpus(tmp: &TempDir) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// The losses of a `--log` CSV.
+/// The losses of a `--log` CSV, whose last column, the routed layers' worst load imbalance
+/// `max_vio`, must lie between 0 (balanced) and experts − 1 (every token on one expert).
 fn losses(csv: &str) -> Vec<f64> {
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("step,loss,lr,grad_norm,tokens_per_s"));
+    assert_eq!(
+        lines.next(),
+        Some("step,loss,lr,grad_norm,tokens_per_s,max_vio")
+    );
     lines
-        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            let max_vio: f64 = fields[5].parse().unwrap();
+            assert!((0.0..=EXPERTS - 1.0).contains(&max_vio), "{l}");
+            fields[1].parse().unwrap()
+        })
         .collect()
 }
+
+/// The routed experts per MoE layer of the tiny model.
+const EXPERTS: f64 = 8.0;
 
 fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
