@@ -6,10 +6,14 @@
 //! s_w[n/block, k/block])` in FP32 — the scale product first, then the multiply, then the add,
 //! each rounded once. Output is f32; BF16 output is [`to_bf16_slice`] of it (RNE).
 //!
-//! [`Accumulator::Exact`] runs on a blocked FP32 GEMM (the `gemm` crate) per promotion interval
-//! and output tile, tiles in parallel; the summation order inside an interval is therefore the
-//! library's, not sequential. [`Accumulator::Hopper`] runs a plain loop, one MMA of 32 products
-//! at a time.
+//! [`Accumulator::Exact`] sums each interval's products in FP32 **in ascending K order**,
+//! starting from 0 — the partial is fully specified, so the result is one set of bits whatever
+//! the CPU, the instruction set or the number of threads. It runs on packed panels and a
+//! register-blocked microkernel (AVX-512F, AVX2 + FMA or portable, chosen at run time), tiles
+//! in parallel; FMA is bit-identical there because every FP8 × FP8 product is exact in f32.
+//! See [`exact`] for the order spelled out and the implementation. [`Accumulator::Hopper`] runs
+//! a plain loop, one MMA of 32 products at a time (`gemm_per_mma`, which with the exact
+//! accumulator computes the very same bits as the fast path).
 //!
 //! [`to_bf16_slice`]: crate::numerics::bf16::to_bf16_slice
 
@@ -19,6 +23,8 @@ use crate::numerics::fp8::{self, Fp8Format};
 use crate::quantized::Fp8Operand;
 use dsc_ir::policy::{DEFAULT_ACT_TILE, DEFAULT_PROMOTE_INTERVAL, DEFAULT_WEIGHT_BLOCK};
 use rayon::prelude::*;
+
+mod exact;
 
 /// The shape of `y[m, n] = x[m, k] · w[n, k]ᵀ`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,17 +104,17 @@ pub fn fp8_block_gemm(
     let w_scales = n.div_ceil(cfg.block_rows()) * k.div_ceil(cfg.block);
     check_len("w scales", w.scales.len(), w_scales)?;
 
-    let operands = Decoded {
-        x: decode(cfg.fmt, x.codes),
-        w: decode(cfg.fmt, w.codes),
-        x_scales: x.scales,
-        w_scales: w.scales,
-        dims,
-        cfg: *cfg,
-    };
     Ok(match cfg.accumulator {
-        Accumulator::Exact => operands.gemm_blocked(),
-        Accumulator::Hopper => operands.gemm_per_mma(),
+        Accumulator::Exact => exact::gemm_exact(x, w, dims, cfg, exact::Isa::detect()),
+        Accumulator::Hopper => Decoded {
+            x: decode(cfg.fmt, x.codes),
+            w: decode(cfg.fmt, w.codes),
+            x_scales: x.scales,
+            w_scales: w.scales,
+            dims,
+            cfg: *cfg,
+        }
+        .gemm_per_mma(),
     })
 }
 
@@ -134,11 +140,6 @@ struct Decoded<'a> {
     cfg: BlockGemmConfig,
 }
 
-/// Output rows per task of the blocked path.
-const TILE_M: usize = 256;
-/// Output columns per task of the blocked path.
-const TILE_N: usize = 512;
-
 impl Decoded<'_> {
     /// `s_x` of row `i` for the promotion interval starting at `k0`.
     fn x_scale(&self, i: usize, k0: usize) -> f32 {
@@ -149,76 +150,6 @@ impl Decoded<'_> {
     fn w_scale(&self, j: usize, k0: usize) -> f32 {
         let k_blocks = self.dims.k.div_ceil(self.cfg.block);
         self.w_scales[(j / self.cfg.block_rows()) * k_blocks + k0 / self.cfg.block]
-    }
-
-    /// The exact accumulator: per output tile (in parallel) and promotion interval, the FP32
-    /// partial product `[TILE_M, P] · [P, TILE_N]` from the GEMM library, then scale and add.
-    /// Tiles keep the partial and the accumulator in cache across the K loop.
-    fn gemm_blocked(&self) -> Vec<f32> {
-        let GemmDims { m, n, .. } = self.dims;
-        let tiles_n = n.div_ceil(TILE_N);
-        let tiles: Vec<Vec<f32>> = (0..m.div_ceil(TILE_M) * tiles_n)
-            .into_par_iter()
-            .map(|t| self.tile_blocked((t / tiles_n) * TILE_M, (t % tiles_n) * TILE_N))
-            .collect();
-        let mut y = vec![0.0f32; m * n];
-        for (t, tile) in tiles.iter().enumerate() {
-            let (m0, n0) = ((t / tiles_n) * TILE_M, (t % tiles_n) * TILE_N);
-            let nb = TILE_N.min(n - n0);
-            for (i, row) in tile.chunks(nb).enumerate() {
-                y[(m0 + i) * n + n0..][..nb].copy_from_slice(row);
-            }
-        }
-        y
-    }
-
-    /// One output tile of the blocked path, rows from `m0` and columns from `n0`, row-major.
-    fn tile_blocked(&self, m0: usize, n0: usize) -> Vec<f32> {
-        let GemmDims { m, n, k } = self.dims;
-        let (mb, nb) = (TILE_M.min(m - m0), TILE_N.min(n - n0));
-        let mut acc = vec![0.0f32; mb * nb];
-        let mut partial = vec![0.0f32; mb * nb];
-        let mut w_scale = vec![0.0f32; nb];
-        for k0 in (0..k).step_by(self.cfg.promote_interval) {
-            let kl = self.cfg.promote_interval.min(k - k0);
-            // SAFETY: `partial` is mb × nb, row stride nb. The lhs reads x[m0.., k0..] for mb rows
-            // and kl columns (row stride k); the rhs element (kk, j) is w[n0 + j, k0 + kk], i.e.
-            // w rows n0..n0+nb as columns (column stride k, row stride 1). m0 + mb <= m,
-            // n0 + nb <= n and k0 + kl <= k keep every access inside `self.x` and `self.w`.
-            unsafe {
-                gemm::gemm(
-                    mb,
-                    nb,
-                    kl,
-                    partial.as_mut_ptr(),
-                    1,
-                    nb as isize,
-                    false,
-                    self.x.as_ptr().add(m0 * k + k0),
-                    1,
-                    k as isize,
-                    self.w.as_ptr().add(n0 * k + k0),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            for (j, s) in w_scale.iter_mut().enumerate() {
-                *s = self.w_scale(n0 + j, k0);
-            }
-            for (i, (acc_row, p_row)) in acc.chunks_mut(nb).zip(partial.chunks(nb)).enumerate() {
-                let s_x = self.x_scale(m0 + i, k0);
-                for ((a, &p), &s_w) in acc_row.iter_mut().zip(p_row).zip(&w_scale) {
-                    *a += p * (s_x * s_w);
-                }
-            }
-        }
-        acc
     }
 
     /// Any accumulator, one MMA (32 products) at a time, rows in parallel: the direct reading
@@ -273,6 +204,252 @@ mod tests {
             .collect()
     }
 
+    /// The documented order, as plainly as it can be written: per output element, per
+    /// interval, products summed in ascending K from 0, then `acc += partial * (s_x * s_w)`.
+    fn scalar_reference(
+        x: Fp8Operand<'_>,
+        w: Fp8Operand<'_>,
+        dims: GemmDims,
+        cfg: &BlockGemmConfig,
+    ) -> Vec<f32> {
+        let GemmDims { m, n, k } = dims;
+        let t = cfg.fmt.table();
+        let (gx, gw) = (k.div_ceil(cfg.tile), k.div_ceil(cfg.block));
+        let mut y = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for k0 in (0..k).step_by(cfg.promote_interval) {
+                    let mut partial = 0.0f32;
+                    for kk in k0..(k0 + cfg.promote_interval).min(k) {
+                        partial +=
+                            t[x.codes[i * k + kk] as usize] * t[w.codes[j * k + kk] as usize];
+                    }
+                    let s_x = x.scales[i * gx + k0 / cfg.tile];
+                    let s_w = w.scales[(j / cfg.block_rows()) * gw + k0 / cfg.block];
+                    acc += partial * (s_x * s_w);
+                }
+                y[i * n + j] = acc;
+            }
+        }
+        y
+    }
+
+    /// Every element the same bits (NaN: both NaN, payload unspecified).
+    fn assert_same_bits(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{what}: y[{i}] = {g:e} ({:#010x}), want {w:e} ({:#010x})",
+                g.to_bits(),
+                w.to_bits()
+            );
+        }
+    }
+
+    /// Random codes over the whole finite range of `fmt` (subnormals, ±0, the largest values),
+    /// with about `special` per mille NaN (and, for E5M2, inf) codes.
+    fn random_codes(
+        rng: &mut crate::rng::SplitMix64,
+        len: usize,
+        fmt: Fp8Format,
+        special: u64,
+    ) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                loop {
+                    let c = rng.next_u64() as u8;
+                    let finite = fmt.table()[c as usize].is_finite();
+                    if finite || rng.next_u64() % 1000 < special {
+                        break c;
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Random positive scales spanning many binades.
+    fn random_scales(rng: &mut crate::rng::SplitMix64, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                (2.0f32).powi((rng.next_u64() % 24) as i32 - 16) * (1.0 + rng.uniform() as f32)
+            })
+            .collect()
+    }
+
+    /// One random problem: codes and scales of `x` and `w` for `dims` and `cfg`.
+    fn random_problem(
+        seed: u64,
+        dims: GemmDims,
+        cfg: &BlockGemmConfig,
+        special: u64,
+    ) -> (Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>) {
+        let GemmDims { m, n, k } = dims;
+        let mut rng = crate::rng::SplitMix64(seed);
+        let xc = random_codes(&mut rng, m * k, cfg.fmt, special);
+        let wc = random_codes(&mut rng, n * k, cfg.fmt, special);
+        let xs = random_scales(&mut rng, m * k.div_ceil(cfg.tile));
+        let ws = random_scales(
+            &mut rng,
+            n.div_ceil(cfg.block_rows()) * k.div_ceil(cfg.block),
+        );
+        (xc, xs, wc, ws)
+    }
+
+    #[test]
+    fn exact_path_is_bit_identical_to_the_scalar_order() {
+        // Ragged in every dimension (not multiples of the 6 × 16 / 6 × 32 tiles, the task blocks
+        // or the 256-deep K chunks, ragged last interval), both weight layouts, every interval,
+        // every microkernel this CPU runs, both formats.
+        let shapes = [
+            (1, 1, 1),
+            (7, 9, 300),
+            (13, 37, 97),
+            (150, 300, 333),
+            (61, 45, 700),
+        ];
+        let mut seed = 0;
+        for (m, n, k) in shapes {
+            for promote_interval in [32, 64, 128] {
+                for w_row_tiles in [false, true] {
+                    for fmt in Fp8Format::ALL {
+                        let dims = GemmDims { m, n, k };
+                        let cfg = BlockGemmConfig {
+                            fmt,
+                            promote_interval,
+                            w_row_tiles,
+                            ..Default::default()
+                        };
+                        seed += 1;
+                        let (xc, xs, wc, ws) = random_problem(seed, dims, &cfg, 0);
+                        let (x, w) = (
+                            Fp8Operand {
+                                codes: &xc,
+                                scales: &xs,
+                            },
+                            Fp8Operand {
+                                codes: &wc,
+                                scales: &ws,
+                            },
+                        );
+                        let want = scalar_reference(x, w, dims, &cfg);
+                        let what = format!("{dims:?} {cfg:?}");
+                        for isa in exact::Isa::available() {
+                            let got = exact::gemm_exact(x, w, dims, &cfg, isa);
+                            assert_same_bits(&got, &want, &format!("{isa:?} {what}"));
+                        }
+                        let public = fp8_block_gemm(x, w, dims, &cfg).unwrap();
+                        assert_same_bits(&public, &want, &what);
+                        let per_mma = Decoded {
+                            x: decode(fmt, &xc),
+                            w: decode(fmt, &wc),
+                            x_scales: &xs,
+                            w_scales: &ws,
+                            dims,
+                            cfg,
+                        }
+                        .gemm_per_mma();
+                        assert_same_bits(&per_mma, &want, &format!("per-MMA {what}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exact_path_propagates_nan_and_inf_like_the_scalar_order() {
+        for fmt in Fp8Format::ALL {
+            let dims = GemmDims {
+                m: 20,
+                n: 40,
+                k: 200,
+            };
+            let cfg = BlockGemmConfig {
+                fmt,
+                promote_interval: 64,
+                ..Default::default()
+            };
+            let (xc, xs, wc, ws) = random_problem(99, dims, &cfg, 2);
+            let (x, w) = (
+                Fp8Operand {
+                    codes: &xc,
+                    scales: &xs,
+                },
+                Fp8Operand {
+                    codes: &wc,
+                    scales: &ws,
+                },
+            );
+            let want = scalar_reference(x, w, dims, &cfg);
+            assert!(want.iter().any(|v| v.is_nan()) && want.iter().any(|v| v.is_finite()));
+            for isa in exact::Isa::available() {
+                let got = exact::gemm_exact(x, w, dims, &cfg, isa);
+                assert_same_bits(&got, &want, &format!("{isa:?} {fmt:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn exact_path_does_not_depend_on_the_thread_count() {
+        let dims = GemmDims {
+            m: 333,
+            n: 200,
+            k: 520,
+        };
+        let cfg = BlockGemmConfig::default();
+        let (xc, xs, wc, ws) = random_problem(7, dims, &cfg, 0);
+        let (x, w) = (
+            Fp8Operand {
+                codes: &xc,
+                scales: &xs,
+            },
+            Fp8Operand {
+                codes: &wc,
+                scales: &ws,
+            },
+        );
+        let run = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| fp8_block_gemm(x, w, dims, &cfg).unwrap())
+        };
+        let one = run(1);
+        assert_same_bits(&run(3), &one, "3 threads vs 1");
+        assert_same_bits(&run(8), &one, "8 threads vs 1");
+        assert_same_bits(
+            &scalar_reference(x, w, dims, &cfg),
+            &one,
+            "scalar vs 1 thread",
+        );
+    }
+
+    #[test]
+    fn empty_dimensions_give_zeros() {
+        let cfg = BlockGemmConfig::default();
+        for (m, n, k) in [(0, 5, 7), (5, 0, 7), (3, 4, 0)] {
+            let (xc, wc) = (vec![0x38u8; m * k], vec![0x38u8; n * k]);
+            let xs = vec![1.0; m * k.div_ceil(128)];
+            let ws = vec![1.0; n.div_ceil(128) * k.div_ceil(128)];
+            let y = fp8_block_gemm(
+                Fp8Operand {
+                    codes: &xc,
+                    scales: &xs,
+                },
+                Fp8Operand {
+                    codes: &wc,
+                    scales: &ws,
+                },
+                GemmDims { m, n, k },
+                &cfg,
+            )
+            .unwrap();
+            assert_eq!(y, vec![0.0; m * n]);
+        }
+    }
+
     #[test]
     fn blocked_path_matches_in_order_fp32() {
         // Ragged in every dimension, larger than one tile, with tile < block and interval < tile.
@@ -300,10 +477,8 @@ mod tests {
             cfg,
         }
         .gemm_per_mma();
-        let max = reference.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        for (a, b) in fast.iter().zip(&reference) {
-            assert!((a - b).abs() <= 1e-6 * max, "{a} vs {b}");
-        }
+        // The fast path sums each interval in K order too: the same bits.
+        assert_same_bits(&fast, &reference, "blocked vs per-MMA");
     }
 
     #[test]
