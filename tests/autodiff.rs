@@ -496,3 +496,79 @@ fn moe_sigmoid_routing_without_normalization() {
     );
     check_with(&text, 8, &[], &[], MOE_EPS);
 }
+
+/// The activation-gradient ablation (`[train] act_grad_scaling = "128x128"`): a Dgrad linear
+/// marked `x_square_blocks` quantizes dY in 128 × 128 blocks, the fused GEMM keeps the mark, and
+/// its result is the product of dY dequantized per block and W dequantized per block; a token
+/// row with small gradients next to one with large ones loses them to the shared scale.
+#[test]
+fn the_block_scaled_activation_gradient_ablation_shares_one_scale_per_128_tokens() {
+    use dsc_kernels::numerics::fp8::decode;
+    use dsc_kernels::{Fp8Format, weight_quant_128x128};
+    let (t, n, k) = (130usize, 256usize, 64usize);
+    let text = format!(
+        "graph \"dgrad\"\n\
+         input %dy: bf16[{t}, {n}]\n\
+         param @w_t: bf16[{k}, {n}]\n\
+         %dx: bf16[{t}, {k}] = linear(%dy, @w_t) {{gemm = \"dgrad\", x_square_blocks = true}} role=ffn\n\
+         output %dx\n"
+    );
+    let mut g = parse(&text).unwrap();
+    dsc_passes::Pipeline::parse("infer-shapes,assign-precision,quantize-linears,fuse")
+        .unwrap()
+        .run(&mut g, &PassOptions::default(), |_, _| {})
+        .unwrap();
+    let lowered = g.to_string();
+    assert!(lowered.contains("f32[2, 2] = quantize(%dy)"), "{lowered}");
+    assert!(lowered.contains("fp8_gemm("), "{lowered}");
+    assert!(lowered.contains("x_square_blocks = true"), "{lowered}");
+
+    // Token 0's gradients are 1e6 times the others': with one scale per block, token 1's
+    // (and every other small token's) round to zero; per 1 × 128 tile they would survive.
+    let mut rng = SplitMix64(43);
+    let round = |v: f64| dsc_runtime::tensor::round_to(DType::Bf16, v as f32);
+    let dy: Vec<f32> = (0..t * n)
+        .map(|i| round(rng.normals(1)[0] * if i / n == 0 { 1e3 } else { 1e-3 }))
+        .collect();
+    let w: Vec<f32> = rng.normals(k * n).into_iter().map(round).collect();
+    let mut weights = Weights::new();
+    let w_id = g.params[0];
+    weights.insert(
+        w_id,
+        HostTensor::from_f32(DType::Bf16, vec![k, n], w.clone()).unwrap(),
+    );
+    let inputs = HashMap::from([(
+        "dy".to_string(),
+        HostTensor::from_f32(DType::Bf16, vec![t, n], dy.clone()).unwrap(),
+    )]);
+    let out = cpu::run(&g, &weights, &inputs, &CpuOptions::default()).unwrap();
+    let dx = out[0].1.to_f32_vec();
+
+    let blocks = |v: &[f32], rows: usize| {
+        let (f, sf) = (Fp8Format::E4M3, dsc_ir::ScaleFormat::F32);
+        let q = weight_quant_128x128(v, rows, n, 128, f, sf).unwrap();
+        let groups = n.div_ceil(128);
+        (0..rows * n)
+            .map(|i| {
+                f64::from(decode(f, q.codes[i]))
+                    * f64::from(q.scales[(i / n / 128) * groups + (i % n) / 128])
+            })
+            .collect::<Vec<f64>>()
+    };
+    let (dq, wq) = (blocks(&dy, t), blocks(&w, k));
+    for i in 0..t {
+        for j in 0..k {
+            let want: f64 = (0..n).map(|c| dq[i * n + c] * wq[j * n + c]).sum();
+            let got = f64::from(dx[i * k + j]);
+            // One BF16 rounding of the f32 result.
+            assert!(
+                (got - want).abs() <= 1e-2 * want.abs().max(1e-3),
+                "dx[{i},{j}] = {got}, dequantized product {want}"
+            );
+        }
+    }
+    // Rows 1..128 share token 0's scale: their codes are zero, so is their gradient. Rows 128
+    // and 129 are a block of their own and keep theirs.
+    assert!(dx[k..128 * k].iter().all(|&v| v == 0.0));
+    assert!(dx[128 * k..].iter().any(|&v| v != 0.0));
+}

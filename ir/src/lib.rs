@@ -23,7 +23,9 @@ pub use builder::{BuildError, GraphBuilder};
 pub use dtype::DType;
 pub use graph::{Graph, ValueData, ValueDef, ValueId};
 pub use located::LocatedError;
-pub use model::{Recipe, Recompute, TrainConfig, WgradSource, load_model, load_train_config};
+pub use model::{
+    ActGradScaling, Recipe, Recompute, TrainConfig, WgradSource, load_model, load_train_config,
+};
 pub use op::{Op, OpKind, Precision};
 pub use policy::{PrecisionOverride, PrecisionPolicy, ScaleFormat};
 pub use role::Role;

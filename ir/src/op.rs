@@ -409,6 +409,7 @@ impl OpKind {
                         req("weight_block", T::Int),
                         req("promote_interval", T::Int),
                         opt(crate::infer::W_ROW_TILES, T::Bool),
+                        opt(crate::infer::X_SQUARE_BLOCKS, T::Bool),
                     ]
                 }
             }
@@ -431,7 +432,14 @@ impl OpKind {
                     ]
                 }
             }
-            Linear => const { &[opt("gemm", T::Str)] },
+            Linear => {
+                const {
+                    &[
+                        opt("gemm", T::Str),
+                        opt(crate::infer::X_SQUARE_BLOCKS, T::Bool),
+                    ]
+                }
+            }
             Embedding | Silu | Mul | Add | Swiglu | AttnValues | GroupedLinear | MoeCombine
             | CrossEntropy | CrossEntropyGrad | SiluGrad | SwigluGrad | GlobalNorm
             | MoeCombineGrad => const { &[] },

@@ -46,6 +46,10 @@ pub struct BlockGemmConfig {
     /// True when w is itself an activation quantized in 1 × `block` tiles, one scale per row
     /// and group (the training step's Wgrad, DESIGN.md §8), not in block × block tiles.
     pub w_row_tiles: bool,
+    /// True when x is quantized in tile × tile blocks, one scale per block (the ablation of the
+    /// training recipe that scales activation gradients per 128 × 128 block, DESIGN.md §8),
+    /// not in 1 × tile groups.
+    pub x_square_blocks: bool,
     /// Elements of K per partial sum; a multiple of 32 that divides `tile`.
     pub promote_interval: usize,
     /// How products are summed inside a promotion interval.
@@ -59,6 +63,7 @@ impl Default for BlockGemmConfig {
             tile: DEFAULT_ACT_TILE as usize,
             block: DEFAULT_WEIGHT_BLOCK as usize,
             w_row_tiles: false,
+            x_square_blocks: false,
             promote_interval: DEFAULT_PROMOTE_INTERVAL as usize,
             accumulator: Accumulator::Exact,
         }
@@ -69,6 +74,11 @@ impl BlockGemmConfig {
     /// Rows of w one scale covers: `block`, or 1 with [`Self::w_row_tiles`].
     pub fn block_rows(&self) -> usize {
         if self.w_row_tiles { 1 } else { self.block }
+    }
+
+    /// Rows of x one scale covers: 1, or `tile` with [`Self::x_square_blocks`].
+    pub fn x_block_rows(&self) -> usize {
+        if self.x_square_blocks { self.tile } else { 1 }
     }
 
     /// Checks the rules that keep every partial sum inside one scale group of both operands.
@@ -99,7 +109,8 @@ pub fn fp8_block_gemm(
     cfg.validate()?;
     let GemmDims { m, n, k } = dims;
     check_len("x codes", x.codes.len(), m * k)?;
-    check_len("x scales", x.scales.len(), m * k.div_ceil(cfg.tile))?;
+    let x_scales = m.div_ceil(cfg.x_block_rows()) * k.div_ceil(cfg.tile);
+    check_len("x scales", x.scales.len(), x_scales)?;
     check_len("w codes", w.codes.len(), n * k)?;
     let w_scales = n.div_ceil(cfg.block_rows()) * k.div_ceil(cfg.block);
     check_len("w scales", w.scales.len(), w_scales)?;
@@ -143,7 +154,8 @@ struct Decoded<'a> {
 impl Decoded<'_> {
     /// `s_x` of row `i` for the promotion interval starting at `k0`.
     fn x_scale(&self, i: usize, k0: usize) -> f32 {
-        self.x_scales[i * self.dims.k.div_ceil(self.cfg.tile) + k0 / self.cfg.tile]
+        let row = i / self.cfg.x_block_rows();
+        self.x_scales[row * self.dims.k.div_ceil(self.cfg.tile) + k0 / self.cfg.tile]
     }
 
     /// `s_w` of column `j` for the promotion interval starting at `k0`.
@@ -479,6 +491,47 @@ mod tests {
         .gemm_per_mma();
         // The fast path sums each interval in K order too: the same bits.
         assert_same_bits(&fast, &reference, "blocked vs per-MMA");
+    }
+
+    #[test]
+    fn square_blocked_activations_take_one_scale_per_block() {
+        // The activation-gradient ablation: x in 128 × 128 blocks. The same codes with each
+        // block's scale repeated on its rows, as 1 × 128 groups, give the same bits.
+        let dims = GemmDims {
+            m: 200,
+            n: 9,
+            k: 300,
+        };
+        let (f, sf) = (Fp8Format::E4M3, ScaleFormat::F32);
+        let x =
+            weight_quant_128x128(&values(dims.m * dims.k, 5), dims.m, dims.k, 128, f, sf).unwrap();
+        let w =
+            weight_quant_128x128(&values(dims.n * dims.k, 6), dims.n, dims.k, 128, f, sf).unwrap();
+        let groups = dims.k.div_ceil(128);
+        let per_row: Vec<f32> = (0..dims.m)
+            .flat_map(|i| x.scales[(i / 128) * groups..][..groups].to_vec())
+            .collect();
+        for accumulator in [Accumulator::Exact, Accumulator::Hopper] {
+            let blocked = BlockGemmConfig {
+                x_square_blocks: true,
+                accumulator,
+                ..Default::default()
+            };
+            let y = fp8_block_gemm(x.operand(), w.operand(), dims, &blocked).unwrap();
+            let expanded = Fp8Operand {
+                codes: &x.codes,
+                scales: &per_row,
+            };
+            let rows = BlockGemmConfig {
+                accumulator,
+                ..Default::default()
+            };
+            let want = fp8_block_gemm(expanded, w.operand(), dims, &rows).unwrap();
+            assert_same_bits(&y, &want, "square blocks vs repeated row scales");
+            // The per-row scale grid is refused for square blocks: its length says which.
+            let err = fp8_block_gemm(expanded, w.operand(), dims, &blocked).unwrap_err();
+            assert!(err.to_string().contains("x scales"), "{err}");
+        }
     }
 
     #[test]

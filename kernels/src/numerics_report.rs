@@ -94,6 +94,7 @@ pub fn report_row(
             promote_interval,
             accumulator,
             w_row_tiles: false,
+            x_square_blocks: false,
         };
         let y = fp8_block_gemm(xq.operand(), wq.operand(), dims, &cfg)?;
         Ok(Errors {

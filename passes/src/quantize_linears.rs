@@ -126,11 +126,15 @@ fn lower(
         Ok(results)
     };
 
+    // The activation-gradient ablation (`x_square_blocks`, set on a training step's Dgrad by
+    // [train] act_grad_scaling = "128x128") quantizes x in act_tile × act_tile blocks.
+    let x_square_blocks = op.attrs.bool(dsc_ir::infer::X_SQUARE_BLOCKS) == Some(true);
+    let x_rows = if x_square_blocks { policy.act_tile } else { 1 };
     let x_q = emit(
         graph,
         OpKind::Quantize,
         vec![x],
-        quantize([1, policy.act_tile]),
+        quantize([x_rows, policy.act_tile]),
         &[format!("{name}.x_q"), format!("{name}.x_q.scale")],
         f32_only,
     )?;
@@ -176,6 +180,9 @@ fn lower(
         );
     if wgrad {
         attrs.set(dsc_ir::infer::W_ROW_TILES, Attr::Bool(true));
+    }
+    if x_square_blocks {
+        attrs.set(dsc_ir::infer::X_SQUARE_BLOCKS, Attr::Bool(true));
     }
     let ins: Vec<&TensorType> = promote_operands.iter().map(|&v| graph.ty(v)).collect();
     let inferred = infer(OpKind::Promote, &attrs, &ins).map_err(&fail)?;

@@ -82,6 +82,9 @@ pub struct TrainStepOptions {
     pub moments: DType,
     /// γ of the auxiliary-loss-free balancing (0: the selection biases stay as they are).
     pub bias_update_speed: f64,
+    /// dY of the Dgrad GEMMs scaled per 128 × 128 block (the report's ablation) instead of
+    /// per 1 × 128 tile: marks each Dgrad `linear` `x_square_blocks = true`.
+    pub act_grad_blocks: bool,
 }
 
 impl Default for TrainStepOptions {
@@ -95,6 +98,7 @@ impl Default for TrainStepOptions {
             max_grad_norm: 1.0,
             moments: DType::Bf16,
             bias_update_speed: 0.001,
+            act_grad_blocks: false,
         }
     }
 }
@@ -110,6 +114,7 @@ impl TrainStepOptions {
             weight_decay: config.weight_decay,
             max_grad_norm: config.grad_clip,
             bias_update_speed: config.bias_update_speed,
+            act_grad_blocks: config.act_grad_scaling == dsc_ir::ActGradScaling::Block,
             ..TrainStepOptions::default()
         }
     }
@@ -257,6 +262,9 @@ pub fn build(forward: &Graph, options: &TrainStepOptions) -> Result<Graph, PassE
         let updates = bias_updates(&mut g, options.bias_update_speed).map_err(fail)?;
         g.outputs.extend(updates);
     }
+    if options.act_grad_blocks {
+        block_scaled_act_grads(&mut g).map_err(fail)?;
+    }
     Ok(g)
 }
 
@@ -293,6 +301,64 @@ fn bias_updates(g: &mut Graph, speed: f64) -> Result<Vec<ValueId>, String> {
         )?);
     }
     Ok(next)
+}
+
+/// The activation-gradient ablation: every Dgrad `linear` is marked `x_square_blocks` and reads
+/// dY as `[tokens, features]` (through a reshape when dY has more axes, its result reshaped
+/// back), so quantize-linears scales dY per 128 tokens of the flattened batch × 128 features.
+fn block_scaled_act_grads(g: &mut Graph) -> Result<(), String> {
+    let shape = |dims: &[u64]| {
+        Attrs::new().with(
+            "shape",
+            Attr::Ints(dims.iter().map(|&d| d as i64).collect()),
+        )
+    };
+    for mut op in std::mem::take(&mut g.ops) {
+        if op.kind != OpKind::Linear || op.attrs.str("gemm") != Some("dgrad") {
+            g.ops.push(op);
+            continue;
+        }
+        op.attrs
+            .set(dsc_ir::infer::X_SQUARE_BLOCKS, Attr::Bool(true));
+        let dims = g.ty(op.operands[0]).shape.dims().to_vec();
+        let Some((&features, rows)) = dims.split_last().filter(|_| dims.len() > 2) else {
+            g.ops.push(op);
+            continue;
+        };
+        let tokens: u64 = rows.iter().product();
+        let y = op.results[0];
+        let y_dims = g.ty(y).shape.dims().to_vec();
+        let dy_name = format!("{}.dy_tokens", g.name(y));
+        let y_name = format!("{}.tokens", g.name(y));
+        let flat = new_op(
+            g,
+            OpKind::Reshape,
+            vec![op.operands[0]],
+            shape(&[tokens, features]),
+            &[dy_name.as_str()],
+            op.role,
+        )?;
+        let mut operands = op.operands.clone();
+        operands[0] = flat.results[0];
+        let linear = new_op(
+            g,
+            OpKind::Linear,
+            operands,
+            op.attrs.clone(),
+            &[y_name.as_str()],
+            op.role,
+        )?;
+        let back = Op {
+            kind: OpKind::Reshape,
+            operands: vec![linear.results[0]],
+            results: vec![y],
+            attrs: shape(&y_dims),
+            role: op.role,
+            precision: None,
+        };
+        g.ops.extend([flat, linear, back]);
+    }
+    Ok(())
 }
 
 /// Makes every non-f32 float parameter an FP32 master weight read through a cast to its old

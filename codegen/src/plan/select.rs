@@ -407,6 +407,12 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                         .into(),
                 ));
             }
+            if op.attrs.bool(dsc_ir::infer::X_SQUARE_BLOCKS) == Some(true) {
+                return Err(fail(
+                    "no GPU kernel for an FP8 GEMM whose activation is scaled per 128×128 block                      (the act_grad_scaling = \"128x128\" ablation); it runs on the CPU"
+                        .into(),
+                ));
+            }
             let x = ty(operand(0));
             let w = dims(operand(2));
             let k = x.shape.last();

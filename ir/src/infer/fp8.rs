@@ -85,14 +85,24 @@ fn gemm_layout(x: &TensorType, w: &TensorType, idx: Option<&TensorType>) -> Resu
     }
 }
 
-/// Checks the activation scales `[x rows…, ceil(K/tile)]`.
-fn check_x_scale(x_rows: &[u64], s: &TensorType, k: u64, tile: u64) -> Result<()> {
+/// Checks the activation scales `[x rows…, ceil(K/tile)]`, or `[ceil(M/rows), ceil(K/tile)]`
+/// for `rows` × `tile` blocks of a 2-D activation (`rows` > 1).
+fn check_x_scale(x_rows: &[u64], s: &TensorType, k: u64, tile: u64, rows: u64) -> Result<()> {
     need_f32("activation scales", s)?;
     let mut want = x_rows.to_vec();
+    if rows > 1 {
+        let [m] = x_rows else {
+            return Err(format!(
+                "{X_SQUARE_BLOCKS} needs a 2-D activation, got {} row dimensions",
+                x_rows.len()
+            ));
+        };
+        want = vec![m.div_ceil(rows)];
+    }
     want.push(k.div_ceil(tile));
     if s.shape.dims() != want {
         return Err(format!(
-            "activation scales {s} must be [{}] (1×{tile} tiles over K = {k})",
+            "activation scales {s} must be [{}] ({rows}×{tile} tiles over K = {k})",
             join(&want)
         ));
     }
@@ -103,6 +113,21 @@ fn check_x_scale(x_rows: &[u64], s: &TensorType, k: u64, tile: u64) -> Result<()
 /// quantized in 1 × `weight_block` tiles, one scale per row and group (a training step's Wgrad,
 /// whose operands are both tiled along the tokens), rather than in square blocks.
 pub const W_ROW_TILES: &str = "w_row_tiles";
+
+/// The optional `promote` / `fp8_gemm` attribute saying the activation operand is quantized in
+/// `act_tile` × `act_tile` blocks, one scale per block, rather than in 1 × `act_tile` groups:
+/// the training recipe's ablation that scales activation gradients per 128 × 128 block (the
+/// report saw it diverge). Only for a dense GEMM of a 2-D activation.
+pub const X_SQUARE_BLOCKS: &str = "x_square_blocks";
+
+/// Rows of the activation one scale covers: 1, or `tile` with [`X_SQUARE_BLOCKS`].
+fn x_block_rows(attrs: &Attrs, tile: u64) -> u64 {
+    if attrs.bool(X_SQUARE_BLOCKS).unwrap_or(false) {
+        tile
+    } else {
+        1
+    }
+}
 
 /// Rows of the weight one scale covers: `block`, or 1 with [`W_ROW_TILES`].
 fn block_rows(attrs: &Attrs, block: u64) -> u64 {
@@ -178,7 +203,18 @@ pub(super) fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<
             let k_max = groups * interval;
             // The scale grids fix K only up to a tile; check them against the widest K.
             let x_rows_len = xs.shape.rank().saturating_sub(1);
-            check_x_scale(&xs.shape.dims()[..x_rows_len], xs, k_max, tile)?;
+            check_x_scale(&xs.shape.dims()[..x_rows_len], xs, k_max, tile, 1)?;
+            let x_blocks = x_block_rows(attrs, tile);
+            if x_blocks > 1 && (idx.is_some() || r != 3 || xs.shape.rank() != 2) {
+                return Err(format!(
+                    "{X_SQUARE_BLOCKS} needs a dense GEMM of a 2-D activation, got partials {p}"
+                ));
+            }
+            if x_blocks > 1 && xs.shape.dims()[0] != p.shape.dims()[0].div_ceil(x_blocks) {
+                return Err(format!(
+                    "activation scales {xs} must have one row per {x_blocks} rows of partials {p}"
+                ));
+            }
             if let Some(idx) = idx {
                 need_int("indices", idx)?;
                 need_rank("partials", p, 4)?;
@@ -207,7 +243,12 @@ pub(super) fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<
             need_fp8("input", x)?;
             need_fp8("weight", w)?;
             let g = gemm_layout(x, w, idx)?;
-            check_x_scale(x_rows(x), xs, g.k, tile)?;
+            if idx.is_some() && x_block_rows(attrs, tile) > 1 {
+                return Err(format!(
+                    "{X_SQUARE_BLOCKS} needs a dense GEMM, not a grouped one"
+                ));
+            }
+            check_x_scale(x_rows(x), xs, g.k, tile, x_block_rows(attrs, tile))?;
             check_w_scale(w, ws, block, block_rows(attrs, block))?;
             let mut dims = g.rows;
             dims.push(g.n);

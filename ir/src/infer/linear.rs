@@ -24,6 +24,9 @@ pub(super) fn linear(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>
     need_float("weight", w)?;
     need_min_rank("input", x, 1)?;
     need_rank("weight", w, 2)?;
+    if attrs.bool(super::X_SQUARE_BLOCKS) == Some(true) {
+        need_rank("input", x, 2)?;
+    }
     let (n, k) = (w.shape.0[0], w.shape.0[1]);
     if x.shape.last() != k {
         return Err(format!(

@@ -20,7 +20,7 @@ mod norm;
 mod quantize;
 mod training;
 
-pub use fp8::W_ROW_TILES;
+pub use fp8::{W_ROW_TILES, X_SQUARE_BLOCKS};
 pub use linear::LINEAR_GEMMS;
 
 /// The dtype rule of one result.

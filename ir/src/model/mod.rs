@@ -22,7 +22,9 @@ mod tests;
 
 use crate::Graph;
 use toml::{Source, Table};
-pub use train::{Recipe, Recompute, TrainConfig, UnknownRecipe, UnknownRecompute, WgradSource};
+pub use train::{
+    ActGradScaling, Recipe, Recompute, TrainConfig, UnknownRecipe, UnknownRecompute, WgradSource,
+};
 
 /// An error in a model.toml, at a 1-based line and column.
 pub type ModelError = crate::LocatedError;

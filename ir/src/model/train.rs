@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// `[train]`'s keys.
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 18] = [
     "recipe",
     "optimizer",
     "lr",
@@ -30,6 +30,7 @@ const KEYS: [&str; 17] = [
     "mtp_lambda",
     "recompute",
     "wgrad_source",
+    "act_grad_scaling",
 ];
 
 /// The one optimizer `dsc train` implements.
@@ -164,6 +165,30 @@ pub struct TrainConfig {
     pub recompute: Recompute,
     /// `wgrad_source`: where the Wgrad GEMM's 1×128-along-tokens FP8 operands come from.
     pub wgrad_source: WgradSource,
+    /// `act_grad_scaling`: how the Dgrad GEMM's activation gradient dY is scaled in FP8.
+    pub act_grad_scaling: ActGradScaling,
+}
+
+/// How the activation gradient dY of a Dgrad GEMM is scaled when quantized to FP8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActGradScaling {
+    /// `"1x128"`: one scale per token and 128 features, as every activation (the recipe).
+    #[default]
+    Tile,
+    /// `"128x128"`: one scale per 128 tokens × 128 features, as the weights — the report's
+    /// ablation (§3.3.1: it diverged on a 16B model), for experiments only. Applies to the
+    /// Dgrad of every `linear` (not the routed experts' grouped Dgrad).
+    Block,
+}
+
+impl ActGradScaling {
+    /// The spelling in model.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActGradScaling::Tile => "1x128",
+            ActGradScaling::Block => "128x128",
+        }
+    }
 }
 
 /// Where a Wgrad's FP8 operands (tiled along the tokens) are quantized from.
@@ -208,6 +233,7 @@ impl Default for TrainConfig {
             mtp_lambda: 0.3,
             recompute: Recompute::Recipe,
             wgrad_source: WgradSource::Fp8,
+            act_grad_scaling: ActGradScaling::Tile,
         }
     }
 }
@@ -325,6 +351,18 @@ pub fn parse(t: &Table) -> Result<TrainConfig, ModelError> {
             }
         };
     }
+    if let Some(s) = t.str("act_grad_scaling")? {
+        c.act_grad_scaling = match s.value {
+            "1x128" => ActGradScaling::Tile,
+            "128x128" => ActGradScaling::Block,
+            other => {
+                return Err(t.error(
+                    s.at,
+                    format!("`act_grad_scaling` must be \"1x128\" or \"128x128\", not \"{other}\""),
+                ));
+            }
+        };
+    }
     Ok(c)
 }
 
@@ -353,7 +391,7 @@ fn beta(t: &Table, key: &str) -> Result<Option<f64>, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::super::{ModelError, load_model, load_train_config};
-    use super::{Recipe, Recompute, TrainConfig, WgradSource};
+    use super::{ActGradScaling, Recipe, Recompute, TrainConfig, WgradSource};
     use std::path::Path;
 
     /// A full `[train]` table with no default value in it.
@@ -376,6 +414,7 @@ mtp_depth = 1
 mtp_lambda = 0.1
 recompute = "full"
 wgrad_source = "high"
+act_grad_scaling = "128x128"
 "#;
 
     fn full() -> TrainConfig {
@@ -396,6 +435,7 @@ wgrad_source = "high"
             mtp_lambda: 0.1,
             recompute: Recompute::Full,
             wgrad_source: WgradSource::High,
+            act_grad_scaling: ActGradScaling::Block,
         }
     }
 
@@ -629,6 +669,11 @@ wgrad_source = "high"
             "wgrad_source = \"bf16\"",
             At::Value,
             &["`wgrad_source` must be \"fp8\" or \"high\", not \"bf16\""],
+        );
+        assert_err(
+            "act_grad_scaling = \"128x1\"",
+            At::Value,
+            &["`act_grad_scaling` must be \"1x128\" or \"128x128\", not \"128x1\""],
         );
     }
 

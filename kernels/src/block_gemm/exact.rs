@@ -11,7 +11,7 @@
 //!     partial = 0.0
 //!     for kk in k0 .. k1 (ascending):
 //!         partial = partial + x[i, kk] * w[j, kk]          // decoded FP8 values
-//!     acc = acc + partial * (s_x[i, k0 / tile] * s_w[j / block_rows, k0 / block])
+//!     acc = acc + partial * (s_x[i / x_block_rows, k0 / tile] * s_w[j / block_rows, k0 / block])
 //! y[i, j] = acc
 //! ```
 //!
@@ -333,9 +333,9 @@ pub(super) fn gemm_exact(
         || pack_panels(isa, cfg, w.codes, n, k, nr),
     );
     let (x_groups, w_groups) = (k.div_ceil(cfg.tile), k.div_ceil(cfg.block));
-    let block_rows = cfg.block_rows();
+    let (x_block_rows, block_rows) = (cfg.x_block_rows(), cfg.block_rows());
     let sx = pack_scales(m, MR, intervals, interval, |i, k0| {
-        x.scales[i * x_groups + k0 / cfg.tile]
+        x.scales[(i / x_block_rows) * x_groups + k0 / cfg.tile]
     });
     let sw = pack_scales(n, nr, intervals, interval, |j, k0| {
         w.scales[(j / block_rows) * w_groups + k0 / cfg.block]

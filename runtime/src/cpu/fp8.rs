@@ -274,6 +274,13 @@ fn w_row_tiles(op: &Op) -> bool {
     op.attrs.bool(dsc_ir::infer::W_ROW_TILES).unwrap_or(false)
 }
 
+/// True when the activation operand is quantized in act_tile × act_tile blocks (an ablation).
+fn x_square_blocks(op: &Op) -> bool {
+    op.attrs
+        .bool(dsc_ir::infer::X_SQUARE_BLOCKS)
+        .unwrap_or(false)
+}
+
 /// `promote`: each partial sum scaled by its activation and weight scales and added into an
 /// FP32 accumulator, in K order — the dequantizing half of the block-scaled GEMM.
 fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
@@ -283,6 +290,7 @@ fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
         size(op, keys::PROMOTE_INTERVAL)?,
     );
     let rows_per_scale = if w_row_tiles(op) { 1 } else { block };
+    let x_rows_per_scale = if x_square_blocks(op) { tile } else { 1 };
     let pd = dims(g.ty(op.operands[0]));
     let r = pd.len();
     let (n, groups) = (pd[r - 2], pd[r - 1]);
@@ -298,7 +306,7 @@ fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
     let per_token_scales = idx.is_some() && xs_dims.len() == 2;
     let mut out = vec![0.0f32; rows * n];
     for row in 0..rows {
-        let x_row = if per_token_scales { row / top_k } else { row };
+        let x_row = if per_token_scales { row / top_k } else { row } / x_rows_per_scale;
         let expert = idx.map_or(0, |i| i[row] as usize);
         for col in 0..n {
             let mut acc = 0.0f32;
@@ -324,6 +332,7 @@ fn fp8_gemm(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Re
         tile: size(op, keys::ACT_TILE)?,
         block: size(op, keys::WEIGHT_BLOCK)?,
         w_row_tiles: w_row_tiles(op),
+        x_square_blocks: x_square_blocks(op),
         promote_interval: size(op, keys::PROMOTE_INTERVAL)?,
         accumulator: options.accumulator,
     };
