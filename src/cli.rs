@@ -99,6 +99,10 @@ pub struct TrainArgs {
     /// Print the training step's IR after its passes to stderr.
     #[arg(long)]
     pub print_ir: bool,
+    /// Time every op of the steps and print, at the end, the time per op kind and the GEMMs'
+    /// share of the step.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Where a model runs.

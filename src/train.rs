@@ -116,6 +116,9 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             (trainer, source)
         }
     };
+    if args.profile {
+        trainer.enable_profile();
+    }
     let first = trainer.steps_taken();
     let mut log = args
         .log
@@ -233,6 +236,9 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
     if let Some((path, mut w)) = log {
         w.flush()
             .map_err(|e| Diagnostic::new(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(profile) = trainer.profile() {
+        print!("time per op kind (CPU):\n{}", profile.table());
     }
     save(&trainer, source.rng_state())
 }

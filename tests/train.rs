@@ -558,3 +558,58 @@ fn a_diverging_run_saves_its_last_good_state() {
         "{stderr}"
     );
 }
+
+#[test]
+fn profile_prints_the_time_per_op_kind_and_the_gemms_share() {
+    let tmp = TempDir::new("train-profile");
+    let data = corpus(&tmp);
+    let out = dsc(&[
+        "train",
+        MODEL,
+        "--data",
+        &data,
+        "--steps",
+        "2",
+        "--recipe",
+        "fp8",
+        "--profile",
+    ]);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{stderr}");
+    let table = stdout
+        .split("time per op kind (CPU):\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no profile in\n{stdout}"));
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("op kind"), "{table}");
+    // The fused FP8 GEMMs and the optimizer ran, with their counts per step.
+    let row = |kind: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(kind))
+            .unwrap_or_else(|| panic!("no `{kind}` row in\n{table}"))
+            .to_string()
+    };
+    assert!(
+        row("fp8_gemm")
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            > 0.0
+    );
+    assert!(row("adamw").contains('%'), "{table}");
+    let gemms = table.lines().find(|l| l.starts_with("GEMMs (")).unwrap();
+    assert!(gemms.ends_with("over 2 steps"), "{gemms}");
+    let share: f64 = gemms
+        .split("): ")
+        .nth(1)
+        .unwrap()
+        .split('%')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(share > 0.0 && share <= 100.0, "{gemms}");
+}

@@ -8,6 +8,7 @@
 
 use crate::RuntimeError;
 use crate::cpu::{self, CpuOptions};
+use crate::step_profile::StepProfile;
 use crate::tensor::{HostData, HostTensor};
 use crate::weights::Weights;
 use dsc_ir::{Graph, ValueId};
@@ -33,6 +34,8 @@ pub struct Trainer {
     updated: Vec<(ValueId, String)>,
     step: u64,
     options: CpuOptions,
+    /// Time per op kind, when profiling.
+    profile: Option<StepProfile>,
 }
 
 fn tensor_err(message: String) -> RuntimeError {
@@ -77,6 +80,7 @@ impl Trainer {
             updated,
             step: 0,
             options,
+            profile: None,
         })
     }
 
@@ -93,6 +97,16 @@ impl Trainer {
     /// The current moments by input name.
     pub fn moments(&self) -> &HashMap<String, HostTensor> {
         &self.moments
+    }
+
+    /// Times every op of the following steps ([`Self::profile`]).
+    pub fn enable_profile(&mut self) {
+        self.profile.get_or_insert_with(StepProfile::default);
+    }
+
+    /// Time per op kind of the steps run since [`Self::enable_profile`] (None before).
+    pub fn profile(&self) -> Option<&StepProfile> {
+        self.profile.as_ref()
     }
 
     /// Steps taken so far.
@@ -155,7 +169,27 @@ impl Trainer {
             "train.schedule".into(),
             HostTensor::from_f32(dsc_ir::DType::F32, vec![2], vec![lr, step as f32])?,
         );
-        let outputs = cpu::run(&self.graph, &self.weights, &inputs, &self.options)?;
+        let outputs = match &mut self.profile {
+            None => cpu::run(&self.graph, &self.weights, &inputs, &self.options)?,
+            Some(profile) => {
+                // Recorded apart and added once every op of the step has run.
+                let mut this_step = StepProfile::default();
+                let outputs = cpu::run_observed(
+                    &self.graph,
+                    &self.weights,
+                    &inputs,
+                    &self.options,
+                    &mut |op, _, took| this_step.record(op.kind, took),
+                )?;
+                profile.steps += 1;
+                for (kind, (calls, took)) in this_step.by_kind {
+                    let entry = profile.by_kind.entry(kind).or_default();
+                    entry.0 += calls;
+                    entry.1 += took;
+                }
+                outputs
+            }
+        };
         let find = |name: &str| {
             outputs
                 .iter()
