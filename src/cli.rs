@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// Seed of the initial weights and of the batch sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Initial weights: a safetensors file or a Hugging Face checkpoint directory (FP8 weights
+    /// with `weight_scale_inv` are dequantized); random from --seed otherwise.
+    #[arg(long, value_name = "PATH", conflicts_with = "resume")]
+    pub weights: Option<PathBuf>,
     /// Where the step runs (only the CPU runs training steps so far).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,

@@ -109,7 +109,10 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             (trainer, source)
         }
         None => {
-            let weights = random_weights(&step_graph, args.seed).map_err(runtime)?;
+            let weights = match &args.weights {
+                Some(path) => initial_weights(&step_graph, path)?,
+                None => random_weights(&step_graph, args.seed).map_err(runtime)?,
+            };
             let trainer =
                 Trainer::new(step_graph, weights, CpuOptions::default()).map_err(runtime)?;
             let source = batches(args, trainer.graph(), vocab, args.seed ^ SAMPLER_SEED)?;
@@ -243,6 +246,22 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
     save(&trainer, source.rng_state())
 }
 
+/// The master weights of `step_graph` (FP32) read from a safetensors file or a Hugging Face
+/// checkpoint directory by checkpoint name; tensors of layers beyond the model's are noted.
+fn initial_weights(step_graph: &Graph, path: &Path) -> Result<Weights, Diagnostic> {
+    let checkpoint = dsc_runtime::checkpoint::Checkpoint::open(path).map_err(runtime)?;
+    let beyond = dsc_runtime::weights::beyond_last_layer(step_graph, &checkpoint);
+    if let Some(first) = beyond.first() {
+        eprintln!(
+            "note: ignored {} tensors of layers beyond the model's {} (e.g. multi-token-prediction \
+             layers), first `{first}`",
+            beyond.len(),
+            dsc_runtime::weights::layer_count(step_graph)
+        );
+    }
+    dsc_runtime::weights::load_weights(step_graph, &checkpoint).map_err(runtime)
+}
+
 /// The sampler's seed is the run's seed mixed with this constant.
 const SAMPLER_SEED: u64 = 0x5eed_da7a;
 
@@ -263,6 +282,7 @@ fn batches(args: &TrainArgs, g: &Graph, vocab: u64, rng: u64) -> Result<Batches,
 /// (the --resume checkpoint too, unless it is DIR itself, which a save may replace).
 fn protected_inputs(args: &TrainArgs, save: &Path) -> Vec<PathBuf> {
     let mut inputs = vec![args.model.clone()];
+    inputs.extend(args.weights.iter().cloned());
     inputs.extend(args.data.iter().cloned());
     inputs.extend(args.inputs.iter().cloned());
     inputs.extend(args.log.iter().cloned());

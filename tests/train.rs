@@ -613,3 +613,88 @@ fn profile_prints_the_time_per_op_kind_and_the_gemms_share() {
         .unwrap();
     assert!(share > 0.0 && share <= 100.0, "{gemms}");
 }
+
+/// The step losses of a `--log` CSV written by `dsc train ARGS…` (which must succeed).
+fn run_losses(tmp: &TempDir, name: &str, args: &[&str]) -> Vec<f64> {
+    let log = tmp.join(&format!("{name}.csv"));
+    let log = log.to_string_lossy().into_owned();
+    let mut all = vec!["train", MODEL];
+    all.extend_from_slice(args);
+    all.extend(["--log", log.as_str()]);
+    let out = dsc(&all);
+    let (_, stderr) = streams(&out);
+    assert!(out.status.success(), "{name}: {stderr}");
+    losses(&std::fs::read_to_string(&log).unwrap())
+}
+
+/// Writes a fixed batch for the tiny model (2 × 32 tokens): `input_ids` and `labels` int32.
+fn write_batch(path: &str) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let mut rng = dsc_kernels::rng::SplitMix64(8);
+    let mut ids = || -> Vec<u8> {
+        (0..64)
+            .flat_map(|_| ((rng.next_u64() % 256) as i32).to_le_bytes())
+            .collect()
+    };
+    let (input_ids, labels) = (ids(), ids());
+    let tensors = [
+        (
+            "input_ids",
+            TensorView::new(Dtype::I32, vec![2, 32], &input_ids).unwrap(),
+        ),
+        (
+            "labels",
+            TensorView::new(Dtype::I32, vec![2, 32], &labels).unwrap(),
+        ),
+    ];
+    safetensors::serialize_to_file(tensors, None, std::path::Path::new(path)).unwrap();
+}
+
+#[test]
+fn weights_start_a_run_from_saved_weights() {
+    // 3 steps on a fixed batch, saved; then step 4 two ways: resumed, and a new run from the
+    // saved master weights. A step's loss depends only on the weights and the batch: the two
+    // are equal bit for bit.
+    let tmp = TempDir::new("train-weights");
+    let batch = tmp.join("batch.safetensors").to_string_lossy().into_owned();
+    write_batch(&batch);
+    let fixed = ["--inputs", batch.as_str(), "--seed", "4", "--recipe", "fp8"];
+    let ck = tmp.join("ck").to_string_lossy().into_owned();
+    let first = run_losses(
+        &tmp,
+        "first",
+        &[&fixed[..], &["--steps", "3", "--save", &ck]].concat(),
+    );
+    let resumed = run_losses(
+        &tmp,
+        "resumed",
+        &[&fixed[..], &["--steps", "4", "--resume", &ck]].concat(),
+    );
+    let master = format!("{ck}/master.safetensors");
+    let fresh = run_losses(
+        &tmp,
+        "fresh",
+        &[&fixed[..], &["--steps", "1", "--weights", &master]].concat(),
+    );
+    assert_eq!(
+        fresh[0].to_bits(),
+        resumed[0].to_bits(),
+        "{fresh:?} {resumed:?}"
+    );
+    assert!(fresh[0] < first[0], "{fresh:?} {first:?}");
+
+    // A file without the model's tensors is an error naming what is missing.
+    let out = dsc(&[
+        "train",
+        MODEL,
+        "--inputs",
+        &batch,
+        "--steps",
+        "1",
+        "--weights",
+        &batch,
+    ]);
+    let (_, stderr) = streams(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("model.embed_tokens.weight"), "{stderr}");
+}
