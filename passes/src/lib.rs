@@ -16,6 +16,7 @@ pub mod infer_shapes;
 pub mod manager;
 mod names;
 pub mod quantize_linears;
+pub mod recompute;
 pub mod requantize_transposed;
 pub mod train_memory;
 pub mod train_step;

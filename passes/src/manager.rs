@@ -82,6 +82,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::fuse_attention::run,
     },
     Pass {
+        name: "recompute",
+        summary: "recompute RMSNorm and SwiGLU outputs in a training step's backward instead of keeping them (DeepSeek-V3 §3.2.3)",
+        run: crate::recompute::run,
+    },
+    Pass {
         name: "cse",
         summary: "merge ops that compute the same thing",
         run: crate::cse::run,

@@ -120,14 +120,25 @@ impl TrainStepOptions {
     }
 }
 
-/// The training step of `forward` as `config` asks for it, built and lowered by its pipeline.
+/// The training step of `forward` as `config` asks for it, built and lowered by its pipeline
+/// (then `recompute`, unless `[train] recompute = "none"`).
 pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Graph, PassError> {
+    let recompute = match config.recompute {
+        dsc_ir::Recompute::Recipe => ",recompute",
+        dsc_ir::Recompute::None => "",
+        dsc_ir::Recompute::Full => {
+            return Err(PassError::Failed {
+                pass: PASS,
+                message: "recompute = \"full\" (whole-layer activation checkpointing) is not \
+                          implemented yet; use \"recipe\" (RMSNorm and SwiGLU recomputed) or \
+                          \"none\""
+                    .into(),
+            });
+        }
+    };
     let mut step = build(forward, &TrainStepOptions::from_config(config))?;
-    crate::Pipeline::parse(pipeline(config.wgrad_source))?.run(
-        &mut step,
-        &PassOptions::default(),
-        |_, _| {},
-    )?;
+    let pipeline = format!("{}{recompute}", pipeline(config.wgrad_source));
+    crate::Pipeline::parse(&pipeline)?.run(&mut step, &PassOptions::default(), |_, _| {})?;
     Ok(step)
 }
 
