@@ -17,9 +17,10 @@
 //!   BF16 probability's rounding, then the output is rounded once);
 //! - moe_topk: indices equal for ≥ 99% of entries (near-ties of sigmoid scores may swap),
 //!   weights within 1e-2 relative Frobenius;
-//! - training kinds: adamw and scale bit exact (the same f64 scalars and f32 operations in the
-//!   same order); global_norm ≤ 1 f32 ulp (an f64 sum in another order); silu_grad, swiglu_grad
-//!   and reduce_sum as the elementwise ops (`exp`; an f64 sum against an f32 pairwise one);
+//! - training kinds: adamw, scale and expert_bias_update bit exact (the same f64 scalars and
+//!   f32 operations in the same order; integer loads); global_norm ≤ 1 f32 ulp (an f64 sum in
+//!   another order); silu_grad, swiglu_grad and reduce_sum as the elementwise ops (`exp`; an
+//!   f64 sum against an f32 pairwise one);
 //!   cross_entropy and its gradient relative Frobenius ≤ 1e-5 (softmax statistics, `ln`).
 //!
 //! NaN must appear where the reference has NaN, and only there; an infinity (the causal mask of
@@ -90,6 +91,8 @@ pub fn rule_for(kind: OpKind, result: usize, dtype: DType) -> Rule {
         // AdamW forms its scalars in f64 and updates in f32 in the reference's order; scale is
         // one product: bit exact.
         K::AdamW | K::Scale => Rule::Exact,
+        // Integer loads and one f32 addition or subtraction of γ, then one rounding: bit exact.
+        K::ExpertBiasUpdate => Rule::Exact,
         // An f64 sum of squares in another order, then sqrt and one rounding to f32.
         K::GlobalNorm => Rule::Ulps(1),
         // exp/silu as the elementwise kinds; reduce_sum sums in f64 where the reference sums
@@ -107,8 +110,7 @@ pub fn rule_for(kind: OpKind, result: usize, dtype: DType) -> Rule {
         | K::Pad
         | K::GroupedLinearWgrad
         | K::MoeCombineGrad
-        | K::MoeTopkGrad
-        | K::ExpertBiasUpdate => unreachable!("{kind} has no GPU kernel to compare"),
+        | K::MoeTopkGrad => unreachable!("{kind} has no GPU kernel to compare"),
     }
 }
 

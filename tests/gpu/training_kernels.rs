@@ -3,7 +3,9 @@
 //! attributes as f32, the clip multiplier from the global norm, results rounded to their
 //! dtypes), under the rules of [`super::tolerance`]: `adamw` (bit for bit), `global_norm`
 //! (one block and the grid-wide reduction), `cross_entropy` and its gradient (labels out of the
-//! vocabulary included), `scale`, `silu_grad`, `swiglu_grad` and `reduce_sum`, at ragged sizes.
+//! vocabulary included), `scale`, `silu_grad`, `swiglu_grad`, `reduce_sum` and
+//! `expert_bias_update` (bit for bit; out-of-range indices left out of the loads), at ragged
+//! sizes.
 //!
 //! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
 //! registers and the result of each are printed, for `--nocapture`).
@@ -15,6 +17,7 @@ use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::adamw::AdamW;
 use dsc_codegen::kernels::cross_entropy::CrossEntropy;
 use dsc_codegen::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
+use dsc_codegen::kernels::expert_bias_update::{self, ExpertBiasUpdate};
 use dsc_codegen::kernels::global_norm::{GlobalNorm, NormInput};
 use dsc_codegen::kernels::reduce_sum::ReduceSum;
 use dsc_codegen::ptxas;
@@ -443,6 +446,154 @@ fn reduce_sum_over_each_kind_of_axis() {
     }
 }
 
+// ---- expert_bias_update -----------------------------------------------------------------------
+
+/// Indices holding expert `i` exactly `loads[i]` times, in an order shuffled by `seed`.
+fn routing(loads: &[usize], seed: u64) -> Vec<i32> {
+    let mut indices: Vec<i32> = loads
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| std::iter::repeat_n(i as i32, n))
+        .collect();
+    let mut rng = SplitMix64(seed);
+    for i in (1..indices.len()).rev() {
+        indices.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    indices
+}
+
+/// `routed` indices drawn uniformly from `0..experts`.
+fn random_routing(experts: usize, routed: usize, seed: u64) -> Vec<i32> {
+    let mut rng = SplitMix64(seed);
+    (0..routed)
+        .map(|_| (rng.next_u64() % experts as u64) as i32)
+        .collect()
+}
+
+/// Runs the kernel on `bias` (of `dtype`) and `indices`; `want` is the f32 update before the
+/// rounding to `dtype`.
+fn check_bias_update(bias: &[f32], indices: &[i32], speed: f32, dtype: DType, want: Vec<f32>) {
+    let spec = ExpertBiasUpdate {
+        experts: bias.len() as u64,
+        routed: indices.len() as u64,
+        bias: dtype,
+        speed,
+    };
+    let want = [tensor(dtype, &[bias.len()], want)];
+    let inputs = [bytes(bias, dtype), i32_bytes(indices)];
+    check(
+        OpKind::ExpertBiasUpdate,
+        &GpuKernel::ExpertBiasUpdate(spec),
+        &inputs,
+        &want,
+    );
+}
+
+/// Against the CPU reference, every index in range.
+fn check_bias_update_reference(bias: &[f32], indices: &[i32], speed: f32, dtype: DType) {
+    let want = grad::expert_bias_update(bias, indices, speed).expect("reference update");
+    check_bias_update(bias, indices, speed, dtype, want);
+}
+
+#[test]
+fn expert_bias_update_matches_the_reference_bit_for_bit() {
+    let (f, b) = (DType::F32, DType::Bf16);
+    // Ragged expert counts (8, 37, 256 and two passes of the block at 1500) and routings from
+    // one entry to a few thousand, with and without a ragged tail of the 16-byte accesses.
+    for (i, &(experts, routed, dtype, speed)) in [
+        (8, 1, f, 1e-3),
+        (8, 0, b, 1e-3),
+        (8, 21, b, 0.25),
+        (37, 1000, f, 1e-3),
+        (37, 4099, b, 1e-3),
+        (256, 4096, f, 1e-3),
+        (256, 3333, b, 0.01),
+        (1500, 3002, f, 1e-3),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 10 * i as u64;
+        let bias = values(experts, seed, 0.05, dtype);
+        let indices = random_routing(experts, routed, seed + 1);
+        check_bias_update_reference(&bias, &indices, speed, dtype);
+    }
+}
+
+#[test]
+fn expert_bias_update_leaves_an_expert_at_the_mean_load() {
+    for (experts, mean, dtype) in [
+        (8, 5, DType::F32),
+        (37, 40, DType::Bf16),
+        (256, 3, DType::F32),
+    ] {
+        // Loads of mean + (−2, −1, 0, 1, 2, …): they sum to experts · mean when the deviations
+        // cancel, so a fifth of the experts sit exactly at the mean.
+        let mut loads: Vec<usize> = (0..experts)
+            .map(|i| mean + [0, 1, 2, 0, 0][i % 5] - [0, 0, 0, 1, 2][i % 5])
+            .collect();
+        let total: usize = loads.iter().sum();
+        // Give back or take away the remainder on the last expert, keeping T·k = E · mean.
+        let last = loads.len() - 1;
+        loads[last] = loads[last] + experts * mean - total;
+        assert_eq!(loads.iter().sum::<usize>(), experts * mean);
+        assert!(loads.contains(&mean));
+        let indices = routing(&loads, experts as u64);
+        let bias = values(experts, 7, 0.5, dtype);
+        check_bias_update_reference(&bias, &indices, 1e-3, dtype);
+        // Every expert at the mean: nothing moves.
+        let even = routing(&vec![mean; experts], 3);
+        let want = grad::expert_bias_update(&bias, &even, 1e-3).expect("reference update");
+        assert_eq!(want, bias);
+        check_bias_update(&bias, &even, 1e-3, dtype, want);
+    }
+    // γ = 0 moves nothing either.
+    let bias = values(37, 8, 0.5, DType::Bf16);
+    check_bias_update_reference(&bias, &random_routing(37, 500, 9), 0.0, DType::Bf16);
+}
+
+#[test]
+fn expert_bias_update_ignores_an_index_out_of_range() {
+    // The reference refuses these; the kernel counts them in no expert's load (but in T·k,
+    // the entries the mean is taken over).
+    for (experts, routed, dtype) in [
+        (37, 1000, DType::F32),
+        (8, 7, DType::Bf16),
+        (1500, 2003, DType::F32),
+    ] {
+        let mut indices = random_routing(experts, routed, experts as u64);
+        let bad = [
+            -1,
+            experts as i32,
+            i32::MAX,
+            i32::MIN,
+            expert_bias_update::THREADS as i32,
+        ];
+        for (k, &x) in bad.iter().enumerate() {
+            let at = (k * 131) % routed;
+            indices[at] = x;
+        }
+        let bias = values(experts, 5, 0.05, dtype);
+        let speed = 1e-3f32;
+        let mut load = vec![0usize; experts];
+        for &x in &indices {
+            if let Some(l) = usize::try_from(x).ok().and_then(|x| load.get_mut(x)) {
+                *l += 1;
+            }
+        }
+        let want = bias
+            .iter()
+            .zip(&load)
+            .map(|(&b, &l)| match (l * experts).cmp(&routed) {
+                std::cmp::Ordering::Less => b + speed,
+                std::cmp::Ordering::Greater => b - speed,
+                std::cmp::Ordering::Equal => b,
+            })
+            .collect();
+        check_bias_update(&bias, &indices, speed, dtype, want);
+    }
+}
+
 // ---- selection --------------------------------------------------------------------------------
 
 /// A training step's optimizer and loss kinds as the planner sees them: each selects its
@@ -459,6 +610,8 @@ input %schedule: f32[2]
 input %m: bf16[16, 8]
 input %v: bf16[16, 8]
 param @w: f32[16, 8]
+param @route.bias: bf16[37]
+input %route.idx: i32[6, 3]
 %loss: f32[1] = cross_entropy(%logits, %labels) role=head
 %dlogits: f32[2, 3, 50] = cross_entropy_grad(%logits, %labels, %loss.grad) role=head
 %dx: bf16[6, 16] = silu_grad(%x, %dy) role=ffn
@@ -468,6 +621,7 @@ param @w: f32[16, 8]
 %w.grad: f32[16, 8] = cast(@w) {dtype = f32} role=other
 %norm: f32[1] = global_norm(%w.grad, %dlogits, %bias.grad) role=other
 %w.next: f32[16, 8], %m.next: bf16[16, 8], %v.next: bf16[16, 8] = adamw(@w, %w.grad, %m, %v, %norm, %schedule) {beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, max_grad_norm = 1.0} role=other
+%route.bias.next: bf16[37] = expert_bias_update(@route.bias, %route.idx) {speed = 0.001} role=gating
 %dn: bf16[6, 16], %dw: f32[16] = rms_norm_grad(%x, %bias.grad, %dy) {eps = 1e-6} role=norm
 output %loss
 "#;
@@ -502,6 +656,7 @@ output %loss
             "cast",
             "global_norm",
             "adamw",
+            "expert_bias_update",
         ]
     );
 }

@@ -14,6 +14,7 @@ pub mod data_movement;
 pub mod elementwise;
 pub mod elementwise_grad;
 pub mod embedding;
+pub mod expert_bias_update;
 pub mod flash_attention;
 pub mod flash_attention_wgmma;
 pub mod fp8_gemm;
@@ -148,6 +149,8 @@ pub enum GpuKernel {
     AdamW(adamw::AdamW),
     /// `cross_entropy`, `cross_entropy_grad`.
     CrossEntropy(cross_entropy::CrossEntropy),
+    /// `expert_bias_update`: the routers' load-balancing bias step.
+    ExpertBiasUpdate(expert_bias_update::ExpertBiasUpdate),
 }
 
 macro_rules! each_kernel {
@@ -177,6 +180,7 @@ macro_rules! each_kernel {
             GpuKernel::GlobalNorm($k) => $body,
             GpuKernel::AdamW($k) => $body,
             GpuKernel::CrossEntropy($k) => $body,
+            GpuKernel::ExpertBiasUpdate($k) => $body,
         }
     };
 }

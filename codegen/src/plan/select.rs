@@ -15,6 +15,7 @@ use crate::kernels::data_movement::{Concat, Transpose};
 use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
 use crate::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
 use crate::kernels::embedding::Embedding;
+use crate::kernels::expert_bias_update::ExpertBiasUpdate;
 use crate::kernels::flash_attention::{AttentionForm, FlashAttention};
 use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
 use crate::kernels::global_norm::{GlobalNorm, NormInput};
@@ -583,6 +584,26 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 grad: op.kind == OpKind::CrossEntropyGrad,
             })
         }
+        OpKind::ExpertBiasUpdate => {
+            if ty(operand(1)).dtype != DType::I32 {
+                return Err(fail(format!(
+                    "indices must be i32 on the GPU, got {}",
+                    ty(operand(1)).dtype
+                )));
+            }
+            let kernel = ExpertBiasUpdate {
+                experts: numel(operand(0)),
+                routed: numel(operand(1)),
+                bias: float_operand(ty(operand(0)).dtype).map_err(&fail)?,
+                // The CPU backend takes the attribute as f32.
+                speed: op
+                    .attrs
+                    .float("speed")
+                    .ok_or_else(|| fail("missing `speed`".into()))? as f32,
+            };
+            kernel.supported().map_err(&fail)?;
+            GpuKernel::ExpertBiasUpdate(kernel)
+        }
         OpKind::RmsNormGrad
         | OpKind::SoftmaxGrad
         | OpKind::RopeGrad
@@ -590,8 +611,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         | OpKind::Pad
         | OpKind::GroupedLinearWgrad
         | OpKind::MoeCombineGrad
-        | OpKind::MoeTopkGrad
-        | OpKind::ExpertBiasUpdate => {
+        | OpKind::MoeTopkGrad => {
             return Err(fail(format!(
                 "no GPU kernel yet for the training op `{}`; training steps run on the CPU \
                  (`dsc train --device cpu`)",
