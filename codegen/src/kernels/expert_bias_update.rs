@@ -21,12 +21,11 @@
 
 use dsc_ir::DType;
 use melior::dialect::arith::CmpiPredicate;
-use melior::ir::attribute::IntegerAttribute;
-use melior::ir::operation::OperationBuilder;
 use melior::ir::r#type::{IntegerType, MemRefType};
-use melior::ir::{Attribute, BlockLike, Identifier, Type, Value};
+use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
 
+use super::moe_dispatch::atomic_add;
 use super::vector_access::global_load_v4;
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
@@ -204,23 +203,4 @@ impl<'c> PassRange<'c, '_> {
             atomic_add(&e, self.counts, at, one)
         })
     }
-}
-
-/// `memref[at] += value` (an `i32`), atomically (shared memory: `atom.shared.add`).
-fn atomic_add<'c>(
-    e: &Emit<'c, '_>,
-    memref: Value<'c, '_>,
-    at: Value<'c, '_>,
-    value: Value<'c, '_>,
-) -> Result<(), CodegenError> {
-    // `arith::AtomicRMWKind::addi`, an i64 enum attribute.
-    let kind = IntegerAttribute::new(e.int_type(64), 1);
-    e.push(
-        OperationBuilder::new("memref.atomic_rmw", e.location)
-            .add_operands(&[value, memref, at])
-            .add_attributes(&[(Identifier::new(e.context, "kind"), kind.into())])
-            .add_results(&[e.int_type(32)])
-            .build()?,
-    )?;
-    Ok(())
 }

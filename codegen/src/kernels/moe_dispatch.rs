@@ -23,6 +23,7 @@
 use dsc_ir::DType;
 use melior::dialect::arith::CmpiPredicate;
 use melior::dialect::memref;
+use melior::ir::attribute::IntegerAttribute;
 use melior::ir::operation::OperationBuilder;
 use melior::ir::r#type::{IntegerType, MemRefType};
 use melior::ir::{Attribute, BlockLike, Identifier, Type, Value};
@@ -419,18 +420,18 @@ fn write_tiles<'c>(
 }
 
 /// `memref[at] += value` (an `i32`), atomically (shared memory: `atom.shared.add`).
-fn atomic_add<'c>(
+pub(super) fn atomic_add<'c>(
     e: &Emit<'c, '_>,
     memref: Value<'c, '_>,
     at: Value<'c, '_>,
     value: Value<'c, '_>,
 ) -> Result<(), CodegenError> {
     // `arith::AtomicRMWKind::addi`, an i64 enum attribute.
-    let kind = Attribute::parse(e.context, "1 : i64").expect("atomic kind attribute parses");
+    let kind = IntegerAttribute::new(e.int_type(64), 1);
     e.push(
         OperationBuilder::new("memref.atomic_rmw", e.location)
             .add_operands(&[value, memref, at])
-            .add_attributes(&[(Identifier::new(e.context, "kind"), kind)])
+            .add_attributes(&[(Identifier::new(e.context, "kind"), kind.into())])
             .add_results(&[e.int_type(32)])
             .build()?,
     )?;
