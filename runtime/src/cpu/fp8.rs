@@ -132,16 +132,15 @@ pub(super) fn execute(
             } else {
                 (1, d[0])
             };
-            let (sr, sc) = (rows.div_ceil(br as usize), cols.div_ceil(bc as usize));
-            let out = q
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| {
-                    let (lead, row, col) = (i / (rows * cols), (i / cols) % rows, i % cols);
-                    let si = (lead * sr + row / br as usize) * sc + col / bc as usize;
-                    fp8::decode(fmt, c) * s[si]
-                })
-                .collect();
+            let matrices = q.len().checked_div(rows * cols).unwrap_or(0);
+            let block = [br, bc].map(|b| usize::try_from(b).unwrap_or(0));
+            let q = Fp8Operand {
+                codes: q,
+                scales: s,
+            };
+            let out =
+                dsc_kernels::quantized::dequantize_blocks(fmt, q, matrices, rows, cols, block)
+                    .map_err(err)?;
             float_result(out_ty(0), out).map(|t| vec![t])
         }
         OpKind::Fp8Partials => partials(g, op, ins, options).map(|t| vec![t]),
