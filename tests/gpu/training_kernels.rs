@@ -4,7 +4,8 @@
 //! dtypes), under the rules of [`super::tolerance`]: `adamw` (bit for bit), `global_norm`
 //! (one block and the grid-wide reduction), `cross_entropy` and its gradient (labels out of the
 //! vocabulary included), `scale`, `silu_grad`, `swiglu_grad`, `reduce_sum` and
-//! `expert_bias_update` (bit for bit; out-of-range indices left out of the loads), at ragged
+//! `expert_bias_update` (bit for bit; out-of-range indices left out of the loads) and
+//! `rms_norm_grad` (one block and grids summing the weight gradient's partials), at ragged
 //! sizes.
 //!
 //! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
@@ -20,6 +21,7 @@ use dsc_codegen::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
 use dsc_codegen::kernels::expert_bias_update::{self, ExpertBiasUpdate};
 use dsc_codegen::kernels::global_norm::{GlobalNorm, NormInput};
 use dsc_codegen::kernels::reduce_sum::ReduceSum;
+use dsc_codegen::kernels::rms_norm_grad::RmsNormGrad;
 use dsc_codegen::ptxas;
 use dsc_ir::{DType, OpKind};
 use dsc_kernels::numerics::bf16::{from_bf16_bits, to_bf16};
@@ -594,10 +596,59 @@ fn expert_bias_update_ignores_an_index_out_of_range() {
     }
 }
 
+// ---- rms_norm_grad ----------------------------------------------------------------------------
+
+/// `rms_norm_grad` of `rows × dim` (x, dy and dx of `dtype`, the weight of `weight`) against
+/// the reference as the CPU backend dispatches it: eps as the f64 attribute, dx rounded to its
+/// dtype, the f32 weight gradient.
+fn check_rms_norm_grad(rows: usize, dim: usize, dtype: DType, weight: DType, seed: u64) {
+    let eps = 1e-6f64;
+    let x = values(rows * dim, seed, 2.0, dtype);
+    let w = values(dim, seed + 1, 1.5, weight);
+    let dy = values(rows * dim, seed + 2, 1.0, dtype);
+    let (dx, dw) = grad::rms_norm_grad(&x, &w, &dy, rows, dim, eps).expect("reference grad");
+    let want = [
+        tensor(dtype, &[rows, dim], dx),
+        tensor(DType::F32, &[dim], dw),
+    ];
+    let spec = RmsNormGrad {
+        rows: rows as u64,
+        dim: dim as u64,
+        eps: eps as f32,
+        input: dtype,
+        weight,
+        grad: dtype,
+        output: dtype,
+        weight_grad: DType::F32,
+    };
+    let inputs = [bytes(&x, dtype), bytes(&w, weight), bytes(&dy, dtype)];
+    check(
+        OpKind::RmsNormGrad,
+        &GpuKernel::RmsNormGrad(spec),
+        &inputs,
+        &want,
+    );
+}
+
+#[test]
+fn rms_norm_grad_rows_and_the_weight_gradient_over_the_grid() {
+    let (f, b) = (DType::F32, DType::Bf16);
+    // One row (one block), a few rows a block, and grids of 7, 18 and 23 blocks summing their
+    // partials; widths below, at and past one pass of the block, ragged.
+    check_rms_norm_grad(1, 16, f, f, 1);
+    check_rms_norm_grad(3, 1000, b, b, 2);
+    check_rms_norm_grad(37, 257, f, b, 3);
+    check_rms_norm_grad(300, 64, b, f, 4);
+    check_rms_norm_grad(5, 4099, b, b, 5);
+    check_rms_norm_grad(513, 33, f, f, 6);
+    // No rows: dx is empty and the weight gradient zero.
+    check_rms_norm_grad(0, 33, f, f, 7);
+}
+
 // ---- selection --------------------------------------------------------------------------------
 
-/// A training step's optimizer and loss kinds as the planner sees them: each selects its
-/// kernel, with one argument per parameter; the kinds without a kernel are still refused.
+/// A training step's optimizer, loss and backward kinds as the planner sees them: each selects
+/// its kernel, with one argument per parameter; the kinds without a kernel are still refused.
 #[test]
 fn the_training_kinds_select_their_kernels() {
     let text = r#"graph "step"
@@ -612,6 +663,7 @@ input %v: bf16[16, 8]
 param @w: f32[16, 8]
 param @route.bias: bf16[37]
 input %route.idx: i32[6, 3]
+input %ids: i32[6]
 %loss: f32[1] = cross_entropy(%logits, %labels) role=head
 %dlogits: f32[2, 3, 50] = cross_entropy_grad(%logits, %labels, %loss.grad) role=head
 %dx: bf16[6, 16] = silu_grad(%x, %dy) role=ffn
@@ -623,6 +675,7 @@ input %route.idx: i32[6, 3]
 %w.next: f32[16, 8], %m.next: bf16[16, 8], %v.next: bf16[16, 8] = adamw(@w, %w.grad, %m, %v, %norm, %schedule) {beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, max_grad_norm = 1.0} role=other
 %route.bias.next: bf16[37] = expert_bias_update(@route.bias, %route.idx) {speed = 0.001} role=gating
 %dn: bf16[6, 16], %dw: f32[16] = rms_norm_grad(%x, %bias.grad, %dy) {eps = 1e-6} role=norm
+%demb: f32[50, 16] = embedding_grad(%ids, %dy) {vocab = 50} role=embedding
 output %loss
 "#;
     let g = dsc_ir::text::parse(text).unwrap_or_else(|e| panic!("{e}"));
@@ -639,7 +692,7 @@ output %loss
             }
             Ok(other) => panic!("{}: {other:?}", op.kind),
             Err(e) => {
-                assert_eq!(op.kind, OpKind::RmsNormGrad, "{e}");
+                assert_eq!(op.kind, OpKind::EmbeddingGrad, "{e}");
                 assert!(e.to_string().contains("no GPU kernel yet"), "{e}");
             }
         }
@@ -657,6 +710,7 @@ output %loss
             "global_norm",
             "adamw",
             "expert_bias_update",
+            "rms_norm_grad",
         ]
     );
 }

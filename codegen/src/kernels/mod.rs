@@ -32,6 +32,7 @@ pub mod moe_dispatch;
 pub mod norm;
 pub mod quantize;
 pub mod reduce_sum;
+pub mod rms_norm_grad;
 pub mod rope;
 pub mod softmax;
 pub mod vector_access;
@@ -151,6 +152,8 @@ pub enum GpuKernel {
     CrossEntropy(cross_entropy::CrossEntropy),
     /// `expert_bias_update`: the routers' load-balancing bias step.
     ExpertBiasUpdate(expert_bias_update::ExpertBiasUpdate),
+    /// `rms_norm_grad`: `dx` and the weight's gradient summed over rows.
+    RmsNormGrad(rms_norm_grad::RmsNormGrad),
 }
 
 macro_rules! each_kernel {
@@ -181,6 +184,7 @@ macro_rules! each_kernel {
             GpuKernel::AdamW($k) => $body,
             GpuKernel::CrossEntropy($k) => $body,
             GpuKernel::ExpertBiasUpdate($k) => $body,
+            GpuKernel::RmsNormGrad($k) => $body,
         }
     };
 }

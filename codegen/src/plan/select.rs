@@ -25,6 +25,7 @@ use crate::kernels::moe::{MoeCombine, MoeTopk, Scoring};
 use crate::kernels::norm::RmsNorm;
 use crate::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
 use crate::kernels::reduce_sum::ReduceSum;
+use crate::kernels::rms_norm_grad::RmsNormGrad;
 use crate::kernels::rope::Rope;
 use crate::kernels::softmax::Softmax;
 
@@ -604,8 +605,38 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             kernel.supported().map_err(&fail)?;
             GpuKernel::ExpertBiasUpdate(kernel)
         }
-        OpKind::RmsNormGrad
-        | OpKind::SoftmaxGrad
+        OpKind::RmsNormGrad => {
+            let eps = op
+                .attrs
+                .float("eps")
+                .ok_or_else(|| fail("missing `eps`".into()))?;
+            // As the reference: a non-positive eps divides by zero on a zero row.
+            if eps.is_nan() || eps <= 0.0 {
+                return Err(fail(format!("eps must be positive, got {eps}")));
+            }
+            let dtype = |v: ValueId| float_operand(ty(v).dtype).map_err(&fail);
+            let width = last(operand(0));
+            if numel(operand(2)) != numel(operand(0))
+                || numel(operand(1)) != width
+                || numel(result(1)) != width
+            {
+                return Err(fail(
+                    "x and dy must share a shape, the weight and its gradient be [D]".into(),
+                ));
+            }
+            GpuKernel::RmsNormGrad(RmsNormGrad {
+                rows: rows_of(operand(0)),
+                dim: width,
+                // The CPU backend adds eps as an f32, as torch does.
+                eps: eps as f32,
+                input: dtype(operand(0))?,
+                weight: dtype(operand(1))?,
+                grad: dtype(operand(2))?,
+                output: dtype(result(0))?,
+                weight_grad: dtype(result(1))?,
+            })
+        }
+        OpKind::SoftmaxGrad
         | OpKind::RopeGrad
         | OpKind::EmbeddingGrad
         | OpKind::Pad
