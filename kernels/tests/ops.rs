@@ -1084,6 +1084,31 @@ fn transpose_by_hand_and_round_trip() {
 }
 
 #[test]
+fn matrix_transposes_match_the_element_by_element_definition() {
+    // Swapping the last two axes takes the tiled path: ragged against its 32-wide tiles, with
+    // and without leading axes, one row or one column.
+    for dims in [
+        vec![37, 45],
+        vec![3, 33, 70],
+        vec![2, 2, 65, 31],
+        vec![1, 200],
+        vec![200, 1],
+    ] {
+        let n: usize = dims.iter().product();
+        let x: Vec<u32> = (0..n as u32).collect();
+        let r = dims.len();
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        let y = transpose(&x, &dims, &perm).unwrap();
+        let (rows, cols) = (dims[r - 2], dims[r - 1]);
+        for (i, &v) in y.iter().enumerate() {
+            let (m, c, row) = (i / (rows * cols), i / rows % cols, i % rows);
+            assert_eq!(v, x[m * rows * cols + row * cols + c], "{dims:?} at {i}");
+        }
+    }
+}
+
+#[test]
 fn slice_and_concat_round_trip() {
     let dims = [2, 5, 3];
     let x: Vec<f32> = (0..30).map(|v| v as f32).collect();

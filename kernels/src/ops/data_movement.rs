@@ -2,6 +2,7 @@
 //! indices, FP8 codes).
 
 use super::error::{OpError, check_shape, numel};
+use rayon::prelude::*;
 
 /// Reshape: the same elements in the same order; checks that `from` and `to` have equal
 /// element counts and that `x` holds them.
@@ -26,7 +27,11 @@ fn strides(dims: &[usize]) -> Vec<usize> {
 
 /// Transpose: `out` has axes `perm` of `x` (`out.dims[i] = dims[perm[i]]`), i.e.
 /// `out[i_0, …] = x[j]` with `j[perm[a]] = i_a` — `torch.permute`.
-pub fn transpose<T: Copy>(x: &[T], dims: &[usize], perm: &[usize]) -> Result<Vec<T>, OpError> {
+pub fn transpose<T: Copy + Send + Sync>(
+    x: &[T],
+    dims: &[usize],
+    perm: &[usize],
+) -> Result<Vec<T>, OpError> {
     check_shape("x", x.len(), dims)?;
     let r = dims.len();
     let mut seen = vec![false; r];
@@ -39,10 +44,19 @@ pub fn transpose<T: Copy>(x: &[T], dims: &[usize], perm: &[usize]) -> Result<Vec
             "perm {perm:?} is not a permutation of the axes of {dims:?}"
         )));
     }
-    let mut out = Vec::with_capacity(x.len());
     if x.is_empty() {
-        return Ok(out);
+        return Ok(Vec::new());
     }
+    // Swapping the last two axes (a matrix transpose per leading index, the common case):
+    // in tiles that stay in cache, matrices and tile rows in parallel.
+    let batch_kept = perm[..r.saturating_sub(2)]
+        .iter()
+        .enumerate()
+        .all(|(i, &p)| i == p);
+    if r >= 2 && batch_kept && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 {
+        return Ok(transpose_matrices(x, dims[r - 2], dims[r - 1]));
+    }
+    let mut out = Vec::with_capacity(x.len());
     let in_strides = strides(dims);
     let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
     // The input stride each output axis steps by.
@@ -63,6 +77,37 @@ pub fn transpose<T: Copy>(x: &[T], dims: &[usize], perm: &[usize]) -> Result<Vec
         }
     }
     Ok(out)
+}
+
+/// Each `[rows, cols]` matrix of `x` (matrices back to back) transposed to `[cols, rows]`.
+fn transpose_matrices<T: Copy + Send + Sync>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 32;
+    let size = rows * cols;
+    let mut out = x.to_vec();
+    if size == 0 {
+        return out;
+    }
+    // One task per matrix and band of TILE output rows (input columns).
+    out.par_chunks_mut(size)
+        .zip(x.par_chunks(size))
+        .for_each(|(out_m, x_m)| {
+            out_m
+                .par_chunks_mut(TILE * rows)
+                .enumerate()
+                .for_each(|(band, out_band)| {
+                    let c0 = band * TILE;
+                    let width = out_band.len() / rows;
+                    for r0 in (0..rows).step_by(TILE) {
+                        for r in r0..(r0 + TILE).min(rows) {
+                            let src = &x_m[r * cols + c0..][..width];
+                            for (dc, &v) in src.iter().enumerate() {
+                                out_band[dc * rows + r] = v;
+                            }
+                        }
+                    }
+                });
+        });
+    out
 }
 
 /// Slice: elements `start..end` along `axis` of `x` (shape `dims`), every other axis whole.
