@@ -22,7 +22,8 @@
 //!   another order); silu_grad, swiglu_grad and reduce_sum as the elementwise ops (`exp`; an
 //!   f64 sum against an f32 pairwise one);
 //!   cross_entropy and its gradient relative Frobenius ≤ 1e-5 (softmax statistics, `ln`);
-//!   rms_norm_grad as rms_norm (its f32 weight gradient an f64 sum against an f32 pairwise one).
+//!   rms_norm_grad as rms_norm (its f32 weight gradient an f64 sum against an f32 pairwise one),
+//!   softmax_grad as softmax.
 //!
 //! NaN must appear where the reference has NaN, and only there; an infinity (the causal mask of
 //! attention scores is −∞) must be the reference's infinity, and infinities are left out of the
@@ -108,9 +109,12 @@ pub fn rule_for(kind: OpKind, result: usize, dtype: DType) -> Rule {
         // pairwise in f32, rounded once to f32.
         K::RmsNormGrad if f32_out => Rule::RelativeFrobenius(1e-5),
         K::RmsNormGrad => Rule::Ulps(2),
+        // softmax_grad as softmax: an f32 dot product summed in another order, then one
+        // rounding of y·(dy − dot).
+        K::SoftmaxGrad if f32_out => Rule::RelativeFrobenius(1e-5),
+        K::SoftmaxGrad => Rule::Ulps(2),
         // No GPU kernels yet (codegen refuses them); a rule is needed once they have one.
-        K::SoftmaxGrad
-        | K::RopeGrad
+        K::RopeGrad
         | K::EmbeddingGrad
         | K::Pad
         | K::GroupedLinearWgrad

@@ -4,9 +4,9 @@
 //! dtypes), under the rules of [`super::tolerance`]: `adamw` (bit for bit), `global_norm`
 //! (one block and the grid-wide reduction), `cross_entropy` and its gradient (labels out of the
 //! vocabulary included), `scale`, `silu_grad`, `swiglu_grad`, `reduce_sum` and
-//! `expert_bias_update` (bit for bit; out-of-range indices left out of the loads) and
-//! `rms_norm_grad` (one block and grids summing the weight gradient's partials), at ragged
-//! sizes.
+//! `expert_bias_update` (bit for bit; out-of-range indices left out of the loads),
+//! `rms_norm_grad` (one block and grids summing the weight gradient's partials) and
+//! `softmax_grad` (along the last, a middle and the first axis), at ragged sizes.
 //!
 //! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
 //! registers and the result of each are printed, for `--nocapture`).
@@ -22,6 +22,7 @@ use dsc_codegen::kernels::expert_bias_update::{self, ExpertBiasUpdate};
 use dsc_codegen::kernels::global_norm::{GlobalNorm, NormInput};
 use dsc_codegen::kernels::reduce_sum::ReduceSum;
 use dsc_codegen::kernels::rms_norm_grad::RmsNormGrad;
+use dsc_codegen::kernels::softmax_grad::SoftmaxGrad;
 use dsc_codegen::ptxas;
 use dsc_ir::{DType, OpKind};
 use dsc_kernels::numerics::bf16::{from_bf16_bits, to_bf16};
@@ -645,6 +646,61 @@ fn rms_norm_grad_rows_and_the_weight_gradient_over_the_grid() {
     check_rms_norm_grad(0, 33, f, f, 7);
 }
 
+// ---- softmax_grad -----------------------------------------------------------------------------
+
+/// `softmax_grad` of `dims` along `axis`: `y` rows of positive values summing to about 1 along
+/// the axis (then rounded to `dtype`), as a softmax output would.
+fn check_softmax_grad(dims: &[usize], axis: usize, dtype: DType, seed: u64) {
+    let n: usize = dims.iter().product();
+    let (len, inner) = (dims[axis], dims[axis + 1..].iter().product::<usize>());
+    let mut y: Vec<f32> = values(n, seed, 1.0, DType::F32)
+        .iter()
+        .map(|v| v.abs() + 0.01)
+        .collect();
+    for block in y.chunks_mut((len * inner).max(1)) {
+        for j in 0..inner {
+            let sum: f32 = (0..len).map(|a| block[a * inner + j]).sum();
+            for a in 0..len {
+                block[a * inner + j] /= sum;
+            }
+        }
+    }
+    if dtype == DType::Bf16 {
+        FloatFormat::Bf16.round_slice(&mut y);
+    }
+    let dy = values(n, seed + 1, 1.0, dtype);
+    let dx = grad::softmax_grad(&y, &dy, dims, axis).expect("reference grad");
+    let want = [tensor(dtype, dims, dx)];
+    let spec = SoftmaxGrad {
+        outer: dims[..axis].iter().product::<usize>() as u64,
+        len: len as u64,
+        inner: inner as u64,
+        probs: dtype,
+        grad: dtype,
+        output: dtype,
+    };
+    check(
+        OpKind::SoftmaxGrad,
+        &GpuKernel::SoftmaxGrad(spec),
+        &[bytes(&y, dtype), bytes(&dy, dtype)],
+        &want,
+    );
+}
+
+#[test]
+fn softmax_grad_along_each_kind_of_axis() {
+    let (f, b) = (DType::F32, DType::Bf16);
+    // The last axis (attention probabilities): one element, ragged, more than a block pass.
+    check_softmax_grad(&[1, 10], 1, f, 1);
+    check_softmax_grad(&[37, 517], 1, f, 2);
+    check_softmax_grad(&[5, 4099], 1, b, 3);
+    check_softmax_grad(&[2, 3, 300], 2, b, 4);
+    check_softmax_grad(&[4, 1], 1, f, 5);
+    // A middle and a first axis: rows strided by the dims after them.
+    check_softmax_grad(&[4, 33, 7], 1, b, 6);
+    check_softmax_grad(&[300, 5], 0, f, 7);
+}
+
 // ---- selection --------------------------------------------------------------------------------
 
 /// A training step's optimizer, loss and backward kinds as the planner sees them: each selects
@@ -676,6 +732,7 @@ input %ids: i32[6]
 %route.bias.next: bf16[37] = expert_bias_update(@route.bias, %route.idx) {speed = 0.001} role=gating
 %dn: bf16[6, 16], %dw: f32[16] = rms_norm_grad(%x, %bias.grad, %dy) {eps = 1e-6} role=norm
 %demb: f32[50, 16] = embedding_grad(%ids, %dy) {vocab = 50} role=embedding
+%dp: bf16[6, 16] = softmax_grad(%x, %dy) {axis = -1} role=attention
 output %loss
 "#;
     let g = dsc_ir::text::parse(text).unwrap_or_else(|e| panic!("{e}"));
@@ -711,6 +768,7 @@ output %loss
             "adamw",
             "expert_bias_update",
             "rms_norm_grad",
+            "softmax_grad",
         ]
     );
 }

@@ -35,6 +35,7 @@ pub mod reduce_sum;
 pub mod rms_norm_grad;
 pub mod rope;
 pub mod softmax;
+pub mod softmax_grad;
 pub mod vector_access;
 pub mod wide_access;
 
@@ -154,6 +155,8 @@ pub enum GpuKernel {
     ExpertBiasUpdate(expert_bias_update::ExpertBiasUpdate),
     /// `rms_norm_grad`: `dx` and the weight's gradient summed over rows.
     RmsNormGrad(rms_norm_grad::RmsNormGrad),
+    /// `softmax_grad` along one axis.
+    SoftmaxGrad(softmax_grad::SoftmaxGrad),
 }
 
 macro_rules! each_kernel {
@@ -185,6 +188,7 @@ macro_rules! each_kernel {
             GpuKernel::CrossEntropy($k) => $body,
             GpuKernel::ExpertBiasUpdate($k) => $body,
             GpuKernel::RmsNormGrad($k) => $body,
+            GpuKernel::SoftmaxGrad($k) => $body,
         }
     };
 }

@@ -28,6 +28,7 @@ use crate::kernels::reduce_sum::ReduceSum;
 use crate::kernels::rms_norm_grad::RmsNormGrad;
 use crate::kernels::rope::Rope;
 use crate::kernels::softmax::Softmax;
+use crate::kernels::softmax_grad::SoftmaxGrad;
 
 /// What an op becomes on the GPU.
 #[derive(Debug, Clone, PartialEq)]
@@ -636,8 +637,26 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 weight_grad: dtype(result(1))?,
             })
         }
-        OpKind::SoftmaxGrad
-        | OpKind::RopeGrad
+        OpKind::SoftmaxGrad => {
+            let y = dims(operand(0));
+            let axis = op
+                .attrs
+                .int("axis")
+                .and_then(|a| ty(operand(0)).shape.axis(a))
+                .ok_or_else(|| fail("bad `axis`".into()))?;
+            if numel(operand(1)) != numel(operand(0)) || numel(result(0)) != numel(operand(0)) {
+                return Err(fail("y, dy and dx must share a shape".into()));
+            }
+            GpuKernel::SoftmaxGrad(SoftmaxGrad {
+                outer: y[..axis].iter().product(),
+                len: y[axis],
+                inner: y[axis + 1..].iter().product(),
+                probs: float_operand(ty(operand(0)).dtype).map_err(&fail)?,
+                grad: float_operand(ty(operand(1)).dtype).map_err(&fail)?,
+                output: float_operand(ty(result(0)).dtype).map_err(&fail)?,
+            })
+        }
+        OpKind::RopeGrad
         | OpKind::EmbeddingGrad
         | OpKind::Pad
         | OpKind::GroupedLinearWgrad
