@@ -5,8 +5,9 @@
 //! (one block and the grid-wide reduction), `cross_entropy` and its gradient (labels out of the
 //! vocabulary included), `scale`, `silu_grad`, `swiglu_grad`, `reduce_sum` and
 //! `expert_bias_update` (bit for bit; out-of-range indices left out of the loads),
-//! `rms_norm_grad` (one block and grids summing the weight gradient's partials) and
-//! `softmax_grad` (along the last, a middle and the first axis), at ragged sizes.
+//! `rms_norm_grad` (one block and grids summing the weight gradient's partials),
+//! `softmax_grad` (along the last, a middle and the first axis) and `pad` (bit for bit, floats,
+//! integers and FP8 codes), at ragged sizes.
 //!
 //! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
 //! registers and the result of each are printed, for `--nocapture`).
@@ -20,6 +21,7 @@ use dsc_codegen::kernels::cross_entropy::CrossEntropy;
 use dsc_codegen::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
 use dsc_codegen::kernels::expert_bias_update::{self, ExpertBiasUpdate};
 use dsc_codegen::kernels::global_norm::{GlobalNorm, NormInput};
+use dsc_codegen::kernels::pad::Pad;
 use dsc_codegen::kernels::reduce_sum::ReduceSum;
 use dsc_codegen::kernels::rms_norm_grad::RmsNormGrad;
 use dsc_codegen::kernels::softmax_grad::SoftmaxGrad;
@@ -701,6 +703,78 @@ fn softmax_grad_along_each_kind_of_axis() {
     check_softmax_grad(&[300, 5], 0, f, 7);
 }
 
+// ---- pad --------------------------------------------------------------------------------------
+
+/// The `pad` kernel of `dims` along `axis` for `dtype`.
+fn pad_kernel(dims: &[usize], axis: usize, before: usize, after: usize, dtype: DType) -> GpuKernel {
+    GpuKernel::Pad(Pad {
+        dtype,
+        outer: dims[..axis].iter().product::<usize>() as u64,
+        len: dims[axis] as u64,
+        before: before as u64,
+        after: after as u64,
+        inner: dims[axis + 1..].iter().product::<usize>() as u64,
+    })
+}
+
+#[test]
+fn pad_matches_the_reference_bit_for_bit() {
+    let (f, b) = (DType::F32, DType::Bf16);
+    for (i, (dims, axis, before, after, dtype)) in [
+        (vec![37, 129], 0, 3, 0, f),
+        (vec![4, 33, 7], 1, 0, 5, b),
+        (vec![5, 300], 1, 17, 1000, f),
+        (vec![2, 3, 1], 2, 2, 3, b),
+        (vec![1], 0, 0, 0, f),
+        (vec![3, 0, 2], 1, 1, 1, f),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n: usize = dims.iter().product();
+        // A −0.0 among the values (Rule::Exact counts ±0 equal; the integer and FP8 test
+        // below compares bytes).
+        let mut x = values(n, i as u64, 4.0, dtype);
+        if let Some(first) = x.first_mut() {
+            *first = -0.0;
+        }
+        let mut out_dims = dims.clone();
+        out_dims[axis] += before + after;
+        let want = grad::pad(&x, &dims, axis, before, after, 0.0).expect("reference pad");
+        let want = [tensor(dtype, &out_dims, want)];
+        let kernel = pad_kernel(&dims, axis, before, after, dtype);
+        check(OpKind::Pad, &kernel, &[bytes(&x, dtype)], &want);
+    }
+}
+
+#[test]
+fn pad_copies_integers_and_fp8_codes() {
+    let (dims, axis, before, after) = ([3usize, 41, 5], 1, 4, 9);
+    let n: usize = dims.iter().product();
+    let ints: Vec<i32> = (0..n as i32).map(|v| v * 7919 - 100_000).collect();
+    let codes: Vec<u8> = (0..n).map(|v| (v * 37 % 256) as u8).collect();
+    let want_ints = grad::pad(&ints, &dims, axis, before, after, 0).expect("reference pad");
+    let want_codes = grad::pad(&codes, &dims, axis, before, after, 0u8).expect("reference pad");
+    for (dtype, input, want) in [
+        (DType::I32, i32_bytes(&ints), i32_bytes(&want_ints)),
+        (DType::F8E4M3, codes.clone(), want_codes.clone()),
+        (DType::F8E5M2, codes, want_codes),
+    ] {
+        let kernel = pad_kernel(&dims, axis, before, after, dtype);
+        for target in Target::ALL {
+            let ptx = lowered(&kernel, target);
+            let out = run_ptx(
+                &kernel,
+                target,
+                &ptx,
+                std::slice::from_ref(&input),
+                &[want.len()],
+            );
+            assert!(out[0] == want, "{target}: {}", kernel.canonical());
+        }
+    }
+}
+
 // ---- selection --------------------------------------------------------------------------------
 
 /// A training step's optimizer, loss and backward kinds as the planner sees them: each selects
@@ -733,6 +807,7 @@ input %ids: i32[6]
 %dn: bf16[6, 16], %dw: f32[16] = rms_norm_grad(%x, %bias.grad, %dy) {eps = 1e-6} role=norm
 %demb: f32[50, 16] = embedding_grad(%ids, %dy) {vocab = 50} role=embedding
 %dp: bf16[6, 16] = softmax_grad(%x, %dy) {axis = -1} role=attention
+%padded: bf16[6, 21] = pad(%dy) {axis = 1, before = 2, after = 3} role=other
 output %loss
 "#;
     let g = dsc_ir::text::parse(text).unwrap_or_else(|e| panic!("{e}"));
@@ -769,6 +844,7 @@ output %loss
             "expert_bias_update",
             "rms_norm_grad",
             "softmax_grad",
+            "pad",
         ]
     );
 }

@@ -30,6 +30,7 @@ pub mod mma;
 pub mod moe;
 pub mod moe_dispatch;
 pub mod norm;
+pub mod pad;
 pub mod quantize;
 pub mod reduce_sum;
 pub mod rms_norm_grad;
@@ -157,6 +158,8 @@ pub enum GpuKernel {
     RmsNormGrad(rms_norm_grad::RmsNormGrad),
     /// `softmax_grad` along one axis.
     SoftmaxGrad(softmax_grad::SoftmaxGrad),
+    /// `pad`: zeros around the operand along one axis.
+    Pad(pad::Pad),
 }
 
 macro_rules! each_kernel {
@@ -189,6 +192,7 @@ macro_rules! each_kernel {
             GpuKernel::ExpertBiasUpdate($k) => $body,
             GpuKernel::RmsNormGrad($k) => $body,
             GpuKernel::SoftmaxGrad($k) => $body,
+            GpuKernel::Pad($k) => $body,
         }
     };
 }

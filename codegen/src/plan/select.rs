@@ -23,6 +23,7 @@ use crate::kernels::linear::Linear;
 use crate::kernels::matmul::Matmul;
 use crate::kernels::moe::{MoeCombine, MoeTopk, Scoring};
 use crate::kernels::norm::RmsNorm;
+use crate::kernels::pad::Pad;
 use crate::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
 use crate::kernels::reduce_sum::ReduceSum;
 use crate::kernels::rms_norm_grad::RmsNormGrad;
@@ -656,9 +657,35 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 output: float_operand(ty(result(0)).dtype).map_err(&fail)?,
             })
         }
+        OpKind::Pad => {
+            let x = dims(operand(0));
+            let axis = op
+                .attrs
+                .int("axis")
+                .and_then(|a| ty(operand(0)).shape.axis(a))
+                .ok_or_else(|| fail("bad `axis`".into()))?;
+            let (before, after) = (int_attr("before")?, int_attr("after")?);
+            let len_out = x[axis]
+                .checked_add(before)
+                .and_then(|l| l.checked_add(after));
+            if len_out != dims(result(0)).get(axis).copied()
+                || ty(result(0)).dtype != ty(operand(0)).dtype
+            {
+                return Err(fail(
+                    "the result must be the operand padded along `axis`".into(),
+                ));
+            }
+            GpuKernel::Pad(Pad {
+                dtype: ty(operand(0)).dtype,
+                outer: x[..axis].iter().product(),
+                len: x[axis],
+                before,
+                after,
+                inner: x[axis + 1..].iter().product(),
+            })
+        }
         OpKind::RopeGrad
         | OpKind::EmbeddingGrad
-        | OpKind::Pad
         | OpKind::GroupedLinearWgrad
         | OpKind::MoeCombineGrad
         | OpKind::MoeTopkGrad => {
