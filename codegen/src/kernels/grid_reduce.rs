@@ -166,7 +166,7 @@ impl GridScratch {
 
 /// `fence.acq_rel.gpu`: this thread's global writes before it are visible to the device before
 /// its later ones (the CUDA `__threadfence()`).
-fn fence(e: &Emit<'_, '_>) -> Result<(), CodegenError> {
+pub(crate) fn fence(e: &Emit<'_, '_>) -> Result<(), CodegenError> {
     e.push_void(e.inline_asm_op("fence.acq_rel.gpu;", "", &[], &[])?);
     Ok(())
 }

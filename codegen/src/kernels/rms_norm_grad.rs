@@ -18,7 +18,7 @@ use melior::ir::r#type::{IntegerType, MemRefType};
 use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
 
-use super::grid_reduce::{GridScratch, SLOTS_AT, f64_const};
+use super::grid_reduce::{GridScratch, SLOTS_AT, f64_const, fence};
 use super::norm::block_reduce;
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
@@ -273,13 +273,6 @@ impl RmsNormGrad {
         e.barrier();
         Ok(())
     }
-}
-
-/// `fence.acq_rel.gpu` (the CUDA `__threadfence()`): the partials a thread stored are visible
-/// to the device before the block counts itself in, and read after it is counted last.
-fn fence(e: &Emit<'_, '_>) -> Result<(), CodegenError> {
-    e.push_void(e.inline_asm_op("fence.acq_rel.gpu;", "", &[], &[])?);
-    Ok(())
 }
 
 /// The address (an `i64`) of block `block`'s partial of column `column` (both `index`) in the
