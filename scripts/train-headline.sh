@@ -55,6 +55,7 @@ run bf16-seed2 "$model" 2 --recipe bf16
 run fp8-wgrad-high "$(train_variant wgrad-high 'wgrad_source = "high"')" 1 --recipe fp8
 run fp8-wgrad-high-seed2 "$(train_variant wgrad-high 'wgrad_source = "high"')" 2 --recipe fp8
 run fp8-pow2-scales "$(precision_variant pow2-scales 'scale_format = "ue8m0"')" 1 --recipe fp8
+run fp8-pow2-scales-seed2 "$(precision_variant pow2-scales 'scale_format = "ue8m0"')" 2 --recipe fp8
 run fp8-act-grad-128x128 "$(train_variant act-grad-128x128 'act_grad_scaling = "128x128"')" 1 --recipe fp8
 run fp8-no-bias-update "$(train_variant no-bias-update 'bias_update_speed = 0')" 1 --recipe fp8
 run bf16-no-bias-update "$(train_variant no-bias-update 'bias_update_speed = 0')" 1 --recipe bf16
@@ -88,7 +89,8 @@ runs = [  # label, run, its BF16 reference
     ("FP8 recipe (seed 2)", "fp8-seed2", "bf16-seed2"),
     ("FP8, Wgrad operands from BF16 (seed 1)", "fp8-wgrad-high", "bf16"),
     ("FP8, Wgrad operands from BF16 (seed 2)", "fp8-wgrad-high-seed2", "bf16-seed2"),
-    ("FP8, power-of-2 scales", "fp8-pow2-scales", "bf16"),
+    ("FP8, power-of-2 scales (seed 1)", "fp8-pow2-scales", "bf16"),
+    ("FP8, power-of-2 scales (seed 2)", "fp8-pow2-scales-seed2", "bf16-seed2"),
     ("FP8, dY of Dgrad in 128×128 blocks", "fp8-act-grad-128x128", "bf16"),
     ("FP8, no expert-bias update", "fp8-no-bias-update", "bf16-no-bias-update"),
     ("all-BF16, no expert-bias update", "bf16-no-bias-update", "bf16"),
