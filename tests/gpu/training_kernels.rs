@@ -6,8 +6,9 @@
 //! vocabulary included), `scale`, `silu_grad`, `swiglu_grad`, `reduce_sum` and
 //! `expert_bias_update` (bit for bit; out-of-range indices left out of the loads),
 //! `rms_norm_grad` (one block and grids summing the weight gradient's partials),
-//! `softmax_grad` (along the last, a middle and the first axis) and `pad` (bit for bit, floats,
-//! integers and FP8 codes), at ragged sizes.
+//! `softmax_grad` (along the last, a middle and the first axis), `pad` (bit for bit, floats,
+//! integers and FP8 codes) and `rope_grad` (both pairings, plain and YaRN-scaled angles), at
+//! ragged sizes.
 //!
 //! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
 //! registers and the result of each are printed, for `--nocapture`).
@@ -24,12 +25,15 @@ use dsc_codegen::kernels::global_norm::{GlobalNorm, NormInput};
 use dsc_codegen::kernels::pad::Pad;
 use dsc_codegen::kernels::reduce_sum::ReduceSum;
 use dsc_codegen::kernels::rms_norm_grad::RmsNormGrad;
+use dsc_codegen::kernels::rope_grad::RopeGrad;
 use dsc_codegen::kernels::softmax_grad::SoftmaxGrad;
 use dsc_codegen::ptxas;
+use dsc_ir::rope_scaling::RopeScaling;
 use dsc_ir::{DType, OpKind};
 use dsc_kernels::numerics::bf16::{from_bf16_bits, to_bf16};
 use dsc_kernels::ops::FloatFormat;
 use dsc_kernels::ops::grad;
+use dsc_kernels::ops::rope::{RopeParams, RopeStyle};
 use dsc_kernels::rng::SplitMix64;
 use dsc_runtime::HostTensor;
 
@@ -775,6 +779,62 @@ fn pad_copies_integers_and_fp8_codes() {
     }
 }
 
+// ---- rope_grad --------------------------------------------------------------------------------
+
+/// `rope_grad` of `dy[dims]` against the reference as the CPU backend dispatches it (f32 with
+/// unrounded tables, `dx` rounded to `dtype` once).
+fn check_rope_grad(dims: [usize; 4], params: &RopeParams, dtype: DType, seed: u64) {
+    let dy = values(dims.iter().product(), seed, 2.0, dtype);
+    let dx = grad::rope_grad(&dy, dims, params).expect("reference grad");
+    let want = [tensor(dtype, &dims, dx)];
+    let spec = RopeGrad {
+        batch: dims[0] as u64,
+        seq: dims[1] as u64,
+        heads: dims[2] as u64,
+        dim: dims[3] as u64,
+        style: params.style,
+        inv_freq: params.inv_freq(dims[3]),
+        scaling: params.attention_scaling(),
+        dtype,
+    };
+    check(
+        OpKind::RopeGrad,
+        &GpuKernel::RopeGrad(spec),
+        &[bytes(&dy, dtype)],
+        &want,
+    );
+}
+
+#[test]
+fn rope_grad_rotates_back_for_each_pairing_and_scaling() {
+    let (f, b) = (DType::F32, DType::Bf16);
+    let plain = |style| RopeParams {
+        style,
+        theta: 10_000.0,
+        scaling: None,
+    };
+    // DeepSeek's YaRN: interpolated frequencies and an attention factor ≠ 1 on cos and sin.
+    let yarn = RopeParams {
+        style: RopeStyle::Interleaved,
+        theta: 10_000.0,
+        scaling: Some(RopeScaling::Yarn {
+            factor: 40.0,
+            original_max_position: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: 1.0,
+            mscale_all_dim: 0.707,
+        }),
+    };
+    check_rope_grad([1, 1, 1, 2], &plain(RopeStyle::Half), f, 1);
+    check_rope_grad([2, 37, 3, 64], &plain(RopeStyle::Half), b, 2);
+    check_rope_grad([3, 19, 5, 10], &plain(RopeStyle::Interleaved), f, 3);
+    check_rope_grad([1, 300, 2, 64], &yarn, b, 4);
+    check_rope_grad([2, 33, 1, 6], &yarn, f, 5);
+    // No positions: nothing to rotate.
+    check_rope_grad([2, 0, 3, 8], &plain(RopeStyle::Half), f, 6);
+}
+
 // ---- selection --------------------------------------------------------------------------------
 
 /// A training step's optimizer, loss and backward kinds as the planner sees them: each selects
@@ -794,6 +854,7 @@ param @w: f32[16, 8]
 param @route.bias: bf16[37]
 input %route.idx: i32[6, 3]
 input %ids: i32[6]
+input %q: bf16[1, 6, 2, 8]
 %loss: f32[1] = cross_entropy(%logits, %labels) role=head
 %dlogits: f32[2, 3, 50] = cross_entropy_grad(%logits, %labels, %loss.grad) role=head
 %dx: bf16[6, 16] = silu_grad(%x, %dy) role=ffn
@@ -808,6 +869,7 @@ input %ids: i32[6]
 %demb: f32[50, 16] = embedding_grad(%ids, %dy) {vocab = 50} role=embedding
 %dp: bf16[6, 16] = softmax_grad(%x, %dy) {axis = -1} role=attention
 %padded: bf16[6, 21] = pad(%dy) {axis = 1, before = 2, after = 3} role=other
+%dq: bf16[1, 6, 2, 8] = rope_grad(%q) {style = "half", theta = 10000.0} role=attention
 output %loss
 "#;
     let g = dsc_ir::text::parse(text).unwrap_or_else(|e| panic!("{e}"));
@@ -845,6 +907,7 @@ output %loss
             "rms_norm_grad",
             "softmax_grad",
             "pad",
+            "rope_grad",
         ]
     );
 }

@@ -35,6 +35,7 @@ pub mod quantize;
 pub mod reduce_sum;
 pub mod rms_norm_grad;
 pub mod rope;
+pub mod rope_grad;
 pub mod softmax;
 pub mod softmax_grad;
 pub mod vector_access;
@@ -160,6 +161,8 @@ pub enum GpuKernel {
     SoftmaxGrad(softmax_grad::SoftmaxGrad),
     /// `pad`: zeros around the operand along one axis.
     Pad(pad::Pad),
+    /// `rope_grad`: the inverse rotation of `rope`.
+    RopeGrad(rope_grad::RopeGrad),
 }
 
 macro_rules! each_kernel {
@@ -193,6 +196,7 @@ macro_rules! each_kernel {
             GpuKernel::RmsNormGrad($k) => $body,
             GpuKernel::SoftmaxGrad($k) => $body,
             GpuKernel::Pad($k) => $body,
+            GpuKernel::RopeGrad($k) => $body,
         }
     };
 }

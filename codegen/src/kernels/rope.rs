@@ -40,7 +40,10 @@ pub struct Rope {
     pub dtype: DType,
 }
 
-fn style_name<S: serde::Serializer>(style: &RopeStyle, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn style_name<S: serde::Serializer>(
+    style: &RopeStyle,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(style.name())
 }
 
@@ -72,21 +75,8 @@ impl Rope {
         Launch::per_element(self.threads())
     }
 
-    /// `inv_freq[j]` for a dynamic `j`: a chain of selects over the baked constants.
-    fn inv_freq_at<'c, 'a>(&self, e: &Emit<'c, 'a>, j: Value<'c, 'a>) -> Emitted<'c, 'a> {
-        let mut value = e.f32(self.inv_freq[0])?;
-        for (i, &f) in self.inv_freq.iter().enumerate().skip(1) {
-            let at = e.index(i as i64)?;
-            let hit = e.cmpi(CmpiPredicate::Eq, j, at)?;
-            let f = e.f32(f)?;
-            value = e.select(hit, f, value)?;
-        }
-        Ok(value)
-    }
-
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        let half = self.dim / 2;
         add_per_element_kernel(
             module,
             entry,
@@ -95,28 +85,23 @@ impl Rope {
             |e, args, i| {
                 let x = args[0];
                 let out = args[1];
-                let half_v = e.index(half as i64)?;
-                let j = e.remui(i, half_v)?;
-                let token = e.divui(i, half_v)?;
-                let seq = e.index(self.seq as i64)?;
-                let position = e.remui(token, seq)?;
-                let position = e.index_cast(position, e.int_type(32))?;
-                let position = e.sitofp(position, e.f32_type())?;
-                let frequency = self.inv_freq_at(&e, j)?;
-                let angle = e.mulf(position, frequency)?;
-                let (cos, sin) = e.sincos(angle)?;
-                let scaling = e.f32(self.scaling)?;
-                let cos = e.mulf(cos, scaling)?;
+                let Rotation {
+                    token,
+                    cos,
+                    sin,
+                    a,
+                    b,
+                } = rotation(
+                    &e,
+                    i,
+                    self.seq,
+                    self.dim,
+                    self.style,
+                    &self.inv_freq,
+                    self.scaling,
+                )?;
                 let cos = e.round_through(cos, self.dtype)?;
-                let sin = e.mulf(sin, scaling)?;
                 let sin = e.round_through(sin, self.dtype)?;
-                let (a, b) = match self.style {
-                    RopeStyle::Interleaved => {
-                        let a = e.muli(j, e.index(2)?)?;
-                        (a, e.addi(a, e.index(1)?)?)
-                    }
-                    RopeStyle::Half => (j, e.addi(j, half_v)?),
-                };
                 let heads = e.index(self.heads as i64)?;
                 let first_row = e.muli(token, heads)?;
                 let dim = e.index(self.dim as i64)?;
@@ -145,4 +130,71 @@ impl Rope {
             },
         )
     }
+}
+
+/// What the thread of one (token, pair index) of `[batch, seq, heads, dim]` rotates by.
+pub(super) struct Rotation<'c, 'a> {
+    /// The (batch, position) row.
+    pub token: Value<'c, 'a>,
+    /// `cos(angle) · scaling`, f32, unrounded.
+    pub cos: Value<'c, 'a>,
+    /// `sin(angle) · scaling`, f32, unrounded.
+    pub sin: Value<'c, 'a>,
+    /// The pair's first element within a head.
+    pub a: Value<'c, 'a>,
+    /// Its second element.
+    pub b: Value<'c, 'a>,
+}
+
+/// The rotation of thread `i` (one per (token, pair index)), shared by `rope` and `rope_grad`
+/// so that both take the same angles: `position · inv_freq[j]` in f32, cos/sin from
+/// [`Emit::sincos`], times `scaling`.
+pub(super) fn rotation<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    i: Value<'c, '_>,
+    seq: u64,
+    dim: u64,
+    style: RopeStyle,
+    inv_freq: &[f32],
+    scaling: f32,
+) -> Result<Rotation<'c, 'a>, CodegenError> {
+    let half_v = e.index((dim / 2) as i64)?;
+    let j = e.remui(i, half_v)?;
+    let token = e.divui(i, half_v)?;
+    let seq = e.index(seq as i64)?;
+    let position = e.remui(token, seq)?;
+    let position = e.index_cast(position, e.int_type(32))?;
+    let position = e.sitofp(position, e.f32_type())?;
+    let frequency = inv_freq_at(e, inv_freq, j)?;
+    let angle = e.mulf(position, frequency)?;
+    let (cos, sin) = e.sincos(angle)?;
+    let scaling = e.f32(scaling)?;
+    let cos = e.mulf(cos, scaling)?;
+    let sin = e.mulf(sin, scaling)?;
+    let (a, b) = match style {
+        RopeStyle::Interleaved => {
+            let a = e.muli(j, e.index(2)?)?;
+            (a, e.addi(a, e.index(1)?)?)
+        }
+        RopeStyle::Half => (j, e.addi(j, half_v)?),
+    };
+    Ok(Rotation {
+        token,
+        cos,
+        sin,
+        a,
+        b,
+    })
+}
+
+/// `inv_freq[j]` for a dynamic `j`: a chain of selects over the baked constants.
+fn inv_freq_at<'c, 'a>(e: &Emit<'c, 'a>, inv_freq: &[f32], j: Value<'c, 'a>) -> Emitted<'c, 'a> {
+    let mut value = e.f32(inv_freq.first().copied().unwrap_or(0.0))?;
+    for (i, &f) in inv_freq.iter().enumerate().skip(1) {
+        let at = e.index(i as i64)?;
+        let hit = e.cmpi(CmpiPredicate::Eq, j, at)?;
+        let f = e.f32(f)?;
+        value = e.select(hit, f, value)?;
+    }
+    Ok(value)
 }

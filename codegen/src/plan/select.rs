@@ -28,6 +28,7 @@ use crate::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
 use crate::kernels::reduce_sum::ReduceSum;
 use crate::kernels::rms_norm_grad::RmsNormGrad;
 use crate::kernels::rope::Rope;
+use crate::kernels::rope_grad::RopeGrad;
 use crate::kernels::softmax::Softmax;
 use crate::kernels::softmax_grad::SoftmaxGrad;
 
@@ -684,8 +685,33 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 inner: x[axis + 1..].iter().product(),
             })
         }
-        OpKind::RopeGrad
-        | OpKind::EmbeddingGrad
+        OpKind::RopeGrad => {
+            let dy = four(&dims(operand(0)))
+                .ok_or_else(|| fail("rope_grad needs a rank-4 input".into()))?;
+            let params = RopeParams::from_attrs(&op.attrs).map_err(|e| fail(e.to_string()))?;
+            // As the reference: an odd head dim has no pairs to rotate back.
+            if dy[3] % 2 != 0 {
+                return Err(fail(format!(
+                    "rope_grad needs an even head_dim, got {}",
+                    dy[3]
+                )));
+            }
+            let dtype = float_operand(ty(operand(0)).dtype).map_err(&fail)?;
+            if ty(result(0)).dtype != dtype || numel(result(0)) != numel(operand(0)) {
+                return Err(fail("rope_grad must keep its operand's type".into()));
+            }
+            GpuKernel::RopeGrad(RopeGrad {
+                batch: dy[0],
+                seq: dy[1],
+                heads: dy[2],
+                dim: dy[3],
+                style: params.style,
+                inv_freq: params.inv_freq(dy[3] as usize),
+                scaling: params.attention_scaling(),
+                dtype,
+            })
+        }
+        OpKind::EmbeddingGrad
         | OpKind::GroupedLinearWgrad
         | OpKind::MoeCombineGrad
         | OpKind::MoeTopkGrad => {
