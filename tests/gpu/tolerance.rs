@@ -23,7 +23,8 @@
 //!   f64 sum against an f32 pairwise one);
 //!   cross_entropy and its gradient relative Frobenius ≤ 1e-5 (softmax statistics, `ln`);
 //!   rms_norm_grad as rms_norm (its f32 weight gradient an f64 sum against an f32 pairwise one),
-//!   softmax_grad as softmax; pad bit exact (a copy and zeros); rope_grad as rope.
+//!   softmax_grad as softmax; pad bit exact (a copy and zeros); rope_grad as rope;
+//!   embedding_grad bit exact (f32 sums in the reference's token order).
 //!
 //! NaN must appear where the reference has NaN, and only there; an infinity (the causal mask of
 //! attention scores is −∞) must be the reference's infinity, and infinities are left out of the
@@ -119,8 +120,11 @@ pub fn rule_for(kind: OpKind, result: usize, dtype: DType) -> Rule {
         // bits, which can flip the one rounding of a bf16 dx.
         K::RopeGrad if f32_out => Rule::RelativeFrobenius(1e-5),
         K::RopeGrad => Rule::Ulps(1),
+        // embedding_grad sums each element in f32 from +0 in token order, the reference's own
+        // order, with no products: bit exact.
+        K::EmbeddingGrad => Rule::Exact,
         // No GPU kernels yet (codegen refuses them); a rule is needed once they have one.
-        K::EmbeddingGrad | K::GroupedLinearWgrad | K::MoeCombineGrad | K::MoeTopkGrad => {
+        K::GroupedLinearWgrad | K::MoeCombineGrad | K::MoeTopkGrad => {
             unreachable!("{kind} has no GPU kernel to compare")
         }
     }

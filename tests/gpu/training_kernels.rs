@@ -7,8 +7,8 @@
 //! `expert_bias_update` (bit for bit; out-of-range indices left out of the loads),
 //! `rms_norm_grad` (one block and grids summing the weight gradient's partials),
 //! `softmax_grad` (along the last, a middle and the first axis), `pad` (bit for bit, floats,
-//! integers and FP8 codes) and `rope_grad` (both pairings, plain and YaRN-scaled angles), at
-//! ragged sizes.
+//! integers and FP8 codes), `rope_grad` (both pairings, plain and YaRN-scaled angles) and
+//! `embedding_grad` (bit for bit; ids out of the vocabulary skipped), at ragged sizes.
 //!
 //! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
 //! registers and the result of each are printed, for `--nocapture`).
@@ -20,6 +20,7 @@ use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::adamw::AdamW;
 use dsc_codegen::kernels::cross_entropy::CrossEntropy;
 use dsc_codegen::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
+use dsc_codegen::kernels::embedding_grad::{self, EmbeddingGrad};
 use dsc_codegen::kernels::expert_bias_update::{self, ExpertBiasUpdate};
 use dsc_codegen::kernels::global_norm::{GlobalNorm, NormInput};
 use dsc_codegen::kernels::pad::Pad;
@@ -835,6 +836,84 @@ fn rope_grad_rotates_back_for_each_pairing_and_scaling() {
     check_rope_grad([2, 0, 3, 8], &plain(RopeStyle::Half), f, 6);
 }
 
+// ---- embedding_grad ---------------------------------------------------------------------------
+
+/// Runs `embedding_grad` on `ids` and `dy` (`ids.len()` rows of `dim`, of `dtype`) against
+/// `want`, the f32 `[vocab, dim]` gradient.
+fn check_embedding_grad(
+    ids: &[i32],
+    dy: &[f32],
+    vocab: usize,
+    dim: usize,
+    dtype: DType,
+    want: Vec<f32>,
+) {
+    let spec = EmbeddingGrad {
+        tokens: ids.len() as u64,
+        vocab: vocab as u64,
+        dim: dim as u64,
+        grad: dtype,
+    };
+    check(
+        OpKind::EmbeddingGrad,
+        &GpuKernel::EmbeddingGrad(spec),
+        &[i32_bytes(ids), bytes(dy, dtype)],
+        &[tensor(DType::F32, &[vocab, dim], want)],
+    );
+}
+
+#[test]
+fn embedding_grad_matches_the_reference_bit_for_bit() {
+    let (f, b) = (DType::F32, DType::Bf16);
+    // One id; ids repeated many times per row (7 rows) across three column chunks, the last
+    // ragged; a sparse vocabulary; a width below a warp; no tokens (a zero table).
+    for (i, &(tokens, vocab, dim, dtype)) in [
+        (1, 1, 1, f),
+        (300, 7, 2 * embedding_grad::THREADS as usize + 1, b),
+        (37, 50, 16, f),
+        (6, 1000, 3, b),
+        (129, 64, 100, f),
+        (0, 5, 33, f),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 10 * i as u64;
+        let ids = random_routing(vocab, tokens, seed);
+        let dy = values(tokens * dim, seed + 1, 2.0, dtype);
+        let want = grad::embedding_grad(&ids, &dy, vocab, dim).expect("reference grad");
+        check_embedding_grad(&ids, &dy, vocab, dim, dtype, want);
+    }
+}
+
+#[test]
+fn embedding_grad_skips_an_id_out_of_the_vocabulary() {
+    // The reference refuses these; the kernel adds their rows to no row of the table (and
+    // reads nothing through them): the reference over the other tokens, in their order.
+    let (vocab, dim, tokens) = (37, 130, 400);
+    let mut ids = random_routing(vocab, tokens, 3);
+    for (k, &x) in [-1, vocab as i32, i32::MAX, i32::MIN, 1 << 20]
+        .iter()
+        .enumerate()
+    {
+        ids[(k * 97) % tokens] = x;
+    }
+    let dy = values(tokens * dim, 4, 1.0, DType::Bf16);
+    let (kept_ids, kept_dy): (Vec<i32>, Vec<f32>) = ids
+        .iter()
+        .zip(dy.chunks(dim))
+        .filter(|(id, _)| (0..vocab as i32).contains(id))
+        .map(|(&id, row)| (id, row.to_vec()))
+        .fold((Vec::new(), Vec::new()), |(mut is, mut rows), (id, row)| {
+            is.push(id);
+            rows.extend(row);
+            (is, rows)
+        });
+    assert_eq!(kept_ids.len(), tokens - 5);
+    let want = grad::embedding_grad(&kept_ids, &kept_dy, vocab, dim).expect("reference grad");
+    check_embedding_grad(&ids, &dy, vocab, dim, DType::Bf16, want);
+}
+
 // ---- selection --------------------------------------------------------------------------------
 
 /// A training step's optimizer, loss and backward kinds as the planner sees them: each selects
@@ -855,6 +934,8 @@ param @route.bias: bf16[37]
 input %route.idx: i32[6, 3]
 input %ids: i32[6]
 input %q: bf16[1, 6, 2, 8]
+input %router: f32[6, 37]
+input %route.dw: f32[6, 3]
 %loss: f32[1] = cross_entropy(%logits, %labels) role=head
 %dlogits: f32[2, 3, 50] = cross_entropy_grad(%logits, %labels, %loss.grad) role=head
 %dx: bf16[6, 16] = silu_grad(%x, %dy) role=ffn
@@ -870,6 +951,7 @@ input %q: bf16[1, 6, 2, 8]
 %dp: bf16[6, 16] = softmax_grad(%x, %dy) {axis = -1} role=attention
 %padded: bf16[6, 21] = pad(%dy) {axis = 1, before = 2, after = 3} role=other
 %dq: bf16[1, 6, 2, 8] = rope_grad(%q) {style = "half", theta = 10000.0} role=attention
+%drouter: f32[6, 37] = moe_topk_grad(%router, %route.idx, %route.dw) {score_func = "sigmoid"} role=gating
 output %loss
 "#;
     let g = dsc_ir::text::parse(text).unwrap_or_else(|e| panic!("{e}"));
@@ -886,7 +968,7 @@ output %loss
             }
             Ok(other) => panic!("{}: {other:?}", op.kind),
             Err(e) => {
-                assert_eq!(op.kind, OpKind::EmbeddingGrad, "{e}");
+                assert_eq!(op.kind, OpKind::MoeTopkGrad, "{e}");
                 assert!(e.to_string().contains("no GPU kernel yet"), "{e}");
             }
         }
@@ -905,6 +987,7 @@ output %loss
             "adamw",
             "expert_bias_update",
             "rms_norm_grad",
+            "embedding_grad",
             "softmax_grad",
             "pad",
             "rope_grad",

@@ -14,6 +14,7 @@ pub mod data_movement;
 pub mod elementwise;
 pub mod elementwise_grad;
 pub mod embedding;
+pub mod embedding_grad;
 pub mod expert_bias_update;
 pub mod flash_attention;
 pub mod flash_attention_wgmma;
@@ -163,6 +164,8 @@ pub enum GpuKernel {
     Pad(pad::Pad),
     /// `rope_grad`: the inverse rotation of `rope`.
     RopeGrad(rope_grad::RopeGrad),
+    /// `embedding_grad`: the table's gradient, rows summed per id in token order.
+    EmbeddingGrad(embedding_grad::EmbeddingGrad),
 }
 
 macro_rules! each_kernel {
@@ -197,6 +200,7 @@ macro_rules! each_kernel {
             GpuKernel::SoftmaxGrad($k) => $body,
             GpuKernel::Pad($k) => $body,
             GpuKernel::RopeGrad($k) => $body,
+            GpuKernel::EmbeddingGrad($k) => $body,
         }
     };
 }

@@ -15,6 +15,7 @@ use crate::kernels::data_movement::{Concat, Transpose};
 use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
 use crate::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
 use crate::kernels::embedding::Embedding;
+use crate::kernels::embedding_grad::EmbeddingGrad;
 use crate::kernels::expert_bias_update::ExpertBiasUpdate;
 use crate::kernels::flash_attention::{AttentionForm, FlashAttention};
 use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
@@ -711,10 +712,32 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 dtype,
             })
         }
-        OpKind::EmbeddingGrad
-        | OpKind::GroupedLinearWgrad
-        | OpKind::MoeCombineGrad
-        | OpKind::MoeTopkGrad => {
+        OpKind::EmbeddingGrad => {
+            if ty(operand(0)).dtype != DType::I32 {
+                return Err(fail(format!(
+                    "ids must be i32 on the GPU, got {}",
+                    ty(operand(0)).dtype
+                )));
+            }
+            let (tokens, width) = (numel(operand(0)), last(operand(1)));
+            let out = dims(result(0));
+            if ty(result(0)).dtype != DType::F32
+                || out.len() != 2
+                || out[1] != width
+                || Some(numel(operand(1))) != tokens.checked_mul(width)
+            {
+                return Err(fail(
+                    "dy must be one row per id and the result f32 [vocab, D]".into(),
+                ));
+            }
+            GpuKernel::EmbeddingGrad(EmbeddingGrad {
+                tokens,
+                vocab: out[0],
+                dim: width,
+                grad: float_operand(ty(operand(1)).dtype).map_err(&fail)?,
+            })
+        }
+        OpKind::GroupedLinearWgrad | OpKind::MoeCombineGrad | OpKind::MoeTopkGrad => {
             return Err(fail(format!(
                 "no GPU kernel yet for the training op `{}`; training steps run on the CPU \
                  (`dsc train --device cpu`)",
