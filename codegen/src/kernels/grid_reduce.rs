@@ -202,7 +202,24 @@ pub(crate) fn arrive<'c, 'a>(
     e.if_then(first, |e| {
         let at = slot_address(&e, scratch, slot)?;
         e.push_void(e.inline_asm_op("st.global.f64 [$0], $1;", "l,d", &[at, value], &[])?);
-        fence(&e)?;
+        fence(&e)
+    })?;
+    count_in(e, scratch, blocks, tid, flag)
+}
+
+/// Thread 0 counts the block in on the counter at `scratch` (after the block's writes are
+/// fenced); returns, in every thread, whether this block was the last of `blocks` (an `i1`,
+/// the same in the whole block). `flag` is a shared `i32`.
+pub(crate) fn count_in<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    scratch: Value<'c, '_>,
+    blocks: u64,
+    tid: Value<'c, '_>,
+    flag: Value<'c, '_>,
+) -> Emitted<'c, 'a> {
+    let zero = e.index(0)?;
+    let first = e.cmpi(CmpiPredicate::Eq, tid, zero)?;
+    e.if_then(first, |e| {
         let old = e.inline_asm(
             "atom.global.add.u32 $0, [$1], 1;",
             "=r,l",
@@ -222,6 +239,37 @@ pub(crate) fn arrive<'c, 'a>(
     e.cmpi(CmpiPredicate::Ne, is_last, no)
 }
 
+/// An f64 of the scratch at `address` (an `i64`), read past the caches (`ld.relaxed.gpu`): a
+/// slot another block wrote.
+pub(crate) fn load_slot<'c, 'a>(e: &Emit<'c, 'a>, address: Value<'c, '_>) -> Emitted<'c, 'a> {
+    e.inline_asm(
+        "ld.relaxed.gpu.global.f64 $0, [$1];",
+        "=d,l",
+        &[address],
+        Type::float64(e.context),
+    )
+}
+
+/// Thread 0 sets the counter at `scratch` back to zero, for the next launch.
+pub(crate) fn reset_counter(
+    e: &Emit<'_, '_>,
+    scratch: Value<'_, '_>,
+    tid: Value<'_, '_>,
+) -> Result<(), CodegenError> {
+    let zero_index = e.index(0)?;
+    let first = e.cmpi(CmpiPredicate::Eq, tid, zero_index)?;
+    e.if_then(first, |e| {
+        let zero = e.int(32, 0)?;
+        e.push_void(e.inline_asm_op(
+            "st.relaxed.gpu.global.u32 [$0], $1;",
+            "l,r",
+            &[scratch, zero],
+            &[],
+        )?);
+        Ok(())
+    })
+}
+
 /// In the block that arrived last: the sum of the scratch's first `count` slots, in every
 /// thread (thread `t` adds slots `t, t + THREADS, …` in order, then [`block_sum_f64`]); thread 0
 /// resets the counter for the next launch.
@@ -239,28 +287,12 @@ pub(crate) fn sum_slots<'c, 'a>(
     let step = e.index(i64::from(THREADS))?;
     e.for_range(tid, end, step, |e, i| {
         let at = slot_address(&e, scratch, i)?;
-        let v = e.inline_asm(
-            "ld.relaxed.gpu.global.f64 $0, [$1];",
-            "=d,l",
-            &[at],
-            Type::float64(e.context),
-        )?;
+        let v = load_slot(&e, at)?;
         e.accumulate(acc, v)
     })?;
     let own = e.get(acc)?;
     let total = block_sum_f64(e, own, tid, shared)?;
-    let zero_index = e.index(0)?;
-    let first = e.cmpi(CmpiPredicate::Eq, tid, zero_index)?;
-    e.if_then(first, |e| {
-        let zero = e.int(32, 0)?;
-        e.push_void(e.inline_asm_op(
-            "st.relaxed.gpu.global.u32 [$0], $1;",
-            "l,r",
-            &[scratch, zero],
-            &[],
-        )?);
-        Ok(())
-    })?;
+    reset_counter(e, scratch, tid)?;
     Ok(total)
 }
 

@@ -13,12 +13,13 @@
 //! half an ulp of the exact one where the reference's f32 pairwise tree is within a few.
 
 use dsc_ir::DType;
-use melior::dialect::arith::CmpiPredicate;
 use melior::ir::r#type::{IntegerType, MemRefType};
 use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
 
-use super::grid_reduce::{GridScratch, SLOTS_AT, f64_const, fence};
+use super::grid_reduce::{
+    GridScratch, SLOTS_AT, count_in, f64_const, fence, load_slot, reset_counter,
+};
 use super::norm::block_reduce;
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
@@ -129,26 +130,7 @@ impl RmsNormGrad {
             // Every thread's partials are visible device-wide before its block counts in.
             fence(&e)?;
             e.barrier();
-            let zero = e.index(0)?;
-            let first_thread = e.cmpi(CmpiPredicate::Eq, tid, zero)?;
-            e.if_then(first_thread, |e| {
-                let old = e.inline_asm(
-                    "atom.global.add.u32 $0, [$1], 1;",
-                    "=r,l",
-                    &[at],
-                    e.int_type(32),
-                )?;
-                let last = e.int(32, blocks as i64 - 1)?;
-                let is_last = e.cmpi(CmpiPredicate::Eq, old, last)?;
-                let is_last = e.extui(is_last, e.int_type(32))?;
-                let zero = e.index(0)?;
-                e.store(is_last, flag, zero);
-                Ok(())
-            })?;
-            e.barrier();
-            let is_last = e.load(flag, zero)?;
-            let no = e.int(32, 0)?;
-            let last = e.cmpi(CmpiPredicate::Ne, is_last, no)?;
+            let last = count_in(&e, at, blocks, tid, flag)?;
             e.if_then(last, |e| {
                 fence(&e)?;
                 e.for_range(tid, dim, step, |e, j| {
@@ -156,12 +138,7 @@ impl RmsNormGrad {
                     let acc = e.cell(zero)?;
                     e.for_const(0, blocks as i64, 1, |e, b| {
                         let slot = partial_address(&e, at, b, self.dim, j)?;
-                        let v = e.inline_asm(
-                            "ld.relaxed.gpu.global.f64 $0, [$1];",
-                            "=d,l",
-                            &[slot],
-                            Type::float64(e.context),
-                        )?;
+                        let v = load_slot(&e, slot)?;
                         e.accumulate(acc, v)
                     })?;
                     let total = e.get(acc)?;
@@ -170,19 +147,7 @@ impl RmsNormGrad {
                     e.store(total, dw, j);
                     Ok(())
                 })?;
-                // The counter is zero again for the next launch.
-                let zero = e.index(0)?;
-                let first_thread = e.cmpi(CmpiPredicate::Eq, tid, zero)?;
-                e.if_then(first_thread, |e| {
-                    let zero = e.int(32, 0)?;
-                    e.push_void(e.inline_asm_op(
-                        "st.relaxed.gpu.global.u32 [$0], $1;",
-                        "l,r",
-                        &[at, zero],
-                        &[],
-                    )?);
-                    Ok(())
-                })
+                reset_counter(&e, at, tid)
             })
         })
     }
