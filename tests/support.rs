@@ -76,3 +76,18 @@ pub fn small_examples() -> Vec<(&'static str, PathBuf)> {
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
+
+/// A deterministic text of a dozen words (3000 of them, written as `corpus.txt` in `tmp`) for
+/// `dsc train --data`: learnable, the loss can fall far below ln 256; returns its path.
+pub fn word_corpus(tmp: &TempDir) -> String {
+    let words = [
+        "the", "cat", "sat", "on", "mat", "dog", "ran", "far", "a", "big", "red", "fox",
+    ];
+    let mut rng = dsc_kernels::rng::SplitMix64(5);
+    let text: Vec<&str> = (0..3000)
+        .map(|_| words[(rng.next_u64() % words.len() as u64) as usize])
+        .collect();
+    let path = tmp.join("corpus.txt");
+    std::fs::write(&path, text.join(" ")).unwrap();
+    path.to_string_lossy().into_owned()
+}

@@ -2,23 +2,9 @@
 //! written by checkpoint name, bad data or options are clear errors, and checkpoints (`--save`,
 //! `--resume`) continue a run bit for bit.
 
-use crate::support::{TempDir, dsc, streams};
+use crate::support::{TempDir, dsc, streams, word_corpus};
 
 const MODEL: &str = "tests/train/tiny-llama.toml";
-
-/// A deterministic text of a dozen words: learnable (the loss can fall far below ln 256).
-fn corpus(tmp: &TempDir) -> String {
-    let words = [
-        "the", "cat", "sat", "on", "mat", "dog", "ran", "far", "a", "big", "red", "fox",
-    ];
-    let mut rng = dsc_kernels::rng::SplitMix64(5);
-    let text: Vec<&str> = (0..3000)
-        .map(|_| words[(rng.next_u64() % words.len() as u64) as usize])
-        .collect();
-    let path = tmp.join("corpus.txt");
-    std::fs::write(&path, text.join(" ")).unwrap();
-    path.to_string_lossy().into_owned()
-}
 
 /// The losses of a `--log` CSV.
 fn losses(csv: &str) -> Vec<f64> {
@@ -61,7 +47,7 @@ fn train(tmp: &TempDir, data: &str, recipe: &str) -> Vec<f64> {
 #[test]
 fn the_loss_falls_and_fp8_tracks_bf16() {
     let tmp = TempDir::new("train-curves");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let bf16 = train(&tmp, &data, "bf16");
     let fp8 = train(&tmp, &data, "fp8");
     assert_eq!((bf16.len(), fp8.len()), (24, 24));
@@ -80,7 +66,7 @@ fn the_loss_falls_and_fp8_tracks_bf16() {
 #[test]
 fn save_grads_writes_every_parameter_by_checkpoint_name() {
     let tmp = TempDir::new("train-grads");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let grads = tmp.join("grads.safetensors");
     let out = dsc(&[
         "train",
@@ -129,7 +115,7 @@ fn bad_data_and_options_are_clear_errors() {
         .flat_map(|i| i.to_le_bytes())
         .collect();
     std::fs::write(&beyond, ids).unwrap();
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let (short, beyond) = (short.to_string_lossy(), beyond.to_string_lossy());
     let missing = tmp.join("missing.txt").to_string_lossy().into_owned();
     let cases: [(Vec<&str>, &str); 4] = [
@@ -225,7 +211,7 @@ fn variant(tmp: &TempDir, file: &str, from: &str, to: &str) -> String {
 #[test]
 fn resume_continues_a_run_bit_for_bit() {
     let tmp = TempDir::new("train-resume");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let (full, half) = (tmp.join("full"), tmp.join("half"));
     let (full_log, first_log, second_log) =
         (tmp.join("full.csv"), tmp.join("a.csv"), tmp.join("b.csv"));
@@ -298,7 +284,7 @@ fn resume_continues_a_run_bit_for_bit() {
 #[test]
 fn save_every_and_the_hugging_face_layout() {
     let tmp = TempDir::new("train-save-every");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let dir = tmp.join("ckpt");
     let stdout = train_ok(
         MODEL,
@@ -364,7 +350,7 @@ fn save_every_and_the_hugging_face_layout() {
 #[test]
 fn export_fp8_writes_e4m3_weights_with_their_scales() {
     let tmp = TempDir::new("train-export-fp8");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let dir = tmp.join("ckpt");
     train_ok(
         MODEL,
@@ -436,7 +422,7 @@ fn export_fp8_writes_e4m3_weights_with_their_scales() {
 #[test]
 fn a_bad_resume_is_a_clear_error_and_changes_nothing() {
     let tmp = TempDir::new("train-bad-resume");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let dir = tmp.join("ckpt");
     let ckpt = s(&dir);
     train_ok(MODEL, &data, &["--steps", "1", "--save", &ckpt]);
@@ -508,7 +494,7 @@ fn a_bad_resume_is_a_clear_error_and_changes_nothing() {
 #[test]
 fn save_refuses_a_directory_that_is_not_a_checkpoint() {
     let tmp = TempDir::new("train-save-refused");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let notes = tmp.join("notes");
     std::fs::create_dir(&notes).unwrap();
     std::fs::write(notes.join("todo.txt"), "keep me").unwrap();
@@ -537,7 +523,7 @@ fn save_refuses_a_directory_that_is_not_a_checkpoint() {
 #[test]
 fn a_diverging_run_saves_its_last_good_state() {
     let tmp = TempDir::new("train-diverge");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let model = variant(&tmp, "hot.toml", "lr = 3e-3", "lr = 1e30");
     let dir = tmp.join("ckpt");
     let stderr = train_err(&model, &data, &["--steps", "4", "--save", &s(&dir)]);
@@ -562,7 +548,7 @@ fn a_diverging_run_saves_its_last_good_state() {
 #[test]
 fn profile_prints_the_time_per_op_kind_and_the_gemms_share() {
     let tmp = TempDir::new("train-profile");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let out = dsc(&[
         "train",
         MODEL,

@@ -4,7 +4,7 @@
 //! bias (`e_score_correction_bias`) gets a gradient and AdamW, and the bias moves by the
 //! auxiliary-loss-free balancing step of its layer's routing instead.
 
-use crate::support::{TempDir, dsc, path, streams};
+use crate::support::{TempDir, dsc, path, streams, word_corpus};
 use dsc_ir::{Graph, OpKind, ValueId, load_train_config};
 use dsc_kernels::rng::SplitMix64;
 use dsc_runtime::cpu::CpuOptions;
@@ -13,20 +13,6 @@ use dsc_runtime::{HostData, random_weights};
 
 const MODEL: &str = "tests/train/tiny-moe.toml";
 const STEPS: usize = 24;
-
-/// A deterministic text of a dozen words (as tests/train.rs): learnable far below ln 256.
-fn corpus(tmp: &TempDir) -> String {
-    let words = [
-        "the", "cat", "sat", "on", "mat", "dog", "ran", "far", "a", "big", "red", "fox",
-    ];
-    let mut rng = SplitMix64(5);
-    let text: Vec<&str> = (0..3000)
-        .map(|_| words[(rng.next_u64() % words.len() as u64) as usize])
-        .collect();
-    let path = tmp.join("corpus.txt");
-    std::fs::write(&path, text.join(" ")).unwrap();
-    path.to_string_lossy().into_owned()
-}
 
 /// The losses of a `--log` CSV, whose last column, the routed layers' worst load imbalance
 /// `max_vio`, must lie between 0 (balanced) and experts − 1 (every token on one expert).
@@ -82,7 +68,7 @@ fn train(tmp: &TempDir, data: &str, recipe: &str) -> Vec<f64> {
 #[test]
 fn the_moe_loss_falls_and_fp8_tracks_bf16() {
     let tmp = TempDir::new("train-moe-curves");
-    let data = corpus(&tmp);
+    let data = word_corpus(&tmp);
     let bf16 = train(&tmp, &data, "bf16");
     let fp8 = train(&tmp, &data, "fp8");
     assert_eq!((bf16.len(), fp8.len()), (STEPS, STEPS));
