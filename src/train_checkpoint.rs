@@ -19,7 +19,7 @@
 //! against the run before training starts, and never writes to the directory it reads.
 
 use crate::diagnostic::Diagnostic;
-use dsc_ir::atomic_write::write_dir_atomically;
+use dsc_ir::atomic_write::{resolved_path, write_dir_atomically};
 use dsc_ir::{Graph, Recipe};
 use dsc_passes::{PassOptions, Pipeline};
 use dsc_runtime::checkpoint::Checkpoint;
@@ -29,7 +29,7 @@ use dsc_runtime::{HostTensor, Weights, hf_tensors, load_weights, write_safetenso
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// The run's state and what it must match.
 pub const STATE_FILE: &str = "train_state.json";
@@ -304,7 +304,7 @@ pub fn check_replaceable(
     inputs: &[PathBuf],
     model_dir: Option<&Path>,
 ) -> Result<(), Diagnostic> {
-    if let (Some(model_dir), Some(out)) = (model_dir, resolved(dir))
+    if let (Some(model_dir), Some(out)) = (model_dir, resolved_path(dir))
         && let Ok(model_dir) = model_dir.canonicalize()
         && out.starts_with(&model_dir)
     {
@@ -358,31 +358,6 @@ pub fn check_replaceable(
 /// True when `a` and `b` name the same existing directory.
 pub fn same_dir(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
-}
-
-/// `path` made absolute with symbolic links resolved, for a path that may not exist yet: `.`
-/// and `..` removed as written, then its nearest existing ancestor canonicalized and the rest
-/// appended.
-fn resolved(given: &Path) -> Option<PathBuf> {
-    let mut path = PathBuf::new();
-    for part in std::path::absolute(given).ok()?.components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                path.pop();
-            }
-            other => path.push(other),
-        }
-    }
-    let mut rest = Vec::new();
-    let mut existing = path.as_path();
-    while !existing.exists() {
-        rest.push(existing.file_name()?);
-        existing = existing.parent()?;
-    }
-    let mut out = existing.canonicalize().ok()?;
-    out.extend(rest.into_iter().rev());
-    Some(out)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -149,6 +149,32 @@ pub fn write_dir_atomically<T, E: From<WriteFailure>>(
     Ok(value)
 }
 
+/// `path` made absolute with symbolic links resolved, for a path that may not exist yet: `.`
+/// and `..` removed as written, then its nearest existing ancestor canonicalized and the rest
+/// appended (to compare a directory about to be written with others).
+pub fn resolved_path(given: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut path = PathBuf::new();
+    for part in std::path::absolute(given).ok()?.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                path.pop();
+            }
+            other => path.push(other),
+        }
+    }
+    let mut rest = Vec::new();
+    let mut existing = path.as_path();
+    while !existing.exists() {
+        rest.push(existing.file_name()?);
+        existing = existing.parent()?;
+    }
+    let mut out = existing.canonicalize().ok()?;
+    out.extend(rest.into_iter().rev());
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use dsc_ir::atomic_write::write_dir_atomically;
+use dsc_ir::atomic_write::{resolved_path, write_dir_atomically};
 use dsc_ir::{DType, Graph, ScaleFormat};
 use dsc_kernels::{Fp8Format, weight_quant_128x128};
 use safetensors::Dtype as StDtype;
@@ -273,7 +273,7 @@ pub fn quantize_checkpoint(
             "exists already; quantize-weights writes a new directory and replaces nothing",
         ));
     }
-    if let (Ok(input_dir), Some(out)) = (input.canonicalize(), resolved(output))
+    if let (Ok(input_dir), Some(out)) = (input.canonicalize(), resolved_path(output))
         && out.starts_with(&input_dir)
     {
         return Err(write_err(
@@ -290,32 +290,6 @@ pub fn quantize_checkpoint(
     write_dir_atomically(output, |tmp| {
         write_all(input, tmp, &config, &shards, plan, progress)
     })
-}
-
-/// `path` made absolute with symbolic links resolved, for a path that may not exist yet: `.`
-/// and `..` removed as written, then its nearest existing ancestor canonicalized and the rest
-/// appended.
-fn resolved(given: &Path) -> Option<PathBuf> {
-    use std::path::Component;
-    let mut path = PathBuf::new();
-    for part in std::path::absolute(given).ok()?.components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                path.pop();
-            }
-            other => path.push(other),
-        }
-    }
-    let mut rest = Vec::new();
-    let mut existing = path.as_path();
-    while !existing.exists() {
-        rest.push(existing.file_name()?);
-        existing = existing.parent()?;
-    }
-    let mut out = existing.canonicalize().ok()?;
-    out.extend(rest.into_iter().rev());
-    Some(out)
 }
 
 /// Writes every shard, the index, config.json and the other files of `input` into `tmp`.
