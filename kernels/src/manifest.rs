@@ -5,7 +5,9 @@
 //! buffer, a weight by its Hugging Face name, or an offset in one planned arena), every kernel
 //! entry of `kernels.ptx` with its spec and launch rules, and the ordered launch steps. Kernels
 //! are specialized to static shapes and take only buffer pointers (MLIR's bare-pointer memref
-//! convention), so a step's arguments are tensor names, in the entry's parameter order.
+//! convention), so a step's arguments are tensor names, in the entry's parameter order. A step
+//! may ask for some parameters to receive a TMA tensor map over the tensor instead of its address
+//! ([`LaunchStep::tensor_maps`], [`TensorMapArg`]); the backend encodes the maps once per session.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -140,6 +142,97 @@ pub struct LaunchStep {
     pub flops: u64,
     /// Bytes it reads and writes at least once.
     pub bytes: u64,
+    /// Parameters that receive a TMA tensor map instead of a tensor's address (empty for most steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tensor_maps: Vec<TensorMapArg>,
+}
+
+/// A kernel parameter that receives the device address of a 128-byte TMA tensor map (64-byte
+/// aligned, in global memory) over the tensor that the step's `args[param]` names, encoded by
+/// the backend once per session with `cuTensorMapEncodeTiled`'s arguments (innermost dimension
+/// first). The backend fixes the rest: element strides 1, no interleave, L2 promotion 128B,
+/// out-of-bounds elements filled with zeros.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorMapArg {
+    /// Index into the step's `args` (and the kernel's parameters).
+    pub param: usize,
+    /// Element type of the map.
+    pub dtype: TensorMapDtype,
+    /// Elements per dimension, innermost first; rank 1..=5.
+    pub dims: Vec<u64>,
+    /// Byte strides of `dims[1..]` (rank − 1 entries).
+    pub strides_bytes: Vec<u64>,
+    /// Box (elements one copy moves) per dimension, innermost first.
+    pub box_dims: Vec<u32>,
+    /// Shared-memory swizzle of the box.
+    pub swizzle: TensorMapSwizzle,
+}
+
+/// A tensor map's element type (`CUtensorMapDataType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TensorMapDtype {
+    /// `CU_TENSOR_MAP_DATA_TYPE_UINT8` (FP8 tensors are mapped as bytes).
+    #[serde(rename = "uint8")]
+    Uint8,
+    /// `CU_TENSOR_MAP_DATA_TYPE_FLOAT16`.
+    #[serde(rename = "float16")]
+    Float16,
+    /// `CU_TENSOR_MAP_DATA_TYPE_BFLOAT16`.
+    #[serde(rename = "bfloat16")]
+    Bfloat16,
+    /// `CU_TENSOR_MAP_DATA_TYPE_FLOAT32`.
+    #[serde(rename = "float32")]
+    Float32,
+}
+
+impl TensorMapDtype {
+    /// Element size in bytes.
+    pub fn size_bytes(self) -> u64 {
+        match self {
+            TensorMapDtype::Uint8 => 1,
+            TensorMapDtype::Float16 | TensorMapDtype::Bfloat16 => 2,
+            TensorMapDtype::Float32 => 4,
+        }
+    }
+}
+
+/// A tensor map's shared-memory swizzle (`CUtensorMapSwizzle`, the sm_90 modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TensorMapSwizzle {
+    /// `CU_TENSOR_MAP_SWIZZLE_NONE`.
+    #[serde(rename = "none")]
+    None,
+    /// `CU_TENSOR_MAP_SWIZZLE_32B`.
+    #[serde(rename = "32B")]
+    B32,
+    /// `CU_TENSOR_MAP_SWIZZLE_64B`.
+    #[serde(rename = "64B")]
+    B64,
+    /// `CU_TENSOR_MAP_SWIZZLE_128B`.
+    #[serde(rename = "128B")]
+    B128,
+}
+
+impl TensorMapArg {
+    /// The number of dimensions (`dims.len()`).
+    pub fn rank(&self) -> usize {
+        self.dims.len()
+    }
+
+    /// Bytes from the tensor's base to one past the last element the map covers,
+    /// `dims[0]·elem_size + Σ (dims[i]−1)·strides_bytes[i−1]`; `None` when it overflows, a
+    /// dimension is 0, or the strides do not match the rank.
+    pub fn extent_bytes(&self) -> Option<u64> {
+        let (&inner, outer) = self.dims.split_first()?;
+        if self.dims.contains(&0) || self.strides_bytes.len() != outer.len() {
+            return None;
+        }
+        outer.iter().zip(&self.strides_bytes).try_fold(
+            inner.checked_mul(self.dtype.size_bytes())?,
+            |end, (&dim, &stride)| end.checked_add((dim - 1).checked_mul(stride)?),
+        )
+    }
 }
 
 /// Why a manifest could not be read.
@@ -280,6 +373,14 @@ mod tests {
                 args: vec!["x".to_string(), "x".to_string(), "y".to_string()],
                 flops: 256,
                 bytes: 1536,
+                tensor_maps: vec![TensorMapArg {
+                    param: 0,
+                    dtype: TensorMapDtype::Bfloat16,
+                    dims: vec![128, 2],
+                    strides_bytes: vec![256],
+                    box_dims: vec![64, 8],
+                    swizzle: TensorMapSwizzle::B128,
+                }],
             }],
         }
     }
@@ -293,6 +394,64 @@ mod tests {
         assert_eq!(Manifest::from_json(&text, "m.json").unwrap(), manifest);
         assert_eq!(manifest.tensor("y").unwrap().shape, [2, 128]);
         assert_eq!(manifest.kernel("add_bf16_256").unwrap().params.len(), 3);
+    }
+
+    #[test]
+    fn tensor_maps_round_trip_with_the_driver_names_and_are_optional() {
+        let manifest = sample();
+        let text = manifest.to_json();
+        for field in [
+            "\"tensor_maps\"",
+            "\"dtype\": \"bfloat16\"",
+            "\"swizzle\": \"128B\"",
+            "\"strides_bytes\"",
+            "\"box_dims\"",
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+        let step = &Manifest::from_json(&text, "m.json").unwrap().steps[0];
+        assert_eq!(step.tensor_maps, manifest.steps[0].tensor_maps);
+        assert_eq!(step.tensor_maps[0].extent_bytes(), Some(512));
+        fn names(value: impl Serialize) -> serde_json::Value {
+            serde_json::to_value(value).unwrap()
+        }
+        assert_eq!(names(TensorMapDtype::Uint8), "uint8");
+        assert_eq!(names(TensorMapDtype::Float32), "float32");
+        assert_eq!(names(TensorMapSwizzle::None), "none");
+        assert_eq!(names(TensorMapSwizzle::B32), "32B");
+
+        // A step without maps writes no field, and a manifest without it reads as no maps.
+        let mut plain = manifest.clone();
+        plain.steps[0].tensor_maps.clear();
+        let text = plain.to_json();
+        assert!(!text.contains("tensor_maps"), "{text}");
+        assert_eq!(Manifest::from_json(&text, "m.json").unwrap(), plain);
+
+        // Unknown names and fields are refused.
+        let text = manifest.to_json().replace("\"128B\"", "\"256B\"");
+        let error = Manifest::from_json(&text, "a.json").unwrap_err();
+        assert!(error.to_string().contains("256B"), "{error}");
+        let text = manifest.to_json().replace("\"box_dims\"", "\"box\"");
+        let error = Manifest::from_json(&text, "a.json").unwrap_err();
+        assert!(error.to_string().contains("box"), "{error}");
+    }
+
+    #[test]
+    fn the_extent_is_checked_arithmetic() {
+        let mut map = sample().steps[0].tensor_maps[0].clone();
+        map.dims = vec![3, 4, 5];
+        map.strides_bytes = vec![16, 100];
+        assert_eq!(map.extent_bytes(), Some(3 * 2 + 3 * 16 + 4 * 100));
+        map.strides_bytes = vec![16, u64::MAX / 2];
+        assert_eq!(map.extent_bytes(), None);
+        map.strides_bytes = vec![16];
+        assert_eq!(map.extent_bytes(), None);
+        map.dims = vec![3, 0, 5];
+        map.strides_bytes = vec![16, 100];
+        assert_eq!(map.extent_bytes(), None);
+        map.dims.clear();
+        map.strides_bytes.clear();
+        assert_eq!(map.extent_bytes(), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use dsc_ir::{DType, Graph, ValueId};
 use dsc_kernels::manifest::{Manifest, Storage, TARGETS, TensorInfo, files};
 
 use crate::error::RuntimeError;
+use crate::tensor_maps::{self, MappedTensor};
 
 /// A compiled model: its manifest, its final graph and its PTX.
 #[derive(Debug, Clone)]
@@ -149,7 +150,8 @@ fn ptx_declares_entry(ptx: &str, entry: &str) -> bool {
 /// Every way `manifest` contradicts `graph` or itself, one sentence each (empty when none):
 /// graph inputs, parameters and outputs present with the graph's dtype, shape and storage kind;
 /// every tensor's byte size right and inside its buffer (the arena, or the tensor it aliases);
-/// every step naming a graph op, a listed kernel, and one listed tensor per kernel parameter.
+/// every step naming a graph op, a listed kernel, and one listed tensor per kernel parameter,
+/// and every TMA tensor map of a step valid and inside the tensor it maps.
 pub fn check_manifest(manifest: &Manifest, graph: &Graph) -> Vec<String> {
     let mut problems = Vec::new();
     let tensors: HashMap<&str, &TensorInfo> = manifest
@@ -298,8 +300,34 @@ pub fn check_manifest(manifest: &Manifest, graph: &Graph) -> Vec<String> {
                 step.grid, step.block
             ));
         }
+        let mapped = |name: &str| {
+            let tensor = *tensors.get(name)?;
+            Some(MappedTensor {
+                bytes: tensor.bytes,
+                offset: buffer_offset(&tensors, tensor)?,
+            })
+        };
+        problems.extend(tensor_maps::check_step(i, step, &manifest.target, &mapped));
     }
     problems
+}
+
+/// The byte offset of `tensor` from the start of its buffer (its arena offset, plus the offsets
+/// along an alias chain); `None` for a broken chain (reported elsewhere) or an overflow.
+fn buffer_offset(tensors: &HashMap<&str, &TensorInfo>, tensor: &TensorInfo) -> Option<u64> {
+    let mut current = tensor;
+    let mut offset = 0u64;
+    for _ in 0..=tensors.len() {
+        match &current.storage {
+            Storage::Alias { of, offset: step } => {
+                offset = offset.checked_add(*step)?;
+                current = tensors.get(of.as_str())?;
+            }
+            Storage::Arena { offset: base } => return offset.checked_add(*base),
+            Storage::Input | Storage::Weight { .. } => return Some(offset),
+        }
+    }
+    None
 }
 
 /// The manifest's `target` and `arena` fields: a target dsc writes, an alignment that is a power

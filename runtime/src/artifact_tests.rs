@@ -119,6 +119,7 @@ fn finds_steps_that_name_unknown_things() {
         args: args.iter().map(|s| s.to_string()).collect(),
         flops: 0,
         bytes: 0,
+        tensor_maps: Vec::new(),
     };
     manifest.steps = vec![
         step("k0", &op, &["x", "nowhere"]),
@@ -182,6 +183,7 @@ fn with_steps(
             args: pair.iter().map(|s| s.to_string()).collect(),
             flops: 0,
             bytes: 0,
+            tensor_maps: Vec::new(),
         })
         .collect();
     Artifact::from_parts(

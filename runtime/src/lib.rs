@@ -22,6 +22,7 @@ pub mod random_weights;
 pub mod session;
 pub mod step_profile;
 pub mod tensor;
+mod tensor_maps;
 #[cfg(test)]
 mod testutil;
 pub mod train;

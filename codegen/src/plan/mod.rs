@@ -347,6 +347,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             args: planned_step.args.iter().map(|&t| tensor_name(t)).collect(),
             flops: planned_step.flops,
             bytes: planned_step.bytes,
+            tensor_maps: Vec::new(),
         });
     }
 

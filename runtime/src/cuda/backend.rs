@@ -38,7 +38,7 @@ pub struct CudaBackend<'a> {
 
 impl<'a> CudaBackend<'a> {
     /// Loads `artifact` on `device` (which [`crate::device::choose_device`] found able to run
-    /// it): PTX, buffers, launches and events, all once.
+    /// it): PTX, buffers, TMA tensor maps, launches and events, all once.
     pub fn new(artifact: &'a Artifact, device: &DeviceInfo) -> Result<Self, RuntimeError> {
         without_driver_panics("loading the artifact on the GPU", || {
             Self::load(artifact, device)
@@ -59,8 +59,8 @@ impl<'a> CudaBackend<'a> {
             .new_stream()
             .map_err(|e| driver_error("cuStreamCreate", e))?;
         let module = KernelModule::load(&ctx, artifact)?;
-        let memory = DeviceMemory::allocate(&ctx, &stream, plan, &device.to_string())?;
-        let steps = prepare(&artifact.manifest, &memory, &stream)?;
+        let mut memory = DeviceMemory::allocate(&ctx, &stream, plan, &device.to_string())?;
+        let steps = prepare(&artifact.manifest, &mut memory, &stream)?;
         let events = (0..=steps.len())
             .map(|_| ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)))
             .collect::<Result<_, _>>()

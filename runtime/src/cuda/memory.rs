@@ -1,5 +1,6 @@
 //! CUDA device memory of a session: the buffers of a [`MemoryPlan`] (one per input and per
-//! weight, one arena for everything else), all allocated once when the backend is created.
+//! weight, one arena for everything else) and the steps' TMA tensor maps, all allocated once
+//! when the backend is created.
 
 use std::sync::Arc;
 
@@ -8,6 +9,10 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DriverError,
 use super::probe::driver_error;
 use crate::error::RuntimeError;
 use crate::memory_plan::{BufferId, MemoryPlan, PlanBuffers};
+use crate::tensor_maps::TENSOR_MAP_BYTES;
+
+/// The alignment a TMA tensor map in global memory needs.
+const TENSOR_MAP_ALIGN: u64 = 64;
 
 /// The allocated buffers of a [`MemoryPlan`].
 pub(crate) struct DeviceMemory {
@@ -15,6 +20,9 @@ pub(crate) struct DeviceMemory {
     arena: CudaSlice<u8>,
     inputs: Vec<CudaSlice<u8>>,
     weights: Vec<CudaSlice<u8>>,
+    /// The steps' TMA tensor maps, 128 bytes each from a 64-byte aligned address (see
+    /// [`DeviceMemory::store_tensor_maps`]); `None` when no step has one.
+    tensor_maps: Option<CudaSlice<u8>>,
 }
 
 impl DeviceMemory {
@@ -72,6 +80,7 @@ impl DeviceMemory {
             arena,
             inputs,
             weights,
+            tensor_maps: None,
         })
     }
 
@@ -102,6 +111,37 @@ impl DeviceMemory {
         // Event tracking is off for this context (one stream), so the guard records nothing.
         let (base, _guard) = self.buffer(place.buffer).device_ptr(stream);
         Ok(base + place.offset)
+    }
+
+    /// Copies `maps` (driver-encoded `CUtensorMap`s) into one device allocation, back to back
+    /// from a 64-byte aligned address, waits for the copy, and returns the address of the first
+    /// (`None` when there are none). Called once per session: the maps' tensors never move. The
+    /// allocation lives as long as the buffers.
+    pub(crate) fn store_tensor_maps(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        maps: &[[u8; TENSOR_MAP_BYTES]],
+    ) -> Result<Option<u64>, RuntimeError> {
+        if maps.is_empty() {
+            return Ok(None);
+        }
+        let bytes = maps.concat();
+        // cuMemAlloc aligns to at least 256 bytes; the slack makes 64 hold whatever it gives.
+        let mut block = stream
+            .alloc_zeros::<u8>(bytes.len() + TENSOR_MAP_ALIGN as usize)
+            .map_err(|e| driver_error("cuMemAlloc (TMA tensor maps)", e))?;
+        // Event tracking is off for this context (one stream), so the guard records nothing.
+        let base = block.device_ptr(stream).0;
+        let skip = base.next_multiple_of(TENSOR_MAP_ALIGN) - base;
+        let mut view = block.slice_mut(skip as usize..skip as usize + bytes.len());
+        stream
+            .memcpy_htod(&bytes, &mut view)
+            .map_err(|e| driver_error("cuMemcpyHtoD (TMA tensor maps)", e))?;
+        stream
+            .synchronize()
+            .map_err(|e| driver_error("cuStreamSynchronize", e))?;
+        self.tensor_maps = Some(block);
+        Ok(Some(base + skip))
     }
 
     /// Copies `bytes` into tensor `name` (the whole tensor).

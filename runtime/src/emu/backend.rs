@@ -36,9 +36,10 @@ pub struct EmuBackend<'a> {
 }
 
 impl<'a> EmuBackend<'a> {
-    /// Loads `artifact` on the emulator: parses its PTX, allocates its buffers and resolves
-    /// its launches, all once. Fails when the artifact has no launch plan, when the emulator
-    /// cannot parse the PTX or lacks a kernel, or when the host lacks the memory.
+    /// Loads `artifact` on the emulator: parses its PTX, allocates its buffers, encodes its
+    /// TMA tensor maps and resolves its launches, all once. Fails when the artifact has no
+    /// launch plan, when the emulator cannot parse the PTX or lacks a kernel, or when the host
+    /// lacks the memory.
     pub fn new(artifact: &'a Artifact, options: EmuOptions) -> Result<Self, RuntimeError> {
         require_launch_plan(artifact)?;
         let plan = MemoryPlan::of_artifact(artifact)?;
@@ -55,8 +56,8 @@ impl<'a> EmuBackend<'a> {
                 )));
             }
         }
-        let memory = EmuMemory::allocate(plan)?;
-        let steps = prepare(&artifact.manifest, &memory, &options)?;
+        let mut memory = EmuMemory::allocate(plan)?;
+        let steps = prepare(&artifact.manifest, &mut memory, &options)?;
         Ok(EmuBackend {
             artifact,
             module,

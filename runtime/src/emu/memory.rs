@@ -1,11 +1,12 @@
 //! The emulator's global memory of a session: the buffers of a [`MemoryPlan`] (one per input
-//! and per weight, one arena), allocated once when the backend is created, at device addresses
-//! the kernels receive as pointer arguments.
+//! and per weight, one arena) and the steps' TMA tensor maps, allocated once when the backend is
+//! created, at device addresses the kernels receive as pointer arguments.
 
 use dsc_emulator::GlobalMemory;
 
 use crate::error::RuntimeError;
 use crate::memory_plan::{BufferId, MemoryPlan, PlanBuffers};
+use crate::tensor_maps::TENSOR_MAP_BYTES;
 
 /// What the emulator's device is called in memory errors.
 const DEVICE: &str = "emu (host memory)";
@@ -73,6 +74,28 @@ impl EmuMemory {
     pub(crate) fn pointer(&self, name: &str) -> Result<u64, RuntimeError> {
         let place = self.plan.placement(name)?;
         Ok(self.base(place.buffer) + place.offset)
+    }
+
+    /// Allocates one block of emulated global memory holding `maps` back to back (128 bytes
+    /// each, so each is 128-byte aligned: allocations are 256-byte aligned) and returns its
+    /// address, `None` when there are no maps. Called once per session: the maps' tensors never
+    /// move.
+    pub(crate) fn store_tensor_maps(
+        &mut self,
+        maps: &[[u8; TENSOR_MAP_BYTES]],
+    ) -> Result<Option<u64>, RuntimeError> {
+        if maps.is_empty() {
+            return Ok(None);
+        }
+        let bytes = maps.concat();
+        let table = self.global.allocate(bytes.len() as u64);
+        debug_assert!(table.is_multiple_of(64), "tensor maps at {table:#x}");
+        self.global
+            .write(table, &bytes)
+            .map_err(|e| RuntimeError::Tensor {
+                message: format!("writing the TMA tensor maps to the emulator: {e}"),
+            })?;
+        Ok(Some(table))
     }
 }
 
