@@ -1,8 +1,9 @@
 //! What the driver refuses at launch, checked when the artifact is generated, so that
 //! `dsc compile` fails naming the op and the limit instead of writing an artifact that cannot
-//! run: the static shared memory a kernel declares, threads per block, and grid dimensions
+//! run: the static shared memory a kernel declares, static plus dynamic shared memory against
+//! what the target lets a kernel opt into, threads per block, and grid dimensions
 //! (a grid too large for `Launch::blocks` saturates at `u32::MAX`, which no target allows).
-//! Both targets (sm_90a, sm_89) have the same limits for these.
+//! Both targets (sm_90a, sm_89) have the same limits for these, but for the opt-in shared memory.
 
 use std::collections::HashMap;
 
@@ -14,6 +15,15 @@ use crate::error::CodegenError;
 /// Static (`.shared` declared in the kernel) shared memory per block: 48 KiB; more needs
 /// dynamic shared memory and an opt-in attribute.
 const STATIC_SHARED_BYTES: u64 = 48 * 1024;
+
+/// Shared memory per block, static plus dynamic, that a kernel may opt into
+/// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`): 227 KiB on sm_90a, 99 KiB on sm_89.
+fn opt_in_shared_bytes(target: Target) -> u64 {
+    match target {
+        Target::Sm90a => 227 * 1024,
+        Target::Sm89 => 99 * 1024,
+    }
+}
 
 /// Threads per block.
 const MAX_THREADS_PER_BLOCK: u64 = 1024;
@@ -77,6 +87,16 @@ pub fn check(manifest: &Manifest, ptx: &str, target: Target) -> Result<(), Codeg
                 STATIC_SHARED_BYTES / 1024
             )));
         }
+        let total = bytes + u64::from(step.shared_bytes);
+        if total > opt_in_shared_bytes(target) {
+            return Err(fail(format!(
+                "needs {total} bytes of shared memory per block ({bytes} static, {} dynamic); \
+                 {target} allows {} ({} KiB)",
+                step.shared_bytes,
+                opt_in_shared_bytes(target),
+                opt_in_shared_bytes(target) / 1024
+            )));
+        }
         let threads: u64 = step.block.iter().map(|&d| u64::from(d)).product();
         if threads > MAX_THREADS_PER_BLOCK {
             return Err(fail(format!(
@@ -113,5 +133,48 @@ mod tests {
         let bytes = static_shared_bytes(ptx);
         assert_eq!(bytes["a"], 16 + 2048);
         assert_eq!(bytes["b"], 0);
+    }
+
+    #[test]
+    fn dynamic_shared_memory_is_checked_against_each_targets_opt_in_limit() {
+        use dsc_kernels::manifest::{ArenaInfo, LaunchStep};
+        let manifest = |shared_bytes: u32| Manifest {
+            schema_version: 1,
+            model: "m".into(),
+            target: "sm_90a".into(),
+            tensors: Vec::new(),
+            arena: ArenaInfo {
+                bytes: 0,
+                no_reuse_bytes: 0,
+                alignment: 256,
+            },
+            kernels: Vec::new(),
+            steps: vec![LaunchStep {
+                op: "up".into(),
+                kernel: "k".into(),
+                grid: [1, 1, 1],
+                block: [384, 1, 1],
+                shared_bytes,
+                args: Vec::new(),
+                flops: 0,
+                bytes: 0,
+                tensor_maps: Vec::new(),
+            }],
+        };
+        let ptx = ".visible .entry k(\n)\n{\n\t.shared .align 16 .b8 s[1024];\n\tret;\n}\n";
+        // 150 KiB fit Hopper's 227 KiB but not Ada's 99 KiB.
+        check(&manifest(150 * 1024), ptx, Target::Sm90a).unwrap();
+        let error = check(&manifest(150 * 1024), ptx, Target::Sm89)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "op `up` (kernel `k`): needs 154624 bytes of shared memory per block (1024 static, \
+             153600 dynamic); sm_89 allows 101376 (99 KiB)"
+        );
+        let error = check(&manifest(227 * 1024), ptx, Target::Sm90a)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("sm_90a allows 232448 (227 KiB)"), "{error}");
     }
 }

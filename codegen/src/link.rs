@@ -14,7 +14,8 @@
 //!                                      ┘
 //!     // .globl rms_norm_1f…          ─ the entry's `.globl` comment (tab-separated)
 //! // __wg_rms_norm_1f…_0 has been demoted ┐ the module's globals: one comment per shared
-//!                                         ┘ buffer, then a blank line
+//!                                         │ buffer, or an `.extern .shared` array of
+//!                                         ┘ dynamic shared memory, then a blank line
 //! .visible .entry rms_norm_1f…(           ┐ the kernel itself, its labels and local depot
 //! …                                       │ numbered by its place in the module:
 //! $L__BB0_2:                              │ `$L__BB0_…`, `__local_depot0`
@@ -69,11 +70,11 @@ fn split<'a>(entry: &str, ptx: &'a str) -> Result<Parts<'a>, String> {
     if !globals.ends_with("\n\n") && globals != "\n" {
         return Err("the globals before the entry do not end in a blank line".into());
     }
-    if globals
-        .lines()
-        .any(|line| !line.is_empty() && !line.starts_with("// "))
-    {
-        return Err("a global that is not a comment before the entry".into());
+    // Comments, and the `.extern .shared` arrays of dynamic shared memory (named per kernel).
+    if globals.lines().any(|line| {
+        !line.is_empty() && !line.starts_with("// ") && !line.starts_with(".extern .shared ")
+    }) {
+        return Err("a global that is neither a comment nor dynamic shared memory".into());
     }
     if function.matches(".entry ").count() != 1 || function.contains(".func ") {
         return Err("more than one function in the module".into());
@@ -209,7 +210,7 @@ mod tests {
             ),
             (
                 kernel("b", "// a global\n.global .u32 g;\n"),
-                "not a comment",
+                "neither a comment nor dynamic shared memory",
             ),
             (
                 kernel("b", "").replace("BB0_1:", "BB0_1:\n$L__BB1_0:"),

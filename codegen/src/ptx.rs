@@ -6,8 +6,9 @@
 //!   nvvm-attach-target{chip=sm_90a features=+ptx84},        // #nvvm.target on the gpu.module
 //!   gpu.module(
 //!     convert-scf-to-cf,                                      // scf.if/for → cf branches
-//!     convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=true} // gpu/arith/memref/cf → llvm+nvvm
-//!   ),
+//!     convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=true},// gpu/arith/memref/cf → llvm+nvvm
+//!     convert-nvvm-to-llvm                                    // nvvm ops without an LLVM
+//!   ),                                                        //   intrinsic → inline PTX
 //!   reconcile-unrealized-casts,
 //!   gpu-module-to-binary{format=isa}                          // LLVM NVPTX backend → PTX text
 //! )
@@ -34,7 +35,8 @@ pub fn pipeline(target: Target) -> String {
     format!(
         "builtin.module(\
          nvvm-attach-target{{chip={chip} features={features}}},\
-         gpu.module(convert-scf-to-cf,convert-gpu-to-nvvm{{use-bare-ptr-memref-call-conv=true}}),\
+         gpu.module(convert-scf-to-cf,convert-gpu-to-nvvm{{use-bare-ptr-memref-call-conv=true}},\
+         convert-nvvm-to-llvm),\
          reconcile-unrealized-casts,\
          gpu-module-to-binary{{format=isa}})",
         chip = target.chip(),
@@ -210,7 +212,8 @@ mod tests {
         assert_eq!(
             pipeline(Target::Sm89),
             "builtin.module(nvvm-attach-target{chip=sm_89 features=+ptx84},\
-             gpu.module(convert-scf-to-cf,convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=true}),\
+             gpu.module(convert-scf-to-cf,convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=true},\
+             convert-nvvm-to-llvm),\
              reconcile-unrealized-casts,gpu-module-to-binary{format=isa})"
         );
     }

@@ -109,6 +109,69 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
     }
 }
 
+/// On sm_90a every dense FP8 GEMM is the pipelined form: TMA loads over the two tensor maps the
+/// manifest asks for, an mbarrier ring, wgmma, dynamic shared memory, and `setmaxnreg` where two
+/// consumer warpgroups take registers from the producer.
+#[test]
+fn dense_fp8_gemms_on_hopper_are_pipelined_with_tma() {
+    for name in ["mlp", "llama-small", "deepseek-v3"] {
+        let graph = compiled(name);
+        let generated =
+            generate(&graph, Target::Sm90a, false).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut pipelined = 0;
+        for step in &generated.manifest.steps {
+            let kernel = generated
+                .manifest
+                .kernel(&step.kernel)
+                .expect("a step's kernel");
+            if kernel.spec != "fp8_gemm" || kernel.params.iter().any(|p| p == "rows") {
+                continue;
+            }
+            let body = generated
+                .ptx
+                .split(".entry ")
+                .find(|entry| entry.starts_with(&format!("{}(", step.kernel)))
+                .unwrap_or_else(|| panic!("{name}: no PTX for `{}`", step.kernel));
+            for instruction in [
+                "cp.async.bulk.tensor.2d.shared::cluster.global",
+                "mbarrier.arrive.expect_tx",
+                "mbarrier.try_wait.parity",
+                "wgmma.mma_async.sync.aligned.m64n",
+            ] {
+                assert!(
+                    body.contains(instruction),
+                    "{name} `{}`: no {instruction}",
+                    step.kernel
+                );
+            }
+            let maps: Vec<usize> = step.tensor_maps.iter().map(|m| m.param).collect();
+            assert_eq!(
+                maps.iter()
+                    .map(|&p| kernel.params[p].as_str())
+                    .collect::<Vec<_>>(),
+                ["x_map", "w_map"],
+                "{name} `{}`",
+                step.kernel
+            );
+            // Each map's parameter gets the tensor it maps: x's and w's.
+            assert_eq!(step.args[maps[0]], step.args[0]);
+            assert_eq!(step.args[maps[1]], step.args[2]);
+            assert!(step.shared_bytes > 48 * 1024, "{name} `{}`", step.kernel);
+            let two_consumers = step.block == [384, 1, 1];
+            let words = body.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(
+                words.contains("setmaxnreg.dec.sync.aligned.u32 40;")
+                    && words.contains("setmaxnreg.inc.sync.aligned.u32 232;"),
+                two_consumers,
+                "{name} `{}`",
+                step.kernel
+            );
+            pipelined += 1;
+        }
+        assert!(pipelined > 0, "{name}: no dense FP8 GEMM");
+    }
+}
+
 #[test]
 fn a_model_kept_entirely_in_f32_compiles_and_assembles() {
     // No FP8 at all: the GEMMs stay `linear` and the routed experts `grouped_linear`.

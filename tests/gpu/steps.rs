@@ -192,6 +192,13 @@ fn wide_tiles_match_the_cpu_reference() {
     check_every_step("gpu-steps-wide", "tests/gpu/models/wide-mlp.toml", None);
 }
 
+/// Routed experts with 128 rows each on average: on sm_90a the grouped FP8 GEMM's 128-row
+/// tiles (two consumer warpgroups, rows gathered through the dispatch), promotion every 32.
+#[test]
+fn wide_grouped_tiles_with_interval_32_match_the_cpu_reference() {
+    check_every_step("gpu-steps-wide-moe", "tests/gpu/models/wide-moe.toml", None);
+}
+
 /// A BF16 linear (head) with M, N and K off the tiles, and a bias: wgmma on sm_90a, mma.sync
 /// on sm_89.
 #[test]

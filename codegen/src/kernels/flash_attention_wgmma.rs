@@ -19,7 +19,6 @@
 use melior::dialect::llvm;
 use melior::ir::Value;
 use melior::ir::attribute::DenseI64ArrayAttribute;
-use melior::ir::operation::OperationBuilder;
 
 use super::flash_attention::{FlashAttention, KV_TILE};
 use crate::error::CodegenError;
@@ -63,7 +62,7 @@ pub fn place<'c, 'a>(
     let seven = e.int(32, 7)?;
     let chunk = e.andi(c, seven)?;
     let phase = e.andi(r, seven)?;
-    let chunk = xori(e, chunk, phase)?;
+    let chunk = e.xori(chunk, phase)?;
     let chunk = e.shli(chunk, e.int(32, 4)?)?;
     let row = e.shli(r, e.int(32, 7)?)?;
     let at = e.addi(tile, panel)?;
@@ -243,14 +242,4 @@ fn results<'c, 'a>(
             ))
         })
         .collect()
-}
-
-/// `a ^ b` for two `i32`s.
-fn xori<'c, 'a>(e: &Emit<'c, 'a>, a: Value<'c, '_>, b: Value<'c, '_>) -> Emitted<'c, 'a> {
-    e.push(
-        OperationBuilder::new("arith.xori", e.location)
-            .add_operands(&[a, b])
-            .add_results(&[e.int_type(32)])
-            .build()?,
-    )
 }

@@ -7,11 +7,12 @@
 //! The grouped form computes row `r = t·top_k + slot` with the weights of expert
 //! `indices[t, slot]`, reading x row `t` (shared activation) or `r` (per-slot activation).
 //!
-//! Three forms: [`GemmForm::Wgmma`], Hopper's warpgroup kernel of [`super::fp8_gemm_wgmma`]
-//! (sm_90a, dense); [`GemmForm::MmaSync`], the tensor-core kernel of [`super::fp8_gemm_mma`]
-//! (grouped GEMMs read the expert-contiguous layout of [`super::moe_dispatch`] instead of the
-//! indices); and [`GemmForm::Simt`], one output per thread with the exact accumulator's numerics (any
-//! promotion interval; grouped rows gathered through the indices).
+//! Three forms: [`GemmForm::WgmmaTma`], Hopper's pipelined kernel of [`super::fp8_gemm_tma`]
+//! (sm_90a: TMA ring, warp-specialized, persistent); [`GemmForm::MmaSync`], the tensor-core
+//! kernel of [`super::fp8_gemm_mma`]; and [`GemmForm::Simt`], one output per thread with the
+//! exact accumulator's numerics (any promotion interval; grouped rows gathered through the
+//! indices). The tensor-core forms' grouped GEMMs read the expert-contiguous layout of
+//! [`super::moe_dispatch`] instead of the indices.
 
 use dsc_ir::DType;
 use melior::ir::Value;
@@ -43,11 +44,16 @@ pub enum GemmForm {
     Simt,
     /// One 16 × 8 tile per warp on the tensor cores (`mma.sync m16n8k32`).
     MmaSync,
-    /// One 64 × `block_n` tile per warpgroup on Hopper's tensor cores (`wgmma m64nNk32`,
-    /// sm_90a).
-    Wgmma {
+    /// The pipelined Hopper kernel of [`super::fp8_gemm_tma`] (sm_90a): TMA loads into a ring
+    /// of `stages`, a producer and `block_m / 64` consumer warpgroups (`wgmma m64nNk32`),
+    /// persistent.
+    WgmmaTma {
+        /// Rows of a tile: 64 or 128.
+        block_m: u64,
         /// Columns of a tile: 128, 64, 32 or 16.
         block_n: u64,
+        /// Stages of the shared-memory ring.
+        stages: u64,
     },
 }
 
@@ -100,13 +106,14 @@ impl Fp8Gemm {
             top_k: g.top_k,
             experts: g.experts,
             tile_rows: match self.form {
-                GemmForm::Wgmma { .. } => super::fp8_gemm_wgmma::BLOCK_M,
+                GemmForm::WgmmaTma { block_m, .. } => block_m,
                 _ => super::mma::TILE_M,
             },
         }
     }
 
-    /// `(x, x_scale, w, w_scale, [indices | rows, tiles,] out)`.
+    /// `(x, x_scale, w, w_scale, [indices | rows, tiles,] [x_map,] [w_map,] out)`: the pipelined
+    /// form's maps are the TMA tensor maps over x and w ([`super::fp8_gemm_tma::tensor_maps`]).
     pub fn params(&self) -> Vec<Param> {
         let k_tiles = self.k.div_ceil(self.act_tile);
         let w_blocks = self.n.div_ceil(self.weight_block) * self.k.div_ceil(self.weight_block);
@@ -116,17 +123,25 @@ impl Fp8Gemm {
             Param::new("w", self.format, self.experts() * self.n * self.k),
             Param::new("w_scale", DType::F32, self.experts() * w_blocks),
         ];
+        let map = |name| Param::new(name, DType::I64, TENSOR_MAP_BYTES / 8);
         match (self.grouped, self.form) {
+            (None, GemmForm::WgmmaTma { .. }) => {
+                params.push(map("x_map"));
+                params.push(map("w_map"));
+            }
             (None, _) => {}
             (Some(g), GemmForm::Simt) => {
                 params.push(Param::new("indices", DType::I32, g.tokens * g.top_k));
             }
-            (Some(g), GemmForm::MmaSync | GemmForm::Wgmma { .. }) => {
+            (Some(g), GemmForm::MmaSync | GemmForm::WgmmaTma { .. }) => {
                 let dispatch = self.dispatch(g);
                 let [_, rows, tiles] = <[Param; 3]>::try_from(dispatch.params())
                     .expect("the dispatch has three parameters");
                 params.push(rows);
                 params.push(tiles);
+                if let GemmForm::WgmmaTma { .. } = self.form {
+                    params.push(map("w_map"));
+                }
             }
         }
         params.push(Param::new("out", self.output, self.rows * self.n));
@@ -138,7 +153,7 @@ impl Fp8Gemm {
         match self.form {
             GemmForm::Simt => Launch::per_element(self.rows * self.n),
             GemmForm::MmaSync => super::fp8_gemm_mma::launch(self),
-            GemmForm::Wgmma { .. } => super::fp8_gemm_wgmma::launch(self),
+            GemmForm::WgmmaTma { .. } => super::fp8_gemm_tma::launch(self),
         }
     }
 
@@ -147,7 +162,7 @@ impl Fp8Gemm {
         match self.form {
             GemmForm::Simt => self.build_simt(module, entry),
             GemmForm::MmaSync => super::fp8_gemm_mma::build(self, module, entry),
-            GemmForm::Wgmma { .. } => super::fp8_gemm_wgmma::build(self, module, entry),
+            GemmForm::WgmmaTma { .. } => super::fp8_gemm_tma::build(self, module, entry),
         }
     }
 
@@ -268,7 +283,10 @@ pub(super) fn tile_row<'c, 'a>(
     }
 }
 
-/// The buffers of a tensor-core form, named (`params()`'s order).
+/// Bytes of a TMA tensor map (`CUtensorMap`).
+pub const TENSOR_MAP_BYTES: u64 = 128;
+
+/// The buffers of a tensor-core form, named (found by [`Fp8Gemm::params`]' names).
 pub(super) struct Operands<'c, 'x> {
     pub x: Value<'c, 'x>,
     pub x_scale: Value<'c, 'x>,
@@ -276,20 +294,30 @@ pub(super) struct Operands<'c, 'x> {
     pub w_scale: Value<'c, 'x>,
     /// Grouped: the dispatch's `rows` and `tiles`.
     pub dispatch: Option<(Value<'c, 'x>, Value<'c, 'x>)>,
+    /// The pipelined form: the tensor map over x (dense only).
+    pub x_map: Option<Value<'c, 'x>>,
+    /// The pipelined form: the tensor map over w.
+    pub w_map: Option<Value<'c, 'x>>,
     pub out: Value<'c, 'x>,
 }
 
 impl<'c, 'x> Operands<'c, 'x> {
     /// The kernel arguments `args` of a tensor-core form of `gemm`.
     pub fn of(gemm: &Fp8Gemm, args: &[Value<'c, 'x>]) -> Self {
-        let grouped = gemm.grouped.is_some();
+        let params = gemm.params();
+        let at = |name: &str| params.iter().position(|p| p.name == name).map(|i| args[i]);
+        let pair = |a: &str, b: &str| at(a).zip(at(b));
+        let named =
+            |name: &str| at(name).expect("every tensor-core form takes x, w, their scales and out");
         Operands {
-            x: args[0],
-            x_scale: args[1],
-            w: args[2],
-            w_scale: args[3],
-            dispatch: grouped.then(|| (args[4], args[5])),
-            out: args[if grouped { 6 } else { 4 }],
+            x: named("x"),
+            x_scale: named("x_scale"),
+            w: named("w"),
+            w_scale: named("w_scale"),
+            dispatch: pair("rows", "tiles"),
+            x_map: at("x_map"),
+            w_map: at("w_map"),
+            out: named("out"),
         }
     }
 }

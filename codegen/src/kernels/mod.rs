@@ -20,6 +20,7 @@ pub mod flash_attention;
 pub mod flash_attention_wgmma;
 pub mod fp8_gemm;
 pub mod fp8_gemm_mma;
+pub mod fp8_gemm_tma;
 pub mod fp8_gemm_wgmma;
 pub mod global_norm;
 pub mod grid_reduce;
@@ -45,6 +46,7 @@ pub mod wide_access;
 use std::collections::BTreeMap;
 
 use dsc_ir::DType;
+use dsc_kernels::manifest::{TensorMapArg, TensorMapDtype, TensorMapSwizzle};
 use melior::Context;
 use melior::ir::r#type::{IntegerType, MemRefType};
 use melior::ir::{Block, BlockLike, Type, Value};
@@ -224,6 +226,50 @@ impl GpuKernel {
     /// Adds the kernel as `entry` to `module`.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
         each_kernel!(self, k => k.build(module, entry))
+    }
+
+    /// Bytes of dynamic shared memory a block needs at launch (the manifest's `shared_bytes`);
+    /// 0 for kernels whose shared memory is all static.
+    pub fn dynamic_shared_bytes(&self) -> u64 {
+        match self {
+            GpuKernel::Fp8Gemm(gemm)
+                if matches!(gemm.form, fp8_gemm::GemmForm::WgmmaTma { .. }) =>
+            {
+                fp8_gemm_tma::dynamic_shared_bytes(gemm)
+            }
+            _ => 0,
+        }
+    }
+
+    /// The parameters that take a TMA tensor map (the manifest's `tensor_maps`), each with the
+    /// parameter whose tensor it maps; in parameter order, each after the one it maps.
+    pub fn tensor_maps(&self) -> Vec<(usize, TensorMapArg)> {
+        let GpuKernel::Fp8Gemm(gemm) = self else {
+            return Vec::new();
+        };
+        if !matches!(gemm.form, fp8_gemm::GemmForm::WgmmaTma { .. }) {
+            return Vec::new();
+        }
+        let params = self.params();
+        fp8_gemm_tma::tensor_maps(gemm)
+            .into_iter()
+            .map(|map| {
+                let name = format!("{}_map", params[map.over].name);
+                let param = params
+                    .iter()
+                    .position(|p| p.name == name)
+                    .expect("the pipelined GEMM takes a map parameter per mapped tensor");
+                let arg = TensorMapArg {
+                    param,
+                    dtype: TensorMapDtype::Uint8,
+                    dims: map.dims.to_vec(),
+                    strides_bytes: vec![map.dims[0]],
+                    box_dims: map.box_dims.to_vec(),
+                    swizzle: TensorMapSwizzle::B128,
+                };
+                (map.over, arg)
+            })
+            .collect()
     }
 
     /// Attributes and static shapes, for the manifest.

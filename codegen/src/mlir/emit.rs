@@ -155,6 +155,11 @@ impl<'c, 'a> Emit<'c, 'a> {
         self.push(arith::ori(a, b, self.location))
     }
 
+    /// `a ^ b`.
+    pub fn xori(&self, a: Value<'c, '_>, b: Value<'c, '_>) -> Emitted<'c, 'a> {
+        self.push(arith::xori(a, b, self.location))
+    }
+
     /// `a << b`.
     pub fn shli(&self, a: Value<'c, '_>, b: Value<'c, '_>) -> Emitted<'c, 'a> {
         self.push(arith::shli(a, b, self.location))

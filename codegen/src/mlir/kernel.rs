@@ -101,6 +101,22 @@ impl<'c> KernelModule<'c> {
     where
         F: FnOnce(&Block<'c>, Location<'c>) -> Result<(), CodegenError>,
     {
+        self.add_function(name, arguments, shared, &[], build)
+    }
+
+    /// Adds the kernel `name` with `attributes` on its `gpu.func` (the others'
+    /// common body).
+    fn add_function<F>(
+        &self,
+        name: &str,
+        arguments: &[Type<'c>],
+        shared: &[Type<'c>],
+        attributes: &[(&str, Attribute<'c>)],
+        build: F,
+    ) -> Result<(), CodegenError>
+    where
+        F: FnOnce(&Block<'c>, Location<'c>) -> Result<(), CodegenError>,
+    {
         if self.kernel_names().iter().any(|existing| existing == name) {
             return Err(CodegenError::InvalidKernel {
                 kernel: name.to_string(),
@@ -132,6 +148,9 @@ impl<'c> KernelModule<'c> {
         .into();
         function.set_attribute("sym_name", StringAttribute::new(context, name).into());
         function.set_attribute("gpu.kernel", Attribute::unit(context));
+        for &(attribute, value) in attributes {
+            function.set_attribute(attribute, value);
+        }
         if !shared.is_empty() {
             function.set_attribute(
                 "workgroup_attributions",
@@ -146,6 +165,54 @@ impl<'c> KernelModule<'c> {
         Ok(())
     }
 
+    /// [`KernelModule::add_kernel`] for a kernel whose shared memory is dynamic (sized at launch,
+    /// so beyond the 48 KiB of static shared memory): the module gets an `.extern .shared .align
+    /// 1024` array named [`dynamic_shared_symbol`]`(name)`, which `build` reads with
+    /// `memref.get_global`. The kernel runs exactly `threads` threads per block (`maxntid`,
+    /// with `minctasm = 1`: what `setmaxnreg` needs to take effect).
+    pub fn add_kernel_with_dynamic_shared<F>(
+        &self,
+        name: &str,
+        arguments: &[Type<'c>],
+        threads: u32,
+        build: F,
+    ) -> Result<(), CodegenError>
+    where
+        F: FnOnce(&Block<'c>, Location<'c>) -> Result<(), CodegenError>,
+    {
+        let context = self.context;
+        let location = Location::unknown(context);
+        let global = OperationBuilder::new("memref.global", location)
+            .add_attributes(&[
+                (
+                    Identifier::new(context, "sym_name"),
+                    StringAttribute::new(context, &dynamic_shared_symbol(name)).into(),
+                ),
+                (
+                    Identifier::new(context, "type"),
+                    TypeAttribute::new(dynamic_shared_type(context)).into(),
+                ),
+                (
+                    Identifier::new(context, "alignment"),
+                    IntegerAttribute::new(Type::parse(context, "i64").expect("i64 parses"), 1024)
+                        .into(),
+                ),
+            ])
+            .build()?;
+        let threads = Attribute::parse(context, &format!("array<i32: {threads}, 1, 1>"))
+            .expect("a dense i32 array parses");
+        let min_ctas =
+            IntegerAttribute::new(Type::parse(context, "i32").expect("i32 parses"), 1).into();
+        self.gpu_module_body().append_operation(global);
+        self.add_function(
+            name,
+            arguments,
+            &[],
+            &[("nvvm.maxntid", threads), ("nvvm.minctasm", min_ctas)],
+            build,
+        )
+    }
+
     /// The whole module.
     pub fn module(&self) -> &Module<'c> {
         &self.module
@@ -155,6 +222,17 @@ impl<'c> KernelModule<'c> {
     pub fn module_mut(&mut self) -> &mut Module<'c> {
         &mut self.module
     }
+}
+
+/// The `.extern .shared` array of kernel `entry`'s dynamic shared memory.
+pub fn dynamic_shared_symbol(entry: &str) -> String {
+    format!("{entry}_dynamic_shared")
+}
+
+/// The type of a dynamic shared-memory array: zero static bytes of workgroup memory.
+pub fn dynamic_shared_type(context: &Context) -> Type<'_> {
+    Type::parse(context, "memref<0xi8, #gpu.address_space<workgroup>>")
+        .expect("a workgroup memref type parses")
 }
 
 /// Appends `operation` to `block` and returns its single result.

@@ -8,6 +8,7 @@
 //! then lowers that module to one PTX module.
 
 pub mod emit;
+pub mod hopper;
 pub mod kernel;
 pub mod math;
 

@@ -61,20 +61,20 @@ struct PlannedStep {
     bytes: u64,
 }
 
-/// The form of `kernel` for `target`: on sm_90a a dense tensor-core FP8 GEMM runs on wgmma.
+/// The form of `kernel` for `target`: on sm_90a a tensor-core FP8 GEMM runs on wgmma,
+/// pipelined with TMA.
 fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
     match kernel {
         GpuKernel::Fp8Gemm(mut gemm)
             if target == Target::Sm90a
                 && gemm.form == GemmForm::MmaSync
-                && crate::kernels::fp8_gemm_wgmma::eligible(&gemm) =>
+                && crate::kernels::fp8_gemm_tma::eligible(&gemm) =>
         {
-            // The width is chosen over the wgmma form's own M tiles (its dispatch's padding).
-            gemm.form = GemmForm::Wgmma {
-                block_n: crate::kernels::fp8_gemm_wgmma::MAX_BLOCK_N,
-            };
-            gemm.form = GemmForm::Wgmma {
-                block_n: crate::kernels::fp8_gemm_wgmma::block_n_for(&gemm),
+            let tiles = crate::kernels::fp8_gemm_tma::tiles_for(&gemm);
+            gemm.form = GemmForm::WgmmaTma {
+                block_m: tiles.block_m,
+                block_n: tiles.block_n,
+                stages: tiles.stages,
             };
             GpuKernel::Fp8Gemm(gemm)
         }
@@ -151,6 +151,12 @@ fn with_causal_attention(
     }
 }
 
+/// The manifest's `shared_bytes` of `kernel`: its dynamic shared memory (a kernel over `u32`
+/// bytes fails the launch limits check).
+fn dynamic_shared(kernel: &GpuKernel) -> u32 {
+    u32::try_from(kernel.dynamic_shared_bytes()).unwrap_or(u32::MAX)
+}
+
 /// Plans `g` for `target`.
 pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
     let defs = g.defs();
@@ -178,7 +184,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             .map(|&v| Tensor::Value(root[v.index()]))
             .collect();
         if let GpuKernel::Fp8Gemm(gemm) = &kernel
-            && matches!(gemm.form, GemmForm::MmaSync | GemmForm::Wgmma { .. })
+            && matches!(gemm.form, GemmForm::MmaSync | GemmForm::WgmmaTma { .. })
             && let Some(grouped) = gemm.grouped
         {
             // The indices operand is replaced by the expert-contiguous layout, built once per
@@ -224,6 +230,11 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                 }
             };
             tensors.splice(4..5, [Tensor::Internal(rows), Tensor::Internal(tiles)]);
+        }
+        // A tensor map's parameter gets the tensor it maps (the backend puts the map there).
+        for (over, map) in kernel.tensor_maps() {
+            let tensor = tensors[over];
+            tensors.insert(map.param, tensor);
         }
         planned.push(PlannedStep {
             op: name,
@@ -343,11 +354,16 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             kernel: planned_step.entry,
             grid: launch.grid,
             block: launch.block,
-            shared_bytes: 0,
+            shared_bytes: dynamic_shared(&planned_step.kernel),
             args: planned_step.args.iter().map(|&t| tensor_name(t)).collect(),
             flops: planned_step.flops,
             bytes: planned_step.bytes,
-            tensor_maps: Vec::new(),
+            tensor_maps: planned_step
+                .kernel
+                .tensor_maps()
+                .into_iter()
+                .map(|(_, map)| map)
+                .collect(),
         });
     }
 
@@ -359,7 +375,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             attrs: kernel.attrs(),
             params: kernel.params().iter().map(|p| p.name.to_string()).collect(),
             block: kernel.launch().block,
-            shared_bytes: 0,
+            shared_bytes: dynamic_shared(kernel),
         })
         .collect();
 
