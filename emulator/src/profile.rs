@@ -46,6 +46,10 @@ pub struct LaunchProfile {
     pub barrier_waits: u64,
     /// Failed `mbarrier.try_wait`/`test_wait` polls.
     pub mbarrier_polls: u64,
+    /// The busiest emulated CTA's work over the mean CTA's (tensor-core FLOPs, or
+    /// warp-instructions in a kernel without MMAs): 1 when every CTA does the same, more when a
+    /// persistent grid's CTAs take unequal numbers of tiles (0: not measured).
+    pub cta_imbalance: f64,
 }
 
 impl LaunchProfile {
@@ -72,6 +76,7 @@ impl LaunchProfile {
         self.shared_wavefronts += other.shared_wavefronts;
         self.barrier_waits += other.barrier_waits;
         self.mbarrier_polls += other.mbarrier_polls;
+        self.cta_imbalance = self.cta_imbalance.max(other.cta_imbalance);
     }
 
     /// Scales every counter by `ctas_total / ctas_run` (CTA sampling), rounding.

@@ -5,7 +5,9 @@
 //! largest of them plus the launch latency:
 //!
 //! ```text
-//! q        = ceil(C / S) · S / C                       (C CTAs over S SMs: the busiest SM's share)
+//! q        = ceil(C / S) · S / C · imbalance           (C CTAs over S SMs: the busiest SM's share;
+//!                                                       imbalance: the busiest CTA's work over
+//!                                                       the mean CTA's, ≥ 1)
 //! tensor   = q · Σ_kind flops[kind] / (peak[kind] · tensor_efficiency)
 //! issue    = q · (warp_instructions + unpack · fp8_mma_sync_ops) / (S · 4 · clock)
 //! fp32     = q · fp32_flops / fp32_peak
@@ -337,8 +339,10 @@ fn is_fp8_mma_sync(kind: &str) -> bool {
 pub fn model_with(profile: &LaunchProfile, device: &DeviceModel, options: ModelOptions) -> Modeled {
     let sms = device.sms.max(1) as f64;
     let ctas = profile.ctas_total.max(1);
-    // The busiest SM's share of the work relative to an even spread: ceil(C/S)·S/C.
-    let q = (ctas.div_ceil(device.sms.max(1) as u64) as f64) * sms / ctas as f64;
+    // The busiest SM's share of the work relative to an even spread: ceil(C/S)·S/C, times the
+    // busiest CTA's work over the mean (a persistent grid's CTAs take unequal tile counts).
+    let q = (ctas.div_ceil(device.sms.max(1) as u64) as f64) * sms / ctas as f64
+        * profile.cta_imbalance.max(1.0);
     let ctas_per_sm = options.ctas_per_sm.unwrap_or_else(|| {
         let by_threads = device.max_threads_per_sm as u64 / profile.threads_per_cta.max(1);
         by_threads.clamp(1, device.max_ctas_per_sm as u64)
@@ -553,6 +557,24 @@ mod tests {
             bytes as f64 / 2.0 / (3.35e12 * DRAM_EFFICIENCY) + LAUNCH_LATENCY_S,
             1e-12
         ));
+    }
+
+    #[test]
+    fn a_persistent_grids_uneven_tiles_charge_the_busiest_cta() {
+        let h100 = DeviceModel::h100_sxm();
+        // 1792 tiles over 132 persistent CTAs: 76 take 14, 56 take 13 (mean 13.58).
+        let per_tile = 2 * 128 * 128 * 16384u64;
+        let mut p = gemm_profile("wgmma.m64n128k32.e4m3", per_tile * 1792, 0, 132);
+        let even = model(&p, &h100).seconds - LAUNCH_LATENCY_S;
+        p.cta_imbalance = 14.0 * 132.0 / 1792.0;
+        let uneven = model(&p, &h100).seconds - LAUNCH_LATENCY_S;
+        assert!(close(uneven, even * 14.0 * 132.0 / 1792.0, 1e-9));
+        // What one CTA does is what the busiest SM does.
+        let fourteen_tiles = 14.0 * per_tile as f64 / (1979e12 / 132.0) / TENSOR_EFFICIENCY;
+        assert!(close(uneven, fourteen_tiles, 1e-9), "{uneven} vs {fourteen_tiles}");
+        // Not measured (0) counts as even.
+        p.cta_imbalance = 0.0;
+        assert!(close(model(&p, &h100).seconds - LAUNCH_LATENCY_S, even, 1e-12));
     }
 
     #[test]

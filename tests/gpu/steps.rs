@@ -193,10 +193,21 @@ fn wide_tiles_match_the_cpu_reference() {
 }
 
 /// Routed experts with 128 rows each on average: on sm_90a the grouped FP8 GEMM's 128-row
-/// tiles (two consumer warpgroups, rows gathered through the dispatch), promotion every 32.
+/// tiles (two consumer warpgroups, rows gathered through the dispatch), promotion every 32,
+/// more K blocks than ring stages.
 #[test]
 fn wide_grouped_tiles_with_interval_32_match_the_cpu_reference() {
     check_every_step("gpu-steps-wide-moe", "tests/gpu/models/wide-moe.toml", None);
+}
+
+/// The same with 32 rows per expert: 64-row grouped tiles, one consumer warpgroup.
+#[test]
+fn narrow_grouped_tiles_match_the_cpu_reference() {
+    check_every_step(
+        "gpu-steps-narrow-moe",
+        "tests/gpu/models/narrow-moe.toml",
+        None,
+    );
 }
 
 /// A BF16 linear (head) with M, N and K off the tiles, and a bias: wgmma on sm_90a, mma.sync

@@ -28,6 +28,7 @@
 //! Shared memory is dynamic (`.extern .shared`, the manifest's `shared_bytes`): up to six
 //! stages within the 227 KiB a Hopper block may opt into.
 
+use dsc_ir::DType;
 use serde::Serialize;
 
 use super::fp8_gemm::{Fp8Gemm, GemmForm, Operands};
@@ -78,9 +79,10 @@ pub struct TileMap {
 }
 
 /// Whether `gemm` can take this form: what the wgmma pieces need (K in whole 16-byte chunks,
-/// which is also TMA's stride alignment; 128-wide scale blocks; an interval of whole wgmmas).
+/// which is also TMA's stride alignment; 128-wide scale blocks; an interval of whole wgmmas),
+/// and an output the epilogue stores (bf16 or f32).
 pub fn eligible(gemm: &Fp8Gemm) -> bool {
-    super::fp8_gemm_wgmma::eligible(gemm)
+    super::fp8_gemm_wgmma::eligible(gemm) && matches!(gemm.output, DType::Bf16 | DType::F32)
 }
 
 /// The tile shape for `gemm`, DeepGEMM's concern in a documented form: over `block_m` in
@@ -272,12 +274,13 @@ impl<'g, 'c, 'a> Pipeline<'g, 'c, 'a> {
         stage_bytes(self.t.block_m, self.t.block_n)
     }
 
-    /// Arrivals that complete a `full` phase: the TMA issuer's (dense), plus every producer
-    /// thread's once its gathered A rows are in shared memory (grouped).
+    /// Arrivals that complete a `full` phase: the TMA issuer's (dense), or every producer
+    /// thread's once its gathered A rows are in shared memory (grouped; the issuer's arrival
+    /// also expects the TMA's bytes).
     fn full_arrivals(&self) -> u32 {
         match self.gemm.grouped {
             None => 1,
-            Some(_) => 1 + WARPGROUP as u32,
+            Some(_) => WARPGROUP as u32,
         }
     }
 
@@ -430,15 +433,10 @@ impl<'g, 'c, 'a> Pipeline<'g, 'c, 'a> {
             None => None,
         };
         let x_global = e.address_of(self.ops.x)?;
-        // The maps are read by the thread that issues the loads: once per block.
-        let zero = e.index(0)?;
-        let leader = e.cmpi(melior::dialect::arith::CmpiPredicate::Eq, self.tid, zero)?;
-        e.if_then(leader, |e| {
-            for map in x_map.iter().chain([&w_map]) {
-                e.fence_tensormap_acquire(*map)?;
-            }
-            Ok(())
-        })?;
+        // Once per block, before the maps are read (every producer thread: no branch).
+        for map in x_map.iter().chain([&w_map]) {
+            e.fence_tensormap_acquire(*map)?;
+        }
         self.for_each_tile(e, |e, [m0, n0], expert| {
             let i32_type = e.int_type(32);
             // B rows of this expert: `expert · N + n0`.
@@ -454,20 +452,27 @@ impl<'g, 'c, 'a> Pipeline<'g, 'c, 'a> {
                 e.mbarrier_wait(pass.empty, free)?;
                 let k0 = e.muli(kb, e.index(BLOCK_K as i64)?)?;
                 let k0_32 = e.index_cast(k0, i32_type)?;
-                let issue = |e: &Emit<'c, '_>| {
-                    e.mbarrier_arrive_expect_tx(pass.full, self.tma_bytes())?;
-                    if let Some(x_map) = x_map {
-                        e.tma_load(pass.a, x_map, &[k0_32, m0_32], pass.full)?;
-                    }
-                    e.tma_load(pass.b, w_map, &[k0_32, b_row], pass.full)
-                };
+                let bytes = e.int(32, self.tma_bytes() as i64)?;
                 match self.gemm.grouped {
-                    None => issue(&e),
+                    // One thread: expect the bytes, then both loads.
+                    None => {
+                        e.mbarrier_arrive_expect_tx(pass.full, bytes)?;
+                        if let Some(x_map) = x_map {
+                            e.tma_load(pass.a, x_map, &[k0_32, m0_32], pass.full, None)?;
+                        }
+                        e.tma_load(pass.b, w_map, &[k0_32, b_row], pass.full, None)
+                    }
+                    // The warpgroup, without branching (a divergent warp would have to
+                    // reconverge around the loop): the first thread's predicated TMA load of
+                    // B, every thread's share of A's rows, then every thread's arrival, the
+                    // first one's expecting B's bytes. The load may complete its bytes before
+                    // they are expected: the tx-count goes below zero, and the phase cannot
+                    // complete before the first thread's arrival.
                     Some(_) => {
                         let zero = e.index(0)?;
                         let leader =
                             e.cmpi(melior::dialect::arith::CmpiPredicate::Eq, self.tid, zero)?;
-                        e.if_then(leader, |e| issue(&e))?;
+                        e.tma_load(pass.b, w_map, &[k0_32, b_row], pass.full, Some(leader))?;
                         let stage = Stage {
                             gemm: self.gemm,
                             tid: self.tid,
@@ -480,7 +485,9 @@ impl<'g, 'c, 'a> Pipeline<'g, 'c, 'a> {
                         stage.load(&e, x_global)?;
                         // The rows written through the generic proxy, seen by wgmma's.
                         e.fence_proxy_async_shared()?;
-                        e.mbarrier_arrive(pass.full)
+                        let none = e.int(32, 0)?;
+                        let bytes = e.select(leader, bytes, none)?;
+                        e.mbarrier_arrive_expect_tx(pass.full, bytes)
                     }
                 }
             })
@@ -535,7 +542,6 @@ struct Pass<'c, 'b> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dsc_ir::DType;
 
     fn dense(rows: u64, n: u64, k: u64) -> Fp8Gemm {
         Fp8Gemm {

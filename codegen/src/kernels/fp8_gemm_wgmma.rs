@@ -20,12 +20,13 @@
 //!   `rows[p] / top_k`) and writes output row `rows[p]` (padding, −1, reads zeros and stores
 //!   nothing).
 
+use dsc_ir::DType;
 use melior::dialect::llvm;
 use melior::ir::Value;
 use melior::ir::attribute::DenseI64ArrayAttribute;
 
 use super::fp8_gemm::{Fp8Gemm, GemmForm, Operands, TileRow, tile_row};
-use super::vector_access::{global_load_v4, shared_store_v4};
+use super::vector_access::{global_load_v4, global_store_if, pack_bf16x2, shared_store_v4};
 use crate::error::CodegenError;
 use crate::mlir::emit::{Emit, Emitted};
 
@@ -170,8 +171,11 @@ impl<'c, 'a> Fragment<'c, 'a> {
         Ok(Scales { sx, sw })
     }
 
-    /// Rounds the accumulators to the output dtype and stores the real rows' columns below N:
-    /// register i is row `row0 + 8·((i / 2) mod 2)`, column `col0 + 8·(i / 4) + i mod 2`.
+    /// Rounds the accumulators to the output dtype and stores the real rows' columns below N
+    /// with predicated stores: register i is row `row0 + 8·((i / 2) mod 2)`, column
+    /// `col0 + 8·(i / 4) + i mod 2`. Registers `i` and `i + 1` (i even) are two adjacent
+    /// columns from an even one; when N is even both are inside or neither is, and their 4
+    /// (bf16) or 8 (f32) bytes are one aligned store.
     pub(super) fn store(
         &self,
         gemm: &Fp8Gemm,
@@ -180,20 +184,37 @@ impl<'c, 'a> Fragment<'c, 'a> {
         acc: &[Value<'c, '_>],
     ) -> Result<(), CodegenError> {
         let n = e.index(gemm.n as i64)?;
+        let paired = gemm.n.is_multiple_of(2);
+        let out = e.address_of(ops.out)?;
+        let size = e.index(gemm.output.size_bytes() as i64)?;
         for (i, &cell) in acc.iter().enumerate() {
+            if paired && i % 2 == 1 {
+                continue;
+            }
             let row = self.rows[(i / 2) % 2];
             let offset = e.index((8 * (i / 4) + i % 2) as i64)?;
             let col = e.addi(self.col0, offset)?;
             let col_ok = e.lt(col, n)?;
             let ok = e.andi(row.real, col_ok)?;
+            let at = e.muli(row.out, n)?;
+            let at = e.addi(at, col)?;
+            let at = e.muli(at, size)?;
+            let at = e.index_cast(at, e.int_type(64))?;
+            let at = e.addi(out, at)?;
             let value = e.get(cell)?;
-            let value = e.round_to(value, gemm.output)?;
-            e.if_then(ok, |e| {
-                let at = e.muli(row.out, n)?;
-                let at = e.addi(at, col)?;
-                e.store(value, ops.out, at);
-                Ok(())
-            })?;
+            let values = match (gemm.output, paired) {
+                (DType::Bf16, true) => vec![pack_bf16x2(e, value, e.get(acc[i + 1])?)?],
+                (DType::Bf16, false) => {
+                    let rounded = e.round_to(value, DType::Bf16)?;
+                    vec![e.bitcast(rounded, e.int_type(16))?]
+                }
+                (_, true) => vec![
+                    e.bitcast(value, e.int_type(32))?,
+                    e.bitcast(e.get(acc[i + 1])?, e.int_type(32))?,
+                ],
+                (_, false) => vec![e.bitcast(value, e.int_type(32))?],
+            };
+            global_store_if(e, ok, at, &values)?;
         }
         Ok(())
     }

@@ -1,11 +1,11 @@
 //! The 16-byte and 32-bit memory accesses the tiled kernels stage shared memory with, as inline
 //! PTX (MLIR 22 emits vector loads only for aligned vector memrefs, and the kernels take flat
 //! scalar buffers): a predicated `ld.global.v4.u32` that reads zeros when off, `st.shared.v4`,
-//! and 32/16-bit shared loads and stores at 32-bit shared addresses.
+//! 32/16-bit shared loads and stores at 32-bit shared addresses, and 4/8-byte global stores.
 
 use melior::dialect::llvm;
-use melior::ir::Value;
 use melior::ir::attribute::DenseI64ArrayAttribute;
+use melior::ir::{Value, ValueLike};
 
 use crate::error::CodegenError;
 use crate::mlir::emit::{Emit, Emitted};
@@ -32,6 +32,40 @@ pub fn global_load_v4<'c, 'a>(
         ))
     };
     Ok([word(0)?, word(1)?, word(2)?, word(3)?])
+}
+
+/// Stores `values` (one `i16`, one `i32` or two `i32`s) at the naturally aligned global address
+/// `address` (an `i64`) where `ok` (an `i1`) holds: `st.global.b16`, `.b32` or `.v2.b32`,
+/// predicated rather than branched around (a divergent branch inside a loop would leave the
+/// warp to reconverge around the loop).
+pub fn global_store_if<'c>(
+    e: &Emit<'c, '_>,
+    ok: Value<'c, '_>,
+    address: Value<'c, '_>,
+    values: &[Value<'c, '_>],
+) -> Result<(), CodegenError> {
+    let sixteen_bits = values.len() == 1 && values[0].r#type() == e.int_type(16);
+    let (store, constraints) = match values.len() {
+        1 if sixteen_bits => ("st.global.b16 [$0], $1;", "l,h,r"),
+        1 => ("st.global.b32 [$0], $1;", "l,r,r"),
+        2 => ("st.global.v2.b32 [$0], {$1, $2};", "l,r,r,r"),
+        n => {
+            return Err(CodegenError::InvalidKernel {
+                kernel: "global_store_if".into(),
+                message: format!("{n} values: one or two only"),
+            });
+        }
+    };
+    let ok = e.extui(ok, e.int_type(32))?;
+    let asm = format!(
+        "{{\n\t.reg .pred p;\n\tsetp.ne.b32 p, ${}, 0;\n\t@p {store}\n\t}}",
+        values.len() + 1
+    );
+    let mut operands = vec![address];
+    operands.extend_from_slice(values);
+    operands.push(ok);
+    e.push_void(e.inline_asm_op(&asm, constraints, &operands, &[])?);
+    Ok(())
 }
 
 /// Stores four words at the 16-byte aligned shared address `place` (an `i32`).

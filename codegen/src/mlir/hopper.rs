@@ -1,5 +1,5 @@
 //! Hopper's asynchronous machinery as `nvvm` operations (HOPPER_MLIR.md): mbarriers, TMA tile
-//! loads, `elect.sync`, `setmaxnreg` and the fences between them. Shared-memory addresses are
+//! loads, `setmaxnreg` and the fences between them. Shared-memory addresses are
 //! 32-bit offsets in the shared window (what [`Emit::address_of`] gives for workgroup memory,
 //! truncated), turned into `!llvm.ptr<3>` here.
 
@@ -59,15 +59,14 @@ impl<'c, 'a> Emit<'c, 'a> {
         Ok(())
     }
 
-    /// `nvvm.mbarrier.arrive.expect_tx`: one arrival on `bar` that also expects `bytes` more
-    /// bytes of asynchronous copies in the current phase.
+    /// `nvvm.mbarrier.arrive.expect_tx`: one arrival on `bar` that also expects `bytes` (an
+    /// `i32`) more bytes of asynchronous copies in the current phase.
     pub fn mbarrier_arrive_expect_tx(
         &self,
         bar: Value<'c, '_>,
-        bytes: u64,
+        bytes: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
         let bar = self.pointer(bar, 3)?;
-        let bytes = self.int(32, bytes as i64)?;
         self.push_void(
             OperationBuilder::new("nvvm.mbarrier.arrive.expect_tx", self.location)
                 .add_operands(&[bar, bytes])
@@ -108,13 +107,16 @@ impl<'c, 'a> Emit<'c, 'a> {
 
     /// `nvvm.cp.async.bulk.tensor.shared.cluster.global`: a TMA tile load of the box at
     /// `coordinates` (innermost first, `i32`) of the tensor map at generic address `map` into
-    /// shared address `destination`, completing its bytes on mbarrier `bar`.
+    /// shared address `destination`, completing its bytes on mbarrier `bar`; only in the
+    /// threads where `predicate` (an `i1`) holds, when given (a predicated instruction, not a
+    /// branch: the warp does not diverge).
     pub fn tma_load(
         &self,
         destination: Value<'c, '_>,
         map: Value<'c, '_>,
         coordinates: &[Value<'c, '_>],
         bar: Value<'c, '_>,
+        predicate: Option<Value<'c, '_>>,
     ) -> Result<(), CodegenError> {
         let destination = self.pointer(destination, 7)?;
         let map = self.pointer(map, 0)?;
@@ -122,9 +124,14 @@ impl<'c, 'a> Emit<'c, 'a> {
         let mut operands = vec![destination, map];
         operands.extend_from_slice(coordinates);
         operands.push(bar);
+        operands.extend(predicate);
         // dstMem, tmaDescriptor, coordinates, mbar, im2colOffsets, multicastMask, l2CacheHint,
         // predicate.
-        let segments = format!("array<i32: 1, 1, {}, 1, 0, 0, 0, 0>", coordinates.len());
+        let segments = format!(
+            "array<i32: 1, 1, {}, 1, 0, 0, 0, {}>",
+            coordinates.len(),
+            usize::from(predicate.is_some())
+        );
         let segments =
             Attribute::parse(self.context, &segments).expect("operand segment sizes parse");
         self.push_void(
@@ -157,15 +164,6 @@ impl<'c, 'a> Emit<'c, 'a> {
                 .build()?,
         );
         Ok(())
-    }
-
-    /// `nvvm.elect.sync`: true in exactly one active lane of the warp.
-    pub fn elect_one(&self) -> Emitted<'c, 'a> {
-        self.push(
-            OperationBuilder::new("nvvm.elect.sync", self.location)
-                .add_results(&[self.int_type(1)])
-                .build()?,
-        )
     }
 
     /// `nvvm.setmaxregister`: the warpgroup's per-thread register budget (ptxas honours it only

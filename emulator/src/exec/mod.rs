@@ -166,6 +166,47 @@ fn clusters(grid: [u32; 3], cluster: [u32; 3], sample: Option<u64>) -> Vec<Vec<[
     }
 }
 
+/// A tensor-core instruction: its kind (`mma.m16n8k32.e4m3`, `wgmma.m64n128k32.e4m3`), the
+/// warp-instructions per MMA (4 for wgmma: each warp of the warpgroup issues it) and the FLOPs
+/// of one MMA.
+struct TensorOp {
+    kind: String,
+    issues_per_op: u64,
+    flops_per_op: u64,
+}
+
+impl TensorOp {
+    /// MMAs in `n` warp-instructions.
+    fn ops(&self, n: u64) -> u64 {
+        n / self.issues_per_op
+    }
+
+    /// FLOPs of `n` warp-instructions.
+    fn flops(&self, n: u64) -> u64 {
+        self.ops(n) * self.flops_per_op
+    }
+}
+
+fn tensor_op(inst: &crate::ptx::Inst) -> Option<TensorOp> {
+    match &inst.op {
+        Op::Mma {
+            shape: (m, n, k),
+            a,
+            ..
+        } => Some(TensorOp {
+            kind: format!("mma.m{m}n{n}k{k}.{}", a.suffix()),
+            issues_per_op: 1,
+            flops_per_op: 2 * u64::from(m * n * k),
+        }),
+        Op::Hopper(crate::ptx::decode_hopper::HopperOp::Wgmma { n, k, a, .. }) => Some(TensorOp {
+            kind: format!("wgmma.m64n{n}k{k}.{}", a.suffix()),
+            issues_per_op: 4,
+            flops_per_op: 2 * 64 * u64::from(n * k),
+        }),
+        _ => None,
+    }
+}
+
 /// Runs every CTA of a launch.
 pub(crate) fn run_grid(
     module: &Module,
@@ -215,6 +256,14 @@ pub(crate) fn run_grid(
         ..LaunchProfile::default()
     };
     let mut per_inst = vec![0u64; kernel.insts.len()];
+    let tensor_insts: Vec<(usize, TensorOp)> = kernel
+        .insts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, inst)| tensor_op(inst).map(|op| (i, op)))
+        .collect();
+    // Each CTA's work: its tensor FLOPs, or its warp-instructions without MMAs.
+    let mut cta_work: Vec<u64> = Vec::new();
     for c in results
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?
@@ -224,6 +273,14 @@ pub(crate) fn run_grid(
         for (t, v) in per_inst.iter_mut().zip(&c.per_inst) {
             *t += v;
         }
+        cta_work.push(if tensor_insts.is_empty() {
+            c.per_inst.iter().sum()
+        } else {
+            tensor_insts
+                .iter()
+                .map(|(i, op)| op.flops(c.per_inst[*i]))
+                .sum()
+        });
         profile.ctas_run += 1;
         profile.thread_instructions += c.threads;
         profile.global_load_sectors += c.load_sectors;
@@ -245,23 +302,16 @@ pub(crate) fn run_grid(
             .instruction_mix
             .entry(inst.opcode.clone())
             .or_default() += n;
-        if let Op::Mma {
-            shape: (m, nn, k),
-            a,
-            ..
-        } = &inst.op
-        {
-            let kind = format!("mma.m{m}n{nn}k{k}.{}", a.suffix());
-            *profile.tensor_ops.entry(kind.clone()).or_default() += n;
-            *profile.tensor_flops.entry(kind).or_default() += n * 2 * u64::from(m * nn * k);
+        if let Some(op) = tensor_op(inst) {
+            *profile.tensor_ops.entry(op.kind.clone()).or_default() += op.ops(n);
+            *profile.tensor_flops.entry(op.kind.clone()).or_default() += op.flops(n);
         }
-        if let Op::Hopper(crate::ptx::decode_hopper::HopperOp::Wgmma { n: nn, k, a, .. }) = &inst.op
-        {
-            // Each of the warpgroup's 4 warps issues it: one MMA per 4 warp-instructions.
-            let kind = format!("wgmma.m64n{nn}k{k}.{}", a.suffix());
-            *profile.tensor_ops.entry(kind.clone()).or_default() += n / 4;
-            *profile.tensor_flops.entry(kind).or_default() += n / 4 * 2 * 64 * u64::from(nn * k);
-        }
+    }
+    let total_work: u64 = cta_work.iter().sum();
+    if let Some(&busiest) = cta_work.iter().max()
+        && total_work > 0
+    {
+        profile.cta_imbalance = busiest as f64 * cta_work.len() as f64 / total_work as f64;
     }
     profile.scale_to_grid();
     Ok(profile)
