@@ -10,6 +10,7 @@
 //! pass by skipping.
 
 mod flash_attention;
+mod fp8_gemm_profile;
 mod kernel_run;
 mod models;
 mod moe_routing;
