@@ -10,6 +10,7 @@ pub mod infer;
 pub mod located;
 pub mod model;
 pub mod op;
+pub mod operands;
 pub mod param_names;
 pub mod policy;
 pub mod role;
@@ -27,6 +28,7 @@ pub use model::{
     ActGradScaling, Recipe, Recompute, TrainConfig, WgradSource, load_model, load_train_config,
 };
 pub use op::{Op, OpKind, Precision};
+pub use operands::{OperandError, OperandLayout};
 pub use policy::{PrecisionOverride, PrecisionPolicy, ScaleFormat};
 pub use role::Role;
 pub use shape::{Shape, TensorType};

@@ -127,7 +127,9 @@ pub enum OpKind {
 /// Operand count bounds of an op kind: `min..=max` (`max = None` for variadic).
 #[derive(Debug, Clone, Copy)]
 pub struct Arity {
+    /// The fewest operands.
     pub min: usize,
+    /// The most operands, `None` for variadic kinds.
     pub max: Option<usize>,
 }
 
@@ -263,31 +265,24 @@ impl OpKind {
         }
     }
 
-    /// How many operands the kind takes.
+    /// How many operands the kind takes (for kinds with named operands, their layout's).
     pub fn arity(self) -> Arity {
         use OpKind::*;
+        if let Some(layout) = self.operand_layout() {
+            return layout.arity();
+        }
         match self {
-            Embedding | Mul | Add | Swiglu | AttnValues | RmsNorm | Dequantize => arity(2, 2),
-            Linear | GroupedLinear => arity(2, 3),
+            Mul | Add | Swiglu | RmsNorm => arity(2, 2),
             Matmul => arity(2, 2),
             Rope | Softmax | Silu | Cast | Quantize | Reshape | Transpose | Slice => arity(1, 1),
-            AttnScores => arity(2, 4),
-            Attention => arity(3, 5),
-            MoeTopk => arity(1, 2),
-            MoeCombine => arity(2, 3),
             Concat => Arity { min: 1, max: None },
-            Fp8Partials => arity(2, 3),
-            Promote => arity(3, 4),
-            Fp8Gemm => arity(4, 5),
             RmsNormQuant | SwigluQuant => arity(2, 2),
             CrossEntropy | SoftmaxGrad | SiluGrad | EmbeddingGrad => arity(2, 2),
-            CrossEntropyGrad | RmsNormGrad | SwigluGrad => arity(3, 3),
+            CrossEntropyGrad | SwigluGrad => arity(3, 3),
             RopeGrad | ReduceSum | Scale => arity(1, 1),
             GlobalNorm => Arity { min: 1, max: None },
-            AdamW => arity(6, 6),
             Pad => arity(1, 1),
-            GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad => arity(3, 3),
-            ExpertBiasUpdate => arity(2, 2),
+            _ => unreachable!("{self} has a named operand layout"),
         }
     }
 

@@ -1,8 +1,9 @@
 //! Type rules of attention: `rope` (with its scaling attributes), `attn_scores` and
 //! `attn_values`.
 
-use super::{Inferred, Result, free, heads_divide, need_float, need_rank};
+use super::{Inferred, Result, free, heads_divide, named, need_float, need_rank};
 use crate::attr::Attrs;
+use crate::operands::{AttnScoresOperands, AttnValuesOperands};
 use crate::{DType, TensorType};
 
 /// The attributes of YaRN scaling (besides `factor` and `original_max_position`).
@@ -109,10 +110,8 @@ pub(super) fn rope(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> 
 
 /// `attn_scores`: `q [B, S, H, D]`, `k [B, T, Hk, D]` (+ `q_pe`, `k_pe`) → f32 `[B, H, S, T]`.
 pub(super) fn attn_scores(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    if ins.len() == 3 {
-        return Err("attn_scores takes q, k or q, k, q_pe, k_pe".into());
-    }
-    let (q, k) = (ins[0], ins[1]);
+    let scores = named(AttnScoresOperands::from_slice(ins))?;
+    let (q, k) = (scores.q, scores.k);
     for (what, t) in [("q", q), ("k", k)] {
         need_float(what, t)?;
         need_rank(what, t, 4)?;
@@ -127,7 +126,7 @@ pub(super) fn attn_scores(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Infe
         return Err(format!("q {q} and k {k} disagree on batch or head_dim"));
     }
     heads_divide("k", h, kh)?;
-    if let (Some(qp), Some(kp)) = (ins.get(2), ins.get(3)) {
+    if let Some((qp, kp)) = scores.pe() {
         for (what, t) in [("q_pe", qp), ("k_pe", kp)] {
             need_float(what, t)?;
             need_rank(what, t, 4)?;
@@ -150,7 +149,7 @@ pub(super) fn attn_scores(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Infe
 
 /// `attn_values`: `p [B, H, S, T]` · `v [B, T, Hv, Dv]` → `[B, S, H, Dv]`.
 pub(super) fn attn_values(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (p, v) = (ins[0], ins[1]);
+    let AttnValuesOperands { p, v } = named(AttnValuesOperands::from_slice(ins))?;
     need_float("p", p)?;
     need_float("v", v)?;
     need_rank("p", p, 4)?;

@@ -1,13 +1,14 @@
 //! Type rules of the kinds that move data without arithmetic: `embedding` (a row gather),
 //! `reshape`, `transpose`, `slice` and `concat`.
 
-use super::{Inferred, Result, axis_of, fixed, free, need_float, need_int, need_rank};
+use super::{Inferred, Result, axis_of, fixed, free, named, need_float, need_int, need_rank};
 use crate::attr::Attrs;
+use crate::operands::EmbeddingOperands;
 use crate::{OpKind, Shape, TensorType};
 
 /// `embedding`: integer ids `[..]` gather rows of `table [V, D]` → `[.., D]`.
 pub(super) fn embedding(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (ids, table) = (ins[0], ins[1]);
+    let EmbeddingOperands { ids, table } = named(EmbeddingOperands::from_slice(ins))?;
     need_int("ids", ids)?;
     need_float("table", table)?;
     need_rank("table", table, 2)?;

@@ -1,8 +1,9 @@
 //! Type rules of the FP8 kinds that quantize-linears and fuse introduce: partial products,
 //! promotion, the fused block-scaled GEMM, and norms/activations that quantize their output.
 
-use super::{Inferred, Result, fixed, free, need_float, need_int, need_min_rank, need_rank};
+use super::{Inferred, Result, fixed, free, named, need_float, need_int, need_min_rank, need_rank};
 use crate::attr::Attrs;
+use crate::operands::{Fp8GemmOperands, Fp8PartialsOperands, PromoteOperands};
 use crate::{DType, OpKind, TensorType};
 
 fn need_fp8(what: &str, t: &TensorType) -> Result<()> {
@@ -184,7 +185,8 @@ fn x_rows(x: &TensorType) -> &[u64] {
 pub(super) fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
     match kind {
         OpKind::Fp8Partials => {
-            let (x, w, idx) = (ins[0], ins[1], ins.get(2).copied());
+            let Fp8PartialsOperands { x, w, indices: idx } =
+                named(Fp8PartialsOperands::from_slice(ins))?;
             need_fp8("input", x)?;
             need_fp8("weight", w)?;
             let interval = size_attr(attrs, "interval", 32)?;
@@ -194,7 +196,12 @@ pub(super) fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<
             Ok(vec![fixed(DType::F32, dims)])
         }
         OpKind::Promote => {
-            let (p, xs, ws, idx) = (ins[0], ins[1], ins[2], ins.get(3).copied());
+            let PromoteOperands {
+                partials: p,
+                x_scale: xs,
+                w_scale: ws,
+                indices: idx,
+            } = named(PromoteOperands::from_slice(ins))?;
             let (tile, block, interval) = recipe(attrs)?;
             need_f32("partials", p)?;
             need_min_rank("partials", p, 2)?;
@@ -238,7 +245,13 @@ pub(super) fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<
             Ok(vec![free(DType::Bf16, p.shape.dims()[..r - 1].to_vec())])
         }
         OpKind::Fp8Gemm => {
-            let (x, xs, w, ws, idx) = (ins[0], ins[1], ins[2], ins[3], ins.get(4).copied());
+            let Fp8GemmOperands {
+                x,
+                x_scale: xs,
+                w,
+                w_scale: ws,
+                indices: idx,
+            } = named(Fp8GemmOperands::from_slice(ins))?;
             let (tile, block, _) = recipe(attrs)?;
             need_fp8("input", x)?;
             need_fp8("weight", w)?;

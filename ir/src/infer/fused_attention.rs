@@ -3,22 +3,19 @@
 //! in v's dtype.
 
 use super::attention::attn_scores;
-use super::{Inferred, Result, free, heads_divide, need_float, need_rank};
+use super::{Inferred, Result, free, heads_divide, named, need_float, need_rank};
 use crate::TensorType;
 use crate::attr::Attrs;
+use crate::operands::AttentionOperands;
 
 /// `attention(q, k, v[, q_pe, k_pe])`.
 pub(super) fn attention(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    if ins.len() == 4 {
-        return Err("attention takes q, k, v or q, k, v, q_pe, k_pe".into());
-    }
-    let mut scores = vec![ins[0], ins[1]];
-    scores.extend(&ins[3..]);
-    let scores = attn_scores(attrs, &scores)?;
+    let operands = named(AttentionOperands::from_slice(ins))?;
+    let scores = attn_scores(attrs, &operands.scores().to_vec())?;
     let [b, h, s, t] = scores[0].shape.0[..] else {
         unreachable!("attn_scores is rank 4")
     };
-    let v = ins[2];
+    let v = operands.v;
     need_float("v", v)?;
     need_rank("v", v, 4)?;
     let [vb, vt, vh, dv] = v.shape.0[..] else {
@@ -27,7 +24,7 @@ pub(super) fn attention(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferr
     if vb != b || vt != t {
         return Err(format!(
             "v {v} and k {} disagree on batch or key length",
-            ins[1]
+            operands.k
         ));
     }
     heads_divide("v", h, vh)?;

@@ -1,8 +1,9 @@
 //! Type rules of the dense matrix products: `linear` (`x · wᵀ`, optional bias) and `matmul`.
 
-use super::{Inferred, Result, free, need_float, need_min_rank, need_rank};
+use super::{Inferred, Result, free, named, need_float, need_min_rank, need_rank};
 use crate::TensorType;
 use crate::attr::Attrs;
+use crate::operands::LinearOperands;
 
 /// Which GEMM of a training step a `linear` is (`gemm` attribute; DESIGN.md §8): the forward
 /// product, or the backward's input gradient (`dgrad`: dY · W) or weight gradient (`wgrad`:
@@ -19,7 +20,7 @@ pub(super) fn linear(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>
             LINEAR_GEMMS.join(", ")
         ));
     }
-    let (x, w) = (ins[0], ins[1]);
+    let LinearOperands { x, w, bias } = named(LinearOperands::from_slice(ins))?;
     need_float("input", x)?;
     need_float("weight", w)?;
     need_min_rank("input", x, 1)?;
@@ -34,7 +35,7 @@ pub(super) fn linear(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>
             x.shape.last()
         ));
     }
-    if let Some(b) = ins.get(2) {
+    if let Some(b) = bias {
         need_float("bias", b)?;
         if b.shape.0 != [n] {
             return Err(format!("bias {b} must have shape [{n}]"));

@@ -99,6 +99,11 @@ fn check_attrs(kind: OpKind, attrs: &Attrs) -> Result<()> {
     Ok(())
 }
 
+/// Names the operand types of a kind whose count `infer` has checked against its layout.
+fn named<V>(view: std::result::Result<V, crate::OperandError>) -> Result<V> {
+    view.map_err(|e| e.to_string())
+}
+
 fn need_float(what: &str, t: &TensorType) -> Result<()> {
     if t.dtype.is_float() {
         Ok(())
@@ -159,7 +164,10 @@ fn axis_of(kind: OpKind, attrs: &Attrs, t: &TensorType) -> Result<usize> {
 /// Infers the result types of `kind` applied to operands of types `ins`.
 pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
     let a = kind.arity();
-    if ins.len() < a.min || a.max.is_some_and(|m| ins.len() > m) {
+    if let Some(layout) = kind.operand_layout() {
+        // Named operands: the layout says which counts fit and names them in the error.
+        layout.check(ins.len()).map_err(|e| e.to_string())?;
+    } else if ins.len() < a.min || a.max.is_some_and(|m| ins.len() > m) {
         let want = match a.max {
             Some(m) if m == a.min => format!("{m}"),
             Some(m) => format!("{} to {m}", a.min),

@@ -1,19 +1,20 @@
 //! Type rules of the mixture-of-experts kinds: routing (`moe_topk`), the grouped expert GEMM
 //! and the weighted combination of the experts' outputs.
 
-use super::{Inferred, Result, fixed, free, need_float, need_int, need_rank};
+use super::{Inferred, Result, fixed, free, named, need_float, need_int, need_rank};
 use crate::attr::Attrs;
+use crate::operands::{GroupedLinearOperands, MoeCombineOperands, MoeTopkOperands};
 use crate::{DType, TensorType};
 
 /// `moe_topk`: gate logits `[T, E]` (+ bias `[E]`) → weights f32 `[T, k]`, indices i32 `[T, k]`.
 pub(super) fn moe_topk(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let logits = ins[0];
+    let MoeTopkOperands { logits, bias } = named(MoeTopkOperands::from_slice(ins))?;
     need_float("logits", logits)?;
     need_rank("logits", logits, 2)?;
     let [t, e] = logits.shape.0[..] else {
         unreachable!()
     };
-    if let Some(bias) = ins.get(1) {
+    if let Some(bias) = bias {
         need_float("bias", bias)?;
         if bias.shape.0 != [e] {
             return Err(format!("bias {bias} must have shape [{e}]"));
@@ -54,10 +55,8 @@ pub(super) fn moe_topk(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferre
 
 /// `grouped_linear`: `x [T, K]` or `[T, k, K]` through the experts `w [E, N, K]` chosen by `indices [T, k]` → `[T, k, N]`.
 pub(super) fn grouped_linear(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    if ins.len() != 3 {
-        return Err("grouped_linear takes x, weight, indices".into());
-    }
-    let (x, w, idx) = (ins[0], ins[1], ins[2]);
+    let GroupedLinearOperands { x, w, indices: idx } =
+        named(GroupedLinearOperands::from_slice(ins))?;
     need_float("input", x)?;
     need_float("weight", w)?;
     need_int("indices", idx)?;
@@ -82,7 +81,11 @@ pub(super) fn grouped_linear(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
 
 /// `moe_combine`: expert outputs `[T, k, D]` weighted by `[T, k]` (+ shared `[T, D]`) → `[T, D]`.
 pub(super) fn moe_combine(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (y, w) = (ins[0], ins[1]);
+    let MoeCombineOperands {
+        y,
+        weights: w,
+        shared,
+    } = named(MoeCombineOperands::from_slice(ins))?;
     need_float("expert outputs", y)?;
     need_float("weights", w)?;
     need_rank("expert outputs", y, 3)?;
@@ -92,7 +95,7 @@ pub(super) fn moe_combine(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
         ));
     }
     let (t, d) = (y.shape.0[0], y.shape.0[2]);
-    if let Some(s) = ins.get(2) {
+    if let Some(s) = shared {
         need_float("shared", s)?;
         if s.shape.0 != [t, d] {
             return Err(format!("shared {s} must have shape [{t}, {d}]"));

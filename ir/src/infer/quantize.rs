@@ -1,7 +1,8 @@
 //! Type rules of block quantization: `quantize` (codes + scale grid) and `dequantize`.
 
-use super::{Inferred, Result, fixed, need_float};
+use super::{Inferred, Result, fixed, named, need_float};
 use crate::attr::Attrs;
+use crate::operands::DequantizeOperands;
 use crate::{DType, Shape, TensorType};
 
 /// `quantize` to FP8 codes and an f32 scale grid of `block`s.
@@ -21,7 +22,10 @@ pub(super) fn quantize(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferre
 
 /// `dequantize` FP8 codes with their scale grid back to `dtype`.
 pub(super) fn dequantize(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (q, s) = (ins[0], ins[1]);
+    let DequantizeOperands {
+        codes: q,
+        scales: s,
+    } = named(DequantizeOperands::from_slice(ins))?;
     if !q.dtype.is_fp8() {
         return Err(format!("dequantize input must be FP8, got {q}"));
     }

@@ -2,9 +2,14 @@
 //! VJP rules emit (`passes/src/autodiff`), and the optimizer.
 
 use super::{
-    Inferred, Result, axis_of, dims_eq, fixed, free, need_float, need_int, need_min_rank, need_rank,
+    Inferred, Result, axis_of, dims_eq, fixed, free, named, need_float, need_int, need_min_rank,
+    need_rank,
 };
 use crate::attr::Attrs;
+use crate::operands::{
+    AdamWOperands, ExpertBiasUpdateOperands, GroupedLinearWgradOperands, MoeCombineGradOperands,
+    MoeTopkGradOperands, RmsNormGradOperands,
+};
 use crate::{DType, OpKind, TensorType};
 
 /// Checks that `labels` has the shape of `logits` without its vocabulary axis.
@@ -44,7 +49,7 @@ pub(super) fn cross_entropy_grad(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
 
 /// `rms_norm_grad`: x `[.., D]`, w `[D]`, dy (x's shape) → dx, dw f32 `[D]`.
 pub(super) fn rms_norm_grad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (x, w, dy) = (ins[0], ins[1], ins[2]);
+    let RmsNormGradOperands { x, w, dy } = named(RmsNormGradOperands::from_slice(ins))?;
     super::norm::rms_norm(attrs, &[x, w])?;
     need_float("dy", dy)?;
     dims_eq("rms_norm_grad dy", x, dy)?;
@@ -128,13 +133,20 @@ pub(super) fn global_norm(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
 /// `adamw`: param, grad (its shape), m, v (its shape, any float storage), norm `[1]`,
 /// schedule `[2]` → param', m', v' of the operands' types.
 pub(super) fn adamw(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (p, g, m, v) = (ins[0], ins[1], ins[2], ins[3]);
+    let AdamWOperands {
+        param: p,
+        grad: g,
+        m,
+        v,
+        norm,
+        schedule,
+    } = named(AdamWOperands::from_slice(ins))?;
     for (what, t) in [("param", p), ("grad", g), ("m", m), ("v", v)] {
         need_float(what, t)?;
         dims_eq(&format!("adamw {what}"), p, t)?;
     }
-    need_scalar("norm", ins[4], 1)?;
-    need_scalar("schedule (lr, step)", ins[5], 2)?;
+    need_scalar("norm", norm, 1)?;
+    need_scalar("schedule (lr, step)", schedule, 2)?;
     for key in ["beta1", "beta2"] {
         let b = attrs.float(key).expect("checked");
         if !(0.0..1.0).contains(&b) {
@@ -177,7 +189,11 @@ pub(super) fn pad(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Ve
 /// `grouped_linear_wgrad`: dy `[T, k, N]`, x `[T, K]` or `[T, k, K]`, indices `[T, k]` → f32
 /// `[experts, N, K]`.
 pub(super) fn grouped_linear_wgrad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (dy, x, idx) = (ins[0], ins[1], ins[2]);
+    let GroupedLinearWgradOperands {
+        dy,
+        x,
+        indices: idx,
+    } = named(GroupedLinearWgradOperands::from_slice(ins))?;
     need_float("dy", dy)?;
     need_float("x", x)?;
     need_int("indices", idx)?;
@@ -208,7 +224,11 @@ pub(super) fn grouped_linear_wgrad(attrs: &Attrs, ins: &[&TensorType]) -> Result
 /// `moe_combine_grad`: y `[T, k, D]`, weights `[T, k]`, dout `[T, D]` → dy `[T, k, D]`,
 /// dweights f32 `[T, k]`.
 pub(super) fn moe_combine_grad(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (y, w, dout) = (ins[0], ins[1], ins[2]);
+    let MoeCombineGradOperands {
+        y,
+        weights: w,
+        dout,
+    } = named(MoeCombineGradOperands::from_slice(ins))?;
     super::moe::moe_combine(&[y, w])?;
     need_float("dout", dout)?;
     let (t, k, d) = (y.shape.0[0], y.shape.0[1], y.shape.0[2]);
@@ -224,7 +244,11 @@ pub(super) fn moe_combine_grad(ins: &[&TensorType]) -> Result<Vec<Inferred>> {
 /// `moe_topk_grad`: logits `[T, E]`, indices `[T, k]` (k ≤ E), dweights `[T, k]` → f32
 /// `[T, E]`.
 pub(super) fn moe_topk_grad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (logits, idx, dw) = (ins[0], ins[1], ins[2]);
+    let MoeTopkGradOperands {
+        logits,
+        indices: idx,
+        dweights: dw,
+    } = named(MoeTopkGradOperands::from_slice(ins))?;
     need_float("logits", logits)?;
     need_rank("logits", logits, 2)?;
     need_int("indices", idx)?;
@@ -251,7 +275,8 @@ pub(super) fn moe_topk_grad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<In
 
 /// `expert_bias_update`: bias `[E]`, indices `[T, k]`, `speed` ≥ 0 → bias' (the bias's type).
 pub(super) fn expert_bias_update(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
-    let (bias, idx) = (ins[0], ins[1]);
+    let ExpertBiasUpdateOperands { bias, indices: idx } =
+        named(ExpertBiasUpdateOperands::from_slice(ins))?;
     need_float("bias", bias)?;
     need_rank("bias", bias, 1)?;
     need_int("indices", idx)?;
