@@ -138,6 +138,14 @@ macro_rules! operand_views {
                     all
                 }
             }
+
+            impl $view<usize> {
+                /// Each operand's position among `count` operands (for arrays parallel to
+                /// the operands, such as their gradients).
+                pub fn positions(count: usize) -> Result<Self, OperandError> {
+                    Self::from_slice(&(0..count).collect::<Vec<_>>())
+                }
+            }
         )*
 
         impl Op {
@@ -464,6 +472,15 @@ mod tests {
             e.to_string(),
             "moe_topk takes logits or logits, bias, got 3 operands"
         );
+    }
+
+    #[test]
+    fn positions_name_the_indices_of_parallel_arrays() {
+        let at = LinearOperands::positions(3).unwrap();
+        assert_eq!((at.x, at.w, at.bias), (0, 1, Some(2)));
+        let at = AttentionOperands::positions(3).unwrap();
+        assert_eq!((at.v, at.scores().pe()), (2, None));
+        assert!(AttnScoresOperands::positions(3).is_err());
     }
 
     #[test]

@@ -31,6 +31,7 @@
 use crate::names::NameSet;
 use crate::{PassError, PassOptions};
 use dsc_ir::infer::infer;
+use dsc_ir::operands::{Fp8PartialsOperands, PromoteOperands};
 use dsc_ir::policy::keys;
 use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Precision, TensorType, ValueId};
 
@@ -76,10 +77,19 @@ fn lower(
         op: name.clone(),
         message,
     };
-    let grouped = op.kind == OpKind::GroupedLinear;
-    let (x, w) = (op.operands[0], op.operands[1]);
-    let indices = grouped.then(|| op.operands[2]);
-    let bias = (!grouped).then(|| op.operands.get(2).copied()).flatten();
+    // A dense linear may have a bias, a grouped one has the experts' indices.
+    let (x, w, indices, bias) = match op.kind {
+        OpKind::GroupedLinear => {
+            let o = op
+                .grouped_linear_operands()
+                .map_err(|e| fail(e.to_string()))?;
+            (o.x, o.w, Some(o.indices), None)
+        }
+        _ => {
+            let o = op.linear_operands().map_err(|e| fail(e.to_string()))?;
+            (o.x, o.w, None, o.bias)
+        }
+    };
     let policy = graph.policy.clone();
     let scale_format = Attr::Str(policy.scale_format.name().to_string());
     let quantize = |block: [u32; 2]| {
@@ -155,12 +165,15 @@ fn lower(
         &[format!("{name}.w_q"), format!("{name}.w_q.scale")],
         f32_only,
     )?;
-    let mut partial_operands = vec![x_q[0], w_q[0]];
-    partial_operands.extend(indices);
+    let partial_operands = Fp8PartialsOperands {
+        x: x_q[0],
+        w: w_q[0],
+        indices,
+    };
     let partials = emit(
         graph,
         OpKind::Fp8Partials,
-        partial_operands,
+        partial_operands.to_vec(),
         Attrs::new().with("interval", Attr::Int(i64::from(policy.promote_interval))),
         &[format!("{name}.partials")],
         Precision {
@@ -169,8 +182,13 @@ fn lower(
         },
     )?;
     // The original result becomes promote's result: same value, same name, same storage.
-    let mut promote_operands = vec![partials[0], x_q[1], w_q[1]];
-    promote_operands.extend(indices);
+    let promote_operands = PromoteOperands {
+        partials: partials[0],
+        x_scale: x_q[1],
+        w_scale: w_q[1],
+        indices,
+    }
+    .to_vec();
     let mut attrs = Attrs::new()
         .with(keys::ACT_TILE, Attr::Int(i64::from(policy.act_tile)))
         .with(keys::WEIGHT_BLOCK, Attr::Int(i64::from(w_block[1])))

@@ -22,6 +22,7 @@
 
 use crate::{PassError, PassOptions, autodiff};
 use dsc_ir::infer::infer;
+use dsc_ir::operands::LinearOperands;
 use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Role, TensorType, ValueId};
 
 const PASS: &str = "train-step";
@@ -295,8 +296,8 @@ fn bias_updates(g: &mut Graph, speed: f64) -> Result<Vec<ValueId>, String> {
     let routed: Vec<(ValueId, ValueId)> = g
         .ops
         .iter()
-        .filter(|op| op.kind == OpKind::MoeTopk && op.operands.len() == 2)
-        .filter_map(|op| param_of(g, op.operands[1]).map(|b| (b, op.results[1])))
+        .filter_map(|op| op.moe_topk_operands().ok()?.bias.map(|b| (b, op)))
+        .filter_map(|(bias, op)| param_of(g, bias).map(|b| (b, op.results[1])))
         .collect();
     let mut next = Vec::new();
     for (bias, indices) in routed {
@@ -331,7 +332,8 @@ fn block_scaled_act_grads(g: &mut Graph) -> Result<(), String> {
         }
         op.attrs
             .set(dsc_ir::infer::X_SQUARE_BLOCKS, Attr::Bool(true));
-        let dims = g.ty(op.operands[0]).shape.dims().to_vec();
+        let o = op.linear_operands().map_err(|e| e.to_string())?;
+        let dims = g.ty(o.x).shape.dims().to_vec();
         let Some((&features, rows)) = dims.split_last().filter(|_| dims.len() > 2) else {
             g.ops.push(op);
             continue;
@@ -344,13 +346,16 @@ fn block_scaled_act_grads(g: &mut Graph) -> Result<(), String> {
         let flat = new_op(
             g,
             OpKind::Reshape,
-            vec![op.operands[0]],
+            vec![o.x],
             shape(&[tokens, features]),
             &[dy_name.as_str()],
             op.role,
         )?;
-        let mut operands = op.operands.clone();
-        operands[0] = flat.results[0];
+        let operands = LinearOperands {
+            x: flat.results[0],
+            ..o
+        }
+        .to_vec();
         let linear = new_op(
             g,
             OpKind::Linear,

@@ -4,9 +4,15 @@
 //! linears, which quantize-linears turns into the recipe's Dgrad and Wgrad FP8 GEMMs).
 
 use super::emit::Emit;
-use dsc_ir::{Attr, Attrs, DType, Op, OpKind, ValueId};
+use dsc_ir::operands::{AttnScoresOperands, LinearOperands, MoeCombineOperands};
+use dsc_ir::{Attr, Attrs, DType, Op, OpKind, OperandError, ValueId};
 
 type Result<T> = std::result::Result<T, String>;
+
+/// Named operands (or their positions), the error as a message.
+fn named<V>(view: std::result::Result<V, OperandError>) -> Result<V> {
+    view.map_err(|e| e.to_string())
+}
 
 /// What a rule is asked for: the op, its results' cotangents and, per operand, the dtype its
 /// cotangent is wanted in (`None`: no gradient needed).
@@ -41,9 +47,10 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
     match op.kind {
         Embedding => {
             if let Some(d) = req.want[1] {
-                let vocab = ty(e, 1).shape.dims()[0] as i64;
+                let o = named(op.embedding_operands())?;
+                let vocab = e.ty(o.table).shape.dims()[0] as i64;
                 let attrs = Attrs::new().with("vocab", Attr::Int(vocab));
-                let operands = vec![op.operands[0], req.dy0()?];
+                let operands = vec![o.ids, req.dy0()?];
                 out[1] = Some(e.one(EmbeddingGrad, operands, attrs, &req.grad_name(e, 1), d)?);
             }
         }
@@ -211,14 +218,17 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
                         .ok_or_else(|| format!("moe_topk without `{key}`"))?;
                     attrs = attrs.with(key, v.clone());
                 }
-                let operands = vec![op.operands[0], op.results[1], dw];
+                let logits = named(op.moe_topk_operands())?.logits;
+                let operands = vec![logits, op.results[1], dw];
                 let name = req.grad_name(e, 0);
                 out[0] = Some(e.one(MoeTopkGrad, operands, attrs, &name, d)?);
             }
         }
         GroupedLinear => grouped_linear(e, req, &mut out)?,
         MoeCombine => {
-            let (y, w, dout) = (op.operands[0], op.operands[1], req.dy0()?);
+            let o = named(op.moe_combine_operands())?;
+            let at = named(MoeCombineOperands::positions(op.operands.len()))?;
+            let (y, w, dout) = (o.y, o.weights, req.dy0()?);
             if req.want[0].is_some() || req.want[1].is_some() {
                 let names = [req.grad_name(e, 0), req.grad_name(e, 1)];
                 let d = req.want[0].unwrap_or(e.ty(y).dtype);
@@ -227,8 +237,8 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
                 out[1] = req.want[1].map(|_| r[1]);
             }
             // The shared experts' output is added as it is.
-            if out.len() > 2 && req.want[2].is_some() {
-                out[2] = Some(dout);
+            if let Some(shared) = at.shared.filter(|&s| req.want[s].is_some()) {
+                out[shared] = Some(dout);
             }
         }
         Attention => {
@@ -300,7 +310,8 @@ fn matmul(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()
 /// Wgrad `dw[e] = Σ dyᵀ · x` over each expert's rows (`grouped_linear_wgrad`, FP32).
 fn grouped_linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()> {
     let op = req.op;
-    let (x, w, indices, dy) = (op.operands[0], op.operands[1], op.operands[2], req.dy0()?);
+    let o = named(op.grouped_linear_operands())?;
+    let (x, w, indices, dy) = (o.x, o.w, o.indices, req.dy0()?);
     if let Some(d) = req.want[0] {
         let wt = e.transpose(w, &[0, 2, 1], &req.bwd("w_t"))?;
         let per_slot = e.ty(x).shape.rank() == 3;
@@ -344,7 +355,11 @@ fn linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()
     if op.attrs.str("gemm").is_some_and(|g| g != "fprop") {
         return Err("a backward linear (dgrad/wgrad) has no gradient here".into());
     }
-    let (x, w, dy) = (op.operands[0], op.operands[1], req.dy0()?);
+    let o = named(op.linear_operands())?;
+    let at = named(LinearOperands::positions(op.operands.len()))?;
+    let (x, w, dy) = (o.x, o.w, req.dy0()?);
+    // The bias's wanted gradient dtype, when it has one.
+    let want_bias = at.bias.and_then(|b| req.want[b]);
     let (n, k) = {
         let d = e.ty(w).shape.dims();
         (d[0], d[1])
@@ -361,7 +376,7 @@ fn linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()
             d,
         )?);
     }
-    let needs_rows = req.want[1].is_some() || req.want.get(2).copied().flatten().is_some();
+    let needs_rows = req.want[1].is_some() || want_bias.is_some();
     if !needs_rows {
         return Ok(());
     }
@@ -373,9 +388,9 @@ fn linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()
         let name = req.grad_name(e, 1);
         out[1] = Some(e.one(OpKind::Linear, vec![dy_t, x_t], gemm("wgrad"), &name, d)?);
     }
-    if let Some(d) = req.want.get(2).copied().flatten() {
-        let name = req.grad_name(e, 2);
-        out[2] = Some(e.reduce_sum(dy2, 0, &name, d)?);
+    if let (Some(b), Some(d)) = (at.bias, want_bias) {
+        let name = req.grad_name(e, b);
+        out[b] = Some(e.reduce_sum(dy2, 0, &name, d)?);
     }
     Ok(())
 }
@@ -425,10 +440,9 @@ fn attn_scores(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Resu
     let scale = op.attrs.float("scale").ok_or("attn_scores without scale")?;
     let scale_attrs = Attrs::new().with("factor", Attr::Float(scale));
     let mut ds_t = None;
-    for (qi, ki) in [(0usize, 1usize), (2, 3)] {
-        if qi >= op.operands.len() {
-            break;
-        }
+    // The main pair and the decoupled RoPE pair, by their positions among the operands.
+    let at = named(AttnScoresOperands::positions(op.operands.len()))?;
+    for (qi, ki) in [Some((at.q, at.k)), at.pe()].into_iter().flatten() {
         let (q, k) = (op.operands[qi], op.operands[ki]);
         if let Some(d) = req.want[qi] {
             let raw = e.one(
@@ -466,7 +480,8 @@ fn attn_scores(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Resu
 /// gradient zeroes the masked entries) and `dv = pᵀ·do` summed over the heads sharing v's.
 fn attn_values(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()> {
     let op = req.op;
-    let (p, v, dout) = (op.operands[0], op.operands[1], req.dy0()?);
+    let o = named(op.attn_values_operands())?;
+    let (p, v, dout) = (o.p, o.v, req.dy0()?);
     if let Some(d) = req.want[0] {
         let attrs = Attrs::new()
             .with("scale", Attr::Float(1.0))
