@@ -374,8 +374,8 @@ fn vocab_of(forward: &Graph) -> u64 {
     forward
         .ops
         .iter()
-        .find(|op| op.kind == dsc_ir::OpKind::Embedding)
-        .map_or(u64::MAX, |op| forward.ty(op.operands[1]).shape.dims()[0])
+        .find_map(|op| op.embedding_operands().ok())
+        .map_or(u64::MAX, |o| forward.ty(o.table).shape.dims()[0])
 }
 
 fn parameter_count(g: &Graph) -> u64 {

@@ -4,7 +4,7 @@
 //! slot) pairs routed to expert `i` and `mean = tokens · top_k / experts`. 0 is a perfect
 //! balance; `experts − 1` is every token on one expert.
 
-use dsc_ir::{Graph, OpKind};
+use dsc_ir::Graph;
 use dsc_runtime::{HostData, HostTensor};
 
 /// The step outputs that carry each routed layer's choice of experts.
@@ -21,8 +21,8 @@ impl RoutingProbe {
         let routed: Vec<_> = g
             .ops
             .iter()
-            .filter(|op| op.kind == OpKind::MoeTopk)
-            .map(|op| (op.results[1], g.ty(op.operands[0]).shape.dims().to_vec()))
+            .filter_map(|op| Some((op, op.moe_topk_operands().ok()?)))
+            .map(|(op, o)| (op.results[1], g.ty(o.logits).shape.dims().to_vec()))
             .collect();
         for (indices, scores) in routed {
             if !g.outputs.contains(&indices) {

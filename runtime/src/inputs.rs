@@ -1,7 +1,7 @@
 //! A run's inputs: read from a safetensors file by name, or drawn at random for a quick run.
 
 use crate::{Checkpoint, HostData, HostTensor, RuntimeError};
-use dsc_ir::{DType, Graph, OpKind};
+use dsc_ir::{DType, Graph};
 use dsc_kernels::rng::SplitMix64;
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,8 +46,9 @@ pub fn random_inputs(graph: &Graph, seed: u64) -> HashMap<String, HostTensor> {
             let bound = graph
                 .ops
                 .iter()
-                .find(|op| op.kind == OpKind::Embedding && op.operands[0] == v)
-                .map_or(1, |op| graph.ty(op.operands[1]).shape.dims()[0]);
+                .filter_map(|op| op.embedding_operands().ok())
+                .find(|o| o.ids == v)
+                .map_or(1, |o| graph.ty(o.table).shape.dims()[0]);
             HostData::I32((0..n).map(|_| (rng.next_u64() % bound) as i32).collect())
         } else {
             let mut values: Vec<f32> = rng.normals(n).into_iter().map(|x| x as f32).collect();

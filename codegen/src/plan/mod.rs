@@ -189,7 +189,16 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
         {
             // The indices operand is replaced by the expert-contiguous layout, built once per
             // indices tensor, right before its first GEMM (as part of that op).
-            let indices = root[op.operands[4].index()];
+            let indices = op
+                .fp8_gemm_operands()
+                .ok()
+                .and_then(|o| o.indices)
+                .ok_or_else(|| CodegenError::Selection {
+                    op: name.clone(),
+                    kind: op.kind.name(),
+                    message: "a grouped GEMM kernel needs an fp8_gemm with indices".into(),
+                })?;
+            let indices = root[indices.index()];
             let dispatch = gemm.dispatch(grouped);
             let (rows, tiles) = match dispatched.get(&(indices, dispatch.tile_rows)) {
                 Some(&layout) => layout,

@@ -107,6 +107,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         args: all_args(),
     };
     let rows_of = |v: ValueId| numel(v).checked_div(last(v)).unwrap_or(0);
+    let named = |e: dsc_ir::OperandError| fail(e.to_string());
 
     let kernel = match op.kind {
         OpKind::Reshape => return Ok(Selection::Alias),
@@ -186,12 +187,13 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             })
         }
         OpKind::Embedding => {
-            let table = dims(operand(1));
+            let o = op.embedding_operands().map_err(named)?;
+            let table = dims(o.table);
             GpuKernel::Embedding(Embedding {
-                tokens: numel(operand(0)),
+                tokens: numel(o.ids),
                 vocab: table[0],
                 dim: table[1],
-                table: ty(operand(1)).dtype,
+                table: ty(o.table).dtype,
                 output: ty(result(0)).dtype,
             })
         }
@@ -288,29 +290,30 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         }
         OpKind::AttnScores | OpKind::Attention => {
             // The score side: q, k and the optional q_pe, k_pe (after v in `attention`).
-            let pe_at = if op.kind == OpKind::Attention { 3 } else { 2 };
-            let q = four(&dims(operand(0))).ok_or_else(|| fail("q must be rank 4".into()))?;
-            let k = four(&dims(operand(1))).ok_or_else(|| fail("k must be rank 4".into()))?;
-            let rope = if op.operands.len() == pe_at + 2 {
-                let k_pe = four(&dims(operand(pe_at + 1)))
-                    .ok_or_else(|| fail("k_pe must be rank 4".into()))?;
-                Some(HeadOperand {
-                    kv_heads: k_pe[2],
-                    dim: k_pe[3],
-                    dtype: ty(operand(pe_at)).dtype,
-                })
-            } else {
-                None
+            let s = op.score_operands().map_err(named)?;
+            let q = four(&dims(s.q)).ok_or_else(|| fail("q must be rank 4".into()))?;
+            let k = four(&dims(s.k)).ok_or_else(|| fail("k must be rank 4".into()))?;
+            let rope = match s.pe() {
+                Some((q_pe, k_pe)) => {
+                    let k_pe_dims =
+                        four(&dims(k_pe)).ok_or_else(|| fail("k_pe must be rank 4".into()))?;
+                    Some(HeadOperand {
+                        kv_heads: k_pe_dims[2],
+                        dim: k_pe_dims[3],
+                        dtype: ty(q_pe).dtype,
+                    })
+                }
+                None => None,
             };
-            if rope.is_some_and(|r| r.dtype != ty(operand(pe_at + 1)).dtype)
-                || ty(operand(0)).dtype != ty(operand(1)).dtype
+            if rope.is_some_and(|r| s.k_pe.is_some_and(|k_pe| r.dtype != ty(k_pe).dtype))
+                || ty(s.q).dtype != ty(s.k).dtype
             {
                 return Err(fail("q and k must share a dtype".into()));
             }
             let main = HeadOperand {
                 kv_heads: k[2],
                 dim: q[3],
-                dtype: ty(operand(0)).dtype,
+                dtype: ty(s.q).dtype,
             };
             let scale = op
                 .attrs
@@ -329,7 +332,8 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                     causal,
                 })
             } else {
-                let v = four(&dims(operand(2))).ok_or_else(|| fail("v must be rank 4".into()))?;
+                let v_id = op.attention_operands().map_err(named)?.v;
+                let v = four(&dims(v_id)).ok_or_else(|| fail("v must be rank 4".into()))?;
                 let fused = FlashAttention {
                     batch: q[0],
                     q_len: q[1],
@@ -339,7 +343,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                     rope,
                     v_heads: v[2],
                     v_dim: v[3],
-                    values: ty(operand(2)).dtype,
+                    values: ty(v_id).dtype,
                     output: ty(result(0)).dtype,
                     scale,
                     causal,
@@ -350,8 +354,9 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             }
         }
         OpKind::AttnValues => {
-            let p = four(&dims(operand(0))).ok_or_else(|| fail("p must be rank 4".into()))?;
-            let v = four(&dims(operand(1))).ok_or_else(|| fail("v must be rank 4".into()))?;
+            let o = op.attn_values_operands().map_err(named)?;
+            let p = four(&dims(o.p)).ok_or_else(|| fail("p must be rank 4".into()))?;
+            let v = four(&dims(o.v)).ok_or_else(|| fail("v must be rank 4".into()))?;
             GpuKernel::AttnValues(AttnValues {
                 batch: p[0],
                 q_len: p[2],
@@ -359,31 +364,33 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 heads: p[1],
                 v_heads: v[2],
                 v_dim: v[3],
-                probs: ty(operand(0)).dtype,
-                values: ty(operand(1)).dtype,
+                probs: ty(o.p).dtype,
+                values: ty(o.v).dtype,
                 output: ty(result(0)).dtype,
                 causal: false,
             })
         }
         OpKind::Linear => {
-            let w = dims(operand(1));
+            let o = op.linear_operands().map_err(named)?;
+            let w = dims(o.w);
             if w.len() != 2 {
                 return Err(fail("the weight of a linear must be rank 2".into()));
             }
             GpuKernel::Linear(Linear {
-                m: rows_of(operand(0)),
+                m: rows_of(o.x),
                 n: w[0],
                 k: w[1],
-                x: ty(operand(0)).dtype,
-                w: ty(operand(1)).dtype,
-                bias: op.operands.get(2).map(|&b| ty(b).dtype),
+                x: ty(o.x).dtype,
+                w: ty(o.w).dtype,
+                bias: o.bias.map(|b| ty(b).dtype),
                 output: ty(result(0)).dtype,
                 grouped: None,
             })
         }
         OpKind::GroupedLinear => {
-            let w = dims(operand(1));
-            let idx = dims(operand(2));
+            let o = op.grouped_linear_operands().map_err(named)?;
+            let w = dims(o.w);
+            let idx = dims(o.indices);
             if w.len() != 3 || idx.len() != 2 {
                 return Err(fail(
                     "grouped weights must be [E, N, K] and indices [T, k]".into(),
@@ -393,15 +400,15 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 m: idx[0] * idx[1],
                 n: w[1],
                 k: w[2],
-                x: ty(operand(0)).dtype,
-                w: ty(operand(1)).dtype,
+                x: ty(o.x).dtype,
+                w: ty(o.w).dtype,
                 bias: None,
                 output: ty(result(0)).dtype,
                 grouped: Some(Grouped {
                     experts: w[0],
                     tokens: idx[0],
                     top_k: idx[1],
-                    x_per_slot: ty(operand(0)).shape.rank() == 3,
+                    x_per_slot: ty(o.x).shape.rank() == 3,
                 }),
             })
         }
@@ -419,11 +426,12 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                         .into(),
                 ));
             }
-            let x = ty(operand(0));
-            let w = dims(operand(2));
+            let o = op.fp8_gemm_operands().map_err(named)?;
+            let x = ty(o.x);
+            let w = dims(o.w);
             let k = x.shape.last();
-            let grouped = if op.operands.len() == 5 {
-                let idx = dims(operand(4));
+            let grouped = if let Some(indices) = o.indices {
+                let idx = dims(indices);
                 if w.len() != 3 || idx.len() != 2 {
                     return Err(fail(
                         "grouped weights must be [E, N, K] and indices [T, k]".into(),
@@ -460,7 +468,8 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             })
         }
         OpKind::MoeTopk => {
-            let logits = dims(operand(0));
+            let o = op.moe_topk_operands().map_err(named)?;
+            let logits = dims(o.logits);
             let params = dsc_kernels::ops::moe_topk::TopkParams::from_attrs(&op.attrs)
                 .map_err(|e| fail(e.to_string()))?;
             GpuKernel::MoeTopk(MoeTopk {
@@ -475,20 +484,21 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 },
                 norm_topk_prob: params.norm_topk_prob,
                 route_scale: params.route_scale as f32,
-                bias: op.operands.len() == 2,
-                logits: ty(operand(0)).dtype,
+                bias: o.bias.is_some(),
+                logits: ty(o.logits).dtype,
                 weights: ty(result(0)).dtype,
             })
         }
         OpKind::MoeCombine => {
-            let y = dims(operand(0));
+            let o = op.moe_combine_operands().map_err(named)?;
+            let y = dims(o.y);
             GpuKernel::MoeCombine(MoeCombine {
                 tokens: y[0],
                 top_k: y[1],
                 dim: y[2],
-                routed: ty(operand(0)).dtype,
-                weights: ty(operand(1)).dtype,
-                shared: op.operands.get(2).map(|&s| ty(s).dtype),
+                routed: ty(o.y).dtype,
+                weights: ty(o.weights).dtype,
+                shared: o.shared.map(|s| ty(s).dtype),
                 output: ty(result(0)).dtype,
             })
         }
@@ -558,13 +568,14 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                     .map(|v| v as f32)
                     .ok_or_else(|| fail(format!("missing `{key}`")))
             };
-            let dtype = |i: usize| float_operand(ty(operand(i)).dtype).map_err(&fail);
+            let o = op.adamw_operands().map_err(named)?;
+            let dtype = |v: ValueId| float_operand(ty(v).dtype).map_err(&fail);
             GpuKernel::AdamW(AdamW {
-                len: numel(operand(0)),
-                param: dtype(0)?,
-                grad: dtype(1)?,
-                m: dtype(2)?,
-                v: dtype(3)?,
+                len: numel(o.param),
+                param: dtype(o.param)?,
+                grad: dtype(o.grad)?,
+                m: dtype(o.m)?,
+                v: dtype(o.v)?,
                 beta1: attr("beta1")?,
                 beta2: attr("beta2")?,
                 eps: attr("eps")?,
@@ -590,16 +601,17 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             })
         }
         OpKind::ExpertBiasUpdate => {
-            if ty(operand(1)).dtype != DType::I32 {
+            let o = op.expert_bias_update_operands().map_err(named)?;
+            if ty(o.indices).dtype != DType::I32 {
                 return Err(fail(format!(
                     "indices must be i32 on the GPU, got {}",
-                    ty(operand(1)).dtype
+                    ty(o.indices).dtype
                 )));
             }
             let kernel = ExpertBiasUpdate {
-                experts: numel(operand(0)),
-                routed: numel(operand(1)),
-                bias: float_operand(ty(operand(0)).dtype).map_err(&fail)?,
+                experts: numel(o.bias),
+                routed: numel(o.indices),
+                bias: float_operand(ty(o.bias).dtype).map_err(&fail)?,
                 // The CPU backend takes the attribute as f32.
                 speed: op
                     .attrs
@@ -618,24 +630,22 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             if eps.is_nan() || eps <= 0.0 {
                 return Err(fail(format!("eps must be positive, got {eps}")));
             }
+            let o = op.rms_norm_grad_operands().map_err(named)?;
             let dtype = |v: ValueId| float_operand(ty(v).dtype).map_err(&fail);
-            let width = last(operand(0));
-            if numel(operand(2)) != numel(operand(0))
-                || numel(operand(1)) != width
-                || numel(result(1)) != width
-            {
+            let width = last(o.x);
+            if numel(o.dy) != numel(o.x) || numel(o.w) != width || numel(result(1)) != width {
                 return Err(fail(
                     "x and dy must share a shape, the weight and its gradient be [D]".into(),
                 ));
             }
             GpuKernel::RmsNormGrad(RmsNormGrad {
-                rows: rows_of(operand(0)),
+                rows: rows_of(o.x),
                 dim: width,
                 // The CPU backend adds eps as an f32, as torch does.
                 eps: eps as f32,
-                input: dtype(operand(0))?,
-                weight: dtype(operand(1))?,
-                grad: dtype(operand(2))?,
+                input: dtype(o.x)?,
+                weight: dtype(o.w)?,
+                grad: dtype(o.dy)?,
                 output: dtype(result(0))?,
                 weight_grad: dtype(result(1))?,
             })

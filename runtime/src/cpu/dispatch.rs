@@ -2,6 +2,10 @@
 
 use super::{CpuOptions, fp8};
 use crate::tensor::{HostData, HostTensor};
+use dsc_ir::operands::{
+    AttentionOperands, AttnScoresOperands, AttnValuesOperands, EmbeddingOperands,
+    GroupedLinearOperands, LinearOperands, MoeCombineOperands, MoeTopkOperands,
+};
 use dsc_ir::{DType, Graph, Op, OpKind, TensorType};
 use dsc_kernels::ops::{self, FloatFormat, GroupedDims, GroupedInput, RopeOperands, RopeParams};
 use dsc_kernels::ops::{AttentionDims, ScoreDims, TopkParams, ValueDims};
@@ -96,15 +100,18 @@ pub(super) fn execute(
     let one = |values: Vec<f32>| float_result(out_ty(0), values).map(|t| vec![t]);
     match op.kind {
         Embedding => {
-            let table = in_ty(1).shape.dims();
-            let (v, d) = (table[0] as usize, table[1] as usize);
-            one(ops::embedding(ints(ins[0])?, floats(ins[1])?, v, d).map_err(err)?)
+            let t = EmbeddingOperands::from_slice(ins).map_err(err)?;
+            let table = dims(g.ty(op.embedding_operands().map_err(err)?.table));
+            let (v, d) = (table[0], table[1]);
+            one(ops::embedding(ints(t.ids)?, floats(t.table)?, v, d).map_err(err)?)
         }
         Linear => {
-            let (m, k) = rows_and_last(in_ty(0));
-            let n = in_ty(1).shape.dims()[0] as usize;
-            let bias = ins.get(2).map(|b| floats(b)).transpose()?;
-            one(ops::linear(floats(ins[0])?, floats(ins[1])?, bias, m, k, n).map_err(err)?)
+            let o = op.linear_operands().map_err(err)?;
+            let t = LinearOperands::from_slice(ins).map_err(err)?;
+            let (m, k) = rows_and_last(g.ty(o.x));
+            let n = g.ty(o.w).shape.dims()[0] as usize;
+            let bias = t.bias.map(floats).transpose()?;
+            one(ops::linear(floats(t.x)?, floats(t.w)?, bias, m, k, n).map_err(err)?)
         }
         Matmul => {
             let a = in_ty(0).shape.dims();
@@ -147,8 +154,16 @@ pub(super) fn execute(
         }
         AttnScores | Attention => {
             // The score side: q, k and the optional q_pe, k_pe (after v in `attention`).
-            let pe_at = if op.kind == Attention { 3 } else { 2 };
-            let (q, k) = (dims(in_ty(0)), dims(in_ty(1)));
+            // The tensors and, from the graph, their types.
+            let (s, v) = if op.kind == Attention {
+                let a = AttentionOperands::from_slice(ins).map_err(err)?;
+                (a.scores(), Some(a.v))
+            } else {
+                (AttnScoresOperands::from_slice(ins).map_err(err)?, None)
+            };
+            let s_ty = op.score_operands().map_err(err)?.map(|v| g.ty(v));
+            let v_ty = op.attention_operands().ok().map(|a| g.ty(a.v));
+            let (q, k) = (dims(s_ty.q), dims(s_ty.k));
             let score_dims = ScoreDims {
                 batch: q[0],
                 q_len: q[1],
@@ -157,38 +172,41 @@ pub(super) fn execute(
                 kv_heads: k[2],
                 head_dim: q[3],
             };
-            let pe = if ins.len() == pe_at + 2 {
-                let kp = dims(in_ty(pe_at + 1));
-                Some(RopeOperands {
-                    q_pe: floats(ins[pe_at])?,
-                    k_pe: floats(ins[pe_at + 1])?,
-                    kv_heads: kp[2],
-                    dim: kp[3],
-                })
-            } else {
-                None
+            let pe = match (s.pe(), s_ty.k_pe) {
+                (Some((q_pe, k_pe)), Some(k_pe_ty)) => {
+                    let kp = dims(k_pe_ty);
+                    Some(RopeOperands {
+                        q_pe: floats(q_pe)?,
+                        k_pe: floats(k_pe)?,
+                        kv_heads: kp[2],
+                        dim: kp[3],
+                    })
+                }
+                _ => None,
             };
             let scale = op.attrs.float("scale").ok_or("missing scale")?;
             let causal = op.attrs.bool("causal").unwrap_or(false);
-            let (q, k) = (floats(ins[0])?, floats(ins[1])?);
-            let y = if op.kind == AttnScores {
-                ops::attn_scores(q, k, score_dims, pe, scale, causal)
-            } else {
-                let v = dims(in_ty(2));
-                let attention_dims = AttentionDims {
-                    scores: score_dims,
-                    v_heads: v[2],
-                    v_dim: v[3],
-                };
-                // The probabilities are rounded to the dtype the PV product reads: v's.
-                let probs = format_of(in_ty(2).dtype);
-                let v = floats(ins[2])?;
-                ops::attention(q, k, v, attention_dims, pe, scale, causal, probs)
+            let (q, k) = (floats(s.q)?, floats(s.k)?);
+            let y = match v.zip(v_ty) {
+                None => ops::attn_scores(q, k, score_dims, pe, scale, causal),
+                Some((v, v_ty)) => {
+                    let vd = dims(v_ty);
+                    let attention_dims = AttentionDims {
+                        scores: score_dims,
+                        v_heads: vd[2],
+                        v_dim: vd[3],
+                    };
+                    // The probabilities are rounded to the dtype the PV product reads: v's.
+                    let probs = format_of(v_ty.dtype);
+                    ops::attention(q, k, floats(v)?, attention_dims, pe, scale, causal, probs)
+                }
             };
             one(y.map_err(err)?)
         }
         AttnValues => {
-            let (p, v) = (dims(in_ty(0)), dims(in_ty(1)));
+            let t = AttnValuesOperands::from_slice(ins).map_err(err)?;
+            let o = op.attn_values_operands().map_err(err)?;
+            let (p, v) = (dims(g.ty(o.p)), dims(g.ty(o.v)));
             let value_dims = ValueDims {
                 batch: p[0],
                 q_len: p[2],
@@ -197,21 +215,25 @@ pub(super) fn execute(
                 v_heads: v[2],
                 v_dim: v[3],
             };
-            one(ops::attn_values(floats(ins[0])?, floats(ins[1])?, value_dims).map_err(err)?)
+            one(ops::attn_values(floats(t.p)?, floats(t.v)?, value_dims).map_err(err)?)
         }
         MoeTopk => {
-            let l = dims(in_ty(0));
+            let t = MoeTopkOperands::from_slice(ins).map_err(err)?;
+            let l = dims(g.ty(op.moe_topk_operands().map_err(err)?.logits));
             let params = TopkParams::from_attrs(&op.attrs).map_err(err)?;
-            let bias = ins.get(1).map(|b| floats(b)).transpose()?;
-            let routing = ops::moe_topk(floats(ins[0])?, bias, l[0], l[1], &params).map_err(err)?;
+            let bias = t.bias.map(floats).transpose()?;
+            let routing =
+                ops::moe_topk(floats(t.logits)?, bias, l[0], l[1], &params).map_err(err)?;
             Ok(vec![
                 float_result(out_ty(0), routing.weights)?,
                 same_data(out_ty(1), HostData::I32(routing.indices)),
             ])
         }
         GroupedLinear => {
-            let (w, idx) = (dims(in_ty(1)), dims(in_ty(2)));
-            let input = if in_ty(0).shape.rank() == 2 {
+            let t = GroupedLinearOperands::from_slice(ins).map_err(err)?;
+            let ty = op.grouped_linear_operands().map_err(err)?.map(|v| g.ty(v));
+            let (w, idx) = (dims(ty.w), dims(ty.indices));
+            let input = if ty.x.shape.rank() == 2 {
                 GroupedInput::PerToken
             } else {
                 GroupedInput::PerSlot
@@ -223,16 +245,17 @@ pub(super) fn execute(
                 out_features: w[1],
                 in_features: w[2],
             };
-            let y = ops::grouped_linear(floats(ins[0])?, input, floats(ins[1])?, ints(ins[2])?, gd);
+            let y = ops::grouped_linear(floats(t.x)?, input, floats(t.w)?, ints(t.indices)?, gd);
             one(y.map_err(err)?)
         }
         MoeCombine => {
-            let y = dims(in_ty(0));
-            let shared = ins.get(2).map(|s| floats(s)).transpose()?;
+            let t = MoeCombineOperands::from_slice(ins).map_err(err)?;
+            let y = dims(g.ty(op.moe_combine_operands().map_err(err)?.y));
+            let shared = t.shared.map(floats).transpose()?;
             let fmt = format_of(out_ty(0).dtype);
             let out = ops::moe_combine(
-                floats(ins[0])?,
-                floats(ins[1])?,
+                floats(t.y)?,
+                floats(t.weights)?,
                 shared,
                 y[0],
                 y[1],

@@ -4,6 +4,7 @@
 use super::CpuOptions;
 use super::dispatch::{Result, codes, dims, float_result, floats, ints};
 use crate::tensor::{HostData, HostTensor};
+use dsc_ir::operands::{DequantizeOperands, Fp8GemmOperands, Fp8PartialsOperands, PromoteOperands};
 use dsc_ir::policy::keys;
 use dsc_ir::{DType, Graph, Op, OpKind, ScaleFormat, TensorType};
 use dsc_kernels::numerics::fp8;
@@ -123,7 +124,8 @@ pub(super) fn execute(
             let [br, bc] = *block else {
                 return Err(format!("bad block {block:?}"));
             };
-            let (q, s) = (codes(ins[0])?, floats(ins[1])?);
+            let t = DequantizeOperands::from_slice(ins).map_err(err)?;
+            let (q, s) = (codes(t.codes)?, floats(t.scales)?);
             let fmt = format(in_ty(0).dtype)?;
             let d = dims(in_ty(0));
             let r = d.len();
@@ -233,8 +235,10 @@ fn dims_of(t: &HostTensor) -> &[usize] {
 /// `fp8_partials`: FP8 products summed per promotion interval with the accumulator model,
 /// one tensor-core MMA (32 products) at a time.
 fn partials(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Result<HostTensor> {
-    let (xt, wt) = (g.ty(op.operands[0]), g.ty(op.operands[1]));
-    let l = layout(xt, wt, ins.get(2).copied())?;
+    let ty = op.fp8_partials_operands().map_err(err)?.map(|v| g.ty(v));
+    let t = Fp8PartialsOperands::from_slice(ins).map_err(err)?;
+    let (xt, wt) = (ty.x, ty.w);
+    let l = layout(xt, wt, t.indices)?;
     let interval = size(op, "interval")?;
     let groups = l.k.div_ceil(interval);
     let (fx, fw) = (format(xt.dtype)?, format(wt.dtype)?);
@@ -243,7 +247,7 @@ fn partials(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Re
         fp8::decode_slice(fmt, c, &mut out);
         out
     };
-    let (x, w) = (decode(fx, codes(ins[0])?), decode(fw, codes(ins[1])?));
+    let (x, w) = (decode(fx, codes(t.x)?), decode(fw, codes(t.w)?));
     let mut out = vec![0.0f32; l.rows * l.n * groups];
     let mut products = [0.0f32; 32];
     for r in 0..l.rows {
@@ -290,17 +294,19 @@ fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
     );
     let rows_per_scale = if w_row_tiles(op) { 1 } else { block };
     let x_rows_per_scale = if x_square_blocks(op) { tile } else { 1 };
-    let pd = dims(g.ty(op.operands[0]));
+    let ty = op.promote_operands().map_err(err)?.map(|v| g.ty(v));
+    let t = PromoteOperands::from_slice(ins).map_err(err)?;
+    let pd = dims(ty.partials);
     let r = pd.len();
     let (n, groups) = (pd[r - 2], pd[r - 1]);
     let rows: usize = pd[..r - 2].iter().product();
-    let (p, xs, ws) = (floats(ins[0])?, floats(ins[1])?, floats(ins[2])?);
-    let xs_dims = dims(g.ty(op.operands[1]));
+    let (p, xs, ws) = (floats(t.partials)?, floats(t.x_scale)?, floats(t.w_scale)?);
+    let xs_dims = dims(ty.x_scale);
     let gx = *xs_dims.last().unwrap_or(&1);
-    let wsd = dims(g.ty(op.operands[2]));
+    let wsd = dims(ty.w_scale);
     let (wn, wk) = (wsd[wsd.len() - 2], wsd[wsd.len() - 1]);
-    let idx = ins.get(3).map(|t| ints(t)).transpose()?;
-    let top_k = ins.get(3).map_or(1, |t| t.shape[1]);
+    let idx = t.indices.map(ints).transpose()?;
+    let top_k = t.indices.map_or(1, |t| t.shape[1]);
     // Grouped activation scales are per token ([T, Gt]) or per slot ([T, k, Gt]).
     let per_token_scales = idx.is_some() && xs_dims.len() == 2;
     let mut out = vec![0.0f32; rows * n];
@@ -324,8 +330,10 @@ fn promote(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<HostTensor> {
 /// `fp8_gemm`: the fused block-scaled GEMM; grouped GEMMs run one dense GEMM per expert over
 /// the rows routed to it, as DeepGEMM's grouped layout does.
 fn fp8_gemm(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Result<HostTensor> {
-    let (xt, wt) = (g.ty(op.operands[0]), g.ty(op.operands[2]));
-    let l = layout(xt, wt, ins.get(4).copied())?;
+    let ty = op.fp8_gemm_operands().map_err(err)?.map(|v| g.ty(v));
+    let t = Fp8GemmOperands::from_slice(ins).map_err(err)?;
+    let (xt, wt) = (ty.x, ty.w);
+    let l = layout(xt, wt, t.indices)?;
     let cfg = BlockGemmConfig {
         fmt: format(xt.dtype)?,
         tile: size(op, keys::ACT_TILE)?,
@@ -336,10 +344,10 @@ fn fp8_gemm(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Re
         accumulator: options.accumulator,
     };
     let (xq, xs, wq, ws) = (
-        codes(ins[0])?,
-        floats(ins[1])?,
-        codes(ins[2])?,
-        floats(ins[3])?,
+        codes(t.x)?,
+        floats(t.x_scale)?,
+        codes(t.w)?,
+        floats(t.w_scale)?,
     );
     let gx = l.k.div_ceil(cfg.tile);
     let Some(rows) = &l.grouped else {
