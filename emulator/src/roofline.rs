@@ -571,10 +571,17 @@ mod tests {
         assert!(close(uneven, even * 14.0 * 132.0 / 1792.0, 1e-9));
         // What one CTA does is what the busiest SM does.
         let fourteen_tiles = 14.0 * per_tile as f64 / (1979e12 / 132.0) / TENSOR_EFFICIENCY;
-        assert!(close(uneven, fourteen_tiles, 1e-9), "{uneven} vs {fourteen_tiles}");
+        assert!(
+            close(uneven, fourteen_tiles, 1e-9),
+            "{uneven} vs {fourteen_tiles}"
+        );
         // Not measured (0) counts as even.
         p.cta_imbalance = 0.0;
-        assert!(close(model(&p, &h100).seconds - LAUNCH_LATENCY_S, even, 1e-12));
+        assert!(close(
+            model(&p, &h100).seconds - LAUNCH_LATENCY_S,
+            even,
+            1e-12
+        ));
     }
 
     #[test]

@@ -58,29 +58,6 @@ pub(super) fn regs(gemm: &Fp8Gemm) -> usize {
     (BLOCK_M * block_n(gemm) / u64::from(THREADS)) as usize
 }
 
-/// The width of a 64-row wgmma tile (DeepGEMM's concern, simplified): the widest of 128, 64,
-/// 32, 16 whose grid of `tiles_m` rows of tiles over `n` columns keeps at least 80% of the SMs
-/// busy over its waves (`tiles / (waves · SMS)`), else the one that keeps the most busy. Narrow
-/// tiles fill the GPU when M is small (64 rows and N = 2112 give 17 tiles of 128 columns but
-/// 132 of 16).
-pub fn widest_busy_width(tiles_m: u64, n: u64) -> u64 {
-    let busy = |bn: u64| {
-        let tiles = tiles_m * n.div_ceil(bn);
-        tiles as f64 / (tiles.div_ceil(SMS) * SMS) as f64
-    };
-    let widths = [128, 64, 32, 16];
-    widths
-        .iter()
-        .copied()
-        .find(|&bn| busy(bn) >= 0.8)
-        .unwrap_or_else(|| {
-            widths.iter().copied().fold(
-                128,
-                |best, bn| if busy(bn) > busy(best) { bn } else { best },
-            )
-        })
-}
-
 /// Whether `gemm` can take this form: K in whole 16-byte chunks, 128-wide activation tiles and
 /// weight blocks, and an interval of whole wgmmas that divides the K block.
 pub fn eligible(gemm: &Fp8Gemm) -> bool {

@@ -1,56 +1,53 @@
-//! The Hopper form of a BF16 `linear` (the output head; sm_90a): one warpgroup per 64 × N
-//! output tile (N = 128, or narrower when that keeps more SMs busy: the FP8 GEMM's
-//! [`super::fp8_gemm_wgmma::widest_busy_width`] rule), `wgmma.mma_async m64nNk16.f32.bf16.bf16`
-//! with both operands from shared memory, f32 sums kept in the accumulators over all of K,
-//! then the bias in f32 and one rounding to the output dtype.
-//!
-//! Per 64-deep K block the 128 threads stage A (64 rows of x) and B (N rows of w, the `[N, K]`
-//! checkpoint layout), each a row of 128 bytes, with 16-byte loads into the 128-byte-swizzled
-//! K-major layout ([`super::flash_attention_wgmma::place`]); rows past M or N and K past its
-//! end read as zeros. Four k-steps of 16 (32 bytes each) per block, then `wait_group 0` before
-//! the tiles are overwritten.
+//! The Hopper form of a BF16 `linear` (the output head; sm_90a), pipelined on the ring of
+//! [`super::tma_ring`] like the FP8 GEMM: one producer thread has the TMA bring x's and w's
+//! 64-deep K slices (128 bytes of BF16 per row; tensor maps with `box = [64, block_m]` and
+//! `[64, block_n]`, swizzle 128B, zero fill past M, N and K), and each consumer warpgroup chains
+//! four `wgmma.mma_async m64nNk16.f32.bf16.bf16` per K block onto its f32 accumulators over all
+//! of K, releasing the stage once they complete; then the bias in f32, one rounding to the
+//! output dtype and predicated stores. Tiles and stages as [`super::tma_ring::tiles_for`]
+//! chooses them; a persistent grid.
 
-use melior::ir::{BlockLike, Value};
+use dsc_ir::DType;
+use dsc_kernels::manifest::TensorMapDtype;
+use melior::dialect::arith::CmpiPredicate;
+use melior::ir::Value;
 use serde::Serialize;
 
-use super::flash_attention_wgmma::{self as tiles, ATOM};
+use super::flash_attention_wgmma as tiles;
+use super::fp8_gemm_wgmma::{BLOCK_M, SMS};
 use super::linear::Linear;
-use super::vector_access::{global_load_v4, shared_store_v4};
-use super::{Launch, Param, kernel_args, param_types, shared_bytes_type};
+use super::tma_ring::{Ring, TileMap, TmaTiles, WARPGROUP};
+use super::vector_access::{global_store_if, pack_bf16x2};
+use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::Emit;
-use crate::mlir::kernel::Dimension;
 
-/// Rows of a block's tile.
-pub const BLOCK_M: u64 = 64;
-/// K per staged block: one 128-byte swizzle row of BF16.
+/// K per K block: one 128-byte swizzle row of BF16.
 const BLOCK_K: u64 = 64;
-/// One warpgroup.
-const THREADS: u32 = 128;
 
-/// A BF16 `linear` on wgmma, `block_n` columns per tile.
+/// A BF16 `linear` on wgmma, pipelined.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LinearWgmma {
     /// The GEMM.
     pub linear: Linear,
-    /// Columns of a tile (128, 64, 32 or 16).
-    pub block_n: u64,
+    /// Tiles and ring.
+    pub tiles: TmaTiles,
 }
 
-/// Whether `linear` can take this form: the tensor-core form's operands (BF16, not grouped)
-/// and K in whole 16-byte chunks.
+/// Whether `linear` can take this form: the tensor-core form's operands (BF16, not grouped),
+/// K in whole 16-byte chunks (TMA's stride alignment) and an output the epilogue stores.
 pub fn eligible(linear: &Linear) -> bool {
-    super::linear_mma::applies(linear) && linear.k.is_multiple_of(8)
+    super::linear_mma::applies(linear)
+        && linear.k.is_multiple_of(8)
+        && matches!(linear.output, DType::Bf16 | DType::F32)
 }
 
 impl LinearWgmma {
-    /// The form for `linear`, its tile width by the FP8 GEMM's rule
-    /// ([`super::fp8_gemm_wgmma::widest_busy_width`]).
+    /// The form for `linear`, its tiles by [`super::tma_ring::tiles_for`].
     pub fn new(linear: Linear) -> Self {
-        let block_n =
-            super::fp8_gemm_wgmma::widest_busy_width(linear.m.div_ceil(BLOCK_M), linear.n);
-        LinearWgmma { linear, block_n }
+        let tiles = super::tma_ring::tiles_for(linear.m, linear.n, &[BLOCK_M * 2, BLOCK_M]);
+        LinearWgmma { linear, tiles }
     }
 
     /// Spec name.
@@ -58,23 +55,43 @@ impl LinearWgmma {
         self.linear.spec()
     }
 
-    /// The linear's buffers.
+    /// The linear's buffers, with the tensor maps over x and w before the output.
     pub fn params(&self) -> Vec<Param> {
-        self.linear.params()
+        let mut params = self.linear.params();
+        let out = params.pop().expect("a linear has an output");
+        for name in ["x_map", "w_map"] {
+            params.push(Param::new(name, DType::I64, 16));
+        }
+        params.push(out);
+        params
     }
 
-    fn tiles_n(&self) -> u64 {
-        self.linear.n.div_ceil(self.block_n)
+    fn tile_count(&self) -> u64 {
+        self.linear.m.div_ceil(self.tiles.block_m) * self.linear.n.div_ceil(self.tiles.block_n)
     }
 
-    /// One warpgroup per tile.
+    /// Persistent: at most one block per SM, each looping over tiles.
     pub fn launch(&self) -> Launch {
-        let tiles = self.linear.m.div_ceil(BLOCK_M) * self.tiles_n();
-        Launch::blocks(tiles, THREADS)
+        Launch::blocks(self.tile_count().min(SMS), self.tiles.threads())
     }
 
-    fn a_bytes(&self) -> u64 {
-        BLOCK_M * 128
+    /// The tensor maps over x (`[M, K]`) and w (`[N, K]`), BF16, in one K block's boxes.
+    pub fn tensor_maps(&self) -> Vec<TileMap> {
+        let l = &self.linear;
+        let map = |over: usize, rows: u64, box_rows: u64| TileMap {
+            over,
+            dtype: TensorMapDtype::Bfloat16,
+            dims: [l.k, rows],
+            box_dims: [BLOCK_K as u32, box_rows as u32],
+        };
+        vec![
+            map(0, l.m, self.tiles.block_m),
+            map(1, l.n, self.tiles.block_n),
+        ]
+    }
+
+    fn k_blocks(&self) -> u64 {
+        self.linear.k.div_ceil(BLOCK_K)
     }
 
     /// Builds the kernel.
@@ -82,84 +99,142 @@ impl LinearWgmma {
         let context = module.context();
         let params = self.params();
         let types = param_types(context, &params);
-        let shared_bytes = ATOM + self.a_bytes() + self.block_n * 128;
-        let shared = shared_bytes_type(context, shared_bytes);
-        let n_params = params.len();
-        module.add_kernel_with_shared(entry, &types, &[shared], |block, location| {
+        let n = params.len();
+        let t = self.tiles;
+        module.add_kernel_with_dynamic_shared(entry, &types, t.threads(), |block, location| {
             let e = Emit::new(context, block, location);
-            let args = kernel_args(block, block.argument_count())?;
+            let args = kernel_args(block, n)?;
             let bias = self.linear.bias.map(|_| args[2]);
-            self.body(
+            let [x_map, w_map, out] = [args[n - 3], args[n - 2], args[n - 1]];
+            let ring = Ring::new(&e, entry, t, 1)?;
+            let f32_zero = e.f32(0.0)?;
+            let acc: Vec<Value> = (0..t.block_n / 2)
+                .map(|_| e.cell(f32_zero))
+                .collect::<Result<_, _>>()?;
+            let zero = e.index(0)?;
+            let passes = e.cell(zero)?;
+            ring.split_roles(
                 &e,
-                [args[0], args[1]],
-                bias,
-                args[n_params - 1],
-                args[n_params],
+                |e| {
+                    let zero = e.index(0)?;
+                    let leader = e.cmpi(CmpiPredicate::Eq, ring.tid, zero)?;
+                    e.if_then(leader, |e| self.produce(&e, &ring, [x_map, w_map], passes))
+                },
+                |e, consumer| self.consume(e, &ring, consumer, &acc, passes, bias, out),
             )
         })
     }
 
-    fn body<'c, 'a>(
+    /// `(m0, n0)` of tile `tile` (row-major over the tile grid).
+    fn origin<'c, 'b>(
         &self,
-        e: &Emit<'c, 'a>,
-        [x, w]: [Value<'c, 'a>; 2],
-        bias: Option<Value<'c, 'a>>,
-        out: Value<'c, 'a>,
-        smem: Value<'c, 'a>,
-    ) -> Result<(), CodegenError> {
-        let linear = &self.linear;
-        let i32_type = e.int_type(32);
-        let tile = e.block_index(Dimension::X)?;
-        let tiles_n = e.index(self.tiles_n() as i64)?;
+        e: &Emit<'c, 'b>,
+        tile: Value<'c, 'b>,
+    ) -> Result<[Value<'c, 'b>; 2], CodegenError> {
+        let tiles_n = e.index(self.linear.n.div_ceil(self.tiles.block_n) as i64)?;
         let tm = e.divui(tile, tiles_n)?;
         let tn = e.remui(tile, tiles_n)?;
-        let m0 = e.muli(tm, e.index(BLOCK_M as i64)?)?;
-        let n0 = e.muli(tn, e.index(self.block_n as i64)?)?;
-        let tid = e.thread_x()?;
+        Ok([
+            e.muli(tm, e.index(self.tiles.block_m as i64)?)?,
+            e.muli(tn, e.index(self.tiles.block_n as i64)?)?,
+        ])
+    }
 
-        let raw = e.address_of(smem)?;
-        let raw = e.trunci(raw, i32_type)?;
-        let aligned = e.addi(raw, e.int(32, ATOM as i64 - 1)?)?;
-        let a_tile = e.andi(aligned, e.int(32, !(ATOM as i64 - 1))?)?;
-        let b_tile = e.addi(a_tile, e.int(32, self.a_bytes() as i64)?)?;
-        let x_global = e.address_of(x)?;
-        let w_global = e.address_of(w)?;
+    /// One thread's loop: for every K block of every tile, wait for a free stage, expect its
+    /// bytes, and have the TMA bring x's and w's slices.
+    fn produce<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        ring: &Ring<'c, '_>,
+        maps: [Value<'c, '_>; 2],
+        passes: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let x_map = e.address_of(maps[0])?;
+        let w_map = e.address_of(maps[1])?;
+        for map in [x_map, w_map] {
+            e.fence_tensormap_acquire(map)?;
+        }
+        ring.for_each_tile(e, self.tile_count(), |e, tile| {
+            let i32_type = e.int_type(32);
+            let [m0, n0] = self.origin(&e, tile)?;
+            let m0 = e.index_cast(m0, i32_type)?;
+            let n0 = e.index_cast(n0, i32_type)?;
+            e.for_const(0, self.k_blocks() as i64, 1, |e, kb| {
+                let pass = ring.next_pass(&e, passes)?;
+                ring.wait_free(&e, &pass)?;
+                let bytes = e.int(32, ring.t.stage_bytes() as i64)?;
+                e.mbarrier_arrive_expect_tx(pass.full, bytes)?;
+                let k0 = e.muli(kb, e.index(BLOCK_K as i64)?)?;
+                let k0 = e.index_cast(k0, i32_type)?;
+                e.tma_load(pass.a, x_map, &[k0, m0], pass.full, None)?;
+                e.tma_load(pass.b, w_map, &[k0, n0], pass.full, None)
+            })
+        })
+    }
 
-        // The accumulators live in cells across the K loop; each block's four wgmmas chain
-        // on them (K past its end was staged as zeros, which add nothing).
-        let zero = e.f32(0.0)?;
-        let cells: Vec<Value> = (0..self.block_n / 2)
-            .map(|_| e.cell(zero))
-            .collect::<Result<_, _>>()?;
-        let block_k = e.index(BLOCK_K as i64)?;
-        e.for_const(0, linear.k.div_ceil(BLOCK_K) as i64, 1, |e, kb| {
-            let k0 = e.muli(kb, block_k)?;
-            self.stage(&e, tid, x_global, a_tile, m0, BLOCK_M, linear.m, k0)?;
-            self.stage(&e, tid, w_global, b_tile, n0, self.block_n, linear.n, k0)?;
-            e.push_void(e.inline_asm_op("fence.proxy.async.shared::cta;", "", &[], &[])?);
-            e.barrier();
-            let mut d: Vec<Value> = cells.iter().map(|&c| e.get(c)).collect::<Result<_, _>>()?;
-            for step in 0..BLOCK_K / 16 {
-                let offset = e.int(32, (step * 32) as i64)?;
-                let a = tiles::k_major_descriptor(&e, e.addi(a_tile, offset)?)?;
-                let b = tiles::k_major_descriptor(&e, e.addi(b_tile, offset)?)?;
-                d = tiles::wgmma_ss(&e, self.block_n, a, b, &d)?;
+    /// Consumer warpgroup `consumer`'s loop: rows `64 · consumer ..` of each tile, K chained
+    /// in the accumulators, then the epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn consume<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        ring: &Ring<'c, '_>,
+        consumer: Value<'c, '_>,
+        acc: &[Value<'c, '_>],
+        passes: Value<'c, '_>,
+        bias: Option<Value<'c, '_>>,
+        out: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let thread = e.remui(ring.tid, e.index(WARPGROUP as i64)?)?;
+        let rows_offset = e.muli(consumer, e.index(BLOCK_M as i64)?)?;
+        let a_offset = e.muli(rows_offset, e.index(128)?)?;
+        let a_offset = e.index_cast(a_offset, e.int_type(32))?;
+        ring.for_each_tile(e, self.tile_count(), |e, tile| {
+            let [m0, n0] = self.origin(&e, tile)?;
+            let m0 = e.addi(m0, rows_offset)?;
+            let zero = e.f32(0.0)?;
+            for &cell in acc {
+                e.set(cell, zero)?;
             }
-            let d = tiles::wait(&e, &d)?;
-            for (&cell, value) in cells.iter().zip(d) {
-                e.set(cell, value)?;
-            }
-            // The next block overwrites the tiles.
-            e.barrier();
-            Ok(())
-        })?;
-        let acc: Vec<Value> = cells.iter().map(|&c| e.get(c)).collect::<Result<_, _>>()?;
+            // K past its end is the TMA's zero fill, which adds nothing.
+            e.for_const(0, self.k_blocks() as i64, 1, |e, _| {
+                let pass = ring.next_pass(&e, passes)?;
+                e.mbarrier_wait(pass.full, pass.parity)?;
+                let a_tile = e.addi(pass.a, a_offset)?;
+                let mut d: Vec<Value> = acc.iter().map(|&c| e.get(c)).collect::<Result<_, _>>()?;
+                for step in 0..BLOCK_K / 16 {
+                    let offset = e.int(32, (step * 32) as i64)?;
+                    let a = tiles::k_major_descriptor(&e, e.addi(a_tile, offset)?)?;
+                    let b = tiles::k_major_descriptor(&e, e.addi(pass.b, offset)?)?;
+                    d = tiles::wgmma_ss(&e, self.tiles.block_n, a, b, &d)?;
+                }
+                let d = tiles::wait(&e, &d)?;
+                e.mbarrier_arrive(pass.empty)?;
+                for (&cell, value) in acc.iter().zip(d) {
+                    e.set(cell, value)?;
+                }
+                Ok(())
+            })?;
+            self.store(&e, thread, [m0, n0], acc, bias, out)
+        })
+    }
 
-        // D: register i is row `16 warp + lane / 4 + 8·((i / 2) mod 2)`, column
-        // `8·(i / 4) + 2·(lane mod 4) + i mod 2` of the tile.
+    /// The epilogue: register i is row `16 warp + lane / 4 + 8·((i / 2) mod 2)`, column
+    /// `8·(i / 4) + 2·(lane mod 4) + i mod 2` of the tile; the bias added in f32, one rounding,
+    /// and predicated stores, two adjacent columns at once when N is even.
+    fn store<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        thread: Value<'c, '_>,
+        [m0, n0]: [Value<'c, '_>; 2],
+        acc: &[Value<'c, '_>],
+        bias: Option<Value<'c, '_>>,
+        out: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let linear = &self.linear;
         let thirty_two = e.index(32)?;
-        let warp = e.divui(tid, thirty_two)?;
-        let lane = e.remui(tid, thirty_two)?;
+        let warp = e.divui(thread, thirty_two)?;
+        let lane = e.remui(thread, thirty_two)?;
         let row0 = e.muli(warp, e.index(16)?)?;
         let row0 = e.addi(row0, e.divui(lane, e.index(4)?)?)?;
         let row0 = e.addi(m0, row0)?;
@@ -167,56 +242,53 @@ impl LinearWgmma {
         let col0 = e.addi(n0, col0)?;
         let m = e.index(linear.m as i64)?;
         let n = e.index(linear.n as i64)?;
-        for (i, &value) in acc.iter().enumerate() {
+        let out = e.address_of(out)?;
+        let size = e.index(linear.output.size_bytes() as i64)?;
+        let paired = linear.n.is_multiple_of(2);
+        let value_at = |i: usize, col: Value<'c, '_>| {
+            let value = e.get(acc[i])?;
+            match bias {
+                Some(bias) => {
+                    // Columns past N read column 0's bias; nothing is stored for them.
+                    let inside = e.lt(col, n)?;
+                    let col = e.select(inside, col, e.index(0)?)?;
+                    let b = e.load_f32(bias, e.index(0)?, col)?;
+                    e.addf(value, b)
+                }
+                None => Ok(value),
+            }
+        };
+        for i in 0..acc.len() {
+            if paired && i % 2 == 1 {
+                continue;
+            }
             let row = e.addi(row0, e.index((8 * ((i / 2) % 2)) as i64)?)?;
             let col = e.addi(col0, e.index((8 * (i / 4) + i % 2) as i64)?)?;
             let ok = e.andi(e.lt(row, m)?, e.lt(col, n)?)?;
-            e.if_then(ok, |e| {
-                let mut value = value;
-                if let Some(bias) = bias {
-                    let zero = e.index(0)?;
-                    let b = e.load_f32(bias, zero, col)?;
-                    value = e.addf(value, b)?;
+            let at = e.addi(e.muli(row, n)?, col)?;
+            let at = e.index_cast(e.muli(at, size)?, e.int_type(64))?;
+            let at = e.addi(out, at)?;
+            let value = value_at(i, col)?;
+            let values = if paired {
+                let next_col = e.addi(col, e.index(1)?)?;
+                let next = value_at(i + 1, next_col)?;
+                match linear.output {
+                    DType::Bf16 => vec![pack_bf16x2(e, value, next)?],
+                    _ => vec![
+                        e.bitcast(value, e.int_type(32))?,
+                        e.bitcast(next, e.int_type(32))?,
+                    ],
                 }
-                let value = e.round_to(value, linear.output)?;
-                let at = e.addi(e.muli(row, n)?, col)?;
-                e.store(value, out, at);
-                Ok(())
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Copies rows `first .. first + rows` (those below `limit`) of the `[*, K]` BF16 matrix at
-    /// global address `global`, K elements `k0 .. k0 + 64`, into the swizzled tile at `tile`;
-    /// 16 bytes per thread and step, zeros outside the matrix.
-    #[allow(clippy::too_many_arguments)]
-    fn stage<'c>(
-        &self,
-        e: &Emit<'c, '_>,
-        tid: Value<'c, '_>,
-        global: Value<'c, '_>,
-        tile: Value<'c, '_>,
-        first: Value<'c, '_>,
-        rows: u64,
-        limit: u64,
-        k0: Value<'c, '_>,
-    ) -> Result<(), CodegenError> {
-        let k = e.index(self.linear.k as i64)?;
-        let limit = e.index(limit as i64)?;
-        for step in 0..rows * 8 / u64::from(THREADS) {
-            let chunk = e.addi(tid, e.index((step * u64::from(THREADS)) as i64)?)?;
-            let r = e.divui(chunk, e.index(8)?)?;
-            let c = e.remui(chunk, e.index(8)?)?;
-            let row = e.addi(first, r)?;
-            let kc = e.addi(k0, e.muli(c, e.index(8)?)?)?;
-            let ok = e.andi(e.lt(row, limit)?, e.lt(kc, k)?)?;
-            let element = e.addi(e.muli(row, k)?, kc)?;
-            let bytes = e.muli(element, e.index(2)?)?;
-            let bytes = e.index_cast(bytes, e.int_type(64))?;
-            let words = global_load_v4(e, e.addi(global, bytes)?, ok)?;
-            let place = tiles::place(e, tile, r, c)?;
-            shared_store_v4(e, place, words)?;
+            } else {
+                match linear.output {
+                    DType::Bf16 => {
+                        let rounded = e.round_to(value, DType::Bf16)?;
+                        vec![e.bitcast(rounded, e.int_type(16))?]
+                    }
+                    _ => vec![e.bitcast(value, e.int_type(32))?],
+                }
+            };
+            global_store_if(e, ok, at, &values)?;
         }
         Ok(())
     }

@@ -40,13 +40,14 @@ pub mod rope;
 pub mod rope_grad;
 pub mod softmax;
 pub mod softmax_grad;
+pub mod tma_ring;
 pub mod vector_access;
 pub mod wide_access;
 
 use std::collections::BTreeMap;
 
 use dsc_ir::DType;
-use dsc_kernels::manifest::{TensorMapArg, TensorMapDtype, TensorMapSwizzle};
+use dsc_kernels::manifest::{TensorMapArg, TensorMapSwizzle};
 use melior::Context;
 use melior::ir::r#type::{IntegerType, MemRefType};
 use melior::ir::{Block, BlockLike, Type, Value};
@@ -237,33 +238,41 @@ impl GpuKernel {
             {
                 fp8_gemm_tma::dynamic_shared_bytes(gemm)
             }
+            GpuKernel::LinearWgmma(linear) => linear.tiles.dynamic_shared_bytes(),
             _ => 0,
+        }
+    }
+
+    /// The TMA tensor maps the kernel's `<tensor>_map` parameters take.
+    fn tile_maps(&self) -> Vec<tma_ring::TileMap> {
+        match self {
+            GpuKernel::Fp8Gemm(gemm)
+                if matches!(gemm.form, fp8_gemm::GemmForm::WgmmaTma { .. }) =>
+            {
+                fp8_gemm_tma::tensor_maps(gemm)
+            }
+            GpuKernel::LinearWgmma(linear) => linear.tensor_maps(),
+            _ => Vec::new(),
         }
     }
 
     /// The parameters that take a TMA tensor map (the manifest's `tensor_maps`), each with the
     /// parameter whose tensor it maps; in parameter order, each after the one it maps.
     pub fn tensor_maps(&self) -> Vec<(usize, TensorMapArg)> {
-        let GpuKernel::Fp8Gemm(gemm) = self else {
-            return Vec::new();
-        };
-        if !matches!(gemm.form, fp8_gemm::GemmForm::WgmmaTma { .. }) {
-            return Vec::new();
-        }
         let params = self.params();
-        fp8_gemm_tma::tensor_maps(gemm)
+        self.tile_maps()
             .into_iter()
             .map(|map| {
                 let name = format!("{}_map", params[map.over].name);
                 let param = params
                     .iter()
                     .position(|p| p.name == name)
-                    .expect("the pipelined GEMM takes a map parameter per mapped tensor");
+                    .expect("a pipelined GEMM takes a map parameter per mapped tensor");
                 let arg = TensorMapArg {
                     param,
-                    dtype: TensorMapDtype::Uint8,
+                    dtype: map.dtype,
                     dims: map.dims.to_vec(),
-                    strides_bytes: vec![map.dims[0]],
+                    strides_bytes: vec![map.dims[0] * map.dtype.size_bytes()],
                     box_dims: map.box_dims.to_vec(),
                     swizzle: TensorMapSwizzle::B128,
                 };
