@@ -364,6 +364,71 @@ fn entry_names_of_tiny_moe_are_pinned() {
 }
 
 #[test]
+fn a_kernel_holding_its_reference_spec_reads_as_if_declared_flat() {
+    // `AttnValues` holds the reference's `ValueDims` (flattened): its canonical text, so its
+    // entry name, and its manifest attributes are those of the six sizes declared in place.
+    use crate::kernels::GpuKernel;
+    use crate::kernels::attention::AttnValues;
+    use dsc_ir::DType;
+    use dsc_kernels::ops::ValueDims;
+    let kernel = GpuKernel::AttnValues(AttnValues {
+        dims: ValueDims {
+            batch: 1,
+            q_len: 8,
+            kv_len: 16,
+            heads: 4,
+            v_heads: 2,
+            v_dim: 32,
+        },
+        probs: DType::F32,
+        values: DType::Bf16,
+        output: DType::Bf16,
+        causal: true,
+    });
+    assert_eq!(
+        kernel.canonical(),
+        r#"attn_values(1,8,16,4,2,32,"f32","bf16","bf16",true)"#
+    );
+    let attrs = kernel.attrs();
+    let keys: Vec<&str> = attrs.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "batch", "causal", "heads", "kv_len", "output", "probs", "q_len", "v_dim", "v_heads",
+            "values"
+        ]
+    );
+    assert_eq!(attrs["kv_len"], serde_json::json!(16));
+}
+
+#[test]
+fn moe_topk_is_built_from_and_gives_back_the_reference_spec() {
+    use crate::kernels::GpuKernel;
+    use crate::kernels::moe::MoeTopk;
+    use dsc_ir::DType;
+    use dsc_kernels::ops::{ScoreFunc, TopkDims, TopkParams};
+    let dims = TopkDims {
+        tokens: 64,
+        experts: 8,
+    };
+    let params = TopkParams {
+        score_func: ScoreFunc::Softmax,
+        top_k: 2,
+        n_groups: 2,
+        topk_groups: 1,
+        norm_topk_prob: false,
+        route_scale: 2.5,
+    };
+    let kernel = MoeTopk::new(dims, &params, false, DType::Bf16, DType::F32);
+    assert_eq!(kernel.topk_dims(), dims);
+    assert_eq!(kernel.topk_params(), params);
+    assert_eq!(
+        GpuKernel::MoeTopk(kernel).canonical(),
+        r#"moe_topk(64,8,2,2,1,softmax,false,2.5,false,"bf16","f32")"#
+    );
+}
+
+#[test]
 fn data_movement_and_batched_matmul_kernels_assemble() {
     // What explicit model graphs may use besides the presets' ops.
     let text = "graph \"moves\"\n\

@@ -1172,3 +1172,118 @@ fn round_to_uses_round_to_nearest_even() {
     );
     assert_eq!(FloatFormat::of(DType::Bf16), Some(FloatFormat::Bf16));
 }
+
+/// The sizes each kernel reads from its op's operand shapes (one derivation, which codegen's
+/// selection and the CPU backend both call).
+mod from_shapes {
+    use dsc_ir::Shape;
+    use dsc_kernels::ops::*;
+
+    fn shape(dims: &[u64]) -> Shape {
+        Shape::new(dims)
+    }
+
+    #[test]
+    fn attention_sizes_come_from_q_k_and_v() {
+        let (q, k, v) = (
+            shape(&[2, 5, 8, 64]),
+            shape(&[2, 7, 2, 64]),
+            shape(&[2, 7, 2, 32]),
+        );
+        let scores = ScoreDims::from_shapes(&q, &k).unwrap();
+        assert_eq!(
+            scores,
+            ScoreDims {
+                batch: 2,
+                q_len: 5,
+                kv_len: 7,
+                heads: 8,
+                kv_heads: 2,
+                head_dim: 64,
+            }
+        );
+        assert_eq!(
+            AttentionDims::from_shapes(&q, &k, &v).unwrap(),
+            AttentionDims {
+                scores,
+                v_heads: 2,
+                v_dim: 32,
+            }
+        );
+        assert_eq!(rope_pe_dims(&shape(&[2, 7, 1, 16])).unwrap(), (1, 16));
+        let e = ScoreDims::from_shapes(&shape(&[5, 8, 64]), &k).unwrap_err();
+        assert_eq!(e.to_string(), "q must be rank 4, got [5, 8, 64]");
+        let e = AttentionDims::from_shapes(&q, &k, &shape(&[7, 32])).unwrap_err();
+        assert_eq!(e.to_string(), "v must be rank 4, got [7, 32]");
+    }
+
+    #[test]
+    fn value_sizes_read_p_as_batch_heads_queries_keys() {
+        let dims = ValueDims::from_shapes(&shape(&[2, 8, 5, 7]), &shape(&[2, 7, 4, 32])).unwrap();
+        assert_eq!(
+            dims,
+            ValueDims {
+                batch: 2,
+                q_len: 5,
+                kv_len: 7,
+                heads: 8,
+                v_heads: 4,
+                v_dim: 32,
+            }
+        );
+        let e = ValueDims::from_shapes(&shape(&[2, 8, 5]), &shape(&[2, 7, 4, 32])).unwrap_err();
+        assert_eq!(e.to_string(), "p must be rank 4, got [2, 8, 5]");
+    }
+
+    #[test]
+    fn moe_sizes_come_from_logits_weights_indices_and_outputs() {
+        assert_eq!(
+            TopkDims::from_shapes(&shape(&[64, 256])).unwrap(),
+            TopkDims {
+                tokens: 64,
+                experts: 256,
+            }
+        );
+        assert!(
+            TopkDims::from_shapes(&shape(&[1, 64, 256]))
+                .unwrap_err()
+                .to_string()
+                .contains("logits must be rank 2")
+        );
+        let dims = GroupedDims::from_shapes(&shape(&[8, 128, 256]), &shape(&[64, 2])).unwrap();
+        assert_eq!(
+            dims,
+            GroupedDims {
+                tokens: 64,
+                top_k: 2,
+                experts: 8,
+                out_features: 128,
+                in_features: 256,
+            }
+        );
+        assert_eq!(dims.rows(), 128);
+        assert!(
+            GroupedDims::from_shapes(&shape(&[128, 256]), &shape(&[64, 2]))
+                .unwrap_err()
+                .to_string()
+                .contains("grouped weights must be rank 3")
+        );
+        assert_eq!(GroupedInput::of(&shape(&[64, 256])), GroupedInput::PerToken);
+        assert_eq!(
+            GroupedInput::of(&shape(&[64, 2, 128])),
+            GroupedInput::PerSlot
+        );
+        assert_eq!(
+            CombineDims::from_shapes(&shape(&[64, 2, 256])).unwrap(),
+            CombineDims {
+                tokens: 64,
+                top_k: 2,
+                dim: 256,
+            }
+        );
+        assert!(
+            CombineDims::from_shapes(&shape(&[64, 256]))
+                .is_err_and(|e| e.to_string().contains("expert outputs must be rank 3"))
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! reads key head `h / (heads / kv_heads)`.
 
 use dsc_ir::DType;
+use dsc_kernels::ops::ValueDims;
 use melior::dialect::arith::CmpiPredicate;
 use melior::ir::Value;
 use serde::Serialize;
@@ -150,18 +151,10 @@ impl AttnScores {
 /// when `p` is a causal softmax).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AttnValues {
-    /// Batch.
-    pub batch: u64,
-    /// Queries.
-    pub q_len: u64,
-    /// Keys.
-    pub kv_len: u64,
-    /// Query heads.
-    pub heads: u64,
-    /// Value heads.
-    pub v_heads: u64,
-    /// Dims per value head.
-    pub v_dim: u64,
+    /// The sizes, as the CPU reference takes them (written in place: see
+    /// [`super::canonical`]).
+    #[serde(flatten)]
+    pub dims: ValueDims,
     /// Probabilities' dtype.
     pub probs: DType,
     /// Values' dtype.
@@ -180,22 +173,20 @@ impl AttnValues {
     }
 
     fn out_len(&self) -> u64 {
-        self.batch * self.q_len * self.heads * self.v_dim
+        let d = self.dims;
+        (d.batch * d.q_len * d.heads * d.v_dim) as u64
     }
 
     /// `(p, v, out)`.
     pub fn params(&self) -> Vec<Param> {
+        let d = self.dims;
+        let (p, v) = (
+            d.batch * d.heads * d.q_len * d.kv_len,
+            d.batch * d.kv_len * d.v_heads * d.v_dim,
+        );
         vec![
-            Param::new(
-                "p",
-                self.probs,
-                self.batch * self.heads * self.q_len * self.kv_len,
-            ),
-            Param::new(
-                "v",
-                self.values,
-                self.batch * self.kv_len * self.v_heads * self.v_dim,
-            ),
+            Param::new("p", self.probs, p as u64),
+            Param::new("v", self.values, v as u64),
             Param::new("out", self.output, self.out_len()),
         ]
     }
@@ -207,6 +198,8 @@ impl AttnValues {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        let n = self.dims;
+        let sizes = [n.batch, n.q_len, n.heads, n.v_dim].map(|x| x as u64);
         add_per_element_kernel(
             module,
             entry,
@@ -216,25 +209,24 @@ impl AttnValues {
                 let p = args[0];
                 let v = args[1];
                 let out = args[2];
-                let [b, s, h, d] =
-                    unflatten(&e, i, [self.batch, self.q_len, self.heads, self.v_dim])?;
-                let heads = e.index(self.heads as i64)?;
-                let q_len = e.index(self.q_len as i64)?;
-                let kv_len = e.index(self.kv_len as i64)?;
+                let [b, s, h, d] = unflatten(&e, i, sizes)?;
+                let heads = e.index(n.heads as i64)?;
+                let q_len = e.index(n.q_len as i64)?;
+                let kv_len = e.index(n.kv_len as i64)?;
                 let p_row = e.muli(b, heads)?;
                 let p_row = e.addi(p_row, h)?;
                 let p_row = e.muli(p_row, q_len)?;
                 let p_row = e.addi(p_row, s)?;
                 let p_base = e.muli(p_row, kv_len)?;
-                let group = e.index((self.heads / self.v_heads.max(1)) as i64)?;
+                let group = e.index((n.heads / n.v_heads.max(1)) as i64)?;
                 let vh = e.divui(h, group)?;
                 let zero = e.f32(0.0)?;
                 let acc = e.cell(zero)?;
-                let v_dim = e.index(self.v_dim as i64)?;
+                let v_dim = e.index(n.v_dim as i64)?;
                 // Keys past the causal limit hold probability 0: adding their products would
                 // change nothing but the sign of a zero sum.
                 let end = if self.causal {
-                    let offset = e.index((self.kv_len.saturating_sub(self.q_len) + 1) as i64)?;
+                    let offset = e.index((n.kv_len.saturating_sub(n.q_len) + 1) as i64)?;
                     let last = e.addi(s, offset)?;
                     e.minui(last, kv_len)?
                 } else {
@@ -244,7 +236,7 @@ impl AttnValues {
                 let one = e.index(1)?;
                 e.for_range(start, end, one, |e, t| {
                     let pv = e.load_f32(p, p_base, t)?;
-                    let v_row = row_index(&e, b, t, vh, self.kv_len, self.v_heads)?;
+                    let v_row = row_index(&e, b, t, vh, n.kv_len as u64, n.v_heads as u64)?;
                     let v_base = e.muli(v_row, v_dim)?;
                     let vv = e.load_f32(v, v_base, d)?;
                     let product = e.mulf(pv, vv)?;

@@ -12,7 +12,12 @@
 //! Values are written through the spec's `Serialize` (the same one the manifest's kernel
 //! attributes use, so dtypes read as the IR spells them): numbers in Rust's shortest exact
 //! form, strings quoted, `None` as `-`, sequences in `[..]`, structs and variants' fields in
-//! `(..)`, unit enum variants by their serialized name.
+//! `(..)`, unit enum variants by their serialized name. A spec may hold the spec type of
+//! `dsc_kernels` that it implements (`AttnValues` holds `ValueDims`) as a
+//! `#[serde(flatten)]` field: its fields are written in its place, as if declared there, so
+//! where a fact is declared does not change the name either (serde writes a struct with a
+//! flattened field as a map of unknown length; such maps are written as `(..)` of their
+//! values, maps of known length as `{key:value,..}`).
 
 use std::fmt::{self, Write as _};
 
@@ -62,6 +67,8 @@ struct Compound<'a> {
     out: &'a mut Canonical,
     first: bool,
     close: char,
+    /// Whether a map's keys are written (not for a struct with flattened fields).
+    keys: bool,
 }
 
 impl<'a> Compound<'a> {
@@ -72,6 +79,7 @@ impl<'a> Compound<'a> {
             out,
             first: true,
             close,
+            keys: true,
         }
     }
 
@@ -192,8 +200,15 @@ impl<'a> Serializer for &'a mut Canonical {
         self.0.push_str(variant);
         self.serialize_tuple(len)
     }
-    fn serialize_map(self, _len: Option<usize>) -> std::result::Result<Compound<'a>, Never> {
-        Ok(Compound::open(self, '{', '}'))
+    fn serialize_map(self, len: Option<usize>) -> std::result::Result<Compound<'a>, Never> {
+        Ok(match len {
+            Some(_) => Compound::open(self, '{', '}'),
+            // A struct with a flattened field: its fields' values, as a struct's.
+            None => Compound {
+                keys: false,
+                ..Compound::open(self, '(', ')')
+            },
+        })
     }
     fn serialize_struct(
         self,
@@ -262,11 +277,15 @@ impl ser::SerializeMap for Compound<'_> {
     type Ok = ();
     type Error = Never;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result {
-        self.element(key)
+        if self.keys { self.element(key) } else { Ok(()) }
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.out.0.push(':');
-        value.serialize(&mut *self.out)
+        if self.keys {
+            self.out.0.push(':');
+            value.serialize(&mut *self.out)
+        } else {
+            self.element(value)
+        }
     }
     fn end(self) -> Result {
         self.close()
@@ -333,5 +352,41 @@ mod tests {
             ..spec
         };
         assert_eq!(canonical("k", &plain), r#"k(3,-0.5,"a b",0,[1,2],plain)"#);
+    }
+
+    /// Part of [`Spec`], declared apart.
+    #[derive(Serialize)]
+    struct Head {
+        rows: u64,
+        scale: f32,
+    }
+
+    /// [`Spec`] holding its first fields as a flattened [`Head`].
+    #[derive(Serialize)]
+    struct Nested {
+        #[serde(flatten)]
+        head: Head,
+        name: &'static str,
+        bias: Option<u64>,
+        dims: Vec<u64>,
+        form: Form,
+    }
+
+    #[test]
+    fn flattened_fields_read_as_if_declared_in_place() {
+        let nested = Nested {
+            head: Head {
+                rows: 3,
+                scale: -0.5,
+            },
+            name: "a b",
+            bias: Some(0),
+            dims: vec![1, 2],
+            form: Form::Plain,
+        };
+        assert_eq!(canonical("k", &nested), r#"k(3,-0.5,"a b",0,[1,2],plain)"#);
+        // A map of known length keeps its keys.
+        let map = std::collections::BTreeMap::from([("a", 1u64), ("b", 2)]);
+        assert_eq!(canonical("m", &map), r#"m{"a":1,"b":2}"#);
     }
 }

@@ -14,6 +14,7 @@
 //! `route_scale`. Every value is the one the former one-thread-per-token kernel computed.
 
 use dsc_ir::DType;
+use dsc_kernels::ops::{ScoreFunc, TopkDims, TopkParams};
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
 use melior::ir::operation::OperationBuilder;
 use melior::ir::{Attribute, Identifier, Value, ValueLike};
@@ -28,17 +29,14 @@ use crate::mlir::kernel::Dimension;
 /// Tokens (warps) per block of `moe_topk`.
 const TOPK_WARPS: u64 = 4;
 
-/// How router logits become scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scoring {
-    /// `1 / (1 + e^-x)` per expert.
-    Sigmoid,
-    /// Softmax over the experts.
-    Softmax,
-}
+/// How router logits become scores: the reference's [`ScoreFunc`], under the name this
+/// module's callers (tests/gpu) use.
+pub type Scoring = ScoreFunc;
 
-/// Top-k routing of `tokens` tokens over `experts` experts.
+/// Top-k routing of `tokens` tokens over `experts` experts: the op's [`TopkDims`] and
+/// [`TopkParams`] as the kernel takes them (sizes as `u64`, the route scale as the `f32` both
+/// the reference and the kernel multiply by; [`MoeTopk::new`] and [`MoeTopk::topk_params`]
+/// convert), and the operands the reference leaves to its caller (the bias, the dtypes).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MoeTopk {
     /// Tokens.
@@ -52,7 +50,7 @@ pub struct MoeTopk {
     /// Groups kept.
     pub topk_groups: u64,
     /// Score function.
-    pub scoring: Scoring,
+    pub scoring: ScoreFunc,
     /// Whether the chosen weights are normalized to sum 1.
     pub norm_topk_prob: bool,
     /// Multiplies the weights.
@@ -63,6 +61,52 @@ pub struct MoeTopk {
     pub logits: DType,
     /// Weights' output dtype.
     pub weights: DType,
+}
+
+impl MoeTopk {
+    /// The kernel of a `moe_topk` op of these sizes and attributes, with or without a bias.
+    pub fn new(
+        dims: TopkDims,
+        params: &TopkParams,
+        bias: bool,
+        logits: DType,
+        weights: DType,
+    ) -> Self {
+        MoeTopk {
+            tokens: dims.tokens as u64,
+            experts: dims.experts as u64,
+            top_k: params.top_k as u64,
+            groups: params.n_groups as u64,
+            topk_groups: params.topk_groups as u64,
+            scoring: params.score_func,
+            norm_topk_prob: params.norm_topk_prob,
+            // The reference multiplies by the scale rounded to f32, as torch does.
+            route_scale: params.route_scale as f32,
+            bias,
+            logits,
+            weights,
+        }
+    }
+
+    /// The sizes the CPU reference takes.
+    pub fn topk_dims(&self) -> TopkDims {
+        TopkDims {
+            tokens: self.tokens as usize,
+            experts: self.experts as usize,
+        }
+    }
+
+    /// The attributes the CPU reference takes (it rounds the route scale to f32 too).
+    pub fn topk_params(&self) -> TopkParams {
+        TopkParams {
+            score_func: self.scoring,
+            top_k: self.top_k as usize,
+            n_groups: self.groups as usize,
+            topk_groups: self.topk_groups as usize,
+            norm_topk_prob: self.norm_topk_prob,
+            route_scale: f64::from(self.route_scale),
+        }
+    }
 }
 
 impl MoeTopk {
@@ -167,14 +211,14 @@ impl MoeTopk {
             let safe = e.minui(x, last)?;
             let logit = e.load_f32(logits, row, safe)?;
             let score = match self.scoring {
-                Scoring::Sigmoid => e.sigmoid(logit)?,
-                Scoring::Softmax => logit,
+                ScoreFunc::Sigmoid => e.sigmoid(logit)?,
+                ScoreFunc::Softmax => logit,
             };
             ids.push(e.index_cast(safe, i32_type)?);
             real.push(x_real);
             scores.push(score);
         }
-        if self.scoring == Scoring::Softmax {
+        if self.scoring == ScoreFunc::Softmax {
             scores = self.softmax(e, &scores, &real)?;
         }
         let mut select = Vec::new();

@@ -5,6 +5,10 @@
 
 use dsc_ir::{DType, Graph, Op, OpKind, ScaleFormat, ValueId};
 use dsc_kernels::ops::rope::RopeParams;
+use dsc_kernels::ops::{
+    AttentionDims, CombineDims, GroupedDims, GroupedInput, ScoreDims, TopkDims, TopkParams,
+    ValueDims, rope_pe_dims,
+};
 
 use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
@@ -22,7 +26,7 @@ use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
 use crate::kernels::global_norm::{GlobalNorm, NormInput};
 use crate::kernels::linear::Linear;
 use crate::kernels::matmul::Matmul;
-use crate::kernels::moe::{MoeCombine, MoeTopk, Scoring};
+use crate::kernels::moe::{MoeCombine, MoeTopk};
 use crate::kernels::norm::RmsNorm;
 use crate::kernels::pad::Pad;
 use crate::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
@@ -108,6 +112,8 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
     };
     let rows_of = |v: ValueId| numel(v).checked_div(last(v)).unwrap_or(0);
     let named = |e: dsc_ir::OperandError| fail(e.to_string());
+    // The sizes the kernels' specs read from operand shapes (`dsc_kernels::ops`).
+    let sizes = |e: dsc_kernels::ops::OpError| fail(e.to_string());
 
     let kernel = match op.kind {
         OpKind::Reshape => return Ok(Selection::Alias),
@@ -291,15 +297,13 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         OpKind::AttnScores | OpKind::Attention => {
             // The score side: q, k and the optional q_pe, k_pe (after v in `attention`).
             let s = op.score_operands().map_err(named)?;
-            let q = four(&dims(s.q)).ok_or_else(|| fail("q must be rank 4".into()))?;
-            let k = four(&dims(s.k)).ok_or_else(|| fail("k must be rank 4".into()))?;
+            let sd = ScoreDims::from_shapes(&ty(s.q).shape, &ty(s.k).shape).map_err(sizes)?;
             let rope = match s.pe() {
                 Some((q_pe, k_pe)) => {
-                    let k_pe_dims =
-                        four(&dims(k_pe)).ok_or_else(|| fail("k_pe must be rank 4".into()))?;
+                    let (kv_heads, dim) = rope_pe_dims(&ty(k_pe).shape).map_err(sizes)?;
                     Some(HeadOperand {
-                        kv_heads: k_pe_dims[2],
-                        dim: k_pe_dims[3],
+                        kv_heads: kv_heads as u64,
+                        dim: dim as u64,
                         dtype: ty(q_pe).dtype,
                     })
                 }
@@ -311,8 +315,8 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 return Err(fail("q and k must share a dtype".into()));
             }
             let main = HeadOperand {
-                kv_heads: k[2],
-                dim: q[3],
+                kv_heads: sd.kv_heads as u64,
+                dim: sd.head_dim as u64,
                 dtype: ty(s.q).dtype,
             };
             let scale = op
@@ -322,10 +326,10 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             let causal = op.attrs.bool("causal").unwrap_or(false);
             if op.kind == OpKind::AttnScores {
                 GpuKernel::AttnScores(AttnScores {
-                    batch: q[0],
-                    q_len: q[1],
-                    kv_len: k[1],
-                    heads: q[2],
+                    batch: sd.batch as u64,
+                    q_len: sd.q_len as u64,
+                    kv_len: sd.kv_len as u64,
+                    heads: sd.heads as u64,
                     main,
                     rope,
                     scale,
@@ -333,16 +337,18 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 })
             } else {
                 let v_id = op.attention_operands().map_err(named)?.v;
-                let v = four(&dims(v_id)).ok_or_else(|| fail("v must be rank 4".into()))?;
+                let ad =
+                    AttentionDims::from_shapes(&ty(s.q).shape, &ty(s.k).shape, &ty(v_id).shape)
+                        .map_err(sizes)?;
                 let fused = FlashAttention {
-                    batch: q[0],
-                    q_len: q[1],
-                    kv_len: k[1],
-                    heads: q[2],
+                    batch: sd.batch as u64,
+                    q_len: sd.q_len as u64,
+                    kv_len: sd.kv_len as u64,
+                    heads: sd.heads as u64,
                     main,
                     rope,
-                    v_heads: v[2],
-                    v_dim: v[3],
+                    v_heads: ad.v_heads as u64,
+                    v_dim: ad.v_dim as u64,
                     values: ty(v_id).dtype,
                     output: ty(result(0)).dtype,
                     scale,
@@ -355,15 +361,8 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         }
         OpKind::AttnValues => {
             let o = op.attn_values_operands().map_err(named)?;
-            let p = four(&dims(o.p)).ok_or_else(|| fail("p must be rank 4".into()))?;
-            let v = four(&dims(o.v)).ok_or_else(|| fail("v must be rank 4".into()))?;
             GpuKernel::AttnValues(AttnValues {
-                batch: p[0],
-                q_len: p[2],
-                kv_len: p[3],
-                heads: p[1],
-                v_heads: v[2],
-                v_dim: v[3],
+                dims: ValueDims::from_shapes(&ty(o.p).shape, &ty(o.v).shape).map_err(sizes)?,
                 probs: ty(o.p).dtype,
                 values: ty(o.v).dtype,
                 output: ty(result(0)).dtype,
@@ -389,27 +388,17 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         }
         OpKind::GroupedLinear => {
             let o = op.grouped_linear_operands().map_err(named)?;
-            let w = dims(o.w);
-            let idx = dims(o.indices);
-            if w.len() != 3 || idx.len() != 2 {
-                return Err(fail(
-                    "grouped weights must be [E, N, K] and indices [T, k]".into(),
-                ));
-            }
+            let gd =
+                GroupedDims::from_shapes(&ty(o.w).shape, &ty(o.indices).shape).map_err(sizes)?;
             GpuKernel::Linear(Linear {
-                m: idx[0] * idx[1],
-                n: w[1],
-                k: w[2],
+                m: gd.rows() as u64,
+                n: gd.out_features as u64,
+                k: gd.in_features as u64,
                 x: ty(o.x).dtype,
                 w: ty(o.w).dtype,
                 bias: None,
                 output: ty(result(0)).dtype,
-                grouped: Some(Grouped {
-                    experts: w[0],
-                    tokens: idx[0],
-                    top_k: idx[1],
-                    x_per_slot: ty(o.x).shape.rank() == 3,
-                }),
+                grouped: Some(grouped(gd, &ty(o.x).shape)),
             })
         }
         OpKind::Fp8Gemm => {
@@ -430,21 +419,13 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             let x = ty(o.x);
             let w = dims(o.w);
             let k = x.shape.last();
-            let grouped = if let Some(indices) = o.indices {
-                let idx = dims(indices);
-                if w.len() != 3 || idx.len() != 2 {
-                    return Err(fail(
-                        "grouped weights must be [E, N, K] and indices [T, k]".into(),
-                    ));
+            let grouped = match o.indices {
+                Some(indices) => {
+                    let gd = GroupedDims::from_shapes(&ty(o.w).shape, &ty(indices).shape)
+                        .map_err(sizes)?;
+                    Some(grouped(gd, &x.shape))
                 }
-                Some(Grouped {
-                    experts: w[0],
-                    tokens: idx[0],
-                    top_k: idx[1],
-                    x_per_slot: x.shape.rank() == 3,
-                })
-            } else {
-                None
+                None => None,
             };
             let n = w[w.len() - 2];
             let promote_interval = int_attr("promote_interval")?;
@@ -469,33 +450,21 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         }
         OpKind::MoeTopk => {
             let o = op.moe_topk_operands().map_err(named)?;
-            let logits = dims(o.logits);
-            let params = dsc_kernels::ops::moe_topk::TopkParams::from_attrs(&op.attrs)
-                .map_err(|e| fail(e.to_string()))?;
-            GpuKernel::MoeTopk(MoeTopk {
-                tokens: logits[0],
-                experts: logits[1],
-                top_k: params.top_k as u64,
-                groups: params.n_groups as u64,
-                topk_groups: params.topk_groups as u64,
-                scoring: match params.score_func {
-                    dsc_kernels::ops::moe_topk::ScoreFunc::Sigmoid => Scoring::Sigmoid,
-                    dsc_kernels::ops::moe_topk::ScoreFunc::Softmax => Scoring::Softmax,
-                },
-                norm_topk_prob: params.norm_topk_prob,
-                route_scale: params.route_scale as f32,
-                bias: o.bias.is_some(),
-                logits: ty(o.logits).dtype,
-                weights: ty(result(0)).dtype,
-            })
+            GpuKernel::MoeTopk(MoeTopk::new(
+                TopkDims::from_shapes(&ty(o.logits).shape).map_err(sizes)?,
+                &TopkParams::from_attrs(&op.attrs).map_err(sizes)?,
+                o.bias.is_some(),
+                ty(o.logits).dtype,
+                ty(result(0)).dtype,
+            ))
         }
         OpKind::MoeCombine => {
             let o = op.moe_combine_operands().map_err(named)?;
-            let y = dims(o.y);
+            let y = CombineDims::from_shapes(&ty(o.y).shape).map_err(sizes)?;
             GpuKernel::MoeCombine(MoeCombine {
-                tokens: y[0],
-                top_k: y[1],
-                dim: y[2],
+                tokens: y.tokens as u64,
+                top_k: y.top_k as u64,
+                dim: y.dim as u64,
                 routed: ty(o.y).dtype,
                 weights: ty(o.weights).dtype,
                 shared: o.shared.map(|s| ty(s).dtype),
@@ -776,6 +745,16 @@ fn float_operand(dtype: DType) -> Result<DType, String> {
         Err(format!(
             "{dtype} operands have no GPU kernel (f32 and bf16 only)"
         ))
+    }
+}
+
+/// The grouped form of a GEMM over experts of these sizes, whose input x has this shape.
+fn grouped(dims: GroupedDims, x: &dsc_ir::Shape) -> Grouped {
+    Grouped {
+        experts: dims.experts as u64,
+        tokens: dims.tokens as u64,
+        top_k: dims.top_k as u64,
+        x_per_slot: GroupedInput::of(x) == GroupedInput::PerSlot,
     }
 }
 

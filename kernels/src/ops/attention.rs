@@ -2,9 +2,11 @@
 //! and the probability-weighted sum of values. Grouped-query heads: query head `h` reads
 //! key/value head `h / (H / Hk)`, as HF's `repeat_kv` lays them out.
 
-use super::error::{OpError, check_shape};
+use super::error::{OpError, check_shape, ranked};
 use super::linear::{View, gemm_into};
+use dsc_ir::Shape;
 use rayon::prelude::*;
+use serde::Serialize;
 
 /// Sizes of `attn_scores`: q `[batch, q_len, heads, head_dim]`, k `[batch, kv_len, kv_heads,
 /// head_dim]`.
@@ -18,6 +20,29 @@ pub struct ScoreDims {
     pub head_dim: usize,
 }
 
+impl ScoreDims {
+    /// The sizes of the op whose q and k have these shapes (both rank 4).
+    pub fn from_shapes(q: &Shape, k: &Shape) -> Result<Self, OpError> {
+        let [batch, q_len, heads, head_dim] = ranked("q", q)?;
+        let [_, kv_len, kv_heads, _] = ranked("k", k)?;
+        Ok(ScoreDims {
+            batch,
+            q_len,
+            kv_len,
+            heads,
+            kv_heads,
+            head_dim,
+        })
+    }
+}
+
+/// The heads and dims per head of MLA's `k_pe` `[batch, kv_len, kv_heads, dim]`: the
+/// `kv_heads` and `dim` of [`RopeOperands`].
+pub fn rope_pe_dims(k_pe: &Shape) -> Result<(usize, usize), OpError> {
+    let [_, _, kv_heads, dim] = ranked("k_pe", k_pe)?;
+    Ok((kv_heads, dim))
+}
+
 /// The decoupled RoPE part of MLA scores: q_pe `[batch, q_len, heads, dim]`, k_pe `[batch,
 /// kv_len, kv_heads, dim]` (DeepSeek shares one k_pe head: `kv_heads = 1`).
 #[derive(Debug, Clone, Copy)]
@@ -29,8 +54,9 @@ pub struct RopeOperands<'a> {
 }
 
 /// Sizes of `attn_values`: p `[batch, heads, q_len, kv_len]`, v `[batch, kv_len, v_heads,
-/// v_dim]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// v_dim]`. The GPU kernel's spec holds them as they are (`Serialize` gives them its manifest
+/// attributes and canonical text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct ValueDims {
     pub batch: usize,
     pub q_len: usize,
@@ -38,6 +64,22 @@ pub struct ValueDims {
     pub heads: usize,
     pub v_heads: usize,
     pub v_dim: usize,
+}
+
+impl ValueDims {
+    /// The sizes of the op whose p and v have these shapes (both rank 4).
+    pub fn from_shapes(p: &Shape, v: &Shape) -> Result<Self, OpError> {
+        let [batch, heads, q_len, kv_len] = ranked("p", p)?;
+        let [_, _, v_heads, v_dim] = ranked("v", v)?;
+        Ok(ValueDims {
+            batch,
+            q_len,
+            kv_len,
+            heads,
+            v_heads,
+            v_dim,
+        })
+    }
 }
 
 /// The number of query heads per key head, refusing kv head counts that do not divide.
@@ -243,6 +285,18 @@ pub struct AttentionDims {
     pub scores: ScoreDims,
     pub v_heads: usize,
     pub v_dim: usize,
+}
+
+impl AttentionDims {
+    /// The sizes of the fused op whose q, k and v have these shapes (all rank 4).
+    pub fn from_shapes(q: &Shape, k: &Shape, v: &Shape) -> Result<Self, OpError> {
+        let [_, _, v_heads, v_dim] = ranked("v", v)?;
+        Ok(AttentionDims {
+            scores: ScoreDims::from_shapes(q, k)?,
+            v_heads,
+            v_dim,
+        })
+    }
 }
 
 /// Fused attention `softmax(scores) · v` → `[batch, q_len, heads, v_dim]` (f32, before the

@@ -50,3 +50,22 @@ pub(crate) fn check_shape(
 ) -> Result<(), OpError> {
     check_len(operand, got, numel(operand, dims)?)
 }
+
+/// The sizes of `operand`'s shape when it has rank `N`, as `usize` (the verifier caps tensors
+/// at 2^48 elements, so every size fits): how each kernel's `from_shapes` reads the operand
+/// shapes of its op (codegen's selection and the CPU backend alike).
+pub(crate) fn ranked<const N: usize>(
+    operand: &'static str,
+    shape: &dsc_ir::Shape,
+) -> Result<[usize; N], OpError> {
+    let dims = shape.dims();
+    let sizes: [u64; N] = dims
+        .try_into()
+        .map_err(|_| OpError::Shape(format!("{operand} must be rank {N}, got {shape}")))?;
+    let mut out = [0usize; N];
+    for (o, &d) in out.iter_mut().zip(&sizes) {
+        *o = usize::try_from(d)
+            .map_err(|_| OpError::Shape(format!("{operand}: shape {shape} overflows")))?;
+    }
+    Ok(out)
+}

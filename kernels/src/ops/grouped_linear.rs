@@ -5,8 +5,9 @@
 //! parallel), as a grouped GEMM does on the GPU; every output row is the same dot products
 //! as a per-row loop, up to the library's summation order.
 
-use super::error::{OpError, check_shape};
+use super::error::{OpError, check_shape, ranked};
 use super::linear::{View, gemm_into};
+use dsc_ir::Shape;
 use rayon::prelude::*;
 
 /// Whether each token has one input row for all its slots or one per slot.
@@ -18,6 +19,18 @@ pub enum GroupedInput {
     PerSlot,
 }
 
+impl GroupedInput {
+    /// The input form of x with this shape: `[tokens, in_features]` is per token, anything
+    /// else (`[tokens, top_k, in_features]`) per slot.
+    pub fn of(x: &Shape) -> Self {
+        if x.rank() == 2 {
+            GroupedInput::PerToken
+        } else {
+            GroupedInput::PerSlot
+        }
+    }
+}
+
 /// Sizes of `grouped_linear`: w `[experts, out_features, in_features]`, indices `[tokens,
 /// top_k]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,6 +40,27 @@ pub struct GroupedDims {
     pub experts: usize,
     pub out_features: usize,
     pub in_features: usize,
+}
+
+impl GroupedDims {
+    /// The sizes of the op whose expert weights (or their gradient) are `w` `[experts,
+    /// out_features, in_features]` and whose indices are `[tokens, top_k]`.
+    pub fn from_shapes(w: &Shape, indices: &Shape) -> Result<Self, OpError> {
+        let [experts, out_features, in_features] = ranked("grouped weights", w)?;
+        let [tokens, top_k] = ranked("indices", indices)?;
+        Ok(GroupedDims {
+            tokens,
+            top_k,
+            experts,
+            out_features,
+            in_features,
+        })
+    }
+
+    /// Rows of the output: one per (token, slot).
+    pub fn rows(&self) -> usize {
+        self.tokens * self.top_k
+    }
 }
 
 /// `out[t, j, :] = x[t(, j), :] · w[indices[t, j]]ᵀ` → `[tokens, top_k, out_features]`, f32

@@ -34,7 +34,7 @@ pub mod softmax;
 
 pub use attention::{
     ATTENTION_KV_TILE, AttentionDims, RopeOperands, ScoreDims, ValueDims, attention,
-    attention_fusable, attention_shared_bytes, attn_scores, attn_values,
+    attention_fusable, attention_shared_bytes, attn_scores, attn_values, rope_pe_dims,
 };
 pub use cast::{FloatFormat, round_to};
 pub use data_movement::{concat, reshape, slice, transpose};
@@ -43,8 +43,8 @@ pub use embedding::embedding;
 pub use error::OpError;
 pub use grouped_linear::{GroupedDims, GroupedInput, grouped_linear};
 pub use linear::{linear, matmul};
-pub use moe_combine::moe_combine;
-pub use moe_topk::{Routing, ScoreFunc, TopkParams, moe_topk};
+pub use moe_combine::{CombineDims, moe_combine};
+pub use moe_topk::{Routing, ScoreFunc, TopkDims, TopkParams, moe_topk};
 pub use rms_norm::rms_norm;
 pub use rope::{RopeParams, RopeScaling, RopeStyle, rope};
 pub use softmax::softmax;

@@ -1,7 +1,24 @@
 //! Combining routed expert outputs: `Σ_k w[t, k] · y[t, k, :]`, plus the shared experts.
 
 use super::cast::FloatFormat;
-use super::error::{OpError, check_shape};
+use super::error::{OpError, check_shape, ranked};
+use dsc_ir::Shape;
+
+/// Sizes of `moe_combine` (and its gradient): the routed outputs y `[tokens, top_k, dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CombineDims {
+    pub tokens: usize,
+    pub top_k: usize,
+    pub dim: usize,
+}
+
+impl CombineDims {
+    /// The sizes of the op whose routed outputs have this shape (rank 3).
+    pub fn from_shapes(y: &Shape) -> Result<Self, OpError> {
+        let [tokens, top_k, dim] = ranked("expert outputs", y)?;
+        Ok(CombineDims { tokens, top_k, dim })
+    }
+}
 
 /// `out[t, :] = round(Σ_j weights[t, j] · y[t, j, :]) (+ shared[t, :])`: y `[t, k, d]`,
 /// weights `[t, k]`, shared `[t, d]` → `[t, d]`, products and sums in f32 over slots in order.

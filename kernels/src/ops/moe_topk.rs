@@ -15,18 +15,36 @@
 //! differs only when an eligible selection score is negative, never with softmax). Results are ordered by descending selection score; HF's `topk(sorted=False)`
 //! leaves its order unspecified, which only changes the order `moe_combine` sums in.
 
-use super::error::{OpError, check_len, check_shape};
+use super::error::{OpError, check_len, check_shape, ranked};
 use super::softmax::softmax_row;
-use dsc_ir::Attrs;
+use dsc_ir::{Attrs, Shape};
+use serde::Serialize;
 use std::cmp::Ordering;
 
-/// How logits become expert scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How logits become expert scores (the GPU kernel's spec holds it as it is; it serializes as
+/// the attribute spells it: `sigmoid`, `softmax`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ScoreFunc {
     /// `1 / (1 + exp(-x))` per expert (DeepSeek-V3).
     Sigmoid,
     /// Softmax over the experts (DeepSeek-V2).
     Softmax,
+}
+
+/// Sizes of `moe_topk`: logits `[tokens, experts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TopkDims {
+    pub tokens: usize,
+    pub experts: usize,
+}
+
+impl TopkDims {
+    /// The sizes of the op whose logits have this shape (rank 2).
+    pub fn from_shapes(logits: &Shape) -> Result<Self, OpError> {
+        let [tokens, experts] = ranked("logits", logits)?;
+        Ok(TopkDims { tokens, experts })
+    }
 }
 
 /// The attributes of one `moe_topk` op.

@@ -8,7 +8,7 @@ use dsc_ir::operands::{
 };
 use dsc_ir::{DType, Graph, Op, OpKind, TensorType};
 use dsc_kernels::ops::{self, FloatFormat, GroupedDims, GroupedInput, RopeOperands, RopeParams};
-use dsc_kernels::ops::{AttentionDims, ScoreDims, TopkParams, ValueDims};
+use dsc_kernels::ops::{AttentionDims, CombineDims, ScoreDims, TopkDims, TopkParams, ValueDims};
 
 /// Applies a data-movement kernel (generic over the element) to whichever kind of data a
 /// tensor holds.
@@ -163,23 +163,14 @@ pub(super) fn execute(
             };
             let s_ty = op.score_operands().map_err(err)?.map(|v| g.ty(v));
             let v_ty = op.attention_operands().ok().map(|a| g.ty(a.v));
-            let (q, k) = (dims(s_ty.q), dims(s_ty.k));
-            let score_dims = ScoreDims {
-                batch: q[0],
-                q_len: q[1],
-                kv_len: k[1],
-                heads: q[2],
-                kv_heads: k[2],
-                head_dim: q[3],
-            };
             let pe = match (s.pe(), s_ty.k_pe) {
                 (Some((q_pe, k_pe)), Some(k_pe_ty)) => {
-                    let kp = dims(k_pe_ty);
+                    let (kv_heads, dim) = ops::rope_pe_dims(&k_pe_ty.shape).map_err(err)?;
                     Some(RopeOperands {
                         q_pe: floats(q_pe)?,
                         k_pe: floats(k_pe)?,
-                        kv_heads: kp[2],
-                        dim: kp[3],
+                        kv_heads,
+                        dim,
                     })
                 }
                 _ => None,
@@ -188,14 +179,15 @@ pub(super) fn execute(
             let causal = op.attrs.bool("causal").unwrap_or(false);
             let (q, k) = (floats(s.q)?, floats(s.k)?);
             let y = match v.zip(v_ty) {
-                None => ops::attn_scores(q, k, score_dims, pe, scale, causal),
+                None => {
+                    let score_dims =
+                        ScoreDims::from_shapes(&s_ty.q.shape, &s_ty.k.shape).map_err(err)?;
+                    ops::attn_scores(q, k, score_dims, pe, scale, causal)
+                }
                 Some((v, v_ty)) => {
-                    let vd = dims(v_ty);
-                    let attention_dims = AttentionDims {
-                        scores: score_dims,
-                        v_heads: vd[2],
-                        v_dim: vd[3],
-                    };
+                    let attention_dims =
+                        AttentionDims::from_shapes(&s_ty.q.shape, &s_ty.k.shape, &v_ty.shape)
+                            .map_err(err)?;
                     // The probabilities are rounded to the dtype the PV product reads: v's.
                     let probs = format_of(v_ty.dtype);
                     ops::attention(q, k, floats(v)?, attention_dims, pe, scale, causal, probs)
@@ -206,24 +198,18 @@ pub(super) fn execute(
         AttnValues => {
             let t = AttnValuesOperands::from_slice(ins).map_err(err)?;
             let o = op.attn_values_operands().map_err(err)?;
-            let (p, v) = (dims(g.ty(o.p)), dims(g.ty(o.v)));
-            let value_dims = ValueDims {
-                batch: p[0],
-                q_len: p[2],
-                kv_len: p[3],
-                heads: p[1],
-                v_heads: v[2],
-                v_dim: v[3],
-            };
+            let value_dims =
+                ValueDims::from_shapes(&g.ty(o.p).shape, &g.ty(o.v).shape).map_err(err)?;
             one(ops::attn_values(floats(t.p)?, floats(t.v)?, value_dims).map_err(err)?)
         }
         MoeTopk => {
             let t = MoeTopkOperands::from_slice(ins).map_err(err)?;
-            let l = dims(g.ty(op.moe_topk_operands().map_err(err)?.logits));
+            let logits = g.ty(op.moe_topk_operands().map_err(err)?.logits);
+            let TopkDims { tokens, experts } = TopkDims::from_shapes(&logits.shape).map_err(err)?;
             let params = TopkParams::from_attrs(&op.attrs).map_err(err)?;
             let bias = t.bias.map(floats).transpose()?;
             let routing =
-                ops::moe_topk(floats(t.logits)?, bias, l[0], l[1], &params).map_err(err)?;
+                ops::moe_topk(floats(t.logits)?, bias, tokens, experts, &params).map_err(err)?;
             Ok(vec![
                 float_result(out_ty(0), routing.weights)?,
                 same_data(out_ty(1), HostData::I32(routing.indices)),
@@ -232,36 +218,20 @@ pub(super) fn execute(
         GroupedLinear => {
             let t = GroupedLinearOperands::from_slice(ins).map_err(err)?;
             let ty = op.grouped_linear_operands().map_err(err)?.map(|v| g.ty(v));
-            let (w, idx) = (dims(ty.w), dims(ty.indices));
-            let input = if ty.x.shape.rank() == 2 {
-                GroupedInput::PerToken
-            } else {
-                GroupedInput::PerSlot
-            };
-            let gd = GroupedDims {
-                tokens: idx[0],
-                top_k: idx[1],
-                experts: w[0],
-                out_features: w[1],
-                in_features: w[2],
-            };
+            let input = GroupedInput::of(&ty.x.shape);
+            let gd = GroupedDims::from_shapes(&ty.w.shape, &ty.indices.shape).map_err(err)?;
             let y = ops::grouped_linear(floats(t.x)?, input, floats(t.w)?, ints(t.indices)?, gd);
             one(y.map_err(err)?)
         }
         MoeCombine => {
             let t = MoeCombineOperands::from_slice(ins).map_err(err)?;
-            let y = dims(g.ty(op.moe_combine_operands().map_err(err)?.y));
+            let y = g.ty(op.moe_combine_operands().map_err(err)?.y);
+            let CombineDims { tokens, top_k, dim } =
+                CombineDims::from_shapes(&y.shape).map_err(err)?;
             let shared = t.shared.map(floats).transpose()?;
             let fmt = format_of(out_ty(0).dtype);
-            let out = ops::moe_combine(
-                floats(t.y)?,
-                floats(t.weights)?,
-                shared,
-                y[0],
-                y[1],
-                y[2],
-                fmt,
-            );
+            let (y, weights) = (floats(t.y)?, floats(t.weights)?);
+            let out = ops::moe_combine(y, weights, shared, tokens, top_k, dim, fmt);
             one(out.map_err(err)?)
         }
         Cast => fp8::cast(ins[0], out_ty(0)).map(|t| vec![t]),
