@@ -3,9 +3,13 @@
 
 use super::dispatch::{Result, dims, float_result, floats, ints};
 use crate::tensor::{HostData, HostTensor};
+use dsc_ir::operands::{
+    AdamWOperands, ExpertBiasUpdateOperands, GroupedLinearWgradOperands, MoeCombineGradOperands,
+    MoeTopkGradOperands, RmsNormGradOperands,
+};
 use dsc_ir::{Graph, Op, OpKind};
 use dsc_kernels::ops::grad;
-use dsc_kernels::ops::{FloatFormat, GroupedDims, GroupedInput, RopeParams};
+use dsc_kernels::ops::{CombineDims, FloatFormat, GroupedDims, GroupedInput, RopeParams, TopkDims};
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -53,11 +57,12 @@ pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<Hos
             one(dx.map_err(err)?)
         }
         RmsNormGrad => {
-            let d = dims(in_ty(0));
+            let t = RmsNormGradOperands::from_slice(ins).map_err(err)?;
+            let d = dims(g.ty(op.rms_norm_grad_operands().map_err(err)?.x));
             let width = *d.last().unwrap_or(&0);
             let rows = d.iter().product::<usize>().checked_div(width).unwrap_or(0);
             let eps = op.attrs.float("eps").ok_or("missing eps")?;
-            let (x, w, dy) = (floats(ins[0])?, floats(ins[1])?, floats(ins[2])?);
+            let (x, w, dy) = (floats(t.x)?, floats(t.w)?, floats(t.dy)?);
             let (dx, dw) = grad::rms_norm_grad(x, w, dy, rows, width, eps).map_err(err)?;
             Ok(vec![
                 float_result(out_ty(0), dx)?,
@@ -112,8 +117,10 @@ pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<Hos
                     .map(|v| v as f32)
                     .ok_or_else(|| format!("adamw needs `{key}`"))
             };
-            let norm = floats(ins[4])?[0];
-            let schedule = floats(ins[5])?;
+            let t = AdamWOperands::from_slice(ins).map_err(err)?;
+            let m_ty = g.ty(op.adamw_operands().map_err(err)?.m);
+            let norm = floats(t.norm)?[0];
+            let schedule = floats(t.schedule)?;
             let hp = grad::AdamW {
                 lr: schedule[0],
                 beta1: f("beta1")?,
@@ -123,16 +130,14 @@ pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<Hos
                 step: schedule[1] as u32,
                 grad_scale: grad::clip_scale(norm, f("max_grad_norm")?),
             };
-            let moments = FloatFormat::of(in_ty(2).dtype).unwrap_or(FloatFormat::F32);
-            let (p, m, v) = grad::adamw(
-                floats(ins[0])?,
-                floats(ins[1])?,
-                floats(ins[2])?,
-                floats(ins[3])?,
-                &hp,
-                moments,
-            )
-            .map_err(err)?;
+            let moments = FloatFormat::of(m_ty.dtype).unwrap_or(FloatFormat::F32);
+            let (param, grad, m, v) = (
+                floats(t.param)?,
+                floats(t.grad)?,
+                floats(t.m)?,
+                floats(t.v)?,
+            );
+            let (p, m, v) = grad::adamw(param, grad, m, v, &hp, moments).map_err(err)?;
             Ok(vec![
                 float_result(out_ty(0), p)?,
                 float_result(out_ty(1), m)?,
@@ -160,54 +165,44 @@ pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<Hos
             Ok(vec![HostTensor::new(ty.dtype, shape, data).map_err(err)?])
         }
         GroupedLinearWgrad => {
-            let (dy, idx, out) = (dims(in_ty(0)), dims(in_ty(2)), dims(out_ty(0)));
-            let input = if in_ty(1).shape.rank() == 2 {
-                GroupedInput::PerToken
-            } else {
-                GroupedInput::PerSlot
-            };
-            let gd = GroupedDims {
-                tokens: idx[0],
-                top_k: idx[1],
-                experts: out[0],
-                out_features: dy[2],
-                in_features: out[2],
-            };
-            let (dy, x) = (floats(ins[0])?, floats(ins[1])?);
-            one(grad::grouped_linear_wgrad(dy, x, input, ints(ins[2])?, gd).map_err(err)?)
+            let t = GroupedLinearWgradOperands::from_slice(ins).map_err(err)?;
+            let ty = op
+                .grouped_linear_wgrad_operands()
+                .map_err(err)?
+                .map(|v| g.ty(v));
+            let input = GroupedInput::of(&ty.x.shape);
+            // The result is the experts' weight gradient `[E, N, K]`, shaped as their weights.
+            let gd = GroupedDims::from_shapes(&out_ty(0).shape, &ty.indices.shape).map_err(err)?;
+            let (dy, x, indices) = (floats(t.dy)?, floats(t.x)?, ints(t.indices)?);
+            one(grad::grouped_linear_wgrad(dy, x, input, indices, gd).map_err(err)?)
         }
         MoeCombineGrad => {
-            let y = dims(in_ty(0));
-            let (dy, dw) = grad::moe_combine_grad(
-                floats(ins[0])?,
-                floats(ins[1])?,
-                floats(ins[2])?,
-                y[0],
-                y[1],
-                y[2],
-            )
-            .map_err(err)?;
+            let t = MoeCombineGradOperands::from_slice(ins).map_err(err)?;
+            let y = g.ty(op.moe_combine_grad_operands().map_err(err)?.y);
+            let CombineDims { tokens, top_k, dim } =
+                CombineDims::from_shapes(&y.shape).map_err(err)?;
+            let (y, weights, dout) = (floats(t.y)?, floats(t.weights)?, floats(t.dout)?);
+            let (dy, dw) =
+                grad::moe_combine_grad(y, weights, dout, tokens, top_k, dim).map_err(err)?;
             Ok(vec![
                 float_result(out_ty(0), dy)?,
                 float_result(out_ty(1), dw)?,
             ])
         }
         MoeTopkGrad => {
-            let l = dims(in_ty(0));
+            let t = MoeTopkGradOperands::from_slice(ins).map_err(err)?;
+            let logits = g.ty(op.moe_topk_grad_operands().map_err(err)?.logits);
+            let TopkDims { tokens, experts } = TopkDims::from_shapes(&logits.shape).map_err(err)?;
             let params = grad::RouteWeights::from_attrs(&op.attrs).map_err(err)?;
-            let dl = grad::moe_topk_grad(
-                floats(ins[0])?,
-                ints(ins[1])?,
-                floats(ins[2])?,
-                l[0],
-                l[1],
-                &params,
-            );
+            let (logits, indices, dweights) =
+                (floats(t.logits)?, ints(t.indices)?, floats(t.dweights)?);
+            let dl = grad::moe_topk_grad(logits, indices, dweights, tokens, experts, &params);
             one(dl.map_err(err)?)
         }
         ExpertBiasUpdate => {
+            let t = ExpertBiasUpdateOperands::from_slice(ins).map_err(err)?;
             let speed = op.attrs.float("speed").ok_or("missing speed")? as f32;
-            let b = grad::expert_bias_update(floats(ins[0])?, ints(ins[1])?, speed);
+            let b = grad::expert_bias_update(floats(t.bias)?, ints(t.indices)?, speed);
             one(b.map_err(err)?)
         }
         other => Err(format!("{other} is not a training kind")),
