@@ -20,6 +20,7 @@ mod memory_plan;
 pub mod quantize_checkpoint;
 pub mod random_weights;
 pub mod session;
+pub mod step_check;
 pub mod step_profile;
 pub mod tensor;
 mod tensor_maps;

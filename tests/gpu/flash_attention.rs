@@ -4,7 +4,6 @@
 //! heads, MLA's RoPE part with one shared key head, and extreme scores.
 
 use super::kernel_run::{lower, run_ptx};
-use super::tolerance::{compare, rule_for};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::attention::HeadOperand;
@@ -13,6 +12,7 @@ use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, from_bf16_bits, to_bf16};
 use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention};
 use dsc_kernels::rng::SplitMix64;
+use dsc_runtime::step_check::{compare, rule_for};
 use dsc_runtime::{HostData, HostTensor};
 
 /// BF16 values in [-amplitude, amplitude).

@@ -15,7 +15,6 @@ mod kernel_run;
 mod models;
 mod moe_routing;
 mod steps;
-pub mod tolerance;
 mod training_kernels;
 
 use std::fmt;

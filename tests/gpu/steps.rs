@@ -2,93 +2,17 @@
 //! reference of its op fed the very operands the step read (so errors do not accumulate across
 //! steps), for both targets.
 
-use super::tolerance::{compare, rule_for};
 use super::{Gpu, On, TARGETS, compiled};
 use crate::support::TempDir;
 use dsc_ir::{DType, Graph, Op};
-use dsc_kernels::manifest::LaunchStep;
-use dsc_runtime::cpu::{CpuOptions, execute_op};
 use dsc_runtime::cuda::CudaBackend;
 use dsc_runtime::inputs::random_inputs;
-use dsc_runtime::{
-    Artifact, Backend, EmuBackend, EmuOptions, HostTensor, RuntimeError, StepPhase, random_weights,
-};
+use dsc_runtime::step_check::StepChecker;
+use dsc_runtime::{Artifact, Backend, EmuBackend, EmuOptions, HostTensor, random_weights};
 use std::collections::HashMap;
 
 /// Makes a run's inputs for a graph.
 type MakeInputs = dyn Fn(&Graph) -> HashMap<String, HostTensor>;
-
-/// Reads a tensor of the backend under test by name.
-type Read<'r> = dyn FnMut(&str) -> Result<HostTensor, RuntimeError> + 'r;
-
-/// Compares each op's results after its last step with the CPU reference run on the operands
-/// read before its first step, collecting every mismatch.
-struct StepChecker<'a> {
-    graph: &'a Graph,
-    ops: HashMap<&'a str, &'a Op>,
-    steps: &'a [LaunchStep],
-    operands: Vec<HostTensor>,
-    failures: Vec<String>,
-    compared: usize,
-}
-
-impl<'a> StepChecker<'a> {
-    fn new(artifact: &'a Artifact) -> Self {
-        let graph = &artifact.graph;
-        StepChecker {
-            graph,
-            ops: graph.ops.iter().map(|op| (graph.op_name(op), op)).collect(),
-            steps: &artifact.manifest.steps,
-            operands: Vec::new(),
-            failures: Vec::new(),
-            compared: 0,
-        }
-    }
-
-    /// The step-by-step observer: `read` reads the backend's tensors.
-    fn observe(
-        &mut self,
-        i: usize,
-        phase: StepPhase,
-        read: &mut Read<'_>,
-    ) -> Result<(), RuntimeError> {
-        let steps = self.steps;
-        let graph = self.graph;
-        let op = self.ops[steps[i].op.as_str()];
-        // An op may take several launches: read operands before its first, compare after its last.
-        let first = i == 0 || steps[i - 1].op != steps[i].op;
-        let last = i + 1 == steps.len() || steps[i + 1].op != steps[i].op;
-        match phase {
-            StepPhase::Before if first => {
-                self.operands = op
-                    .operands
-                    .iter()
-                    .map(|&v| read(graph.name(v)))
-                    .collect::<Result<_, _>>()?;
-            }
-            StepPhase::After if last => {
-                let refs: Vec<&HostTensor> = self.operands.iter().collect();
-                let expected = execute_op(graph, op, &refs, &CpuOptions::default())?;
-                for (k, (&r, want)) in op.results.iter().zip(&expected).enumerate() {
-                    let got = read(graph.name(r))?;
-                    let rule = rule_for(op.kind, k, want.dtype);
-                    if let Err(why) = compare(rule, &got, want) {
-                        self.failures.push(format!(
-                            "step {i} op `{}` ({}, kernel `{}`) result `{}` [{rule:?}]: {why}",
-                            steps[i].op,
-                            op.kind.name(),
-                            steps[i].kernel,
-                            graph.name(r)
-                        ));
-                    }
-                }
-                self.compared += 1;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
 
 /// Runs `artifact` step by step `on` a backend and checks every op; returns the mismatches
 /// (or the failed run) as sentences naming the step, op and kernel.
@@ -114,14 +38,14 @@ fn check_on(
             })
         }),
     };
-    let mut failures = checker.failures;
-    if let Err(error) = ran {
-        failures.push(format!("the plan failed: {error}"));
-    }
-    if failures.is_empty() {
-        Ok(checker.compared)
-    } else {
-        Err(failures)
+    let checked = checker.finish();
+    match ran {
+        Ok(()) => checked,
+        Err(error) => {
+            let mut failures = checked.err().unwrap_or_default();
+            failures.push(format!("the plan failed: {error}"));
+            Err(failures)
+        }
     }
 }
 

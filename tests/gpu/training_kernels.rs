@@ -1,7 +1,7 @@
 //! The training kernels alone on the emulator, for both targets, against the CPU references
 //! the CPU backend dispatches (`dsc_kernels::ops::grad`, with the backend's conversions: the
 //! attributes as f32, the clip multiplier from the global norm, results rounded to their
-//! dtypes), under the rules of [`super::tolerance`]: `adamw` (bit for bit), `global_norm`
+//! dtypes), under the rules of [`dsc_runtime::step_check::tolerance`]: `adamw` (bit for bit), `global_norm`
 //! (one block and the grid-wide reduction), `cross_entropy` and its gradient (labels out of the
 //! vocabulary included), `scale`, `silu_grad`, `swiglu_grad`, `reduce_sum` and
 //! `expert_bias_update` (bit for bit; out-of-range indices left out of the loads),
@@ -14,7 +14,6 @@
 //! registers and the result of each are printed, for `--nocapture`).
 
 use super::kernel_run::{lower, run_ptx};
-use super::tolerance::{compare, rule_for};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::adamw::AdamW;
@@ -37,6 +36,7 @@ use dsc_kernels::ops::grad;
 use dsc_kernels::ops::rope::{RopeParams, RopeStyle};
 use dsc_kernels::rng::SplitMix64;
 use dsc_runtime::HostTensor;
+use dsc_runtime::step_check::{compare, rule_for};
 
 /// Values in [-amplitude, amplitude), rounded to `dtype`.
 fn values(n: usize, seed: u64, amplitude: f32, dtype: DType) -> Vec<f32> {

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Prepares, on this machine, what scripts/gpu-check.sh needs on a lent GPU, which has no Rust,
+# MLIR or dsc: the release `gpu_check` runner (dsc-runtime only, no MLIR) and the artifacts
+# compiled for sm_90a, in build/gpu-check (git-ignored; carried to the device, under 64 MiB).
+#
+#   bash scripts/gpu-prepare.sh
+#   then, with the device tool: run(command="bash scripts/gpu-check.sh", carry=["build/gpu-check"])
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tgt=${CARGO_TARGET_DIR:-target}
+cargo build --quiet --release --bin dsc
+cargo build --quiet --release -p dsc-runtime --example gpu_check
+out=build/gpu-check
+rm -rf "$out"
+mkdir -p "$out/artifacts"
+cp "$tgt/release/examples/gpu_check" "$out/"
+strip "$out/gpu_check" 2>/dev/null || true
+# Compared with the CPU reference: every model the emulator tests cover.
+checked=(examples/mlp.toml examples/tiny-moe.toml examples/llama-small.toml examples/qwen2-small.toml
+         tests/gpu/models/ragged-mlp.toml tests/gpu/models/ragged-head.toml
+         tests/gpu/models/wide-mlp.toml tests/gpu/models/wide-mlp-e5m2.toml
+         tests/gpu/models/wide-moe.toml tests/gpu/models/narrow-moe.toml tests/gpu/models/wide-norm.toml)
+# Timed only: DeepGEMM's shape table (their CPU reference would take minutes).
+timed=(bench/side-by-side/gemm_m4096_n7168_k16384.toml bench/side-by-side/gemm_m4096_n4096_k7168.toml
+       bench/side-by-side/gemm_m4096_n2112_k7168.toml bench/side-by-side/gemm_m128_n7168_k16384.toml
+       bench/side-by-side/gemm_m64_n2112_k7168.toml)
+: > "$out/checked.txt"
+: > "$out/time-only.txt"
+for m in "${checked[@]}" "${timed[@]}"; do
+  name=$(basename "$m" .toml)
+  "$tgt/release/dsc" compile "$m" --target sm_90a -o "$out/artifacts/$name" > /dev/null
+done
+for m in "${checked[@]}"; do echo "$out/artifacts/$(basename "$m" .toml)" >> "$out/checked.txt"; done
+for m in "${timed[@]}"; do echo "$out/artifacts/$(basename "$m" .toml)" >> "$out/time-only.txt"; done
+du -sh "$out"
+bytes=$(du -sb "$out" | cut -f1)
+if [ "$bytes" -gt $((60 * 1024 * 1024)) ]; then
+  echo "error: $out is $bytes bytes, over the 64 MiB the device tool carries" >&2
+  exit 1
+fi
+echo "ready: run scripts/gpu-check.sh on the device with carry build/gpu-check"
