@@ -135,6 +135,14 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
             None => 1,
             Some(_) => WARPGROUP as u32,
         };
+        // Variables first, in the entry block (before the ring's branches), where LLVM keeps
+        // them in registers; a cell made after a branch stays in local memory.
+        let f32_zero = e.f32(0.0)?;
+        let acc: Vec<Value> = (0..regs(gemm))
+            .map(|_| e.cell(f32_zero))
+            .collect::<Result<_, _>>()?;
+        let zero = e.index(0)?;
+        let passes = e.cell(zero)?;
         let ring = Ring::new(&e, entry, t, full_arrivals)?;
         let pipeline = Pipeline {
             gemm,
@@ -142,13 +150,6 @@ pub fn build(gemm: &Fp8Gemm, module: &KernelModule<'_>, entry: &str) -> Result<(
             ring: &ring,
             maps: (x_map, w_map),
         };
-        // Variables live in the entry block, where LLVM keeps them in registers.
-        let f32_zero = e.f32(0.0)?;
-        let acc: Vec<Value> = (0..regs(gemm))
-            .map(|_| e.cell(f32_zero))
-            .collect::<Result<_, _>>()?;
-        let zero = e.index(0)?;
-        let passes = e.cell(zero)?;
         ring.split_roles(
             &e,
             |e| match gemm.grouped {

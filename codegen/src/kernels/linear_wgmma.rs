@@ -106,13 +106,15 @@ impl LinearWgmma {
             let args = kernel_args(block, n)?;
             let bias = self.linear.bias.map(|_| args[2]);
             let [x_map, w_map, out] = [args[n - 3], args[n - 2], args[n - 1]];
-            let ring = Ring::new(&e, entry, t, 1)?;
+            // Variables first, in the entry block (before the ring's branches), where LLVM
+            // keeps them in registers.
             let f32_zero = e.f32(0.0)?;
             let acc: Vec<Value> = (0..t.block_n / 2)
                 .map(|_| e.cell(f32_zero))
                 .collect::<Result<_, _>>()?;
             let zero = e.index(0)?;
             let passes = e.cell(zero)?;
+            let ring = Ring::new(&e, entry, t, 1)?;
             ring.split_roles(
                 &e,
                 |e| {
