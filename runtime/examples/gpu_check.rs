@@ -20,13 +20,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 
-use dsc_runtime::cuda::CudaBackend;
 use dsc_runtime::inputs::random_inputs;
-use dsc_runtime::step_check::StepChecker;
-use dsc_runtime::{
-    Artifact, Backend, Device, EmuBackend, EmuOptions, HostTensor, RuntimeError, Session, probe,
-    random_weights,
-};
+use dsc_runtime::step_check::{self, StepBackend};
+use dsc_runtime::{Artifact, Device, HostTensor, RuntimeError, Session, probe, random_weights};
 use serde_json::json;
 
 struct Options {
@@ -115,44 +111,24 @@ fn check_steps(
     inputs: &HashMap<String, HostTensor>,
 ) -> Result<usize, Vec<String>> {
     let weights = random_weights(&artifact.graph, 11).map_err(|e| vec![e.to_string()])?;
-    let mut checker = StepChecker::new(artifact);
-    let ran = match device {
-        Device::Emulator => EmuBackend::new(artifact, EmuOptions::default()).and_then(|mut b| {
-            b.set_weights(weights)?;
-            b.run_step_by_step(inputs, &mut |i, phase, b| {
-                checker.observe(i, phase, &mut |name| b.read_tensor(name))
-            })
-        }),
-        Device::Cuda(ordinal) => probe()
-            .and_then(|devices| {
-                let count = devices.len();
-                devices
-                    .into_iter()
-                    .nth(ordinal)
-                    .ok_or(RuntimeError::NoSuchDevice { ordinal, count })
-            })
-            .and_then(|info| CudaBackend::new(artifact, &info))
-            .and_then(|mut b| {
-                b.set_weights(weights)?;
-                b.run_step_by_step(inputs, &mut |i, phase, b| {
-                    checker.observe(i, phase, &mut |name| b.read_tensor(name))
-                })
-            }),
+    let backend = match device {
+        Device::Emulator => StepBackend::Emulator,
+        Device::Cuda(ordinal) => {
+            let devices = probe().map_err(|e| vec![e.to_string()])?;
+            let count = devices.len();
+            let info = devices
+                .into_iter()
+                .nth(ordinal)
+                .ok_or_else(|| vec![RuntimeError::NoSuchDevice { ordinal, count }.to_string()])?;
+            StepBackend::Cuda(info)
+        }
         other => {
             return Err(vec![format!(
                 "step checks run on cuda or emu, not {other:?}"
             )]);
         }
     };
-    let checked = checker.finish();
-    match ran {
-        Ok(()) => checked,
-        Err(error) => {
-            let mut failures = checked.err().unwrap_or_default();
-            failures.push(format!("the plan failed: {error}"));
-            Err(failures)
-        }
-    }
+    step_check::check_steps(artifact, &backend, weights, inputs)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -5,10 +5,9 @@
 use super::{Gpu, On, TARGETS, compiled};
 use crate::support::TempDir;
 use dsc_ir::{DType, Graph, Op};
-use dsc_runtime::cuda::CudaBackend;
 use dsc_runtime::inputs::random_inputs;
-use dsc_runtime::step_check::StepChecker;
-use dsc_runtime::{Artifact, Backend, EmuBackend, EmuOptions, HostTensor, random_weights};
+use dsc_runtime::step_check::{StepBackend, check_steps};
+use dsc_runtime::{Artifact, HostTensor, random_weights};
 use std::collections::HashMap;
 
 /// Makes a run's inputs for a graph.
@@ -21,32 +20,12 @@ fn check_on(
     artifact: &Artifact,
     inputs: &HashMap<String, HostTensor>,
 ) -> Result<usize, Vec<String>> {
-    let graph = &artifact.graph;
-    let weights = random_weights(graph, 11).expect("random weights");
-    let mut checker = StepChecker::new(artifact);
-    let ran = match on {
-        On::Emulator => EmuBackend::new(artifact, EmuOptions::default()).and_then(|mut b| {
-            b.set_weights(weights)?;
-            b.run_step_by_step(inputs, &mut |i, phase, b| {
-                checker.observe(i, phase, &mut |name| b.read_tensor(name))
-            })
-        }),
-        On::Cuda(device) => CudaBackend::new(artifact, device).and_then(|mut b| {
-            b.set_weights(weights)?;
-            b.run_step_by_step(inputs, &mut |i, phase, b| {
-                checker.observe(i, phase, &mut |name| b.read_tensor(name))
-            })
-        }),
+    let weights = random_weights(&artifact.graph, 11).expect("random weights");
+    let backend = match on {
+        On::Emulator => StepBackend::Emulator,
+        On::Cuda(device) => StepBackend::Cuda(device.clone()),
     };
-    let checked = checker.finish();
-    match ran {
-        Ok(()) => checked,
-        Err(error) => {
-            let mut failures = checked.err().unwrap_or_default();
-            failures.push(format!("the plan failed: {error}"));
-            Err(failures)
-        }
-    }
+    check_steps(artifact, &backend, weights, inputs)
 }
 
 /// Runs `model`, compiled for each target, step by step on the emulator and the GPU (where

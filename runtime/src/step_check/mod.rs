@@ -11,7 +11,10 @@ use dsc_ir::{Graph, Op};
 use dsc_kernels::manifest::LaunchStep;
 
 use crate::cpu::{CpuOptions, execute_op};
-use crate::{Artifact, HostTensor, RuntimeError, StepPhase};
+use crate::cuda::{CudaBackend, DeviceInfo};
+use crate::{
+    Artifact, Backend, EmuBackend, EmuOptions, HostTensor, RuntimeError, StepPhase, Weights,
+};
 
 pub use tolerance::{Rule, compare, rule_for};
 
@@ -90,6 +93,52 @@ impl<'a> StepChecker<'a> {
             Ok(self.compared)
         } else {
             Err(self.failures)
+        }
+    }
+}
+
+/// Which GPU backend [`check_steps`] runs on.
+#[derive(Debug, Clone)]
+pub enum StepBackend {
+    /// The PTX emulator.
+    Emulator,
+    /// A CUDA device.
+    Cuda(DeviceInfo),
+}
+
+/// Runs `artifact` step by step on `backend` with `weights` and `inputs`, every op checked by a
+/// [`StepChecker`]: the ops compared, or every mismatch (and a failed run) as sentences naming
+/// the step, op and kernel.
+pub fn check_steps(
+    artifact: &Artifact,
+    backend: &StepBackend,
+    weights: Weights,
+    inputs: &HashMap<String, HostTensor>,
+) -> Result<usize, Vec<String>> {
+    let mut checker = StepChecker::new(artifact);
+    let ran = match backend {
+        StepBackend::Emulator => {
+            EmuBackend::new(artifact, EmuOptions::default()).and_then(|mut b| {
+                b.set_weights(weights)?;
+                b.run_step_by_step(inputs, &mut |i, phase, b| {
+                    checker.observe(i, phase, &mut |name| b.read_tensor(name))
+                })
+            })
+        }
+        StepBackend::Cuda(device) => CudaBackend::new(artifact, device).and_then(|mut b| {
+            b.set_weights(weights)?;
+            b.run_step_by_step(inputs, &mut |i, phase, b| {
+                checker.observe(i, phase, &mut |name| b.read_tensor(name))
+            })
+        }),
+    };
+    let checked = checker.finish();
+    match ran {
+        Ok(()) => checked,
+        Err(error) => {
+            let mut failures = checked.err().unwrap_or_default();
+            failures.push(format!("the plan failed: {error}"));
+            Err(failures)
         }
     }
 }
