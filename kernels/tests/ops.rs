@@ -1286,4 +1286,29 @@ mod from_shapes {
                 .is_err_and(|e| e.to_string().contains("expert outputs must be rank 3"))
         );
     }
+
+    #[test]
+    fn linear_and_embedding_sizes_come_from_their_operands() {
+        let d = LinearDims::from_shapes(&shape(&[2, 5, 64]), &shape(&[48, 64])).unwrap();
+        assert_eq!((d.m, d.n, d.k), (10, 48, 64));
+        let e = LinearDims::from_shapes(&shape(&[10, 64]), &shape(&[48, 32])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("x's last dim 64 is not the weight's K 32"),
+            "{e}"
+        );
+        let e = LinearDims::from_shapes(&shape(&[10, 64]), &shape(&[64])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the weight of a linear must be rank 2"),
+            "{e}"
+        );
+        let d = EmbeddingDims::from_shapes(&shape(&[2, 7]), &shape(&[512, 256])).unwrap();
+        assert_eq!((d.tokens, d.vocab, d.dim), (14, 512, 256));
+        let e = EmbeddingDims::from_shapes(&shape(&[7]), &shape(&[512])).unwrap_err();
+        assert!(
+            e.to_string().contains("the embedding table must be rank 2"),
+            "{e}"
+        );
+    }
 }

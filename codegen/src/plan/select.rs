@@ -6,8 +6,8 @@
 use dsc_ir::{DType, Graph, Op, OpKind, ScaleFormat, ValueId};
 use dsc_kernels::ops::rope::RopeParams;
 use dsc_kernels::ops::{
-    AttentionDims, CombineDims, GroupedDims, GroupedInput, ScoreDims, TopkDims, TopkParams,
-    ValueDims, rope_pe_dims,
+    AttentionDims, CombineDims, EmbeddingDims, GroupedDims, GroupedInput, LinearDims, ScoreDims,
+    TopkDims, TopkParams, ValueDims, rope_pe_dims,
 };
 
 use crate::error::CodegenError;
@@ -194,11 +194,12 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         }
         OpKind::Embedding => {
             let o = op.embedding_operands().map_err(named)?;
-            let table = dims(o.table);
+            let d =
+                EmbeddingDims::from_shapes(&ty(o.ids).shape, &ty(o.table).shape).map_err(sizes)?;
             GpuKernel::Embedding(Embedding {
-                tokens: numel(o.ids),
-                vocab: table[0],
-                dim: table[1],
+                tokens: d.tokens as u64,
+                vocab: d.vocab as u64,
+                dim: d.dim as u64,
                 table: ty(o.table).dtype,
                 output: ty(result(0)).dtype,
             })
@@ -371,14 +372,11 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         }
         OpKind::Linear => {
             let o = op.linear_operands().map_err(named)?;
-            let w = dims(o.w);
-            if w.len() != 2 {
-                return Err(fail("the weight of a linear must be rank 2".into()));
-            }
+            let d = LinearDims::from_shapes(&ty(o.x).shape, &ty(o.w).shape).map_err(sizes)?;
             GpuKernel::Linear(Linear {
-                m: rows_of(o.x),
-                n: w[0],
-                k: w[1],
+                m: d.m as u64,
+                n: d.n as u64,
+                k: d.k as u64,
                 x: ty(o.x).dtype,
                 w: ty(o.w).dtype,
                 bias: o.bias.map(|b| ty(b).dtype),

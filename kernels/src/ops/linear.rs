@@ -4,8 +4,39 @@
 //! The products run on the `gemm` crate's blocked f32 kernels: every sum is f32, but the order
 //! of summation (and the use of FMA) is the library's, as it is cuBLAS's on the GPU.
 
-use super::error::{OpError, check_len, check_shape};
+use super::error::{OpError, check_len, check_shape, ranked};
+use dsc_ir::Shape;
 use rayon::prelude::*;
+
+/// Sizes of `linear`: x `[.., K]` (every leading dim a row) times w `[N, K]`ᵀ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinearDims {
+    /// Rows of x: the product of its leading dims.
+    pub m: usize,
+    /// Outputs per row (w's rows).
+    pub n: usize,
+    /// The reduction length (w's columns, x's last dim).
+    pub k: usize,
+}
+
+impl LinearDims {
+    /// The sizes of the op whose x and w have these shapes (w rank 2, x's last dim its K).
+    pub fn from_shapes(x: &Shape, w: &Shape) -> Result<Self, OpError> {
+        let [n, k] = ranked("the weight of a linear", w)?;
+        let last = usize::try_from(x.last())
+            .map_err(|_| OpError::Shape(format!("x: shape {x} overflows")))?;
+        if last != k {
+            return Err(OpError::Shape(format!(
+                "x's last dim {last} is not the weight's K {k} (w {w})"
+            )));
+        }
+        let m = usize::try_from(x.numel())
+            .map_err(|_| OpError::Shape(format!("x: shape {x} overflows")))?
+            .checked_div(k)
+            .unwrap_or(0);
+        Ok(LinearDims { m, n, k })
+    }
+}
 
 /// A strided matrix inside a slice: element `(i, j)` is at `offset + i·rs + j·cs`.
 #[derive(Debug, Clone, Copy)]

@@ -39,10 +39,10 @@ pub use attention::{
 pub use cast::{FloatFormat, round_to};
 pub use data_movement::{concat, reshape, slice, transpose};
 pub use elementwise::{add, mul, silu, swiglu};
-pub use embedding::embedding;
+pub use embedding::{EmbeddingDims, embedding};
 pub use error::OpError;
 pub use grouped_linear::{GroupedDims, GroupedInput, grouped_linear};
-pub use linear::{linear, matmul};
+pub use linear::{LinearDims, linear, matmul};
 pub use moe_combine::{CombineDims, moe_combine};
 pub use moe_topk::{Routing, ScoreFunc, TopkDims, TopkParams, moe_topk};
 pub use rms_norm::rms_norm;

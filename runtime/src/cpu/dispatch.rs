@@ -101,17 +101,18 @@ pub(super) fn execute(
     match op.kind {
         Embedding => {
             let t = EmbeddingOperands::from_slice(ins).map_err(err)?;
-            let table = dims(g.ty(op.embedding_operands().map_err(err)?.table));
-            let (v, d) = (table[0], table[1]);
-            one(ops::embedding(ints(t.ids)?, floats(t.table)?, v, d).map_err(err)?)
+            let o = op.embedding_operands().map_err(err)?;
+            let d = ops::EmbeddingDims::from_shapes(&g.ty(o.ids).shape, &g.ty(o.table).shape)
+                .map_err(err)?;
+            one(ops::embedding(ints(t.ids)?, floats(t.table)?, d.vocab, d.dim).map_err(err)?)
         }
         Linear => {
             let o = op.linear_operands().map_err(err)?;
             let t = LinearOperands::from_slice(ins).map_err(err)?;
-            let (m, k) = rows_and_last(g.ty(o.x));
-            let n = g.ty(o.w).shape.dims()[0] as usize;
+            let d =
+                ops::LinearDims::from_shapes(&g.ty(o.x).shape, &g.ty(o.w).shape).map_err(err)?;
             let bias = t.bias.map(floats).transpose()?;
-            one(ops::linear(floats(t.x)?, floats(t.w)?, bias, m, k, n).map_err(err)?)
+            one(ops::linear(floats(t.x)?, floats(t.w)?, bias, d.m, d.k, d.n).map_err(err)?)
         }
         Matmul => {
             let a = in_ty(0).shape.dims();
