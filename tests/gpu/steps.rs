@@ -124,6 +124,22 @@ fn a_ragged_bf16_head_matches_the_cpu_reference() {
     );
 }
 
+/// Odd output widths (single-column stores in the sm_90a epilogues, FP8 GEMM and BF16 head)
+/// and FP8 GEMMs with f32 outputs (single and paired 4-byte stores).
+#[test]
+fn odd_widths_and_f32_outputs_match_the_cpu_reference() {
+    check_every_step(
+        "gpu-steps-odd-columns",
+        "tests/gpu/models/odd-columns.toml",
+        None,
+    );
+    check_every_step(
+        "gpu-steps-f32-outputs",
+        "tests/gpu/models/f32-outputs.toml",
+        None,
+    );
+}
+
 /// A hidden size too wide for a row in shared memory: the fused norm recomputes its groups.
 #[test]
 fn a_row_wider_than_shared_memory_matches_the_cpu_reference() {
