@@ -20,13 +20,12 @@
 //!   `rows[p] / top_k`) and writes output row `rows[p]` (padding, −1, reads zeros and stores
 //!   nothing).
 
-use dsc_ir::DType;
 use melior::dialect::llvm;
 use melior::ir::Value;
 use melior::ir::attribute::DenseI64ArrayAttribute;
 
 use super::fp8_gemm::{Fp8Gemm, GemmForm, Operands, TileRow, tile_row};
-use super::vector_access::{global_load_v4, global_store_if, pack_bf16x2, shared_store_v4};
+use super::vector_access::{global_load_v4, global_store_if, output_words, shared_store_v4};
 use crate::error::CodegenError;
 use crate::mlir::emit::{Emit, Emitted};
 
@@ -179,19 +178,12 @@ impl<'c, 'a> Fragment<'c, 'a> {
             let at = e.index_cast(at, e.int_type(64))?;
             let at = e.addi(out, at)?;
             let value = e.get(cell)?;
-            let values = match (gemm.output, paired) {
-                (DType::Bf16, true) => vec![pack_bf16x2(e, value, e.get(acc[i + 1])?)?],
-                (DType::Bf16, false) => {
-                    let rounded = e.round_to(value, DType::Bf16)?;
-                    vec![e.bitcast(rounded, e.int_type(16))?]
-                }
-                (_, true) => vec![
-                    e.bitcast(value, e.int_type(32))?,
-                    e.bitcast(e.get(acc[i + 1])?, e.int_type(32))?,
-                ],
-                (_, false) => vec![e.bitcast(value, e.int_type(32))?],
+            let next = if paired {
+                Some(e.get(acc[i + 1])?)
+            } else {
+                None
             };
-            global_store_if(e, ok, at, &values)?;
+            global_store_if(e, ok, at, &output_words(e, gemm.output, value, next)?)?;
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use super::flash_attention_wgmma as tiles;
 use super::fp8_gemm_wgmma::{BLOCK_M, SMS};
 use super::linear::Linear;
 use super::tma_ring::{Ring, TileMap, TmaTiles, WARPGROUP};
-use super::vector_access::{global_store_if, pack_bf16x2};
+use super::vector_access::{global_store_if, output_words};
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -271,25 +271,12 @@ impl LinearWgmma {
             let at = e.index_cast(e.muli(at, size)?, e.int_type(64))?;
             let at = e.addi(out, at)?;
             let value = value_at(i, col)?;
-            let values = if paired {
-                let next_col = e.addi(col, e.index(1)?)?;
-                let next = value_at(i + 1, next_col)?;
-                match linear.output {
-                    DType::Bf16 => vec![pack_bf16x2(e, value, next)?],
-                    _ => vec![
-                        e.bitcast(value, e.int_type(32))?,
-                        e.bitcast(next, e.int_type(32))?,
-                    ],
-                }
+            let next = if paired {
+                Some(value_at(i + 1, e.addi(col, e.index(1)?)?)?)
             } else {
-                match linear.output {
-                    DType::Bf16 => {
-                        let rounded = e.round_to(value, DType::Bf16)?;
-                        vec![e.bitcast(rounded, e.int_type(16))?]
-                    }
-                    _ => vec![e.bitcast(value, e.int_type(32))?],
-                }
+                None
             };
+            let values = output_words(e, linear.output, value, next)?;
             global_store_if(e, ok, at, &values)?;
         }
         Ok(())

@@ -7,6 +7,8 @@ use melior::dialect::llvm;
 use melior::ir::attribute::DenseI64ArrayAttribute;
 use melior::ir::{Value, ValueLike};
 
+use dsc_ir::DType;
+
 use crate::error::CodegenError;
 use crate::mlir::emit::{Emit, Emitted};
 
@@ -66,6 +68,27 @@ pub fn global_store_if<'c>(
     operands.push(ok);
     e.push_void(e.inline_asm_op(&asm, constraints, &operands, &[])?);
     Ok(())
+}
+
+/// What an epilogue stores for `value` (an f32) in `dtype` (bf16 or f32), with `next`, the
+/// adjacent column's value, when two columns go out together: bf16 as one packed word (pair) or
+/// a rounded `i16`, f32 as two words (pair) or one.
+pub fn output_words<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    dtype: DType,
+    value: Value<'c, 'a>,
+    next: Option<Value<'c, 'a>>,
+) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+    let word = |v: Value<'c, 'a>| e.bitcast(v, e.int_type(32));
+    Ok(match (dtype, next) {
+        (DType::Bf16, Some(next)) => vec![pack_bf16x2(e, value, next)?],
+        (DType::Bf16, None) => {
+            let rounded = e.round_to(value, DType::Bf16)?;
+            vec![e.bitcast(rounded, e.int_type(16))?]
+        }
+        (_, Some(next)) => vec![word(value)?, word(next)?],
+        (_, None) => vec![word(value)?],
+    })
 }
 
 /// Stores four words at the 16-byte aligned shared address `place` (an `i32`).
