@@ -25,6 +25,7 @@ use dsc_codegen::kernels::global_norm::{GlobalNorm, NormInput};
 use dsc_codegen::kernels::pad::Pad;
 use dsc_codegen::kernels::reduce_sum::ReduceSum;
 use dsc_codegen::kernels::rms_norm_grad::RmsNormGrad;
+use dsc_codegen::kernels::rope::Rope;
 use dsc_codegen::kernels::rope_grad::RopeGrad;
 use dsc_codegen::kernels::softmax_grad::SoftmaxGrad;
 use dsc_codegen::ptxas;
@@ -789,14 +790,16 @@ fn check_rope_grad(dims: [usize; 4], params: &RopeParams, dtype: DType, seed: u6
     let dx = grad::rope_grad(&dy, dims, params).expect("reference grad");
     let want = [tensor(dtype, &dims, dx)];
     let spec = RopeGrad {
-        batch: dims[0] as u64,
-        seq: dims[1] as u64,
-        heads: dims[2] as u64,
-        dim: dims[3] as u64,
-        style: params.style,
-        inv_freq: params.inv_freq(dims[3]),
-        scaling: params.attention_scaling(),
-        dtype,
+        rope: Rope {
+            batch: dims[0] as u64,
+            seq: dims[1] as u64,
+            heads: dims[2] as u64,
+            dim: dims[3] as u64,
+            style: params.style,
+            inv_freq: params.inv_freq(dims[3]),
+            scaling: params.attention_scaling(),
+            dtype,
+        },
     };
     check(
         OpKind::RopeGrad,

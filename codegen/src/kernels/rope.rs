@@ -53,7 +53,8 @@ impl Rope {
         "rope"
     }
 
-    fn len(&self) -> u64 {
+    /// Elements of the rotated tensor.
+    pub(super) fn len(&self) -> u64 {
         self.batch * self.seq * self.heads * self.dim
     }
 
@@ -66,7 +67,7 @@ impl Rope {
     }
 
     /// Threads: one per (token, pair index).
-    fn threads(&self) -> u64 {
+    pub(super) fn threads(&self) -> u64 {
         self.batch * self.seq * (self.dim / 2)
     }
 
@@ -91,23 +92,10 @@ impl Rope {
                     sin,
                     a,
                     b,
-                } = rotation(
-                    &e,
-                    i,
-                    self.seq,
-                    self.dim,
-                    self.style,
-                    &self.inv_freq,
-                    self.scaling,
-                )?;
+                } = self.rotation(&e, i)?;
                 let cos = e.round_through(cos, self.dtype)?;
                 let sin = e.round_through(sin, self.dtype)?;
-                let heads = e.index(self.heads as i64)?;
-                let first_row = e.muli(token, heads)?;
-                let dim = e.index(self.dim as i64)?;
-                e.for_const(0, self.heads as i64, 1, |e, h| {
-                    let row = e.addi(first_row, h)?;
-                    let base = e.muli(row, dim)?;
+                self.for_each_head(&e, token, |e, base| {
                     let a = e.addi(base, a)?;
                     let b = e.addi(base, b)?;
                     let x1 = e.load(x, a)?;
@@ -149,7 +137,43 @@ pub(super) struct Rotation<'c, 'a> {
 /// The rotation of thread `i` (one per (token, pair index)), shared by `rope` and `rope_grad`
 /// so that both take the same angles: `position · inv_freq[j]` in f32, cos/sin from
 /// [`Emit::sincos`], times `scaling`.
-pub(super) fn rotation<'c, 'a>(
+impl Rope {
+    /// The rotation of thread `i` (its token, pair and angle).
+    pub(super) fn rotation<'c, 'a>(
+        &self,
+        e: &Emit<'c, 'a>,
+        i: Value<'c, '_>,
+    ) -> Result<Rotation<'c, 'a>, CodegenError> {
+        rotation(
+            e,
+            i,
+            self.seq,
+            self.dim,
+            self.style,
+            &self.inv_freq,
+            self.scaling,
+        )
+    }
+
+    /// `body(e, base)` for each head of `token`, `base` the index of the head's first element.
+    pub(super) fn for_each_head<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        token: Value<'c, '_>,
+        body: impl for<'b> FnOnce(Emit<'c, 'b>, Value<'c, 'b>) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let heads = e.index(self.heads as i64)?;
+        let first_row = e.muli(token, heads)?;
+        let dim = e.index(self.dim as i64)?;
+        e.for_const(0, self.heads as i64, 1, |e, h| {
+            let row = e.addi(first_row, h)?;
+            let base = e.muli(row, dim)?;
+            body(e, base)
+        })
+    }
+}
+
+fn rotation<'c, 'a>(
     e: &Emit<'c, 'a>,
     i: Value<'c, '_>,
     seq: u64,

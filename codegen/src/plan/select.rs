@@ -679,14 +679,16 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 return Err(fail("rope_grad must keep its operand's type".into()));
             }
             GpuKernel::RopeGrad(RopeGrad {
-                batch: dy[0],
-                seq: dy[1],
-                heads: dy[2],
-                dim: dy[3],
-                style: params.style,
-                inv_freq: params.inv_freq(dy[3] as usize),
-                scaling: params.attention_scaling(),
-                dtype,
+                rope: Rope {
+                    batch: dy[0],
+                    seq: dy[1],
+                    heads: dy[2],
+                    dim: dy[3],
+                    style: params.style,
+                    inv_freq: params.inv_freq(dy[3] as usize),
+                    scaling: params.attention_scaling(),
+                    dtype,
+                },
             })
         }
         OpKind::EmbeddingGrad => {
