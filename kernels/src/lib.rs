@@ -34,7 +34,7 @@ pub mod quantized;
 pub mod rng;
 pub mod weight_quant;
 
-pub use act_quant::act_quant_1x128;
+pub use act_quant::{act_quant_1x128, act_quant_e5m6};
 pub use block_gemm::{BlockGemmConfig, GemmDims, fp8_block_gemm};
 pub use error::KernelError;
 pub use numerics::{Accumulator, Fp8Format};

@@ -18,8 +18,14 @@ pub fn amax<'a>(xs: impl IntoIterator<Item = &'a f32>) -> f32 {
 
 /// The scale of a group whose largest magnitude is `amax`, in the given representation.
 pub fn scale_for(amax: f32, fmt: Fp8Format, scale_format: ScaleFormat) -> f32 {
+    scale_for_max(amax, fmt.max(), scale_format)
+}
+
+/// The scale of a group whose largest magnitude is `amax`, for a format whose largest finite
+/// value is `format_max` (E5M6's 65024 as well as the FP8 formats').
+pub fn scale_for_max(amax: f32, format_max: f32, scale_format: ScaleFormat) -> f32 {
     // A true f32 division, as on the GPU: not a multiplication by a rounded reciprocal.
-    let s = amax.max(AMAX_FLOOR) / fmt.max();
+    let s = amax.max(AMAX_FLOOR) / format_max;
     match scale_format {
         ScaleFormat::F32 => s,
         ScaleFormat::Ue8m0 => ceil_pow2(s),
