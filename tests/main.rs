@@ -17,4 +17,5 @@ mod session;
 mod snapshots;
 mod support;
 mod train;
+mod train_formats;
 mod train_moe;

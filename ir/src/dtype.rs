@@ -11,6 +11,11 @@ pub enum DType {
     F16,
     F8E4M3,
     F8E5M2,
+    /// The emulated 12-bit E5M6 float (1 sign, 5 exponent bits bias 15, 6 mantissa bits: FP16
+    /// without its 4 low mantissa bits; max 65024): DeepSeek-V3's cache format for the attention
+    /// output projection's inputs (DESIGN.md §8, docs/e5m6.md). Only `quantize` / `dequantize`
+    /// make and read it, in a 16-bit container; the CPU runtime emulates it, no GPU kernel does.
+    F12E5M6,
     I32,
     I64,
     Bool,
@@ -18,12 +23,13 @@ pub enum DType {
 
 impl DType {
     /// Every dtype, in the order the IR documents them.
-    pub const ALL: [DType; 8] = [
+    pub const ALL: [DType; 9] = [
         DType::F32,
         DType::Bf16,
         DType::F16,
         DType::F8E4M3,
         DType::F8E5M2,
+        DType::F12E5M6,
         DType::I32,
         DType::I64,
         DType::Bool,
@@ -37,6 +43,7 @@ impl DType {
             DType::F16 => "f16",
             DType::F8E4M3 => "f8e4m3",
             DType::F8E5M2 => "f8e5m2",
+            DType::F12E5M6 => "f12e5m6",
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::Bool => "bool",
@@ -48,8 +55,18 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::I64 => 8,
-            DType::Bf16 | DType::F16 => 2,
+            // E5M6's 12 bits are held in a 16-bit container.
+            DType::Bf16 | DType::F16 | DType::F12E5M6 => 2,
             DType::F8E4M3 | DType::F8E5M2 | DType::Bool => 1,
+        }
+    }
+
+    /// Bits of one element as the format defines it: 8 × [`DType::size_bytes`], except E5M6's 12
+    /// (held in 16). The training memory report counts these, as the recipe would store it.
+    pub fn size_bits(self) -> u64 {
+        match self {
+            DType::F12E5M6 => 12,
+            d => 8 * d.size_bytes(),
         }
     }
 
@@ -57,7 +74,7 @@ impl DType {
     pub fn is_float(self) -> bool {
         matches!(
             self,
-            DType::F32 | DType::Bf16 | DType::F16 | DType::F8E4M3 | DType::F8E5M2
+            DType::F32 | DType::Bf16 | DType::F16 | DType::F8E4M3 | DType::F8E5M2 | DType::F12E5M6
         )
     }
 
@@ -66,9 +83,15 @@ impl DType {
         matches!(self, DType::F8E4M3 | DType::F8E5M2)
     }
 
+    /// True for the dtypes of block-quantized codes, which `quantize` makes and `dequantize`
+    /// reads: the two FP8 formats and the emulated E5M6.
+    pub fn is_block_quantized(self) -> bool {
+        self.is_fp8() || self == DType::F12E5M6
+    }
+
     /// True for float types wide enough to be a `high` precision (bf16, f16, f32).
     pub fn is_high_float(self) -> bool {
-        self.is_float() && !self.is_fp8()
+        self.is_float() && !self.is_block_quantized()
     }
 
     /// True for the float types dsc's GPU kernels read and write as values: f32 and bf16.
@@ -103,7 +126,9 @@ impl fmt::Display for DType {
 
 /// The error for a string that names no dtype.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown dtype `{0}` (expected one of f32, bf16, f16, f8e4m3, f8e5m2, i32, i64, bool)")]
+#[error(
+    "unknown dtype `{0}` (expected one of f32, bf16, f16, f8e4m3, f8e5m2, f12e5m6, i32, i64, bool)"
+)]
 pub struct UnknownDType(pub String);
 
 impl FromStr for DType {

@@ -25,7 +25,8 @@ pub use dtype::DType;
 pub use graph::{Graph, ValueData, ValueDef, ValueId};
 pub use located::LocatedError;
 pub use model::{
-    ActGradScaling, Recipe, Recompute, TrainConfig, WgradSource, load_model, load_train_config,
+    ActGradScaling, Recipe, Recompute, TensorFormats, TrainConfig, WgradSource, load_model,
+    load_train_config,
 };
 pub use op::{Op, OpKind, Precision};
 pub use operands::{OperandError, OperandLayout};

@@ -432,12 +432,26 @@ impl OpKind {
                     &[
                         opt("gemm", T::Str),
                         opt(crate::infer::X_SQUARE_BLOCKS, T::Bool),
+                        opt(crate::infer::X_SCALE_FORMAT, T::Str),
+                        opt(crate::infer::W_SCALE_FORMAT, T::Str),
+                        opt(crate::infer::DY_SCALE_FORMAT, T::Str),
+                        opt(crate::infer::X_CACHE, T::DType),
                     ]
                 }
             }
-            Embedding | Silu | Mul | Add | Swiglu | AttnValues | GroupedLinear | MoeCombine
-            | CrossEntropy | CrossEntropyGrad | SiluGrad | SwigluGrad | GlobalNorm
-            | MoeCombineGrad => const { &[] },
+            GroupedLinear => {
+                const {
+                    &[
+                        opt(crate::infer::X_SCALE_FORMAT, T::Str),
+                        opt(crate::infer::DY_SCALE_FORMAT, T::Str),
+                        opt(crate::infer::X_CACHE, T::DType),
+                    ]
+                }
+            }
+            Embedding | Silu | Mul | Add | Swiglu | AttnValues | MoeCombine | CrossEntropy
+            | CrossEntropyGrad | SiluGrad | SwigluGrad | GlobalNorm | MoeCombineGrad => {
+                const { &[] }
+            }
         }
     }
 

@@ -184,11 +184,11 @@ impl PrecisionPolicy {
             );
         }
         for o in &self.overrides {
-            if !o.dtype.is_float() {
+            if !o.dtype.is_fp8() && !o.dtype.is_high_float() {
                 return err(
                     "override",
                     format!(
-                        "override `{}`: dtype must be a float type, not {}",
+                        "override `{}`: dtype must be an FP8 or high float type, not {}",
                         o.pattern, o.dtype
                     ),
                 );

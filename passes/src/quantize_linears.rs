@@ -91,10 +91,19 @@ fn lower(
         }
     };
     let policy = graph.policy.clone();
-    let scale_format = Attr::Str(policy.scale_format.name().to_string());
-    let quantize = |block: [u32; 2]| {
+    // The recipe's per-tensor scale formats (DESIGN.md §8: power-of-2 scales for the tensors
+    // it names), set on the GEMM by the training-step builder; the policy's otherwise.
+    let scale_format_of = |key: &str| {
+        let s = op.attrs.str(key).unwrap_or(policy.scale_format.name());
+        Attr::Str(s.to_string())
+    };
+    let (x_scale_format, w_scale_format) = (
+        scale_format_of(dsc_ir::infer::X_SCALE_FORMAT),
+        scale_format_of(dsc_ir::infer::W_SCALE_FORMAT),
+    );
+    let quantize = |dtype: DType, block: [u32; 2], scale_format: &Attr| {
         Attrs::new()
-            .with("dtype", Attr::DType(fmt))
+            .with("dtype", Attr::DType(dtype))
             .with(
                 "block",
                 Attr::Ints(vec![i64::from(block[0]), i64::from(block[1])]),
@@ -144,10 +153,24 @@ fn lower(
         graph,
         OpKind::Quantize,
         vec![x],
-        quantize([x_rows, policy.act_tile]),
+        quantize(fmt, [x_rows, policy.act_tile], &x_scale_format),
         &[format!("{name}.x_q"), format!("{name}.x_q.scale")],
         f32_only,
     )?;
+    // The copy of x the backward keeps (`x_cache`, DESIGN.md §8: the attention output
+    // projection's input in E5M6), in the same 1 × act_tile tiles and scale format as the FP8
+    // copy; only the training step's Wgrad reads it (through requantize-transposed), so it is
+    // dead code, and dce removes it, wherever that pass does not run.
+    if let Some(cache) = op.attrs.dtype(dsc_ir::infer::X_CACHE) {
+        emit(
+            graph,
+            OpKind::Quantize,
+            vec![x],
+            quantize(cache, [1, policy.act_tile], &x_scale_format),
+            &[format!("{name}.x_cache"), format!("{name}.x_cache.scale")],
+            f32_only,
+        )?;
+    }
     // A training step's Wgrad (`linear(dyᵀ, xᵀ) {gemm = "wgrad"}`, DESIGN.md §8) contracts over
     // the tokens and its "weight" is the activation xᵀ: both operands are tiled 1 × act_tile
     // along the tokens, so w's scales are per row, in groups as wide as x's.
@@ -161,7 +184,7 @@ fn lower(
         graph,
         OpKind::Quantize,
         vec![w],
-        quantize(w_block),
+        quantize(fmt, w_block, &w_scale_format),
         &[format!("{name}.w_q"), format!("{name}.w_q.scale")],
         f32_only,
     )?;

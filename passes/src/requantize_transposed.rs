@@ -11,7 +11,9 @@
 //! ```
 //!
 //! so the backward needs only the FP8 copy of each linear input (DESIGN.md §8: linear inputs
-//! cached in FP8), at the price of a second rounding. Leaving the pass out of the pipeline keeps
+//! cached in FP8), at the price of a second rounding. A GEMM whose input is cached in the
+//! emulated E5M6 (`x_cache = f12e5m6`: the attention output projection's, added by
+//! quantize-linears) has its Wgrad's xᵀ made from that copy instead (`….from_e5m6`). Leaving the pass out of the pipeline keeps
 //! the other way; `[train] wgrad_source` chooses (`dsc train`).
 
 use crate::names::NameSet;
@@ -51,19 +53,42 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
             continue;
         }
         let rows = t.operands[0];
-        let (source, reshaped) = match def_op(rows).map(|r| &graph.ops[r]) {
-            Some(r) if r.kind == OpKind::Reshape => (r.operands[0], true),
-            _ => (rows, false),
-        };
-        // A copy quantized earlier with the same format, tile and scale format.
-        let copy = copies.get(&source).and_then(|c| {
-            c.iter().find(|&&(j, q, _)| {
+        // The tensor autodiff flattened to rows (`…bwd.x_rows`), or, when it was already 2-D,
+        // the transposed tensor itself — which may happen to be a reshape too (a MoE layer's
+        // `mlp.tokens`), so both are tried.
+        let mut candidates = vec![(rows, false)];
+        if let Some(r) = def_op(rows).map(|r| &graph.ops[r])
+            && r.kind == OpKind::Reshape
+        {
+            candidates.insert(0, (r.operands[0], true));
+        }
+        // A copy quantized earlier with the same tile and scale format, and the same format —
+        // or an E5M6 cache (`x_cache`, DESIGN.md §8), which is preferred: it is the copy kept
+        // for the backward.
+        let copy_of = |source: ValueId| {
+            let c = copies.get(&source)?;
+            let usable = |copy: &&(usize, ValueId, ValueId)| {
+                let (j, q, _) = **copy;
+                let a = &graph.ops[j].attrs;
                 j < i
-                    && graph.ops[j].attrs == op.attrs
                     && graph.ty(q).shape == graph.ty(source).shape
+                    && a.get("block") == op.attrs.get("block")
+                    && a.get("scale_format") == op.attrs.get("scale_format")
+            };
+            let cache = c
+                .iter()
+                .filter(usable)
+                .find(|&&(_, q, _)| graph.ty(q).dtype == DType::F12E5M6);
+            cache.or_else(|| {
+                c.iter()
+                    .filter(usable)
+                    .find(|&&(j, _, _)| graph.ops[j].attrs == op.attrs)
             })
-        });
-        if let Some(&(_, codes, scales)) = copy {
+        };
+        let found = candidates
+            .into_iter()
+            .find_map(|(source, reshaped)| Some((source, reshaped, copy_of(source)?)));
+        if let Some((source, reshaped, &(_, codes, scales))) = found {
             matches.push(Match {
                 at: i,
                 source,
@@ -114,8 +139,13 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         let deq_attrs = Attrs::new()
             .with("dtype", Attr::DType(high))
             .with("block", op.attrs.get("block").expect("row tile").clone());
+        let from = if graph.ty(m.codes).dtype == DType::F12E5M6 {
+            "from_e5m6"
+        } else {
+            "from_fp8"
+        };
         let codes = vec![m.codes, m.scales];
-        let mut v = emit(graph, OpKind::Dequantize, codes, deq_attrs, "from_fp8")?;
+        let mut v = emit(graph, OpKind::Dequantize, codes, deq_attrs, from)?;
         if let Some(rows) = m.rows {
             let shape = graph
                 .ty(rows)
@@ -125,10 +155,22 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
                 .map(|&d| d as i64)
                 .collect();
             let attrs = Attrs::new().with("shape", Attr::Ints(shape));
-            v = emit(graph, OpKind::Reshape, vec![v], attrs, "from_fp8.rows")?;
+            v = emit(
+                graph,
+                OpKind::Reshape,
+                vec![v],
+                attrs,
+                &format!("{from}.rows"),
+            )?;
         }
         let attrs = Attrs::new().with("perm", Attr::Ints(vec![1, 0]));
-        v = emit(graph, OpKind::Transpose, vec![v], attrs, "from_fp8.t")?;
+        v = emit(
+            graph,
+            OpKind::Transpose,
+            vec![v],
+            attrs,
+            &format!("{from}.t"),
+        )?;
         let mut requant = op;
         requant.operands = vec![v];
         emitted.push(requant);

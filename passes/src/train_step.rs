@@ -86,6 +86,9 @@ pub struct TrainStepOptions {
     /// dY of the Dgrad GEMMs scaled per 128 × 128 block (the report's ablation) instead of
     /// per 1 × 128 tile: marks each Dgrad `linear` `x_square_blocks = true`.
     pub act_grad_blocks: bool,
+    /// The FP8 recipe's per-tensor formats ([`mark_tensor_formats`]; `[train] tensor_formats =
+    /// "recipe"`); false gives every FP8 tensor the policy's format.
+    pub tensor_formats: bool,
 }
 
 impl Default for TrainStepOptions {
@@ -100,6 +103,7 @@ impl Default for TrainStepOptions {
             moments: DType::Bf16,
             bias_update_speed: 0.001,
             act_grad_blocks: false,
+            tensor_formats: true,
         }
     }
 }
@@ -116,6 +120,7 @@ impl TrainStepOptions {
             max_grad_norm: config.grad_clip,
             bias_update_speed: config.bias_update_speed,
             act_grad_blocks: config.act_grad_scaling == dsc_ir::ActGradScaling::Block,
+            tensor_formats: config.tensor_formats == dsc_ir::TensorFormats::Recipe,
             ..TrainStepOptions::default()
         }
     }
@@ -184,6 +189,9 @@ pub fn build(forward: &Graph, options: &TrainStepOptions) -> Result<Graph, PassE
                 g.policy.keep_high.push(role);
             }
         }
+    }
+    if options.fp8 && options.tensor_formats {
+        mark_tensor_formats(&mut g);
     }
     let mut ops = Vec::with_capacity(g.ops.len() + g.params.len());
     master_weights(&mut g, &mut ops).map_err(fail)?;
@@ -278,6 +286,84 @@ pub fn build(forward: &Graph, options: &TrainStepOptions) -> Result<Graph, PassE
         block_scaled_act_grads(&mut g).map_err(fail)?;
     }
     Ok(g)
+}
+
+/// Marks the forward GEMMs whose tensors the FP8 recipe gives their own formats (DESIGN.md §8,
+/// DeepSeek-V3 report §3.3), whatever `[precision] scale_format` says; autodiff carries the
+/// marks to their Dgrad and Wgrad, quantize-linears reads them:
+///
+/// - **MoE up-projections** (a routed or shared expert GEMM whose result a `swiglu` reads):
+///   the input is quantized with power-of-2 scales (`x_scale_format = "ue8m0"`), in the Fprop
+///   and, as xᵀ, in the Wgrad.
+/// - **MoE down-projections** (an expert GEMM reading a `swiglu`): the activation gradient dY
+///   entering their backward gets power-of-2 scales (`dy_scale_format = "ue8m0"`), in the
+///   Dgrad and, as dYᵀ, in the Wgrad.
+/// - **the attention output projection** (an `attn_proj` linear whose input is the output of
+///   `attn_values` / `attention`, through reshapes or transposes): power-of-2 scales for its
+///   input, which the backward keeps as an E5M6 copy (`x_cache = f12e5m6`) that the Wgrad's xᵀ
+///   is requantized from.
+///
+/// Only GEMMs of roles the policy runs in FP8 are marked.
+pub fn mark_tensor_formats(g: &mut Graph) {
+    use dsc_ir::infer::{DY_SCALE_FORMAT, X_CACHE, X_SCALE_FORMAT};
+    let pow2 = || Attr::Str(dsc_ir::ScaleFormat::Ue8m0.name().into());
+    let producer: std::collections::HashMap<ValueId, usize> = g
+        .ops
+        .iter()
+        .enumerate()
+        .flat_map(|(i, op)| op.results.iter().map(move |&r| (r, i)))
+        .collect();
+    let read_by_swiglu: std::collections::HashSet<ValueId> = g
+        .ops
+        .iter()
+        .filter(|op| op.kind == OpKind::Swiglu)
+        .flat_map(|op| op.operands.iter().copied())
+        .collect();
+    let made_by = |v: ValueId, kinds: &[OpKind], through_views: bool| {
+        let mut v = v;
+        while let Some(&i) = producer.get(&v) {
+            let op = &g.ops[i];
+            if kinds.contains(&op.kind) {
+                return true;
+            }
+            if !(through_views && matches!(op.kind, OpKind::Reshape | OpKind::Transpose)) {
+                return false;
+            }
+            v = op.operands[0];
+        }
+        false
+    };
+    let mut marks = Vec::new();
+    for (i, op) in g.ops.iter().enumerate() {
+        let gemm = matches!(op.kind, OpKind::Linear | OpKind::GroupedLinear)
+            && op.attrs.str("gemm").is_none_or(|s| s == "fprop");
+        if !gemm || g.policy.keep_high.contains(&op.role) {
+            continue;
+        }
+        let x = op.operands[0];
+        let mut attrs = Vec::new();
+        match op.role {
+            Role::Expert | Role::SharedExpert => {
+                if read_by_swiglu.contains(&op.results[0]) {
+                    attrs.push((X_SCALE_FORMAT, pow2()));
+                }
+                if made_by(x, &[OpKind::Swiglu], false) {
+                    attrs.push((DY_SCALE_FORMAT, pow2()));
+                }
+            }
+            Role::AttnProj if made_by(x, &[OpKind::AttnValues, OpKind::Attention], true) => {
+                attrs.push((X_SCALE_FORMAT, pow2()));
+                attrs.push((X_CACHE, Attr::DType(DType::F12E5M6)));
+            }
+            _ => {}
+        }
+        marks.push((i, attrs));
+    }
+    for (i, attrs) in marks {
+        for (key, value) in attrs {
+            g.ops[i].attrs.set(key, value);
+        }
+    }
 }
 
 /// One `expert_bias_update` per `moe_topk` whose selection bias is a parameter (read as it is

@@ -101,6 +101,7 @@ pub fn round_to(dtype: DType, x: f32) -> f32 {
     match dtype {
         DType::Bf16 => to_bf16(x).to_f32(),
         DType::F16 => f16::from_f32(x).to_f32(),
+        DType::F12E5M6 => dsc_kernels::numerics::e5m6::round(x),
         _ => x,
     }
 }
@@ -108,7 +109,9 @@ pub fn round_to(dtype: DType, x: f32) -> f32 {
 /// Rounds every element in place as [`round_to`] does.
 pub fn round_slice(dtype: DType, xs: &mut [f32]) {
     match dtype {
-        DType::Bf16 | DType::F16 => xs.iter_mut().for_each(|x| *x = round_to(dtype, *x)),
+        DType::Bf16 | DType::F16 | DType::F12E5M6 => {
+            xs.iter_mut().for_each(|x| *x = round_to(dtype, *x))
+        }
         _ => {}
     }
 }
@@ -118,7 +121,8 @@ pub fn safetensors_dtype(dtype: DType) -> StDtype {
     match dtype {
         DType::F32 => StDtype::F32,
         DType::Bf16 => StDtype::BF16,
-        DType::F16 => StDtype::F16,
+        // Every E5M6 value is exactly an FP16 value.
+        DType::F16 | DType::F12E5M6 => StDtype::F16,
         DType::F8E4M3 => StDtype::F8_E4M3,
         DType::F8E5M2 => StDtype::F8_E5M2,
         DType::I32 => StDtype::I32,
@@ -292,14 +296,15 @@ impl HostTensor {
     }
 
     /// The little-endian bytes of the tensor as safetensors stores its dtype: bf16 as BF16,
-    /// f16 as F16, f32 as F32, FP8 codes as F8_E4M3/F8_E5M2, i32 as I32, i64 as I64, bool as BOOL.
+    /// f16 (and the emulated E5M6, whose values are FP16 values) as F16, f32 as F32, FP8 codes as
+    /// F8_E4M3/F8_E5M2, i32 as I32, i64 as I64, bool as BOOL.
     pub fn to_safetensors_bytes(&self) -> Vec<u8> {
         match (&self.data, self.dtype) {
             (HostData::F32(v), DType::Bf16) => v
                 .iter()
                 .flat_map(|&x| to_bf16(x).to_bits().to_le_bytes())
                 .collect(),
-            (HostData::F32(v), DType::F16) => v
+            (HostData::F32(v), DType::F16 | DType::F12E5M6) => v
                 .iter()
                 .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes())
                 .collect(),
@@ -336,6 +341,8 @@ pub fn converts_to(src: StDtype, dtype: DType) -> bool {
         DType::F32 | DType::Bf16 | DType::F16 => matches!(src, S::BF16 | S::F16 | S::F32),
         DType::F8E4M3 => src == S::F8_E4M3,
         DType::F8E5M2 => src == S::F8_E5M2,
+        // An intermediate of the training step (the cached o_proj input), never read from a file.
+        DType::F12E5M6 => false,
         DType::I32 | DType::I64 => matches!(
             src,
             S::I8 | S::I16 | S::I32 | S::I64 | S::U8 | S::U16 | S::U32 | S::U64

@@ -311,6 +311,9 @@ pub fn element_type(context: &Context, dtype: DType) -> Type<'_> {
         DType::Bf16 => Type::bfloat16(context),
         DType::F16 => Type::float16(context),
         DType::F8E4M3 | DType::F8E5M2 | DType::Bool => IntegerType::new(context, 8).into(),
+        // The emulated E5M6's 16-bit container; selection refuses every op that reads or
+        // writes it (`plan::select`), so no kernel is built over one.
+        DType::F12E5M6 => IntegerType::new(context, 16).into(),
         DType::I32 => IntegerType::new(context, 32).into(),
         DType::I64 => IntegerType::new(context, 64).into(),
     }

@@ -60,6 +60,20 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         message,
     };
     let ty = |v: ValueId| g.ty(v);
+    // The emulated E5M6 (a training step's cached o_proj input) exists on the CPU only.
+    if let Some(&v) = op
+        .operands
+        .iter()
+        .chain(&op.results)
+        .find(|&&v| ty(v).dtype == DType::F12E5M6)
+    {
+        return Err(fail(format!(
+            "`{}` is {}: the emulated E5M6 format has no GPU kernel (only the CPU runtime \
+             emulates it; DESIGN.md §8)",
+            g.name(v),
+            ty(v)
+        )));
+    }
     let dims = |v: ValueId| -> Vec<u64> { ty(v).shape.dims().to_vec() };
     let numel = |v: ValueId| ty(v).shape.numel();
     let last = |v: ValueId| ty(v).shape.last();
@@ -760,4 +774,23 @@ fn grouped(dims: GroupedDims, x: &dsc_ir::Shape) -> Grouped {
 
 fn four(dims: &[u64]) -> Option<[u64; 4]> {
     dims.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_e5m6_quantize_is_refused_by_name() {
+        let g = dsc_ir::text::parse(
+            "graph \"g\"\ninput %x: bf16[4, 32]\n\
+             %x.cache: f12e5m6[4, 32], %x.cache.scale: f32[4, 1] = quantize(%x) \
+             {block = [1, 128], dtype = f12e5m6, scale_format = \"ue8m0\"} role=attn_proj \
+             compute=f32\noutput %x.cache\n",
+        )
+        .unwrap();
+        let err = select(&g, &g.ops[0]).unwrap_err().to_string();
+        assert!(err.contains("x.cache") && err.contains("E5M6"), "{err}");
+        assert!(err.contains("no GPU kernel"), "{err}");
+    }
 }

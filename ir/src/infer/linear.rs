@@ -10,8 +10,43 @@ use crate::operands::LinearOperands;
 /// dYᵀ · X, whose second operand is an activation, tiled along tokens like the first).
 pub const LINEAR_GEMMS: [&str; 3] = ["fprop", "dgrad", "wgrad"];
 
+/// The training recipe's per-tensor formats (DESIGN.md §8), set on a training step's GEMMs by
+/// the step builder and read by quantize-linears; without them every operand gets the policy's.
+/// `x_scale_format` / `w_scale_format`: the scale format (`f32`, `ue8m0`) x / w are quantized
+/// with (a Wgrad's w is the activation xᵀ).
+pub const X_SCALE_FORMAT: &str = "x_scale_format";
+/// See [`X_SCALE_FORMAT`].
+pub const W_SCALE_FORMAT: &str = "w_scale_format";
+/// On a forward GEMM: the scale format its output's gradient dY gets in the backward's Dgrad
+/// and Wgrad (autodiff gives those GEMMs `x_scale_format`).
+pub const DY_SCALE_FORMAT: &str = "dy_scale_format";
+/// On a forward GEMM: the dtype its input is cached in for the backward (`f12e5m6`, the
+/// emulated E5M6): quantize-linears adds that copy, and requantize-transposed makes the Wgrad's
+/// xᵀ from it.
+pub const X_CACHE: &str = "x_cache";
+
+/// Checks the recipe attributes of a `linear` or `grouped_linear`.
+pub(super) fn check_recipe_attrs(attrs: &Attrs) -> Result<()> {
+    for key in [X_SCALE_FORMAT, W_SCALE_FORMAT, DY_SCALE_FORMAT] {
+        if let Some(s) = attrs.str(key)
+            && crate::ScaleFormat::parse(s).is_none()
+        {
+            return Err(format!("{key} must be \"f32\" or \"ue8m0\", not \"{s}\""));
+        }
+    }
+    if let Some(d) = attrs.dtype(X_CACHE)
+        && !d.is_block_quantized()
+    {
+        return Err(format!(
+            "{X_CACHE} must be an FP8 type or f12e5m6 (a quantized copy), not {d}"
+        ));
+    }
+    Ok(())
+}
+
 /// `linear`: `x [.., K]` · `w [N, K]`ᵀ (+ `bias [N]`) → `[.., N]`.
 pub(super) fn linear(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    check_recipe_attrs(attrs)?;
     if let Some(g) = attrs.str("gemm")
         && !LINEAR_GEMMS.contains(&g)
     {

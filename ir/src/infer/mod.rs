@@ -21,7 +21,7 @@ mod quantize;
 mod training;
 
 pub use fp8::{W_ROW_TILES, X_SQUARE_BLOCKS};
-pub use linear::LINEAR_GEMMS;
+pub use linear::{DY_SCALE_FORMAT, LINEAR_GEMMS, W_SCALE_FORMAT, X_CACHE, X_SCALE_FORMAT};
 
 /// The dtype rule of one result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +191,10 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         AttnValues => attention::attn_values(ins)?,
         Attention => fused_attention::attention(attrs, ins)?,
         MoeTopk => moe::moe_topk(attrs, ins)?,
-        GroupedLinear => moe::grouped_linear(ins)?,
+        GroupedLinear => {
+            linear::check_recipe_attrs(attrs)?;
+            moe::grouped_linear(ins)?
+        }
         MoeCombine => moe::moe_combine(ins)?,
         Cast => elementwise::cast(attrs, ins)?,
         Quantize => quantize::quantize(attrs, ins)?,

@@ -1,17 +1,20 @@
-//! Type rules of block quantization: `quantize` (codes + scale grid) and `dequantize`.
+//! Type rules of block quantization: `quantize` (codes + scale grid) and `dequantize`. The codes
+//! are FP8 (`f8e4m3`, `f8e5m2`) or the emulated 12-bit `f12e5m6` (DESIGN.md §8).
 
 use super::{Inferred, Result, fixed, named, need_float};
 use crate::attr::Attrs;
 use crate::operands::DequantizeOperands;
 use crate::{DType, Shape, TensorType};
 
-/// `quantize` to FP8 codes and an f32 scale grid of `block`s.
+/// `quantize` to FP8 (or E5M6) codes and an f32 scale grid of `block`s.
 pub(super) fn quantize(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
     let x = ins[0];
     need_float("input", x)?;
     let d = attrs.dtype("dtype").expect("checked");
-    if !d.is_fp8() {
-        return Err(format!("quantize dtype must be an FP8 type, not {d}"));
+    if !d.is_block_quantized() {
+        return Err(format!(
+            "quantize dtype must be an FP8 type or f12e5m6, not {d}"
+        ));
     }
     if !matches!(attrs.str("scale_format"), Some("f32" | "ue8m0")) {
         return Err("scale_format must be \"f32\" or \"ue8m0\"".into());
@@ -26,8 +29,8 @@ pub(super) fn dequantize(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Infer
         codes: q,
         scales: s,
     } = named(DequantizeOperands::from_slice(ins))?;
-    if !q.dtype.is_fp8() {
-        return Err(format!("dequantize input must be FP8, got {q}"));
+    if !q.dtype.is_block_quantized() {
+        return Err(format!("dequantize input must be FP8 or f12e5m6, got {q}"));
     }
     let want = block_scale_shape(&q.shape, attrs.ints("block").expect("checked"))?;
     if s.dtype != DType::F32 || s.shape.0 != want {

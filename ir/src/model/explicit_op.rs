@@ -53,6 +53,12 @@ fn vocabulary(kind: OpKind, attr: &str) -> Option<&'static [&'static str]> {
         (OpKind::Rope, attr::SCALING) => Some(&attr::SCALINGS),
         (OpKind::MoeTopk, "score_func") => Some(&["sigmoid", "softmax"]),
         (OpKind::Quantize, "scale_format") => Some(&["f32", "ue8m0"]),
+        (
+            OpKind::Linear | OpKind::GroupedLinear,
+            crate::infer::X_SCALE_FORMAT
+            | crate::infer::W_SCALE_FORMAT
+            | crate::infer::DY_SCALE_FORMAT,
+        ) => Some(&["f32", "ue8m0"]),
         _ => None,
     }
 }

@@ -23,7 +23,8 @@ mod tests;
 use crate::Graph;
 use toml::{Source, Table};
 pub use train::{
-    ActGradScaling, Recipe, Recompute, TrainConfig, UnknownRecipe, UnknownRecompute, WgradSource,
+    ActGradScaling, Recipe, Recompute, TensorFormats, TrainConfig, UnknownRecipe, UnknownRecompute,
+    WgradSource,
 };
 
 /// An error in a model.toml, at a 1-based line and column.

@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// `[train]`'s keys.
-const KEYS: [&str; 18] = [
+const KEYS: [&str; 19] = [
     "recipe",
     "optimizer",
     "lr",
@@ -31,6 +31,7 @@ const KEYS: [&str; 18] = [
     "recompute",
     "wgrad_source",
     "act_grad_scaling",
+    "tensor_formats",
 ];
 
 /// The one optimizer `dsc train` implements.
@@ -167,6 +168,31 @@ pub struct TrainConfig {
     pub wgrad_source: WgradSource,
     /// `act_grad_scaling`: how the Dgrad GEMM's activation gradient dY is scaled in FP8.
     pub act_grad_scaling: ActGradScaling,
+    /// `tensor_formats`: whether the FP8 recipe gives the tensors it names their own formats.
+    pub tensor_formats: TensorFormats,
+}
+
+/// The FP8 recipe's per-tensor formats (DESIGN.md §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TensorFormats {
+    /// `"recipe"`: power-of-2 (UE8M0) scales for the MoE up-projections' inputs and the
+    /// activation gradient entering the down-projections' backward, and the attention output
+    /// projection's input cached in the emulated E5M6 with power-of-2 scales, whatever
+    /// `[precision] scale_format` says; every other tensor in the policy's format.
+    #[default]
+    Recipe,
+    /// `"policy"`: every FP8 tensor in the policy's format (`scale_format`), no E5M6 cache.
+    Policy,
+}
+
+impl TensorFormats {
+    /// The spelling in model.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorFormats::Recipe => "recipe",
+            TensorFormats::Policy => "policy",
+        }
+    }
 }
 
 /// How the activation gradient dY of a Dgrad GEMM is scaled when quantized to FP8.
@@ -234,6 +260,7 @@ impl Default for TrainConfig {
             recompute: Recompute::Recipe,
             wgrad_source: WgradSource::Fp8,
             act_grad_scaling: ActGradScaling::Tile,
+            tensor_formats: TensorFormats::Recipe,
         }
     }
 }
@@ -363,6 +390,18 @@ pub fn parse(t: &Table) -> Result<TrainConfig, ModelError> {
             }
         };
     }
+    if let Some(s) = t.str("tensor_formats")? {
+        c.tensor_formats = match s.value {
+            "recipe" => TensorFormats::Recipe,
+            "policy" => TensorFormats::Policy,
+            other => {
+                return Err(t.error(
+                    s.at,
+                    format!("`tensor_formats` must be \"recipe\" or \"policy\", not \"{other}\""),
+                ));
+            }
+        };
+    }
     Ok(c)
 }
 
@@ -391,7 +430,7 @@ fn beta(t: &Table, key: &str) -> Result<Option<f64>, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::super::{ModelError, load_model, load_train_config};
-    use super::{ActGradScaling, Recipe, Recompute, TrainConfig, WgradSource};
+    use super::{ActGradScaling, Recipe, Recompute, TensorFormats, TrainConfig, WgradSource};
     use std::path::Path;
 
     /// A full `[train]` table with no default value in it.
@@ -415,6 +454,7 @@ mtp_lambda = 0.1
 recompute = "full"
 wgrad_source = "high"
 act_grad_scaling = "128x128"
+tensor_formats = "policy"
 "#;
 
     fn full() -> TrainConfig {
@@ -436,6 +476,7 @@ act_grad_scaling = "128x128"
             recompute: Recompute::Full,
             wgrad_source: WgradSource::High,
             act_grad_scaling: ActGradScaling::Block,
+            tensor_formats: TensorFormats::Policy,
         }
     }
 
@@ -674,6 +715,11 @@ act_grad_scaling = "128x128"
             "act_grad_scaling = \"128x1\"",
             At::Value,
             &["`act_grad_scaling` must be \"1x128\" or \"128x128\", not \"128x1\""],
+        );
+        assert_err(
+            "tensor_formats = \"e5m6\"",
+            At::Value,
+            &["`tensor_formats` must be \"recipe\" or \"policy\", not \"e5m6\""],
         );
     }
 

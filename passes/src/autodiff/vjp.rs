@@ -320,10 +320,11 @@ fn grouped_linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> R
         } else {
             req.bwd("dx_slots")
         };
+        let attrs = recipe_formats(op, Attrs::new(), BackwardGemm::Dgrad);
         let dx = e.one(
             OpKind::GroupedLinear,
             vec![dy, wt, indices],
-            Attrs::new(),
+            attrs,
             &name,
             d,
         )?;
@@ -371,7 +372,7 @@ fn linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()
         out[0] = Some(e.one(
             OpKind::Linear,
             vec![dy, wt],
-            gemm("dgrad"),
+            recipe_formats(op, gemm("dgrad"), BackwardGemm::Dgrad),
             &req.grad_name(e, 0),
             d,
         )?);
@@ -386,13 +387,40 @@ fn linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()
         let dy_t = e.transpose(dy2, &[1, 0], &req.bwd("dy_t"))?;
         let x_t = e.transpose(x2, &[1, 0], &req.bwd("x_t"))?;
         let name = req.grad_name(e, 1);
-        out[1] = Some(e.one(OpKind::Linear, vec![dy_t, x_t], gemm("wgrad"), &name, d)?);
+        let attrs = recipe_formats(op, gemm("wgrad"), BackwardGemm::Wgrad);
+        out[1] = Some(e.one(OpKind::Linear, vec![dy_t, x_t], attrs, &name, d)?);
     }
     if let (Some(b), Some(d)) = (at.bias, want_bias) {
         let name = req.grad_name(e, b);
         out[b] = Some(e.reduce_sum(dy2, 0, &name, d)?);
     }
     Ok(())
+}
+
+/// Which backward GEMM of a forward one [`recipe_formats`] marks.
+#[derive(Clone, Copy, PartialEq)]
+enum BackwardGemm {
+    /// `dx = dy · w`: its x is dY.
+    Dgrad,
+    /// `dw = dyᵀ · xᵀ`: its x is dYᵀ, its w the forward's xᵀ.
+    Wgrad,
+}
+
+/// `attrs` plus the scale formats the forward GEMM `fwd` names for its tensors (DESIGN.md §8,
+/// set by the training-step builder): dY's (`dy_scale_format`) on the Dgrad's and Wgrad's x,
+/// x's (`x_scale_format`) on the Wgrad's w, which is xᵀ. The Dgrad's w, the weight's
+/// transpose, keeps the policy's.
+fn recipe_formats(fwd: &dsc_ir::Op, mut attrs: Attrs, gemm: BackwardGemm) -> Attrs {
+    use dsc_ir::infer::{DY_SCALE_FORMAT, W_SCALE_FORMAT, X_SCALE_FORMAT};
+    if let Some(dy) = fwd.attrs.get(DY_SCALE_FORMAT) {
+        attrs.set(X_SCALE_FORMAT, dy.clone());
+    }
+    if gemm == BackwardGemm::Wgrad
+        && let Some(x) = fwd.attrs.get(X_SCALE_FORMAT)
+    {
+        attrs.set(W_SCALE_FORMAT, x.clone());
+    }
+    attrs
 }
 
 /// The cotangent of an `add` operand that was broadcast over leading axes: `dy` summed over them.

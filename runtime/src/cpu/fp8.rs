@@ -98,6 +98,52 @@ pub(super) fn execute(
     let in_ty = |i: usize| g.ty(op.operands[i]);
     let out_ty = |i: usize| g.ty(op.results[i]);
     match op.kind {
+        OpKind::Quantize if out_ty(0).dtype == DType::F12E5M6 => {
+            let Some(&[1, tile]) = op.attrs.ints("block") else {
+                return Err("an f12e5m6 quantize takes 1 × tile blocks only".into());
+            };
+            let ty = in_ty(0);
+            let k = ty.shape.last() as usize;
+            let rows = (ty.shape.numel() as usize).checked_div(k).unwrap_or(0);
+            let tile = usize::try_from(tile).map_err(err)?;
+            let x = floats(ins[0])?;
+            let (q, scales) =
+                dsc_kernels::act_quant_e5m6(x, rows, k, tile, scale_format(op)?).map_err(err)?;
+            // The E5M6 values, exact in their f32 container.
+            let values = HostTensor {
+                dtype: DType::F12E5M6,
+                shape: dims(out_ty(0)),
+                data: HostData::F32(q),
+            };
+            Ok(vec![values, float_result(out_ty(1), scales)?])
+        }
+        OpKind::Dequantize if in_ty(0).dtype == DType::F12E5M6 => {
+            let Some(&[1, tile]) = op.attrs.ints("block") else {
+                return Err("an f12e5m6 dequantize takes 1 × tile blocks only".into());
+            };
+            let tile = usize::try_from(tile).map_err(err)?;
+            let t = DequantizeOperands::from_slice(ins).map_err(err)?;
+            let (q, s) = (floats(t.codes)?, floats(t.scales)?);
+            let k = in_ty(0).shape.last() as usize;
+            let groups = k.div_ceil(tile.max(1));
+            if tile == 0 || s.len() * k != q.len() * groups {
+                return Err(format!(
+                    "{} scales for {} values in 1 × {tile} tiles",
+                    s.len(),
+                    q.len()
+                ));
+            }
+            let out = q
+                .chunks(k.max(1))
+                .zip(s.chunks(groups.max(1)))
+                .flat_map(|(row, scales)| {
+                    row.iter()
+                        .enumerate()
+                        .map(move |(c, &v)| v * scales[c / tile])
+                })
+                .collect();
+            float_result(out_ty(0), out).map(|t| vec![t])
+        }
         OpKind::Quantize => {
             let block = op.attrs.ints("block").ok_or("missing block")?;
             let fmt = format(out_ty(0).dtype)?;

@@ -107,6 +107,7 @@ fn accepted(dtype: DType) -> &'static str {
         DType::I32 | DType::I64 => "an integer dtype",
         DType::Bool => "BOOL",
         DType::F8E4M3 | DType::F8E5M2 => "FP8 with a weight_scale_inv, or BF16, F16 or F32",
+        DType::F12E5M6 => "nothing (f12e5m6 is a training step's cache format)",
     }
 }
 
