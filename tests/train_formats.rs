@@ -2,7 +2,8 @@
 //! model's training step: power-of-2 (UE8M0) scales for the MoE up-projections' input and for
 //! the activation gradient entering the down-projections' backward, and the attention output
 //! projection's input with power-of-2 scales and an E5M6 copy for the backward — whatever
-//! `[precision] scale_format` says (f32 here); everything else keeps the policy's format.
+//! `[precision] scale_format` says (f32 here); everything else keeps the policy's format. And
+//! the MoE SwiGLU's inputs kept for the backward as FP8 copies, SwiGLU recomputed from them.
 
 use crate::support::{TempDir, dsc, path, streams, word_corpus};
 use dsc_ir::{DType, Graph, OpKind, Recipe, TensorFormats, ValueId, load_train_config};
@@ -234,6 +235,70 @@ fn a_cpu_step_gives_the_named_tensors_power_of_two_scales_and_an_exact_e5m6_cach
         // BF16 has 8 significant bits, E5M6 7: some inputs do round.
         assert!(rounded > 0, "{}", c.name);
     }
+}
+
+#[test]
+fn the_moe_swiglu_inputs_are_cached_in_fp8_and_the_backward_reads_only_the_copies() {
+    let g = step(Recipe::Fp8, TensorFormats::Recipe);
+    let loss_at = g
+        .ops
+        .iter()
+        .position(|op| op.kind == OpKind::CrossEntropy)
+        .unwrap();
+    let producer = |v: ValueId| g.ops.iter().position(|op| op.results.contains(&v)).unwrap();
+    let (mut cached, mut dense) = (0, 0);
+    for op in &g.ops[loss_at..] {
+        if !matches!(
+            op.kind,
+            OpKind::Swiglu | OpKind::SwigluQuant | OpKind::SwigluGrad
+        ) {
+            continue;
+        }
+        for &v in &op.operands[..2] {
+            let p = &g.ops[producer(v)];
+            match op.role {
+                dsc_ir::Role::Expert | dsc_ir::Role::SharedExpert => {
+                    // The dequantized FP8 copy, quantized in 1×128 tiles in the forward.
+                    assert_eq!(p.kind, OpKind::Dequantize, "{}", g.name(v));
+                    let q_at = producer(p.operands[0]);
+                    let q = &g.ops[q_at];
+                    assert!(q_at < loss_at, "{}", g.name(v));
+                    assert_eq!(q.kind, OpKind::Quantize);
+                    assert_eq!(g.ty(q.results[0]).dtype, DType::F8E4M3);
+                    assert_eq!(q.attrs.ints("block"), Some(&[1, 128][..]));
+                    assert!(g.name(q.results[0]).ends_with("_proj.cache"));
+                    // …of the forward GEMM's output (the gate or up projection).
+                    assert_eq!(g.ops[producer(q.operands[0])].kind, OpKind::Fp8Gemm);
+                    cached += 1;
+                }
+                _ => {
+                    // The dense layer's FFN is no MoE: its SwiGLU inputs stay BF16.
+                    assert_eq!(p.kind, OpKind::Fp8Gemm, "{}", g.name(v));
+                    assert_eq!(g.ty(v).dtype, DType::Bf16);
+                    dense += 1;
+                }
+            }
+        }
+    }
+    // Two MoE layers × (routed, shared) × (recomputed swiglu, swiglu_grad) × (gate, up).
+    assert_eq!(cached, 16);
+    assert!(dense > 0);
+    // The policy's formats keep no such copy; the recipe leaves fewer activation bytes for the
+    // backward, E5M6's extra half byte on the o_proj inputs included.
+    let policy = step(Recipe::Fp8, TensorFormats::Policy);
+    assert!(
+        !policy
+            .values
+            .iter()
+            .any(|v| v.name.ends_with(".from_cache"))
+    );
+    let saved = |g: &Graph| dsc_passes::train_memory::measure(g).saved_activation_bytes_per_token;
+    assert!(
+        saved(&g) < saved(&policy),
+        "{} vs {}",
+        saved(&g),
+        saved(&policy)
+    );
 }
 
 /// The losses of a `--log` CSV.

@@ -6,6 +6,7 @@
 
 pub mod assign_precision;
 pub mod autodiff;
+pub mod cache_swiglu_inputs;
 pub mod cse;
 pub mod dce;
 mod error;

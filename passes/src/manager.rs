@@ -87,6 +87,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::recompute::run,
     },
     Pass {
+        name: "cache-swiglu-inputs",
+        summary: "keep a training step's MoE SwiGLU inputs for the backward as FP8 copies, SwiGLU recomputed from them (DeepSeek-V3 §3.3)",
+        run: crate::cache_swiglu_inputs::run,
+    },
+    Pass {
         name: "cse",
         summary: "merge ops that compute the same thing",
         run: crate::cse::run,

@@ -127,7 +127,8 @@ impl TrainStepOptions {
 }
 
 /// The training step of `forward` as `config` asks for it, built and lowered by its pipeline
-/// (then `recompute`, unless `[train] recompute = "none"`).
+/// (then `recompute`, unless `[train] recompute = "none"`, and, for the FP8 recipe with its
+/// tensor formats, `cache-swiglu-inputs`).
 pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Graph, PassError> {
     let recompute = match config.recompute {
         dsc_ir::Recompute::Recipe => ",recompute",
@@ -142,8 +143,15 @@ pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Gr
             });
         }
     };
-    let mut step = build(forward, &TrainStepOptions::from_config(config))?;
-    let pipeline = format!("{}{recompute}", pipeline(config.wgrad_source));
+    let options = TrainStepOptions::from_config(config);
+    let mut step = build(forward, &options)?;
+    // The recipe's FP8 cache of the MoE SwiGLU inputs (after recompute, whose copies it feeds).
+    let cache = if options.fp8 && options.tensor_formats {
+        ",cache-swiglu-inputs"
+    } else {
+        ""
+    };
+    let pipeline = format!("{}{recompute}{cache}", pipeline(config.wgrad_source));
     crate::Pipeline::parse(&pipeline)?.run(&mut step, &PassOptions::default(), |_, _| {})?;
     Ok(step)
 }
