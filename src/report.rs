@@ -137,6 +137,12 @@ pub fn timings_text(report: &Report) -> String {
         ] {
             let _ = writeln!(out, "  {name:<18} {ms:>9.3} ms  (summed over the threads)");
         }
+        if !c.slowest_kernels.is_empty() {
+            let _ = writeln!(out, "  slowest to lower:");
+            for k in &c.slowest_kernels {
+                let _ = writeln!(out, "    {:<30} {:>9.3} ms", k.entry, k.ms);
+            }
+        }
     }
     out
 }

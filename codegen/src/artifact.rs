@@ -14,7 +14,7 @@ use crate::cache::PtxCache;
 use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
 use crate::link::link;
-use crate::lower::{default_jobs, lower_kernels};
+use crate::lower::{KernelTime, default_jobs, lower_kernels};
 use crate::mlir::{KernelModule, create_context};
 use crate::plan::plan;
 use crate::{Target, compile_to_ptx};
@@ -35,7 +35,7 @@ pub struct Generated {
 }
 
 /// Where codegen's time went (milliseconds), and how the kernels were lowered.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CodegenTimings {
     /// Kernel selection and the arena plan.
     pub plan_ms: f64,
@@ -56,6 +56,8 @@ pub struct CodegenTimings {
     /// Whether the kernels' PTX could not be joined and all of them were lowered again in one
     /// module (see [`crate::link`]): correct, but the parallel work was lost.
     pub lowered_whole: bool,
+    /// The kernels that took longest to build and lower, longest first.
+    pub slowest: Vec<KernelTime>,
 }
 
 /// How to generate.
@@ -141,6 +143,7 @@ pub fn generate_with(
             cache_hits: lowered.cache_hits,
             threads: lowered.threads,
             lowered_whole,
+            slowest: lowered.slowest,
         },
     })
 }

@@ -4,6 +4,7 @@
 //! ([`Report::to_json`]); the `dsc` binary renders report.txt and its summary from it.
 
 use crate::Generated;
+use crate::lower::KernelTime;
 use dsc_ir::{DType, Graph, Op, OpKind, Role};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -46,6 +47,8 @@ pub struct CodegenReport {
     pub cache_hits: usize,
     /// Whether the kernels' PTX could not be joined and was lowered again as one module.
     pub lowered_whole: bool,
+    /// The kernels that took longest to build and lower, longest first.
+    pub slowest_kernels: Vec<KernelTime>,
 }
 
 /// One op's precision.
@@ -268,7 +271,7 @@ impl Report {
     /// Adds the launch plan and codegen's timings.
     pub fn with_codegen(mut self, generated: &Generated) -> Self {
         let m = &generated.manifest;
-        let t = generated.timings;
+        let t = &generated.timings;
         self.codegen = Some(CodegenReport {
             target: m.target.clone(),
             kernels: m.kernels.len(),
@@ -282,6 +285,7 @@ impl Report {
             threads: t.threads,
             cache_hits: t.cache_hits,
             lowered_whole: t.lowered_whole,
+            slowest_kernels: t.slowest.clone(),
         });
         self
     }

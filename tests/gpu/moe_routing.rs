@@ -140,6 +140,9 @@ fn moe_topk_at_other_shapes() {
     check_topk(&topk(40, 4, 2, 5, Scoring::Softmax), 7);
     // Groups of one expert.
     check_topk(&topk(16, 16, 4, 3, Scoring::Sigmoid), 8);
+    // More winners than lanes: lanes keep rounds `l` and `l + 32`.
+    check_topk(&topk(96, 1, 1, 40, Scoring::Sigmoid), 9);
+    check_topk(&topk(96, 4, 3, 40, Scoring::Softmax), 10);
 }
 
 /// `spec` on `indices` against the reference, bit for bit, for both targets.

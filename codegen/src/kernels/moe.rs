@@ -156,12 +156,14 @@ impl MoeTopk {
             let t = e.addi(first, warp)?;
             let tokens = e.index(self.tokens as i64)?;
             let in_bounds = e.lt(t, tokens)?;
+            let cells = RoundCells::new(self, &e)?;
             // The whole warp takes the branch together: its shuffles see all 32 lanes.
             e.if_then(in_bounds, |e| {
                 let logits = args[0];
                 let bias = self.bias.then(|| args[1]);
                 let (weights, indices) = (args[args.len() - 2], args[args.len() - 1]);
-                self.route_token(&e, t, lane, logits, bias, weights, indices)
+                let outputs = Outputs { weights, indices };
+                self.route_token(&e, t, lane, logits, bias, &cells, outputs)
             })
         })
     }
@@ -188,8 +190,8 @@ impl MoeTopk {
         lane: Value<'c, '_>,
         logits: Value<'c, '_>,
         bias: Option<Value<'c, '_>>,
-        weights: Value<'c, '_>,
-        indices: Value<'c, '_>,
+        cells: &RoundCells<'c, '_>,
+        outputs: Outputs<'c, '_>,
     ) -> Result<(), CodegenError> {
         let p = self.per_lane();
         let n = self.experts as i64;
@@ -240,7 +242,7 @@ impl MoeTopk {
             taken.push(e.push(melior::dialect::arith::xori(x_real, one, e.location))?);
         }
         if self.groups > 1 {
-            let kept = self.kept_groups(e, &ids, &real, &select)?;
+            let kept = self.kept_groups(e, &ids, &real, &select, &cells.groups)?;
             let size = e.int(32, (self.experts / self.groups) as i64)?;
             for s in 0..p as usize {
                 let g = e.divui(ids[s], size)?;
@@ -257,48 +259,63 @@ impl MoeTopk {
             }
         }
 
-        // Experts: `top_k` warp arg-maxes, each winner then taken.
-        let mut chosen = Vec::new();
-        for _ in 0..self.top_k {
+        // Experts: `top_k` rounds of one warp arg-max, each winner then taken. The rounds are a
+        // loop (unrolled, V3's 8 rounds of 8 experts per lane took LLVM ~180 ms to compile):
+        // the state lives in cells, and lane `l` keeps the winners of rounds `l`, `l + 32`, ….
+        for (&cell, &taken) in cells.taken.iter().zip(&taken) {
+            e.set(cell, taken)?;
+        }
+        e.set(cells.denominator, e.f32(0.0)?)?;
+        e.for_const(0, self.top_k as i64, 1, |e, round| {
+            let mut taken = Vec::new();
+            for &cell in &cells.taken {
+                taken.push(e.get(cell)?);
+            }
             let candidates = (0..p as usize)
-                .map(|s| candidate(e, select[s], ids[s], scores[s], taken[s]))
+                .map(|s| candidate(&e, select[s], ids[s], scores[s], taken[s]))
                 .collect::<Result<Vec<_>, _>>()?;
-            let best = warp_argbest(e, &candidates, 32, Some(p))?;
+            let best = warp_argbest(&e, &candidates, 32, Some(p))?;
             for s in 0..p as usize {
                 let is = e.cmpi(CmpiPredicate::Eq, ids[s], best.index)?;
-                taken[s] = e.ori(taken[s], is)?;
+                let now = e.ori(taken[s], is)?;
+                e.set(cells.taken[s], now)?;
             }
-            chosen.push(best);
-        }
-        let mut denominator = e.f32(0.0)?;
-        for best in &chosen {
-            denominator = e.addf(denominator, best.payload)?;
-        }
+            // Summed in the order chosen, as the reference does.
+            e.accumulate(cells.denominator, best.payload)?;
+            for (r, kept) in cells.kept.iter().enumerate() {
+                let slot_round = e.addi(lane, e.index(32 * r as i64)?)?;
+                let mine = e.cmpi(CmpiPredicate::Eq, slot_round, round)?;
+                let index = e.get(kept.index)?;
+                e.set(kept.index, e.select(mine, best.index, index)?)?;
+                let payload = e.get(kept.payload)?;
+                e.set(kept.payload, e.select(mine, best.payload, payload)?)?;
+            }
+            Ok(())
+        })?;
+        let denominator = e.get(cells.denominator)?;
         let tiny = e.f32(1e-20)?;
         let d = e.addf(denominator, tiny)?;
         let route_scale = e.f32(self.route_scale)?;
-        let mut outputs = Vec::new();
-        for best in &chosen {
-            let mut w = best.payload;
+        let k = e.index(self.top_k as i64)?;
+        let out_row = e.muli(t, k)?;
+        for (r, kept) in cells.kept.iter().enumerate() {
+            let mut w = e.get(kept.payload)?;
             if self.norm_topk_prob {
                 w = e.divf(w, d)?;
             }
             let w = e.mulf(w, route_scale)?;
-            outputs.push((best.index, e.round_to(w, self.weights)?));
+            let w = e.round_to(w, self.weights)?;
+            let index = e.get(kept.index)?;
+            let round = e.addi(lane, e.index(32 * r as i64)?)?;
+            let holds_one = e.lt(round, k)?;
+            e.if_then(holds_one, |e| {
+                let at = e.addi(out_row, round)?;
+                e.store(index, outputs.indices, at);
+                e.store(w, outputs.weights, at);
+                Ok(())
+            })?;
         }
-        let zero = e.index(0)?;
-        let lane_zero = e.cmpi(CmpiPredicate::Eq, lane, zero)?;
-        e.if_then(lane_zero, |e| {
-            let k = e.index(self.top_k as i64)?;
-            let out_row = e.muli(t, k)?;
-            for (j, &(index, w)) in outputs.iter().enumerate() {
-                let at = e.index(j as i64)?;
-                let at = e.addi(out_row, at)?;
-                e.store(index, indices, at);
-                e.store(w, weights, at);
-            }
-            Ok(())
-        })
+        Ok(())
     }
 
     /// Softmax of the lane's logits over the warp's experts, as the former kernel: the maximum
@@ -342,13 +359,15 @@ impl MoeTopk {
             .collect()
     }
 
-    /// Whether each group is among the `topk_groups` best (the same in every lane).
+    /// Whether each group is among the `topk_groups` best (the same in every lane), worked out
+    /// in the cells `kept`, one per group.
     fn kept_groups<'c, 'a>(
         &self,
         e: &Emit<'c, 'a>,
         ids: &[Value<'c, 'a>],
         real: &[Value<'c, 'a>],
         select: &[Value<'c, 'a>],
+        kept: &[Value<'c, '_>],
     ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
         let size = self.experts / self.groups;
         let size_v = e.int(32, size as i64)?;
@@ -418,23 +437,76 @@ impl MoeTopk {
                 group_scores.push(group_score(&first, second.as_ref())?);
             }
         }
-        // The best `topk_groups` groups, by the same rank, one at a time.
-        let mut kept = vec![no; self.groups as usize];
-        for _ in 0..self.topk_groups {
-            let mut best = empty(e)?;
+        // The best `topk_groups` groups, by the same rank, one a round (a loop, as the experts').
+        for &cell in kept {
+            e.set(cell, no)?;
+        }
+        e.for_const(0, self.topk_groups as i64, 1, |e, _| {
+            let mut flags = Vec::new();
+            for &cell in kept {
+                flags.push(e.get(cell)?);
+            }
+            let mut best = empty(&e)?;
             for (g, &score) in group_scores.iter().enumerate() {
                 let index = e.int(32, g as i64)?;
-                let entry = candidate(e, score, index, score, kept[g])?;
-                best = better_of(e, best, entry)?;
+                let entry = candidate(&e, score, index, score, flags[g])?;
+                best = better_of(&e, best, entry)?;
             }
-            for (g, flag) in kept.iter_mut().enumerate() {
+            for (g, &cell) in kept.iter().enumerate() {
                 let index = e.int(32, g as i64)?;
                 let is = e.cmpi(CmpiPredicate::Eq, best.index, index)?;
-                *flag = e.ori(*flag, is)?;
+                e.set(cell, e.ori(flags[g], is)?)?;
             }
-        }
-        Ok(kept)
+            Ok(())
+        })?;
+        kept.iter().map(|&cell| e.get(cell)).collect()
     }
+}
+
+/// The expert rounds' per-lane state, made in the kernel's entry block (LLVM promotes only
+/// entry-block allocas to registers): whether each of the lane's experts is taken or
+/// ineligible, the sum of the winners' weights so far, and the winners this lane keeps.
+struct RoundCells<'c, 'a> {
+    /// Per group (none with one group): whether it is among the best kept so far.
+    groups: Vec<Value<'c, 'a>>,
+    taken: Vec<Value<'c, 'a>>,
+    denominator: Value<'c, 'a>,
+    kept: Vec<KeptWinner<'c, 'a>>,
+}
+
+/// One winner a lane keeps: its expert index and weight.
+struct KeptWinner<'c, 'a> {
+    index: Value<'c, 'a>,
+    payload: Value<'c, 'a>,
+}
+
+impl<'c, 'a> RoundCells<'c, 'a> {
+    fn new(topk: &MoeTopk, e: &Emit<'c, 'a>) -> Result<Self, CodegenError> {
+        let no = e.int(1, 0)?;
+        let groups = if topk.groups > 1 { topk.groups } else { 0 };
+        Ok(Self {
+            groups: (0..groups).map(|_| e.cell(no)).collect::<Result<_, _>>()?,
+            taken: (0..topk.per_lane())
+                .map(|_| e.cell(no))
+                .collect::<Result<_, _>>()?,
+            denominator: e.cell(e.f32(0.0)?)?,
+            kept: (0..topk.top_k.div_ceil(32))
+                .map(|_| {
+                    Ok(KeptWinner {
+                        index: e.cell(e.int(32, 0)?)?,
+                        payload: e.cell(e.f32(0.0)?)?,
+                    })
+                })
+                .collect::<Result<_, CodegenError>>()?,
+        })
+    }
+}
+
+/// `moe_topk`'s outputs: `[tokens, top_k]` weights and expert indices.
+#[derive(Clone, Copy)]
+struct Outputs<'c, 'a> {
+    weights: Value<'c, 'a>,
+    indices: Value<'c, 'a>,
 }
 
 /// A ranked entry: selection value, expert (or group) index, and the value it carries.
@@ -457,16 +529,16 @@ fn empty<'c, 'a>(e: &Emit<'c, 'a>) -> Result<Best<'c, 'a>, CodegenError> {
 /// `(value, index, payload)`, or [`empty`] where `skip` is set.
 fn candidate<'c, 'a>(
     e: &Emit<'c, 'a>,
-    value: Value<'c, 'a>,
-    index: Value<'c, 'a>,
-    payload: Value<'c, 'a>,
-    skip: Value<'c, 'a>,
+    value: Value<'c, '_>,
+    index: Value<'c, '_>,
+    payload: Value<'c, '_>,
+    skip: Value<'c, '_>,
 ) -> Result<Best<'c, 'a>, CodegenError> {
     let none = empty(e)?;
     Ok(Best {
         value: e.select(skip, none.value, value)?,
         index: e.select(skip, none.index, index)?,
-        payload,
+        payload: e.select(skip, none.payload, payload)?,
     })
 }
 
