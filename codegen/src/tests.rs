@@ -182,6 +182,66 @@ fn dense_fp8_gemms_on_hopper_are_pipelined_with_tma() {
     }
 }
 
+/// On sm_89 every FP8 GEMM whose K is whole 16-byte chunks (dense and grouped) is the
+/// pipelined form: `cp.async` 16-byte copies with zero fill into a ring in dynamic shared
+/// memory, `ldmatrix` fragments and native FP8 `mma.sync`, and no byte-wise global operand
+/// loads; the one-warp-per-tile form is left to the GEMMs it cannot take.
+#[test]
+fn fp8_gemms_on_ada_are_pipelined_with_cp_async_and_ldmatrix() {
+    for name in ["mlp", "tiny-moe", "deepseek-v3"] {
+        let graph = compiled(name);
+        let generated =
+            generate(&graph, Target::Sm89, false).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (mut pipelined, mut grouped) = (0, 0);
+        for step in &generated.manifest.steps {
+            let kernel = generated
+                .manifest
+                .kernel(&step.kernel)
+                .expect("a step's kernel");
+            if kernel.spec != "fp8_gemm" {
+                continue;
+            }
+            let form = &kernel.attrs["form"];
+            assert!(
+                form.get("mma_pipelined").is_some(),
+                "{name} `{}`: form {form}",
+                step.kernel
+            );
+            let body = generated
+                .ptx
+                .split(".entry ")
+                .find(|entry| entry.starts_with(&format!("{}(", step.kernel)))
+                .unwrap_or_else(|| panic!("{name}: no PTX for `{}`", step.kernel));
+            for instruction in [
+                "cp.async.cg.shared.global",
+                "cp.async.commit_group",
+                "cp.async.wait_group",
+                "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+                "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32",
+            ] {
+                assert!(
+                    body.contains(instruction),
+                    "{name} `{}`: no {instruction}",
+                    step.kernel
+                );
+            }
+            assert!(
+                !body.contains("ld.global.u8") && !body.contains("ld.global.nc.u8"),
+                "{name} `{}`: byte-wise operand loads",
+                step.kernel
+            );
+            assert!(step.shared_bytes > 0, "{name} `{}`", step.kernel);
+            assert!(step.tensor_maps.is_empty(), "{name} `{}`", step.kernel);
+            pipelined += 1;
+            grouped += usize::from(kernel.params.iter().any(|p| p == "rows"));
+        }
+        assert!(pipelined > 0, "{name}: no FP8 GEMM");
+        if name != "mlp" {
+            assert!(grouped > 0, "{name}: no grouped FP8 GEMM");
+        }
+    }
+}
+
 #[test]
 fn a_model_kept_entirely_in_f32_compiles_and_assembles() {
     // No FP8 at all: the GEMMs stay `linear` and the routed experts `grouped_linear`.

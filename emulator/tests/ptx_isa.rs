@@ -973,6 +973,55 @@ fn ldmatrix_x4_and_trans_follow_the_isa() {
     }
 }
 
+/// The wavefronts the profile counts for one `ldmatrix.x4` whose lane `t` points at shared byte
+/// `offset(t)`: each matrix is one phase of eight 16-byte rows.
+fn ldmatrix_wavefronts(offset: &str) -> (u64, u64) {
+    let ptx = kernel(
+        ".param .u64 out",
+        "\t.shared .align 16 .b8 smem[2048];\n\t.reg .b32 %r<20>;\n\t.reg .b64 %rd<8>;",
+        &format!(
+            "\tmov.u32 %r1, %tid.x;\n\tmov.u32 %r2, smem;\n{offset}\
+             \tadd.s32 %r7, %r2, %r7;\n\
+             \tldmatrix.sync.aligned.m8n8.x4.shared.b16 {{%r10, %r11, %r12, %r13}}, [%r7];\n\
+             \tld.param.u64 %rd2, [out];\n\tcvta.to.global.u64 %rd2, %rd2;\n\
+             \tmul.wide.u32 %rd4, %r1, 16;\n\tadd.s64 %rd4, %rd2, %rd4;\n\
+             \tst.global.v4.u32 [%rd4], {{%r10, %r11, %r12, %r13}};\n\tret;"
+        ),
+    );
+    let (_, profile) = run_block(
+        "ldmatrix-banks",
+        &ptx,
+        [32, 1, 1],
+        &[vec![0; 32 * 16]],
+        &[],
+        &LaunchOptions::default(),
+    )
+    .unwrap();
+    (profile.shared_requests, profile.shared_wavefronts)
+}
+
+/// `ldmatrix` in the profile: one request per instruction, and per matrix the wavefronts its
+/// eight 16-byte rows need: 1 when they cover the 32 banks (rows 16 bytes apart, or 128 bytes
+/// apart with the XOR swizzle `chunk ^ (row mod 8)`), 8 when every row starts in the same bank
+/// (rows 128 bytes apart, unswizzled), 2 with rows 32 bytes apart.
+#[test]
+fn ldmatrix_counts_one_wavefront_per_conflict_free_matrix() {
+    // Lane t: row t (16 bytes apart).
+    let packed = "\tshl.b32 %r7, %r1, 4;\n";
+    assert_eq!(ldmatrix_wavefronts(packed), (1, 4));
+    // Lane t: row t of a 128-byte-row tile, chunk 0.
+    let strided = "\tand.b32 %r7, %r1, 15;\n\tshl.b32 %r7, %r7, 7;\n";
+    assert_eq!(ldmatrix_wavefronts(strided), (1, 4 * 8));
+    // The same rows, chunk (t / 16) swizzled by the row's phase.
+    let swizzled = "\tand.b32 %r7, %r1, 15;\n\tand.b32 %r8, %r1, 7;\n\tshr.u32 %r9, %r1, 4;\n\
+                    \txor.b32 %r8, %r8, %r9;\n\tshl.b32 %r8, %r8, 4;\n\
+                    \tshl.b32 %r7, %r7, 7;\n\tadd.s32 %r7, %r7, %r8;\n";
+    assert_eq!(ldmatrix_wavefronts(swizzled), (1, 4));
+    // Rows 32 bytes apart: rows r and r + 4 share banks.
+    let padded = "\tshl.b32 %r7, %r1, 5;\n";
+    assert_eq!(ldmatrix_wavefronts(padded), (1, 4 * 2));
+}
+
 // ---------------------------------------------------------------------------------------------
 // wmma: whatever the fragment layout, load + mma + store is a matmul
 // ---------------------------------------------------------------------------------------------

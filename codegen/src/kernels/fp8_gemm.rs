@@ -7,9 +7,12 @@
 //! The grouped form computes row `r = t·top_k + slot` with the weights of expert
 //! `indices[t, slot]`, reading x row `t` (shared activation) or `r` (per-slot activation).
 //!
-//! Three forms: [`GemmForm::WgmmaTma`], Hopper's pipelined kernel of [`super::fp8_gemm_tma`]
-//! (sm_90a: TMA ring, warp-specialized, persistent); [`GemmForm::MmaSync`], the tensor-core
-//! kernel of [`super::fp8_gemm_mma`]; and [`GemmForm::Simt`], one output per thread with the
+//! Four forms: [`GemmForm::WgmmaTma`], Hopper's pipelined kernel of [`super::fp8_gemm_tma`]
+//! (sm_90a: TMA ring, warp-specialized, persistent); [`GemmForm::MmaPipelined`], Ada's
+//! pipelined kernel of [`super::fp8_gemm_cp_async`] (sm_89: cp.async ring, ldmatrix, mma.sync);
+//! [`GemmForm::MmaSync`], the one-warp-per-16×8-tile tensor-core kernel of
+//! [`super::fp8_gemm_mma`] (what the pipelined forms cannot take: K not in whole 16-byte
+//! chunks, other scale tiles); and [`GemmForm::Simt`], one output per thread with the
 //! exact accumulator's numerics (any promotion interval; grouped rows gathered through the
 //! indices). The tensor-core forms' grouped GEMMs read the expert-contiguous layout of
 //! [`super::moe_dispatch`] instead of the indices.
@@ -51,6 +54,17 @@ pub enum GemmForm {
         /// Rows of a tile: 64 or 128.
         block_m: u64,
         /// Columns of a tile: 128, 64, 32 or 16.
+        block_n: u64,
+        /// Stages of the shared-memory ring.
+        stages: u64,
+    },
+    /// The pipelined Ada kernel of [`super::fp8_gemm_cp_async`] (sm_89): `cp.async` loads into
+    /// a ring of `stages` in shared memory, `ldmatrix` fragments, one warp per 64 × 32 sub-tile
+    /// of `mma.sync m16n8k32`, one block per tile.
+    MmaPipelined {
+        /// Rows of a tile: 64 or 128.
+        block_m: u64,
+        /// Columns of a tile: 128, 64 or 32.
         block_n: u64,
         /// Stages of the shared-memory ring.
         stages: u64,
@@ -106,7 +120,9 @@ impl Fp8Gemm {
             top_k: g.top_k,
             experts: g.experts,
             tile_rows: match self.form {
-                GemmForm::WgmmaTma { block_m, .. } => block_m,
+                GemmForm::WgmmaTma { block_m, .. } | GemmForm::MmaPipelined { block_m, .. } => {
+                    block_m
+                }
                 _ => super::mma::TILE_M,
             },
         }
@@ -133,7 +149,10 @@ impl Fp8Gemm {
             (Some(g), GemmForm::Simt) => {
                 params.push(Param::new("indices", DType::I32, g.tokens * g.top_k));
             }
-            (Some(g), GemmForm::MmaSync | GemmForm::WgmmaTma { .. }) => {
+            (
+                Some(g),
+                GemmForm::MmaSync | GemmForm::WgmmaTma { .. } | GemmForm::MmaPipelined { .. },
+            ) => {
                 let dispatch = self.dispatch(g);
                 let [_, rows, tiles] = <[Param; 3]>::try_from(dispatch.params())
                     .expect("the dispatch has three parameters");
@@ -148,12 +167,13 @@ impl Fp8Gemm {
         params
     }
 
-    /// One thread per output (SIMT) or one warp per tile (MMA).
+    /// One thread per output (SIMT), one warp per tile (MMA) or one block per tile (pipelined).
     pub fn launch(&self) -> Launch {
         match self.form {
             GemmForm::Simt => Launch::per_element(self.rows * self.n),
             GemmForm::MmaSync => super::fp8_gemm_mma::launch(self),
             GemmForm::WgmmaTma { .. } => super::fp8_gemm_tma::launch(self),
+            GemmForm::MmaPipelined { .. } => super::fp8_gemm_cp_async::launch(self),
         }
     }
 
@@ -163,6 +183,7 @@ impl Fp8Gemm {
             GemmForm::Simt => self.build_simt(module, entry),
             GemmForm::MmaSync => super::fp8_gemm_mma::build(self, module, entry),
             GemmForm::WgmmaTma { .. } => super::fp8_gemm_tma::build(self, module, entry),
+            GemmForm::MmaPipelined { .. } => super::fp8_gemm_cp_async::build(self, module, entry),
         }
     }
 

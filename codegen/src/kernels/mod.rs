@@ -19,6 +19,7 @@ pub mod expert_bias_update;
 pub mod flash_attention;
 pub mod flash_attention_wgmma;
 pub mod fp8_gemm;
+pub mod fp8_gemm_cp_async;
 pub mod fp8_gemm_mma;
 pub mod fp8_gemm_tma;
 pub mod fp8_gemm_wgmma;
@@ -237,6 +238,11 @@ impl GpuKernel {
                 if matches!(gemm.form, fp8_gemm::GemmForm::WgmmaTma { .. }) =>
             {
                 fp8_gemm_tma::dynamic_shared_bytes(gemm)
+            }
+            GpuKernel::Fp8Gemm(gemm)
+                if matches!(gemm.form, fp8_gemm::GemmForm::MmaPipelined { .. }) =>
+            {
+                fp8_gemm_cp_async::dynamic_shared_bytes(gemm)
             }
             GpuKernel::LinearWgmma(linear) => linear.tiles.dynamic_shared_bytes(),
             _ => 0,

@@ -7,6 +7,7 @@
 //! to the `gpu.module` of a [`KernelModule`](kernel::KernelModule); [`crate::compile_to_ptx`]
 //! then lowers that module to one PTX module.
 
+pub mod ampere;
 pub mod emit;
 pub mod hopper;
 pub mod kernel;

@@ -62,7 +62,7 @@ struct PlannedStep {
 }
 
 /// The form of `kernel` for `target`: on sm_90a a tensor-core FP8 GEMM runs on wgmma,
-/// pipelined with TMA.
+/// pipelined with TMA; on sm_89 on mma.sync, pipelined with cp.async and ldmatrix.
 fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
     match kernel {
         GpuKernel::Fp8Gemm(mut gemm)
@@ -72,6 +72,19 @@ fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
         {
             let tiles = crate::kernels::fp8_gemm_tma::tiles_for(&gemm);
             gemm.form = GemmForm::WgmmaTma {
+                block_m: tiles.block_m,
+                block_n: tiles.block_n,
+                stages: tiles.stages,
+            };
+            GpuKernel::Fp8Gemm(gemm)
+        }
+        GpuKernel::Fp8Gemm(mut gemm)
+            if target == Target::Sm89
+                && gemm.form == GemmForm::MmaSync
+                && crate::kernels::fp8_gemm_cp_async::eligible(&gemm) =>
+        {
+            let tiles = crate::kernels::fp8_gemm_cp_async::tiles_for(&gemm);
+            gemm.form = GemmForm::MmaPipelined {
                 block_m: tiles.block_m,
                 block_n: tiles.block_n,
                 stages: tiles.stages,
@@ -184,7 +197,10 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             .map(|&v| Tensor::Value(root[v.index()]))
             .collect();
         if let GpuKernel::Fp8Gemm(gemm) = &kernel
-            && matches!(gemm.form, GemmForm::MmaSync | GemmForm::WgmmaTma { .. })
+            && matches!(
+                gemm.form,
+                GemmForm::MmaSync | GemmForm::WgmmaTma { .. } | GemmForm::MmaPipelined { .. }
+            )
             && let Some(grouped) = gemm.grouped
         {
             // The indices operand is replaced by the expert-contiguous layout, built once per

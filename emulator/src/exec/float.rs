@@ -194,12 +194,24 @@ pub fn min_max_f32(a: f32, b: f32, max: bool, nan: bool) -> f32 {
     if (a < b) != max { a } else { b }
 }
 
-/// bf16 bits of `x` rounded to nearest even (NaN → canonical 0x7fff).
+/// bf16 bits of `x` rounded to nearest even (NaN → canonical 0x7fff): `x` rounded to f32 by
+/// round-to-odd (exact when `x` is an f32; else truncated with the last bit set, which keeps
+/// the information a second rounding needs, f32 having more than two bits beyond bf16's), then
+/// f32 → bf16 to nearest even. (`half::bf16::from_f64` misrounds some values: 0x44aa8005 as an
+/// f64 gives 0x44aa, not 0x44ab.)
 pub fn to_bf16_bits(x: f64) -> u16 {
     if x.is_nan() {
         return 0x7fff;
     }
-    half::bf16::from_f64(x).to_bits()
+    let mut f = x as f32;
+    if f64::from(f) != x {
+        let mut bits = f.to_bits();
+        if f64::from(f).abs() > x.abs() {
+            bits -= 1; // toward zero: magnitudes are monotonic in the bits
+        }
+        f = f32::from_bits(bits | 1);
+    }
+    half::bf16::from_f32(f).to_bits()
 }
 
 /// f16 bits of `x` rounded to nearest even (NaN → canonical 0x7fff).
@@ -223,6 +235,39 @@ pub fn f16_value(bits: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even_from_f32_and_f64() {
+        // An f32 just above a halfway point rounds up (half's from_f64 gives 0x44aa).
+        assert_eq!(to_bf16_bits(f64::from(f32::from_bits(0x44aa_8005))), 0x44ab);
+        // Exact ties go to even; below the halfway point, down.
+        assert_eq!(to_bf16_bits(f64::from(f32::from_bits(0x3f80_8000))), 0x3f80);
+        assert_eq!(to_bf16_bits(f64::from(f32::from_bits(0x3f81_8000))), 0x3f82);
+        assert_eq!(to_bf16_bits(f64::from(f32::from_bits(0x3f80_7fff))), 0x3f80);
+        // An f64 a hair above a tie (not an f32): up, where rounding to f32 first would tie.
+        let tie = f64::from(f32::from_bits(0x3f80_8000));
+        assert_eq!(to_bf16_bits(tie + tie * 2f64.powi(-40)), 0x3f81);
+        assert_eq!(to_bf16_bits(-(tie + tie * 2f64.powi(-40))), 0xbf81);
+        assert_eq!(to_bf16_bits(tie - tie * 2f64.powi(-40)), 0x3f80);
+        // Beyond bf16's range: infinity; NaN canonical.
+        assert_eq!(to_bf16_bits(1e300), 0x7f80);
+        assert_eq!(to_bf16_bits(f64::NAN), 0x7fff);
+        // Every f32 of a sweep: what half's f32 conversion (RNE) gives.
+        let mut s: u32 = 0x1234_5677;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let x = f32::from_bits(s);
+            if !x.is_nan() {
+                assert_eq!(
+                    to_bf16_bits(f64::from(x)),
+                    half::bf16::from_f32(x).to_bits(),
+                    "{s:08x}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn directed_rounding_of_sums_and_quotients() {

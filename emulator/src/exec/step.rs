@@ -784,8 +784,13 @@ fn matrix_8x8(
             };
         }
     }
-    ctx.counters.shared_requests += num as u64;
-    ctx.counters.shared_wavefronts += num as u64;
+    // Each matrix is one phase of eight 16-byte rows: one wavefront when they fall in distinct
+    // banks, more when rows share banks (as for other shared accesses, [`wavefronts`]).
+    ctx.counters.shared_requests += 1;
+    for m in &rows {
+        let mut addresses = m.to_vec();
+        ctx.counters.shared_wavefronts += wavefronts(&mut addresses, 16);
+    }
     for (i, reg) in regs.iter().enumerate() {
         for lane in 0..WARP {
             let (r0, c0) = (lane / 4, 2 * (lane % 4));
