@@ -140,7 +140,8 @@ fn odd_widths_and_f32_outputs_match_the_cpu_reference() {
     );
 }
 
-/// A hidden size too wide for a row in shared memory: the fused norm recomputes its groups.
+/// A hidden size too wide for a row in registers or shared memory: the fused norm recomputes
+/// its groups.
 #[test]
 fn a_row_wider_than_shared_memory_matches_the_cpu_reference() {
     check_every_step(

@@ -39,6 +39,7 @@ pub mod reduce_sum;
 pub mod rms_norm_grad;
 pub mod rope;
 pub mod rope_grad;
+pub mod row_chunks;
 pub mod softmax;
 pub mod softmax_grad;
 pub mod tma_ring;

@@ -2,10 +2,15 @@
 //!
 //! `y = w · round(x · 1/sqrt(mean(x²) + eps))` with the statistics in f32 (DESIGN.md §3b), the
 //! normalized activation rounded to the input dtype before the weight (as Hugging Face does).
-//! The fused form quantizes the normalized row in 1 × tile groups, one warp per group, exactly
-//! as `quantize` would quantize the stored `rms_norm` output: a row of up to
-//! [`ROW_IN_SHARED`] elements is kept in shared memory (f32), a wider one is recomputed from
-//! `x` and `w` per group (the same two roundings), so there is no limit on the hidden size.
+//! The fused form quantizes the normalized row in 1 × tile groups exactly as `quantize` would
+//! quantize the stored `rms_norm` output.
+//!
+//! Where the row splits into whole 16-byte chunks (and, fused, each group too) and has at most
+//! [`MAX_CHUNKS_PER_THREAD`] a thread, the row is held in registers: read once with 16-byte
+//! loads, written (or quantized) with 16- or 8-byte stores ([`super::row_chunks`]). Otherwise
+//! the fused form quantizes one group per warp from a row of up to [`ROW_IN_SHARED`] elements
+//! kept in shared memory (f32), or, wider, recomputed from `x` and `w` per group (the same two
+//! roundings), so there is no limit on the hidden size.
 
 use dsc_ir::DType;
 use melior::ir::r#type::MemRefType;
@@ -13,6 +18,7 @@ use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
 
 use super::quantize::{QuantSpec, RowSource, SharedRow, quantize_row_groups};
+use super::row_chunks::{RowChunks, load_elements, quantize_chunk, store_elements};
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -23,6 +29,9 @@ use crate::mlir::kernel::Dimension;
 pub const THREADS: u32 = 256;
 /// The widest row `rms_norm_quant` keeps in shared memory (32 KiB of f32).
 pub const ROW_IN_SHARED: u64 = 8192;
+/// Most 16-byte chunks a thread of the register form holds: rows of up to 16384 bf16 (8192
+/// f32) elements.
+pub const MAX_CHUNKS_PER_THREAD: u64 = 8;
 const WARPS: i64 = THREADS as i64 / 32;
 
 /// RMS normalization of `rows` rows of `dim`, optionally quantized.
@@ -67,6 +76,18 @@ impl RmsNorm {
         params
     }
 
+    /// The register form's layout: the row in whole 16-byte chunks of `x` (and, fused, each
+    /// group in whole chunks), at most [`MAX_CHUNKS_PER_THREAD`] a thread.
+    fn chunks(&self) -> Option<RowChunks> {
+        let chunks = match &self.quant {
+            None => RowChunks::for_rows(self.dim, self.input)?,
+            Some(q) => RowChunks::for_groups(self.dim, self.input, q)?,
+        };
+        let wide = |dtype| matches!(dtype, DType::F32 | DType::Bf16);
+        let fits = chunks.per_row(self.dim).div_ceil(u64::from(THREADS)) <= MAX_CHUNKS_PER_THREAD;
+        (fits && wide(self.weight) && (self.quant.is_some() || wide(self.output))).then_some(chunks)
+    }
+
     /// Whether the fused form keeps its row in shared memory.
     fn row_in_shared(&self) -> bool {
         self.quant.is_some() && self.dim <= ROW_IN_SHARED
@@ -79,6 +100,9 @@ impl RmsNorm {
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        if let Some(chunks) = self.chunks() {
+            return self.build_in_registers(chunks, module, entry);
+        }
         let context = module.context();
         let types = param_types(context, &self.params());
         let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
@@ -166,6 +190,96 @@ impl RmsNorm {
                 e.barrier();
                 let load = SharedRow { buffer };
                 quantize_row_groups(&e, q, &load, row, self.dim, tid, args[2], args[3])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The register form: thread `t` holds chunks `t`, `t + THREADS`, … of the row (read
+    /// once, 16 bytes at a time), sums their squares, and after the block's reduction
+    /// normalizes, weights and stores or quantizes them; a quantization group is `lanes`
+    /// consecutive threads (`THREADS` is a multiple of it, so chunk `k`'s place in its group
+    /// is `t % lanes`).
+    fn build_in_registers(
+        &self,
+        chunks: RowChunks,
+        module: &KernelModule<'_>,
+        entry: &str,
+    ) -> Result<(), CodegenError> {
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
+        let partials_type: Type<'_> =
+            MemRefType::new(Type::float32(context), &[WARPS], None, workgroup).into();
+        let n_args = types.len();
+        module.add_kernel_with_shared(entry, &types, &[partials_type], |block, location| {
+            let e = Emit::new(context, block, location);
+            let args = kernel_args(block, block.argument_count())?;
+            let (x, w) = (args[0], args[1]);
+            let partials = args[n_args];
+            let tid = e.thread_x()?;
+            let row = e.block_index(Dimension::X)?;
+            let dim = e.index(self.dim as i64)?;
+            let base = e.muli(row, dim)?;
+            let per_chunk = chunks.per_chunk;
+
+            // (offset in the row, whether the chunk is in it, its x values).
+            let mut held = Vec::new();
+            for c in 0..chunks.per_row(self.dim).div_ceil(u64::from(THREADS)) {
+                let k = e.addi(tid, e.index((c * u64::from(THREADS)) as i64)?)?;
+                let within = e.muli(k, e.index(per_chunk as i64)?)?;
+                let ok = e.lt(within, dim)?;
+                let first = e.addi(base, within)?;
+                let values = load_elements(&e, x, self.input, first, per_chunk, ok)?;
+                held.push((within, ok, values));
+            }
+            let mut own = e.f32(0.0)?;
+            for (_, _, values) in &held {
+                for &v in values {
+                    let vv = e.mulf(v, v)?;
+                    own = e.addf(own, vv)?;
+                }
+            }
+            let total = block_reduce(&e, own, Reduction::Sum, tid, partials)?;
+            let n = e.f32(self.dim as f32)?;
+            let mean = e.divf(total, n)?;
+            let eps = e.f32(self.eps)?;
+            let shifted = e.addf(mean, eps)?;
+            let root = e.sqrt_rn(shifted)?;
+            let one = e.f32(1.0)?;
+            let inv = e.divf(one, root)?;
+
+            let normalized = if self.quant.is_some() {
+                self.input
+            } else {
+                self.output
+            };
+            let lane = e.remui(tid, e.index(chunks.lanes as i64)?)?;
+            for (within, ok, values) in held {
+                let weights = load_elements(&e, w, self.weight, within, per_chunk, ok)?;
+                let mut ys = Vec::with_capacity(values.len());
+                for (&v, &wv) in values.iter().zip(&weights) {
+                    let scaled = e.mulf(v, inv)?;
+                    let scaled = e.round_through(scaled, normalized)?;
+                    ys.push(e.mulf(wv, scaled)?);
+                }
+                let first = e.addi(base, within)?;
+                match &self.quant {
+                    None => store_elements(&e, &ys, args[2], self.output, first, ok)?,
+                    Some(q) => {
+                        let ys = ys
+                            .into_iter()
+                            .map(|y| e.round_through(y, self.input))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        let groups = e.index(q.groups(self.dim) as i64)?;
+                        let g = e.divui(within, e.index(q.tile as i64)?)?;
+                        let scale_at = e.muli(row, groups)?;
+                        let scale_at = e.addi(scale_at, g)?;
+                        quantize_chunk(
+                            &e, q, chunks, &ys, lane, ok, first, scale_at, args[2], args[3],
+                        )?;
+                    }
+                }
             }
             Ok(())
         })

@@ -1,4 +1,6 @@
-//! `quantize` (1 × tile activation groups) and `swiglu_quant`: one warp per group.
+//! `quantize` (1 × tile activation groups) and `swiglu_quant`: one thread per 16-byte chunk of
+//! input ([`super::row_chunks`]) where rows and groups split into whole chunks, else one warp per
+//! group.
 //!
 //! For row r and group g: `amax` over the group's elements (NaN skipped), `s = max(amax, 1e-4) /
 //! fp8_max` (UE8M0: rounded up to a power of two), codes `fp8(x / s)` with a true division,
@@ -11,6 +13,7 @@ use melior::dialect::arith::CmpiPredicate;
 use melior::ir::Value;
 use serde::Serialize;
 
+use super::row_chunks::{RowChunks, load_elements, quantize_chunk};
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::emit::{Emit, Emitted, Reduction};
@@ -60,6 +63,30 @@ pub enum QuantSource {
     },
 }
 
+impl QuantSource {
+    /// The dtype read from memory.
+    pub fn input(&self) -> DType {
+        match *self {
+            QuantSource::Plain(dtype) => dtype,
+            QuantSource::Swiglu { input, .. } => input,
+        }
+    }
+
+    /// The value quantized from the elements read (`[x]` or `[gate, up]`), as the unfused ops
+    /// would have stored it.
+    fn value<'c, 'a>(&self, e: &Emit<'c, 'a>, read: &[Value<'c, 'a>]) -> Emitted<'c, 'a> {
+        match *self {
+            QuantSource::Plain(_) => Ok(read[0]),
+            QuantSource::Swiglu { activation, .. } => {
+                let act = e.silu(read[0])?;
+                let act = e.round_through(act, activation)?;
+                let h = e.mulf(act, read[1])?;
+                e.round_through(h, activation)
+            }
+        }
+    }
+}
+
 /// Quantization of `rows` rows of `dim`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ActQuant {
@@ -95,14 +122,26 @@ impl ActQuant {
         params
     }
 
-    /// One warp per group.
+    /// The 16-byte chunk form's layout, when rows and groups split into whole chunks.
+    fn chunks(&self) -> Option<RowChunks> {
+        RowChunks::for_groups(self.dim, self.source.input(), &self.quant)
+    }
+
+    /// One thread per 16-byte chunk of input (a group's chunks in consecutive threads), else
+    /// one warp per group.
     pub fn launch(&self) -> Launch {
         let groups = self.rows * self.quant.groups(self.dim);
-        Launch::blocks(groups.div_ceil(u64::from(THREADS / 32)), THREADS)
+        match self.chunks() {
+            Some(chunks) => Launch::blocks((groups * chunks.lanes).div_ceil(256), THREADS),
+            None => Launch::blocks(groups.div_ceil(u64::from(THREADS / 32)), THREADS),
+        }
     }
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        if let Some(chunks) = self.chunks() {
+            return self.build_chunked(chunks, module, entry);
+        }
         let context = module.context();
         let types = param_types(context, &self.params());
         module.add_kernel(entry, &types, |block, location| {
@@ -139,6 +178,65 @@ impl ActQuant {
                     scales,
                 )
             })
+        })
+    }
+
+    /// The 16-byte chunk form: thread `t` holds chunk `t % lanes` of group `t / lanes`.
+    fn build_chunked(
+        &self,
+        chunks: RowChunks,
+        module: &KernelModule<'_>,
+        entry: &str,
+    ) -> Result<(), CodegenError> {
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        module.add_kernel(entry, &types, |block, location| {
+            let e = Emit::new(context, block, location);
+            let args = kernel_args(block, types.len())?;
+            let (codes, scales) = (args[args.len() - 2], args[args.len() - 1]);
+            let inputs = &args[..args.len() - 2];
+            let thread = global_thread_index(context, block, location)?;
+            let lanes = e.index(chunks.lanes as i64)?;
+            let group = e.divui(thread, lanes)?;
+            let lane = e.remui(thread, lanes)?;
+            let per_row = e.index(self.quant.groups(self.dim) as i64)?;
+            let row = e.divui(group, per_row)?;
+            let g = e.remui(group, per_row)?;
+            let group_start = e.muli(g, e.index(self.quant.tile as i64)?)?;
+            let offset = e.muli(lane, e.index(chunks.per_chunk as i64)?)?;
+            let within = e.addi(group_start, offset)?;
+            let dim = e.index(self.dim as i64)?;
+            let in_row = e.lt(within, dim)?;
+            let real_row = e.lt(row, e.index(self.rows as i64)?)?;
+            let ok = e.andi(in_row, real_row)?;
+            let row_start = e.muli(row, dim)?;
+            let first = e.addi(row_start, within)?;
+            let read = inputs
+                .iter()
+                .map(|&input| {
+                    load_elements(&e, input, self.source.input(), first, chunks.per_chunk, ok)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let values = (0..chunks.per_chunk as usize)
+                .map(|i| {
+                    let elements: Vec<_> = read.iter().map(|chunk| chunk[i]).collect();
+                    self.source.value(&e, &elements)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let scale_at = e.muli(row, per_row)?;
+            let scale_at = e.addi(scale_at, g)?;
+            quantize_chunk(
+                &e,
+                &self.quant,
+                chunks,
+                &values,
+                lane,
+                ok,
+                first,
+                scale_at,
+                codes,
+                scales,
+            )
         })
     }
 }
@@ -285,15 +383,12 @@ impl<'c> RowSource<'c> for ActRow<'c, '_, '_> {
                 let v = e.load(self.args[0], at)?;
                 e.to_f32(v)
             }
-            QuantSource::Swiglu { activation, .. } => {
+            QuantSource::Swiglu { .. } => {
                 let gate = e.load(self.args[0], at)?;
                 let gate = e.to_f32(gate)?;
                 let up = e.load(self.args[1], at)?;
                 let up = e.to_f32(up)?;
-                let act = e.silu(gate)?;
-                let act = e.round_through(act, activation)?;
-                let h = e.mulf(act, up)?;
-                e.round_through(h, activation)
+                self.source.value(&e, &[gate, up])
             }
         }
     }

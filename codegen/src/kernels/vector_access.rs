@@ -36,8 +36,9 @@ pub fn global_load_v4<'c, 'a>(
     Ok([word(0)?, word(1)?, word(2)?, word(3)?])
 }
 
-/// Stores `values` (one `i16`, one `i32` or two `i32`s) at the naturally aligned global address
-/// `address` (an `i64`) where `ok` (an `i1`) holds: `st.global.b16`, `.b32` or `.v2.b32`,
+/// Stores `values` (one `i16`, or one, two or four `i32`s) at the naturally aligned global
+/// address `address` (an `i64`) where `ok` (an `i1`) holds: `st.global.b16`, `.b32`, `.v2.b32` or
+/// `.v4.b32`,
 /// predicated rather than branched around (a divergent branch inside a loop would leave the
 /// warp to reconverge around the loop).
 pub fn global_store_if<'c>(
@@ -51,10 +52,11 @@ pub fn global_store_if<'c>(
         1 if sixteen_bits => ("st.global.b16 [$0], $1;", "l,h,r"),
         1 => ("st.global.b32 [$0], $1;", "l,r,r"),
         2 => ("st.global.v2.b32 [$0], {$1, $2};", "l,r,r,r"),
+        4 => ("st.global.v4.b32 [$0], {$1, $2, $3, $4};", "l,r,r,r,r,r"),
         n => {
             return Err(CodegenError::InvalidKernel {
                 kernel: "global_store_if".into(),
-                message: format!("{n} values: one or two only"),
+                message: format!("{n} values: one, two or four only"),
             });
         }
     };
