@@ -105,6 +105,21 @@ fn every_example_kernel_assembles_for_both_targets_without_spills() {
                 "{name} {target}:\n{}",
                 report.output
             );
+            // Every entry bounds its threads (`.maxntid`), and each launch stays within them:
+            // ptxas then fits its registers to the block, so no launch fails for registers.
+            for step in &generated.manifest.steps {
+                let body = generated
+                    .ptx
+                    .split(".entry ")
+                    .find(|entry| entry.starts_with(&format!("{}(", step.kernel)))
+                    .unwrap_or_else(|| panic!("{name} {target}: no entry {}", step.kernel));
+                let [x, y, z] = step.block;
+                assert!(
+                    body.contains(&format!(".maxntid {x}, {y}, {z}")),
+                    "{name} {target}: `{}` launched with {x}x{y}x{z} threads does not declare them",
+                    step.kernel
+                );
+            }
             // The tensor-core GEMMs keep their accumulators in registers: no local memory.
             for f in &report.functions {
                 if f.name.starts_with("fp8_gemm_") || f.name.starts_with("linear_") {

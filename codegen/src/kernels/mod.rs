@@ -228,7 +228,8 @@ impl GpuKernel {
 
     /// Adds the kernel as `entry` to `module`.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
-        each_kernel!(self, k => k.build(module, entry))
+        each_kernel!(self, k => k.build(module, entry))?;
+        module.bound_threads(entry, self.launch().block)
     }
 
     /// Bytes of dynamic shared memory a block needs at launch (the manifest's `shared_bytes`);

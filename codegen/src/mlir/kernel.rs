@@ -73,6 +73,36 @@ impl<'c> KernelModule<'c> {
         names
     }
 
+    /// Declares that kernel `name` runs at most `block` threads per block (`.maxntid`), unless
+    /// its builder already did: ptxas then keeps its registers within what a block of that size
+    /// may hold (64 Ki registers per block), so no kernel can fail at launch for too many
+    /// registers; it spills instead, which the PTX tests refuse.
+    pub fn bound_threads(&self, name: &str, block: [u32; 3]) -> Result<(), CodegenError> {
+        let mut next = self.gpu_module_body().first_operation_mut();
+        while let Some(mut operation) = next {
+            let named = operation
+                .attribute("sym_name")
+                .ok()
+                .and_then(|n| StringAttribute::try_from(n).ok())
+                .is_some_and(|n| n.value() == name);
+            if named {
+                if !operation.has_attribute("nvvm.maxntid") {
+                    let [x, y, z] = block;
+                    let threads =
+                        Attribute::parse(self.context, &format!("array<i32: {x}, {y}, {z}>"))
+                            .expect("a dense i32 array parses");
+                    operation.set_attribute("nvvm.maxntid", threads);
+                }
+                return Ok(());
+            }
+            next = operation.next_in_block_mut();
+        }
+        Err(CodegenError::InvalidKernel {
+            kernel: name.into(),
+            message: "no gpu.func of this name to bound".into(),
+        })
+    }
+
     /// Adds the kernel `name` taking `arguments`: a `gpu.func` with the `gpu.kernel` attribute.
     /// `build` fills its entry block (whose arguments are the kernel's) and may create further
     /// regions; the terminating `gpu.return` is appended after it.
