@@ -60,7 +60,8 @@ pub enum GemmForm {
     },
     /// The pipelined Ada kernel of [`super::fp8_gemm_cp_async`] (sm_89): `cp.async` loads into
     /// a ring of `stages` in shared memory, `ldmatrix` fragments, one warp per 64 × 32 sub-tile
-    /// of `mma.sync m16n8k32`, one block per tile.
+    /// (32 × 32 or 32 × 16 in blocks under 128 × 64) of `mma.sync m16n8k32`, one block per
+    /// tile.
     MmaPipelined {
         /// Rows of a tile: 64 or 128.
         block_m: u64,

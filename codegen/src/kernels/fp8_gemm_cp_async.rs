@@ -25,8 +25,15 @@
 //! - **Promotion** (DESIGN.md §3) exactly as [`super::fp8_gemm_mma`] and the CPU reference: each
 //!   promotion interval (32, 64 or 128) is `interval / 32` MMAs into a fresh partial, then
 //!   `acc += partial · (s_x · s_w)` in f32 registers; intervals past K are not added. The
-//!   activation scales of the thread's eight rows and the tile's weight scale are read once per
-//!   K block.
+//!   tile rows' activation scales and the tile's weight scale come with each K block's copies
+//!   (4-byte `cp.async`, a ring of scales after the ring of tiles), so each is read from global
+//!   memory once per block; the warps read theirs from shared memory.
+//! - **Registers.** Accumulators and partials take 128 of a 64 × 32 warp's registers, so what
+//!   lives through the K loop is kept small: the copies' row offsets are found again per K
+//!   block from an opaque copy of the tile's first row (LLVM would otherwise keep a 64-bit
+//!   pointer per copy and per scale across the loop), the output rows only after the loop,
+//!   and the loop carries `.pragma "nounroll"` (ptxas unrolls a loop of a few K blocks into
+//!   spills).
 //! - **Grouped** (routed experts): M is the expert-contiguous layout of
 //!   [`super::moe_dispatch`] padded to `block_m`-row tiles; a block whose tile belongs to
 //!   expert −1 exits, row `p` reads x row `rows[p]` (or `rows[p] / top_k`) through the copy's
