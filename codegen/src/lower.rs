@@ -71,7 +71,7 @@ pub fn default_jobs() -> usize {
 fn weight(kernel: &GpuKernel) -> u32 {
     match kernel {
         GpuKernel::FlashAttention(_) => 4,
-        GpuKernel::MoeTopk(topk) if topk.experts * topk.top_k >= 1024 => 4,
+        GpuKernel::MoeTopk(topk) if topk.experts() * topk.top_k() >= 1024 => 4,
         GpuKernel::Fp8Gemm(_) => 3,
         GpuKernel::Linear(_)
         | GpuKernel::LinearWgmma(_)

@@ -504,9 +504,13 @@ fn moe_topk_is_built_from_and_gives_back_the_reference_spec() {
         norm_topk_prob: false,
         route_scale: 2.5,
     };
-    let kernel = MoeTopk::new(dims, &params, false, DType::Bf16, DType::F32);
-    assert_eq!(kernel.topk_dims(), dims);
-    assert_eq!(kernel.topk_params(), params);
+    let kernel = MoeTopk {
+        dims,
+        params,
+        bias: false,
+        logits: DType::Bf16,
+        weights: DType::F32,
+    };
     assert_eq!(
         GpuKernel::MoeTopk(kernel).canonical(),
         r#"moe_topk(64,8,2,2,1,softmax,false,2.5,false,"bf16","f32")"#

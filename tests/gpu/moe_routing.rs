@@ -8,12 +8,12 @@
 use super::kernel_run::{lower, run_ptx};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
-use dsc_codegen::kernels::moe::{MoeTopk, Scoring};
+use dsc_codegen::kernels::moe::MoeTopk;
 use dsc_codegen::kernels::moe_dispatch::{MoeDispatch, PARALLEL_EXPERTS};
 use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, to_bf16};
 use dsc_kernels::ops::moe_dispatch::moe_dispatch;
-use dsc_kernels::ops::{ScoreFunc, TopkParams, moe_topk};
+use dsc_kernels::ops::{ScoreFunc, TopkDims, TopkParams, moe_topk};
 use dsc_kernels::rng::SplitMix64;
 
 /// Values in [-amplitude, amplitude).
@@ -58,7 +58,7 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 /// experts in the same order, weights within 1e-5 (the kernels' `exp` is within 2 ulp of the
 /// CPU's).
 fn check_topk(spec: &MoeTopk, seed: u64) {
-    let (t, e) = (spec.tokens as usize, spec.experts as usize);
+    let (t, e) = (spec.dims.tokens, spec.dims.experts);
     let mut logits = values(t * e, seed, 4.0);
     logits[..e].fill(0.0);
     logits[e + 7] = f32::NAN;
@@ -74,24 +74,13 @@ fn check_topk(spec: &MoeTopk, seed: u64) {
         .iter()
         .map(|b| (b * 8.0).round() / 8.0)
         .collect();
-    let params = TopkParams {
-        score_func: match spec.scoring {
-            Scoring::Sigmoid => ScoreFunc::Sigmoid,
-            Scoring::Softmax => ScoreFunc::Softmax,
-        },
-        top_k: spec.top_k as usize,
-        n_groups: spec.groups as usize,
-        topk_groups: spec.topk_groups as usize,
-        norm_topk_prob: spec.norm_topk_prob,
-        route_scale: f64::from(spec.route_scale),
-    };
-    let want =
-        moe_topk(&logits, spec.bias.then_some(&bias[..]), t, e, &params).expect("reference routes");
+    let want = moe_topk(&logits, spec.bias.then_some(&bias[..]), t, e, &spec.params)
+        .expect("reference routes");
     let mut inputs = vec![bytes_of(&logits, f32::to_le_bytes)];
     if spec.bias {
         inputs.push(bytes_of(&bias, f32::to_le_bytes));
     }
-    let k = spec.top_k as usize;
+    let k = spec.params.top_k;
     for target in [Target::Sm90a, Target::Sm89] {
         let kernel = GpuKernel::MoeTopk(spec.clone());
         let out = run(&kernel, target, &inputs, &[t * k * 4, t * k * 4]);
@@ -106,17 +95,27 @@ fn check_topk(spec: &MoeTopk, seed: u64) {
     }
 }
 
-fn topk(experts: u64, groups: u64, topk_groups: u64, top_k: u64, scoring: Scoring) -> MoeTopk {
+fn topk(
+    experts: usize,
+    n_groups: usize,
+    topk_groups: usize,
+    top_k: usize,
+    score_func: ScoreFunc,
+) -> MoeTopk {
     MoeTopk {
-        tokens: 21,
-        experts,
-        top_k,
-        groups,
-        topk_groups,
-        scoring,
-        norm_topk_prob: scoring == Scoring::Sigmoid,
-        route_scale: 2.5,
-        bias: scoring == Scoring::Sigmoid,
+        dims: TopkDims {
+            tokens: 21,
+            experts,
+        },
+        params: TopkParams {
+            top_k,
+            n_groups,
+            topk_groups,
+            score_func,
+            norm_topk_prob: score_func == ScoreFunc::Sigmoid,
+            route_scale: 2.5,
+        },
+        bias: score_func == ScoreFunc::Sigmoid,
         logits: DType::F32,
         weights: DType::F32,
     }
@@ -124,25 +123,25 @@ fn topk(experts: u64, groups: u64, topk_groups: u64, top_k: u64, scoring: Scorin
 
 #[test]
 fn moe_topk_at_deepseek_v3_routing_shape() {
-    check_topk(&topk(256, 8, 4, 8, Scoring::Sigmoid), 1);
+    check_topk(&topk(256, 8, 4, 8, ScoreFunc::Sigmoid), 1);
 }
 
 #[test]
 fn moe_topk_at_other_shapes() {
     // The V3 layer of bench/side-by-side (32 experts), tiny-moe's, no groups.
-    check_topk(&topk(32, 8, 4, 8, Scoring::Sigmoid), 2);
-    check_topk(&topk(8, 2, 1, 2, Scoring::Sigmoid), 3);
-    check_topk(&topk(64, 1, 1, 6, Scoring::Sigmoid), 4);
+    check_topk(&topk(32, 8, 4, 8, ScoreFunc::Sigmoid), 2);
+    check_topk(&topk(8, 2, 1, 2, ScoreFunc::Sigmoid), 3);
+    check_topk(&topk(64, 1, 1, 6, ScoreFunc::Sigmoid), 4);
     // DeepSeek-V2: softmax, no bias, groups of 20 (5 per lane, 4 lanes a group).
-    check_topk(&topk(160, 8, 3, 6, Scoring::Softmax), 5);
+    check_topk(&topk(160, 8, 3, 6, ScoreFunc::Softmax), 5);
     // Experts that do not fill the lanes, groups across lanes: the general group stage.
-    check_topk(&topk(40, 4, 2, 5, Scoring::Sigmoid), 6);
-    check_topk(&topk(40, 4, 2, 5, Scoring::Softmax), 7);
+    check_topk(&topk(40, 4, 2, 5, ScoreFunc::Sigmoid), 6);
+    check_topk(&topk(40, 4, 2, 5, ScoreFunc::Softmax), 7);
     // Groups of one expert.
-    check_topk(&topk(16, 16, 4, 3, Scoring::Sigmoid), 8);
+    check_topk(&topk(16, 16, 4, 3, ScoreFunc::Sigmoid), 8);
     // More winners than lanes: lanes keep rounds `l` and `l + 32`.
-    check_topk(&topk(96, 1, 1, 40, Scoring::Sigmoid), 9);
-    check_topk(&topk(96, 4, 3, 40, Scoring::Softmax), 10);
+    check_topk(&topk(96, 1, 1, 40, ScoreFunc::Sigmoid), 9);
+    check_topk(&topk(96, 4, 3, 40, ScoreFunc::Softmax), 10);
 }
 
 /// `spec` on `indices` against the reference, bit for bit, for both targets.

@@ -29,32 +29,17 @@ use crate::mlir::kernel::Dimension;
 /// Tokens (warps) per block of `moe_topk`.
 const TOPK_WARPS: u64 = 4;
 
-/// How router logits become scores: the reference's [`ScoreFunc`], under the name this
-/// module's callers (tests/gpu) use.
-pub type Scoring = ScoreFunc;
-
-/// Top-k routing of `tokens` tokens over `experts` experts: the op's [`TopkDims`] and
-/// [`TopkParams`] as the kernel takes them (sizes as `u64`, the route scale as the `f32` both
-/// the reference and the kernel multiply by; [`MoeTopk::new`] and [`MoeTopk::topk_params`]
-/// convert), and the operands the reference leaves to its caller (the bias, the dtypes).
+/// Top-k routing: the reference's [`TopkDims`] and [`TopkParams`] as they are (the kernel
+/// multiplies by the route scale rounded to f32, as the reference does), and the operands the
+/// reference leaves to its caller (the bias, the dtypes).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MoeTopk {
-    /// Tokens.
-    pub tokens: u64,
-    /// Experts.
-    pub experts: u64,
-    /// Experts chosen per token.
-    pub top_k: u64,
-    /// Expert groups.
-    pub groups: u64,
-    /// Groups kept.
-    pub topk_groups: u64,
-    /// Score function.
-    pub scoring: ScoreFunc,
-    /// Whether the chosen weights are normalized to sum 1.
-    pub norm_topk_prob: bool,
-    /// Multiplies the weights.
-    pub route_scale: f32,
+    /// Tokens and experts.
+    #[serde(flatten)]
+    pub dims: TopkDims,
+    /// Scoring and selection.
+    #[serde(flatten)]
+    pub params: TopkParams,
     /// Whether a selection bias (`e_score_correction_bias`) is given.
     pub bias: bool,
     /// Logits dtype.
@@ -64,48 +49,29 @@ pub struct MoeTopk {
 }
 
 impl MoeTopk {
-    /// The kernel of a `moe_topk` op of these sizes and attributes, with or without a bias.
-    pub fn new(
-        dims: TopkDims,
-        params: &TopkParams,
-        bias: bool,
-        logits: DType,
-        weights: DType,
-    ) -> Self {
-        MoeTopk {
-            tokens: dims.tokens as u64,
-            experts: dims.experts as u64,
-            top_k: params.top_k as u64,
-            groups: params.n_groups as u64,
-            topk_groups: params.topk_groups as u64,
-            scoring: params.score_func,
-            norm_topk_prob: params.norm_topk_prob,
-            // The reference multiplies by the scale rounded to f32, as torch does.
-            route_scale: params.route_scale as f32,
-            bias,
-            logits,
-            weights,
-        }
+    /// Tokens.
+    fn tokens(&self) -> u64 {
+        self.dims.tokens as u64
     }
 
-    /// The sizes the CPU reference takes.
-    pub fn topk_dims(&self) -> TopkDims {
-        TopkDims {
-            tokens: self.tokens as usize,
-            experts: self.experts as usize,
-        }
+    /// Experts.
+    pub fn experts(&self) -> u64 {
+        self.dims.experts as u64
     }
 
-    /// The attributes the CPU reference takes (it rounds the route scale to f32 too).
-    pub fn topk_params(&self) -> TopkParams {
-        TopkParams {
-            score_func: self.scoring,
-            top_k: self.top_k as usize,
-            n_groups: self.groups as usize,
-            topk_groups: self.topk_groups as usize,
-            norm_topk_prob: self.norm_topk_prob,
-            route_scale: f64::from(self.route_scale),
-        }
+    /// Experts chosen per token.
+    pub fn top_k(&self) -> u64 {
+        self.params.top_k as u64
+    }
+
+    /// Expert groups.
+    fn groups(&self) -> u64 {
+        self.params.n_groups as u64
+    }
+
+    /// Groups kept.
+    fn topk_groups(&self) -> u64 {
+        self.params.topk_groups as u64
     }
 }
 
@@ -120,23 +86,27 @@ impl MoeTopk {
         let mut params = vec![Param::new(
             "logits",
             self.logits,
-            self.tokens * self.experts,
+            self.tokens() * self.experts(),
         )];
         if self.bias {
-            params.push(Param::new("bias", DType::F32, self.experts));
+            params.push(Param::new("bias", DType::F32, self.experts()));
         }
         params.push(Param::new(
             "weights",
             self.weights,
-            self.tokens * self.top_k,
+            self.tokens() * self.top_k(),
         ));
-        params.push(Param::new("indices", DType::I32, self.tokens * self.top_k));
+        params.push(Param::new(
+            "indices",
+            DType::I32,
+            self.tokens() * self.top_k(),
+        ));
         params
     }
 
     /// One warp per token, [`TOPK_WARPS`] per block.
     pub fn launch(&self) -> Launch {
-        Launch::blocks(self.tokens.div_ceil(TOPK_WARPS), (32 * TOPK_WARPS) as u32)
+        Launch::blocks(self.tokens().div_ceil(TOPK_WARPS), (32 * TOPK_WARPS) as u32)
     }
 
     /// Builds the kernel.
@@ -154,7 +124,7 @@ impl MoeTopk {
             let warps = e.index(TOPK_WARPS as i64)?;
             let first = e.muli(block_index, warps)?;
             let t = e.addi(first, warp)?;
-            let tokens = e.index(self.tokens as i64)?;
+            let tokens = e.index(self.tokens() as i64)?;
             let in_bounds = e.lt(t, tokens)?;
             let cells = RoundCells::new(self, &e)?;
             // The whole warp takes the branch together: its shuffles see all 32 lanes.
@@ -170,15 +140,15 @@ impl MoeTopk {
 
     /// Experts per lane.
     fn per_lane(&self) -> u64 {
-        self.experts.div_ceil(32)
+        self.experts().div_ceil(32)
     }
 
     /// Lanes per group when every group fills whole lanes (a power of two of them, every lane
     /// full): the group stage is then one segmented arg-max for all groups.
     fn lanes_per_group(&self) -> Option<u64> {
         let p = self.per_lane();
-        let size = self.experts / self.groups.max(1);
-        (self.experts == 32 * p && size.is_multiple_of(p) && (size / p).is_power_of_two())
+        let size = self.experts() / self.groups().max(1);
+        (self.experts() == 32 * p && size.is_multiple_of(p) && (size / p).is_power_of_two())
             .then_some(size / p)
     }
 
@@ -194,7 +164,7 @@ impl MoeTopk {
         outputs: Outputs<'c, '_>,
     ) -> Result<(), CodegenError> {
         let p = self.per_lane();
-        let n = self.experts as i64;
+        let n = self.experts() as i64;
         let experts = e.index(n)?;
         let row = e.muli(t, experts)?;
         let i32_type = e.int_type(32);
@@ -212,7 +182,7 @@ impl MoeTopk {
             let x_real = e.lt(x, experts)?;
             let safe = e.minui(x, last)?;
             let logit = e.load_f32(logits, row, safe)?;
-            let score = match self.scoring {
+            let score = match self.params.score_func {
                 ScoreFunc::Sigmoid => e.sigmoid(logit)?,
                 ScoreFunc::Softmax => logit,
             };
@@ -220,7 +190,7 @@ impl MoeTopk {
             real.push(x_real);
             scores.push(score);
         }
-        if self.scoring == ScoreFunc::Softmax {
+        if self.params.score_func == ScoreFunc::Softmax {
             scores = self.softmax(e, &scores, &real)?;
         }
         let mut select = Vec::new();
@@ -241,9 +211,9 @@ impl MoeTopk {
             let one = e.int(1, 1)?;
             taken.push(e.push(melior::dialect::arith::xori(x_real, one, e.location))?);
         }
-        if self.groups > 1 {
+        if self.groups() > 1 {
             let kept = self.kept_groups(e, &ids, &real, &select, &cells.groups)?;
-            let size = e.int(32, (self.experts / self.groups) as i64)?;
+            let size = e.int(32, (self.experts() / self.groups()) as i64)?;
             for s in 0..p as usize {
                 let g = e.divui(ids[s], size)?;
                 let mut ok = e.int(1, 0)?;
@@ -266,7 +236,7 @@ impl MoeTopk {
             e.set(cell, taken)?;
         }
         e.set(cells.denominator, e.f32(0.0)?)?;
-        e.for_const(0, self.top_k as i64, 1, |e, round| {
+        e.for_const(0, self.top_k() as i64, 1, |e, round| {
             let mut taken = Vec::new();
             for &cell in &cells.taken {
                 taken.push(e.get(cell)?);
@@ -295,12 +265,12 @@ impl MoeTopk {
         let denominator = e.get(cells.denominator)?;
         let tiny = e.f32(1e-20)?;
         let d = e.addf(denominator, tiny)?;
-        let route_scale = e.f32(self.route_scale)?;
-        let k = e.index(self.top_k as i64)?;
+        let route_scale = e.f32(self.params.route_scale as f32)?;
+        let k = e.index(self.top_k() as i64)?;
         let out_row = e.muli(t, k)?;
         for (r, kept) in cells.kept.iter().enumerate() {
             let mut w = e.get(kept.payload)?;
-            if self.norm_topk_prob {
+            if self.params.norm_topk_prob {
                 w = e.divf(w, d)?;
             }
             let w = e.mulf(w, route_scale)?;
@@ -345,7 +315,7 @@ impl MoeTopk {
         }
         // Every lane gathers every expert's term (expert j: lane j / P, slot j % P).
         let mut terms = Vec::new();
-        for j in 0..self.experts {
+        for j in 0..self.experts() {
             terms.push(shuffle(e, exps[(j % p) as usize], (j / p) as u32, "idx")?);
         }
         let sum = pairwise_sum(e, &terms)?;
@@ -369,7 +339,7 @@ impl MoeTopk {
         select: &[Value<'c, 'a>],
         kept: &[Value<'c, '_>],
     ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
-        let size = self.experts / self.groups;
+        let size = self.experts() / self.groups();
         let size_v = e.int(32, size as i64)?;
         let no = e.int(1, 0)?;
         // The score of a group from its top two: (0 + top1) + top2 with a bias, else top1.
@@ -404,11 +374,11 @@ impl MoeTopk {
                 None
             };
             let own = group_score(&first, second.as_ref())?;
-            for g in 0..self.groups {
+            for g in 0..self.groups() {
                 group_scores.push(shuffle(e, own, (g * lanes) as u32, "idx")?);
             }
         } else {
-            for g in 0..self.groups {
+            for g in 0..self.groups() {
                 let this = e.int(32, g as i64)?;
                 let mut outside = Vec::new();
                 for s in 0..ids.len() {
@@ -441,7 +411,7 @@ impl MoeTopk {
         for &cell in kept {
             e.set(cell, no)?;
         }
-        e.for_const(0, self.topk_groups as i64, 1, |e, _| {
+        e.for_const(0, self.topk_groups() as i64, 1, |e, _| {
             let mut flags = Vec::new();
             for &cell in kept {
                 flags.push(e.get(cell)?);
@@ -483,14 +453,14 @@ struct KeptWinner<'c, 'a> {
 impl<'c, 'a> RoundCells<'c, 'a> {
     fn new(topk: &MoeTopk, e: &Emit<'c, 'a>) -> Result<Self, CodegenError> {
         let no = e.int(1, 0)?;
-        let groups = if topk.groups > 1 { topk.groups } else { 0 };
+        let groups = if topk.groups() > 1 { topk.groups() } else { 0 };
         Ok(Self {
             groups: (0..groups).map(|_| e.cell(no)).collect::<Result<_, _>>()?,
             taken: (0..topk.per_lane())
                 .map(|_| e.cell(no))
                 .collect::<Result<_, _>>()?,
             denominator: e.cell(e.f32(0.0)?)?,
-            kept: (0..topk.top_k.div_ceil(32))
+            kept: (0..topk.top_k().div_ceil(32))
                 .map(|_| {
                     Ok(KeptWinner {
                         index: e.cell(e.int(32, 0)?)?,

@@ -462,13 +462,13 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         }
         OpKind::MoeTopk => {
             let o = op.moe_topk_operands().map_err(named)?;
-            GpuKernel::MoeTopk(MoeTopk::new(
-                TopkDims::from_shapes(&ty(o.logits).shape).map_err(sizes)?,
-                &TopkParams::from_attrs(&op.attrs).map_err(sizes)?,
-                o.bias.is_some(),
-                ty(o.logits).dtype,
-                ty(result(0)).dtype,
-            ))
+            GpuKernel::MoeTopk(MoeTopk {
+                dims: TopkDims::from_shapes(&ty(o.logits).shape).map_err(sizes)?,
+                params: TopkParams::from_attrs(&op.attrs).map_err(sizes)?,
+                bias: o.bias.is_some(),
+                logits: ty(o.logits).dtype,
+                weights: ty(result(0)).dtype,
+            })
         }
         OpKind::MoeCombine => {
             let o = op.moe_combine_operands().map_err(named)?;

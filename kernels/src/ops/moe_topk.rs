@@ -33,7 +33,7 @@ pub enum ScoreFunc {
 }
 
 /// Sizes of `moe_topk`: logits `[tokens, experts]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct TopkDims {
     pub tokens: usize,
     pub experts: usize,
@@ -47,16 +47,17 @@ impl TopkDims {
     }
 }
 
-/// The attributes of one `moe_topk` op.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The attributes of one `moe_topk` op. (The GPU kernel's spec holds them as they are: their
+/// order here is its canonical text's, on which its entry name depends.)
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct TopkParams {
-    pub score_func: ScoreFunc,
     /// Experts chosen per token.
     pub top_k: usize,
     /// Groups the experts are split into (1: no group limit).
     pub n_groups: usize,
     /// Groups that stay eligible.
     pub topk_groups: usize,
+    pub score_func: ScoreFunc,
     pub norm_topk_prob: bool,
     pub route_scale: f64,
 }
