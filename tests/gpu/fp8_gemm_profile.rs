@@ -11,17 +11,19 @@ use dsc_runtime::inputs::random_inputs;
 use dsc_runtime::{Artifact, Backend, EmuBackend, EmuOptions, random_weights};
 
 /// A pipelined FP8 GEMM step's shape and tiles, read back from the manifest.
-struct GemmStep {
-    op: String,
-    rows: u64,
-    n: u64,
-    k: u64,
-    block_m: u64,
-    block_n: u64,
-    grouped: bool,
+pub(super) struct GemmStep {
+    pub(super) op: String,
+    pub(super) rows: u64,
+    pub(super) n: u64,
+    pub(super) k: u64,
+    pub(super) block_m: u64,
+    pub(super) block_n: u64,
+    pub(super) grouped: bool,
 }
 
-fn gemm_steps(artifact: &Artifact) -> Vec<(usize, GemmStep)> {
+/// The steps whose FP8 GEMM is of `form` (the spec's serialized form: `wgmma_tma`,
+/// `mma_pipelined`), with their indices.
+pub(super) fn gemm_steps(artifact: &Artifact, form: &str) -> Vec<(usize, GemmStep)> {
     let manifest = &artifact.manifest;
     manifest
         .steps
@@ -29,7 +31,7 @@ fn gemm_steps(artifact: &Artifact) -> Vec<(usize, GemmStep)> {
         .enumerate()
         .filter_map(|(i, step)| {
             let kernel = manifest.kernel(&step.kernel)?;
-            let form = kernel.attrs.get("form")?.get("wgmma_tma")?;
+            let form = kernel.attrs.get("form")?.get(form)?;
             let attr = |name: &str| kernel.attrs[name].as_u64().expect("a shape attribute");
             Some((
                 i,
@@ -47,7 +49,8 @@ fn gemm_steps(artifact: &Artifact) -> Vec<(usize, GemmStep)> {
         .collect()
 }
 
-fn profiles(artifact: &Artifact) -> Vec<LaunchProfile> {
+/// Every launch's profile from one emulated forward with random weights and inputs.
+pub(super) fn profiles(artifact: &Artifact) -> Vec<LaunchProfile> {
     let mut backend = EmuBackend::new(artifact, EmuOptions::default()).expect("emulator");
     backend
         .set_weights(random_weights(&artifact.graph, 3).expect("weights"))
@@ -64,7 +67,7 @@ fn dense_fp8_gemms_issue_the_tile_grids_wgmmas_and_load_each_tile_once() {
     let tmp = TempDir::new("fp8-gemm-profile-dense");
     let artifact = compiled(&tmp, "tests/gpu/models/wide-mlp.toml", "sm_90a");
     let profiles = profiles(&artifact);
-    let steps = gemm_steps(&artifact);
+    let steps = gemm_steps(&artifact, "wgmma_tma");
     assert_eq!(steps.len(), 2, "wide-mlp has two FP8 GEMMs");
     for (i, g) in steps {
         let p = &profiles[i];
@@ -110,7 +113,7 @@ fn grouped_fp8_gemms_gather_rows_without_bank_conflicts() {
     let tmp = TempDir::new("fp8-gemm-profile-grouped");
     let artifact = compiled(&tmp, "tests/gpu/models/wide-moe.toml", "sm_90a");
     let profiles = profiles(&artifact);
-    let grouped: Vec<_> = gemm_steps(&artifact)
+    let grouped: Vec<_> = gemm_steps(&artifact, "wgmma_tma")
         .into_iter()
         .filter(|(_, g)| g.grouped)
         .collect();

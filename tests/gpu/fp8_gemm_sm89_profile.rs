@@ -7,6 +7,7 @@
 //! the `ldmatrix` reads of the swizzled tiles have no bank conflicts.
 
 use super::compiled;
+use super::fp8_gemm_profile::{gemm_steps, profiles};
 use crate::support::TempDir;
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
@@ -212,53 +213,6 @@ fn the_pipelined_sm89_gemm_is_bit_exact_against_the_cpu_reference() {
     }
 }
 
-/// A pipelined sm_89 FP8 GEMM step's shape and tiles, read back from the manifest.
-struct GemmStep {
-    op: String,
-    rows: u64,
-    n: u64,
-    k: u64,
-    block_m: u64,
-    block_n: u64,
-    grouped: bool,
-}
-
-fn gemm_steps(artifact: &Artifact) -> Vec<(usize, GemmStep)> {
-    let manifest = &artifact.manifest;
-    manifest
-        .steps
-        .iter()
-        .enumerate()
-        .filter_map(|(i, step)| {
-            let kernel = manifest.kernel(&step.kernel)?;
-            let form = kernel.attrs.get("form")?.get("mma_pipelined")?;
-            let attr = |name: &str| kernel.attrs[name].as_u64().expect("a shape attribute");
-            Some((
-                i,
-                GemmStep {
-                    op: step.op.clone(),
-                    rows: attr("rows"),
-                    n: attr("n"),
-                    k: attr("k"),
-                    block_m: form["block_m"].as_u64().expect("block_m"),
-                    block_n: form["block_n"].as_u64().expect("block_n"),
-                    grouped: !kernel.attrs["grouped"].is_null(),
-                },
-            ))
-        })
-        .collect()
-}
-
-fn profiles(artifact: &Artifact) -> Vec<LaunchProfile> {
-    let mut backend = EmuBackend::new(artifact, EmuOptions::default()).expect("emulator");
-    backend
-        .set_weights(random_weights(&artifact.graph, 3).expect("weights"))
-        .expect("weights");
-    let inputs = random_inputs(&artifact.graph, 5);
-    backend.run(&inputs, &mut Vec::new()).expect("runs");
-    backend.profiles().to_vec()
-}
-
 /// One FP8 MMA's FLOPs.
 const MMA_FLOPS: u64 = 16 * 8 * 32 * 2;
 
@@ -269,7 +223,7 @@ fn sm89_dense_fp8_gemms_issue_the_tile_grids_mmas_and_load_each_tile_once() {
     let tmp = TempDir::new("fp8-gemm-sm89-profile-dense");
     let artifact = compiled(&tmp, "tests/gpu/models/wide-mlp.toml", "sm_89");
     let profiles = profiles(&artifact);
-    let steps = gemm_steps(&artifact);
+    let steps = gemm_steps(&artifact, "mma_pipelined");
     assert_eq!(steps.len(), 2, "wide-mlp has two FP8 GEMMs");
     for (i, g) in steps {
         let p = &profiles[i];
@@ -316,7 +270,7 @@ fn sm89_grouped_fp8_gemms_gather_rows_without_bank_conflicts() {
     let tmp = TempDir::new("fp8-gemm-sm89-profile-grouped");
     let artifact = compiled(&tmp, "tests/gpu/models/wide-moe.toml", "sm_89");
     let profiles = profiles(&artifact);
-    let grouped: Vec<_> = gemm_steps(&artifact)
+    let grouped: Vec<_> = gemm_steps(&artifact, "mma_pipelined")
         .into_iter()
         .filter(|(_, g)| g.grouped)
         .collect();

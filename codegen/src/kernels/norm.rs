@@ -76,6 +76,17 @@ impl RmsNorm {
         params
     }
 
+    /// `1 / sqrt(Σx² / dim + eps)` from the row's sum of squares, as the reference rounds it.
+    fn inverse_rms<'c, 'a>(&self, e: &Emit<'c, 'a>, squares: Value<'c, 'a>) -> Emitted<'c, 'a> {
+        let n = e.f32(self.dim as f32)?;
+        let mean = e.divf(squares, n)?;
+        let eps = e.f32(self.eps)?;
+        let shifted = e.addf(mean, eps)?;
+        let root = e.sqrt_rn(shifted)?;
+        let one = e.f32(1.0)?;
+        e.divf(one, root)
+    }
+
     /// The register form's layout: the row in whole 16-byte chunks of `x` (and, fused, each
     /// group in whole chunks), at most [`MAX_CHUNKS_PER_THREAD`] a thread.
     fn chunks(&self) -> Option<RowChunks> {
@@ -137,13 +148,7 @@ impl RmsNorm {
             })?;
             let own = e.get(squares)?;
             let total = block_reduce(&e, own, Reduction::Sum, tid, partials)?;
-            let n = e.f32(self.dim as f32)?;
-            let mean = e.divf(total, n)?;
-            let eps = e.f32(self.eps)?;
-            let shifted = e.addf(mean, eps)?;
-            let root = e.sqrt_rn(shifted)?;
-            let one = e.f32(1.0)?;
-            let inv = e.divf(one, root)?;
+            let inv = self.inverse_rms(&e, total)?;
 
             let normalized = if self.quant.is_some() {
                 self.input
@@ -241,13 +246,7 @@ impl RmsNorm {
                 }
             }
             let total = block_reduce(&e, own, Reduction::Sum, tid, partials)?;
-            let n = e.f32(self.dim as f32)?;
-            let mean = e.divf(total, n)?;
-            let eps = e.f32(self.eps)?;
-            let shifted = e.addf(mean, eps)?;
-            let root = e.sqrt_rn(shifted)?;
-            let one = e.f32(1.0)?;
-            let inv = e.divf(one, root)?;
+            let inv = self.inverse_rms(&e, total)?;
 
             let normalized = if self.quant.is_some() {
                 self.input

@@ -20,7 +20,7 @@ use melior::ir::attribute::DenseI64ArrayAttribute;
 
 use super::quantize::QuantSpec;
 use super::vector_access::{global_load_v4, global_store_if, pack_bf16x2};
-use super::wide_access::element_address;
+use super::wide_access::{element_address, widen_words};
 use crate::error::CodegenError;
 use crate::mlir::emit::{Emit, Emitted, Reduction};
 
@@ -75,7 +75,6 @@ pub fn load_elements<'c, 'a>(
 ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
     let address = element_address(e, buffer, dtype, first)?;
     let words = (count * dtype.size_bytes()) / 4;
-    let f32_type = e.f32_type();
     let mut values = Vec::with_capacity(count as usize);
     for access in 0..words.div_ceil(4) {
         let at = e.addi(address, e.int(64, 16 * access as i64)?)?;
@@ -83,20 +82,7 @@ pub fn load_elements<'c, 'a>(
             n if n >= 4 => global_load_v4(e, at, ok)?.to_vec(),
             n => global_load_words_if(e, at, ok, n)?,
         };
-        for word in loaded {
-            match dtype {
-                DType::Bf16 => {
-                    // bf16 is the high half of an f32: element 2i in the low half of the word.
-                    let sixteen = e.int(32, 16)?;
-                    let low = e.shli(word, sixteen)?;
-                    values.push(e.bitcast(low, f32_type)?);
-                    let mask = e.int(32, 0xffff_0000u32 as i32 as i64)?;
-                    let high = e.andi(word, mask)?;
-                    values.push(e.bitcast(high, f32_type)?);
-                }
-                _ => values.push(e.bitcast(word, f32_type)?),
-            }
-        }
+        widen_words(e, &loaded, dtype, &mut values)?;
     }
     Ok(values)
 }

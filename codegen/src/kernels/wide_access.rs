@@ -111,27 +111,38 @@ pub fn load_f32s<'c, 'a>(
     dtype: DType,
     count: u64,
 ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
-    let f32_type = e.f32_type();
     let mut values = Vec::with_capacity(count as usize);
     for access in 0..count / per_access(dtype) {
         let offset = e.int(64, 16 * access as i64)?;
         let at = e.addi(address, offset)?;
-        for word in load_words(e, at)? {
-            match dtype {
-                DType::Bf16 => {
-                    // bf16 is the high half of an f32: element 2i in the low half of the word.
-                    let sixteen = e.int(32, 16)?;
-                    let low = e.shli(word, sixteen)?;
-                    values.push(e.bitcast(low, f32_type)?);
-                    let mask = e.int(32, 0xffff_0000u32 as i32 as i64)?;
-                    let high = e.andi(word, mask)?;
-                    values.push(e.bitcast(high, f32_type)?);
-                }
-                _ => values.push(e.bitcast(word, f32_type)?),
-            }
-        }
+        widen_words(e, &load_words(e, at)?, dtype, &mut values)?;
     }
     Ok(values)
+}
+
+/// Appends the f32 (or bf16) elements packed in `words` to `values`, widened to f32 (exactly).
+pub fn widen_words<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    words: &[Value<'c, 'a>],
+    dtype: DType,
+    values: &mut Vec<Value<'c, 'a>>,
+) -> Result<(), CodegenError> {
+    let f32_type = e.f32_type();
+    for &word in words {
+        match dtype {
+            DType::Bf16 => {
+                // bf16 is the high half of an f32: element 2i in the low half of the word.
+                let sixteen = e.int(32, 16)?;
+                let low = e.shli(word, sixteen)?;
+                values.push(e.bitcast(low, f32_type)?);
+                let mask = e.int(32, 0xffff_0000u32 as i32 as i64)?;
+                let high = e.andi(word, mask)?;
+                values.push(e.bitcast(high, f32_type)?);
+            }
+            _ => values.push(e.bitcast(word, f32_type)?),
+        }
+    }
+    Ok(())
 }
 
 /// Stores `values` (f32) rounded to `dtype` (f32 or bf16) at the 16-byte aligned address
