@@ -487,6 +487,52 @@ fn a_kernel_holding_its_reference_spec_reads_as_if_declared_flat() {
 }
 
 #[test]
+fn fused_attention_holds_the_reference_dims_nested_yet_reads_flat() {
+    // `FlashAttention` holds the reference's `AttentionDims`, which holds its `ScoreDims`
+    // (both flattened): the eight sizes read as if declared in place, in the canonical text
+    // and the manifest; MLA's RoPE pair, which the reference takes with its data, stays nested.
+    use crate::kernels::GpuKernel;
+    use crate::kernels::attention::HeadOperand;
+    use crate::kernels::flash_attention::{AttentionForm, FlashAttention};
+    use dsc_ir::DType;
+    use dsc_kernels::ops::{AttentionDims, ScoreDims};
+    let kernel = GpuKernel::FlashAttention(FlashAttention {
+        dims: AttentionDims {
+            scores: ScoreDims {
+                batch: 1,
+                q_len: 8,
+                kv_len: 16,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 32,
+            },
+            v_heads: 2,
+            v_dim: 24,
+        },
+        qk: DType::Bf16,
+        rope: Some(HeadOperand {
+            kv_heads: 1,
+            dim: 16,
+            dtype: DType::Bf16,
+        }),
+        values: DType::Bf16,
+        output: DType::Bf16,
+        scale: 0.5,
+        causal: true,
+        form: AttentionForm::MmaSync,
+    });
+    assert_eq!(
+        kernel.canonical(),
+        r#"attention(1,8,16,4,2,32,2,24,"bf16",(1,16,"bf16"),"bf16","bf16",0.5,true,MmaSync)"#
+    );
+    let attrs = kernel.attrs();
+    assert!(!attrs.contains_key("scores"), "{attrs:?}");
+    assert_eq!(attrs["head_dim"], serde_json::json!(32));
+    assert_eq!(attrs["v_dim"], serde_json::json!(24));
+    assert_eq!(attrs["rope"]["dim"], serde_json::json!(16));
+}
+
+#[test]
 fn moe_topk_is_built_from_and_gives_back_the_reference_spec() {
     use crate::kernels::GpuKernel;
     use crate::kernels::moe::MoeTopk;

@@ -41,18 +41,7 @@ fn check(spec: &FlashAttention, amplitude: f32) {
         .enumerate()
         .map(|(i, p)| bf16_values(p.len, i as u64 + 1, amplitude))
         .collect();
-    let dims = AttentionDims {
-        scores: ScoreDims {
-            batch: spec.batch as usize,
-            q_len: spec.q_len as usize,
-            kv_len: spec.kv_len as usize,
-            heads: spec.heads as usize,
-            kv_heads: spec.main.kv_heads as usize,
-            head_dim: spec.main.dim as usize,
-        },
-        v_heads: spec.v_heads as usize,
-        v_dim: spec.v_dim as usize,
-    };
+    let dims = spec.dims;
     let pe = spec.rope.map(|r| RopeOperands {
         q_pe: &inputs[3],
         k_pe: &inputs[4],
@@ -74,10 +63,10 @@ fn check(spec: &FlashAttention, amplitude: f32) {
         *x = from_bf16(to_bf16(*x));
     }
     let shape = vec![
-        spec.batch as usize,
-        spec.q_len as usize,
-        spec.heads as usize,
-        spec.v_dim as usize,
+        dims.scores.batch,
+        dims.scores.q_len,
+        dims.scores.heads,
+        dims.v_dim,
     ];
     let want = HostTensor {
         dtype: DType::Bf16,
@@ -118,7 +107,7 @@ fn check(spec: &FlashAttention, amplitude: f32) {
     }
 }
 
-fn operand(kv_heads: u64, dim: u64) -> HeadOperand {
+fn rope(kv_heads: u64, dim: u64) -> HeadOperand {
     HeadOperand {
         kv_heads,
         dim,
@@ -126,16 +115,31 @@ fn operand(kv_heads: u64, dim: u64) -> HeadOperand {
     }
 }
 
-fn gqa(q_len: u64, kv_len: u64, causal: bool) -> FlashAttention {
+/// q `[batch, q_len, heads, head_dim]`, k `[batch, kv_len, kv_heads, head_dim]`, v `[batch,
+/// kv_len, v_heads, v_dim]`.
+fn dims(
+    [batch, q_len, kv_len, heads, kv_heads, head_dim]: [usize; 6],
+    [v_heads, v_dim]: [usize; 2],
+) -> AttentionDims {
+    AttentionDims {
+        scores: ScoreDims {
+            batch,
+            q_len,
+            kv_len,
+            heads,
+            kv_heads,
+            head_dim,
+        },
+        v_heads,
+        v_dim,
+    }
+}
+
+fn gqa(q_len: usize, kv_len: usize, causal: bool) -> FlashAttention {
     FlashAttention {
-        batch: 2,
-        q_len,
-        kv_len,
-        heads: 4,
-        main: operand(2, 32),
+        dims: dims([2, q_len, kv_len, 4, 2, 32], [2, 24]),
+        qk: DType::Bf16,
         rope: None,
-        v_heads: 2,
-        v_dim: 24,
         values: DType::Bf16,
         output: DType::Bf16,
         scale: 0.2,
@@ -155,14 +159,9 @@ fn fused_attention_with_grouped_heads_and_ragged_lengths() {
 #[test]
 fn fused_attention_with_mla_shapes() {
     let mla = FlashAttention {
-        batch: 1,
-        q_len: 96,
-        kv_len: 150,
-        heads: 2,
-        main: operand(2, 32),
-        rope: Some(operand(1, 16)),
-        v_heads: 2,
-        v_dim: 32,
+        dims: dims([1, 96, 150, 2, 2, 32], [2, 32]),
+        qk: DType::Bf16,
+        rope: Some(rope(1, 16)),
         values: DType::Bf16,
         output: DType::Bf16,
         scale: 0.144,

@@ -6,7 +6,7 @@
 //! reads key head `h / (heads / kv_heads)`.
 
 use dsc_ir::DType;
-use dsc_kernels::ops::ValueDims;
+use dsc_kernels::ops::{ScoreDims, ValueDims};
 use melior::dialect::arith::CmpiPredicate;
 use melior::ir::Value;
 use serde::Serialize;
@@ -16,10 +16,11 @@ use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
 
-/// One `[batch, len, heads, dim]` operand of a score dot product.
+/// One `[batch, len, heads, dim]` operand pair of a score dot product: the main q/k pair (from
+/// [`ScoreDims`] and the specs' q/k dtype) or MLA's RoPE pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct HeadOperand {
-    /// Heads of the key side (the query side has `AttnScores::heads`).
+    /// Heads of the key side (the query side has [`ScoreDims::heads`]).
     pub kv_heads: u64,
     /// Dims per head.
     pub dim: u64,
@@ -30,17 +31,15 @@ pub struct HeadOperand {
 /// `scores[b, h, s, t]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttnScores {
-    /// Batch.
-    pub batch: u64,
-    /// Queries.
-    pub q_len: u64,
-    /// Keys.
-    pub kv_len: u64,
-    /// Query heads.
-    pub heads: u64,
-    /// The main q/k pair.
-    pub main: HeadOperand,
-    /// The RoPE pair (MLA), when present.
+    /// The sizes of q and k, as the CPU reference takes them (written in place: see
+    /// [`super::canonical`]).
+    #[serde(flatten)]
+    pub dims: ScoreDims,
+    /// Dtype of q and k.
+    pub qk: DType,
+    /// The RoPE pair (MLA), when present. Its heads and dims per head are not in
+    /// [`ScoreDims`]: the reference takes them with the pair's data
+    /// ([`dsc_kernels::ops::RopeOperands`]), so the spec keeps them here, with their dtype.
     pub rope: Option<HeadOperand>,
     /// Softmax scale.
     pub scale: f32,
@@ -54,25 +53,46 @@ impl AttnScores {
         "attn_scores"
     }
 
+    fn batch(&self) -> u64 {
+        self.dims.batch as u64
+    }
+
+    fn q_len(&self) -> u64 {
+        self.dims.q_len as u64
+    }
+
+    fn kv_len(&self) -> u64 {
+        self.dims.kv_len as u64
+    }
+
+    fn heads(&self) -> u64 {
+        self.dims.heads as u64
+    }
+
+    /// The main q/k pair.
+    fn main(&self) -> HeadOperand {
+        main_operand(&self.dims, self.qk)
+    }
+
     fn out_len(&self) -> u64 {
-        self.batch * self.heads * self.q_len * self.kv_len
+        self.batch() * self.heads() * self.q_len() * self.kv_len()
     }
 
     /// `(q, k, [q_pe, k_pe,] scores)`.
     pub fn params(&self) -> Vec<Param> {
         let mut params = Vec::new();
         let pairs =
-            std::iter::once(("q", "k", self.main)).chain(self.rope.map(|r| ("q_pe", "k_pe", r)));
+            std::iter::once(("q", "k", self.main())).chain(self.rope.map(|r| ("q_pe", "k_pe", r)));
         for (q, k, operand) in pairs {
             params.push(Param::new(
                 q,
                 operand.dtype,
-                self.batch * self.q_len * self.heads * operand.dim,
+                self.batch() * self.q_len() * self.heads() * operand.dim,
             ));
             params.push(Param::new(
                 k,
                 operand.dtype,
-                self.batch * self.kv_len * operand.kv_heads * operand.dim,
+                self.batch() * self.kv_len() * operand.kv_heads * operand.dim,
             ));
         }
         params.push(Param::new("scores", DType::F32, self.out_len()));
@@ -93,9 +113,12 @@ impl AttnScores {
             self.out_len(),
             |e, args, i| {
                 let out = *args.last().expect("scores");
-                let [b, h, s, t] =
-                    unflatten(&e, i, [self.batch, self.heads, self.q_len, self.kv_len])?;
-                let offset = e.index(self.kv_len.saturating_sub(self.q_len) as i64)?;
+                let [b, h, s, t] = unflatten(
+                    &e,
+                    i,
+                    [self.batch(), self.heads(), self.q_len(), self.kv_len()],
+                )?;
+                let offset = e.index(self.kv_len().saturating_sub(self.q_len()) as i64)?;
                 let last_key = e.addi(s, offset)?;
                 let visible = if self.causal {
                     e.cmpi(CmpiPredicate::Ule, t, last_key)?
@@ -107,16 +130,16 @@ impl AttnScores {
                 e.if_then(visible, |e| {
                     let zero = e.f32(0.0)?;
                     let acc = e.cell(zero)?;
-                    let pairs = std::iter::once(self.main).chain(self.rope);
+                    let pairs = std::iter::once(self.main()).chain(self.rope);
                     for (pair, operand) in pairs.enumerate() {
                         let (q, k) = (args[2 * pair], args[2 * pair + 1]);
-                        let group = self.heads / operand.kv_heads.max(1);
+                        let group = self.heads() / operand.kv_heads.max(1);
                         let dim = e.index(operand.dim as i64)?;
-                        let q_row = row_index(&e, b, s, h, self.q_len, self.heads)?;
+                        let q_row = row_index(&e, b, s, h, self.q_len(), self.heads())?;
                         let q_base = e.muli(q_row, dim)?;
                         let group_v = e.index(group as i64)?;
                         let kh = e.divui(h, group_v)?;
-                        let k_row = row_index(&e, b, t, kh, self.kv_len, operand.kv_heads)?;
+                        let k_row = row_index(&e, b, t, kh, self.kv_len(), operand.kv_heads)?;
                         let k_base = e.muli(k_row, dim)?;
                         let part_cell = e.cell(zero)?;
                         e.for_const(0, operand.dim as i64, 1, |e, d| {
@@ -283,4 +306,13 @@ pub(crate) fn unflatten<'c, 'a>(
     }
     out[0] = rest;
     Ok(out)
+}
+
+/// The main q/k pair of scores of these sizes, q and k in `dtype`.
+pub(super) fn main_operand(dims: &ScoreDims, dtype: DType) -> HeadOperand {
+    HeadOperand {
+        kv_heads: dims.kv_heads as u64,
+        dim: dims.head_dim as u64,
+        dtype,
+    }
 }

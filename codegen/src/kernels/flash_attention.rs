@@ -17,11 +17,12 @@
 //! padded by 8 elements so that the fragment reads (8 rows × 4 words per warp) hit 32 banks.
 
 use dsc_ir::DType;
+use dsc_kernels::ops::AttentionDims;
 use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
 use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
-use super::attention::{HeadOperand, row_index};
+use super::attention::{HeadOperand, main_operand, row_index};
 use super::flash_attention_wgmma as wgmma;
 use super::mma::{mma, pack_k};
 use super::vector_access::{
@@ -55,22 +56,16 @@ pub enum AttentionForm {
 /// `out[b, s, h, :] = softmax_t(scores[b, h, s, t]) · v[b, t, h / group, :]`, fused.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlashAttention {
-    /// Batch.
-    pub batch: u64,
-    /// Queries.
-    pub q_len: u64,
-    /// Keys.
-    pub kv_len: u64,
-    /// Query heads.
-    pub heads: u64,
-    /// The main q/k pair.
-    pub main: HeadOperand,
-    /// The RoPE pair (MLA), when present.
+    /// The sizes of q, k and v, as the CPU reference takes them (written in place: see
+    /// [`super::canonical`]).
+    #[serde(flatten)]
+    pub dims: AttentionDims,
+    /// Dtype of q and k.
+    pub qk: DType,
+    /// The RoPE pair (MLA), when present. Its heads and dims per head are not in
+    /// [`AttentionDims`]: the reference takes them with the pair's data
+    /// ([`dsc_kernels::ops::RopeOperands`]), so the spec keeps them here, with their dtype.
     pub rope: Option<HeadOperand>,
-    /// Value heads.
-    pub v_heads: u64,
-    /// Dims per value head.
-    pub v_dim: u64,
     /// Values' dtype.
     pub values: DType,
     /// Output dtype.
@@ -89,10 +84,40 @@ impl FlashAttention {
         "attention"
     }
 
+    fn batch(&self) -> u64 {
+        self.dims.scores.batch as u64
+    }
+
+    fn q_len(&self) -> u64 {
+        self.dims.scores.q_len as u64
+    }
+
+    fn kv_len(&self) -> u64 {
+        self.dims.scores.kv_len as u64
+    }
+
+    fn heads(&self) -> u64 {
+        self.dims.scores.heads as u64
+    }
+
+    /// The main q/k pair.
+    fn main(&self) -> HeadOperand {
+        main_operand(&self.dims.scores, self.qk)
+    }
+
+    fn v_heads(&self) -> u64 {
+        self.dims.v_heads as u64
+    }
+
+    /// Dims per value head.
+    pub(super) fn v_dim(&self) -> u64 {
+        self.dims.v_dim as u64
+    }
+
     /// Whether these shapes have the tensor-core form: BF16 operands and the head dims of
     /// [`dsc_kernels::ops::attention_fusable`].
     pub fn supported(&self) -> Result<(), String> {
-        let operands = std::iter::once(self.main).chain(self.rope);
+        let operands = std::iter::once(self.main()).chain(self.rope);
         if operands
             .map(|o| o.dtype)
             .chain([self.values])
@@ -101,9 +126,9 @@ impl FlashAttention {
             return Err("fused attention reads bf16 q, k and v".into());
         }
         dsc_kernels::ops::attention_fusable(
-            self.main.dim as usize,
+            self.main().dim as usize,
             self.rope_dim() as usize,
-            self.v_dim as usize,
+            self.v_dim() as usize,
         )
     }
 
@@ -113,7 +138,7 @@ impl FlashAttention {
 
     /// Score dims (main + RoPE) in whole MMA steps.
     pub(crate) fn qk_padded(&self) -> u64 {
-        (self.main.dim + self.rope_dim()).div_ceil(16) * 16
+        (self.main().dim + self.rope_dim()).div_ceil(16) * 16
     }
 
     /// Elements per K row in shared memory.
@@ -123,7 +148,7 @@ impl FlashAttention {
 
     /// Elements per row (one key) of the V tile.
     fn v_stride(&self) -> u64 {
-        self.v_dim + PAD
+        self.v_dim() + PAD
     }
 
     fn k_tile_bytes(&self) -> u64 {
@@ -137,38 +162,38 @@ impl FlashAttention {
     pub fn shared_bytes(&self) -> u64 {
         match self.form {
             AttentionForm::MmaSync => dsc_kernels::ops::attention_shared_bytes(
-                (self.main.dim + self.rope_dim()) as usize,
-                self.v_dim as usize,
+                (self.main().dim + self.rope_dim()) as usize,
+                self.v_dim() as usize,
             ) as u64,
             AttentionForm::Wgmma => wgmma::shared_bytes(self),
         }
     }
 
     fn q_blocks(&self) -> u64 {
-        self.q_len.div_ceil(BLOCK_Q)
+        self.q_len().div_ceil(BLOCK_Q)
     }
 
     fn out_len(&self) -> u64 {
-        self.batch * self.q_len * self.heads * self.v_dim
+        self.batch() * self.q_len() * self.heads() * self.v_dim()
     }
 
     /// `(q, k, v, [q_pe, k_pe,] out)`.
     pub fn params(&self) -> Vec<Param> {
         let side = |name, len, o: HeadOperand, heads| {
-            Param::new(name, o.dtype, self.batch * len * heads * o.dim)
+            Param::new(name, o.dtype, self.batch() * len * heads * o.dim)
         };
         let mut params = vec![
-            side("q", self.q_len, self.main, self.heads),
-            side("k", self.kv_len, self.main, self.main.kv_heads),
+            side("q", self.q_len(), self.main(), self.heads()),
+            side("k", self.kv_len(), self.main(), self.main().kv_heads),
             Param::new(
                 "v",
                 self.values,
-                self.batch * self.kv_len * self.v_heads * self.v_dim,
+                self.batch() * self.kv_len() * self.v_heads() * self.v_dim(),
             ),
         ];
         if let Some(r) = self.rope {
-            params.push(side("q_pe", self.q_len, r, self.heads));
-            params.push(side("k_pe", self.kv_len, r, r.kv_heads));
+            params.push(side("q_pe", self.q_len(), r, self.heads()));
+            params.push(side("k_pe", self.kv_len(), r, r.kv_heads));
         }
         params.push(Param::new("out", self.output, self.out_len()));
         params
@@ -176,7 +201,7 @@ impl FlashAttention {
 
     /// One block per 64 queries of one (batch, head).
     pub fn launch(&self) -> Launch {
-        Launch::blocks(self.batch * self.heads * self.q_blocks(), THREADS)
+        Launch::blocks(self.batch() * self.heads() * self.q_blocks(), THREADS)
     }
 
     /// Builds the kernel.
@@ -248,18 +273,18 @@ impl FlashAttention {
         };
 
         // Q's A fragments, once: chunk c of 16 score dims, registers as in `linear_mma`.
-        let q_len = e.index(self.q_len as i64)?;
+        let q_len = e.index(self.q_len() as i64)?;
         let rows = at.rows;
         let real = [e.lt(rows[0], q_len)?, e.lt(rows[1], q_len)?];
         let two = e.index(2)?;
         let q2 = e.muli(at.quad, two)?;
         let mut q_frags = Vec::new();
         for c in 0..self.qk_padded() / 16 {
-            let (matrix, dim, col) = if 16 * c < self.main.dim {
-                (ops.q, self.main.dim, 16 * c)
+            let (matrix, dim, col) = if 16 * c < self.main().dim {
+                (ops.q, self.main().dim, 16 * c)
             } else {
                 let (q_pe, _) = ops.pe.expect("score dims past the head dim are RoPE dims");
-                (q_pe, self.rope_dim(), 16 * c - self.main.dim)
+                (q_pe, self.rope_dim(), 16 * c - self.main().dim)
             };
             let col = e.index(col as i64)?;
             let low = e.addi(col, q2)?;
@@ -269,7 +294,7 @@ impl FlashAttention {
             for (&row, &ok) in rows.iter().zip(&real) {
                 let zero = e.index(0)?;
                 let row = e.select(ok, row, zero)?;
-                let r = row_index(e, b, row, h, self.q_len, self.heads)?;
+                let r = row_index(e, b, row, h, self.q_len(), self.heads())?;
                 base.push(e.muli(r, e.index(dim as i64)?)?);
             }
             let pack = |row: usize, k| pack_k(e, matrix, base[row], real[row], k, dim, 16);
@@ -279,7 +304,7 @@ impl FlashAttention {
         let zero = e.f32(0.0)?;
         let zero_i32 = e.int(32, 0)?;
         let neg_inf = e.f32(f32::NEG_INFINITY)?;
-        let n_tiles_v = self.v_dim / 8;
+        let n_tiles_v = self.v_dim() / 8;
         let o: Vec<[Value; 4]> = (0..n_tiles_v)
             .map(|_| Ok([e.cell(zero)?, e.cell(zero)?, e.cell(zero)?, e.cell(zero)?]))
             .collect::<Result<_, CodegenError>>()?;
@@ -288,15 +313,15 @@ impl FlashAttention {
 
         // Key tiles this block reads: all, or (causal) up to its last query's position.
         let tiles = if self.causal {
-            let offset = self.kv_len.saturating_sub(self.q_len) + BLOCK_Q;
+            let offset = self.kv_len().saturating_sub(self.q_len()) + BLOCK_Q;
             let block_q = e.index(BLOCK_Q as i64)?;
             let end = e.muli(qb, block_q)?;
             let end = e.addi(end, e.index(offset as i64)?)?;
-            let end = e.minui(end, e.index(self.kv_len as i64)?)?;
+            let end = e.minui(end, e.index(self.kv_len() as i64)?)?;
             let end = e.addi(end, e.index(KV_TILE as i64 - 1)?)?;
             e.divui(end, e.index(KV_TILE as i64)?)?
         } else {
-            e.index(self.kv_len.div_ceil(KV_TILE) as i64)?
+            e.index(self.kv_len().div_ceil(KV_TILE) as i64)?
         };
         let start = e.index(0)?;
         let one = e.index(1)?;
@@ -330,8 +355,8 @@ impl FlashAttention {
             // t0 + 8nt + 2q + i % 2 of row i / 2, visible when that is below the row's limit.
             let i32_type = e.int_type(32);
             let t_lane = e.addi(t0, q2)?;
-            let kv_len = e.index(self.kv_len as i64)?;
-            let offset = e.index((self.kv_len.saturating_sub(self.q_len) + 1) as i64)?;
+            let kv_len = e.index(self.kv_len() as i64)?;
+            let offset = e.index((self.kv_len().saturating_sub(self.q_len()) + 1) as i64)?;
             let mut limit = [zero_i32; 2];
             for (r, limit) in limit.iter_mut().enumerate() {
                 let end = if self.causal {
@@ -448,7 +473,7 @@ impl FlashAttention {
             }
             inv[r] = total;
         }
-        let v_dim = e.index(self.v_dim as i64)?;
+        let v_dim = e.index(self.v_dim() as i64)?;
         for (nt, cells) in o.iter().enumerate() {
             for (i, &cell) in cells.iter().enumerate() {
                 let r = i / 2;
@@ -458,7 +483,7 @@ impl FlashAttention {
                 let y = e.select(has_keys, y, zero)?;
                 let y = e.round_to(y, self.output)?;
                 e.if_then(real[r], |e| {
-                    let row = row_index(&e, b, rows[r], h, self.q_len, self.heads)?;
+                    let row = row_index(&e, b, rows[r], h, self.q_len(), self.heads())?;
                     let col = e.index((8 * nt + i % 2) as i64)?;
                     let col = e.addi(col, q2)?;
                     let at = e.muli(row, v_dim)?;
@@ -483,12 +508,12 @@ impl FlashAttention {
         k_smem: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
         let lane = StageLane::new(e, at.tid, self.qk_padded() / 8)?;
-        let main_chunks = self.main.dim / 8;
+        let main_chunks = self.main().dim / 8;
         let main_chunks_v = e.index(main_chunks as i64)?;
         let is_main = e.lt(lane.c, main_chunks_v)?;
         let row = e.addi(t0, lane.r0)?;
-        let main_at = self.chunk_address(e, ops.k, at, row, at.kh, self.main, lane.c)?;
-        let main_row = self.main.kv_heads * self.main.dim * 2;
+        let main_at = self.chunk_address(e, ops.k, at, row, at.kh, self.main(), lane.c)?;
+        let main_row = self.main().kv_heads * self.main().dim * 2;
         let (source, row_bytes, in_dims) = match (self.rope, ops.pe) {
             (Some(r), Some((_, k_pe))) => {
                 let zero = e.index(0)?;
@@ -531,7 +556,7 @@ impl FlashAttention {
         in_dims: Option<Value<'c, '_>>,
         tile: Tile<'c, '_>,
     ) -> Result<(), CodegenError> {
-        let kv_len = e.index(self.kv_len as i64)?;
+        let kv_len = e.index(self.kv_len() as i64)?;
         for step in 0..KV_TILE.div_ceil(lane.rows_per_step) {
             let rows = step * lane.rows_per_step;
             let r = e.addi(lane.r0, e.index(rows as i64)?)?;
@@ -573,7 +598,7 @@ impl FlashAttention {
         operand: HeadOperand,
         c: Value<'c, '_>,
     ) -> Emitted<'c, 'a> {
-        let row = row_index(e, at.b, t, head, self.kv_len, operand.kv_heads)?;
+        let row = row_index(e, at.b, t, head, self.kv_len(), operand.kv_heads)?;
         let element = e.muli(row, e.index(operand.dim as i64)?)?;
         let c8 = e.muli(c, e.index(8)?)?;
         let element = e.addi(element, c8)?;
@@ -593,15 +618,15 @@ impl FlashAttention {
         t0: Value<'c, '_>,
         v_smem: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
-        let lane = StageLane::new(e, at.tid, self.v_dim / 8)?;
+        let lane = StageLane::new(e, at.tid, self.v_dim() / 8)?;
         let values = HeadOperand {
-            kv_heads: self.v_heads,
-            dim: self.v_dim,
+            kv_heads: self.v_heads(),
+            dim: self.v_dim(),
             dtype: self.values,
         };
         let row = e.addi(t0, lane.r0)?;
         let source = self.chunk_address(e, ops.v, at, row, at.vh, values, lane.c)?;
-        let row_bytes = e.int(64, (self.v_heads * self.v_dim * 2) as i64)?;
+        let row_bytes = e.int(64, (self.v_heads() * self.v_dim() * 2) as i64)?;
         let eight_c = e.muli(lane.c, e.index(8)?)?;
         let place = lane.place(e, v_smem, self.v_stride(), lane.r0, eight_c)?;
         let tile = Tile {
@@ -696,21 +721,21 @@ struct Place<'c, 'a> {
 impl<'c, 'a> Place<'c, 'a> {
     fn new(spec: &FlashAttention, e: &Emit<'c, 'a>) -> Result<Self, CodegenError> {
         let block = e.block_index(Dimension::X)?;
-        let bh_count = e.index((spec.batch * spec.heads) as i64)?;
+        let bh_count = e.index((spec.batch() * spec.heads()) as i64)?;
         let bh = e.remui(block, bh_count)?;
         let late_first = e.divui(block, bh_count)?;
         let last = e.index(spec.q_blocks().max(1) as i64 - 1)?;
         let qb = e.subi(last, late_first)?;
-        let heads = e.index(spec.heads as i64)?;
+        let heads = e.index(spec.heads() as i64)?;
         let b = e.divui(bh, heads)?;
         let h = e.remui(bh, heads)?;
         let head_of = |kv_heads: u64| -> Emitted<'c, 'a> {
-            let group = e.index((spec.heads / kv_heads.max(1)).max(1) as i64)?;
+            let group = e.index((spec.heads() / kv_heads.max(1)).max(1) as i64)?;
             e.divui(h, group)
         };
-        let kh = head_of(spec.main.kv_heads)?;
+        let kh = head_of(spec.main().kv_heads)?;
         let kh_pe = head_of(spec.rope.map_or(1, |r| r.kv_heads))?;
-        let vh = head_of(spec.v_heads)?;
+        let vh = head_of(spec.v_heads())?;
         let tid = e.thread_x()?;
         let thirty_two = e.index(32)?;
         let warp = e.divui(tid, thirty_two)?;

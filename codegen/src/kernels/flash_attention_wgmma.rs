@@ -43,7 +43,7 @@ pub fn k_tile_bytes(spec: &FlashAttention) -> u64 {
 
 /// Shared bytes: room to align, the K tile and the V tile.
 pub fn shared_bytes(spec: &FlashAttention) -> u64 {
-    ATOM + k_tile_bytes(spec) + PANEL_BYTES * panels(spec.v_dim)
+    ATOM + k_tile_bytes(spec) + PANEL_BYTES * panels(spec.v_dim())
 }
 
 /// The shared address of 16-byte chunk `c` (an index) of row `r` (an index) of a swizzled
@@ -109,7 +109,7 @@ pub fn values<'c, 'a>(
         let offset = step as u64 * 2 * ATOM;
         let start = e.addi(v_tile, e.int(32, offset as i64)?)?;
         let b = descriptor(e, start, PANEL_BYTES, ATOM)?;
-        d = wgmma(e, spec.v_dim, AOperand::Registers(*a), b, Some(&d), true)?;
+        d = wgmma(e, spec.v_dim(), AOperand::Registers(*a), b, Some(&d), true)?;
     }
     let d = wait(e, &d)?;
     Ok(d.chunks(4).map(|r| [r[0], r[1], r[2], r[3]]).collect())

@@ -312,7 +312,6 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         OpKind::AttnScores | OpKind::Attention => {
             // The score side: q, k and the optional q_pe, k_pe (after v in `attention`).
             let s = op.score_operands().map_err(named)?;
-            let sd = ScoreDims::from_shapes(&ty(s.q).shape, &ty(s.k).shape).map_err(sizes)?;
             let rope = match s.pe() {
                 Some((q_pe, k_pe)) => {
                     let (kv_heads, dim) = rope_pe_dims(&ty(k_pe).shape).map_err(sizes)?;
@@ -329,11 +328,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             {
                 return Err(fail("q and k must share a dtype".into()));
             }
-            let main = HeadOperand {
-                kv_heads: sd.kv_heads as u64,
-                dim: sd.head_dim as u64,
-                dtype: ty(s.q).dtype,
-            };
+            let qk = ty(s.q).dtype;
             let scale = op
                 .attrs
                 .float("scale")
@@ -341,30 +336,20 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             let causal = op.attrs.bool("causal").unwrap_or(false);
             if op.kind == OpKind::AttnScores {
                 GpuKernel::AttnScores(AttnScores {
-                    batch: sd.batch as u64,
-                    q_len: sd.q_len as u64,
-                    kv_len: sd.kv_len as u64,
-                    heads: sd.heads as u64,
-                    main,
+                    dims: ScoreDims::from_shapes(&ty(s.q).shape, &ty(s.k).shape).map_err(sizes)?,
+                    qk,
                     rope,
                     scale,
                     causal,
                 })
             } else {
-                let v_id = op.attention_operands().map_err(named)?.v;
-                let ad =
-                    AttentionDims::from_shapes(&ty(s.q).shape, &ty(s.k).shape, &ty(v_id).shape)
-                        .map_err(sizes)?;
+                let v = op.attention_operands().map_err(named)?.v;
                 let fused = FlashAttention {
-                    batch: sd.batch as u64,
-                    q_len: sd.q_len as u64,
-                    kv_len: sd.kv_len as u64,
-                    heads: sd.heads as u64,
-                    main,
+                    dims: AttentionDims::from_shapes(&ty(s.q).shape, &ty(s.k).shape, &ty(v).shape)
+                        .map_err(sizes)?,
+                    qk,
                     rope,
-                    v_heads: ad.v_heads as u64,
-                    v_dim: ad.v_dim as u64,
-                    values: ty(v_id).dtype,
+                    values: ty(v).dtype,
                     output: ty(result(0)).dtype,
                     scale,
                     causal,

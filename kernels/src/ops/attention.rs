@@ -9,8 +9,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 /// Sizes of `attn_scores`: q `[batch, q_len, heads, head_dim]`, k `[batch, kv_len, kv_heads,
-/// head_dim]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// head_dim]`. The GPU kernels' specs (scores, fused attention) hold them as they are
+/// (`Serialize` gives them their manifest attributes and canonical text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct ScoreDims {
     pub batch: usize,
     pub q_len: usize,
@@ -279,9 +280,11 @@ pub fn attention_fusable(head_dim: usize, rope_dim: usize, v_dim: usize) -> Resu
 }
 
 /// Sizes of fused [`attention`]: the score side as in [`ScoreDims`], and v `[batch, kv_len,
-/// v_heads, v_dim]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// v_heads, v_dim]`. Serialized flat (the score sizes in place), as the GPU kernel's spec
+/// writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct AttentionDims {
+    #[serde(flatten)]
     pub scores: ScoreDims,
     pub v_heads: usize,
     pub v_dim: usize,
