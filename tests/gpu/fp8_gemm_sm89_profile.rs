@@ -19,8 +19,6 @@ use dsc_emulator::{
 use dsc_ir::DType;
 use dsc_kernels::rng::SplitMix64;
 use dsc_kernels::{Accumulator, BlockGemmConfig, Fp8Format, Fp8Operand, GemmDims, fp8_block_gemm};
-use dsc_runtime::inputs::random_inputs;
-use dsc_runtime::{Artifact, Backend, EmuBackend, EmuOptions, random_weights};
 
 /// Random FP8 codes without NaNs (E4M3's S.1111.111; E5M2's exponent 11111 is Inf/NaN).
 fn codes(rng: &mut SplitMix64, n: usize, format: DType) -> Vec<u8> {
