@@ -104,9 +104,25 @@ impl RmsNorm {
         self.quant.is_some() && self.dim <= ROW_IN_SHARED
     }
 
-    /// One block of [`THREADS`] per row.
+    /// One block per row: of [`THREADS`], or in the register form of the row's chunks rounded
+    /// up to whole warps when fewer (a 512-wide bf16 row is 64 chunks: two warps, not eight
+    /// mostly idle ones).
     pub fn launch(&self) -> Launch {
-        Launch::blocks(self.rows, THREADS)
+        Launch::blocks(self.rows, self.threads())
+    }
+
+    /// Threads per block.
+    fn threads(&self) -> u32 {
+        match self.chunks() {
+            Some(chunks) => {
+                let warps = chunks
+                    .per_row(self.dim)
+                    .div_ceil(32)
+                    .min(u64::from(THREADS / 32));
+                32 * warps as u32
+            }
+            None => THREADS,
+        }
     }
 
     /// Builds the kernel.
@@ -200,11 +216,11 @@ impl RmsNorm {
         })
     }
 
-    /// The register form: thread `t` holds chunks `t`, `t + THREADS`, … of the row (read
-    /// once, 16 bytes at a time), sums their squares, and after the block's reduction
-    /// normalizes, weights and stores or quantizes them; a quantization group is `lanes`
-    /// consecutive threads (`THREADS` is a multiple of it, so chunk `k`'s place in its group
-    /// is `t % lanes`).
+    /// The register form: with `T` threads (whole warps), thread `t` holds chunks `t`,
+    /// `t + T`, … of the row (read once, 16 bytes at a time), sums their squares, and after the
+    /// block's reduction normalizes, weights and stores or quantizes them; a quantization group
+    /// is `lanes` consecutive threads (a warp is a multiple of it, so chunk `k`'s place in its
+    /// group is `t % lanes`).
     fn build_in_registers(
         &self,
         chunks: RowChunks,
@@ -214,8 +230,10 @@ impl RmsNorm {
         let context = module.context();
         let types = param_types(context, &self.params());
         let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
+        let threads = self.threads();
+        let warps = i64::from(threads / 32);
         let partials_type: Type<'_> =
-            MemRefType::new(Type::float32(context), &[WARPS], None, workgroup).into();
+            MemRefType::new(Type::float32(context), &[warps], None, workgroup).into();
         let n_args = types.len();
         module.add_kernel_with_shared(entry, &types, &[partials_type], |block, location| {
             let e = Emit::new(context, block, location);
@@ -230,8 +248,8 @@ impl RmsNorm {
 
             // (offset in the row, whether the chunk is in it, its x values).
             let mut held = Vec::new();
-            for c in 0..chunks.per_row(self.dim).div_ceil(u64::from(THREADS)) {
-                let k = e.addi(tid, e.index((c * u64::from(THREADS)) as i64)?)?;
+            for c in 0..chunks.per_row(self.dim).div_ceil(u64::from(threads)) {
+                let k = e.addi(tid, e.index((c * u64::from(threads)) as i64)?)?;
                 let within = e.muli(k, e.index(per_chunk as i64)?)?;
                 let ok = e.lt(within, dim)?;
                 let first = e.addi(base, within)?;
@@ -245,7 +263,7 @@ impl RmsNorm {
                     own = e.addf(own, vv)?;
                 }
             }
-            let total = block_reduce(&e, own, Reduction::Sum, tid, partials)?;
+            let total = block_reduce_warps(&e, own, Reduction::Sum, tid, partials, warps)?;
             let inv = self.inverse_rms(&e, total)?;
 
             let normalized = if self.quant.is_some() {
@@ -319,6 +337,18 @@ pub(crate) fn block_reduce<'c, 'a>(
     tid: Value<'c, 'a>,
     partials: Value<'c, '_>,
 ) -> Emitted<'c, 'a> {
+    block_reduce_warps(e, own, op, tid, partials, WARPS)
+}
+
+/// [`block_reduce`] over a block of `warps` warps.
+fn block_reduce_warps<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    own: Value<'c, 'a>,
+    op: Reduction,
+    tid: Value<'c, 'a>,
+    partials: Value<'c, '_>,
+    warps: i64,
+) -> Emitted<'c, 'a> {
     let warp_total = e.warp_reduce(own, op)?;
     let thirty_two = e.index(32)?;
     let lane = e.remui(tid, thirty_two)?;
@@ -331,7 +361,7 @@ pub(crate) fn block_reduce<'c, 'a>(
     })?;
     e.barrier();
     let mut total = e.load(partials, zero_index)?;
-    for w in 1..WARPS {
+    for w in 1..warps {
         let at = e.index(w)?;
         let part = e.load(partials, at)?;
         total = e.combine(op, total, part)?;
