@@ -1,4 +1,5 @@
-//! `embedding`: `out[t, :] = table[ids[t], :]`, one output element per thread.
+//! `embedding`: `out[t, :] = table[ids[t], :]`: one 16-byte chunk of a row per thread where rows
+//! split into whole chunks ([`super::row_chunks`]), else one output element per thread.
 //!
 //! Ids are checked against the vocabulary by the runtime before upload (the CPU reference
 //! rejects an out-of-range id with an error); the kernel still never reads outside the table:
@@ -7,6 +8,7 @@
 use dsc_ir::DType;
 use serde::Serialize;
 
+use super::row_chunks::{RowChunks, load_elements, store_elements};
 use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -41,13 +43,26 @@ impl Embedding {
         ]
     }
 
-    /// One thread per output element.
+    /// The chunk form's layout: rows in whole 16-byte chunks of the table, stored as f32 or
+    /// bf16.
+    fn chunks(&self) -> Option<RowChunks> {
+        let chunks = RowChunks::for_rows(self.dim, self.table)?;
+        matches!(self.output, DType::F32 | DType::Bf16).then_some(chunks)
+    }
+
+    /// One thread per 16-byte chunk of a row, else per output element.
     pub fn launch(&self) -> Launch {
-        Launch::per_element(self.tokens * self.dim)
+        match self.chunks() {
+            Some(chunks) => Launch::per_element(self.tokens * chunks.per_row(self.dim)),
+            None => Launch::per_element(self.tokens * self.dim),
+        }
     }
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        if let Some(chunks) = self.chunks() {
+            return self.build_chunked(chunks, module, entry);
+        }
         add_per_element_kernel(
             module,
             entry,
@@ -71,6 +86,38 @@ impl Embedding {
                 let value = e.round_to(value, self.output)?;
                 e.store(value, out, i);
                 Ok(())
+            },
+        )
+    }
+
+    /// The chunk form: thread `i` copies chunk `i % per_row` of row `i / per_row`, read (zeros
+    /// for an id outside the table) and written 16 bytes at a time.
+    fn build_chunked(
+        &self,
+        chunks: RowChunks,
+        module: &KernelModule<'_>,
+        entry: &str,
+    ) -> Result<(), CodegenError> {
+        let per_row = chunks.per_row(self.dim);
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.tokens * per_row,
+            |e, args, i| {
+                let (ids, table, out) = (args[0], args[1], args[2]);
+                let per_row = e.index(per_row as i64)?;
+                let t = e.divui(i, per_row)?;
+                let c = e.remui(i, per_row)?;
+                let id = e.load(ids, t)?;
+                let (row, valid) = e.checked_index(id, self.vocab as i64)?;
+                let dim = e.index(self.dim as i64)?;
+                let offset = e.muli(c, e.index(chunks.per_chunk as i64)?)?;
+                let source = e.addi(e.muli(row, dim)?, offset)?;
+                let values = load_elements(&e, table, self.table, source, chunks.per_chunk, valid)?;
+                let destination = e.addi(e.muli(t, dim)?, offset)?;
+                let always = e.int(1, 1)?;
+                store_elements(&e, &values, out, self.output, destination, always)
             },
         )
     }
