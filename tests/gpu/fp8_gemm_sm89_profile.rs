@@ -301,18 +301,7 @@ fn sm89_grouped_fp8_gemms_gather_rows_without_bank_conflicts() {
 /// The tile heuristic on the dense shapes it is documented with reaches the kernel's form.
 #[test]
 fn the_sm89_tiles_come_from_the_wave_heuristic() {
-    let gemm = |rows, n, k| Fp8Gemm {
-        rows,
-        n,
-        k,
-        act_tile: 128,
-        weight_block: 128,
-        promote_interval: 128,
-        format: DType::F8E4M3,
-        output: DType::Bf16,
-        grouped: None,
-        form: GemmForm::MmaSync,
-    };
+    let gemm = |rows, n, k| Fp8Gemm::recipe(rows, n, k, GemmForm::MmaSync);
     let t = tiles_for(&gemm(4096, 7168, 16384));
     assert_eq!((t.block_m, t.block_n, t.stages), (128, 128, 3));
     let t = tiles_for(&gemm(64, 2112, 7168));

@@ -98,6 +98,24 @@ pub struct Fp8Gemm {
 }
 
 impl Fp8Gemm {
+    /// A dense `rows × n × k` GEMM in DeepSeek-V3's recipe (1×128 activation tiles, 128×128
+    /// weight blocks, promotion every 128 of K, E4M3, BF16 output) of `form`: the shape the
+    /// tile heuristics are documented and tested with.
+    pub fn recipe(rows: u64, n: u64, k: u64, form: GemmForm) -> Self {
+        Fp8Gemm {
+            rows,
+            n,
+            k,
+            act_tile: 128,
+            weight_block: 128,
+            promote_interval: 128,
+            format: DType::F8E4M3,
+            output: DType::Bf16,
+            grouped: None,
+            form,
+        }
+    }
+
     /// Spec name.
     pub fn spec(&self) -> &'static str {
         "fp8_gemm"

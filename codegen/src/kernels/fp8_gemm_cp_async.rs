@@ -845,18 +845,7 @@ mod tests {
     use super::*;
 
     fn dense(rows: u64, n: u64, k: u64) -> Fp8Gemm {
-        Fp8Gemm {
-            rows,
-            n,
-            k,
-            act_tile: 128,
-            weight_block: 128,
-            promote_interval: 128,
-            format: DType::F8E4M3,
-            output: DType::Bf16,
-            grouped: None,
-            form: GemmForm::MmaSync,
-        }
+        Fp8Gemm::recipe(rows, n, k, GemmForm::MmaSync)
     }
 
     fn shape(t: CpAsyncTiles) -> (u64, u64) {
