@@ -22,23 +22,17 @@
 //! but `dce` is not needed either).
 
 use crate::names::NameSet;
-use crate::train_step::LOSS_OUTPUT;
+use crate::train_step::loss_op;
 use crate::{PassError, PassOptions};
-use dsc_ir::infer::infer;
-use dsc_ir::{
-    Attr, Attrs, DType, Graph, Op, OpKind, Precision, Role, TensorType, ValueDef, ValueId,
-};
+use dsc_ir::infer::add_inferred_results;
+use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Precision, Role, ValueDef, ValueId};
 use std::collections::{BTreeMap, HashMap};
 
 const PASS: &str = "cache-swiglu-inputs";
 
 /// Caches the MoE SwiGLU inputs the backward reads in FP8 (see the module docs).
 pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
-    let Some(loss_at) = graph
-        .ops
-        .iter()
-        .position(|op| op.kind == OpKind::CrossEntropy && graph.name(op.results[0]) == LOSS_OUTPUT)
-    else {
+    let Some(loss_at) = loss_op(graph) else {
         return Ok(());
     };
     let defs = graph.defs();
@@ -156,22 +150,11 @@ fn new_op(
     attrs: Attrs,
     names: &[String],
 ) -> Result<Op, PassError> {
-    let ins: Vec<&TensorType> = operands.iter().map(|&v| graph.ty(v)).collect();
-    let inferred = infer(kind, &attrs, &ins).map_err(|message| PassError::Failed {
-        pass: PASS,
-        message: format!("{kind}: {message}"),
-    })?;
-    let results = inferred
-        .into_iter()
-        .zip(names)
-        .map(|(inf, n)| {
-            let ty = TensorType {
-                dtype: inf.dtype.default_dtype(),
-                shape: inf.shape,
-            };
-            graph.add_value(n.clone(), ty)
-        })
-        .collect();
+    let results = add_inferred_results(graph, kind, &attrs, &operands, names.iter().cloned())
+        .map_err(|message| PassError::Failed {
+            pass: PASS,
+            message: format!("{kind}: {message}"),
+        })?;
     Ok(Op {
         kind,
         operands,

@@ -30,7 +30,7 @@
 
 use crate::names::NameSet;
 use crate::{PassError, PassOptions};
-use dsc_ir::infer::infer;
+use dsc_ir::infer::{add_inferred_results, infer};
 use dsc_ir::operands::{Fp8PartialsOperands, PromoteOperands};
 use dsc_ir::policy::keys;
 use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Precision, TensorType, ValueId};
@@ -121,19 +121,8 @@ fn lower(
                     result_names: &[String],
                     precision: Precision|
      -> Result<Vec<ValueId>, PassError> {
-        let ins: Vec<&TensorType> = operands.iter().map(|&v| graph.ty(v)).collect();
-        let inferred = infer(kind, &attrs, &ins).map_err(&fail)?;
-        let results: Vec<ValueId> = result_names
-            .iter()
-            .zip(inferred)
-            .map(|(n, inf)| {
-                let ty = TensorType {
-                    dtype: inf.dtype.default_dtype(),
-                    shape: inf.shape,
-                };
-                graph.add_value(names.fresh(n), ty)
-            })
-            .collect();
+        let fresh: Vec<String> = result_names.iter().map(|n| names.fresh(n)).collect();
+        let results = add_inferred_results(graph, kind, &attrs, &operands, fresh).map_err(&fail)?;
         out.push(Op {
             kind,
             operands,

@@ -19,7 +19,7 @@
 //! A graph without a loss (`cross_entropy` named `loss`) is not a training step and is left as
 //! it is. Run it last: `cse` would merge the copies back.
 
-use crate::train_step::LOSS_OUTPUT;
+use crate::train_step::loss_op;
 use crate::{PassError, PassOptions};
 use dsc_ir::{Graph, Op, OpKind, ValueDef, ValueId};
 use std::collections::{BTreeMap, HashMap};
@@ -35,11 +35,7 @@ pub const RECOMPUTED: [OpKind; 4] = [
 /// Copies every [`RECOMPUTED`] forward op the backward reads (and the quantizes of their
 /// outputs) to before its first backward reader.
 pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
-    let Some(loss_at) = graph
-        .ops
-        .iter()
-        .position(|op| op.kind == OpKind::CrossEntropy && graph.name(op.results[0]) == LOSS_OUTPUT)
-    else {
+    let Some(loss_at) = loss_op(graph) else {
         return Ok(());
     };
     let defs = graph.defs();

@@ -2,8 +2,8 @@
 //! parameter (master weight, gradient, moments and the per-step working copies of the weight)
 //! and activation bytes per token (what the forward leaves for the backward).
 
-use crate::train_step::LOSS_OUTPUT;
-use dsc_ir::{Graph, OpKind, ValueDef, ValueId};
+use crate::train_step::loss_op;
+use dsc_ir::{Graph, ValueDef, ValueId};
 use std::collections::HashSet;
 
 /// A training step's memory, by kind.
@@ -75,11 +75,7 @@ pub fn measure(step: &Graph) -> TrainMemory {
     for &p in &params {
         from_weights[p.index()] = true;
     }
-    let loss_at = step
-        .ops
-        .iter()
-        .position(|op| op.kind == OpKind::CrossEntropy && step.name(op.results[0]) == LOSS_OUTPUT)
-        .unwrap_or(step.ops.len());
+    let loss_at = loss_op(step).unwrap_or(step.ops.len());
     let mut working = 0.0;
     for op in &step.ops[..loss_at] {
         let tokens = op.operands.iter().any(|v| from_tokens[v.index()]);

@@ -21,7 +21,7 @@
 //! quantize-linears), run over the step by [`TRAIN_PIPELINE`].
 
 use crate::{PassError, PassOptions, autodiff};
-use dsc_ir::infer::infer;
+use dsc_ir::infer::add_inferred_results;
 use dsc_ir::operands::LinearOperands;
 use dsc_ir::{Attr, Attrs, DType, Graph, Op, OpKind, Role, TensorType, ValueId};
 
@@ -54,6 +54,15 @@ pub const SCHEDULE_INPUT: &str = "train.schedule";
 pub const LABELS_INPUT: &str = "labels";
 /// The loss output.
 pub const LOSS_OUTPUT: &str = "loss";
+
+/// The position of a training step's loss op (the cross-entropy writing [`LOSS_OUTPUT`]): the
+/// forward is the ops before it. `None` for a graph that is not a training step.
+pub fn loss_op(graph: &Graph) -> Option<usize> {
+    graph
+        .ops
+        .iter()
+        .position(|op| op.kind == OpKind::CrossEntropy && graph.name(op.results[0]) == LOSS_OUTPUT)
+}
 /// The global gradient norm output (before clipping).
 pub const GRAD_NORM_OUTPUT: &str = "grad_norm";
 
@@ -516,25 +525,14 @@ fn new_op(
     names: &[&str],
     role: Role,
 ) -> Result<Op, String> {
-    let ins: Vec<&TensorType> = operands.iter().map(|&v| g.ty(v)).collect();
-    let inferred = infer(kind, &attrs, &ins).map_err(|e| format!("{kind}: {e}"))?;
     if let Some(taken) = names
         .iter()
         .find(|n| g.values.iter().any(|v| v.name == **n))
     {
         return Err(format!("the model already has a value named `{taken}`"));
     }
-    let results = inferred
-        .into_iter()
-        .zip(names)
-        .map(|(inf, n)| {
-            let ty = TensorType {
-                dtype: inf.dtype.default_dtype(),
-                shape: inf.shape,
-            };
-            g.add_value(*n, ty)
-        })
-        .collect();
+    let results = add_inferred_results(g, kind, &attrs, &operands, names.iter().copied())
+        .map_err(|e| format!("{kind}: {e}"))?;
     Ok(Op {
         kind,
         operands,

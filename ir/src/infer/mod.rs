@@ -161,6 +161,30 @@ fn axis_of(kind: OpKind, attrs: &Attrs, t: &TensorType) -> Result<usize> {
         .ok_or_else(|| format!("{kind} axis {axis} is out of range for {t}"))
 }
 
+/// Adds the results of an op of `kind` over `operands` to `graph`, named `names` (one per
+/// result) and typed by [`infer`] (default dtypes where inference leaves a choice).
+pub fn add_inferred_results<N: Into<String>>(
+    graph: &mut crate::Graph,
+    kind: OpKind,
+    attrs: &Attrs,
+    operands: &[crate::ValueId],
+    names: impl IntoIterator<Item = N>,
+) -> Result<Vec<crate::ValueId>> {
+    let ins: Vec<&TensorType> = operands.iter().map(|&v| graph.ty(v)).collect();
+    let inferred = infer(kind, attrs, &ins)?;
+    Ok(inferred
+        .into_iter()
+        .zip(names)
+        .map(|(inf, name)| {
+            let ty = TensorType {
+                dtype: inf.dtype.default_dtype(),
+                shape: inf.shape,
+            };
+            graph.add_value(name, ty)
+        })
+        .collect())
+}
+
 /// Infers the result types of `kind` applied to operands of types `ins`.
 pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
     let a = kind.arity();
