@@ -14,12 +14,10 @@
 
 use dsc_ir::DType;
 use melior::dialect::arith::CmpiPredicate;
-use melior::dialect::llvm;
 use melior::ir::Value;
-use melior::ir::attribute::DenseI64ArrayAttribute;
 
 use super::quantize::QuantSpec;
-use super::vector_access::{global_load_v4, global_store_if, pack_bf16x2};
+use super::vector_access::{global_load_if, global_store_if, pack_bf16x2};
 use super::wide_access::{element_address, widen_words};
 use crate::error::CodegenError;
 use crate::mlir::emit::{Emit, Emitted, Reduction};
@@ -78,49 +76,10 @@ pub fn load_elements<'c, 'a>(
     let mut values = Vec::with_capacity(count as usize);
     for access in 0..words.div_ceil(4) {
         let at = e.addi(address, e.int(64, 16 * access as i64)?)?;
-        let loaded = match words - 4 * access {
-            n if n >= 4 => global_load_v4(e, at, ok)?.to_vec(),
-            n => global_load_words_if(e, at, ok, n)?,
-        };
+        let loaded = global_load_if(e, at, ok, (words - 4 * access).min(4))?;
         widen_words(e, &loaded, dtype, &mut values)?;
     }
     Ok(values)
-}
-
-/// `n` (1 or 2) words at global address `address` when `ok`, else zeros.
-fn global_load_words_if<'c, 'a>(
-    e: &Emit<'c, 'a>,
-    address: Value<'c, '_>,
-    ok: Value<'c, '_>,
-    n: u64,
-) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
-    let i32_type = e.int_type(32);
-    let ok = e.extui(ok, i32_type)?;
-    if n == 1 {
-        let word = e.inline_asm(
-            "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $2, 0;\n\tmov.b32 $0, 0;\n\t\
-             @p ld.global.u32 $0, [$1];\n\t}",
-            "=r,l,r",
-            &[address, ok],
-            i32_type,
-        )?;
-        return Ok(vec![word]);
-    }
-    let words = e.push(e.inline_asm_op(
-        "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $3, 0;\n\tmov.b32 $0, 0;\n\tmov.b32 $1, 0;\n\t\
-         @p ld.global.v2.u32 {$0, $1}, [$2];\n\t}",
-        "=r,=r,l,r",
-        &[address, ok],
-        &[llvm::r#type::r#struct(e.context, &[i32_type; 2], false)],
-    )?)?;
-    (0..2)
-        .map(|i| {
-            let position = DenseI64ArrayAttribute::new(e.context, &[i]);
-            e.push(llvm::extract_value(
-                e.context, words, position, i32_type, e.location,
-            ))
-        })
-        .collect()
 }
 
 /// Stores `values` (f32) rounded to `dtype` (f32 or bf16) into `buffer` from element `first`,

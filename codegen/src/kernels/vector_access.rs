@@ -18,22 +18,65 @@ pub fn global_load_v4<'c, 'a>(
     address: Value<'c, '_>,
     ok: Value<'c, '_>,
 ) -> Result<[Value<'c, 'a>; 4], CodegenError> {
+    let words = global_load_if(e, address, ok, 4)?;
+    Ok([words[0], words[1], words[2], words[3]])
+}
+
+/// `n` (1, 2 or 4) words at the naturally aligned global address `address` (an `i64`) when `ok`
+/// (an `i1`), else zeros: `ld.global.u32`, `.v2.u32` or `.v4.u32` under a predicate.
+pub fn global_load_if<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    address: Value<'c, '_>,
+    ok: Value<'c, '_>,
+    n: u64,
+) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+    let (vector, registers) = match n {
+        1 => ("u32", "$0"),
+        2 => ("v2.u32", "{$0, $1}"),
+        4 => ("v4.u32", "{$0, $1, $2, $3}"),
+        n => {
+            return Err(CodegenError::InvalidKernel {
+                kernel: "global_load_if".into(),
+                message: format!("{n} words: one, two or four only"),
+            });
+        }
+    };
+    let zeros: String = (0..n).map(|r| format!("mov.b32 ${r}, 0;\n\t")).collect();
+    let asm = format!(
+        "{{\n\t.reg .pred p;\n\tsetp.ne.b32 p, ${ok}, 0;\n\t{zeros}\
+         @p ld.global.{vector} {registers}, [${address}];\n\t}}",
+        ok = n + 1,
+        address = n,
+    );
+    let constraints = format!("{}l,r", "=r,".repeat(n as usize));
     let i32_type = e.int_type(32);
     let ok = e.extui(ok, i32_type)?;
+    if n == 1 {
+        return Ok(vec![e.inline_asm(
+            &asm,
+            &constraints,
+            &[address, ok],
+            i32_type,
+        )?]);
+    }
     let words = e.push(e.inline_asm_op(
-        "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $5, 0;\n\tmov.b32 $0, 0;\n\tmov.b32 $1, 0;\n\t\
-         mov.b32 $2, 0;\n\tmov.b32 $3, 0;\n\t@p ld.global.v4.u32 {$0, $1, $2, $3}, [$4];\n\t}",
-        "=r,=r,=r,=r,l,r",
+        &asm,
+        &constraints,
         &[address, ok],
-        &[llvm::r#type::r#struct(e.context, &[i32_type; 4], false)],
+        &[llvm::r#type::r#struct(
+            e.context,
+            &vec![i32_type; n as usize],
+            false,
+        )],
     )?)?;
-    let word = |i: i64| -> Emitted<'c, 'a> {
-        let position = DenseI64ArrayAttribute::new(e.context, &[i]);
-        e.push(llvm::extract_value(
-            e.context, words, position, i32_type, e.location,
-        ))
-    };
-    Ok([word(0)?, word(1)?, word(2)?, word(3)?])
+    (0..n as i64)
+        .map(|i| {
+            let position = DenseI64ArrayAttribute::new(e.context, &[i]);
+            e.push(llvm::extract_value(
+                e.context, words, position, i32_type, e.location,
+            ))
+        })
+        .collect()
 }
 
 /// Stores `values` (one `i16`, or one, two or four `i32`s) at the naturally aligned global
