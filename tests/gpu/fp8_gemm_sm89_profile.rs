@@ -21,7 +21,7 @@ use dsc_kernels::rng::SplitMix64;
 use dsc_kernels::{Accumulator, BlockGemmConfig, Fp8Format, Fp8Operand, GemmDims, fp8_block_gemm};
 
 /// Random FP8 codes without NaNs (E4M3's S.1111.111; E5M2's exponent 11111 is Inf/NaN).
-fn codes(rng: &mut SplitMix64, n: usize, format: DType) -> Vec<u8> {
+pub(super) fn codes(rng: &mut SplitMix64, n: usize, format: DType) -> Vec<u8> {
     (0..n)
         .map(|_| {
             let c = rng.next_u64() as u8;
@@ -35,13 +35,13 @@ fn codes(rng: &mut SplitMix64, n: usize, format: DType) -> Vec<u8> {
 }
 
 /// Positive scales across a few binades.
-fn scales(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+pub(super) fn scales(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| (1 + rng.next_u64() % 1000) as f32 / 4096.0)
         .collect()
 }
 
-fn bytes_f32(v: &[f32]) -> Vec<u8> {
+pub(super) fn bytes_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -139,6 +139,8 @@ fn the_pipelined_sm89_gemm_is_bit_exact_against_the_cpu_reference() {
                 block_n,
                 stages,
             },
+            w_row_tiles: false,
+            x_square_blocks: false,
         };
         let (pipelined, profile) = run(&gemm, &x, &x_scale, &w, &w_scale);
         gemm.form = GemmForm::MmaSync;

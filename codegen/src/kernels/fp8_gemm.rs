@@ -95,6 +95,20 @@ pub struct Fp8Gemm {
     pub grouped: Option<Grouped>,
     /// The kernel form.
     pub form: GemmForm,
+    /// Whether w's scales are per row and K block (1 × `weight_block` tiles: a training step's
+    /// Wgrad, whose operands are both activations tiled along the tokens) rather than per
+    /// `weight_block`² block. Left out of the canonical spec when false, so that the entry
+    /// names of the forward's GEMMs do not depend on it.
+    #[serde(skip_serializing_if = "is_false")]
+    pub w_row_tiles: bool,
+    /// Whether x's scales are per `act_tile`² block rather than per 1 × `act_tile` group (the
+    /// recipe's ablation scaling activation gradients per block; dense only).
+    #[serde(skip_serializing_if = "is_false")]
+    pub x_square_blocks: bool,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 impl Fp8Gemm {
@@ -113,6 +127,26 @@ impl Fp8Gemm {
             output: DType::Bf16,
             grouped: None,
             form,
+            w_row_tiles: false,
+            x_square_blocks: false,
+        }
+    }
+
+    /// Rows of w one scale covers: `weight_block`, or 1 with [`Self::w_row_tiles`].
+    pub fn w_scale_rows(&self) -> u64 {
+        if self.w_row_tiles {
+            1
+        } else {
+            self.weight_block
+        }
+    }
+
+    /// Rows of x one scale covers: 1, or `act_tile` with [`Self::x_square_blocks`].
+    pub fn x_scale_rows(&self) -> u64 {
+        if self.x_square_blocks {
+            self.act_tile
+        } else {
+            1
         }
     }
 
@@ -151,10 +185,11 @@ impl Fp8Gemm {
     /// form's maps are the TMA tensor maps over x and w ([`super::fp8_gemm_tma::tensor_maps`]).
     pub fn params(&self) -> Vec<Param> {
         let k_tiles = self.k.div_ceil(self.act_tile);
-        let w_blocks = self.n.div_ceil(self.weight_block) * self.k.div_ceil(self.weight_block);
+        let w_blocks = self.n.div_ceil(self.w_scale_rows()) * self.k.div_ceil(self.weight_block);
+        let x_scale_rows = self.x_rows().div_ceil(self.x_scale_rows());
         let mut params = vec![
             Param::new("x", self.format, self.x_rows() * self.k),
-            Param::new("x_scale", DType::F32, self.x_rows() * k_tiles),
+            Param::new("x_scale", DType::F32, x_scale_rows * k_tiles),
             Param::new("w", self.format, self.experts() * self.n * self.k),
             Param::new("w_scale", DType::F32, self.experts() * w_blocks),
         ];
@@ -238,13 +273,16 @@ impl Fp8Gemm {
                 let w_row = e.addi(w_row, col)?;
                 let w_base = e.muli(w_row, k)?;
                 let k_tiles = e.index(self.k.div_ceil(self.act_tile) as i64)?;
-                let x_scale_base = e.muli(x_row, k_tiles)?;
+                let x_scale_row = e.index(self.x_scale_rows() as i64)?;
+                let x_scale_row = e.divui(x_row, x_scale_row)?;
+                let x_scale_base = e.muli(x_scale_row, k_tiles)?;
                 let block = e.index(self.weight_block as i64)?;
                 let k_blocks = self.k.div_ceil(self.weight_block);
-                let n_blocks = self.n.div_ceil(self.weight_block);
+                let n_blocks = self.n.div_ceil(self.w_scale_rows());
                 let w_scale_row = e.index((n_blocks * k_blocks) as i64)?;
                 let w_scale_base = e.muli(expert, w_scale_row)?;
-                let n_block = e.divui(col, block)?;
+                let w_scale_rows = e.index(self.w_scale_rows() as i64)?;
+                let n_block = e.divui(col, w_scale_rows)?;
                 let k_blocks_v = e.index(k_blocks as i64)?;
                 let n_block_base = e.muli(n_block, k_blocks_v)?;
                 let w_scale_base = e.addi(w_scale_base, n_block_base)?;

@@ -180,7 +180,8 @@ fn mma_step<'c, 'a>(
     )
 }
 
-/// `acc[i] += partial[i] · (s_x[row_i, k0 / tile] · s_w[col_i / block, k0 / block])`.
+/// `acc[i] += partial[i] · (s_x[row_i, k0 / tile] · s_w[col_i / block, k0 / block])` (with
+/// the scale layouts' row divisors, [`Fp8Gemm::x_scale_rows`] and [`Fp8Gemm::w_scale_rows`]).
 fn promote<'c, 'a>(
     gemm: &Fp8Gemm,
     e: &Emit<'c, 'a>,
@@ -198,7 +199,9 @@ fn promote<'c, 'a>(
     let k_blocks = e.index(gemm.k.div_ceil(gemm.weight_block) as i64)?;
     let n = e.index(gemm.n as i64)?;
     let n_max = e.index(gemm.n as i64 - 1)?;
-    let n_blocks = e.index(gemm.n.div_ceil(gemm.weight_block) as i64)?;
+    let n_blocks = e.index(gemm.n.div_ceil(gemm.w_scale_rows()) as i64)?;
+    let w_scale_rows = e.index(gemm.w_scale_rows() as i64)?;
+    let x_scale_rows = e.index(gemm.x_scale_rows() as i64)?;
     let expert_blocks = e.muli(n_blocks, k_blocks)?;
     let expert_base = e.muli(lanes.expert, expert_blocks)?;
     for i in 0..4 {
@@ -207,10 +210,11 @@ fn promote<'c, 'a>(
         let col = lanes.cols_d[i % 2];
         let col_ok = e.lt(col, n)?;
         let col = e.select(col_ok, col, n_max)?;
-        let sx_at = e.muli(row, k_tiles)?;
+        let x_scale_row = e.divui(row, x_scale_rows)?;
+        let sx_at = e.muli(x_scale_row, k_tiles)?;
         let sx_at = e.addi(sx_at, group)?;
         let sx = e.load(ops.x_scale, sx_at)?;
-        let n_block = e.divui(col, block)?;
+        let n_block = e.divui(col, w_scale_rows)?;
         let sw_at = e.muli(n_block, k_blocks)?;
         let sw_at = e.addi(sw_at, k_block)?;
         let sw_at = e.addi(expert_base, sw_at)?;

@@ -58,12 +58,16 @@ pub(super) fn regs(gemm: &Fp8Gemm) -> usize {
 }
 
 /// Whether `gemm` can take this form: K in whole 16-byte chunks, 128-wide activation tiles and
-/// weight blocks, and an interval of whole wgmmas that divides the K block.
+/// weight blocks in the forward's scale layouts, and an interval of whole wgmmas that divides
+/// the K block.
 pub fn eligible(gemm: &Fp8Gemm) -> bool {
     gemm.k.is_multiple_of(16)
         && gemm.act_tile == BLOCK_K
         && gemm.weight_block == MAX_BLOCK_N
         && matches!(gemm.promote_interval, 32 | 64 | 128)
+        // The pipelined forms stage one scale per tile column block and per tile row.
+        && !gemm.w_row_tiles
+        && !gemm.x_square_blocks
 }
 
 /// The first 1024-byte aligned (swizzle-atom aligned) shared address of workgroup buffer

@@ -399,19 +399,6 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             })
         }
         OpKind::Fp8Gemm => {
-            if op.attrs.bool(dsc_ir::infer::W_ROW_TILES) == Some(true) {
-                return Err(fail(
-                    "no GPU kernel yet for an FP8 GEMM whose weight is tiled in rows (a \
-                     training step's Wgrad); training steps run on the CPU"
-                        .into(),
-                ));
-            }
-            if op.attrs.bool(dsc_ir::infer::X_SQUARE_BLOCKS) == Some(true) {
-                return Err(fail(
-                    "no GPU kernel for an FP8 GEMM whose activation is scaled per 128×128 block                      (the act_grad_scaling = \"128x128\" ablation); it runs on the CPU"
-                        .into(),
-                ));
-            }
             let o = op.fp8_gemm_operands().map_err(named)?;
             let x = ty(o.x);
             let w = dims(o.w);
@@ -443,6 +430,8 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 output: ty(result(0)).dtype,
                 grouped,
                 form,
+                w_row_tiles: op.attrs.bool(dsc_ir::infer::W_ROW_TILES) == Some(true),
+                x_square_blocks: op.attrs.bool(dsc_ir::infer::X_SQUARE_BLOCKS) == Some(true),
             })
         }
         OpKind::MoeTopk => {
