@@ -75,9 +75,13 @@ pub struct TrainArgs {
     /// with `weight_scale_inv` are dequantized); random from --seed otherwise.
     #[arg(long, value_name = "PATH", conflicts_with = "resume")]
     pub weights: Option<PathBuf>,
-    /// Where the step runs (only the CPU runs training steps so far).
+    /// Where the step runs: cpu (the reference, op by op), emu (the step compiled for
+    /// --target and run on the PTX emulator) or cuda[:N].
     #[arg(long, default_value = "cpu")]
     pub device: DeviceArg,
+    /// The GPU the step's PTX is built for (with --device emu or cuda).
+    #[arg(long, default_value = "sm_90a", value_name = "sm_90a|sm_89")]
+    pub target: TargetArg,
     /// Write one CSV row per step: step, loss, lr, grad_norm, tokens_per_s.
     #[arg(long, value_name = "FILE.csv")]
     pub log: Option<PathBuf>,
@@ -104,7 +108,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub print_ir: bool,
     /// Time every op of the steps and print, at the end, the time per op kind and the GEMMs'
-    /// share of the step.
+    /// share of the step (wall time on the CPU, modeled on the emulator).
     #[arg(long)]
     pub profile: bool,
 }

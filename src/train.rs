@@ -15,17 +15,16 @@ use dsc_kernels::rng::SplitMix64;
 use dsc_passes::{autodiff, train_step};
 use dsc_runtime::cpu::CpuOptions;
 use dsc_runtime::train::Trainer;
-use dsc_runtime::{HostTensor, Weights, random_weights};
+use dsc_runtime::{Artifact, Device, HostTensor, Session, Weights, random_weights};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Trains the model as the arguments say.
 pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
-    if args.device != DeviceArg::Cpu {
+    if args.device == DeviceArg::Auto {
         return Err(Diagnostic::new(
-            "training steps run on the CPU so far (--device cpu): the backward and optimizer \
-             ops have no GPU kernels yet",
+            "--device auto is not a training device: say cpu, emu or cuda[:N]",
         ));
     }
     let (forward, mut config) = load(args)?;
@@ -40,6 +39,11 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
         eprint!("{step_graph}");
     }
     let routing = RoutingProbe::attach(&mut step_graph);
+    // Compiled once, before anything is read or trained: the session borrows it for the run.
+    let artifact = match args.device {
+        DeviceArg::Cpu => None,
+        _ => Some(compile_step(&step_graph, args.target.0)?),
+    };
     let ids = step_graph
         .inputs
         .first()
@@ -77,8 +81,12 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
     let vocab = vocab_of(&forward);
     let (mut trainer, mut source) = match resumed {
         Some(r) => {
-            let mut trainer = Trainer::new(step_graph, r.weights.clone(), CpuOptions::default())
-                .map_err(runtime)?;
+            let mut trainer = new_trainer(
+                step_graph,
+                r.weights.clone(),
+                artifact.as_ref(),
+                args.device,
+            )?;
             trainer
                 .restore(r.weights, r.moments, r.state.step)
                 .map_err(runtime)?;
@@ -113,8 +121,7 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
                 Some(path) => initial_weights(&step_graph, path)?,
                 None => random_weights(&step_graph, args.seed).map_err(runtime)?,
             };
-            let trainer =
-                Trainer::new(step_graph, weights, CpuOptions::default()).map_err(runtime)?;
+            let trainer = new_trainer(step_graph, weights, artifact.as_ref(), args.device)?;
             let source = batches(args, trainer.graph(), vocab, args.seed ^ SAMPLER_SEED)?;
             (trainer, source)
         }
@@ -241,7 +248,13 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             .map_err(|e| Diagnostic::new(format!("cannot write {}: {e}", path.display())))?;
     }
     if let Some(profile) = trainer.profile() {
-        print!("time per op kind (CPU):\n{}", profile.table());
+        let target = args.target.0;
+        let on = match args.device {
+            DeviceArg::Cuda(n) => format!("{target} on cuda:{n}, measured"),
+            DeviceArg::Emu => format!("{target} on the emulator, modeled"),
+            _ => "CPU, wall time".to_string(),
+        };
+        print!("time per op kind ({on}):\n{}", profile.table());
     }
     save(&trainer, source.rng_state())
 }
@@ -365,6 +378,42 @@ fn load(args: &TrainArgs) -> Result<(Graph, TrainConfig), Diagnostic> {
 }
 
 /// The training step of `forward`, lowered by its pipeline (`train_step::pipeline`).
+/// The step graph compiled for `target`: its kernels, launch plan and arena, as an artifact
+/// held in memory for the run.
+fn compile_step(step_graph: &Graph, target: dsc_codegen::Target) -> Result<Artifact, Diagnostic> {
+    let options = dsc_codegen::Options {
+        cache: dsc_codegen::PtxCache::default_dir().map(dsc_codegen::PtxCache::new),
+        ..dsc_codegen::Options::default()
+    };
+    let generated = dsc_codegen::generate_with(step_graph, target, &options)
+        .map_err(|e| Diagnostic::new(format!("codegen of the training step for {target}: {e}")))?;
+    Artifact::from_parts(
+        PathBuf::from(format!("<the training step of {}>", step_graph.name)),
+        generated.manifest,
+        step_graph.clone(),
+        generated.ptx,
+    )
+    .map_err(runtime)
+}
+
+/// A trainer on the CPU, or over `artifact` (the compiled step) on the emulator or CUDA.
+fn new_trainer<'a>(
+    step_graph: Graph,
+    weights: Weights,
+    artifact: Option<&'a Artifact>,
+    device: DeviceArg,
+) -> Result<Trainer<'a>, Diagnostic> {
+    let Some(artifact) = artifact else {
+        return Trainer::new(step_graph, weights, CpuOptions::default()).map_err(runtime);
+    };
+    let device = match device {
+        DeviceArg::Cuda(n) => Device::Cuda(n),
+        _ => Device::Emulator,
+    };
+    let session = Session::new(artifact, device).map_err(runtime)?;
+    Trainer::on_session(session, weights).map_err(runtime)
+}
+
 fn build_step(forward: &Graph, config: &TrainConfig) -> Result<Graph, Diagnostic> {
     train_step::build_lowered(forward, config).map_err(|e| Diagnostic::new(e.to_string()))
 }

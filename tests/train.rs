@@ -122,8 +122,8 @@ fn bad_data_and_options_are_clear_errors() {
         (vec!["--data", &short], "tokens"),
         (vec!["--data", &beyond], "300"),
         (
-            vec!["--data", &data, "--device", "emu"],
-            "training steps run on the CPU",
+            vec!["--data", &data, "--device", "auto"],
+            "not a training device",
         ),
         (vec!["--data", &missing], "missing.txt"),
     ];
@@ -613,8 +613,8 @@ fn run_losses(tmp: &TempDir, name: &str, args: &[&str]) -> Vec<f64> {
     losses(&std::fs::read_to_string(&log).unwrap())
 }
 
-/// Writes a fixed batch for the tiny model (2 × 32 tokens): `input_ids` and `labels` int32.
-fn write_batch(path: &str) {
+/// Writes a fixed batch for the tiny models (2 × 32 tokens): `input_ids` and `labels` int32.
+pub(crate) fn write_batch(path: &str) {
     use safetensors::tensor::{Dtype, TensorView};
     let mut rng = dsc_kernels::rng::SplitMix64(8);
     let mut ids = || -> Vec<u8> {

@@ -1,5 +1,6 @@
-//! Training steps on the CPU backend: a step graph (built by `dsc_passes::train_step` and
-//! lowered by its pipeline) run over and over, its updated parameters and moments fed back.
+//! Training steps: a step graph (built by `dsc_passes::train_step` and lowered by its
+//! pipeline) run over and over, its updated parameters and moments fed back. The step runs on
+//! the CPU backend op by op, or as a compiled artifact in a [`Session`] (the emulator or CUDA).
 //!
 //! The contract with the step graph is by name: inputs `input_ids`, `labels`, `loss.grad`,
 //! `train.schedule` (lr, step) and `{param}.adam_m` / `{param}.adam_v`; outputs `loss`,
@@ -8,6 +9,7 @@
 
 use crate::RuntimeError;
 use crate::cpu::{self, CpuOptions};
+use crate::session::Session;
 use crate::step_profile::StepProfile;
 use crate::tensor::{HostData, HostTensor};
 use crate::weights::Weights;
@@ -24,8 +26,17 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
+/// Where a trainer runs its steps.
+enum Runner<'a> {
+    /// The CPU reference, op by op over the step graph.
+    Cpu(CpuOptions),
+    /// The step graph compiled into an artifact, run by a session (the emulator or CUDA). Its
+    /// weights are set before every step: the optimizer changed them.
+    Session(Box<Session<'a>>),
+}
+
 /// A training run's state: the step graph, master weights, moments and the step count.
-pub struct Trainer {
+pub struct Trainer<'a> {
     graph: Graph,
     weights: Weights,
     /// Moment inputs by name (`{param}.adam_m`, `{param}.adam_v`).
@@ -33,7 +44,7 @@ pub struct Trainer {
     /// Parameters the optimizer updates: (param, its `.next` output name).
     updated: Vec<(ValueId, String)>,
     step: u64,
-    options: CpuOptions,
+    runner: Runner<'a>,
     /// Time per op kind, when profiling.
     profile: Option<StepProfile>,
 }
@@ -42,9 +53,29 @@ fn tensor_err(message: String) -> RuntimeError {
     RuntimeError::Inputs { message }
 }
 
-impl Trainer {
-    /// A trainer at step 0 with `weights` (FP32 masters) and zero moments.
+impl<'a> Trainer<'a> {
+    /// A trainer on the CPU backend at step 0 with `weights` (FP32 masters) and zero moments.
     pub fn new(graph: Graph, weights: Weights, options: CpuOptions) -> Result<Self, RuntimeError> {
+        Self::with_runner(graph, weights, Runner::Cpu(options))
+    }
+
+    /// A trainer running the step graph compiled into `session`'s artifact, at step 0 with
+    /// `weights` (FP32 masters) and zero moments.
+    pub fn on_session(session: Session<'a>, weights: Weights) -> Result<Self, RuntimeError> {
+        let graph = session.artifact().graph.clone();
+        Self::with_runner(graph, weights, Runner::Session(Box::new(session)))
+    }
+
+    /// Whether the steps run on the CPU backend (else compiled, in a session).
+    pub fn on_cpu(&self) -> bool {
+        matches!(self.runner, Runner::Cpu(_))
+    }
+
+    fn with_runner(
+        graph: Graph,
+        weights: Weights,
+        runner: Runner<'a>,
+    ) -> Result<Self, RuntimeError> {
         weights.check(&graph)?;
         let mut moments = HashMap::new();
         let mut updated = Vec::new();
@@ -79,7 +110,7 @@ impl Trainer {
             moments,
             updated,
             step: 0,
-            options,
+            runner,
             profile: None,
         })
     }
@@ -169,27 +200,7 @@ impl Trainer {
             "train.schedule".into(),
             HostTensor::from_f32(dsc_ir::DType::F32, vec![2], vec![lr, step as f32])?,
         );
-        let outputs = match &mut self.profile {
-            None => cpu::run(&self.graph, &self.weights, &inputs, &self.options)?,
-            Some(profile) => {
-                // Recorded apart and added once every op of the step has run.
-                let mut this_step = StepProfile::default();
-                let outputs = cpu::run_observed(
-                    &self.graph,
-                    &self.weights,
-                    &inputs,
-                    &self.options,
-                    &mut |op, _, took| this_step.record(op.kind, took),
-                )?;
-                profile.steps += 1;
-                for (kind, (calls, took)) in this_step.by_kind {
-                    let entry = profile.by_kind.entry(kind).or_default();
-                    entry.0 += calls;
-                    entry.1 += took;
-                }
-                outputs
-            }
-        };
+        let outputs = self.run_step(&inputs)?;
         let find = |name: &str| {
             outputs
                 .iter()
@@ -223,6 +234,54 @@ impl Trainer {
             },
             outputs,
         ))
+    }
+
+    /// Runs the step graph once on `inputs`, adding its time per op kind to the profile when
+    /// profiling (wall time on the CPU, the session's step times elsewhere: modeled on the
+    /// emulator).
+    fn run_step(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        // Recorded apart and added once every op of the step has run.
+        let mut this_step = StepProfile::default();
+        let outputs = match &mut self.runner {
+            Runner::Cpu(options) if self.profile.is_some() => cpu::run_observed(
+                &self.graph,
+                &self.weights,
+                inputs,
+                options,
+                &mut |op, _, took| this_step.record(op.kind, took),
+            )?,
+            Runner::Cpu(options) => cpu::run(&self.graph, &self.weights, inputs, options)?,
+            Runner::Session(session) => {
+                session.set_weights(self.weights.clone())?;
+                let outputs = session.run(inputs)?;
+                if self.profile.is_some() {
+                    let kinds: HashMap<&str, dsc_ir::OpKind> = self
+                        .graph
+                        .ops
+                        .iter()
+                        .map(|op| (self.graph.op_name(op), op.kind))
+                        .collect();
+                    for t in session.timings() {
+                        if let Some(&kind) = kinds.get(t.op.as_str()) {
+                            this_step.record(kind, std::time::Duration::from_secs_f64(t.seconds));
+                        }
+                    }
+                }
+                outputs
+            }
+        };
+        if let Some(profile) = &mut self.profile {
+            profile.steps += 1;
+            for (kind, (calls, took)) in this_step.by_kind {
+                let entry = profile.by_kind.entry(kind).or_default();
+                entry.0 += calls;
+                entry.1 += took;
+            }
+        }
+        Ok(outputs)
     }
 
     fn input_type(&self, name: &str) -> Result<dsc_ir::TensorType, RuntimeError> {

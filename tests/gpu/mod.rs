@@ -18,6 +18,7 @@ mod models;
 mod moe_routing;
 mod steps;
 mod training_kernels;
+mod training_steps;
 
 use std::fmt;
 

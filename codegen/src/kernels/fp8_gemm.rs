@@ -413,7 +413,11 @@ pub(super) struct TileRow<'c, 'x> {
 
 /// The f32 value of FP8 code `code` (an `i8`): PTX `cvt.rn.f16x2.{e4m3,e5m2}x2` (exact) then
 /// f16 → f32 (exact).
-fn decode_fp8<'c, 'a>(e: &Emit<'c, 'a>, code: Value<'c, '_>, format: DType) -> Emitted<'c, 'a> {
+pub(super) fn decode_fp8<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    code: Value<'c, '_>,
+    format: DType,
+) -> Emitted<'c, 'a> {
     let wide = e.extui(code, e.int_type(16))?;
     let instruction = match format {
         DType::F8E5M2 => {

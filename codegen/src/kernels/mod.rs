@@ -8,9 +8,11 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod block_quant;
 pub mod canonical;
 pub mod cross_entropy;
 pub mod data_movement;
+pub mod dequantize;
 pub mod elementwise;
 pub mod elementwise_grad;
 pub mod embedding;
@@ -124,6 +126,10 @@ pub enum GpuKernel {
     /// `rope`.
     Rope(rope::Rope),
     /// `softmax` over the last axis.
+    /// `quantize` in square blocks (weights, the ablation's activation gradients).
+    BlockQuant(block_quant::BlockQuant),
+    /// `dequantize`.
+    Dequantize(dequantize::Dequantize),
     Softmax(softmax::Softmax),
     /// `attn_scores`.
     AttnScores(attention::AttnScores),
@@ -190,6 +196,8 @@ macro_rules! each_kernel {
             GpuKernel::LinearWgmma($k) => $body,
             GpuKernel::Fp8Gemm($k) => $body,
             GpuKernel::MoeTopk($k) => $body,
+            GpuKernel::BlockQuant($k) => $body,
+            GpuKernel::Dequantize($k) => $body,
             GpuKernel::MoeCombine($k) => $body,
             GpuKernel::MoeDispatch($k) => $body,
             GpuKernel::Transpose($k) => $body,

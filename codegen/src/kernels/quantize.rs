@@ -1,6 +1,7 @@
 //! `quantize` (1 × tile activation groups) and `swiglu_quant`: one thread per 16-byte chunk of
 //! input ([`super::row_chunks`]) where rows and groups split into whole chunks, else one warp per
-//! group.
+//! group (always for the emulated E5M6, whose codes are 16-bit: a training step's o_proj input
+//! cache, docs/e5m6.md).
 //!
 //! For row r and group g: `amax` over the group's elements (NaN skipped), `s = max(amax, 1e-4) /
 //! fp8_max` (UE8M0: rounded up to a power of two), codes `fp8(x / s)` with a true division,
@@ -124,6 +125,10 @@ impl ActQuant {
 
     /// The 16-byte chunk form's layout, when rows and groups split into whole chunks.
     fn chunks(&self) -> Option<RowChunks> {
+        // The chunked form packs one-byte codes.
+        if self.quant.format == DType::F12E5M6 {
+            return None;
+        }
         RowChunks::for_groups(self.dim, self.source.input(), &self.quant)
     }
 
@@ -309,7 +314,7 @@ fn quantize_group<'c, 'a>(
     if held {
         for (j, ok, v) in values {
             let q = e.divf(v, s)?;
-            let code = e.encode_fp8(q, quant.format)?;
+            let code = e.encode_code(q, quant.format)?;
             e.if_then(ok, |e| {
                 let at = e.addi(base, j)?;
                 e.store(code, codes, at);
@@ -321,7 +326,7 @@ fn quantize_group<'c, 'a>(
     e.for_range(first, end, thirty_two, |e, j| {
         let v = load.element(e, j)?;
         let q = e.divf(v, s)?;
-        let code = e.encode_fp8(q, quant.format)?;
+        let code = e.encode_code(q, quant.format)?;
         let at = e.addi(base, j)?;
         e.store(code, codes, at);
         Ok(())

@@ -13,9 +13,13 @@ use melior::ir::Value;
 use super::emit::{Emit, Emitted};
 use crate::error::CodegenError;
 
-/// Largest magnitude of each FP8 format (E4M3: 448, E5M2: 57344).
+/// Largest magnitude of each FP8 format (E4M3: 448, E5M2: 57344) and of the emulated E5M6
+/// (65024).
 pub fn fp8_max(format: DType) -> f32 {
-    format.fp8_max().expect("an FP8 format")
+    match format {
+        DType::F12E5M6 => dsc_kernels::numerics::e5m6::MAX,
+        _ => format.fp8_max().expect("an FP8 format or E5M6"),
+    }
 }
 
 impl<'c, 'a> Emit<'c, 'a> {
@@ -207,6 +211,53 @@ impl<'c, 'a> Emit<'c, 'a> {
         let zero = self.f32(0.0)?;
         let pair = self.inline_asm(instruction, "=h,f,f", &[zero, x], self.int_type(16))?;
         self.trunci(pair, self.int_type(8))
+    }
+
+    /// The code of `x` in `format`: an FP8 code (`i8`, [`Self::encode_fp8`]) or an E5M6 one
+    /// in its 16-bit container ([`Self::encode_e5m6`]).
+    pub fn encode_code(&self, x: Value<'c, '_>, format: DType) -> Emitted<'c, 'a> {
+        match format {
+            DType::F12E5M6 => self.encode_e5m6(x),
+            _ => self.encode_fp8(x, format),
+        }
+    }
+
+    /// The emulated E5M6 code of `x` (docs/e5m6.md) in its container, the FP16 bit pattern (an
+    /// `i16`, `code << 4`): rounded to nearest even straight from f32 (not through FP16, which
+    /// would round twice), saturated to ±65024, NaN kept. Normal magnitudes round on the f32
+    /// bits (17 of the 23 mantissa bits dropped); below 2^−14 the spacing is fixed at 2^−20, so
+    /// `rni(|x| · 2^20) · 2^−20`. The rounded value is an FP16 value: the final `cvt.rn.f16` is
+    /// exact.
+    pub fn encode_e5m6(&self, x: Value<'c, '_>) -> Emitted<'c, 'a> {
+        let i32_type = self.int_type(32);
+        let magnitude = self.absf(x)?;
+        let bits = self.bitcast(magnitude, i32_type)?;
+        let lsb = self.andi(self.shrui(bits, self.int(32, 17)?)?, self.int(32, 1)?)?;
+        let bias = self.addi(lsb, self.int(32, 0xffff)?)?;
+        let rounded = self.andi(self.addi(bits, bias)?, self.int(32, !0x1_ffff)?)?;
+        let normal = self.bitcast(rounded, self.f32_type())?;
+        let scaled = self.mulf(magnitude, self.f32(2f32.powi(20))?)?;
+        let subnormal = self.mulf(self.round_even(scaled)?, self.f32(2f32.powi(-20))?)?;
+        let tiny = self.cmpf(CmpfPredicate::Olt, magnitude, self.f32(2f32.powi(-14))?)?;
+        let r = self.select(tiny, subnormal, normal)?;
+        let max = self.f32(dsc_kernels::numerics::e5m6::MAX)?;
+        let over = self.cmpf(CmpfPredicate::Ogt, r, max)?;
+        let r = self.select(over, max, r)?;
+        // The sign back on (−0 and negative NaNs included).
+        let sign = self.andi(self.bitcast(x, i32_type)?, self.int(32, i32::MIN as i64)?)?;
+        let signed = self.ori(self.bitcast(r, i32_type)?, sign)?;
+        let signed = self.bitcast(signed, self.f32_type())?;
+        self.inline_asm(
+            "cvt.rn.f16.f32 $0, $1;",
+            "=h,f",
+            &[signed],
+            self.int_type(16),
+        )
+    }
+
+    /// The f32 value of an E5M6 code in its 16-bit container (exact: FP16 → f32).
+    pub fn decode_e5m6(&self, code: Value<'c, '_>) -> Emitted<'c, 'a> {
+        self.inline_asm("cvt.f32.f16 $0, $1;", "=f,h", &[code], self.f32_type())
     }
 
     /// The scale of a group with largest magnitude `amax`: `max(amax, 1e-4) / fp8_max` (a true

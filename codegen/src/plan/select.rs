@@ -14,6 +14,8 @@ use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
 use crate::kernels::adamw::AdamW;
 use crate::kernels::attention::{AttnScores, AttnValues, HeadOperand};
+use crate::kernels::block_quant::BlockQuant;
+use crate::kernels::dequantize::Dequantize;
 use crate::kernels::cross_entropy::CrossEntropy;
 use crate::kernels::data_movement::{Concat, Transpose};
 use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
@@ -60,7 +62,13 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         message,
     };
     let ty = |v: ValueId| g.ty(v);
-    // The emulated E5M6 (a training step's cached o_proj input) exists on the CPU only.
+    // The emulated E5M6 (a training step's cached o_proj input) is written by a 1 × tile
+    // `quantize` and read by a `dequantize`, and by nothing else.
+    let e5m6_kernel = match op.kind {
+        OpKind::Quantize => op.attrs.ints("block").is_some_and(|b| b.first() == Some(&1)),
+        OpKind::Dequantize => true,
+        _ => false,
+    };
     if let Some(&v) = op
         .operands
         .iter()
@@ -68,8 +76,9 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         .find(|&&v| ty(v).dtype == DType::F12E5M6)
     {
         return Err(fail(format!(
-            "`{}` is {}: the emulated E5M6 format has no GPU kernel (only the CPU runtime \
-             emulates it; DESIGN.md §8)",
+            "`{}` is {}: the emulated E5M6 format has GPU kernels only to quantize in 1 × tile \
+             groups and to dequantize (DESIGN.md §8)",
+        && !e5m6_kernel
             g.name(v),
             ty(v)
         )));
@@ -246,9 +255,45 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             let tile = if op.kind == OpKind::Quantize {
                 match op.attrs.ints("block") {
                     Some([1, tile]) if *tile > 0 => *tile as u64,
+        OpKind::Quantize
+            if let Some(&[b, c]) = op.attrs.ints("block")
+                && b == c
+                && b > 1 =>
+        {
+            let (matrices, rows, cols) = matrices_of(&dims(operand(0)))
+                .ok_or_else(|| fail("square-block quantization needs a matrix".into()))?;
+            GpuKernel::BlockQuant(BlockQuant {
+                matrices,
+                rows,
+                cols,
+                input: ty(operand(0)).dtype,
+                quant: QuantSpec {
+                    tile: b as u64,
+                    format: ty(result(0)).dtype,
+                    scale_format: scale_format()?,
+                },
+            })
+        }
+        OpKind::Dequantize => {
+            let block = match op.attrs.ints("block") {
+                Some(&[br, bc]) if br > 0 && bc > 0 => [br as u64, bc as u64],
+                other => return Err(fail(format!("bad `block` {other:?}"))),
+            };
+            let (matrices, rows, cols) = matrices_of(&dims(operand(0)))
+                .ok_or_else(|| fail("dequantization needs a tensor".into()))?;
+            GpuKernel::Dequantize(Dequantize {
+                matrices,
+                rows,
+                cols,
+                block,
+                format: ty(operand(0)).dtype,
+                output: ty(result(0)).dtype,
+            })
+        }
                     other => {
                         return Err(fail(format!(
-                            "only 1 x tile activation blocks have a GPU kernel, got {other:?}"
+                            "only 1 × tile and square quantization blocks have a GPU kernel, \
+                             got {other:?}"
                         )));
                     }
                 }
@@ -768,3 +813,13 @@ mod tests {
         assert!(err.contains("no GPU kernel"), "{err}");
     }
 }
+/// `(matrices, rows, cols)` of a tensor read as a stack of matrices over its last two dims (a
+/// vector is one row).
+fn matrices_of(dims: &[u64]) -> Option<(u64, u64, u64)> {
+    match dims {
+        [] => None,
+        [cols] => Some((1, 1, *cols)),
+        [lead @ .., rows, cols] => Some((lead.iter().product(), *rows, *cols)),
+    }
+}
+

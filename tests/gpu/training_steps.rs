@@ -1,0 +1,207 @@
+//! Whole training steps compiled for the GPU (`dsc train --device emu`, and `cuda` where a GPU
+//! can run the target) against the same steps on the CPU backend: from the same weights on the
+//! same fixed batch, two steps' losses and gradient norms, every parameter's gradient of the
+//! first step (`--save-grads`) and the master weights after the second (`--save`, so the
+//! optimizer's update and its feedback into the next step are compared too).
+//!
+//! The GPU kernels follow the CPU references' numerics (most are bit-exact; the f32 sums of
+//! the norms' weight gradients and the grid-wide gradient norm are added in another order), so
+//! the first step is held to 1e-5 relative, per tensor (measured: at most 1.4e-7, and 16 of
+//! tiny-llama's 21 gradients bit for bit). From the second step on the bound is 1e-3: a master
+//! weight a few ulps off can round to a neighbouring BF16 (or FP8) value in the next step's
+//! weight copy, which moves that step by about a BF16 ulp's effect (measured: 4e-5 on the
+//! all-BF16 loss, 3e-4 on its gradient norm).
+
+use std::collections::BTreeMap;
+
+use super::{Gpu, TARGETS};
+use crate::support::{TempDir, dsc, streams};
+use crate::train::write_batch;
+use dsc_runtime::cuda::check_target;
+
+/// One comparison: the model, its recipe, the targets, and the bounds of the first step and
+/// of the later ones.
+struct Case {
+    model: &'static str,
+    recipe: &'static str,
+    targets: &'static [&'static str],
+    first_step: f64,
+    later_steps: f64,
+}
+
+const CASES: [Case; 2] = [
+    Case {
+        model: "tests/train/tiny-llama.toml",
+        recipe: "fp8",
+        targets: &TARGETS,
+        first_step: 1e-5,
+        later_steps: 1e-3,
+    },
+    // The BF16 linears sum in the tensor cores' order, not the CPU's, and round to BF16: a
+    // sum a few f32 ulps off rounds to the neighbouring BF16 value now and then.
+    Case {
+        model: "tests/train/tiny-llama.toml",
+        recipe: "bf16",
+        targets: &TARGETS,
+        first_step: 5e-3,
+        later_steps: 5e-3,
+    },
+];
+
+/// What a two-step run left behind.
+struct Run {
+    /// (loss, grad_norm) per step.
+    steps: Vec<(f64, f64)>,
+    grads: BTreeMap<String, Vec<f32>>,
+    masters: BTreeMap<String, Vec<f32>>,
+}
+
+fn f32_tensors(path: &std::path::Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
+        .map(|(name, t)| {
+            let values = t
+                .data()
+                .chunks(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+fn train(tmp: &TempDir, name: &str, model: &str, recipe: &str, device: &[&str]) -> Run {
+    let (batch, log) = (
+        tmp.join("batch.safetensors"),
+        tmp.join(&format!("{name}.csv")),
+    );
+    let (grads, save) = (
+        tmp.join(&format!("{name}.grads.safetensors")),
+        tmp.join(&format!("{name}.ckpt")),
+    );
+    let paths = [&batch, &log, &grads, &save].map(|p| p.to_string_lossy().into_owned());
+    let mut args = vec![
+        "train",
+        model,
+        "--inputs",
+        &paths[0],
+        "--steps",
+        "2",
+        "--recipe",
+        recipe,
+        "--seed",
+        "5",
+        "--log",
+        &paths[1],
+        "--save-grads",
+        &paths[2],
+        "--save",
+        &paths[3],
+    ];
+    args.extend_from_slice(device);
+    let out = dsc(&args);
+    assert!(out.status.success(), "{name}: {}", streams(&out).1);
+    let steps = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let fields: Vec<f64> = l.split(',').map(|f| f.parse().unwrap()).collect();
+            (fields[1], fields[3])
+        })
+        .collect();
+    Run {
+        steps,
+        grads: f32_tensors(&grads),
+        masters: f32_tensors(&save.join("master.safetensors")),
+    }
+}
+
+/// ‖got − want‖ / ‖want‖ of each tensor of `want` (all present in `got`) within `tolerance`.
+fn check_tensors(
+    what: &str,
+    got: &BTreeMap<String, Vec<f32>>,
+    want: &BTreeMap<String, Vec<f32>>,
+    tolerance: f64,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    let mut worst = 0.0f64;
+    for (name, w) in want {
+        let g = &got[name];
+        let (mut diff, mut norm) = (0.0f64, 0.0f64);
+        for (&a, &b) in g.iter().zip(w) {
+            diff += (f64::from(a) - f64::from(b)).powi(2);
+            norm += f64::from(b).powi(2);
+        }
+        let rel = (diff / norm.max(f64::MIN_POSITIVE)).sqrt();
+        worst = worst.max(rel);
+        assert!(
+            g.len() == w.len() && rel <= tolerance,
+            "{what}: `{name}` differs from the CPU by {rel:e} (relative L2)"
+        );
+    }
+    eprintln!("{what}: at most {worst:.1e} from the CPU");
+}
+
+#[test]
+fn training_steps_on_the_gpu_match_the_cpu() {
+    let test = "training_steps_on_the_gpu_match_the_cpu";
+    let tmp = TempDir::new("train-gpu");
+    write_batch(&tmp.join("batch.safetensors").to_string_lossy());
+    let mut gpu = Gpu::probe();
+    for Case {
+        model,
+        recipe,
+        targets,
+        first_step,
+        later_steps,
+    } in CASES
+    {
+        let cpu = train(&tmp, "cpu", model, recipe, &["--device", "cpu"]);
+        assert_eq!(cpu.steps.len(), 2);
+        for &target in targets.iter() {
+            let mut devices = vec!["emu".to_string()];
+            match &gpu.device {
+                Ok(info) if check_target(target, info).is_ok() => {
+                    gpu.ran = true;
+                    devices.push(format!("cuda:{}", info.ordinal));
+                }
+                _ => eprintln!("SKIPPED: {test} on cuda ({target}): no GPU runs it"),
+            }
+            for device in devices {
+                let what = format!("{model}, {recipe} recipe, {target} on {device}");
+                let name = format!("{recipe}-{target}-{}", device.replace(':', "-"));
+                let run = train(
+                    &tmp,
+                    &name,
+                    model,
+                    recipe,
+                    &["--device", &device, "--target", target],
+                );
+                assert_eq!(run.steps.len(), 2, "{what}");
+                for (i, (got, want)) in run.steps.iter().zip(&cpu.steps).enumerate() {
+                    let tolerance = if i == 0 { first_step } else { later_steps };
+                    let close = |a: f64, b: f64| (a - b).abs() <= tolerance * b.abs();
+                    assert!(
+                        close(got.0, want.0) && close(got.1, want.1),
+                        "{what}: step {} (loss, grad_norm) {got:?}, the CPU's {want:?}",
+                        i + 1
+                    );
+                    eprintln!("{what}: step {} {got:?}, the CPU's {want:?}", i + 1);
+                }
+                let grads = format!("{what}: first step's gradients");
+                check_tensors(&grads, &run.grads, &cpu.grads, first_step);
+                let masters = format!("{what}: master weights after two steps");
+                check_tensors(&masters, &run.masters, &cpu.masters, later_steps);
+            }
+        }
+    }
+    gpu.finish(test);
+}
