@@ -13,9 +13,9 @@ use dsc_kernels::ops::{
 use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
 use crate::kernels::adamw::AdamW;
-use crate::kernels::attention::{AttnScores, AttnValues, HeadOperand};
 use crate::kernels::block_quant::BlockQuant;
 use crate::kernels::dequantize::Dequantize;
+use crate::kernels::attention::{AttnScores, AttnValues, HeadOperand};
 use crate::kernels::cross_entropy::CrossEntropy;
 use crate::kernels::data_movement::{Concat, Transpose};
 use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
@@ -74,11 +74,11 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
         .iter()
         .chain(&op.results)
         .find(|&&v| ty(v).dtype == DType::F12E5M6)
+        && !e5m6_kernel
     {
         return Err(fail(format!(
             "`{}` is {}: the emulated E5M6 format has GPU kernels only to quantize in 1 × tile \
              groups and to dequantize (DESIGN.md §8)",
-        && !e5m6_kernel
             g.name(v),
             ty(v)
         )));
@@ -251,10 +251,6 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 quant,
             })
         }
-        OpKind::Quantize | OpKind::SwigluQuant => {
-            let tile = if op.kind == OpKind::Quantize {
-                match op.attrs.ints("block") {
-                    Some([1, tile]) if *tile > 0 => *tile as u64,
         OpKind::Quantize
             if let Some(&[b, c]) = op.attrs.ints("block")
                 && b == c
@@ -290,6 +286,10 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 output: ty(result(0)).dtype,
             })
         }
+        OpKind::Quantize | OpKind::SwigluQuant => {
+            let tile = if op.kind == OpKind::Quantize {
+                match op.attrs.ints("block") {
+                    Some([1, tile]) if *tile > 0 => *tile as u64,
                     other => {
                         return Err(fail(format!(
                             "only 1 × tile and square quantization blocks have a GPU kernel, \
@@ -766,6 +766,16 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
     Ok(launch(kernel))
 }
 
+/// `(matrices, rows, cols)` of a tensor read as a stack of matrices over its last two dims (a
+/// vector is one row).
+fn matrices_of(dims: &[u64]) -> Option<(u64, u64, u64)> {
+    match dims {
+        [] => None,
+        [cols] => Some((1, 1, *cols)),
+        [lead @ .., rows, cols] => Some((lead.iter().product(), *rows, *cols)),
+    }
+}
+
 fn is_plain_float(dtype: DType) -> bool {
     dtype.is_kernel_float()
 }
@@ -813,13 +823,3 @@ mod tests {
         assert!(err.contains("no GPU kernel"), "{err}");
     }
 }
-/// `(matrices, rows, cols)` of a tensor read as a stack of matrices over its last two dims (a
-/// vector is one row).
-fn matrices_of(dims: &[u64]) -> Option<(u64, u64, u64)> {
-    match dims {
-        [] => None,
-        [cols] => Some((1, 1, *cols)),
-        [lead @ .., rows, cols] => Some((lead.iter().product(), *rows, *cols)),
-    }
-}
-
