@@ -123,13 +123,13 @@ pub enum GpuKernel {
     RmsNorm(norm::RmsNorm),
     /// `quantize` (1 × tile), `swiglu_quant`.
     ActQuant(quantize::ActQuant),
-    /// `rope`.
-    Rope(rope::Rope),
-    /// `softmax` over the last axis.
     /// `quantize` in square blocks (weights, the ablation's activation gradients).
     BlockQuant(block_quant::BlockQuant),
     /// `dequantize`.
     Dequantize(dequantize::Dequantize),
+    /// `rope`.
+    Rope(rope::Rope),
+    /// `softmax` over the last axis.
     Softmax(softmax::Softmax),
     /// `attn_scores`.
     AttnScores(attention::AttnScores),
@@ -187,6 +187,8 @@ macro_rules! each_kernel {
             GpuKernel::Embedding($k) => $body,
             GpuKernel::RmsNorm($k) => $body,
             GpuKernel::ActQuant($k) => $body,
+            GpuKernel::BlockQuant($k) => $body,
+            GpuKernel::Dequantize($k) => $body,
             GpuKernel::Rope($k) => $body,
             GpuKernel::Softmax($k) => $body,
             GpuKernel::AttnScores($k) => $body,
@@ -196,8 +198,6 @@ macro_rules! each_kernel {
             GpuKernel::LinearWgmma($k) => $body,
             GpuKernel::Fp8Gemm($k) => $body,
             GpuKernel::MoeTopk($k) => $body,
-            GpuKernel::BlockQuant($k) => $body,
-            GpuKernel::Dequantize($k) => $body,
             GpuKernel::MoeCombine($k) => $body,
             GpuKernel::MoeDispatch($k) => $body,
             GpuKernel::Transpose($k) => $body,
