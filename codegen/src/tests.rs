@@ -811,3 +811,42 @@ fn a_row_too_wide_for_shared_memory_still_compiles_and_assembles() {
         assert_eq!(report.spill_store_bytes(), 0, "{target}");
     }
 }
+
+/// The training models' steps (`dsc train --device emu|cuda`) and every recipe: each op has a
+/// kernel, and every kernel assembles for both targets without spills or notes. Their numbers
+/// are checked against the CPU on the emulator by the integration test `training_steps`.
+#[test]
+fn every_training_step_kernel_assembles_for_both_targets_without_spills() {
+    let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
+    for model in ["tests/train/tiny-llama.toml"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(model);
+        let source = std::fs::read_to_string(&path).expect("the training model exists");
+        let forward = dsc_ir::model::load_model(&source).expect("the training model loads");
+        let config = dsc_ir::load_train_config(&source)
+            .expect("its [train] table is valid")
+            .unwrap_or_default();
+        for recipe in [dsc_ir::Recipe::Fp8, dsc_ir::Recipe::Bf16] {
+            let config = dsc_ir::TrainConfig {
+                recipe,
+                ..config.clone()
+            };
+            let step = dsc_passes::train_step::build_lowered(&forward, &config)
+                .unwrap_or_else(|e| panic!("{model} {recipe}: {e}"));
+            for target in Target::ALL {
+                let what = format!("{model} {recipe} {target}");
+                let generated =
+                    generate(&step, target, false).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let report = ptxas::assemble(&ptxas, &generated.ptx, target)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let spilled = report.spill_store_bytes() + report.spill_load_bytes();
+                assert!(
+                    spilled == 0 && report.notes.is_empty(),
+                    "{what}:\n{}",
+                    report.output
+                );
+            }
+        }
+    }
+}

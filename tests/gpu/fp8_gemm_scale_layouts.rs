@@ -3,15 +3,16 @@
 //! tiled along the tokens) and the ablation's activation scaled per 128 × 128 block
 //! (`x_square_blocks`). The SIMT and one-warp-per-tile forms read each scale where the CPU
 //! reference does, so their outputs are the reference's bit for bit, at ragged sizes and every
-//! promotion interval; the pipelined forms do not take these layouts (the planner keeps them on
-//! `MmaSync`).
+//! promotion interval. The sm_89 pipelined form does not take these layouts (the planner keeps
+//! them on `MmaSync` there); the sm_90a one does, and is checked by whole training steps
+//! (`training_steps`), whose Wgrad GEMMs it runs.
 
 use super::fp8_gemm_sm89_profile::{bytes_f32, codes, scales};
 use super::kernel_run::{lower, run_ptx};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::fp8_gemm::{Fp8Gemm, GemmForm};
-use dsc_codegen::kernels::fp8_gemm_wgmma::eligible;
+use dsc_codegen::kernels::fp8_gemm_cp_async;
 use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::to_bf16;
 use dsc_kernels::rng::SplitMix64;
@@ -84,8 +85,8 @@ fn wgrad_and_square_block_scales_match_the_cpu_reference_bit_for_bit() {
                 ..Fp8Gemm::recipe(rows, n, k, form)
             };
             assert!(
-                !eligible(&gemm),
-                "the pipelined forms would misread the scales"
+                !fp8_gemm_cp_async::eligible(&gemm),
+                "the sm_89 pipelined form would misread the scales"
             );
             let kernel = GpuKernel::Fp8Gemm(gemm);
             let inputs = [

@@ -151,6 +151,9 @@ pub fn eligible(gemm: &Fp8Gemm) -> bool {
     };
     let fits = |rows: u64| (rows + 1).saturating_mul(gemm.k) < 1 << 31;
     super::fp8_gemm_wgmma::eligible(gemm)
+        // Its scales are staged one per tile column block and tile row.
+        && !gemm.w_row_tiles
+        && !gemm.x_square_blocks
         && matches!(gemm.output, DType::Bf16 | DType::F32)
         && fits(x_rows)
         && fits(gemm.n)

@@ -58,16 +58,12 @@ pub(super) fn regs(gemm: &Fp8Gemm) -> usize {
 }
 
 /// Whether `gemm` can take this form: K in whole 16-byte chunks, 128-wide activation tiles and
-/// weight blocks in the forward's scale layouts, and an interval of whole wgmmas that divides
-/// the K block.
+/// weight blocks, and an interval of whole wgmmas that divides the K block.
 pub fn eligible(gemm: &Fp8Gemm) -> bool {
     gemm.k.is_multiple_of(16)
         && gemm.act_tile == BLOCK_K
         && gemm.weight_block == MAX_BLOCK_N
         && matches!(gemm.promote_interval, 32 | 64 | 128)
-        // The pipelined forms stage one scale per tile column block and per tile row.
-        && !gemm.w_row_tiles
-        && !gemm.x_square_blocks
 }
 
 /// The first 1024-byte aligned (swizzle-atom aligned) shared address of workgroup buffer
@@ -120,9 +116,12 @@ impl<'c, 'a> Fragment<'c, 'a> {
         Ok(Fragment { rows, col0 })
     }
 
-    /// The activation scales of K block `kb` for this thread's two rows, and the tile's weight
-    /// scale: one weight-scale block covers the whole tile (`s_w[expert, n0 / 128, kb]`). Rows
-    /// that are not real read row 0's scale; nothing is stored for them.
+    /// The activation scales of K block `kb` for this thread's two rows, and the weight scales:
+    /// one weight-scale block covers the whole tile (`s_w[expert, n0 / 128, kb]`), or, with
+    /// [`Fp8Gemm::w_row_tiles`] (a Wgrad), one scale per column this thread holds
+    /// (`s_w[col, kb]`, `block_n / 4` of them; columns past N read column N − 1's, and nothing
+    /// is stored for them). With [`Fp8Gemm::x_square_blocks`] a row's scale is its 128-row
+    /// block's. Rows that are not real read row 0's scale; nothing is stored for them.
     pub(super) fn scales<'b>(
         &self,
         gemm: &Fp8Gemm,
@@ -133,18 +132,31 @@ impl<'c, 'a> Fragment<'c, 'a> {
         kb: Value<'c, '_>,
     ) -> Result<Scales<'c, 'b>, CodegenError> {
         let k_tiles = e.index(gemm.k.div_ceil(BLOCK_K) as i64)?;
-        let n_blocks = gemm.n.div_ceil(MAX_BLOCK_N);
+        let n_blocks = gemm.n.div_ceil(gemm.w_scale_rows());
         let blocks = e.index((n_blocks * gemm.k.div_ceil(BLOCK_K)) as i64)?;
-        let sw_at = e.muli(expert, blocks)?;
-        let max_block_n = e.index(MAX_BLOCK_N as i64)?;
-        let n_block = e.divui(n0, max_block_n)?;
-        let tn_at = e.muli(n_block, k_tiles)?;
-        let sw_at = e.addi(sw_at, tn_at)?;
-        let sw_at = e.addi(sw_at, kb)?;
-        let sw = e.load(ops.w_scale, sw_at)?;
-        let mut sx = [sw; 2];
+        let expert_at = e.muli(expert, blocks)?;
+        let sw = if gemm.w_row_tiles {
+            let n_max = e.index(gemm.n as i64 - 1)?;
+            (0..block_n(gemm) / 4)
+                .map(|c| {
+                    let col = e.addi(self.col0, e.index((8 * (c / 2) + c % 2) as i64)?)?;
+                    let col = e.minui(col, n_max)?;
+                    let at = e.addi(e.muli(col, k_tiles)?, kb)?;
+                    e.load(ops.w_scale, e.addi(expert_at, at)?)
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            let max_block_n = e.index(MAX_BLOCK_N as i64)?;
+            let n_block = e.divui(n0, max_block_n)?;
+            let tn_at = e.muli(n_block, k_tiles)?;
+            let sw_at = e.addi(expert_at, tn_at)?;
+            let sw_at = e.addi(sw_at, kb)?;
+            vec![e.load(ops.w_scale, sw_at)?]
+        };
+        let x_scale_rows = e.index(gemm.x_scale_rows() as i64)?;
+        let mut sx = [sw[0]; 2];
         for (s, row) in sx.iter_mut().zip(&self.rows) {
-            let at = e.muli(row.x, k_tiles)?;
+            let at = e.muli(e.divui(row.x, x_scale_rows)?, k_tiles)?;
             let at = e.addi(at, kb)?;
             *s = e.load(ops.x_scale, at)?;
         }
@@ -194,10 +206,21 @@ impl<'c, 'a> Fragment<'c, 'a> {
 }
 
 /// One K block's scales for a [`Fragment`]: its two rows' activation scales and the tile's
-/// weight scale.
+/// weight scale, or one per column the fragment holds ([`Fp8Gemm::w_row_tiles`]).
 pub(super) struct Scales<'c, 'b> {
     sx: [Value<'c, 'b>; 2],
-    sw: Value<'c, 'b>,
+    sw: Vec<Value<'c, 'b>>,
+}
+
+impl<'c, 'b> Scales<'c, 'b> {
+    /// `s_x · s_w` of accumulator register `i` (row `(i / 2) mod 2`, column pair `i / 4`).
+    fn of_register(&self, e: &Emit<'c, 'b>, i: usize) -> Emitted<'c, 'b> {
+        let sw = match self.sw.len() {
+            1 => self.sw[0],
+            _ => self.sw[2 * (i / 4) + i % 2],
+        };
+        e.mulf(self.sx[(i / 2) % 2], sw)
+    }
 }
 
 /// The wgmmas and promotions of one 128-deep K block starting at `k0`, whose A and B tiles
@@ -217,10 +240,17 @@ pub(super) fn k_block_mmas<'c, 'b>(
 ) -> Result<(), CodegenError> {
     let k = e.index(gemm.k as i64)?;
     let interval = gemm.promote_interval;
-    let scale = [
-        e.mulf(scales.sx[0], scales.sw)?,
-        e.mulf(scales.sx[1], scales.sw)?,
-    ];
+    // One product per distinct (row, column scale): 2, or one per register with row tiles.
+    let scale = (0..acc.len())
+        .map(|i| match scales.sw.len() {
+            1 if i >= 4 => Ok(None),
+            _ => scales.of_register(e, i).map(Some),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let scale_of = |i: usize| match scales.sw.len() {
+        1 => scale[i % 4].expect("the first four registers' products"),
+        _ => scale[i].expect("every register's product"),
+    };
     let groups = BLOCK_K / interval;
     let mut after_last_wait = Some(after_last_wait);
     for group in 0..groups {
@@ -250,7 +280,7 @@ pub(super) fn k_block_mmas<'c, 'b>(
         let inside = e.lt(start, k)?;
         e.if_then(inside, |e| {
             for (i, &p) in partial.iter().enumerate() {
-                let s = scale[(i / 2) % 2];
+                let s = scale_of(i);
                 let scaled = e.mulf(p, s)?;
                 e.accumulate(acc[i], scaled)?;
             }
