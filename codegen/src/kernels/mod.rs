@@ -27,13 +27,16 @@ pub mod fp8_gemm_tma;
 pub mod fp8_gemm_wgmma;
 pub mod global_norm;
 pub mod grid_reduce;
+pub mod grouped_linear_wgrad;
 pub mod linear;
 pub mod linear_mma;
 pub mod linear_wgmma;
 pub mod matmul;
 pub mod mma;
 pub mod moe;
+pub mod moe_combine_grad;
 pub mod moe_dispatch;
+pub mod moe_topk_grad;
 pub mod norm;
 pub mod pad;
 pub mod quantize;
@@ -177,6 +180,12 @@ pub enum GpuKernel {
     RopeGrad(rope_grad::RopeGrad),
     /// `embedding_grad`: the table's gradient, rows summed per id in token order.
     EmbeddingGrad(embedding_grad::EmbeddingGrad),
+    /// `grouped_linear_wgrad`: the routed experts' k-grouped weight gradient.
+    GroupedLinearWgrad(grouped_linear_wgrad::GroupedLinearWgrad),
+    /// `moe_combine_grad`: the gradients of the experts' outputs and of the routing weights.
+    MoeCombineGrad(moe_combine_grad::MoeCombineGrad),
+    /// `moe_topk_grad`: the routing weights' gradient w.r.t. the gate's logits.
+    MoeTopkGrad(moe_topk_grad::MoeTopkGrad),
 }
 
 macro_rules! each_kernel {
@@ -214,6 +223,9 @@ macro_rules! each_kernel {
             GpuKernel::Pad($k) => $body,
             GpuKernel::RopeGrad($k) => $body,
             GpuKernel::EmbeddingGrad($k) => $body,
+            GpuKernel::GroupedLinearWgrad($k) => $body,
+            GpuKernel::MoeCombineGrad($k) => $body,
+            GpuKernel::MoeTopkGrad($k) => $body,
         }
     };
 }

@@ -191,7 +191,7 @@ impl MoeTopk {
             scores.push(score);
         }
         if self.params.score_func == ScoreFunc::Softmax {
-            scores = self.softmax(e, &scores, &real)?;
+            scores = warp_softmax(e, &scores, &real, self.experts())?;
         }
         let mut select = Vec::new();
         for s in 0..p as usize {
@@ -286,47 +286,6 @@ impl MoeTopk {
             })?;
         }
         Ok(())
-    }
-
-    /// Softmax of the lane's logits over the warp's experts, as the former kernel: the maximum
-    /// skipping NaN, `e^(x − max)`, the reference's pairwise sum in expert order, one division;
-    /// all zero when every logit is −∞.
-    fn softmax<'c, 'a>(
-        &self,
-        e: &Emit<'c, 'a>,
-        logits: &[Value<'c, 'a>],
-        real: &[Value<'c, 'a>],
-    ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
-        let p = self.per_lane();
-        let neg_inf = e.f32(f32::NEG_INFINITY)?;
-        let mut max = neg_inf;
-        for (&x, &x_real) in logits.iter().zip(real) {
-            let x = e.select(x_real, x, neg_inf)?;
-            max = e.max_skip_nan(max, x)?;
-        }
-        for offset in [16, 8, 4, 2, 1] {
-            let other = shuffle(e, max, offset, "xor")?;
-            max = e.max_skip_nan(max, other)?;
-        }
-        let mut exps = Vec::new();
-        for &x in logits {
-            let shifted = e.subf(x, max)?;
-            exps.push(e.exp(shifted)?);
-        }
-        // Every lane gathers every expert's term (expert j: lane j / P, slot j % P).
-        let mut terms = Vec::new();
-        for j in 0..self.experts() {
-            terms.push(shuffle(e, exps[(j % p) as usize], (j / p) as u32, "idx")?);
-        }
-        let sum = pairwise_sum(e, &terms)?;
-        let all_masked = e.cmpf(CmpfPredicate::Oeq, max, neg_inf)?;
-        let zero = e.f32(0.0)?;
-        exps.iter()
-            .map(|&x| {
-                let q = e.divf(x, sum)?;
-                e.select(all_masked, zero, q)
-            })
-            .collect()
     }
 
     /// Whether each group is among the `topk_groups` best (the same in every lane), worked out
@@ -627,6 +586,48 @@ fn rank_key<'c, 'a>(
     let high = e.shli(high, thirty_two)?;
     let low = e.extui(low, i64_type)?;
     e.ori(high, low)
+}
+
+/// Softmax over the warp's `experts` experts of the logits each lane holds (lane `l` holds
+/// experts `l·P .. l·P + P`, `P = ⌈experts / 32⌉`; `real` says which are experts, not padding),
+/// as the CPU reference's `softmax_row`: the maximum skipping NaN, `e^(x − max)`, the
+/// reference's pairwise sum in expert order, one division; all zero when every logit is −∞.
+pub(crate) fn warp_softmax<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    logits: &[Value<'c, 'a>],
+    real: &[Value<'c, 'a>],
+    experts: u64,
+) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+    let p = experts.div_ceil(32);
+    let neg_inf = e.f32(f32::NEG_INFINITY)?;
+    let mut max = neg_inf;
+    for (&x, &x_real) in logits.iter().zip(real) {
+        let x = e.select(x_real, x, neg_inf)?;
+        max = e.max_skip_nan(max, x)?;
+    }
+    for offset in [16, 8, 4, 2, 1] {
+        let other = shuffle(e, max, offset, "xor")?;
+        max = e.max_skip_nan(max, other)?;
+    }
+    let mut exps = Vec::new();
+    for &x in logits {
+        let shifted = e.subf(x, max)?;
+        exps.push(e.exp(shifted)?);
+    }
+    // Every lane gathers every expert's term (expert j: lane j / P, slot j % P).
+    let mut terms = Vec::new();
+    for j in 0..experts {
+        terms.push(shuffle(e, exps[(j % p) as usize], (j / p) as u32, "idx")?);
+    }
+    let sum = pairwise_sum(e, &terms)?;
+    let all_masked = e.cmpf(CmpfPredicate::Oeq, max, neg_inf)?;
+    let zero = e.f32(0.0)?;
+    exps.iter()
+        .map(|&x| {
+            let q = e.divf(x, sum)?;
+            e.select(all_masked, zero, q)
+        })
+        .collect()
 }
 
 /// `gpu.shuffle <mode> value, lane_or_offset, 32` over the full warp.

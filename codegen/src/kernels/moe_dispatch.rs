@@ -439,7 +439,7 @@ pub(super) fn atomic_add<'c>(
 }
 
 /// The lanes of the warp whose `flag` (an `i32`) is non-zero, as a mask (`vote.sync.ballot`).
-fn ballot<'c, 'a>(e: &Emit<'c, 'a>, flag: Value<'c, '_>) -> Emitted<'c, 'a> {
+pub(super) fn ballot<'c, 'a>(e: &Emit<'c, 'a>, flag: Value<'c, '_>) -> Emitted<'c, 'a> {
     e.inline_asm(
         "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $1, 0;\n\tvote.sync.ballot.b32 $0, p, 0xffffffff;\n\t}",
         "=r,r",
@@ -449,6 +449,6 @@ fn ballot<'c, 'a>(e: &Emit<'c, 'a>, flag: Value<'c, '_>) -> Emitted<'c, 'a> {
 }
 
 /// The set bits of `x` (an `i32`).
-fn popc<'c, 'a>(e: &Emit<'c, 'a>, x: Value<'c, '_>) -> Emitted<'c, 'a> {
+pub(super) fn popc<'c, 'a>(e: &Emit<'c, 'a>, x: Value<'c, '_>) -> Emitted<'c, 'a> {
     e.inline_asm("popc.b32 $0, $1;", "=r,r", &[x], e.int_type(32))
 }

@@ -73,11 +73,33 @@ impl<'c> KernelModule<'c> {
         names
     }
 
+    /// Asks ptxas for at least one resident block of kernel `name` per SM (`.minnctapersm 1`)
+    /// and no more: without it, ptxas for sm_90 may cap a `.maxntid` kernel's registers to fit
+    /// several blocks and spill a few bytes to get there.
+    pub fn one_block_per_sm(&self, name: &str) -> Result<(), CodegenError> {
+        let one = IntegerAttribute::new(Type::parse(self.context, "i32").expect("i32 parses"), 1);
+        self.set_function_attribute(name, "nvvm.minctasm", one.into(), false)
+    }
+
     /// Declares that kernel `name` runs at most `block` threads per block (`.maxntid`), unless
     /// its builder already did: ptxas then keeps its registers within what a block of that size
     /// may hold (64 Ki registers per block), so no kernel can fail at launch for too many
     /// registers; it spills instead, which the PTX tests refuse.
     pub fn bound_threads(&self, name: &str, block: [u32; 3]) -> Result<(), CodegenError> {
+        let [x, y, z] = block;
+        let threads = Attribute::parse(self.context, &format!("array<i32: {x}, {y}, {z}>"))
+            .expect("a dense i32 array parses");
+        self.set_function_attribute(name, "nvvm.maxntid", threads, true)
+    }
+
+    /// Sets `attribute` of kernel `name` to `value` (unless it has one and `keep` is set).
+    fn set_function_attribute(
+        &self,
+        name: &str,
+        attribute: &str,
+        value: Attribute<'c>,
+        keep: bool,
+    ) -> Result<(), CodegenError> {
         let mut next = self.gpu_module_body().first_operation_mut();
         while let Some(mut operation) = next {
             let named = operation
@@ -86,12 +108,8 @@ impl<'c> KernelModule<'c> {
                 .and_then(|n| StringAttribute::try_from(n).ok())
                 .is_some_and(|n| n.value() == name);
             if named {
-                if !operation.has_attribute("nvvm.maxntid") {
-                    let [x, y, z] = block;
-                    let threads =
-                        Attribute::parse(self.context, &format!("array<i32: {x}, {y}, {z}>"))
-                            .expect("a dense i32 array parses");
-                    operation.set_attribute("nvvm.maxntid", threads);
+                if !(keep && operation.has_attribute(attribute)) {
+                    operation.set_attribute(attribute, value);
                 }
                 return Ok(());
             }

@@ -4,6 +4,7 @@
 //! A `reshape` of a contiguous tensor selects nothing: its result aliases its operand's bytes.
 
 use dsc_ir::{DType, Graph, Op, OpKind, ScaleFormat, ValueId};
+use dsc_kernels::ops::grad::RouteWeights;
 use dsc_kernels::ops::rope::RopeParams;
 use dsc_kernels::ops::{
     AttentionDims, CombineDims, EmbeddingDims, GroupedDims, GroupedInput, LinearDims, ScoreDims,
@@ -26,9 +27,12 @@ use crate::kernels::expert_bias_update::ExpertBiasUpdate;
 use crate::kernels::flash_attention::{AttentionForm, FlashAttention};
 use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
 use crate::kernels::global_norm::{GlobalNorm, NormInput};
+use crate::kernels::grouped_linear_wgrad::GroupedLinearWgrad;
 use crate::kernels::linear::Linear;
 use crate::kernels::matmul::Matmul;
 use crate::kernels::moe::{MoeCombine, MoeTopk};
+use crate::kernels::moe_combine_grad::MoeCombineGrad;
+use crate::kernels::moe_topk_grad::MoeTopkGrad;
 use crate::kernels::norm::RmsNorm;
 use crate::kernels::pad::Pad;
 use crate::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
@@ -749,12 +753,97 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 grad: float_operand(ty(operand(1)).dtype).map_err(&fail)?,
             })
         }
-        OpKind::GroupedLinearWgrad | OpKind::MoeCombineGrad | OpKind::MoeTopkGrad => {
-            return Err(fail(format!(
-                "no GPU kernel yet for the training op `{}`; training steps run on the CPU \
-                 (`dsc train --device cpu`)",
-                op.kind.name()
-            )));
+        OpKind::GroupedLinearWgrad => {
+            let o = op.grouped_linear_wgrad_operands().map_err(named)?;
+            if ty(o.indices).dtype != DType::I32 || ty(result(0)).dtype != DType::F32 {
+                return Err(fail(
+                    "indices must be i32 and the gradient f32 on the GPU".into(),
+                ));
+            }
+            // The CPU backend's sizes: the gradient shaped as the experts' weights.
+            let d = GroupedDims::from_shapes(&ty(result(0)).shape, &ty(o.indices).shape)
+                .map_err(sizes)?;
+            let x_per_slot = GroupedInput::of(&ty(o.x).shape) == GroupedInput::PerSlot;
+            let x_rows = if x_per_slot { d.rows() } else { d.tokens };
+            if numel(o.dy) != (d.rows() * d.out_features) as u64
+                || numel(o.x) != (x_rows * d.in_features) as u64
+            {
+                return Err(fail(
+                    "dy must be [T, k, N] and x [T, K] or [T, k, K] for the gradient".into(),
+                ));
+            }
+            let kernel = GroupedLinearWgrad {
+                tokens: d.tokens as u64,
+                top_k: d.top_k as u64,
+                experts: d.experts as u64,
+                out_features: d.out_features as u64,
+                in_features: d.in_features as u64,
+                x_per_slot,
+                grad: float_operand(ty(o.dy).dtype).map_err(&fail)?,
+                input: float_operand(ty(o.x).dtype).map_err(&fail)?,
+            };
+            kernel.supported().map_err(&fail)?;
+            GpuKernel::GroupedLinearWgrad(kernel)
+        }
+        OpKind::MoeCombineGrad => {
+            let o = op.moe_combine_grad_operands().map_err(named)?;
+            let d = CombineDims::from_shapes(&ty(o.y).shape).map_err(sizes)?;
+            let (rows, dim) = ((d.tokens * d.top_k) as u64, d.dim as u64);
+            if numel(o.weights) != rows
+                || numel(o.dout) != (d.tokens * d.dim) as u64
+                || numel(result(0)) != rows * dim
+                || numel(result(1)) != rows
+            {
+                return Err(fail(
+                    "y and dy must be [T, k, D], weights and dweights [T, k], dout [T, D]".into(),
+                ));
+            }
+            let dtype = |v: ValueId| float_operand(ty(v).dtype).map_err(&fail);
+            GpuKernel::MoeCombineGrad(MoeCombineGrad {
+                tokens: d.tokens as u64,
+                top_k: d.top_k as u64,
+                dim,
+                routed: dtype(o.y)?,
+                weights: dtype(o.weights)?,
+                grad: dtype(o.dout)?,
+                output: dtype(result(0))?,
+                weights_grad: dtype(result(1))?,
+            })
+        }
+        OpKind::MoeTopkGrad => {
+            let o = op.moe_topk_grad_operands().map_err(named)?;
+            if ty(o.indices).dtype != DType::I32 {
+                return Err(fail(format!(
+                    "indices must be i32 on the GPU, got {}",
+                    ty(o.indices).dtype
+                )));
+            }
+            let d = TopkDims::from_shapes(&ty(o.logits).shape).map_err(sizes)?;
+            let route = RouteWeights::from_attrs(&op.attrs).map_err(sizes)?;
+            let top_k = last(o.indices);
+            if numel(o.indices) != d.tokens as u64 * top_k
+                || numel(o.dweights) != numel(o.indices)
+                || numel(result(0)) != numel(o.logits)
+            {
+                return Err(fail(
+                    "indices and dweights must be [T, k], the gradient the logits' shape".into(),
+                ));
+            }
+            let dtype = |v: ValueId| float_operand(ty(v).dtype).map_err(&fail);
+            let kernel = MoeTopkGrad {
+                tokens: d.tokens as u64,
+                experts: d.experts as u64,
+                top_k,
+                score_func: route.score_func,
+                norm_topk_prob: route.norm_topk_prob,
+                // The reference multiplies by the attribute rounded to f32.
+                route_scale: route.route_scale as f32,
+                logits: dtype(o.logits)?,
+                grad: dtype(o.dweights)?,
+                output: dtype(result(0))?,
+            };
+            kernel.supported().map_err(&fail)?;
+            GpuKernel::MoeTopkGrad(kernel)
         }
         other => {
             return Err(fail(format!(

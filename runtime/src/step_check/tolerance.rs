@@ -24,7 +24,9 @@
 //!   cross_entropy and its gradient relative Frobenius ≤ 1e-5 (softmax statistics, `ln`);
 //!   rms_norm_grad as rms_norm (its f32 weight gradient an f64 sum against an f32 pairwise one),
 //!   softmax_grad as softmax; pad bit exact (a copy and zeros); rope_grad as rope;
-//!   embedding_grad bit exact (f32 sums in the reference's token order).
+//!   embedding_grad bit exact (f32 sums in the reference's token order); grouped_linear_wgrad
+//!   as an f32 matrix product; moe_combine_grad bit exact (the reference's pairwise tree);
+//!   moe_topk_grad as the elementwise ops (`exp`).
 //!
 //! NaN must appear where the reference has NaN, and only there; an infinity (the causal mask of
 //! attention scores is −∞) must be the reference's infinity, and infinities are left out of the
@@ -123,10 +125,16 @@ pub fn rule_for(kind: OpKind, result: usize, dtype: DType) -> Rule {
         // embedding_grad sums each element in f32 from +0 in token order, the reference's own
         // order, with no products: bit exact.
         K::EmbeddingGrad => Rule::Exact,
-        // No GPU kernels yet (codegen refuses them); a rule is needed once they have one.
-        K::GroupedLinearWgrad | K::MoeCombineGrad | K::MoeTopkGrad => {
-            unreachable!("{kind} has no GPU kernel to compare")
-        }
+        // The experts' Wgrad is an f32 GEMM over each expert's rows (the reference's library
+        // blocks its sums in another order).
+        K::GroupedLinearWgrad => gemm(false),
+        // moe_combine_grad: one product rounded once, and the reference's pairwise tree of the
+        // same f32 products: bit exact.
+        K::MoeCombineGrad => Rule::Exact,
+        // moe_topk_grad: the reference's operations in its order; only `exp` (in sigmoid or
+        // softmax) differs in the last f32 bits.
+        K::MoeTopkGrad if f32_out => Rule::RelativeFrobenius(1e-5),
+        K::MoeTopkGrad => Rule::Ulps(1),
     }
 }
 

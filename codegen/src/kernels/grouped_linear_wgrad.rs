@@ -1,0 +1,416 @@
+//! `grouped_linear_wgrad`: the k-grouped weight gradient of the routed experts, `dw[e] =
+//! Σ dy[r]ᵀ · x[r]` over the routed rows `r = t·top_k + slot` whose expert is `e`, in f32, as
+//! the CPU reference (`dsc_kernels::ops::grad::grouped_linear_wgrad`); zeros for an expert no
+//! row chose; x one row per token or per slot.
+//!
+//! One block of [`THREADS`] per (expert, [`TILE`] rows of `out_features`); it walks every
+//! [`TILE`]-column tile of `in_features` itself, so that it finds its expert's rows once:
+//! 1. scan: the block reads the indices [`THREADS`] rows a step and appends the rows of its
+//!    expert to a list in shared memory, in row order (a warp ballot, the lane's rank among
+//!    the hits below it, the warps' counts summed in order);
+//! 2. once the list could overflow on the next step (more than [`LIST`] − [`THREADS`] rows),
+//!    and after the last step, every column tile of the block's row tile sums the listed rows:
+//!    [`STAGE`] rows at a time, their `dy` and `x` tiles staged in shared memory, each thread
+//!    accumulating 4 × 4 outputs (rows `ty + 16i`, columns `tx + 16j`: conflict-free shared
+//!    reads, coalesced stores) in registers, one product and one f32 sum per row in row order.
+//!    A later flush (an expert with more than ~[`LIST`] rows) reloads its partial sums from `dw`
+//!    and goes on adding, so every element is one f32 sum from +0 in row order — the
+//!    reference's rows in its order, though its GEMM library sums them in its own blocks
+//!    (the results agree as any two f32 GEMMs do, not bit for bit).
+//!
+//! An index outside `0..experts` (the reference refuses it) equals no block's expert: its row
+//! is left out, and nothing is read through it.
+//!
+//! Cost: every block reads all `T·k` indices (4 bytes each, from L2): `E · ⌈N / 64⌉ · 4·T·k`
+//! bytes, 1 GiB for DeepSeek-V3's up projection (256 experts, N = 2048, T·k = 32768) — about
+//! 0.1 ms of L2 bandwidth against the ~1 TFLOP of f32 products (~16 ms on CUDA cores); two
+//! barriers a scan step. The products run on CUDA cores in f32 (no tensor cores), two shared
+//! loads per four multiply-adds; an expert's blocks run its column tiles one after another,
+//! so a heavily loaded expert is a long tail.
+
+use dsc_ir::DType;
+use melior::dialect::arith::CmpiPredicate;
+use melior::ir::r#type::{IntegerType, MemRefType};
+use melior::ir::{Attribute, BlockLike, Type, Value};
+use serde::Serialize;
+
+use super::moe_dispatch::{ballot, popc};
+use super::vector_access::{global_load_if, global_store_if};
+use super::{Launch, Param, kernel_args, param_types};
+use crate::error::CodegenError;
+use crate::mlir::KernelModule;
+use crate::mlir::emit::{Emit, Emitted};
+use crate::mlir::kernel::Dimension;
+
+/// Threads per block (16 × 16).
+pub const THREADS: u32 = 256;
+/// Rows and columns of a block's output tile.
+pub const TILE: u64 = 64;
+/// Outputs a thread accumulates along each of the two axes (`TILE / 16`).
+const PER_THREAD: u64 = TILE / 16;
+/// Rows the list in shared memory holds.
+pub const LIST: u64 = 1024;
+/// Listed rows staged in shared memory at a time.
+pub const STAGE: u64 = 16;
+/// Warps per block.
+const WARPS: i64 = THREADS as i64 / 32;
+
+/// The k-grouped Wgrad of `grouped_linear` over `experts` experts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupedLinearWgrad {
+    /// Tokens.
+    pub tokens: u64,
+    /// Experts per token.
+    pub top_k: u64,
+    /// Experts.
+    pub experts: u64,
+    /// Rows of each expert's weight (`N`).
+    pub out_features: u64,
+    /// Columns of each expert's weight (`K`).
+    pub in_features: u64,
+    /// Whether x has a row per (token, slot) rather than per token.
+    pub x_per_slot: bool,
+    /// Dtype of `dy`.
+    pub grad: DType,
+    /// Dtype of `x`.
+    pub input: DType,
+}
+
+impl GroupedLinearWgrad {
+    /// Spec name.
+    pub fn spec(&self) -> &'static str {
+        "grouped_linear_wgrad"
+    }
+
+    fn routed(&self) -> u64 {
+        self.tokens * self.top_k
+    }
+
+    /// `(dy, x, indices, dw)`.
+    pub fn params(&self) -> Vec<Param> {
+        let x_rows = if self.x_per_slot {
+            self.routed()
+        } else {
+            self.tokens
+        };
+        vec![
+            Param::new("dy", self.grad, self.routed() * self.out_features),
+            Param::new("x", self.input, x_rows * self.in_features),
+            Param::new("indices", DType::I32, self.routed()),
+            Param::new(
+                "dw",
+                DType::F32,
+                self.experts * self.out_features * self.in_features,
+            ),
+        ]
+    }
+
+    /// Row tiles of an expert's weight.
+    fn row_tiles(&self) -> u64 {
+        self.out_features.div_ceil(TILE)
+    }
+
+    /// One block of [`THREADS`] per (expert, row tile).
+    pub fn launch(&self) -> Launch {
+        Launch::blocks(self.experts * self.row_tiles(), THREADS)
+    }
+
+    /// Why the kernel cannot take these shapes, if it cannot: rows and experts are `i32`.
+    pub fn supported(&self) -> Result<(), String> {
+        let limit = i32::MAX as u64;
+        if self.experts > limit || self.routed() > limit {
+            return Err(format!(
+                "{} experts and {} routed rows: at most {limit} of each",
+                self.experts,
+                self.routed()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the kernel.
+    pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        self.supported()
+            .map_err(|message| CodegenError::InvalidKernel {
+                kernel: entry.to_string(),
+                message,
+            })?;
+        let context = module.context();
+        let types = param_types(context, &self.params());
+        let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
+        let i32_type: Type = IntegerType::new(context, 32).into();
+        let f32_type = Type::float32(context);
+        let shared: Vec<Type> = vec![
+            MemRefType::new(i32_type, &[WARPS], None, workgroup).into(),
+            MemRefType::new(i32_type, &[LIST as i64], None, workgroup).into(),
+            MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
+            MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
+        ];
+        // At least one step, so that an empty routing still writes its zeros.
+        let steps = self.routed().div_ceil(u64::from(THREADS)).max(1) as i64;
+        let built = module.add_kernel_with_shared(entry, &types, &shared, |block, location| {
+            let e = Emit::new(context, block, location);
+            let args = kernel_args(block, block.argument_count())?;
+            let tid = e.thread_x()?;
+            let b = e.block_index(Dimension::X)?;
+            let row_tiles = e.index(self.row_tiles() as i64)?;
+            let expert = e.divui(b, row_tiles)?;
+            let n0 = e.muli(e.remui(b, row_tiles)?, e.index(TILE as i64)?)?;
+            let zero_f = e.f32(0.0)?;
+            // Entry-block cells (promoted to registers): the list's length, whether `dw` holds
+            // no partial sums yet, and the thread's outputs.
+            let count = e.cell(e.index(0)?)?;
+            let first = e.cell(e.int(1, 1)?)?;
+            let acc = (0..PER_THREAD * PER_THREAD)
+                .map(|_| e.cell(zero_f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let block = Blk {
+                args: &args,
+                tid,
+                expert,
+                n0,
+                count,
+                first,
+                acc: &acc,
+            };
+            let in_grid = e.lt(expert, e.index(self.experts as i64)?)?;
+            e.if_then(in_grid, |e| {
+                e.for_const(0, steps, 1, |e, step| {
+                    self.scan_step(&e, &block, step)?;
+                    let listed = e.get(count)?;
+                    let nearly_full = e.index((LIST - u64::from(THREADS)) as i64)?;
+                    let full = e.lt(nearly_full, listed)?;
+                    let last = e.cmpi(CmpiPredicate::Eq, step, e.index(steps - 1)?)?;
+                    let flush = e.ori(full, last)?;
+                    e.if_then(flush, |e| {
+                        self.flush(&e, &block)?;
+                        e.set(count, e.index(0)?)?;
+                        e.set(first, e.int(1, 0)?)
+                    })
+                })
+            })
+        });
+        built?;
+        // 16 accumulators and the staged operands want ~60 registers; left to itself, ptxas
+        // for sm_90 caps them at 40 (six blocks an SM) and spills.
+        module.one_block_per_sm(entry)
+    }
+
+    /// Appends the rows of step `step` routed to the block's expert to the list.
+    fn scan_step<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        step: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let (indices, counts, list) = (blk.args[2], blk.args[4], blk.args[5]);
+        let tid = blk.tid;
+        let threads = e.index(i64::from(THREADS))?;
+        let row = e.addi(e.muli(step, threads)?, tid)?;
+        let routed = e.index(self.routed() as i64)?;
+        let in_range = e.lt(row, routed)?;
+        let zero = e.index(0)?;
+        let safe = e.select(in_range, row, zero)?;
+        let index = e.load(indices, safe)?;
+        let expert = e.index_cast(blk.expert, e.int_type(32))?;
+        let is = e.cmpi(CmpiPredicate::Eq, index, expert)?;
+        let hit = e.andi(is, in_range)?;
+        let mask = ballot(e, e.extui(hit, e.int_type(32))?)?;
+        let thirty_two = e.index(32)?;
+        let lane = e.remui(tid, thirty_two)?;
+        let warp = e.divui(tid, thirty_two)?;
+        let one = e.int(32, 1)?;
+        let lane32 = e.index_cast(lane, e.int_type(32))?;
+        let below = e.subi(e.shli(one, lane32)?, one)?;
+        let rank = popc(e, e.andi(mask, below)?)?;
+        let lane0 = e.cmpi(CmpiPredicate::Eq, lane, zero)?;
+        e.if_then(lane0, |e| {
+            let hits = popc(&e, mask)?;
+            e.store(hits, counts, warp);
+            Ok(())
+        })?;
+        e.barrier();
+        let mut before = e.int(32, 0)?;
+        let mut total = e.int(32, 0)?;
+        for w in 0..WARPS {
+            let n = e.load(counts, e.index(w)?)?;
+            let earlier = e.lt(e.index(w)?, warp)?;
+            let add = e.select(earlier, n, e.int(32, 0)?)?;
+            before = e.addi(before, add)?;
+            total = e.addi(total, n)?;
+        }
+        let listed = e.get(blk.count)?;
+        e.if_then(hit, |e| {
+            let at = e.addi(before, rank)?;
+            let at = e.addi(e.index_cast(at, e.index_type())?, listed)?;
+            let row32 = e.index_cast(row, e.int_type(32))?;
+            e.store(row32, list, at);
+            Ok(())
+        })?;
+        // The list is complete, and every thread has read the counts, before anyone goes on.
+        e.barrier();
+        let total = e.index_cast(total, e.index_type())?;
+        e.set(blk.count, e.addi(listed, total)?)
+    }
+
+    /// Adds the listed rows' products to every column tile of the block's row tile.
+    fn flush<'c>(&self, e: &Emit<'c, '_>, blk: &Blk<'c, '_, '_>) -> Result<(), CodegenError> {
+        let dw = blk.args[3];
+        let sixteen = e.index(16)?;
+        let ty = e.divui(blk.tid, sixteen)?;
+        let tx = e.remui(blk.tid, sixteen)?;
+        let n_dim = e.index(self.out_features as i64)?;
+        let k_dim = e.index(self.in_features as i64)?;
+        let plane = e.muli(blk.expert, n_dim)?;
+        let listed = e.get(blk.count)?;
+        let first = e.get(blk.first)?;
+        let col_tiles = self.in_features.div_ceil(TILE) as i64;
+        e.for_const(0, col_tiles, 1, |e, kt| {
+            let k0 = e.muli(kt, e.index(TILE as i64)?)?;
+            // Each output: (row, column, in bounds, its dw element).
+            let mut outputs = Vec::new();
+            for i in 0..PER_THREAD {
+                let n = e.addi(blk.n0, e.addi(ty, e.index(16 * i as i64)?)?)?;
+                for j in 0..PER_THREAD {
+                    let k = e.addi(k0, e.addi(tx, e.index(16 * j as i64)?)?)?;
+                    let inside = e.andi(e.lt(n, n_dim)?, e.lt(k, k_dim)?)?;
+                    let at = e.addi(e.muli(e.addi(plane, n)?, k_dim)?, k)?;
+                    outputs.push((inside, at));
+                }
+            }
+            let resume = e.push(melior::dialect::arith::xori(
+                first,
+                e.int(1, 1)?,
+                e.location,
+            ))?;
+            for (&cell, &(inside, at)) in blk.acc.iter().zip(&outputs) {
+                let ok = e.andi(inside, resume)?;
+                e.set(cell, element_if(&e, dw, DType::F32, at, ok)?)?;
+            }
+            let stage = e.index(STAGE as i64)?;
+            e.for_range(e.index(0)?, listed, stage, |e, g| {
+                self.stage_rows(&e, blk, g, listed, k0)?;
+                e.barrier();
+                let (dys, xs) = (blk.args[6], blk.args[7]);
+                for s in 0..STAGE {
+                    let base = e.index((s * TILE) as i64)?;
+                    let a = (0..PER_THREAD)
+                        .map(|i| e.load(dys, e.addi(base, e.addi(ty, e.index(16 * i as i64)?)?)?))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let b = (0..PER_THREAD)
+                        .map(|j| e.load(xs, e.addi(base, e.addi(tx, e.index(16 * j as i64)?)?)?))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let pairs = a.iter().flat_map(|ai| b.iter().map(move |bj| (ai, bj)));
+                    for (&cell, (&ai, &bj)) in blk.acc.iter().zip(pairs) {
+                        let p = e.mulf(ai, bj)?;
+                        e.accumulate(cell, p)?;
+                    }
+                }
+                // Every thread has read the stage before the next one overwrites it.
+                e.barrier();
+                Ok(())
+            })?;
+            for (&cell, &(inside, at)) in blk.acc.iter().zip(&outputs) {
+                let v = e.bitcast(e.get(cell)?, e.int_type(32))?;
+                let base = e.address_of(dw)?;
+                let offset = e.muli(e.index_cast(at, e.int_type(64))?, e.int(64, 4)?)?;
+                global_store_if(&e, inside, e.addi(base, offset)?, &[v])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Stages the `dy` and `x` tiles of listed rows `g .. g + STAGE` (zeros past `listed` and
+    /// past the matrices' edges) for the column tile at `k0`.
+    fn stage_rows<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        g: Value<'c, '_>,
+        listed: Value<'c, '_>,
+        k0: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let (dy, x, list, dys, xs) = (
+            blk.args[0],
+            blk.args[1],
+            blk.args[5],
+            blk.args[6],
+            blk.args[7],
+        );
+        let tile = e.index(TILE as i64)?;
+        let n_dim = e.index(self.out_features as i64)?;
+        let k_dim = e.index(self.in_features as i64)?;
+        let zero = e.index(0)?;
+        for q in 0..(STAGE * TILE) / u64::from(THREADS) {
+            let flat = e.addi(e.index((q * u64::from(THREADS)) as i64)?, blk.tid)?;
+            let s = e.divui(flat, tile)?;
+            let c = e.remui(flat, tile)?;
+            let position = e.addi(g, s)?;
+            let held = e.lt(position, listed)?;
+            let safe = e.select(held, position, zero)?;
+            let row = e.load(list, safe)?;
+            let row = e.index_cast(row, e.index_type())?;
+            let n = e.addi(blk.n0, c)?;
+            let dy_ok = e.andi(held, e.lt(n, n_dim)?)?;
+            let dy_at = e.addi(e.muli(row, n_dim)?, n)?;
+            let v = element_if(e, dy, self.grad, dy_at, dy_ok)?;
+            e.store(v, dys, flat);
+            let x_row = if self.x_per_slot {
+                row
+            } else {
+                e.divui(row, e.index(self.top_k.max(1) as i64)?)?
+            };
+            let k = e.addi(k0, c)?;
+            let x_ok = e.andi(held, e.lt(k, k_dim)?)?;
+            let x_at = e.addi(e.muli(x_row, k_dim)?, k)?;
+            let v = element_if(e, x, self.input, x_at, x_ok)?;
+            e.store(v, xs, flat);
+        }
+        Ok(())
+    }
+}
+
+/// Element `at` (an index) of the f32 or bf16 `buffer` as an f32 when `ok` (an `i1`), else
+/// +0, by one predicated load: the staging has no branch (a lane branching back to the
+/// barrier ahead of its warp would reach it before its store on the emulator, which runs
+/// divergent lanes lowest address first) and reads nothing out of bounds.
+fn element_if<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    buffer: Value<'c, '_>,
+    dtype: DType,
+    at: Value<'c, '_>,
+    ok: Value<'c, '_>,
+) -> Emitted<'c, 'a> {
+    let base = e.address_of(buffer)?;
+    let offset = e.index_cast(at, e.int_type(64))?;
+    let offset = e.muli(offset, e.int(64, dtype.size_bytes() as i64)?)?;
+    let address = e.addi(base, offset)?;
+    if dtype == DType::Bf16 {
+        let ok = e.extui(ok, e.int_type(32))?;
+        let bits = e.inline_asm(
+            "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $2, 0;\n\tmov.b16 $0, 0;\n\t\
+             @p ld.global.b16 $0, [$1];\n\t}",
+            "=h,l,r",
+            &[address, ok],
+            e.int_type(16),
+        )?;
+        let value = e.bitcast(bits, e.bf16_type())?;
+        e.extf(value, e.f32_type())
+    } else {
+        let word = global_load_if(e, address, ok, 1)?[0];
+        e.bitcast(word, e.f32_type())
+    }
+}
+
+/// What every phase of a block reads: the kernel's buffers (then the shared ones: the warps'
+/// counts, the list, the staged `dy` and `x`), the thread, the block's expert and first row,
+/// and the cells.
+struct Blk<'c, 'a, 'v> {
+    args: &'v [Value<'c, 'a>],
+    tid: Value<'c, 'a>,
+    expert: Value<'c, 'a>,
+    n0: Value<'c, 'a>,
+    count: Value<'c, 'a>,
+    first: Value<'c, 'a>,
+    acc: &'v [Value<'c, 'a>],
+}
