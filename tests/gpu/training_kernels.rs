@@ -996,7 +996,7 @@ fn grouped_linear_wgrad_per_token_and_per_slot() {
         dtype,
     };
     // tiny-moe's up projection (x per token, bf16), its down projection (x per slot); ragged
-    // tiles of both axes; one expert; no tokens (a zero gradient).
+    // tiles of both axes; one expert; no tokens (a zero gradient); no output features.
     for (i, c) in [
         case(64, 2, 8, 32, 64, false, b),
         case(64, 2, 8, 64, 32, true, b),
@@ -1004,6 +1004,7 @@ fn grouped_linear_wgrad_per_token_and_per_slot() {
         case(20, 2, 6, 65, 33, true, f),
         case(9, 1, 1, 3, 5, false, b),
         case(0, 2, 4, 16, 16, false, f),
+        case(5, 2, 3, 0, 16, false, f),
     ]
     .iter()
     .enumerate()

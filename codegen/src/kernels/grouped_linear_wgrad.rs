@@ -24,9 +24,12 @@
 //! Cost: every block reads all `T·k` indices (4 bytes each, from L2): `E · ⌈N / 64⌉ · 4·T·k`
 //! bytes, 1 GiB for DeepSeek-V3's up projection (256 experts, N = 2048, T·k = 32768) — about
 //! 0.1 ms of L2 bandwidth against the ~1 TFLOP of f32 products (~16 ms on CUDA cores); two
-//! barriers a scan step. The products run on CUDA cores in f32 (no tensor cores), two shared
-//! loads per four multiply-adds; an expert's blocks run its column tiles one after another,
-//! so a heavily loaded expert is a long tail.
+//! barriers a scan step. The products run on CUDA cores in f32 (no tensor cores: a BF16
+//! `mma.sync`/wgmma form would be ~15× faster and is not built yet), one shared load per two
+//! multiply-adds; an expert's blocks run its column tiles one after another, so a heavily
+//! loaded expert is a long tail. The staging is predicated loads, no branches, and the kernel
+//! asks for one block an SM (`.minnctapersm 1`: ptxas for sm_90 otherwise caps it at 40
+//! registers and spills).
 
 use dsc_ir::DType;
 use melior::dialect::arith::CmpiPredicate;
@@ -105,9 +108,10 @@ impl GroupedLinearWgrad {
         ]
     }
 
-    /// Row tiles of an expert's weight.
+    /// Row tiles of an expert's weight (at least one, so that a block's expert is always
+    /// its index over them).
     fn row_tiles(&self) -> u64 {
-        self.out_features.div_ceil(TILE)
+        self.out_features.div_ceil(TILE).max(1)
     }
 
     /// One block of [`THREADS`] per (expert, row tile).
