@@ -1,7 +1,8 @@
 //! The fused attention kernel alone on the emulator, for both targets, against the CPU
 //! reference `dsc_kernels::ops::attention` on the same BF16 operands: ragged query and key
 //! lengths (not multiples of the 64-query block or the 64-key tile), causal and not, grouped
-//! heads, MLA's RoPE part with one shared key head, and extreme scores.
+//! heads, MLA's RoPE part with one shared key head, extreme scores, and many key tiles (the
+//! `mma.sync` form's `cp.async` pipeline over one K and one V buffer).
 
 use super::kernel_run::{lower, run_ptx};
 use dsc_codegen::Target;
@@ -175,4 +176,12 @@ fn fused_attention_with_mla_shapes() {
 fn fused_attention_with_extreme_scores() {
     // Scores up to ±(8·8·32·0.2) = ±409: exp underflows to 0 for all but the row maxima.
     check(&gqa(65, 65, true), 8.0);
+}
+
+#[test]
+fn fused_attention_over_many_key_tiles() {
+    // Ten key tiles, the last ragged: every tile's copies overlap the previous tile's math.
+    check(&gqa(40, 600, false), 1.0);
+    // Causal: the query blocks read 8 to 10 tiles, the latest ones first.
+    check(&gqa(130, 600, true), 1.0);
 }

@@ -9,12 +9,15 @@
 //!   quad at the end), `O = O·α`; each `exp` one `ex2.approx` of the score scaled by `log2 e`
 //!   (FlashAttention's way: the CPU reference's `exp` differs in the last f32 bits);
 //! - `O += P·V` with `P` rounded to BF16 straight from the S accumulators (the m16n8 D layout
-//!   of two adjacent key octets is the m16n8k16 A layout) and V's fragments gathered as 16-bit
-//!   pairs from its row-major tile (two keys of one dim per register).
+//!   of two adjacent key octets is the m16n8k16 A layout) and V's fragments read by
+//!   `ldmatrix.trans` from its row-major tile (two keys of one dim per register).
 //!
-//! With causal masking a query block reads only the key tiles up to its last query's position,
-//! and the blocks of the latest queries (the most tiles) are launched first. Shared rows are
-//! padded by 8 elements so that the fragment reads (8 rows × 4 words per warp) hit 32 banks.
+//! In the `mma.sync` form `cp.async` stages the tiles (zero fill past the keys' end) and
+//! `ldmatrix.x4` reads K's fragments; V(j) is copied during Q·K(j)ᵀ and K(j + 1) during the
+//! softmax and P·V(j). With causal masking a query block reads only the key tiles up to its
+//! last query's position, and the blocks of the latest queries (the most tiles) are launched
+//! first. Shared rows are padded by 8 elements so that each 8 × 16-byte `ldmatrix` matrix hits
+//! 32 banks.
 
 use dsc_ir::DType;
 use dsc_kernels::ops::AttentionDims;
@@ -25,9 +28,7 @@ use serde::Serialize;
 use super::attention::{HeadOperand, main_operand, row_index};
 use super::flash_attention_wgmma as wgmma;
 use super::mma::{mma, pack_k};
-use super::vector_access::{
-    global_load_v4, pack_bf16x2, shared_load_u16_pair, shared_load_u32, shared_store_v4,
-};
+use super::vector_access::{global_load_v4, pack_bf16x2, shared_store_v4};
 use super::{Launch, Param, kernel_args, param_types, shared_bytes_type};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -252,25 +253,21 @@ impl FlashAttention {
         };
         let k_bytes = e.int(32, self.k_tile_bytes() as i64)?;
         let v_smem = e.addi(k_smem, k_bytes)?;
-        // This lane's B fragment rows: row g of each tile, its words from column 2q.
-        let lane_base = |tile, stride: u64| -> Emitted<'c, 'a> {
-            let row = e.muli(at.group, e.index(stride as i64)?)?;
-            let q2 = e.muli(at.quad, e.index(2)?)?;
-            let element = e.addi(row, q2)?;
-            let bytes = e.muli(element, e.index(2)?)?;
-            let bytes = e.index_cast(bytes, i32_type)?;
-            e.addi(tile, bytes)
+        // The row this lane gives each `ldmatrix.x4`: row `lane mod 8` of matrix `lane / 8`.
+        // K's matrices (keys × 8 dims, plain) are two octets of keys × two dim halves, V's
+        // (keys × 8 value dims, transposed) two key halves × two value-dim octets.
+        let lane = e.remui(at.tid, e.index(32)?)?;
+        let (matrix, row) = (e.divui(lane, e.index(8)?)?, e.remui(lane, e.index(8)?)?);
+        let (high, low) = (e.divui(matrix, e.index(2)?)?, e.remui(matrix, e.index(2)?)?);
+        let ld_base = |tile, stride: u64, row_step, col_step| -> Emitted<'c, 'a> {
+            let r = e.addi(e.muli(row_step, e.index(8)?)?, row)?;
+            let at = e.muli(r, e.index(stride as i64)?)?;
+            let at = e.addi(at, e.muli(col_step, e.index(8)?)?)?;
+            let bytes = e.muli(at, e.index(2)?)?;
+            e.addi(tile, e.index_cast(bytes, i32_type)?)
         };
-        let k_lane = lane_base(k_smem, self.k_stride())?;
-        // V's B fragments gather two keys per register: this lane's keys from 2q, dim g.
-        let v_lane = {
-            let q2 = e.muli(at.quad, e.index(2)?)?;
-            let row = e.muli(q2, e.index(self.v_stride() as i64)?)?;
-            let element = e.addi(row, at.group)?;
-            let bytes = e.muli(element, e.index(2)?)?;
-            let bytes = e.index_cast(bytes, i32_type)?;
-            e.addi(v_smem, bytes)?
-        };
+        let k_ld = ld_base(k_smem, self.k_stride(), high, low)?;
+        let v_ld = ld_base(v_smem, self.v_stride(), low, high)?;
 
         // Q's A fragments, once: chunk c of 16 score dims, registers as in `linear_mma`.
         let q_len = e.index(self.q_len() as i64)?;
@@ -325,13 +322,29 @@ impl FlashAttention {
         };
         let start = e.index(0)?;
         let one = e.index(1)?;
+        // mma.sync: FlashAttention-2's pipeline of cp.async copies, K and V a half-tile apart
+        // (one buffer each, so that the shared memory stays one tile's): K(j + 1) streams in
+        // during the softmax and P·V of tile j, V(j) during its Q·Kᵀ.
+        let pipelined = self.form == AttentionForm::MmaSync;
+        if pipelined {
+            self.stage_k(e, ops, &at, start, k_smem)?;
+            e.cp_async_commit()?;
+        }
         e.for_range(start, tiles, one, |e, tile| {
             let t0 = e.muli(tile, e.index(KV_TILE as i64)?)?;
-            // The previous tile's reads are done before the tiles are overwritten.
-            e.barrier();
-            self.stage_k(&e, ops, &at, t0, k_smem)?;
-            self.stage_v(&e, ops, &at, t0, v_smem)?;
-            e.barrier();
+            if pipelined {
+                // K(j) has landed for every thread, and P·V(j − 1) is done with V.
+                e.cp_async_wait(0)?;
+                e.barrier();
+                self.stage_v(&e, ops, &at, t0, v_smem)?;
+                e.cp_async_commit()?;
+            } else {
+                // The previous tile's reads are done before the tiles are overwritten.
+                e.barrier();
+                self.stage_k(&e, ops, &at, t0, k_smem)?;
+                self.stage_v(&e, ops, &at, t0, v_smem)?;
+                e.barrier();
+            }
 
             // S = Q·Kᵀ: 8 key octets × the score dims.
             let mut s = match self.form {
@@ -339,12 +352,13 @@ impl FlashAttention {
                 AttentionForm::MmaSync => {
                     let mut s: Vec<[Value; 4]> = vec![[zero; 4]; (KV_TILE / 8) as usize];
                     for (c, a) in q_frags.iter().enumerate() {
-                        for (nt, acc) in s.iter_mut().enumerate() {
-                            // Key 8nt + g, score dims 16c + 2q (+ 8).
-                            let at = 2 * (8 * nt as u64 * self.k_stride() + 16 * c as u64);
-                            let b0 = shared_load_u32(&e, k_lane, at)?;
-                            let b1 = shared_load_u32(&e, k_lane, at + 16)?;
-                            *acc = mma(&e, INSTRUCTION, *a, [b0, b1], *acc)?;
+                        for (pair, accs) in s.chunks_mut(2).enumerate() {
+                            // Keys 16·pair + g (+ 8), score dims 16c + 2q (+ 8).
+                            let at = 2 * (16 * pair as u64 * self.k_stride() + 16 * c as u64);
+                            let b = e.ldmatrix(e.addi(k_ld, e.int(32, at as i64)?)?, 4)?;
+                            for (acc, b) in accs.iter_mut().zip(b.chunks(2)) {
+                                *acc = mma(&e, INSTRUCTION, *a, [b[0], b[1]], *acc)?;
+                            }
                         }
                     }
                     s
@@ -377,6 +391,19 @@ impl FlashAttention {
                     let scaled = e.mulf(*x, log2_scale)?;
                     *x = e.select(visible, scaled, neg_inf)?;
                 }
+            }
+
+            if pipelined {
+                // V(j) has landed, and every warp is done with K(j).
+                e.cp_async_wait(0)?;
+                e.barrier();
+                let next = e.addi(tile, one)?;
+                let more = e.lt(next, tiles)?;
+                e.if_then(more, |e| {
+                    let t1 = e.addi(t0, e.index(KV_TILE as i64)?)?;
+                    self.stage_k(&e, ops, &at, t1, k_smem)
+                })?;
+                e.cp_async_commit()?;
             }
 
             // The online softmax, row by row.
@@ -443,14 +470,15 @@ impl FlashAttention {
                 }
                 AttentionForm::MmaSync => {
                     for (kc, a) in p.iter().enumerate() {
-                        for (nt, acc) in o_vals.iter_mut().enumerate() {
-                            // Value dim 8nt + g, keys 16kc + 2q, + 1 (b0) and + 8, + 9 (b1).
-                            let at = |key: u64| {
-                                2 * ((16 * kc as u64 + key) * self.v_stride() + 8 * nt as u64)
-                            };
-                            let b0 = shared_load_u16_pair(&e, v_lane, at(0), at(1))?;
-                            let b1 = shared_load_u16_pair(&e, v_lane, at(8), at(9))?;
-                            *acc = mma(&e, INSTRUCTION, *a, [b0, b1], *acc)?;
+                        for (pair, accs) in o_vals.chunks_mut(2).enumerate() {
+                            // Value dims 16·pair + g (+ 8), keys 16kc + 2q, + 1 (b0) and + 8,
+                            // + 9 (b1); an odd last octet takes two matrices.
+                            let at = 2 * (16 * kc as u64 * self.v_stride() + 16 * pair as u64);
+                            let address = e.addi(v_ld, e.int(32, at as i64)?)?;
+                            let b = e.ldmatrix_trans(address, 2 * accs.len() as u32)?;
+                            for (acc, b) in accs.iter_mut().zip(b.chunks(2)) {
+                                *acc = mma(&e, INSTRUCTION, *a, [b[0], b[1]], *acc)?;
+                            }
                         }
                     }
                 }
@@ -538,6 +566,7 @@ impl FlashAttention {
             base: k_smem,
             first: place,
             stride: self.k_stride(),
+            fallback: e.address_of(ops.k)?,
         };
         self.copy_rows(e, &lane, t0, source, row_bytes, Some(in_dims), tile)
     }
@@ -570,17 +599,23 @@ impl FlashAttention {
             }
             let step_bytes = e.muli(e.int(64, rows as i64)?, row_bytes)?;
             let address = e.addi(source, step_bytes)?;
-            let words = global_load_v4(e, address, ok)?;
-            e.if_then(in_tile, |e| {
-                let place = match self.form {
-                    AttentionForm::MmaSync => {
-                        let offset = e.int(32, (2 * rows * tile.stride) as i64)?;
-                        e.addi(tile.first, offset)?
-                    }
-                    AttentionForm::Wgmma => wgmma::place(&e, tile.base, r, lane.c)?,
-                };
-                shared_store_v4(&e, place, words)
-            })?;
+            match self.form {
+                // Where nothing is read (src-size 0: zeros) the source is a real address.
+                AttentionForm::MmaSync => {
+                    let offset = e.int(32, (2 * rows * tile.stride) as i64)?;
+                    let place = e.addi(tile.first, offset)?;
+                    let address = e.select(ok, address, tile.fallback)?;
+                    let size = e.select(ok, e.int(32, 16)?, e.int(32, 0)?)?;
+                    e.cp_async_16_if(place, address, size, in_tile)?;
+                }
+                AttentionForm::Wgmma => {
+                    let words = global_load_v4(e, address, ok)?;
+                    e.if_then(in_tile, |e| {
+                        let place = wgmma::place(&e, tile.base, r, lane.c)?;
+                        shared_store_v4(&e, place, words)
+                    })?;
+                }
+            }
         }
         Ok(())
     }
@@ -633,18 +668,20 @@ impl FlashAttention {
             base: v_smem,
             first: place,
             stride: self.v_stride(),
+            fallback: e.address_of(ops.v)?,
         };
         self.copy_rows(e, &lane, t0, source, row_bytes, None, tile)
     }
 }
 
-/// A shared tile being staged: its base, this lane's first place in the padded layout, and
-/// the padded layout's elements per row.
+/// A shared tile being staged: its base, this lane's first place in the padded layout, the
+/// padded layout's elements per row, and a global address a copy of nothing may name.
 #[derive(Clone, Copy)]
 struct Tile<'c, 'a> {
     base: Value<'c, 'a>,
     first: Value<'c, 'a>,
     stride: u64,
+    fallback: Value<'c, 'a>,
 }
 
 /// A thread's part in staging a tile of `chunks_per_row` 16-byte chunks per row: chunk column
@@ -711,8 +748,7 @@ struct Place<'c, 'a> {
     kh: Value<'c, 'a>,
     kh_pe: Value<'c, 'a>,
     vh: Value<'c, 'a>,
-    /// `lane / 4`, `lane % 4`.
-    group: Value<'c, 'a>,
+    /// `lane % 4`.
     quad: Value<'c, 'a>,
     /// The lane's two query rows: `64 qb + 16 warp + lane / 4`, `+ 8`.
     rows: [Value<'c, 'a>; 2],
@@ -756,7 +792,6 @@ impl<'c, 'a> Place<'c, 'a> {
             kh,
             kh_pe,
             vh,
-            group,
             quad,
             rows: [row0, row1],
         })

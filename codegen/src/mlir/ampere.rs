@@ -1,8 +1,8 @@
 //! The Ampere-generation asynchronous copies and warp-wide matrix loads (sm_80 and later, and
 //! so sm_89) as `nvvm` operations: `cp.async` 16-byte copies from global into shared memory with
 //! zero fill (`nvvm.cp.async.shared.global` with its src-size operand), their commit and wait
-//! (`nvvm.cp.async.commit.group`, `nvvm.cp.async.wait.group`), and `ldmatrix`
-//! (`nvvm.ldmatrix`). Shared-memory addresses are 32-bit offsets in the shared window (as in
+//! (`nvvm.cp.async.commit.group`, `nvvm.cp.async.wait.group`), and `ldmatrix`, plain and
+//! `.trans` (`nvvm.ldmatrix`). Shared-memory addresses are 32-bit offsets in the shared window (as in
 //! [`super::hopper`]), global ones generic 64-bit addresses.
 
 use melior::dialect::llvm;
@@ -77,6 +77,27 @@ impl<'c, 'a> Emit<'c, 'a> {
         Ok(())
     }
 
+    /// [`Self::cp_async`] of 16 bytes in the threads where `predicate` (an `i1`) holds: a
+    /// predicated instruction (inline PTX: the `nvvm` op takes no predicate), not a branch, so
+    /// that a warp whose lanes copy and skip does not diverge around it.
+    pub fn cp_async_16_if(
+        &self,
+        destination: Value<'c, '_>,
+        source: Value<'c, '_>,
+        src_size: Value<'c, '_>,
+        predicate: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let predicate = self.extui(predicate, self.int_type(32))?;
+        self.push_void(self.inline_asm_op(
+            "{\n\t.reg .pred p;\n\t.reg .u64 g;\n\tsetp.ne.b32 p, $3, 0;\n\t\
+             cvta.to.global.u64 g, $1;\n\t@p cp.async.cg.shared.global [$0], [g], 16, $2;\n\t}",
+            "r,l,r,r",
+            &[destination, source, src_size, predicate],
+            &[],
+        )?);
+        Ok(())
+    }
+
     /// `cp.async.commit_group`: this thread's copies issued since the last commit form a group.
     pub fn cp_async_commit(&self) -> Result<(), CodegenError> {
         self.push_void(OperationBuilder::new("nvvm.cp.async.commit.group", self.location).build()?);
@@ -104,6 +125,27 @@ impl<'c, 'a> Emit<'c, 'a> {
         address: Value<'c, '_>,
         num: u32,
     ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+        self.ldmatrix_layout(address, num, "row")
+    }
+
+    /// `ldmatrix.sync.aligned.m8n8.x{num}.trans.shared.b16`: as [`Self::ldmatrix`], each matrix
+    /// transposed: register `i` of lane `t` holds column `t / 4`, rows `2 (t mod 4)` and `+ 1`
+    /// of matrix `i` (the B fragment of an `mma` from a row-major `[k, n]` tile).
+    pub fn ldmatrix_trans(
+        &self,
+        address: Value<'c, '_>,
+        num: u32,
+    ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
+        self.ldmatrix_layout(address, num, "col")
+    }
+
+    /// `nvvm.ldmatrix` with layout `row` (plain) or `col` (`.trans`).
+    fn ldmatrix_layout(
+        &self,
+        address: Value<'c, '_>,
+        num: u32,
+        layout: &str,
+    ) -> Result<Vec<Value<'c, 'a>>, CodegenError> {
         let pointer = self.shared_pointer(address)?;
         let i32_type = self.int_type(32);
         let result = match num {
@@ -123,7 +165,7 @@ impl<'c, 'a> Emit<'c, 'a> {
                     ),
                     (
                         Identifier::new(self.context, "layout"),
-                        attribute("#nvvm.mma_layout<row>"),
+                        attribute(&format!("#nvvm.mma_layout<{layout}>")),
                     ),
                     (
                         Identifier::new(self.context, "shape"),
