@@ -497,6 +497,33 @@ fn moe_sigmoid_routing_without_normalization() {
     check_with(&text, 8, &[], &[], MOE_EPS);
 }
 
+#[test]
+fn moe_routing_with_the_sequence_wise_balance_loss() {
+    // `[train] balance_loss_alpha`: the balance loss of the gate's scores is added to the
+    // loss; its gradient reaches the gate through the scores' normalization (the fractions
+    // f_i are the selection's, constant), on top of the routing weights' own.
+    for score_func in ["sigmoid", "softmax"] {
+        let text = moe_block(
+            &format!(
+                "n_groups = 1, norm_topk_prob = true, route_scale = 1.0, score_func = \
+                 \"{score_func}\", top_k = 2, topk_groups = 1"
+            ),
+            false,
+        )
+        .replace(
+            "%loss: f32[1] = cross_entropy(%y, %labels) role=other\n",
+            &format!(
+                "%lm: f32[1] = cross_entropy(%y, %labels) role=other\n\
+                 %balance: f32[1] = balance_loss(%logits, %idx) {{alpha = 0.5, score_func = \
+                 \"{score_func}\", sequences = 1}} role=gating\n\
+                 %loss: f32[1] = add(%lm, %balance) role=head\n"
+            ),
+        );
+        assert!(text.contains("balance_loss"), "{text}");
+        check_with(&text, 8, &[], &[], MOE_EPS);
+    }
+}
+
 /// The activation-gradient ablation (`[train] act_grad_scaling = "128x128"`): a Dgrad linear
 /// marked `x_square_blocks` quantizes dY in 128 × 128 blocks, the fused GEMM keeps the mark, and
 /// its result is the product of dY dequantized per block and W dequantized per block; a token

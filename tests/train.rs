@@ -563,7 +563,7 @@ fn profile_prints_the_time_per_op_kind_and_the_gemms_share() {
     let (stdout, stderr) = streams(&out);
     assert!(out.status.success(), "{stderr}");
     let table = stdout
-        .split("time per op kind (CPU):\n")
+        .split("time per op kind (CPU, wall time):\n")
         .nth(1)
         .unwrap_or_else(|| panic!("no profile in\n{stdout}"));
     let mut lines = table.lines();
@@ -598,6 +598,25 @@ fn profile_prints_the_time_per_op_kind_and_the_gemms_share() {
         .parse()
         .unwrap();
     assert!(share > 0.0 && share <= 100.0, "{gemms}");
+    // On the emulator the times are the model's, and say so.
+    let out = dsc(&[
+        "train",
+        MODEL,
+        "--data",
+        &data,
+        "--steps",
+        "1",
+        "--device",
+        "emu",
+        "--profile",
+    ]);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{stderr}");
+    let table = stdout
+        .split("time per op kind (sm_90a on the emulator, modeled):\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no modeled profile in\n{stdout}"));
+    assert!(table.lines().any(|l| l.starts_with("fp8_gemm ")), "{table}");
 }
 
 /// The step losses of a `--log` CSV written by `dsc train ARGS…` (which must succeed).

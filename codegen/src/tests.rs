@@ -818,7 +818,11 @@ fn a_row_too_wide_for_shared_memory_still_compiles_and_assembles() {
 #[test]
 fn every_training_step_kernel_assembles_for_both_targets_without_spills() {
     let ptxas = ptxas::locate().unwrap_or_else(|error| panic!("{error}"));
-    for model in ["tests/train/tiny-llama.toml"] {
+    for (model, alpha) in [
+        ("tests/train/tiny-llama.toml", 0.0),
+        // Routed layers, with the sequence-wise balance loss.
+        ("tests/train/tiny-moe.toml", 0.01),
+    ] {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join(model);
@@ -830,6 +834,7 @@ fn every_training_step_kernel_assembles_for_both_targets_without_spills() {
         for recipe in [dsc_ir::Recipe::Fp8, dsc_ir::Recipe::Bf16] {
             let config = dsc_ir::TrainConfig {
                 recipe,
+                balance_loss_alpha: alpha,
                 ..config.clone()
             };
             let step = dsc_passes::train_step::build_lowered(&forward, &config)

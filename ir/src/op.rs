@@ -122,6 +122,15 @@ pub enum OpKind {
     /// bias `[E]`, indices `[T, k]` → bias', `b_i + speed · sign(mean_load − load_i)` where
     /// `load_i` counts the (token, slot) pairs routed to expert `i` and `mean_load = T·k / E`.
     ExpertBiasUpdate,
+    /// The sequence-wise balance loss of a routed layer (DeepSeek-V3 §2.1.2, eqs. 17–20):
+    /// logits `[T, E]`, indices `[T, k]` → f32 `[1]`, `alpha · Σ_i f_i · P_i` per sequence
+    /// (`sequences` of `T / sequences` tokens), averaged over the sequences, with `f_i = E /
+    /// (k · S) · (tokens routed to i)` and `P_i` the mean over the tokens of the scores
+    /// normalized to sum 1 (`score_func` of the logits).
+    BalanceLoss,
+    /// Gradient of `balance_loss` w.r.t. its logits: logits `[T, E]`, indices `[T, k]`, the
+    /// loss's cotangent `[1]` → f32 `[T, E]` (`f_i` is constant: the selection is).
+    BalanceLossGrad,
 }
 
 /// Operand count bounds of an op kind: `min..=max` (`max = None` for variadic).
@@ -166,7 +175,7 @@ const fn arity(min: usize, max: usize) -> Arity {
 
 impl OpKind {
     /// Every op kind.
-    pub const ALL: [OpKind; 45] = [
+    pub const ALL: [OpKind; 47] = [
         OpKind::Embedding,
         OpKind::Linear,
         OpKind::Matmul,
@@ -212,6 +221,8 @@ impl OpKind {
         OpKind::MoeCombineGrad,
         OpKind::MoeTopkGrad,
         OpKind::ExpertBiasUpdate,
+        OpKind::BalanceLoss,
+        OpKind::BalanceLossGrad,
     ];
 
     /// The spelling used in the text format and model.toml.
@@ -262,6 +273,8 @@ impl OpKind {
             OpKind::MoeCombineGrad => "moe_combine_grad",
             OpKind::MoeTopkGrad => "moe_topk_grad",
             OpKind::ExpertBiasUpdate => "expert_bias_update",
+            OpKind::BalanceLoss => "balance_loss",
+            OpKind::BalanceLossGrad => "balance_loss_grad",
         }
     }
 
@@ -364,6 +377,15 @@ impl OpKind {
             }
             GroupedLinearWgrad => const { &[req("experts", T::Int)] },
             ExpertBiasUpdate => const { &[req("speed", T::Float)] },
+            BalanceLoss | BalanceLossGrad => {
+                const {
+                    &[
+                        req("alpha", T::Float),
+                        req("score_func", T::Str),
+                        req("sequences", T::Int),
+                    ]
+                }
+            }
             Pad => {
                 const {
                     &[
@@ -488,7 +510,11 @@ impl OpKind {
             | OpKind::AttnScores
             | OpKind::AttnValues
             | OpKind::Attention => Role::Attention,
-            OpKind::MoeTopk | OpKind::MoeTopkGrad | OpKind::ExpertBiasUpdate => Role::Gating,
+            OpKind::MoeTopk
+            | OpKind::MoeTopkGrad
+            | OpKind::ExpertBiasUpdate
+            | OpKind::BalanceLoss
+            | OpKind::BalanceLossGrad => Role::Gating,
             OpKind::GroupedLinear
             | OpKind::GroupedLinearWgrad
             | OpKind::MoeCombine

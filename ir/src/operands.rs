@@ -347,6 +347,22 @@ operand_views! {
         /// The chosen experts `[T, k]`.
         indices
     }
+    /// `balance_loss(logits, indices)`.
+    BalanceLoss => BalanceLossOperands, balance_loss_operands {
+        /// Gate logits `[T, E]`.
+        logits,
+        /// The chosen experts `[T, k]`.
+        indices
+    }
+    /// `balance_loss_grad(logits, indices, dloss)`.
+    BalanceLossGrad => BalanceLossGradOperands, balance_loss_grad_operands {
+        /// Gate logits `[T, E]`.
+        logits,
+        /// The chosen experts `[T, k]`.
+        indices,
+        /// The loss's cotangent `[1]`.
+        dloss
+    }
 }
 
 impl<T: Copy> AttentionOperands<T> {

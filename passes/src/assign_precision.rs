@@ -29,6 +29,16 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         Some(d) if d.is_high_float() => d,
         _ => policy.high,
     };
+    // The gate's logits and the loss are FP32 (§3b, §8): a sum of the gate's cotangents, or of
+    // the loss and its balance terms, stays FP32.
+    let high = if op.kind == OpKind::Add
+        && matches!(op.role, Role::Gating | Role::Head)
+        && operand_dtype == DType::F32
+    {
+        DType::F32
+    } else {
+        high
+    };
     let f32 = DType::F32;
     let p = |compute, accumulate| Precision {
         compute,
@@ -81,7 +91,7 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         RmsNormGrad | MoeCombineGrad => (p(f32, Some(f32)), Some(high)),
         SiluGrad | SwigluGrad | RopeGrad => (p(f32, None), Some(high)),
         CrossEntropy | CrossEntropyGrad | SoftmaxGrad | EmbeddingGrad | ReduceSum | GlobalNorm
-        | MoeTopkGrad => (p(f32, Some(f32)), None),
+        | MoeTopkGrad | BalanceLoss | BalanceLossGrad => (p(f32, Some(f32)), None),
         // The routed experts' k-grouped Wgrad (each expert's rows are its contracted dim) has
         // no FP8 form yet: high operands, FP32 sums and result.
         GroupedLinearWgrad => (p(high, Some(f32)), None),
@@ -111,7 +121,8 @@ fn expected_operand(op: &Op, i: usize, d: &Decision) -> Option<DType> {
         | Fp8Partials | Promote | Fp8Gemm => None,
         CrossEntropy | CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad
         | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW
-        | GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate => None,
+        | GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate | BalanceLoss
+        | BalanceLossGrad => None,
     }
 }
 

@@ -55,14 +55,18 @@ pub const LABELS_INPUT: &str = "labels";
 /// The loss output.
 pub const LOSS_OUTPUT: &str = "loss";
 
-/// The position of a training step's loss op (the cross-entropy writing [`LOSS_OUTPUT`]): the
-/// forward is the ops before it. `None` for a graph that is not a training step.
+/// The position of a training step's loss op (the cross-entropy writing [`LOSS_OUTPUT`], or
+/// [`LM_LOSS`] when balance losses are added to it): the forward is the ops before it. `None` for a graph that is not a training step.
 pub fn loss_op(graph: &Graph) -> Option<usize> {
-    graph
-        .ops
-        .iter()
-        .position(|op| op.kind == OpKind::CrossEntropy && graph.name(op.results[0]) == LOSS_OUTPUT)
+    graph.ops.iter().position(|op| {
+        op.kind == OpKind::CrossEntropy
+            && [LOSS_OUTPUT, LM_LOSS].contains(&graph.name(op.results[0]))
+    })
 }
+
+/// The next-token cross-entropy when the loss adds balance losses to it (`[train]
+/// balance_loss_alpha` > 0 in a model with routed layers); otherwise it is [`LOSS_OUTPUT`].
+pub const LM_LOSS: &str = "loss.lm";
 /// The global gradient norm output (before clipping).
 pub const GRAD_NORM_OUTPUT: &str = "grad_norm";
 
@@ -98,6 +102,8 @@ pub struct TrainStepOptions {
     /// The FP8 recipe's per-tensor formats ([`mark_tensor_formats`]; `[train] tensor_formats =
     /// "recipe"`); false gives every FP8 tensor the policy's format.
     pub tensor_formats: bool,
+    /// α of the sequence-wise balance loss added for every routed layer (0: none).
+    pub balance_loss_alpha: f64,
 }
 
 impl Default for TrainStepOptions {
@@ -113,6 +119,7 @@ impl Default for TrainStepOptions {
             bias_update_speed: 0.001,
             act_grad_blocks: false,
             tensor_formats: true,
+            balance_loss_alpha: 0.0,
         }
     }
 }
@@ -130,6 +137,7 @@ impl TrainStepOptions {
             bias_update_speed: config.bias_update_speed,
             act_grad_blocks: config.act_grad_scaling == dsc_ir::ActGradScaling::Block,
             tensor_formats: config.tensor_formats == dsc_ir::TensorFormats::Recipe,
+            balance_loss_alpha: config.balance_loss_alpha,
             ..TrainStepOptions::default()
         }
     }
@@ -219,15 +227,40 @@ pub fn build(forward: &Graph, options: &TrainStepOptions) -> Result<Graph, PassE
         LABELS_INPUT,
         TensorType::new(DType::I32, ids_ty.shape.dims().to_vec()),
     );
-    let loss = push(
+    let routers: Vec<(ValueId, ValueId, Attr)> = g
+        .ops
+        .iter()
+        .filter(|op| op.kind == OpKind::MoeTopk)
+        .filter_map(|op| {
+            let score_func = op.attrs.get("score_func")?.clone();
+            Some((
+                op.moe_topk_operands().ok()?.logits,
+                op.results[1],
+                score_func,
+            ))
+        })
+        .collect();
+    let balanced = options.balance_loss_alpha > 0.0 && !routers.is_empty();
+    let lm_name = if balanced { LM_LOSS } else { LOSS_OUTPUT };
+    let mut loss = push(
         &mut g,
         OpKind::CrossEntropy,
         vec![logits, labels],
         Attrs::new(),
-        &[LOSS_OUTPUT],
+        &[lm_name],
         Role::Head,
     )
     .map_err(fail)?[0];
+    if balanced {
+        loss = add_balance_losses(
+            &mut g,
+            loss,
+            &routers,
+            options.balance_loss_alpha,
+            ids_ty.shape.dims()[0],
+        )
+        .map_err(fail)?;
+    }
     g.outputs = vec![loss];
     autodiff::run(&mut g, &PassOptions::default())?;
 
@@ -514,6 +547,48 @@ fn first_reader_role(g: &Graph, v: ValueId) -> Role {
         .iter()
         .find(|op| op.operands.contains(&v))
         .map_or(Role::Other, |op| op.role)
+}
+
+/// `loss = lm + Σ balance_loss(logits, indices)` over the routed layers' `(logits, indices,
+/// score_func)`, each the sequence-wise balance loss of DeepSeek-V3 §2.1.2 with weight `alpha`
+/// over `sequences` sequences; returns the total, named [`LOSS_OUTPUT`].
+fn add_balance_losses(
+    g: &mut Graph,
+    lm: ValueId,
+    routers: &[(ValueId, ValueId, Attr)],
+    alpha: f64,
+    sequences: u64,
+) -> Result<ValueId, String> {
+    let mut total = lm;
+    for (i, (logits, indices, score_func)) in routers.iter().enumerate() {
+        let attrs = Attrs::new()
+            .with("alpha", Attr::Float(alpha))
+            .with("score_func", score_func.clone())
+            .with("sequences", Attr::Int(sequences as i64));
+        let name = format!("{}.balance_loss", g.name(*indices));
+        let balance = push(
+            g,
+            OpKind::BalanceLoss,
+            vec![*logits, *indices],
+            attrs,
+            &[&name],
+            Role::Gating,
+        )?[0];
+        let name = if i + 1 == routers.len() {
+            LOSS_OUTPUT.to_string()
+        } else {
+            format!("{LM_LOSS}.balanced{i}")
+        };
+        total = push(
+            g,
+            OpKind::Add,
+            vec![total, balance],
+            Attrs::new(),
+            &[&name],
+            Role::Head,
+        )?[0];
+    }
+    Ok(total)
 }
 
 /// An op of `kind` with fresh results named `names`, typed by inference.

@@ -18,8 +18,11 @@ use dsc_kernels::numerics::bf16::to_bf16;
 use dsc_kernels::rng::SplitMix64;
 use dsc_kernels::{Accumulator, BlockGemmConfig, Fp8Format, Fp8Operand, GemmDims, fp8_block_gemm};
 
-/// `(w_row_tiles, x_square_blocks)`, rows × n × k, the interval and the output dtype.
-const CASES: [((bool, bool), (u64, u64, u64), u64, DType); 5] = [
+/// One case: `(w_row_tiles, x_square_blocks)`, rows × n × k, the interval and the output
+/// dtype.
+type Case = ((bool, bool), (u64, u64, u64), u64, DType);
+
+const CASES: [Case; 5] = [
     // A Wgrad: dW [out, in] = dYᵀ [out, tokens] · xᵀ [in, tokens], tokens ragged.
     ((true, false), (200, 72, 300), 128, DType::F32),
     ((true, false), (40, 136, 64), 64, DType::F32),

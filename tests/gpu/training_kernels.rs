@@ -16,6 +16,9 @@
 //! top_k from 1 to all experts, a repeated index, indices out of range making the token's row
 //! NaN), at ragged sizes.
 //!
+//! `balance_loss` and its gradient (both score functions, repeated and out-of-range indices
+//! counted as the reference counts them, several sequences).
+//!
 //! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
 //! registers and the result of each are printed, for `--nocapture`).
 
@@ -1030,7 +1033,7 @@ fn grouped_linear_wgrad_flushes_a_long_list_and_skips_bad_indices() {
     assert!(routed > 2 * grouped_linear_wgrad::LIST as usize);
     let mut rng = SplitMix64(3);
     let indices: Vec<i32> = (0..routed)
-        .map(|_| i32::from(rng.next_u64() % 20 == 0))
+        .map(|_| i32::from(rng.next_u64().is_multiple_of(20)))
         .collect();
     let c = WgradCase {
         tokens,
@@ -1330,4 +1333,102 @@ output %loss
             "grouped_linear_wgrad",
         ]
     );
+}
+
+// ---- balance_loss -----------------------------------------------------------------------------
+
+/// One balance-loss case: tokens, experts, chosen per token, sequences, α, the score function.
+struct BalanceCase {
+    tokens: usize,
+    experts: usize,
+    top_k: usize,
+    sequences: usize,
+    alpha: f32,
+    score_func: dsc_kernels::ops::ScoreFunc,
+}
+
+/// `balance_loss` and `balance_loss_grad` on random logits and routing (with repeated and
+/// out-of-range indices when `bad`), against the references.
+fn check_balance(c: &BalanceCase, bad: bool, seed: u64) {
+    use dsc_codegen::kernels::balance_loss::BalanceLoss;
+    let logits = values(c.tokens * c.experts, seed, 4.0, DType::F32);
+    let mut indices = random_routing(c.experts, c.tokens * c.top_k, seed + 1);
+    let b = grad::Balance {
+        tokens: c.tokens,
+        experts: c.experts,
+        top_k: c.top_k,
+        sequences: c.sequences,
+        alpha: c.alpha,
+        score_func: c.score_func,
+    };
+    // The last slot of every token repeats the one before it (counted once); for odd tokens
+    // the kernel gets an index out of range there instead, which it counts for no expert —
+    // the same counts (the reference refuses such an index).
+    let mut reference_indices = indices.clone();
+    if bad && c.top_k > 1 {
+        for t in 0..c.tokens {
+            let slot = t * c.top_k + c.top_k - 1;
+            reference_indices[slot] = reference_indices[slot - 1];
+            indices[slot] = if t % 2 == 1 {
+                -1 - t as i32
+            } else {
+                reference_indices[slot]
+            };
+        }
+    }
+    let dloss = 1.7f32;
+    let kernel = |grad| {
+        GpuKernel::BalanceLoss(BalanceLoss {
+            tokens: c.tokens as u64,
+            experts: c.experts as u64,
+            top_k: c.top_k as u64,
+            sequences: c.sequences as u64,
+            alpha: c.alpha,
+            score_func: c.score_func,
+            logits: DType::F32,
+            grad,
+        })
+    };
+    let loss = grad::balance_loss(&logits, &reference_indices, &b).expect("reference");
+    let inputs = [bytes(&logits, DType::F32), i32_bytes(&indices)];
+    check(
+        OpKind::BalanceLoss,
+        &kernel(false),
+        &inputs,
+        &[tensor(DType::F32, &[1], vec![loss])],
+    );
+    let dl = grad::balance_loss_grad(&logits, &reference_indices, dloss, &b).expect("reference");
+    let mut inputs = inputs.to_vec();
+    inputs.push(bytes(&[dloss], DType::F32));
+    check(
+        OpKind::BalanceLossGrad,
+        &kernel(true),
+        &inputs,
+        &[tensor(DType::F32, &[c.tokens, c.experts], dl)],
+    );
+}
+
+#[test]
+fn balance_loss_and_its_gradient_for_each_score_function() {
+    use dsc_kernels::ops::ScoreFunc;
+    let cases = [
+        // DeepSeek-V3's router width; sequences of 24 tokens.
+        (48, 256, 8, 2, ScoreFunc::Sigmoid),
+        // Experts not a multiple of 32, one sequence, one chosen.
+        (37, 37, 1, 1, ScoreFunc::Sigmoid),
+        (30, 64, 6, 3, ScoreFunc::Softmax),
+        (9, 5, 2, 9, ScoreFunc::Softmax),
+    ];
+    for (i, &(tokens, experts, top_k, sequences, score_func)) in cases.iter().enumerate() {
+        let c = BalanceCase {
+            tokens,
+            experts,
+            top_k,
+            sequences,
+            alpha: 0.3,
+            score_func,
+        };
+        check_balance(&c, false, 40 + i as u64);
+        check_balance(&c, true, 50 + i as u64);
+    }
 }

@@ -23,15 +23,18 @@ use dsc_runtime::cuda::check_target;
 /// of the later ones.
 struct Case {
     model: &'static str,
+    /// `[train] balance_loss_alpha`, written into a copy of the model (0: as it is).
+    alpha: f64,
     recipe: &'static str,
     targets: &'static [&'static str],
     first_step: f64,
     later_steps: f64,
 }
 
-const CASES: [Case; 2] = [
+const CASES: [Case; 4] = [
     Case {
         model: "tests/train/tiny-llama.toml",
+        alpha: 0.0,
         recipe: "fp8",
         targets: &TARGETS,
         first_step: 1e-5,
@@ -41,10 +44,30 @@ const CASES: [Case; 2] = [
     // sum a few f32 ulps off rounds to the neighbouring BF16 value now and then.
     Case {
         model: "tests/train/tiny-llama.toml",
+        alpha: 0.0,
         recipe: "bf16",
         targets: &TARGETS,
         first_step: 5e-3,
         later_steps: 5e-3,
+    },
+    // Routed experts: the grouped FP8 GEMMs, the experts' f32 Wgrad (summed in another order
+    // than the CPU's GEMM), the routing's gradients and the bias update.
+    Case {
+        model: "tests/train/tiny-moe.toml",
+        alpha: 0.0,
+        recipe: "fp8",
+        targets: &TARGETS,
+        first_step: 1e-4,
+        later_steps: 1e-3,
+    },
+    // With the sequence-wise balance loss.
+    Case {
+        model: "tests/train/tiny-moe.toml",
+        alpha: 0.01,
+        recipe: "fp8",
+        targets: &["sm_90a"],
+        first_step: 1e-4,
+        later_steps: 1e-3,
     },
 ];
 
@@ -158,12 +181,28 @@ fn training_steps_on_the_gpu_match_the_cpu() {
     let mut gpu = Gpu::probe();
     for Case {
         model,
+        alpha,
         recipe,
         targets,
         first_step,
         later_steps,
     } in CASES
     {
+        let variant;
+        let label = format!("{model} (balance_loss_alpha {alpha})");
+        let model = if alpha > 0.0 {
+            let text = std::fs::read_to_string(crate::support::path(model)).unwrap();
+            assert!(text.contains("\n[train]\n"), "{model} has a [train] table");
+            let text = text.replace(
+                "\n[train]\n",
+                &format!("\n[train]\nbalance_loss_alpha = {alpha}\n"),
+            );
+            variant = tmp.join("balanced.toml").to_string_lossy().into_owned();
+            std::fs::write(&variant, text).unwrap();
+            variant.as_str()
+        } else {
+            model
+        };
         let cpu = train(&tmp, "cpu", model, recipe, &["--device", "cpu"]);
         assert_eq!(cpu.steps.len(), 2);
         for &target in targets.iter() {
@@ -176,7 +215,7 @@ fn training_steps_on_the_gpu_match_the_cpu() {
                 _ => eprintln!("SKIPPED: {test} on cuda ({target}): no GPU runs it"),
             }
             for device in devices {
-                let what = format!("{model}, {recipe} recipe, {target} on {device}");
+                let what = format!("{label}, {recipe} recipe, {target} on {device}");
                 let name = format!("{recipe}-{target}-{}", device.replace(':', "-"));
                 let run = train(
                     &tmp,

@@ -8,6 +8,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod balance_loss;
 pub mod block_quant;
 pub mod canonical;
 pub mod cross_entropy;
@@ -186,6 +187,8 @@ pub enum GpuKernel {
     MoeCombineGrad(moe_combine_grad::MoeCombineGrad),
     /// `moe_topk_grad`: the routing weights' gradient w.r.t. the gate's logits.
     MoeTopkGrad(moe_topk_grad::MoeTopkGrad),
+    /// `balance_loss`, `balance_loss_grad`: the sequence-wise balance loss and its gradient.
+    BalanceLoss(balance_loss::BalanceLoss),
 }
 
 macro_rules! each_kernel {
@@ -226,6 +229,7 @@ macro_rules! each_kernel {
             GpuKernel::GroupedLinearWgrad($k) => $body,
             GpuKernel::MoeCombineGrad($k) => $body,
             GpuKernel::MoeTopkGrad($k) => $body,
+            GpuKernel::BalanceLoss($k) => $body,
         }
     };
 }

@@ -14,11 +14,12 @@ use dsc_kernels::ops::{
 use crate::error::CodegenError;
 use crate::kernels::GpuKernel;
 use crate::kernels::adamw::AdamW;
-use crate::kernels::block_quant::BlockQuant;
-use crate::kernels::dequantize::Dequantize;
 use crate::kernels::attention::{AttnScores, AttnValues, HeadOperand};
+use crate::kernels::balance_loss::BalanceLoss;
+use crate::kernels::block_quant::BlockQuant;
 use crate::kernels::cross_entropy::CrossEntropy;
 use crate::kernels::data_movement::{Concat, Transpose};
+use crate::kernels::dequantize::Dequantize;
 use crate::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
 use crate::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
 use crate::kernels::embedding::Embedding;
@@ -69,7 +70,10 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
     // The emulated E5M6 (a training step's cached o_proj input) is written by a 1 × tile
     // `quantize` and read by a `dequantize`, and by nothing else.
     let e5m6_kernel = match op.kind {
-        OpKind::Quantize => op.attrs.ints("block").is_some_and(|b| b.first() == Some(&1)),
+        OpKind::Quantize => op
+            .attrs
+            .ints("block")
+            .is_some_and(|b| b.first() == Some(&1)),
         OpKind::Dequantize => true,
         _ => false,
     };
@@ -809,6 +813,32 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 output: dtype(result(0))?,
                 weights_grad: dtype(result(1))?,
             })
+        }
+        OpKind::BalanceLoss | OpKind::BalanceLossGrad => {
+            let (logits, indices) = (operand(0), operand(1));
+            if ty(indices).dtype != DType::I32 {
+                return Err(fail(format!(
+                    "indices must be i32 on the GPU, got {}",
+                    ty(indices).dtype
+                )));
+            }
+            let d = TopkDims::from_shapes(&ty(logits).shape).map_err(sizes)?;
+            let kernel = BalanceLoss {
+                tokens: d.tokens as u64,
+                experts: d.experts as u64,
+                top_k: last(indices),
+                sequences: int_attr("sequences")?,
+                // The reference multiplies by the attribute rounded to f32.
+                alpha: op
+                    .attrs
+                    .float("alpha")
+                    .ok_or_else(|| fail("missing `alpha`".into()))? as f32,
+                score_func: dsc_kernels::ops::ScoreFunc::from_attrs(&op.attrs).map_err(sizes)?,
+                logits: float_operand(ty(logits).dtype).map_err(&fail)?,
+                grad: op.kind == OpKind::BalanceLossGrad,
+            };
+            kernel.supported().map_err(&fail)?;
+            GpuKernel::BalanceLoss(kernel)
         }
         OpKind::MoeTopkGrad => {
             let o = op.moe_topk_grad_operands().map_err(named)?;

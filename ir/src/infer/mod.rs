@@ -249,6 +249,8 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         MoeCombineGrad => training::moe_combine_grad(ins)?,
         MoeTopkGrad => training::moe_topk_grad(attrs, ins)?,
         ExpertBiasUpdate => training::expert_bias_update(attrs, ins)?,
+        BalanceLoss => training::balance_loss(attrs, ins, false)?,
+        BalanceLossGrad => training::balance_loss(attrs, ins, true)?,
     };
     for r in &out {
         if r.shape.checked_numel().is_none() {

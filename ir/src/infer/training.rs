@@ -7,8 +7,8 @@ use super::{
 };
 use crate::attr::Attrs;
 use crate::operands::{
-    AdamWOperands, ExpertBiasUpdateOperands, GroupedLinearWgradOperands, MoeCombineGradOperands,
-    MoeTopkGradOperands, RmsNormGradOperands,
+    AdamWOperands, BalanceLossGradOperands, BalanceLossOperands, ExpertBiasUpdateOperands,
+    GroupedLinearWgradOperands, MoeCombineGradOperands, MoeTopkGradOperands, RmsNormGradOperands,
 };
 use crate::{DType, OpKind, TensorType};
 
@@ -288,4 +288,58 @@ pub(super) fn expert_bias_update(attrs: &Attrs, ins: &[&TensorType]) -> Result<V
         ));
     }
     Ok(vec![fixed(bias.dtype, bias.shape.0.clone())])
+}
+
+/// `balance_loss`: logits `[T, E]`, indices `[T, k]` (k ≤ E), `sequences` dividing T, `alpha` ≥
+/// 0 → f32 `[1]`; `balance_loss_grad` (`grad`) takes the loss's cotangent f32 `[1]` too and
+/// gives f32 `[T, E]`.
+pub(super) fn balance_loss(
+    attrs: &Attrs,
+    ins: &[&TensorType],
+    grad: bool,
+) -> Result<Vec<Inferred>> {
+    let (logits, idx) = if grad {
+        let o = named(BalanceLossGradOperands::from_slice(ins))?;
+        if o.dloss.dtype != DType::F32 || o.dloss.shape.0 != [1] {
+            return Err(format!("dloss must be f32[1], got {}", o.dloss));
+        }
+        (o.logits, o.indices)
+    } else {
+        let o = named(BalanceLossOperands::from_slice(ins))?;
+        (o.logits, o.indices)
+    };
+    need_float("logits", logits)?;
+    need_rank("logits", logits, 2)?;
+    need_int("indices", idx)?;
+    need_rank("indices", idx, 2)?;
+    let (t, e) = (logits.shape.0[0], logits.shape.0[1]);
+    let k = idx.shape.0[1];
+    if idx.shape.0[0] != t || k == 0 || k > e {
+        return Err(format!(
+            "indices {idx} must be [{t}, k] with 1 ≤ k ≤ {e} for logits {logits}"
+        ));
+    }
+    let sequences = attrs.int("sequences").expect("checked");
+    if sequences <= 0 || t % sequences as u64 != 0 {
+        return Err(format!(
+            "sequences must be positive and divide the {t} tokens, got {sequences}"
+        ));
+    }
+    let alpha = attrs.float("alpha").expect("checked");
+    if !(alpha >= 0.0 && alpha.is_finite()) {
+        return Err(format!("alpha must be zero or positive, got {alpha}"));
+    }
+    match attrs.str("score_func") {
+        Some("sigmoid" | "softmax") => {}
+        other => {
+            return Err(format!(
+                "score_func must be \"sigmoid\" or \"softmax\", got {other:?}"
+            ));
+        }
+    }
+    Ok(vec![if grad {
+        fixed(DType::F32, vec![t, e])
+    } else {
+        fixed(DType::F32, vec![1])
+    }])
 }

@@ -32,6 +32,19 @@ pub enum ScoreFunc {
     Softmax,
 }
 
+impl ScoreFunc {
+    /// The `score_func` attribute of an op (`moe_topk`, `moe_topk_grad`, `balance_loss`, …).
+    pub fn from_attrs(attrs: &Attrs) -> Result<Self, OpError> {
+        match attrs.str("score_func") {
+            Some("sigmoid") => Ok(ScoreFunc::Sigmoid),
+            Some("softmax") => Ok(ScoreFunc::Softmax),
+            other => Err(OpError::Shape(format!(
+                "score_func must be \"sigmoid\" or \"softmax\", got {other:?}"
+            ))),
+        }
+    }
+}
+
 /// Sizes of `moe_topk`: logits `[tokens, experts]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct TopkDims {
@@ -73,17 +86,8 @@ impl TopkParams {
                 .and_then(|v| usize::try_from(v).ok())
                 .ok_or_else(|| missing(name))
         };
-        let score_func = match attrs.str("score_func") {
-            Some("sigmoid") => ScoreFunc::Sigmoid,
-            Some("softmax") => ScoreFunc::Softmax,
-            other => {
-                return Err(OpError::Shape(format!(
-                    "score_func must be \"sigmoid\" or \"softmax\", got {other:?}"
-                )));
-            }
-        };
         Ok(TopkParams {
-            score_func,
+            score_func: ScoreFunc::from_attrs(attrs)?,
             top_k: size("top_k")?,
             n_groups: size("n_groups")?,
             topk_groups: size("topk_groups")?,

@@ -225,6 +225,16 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
             }
         }
         GroupedLinear => grouped_linear(e, req, &mut out)?,
+        BalanceLoss => {
+            // Only the logits are differentiable (the fractions f_i are the selection's).
+            if let (Some(d), Some(dloss)) = (req.want[0], req.dy[0]) {
+                let o = named(op.balance_loss_operands())?;
+                let operands = vec![o.logits, o.indices, dloss];
+                let name = req.grad_name(e, 0);
+                let attrs = op.attrs.clone();
+                out[0] = Some(e.one(BalanceLossGrad, operands, attrs, &name, d)?);
+            }
+        }
         MoeCombine => {
             let o = named(op.moe_combine_operands())?;
             let at = named(MoeCombineOperands::positions(op.operands.len()))?;
@@ -253,7 +263,7 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
         }
         CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad | RopeGrad
         | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW | GroupedLinearWgrad
-        | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate => {
+        | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate | BalanceLossGrad => {
             return Err(format!(
                 "`{}` is part of a backward or an optimizer step; higher-order gradients are not supported",
                 op.kind

@@ -274,9 +274,8 @@ pub(super) fn execute(
         }
         CrossEntropy | CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad
         | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW | Pad
-        | GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate => {
-            super::training::execute(g, op, ins)
-        }
+        | GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate | BalanceLoss
+        | BalanceLossGrad => super::training::execute(g, op, ins),
     }
 }
 

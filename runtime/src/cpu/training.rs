@@ -4,8 +4,8 @@
 use super::dispatch::{Result, dims, float_result, floats, ints};
 use crate::tensor::{HostData, HostTensor};
 use dsc_ir::operands::{
-    AdamWOperands, ExpertBiasUpdateOperands, GroupedLinearWgradOperands, MoeCombineGradOperands,
-    MoeTopkGradOperands, RmsNormGradOperands,
+    AdamWOperands, BalanceLossGradOperands, BalanceLossOperands, ExpertBiasUpdateOperands,
+    GroupedLinearWgradOperands, MoeCombineGradOperands, MoeTopkGradOperands, RmsNormGradOperands,
 };
 use dsc_ir::{Graph, Op, OpKind};
 use dsc_kernels::ops::grad;
@@ -205,6 +205,34 @@ pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<Hos
             let b = grad::expert_bias_update(floats(t.bias)?, ints(t.indices)?, speed);
             one(b.map_err(err)?)
         }
+        BalanceLoss => {
+            let t = BalanceLossOperands::from_slice(ins).map_err(err)?;
+            let b = balance_of(g, op)?;
+            let loss = grad::balance_loss(floats(t.logits)?, ints(t.indices)?, &b);
+            one(vec![loss.map_err(err)?])
+        }
+        BalanceLossGrad => {
+            let t = BalanceLossGradOperands::from_slice(ins).map_err(err)?;
+            let b = balance_of(g, op)?;
+            let dloss = floats(t.dloss)?.first().copied().ok_or("empty dloss")?;
+            let dl = grad::balance_loss_grad(floats(t.logits)?, ints(t.indices)?, dloss, &b);
+            one(dl.map_err(err)?)
+        }
         other => Err(format!("{other} is not a training kind")),
     }
+}
+
+/// The sizes and attributes of a `balance_loss` or `balance_loss_grad` op.
+fn balance_of(g: &Graph, op: &Op) -> Result<grad::Balance> {
+    let (logits, indices) = (g.ty(op.operands[0]), g.ty(op.operands[1]));
+    let TopkDims { tokens, experts } = TopkDims::from_shapes(&logits.shape).map_err(err)?;
+    let top_k = indices.shape.last() as usize;
+    Ok(grad::Balance {
+        tokens,
+        experts,
+        top_k,
+        sequences: op.attrs.int("sequences").ok_or("missing sequences")? as usize,
+        alpha: op.attrs.float("alpha").ok_or("missing alpha")? as f32,
+        score_func: dsc_kernels::ops::ScoreFunc::from_attrs(&op.attrs).map_err(err)?,
+    })
 }

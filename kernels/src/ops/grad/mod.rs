@@ -15,6 +15,7 @@
 //! [`OpError`]: crate::ops::error::OpError
 
 pub mod adamw;
+pub mod balance_loss;
 pub mod cross_entropy;
 pub mod elementwise_grad;
 pub mod embedding_grad;
@@ -26,6 +27,7 @@ pub mod rope_grad;
 pub mod softmax_grad;
 
 pub use adamw::{AdamW, adamw, clip_scale, global_norm};
+pub use balance_loss::{Balance, balance_loss, balance_loss_grad};
 pub use cross_entropy::{cross_entropy, cross_entropy_grad};
 pub use elementwise_grad::{scale, silu_grad, swiglu_grad};
 pub use embedding_grad::embedding_grad;

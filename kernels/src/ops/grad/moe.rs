@@ -29,17 +29,8 @@ impl RouteWeights {
     pub fn from_attrs(attrs: &Attrs) -> Result<Self, OpError> {
         let missing =
             |name: &str| OpError::Shape(format!("moe_topk_grad needs attribute `{name}`"));
-        let score_func = match attrs.str("score_func") {
-            Some("sigmoid") => ScoreFunc::Sigmoid,
-            Some("softmax") => ScoreFunc::Softmax,
-            other => {
-                return Err(OpError::Shape(format!(
-                    "score_func must be \"sigmoid\" or \"softmax\", got {other:?}"
-                )));
-            }
-        };
         Ok(RouteWeights {
-            score_func,
+            score_func: ScoreFunc::from_attrs(attrs)?,
             norm_topk_prob: attrs
                 .bool("norm_topk_prob")
                 .ok_or_else(|| missing("norm_topk_prob"))?,
