@@ -771,4 +771,16 @@ fn recompute_keeps_every_bit_and_saves_activation_memory() {
         e.contains("recompute = \"full\"") && e.contains("not implemented yet"),
         "{e}"
     );
+    // Nor is multi-token prediction: refused, not read and ignored.
+    let mtp = dsc_ir::TrainConfig {
+        mtp_depth: 1,
+        ..base
+    };
+    let e = train_step::build_lowered(&forward, &mtp)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mtp_depth = 1") && e.contains("not implemented yet"),
+        "{e}"
+    );
 }

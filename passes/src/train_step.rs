@@ -160,6 +160,16 @@ pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Gr
             });
         }
     };
+    if config.mtp_depth > 0 {
+        return Err(PassError::Failed {
+            pass: PASS,
+            message: format!(
+                "mtp_depth = {}: multi-token prediction is not implemented yet; set \
+                 mtp_depth = 0 (the default) in [train]",
+                config.mtp_depth
+            ),
+        });
+    }
     let options = TrainStepOptions::from_config(config);
     let mut step = build(forward, &options)?;
     // The recipe's FP8 cache of the MoE SwiGLU inputs (after recompute, whose copies it feeds).
