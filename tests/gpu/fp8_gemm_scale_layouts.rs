@@ -7,16 +7,15 @@
 //! them on `MmaSync` there); the sm_90a one does, and is checked by whole training steps
 //! (`training_steps`), whose Wgrad GEMMs it runs.
 
-use super::fp8_gemm_sm89_profile::{bytes_f32, codes, scales};
+use super::fp8_gemm_sm89_profile::{bytes_f32, codes, reference, scales};
 use super::kernel_run::{lower, run_ptx};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::fp8_gemm::{Fp8Gemm, GemmForm};
 use dsc_codegen::kernels::fp8_gemm_cp_async;
 use dsc_ir::DType;
-use dsc_kernels::numerics::bf16::to_bf16;
 use dsc_kernels::rng::SplitMix64;
-use dsc_kernels::{Accumulator, BlockGemmConfig, Fp8Format, Fp8Operand, GemmDims, fp8_block_gemm};
+use dsc_kernels::{Accumulator, BlockGemmConfig, Fp8Format};
 
 /// One case: `(w_row_tiles, x_square_blocks)`, rows × n × k, the interval and the output
 /// dtype.
@@ -55,30 +54,7 @@ fn wgrad_and_square_block_scales_match_the_cpu_reference_bit_for_bit() {
             accumulator: Accumulator::Exact,
             ..BlockGemmConfig::default()
         };
-        let y = fp8_block_gemm(
-            Fp8Operand {
-                codes: &x,
-                scales: &x_scale,
-            },
-            Fp8Operand {
-                codes: &w,
-                scales: &w_scale,
-            },
-            GemmDims {
-                m: rows as usize,
-                n: n as usize,
-                k: k as usize,
-            },
-            &cfg,
-        )
-        .expect("the CPU reference runs");
-        let expected: Vec<u8> = match output {
-            DType::F32 => bytes_f32(&y),
-            _ => y
-                .iter()
-                .flat_map(|&v| to_bf16(v).to_bits().to_le_bytes())
-                .collect(),
-        };
+        let (y, expected) = reference([(&x, &x_scale), (&w, &w_scale)], (rows, n, k), &cfg, output);
         for form in [GemmForm::Simt, GemmForm::MmaSync] {
             let gemm = Fp8Gemm {
                 promote_interval: interval,

@@ -45,6 +45,45 @@ pub(super) fn bytes_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// The CPU reference's `rows × n × k` product of `[(x, x_scale), (w, w_scale)]` under `cfg`,
+/// and its bytes as `output` (f32, or rounded to bf16).
+pub(super) fn reference(
+    [(x, x_scale), (w, w_scale)]: [(&[u8], &[f32]); 2],
+    (rows, n, k): (u64, u64, u64),
+    cfg: &BlockGemmConfig,
+    output: DType,
+) -> (Vec<f32>, Vec<u8>) {
+    let y = fp8_block_gemm(
+        Fp8Operand {
+            codes: x,
+            scales: x_scale,
+        },
+        Fp8Operand {
+            codes: w,
+            scales: w_scale,
+        },
+        GemmDims {
+            m: rows as usize,
+            n: n as usize,
+            k: k as usize,
+        },
+        cfg,
+    )
+    .expect("the CPU reference runs");
+    let bytes = match output {
+        DType::F32 => bytes_f32(&y),
+        _ => y
+            .iter()
+            .flat_map(|&v| {
+                dsc_kernels::numerics::bf16::to_bf16(v)
+                    .to_bits()
+                    .to_le_bytes()
+            })
+            .collect(),
+    };
+    (y, bytes)
+}
+
 /// Runs the dense `gemm` alone on the emulator over `(x, x_scale, w, w_scale)`; its output's
 /// bytes and the launch's profile.
 fn run(
@@ -158,34 +197,7 @@ fn the_pipelined_sm89_gemm_is_bit_exact_against_the_cpu_reference() {
             accumulator: Accumulator::Exact,
             ..BlockGemmConfig::default()
         };
-        let y = fp8_block_gemm(
-            Fp8Operand {
-                codes: &x,
-                scales: &x_scale,
-            },
-            Fp8Operand {
-                codes: &w,
-                scales: &w_scale,
-            },
-            GemmDims {
-                m: rows as usize,
-                n: n as usize,
-                k: k as usize,
-            },
-            &cfg,
-        )
-        .expect("the CPU reference runs");
-        let expected: Vec<u8> = match output {
-            DType::F32 => bytes_f32(&y),
-            _ => y
-                .iter()
-                .flat_map(|&v| {
-                    dsc_kernels::numerics::bf16::to_bf16(v)
-                        .to_bits()
-                        .to_le_bytes()
-                })
-                .collect(),
-        };
+        let (y, expected) = reference([(&x, &x_scale), (&w, &w_scale)], (rows, n, k), &cfg, output);
         let first = pipelined.iter().zip(&expected).position(|(a, b)| a != b);
         if let Some(b) = first {
             let i = b / output.size_bytes() as usize;
