@@ -545,27 +545,31 @@ fn a_diverging_run_saves_its_last_good_state() {
     );
 }
 
+/// The profile table `dsc train MODEL --data DATA --profile` with `extra` prints after the line
+/// `time per op kind ({label}):`.
+fn profile_table(data: &str, extra: &[&str], label: &str) -> String {
+    let mut args = vec!["train", MODEL, "--data", data, "--profile"];
+    args.extend_from_slice(extra);
+    let out = dsc(&args);
+    let (stdout, stderr) = streams(&out);
+    assert!(out.status.success(), "{stderr}");
+    stdout
+        .split(&format!("time per op kind ({label}):\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no `{label}` profile in\n{stdout}"))
+        .to_string()
+}
+
 #[test]
 fn profile_prints_the_time_per_op_kind_and_the_gemms_share() {
     let tmp = TempDir::new("train-profile");
     let data = word_corpus(&tmp);
-    let out = dsc(&[
-        "train",
-        MODEL,
-        "--data",
+    let table = profile_table(
         &data,
-        "--steps",
-        "2",
-        "--recipe",
-        "fp8",
-        "--profile",
-    ]);
-    let (stdout, stderr) = streams(&out);
-    assert!(out.status.success(), "{stderr}");
-    let table = stdout
-        .split("time per op kind (CPU, wall time):\n")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no profile in\n{stdout}"));
+        &["--steps", "2", "--recipe", "fp8"],
+        "CPU, wall time",
+    );
+    let table = table.as_str();
     let mut lines = table.lines();
     assert!(lines.next().unwrap().starts_with("op kind"), "{table}");
     // The fused FP8 GEMMs and the optimizer ran, with their counts per step.
@@ -599,23 +603,11 @@ fn profile_prints_the_time_per_op_kind_and_the_gemms_share() {
         .unwrap();
     assert!(share > 0.0 && share <= 100.0, "{gemms}");
     // On the emulator the times are the model's, and say so.
-    let out = dsc(&[
-        "train",
-        MODEL,
-        "--data",
+    let table = profile_table(
         &data,
-        "--steps",
-        "1",
-        "--device",
-        "emu",
-        "--profile",
-    ]);
-    let (stdout, stderr) = streams(&out);
-    assert!(out.status.success(), "{stderr}");
-    let table = stdout
-        .split("time per op kind (sm_90a on the emulator, modeled):\n")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no modeled profile in\n{stdout}"));
+        &["--steps", "1", "--device", "emu"],
+        "sm_90a on the emulator, modeled",
+    );
     assert!(table.lines().any(|l| l.starts_with("fp8_gemm ")), "{table}");
 }
 
