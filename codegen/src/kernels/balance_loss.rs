@@ -312,19 +312,12 @@ impl BalanceLoss {
             for &cell in &acc {
                 e.set(cell, zero)?;
             }
-            let first = e.muli(seq, e.index(len as i64)?)?;
-            e.for_range(
-                lanes.warp,
-                e.index(len as i64)?,
-                e.index(WARPS as i64)?,
-                |e, r| {
-                    let token = self.scores(&e, logits, e.addi(first, r)?, lanes.lane)?;
-                    for (&cell, &s) in acc.iter().zip(&token.scores) {
-                        e.accumulate(cell, e.divf(s, token.sum)?)?;
-                    }
-                    Ok(())
-                },
-            )?;
+            self.each_token(&e, logits, seq, lanes, |e, token| {
+                for (&cell, &s) in acc.iter().zip(&token.scores) {
+                    e.accumulate(cell, e.divf(s, token.sum)?)?;
+                }
+                Ok(())
+            })?;
             // Every lane stores all its slots (padding's are 0) in a row of 32·P per warp.
             let stride = 32 * self.per_lane();
             let lane_first = e.muli(lanes.lane, e.index(self.per_lane() as i64)?)?;
@@ -385,62 +378,74 @@ impl BalanceLoss {
             Ok(())
         })?;
         e.barrier();
-        let first = e.muli(seq, e.index(len as i64)?)?;
-        e.for_range(
-            lanes.warp,
-            e.index(len as i64)?,
-            e.index(WARPS as i64)?,
-            |e, r| {
-                let token = self.scores(&e, logits, e.addi(first, r)?, lanes.lane)?;
-                let zero = e.f32(0.0)?;
-                let last = e.index(self.experts as i64 - 1)?;
-                let g = token
-                    .ids
-                    .iter()
-                    .zip(&token.real)
-                    .map(|(&x, &ok)| e.select(ok, e.load(smem.staged, e.minui(x, last)?)?, zero))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut own = zero;
-                for (&g, &s) in g.iter().zip(&token.scores) {
-                    own = e.addf(own, e.mulf(g, e.divf(s, token.sum)?)?)?;
+        self.each_token(e, logits, seq, lanes, |e, token| {
+            let zero = e.f32(0.0)?;
+            let last = e.index(self.experts as i64 - 1)?;
+            let g = token
+                .ids
+                .iter()
+                .zip(&token.real)
+                .map(|(&x, &ok)| e.select(ok, e.load(smem.staged, e.minui(x, last)?)?, zero))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut own = zero;
+            for (&g, &s) in g.iter().zip(&token.scores) {
+                own = e.addf(own, e.mulf(g, e.divf(s, token.sum)?)?)?;
+            }
+            let dot = e.warp_reduce(own, Reduction::Sum)?;
+            let ds = g
+                .iter()
+                .map(|&g| e.divf(e.subf(g, dot)?, token.sum))
+                .collect::<Result<Vec<_>, _>>()?;
+            let dl = match self.score_func {
+                ScoreFunc::Sigmoid => {
+                    let one = e.f32(1.0)?;
+                    ds.iter()
+                        .zip(&token.scores)
+                        .map(|(&d, &s)| e.mulf(e.mulf(d, s)?, e.subf(one, s)?))
+                        .collect::<Result<Vec<_>, _>>()?
                 }
-                let dot = e.warp_reduce(own, Reduction::Sum)?;
-                let ds = g
-                    .iter()
-                    .map(|&g| e.divf(e.subf(g, dot)?, token.sum))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let dl = match self.score_func {
-                    ScoreFunc::Sigmoid => {
-                        let one = e.f32(1.0)?;
-                        ds.iter()
-                            .zip(&token.scores)
-                            .map(|(&d, &s)| e.mulf(e.mulf(d, s)?, e.subf(one, s)?))
-                            .collect::<Result<Vec<_>, _>>()?
+                ScoreFunc::Softmax => {
+                    let mut own = zero;
+                    for (&d, &s) in ds.iter().zip(&token.scores) {
+                        own = e.addf(own, e.mulf(d, s)?)?;
                     }
-                    ScoreFunc::Softmax => {
-                        let mut own = zero;
-                        for (&d, &s) in ds.iter().zip(&token.scores) {
-                            own = e.addf(own, e.mulf(d, s)?)?;
-                        }
-                        let dot = e.warp_reduce(own, Reduction::Sum)?;
-                        ds.iter()
-                            .zip(&token.scores)
-                            .map(|(&d, &s)| e.mulf(s, e.subf(d, dot)?))
-                            .collect::<Result<Vec<_>, _>>()?
-                    }
-                };
-                // Predicated stores: a branch around them would leave the warp diverged at the next
-                // token's shuffles.
-                let base = e.address_of(out)?;
-                for ((&v, &x), &ok) in dl.iter().zip(&token.ids).zip(&token.real) {
-                    let at = e.muli(e.addi(token.row, x)?, e.index(4)?)?;
-                    let at = e.addi(base, e.index_cast(at, e.int_type(64))?)?;
-                    let word = e.bitcast(v, e.int_type(32))?;
-                    global_store_if(&e, ok, at, &[word])?;
+                    let dot = e.warp_reduce(own, Reduction::Sum)?;
+                    ds.iter()
+                        .zip(&token.scores)
+                        .map(|(&d, &s)| e.mulf(s, e.subf(d, dot)?))
+                        .collect::<Result<Vec<_>, _>>()?
                 }
-                Ok(())
-            },
-        )
+            };
+            // Predicated stores: a branch around them would leave the warp diverged at the next
+            // token's shuffles.
+            let base = e.address_of(out)?;
+            for ((&v, &x), &ok) in dl.iter().zip(&token.ids).zip(&token.real) {
+                let at = e.muli(e.addi(token.row, x)?, e.index(4)?)?;
+                let at = e.addi(base, e.index_cast(at, e.int_type(64))?)?;
+                let word = e.bitcast(v, e.int_type(32))?;
+                global_store_if(e, ok, at, &[word])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `body` on every token of sequence `seq`, one token per warp at a time (the trip
+    /// count is the warp's, so its lanes stay together for the shuffles).
+    fn each_token<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        logits: Value<'c, '_>,
+        seq: Value<'c, '_>,
+        lanes: &Lanes<'c, '_>,
+        body: impl for<'b> FnOnce(&Emit<'c, 'b>, Token<'c, 'b>) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let len = e.index(self.seq_len() as i64)?;
+        let first = e.muli(seq, len)?;
+        let step = e.index(WARPS as i64)?;
+        e.for_range(lanes.warp, len, step, |e, r| {
+            let token = self.scores(&e, logits, e.addi(first, r)?, lanes.lane)?;
+            body(&e, token)
+        })
     }
 }
 
