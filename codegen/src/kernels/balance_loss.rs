@@ -453,7 +453,7 @@ impl BalanceLoss {
 struct Shared<'c, 'a> {
     /// The histogram, `i32 [E]`.
     counts: Value<'c, 'a>,
-    /// The warps' sums `[WARPS, E]` (loss) or `g [E]` (gradient).
+    /// The warps' sums `[WARPS, 32·P]` (loss) or `g [E]` (gradient).
     staged: Value<'c, 'a>,
     /// The block reduction's per-warp partials.
     partials: Value<'c, 'a>,
