@@ -87,6 +87,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::recompute::run,
     },
     Pass {
+        name: "recompute-full",
+        summary: "recompute every token-dependent forward op but the residual stream and the head in a training step's backward (whole-layer activation checkpointing)",
+        run: crate::recompute::run_full,
+    },
+    Pass {
         name: "cache-swiglu-inputs",
         summary: "keep a training step's MoE SwiGLU inputs for the backward as FP8 copies, SwiGLU recomputed from them (DeepSeek-V3 §3.3)",
         run: crate::cache_swiglu_inputs::run,

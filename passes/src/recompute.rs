@@ -18,10 +18,18 @@
 //! the step's results do not change; the forward's copy dies at its last forward reader.
 //! A graph without a loss (`cross_entropy` named `loss`) is not a training step and is left as
 //! it is. Run it last: `cse` would merge the copies back.
+//!
+//! `recompute-full` ([`run_full`], `[train] recompute = "full"`) recomputes every forward op
+//! whose results depend on the tokens, except the residual stream (the `add`s of role
+//! residual: each layer's input and its attention half's output, the checkpoints) and the
+//! head (the vocabulary GEMM): the backward keeps only the checkpoints, the token ids and
+//! what the loss reads, and each layer's ops run again, from its checkpoint, before their
+//! first backward reader. A copy reading another recomputed value reads that value's copy,
+//! placed before it.
 
 use crate::train_step::loss_op;
 use crate::{PassError, PassOptions};
-use dsc_ir::{Graph, Op, OpKind, ValueDef, ValueId};
+use dsc_ir::{Graph, Op, OpKind, Role, ValueDef, ValueId};
 use std::collections::{BTreeMap, HashMap};
 
 /// The op kinds whose outputs the backward recomputes.
@@ -35,6 +43,47 @@ pub const RECOMPUTED: [OpKind; 4] = [
 /// Copies every [`RECOMPUTED`] forward op the backward reads (and the quantizes of their
 /// outputs) to before its first backward reader.
 pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
+    recompute(graph, |graph, def_op, recomputed, f| {
+        let op = &graph.ops[f];
+        RECOMPUTED.contains(&op.kind)
+            || (op.kind == OpKind::Quantize
+                && def_op(op.operands[0]).is_some_and(|g: usize| recomputed[g]))
+    })
+}
+
+/// Copies every forward op that depends on the tokens, except the residual stream's `add`s
+/// and the head, to before its first backward reader (whole-layer recomputation).
+pub fn run_full(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
+    // Values that depend on the token ids (input 0) or the labels.
+    let mut tokens = vec![false; graph.values.len()];
+    for &i in &graph.inputs {
+        let name = graph.name(i);
+        if i == graph.inputs[0] || name == crate::train_step::LABELS_INPUT {
+            tokens[i.index()] = true;
+        }
+    }
+    for op in &graph.ops {
+        if op.operands.iter().any(|v| tokens[v.index()]) {
+            for &r in &op.results {
+                tokens[r.index()] = true;
+            }
+        }
+    }
+    recompute(graph, |graph, _, _, f| {
+        let op = &graph.ops[f];
+        op.results.iter().any(|r| tokens[r.index()])
+            && !(op.kind == OpKind::Add && op.role == Role::Residual)
+            && op.role != Role::Head
+    })
+}
+
+/// Copies the forward ops `chosen` picks (given the graph, the forward definer of a value,
+/// the choices so far in forward order, and the op's position) to before their first backward
+/// reader, each copy reading the copies of the chosen values it reads.
+fn recompute(
+    graph: &mut Graph,
+    chosen: impl Fn(&Graph, &dyn Fn(ValueId) -> Option<usize>, &[bool], usize) -> bool,
+) -> Result<(), PassError> {
     let Some(loss_at) = loss_op(graph) else {
         return Ok(());
     };
@@ -43,12 +92,9 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         Some(ValueDef::OpResult { op, .. }) if *op < loss_at => Some(*op),
         _ => None,
     };
-    // The forward ops to recompute: the RECOMPUTED kinds, and quantizes of their outputs.
     let mut recomputed = vec![false; loss_at];
-    for (f, op) in graph.ops[..loss_at].iter().enumerate() {
-        recomputed[f] = RECOMPUTED.contains(&op.kind)
-            || (op.kind == OpKind::Quantize
-                && def_op(op.operands[0]).is_some_and(|g| recomputed[g]));
+    for f in 0..loss_at {
+        recomputed[f] = chosen(graph, &def_op, &recomputed, f);
     }
     // Forward op → the first backward op that needs it: one that reads one of its results, or
     // (for a recomputed output) the copy of a quantize that reads it.
@@ -60,13 +106,14 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
             }
         }
     }
+    // A copy needs the copies of the recomputed values it reads before it.
     for f in (0..loss_at).rev() {
         let Some(&at) = needed.get(&f) else { continue };
-        if graph.ops[f].kind == OpKind::Quantize
-            && let Some(g) = def_op(graph.ops[f].operands[0]).filter(|&g| recomputed[g])
-        {
-            let e = needed.entry(g).or_insert(at);
-            *e = (*e).min(at);
+        for &v in &graph.ops[f].operands {
+            if let Some(g) = def_op(v).filter(|&g| recomputed[g]) {
+                let e = needed.entry(g).or_insert(at);
+                *e = (*e).min(at);
+            }
         }
     }
     if needed.is_empty() {

@@ -144,21 +144,14 @@ impl TrainStepOptions {
 }
 
 /// The training step of `forward` as `config` asks for it, built and lowered by its pipeline
-/// (then `recompute`, unless `[train] recompute = "none"`, and, for the FP8 recipe with its
-/// tensor formats, `cache-swiglu-inputs`).
+/// (then `recompute`, or `recompute-full` for `[train] recompute = "full"`, none for `"none"`;
+/// and, for the FP8 recipe with its tensor formats and no whole-layer recomputation,
+/// `cache-swiglu-inputs`).
 pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Graph, PassError> {
     let recompute = match config.recompute {
         dsc_ir::Recompute::Recipe => ",recompute",
         dsc_ir::Recompute::None => "",
-        dsc_ir::Recompute::Full => {
-            return Err(PassError::Failed {
-                pass: PASS,
-                message: "recompute = \"full\" (whole-layer activation checkpointing) is not \
-                          implemented yet; use \"recipe\" (RMSNorm and SwiGLU recomputed) or \
-                          \"none\""
-                    .into(),
-            });
-        }
+        dsc_ir::Recompute::Full => ",recompute-full",
     };
     if config.mtp_depth > 0 {
         return Err(PassError::Failed {
@@ -172,12 +165,14 @@ pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Gr
     }
     let options = TrainStepOptions::from_config(config);
     let mut step = build(forward, &options)?;
-    // The recipe's FP8 cache of the MoE SwiGLU inputs (after recompute, whose copies it feeds).
-    let cache = if options.fp8 && options.tensor_formats {
-        ",cache-swiglu-inputs"
-    } else {
-        ""
-    };
+    // The recipe's FP8 cache of the MoE SwiGLU inputs (after recompute, whose copies it feeds;
+    // whole-layer recomputation recomputes those inputs themselves instead).
+    let cache =
+        if options.fp8 && options.tensor_formats && config.recompute != dsc_ir::Recompute::Full {
+            ",cache-swiglu-inputs"
+        } else {
+            ""
+        };
     let pipeline = format!("{}{recompute}{cache}", pipeline(config.wgrad_source));
     crate::Pipeline::parse(&pipeline)?.run(&mut step, &PassOptions::default(), |_, _| {})?;
     Ok(step)
