@@ -15,6 +15,7 @@ use std::path::PathBuf;
 /// Compiles the model and writes the artifact directory.
 pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
     let mut train_config = None;
+    let mut train_forward = None;
     let mut graph = match crate::import::hf_config(&args.model) {
         Some(config) => {
             let imported = crate::import::import_config(&config, &args.hf_shape)?;
@@ -34,6 +35,12 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
             let source = read_text(&args.model)?;
             let located = |e| Diagnostic::located(&args.model, &source, e);
             train_config = dsc_ir::load_train_config(&source).map_err(located)?;
+            // The training step's forward has the MTP modules too (the artifact does not).
+            if let Some(c) = train_config.as_ref().filter(|c| c.mtp_depth > 0) {
+                let with_mtp =
+                    dsc_ir::model::load_model_with_mtp(&source, c.mtp_depth).map_err(located)?;
+                train_forward = Some(with_mtp);
+            }
             load_model(&source).map_err(located)?
         }
     };
@@ -47,7 +54,10 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
     // A model with `[train]` also gets its training steps' memory, measured before the
     // inference pipeline changes the graph.
     let train_table = match &train_config {
-        Some(config) => Some(crate::train_report::memory_table(&graph, config)?),
+        Some(config) => Some(crate::train_report::memory_table(
+            train_forward.as_ref().unwrap_or(&graph),
+            config,
+        )?),
         None => None,
     };
     let timings = pipeline::run(&args.pipeline, DEFAULT_PIPELINE, &mut graph)?;

@@ -9,7 +9,7 @@ use crate::diagnostic::{Diagnostic, read_text};
 use crate::train_checkpoint::{self, CheckpointWriter, RunInfo, TrainState};
 use crate::train_data::TokenData;
 use crate::train_routing::RoutingProbe;
-use dsc_ir::model::load_model;
+use dsc_ir::model::{load_model, load_model_with_mtp};
 use dsc_ir::{Graph, Recipe, TrainConfig, load_train_config};
 use dsc_kernels::rng::SplitMix64;
 use dsc_passes::{autodiff, train_step};
@@ -349,7 +349,7 @@ fn load(args: &TrainArgs) -> Result<(Graph, TrainConfig), Diagnostic> {
         .map_err(located)?
         .unwrap_or_default();
     // Parse once as written, so errors point into the file as the user wrote it.
-    let graph = load_model(&text).map_err(located)?;
+    let graph = load_model_with_mtp(&text, config.mtp_depth).map_err(located)?;
     if args.batch.is_none() && args.seq_len.is_none() {
         return Ok((graph, config));
     }
@@ -368,7 +368,7 @@ fn load(args: &TrainArgs) -> Result<(Graph, TrainConfig), Diagnostic> {
         }
     }
     let edited = doc.to_string();
-    let graph = load_model(&edited).map_err(|e| {
+    let graph = load_model_with_mtp(&edited, config.mtp_depth).map_err(|e| {
         Diagnostic::new(format!(
             "{}: with --batch/--seq-len: {e}",
             args.model.display()

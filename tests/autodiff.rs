@@ -158,6 +158,30 @@ fn linear_with_bias() {
 }
 
 #[test]
+fn weighted_loss_terms_over_slices_of_the_positions() {
+    // The multi-token-prediction loss's shape: a second head's logits and the labels sliced to
+    // the positions that have a label `k` ahead, its cross-entropy weighted by `scale` and
+    // added to the main loss.
+    check(
+        "graph \"t\"\n\
+         input %labels: i32[2, 4]\n\
+         param @x: f32[2, 4, 8]\n\
+         param @w: f32[6, 8]\n\
+         param @w2: f32[6, 8]\n\
+         %y: f32[2, 4, 6] = linear(@x, @w) role=ffn\n\
+         %y2: f32[2, 4, 6] = linear(@x, @w2) role=ffn\n\
+         %lm: f32[1] = cross_entropy(%y, %labels) role=other\n\
+         %kept: f32[2, 3, 6] = slice(%y2) {axis = 1, start = 0, end = 3} role=other\n\
+         %later: i32[2, 3] = slice(%labels) {axis = 1, start = 1, end = 4} role=other\n\
+         %mtp: f32[1] = cross_entropy(%kept, %later) role=head\n\
+         %weighted: f32[1] = scale(%mtp) {factor = 0.3} role=head\n\
+         %loss: f32[1] = add(%lm, %weighted) role=head\n\
+         output %loss\n",
+        6,
+    );
+}
+
+#[test]
 fn embedding_norm_silu_mul_and_a_value_read_twice() {
     check(
         "graph \"t\"\n\

@@ -768,7 +768,8 @@ fn recompute_keeps_every_bit_and_saves_activation_memory() {
         assert_eq!(kept_losses, losses(recomputed), "{recipe:?}");
         assert_eq!(kept_losses, losses(full), "{recipe:?}: recompute = full");
     }
-    // Nor is multi-token prediction: refused, not read and ignored.
+    // A step with MTP needs the forward with its modules: a clear error, not a silent step
+    // without them.
     let mtp = dsc_ir::TrainConfig {
         mtp_depth: 1,
         ..base
@@ -777,7 +778,7 @@ fn recompute_keeps_every_bit_and_saves_activation_memory() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("mtp_depth = 1") && e.contains("not implemented yet"),
+        e.contains("mtp_depth = 1") && e.contains("load_model_with_mtp"),
         "{e}"
     );
 }

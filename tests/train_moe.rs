@@ -250,3 +250,93 @@ fn the_block_scaled_activation_gradient_ablation_lowers_and_trains() {
     let (stats, _) = trainer.step(ids.clone(), ids, 1e-3).unwrap();
     assert!(stats.loss.is_finite() && stats.grad_norm > 0.0, "{stats:?}");
 }
+
+/// Multi-token prediction (`[train] mtp_depth`, DeepSeek-V3 §2.2): the step has the module's
+/// parameters under the next layer's checkpoint names; with λ = 0 its loss and the main
+/// model's gradients are exactly those of the step without it (same weights), and with λ the
+/// loss grows by λ times the module's cross-entropy (about ln 256 from random weights).
+#[test]
+fn multi_token_prediction_adds_a_weighted_loss_and_its_module() {
+    use dsc_ir::model::{load_model, load_model_with_mtp};
+    use dsc_passes::train_step;
+    use dsc_runtime::cpu::CpuOptions;
+    use dsc_runtime::train::Trainer;
+    use dsc_runtime::{Weights, random_weights};
+    let text = std::fs::read_to_string(crate::support::path("tests/train/tiny-moe.toml")).unwrap();
+    let base = dsc_ir::load_train_config(&text)
+        .unwrap()
+        .unwrap_or_default();
+    let step = |depth: u64, lambda: f64| {
+        let config = dsc_ir::TrainConfig {
+            mtp_depth: depth,
+            mtp_lambda: lambda,
+            ..base.clone()
+        };
+        let forward = load_model_with_mtp(&text, depth).unwrap();
+        train_step::build_lowered(&forward, &config).unwrap()
+    };
+    let with = step(1, 0.0);
+    for name in [
+        "model.layers.3.enorm.weight",
+        "model.layers.3.hnorm.weight",
+        "model.layers.3.eh_proj.weight",
+        "model.layers.3.self_attn.kv_a_proj_with_mqa.weight",
+        "model.layers.3.mlp.gate.weight",
+        "model.layers.3.shared_head.norm.weight",
+    ] {
+        assert!(
+            with.params.iter().any(|&p| with.name(p) == name),
+            "no MTP parameter `{name}`"
+        );
+    }
+    let weights = random_weights(&with, 3).unwrap();
+    let run = |g: dsc_ir::Graph, weights: Weights| {
+        let mut trainer = Trainer::new(g, weights, CpuOptions::default()).unwrap();
+        let mut rng = dsc_kernels::rng::SplitMix64(4);
+        let ids: Vec<i32> = (0..64).map(|_| (rng.next_u64() % 256) as i32).collect();
+        let labels: Vec<i32> = ids.iter().map(|&i| (i * 7 + 3) % 256).collect();
+        let (stats, outputs) = trainer.step(ids, labels, 1e-3).unwrap();
+        let grad = |name: &str| {
+            outputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.to_f32_vec())
+                .unwrap_or_else(|| panic!("no `{name}`"))
+        };
+        (
+            stats.loss,
+            [
+                grad("model.embed_tokens.weight.grad"),
+                grad("model.layers.2.mlp.gate.weight.grad"),
+            ],
+        )
+    };
+    // The same weights by name for the step without the module.
+    let without = step(0, 0.3);
+    let mut main = Weights::new();
+    for &p in &without.params {
+        let t = weights.by_name(&with, without.name(p)).unwrap().clone();
+        main.insert(p, t);
+    }
+    let (loss0, grad0) = run(without, main);
+    let (loss, grad) = run(with, weights.clone());
+    assert_eq!(loss.to_bits(), loss0.to_bits(), "λ = 0: {loss} vs {loss0}");
+    assert_eq!(
+        grad, grad0,
+        "λ = 0: the embedding's and a router's gradients"
+    );
+    let (weighted, _) = run(step(1, 0.3), weights);
+    let mtp = (weighted - loss) / 0.3;
+    assert!(
+        (mtp - 256f32.ln()).abs() < 0.5,
+        "the MTP cross-entropy {mtp} (loss {weighted} vs {loss})"
+    );
+    // Only the deepseek preset has the modules.
+    let llama =
+        std::fs::read_to_string(crate::support::path("tests/train/tiny-llama.toml")).unwrap();
+    assert!(load_model(&llama).is_ok());
+    let e = load_model_with_mtp(&llama, 1).unwrap_err().to_string();
+    assert!(e.contains("mtp_depth = 1") && e.contains("deepseek"), "{e}");
+    let e = load_model_with_mtp(&text, 32).unwrap_err().to_string();
+    assert!(e.contains("depth 32") && e.contains("longer"), "{e}");
+}

@@ -29,10 +29,11 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         Some(d) if d.is_high_float() => d,
         _ => policy.high,
     };
-    // The gate's logits and the loss are FP32 (§3b, §8): a sum of the gate's cotangents, or of
-    // the loss and its balance terms, stays FP32.
+    // The gate's logits, the loss and the weight gradients are FP32 (§3b, §8): a sum of the
+    // gate's cotangents, of the loss and its extra terms, or of an embedding table's gradients
+    // (a table the head or an MTP module reads too) stays FP32.
     let high = if op.kind == OpKind::Add
-        && matches!(op.role, Role::Gating | Role::Head)
+        && matches!(op.role, Role::Gating | Role::Head | Role::Embedding)
         && operand_dtype == DType::F32
     {
         DType::F32

@@ -104,6 +104,10 @@ pub struct TrainStepOptions {
     pub tensor_formats: bool,
     /// α of the sequence-wise balance loss added for every routed layer (0: none).
     pub balance_loss_alpha: f64,
+    /// Multi-token-prediction modules the forward has (its outputs after the logits).
+    pub mtp_depth: u64,
+    /// λ: the MTP losses' weight, `λ / depth` each.
+    pub mtp_lambda: f64,
 }
 
 impl Default for TrainStepOptions {
@@ -120,6 +124,8 @@ impl Default for TrainStepOptions {
             act_grad_blocks: false,
             tensor_formats: true,
             balance_loss_alpha: 0.0,
+            mtp_depth: 0,
+            mtp_lambda: 0.3,
         }
     }
 }
@@ -138,6 +144,8 @@ impl TrainStepOptions {
             act_grad_blocks: config.act_grad_scaling == dsc_ir::ActGradScaling::Block,
             tensor_formats: config.tensor_formats == dsc_ir::TensorFormats::Recipe,
             balance_loss_alpha: config.balance_loss_alpha,
+            mtp_depth: config.mtp_depth,
+            mtp_lambda: config.mtp_lambda,
             ..TrainStepOptions::default()
         }
     }
@@ -153,16 +161,6 @@ pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Gr
         dsc_ir::Recompute::None => "",
         dsc_ir::Recompute::Full => ",recompute-full",
     };
-    if config.mtp_depth > 0 {
-        return Err(PassError::Failed {
-            pass: PASS,
-            message: format!(
-                "mtp_depth = {}: multi-token prediction is not implemented yet; set \
-                 mtp_depth = 0 (the default) in [train]",
-                config.mtp_depth
-            ),
-        });
-    }
     let options = TrainStepOptions::from_config(config);
     let mut step = build(forward, &options)?;
     // The recipe's FP8 cache of the MoE SwiGLU inputs (after recompute, whose copies it feeds;
@@ -246,8 +244,21 @@ pub fn build(forward: &Graph, options: &TrainStepOptions) -> Result<Graph, PassE
         })
         .collect();
     let balanced = options.balance_loss_alpha > 0.0 && !routers.is_empty();
-    let lm_name = if balanced { LM_LOSS } else { LOSS_OUTPUT };
-    let mut loss = push(
+    let mtp_logits = g.outputs[1..].to_vec();
+    if mtp_logits.len() as u64 != options.mtp_depth {
+        return Err(fail(format!(
+            "[train] mtp_depth = {} but the model has {} multi-token-prediction outputs (load \
+             it with dsc_ir::model::load_model_with_mtp)",
+            options.mtp_depth,
+            mtp_logits.len()
+        )));
+    }
+    let lm_name = if balanced || !mtp_logits.is_empty() {
+        LM_LOSS
+    } else {
+        LOSS_OUTPUT
+    };
+    let lm = push(
         &mut g,
         OpKind::CrossEntropy,
         vec![logits, labels],
@@ -256,16 +267,18 @@ pub fn build(forward: &Graph, options: &TrainStepOptions) -> Result<Graph, PassE
         Role::Head,
     )
     .map_err(fail)?[0];
+    let mut terms = Vec::new();
     if balanced {
-        loss = add_balance_losses(
+        terms = balance_losses(
             &mut g,
-            loss,
             &routers,
             options.balance_loss_alpha,
             ids_ty.shape.dims()[0],
         )
         .map_err(fail)?;
     }
+    terms.extend(mtp_losses(&mut g, &mtp_logits, labels, options.mtp_lambda).map_err(fail)?);
+    let loss = sum_losses(&mut g, lm, &terms).map_err(fail)?;
     g.outputs = vec![loss];
     autodiff::run(&mut g, &PassOptions::default())?;
 
@@ -554,40 +567,109 @@ fn first_reader_role(g: &Graph, v: ValueId) -> Role {
         .map_or(Role::Other, |op| op.role)
 }
 
-/// `loss = lm + Σ balance_loss(logits, indices)` over the routed layers' `(logits, indices,
-/// score_func)`, each the sequence-wise balance loss of DeepSeek-V3 §2.1.2 with weight `alpha`
-/// over `sequences` sequences; returns the total, named [`LOSS_OUTPUT`].
-fn add_balance_losses(
+/// The sequence-wise balance loss (DeepSeek-V3 §2.1.2) of each routed layer's `(logits,
+/// indices, score_func)`, with weight `alpha` over `sequences` sequences.
+fn balance_losses(
     g: &mut Graph,
-    lm: ValueId,
     routers: &[(ValueId, ValueId, Attr)],
     alpha: f64,
     sequences: u64,
-) -> Result<ValueId, String> {
-    let mut total = lm;
-    for (i, (logits, indices, score_func)) in routers.iter().enumerate() {
-        let attrs = Attrs::new()
-            .with("alpha", Attr::Float(alpha))
-            .with("score_func", score_func.clone())
-            .with("sequences", Attr::Int(sequences as i64));
-        let name = format!("{}.balance_loss", g.name(*indices));
-        let balance = push(
+) -> Result<Vec<ValueId>, String> {
+    routers
+        .iter()
+        .map(|(logits, indices, score_func)| {
+            let attrs = Attrs::new()
+                .with("alpha", Attr::Float(alpha))
+                .with("score_func", score_func.clone())
+                .with("sequences", Attr::Int(sequences as i64));
+            let name = format!("{}.balance_loss", g.name(*indices));
+            let op = OpKind::BalanceLoss;
+            Ok(push(
+                g,
+                op,
+                vec![*logits, *indices],
+                attrs,
+                &[&name],
+                Role::Gating,
+            )?[0])
+        })
+        .collect()
+}
+
+/// The multi-token-prediction losses (DeepSeek-V3 §2.2), `λ / D ·` each depth's: depth `k`'s
+/// logits `[B, S, V]` at positions `0 .. S − k` predict the labels `k` positions later
+/// (`labels[:, k..]`: the token `k + 1` after the position), the last `k` positions have no
+/// label in the window and are left out.
+fn mtp_losses(
+    g: &mut Graph,
+    logits: &[ValueId],
+    labels: ValueId,
+    lambda: f64,
+) -> Result<Vec<ValueId>, String> {
+    let depth = logits.len() as f64;
+    let s = g.ty(labels).shape.dims()[1];
+    let mut losses = Vec::new();
+    for (i, &l) in logits.iter().enumerate() {
+        let k = i as u64 + 1;
+        let slice = |start: u64, end: u64| {
+            Attrs::new()
+                .with("axis", Attr::Int(1))
+                .with("start", Attr::Int(start as i64))
+                .with("end", Attr::Int(end as i64))
+        };
+        let name = format!("loss.mtp{k}");
+        let kept = push(
             g,
-            OpKind::BalanceLoss,
-            vec![*logits, *indices],
-            attrs,
-            &[&name],
-            Role::Gating,
+            OpKind::Slice,
+            vec![l],
+            slice(0, s - k),
+            &[&format!("{name}.logits")],
+            Role::Head,
         )?[0];
-        let name = if i + 1 == routers.len() {
+        let later = push(
+            g,
+            OpKind::Slice,
+            vec![labels],
+            slice(k, s),
+            &[&format!("{name}.labels")],
+            Role::Head,
+        )?[0];
+        let ce = push(
+            g,
+            OpKind::CrossEntropy,
+            vec![kept, later],
+            Attrs::new(),
+            &[&name],
+            Role::Head,
+        )?[0];
+        let attrs = Attrs::new().with("factor", Attr::Float(lambda / depth));
+        let weighted = push(
+            g,
+            OpKind::Scale,
+            vec![ce],
+            attrs,
+            &[&format!("{name}.weighted")],
+            Role::Head,
+        )?[0];
+        losses.push(weighted);
+    }
+    Ok(losses)
+}
+
+/// `loss = lm + Σ terms` (f32 adds of role head), named [`LOSS_OUTPUT`]; `lm` itself when there
+/// is no term.
+fn sum_losses(g: &mut Graph, lm: ValueId, terms: &[ValueId]) -> Result<ValueId, String> {
+    let mut total = lm;
+    for (i, &term) in terms.iter().enumerate() {
+        let name = if i + 1 == terms.len() {
             LOSS_OUTPUT.to_string()
         } else {
-            format!("{LM_LOSS}.balanced{i}")
+            format!("{LM_LOSS}.plus{i}")
         };
         total = push(
             g,
             OpKind::Add,
-            vec![total, balance],
+            vec![total, term],
             Attrs::new(),
             &[&name],
             Role::Head,

@@ -23,18 +23,18 @@ use dsc_runtime::cuda::check_target;
 /// of the later ones.
 struct Case {
     model: &'static str,
-    /// `[train] balance_loss_alpha`, written into a copy of the model (0: as it is).
-    alpha: f64,
+    /// Keys added to `[train]` in a copy of the model (empty: the model as it is).
+    train: &'static str,
     recipe: &'static str,
     targets: &'static [&'static str],
     first_step: f64,
     later_steps: f64,
 }
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 5] = [
     Case {
         model: "tests/train/tiny-llama.toml",
-        alpha: 0.0,
+        train: "",
         recipe: "fp8",
         targets: &TARGETS,
         first_step: 1e-5,
@@ -44,7 +44,7 @@ const CASES: [Case; 4] = [
     // sum a few f32 ulps off rounds to the neighbouring BF16 value now and then.
     Case {
         model: "tests/train/tiny-llama.toml",
-        alpha: 0.0,
+        train: "",
         recipe: "bf16",
         targets: &TARGETS,
         first_step: 5e-3,
@@ -54,16 +54,25 @@ const CASES: [Case; 4] = [
     // than the CPU's GEMM), the routing's gradients and the bias update.
     Case {
         model: "tests/train/tiny-moe.toml",
-        alpha: 0.0,
+        train: "",
         recipe: "fp8",
         targets: &TARGETS,
+        first_step: 1e-4,
+        later_steps: 1e-3,
+    },
+    // With multi-token prediction (a fourth, routed layer and the shared head).
+    Case {
+        model: "tests/train/tiny-moe.toml",
+        train: "mtp_depth = 1",
+        recipe: "fp8",
+        targets: &["sm_90a"],
         first_step: 1e-4,
         later_steps: 1e-3,
     },
     // With the sequence-wise balance loss.
     Case {
         model: "tests/train/tiny-moe.toml",
-        alpha: 0.01,
+        train: "balance_loss_alpha = 0.01",
         recipe: "fp8",
         targets: &["sm_90a"],
         first_step: 1e-4,
@@ -181,7 +190,7 @@ fn training_steps_on_the_gpu_match_the_cpu() {
     let mut gpu = Gpu::probe();
     for Case {
         model,
-        alpha,
+        train: keys,
         recipe,
         targets,
         first_step,
@@ -189,19 +198,16 @@ fn training_steps_on_the_gpu_match_the_cpu() {
     } in CASES
     {
         let variant;
-        let label = format!("{model} (balance_loss_alpha {alpha})");
-        let model = if alpha > 0.0 {
+        let label = format!("{model} [train] {keys}");
+        let model = if keys.is_empty() {
+            model
+        } else {
             let text = std::fs::read_to_string(crate::support::path(model)).unwrap();
             assert!(text.contains("\n[train]\n"), "{model} has a [train] table");
-            let text = text.replace(
-                "\n[train]\n",
-                &format!("\n[train]\nbalance_loss_alpha = {alpha}\n"),
-            );
-            variant = tmp.join("balanced.toml").to_string_lossy().into_owned();
+            let text = text.replace("\n[train]\n", &format!("\n[train]\n{keys}\n"));
+            variant = tmp.join("variant.toml").to_string_lossy().into_owned();
             std::fs::write(&variant, text).unwrap();
             variant.as_str()
-        } else {
-            model
         };
         let cpu = train(&tmp, "cpu", model, recipe, &["--device", "cpu"]);
         assert_eq!(cpu.steps.len(), 2);

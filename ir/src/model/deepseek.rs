@@ -300,26 +300,105 @@ fn check_sizes(m: &Table, c: &Config) -> Result<(), ModelError> {
     preset::check_sizes(m, &tensors)
 }
 
-/// Builds the deepseek preset from `[model]`, with weights in `high`.
-pub fn build(model: &Table, high: DType) -> Result<Graph, ModelError> {
+/// Builds the deepseek preset from `[model]`, with weights in `high`, and `mtp_depth`
+/// multi-token-prediction modules after the main model (a training step's; their logits are
+/// the outputs after the main logits).
+pub fn build(model: &Table, high: DType, mtp_depth: u64) -> Result<Graph, ModelError> {
     let c = parse(model)?;
     let mut net = Net::new(&c.name, high, model);
     let (b, s, v) = (c.batch.value, c.seq.value, c.vocab.value);
     let mut x = net.embed(b, s, v, c.dim.value)?;
     for i in 0..c.layers {
-        let p = format!("model.layers.{i}");
-        let h = net.rms_norm(&format!("{p}.input_layernorm"), x, c.eps)?;
-        let attn = mla(&mut net, &c, &p, h)?;
-        x = net.residual(&format!("{p}.self_attn.residual"), x, attn)?;
-        let h = net.rms_norm(&format!("{p}.post_attention_layernorm"), x, c.eps)?;
-        let ffn = match &c.moe {
-            Some(moe) if i >= c.dense_layers => moe_block(&mut net, &c, moe, &p, h)?,
-            _ => net.mlp(&format!("{p}.mlp"), Role::Ffn, h, c.inter.value)?,
-        };
-        x = net.residual(&format!("{p}.mlp.residual"), x, ffn)?;
+        x = decoder_layer(&mut net, &c, i, x)?;
     }
     net.head(x, c.eps, v, "lm_head.weight")?;
+    if mtp_depth >= s {
+        return Err(model.error(
+            c.seq.at,
+            format!(
+                "multi-token prediction of depth {mtp_depth} needs sequences longer than that, \
+                 not {s}"
+            ),
+        ));
+    }
+    for k in 1..=mtp_depth {
+        x = mtp_module(&mut net, &c, k, x)?;
+    }
     Ok(net.b.finish())
+}
+
+/// Decoder layer `i` (MLA, then a dense MLP or the MoE) of the residual stream `x`.
+fn decoder_layer(net: &mut Net, c: &Config, i: u64, x: ValueId) -> Result<ValueId, ModelError> {
+    let p = format!("model.layers.{i}");
+    let h = net.rms_norm(&format!("{p}.input_layernorm"), x, c.eps)?;
+    let attn = mla(net, c, &p, h)?;
+    let x = net.residual(&format!("{p}.self_attn.residual"), x, attn)?;
+    let h = net.rms_norm(&format!("{p}.post_attention_layernorm"), x, c.eps)?;
+    let ffn = match &c.moe {
+        Some(moe) if i >= c.dense_layers => moe_block(net, c, moe, &p, h)?,
+        _ => net.mlp(&format!("{p}.mlp"), Role::Ffn, h, c.inter.value)?,
+    };
+    net.residual(&format!("{p}.mlp.residual"), x, ffn)
+}
+
+/// Multi-token-prediction module `k` (DeepSeek-V3 §2.2), as the Hugging Face checkpoints
+/// name it (`model.layers.{n_layers + k − 1}`): the hidden states `h` of depth `k − 1` (the
+/// main model's last layer output for k = 1) and the embedding of the token `k` positions
+/// ahead, each RMS-normed (`hnorm`, `enorm`), concatenated `[emb; h]` and projected back to
+/// the model width (`eh_proj`), one more decoder layer, then the shared head after the
+/// module's own norm (`shared_head.norm`; the head weight is `lm_head.weight`). The ids ahead
+/// are the input rolled left by `k`: the last `k` positions wrap around, and the training
+/// loss leaves them out (their labels are not in the window). Returns the module's output,
+/// depth `k`'s hidden states; its logits `mtp.{k}.logits` become an output.
+fn mtp_module(net: &mut Net, c: &Config, k: u64, h: ValueId) -> Result<ValueId, ModelError> {
+    let i = c.layers + k - 1;
+    let p = format!("model.layers.{i}");
+    let s = c.seq.value;
+    let (ids, table, head) = match ["input_ids", "model.embed_tokens.weight", "lm_head.weight"]
+        .map(|name| net.b.lookup(name))
+    {
+        [Some(ids), Some(table), Some(head)] => (ids, table, head),
+        _ => unreachable!("the main model made its ids, embedding and head"),
+    };
+    let ahead = net.slice(&format!("{p}.ids_ahead"), ids, 1, k, s)?;
+    let wrapped = net.slice(&format!("{p}.ids_wrapped"), ids, 1, 0, k)?;
+    let axis = Attrs::new().with("axis", Attr::Int(1));
+    let rolled = net.op(
+        OpKind::Concat,
+        &format!("{p}.ids_rolled"),
+        OpKind::Concat.default_role(),
+        &[ahead, wrapped],
+        axis,
+    )?;
+    let e = net.op(
+        OpKind::Embedding,
+        &format!("{p}.embed_tokens"),
+        Role::Embedding,
+        &[rolled, table],
+        Attrs::new(),
+    )?;
+    let e = net.rms_norm(&format!("{p}.enorm"), e, c.eps)?;
+    let h = net.rms_norm(&format!("{p}.hnorm"), h, c.eps)?;
+    let axis = Attrs::new().with("axis", Attr::Int(-1));
+    let both = net.op(
+        OpKind::Concat,
+        &format!("{p}.eh"),
+        OpKind::Concat.default_role(),
+        &[e, h],
+        axis,
+    )?;
+    let x = net.linear(&format!("{p}.eh_proj"), Role::Other, both, c.dim.value)?;
+    let x = decoder_layer(net, c, i, x)?;
+    let normed = net.rms_norm(&format!("{p}.shared_head.norm"), x, c.eps)?;
+    let logits = net.op(
+        OpKind::Linear,
+        &format!("mtp.{k}.logits"),
+        Role::Head,
+        &[normed, head],
+        Attrs::new(),
+    )?;
+    net.b.output(logits);
+    Ok(x)
 }
 
 /// Multi-head latent attention (prefill): `h` `[B, S, D]` → `o_proj` output `[B, S, D]`.

@@ -35,6 +35,13 @@ const ARCHITECTURES: [&str; 2] = ["deepseek", "llama"];
 
 /// Reads a model.toml into a verified graph with its precision policy.
 pub fn load_model(source: &str) -> Result<Graph, ModelError> {
+    load_model_with_mtp(source, 0)
+}
+
+/// [`load_model`] with `mtp_depth` multi-token-prediction modules after the main model
+/// (DeepSeek-V3 §2.2; the deepseek preset only): their logits `mtp.{k}.logits` are outputs
+/// 1..=depth. For a training step (`[train] mtp_depth`).
+pub fn load_model_with_mtp(source: &str, mtp_depth: u64) -> Result<Graph, ModelError> {
     let src = Source::new(source);
     let doc = toml::parse(source)?;
     let root = Table::root(src, &doc);
@@ -66,10 +73,28 @@ pub fn load_model(source: &str) -> Result<Graph, ModelError> {
             }
             preset::check_root_keys(&root, arch.value)?;
             if arch.value == "deepseek" {
-                deepseek::build(&model, policy.high)?
-            } else {
+                deepseek::build(&model, policy.high, mtp_depth)?
+            } else if mtp_depth == 0 {
                 llama::build(&model, policy.high)?
+            } else {
+                return Err(model.error(
+                    arch.at,
+                    format!(
+                        "multi-token prediction (mtp_depth = {mtp_depth}) is built for \
+                         architecture \"deepseek\", not \"{}\"",
+                        arch.value
+                    ),
+                ));
             }
+        }
+        None if mtp_depth > 0 => {
+            return Err(model.error(
+                model.at(),
+                format!(
+                    "multi-token prediction (mtp_depth = {mtp_depth}) is built for \
+                     architecture \"deepseek\", not an explicit graph"
+                ),
+            ));
         }
         None => explicit::build(&root, &model, policy.high)?,
     };

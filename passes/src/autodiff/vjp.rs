@@ -225,6 +225,18 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
             }
         }
         GroupedLinear => grouped_linear(e, req, &mut out)?,
+        // A loss term's weight (MTP's λ / D): the cotangent scaled alike.
+        Scale => {
+            if let (Some(d), Some(dy)) = (req.want[0], req.dy[0]) {
+                let factor = op
+                    .attrs
+                    .get("factor")
+                    .ok_or("scale without `factor`")?
+                    .clone();
+                let attrs = Attrs::new().with("factor", factor);
+                out[0] = Some(e.one(Scale, vec![dy], attrs, &req.grad_name(e, 0), d)?);
+            }
+        }
         BalanceLoss => {
             // Only the logits are differentiable (the fractions f_i are the selection's).
             if let (Some(d), Some(dloss)) = (req.want[0], req.dy[0]) {
@@ -262,8 +274,8 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
             ));
         }
         CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad | RopeGrad
-        | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW | GroupedLinearWgrad
-        | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate | BalanceLossGrad => {
+        | EmbeddingGrad | ReduceSum | GlobalNorm | AdamW | GroupedLinearWgrad | MoeCombineGrad
+        | MoeTopkGrad | ExpertBiasUpdate | BalanceLossGrad => {
             return Err(format!(
                 "`{}` is part of a backward or an optimizer step; higher-order gradients are not supported",
                 op.kind
