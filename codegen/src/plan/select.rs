@@ -929,16 +929,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_e5m6_quantize_is_refused_by_name() {
+    fn an_e5m6_cache_has_kernels_to_write_and_read_it_and_nothing_else() {
         let g = dsc_ir::text::parse(
             "graph \"g\"\ninput %x: bf16[4, 32]\n\
              %x.cache: f12e5m6[4, 32], %x.cache.scale: f32[4, 1] = quantize(%x) \
              {block = [1, 128], dtype = f12e5m6, scale_format = \"ue8m0\"} role=attn_proj \
-             compute=f32\noutput %x.cache\n",
+             compute=f32\n\
+             %x.back: bf16[4, 32] = dequantize(%x.cache, %x.cache.scale) \
+             {block = [1, 128], dtype = bf16} role=attn_proj compute=f32\n\
+             %x.t: f12e5m6[32, 4] = transpose(%x.cache) {perm = [1, 0]} role=other \
+             compute=f12e5m6\n\
+             output %x.back\noutput %x.t\n",
         )
         .unwrap();
-        let err = select(&g, &g.ops[0]).unwrap_err().to_string();
+        let kernel = |i: usize| match select(&g, &g.ops[i]).unwrap() {
+            Selection::Launch { kernel, .. } => kernel,
+            Selection::Alias => panic!("op {i} aliases"),
+        };
+        assert!(matches!(kernel(0), GpuKernel::ActQuant(q) if q.quant.format == DType::F12E5M6));
+        assert!(matches!(kernel(1), GpuKernel::Dequantize(d) if d.format == DType::F12E5M6));
+        let err = select(&g, &g.ops[2]).unwrap_err().to_string();
         assert!(err.contains("x.cache") && err.contains("E5M6"), "{err}");
-        assert!(err.contains("no GPU kernel"), "{err}");
+        assert!(err.contains("only to quantize"), "{err}");
     }
 }
