@@ -9,6 +9,9 @@ use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::attention::HeadOperand;
 use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention};
+use dsc_codegen::kernels::flash_attention_tma;
+use dsc_emulator::tensor_map::{DataType, Interleave, L2Promotion, OobFill, Swizzle, TensorMap};
+use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
 use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, from_bf16_bits, to_bf16};
 use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention};
@@ -78,17 +81,37 @@ fn check(spec: &FlashAttention, amplitude: f32) {
     let buffers: Vec<Vec<u8>> = inputs.iter().map(|x| bf16_bytes(x)).collect();
     let out_bytes = want.shape.iter().product::<usize>() * 2;
     let forms = [
+        (Target::Sm90a, AttentionForm::WgmmaTma),
         (Target::Sm90a, AttentionForm::Wgmma),
         (Target::Sm90a, AttentionForm::MmaSync),
         (Target::Sm89, AttentionForm::MmaSync),
     ];
+    let mut tma_bytes: Option<Vec<u8>> = None;
     for (target, form) in forms {
-        let kernel = GpuKernel::FlashAttention(FlashAttention {
+        let fused = FlashAttention {
             form,
             ..spec.clone()
-        });
+        };
+        if form == AttentionForm::WgmmaTma && !flash_attention_tma::eligible(&fused) {
+            continue;
+        }
+        let kernel = GpuKernel::FlashAttention(fused);
         let ptx = lower(&kernel, target);
-        let bytes = run_ptx(&kernel, target, &ptx, &buffers, &[out_bytes]).remove(0);
+        let bytes = if form == AttentionForm::WgmmaTma {
+            run_with_maps(&kernel, &ptx, &buffers, out_bytes)
+        } else {
+            run_ptx(&kernel, target, &ptx, &buffers, &[out_bytes]).remove(0)
+        };
+        // The TMA form runs the staged wgmma form's arithmetic: the same bits.
+        match form {
+            AttentionForm::WgmmaTma => tma_bytes = Some(bytes.clone()),
+            AttentionForm::Wgmma => {
+                if let Some(tma) = &tma_bytes {
+                    assert!(tma == &bytes, "{spec:?}: the TMA form's bits differ");
+                }
+            }
+            AttentionForm::MmaSync => {}
+        }
         let got: Vec<f32> = bytes
             .chunks(2)
             .map(|b| from_bf16_bits(u16::from_le_bytes([b[0], b[1]])))
@@ -106,6 +129,63 @@ fn check(spec: &FlashAttention, amplitude: f32) {
             panic!("{target} {form:?}: {spec:?}: {why}");
         }
     }
+}
+
+/// Runs the TMA form: `inputs` are the operands (the parameters before the maps), each map
+/// parameter gets its 128-byte map over its operand's buffer (as the runtime encodes it), and
+/// the ring's dynamic shared memory is raised; returns the output's bytes.
+fn run_with_maps(kernel: &GpuKernel, ptx: &str, inputs: &[Vec<u8>], out_bytes: usize) -> Vec<u8> {
+    let module = Module::parse(ptx).expect("emulator parses the PTX");
+    let mut memory = GlobalMemory::new();
+    let mut params: Vec<ParamValue> = Vec::new();
+    for bytes in inputs {
+        let at = memory.allocate(bytes.len() as u64);
+        memory.write(at, bytes).expect("write");
+        params.push(ParamValue::U64(at));
+    }
+    let maps = kernel.tensor_maps();
+    params.extend(maps.iter().map(|_| ParamValue::U64(0)));
+    let out = memory.allocate(out_bytes as u64);
+    memory.write(out, &vec![0x5a; out_bytes]).expect("write");
+    params.push(ParamValue::U64(out));
+    for (over, map) in &maps {
+        let ParamValue::U64(base) = params[*over] else {
+            unreachable!("operands are pointers")
+        };
+        let rank = map.dims.len();
+        let encoded = TensorMap::encode_tiled(
+            DataType::Bfloat16,
+            rank as u32,
+            base,
+            &map.dims,
+            &map.strides_bytes,
+            &map.box_dims,
+            &vec![1; rank],
+            Interleave::None,
+            Swizzle::B128,
+            L2Promotion::B128,
+            OobFill::None,
+        )
+        .expect("the map encodes");
+        let at = memory.allocate(128);
+        memory.write(at, &encoded.to_bytes()).expect("write");
+        params[map.param] = ParamValue::U64(at);
+    }
+    let l = kernel.launch();
+    let mut config = LaunchConfig::new(l.grid, l.block);
+    config.dynamic_shared_bytes = kernel.dynamic_shared_bytes() as u32;
+    launch(
+        &module,
+        &kernel.entry(),
+        &memory,
+        &config,
+        &params,
+        &LaunchOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("sm_90a WgmmaTma: {e}"));
+    let mut bytes = vec![0u8; out_bytes];
+    memory.read(out, &mut bytes).expect("read");
+    bytes
 }
 
 fn rope(kv_heads: u64, dim: u64) -> HeadOperand {
@@ -184,4 +264,40 @@ fn fused_attention_over_many_key_tiles() {
     check(&gqa(40, 600, false), 1.0);
     // Causal: the query blocks read 8 to 10 tiles, the latest ones first.
     check(&gqa(130, 600, true), 1.0);
+}
+
+/// Shapes in whole 64-dim panels, which the TMA form takes.
+fn panels(q_len: usize, kv_len: usize, causal: bool) -> FlashAttention {
+    FlashAttention {
+        dims: dims([2, q_len, kv_len, 4, 2, 64], [2, 64]),
+        scale: 0.125,
+        ..gqa(q_len, kv_len, causal)
+    }
+}
+
+#[test]
+fn fused_attention_through_the_tma_ring() {
+    assert!(flash_attention_tma::eligible(&panels(1, 1, false)));
+    // Ten key tiles through three stages: the ring wraps three times; ragged keys are the
+    // TMA's zero fill.
+    check(&panels(40, 600, false), 1.0);
+    // Causal, the latest query blocks first; a ragged last query block.
+    check(&panels(200, 230, true), 1.0);
+}
+
+#[test]
+fn fused_mla_attention_through_the_tma_ring() {
+    // k_nope | k_pe in three panels (k_pe one shared head), values of another width.
+    let mla = FlashAttention {
+        dims: dims([1, 150, 150, 2, 2, 128], [2, 64]),
+        qk: DType::Bf16,
+        rope: Some(rope(1, 64)),
+        values: DType::Bf16,
+        output: DType::Bf16,
+        scale: 0.072,
+        causal: true,
+        form: AttentionForm::MmaSync,
+    };
+    assert!(flash_attention_tma::eligible(&mla));
+    check(&mla, 1.0);
 }

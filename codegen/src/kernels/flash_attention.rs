@@ -26,6 +26,7 @@ use melior::ir::{BlockLike, Value};
 use serde::Serialize;
 
 use super::attention::{HeadOperand, main_operand, row_index};
+use super::flash_attention_tma as tma;
 use super::flash_attention_wgmma as wgmma;
 use super::mma::{mma, pack_k};
 use super::vector_access::{global_load_v4, pack_bf16x2, shared_store_v4};
@@ -52,6 +53,9 @@ pub enum AttentionForm {
     MmaSync,
     /// `wgmma.mma_async` per warpgroup ([`super::flash_attention_wgmma`], sm_90a).
     Wgmma,
+    /// `wgmma.mma_async` fed by TMA through a ring of stages ([`super::flash_attention_tma`],
+    /// sm_90a).
+    WgmmaTma,
 }
 
 /// `out[b, s, h, :] = softmax_t(scores[b, h, s, t]) · v[b, t, h / group, :]`, fused.
@@ -85,7 +89,7 @@ impl FlashAttention {
         "attention"
     }
 
-    fn batch(&self) -> u64 {
+    pub(super) fn batch(&self) -> u64 {
         self.dims.scores.batch as u64
     }
 
@@ -93,7 +97,7 @@ impl FlashAttention {
         self.dims.scores.q_len as u64
     }
 
-    fn kv_len(&self) -> u64 {
+    pub(super) fn kv_len(&self) -> u64 {
         self.dims.scores.kv_len as u64
     }
 
@@ -102,11 +106,11 @@ impl FlashAttention {
     }
 
     /// The main q/k pair.
-    fn main(&self) -> HeadOperand {
+    pub(super) fn main(&self) -> HeadOperand {
         main_operand(&self.dims.scores, self.qk)
     }
 
-    fn v_heads(&self) -> u64 {
+    pub(super) fn v_heads(&self) -> u64 {
         self.dims.v_heads as u64
     }
 
@@ -133,7 +137,7 @@ impl FlashAttention {
         )
     }
 
-    fn rope_dim(&self) -> u64 {
+    pub(super) fn rope_dim(&self) -> u64 {
         self.rope.map_or(0, |r| r.dim)
     }
 
@@ -155,11 +159,12 @@ impl FlashAttention {
     fn k_tile_bytes(&self) -> u64 {
         match self.form {
             AttentionForm::MmaSync => 2 * KV_TILE * self.k_stride(),
-            AttentionForm::Wgmma => wgmma::k_tile_bytes(self),
+            AttentionForm::Wgmma | AttentionForm::WgmmaTma => wgmma::k_tile_bytes(self),
         }
     }
 
-    /// The K and V tiles (and, for wgmma, room to align them).
+    /// The K and V tiles (and, for wgmma, room to align them); static shared memory (the
+    /// TMA form's ring is dynamic: [`super::flash_attention_tma::dynamic_shared_bytes`]).
     pub fn shared_bytes(&self) -> u64 {
         match self.form {
             AttentionForm::MmaSync => dsc_kernels::ops::attention_shared_bytes(
@@ -167,11 +172,20 @@ impl FlashAttention {
                 self.v_dim() as usize,
             ) as u64,
             AttentionForm::Wgmma => wgmma::shared_bytes(self),
+            AttentionForm::WgmmaTma => 0,
         }
     }
 
-    fn q_blocks(&self) -> u64 {
-        self.q_len().div_ceil(BLOCK_Q)
+    /// Queries per block: [`BLOCK_Q`] per warpgroup that multiplies.
+    pub(super) fn block_q(&self) -> u64 {
+        match self.form {
+            AttentionForm::WgmmaTma => BLOCK_Q * tma::CONSUMERS,
+            AttentionForm::MmaSync | AttentionForm::Wgmma => BLOCK_Q,
+        }
+    }
+
+    pub(super) fn q_blocks(&self) -> u64 {
+        self.q_len().div_ceil(self.block_q())
     }
 
     fn out_len(&self) -> u64 {
@@ -196,13 +210,20 @@ impl FlashAttention {
             params.push(side("q_pe", self.q_len(), r, self.heads()));
             params.push(side("k_pe", self.kv_len(), r, r.kv_heads));
         }
+        if self.form == AttentionForm::WgmmaTma {
+            params.extend(tma::map_params(self));
+        }
         params.push(Param::new("out", self.output, self.out_len()));
         params
     }
 
-    /// One block per 64 queries of one (batch, head).
+    /// One block per [`Self::block_q`] queries of one (batch, head).
     pub fn launch(&self) -> Launch {
-        Launch::blocks(self.batch() * self.heads() * self.q_blocks(), THREADS)
+        let threads = match self.form {
+            AttentionForm::WgmmaTma => tma::THREADS,
+            AttentionForm::MmaSync | AttentionForm::Wgmma => THREADS,
+        };
+        Launch::blocks(self.batch() * self.heads() * self.q_blocks(), threads)
     }
 
     /// Builds the kernel.
@@ -212,6 +233,9 @@ impl FlashAttention {
                 kernel: entry.to_string(),
                 message,
             })?;
+        if self.form == AttentionForm::WgmmaTma {
+            return tma::build(self, module, entry);
+        }
         let context = module.context();
         let params = self.params();
         let types = param_types(context, &params);
@@ -238,15 +262,14 @@ impl FlashAttention {
         smem: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
         let i32_type = e.int_type(32);
-        let at = Place::new(self, e)?;
-        let (b, h, qb) = (at.b, at.h, at.qb);
+        let at = Place::new(self, e, e.thread_x()?, e.index(0)?)?;
 
         // Shared tiles (32-bit shared addresses; swizzled tiles 1024-byte aligned).
         let k_smem = e.address_of(smem)?;
         let k_smem = e.trunci(k_smem, i32_type)?;
         let k_smem = match self.form {
             AttentionForm::MmaSync => k_smem,
-            AttentionForm::Wgmma => {
+            AttentionForm::Wgmma | AttentionForm::WgmmaTma => {
                 let k_smem = e.addi(k_smem, e.int(32, wgmma::ATOM as i64 - 1)?)?;
                 e.andi(k_smem, e.int(32, !(wgmma::ATOM as i64 - 1))?)?
             }
@@ -269,7 +292,66 @@ impl FlashAttention {
         let k_ld = ld_base(k_smem, self.k_stride(), high, low)?;
         let v_ld = ld_base(v_smem, self.v_stride(), low, high)?;
 
-        // Q's A fragments, once: chunk c of 16 score dims, registers as in `linear_mma`.
+        let running = Running::new(self, e)?;
+        let q_frags = self.q_fragments(e, ops, &at)?;
+        let tiles = self.tiles(e, at.qb)?;
+        let start = e.index(0)?;
+        let one = e.index(1)?;
+        // mma.sync: FlashAttention-2's pipeline of cp.async copies, K and V a half-tile apart
+        // (one buffer each, so that the shared memory stays one tile's): K(j + 1) streams in
+        // during the softmax and P·V of tile j, V(j) during its Q·Kᵀ.
+        let pipelined = self.form == AttentionForm::MmaSync;
+        if pipelined {
+            self.stage_k(e, ops, &at, start, k_smem)?;
+            e.cp_async_commit()?;
+        }
+        e.for_range(start, tiles, one, |e, tile| {
+            let t0 = e.muli(tile, e.index(KV_TILE as i64)?)?;
+            if pipelined {
+                // K(j) has landed for every thread, and P·V(j − 1) is done with V.
+                e.cp_async_wait(0)?;
+                e.barrier();
+                self.stage_v(&e, ops, &at, t0, v_smem)?;
+                e.cp_async_commit()?;
+            } else {
+                // The previous tile's reads are done before the tiles are overwritten.
+                e.barrier();
+                self.stage_k(&e, ops, &at, t0, k_smem)?;
+                self.stage_v(&e, ops, &at, t0, v_smem)?;
+                e.barrier();
+            }
+
+            let (k, v) = match self.form {
+                AttentionForm::MmaSync => (k_ld, v_ld),
+                AttentionForm::Wgmma | AttentionForm::WgmmaTma => (k_smem, v_smem),
+            };
+            self.tile(&e, &at, &running, &q_frags, t0, [k, v], |e| {
+                if pipelined {
+                    // V(j) has landed, and every warp is done with K(j).
+                    e.cp_async_wait(0)?;
+                    e.barrier();
+                    let next = e.addi(tile, one)?;
+                    let more = e.lt(next, tiles)?;
+                    e.if_then(more, |e| {
+                        let t1 = e.addi(t0, e.index(KV_TILE as i64)?)?;
+                        self.stage_k(&e, ops, &at, t1, k_smem)
+                    })?;
+                    e.cp_async_commit()?;
+                }
+                Ok(())
+            })
+        })?;
+        self.finish(e, ops, &at, &running)
+    }
+
+    /// Q's A fragments, once: chunk c of 16 score dims, registers as in `linear_mma`.
+    pub(super) fn q_fragments<'c, 'a>(
+        &self,
+        e: &Emit<'c, 'a>,
+        ops: &Operands<'c, '_>,
+        at: &Place<'c, '_>,
+    ) -> Result<Vec<[Value<'c, 'a>; 4]>, CodegenError> {
+        let (b, h) = (at.b, at.h);
         let q_len = e.index(self.q_len() as i64)?;
         let rows = at.rows;
         let real = [e.lt(rows[0], q_len)?, e.lt(rows[1], q_len)?];
@@ -298,20 +380,15 @@ impl FlashAttention {
             q_frags.push([pack(0, low)?, pack(1, low)?, pack(0, high)?, pack(1, high)?]);
         }
 
-        let zero = e.f32(0.0)?;
-        let zero_i32 = e.int(32, 0)?;
-        let neg_inf = e.f32(f32::NEG_INFINITY)?;
-        let n_tiles_v = self.v_dim() / 8;
-        let o: Vec<[Value; 4]> = (0..n_tiles_v)
-            .map(|_| Ok([e.cell(zero)?, e.cell(zero)?, e.cell(zero)?, e.cell(zero)?]))
-            .collect::<Result<_, CodegenError>>()?;
-        let m = [e.cell(neg_inf)?, e.cell(neg_inf)?];
-        let l = [e.cell(zero)?, e.cell(zero)?];
+        Ok(q_frags)
+    }
 
-        // Key tiles this block reads: all, or (causal) up to its last query's position.
-        let tiles = if self.causal {
-            let offset = self.kv_len().saturating_sub(self.q_len()) + BLOCK_Q;
-            let block_q = e.index(BLOCK_Q as i64)?;
+    /// Key tiles the block of query block `qb` reads: all, or (causal) up to its last query's
+    /// position.
+    pub(super) fn tiles<'c, 'a>(&self, e: &Emit<'c, 'a>, qb: Value<'c, '_>) -> Emitted<'c, 'a> {
+        Ok(if self.causal {
+            let offset = self.kv_len().saturating_sub(self.q_len()) + self.block_q();
+            let block_q = e.index(self.block_q() as i64)?;
             let end = e.muli(qb, block_q)?;
             let end = e.addi(end, e.index(offset as i64)?)?;
             let end = e.minui(end, e.index(self.kv_len() as i64)?)?;
@@ -319,179 +396,178 @@ impl FlashAttention {
             e.divui(end, e.index(KV_TILE as i64)?)?
         } else {
             e.index(self.kv_len().div_ceil(KV_TILE) as i64)?
+        })
+    }
+
+    /// One key tile `t0 ..` of the block's: S = Q·Kᵀ, the mask, `between(e)` (what the
+    /// loading needs once S is done), the online softmax and O += P·V into `running`. `[k, v]`
+    /// are the tiles' shared addresses (wgmma), or this lane's `ldmatrix` rows in them
+    /// (mma.sync).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn tile<'c, 'a>(
+        &self,
+        e: &Emit<'c, 'a>,
+        at: &Place<'c, '_>,
+        running: &Running<'c, '_>,
+        q_frags: &[[Value<'c, '_>; 4]],
+        t0: Value<'c, '_>,
+        [k_ld, v_ld]: [Value<'c, '_>; 2],
+        between: impl FnOnce(&Emit<'c, 'a>) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let zero = e.f32(0.0)?;
+        let zero_i32 = e.int(32, 0)?;
+        let neg_inf = e.f32(f32::NEG_INFINITY)?;
+        let rows = at.rows;
+        let q2 = e.muli(at.quad, e.index(2)?)?;
+        let Running { o, m, l } = running;
+        // S = Q·Kᵀ: 8 key octets × the score dims.
+        let mut s = match self.form {
+            AttentionForm::Wgmma | AttentionForm::WgmmaTma => wgmma::scores(e, q_frags, k_ld)?,
+            AttentionForm::MmaSync => {
+                let mut s: Vec<[Value; 4]> = vec![[zero; 4]; (KV_TILE / 8) as usize];
+                for (c, a) in q_frags.iter().enumerate() {
+                    for (pair, accs) in s.chunks_mut(2).enumerate() {
+                        // Keys 16·pair + g (+ 8), score dims 16c + 2q (+ 8).
+                        let at = 2 * (16 * pair as u64 * self.k_stride() + 16 * c as u64);
+                        let b = e.ldmatrix(e.addi(k_ld, e.int(32, at as i64)?)?, 4)?;
+                        for (acc, b) in accs.iter_mut().zip(b.chunks(2)) {
+                            *acc = mma(e, INSTRUCTION, *a, [b[0], b[1]], *acc)?;
+                        }
+                    }
+                }
+                s
+            }
         };
-        let start = e.index(0)?;
-        let one = e.index(1)?;
-        // mma.sync: FlashAttention-2's pipeline of cp.async copies, K and V a half-tile apart
-        // (one buffer each, so that the shared memory stays one tile's): K(j + 1) streams in
-        // during the softmax and P·V of tile j, V(j) during its Q·Kᵀ.
-        let pipelined = self.form == AttentionForm::MmaSync;
-        if pipelined {
-            self.stage_k(e, ops, &at, start, k_smem)?;
-            e.cp_async_commit()?;
-        }
-        e.for_range(start, tiles, one, |e, tile| {
-            let t0 = e.muli(tile, e.index(KV_TILE as i64)?)?;
-            if pipelined {
-                // K(j) has landed for every thread, and P·V(j − 1) is done with V.
-                e.cp_async_wait(0)?;
-                e.barrier();
-                self.stage_v(&e, ops, &at, t0, v_smem)?;
-                e.cp_async_commit()?;
+
+        // Scale (to log2 units, for ex2) and mask: element i of octet nt is key
+        // t0 + 8nt + 2q + i % 2 of row i / 2, visible when that is below the row's limit.
+        let i32_type = e.int_type(32);
+        let t_lane = e.addi(t0, q2)?;
+        let kv_len = e.index(self.kv_len() as i64)?;
+        let offset = e.index((self.kv_len().saturating_sub(self.q_len()) + 1) as i64)?;
+        let mut limit = [zero_i32; 2];
+        for (r, limit) in limit.iter_mut().enumerate() {
+            let end = if self.causal {
+                let end = e.addi(rows[r], offset)?;
+                e.minui(end, kv_len)?
             } else {
-                // The previous tile's reads are done before the tiles are overwritten.
-                e.barrier();
-                self.stage_k(&e, ops, &at, t0, k_smem)?;
-                self.stage_v(&e, ops, &at, t0, v_smem)?;
-                e.barrier();
-            }
-
-            // S = Q·Kᵀ: 8 key octets × the score dims.
-            let mut s = match self.form {
-                AttentionForm::Wgmma => wgmma::scores(&e, &q_frags, k_smem)?,
-                AttentionForm::MmaSync => {
-                    let mut s: Vec<[Value; 4]> = vec![[zero; 4]; (KV_TILE / 8) as usize];
-                    for (c, a) in q_frags.iter().enumerate() {
-                        for (pair, accs) in s.chunks_mut(2).enumerate() {
-                            // Keys 16·pair + g (+ 8), score dims 16c + 2q (+ 8).
-                            let at = 2 * (16 * pair as u64 * self.k_stride() + 16 * c as u64);
-                            let b = e.ldmatrix(e.addi(k_ld, e.int(32, at as i64)?)?, 4)?;
-                            for (acc, b) in accs.iter_mut().zip(b.chunks(2)) {
-                                *acc = mma(&e, INSTRUCTION, *a, [b[0], b[1]], *acc)?;
-                            }
-                        }
-                    }
-                    s
-                }
+                kv_len
             };
+            let end = e.index_cast(end, i32_type)?;
+            let lane_start = e.index_cast(t_lane, i32_type)?;
+            *limit = e.subi(end, lane_start)?;
+        }
+        let log2_scale = e.f32(self.scale * std::f32::consts::LOG2_E)?;
+        for (nt, acc) in s.iter_mut().enumerate() {
+            for (i, x) in acc.iter_mut().enumerate() {
+                let col = e.int(32, (8 * nt + i % 2) as i64)?;
+                let visible = e.cmpi(CmpiPredicate::Slt, col, limit[i / 2])?;
+                let scaled = e.mulf(*x, log2_scale)?;
+                *x = e.select(visible, scaled, neg_inf)?;
+            }
+        }
 
-            // Scale (to log2 units, for ex2) and mask: element i of octet nt is key
-            // t0 + 8nt + 2q + i % 2 of row i / 2, visible when that is below the row's limit.
-            let i32_type = e.int_type(32);
-            let t_lane = e.addi(t0, q2)?;
-            let kv_len = e.index(self.kv_len() as i64)?;
-            let offset = e.index((self.kv_len().saturating_sub(self.q_len()) + 1) as i64)?;
-            let mut limit = [zero_i32; 2];
-            for (r, limit) in limit.iter_mut().enumerate() {
-                let end = if self.causal {
-                    let end = e.addi(rows[r], offset)?;
-                    e.minui(end, kv_len)?
-                } else {
-                    kv_len
-                };
-                let end = e.index_cast(end, i32_type)?;
-                let lane_start = e.index_cast(t_lane, i32_type)?;
-                *limit = e.subi(end, lane_start)?;
-            }
-            let log2_scale = e.f32(self.scale * std::f32::consts::LOG2_E)?;
-            for (nt, acc) in s.iter_mut().enumerate() {
-                for (i, x) in acc.iter_mut().enumerate() {
-                    let col = e.int(32, (8 * nt + i % 2) as i64)?;
-                    let visible = e.cmpi(CmpiPredicate::Slt, col, limit[i / 2])?;
-                    let scaled = e.mulf(*x, log2_scale)?;
-                    *x = e.select(visible, scaled, neg_inf)?;
-                }
-            }
+        between(e)?;
 
-            if pipelined {
-                // V(j) has landed, and every warp is done with K(j).
-                e.cp_async_wait(0)?;
-                e.barrier();
-                let next = e.addi(tile, one)?;
-                let more = e.lt(next, tiles)?;
-                e.if_then(more, |e| {
-                    let t1 = e.addi(t0, e.index(KV_TILE as i64)?)?;
-                    self.stage_k(&e, ops, &at, t1, k_smem)
-                })?;
-                e.cp_async_commit()?;
+        // The online softmax, row by row.
+        let mut alpha = [zero; 2];
+        let mut m_use = [zero; 2];
+        for r in 0..2 {
+            let mut max = neg_inf;
+            for acc in &s {
+                max = e.maxf(max, acc[2 * r])?;
+                max = e.maxf(max, acc[2 * r + 1])?;
             }
+            for offset in [1, 2] {
+                let other = e.shuffle_xor(max, offset)?;
+                max = e.maxf(max, other)?;
+            }
+            let m_old = e.get(m[r])?;
+            let m_new = e.maxf(m_old, max)?;
+            e.set(m[r], m_new)?;
+            // No visible key yet: subtract 0 (every p is exp(−inf) = 0, α = 0).
+            let none = e.cmpf(CmpfPredicate::Oeq, m_new, neg_inf)?;
+            m_use[r] = e.select(none, zero, m_new)?;
+            let d = e.subf(m_old, m_use[r])?;
+            alpha[r] = ex2(e, d)?;
+        }
+        let mut sums = [zero; 2];
+        for acc in s.iter_mut() {
+            for (i, x) in acc.iter_mut().enumerate() {
+                let d = e.subf(*x, m_use[i / 2])?;
+                *x = ex2(e, d)?;
+                sums[i / 2] = e.addf(sums[i / 2], *x)?;
+            }
+        }
+        for r in 0..2 {
+            let old = e.get(l[r])?;
+            let old = e.mulf(old, alpha[r])?;
+            let new = e.addf(old, sums[r])?;
+            e.set(l[r], new)?;
+        }
+        let mut o_vals: Vec<[Value; 4]> = Vec::with_capacity(o.len());
+        for cells in o {
+            let mut vals = [zero; 4];
+            for (i, (&cell, v)) in cells.iter().zip(vals.iter_mut()).enumerate() {
+                let x = e.get(cell)?;
+                *v = e.mulf(x, alpha[i / 2])?;
+            }
+            o_vals.push(vals);
+        }
 
-            // The online softmax, row by row.
-            let mut alpha = [zero; 2];
-            let mut m_use = [zero; 2];
-            for r in 0..2 {
-                let mut max = neg_inf;
-                for acc in &s {
-                    max = e.maxf(max, acc[2 * r])?;
-                    max = e.maxf(max, acc[2 * r + 1])?;
-                }
-                for offset in [1, 2] {
-                    let other = e.shuffle_xor(max, offset)?;
-                    max = e.maxf(max, other)?;
-                }
-                let m_old = e.get(m[r])?;
-                let m_new = e.maxf(m_old, max)?;
-                e.set(m[r], m_new)?;
-                // No visible key yet: subtract 0 (every p is exp(−inf) = 0, α = 0).
-                let none = e.cmpf(CmpfPredicate::Oeq, m_new, neg_inf)?;
-                m_use[r] = e.select(none, zero, m_new)?;
-                let d = e.subf(m_old, m_use[r])?;
-                alpha[r] = ex2(&e, d)?;
+        // O += P·V over the tile's 4 key chunks of 16 (P rounded to BF16 from S).
+        let p: Vec<[Value; 4]> = (0..(KV_TILE / 16) as usize)
+            .map(|kc| {
+                let (lo, hi) = (&s[2 * kc], &s[2 * kc + 1]);
+                Ok([
+                    pack_bf16x2(e, lo[0], lo[1])?,
+                    pack_bf16x2(e, lo[2], lo[3])?,
+                    pack_bf16x2(e, hi[0], hi[1])?,
+                    pack_bf16x2(e, hi[2], hi[3])?,
+                ])
+            })
+            .collect::<Result<_, CodegenError>>()?;
+        match self.form {
+            AttentionForm::Wgmma | AttentionForm::WgmmaTma => {
+                o_vals = wgmma::values(e, self, &p, v_ld, &o_vals)?;
             }
-            let mut sums = [zero; 2];
-            for acc in s.iter_mut() {
-                for (i, x) in acc.iter_mut().enumerate() {
-                    let d = e.subf(*x, m_use[i / 2])?;
-                    *x = ex2(&e, d)?;
-                    sums[i / 2] = e.addf(sums[i / 2], *x)?;
-                }
-            }
-            for r in 0..2 {
-                let old = e.get(l[r])?;
-                let old = e.mulf(old, alpha[r])?;
-                let new = e.addf(old, sums[r])?;
-                e.set(l[r], new)?;
-            }
-            let mut o_vals: Vec<[Value; 4]> = Vec::with_capacity(o.len());
-            for cells in &o {
-                let mut vals = [zero; 4];
-                for (i, (&cell, v)) in cells.iter().zip(vals.iter_mut()).enumerate() {
-                    let x = e.get(cell)?;
-                    *v = e.mulf(x, alpha[i / 2])?;
-                }
-                o_vals.push(vals);
-            }
-
-            // O += P·V over the tile's 4 key chunks of 16 (P rounded to BF16 from S).
-            let p: Vec<[Value; 4]> = (0..(KV_TILE / 16) as usize)
-                .map(|kc| {
-                    let (lo, hi) = (&s[2 * kc], &s[2 * kc + 1]);
-                    Ok([
-                        pack_bf16x2(&e, lo[0], lo[1])?,
-                        pack_bf16x2(&e, lo[2], lo[3])?,
-                        pack_bf16x2(&e, hi[0], hi[1])?,
-                        pack_bf16x2(&e, hi[2], hi[3])?,
-                    ])
-                })
-                .collect::<Result<_, CodegenError>>()?;
-            match self.form {
-                AttentionForm::Wgmma => {
-                    o_vals = wgmma::values(&e, self, &p, v_smem, &o_vals)?;
-                }
-                AttentionForm::MmaSync => {
-                    for (kc, a) in p.iter().enumerate() {
-                        for (pair, accs) in o_vals.chunks_mut(2).enumerate() {
-                            // Value dims 16·pair + g (+ 8), keys 16kc + 2q, + 1 (b0) and + 8,
-                            // + 9 (b1); an odd last octet takes two matrices.
-                            let at = 2 * (16 * kc as u64 * self.v_stride() + 16 * pair as u64);
-                            let address = e.addi(v_ld, e.int(32, at as i64)?)?;
-                            let b = e.ldmatrix_trans(address, 2 * accs.len() as u32)?;
-                            for (acc, b) in accs.iter_mut().zip(b.chunks(2)) {
-                                *acc = mma(&e, INSTRUCTION, *a, [b[0], b[1]], *acc)?;
-                            }
+            AttentionForm::MmaSync => {
+                for (kc, a) in p.iter().enumerate() {
+                    for (pair, accs) in o_vals.chunks_mut(2).enumerate() {
+                        // Value dims 16·pair + g (+ 8), keys 16kc + 2q, + 1 (b0) and + 8,
+                        // + 9 (b1); an odd last octet takes two matrices.
+                        let at = 2 * (16 * kc as u64 * self.v_stride() + 16 * pair as u64);
+                        let address = e.addi(v_ld, e.int(32, at as i64)?)?;
+                        let b = e.ldmatrix_trans(address, 2 * accs.len() as u32)?;
+                        for (acc, b) in accs.iter_mut().zip(b.chunks(2)) {
+                            *acc = mma(e, INSTRUCTION, *a, [b[0], b[1]], *acc)?;
                         }
                     }
                 }
             }
-            for (cells, vals) in o.iter().zip(&o_vals) {
-                for (&cell, &v) in cells.iter().zip(vals) {
-                    e.set(cell, v)?;
-                }
+        }
+        for (cells, vals) in o.iter().zip(&o_vals) {
+            for (&cell, &v) in cells.iter().zip(vals) {
+                e.set(cell, v)?;
             }
-            Ok(())
-        })?;
+        }
+        Ok(())
+    }
 
-        // l over the quad's lanes, then O / l rounded; a row without keys stays zeros.
+    /// l over the quad's lanes, then O / l rounded; a row without keys stays zeros.
+    pub(super) fn finish<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        ops: &Operands<'c, '_>,
+        at: &Place<'c, '_>,
+        running: &Running<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let zero = e.f32(0.0)?;
+        let (b, h, rows) = (at.b, at.h, at.rows);
+        let q2 = e.muli(at.quad, e.index(2)?)?;
+        let q_len = e.index(self.q_len() as i64)?;
+        let real = [e.lt(rows[0], q_len)?, e.lt(rows[1], q_len)?];
+        let Running { o, l, .. } = running;
         let mut inv = [zero; 2];
         for r in 0..2 {
             let mut total = e.get(l[r])?;
@@ -608,7 +684,8 @@ impl FlashAttention {
                     let size = e.select(ok, e.int(32, 16)?, e.int(32, 0)?)?;
                     e.cp_async_16_if(place, address, size, in_tile)?;
                 }
-                AttentionForm::Wgmma => {
+                // (The TMA form stages nothing itself.)
+                AttentionForm::Wgmma | AttentionForm::WgmmaTma => {
                     let words = global_load_v4(e, address, ok)?;
                     e.if_then(in_tile, |e| {
                         let place = wgmma::place(&e, tile.base, r, lane.c)?;
@@ -728,34 +805,63 @@ impl<'c, 'a> StageLane<'c, 'a> {
 }
 
 /// The kernel's buffers.
-struct Operands<'c, 'a> {
-    q: Value<'c, 'a>,
-    k: Value<'c, 'a>,
-    v: Value<'c, 'a>,
+pub(super) struct Operands<'c, 'a> {
+    pub(super) q: Value<'c, 'a>,
+    pub(super) k: Value<'c, 'a>,
+    pub(super) v: Value<'c, 'a>,
     /// `(q_pe, k_pe)`.
-    pe: Option<(Value<'c, 'a>, Value<'c, 'a>)>,
-    out: Value<'c, 'a>,
+    pub(super) pe: Option<(Value<'c, 'a>, Value<'c, 'a>)>,
+    pub(super) out: Value<'c, 'a>,
+}
+
+/// A thread's running softmax: the O accumulators (value-dim octets × 4 registers) and the
+/// max and sum of its two rows, as cells (made in the entry block, where they stay registers).
+pub(super) struct Running<'c, 'a> {
+    o: Vec<[Value<'c, 'a>; 4]>,
+    m: [Value<'c, 'a>; 2],
+    l: [Value<'c, 'a>; 2],
+}
+
+impl<'c, 'a> Running<'c, 'a> {
+    pub(super) fn new(spec: &FlashAttention, e: &Emit<'c, 'a>) -> Result<Self, CodegenError> {
+        let zero = e.f32(0.0)?;
+        let neg_inf = e.f32(f32::NEG_INFINITY)?;
+        Ok(Running {
+            o: (0..spec.v_dim() / 8)
+                .map(|_| Ok([e.cell(zero)?, e.cell(zero)?, e.cell(zero)?, e.cell(zero)?]))
+                .collect::<Result<_, CodegenError>>()?,
+            m: [e.cell(neg_inf)?, e.cell(neg_inf)?],
+            l: [e.cell(zero)?, e.cell(zero)?],
+        })
+    }
 }
 
 /// Where a thread works: its block's batch, head and query block, the heads it reads, and its
 /// lane's place in the warp's 16 rows.
-struct Place<'c, 'a> {
+pub(super) struct Place<'c, 'a> {
     tid: Value<'c, 'a>,
-    b: Value<'c, 'a>,
+    pub(super) b: Value<'c, 'a>,
     h: Value<'c, 'a>,
-    qb: Value<'c, 'a>,
+    pub(super) qb: Value<'c, 'a>,
     /// Key, RoPE-key and value heads of `h`.
-    kh: Value<'c, 'a>,
-    kh_pe: Value<'c, 'a>,
-    vh: Value<'c, 'a>,
+    pub(super) kh: Value<'c, 'a>,
+    pub(super) kh_pe: Value<'c, 'a>,
+    pub(super) vh: Value<'c, 'a>,
     /// `lane % 4`.
     quad: Value<'c, 'a>,
-    /// The lane's two query rows: `64 qb + 16 warp + lane / 4`, `+ 8`.
+    /// The lane's two query rows: `block_q · qb + first + 16 warp + lane / 4`, `+ 8`.
     rows: [Value<'c, 'a>; 2],
 }
 
 impl<'c, 'a> Place<'c, 'a> {
-    fn new(spec: &FlashAttention, e: &Emit<'c, 'a>) -> Result<Self, CodegenError> {
+    /// The place of thread `tid` (of its warpgroup: warps `tid / 32` of 16 rows each) whose
+    /// warpgroup's rows start `first` (an index) into the block's queries.
+    pub(super) fn new(
+        spec: &FlashAttention,
+        e: &Emit<'c, 'a>,
+        tid: Value<'c, 'a>,
+        first: Value<'c, '_>,
+    ) -> Result<Self, CodegenError> {
         let block = e.block_index(Dimension::X)?;
         let bh_count = e.index((spec.batch() * spec.heads()) as i64)?;
         let bh = e.remui(block, bh_count)?;
@@ -772,14 +878,14 @@ impl<'c, 'a> Place<'c, 'a> {
         let kh = head_of(spec.main().kv_heads)?;
         let kh_pe = head_of(spec.rope.map_or(1, |r| r.kv_heads))?;
         let vh = head_of(spec.v_heads())?;
-        let tid = e.thread_x()?;
         let thirty_two = e.index(32)?;
         let warp = e.divui(tid, thirty_two)?;
         let lane = e.remui(tid, thirty_two)?;
         let four = e.index(4)?;
         let group = e.divui(lane, four)?;
         let quad = e.remui(lane, four)?;
-        let row0 = e.muli(qb, e.index(BLOCK_Q as i64)?)?;
+        let row0 = e.muli(qb, e.index(spec.block_q() as i64)?)?;
+        let row0 = e.addi(row0, first)?;
         let warp_rows = e.muli(warp, e.index(16)?)?;
         let row0 = e.addi(row0, warp_rows)?;
         let row0 = e.addi(row0, group)?;

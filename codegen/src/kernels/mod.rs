@@ -20,6 +20,7 @@ pub mod embedding;
 pub mod embedding_grad;
 pub mod expert_bias_update;
 pub mod flash_attention;
+pub mod flash_attention_tma;
 pub mod flash_attention_wgmma;
 pub mod fp8_gemm;
 pub mod fp8_gemm_cp_async;
@@ -271,6 +272,9 @@ impl GpuKernel {
                 fp8_gemm_cp_async::dynamic_shared_bytes(gemm)
             }
             GpuKernel::LinearWgmma(linear) => linear.tiles.dynamic_shared_bytes(),
+            GpuKernel::FlashAttention(a) if a.form == flash_attention::AttentionForm::WgmmaTma => {
+                flash_attention_tma::dynamic_shared_bytes(a)
+            }
             _ => 0,
         }
     }
@@ -291,6 +295,11 @@ impl GpuKernel {
     /// The parameters that take a TMA tensor map (the manifest's `tensor_maps`), each with the
     /// parameter whose tensor it maps; in parameter order, each after the one it maps.
     pub fn tensor_maps(&self) -> Vec<(usize, TensorMapArg)> {
+        if let GpuKernel::FlashAttention(a) = self
+            && a.form == flash_attention::AttentionForm::WgmmaTma
+        {
+            return flash_attention_tma::tensor_maps(a);
+        }
         let params = self.params();
         self.tile_maps()
             .into_iter()

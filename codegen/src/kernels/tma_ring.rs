@@ -178,6 +178,9 @@ pub struct Ring<'c, 'a> {
     pub tid: Value<'c, 'a>,
     /// `blockIdx.x`.
     pub block: Value<'c, 'a>,
+    /// Consumer warpgroups: [`TmaTiles::consumers`] unless a kernel whose stages are not one
+    /// tile's rows says otherwise ([`Ring::with_consumers`]).
+    consumers: u64,
 }
 
 impl<'c, 'a> Ring<'c, 'a> {
@@ -189,17 +192,31 @@ impl<'c, 'a> Ring<'c, 'a> {
         t: TmaTiles,
         full_arrivals: u32,
     ) -> Result<Self, CodegenError> {
+        Self::with_consumers(e, entry, t, full_arrivals, t.consumers())
+    }
+
+    /// [`Ring::new`] with `consumers` consumer warpgroups, for a stage that is not A's and B's
+    /// rows of one tile (fused attention's: a K tile at `a` of `block_m` 128-byte rows and a V
+    /// tile at `b` of `block_n`).
+    pub fn with_consumers(
+        e: &Emit<'c, 'a>,
+        entry: &str,
+        t: TmaTiles,
+        full_arrivals: u32,
+        consumers: u64,
+    ) -> Result<Self, CodegenError> {
         let smem = dynamic_shared(e, entry)?;
         let ring = Ring {
             t,
             base: atom_aligned(e, smem)?,
             tid: e.thread_x()?,
             block: e.block_index(Dimension::X)?,
+            consumers,
         };
         let zero = e.index(0)?;
         let is_first = e.cmpi(CmpiPredicate::Eq, ring.tid, zero)?;
         e.if_then(is_first, |e| {
-            let consumer_threads = (t.consumers() * WARPGROUP) as u32;
+            let consumer_threads = (ring.consumers * WARPGROUP) as u32;
             for stage in 0..t.stages {
                 let stage = e.int(32, stage as i64)?;
                 e.mbarrier_init(ring.mbarrier(&e, 0, stage)?, full_arrivals)?;
@@ -288,7 +305,7 @@ impl<'c, 'a> Ring<'c, 'a> {
     ) -> Result<(), CodegenError> {
         let zero = e.index(0)?;
         let warpgroup = e.divui(self.tid, e.index(WARPGROUP as i64)?)?;
-        let two_consumers = self.t.consumers() == 2;
+        let two_consumers = self.consumers == 2;
         let is_producer = e.cmpi(CmpiPredicate::Eq, warpgroup, zero)?;
         e.if_then(is_producer, |e| {
             if two_consumers {

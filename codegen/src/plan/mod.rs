@@ -97,7 +97,10 @@ fn for_target(kernel: GpuKernel, target: Target) -> GpuKernel {
             GpuKernel::LinearWgmma(crate::kernels::linear_wgmma::LinearWgmma::new(linear))
         }
         GpuKernel::FlashAttention(mut attention) if target == Target::Sm90a => {
-            attention.form = AttentionForm::Wgmma;
+            attention.form = AttentionForm::WgmmaTma;
+            if !crate::kernels::flash_attention_tma::eligible(&attention) {
+                attention.form = AttentionForm::Wgmma;
+            }
             GpuKernel::FlashAttention(attention)
         }
         kernel => kernel,
