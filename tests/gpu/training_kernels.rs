@@ -17,7 +17,8 @@
 //! NaN), at ragged sizes.
 //!
 //! `balance_loss` and its gradient (both score functions, repeated and out-of-range indices
-//! counted as the reference counts them, several sequences).
+//! counted as the reference counts them, several sequences), and the emulated E5M6 cache's
+//! `quantize` and `dequantize` (bit for bit, subnormals, −0 and NaN).
 //!
 //! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
 //! registers and the result of each are printed, for `--nocapture`).
@@ -1430,5 +1431,98 @@ fn balance_loss_and_its_gradient_for_each_score_function() {
         };
         check_balance(&c, false, 40 + i as u64);
         check_balance(&c, true, 50 + i as u64);
+    }
+}
+
+// ---- E5M6 cache: quantize and dequantize -----------------------------------------------------
+
+/// The emulated E5M6 copy of an activation (a training step's o_proj input): `quantize` in
+/// 1 × 128 groups with UE8M0 and f32 scales, the codes in their 16-bit container (FP16 bits,
+/// `code << 4`), then `dequantize` back — bit for bit the CPU reference's values and scales, at
+/// magnitudes spanning E5M6's subnormals, ties, −0 and a NaN.
+#[test]
+fn e5m6_cache_quantizes_and_dequantizes_as_the_reference() {
+    use dsc_codegen::kernels::dequantize::Dequantize;
+    use dsc_codegen::kernels::quantize::{ActQuant, QuantSource, QuantSpec};
+    use dsc_ir::ScaleFormat;
+    let (rows, dim) = (6usize, 200usize);
+    let mut rng = SplitMix64(77);
+    let mut x: Vec<f32> = (0..rows * dim)
+        .map(|i| {
+            // Magnitudes over 2^-30 .. 2^10: each group's small values fall in E5M6's
+            // subnormal range once scaled.
+            let e = (rng.next_u64() % 40) as i32 - 30;
+            let m = 1.0 + (rng.next_u64() % 1024) as f32 / 1024.0;
+            let v = m * 2f32.powi(e);
+            if i % 3 == 0 { -v } else { v }
+        })
+        .collect();
+    x[5] = -0.0;
+    x[dim + 7] = f32::NAN;
+    for scale_format in [ScaleFormat::F32, ScaleFormat::Ue8m0] {
+        let (want_q, want_s) =
+            dsc_kernels::act_quant_e5m6(&x, rows, dim, 128, scale_format).expect("reference");
+        let quant = GpuKernel::ActQuant(ActQuant {
+            rows: rows as u64,
+            dim: dim as u64,
+            source: QuantSource::Plain(DType::F32),
+            quant: QuantSpec {
+                tile: 128,
+                format: DType::F12E5M6,
+                scale_format,
+            },
+        });
+        let groups = dim.div_ceil(128);
+        for target in Target::ALL {
+            let ptx = lowered(&quant, target);
+            let out = run_ptx(
+                &quant,
+                target,
+                &ptx,
+                &[bytes(&x, DType::F32)],
+                &[rows * dim * 2, rows * groups * 4],
+            );
+            let scales = floats(&out[1], DType::F32);
+            assert_eq!(
+                scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                want_s.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                "{target} {scale_format:?}: scales"
+            );
+            for (i, (pair, &want)) in out[0].chunks(2).zip(&want_q).enumerate() {
+                let bits = u16::from_le_bytes([pair[0], pair[1]]);
+                // An E5M6 value is an FP16 one with the 4 low mantissa bits clear.
+                let got = dsc_kernels::numerics::e5m6::decode(bits >> 4);
+                let nan = got.is_nan() && want.is_nan();
+                assert!(
+                    (bits & 0xf == 0 && got.to_bits() == want.to_bits()) || nan,
+                    "{target} {scale_format:?}: element {i} ({}): {got} ({bits:04x}) vs the \
+                     reference's {want}",
+                    x[i]
+                );
+            }
+            // Back to f32 as the o_proj Wgrad's operand reads it.
+            let deq = GpuKernel::Dequantize(Dequantize {
+                matrices: 1,
+                rows: rows as u64,
+                cols: dim as u64,
+                block: [1, 128],
+                format: DType::F12E5M6,
+                output: DType::F32,
+            });
+            let back = run_ptx(
+                &deq,
+                target,
+                &lowered(&deq, target),
+                &[out[0].clone(), out[1].clone()],
+                &[rows * dim * 4],
+            );
+            for (i, (&got, &q)) in floats(&back[0], DType::F32).iter().zip(&want_q).enumerate() {
+                let want = q * want_s[(i / dim) * groups + (i % dim) / 128];
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{target} {scale_format:?}: dequantized element {i}: {got} vs {want}"
+                );
+            }
+        }
     }
 }

@@ -247,6 +247,10 @@ impl<'c, 'a> Emit<'c, 'a> {
         let sign = self.andi(self.bitcast(x, i32_type)?, self.int(32, i32::MIN as i64)?)?;
         let signed = self.ori(self.bitcast(r, i32_type)?, sign)?;
         let signed = self.bitcast(signed, self.f32_type())?;
+        // A NaN as it is: its mantissa plus the rounding bias could carry into the sign bit
+        // (LLVM makes the magnitude an `abs.f32`, which may return the canonical all-ones NaN).
+        let nan = self.cmpf(CmpfPredicate::Uno, x, x)?;
+        let signed = self.select(nan, x, signed)?;
         self.inline_asm(
             "cvt.rn.f16.f32 $0, $1;",
             "=h,f",
