@@ -1526,3 +1526,113 @@ fn e5m6_cache_quantizes_and_dequantizes_as_the_reference() {
         }
     }
 }
+
+// ---- square-block quantize and FP8 dequantize -------------------------------------------------
+
+/// A training step's per-step weight copies: `quantize` of FP32 masters (or BF16 values) in
+/// 128 × 128 blocks of each matrix (experts stacked), ragged edges, both FP8 formats and both
+/// scale formats — the reference's codes and scales bit for bit — then `dequantize` of the
+/// codes in those blocks (1 × 128 tiles: the E5M6 test above and the training steps).
+#[test]
+fn block_quantize_and_dequantize_match_the_reference_bit_for_bit() {
+    use dsc_codegen::kernels::block_quant::BlockQuant;
+    use dsc_codegen::kernels::dequantize::Dequantize;
+    use dsc_codegen::kernels::quantize::QuantSpec;
+    use dsc_ir::ScaleFormat;
+    use dsc_kernels::numerics::fp8::Fp8Format;
+    let cases = [
+        (
+            1usize,
+            200usize,
+            300usize,
+            DType::F32,
+            DType::F8E4M3,
+            ScaleFormat::F32,
+        ),
+        (3, 130, 70, DType::Bf16, DType::F8E4M3, ScaleFormat::Ue8m0),
+        (2, 64, 257, DType::F32, DType::F8E5M2, ScaleFormat::F32),
+    ];
+    for (i, (matrices, rows, cols, input, format, scale_format)) in cases.into_iter().enumerate() {
+        let mut x = values(matrices * rows * cols, 90 + i as u64, 3.0, input);
+        x[7] = 0.0;
+        if input == DType::F32 {
+            x[11] = f32::NAN;
+        }
+        let fmt = match format {
+            DType::F8E5M2 => Fp8Format::E5M2,
+            _ => Fp8Format::E4M3,
+        };
+        let want = match matrices {
+            1 => dsc_kernels::weight_quant_128x128(&x, rows, cols, 128, fmt, scale_format),
+            e => dsc_kernels::weight_quant_experts(&x, e, rows, cols, 128, fmt, scale_format),
+        }
+        .expect("reference");
+        let quant = GpuKernel::BlockQuant(BlockQuant {
+            matrices: matrices as u64,
+            rows: rows as u64,
+            cols: cols as u64,
+            input,
+            quant: QuantSpec {
+                tile: 128,
+                format,
+                scale_format,
+            },
+        });
+        let what = format!("{matrices}×{rows}×{cols} {input} → {format} {scale_format:?}");
+        for target in Target::ALL {
+            let out = run_ptx(
+                &quant,
+                target,
+                &lowered(&quant, target),
+                &[bytes(&x, input)],
+                &[want.codes.len(), want.scales.len() * 4],
+            );
+            assert_eq!(out[0], want.codes, "{target} {what}: codes");
+            assert_eq!(
+                out[1],
+                bytes(&want.scales, DType::F32),
+                "{target} {what}: scales"
+            );
+            let (block, scales) = ([128u64, 128u64], &want.scales);
+            {
+                let deq = GpuKernel::Dequantize(Dequantize {
+                    matrices: matrices as u64,
+                    rows: rows as u64,
+                    cols: cols as u64,
+                    block,
+                    format,
+                    output: DType::F32,
+                });
+                let back = run_ptx(
+                    &deq,
+                    target,
+                    &lowered(&deq, target),
+                    &[want.codes.clone(), bytes(scales, DType::F32)],
+                    &[x.len() * 4],
+                );
+                let reference = dsc_kernels::quantized::dequantize_blocks(
+                    fmt,
+                    dsc_kernels::Fp8Operand {
+                        codes: &want.codes,
+                        scales,
+                    },
+                    matrices,
+                    rows,
+                    cols,
+                    [128, 128],
+                )
+                .expect("reference");
+                for (j, (&got, &r)) in floats(&back[0], DType::F32)
+                    .iter()
+                    .zip(&reference)
+                    .enumerate()
+                {
+                    assert!(
+                        got.to_bits() == r.to_bits() || (got.is_nan() && r.is_nan()),
+                        "{target} {what}: dequantized element {j}: {got} vs {r}"
+                    );
+                }
+            }
+        }
+    }
+}
