@@ -40,6 +40,17 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
     }
     let routing = RoutingProbe::attach(&mut step_graph);
     // Compiled once, before anything is read or trained: the session borrows it for the run.
+    // A GPU that cannot run the target is found before the compile, not after it.
+    if let DeviceArg::Cuda(n) = args.device {
+        let devices = dsc_runtime::cuda::probe().map_err(runtime)?;
+        let info = devices.get(n).ok_or_else(|| {
+            Diagnostic::new(format!(
+                "no CUDA device {n} (the driver reports {})",
+                devices.len()
+            ))
+        })?;
+        dsc_runtime::cuda::check_target(&args.target.0.to_string(), info).map_err(runtime)?;
+    }
     let artifact = match args.device {
         DeviceArg::Cpu => None,
         _ => Some(compile_step(&step_graph, args.target.0)?),
