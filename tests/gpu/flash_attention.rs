@@ -4,14 +4,14 @@
 //! heads, MLA's RoPE part with one shared key head, extreme scores, and many key tiles (the
 //! `mma.sync` form's `cp.async` pipeline over one K and one V buffer).
 
-use super::kernel_run::{lower, run_ptx};
+use super::kernel_run::{launch_kernel, lower, run_ptx};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::attention::HeadOperand;
 use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention};
 use dsc_codegen::kernels::flash_attention_tma;
 use dsc_emulator::tensor_map::{DataType, Interleave, L2Promotion, OobFill, Swizzle, TensorMap};
-use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
+use dsc_emulator::{GlobalMemory, Module, ParamValue};
 use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, from_bf16_bits, to_bf16};
 use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention};
@@ -171,18 +171,8 @@ fn run_with_maps(kernel: &GpuKernel, ptx: &str, inputs: &[Vec<u8>], out_bytes: u
         memory.write(at, &encoded.to_bytes()).expect("write");
         params[map.param] = ParamValue::U64(at);
     }
-    let l = kernel.launch();
-    let mut config = LaunchConfig::new(l.grid, l.block);
-    config.dynamic_shared_bytes = kernel.dynamic_shared_bytes() as u32;
-    launch(
-        &module,
-        &kernel.entry(),
-        &memory,
-        &config,
-        &params,
-        &LaunchOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("sm_90a WgmmaTma: {e}"));
+    launch_kernel(kernel, &module, &memory, &params)
+        .unwrap_or_else(|e| panic!("sm_90a WgmmaTma: {e}"));
     let mut bytes = vec![0u8; out_bytes];
     memory.read(out, &mut bytes).expect("read");
     bytes

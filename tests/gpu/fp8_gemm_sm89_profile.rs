@@ -13,9 +13,7 @@ use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::fp8_gemm::{Fp8Gemm, GemmForm};
 use dsc_codegen::kernels::fp8_gemm_cp_async::{stages_for, tiles_for};
-use dsc_emulator::{
-    GlobalMemory, LaunchConfig, LaunchOptions, LaunchProfile, Module, ParamValue, launch,
-};
+use dsc_emulator::{GlobalMemory, LaunchProfile, Module, ParamValue};
 use dsc_ir::DType;
 use dsc_kernels::rng::SplitMix64;
 use dsc_kernels::{Accumulator, BlockGemmConfig, Fp8Format, Fp8Operand, GemmDims, fp8_block_gemm};
@@ -112,18 +110,8 @@ fn run(
     let out = memory.allocate(len as u64);
     memory.write(out, &vec![0x5a; len]).expect("write");
     params.push(ParamValue::U64(out));
-    let l = kernel.launch();
-    let mut config = LaunchConfig::new(l.grid, l.block);
-    config.dynamic_shared_bytes = kernel.dynamic_shared_bytes() as u32;
-    let profile = launch(
-        &module,
-        &kernel.entry(),
-        &memory,
-        &config,
-        &params,
-        &LaunchOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let profile = super::kernel_run::launch_kernel(&kernel, &module, &memory, &params)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut bytes = vec![0u8; len];
     memory.read(out, &mut bytes).expect("read");
     (bytes, profile)

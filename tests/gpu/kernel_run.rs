@@ -4,7 +4,9 @@
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::mlir::{KernelModule, create_context};
 use dsc_codegen::{Target, compile_to_ptx};
-use dsc_emulator::{GlobalMemory, LaunchConfig, LaunchOptions, Module, ParamValue, launch};
+use dsc_emulator::{
+    GlobalMemory, LaunchConfig, LaunchOptions, LaunchProfile, Module, ParamValue, launch,
+};
 
 /// The PTX of `kernel` alone for `target`.
 pub fn lower(kernel: &GpuKernel, target: Target) -> String {
@@ -41,16 +43,7 @@ pub fn run_ptx(
         params.push(ParamValue::U64(at));
         out.push((at, len));
     }
-    let l = kernel.launch();
-    launch(
-        &ptx,
-        &kernel.entry(),
-        &memory,
-        &LaunchConfig::new(l.grid, l.block),
-        &params,
-        &LaunchOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{target}: {e}"));
+    launch_kernel(kernel, &ptx, &memory, &params).unwrap_or_else(|e| panic!("{target}: {e}"));
     out.iter()
         .map(|&(at, len)| {
             let mut bytes = vec![0u8; len];
@@ -58,4 +51,26 @@ pub fn run_ptx(
             bytes
         })
         .collect()
+}
+
+/// Launches `kernel` (its entry in `module`) over `memory` with `params`: its grid, its block
+/// and its dynamic shared memory, the default options.
+pub fn launch_kernel(
+    kernel: &GpuKernel,
+    module: &Module,
+    memory: &GlobalMemory,
+    params: &[ParamValue],
+) -> Result<LaunchProfile, String> {
+    let l = kernel.launch();
+    let mut config = LaunchConfig::new(l.grid, l.block);
+    config.dynamic_shared_bytes = kernel.dynamic_shared_bytes() as u32;
+    launch(
+        module,
+        &kernel.entry(),
+        memory,
+        &config,
+        params,
+        &LaunchOptions::default(),
+    )
+    .map_err(|e| e.to_string())
 }
