@@ -1,5 +1,6 @@
-//! One-output-element-per-thread kernels: `add`, `mul`, `silu`, `swiglu`, `cast` and the strided
-//! copy of `slice`.
+//! The elementwise kernels `add`, `mul`, `silu`, `swiglu`, `cast` — one 16-byte chunk per thread
+//! where every operand is f32 or bf16 and as long as the output, else one element per thread —
+//! and the strided copy of `slice`.
 //!
 //! Arithmetic is in f32 on values widened exactly from their storage dtype, and the result is
 //! rounded to nearest even into the output dtype, as the CPU reference does at every op boundary.
@@ -7,9 +8,14 @@
 use dsc_ir::DType;
 use serde::Serialize;
 
+use melior::dialect::arith::CmpiPredicate;
+use melior::ir::Value;
+
+use super::wide_access::{element_address, elements_per_thread, load_f32s, store_f32s};
 use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
+use crate::mlir::emit::{Emit, Emitted};
 
 /// What an [`Elementwise`] kernel computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -76,51 +82,121 @@ impl Elementwise {
         params
     }
 
-    /// One thread per element.
+    /// Elements per thread of the 16-byte form ([`super::wide_access`]): every operand f32 or
+    /// bf16 and as long as the output (no repeated bias), so each thread reads and writes one
+    /// 16-byte access of the narrowest dtype; `None` for the one-element-per-thread form.
+    fn chunk(&self) -> Option<u64> {
+        let dtypes: Vec<DType> = self.inputs.iter().copied().chain([self.output]).collect();
+        let floats = dtypes
+            .iter()
+            .all(|&d| matches!(d, DType::F32 | DType::Bf16));
+        (floats && self.rhs_len.is_none()).then(|| elements_per_thread(&dtypes))
+    }
+
+    /// One thread per 16-byte chunk (the ragged tail in the last thread), or per element.
     pub fn launch(&self) -> Launch {
-        Launch::per_element(self.len)
+        Launch::per_element(self.len.div_ceil(self.chunk().unwrap_or(1)))
+    }
+
+    /// The f32 result of one element from its inputs `x` (widened to f32), before the
+    /// rounding to the output dtype.
+    fn value<'c, 'a>(&self, e: &Emit<'c, 'a>, x: &[Value<'c, 'a>]) -> Emitted<'c, 'a> {
+        match self.op {
+            ElementwiseOp::Add => e.addf(x[0], x[1]),
+            ElementwiseOp::Mul => e.mulf(x[0], x[1]),
+            ElementwiseOp::Swiglu => {
+                let act = e.silu(x[0])?;
+                let act = e.round_through(act, self.output)?;
+                e.mulf(act, x[1])
+            }
+            ElementwiseOp::Silu => e.silu(x[0]),
+            ElementwiseOp::Cast => Ok(x[0]),
+        }
     }
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        if let Some(per) = self.chunk() {
+            return self.build_chunked(module, entry, per);
+        }
         add_per_element_kernel(module, entry, &self.params(), self.len, |e, args, i| {
             let out = *args.last().expect("an output");
-            let value = match self.op {
-                ElementwiseOp::Add | ElementwiseOp::Mul | ElementwiseOp::Swiglu => {
-                    let zero = e.index(0)?;
-                    let a = e.load_f32(args[0], zero, i)?;
-                    let b = match self.rhs_len {
-                        Some(p) => {
-                            let p = e.index(p as i64)?;
-                            let j = e.remui(i, p)?;
-                            e.load_f32(args[1], zero, j)?
-                        }
-                        None => e.load_f32(args[1], zero, i)?,
-                    };
-                    match self.op {
-                        ElementwiseOp::Add => e.addf(a, b)?,
-                        ElementwiseOp::Mul => e.mulf(a, b)?,
-                        _ => {
-                            let act = e.silu(a)?;
-                            let act = e.round_through(act, self.output)?;
-                            e.mulf(act, b)?
-                        }
-                    }
-                }
-                ElementwiseOp::Silu => {
-                    let zero = e.index(0)?;
-                    let x = e.load_f32(args[0], zero, i)?;
-                    e.silu(x)?
-                }
-                ElementwiseOp::Cast => {
-                    let x = e.load(args[0], i)?;
-                    e.to_f32(x)?
-                }
-            };
+            let zero = e.index(0)?;
+            let mut x = vec![e.load_f32(args[0], zero, i)?];
+            if self.inputs.len() > 1 {
+                let j = match self.rhs_len {
+                    Some(p) => e.remui(i, e.index(p as i64)?)?,
+                    None => i,
+                };
+                x.push(e.load_f32(args[1], zero, j)?);
+            }
+            let value = self.value(&e, &x)?;
             let value = e.round_to(value, self.output)?;
             e.store(value, out, i);
             Ok(())
         })
+    }
+
+    /// Thread `t` handles elements `per·t .. per·t + per` with one 16-byte access of the
+    /// narrowest dtype (two of f32 beside bf16); the last thread the `len mod per` left.
+    fn build_chunked(
+        &self,
+        module: &KernelModule<'_>,
+        entry: &str,
+        per: u64,
+    ) -> Result<(), CodegenError> {
+        let (whole, tail) = (self.len / per, self.len % per);
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            whole + u64::from(tail > 0),
+            |e, args, t| {
+                let n = self.inputs.len();
+                let (inputs, out) = (&args[..n], args[n]);
+                let start = e.muli(t, e.index(per as i64)?)?;
+                if whole > 0 {
+                    e.if_then(e.lt(t, e.index(whole as i64)?)?, |e| {
+                        let loaded = inputs
+                            .iter()
+                            .zip(&self.inputs)
+                            .map(|(&buffer, &dtype)| {
+                                load_f32s(
+                                    &e,
+                                    element_address(&e, buffer, dtype, start)?,
+                                    dtype,
+                                    per,
+                                )
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        let values = (0..per as usize)
+                            .map(|k| {
+                                let x: Vec<_> = loaded.iter().map(|v| v[k]).collect();
+                                self.value(&e, &x)
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        let at = element_address(&e, out, self.output, start)?;
+                        store_f32s(&e, &values, at, self.output)
+                    })?;
+                }
+                if tail > 0 {
+                    e.if_then(e.cmpi(CmpiPredicate::Eq, t, e.index(whole as i64)?)?, |e| {
+                        for k in 0..tail {
+                            let i = e.addi(start, e.index(k as i64)?)?;
+                            let zero = e.index(0)?;
+                            let x = inputs
+                                .iter()
+                                .map(|&buffer| e.load_f32(buffer, zero, i))
+                                .collect::<Result<Vec<_>, _>>()?;
+                            let value = e.round_to(self.value(&e, &x)?, self.output)?;
+                            e.store(value, out, i);
+                        }
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            },
+        )
     }
 }
 
