@@ -9,6 +9,7 @@
 //! With `DSC_GPU_TESTS=1` a test that ran on no GPU at all fails instead, so a GPU CI job cannot
 //! pass by skipping.
 
+mod elementwise;
 mod flash_attention;
 mod fp8_gemm_profile;
 mod fp8_gemm_scale_layouts;

@@ -53,7 +53,7 @@ use dsc_runtime::HostTensor;
 use dsc_runtime::step_check::{compare, rule_for};
 
 /// Values in [-amplitude, amplitude), rounded to `dtype`.
-fn values(n: usize, seed: u64, amplitude: f32, dtype: DType) -> Vec<f32> {
+pub(super) fn values(n: usize, seed: u64, amplitude: f32, dtype: DType) -> Vec<f32> {
     let mut v = SplitMix64(seed).symmetric_f32s(n, amplitude);
     if dtype == DType::Bf16 {
         FloatFormat::Bf16.round_slice(&mut v);
@@ -62,7 +62,7 @@ fn values(n: usize, seed: u64, amplitude: f32, dtype: DType) -> Vec<f32> {
 }
 
 /// The bytes of `values` stored as `dtype` (f32 or bf16, the values already representable).
-fn bytes(values: &[f32], dtype: DType) -> Vec<u8> {
+pub(super) fn bytes(values: &[f32], dtype: DType) -> Vec<u8> {
     match dtype {
         DType::Bf16 => values
             .iter()
@@ -90,7 +90,7 @@ fn i32_bytes(values: &[i32]) -> Vec<u8> {
 }
 
 /// A result of the reference: `values` rounded to `dtype`, of `shape`.
-fn tensor(dtype: DType, shape: &[usize], values: Vec<f32>) -> HostTensor {
+pub(super) fn tensor(dtype: DType, shape: &[usize], values: Vec<f32>) -> HostTensor {
     HostTensor::from_f32(dtype, shape.to_vec(), values).expect("a float tensor")
 }
 
@@ -128,7 +128,7 @@ fn lowered(kernel: &GpuKernel, target: Target) -> String {
 
 /// Runs `kernel` (an op of `kind`) for both targets on `inputs` and compares its outputs
 /// (`want`, whose dtypes and shapes say how to read them) under the op's tolerance rule.
-fn check(kind: OpKind, kernel: &GpuKernel, inputs: &[Vec<u8>], want: &[HostTensor]) {
+pub(super) fn check(kind: OpKind, kernel: &GpuKernel, inputs: &[Vec<u8>], want: &[HostTensor]) {
     let sizes: Vec<usize> = want
         .iter()
         .map(|t| t.numel() * t.dtype.size_bytes() as usize)
