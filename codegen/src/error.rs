@@ -103,3 +103,14 @@ pub enum CodegenError {
         source: std::io::Error,
     },
 }
+
+impl CodegenError {
+    /// The error of a kernel builder asked for what its spec's `supported()` refuses: for
+    /// `spec.supported().map_err(CodegenError::invalid_kernel(entry))`.
+    pub fn invalid_kernel(entry: &str) -> impl FnOnce(String) -> CodegenError + '_ {
+        move |message| CodegenError::InvalidKernel {
+            kernel: entry.to_string(),
+            message,
+        }
+    }
+}

@@ -54,21 +54,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
 /// Copies every forward op that depends on the tokens, except the residual stream's `add`s
 /// and the head, to before its first backward reader (whole-layer recomputation).
 pub fn run_full(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
-    // Values that depend on the token ids (input 0) or the labels.
-    let mut tokens = vec![false; graph.values.len()];
-    for &i in &graph.inputs {
-        let name = graph.name(i);
-        if i == graph.inputs[0] || name == crate::train_step::LABELS_INPUT {
-            tokens[i.index()] = true;
-        }
-    }
-    for op in &graph.ops {
-        if op.operands.iter().any(|v| tokens[v.index()]) {
-            for &r in &op.results {
-                tokens[r.index()] = true;
-            }
-        }
-    }
+    let tokens = crate::train_step::token_dependent(graph);
     recompute(graph, |graph, _, _, f| {
         let op = &graph.ops[f];
         op.results.iter().any(|r| tokens[r.index()])

@@ -67,10 +67,7 @@ pub fn measure(step: &Graph) -> TrainMemory {
     // Values computed from weights alone are the weights' working copies; values depending on
     // the token ids are activations.
     let defs = step.defs();
-    let mut from_tokens = vec![false; step.values.len()];
-    if let Some(&ids) = step.inputs.first() {
-        from_tokens[ids.index()] = true;
-    }
+    let from_tokens = crate::train_step::token_dependent(step);
     let mut from_weights = vec![false; step.values.len()];
     for &p in &params {
         from_weights[p.index()] = true;
@@ -78,11 +75,9 @@ pub fn measure(step: &Graph) -> TrainMemory {
     let loss_at = loss_op(step).unwrap_or(step.ops.len());
     let mut working = 0.0;
     for op in &step.ops[..loss_at] {
-        let tokens = op.operands.iter().any(|v| from_tokens[v.index()]);
         let weights = op.operands.iter().all(|v| from_weights[v.index()]);
         for &r in &op.results {
-            from_tokens[r.index()] = tokens;
-            from_weights[r.index()] = !tokens && weights;
+            from_weights[r.index()] = !from_tokens[r.index()] && weights;
             if from_weights[r.index()] {
                 working += bytes(r);
             }

@@ -64,6 +64,23 @@ pub fn loss_op(graph: &Graph) -> Option<usize> {
     })
 }
 
+/// Which values depend on the token ids (input 0), by value index: the step's activations, as
+/// opposed to the weights and what is computed from them alone.
+pub fn token_dependent(graph: &Graph) -> Vec<bool> {
+    let mut tokens = vec![false; graph.values.len()];
+    if let Some(&ids) = graph.inputs.first() {
+        tokens[ids.index()] = true;
+    }
+    for op in &graph.ops {
+        if op.operands.iter().any(|v| tokens[v.index()]) {
+            for &r in &op.results {
+                tokens[r.index()] = true;
+            }
+        }
+    }
+    tokens
+}
+
 /// The next-token cross-entropy when the loss adds balance losses to it (`[train]
 /// balance_loss_alpha` > 0 in a model with routed layers); otherwise it is [`LOSS_OUTPUT`].
 pub const LM_LOSS: &str = "loss.lm";

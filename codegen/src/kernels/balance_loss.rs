@@ -121,10 +121,7 @@ impl BalanceLoss {
     /// Builds the kernel.
     pub fn build<'c>(&self, module: &KernelModule<'c>, entry: &str) -> Result<(), CodegenError> {
         self.supported()
-            .map_err(|message| CodegenError::InvalidKernel {
-                kernel: entry.to_string(),
-                message,
-            })?;
+            .map_err(CodegenError::invalid_kernel(entry))?;
         let context = module.context();
         let types = param_types(context, &self.params());
         let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");

@@ -229,10 +229,7 @@ impl FlashAttention {
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
         self.supported()
-            .map_err(|message| CodegenError::InvalidKernel {
-                kernel: entry.to_string(),
-                message,
-            })?;
+            .map_err(CodegenError::invalid_kernel(entry))?;
         if self.form == AttentionForm::WgmmaTma {
             return tma::build(self, module, entry);
         }

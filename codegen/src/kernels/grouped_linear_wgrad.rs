@@ -135,10 +135,7 @@ impl GroupedLinearWgrad {
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
         self.supported()
-            .map_err(|message| CodegenError::InvalidKernel {
-                kernel: entry.to_string(),
-                message,
-            })?;
+            .map_err(CodegenError::invalid_kernel(entry))?;
         let context = module.context();
         let types = param_types(context, &self.params());
         let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");

@@ -95,10 +95,7 @@ impl MoeTopkGrad {
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
         self.supported()
-            .map_err(|message| CodegenError::InvalidKernel {
-                kernel: entry.to_string(),
-                message,
-            })?;
+            .map_err(CodegenError::invalid_kernel(entry))?;
         let context = module.context();
         let types = param_types(context, &self.params());
         module.add_kernel(entry, &types, |block, location| {
