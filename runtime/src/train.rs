@@ -66,11 +66,6 @@ impl<'a> Trainer<'a> {
         Self::with_runner(graph, weights, Runner::Session(Box::new(session)))
     }
 
-    /// Whether the steps run on the CPU backend (else compiled, in a session).
-    pub fn on_cpu(&self) -> bool {
-        matches!(self.runner, Runner::Cpu(_))
-    }
-
     fn with_runner(
         graph: Graph,
         weights: Weights,

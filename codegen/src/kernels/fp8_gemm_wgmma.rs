@@ -213,13 +213,21 @@ pub(super) struct Scales<'c, 'b> {
 }
 
 impl<'c, 'b> Scales<'c, 'b> {
-    /// `s_x · s_w` of accumulator register `i` (row `(i / 2) mod 2`, column pair `i / 4`).
-    fn of_register(&self, e: &Emit<'c, 'b>, i: usize) -> Emitted<'c, 'b> {
-        let sw = match self.sw.len() {
-            1 => self.sw[0],
-            _ => self.sw[2 * (i / 4) + i % 2],
-        };
-        e.mulf(self.sx[(i / 2) % 2], sw)
+    /// `s_x · s_w` of each of `registers` accumulator registers (register `i`: row
+    /// `(i / 2) mod 2`, column pair `i / 4`), each distinct product formed once: one per row
+    /// with the tile's one weight scale, one per register with a scale per column.
+    fn products(
+        &self,
+        e: &Emit<'c, 'b>,
+        registers: usize,
+    ) -> Result<Vec<Value<'c, 'b>>, CodegenError> {
+        if let [sw] = self.sw[..] {
+            let rows = [e.mulf(self.sx[0], sw)?, e.mulf(self.sx[1], sw)?];
+            return Ok((0..registers).map(|i| rows[(i / 2) % 2]).collect());
+        }
+        (0..registers)
+            .map(|i| e.mulf(self.sx[(i / 2) % 2], self.sw[2 * (i / 4) + i % 2]))
+            .collect()
     }
 }
 
@@ -240,17 +248,7 @@ pub(super) fn k_block_mmas<'c, 'b>(
 ) -> Result<(), CodegenError> {
     let k = e.index(gemm.k as i64)?;
     let interval = gemm.promote_interval;
-    // One product per distinct (row, column scale): 2, or one per register with row tiles.
-    let scale = (0..acc.len())
-        .map(|i| match scales.sw.len() {
-            1 if i >= 4 => Ok(None),
-            _ => scales.of_register(e, i).map(Some),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let scale_of = |i: usize| match scales.sw.len() {
-        1 => scale[i % 4].expect("the first four registers' products"),
-        _ => scale[i].expect("every register's product"),
-    };
+    let scale = scales.products(e, acc.len())?;
     let groups = BLOCK_K / interval;
     let mut after_last_wait = Some(after_last_wait);
     for group in 0..groups {
@@ -280,7 +278,7 @@ pub(super) fn k_block_mmas<'c, 'b>(
         let inside = e.lt(start, k)?;
         e.if_then(inside, |e| {
             for (i, &p) in partial.iter().enumerate() {
-                let s = scale_of(i);
+                let s = scale[i];
                 let scaled = e.mulf(p, s)?;
                 e.accumulate(acc[i], scaled)?;
             }
