@@ -1,6 +1,7 @@
 //! The elementwise kernels `add`, `mul`, `silu`, `swiglu`, `cast` — one 16-byte chunk per thread
 //! where every operand is f32 or bf16 and as long as the output, else one element per thread —
-//! and the strided copy of `slice`.
+//! and the strided copy of `slice` (one 16-byte chunk per thread where the rows allow, else one
+//! element per thread).
 //!
 //! Arithmetic is in f32 on values widened exactly from their storage dtype, and the result is
 //! rounded to nearest even into the output dtype, as the CPU reference does at every op boundary.
@@ -11,7 +12,10 @@ use serde::Serialize;
 use melior::dialect::arith::CmpiPredicate;
 use melior::ir::Value;
 
-use super::wide_access::{element_address, elements_per_thread, load_f32s, store_f32s};
+use super::wide_access::{
+    element_address, elements_per_thread, load_f32s, load_words, per_access, store_f32s,
+    store_words,
+};
 use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -236,13 +240,32 @@ impl SliceCopy {
         ]
     }
 
-    /// One thread per output element.
+    /// Elements per 16-byte chunk when every chunk of a row of the output comes from one
+    /// 16-byte aligned chunk of the input: the output row (`axis_out · inner`), the input row
+    /// (`axis_in · inner`) and the row's offset in it (`start · inner`) are whole chunks, so
+    /// each thread copies one chunk of four words (buffers start at multiples of 256 bytes);
+    /// `None` for the one-element-per-thread form.
+    fn chunk(&self) -> Option<u64> {
+        if self.dtype == DType::Bool || self.len() == 0 {
+            return None;
+        }
+        let per = per_access(self.dtype);
+        [self.axis_out, self.axis_in, self.start]
+            .iter()
+            .all(|&n| (n * self.inner).is_multiple_of(per))
+            .then_some(per)
+    }
+
+    /// One thread per 16-byte chunk of the output, or per element.
     pub fn launch(&self) -> Launch {
-        Launch::per_element(self.len())
+        Launch::per_element(self.len() / self.chunk().unwrap_or(1))
     }
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        if let Some(per) = self.chunk() {
+            return self.build_chunked(module, entry, per);
+        }
         add_per_element_kernel(module, entry, &self.params(), self.len(), |e, args, i| {
             let x = args[0];
             let out = args[1];
@@ -263,5 +286,35 @@ impl SliceCopy {
             e.store(value, out, i);
             Ok(())
         })
+    }
+
+    /// Thread `t` copies output elements `per·t .. per·t + per` (inside one output row of
+    /// `axis_out · inner`) from the same place of the input's row, as four words.
+    fn build_chunked(
+        &self,
+        module: &KernelModule<'_>,
+        entry: &str,
+        per: u64,
+    ) -> Result<(), CodegenError> {
+        let row_out = self.axis_out * self.inner;
+        let row_in = self.axis_in * self.inner;
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.len() / per,
+            |e, args, t| {
+                let (x, out) = (args[0], args[1]);
+                let i = e.muli(t, e.index(per as i64)?)?;
+                let row_out = e.index(row_out as i64)?;
+                let o = e.divui(i, row_out)?;
+                let r = e.remui(i, row_out)?;
+                let source = e.muli(o, e.index(row_in as i64)?)?;
+                let source = e.addi(source, e.index((self.start * self.inner) as i64)?)?;
+                let source = e.addi(source, r)?;
+                let words = load_words(&e, element_address(&e, x, self.dtype, source)?)?;
+                store_words(&e, element_address(&e, out, self.dtype, i)?, &words)
+            },
+        )
     }
 }

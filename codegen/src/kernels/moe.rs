@@ -1,5 +1,6 @@
-//! MoE routing and combination: `moe_topk` (one warp per token) and `moe_combine` (one output
-//! element per thread).
+//! MoE routing and combination: `moe_topk` (one warp per token) and `moe_combine` (one 16-byte
+//! chunk of a token's output per thread where the dtypes and the hidden size allow, else one
+//! output element per thread).
 //!
 //! `moe_topk` follows the CPU reference step by step, one warp per token with no per-token
 //! arrays in memory: lane `l` holds experts `l·P .. l·P + P` (`P = ⌈E / 32⌉`, 8 for 256
@@ -20,6 +21,7 @@ use melior::ir::operation::OperationBuilder;
 use melior::ir::{Attribute, Identifier, Value, ValueLike};
 use serde::Serialize;
 
+use super::wide_access::{element_address, elements_per_thread, load_f32s, store_f32s};
 use super::{Launch, Param, add_per_element_kernel, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -715,13 +717,33 @@ impl MoeCombine {
         params
     }
 
-    /// One thread per output element.
+    /// Elements per thread of the 16-byte form ([`super::wide_access`]): the routed outputs,
+    /// the shared output and the output f32 or bf16 (weights f32 or bf16, read one at a time)
+    /// and a row of `dim` whole chunks of `per`, the elements of one 16-byte access of the
+    /// narrowest, so that every chunk is 16-byte aligned; `None` for one element per thread.
+    fn chunk(&self) -> Option<u64> {
+        let dtypes: Vec<DType> = [self.routed, self.output]
+            .into_iter()
+            .chain(self.shared)
+            .collect();
+        let floats = |d: &DType| matches!(d, DType::F32 | DType::Bf16);
+        if !dtypes.iter().all(floats) || !floats(&self.weights) {
+            return None;
+        }
+        let per = elements_per_thread(&dtypes);
+        (self.dim > 0 && self.dim.is_multiple_of(per)).then_some(per)
+    }
+
+    /// One thread per 16-byte chunk of the output, or per output element.
     pub fn launch(&self) -> Launch {
-        Launch::per_element(self.tokens * self.dim)
+        Launch::per_element(self.tokens * self.dim / self.chunk().unwrap_or(1))
     }
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        if let Some(per) = self.chunk() {
+            return self.build_chunked(module, entry, per);
+        }
         add_per_element_kernel(
             module,
             entry,
@@ -754,6 +776,71 @@ impl MoeCombine {
                 let value = e.round_to(value, self.output)?;
                 e.store(value, out, i);
                 Ok(())
+            },
+        )
+    }
+
+    /// Thread `c` handles elements `d0 .. d0 + per` of token `t` (`c = t · dim/per + d0/per`):
+    /// one weight and one 16-byte chunk (two of f32 beside bf16) of each slot's routed output
+    /// per slot, the sums in f32 in slot order as the one-element form adds them, then the
+    /// shared output's chunk and one chunk stored.
+    fn build_chunked(
+        &self,
+        module: &KernelModule<'_>,
+        entry: &str,
+        per: u64,
+    ) -> Result<(), CodegenError> {
+        let chunks = self.dim / per;
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.tokens * chunks,
+            |e, args, c| {
+                let (y, w, out) = (args[0], args[1], *args.last().expect("out"));
+                let chunks = e.index(chunks as i64)?;
+                let t = e.divui(c, chunks)?;
+                let d0 = e.remui(c, chunks)?;
+                let d0 = e.muli(d0, e.index(per as i64)?)?;
+                let dim = e.index(self.dim as i64)?;
+                let k = e.index(self.top_k as i64)?;
+                let w_base = e.muli(t, k)?;
+                let zero = e.f32(0.0)?;
+                let acc = (0..per)
+                    .map(|_| e.cell(zero))
+                    .collect::<Result<Vec<_>, _>>()?;
+                e.for_const(0, self.top_k as i64, 1, |e, j| {
+                    let wv = e.load_f32(w, w_base, j)?;
+                    let slot = e.addi(w_base, j)?;
+                    let first = e.muli(slot, dim)?;
+                    let first = e.addi(first, d0)?;
+                    let at = element_address(&e, y, self.routed, first)?;
+                    for (&cell, yv) in acc.iter().zip(load_f32s(&e, at, self.routed, per)?) {
+                        let product = e.mulf(wv, yv)?;
+                        e.accumulate(cell, product)?;
+                    }
+                    Ok(())
+                })?;
+                let first = e.muli(t, dim)?;
+                let first = e.addi(first, d0)?;
+                let shared = match self.shared {
+                    Some(dtype) => {
+                        let at = element_address(&e, args[2], dtype, first)?;
+                        Some(load_f32s(&e, at, dtype, per)?)
+                    }
+                    None => None,
+                };
+                let mut values = Vec::with_capacity(per as usize);
+                for (n, &cell) in acc.iter().enumerate() {
+                    let value = e.get(cell)?;
+                    let mut value = e.round_through(value, self.output)?;
+                    if let Some(shared) = &shared {
+                        value = e.addf(value, shared[n])?;
+                    }
+                    values.push(value);
+                }
+                let at = element_address(&e, out, self.output, first)?;
+                store_f32s(&e, &values, at, self.output)
             },
         )
     }

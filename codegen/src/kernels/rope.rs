@@ -1,6 +1,9 @@
 //! `rope`: rotary position embedding of `x[batch, seq, heads, d]` at positions `0..seq`: one
 //! thread per (token, pair index), which computes its cos/sin once and rotates that pair in
 //! every head (adjacent threads take adjacent pairs, so each head's row is read contiguously).
+//! Where a head's pairs split into 16-byte chunks (f32 or bf16), a thread takes a chunk of
+//! consecutive pairs (`interleaved`) or the matching chunks of both halves (`half`) instead,
+//! with one 16-byte load and store per chunk and head, and the same arithmetic per pair.
 //!
 //! The inverse frequencies are computed on the host exactly as the CPU reference computes them
 //! (`RopeParams::inv_freq`, f32 as torch does) and baked into the kernel; the angle is
@@ -13,6 +16,7 @@ use melior::dialect::arith::CmpiPredicate;
 use melior::ir::Value;
 use serde::Serialize;
 
+use super::wide_access::{element_address, load_f32s, per_access, store_f32s};
 use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -71,13 +75,36 @@ impl Rope {
         self.batch * self.seq * (self.dim / 2)
     }
 
-    /// One thread per (token, pair index).
+    /// Pairs each thread of the 16-byte form rotates in every head: a chunk of 16 bytes of
+    /// consecutive pairs for `interleaved` (4 of bf16, 2 of f32), or the matching 16-byte chunks
+    /// of both halves for `half` (8 of bf16, 4 of f32), when a head's pairs split into whole
+    /// chunks (so every chunk is 16-byte aligned); `None` for one pair per thread.
+    fn pairs_per_thread(&self) -> Option<u64> {
+        if !matches!(self.dtype, DType::F32 | DType::Bf16) {
+            return None;
+        }
+        let per = per_access(self.dtype);
+        let pairs = match self.style {
+            RopeStyle::Interleaved => per / 2,
+            RopeStyle::Half => per,
+        };
+        let half = self.dim / 2;
+        (half > 0 && half.is_multiple_of(pairs)).then_some(pairs)
+    }
+
+    /// One thread per (token, chunk of pairs), or per (token, pair index).
     pub fn launch(&self) -> Launch {
-        Launch::per_element(self.threads())
+        Launch::per_element(match self.pairs_per_thread() {
+            Some(pairs) => self.threads() / pairs,
+            None => self.threads(),
+        })
     }
 
     /// Builds the kernel.
     pub fn build(&self, module: &KernelModule<'_>, entry: &str) -> Result<(), CodegenError> {
+        if let Some(pairs) = self.pairs_per_thread() {
+            return self.build_chunked(module, entry, pairs);
+        }
         add_per_element_kernel(
             module,
             entry,
@@ -114,6 +141,96 @@ impl Rope {
                     e.store(first, out, a);
                     e.store(second, out, b);
                     Ok(())
+                })
+            },
+        )
+    }
+}
+
+impl Rope {
+    /// Thread `c` rotates pairs `j0 .. j0 + pairs` (`c = token · half/pairs + j0/pairs`) in every
+    /// head of its token: the cos/sin of each pair once, as the one-pair form computes them,
+    /// then per head one or two 16-byte loads, the one-pair form's products and roundings for
+    /// each pair, and the same stores.
+    fn build_chunked(
+        &self,
+        module: &KernelModule<'_>,
+        entry: &str,
+        pairs: u64,
+    ) -> Result<(), CodegenError> {
+        let half = self.dim / 2;
+        let groups = half / pairs;
+        add_per_element_kernel(
+            module,
+            entry,
+            &self.params(),
+            self.threads() / pairs,
+            |e, args, c| {
+                let (x, out) = (args[0], args[1]);
+                let groups_v = e.index(groups as i64)?;
+                let token = e.divui(c, groups_v)?;
+                let g = e.remui(c, groups_v)?;
+                let position = e.remui(token, e.index(self.seq as i64)?)?;
+                let position = e.index_cast(position, e.int_type(32))?;
+                let position = e.sitofp(position, e.f32_type())?;
+                let scaling = e.f32(self.scaling)?;
+                let mut cos = Vec::with_capacity(pairs as usize);
+                let mut sin = Vec::with_capacity(pairs as usize);
+                for p in 0..pairs {
+                    // inv_freq[g · pairs + p]: a chain over the chunk's `groups` candidates.
+                    let candidates: Vec<f32> = (0..groups)
+                        .map(|q| self.inv_freq[(q * pairs + p) as usize])
+                        .collect();
+                    let frequency = inv_freq_at(&e, &candidates, g)?;
+                    let angle = e.mulf(position, frequency)?;
+                    let (c, s) = e.sincos(angle)?;
+                    let c = e.mulf(c, scaling)?;
+                    let s = e.mulf(s, scaling)?;
+                    cos.push(e.round_through(c, self.dtype)?);
+                    sin.push(e.round_through(s, self.dtype)?);
+                }
+                let j0 = e.muli(g, e.index(pairs as i64)?)?;
+                let (per, dtype) = (per_access(self.dtype), self.dtype);
+                self.for_each_head(&e, token, |e, base| {
+                    let rotate = |x1, x2, p: usize| {
+                        let round = |v| e.round_through(v, dtype);
+                        let x1c = round(e.mulf(x1, cos[p])?)?;
+                        let x2s = round(e.mulf(x2, sin[p])?)?;
+                        let x2c = round(e.mulf(x2, cos[p])?)?;
+                        let x1s = round(e.mulf(x1, sin[p])?)?;
+                        Ok::<_, CodegenError>((e.subf(x1c, x2s)?, e.addf(x2c, x1s)?))
+                    };
+                    match self.style {
+                        RopeStyle::Interleaved => {
+                            let first = e.addi(base, e.muli(j0, e.index(2)?)?)?;
+                            let at = element_address(&e, x, dtype, first)?;
+                            let v = load_f32s(&e, at, dtype, per)?;
+                            let mut rotated = Vec::with_capacity(per as usize);
+                            for (p, pair) in v.chunks(2).enumerate() {
+                                let (a, b) = rotate(pair[0], pair[1], p)?;
+                                rotated.extend([a, b]);
+                            }
+                            let at = element_address(&e, out, dtype, first)?;
+                            store_f32s(&e, &rotated, at, dtype)
+                        }
+                        RopeStyle::Half => {
+                            let low = e.addi(base, j0)?;
+                            let high = e.addi(low, e.index(half as i64)?)?;
+                            let x1 =
+                                load_f32s(&e, element_address(&e, x, dtype, low)?, dtype, per)?;
+                            let x2 =
+                                load_f32s(&e, element_address(&e, x, dtype, high)?, dtype, per)?;
+                            let mut firsts = Vec::with_capacity(per as usize);
+                            let mut seconds = Vec::with_capacity(per as usize);
+                            for p in 0..per as usize {
+                                let (a, b) = rotate(x1[p], x2[p], p)?;
+                                firsts.push(a);
+                                seconds.push(b);
+                            }
+                            store_f32s(&e, &firsts, element_address(&e, out, dtype, low)?, dtype)?;
+                            store_f32s(&e, &seconds, element_address(&e, out, dtype, high)?, dtype)
+                        }
+                    }
                 })
             },
         )

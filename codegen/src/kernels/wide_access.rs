@@ -44,7 +44,7 @@ pub fn element_address<'c, 'a>(
 }
 
 /// The four words at the 16-byte aligned global address `address` (an `i64`).
-fn load_words<'c, 'a>(
+pub fn load_words<'c, 'a>(
     e: &Emit<'c, 'a>,
     address: Value<'c, '_>,
 ) -> Result<[Value<'c, 'a>; 4], CodegenError> {
@@ -65,7 +65,7 @@ fn load_words<'c, 'a>(
 }
 
 /// Stores four words at the 16-byte aligned global address `address` (an `i64`).
-fn store_words<'c>(
+pub fn store_words<'c>(
     e: &Emit<'c, '_>,
     address: Value<'c, '_>,
     words: &[Value<'c, '_>],
