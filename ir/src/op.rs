@@ -375,7 +375,17 @@ impl OpKind {
                     ]
                 }
             }
-            GroupedLinearWgrad => const { &[req("experts", T::Int)] },
+            GroupedLinearWgrad => {
+                const {
+                    &[
+                        req("experts", T::Int),
+                        opt(crate::infer::WGRAD_TILE, T::Int),
+                        opt(crate::infer::WGRAD_INTERVAL, T::Int),
+                        opt(crate::infer::DY_SCALE_FORMAT, T::Str),
+                        opt(crate::infer::X_SCALE_FORMAT, T::Str),
+                    ]
+                }
+            }
             ExpertBiasUpdate => const { &[req("speed", T::Float)] },
             BalanceLoss | BalanceLossGrad => {
                 const {

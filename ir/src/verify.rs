@@ -170,6 +170,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyErrors> {
         if let Some(p) = op.precision
             && p.compute.is_fp8()
             && !op.kind.is_weight_gemm()
+            && op.kind != crate::OpKind::GroupedLinearWgrad
             && !op.kind.is_data_movement()
         {
             op_err(format!(

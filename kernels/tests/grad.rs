@@ -874,6 +874,139 @@ fn grouped_linear_wgrad_refuses_bad_indices_and_sizes() {
     );
 }
 
+/// The FP8 Wgrad of the routed experts as its definition reads, one element at a time: the
+/// expert's rows in row order, groups of `tile` of them, each column's scale from its group's
+/// amax, the decoded codes' products summed in row order per interval from +0, then
+/// `acc = acc + partial · (s_dy · s_x)`.
+fn grouped_wgrad_fp8_scalar(
+    dy: &[f32],
+    x: &[f32],
+    per_slot: bool,
+    idx: &[i32],
+    d: GroupedDims,
+    f: GroupedWgradFp8,
+) -> Vec<f32> {
+    use dsc_kernels::numerics::fp8::{Fp8Format, decode, encode};
+    use dsc_kernels::numerics::scale::scale_for;
+    let fmt = Fp8Format::from_dtype(f.format).unwrap();
+    let (n, kk) = (d.out_features, d.in_features);
+    let mut dw = vec![0.0f32; d.experts * n * kk];
+    for ex in 0..d.experts {
+        let rows: Vec<usize> = (0..idx.len()).filter(|&r| idx[r] == ex as i32).collect();
+        let dy_at = |r: usize, j: usize| dy[rows[r] * n + j];
+        let x_at = |r: usize, c: usize| {
+            let row = if per_slot { rows[r] } else { rows[r] / d.top_k };
+            x[row * kk + c]
+        };
+        for j in 0..n {
+            for c in 0..kk {
+                let mut acc = 0.0f32;
+                for g0 in (0..rows.len()).step_by(f.tile) {
+                    let g1 = (g0 + f.tile).min(rows.len());
+                    let amax =
+                        |v: &dyn Fn(usize) -> f32| (g0..g1).fold(0.0f32, |a, r| a.max(v(r).abs()));
+                    let s_dy = scale_for(amax(&|r| dy_at(r, j)), fmt, f.dy_scale_format);
+                    let s_x = scale_for(amax(&|r| x_at(r, c)), fmt, f.x_scale_format);
+                    let q = |v: f32, s: f32| decode(fmt, encode(fmt, v / s));
+                    for i0 in (g0..g1).step_by(f.interval) {
+                        let mut partial = 0.0f32;
+                        for r in i0..(i0 + f.interval).min(g1) {
+                            partial += q(dy_at(r, j), s_dy) * q(x_at(r, c), s_x);
+                        }
+                        acc += partial * (s_dy * s_x);
+                    }
+                }
+                dw[(ex * n + j) * kk + c] = acc;
+            }
+        }
+    }
+    dw
+}
+
+#[test]
+fn grouped_linear_wgrad_fp8_is_its_definition_bit_for_bit() {
+    use dsc_ir::{DType, ScaleFormat};
+    use dsc_kernels::numerics::accumulate::Accumulator;
+    // 150 tokens × 2 slots over 3 experts, most rows to expert 0 (two groups of 128 and a
+    // ragged one), expert 2 none; tiles of 128 and 64 with 32-row intervals; both scale
+    // formats; x per token and per slot; an outlier column, a NaN and an infinity.
+    let (t, k, e, n, kk) = (150, 2, 3, 5, 7);
+    let mut rng = SplitMix64(41);
+    let idx: Vec<i32> = (0..t * k)
+        .map(|_| i32::from(rng.next_u64().is_multiple_of(5)))
+        .collect();
+    let mut dy = rng.symmetric_f32s(t * k * n, 1.0);
+    dy[3 * n + 1] = 300.0;
+    for (tile, interval, dy_format, x_format) in [
+        (128, 128, ScaleFormat::F32, ScaleFormat::Ue8m0),
+        (64, 32, ScaleFormat::Ue8m0, ScaleFormat::F32),
+    ] {
+        let f = GroupedWgradFp8 {
+            format: DType::F8E4M3,
+            tile,
+            interval,
+            dy_scale_format: dy_format,
+            x_scale_format: x_format,
+        };
+        for (input, rows) in [(GroupedInput::PerToken, t), (GroupedInput::PerSlot, t * k)] {
+            let mut x = rng.symmetric_f32s(rows * kk, 2.0);
+            x[10 * kk + 2] = f32::NAN;
+            x[20 * kk + 3] = f32::INFINITY;
+            let per_slot = input == GroupedInput::PerSlot;
+            let d = moe_dims(t, k, e, n, kk);
+            let got =
+                grouped_linear_wgrad_fp8(&dy, &x, input, &idx, d, f, Accumulator::Exact).unwrap();
+            let want = grouped_wgrad_fp8_scalar(&dy, &x, per_slot, &idx, d, f);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "tile {tile}, {input:?}: dw[{i}] = {g}, want {w}"
+                );
+            }
+            assert!(got[2 * n * kk..].iter().all(|&v| v == 0.0));
+            // Near the f32 Wgrad where both are finite (FP8 rounds each operand by up to 2^-4
+            // relatively, at random; dy has an outlier column): within 10% in Frobenius norm.
+            let exact = grouped_linear_wgrad(&dy, &x, input, &idx, d).unwrap();
+            let (mut diff, mut norm) = (0.0f64, 0.0f64);
+            for (g, w) in got
+                .iter()
+                .zip(&exact)
+                .filter(|(g, w)| g.is_finite() && w.is_finite())
+            {
+                diff += f64::from(g - w).powi(2);
+                norm += f64::from(*w).powi(2);
+            }
+            let relative = (diff / norm).sqrt();
+            assert!(
+                relative < 0.1,
+                "tile {tile}, {input:?}: {relative} from the f32 Wgrad"
+            );
+        }
+    }
+}
+
+#[test]
+fn grouped_linear_wgrad_fp8_attributes_are_all_or_none() {
+    use dsc_ir::{Attr, Attrs, DType};
+    let attrs = Attrs::new()
+        .with("tile", Attr::Int(128))
+        .with("interval", Attr::Int(96));
+    assert_eq!(
+        GroupedWgradFp8::from_attrs(DType::F8E4M3, &attrs).map_err(|e| e.to_string()),
+        Err("grouped_linear_wgrad in FP8: the interval (96) must be a multiple of 32 that divides the tile (128)".into())
+    );
+    assert_eq!(
+        GroupedWgradFp8::from_attrs(DType::Bf16, &Attrs::new()),
+        Ok(None)
+    );
+    let e = GroupedWgradFp8::from_attrs(DType::Bf16, &attrs).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("asks for FP8 but it computes in bf16"),
+        "{e}"
+    );
+}
+
 /// `out[t] = Σ_j w[t, j] · y[t, j] + shared[t]` in f64.
 fn moe_combine64(y: &[f64], w: &[f64], shared: &[f64], k: usize, d: usize) -> Vec<f64> {
     shared

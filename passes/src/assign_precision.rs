@@ -45,16 +45,19 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         compute,
         accumulate,
     };
+    // The FP8 format of a GEMM of this op's role: the override's, else the policy's for an FP8
+    // role it does not keep high.
+    let gemm_format = match over {
+        Some(d) if d.is_fp8() => Some(d),
+        Some(_) => None,
+        None => (op.role.is_fp8_gemm_role() && !policy.keep_high.contains(&op.role))
+            .then_some(policy.fp8_format),
+    };
     let mut fp8 = false;
     let (precision, storage) = match op.kind {
         Linear | GroupedLinear | Matmul => {
             let wgrad = op.attrs.str("gemm") == Some("wgrad");
-            let policy_fp8 = op.role.is_fp8_gemm_role() && !policy.keep_high.contains(&op.role);
-            let format = match over {
-                Some(d) if d.is_fp8() => Some(d),
-                Some(_) => None,
-                None => policy_fp8.then_some(policy.fp8_format),
-            };
+            let format = gemm_format;
             fp8 = format.is_some();
             // The MoE gate's logits are FP32 whatever the policy (§3b), as in the reference;
             // so are weight gradients (DESIGN.md §8).
@@ -93,9 +96,10 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         SiluGrad | SwigluGrad | RopeGrad => (p(f32, None), Some(high)),
         CrossEntropy | CrossEntropyGrad | SoftmaxGrad | EmbeddingGrad | ReduceSum | GlobalNorm
         | MoeTopkGrad | BalanceLoss | BalanceLossGrad => (p(f32, Some(f32)), None),
-        // The routed experts' k-grouped Wgrad (each expert's rows are its contracted dim) has
-        // no FP8 form yet: high operands, FP32 sums and result.
-        GroupedLinearWgrad => (p(high, Some(f32)), None),
+        // The routed experts' k-grouped Wgrad (each expert's rows are its contracted dim): FP8
+        // products of both operands tiled along those rows when its role's GEMMs are FP8
+        // (quantize-linears gives it the tiles), FP32 sums and result.
+        GroupedLinearWgrad => (p(gemm_format.unwrap_or(high), Some(f32)), None),
         Scale | AdamW | ExpertBiasUpdate => (p(f32, None), None),
     };
     Decision {

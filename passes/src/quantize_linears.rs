@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `y` keeps its value (and so its name); routed experts stay one grouped op each, with the
-//! token → expert indices as an extra operand.
+//! token → expert indices as an extra operand. A training step's FP8 `grouped_linear_wgrad`
+//! stays one op too, given its tiles along the contracted rows (it quantizes inside).
 //!
 //! A linear with a bias (`linear(x, @w, @b)`, Qwen2's q/k/v projections) keeps the bias out of
 //! the FP8 GEMM: promote's result is the GEMM's output in the high dtype, and an `add` whose rhs
@@ -48,6 +49,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
             (OpKind::Linear | OpKind::GroupedLinear, Some(p)) => {
                 lower(graph, &mut names, &op, p.compute, &mut out)?;
             }
+            (OpKind::GroupedLinearWgrad, Some(_)) => out.push(tile_grouped_wgrad(graph, op)),
             (OpKind::Matmul, Some(_)) => {
                 return Err(PassError::Op {
                     pass: PASS,
@@ -62,6 +64,28 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
     }
     graph.ops = out;
     Ok(())
+}
+
+/// The routed experts' FP8 Wgrad keeps its one op (its groups of rows follow the routing,
+/// known only when it runs): it gets its tiles along the contracted rows, as wide as the
+/// activations' along K, its promotion interval, and a scale format for each operand — the
+/// recipe's, which autodiff copied from the forward GEMM, else the policy's.
+fn tile_grouped_wgrad(graph: &Graph, mut op: Op) -> Op {
+    use dsc_ir::infer::{DY_SCALE_FORMAT, WGRAD_INTERVAL, WGRAD_TILE, X_SCALE_FORMAT};
+    let policy = &graph.policy;
+    op.attrs
+        .set(WGRAD_TILE, Attr::Int(i64::from(policy.act_tile)));
+    op.attrs.set(
+        WGRAD_INTERVAL,
+        Attr::Int(i64::from(policy.promote_interval)),
+    );
+    for key in [DY_SCALE_FORMAT, X_SCALE_FORMAT] {
+        if op.attrs.get(key).is_none() {
+            op.attrs
+                .set(key, Attr::Str(policy.scale_format.name().to_string()));
+        }
+    }
+    op
 }
 
 fn lower(

@@ -13,8 +13,14 @@
 //! so the backward needs only the FP8 copy of each linear input (DESIGN.md §8: linear inputs
 //! cached in FP8), at the price of a second rounding. A GEMM whose input is cached in the
 //! emulated E5M6 (`x_cache = f12e5m6`: the attention output projection's, added by
-//! quantize-linears) has its Wgrad's xᵀ made from that copy instead (`….from_e5m6`). Leaving the pass out of the pipeline keeps
-//! the other way; `[train] wgrad_source` chooses (`dsc train`).
+//! quantize-linears) has its Wgrad's xᵀ made from that copy instead (`….from_e5m6`).
+//!
+//! The routed experts' FP8 Wgrad (`grouped_linear_wgrad`, which tiles its operands along each
+//! expert's rows inside) reads its dY and x the same way: `dequantize` of their FP8 copies
+//! (the grouped Dgrad's dY, the forward's x), quantized again along the rows by the op.
+//!
+//! Leaving the pass out of the pipeline keeps the other way; `[train] wgrad_source` chooses
+//! (`dsc train`).
 
 use crate::names::NameSet;
 use crate::{PassError, PassOptions};
@@ -176,6 +182,13 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         emitted.push(requant);
         rewrites.insert(m.at, emitted);
     }
+    let feeds: Vec<(usize, GroupedWgradFeed)> = (graph.ops.iter().enumerate())
+        .filter_map(|(i, op)| Some((i, grouped_wgrad_feed(graph, &copies, i, op)?)))
+        .collect();
+    for (i, feed) in feeds {
+        let op = graph.ops[i].clone();
+        rewrites.insert(i, feed.ops(graph, &mut names, &op));
+    }
     if rewrites.is_empty() {
         return Ok(());
     }
@@ -206,5 +219,82 @@ fn row_tile(attrs: &Attrs) -> Option<i64> {
     match attrs.ints("block") {
         Some(&[1, t]) => Some(t),
         _ => None,
+    }
+}
+
+/// The FP8 copies of a value: (quantize position, codes, scales).
+type Copies = HashMap<ValueId, Vec<(usize, ValueId, ValueId)>>;
+
+/// The earlier FP8 copies an FP8 `grouped_linear_wgrad` (the routed experts' Wgrad, which
+/// quantizes its operands along the contracted rows itself) can read its dY and x from.
+struct GroupedWgradFeed {
+    /// Per operand (dy, x): the copy's codes and scales and its tile, when there is one.
+    copies: [Option<(ValueId, ValueId, i64)>; 2],
+}
+
+/// Finds the copies for op `i` when it is an FP8 `grouped_linear_wgrad`: quantized earlier in
+/// 1 × tile groups along the features, in its format, with the scale format it quantizes that
+/// operand with.
+fn grouped_wgrad_feed(
+    graph: &Graph,
+    copies: &Copies,
+    i: usize,
+    op: &Op,
+) -> Option<GroupedWgradFeed> {
+    use dsc_ir::infer::{DY_SCALE_FORMAT, X_SCALE_FORMAT};
+    let format = op.precision.map(|p| p.compute).filter(|d| d.is_fp8())?;
+    if op.kind != OpKind::GroupedLinearWgrad {
+        return None;
+    }
+    let o = op.grouped_linear_wgrad_operands().ok()?;
+    let copy_of = |source: ValueId, key: &str| {
+        let scale_format = op.attrs.get(key)?;
+        copies.get(&source)?.iter().find_map(|&(j, q, scales)| {
+            let a = &graph.ops[j].attrs;
+            let usable = j < i
+                && graph.ty(q).dtype == format
+                && graph.ty(q).shape == graph.ty(source).shape
+                && a.get("scale_format") == Some(scale_format);
+            usable.then(|| Some((q, scales, row_tile(a)?)))?
+        })
+    };
+    let copies = [copy_of(o.dy, DY_SCALE_FORMAT), copy_of(o.x, X_SCALE_FORMAT)];
+    copies
+        .iter()
+        .any(Option::is_some)
+        .then_some(GroupedWgradFeed { copies })
+}
+
+impl GroupedWgradFeed {
+    /// `dequantize` of each copy, then `op` reading them in place of its operands.
+    fn ops(&self, graph: &mut Graph, names: &mut NameSet, op: &Op) -> Vec<Op> {
+        let name = graph.op_name(op).to_string();
+        let mut out = Vec::new();
+        let mut op = op.clone();
+        for (slot, (copy, what)) in self.copies.iter().zip(["dy", "x"]).enumerate() {
+            let Some((codes, scales, tile)) = *copy else {
+                continue;
+            };
+            let source = op.operands[slot];
+            let ty = graph.ty(source).clone();
+            let attrs = Attrs::new()
+                .with("dtype", Attr::DType(ty.dtype))
+                .with("block", Attr::Ints(vec![1, tile]));
+            let v = graph.add_value(names.fresh(&format!("{name}.{what}.from_fp8")), ty);
+            out.push(Op {
+                kind: OpKind::Dequantize,
+                operands: vec![codes, scales],
+                results: vec![v],
+                attrs,
+                role: op.role,
+                precision: Some(Precision {
+                    compute: DType::F32,
+                    accumulate: None,
+                }),
+            });
+            op.operands[slot] = v;
+        }
+        out.push(op);
+        out
     }
 }

@@ -10,7 +10,8 @@
 //! integers and FP8 codes), `rope_grad` (both pairings, plain and YaRN-scaled angles) and
 //! `embedding_grad` (bit for bit; ids out of the vocabulary skipped), and the MoE backward:
 //! `grouped_linear_wgrad` (an f32 GEMM's tolerance; x per token and per slot, experts no row
-//! chose, an expert whose rows overflow the block's list, indices out of range left out),
+//! chose, an expert whose rows overflow the block's list, indices out of range left out; its
+//! FP8 form bit for bit against the exact accumulator, groups of rows counted across flushes),
 //! `moe_combine_grad` (bit for bit, the reference's pairwise tree at widths of one to 1024
 //! segments) and `moe_topk_grad` (both score functions, with and without `norm_topk_prob`,
 //! top_k from 1 to all experts, a repeated index, indices out of range making the token's row
@@ -43,9 +44,10 @@ use dsc_codegen::kernels::rope_grad::RopeGrad;
 use dsc_codegen::kernels::softmax_grad::SoftmaxGrad;
 use dsc_codegen::ptxas;
 use dsc_ir::rope_scaling::RopeScaling;
-use dsc_ir::{DType, OpKind};
+use dsc_ir::{DType, OpKind, ScaleFormat};
+use dsc_kernels::numerics::accumulate::Accumulator;
 use dsc_kernels::numerics::bf16::{from_bf16_bits, to_bf16};
-use dsc_kernels::ops::grad;
+use dsc_kernels::ops::grad::{self, GroupedWgradFp8};
 use dsc_kernels::ops::rope::{RopeParams, RopeStyle};
 use dsc_kernels::ops::{FloatFormat, GroupedDims, GroupedInput, ScoreFunc};
 use dsc_kernels::rng::SplitMix64;
@@ -978,6 +980,7 @@ fn check_grouped_wgrad(c: &WgradCase, indices: &[i32], seed: u64) {
         x_per_slot: c.per_slot,
         grad: c.dtype,
         input: c.dtype,
+        fp8: None,
     };
     check(
         OpKind::GroupedLinearWgrad,
@@ -1057,6 +1060,138 @@ fn grouped_linear_wgrad_flushes_a_long_list_and_skips_bad_indices() {
         ..c
     };
     check_grouped_wgrad(&c, &indices, 2);
+}
+
+/// The FP8 form of `grouped_linear_wgrad` on `indices` (all in range) against the reference
+/// with the exact accumulator, bit for bit (the kernel sums each interval in row order on the
+/// CUDA cores); NaN where the reference has NaN.
+fn check_grouped_wgrad_fp8(
+    c: &WgradCase,
+    indices: &[i32],
+    f: GroupedWgradFp8,
+    dy: &[f32],
+    x: &[f32],
+) {
+    let dims = GroupedDims {
+        tokens: c.tokens,
+        top_k: c.top_k,
+        experts: c.experts,
+        out_features: c.n,
+        in_features: c.k,
+    };
+    let input = if c.per_slot {
+        GroupedInput::PerSlot
+    } else {
+        GroupedInput::PerToken
+    };
+    let want = grad::grouped_linear_wgrad_fp8(dy, x, input, indices, dims, f, Accumulator::Exact)
+        .expect("reference");
+    let spec = GroupedLinearWgrad {
+        tokens: c.tokens as u64,
+        top_k: c.top_k as u64,
+        experts: c.experts as u64,
+        out_features: c.n as u64,
+        in_features: c.k as u64,
+        x_per_slot: c.per_slot,
+        grad: c.dtype,
+        input: c.dtype,
+        fp8: Some(f),
+    };
+    let kernel = GpuKernel::GroupedLinearWgrad(spec);
+    let inputs = [bytes(dy, c.dtype), bytes(x, c.dtype), i32_bytes(indices)];
+    for target in Target::ALL {
+        let ptx = lowered(&kernel, target);
+        let out = run_ptx(&kernel, target, &ptx, &inputs, &[want.len() * 4]);
+        let got = floats(&out[0], DType::F32);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{target}: {}: dw[{i}] = {g}, want {w}",
+                kernel.canonical()
+            );
+        }
+    }
+}
+
+#[test]
+fn grouped_linear_wgrad_fp8_matches_the_reference_bit_for_bit() {
+    let (f32_, b) = (DType::F32, DType::Bf16);
+    let fp8 = |tile, interval, dy_scale_format, x_scale_format| GroupedWgradFp8 {
+        format: DType::F8E4M3,
+        tile,
+        interval,
+        dy_scale_format,
+        x_scale_format,
+    };
+    let recipe = fp8(128, 128, ScaleFormat::F32, ScaleFormat::Ue8m0);
+    let case = |tokens, top_k, experts, n, k, per_slot, dtype| WgradCase {
+        tokens,
+        top_k,
+        experts,
+        n,
+        k,
+        per_slot,
+        dtype,
+    };
+    // tiny-moe's up projection (bf16, x per token, groups of 128 rows), its down projection
+    // with 32-row intervals in 64-row tiles and power-of-2 scales on dY (x per slot), ragged
+    // tiles of both axes in f32 with an outlier, a NaN and an infinity.
+    for (i, (c, f)) in [
+        (case(64, 2, 2, 32, 64, false, b), recipe),
+        (
+            case(90, 2, 3, 64, 32, true, b),
+            fp8(64, 32, ScaleFormat::Ue8m0, ScaleFormat::F32),
+        ),
+        (case(150, 1, 2, 70, 65, false, f32_), recipe),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 40 + 10 * i as u64;
+        let routed = c.tokens * c.top_k;
+        let x_rows = if c.per_slot { routed } else { c.tokens };
+        let indices = random_routing(c.experts, routed, seed);
+        let mut dy = values(routed * c.n, seed + 1, 1.0, c.dtype);
+        let mut x = values(x_rows * c.k, seed + 2, 2.0, c.dtype);
+        if c.dtype == f32_ {
+            dy[5 * c.n + 3] = 1000.0;
+            x[7 * c.k + 1] = f32::NAN;
+            x[9 * c.k + 64] = f32::INFINITY;
+        }
+        check_grouped_wgrad_fp8(&c, &indices, f, &dy, &x);
+    }
+}
+
+#[test]
+fn grouped_linear_wgrad_fp8_counts_groups_across_flushes() {
+    // Expert 0 takes ~2280 of 2400 rows: its list fills past LIST − THREADS several times, and
+    // each flush keeps the rows past its last whole group of 128 for the next; expert 1 takes
+    // the rest, expert 2 none.
+    let c = WgradCase {
+        tokens: 1200,
+        top_k: 2,
+        experts: 3,
+        n: 20,
+        k: 40,
+        per_slot: false,
+        dtype: DType::Bf16,
+    };
+    let routed = c.tokens * c.top_k;
+    assert!(routed > 2 * grouped_linear_wgrad::LIST as usize);
+    let mut rng = SplitMix64(5);
+    let indices: Vec<i32> = (0..routed)
+        .map(|_| i32::from(rng.next_u64().is_multiple_of(20)))
+        .collect();
+    let dy = values(routed * c.n, 6, 1.0, c.dtype);
+    let x = values(c.tokens * c.k, 7, 2.0, c.dtype);
+    let f = GroupedWgradFp8 {
+        format: DType::F8E4M3,
+        tile: 128,
+        interval: 128,
+        dy_scale_format: ScaleFormat::F32,
+        x_scale_format: ScaleFormat::F32,
+    };
+    check_grouped_wgrad_fp8(&c, &indices, f, &dy, &x);
 }
 
 // ---- moe_combine_grad -------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! `grouped_linear_wgrad`: the k-grouped weight gradient of the routed experts, `dw[e] =
-//! Σ dy[r]ᵀ · x[r]` over the routed rows `r = t·top_k + slot` whose expert is `e`, in f32, as
-//! the CPU reference (`dsc_kernels::ops::grad::grouped_linear_wgrad`); zeros for an expert no
-//! row chose; x one row per token or per slot.
+//! Σ dy[r]ᵀ · x[r]` over the routed rows `r = t·top_k + slot` whose expert is `e`, in f32 as
+//! the CPU reference (`dsc_kernels::ops::grad::grouped_linear_wgrad`) or in FP8 (below); zeros
+//! for an expert no row chose; x one row per token or per slot.
 //!
 //! One block of [`THREADS`] per (expert, [`TILE`] rows of `out_features`); it walks every
 //! [`TILE`]-column tile of `in_features` itself, so that it finds its expert's rows once:
@@ -18,6 +18,18 @@
 //!    reference's rows in its order, though its GEMM library sums them in its own blocks
 //!    (the results agree as any two f32 GEMMs do, not bit for bit).
 //!
+//! **The FP8 form** (`fp8`, the recipe's Wgrad of the routed experts, DESIGN.md §8; the
+//! reference is `dsc_kernels::ops::grad::grouped_linear_wgrad_fp8`): an expert's rows are cut
+//! into groups of `tile` in row order, counted from its first row — a flush before the last
+//! one sums only whole groups and keeps the rest at the front of the list. Per group and column
+//! tile, a first pass over the staged rows finds each column's amax (threads `c` and `64 + c`:
+//! dy's column `c` and x's) and writes the columns' scales to shared memory; a second stages
+//! the rows again as the values of their FP8 codes (`v / s`, `cvt.rn.satfinite`, decoded
+//! exactly), sums each `interval` of rows from +0 in row order (every product of two FP8
+//! values is exact in f32, so this is the exact accumulator's partial), and promotes it,
+//! `acc += partial · (s_dy · s_x)`: the reference's bits with `--accumulator exact`, whatever
+//! the target (CUDA cores, no tensor cores yet). The rows are read twice from L2.
+//!
 //! An index outside `0..experts` (the reference refuses it) equals no block's expert: its row
 //! is left out, and nothing is read through it.
 //!
@@ -32,11 +44,13 @@
 //! registers and spills).
 
 use dsc_ir::DType;
+use dsc_kernels::ops::grad::GroupedWgradFp8;
 use melior::dialect::arith::CmpiPredicate;
 use melior::ir::r#type::{IntegerType, MemRefType};
 use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
 
+use super::fp8_gemm::decode_fp8;
 use super::moe_dispatch::{ballot, popc};
 use super::vector_access::{global_load_if, global_store_if};
 use super::{Launch, Param, kernel_args, param_types};
@@ -57,6 +71,9 @@ pub const LIST: u64 = 1024;
 pub const STAGE: u64 = 16;
 /// Warps per block.
 const WARPS: i64 = THREADS as i64 / 32;
+/// The widest FP8 group of rows: a flush keeps the rows past its last whole group (fewer than
+/// a tile) in the list, where a scan step's [`THREADS`] rows must still fit.
+const MAX_TILE: u64 = 512;
 
 /// The k-grouped Wgrad of `grouped_linear` over `experts` experts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -77,6 +94,10 @@ pub struct GroupedLinearWgrad {
     pub grad: DType,
     /// Dtype of `x`.
     pub input: DType,
+    /// The FP8 form (the recipe's: both operands quantized along each expert's rows), or
+    /// `None` for f32 products of the operands as they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fp8: Option<GroupedWgradFp8>,
 }
 
 impl GroupedLinearWgrad {
@@ -119,7 +140,8 @@ impl GroupedLinearWgrad {
         Launch::blocks(self.experts * self.row_tiles(), THREADS)
     }
 
-    /// Why the kernel cannot take these shapes, if it cannot: rows and experts are `i32`.
+    /// Why the kernel cannot take these shapes, if it cannot: rows and experts are `i32`, and
+    /// an FP8 group of rows must fit in the list beside a scan step's rows.
     pub fn supported(&self) -> Result<(), String> {
         let limit = i32::MAX as u64;
         if self.experts > limit || self.routed() > limit {
@@ -128,6 +150,22 @@ impl GroupedLinearWgrad {
                 self.experts,
                 self.routed()
             ));
+        }
+        if let Some(f) = &self.fp8 {
+            if !f.format.is_fp8() {
+                return Err(format!("{} is not an FP8 format", f.format));
+            }
+            let tile = f.tile as u64;
+            if tile > MAX_TILE
+                || !tile.is_multiple_of(STAGE)
+                || !(f.interval as u64).is_multiple_of(STAGE)
+            {
+                return Err(format!(
+                    "an FP8 tile of {tile} rows: at most {MAX_TILE}, a multiple of {STAGE} \
+                     (as its interval, {})",
+                    f.interval
+                ));
+            }
         }
         Ok(())
     }
@@ -141,12 +179,16 @@ impl GroupedLinearWgrad {
         let workgroup = Attribute::parse(context, "#gpu.address_space<workgroup>");
         let i32_type: Type = IntegerType::new(context, 32).into();
         let f32_type = Type::float32(context);
-        let shared: Vec<Type> = vec![
+        let mut shared: Vec<Type> = vec![
             MemRefType::new(i32_type, &[WARPS], None, workgroup).into(),
             MemRefType::new(i32_type, &[LIST as i64], None, workgroup).into(),
             MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
             MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
         ];
+        if self.fp8.is_some() {
+            // The group's scales: dy's columns of the row tile, then x's of the column tile.
+            shared.push(MemRefType::new(f32_type, &[2 * TILE as i64], None, workgroup).into());
+        }
         // At least one step, so that an empty routing still writes its zeros.
         let steps = self.routed().div_ceil(u64::from(THREADS)).max(1) as i64;
         let built = module.add_kernel_with_shared(entry, &types, &shared, |block, location| {
@@ -165,6 +207,11 @@ impl GroupedLinearWgrad {
             let acc = (0..PER_THREAD * PER_THREAD)
                 .map(|_| e.cell(zero_f))
                 .collect::<Result<Vec<_>, _>>()?;
+            // The FP8 form's partial sums and the thread's column amax.
+            let fp8_cells = (0..PER_THREAD * PER_THREAD + 1)
+                .filter(|_| self.fp8.is_some())
+                .map(|_| e.cell(zero_f))
+                .collect::<Result<Vec<_>, _>>()?;
             let block = Blk {
                 args: &args,
                 tid,
@@ -173,6 +220,7 @@ impl GroupedLinearWgrad {
                 count,
                 first,
                 acc: &acc,
+                fp8_cells: &fp8_cells,
             };
             let in_grid = e.lt(expert, e.index(self.experts as i64)?)?;
             e.if_then(in_grid, |e| {
@@ -184,8 +232,18 @@ impl GroupedLinearWgrad {
                     let last = e.cmpi(CmpiPredicate::Eq, step, e.index(steps - 1)?)?;
                     let flush = e.ori(full, last)?;
                     e.if_then(flush, |e| {
-                        self.flush(&e, &block)?;
-                        e.set(count, e.index(0)?)?;
+                        let rows = match &self.fp8 {
+                            // Whole groups only, but for the last flush: a group's rows are
+                            // counted from the expert's first.
+                            Some(f) => {
+                                let tile = e.index(f.tile as i64)?;
+                                let whole = e.muli(e.divui(listed, tile)?, tile)?;
+                                e.select(last, listed, whole)?
+                            }
+                            None => listed,
+                        };
+                        self.flush(&e, &block, rows)?;
+                        self.keep_tail(&e, &block, rows, listed)?;
                         e.set(first, e.int(1, 0)?)
                     })
                 })
@@ -254,8 +312,48 @@ impl GroupedLinearWgrad {
         e.set(blk.count, e.addi(listed, total)?)
     }
 
-    /// Adds the listed rows' products to every column tile of the block's row tile.
-    fn flush<'c>(&self, e: &Emit<'c, '_>, blk: &Blk<'c, '_, '_>) -> Result<(), CodegenError> {
+    /// Moves the listed rows a flush left (`rows .. listed`, fewer than an FP8 group) to the
+    /// front of the list, and counts them.
+    fn keep_tail<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        rows: Value<'c, '_>,
+        listed: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let Some(f) = &self.fp8 else {
+            return e.set(blk.count, e.index(0)?);
+        };
+        let list = blk.args[5];
+        let zero = e.index(0)?;
+        let mut moved = Vec::new();
+        for q in 0..(f.tile as u64).div_ceil(u64::from(THREADS)) {
+            let at = e.addi(e.index((q * u64::from(THREADS)) as i64)?, blk.tid)?;
+            let from = e.addi(rows, at)?;
+            let ok = e.lt(from, listed)?;
+            let row = e.load(list, e.select(ok, from, zero)?)?;
+            moved.push((at, ok, row));
+        }
+        // Every row is read before any is overwritten (the tail is shorter than `rows`).
+        e.barrier();
+        for (at, ok, row) in moved {
+            e.if_then(ok, |e| {
+                e.store(row, list, at);
+                Ok(())
+            })?;
+        }
+        e.barrier();
+        e.set(blk.count, e.subi(listed, rows)?)
+    }
+
+    /// Adds the products of the first `rows` listed rows to every column tile of the block's
+    /// row tile.
+    fn flush<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        listed: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
         let dw = blk.args[3];
         let sixteen = e.index(16)?;
         let ty = e.divui(blk.tid, sixteen)?;
@@ -263,7 +361,6 @@ impl GroupedLinearWgrad {
         let n_dim = e.index(self.out_features as i64)?;
         let k_dim = e.index(self.in_features as i64)?;
         let plane = e.muli(blk.expert, n_dim)?;
-        let listed = e.get(blk.count)?;
         let first = e.get(blk.first)?;
         let col_tiles = self.in_features.div_ceil(TILE) as i64;
         e.for_const(0, col_tiles, 1, |e, kt| {
@@ -289,28 +386,24 @@ impl GroupedLinearWgrad {
                 e.set(cell, element_if(&e, dw, DType::F32, at, ok)?)?;
             }
             let stage = e.index(STAGE as i64)?;
-            e.for_range(e.index(0)?, listed, stage, |e, g| {
-                self.stage_rows(&e, blk, g, listed, k0)?;
-                e.barrier();
-                let (dys, xs) = (blk.args[6], blk.args[7]);
-                for s in 0..STAGE {
-                    let base = e.index((s * TILE) as i64)?;
-                    let a = (0..PER_THREAD)
-                        .map(|i| e.load(dys, e.addi(base, e.addi(ty, e.index(16 * i as i64)?)?)?))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let b = (0..PER_THREAD)
-                        .map(|j| e.load(xs, e.addi(base, e.addi(tx, e.index(16 * j as i64)?)?)?))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let pairs = a.iter().flat_map(|ai| b.iter().map(move |bj| (ai, bj)));
-                    for (&cell, (&ai, &bj)) in blk.acc.iter().zip(pairs) {
-                        let p = e.mulf(ai, bj)?;
-                        e.accumulate(cell, p)?;
-                    }
+            match &self.fp8 {
+                None => e.for_range(e.index(0)?, listed, stage, |e, g| {
+                    self.stage_rows(&e, blk, g, listed, k0, None)?;
+                    e.barrier();
+                    self.add_stage_products(&e, blk, ty, tx, blk.acc)?;
+                    // Every thread has read the stage before the next one overwrites it.
+                    e.barrier();
+                    Ok(())
+                })?,
+                Some(f) => {
+                    let tile = e.index(f.tile as i64)?;
+                    e.for_range(e.index(0)?, listed, tile, |e, g| {
+                        let end = e.minui(e.addi(g, tile)?, listed)?;
+                        self.group_scales(&e, blk, f, g, end, k0)?;
+                        self.group_products(&e, blk, f, (ty, tx), g, end, k0)
+                    })?
                 }
-                // Every thread has read the stage before the next one overwrites it.
-                e.barrier();
-                Ok(())
-            })?;
+            }
             for (&cell, &(inside, at)) in blk.acc.iter().zip(&outputs) {
                 let v = e.bitcast(e.get(cell)?, e.int_type(32))?;
                 let base = e.address_of(dw)?;
@@ -321,8 +414,134 @@ impl GroupedLinearWgrad {
         })
     }
 
+    /// Adds the products of the staged rows, in order, to the thread's `cells`.
+    fn add_stage_products<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        ty: Value<'c, '_>,
+        tx: Value<'c, '_>,
+        cells: &[Value<'c, '_>],
+    ) -> Result<(), CodegenError> {
+        let (dys, xs) = (blk.args[6], blk.args[7]);
+        for s in 0..STAGE {
+            let base = e.index((s * TILE) as i64)?;
+            let a = (0..PER_THREAD)
+                .map(|i| e.load(dys, e.addi(base, e.addi(ty, e.index(16 * i as i64)?)?)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            let b = (0..PER_THREAD)
+                .map(|j| e.load(xs, e.addi(base, e.addi(tx, e.index(16 * j as i64)?)?)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pairs = a.iter().flat_map(|ai| b.iter().map(move |bj| (ai, bj)));
+            for (&cell, (&ai, &bj)) in cells.iter().zip(pairs) {
+                let p = e.mulf(ai, bj)?;
+                e.accumulate(cell, p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The scales of the FP8 group of listed rows `g .. end` into the shared scales: one per
+    /// column of `dy` in the row tile and of `x` in the column tile at `k0`, from the column's
+    /// largest magnitude over the group (NaNs skipped, as the reference's `amax`). Threads
+    /// `c` and `64 + c` take column `c` of `dy` and of `x` (the upper half does the same again).
+    fn group_scales<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        f: &GroupedWgradFp8,
+        g: Value<'c, '_>,
+        end: Value<'c, '_>,
+        k0: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let (dys, xs, scales) = (blk.args[6], blk.args[7], blk.args[8]);
+        let amax = blk.fp8_cells[(PER_THREAD * PER_THREAD) as usize];
+        let tile = e.index(TILE as i64)?;
+        let column = e.remui(blk.tid, tile)?;
+        let of_x = e.cmpi(
+            CmpiPredicate::Eq,
+            e.remui(e.divui(blk.tid, tile)?, e.index(2)?)?,
+            e.index(1)?,
+        )?;
+        e.set(amax, e.f32(0.0)?)?;
+        let stage = e.index(STAGE as i64)?;
+        e.for_range(g, e.addi(g, e.index(f.tile as i64)?)?, stage, |e, s0| {
+            self.stage_rows(&e, blk, s0, end, k0, None)?;
+            e.barrier();
+            for s in 0..STAGE {
+                let at = e.addi(e.index((s * TILE) as i64)?, column)?;
+                let v = e.select(of_x, e.load(xs, at)?, e.load(dys, at)?)?;
+                let m = e.max_skip_nan(e.get(amax)?, e.absf(v)?)?;
+                e.set(amax, m)?;
+            }
+            e.barrier();
+            Ok(())
+        })?;
+        let m = e.get(amax)?;
+        let dy_scale = e.scale_for(m, f.format, f.dy_scale_format)?;
+        let x_scale = e.scale_for(m, f.format, f.x_scale_format)?;
+        let scale = e.select(of_x, x_scale, dy_scale)?;
+        let first_half = e.lt(blk.tid, e.index(2 * TILE as i64)?)?;
+        e.if_then(first_half, |e| {
+            e.store(scale, scales, blk.tid);
+            Ok(())
+        })?;
+        e.barrier();
+        Ok(())
+    }
+
+    /// Adds the FP8 group of listed rows `g .. end` to the thread's outputs: per interval, the
+    /// products of the quantized rows summed in row order from +0, then promoted, `acc +=
+    /// partial · (s_dy · s_x)` (three roundings, as the reference's block GEMM); an interval
+    /// past `end` (a ragged last group) changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn group_products<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        f: &GroupedWgradFp8,
+        (ty, tx): (Value<'c, '_>, Value<'c, '_>),
+        g: Value<'c, '_>,
+        end: Value<'c, '_>,
+        k0: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let scales = blk.args[8];
+        let partials = &blk.fp8_cells[..(PER_THREAD * PER_THREAD) as usize];
+        let interval = e.index(f.interval as i64)?;
+        let stage = e.index(STAGE as i64)?;
+        e.for_range(g, e.addi(g, e.index(f.tile as i64)?)?, interval, |e, i0| {
+            for &cell in partials {
+                e.set(cell, e.f32(0.0)?)?;
+            }
+            e.for_range(i0, e.addi(i0, interval)?, stage, |e, s0| {
+                self.stage_rows(&e, blk, s0, end, k0, Some(f.format))?;
+                e.barrier();
+                self.add_stage_products(&e, blk, ty, tx, partials)?;
+                e.barrier();
+                Ok(())
+            })?;
+            let real = e.lt(i0, end)?;
+            let s_dy = (0..PER_THREAD)
+                .map(|i| e.load(scales, e.addi(ty, e.index(16 * i as i64)?)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            let s_x = (0..PER_THREAD)
+                .map(|j| e.load(scales, e.addi(tx, e.index((TILE + 16 * j) as i64)?)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pairs = s_dy.iter().flat_map(|a| s_x.iter().map(move |b| (a, b)));
+            for ((&cell, &partial), (&a, &b)) in blk.acc.iter().zip(partials).zip(pairs) {
+                let scale = e.mulf(a, b)?;
+                let scaled = e.mulf(e.get(partial)?, scale)?;
+                let acc = e.get(cell)?;
+                let sum = e.addf(acc, scaled)?;
+                e.set(cell, e.select(real, sum, acc)?)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Stages the `dy` and `x` tiles of listed rows `g .. g + STAGE` (zeros past `listed` and
-    /// past the matrices' edges) for the column tile at `k0`.
+    /// past the matrices' edges) for the column tile at `k0`; with `quantize`, each element as
+    /// the value of its FP8 code in that format under its column's shared scale.
     fn stage_rows<'c>(
         &self,
         e: &Emit<'c, '_>,
@@ -330,6 +549,7 @@ impl GroupedLinearWgrad {
         g: Value<'c, '_>,
         listed: Value<'c, '_>,
         k0: Value<'c, '_>,
+        quantize: Option<DType>,
     ) -> Result<(), CodegenError> {
         let (dy, x, list, dys, xs) = (
             blk.args[0],
@@ -355,6 +575,7 @@ impl GroupedLinearWgrad {
             let dy_ok = e.andi(held, e.lt(n, n_dim)?)?;
             let dy_at = e.addi(e.muli(row, n_dim)?, n)?;
             let v = element_if(e, dy, self.grad, dy_at, dy_ok)?;
+            let v = quantized(e, blk, quantize, v, c)?;
             e.store(v, dys, flat);
             let x_row = if self.x_per_slot {
                 row
@@ -365,6 +586,7 @@ impl GroupedLinearWgrad {
             let x_ok = e.andi(held, e.lt(k, k_dim)?)?;
             let x_at = e.addi(e.muli(x_row, k_dim)?, k)?;
             let v = element_if(e, x, self.input, x_at, x_ok)?;
+            let v = quantized(e, blk, quantize, v, e.addi(c, tile)?)?;
             e.store(v, xs, flat);
         }
         Ok(())
@@ -403,6 +625,23 @@ fn element_if<'c, 'a>(
     }
 }
 
+/// `v` as the value of its code in `format` under shared scale `scale_at` (a true division,
+/// then round to nearest even, saturating; NaN stays NaN), or `v` itself without a format.
+fn quantized<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    blk: &Blk<'c, '_, '_>,
+    format: Option<DType>,
+    v: Value<'c, 'a>,
+    scale_at: Value<'c, '_>,
+) -> Emitted<'c, 'a> {
+    let Some(format) = format else {
+        return Ok(v);
+    };
+    let scale = e.load(blk.args[8], scale_at)?;
+    let code = e.encode_fp8(e.divf(v, scale)?, format)?;
+    decode_fp8(e, code, format)
+}
+
 /// What every phase of a block reads: the kernel's buffers (then the shared ones: the warps'
 /// counts, the list, the staged `dy` and `x`), the thread, the block's expert and first row,
 /// and the cells.
@@ -414,4 +653,6 @@ struct Blk<'c, 'a, 'v> {
     count: Value<'c, 'a>,
     first: Value<'c, 'a>,
     acc: &'v [Value<'c, 'a>],
+    /// The FP8 form's partial sums, then its column amax (empty otherwise).
+    fp8_cells: &'v [Value<'c, 'a>],
 }

@@ -4,7 +4,7 @@
 //! A `reshape` of a contiguous tensor selects nothing: its result aliases its operand's bytes.
 
 use dsc_ir::{DType, Graph, Op, OpKind, ScaleFormat, ValueId};
-use dsc_kernels::ops::grad::RouteWeights;
+use dsc_kernels::ops::grad::{GroupedWgradFp8, RouteWeights};
 use dsc_kernels::ops::rope::RopeParams;
 use dsc_kernels::ops::{
     AttentionDims, CombineDims, EmbeddingDims, GroupedDims, GroupedInput, LinearDims, ScoreDims,
@@ -785,6 +785,11 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 x_per_slot,
                 grad: float_operand(ty(o.dy).dtype).map_err(&fail)?,
                 input: float_operand(ty(o.x).dtype).map_err(&fail)?,
+                fp8: GroupedWgradFp8::from_attrs(
+                    op.precision.map_or(DType::F32, |p| p.compute),
+                    &op.attrs,
+                )
+                .map_err(sizes)?,
             };
             kernel.supported().map_err(&fail)?;
             GpuKernel::GroupedLinearWgrad(kernel)

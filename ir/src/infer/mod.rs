@@ -22,6 +22,7 @@ mod training;
 
 pub use fp8::{W_ROW_TILES, X_SQUARE_BLOCKS};
 pub use linear::{DY_SCALE_FORMAT, LINEAR_GEMMS, W_SCALE_FORMAT, X_CACHE, X_SCALE_FORMAT};
+pub use training::{WGRAD_INTERVAL, WGRAD_TILE};
 
 /// The dtype rule of one result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -186,9 +186,45 @@ pub(super) fn pad(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Ve
     Ok(vec![fixed(x.dtype, dims)])
 }
 
+/// On an FP8 `grouped_linear_wgrad` (DESIGN.md §8): the rows of each expert, in row order, per
+/// group of both operands' scales (each column of dy and of x gets one scale per `tile` rows).
+pub const WGRAD_TILE: &str = "tile";
+/// On an FP8 `grouped_linear_wgrad`: the rows per partial sum (a multiple of 32 dividing the
+/// tile), each promoted into the FP32 accumulator.
+pub const WGRAD_INTERVAL: &str = "interval";
+
+/// Checks the FP8 attributes of a `grouped_linear_wgrad`: its tile and interval together, and
+/// the scale formats (which autodiff may copy from the forward GEMM before it is FP8).
+fn check_wgrad_fp8_attrs(attrs: &Attrs) -> Result<()> {
+    use super::{DY_SCALE_FORMAT, X_SCALE_FORMAT};
+    for key in [DY_SCALE_FORMAT, X_SCALE_FORMAT] {
+        if let Some(s) = attrs.str(key)
+            && crate::ScaleFormat::parse(s).is_none()
+        {
+            return Err(format!("{key} must be \"f32\" or \"ue8m0\", not \"{s}\""));
+        }
+    }
+    match (attrs.int(WGRAD_TILE), attrs.int(WGRAD_INTERVAL)) {
+        (None, None) => Ok(()),
+        (Some(tile), Some(interval)) => {
+            if tile <= 0 || interval <= 0 || interval % 32 != 0 || tile % interval != 0 {
+                return Err(format!(
+                    "grouped_linear_wgrad {WGRAD_INTERVAL} ({interval}) must be a positive \
+                     multiple of 32 that divides the {WGRAD_TILE} ({tile})"
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(format!(
+            "grouped_linear_wgrad in FP8 needs both {WGRAD_TILE} and {WGRAD_INTERVAL}"
+        )),
+    }
+}
+
 /// `grouped_linear_wgrad`: dy `[T, k, N]`, x `[T, K]` or `[T, k, K]`, indices `[T, k]` → f32
 /// `[experts, N, K]`.
 pub(super) fn grouped_linear_wgrad(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    check_wgrad_fp8_attrs(attrs)?;
     let GroupedLinearWgradOperands {
         dy,
         x,

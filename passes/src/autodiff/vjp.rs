@@ -329,7 +329,8 @@ fn matmul(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()
 /// `grouped_linear(x, w, indices)`: Dgrad `dx[t, j] = dy[t, j] · w[e]` as a grouped linear of
 /// dy through the transposed experts `wᵀ [E, K, N]` (so quantize-linears gives the FP8 roles'
 /// Dgrad the recipe's form), summed over the slots when x is one row per token; the k-grouped
-/// Wgrad `dw[e] = Σ dyᵀ · x` over each expert's rows (`grouped_linear_wgrad`, FP32).
+/// Wgrad `dw[e] = Σ dyᵀ · x` over each expert's rows (`grouped_linear_wgrad`, with the
+/// forward's scale formats of dY and x for its FP8 form).
 fn grouped_linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> Result<()> {
     let op = req.op;
     let o = named(op.grouped_linear_operands())?;
@@ -358,7 +359,16 @@ fn grouped_linear(e: &mut Emit, req: &Request, out: &mut [Option<ValueId>]) -> R
     }
     if let Some(d) = req.want[1] {
         let experts = e.ty(w).shape.dims()[0] as i64;
-        let attrs = Attrs::new().with("experts", Attr::Int(experts));
+        let mut attrs = Attrs::new().with("experts", Attr::Int(experts));
+        // The recipe's scale formats of dY and x (DESIGN.md §8), for its FP8 form.
+        for key in [
+            dsc_ir::infer::DY_SCALE_FORMAT,
+            dsc_ir::infer::X_SCALE_FORMAT,
+        ] {
+            if let Some(f) = op.attrs.get(key) {
+                attrs.set(key, f.clone());
+            }
+        }
         let name = req.grad_name(e, 1);
         out[1] = Some(e.one(
             OpKind::GroupedLinearWgrad,

@@ -275,7 +275,7 @@ pub(super) fn execute(
         CrossEntropy | CrossEntropyGrad | RmsNormGrad | SoftmaxGrad | SiluGrad | SwigluGrad
         | RopeGrad | EmbeddingGrad | ReduceSum | Scale | GlobalNorm | AdamW | Pad
         | GroupedLinearWgrad | MoeCombineGrad | MoeTopkGrad | ExpertBiasUpdate | BalanceLoss
-        | BalanceLossGrad => super::training::execute(g, op, ins),
+        | BalanceLossGrad => super::training::execute(g, op, ins, options),
     }
 }
 

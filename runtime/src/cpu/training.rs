@@ -7,7 +7,7 @@ use dsc_ir::operands::{
     AdamWOperands, BalanceLossGradOperands, BalanceLossOperands, ExpertBiasUpdateOperands,
     GroupedLinearWgradOperands, MoeCombineGradOperands, MoeTopkGradOperands, RmsNormGradOperands,
 };
-use dsc_ir::{Graph, Op, OpKind};
+use dsc_ir::{DType, Graph, Op, OpKind};
 use dsc_kernels::ops::grad;
 use dsc_kernels::ops::{CombineDims, FloatFormat, GroupedDims, GroupedInput, RopeParams, TopkDims};
 
@@ -25,7 +25,12 @@ fn pad<T: Copy>(
 }
 
 /// Executes a training-step `op` on `ins`.
-pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<HostTensor>> {
+pub(super) fn execute(
+    g: &Graph,
+    op: &Op,
+    ins: &[&HostTensor],
+    options: &super::CpuOptions,
+) -> Result<Vec<HostTensor>> {
     use OpKind::*;
     let in_ty = |i: usize| g.ty(op.operands[i]);
     let out_ty = |i: usize| g.ty(op.results[i]);
@@ -174,7 +179,20 @@ pub(super) fn execute(g: &Graph, op: &Op, ins: &[&HostTensor]) -> Result<Vec<Hos
             // The result is the experts' weight gradient `[E, N, K]`, shaped as their weights.
             let gd = GroupedDims::from_shapes(&out_ty(0).shape, &ty.indices.shape).map_err(err)?;
             let (dy, x, indices) = (floats(t.dy)?, floats(t.x)?, ints(t.indices)?);
-            one(grad::grouped_linear_wgrad(dy, x, input, indices, gd).map_err(err)?)
+            let compute = op.precision.map_or(DType::F32, |p| p.compute);
+            let dw = match grad::GroupedWgradFp8::from_attrs(compute, &op.attrs).map_err(err)? {
+                Some(fp8) => grad::grouped_linear_wgrad_fp8(
+                    dy,
+                    x,
+                    input,
+                    indices,
+                    gd,
+                    fp8,
+                    options.accumulator,
+                ),
+                None => grad::grouped_linear_wgrad(dy, x, input, indices, gd),
+            };
+            one(dw.map_err(err)?)
         }
         MoeCombineGrad => {
             let t = MoeCombineGradOperands::from_slice(ins).map_err(err)?;

@@ -32,7 +32,8 @@ pub use cross_entropy::{cross_entropy, cross_entropy_grad};
 pub use elementwise_grad::{scale, silu_grad, swiglu_grad};
 pub use embedding_grad::embedding_grad;
 pub use moe::{
-    RouteWeights, expert_bias_update, grouped_linear_wgrad, moe_combine_grad, moe_topk_grad,
+    GroupedWgradFp8, RouteWeights, expert_bias_update, grouped_linear_wgrad,
+    grouped_linear_wgrad_fp8, moe_combine_grad, moe_topk_grad,
 };
 pub use pad::pad;
 pub use reduce::sum_axis;

@@ -6,14 +6,80 @@
 //! a `grouped_linear` of dy through the transposed expert weights (summed over the slots when
 //! the forward's input was one row per token).
 
+use crate::act_quant::act_quant_1x128;
+use crate::block_gemm::{BlockGemmConfig, GemmDims, fp8_block_gemm};
+use crate::error::KernelError;
+use crate::numerics::accumulate::Accumulator;
+use crate::numerics::fp8::Fp8Format;
 use crate::ops::error::{OpError, check_len, check_shape};
 use crate::ops::grouped_linear::{GroupedDims, GroupedInput};
 use crate::ops::linear::{View, gemm_into};
 use crate::ops::moe_topk::ScoreFunc;
 use crate::ops::pairwise_sum;
 use crate::ops::softmax::softmax_row;
-use dsc_ir::Attrs;
+use dsc_ir::{Attrs, DType, ScaleFormat};
 use rayon::prelude::*;
+use serde::Serialize;
+
+/// The FP8 form of [`grouped_linear_wgrad`] (DESIGN.md §8, the recipe's Wgrad of the routed
+/// experts): each operand tiled along the contracted rows. (The GPU kernel's spec holds it as it
+/// is: its fields' order is the kernel's canonical text's, on which its entry name depends.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GroupedWgradFp8 {
+    /// The FP8 format of both operands' codes (the op's compute dtype).
+    pub format: DType,
+    /// Rows of an expert per scale group (`tile` attribute): one scale per column of dy and of
+    /// x for every `tile` of the expert's rows, counted in row order from its first.
+    pub tile: usize,
+    /// Rows per partial sum (`interval` attribute), a multiple of 32 dividing `tile`.
+    pub interval: usize,
+    pub dy_scale_format: ScaleFormat,
+    pub x_scale_format: ScaleFormat,
+}
+
+impl GroupedWgradFp8 {
+    /// The FP8 form of a `grouped_linear_wgrad` computed in `compute` with `attrs`: `None`
+    /// when it is not FP8 (no `tile` attribute and a compute dtype that is not FP8).
+    pub fn from_attrs(compute: DType, attrs: &Attrs) -> Result<Option<Self>, OpError> {
+        use dsc_ir::infer::{DY_SCALE_FORMAT, WGRAD_INTERVAL, WGRAD_TILE, X_SCALE_FORMAT};
+        let fp8 = compute.is_fp8();
+        if !fp8 && attrs.get(WGRAD_TILE).is_none() {
+            return Ok(None);
+        }
+        let bad = |what: String| OpError::Shape(format!("grouped_linear_wgrad in FP8: {what}"));
+        if !fp8 {
+            return Err(bad(format!(
+                "its {WGRAD_TILE} asks for FP8 but it computes in {compute}"
+            )));
+        }
+        let size = |key: &str| {
+            attrs
+                .int(key)
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|&v| v > 0)
+                .ok_or_else(|| bad(format!("needs a positive `{key}`")))
+        };
+        let scale_format = |key: &str| {
+            attrs
+                .str(key)
+                .and_then(ScaleFormat::parse)
+                .ok_or_else(|| bad(format!("needs `{key}` = \"f32\" or \"ue8m0\"")))
+        };
+        let (tile, interval) = (size(WGRAD_TILE)?, size(WGRAD_INTERVAL)?);
+        if interval % 32 != 0 || tile % interval != 0 {
+            return Err(bad(format!(
+                "the interval ({interval}) must be a multiple of 32 that divides the tile ({tile})"
+            )));
+        }
+        Ok(Some(GroupedWgradFp8 {
+            format: compute,
+            tile,
+            interval,
+            dy_scale_format: scale_format(DY_SCALE_FORMAT)?,
+            x_scale_format: scale_format(X_SCALE_FORMAT)?,
+        }))
+    }
+}
 
 /// The attributes of one `moe_topk_grad` op: how the forward turned scores into weights.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,6 +195,85 @@ pub fn grouped_linear_wgrad(
                 false,
             );
         });
+    Ok(dw)
+}
+
+/// [`grouped_linear_wgrad`] in FP8 with FP32 promotion (DESIGN.md §8): for every expert, its
+/// rows in row order are cut into groups of `tile` (the last one ragged, groups never span two
+/// experts); dyᵀ `[N, rows]` and xᵀ `[K, rows]` are quantized in 1 × `tile` groups along those
+/// rows ([`act_quant_1x128`]: one scale per column of dy and of x and per group), and
+/// `dw[e] = dyᵀ · x` is the block-scaled GEMM of [`fp8_block_gemm`] over them (x's scales one
+/// per row of xᵀ, `w_row_tiles`), its partial sums `interval` rows deep, summed by
+/// `accumulator`.
+pub fn grouped_linear_wgrad_fp8(
+    dy: &[f32],
+    x: &[f32],
+    input: GroupedInput,
+    indices: &[i32],
+    dims: GroupedDims,
+    fp8: GroupedWgradFp8,
+    accumulator: Accumulator,
+) -> Result<Vec<f32>, OpError> {
+    let GroupedDims {
+        tokens,
+        top_k,
+        experts,
+        out_features: n,
+        in_features: kk,
+    } = dims;
+    check_shape("dy", dy.len(), &[tokens, top_k, n])?;
+    match input {
+        GroupedInput::PerToken => check_shape("x", x.len(), &[tokens, kk])?,
+        GroupedInput::PerSlot => check_shape("x", x.len(), &[tokens, top_k, kk])?,
+    }
+    check_shape("indices", indices.len(), &[tokens, top_k])?;
+    let fmt = Fp8Format::from_dtype(fp8.format).ok_or_else(|| {
+        OpError::Unsupported(format!("grouped_linear_wgrad: {} is not FP8", fp8.format))
+    })?;
+    let cfg = BlockGemmConfig {
+        fmt,
+        tile: fp8.tile,
+        block: fp8.tile,
+        w_row_tiles: true,
+        x_square_blocks: false,
+        promote_interval: fp8.interval,
+        accumulator,
+    };
+    let kernel = |e: KernelError| OpError::Shape(format!("grouped_linear_wgrad: {e}"));
+    cfg.validate().map_err(kernel)?;
+    let rows_of = rows_by_expert("grouped_linear_wgrad", indices, top_k, experts)?;
+    let mut dw = vec![0.0f32; experts * n * kk];
+    if dw.is_empty() {
+        return Ok(dw);
+    }
+    let x_row = |row: usize| match input {
+        GroupedInput::PerToken => row / top_k,
+        GroupedInput::PerSlot => row,
+    };
+    // The experts one after another: each GEMM and quantization is parallel inside.
+    for (out, rows) in dw.chunks_mut(n * kk).zip(&rows_of) {
+        let m = rows.len();
+        if m == 0 {
+            continue;
+        }
+        let mut dy_t = vec![0.0f32; n * m];
+        let mut x_t = vec![0.0f32; kk * m];
+        for (r, &row) in rows.iter().enumerate() {
+            for (j, &v) in dy[row * n..][..n].iter().enumerate() {
+                dy_t[j * m + r] = v;
+            }
+            for (j, &v) in x[x_row(row) * kk..][..kk].iter().enumerate() {
+                x_t[j * m + r] = v;
+            }
+        }
+        let dy_q =
+            act_quant_1x128(&dy_t, n, m, fp8.tile, fmt, fp8.dy_scale_format).map_err(kernel)?;
+        let x_q =
+            act_quant_1x128(&x_t, kk, m, fp8.tile, fmt, fp8.x_scale_format).map_err(kernel)?;
+        let gemm = GemmDims { m: n, n: kk, k: m };
+        let y = fp8_block_gemm(dy_q.operand(), x_q.operand(), gemm, &cfg).map_err(kernel)?;
+        out.copy_from_slice(&y);
+    }
     Ok(dw)
 }
 
