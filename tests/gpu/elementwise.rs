@@ -217,6 +217,10 @@ fn rope_in_16_byte_chunks_and_per_pair() {
     check_rope_forms([2, 11, 3, 12], &interleaved, F32, 3);
     check_rope_forms([1, 23, 2, 32], &half, Bf16, 4);
     check_rope_forms([2, 13, 3, 8], &half, F32, 5);
+    // More than 16 heads: split into sets of adjacent-by-stride heads (2 of 16, 2 of 10, 17 of 1).
+    check_rope_forms([1, 5, 32, 16], &interleaved, Bf16, 10);
+    check_rope_forms([1, 4, 20, 32], &half, Bf16, 11);
+    check_rope_forms([2, 3, 17, 8], &half, F32, 12);
     // Ragged heads: one pair per thread.
     check_rope([2, 17, 3, 10], &interleaved, Bf16, 6);
     check_rope([1, 9, 2, 6], &interleaved, F32, 7);

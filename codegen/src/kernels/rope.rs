@@ -3,7 +3,9 @@
 //! every head (adjacent threads take adjacent pairs, so each head's row is read contiguously).
 //! Where a head's pairs split into 16-byte chunks (f32 or bf16), a thread takes a chunk of
 //! consecutive pairs (`interleaved`) or the matching chunks of both halves (`half`) instead,
-//! with one 16-byte load and store per chunk and head, and the same arithmetic per pair.
+//! with one 16-byte load and store per chunk and head, and the same arithmetic per pair; a
+//! token's heads are then split into sets of at most 16 (a thread per set) to keep enough
+//! threads in the launch (V3's 128 heads: 8 sets, twice the one-pair form's threads).
 //!
 //! The inverse frequencies are computed on the host exactly as the CPU reference computes them
 //! (`RopeParams::inv_freq`, f32 as torch does) and baked into the kernel; the angle is
@@ -21,6 +23,11 @@ use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
 use crate::mlir::emit::{Emit, Emitted};
+
+/// Heads one thread of the 16-byte form rotates at most: a token's heads are split into the
+/// fewest sets of at most this many (the cos/sin of a chunk are computed once per set), so that
+/// a launch at V3's shapes (128 heads) has 8 threads per (token, chunk), enough loads in flight.
+const HEADS_PER_THREAD: u64 = 16;
 
 /// Rotation of `[batch, seq, heads, dim]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,10 +99,18 @@ impl Rope {
         (half > 0 && half.is_multiple_of(pairs)).then_some(pairs)
     }
 
-    /// One thread per (token, chunk of pairs), or per (token, pair index).
+    /// Head sets of a token in the 16-byte form: the fewest (a divisor of `heads`) of at most
+    /// [`HEADS_PER_THREAD`] heads each.
+    fn head_sets(&self) -> u64 {
+        (1..=self.heads)
+            .find(|&s| self.heads.is_multiple_of(s) && self.heads / s <= HEADS_PER_THREAD)
+            .unwrap_or(1)
+    }
+
+    /// One thread per (token, head set, chunk of pairs), or per (token, pair index).
     pub fn launch(&self) -> Launch {
         Launch::per_element(match self.pairs_per_thread() {
-            Some(pairs) => self.threads() / pairs,
+            Some(pairs) => self.threads() / pairs * self.head_sets(),
             None => self.threads(),
         })
     }
@@ -148,10 +163,11 @@ impl Rope {
 }
 
 impl Rope {
-    /// Thread `c` rotates pairs `j0 .. j0 + pairs` (`c = token · half/pairs + j0/pairs`) in every
-    /// head of its token: the cos/sin of each pair once, as the one-pair form computes them,
-    /// then per head one or two 16-byte loads, the one-pair form's products and roundings for
-    /// each pair, and the same stores.
+    /// Thread `c = (token · sets + set) · half/pairs + j0/pairs` rotates pairs `j0 .. j0 + pairs`
+    /// in heads `set, set + sets, ..` of its token (at each step the threads of a warp cover
+    /// adjacent heads): the cos/sin of each pair once, as the one-pair form computes them, then
+    /// per head one or two 16-byte loads, the one-pair form's products and roundings for each
+    /// pair, and the same stores.
     fn build_chunked(
         &self,
         module: &KernelModule<'_>,
@@ -160,16 +176,20 @@ impl Rope {
     ) -> Result<(), CodegenError> {
         let half = self.dim / 2;
         let groups = half / pairs;
+        let sets = self.head_sets();
         add_per_element_kernel(
             module,
             entry,
             &self.params(),
-            self.threads() / pairs,
+            self.threads() / pairs * sets,
             |e, args, c| {
                 let (x, out) = (args[0], args[1]);
                 let groups_v = e.index(groups as i64)?;
-                let token = e.divui(c, groups_v)?;
                 let g = e.remui(c, groups_v)?;
+                let rest = e.divui(c, groups_v)?;
+                let sets_v = e.index(sets as i64)?;
+                let set = e.remui(rest, sets_v)?;
+                let token = e.divui(rest, sets_v)?;
                 let position = e.remui(token, e.index(self.seq as i64)?)?;
                 let position = e.index_cast(position, e.int_type(32))?;
                 let position = e.sitofp(position, e.f32_type())?;
@@ -191,7 +211,12 @@ impl Rope {
                 }
                 let j0 = e.muli(g, e.index(pairs as i64)?)?;
                 let (per, dtype) = (per_access(self.dtype), self.dtype);
-                self.for_each_head(&e, token, |e, base| {
+                let first_row = e.muli(token, e.index(self.heads as i64)?)?;
+                let first_row = e.addi(first_row, set)?;
+                let dim = e.index(self.dim as i64)?;
+                e.for_const(0, (self.heads / sets) as i64, 1, |e, k| {
+                    let row = e.addi(first_row, e.muli(k, sets_v)?)?;
+                    let base = e.muli(row, dim)?;
                     let rotate = |x1, x2, p: usize| {
                         let round = |v| e.round_through(v, dtype);
                         let x1c = round(e.mulf(x1, cos[p])?)?;
