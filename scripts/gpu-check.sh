@@ -2,6 +2,7 @@
 # Runs on a lent GPU (the device tool), after scripts/gpu-prepare.sh here:
 #   run(command="bash scripts/gpu-check.sh", carry=["build/gpu-check"], timeout_s=540)
 # 1. every prepared model on the GPU against the CPU reference (whole-model outputs), then timed;
+#    the prepared training steps, two steps each against the CPU backend (gpu_check --train);
 # 2. DeepGEMM's shape table through dsc, torch._scaled_mm (FP8, rowwise scales) and torch.matmul
 #    (BF16) in the same run;
 # 3. one table (report.md) and the JSON behind it under $OUT (bench/results/<date>-<gpu>.json
@@ -23,8 +24,10 @@ if [ "$device" = cuda ]; then
   while read -r d; do time_only+=(--time-only "$d"); done < "$g/time-only.txt"
 fi
 mapfile -t checked < "$g/checked.txt"
+train=()
+while read -r d; do train+=(--train "$d"); done < "$g/train.txt"
 "$g/gpu_check" --device "$device" --iters "${GPU_CHECK_ITERS:-20}" --json "$out/dsc.json" \
-  "${checked[@]}" "${time_only[@]}" 2>&1 | tee "$out/dsc.log"
+  "${checked[@]}" "${time_only[@]}" "${train[@]}" 2>&1 | tee "$out/dsc.log"
 rc=${PIPESTATUS[0]}
 if [ "$device" = cuda ]; then
   python3 scripts/torch_baselines.py --json "$out/torch.json" 2>&1 | tee "$out/torch.log"

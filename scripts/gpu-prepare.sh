@@ -24,6 +24,16 @@ checked=(examples/mlp.toml examples/tiny-moe.toml examples/llama-small.toml exam
 timed=(bench/side-by-side/gemm_m4096_n7168_k16384.toml bench/side-by-side/gemm_m4096_n4096_k7168.toml
        bench/side-by-side/gemm_m4096_n2112_k7168.toml bench/side-by-side/gemm_m128_n7168_k16384.toml
        bench/side-by-side/gemm_m64_n2112_k7168.toml)
+# Training steps (compiled here: the device has no MLIR), run there against the CPU backend.
+train_steps=("tests/train/tiny-llama.toml fp8" "tests/train/tiny-llama.toml bf16"
+             "tests/train/tiny-moe.toml fp8")
+: > "$out/train.txt"
+for t in "${train_steps[@]}"; do
+  read -r m recipe <<<"$t"
+  dir="$out/artifacts/train-$(basename "$m" .toml)-$recipe"
+  "$tgt/release/dsc" train "$m" --recipe "$recipe" --target sm_90a --write-step "$dir" > /dev/null
+  echo "$dir" >> "$out/train.txt"
+done
 : > "$out/checked.txt"
 : > "$out/time-only.txt"
 for m in "${checked[@]}" "${timed[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The table of scripts/gpu-check.sh: dsc's FP8 GEMM per shape of DeepGEMM's table next to
-torch._scaled_mm (FP8 rowwise), torch.matmul (BF16) and DeepGEMM's published H800 figures.
+torch._scaled_mm (FP8 rowwise), torch.matmul (BF16) and DeepGEMM's published H800 figures;
+then the training steps checked against the CPU (`gpu_check --train`).
 
     python3 scripts/gpu_report.py DSC.json [TORCH.json]
 """
@@ -38,6 +39,20 @@ def main():
         print(f"| {shape[0]}×{shape[1]}×{shape[2]} | {gemm['median_seconds'] * 1e6:.1f}{label} "
               f"| {gemm['tflops']:.0f} | {cell(tr.get('fp8_rowwise'))} | {cell(tr.get('bf16'))} "
               f"| {DEEPGEMM[shape]} | {gemm['tflops'] / DEEPGEMM[shape]:.2f} |")
+    training = [r for r in dsc if r.get("training")]
+    if training:
+        print("\n| training step | recipe | device vs CPU | worst / bound | device ms per step |")
+        print("|---|---|---|---|---|")
+    for r in training:
+        name = os.path.basename(r["artifact"].rstrip("/"))
+        if "error" in r:
+            print(f"| {name} | – | FAILED: {r['error']} | – | – |")
+            continue
+        worst = max(r["differences"], key=lambda d: d["relative"] / d["bound"])
+        seconds = ", ".join(f"{s * 1e3:.1f}" for s in r["device_step_seconds"])
+        print(f"| {name} | {'FP8' if r['fp8'] else 'all-BF16'} "
+              f"| {'passed' if r['passed'] else 'DIFFERS'} "
+              f"| {worst['what']}: {worst['relative']:.1e} / {worst['bound']:.0e} | {seconds} |")
 
 
 if __name__ == "__main__":

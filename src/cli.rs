@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// or checkpoint directory.
     pub model: PathBuf,
     /// Training text: UTF-8 (byte-level tokens), or token ids (`.bin` uint16, `.u32` uint32).
-    #[arg(long, value_name = "FILE", required_unless_present = "inputs")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["inputs", "write_step"])]
     pub data: Option<PathBuf>,
     /// Train on exactly this batch instead of --data: `input_ids` and `labels`, both
     /// [batch, seq] int32.
@@ -107,6 +107,11 @@ pub struct TrainArgs {
     /// Print the training step's IR after its passes to stderr.
     #[arg(long)]
     pub print_ir: bool,
+    /// Write the training step compiled for --target to DIR (an artifact, as `dsc compile`
+    /// writes: what `gpu_check --train DIR` runs on a GPU against the CPU) and stop, without
+    /// training. DIR is replaced only when it is empty or holds a dsc artifact.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["data", "inputs", "resume", "save", "log", "save_grads"])]
+    pub write_step: Option<PathBuf>,
     /// Time every op of the steps and print, at the end, the time per op kind and the GEMMs'
     /// share of the step (wall time on the CPU, modeled on the emulator).
     #[arg(long)]

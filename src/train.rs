@@ -39,6 +39,9 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
         eprint!("{step_graph}");
     }
     let routing = RoutingProbe::attach(&mut step_graph);
+    if let Some(dir) = &args.write_step {
+        return write_step(&step_graph, args, dir);
+    }
     // Compiled once, before anything is read or trained: the session borrows it for the run.
     // A GPU that cannot run the target is found before the compile, not after it.
     if let DeviceArg::Cuda(n) = args.device {
@@ -405,6 +408,42 @@ fn compile_step(step_graph: &Graph, target: dsc_codegen::Target) -> Result<Artif
         generated.ptx,
     )
     .map_err(runtime)
+}
+
+/// `--write-step DIR`: the step compiled for --target, written as an artifact (manifest,
+/// PTX, the step's IR); refused before the compile when DIR holds anything but an artifact or
+/// holds the model.
+fn write_step(step_graph: &Graph, args: &TrainArgs, dir: &Path) -> Result<(), Diagnostic> {
+    use dsc_kernels::manifest::files;
+    let inputs = [args.model.as_path()];
+    crate::artifact_dir::check_replaceable(dir, &inputs)?;
+    let artifact = compile_step(step_graph, args.target.0)?;
+    let manifest = artifact.manifest.to_json();
+    let graph = step_graph.to_string();
+    let outputs: [(&str, &[u8]); 3] = [
+        (files::MANIFEST, manifest.as_bytes()),
+        (files::KERNELS, artifact.ptx.as_bytes()),
+        (files::GRAPH, graph.as_bytes()),
+    ];
+    crate::artifact_dir::write_atomically(dir, &outputs, &inputs)?;
+    println!(
+        "wrote {}: the {} training step of {} for {} ({} launches)",
+        dir.display(),
+        step_recipe(step_graph),
+        step_graph.name,
+        args.target.0,
+        artifact.manifest.steps.len()
+    );
+    Ok(())
+}
+
+/// The recipe a lowered step was built with.
+fn step_recipe(step_graph: &Graph) -> &'static str {
+    if dsc_runtime::train_check::is_fp8_step(step_graph) {
+        "FP8"
+    } else {
+        "all-BF16"
+    }
 }
 
 /// A trainer on the CPU, or over `artifact` (the compiled step) on the emulator or CUDA.

@@ -27,6 +27,7 @@ mod tensor_maps;
 #[cfg(test)]
 mod testutil;
 pub mod train;
+pub mod train_check;
 pub mod weights;
 
 pub use artifact::Artifact;

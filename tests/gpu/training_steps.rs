@@ -250,3 +250,72 @@ fn training_steps_on_the_gpu_match_the_cpu() {
     }
     gpu.finish(test);
 }
+
+/// `dsc train --write-step DIR` writes the compiled step as an artifact, which
+/// `dsc_runtime::train_check` (what `gpu_check --train` runs on a lent GPU, which cannot
+/// compile) runs on the emulator against the CPU: the all-BF16 step of tiny-moe for sm_89, and
+/// its FP8 step for sm_90a, within the bounds of the test above.
+#[test]
+fn a_written_training_step_runs_against_the_cpu() {
+    use dsc_runtime::train_check::check_training;
+    use dsc_runtime::{Artifact, Device};
+    let tmp = TempDir::new("write-step");
+    for (recipe, target) in [("bf16", "sm_89"), ("fp8", "sm_90a")] {
+        let dir = tmp.join(&format!("{recipe}-step"));
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let out = dsc(&[
+            "train",
+            "tests/train/tiny-moe.toml",
+            "--recipe",
+            recipe,
+            "--target",
+            target,
+            "--write-step",
+            &dir_arg,
+        ]);
+        assert!(out.status.success(), "{}", streams(&out).1);
+        let said = streams(&out).0;
+        assert!(
+            said.contains(&format!("training step of tiny-moe-train for {target}")),
+            "{said}"
+        );
+        let artifact = Artifact::load(&dir).unwrap();
+        let c = check_training(&artifact, Device::Emulator, 2, 5).unwrap();
+        assert_eq!(c.fp8, recipe == "fp8");
+        // Two steps' loss and norm, a gradient per parameter, a master per parameter.
+        let grads = c
+            .differences
+            .iter()
+            .filter(|d| d.what.ends_with(".grad"))
+            .count();
+        let masters = artifact.graph.params.len();
+        assert_eq!(
+            c.differences.len(),
+            4 + grads + masters,
+            "{:?}",
+            c.differences
+        );
+        assert!(grads > 10, "{grads} gradients");
+        assert!(c.failures().is_empty(), "{recipe}: {:?}", c.failures());
+    }
+    // Nothing is trained, and a directory of other files is not replaced.
+    let other = tmp.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let out = dsc(&[
+        "train",
+        "tests/train/tiny-moe.toml",
+        "--write-step",
+        &other.to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        streams(&out).1.contains("is not a dsc artifact"),
+        "{}",
+        streams(&out).1
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+        "mine"
+    );
+}

@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! gpu_check [--device cuda|cuda:N|emu] [--iters N] [--json FILE]
-//!           [--time-only DIR]... DIR...
+//!           [--time-only DIR]... [--train DIR]... DIR...
 //! ```
+//!
+//! A `--train` artifact is a training step (`dsc train --write-step DIR`): two steps on the
+//! device against two on the CPU backend ([`train`]).
 //!
 //! A `--time-only` artifact is timed but not compared (its CPU reference would take minutes).
 //! The comparison is the GPU tests' ([`dsc_runtime::step_check`]): every op against the CPU
@@ -20,6 +23,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 
+mod train;
+
 use dsc_runtime::inputs::random_inputs;
 use dsc_runtime::step_check::{self, StepBackend};
 use dsc_runtime::{Artifact, Device, HostTensor, RuntimeError, Session, probe, random_weights};
@@ -31,6 +36,7 @@ struct Options {
     json: Option<String>,
     checked: Vec<String>,
     time_only: Vec<String>,
+    train: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -40,6 +46,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         json: None,
         checked: Vec::new(),
         time_only: Vec::new(),
+        train: Vec::new(),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -71,11 +78,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--json" => options.json = Some(value("--json")?),
             "--time-only" => options.time_only.push(value("--time-only")?),
+            "--train" => options.train.push(value("--train")?),
             flag if flag.starts_with("--") => return Err(format!("unknown option `{flag}`")),
             dir => options.checked.push(dir.to_string()),
         }
     }
-    if options.checked.is_empty() && options.time_only.is_empty() {
+    if options.checked.is_empty() && options.time_only.is_empty() && options.train.is_empty() {
         return Err("no artifact directory given".into());
     }
     Ok(options)
@@ -247,7 +255,7 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             eprintln!(
                 "usage: gpu_check [--device cuda|cuda:N|emu] [--iters N] \
-                 [--json FILE] [--time-only DIR]... DIR..."
+                 [--json FILE] [--time-only DIR]... [--train DIR]... DIR..."
             );
             return ExitCode::from(2);
         }
@@ -272,6 +280,12 @@ fn main() -> ExitCode {
                 records.push(json!({"artifact": dir, "passed": false, "error": message}));
             }
         }
+    }
+    for dir in &o.train {
+        println!("{dir} (training step)");
+        let (record, passed) = train::check(dir, o.device);
+        all_passed &= passed;
+        records.push(record);
     }
     if let Some(path) = &o.json {
         let text = serde_json::to_string_pretty(&records).unwrap_or_default();
