@@ -267,11 +267,11 @@ pub struct ImportArgs {
 /// The input shape of a model imported from a Hugging Face config (which does not say it).
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct HfShapeArgs {
-    /// Batch size of the compiled graph [default: 1].
-    #[arg(long, value_name = "B")]
+    /// Batch size of the compiled graph [default: 1]. (The bounds are `dsc train`'s.)
+    #[arg(long, value_name = "B", value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub batch: Option<u64>,
     /// Sequence length of the compiled graph [default: 128].
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub seq_len: Option<u64>,
 }
 

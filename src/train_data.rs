@@ -25,9 +25,9 @@ pub enum TrainDataError {
     /// The path does not exist.
     #[error("token file {} does not exist", .path.display())]
     Missing { path: PathBuf },
-    /// The path is a directory (or another non-file).
-    #[error("token file {} is a directory, not a file", .path.display())]
-    NotAFile { path: PathBuf },
+    /// The path is a directory, a device, a FIFO or a socket: `what` says which.
+    #[error("token file {} is {what}, not a regular file", .path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
     /// Another I/O error (permissions, …), with the reason in words.
     #[error("cannot read token file {}: {reason}", .path.display())]
     Read { path: PathBuf, reason: String },
@@ -231,7 +231,23 @@ fn check_file(path: &Path) -> Result<(), TrainDataError> {
         },
     })?;
     if !meta.is_file() {
-        return Err(TrainDataError::NotAFile { path: source() });
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        let what = if t.is_dir() {
+            "a directory"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(TrainDataError::NotAFile {
+            path: source(),
+            what,
+        });
     }
     Ok(())
 }
@@ -461,8 +477,18 @@ mod tests {
         let sub = dir.0.join("shards.bin");
         std::fs::create_dir(&sub).unwrap();
         let e = load_err(&sub, 256);
-        assert_eq!(e, TrainDataError::NotAFile { path: sub.clone() });
-        assert_message(&e, &sub, &["is a directory"]);
+        assert_eq!(
+            e,
+            TrainDataError::NotAFile {
+                path: sub.clone(),
+                what: "a directory"
+            }
+        );
+        assert_message(&e, &sub, &["is a directory, not a regular file"]);
+        // A device (and, the same way, a FIFO) is named for what it is.
+        let null = std::path::Path::new("/dev/null");
+        let e = load_err(null, 256);
+        assert_message(&e, null, &["is a device, not a regular file"]);
         // The path's problem comes before the vocabulary's (a text path with vocab < 256).
         let text = dir.0.join("corpus");
         assert_eq!(
@@ -470,7 +496,13 @@ mod tests {
             TrainDataError::Missing { path: text.clone() }
         );
         std::fs::create_dir(&text).unwrap();
-        assert_eq!(load_err(&text, 5), TrainDataError::NotAFile { path: text });
+        assert_eq!(
+            load_err(&text, 5),
+            TrainDataError::NotAFile {
+                path: text,
+                what: "a directory"
+            }
+        );
     }
 
     #[test]

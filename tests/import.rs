@@ -425,4 +425,20 @@ fn import_errors_point_into_the_config() {
         e.contains("--batch and --seq-len apply to a Hugging Face config"),
         "{e}"
     );
+    // Sizes no model takes are the flag's errors, not the config's (exit code 2, as every
+    // malformed argument).
+    for (command, flag, value) in [
+        ("compile", "--batch", "18446744073709551615"),
+        ("compile", "--seq-len", "0"),
+        ("import", "--seq-len", "100000000"),
+    ] {
+        let out = dsc(&[command, &s(&cfg), flag, value]);
+        let e = streams(&out).1;
+        assert_eq!(out.status.code(), Some(2), "{e}");
+        assert!(
+            e.contains(&format!("invalid value '{value}' for '{flag}")),
+            "{e}"
+        );
+        assert!(!e.contains("config.json:1:1"), "{e}");
+    }
 }

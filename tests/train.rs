@@ -118,7 +118,16 @@ fn bad_data_and_options_are_clear_errors() {
     let data = word_corpus(&tmp);
     let (short, beyond) = (short.to_string_lossy(), beyond.to_string_lossy());
     let missing = tmp.join("missing.txt").to_string_lossy().into_owned();
-    let cases: [(Vec<&str>, &str); 4] = [
+    let cases: [(Vec<&str>, &str); 6] = [
+        // A step larger than the machine: an error with both numbers, not an abort.
+        (
+            vec!["--data", &data, "--seq-len", "100000"],
+            "of memory on cpu (weights",
+        ),
+        (
+            vec!["--data", "/dev/null"],
+            "/dev/null is a device, not a regular file",
+        ),
         (vec!["--data", &short], "tokens"),
         (vec!["--data", &beyond], "300"),
         (

@@ -25,11 +25,7 @@ fn opt_in_shared_bytes(target: Target) -> u64 {
     }
 }
 
-/// Threads per block.
-const MAX_THREADS_PER_BLOCK: u64 = 1024;
-
-/// Blocks along each grid dimension.
-const MAX_GRID: [u64; 3] = [(1 << 31) - 1, 65535, 65535];
+use dsc_kernels::manifest::launch_limits::{MAX_GRID, MAX_THREADS_PER_BLOCK};
 
 /// Bytes of static shared memory each entry of `ptx` declares (`.shared` variables in its
 /// body, each at its alignment).

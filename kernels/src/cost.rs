@@ -10,18 +10,22 @@ pub struct OpCost {
     /// Multiply-add FLOPs of a matrix product (2 per MAC), 0 for other ops.
     pub flops: u64,
     /// Bytes of every operand and result, each counted once: the traffic of a kernel that reads
-    /// its inputs and writes its outputs once.
+    /// its inputs and writes its outputs once (of a slice, the window it reads).
     pub bytes: u64,
 }
 
-/// The cost of `op` in `g`.
+/// The cost of `op` in `g`. A `slice` reads only its window of the operand: as many bytes as
+/// it writes.
 pub fn op_cost(g: &Graph, op: &Op) -> OpCost {
-    let bytes = op
-        .operands
-        .iter()
-        .chain(&op.results)
-        .map(|&v| g.ty(v).size_bytes())
-        .fold(0u64, u64::saturating_add);
+    let bytes = if op.kind == OpKind::Slice {
+        g.ty(op.results[0]).size_bytes().saturating_mul(2)
+    } else {
+        op.operands
+            .iter()
+            .chain(&op.results)
+            .map(|&v| g.ty(v).size_bytes())
+            .fold(0u64, u64::saturating_add)
+    };
     OpCost {
         flops: gemm_flops(g, op).unwrap_or(0),
         bytes,

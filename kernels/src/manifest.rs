@@ -29,6 +29,17 @@ pub mod files {
     pub const GRAPH: &str = "graph.dsc";
 }
 
+/// What every GPU dsc targets allows one launch: the driver refuses more. Codegen checks each
+/// kernel against them, and loading an artifact checks each launch step, whatever the device.
+pub mod launch_limits {
+    /// Threads per block.
+    pub const MAX_THREADS_PER_BLOCK: u64 = 1024;
+    /// Threads along each block dimension (x, y, z).
+    pub const MAX_BLOCK: [u64; 3] = [1024, 1024, 64];
+    /// Blocks along each grid dimension (x, y, z).
+    pub const MAX_GRID: [u64; 3] = [(1 << 31) - 1, 65535, 65535];
+}
+
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -705,6 +705,54 @@ fn attn_scores_causal_mask_and_rope_part() {
 }
 
 #[test]
+fn fused_attention_over_several_row_blocks_is_the_unfused_composition() {
+    // 150 queries: the fused reference takes its scores 64 rows at a time (two whole blocks
+    // and a ragged one), with MLA's rope pair and the causal mask shifted by 10 extra keys.
+    let (b, s, t, h, hk, d, r, hv, dv) = (1, 150, 160, 2, 1, 8, 4, 2, 6);
+    let q = values(b * s * h * d, 51);
+    let k = values(b * t * hk * d, 52);
+    let q_pe = values(b * s * h * r, 53);
+    let k_pe = values(b * t * r, 54);
+    let v = values(b * t * hv * dv, 55);
+    let scores = ScoreDims {
+        batch: b,
+        q_len: s,
+        kv_len: t,
+        heads: h,
+        kv_heads: hk,
+        head_dim: d,
+    };
+    let pe = RopeOperands {
+        q_pe: &q_pe,
+        k_pe: &k_pe,
+        kv_heads: 1,
+        dim: r,
+    };
+    let dims = AttentionDims {
+        scores,
+        v_heads: hv,
+        v_dim: dv,
+    };
+    let fused = attention(&q, &k, &v, dims, Some(pe), 0.3, true, FloatFormat::F32).unwrap();
+    let p = attn_scores(&q, &k, scores, Some(pe), 0.3, true).unwrap();
+    let p = softmax(&p, &[b, h, s, t], 3).unwrap();
+    let vdims = ValueDims {
+        batch: b,
+        q_len: s,
+        kv_len: t,
+        heads: h,
+        v_heads: hv,
+        v_dim: dv,
+    };
+    let want: Vec<f64> = attn_values(&p, &v, vdims)
+        .unwrap()
+        .iter()
+        .map(|&x| f64::from(x))
+        .collect();
+    close(&fused, &want, 1e-5);
+}
+
+#[test]
 fn attention_matches_naive_loops() {
     let (b, s, t, h, hk, d, r, hv, dv) = (2, 5, 7, 6, 3, 8, 4, 2, 5);
     let q = values(b * s * h * d, 41);

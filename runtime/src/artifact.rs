@@ -300,6 +300,7 @@ pub fn check_manifest(manifest: &Manifest, graph: &Graph) -> Vec<String> {
                 step.grid, step.block
             ));
         }
+        problems.extend(launch_beyond_limits(&at, &step.grid, &step.block));
         let mapped = |name: &str| {
             let tensor = *tensors.get(name)?;
             Some(MappedTensor {
@@ -308,6 +309,35 @@ pub fn check_manifest(manifest: &Manifest, graph: &Graph) -> Vec<String> {
             })
         };
         problems.extend(tensor_maps::check_step(i, step, &manifest.target, &mapped));
+    }
+    problems
+}
+
+/// The ways a launch of `grid` blocks of `block` threads exceeds what the GPUs allow (no GPU
+/// would run it; the CPU must not pretend it could).
+fn launch_beyond_limits(at: &str, grid: &[u32; 3], block: &[u32; 3]) -> Vec<String> {
+    use dsc_kernels::manifest::launch_limits::{MAX_BLOCK, MAX_GRID, MAX_THREADS_PER_BLOCK};
+    let mut problems = Vec::new();
+    let threads: u64 = block.iter().map(|&d| u64::from(d)).product();
+    if threads > MAX_THREADS_PER_BLOCK {
+        problems.push(format!(
+            "{at}: block {block:?} has {threads} threads, more than the \
+             {MAX_THREADS_PER_BLOCK} a block may have"
+        ));
+    }
+    for (i, axis) in ["x", "y", "z"].iter().enumerate() {
+        if u64::from(block[i]) > MAX_BLOCK[i] {
+            problems.push(format!(
+                "{at}: block {block:?} has {} threads along {axis}, more than {}",
+                block[i], MAX_BLOCK[i]
+            ));
+        }
+        if u64::from(grid[i]) > MAX_GRID[i] {
+            problems.push(format!(
+                "{at}: grid {grid:?} has {} blocks along {axis}, more than {}",
+                grid[i], MAX_GRID[i]
+            ));
+        }
     }
     problems
 }

@@ -121,10 +121,14 @@ fn finds_steps_that_name_unknown_things() {
         bytes: 0,
         tensor_maps: Vec::new(),
     };
+    let mut too_wide = step("k0", &op, &["x", "x"]);
+    too_wide.block = [4096, 1, 1];
+    too_wide.grid = [1 << 31, 65536, 1];
     manifest.steps = vec![
         step("k0", &op, &["x", "nowhere"]),
         step("k1", &op, &[]),
         step("k0", "no_such_op", &["x"]),
+        too_wide,
     ];
     let ptx = ".visible .entry k0(\n.param .u64 a\n)".to_string();
     let problems = mismatch(Artifact::from_parts(
@@ -142,6 +146,25 @@ fn finds_steps_that_name_unknown_things() {
     assert!(all.contains("no op of that name"), "{all}");
     assert!(all.contains("1 arguments for kernel `k0` of 2"), "{all}");
     assert!(!all.contains("not an entry"), "{all}");
+    // A launch no GPU allows is refused whatever the device.
+    assert!(
+        all.contains("block [4096, 1, 1] has 4096 threads, more than the 1024 a block may have"),
+        "{all}"
+    );
+    assert!(
+        all.contains("has 4096 threads along x, more than 1024"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "grid [2147483648, 65536, 1] has 2147483648 blocks along x, more than 2147483647"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains("has 65536 blocks along y, more than 65535"),
+        "{all}"
+    );
     let problems = mismatch(Artifact::from_parts(
         "d".into(),
         manifest,

@@ -149,7 +149,7 @@ fn peak_intermediates(graph: &Graph) -> u64 {
             owned[r.index()] = true;
             live = live.saturating_add(host_bytes(graph, r));
         }
-        peak = peak.max(live);
+        peak = peak.max(live.saturating_add(scratch_bytes(graph, op)));
         for &v in &op.operands {
             let left = &mut remaining[v.index()];
             *left = left.saturating_sub(1);
@@ -160,6 +160,21 @@ fn peak_intermediates(graph: &Graph) -> u64 {
         }
     }
     peak
+}
+
+/// What a CPU reference allocates for itself while it runs `op`, beyond its results: the FP8
+/// block GEMM decodes both operands' codes to f32 (4 bytes for each 1-byte code). (The fused
+/// attention holds a block of rows' scores per thread, at most 16 MiB, and nothing else is
+/// that large.)
+fn scratch_bytes(graph: &Graph, op: &dsc_ir::Op) -> u64 {
+    let codes = match (op.fp8_gemm_operands(), op.fp8_partials_operands()) {
+        (Ok(o), _) => [o.x, o.w],
+        (_, Ok(o)) => [o.x, o.w],
+        _ => return 0,
+    };
+    codes.iter().fold(0u64, |acc, &v| {
+        acc.saturating_add(graph.ty(v).shape.numel().saturating_mul(4))
+    })
 }
 
 /// The memory this process can still allocate, when the system says: `MemAvailable` of

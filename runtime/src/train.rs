@@ -9,6 +9,7 @@
 
 use crate::RuntimeError;
 use crate::cpu::{self, CpuOptions};
+use crate::host_memory::{MemoryNeed, available_bytes};
 use crate::session::Session;
 use crate::step_profile::StepProfile;
 use crate::tensor::{HostData, HostTensor};
@@ -56,6 +57,12 @@ fn tensor_err(message: String) -> RuntimeError {
 impl<'a> Trainer<'a> {
     /// A trainer on the CPU backend at step 0 with `weights` (FP32 masters) and zero moments.
     pub fn new(graph: Graph, weights: Weights, options: CpuOptions) -> Result<Self, RuntimeError> {
+        // Checked before anything is allocated, as a CPU session checks its model: a step too
+        // large for the machine is an error saying both numbers, not an aborted process. The
+        // moments are held twice, in the trainer and as the step's inputs.
+        let mut need = MemoryNeed::cpu(&graph);
+        need.inputs = need.inputs.saturating_mul(2);
+        need.check("cpu", available_bytes())?;
         Self::with_runner(graph, weights, Runner::Cpu(options))
     }
 

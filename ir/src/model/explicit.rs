@@ -93,10 +93,24 @@ pub fn build(root: &Table, model: &Table, high: DType) -> Result<Graph, ModelErr
         let mut ins = Vec::with_capacity(op.inputs.len());
         for n in &op.inputs {
             // Every name resolved above and is built before its readers.
-            ins.push(b.lookup(n.value).ok_or_else(|| {
+            let v = b.lookup(n.value).ok_or_else(|| {
                 op.table
                     .error(n.at, format!("`{}` is not built yet", n.value))
-            })?);
+            })?;
+            // A cast converts between the kernels' floats only: an id is read by the ops that
+            // index with it (embedding, moe routing), never converted.
+            let from = b.graph().ty(v).dtype;
+            if op.kind == OpKind::Cast && !from.is_kernel_float() {
+                return Err(op.table.error(
+                    n.at,
+                    format!(
+                        "cast `{}` reads `{}`, which is {from}: no GPU kernel casts from {from} \
+                         (a cast converts between f32 and bf16)",
+                        op.name.value, n.value
+                    ),
+                ));
+            }
+            ins.push(v);
         }
         explicit_op::build_op(
             &mut b,

@@ -107,60 +107,126 @@ pub fn attn_scores(
     scale: f64,
     causal: bool,
 ) -> Result<Vec<f32>, OpError> {
+    let scores = Scores::new(q, k, dims, pe, scale, causal)?;
     let ScoreDims {
         batch: nb,
         q_len: s,
         kv_len: t,
         heads: h,
-        kv_heads: hk,
-        head_dim: d,
+        ..
     } = dims;
-    check_shape("q", q.len(), &[nb, s, h, d])?;
-    check_shape("k", k.len(), &[nb, t, hk, d])?;
-    let g = group("k", h, hk)?;
-    let g_pe = match &pe {
-        Some(p) => {
-            check_shape("q_pe", p.q_pe.len(), &[nb, s, h, p.dim])?;
-            check_shape("k_pe", p.k_pe.len(), &[nb, t, p.kv_heads, p.dim])?;
-            group("k_pe", h, p.kv_heads)?
-        }
-        None => 1,
-    };
-    if causal && t < s {
-        return Err(OpError::Shape(format!(
-            "causal attention needs at least as many keys ({t}) as queries ({s})"
-        )));
-    }
     let mut out = vec![0.0f32; nb * h * s * t];
     if out.is_empty() {
         return Ok(out);
     }
-    // HF multiplies the f32 product by the Python float scale: scale rounded to f32.
-    let scale = scale as f32;
-    let offset = t - s.min(t);
-    out.par_chunks_mut(s * t).enumerate().for_each(|(i, o)| {
-        let (b, hh) = (i / h, i % h);
-        // q[b, s, hh, :] as the s × d lhs; k[b, t, kv, :] as the d × t rhs.
+    out.par_chunks_mut(s * t)
+        .enumerate()
+        .for_each(|(i, o)| scores.rows(i / h, i % h, 0, s, o));
+    Ok(out)
+}
+
+/// The checked operands of [`attn_scores`], which compute any rows of one (batch, head)'s
+/// scores: the fused [`attention`] takes them a block of rows at a time, so that it never
+/// holds a `[q_len, kv_len]` matrix.
+struct Scores<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    dims: ScoreDims,
+    pe: Option<RopeOperands<'a>>,
+    /// HF multiplies the f32 product by the Python float scale: scale rounded to f32.
+    scale: f32,
+    causal: bool,
+    /// Query heads per key head, of k and of k_pe.
+    g: usize,
+    g_pe: usize,
+}
+
+impl<'a> Scores<'a> {
+    fn new(
+        q: &'a [f32],
+        k: &'a [f32],
+        dims: ScoreDims,
+        pe: Option<RopeOperands<'a>>,
+        scale: f64,
+        causal: bool,
+    ) -> Result<Self, OpError> {
+        let ScoreDims {
+            batch: nb,
+            q_len: s,
+            kv_len: t,
+            heads: h,
+            kv_heads: hk,
+            head_dim: d,
+        } = dims;
+        check_shape("q", q.len(), &[nb, s, h, d])?;
+        check_shape("k", k.len(), &[nb, t, hk, d])?;
+        let g = group("k", h, hk)?;
+        let g_pe = match &pe {
+            Some(p) => {
+                check_shape("q_pe", p.q_pe.len(), &[nb, s, h, p.dim])?;
+                check_shape("k_pe", p.k_pe.len(), &[nb, t, p.kv_heads, p.dim])?;
+                group("k_pe", h, p.kv_heads)?
+            }
+            None => 1,
+        };
+        if causal && t < s {
+            return Err(OpError::Shape(format!(
+                "causal attention needs at least as many keys ({t}) as queries ({s})"
+            )));
+        }
+        Ok(Scores {
+            q,
+            k,
+            dims,
+            pe,
+            scale: scale as f32,
+            causal,
+            g,
+            g_pe,
+        })
+    }
+
+    /// Rows `s0 .. s0 + rows` of batch `b`, head `hh`'s scores into `o` (`rows × kv_len`).
+    fn rows(&self, b: usize, hh: usize, s0: usize, rows: usize, o: &mut [f32]) {
+        let ScoreDims {
+            q_len: s,
+            kv_len: t,
+            heads: h,
+            kv_heads: hk,
+            head_dim: d,
+            ..
+        } = self.dims;
+        // q[b, s0.., hh, :] as the rows × d lhs; k[b, t, kv, :] as the d × t rhs.
         let qv = View {
-            offset: (b * s * h + hh) * d,
+            offset: ((b * s + s0) * h + hh) * d,
             rs: h * d,
             cs: 1,
         };
         let kv = View {
-            offset: (b * t * hk + hh / g) * d,
+            offset: (b * t * hk + hh / self.g) * d,
             rs: 1,
             cs: hk * d,
         };
-        gemm_into(o, View::rows(0, t), false, q, qv, k, kv, (s, t, d), false);
-        if let Some(p) = &pe {
+        gemm_into(
+            o,
+            View::rows(0, t),
+            false,
+            self.q,
+            qv,
+            self.k,
+            kv,
+            (rows, t, d),
+            false,
+        );
+        if let Some(p) = &self.pe {
             let (r, hp) = (p.dim, p.kv_heads);
             let qpv = View {
-                offset: (b * s * h + hh) * r,
+                offset: ((b * s + s0) * h + hh) * r,
                 rs: h * r,
                 cs: 1,
             };
             let kpv = View {
-                offset: (b * t * hp + hh / g_pe) * r,
+                offset: (b * t * hp + hh / self.g_pe) * r,
                 rs: 1,
                 cs: hp * r,
             };
@@ -172,21 +238,22 @@ pub fn attn_scores(
                 qpv,
                 p.k_pe,
                 kpv,
-                (s, t, r),
+                (rows, t, r),
                 false,
             );
         }
+        let offset = t - s.min(t);
         for (si, row) in o.chunks_mut(t).enumerate() {
+            let si = s0 + si;
             for (ti, v) in row.iter_mut().enumerate() {
-                *v = if causal && ti > si + offset {
+                *v = if self.causal && ti > si + offset {
                     f32::NEG_INFINITY
                 } else {
-                    *v * scale
+                    *v * self.scale
                 };
             }
         }
-    });
-    Ok(out)
+    }
 }
 
 /// `out[b, s, h, :] = Σ_t p[b, h, s, t] · v[b, t, h/g, :]` → `[batch, q_len, heads, v_dim]`,
@@ -302,6 +369,10 @@ impl AttentionDims {
     }
 }
 
+/// Query rows whose scores the fused [`attention`] holds at once per (batch, head), as the GPU
+/// kernel's block of 64 queries (fewer when the rows are longer than 2^16 keys).
+const ATTENTION_ROW_BLOCK: usize = 64;
+
 /// Fused attention `softmax(scores) · v` → `[batch, q_len, heads, v_dim]` (f32, before the
 /// output's rounding), computed as FlashAttention does and with its rounding points: scores as
 /// [`attn_scores`] (f32 dot products times the f32 scale, causal keys −inf); then per row,
@@ -330,48 +401,56 @@ pub fn attention(
     let (hv, dv) = (dims.v_heads, dims.v_dim);
     check_shape("v", v.len(), &[nb, t, hv, dv])?;
     let g = group("v", h, hv)?;
-    let scores = attn_scores(q, k, dims.scores, pe, scale, causal)?;
+    let scores = Scores::new(q, k, dims.scores, pe, scale, causal)?;
     let mut out = vec![0.0f32; nb * s * h * dv];
     if out.is_empty() || t == 0 {
         return Ok(out);
     }
+    // A block of query rows' scores at a time (at most 2^22 floats), never all of them.
+    let block_rows = ATTENTION_ROW_BLOCK.min((1 << 22) / t).clamp(1, s.max(1));
     let blocks: Vec<Vec<f32>> = (0..nb * h)
         .into_par_iter()
         .map(|i| {
             let (b, hh) = (i / h, i % h);
             let mut o = vec![0.0f32; s * dv];
-            for (si, row) in scores[i * s * t..][..s * t].chunks(t).enumerate() {
-                let o = &mut o[si * dv..][..dv];
-                let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
-                for (tile, start) in row
-                    .chunks(ATTENTION_KV_TILE)
-                    .zip((0..).step_by(ATTENTION_KV_TILE))
-                {
-                    let tile_max = tile.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    if tile_max == f32::NEG_INFINITY {
-                        continue;
-                    }
-                    let m_new = m.max(tile_max);
-                    let alpha = (m - m_new).exp();
-                    let mut sum = 0.0f32;
-                    for x in o.iter_mut() {
-                        *x *= alpha;
-                    }
-                    for (j, &x) in tile.iter().enumerate() {
-                        let p = (x - m_new).exp();
-                        sum += p;
-                        let p = probs.round(p);
-                        let row = ((b * t + start + j) * hv + hh / g) * dv;
-                        for (x, &vv) in o.iter_mut().zip(&v[row..row + dv]) {
-                            *x += p * vv;
+            let mut block = vec![0.0f32; block_rows * t];
+            for s0 in (0..s).step_by(block_rows) {
+                let rows = block_rows.min(s - s0);
+                scores.rows(b, hh, s0, rows, &mut block[..rows * t]);
+                for (si, row) in block[..rows * t].chunks(t).enumerate() {
+                    let si = s0 + si;
+                    let o = &mut o[si * dv..][..dv];
+                    let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f32);
+                    for (tile, start) in row
+                        .chunks(ATTENTION_KV_TILE)
+                        .zip((0..).step_by(ATTENTION_KV_TILE))
+                    {
+                        let tile_max = tile.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        if tile_max == f32::NEG_INFINITY {
+                            continue;
                         }
+                        let m_new = m.max(tile_max);
+                        let alpha = (m - m_new).exp();
+                        let mut sum = 0.0f32;
+                        for x in o.iter_mut() {
+                            *x *= alpha;
+                        }
+                        for (j, &x) in tile.iter().enumerate() {
+                            let p = (x - m_new).exp();
+                            sum += p;
+                            let p = probs.round(p);
+                            let row = ((b * t + start + j) * hv + hh / g) * dv;
+                            for (x, &vv) in o.iter_mut().zip(&v[row..row + dv]) {
+                                *x += p * vv;
+                            }
+                        }
+                        l = l * alpha + sum;
+                        m = m_new;
                     }
-                    l = l * alpha + sum;
-                    m = m_new;
-                }
-                if l > 0.0 {
-                    for x in o.iter_mut() {
-                        *x /= l;
+                    if l > 0.0 {
+                        for x in o.iter_mut() {
+                            *x /= l;
+                        }
                     }
                 }
             }
