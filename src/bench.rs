@@ -6,6 +6,7 @@
 
 use crate::cli::{BenchArgs, DeviceArg};
 use crate::diagnostic::Diagnostic;
+use crate::output_file::{Input, check_output_file};
 use crate::run::{WeightsSource, open_session, runtime_error, session_options};
 use dsc_runtime::inputs::random_inputs;
 use dsc_runtime::{Artifact, ModeledTiming, StepTiming};
@@ -36,6 +37,13 @@ pub fn run(args: &BenchArgs) -> Result<(), Diagnostic> {
                  (a median over {MAX_ITERATIONS} is as steady as it gets)"
             )));
         }
+    }
+    if let Some(path) = &args.json {
+        let mut inputs = vec![Input::new("the artifact", &args.dir)];
+        if let Some(p) = &args.weights {
+            inputs.push(Input::new("the --weights checkpoint", p));
+        }
+        check_output_file("--json", path, &inputs)?;
     }
     let artifact = Artifact::load(&args.dir).map_err(runtime_error)?;
     // Every artifact dsc compile writes has one, whatever device runs it.

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::cli::EmulateArgs;
 use crate::diagnostic::{Diagnostic, read_text};
+use crate::output_file::{Input, check_distinct, check_output_file};
 
 /// A buffer read from `--buffers`: its bytes, and its dtype and shape to write it back with.
 struct Buffer {
@@ -62,6 +63,21 @@ struct EmulateJson<'a> {
 
 /// Runs the launch and writes what was asked.
 pub fn run(args: &EmulateArgs) -> Result<(), Diagnostic> {
+    let mut inputs = vec![
+        Input::new("the PTX", &args.ptx),
+        Input::new("the --launch file", &args.launch),
+    ];
+    if let Some(p) = &args.buffers {
+        inputs.push(Input::new("the --buffers file", p));
+    }
+    let outputs: Vec<(&str, &Path)> = [("--output", &args.output), ("--json", &args.json)]
+        .into_iter()
+        .filter_map(|(flag, p)| Some((flag, p.as_deref()?)))
+        .collect();
+    for (flag, path) in &outputs {
+        check_output_file(flag, path, &inputs)?;
+    }
+    check_distinct(&outputs, &[])?;
     let launch_text = read_text(&args.launch)?;
     let launch = LaunchFile::parse(&launch_text)
         .map_err(|e| Diagnostic::new(format!("{}: {e}", args.launch.display())))?;

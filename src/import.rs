@@ -3,6 +3,7 @@
 
 use crate::cli::{HfShapeArgs, ImportArgs};
 use crate::diagnostic::{Diagnostic, read_text};
+use crate::output_file::{Input, check_output_file};
 use dsc_ir::model::hf::{self, DEFAULT_BATCH, DEFAULT_SEQ_LEN, ImportOptions, Imported};
 use std::path::{Path, PathBuf};
 
@@ -61,6 +62,19 @@ pub fn import_config(config: &Path, shape: &HfShapeArgs) -> Result<Imported, Dia
 
 /// Writes the model.toml to `-o` or stdout.
 pub fn run(args: &ImportArgs) -> Result<(), Diagnostic> {
+    if let Some(path) = &args.output {
+        let what = if args.config.is_dir() {
+            "the checkpoint"
+        } else {
+            "the config"
+        };
+        let mut inputs = vec![Input::new(what, &args.config)];
+        let checkpoint = crate::output_file::checkpoint_of_config(&args.config);
+        if let Some(dir) = &checkpoint {
+            inputs.push(Input::new("the config's checkpoint", dir));
+        }
+        check_output_file("-o", path, &inputs)?;
+    }
     let config = hf_config(&args.config).unwrap_or_else(|| args.config.clone());
     let imported = import_config(&config, &args.shape)?;
     match &args.output {

@@ -9,6 +9,7 @@ mod diagnostic;
 mod emulate;
 mod import;
 mod opt;
+mod output_file;
 mod pipeline;
 mod quantize_weights;
 mod report;

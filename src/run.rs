@@ -3,6 +3,7 @@
 
 use crate::cli::{AccumulatorArg, DeviceArg, RunArgs};
 use crate::diagnostic::Diagnostic;
+use crate::output_file::{Input, check_output_file};
 use dsc_kernels::Accumulator;
 use dsc_runtime::inputs::{random_inputs, read_inputs};
 use dsc_runtime::{
@@ -75,6 +76,17 @@ pub fn open_session<'a>(
 
 /// Runs the model in `args.dir`.
 pub fn run(args: &RunArgs) -> Result<(), Diagnostic> {
+    // Before the run: the outputs must not replace what it reads, nor fail to be written.
+    if let Some(path) = &args.output {
+        let mut inputs = vec![Input::new("the artifact", &args.dir)];
+        if let Some(p) = &args.inputs {
+            inputs.push(Input::new("the --inputs file", p));
+        }
+        if let Some(p) = &args.weights {
+            inputs.push(Input::new("the --weights checkpoint", p));
+        }
+        check_output_file("--output", path, &inputs)?;
+    }
     let artifact = Artifact::load(&args.dir).map_err(runtime_error)?;
     // Every artifact dsc compile writes has one, whatever device runs it.
     artifact.require_launch_plan().map_err(runtime_error)?;

@@ -6,6 +6,7 @@
 
 use crate::cli::{DeviceArg, RecipeArg, TrainArgs};
 use crate::diagnostic::{Diagnostic, read_text};
+use crate::output_file::{Input, check_distinct, check_output_file};
 use crate::train_checkpoint::{self, CheckpointWriter, RunInfo, TrainState};
 use crate::train_data::TokenData;
 use crate::train_routing::RoutingProbe;
@@ -27,6 +28,29 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             "--device auto is not a training device: say cpu, emu or cuda[:N]",
         ));
     }
+    // The log and the gradients file, before anything is built: neither may replace what the
+    // run reads, nor each other, nor lie in the --save directory, nor fail to be written.
+    let checkpoint = crate::output_file::checkpoint_of_config(&args.model);
+    let inputs: Vec<Input> = [
+        ("the model", Some(&args.model)),
+        ("the model's checkpoint", checkpoint.as_ref()),
+        ("the --data file", args.data.as_ref()),
+        ("the --inputs file", args.inputs.as_ref()),
+        ("the --weights checkpoint", args.weights.as_ref()),
+        ("the --resume checkpoint", args.resume.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(what, p)| Some(Input::new(what, p?)))
+    .collect();
+    let outputs: Vec<(&str, &Path)> = [("--log", &args.log), ("--save-grads", &args.save_grads)]
+        .into_iter()
+        .filter_map(|(flag, p)| Some((flag, p.as_deref()?)))
+        .collect();
+    for (flag, path) in &outputs {
+        check_output_file(flag, path, &inputs)?;
+    }
+    let save: Vec<(&str, &Path)> = args.save.iter().map(|d| ("--save", d.as_path())).collect();
+    check_distinct(&outputs, &save)?;
     let (forward, mut config) = load(args)?;
     if let Some(r) = args.recipe {
         config.recipe = match r {

@@ -424,3 +424,304 @@ fn a_long_cycle_is_reported_in_a_readable_line() {
         "{first}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Single-file outputs (`run --output`, `bench --json`, `train --log`/`--save-grads`,
+// `import -o`, `emulate --output`/`--json`, `opt -o`): checked before any work.
+
+/// `dsc ARGS` must fail with every one of `words` in its message, each file of `kept` byte for
+/// byte as before; returns stderr.
+fn refused(args: &[&str], words: &[&str], kept: &[&Path]) -> String {
+    let before: Vec<Vec<u8>> = kept.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let e = fails(args);
+    for w in words {
+        assert!(e.contains(w), "{args:?}: {w:?} not in {e}");
+    }
+    for (p, b) in kept.iter().zip(before) {
+        assert_eq!(
+            std::fs::read(p).unwrap(),
+            b,
+            "{args:?}: {} changed",
+            p.display()
+        );
+    }
+    e
+}
+
+/// A file of `text` at `tmp/name`.
+fn file(tmp: &TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = tmp.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn run_and_bench_outputs_never_replace_an_input() {
+    let tmp = TempDir::new("bad-run-output");
+    let art = mlp(&tmp, "art");
+    let manifest = art.join("manifest.json");
+    let weights = file(&tmp, "w.safetensors", "weights");
+    let inputs = file(&tmp, "in.safetensors", "inputs");
+    let ckpt = tmp.join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    let shard = ckpt.join("model.safetensors");
+    std::fs::write(&shard, "shard").unwrap();
+    let (a, w, i, c) = (s(&art), s(&weights), s(&inputs), s(&ckpt));
+    // The weights, spelled as given and through `sub/..`.
+    std::fs::create_dir(tmp.join("sub")).unwrap();
+    let around = s(&tmp.join("sub/../w.safetensors"));
+    for out in [&w, &around] {
+        let e = refused(
+            &[
+                "run",
+                &a,
+                "--device",
+                "cpu",
+                "--weights",
+                &w,
+                "--output",
+                out,
+            ],
+            &[&format!("--output {out} is the --weights checkpoint {w}")],
+            &[&weights],
+        );
+        assert!(e.contains("choose another file"), "{e}");
+    }
+    refused(
+        &[
+            "run",
+            &a,
+            "--random-weights",
+            "0",
+            "--inputs",
+            &i,
+            "--output",
+            &i,
+        ],
+        &[&format!("--output {i} is the --inputs file {i}")],
+        &[&inputs],
+    );
+    // A file of the artifact, or a new one inside it.
+    let m = s(&manifest);
+    refused(
+        &["run", &a, "--random-weights", "0", "--output", &m],
+        &[&format!("--output {m} is a file of the artifact {a}")],
+        &[&manifest],
+    );
+    let new = s(&art.join("out.safetensors"));
+    refused(
+        &["run", &a, "--random-weights", "0", "--output", &new],
+        &[&format!("--output {new} is inside the dsc artifact")],
+        &[&manifest],
+    );
+    assert!(!art.join("out.safetensors").exists());
+    // A checkpoint shard of --weights.
+    let sh = s(&shard);
+    refused(
+        &["run", &a, "--weights", &c, "--output", &sh],
+        &[&format!(
+            "--output {sh} is a file of the --weights checkpoint {c}"
+        )],
+        &[&shard],
+    );
+    // bench --json onto its inputs.
+    refused(
+        &["bench", &a, "--weights", &w, "--json", &w],
+        &[&format!("--json {w} is the --weights checkpoint {w}")],
+        &[&weights],
+    );
+    refused(
+        &["bench", &a, "--json", &m],
+        &[&format!("--json {m} is a file of the artifact {a}")],
+        &[&manifest],
+    );
+    // Places that cannot be written fail at once, not after the run.
+    let nodir = s(&tmp.join("nodir/x.safetensors"));
+    refused(
+        &["run", &a, "--random-weights", "0", "--output", &nodir],
+        &[
+            &format!("--output {nodir}: the directory "),
+            "does not exist",
+        ],
+        &[],
+    );
+    let t = s(&tmp.join("sub"));
+    refused(
+        &["bench", &a, "--iters", "1", "--json", &t],
+        &[&format!("--json {t} names a directory")],
+        &[],
+    );
+    // A new file elsewhere is written.
+    let fresh = tmp.join("out.safetensors");
+    ok(&[
+        "run",
+        &a,
+        "--device",
+        "cpu",
+        "--random-weights",
+        "0",
+        "--output",
+        &s(&fresh),
+    ]);
+    assert!(fresh.is_file());
+}
+
+#[test]
+fn train_outputs_never_replace_an_input() {
+    let tmp = TempDir::new("bad-train-output");
+    let model = tmp.join("m.toml");
+    std::fs::copy(root().join("tests/train/tiny-llama.toml"), &model).unwrap();
+    let data = crate::support::word_corpus(&tmp);
+    let corpus = Path::new(&data).to_path_buf();
+    let m = s(&model);
+    let train = |extra: &[&str], words: &[&str], kept: &[&Path]| {
+        let mut args = vec!["train", &m, "--data", &data, "--steps", "1"];
+        args.extend_from_slice(extra);
+        refused(&args, words, kept)
+    };
+    train(
+        &["--log", &m],
+        &[&format!("--log {m} is the model {m} this command reads")],
+        &[&model],
+    );
+    train(
+        &["--save-grads", &m],
+        &[&format!("--save-grads {m} is the model {m}")],
+        &[&model],
+    );
+    train(
+        &["--log", &data],
+        &[&format!("--log {data} is the --data file {data}")],
+        &[&corpus],
+    );
+    // Through a symlink to the model.
+    let link = tmp.join("link.csv");
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    let l = s(&link);
+    train(
+        &["--log", &l],
+        &[&format!("--log {l} is the model {m}")],
+        &[&model],
+    );
+    // Two outputs on one path.
+    let x = s(&tmp.join("x.out"));
+    train(
+        &["--log", &x, "--save-grads", &x],
+        &[&format!("--log {x} and --save-grads {x} are the same file")],
+        &[],
+    );
+    assert!(!tmp.join("x.out").exists());
+    // A directory, or a directory that does not exist.
+    let t = s(&tmp.join("sub-dir"));
+    std::fs::create_dir(tmp.join("sub-dir")).unwrap();
+    train(
+        &["--log", &t],
+        &[&format!("--log {t} names a directory")],
+        &[],
+    );
+    let nodir = s(&tmp.join("nodir/log.csv"));
+    train(
+        &["--log", &nodir],
+        &[&format!("--log {nodir}: the directory ")],
+        &[],
+    );
+    // A checkpoint directory as the model: its config.json.
+    let ckpt = tmp.join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    let config = file(&tmp, "ckpt/config.json", LLAMA);
+    let (c, cj) = (s(&ckpt), s(&config));
+    refused(
+        &["train", &c, "--data", &data, "--steps", "1", "--log", &cj],
+        &[&format!("--log {cj} is a file of the model {c}")],
+        &[&config],
+    );
+    // The model as CKPT/config.json: a shard beside it.
+    let shard = file(&tmp, "ckpt/model.safetensors", "shard");
+    let sh = s(&shard);
+    refused(
+        &[
+            "train",
+            &cj,
+            "--data",
+            &data,
+            "--steps",
+            "1",
+            "--save-grads",
+            &sh,
+        ],
+        &[&format!(
+            "--save-grads {sh} is a file of the model's checkpoint {c}"
+        )],
+        &[&shard],
+    );
+    // The --resume checkpoint's files.
+    let state = file(&tmp, "ckpt/train_state.json", "{}");
+    let st = s(&state);
+    refused(
+        &["train", &m, "--data", &data, "--resume", &c, "--log", &st],
+        &[&format!(
+            "--log {st} is a file of the --resume checkpoint {c}"
+        )],
+        &[&state],
+    );
+}
+
+#[test]
+fn import_emulate_and_opt_outputs_never_replace_an_input() {
+    let tmp = TempDir::new("bad-import-output");
+    let hf = tmp.join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    let config = file(&tmp, "hf/config.json", LLAMA);
+    let (h, cj) = (s(&hf), s(&config));
+    refused(
+        &["import", &cj, "-o", &cj],
+        &[&format!("-o {cj} is the config {cj} this command reads")],
+        &[&config],
+    );
+    refused(
+        &["import", &h, "-o", &cj],
+        &[&format!("-o {cj} is a file of the checkpoint {h}")],
+        &[&config],
+    );
+    // A new file beside the config is fine; a shard of its checkpoint is not replaced.
+    ok(&["import", &cj, "-o", &s(&hf.join("model.toml"))]);
+    let shard = file(&tmp, "hf/model.safetensors", "shard");
+    let sh = s(&shard);
+    refused(
+        &["import", &cj, "-o", &sh],
+        &[&format!("-o {sh} is a file of the config's checkpoint {h}")],
+        &[&shard],
+    );
+
+    let ptx = file(&tmp, "k.ptx", "ptx");
+    let launch = file(&tmp, "launch.json", "{}");
+    let (p, l) = (s(&ptx), s(&launch));
+    refused(
+        &["emulate", &p, "--launch", &l, "--output", &l],
+        &[&format!("--output {l} is the --launch file {l}")],
+        &[&launch],
+    );
+    refused(
+        &["emulate", &p, "--launch", &l, "--json", &p],
+        &[&format!("--json {p} is the PTX {p}")],
+        &[&ptx],
+    );
+    let x = s(&tmp.join("x"));
+    refused(
+        &["emulate", &p, "--launch", &l, "--output", &x, "--json", &x],
+        &[&format!("--output {x} and --json {x} are the same file")],
+        &[],
+    );
+
+    // opt rewrites its input in place on request, but not into a missing directory.
+    let art = mlp(&tmp, "art");
+    let graph = tmp.join("one.dsc");
+    std::fs::copy(art.join("graph.dsc"), &graph).unwrap();
+    ok(&["opt", &s(&graph), "-o", &s(&graph)]);
+    let nodir = s(&tmp.join("nodir/one.dsc"));
+    refused(
+        &["opt", &s(&graph), "-o", &nodir],
+        &[&format!("-o {nodir}: the directory ")],
+        &[&graph],
+    );
+}
