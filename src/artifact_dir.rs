@@ -61,6 +61,12 @@ pub fn check_replaceable(dir: &Path, inputs: &[&Path]) -> Result<(), Diagnostic>
         ))
     };
     let manifest = dir.join(files::MANIFEST);
+    if manifest.exists() && !manifest.is_file() {
+        return Err(not_an_artifact(format!(
+            "its {} is not a file",
+            files::MANIFEST
+        )));
+    }
     if !manifest.is_file() {
         return Err(not_an_artifact(format!("it has no {}", files::MANIFEST)));
     }

@@ -33,6 +33,19 @@ pub fn run(args: &CompileArgs) -> Result<(), Diagnostic> {
                 )));
             }
             let source = read_text(&args.model)?;
+            // Textual IR is not a model: say what takes it, rather than a TOML parse error.
+            let first_line = source
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'));
+            if first_line.is_some_and(|l| l.starts_with("graph ")) {
+                return Err(Diagnostic::new(format!(
+                    "{} is textual IR, not a model: `dsc compile` takes a model.toml, a \
+                     config.json or a checkpoint directory; run passes over IR with `dsc opt {}`",
+                    args.model.display(),
+                    args.model.display()
+                )));
+            }
             let located = |e| Diagnostic::located(&args.model, &source, e);
             train_config = dsc_ir::load_train_config(&source).map_err(located)?;
             // The training step's forward has the MTP modules too (the artifact does not).

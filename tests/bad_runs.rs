@@ -83,6 +83,51 @@ fn compile_replaces_only_a_dsc_artifact() {
     ok(&["compile", "examples/mlp.toml", "-o", &s(&empty)]);
     ok(&["compile", "examples/mlp.toml", "-o", &s(&empty)]);
     assert!(empty.join("manifest.json").is_file());
+
+    // A `manifest.json` dsc did not write does not make an artifact.
+    let web = tmp.join("web");
+    std::fs::create_dir(&web).unwrap();
+    std::fs::write(web.join("manifest.json"), r#"{"name": "web"}"#).unwrap();
+    std::fs::write(web.join("data.txt"), "keep").unwrap();
+    let e = fails(&["compile", "examples/mlp.toml", "-o", &s(&web)]);
+    assert!(
+        e.contains("is not a dsc artifact (its manifest.json is not one dsc wrote)"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(web.join("data.txt")).unwrap(),
+        "keep"
+    );
+
+    // An artifact with the user's files beside it: refused, naming the file; replaced once
+    // only the artifact is left.
+    std::fs::write(empty.join("notes.txt"), "mine").unwrap();
+    let e = fails(&["compile", "examples/mlp.toml", "-o", &s(&empty)]);
+    assert!(
+        e.contains("holds `notes.txt`, which dsc did not write"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(empty.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    std::fs::create_dir(empty.join("results")).unwrap();
+    std::fs::remove_file(empty.join("notes.txt")).unwrap();
+    let e = fails(&["compile", "examples/mlp.toml", "-o", &s(&empty)]);
+    assert!(
+        e.contains("holds `results`, which dsc did not write"),
+        "{e}"
+    );
+    std::fs::remove_dir(empty.join("results")).unwrap();
+    ok(&[
+        "compile",
+        "examples/mlp.toml",
+        "-o",
+        &s(&empty),
+        "--emit",
+        "mlir",
+    ]);
+    ok(&["compile", "examples/mlp.toml", "-o", &s(&empty)]);
 }
 
 #[test]

@@ -284,3 +284,18 @@ fn compile_of_a_model_with_train_prints_the_training_memory() {
     let saved = row("saved activation bytes / token");
     assert!(saved[0] < saved[1], "{stdout}");
 }
+
+#[test]
+fn compile_of_textual_ir_points_at_dsc_opt() {
+    let out = dsc(&["compile", "tests/opt/cse.dsc"]);
+    let (_, stderr) = streams(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: tests/opt/cse.dsc is textual IR, not a model: `dsc compile` takes a \
+             model.toml, a config.json or a checkpoint directory; run passes over IR with \
+             `dsc opt tests/opt/cse.dsc`"
+        ),
+        "{stderr}"
+    );
+}

@@ -120,8 +120,68 @@ fn describe(e: &SafeTensorError, buffer: &[u8]) -> String {
                 format!("truncated or corrupt: the header does not describe the file's {len} bytes")
             }
         },
-        other => format!("not a valid safetensors file: {other}"),
+        other => match inconsistent_tensor(buffer) {
+            Some(why) => format!("corrupt: {why}"),
+            None => format!("not a valid safetensors file: {other}"),
+        },
     }
+}
+
+/// The first tensor of the safetensors header of `buffer` whose data offsets do not hold its
+/// shape and dtype (the format's parser says only that one does not), in words.
+fn inconsistent_tensor(buffer: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(buffer.get(..8)?.try_into().ok()?)).ok()?;
+    let header: serde_json::Value =
+        serde_json::from_slice(buffer.get(8..8usize.checked_add(n)?)?).ok()?;
+    for (name, info) in header
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+    {
+        let dtype = info.get("dtype")?.as_str()?;
+        let size: u64 = match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+            "U16" | "I16" | "F16" | "BF16" => 2,
+            "U32" | "I32" | "F32" => 4,
+            "U64" | "I64" | "F64" => 8,
+            _ => return Some(format!("tensor `{name}` has the unknown dtype {dtype}")),
+        };
+        let shape: Option<Vec<u64>> = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect();
+        let Some(shape) = shape else {
+            return Some(format!(
+                "tensor `{name}` has a shape that is not a list of sizes"
+            ));
+        };
+        let offsets: Option<Vec<u64>> = info
+            .get("data_offsets")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect();
+        let (start, end) = match offsets.as_deref() {
+            Some(&[start, end]) if start <= end => (start, end),
+            _ => {
+                return Some(format!(
+                    "tensor `{name}` has data_offsets that are not [start, end]"
+                ));
+            }
+        };
+        let bytes = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
+        if bytes != Some(end - start) {
+            return Some(format!(
+                "tensor `{name}` is {shape:?} {dtype} ({} bytes), but its data_offsets span {} \
+                 bytes",
+                bytes.map_or("too many".to_string(), |b| b.to_string()),
+                end - start
+            ));
+        }
+    }
+    None
 }
 
 /// The first key the safetensors header of `buffer` has twice, when its header is JSON: the
@@ -437,6 +497,31 @@ mod tests {
         let empty = scratch_dir("ckpt-empty-dir");
         let e = message(Checkpoint::open(&empty));
         assert!(e.contains(INDEX_FILE) && e.contains(SINGLE_FILE), "{e}");
+    }
+
+    #[test]
+    fn a_tensor_whose_offsets_do_not_hold_its_shape_is_named() {
+        let dir = scratch_dir("ckpt-bad-shape");
+        let path = dir.join("w.safetensors");
+        write(&path, &[("a", &t(&[1.0, 2.0])), ("b", &t(&[3.0, 4.0]))]);
+        let bytes = std::fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        // `b` claims 3 elements in the bytes of 2 (the header keeps its length).
+        let damaged_header = header.replacen("[2]", "[3]", 2).replacen("[3]", "[2]", 1);
+        assert_ne!(damaged_header, header);
+        let mut damaged = bytes[..8].to_vec();
+        damaged.extend_from_slice(damaged_header.as_bytes());
+        damaged.extend_from_slice(&bytes[8 + n..]);
+        std::fs::write(&path, damaged).unwrap();
+        let e = message(Checkpoint::open(&path));
+        assert!(
+            e.contains("w.safetensors")
+                && e.contains(
+                    "tensor `b` is [3] BF16 (6 bytes), but its data_offsets span 4 bytes"
+                ),
+            "{e}"
+        );
     }
 
     #[test]
