@@ -133,17 +133,15 @@ fn rows_by_expert(
     Ok(rows_of)
 }
 
-/// The k-grouped Wgrad of `grouped_linear`: `dw[e] = Σ dy[t, j]ᵀ · x[t(, j)]` over the (token,
-/// slot) rows routed to expert `e`, one f32 GEMM per expert whose contracted dim is its rows
-/// (in row order); dy `[tokens, top_k, out_features]`, x as the forward's input, indices
-/// `[tokens, top_k]` → `[experts, out_features, in_features]`, zeros for an expert no token chose.
-pub fn grouped_linear_wgrad(
+/// The operands of a `grouped_linear_wgrad` checked against `dims`, and the rows routed to
+/// each expert, in row order.
+fn wgrad_rows(
     dy: &[f32],
     x: &[f32],
     input: GroupedInput,
     indices: &[i32],
     dims: GroupedDims,
-) -> Result<Vec<f32>, OpError> {
+) -> Result<Vec<Vec<usize>>, OpError> {
     let GroupedDims {
         tokens,
         top_k,
@@ -157,7 +155,28 @@ pub fn grouped_linear_wgrad(
         GroupedInput::PerSlot => check_shape("x", x.len(), &[tokens, top_k, kk])?,
     }
     check_shape("indices", indices.len(), &[tokens, top_k])?;
-    let rows_of = rows_by_expert("grouped_linear_wgrad", indices, top_k, experts)?;
+    rows_by_expert("grouped_linear_wgrad", indices, top_k, experts)
+}
+
+/// The k-grouped Wgrad of `grouped_linear`: `dw[e] = Σ dy[t, j]ᵀ · x[t(, j)]` over the (token,
+/// slot) rows routed to expert `e`, one f32 GEMM per expert whose contracted dim is its rows
+/// (in row order); dy `[tokens, top_k, out_features]`, x as the forward's input, indices
+/// `[tokens, top_k]` → `[experts, out_features, in_features]`, zeros for an expert no token chose.
+pub fn grouped_linear_wgrad(
+    dy: &[f32],
+    x: &[f32],
+    input: GroupedInput,
+    indices: &[i32],
+    dims: GroupedDims,
+) -> Result<Vec<f32>, OpError> {
+    let GroupedDims {
+        top_k,
+        experts,
+        out_features: n,
+        in_features: kk,
+        ..
+    } = dims;
+    let rows_of = wgrad_rows(dy, x, input, indices, dims)?;
     let mut dw = vec![0.0f32; experts * n * kk];
     if dw.is_empty() {
         return Ok(dw);
@@ -215,18 +234,13 @@ pub fn grouped_linear_wgrad_fp8(
     accumulator: Accumulator,
 ) -> Result<Vec<f32>, OpError> {
     let GroupedDims {
-        tokens,
         top_k,
         experts,
         out_features: n,
         in_features: kk,
+        ..
     } = dims;
-    check_shape("dy", dy.len(), &[tokens, top_k, n])?;
-    match input {
-        GroupedInput::PerToken => check_shape("x", x.len(), &[tokens, kk])?,
-        GroupedInput::PerSlot => check_shape("x", x.len(), &[tokens, top_k, kk])?,
-    }
-    check_shape("indices", indices.len(), &[tokens, top_k])?;
+    let rows_of = wgrad_rows(dy, x, input, indices, dims)?;
     let fmt = Fp8Format::from_dtype(fp8.format).ok_or_else(|| {
         OpError::Unsupported(format!("grouped_linear_wgrad: {} is not FP8", fp8.format))
     })?;
@@ -241,7 +255,6 @@ pub fn grouped_linear_wgrad_fp8(
     };
     let kernel = |e: KernelError| OpError::Shape(format!("grouped_linear_wgrad: {e}"));
     cfg.validate().map_err(kernel)?;
-    let rows_of = rows_by_expert("grouped_linear_wgrad", indices, top_k, experts)?;
     let mut dw = vec![0.0f32; experts * n * kk];
     if dw.is_empty() {
         return Ok(dw);
