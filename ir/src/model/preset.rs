@@ -225,6 +225,10 @@ pub fn name(model: &Table) -> Result<String, ModelError> {
     Ok(name.value.to_string())
 }
 
+/// The longest model name, in bytes (a directory's file name, with room for the temporary
+/// name it is written under first).
+const MAX_NAME_BYTES: usize = 200;
+
 /// Why `name` cannot be a directory's file name, or `None` when it can.
 fn not_a_file_name(name: &str) -> Option<&'static str> {
     if name.contains(['/', '\\']) {
@@ -233,6 +237,10 @@ fn not_a_file_name(name: &str) -> Option<&'static str> {
         Some("it names a directory itself")
     } else if name.chars().any(char::is_control) {
         Some("it has a control character")
+    } else if name.len() > MAX_NAME_BYTES {
+        // File names stop at 255 bytes, and the artifact is first written beside its place as
+        // `.<name>.tmp-<pid>-<n>`.
+        Some("it is longer than 200 bytes")
     } else {
         None
     }
