@@ -66,7 +66,7 @@ pub fn random_inputs(graph: &Graph, seed: u64) -> HashMap<String, HostTensor> {
 }
 
 /// Checks `inputs` against the graph's: every input present with its declared dtype and shape,
-/// nothing unexpected. The error lists every problem, sorted.
+/// nothing unexpected. The error lists the first problems, sorted, and how many more.
 pub fn check_inputs(
     graph: &Graph,
     inputs: &HashMap<String, HostTensor>,
@@ -96,8 +96,12 @@ pub fn check_inputs(
         Ok(())
     } else {
         problems.sort();
-        Err(RuntimeError::Inputs {
-            message: problems.join("; "),
-        })
+        // As many as the weights' errors show (a weights file given as inputs has hundreds).
+        let shown = crate::error::WeightProblems::SHOWN;
+        let mut message = problems[..problems.len().min(shown)].join("; ");
+        if problems.len() > shown {
+            message += &format!("; and {} more", problems.len() - shown);
+        }
+        Err(RuntimeError::Inputs { message })
     }
 }

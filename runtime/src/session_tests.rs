@@ -43,6 +43,21 @@ fn inputs_are_checked_by_name_dtype_and_shape() {
             && error.contains("unexpected input `y`"),
         "{error}"
     );
+    // A weights file given as inputs: the first five problems and a count, not hundreds.
+    let mut many = random_inputs(&artifact.graph, 0);
+    for i in 0..20 {
+        many.insert(
+            format!("w{i:02}"),
+            HostTensor::zeros(dsc_ir::DType::F32, vec![1]),
+        );
+    }
+    let error = session.run(&many).unwrap_err().to_string();
+    assert!(
+        error.contains("unexpected input `w00`; ")
+            && error.contains("unexpected input `w04`; and 15 more")
+            && !error.contains("`w05`"),
+        "{error}"
+    );
     let mut inputs = random_inputs(&artifact.graph, 0);
     inputs.insert(
         "x".into(),
