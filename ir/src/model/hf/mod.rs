@@ -93,6 +93,23 @@ pub fn import(text: &str, opts: &ImportOptions) -> Result<Imported, ImportError>
         col: e.column().max(1),
         message: format!("invalid JSON: {e}"),
     })?;
+    // serde_json keeps the last of two equal keys silently: a config that says two things is
+    // refused at the second.
+    if let Some(key) = duplicate_key(text) {
+        let needle = format!("\"{key}\"");
+        let at = text
+            .match_indices(&needle)
+            .map(|(i, _)| i)
+            .filter(|&i| text[i + needle.len()..].trim_start().starts_with(':'))
+            .nth(1)
+            .unwrap_or(0);
+        let (line, col) = crate::model::toml::line_col(text, at);
+        return Err(ImportError {
+            line,
+            col,
+            message: format!("`{key}` is given twice: say it once"),
+        });
+    }
     let Some(map) = value.as_object() else {
         return Err(ImportError {
             line: 1,
@@ -187,3 +204,62 @@ fn rejected(
 
 #[cfg(test)]
 mod tests;
+
+/// The first key that an object of the JSON `text` has twice, at any depth.
+fn duplicate_key(text: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    /// Walks a JSON value; its result is the first duplicated key found in it.
+    struct Walk;
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = Option<String>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Walk)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut first = None;
+            while let Some(found) = seq.next_element_seed(Walk)? {
+                first = first.or(found);
+            }
+            Ok(first)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut seen, mut first) = (std::collections::BTreeSet::new(), None);
+            while let Some(key) = map.next_key::<String>()? {
+                let inner = map.next_value_seed(Walk)?;
+                if !seen.insert(key.clone()) {
+                    first = first.or(Some(key));
+                }
+                first = first.or(inner);
+            }
+            Ok(first)
+        }
+    }
+    serde_json::Deserializer::from_str(text)
+        .deserialize_any(Walk)
+        .ok()
+        .flatten()
+}

@@ -344,6 +344,30 @@ fn errors_point_at_the_key() {
     assert!(bad.message.starts_with("invalid JSON"), "{bad}");
 }
 
+#[test]
+fn a_key_given_twice_is_refused_at_the_second() {
+    // Top level: `hidden_size` again on the last line.
+    let text = LLAMA.replacen("{", "{\n  \"hidden_size\": 64,", 1);
+    let e = err(&text);
+    assert_eq!(
+        (e.line, e.col),
+        (line_of(LLAMA, "hidden_size") + 1, 3),
+        "{e}"
+    );
+    assert_eq!(e.message, "`hidden_size` is given twice: say it once");
+    // Inside a nested object.
+    let nested = LLAMA.replacen(
+        "{",
+        "{\n  \"rope_scaling\": {\"rope_type\": \"linear\", \"rope_type\": \"yarn\"},",
+        1,
+    );
+    assert!(
+        err(&nested).message.contains("`rope_type` is given twice"),
+        "{}",
+        err(&nested)
+    );
+}
+
 /// The line (1-based) of `"key"` in `text`.
 fn line_of(text: &str, key: &str) -> usize {
     text.lines()
