@@ -643,8 +643,8 @@ fn quantized<'c, 'a>(
 }
 
 /// What every phase of a block reads: the kernel's buffers (then the shared ones: the warps'
-/// counts, the list, the staged `dy` and `x`), the thread, the block's expert and first row,
-/// and the cells.
+/// counts, the list, the staged `dy` and `x`, and in the FP8 form the group's scales), the
+/// thread, the block's expert and first row, and the cells.
 struct Blk<'c, 'a, 'v> {
     args: &'v [Value<'c, 'a>],
     tid: Value<'c, 'a>,
