@@ -17,7 +17,6 @@ use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::elementwise::{Elementwise, ElementwiseOp, SliceCopy};
 use dsc_codegen::kernels::moe::MoeCombine;
 use dsc_codegen::kernels::rope::Rope;
-use dsc_ir::rope_scaling::RopeScaling;
 use dsc_ir::{DType, OpKind};
 use dsc_kernels::ops::rope::{RopeParams, RopeStyle};
 use dsc_kernels::ops::{FloatFormat, elementwise, moe_combine, rope, slice};
@@ -197,19 +196,7 @@ fn rope_in_16_byte_chunks_and_per_pair() {
         theta: 10_000.0,
         scaling: None,
     };
-    // DeepSeek's YaRN: interpolated frequencies and an attention factor ≠ 1 on cos and sin.
-    let yarn = RopeParams {
-        style: RopeStyle::Interleaved,
-        theta: 10_000.0,
-        scaling: Some(RopeScaling::Yarn {
-            factor: 40.0,
-            original_max_position: 4096,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            mscale: 1.0,
-            mscale_all_dim: 0.707,
-        }),
-    };
+    let yarn = super::training_kernels::deepseek_yarn();
     let (interleaved, half) = (plain(RopeStyle::Interleaved), plain(RopeStyle::Half));
     // Whole chunks: 4 (f32) or 8 (bf16) elements of pairs for interleaved, 8 or 16 for half.
     check_rope_forms([2, 37, 3, 64], &yarn, Bf16, 1);

@@ -824,16 +824,10 @@ fn check_rope_grad(dims: [usize; 4], params: &RopeParams, dtype: DType, seed: u6
     );
 }
 
-#[test]
-fn rope_grad_rotates_back_for_each_pairing_and_scaling() {
-    let (f, b) = (DType::F32, DType::Bf16);
-    let plain = |style| RopeParams {
-        style,
-        theta: 10_000.0,
-        scaling: None,
-    };
-    // DeepSeek's YaRN: interpolated frequencies and an attention factor ≠ 1 on cos and sin.
-    let yarn = RopeParams {
+/// DeepSeek's YaRN, interleaved: interpolated frequencies and an attention factor ≠ 1 on cos
+/// and sin.
+pub(super) fn deepseek_yarn() -> RopeParams {
+    RopeParams {
         style: RopeStyle::Interleaved,
         theta: 10_000.0,
         scaling: Some(RopeScaling::Yarn {
@@ -844,7 +838,18 @@ fn rope_grad_rotates_back_for_each_pairing_and_scaling() {
             mscale: 1.0,
             mscale_all_dim: 0.707,
         }),
+    }
+}
+
+#[test]
+fn rope_grad_rotates_back_for_each_pairing_and_scaling() {
+    let (f, b) = (DType::F32, DType::Bf16);
+    let plain = |style| RopeParams {
+        style,
+        theta: 10_000.0,
+        scaling: None,
     };
+    let yarn = deepseek_yarn();
     check_rope_grad([1, 1, 1, 2], &plain(RopeStyle::Half), f, 1);
     check_rope_grad([2, 37, 3, 64], &plain(RopeStyle::Half), b, 2);
     check_rope_grad([3, 19, 5, 10], &plain(RopeStyle::Interleaved), f, 3);
@@ -945,6 +950,43 @@ struct WgradCase {
     dtype: DType,
 }
 
+impl WgradCase {
+    /// The reference's sizes, over `experts` experts.
+    fn dims(&self, experts: usize) -> GroupedDims {
+        GroupedDims {
+            tokens: self.tokens,
+            top_k: self.top_k,
+            experts,
+            out_features: self.n,
+            in_features: self.k,
+        }
+    }
+
+    /// x's layout.
+    fn input(&self) -> GroupedInput {
+        if self.per_slot {
+            GroupedInput::PerSlot
+        } else {
+            GroupedInput::PerToken
+        }
+    }
+
+    /// The kernel's spec, in f32 or in `fp8`.
+    fn spec(&self, fp8: Option<GroupedWgradFp8>) -> GroupedLinearWgrad {
+        GroupedLinearWgrad {
+            tokens: self.tokens as u64,
+            top_k: self.top_k as u64,
+            experts: self.experts as u64,
+            out_features: self.n as u64,
+            in_features: self.k as u64,
+            x_per_slot: self.per_slot,
+            grad: self.dtype,
+            input: self.dtype,
+            fp8,
+        }
+    }
+}
+
 /// Runs the kernel on `indices` against the reference over `experts + 1` experts whose last
 /// one takes every index out of `0..experts` (the kernel leaves those rows out).
 fn check_grouped_wgrad(c: &WgradCase, indices: &[i32], seed: u64) {
@@ -957,31 +999,10 @@ fn check_grouped_wgrad(c: &WgradCase, indices: &[i32], seed: u64) {
         .iter()
         .map(|&i| if (0..spare).contains(&i) { i } else { spare })
         .collect();
-    let dims = GroupedDims {
-        tokens: c.tokens,
-        top_k: c.top_k,
-        experts: c.experts + 1,
-        out_features: c.n,
-        in_features: c.k,
-    };
-    let input = if c.per_slot {
-        GroupedInput::PerSlot
-    } else {
-        GroupedInput::PerToken
-    };
-    let mut dw = grad::grouped_linear_wgrad(&dy, &x, input, &folded, dims).expect("reference");
+    let dims = c.dims(c.experts + 1);
+    let mut dw = grad::grouped_linear_wgrad(&dy, &x, c.input(), &folded, dims).expect("reference");
     dw.truncate(c.experts * c.n * c.k);
-    let spec = GroupedLinearWgrad {
-        tokens: c.tokens as u64,
-        top_k: c.top_k as u64,
-        experts: c.experts as u64,
-        out_features: c.n as u64,
-        in_features: c.k as u64,
-        x_per_slot: c.per_slot,
-        grad: c.dtype,
-        input: c.dtype,
-        fp8: None,
-    };
+    let spec = c.spec(None);
     check(
         OpKind::GroupedLinearWgrad,
         &GpuKernel::GroupedLinearWgrad(spec),
@@ -1072,32 +1093,11 @@ fn check_grouped_wgrad_fp8(
     dy: &[f32],
     x: &[f32],
 ) {
-    let dims = GroupedDims {
-        tokens: c.tokens,
-        top_k: c.top_k,
-        experts: c.experts,
-        out_features: c.n,
-        in_features: c.k,
-    };
-    let input = if c.per_slot {
-        GroupedInput::PerSlot
-    } else {
-        GroupedInput::PerToken
-    };
-    let want = grad::grouped_linear_wgrad_fp8(dy, x, input, indices, dims, f, Accumulator::Exact)
-        .expect("reference");
-    let spec = GroupedLinearWgrad {
-        tokens: c.tokens as u64,
-        top_k: c.top_k as u64,
-        experts: c.experts as u64,
-        out_features: c.n as u64,
-        in_features: c.k as u64,
-        x_per_slot: c.per_slot,
-        grad: c.dtype,
-        input: c.dtype,
-        fp8: Some(f),
-    };
-    let kernel = GpuKernel::GroupedLinearWgrad(spec);
+    let dims = c.dims(c.experts);
+    let want =
+        grad::grouped_linear_wgrad_fp8(dy, x, c.input(), indices, dims, f, Accumulator::Exact)
+            .expect("reference");
+    let kernel = GpuKernel::GroupedLinearWgrad(c.spec(Some(f)));
     let inputs = [bytes(dy, c.dtype), bytes(x, c.dtype), i32_bytes(indices)];
     for target in Target::ALL {
         let ptx = lowered(&kernel, target);

@@ -29,6 +29,14 @@ impl GroupedInput {
             GroupedInput::PerSlot
         }
     }
+
+    /// The row of x that routed row `row` (`token · top_k + slot`) reads.
+    pub fn x_row(self, row: usize, top_k: usize) -> usize {
+        match self {
+            GroupedInput::PerToken => row / top_k,
+            GroupedInput::PerSlot => row,
+        }
+    }
 }
 
 /// Sizes of `grouped_linear`: w `[experts, out_features, in_features]`, indices `[tokens,
@@ -107,10 +115,7 @@ pub fn grouped_linear<I: Copy + Into<i64>>(
     if out.is_empty() {
         return Ok(out);
     }
-    let x_row = |row: usize| match input {
-        GroupedInput::PerToken => row / top_k,
-        GroupedInput::PerSlot => row,
-    };
+    let x_row = |row: usize| input.x_row(row, top_k);
     let results: Vec<(usize, Vec<f32>)> = rows_of
         .par_iter()
         .enumerate()

@@ -181,10 +181,7 @@ pub fn grouped_linear_wgrad(
     if dw.is_empty() {
         return Ok(dw);
     }
-    let x_row = |row: usize| match input {
-        GroupedInput::PerToken => row / top_k,
-        GroupedInput::PerSlot => row,
-    };
+    let x_row = |row: usize| input.x_row(row, top_k);
     dw.par_chunks_mut(n * kk)
         .zip(rows_of.par_iter())
         .filter(|(_, rows)| !rows.is_empty())
@@ -259,10 +256,7 @@ pub fn grouped_linear_wgrad_fp8(
     if dw.is_empty() {
         return Ok(dw);
     }
-    let x_row = |row: usize| match input {
-        GroupedInput::PerToken => row / top_k,
-        GroupedInput::PerSlot => row,
-    };
+    let x_row = |row: usize| input.x_row(row, top_k);
     // The experts one after another: each GEMM and quantization is parallel inside.
     for (out, rows) in dw.chunks_mut(n * kk).zip(&rows_of) {
         let m = rows.len();
