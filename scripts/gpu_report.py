@@ -50,6 +50,8 @@ def main():
             continue
         worst = max(r["differences"], key=lambda d: d["relative"] / d["bound"])
         seconds = ", ".join(f"{s * 1e3:.1f}" for s in r["device_step_seconds"])
+        if r.get("emulated"):
+            seconds += " (emulation wall clock, not a GPU's)"
         print(f"| {name} | {'FP8' if r['fp8'] else 'all-BF16'} "
               f"| {'passed' if r['passed'] else 'DIFFERS'} "
               f"| {worst['what']}: {worst['relative']:.1e} / {worst['bound']:.0e} | {seconds} |")

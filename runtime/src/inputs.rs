@@ -96,7 +96,7 @@ pub fn check_inputs(
         Ok(())
     } else {
         problems.sort();
-        // As many as the weights' errors show (a weights file given as inputs has hundreds).
+        // As many as the weights' errors show (a weights file given as inputs names every tensor).
         let shown = crate::error::WeightProblems::SHOWN;
         let mut message = problems[..problems.len().min(shown)].join("; ");
         if problems.len() > shown {
