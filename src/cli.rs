@@ -116,6 +116,10 @@ pub struct TrainArgs {
     /// share of the step (wall time on the CPU, modeled on the emulator).
     #[arg(long)]
     pub profile: bool,
+    /// How FP8 products are summed on the CPU reference and the emulator's tensor cores:
+    /// hopper-unpromoted is the no-promotion ablation (--device cpu only).
+    #[arg(long, value_enum, default_value = "exact")]
+    pub accumulator: AccumulatorArg,
 }
 
 /// Where a model runs.
@@ -154,6 +158,28 @@ pub enum AccumulatorArg {
     Exact,
     /// The Hopper FP8 tensor-core accumulation model.
     Hopper,
+    /// The Hopper model with no promotion into FP32 (the recipe's ablation; CPU reference only).
+    HopperUnpromoted,
+}
+
+impl AccumulatorArg {
+    /// The model it names.
+    pub fn model(self) -> dsc_kernels::Accumulator {
+        match self {
+            AccumulatorArg::Exact => dsc_kernels::Accumulator::Exact,
+            AccumulatorArg::Hopper => dsc_kernels::Accumulator::Hopper,
+            AccumulatorArg::HopperUnpromoted => dsc_kernels::Accumulator::HopperUnpromoted,
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccumulatorArg::Exact => "exact",
+            AccumulatorArg::Hopper => "hopper",
+            AccumulatorArg::HopperUnpromoted => "hopper-unpromoted",
+        }
+    }
 }
 
 /// `dsc run`.

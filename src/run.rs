@@ -4,7 +4,6 @@
 use crate::cli::{AccumulatorArg, DeviceArg, RunArgs};
 use crate::diagnostic::Diagnostic;
 use crate::output_file::{Input, check_output_file};
-use dsc_kernels::Accumulator;
 use dsc_runtime::inputs::{random_inputs, read_inputs};
 use dsc_runtime::{
     Artifact, Checkpoint, Device, HostTensor, Session, SessionOptions, StepTiming,
@@ -38,10 +37,7 @@ pub enum WeightsSource<'p> {
 
 /// Session options with `accumulator` for the CPU reference and the emulator's tensor cores.
 pub fn session_options(accumulator: AccumulatorArg) -> SessionOptions {
-    SessionOptions::default().with_accumulator(match accumulator {
-        AccumulatorArg::Exact => Accumulator::Exact,
-        AccumulatorArg::Hopper => Accumulator::Hopper,
-    })
+    SessionOptions::default().with_accumulator(accumulator.model())
 }
 
 /// Opens a session for `artifact` on `device`, prints the device (and why), and loads weights.

@@ -14,7 +14,6 @@ use dsc_ir::model::{load_model, load_model_with_mtp};
 use dsc_ir::{Graph, Recipe, TrainConfig, load_train_config};
 use dsc_kernels::rng::SplitMix64;
 use dsc_passes::{autodiff, train_step};
-use dsc_runtime::cpu::CpuOptions;
 use dsc_runtime::train::Trainer;
 use dsc_runtime::{Artifact, Device, HostTensor, Session, Weights, random_weights};
 use std::io::Write;
@@ -95,6 +94,7 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
         batch: batch as u64,
         seq_len: seq as u64,
         total_steps: args.steps,
+        accumulator: args.accumulator.name(),
     };
     // Checked before training: a run must not train for hours to find it cannot save.
     let writer = args
@@ -119,12 +119,7 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
     let vocab = vocab_of(&forward);
     let (mut trainer, mut source) = match resumed {
         Some(r) => {
-            let mut trainer = new_trainer(
-                step_graph,
-                r.weights.clone(),
-                artifact.as_ref(),
-                args.device,
-            )?;
+            let mut trainer = new_trainer(step_graph, r.weights.clone(), artifact.as_ref(), args)?;
             trainer
                 .restore(r.weights, r.moments, r.state.step)
                 .map_err(runtime)?;
@@ -159,7 +154,7 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
                 Some(path) => initial_weights(&step_graph, path)?,
                 None => random_weights(&step_graph, args.seed).map_err(runtime)?,
             };
-            let trainer = new_trainer(step_graph, weights, artifact.as_ref(), args.device)?;
+            let trainer = new_trainer(step_graph, weights, artifact.as_ref(), args)?;
             let source = batches(args, trainer.graph(), vocab, args.seed ^ SAMPLER_SEED)?;
             (trainer, source)
         }
@@ -475,16 +470,17 @@ fn new_trainer<'a>(
     step_graph: Graph,
     weights: Weights,
     artifact: Option<&'a Artifact>,
-    device: DeviceArg,
+    args: &TrainArgs,
 ) -> Result<Trainer<'a>, Diagnostic> {
+    let options = crate::run::session_options(args.accumulator);
     let Some(artifact) = artifact else {
-        return Trainer::new(step_graph, weights, CpuOptions::default()).map_err(runtime);
+        return Trainer::new(step_graph, weights, options.cpu).map_err(runtime);
     };
-    let device = match device {
+    let device = match args.device {
         DeviceArg::Cuda(n) => Device::Cuda(n),
         _ => Device::Emulator,
     };
-    let session = Session::new(artifact, device).map_err(runtime)?;
+    let session = Session::with_options(artifact, device, options).map_err(runtime)?;
     Trainer::on_session(session, weights).map_err(runtime)
 }
 

@@ -101,6 +101,13 @@ pub struct TrainState {
     /// Every parameter of the training step, in order (FP32 masters; grouped expert weights
     /// `{e}` as one `[E, …]` parameter).
     pub params: Vec<ParamShape>,
+    /// The CPU reference's accumulator model (`--accumulator`); `exact` when absent.
+    #[serde(default = "exact_accumulator")]
+    pub accumulator: String,
+}
+
+fn exact_accumulator() -> String {
+    "exact".into()
 }
 
 /// What identifies a run: a resumed checkpoint must match it.
@@ -113,6 +120,8 @@ pub struct RunInfo {
     pub seq_len: u64,
     /// `--steps`: the step to reach.
     pub total_steps: u64,
+    /// `--accumulator`, by name.
+    pub accumulator: &'static str,
 }
 
 impl TrainState {
@@ -136,6 +145,7 @@ impl TrainState {
             seq_len: info.seq_len,
             export: export.name().into(),
             params: param_shapes(trainer.graph()),
+            accumulator: info.accumulator.into(),
         }
     }
 }
@@ -395,6 +405,13 @@ pub fn load(dir: &Path, step_graph: &Graph, info: &RunInfo) -> Result<Resumed, D
         return Err(bad(format!(
             "was trained with the {} recipe, this run uses {} (set --recipe {} to continue it)",
             state.recipe, info.recipe, state.recipe
+        )));
+    }
+    if state.accumulator != info.accumulator {
+        return Err(bad(format!(
+            "was trained with --accumulator {}, this run uses {} (set --accumulator {} to \
+             continue it)",
+            state.accumulator, info.accumulator, state.accumulator
         )));
     }
     if (state.batch, state.seq_len) != (info.batch, info.seq_len) {

@@ -5,13 +5,16 @@
 //!
 //! Run: `cargo bench -p dsc-kernels --bench block_gemm [-- SHAPE ...]`, a SHAPE being `MxNxK`
 //! (an Fprop/Dgrad: `w` in 128 × 128 blocks) or `wgrad:MxNxK` (both operands in 1 × 128 tiles
-//! along K, `w_row_tiles`); `RUNS=n` in the environment sets the runs (default 7). Each shape
+//! along K, `w_row_tiles`); `RUNS=n` in the environment sets the runs (default 7), and
+//! `ACCUMULATOR=hopper` or `hopper-unpromoted` times that accumulator model instead of the exact
+//! one (the training ablation's GEMM). Each shape
 //! prints one line `shape <shape> fp8_ms <median> fp8_gflops <median> fp8_best_gflops <best>
 //! f32_gflops <median>`, for bench/cpu-fp8-gemm/run.sh to collect.
 
 use dsc_ir::ScaleFormat;
 use dsc_kernels::{
-    BlockGemmConfig, Fp8Format, GemmDims, act_quant_1x128, fp8_block_gemm, weight_quant_128x128,
+    Accumulator, BlockGemmConfig, Fp8Format, GemmDims, act_quant_1x128, fp8_block_gemm,
+    weight_quant_128x128,
 };
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -69,6 +72,16 @@ fn parse(shape: &str) -> (usize, usize, usize, bool) {
     (d[0], d[1], d[2], wgrad)
 }
 
+/// The accumulator model named by `ACCUMULATOR` (exact when unset).
+fn accumulator() -> Accumulator {
+    match std::env::var("ACCUMULATOR").as_deref() {
+        Err(_) | Ok("exact") => Accumulator::Exact,
+        Ok("hopper") => Accumulator::Hopper,
+        Ok("hopper-unpromoted") => Accumulator::HopperUnpromoted,
+        Ok(other) => panic!("ACCUMULATOR is exact, hopper or hopper-unpromoted, not {other}"),
+    }
+}
+
 fn bench(shape: &str, runs: usize) {
     let (m, n, k, wgrad) = parse(shape);
     let x = values(m * k, 1);
@@ -82,6 +95,7 @@ fn bench(shape: &str, runs: usize) {
     };
     let cfg = BlockGemmConfig {
         w_row_tiles: wgrad,
+        accumulator: accumulator(),
         ..Default::default()
     };
     let dims = GemmDims { m, n, k };
@@ -146,7 +160,8 @@ fn main() {
         shapes = DEFAULT_SHAPES.iter().map(|s| s.to_string()).collect();
     }
     println!(
-        "# fp8_block_gemm (E4M3, exact accumulator, f32 out), {} rayon threads, median of {runs}",
+        "# fp8_block_gemm (E4M3, {:?} accumulator, f32 out), {} rayon threads, median of {runs}",
+        accumulator(),
         rayon::current_num_threads()
     );
     for shape in &shapes {

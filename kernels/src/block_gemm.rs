@@ -11,9 +11,11 @@
 //! the CPU, the instruction set or the number of threads. It runs on packed panels and a
 //! register-blocked microkernel (AVX-512F, AVX2 + FMA or portable, chosen at run time), tiles
 //! in parallel; FMA is bit-identical there because every FP8 × FP8 product is exact in f32.
-//! See [`exact`] for the order spelled out and the implementation. [`Accumulator::Hopper`] runs
-//! a plain loop, one MMA of 32 products at a time (`gemm_per_mma`, which with the exact
-//! accumulator computes the very same bits as the fast path).
+//! See [`exact`] for the order spelled out and the implementation. The Hopper models
+//! ([`Accumulator::Hopper`], and [`Accumulator::HopperUnpromoted`] whose one accumulator takes
+//! the scaled products of all of K) run one MMA of 32 products at a time: `gemm_per_mma` is the
+//! direct reading (with the exact accumulator it computes the very same bits as the fast path),
+//! [`hopper`] the same loop in f32 lanes.
 //!
 //! [`to_bf16_slice`]: crate::numerics::bf16::to_bf16_slice
 
@@ -25,6 +27,7 @@ use dsc_ir::policy::{DEFAULT_ACT_TILE, DEFAULT_PROMOTE_INTERVAL, DEFAULT_WEIGHT_
 use rayon::prelude::*;
 
 mod exact;
+mod hopper;
 
 /// The shape of `y[m, n] = x[m, k] · w[n, k]ᵀ`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,15 +120,9 @@ pub fn fp8_block_gemm(
 
     Ok(match cfg.accumulator {
         Accumulator::Exact => exact::gemm_exact(x, w, dims, cfg, exact::Isa::detect()),
-        Accumulator::Hopper => Decoded {
-            x: decode(cfg.fmt, x.codes),
-            w: decode(cfg.fmt, w.codes),
-            x_scales: x.scales,
-            w_scales: w.scales,
-            dims,
-            cfg: *cfg,
+        Accumulator::Hopper | Accumulator::HopperUnpromoted => {
+            Decoded::new(x, w, dims, cfg).gemm_hopper(exact::Isa::detect())
         }
-        .gemm_per_mma(),
     })
 }
 
@@ -151,7 +148,19 @@ struct Decoded<'a> {
     cfg: BlockGemmConfig,
 }
 
-impl Decoded<'_> {
+impl<'a> Decoded<'a> {
+    /// Decodes both operands.
+    fn new(x: Fp8Operand<'a>, w: Fp8Operand<'a>, dims: GemmDims, cfg: &BlockGemmConfig) -> Self {
+        Decoded {
+            x: decode(cfg.fmt, x.codes),
+            w: decode(cfg.fmt, w.codes),
+            x_scales: x.scales,
+            w_scales: w.scales,
+            dims,
+            cfg: *cfg,
+        }
+    }
+
     /// `s_x` of row `i` for the promotion interval starting at `k0`.
     fn x_scale(&self, i: usize, k0: usize) -> f32 {
         let row = i / self.cfg.x_block_rows();
@@ -165,7 +174,8 @@ impl Decoded<'_> {
     }
 
     /// Any accumulator, one MMA (32 products) at a time, rows in parallel: the direct reading
-    /// of the recipe, used for the Hopper model (and, in tests, as the in-order FP32 reference).
+    /// of the recipe (in tests, the reference of the fast paths).
+    #[cfg(test)]
     fn gemm_per_mma(&self) -> Vec<f32> {
         let GemmDims { m, n, k } = self.dims;
         let (interval, depth) = (self.cfg.promote_interval, Accumulator::MMA_DEPTH);
@@ -179,8 +189,11 @@ impl Decoded<'_> {
             for (j, y) in y_row.iter_mut().enumerate() {
                 let w_row = &self.w[j * k..][..k];
                 let mut total = 0.0f32;
+                // Without promotion one accumulator takes every scaled product.
+                let mut unpromoted = 0.0f32;
                 for k0 in (0..k).step_by(interval) {
                     let k1 = (k0 + interval).min(k);
+                    let scale = self.x_scale(i, k0) * self.w_scale(j, k0);
                     let mut partial = 0.0f32;
                     for c0 in (k0..k1).step_by(depth) {
                         let c1 = (c0 + depth).min(k1);
@@ -188,11 +201,21 @@ impl Decoded<'_> {
                         for (p, (&a, &b)) in products.iter_mut().zip(pairs) {
                             *p = a * b;
                         }
-                        partial = self.cfg.accumulator.mma(partial, &products[..c1 - c0]);
+                        let products = &mut products[..c1 - c0];
+                        if self.cfg.accumulator.promotes() {
+                            partial = self.cfg.accumulator.mma(partial, products);
+                        } else {
+                            products.iter_mut().for_each(|p| *p *= scale);
+                            unpromoted = self.cfg.accumulator.mma(unpromoted, products);
+                        }
                     }
-                    total += partial * (self.x_scale(i, k0) * self.w_scale(j, k0));
+                    total += partial * scale;
                 }
-                *y = total;
+                *y = if self.cfg.accumulator.promotes() {
+                    total
+                } else {
+                    unpromoted
+                };
             }
         });
         y
@@ -353,20 +376,104 @@ mod tests {
                         }
                         let public = fp8_block_gemm(x, w, dims, &cfg).unwrap();
                         assert_same_bits(&public, &want, &what);
-                        let per_mma = Decoded {
-                            x: decode(fmt, &xc),
-                            w: decode(fmt, &wc),
-                            x_scales: &xs,
-                            w_scales: &ws,
-                            dims,
-                            cfg,
-                        }
-                        .gemm_per_mma();
+                        let per_mma = Decoded::new(x, w, dims, &cfg).gemm_per_mma();
                         assert_same_bits(&per_mma, &want, &format!("per-MMA {what}"));
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn hopper_paths_are_bit_identical_to_the_per_mma_reading() {
+        // Both Hopper models, ragged shapes (a last MMA shorter than 32, a ragged interval),
+        // every interval, both weight layouts and formats, NaN and inf codes now and then, and
+        // each instruction set this CPU runs.
+        let shapes = [(1, 1, 1), (7, 9, 300), (13, 37, 97), (30, 20, 700)];
+        let mut seed = 100;
+        for (m, n, k) in shapes {
+            for accumulator in [Accumulator::Hopper, Accumulator::HopperUnpromoted] {
+                for promote_interval in [32, 64, 128] {
+                    for (w_row_tiles, fmt) in [(false, Fp8Format::E4M3), (true, Fp8Format::E5M2)] {
+                        let dims = GemmDims { m, n, k };
+                        let cfg = BlockGemmConfig {
+                            fmt,
+                            promote_interval,
+                            w_row_tiles,
+                            accumulator,
+                            ..Default::default()
+                        };
+                        seed += 1;
+                        let (xc, xs, wc, ws) = random_problem(seed, dims, &cfg, 2);
+                        let x = Fp8Operand {
+                            codes: &xc,
+                            scales: &xs,
+                        };
+                        let w = Fp8Operand {
+                            codes: &wc,
+                            scales: &ws,
+                        };
+                        let decoded = Decoded::new(x, w, dims, &cfg);
+                        let want = decoded.gemm_per_mma();
+                        for isa in exact::Isa::available() {
+                            let got = decoded.gemm_hopper(isa);
+                            assert_same_bits(&got, &want, &format!("{isa:?} {dims:?} {cfg:?}"));
+                        }
+                        let public = fp8_block_gemm(x, w, dims, &cfg).unwrap();
+                        assert_same_bits(&public, &want, &format!("{dims:?} {cfg:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_promotion_a_long_sum_loses_what_promotion_keeps() {
+        // All-positive products over K = 4096 (the report's example): once the accumulator has
+        // grown, each MMA's small terms fall below its 14 bits. Promotion every 128 restarts
+        // the partial sum and keeps them; the unpromoted model drifts low (here 8.1% against
+        // 0.056% at worst).
+        let dims = GemmDims {
+            m: 8,
+            n: 8,
+            k: 4096,
+        };
+        let (f, sf) = (Fp8Format::E4M3, ScaleFormat::F32);
+        let positive = |len, seed| {
+            values(len, seed)
+                .iter()
+                .map(|v| v.abs())
+                .collect::<Vec<_>>()
+        };
+        let x = act_quant_1x128(&positive(8 * 4096, 3), 8, 4096, 128, f, sf).unwrap();
+        let w = weight_quant_128x128(&positive(8 * 4096, 4), 8, 4096, 128, f, sf).unwrap();
+        let run = |accumulator| {
+            let cfg = BlockGemmConfig {
+                accumulator,
+                ..Default::default()
+            };
+            fp8_block_gemm(x.operand(), w.operand(), dims, &cfg).unwrap()
+        };
+        let exact = run(Accumulator::Exact);
+        let error = |y: &[f32]| {
+            let rel = |(a, b): (&f32, &f32)| ((a - b) / b).abs();
+            y.iter().zip(&exact).map(rel).fold(0.0f32, f32::max)
+        };
+        let (promoted, unpromoted) = (
+            error(&run(Accumulator::Hopper)),
+            error(&run(Accumulator::HopperUnpromoted)),
+        );
+        assert!(
+            unpromoted > 10.0 * promoted,
+            "unpromoted {unpromoted:e}, promoted every 128 {promoted:e}"
+        );
+        // Truncation only ever drops magnitude: the unpromoted sums are all below the exact.
+        assert!(
+            run(Accumulator::HopperUnpromoted)
+                .iter()
+                .zip(&exact)
+                .all(|(u, e)| u < e)
+        );
     }
 
     #[test]
@@ -480,15 +587,7 @@ mod tests {
         let w =
             weight_quant_128x128(&values(dims.n * dims.k, 2), dims.n, dims.k, 128, f, sf).unwrap();
         let fast = fp8_block_gemm(x.operand(), w.operand(), dims, &cfg).unwrap();
-        let reference = Decoded {
-            x: decode(f, &x.codes),
-            w: decode(f, &w.codes),
-            x_scales: &x.scales,
-            w_scales: &w.scales,
-            dims,
-            cfg,
-        }
-        .gemm_per_mma();
+        let reference = Decoded::new(x.operand(), w.operand(), dims, &cfg).gemm_per_mma();
         // The fast path sums each interval in K order too: the same bits.
         assert_same_bits(&fast, &reference, "blocked vs per-MMA");
     }

@@ -115,6 +115,13 @@ pub enum RuntimeError {
     },
 
     /// `cuda:N` names a device the driver does not have.
+    /// The unpromoted accumulator model asked of a GPU backend, whose kernels always promote.
+    #[error(
+        "{device} cannot model the unpromoted accumulator: its FP8 kernels always promote into \
+         FP32 (the ablation runs on the CPU reference, --device cpu)"
+    )]
+    UnpromotedOnGpu { device: String },
+
     #[error("no CUDA device {ordinal}: the driver reports {count} device(s)")]
     NoSuchDevice {
         /// The requested ordinal.

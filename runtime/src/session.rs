@@ -90,6 +90,12 @@ impl<'a> Session<'a> {
         if let Some(need) = host_need {
             need.check(&device.short_name(), available_bytes())?;
         }
+        if !matches!(device.device, ResolvedDevice::Cpu) && !options.emulator.accumulator.promotes()
+        {
+            return Err(RuntimeError::UnpromotedOnGpu {
+                device: device.short_name(),
+            });
+        }
         let backend: Box<dyn Backend + 'a> = match &device.device {
             ResolvedDevice::Cpu => Box::new(CpuBackend::new(&artifact.graph, options.cpu)),
             ResolvedDevice::Cuda(info) => Box::new(CudaBackend::new(artifact, info)?),

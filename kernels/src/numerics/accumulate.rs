@@ -7,6 +7,8 @@
 //!
 //! - [`Accumulator::Exact`]: FP32 adds. This is the default and what the testdata assumes.
 //! - [`Accumulator::Hopper`]: the published model of Hopper FP8 accumulation, see [`hopper_mma`].
+//! - [`Accumulator::HopperUnpromoted`]: the same tensor core with no promotion at all, the
+//!   recipe's ablation (DeepSeek-V3 §3.3.2): one limited-precision accumulator over all of K.
 
 use dsc_ir::policy::MMA_K;
 
@@ -24,6 +26,12 @@ pub enum Accumulator {
     Exact,
     /// The Hopper FP8 tensor-core model of [`hopper_mma`], one step per 32 products.
     Hopper,
+    /// The Hopper model with no promotion, an ablation of the recipe: one tensor-core
+    /// accumulator carries all of K, and each product enters it already multiplied by its
+    /// group's scales (`(a · b) · (s_x · s_w)`, rounded to f32 once), as a GEMM that never moves
+    /// its partial sums to the CUDA cores would compute with block scales applied in the MMA.
+    /// Only the CPU reference models it: the GPU kernels always promote.
+    HopperUnpromoted,
 }
 
 impl Accumulator {
@@ -34,8 +42,13 @@ impl Accumulator {
     pub fn mma(self, acc: f32, products: &[f32]) -> f32 {
         match self {
             Accumulator::Exact => products.iter().fold(acc, |a, &p| a + p),
-            Accumulator::Hopper => hopper_mma(acc, products),
+            Accumulator::Hopper | Accumulator::HopperUnpromoted => hopper_mma(acc, products),
         }
+    }
+
+    /// False for [`Accumulator::HopperUnpromoted`]: partial sums never reach FP32.
+    pub fn promotes(self) -> bool {
+        self != Accumulator::HopperUnpromoted
     }
 }
 
@@ -85,6 +98,46 @@ pub fn hopper_mma(acc: f32, products: &[f32]) -> f32 {
     if sum < 0 { -value } else { value }
 }
 
+/// [`hopper_mma`] of 32 products (pad a shorter MMA with zeros, which change nothing), written in
+/// f32 lanes so that it vectorizes: the same bits as [`hopper_mma`] (tested against it).
+///
+/// With `emax` the largest exponent, every term times `2^(13 − emax)` is below `2^14` in
+/// magnitude, so truncating it is exact in f32 and the 33 truncated terms sum exactly (below
+/// `2^20`) in any order; clearing the sum's 10 low mantissa bits keeps 14 significant bits toward
+/// zero. Non-finite terms and terms all below `2^-100` (where those powers of two would leave
+/// f32's range) take [`hopper_mma`] itself.
+#[inline(always)]
+pub fn hopper_mma_32(acc: f32, products: &[f32; 32]) -> f32 {
+    const EXPONENT: u32 = 0x7f80_0000;
+    // Eight lanes of four terms each, spelled out so that each line is one vector operation.
+    let field_of = |t: f32| t.to_bits() & EXPONENT;
+    let mut fields = [0u32; 8];
+    for (l, f) in fields.iter_mut().enumerate() {
+        let (a, b) = (field_of(products[l]), field_of(products[l + 8]));
+        let (c, d) = (field_of(products[l + 16]), field_of(products[l + 24]));
+        *f = a.max(b).max(c.max(d));
+    }
+    let field = fields.iter().fold(field_of(acc), |m, &f| m.max(f)) >> 23;
+    if !(27..255).contains(&field) {
+        return hopper_mma(acc, products);
+    }
+    // emax = field − 127: scale up by 2^(140 − field), back down by 2^(field − 140).
+    let up = f32::from_bits((267 - field) << 23);
+    let down = f32::from_bits((field - 13) << 23);
+    let fixed = |t: f32| (t * up).trunc();
+    let mut lanes = [0.0f32; 8];
+    for (l, lane) in lanes.iter_mut().enumerate() {
+        let (a, b) = (fixed(products[l]), fixed(products[l + 8]));
+        let (c, d) = (fixed(products[l + 16]), fixed(products[l + 24]));
+        *lane = (a + b) + (c + d);
+    }
+    let halves = [0, 1, 2, 3].map(|l| lanes[l] + lanes[l + 4]);
+    let sum = (halves[0] + halves[2]) + (halves[1] + halves[3]) + fixed(acc);
+    // The largest term truncates to at least 2^13, so a zero sum is a cancellation: +0, as the
+    // model's integer sum gives.
+    f32::from_bits(sum.to_bits() & !0x3ff) * down
+}
+
 /// `floor(log2 |x|)` of a nonzero finite f32, from the exponent field of its (always normal) f64.
 fn floor_log2(x: f32) -> i32 {
     (((x as f64).to_bits() >> 52) & 0x7ff) as i32 - 1023
@@ -123,5 +176,72 @@ mod tests {
         assert_eq!(hopper_mma(0.0, &p), 32766.0);
         assert_eq!(hopper_mma(0.0, &[0.0; 32]), 0.0);
         assert_eq!(hopper_mma(0.0, &[f32::INFINITY, 1.0]), f32::INFINITY);
+    }
+
+    /// A term of any binade, sign and kind: zeros, f32 subnormals, FP8-sized values, the
+    /// largest finite values, and (rarely) inf and NaN.
+    fn random_term(rng: &mut crate::rng::SplitMix64) -> f32 {
+        let r = rng.next_u64();
+        let sign = if r & 1 == 1 { -1.0f32 } else { 1.0 };
+        match (r >> 1) % 64 {
+            0 => 0.0 * sign,
+            1 => f32::from_bits((r >> 8) as u32 & 0x007f_ffff) * sign,
+            2 if r >> 60 == 0 => f32::NAN,
+            3 if r >> 60 == 0 => f32::INFINITY * sign,
+            _ => {
+                let exponent = ((r >> 8) % 254) as u32 + 1;
+                f32::from_bits(exponent << 23 | (r >> 20) as u32 & 0x007f_ffff) * sign
+            }
+        }
+    }
+
+    #[test]
+    fn the_vectorized_mma_matches_the_model_bit_for_bit() {
+        let mut rng = crate::rng::SplitMix64(0x4d4d_4133);
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for case in 0..200_000 {
+            // Terms within a few binades of each other (the usual case, where truncation
+            // bites), or anywhere in f32's range, and MMAs shorter than 32 padded with zeros.
+            let len = if case % 4 == 0 { 1 + case % 32 } else { 32 };
+            let base = random_term(&mut rng);
+            let mut products = [0.0f32; 32];
+            for p in &mut products[..len] {
+                *p = if case % 2 == 0 {
+                    base * (rng.uniform() as f32 * 16.0 - 8.0)
+                } else {
+                    random_term(&mut rng)
+                };
+            }
+            let acc = if case % 3 == 0 {
+                0.0
+            } else {
+                random_term(&mut rng)
+            };
+            let (fast, model) = (
+                hopper_mma_32(acc, &products),
+                hopper_mma(acc, &products[..len]),
+            );
+            assert!(
+                same(fast, model),
+                "case {case}: acc {acc:e}, products {:?}: {fast:e} against {model:e}",
+                &products[..len]
+            );
+        }
+        // The boundaries of the fast path: the largest term at 2^-100 and just below it.
+        for top in [-99, -100, -101, 127] {
+            let p = [
+                2.0f32.powi(top),
+                2.0f32.powi(top - 14),
+                2.0f32.powi(top - 13),
+            ];
+            let mut products = [0.0f32; 32];
+            products[..3].copy_from_slice(&p);
+            assert!(same(hopper_mma_32(0.0, &products), hopper_mma(0.0, &p)));
+        }
+        // A sum that cancels is +0, as the model's integer sum, even from negative terms.
+        let mut products = [0.0f32; 32];
+        products[..3].copy_from_slice(&[-1.0, 0.5, -2.0f32.powi(-20)]);
+        assert_eq!(hopper_mma_32(0.5, &products).to_bits(), 0.0f32.to_bits());
+        assert_eq!(hopper_mma(0.5, &products).to_bits(), 0.0f32.to_bits());
     }
 }

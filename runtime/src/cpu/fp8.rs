@@ -281,6 +281,12 @@ fn dims_of(t: &HostTensor) -> &[usize] {
 /// `fp8_partials`: FP8 products summed per promotion interval with the accumulator model,
 /// one tensor-core MMA (32 products) at a time.
 fn partials(g: &Graph, op: &Op, ins: &[&HostTensor], options: &CpuOptions) -> Result<HostTensor> {
+    if !options.accumulator.promotes() {
+        // Its partial sums are promoted by the `promote` op that follows.
+        return Err(err(
+            "the unpromoted accumulator model needs the fused fp8_gemm (run the default passes)",
+        ));
+    }
     let ty = op.fp8_partials_operands().map_err(err)?.map(|v| g.ty(v));
     let t = Fp8PartialsOperands::from_slice(ins).map_err(err)?;
     let (xt, wt) = (ty.x, ty.w);
