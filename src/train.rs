@@ -77,6 +77,15 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
         })?;
         dsc_runtime::cuda::check_target(&args.target.0.to_string(), info).map_err(runtime)?;
     }
+    if args.device != DeviceArg::Cpu && !args.accumulator.model().promotes() {
+        let device = match args.device {
+            DeviceArg::Cuda(n) => format!("cuda:{n}"),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        return Err(runtime(dsc_runtime::RuntimeError::UnpromotedOnGpu {
+            device,
+        }));
+    }
     let artifact = match args.device {
         DeviceArg::Cpu => None,
         _ => Some(compile_step(&step_graph, args.target.0)?),

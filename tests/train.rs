@@ -447,7 +447,7 @@ fn a_bad_resume_is_a_clear_error_and_changes_nothing() {
     }
     let incomplete = s(&incomplete);
     let nothing = s(&tmp.join("nothing"));
-    let cases: [(&str, Vec<&str>, &str); 7] = [
+    let cases: [(&str, Vec<&str>, &str); 8] = [
         (
             &other_name,
             vec!["--resume", &ckpt],
@@ -457,6 +457,11 @@ fn a_bad_resume_is_a_clear_error_and_changes_nothing() {
             MODEL,
             vec!["--resume", &ckpt, "--recipe", "bf16"],
             "was trained with the fp8 recipe, this run uses bf16",
+        ),
+        (
+            MODEL,
+            vec!["--resume", &ckpt, "--accumulator", "hopper"],
+            "was trained with --accumulator exact, this run uses hopper",
         ),
         (
             MODEL,
@@ -498,6 +503,63 @@ fn a_bad_resume_is_a_clear_error_and_changes_nothing() {
             "{extra:?} changed the checkpoint"
         );
     }
+}
+
+#[test]
+fn the_no_promotion_ablation_trains_on_the_cpu_and_is_refused_on_gpus() {
+    let tmp = TempDir::new("train-unpromoted");
+    let data = word_corpus(&tmp);
+    let steps = ["--data", &data, "--steps", "3", "--seed", "4"];
+    let exact = run_losses(&tmp, "exact", &steps);
+    let with = |name: &str, accumulator: &str| {
+        let mut args = steps.to_vec();
+        args.extend(["--accumulator", accumulator]);
+        run_losses(&tmp, name, &args)
+    };
+    let (hopper, unpromoted) = (
+        with("hopper", "hopper"),
+        with("unpromoted", "hopper-unpromoted"),
+    );
+    // Three models of the same FP8 GEMMs: different bits, losses within a fraction of a percent.
+    assert_ne!(hopper, exact);
+    assert_ne!(unpromoted, hopper);
+    for curve in [&hopper, &unpromoted] {
+        for (a, b) in curve.iter().zip(&exact) {
+            assert!((a - b).abs() / b < 5e-3, "{curve:?} against {exact:?}");
+        }
+    }
+    // The run's accumulator is part of its checkpoint.
+    let dir = tmp.join("ckpt");
+    train_ok(
+        MODEL,
+        &data,
+        &[
+            "--steps",
+            "1",
+            "--accumulator",
+            "hopper-unpromoted",
+            "--save",
+            &s(&dir),
+        ],
+    );
+    assert_eq!(train_state(&dir)["accumulator"], "hopper-unpromoted");
+    // The GPU kernels always promote: the emulator cannot run the ablation.
+    let stderr = train_err(
+        MODEL,
+        &data,
+        &[
+            "--steps",
+            "1",
+            "--device",
+            "emu",
+            "--accumulator",
+            "hopper-unpromoted",
+        ],
+    );
+    assert!(
+        stderr.contains("cannot model the unpromoted accumulator"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -315,6 +315,22 @@ fn the_accumulator_option_reaches_the_emulator() {
 }
 
 #[test]
+fn the_emulator_refuses_the_unpromoted_accumulator() {
+    // Its kernels promote in their own code: the model would silently be the promoted one.
+    let unpromoted = dsc_kernels::Accumulator::HopperUnpromoted;
+    let options = SessionOptions::default().with_accumulator(unpromoted);
+    let artifact = artifact("emu-unpromoted", "add_f32", 2, PTX);
+    let err = Session::with_options(&artifact, Device::Emulator, options)
+        .err()
+        .expect("the emulator took the unpromoted model");
+    assert!(
+        err.to_string()
+            .starts_with("emu cannot model the unpromoted accumulator"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_emulator_needs_a_launch_plan_and_auto_never_picks_it() {
     let graph = crate::testutil::compiled_graph("mlp");
     let dir = crate::testutil::write_artifact("emu-no-plan", &graph);
