@@ -340,3 +340,68 @@ fn multi_token_prediction_adds_a_weighted_loss_and_its_module() {
     let e = load_model_with_mtp(&text, 32).unwrap_err().to_string();
     assert!(e.contains("depth 32") && e.contains("longer"), "{e}");
 }
+
+/// A checkpoint of a run with multi-token prediction has DeepSeek-V3's layout: the module's layer
+/// repeats the shared embedding and head (`model.layers.3.embed_tokens.weight`,
+/// `model.layers.3.shared_head.head.weight`). Such a checkpoint loads back (`--resume`,
+/// `--weights`); a copy of the wrong shape is an error naming it.
+#[test]
+fn mtp_checkpoints_carry_the_shared_embedding_and_head_in_the_module_layer() {
+    let tmp = TempDir::new("train-mtp-checkpoint");
+    let data = word_corpus(&tmp);
+    let text = std::fs::read_to_string(path(MODEL)).unwrap();
+    let model = tmp.join("mtp.toml");
+    std::fs::write(
+        &model,
+        text.replace("[train]\n", "[train]\nmtp_depth = 1\n"),
+    )
+    .unwrap();
+    let (model, dir) = (model.to_string_lossy(), tmp.join("ckpt"));
+    let dir_s = dir.to_string_lossy();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", &model, "--data", &data];
+        args.extend_from_slice(extra);
+        dsc(&args)
+    };
+    let out = train(&["--steps", "1", "--save", &dir_s]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let data_of = |name: &str| file.tensor(name).unwrap().data().to_vec();
+    for (copy, shared) in [
+        (
+            "model.layers.3.embed_tokens.weight",
+            "model.embed_tokens.weight",
+        ),
+        ("model.layers.3.shared_head.head.weight", "lm_head.weight"),
+    ] {
+        assert!(data_of(copy) == data_of(shared), "{copy} is not {shared}");
+    }
+    let out = train(&["--steps", "2", "--resume", &dir_s]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+    let weights = dir.join("model.safetensors").to_string_lossy().into_owned();
+    let out = train(&["--steps", "1", "--weights", &weights]);
+    assert!(out.status.success(), "{}", streams(&out).1);
+
+    // The embedding's copy cut to half its rows.
+    let copy = "model.layers.3.embed_tokens.weight";
+    let half = file.tensor(copy).unwrap();
+    let (rows, cols) = (half.shape()[0] / 2, half.shape()[1]);
+    let cut = &half.data()[..half.data().len() / 2];
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != copy)
+        .collect();
+    let view = safetensors::tensor::TensorView::new(half.dtype(), vec![rows, cols], cut).unwrap();
+    tensors.push((copy.to_string(), view));
+    let bad = tmp.join("bad.safetensors");
+    safetensors::serialize_to_file(tensors, None, &bad).unwrap();
+    let out = train(&["--steps", "1", "--weights", &bad.to_string_lossy()]);
+    let stderr = streams(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("`{copy}`: expected [256, ")),
+        "{stderr}"
+    );
+}

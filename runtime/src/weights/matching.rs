@@ -9,7 +9,7 @@ use dsc_kernels::Fp8Format;
 use safetensors::Dtype as StDtype;
 
 use super::conversion::{materialize, scale_shape};
-use super::names::{checkpoint_names, is_beyond, layer_count};
+use super::names::{checkpoint_names, is_beyond, layer_count, mtp_shared_copies};
 use super::{Weights, dims, graph_err, scale_name};
 use crate::checkpoint::{Checkpoint, TensorView};
 use crate::error::{RuntimeError, WeightProblems};
@@ -283,6 +283,13 @@ pub fn load_weights(graph: &Graph, ckpt: &Checkpoint) -> Result<Weights, Runtime
             slice_shape,
             sources,
         });
+    }
+    // The copies of the shared embedding and head in multi-token-prediction layers: the shared
+    // parameter's own tensor is what loads; a copy needs only the parameter's shape.
+    for (copy, shared) in mtp_shared_copies(graph) {
+        if let Some(v) = m.find(&copy) {
+            m.shape_ok(&v, &dims(graph, shared));
+        }
     }
     let layers = layer_count(graph);
     for name in ckpt.names() {

@@ -24,6 +24,10 @@
 //! graph's layer count) are not errors: real checkpoints carry such layers beside the model
 //! proper (DeepSeek-V3's multi-token-prediction layer, `model.layers.61.*`, after 61 layers).
 //! They are skipped and listed by [`beyond_last_layer`], so the user sees what was left out.
+//! A graph with such a layer (a training step with `mtp_depth`) reads it, except the copies of the
+//! embedding and the head the layer repeats ([`mtp_shared_copies`]): the module shares those
+//! parameters, so a copy is checked for shape only and its values are not read. Saving writes
+//! the copies, as DeepSeek-V3's checkpoints have them.
 //!
 //! One file per job: `names` (Hugging Face names of parameters and layers), `matching` (which
 //! checkpoint tensor feeds which parameter, every mismatch collected), `conversion` (dtype
@@ -46,7 +50,7 @@ pub(crate) use conversion::quantize_weight;
 pub use dsc_ir::param_names::{EXPERT, scale_name};
 pub(crate) use matching::fp8_weights;
 pub use matching::load_weights;
-pub use names::{beyond_last_layer, checkpoint_names, layer_count};
+pub use names::{beyond_last_layer, checkpoint_names, layer_count, mtp_shared_copies};
 pub use saving::{hf_tensors, save_safetensors};
 
 /// One host tensor per graph parameter.

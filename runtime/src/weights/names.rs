@@ -1,7 +1,7 @@
 //! Hugging Face names: a parameter's checkpoint names (one per expert for a grouped `{e}`
 //! parameter) and the decoder layers (`model.layers.{i}.…`) a graph has.
 
-use dsc_ir::Graph;
+use dsc_ir::{Graph, ValueId};
 
 use super::EXPERT;
 use crate::checkpoint::Checkpoint;
@@ -48,4 +48,39 @@ pub(super) fn is_beyond(name: &str, layers: usize) -> bool {
 pub fn beyond_last_layer<'c>(graph: &Graph, ckpt: &'c Checkpoint) -> Vec<&'c str> {
     let layers = layer_count(graph);
     ckpt.names().filter(|n| is_beyond(n, layers)).collect()
+}
+
+/// The tensors DeepSeek-V3's checkpoints repeat in each multi-token-prediction layer `L` (a layer
+/// with `model.layers.{L}.eh_proj.weight`): `model.layers.{L}.embed_tokens.weight` and
+/// `model.layers.{L}.shared_head.head.weight`, copies of the embedding and the output head that
+/// the module shares with the model (DeepSeek-V3 §2.2). As (copy's name, shared parameter), for
+/// the shared parameters the graph has.
+pub fn mtp_shared_copies(graph: &Graph) -> Vec<(String, ValueId)> {
+    let param = |name: &str| {
+        graph
+            .params
+            .iter()
+            .copied()
+            .find(|&p| graph.name(p) == name)
+    };
+    let shared = [
+        ("embed_tokens.weight", param("model.embed_tokens.weight")),
+        ("shared_head.head.weight", param("lm_head.weight")),
+    ];
+    let mut copies = Vec::new();
+    for &p in &graph.params {
+        let Some(layer) = graph
+            .name(p)
+            .strip_suffix(".eh_proj.weight")
+            .filter(|l| layer_of(&format!("{l}.")).is_some())
+        else {
+            continue;
+        };
+        for (suffix, source) in shared {
+            if let Some(source) = source {
+                copies.push((format!("{layer}.{suffix}"), source));
+            }
+        }
+    }
+    copies
 }

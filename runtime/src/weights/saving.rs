@@ -5,12 +5,14 @@ use std::path::Path;
 use dsc_ir::Graph;
 
 use super::Weights;
-use super::names::checkpoint_names;
+use super::names::{checkpoint_names, mtp_shared_copies};
 use crate::error::RuntimeError;
 use crate::tensor::{HostTensor, write_safetensors};
 
 /// The weights as Hugging Face checkpoint tensors: one per parameter, `{e}` parameters unstacked
-/// into one tensor per expert, in parameter order. Every parameter must have its tensor.
+/// into one tensor per expert, in parameter order, then the copies of the embedding and the head
+/// DeepSeek-V3's layout keeps in each multi-token-prediction layer ([`mtp_shared_copies`]).
+/// Every parameter must have its tensor.
 pub fn hf_tensors(
     weights: &Weights,
     graph: &Graph,
@@ -27,6 +29,9 @@ pub fn hf_tensors(
                 out.push((name, t.outer_slice(i)?));
             }
         }
+    }
+    for (copy, shared) in mtp_shared_copies(graph) {
+        out.push((copy, weights.get(shared).expect("checked above").clone()));
     }
     Ok(out)
 }
