@@ -201,8 +201,10 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             args.steps
         );
     }
-    let save = |trainer: &Trainer, rng: Option<u64>| -> Result<(), Diagnostic> {
+    let save = |trainer: &mut Trainer, rng: Option<u64>| -> Result<(), Diagnostic> {
         let Some(w) = &writer else { return Ok(()) };
+        // On a GPU the weights and moments are on the device: read them back first.
+        trainer.sync().map_err(runtime)?;
         let state = TrainState::new(&info, trainer, rng, w.export());
         w.save(trainer, &state)?;
         println!(
@@ -230,7 +232,7 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             // The trainer keeps the last good state: save it, so the run can be resumed
             // (with another learning rate, say) from there.
             Err(e) if let Some(w) = &writer => {
-                let saved = match save(&trainer, rng_before) {
+                let saved = match save(&mut trainer, rng_before) {
                     Ok(()) => "saved",
                     Err(failed) => {
                         return Err(Diagnostic::new(format!(
@@ -282,7 +284,7 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             .map_err(|e| Diagnostic::new(format!("cannot write {}: {e}", path.display())))?;
         }
         if done < args.steps && args.save_every.is_some_and(|k| done % k == 0) {
-            save(&trainer, source.rng_state())?;
+            save(&mut trainer, source.rng_state())?;
         }
     }
     if let Some((path, mut w)) = log {
@@ -298,7 +300,7 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
         };
         print!("time per op kind ({on}):\n{}", profile.table());
     }
-    save(&trainer, source.rng_state())
+    save(&mut trainer, source.rng_state())
 }
 
 /// The master weights of `step_graph` (FP32) read from a safetensors file or a Hugging Face

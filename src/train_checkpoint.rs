@@ -231,7 +231,8 @@ impl CheckpointWriter {
         check_replaceable(&self.dir, &self.inputs, self.model_dir.as_deref())?;
         let step_graph = trainer.graph();
         let model = self.model_weights(trainer)?;
-        let mut moments: Vec<(&String, &HostTensor)> = trainer.moments().iter().collect();
+        let mut moments: Vec<(&String, &HostTensor)> =
+            trainer.moments().map_err(runtime)?.iter().collect();
         moments.sort_by(|a, b| a.0.cmp(b.0));
         let mut json = serde_json::to_string_pretty(state).expect("the state serializes");
         json.push('\n');
@@ -252,7 +253,8 @@ impl CheckpointWriter {
                 write_safetensors(&path, tensors.iter().map(|(n, t)| (n.as_str(), t)))
                     .map_err(runtime)?;
             }
-            let master = hf_tensors(trainer.weights(), step_graph).map_err(runtime)?;
+            let master =
+                hf_tensors(trainer.weights().map_err(runtime)?, step_graph).map_err(runtime)?;
             write_safetensors(
                 &tmp.join(MASTER_FILE),
                 master.iter().map(|(n, t)| (n.as_str(), t)),
@@ -276,11 +278,15 @@ impl CheckpointWriter {
         let mut out = Weights::new();
         for &p in &self.forward.params {
             let name = self.forward.name(p);
-            let master = trainer.weights().by_name(g, name).ok_or_else(|| {
-                Diagnostic::new(format!(
-                    "the training step has no master weight for parameter `{name}`"
-                ))
-            })?;
+            let master = trainer
+                .weights()
+                .map_err(runtime)?
+                .by_name(g, name)
+                .ok_or_else(|| {
+                    Diagnostic::new(format!(
+                        "the training step has no master weight for parameter `{name}`"
+                    ))
+                })?;
             let dtype = self.forward.ty(p).dtype;
             let t = if master.dtype == dtype {
                 master.clone()

@@ -199,7 +199,7 @@ fn one_step_updates_the_selection_bias_by_the_routed_load() {
                 std::cmp::Ordering::Equal => v,
             })
             .collect();
-        let got = trainer.weights().get(b).unwrap().to_f32_vec();
+        let got = trainer.weights().unwrap().get(b).unwrap().to_f32_vec();
         assert_eq!(got, want, "{}: loads {load:?}", g.name(b));
         assert_ne!(got, *old, "{}: loads {load:?}", g.name(b));
     }

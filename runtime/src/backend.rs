@@ -89,4 +89,36 @@ pub trait Backend {
         inputs: &HashMap<String, HostTensor>,
         timings: &mut Vec<StepTiming>,
     ) -> Result<Vec<(String, HostTensor)>, RuntimeError>;
+
+    /// Runs like [`Backend::run`], but copies in only the inputs `inputs` holds (the others
+    /// keep what the device holds, e.g. a training step's moments put there by
+    /// [`Backend::copy_tensors`]) and reads back only the tensors `read`, in that order.
+    fn run_given(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        read: &[String],
+        timings: &mut Vec<StepTiming>,
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        let _ = (inputs, read, timings);
+        Err(no_device_state())
+    }
+
+    /// Copies each pair's tensor `from` onto the weight or input `to` on the device, in order.
+    fn copy_tensors(&mut self, pairs: &[(String, String)]) -> Result<(), RuntimeError> {
+        let _ = pairs;
+        Err(no_device_state())
+    }
+
+    /// Reads any tensor of the plan (a weight, an input, an arena tensor) back from the device.
+    fn read_back(&mut self, name: &str) -> Result<HostTensor, RuntimeError> {
+        let _ = name;
+        Err(no_device_state())
+    }
+}
+
+/// What a backend without device buffers (the CPU's) answers to the device-state calls.
+fn no_device_state() -> RuntimeError {
+    RuntimeError::Tensor {
+        message: "this backend keeps no tensors on a device between runs".into(),
+    }
 }

@@ -71,10 +71,28 @@ pub fn check_inputs(
     graph: &Graph,
     inputs: &HashMap<String, HostTensor>,
 ) -> Result<(), RuntimeError> {
+    check(graph, inputs, true)
+}
+
+/// [`check_inputs`] for a run that leaves the inputs not given as the device holds them: each
+/// given tensor must be a graph input of its dtype and shape, none is required.
+pub fn check_given_inputs(
+    graph: &Graph,
+    inputs: &HashMap<String, HostTensor>,
+) -> Result<(), RuntimeError> {
+    check(graph, inputs, false)
+}
+
+fn check(
+    graph: &Graph,
+    inputs: &HashMap<String, HostTensor>,
+    every_input: bool,
+) -> Result<(), RuntimeError> {
     let mut problems = Vec::new();
     for &v in &graph.inputs {
         let (name, ty) = (graph.name(v), graph.ty(v));
         match inputs.get(name) {
+            None if !every_input => {}
             None => problems.push(format!("missing input `{name}` ({ty})")),
             Some(t) => {
                 let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();

@@ -209,6 +209,15 @@ impl MemoryPlan {
     }
 }
 
+/// Which inputs a run copies to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputsIn {
+    /// Every input of the graph (a missing one is an error).
+    Every,
+    /// Those given; the others keep what the device holds from an earlier run or copy.
+    Given,
+}
+
 /// The allocated buffers of a [`MemoryPlan`] on some device (CUDA, the emulator): whole-tensor
 /// copies in and out by name, and, built on them, what every run does the same way on every
 /// such device — inputs and weights in by the plan, tensors and outputs back.
@@ -222,14 +231,57 @@ pub(crate) trait PlanBuffers {
     /// Copies tensor `name` into `host` (resized to its bytes); the copy is finished on return.
     fn download(&self, name: &str, host: &mut Vec<u8>) -> Result<(), RuntimeError>;
 
-    /// Copies each input of the plan from `inputs` into its buffer.
-    fn upload_inputs(&mut self, inputs: &HashMap<String, HostTensor>) -> Result<(), RuntimeError> {
+    /// Copies the bytes of tensor `from` onto tensor `to` on the device (the same size), without
+    /// a round trip through the host.
+    fn copy(&mut self, from: &str, to: &str) -> Result<(), RuntimeError>;
+
+    /// Copies each input of the plan from `inputs` into its buffer: every one with
+    /// [`InputsIn::Every`], only those `inputs` holds with [`InputsIn::Given`] (the others keep
+    /// what the device holds).
+    fn upload_inputs(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        which: InputsIn,
+    ) -> Result<(), RuntimeError> {
         for i in 0..self.plan().inputs.len() {
             let name = self.plan().inputs[i].name.clone();
-            let tensor = inputs.get(&name).ok_or_else(|| RuntimeError::Inputs {
-                message: format!("missing input `{name}`"),
-            })?;
+            let tensor = match (inputs.get(&name), which) {
+                (Some(t), _) => t,
+                (None, InputsIn::Given) => continue,
+                (None, InputsIn::Every) => {
+                    return Err(RuntimeError::Inputs {
+                        message: format!("missing input `{name}`"),
+                    });
+                }
+            };
             self.upload(&name, &tensor.to_safetensors_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Checks that each pair `(from, to)` copies a tensor onto a weight or an input of its size,
+    /// then copies them in order (see [`PlanBuffers::copy`]).
+    fn copy_tensors(&mut self, pairs: &[(String, String)]) -> Result<(), RuntimeError> {
+        for (from, to) in pairs {
+            let (source, target) = (self.plan().placement(from)?, self.plan().placement(to)?);
+            if target.buffer == BufferId::Arena || source.bytes != target.bytes {
+                return Err(RuntimeError::Tensor {
+                    message: format!(
+                        "cannot copy `{from}` ({} bytes) onto `{to}` ({} bytes{}): a copy goes \
+                         onto a weight or an input of the same size",
+                        source.bytes,
+                        target.bytes,
+                        if target.buffer == BufferId::Arena {
+                            ", in the arena"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+        }
+        for (from, to) in pairs {
+            self.copy(from, to)?;
         }
         Ok(())
     }
@@ -264,6 +316,18 @@ pub(crate) trait PlanBuffers {
             staging,
             layout.dtype,
         )
+    }
+
+    /// Reads the tensors `names` back, in that order.
+    fn read_tensors(
+        &self,
+        names: &[String],
+        staging: &mut Vec<u8>,
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        names
+            .iter()
+            .map(|name| Ok((name.clone(), self.read_tensor(name, staging)?)))
+            .collect()
     }
 
     /// Reads `graph`'s outputs back, by name, in output order.

@@ -30,7 +30,7 @@ use crate::device::{Device, DeviceChoice, ResolvedDevice, choose_device};
 use crate::emu::{EmuBackend, EmuOptions};
 use crate::error::RuntimeError;
 use crate::host_memory::{MemoryNeed, available_bytes};
-use crate::inputs::check_inputs;
+use crate::inputs::{check_given_inputs, check_inputs};
 use crate::random_weights::random_weights;
 use crate::tensor::HostTensor;
 use crate::weights::{Weights, load_weights};
@@ -155,6 +155,35 @@ impl<'a> Session<'a> {
         }
         check_inputs(&self.artifact.graph, inputs)?;
         self.backend.run(inputs, &mut self.timings)
+    }
+
+    /// Runs like [`Session::run`] with state kept on the device: copies in only the inputs
+    /// `inputs` holds (each checked against the graph; the others keep what the device holds
+    /// from an earlier run or [`Session::copy_tensors`]) and reads back only the tensors `read`,
+    /// in that order. A training step runs so: its weights and moments stay on the device.
+    /// Not on the CPU, which has no device.
+    pub fn run_given(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        read: &[String],
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        if !self.backend.has_weights() {
+            return Err(RuntimeError::NoWeights);
+        }
+        check_given_inputs(&self.artifact.graph, inputs)?;
+        self.backend.run_given(inputs, read, &mut self.timings)
+    }
+
+    /// Copies each pair's tensor `from` (an output, say) onto the weight or input `to` on the
+    /// device, in order, without a host round trip (a training step's updated weights onto the
+    /// weights). Not on the CPU.
+    pub fn copy_tensors(&mut self, pairs: &[(String, String)]) -> Result<(), RuntimeError> {
+        self.backend.copy_tensors(pairs)
+    }
+
+    /// Reads any tensor of the plan back from the device (not on the CPU).
+    pub fn read_back(&mut self, name: &str) -> Result<HostTensor, RuntimeError> {
+        self.backend.read_back(name)
     }
 
     /// Per-step timings of the last successful run, in launch order.

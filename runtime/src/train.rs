@@ -6,6 +6,11 @@
 //! `train.schedule` (lr, step) and `{param}.adam_m` / `{param}.adam_v`; outputs `loss`,
 //! `grad_norm`, `{param}.grad`, and `{x}.next` for every parameter and moment `x` the step
 //! updates (a parameter may be updated without moments: a MoE layer's selection bias).
+//!
+//! On a session the weights and moments live on the device: the first step uploads them, each
+//! step after sends only its batch, and the updated weights and moments are copied onto the
+//! step's weights and moment inputs on the device ([`Session::copy_tensors`]), never through the
+//! host. The host copies are read back by [`Trainer::sync`], which saving a checkpoint calls.
 
 use crate::RuntimeError;
 use crate::cpu::{self, CpuOptions};
@@ -31,8 +36,8 @@ pub struct StepStats {
 enum Runner<'a> {
     /// The CPU reference, op by op over the step graph.
     Cpu(CpuOptions),
-    /// The step graph compiled into an artifact, run by a session (the emulator or CUDA). Its
-    /// weights are set before every step: the optimizer changed them.
+    /// The step graph compiled into an artifact, run by a session (the emulator or CUDA) that
+    /// keeps the weights and moments on the device between steps.
     Session(Box<Session<'a>>),
 }
 
@@ -44,6 +49,16 @@ pub struct Trainer<'a> {
     moments: HashMap<String, HostTensor>,
     /// Parameters the optimizer updates: (param, its `.next` output name).
     updated: Vec<(ValueId, String)>,
+    /// Each `.next` output with the parameter or moment input it replaces.
+    carried: Vec<(String, String)>,
+    /// The outputs a step returns: every output but the carried ones.
+    returned: Vec<String>,
+    /// On a session: the device holds the current weights and moments, so a step sends only
+    /// its batch (false until the first step, and after [`Trainer::restore`]).
+    device_current: bool,
+    /// `weights` and `moments` are current (false after a step on a session until
+    /// [`Trainer::sync`]).
+    host_current: bool,
     step: u64,
     runner: Runner<'a>,
     /// Time per op kind, when profiling.
@@ -106,11 +121,32 @@ impl<'a> Trainer<'a> {
             }
             updated.push((p, next));
         }
+        let mut carried: Vec<(String, String)> = updated
+            .iter()
+            .map(|(p, next)| (next.clone(), graph.name(*p).to_string()))
+            .collect();
+        let mut moment_names: Vec<&String> = moments.keys().collect();
+        moment_names.sort();
+        carried.extend(
+            moment_names
+                .into_iter()
+                .map(|m| (format!("{m}.next"), m.clone())),
+        );
+        let returned = graph
+            .outputs
+            .iter()
+            .map(|&o| graph.name(o).to_string())
+            .filter(|o| !carried.iter().any(|(next, _)| next == o))
+            .collect();
         Ok(Trainer {
             graph,
             weights,
             moments,
             updated,
+            carried,
+            returned,
+            device_current: false,
+            host_current: true,
             step: 0,
             runner,
             profile: None,
@@ -122,14 +158,49 @@ impl<'a> Trainer<'a> {
         &self.graph
     }
 
-    /// The current master weights.
-    pub fn weights(&self) -> &Weights {
-        &self.weights
+    /// The current master weights; an error after a step on a session until [`Self::sync`]
+    /// has read them back.
+    pub fn weights(&self) -> Result<&Weights, RuntimeError> {
+        self.check_host_current()?;
+        Ok(&self.weights)
     }
 
-    /// The current moments by input name.
-    pub fn moments(&self) -> &HashMap<String, HostTensor> {
-        &self.moments
+    /// The current moments by input name; an error after a step on a session until
+    /// [`Self::sync`] has read them back.
+    pub fn moments(&self) -> Result<&HashMap<String, HostTensor>, RuntimeError> {
+        self.check_host_current()?;
+        Ok(&self.moments)
+    }
+
+    fn check_host_current(&self) -> Result<(), RuntimeError> {
+        if self.host_current {
+            Ok(())
+        } else {
+            Err(tensor_err(
+                "the trainer's weights and moments are on the device: call Trainer::sync first"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Reads the weights and moments the optimizer updates back from the device, when steps on
+    /// a session have changed them (nothing to do otherwise).
+    pub fn sync(&mut self) -> Result<(), RuntimeError> {
+        let Runner::Session(session) = &mut self.runner else {
+            return Ok(());
+        };
+        if self.host_current {
+            return Ok(());
+        }
+        for (p, _) in &self.updated {
+            let t = session.read_back(self.graph.name(*p))?;
+            self.weights.insert(*p, t);
+        }
+        for (name, t) in self.moments.iter_mut() {
+            *t = session.read_back(name)?;
+        }
+        self.host_current = true;
+        Ok(())
     }
 
     /// Times every op of the following steps ([`Self::profile`]).
@@ -169,12 +240,15 @@ impl<'a> Trainer<'a> {
         self.weights = weights;
         self.moments = moments;
         self.step = step;
+        self.device_current = false;
+        self.host_current = true;
         Ok(())
     }
 
     /// Runs one step on a batch (`input_ids`, `labels`, both `[batch, seq]`) at learning rate
-    /// `lr`, returning the step's outputs by name. A non-finite loss or gradient norm is an
-    /// error naming the step, and the state stays as it was before it.
+    /// `lr`, returning the step's outputs by name but the updated weights and moments
+    /// (`….next`), which the trainer keeps. A non-finite loss or gradient norm is an error naming
+    /// the step, and the state stays as it was before it.
     pub fn step(
         &mut self,
         input_ids: Vec<i32>,
@@ -183,26 +257,26 @@ impl<'a> Trainer<'a> {
     ) -> Result<(StepStats, Vec<(String, HostTensor)>), RuntimeError> {
         let step = self.step + 1;
         let ids_ty = self.input_type("input_ids")?;
-        let mut inputs: HashMap<String, HostTensor> = self.moments.clone();
+        let mut batch: HashMap<String, HostTensor> = HashMap::new();
         let shape: Vec<usize> = ids_ty.shape.dims().iter().map(|&d| d as usize).collect();
-        inputs.insert(
+        batch.insert(
             "input_ids".into(),
             HostTensor::new(ids_ty.dtype, shape.clone(), HostData::I32(input_ids))?,
         );
-        inputs.insert(
+        batch.insert(
             "labels".into(),
             HostTensor::from_i32(dsc_ir::DType::I32, shape, labels)?,
         );
-        inputs.insert(
+        batch.insert(
             "loss.grad".into(),
             HostTensor::from_f32(dsc_ir::DType::F32, vec![1], vec![1.0])?,
         );
         // The step is an f32 in the graph: exact up to 2^24 steps.
-        inputs.insert(
+        batch.insert(
             "train.schedule".into(),
             HostTensor::from_f32(dsc_ir::DType::F32, vec![2], vec![lr, step as f32])?,
         );
-        let outputs = self.run_step(&inputs)?;
+        let mut outputs = self.run_step(batch)?;
         let find = |name: &str| {
             outputs
                 .iter()
@@ -219,13 +293,26 @@ impl<'a> Trainer<'a> {
                 grad_norm,
             });
         }
-        for (p, next) in &self.updated {
-            self.weights.insert(*p, find(next)?.clone());
-        }
-        let names: Vec<String> = self.moments.keys().cloned().collect();
-        for name in names {
-            let t = find(&format!("{name}.next"))?.clone();
-            self.moments.insert(name, t);
+        match &mut self.runner {
+            Runner::Session(session) => {
+                session.copy_tensors(&self.carried)?;
+                self.host_current = false;
+            }
+            Runner::Cpu(_) => {
+                let mut take = |name: &str| {
+                    let at = outputs.iter().position(|(n, _)| n == name).ok_or_else(|| {
+                        tensor_err(format!("the step graph has no output `{name}`"))
+                    })?;
+                    Ok::<_, RuntimeError>(outputs.swap_remove(at).1)
+                };
+                for (p, next) in &self.updated {
+                    self.weights.insert(*p, take(next)?);
+                }
+                for (name, t) in self.moments.iter_mut() {
+                    *t = take(&format!("{name}.next"))?;
+                }
+                outputs.sort_by_key(|(n, _)| self.returned.iter().position(|r| r == n));
+            }
         }
         self.step = step;
         Ok((
@@ -238,27 +325,36 @@ impl<'a> Trainer<'a> {
         ))
     }
 
-    /// Runs the step graph once on `inputs`, adding its time per op kind to the profile when
-    /// profiling (wall time on the CPU, the session's step times elsewhere: modeled on the
-    /// emulator).
+    /// Runs the step graph once on `batch` (and, where the device does not hold them yet, the
+    /// weights and moments), adding its time per op kind to the profile when profiling (wall
+    /// time on the CPU, the session's step times elsewhere: modeled on the emulator). On a
+    /// session only the returned outputs come back.
     fn run_step(
         &mut self,
-        inputs: &HashMap<String, HostTensor>,
+        mut batch: HashMap<String, HostTensor>,
     ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
         // Recorded apart and added once every op of the step has run.
         let mut this_step = StepProfile::default();
+        let on_device = matches!(self.runner, Runner::Session(_)) && self.device_current;
+        if !on_device {
+            batch.extend(self.moments.iter().map(|(n, t)| (n.clone(), t.clone())));
+        }
         let outputs = match &mut self.runner {
             Runner::Cpu(options) if self.profile.is_some() => cpu::run_observed(
                 &self.graph,
                 &self.weights,
-                inputs,
+                &batch,
                 options,
                 &mut |op, _, took| this_step.record(op.kind, took),
             )?,
-            Runner::Cpu(options) => cpu::run(&self.graph, &self.weights, inputs, options)?,
+            Runner::Cpu(options) => cpu::run(&self.graph, &self.weights, &batch, options)?,
             Runner::Session(session) => {
-                session.set_weights(self.weights.clone())?;
-                let outputs = session.run(inputs)?;
+                if !self.device_current {
+                    session.set_weights(self.weights.clone())?;
+                }
+                let outputs = session.run_given(&batch, &self.returned)?;
+                // The weights are there, and the moments came with this step's inputs.
+                self.device_current = true;
                 if self.profile.is_some() {
                     let kinds: HashMap<&str, dsc_ir::OpKind> = self
                         .graph

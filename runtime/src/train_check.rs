@@ -153,8 +153,10 @@ pub fn check_training(
         }
     }
     let bound = if steps > 1 { later_bound } else { first_bound };
-    for (id, want) in cpu.weights().iter() {
-        let got = gpu.weights().get(id).map(HostTensor::to_f32_vec);
+    gpu.sync()?;
+    let got_weights = gpu.weights()?;
+    for (id, want) in cpu.weights()?.iter() {
+        let got = got_weights.get(id).map(HostTensor::to_f32_vec);
         differences.push(Difference {
             what: format!("master {} after step {steps}", graph.name(id)),
             relative: got.map_or(f64::NAN, |g| relative(&g, &want.to_f32_vec())),

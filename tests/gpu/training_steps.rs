@@ -86,6 +86,9 @@ struct Run {
     steps: Vec<(f64, f64)>,
     grads: BTreeMap<String, Vec<f32>>,
     masters: BTreeMap<String, Vec<f32>>,
+    /// AdamW's moments after the two steps (BF16, widened): on a GPU they stay on the device
+    /// between steps and are read back for the checkpoint.
+    moments: BTreeMap<String, Vec<f32>>,
 }
 
 fn f32_tensors(path: &std::path::Path) -> BTreeMap<String, Vec<f32>> {
@@ -93,14 +96,21 @@ fn f32_tensors(path: &std::path::Path) -> BTreeMap<String, Vec<f32>> {
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     file.tensors()
         .into_iter()
-        .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
-        .map(|(name, t)| {
-            let values = t
-                .data()
-                .chunks(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (name, values)
+        .filter_map(|(name, t)| {
+            let values = match t.dtype() {
+                safetensors::Dtype::F32 => t
+                    .data()
+                    .chunks(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::BF16 => t
+                    .data()
+                    .chunks(2)
+                    .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+                    .collect(),
+                _ => return None,
+            };
+            Some((name, values))
         })
         .collect()
 }
@@ -149,6 +159,7 @@ fn train(tmp: &TempDir, name: &str, model: &str, recipe: &str, device: &[&str]) 
         steps,
         grads: f32_tensors(&grads),
         masters: f32_tensors(&save.join("master.safetensors")),
+        moments: f32_tensors(&save.join("optimizer.safetensors")),
     }
 }
 
@@ -245,6 +256,9 @@ fn training_steps_on_the_gpu_match_the_cpu() {
                 check_tensors(&grads, &run.grads, &cpu.grads, first_step);
                 let masters = format!("{what}: master weights after two steps");
                 check_tensors(&masters, &run.masters, &cpu.masters, later_steps);
+                // v sums squared gradients: twice their relative difference.
+                let moments = format!("{what}: AdamW moments after two steps");
+                check_tensors(&moments, &run.moments, &cpu.moments, 2.0 * later_steps);
             }
         }
     }

@@ -15,7 +15,7 @@ use super::probe::{DeviceInfo, driver_error, driver_present, without_driver_pani
 use crate::artifact::Artifact;
 use crate::backend::{Backend, StepPhase, StepTiming};
 use crate::error::RuntimeError;
-use crate::memory_plan::{MemoryPlan, PlanBuffers};
+use crate::memory_plan::{InputsIn, MemoryPlan, PlanBuffers};
 use crate::tensor::HostTensor;
 use crate::weights::Weights;
 
@@ -128,7 +128,7 @@ impl<'a> CudaBackend<'a> {
         if !self.has_weights {
             return Err(RuntimeError::NoWeights);
         }
-        self.buffers().upload_inputs(inputs)?;
+        self.buffers().upload_inputs(inputs, InputsIn::Every)?;
         self.synchronize()?;
         for index in 0..self.steps.len() {
             observe(index, StepPhase::Before, self)?;
@@ -154,7 +154,41 @@ impl Backend for CudaBackend<'_> {
         inputs: &HashMap<String, HostTensor>,
         timings: &mut Vec<StepTiming>,
     ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
-        without_driver_panics("running the launch plan", || self.run_plan(inputs, timings))
+        without_driver_panics("running the launch plan", || {
+            self.launch_plan(inputs, InputsIn::Every, timings)?;
+            let buffers = OnStream {
+                memory: &mut self.memory,
+                stream: &self.stream,
+            };
+            buffers.read_outputs(&self.artifact.graph, &mut self.staging)
+        })
+    }
+
+    fn run_given(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        read: &[String],
+        timings: &mut Vec<StepTiming>,
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        without_driver_panics("running the launch plan", || {
+            self.launch_plan(inputs, InputsIn::Given, timings)?;
+            let buffers = OnStream {
+                memory: &mut self.memory,
+                stream: &self.stream,
+            };
+            buffers.read_tensors(read, &mut self.staging)
+        })
+    }
+
+    fn copy_tensors(&mut self, pairs: &[(String, String)]) -> Result<(), RuntimeError> {
+        without_driver_panics("copying tensors on the device", || {
+            self.buffers().copy_tensors(pairs)?;
+            self.synchronize()
+        })
+    }
+
+    fn read_back(&mut self, name: &str) -> Result<HostTensor, RuntimeError> {
+        without_driver_panics("reading a tensor back", || self.read_tensor(name))
     }
 }
 
@@ -170,16 +204,17 @@ impl CudaBackend<'_> {
         Ok(())
     }
 
-    /// One forward pass: inputs in, every step launched between timing events, outputs out.
-    fn run_plan(
+    /// One forward pass: `which` of `inputs` in, every step launched between timing events.
+    fn launch_plan(
         &mut self,
         inputs: &HashMap<String, HostTensor>,
+        which: InputsIn,
         timings: &mut Vec<StepTiming>,
-    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+    ) -> Result<(), RuntimeError> {
         if !self.has_weights {
             return Err(RuntimeError::NoWeights);
         }
-        self.buffers().upload_inputs(inputs)?;
+        self.buffers().upload_inputs(inputs, which)?;
         self.events[0]
             .record(&self.stream)
             .map_err(|e| driver_error("cuEventRecord", e))?;
@@ -194,10 +229,6 @@ impl CudaBackend<'_> {
                 .map_err(|e| driver_error("cuEventElapsedTime", e))?;
             timings.push(StepTiming::launched(step, f64::from(ms) * 1e-3, None));
         }
-        let buffers = OnStream {
-            memory: &mut self.memory,
-            stream: &self.stream,
-        };
-        buffers.read_outputs(&self.artifact.graph, &mut self.staging)
+        Ok(())
     }
 }

@@ -190,6 +190,32 @@ impl PlanBuffers for OnStream<'_> {
         self.memory.plan()
     }
 
+    fn copy(&mut self, from: &str, to: &str) -> Result<(), RuntimeError> {
+        let plan = self.memory.plan();
+        let bytes = plan.placement(from)?.bytes;
+        if plan.placement(to)?.bytes != bytes {
+            return Err(RuntimeError::Tensor {
+                message: format!("cannot copy `{from}` onto `{to}`: their sizes differ"),
+            });
+        }
+        let (src, dst) = (
+            self.memory.pointer(self.stream, from)?,
+            self.memory.pointer(self.stream, to)?,
+        );
+        // SAFETY: both ranges lie inside buffers this memory owns (their placements), are
+        // `bytes` long, and do not overlap (a copy goes from one tensor onto another); the copy
+        // is ordered on the session's one stream with every launch.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                dst,
+                src,
+                bytes as usize,
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| driver_error("cuMemcpyDtoDAsync", e))
+    }
+
     fn upload(&mut self, name: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
         self.memory.upload(self.stream, name, bytes)
     }

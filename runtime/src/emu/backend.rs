@@ -17,7 +17,7 @@ use crate::artifact::Artifact;
 use crate::backend::{Backend, StepPhase, StepTiming};
 use crate::device::require_launch_plan;
 use crate::error::RuntimeError;
-use crate::memory_plan::{MemoryPlan, PlanBuffers};
+use crate::memory_plan::{InputsIn, MemoryPlan, PlanBuffers};
 use crate::tensor::HostTensor;
 use crate::weights::Weights;
 
@@ -92,7 +92,7 @@ impl<'a> EmuBackend<'a> {
         if !self.has_weights {
             return Err(RuntimeError::NoWeights);
         }
-        self.memory.upload_inputs(inputs)?;
+        self.memory.upload_inputs(inputs, InputsIn::Every)?;
         for index in 0..self.steps.len() {
             observe(index, StepPhase::Before, self)?;
             launch(&self.module, &self.memory, index, &self.steps[index])?;
@@ -120,10 +120,42 @@ impl Backend for EmuBackend<'_> {
         inputs: &HashMap<String, HostTensor>,
         timings: &mut Vec<StepTiming>,
     ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        self.launch_all(inputs, InputsIn::Every, timings)?;
+        self.memory
+            .read_outputs(&self.artifact.graph, &mut self.staging)
+    }
+
+    fn run_given(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        read: &[String],
+        timings: &mut Vec<StepTiming>,
+    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        self.launch_all(inputs, InputsIn::Given, timings)?;
+        self.memory.read_tensors(read, &mut self.staging)
+    }
+
+    fn copy_tensors(&mut self, pairs: &[(String, String)]) -> Result<(), RuntimeError> {
+        self.memory.copy_tensors(pairs)
+    }
+
+    fn read_back(&mut self, name: &str) -> Result<HostTensor, RuntimeError> {
+        self.read_tensor(name)
+    }
+}
+
+impl EmuBackend<'_> {
+    /// Copies `which` of `inputs` in and launches every step, recording the modeled timings.
+    fn launch_all(
+        &mut self,
+        inputs: &HashMap<String, HostTensor>,
+        which: InputsIn,
+        timings: &mut Vec<StepTiming>,
+    ) -> Result<(), RuntimeError> {
         if !self.has_weights {
             return Err(RuntimeError::NoWeights);
         }
-        self.memory.upload_inputs(inputs)?;
+        self.memory.upload_inputs(inputs, which)?;
         let mut profiles = Vec::with_capacity(self.steps.len());
         for (index, step) in self.steps.iter().enumerate() {
             profiles.push(launch(&self.module, &self.memory, index, step)?);
@@ -134,8 +166,7 @@ impl Backend for EmuBackend<'_> {
             timings.push(StepTiming::launched(step, modeled.seconds, Some(modeled)));
         }
         self.profiles = profiles;
-        self.memory
-            .read_outputs(&self.artifact.graph, &mut self.staging)
+        Ok(())
     }
 }
 

@@ -122,6 +122,13 @@ impl PlanBuffers for EmuMemory {
                 message: format!("reading `{name}` from the emulator: {e}"),
             })
     }
+
+    fn copy(&mut self, from: &str, to: &str) -> Result<(), RuntimeError> {
+        // Emulated device memory is host memory: the copy passes through a host buffer.
+        let mut bytes = Vec::new();
+        self.download(from, &mut bytes)?;
+        self.upload(to, &bytes)
+    }
 }
 
 /// Available and total host memory in bytes (Linux `/proc/meminfo`); `None` where unknown.
