@@ -226,6 +226,9 @@ pub fn run(args: &TrainArgs) -> Result<(), Diagnostic> {
             Batches::Fixed(b) => b.clone(),
         };
         let lr = config.lr_at(i, args.steps) as f32;
+        // Only the first step's gradients are written (--save-grads); later steps leave them
+        // on the device.
+        trainer.read_gradients(i == first && args.save_grads.is_some());
         let t0 = Instant::now();
         let (stats, outputs) = match trainer.step(input_ids, labels, lr) {
             Ok(done) => done,

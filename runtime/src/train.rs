@@ -51,8 +51,11 @@ pub struct Trainer<'a> {
     updated: Vec<(ValueId, String)>,
     /// Each `.next` output with the parameter or moment input it replaces.
     carried: Vec<(String, String)>,
-    /// The outputs a step returns: every output but the carried ones.
+    /// The outputs a step returns: every output but the carried ones, and but the gradients
+    /// unless `read_gradients`.
     returned: Vec<String>,
+    /// Steps return the parameters' gradients (`….grad`) too.
+    read_gradients: bool,
     /// On a session: the device holds the current weights and moments, so a step sends only
     /// its batch (false until the first step, and after [`Trainer::restore`]).
     device_current: bool,
@@ -145,6 +148,7 @@ impl<'a> Trainer<'a> {
             updated,
             carried,
             returned,
+            read_gradients: false,
             device_current: false,
             host_current: true,
             step: 0,
@@ -203,6 +207,21 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Whether the following steps return the parameters' gradients (`….grad` outputs): off by
+    /// default, since on a GPU each step would read them all back from the device.
+    pub fn read_gradients(&mut self, read: bool) {
+        self.read_gradients = read;
+    }
+
+    /// The outputs a step returns now, in graph order.
+    fn reported(&self) -> Vec<String> {
+        self.returned
+            .iter()
+            .filter(|o| self.read_gradients || !o.ends_with(".grad"))
+            .cloned()
+            .collect()
+    }
+
     /// Times every op of the following steps ([`Self::profile`]).
     pub fn enable_profile(&mut self) {
         self.profile.get_or_insert_with(StepProfile::default);
@@ -247,7 +266,8 @@ impl<'a> Trainer<'a> {
 
     /// Runs one step on a batch (`input_ids`, `labels`, both `[batch, seq]`) at learning rate
     /// `lr`, returning the step's outputs by name but the updated weights and moments
-    /// (`….next`), which the trainer keeps. A non-finite loss or gradient norm is an error naming
+    /// (`….next`), which the trainer keeps, and the gradients unless
+    /// [`Self::read_gradients`]. A non-finite loss or gradient norm is an error naming
     /// the step, and the state stays as it was before it.
     pub fn step(
         &mut self,
@@ -311,7 +331,9 @@ impl<'a> Trainer<'a> {
                 for (name, t) in self.moments.iter_mut() {
                     *t = take(&format!("{name}.next"))?;
                 }
-                outputs.sort_by_key(|(n, _)| self.returned.iter().position(|r| r == n));
+                let reported = self.reported();
+                outputs.retain(|(n, _)| reported.contains(n));
+                outputs.sort_by_key(|(n, _)| reported.iter().position(|r| r == n));
             }
         }
         self.step = step;
@@ -339,6 +361,7 @@ impl<'a> Trainer<'a> {
         if !on_device {
             batch.extend(self.moments.iter().map(|(n, t)| (n.clone(), t.clone())));
         }
+        let reported = self.reported();
         let outputs = match &mut self.runner {
             Runner::Cpu(options) if self.profile.is_some() => cpu::run_observed(
                 &self.graph,
@@ -352,7 +375,7 @@ impl<'a> Trainer<'a> {
                 if !self.device_current {
                     session.set_weights(self.weights.clone())?;
                 }
-                let outputs = session.run_given(&batch, &self.returned)?;
+                let outputs = session.run_given(&batch, &reported)?;
                 // The weights are there, and the moments came with this step's inputs.
                 self.device_current = true;
                 if self.profile.is_some() {

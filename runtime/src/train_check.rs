@@ -122,6 +122,9 @@ pub fn check_training(
     let weights = random_weights(graph, seed)?;
     let mut cpu = Trainer::new(graph.clone(), weights.clone(), CpuOptions::default())?;
     let mut gpu = Trainer::on_session(Session::new(artifact, device)?, weights)?;
+    // The first step's gradients are compared.
+    cpu.read_gradients(true);
+    gpu.read_gradients(true);
     let mut differences = Vec::new();
     let mut device_step_seconds = Vec::new();
     for step in 1..=steps {
