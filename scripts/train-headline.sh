@@ -59,6 +59,14 @@ run fp8-pow2-scales-seed2 "$(precision_variant pow2-scales 'scale_format = "ue8m
 run fp8-act-grad-128x128 "$(train_variant act-grad-128x128 'act_grad_scaling = "128x128"')" 1 --recipe fp8
 run fp8-no-bias-update "$(train_variant no-bias-update 'bias_update_speed = 0')" 1 --recipe fp8
 run bf16-no-bias-update "$(train_variant no-bias-update 'bias_update_speed = 0')" 1 --recipe bf16
+# The recipe as it is now, its FP8 GEMMs summed by the Hopper tensor-core accumulator model (14
+# significant bits) instead of the CPU's exact FP32 sums: promoted into FP32 every 128 as the
+# kernels do, and with no promotion at all (one such accumulator over all of K, the no-promotion
+# ablation of DeepSeek-V3 §3.3.2).
+run fp8-hopper "$model" 1 --recipe fp8 --accumulator hopper
+run fp8-no-promotion "$model" 1 --recipe fp8 --accumulator hopper-unpromoted
+run fp8-hopper-seed2 "$model" 2 --recipe fp8 --accumulator hopper
+run fp8-no-promotion-seed2 "$model" 2 --recipe fp8 --accumulator hopper-unpromoted
 
 plot() { python3 scripts/plot_curves.py "$@"; }
 plot docs/training-headline.svg --smooth 25 \
@@ -66,7 +74,8 @@ plot docs/training-headline.svg --smooth 25 \
 plot docs/training-headline-gap.svg --smooth 50 --gap-to "$out/bf16.csv" \
     "FP8 recipe=$out/fp8.csv" "FP8, power-of-2 scales=$out/fp8-pow2-scales.csv" \
     "FP8, Wgrad from BF16=$out/fp8-wgrad-high.csv" \
-    "FP8, dY in 128×128 blocks=$out/fp8-act-grad-128x128.csv"
+    "FP8, dY in 128×128 blocks=$out/fp8-act-grad-128x128.csv" \
+    "FP8, Hopper accumulator, no promotion=$out/fp8-no-promotion.csv"
 plot docs/training-headline-balance.svg --smooth 10 --column max_vio \
     "BF16=$out/bf16.csv" "FP8=$out/fp8.csv" "BF16, no bias update=$out/bf16-no-bias-update.csv" \
     "FP8, no bias update=$out/fp8-no-bias-update.csv"
@@ -94,8 +103,17 @@ runs = [  # label, run, its BF16 reference
     ("FP8, dY of Dgrad in 128×128 blocks", "fp8-act-grad-128x128", "bf16"),
     ("FP8, no expert-bias update", "fp8-no-bias-update", "bf16-no-bias-update"),
     ("all-BF16, no expert-bias update", "bf16-no-bias-update", "bf16"),
+    ("FP8, Hopper accumulator promoted every 128 (seed 1)", "fp8-hopper", "bf16"),
+    ("FP8, Hopper accumulator, no promotion (seed 1)", "fp8-no-promotion", "bf16"),
+    ("FP8, Hopper accumulator promoted every 128 (seed 2)", "fp8-hopper-seed2", "bf16-seed2"),
+    ("FP8, Hopper accumulator, no promotion (seed 2)", "fp8-no-promotion-seed2", "bf16-seed2"),
+    ("no promotion against promoted (seed 1)", "fp8-no-promotion", "fp8-hopper"),
+    ("no promotion against promoted (seed 2)", "fp8-no-promotion-seed2", "fp8-hopper-seed2"),
 ]
-label_of = {name: label for label, name, _ in runs}
+# A run's own row comes before any row that compares it with another: its label names it.
+label_of = {}
+for label, name, _ in runs:
+    label_of.setdefault(name, label)
 print(f"| run | mean loss, last {tail} steps | relative gap | to | mean max_vio, last {tail} steps | wall time |")
 print("|---|---:|---:|---|---:|---:|")
 for label, name, ref in runs:

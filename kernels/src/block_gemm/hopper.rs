@@ -12,6 +12,26 @@ use rayon::prelude::*;
 /// Products per MMA.
 const DEPTH: usize = Accumulator::MMA_DEPTH;
 
+/// One output `y[i, j]` being summed.
+#[derive(Clone, Copy)]
+struct Column {
+    j: usize,
+    /// The promoted FP32 sum (the result, once every interval is in).
+    total: f32,
+    /// The tensor-core accumulator: the interval's partial, or all of K's without promotion.
+    acc: f32,
+}
+
+impl Column {
+    fn new(j: usize) -> Self {
+        Column {
+            j,
+            total: 0.0,
+            acc: 0.0,
+        }
+    }
+}
+
 impl Decoded<'_> {
     /// `y` under [`Accumulator::Hopper`] or [`Accumulator::HopperUnpromoted`], rows in parallel.
     pub(super) fn gemm_hopper(&self, isa: Isa) -> Vec<f32> {
@@ -29,9 +49,7 @@ impl Decoded<'_> {
                 Isa::Avx2 | Isa::Avx512 => unsafe { self.row_avx2(i, x_row, y_row) },
                 Isa::Portable => {
                     for (j, y) in y_row.iter_mut().enumerate() {
-                        *y = self.element(i, j, x_row, |acc, x, w, factor| {
-                            hopper_mma_32(acc, &mma_products(x, w, factor))
-                        });
+                        *y = self.element(i, j, x_row);
                     }
                 }
             }
@@ -39,16 +57,8 @@ impl Decoded<'_> {
         y
     }
 
-    /// `y[i, j]`, with `fold(acc, x, w, factor)` folding the MMA whose operands start at the
-    /// fronts of `x` and `w` (its products times `factor`) into `acc`.
-    #[inline(always)]
-    fn element(
-        &self,
-        i: usize,
-        j: usize,
-        x_row: &[f32],
-        mut fold: impl FnMut(f32, &[f32], &[f32], f32) -> f32,
-    ) -> f32 {
+    /// `y[i, j]`, one MMA at a time through [`hopper_mma_32`].
+    fn element(&self, i: usize, j: usize, x_row: &[f32]) -> f32 {
         let k = self.dims.k;
         let w_row = &self.w[j * k..][..k];
         let promotes = self.cfg.accumulator.promotes();
@@ -64,9 +74,12 @@ impl Decoded<'_> {
                 scale
             };
             for c0 in (k0..k1).step_by(DEPTH) {
-                acc = fold(acc, &x_row[c0..k1], &w_row[c0..k1], factor);
+                let products = mma_products(&x_row[c0..k1], &w_row[c0..k1], factor);
+                acc = hopper_mma_32(acc, &products);
             }
-            total += acc * scale;
+            if promotes {
+                total += acc * scale;
+            }
         }
         if promotes { total } else { acc }
     }
@@ -78,56 +91,52 @@ impl Decoded<'_> {
         let j_rest = y_row.len() / 4 * 4;
         let mut quads = y_row.chunks_exact_mut(4);
         for (q, y4) in quads.by_ref().enumerate() {
-            let j0 = 4 * q;
-            let mut columns = [0, 1, 2, 3].map(|c| (j0 + c, 0.0f32, 0.0f32));
+            let mut columns = [0, 1, 2, 3].map(|c| Column::new(4 * q + c));
             self.elements_avx2(i, x_row, &mut columns);
-            for (y, (_, total, _)) in y4.iter_mut().zip(columns) {
-                *y = total;
+            for (y, column) in y4.iter_mut().zip(columns) {
+                *y = column.total;
             }
         }
         for (c, y) in quads.into_remainder().iter_mut().enumerate() {
-            let mut column = [(j_rest + c, 0.0f32, 0.0f32)];
+            let mut column = [Column::new(j_rest + c)];
             self.elements_avx2(i, x_row, &mut column);
-            *y = column[0].1;
+            *y = column[0].total;
         }
     }
 
-    /// [`Self::element`] for the columns `(j, _, _)`, their MMAs interleaved; each result is
-    /// left in the column's second field.
+    /// [`Self::element`] for `columns`, their MMAs interleaved; each result is left in its
+    /// column's `total`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn elements_avx2<const C: usize>(
-        &self,
-        i: usize,
-        x_row: &[f32],
-        columns: &mut [(usize, f32, f32); C],
-    ) {
+    fn elements_avx2<const C: usize>(&self, i: usize, x_row: &[f32], columns: &mut [Column; C]) {
         let k = self.dims.k;
         let promotes = self.cfg.accumulator.promotes();
-        let w_rows = columns.map(|(j, _, _)| &self.w[j * k..][..k]);
+        let w_rows = columns.map(|c| &self.w[c.j * k..][..k]);
         for k0 in (0..k).step_by(self.cfg.promote_interval) {
             let k1 = (k0 + self.cfg.promote_interval).min(k);
             let s_x = self.x_scale(i, k0);
-            let scales = columns.map(|(j, _, _)| s_x * self.w_scale(j, k0));
+            let scales = columns.map(|c| s_x * self.w_scale(c.j, k0));
             if promotes {
-                columns.iter_mut().for_each(|c| c.2 = 0.0);
+                columns.iter_mut().for_each(|c| c.acc = 0.0);
             }
             for c0 in (k0..k1).step_by(DEPTH) {
                 for ((column, w_row), &scale) in columns.iter_mut().zip(&w_rows).zip(&scales) {
                     let factor = if promotes { 1.0 } else { scale };
                     let (x, w) = (&x_row[c0..k1], &w_row[c0..k1]);
-                    column.2 = match (x.first_chunk::<DEPTH>(), w.first_chunk::<DEPTH>()) {
-                        (Some(x), Some(w)) => x86::fold(column.2, x, w, factor),
-                        _ => hopper_mma_32(column.2, &mma_products(x, w, factor)),
+                    column.acc = match (x.first_chunk::<DEPTH>(), w.first_chunk::<DEPTH>()) {
+                        (Some(x), Some(w)) => x86::fold(column.acc, x, w, factor),
+                        _ => hopper_mma_32(column.acc, &mma_products(x, w, factor)),
                     };
                 }
             }
-            for (column, &scale) in columns.iter_mut().zip(&scales) {
-                column.1 += column.2 * scale;
+            if promotes {
+                for (column, &scale) in columns.iter_mut().zip(&scales) {
+                    column.total += column.acc * scale;
+                }
             }
         }
         if !promotes {
-            columns.iter_mut().for_each(|c| c.1 = c.2);
+            columns.iter_mut().for_each(|c| c.total = c.acc);
         }
     }
 }
