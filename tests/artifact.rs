@@ -55,7 +55,9 @@ fn compile_writes_the_whole_artifact_with_a_consistent_manifest() {
     for t in &m.tensors {
         let Some(v) = graph.values.iter().find(|v| v.name == t.name) else {
             assert!(
-                t.name.ends_with(".dispatch_rows") || t.name.ends_with(".dispatch_tiles"),
+                t.name.ends_with(".dispatch_rows")
+                    || t.name.ends_with(".dispatch_tiles")
+                    || t.name.ends_with(".dispatch_counts"),
                 "{} is not a graph value",
                 t.name
             );
@@ -99,7 +101,28 @@ fn compile_writes_the_whole_artifact_with_a_consistent_manifest() {
         assert_eq!(m.steps[i + 1].op, step.op, "the dispatch precedes its GEMM");
         assert!(step.op.ends_with("experts.gate_proj"), "{}", step.op);
     }
-    assert_eq!(m.steps.len(), graph.ops.len() - reshapes + moe_layers);
+    // A dispatch over several blocks takes the blocks' counts first, as part of the same op.
+    let counts: Vec<_> = m
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| m.kernel(&s.kernel).unwrap().spec == "moe_dispatch_counts")
+        .collect();
+    for (i, step) in &counts {
+        assert_eq!(
+            m.steps[i + 1].op,
+            step.op,
+            "the counts precede their dispatch"
+        );
+        assert_eq!(
+            m.kernel(&m.steps[i + 1].kernel).unwrap().spec,
+            "moe_dispatch"
+        );
+    }
+    assert_eq!(
+        m.steps.len(),
+        graph.ops.len() - reshapes + moe_layers + counts.len()
+    );
     assert_eq!(m.steps.last().unwrap().op, "logits");
     assert!(m.arena.bytes < m.arena.no_reuse_bytes);
 }

@@ -2,14 +2,16 @@
 //! `moe_topk` (one warp per token) at DeepSeek-V3's routing shape (256 experts, 8 groups, top-4
 //! groups, top-8 experts, sigmoid with a selection bias) and others (tiny-moe's, the 32-expert
 //! V3 layer's, V2's softmax without bias, experts that do not fill the lanes), and
-//! `moe_dispatch` (one block: histogram, scan, scatter), whose layout must be the reference's
-//! bit for bit.
+//! `moe_dispatch` (the blocks' expert counts, then per block a histogram, scan and scatter),
+//! whose layout must be the reference's bit for bit: one block and many, V3's shape, ragged
+//! chunks, skewed routing, invalid experts.
 
-use super::kernel_run::{lower, run_ptx};
+use super::kernel_run::{launch_kernel, lower, run_ptx};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::moe::MoeTopk;
 use dsc_codegen::kernels::moe_dispatch::{MoeDispatch, PARALLEL_EXPERTS};
+use dsc_emulator::{GlobalMemory, Module, ParamValue};
 use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, to_bf16};
 use dsc_kernels::ops::moe_dispatch::moe_dispatch;
@@ -25,17 +27,23 @@ fn bytes_of<T: Copy, const N: usize>(items: &[T], to: impl Fn(T) -> [u8; N]) -> 
     items.iter().flat_map(|&v| to(v)).collect()
 }
 
-/// Runs `kernel` on the emulator for `target` with `inputs` (bytes) and `outputs` (byte sizes);
-/// returns the outputs' bytes.
-fn run(kernel: &GpuKernel, target: Target, inputs: &[Vec<u8>], outputs: &[usize]) -> Vec<Vec<u8>> {
+/// The PTX of `kernel` for `target`, with no per-thread arrays (the dispatch of more experts
+/// than a block takes is serial and has some).
+fn lower_checked(kernel: &GpuKernel, target: Target) -> String {
     let ptx = lower(kernel, target);
-    // No per-thread arrays (the dispatch of more experts than one block takes is serial).
     let serial = matches!(kernel, GpuKernel::MoeDispatch(d) if d.experts > PARALLEL_EXPERTS);
     assert!(
         serial || !ptx.contains(".local"),
         "{target}: {} uses local memory",
         kernel.spec()
     );
+    ptx
+}
+
+/// Runs `kernel` on the emulator for `target` with `inputs` (bytes) and `outputs` (byte sizes);
+/// returns the outputs' bytes.
+fn run(kernel: &GpuKernel, target: Target, inputs: &[Vec<u8>], outputs: &[usize]) -> Vec<Vec<u8>> {
+    let ptx = lower_checked(kernel, target);
     run_ptx(kernel, target, &ptx, inputs, outputs)
 }
 
@@ -144,20 +152,61 @@ fn moe_topk_at_other_shapes() {
     check_topk(&topk(96, 4, 3, 40, ScoreFunc::Softmax), 10);
 }
 
+/// The dispatch `spec` of `indices` on the emulator for `target`, as the plan runs it: the
+/// blocks' counts first when the grid has several blocks, then the layout; returns `(rows,
+/// tiles)`. Every buffer the kernels write starts as garbage, so a position left unwritten
+/// shows.
+fn run_dispatch(spec: MoeDispatch, target: Target, indices: &[i32]) -> (Vec<i32>, Vec<i32>) {
+    let mut memory = GlobalMemory::new();
+    let mut buffer = |bytes: &[u8]| {
+        let at = memory.allocate(bytes.len().max(4) as u64);
+        memory.write(at, bytes).expect("write");
+        at
+    };
+    let indices_at = buffer(&bytes_of(indices, i32::to_le_bytes));
+    let counts = spec.counts().map(GpuKernel::MoeDispatchCounts);
+    let counts_at = counts
+        .as_ref()
+        .map(|kernel| buffer(&vec![0x5a; kernel.params()[1].len as usize * 4]));
+    let rows_len = spec.capacity() as usize;
+    let tiles_len = rows_len / spec.tile_rows as usize;
+    let rows_at = buffer(&vec![0x5a; rows_len * 4]);
+    let tiles_at = buffer(&vec![0x5a; tiles_len * 4]);
+    let launch = |kernel: &GpuKernel, params: &[u64]| {
+        let ptx = Module::parse(&lower_checked(kernel, target)).expect("emulator parses the PTX");
+        let params: Vec<ParamValue> = params.iter().map(|&at| ParamValue::U64(at)).collect();
+        launch_kernel(kernel, &ptx, &memory, &params).unwrap_or_else(|e| panic!("{target}: {e}"));
+    };
+    if let (Some(kernel), Some(at)) = (&counts, counts_at) {
+        launch(kernel, &[indices_at, at]);
+    }
+    let mut params = vec![indices_at];
+    params.extend(counts_at);
+    params.extend([rows_at, tiles_at]);
+    launch(&GpuKernel::MoeDispatch(spec), &params);
+    let read = |at: u64, len: usize| {
+        let mut bytes = vec![0u8; len * 4];
+        memory.read(at, &mut bytes).expect("read");
+        i32s(&bytes)
+    };
+    (read(rows_at, rows_len), read(tiles_at, tiles_len))
+}
+
 /// `spec` on `indices` against the reference, bit for bit, for both targets.
 fn check_dispatch(spec: MoeDispatch, indices: &[i32]) {
     let want = moe_dispatch(indices, spec.experts as usize, spec.tile_rows as usize);
-    let capacity = spec.capacity() as usize;
     for target in [Target::Sm90a, Target::Sm89] {
-        let kernel = GpuKernel::MoeDispatch(spec);
-        let out = run(
-            &kernel,
-            target,
-            &[bytes_of(indices, i32::to_le_bytes)],
-            &[capacity * 4, capacity / spec.tile_rows as usize * 4],
-        );
-        assert_eq!(i32s(&out[0]), want.rows, "{target}: {spec:?}: rows");
-        assert_eq!(i32s(&out[1]), want.tiles, "{target}: {spec:?}: tiles");
+        let (rows, tiles) = run_dispatch(spec, target, indices);
+        for (what, got, want) in [("rows", rows, &want.rows), ("tiles", tiles, &want.tiles)] {
+            // The first difference, not two vectors of 50 000 numbers.
+            let at = got.iter().zip(want).position(|(g, w)| g != w);
+            assert!(
+                got.len() == want.len() && at.is_none(),
+                "{target}: {spec:?}: {what}[{at:?}]: {:?} vs {:?}",
+                at.map(|i| got[i]),
+                at.map(|i| want[i])
+            );
+        }
     }
 }
 
@@ -178,25 +227,118 @@ fn routed(n: usize, experts: usize, seed: u64) -> Vec<i32> {
         .collect()
 }
 
+/// Routed experts where expert `experts - 1` takes nine rows in ten (the rest uniform, a few
+/// far outside `0..experts`).
+fn one_expert_takes_most(n: usize, experts: usize, seed: u64) -> Vec<i32> {
+    values(n, seed, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, &u)| {
+            let u = (u + 1.0) / 2.0;
+            match i % 251 {
+                0 => i32::MIN,
+                1 => i32::MAX,
+                _ if u < 0.9 => experts as i32 - 1,
+                _ => ((u - 0.9) * 10.0 * experts as f32).min(experts as f32 - 1.0) as i32,
+            }
+        })
+        .collect()
+}
+
+fn dispatch(tokens: u64, top_k: u64, experts: u64, tile_rows: u64) -> MoeDispatch {
+    MoeDispatch {
+        tokens,
+        top_k,
+        experts,
+        tile_rows,
+    }
+}
+
 #[test]
 fn moe_dispatch_matches_the_reference_bit_for_bit() {
     for (tokens, top_k, experts, tile_rows, seed) in [
         (300, 8, 256, 64, 1),
         (37, 2, 8, 16, 2),
+        // 8000 rows: eight blocks, the last one's chunk ragged.
         (1000, 8, 32, 64, 3),
         (5, 1, 4, 16, 4),
         // More experts than the parallel kernel takes: one thread.
         (20, 4, 300, 16, 5),
+        // More blocks (21) than experts; a chunk that ends mid-warp.
+        (3001, 7, 8, 16, 6),
+        // One expert.
+        (2500, 1, 1, 64, 7),
     ] {
-        let spec = MoeDispatch {
-            tokens,
-            top_k,
-            experts,
-            tile_rows,
-        };
+        let spec = dispatch(tokens, top_k, experts, tile_rows);
         check_dispatch(
             spec,
             &routed((tokens * top_k) as usize, experts as usize, seed),
+        );
+    }
+}
+
+/// DeepSeek-V3's prefill routing: 4096 tokens × top-8 over 256 experts (32 blocks), with the
+/// tiles of wgmma (64 rows) and of `mma.sync` (16).
+#[test]
+fn moe_dispatch_at_deepseek_v3_shape_on_32_blocks() {
+    for (tile_rows, seed) in [(64, 11), (16, 12)] {
+        let spec = dispatch(4096, 8, 256, tile_rows);
+        assert_eq!(spec.grid().blocks, 32);
+        check_dispatch(spec, &routed(4096 * 8, 256, seed));
+    }
+}
+
+/// One expert takes nine rows in ten, across every block's chunk (and ragged chunks).
+#[test]
+fn moe_dispatch_with_one_expert_taking_most_rows() {
+    for (tokens, top_k, experts, tile_rows, seed) in [
+        (4096, 8, 256, 64, 21),
+        (1500, 6, 64, 16, 22),
+        (100, 3, 16, 64, 23),
+    ] {
+        let spec = dispatch(tokens, top_k, experts, tile_rows);
+        check_dispatch(
+            spec,
+            &one_expert_takes_most((tokens * top_k) as usize, experts as usize, seed),
+        );
+    }
+}
+
+/// Few rows take one block and one launch; many take more blocks of more rows each, never more
+/// than the cap, with whole 32-row steps per warp.
+#[test]
+fn moe_dispatch_grid_follows_the_routed_rows() {
+    use dsc_codegen::kernels::moe_dispatch::{DispatchGrid, MAX_BLOCKS};
+    let small = dispatch(128, 8, 256, 64);
+    assert_eq!(small.grid().blocks, 1);
+    assert!(small.counts().is_none());
+    assert_eq!(small.params().len(), 3);
+    assert!(dispatch(4096, 8, 256, 64).counts().is_some());
+    assert!(dispatch(4096, 8, 300, 64).counts().is_none(), "serial");
+    for routed in [
+        0,
+        1,
+        1024,
+        1025,
+        32768,
+        131_072,
+        131_073,
+        1 << 22,
+        10_000_019,
+    ] {
+        let grid = DispatchGrid::new(routed);
+        assert!(
+            grid.blocks >= 1 && grid.blocks <= MAX_BLOCKS,
+            "{routed}: {grid:?}"
+        );
+        assert_eq!(grid.block_rows % 1024, 0, "{routed}: {grid:?}");
+        assert!(
+            grid.blocks * grid.block_rows >= routed,
+            "{routed}: {grid:?}"
+        );
+        assert!(
+            (grid.blocks - 1) * grid.block_rows < routed.max(1),
+            "{routed}: {grid:?}"
         );
     }
 }

@@ -207,11 +207,7 @@ impl Fp8Gemm {
                 Some(g),
                 GemmForm::MmaSync | GemmForm::WgmmaTma { .. } | GemmForm::MmaPipelined { .. },
             ) => {
-                let dispatch = self.dispatch(g);
-                let [_, rows, tiles] = <[Param; 3]>::try_from(dispatch.params())
-                    .expect("the dispatch has three parameters");
-                params.push(rows);
-                params.push(tiles);
+                params.extend(self.dispatch(g).layout_params());
                 if let GemmForm::WgmmaTma { .. } = self.form {
                     params.push(map("w_map"));
                 }

@@ -38,6 +38,7 @@ pub mod mma;
 pub mod moe;
 pub mod moe_combine_grad;
 pub mod moe_dispatch;
+pub mod moe_dispatch_counts;
 pub mod moe_topk_grad;
 pub mod norm;
 pub mod pad;
@@ -154,6 +155,8 @@ pub enum GpuKernel {
     MoeCombine(moe::MoeCombine),
     /// The expert-contiguous layout of a grouped GEMM's rows (a planning step, no graph op).
     MoeDispatch(moe_dispatch::MoeDispatch),
+    /// The per-block expert counts a multi-block dispatch reads (its first launch).
+    MoeDispatchCounts(moe_dispatch_counts::MoeDispatchCounts),
     /// `transpose`.
     Transpose(data_movement::Transpose),
     /// `concat`.
@@ -213,6 +216,7 @@ macro_rules! each_kernel {
             GpuKernel::MoeTopk($k) => $body,
             GpuKernel::MoeCombine($k) => $body,
             GpuKernel::MoeDispatch($k) => $body,
+            GpuKernel::MoeDispatchCounts($k) => $body,
             GpuKernel::Transpose($k) => $body,
             GpuKernel::Concat($k) => $body,
             GpuKernel::Matmul($k) => $body,

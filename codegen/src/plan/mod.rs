@@ -1,7 +1,8 @@
 //! Planning: from the final graph to the launch plan of the manifest — a kernel per op
 //! ([`select`]), kernels identical across layers listed once, launch shapes from the static
 //! shapes, every intermediate placed in one arena ([`arena`]), and the expert-contiguous
-//! dispatch layout inserted before a layer's first grouped GEMM.
+//! dispatch layout inserted before a layer's first grouped GEMM (two launches when its grid has
+//! several blocks: the blocks' expert counts, then the layout).
 
 pub mod arena;
 pub mod select;
@@ -226,6 +227,30 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                         TILE_ROWS => g.name(indices).to_string(),
                         tile => format!("{}.tile{tile}", g.name(indices)),
                     };
+                    let mut args = vec![Tensor::Value(indices)];
+                    let mut counts_bytes = 0;
+                    // A grid of several blocks: their per-expert counts first (a launch of
+                    // its own, the dispatch's segment starts need every block's).
+                    if let Some(counts) = dispatch.counts() {
+                        let at = internals.len();
+                        internals.push(Internal {
+                            name: format!("{base}.dispatch_counts"),
+                            dtype: DType::I32,
+                            len: counts.counts_len(),
+                        });
+                        counts_bytes = 4 * counts.counts_len();
+                        let kernel = GpuKernel::MoeDispatchCounts(counts);
+                        planned.push(PlannedStep {
+                            op: name.clone(),
+                            entry: kernel.entry(),
+                            kernel,
+                            args: vec![Tensor::Value(indices), Tensor::Internal(at)],
+                            writes: 1,
+                            flops: 0,
+                            bytes: g.ty(indices).size_bytes() + counts_bytes,
+                        });
+                        args.push(Tensor::Internal(at));
+                    }
                     let rows = internals.len();
                     internals.push(Internal {
                         name: format!("{base}.dispatch_rows"),
@@ -237,19 +262,17 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                         dtype: DType::I32,
                         len: dispatch.capacity() / dispatch.tile_rows,
                     });
+                    args.extend([Tensor::Internal(rows), Tensor::Internal(rows + 1)]);
                     let kernel = GpuKernel::MoeDispatch(dispatch);
                     planned.push(PlannedStep {
                         op: name.clone(),
                         entry: kernel.entry(),
                         kernel,
-                        args: vec![
-                            Tensor::Value(indices),
-                            Tensor::Internal(rows),
-                            Tensor::Internal(rows + 1),
-                        ],
+                        args,
                         writes: 2,
                         flops: 0,
                         bytes: g.ty(indices).size_bytes()
+                            + counts_bytes
                             + 4 * dispatch.capacity() * (dispatch.tile_rows + 1)
                                 / dispatch.tile_rows,
                     });

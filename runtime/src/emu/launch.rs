@@ -11,6 +11,13 @@ use super::options::EmuOptions;
 use crate::error::RuntimeError;
 use crate::tensor_maps::{TENSOR_MAP_BYTES, emulator_map};
 
+/// Specs the emulator always runs whole, even when it samples CTAs: the MoE dispatch layout's
+/// two launches. Later launches take addresses from the `rows` and `tiles` they write (a gather,
+/// an expert's weights), so a sampled grid, leaving parts of them unwritten, would send those
+/// launches outside their buffers or skew their work. Their grids are small (at most 128
+/// blocks).
+pub(crate) const UNSAMPLED_SPECS: &[&str] = &["moe_dispatch_counts", "moe_dispatch"];
+
 /// One step, ready to launch.
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedStep {
@@ -73,6 +80,9 @@ pub(crate) fn prepare(
             let mut config = LaunchConfig::new(step.grid, step.block);
             config.dynamic_shared_bytes = step.shared_bytes;
             let ctas: u64 = step.grid.iter().map(|&d| u64::from(d)).product();
+            let whole = manifest
+                .kernel(&step.kernel)
+                .is_some_and(|kernel| UNSAMPLED_SPECS.contains(&kernel.spec.as_str()));
             Ok(PreparedStep {
                 entry: step.kernel.clone(),
                 op: step.op.clone(),
@@ -80,7 +90,10 @@ pub(crate) fn prepare(
                 params: pointers.into_iter().map(ParamValue::U64).collect(),
                 options: LaunchOptions {
                     accumulator: options.accumulator,
-                    sample_ctas: options.sample_ctas.map(u64::from).filter(|&n| n < ctas),
+                    sample_ctas: options
+                        .sample_ctas
+                        .map(u64::from)
+                        .filter(|&n| n < ctas && !whole),
                     ..defaults.clone()
                 },
             })

@@ -11,6 +11,7 @@ pub struct EmuOptions {
     pub accumulator: Accumulator,
     /// Emulate at most this many CTAs of a launch (spread over its grid) and scale its profile
     /// to the whole grid. Only the modeled times are then meaningful: the results are partial
-    /// (CTAs not run write nothing). `None` runs every CTA.
+    /// (CTAs not run write nothing). `None` runs every CTA. The MoE dispatch layout always runs
+    /// whole: later launches take addresses from it (`launch::UNSAMPLED_SPECS`).
     pub sample_ctas: Option<NonZeroU64>,
 }

@@ -297,6 +297,21 @@ fn sampling_runs_fewer_ctas_and_scales_the_profile() {
 }
 
 #[test]
+fn the_dispatch_layout_runs_every_cta_when_sampling() {
+    let mut manifest = manifest(&["add_f32", "add_unguarded"], "add_f32", 2, Vec::new());
+    manifest.kernels[0].spec = crate::emu::launch::UNSAMPLED_SPECS[1].into();
+    let artifact = load("emu-sample-dispatch", &manifest, PTX).unwrap();
+    let options = EmuOptions {
+        sample_ctas: NonZeroU64::new(1),
+        ..EmuOptions::default()
+    };
+    let mut backend = backend_with_weights(&artifact, options);
+    backend.run(&inputs(), &mut Vec::new()).unwrap();
+    let profile = &backend.profiles()[0];
+    assert_eq!((profile.ctas_total, profile.ctas_run), (2, 2));
+}
+
+#[test]
 fn the_accumulator_option_reaches_the_emulator() {
     let options = SessionOptions::default().with_accumulator(dsc_kernels::Accumulator::Hopper);
     assert_eq!(
