@@ -525,6 +525,20 @@ fn routed_row<'c, 'a>(
     let r = e.muli(step, thirty_two)?;
     let r = e.addi(r, chunk_start)?;
     let r = e.addi(r, lane)?;
+    let (x, valid) = expert_at(e, indices, experts, routed, r)?;
+    Ok((r, x, valid))
+}
+
+/// The expert of routed row `r` as an index (0 when invalid) and whether it counts: `r` below
+/// `routed` (read as row 0 otherwise, so the load stays in bounds) and its expert in
+/// `0..experts`.
+pub(super) fn expert_at<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    indices: Value<'c, '_>,
+    experts: i64,
+    routed: i64,
+    r: Value<'c, 'a>,
+) -> Result<(Value<'c, 'a>, Value<'c, 'a>), CodegenError> {
     let routed_v = e.index(routed)?;
     let in_range = e.lt(r, routed_v)?;
     let zero = e.index(0)?;
@@ -532,7 +546,7 @@ fn routed_row<'c, 'a>(
     let index = e.load(indices, safe)?;
     let (x, valid) = e.checked_index(index, experts)?;
     let valid = e.andi(valid, in_range)?;
-    Ok((r, x, valid))
+    Ok((x, valid))
 }
 
 /// The expert of routed row `r` as an index (0 when invalid) and whether it is in 0..experts.

@@ -9,7 +9,7 @@ use melior::ir::r#type::{IntegerType, MemRefType};
 use melior::ir::{Attribute, Type};
 use serde::Serialize;
 
-use super::moe_dispatch::{DispatchGrid, THREADS, atomic_add};
+use super::moe_dispatch::{DispatchGrid, THREADS, atomic_add, expert_at};
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -88,13 +88,7 @@ impl MoeDispatchCounts {
             let first = e.addi(first, tid)?;
             e.for_const(0, chunk, THREADS, |e, i| {
                 let r = e.addi(first, i)?;
-                let routed_v = e.index(routed)?;
-                let in_range = e.lt(r, routed_v)?;
-                let origin = e.index(0)?;
-                let safe = e.select(in_range, r, origin)?;
-                let index = e.load(indices, safe)?;
-                let (x, valid) = e.checked_index(index, experts)?;
-                let valid = e.andi(valid, in_range)?;
+                let (x, valid) = expert_at(&e, indices, experts, routed, r)?;
                 e.if_then(valid, |e| {
                     let one = e.int(32, 1)?;
                     atomic_add(&e, histogram, x, one)
