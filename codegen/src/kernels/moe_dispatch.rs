@@ -115,7 +115,7 @@ pub struct MoeDispatch {
 impl MoeDispatch {
     /// Spec name.
     pub fn spec(&self) -> &'static str {
-        "moe_dispatch"
+        dsc_kernels::ops::moe_dispatch::SPEC
     }
 
     /// Padded rows: enough for every expert's segment rounded up to `tile_rows`.

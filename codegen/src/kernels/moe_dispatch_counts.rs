@@ -30,7 +30,7 @@ pub struct MoeDispatchCounts {
 impl MoeDispatchCounts {
     /// Spec name.
     pub fn spec(&self) -> &'static str {
-        "moe_dispatch_counts"
+        dsc_kernels::ops::moe_dispatch::COUNTS_SPEC
     }
 
     /// The blocks and their chunks of routed rows (the dispatch's).

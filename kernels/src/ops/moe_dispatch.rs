@@ -4,6 +4,13 @@
 //! that no MMA tile spans two experts. This is the spec and CPU reference of the GPU
 //! `moe_dispatch` kernel, which builds the layout before a layer's first grouped FP8 GEMM.
 
+/// The spec name of the GPU kernel that writes the layout.
+pub const SPEC: &str = "moe_dispatch";
+
+/// The spec name of the GPU kernel that counts each block's rows per expert before it, when
+/// the layout takes several blocks.
+pub const COUNTS_SPEC: &str = "moe_dispatch_counts";
+
 /// The layout: `rows[p]` is the routed row at padded position `p` (−1 for padding),
 /// `tiles[p / tile]` the expert of each tile (−1 for unused tiles).
 #[derive(Debug, Clone, PartialEq, Eq)]

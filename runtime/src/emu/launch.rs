@@ -16,7 +16,10 @@ use crate::tensor_maps::{TENSOR_MAP_BYTES, emulator_map};
 /// an expert's weights), so a sampled grid, leaving parts of them unwritten, would send those
 /// launches outside their buffers or skew their work. Their grids are small (at most 128
 /// blocks).
-pub(crate) const UNSAMPLED_SPECS: &[&str] = &["moe_dispatch_counts", "moe_dispatch"];
+pub(crate) const UNSAMPLED_SPECS: &[&str] = &[
+    dsc_kernels::ops::moe_dispatch::COUNTS_SPEC,
+    dsc_kernels::ops::moe_dispatch::SPEC,
+];
 
 /// One step, ready to launch.
 #[derive(Debug, Clone)]
