@@ -289,7 +289,7 @@ fn a_model_kept_entirely_in_f32_compiles_and_assembles() {
 fn the_plan_binds_every_step_to_known_tensors_and_keeps_live_tensors_apart() {
     let graph = compiled("tiny-moe");
     let manifest = generate(&graph, Target::Sm90a, false).unwrap().manifest;
-    check_manifest(&manifest);
+    check_manifest(&graph, &manifest);
     // Identical layers share kernels: far fewer entries than steps.
     assert!(
         manifest.kernels.len() * 3 < manifest.steps.len(),
@@ -306,15 +306,25 @@ fn the_plan_binds_every_step_to_known_tensors_and_keeps_live_tensors_apart() {
 }
 
 /// Every step's arguments exist with the kernel's arity, and no two arena tensors that are live
-/// at the same step share bytes.
-fn check_manifest(manifest: &Manifest) {
+/// at the same step share bytes. A tensor is live at each step it is an argument of and at each
+/// step of an op that reads it, even where the kernel reads something else in its place (a
+/// grouped GEMM's expert indices, replaced by the dispatch layout): a step-by-step check reads
+/// an op's operands before its first step.
+fn check_manifest(graph: &Graph, manifest: &Manifest) {
     let mut live_range = std::collections::HashMap::new();
+    let ops: std::collections::HashMap<&str, &dsc_ir::Op> =
+        graph.ops.iter().map(|op| (graph.op_name(op), op)).collect();
     for (i, step) in manifest.steps.iter().enumerate() {
         let kernel = manifest
             .kernel(&step.kernel)
             .expect("step kernel is listed");
         assert_eq!(kernel.params.len(), step.args.len(), "{}", step.op);
-        for arg in &step.args {
+        let operands = ops[step.op.as_str()]
+            .operands
+            .iter()
+            .map(|&v| graph.name(v).to_string());
+        for arg in step.args.iter().cloned().chain(operands) {
+            let arg = &arg;
             let mut tensor = manifest
                 .tensor(arg)
                 .unwrap_or_else(|| panic!("{arg} is listed"));

@@ -58,6 +58,10 @@ struct PlannedStep {
     args: Vec<Tensor>,
     /// Arguments the kernel writes (the rest it reads).
     writes: usize,
+    /// Operands of the op the kernel does not read (a grouped GEMM's expert indices, replaced
+    /// by the dispatch layout): kept alive to the step all the same, because the op reads
+    /// them (a step-by-step check reads them before it, as the CPU reference's operands).
+    keeps: Vec<Tensor>,
     flops: u64,
     bytes: u64,
 }
@@ -200,6 +204,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             .iter()
             .map(|&v| Tensor::Value(root[v.index()]))
             .collect();
+        let mut keeps = Vec::new();
         if let GpuKernel::Fp8Gemm(gemm) = &kernel
             && matches!(
                 gemm.form,
@@ -246,6 +251,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                             kernel,
                             args: vec![Tensor::Value(indices), Tensor::Internal(at)],
                             writes: 1,
+                            keeps: Vec::new(),
                             flops: 0,
                             bytes: g.ty(indices).size_bytes() + counts_bytes,
                         });
@@ -270,6 +276,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                         kernel,
                         args,
                         writes: 2,
+                        keeps: Vec::new(),
                         flops: 0,
                         bytes: g.ty(indices).size_bytes()
                             + counts_bytes
@@ -280,6 +287,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                     (rows, rows + 1)
                 }
             };
+            keeps.push(Tensor::Value(indices));
             tensors.splice(4..5, [Tensor::Internal(rows), Tensor::Internal(tiles)]);
         }
         // A tensor map's parameter gets the tensor it maps (the backend puts the map there).
@@ -292,6 +300,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
             entry: kernel.entry(),
             kernel,
             writes: op.results.len(),
+            keeps,
             args: tensors,
             flops: cost.flops,
             bytes: cost.bytes,
@@ -323,7 +332,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
     for (step, planned_step) in planned.iter().enumerate() {
         let split = planned_step.args.len() - planned_step.writes;
         let (reads, writes) = planned_step.args.split_at(split);
-        for &t in reads {
+        for &t in reads.iter().chain(&planned_step.keeps) {
             last.insert(t, step);
         }
         for &t in writes {
