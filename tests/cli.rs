@@ -206,7 +206,8 @@ fn print_after_and_timings() {
             "fuse -----",
             "fuse-attention -----",
             "cse -----",
-            "dce -----"
+            "dce -----",
+            "fuse-residual-norm -----"
         ]
     );
     assert!(stdout.contains("time per pass:"), "{stdout}");

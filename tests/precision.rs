@@ -44,10 +44,12 @@ fn gemms_of_fp8_roles_are_fp8_and_kept_roles_never_touch_fp8() {
             }
             if !is_fp8_role(op.role) {
                 assert!(!p.compute.is_fp8(), "{name}: {op_name} is FP8");
-                // A norm fused with the quantization of its output (rms_norm_quant) writes FP8
-                // codes by design: its arithmetic is f32 (checked above), and the codes are
-                // what the FP8 GEMMs after it read. Nothing else of a kept role touches FP8.
-                let reads_or_writes: Vec<_> = if op.kind == OpKind::RmsNormQuant {
+                // A norm fused with the quantization of its output (rms_norm_quant, or
+                // add_rms_norm_quant with the residual add) writes FP8 codes by design: its
+                // arithmetic is f32 (checked above), and the codes are what the FP8 GEMMs after
+                // it read. Nothing else of a kept role touches FP8.
+                let quantizing = matches!(op.kind, OpKind::RmsNormQuant | OpKind::AddRmsNormQuant);
+                let reads_or_writes: Vec<_> = if quantizing {
                     op.operands.clone()
                 } else {
                     op.operands.iter().chain(&op.results).copied().collect()
@@ -181,7 +183,11 @@ fn moe_layers_quantize_tokens_once_for_routed_and_shared_experts() {
             }
             OpKind::Reshape => {
                 let fused = op_of(producer.operands[0]).unwrap();
-                assert_eq!(fused.kind, OpKind::RmsNormQuant, "{prefix}");
+                assert!(
+                    matches!(fused.kind, OpKind::RmsNormQuant | OpKind::AddRmsNormQuant),
+                    "{prefix}: {}",
+                    fused.kind
+                );
                 assert_eq!(quantizes_of_tokens, 0, "{prefix}");
             }
             other => panic!("{prefix}: the experts' codes come from {other}"),
@@ -195,7 +201,12 @@ fn deepseek_norms_softmax_and_gate_compute_in_f32() {
     for op in &g.ops {
         let p = op.precision.unwrap();
         match op.kind {
-            OpKind::RmsNorm | OpKind::Softmax | OpKind::MoeTopk => {
+            OpKind::RmsNorm
+            | OpKind::AddRmsNorm
+            | OpKind::RmsNormQuant
+            | OpKind::AddRmsNormQuant
+            | OpKind::Softmax
+            | OpKind::MoeTopk => {
                 assert_eq!(p.compute, DType::F32, "{}", g.op_name(op))
             }
             OpKind::Linear if op.role == Role::Gating => {

@@ -108,11 +108,13 @@ pub struct FusionCount {
 }
 
 /// The fused kinds, in the order reports list them.
-const FUSED_KINDS: [OpKind; 4] = [
+const FUSED_KINDS: [OpKind; 6] = [
     OpKind::Fp8Gemm,
     OpKind::RmsNormQuant,
     OpKind::SwigluQuant,
     OpKind::Attention,
+    OpKind::AddRmsNormQuant,
+    OpKind::AddRmsNorm,
 ];
 
 fn fusions(g: &Graph) -> Vec<FusionCount> {

@@ -74,6 +74,12 @@ pub enum OpKind {
     RmsNormQuant,
     /// `swiglu` whose output is quantized in 1×`act_tile` tiles → codes and f32 scales.
     SwigluQuant,
+    /// A residual add fused into the `rms_norm` of its sum: x, residual, w → `rms_norm(sum, w)`
+    /// and `sum = add(x, residual)` (stored, for the residual stream), one pass over the rows.
+    AddRmsNorm,
+    /// A residual add fused into the `rms_norm_quant` of its sum: x, residual, w → codes, f32
+    /// scales and `sum = add(x, residual)`.
+    AddRmsNormQuant,
     /// Mean next-token cross-entropy: logits `[*, V]`, labels `[*]` (integer) → f32 `[1]`.
     CrossEntropy,
     /// Gradient of `cross_entropy` w.r.t. the logits: logits, labels, dloss f32 `[1]` →
@@ -175,7 +181,7 @@ const fn arity(min: usize, max: usize) -> Arity {
 
 impl OpKind {
     /// Every op kind.
-    pub const ALL: [OpKind; 47] = [
+    pub const ALL: [OpKind; 49] = [
         OpKind::Embedding,
         OpKind::Linear,
         OpKind::Matmul,
@@ -204,6 +210,8 @@ impl OpKind {
         OpKind::Fp8Gemm,
         OpKind::RmsNormQuant,
         OpKind::SwigluQuant,
+        OpKind::AddRmsNorm,
+        OpKind::AddRmsNormQuant,
         OpKind::CrossEntropy,
         OpKind::CrossEntropyGrad,
         OpKind::RmsNormGrad,
@@ -256,6 +264,8 @@ impl OpKind {
             OpKind::Fp8Gemm => "fp8_gemm",
             OpKind::RmsNormQuant => "rms_norm_quant",
             OpKind::SwigluQuant => "swiglu_quant",
+            OpKind::AddRmsNorm => "add_rms_norm",
+            OpKind::AddRmsNormQuant => "add_rms_norm_quant",
             OpKind::CrossEntropy => "cross_entropy",
             OpKind::CrossEntropyGrad => "cross_entropy_grad",
             OpKind::RmsNormGrad => "rms_norm_grad",
@@ -308,8 +318,9 @@ impl OpKind {
             | OpKind::SwigluQuant
             | OpKind::RmsNormGrad
             | OpKind::SwigluGrad
-            | OpKind::MoeCombineGrad => 2,
-            OpKind::AdamW => 3,
+            | OpKind::MoeCombineGrad
+            | OpKind::AddRmsNorm => 2,
+            OpKind::AdamW | OpKind::AddRmsNormQuant => 3,
             _ => 1,
         }
     }
@@ -320,7 +331,7 @@ impl OpKind {
         use OpKind::*;
         match self {
             Matmul => const { &[opt("transpose_b", T::Bool)] },
-            RmsNorm | RmsNormGrad => const { &[req("eps", T::Float)] },
+            RmsNorm | RmsNormGrad | AddRmsNorm => const { &[req("eps", T::Float)] },
             Rope | RopeGrad => {
                 const {
                     &[
@@ -440,7 +451,7 @@ impl OpKind {
                     ]
                 }
             }
-            RmsNormQuant => {
+            RmsNormQuant | AddRmsNormQuant => {
                 const {
                     &[
                         req("eps", T::Float),
@@ -511,7 +522,11 @@ impl OpKind {
     pub fn default_role(self) -> Role {
         match self {
             OpKind::Embedding | OpKind::EmbeddingGrad => Role::Embedding,
-            OpKind::RmsNorm | OpKind::RmsNormQuant | OpKind::RmsNormGrad => Role::Norm,
+            OpKind::RmsNorm
+            | OpKind::RmsNormQuant
+            | OpKind::AddRmsNorm
+            | OpKind::AddRmsNormQuant
+            | OpKind::RmsNormGrad => Role::Norm,
             OpKind::CrossEntropy | OpKind::CrossEntropyGrad => Role::Head,
             OpKind::Rope
             | OpKind::RopeGrad

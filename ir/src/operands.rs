@@ -289,6 +289,24 @@ operand_views! {
         /// The chosen experts `[T, k]` of a grouped GEMM.
         indices
     }
+    /// `add_rms_norm(x, residual, w)`.
+    AddRmsNorm => AddRmsNormOperands, add_rms_norm_operands {
+        /// The add's first operand.
+        x,
+        /// The add's second operand (the residual stream).
+        residual,
+        /// The norm's weight `[D]`.
+        w
+    }
+    /// `add_rms_norm_quant(x, residual, w)`.
+    AddRmsNormQuant => AddRmsNormQuantOperands, add_rms_norm_quant_operands {
+        /// The add's first operand.
+        x,
+        /// The add's second operand (the residual stream).
+        residual,
+        /// The norm's weight `[D]`.
+        w
+    }
     /// `rms_norm_grad(x, w, dy)`.
     RmsNormGrad => RmsNormGradOperands, rms_norm_grad_operands {
         /// The forward's input.

@@ -72,7 +72,7 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
                 None => (p(high, Some(f32)), Some(storage)),
             }
         }
-        RmsNorm | Softmax | MoeCombine => (p(f32, Some(f32)), Some(high)),
+        RmsNorm | AddRmsNorm | Softmax | MoeCombine => (p(f32, Some(f32)), Some(high)),
         Rope | Silu | Mul | Add | Swiglu => (p(f32, None), Some(high)),
         AttnScores => (p(high, Some(f32)), Some(f32)),
         AttnValues | Attention => (p(high, Some(f32)), Some(high)),
@@ -87,7 +87,7 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
             (p(operand_dtype, Some(f32)), Some(high))
         }
         Promote => (p(f32, Some(f32)), Some(high)),
-        RmsNormQuant => (p(f32, Some(f32)), None),
+        RmsNormQuant | AddRmsNormQuant => (p(f32, Some(f32)), None),
         SwigluQuant => (p(f32, None), None),
         // Training (DESIGN.md §8): gradients of high-precision ops are computed in FP32 and
         // stored like the forward's activations; the loss, the softmax's gradient (the scores
@@ -116,9 +116,10 @@ fn expected_operand(op: &Op, i: usize, d: &Decision) -> Option<DType> {
     match op.kind {
         Linear | GroupedLinear => (i == 0).then_some(activation_dtype(d)),
         Matmul => Some(activation_dtype(d)),
-        RmsNorm | Rope | Silu | Mul | Add | Swiglu | AttnScores | Attention | Concat
-        | SwigluQuant => Some(d.high),
+        RmsNorm | AddRmsNorm | Rope | Silu | Mul | Add | Swiglu | AttnScores | Attention
+        | Concat | SwigluQuant => Some(d.high),
         RmsNormQuant => (i == 0).then_some(d.high),
+        AddRmsNormQuant => (i < 2).then_some(d.high),
         AttnValues => (i == 1).then_some(d.high),
         MoeTopk => (i == 0).then_some(DType::F32),
         MoeCombine => Some(if i == 1 { DType::F32 } else { d.high }),

@@ -106,10 +106,15 @@ pub static PASSES: &[Pass] = &[
         summary: "remove ops and parameters no output depends on",
         run: crate::dce::run,
     },
+    Pass {
+        name: "fuse-residual-norm",
+        summary: "fuse a residual add into the rms_norm(_quant) of its sum: one kernel writes the sum and the norm",
+        run: crate::fuse_residual_norm::run,
+    },
 ];
 
 /// The pipeline `dsc compile` runs by default.
-pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,fuse-attention,cse,dce";
+pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,fuse-attention,cse,dce,fuse-residual-norm";
 
 /// Looks a pass up by name.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

@@ -88,7 +88,8 @@ fn init_for(graph: &Graph, uses: &HashMap<ValueId, Vec<(usize, usize)>>, p: Valu
     }
     let normal = |std| Init::Normal { mean: 0.0, std };
     match consumer(graph, uses, p, 0) {
-        Some((OpKind::RmsNorm | OpKind::RmsNormQuant, 1)) => Init::Normal {
+        Some((OpKind::RmsNorm | OpKind::RmsNormQuant, 1))
+        | Some((OpKind::AddRmsNorm | OpKind::AddRmsNormQuant, 2)) => Init::Normal {
             mean: 1.0,
             std: NORM_NOISE_STD,
         },

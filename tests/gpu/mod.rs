@@ -17,6 +17,7 @@ mod fp8_gemm_sm89_profile;
 mod kernel_run;
 mod models;
 mod moe_routing;
+mod residual_norm;
 mod steps;
 mod training_kernels;
 mod training_steps;

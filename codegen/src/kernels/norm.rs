@@ -1,4 +1,5 @@
-//! `rms_norm` and `rms_norm_quant`: one block per row.
+//! `rms_norm` and `rms_norm_quant`, and their residual-fused forms `add_rms_norm` and
+//! `add_rms_norm_quant`: one block per row.
 //!
 //! `y = w · round(x · 1/sqrt(mean(x²) + eps))` with the statistics in f32 (DESIGN.md §3b), the
 //! normalized activation rounded to the input dtype before the weight (as Hugging Face does).
@@ -11,6 +12,12 @@
 //! the fused form quantizes one group per warp from a row of up to [`ROW_IN_SHARED`] elements
 //! kept in shared memory (f32), or, wider, recomputed from `x` and `w` per group (the same two
 //! roundings), so there is no limit on the hidden size.
+//!
+//! The residual-fused forms read `x` and `residual`, add them in f32 and round the sum to the
+//! input dtype, as `add` does, store it (the residual stream goes on) and normalize it: one
+//! read of each operand instead of the add's two reads, its write and the norm's read. The
+//! loop forms then read the stored sum back where they would read `x` (each thread its own
+//! elements, or, per group, after the block's barrier).
 
 use dsc_ir::DType;
 use melior::ir::r#type::MemRefType;
@@ -51,29 +58,55 @@ pub struct RmsNorm {
     pub output: DType,
     /// Present for `rms_norm_quant`.
     pub quant: Option<QuantSpec>,
+    /// The fused residual add: a `residual` operand of `input`'s dtype and a stored `sum`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub residual: bool,
 }
 
 impl RmsNorm {
     /// Spec name.
     pub fn spec(&self) -> &'static str {
-        if self.quant.is_some() {
-            "rms_norm_quant"
-        } else {
-            "rms_norm"
+        match (self.residual, self.quant.is_some()) {
+            (false, false) => "rms_norm",
+            (false, true) => "rms_norm_quant",
+            (true, false) => "add_rms_norm",
+            (true, true) => "add_rms_norm_quant",
         }
     }
 
-    /// `(x, w, out)` or `(x, w, codes, scales)`.
+    /// `(x, w, out)` or `(x, w, codes, scales)`; fused with the residual add, `(x, residual,
+    /// w, …, sum)`.
     pub fn params(&self) -> Vec<Param> {
-        let mut params = vec![
-            Param::new("x", self.input, self.rows * self.dim),
-            Param::new("w", self.weight, self.dim),
-        ];
+        let len = self.rows * self.dim;
+        let mut params = vec![Param::new("x", self.input, len)];
+        if self.residual {
+            params.push(Param::new("residual", self.input, len));
+        }
+        params.push(Param::new("w", self.weight, self.dim));
         match &self.quant {
-            None => params.push(Param::new("out", self.output, self.rows * self.dim)),
+            None => params.push(Param::new("out", self.output, len)),
             Some(q) => params.extend(q.output_params(self.rows, self.dim)),
         }
+        if self.residual {
+            params.push(Param::new("sum", self.input, len));
+        }
         params
+    }
+
+    /// The index of the weight parameter (the first output's is one more).
+    fn weight_param(&self) -> usize {
+        if self.residual { 2 } else { 1 }
+    }
+
+    /// `round(x + residual)` in the input dtype, widened: the stored sum, as `add` rounds it.
+    fn sum<'c, 'a>(
+        &self,
+        e: &Emit<'c, 'a>,
+        x: Value<'c, 'a>,
+        residual: Value<'c, 'a>,
+    ) -> Emitted<'c, 'a> {
+        let sum = e.addf(x, residual)?;
+        e.round_through(sum, self.input)
     }
 
     /// `1 / sqrt(Σx² / dim + eps)` from the row's sum of squares, as the reference rounds it.
@@ -144,7 +177,15 @@ impl RmsNorm {
         module.add_kernel_with_shared(entry, &types, &shared, |block, location| {
             let e = Emit::new(context, block, location);
             let args = kernel_args(block, block.argument_count())?;
-            let (x, w) = (args[0], args[1]);
+            let w = args[self.weight_param()];
+            let outs = &args[self.weight_param() + 1..];
+            // Fused with the residual add, the first loop stores the sum and the later ones
+            // read it where they would read `x`.
+            let (first_x, sum_out) = match self.residual {
+                true => (Some((args[0], args[1])), Some(args[n_args - 1])),
+                false => (None, None),
+            };
+            let x = sum_out.unwrap_or(args[0]);
             let partials = args[n_args];
 
             let tid = e.thread_x()?;
@@ -157,8 +198,16 @@ impl RmsNorm {
             let squares = e.cell(zero)?;
             e.for_range(tid, dim, step, |e, j| {
                 let at = e.addi(base, j)?;
-                let v = e.load(x, at)?;
-                let v = e.to_f32(v)?;
+                let v = match first_x {
+                    None => e.to_f32(e.load(x, at)?)?,
+                    Some((a, b)) => {
+                        let a = e.to_f32(e.load(a, at)?)?;
+                        let b = e.to_f32(e.load(b, at)?)?;
+                        let v = self.sum(&e, a, b)?;
+                        e.store(e.round_to(v, self.input)?, x, at);
+                        v
+                    }
+                };
                 let vv = e.mulf(v, v)?;
                 e.accumulate(squares, vv)
             })?;
@@ -183,7 +232,7 @@ impl RmsNorm {
                     inv,
                     dtype: self.input,
                 };
-                return quantize_row_groups(&e, q, &load, row, self.dim, tid, args[2], args[3]);
+                return quantize_row_groups(&e, q, &load, row, self.dim, tid, outs[0], outs[1]);
             }
             e.for_range(tid, dim, step, |e, j| {
                 let at = e.addi(base, j)?;
@@ -197,7 +246,7 @@ impl RmsNorm {
                 match row_buffer {
                     None => {
                         let y = e.round_to(y, self.output)?;
-                        e.store(y, args[2], at);
+                        e.store(y, outs[0], at);
                     }
                     Some(buffer) => {
                         let y = e.round_through(y, self.input)?;
@@ -210,7 +259,7 @@ impl RmsNorm {
             if let (Some(q), Some(buffer)) = (&self.quant, row_buffer) {
                 e.barrier();
                 let load = SharedRow { buffer };
-                quantize_row_groups(&e, q, &load, row, self.dim, tid, args[2], args[3])?;
+                quantize_row_groups(&e, q, &load, row, self.dim, tid, outs[0], outs[1])?;
             }
             Ok(())
         })
@@ -238,7 +287,8 @@ impl RmsNorm {
         module.add_kernel_with_shared(entry, &types, &[partials_type], |block, location| {
             let e = Emit::new(context, block, location);
             let args = kernel_args(block, block.argument_count())?;
-            let (x, w) = (args[0], args[1]);
+            let (x, w) = (args[0], args[self.weight_param()]);
+            let outs = &args[self.weight_param() + 1..];
             let partials = args[n_args];
             let tid = e.thread_x()?;
             let row = e.block_index(Dimension::X)?;
@@ -253,7 +303,14 @@ impl RmsNorm {
                 let within = e.muli(k, e.index(per_chunk as i64)?)?;
                 let ok = e.lt(within, dim)?;
                 let first = e.addi(base, within)?;
-                let values = load_elements(&e, x, self.input, first, per_chunk, ok)?;
+                let mut values = load_elements(&e, x, self.input, first, per_chunk, ok)?;
+                if self.residual {
+                    let residual = load_elements(&e, args[1], self.input, first, per_chunk, ok)?;
+                    for (v, r) in values.iter_mut().zip(residual) {
+                        *v = self.sum(&e, *v, r)?;
+                    }
+                    store_elements(&e, &values, args[n_args - 1], self.input, first, ok)?;
+                }
                 held.push((within, ok, values));
             }
             let mut own = e.f32(0.0)?;
@@ -282,7 +339,7 @@ impl RmsNorm {
                 }
                 let first = e.addi(base, within)?;
                 match &self.quant {
-                    None => store_elements(&e, &ys, args[2], self.output, first, ok)?,
+                    None => store_elements(&e, &ys, outs[0], self.output, first, ok)?,
                     Some(q) => {
                         let ys = ys
                             .into_iter()
@@ -293,7 +350,7 @@ impl RmsNorm {
                         let scale_at = e.muli(row, groups)?;
                         let scale_at = e.addi(scale_at, g)?;
                         quantize_chunk(
-                            &e, q, chunks, &ys, lane, ok, first, scale_at, args[2], args[3],
+                            &e, q, chunks, &ys, lane, ok, first, scale_at, outs[0], outs[1],
                         )?;
                     }
                 }

@@ -235,12 +235,14 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 output: ty(result(0)).dtype,
             })
         }
-        OpKind::RmsNorm | OpKind::RmsNormQuant => {
+        OpKind::RmsNorm | OpKind::RmsNormQuant | OpKind::AddRmsNorm | OpKind::AddRmsNormQuant => {
             let eps = op
                 .attrs
                 .float("eps")
                 .ok_or_else(|| fail("missing `eps`".into()))?;
-            let quant = if op.kind == OpKind::RmsNormQuant {
+            let residual = matches!(op.kind, OpKind::AddRmsNorm | OpKind::AddRmsNormQuant);
+            let weight = if residual { operand(2) } else { operand(1) };
+            let quant = if matches!(op.kind, OpKind::RmsNormQuant | OpKind::AddRmsNormQuant) {
                 Some(QuantSpec {
                     tile: int_attr("act_tile")?,
                     format: ty(result(0)).dtype,
@@ -254,9 +256,10 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 dim: last(operand(0)),
                 eps: eps as f32,
                 input: ty(operand(0)).dtype,
-                weight: ty(operand(1)).dtype,
+                weight: ty(weight).dtype,
                 output: ty(result(0)).dtype,
                 quant,
+                residual,
             })
         }
         OpKind::Quantize

@@ -207,6 +207,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         Linear => linear::linear(attrs, ins)?,
         Matmul => linear::matmul(attrs, ins)?,
         RmsNorm => norm::rms_norm(attrs, ins)?,
+        AddRmsNorm | AddRmsNormQuant => norm::add_rms_norm(kind, attrs, ins)?,
         Rope => attention::rope(attrs, ins)?,
         Softmax => norm::softmax(kind, attrs, ins)?,
         Silu => elementwise::silu(ins)?,

@@ -1,6 +1,6 @@
-//! Type rules of the normalizations: `rms_norm` and `softmax`.
+//! Type rules of the normalizations: `rms_norm`, its residual-fused forms and `softmax`.
 
-use super::{Inferred, Result, axis_of, free, need_float, need_min_rank};
+use super::{Inferred, Result, axis_of, fixed, fp8, free, need_float, need_min_rank};
 use crate::attr::Attrs;
 use crate::{OpKind, TensorType};
 
@@ -20,6 +20,28 @@ pub(super) fn rms_norm(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferre
         return Err("eps must be positive".into());
     }
     Ok(vec![free(x.dtype, x.shape.0.clone())])
+}
+
+/// `add_rms_norm` and `add_rms_norm_quant`: x and residual of one type, summed, then the
+/// norm's (or the quantized norm's) results, then the sum in their dtype.
+pub(super) fn add_rms_norm(
+    kind: OpKind,
+    attrs: &Attrs,
+    ins: &[&TensorType],
+) -> Result<Vec<Inferred>> {
+    let (x, residual, w) = (ins[0], ins[1], ins[2]);
+    need_float("input", x)?;
+    if residual != x {
+        return Err(format!(
+            "{kind}: residual {residual} must have the type of x {x}"
+        ));
+    }
+    let mut out = match kind {
+        OpKind::AddRmsNorm => rms_norm(attrs, &[x, w])?,
+        _ => fp8::infer(OpKind::RmsNormQuant, attrs, &[x, w])?,
+    };
+    out.push(fixed(x.dtype, x.shape.0.clone()));
+    Ok(out)
 }
 
 /// `softmax` along `axis`.

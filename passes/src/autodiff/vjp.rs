@@ -266,6 +266,12 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
         Attention => {
             return Err("`attention` is fused; differentiate before fuse-attention".into());
         }
+        AddRmsNorm | AddRmsNormQuant => {
+            return Err(format!(
+                "`{}` is fused; differentiate before fuse-residual-norm",
+                op.kind
+            ));
+        }
         Quantize | Dequantize | Fp8Partials | Promote | Fp8Gemm | RmsNormQuant | SwigluQuant => {
             return Err(format!(
                 "`{}` is an FP8 lowering; differentiate before quantize-linears (the recipe is \

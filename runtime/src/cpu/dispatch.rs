@@ -78,6 +78,15 @@ fn rows_and_last(ty: &TensorType) -> (usize, usize) {
     (n.checked_div(last).unwrap_or(0), last)
 }
 
+/// `rms_norm` of `x` (of type `x_ty`) by `w`, with `op`'s epsilon.
+fn rms_norm(op: &Op, x_ty: &TensorType, x: &HostTensor, w: &HostTensor) -> Result<Vec<f32>> {
+    let (rows, d) = rows_and_last(x_ty);
+    let eps = op.attrs.float("eps").unwrap_or(1e-6);
+    // HF rounds the normalized activation to the input dtype before the weight.
+    let fmt = format_of(x_ty.dtype);
+    ops::rms_norm(floats(x)?, floats(w)?, rows, d, eps, fmt).map_err(err)
+}
+
 /// The rounding an op applies to intermediates stored in `dtype` (none for f32).
 fn format_of(dtype: DType) -> FloatFormat {
     FloatFormat::of(dtype).unwrap_or(FloatFormat::F32)
@@ -124,13 +133,21 @@ pub(super) fn execute(
             let y = ops::matmul(floats(ins[0])?, floats(ins[1])?, batch, m, k, n, tb);
             one(y.map_err(err)?)
         }
-        RmsNorm => {
-            let (rows, d) = rows_and_last(in_ty(0));
-            let eps = op.attrs.float("eps").unwrap_or(1e-6);
-            // HF rounds the normalized activation to the input dtype before the weight.
-            let fmt = format_of(in_ty(0).dtype);
-            let y = ops::rms_norm(floats(ins[0])?, floats(ins[1])?, rows, d, eps, fmt);
-            one(y.map_err(err)?)
+        RmsNorm => one(rms_norm(op, in_ty(0), ins[0], ins[1])?),
+        AddRmsNorm | AddRmsNormQuant => {
+            // The unfused pair's numbers: the sum stored in its dtype, the norm over that.
+            let sum_ty = out_ty(op.results.len() - 1);
+            let sum = float_result(
+                sum_ty,
+                ops::add(floats(ins[0])?, floats(ins[1])?).map_err(err)?,
+            )?;
+            let mut results = if op.kind == AddRmsNorm {
+                one(rms_norm(op, sum_ty, &sum, ins[2])?)?
+            } else {
+                fp8::execute(g, op, &[&sum, ins[2]], options)?
+            };
+            results.push(sum);
+            Ok(results)
         }
         Rope => {
             let params = RopeParams::from_attrs(&op.attrs).map_err(err)?;

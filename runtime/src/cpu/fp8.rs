@@ -194,7 +194,7 @@ pub(super) fn execute(
         OpKind::Fp8Partials => partials(g, op, ins, options).map(|t| vec![t]),
         OpKind::Promote => promote(g, op, ins).map(|t| vec![t]),
         OpKind::Fp8Gemm => fp8_gemm(g, op, ins, options).map(|t| vec![t]),
-        OpKind::RmsNormQuant | OpKind::SwigluQuant => {
+        OpKind::RmsNormQuant | OpKind::AddRmsNormQuant | OpKind::SwigluQuant => {
             // Same numbers as the unfused pair: the activation is rounded to the dtype the
             // unfused op would have stored (the input's) before it is quantized.
             let (rows, d) = {
@@ -207,7 +207,7 @@ pub(super) fn execute(
                 )
             };
             let high = FloatFormat::of(in_ty(0).dtype).unwrap_or(FloatFormat::F32);
-            let mut y = if op.kind == OpKind::RmsNormQuant {
+            let mut y = if op.kind != OpKind::SwigluQuant {
                 let eps = op.attrs.float("eps").ok_or("missing eps")?;
                 ops::rms_norm(floats(ins[0])?, floats(ins[1])?, rows, d, eps, high)
             } else {

@@ -85,8 +85,11 @@ fn fusion_does_not_change_the_numbers_with_a_bias() {
     let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
     assert_eq!(count(&fused, dsc_ir::OpKind::Fp8Gemm), 7);
     assert_eq!(count(&unfused, dsc_ir::OpKind::Promote), 7);
-    // Two residual adds and three bias adds in both.
-    assert_eq!(count(&fused, dsc_ir::OpKind::Add), 5);
+    // Three bias adds in both; the two residual adds, fused into the norms of their sums
+    // (the MLP's input norm, quantized, and the final norm) in one.
+    assert_eq!(count(&fused, dsc_ir::OpKind::Add), 3);
+    assert_eq!(count(&fused, dsc_ir::OpKind::AddRmsNormQuant), 1);
+    assert_eq!(count(&fused, dsc_ir::OpKind::AddRmsNorm), 1);
     assert_eq!(count(&unfused, dsc_ir::OpKind::Add), 5);
     let (a, b) = (
         logits(&fused, Accumulator::Hopper),

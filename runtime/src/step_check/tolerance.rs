@@ -80,6 +80,10 @@ pub fn rule_for(kind: OpKind, result: usize, dtype: DType) -> Rule {
         }
         K::Silu | K::Mul | K::Add | K::Swiglu | K::Rope | K::Dequantize => Rule::Ulps(1),
         K::RmsNorm | K::Softmax => Rule::Ulps(2),
+        // The sum is one f32 addition and one rounding, as `add`'s.
+        K::AddRmsNorm if result == 0 => rule_for(K::RmsNorm, 0, dtype),
+        K::AddRmsNormQuant if result < 2 => rule_for(K::RmsNormQuant, result, dtype),
+        K::AddRmsNorm | K::AddRmsNormQuant => rule_for(K::Add, 0, dtype),
         K::RmsNormQuant | K::SwigluQuant if result == 0 => Rule::CodesWithinOne,
         K::RmsNormQuant | K::SwigluQuant => Rule::MaxRelative(1e-5),
         K::MoeTopk if dtype.is_int() => Rule::MostlyEqual(0.99),
