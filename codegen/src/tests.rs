@@ -305,6 +305,37 @@ fn the_plan_binds_every_step_to_known_tensors_and_keeps_live_tensors_apart() {
     );
 }
 
+#[test]
+fn the_residual_stream_is_summed_in_place_at_each_fused_norm() {
+    let graph = compiled("llama-small");
+    let manifest = generate(&graph, Target::Sm90a, false).unwrap().manifest;
+    check_manifest(&graph, &manifest);
+    let fused: Vec<_> = graph
+        .ops
+        .iter()
+        .filter(|op| op.kind == dsc_ir::OpKind::AddRmsNormQuant)
+        .collect();
+    assert_eq!(fused.len(), 7, "two residual adds a layer but the last");
+    for op in fused {
+        let sum = graph.name(*op.results.last().unwrap());
+        let tensor = manifest.tensor(sum).unwrap();
+        let Storage::Alias { of, offset: 0 } = &tensor.storage else {
+            panic!("{sum} has its own bytes: {:?}", tensor.storage);
+        };
+        // The bytes of the operand the fused norm reads last: the branch's output or the
+        // stream's previous value (itself, possibly, in place of an earlier sum).
+        let operands: Vec<&str> = op.operands.iter().map(|&v| graph.name(v)).collect();
+        let root = |name: &str| match &manifest.tensor(name).unwrap().storage {
+            Storage::Alias { of, .. } => of.clone(),
+            _ => name.to_string(),
+        };
+        assert!(
+            operands[..2].iter().any(|&o| root(o) == *of),
+            "{sum} aliases {of}, not an operand of {operands:?}"
+        );
+    }
+}
+
 /// Every step's arguments exist with the kernel's arity, and no two arena tensors that are live
 /// at the same step share bytes. A tensor is live at each step it is an argument of and at each
 /// step of an op that reads it, even where the kernel reads something else in its place (a

@@ -178,9 +178,47 @@ fn dynamic_shared(kernel: &GpuKernel) -> u32 {
     u32::try_from(kernel.dynamic_shared_bytes()).unwrap_or(u32::MAX)
 }
 
+/// For each op, the arena value whose bytes its result takes in place, if any: the sum of an
+/// `add_rms_norm(_quant)` takes those of an operand that op reads last (no later op or output
+/// reads it, through reshapes either), since the kernel reads each element of its operands
+/// before it writes the sum's there, in the same thread. The residual stream then needs no
+/// second buffer at each fused norm.
+fn results_in_place(g: &Graph, defs: &HashMap<ValueId, ValueDef>) -> Vec<Option<ValueId>> {
+    let mut root: Vec<ValueId> = (0..g.values.len() as u32).map(ValueId).collect();
+    let mut last_read = vec![0usize; g.values.len()];
+    for (k, op) in g.ops.iter().enumerate() {
+        if op.kind == OpKind::Reshape {
+            root[op.results[0].index()] = root[op.operands[0].index()];
+        }
+        for &v in &op.operands {
+            last_read[root[v.index()].index()] = k;
+        }
+    }
+    for &v in &g.outputs {
+        last_read[root[v.index()].index()] = usize::MAX;
+    }
+    g.ops
+        .iter()
+        .enumerate()
+        .map(|(k, op)| {
+            if !matches!(op.kind, OpKind::AddRmsNorm | OpKind::AddRmsNormQuant) {
+                return None;
+            }
+            let sum = *op.results.last()?;
+            op.operands.iter().take(2).rev().find_map(|&v| {
+                let r = root[v.index()];
+                let owned = matches!(defs.get(&r), Some(ValueDef::OpResult { .. }));
+                let fits = g.ty(r).size_bytes() == g.ty(sum).size_bytes();
+                (owned && fits && last_read[r.index()] == k).then_some(r)
+            })
+        })
+        .collect()
+}
+
 /// Plans `g` for `target`.
 pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
     let defs = g.defs();
+    let in_place = results_in_place(g, &defs);
     // The value whose bytes each value uses (itself, or what a reshape chain aliases).
     let mut root: Vec<ValueId> = (0..g.values.len() as u32).map(ValueId).collect();
     let mut planned: Vec<PlannedStep> = Vec::new();
@@ -188,7 +226,10 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
     // The dispatch layout (rows, tiles) built for each expert-index tensor.
     let mut dispatched: HashMap<(ValueId, u64), (usize, usize)> = HashMap::new();
 
-    for op in &g.ops {
+    for (k, op) in g.ops.iter().enumerate() {
+        if let (Some(operand), Some(&sum)) = (in_place[k], op.results.last()) {
+            root[sum.index()] = operand;
+        }
         let (kernel, args) = match select(g, op)? {
             Selection::Alias => {
                 root[op.results[0].index()] = root[op.operands[0].index()];
