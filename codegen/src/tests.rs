@@ -336,6 +336,50 @@ fn the_residual_stream_is_summed_in_place_at_each_fused_norm() {
     }
 }
 
+#[test]
+fn a_sum_taken_in_place_of_an_earlier_sum_takes_its_bytes() {
+    // r1 takes g's bytes; r2 and r3 (their residual operands are inputs) take r1's and r2's,
+    // which are g's: every sum of the chain must name g, the bytes it is in.
+    let mut source = String::from("[model]\nname = \"chain\"\noutputs = [\"out\"]\n");
+    for input in ["a", "b", "c"] {
+        source += &format!("[[input]]\nname = \"{input}\"\ndtype = \"bf16\"\nshape = [8, 256]\n");
+    }
+    let ops = [
+        ("h", "mul", "\"a\", \"b\""),
+        ("g", "mul", "\"a\", \"c\""),
+        ("r1", "add", "\"h\", \"g\""),
+        ("n1", "rms_norm", "\"r1\""),
+        ("r2", "add", "\"r1\", \"c\""),
+        ("n2", "rms_norm", "\"r2\""),
+        ("m", "mul", "\"n1\", \"n2\""),
+        ("r3", "add", "\"r2\", \"b\""),
+        ("n3", "rms_norm", "\"r3\""),
+        ("out", "mul", "\"n3\", \"m\""),
+    ];
+    for (name, kind, inputs) in ops {
+        let eps = if kind == "rms_norm" {
+            "eps = 1e-6\n"
+        } else {
+            ""
+        };
+        source +=
+            &format!("[[op]]\nname = \"{name}\"\nkind = \"{kind}\"\ninputs = [{inputs}]\n{eps}");
+    }
+    let mut graph = dsc_ir::model::load_model(&source).expect("the chain loads");
+    Pipeline::default_pipeline()
+        .run(&mut graph, &PassOptions::default(), |_, _| {})
+        .expect("default pipeline runs");
+    let manifest = generate(&graph, Target::Sm90a, false).unwrap().manifest;
+    check_manifest(&graph, &manifest);
+    for sum in ["r1", "r2", "r3"] {
+        let storage = &manifest.tensor(sum).unwrap().storage;
+        assert!(
+            matches!(storage, Storage::Alias { of, offset: 0 } if of == "g"),
+            "{sum}: {storage:?}"
+        );
+    }
+}
+
 /// Every step's arguments exist with the kernel's arity, and no two arena tensors that are live
 /// at the same step share bytes. A tensor is live at each step it is an argument of and at each
 /// step of an op that reads it, even where the kernel reads something else in its place (a

@@ -228,7 +228,8 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
 
     for (k, op) in g.ops.iter().enumerate() {
         if let (Some(operand), Some(&sum)) = (in_place[k], op.results.last()) {
-            root[sum.index()] = operand;
+            // The operand may itself hold an earlier sum in place: its bytes are its root's.
+            root[sum.index()] = root[operand.index()];
         }
         let (kernel, args) = match select(g, op)? {
             Selection::Alias => {
