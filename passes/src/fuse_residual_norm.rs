@@ -3,7 +3,7 @@
 //! residual, w)`, whose last result is the sum (the same value, so every other reader of it,
 //! the next residual add or a graph output, is unchanged). One kernel reads `x` and `residual`
 //! once and writes the sum and the norm, where the pair read the sum back after writing it
-//! and launched twice (vLLM's and Transformer Engine's fused add + RMSNorm).
+//! and launched twice (what vLLM's `fused_add_rms_norm` does).
 //!
 //! The numbers are the pair's: the sum rounded to its dtype as `add` rounds it, the norm over
 //! that. An add fuses into the first norm that reads it, when both operands have the sum's

@@ -181,9 +181,10 @@ impl RmsNorm {
             let outs = &args[self.weight_param() + 1..];
             // Fused with the residual add, the first loop stores the sum and the later ones
             // read it where they would read `x`.
-            let (first_x, sum_out) = match self.residual {
-                true => (Some((args[0], args[1])), Some(args[n_args - 1])),
-                false => (None, None),
+            let (first_x, sum_out) = if self.residual {
+                (Some((args[0], args[1])), Some(args[n_args - 1]))
+            } else {
+                (None, None)
             };
             let x = sum_out.unwrap_or(args[0]);
             let partials = args[n_args];
