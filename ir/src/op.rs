@@ -364,7 +364,16 @@ impl OpKind {
                     ]
                 }
             }
-            AttnScores | Attention => const { &[req("scale", T::Float), req("causal", T::Bool)] },
+            AttnScores => const { &[req("scale", T::Float), req("causal", T::Bool)] },
+            Attention => {
+                const {
+                    &[
+                        req("scale", T::Float),
+                        req("causal", T::Bool),
+                        opt(crate::infer::Q_COLS, T::Ints),
+                    ]
+                }
+            }
             MoeTopk => {
                 const {
                     &[

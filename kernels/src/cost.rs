@@ -15,16 +15,26 @@ pub struct OpCost {
 }
 
 /// The cost of `op` in `g`. A `slice` reads only its window of the operand: as many bytes as
-/// it writes.
+/// it writes; so does an `attention` reading a window of its q (`q_cols`).
 pub fn op_cost(g: &Graph, op: &Op) -> OpCost {
     let bytes = if op.kind == OpKind::Slice {
         g.ty(op.results[0]).size_bytes().saturating_mul(2)
     } else {
-        op.operands
+        let all = op
+            .operands
             .iter()
             .chain(&op.results)
             .map(|&v| g.ty(v).size_bytes())
-            .fold(0u64, u64::saturating_add)
+            .fold(0u64, u64::saturating_add);
+        let q_unread = match (op.kind, op.operands.first()) {
+            (OpKind::Attention, Some(&q)) => {
+                let q = g.ty(q);
+                dsc_ir::infer::attention_q_type(&op.attrs, q)
+                    .map_or(0, |read| q.size_bytes() - read.size_bytes())
+            }
+            _ => 0,
+        };
+        all - q_unread
     };
     OpCost {
         flops: gemm_flops(g, op).unwrap_or(0),

@@ -8,7 +8,7 @@ use super::kernel_run::{launch_kernel, lower, run_ptx};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::attention::HeadOperand;
-use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention};
+use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention, QRow};
 use dsc_codegen::kernels::flash_attention_tma;
 use dsc_emulator::tensor_map::{DataType, Interleave, L2Promotion, OobFill, Swizzle, TensorMap};
 use dsc_emulator::{GlobalMemory, Module, ParamValue};
@@ -46,6 +46,15 @@ fn check(spec: &FlashAttention, amplitude: f32) {
         .map(|(i, p)| bf16_values(p.len, i as u64 + 1, amplitude))
         .collect();
     let dims = spec.dims;
+    // A q read in place from wider rows: the reference takes its window of each row.
+    let q: Vec<f32> = match spec.q_row {
+        None => inputs[0].clone(),
+        Some(row) => inputs[0]
+            .chunks(row.stride as usize)
+            .flat_map(|r| &r[row.offset as usize..][..dims.scores.head_dim])
+            .copied()
+            .collect(),
+    };
     let pe = spec.rope.map(|r| RopeOperands {
         q_pe: &inputs[3],
         k_pe: &inputs[4],
@@ -53,7 +62,7 @@ fn check(spec: &FlashAttention, amplitude: f32) {
         dim: r.dim as usize,
     });
     let mut want = attention(
-        &inputs[0],
+        &q,
         &inputs[1],
         &inputs[2],
         dims,
@@ -209,6 +218,7 @@ fn dims(
 fn gqa(q_len: usize, kv_len: usize, causal: bool) -> FlashAttention {
     FlashAttention {
         dims: dims([2, q_len, kv_len, 4, 2, 32], [2, 24]),
+        q_row: None,
         qk: DType::Bf16,
         rope: None,
         values: DType::Bf16,
@@ -231,6 +241,7 @@ fn fused_attention_with_grouped_heads_and_ragged_lengths() {
 fn fused_attention_with_mla_shapes() {
     let mla = FlashAttention {
         dims: dims([1, 96, 150, 2, 2, 32], [2, 32]),
+        q_row: None,
         qk: DType::Bf16,
         rope: Some(rope(1, 16)),
         values: DType::Bf16,
@@ -240,6 +251,61 @@ fn fused_attention_with_mla_shapes() {
         form: AttentionForm::MmaSync,
     };
     check(&mla, 1.0);
+}
+
+#[test]
+fn fused_mla_attention_reading_q_in_place() {
+    // q_nope read from the q projection's rows of [q_nope | q_pe] (48 wide), at offset 0 and,
+    // to show the offset is applied, at 16 of rows 56 wide; then V3's widths through the TMA
+    // ring (128 of 192).
+    let mla = |dims, rope_dim, q_row, scale| FlashAttention {
+        dims,
+        q_row: Some(q_row),
+        qk: DType::Bf16,
+        rope: Some(rope(1, rope_dim)),
+        values: DType::Bf16,
+        output: DType::Bf16,
+        scale,
+        causal: true,
+        form: AttentionForm::MmaSync,
+    };
+    let small = dims([1, 96, 150, 2, 2, 32], [2, 32]);
+    check(
+        &mla(
+            small,
+            16,
+            QRow {
+                stride: 48,
+                offset: 0,
+            },
+            0.144,
+        ),
+        1.0,
+    );
+    check(
+        &mla(
+            small,
+            16,
+            QRow {
+                stride: 56,
+                offset: 16,
+            },
+            0.144,
+        ),
+        1.0,
+    );
+    let wide = dims([1, 150, 150, 2, 2, 128], [2, 64]);
+    let v3 = mla(
+        wide,
+        64,
+        QRow {
+            stride: 192,
+            offset: 0,
+        },
+        0.072,
+    );
+    assert!(flash_attention_tma::eligible(&v3));
+    check(&v3, 1.0);
 }
 
 #[test]
@@ -280,6 +346,7 @@ fn fused_mla_attention_through_the_tma_ring() {
     // k_nope | k_pe in three panels (k_pe one shared head), values of another width.
     let mla = FlashAttention {
         dims: dims([1, 150, 150, 2, 2, 128], [2, 64]),
+        q_row: None,
         qk: DType::Bf16,
         rope: Some(rope(1, 64)),
         values: DType::Bf16,

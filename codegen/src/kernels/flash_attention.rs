@@ -58,6 +58,16 @@ pub enum AttentionForm {
     WgmmaTma,
 }
 
+/// Where a q read in place from a wider tensor lies: each (token, head) row of q is `dim`
+/// elements from `offset` of a row of `stride` (MLA's q_nope in the q projection's output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QRow {
+    /// Elements per row of the tensor q is read from.
+    pub stride: u64,
+    /// Where q's elements start in that row.
+    pub offset: u64,
+}
+
 /// `out[b, s, h, :] = softmax_t(scores[b, h, s, t]) · v[b, t, h / group, :]`, fused.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlashAttention {
@@ -65,6 +75,9 @@ pub struct FlashAttention {
     /// [`super::canonical`]).
     #[serde(flatten)]
     pub dims: AttentionDims,
+    /// q read in place from a wider tensor; `None`: q is its own tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q_row: Option<QRow>,
     /// Dtype of q and k.
     pub qk: DType,
     /// The RoPE pair (MLA), when present. Its heads and dims per head are not in
@@ -188,6 +201,12 @@ impl FlashAttention {
         self.q_len().div_ceil(self.block_q())
     }
 
+    /// Elements per (token, head) row of the q tensor: the head dim, or the wider row q is
+    /// read from.
+    fn q_row_len(&self) -> u64 {
+        self.q_row.map_or(self.main().dim, |r| r.stride)
+    }
+
     fn out_len(&self) -> u64 {
         self.batch() * self.q_len() * self.heads() * self.v_dim()
     }
@@ -197,8 +216,12 @@ impl FlashAttention {
         let side = |name, len, o: HeadOperand, heads| {
             Param::new(name, o.dtype, self.batch() * len * heads * o.dim)
         };
+        let q = HeadOperand {
+            dim: self.q_row_len(),
+            ..self.main()
+        };
         let mut params = vec![
-            side("q", self.q_len(), self.main(), self.heads()),
+            side("q", self.q_len(), q, self.heads()),
             side("k", self.kv_len(), self.main(), self.main().kv_heads),
             Param::new(
                 "v",
@@ -366,12 +389,18 @@ impl FlashAttention {
             let low = e.addi(col, q2)?;
             let eight = e.index(8)?;
             let high = e.addi(low, eight)?;
+            // q's rows may lie in a wider tensor's (`q_row`); q_pe's are its own.
+            let (stride, offset) = match self.q_row {
+                Some(r) if 16 * c < self.main().dim => (r.stride, r.offset),
+                _ => (dim, 0),
+            };
             let mut base = Vec::with_capacity(2);
             for (&row, &ok) in rows.iter().zip(&real) {
                 let zero = e.index(0)?;
                 let row = e.select(ok, row, zero)?;
                 let r = row_index(e, b, row, h, self.q_len(), self.heads())?;
-                base.push(e.muli(r, e.index(dim as i64)?)?);
+                let at = e.muli(r, e.index(stride as i64)?)?;
+                base.push(e.addi(at, e.index(offset as i64)?)?);
             }
             let pack = |row: usize, k| pack_k(e, matrix, base[row], real[row], k, dim, 16);
             q_frags.push([pack(0, low)?, pack(1, low)?, pack(0, high)?, pack(1, high)?]);

@@ -294,6 +294,7 @@ mod tests {
                 v_heads: 128,
                 v_dim: 128,
             },
+            q_row: None,
             qk: DType::Bf16,
             rope: (rope > 0).then_some(HeadOperand {
                 kv_heads: 1,

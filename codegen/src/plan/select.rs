@@ -25,7 +25,7 @@ use crate::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
 use crate::kernels::embedding::Embedding;
 use crate::kernels::embedding_grad::EmbeddingGrad;
 use crate::kernels::expert_bias_update::ExpertBiasUpdate;
-use crate::kernels::flash_attention::{AttentionForm, FlashAttention};
+use crate::kernels::flash_attention::{AttentionForm, FlashAttention, QRow};
 use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
 use crate::kernels::global_norm::{GlobalNorm, NormInput};
 use crate::kernels::grouped_linear_wgrad::GroupedLinearWgrad;
@@ -385,6 +385,16 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 return Err(fail("q and k must share a dtype".into()));
             }
             let qk = ty(s.q).dtype;
+            // A fused attention may read a column window of its q (`q_cols`).
+            let q_ty = dsc_ir::infer::attention_q_type(&op.attrs, ty(s.q)).map_err(fail)?;
+            let q_row = op
+                .attrs
+                .ints(dsc_ir::infer::Q_COLS)
+                .and_then(|c| c.first())
+                .map(|&start| QRow {
+                    stride: last(s.q),
+                    offset: start as u64,
+                });
             let scale = op
                 .attrs
                 .float("scale")
@@ -401,8 +411,9 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             } else {
                 let v = op.attention_operands().map_err(named)?.v;
                 let fused = FlashAttention {
-                    dims: AttentionDims::from_shapes(&ty(s.q).shape, &ty(s.k).shape, &ty(v).shape)
+                    dims: AttentionDims::from_shapes(&q_ty.shape, &ty(s.k).shape, &ty(v).shape)
                         .map_err(sizes)?,
+                    q_row,
                     qk,
                     rope,
                     values: ty(v).dtype,

@@ -195,7 +195,25 @@ pub(super) fn execute(
             };
             let scale = op.attrs.float("scale").ok_or("missing scale")?;
             let causal = op.attrs.bool("causal").unwrap_or(false);
-            let (q, k) = (floats(s.q)?, floats(s.k)?);
+            // A fused attention may read a column window of its q (`q_cols`).
+            let q_ty = dsc_ir::infer::attention_q_type(&op.attrs, s_ty.q).map_err(err)?;
+            let windowed: Option<Vec<f32>> = match op.attrs.ints(dsc_ir::infer::Q_COLS) {
+                Some(&[start, end]) => {
+                    let row = s_ty.q.shape.last() as usize;
+                    let (start, end) = (start as usize, end as usize);
+                    let q = floats(s.q)?;
+                    Some(
+                        q.chunks(row)
+                            .flat_map(|r| &r[start..end])
+                            .copied()
+                            .collect(),
+                    )
+                }
+                _ => None,
+            };
+            let s_ty = AttnScoresOperands { q: &q_ty, ..s_ty };
+            let q = windowed.as_deref().map_or_else(|| floats(s.q), Ok)?;
+            let k = floats(s.k)?;
             let y = match v.zip(v_ty) {
                 None => {
                     let score_dims =

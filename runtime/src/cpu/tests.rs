@@ -371,3 +371,51 @@ fn inputs_are_checked_by_name_dtype_and_shape() {
     );
     assert!(err.contains("unexpected input `y`"), "{err}");
 }
+
+/// An attention reading its q in place (`q_cols`, folded by fuse-attention) computes what the
+/// same attention computes from the slice's copy: the folded tiny-moe graph against the same
+/// graph with each slice put back.
+#[test]
+fn attention_reading_q_in_place_is_the_attention_of_the_slice() {
+    use dsc_ir::{Attr, Op, OpKind};
+    let folded = compile(&example("tiny-moe"), dsc_passes::DEFAULT_PIPELINE);
+    let mut sliced = folded.clone();
+    let mut at = 0;
+    while at < sliced.ops.len() {
+        let op = &sliced.ops[at];
+        let Some(&[start, end]) = op.attrs.ints(dsc_ir::infer::Q_COLS) else {
+            at += 1;
+            continue;
+        };
+        let q = op.operands[0];
+        let ty = dsc_ir::infer::attention_q_type(&op.attrs, sliced.ty(q)).unwrap();
+        let rank = ty.shape.rank() as i64;
+        let name = format!("{}.q_slice", sliced.op_name(op));
+        let copy = sliced.add_value(name, ty);
+        let slice = Op {
+            kind: OpKind::Slice,
+            operands: vec![q],
+            results: vec![copy],
+            attrs: dsc_ir::Attrs::new()
+                .with("axis", Attr::Int(rank - 1))
+                .with("start", Attr::Int(start))
+                .with("end", Attr::Int(end)),
+            role: dsc_ir::Role::Other,
+            precision: sliced.ops[at].precision,
+        };
+        let op = &mut sliced.ops[at];
+        op.operands[0] = copy;
+        op.attrs.0.remove(dsc_ir::infer::Q_COLS);
+        sliced.ops.insert(at, slice);
+        at += 2;
+    }
+    assert!(
+        sliced.ops.len() > folded.ops.len(),
+        "tiny-moe folds its q slices"
+    );
+    dsc_ir::verify(&sliced).unwrap();
+    assert_eq!(
+        logits(&folded, Accumulator::Exact),
+        logits(&sliced, Accumulator::Exact)
+    );
+}
