@@ -595,6 +595,8 @@ fn fused_attention_holds_the_reference_dims_nested_yet_reads_flat() {
             v_dim: 24,
         },
         q_row: None,
+        k_row: None,
+        v_row: None,
         qk: DType::Bf16,
         rope: Some(HeadOperand {
             kv_heads: 1,

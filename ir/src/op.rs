@@ -371,6 +371,8 @@ impl OpKind {
                         req("scale", T::Float),
                         req("causal", T::Bool),
                         opt(crate::infer::Q_COLS, T::Ints),
+                        opt(crate::infer::K_COLS, T::Ints),
+                        opt(crate::infer::V_COLS, T::Ints),
                     ]
                 }
             }

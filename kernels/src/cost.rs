@@ -15,7 +15,7 @@ pub struct OpCost {
 }
 
 /// The cost of `op` in `g`. A `slice` reads only its window of the operand: as many bytes as
-/// it writes; so does an `attention` reading a window of its q (`q_cols`).
+/// it writes; so does an `attention` reading a window of its q, k or v (`q_cols`, …).
 pub fn op_cost(g: &Graph, op: &Op) -> OpCost {
     let bytes = if op.kind == OpKind::Slice {
         g.ty(op.results[0]).size_bytes().saturating_mul(2)
@@ -26,15 +26,18 @@ pub fn op_cost(g: &Graph, op: &Op) -> OpCost {
             .chain(&op.results)
             .map(|&v| g.ty(v).size_bytes())
             .fold(0u64, u64::saturating_add);
-        let q_unread = match (op.kind, op.operands.first()) {
-            (OpKind::Attention, Some(&q)) => {
-                let q = g.ty(q);
-                dsc_ir::infer::attention_q_type(&op.attrs, q)
-                    .map_or(0, |read| q.size_bytes() - read.size_bytes())
-            }
+        let unread: u64 = match op.kind {
+            OpKind::Attention => dsc_ir::infer::ATTENTION_WINDOWS
+                .iter()
+                .filter_map(|&(i, key)| {
+                    let ty = g.ty(*op.operands.get(i)?);
+                    let read = dsc_ir::infer::attention_window_type(&op.attrs, key, ty).ok()?;
+                    Some(ty.size_bytes() - read.size_bytes())
+                })
+                .sum(),
             _ => 0,
         };
-        all - q_unread
+        all - unread
     };
     OpCost {
         flops: gemm_flops(g, op).unwrap_or(0),

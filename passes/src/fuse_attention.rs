@@ -4,8 +4,8 @@
 //! unfused graph's are) and the head dims suit the fused kernel
 //! (`dsc_kernels::ops::attention_fusable`). No `[B, H, S, T]` tensor is left: the scores live
 //! in the kernel's registers. F32 attention stays unfused (exact f32 products on CUDA cores).
-//! A fused attention whose q is a slice of the last axis then reads it in place
-//! (`q_cols`, [`fold_q_slices`]).
+//! A fused attention whose q, k or v is a slice of the last axis then reads it in place
+//! (`q_cols`, `k_cols`, `v_cols`: [`fold_slices`]).
 
 use crate::{PassError, PassOptions};
 use dsc_ir::operands::AttentionOperands;
@@ -73,17 +73,18 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         dead[softmax] = true;
         dead[scores] = true;
     }
-    fold_q_slices(graph, &mut dead);
+    fold_slices(graph, &mut dead);
     let mut dead = dead.into_iter();
     graph.ops.retain(|_| !dead.next().unwrap_or(false));
     Ok(())
 }
 
-/// An attention whose q is a slice of the last axis read by nothing else reads the sliced
-/// tensor in place (`q_cols`; MLA's q_nope out of the q projection's output), so the slice's
-/// copy is never made. The window starts at, and the tensor's rows are, a multiple of 8
-/// elements: the kernel reads q in aligned pairs.
-fn fold_q_slices(graph: &mut Graph, dead: &mut [bool]) {
+/// An attention whose q, k or v is a slice of the last axis read by nothing else reads the
+/// sliced tensor in place (`q_cols`, `k_cols`, `v_cols`; MLA's q_nope out of the q
+/// projection's output, k_nope and the values out of `kv_b_proj`'s), so the slice's copy is
+/// never made. The window starts at, and the tensor's rows are, a multiple of 8 elements: the
+/// kernels read q in aligned pairs and stage k and v in 16-byte chunks.
+fn fold_slices(graph: &mut Graph, dead: &mut [bool]) {
     // Readers among the ops that stay (the fused scores still read q until removed).
     let mut uses = vec![0u32; graph.values.len()];
     let live = graph.ops.iter().zip(dead.iter()).filter(|(_, d)| !**d);
@@ -92,42 +93,46 @@ fn fold_q_slices(graph: &mut Graph, dead: &mut [bool]) {
     }
     let defs = graph.defs();
     for i in 0..graph.ops.len() {
-        let op = &graph.ops[i];
-        if op.kind != OpKind::Attention || dead[i] || op.attrs.ints(dsc_ir::infer::Q_COLS).is_some()
-        {
+        if graph.ops[i].kind != OpKind::Attention || dead[i] {
             continue;
         }
-        let Some(&q) = op.operands.first() else {
-            continue;
-        };
-        let Some(&ValueDef::OpResult { op: s, .. }) = defs.get(&q) else {
-            continue;
-        };
-        let slice = &graph.ops[s];
-        let source = slice.operands[0];
-        let rank = graph.ty(source).shape.rank() as i64;
-        let axis = slice
-            .attrs
-            .int("axis")
-            .map(|a| if a < 0 { a + rank } else { a });
-        let (Some(start), Some(end)) = (slice.attrs.int("start"), slice.attrs.int("end")) else {
-            continue;
-        };
-        let row = graph.ty(source).shape.last();
-        let aligned = start % 8 == 0 && row.is_multiple_of(8);
-        if slice.kind != OpKind::Slice
-            || dead[s]
-            || uses[q.index()] != 1
-            || axis != Some(rank - 1)
-            || !aligned
-        {
-            continue;
+        for (operand, key) in dsc_ir::infer::ATTENTION_WINDOWS {
+            let op = &graph.ops[i];
+            if op.attrs.ints(key).is_some() {
+                continue;
+            }
+            let Some(&x) = op.operands.get(operand) else {
+                continue;
+            };
+            let Some(&ValueDef::OpResult { op: s, .. }) = defs.get(&x) else {
+                continue;
+            };
+            let slice = &graph.ops[s];
+            let source = slice.operands[0];
+            let rank = graph.ty(source).shape.rank() as i64;
+            let axis = slice
+                .attrs
+                .int("axis")
+                .map(|a| if a < 0 { a + rank } else { a });
+            let (Some(start), Some(end)) = (slice.attrs.int("start"), slice.attrs.int("end"))
+            else {
+                continue;
+            };
+            let row = graph.ty(source).shape.last();
+            let aligned = start % 8 == 0 && row.is_multiple_of(8);
+            if slice.kind != OpKind::Slice
+                || dead[s]
+                || uses[x.index()] != 1
+                || axis != Some(rank - 1)
+                || !aligned
+            {
+                continue;
+            }
+            let op = &mut graph.ops[i];
+            op.operands[operand] = source;
+            op.attrs.set(key, Attr::Ints(vec![start, end]));
+            dead[s] = true;
         }
-        let op = &mut graph.ops[i];
-        op.operands[0] = source;
-        op.attrs =
-            std::mem::take(&mut op.attrs).with(dsc_ir::infer::Q_COLS, Attr::Ints(vec![start, end]));
-        dead[s] = true;
     }
 }
 

@@ -8,7 +8,7 @@ use super::kernel_run::{launch_kernel, lower, run_ptx};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::attention::HeadOperand;
-use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention, QRow};
+use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention, RowWindow};
 use dsc_codegen::kernels::flash_attention_tma;
 use dsc_emulator::tensor_map::{DataType, Interleave, L2Promotion, OobFill, Swizzle, TensorMap};
 use dsc_emulator::{GlobalMemory, Module, ParamValue};
@@ -46,15 +46,20 @@ fn check(spec: &FlashAttention, amplitude: f32) {
         .map(|(i, p)| bf16_values(p.len, i as u64 + 1, amplitude))
         .collect();
     let dims = spec.dims;
-    // A q read in place from wider rows: the reference takes its window of each row.
-    let q: Vec<f32> = match spec.q_row {
-        None => inputs[0].clone(),
-        Some(row) => inputs[0]
-            .chunks(row.stride as usize)
-            .flat_map(|r| &r[row.offset as usize..][..dims.scores.head_dim])
-            .copied()
-            .collect(),
+    // An operand read in place from wider rows: the reference takes its window of each row.
+    let window = |x: &Vec<f32>, row: Option<RowWindow>, dim: usize| -> Vec<f32> {
+        match row {
+            None => x.clone(),
+            Some(row) => x
+                .chunks(row.stride as usize)
+                .flat_map(|r| &r[row.offset as usize..][..dim])
+                .copied()
+                .collect(),
+        }
     };
+    let q = window(&inputs[0], spec.q_row, dims.scores.head_dim);
+    let k = window(&inputs[1], spec.k_row, dims.scores.head_dim);
+    let v = window(&inputs[2], spec.v_row, dims.v_dim);
     let pe = spec.rope.map(|r| RopeOperands {
         q_pe: &inputs[3],
         k_pe: &inputs[4],
@@ -63,8 +68,8 @@ fn check(spec: &FlashAttention, amplitude: f32) {
     });
     let mut want = attention(
         &q,
-        &inputs[1],
-        &inputs[2],
+        &k,
+        &v,
         dims,
         pe,
         f64::from(spec.scale),
@@ -219,6 +224,8 @@ fn gqa(q_len: usize, kv_len: usize, causal: bool) -> FlashAttention {
     FlashAttention {
         dims: dims([2, q_len, kv_len, 4, 2, 32], [2, 24]),
         q_row: None,
+        k_row: None,
+        v_row: None,
         qk: DType::Bf16,
         rope: None,
         values: DType::Bf16,
@@ -242,6 +249,8 @@ fn fused_attention_with_mla_shapes() {
     let mla = FlashAttention {
         dims: dims([1, 96, 150, 2, 2, 32], [2, 32]),
         q_row: None,
+        k_row: None,
+        v_row: None,
         qk: DType::Bf16,
         rope: Some(rope(1, 16)),
         values: DType::Bf16,
@@ -261,6 +270,8 @@ fn fused_mla_attention_reading_q_in_place() {
     let mla = |dims, rope_dim, q_row, scale| FlashAttention {
         dims,
         q_row: Some(q_row),
+        k_row: None,
+        v_row: None,
         qk: DType::Bf16,
         rope: Some(rope(1, rope_dim)),
         values: DType::Bf16,
@@ -274,7 +285,7 @@ fn fused_mla_attention_reading_q_in_place() {
         &mla(
             small,
             16,
-            QRow {
+            RowWindow {
                 stride: 48,
                 offset: 0,
             },
@@ -286,7 +297,7 @@ fn fused_mla_attention_reading_q_in_place() {
         &mla(
             small,
             16,
-            QRow {
+            RowWindow {
                 stride: 56,
                 offset: 16,
             },
@@ -298,12 +309,42 @@ fn fused_mla_attention_reading_q_in_place() {
     let v3 = mla(
         wide,
         64,
-        QRow {
+        RowWindow {
             stride: 192,
             offset: 0,
         },
         0.072,
     );
+    assert!(flash_attention_tma::eligible(&v3));
+    check(&v3, 1.0);
+}
+
+#[test]
+fn fused_mla_attention_reading_k_and_v_in_place() {
+    // k_nope and the values read from kv_b_proj's rows of [k_nope | v] per head, as q_nope
+    // from the q projection's: the staged forms with 32 + 32 of 64, then through the TMA ring
+    // with 128 + 64 of 192 (the values at offset 128: the loads start past k_nope).
+    let mla = |dims, rope_dim, rows: [RowWindow; 3], scale| FlashAttention {
+        dims,
+        q_row: Some(rows[0]),
+        k_row: Some(rows[1]),
+        v_row: Some(rows[2]),
+        qk: DType::Bf16,
+        rope: Some(rope(1, rope_dim)),
+        values: DType::Bf16,
+        output: DType::Bf16,
+        scale,
+        causal: true,
+        form: AttentionForm::MmaSync,
+    };
+    let at = |stride, offset| RowWindow { stride, offset };
+    let small = dims([1, 96, 150, 2, 2, 32], [2, 32]);
+    check(
+        &mla(small, 16, [at(48, 0), at(64, 0), at(64, 32)], 0.144),
+        1.0,
+    );
+    let wide = dims([1, 150, 150, 2, 2, 128], [2, 64]);
+    let v3 = mla(wide, 64, [at(192, 0), at(192, 0), at(192, 128)], 0.072);
     assert!(flash_attention_tma::eligible(&v3));
     check(&v3, 1.0);
 }
@@ -347,6 +388,8 @@ fn fused_mla_attention_through_the_tma_ring() {
     let mla = FlashAttention {
         dims: dims([1, 150, 150, 2, 2, 128], [2, 64]),
         q_row: None,
+        k_row: None,
+        v_row: None,
         qk: DType::Bf16,
         rope: Some(rope(1, 64)),
         values: DType::Bf16,

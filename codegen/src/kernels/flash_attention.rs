@@ -58,13 +58,14 @@ pub enum AttentionForm {
     WgmmaTma,
 }
 
-/// Where a q read in place from a wider tensor lies: each (token, head) row of q is `dim`
-/// elements from `offset` of a row of `stride` (MLA's q_nope in the q projection's output).
+/// Where an operand read in place from a wider tensor lies: each (token, head) row of it is
+/// its head dim's elements from `offset` of a row of `stride` (MLA's q_nope in the q
+/// projection's output, k_nope and the values in `kv_b_proj`'s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct QRow {
-    /// Elements per row of the tensor q is read from.
+pub struct RowWindow {
+    /// Elements per row of the tensor the operand is read from.
     pub stride: u64,
-    /// Where q's elements start in that row.
+    /// Where the operand's elements start in that row.
     pub offset: u64,
 }
 
@@ -77,7 +78,13 @@ pub struct FlashAttention {
     pub dims: AttentionDims,
     /// q read in place from a wider tensor; `None`: q is its own tensor.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub q_row: Option<QRow>,
+    pub q_row: Option<RowWindow>,
+    /// k read in place from a wider tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k_row: Option<RowWindow>,
+    /// v read in place from a wider tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v_row: Option<RowWindow>,
     /// Dtype of q and k.
     pub qk: DType,
     /// The RoPE pair (MLA), when present. Its heads and dims per head are not in
@@ -207,6 +214,18 @@ impl FlashAttention {
         self.q_row.map_or(self.main().dim, |r| r.stride)
     }
 
+    /// k's rows: `(elements per row of its tensor, where k starts in it)`.
+    pub(super) fn k_window(&self) -> (u64, u64) {
+        self.k_row
+            .map_or((self.main().dim, 0), |r| (r.stride, r.offset))
+    }
+
+    /// v's rows: `(elements per row of its tensor, where v starts in it)`.
+    pub(super) fn v_window(&self) -> (u64, u64) {
+        self.v_row
+            .map_or((self.v_dim(), 0), |r| (r.stride, r.offset))
+    }
+
     fn out_len(&self) -> u64 {
         self.batch() * self.q_len() * self.heads() * self.v_dim()
     }
@@ -222,11 +241,19 @@ impl FlashAttention {
         };
         let mut params = vec![
             side("q", self.q_len(), q, self.heads()),
-            side("k", self.kv_len(), self.main(), self.main().kv_heads),
+            side(
+                "k",
+                self.kv_len(),
+                HeadOperand {
+                    dim: self.k_window().0,
+                    ..self.main()
+                },
+                self.main().kv_heads,
+            ),
             Param::new(
                 "v",
                 self.values,
-                self.batch() * self.kv_len() * self.v_heads() * self.v_dim(),
+                self.batch() * self.kv_len() * self.v_heads() * self.v_window().0,
             ),
         ];
         if let Some(r) = self.rope {
@@ -642,14 +669,23 @@ impl FlashAttention {
         let main_chunks_v = e.index(main_chunks as i64)?;
         let is_main = e.lt(lane.c, main_chunks_v)?;
         let row = e.addi(t0, lane.r0)?;
-        let main_at = self.chunk_address(e, ops.k, at, row, at.kh, self.main(), lane.c)?;
-        let main_row = self.main().kv_heads * self.main().dim * 2;
+        let main_at = self.chunk_address(
+            e,
+            ops.k,
+            at,
+            row,
+            at.kh,
+            self.main(),
+            self.k_window(),
+            lane.c,
+        )?;
+        let main_row = self.main().kv_heads * self.k_window().0 * 2;
         let (source, row_bytes, in_dims) = match (self.rope, ops.pe) {
             (Some(r), Some((_, k_pe))) => {
                 let zero = e.index(0)?;
                 let c_pe = e.subi(lane.c, main_chunks_v)?;
                 let c_pe = e.select(is_main, zero, c_pe)?;
-                let pe_at = self.chunk_address(e, k_pe, at, row, at.kh_pe, r, c_pe)?;
+                let pe_at = self.chunk_address(e, k_pe, at, row, at.kh_pe, r, (r.dim, 0), c_pe)?;
                 let end = e.index((main_chunks + r.dim / 8) as i64)?;
                 let in_dims = e.lt(lane.c, end)?;
                 let pe_row = e.int(64, (r.kv_heads * r.dim * 2) as i64)?;
@@ -724,7 +760,8 @@ impl FlashAttention {
     }
 
     /// The global address of 16-byte chunk `c` of row `t`, head `head` of a `[batch, kv_len,
-    /// heads, dim]` BF16 operand `matrix`, as an `i64`.
+    /// heads, dim]` BF16 operand `matrix` whose rows are `window = (stride, offset)`: `dim`
+    /// elements from `offset` of each `stride` (`(dim, 0)` for its own tensor), as an `i64`.
     #[allow(clippy::too_many_arguments)]
     fn chunk_address<'c, 'a>(
         &self,
@@ -734,10 +771,12 @@ impl FlashAttention {
         t: Value<'c, '_>,
         head: Value<'c, '_>,
         operand: HeadOperand,
+        (stride, offset): (u64, u64),
         c: Value<'c, '_>,
     ) -> Emitted<'c, 'a> {
         let row = row_index(e, at.b, t, head, self.kv_len(), operand.kv_heads)?;
-        let element = e.muli(row, e.index(operand.dim as i64)?)?;
+        let element = e.muli(row, e.index(stride as i64)?)?;
+        let element = e.addi(element, e.index(offset as i64)?)?;
         let c8 = e.muli(c, e.index(8)?)?;
         let element = e.addi(element, c8)?;
         let bytes = e.muli(element, e.index(2)?)?;
@@ -763,8 +802,9 @@ impl FlashAttention {
             dtype: self.values,
         };
         let row = e.addi(t0, lane.r0)?;
-        let source = self.chunk_address(e, ops.v, at, row, at.vh, values, lane.c)?;
-        let row_bytes = e.int(64, (self.v_heads() * self.v_dim() * 2) as i64)?;
+        let source =
+            self.chunk_address(e, ops.v, at, row, at.vh, values, self.v_window(), lane.c)?;
+        let row_bytes = e.int(64, (self.v_heads() * self.v_window().0 * 2) as i64)?;
         let eight_c = e.muli(lane.c, e.index(8)?)?;
         let place = lane.place(e, v_smem, self.v_stride(), lane.r0, eight_c)?;
         let tile = Tile {

@@ -93,14 +93,20 @@ pub fn map_params(spec: &FlashAttention) -> Vec<Param> {
     params
 }
 
-/// The operands the maps cover, by parameter (k 1, v 2, k_pe 4), with their heads and dims.
+/// The operands the maps cover, by parameter (k 1, v 2, k_pe 4), with their heads and the
+/// elements per row of their tensors (wider than the head dim for an operand read in place:
+/// its loads start at its offset in the row).
 fn mapped(spec: &FlashAttention) -> Vec<(usize, HeadOperand)> {
     let values = HeadOperand {
         kv_heads: spec.v_heads(),
-        dim: spec.v_dim(),
+        dim: spec.v_window().0,
         dtype: spec.values,
     };
-    let mut mapped = vec![(1, spec.main()), (2, values)];
+    let keys = HeadOperand {
+        dim: spec.k_window().0,
+        ..spec.main()
+    };
+    let mut mapped = vec![(1, keys), (2, values)];
     mapped.extend(spec.rope.map(|r| (4, r)));
     mapped
 }
@@ -226,21 +232,28 @@ impl<'c> Pipeline<'_, 'c, '_> {
                 e.mbarrier_arrive_expect_tx(pass.full, bytes)?;
                 let t0 = e.muli(tile, e.index(KV_TILE as i64)?)?;
                 let t0 = e.index_cast(t0, i32_type)?;
-                // (map, head, tile, first panel of the tile, panels).
+                // (map, head, tile, first panel of the tile, panels, first dim in the row).
                 let main_panels = self.spec.main().dim / PANEL_DIMS;
                 let mut loads = vec![
-                    (maps[0], kh, pass.a, 0, main_panels),
-                    (maps[1], vh, pass.b, 0, self.spec.v_dim() / PANEL_DIMS),
+                    (maps[0], kh, pass.a, 0, main_panels, self.spec.k_window().1),
+                    (
+                        maps[1],
+                        vh,
+                        pass.b,
+                        0,
+                        self.spec.v_dim() / PANEL_DIMS,
+                        self.spec.v_window().1,
+                    ),
                 ];
                 if let Some(&k_pe) = maps.get(2) {
                     let panels = self.spec.rope_dim() / PANEL_DIMS;
-                    loads.push((k_pe, kh_pe, pass.a, main_panels, panels));
+                    loads.push((k_pe, kh_pe, pass.a, main_panels, panels, 0));
                 }
-                for (map, head, tile, first, count) in loads {
+                for (map, head, tile, first, count, start) in loads {
                     for p in 0..count {
                         let offset = e.int(32, ((first + p) * PANEL_BYTES) as i64)?;
                         let destination = e.addi(tile, offset)?;
-                        let dim = e.int(32, (p * PANEL_DIMS) as i64)?;
+                        let dim = e.int(32, (start + p * PANEL_DIMS) as i64)?;
                         e.tma_load(destination, map, &[dim, head, t0, b], pass.full, None)?;
                     }
                 }
@@ -295,6 +308,8 @@ mod tests {
                 v_dim: 128,
             },
             q_row: None,
+            k_row: None,
+            v_row: None,
             qk: DType::Bf16,
             rope: (rope > 0).then_some(HeadOperand {
                 kv_heads: 1,

@@ -25,7 +25,7 @@ use crate::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
 use crate::kernels::embedding::Embedding;
 use crate::kernels::embedding_grad::EmbeddingGrad;
 use crate::kernels::expert_bias_update::ExpertBiasUpdate;
-use crate::kernels::flash_attention::{AttentionForm, FlashAttention, QRow};
+use crate::kernels::flash_attention::{AttentionForm, FlashAttention, RowWindow};
 use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
 use crate::kernels::global_norm::{GlobalNorm, NormInput};
 use crate::kernels::grouped_linear_wgrad::GroupedLinearWgrad;
@@ -385,16 +385,22 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 return Err(fail("q and k must share a dtype".into()));
             }
             let qk = ty(s.q).dtype;
-            // A fused attention may read a column window of its q (`q_cols`).
-            let q_ty = dsc_ir::infer::attention_q_type(&op.attrs, ty(s.q)).map_err(fail)?;
-            let q_row = op
-                .attrs
-                .ints(dsc_ir::infer::Q_COLS)
-                .and_then(|c| c.first())
-                .map(|&start| QRow {
-                    stride: last(s.q),
-                    offset: start as u64,
-                });
+            // A fused attention may read a column window of its q, k and v (`q_cols`, …).
+            use dsc_ir::infer::{K_COLS, Q_COLS, V_COLS, attention_window_type};
+            let window_of = |key: &str, v: ValueId| -> Result<_, CodegenError> {
+                let read = attention_window_type(&op.attrs, key, ty(v)).map_err(fail)?;
+                let row = op
+                    .attrs
+                    .ints(key)
+                    .and_then(|c| c.first())
+                    .map(|&start| RowWindow {
+                        stride: last(v),
+                        offset: start as u64,
+                    });
+                Ok((read, row))
+            };
+            let (q_ty, q_row) = window_of(Q_COLS, s.q)?;
+            let (k_ty, k_row) = window_of(K_COLS, s.k)?;
             let scale = op
                 .attrs
                 .float("scale")
@@ -410,10 +416,13 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 })
             } else {
                 let v = op.attention_operands().map_err(named)?.v;
+                let (v_ty, v_row) = window_of(V_COLS, v)?;
                 let fused = FlashAttention {
-                    dims: AttentionDims::from_shapes(&q_ty.shape, &ty(s.k).shape, &ty(v).shape)
+                    dims: AttentionDims::from_shapes(&q_ty.shape, &k_ty.shape, &v_ty.shape)
                         .map_err(sizes)?,
                     q_row,
+                    k_row,
+                    v_row,
                     qk,
                     rope,
                     values: ty(v).dtype,

@@ -4,7 +4,8 @@
 //!
 //! With `q_cols = [start, end]` the op reads q's last axis in `start..end` only: a slice of
 //! its q folded in (MLA's q_nope, read in place from the q projection's output), q's type
-//! then being the slice's.
+//! then being the slice's; `k_cols` and `v_cols` the same for k and v (MLA's k_nope and values,
+//! read in place from `kv_b_proj`'s output).
 
 use super::attention::attn_scores;
 use super::{Inferred, Result, free, heads_divide, named, need_float, need_rank};
@@ -14,27 +15,34 @@ use crate::{Shape, TensorType};
 
 /// The attribute of a fused `attention` that reads a column window of its q.
 pub const Q_COLS: &str = "q_cols";
+/// The attribute of a fused `attention` that reads a column window of its k.
+pub const K_COLS: &str = "k_cols";
+/// The attribute of a fused `attention` that reads a column window of its v.
+pub const V_COLS: &str = "v_cols";
+/// Each windowed operand of `attention` (q, k, v) with the attribute of its window.
+pub const ATTENTION_WINDOWS: [(usize, &str); 3] = [(0, Q_COLS), (1, K_COLS), (2, V_COLS)];
 
-/// The type of the q an `attention` with `attrs` reads from its q operand of type `q`: the
-/// operand's, or with `q_cols` its window of the last axis.
-pub fn attention_q_type(attrs: &Attrs, q: &TensorType) -> Result<TensorType> {
-    let Some(cols) = attrs.ints(Q_COLS) else {
-        return Ok(q.clone());
+/// The type of what an `attention` with `attrs` reads from an operand of type `ty` whose
+/// window attribute is `key` (one of [`ATTENTION_WINDOWS`]): the operand's, or with the
+/// attribute its window `[start, end]` of the last axis.
+pub fn attention_window_type(attrs: &Attrs, key: &str, ty: &TensorType) -> Result<TensorType> {
+    let Some(cols) = attrs.ints(key) else {
+        return Ok(ty.clone());
     };
-    let last = q.shape.last();
+    let last = ty.shape.last();
     match *cols {
         [start, end] if 0 <= start && start < end && end as u64 <= last => {
-            let mut dims = q.shape.dims().to_vec();
+            let mut dims = ty.shape.dims().to_vec();
             if let Some(d) = dims.last_mut() {
                 *d = (end - start) as u64;
             }
             Ok(TensorType {
-                dtype: q.dtype,
+                dtype: ty.dtype,
                 shape: Shape(dims),
             })
         }
         _ => Err(format!(
-            "{Q_COLS} must be [start, end] with 0 <= start < end <= {last} (q is {q}), got {cols:?}"
+            "{key} must be [start, end] with 0 <= start < end <= {last} (the operand is {ty}), got {cols:?}"
         )),
     }
 }
@@ -42,8 +50,10 @@ pub fn attention_q_type(attrs: &Attrs, q: &TensorType) -> Result<TensorType> {
 /// `attention(q, k, v[, q_pe, k_pe])`.
 pub(super) fn attention(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
     let mut operands = named(AttentionOperands::from_slice(ins))?;
-    let q = attention_q_type(attrs, operands.q)?;
-    operands.q = &q;
+    let q = attention_window_type(attrs, Q_COLS, operands.q)?;
+    let k = attention_window_type(attrs, K_COLS, operands.k)?;
+    let v = attention_window_type(attrs, V_COLS, operands.v)?;
+    (operands.q, operands.k, operands.v) = (&q, &k, &v);
     let scores = attn_scores(attrs, &operands.scores().to_vec())?;
     let [b, h, s, t] = scores[0].shape.0[..] else {
         unreachable!("attn_scores is rank 4")

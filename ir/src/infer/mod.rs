@@ -21,7 +21,7 @@ mod quantize;
 mod training;
 
 pub use fp8::{W_ROW_TILES, X_SQUARE_BLOCKS};
-pub use fused_attention::{Q_COLS, attention_q_type};
+pub use fused_attention::{ATTENTION_WINDOWS, K_COLS, Q_COLS, V_COLS, attention_window_type};
 pub use linear::{DY_SCALE_FORMAT, LINEAR_GEMMS, W_SCALE_FORMAT, X_CACHE, X_SCALE_FORMAT};
 pub use training::{WGRAD_INTERVAL, WGRAD_TILE};
 

@@ -372,29 +372,45 @@ fn inputs_are_checked_by_name_dtype_and_shape() {
     assert!(err.contains("unexpected input `y`"), "{err}");
 }
 
-/// An attention reading its q in place (`q_cols`, folded by fuse-attention) computes what the
-/// same attention computes from the slice's copy: the folded tiny-moe graph against the same
-/// graph with each slice put back.
+/// An attention reading its q, k and v in place (`q_cols`, `k_cols`, `v_cols`, folded by
+/// fuse-attention) computes what the same attention computes from the slices' copies: the
+/// folded tiny-moe graph against the same graph with each slice put back.
 #[test]
-fn attention_reading_q_in_place_is_the_attention_of_the_slice() {
+fn attention_reading_operands_in_place_is_the_attention_of_the_slices() {
     use dsc_ir::{Attr, Op, OpKind};
     let folded = compile(&example("tiny-moe"), dsc_passes::DEFAULT_PIPELINE);
+    let windows = |g: &Graph| {
+        g.ops
+            .iter()
+            .flat_map(|op| dsc_ir::infer::ATTENTION_WINDOWS.map(|(_, key)| op.attrs.ints(key)))
+            .flatten()
+            .count()
+    };
+    // q_nope, k_nope and the values of each of tiny-moe's four MLA layers.
+    assert_eq!(windows(&folded), 12);
     let mut sliced = folded.clone();
     let mut at = 0;
     while at < sliced.ops.len() {
         let op = &sliced.ops[at];
-        let Some(&[start, end]) = op.attrs.ints(dsc_ir::infer::Q_COLS) else {
+        let Some((operand, key, start, end)) =
+            dsc_ir::infer::ATTENTION_WINDOWS
+                .iter()
+                .find_map(|&(i, key)| match op.attrs.ints(key) {
+                    Some(&[start, end]) => Some((i, key, start, end)),
+                    _ => None,
+                })
+        else {
             at += 1;
             continue;
         };
-        let q = op.operands[0];
-        let ty = dsc_ir::infer::attention_q_type(&op.attrs, sliced.ty(q)).unwrap();
+        let x = op.operands[operand];
+        let ty = dsc_ir::infer::attention_window_type(&op.attrs, key, sliced.ty(x)).unwrap();
         let rank = ty.shape.rank() as i64;
-        let name = format!("{}.q_slice", sliced.op_name(op));
+        let name = format!("{}.{key}", sliced.op_name(op));
         let copy = sliced.add_value(name, ty);
         let slice = Op {
             kind: OpKind::Slice,
-            operands: vec![q],
+            operands: vec![x],
             results: vec![copy],
             attrs: dsc_ir::Attrs::new()
                 .with("axis", Attr::Int(rank - 1))
@@ -404,15 +420,12 @@ fn attention_reading_q_in_place_is_the_attention_of_the_slice() {
             precision: sliced.ops[at].precision,
         };
         let op = &mut sliced.ops[at];
-        op.operands[0] = copy;
-        op.attrs.0.remove(dsc_ir::infer::Q_COLS);
+        op.operands[operand] = copy;
+        op.attrs.0.remove(key);
         sliced.ops.insert(at, slice);
-        at += 2;
+        at += 1;
     }
-    assert!(
-        sliced.ops.len() > folded.ops.len(),
-        "tiny-moe folds its q slices"
-    );
+    assert_eq!(windows(&sliced), 0);
     dsc_ir::verify(&sliced).unwrap();
     assert_eq!(
         logits(&folded, Accumulator::Exact),
