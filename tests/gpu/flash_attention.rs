@@ -14,7 +14,7 @@ use dsc_emulator::tensor_map::{DataType, Interleave, L2Promotion, OobFill, Swizz
 use dsc_emulator::{GlobalMemory, Module, ParamValue};
 use dsc_ir::DType;
 use dsc_kernels::numerics::bf16::{from_bf16, from_bf16_bits, to_bf16};
-use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention};
+use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention, slice};
 use dsc_kernels::rng::SplitMix64;
 use dsc_runtime::step_check::{compare, rule_for};
 use dsc_runtime::{HostData, HostTensor};
@@ -50,11 +50,10 @@ fn check(spec: &FlashAttention, amplitude: f32) {
     let window = |x: &Vec<f32>, row: Option<RowWindow>, dim: usize| -> Vec<f32> {
         match row {
             None => x.clone(),
-            Some(row) => x
-                .chunks(row.stride as usize)
-                .flat_map(|r| &r[row.offset as usize..][..dim])
-                .copied()
-                .collect(),
+            Some(RowWindow { stride, offset }) => {
+                let (stride, offset) = (stride as usize, offset as usize);
+                slice(x, &[x.len() / stride, stride], 1, offset, offset + dim).unwrap()
+            }
         }
     };
     let q = window(&inputs[0], spec.q_row, dims.scores.head_dim);
@@ -262,16 +261,19 @@ fn fused_attention_with_mla_shapes() {
     check(&mla, 1.0);
 }
 
-#[test]
-fn fused_mla_attention_reading_q_in_place() {
-    // q_nope read from the q projection's rows of [q_nope | q_pe] (48 wide), at offset 0 and,
-    // to show the offset is applied, at 16 of rows 56 wide; then V3's widths through the TMA
-    // ring (128 of 192).
-    let mla = |dims, rope_dim, q_row, scale| FlashAttention {
+/// Causal MLA attention (one shared k_pe head of `rope_dim`) whose q, k and v are read in
+/// place from wider rows where `rows` says so.
+fn mla_in_place(
+    dims: AttentionDims,
+    rope_dim: u64,
+    [q_row, k_row, v_row]: [Option<RowWindow>; 3],
+    scale: f32,
+) -> FlashAttention {
+    FlashAttention {
         dims,
-        q_row: Some(q_row),
-        k_row: None,
-        v_row: None,
+        q_row,
+        k_row,
+        v_row,
         qk: DType::Bf16,
         rope: Some(rope(1, rope_dim)),
         values: DType::Bf16,
@@ -279,42 +281,30 @@ fn fused_mla_attention_reading_q_in_place() {
         scale,
         causal: true,
         form: AttentionForm::MmaSync,
-    };
+    }
+}
+
+/// Rows of `stride` elements, the operand from `offset`.
+fn at(stride: u64, offset: u64) -> Option<RowWindow> {
+    Some(RowWindow { stride, offset })
+}
+
+#[test]
+fn fused_mla_attention_reading_q_in_place() {
+    // q_nope read from the q projection's rows of [q_nope | q_pe] (48 wide), at offset 0 and,
+    // to show the offset is applied, at 16 of rows 56 wide; then V3's widths through the TMA
+    // ring (128 of 192).
     let small = dims([1, 96, 150, 2, 2, 32], [2, 32]);
     check(
-        &mla(
-            small,
-            16,
-            RowWindow {
-                stride: 48,
-                offset: 0,
-            },
-            0.144,
-        ),
+        &mla_in_place(small, 16, [at(48, 0), None, None], 0.144),
         1.0,
     );
     check(
-        &mla(
-            small,
-            16,
-            RowWindow {
-                stride: 56,
-                offset: 16,
-            },
-            0.144,
-        ),
+        &mla_in_place(small, 16, [at(56, 16), None, None], 0.144),
         1.0,
     );
     let wide = dims([1, 150, 150, 2, 2, 128], [2, 64]);
-    let v3 = mla(
-        wide,
-        64,
-        RowWindow {
-            stride: 192,
-            offset: 0,
-        },
-        0.072,
-    );
+    let v3 = mla_in_place(wide, 64, [at(192, 0), None, None], 0.072);
     assert!(flash_attention_tma::eligible(&v3));
     check(&v3, 1.0);
 }
@@ -324,27 +314,11 @@ fn fused_mla_attention_reading_k_and_v_in_place() {
     // k_nope and the values read from kv_b_proj's rows of [k_nope | v] per head, as q_nope
     // from the q projection's: the staged forms with 32 + 32 of 64, then through the TMA ring
     // with 128 + 64 of 192 (the values at offset 128: the loads start past k_nope).
-    let mla = |dims, rope_dim, rows: [RowWindow; 3], scale| FlashAttention {
-        dims,
-        q_row: Some(rows[0]),
-        k_row: Some(rows[1]),
-        v_row: Some(rows[2]),
-        qk: DType::Bf16,
-        rope: Some(rope(1, rope_dim)),
-        values: DType::Bf16,
-        output: DType::Bf16,
-        scale,
-        causal: true,
-        form: AttentionForm::MmaSync,
-    };
-    let at = |stride, offset| RowWindow { stride, offset };
     let small = dims([1, 96, 150, 2, 2, 32], [2, 32]);
-    check(
-        &mla(small, 16, [at(48, 0), at(64, 0), at(64, 32)], 0.144),
-        1.0,
-    );
+    let rows = [at(48, 0), at(64, 0), at(64, 32)];
+    check(&mla_in_place(small, 16, rows, 0.144), 1.0);
     let wide = dims([1, 150, 150, 2, 2, 128], [2, 64]);
-    let v3 = mla(wide, 64, [at(192, 0), at(192, 0), at(192, 128)], 0.072);
+    let v3 = mla_in_place(wide, 64, [at(192, 0), at(192, 0), at(192, 128)], 0.072);
     assert!(flash_attention_tma::eligible(&v3));
     check(&v3, 1.0);
 }

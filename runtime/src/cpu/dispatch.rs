@@ -195,44 +195,36 @@ pub(super) fn execute(
             };
             let scale = op.attrs.float("scale").ok_or("missing scale")?;
             let causal = op.attrs.bool("causal").unwrap_or(false);
-            // A fused attention may read a column window of its q, k and v (`q_cols`, …).
-            let window = |key: &str, t: &HostTensor, ty: &TensorType| -> Result<Option<Vec<f32>>> {
-                match op.attrs.ints(key) {
+            // A fused attention may read a column window of its q, k and v (`q_cols`, …):
+            // the type it reads, and the window's copy when there is one.
+            let read = |key: &str, t: &HostTensor, ty: &TensorType| -> Result<_> {
+                let read_ty =
+                    dsc_ir::infer::attention_window_type(&op.attrs, key, ty).map_err(err)?;
+                let copy = match op.attrs.ints(key) {
                     Some(&[start, end]) => {
-                        let row = ty.shape.last() as usize;
+                        let d = dims(ty);
                         let (start, end) = (start as usize, end as usize);
-                        let x = floats(t)?;
-                        Ok(Some(
-                            x.chunks(row)
-                                .flat_map(|r| &r[start..end])
-                                .copied()
-                                .collect(),
-                        ))
+                        Some(ops::slice(floats(t)?, &d, d.len() - 1, start, end).map_err(err)?)
                     }
-                    _ => Ok(None),
-                }
+                    _ => None,
+                };
+                Ok((read_ty, copy))
             };
-            use dsc_ir::infer::{K_COLS, Q_COLS, V_COLS, attention_window_type};
-            let q_ty = attention_window_type(&op.attrs, Q_COLS, s_ty.q).map_err(err)?;
-            let k_ty = attention_window_type(&op.attrs, K_COLS, s_ty.k).map_err(err)?;
-            let q_window = window(Q_COLS, s.q, s_ty.q)?;
-            let k_window = window(K_COLS, s.k, s_ty.k)?;
-            let v_window = match (v, v_ty) {
-                (Some(v), Some(ty)) => window(V_COLS, v, ty)?,
-                _ => None,
+            use dsc_ir::infer::{K_COLS, Q_COLS, V_COLS};
+            let (q_ty, q_copy) = read(Q_COLS, s.q, s_ty.q)?;
+            let (k_ty, k_copy) = read(K_COLS, s.k, s_ty.k)?;
+            let v_read = v.zip(v_ty).map(|(v, ty)| read(V_COLS, v, ty)).transpose()?;
+            let (v_ty, v_copy) = match &v_read {
+                Some((ty, copy)) => (Some(ty), copy.as_deref()),
+                None => (None, None),
             };
-            let v_read_ty = match v_ty {
-                Some(ty) => Some(attention_window_type(&op.attrs, V_COLS, ty).map_err(err)?),
-                None => None,
-            };
-            let v_ty = v_read_ty.as_ref();
             let s_ty = AttnScoresOperands {
                 q: &q_ty,
                 k: &k_ty,
                 ..s_ty
             };
-            let q = q_window.as_deref().map_or_else(|| floats(s.q), Ok)?;
-            let k = k_window.as_deref().map_or_else(|| floats(s.k), Ok)?;
+            let q = q_copy.as_deref().map_or_else(|| floats(s.q), Ok)?;
+            let k = k_copy.as_deref().map_or_else(|| floats(s.k), Ok)?;
             let y = match v.zip(v_ty) {
                 None => {
                     let score_dims =
@@ -245,7 +237,7 @@ pub(super) fn execute(
                             .map_err(err)?;
                     // The probabilities are rounded to the dtype the PV product reads: v's.
                     let probs = format_of(v_ty.dtype);
-                    let v = v_window.as_deref().map_or_else(|| floats(v), Ok)?;
+                    let v = v_copy.map_or_else(|| floats(v), Ok)?;
                     ops::attention(q, k, v, attention_dims, pe, scale, causal, probs)
                 }
             };
