@@ -108,11 +108,12 @@ pub struct FusionCount {
 }
 
 /// The fused kinds, in the order reports list them.
-const FUSED_KINDS: [OpKind; 6] = [
+const FUSED_KINDS: [OpKind; 7] = [
     OpKind::Fp8Gemm,
     OpKind::RmsNormQuant,
     OpKind::SwigluQuant,
     OpKind::Attention,
+    OpKind::AttentionQuant,
     OpKind::AddRmsNormQuant,
     OpKind::AddRmsNorm,
 ];

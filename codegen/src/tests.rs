@@ -605,6 +605,7 @@ fn fused_attention_holds_the_reference_dims_nested_yet_reads_flat() {
         }),
         values: DType::Bf16,
         output: DType::Bf16,
+        quant: None,
         scale: 0.5,
         causal: true,
         form: AttentionForm::MmaSync,

@@ -38,6 +38,11 @@ pub enum OpKind {
     /// rounding points (online softmax over key tiles, BF16 probabilities, one division at the
     /// end; `dsc_kernels::ops::attention`): operands q, k, v[, q_pe, k_pe] → `[B, S, H, Dv]`.
     Attention,
+    /// `attention` whose output, rounded to v's dtype as `attention` stores it, is quantized in
+    /// 1 × `act_tile` groups of each head's row (`quantize` of it, or of its `[B, S, H·Dv]`
+    /// reshape, when `act_tile` divides Dv): FP8 codes `[B, S, H, Dv]` and f32 scales
+    /// `[B, S, H, Dv / act_tile]`.
+    AttentionQuant,
     /// MoE routing: scores (sigmoid/softmax) of logits `[T, E]`, optional selection bias `[E]`,
     /// group-limited top-k, normalization, route scale → weights f32 `[T, k]`, indices i32 `[T, k]`.
     MoeTopk,
@@ -181,7 +186,7 @@ const fn arity(min: usize, max: usize) -> Arity {
 
 impl OpKind {
     /// Every op kind.
-    pub const ALL: [OpKind; 49] = [
+    pub const ALL: [OpKind; 50] = [
         OpKind::Embedding,
         OpKind::Linear,
         OpKind::Matmul,
@@ -195,6 +200,7 @@ impl OpKind {
         OpKind::AttnScores,
         OpKind::AttnValues,
         OpKind::Attention,
+        OpKind::AttentionQuant,
         OpKind::MoeTopk,
         OpKind::GroupedLinear,
         OpKind::MoeCombine,
@@ -249,6 +255,7 @@ impl OpKind {
             OpKind::AttnScores => "attn_scores",
             OpKind::AttnValues => "attn_values",
             OpKind::Attention => "attention",
+            OpKind::AttentionQuant => "attention_quant",
             OpKind::MoeTopk => "moe_topk",
             OpKind::GroupedLinear => "grouped_linear",
             OpKind::MoeCombine => "moe_combine",
@@ -316,6 +323,7 @@ impl OpKind {
             | OpKind::Quantize
             | OpKind::RmsNormQuant
             | OpKind::SwigluQuant
+            | OpKind::AttentionQuant
             | OpKind::RmsNormGrad
             | OpKind::SwigluGrad
             | OpKind::MoeCombineGrad
@@ -373,6 +381,20 @@ impl OpKind {
                         opt(crate::infer::Q_COLS, T::Ints),
                         opt(crate::infer::K_COLS, T::Ints),
                         opt(crate::infer::V_COLS, T::Ints),
+                    ]
+                }
+            }
+            AttentionQuant => {
+                const {
+                    &[
+                        req("scale", T::Float),
+                        req("causal", T::Bool),
+                        opt(crate::infer::Q_COLS, T::Ints),
+                        opt(crate::infer::K_COLS, T::Ints),
+                        opt(crate::infer::V_COLS, T::Ints),
+                        req("dtype", T::DType),
+                        req("act_tile", T::Int),
+                        req("scale_format", T::Str),
                     ]
                 }
             }
@@ -545,7 +567,8 @@ impl OpKind {
             | OpKind::Softmax
             | OpKind::AttnScores
             | OpKind::AttnValues
-            | OpKind::Attention => Role::Attention,
+            | OpKind::Attention
+            | OpKind::AttentionQuant => Role::Attention,
             OpKind::MoeTopk
             | OpKind::MoeTopkGrad
             | OpKind::ExpertBiasUpdate

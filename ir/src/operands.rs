@@ -233,6 +233,19 @@ operand_views! {
         /// The keys' decoupled RoPE part `[B, T, Hr, R]`.
         k_pe
     }
+    /// `attention_quant(q, k, v[, q_pe, k_pe])`: `attention`'s operands.
+    AttentionQuant => AttentionQuantOperands, attention_quant_operands {
+        /// Queries `[B, S, H, D]`.
+        q,
+        /// Keys `[B, T, Hk, D]`.
+        k,
+        /// Values `[B, T, Hv, Dv]`.
+        v;
+        /// The queries' decoupled RoPE part `[B, S, H, R]`.
+        q_pe,
+        /// The keys' decoupled RoPE part `[B, T, Hr, R]`.
+        k_pe
+    }
     /// `moe_topk(logits[, bias])`.
     MoeTopk => MoeTopkOperands, moe_topk_operands {
         /// Gate logits `[T, E]`.
@@ -402,12 +415,35 @@ impl<T: Copy> AttnScoresOperands<T> {
     }
 }
 
+impl<T: Copy> From<AttentionQuantOperands<T>> for AttentionOperands<T> {
+    fn from(o: AttentionQuantOperands<T>) -> Self {
+        AttentionOperands {
+            q: o.q,
+            k: o.k,
+            v: o.v,
+            q_pe: o.q_pe,
+            k_pe: o.k_pe,
+        }
+    }
+}
+
 impl Op {
-    /// The score side of an `attn_scores` or `attention` op (q, k and the optional q_pe,
-    /// k_pe); an error for another kind or a wrong count.
+    /// The operands of a fused attention, `attention` or `attention_quant` (same layout); an
+    /// error for another kind or a wrong count.
+    pub fn fused_attention_operands(&self) -> Result<AttentionOperands, OperandError> {
+        match self.kind {
+            OpKind::AttentionQuant => self.attention_quant_operands().map(Into::into),
+            _ => self.attention_operands(),
+        }
+    }
+
+    /// The score side of an `attn_scores`, `attention` or `attention_quant` op (q, k and the
+    /// optional q_pe, k_pe); an error for another kind or a wrong count.
     pub fn score_operands(&self) -> Result<AttnScoresOperands, OperandError> {
         match self.kind {
-            OpKind::Attention => self.attention_operands().map(AttentionOperands::scores),
+            OpKind::Attention | OpKind::AttentionQuant => self
+                .fused_attention_operands()
+                .map(AttentionOperands::scores),
             _ => self.attn_scores_operands(),
         }
     }

@@ -15,7 +15,7 @@ pub struct OpCost {
 }
 
 /// The cost of `op` in `g`. A `slice` reads only its window of the operand: as many bytes as
-/// it writes; so does an `attention` reading a window of its q, k or v (`q_cols`, …).
+/// it writes; so does a fused attention reading a window of its q, k or v (`q_cols`, …).
 pub fn op_cost(g: &Graph, op: &Op) -> OpCost {
     let bytes = if op.kind == OpKind::Slice {
         g.ty(op.results[0]).size_bytes().saturating_mul(2)
@@ -27,7 +27,7 @@ pub fn op_cost(g: &Graph, op: &Op) -> OpCost {
             .map(|&v| g.ty(v).size_bytes())
             .fold(0u64, u64::saturating_add);
         let unread: u64 = match op.kind {
-            OpKind::Attention => dsc_ir::infer::ATTENTION_WINDOWS
+            OpKind::Attention | OpKind::AttentionQuant => dsc_ir::infer::ATTENTION_WINDOWS
                 .iter()
                 .filter_map(|&(i, key)| {
                     let ty = g.ty(*op.operands.get(i)?);

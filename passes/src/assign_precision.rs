@@ -76,6 +76,7 @@ fn decide(op: &Op, name: &str, operand_dtype: DType, policy: &PrecisionPolicy) -
         Rope | Silu | Mul | Add | Swiglu => (p(f32, None), Some(high)),
         AttnScores => (p(high, Some(f32)), Some(f32)),
         AttnValues | Attention => (p(high, Some(f32)), Some(high)),
+        AttentionQuant => (p(high, Some(f32)), None),
         MoeTopk => (p(f32, Some(f32)), None),
         Embedding => (p(high, None), Some(high)),
         Cast | Quantize | Dequantize => (p(f32, None), None),
@@ -117,7 +118,7 @@ fn expected_operand(op: &Op, i: usize, d: &Decision) -> Option<DType> {
         Linear | GroupedLinear => (i == 0).then_some(activation_dtype(d)),
         Matmul => Some(activation_dtype(d)),
         RmsNorm | AddRmsNorm | Rope | Silu | Mul | Add | Swiglu | AttnScores | Attention
-        | Concat | SwigluQuant => Some(d.high),
+        | AttentionQuant | Concat | SwigluQuant => Some(d.high),
         RmsNormQuant => (i == 0).then_some(d.high),
         AddRmsNormQuant => (i < 2).then_some(d.high),
         AttnValues => (i == 1).then_some(d.high),

@@ -13,6 +13,7 @@ mod error;
 pub mod fold_weights;
 pub mod fuse;
 pub mod fuse_attention;
+pub mod fuse_attention_quant;
 pub mod fuse_residual_norm;
 pub mod infer_shapes;
 pub mod manager;

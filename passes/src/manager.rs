@@ -111,10 +111,15 @@ pub static PASSES: &[Pass] = &[
         summary: "fuse a residual add into the rms_norm(_quant) of its sum: one kernel writes the sum and the norm",
         run: crate::fuse_residual_norm::run,
     },
+    Pass {
+        name: "fuse-attention-quant",
+        summary: "fold the quantize of a fused attention's output into the attention (attention_quant): its FP8 codes are written by the attention kernel",
+        run: crate::fuse_attention_quant::run,
+    },
 ];
 
 /// The pipeline `dsc compile` runs by default.
-pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,fuse-attention,cse,dce,fuse-residual-norm";
+pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,fuse-attention,cse,dce,fuse-residual-norm,fuse-attention-quant";
 
 /// Looks a pass up by name.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

@@ -10,12 +10,14 @@ use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::attention::HeadOperand;
 use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention, RowWindow};
 use dsc_codegen::kernels::flash_attention_tma;
+use dsc_codegen::kernels::quantize::QuantSpec;
 use dsc_emulator::tensor_map::{DataType, Interleave, L2Promotion, OobFill, Swizzle, TensorMap};
 use dsc_emulator::{GlobalMemory, Module, ParamValue};
-use dsc_ir::DType;
+use dsc_ir::{DType, ScaleFormat};
 use dsc_kernels::numerics::bf16::{from_bf16, from_bf16_bits, to_bf16};
 use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention, slice};
 use dsc_kernels::rng::SplitMix64;
+use dsc_kernels::{Fp8Format, act_quant_1x128};
 use dsc_runtime::step_check::{compare, rule_for};
 use dsc_runtime::{HostData, HostTensor};
 
@@ -93,38 +95,8 @@ fn check(spec: &FlashAttention, amplitude: f32) {
 
     let buffers: Vec<Vec<u8>> = inputs.iter().map(|x| bf16_bytes(x)).collect();
     let out_bytes = want.shape.iter().product::<usize>() * 2;
-    let forms = [
-        (Target::Sm90a, AttentionForm::WgmmaTma),
-        (Target::Sm90a, AttentionForm::Wgmma),
-        (Target::Sm90a, AttentionForm::MmaSync),
-        (Target::Sm89, AttentionForm::MmaSync),
-    ];
-    let mut tma_bytes: Option<Vec<u8>> = None;
-    for (target, form) in forms {
-        let fused = FlashAttention {
-            form,
-            ..spec.clone()
-        };
-        if form == AttentionForm::WgmmaTma && !flash_attention_tma::eligible(&fused) {
-            continue;
-        }
-        let kernel = GpuKernel::FlashAttention(fused);
-        let ptx = lower(&kernel, target);
-        let bytes = if form == AttentionForm::WgmmaTma {
-            run_with_maps(&kernel, &ptx, &buffers, out_bytes)
-        } else {
-            run_ptx(&kernel, target, &ptx, &buffers, &[out_bytes]).remove(0)
-        };
-        // The TMA form runs the staged wgmma form's arithmetic: the same bits.
-        match form {
-            AttentionForm::WgmmaTma => tma_bytes = Some(bytes.clone()),
-            AttentionForm::Wgmma => {
-                if let Some(tma) = &tma_bytes {
-                    assert!(tma == &bytes, "{spec:?}: the TMA form's bits differ");
-                }
-            }
-            AttentionForm::MmaSync => {}
-        }
+    for (target, form, mut outputs) in run_forms(spec, &buffers, &[out_bytes]) {
+        let bytes = outputs.remove(0);
         let got: Vec<f32> = bytes
             .chunks(2)
             .map(|b| from_bf16_bits(u16::from_le_bytes([b[0], b[1]])))
@@ -144,10 +116,60 @@ fn check(spec: &FlashAttention, amplitude: f32) {
     }
 }
 
+/// Runs `spec` in every form its shapes take, on the operands `inputs`, with outputs of
+/// `out_bytes`; returns each form's outputs. The TMA form runs the staged wgmma form's
+/// arithmetic: checks they give the same bits.
+fn run_forms(
+    spec: &FlashAttention,
+    inputs: &[Vec<u8>],
+    out_bytes: &[usize],
+) -> Vec<(Target, AttentionForm, Vec<Vec<u8>>)> {
+    let forms = [
+        (Target::Sm90a, AttentionForm::WgmmaTma),
+        (Target::Sm90a, AttentionForm::Wgmma),
+        (Target::Sm90a, AttentionForm::MmaSync),
+        (Target::Sm89, AttentionForm::MmaSync),
+    ];
+    let mut tma_bytes: Option<Vec<Vec<u8>>> = None;
+    let mut runs = Vec::new();
+    for (target, form) in forms {
+        let fused = FlashAttention {
+            form,
+            ..spec.clone()
+        };
+        if form == AttentionForm::WgmmaTma && !flash_attention_tma::eligible(&fused) {
+            continue;
+        }
+        let kernel = GpuKernel::FlashAttention(fused);
+        let ptx = lower(&kernel, target);
+        let outputs = if form == AttentionForm::WgmmaTma {
+            run_with_maps(&kernel, &ptx, inputs, out_bytes)
+        } else {
+            run_ptx(&kernel, target, &ptx, inputs, out_bytes)
+        };
+        match form {
+            AttentionForm::WgmmaTma => tma_bytes = Some(outputs.clone()),
+            AttentionForm::Wgmma => {
+                if let Some(tma) = &tma_bytes {
+                    assert!(tma == &outputs, "{spec:?}: the TMA form's bits differ");
+                }
+            }
+            AttentionForm::MmaSync => {}
+        }
+        runs.push((target, form, outputs));
+    }
+    runs
+}
+
 /// Runs the TMA form: `inputs` are the operands (the parameters before the maps), each map
 /// parameter gets its 128-byte map over its operand's buffer (as the runtime encodes it), and
-/// the ring's dynamic shared memory is raised; returns the output's bytes.
-fn run_with_maps(kernel: &GpuKernel, ptx: &str, inputs: &[Vec<u8>], out_bytes: usize) -> Vec<u8> {
+/// the ring's dynamic shared memory is raised; returns the outputs' bytes.
+fn run_with_maps(
+    kernel: &GpuKernel,
+    ptx: &str,
+    inputs: &[Vec<u8>],
+    out_bytes: &[usize],
+) -> Vec<Vec<u8>> {
     let module = Module::parse(ptx).expect("emulator parses the PTX");
     let mut memory = GlobalMemory::new();
     let mut params: Vec<ParamValue> = Vec::new();
@@ -158,9 +180,15 @@ fn run_with_maps(kernel: &GpuKernel, ptx: &str, inputs: &[Vec<u8>], out_bytes: u
     }
     let maps = kernel.tensor_maps();
     params.extend(maps.iter().map(|_| ParamValue::U64(0)));
-    let out = memory.allocate(out_bytes as u64);
-    memory.write(out, &vec![0x5a; out_bytes]).expect("write");
-    params.push(ParamValue::U64(out));
+    let outs: Vec<(u64, usize)> = out_bytes
+        .iter()
+        .map(|&len| {
+            let at = memory.allocate(len as u64);
+            memory.write(at, &vec![0x5a; len]).expect("write");
+            params.push(ParamValue::U64(at));
+            (at, len)
+        })
+        .collect();
     for (over, map) in &maps {
         let ParamValue::U64(base) = params[*over] else {
             unreachable!("operands are pointers")
@@ -186,9 +214,13 @@ fn run_with_maps(kernel: &GpuKernel, ptx: &str, inputs: &[Vec<u8>], out_bytes: u
     }
     launch_kernel(kernel, &module, &memory, &params)
         .unwrap_or_else(|e| panic!("sm_90a WgmmaTma: {e}"));
-    let mut bytes = vec![0u8; out_bytes];
-    memory.read(out, &mut bytes).expect("read");
-    bytes
+    outs.iter()
+        .map(|&(at, len)| {
+            let mut bytes = vec![0u8; len];
+            memory.read(at, &mut bytes).expect("read");
+            bytes
+        })
+        .collect()
 }
 
 fn rope(kv_heads: u64, dim: u64) -> HeadOperand {
@@ -229,6 +261,7 @@ fn gqa(q_len: usize, kv_len: usize, causal: bool) -> FlashAttention {
         rope: None,
         values: DType::Bf16,
         output: DType::Bf16,
+        quant: None,
         scale: 0.2,
         causal,
         form: AttentionForm::MmaSync,
@@ -254,6 +287,7 @@ fn fused_attention_with_mla_shapes() {
         rope: Some(rope(1, 16)),
         values: DType::Bf16,
         output: DType::Bf16,
+        quant: None,
         scale: 0.144,
         causal: true,
         form: AttentionForm::MmaSync,
@@ -278,6 +312,7 @@ fn mla_in_place(
         rope: Some(rope(1, rope_dim)),
         values: DType::Bf16,
         output: DType::Bf16,
+        quant: None,
         scale,
         causal: true,
         form: AttentionForm::MmaSync,
@@ -368,10 +403,87 @@ fn fused_mla_attention_through_the_tma_ring() {
         rope: Some(rope(1, 64)),
         values: DType::Bf16,
         output: DType::Bf16,
+        quant: None,
         scale: 0.072,
         causal: true,
         form: AttentionForm::MmaSync,
     };
     assert!(flash_attention_tma::eligible(&mla));
     check(&mla, 1.0);
+}
+
+/// Runs `spec` quantizing its output (`attention_quant`) and plain, on the same operands of
+/// amplitude `amplitude`, in every form: the codes and scales must be the plain output's BF16
+/// values quantized as `quantize` does (`act_quant_1x128`), bit for bit.
+fn check_quantized(spec: &FlashAttention, quant: QuantSpec, amplitude: f32) {
+    let plain = FlashAttention {
+        quant: None,
+        ..spec.clone()
+    };
+    let params = GpuKernel::FlashAttention(plain.clone()).params();
+    let (outputs, operands) = params.split_last().expect("attention has params");
+    let inputs: Vec<Vec<u8>> = operands
+        .iter()
+        .enumerate()
+        .map(|(i, p)| bf16_bytes(&bf16_values(p.len, i as u64 + 1, amplitude)))
+        .collect();
+    let elements = outputs.len as usize;
+    let v_dim = spec.dims.v_dim;
+    let rows = elements / v_dim;
+    let tile = quant.tile as usize;
+    let quantized = FlashAttention {
+        quant: Some(quant),
+        ..spec.clone()
+    };
+    let scale_bytes = rows * (v_dim / tile) * 4;
+    let plain_runs = run_forms(&plain, &inputs, &[elements * 2]);
+    let quantized_runs = run_forms(&quantized, &inputs, &[elements, scale_bytes]);
+    assert_eq!(plain_runs.len(), quantized_runs.len());
+    let format = Fp8Format::from_dtype(quant.format).expect("an FP8 format");
+    for ((target, form, plain), (_, _, got)) in plain_runs.into_iter().zip(quantized_runs) {
+        let y: Vec<f32> = plain[0]
+            .chunks(2)
+            .map(|b| from_bf16_bits(u16::from_le_bytes([b[0], b[1]])))
+            .collect();
+        let want = act_quant_1x128(&y, rows, v_dim, tile, format, quant.scale_format).unwrap();
+        let scales: Vec<u32> = got[1]
+            .chunks(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let want_scales: Vec<u32> = want.scales.iter().map(|s| s.to_bits()).collect();
+        let what = format!("{target} {form:?} {quant:?}: {spec:?}");
+        assert!(scales == want_scales, "{what}: scales differ");
+        assert!(got[0] == want.codes, "{what}: codes differ");
+    }
+}
+
+#[test]
+fn fused_attention_quantizes_its_output_as_quantize_would() {
+    // V3's head: the value dim one 1 x 128 group, MLA's k_pe one shared head, through the TMA
+    // ring; ragged queries and keys (the last query block's rows past the end write nothing).
+    let v3 = FlashAttention {
+        dims: dims([1, 150, 150, 2, 2, 128], [2, 128]),
+        rope: Some(rope(1, 64)),
+        scale: 0.072,
+        ..gqa(150, 150, true)
+    };
+    let e4m3 = QuantSpec {
+        tile: 128,
+        format: DType::F8E4M3,
+        scale_format: ScaleFormat::F32,
+    };
+    check_quantized(&v3, e4m3, 1.0);
+    // Two groups per head's row, power-of-2 scales, E5M2, large values; grouped heads, not
+    // causal, keys past a tile's end.
+    let wide = FlashAttention {
+        dims: dims([2, 70, 90, 4, 2, 32], [2, 64]),
+        causal: false,
+        ..gqa(70, 90, false)
+    };
+    let ue8m0 = QuantSpec {
+        tile: 32,
+        format: DType::F8E5M2,
+        scale_format: ScaleFormat::Ue8m0,
+    };
+    check_quantized(&wide, ue8m0, 300.0);
 }

@@ -29,6 +29,7 @@ use super::attention::{HeadOperand, main_operand, row_index};
 use super::flash_attention_tma as tma;
 use super::flash_attention_wgmma as wgmma;
 use super::mma::{mma, pack_k};
+use super::quantize::QuantSpec;
 use super::vector_access::{global_load_v4, pack_bf16x2, shared_store_v4};
 use super::{Launch, Param, kernel_args, param_types, shared_bytes_type};
 use crate::error::CodegenError;
@@ -93,8 +94,13 @@ pub struct FlashAttention {
     pub rope: Option<HeadOperand>,
     /// Values' dtype.
     pub values: DType,
-    /// Output dtype.
+    /// Output dtype: what each output is rounded to (v's dtype when quantized).
     pub output: DType,
+    /// The output quantized as it is written (`attention_quant`): FP8 codes and one scale per
+    /// 1 × tile group of each head's row (the tile divides the value dim). `None`: the output
+    /// itself is stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quant: Option<QuantSpec>,
     /// Softmax scale.
     pub scale: f32,
     /// Causal mask (keys after the query's position are −inf).
@@ -149,6 +155,19 @@ impl FlashAttention {
             .any(|d| d != DType::Bf16)
         {
             return Err("fused attention reads bf16 q, k and v".into());
+        }
+        if let Some(quant) = self.quant
+            && (quant.tile == 0
+                || !quant.tile.is_multiple_of(8)
+                || !self.v_dim().is_multiple_of(quant.tile)
+                || !quant.format.is_fp8())
+        {
+            return Err(format!(
+                "fused attention quantizes FP8 groups of whole octets within one head's row: tile {} of value dim {} in {}",
+                quant.tile,
+                self.v_dim(),
+                quant.format
+            ));
         }
         dsc_kernels::ops::attention_fusable(
             self.main().dim as usize,
@@ -263,8 +282,19 @@ impl FlashAttention {
         if self.form == AttentionForm::WgmmaTma {
             params.extend(tma::map_params(self));
         }
-        params.push(Param::new("out", self.output, self.out_len()));
+        match self.quant {
+            Some(quant) => {
+                let rows = self.out_len() / self.v_dim();
+                params.extend(quant.output_params(rows, self.v_dim()));
+            }
+            None => params.push(Param::new("out", self.output, self.out_len())),
+        }
         params
+    }
+
+    /// How many of the last params are outputs: the output, or its codes and scales.
+    pub(super) fn output_params(&self) -> usize {
+        if self.quant.is_some() { 2 } else { 1 }
     }
 
     /// One block per [`Self::block_q`] queries of one (batch, head).
@@ -291,13 +321,7 @@ impl FlashAttention {
         module.add_kernel_with_shared(entry, &types, &[shared], |block, location| {
             let e = Emit::new(context, block, location);
             let args = kernel_args(block, block.argument_count())?;
-            let operands = Operands {
-                q: args[0],
-                k: args[1],
-                v: args[2],
-                pe: self.rope.map(|_| (args[3], args[4])),
-                out: args[n_params - 1],
-            };
+            let operands = Operands::new(self, &args[..n_params]);
             self.body(&e, &operands, args[n_params])
         })
     }
@@ -631,21 +655,71 @@ impl FlashAttention {
             inv[r] = total;
         }
         let v_dim = e.index(self.v_dim() as i64)?;
-        for (nt, cells) in o.iter().enumerate() {
+        // Each output, as `attention` stores it, in f32.
+        let mut ys = Vec::with_capacity(o.len());
+        for cells in o {
+            let mut y = [zero; 4];
             for (i, &cell) in cells.iter().enumerate() {
                 let r = i / 2;
                 let x = e.get(cell)?;
                 let has_keys = e.cmpf(CmpfPredicate::Ogt, inv[r], zero)?;
-                let y = e.divf(x, inv[r])?;
-                let y = e.select(has_keys, y, zero)?;
-                let y = e.round_to(y, self.output)?;
-                e.if_then(real[r], |e| {
+                let quotient = e.divf(x, inv[r])?;
+                y[i] = e.select(has_keys, quotient, zero)?;
+            }
+            ys.push(y);
+        }
+        let store = |nt: usize, i: usize, value: Value<'c, '_>, to: Value<'c, '_>| {
+            let r = i / 2;
+            e.if_then(real[r], |e| {
+                let row = row_index(&e, b, rows[r], h, self.q_len(), self.heads())?;
+                let col = e.index((8 * nt + i % 2) as i64)?;
+                let col = e.addi(col, q2)?;
+                let at = e.muli(row, v_dim)?;
+                let at = e.addi(at, col)?;
+                e.store(value, to, at);
+                Ok(())
+            })
+        };
+        let (Some(quant), Some(scales)) = (self.quant, ops.scales) else {
+            for (nt, y) in ys.iter().enumerate() {
+                for (i, &y) in y.iter().enumerate() {
+                    store(nt, i, e.round_to(y, self.output)?, ops.out)?;
+                }
+            }
+            return Ok(());
+        };
+        // Quantized: a group's 1 × tile outputs of a row lie in its quad's four lanes (two
+        // columns of each octet per lane), so its amax is the lanes' maxima over the quad.
+        let octets = (quant.tile / 8) as usize;
+        let groups = self.v_dim() / quant.tile;
+        let first_lane = e.cmpi(CmpiPredicate::Eq, at.quad, e.index(0)?)?;
+        for g in 0..groups as usize {
+            let span = g * octets..(g + 1) * octets;
+            for r in 0..2 {
+                let mut values = Vec::with_capacity(2 * octets);
+                let mut amax = zero;
+                for nt in span.clone() {
+                    for i in [2 * r, 2 * r + 1] {
+                        let y = e.round_through(ys[nt][i], self.output)?;
+                        amax = e.max_skip_nan(amax, e.absf(y)?)?;
+                        values.push((nt, i, y));
+                    }
+                }
+                for offset in [1, 2] {
+                    let other = e.shuffle_xor(amax, offset)?;
+                    amax = e.max_skip_nan(amax, other)?;
+                }
+                let s = e.scale_for(amax, quant.format, quant.scale_format)?;
+                for (nt, i, y) in values {
+                    let code = e.encode_code(e.divf(y, s)?, quant.format)?;
+                    store(nt, i, code, ops.out)?;
+                }
+                let writes = e.andi(first_lane, real[r])?;
+                e.if_then(writes, |e| {
                     let row = row_index(&e, b, rows[r], h, self.q_len(), self.heads())?;
-                    let col = e.index((8 * nt + i % 2) as i64)?;
-                    let col = e.addi(col, q2)?;
-                    let at = e.muli(row, v_dim)?;
-                    let at = e.addi(at, col)?;
-                    e.store(y, ops.out, at);
+                    let at = e.muli(row, e.index(groups as i64)?)?;
+                    let at = e.addi(at, e.index(g as i64)?)?;
+                    e.store(s, scales, at);
                     Ok(())
                 })?;
             }
@@ -877,7 +951,29 @@ pub(super) struct Operands<'c, 'a> {
     pub(super) v: Value<'c, 'a>,
     /// `(q_pe, k_pe)`.
     pub(super) pe: Option<(Value<'c, 'a>, Value<'c, 'a>)>,
+    /// The output, or its codes when quantized.
     pub(super) out: Value<'c, 'a>,
+    /// The scales of a quantized output.
+    pub(super) scales: Option<Value<'c, 'a>>,
+}
+
+impl<'c, 'a> Operands<'c, 'a> {
+    /// The buffers among the kernel's arguments `args` (in [`FlashAttention::params`]' order).
+    pub(super) fn new(spec: &FlashAttention, args: &[Value<'c, 'a>]) -> Self {
+        let n = args.len();
+        let (out, scales) = match spec.quant {
+            Some(_) => (args[n - 2], Some(args[n - 1])),
+            None => (args[n - 1], None),
+        };
+        Operands {
+            q: args[0],
+            k: args[1],
+            v: args[2],
+            pe: spec.rope.map(|_| (args[3], args[4])),
+            out,
+            scales,
+        }
+    }
 }
 
 /// A thread's running softmax: the O accumulators (value-dim octets × 4 registers) and the

@@ -151,16 +151,9 @@ pub fn build(
     module.add_kernel_with_dynamic_shared(entry, &types, THREADS, |block, location| {
         let e = Emit::new(context, block, location);
         let args = kernel_args(block, n_args)?;
-        let pe = spec.rope.map(|_| (args[3], args[4]));
-        let ops = Operands {
-            q: args[0],
-            k: args[1],
-            v: args[2],
-            pe,
-            out: args[n_args - 1],
-        };
-        let first_map = if pe.is_some() { 5 } else { 3 };
-        let maps = &args[first_map..n_args - 1];
+        let ops = Operands::new(spec, &args);
+        let first_map = if ops.pe.is_some() { 5 } else { 3 };
+        let maps = &args[first_map..n_args - spec.output_params()];
         // Variables first, in the entry block (before the ring's branches), where LLVM keeps
         // them in registers.
         let running = Running::new(spec, &e)?;
@@ -318,6 +311,7 @@ mod tests {
             }),
             values: DType::Bf16,
             output: DType::Bf16,
+            quant: None,
             scale: 0.1,
             causal: true,
             form: AttentionForm::WgmmaTma,

@@ -236,7 +236,7 @@ pub fn plan(g: &Graph, target: Target) -> Result<Program, CodegenError> {
                 root[op.results[0].index()] = root[op.operands[0].index()];
                 continue;
             }
-            Selection::Launch { kernel, args } => (kernel, args),
+            Selection::Launch { kernel, args } => (*kernel, args),
         };
         let kernel = for_target(kernel, target);
         let kernel = with_causal_attention(kernel, g, op, &defs);

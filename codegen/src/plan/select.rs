@@ -49,8 +49,8 @@ use crate::kernels::softmax_grad::SoftmaxGrad;
 pub enum Selection {
     /// A launch of `kernel` with `args` bound to its parameters, in order.
     Launch {
-        /// The kernel.
-        kernel: GpuKernel,
+        /// The kernel (boxed: specs are large beside `Alias`).
+        kernel: Box<GpuKernel>,
         /// Operands and results, in the kernel's parameter order.
         args: Vec<ValueId>,
     },
@@ -127,18 +127,18 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             }
         }
         Ok(Selection::Launch {
-            kernel: GpuKernel::Elementwise(Elementwise {
+            kernel: Box::new(GpuKernel::Elementwise(Elementwise {
                 op: kind,
                 len: numel(out),
                 inputs: op.operands.iter().map(|&v| ty(v).dtype).collect(),
                 output: ty(out).dtype,
                 rhs_len,
-            }),
+            })),
             args: all_args(),
         })
     };
     let launch = |kernel: GpuKernel| Selection::Launch {
-        kernel,
+        kernel: Box::new(kernel),
         args: all_args(),
     };
     let rows_of = |v: ValueId| numel(v).checked_div(last(v)).unwrap_or(0);
@@ -365,7 +365,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 causal_q_len: None,
             })
         }
-        OpKind::AttnScores | OpKind::Attention => {
+        OpKind::AttnScores | OpKind::Attention | OpKind::AttentionQuant => {
             // The score side: q, k and the optional q_pe, k_pe (after v in `attention`).
             let s = op.score_operands().map_err(named)?;
             let rope = match s.pe() {
@@ -415,8 +415,19 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                     causal,
                 })
             } else {
-                let v = op.attention_operands().map_err(named)?.v;
+                let v = op.fused_attention_operands().map_err(named)?.v;
                 let (v_ty, v_row) = window_of(V_COLS, v)?;
+                // `attention_quant` stores its outputs as FP8 codes of v's dtype's values.
+                let (output, quant) = if op.kind == OpKind::AttentionQuant {
+                    let quant = QuantSpec {
+                        tile: int_attr("act_tile")?,
+                        format: ty(result(0)).dtype,
+                        scale_format: scale_format()?,
+                    };
+                    (ty(v).dtype, Some(quant))
+                } else {
+                    (ty(result(0)).dtype, None)
+                };
                 let fused = FlashAttention {
                     dims: AttentionDims::from_shapes(&q_ty.shape, &k_ty.shape, &v_ty.shape)
                         .map_err(sizes)?,
@@ -426,7 +437,8 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                     qk,
                     rope,
                     values: ty(v).dtype,
-                    output: ty(result(0)).dtype,
+                    output,
+                    quant,
                     scale,
                     causal,
                     form: AttentionForm::MmaSync,
@@ -971,7 +983,7 @@ mod tests {
         )
         .unwrap();
         let kernel = |i: usize| match select(&g, &g.ops[i]).unwrap() {
-            Selection::Launch { kernel, .. } => kernel,
+            Selection::Launch { kernel, .. } => *kernel,
             Selection::Alias => panic!("op {i} aliases"),
         };
         assert!(matches!(kernel(0), GpuKernel::ActQuant(q) if q.quant.format == DType::F12E5M6));

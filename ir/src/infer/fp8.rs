@@ -4,7 +4,7 @@
 use super::{Inferred, Result, fixed, free, named, need_float, need_int, need_min_rank, need_rank};
 use crate::attr::Attrs;
 use crate::operands::{Fp8GemmOperands, Fp8PartialsOperands, PromoteOperands};
-use crate::{DType, OpKind, TensorType};
+use crate::{DType, OpKind, Shape, TensorType};
 
 fn need_fp8(what: &str, t: &TensorType) -> Result<()> {
     if t.dtype.is_fp8() {
@@ -292,21 +292,26 @@ pub(super) fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<
             } else if a.shape != b.shape {
                 return Err(format!("swiglu_quant: shapes differ, {a} vs {b}"));
             }
-            let dtype = attrs.dtype("dtype").unwrap_or(DType::F8E4M3);
-            if !dtype.is_fp8() {
-                return Err(format!("{kind} dtype must be an FP8 type, not {dtype}"));
-            }
-            if !matches!(attrs.str("scale_format"), Some("f32" | "ue8m0")) {
-                return Err("scale_format must be \"f32\" or \"ue8m0\"".into());
-            }
-            let tile = size_attr(attrs, "act_tile", 32)?;
-            let mut scale = x_rows(a).to_vec();
-            scale.push(d.div_ceil(tile));
-            Ok(vec![
-                fixed(dtype, a.shape.dims().to_vec()),
-                fixed(DType::F32, scale),
-            ])
+            quantized_rows(kind, attrs, &a.shape)
         }
         _ => unreachable!("{kind} is not an FP8 kind"),
     }
+}
+
+/// The `(codes, scales)` of a kind that quantizes its own output, of shape `out`, in 1 ×
+/// `act_tile` groups of the last axis (`dtype`, `act_tile`, `scale_format`): codes of that
+/// shape, scales with one group per tile of the last axis.
+pub(super) fn quantized_rows(kind: OpKind, attrs: &Attrs, out: &Shape) -> Result<Vec<Inferred>> {
+    let dtype = attrs.dtype("dtype").unwrap_or(DType::F8E4M3);
+    if !dtype.is_fp8() {
+        return Err(format!("{kind} dtype must be an FP8 type, not {dtype}"));
+    }
+    if !matches!(attrs.str("scale_format"), Some("f32" | "ue8m0")) {
+        return Err("scale_format must be \"f32\" or \"ue8m0\"".into());
+    }
+    let tile = size_attr(attrs, "act_tile", 32)?;
+    let dims = out.dims();
+    let mut scale = dims[..dims.len() - 1].to_vec();
+    scale.push(out.last().div_ceil(tile));
+    Ok(vec![fixed(dtype, dims.to_vec()), fixed(DType::F32, scale)])
 }

@@ -1,4 +1,4 @@
-//! Type rule of fused `attention`: the score side checked as `attn_scores`' (q, k and the
+//! Type rules of fused `attention` and `attention_quant`: the score side checked as `attn_scores`' (q, k and the
 //! optional q_pe, k_pe), v `[B, T, Hv, Dv]` with Hv dividing H; the result is `[B, S, H, Dv]`
 //! in v's dtype.
 //!
@@ -8,7 +8,9 @@
 //! read in place from `kv_b_proj`'s output).
 
 use super::attention::attn_scores;
+use super::fp8::quantized_rows;
 use super::{Inferred, Result, free, heads_divide, named, need_float, need_rank};
+use crate::OpKind;
 use crate::attr::Attrs;
 use crate::operands::AttentionOperands;
 use crate::{Shape, TensorType};
@@ -45,6 +47,23 @@ pub fn attention_window_type(attrs: &Attrs, key: &str, ty: &TensorType) -> Resul
             "{key} must be [start, end] with 0 <= start < end <= {last} (the operand is {ty}), got {cols:?}"
         )),
     }
+}
+
+/// `attention_quant(q, k, v[, q_pe, k_pe])`: `attention`'s output quantized in 1 × `act_tile`
+/// groups of each head's row, `act_tile` dividing Dv so that no group spans two heads.
+pub(super) fn attention_quant(attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inferred>> {
+    let out = attention(attrs, ins)?.remove(0).shape;
+    let dv = out.last();
+    if attrs
+        .int("act_tile")
+        .is_some_and(|t| t <= 0 || dv % t as u64 != 0)
+    {
+        return Err(format!(
+            "act_tile {} must divide the value head dim {dv}: a group never spans two heads",
+            attrs.int("act_tile").unwrap_or_default()
+        ));
+    }
+    quantized_rows(OpKind::AttentionQuant, attrs, &out)
 }
 
 /// `attention(q, k, v[, q_pe, k_pe])`.

@@ -217,6 +217,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         AttnScores => attention::attn_scores(attrs, ins)?,
         AttnValues => attention::attn_values(ins)?,
         Attention => fused_attention::attention(attrs, ins)?,
+        AttentionQuant => fused_attention::attention_quant(attrs, ins)?,
         MoeTopk => moe::moe_topk(attrs, ins)?,
         GroupedLinear => {
             linear::check_recipe_attrs(attrs)?;

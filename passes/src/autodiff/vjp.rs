@@ -263,8 +263,11 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
                 out[shared] = Some(dout);
             }
         }
-        Attention => {
-            return Err("`attention` is fused; differentiate before fuse-attention".into());
+        Attention | AttentionQuant => {
+            return Err(format!(
+                "`{}` is fused; differentiate before fuse-attention",
+                op.kind
+            ));
         }
         AddRmsNorm | AddRmsNormQuant => {
             return Err(format!(

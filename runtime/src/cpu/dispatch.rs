@@ -170,17 +170,17 @@ pub(super) fn execute(
             let fmt = format_of(out_ty(0).dtype);
             one(ops::swiglu(floats(ins[0])?, floats(ins[1])?, fmt).map_err(err)?)
         }
-        AttnScores | Attention => {
+        AttnScores | Attention | AttentionQuant => {
             // The score side: q, k and the optional q_pe, k_pe (after v in `attention`).
             // The tensors and, from the graph, their types.
-            let (s, v) = if op.kind == Attention {
+            let (s, v) = if op.kind != AttnScores {
                 let a = AttentionOperands::from_slice(ins).map_err(err)?;
                 (a.scores(), Some(a.v))
             } else {
                 (AttnScoresOperands::from_slice(ins).map_err(err)?, None)
             };
             let s_ty = op.score_operands().map_err(err)?.map(|v| g.ty(v));
-            let v_ty = op.attention_operands().ok().map(|a| g.ty(a.v));
+            let v_ty = op.fused_attention_operands().ok().map(|a| g.ty(a.v));
             let pe = match (s.pe(), s_ty.k_pe) {
                 (Some((q_pe, k_pe)), Some(k_pe_ty)) => {
                     let (kv_heads, dim) = ops::rope_pe_dims(&k_pe_ty.shape).map_err(err)?;
@@ -241,7 +241,14 @@ pub(super) fn execute(
                     ops::attention(q, k, v, attention_dims, pe, scale, causal, probs)
                 }
             };
-            one(y.map_err(err)?)
+            let y = y.map_err(err)?;
+            match v_ty {
+                // Quantized as `quantize` would the output `attention` stores (in v's dtype).
+                Some(v_ty) if op.kind == AttentionQuant => {
+                    fp8::quantize_output(g, op, y, v_ty.dtype)
+                }
+                _ => one(y),
+            }
         }
         AttnValues => {
             let t = AttnValuesOperands::from_slice(ins).map_err(err)?;

@@ -89,6 +89,29 @@ fn act_quant(
     dsc_kernels::act_quant_1x128(x, rows, k, tile, fmt, sf).map_err(err)
 }
 
+/// The `(codes, scales)` of an op that quantizes its own output `y` (`attention_quant`): `y`
+/// rounded to `stored`, the dtype the unfused op stores, then quantized in 1 × `act_tile`
+/// groups of the codes' last axis as `quantize` does.
+pub(super) fn quantize_output(
+    g: &Graph,
+    op: &Op,
+    mut y: Vec<f32>,
+    stored: DType,
+) -> Result<Vec<HostTensor>> {
+    FloatFormat::of(stored)
+        .unwrap_or(FloatFormat::F32)
+        .round_slice(&mut y);
+    let codes = g.ty(op.results[0]);
+    let q = act_quant(
+        &y,
+        codes,
+        size(op, keys::ACT_TILE)?,
+        format(codes.dtype)?,
+        scale_format(op)?,
+    )?;
+    quantized_results(op, g, q)
+}
+
 pub(super) fn execute(
     g: &Graph,
     op: &Op,

@@ -432,3 +432,30 @@ fn attention_reading_operands_in_place_is_the_attention_of_the_slices() {
         logits(&sliced, Accumulator::Exact)
     );
 }
+
+/// An attention quantizing its own output (`attention_quant`, folded by fuse-attention-quant)
+/// gives the output projection the codes and scales the separate quantize gave it: tiny-moe
+/// with V3's value head dim (128, one 1 × 128 group per head's row), the default pipeline
+/// against the same without the fold.
+#[test]
+fn attention_quantizing_its_output_is_the_quantize_of_the_attention() {
+    use dsc_ir::OpKind;
+    let source = example("tiny-moe").replace("v_head_dim = 32", "v_head_dim = 128");
+    assert!(source.contains("v_head_dim = 128"));
+    let folded = compile(&source, dsc_passes::DEFAULT_PIPELINE);
+    let without = dsc_passes::DEFAULT_PIPELINE
+        .strip_suffix(",fuse-attention-quant")
+        .expect("the fold is the default pipeline's last pass");
+    let separate = compile(&source, without);
+    let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
+    // Each of the four layers' attention, and its quantize gone.
+    assert_eq!(count(&folded, OpKind::AttentionQuant), 4);
+    assert_eq!(count(&separate, OpKind::Attention), 4);
+    assert_eq!(
+        count(&separate, OpKind::Quantize),
+        count(&folded, OpKind::Quantize) + 4
+    );
+    for accumulator in [Accumulator::Exact, Accumulator::Hopper] {
+        assert_eq!(logits(&folded, accumulator), logits(&separate, accumulator));
+    }
+}

@@ -90,6 +90,10 @@ pub fn rule_for(kind: OpKind, result: usize, dtype: DType) -> Rule {
         K::MoeTopk => Rule::RelativeFrobenius(1e-2),
         K::Fp8Partials | K::Promote | K::Fp8Gemm => gemm(true),
         K::Attention => Rule::RelativeFrobenius(4e-3),
+        // The attention's outputs differ by its rule; a code moves by at most one step and an
+        // amax (a scale) by about as much as one output.
+        K::AttentionQuant if result == 0 => Rule::CodesWithinOne,
+        K::AttentionQuant => Rule::MaxRelative(1e-2),
         K::Linear
         | K::Matmul
         | K::GroupedLinear
