@@ -207,7 +207,8 @@ fn print_after_and_timings() {
             "fuse-attention -----",
             "cse -----",
             "dce -----",
-            "fuse-residual-norm -----"
+            "fuse-residual-norm -----",
+            "fuse-attention-quant -----"
         ]
     );
     assert!(stdout.contains("time per pass:"), "{stdout}");

@@ -171,7 +171,7 @@ impl TrainStepOptions {
 /// The training step of `forward` as `config` asks for it, built and lowered by its pipeline
 /// (then `recompute`, or `recompute-full` for `[train] recompute = "full"`, none for `"none"`;
 /// and, for the FP8 recipe with its tensor formats and no whole-layer recomputation,
-/// `cache-swiglu-inputs`).
+/// `cache-swiglu-inputs`; then `fuse-residual-norm`).
 pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Graph, PassError> {
     let recompute = match config.recompute {
         dsc_ir::Recompute::Recipe => ",recompute",
@@ -188,7 +188,14 @@ pub fn build_lowered(forward: &Graph, config: &dsc_ir::TrainConfig) -> Result<Gr
         } else {
             ""
         };
-    let pipeline = format!("{}{recompute}{cache}", pipeline(config.wgrad_source));
+    // The forward's residual adds fuse into the norms of their sums last: the recomputation
+    // passes find norms and the residual stream by their unfused kinds, and the fused op keeps
+    // the sum as a result, so the backward's readers of it (and the norms' recomputed copies)
+    // are unchanged; the step's numbers are the pair's, bit for bit.
+    let pipeline = format!(
+        "{}{recompute}{cache},fuse-residual-norm",
+        pipeline(config.wgrad_source)
+    );
     crate::Pipeline::parse(&pipeline)?.run(&mut step, &PassOptions::default(), |_, _| {})?;
     Ok(step)
 }
