@@ -184,6 +184,21 @@ const fn arity(min: usize, max: usize) -> Arity {
     }
 }
 
+/// The fused attention's attributes: `attention`'s (the first [`ATTENTION_ATTRS`]), then the
+/// quantization `attention_quant` adds.
+const FUSED_ATTENTION_ATTRS: [AttrSpec; 8] = [
+    req("scale", AttrType::Float),
+    req("causal", AttrType::Bool),
+    opt(crate::infer::Q_COLS, AttrType::Ints),
+    opt(crate::infer::K_COLS, AttrType::Ints),
+    opt(crate::infer::V_COLS, AttrType::Ints),
+    req("dtype", AttrType::DType),
+    req("act_tile", AttrType::Int),
+    req("scale_format", AttrType::Str),
+];
+/// How many of [`FUSED_ATTENTION_ATTRS`] are `attention`'s.
+const ATTENTION_ATTRS: usize = 5;
+
 impl OpKind {
     /// Every op kind.
     pub const ALL: [OpKind; 50] = [
@@ -373,31 +388,8 @@ impl OpKind {
                 }
             }
             AttnScores => const { &[req("scale", T::Float), req("causal", T::Bool)] },
-            Attention => {
-                const {
-                    &[
-                        req("scale", T::Float),
-                        req("causal", T::Bool),
-                        opt(crate::infer::Q_COLS, T::Ints),
-                        opt(crate::infer::K_COLS, T::Ints),
-                        opt(crate::infer::V_COLS, T::Ints),
-                    ]
-                }
-            }
-            AttentionQuant => {
-                const {
-                    &[
-                        req("scale", T::Float),
-                        req("causal", T::Bool),
-                        opt(crate::infer::Q_COLS, T::Ints),
-                        opt(crate::infer::K_COLS, T::Ints),
-                        opt(crate::infer::V_COLS, T::Ints),
-                        req("dtype", T::DType),
-                        req("act_tile", T::Int),
-                        req("scale_format", T::Str),
-                    ]
-                }
-            }
+            Attention => const { FUSED_ATTENTION_ATTRS.split_at(ATTENTION_ATTRS).0 },
+            AttentionQuant => const { FUSED_ATTENTION_ATTRS.as_slice() },
             MoeTopk => {
                 const {
                     &[
