@@ -208,7 +208,8 @@ fn print_after_and_timings() {
             "cse -----",
             "dce -----",
             "fuse-residual-norm -----",
-            "fuse-attention-quant -----"
+            "fuse-attention-quant -----",
+            "fold-slices -----"
         ]
     );
     assert!(stdout.contains("time per pass:"), "{stdout}");

@@ -354,7 +354,8 @@ impl OpKind {
         use OpKind::*;
         match self {
             Matmul => const { &[opt("transpose_b", T::Bool)] },
-            RmsNorm | RmsNormGrad | AddRmsNorm => const { &[req("eps", T::Float)] },
+            RmsNorm => const { &[req("eps", T::Float), opt(crate::infer::X_COLS, T::Ints)] },
+            RmsNormGrad | AddRmsNorm => const { &[req("eps", T::Float)] },
             Rope | RopeGrad => {
                 const {
                     &[
@@ -369,6 +370,7 @@ impl OpKind {
                         opt("mscale_all_dim", T::Float),
                         opt("low_freq_factor", T::Float),
                         opt("high_freq_factor", T::Float),
+                        opt(crate::infer::X_COLS, T::Ints),
                     ]
                 }
             }
@@ -483,6 +485,7 @@ impl OpKind {
                         req("dtype", T::DType),
                         req("act_tile", T::Int),
                         req("scale_format", T::Str),
+                        opt(crate::infer::X_COLS, T::Ints),
                     ]
                 }
             }

@@ -15,7 +15,8 @@ pub struct OpCost {
 }
 
 /// The cost of `op` in `g`. A `slice` reads only its window of the operand: as many bytes as
-/// it writes; so does a fused attention reading a window of its q, k or v (`q_cols`, …).
+/// it writes; so does a fused attention reading a window of its q, k or v (`q_cols`, …), and a
+/// `rope` or norm reading a window of its x (`x_cols`).
 pub fn op_cost(g: &Graph, op: &Op) -> OpCost {
     let bytes = if op.kind == OpKind::Slice {
         g.ty(op.results[0]).size_bytes().saturating_mul(2)
@@ -26,17 +27,19 @@ pub fn op_cost(g: &Graph, op: &Op) -> OpCost {
             .chain(&op.results)
             .map(|&v| g.ty(v).size_bytes())
             .fold(0u64, u64::saturating_add);
-        let unread: u64 = match op.kind {
-            OpKind::Attention | OpKind::AttentionQuant => dsc_ir::infer::ATTENTION_WINDOWS
-                .iter()
-                .filter_map(|&(i, key)| {
-                    let ty = g.ty(*op.operands.get(i)?);
-                    let read = dsc_ir::infer::attention_window_type(&op.attrs, key, ty).ok()?;
-                    Some(ty.size_bytes() - read.size_bytes())
-                })
-                .sum(),
-            _ => 0,
+        let windows: &[(usize, &str)] = match op.kind {
+            OpKind::Attention | OpKind::AttentionQuant => &dsc_ir::infer::ATTENTION_WINDOWS,
+            kind if dsc_ir::infer::X_WINDOWED.contains(&kind) => &[(0, dsc_ir::infer::X_COLS)],
+            _ => &[],
         };
+        let unread: u64 = windows
+            .iter()
+            .filter_map(|&(i, key)| {
+                let ty = g.ty(*op.operands.get(i)?);
+                let read = dsc_ir::infer::window_type(&op.attrs, key, ty).ok()?;
+                Some(ty.size_bytes() - read.size_bytes())
+            })
+            .sum();
         all - unread
     };
     OpCost {

@@ -29,6 +29,10 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
             OpKind::RmsNormQuant => OpKind::AddRmsNormQuant,
             _ => continue,
         };
+        // A norm reading a column window (`x_cols`, fold-slices) reads a slice's source.
+        if norm.attrs.get(dsc_ir::infer::X_COLS).is_some() {
+            continue;
+        }
         let (Some(&sum), Some(&w)) = (norm.operands.first(), norm.operands.get(1)) else {
             continue;
         };

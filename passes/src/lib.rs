@@ -10,6 +10,7 @@ pub mod cache_swiglu_inputs;
 pub mod cse;
 pub mod dce;
 mod error;
+pub mod fold_slices;
 pub mod fold_weights;
 pub mod fuse;
 pub mod fuse_attention;

@@ -116,10 +116,15 @@ pub static PASSES: &[Pass] = &[
         summary: "fold the quantize of a fused attention's output into the attention (attention_quant): its FP8 codes are written by the attention kernel",
         run: crate::fuse_attention_quant::run,
     },
+    Pass {
+        name: "fold-slices",
+        summary: "a rope or norm reads the last-axis slice it alone reads in place (x_cols): no copy",
+        run: crate::fold_slices::run,
+    },
 ];
 
 /// The pipeline `dsc compile` runs by default.
-pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,fuse-attention,cse,dce,fuse-residual-norm,fuse-attention-quant";
+pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,fuse-attention,cse,dce,fuse-residual-norm,fuse-attention-quant,fold-slices";
 
 /// Looks a pass up by name.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

@@ -110,6 +110,7 @@ fn rope_kernel(dims: [usize; 4], params: &RopeParams, dtype: DType) -> Rope {
         inv_freq: params.inv_freq(dims[3]),
         scaling: params.attention_scaling(),
         dtype,
+        x_row: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod flash_attention;
 mod fp8_gemm_profile;
 mod fp8_gemm_scale_layouts;
 mod fp8_gemm_sm89_profile;
+mod in_place_rows;
 mod kernel_run;
 mod models;
 mod moe_routing;

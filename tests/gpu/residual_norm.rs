@@ -57,6 +57,7 @@ fn check(rows: usize, dim: usize, quantized: bool) {
         output: DType::Bf16,
         quant,
         residual: true,
+        x_row: None,
     });
     let inputs = [
         bytes(&x, DType::Bf16),

@@ -814,6 +814,7 @@ fn check_rope_grad(dims: [usize; 4], params: &RopeParams, dtype: DType, seed: u6
             inv_freq: params.inv_freq(dims[3]),
             scaling: params.attention_scaling(),
             dtype,
+            x_row: None,
         },
     };
     check(

@@ -30,6 +30,7 @@ use super::flash_attention_tma as tma;
 use super::flash_attention_wgmma as wgmma;
 use super::mma::{mma, pack_k};
 use super::quantize::QuantSpec;
+use super::row_window::RowWindow;
 use super::vector_access::{global_load_v4, pack_bf16x2, shared_store_v4};
 use super::{Launch, Param, kernel_args, param_types, shared_bytes_type};
 use crate::error::CodegenError;
@@ -57,17 +58,6 @@ pub enum AttentionForm {
     /// `wgmma.mma_async` fed by TMA through a ring of stages ([`super::flash_attention_tma`],
     /// sm_90a).
     WgmmaTma,
-}
-
-/// Where an operand read in place from a wider tensor lies: each (token, head) row of it is
-/// its head dim's elements from `offset` of a row of `stride` (MLA's q_nope in the q
-/// projection's output, k_nope and the values in `kv_b_proj`'s).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct RowWindow {
-    /// Elements per row of the tensor the operand is read from.
-    pub stride: u64,
-    /// Where the operand's elements start in that row.
-    pub offset: u64,
 }
 
 /// `out[b, s, h, :] = softmax_t(scores[b, h, s, t]) · v[b, t, h / group, :]`, fused.

@@ -48,6 +48,7 @@ pub mod rms_norm_grad;
 pub mod rope;
 pub mod rope_grad;
 pub mod row_chunks;
+pub mod row_window;
 pub mod softmax;
 pub mod softmax_grad;
 pub mod tma_ring;

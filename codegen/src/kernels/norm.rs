@@ -13,6 +13,11 @@
 //! kept in shared memory (f32), or, wider, recomputed from `x` and `w` per group (the same two
 //! roundings), so there is no limit on the hidden size.
 //!
+//! x may be read in place from a wider tensor (`x_row`: MLA's compressed kv, the first 512
+//! of each 576-wide row of `kv_a_proj_with_mqa`'s output, a folded slice): each row of it is
+//! `dim` elements at an offset in a row of that tensor; the outputs are contiguous. The
+//! register form then needs the offset and the wider row in whole chunks too.
+//!
 //! The residual-fused forms read `x` and `residual`, add them in f32 and round the sum to the
 //! input dtype, as `add` does, store it (the residual stream goes on) and normalize it: one
 //! read of each operand instead of the add's two reads, its write and the norm's read. The
@@ -26,6 +31,7 @@ use serde::Serialize;
 
 use super::quantize::{QuantSpec, RowSource, SharedRow, quantize_row_groups};
 use super::row_chunks::{RowChunks, load_elements, quantize_chunk, store_elements};
+use super::row_window::RowWindow;
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -61,6 +67,10 @@ pub struct RmsNorm {
     /// The fused residual add: a `residual` operand of `input`'s dtype and a stored `sum`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub residual: bool,
+    /// x read in place from a wider tensor; `None`: x is its own tensor (always, fused with
+    /// the residual add).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_row: Option<RowWindow>,
 }
 
 impl RmsNorm {
@@ -78,7 +88,8 @@ impl RmsNorm {
     /// w, …, sum)`.
     pub fn params(&self) -> Vec<Param> {
         let len = self.rows * self.dim;
-        let mut params = vec![Param::new("x", self.input, len)];
+        let x_len = self.x_row.map_or(len, |r| self.rows * r.stride);
+        let mut params = vec![Param::new("x", self.input, x_len)];
         if self.residual {
             params.push(Param::new("residual", self.input, len));
         }
@@ -91,6 +102,11 @@ impl RmsNorm {
             params.push(Param::new("sum", self.input, len));
         }
         params
+    }
+
+    /// The index of row `row`'s first element in x.
+    fn x_base<'c, 'a>(&self, e: &Emit<'c, 'a>, row: Value<'c, 'a>) -> Emitted<'c, 'a> {
+        RowWindow::row_start(self.x_row, e, row, self.dim)
     }
 
     /// The index of the weight parameter (the first output's is one more).
@@ -129,7 +145,10 @@ impl RmsNorm {
         };
         let wide = |dtype| matches!(dtype, DType::F32 | DType::Bf16);
         let fits = chunks.per_row(self.dim).div_ceil(u64::from(THREADS)) <= MAX_CHUNKS_PER_THREAD;
-        (fits && wide(self.weight) && (self.quant.is_some() || wide(self.output))).then_some(chunks)
+        // Read in place, every chunk of x must be aligned in the wider rows too.
+        let aligned = RowWindow::whole_chunks(self.x_row, chunks.per_chunk);
+        (fits && aligned && wide(self.weight) && (self.quant.is_some() || wide(self.output)))
+            .then_some(chunks)
     }
 
     /// Whether the fused form keeps its row in shared memory.
@@ -193,12 +212,18 @@ impl RmsNorm {
             let row = e.block_index(Dimension::X)?;
             let dim = e.index(self.dim as i64)?;
             let base = e.muli(row, dim)?;
+            // Where the row is read: in x (maybe in place in a wider row), or in the sum.
+            let x_base = if self.residual {
+                base
+            } else {
+                self.x_base(&e, row)?
+            };
             let step = e.index(i64::from(THREADS))?;
 
             let zero = e.f32(0.0)?;
             let squares = e.cell(zero)?;
             e.for_range(tid, dim, step, |e, j| {
-                let at = e.addi(base, j)?;
+                let at = e.addi(x_base, j)?;
                 let v = match first_x {
                     None => e.to_f32(e.load(x, at)?)?,
                     Some((a, b)) => {
@@ -229,16 +254,16 @@ impl RmsNorm {
                 let load = NormalizedRow {
                     x,
                     w,
-                    base,
+                    base: x_base,
                     inv,
                     dtype: self.input,
                 };
                 return quantize_row_groups(&e, q, &load, row, self.dim, tid, outs[0], outs[1]);
             }
             e.for_range(tid, dim, step, |e, j| {
-                let at = e.addi(base, j)?;
-                let v = e.load(x, at)?;
+                let v = e.load(x, e.addi(x_base, j)?)?;
                 let v = e.to_f32(v)?;
+                let at = e.addi(base, j)?;
                 let scaled = e.mulf(v, inv)?;
                 let scaled = e.round_through(scaled, normalized)?;
                 let wv = e.load(w, j)?;
@@ -295,6 +320,7 @@ impl RmsNorm {
             let row = e.block_index(Dimension::X)?;
             let dim = e.index(self.dim as i64)?;
             let base = e.muli(row, dim)?;
+            let x_base = self.x_base(&e, row)?;
             let per_chunk = chunks.per_chunk;
 
             // (offset in the row, whether the chunk is in it, its x values).
@@ -304,7 +330,8 @@ impl RmsNorm {
                 let within = e.muli(k, e.index(per_chunk as i64)?)?;
                 let ok = e.lt(within, dim)?;
                 let first = e.addi(base, within)?;
-                let mut values = load_elements(&e, x, self.input, first, per_chunk, ok)?;
+                let x_first = e.addi(x_base, within)?;
+                let mut values = load_elements(&e, x, self.input, x_first, per_chunk, ok)?;
                 if self.residual {
                     let residual = load_elements(&e, args[1], self.input, first, per_chunk, ok)?;
                     for (v, r) in values.iter_mut().zip(residual) {

@@ -7,6 +7,11 @@
 //! token's heads are then split into sets of at most 16 (a thread per set) to keep enough
 //! threads in the launch (V3's 128 heads: 8 sets, twice the one-pair form's threads).
 //!
+//! x may be read in place from a wider tensor (`x_row`: MLA's q_pe and k_pe, folded slices):
+//! each (token, head) row of it is `dim` elements at an offset in a row of that tensor; the
+//! output is contiguous. The 16-byte form then needs the offset and the wider row in whole
+//! chunks too.
+//!
 //! The inverse frequencies are computed on the host exactly as the CPU reference computes them
 //! (`RopeParams::inv_freq`, f32 as torch does) and baked into the kernel; the angle is
 //! `position · inv_freq` in f32 and cos/sin come from [`Emit::sincos`]; every product is rounded
@@ -18,6 +23,7 @@ use melior::dialect::arith::CmpiPredicate;
 use melior::ir::Value;
 use serde::Serialize;
 
+use super::row_window::RowWindow;
 use super::wide_access::{element_address, load_f32s, per_access, store_f32s};
 use super::{Launch, Param, add_per_element_kernel};
 use crate::error::CodegenError;
@@ -49,6 +55,9 @@ pub struct Rope {
     pub scaling: f32,
     /// Input, intermediate and output dtype.
     pub dtype: DType,
+    /// x read in place from a wider tensor; `None`: x is its own tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_row: Option<RowWindow>,
 }
 
 pub(super) fn style_name<S: serde::Serializer>(
@@ -69,12 +78,28 @@ impl Rope {
         self.batch * self.seq * self.heads * self.dim
     }
 
-    /// `(x, out)`.
+    /// `(x, out)`; x is the wider tensor when read in place.
     pub fn params(&self) -> Vec<Param> {
+        let rows = self.batch * self.seq * self.heads;
+        let x_len = self.x_row.map_or(self.len(), |r| rows * r.stride);
         vec![
-            Param::new("x", self.dtype, self.len()),
+            Param::new("x", self.dtype, x_len),
             Param::new("out", self.dtype, self.len()),
         ]
+    }
+
+    /// The index of the first element of (token, head) row `row` in x and in the output.
+    fn row_bases<'c, 'a>(
+        &self,
+        e: &Emit<'c, 'a>,
+        row: Value<'c, 'a>,
+    ) -> Result<(Value<'c, 'a>, Value<'c, 'a>), CodegenError> {
+        let out = RowWindow::row_start(None, e, row, self.dim)?;
+        let x = match self.x_row {
+            None => out,
+            window => RowWindow::row_start(window, e, row, self.dim)?,
+        };
+        Ok((x, out))
     }
 
     /// Threads: one per (token, pair index).
@@ -96,7 +121,9 @@ impl Rope {
             RopeStyle::Half => per,
         };
         let half = self.dim / 2;
-        (half > 0 && half.is_multiple_of(pairs)).then_some(pairs)
+        // Read in place, every chunk of x must be aligned in the wider rows too.
+        let aligned = RowWindow::whole_chunks(self.x_row, per);
+        (half > 0 && half.is_multiple_of(pairs) && aligned).then_some(pairs)
     }
 
     /// Head sets of a token in the 16-byte form: the fewest (a divisor of `heads`) of at most
@@ -137,13 +164,13 @@ impl Rope {
                 } = self.rotation(&e, i)?;
                 let cos = e.round_through(cos, self.dtype)?;
                 let sin = e.round_through(sin, self.dtype)?;
-                self.for_each_head(&e, token, |e, base| {
+                self.for_each_head(&e, token, |e, x_base, base| {
+                    let x1 = e.load(x, e.addi(x_base, a)?)?;
+                    let x1 = e.to_f32(x1)?;
+                    let x2 = e.load(x, e.addi(x_base, b)?)?;
+                    let x2 = e.to_f32(x2)?;
                     let a = e.addi(base, a)?;
                     let b = e.addi(base, b)?;
-                    let x1 = e.load(x, a)?;
-                    let x1 = e.to_f32(x1)?;
-                    let x2 = e.load(x, b)?;
-                    let x2 = e.to_f32(x2)?;
                     let round = |v| e.round_through(v, self.dtype);
                     let x1c = round(e.mulf(x1, cos)?)?;
                     let x2s = round(e.mulf(x2, sin)?)?;
@@ -213,10 +240,9 @@ impl Rope {
                 let (per, dtype) = (per_access(self.dtype), self.dtype);
                 let first_row = e.muli(token, e.index(self.heads as i64)?)?;
                 let first_row = e.addi(first_row, set)?;
-                let dim = e.index(self.dim as i64)?;
                 e.for_const(0, (self.heads / sets) as i64, 1, |e, k| {
                     let row = e.addi(first_row, e.muli(k, sets_v)?)?;
-                    let base = e.muli(row, dim)?;
+                    let (x_base, base) = self.row_bases(&e, row)?;
                     let rotate = |x1, x2, p: usize| {
                         let round = |v| e.round_through(v, dtype);
                         let x1c = round(e.mulf(x1, cos[p])?)?;
@@ -227,24 +253,27 @@ impl Rope {
                     };
                     match self.style {
                         RopeStyle::Interleaved => {
-                            let first = e.addi(base, e.muli(j0, e.index(2)?)?)?;
-                            let at = element_address(&e, x, dtype, first)?;
+                            let j = e.muli(j0, e.index(2)?)?;
+                            let at = element_address(&e, x, dtype, e.addi(x_base, j)?)?;
                             let v = load_f32s(&e, at, dtype, per)?;
                             let mut rotated = Vec::with_capacity(per as usize);
                             for (p, pair) in v.chunks(2).enumerate() {
                                 let (a, b) = rotate(pair[0], pair[1], p)?;
                                 rotated.extend([a, b]);
                             }
-                            let at = element_address(&e, out, dtype, first)?;
+                            let at = element_address(&e, out, dtype, e.addi(base, j)?)?;
                             store_f32s(&e, &rotated, at, dtype)
                         }
                         RopeStyle::Half => {
-                            let low = e.addi(base, j0)?;
-                            let high = e.addi(low, e.index(half as i64)?)?;
+                            let half = e.index(half as i64)?;
+                            let x_low = e.addi(x_base, j0)?;
+                            let x_high = e.addi(x_low, half)?;
                             let x1 =
-                                load_f32s(&e, element_address(&e, x, dtype, low)?, dtype, per)?;
+                                load_f32s(&e, element_address(&e, x, dtype, x_low)?, dtype, per)?;
                             let x2 =
-                                load_f32s(&e, element_address(&e, x, dtype, high)?, dtype, per)?;
+                                load_f32s(&e, element_address(&e, x, dtype, x_high)?, dtype, per)?;
+                            let low = e.addi(base, j0)?;
+                            let high = e.addi(low, half)?;
                             let mut firsts = Vec::with_capacity(per as usize);
                             let mut seconds = Vec::with_capacity(per as usize);
                             for p in 0..per as usize {
@@ -297,20 +326,24 @@ impl Rope {
         )
     }
 
-    /// `body(e, base)` for each head of `token`, `base` the index of the head's first element.
+    /// `body(e, x_base, base)` for each head of `token`: the indices of the head's first
+    /// element in x and in the output (the same unless x is read in place).
     pub(super) fn for_each_head<'c>(
         &self,
         e: &Emit<'c, '_>,
         token: Value<'c, '_>,
-        body: impl for<'b> FnOnce(Emit<'c, 'b>, Value<'c, 'b>) -> Result<(), CodegenError>,
+        body: impl for<'b> FnOnce(
+            Emit<'c, 'b>,
+            Value<'c, 'b>,
+            Value<'c, 'b>,
+        ) -> Result<(), CodegenError>,
     ) -> Result<(), CodegenError> {
         let heads = e.index(self.heads as i64)?;
         let first_row = e.muli(token, heads)?;
-        let dim = e.index(self.dim as i64)?;
         e.for_const(0, self.heads as i64, 1, |e, h| {
             let row = e.addi(first_row, h)?;
-            let base = e.muli(row, dim)?;
-            body(e, base)
+            let (x_base, base) = self.row_bases(&e, row)?;
+            body(e, x_base, base)
         })
     }
 }

@@ -56,7 +56,7 @@ impl RopeGrad {
                     a,
                     b,
                 } = rope.rotation(&e, i)?;
-                rope.for_each_head(&e, token, |e, base| {
+                rope.for_each_head(&e, token, |e, _, base| {
                     let a = e.addi(base, a)?;
                     let b = e.addi(base, b)?;
                     let g1 = e.load(dy, a)?;

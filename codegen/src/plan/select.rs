@@ -25,7 +25,7 @@ use crate::kernels::elementwise_grad::{ElementwiseGrad, GradOp};
 use crate::kernels::embedding::Embedding;
 use crate::kernels::embedding_grad::EmbeddingGrad;
 use crate::kernels::expert_bias_update::ExpertBiasUpdate;
-use crate::kernels::flash_attention::{AttentionForm, FlashAttention, RowWindow};
+use crate::kernels::flash_attention::{AttentionForm, FlashAttention};
 use crate::kernels::fp8_gemm::{Fp8Gemm, GemmForm, Grouped};
 use crate::kernels::global_norm::{GlobalNorm, NormInput};
 use crate::kernels::grouped_linear_wgrad::GroupedLinearWgrad;
@@ -41,6 +41,7 @@ use crate::kernels::reduce_sum::ReduceSum;
 use crate::kernels::rms_norm_grad::RmsNormGrad;
 use crate::kernels::rope::Rope;
 use crate::kernels::rope_grad::RopeGrad;
+use crate::kernels::row_window::RowWindow;
 use crate::kernels::softmax::Softmax;
 use crate::kernels::softmax_grad::SoftmaxGrad;
 
@@ -251,15 +252,17 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             } else {
                 None
             };
+            // The norm's rows are its results' (x's, or a column window of x's: `x_cols`).
             GpuKernel::RmsNorm(RmsNorm {
                 rows: rows_of(operand(0)),
-                dim: last(operand(0)),
+                dim: last(result(0)),
                 eps: eps as f32,
                 input: ty(operand(0)).dtype,
                 weight: ty(weight).dtype,
                 output: ty(result(0)).dtype,
                 quant,
                 residual,
+                x_row: x_row(g, op),
             })
         }
         OpKind::Quantize
@@ -332,8 +335,9 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
             })
         }
         OpKind::Rope => {
+            // The rotated x is the result's shape (x's, or a column window of x's: `x_cols`).
             let x =
-                four(&dims(operand(0))).ok_or_else(|| fail("rope needs a rank-4 input".into()))?;
+                four(&dims(result(0))).ok_or_else(|| fail("rope needs a rank-4 input".into()))?;
             let params = RopeParams::from_attrs(&op.attrs).map_err(|e| fail(e.to_string()))?;
             if ty(operand(0)).dtype != ty(result(0)).dtype {
                 return Err(fail("rope must keep its dtype".into()));
@@ -347,6 +351,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 inv_freq: params.inv_freq(x[3] as usize),
                 scaling: params.attention_scaling(),
                 dtype: ty(operand(0)).dtype,
+                x_row: x_row(g, op),
             })
         }
         OpKind::Softmax => {
@@ -764,6 +769,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                     inv_freq: params.inv_freq(dy[3] as usize),
                     scaling: params.attention_scaling(),
                     dtype,
+                    x_row: None,
                 },
             })
         }
@@ -962,6 +968,17 @@ fn grouped(dims: GroupedDims, x: &dsc_ir::Shape) -> Grouped {
 
 fn four(dims: &[u64]) -> Option<[u64; 4]> {
     dims.try_into().ok()
+}
+
+/// Where a rope or norm reading a column window of its x (`x_cols`) finds it in x's rows.
+fn x_row(g: &Graph, op: &Op) -> Option<RowWindow> {
+    let &[start, _] = op.attrs.ints(dsc_ir::infer::X_COLS)? else {
+        return None;
+    };
+    Some(RowWindow {
+        stride: g.ty(op.operands[0]).shape.last(),
+        offset: start as u64,
+    })
 }
 
 #[cfg(test)]

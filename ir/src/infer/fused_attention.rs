@@ -10,10 +10,9 @@
 use super::attention::attn_scores;
 use super::fp8::quantized_rows;
 use super::{Inferred, Result, free, heads_divide, named, need_float, need_rank};
-use crate::OpKind;
 use crate::attr::Attrs;
 use crate::operands::AttentionOperands;
-use crate::{Shape, TensorType};
+use crate::{OpKind, TensorType};
 
 /// The attribute of a fused `attention` that reads a column window of its q.
 pub const Q_COLS: &str = "q_cols";
@@ -28,25 +27,7 @@ pub const ATTENTION_WINDOWS: [(usize, &str); 3] = [(0, Q_COLS), (1, K_COLS), (2,
 /// window attribute is `key` (one of [`ATTENTION_WINDOWS`]): the operand's, or with the
 /// attribute its window `[start, end]` of the last axis.
 pub fn attention_window_type(attrs: &Attrs, key: &str, ty: &TensorType) -> Result<TensorType> {
-    let Some(cols) = attrs.ints(key) else {
-        return Ok(ty.clone());
-    };
-    let last = ty.shape.last();
-    match *cols {
-        [start, end] if 0 <= start && start < end && end as u64 <= last => {
-            let mut dims = ty.shape.dims().to_vec();
-            if let Some(d) = dims.last_mut() {
-                *d = (end - start) as u64;
-            }
-            Ok(TensorType {
-                dtype: ty.dtype,
-                shape: Shape(dims),
-            })
-        }
-        _ => Err(format!(
-            "{key} must be [start, end] with 0 <= start < end <= {last} (the operand is {ty}), got {cols:?}"
-        )),
-    }
+    super::window::window_type(attrs, key, ty)
 }
 
 /// `attention_quant(q, k, v[, q_pe, k_pe])`: `attention`'s output quantized in 1 × `act_tile`

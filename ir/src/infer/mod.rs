@@ -19,11 +19,13 @@ mod moe;
 mod norm;
 mod quantize;
 mod training;
+mod window;
 
 pub use fp8::{W_ROW_TILES, X_SQUARE_BLOCKS};
 pub use fused_attention::{ATTENTION_WINDOWS, K_COLS, Q_COLS, V_COLS, attention_window_type};
 pub use linear::{DY_SCALE_FORMAT, LINEAR_GEMMS, W_SCALE_FORMAT, X_CACHE, X_SCALE_FORMAT};
 pub use training::{WGRAD_INTERVAL, WGRAD_TILE};
+pub use window::{X_COLS, X_WINDOWED, window_type, x_window_type};
 
 /// The dtype rule of one result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +204,20 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ins: &[&TensorType]) -> Result<Vec<Inf
         return Err(format!("{kind} takes {want} operands, got {}", ins.len()));
     }
     check_attrs(kind, attrs)?;
+    // A rope or norm reading a column window of its x (`x_cols`) is typed as over the window;
+    // the kinds sharing their attribute lists (rope_grad, add_rms_norm_quant) read none.
+    let x_window;
+    let mut ins = ins.to_vec();
+    if attrs.get(X_COLS).is_some() {
+        if !X_WINDOWED.contains(&kind) {
+            return Err(format!("{kind} reads no column window (`{X_COLS}`)"));
+        }
+        if let Some(x) = ins.first_mut() {
+            x_window = x_window_type(attrs, x)?;
+            *x = &x_window;
+        }
+    }
+    let ins = &ins[..];
     use OpKind::*;
     let out = match kind {
         Embedding => data_movement::embedding(ins)?,

@@ -44,6 +44,12 @@ pub(super) fn vjp(e: &mut Emit, req: &Request) -> Result<Vec<Option<ValueId>>> {
     let op = req.op;
     let mut out = vec![None; op.operands.len()];
     let ty = |e: &Emit, i: usize| e.ty(op.operands[i]).clone();
+    if op.attrs.get(dsc_ir::infer::X_COLS).is_some() {
+        return Err(format!(
+            "`{}` reads a column window; differentiate before fold-slices",
+            req.name
+        ));
+    }
     match op.kind {
         Embedding => {
             if let Some(d) = req.want[1] {

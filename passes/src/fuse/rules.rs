@@ -288,6 +288,10 @@ impl Apply for FuseNormQuant {
             return vec![];
         };
         attrs.set("eps", eps.clone());
+        // A norm reading a column window of its x (fold-slices) reads the same one quantized.
+        if let Some(cols) = norm.attrs.get(dsc_ir::infer::X_COLS) {
+            attrs.set(dsc_ir::infer::X_COLS, cols.clone());
+        }
         let spec = OpSpec {
             kind: OpKind::RmsNormQuant,
             attrs,

@@ -9,6 +9,7 @@ use dsc_ir::operands::{
 use dsc_ir::{DType, Graph, Op, OpKind, TensorType};
 use dsc_kernels::ops::{self, FloatFormat, GroupedDims, GroupedInput, RopeOperands, RopeParams};
 use dsc_kernels::ops::{AttentionDims, CombineDims, ScoreDims, TopkDims, TopkParams, ValueDims};
+use std::borrow::Cow;
 
 /// Applies a data-movement kernel (generic over the element) to whichever kind of data a
 /// tensor holds.
@@ -87,6 +88,24 @@ fn rms_norm(op: &Op, x_ty: &TensorType, x: &HostTensor, w: &HostTensor) -> Resul
     ops::rms_norm(floats(x)?, floats(w)?, rows, d, eps, fmt).map_err(err)
 }
 
+/// What a rope or norm reads from its x `x` (operand 0), and its type: all of it, or with
+/// `x_cols` its column window, cut as the slice folded into the op would have cut it.
+pub(super) fn x_window<'t>(
+    g: &Graph,
+    op: &Op,
+    x: &'t HostTensor,
+) -> Result<(TensorType, Cow<'t, HostTensor>)> {
+    let ty = g.ty(op.operands[0]);
+    let read = dsc_ir::infer::x_window_type(&op.attrs, ty).map_err(err)?;
+    let Some(&[start, end]) = op.attrs.ints(dsc_ir::infer::X_COLS) else {
+        return Ok((read, Cow::Borrowed(x)));
+    };
+    let d = dims(ty);
+    let window = ops::slice(floats(x)?, &d, d.len() - 1, start as usize, end as usize);
+    let window = float_result(&read, window.map_err(err)?)?;
+    Ok((read, Cow::Owned(window)))
+}
+
 /// The rounding an op applies to intermediates stored in `dtype` (none for f32).
 fn format_of(dtype: DType) -> FloatFormat {
     FloatFormat::of(dtype).unwrap_or(FloatFormat::F32)
@@ -133,7 +152,10 @@ pub(super) fn execute(
             let y = ops::matmul(floats(ins[0])?, floats(ins[1])?, batch, m, k, n, tb);
             one(y.map_err(err)?)
         }
-        RmsNorm => one(rms_norm(op, in_ty(0), ins[0], ins[1])?),
+        RmsNorm => {
+            let (x_ty, x) = x_window(g, op, ins[0])?;
+            one(rms_norm(op, &x_ty, &x, ins[1])?)
+        }
         AddRmsNorm | AddRmsNormQuant => {
             // The unfused pair's numbers: the sum stored in its dtype, the norm over that.
             let sum_ty = out_ty(op.results.len() - 1);
@@ -151,9 +173,10 @@ pub(super) fn execute(
         }
         Rope => {
             let params = RopeParams::from_attrs(&op.attrs).map_err(err)?;
-            let d = dims(in_ty(0));
+            let (x_ty, x) = x_window(g, op, ins[0])?;
+            let d = dims(&x_ty);
             let shape = [d[0], d[1], d[2], d[3]];
-            let y = ops::rope(floats(ins[0])?, shape, &params, format_of(in_ty(0).dtype));
+            let y = ops::rope(floats(&x)?, shape, &params, format_of(x_ty.dtype));
             one(y.map_err(err)?)
         }
         Softmax => {

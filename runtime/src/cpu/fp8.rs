@@ -2,7 +2,7 @@
 //! block-scaled GEMM (dense and grouped), and norms/activations fused with quantization.
 
 use super::CpuOptions;
-use super::dispatch::{Result, codes, dims, float_result, floats, ints};
+use super::dispatch::{Result, codes, dims, float_result, floats, ints, x_window};
 use crate::tensor::{HostData, HostTensor};
 use dsc_ir::operands::{DequantizeOperands, Fp8GemmOperands, Fp8PartialsOperands, PromoteOperands};
 use dsc_ir::policy::keys;
@@ -219,33 +219,24 @@ pub(super) fn execute(
         OpKind::Fp8Gemm => fp8_gemm(g, op, ins, options).map(|t| vec![t]),
         OpKind::RmsNormQuant | OpKind::AddRmsNormQuant | OpKind::SwigluQuant => {
             // Same numbers as the unfused pair: the activation is rounded to the dtype the
-            // unfused op would have stored (the input's) before it is quantized.
+            // unfused op would have stored (the input's) before it is quantized. A norm may
+            // read a column window of its x (`x_cols`).
+            let (x_ty, x) = x_window(g, op, ins[0])?;
             let (rows, d) = {
-                let d = in_ty(0).shape.last() as usize;
-                (
-                    (in_ty(0).shape.numel() as usize)
-                        .checked_div(d)
-                        .unwrap_or(0),
-                    d,
-                )
+                let d = x_ty.shape.last() as usize;
+                ((x_ty.shape.numel() as usize).checked_div(d).unwrap_or(0), d)
             };
-            let high = FloatFormat::of(in_ty(0).dtype).unwrap_or(FloatFormat::F32);
+            let high = FloatFormat::of(x_ty.dtype).unwrap_or(FloatFormat::F32);
             let mut y = if op.kind != OpKind::SwigluQuant {
                 let eps = op.attrs.float("eps").ok_or("missing eps")?;
-                ops::rms_norm(floats(ins[0])?, floats(ins[1])?, rows, d, eps, high)
+                ops::rms_norm(floats(&x)?, floats(ins[1])?, rows, d, eps, high)
             } else {
-                ops::swiglu(floats(ins[0])?, floats(ins[1])?, high)
+                ops::swiglu(floats(&x)?, floats(ins[1])?, high)
             }
             .map_err(err)?;
             high.round_slice(&mut y);
             let tile = size(op, keys::ACT_TILE)?;
-            let q = act_quant(
-                &y,
-                in_ty(0),
-                tile,
-                format(out_ty(0).dtype)?,
-                scale_format(op)?,
-            )?;
+            let q = act_quant(&y, &x_ty, tile, format(out_ty(0).dtype)?, scale_format(op)?)?;
             quantized_results(op, g, q)
         }
         _ => unreachable!("{} is not an FP8 kind", op.kind),
