@@ -209,7 +209,8 @@ fn print_after_and_timings() {
             "dce -----",
             "fuse-residual-norm -----",
             "fuse-attention-quant -----",
-            "fold-slices -----"
+            "fold-slices -----",
+            "fold-widening-casts -----"
         ]
     );
     assert!(stdout.contains("time per pass:"), "{stdout}");

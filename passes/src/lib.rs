@@ -12,6 +12,7 @@ pub mod dce;
 mod error;
 pub mod fold_slices;
 pub mod fold_weights;
+pub mod fold_widening_casts;
 pub mod fuse;
 pub mod fuse_attention;
 pub mod fuse_attention_quant;

@@ -121,10 +121,15 @@ pub static PASSES: &[Pass] = &[
         summary: "a rope or norm reads the last-axis slice it alone reads in place (x_cols): no copy",
         run: crate::fold_slices::run,
     },
+    Pass {
+        name: "fold-widening-casts",
+        summary: "a linear reads the BF16/F16 x a cast to f32 widened for it alone (the MoE gate's tokens): no f32 copy, BF16 tensor cores",
+        run: crate::fold_widening_casts::run,
+    },
 ];
 
 /// The pipeline `dsc compile` runs by default.
-pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,fuse-attention,cse,dce,fuse-residual-norm,fuse-attention-quant,fold-slices";
+pub const DEFAULT_PIPELINE: &str = "verify,infer-shapes,assign-precision,quantize-linears,fold-weights,fuse,fuse-attention,cse,dce,fuse-residual-norm,fuse-attention-quant,fold-slices,fold-widening-casts";
 
 /// Looks a pass up by name.
 pub fn find_pass(name: &str) -> Option<&'static Pass> {

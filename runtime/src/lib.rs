@@ -23,7 +23,7 @@ pub mod session;
 pub mod step_check;
 pub mod step_profile;
 pub mod tensor;
-mod tensor_maps;
+pub mod tensor_maps;
 #[cfg(test)]
 mod testutil;
 pub mod train;

@@ -69,7 +69,7 @@ fn field_of(driver_message: &str) -> &'static str {
 /// `map` over a tensor at device address `base`, in the emulator's encoding; an error is
 /// `FIELD: the driver's words` (the field of [`TensorMapArg`] it is about), for a caller to
 /// prefix with the step and `tensor_maps[k]`.
-pub(crate) fn emulator_map(map: &TensorMapArg, base: u64) -> Result<TensorMap, String> {
+pub fn emulator_map(map: &TensorMapArg, base: u64) -> Result<TensorMap, String> {
     let rank = map.rank();
     if !(1..=5).contains(&rank) {
         return Err(format!("dims: {rank} dimensions: the rank must be 1..=5"));

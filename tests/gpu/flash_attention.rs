@@ -4,7 +4,7 @@
 //! heads, MLA's RoPE part with one shared key head, extreme scores, and many key tiles (the
 //! `mma.sync` form's `cp.async` pipeline over one K and one V buffer).
 
-use super::kernel_run::{launch_kernel, lower, run_ptx};
+use super::kernel_run::{lower, run_ptx};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::attention::HeadOperand;
@@ -12,8 +12,6 @@ use dsc_codegen::kernels::flash_attention::{AttentionForm, FlashAttention};
 use dsc_codegen::kernels::flash_attention_tma;
 use dsc_codegen::kernels::quantize::QuantSpec;
 use dsc_codegen::kernels::row_window::RowWindow;
-use dsc_emulator::tensor_map::{DataType, Interleave, L2Promotion, OobFill, Swizzle, TensorMap};
-use dsc_emulator::{GlobalMemory, Module, ParamValue};
 use dsc_ir::{DType, ScaleFormat};
 use dsc_kernels::numerics::bf16::{from_bf16, from_bf16_bits, to_bf16};
 use dsc_kernels::ops::{AttentionDims, FloatFormat, RopeOperands, ScoreDims, attention, slice};
@@ -143,11 +141,7 @@ fn run_forms(
         }
         let kernel = GpuKernel::FlashAttention(fused);
         let ptx = lower(&kernel, target);
-        let outputs = if form == AttentionForm::WgmmaTma {
-            run_with_maps(&kernel, &ptx, inputs, out_bytes)
-        } else {
-            run_ptx(&kernel, target, &ptx, inputs, out_bytes)
-        };
+        let outputs = run_ptx(&kernel, target, &ptx, inputs, out_bytes);
         match form {
             AttentionForm::WgmmaTma => tma_bytes = Some(outputs.clone()),
             AttentionForm::Wgmma => {
@@ -160,68 +154,6 @@ fn run_forms(
         runs.push((target, form, outputs));
     }
     runs
-}
-
-/// Runs the TMA form: `inputs` are the operands (the parameters before the maps), each map
-/// parameter gets its 128-byte map over its operand's buffer (as the runtime encodes it), and
-/// the ring's dynamic shared memory is raised; returns the outputs' bytes.
-fn run_with_maps(
-    kernel: &GpuKernel,
-    ptx: &str,
-    inputs: &[Vec<u8>],
-    out_bytes: &[usize],
-) -> Vec<Vec<u8>> {
-    let module = Module::parse(ptx).expect("emulator parses the PTX");
-    let mut memory = GlobalMemory::new();
-    let mut params: Vec<ParamValue> = Vec::new();
-    for bytes in inputs {
-        let at = memory.allocate(bytes.len() as u64);
-        memory.write(at, bytes).expect("write");
-        params.push(ParamValue::U64(at));
-    }
-    let maps = kernel.tensor_maps();
-    params.extend(maps.iter().map(|_| ParamValue::U64(0)));
-    let outs: Vec<(u64, usize)> = out_bytes
-        .iter()
-        .map(|&len| {
-            let at = memory.allocate(len as u64);
-            memory.write(at, &vec![0x5a; len]).expect("write");
-            params.push(ParamValue::U64(at));
-            (at, len)
-        })
-        .collect();
-    for (over, map) in &maps {
-        let ParamValue::U64(base) = params[*over] else {
-            unreachable!("operands are pointers")
-        };
-        let rank = map.dims.len();
-        let encoded = TensorMap::encode_tiled(
-            DataType::Bfloat16,
-            rank as u32,
-            base,
-            &map.dims,
-            &map.strides_bytes,
-            &map.box_dims,
-            &vec![1; rank],
-            Interleave::None,
-            Swizzle::B128,
-            L2Promotion::B128,
-            OobFill::None,
-        )
-        .expect("the map encodes");
-        let at = memory.allocate(128);
-        memory.write(at, &encoded.to_bytes()).expect("write");
-        params[map.param] = ParamValue::U64(at);
-    }
-    launch_kernel(kernel, &module, &memory, &params)
-        .unwrap_or_else(|e| panic!("sm_90a WgmmaTma: {e}"));
-    outs.iter()
-        .map(|&(at, len)| {
-            let mut bytes = vec![0u8; len];
-            memory.read(at, &mut bytes).expect("read");
-            bytes
-        })
-        .collect()
 }
 
 fn rope(kv_heads: u64, dim: u64) -> HeadOperand {

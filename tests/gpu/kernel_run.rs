@@ -36,12 +36,31 @@ pub fn run_ptx(
         memory.write(at, bytes).expect("write");
         params.push(ParamValue::U64(at));
     }
+    // A TMA form's map parameters come between its operands and its outputs: each gets its
+    // map over its operand's buffer, encoded as the runtime encodes it.
+    let maps = kernel.tensor_maps();
+    params.extend(maps.iter().map(|_| ParamValue::U64(0)));
     let mut out = Vec::new();
     for &len in outputs {
         let at = memory.allocate(len.max(4) as u64);
         memory.write(at, &vec![0x5a; len]).expect("write");
         params.push(ParamValue::U64(at));
         out.push((at, len));
+    }
+    for (over, map) in &maps {
+        assert!(
+            (inputs.len()..inputs.len() + maps.len()).contains(&map.param),
+            "{target}: map parameter {} is not after the operands",
+            map.param
+        );
+        let ParamValue::U64(base) = params[*over] else {
+            unreachable!("operands are pointers")
+        };
+        let encoded = dsc_runtime::tensor_maps::emulator_map(map, base)
+            .unwrap_or_else(|e| panic!("{target}: the map over parameter {over}: {e}"));
+        let at = memory.allocate(128);
+        memory.write(at, &encoded.to_bytes()).expect("write");
+        params[map.param] = ParamValue::U64(at);
     }
     launch_kernel(kernel, &ptx, &memory, &params).unwrap_or_else(|e| panic!("{target}: {e}"));
     out.iter()

@@ -426,3 +426,66 @@ fn check_gate(m: usize, n: usize, k: usize, with_bias: bool, w_dtype: DType) {
         assert!(diff.sqrt() <= 1e-4 * norm.sqrt(), "{target}: {spec:?}");
     }
 }
+
+/// The gate reading its BF16 tokens (fold-widening-casts) with BF16 weights: on the tensor cores
+/// (wgmma on sm_90a, mma.sync on sm_89), exact products summed in f32, within the f32 GEMM
+/// tolerance of the CPU reference over the tokens widened to f32: V3's 256 experts at ragged
+/// rows, tiny-moe's 8 and an odd 33, with a bias.
+#[test]
+fn a_bf16_gate_on_the_tensor_cores_is_the_f32_gate_of_its_widened_tokens() {
+    use dsc_codegen::kernels::linear::Linear;
+    use dsc_codegen::kernels::linear_wgmma::LinearWgmma;
+    for (m, n, k, with_bias) in [
+        (130, 256, 1024, false),
+        (64, 8, 256, false),
+        (37, 33, 200, true),
+    ] {
+        let round =
+            |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|v| from_bf16(to_bf16(v))).collect() };
+        let x = round(values(m * k, 21, 2.0));
+        let w = round(values(n * k, 22, 0.1));
+        let bias = values(n, 23, 0.5);
+        let reference = dsc_kernels::ops::linear(&x, &w, with_bias.then_some(&bias[..]), m, k, n)
+            .expect("reference runs");
+        let bf16 = |v: &[f32]| bytes_of(v, |v| to_bf16(v).to_bits().to_le_bytes());
+        let mut inputs = vec![bf16(&x), bf16(&w)];
+        if with_bias {
+            inputs.push(bytes_of(&bias, f32::to_le_bytes));
+        }
+        let spec = Linear {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            x: DType::Bf16,
+            w: DType::Bf16,
+            bias: with_bias.then_some(DType::F32),
+            output: DType::F32,
+            grouped: None,
+        };
+        for target in [Target::Sm90a, Target::Sm89] {
+            let kernel = match target {
+                Target::Sm90a => GpuKernel::LinearWgmma(LinearWgmma::new(spec.clone())),
+                _ => GpuKernel::Linear(spec.clone()),
+            };
+            let ptx = lower_checked(&kernel, target);
+            assert!(
+                ptx.contains(match target {
+                    Target::Sm90a => "wgmma.mma_async",
+                    _ => "mma.sync",
+                }),
+                "{target}: {spec:?} is not on the tensor cores"
+            );
+            let got = f32s(&run_ptx(&kernel, target, &ptx, &inputs, &[m * n * 4])[0]);
+            let (mut diff, mut norm) = (0.0f64, 0.0f64);
+            for (&g, &r) in got.iter().zip(&reference) {
+                diff += f64::from(g - r).powi(2);
+                norm += f64::from(r).powi(2);
+            }
+            assert!(
+                diff.sqrt() <= 1e-6 * norm.sqrt(),
+                "{target}: {spec:?}: relative error {:.2e}",
+                diff.sqrt() / norm.sqrt()
+            );
+        }
+    }
+}

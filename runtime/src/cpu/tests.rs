@@ -465,11 +465,9 @@ fn attention_quantizing_its_output_is_the_quantize_of_the_attention() {
 #[test]
 fn rope_and_norms_reading_x_in_place_are_those_of_the_slices() {
     let folded = compile(&example("tiny-moe"), dsc_passes::DEFAULT_PIPELINE);
-    let pipeline = dsc_passes::DEFAULT_PIPELINE.strip_suffix(",fold-slices");
-    let sliced = compile(
-        &example("tiny-moe"),
-        pipeline.expect("fold-slices runs last"),
-    );
+    let pipeline = dsc_passes::DEFAULT_PIPELINE.replace(",fold-slices", "");
+    assert_ne!(pipeline, dsc_passes::DEFAULT_PIPELINE);
+    let sliced = compile(&example("tiny-moe"), &pipeline);
     let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
     let windows = |g: &Graph| {
         let windowed = |op: &&dsc_ir::Op| op.attrs.get(dsc_ir::infer::X_COLS).is_some();
@@ -484,4 +482,37 @@ fn rope_and_norms_reading_x_in_place_are_those_of_the_slices() {
         logits(&folded, Accumulator::Exact),
         logits(&sliced, Accumulator::Exact)
     );
+}
+
+/// A linear reading the BF16 x that a cast to f32 widened for it alone (the MoE gate, folded by
+/// fold-widening-casts) gives the logits of the cast's f32 copy bit for bit: tiny-moe through
+/// the default pipeline against the same without the fold.
+#[test]
+fn a_gate_reading_its_bf16_tokens_is_the_gate_of_their_f32_copy() {
+    use dsc_ir::{DType, OpKind};
+    let folded = compile(&example("tiny-moe"), dsc_passes::DEFAULT_PIPELINE);
+    let pipeline = dsc_passes::DEFAULT_PIPELINE.replace(",fold-widening-casts", "");
+    assert_ne!(pipeline, dsc_passes::DEFAULT_PIPELINE);
+    let cast = compile(&example("tiny-moe"), &pipeline);
+    let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
+    let bf16_gates = |g: &Graph| {
+        let gate = |op: &&dsc_ir::Op| {
+            op.kind == OpKind::Linear
+                && g.ty(op.operands[0]).dtype == DType::Bf16
+                && g.ty(op.results[0]).dtype == DType::F32
+        };
+        g.ops.iter().filter(gate).count()
+    };
+    // The gate of each of tiny-moe's MoE layers.
+    let moe_layers = count(&folded, OpKind::MoeTopk);
+    assert!(moe_layers > 0);
+    assert_eq!(bf16_gates(&folded), moe_layers);
+    assert_eq!(bf16_gates(&cast), 0);
+    assert_eq!(
+        count(&cast, OpKind::Cast) - count(&folded, OpKind::Cast),
+        moe_layers
+    );
+    for accumulator in [Accumulator::Exact, Accumulator::Hopper] {
+        assert_eq!(logits(&folded, accumulator), logits(&cast, accumulator));
+    }
 }
