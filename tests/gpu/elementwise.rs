@@ -101,17 +101,7 @@ fn outputs(kernel: &GpuKernel, inputs: &[Vec<u8>], len: usize) -> Vec<Vec<u8>> {
 
 /// The `rope` kernel of `x[dims]` with `params`' frequencies and scaling.
 fn rope_kernel(dims: [usize; 4], params: &RopeParams, dtype: DType) -> Rope {
-    Rope {
-        batch: dims[0] as u64,
-        seq: dims[1] as u64,
-        heads: dims[2] as u64,
-        dim: dims[3] as u64,
-        style: params.style,
-        inv_freq: params.inv_freq(dims[3]),
-        scaling: params.attention_scaling(),
-        dtype,
-        x_row: None,
-    }
+    Rope::new(dims.map(|d| d as u64), params, dtype)
 }
 
 /// `rope` of `x[dims]` against the reference as the CPU backend dispatches it (cos, sin and

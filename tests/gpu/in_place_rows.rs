@@ -7,7 +7,8 @@
 //! rope's 16-byte form and, off whole chunks, its one-pair form; the norm's rows in registers,
 //! and off whole chunks in shared memory, per element, or recomputed per group.
 
-use super::kernel_run::{lower, run_ptx};
+use super::kernel_run::{assert_same_bytes, lower, run_ptx};
+use super::residual_norm::normalized_outputs;
 use super::training_kernels::{bytes, check, deepseek_yarn, tensor, values};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
@@ -16,7 +17,6 @@ use dsc_codegen::kernels::quantize::QuantSpec;
 use dsc_codegen::kernels::rope::Rope;
 use dsc_codegen::kernels::row_window::RowWindow;
 use dsc_ir::{DType, OpKind, ScaleFormat};
-use dsc_kernels::Fp8Format;
 use dsc_kernels::ops::rope::{RopeParams, RopeStyle};
 use dsc_kernels::ops::{FloatFormat, rms_norm, rope, slice};
 
@@ -61,17 +61,7 @@ fn outputs(kernel: &GpuKernel, inputs: &[Vec<u8>], len: usize) -> Vec<Vec<u8>> {
 fn check_rope(dims: [usize; 4], stride: usize, offset: usize, params: &RopeParams, dtype: DType) {
     let rows = dims[0] * dims[1] * dims[2];
     let (wide, window) = wide_and_window(rows, stride, offset, dims[3], dtype);
-    let contiguous = Rope {
-        batch: dims[0] as u64,
-        seq: dims[1] as u64,
-        heads: dims[2] as u64,
-        dim: dims[3] as u64,
-        style: params.style,
-        inv_freq: params.inv_freq(dims[3]),
-        scaling: params.attention_scaling(),
-        dtype,
-        x_row: None,
-    };
+    let contiguous = Rope::new(dims.map(|d| d as u64), params, dtype);
     let in_place = GpuKernel::Rope(Rope {
         x_row: Some(RowWindow {
             stride: stride as u64,
@@ -130,13 +120,7 @@ fn check_norm(rows: usize, dim: usize, stride: usize, offset: usize, quantized: 
     let w = values(dim, (dim + 5) as u64, 2.0, DType::Bf16);
     let mut y = rms_norm(&window, &w, rows, dim, EPS, FloatFormat::Bf16).unwrap();
     FloatFormat::Bf16.round_slice(&mut y);
-    let want = if quantized {
-        let q = dsc_kernels::act_quant_1x128(&y, rows, dim, 128, Fp8Format::E4M3, ScaleFormat::F32)
-            .unwrap();
-        vec![q.codes, bytes(&q.scales, DType::F32)]
-    } else {
-        vec![bytes(&y, DType::Bf16)]
-    };
+    let want = normalized_outputs(&y, rows, dim, quantized);
     let kernel = GpuKernel::RmsNorm(RmsNorm {
         rows: rows as u64,
         dim: dim as u64,
@@ -159,16 +143,7 @@ fn check_norm(rows: usize, dim: usize, stride: usize, offset: usize, quantized: 
     let sizes: Vec<usize> = want.iter().map(Vec::len).collect();
     for target in Target::ALL {
         let got = run_ptx(&kernel, target, &lower(&kernel, target), &inputs, &sizes);
-        for (i, (got, want)) in got.iter().zip(&want).enumerate() {
-            let differ = got.iter().zip(want).filter(|(a, b)| a != b).count();
-            assert_eq!(
-                differ,
-                0,
-                "{target}: {}: output {i} differs in {differ} of {} bytes",
-                kernel.canonical(),
-                want.len()
-            );
-        }
+        assert_same_bytes(&kernel, target, &got, &want);
     }
 }
 

@@ -93,3 +93,19 @@ pub fn launch_kernel(
     )
     .map_err(|e| e.to_string())
 }
+
+/// Asserts that `kernel`'s outputs `got` on `target` are `want`, byte for byte, naming the
+/// output and how many of its bytes differ.
+pub fn assert_same_bytes(kernel: &GpuKernel, target: Target, got: &[Vec<u8>], want: &[Vec<u8>]) {
+    assert_eq!(got.len(), want.len(), "{target}: {}", kernel.canonical());
+    for (i, (got, want)) in got.iter().zip(want).enumerate() {
+        let differ = got.iter().zip(want).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differ,
+            0,
+            "{target}: {}: output {i} differs in {differ} of {} bytes",
+            kernel.canonical(),
+            want.len()
+        );
+    }
+}

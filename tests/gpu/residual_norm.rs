@@ -6,7 +6,7 @@
 //! groups), in shared memory (1030: not whole chunks), and recomputed per group from the stored
 //! sum (16392: wider than both); the plain form in registers and per element.
 
-use super::kernel_run::{lower, run_ptx};
+use super::kernel_run::{assert_same_bytes, lower, run_ptx};
 use super::training_kernels::{bytes, values};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
@@ -17,6 +17,23 @@ use dsc_kernels::Fp8Format;
 use dsc_kernels::ops::{FloatFormat, elementwise, rms_norm};
 
 const EPS: f64 = 1e-6;
+
+/// What a norm kernel writes of the normalized rows `y` (rounded to bf16) of `rows × dim`: the
+/// E4M3 codes and f32 scales of their 1 × 128 groups, `quantized`, or `y` in bf16.
+pub(super) fn normalized_outputs(
+    y: &[f32],
+    rows: usize,
+    dim: usize,
+    quantized: bool,
+) -> Vec<Vec<u8>> {
+    if quantized {
+        let q = dsc_kernels::act_quant_1x128(y, rows, dim, 128, Fp8Format::E4M3, ScaleFormat::F32)
+            .unwrap();
+        vec![q.codes, bytes(&q.scales, DType::F32)]
+    } else {
+        vec![bytes(y, DType::Bf16)]
+    }
+}
 
 /// Runs the fused kernel over `rows` rows of `dim` (bf16 x, residual and weight) and compares
 /// every output byte with the reference's.
@@ -32,20 +49,12 @@ fn check(rows: usize, dim: usize, quantized: bool) {
     FloatFormat::Bf16.round_slice(&mut sum);
     let mut y = rms_norm(&sum, &w, rows, dim, EPS, FloatFormat::Bf16).unwrap();
     FloatFormat::Bf16.round_slice(&mut y);
-    let mut want = Vec::new();
     let quant = quantized.then_some(QuantSpec {
         tile: 128,
         format: DType::F8E4M3,
         scale_format: ScaleFormat::F32,
     });
-    if quantized {
-        let q = dsc_kernels::act_quant_1x128(&y, rows, dim, 128, Fp8Format::E4M3, ScaleFormat::F32)
-            .unwrap();
-        want.push(q.codes);
-        want.push(bytes(&q.scales, DType::F32));
-    } else {
-        want.push(bytes(&y, DType::Bf16));
-    }
+    let mut want = normalized_outputs(&y, rows, dim, quantized);
     want.push(bytes(&sum, DType::Bf16));
 
     let kernel = GpuKernel::RmsNorm(RmsNorm {
@@ -68,16 +77,7 @@ fn check(rows: usize, dim: usize, quantized: bool) {
     for target in Target::ALL {
         let ptx = lower(&kernel, target);
         let got = run_ptx(&kernel, target, &ptx, &inputs, &sizes);
-        for (i, (got, want)) in got.iter().zip(&want).enumerate() {
-            let differ = got.iter().zip(want).filter(|(a, b)| a != b).count();
-            assert_eq!(
-                differ,
-                0,
-                "{target}: {}: output {i} differs in {differ} of {} bytes",
-                kernel.canonical(),
-                want.len()
-            );
-        }
+        assert_same_bytes(&kernel, target, &got, &want);
     }
 }
 

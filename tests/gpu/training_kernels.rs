@@ -805,17 +805,7 @@ fn check_rope_grad(dims: [usize; 4], params: &RopeParams, dtype: DType, seed: u6
     let dx = grad::rope_grad(&dy, dims, params).expect("reference grad");
     let want = [tensor(dtype, &dims, dx)];
     let spec = RopeGrad {
-        rope: Rope {
-            batch: dims[0] as u64,
-            seq: dims[1] as u64,
-            heads: dims[2] as u64,
-            dim: dims[3] as u64,
-            style: params.style,
-            inv_freq: params.inv_freq(dims[3]),
-            scaling: params.attention_scaling(),
-            dtype,
-            x_row: None,
-        },
+        rope: Rope::new(dims.map(|d| d as u64), params, dtype),
     };
     check(
         OpKind::RopeGrad,

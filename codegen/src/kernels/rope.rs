@@ -18,7 +18,7 @@
 //! to the activation dtype as the reference (and Hugging Face) rounds it.
 
 use dsc_ir::DType;
-use dsc_kernels::ops::rope::RopeStyle;
+use dsc_kernels::ops::rope::{RopeParams, RopeStyle};
 use melior::dialect::arith::CmpiPredicate;
 use melior::ir::Value;
 use serde::Serialize;
@@ -68,6 +68,23 @@ pub(super) fn style_name<S: serde::Serializer>(
 }
 
 impl Rope {
+    /// The rope of a contiguous `x[dims]` (`[batch, seq, heads, dim]`) in `dtype`, with
+    /// `params`' frequencies (computed on the host as the CPU reference computes them) and
+    /// scaling.
+    pub fn new(dims: [u64; 4], params: &RopeParams, dtype: DType) -> Self {
+        Rope {
+            batch: dims[0],
+            seq: dims[1],
+            heads: dims[2],
+            dim: dims[3],
+            style: params.style,
+            inv_freq: params.inv_freq(dims[3] as usize),
+            scaling: params.attention_scaling(),
+            dtype,
+            x_row: None,
+        }
+    }
+
     /// Spec name.
     pub fn spec(&self) -> &'static str {
         "rope"

@@ -343,15 +343,8 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 return Err(fail("rope must keep its dtype".into()));
             }
             GpuKernel::Rope(Rope {
-                batch: x[0],
-                seq: x[1],
-                heads: x[2],
-                dim: x[3],
-                style: params.style,
-                inv_freq: params.inv_freq(x[3] as usize),
-                scaling: params.attention_scaling(),
-                dtype: ty(operand(0)).dtype,
                 x_row: x_row(g, op),
+                ..Rope::new(x, &params, ty(operand(0)).dtype)
             })
         }
         OpKind::Softmax => {
@@ -760,17 +753,7 @@ pub fn select(g: &Graph, op: &Op) -> Result<Selection, CodegenError> {
                 return Err(fail("rope_grad must keep its operand's type".into()));
             }
             GpuKernel::RopeGrad(RopeGrad {
-                rope: Rope {
-                    batch: dy[0],
-                    seq: dy[1],
-                    heads: dy[2],
-                    dim: dy[3],
-                    style: params.style,
-                    inv_freq: params.inv_freq(dy[3] as usize),
-                    scaling: params.attention_scaling(),
-                    dtype,
-                    x_row: None,
-                },
+                rope: Rope::new(dy, &params, dtype),
             })
         }
         OpKind::EmbeddingGrad => {
