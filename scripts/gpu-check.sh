@@ -4,7 +4,8 @@
 # 1. every prepared model on the GPU against the CPU reference (whole-model outputs), then timed;
 #    the prepared training steps, two steps each against the CPU backend (gpu_check --train);
 # 2. DeepGEMM's shape table through dsc, torch._scaled_mm (FP8, rowwise scales) and torch.matmul
-#    (BF16) in the same run;
+#    (BF16) in the same run; V3's dense and MoE layers and its gate through dsc, step by step, and
+#    torch's scaled_dot_product_attention at V3's attention shape;
 # 3. one table (report.md) and the JSON behind it under $OUT (bench/results/<date>-<gpu>.json
 #    once fetched). Try it without a GPU with GPU_CHECK_DEVICE=emu GPU_CHECK_ITERS=1 (models
 #    only, no torch part).

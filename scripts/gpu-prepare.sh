@@ -20,10 +20,12 @@ checked=(examples/mlp.toml examples/tiny-moe.toml examples/llama-small.toml exam
          tests/gpu/models/ragged-mlp.toml tests/gpu/models/ragged-head.toml
          tests/gpu/models/wide-mlp.toml tests/gpu/models/wide-mlp-e5m2.toml
          tests/gpu/models/wide-moe.toml tests/gpu/models/narrow-moe.toml tests/gpu/models/wide-norm.toml)
-# Timed only: DeepGEMM's shape table (their CPU reference would take minutes).
+# Timed only (their CPU reference would take minutes): DeepGEMM's shape table, then V3's
+# dense and MoE layers at 4096 tokens and its gate (issue 12's per-step tables, measured).
 timed=(bench/side-by-side/gemm_m4096_n7168_k16384.toml bench/side-by-side/gemm_m4096_n4096_k7168.toml
        bench/side-by-side/gemm_m4096_n2112_k7168.toml bench/side-by-side/gemm_m128_n7168_k16384.toml
-       bench/side-by-side/gemm_m64_n2112_k7168.toml)
+       bench/side-by-side/gemm_m64_n2112_k7168.toml
+       bench/v3-layer/v3-dense-layer.toml bench/side-by-side/v3-moe-layer.toml bench/moe-gate/v3-gate.toml)
 # Training steps (compiled here: the device has no MLIR), run there against the CPU backend.
 train_steps=("tests/train/tiny-llama.toml fp8" "tests/train/tiny-llama.toml bf16"
              "tests/train/tiny-moe.toml fp8")

@@ -39,6 +39,19 @@ def main():
         print(f"| {shape[0]}×{shape[1]}×{shape[2]} | {gemm['median_seconds'] * 1e6:.1f}{label} "
               f"| {gemm['tflops']:.0f} | {cell(tr.get('fp8_rowwise'))} | {cell(tr.get('bf16'))} "
               f"| {DEEPGEMM[shape]} | {gemm['tflops'] / DEEPGEMM[shape]:.2f} |")
+    # Whole layers (V3's dense and MoE layers, its gate): every step, measured.
+    for r in dsc:
+        name = os.path.basename(r["artifact"].rstrip("/"))
+        if re.search(r"gemm_m\d+", name) or "steps" not in r or r.get("compared"):
+            continue
+        label = " (modeled)" if r.get("modeled") else ""
+        print(f"\n{name}: {r['total_median_seconds'] * 1e3:.3f} ms{label}, "
+              f"{len(r['steps'])} steps\n")
+        print("| step | op | kernel | µs | TFLOP/s | TB/s |")
+        print("|---|---|---|---|---|---|")
+        for i, st in enumerate(r["steps"]):
+            print(f"| {i} | {st['op']} | {st['kernel']} | {st['median_seconds'] * 1e6:.1f} "
+                  f"| {st['tflops']:.1f} | {st['tb_per_s']:.2f} |")
     training = [r for r in dsc if r.get("training")]
     if training:
         print("\n| training step | recipe | device vs CPU | worst / bound | device ms per step |")

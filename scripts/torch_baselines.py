@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Times PyTorch's FP8 and BF16 GEMMs on DeepGEMM's shape table, on the GPU it runs on: the
-baselines scripts/gpu-check.sh puts beside dsc's kernels.
+"""Times PyTorch's FP8 and BF16 GEMMs on DeepGEMM's shape table, and its
+scaled_dot_product_attention at DeepSeek-V3's attention shape, on the GPU it runs on: the baselines
+scripts/gpu-check.sh puts beside dsc's kernels.
 
     python3 scripts/torch_baselines.py --json OUT.json
 
@@ -44,6 +45,21 @@ def bf16(m, n, k):
     return triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median") * 1e-3
 
 
+# DeepSeek-V3's attention at 4096 tokens (MLA prefill: 128 heads, q/k head dim 192 = 128 + 64,
+# value head dim 128, causal), beside the fused attention step of the V3 layer artifacts: FLOPs as
+# FlashAttention counts them, 2·S·T·H·(Dqk + Dv) halved by the causal mask.
+ATTENTION = {"batch": 1, "heads": 128, "seq": 4096, "dqk": 192, "dv": 128}
+
+
+def sdpa(batch, heads, seq, dqk, dv):
+    q = torch.randn(batch, heads, seq, dqk, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(batch, heads, seq, dqk, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(batch, heads, seq, dv, device="cuda", dtype=torch.bfloat16)
+    run = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    run()
+    return triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median") * 1e-3
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)
@@ -65,9 +81,20 @@ def main():
         cell = lambda r: (f"{r['median_seconds'] * 1e6:.1f} | {r['tflops']:.0f}"
                           if "median_seconds" in r else f"error | {r['error'][:40]}")
         print(f"| {m}×{n}×{k} | {cell(entry['fp8_rowwise'])} | {cell(entry['bf16'])} |")
+    a = ATTENTION
+    attention = dict(a)
+    flops = 2 * a["seq"] * a["seq"] * a["heads"] * (a["dqk"] + a["dv"]) // 2
+    try:
+        seconds = sdpa(**a)
+        attention["sdpa"] = {"median_seconds": seconds, "tflops": flops / seconds / 1e12}
+        print(f"\nscaled_dot_product_attention {a}: {seconds * 1e6:.1f} µs, "
+              f"{flops / seconds / 1e12:.0f} TFLOP/s")
+    except Exception as e:  # an unsupported form is a row, not a crash
+        attention["sdpa"] = {"error": str(e)}
+        print(f"\nscaled_dot_product_attention {a}: error {str(e)[:80]}")
     with open(args.json, "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                   "rows": rows}, f, indent=2)
+                   "rows": rows, "attention": attention}, f, indent=2)
 
 
 if __name__ == "__main__":
