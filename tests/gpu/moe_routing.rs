@@ -427,6 +427,44 @@ fn check_gate(m: usize, n: usize, k: usize, with_bias: bool, w_dtype: DType) {
     }
 }
 
+/// The gate reading its BF16 tokens (fold-widening-casts) with f32 weights stays on the CUDA
+/// cores: the tiled form widening each element as it stages it gives the bits it gives over the
+/// tokens' f32 copy.
+#[test]
+fn a_bf16_gate_with_f32_weights_is_the_gate_of_its_f32_copy_bit_for_bit() {
+    use dsc_codegen::kernels::linear::Linear;
+    for (m, n, k) in [(130, 256, 200), (37, 33, 70)] {
+        let x: Vec<f32> = values(m * k, 31, 2.0)
+            .into_iter()
+            .map(|v| from_bf16(to_bf16(v)))
+            .collect();
+        let w = values(n * k, 32, 0.1);
+        let spec = |x_dtype| Linear {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            x: x_dtype,
+            w: DType::F32,
+            bias: None,
+            output: DType::F32,
+            grouped: None,
+        };
+        let narrow = bytes_of(&x, |v| to_bf16(v).to_bits().to_le_bytes());
+        let wide = bytes_of(&x, f32::to_le_bytes);
+        let w = bytes_of(&w, f32::to_le_bytes);
+        for target in [Target::Sm90a, Target::Sm89] {
+            let run_on = |x_dtype, x: &Vec<u8>| {
+                let kernel = GpuKernel::Linear(spec(x_dtype));
+                run(&kernel, target, &[x.clone(), w.clone()], &[m * n * 4]).remove(0)
+            };
+            assert!(
+                run_on(DType::Bf16, &narrow) == run_on(DType::F32, &wide),
+                "{target}: {m}x{n}x{k}: the bf16 tokens' logits differ from their f32 copy's"
+            );
+        }
+    }
+}
+
 /// The gate reading its BF16 tokens (fold-widening-casts) with BF16 weights: on the tensor cores
 /// (wgmma on sm_90a, mma.sync on sm_89), exact products summed in f32, within the f32 GEMM
 /// tolerance of the CPU reference over the tokens widened to f32: V3's 256 experts at ragged
