@@ -122,6 +122,14 @@ impl Graph {
         defs
     }
 
+    /// Removes the ops whose entry in `marked` (indexed like `ops`) is true, keeping the
+    /// others in order; ops past the end of `marked` stay.
+    pub fn remove_ops(&mut self, marked: &[bool]) {
+        let mut marked = marked.iter();
+        self.ops
+            .retain(|_| !marked.next().copied().unwrap_or(false));
+    }
+
     /// How many times each value is read (by ops and as a graph output).
     pub fn use_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.values.len()];

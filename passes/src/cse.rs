@@ -83,8 +83,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
             None => firsts.push(i),
         }
     }
-    let mut dup = duplicate.into_iter();
-    graph.ops.retain(|_| !dup.next().unwrap_or(false));
+    graph.remove_ops(&duplicate);
     Ok(())
 }
 

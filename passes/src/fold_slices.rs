@@ -67,8 +67,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
             .set(X_COLS, Attr::Ints(fold.cols.to_vec()));
         dead[fold.slice] = true;
     }
-    let mut dead = dead.into_iter();
-    graph.ops.retain(|_| !dead.next().unwrap_or(false));
+    graph.remove_ops(&dead);
     Ok(())
 }
 

@@ -84,7 +84,6 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
             }
         }
     }
-    let mut folded = folded.into_iter();
-    graph.ops.retain(|_| !folded.next().unwrap_or(false));
+    graph.remove_ops(&folded);
     Ok(())
 }

@@ -74,8 +74,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         dead[scores] = true;
     }
     fold_slices(graph, &mut dead);
-    let mut dead = dead.into_iter();
-    graph.ops.retain(|_| !dead.next().unwrap_or(false));
+    graph.remove_ops(&dead);
     Ok(())
 }
 

@@ -124,8 +124,7 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         }
         op.attrs.set("act_tile", Attr::Int(tile as i64));
     }
-    let mut dead = dead.into_iter();
-    graph.ops.retain(|_| !dead.next().unwrap_or(false));
+    graph.remove_ops(&dead);
     Ok(())
 }
 

@@ -59,7 +59,6 @@ pub fn run(graph: &mut Graph, _options: &PassOptions) -> Result<(), PassError> {
         add.precision = norm.precision;
         dead[i] = true;
     }
-    let mut dead = dead.into_iter();
-    graph.ops.retain(|_| !dead.next().unwrap_or(false));
+    graph.remove_ops(&dead);
     Ok(())
 }

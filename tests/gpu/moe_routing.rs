@@ -54,6 +54,16 @@ fn i32s(bytes: &[u8]) -> Vec<i32> {
         .collect()
 }
 
+/// `(‖got − want‖, ‖want‖)`, Frobenius norms in f64.
+fn frobenius(got: &[f32], want: &[f32]) -> (f64, f64) {
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&g, &r) in got.iter().zip(want) {
+        diff += f64::from(g - r).powi(2);
+        norm += f64::from(r).powi(2);
+    }
+    (diff.sqrt(), norm.sqrt())
+}
+
 fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks(4)
@@ -418,12 +428,8 @@ fn check_gate(m: usize, n: usize, k: usize, with_bias: bool, w_dtype: DType) {
             got == fused || got == unfused,
             "{target}: {spec:?}: not the sequential sum"
         );
-        let (mut diff, mut norm) = (0.0f64, 0.0f64);
-        for (&g, &r) in got.iter().zip(&reference) {
-            diff += f64::from(g - r).powi(2);
-            norm += f64::from(r).powi(2);
-        }
-        assert!(diff.sqrt() <= 1e-4 * norm.sqrt(), "{target}: {spec:?}");
+        let (diff, norm) = frobenius(&got, &reference);
+        assert!(diff <= 1e-4 * norm, "{target}: {spec:?}");
     }
 }
 
@@ -514,15 +520,11 @@ fn a_bf16_gate_on_the_tensor_cores_is_the_f32_gate_of_its_widened_tokens() {
                 "{target}: {spec:?} is not on the tensor cores"
             );
             let got = f32s(&run_ptx(&kernel, target, &ptx, &inputs, &[m * n * 4])[0]);
-            let (mut diff, mut norm) = (0.0f64, 0.0f64);
-            for (&g, &r) in got.iter().zip(&reference) {
-                diff += f64::from(g - r).powi(2);
-                norm += f64::from(r).powi(2);
-            }
+            let (diff, norm) = frobenius(&got, &reference);
             assert!(
-                diff.sqrt() <= 1e-6 * norm.sqrt(),
+                diff <= 1e-6 * norm,
                 "{target}: {spec:?}: relative error {:.2e}",
-                diff.sqrt() / norm.sqrt()
+                diff / norm
             );
         }
     }

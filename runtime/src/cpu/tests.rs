@@ -18,6 +18,17 @@ fn example(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// The default pipeline without the pass `name`, which it must run.
+fn default_pipeline_without(name: &str) -> String {
+    let without = dsc_passes::DEFAULT_PIPELINE.replace(&format!(",{name}"), "");
+    assert_ne!(
+        without,
+        dsc_passes::DEFAULT_PIPELINE,
+        "{name} is not in the default pipeline"
+    );
+    without
+}
+
 fn compile(source: &str, pipeline: &str) -> Graph {
     let mut g = load_model(source).unwrap();
     Pipeline::parse(pipeline)
@@ -443,8 +454,7 @@ fn attention_quantizing_its_output_is_the_quantize_of_the_attention() {
     let source = example("tiny-moe").replace("v_head_dim = 32", "v_head_dim = 128");
     assert!(source.contains("v_head_dim = 128"));
     let folded = compile(&source, dsc_passes::DEFAULT_PIPELINE);
-    let without = dsc_passes::DEFAULT_PIPELINE.replace(",fuse-attention-quant", "");
-    assert_ne!(without, dsc_passes::DEFAULT_PIPELINE);
+    let without = default_pipeline_without("fuse-attention-quant");
     let separate = compile(&source, &without);
     let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
     // Each of the four layers' attention, and its quantize gone.
@@ -465,8 +475,7 @@ fn attention_quantizing_its_output_is_the_quantize_of_the_attention() {
 #[test]
 fn rope_and_norms_reading_x_in_place_are_those_of_the_slices() {
     let folded = compile(&example("tiny-moe"), dsc_passes::DEFAULT_PIPELINE);
-    let pipeline = dsc_passes::DEFAULT_PIPELINE.replace(",fold-slices", "");
-    assert_ne!(pipeline, dsc_passes::DEFAULT_PIPELINE);
+    let pipeline = default_pipeline_without("fold-slices");
     let sliced = compile(&example("tiny-moe"), &pipeline);
     let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
     let windows = |g: &Graph| {
@@ -491,8 +500,7 @@ fn rope_and_norms_reading_x_in_place_are_those_of_the_slices() {
 fn a_gate_reading_its_bf16_tokens_is_the_gate_of_their_f32_copy() {
     use dsc_ir::{DType, OpKind};
     let folded = compile(&example("tiny-moe"), dsc_passes::DEFAULT_PIPELINE);
-    let pipeline = dsc_passes::DEFAULT_PIPELINE.replace(",fold-widening-casts", "");
-    assert_ne!(pipeline, dsc_passes::DEFAULT_PIPELINE);
+    let pipeline = default_pipeline_without("fold-widening-casts");
     let cast = compile(&example("tiny-moe"), &pipeline);
     let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
     let bf16_gates = |g: &Graph| {
