@@ -61,6 +61,9 @@ pub fn compile_to_ptx(module: &mut Module<'_>, target: Target) -> Result<String,
 
     let text = pipeline(target);
     let manager = PassManager::new(context);
+    // The module was verified above; MLIR's passes keep it valid, and verifying after each of
+    // them costs a few percent of the lowering.
+    manager.enable_verifier(false);
     parse_pass_pipeline(manager.as_operation_pass_manager(), &text).map_err(|error| {
         CodegenError::PipelineParse {
             pipeline: text.clone(),

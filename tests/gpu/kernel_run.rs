@@ -28,6 +28,25 @@ pub fn run_ptx(
     inputs: &[Vec<u8>],
     outputs: &[usize],
 ) -> Vec<Vec<u8>> {
+    run_ptx_with(
+        kernel,
+        target,
+        ptx,
+        inputs,
+        outputs,
+        &LaunchOptions::default(),
+    )
+}
+
+/// [`run_ptx`] with the emulator's `options` (its MMAs' accumulator, say).
+pub fn run_ptx_with(
+    kernel: &GpuKernel,
+    target: Target,
+    ptx: &str,
+    inputs: &[Vec<u8>],
+    outputs: &[usize],
+    options: &LaunchOptions,
+) -> Vec<Vec<u8>> {
     let ptx = Module::parse(ptx).expect("emulator parses the PTX");
     let mut memory = GlobalMemory::new();
     let mut params = Vec::new();
@@ -62,7 +81,8 @@ pub fn run_ptx(
         memory.write(at, &encoded.to_bytes()).expect("write");
         params[map.param] = ParamValue::U64(at);
     }
-    launch_kernel(kernel, &ptx, &memory, &params).unwrap_or_else(|e| panic!("{target}: {e}"));
+    launch_kernel_with(kernel, &ptx, &memory, &params, options)
+        .unwrap_or_else(|e| panic!("{target}: {e}"));
     out.iter()
         .map(|&(at, len)| {
             let mut bytes = vec![0u8; len];
@@ -80,18 +100,21 @@ pub fn launch_kernel(
     memory: &GlobalMemory,
     params: &[ParamValue],
 ) -> Result<LaunchProfile, String> {
+    launch_kernel_with(kernel, module, memory, params, &LaunchOptions::default())
+}
+
+/// [`launch_kernel`] with the emulator's `options`.
+pub fn launch_kernel_with(
+    kernel: &GpuKernel,
+    module: &Module,
+    memory: &GlobalMemory,
+    params: &[ParamValue],
+    options: &LaunchOptions,
+) -> Result<LaunchProfile, String> {
     let l = kernel.launch();
     let mut config = LaunchConfig::new(l.grid, l.block);
     config.dynamic_shared_bytes = kernel.dynamic_shared_bytes() as u32;
-    launch(
-        module,
-        &kernel.entry(),
-        memory,
-        &config,
-        params,
-        &LaunchOptions::default(),
-    )
-    .map_err(|e| e.to_string())
+    launch(module, &kernel.entry(), memory, &config, params, options).map_err(|e| e.to_string())
 }
 
 /// Asserts that `kernel`'s outputs `got` on `target` are `want`, byte for byte, naming the

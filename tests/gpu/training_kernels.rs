@@ -24,7 +24,7 @@
 //! Every kernel is also assembled by ptxas for its target: no spills, no local memory (the
 //! registers and the result of each are printed, for `--nocapture`).
 
-use super::kernel_run::{lower, run_ptx};
+use super::kernel_run::{lower, run_ptx, run_ptx_with};
 use dsc_codegen::Target;
 use dsc_codegen::kernels::GpuKernel;
 use dsc_codegen::kernels::adamw::AdamW;
@@ -43,6 +43,7 @@ use dsc_codegen::kernels::rope::Rope;
 use dsc_codegen::kernels::rope_grad::RopeGrad;
 use dsc_codegen::kernels::softmax_grad::SoftmaxGrad;
 use dsc_codegen::ptxas;
+use dsc_emulator::LaunchOptions;
 use dsc_ir::rope_scaling::RopeScaling;
 use dsc_ir::{DType, OpKind, ScaleFormat};
 use dsc_kernels::numerics::accumulate::Accumulator;
@@ -1074,9 +1075,10 @@ fn grouped_linear_wgrad_flushes_a_long_list_and_skips_bad_indices() {
     check_grouped_wgrad(&c, &indices, 2);
 }
 
-/// The FP8 form of `grouped_linear_wgrad` on `indices` (all in range) against the reference
-/// with the exact accumulator, bit for bit (the kernel sums each interval in row order on the
-/// CUDA cores); NaN where the reference has NaN.
+/// The FP8 form of `grouped_linear_wgrad` on `indices` (all in range) against the reference,
+/// bit for bit under both accumulators the emulator's MMAs model (the kernel chains each
+/// interval's tensor-core MMAs in row order, as the reference's partial sums): in-order f32
+/// sums and Hopper's; NaN where the reference has NaN.
 fn check_grouped_wgrad_fp8(
     c: &WgradCase,
     indices: &[i32],
@@ -1085,21 +1087,32 @@ fn check_grouped_wgrad_fp8(
     x: &[f32],
 ) {
     let dims = c.dims(c.experts);
-    let want =
-        grad::grouped_linear_wgrad_fp8(dy, x, c.input(), indices, dims, f, Accumulator::Exact)
-            .expect("reference");
     let kernel = GpuKernel::GroupedLinearWgrad(c.spec(Some(f)));
     let inputs = [bytes(dy, c.dtype), bytes(x, c.dtype), i32_bytes(indices)];
+    let accumulators = [Accumulator::Exact, Accumulator::Hopper];
+    let wants = accumulators.map(|accumulator| {
+        grad::grouped_linear_wgrad_fp8(dy, x, c.input(), indices, dims, f, accumulator)
+            .expect("reference")
+    });
+    // The two models differ on these operands, so each check pins its own.
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_ne!(bits(&wants[0]), bits(&wants[1]), "the accumulators agree");
     for target in Target::ALL {
         let ptx = lowered(&kernel, target);
-        let out = run_ptx(&kernel, target, &ptx, &inputs, &[want.len() * 4]);
-        let got = floats(&out[0], DType::F32);
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                "{target}: {}: dw[{i}] = {g}, want {w}",
-                kernel.canonical()
-            );
+        for (accumulator, want) in accumulators.into_iter().zip(&wants) {
+            let options = LaunchOptions {
+                accumulator,
+                ..LaunchOptions::default()
+            };
+            let out = run_ptx_with(&kernel, target, &ptx, &inputs, &[want.len() * 4], &options);
+            let got = floats(&out[0], DType::F32);
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{target}, {accumulator:?}: {}: dw[{i}] = {g}, want {w}",
+                    kernel.canonical()
+                );
+            }
         }
     }
 }
@@ -1760,5 +1773,66 @@ fn block_quantize_and_dequantize_match_the_reference_bit_for_bit() {
                 }
             }
         }
+    }
+}
+
+/// The modeled time of the FP8 expert Wgrad at DeepSeek-V3's up-projection width (N = 2048,
+/// K = 7168, 128 rows an expert as V3's 32768 routed rows over 256 experts), over 8 experts to
+/// keep dw in memory; sampled CTAs. Run by hand: `cargo nextest run --test integration
+/// grouped_linear_wgrad_fp8_v3_modeled --run-ignored only --no-capture`.
+#[test]
+#[ignore = "a modeled benchmark, minutes on the emulator"]
+fn grouped_linear_wgrad_fp8_v3_modeled() {
+    use dsc_emulator::roofline::{DeviceModel, model};
+    let c = WgradCase {
+        tokens: 1024,
+        top_k: 1,
+        experts: 8,
+        n: 2048,
+        k: 7168,
+        per_slot: false,
+        dtype: DType::Bf16,
+    };
+    let f = GroupedWgradFp8 {
+        format: DType::F8E4M3,
+        tile: 128,
+        interval: 128,
+        dy_scale_format: ScaleFormat::F32,
+        x_scale_format: ScaleFormat::Ue8m0,
+    };
+    let kernel = GpuKernel::GroupedLinearWgrad(c.spec(Some(f)));
+    let indices: Vec<i32> = (0..c.tokens as i32).map(|t| t % c.experts as i32).collect();
+    let dy = values(c.tokens * c.n, 1, 1.0, c.dtype);
+    let x = values(c.tokens * c.k, 2, 2.0, c.dtype);
+    let target = Target::Sm90a;
+    let ptx = dsc_emulator::Module::parse(&lowered(&kernel, target)).expect("parses");
+    let mut memory = dsc_emulator::GlobalMemory::new();
+    let mut params = Vec::new();
+    for data in [bytes(&dy, c.dtype), bytes(&x, c.dtype), i32_bytes(&indices)] {
+        let at = memory.allocate(data.len() as u64);
+        memory.write(at, &data).expect("write");
+        params.push(dsc_emulator::ParamValue::U64(at));
+    }
+    let dw = memory.allocate((c.experts * c.n * c.k * 4) as u64);
+    params.push(dsc_emulator::ParamValue::U64(dw));
+    let options = LaunchOptions {
+        sample_ctas: Some(4),
+        ..LaunchOptions::default()
+    };
+    let profile = super::kernel_run::launch_kernel_with(&kernel, &ptx, &memory, &params, &options)
+        .expect("launch");
+    let modeled = model(&profile, &DeviceModel::h100_sxm());
+    let flops = 2.0 * (c.tokens * c.top_k * c.n * c.k) as f64;
+    eprintln!(
+        "grouped_linear_wgrad fp8 {}x{} over {} rows: modeled {:.3} ms ({:.1} TFLOP/s), bound {:?}",
+        c.n,
+        c.k,
+        c.tokens * c.top_k,
+        modeled.seconds * 1e3,
+        flops / modeled.seconds / 1e12,
+        modeled.bound
+    );
+    for r in &modeled.resources {
+        eprintln!("  {r:?}");
     }
 }

@@ -47,7 +47,7 @@ use melior::ir::{BlockLike, Value, ValueLike};
 
 use super::fp8_gemm::{Fp8Gemm, GemmForm, Operands, TileRow, tile_row};
 use super::fp8_gemm_wgmma::atom_aligned;
-use super::mma::mma;
+use super::mma::{fp8_mma_instruction, mma};
 use super::vector_access::{global_store_if, output_words, shared_load_u32};
 use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
@@ -714,11 +714,7 @@ impl<'c, 'b> WarpTile<'c, 'b> {
     ) -> Result<(), CodegenError> {
         let gemm = kernel.gemm;
         let (m_tiles, n_tiles) = (kernel.t.m_tiles(), kernel.t.n_tiles());
-        let kind = match gemm.format {
-            DType::F8E5M2 => "e5m2",
-            _ => "e4m3",
-        };
-        let instruction = format!("mma.sync.aligned.m16n8k32.row.col.f32.{kind}.{kind}.f32");
+        let instruction = fp8_mma_instruction(gemm.format);
         let interval = gemm.promote_interval;
         let k = e.index(gemm.k as i64)?;
         let zero = e.f32(0.0)?;

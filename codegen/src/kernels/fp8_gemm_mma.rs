@@ -18,7 +18,7 @@
 use melior::ir::{BlockLike, Value};
 
 use super::fp8_gemm::{Fp8Gemm, Operands, TileRow, tile_row};
-use super::mma::{TILE_M, mma_into, pack_k, tile_lane};
+use super::mma::{TILE_M, fp8_mma_instruction, mma_into, pack_k, tile_lane};
 use super::{Launch, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -166,18 +166,8 @@ fn mma_step<'c, 'a>(
         pack_k(e, ops.w, w_base, col_ok, base_k, gemm.k, 8)?,
         pack_k(e, ops.w, w_base, col_ok, high_k, gemm.k, 8)?,
     ];
-    let kind = match gemm.format {
-        dsc_ir::DType::F8E5M2 => "e5m2",
-        _ => "e4m3",
-    };
     let a: [Value; 4] = a.try_into().expect("four A registers");
-    mma_into(
-        e,
-        &format!("mma.sync.aligned.m16n8k32.row.col.f32.{kind}.{kind}.f32"),
-        a,
-        b,
-        partial,
-    )
+    mma_into(e, &fp8_mma_instruction(gemm.format), a, b, partial)
 }
 
 /// `acc[i] += partial[i] · (s_x[row_i, k0 / tile] · s_w[col_i / block, k0 / block])` (with

@@ -23,23 +23,28 @@
 //! into groups of `tile` in row order, counted from its first row — a flush before the last
 //! one sums only whole groups and keeps the rest at the front of the list. Per group and column
 //! tile, a first pass over the staged rows finds each column's amax (threads `c` and `64 + c`:
-//! dy's column `c` and x's) and writes the columns' scales to shared memory; a second stages
-//! the rows again as the values of their FP8 codes (`v / s`, `cvt.rn.satfinite`, decoded
-//! exactly), sums each `interval` of rows from +0 in row order (every product of two FP8
-//! values is exact in f32, so this is the exact accumulator's partial), and promotes it,
-//! `acc += partial · (s_dy · s_x)`: the reference's bits with `--accumulator exact`, whatever
-//! the target (CUDA cores, no tensor cores yet). The rows are read twice from L2.
+//! dy's column `c` and x's) and writes the columns' scales to shared memory. The products run
+//! on the tensor cores: [`CHUNK`] rows at a time, every element is quantized (`v / s`,
+//! `cvt.rn.satfinite`) and its code stored K-major — the rows are the contracted dimension, so
+//! a column's 32 codes are 8 consecutive words, rows padded to [`PITCH`] words so that the
+//! fragment reads and the stores hit distinct banks — and each warp runs one `mma.sync
+//! m16n8k32` per 8 columns of its 16 × 32 part of the tile (warp `w`: rows `16 (w mod 4)`,
+//! columns `32 ⌊w / 4⌋`). An interval's MMAs chain from +0 in row order, then the partial is
+//! promoted, `acc += partial · (s_dy · s_x)` on the CUDA cores: the reference's bits under the
+//! accumulator the MMAs follow (`--accumulator exact` on the emulator: in-order f32 sums; its
+//! Hopper model with `hopper`), as the other FP8 GEMMs. The rows are read twice from L2.
 //!
 //! An index outside `0..experts` (the reference refuses it) equals no block's expert: its row
 //! is left out, and nothing is read through it.
 //!
 //! Cost: every block reads all `T·k` indices (4 bytes each, from L2): `E · ⌈N / 64⌉ · 4·T·k`
 //! bytes, 1 GiB for DeepSeek-V3's up projection (256 experts, N = 2048, T·k = 32768) — about
-//! 0.1 ms of L2 bandwidth against the ~1 TFLOP of f32 products (~16 ms on CUDA cores); two
-//! barriers a scan step. The products run on CUDA cores in f32 (no tensor cores: a BF16
-//! `mma.sync`/wgmma form would be ~15× faster and is not built yet), one shared load per two
-//! multiply-adds; an expert's blocks run its column tiles one after another, so a heavily
-//! loaded expert is a long tail. The staging is predicated loads, no branches, and the kernel
+//! 0.1 ms of L2 bandwidth; two barriers a scan step. The f32 form's products run on the CUDA
+//! cores (~1 TFLOP for that projection, ~16 ms; a BF16 tensor-core form is not built), one
+//! shared load per two multiply-adds. The FP8 form's products are on the tensor cores, and its
+//! cost is the staging: each group's rows are read and quantized once per pair of row and
+//! column tiles. An expert's blocks run its column tiles one after another, so a heavily loaded
+//! expert is a long tail. The staging is predicated loads, no branches, and the kernel
 //! asks for one block an SM (`.minnctapersm 1`: ptxas for sm_90 otherwise caps it at 40
 //! registers and spills).
 
@@ -50,7 +55,7 @@ use melior::ir::r#type::{IntegerType, MemRefType};
 use melior::ir::{Attribute, BlockLike, Type, Value};
 use serde::Serialize;
 
-use super::fp8_gemm::decode_fp8;
+use super::mma::{fp8_mma_instruction, mma_into};
 use super::moe_dispatch::{ballot, popc};
 use super::vector_access::{global_load_if, global_store_if};
 use super::{Launch, Param, kernel_args, param_types};
@@ -71,6 +76,12 @@ pub const LIST: u64 = 1024;
 pub const STAGE: u64 = 16;
 /// Warps per block.
 const WARPS: i64 = THREADS as i64 / 32;
+/// Rows the FP8 form quantizes and multiplies at a time: one `mma.sync m16n8k32` deep.
+pub const CHUNK: u64 = 32;
+/// Words of a column's codes in shared memory: [`CHUNK`] codes (8 words) and one word of
+/// padding, an odd pitch, so that a warp's stores (32 columns) and its fragment reads (8
+/// columns × 4 words) spread over the banks.
+pub const PITCH: u64 = CHUNK / 4 + 1;
 /// The widest FP8 group of rows: a flush keeps the rows past its last whole group (fewer than
 /// a tile) in the list, where a scan step's [`THREADS`] rows must still fit.
 const MAX_TILE: u64 = 512;
@@ -155,15 +166,15 @@ impl GroupedLinearWgrad {
             if !f.format.is_fp8() {
                 return Err(format!("{} is not an FP8 format", f.format));
             }
-            let tile = f.tile as u64;
+            let (tile, interval) = (f.tile as u64, f.interval as u64);
             if tile > MAX_TILE
-                || !tile.is_multiple_of(STAGE)
-                || !(f.interval as u64).is_multiple_of(STAGE)
+                || interval == 0
+                || !interval.is_multiple_of(CHUNK)
+                || !tile.is_multiple_of(interval)
             {
                 return Err(format!(
-                    "an FP8 tile of {tile} rows: at most {MAX_TILE}, a multiple of {STAGE} \
-                     (as its interval, {})",
-                    f.interval
+                    "an FP8 tile of {tile} rows and an interval of {interval}: the tile at \
+                     most {MAX_TILE}, a multiple of the interval, itself a multiple of {CHUNK}"
                 ));
             }
         }
@@ -186,8 +197,13 @@ impl GroupedLinearWgrad {
             MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
         ];
         if self.fp8.is_some() {
-            // The group's scales: dy's columns of the row tile, then x's of the column tile.
+            // The group's scales: dy's columns of the row tile, then x's of the column tile;
+            // then a chunk's codes of dy and of x, K-major.
             shared.push(MemRefType::new(f32_type, &[2 * TILE as i64], None, workgroup).into());
+            for _ in 0..2 {
+                let codes = MemRefType::new(i32_type, &[(TILE * PITCH) as i64], None, workgroup);
+                shared.push(codes.into());
+            }
         }
         // At least one step, so that an empty routing still writes its zeros.
         let steps = self.routed().div_ceil(u64::from(THREADS)).max(1) as i64;
@@ -358,6 +374,22 @@ impl GroupedLinearWgrad {
         let sixteen = e.index(16)?;
         let ty = e.divui(blk.tid, sixteen)?;
         let tx = e.remui(blk.tid, sixteen)?;
+        let lane = MmaLane::new(e, blk.tid)?;
+        // Each cell's row and column in the tile: the f32 form's 4 × 4 (rows `ty + 16i`,
+        // columns `tx + 16j`), or the FP8 form's MMA fragments.
+        let places = match &self.fp8 {
+            None => {
+                let mut places = Vec::new();
+                for i in 0..PER_THREAD {
+                    for j in 0..PER_THREAD {
+                        let row = e.addi(ty, e.index(16 * i as i64)?)?;
+                        places.push((row, e.addi(tx, e.index(16 * j as i64)?)?));
+                    }
+                }
+                places
+            }
+            Some(_) => lane.places(e)?,
+        };
         let n_dim = e.index(self.out_features as i64)?;
         let k_dim = e.index(self.in_features as i64)?;
         let plane = e.muli(blk.expert, n_dim)?;
@@ -367,14 +399,12 @@ impl GroupedLinearWgrad {
             let k0 = e.muli(kt, e.index(TILE as i64)?)?;
             // Each output: (row, column, in bounds, its dw element).
             let mut outputs = Vec::new();
-            for i in 0..PER_THREAD {
-                let n = e.addi(blk.n0, e.addi(ty, e.index(16 * i as i64)?)?)?;
-                for j in 0..PER_THREAD {
-                    let k = e.addi(k0, e.addi(tx, e.index(16 * j as i64)?)?)?;
-                    let inside = e.andi(e.lt(n, n_dim)?, e.lt(k, k_dim)?)?;
-                    let at = e.addi(e.muli(e.addi(plane, n)?, k_dim)?, k)?;
-                    outputs.push((inside, at));
-                }
+            for &(row, col) in &places {
+                let n = e.addi(blk.n0, row)?;
+                let k = e.addi(k0, col)?;
+                let inside = e.andi(e.lt(n, n_dim)?, e.lt(k, k_dim)?)?;
+                let at = e.addi(e.muli(e.addi(plane, n)?, k_dim)?, k)?;
+                outputs.push((inside, at));
             }
             let resume = e.push(melior::dialect::arith::xori(
                 first,
@@ -388,7 +418,7 @@ impl GroupedLinearWgrad {
             let stage = e.index(STAGE as i64)?;
             match &self.fp8 {
                 None => e.for_range(e.index(0)?, listed, stage, |e, g| {
-                    self.stage_rows(&e, blk, g, listed, k0, None)?;
+                    self.stage_rows(&e, blk, g, listed, k0)?;
                     e.barrier();
                     self.add_stage_products(&e, blk, ty, tx, blk.acc)?;
                     // Every thread has read the stage before the next one overwrites it.
@@ -400,7 +430,7 @@ impl GroupedLinearWgrad {
                     e.for_range(e.index(0)?, listed, tile, |e, g| {
                         let end = e.minui(e.addi(g, tile)?, listed)?;
                         self.group_scales(&e, blk, f, g, end, k0)?;
-                        self.group_products(&e, blk, f, (ty, tx), g, end, k0)
+                        self.group_products(&e, blk, f, &lane, g, end, k0)
                     })?
                 }
             }
@@ -466,7 +496,7 @@ impl GroupedLinearWgrad {
         e.set(amax, e.f32(0.0)?)?;
         let stage = e.index(STAGE as i64)?;
         e.for_range(g, e.addi(g, e.index(f.tile as i64)?)?, stage, |e, s0| {
-            self.stage_rows(&e, blk, s0, end, k0, None)?;
+            self.stage_rows(&e, blk, s0, end, k0)?;
             e.barrier();
             for s in 0..STAGE {
                 let at = e.addi(e.index((s * TILE) as i64)?, column)?;
@@ -491,16 +521,17 @@ impl GroupedLinearWgrad {
     }
 
     /// Adds the FP8 group of listed rows `g .. end` to the thread's outputs: per interval, the
-    /// products of the quantized rows summed in row order from +0, then promoted, `acc +=
-    /// partial · (s_dy · s_x)` (three roundings, as the reference's block GEMM); an interval
-    /// past `end` (a ragged last group) changes nothing.
+    /// MMAs of the quantized rows chained from +0 in row order ([`Self::stage_codes`],
+    /// [`MmaLane::multiply`]), then promoted, `acc += partial · (s_dy · s_x)` (three roundings,
+    /// as the reference's block GEMM); an interval past `end` (a ragged last group) changes
+    /// nothing.
     #[allow(clippy::too_many_arguments)]
     fn group_products<'c>(
         &self,
         e: &Emit<'c, '_>,
         blk: &Blk<'c, '_, '_>,
         f: &GroupedWgradFp8,
-        (ty, tx): (Value<'c, '_>, Value<'c, '_>),
+        lane: &MmaLane<'c, '_>,
         g: Value<'c, '_>,
         end: Value<'c, '_>,
         k0: Value<'c, '_>,
@@ -508,28 +539,26 @@ impl GroupedLinearWgrad {
         let scales = blk.args[8];
         let partials = &blk.fp8_cells[..(PER_THREAD * PER_THREAD) as usize];
         let interval = e.index(f.interval as i64)?;
-        let stage = e.index(STAGE as i64)?;
+        let chunk = e.index(CHUNK as i64)?;
+        let instruction = fp8_mma_instruction(f.format);
         e.for_range(g, e.addi(g, e.index(f.tile as i64)?)?, interval, |e, i0| {
             for &cell in partials {
                 e.set(cell, e.f32(0.0)?)?;
             }
-            e.for_range(i0, e.addi(i0, interval)?, stage, |e, s0| {
-                self.stage_rows(&e, blk, s0, end, k0, Some(f.format))?;
+            e.for_range(i0, e.addi(i0, interval)?, chunk, |e, c0| {
+                self.stage_codes(&e, blk, f.format, c0, end, k0)?;
                 e.barrier();
-                self.add_stage_products(&e, blk, ty, tx, partials)?;
+                lane.multiply(&e, &instruction, [blk.args[9], blk.args[10]], partials)?;
+                // Every warp has read the chunk before the next one overwrites it.
                 e.barrier();
                 Ok(())
             })?;
             let real = e.lt(i0, end)?;
-            let s_dy = (0..PER_THREAD)
-                .map(|i| e.load(scales, e.addi(ty, e.index(16 * i as i64)?)?))
-                .collect::<Result<Vec<_>, _>>()?;
-            let s_x = (0..PER_THREAD)
-                .map(|j| e.load(scales, e.addi(tx, e.index((TILE + 16 * j) as i64)?)?))
-                .collect::<Result<Vec<_>, _>>()?;
-            let pairs = s_dy.iter().flat_map(|a| s_x.iter().map(move |b| (a, b)));
-            for ((&cell, &partial), (&a, &b)) in blk.acc.iter().zip(partials).zip(pairs) {
-                let scale = e.mulf(a, b)?;
+            let places = lane.places(&e)?;
+            for ((&cell, &partial), &(row, col)) in blk.acc.iter().zip(partials).zip(&places) {
+                let s_dy = e.load(scales, row)?;
+                let s_x = e.load(scales, e.addi(col, e.index(TILE as i64)?)?)?;
+                let scale = e.mulf(s_dy, s_x)?;
                 let scaled = e.mulf(e.get(partial)?, scale)?;
                 let acc = e.get(cell)?;
                 let sum = e.addf(acc, scaled)?;
@@ -539,9 +568,71 @@ impl GroupedLinearWgrad {
         })
     }
 
+    /// Stores the FP8 codes of listed rows `c0 .. c0 + CHUNK` (+0 past `end` and past the
+    /// matrices' edges) of the `dy` row tile and the `x` column tile at `k0`, each under its
+    /// column's shared scale (a true division, then round to nearest even, saturating; NaN
+    /// stays NaN), K-major: word `kq` of column `c` packs rows `4 kq .. 4 kq + 4`, the lowest
+    /// row in the lowest byte, as an MMA fragment register does. A warp's 32 lanes take 32
+    /// columns of one word, so its global reads are whole rows of the tile.
+    fn stage_codes<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        format: DType,
+        c0: Value<'c, '_>,
+        end: Value<'c, '_>,
+        k0: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let (dy, x, list, scales) = (blk.args[0], blk.args[1], blk.args[5], blk.args[8]);
+        let (dy_codes, x_codes) = (blk.args[9], blk.args[10]);
+        let tile = e.index(TILE as i64)?;
+        let n_dim = e.index(self.out_features as i64)?;
+        let k_dim = e.index(self.in_features as i64)?;
+        let zero = e.index(0)?;
+        let i32_type = e.int_type(32);
+        let words = TILE * CHUNK / 4;
+        for r in 0..words.div_ceil(u64::from(THREADS)) {
+            let flat = e.addi(e.index((r * u64::from(THREADS)) as i64)?, blk.tid)?;
+            let c = e.remui(flat, tile)?;
+            let kq = e.divui(flat, tile)?;
+            let n = e.addi(blk.n0, c)?;
+            let k = e.addi(k0, c)?;
+            let (n_in, k_in) = (e.lt(n, n_dim)?, e.lt(k, k_dim)?);
+            let (s_dy, s_x) = (e.load(scales, c)?, e.load(scales, e.addi(c, tile)?)?);
+            let mut dy_word = e.int(32, 0)?;
+            let mut x_word = e.int(32, 0)?;
+            for j in 0..4 {
+                let position = e.addi(c0, e.addi(e.muli(kq, e.index(4)?)?, e.index(j)?)?)?;
+                let held = e.lt(position, end)?;
+                let row = e.load(list, e.select(held, position, zero)?)?;
+                let row = e.index_cast(row, e.index_type())?;
+                let x_row = if self.x_per_slot {
+                    row
+                } else {
+                    e.divui(row, e.index(self.top_k.max(1) as i64)?)?
+                };
+                let code = |matrix, dtype, at, ok, scale| -> Emitted<'c, '_> {
+                    let v = element_if(e, matrix, dtype, at, ok)?;
+                    let code = e.extui(e.encode_fp8(e.divf(v, scale)?, format)?, i32_type)?;
+                    let code = e.select(ok, code, e.int(32, 0)?)?;
+                    e.shli(code, e.int(32, 8 * j)?)
+                };
+                let dy_ok = e.andi(held, n_in)?;
+                let dy_at = e.addi(e.muli(row, n_dim)?, n)?;
+                dy_word = e.ori(dy_word, code(dy, self.grad, dy_at, dy_ok, s_dy)?)?;
+                let x_ok = e.andi(held, k_in)?;
+                let x_at = e.addi(e.muli(x_row, k_dim)?, k)?;
+                x_word = e.ori(x_word, code(x, self.input, x_at, x_ok, s_x)?)?;
+            }
+            let at = e.addi(e.muli(c, e.index(PITCH as i64)?)?, kq)?;
+            e.store(dy_word, dy_codes, at);
+            e.store(x_word, x_codes, at);
+        }
+        Ok(())
+    }
+
     /// Stages the `dy` and `x` tiles of listed rows `g .. g + STAGE` (zeros past `listed` and
-    /// past the matrices' edges) for the column tile at `k0`; with `quantize`, each element as
-    /// the value of its FP8 code in that format under its column's shared scale.
+    /// past the matrices' edges) for the column tile at `k0`.
     fn stage_rows<'c>(
         &self,
         e: &Emit<'c, '_>,
@@ -549,7 +640,6 @@ impl GroupedLinearWgrad {
         g: Value<'c, '_>,
         listed: Value<'c, '_>,
         k0: Value<'c, '_>,
-        quantize: Option<DType>,
     ) -> Result<(), CodegenError> {
         let (dy, x, list, dys, xs) = (
             blk.args[0],
@@ -575,7 +665,6 @@ impl GroupedLinearWgrad {
             let dy_ok = e.andi(held, e.lt(n, n_dim)?)?;
             let dy_at = e.addi(e.muli(row, n_dim)?, n)?;
             let v = element_if(e, dy, self.grad, dy_at, dy_ok)?;
-            let v = quantized(e, blk, quantize, v, c)?;
             e.store(v, dys, flat);
             let x_row = if self.x_per_slot {
                 row
@@ -586,7 +675,6 @@ impl GroupedLinearWgrad {
             let x_ok = e.andi(held, e.lt(k, k_dim)?)?;
             let x_at = e.addi(e.muli(x_row, k_dim)?, k)?;
             let v = element_if(e, x, self.input, x_at, x_ok)?;
-            let v = quantized(e, blk, quantize, v, e.addi(c, tile)?)?;
             e.store(v, xs, flat);
         }
         Ok(())
@@ -625,25 +713,9 @@ fn element_if<'c, 'a>(
     }
 }
 
-/// `v` as the value of its code in `format` under shared scale `scale_at` (a true division,
-/// then round to nearest even, saturating; NaN stays NaN), or `v` itself without a format.
-fn quantized<'c, 'a>(
-    e: &Emit<'c, 'a>,
-    blk: &Blk<'c, '_, '_>,
-    format: Option<DType>,
-    v: Value<'c, 'a>,
-    scale_at: Value<'c, '_>,
-) -> Emitted<'c, 'a> {
-    let Some(format) = format else {
-        return Ok(v);
-    };
-    let scale = e.load(blk.args[8], scale_at)?;
-    let code = e.encode_fp8(e.divf(v, scale)?, format)?;
-    decode_fp8(e, code, format)
-}
-
 /// What every phase of a block reads: the kernel's buffers (then the shared ones: the warps'
-/// counts, the list, the staged `dy` and `x`, and in the FP8 form the group's scales), the
+/// counts, the list, the staged `dy` and `x`, and in the FP8 form the group's scales and a
+/// chunk's codes of `dy` and `x`), the
 /// thread, the block's expert and first row, and the cells.
 struct Blk<'c, 'a, 'v> {
     args: &'v [Value<'c, 'a>],
@@ -655,4 +727,85 @@ struct Blk<'c, 'a, 'v> {
     acc: &'v [Value<'c, 'a>],
     /// The FP8 form's partial sums, then its column amax (empty otherwise).
     fp8_cells: &'v [Value<'c, 'a>],
+}
+
+/// A lane's part of the FP8 form's MMAs: warp `w` holds rows `16 (w mod 4) ..+ 16` and columns
+/// `32 ⌊w / 4⌋ ..+ 32` of the tile as four m16n8 tiles; with `g = lane / 4`, `q = lane mod 4`,
+/// its D elements are rows `g`, `g + 8` and columns `2q`, `2q + 1` of each.
+struct MmaLane<'c, 'a> {
+    /// The tile row of the lane's first A fragment registers, `16 (w mod 4) + g`.
+    row: Value<'c, 'a>,
+    /// The first tile column of the warp, `32 ⌊w / 4⌋`.
+    col0: Value<'c, 'a>,
+    /// `g`.
+    g: Value<'c, 'a>,
+    /// `q`: the word of a column's codes (rows `4q ..`) the lane's fragments read.
+    q: Value<'c, 'a>,
+}
+
+impl<'c, 'a> MmaLane<'c, 'a> {
+    fn new(e: &Emit<'c, 'a>, tid: Value<'c, '_>) -> Result<Self, CodegenError> {
+        let warp = e.divui(tid, e.index(32)?)?;
+        let lane = e.remui(tid, e.index(32)?)?;
+        let (four, sixteen) = (e.index(4)?, e.index(16)?);
+        let g = e.divui(lane, four)?;
+        let row = e.addi(e.muli(e.remui(warp, four)?, sixteen)?, g)?;
+        let col0 = e.muli(e.divui(warp, four)?, e.index(32)?)?;
+        Ok(Self {
+            row,
+            col0,
+            g,
+            q: e.remui(lane, four)?,
+        })
+    }
+
+    /// Each cell's (row, column) in the tile, in the order of [`Self::multiply`]'s cells: the
+    /// four D elements of each 8-column tile in turn.
+    fn places<'d>(
+        &self,
+        e: &Emit<'c, 'd>,
+    ) -> Result<Vec<(Value<'c, 'd>, Value<'c, 'd>)>, CodegenError> {
+        let col = e.addi(self.col0, e.muli(self.q, e.index(2)?)?)?;
+        let mut places = Vec::new();
+        for tile in 0..4 {
+            for d in 0..4i64 {
+                let row = e.addi(self.row, e.index(8 * (d >> 1))?)?;
+                let col = e.addi(col, e.index(8 * tile + (d & 1))?)?;
+                places.push((row, col));
+            }
+        }
+        Ok(places)
+    }
+
+    /// `cells += A · B` over one chunk of codes: the warp's A fragment (dy's rows) once, then
+    /// one MMA per 8 columns of x.
+    fn multiply<'d>(
+        &self,
+        e: &Emit<'c, 'd>,
+        instruction: &str,
+        [dy_codes, x_codes]: [Value<'c, '_>; 2],
+        cells: &[Value<'c, '_>],
+    ) -> Result<(), CodegenError> {
+        let pitch = e.index(PITCH as i64)?;
+        // Word `q` (rows 4q ..) or `q + 4` (rows 16 + 4q ..) of tile column `column`.
+        let word = |codes, column, high: bool| -> Emitted<'c, 'd> {
+            let at = e.addi(e.muli(column, pitch)?, self.q)?;
+            let at = if high { e.addi(at, e.index(4)?)? } else { at };
+            e.load(codes, at)
+        };
+        let row8 = e.addi(self.row, e.index(8)?)?;
+        let a = [
+            word(dy_codes, self.row, false)?,
+            word(dy_codes, row8, false)?,
+            word(dy_codes, self.row, true)?,
+            word(dy_codes, row8, true)?,
+        ];
+        for (tile, cells) in cells.chunks(4).enumerate() {
+            let column = e.addi(self.col0, e.addi(self.g, e.index(8 * tile as i64)?)?)?;
+            let b = [word(x_codes, column, false)?, word(x_codes, column, true)?];
+            let cells: &[Value; 4] = cells.try_into().expect("four cells an MMA");
+            mma_into(e, instruction, a, b, cells)?;
+        }
+        Ok(())
+    }
 }

@@ -5,6 +5,7 @@
 //! With `g = lane / 4` and `q = lane % 4`, a lane's D elements are rows `g`, `g + 8` and columns
 //! `2q`, `2q + 1` of the tile, and its B fragment is column `g` (PTX ISA, `mma.m16n8k*`).
 
+use dsc_ir::DType;
 use melior::dialect::llvm;
 use melior::ir::Value;
 use melior::ir::attribute::DenseI64ArrayAttribute;
@@ -149,6 +150,16 @@ pub fn pack_k<'c, 'a>(
         packed = e.ori(packed, element)?;
     }
     Ok(packed)
+}
+
+/// The `mma.sync m16n8k32` that multiplies two tiles of FP8 codes in `format` (E5M2, else
+/// E4M3) into f32 accumulators.
+pub fn fp8_mma_instruction(format: DType) -> String {
+    let kind = match format {
+        DType::F8E5M2 => "e5m2",
+        _ => "e4m3",
+    };
+    format!("mma.sync.aligned.m16n8k32.row.col.f32.{kind}.{kind}.f32")
 }
 
 /// `a · b + c` by one `mma.sync.aligned.<shape>.row.col.f32.<ab>.<ab>.f32` (`instruction`
