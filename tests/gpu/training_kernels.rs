@@ -1196,6 +1196,23 @@ fn grouped_linear_wgrad_fp8_counts_groups_across_flushes() {
         x_scale_format: ScaleFormat::F32,
     };
     check_grouped_wgrad_fp8(&c, &indices, f, &dy, &x);
+    // Groups of 96 rows do not divide the list of 1024: every one of 1024 rows is expert 0's,
+    // so the last flush holds all 1024, and its last group (rows 960 ..) runs past the list.
+    let c = WgradCase {
+        tokens: grouped_linear_wgrad::LIST as usize,
+        top_k: 1,
+        experts: 2,
+        ..c
+    };
+    let indices = vec![0; c.tokens];
+    let dy = values(c.tokens * c.n, 8, 1.0, c.dtype);
+    let x = values(c.tokens * c.k, 9, 2.0, c.dtype);
+    let f = GroupedWgradFp8 {
+        tile: 96,
+        interval: 32,
+        ..f
+    };
+    check_grouped_wgrad_fp8(&c, &indices, f, &dy, &x);
 }
 
 // ---- moe_combine_grad -------------------------------------------------------------------------

@@ -21,18 +21,24 @@
 //! **The FP8 form** (`fp8`, the recipe's Wgrad of the routed experts, DESIGN.md §8; the
 //! reference is `dsc_kernels::ops::grad::grouped_linear_wgrad_fp8`): an expert's rows are cut
 //! into groups of `tile` in row order, counted from its first row — a flush before the last
-//! one sums only whole groups and keeps the rest at the front of the list. Per group and column
-//! tile, a first pass over the staged rows finds each column's amax (threads `c` and `64 + c`:
-//! dy's column `c` and x's) and writes the columns' scales to shared memory. The products run
-//! on the tensor cores: [`CHUNK`] rows at a time, every element is quantized (`v / s`,
-//! `cvt.rn.satfinite`) and its code stored K-major — the rows are the contracted dimension, so
-//! a column's 32 codes are 8 consecutive words, rows padded to [`PITCH`] words so that the
-//! fragment reads and the stores hit distinct banks — and each warp runs one `mma.sync
-//! m16n8k32` per 8 columns of its 16 × 32 part of the tile (warp `w`: rows `16 (w mod 4)`,
-//! columns `32 ⌊w / 4⌋`). An interval's MMAs chain from +0 in row order, then the partial is
-//! promoted, `acc += partial · (s_dy · s_x)` on the CUDA cores: the reference's bits under the
-//! accumulator the MMAs follow (`--accumulator exact` on the emulator: in-order f32 sums; its
-//! Hopper model with `hopper`), as the other FP8 GEMMs. The rows are read twice from L2.
+//! one sums only whole groups and keeps the rest at the front of the list. The products run on
+//! the tensor cores, on FP8 codes stored K-major in shared memory (the rows are the contracted
+//! dimension: a column's codes are consecutive words, 4 rows a word, the lowest row in the
+//! lowest byte, as an MMA fragment register holds them):
+//! 1. once per flush, the **dy cache**: per group, each column's amax over the group's rows
+//!    (NaNs skipped) gives its scale, kept per group, and every element of the block's row
+//!    tile is quantized (`v / s`, `cvt.rn.satfinite`) into the cache in dynamic shared memory
+//!    ([`DY_PITCH`] words a column);
+//! 2. per column tile and group, x's scales the same way, then [`CHUNK`] rows at a time x's
+//!    codes, and each warp runs one `mma.sync m16n8k32` per 8 columns of its 16 × 32 part of
+//!    the tile (warp `w`: rows `16 (w mod 4)`, columns `32 ⌊w / 4⌋`) with its A fragment from
+//!    the cache. An interval's MMAs chain from +0 in row order, then the partial is promoted,
+//!    `acc += partial · (s_dy · s_x)`, on the CUDA cores: the reference's bits under the
+//!    accumulator the MMAs follow (`--accumulator exact` on the emulator: in-order f32 sums;
+//!    its Hopper model with `hopper`), as the other FP8 GEMMs.
+//!
+//! x's rows are read twice a column tile (amax, then codes) and once more for every row tile
+//! of the expert: that staging, not the MMAs, is the FP8 form's cost.
 //!
 //! An index outside `0..experts` (the reference refuses it) equals no block's expert: its row
 //! is left out, and nothing is read through it.
@@ -41,9 +47,8 @@
 //! bytes, 1 GiB for DeepSeek-V3's up projection (256 experts, N = 2048, T·k = 32768) — about
 //! 0.1 ms of L2 bandwidth; two barriers a scan step. The f32 form's products run on the CUDA
 //! cores (~1 TFLOP for that projection, ~16 ms; a BF16 tensor-core form is not built), one
-//! shared load per two multiply-adds. The FP8 form's products are on the tensor cores, and its
-//! cost is the staging: each group's rows are read and quantized once per pair of row and
-//! column tiles. An expert's blocks run its column tiles one after another, so a heavily loaded
+//! shared load per two multiply-adds. The FP8 form's products are on the tensor cores (above). An
+//! expert's blocks run its column tiles one after another, so a heavily loaded
 //! expert is a long tail. The staging is predicated loads, no branches, and the kernel
 //! asks for one block an SM (`.minnctapersm 1`: ptxas for sm_90 otherwise caps it at 40
 //! registers and spills).
@@ -57,6 +62,8 @@ use serde::Serialize;
 
 use super::mma::{fp8_mma_instruction, mma_into};
 use super::moe_dispatch::{ballot, popc};
+use super::tma_ring::dynamic_shared;
+use super::vector_access::shared_load_u32;
 use super::vector_access::{global_load_if, global_store_if};
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
@@ -82,6 +89,11 @@ pub const CHUNK: u64 = 32;
 /// padding, an odd pitch, so that a warp's stores (32 columns) and its fragment reads (8
 /// columns × 4 words) spread over the banks.
 pub const PITCH: u64 = CHUNK / 4 + 1;
+/// Words of a column's codes in the FP8 form's dy cache: the list's [`LIST`] rows and 4 words
+/// more, a pitch of 4 banks, so that a fragment read (8 columns × 4 words) hits 32 banks.
+pub const DY_PITCH: u64 = LIST / 4 + 4;
+/// The most FP8 groups one flush holds (groups are whole MMAs deep).
+const MAX_GROUPS: u64 = LIST / CHUNK;
 /// The widest FP8 group of rows: a flush keeps the rows past its last whole group (fewer than
 /// a tile) in the list, where a scan step's [`THREADS`] rows must still fit.
 const MAX_TILE: u64 = 512;
@@ -151,6 +163,15 @@ impl GroupedLinearWgrad {
         Launch::blocks(self.experts * self.row_tiles(), THREADS)
     }
 
+    /// Dynamic shared memory of a block: the FP8 form's dy cache, the codes of the listed rows of
+    /// the block's row tile, K-major ([`DY_PITCH`] words a column).
+    pub fn dynamic_shared_bytes(&self) -> u64 {
+        match self.fp8 {
+            Some(_) => TILE * DY_PITCH * 4,
+            None => 0,
+        }
+    }
+
     /// Why the kernel cannot take these shapes, if it cannot: rows and experts are `i32`, and
     /// an FP8 group of rows must fit in the list beside a scan step's rows.
     pub fn supported(&self) -> Result<(), String> {
@@ -197,19 +218,25 @@ impl GroupedLinearWgrad {
             MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
         ];
         if self.fp8.is_some() {
-            // The group's scales: dy's columns of the row tile, then x's of the column tile;
-            // then a chunk's codes of dy and of x, K-major.
-            shared.push(MemRefType::new(f32_type, &[2 * TILE as i64], None, workgroup).into());
-            for _ in 0..2 {
-                let codes = MemRefType::new(i32_type, &[(TILE * PITCH) as i64], None, workgroup);
-                shared.push(codes.into());
-            }
+            // The scales: x's columns of the column tile, then dy's columns of the row tile for
+            // each group of the flush; then a chunk's codes of x, K-major.
+            let scales = TILE * (1 + MAX_GROUPS);
+            shared.push(MemRefType::new(f32_type, &[scales as i64], None, workgroup).into());
+            let codes = MemRefType::new(i32_type, &[(TILE * PITCH) as i64], None, workgroup);
+            shared.push(codes.into());
         }
         // At least one step, so that an empty routing still writes its zeros.
         let steps = self.routed().div_ceil(u64::from(THREADS)).max(1) as i64;
-        let built = module.add_kernel_with_shared(entry, &types, &shared, |block, location| {
+        let body = |block: &melior::ir::Block<'_>, location| {
             let e = Emit::new(context, block, location);
             let args = kernel_args(block, block.argument_count())?;
+            let dy_cache = match self.fp8 {
+                Some(_) => {
+                    let base = e.address_of(dynamic_shared(&e, entry)?)?;
+                    Some(e.trunci(base, e.int_type(32))?)
+                }
+                None => None,
+            };
             let tid = e.thread_x()?;
             let b = e.block_index(Dimension::X)?;
             let row_tiles = e.index(self.row_tiles() as i64)?;
@@ -237,6 +264,7 @@ impl GroupedLinearWgrad {
                 first,
                 acc: &acc,
                 fp8_cells: &fp8_cells,
+                dy_cache,
             };
             let in_grid = e.lt(expert, e.index(self.experts as i64)?)?;
             e.if_then(in_grid, |e| {
@@ -264,8 +292,11 @@ impl GroupedLinearWgrad {
                     })
                 })
             })
-        });
-        built?;
+        };
+        match self.fp8 {
+            Some(_) => module.add_kernel_with_shared_and_dynamic(entry, &types, &shared, body)?,
+            None => module.add_kernel_with_shared(entry, &types, &shared, body)?,
+        }
         // 16 accumulators and the staged operands want ~60 registers; left to itself, ptxas
         // for sm_90 caps them at 40 (six blocks an SM) and spills.
         module.one_block_per_sm(entry)
@@ -394,6 +425,9 @@ impl GroupedLinearWgrad {
         let k_dim = e.index(self.in_features as i64)?;
         let plane = e.muli(blk.expert, n_dim)?;
         let first = e.get(blk.first)?;
+        if let Some(f) = &self.fp8 {
+            self.cache_dy(e, blk, f, listed)?;
+        }
         let col_tiles = self.in_features.div_ceil(TILE) as i64;
         e.for_const(0, col_tiles, 1, |e, kt| {
             let k0 = e.muli(kt, e.index(TILE as i64)?)?;
@@ -418,7 +452,7 @@ impl GroupedLinearWgrad {
             let stage = e.index(STAGE as i64)?;
             match &self.fp8 {
                 None => e.for_range(e.index(0)?, listed, stage, |e, g| {
-                    self.stage_rows(&e, blk, g, listed, k0)?;
+                    self.stage_rows(&e, blk, Operands::Both, g, listed, k0)?;
                     e.barrier();
                     self.add_stage_products(&e, blk, ty, tx, blk.acc)?;
                     // Every thread has read the stage before the next one overwrites it.
@@ -429,7 +463,7 @@ impl GroupedLinearWgrad {
                     let tile = e.index(f.tile as i64)?;
                     e.for_range(e.index(0)?, listed, tile, |e, g| {
                         let end = e.minui(e.addi(g, tile)?, listed)?;
-                        self.group_scales(&e, blk, f, g, end, k0)?;
+                        self.group_scales(&e, blk, f, Operands::X, g, end, k0)?;
                         self.group_products(&e, blk, f, &lane, g, end, k0)
                     })?
                 }
@@ -471,49 +505,94 @@ impl GroupedLinearWgrad {
         Ok(())
     }
 
-    /// The scales of the FP8 group of listed rows `g .. end` into the shared scales: one per
-    /// column of `dy` in the row tile and of `x` in the column tile at `k0`, from the column's
-    /// largest magnitude over the group (NaNs skipped, as the reference's `amax`). Threads
-    /// `c` and `64 + c` take column `c` of `dy` and of `x` (the upper half does the same again).
+    /// Quantizes the dy rows of the flush (its first `listed` rows, whole groups but for the
+    /// last) into the dy cache, once for all the column tiles: per group, its columns' scales
+    /// ([`Self::group_scales`], kept per group) and then its codes, a chunk at a time.
+    fn cache_dy<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        f: &GroupedWgradFp8,
+        listed: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let tile = e.index(f.tile as i64)?;
+        let chunk = e.index(CHUNK as i64)?;
+        let zero = e.index(0)?;
+        e.for_range(zero, listed, tile, |e, g| {
+            let end = e.minui(e.addi(g, tile)?, listed)?;
+            self.group_scales(&e, blk, f, Operands::Dy, g, end, zero)?;
+            e.for_range(g, e.addi(g, tile)?, chunk, |e, c0| {
+                // A group past the list's end (a tile that does not divide it) has nothing
+                // there: its chunks read as zeros ([`MmaLane::multiply`]).
+                let in_list = e.lt(c0, e.index(LIST as i64)?)?;
+                e.if_then(in_list, |e| {
+                    self.stage_codes(&e, blk, f, Operands::Dy, (g, c0, end), zero)
+                })
+            })?;
+            // The codes are in place before the column tiles read them.
+            e.barrier();
+            Ok(())
+        })
+    }
+
+    /// Where group `g`'s scales go among the shared scales: x's (of the column tile) first,
+    /// then dy's, one row of [`TILE`] per group of the flush.
+    fn scales_at<'c, 'a>(
+        e: &Emit<'c, 'a>,
+        f: &GroupedWgradFp8,
+        operand: Operands,
+        g: Value<'c, '_>,
+    ) -> Emitted<'c, 'a> {
+        match operand {
+            Operands::Dy => {
+                let group = e.divui(g, e.index(f.tile as i64)?)?;
+                e.muli(e.addi(group, e.index(1)?)?, e.index(TILE as i64)?)
+            }
+            _ => e.index(0),
+        }
+    }
+
+    /// The scales of `operand`'s columns (dy's of the row tile or x's of the column tile at
+    /// `k0`) for the FP8 group of listed rows `g .. end`, into the shared scales
+    /// ([`Self::scales_at`]): each from the column's largest magnitude over the group (NaNs
+    /// skipped, as the reference's `amax`). Thread `c` takes column `c` (the others do the same
+    /// again).
+    #[allow(clippy::too_many_arguments)]
     fn group_scales<'c>(
         &self,
         e: &Emit<'c, '_>,
         blk: &Blk<'c, '_, '_>,
         f: &GroupedWgradFp8,
+        operand: Operands,
         g: Value<'c, '_>,
         end: Value<'c, '_>,
         k0: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
-        let (dys, xs, scales) = (blk.args[6], blk.args[7], blk.args[8]);
+        let (staged, scale_format) = match operand {
+            Operands::Dy => (blk.args[6], f.dy_scale_format),
+            _ => (blk.args[7], f.x_scale_format),
+        };
+        let scales = blk.args[8];
         let amax = blk.fp8_cells[(PER_THREAD * PER_THREAD) as usize];
         let tile = e.index(TILE as i64)?;
         let column = e.remui(blk.tid, tile)?;
-        let of_x = e.cmpi(
-            CmpiPredicate::Eq,
-            e.remui(e.divui(blk.tid, tile)?, e.index(2)?)?,
-            e.index(1)?,
-        )?;
         e.set(amax, e.f32(0.0)?)?;
         let stage = e.index(STAGE as i64)?;
         e.for_range(g, e.addi(g, e.index(f.tile as i64)?)?, stage, |e, s0| {
-            self.stage_rows(&e, blk, s0, end, k0)?;
+            self.stage_rows(&e, blk, operand, s0, end, k0)?;
             e.barrier();
             for s in 0..STAGE {
-                let at = e.addi(e.index((s * TILE) as i64)?, column)?;
-                let v = e.select(of_x, e.load(xs, at)?, e.load(dys, at)?)?;
+                let v = e.load(staged, e.addi(e.index((s * TILE) as i64)?, column)?)?;
                 let m = e.max_skip_nan(e.get(amax)?, e.absf(v)?)?;
                 e.set(amax, m)?;
             }
             e.barrier();
             Ok(())
         })?;
-        let m = e.get(amax)?;
-        let dy_scale = e.scale_for(m, f.format, f.dy_scale_format)?;
-        let x_scale = e.scale_for(m, f.format, f.x_scale_format)?;
-        let scale = e.select(of_x, x_scale, dy_scale)?;
-        let first_half = e.lt(blk.tid, e.index(2 * TILE as i64)?)?;
-        e.if_then(first_half, |e| {
-            e.store(scale, scales, blk.tid);
+        let scale = e.scale_for(e.get(amax)?, f.format, scale_format)?;
+        let at = e.addi(Self::scales_at(e, f, operand, g)?, column)?;
+        e.if_then(e.lt(blk.tid, tile)?, |e| {
+            e.store(scale, scales, at);
             Ok(())
         })?;
         e.barrier();
@@ -521,8 +600,8 @@ impl GroupedLinearWgrad {
     }
 
     /// Adds the FP8 group of listed rows `g .. end` to the thread's outputs: per interval, the
-    /// MMAs of the quantized rows chained from +0 in row order ([`Self::stage_codes`],
-    /// [`MmaLane::multiply`]), then promoted, `acc += partial · (s_dy · s_x)` (three roundings,
+    /// MMAs of the cached dy codes and the x codes ([`Self::stage_codes`]) chained from +0 in
+    /// row order ([`MmaLane::multiply`]), then promoted, `acc += partial · (s_dy · s_x)` (three roundings,
     /// as the reference's block GEMM); an interval past `end` (a ragged last group) changes
     /// nothing.
     #[allow(clippy::too_many_arguments)]
@@ -546,18 +625,20 @@ impl GroupedLinearWgrad {
                 e.set(cell, e.f32(0.0)?)?;
             }
             e.for_range(i0, e.addi(i0, interval)?, chunk, |e, c0| {
-                self.stage_codes(&e, blk, f.format, c0, end, k0)?;
+                self.stage_codes(&e, blk, f, Operands::X, (g, c0, end), k0)?;
                 e.barrier();
-                lane.multiply(&e, &instruction, [blk.args[9], blk.args[10]], partials)?;
+                let dy_cache = blk.dy_cache.expect("the FP8 form has a dy cache");
+                lane.multiply(&e, &instruction, (dy_cache, c0), blk.args[9], partials)?;
                 // Every warp has read the chunk before the next one overwrites it.
                 e.barrier();
                 Ok(())
             })?;
             let real = e.lt(i0, end)?;
             let places = lane.places(&e)?;
+            let dy_scales = Self::scales_at(&e, f, Operands::Dy, g)?;
             for ((&cell, &partial), &(row, col)) in blk.acc.iter().zip(partials).zip(&places) {
-                let s_dy = e.load(scales, row)?;
-                let s_x = e.load(scales, e.addi(col, e.index(TILE as i64)?)?)?;
+                let s_dy = e.load(scales, e.addi(dy_scales, row)?)?;
+                let s_x = e.load(scales, col)?;
                 let scale = e.mulf(s_dy, s_x)?;
                 let scaled = e.mulf(e.get(partial)?, scale)?;
                 let acc = e.get(cell)?;
@@ -568,75 +649,87 @@ impl GroupedLinearWgrad {
         })
     }
 
-    /// Stores the FP8 codes of listed rows `c0 .. c0 + CHUNK` (+0 past `end` and past the
-    /// matrices' edges) of the `dy` row tile and the `x` column tile at `k0`, each under its
-    /// column's shared scale (a true division, then round to nearest even, saturating; NaN
-    /// stays NaN), K-major: word `kq` of column `c` packs rows `4 kq .. 4 kq + 4`, the lowest
-    /// row in the lowest byte, as an MMA fragment register does. A warp's 32 lanes take 32
-    /// columns of one word, so its global reads are whole rows of the tile.
+    /// Stores the FP8 codes of `operand`'s listed rows `c0 .. c0 + CHUNK` of group `g` (+0 past
+    /// `end` and past the matrices' edges) — dy's row tile into the dy cache (at the rows'
+    /// places in the list), or x's column tile at `k0` into the chunk's x codes — each under
+    /// its column's shared scale (a true division, then round to nearest even, saturating; NaN
+    /// stays NaN), K-major: a column's word `kq` packs rows `4 kq .. 4 kq + 4`, the lowest row
+    /// in the lowest byte, as an MMA fragment register does. A warp's 32 lanes take 32 columns
+    /// of one word, so its global reads are whole rows of the tile.
     fn stage_codes<'c>(
         &self,
         e: &Emit<'c, '_>,
         blk: &Blk<'c, '_, '_>,
-        format: DType,
-        c0: Value<'c, '_>,
-        end: Value<'c, '_>,
+        f: &GroupedWgradFp8,
+        operand: Operands,
+        (g, c0, end): (Value<'c, '_>, Value<'c, '_>, Value<'c, '_>),
         k0: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
-        let (dy, x, list, scales) = (blk.args[0], blk.args[1], blk.args[5], blk.args[8]);
-        let (dy_codes, x_codes) = (blk.args[9], blk.args[10]);
+        let (list, scales) = (blk.args[5], blk.args[8]);
+        let of_dy = operand == Operands::Dy;
+        let (matrix, dtype, width) = if of_dy {
+            (blk.args[0], self.grad, self.out_features)
+        } else {
+            (blk.args[1], self.input, self.in_features)
+        };
         let tile = e.index(TILE as i64)?;
-        let n_dim = e.index(self.out_features as i64)?;
-        let k_dim = e.index(self.in_features as i64)?;
+        let width = e.index(width as i64)?;
         let zero = e.index(0)?;
         let i32_type = e.int_type(32);
-        let words = TILE * CHUNK / 4;
-        for r in 0..words.div_ceil(u64::from(THREADS)) {
+        let scales_at = Self::scales_at(e, f, operand, g)?;
+        for r in 0..(TILE * CHUNK / 4).div_ceil(u64::from(THREADS)) {
             let flat = e.addi(e.index((r * u64::from(THREADS)) as i64)?, blk.tid)?;
             let c = e.remui(flat, tile)?;
             let kq = e.divui(flat, tile)?;
-            let n = e.addi(blk.n0, c)?;
-            let k = e.addi(k0, c)?;
-            let (n_in, k_in) = (e.lt(n, n_dim)?, e.lt(k, k_dim)?);
-            let (s_dy, s_x) = (e.load(scales, c)?, e.load(scales, e.addi(c, tile)?)?);
-            let mut dy_word = e.int(32, 0)?;
-            let mut x_word = e.int(32, 0)?;
+            let column = e.addi(if of_dy { blk.n0 } else { k0 }, c)?;
+            let column_in = e.lt(column, width)?;
+            let scale = e.load(scales, e.addi(scales_at, c)?)?;
+            let mut word = e.int(32, 0)?;
             for j in 0..4 {
                 let position = e.addi(c0, e.addi(e.muli(kq, e.index(4)?)?, e.index(j)?)?)?;
                 let held = e.lt(position, end)?;
                 let row = e.load(list, e.select(held, position, zero)?)?;
                 let row = e.index_cast(row, e.index_type())?;
-                let x_row = if self.x_per_slot {
+                let row = if of_dy || self.x_per_slot {
                     row
                 } else {
                     e.divui(row, e.index(self.top_k.max(1) as i64)?)?
                 };
-                let code = |matrix, dtype, at, ok, scale| -> Emitted<'c, '_> {
-                    let v = element_if(e, matrix, dtype, at, ok)?;
-                    let code = e.extui(e.encode_fp8(e.divf(v, scale)?, format)?, i32_type)?;
-                    let code = e.select(ok, code, e.int(32, 0)?)?;
-                    e.shli(code, e.int(32, 8 * j)?)
-                };
-                let dy_ok = e.andi(held, n_in)?;
-                let dy_at = e.addi(e.muli(row, n_dim)?, n)?;
-                dy_word = e.ori(dy_word, code(dy, self.grad, dy_at, dy_ok, s_dy)?)?;
-                let x_ok = e.andi(held, k_in)?;
-                let x_at = e.addi(e.muli(x_row, k_dim)?, k)?;
-                x_word = e.ori(x_word, code(x, self.input, x_at, x_ok, s_x)?)?;
+                let ok = e.andi(held, column_in)?;
+                let v = element_if(e, matrix, dtype, e.addi(e.muli(row, width)?, column)?, ok)?;
+                let code = e.extui(e.encode_fp8(e.divf(v, scale)?, f.format)?, i32_type)?;
+                let code = e.select(ok, code, e.int(32, 0)?)?;
+                word = e.ori(word, e.shli(code, e.int(32, 8 * j)?)?)?;
             }
-            let at = e.addi(e.muli(c, e.index(PITCH as i64)?)?, kq)?;
-            e.store(dy_word, dy_codes, at);
-            e.store(x_word, x_codes, at);
+            if of_dy {
+                let dy_cache = blk.dy_cache.expect("the FP8 form has a dy cache");
+                let at = e.addi(
+                    e.muli(c, e.index(DY_PITCH as i64)?)?,
+                    e.divui(c0, e.index(4)?)?,
+                )?;
+                let at = e.muli(e.addi(at, kq)?, e.index(4)?)?;
+                let place = e.addi(dy_cache, e.index_cast(at, i32_type)?)?;
+                e.push_void(e.inline_asm_op(
+                    "st.shared.u32 [$0], $1;",
+                    "r,r",
+                    &[place, word],
+                    &[],
+                )?);
+            } else {
+                let at = e.addi(e.muli(c, e.index(PITCH as i64)?)?, kq)?;
+                e.store(word, blk.args[9], at);
+            }
         }
         Ok(())
     }
 
-    /// Stages the `dy` and `x` tiles of listed rows `g .. g + STAGE` (zeros past `listed` and
-    /// past the matrices' edges) for the column tile at `k0`.
+    /// Stages the `dy` and `x` tiles (or one of them) of listed rows `g .. g + STAGE` (zeros
+    /// past `listed` and past the matrices' edges) for the column tile at `k0`.
     fn stage_rows<'c>(
         &self,
         e: &Emit<'c, '_>,
         blk: &Blk<'c, '_, '_>,
+        operands: Operands,
         g: Value<'c, '_>,
         listed: Value<'c, '_>,
         k0: Value<'c, '_>,
@@ -661,11 +754,16 @@ impl GroupedLinearWgrad {
             let safe = e.select(held, position, zero)?;
             let row = e.load(list, safe)?;
             let row = e.index_cast(row, e.index_type())?;
-            let n = e.addi(blk.n0, c)?;
-            let dy_ok = e.andi(held, e.lt(n, n_dim)?)?;
-            let dy_at = e.addi(e.muli(row, n_dim)?, n)?;
-            let v = element_if(e, dy, self.grad, dy_at, dy_ok)?;
-            e.store(v, dys, flat);
+            if operands != Operands::X {
+                let n = e.addi(blk.n0, c)?;
+                let dy_ok = e.andi(held, e.lt(n, n_dim)?)?;
+                let dy_at = e.addi(e.muli(row, n_dim)?, n)?;
+                let v = element_if(e, dy, self.grad, dy_at, dy_ok)?;
+                e.store(v, dys, flat);
+            }
+            if operands == Operands::Dy {
+                continue;
+            }
             let x_row = if self.x_per_slot {
                 row
             } else {
@@ -727,6 +825,16 @@ struct Blk<'c, 'a, 'v> {
     acc: &'v [Value<'c, 'a>],
     /// The FP8 form's partial sums, then its column amax (empty otherwise).
     fp8_cells: &'v [Value<'c, 'a>],
+    /// The FP8 form's dy cache: the shared address (`i32`) of its dynamic shared memory.
+    dy_cache: Option<Value<'c, 'a>>,
+}
+
+/// Which operands a staging step reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operands {
+    Both,
+    Dy,
+    X,
 }
 
 /// A lane's part of the FP8 form's MMAs: warp `w` holds rows `16 (w mod 4) ..+ 16` and columns
@@ -777,32 +885,40 @@ impl<'c, 'a> MmaLane<'c, 'a> {
         Ok(places)
     }
 
-    /// `cells += A · B` over one chunk of codes: the warp's A fragment (dy's rows) once, then
-    /// one MMA per 8 columns of x.
+    /// `cells += A · B` over one chunk of codes: the warp's A fragment (dy's rows `c0 ..` of
+    /// the list, from the dy cache at shared address `dy_cache`) once, then one MMA per 8
+    /// columns of x (from `x_codes`).
     fn multiply<'d>(
         &self,
         e: &Emit<'c, 'd>,
         instruction: &str,
-        [dy_codes, x_codes]: [Value<'c, '_>; 2],
+        (dy_cache, c0): (Value<'c, '_>, Value<'c, '_>),
+        x_codes: Value<'c, '_>,
         cells: &[Value<'c, '_>],
     ) -> Result<(), CodegenError> {
-        let pitch = e.index(PITCH as i64)?;
-        // Word `q` (rows 4q ..) or `q + 4` (rows 16 + 4q ..) of tile column `column`.
-        let word = |codes, column, high: bool| -> Emitted<'c, 'd> {
-            let at = e.addi(e.muli(column, pitch)?, self.q)?;
-            let at = if high { e.addi(at, e.index(4)?)? } else { at };
-            e.load(codes, at)
+        let i32_type = e.int_type(32);
+        // Rows past the list (see `cache_dy`) are zeros, as their x codes are; their reads
+        // go to the list's first rows, inside the cache.
+        let in_list = e.lt(c0, e.index(LIST as i64)?)?;
+        let c0 = e.select(in_list, c0, e.index(0)?)?;
+        // Byte address of word `q` of the chunk in the lane's dy column `row`.
+        let word = e.addi(e.divui(c0, e.index(4)?)?, self.q)?;
+        let at = e.addi(e.muli(self.row, e.index(DY_PITCH as i64)?)?, word)?;
+        let place = e.addi(dy_cache, e.index_cast(e.muli(at, e.index(4)?)?, i32_type)?)?;
+        let (high, row8) = (16, 8 * DY_PITCH * 4);
+        let zero = e.int(32, 0)?;
+        let load = |offset| -> Emitted<'c, 'd> {
+            e.select(in_list, shared_load_u32(e, place, offset)?, zero)
         };
-        let row8 = e.addi(self.row, e.index(8)?)?;
-        let a = [
-            word(dy_codes, self.row, false)?,
-            word(dy_codes, row8, false)?,
-            word(dy_codes, self.row, true)?,
-            word(dy_codes, row8, true)?,
-        ];
+        let a = [load(0)?, load(row8)?, load(high)?, load(row8 + high)?];
+        let pitch = e.index(PITCH as i64)?;
         for (tile, cells) in cells.chunks(4).enumerate() {
             let column = e.addi(self.col0, e.addi(self.g, e.index(8 * tile as i64)?)?)?;
-            let b = [word(x_codes, column, false)?, word(x_codes, column, true)?];
+            let at = e.addi(e.muli(column, pitch)?, self.q)?;
+            let b = [
+                e.load(x_codes, at)?,
+                e.load(x_codes, e.addi(at, e.index(4)?)?)?,
+            ];
             let cells: &[Value; 4] = cells.try_into().expect("four cells an MMA");
             mma_into(e, instruction, a, b, cells)?;
         }

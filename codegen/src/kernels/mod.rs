@@ -277,6 +277,7 @@ impl GpuKernel {
                 fp8_gemm_cp_async::dynamic_shared_bytes(gemm)
             }
             GpuKernel::LinearWgmma(linear) => linear.tiles.dynamic_shared_bytes(),
+            GpuKernel::GroupedLinearWgrad(wgrad) => wgrad.dynamic_shared_bytes(),
             GpuKernel::FlashAttention(a) if a.form == flash_attention::AttentionForm::WgmmaTma => {
                 flash_attention_tma::dynamic_shared_bytes(a)
             }

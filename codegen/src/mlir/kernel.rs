@@ -229,6 +229,40 @@ impl<'c> KernelModule<'c> {
         F: FnOnce(&Block<'c>, Location<'c>) -> Result<(), CodegenError>,
     {
         let context = self.context;
+        self.append_dynamic_shared(name)?;
+        let threads = Attribute::parse(context, &format!("array<i32: {threads}, 1, 1>"))
+            .expect("a dense i32 array parses");
+        let min_ctas =
+            IntegerAttribute::new(Type::parse(context, "i32").expect("i32 parses"), 1).into();
+        self.add_function(
+            name,
+            arguments,
+            &[],
+            &[("nvvm.maxntid", threads), ("nvvm.minctasm", min_ctas)],
+            build,
+        )
+    }
+
+    /// [`KernelModule::add_kernel_with_shared`] for a kernel that also has dynamic shared memory
+    /// (after its static buffers), the `.extern .shared` array [`dynamic_shared_symbol`]`(name)`.
+    pub fn add_kernel_with_shared_and_dynamic<F>(
+        &self,
+        name: &str,
+        arguments: &[Type<'c>],
+        shared: &[Type<'c>],
+        build: F,
+    ) -> Result<(), CodegenError>
+    where
+        F: FnOnce(&Block<'c>, Location<'c>) -> Result<(), CodegenError>,
+    {
+        self.append_dynamic_shared(name)?;
+        self.add_function(name, arguments, shared, &[], build)
+    }
+
+    /// Declares kernel `name`'s dynamic shared-memory array (1024-byte aligned, as TMA's
+    /// 128-byte swizzle needs).
+    fn append_dynamic_shared(&self, name: &str) -> Result<(), CodegenError> {
+        let context = self.context;
         let location = Location::unknown(context);
         let global = OperationBuilder::new("memref.global", location)
             .add_attributes(&[
@@ -247,18 +281,8 @@ impl<'c> KernelModule<'c> {
                 ),
             ])
             .build()?;
-        let threads = Attribute::parse(context, &format!("array<i32: {threads}, 1, 1>"))
-            .expect("a dense i32 array parses");
-        let min_ctas =
-            IntegerAttribute::new(Type::parse(context, "i32").expect("i32 parses"), 1).into();
         self.gpu_module_body().append_operation(global);
-        self.add_function(
-            name,
-            arguments,
-            &[],
-            &[("nvvm.maxntid", threads), ("nvvm.minctasm", min_ctas)],
-            build,
-        )
+        Ok(())
     }
 
     /// The whole module.
