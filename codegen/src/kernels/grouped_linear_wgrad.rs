@@ -92,6 +92,12 @@ pub const PITCH: u64 = CHUNK / 4 + 1;
 /// Words of a column's codes in the FP8 form's dy cache: the list's [`LIST`] rows and 4 words
 /// more, a pitch of 4 banks, so that a fragment read (8 columns × 4 words) hits 32 banks.
 pub const DY_PITCH: u64 = LIST / 4 + 4;
+/// The widest FP8 group whose x rows a block holds in registers at once (the group's 64
+/// columns over 256 threads: `tile / 4` values a thread), quantized in one pass.
+pub const X_GROUP_MAX: u64 = 128;
+/// Words of a column's codes in the x codes of a whole group: [`X_GROUP_MAX`] rows and 4
+/// words more, a pitch of 4 banks (as [`DY_PITCH`]).
+const X_GROUP_PITCH: u64 = X_GROUP_MAX / 4 + 4;
 /// The most FP8 groups one flush holds (groups are whole MMAs deep).
 const MAX_GROUPS: u64 = LIST / CHUNK;
 /// The widest FP8 group of rows: a flush keeps the rows past its last whole group (fewer than
@@ -172,6 +178,21 @@ impl GroupedLinearWgrad {
         }
     }
 
+    /// Whether the FP8 form holds a group's x rows in registers and quantizes them in one pass
+    /// ([`Self::stage_x_group`]), rather than a chunk at a time.
+    fn x_in_registers(&self) -> bool {
+        self.fp8.is_some_and(|f| f.tile as u64 <= X_GROUP_MAX)
+    }
+
+    /// Words of a column in the FP8 form's x codes: a whole group's, or one chunk's.
+    fn x_pitch(&self) -> u64 {
+        if self.x_in_registers() {
+            X_GROUP_PITCH
+        } else {
+            PITCH
+        }
+    }
+
     /// Why the kernel cannot take these shapes, if it cannot: rows and experts are `i32`, and
     /// an FP8 group of rows must fit in the list beside a scan step's rows.
     pub fn supported(&self) -> Result<(), String> {
@@ -222,8 +243,8 @@ impl GroupedLinearWgrad {
             // each group of the flush; then a chunk's codes of x, K-major.
             let scales = TILE * (1 + MAX_GROUPS);
             shared.push(MemRefType::new(f32_type, &[scales as i64], None, workgroup).into());
-            let codes = MemRefType::new(i32_type, &[(TILE * PITCH) as i64], None, workgroup);
-            shared.push(codes.into());
+            let words = TILE * self.x_pitch();
+            shared.push(MemRefType::new(i32_type, &[words as i64], None, workgroup).into());
         }
         // At least one step, so that an empty routing still writes its zeros.
         let steps = self.routed().div_ceil(u64::from(THREADS)).max(1) as i64;
@@ -463,7 +484,6 @@ impl GroupedLinearWgrad {
                     let tile = e.index(f.tile as i64)?;
                     e.for_range(e.index(0)?, listed, tile, |e, g| {
                         let end = e.minui(e.addi(g, tile)?, listed)?;
-                        self.group_scales(&e, blk, f, Operands::X, g, end, k0)?;
                         self.group_products(&e, blk, f, &lane, g, end, k0)
                     })?
                 }
@@ -599,11 +619,12 @@ impl GroupedLinearWgrad {
         Ok(())
     }
 
-    /// Adds the FP8 group of listed rows `g .. end` to the thread's outputs: per interval, the
-    /// MMAs of the cached dy codes and the x codes ([`Self::stage_codes`]) chained from +0 in
-    /// row order ([`MmaLane::multiply`]), then promoted, `acc += partial · (s_dy · s_x)` (three roundings,
-    /// as the reference's block GEMM); an interval past `end` (a ragged last group) changes
-    /// nothing.
+    /// Adds the FP8 group of listed rows `g .. end` to the thread's outputs: x's scales and
+    /// codes (the whole group at once, [`Self::stage_x_group`], or a chunk at a time,
+    /// [`Self::stage_codes`]); per interval, the MMAs of the cached dy codes and the x codes
+    /// chained from +0 in row order ([`MmaLane::multiply`]), then promoted, `acc += partial ·
+    /// (s_dy · s_x)` (three roundings, as the reference's block GEMM); an interval past `end`
+    /// (a ragged last group) changes nothing.
     #[allow(clippy::too_many_arguments)]
     fn group_products<'c>(
         &self,
@@ -620,15 +641,40 @@ impl GroupedLinearWgrad {
         let interval = e.index(f.interval as i64)?;
         let chunk = e.index(CHUNK as i64)?;
         let instruction = fp8_mma_instruction(f.format);
+        let dy_cache = blk.dy_cache.expect("the FP8 form has a dy cache");
+        let whole_group = self.x_in_registers();
+        if whole_group {
+            self.stage_x_group(e, blk, f, g, end, k0)?;
+        } else {
+            self.group_scales(e, blk, f, Operands::X, g, end, k0)?;
+        }
+        let x_codes = (blk.args[9], self.x_pitch());
         e.for_range(g, e.addi(g, e.index(f.tile as i64)?)?, interval, |e, i0| {
             for &cell in partials {
                 e.set(cell, e.f32(0.0)?)?;
             }
             e.for_range(i0, e.addi(i0, interval)?, chunk, |e, c0| {
+                if whole_group {
+                    let word = e.divui(e.subi(c0, g)?, e.index(4)?)?;
+                    return lane.multiply(
+                        &e,
+                        &instruction,
+                        (dy_cache, c0),
+                        x_codes,
+                        word,
+                        partials,
+                    );
+                }
                 self.stage_codes(&e, blk, f, Operands::X, (g, c0, end), k0)?;
                 e.barrier();
-                let dy_cache = blk.dy_cache.expect("the FP8 form has a dy cache");
-                lane.multiply(&e, &instruction, (dy_cache, c0), blk.args[9], partials)?;
+                lane.multiply(
+                    &e,
+                    &instruction,
+                    (dy_cache, c0),
+                    x_codes,
+                    e.index(0)?,
+                    partials,
+                )?;
                 // Every warp has read the chunk before the next one overwrites it.
                 e.barrier();
                 Ok(())
@@ -646,7 +692,99 @@ impl GroupedLinearWgrad {
                 e.set(cell, e.select(real, sum, acc)?)?;
             }
             Ok(())
-        })
+        })?;
+        if whole_group {
+            // Every warp is done with the group's codes and scales before the next group's.
+            e.barrier();
+        }
+        Ok(())
+    }
+
+    /// x's column tile at `k0` over the FP8 group of listed rows `g .. end` (at most
+    /// [`X_GROUP_MAX`]), read once: each thread loads the elements of its column `c = tid mod
+    /// 64` that it will quantize (words `tid / 64 + 4r` of each chunk: the layout of
+    /// [`Self::stage_codes`]) into registers, the four threads of a column combine their
+    /// amaxes (NaNs skipped) through shared memory into its scale, and each quantizes its
+    /// values into the group's x codes ([`X_GROUP_PITCH`] words a column), then all wait.
+    fn stage_x_group<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        f: &GroupedWgradFp8,
+        g: Value<'c, '_>,
+        end: Value<'c, '_>,
+        k0: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let (x, list, amaxes, scales, codes) = (
+            blk.args[1],
+            blk.args[5],
+            blk.args[7],
+            blk.args[8],
+            blk.args[9],
+        );
+        let tile = e.index(TILE as i64)?;
+        let k_dim = e.index(self.in_features as i64)?;
+        let zero = e.index(0)?;
+        let i32_type = e.int_type(32);
+        let c = e.remui(blk.tid, tile)?;
+        let kq0 = e.divui(blk.tid, tile)?;
+        let column = e.addi(k0, c)?;
+        let column_in = e.lt(column, k_dim)?;
+        let threads_a_column = u64::from(THREADS) / TILE;
+        let words = CHUNK / 4 / threads_a_column;
+        // (word of the group, its four values), in the order they are loaded.
+        let mut held = Vec::new();
+        let mut amax = e.f32(0.0)?;
+        for chunk in 0..f.tile as u64 / CHUNK {
+            for r in 0..words {
+                let word = e.addi(
+                    kq0,
+                    e.index((chunk * CHUNK / 4 + threads_a_column * r) as i64)?,
+                )?;
+                let mut values = Vec::new();
+                for j in 0..4 {
+                    let position = e.addi(g, e.addi(e.muli(word, e.index(4)?)?, e.index(j)?)?)?;
+                    let in_group = e.lt(position, end)?;
+                    let row = e.load(list, e.select(in_group, position, zero)?)?;
+                    let row = e.index_cast(row, e.index_type())?;
+                    let x_row = if self.x_per_slot {
+                        row
+                    } else {
+                        e.divui(row, e.index(self.top_k.max(1) as i64)?)?
+                    };
+                    let ok = e.andi(in_group, column_in)?;
+                    let at = e.addi(e.muli(x_row, k_dim)?, column)?;
+                    let v = element_if(e, x, self.input, at, ok)?;
+                    amax = e.max_skip_nan(amax, e.absf(v)?)?;
+                    values.push(v);
+                }
+                held.push((word, values));
+            }
+        }
+        e.store(amax, amaxes, blk.tid);
+        e.barrier();
+        let mut column_amax = e.f32(0.0)?;
+        for t in 0..threads_a_column {
+            let other = e.load(amaxes, e.addi(c, e.index((t * TILE) as i64)?)?)?;
+            column_amax = e.max_skip_nan(column_amax, other)?;
+        }
+        let scale = e.scale_for(column_amax, f.format, f.x_scale_format)?;
+        e.if_then(e.lt(blk.tid, tile)?, |e| {
+            e.store(scale, scales, c);
+            Ok(())
+        })?;
+        let pitch = e.index(X_GROUP_PITCH as i64)?;
+        for (word, values) in held {
+            let mut packed = e.int(32, 0)?;
+            for (j, v) in values.into_iter().enumerate() {
+                // Elements past the group or the matrix are +0, whose code is +0.
+                let code = e.extui(e.encode_fp8(e.divf(v, scale)?, f.format)?, i32_type)?;
+                packed = e.ori(packed, e.shli(code, e.int(32, 8 * j as i64)?)?)?;
+            }
+            e.store(packed, codes, e.addi(e.muli(c, pitch)?, word)?);
+        }
+        e.barrier();
+        Ok(())
     }
 
     /// Stores the FP8 codes of `operand`'s listed rows `c0 .. c0 + CHUNK` of group `g` (+0 past
@@ -887,13 +1025,14 @@ impl<'c, 'a> MmaLane<'c, 'a> {
 
     /// `cells += A · B` over one chunk of codes: the warp's A fragment (dy's rows `c0 ..` of
     /// the list, from the dy cache at shared address `dy_cache`) once, then one MMA per 8
-    /// columns of x (from `x_codes`).
+    /// columns of x (from `x_codes`, `x_pitch` words a column, the chunk at word `x_word`).
     fn multiply<'d>(
         &self,
         e: &Emit<'c, 'd>,
         instruction: &str,
         (dy_cache, c0): (Value<'c, '_>, Value<'c, '_>),
-        x_codes: Value<'c, '_>,
+        (x_codes, x_pitch): (Value<'c, '_>, u64),
+        x_word: Value<'c, '_>,
         cells: &[Value<'c, '_>],
     ) -> Result<(), CodegenError> {
         let i32_type = e.int_type(32);
@@ -911,10 +1050,11 @@ impl<'c, 'a> MmaLane<'c, 'a> {
             e.select(in_list, shared_load_u32(e, place, offset)?, zero)
         };
         let a = [load(0)?, load(row8)?, load(high)?, load(row8 + high)?];
-        let pitch = e.index(PITCH as i64)?;
+        let pitch = e.index(x_pitch as i64)?;
+        let x_word = e.addi(x_word, self.q)?;
         for (tile, cells) in cells.chunks(4).enumerate() {
             let column = e.addi(self.col0, e.addi(self.g, e.index(8 * tile as i64)?)?)?;
-            let at = e.addi(e.muli(column, pitch)?, self.q)?;
+            let at = e.addi(e.muli(column, pitch)?, x_word)?;
             let b = [
                 e.load(x_codes, at)?,
                 e.load(x_codes, e.addi(at, e.index(4)?)?)?,
