@@ -1806,7 +1806,9 @@ fn block_quantize_and_dequantize_match_the_reference_bit_for_bit() {
 #[ignore = "a modeled benchmark, minutes on the emulator"]
 fn grouped_linear_wgrad_fp8_v3_modeled() {
     use dsc_emulator::roofline::{DeviceModel, ModelOptions, model, model_with};
-    let c = WgradCase {
+    // The up (and gate) projection's Wgrad, x a row per token; the down projection's, x a row
+    // per slot.
+    let up = WgradCase {
         tokens: 1024,
         top_k: 1,
         experts: 8,
@@ -1815,60 +1817,69 @@ fn grouped_linear_wgrad_fp8_v3_modeled() {
         per_slot: false,
         dtype: DType::Bf16,
     };
-    let f = GroupedWgradFp8 {
-        format: DType::F8E4M3,
-        tile: 128,
-        interval: 128,
-        dy_scale_format: ScaleFormat::F32,
-        x_scale_format: ScaleFormat::Ue8m0,
+    let down = WgradCase {
+        n: 7168,
+        k: 2048,
+        per_slot: true,
+        ..up
     };
-    let kernel = GpuKernel::GroupedLinearWgrad(c.spec(Some(f)));
-    let indices: Vec<i32> = (0..c.tokens as i32).map(|t| t % c.experts as i32).collect();
-    let dy = values(c.tokens * c.n, 1, 1.0, c.dtype);
-    let x = values(c.tokens * c.k, 2, 2.0, c.dtype);
-    let target = Target::Sm90a;
-    let ptx = dsc_emulator::Module::parse(&lowered(&kernel, target)).expect("parses");
-    let mut memory = dsc_emulator::GlobalMemory::new();
-    let mut params = Vec::new();
-    for data in [bytes(&dy, c.dtype), bytes(&x, c.dtype), i32_bytes(&indices)] {
-        let at = memory.allocate(data.len() as u64);
-        memory.write(at, &data).expect("write");
-        params.push(dsc_emulator::ParamValue::U64(at));
+    for c in [up, down] {
+        let f = GroupedWgradFp8 {
+            format: DType::F8E4M3,
+            tile: 128,
+            interval: 128,
+            dy_scale_format: ScaleFormat::F32,
+            x_scale_format: ScaleFormat::Ue8m0,
+        };
+        let kernel = GpuKernel::GroupedLinearWgrad(c.spec(Some(f)));
+        let indices: Vec<i32> = (0..c.tokens as i32).map(|t| t % c.experts as i32).collect();
+        let dy = values(c.tokens * c.n, 1, 1.0, c.dtype);
+        let x = values(c.tokens * c.k, 2, 2.0, c.dtype);
+        let target = Target::Sm90a;
+        let ptx = dsc_emulator::Module::parse(&lowered(&kernel, target)).expect("parses");
+        let mut memory = dsc_emulator::GlobalMemory::new();
+        let mut params = Vec::new();
+        for data in [bytes(&dy, c.dtype), bytes(&x, c.dtype), i32_bytes(&indices)] {
+            let at = memory.allocate(data.len() as u64);
+            memory.write(at, &data).expect("write");
+            params.push(dsc_emulator::ParamValue::U64(at));
+        }
+        let dw = memory.allocate((c.experts * c.n * c.k * 4) as u64);
+        params.push(dsc_emulator::ParamValue::U64(dw));
+        let options = LaunchOptions {
+            sample_ctas: Some(4),
+            ..LaunchOptions::default()
+        };
+        let profile =
+            super::kernel_run::launch_kernel_with(&kernel, &ptx, &memory, &params, &options)
+                .expect("launch");
+        let modeled = model(&profile, &DeviceModel::h100_sxm());
+        let flops = 2.0 * (c.tokens * c.top_k * c.n * c.k) as f64;
+        eprintln!(
+            "grouped_linear_wgrad fp8 {}x{} over {} rows: modeled {:.3} ms ({:.1} TFLOP/s), bound {:?}",
+            c.n,
+            c.k,
+            c.tokens * c.top_k,
+            modeled.seconds * 1e3,
+            flops / modeled.seconds / 1e12,
+            modeled.bound
+        );
+        for r in &modeled.resources {
+            eprintln!("  {r:?}");
+        }
+        // The model sends every block's reads to DRAM; with the buffers read once (the blocks of
+        // an expert share its rows in L2):
+        let unique = (c.tokens * (c.n + c.k) * 2 + c.tokens * 4 + c.experts * c.n * c.k * 4) as u64;
+        let options = ModelOptions {
+            dram_bytes: Some(unique),
+            ..ModelOptions::default()
+        };
+        let modeled = model_with(&profile, &DeviceModel::h100_sxm(), options);
+        eprintln!(
+            "  with each buffer read once from DRAM: modeled {:.3} ms ({:.1} TFLOP/s), bound {:?}",
+            modeled.seconds * 1e3,
+            flops / modeled.seconds / 1e12,
+            modeled.bound
+        );
     }
-    let dw = memory.allocate((c.experts * c.n * c.k * 4) as u64);
-    params.push(dsc_emulator::ParamValue::U64(dw));
-    let options = LaunchOptions {
-        sample_ctas: Some(4),
-        ..LaunchOptions::default()
-    };
-    let profile = super::kernel_run::launch_kernel_with(&kernel, &ptx, &memory, &params, &options)
-        .expect("launch");
-    let modeled = model(&profile, &DeviceModel::h100_sxm());
-    let flops = 2.0 * (c.tokens * c.top_k * c.n * c.k) as f64;
-    eprintln!(
-        "grouped_linear_wgrad fp8 {}x{} over {} rows: modeled {:.3} ms ({:.1} TFLOP/s), bound {:?}",
-        c.n,
-        c.k,
-        c.tokens * c.top_k,
-        modeled.seconds * 1e3,
-        flops / modeled.seconds / 1e12,
-        modeled.bound
-    );
-    for r in &modeled.resources {
-        eprintln!("  {r:?}");
-    }
-    // The model sends every block's reads to DRAM; with the buffers read once (the blocks of
-    // an expert share its rows in L2):
-    let unique = (c.tokens * (c.n + c.k) * 2 + c.tokens * 4 + c.experts * c.n * c.k * 4) as u64;
-    let options = ModelOptions {
-        dram_bytes: Some(unique),
-        ..ModelOptions::default()
-    };
-    let modeled = model_with(&profile, &DeviceModel::h100_sxm(), options);
-    eprintln!(
-        "  with each buffer read once from DRAM: modeled {:.3} ms ({:.1} TFLOP/s), bound {:?}",
-        modeled.seconds * 1e3,
-        flops / modeled.seconds / 1e12,
-        modeled.bound
-    );
 }
