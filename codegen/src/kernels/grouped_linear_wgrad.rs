@@ -169,6 +169,15 @@ impl GroupedLinearWgrad {
         Launch::blocks(self.experts * self.row_tiles(), THREADS)
     }
 
+    /// The row of x that routed row `row` reads: itself, or its token's with x a row per token.
+    fn x_row<'c, 'a>(&self, e: &Emit<'c, 'a>, row: Value<'c, 'a>) -> Emitted<'c, 'a> {
+        if self.x_per_slot {
+            Ok(row)
+        } else {
+            e.divui(row, e.index(self.top_k.max(1) as i64)?)
+        }
+    }
+
     /// Dynamic shared memory of a block: the FP8 form's dy cache, the codes of the listed rows of
     /// the block's row tile, K-major ([`DY_PITCH`] words a column).
     pub fn dynamic_shared_bytes(&self) -> u64 {
@@ -724,7 +733,6 @@ impl GroupedLinearWgrad {
         );
         let tile = e.index(TILE as i64)?;
         let k_dim = e.index(self.in_features as i64)?;
-        let zero = e.index(0)?;
         let i32_type = e.int_type(32);
         let c = e.remui(blk.tid, tile)?;
         let kq0 = e.divui(blk.tid, tile)?;
@@ -745,13 +753,7 @@ impl GroupedLinearWgrad {
                 for j in 0..4 {
                     let position = e.addi(g, e.addi(e.muli(word, e.index(4)?)?, e.index(j)?)?)?;
                     let in_group = e.lt(position, end)?;
-                    let row = e.load(list, e.select(in_group, position, zero)?)?;
-                    let row = e.index_cast(row, e.index_type())?;
-                    let x_row = if self.x_per_slot {
-                        row
-                    } else {
-                        e.divui(row, e.index(self.top_k.max(1) as i64)?)?
-                    };
+                    let x_row = self.x_row(e, listed_row(e, list, position, in_group)?)?;
                     let ok = e.andi(in_group, column_in)?;
                     let at = e.addi(e.muli(x_row, k_dim)?, column)?;
                     let v = element_if(e, x, self.input, at, ok)?;
@@ -812,7 +814,6 @@ impl GroupedLinearWgrad {
         };
         let tile = e.index(TILE as i64)?;
         let width = e.index(width as i64)?;
-        let zero = e.index(0)?;
         let i32_type = e.int_type(32);
         let scales_at = Self::scales_at(e, f, operand, g)?;
         for r in 0..(TILE * CHUNK / 4).div_ceil(u64::from(THREADS)) {
@@ -826,13 +827,8 @@ impl GroupedLinearWgrad {
             for j in 0..4 {
                 let position = e.addi(c0, e.addi(e.muli(kq, e.index(4)?)?, e.index(j)?)?)?;
                 let held = e.lt(position, end)?;
-                let row = e.load(list, e.select(held, position, zero)?)?;
-                let row = e.index_cast(row, e.index_type())?;
-                let row = if of_dy || self.x_per_slot {
-                    row
-                } else {
-                    e.divui(row, e.index(self.top_k.max(1) as i64)?)?
-                };
+                let row = listed_row(e, list, position, held)?;
+                let row = if of_dy { row } else { self.x_row(e, row)? };
                 let ok = e.andi(held, column_in)?;
                 let v = element_if(e, matrix, dtype, e.addi(e.muli(row, width)?, column)?, ok)?;
                 let code = e.extui(e.encode_fp8(e.divf(v, scale)?, f.format)?, i32_type)?;
@@ -882,16 +878,13 @@ impl GroupedLinearWgrad {
         let tile = e.index(TILE as i64)?;
         let n_dim = e.index(self.out_features as i64)?;
         let k_dim = e.index(self.in_features as i64)?;
-        let zero = e.index(0)?;
         for q in 0..(STAGE * TILE) / u64::from(THREADS) {
             let flat = e.addi(e.index((q * u64::from(THREADS)) as i64)?, blk.tid)?;
             let s = e.divui(flat, tile)?;
             let c = e.remui(flat, tile)?;
             let position = e.addi(g, s)?;
             let held = e.lt(position, listed)?;
-            let safe = e.select(held, position, zero)?;
-            let row = e.load(list, safe)?;
-            let row = e.index_cast(row, e.index_type())?;
+            let row = listed_row(e, list, position, held)?;
             if operands != Operands::X {
                 let n = e.addi(blk.n0, c)?;
                 let dy_ok = e.andi(held, e.lt(n, n_dim)?)?;
@@ -902,11 +895,7 @@ impl GroupedLinearWgrad {
             if operands == Operands::Dy {
                 continue;
             }
-            let x_row = if self.x_per_slot {
-                row
-            } else {
-                e.divui(row, e.index(self.top_k.max(1) as i64)?)?
-            };
+            let x_row = self.x_row(e, row)?;
             let k = e.addi(k0, c)?;
             let x_ok = e.andi(held, e.lt(k, k_dim)?)?;
             let x_at = e.addi(e.muli(x_row, k_dim)?, k)?;
@@ -915,6 +904,18 @@ impl GroupedLinearWgrad {
         }
         Ok(())
     }
+}
+
+/// The routed row at `position` of the list (an index), or the list's first when `held` is
+/// false, so that nothing past the list is read.
+fn listed_row<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    list: Value<'c, '_>,
+    position: Value<'c, '_>,
+    held: Value<'c, '_>,
+) -> Emitted<'c, 'a> {
+    let row = e.load(list, e.select(held, position, e.index(0)?)?)?;
+    e.index_cast(row, e.index_type())
 }
 
 /// Element `at` (an index) of the f32 or bf16 `buffer` as an f32 when `ok` (an `i1`), else
