@@ -710,11 +710,13 @@ impl GroupedLinearWgrad {
     }
 
     /// x's column tile at `k0` over the FP8 group of listed rows `g .. end` (at most
-    /// [`X_GROUP_MAX`]), read once: each thread loads the elements of its column `c = tid mod
-    /// 64` that it will quantize (words `tid / 64 + 4r` of each chunk: the layout of
-    /// [`Self::stage_codes`]) into registers, the four threads of a column combine their
-    /// amaxes (NaNs skipped) through shared memory into its scale, and each quantizes its
-    /// values into the group's x codes ([`X_GROUP_PITCH`] words a column), then all wait.
+    /// [`X_GROUP_MAX`]), read once. Each thread takes [`Self::x_columns_a_thread`] adjacent
+    /// columns (two when `in_features` is even: one 32-bit load of two bf16, or 64-bit of two
+    /// f32) and one word of every chunk of them (rows `4 kq ..`, `kq = tid / (64 / columns)`;
+    /// with one column, words `kq` and `kq + 4`), loads those elements into registers, and
+    /// folds their amax; the threads of a column combine their amaxes (NaNs skipped) through
+    /// shared memory into its scale, and each thread quantizes its values into the group's x
+    /// codes ([`X_GROUP_PITCH`] words a column), then all wait.
     fn stage_x_group<'c>(
         &self,
         e: &Emit<'c, '_>,
@@ -731,62 +733,91 @@ impl GroupedLinearWgrad {
             blk.args[8],
             blk.args[9],
         );
-        let tile = e.index(TILE as i64)?;
         let k_dim = e.index(self.in_features as i64)?;
         let i32_type = e.int_type(32);
-        let c = e.remui(blk.tid, tile)?;
-        let kq0 = e.divui(blk.tid, tile)?;
-        let column = e.addi(k0, c)?;
-        let column_in = e.lt(column, k_dim)?;
-        let threads_a_column = u64::from(THREADS) / TILE;
+        let columns = self.x_columns_a_thread();
+        let column_sets = TILE / columns;
+        let threads_a_column = u64::from(THREADS) / column_sets;
         let words = CHUNK / 4 / threads_a_column;
-        // (word of the group, its four values), in the order they are loaded.
+        let sets = e.index(column_sets as i64)?;
+        let c = e.muli(e.remui(blk.tid, sets)?, e.index(columns as i64)?)?;
+        let kq0 = e.divui(blk.tid, sets)?;
+        let column = e.addi(k0, c)?;
+        // With two columns, `in_features` is even and the first is even: both or neither in.
+        let column_in = e.lt(column, k_dim)?;
+        // (word of the group, four values of each column), in the order they are loaded.
         let mut held = Vec::new();
-        let mut amax = e.f32(0.0)?;
+        let mut amax = vec![e.f32(0.0)?; columns as usize];
         for chunk in 0..f.tile as u64 / CHUNK {
             for r in 0..words {
-                let word = e.addi(
-                    kq0,
-                    e.index((chunk * CHUNK / 4 + threads_a_column * r) as i64)?,
-                )?;
-                let mut values = Vec::new();
+                let first = chunk * CHUNK / 4 + threads_a_column * r;
+                let word = e.addi(kq0, e.index(first as i64)?)?;
+                let mut values = vec![Vec::new(); columns as usize];
                 for j in 0..4 {
                     let position = e.addi(g, e.addi(e.muli(word, e.index(4)?)?, e.index(j)?)?)?;
                     let in_group = e.lt(position, end)?;
                     let x_row = self.x_row(e, listed_row(e, list, position, in_group)?)?;
                     let ok = e.andi(in_group, column_in)?;
                     let at = e.addi(e.muli(x_row, k_dim)?, column)?;
-                    let v = element_if(e, x, self.input, at, ok)?;
-                    amax = e.max_skip_nan(amax, e.absf(v)?)?;
-                    values.push(v);
+                    let loaded = match columns {
+                        2 => pair_if(e, x, self.input, at, ok)?.to_vec(),
+                        _ => vec![element_if(e, x, self.input, at, ok)?],
+                    };
+                    for ((v, amax), values) in loaded.into_iter().zip(&mut amax).zip(&mut values) {
+                        *amax = e.max_skip_nan(*amax, e.absf(v)?)?;
+                        values.push(v);
+                    }
                 }
                 held.push((word, values));
             }
         }
-        e.store(amax, amaxes, blk.tid);
-        e.barrier();
-        let mut column_amax = e.f32(0.0)?;
-        for t in 0..threads_a_column {
-            let other = e.load(amaxes, e.addi(c, e.index((t * TILE) as i64)?)?)?;
-            column_amax = e.max_skip_nan(column_amax, other)?;
+        let tile = e.index(TILE as i64)?;
+        let own = e.addi(e.muli(kq0, tile)?, c)?;
+        for (i, &amax) in amax.iter().enumerate() {
+            e.store(amax, amaxes, e.addi(own, e.index(i as i64)?)?);
         }
-        let scale = e.scale_for(column_amax, f.format, f.x_scale_format)?;
-        e.if_then(e.lt(blk.tid, tile)?, |e| {
-            e.store(scale, scales, c);
-            Ok(())
-        })?;
+        e.barrier();
         let pitch = e.index(X_GROUP_PITCH as i64)?;
-        for (word, values) in held {
-            let mut packed = e.int(32, 0)?;
-            for (j, v) in values.into_iter().enumerate() {
-                // Elements past the group or the matrix are +0, whose code is +0.
-                let code = e.extui(e.encode_fp8(e.divf(v, scale)?, f.format)?, i32_type)?;
-                packed = e.ori(packed, e.shli(code, e.int(32, 8 * j as i64)?)?)?;
+        let first_of_column = e.cmpi(CmpiPredicate::Eq, kq0, e.index(0)?)?;
+        let mut column_scales = Vec::new();
+        for i in 0..columns as i64 {
+            let column = e.addi(c, e.index(i)?)?;
+            let mut column_amax = e.f32(0.0)?;
+            for t in 0..threads_a_column {
+                let at = e.addi(column, e.index((t * TILE) as i64)?)?;
+                column_amax = e.max_skip_nan(column_amax, e.load(amaxes, at)?)?;
             }
-            e.store(packed, codes, e.addi(e.muli(c, pitch)?, word)?);
+            let scale = e.scale_for(column_amax, f.format, f.x_scale_format)?;
+            e.if_then(first_of_column, |e| {
+                e.store(scale, scales, column);
+                Ok(())
+            })?;
+            column_scales.push((column, scale));
+        }
+        for (word, values) in held {
+            for ((column, scale), values) in column_scales.iter().zip(values) {
+                let mut packed = e.int(32, 0)?;
+                for (j, v) in values.into_iter().enumerate() {
+                    // Elements past the group or the matrix are +0, whose code is +0.
+                    let code = e.extui(e.encode_fp8(e.divf(v, *scale)?, f.format)?, i32_type)?;
+                    packed = e.ori(packed, e.shli(code, e.int(32, 8 * j as i64)?)?)?;
+                }
+                e.store(packed, codes, e.addi(e.muli(*column, pitch)?, word)?);
+            }
         }
         e.barrier();
         Ok(())
+    }
+
+    /// Adjacent columns of x a thread of [`Self::stage_x_group`] loads together: two when every
+    /// row starts at an even column (the pair's first is then even, so the pair is aligned),
+    /// else one.
+    fn x_columns_a_thread(&self) -> u64 {
+        if self.in_features.is_multiple_of(2) {
+            2
+        } else {
+            1
+        }
     }
 
     /// Stores the FP8 codes of `operand`'s listed rows `c0 .. c0 + CHUNK` of group `g` (+0 past
@@ -903,6 +934,35 @@ impl GroupedLinearWgrad {
             e.store(v, xs, flat);
         }
         Ok(())
+    }
+}
+
+/// Elements `at` and `at + 1` (an index, even) of the f32 or bf16 `buffer` as f32 when `ok`,
+/// else +0: one predicated 32-bit load (two bf16) or 64-bit load (two f32).
+fn pair_if<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    buffer: Value<'c, '_>,
+    dtype: DType,
+    at: Value<'c, '_>,
+    ok: Value<'c, '_>,
+) -> Result<[Value<'c, 'a>; 2], CodegenError> {
+    let base = e.address_of(buffer)?;
+    let offset = e.index_cast(at, e.int_type(64))?;
+    let offset = e.muli(offset, e.int(64, dtype.size_bytes() as i64)?)?;
+    let address = e.addi(base, offset)?;
+    let f32_type = e.f32_type();
+    if dtype == DType::Bf16 {
+        let word = global_load_if(e, address, ok, 1)?[0];
+        // A bf16 is the high half of its f32.
+        let low = e.shli(word, e.int(32, 16)?)?;
+        let high = e.andi(word, e.int(32, 0xffff_0000_u32 as i32 as i64)?)?;
+        Ok([e.bitcast(low, f32_type)?, e.bitcast(high, f32_type)?])
+    } else {
+        let words = global_load_if(e, address, ok, 2)?;
+        Ok([
+            e.bitcast(words[0], f32_type)?,
+            e.bitcast(words[1], f32_type)?,
+        ])
     }
 }
 
