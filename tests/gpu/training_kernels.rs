@@ -994,13 +994,42 @@ fn check_grouped_wgrad(c: &WgradCase, indices: &[i32], seed: u64) {
     let dims = c.dims(c.experts + 1);
     let mut dw = grad::grouped_linear_wgrad(&dy, &x, c.input(), &folded, dims).expect("reference");
     dw.truncate(c.experts * c.n * c.k);
-    let spec = c.spec(None);
+    let kernel = GpuKernel::GroupedLinearWgrad(c.spec(None));
+    let inputs = [bytes(&dy, c.dtype), bytes(&x, c.dtype), i32_bytes(indices)];
     check(
         OpKind::GroupedLinearWgrad,
-        &GpuKernel::GroupedLinearWgrad(spec),
-        &[bytes(&dy, c.dtype), bytes(&x, c.dtype), i32_bytes(indices)],
+        &kernel,
+        &inputs,
         &[tensor(DType::F32, &[c.experts, c.n, c.k], dw)],
     );
+    // Every element is one f32 sum from +0 of its rows' exact products in row order, whether on
+    // the CUDA cores or (BF16 operands) as a chain of tensor-core MMAs on the emulator.
+    let mut want = vec![0f32; c.experts * c.n * c.k];
+    for (r, &e) in indices.iter().enumerate() {
+        if !(0..c.experts as i32).contains(&e) {
+            continue;
+        }
+        let x_row = if c.per_slot { r } else { r / c.top_k };
+        for n in 0..c.n {
+            for k in 0..c.k {
+                want[(e as usize * c.n + n) * c.k + k] += dy[r * c.n + n] * x[x_row * c.k + k];
+            }
+        }
+    }
+    for target in Target::ALL {
+        let ptx = lowered(&kernel, target);
+        let out = run_ptx(&kernel, target, &ptx, &inputs, &[want.len() * 4]);
+        let got = floats(&out[0], DType::F32);
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits());
+        assert!(
+            same,
+            "{target}: {}: not the row-order sums",
+            kernel.canonical()
+        );
+    }
 }
 
 #[test]
@@ -1798,7 +1827,7 @@ fn block_quantize_and_dequantize_match_the_reference_bit_for_bit() {
     }
 }
 
-/// The modeled time of the FP8 expert Wgrad at DeepSeek-V3's up-projection width (N = 2048,
+/// The modeled time of the FP8 expert Wgrad (and the BF16 recipe's) at DeepSeek-V3's widths (N = 2048,
 /// K = 7168, 128 rows an expert as V3's 32768 routed rows over 256 experts), over 8 experts to
 /// keep dw in memory; sampled CTAs. Run by hand: `cargo nextest run --test integration
 /// grouped_linear_wgrad_fp8_v3_modeled --run-ignored only --no-capture`.
@@ -1823,15 +1852,15 @@ fn grouped_linear_wgrad_fp8_v3_modeled() {
         per_slot: true,
         ..up
     };
-    for c in [up, down] {
-        let f = GroupedWgradFp8 {
-            format: DType::F8E4M3,
-            tile: 128,
-            interval: 128,
-            dy_scale_format: ScaleFormat::F32,
-            x_scale_format: ScaleFormat::Ue8m0,
-        };
-        let kernel = GpuKernel::GroupedLinearWgrad(c.spec(Some(f)));
+    let f = GroupedWgradFp8 {
+        format: DType::F8E4M3,
+        tile: 128,
+        interval: 128,
+        dy_scale_format: ScaleFormat::F32,
+        x_scale_format: ScaleFormat::Ue8m0,
+    };
+    for (c, fp8) in [(&up, Some(f)), (&down, Some(f)), (&up, None)] {
+        let kernel = GpuKernel::GroupedLinearWgrad(c.spec(fp8));
         let indices: Vec<i32> = (0..c.tokens as i32).map(|t| t % c.experts as i32).collect();
         let dy = values(c.tokens * c.n, 1, 1.0, c.dtype);
         let x = values(c.tokens * c.k, 2, 2.0, c.dtype);
@@ -1856,7 +1885,8 @@ fn grouped_linear_wgrad_fp8_v3_modeled() {
         let modeled = model(&profile, &DeviceModel::h100_sxm());
         let flops = 2.0 * (c.tokens * c.top_k * c.n * c.k) as f64;
         eprintln!(
-            "grouped_linear_wgrad fp8 {}x{} over {} rows: modeled {:.3} ms ({:.1} TFLOP/s), bound {:?}",
+            "grouped_linear_wgrad {} {}x{} over {} rows: modeled {:.3} ms ({:.1} TFLOP/s), bound {:?}",
+            if fp8.is_some() { "fp8" } else { "bf16" },
             c.n,
             c.k,
             c.tokens * c.top_k,

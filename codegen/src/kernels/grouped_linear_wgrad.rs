@@ -16,7 +16,12 @@
 //!    A later flush (an expert with more than ~[`LIST`] rows) reloads its partial sums from `dw`
 //!    and goes on adding, so every element is one f32 sum from +0 in row order — the
 //!    reference's rows in its order, though its GEMM library sums them in its own blocks
-//!    (the results agree as any two f32 GEMMs do, not bit for bit).
+//!    (the results agree as any two f32 GEMMs do, not bit for bit). With BF16 operands (the
+//!    all-BF16 recipe) the products run on the tensor cores instead: [`BF16_CHUNK`] rows at a
+//!    time are staged K-major as bf16 pairs and each warp chains one `mma.sync m16n8k16` per 8
+//!    columns of its 16 × 32 part of the tile into the accumulators (the FP8 form's layout,
+//!    below) — exact products summed in row order, as the CUDA cores' (on the emulator, bit
+//!    for bit).
 //!
 //! **The FP8 form** (`fp8`, the recipe's Wgrad of the routed experts, DESIGN.md §8; the
 //! reference is `dsc_kernels::ops::grad::grouped_linear_wgrad_fp8`): an expert's rows are cut
@@ -45,9 +50,9 @@
 //!
 //! Cost: every block reads all `T·k` indices (4 bytes each, from L2): `E · ⌈N / 64⌉ · 4·T·k`
 //! bytes, 1 GiB for DeepSeek-V3's up projection (256 experts, N = 2048, T·k = 32768) — about
-//! 0.1 ms of L2 bandwidth; two barriers a scan step. The f32 form's products run on the CUDA
-//! cores (~1 TFLOP for that projection, ~16 ms; a BF16 tensor-core form is not built), one
-//! shared load per two multiply-adds. The FP8 form's products are on the tensor cores (above). An
+//! 0.1 ms of L2 bandwidth; two barriers a scan step. The f32 form's products of f32 operands
+//! run on the CUDA cores (~1 TFLOP for that projection, ~16 ms), one shared load per two
+//! multiply-adds. The FP8 form's products are on the tensor cores (above). An
 //! expert's blocks run its column tiles one after another, so a heavily loaded
 //! expert is a long tail. The staging is predicated loads, no branches, and the kernel
 //! asks for one block an SM (`.minnctapersm 1`: ptxas for sm_90 otherwise caps it at 40
@@ -92,6 +97,13 @@ pub const PITCH: u64 = CHUNK / 4 + 1;
 /// Words of a column's codes in the FP8 form's dy cache: the list's [`LIST`] rows and 4 words
 /// more, a pitch of 4 banks, so that a fragment read (8 columns × 4 words) hits 32 banks.
 pub const DY_PITCH: u64 = LIST / 4 + 4;
+/// Rows the BF16 form multiplies at a time: one `mma.sync m16n8k16` deep.
+pub const BF16_CHUNK: u64 = 16;
+/// Words of a column's values in the BF16 form's tiles: [`BF16_CHUNK`] values (8 words) and 4
+/// words more, so that a fragment read (8 columns × 4 words) hits 32 banks.
+const BF16_PITCH: u64 = BF16_CHUNK / 2 + 4;
+/// The BF16 products' MMA.
+const BF16_MMA: &str = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
 /// The widest FP8 group whose x rows a block holds in registers at once (the group's 64
 /// columns over 256 threads: `tile / 4` values a thread), quantized in one pass.
 pub const X_GROUP_MAX: u64 = 128;
@@ -187,6 +199,13 @@ impl GroupedLinearWgrad {
         }
     }
 
+    /// Whether the f32 form (no `fp8`) of BF16 operands multiplies on the tensor cores: their
+    /// products are exact in f32, and an MMA chain over the rows in order is the CUDA cores'
+    /// sum in that order.
+    fn bf16_mma(&self) -> bool {
+        self.fp8.is_none() && self.grad == DType::Bf16 && self.input == DType::Bf16
+    }
+
     /// Whether the FP8 form holds a group's x rows in registers and quantizes them in one pass
     /// ([`Self::stage_x_group`]), rather than a chunk at a time.
     fn x_in_registers(&self) -> bool {
@@ -247,6 +266,13 @@ impl GroupedLinearWgrad {
             MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
             MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
         ];
+        if self.bf16_mma() {
+            // A chunk's rows of dy and of x, K-major bf16 pairs.
+            for _ in 0..2 {
+                let words = (TILE * BF16_PITCH) as i64;
+                shared.push(MemRefType::new(i32_type, &[words], None, workgroup).into());
+            }
+        }
         if self.fp8.is_some() {
             // The scales: x's columns of the column tile, then dy's columns of the row tile for
             // each group of the flush; then a chunk's codes of x, K-major.
@@ -439,6 +465,7 @@ impl GroupedLinearWgrad {
         // Each cell's row and column in the tile: the f32 form's 4 × 4 (rows `ty + 16i`,
         // columns `tx + 16j`), or the FP8 form's MMA fragments.
         let places = match &self.fp8 {
+            None if self.bf16_mma() => lane.places(e)?,
             None => {
                 let mut places = Vec::new();
                 for i in 0..PER_THREAD {
@@ -481,6 +508,17 @@ impl GroupedLinearWgrad {
             }
             let stage = e.index(STAGE as i64)?;
             match &self.fp8 {
+                None if self.bf16_mma() => {
+                    let chunk = e.index(BF16_CHUNK as i64)?;
+                    e.for_range(e.index(0)?, listed, chunk, |e, g| {
+                        self.stage_bf16(&e, blk, g, listed, k0)?;
+                        e.barrier();
+                        lane.multiply_bf16(&e, [blk.args[8], blk.args[9]], blk.acc)?;
+                        // Every warp has read the chunk before the next one overwrites it.
+                        e.barrier();
+                        Ok(())
+                    })?
+                }
                 None => e.for_range(e.index(0)?, listed, stage, |e, g| {
                     self.stage_rows(&e, blk, Operands::Both, g, listed, k0)?;
                     e.barrier();
@@ -888,6 +926,52 @@ impl GroupedLinearWgrad {
         Ok(())
     }
 
+    /// Stages listed rows `g .. g + BF16_CHUNK` (+0 past `listed` and past the matrices' edges)
+    /// of the `dy` row tile and the `x` column tile at `k0` for the BF16 form, K-major: a
+    /// column's word `w` packs rows `2w` (low half) and `2w + 1`, as an `m16n8k16` fragment
+    /// register does; a warp's lanes take 32 columns of one word.
+    fn stage_bf16<'c>(
+        &self,
+        e: &Emit<'c, '_>,
+        blk: &Blk<'c, '_, '_>,
+        g: Value<'c, '_>,
+        listed: Value<'c, '_>,
+        k0: Value<'c, '_>,
+    ) -> Result<(), CodegenError> {
+        let list = blk.args[5];
+        let tile = e.index(TILE as i64)?;
+        let (n_dim, k_dim) = (self.out_features, self.in_features);
+        let i32_type = e.int_type(32);
+        for r in 0..(TILE * BF16_CHUNK / 2).div_ceil(u64::from(THREADS)) {
+            let flat = e.addi(e.index((r * u64::from(THREADS)) as i64)?, blk.tid)?;
+            let c = e.remui(flat, tile)?;
+            let w = e.divui(flat, tile)?;
+            let mut words = [e.int(32, 0)?, e.int(32, 0)?];
+            for half in 0..2 {
+                let position = e.addi(g, e.addi(e.muli(w, e.index(2)?)?, e.index(half)?)?)?;
+                let held = e.lt(position, listed)?;
+                let row = listed_row(e, list, position, held)?;
+                let operands = [
+                    (blk.args[0], row, blk.n0, n_dim),
+                    (blk.args[1], self.x_row(e, row)?, k0, k_dim),
+                ];
+                for (word, (matrix, row, start, width)) in words.iter_mut().zip(operands) {
+                    let column = e.addi(start, c)?;
+                    let width = e.index(width as i64)?;
+                    let ok = e.andi(held, e.lt(column, width)?)?;
+                    let at = e.addi(e.muli(row, width)?, column)?;
+                    let bits = bf16_bits_if(e, matrix, at, ok)?;
+                    let bits = e.extui(bits, i32_type)?;
+                    *word = e.ori(*word, e.shli(bits, e.int(32, 16 * half)?)?)?;
+                }
+            }
+            let at = e.addi(e.muli(c, e.index(BF16_PITCH as i64)?)?, w)?;
+            e.store(words[0], blk.args[8], at);
+            e.store(words[1], blk.args[9], at);
+        }
+        Ok(())
+    }
+
     /// Stages the `dy` and `x` tiles (or one of them) of listed rows `g .. g + STAGE` (zeros
     /// past `listed` and past the matrices' edges) for the column tile at `k0`.
     fn stage_rows<'c>(
@@ -935,6 +1019,34 @@ impl GroupedLinearWgrad {
         }
         Ok(())
     }
+}
+
+/// The bits (`i16`) of bf16 element `at` (an index) of `buffer` when `ok`, else +0.
+fn bf16_bits_if<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    buffer: Value<'c, '_>,
+    at: Value<'c, '_>,
+    ok: Value<'c, '_>,
+) -> Emitted<'c, 'a> {
+    let base = e.address_of(buffer)?;
+    let offset = e.muli(e.index_cast(at, e.int_type(64))?, e.int(64, 2)?)?;
+    bf16_bits_at_if(e, e.addi(base, offset)?, ok)
+}
+
+/// The bits (`i16`) at global `address` when `ok`, else +0: one predicated 16-bit load.
+fn bf16_bits_at_if<'c, 'a>(
+    e: &Emit<'c, 'a>,
+    address: Value<'c, '_>,
+    ok: Value<'c, '_>,
+) -> Emitted<'c, 'a> {
+    let ok = e.extui(ok, e.int_type(32))?;
+    e.inline_asm(
+        "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $2, 0;\n\tmov.b16 $0, 0;\n\t\
+         @p ld.global.b16 $0, [$1];\n\t}",
+        "=h,l,r",
+        &[address, ok],
+        e.int_type(16),
+    )
 }
 
 /// Elements `at` and `at + 1` (an index, even) of the f32 or bf16 `buffer` as f32 when `ok`,
@@ -994,14 +1106,7 @@ fn element_if<'c, 'a>(
     let offset = e.muli(offset, e.int(64, dtype.size_bytes() as i64)?)?;
     let address = e.addi(base, offset)?;
     if dtype == DType::Bf16 {
-        let ok = e.extui(ok, e.int_type(32))?;
-        let bits = e.inline_asm(
-            "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, $2, 0;\n\tmov.b16 $0, 0;\n\t\
-             @p ld.global.b16 $0, [$1];\n\t}",
-            "=h,l,r",
-            &[address, ok],
-            e.int_type(16),
-        )?;
+        let bits = bf16_bits_at_if(e, address, ok)?;
         let value = e.bitcast(bits, e.bf16_type())?;
         e.extf(value, e.f32_type())
     } else {
@@ -1082,6 +1187,37 @@ impl<'c, 'a> MmaLane<'c, 'a> {
             }
         }
         Ok(places)
+    }
+
+    /// `cells += A · B` over one chunk of the BF16 form's rows: the warp's A fragment (dy's,
+    /// from `tiles[0]`) once, then one `m16n8k16` per 8 columns of x (from `tiles[1]`).
+    fn multiply_bf16<'d>(
+        &self,
+        e: &Emit<'c, 'd>,
+        [dy, x]: [Value<'c, '_>; 2],
+        cells: &[Value<'c, '_>],
+    ) -> Result<(), CodegenError> {
+        let pitch = e.index(BF16_PITCH as i64)?;
+        // Word `q` (rows 2q, 2q + 1) or `q + 4` (rows 8 + 2q ..) of column `column`.
+        let word = |tile, column, high: bool| -> Emitted<'c, 'd> {
+            let at = e.addi(e.muli(column, pitch)?, self.q)?;
+            let at = if high { e.addi(at, e.index(4)?)? } else { at };
+            e.load(tile, at)
+        };
+        let row8 = e.addi(self.row, e.index(8)?)?;
+        let a = [
+            word(dy, self.row, false)?,
+            word(dy, row8, false)?,
+            word(dy, self.row, true)?,
+            word(dy, row8, true)?,
+        ];
+        for (tile, cells) in cells.chunks(4).enumerate() {
+            let column = e.addi(self.col0, e.addi(self.g, e.index(8 * tile as i64)?)?)?;
+            let b = [word(x, column, false)?, word(x, column, true)?];
+            let cells: &[Value; 4] = cells.try_into().expect("four cells an MMA");
+            mma_into(e, BF16_MMA, a, b, cells)?;
+        }
+        Ok(())
     }
 
     /// `cells += A · B` over one chunk of codes: the warp's A fragment (dy's rows `c0 ..` of
