@@ -703,25 +703,13 @@ impl GroupedLinearWgrad {
             e.for_range(i0, e.addi(i0, interval)?, chunk, |e, c0| {
                 if whole_group {
                     let word = e.divui(e.subi(c0, g)?, e.index(4)?)?;
-                    return lane.multiply(
-                        &e,
-                        &instruction,
-                        (dy_cache, c0),
-                        x_codes,
-                        word,
-                        partials,
-                    );
+                    let x = (x_codes.0, x_codes.1, word);
+                    return lane.multiply(&e, &instruction, (dy_cache, c0), x, partials);
                 }
                 self.stage_codes(&e, blk, f, Operands::X, (g, c0, end), k0)?;
                 e.barrier();
-                lane.multiply(
-                    &e,
-                    &instruction,
-                    (dy_cache, c0),
-                    x_codes,
-                    e.index(0)?,
-                    partials,
-                )?;
+                let x = (x_codes.0, x_codes.1, e.index(0)?);
+                lane.multiply(&e, &instruction, (dy_cache, c0), x, partials)?;
                 // Every warp has read the chunk before the next one overwrites it.
                 e.barrier();
                 Ok(())
@@ -1198,26 +1186,20 @@ impl<'c, 'a> MmaLane<'c, 'a> {
         cells: &[Value<'c, '_>],
     ) -> Result<(), CodegenError> {
         let pitch = e.index(BF16_PITCH as i64)?;
-        // Word `q` (rows 2q, 2q + 1) or `q + 4` (rows 8 + 2q ..) of column `column`.
-        let word = |tile, column, high: bool| -> Emitted<'c, 'd> {
+        // Word `q` (rows 2q, 2q + 1) or `q + 4` (rows 8 + 2q ..) of dy's column `column`.
+        let word = |column, high: i64| -> Emitted<'c, 'd> {
             let at = e.addi(e.muli(column, pitch)?, self.q)?;
-            let at = if high { e.addi(at, e.index(4)?)? } else { at };
-            e.load(tile, at)
+            e.load(dy, e.addi(at, e.index(high)?)?)
         };
         let row8 = e.addi(self.row, e.index(8)?)?;
         let a = [
-            word(dy, self.row, false)?,
-            word(dy, row8, false)?,
-            word(dy, self.row, true)?,
-            word(dy, row8, true)?,
+            word(self.row, 0)?,
+            word(row8, 0)?,
+            word(self.row, 4)?,
+            word(row8, 4)?,
         ];
-        for (tile, cells) in cells.chunks(4).enumerate() {
-            let column = e.addi(self.col0, e.addi(self.g, e.index(8 * tile as i64)?)?)?;
-            let b = [word(x, column, false)?, word(x, column, true)?];
-            let cells: &[Value; 4] = cells.try_into().expect("four cells an MMA");
-            mma_into(e, BF16_MMA, a, b, cells)?;
-        }
-        Ok(())
+        let first = e.index(0)?;
+        self.multiply_columns(e, BF16_MMA, a, (x, BF16_PITCH, first), cells)
     }
 
     /// `cells += A · B` over one chunk of codes: the warp's A fragment (dy's rows `c0 ..` of
@@ -1228,8 +1210,7 @@ impl<'c, 'a> MmaLane<'c, 'a> {
         e: &Emit<'c, 'd>,
         instruction: &str,
         (dy_cache, c0): (Value<'c, '_>, Value<'c, '_>),
-        (x_codes, x_pitch): (Value<'c, '_>, u64),
-        x_word: Value<'c, '_>,
+        x: (Value<'c, '_>, u64, Value<'c, '_>),
         cells: &[Value<'c, '_>],
     ) -> Result<(), CodegenError> {
         let i32_type = e.int_type(32);
@@ -1247,15 +1228,25 @@ impl<'c, 'a> MmaLane<'c, 'a> {
             e.select(in_list, shared_load_u32(e, place, offset)?, zero)
         };
         let a = [load(0)?, load(row8)?, load(high)?, load(row8 + high)?];
-        let pitch = e.index(x_pitch as i64)?;
-        let x_word = e.addi(x_word, self.q)?;
+        self.multiply_columns(e, instruction, a, x, cells)
+    }
+
+    /// One MMA per 8 columns of the warp's 32 with A fragment `a`: B's words `q` and `q + 4`
+    /// of the chunk at word `first` of column `col0 + 8t + g` of `x` (`pitch` words a column).
+    fn multiply_columns<'d>(
+        &self,
+        e: &Emit<'c, 'd>,
+        instruction: &str,
+        a: [Value<'c, 'd>; 4],
+        (x, pitch, first): (Value<'c, '_>, u64, Value<'c, '_>),
+        cells: &[Value<'c, '_>],
+    ) -> Result<(), CodegenError> {
+        let pitch = e.index(pitch as i64)?;
+        let word = e.addi(first, self.q)?;
         for (tile, cells) in cells.chunks(4).enumerate() {
             let column = e.addi(self.col0, e.addi(self.g, e.index(8 * tile as i64)?)?)?;
-            let at = e.addi(e.muli(column, pitch)?, x_word)?;
-            let b = [
-                e.load(x_codes, at)?,
-                e.load(x_codes, e.addi(at, e.index(4)?)?)?,
-            ];
+            let at = e.addi(e.muli(column, pitch)?, word)?;
+            let b = [e.load(x, at)?, e.load(x, e.addi(at, e.index(4)?)?)?];
             let cells: &[Value; 4] = cells.try_into().expect("four cells an MMA");
             mma_into(e, instruction, a, b, cells)?;
         }
