@@ -1168,7 +1168,8 @@ fn grouped_linear_wgrad_fp8_matches_the_reference_bit_for_bit() {
     };
     // tiny-moe's up projection (bf16, x per token, groups of 128 rows), its down projection
     // with 32-row intervals in 64-row tiles and power-of-2 scales on dY (x per slot), ragged
-    // tiles of both axes in f32 with an outlier, a NaN and an infinity, and groups of 256.
+    // tiles of both axes in f32 with an outlier, a NaN and an infinity, and groups of 256 and
+    // 512.
     for (i, (c, f)) in [
         (case(64, 2, 2, 32, 64, false, b), recipe),
         (
@@ -1180,6 +1181,11 @@ fn grouped_linear_wgrad_fp8_matches_the_reference_bit_for_bit() {
         (
             case(300, 2, 2, 40, 72, true, b),
             fp8(256, 64, ScaleFormat::F32, ScaleFormat::F32),
+        ),
+        // Groups too wide for the 128-row blocks' list: 64-row blocks with the long list.
+        (
+            case(700, 1, 1, 40, 72, false, b),
+            fp8(512, 128, ScaleFormat::F32, ScaleFormat::Ue8m0),
         ),
     ]
     .into_iter()
@@ -1230,10 +1236,11 @@ fn grouped_linear_wgrad_fp8_counts_groups_across_flushes() {
         x_scale_format: ScaleFormat::F32,
     };
     check_grouped_wgrad_fp8(&c, &indices, f, &dy, &x);
-    // Groups of 96 rows do not divide the list of 1024: every one of 1024 rows is expert 0's,
-    // so the last flush holds all 1024, and its last group (rows 960 ..) runs past the list.
+    // Groups of 96 rows do not divide the FP8 form's list of 512: every one of 512 rows is
+    // expert 0's, so the last flush holds all 512, and its last group (rows 480 ..) runs past
+    // the list.
     let c = WgradCase {
-        tokens: grouped_linear_wgrad::LIST as usize,
+        tokens: grouped_linear_wgrad::FP8_LIST as usize,
         top_k: 1,
         experts: 2,
         ..c

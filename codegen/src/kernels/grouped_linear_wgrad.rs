@@ -3,8 +3,9 @@
 //! the CPU reference (`dsc_kernels::ops::grad::grouped_linear_wgrad`) or in FP8 (below); zeros
 //! for an expert no row chose; x one row per token or per slot.
 //!
-//! One block of [`THREADS`] per (expert, [`TILE`] rows of `out_features`); it walks every
-//! [`TILE`]-column tile of `in_features` itself, so that it finds its expert's rows once:
+//! One block of [`THREADS`] per (expert, [`TILE`] rows of `out_features`, or [`FP8_ROWS`] in the
+//! FP8 form with groups of at most 256 rows); it walks every [`TILE`]-column tile of
+//! `in_features` itself, so that it finds its expert's rows once:
 //! 1. scan: the block reads the indices [`THREADS`] rows a step and appends the rows of its
 //!    expert to a list in shared memory, in row order (a warp ballot, the lane's rank among
 //!    the hits below it, the warps' counts summed in order);
@@ -33,17 +34,21 @@
 //! 1. once per flush, the **dy cache**: per group, each column's amax over the group's rows
 //!    (NaNs skipped) gives its scale, kept per group, and every element of the block's row
 //!    tile is quantized (`v / s`, `cvt.rn.satfinite`) into the cache in dynamic shared memory
-//!    ([`DY_PITCH`] words a column);
+//!    (a column's codes a pitch of 4 banks apart);
 //! 2. per column tile and group, x's scales the same way, then [`CHUNK`] rows at a time x's
-//!    codes, and each warp runs one `mma.sync m16n8k32` per 8 columns of its 16 × 32 part of
-//!    the tile (warp `w`: rows `16 (w mod 4)`, columns `32 ⌊w / 4⌋`) with its A fragment from
-//!    the cache. An interval's MMAs chain from +0 in row order, then the partial is promoted,
+//!    codes, and each warp runs one `mma.sync m16n8k32` per m16 tile and 8 columns of its part
+//!    of the tile (warp `w`: columns `32 ⌊w / 4⌋ ..+ 32`, and the rows `(w mod 4)` of four
+//!    equal parts: 32 of a 128-row block, whose list is [`FP8_LIST`] rows to leave its dy
+//!    cache room, or 16 of a 64-row one) with its A fragments from the cache. An interval's MMAs chain from +0 in row order, then the partial is promoted,
 //!    `acc += partial · (s_dy · s_x)`, on the CUDA cores: the reference's bits under the
 //!    accumulator the MMAs follow (`--accumulator exact` on the emulator: in-order f32 sums;
 //!    its Hopper model with `hopper`), as the other FP8 GEMMs.
 //!
-//! x's rows are read twice a column tile (amax, then codes) and once more for every row tile
-//! of the expert: that staging, not the MMAs, is the FP8 form's cost.
+//! Groups of at most [`X_GROUP_MAX`] rows read x's rows once a column tile (held in registers
+//! for the amax, then quantized), wider ones twice; and once more for every row tile of the
+//! expert: that staging, not the MMAs, is the FP8 form's cost. The 128-row blocks halve it;
+//! they take ~245 registers (one block an SM) and 100,352 bytes of shared memory, within
+//! sm_89's 101,376.
 //!
 //! An index outside `0..experts` (the reference refuses it) equals no block's expert: its row
 //! is left out, and nothing is read through it.
@@ -78,12 +83,18 @@ use crate::mlir::kernel::Dimension;
 
 /// Threads per block (16 × 16).
 pub const THREADS: u32 = 256;
-/// Rows and columns of a block's output tile.
+/// Columns of a block's output tile, and its rows but in the FP8 form's [`FP8_ROWS`].
 pub const TILE: u64 = 64;
 /// Outputs a thread accumulates along each of the two axes (`TILE / 16`).
 const PER_THREAD: u64 = TILE / 16;
 /// Rows the list in shared memory holds.
 pub const LIST: u64 = 1024;
+/// Rows of `dw` a block of the FP8 form owns when its groups are at most [`FP8_LIST`] −
+/// [`THREADS`] rows: twice [`TILE`], so that each staged row of x serves twice the outputs.
+pub const FP8_ROWS: u64 = 128;
+/// The list of such a block: half of [`LIST`], so that its dy cache (`FP8_ROWS` columns) fits
+/// beside the rest in sm_89's 99 KiB of shared memory.
+pub const FP8_LIST: u64 = 512;
 /// Listed rows staged in shared memory at a time.
 pub const STAGE: u64 = 16;
 /// Warps per block.
@@ -94,9 +105,6 @@ pub const CHUNK: u64 = 32;
 /// padding, an odd pitch, so that a warp's stores (32 columns) and its fragment reads (8
 /// columns × 4 words) spread over the banks.
 pub const PITCH: u64 = CHUNK / 4 + 1;
-/// Words of a column's codes in the FP8 form's dy cache: the list's [`LIST`] rows and 4 words
-/// more, a pitch of 4 banks, so that a fragment read (8 columns × 4 words) hits 32 banks.
-pub const DY_PITCH: u64 = LIST / 4 + 4;
 /// Rows the BF16 form multiplies at a time: one `mma.sync m16n8k16` deep.
 pub const BF16_CHUNK: u64 = 16;
 /// Words of a column's values in the BF16 form's tiles: [`BF16_CHUNK`] values (8 words) and 4
@@ -108,10 +116,8 @@ const BF16_MMA: &str = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
 /// columns over 256 threads: `tile / 4` values a thread), quantized in one pass.
 pub const X_GROUP_MAX: u64 = 128;
 /// Words of a column's codes in the x codes of a whole group: [`X_GROUP_MAX`] rows and 4
-/// words more, a pitch of 4 banks (as [`DY_PITCH`]).
+/// words more, a pitch of 4 banks (as the dy cache's).
 const X_GROUP_PITCH: u64 = X_GROUP_MAX / 4 + 4;
-/// The most FP8 groups one flush holds (groups are whole MMAs deep).
-const MAX_GROUPS: u64 = LIST / CHUNK;
 /// The widest FP8 group of rows: a flush keeps the rows past its last whole group (fewer than
 /// a tile) in the list, where a scan step's [`THREADS`] rows must still fit.
 const MAX_TILE: u64 = 512;
@@ -173,7 +179,40 @@ impl GroupedLinearWgrad {
     /// Row tiles of an expert's weight (at least one, so that a block's expert is always
     /// its index over them).
     fn row_tiles(&self) -> u64 {
-        self.out_features.div_ceil(TILE).max(1)
+        self.out_features.div_ceil(self.rows()).max(1)
+    }
+
+    /// Whether the FP8 form takes [`FP8_ROWS`] rows a block with a list of [`FP8_LIST`]: its
+    /// groups (at most a list less a scan step) allow it.
+    fn wide_rows(&self) -> bool {
+        self.fp8
+            .is_some_and(|f| f.tile as u64 <= FP8_LIST - u64::from(THREADS))
+    }
+
+    /// Rows of `dw` a block owns.
+    fn rows(&self) -> u64 {
+        if self.wide_rows() { FP8_ROWS } else { TILE }
+    }
+
+    /// Rows the block's list holds.
+    fn list_len(&self) -> u64 {
+        if self.wide_rows() { FP8_LIST } else { LIST }
+    }
+
+    /// Words of a column in the FP8 form's dy cache: the list's rows and 4 words more, a pitch
+    /// of 4 banks, so that a fragment read (8 columns × 4 words) hits 32 banks.
+    fn dy_pitch(&self) -> u64 {
+        self.list_len() / 4 + 4
+    }
+
+    /// The most FP8 groups one flush holds (groups are whole MMAs deep).
+    fn max_groups(&self) -> u64 {
+        self.list_len() / CHUNK
+    }
+
+    /// Outputs a thread holds: 4 × 4, or the MMA layout's 16 per 16 rows of a warp.
+    fn cells(&self) -> u64 {
+        16 * self.rows() / TILE
     }
 
     /// One block of [`THREADS`] per (expert, row tile).
@@ -191,10 +230,10 @@ impl GroupedLinearWgrad {
     }
 
     /// Dynamic shared memory of a block: the FP8 form's dy cache, the codes of the listed rows of
-    /// the block's row tile, K-major ([`DY_PITCH`] words a column).
+    /// the block's row tile, K-major (`dy_pitch` words a column).
     pub fn dynamic_shared_bytes(&self) -> u64 {
         match self.fp8 {
-            Some(_) => TILE * DY_PITCH * 4,
+            Some(_) => self.rows() * self.dy_pitch() * 4,
             None => 0,
         }
     }
@@ -262,8 +301,8 @@ impl GroupedLinearWgrad {
         let f32_type = Type::float32(context);
         let mut shared: Vec<Type> = vec![
             MemRefType::new(i32_type, &[WARPS], None, workgroup).into(),
-            MemRefType::new(i32_type, &[LIST as i64], None, workgroup).into(),
-            MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
+            MemRefType::new(i32_type, &[self.list_len() as i64], None, workgroup).into(),
+            MemRefType::new(f32_type, &[(STAGE * self.rows()) as i64], None, workgroup).into(),
             MemRefType::new(f32_type, &[(STAGE * TILE) as i64], None, workgroup).into(),
         ];
         if self.bf16_mma() {
@@ -276,7 +315,7 @@ impl GroupedLinearWgrad {
         if self.fp8.is_some() {
             // The scales: x's columns of the column tile, then dy's columns of the row tile for
             // each group of the flush; then a chunk's codes of x, K-major.
-            let scales = TILE * (1 + MAX_GROUPS);
+            let scales = TILE + self.max_groups() * self.rows();
             shared.push(MemRefType::new(f32_type, &[scales as i64], None, workgroup).into());
             let words = TILE * self.x_pitch();
             shared.push(MemRefType::new(i32_type, &[words as i64], None, workgroup).into());
@@ -297,17 +336,17 @@ impl GroupedLinearWgrad {
             let b = e.block_index(Dimension::X)?;
             let row_tiles = e.index(self.row_tiles() as i64)?;
             let expert = e.divui(b, row_tiles)?;
-            let n0 = e.muli(e.remui(b, row_tiles)?, e.index(TILE as i64)?)?;
+            let n0 = e.muli(e.remui(b, row_tiles)?, e.index(self.rows() as i64)?)?;
             let zero_f = e.f32(0.0)?;
             // Entry-block cells (promoted to registers): the list's length, whether `dw` holds
             // no partial sums yet, and the thread's outputs.
             let count = e.cell(e.index(0)?)?;
             let first = e.cell(e.int(1, 1)?)?;
-            let acc = (0..PER_THREAD * PER_THREAD)
+            let acc = (0..self.cells())
                 .map(|_| e.cell(zero_f))
                 .collect::<Result<Vec<_>, _>>()?;
             // The FP8 form's partial sums and the thread's column amax.
-            let fp8_cells = (0..PER_THREAD * PER_THREAD + 1)
+            let fp8_cells = (0..self.cells() + 1)
                 .filter(|_| self.fp8.is_some())
                 .map(|_| e.cell(zero_f))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -327,7 +366,7 @@ impl GroupedLinearWgrad {
                 e.for_const(0, steps, 1, |e, step| {
                     self.scan_step(&e, &block, step)?;
                     let listed = e.get(count)?;
-                    let nearly_full = e.index((LIST - u64::from(THREADS)) as i64)?;
+                    let nearly_full = e.index((self.list_len() - u64::from(THREADS)) as i64)?;
                     let full = e.lt(nearly_full, listed)?;
                     let last = e.cmpi(CmpiPredicate::Eq, step, e.index(steps - 1)?)?;
                     let flush = e.ori(full, last)?;
@@ -461,7 +500,7 @@ impl GroupedLinearWgrad {
         let sixteen = e.index(16)?;
         let ty = e.divui(blk.tid, sixteen)?;
         let tx = e.remui(blk.tid, sixteen)?;
-        let lane = MmaLane::new(e, blk.tid)?;
+        let lane = MmaLane::new(e, blk.tid, self.rows() / TILE)?;
         // Each cell's row and column in the tile: the f32 form's 4 × 4 (rows `ty + 16i`,
         // columns `tx + 16j`), or the FP8 form's MMA fragments.
         let places = match &self.fp8 {
@@ -591,7 +630,7 @@ impl GroupedLinearWgrad {
             e.for_range(g, e.addi(g, tile)?, chunk, |e, c0| {
                 // A group past the list's end (a tile that does not divide it) has nothing
                 // there: its chunks read as zeros ([`MmaLane::multiply`]).
-                let in_list = e.lt(c0, e.index(LIST as i64)?)?;
+                let in_list = e.lt(c0, e.index(self.list_len() as i64)?)?;
                 e.if_then(in_list, |e| {
                     self.stage_codes(&e, blk, f, Operands::Dy, (g, c0, end), zero)
                 })
@@ -605,6 +644,7 @@ impl GroupedLinearWgrad {
     /// Where group `g`'s scales go among the shared scales: x's (of the column tile) first,
     /// then dy's, one row of [`TILE`] per group of the flush.
     fn scales_at<'c, 'a>(
+        &self,
         e: &Emit<'c, 'a>,
         f: &GroupedWgradFp8,
         operand: Operands,
@@ -613,7 +653,10 @@ impl GroupedLinearWgrad {
         match operand {
             Operands::Dy => {
                 let group = e.divui(g, e.index(f.tile as i64)?)?;
-                e.muli(e.addi(group, e.index(1)?)?, e.index(TILE as i64)?)
+                e.addi(
+                    e.index(TILE as i64)?,
+                    e.muli(group, e.index(self.rows() as i64)?)?,
+                )
             }
             _ => e.index(0),
         }
@@ -640,8 +683,12 @@ impl GroupedLinearWgrad {
             _ => (blk.args[7], f.x_scale_format),
         };
         let scales = blk.args[8];
-        let amax = blk.fp8_cells[(PER_THREAD * PER_THREAD) as usize];
-        let tile = e.index(TILE as i64)?;
+        let amax = blk.fp8_cells[self.cells() as usize];
+        let cols = match operand {
+            Operands::Dy => self.rows(),
+            _ => TILE,
+        };
+        let tile = e.index(cols as i64)?;
         let column = e.remui(blk.tid, tile)?;
         e.set(amax, e.f32(0.0)?)?;
         let stage = e.index(STAGE as i64)?;
@@ -649,7 +696,7 @@ impl GroupedLinearWgrad {
             self.stage_rows(&e, blk, operand, s0, end, k0)?;
             e.barrier();
             for s in 0..STAGE {
-                let v = e.load(staged, e.addi(e.index((s * TILE) as i64)?, column)?)?;
+                let v = e.load(staged, e.addi(e.index((s * cols) as i64)?, column)?)?;
                 let m = e.max_skip_nan(e.get(amax)?, e.absf(v)?)?;
                 e.set(amax, m)?;
             }
@@ -657,7 +704,7 @@ impl GroupedLinearWgrad {
             Ok(())
         })?;
         let scale = e.scale_for(e.get(amax)?, f.format, scale_format)?;
-        let at = e.addi(Self::scales_at(e, f, operand, g)?, column)?;
+        let at = e.addi(self.scales_at(e, f, operand, g)?, column)?;
         e.if_then(e.lt(blk.tid, tile)?, |e| {
             e.store(scale, scales, at);
             Ok(())
@@ -684,11 +731,12 @@ impl GroupedLinearWgrad {
         k0: Value<'c, '_>,
     ) -> Result<(), CodegenError> {
         let scales = blk.args[8];
-        let partials = &blk.fp8_cells[..(PER_THREAD * PER_THREAD) as usize];
+        let partials = &blk.fp8_cells[..self.cells() as usize];
         let interval = e.index(f.interval as i64)?;
         let chunk = e.index(CHUNK as i64)?;
         let instruction = fp8_mma_instruction(f.format);
         let dy_cache = blk.dy_cache.expect("the FP8 form has a dy cache");
+        let dy_layout = (self.dy_pitch(), self.list_len());
         let whole_group = self.x_in_registers();
         if whole_group {
             self.stage_x_group(e, blk, f, g, end, k0)?;
@@ -704,19 +752,19 @@ impl GroupedLinearWgrad {
                 if whole_group {
                     let word = e.divui(e.subi(c0, g)?, e.index(4)?)?;
                     let x = (x_codes.0, x_codes.1, word);
-                    return lane.multiply(&e, &instruction, (dy_cache, c0), x, partials);
+                    return lane.multiply(&e, &instruction, (dy_cache, c0), dy_layout, x, partials);
                 }
                 self.stage_codes(&e, blk, f, Operands::X, (g, c0, end), k0)?;
                 e.barrier();
                 let x = (x_codes.0, x_codes.1, e.index(0)?);
-                lane.multiply(&e, &instruction, (dy_cache, c0), x, partials)?;
+                lane.multiply(&e, &instruction, (dy_cache, c0), dy_layout, x, partials)?;
                 // Every warp has read the chunk before the next one overwrites it.
                 e.barrier();
                 Ok(())
             })?;
             let real = e.lt(i0, end)?;
             let places = lane.places(&e)?;
-            let dy_scales = Self::scales_at(&e, f, Operands::Dy, g)?;
+            let dy_scales = self.scales_at(&e, f, Operands::Dy, g)?;
             for ((&cell, &partial), &(row, col)) in blk.acc.iter().zip(partials).zip(&places) {
                 let s_dy = e.load(scales, e.addi(dy_scales, row)?)?;
                 let s_x = e.load(scales, col)?;
@@ -869,11 +917,12 @@ impl GroupedLinearWgrad {
         } else {
             (blk.args[1], self.input, self.in_features)
         };
-        let tile = e.index(TILE as i64)?;
+        let cols = if of_dy { self.rows() } else { TILE };
+        let tile = e.index(cols as i64)?;
         let width = e.index(width as i64)?;
         let i32_type = e.int_type(32);
-        let scales_at = Self::scales_at(e, f, operand, g)?;
-        for r in 0..(TILE * CHUNK / 4).div_ceil(u64::from(THREADS)) {
+        let scales_at = self.scales_at(e, f, operand, g)?;
+        for r in 0..(cols * CHUNK / 4).div_ceil(u64::from(THREADS)) {
             let flat = e.addi(e.index((r * u64::from(THREADS)) as i64)?, blk.tid)?;
             let c = e.remui(flat, tile)?;
             let kq = e.divui(flat, tile)?;
@@ -895,7 +944,7 @@ impl GroupedLinearWgrad {
             if of_dy {
                 let dy_cache = blk.dy_cache.expect("the FP8 form has a dy cache");
                 let at = e.addi(
-                    e.muli(c, e.index(DY_PITCH as i64)?)?,
+                    e.muli(c, e.index(self.dy_pitch() as i64)?)?,
                     e.divui(c0, e.index(4)?)?,
                 )?;
                 let at = e.muli(e.addi(at, kq)?, e.index(4)?)?;
@@ -978,10 +1027,16 @@ impl GroupedLinearWgrad {
             blk.args[6],
             blk.args[7],
         );
-        let tile = e.index(TILE as i64)?;
+        // dy alone is the block's row tile (its rows of `dw`); x, or both (the f32 form, whose
+        // tiles are square), a column tile.
+        let cols = match operands {
+            Operands::Dy => self.rows(),
+            _ => TILE,
+        };
+        let tile = e.index(cols as i64)?;
         let n_dim = e.index(self.out_features as i64)?;
         let k_dim = e.index(self.in_features as i64)?;
-        for q in 0..(STAGE * TILE) / u64::from(THREADS) {
+        for q in 0..(STAGE * cols) / u64::from(THREADS) {
             let flat = e.addi(e.index((q * u64::from(THREADS)) as i64)?, blk.tid)?;
             let s = e.divui(flat, tile)?;
             let c = e.remui(flat, tile)?;
@@ -1133,7 +1188,10 @@ enum Operands {
 /// `32 ⌊w / 4⌋ ..+ 32` of the tile as four m16n8 tiles; with `g = lane / 4`, `q = lane mod 4`,
 /// its D elements are rows `g`, `g + 8` and columns `2q`, `2q + 1` of each.
 struct MmaLane<'c, 'a> {
-    /// The tile row of the lane's first A fragment registers, `16 (w mod 4) + g`.
+    /// m16 tiles a warp holds along the rows (its rows: `16 m_tiles` from `16 m_tiles (w mod
+    /// 4)`).
+    m_tiles: u64,
+    /// The tile row of the lane's first A fragment registers, `16 m_tiles (w mod 4) + g`.
     row: Value<'c, 'a>,
     /// The first tile column of the warp, `32 ⌊w / 4⌋`.
     col0: Value<'c, 'a>,
@@ -1144,14 +1202,16 @@ struct MmaLane<'c, 'a> {
 }
 
 impl<'c, 'a> MmaLane<'c, 'a> {
-    fn new(e: &Emit<'c, 'a>, tid: Value<'c, '_>) -> Result<Self, CodegenError> {
+    fn new(e: &Emit<'c, 'a>, tid: Value<'c, '_>, m_tiles: u64) -> Result<Self, CodegenError> {
         let warp = e.divui(tid, e.index(32)?)?;
         let lane = e.remui(tid, e.index(32)?)?;
-        let (four, sixteen) = (e.index(4)?, e.index(16)?);
+        let four = e.index(4)?;
         let g = e.divui(lane, four)?;
-        let row = e.addi(e.muli(e.remui(warp, four)?, sixteen)?, g)?;
+        let rows = e.index(16 * m_tiles as i64)?;
+        let row = e.addi(e.muli(e.remui(warp, four)?, rows)?, g)?;
         let col0 = e.muli(e.divui(warp, four)?, e.index(32)?)?;
         Ok(Self {
+            m_tiles,
             row,
             col0,
             g,
@@ -1160,7 +1220,7 @@ impl<'c, 'a> MmaLane<'c, 'a> {
     }
 
     /// Each cell's (row, column) in the tile, in the order of [`Self::multiply`]'s cells: the
-    /// four D elements of each 8-column tile in turn.
+    /// four D elements of each m16n8 tile, the warp's m16 tiles of each 8 columns in turn.
     fn places<'d>(
         &self,
         e: &Emit<'c, 'd>,
@@ -1168,10 +1228,12 @@ impl<'c, 'a> MmaLane<'c, 'a> {
         let col = e.addi(self.col0, e.muli(self.q, e.index(2)?)?)?;
         let mut places = Vec::new();
         for tile in 0..4 {
-            for d in 0..4i64 {
-                let row = e.addi(self.row, e.index(8 * (d >> 1))?)?;
-                let col = e.addi(col, e.index(8 * tile + (d & 1))?)?;
-                places.push((row, col));
+            for m in 0..self.m_tiles as i64 {
+                for d in 0..4i64 {
+                    let row = e.addi(self.row, e.index(16 * m + 8 * (d >> 1))?)?;
+                    let col = e.addi(col, e.index(8 * tile + (d & 1))?)?;
+                    places.push((row, col));
+                }
             }
         }
         Ok(places)
@@ -1199,7 +1261,7 @@ impl<'c, 'a> MmaLane<'c, 'a> {
             word(row8, 4)?,
         ];
         let first = e.index(0)?;
-        self.multiply_columns(e, BF16_MMA, a, (x, BF16_PITCH, first), cells)
+        self.multiply_columns(e, BF16_MMA, &[a], (x, BF16_PITCH, first), cells)
     }
 
     /// `cells += A · B` over one chunk of codes: the warp's A fragment (dy's rows `c0 ..` of
@@ -1210,45 +1272,63 @@ impl<'c, 'a> MmaLane<'c, 'a> {
         e: &Emit<'c, 'd>,
         instruction: &str,
         (dy_cache, c0): (Value<'c, '_>, Value<'c, '_>),
+        (pitch, list_len): (u64, u64),
         x: (Value<'c, '_>, u64, Value<'c, '_>),
         cells: &[Value<'c, '_>],
     ) -> Result<(), CodegenError> {
         let i32_type = e.int_type(32);
         // Rows past the list (see `cache_dy`) are zeros, as their x codes are; their reads
         // go to the list's first rows, inside the cache.
-        let in_list = e.lt(c0, e.index(LIST as i64)?)?;
+        let in_list = e.lt(c0, e.index(list_len as i64)?)?;
         let c0 = e.select(in_list, c0, e.index(0)?)?;
         // Byte address of word `q` of the chunk in the lane's dy column `row`.
         let word = e.addi(e.divui(c0, e.index(4)?)?, self.q)?;
-        let at = e.addi(e.muli(self.row, e.index(DY_PITCH as i64)?)?, word)?;
+        let at = e.addi(e.muli(self.row, e.index(pitch as i64)?)?, word)?;
         let place = e.addi(dy_cache, e.index_cast(e.muli(at, e.index(4)?)?, i32_type)?)?;
-        let (high, row8) = (16, 8 * DY_PITCH * 4);
         let zero = e.int(32, 0)?;
         let load = |offset| -> Emitted<'c, 'd> {
             e.select(in_list, shared_load_u32(e, place, offset)?, zero)
         };
-        let a = [load(0)?, load(row8)?, load(high)?, load(row8 + high)?];
-        self.multiply_columns(e, instruction, a, x, cells)
+        let a = (0..self.m_tiles)
+            .map(|m| -> Result<[Value<'c, 'd>; 4], CodegenError> {
+                let (rows, high) = (16 * m * pitch * 4, 16);
+                let row8 = rows + 8 * pitch * 4;
+                Ok([
+                    load(rows)?,
+                    load(row8)?,
+                    load(rows + high)?,
+                    load(row8 + high)?,
+                ])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.multiply_columns(e, instruction, &a, x, cells)
     }
 
-    /// One MMA per 8 columns of the warp's 32 with A fragment `a`: B's words `q` and `q + 4`
-    /// of the chunk at word `first` of column `col0 + 8t + g` of `x` (`pitch` words a column).
+    /// One MMA per m16 tile (A fragments `a`) and 8 columns of the warp's 32: B's words `q`
+    /// and `q + 4` of the chunk at word `first` of column `col0 + 8t + g` of `x` (`pitch`
+    /// words a column), read once for the warp's m16 tiles.
     fn multiply_columns<'d>(
         &self,
         e: &Emit<'c, 'd>,
         instruction: &str,
-        a: [Value<'c, 'd>; 4],
+        a: &[[Value<'c, 'd>; 4]],
         (x, pitch, first): (Value<'c, '_>, u64, Value<'c, '_>),
         cells: &[Value<'c, '_>],
     ) -> Result<(), CodegenError> {
         let pitch = e.index(pitch as i64)?;
         let word = e.addi(first, self.q)?;
-        for (tile, cells) in cells.chunks(4).enumerate() {
-            let column = e.addi(self.col0, e.addi(self.g, e.index(8 * tile as i64)?)?)?;
+        let mut cells = cells.chunks(4);
+        for tile in 0..4i64 {
+            let column = e.addi(self.col0, e.addi(self.g, e.index(8 * tile)?)?)?;
             let at = e.addi(e.muli(column, pitch)?, word)?;
             let b = [e.load(x, at)?, e.load(x, e.addi(at, e.index(4)?)?)?];
-            let cells: &[Value; 4] = cells.try_into().expect("four cells an MMA");
-            mma_into(e, instruction, a, b, cells)?;
+            for &a in a {
+                let cells: &[Value; 4] = cells
+                    .next()
+                    .and_then(|c| c.try_into().ok())
+                    .expect("four cells an MMA");
+                mma_into(e, instruction, a, b, cells)?;
+            }
         }
         Ok(())
     }
