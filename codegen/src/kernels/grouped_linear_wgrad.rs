@@ -73,8 +73,8 @@ use serde::Serialize;
 use super::mma::{fp8_mma_instruction, mma_into};
 use super::moe_dispatch::{ballot, popc};
 use super::tma_ring::dynamic_shared;
-use super::vector_access::shared_load_u32;
 use super::vector_access::{global_load_if, global_store_if};
+use super::vector_access::{shared_load_u32, shared_store_u32};
 use super::{Launch, Param, kernel_args, param_types};
 use crate::error::CodegenError;
 use crate::mlir::KernelModule;
@@ -392,8 +392,9 @@ impl GroupedLinearWgrad {
             Some(_) => module.add_kernel_with_shared_and_dynamic(entry, &types, &shared, body)?,
             None => module.add_kernel_with_shared(entry, &types, &shared, body)?,
         }
-        // 16 accumulators and the staged operands want ~60 registers; left to itself, ptxas
-        // for sm_90 caps them at 40 (six blocks an SM) and spills.
+        // 16 to 32 accumulators (64 with the FP8 form's partials) and the staged operands want
+        // 60 to ~250 registers; left to itself, ptxas for sm_90 caps them at 40 (six blocks an
+        // SM) and spills.
         module.one_block_per_sm(entry)
     }
 
@@ -501,21 +502,19 @@ impl GroupedLinearWgrad {
         let ty = e.divui(blk.tid, sixteen)?;
         let tx = e.remui(blk.tid, sixteen)?;
         let lane = MmaLane::new(e, blk.tid, self.rows() / TILE)?;
-        // Each cell's row and column in the tile: the f32 form's 4 × 4 (rows `ty + 16i`,
-        // columns `tx + 16j`), or the FP8 form's MMA fragments.
-        let places = match &self.fp8 {
-            None if self.bf16_mma() => lane.places(e)?,
-            None => {
-                let mut places = Vec::new();
-                for i in 0..PER_THREAD {
-                    for j in 0..PER_THREAD {
-                        let row = e.addi(ty, e.index(16 * i as i64)?)?;
-                        places.push((row, e.addi(tx, e.index(16 * j as i64)?)?));
-                    }
+        // Each cell's row and column in the tile: the MMA fragments' on the tensor cores (the
+        // FP8 and BF16 forms), else the CUDA cores' 4 × 4 (rows `ty + 16i`, columns `tx + 16j`).
+        let places = if self.fp8.is_some() || self.bf16_mma() {
+            lane.places(e)?
+        } else {
+            let mut places = Vec::new();
+            for i in 0..PER_THREAD {
+                for j in 0..PER_THREAD {
+                    let row = e.addi(ty, e.index(16 * i as i64)?)?;
+                    places.push((row, e.addi(tx, e.index(16 * j as i64)?)?));
                 }
-                places
             }
-            Some(_) => lane.places(e)?,
+            places
         };
         let n_dim = e.index(self.out_features as i64)?;
         let k_dim = e.index(self.in_features as i64)?;
@@ -576,9 +575,7 @@ impl GroupedLinearWgrad {
             }
             for (&cell, &(inside, at)) in blk.acc.iter().zip(&outputs) {
                 let v = e.bitcast(e.get(cell)?, e.int_type(32))?;
-                let base = e.address_of(dw)?;
-                let offset = e.muli(e.index_cast(at, e.int_type(64))?, e.int(64, 4)?)?;
-                global_store_if(&e, inside, e.addi(base, offset)?, &[v])?;
+                global_store_if(&e, inside, e.element_address(dw, at, 4)?, &[v])?;
             }
             Ok(())
         })
@@ -642,7 +639,7 @@ impl GroupedLinearWgrad {
     }
 
     /// Where group `g`'s scales go among the shared scales: x's (of the column tile) first,
-    /// then dy's, one row of [`TILE`] per group of the flush.
+    /// then dy's, a row tile's (`rows`) per group of the flush.
     fn scales_at<'c, 'a>(
         &self,
         e: &Emit<'c, 'a>,
@@ -949,12 +946,7 @@ impl GroupedLinearWgrad {
                 )?;
                 let at = e.muli(e.addi(at, kq)?, e.index(4)?)?;
                 let place = e.addi(dy_cache, e.index_cast(at, i32_type)?)?;
-                e.push_void(e.inline_asm_op(
-                    "st.shared.u32 [$0], $1;",
-                    "r,r",
-                    &[place, word],
-                    &[],
-                )?);
+                shared_store_u32(e, place, word)?;
             } else {
                 let at = e.addi(e.muli(c, e.index(PITCH as i64)?)?, kq)?;
                 e.store(word, blk.args[9], at);
@@ -1071,9 +1063,7 @@ fn bf16_bits_if<'c, 'a>(
     at: Value<'c, '_>,
     ok: Value<'c, '_>,
 ) -> Emitted<'c, 'a> {
-    let base = e.address_of(buffer)?;
-    let offset = e.muli(e.index_cast(at, e.int_type(64))?, e.int(64, 2)?)?;
-    bf16_bits_at_if(e, e.addi(base, offset)?, ok)
+    bf16_bits_at_if(e, e.element_address(buffer, at, 2)?, ok)
 }
 
 /// The bits (`i16`) at global `address` when `ok`, else +0: one predicated 16-bit load.
@@ -1101,10 +1091,7 @@ fn pair_if<'c, 'a>(
     at: Value<'c, '_>,
     ok: Value<'c, '_>,
 ) -> Result<[Value<'c, 'a>; 2], CodegenError> {
-    let base = e.address_of(buffer)?;
-    let offset = e.index_cast(at, e.int_type(64))?;
-    let offset = e.muli(offset, e.int(64, dtype.size_bytes() as i64)?)?;
-    let address = e.addi(base, offset)?;
+    let address = e.element_address(buffer, at, dtype.size_bytes())?;
     let f32_type = e.f32_type();
     if dtype == DType::Bf16 {
         let word = global_load_if(e, address, ok, 1)?[0];
@@ -1144,10 +1131,7 @@ fn element_if<'c, 'a>(
     at: Value<'c, '_>,
     ok: Value<'c, '_>,
 ) -> Emitted<'c, 'a> {
-    let base = e.address_of(buffer)?;
-    let offset = e.index_cast(at, e.int_type(64))?;
-    let offset = e.muli(offset, e.int(64, dtype.size_bytes() as i64)?)?;
-    let address = e.addi(base, offset)?;
+    let address = e.element_address(buffer, at, dtype.size_bytes())?;
     if dtype == DType::Bf16 {
         let bits = bf16_bits_at_if(e, address, ok)?;
         let value = e.bitcast(bits, e.bf16_type())?;

@@ -151,6 +151,16 @@ pub fn shared_store_v4<'c>(
     Ok(())
 }
 
+/// Stores `word` at the 4-byte aligned shared address `place` (an `i32`).
+pub fn shared_store_u32<'c>(
+    e: &Emit<'c, '_>,
+    place: Value<'c, '_>,
+    word: Value<'c, '_>,
+) -> Result<(), CodegenError> {
+    e.push_void(e.inline_asm_op("st.shared.u32 [$0], $1;", "r,r", &[place, word], &[])?);
+    Ok(())
+}
+
 /// The word at the 4-byte aligned shared address `place + offset` (`place` an `i32`; the
 /// constant offset goes into the instruction, so a loop of loads needs one base register).
 pub fn shared_load_u32<'c, 'a>(

@@ -539,6 +539,20 @@ impl<'c, 'a> Emit<'c, 'a> {
         self.index_cast(index, self.int_type(64))
     }
 
+    /// The address (`i64`) of element `index` (an `index`) of a buffer of `element_bytes`-byte
+    /// elements, from [`Self::address_of`].
+    pub fn element_address(
+        &self,
+        memref: Value<'c, '_>,
+        index: Value<'c, '_>,
+        element_bytes: u64,
+    ) -> Emitted<'c, 'a> {
+        let base = self.address_of(memref)?;
+        let offset = self.index_cast(index, self.int_type(64))?;
+        let offset = self.muli(offset, self.int(64, element_bytes as i64)?)?;
+        self.addi(base, offset)
+    }
+
     /// `sqrt(x)` correctly rounded (PTX `sqrt.rn.f32`), as the CPU reference's `f32::sqrt`.
     pub fn sqrt_rn(&self, x: Value<'c, '_>) -> Emitted<'c, 'a> {
         self.inline_asm("sqrt.rn.f32 $0, $1;", "=f,f", &[x], self.f32_type())

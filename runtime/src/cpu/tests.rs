@@ -55,6 +55,11 @@ fn relative_error(a: &[f32], reference: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
+/// How many ops of `kind` graph `g` holds.
+fn count(g: &Graph, kind: dsc_ir::OpKind) -> usize {
+    g.ops.iter().filter(|op| op.kind == kind).count()
+}
+
 #[test]
 fn tiny_deepseek_runs_end_to_end_on_the_fused_graph() {
     let g = compile(&example("tiny-moe"), dsc_passes::DEFAULT_PIPELINE);
@@ -93,7 +98,6 @@ fn fusion_does_not_change_the_numbers_with_a_bias() {
     assert!(source.contains("seq_len = 32") && source.contains("inter_dim = 384"));
     let fused = compile(&source, dsc_passes::DEFAULT_PIPELINE);
     let unfused = compile(&source, WITHOUT_FUSE);
-    let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
     assert_eq!(count(&fused, dsc_ir::OpKind::Fp8Gemm), 7);
     assert_eq!(count(&unfused, dsc_ir::OpKind::Promote), 7);
     // Three bias adds in both; the two residual adds, fused into the norms of their sums
@@ -456,7 +460,6 @@ fn attention_quantizing_its_output_is_the_quantize_of_the_attention() {
     let folded = compile(&source, dsc_passes::DEFAULT_PIPELINE);
     let without = default_pipeline_without("fuse-attention-quant");
     let separate = compile(&source, &without);
-    let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
     // Each of the four layers' attention, and its quantize gone.
     assert_eq!(count(&folded, OpKind::AttentionQuant), 4);
     assert_eq!(count(&separate, OpKind::Attention), 4);
@@ -477,7 +480,6 @@ fn rope_and_norms_reading_x_in_place_are_those_of_the_slices() {
     let folded = compile(&example("tiny-moe"), dsc_passes::DEFAULT_PIPELINE);
     let pipeline = default_pipeline_without("fold-slices");
     let sliced = compile(&example("tiny-moe"), &pipeline);
-    let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
     let windows = |g: &Graph| {
         let windowed = |op: &&dsc_ir::Op| op.attrs.get(dsc_ir::infer::X_COLS).is_some();
         g.ops.iter().filter(windowed).count()
@@ -502,7 +504,6 @@ fn a_gate_reading_its_bf16_tokens_is_the_gate_of_their_f32_copy() {
     let folded = compile(&example("tiny-moe"), dsc_passes::DEFAULT_PIPELINE);
     let pipeline = default_pipeline_without("fold-widening-casts");
     let cast = compile(&example("tiny-moe"), &pipeline);
-    let count = |g: &Graph, kind| g.ops.iter().filter(|op| op.kind == kind).count();
     let bf16_gates = |g: &Graph| {
         let gate = |op: &&dsc_ir::Op| {
             op.kind == OpKind::Linear
